@@ -1,0 +1,29 @@
+//! The weauth token contract, shared by the issuer and the edge filter.
+//!
+//! One definition of what an access token is, so that the side that mints tokens and the side
+//! that checks them cannot drift apart:
+//!
+//! - [`claims`]: the JWT claims set ([`Claims`]) and the audience type.
+//! - [`jwk`]: JSON Web Keys, key sets and RFC 7638 thumbprints (the `kid`).
+//! - [`jws`]: signing ([`SigningKey`], [`sign`]) and verification ([`verify`], [`Validation`])
+//!   of compact JWS for EdDSA (Ed25519), ES256 and HS256.
+//! - [`revocation`]: the revocation feed's wire types, as served by the issuer's
+//!   `GET /v1/revocations` and consumed by the filter.
+//! - [`b64`]: strict base64url without padding.
+//!
+//! The crate is plain Rust: no I/O, no clock (every time is an argument), no tokio and no
+//! proxy-wasm, so it builds for `wasm32-wasip1` and its logic is tested natively. Non-test code
+//! never panics (clippy denies `unwrap`, `expect` and `panic`).
+
+pub mod b64;
+pub mod claims;
+pub mod jwk;
+pub mod jws;
+pub mod revocation;
+
+pub use claims::{Audience, Claims};
+pub use jwk::{Algorithm, Jwk, Jwks, KeySet, VerifyingKey};
+pub use jws::{sign, verify, Header, SigningKey, Validation, VerifyError};
+
+/// The JOSE `typ` of a weauth access token (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
