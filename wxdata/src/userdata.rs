@@ -323,8 +323,8 @@ pub fn decrypt(
 }
 
 /// The inverse of [`decrypt`], as WeChat does it: sets `watermark` to
-/// `{"timestamp": timestamp, "appid": appid}` on a copy of `payload` (replacing any watermark
-/// already there), serializes it compactly, encrypts with AES-128-CBC + PKCS#7 and returns
+/// `{"appid": appid, "timestamp": timestamp}` on a copy of `payload` (replacing any watermark
+/// already there), serializes it compactly (serde_json's key order), encrypts with AES-128-CBC + PKCS#7 and returns
 /// standard base64. The caller picks the iv (16 random bytes in base64); this crate has no
 /// randomness source.
 ///
@@ -354,10 +354,12 @@ pub fn encrypt(
     let object = payload
         .as_object_mut()
         .ok_or(EncryptError::PayloadNotObject)?;
-    object.insert(
-        "watermark".to_owned(),
-        serde_json::json!({ "timestamp": timestamp, "appid": appid }),
-    );
+    // Built in sorted key order so that the serialized text is the same whether or not
+    // serde_json's `preserve_order` feature is on somewhere in the build.
+    let mut watermark = serde_json::Map::new();
+    watermark.insert("appid".to_owned(), Value::from(appid));
+    watermark.insert("timestamp".to_owned(), Value::from(timestamp));
+    object.insert("watermark".to_owned(), Value::Object(watermark));
     let plaintext = Zeroizing::new(payload.to_string().into_bytes());
     let encryptor = cbc::Encryptor::<Aes128>::new_from_slices(&key, &iv)
         .map_err(|_| EncryptError::InvalidSessionKey)?;
