@@ -1,1 +1,15 @@
-//! placeholder
+//! End-to-end support for weauth: the doubles and the harness the end-to-end tests run on.
+//!
+//! - [`mock_wechat`]: a test double of WeChat's server API (jscode2session, access tokens,
+//!   phone numbers, checksession) with WeChat's quirks, control routes standing in for the
+//!   mini-program client, and fault injection. Used in-process by the issuer's integration
+//!   tests and by the harness, and as the `weauth-mock-wechat` binary.
+//! - [`upstream`]: the demo upstream that echoes the request headers it received, so tests can
+//!   see the identity headers the filter forwarded (`weauth-demo-upstream` binary).
+//! - [`harness`]: boots the whole stack (mock, upstream, issuer process, Envoy with the filter)
+//!   on free loopback ports, or on the fixed `make up` ports for `weauth-stack`.
+//! - [`serve`]: the small hyper 1 server glue the two doubles share.
+
+pub mod mock_wechat;
+pub mod serve;
+pub mod upstream;

@@ -1,0 +1,101 @@
+//! The demo upstream: answers every request with 200 and a JSON echo of what it received.
+//!
+//! Body: `{"method","path","query","headers":{name: value,…}}` with lower-case header names;
+//! a header received several times is joined with `", "` so a duplicated identity header is
+//! visible to tests. `query` is the raw query string or null. This is what `/api/*` routes to
+//! in the local stack, so a curl walkthrough shows the identity headers the filter forwarded.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde_json::{json, Map, Value};
+
+use crate::serve::{self, Request, Response, ServerHandle};
+
+/// A running demo upstream; dropping it (or [`Upstream::shutdown`]) stops the server.
+pub struct Upstream {
+    server: ServerHandle,
+}
+
+impl Upstream {
+    /// Starts on `listen` (`None` = 127.0.0.1 on a free port) in the current tokio runtime.
+    pub async fn start(listen: Option<SocketAddr>) -> io::Result<Upstream> {
+        let listen = listen.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let server = ServerHandle::start(listen, |req| async move { echo(req) }).await?;
+        Ok(Upstream { server })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// `http://ADDR`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// The echo of a request (the body is not read: the echo is about headers).
+pub fn echo_value(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &hyper::HeaderMap,
+) -> Value {
+    let mut map = Map::new();
+    for (name, value) in headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match map.get_mut(name.as_str()) {
+            Some(Value::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(&v);
+            }
+            _ => {
+                map.insert(name.as_str().to_string(), Value::String(v));
+            }
+        }
+    }
+    json!({"method": method, "path": path, "query": query, "headers": Value::Object(map)})
+}
+
+fn echo(req: Request) -> Response {
+    let v = echo_value(
+        req.method().as_str(),
+        req.uri().path(),
+        req.uri().query(),
+        req.headers(),
+    );
+    serve::json(200, &v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn echo_value_repeated_header_joined() {
+        let mut h = hyper::HeaderMap::new();
+        h.append("x-weauth-sub", HeaderValue::from_static("a"));
+        h.append("x-weauth-sub", HeaderValue::from_static("b"));
+        h.insert("Accept", HeaderValue::from_static("*/*"));
+        let v = echo_value("GET", "/api/hello", Some("x=1"), &h);
+        assert_eq!(v["headers"]["x-weauth-sub"], "a, b");
+        assert_eq!(v["headers"]["accept"], "*/*");
+        assert_eq!(v["path"], "/api/hello");
+        assert_eq!(v["query"], "x=1");
+    }
+
+    #[test]
+    fn echo_value_without_query_is_null() {
+        let v = echo_value("POST", "/", None, &hyper::HeaderMap::new());
+        assert!(v["query"].is_null());
+        assert_eq!(v["method"], "POST");
+    }
+}

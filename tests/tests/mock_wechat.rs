@@ -1,0 +1,444 @@
+//! The mock WeChat over real HTTP: WeChat's answers and quirks, the control routes and faults.
+//!
+//! These tests talk to the mock the way the issuer does (reqwest against `base_url()`), so they
+//! pin down what the issuer's WeChat client will see.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+use serde_json::{json, Value};
+use weauth_tests::mock_wechat::{Fault, MockConfig, MockWechat};
+
+const APPID: &str = "wx0123456789abcdef";
+const SECRET: &str = "mock-secret";
+
+async fn start(cfg: MockConfig) -> (MockWechat, reqwest::Client) {
+    let mock = MockWechat::start(cfg).await.unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    (mock, client)
+}
+
+async fn jscode2session(
+    mock: &MockWechat,
+    client: &reqwest::Client,
+    appid: &str,
+    secret: &str,
+    code: &str,
+) -> (String, Value) {
+    let resp = client
+        .get(format!("{}/sns/jscode2session", mock.base_url()))
+        .query(&[
+            ("appid", appid),
+            ("secret", secret),
+            ("js_code", code),
+            ("grant_type", "authorization_code"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "WeChat answers errors with HTTP 200");
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    (content_type, v)
+}
+
+fn assert_errcode(v: &Value, errcode: i64) {
+    assert_eq!(v["errcode"], errcode, "{v}");
+    let msg = v["errmsg"].as_str().unwrap();
+    let (_, rid) = msg
+        .rsplit_once(", rid: ")
+        .expect("errmsg ends with , rid: ...");
+    assert!(
+        !rid.is_empty() && rid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
+        "{msg}"
+    );
+}
+
+async fn stable_token(mock: &MockWechat, client: &reqwest::Client, force: bool) -> Value {
+    client
+        .post(format!("{}/cgi-bin/stable_token", mock.base_url()))
+        .json(
+            &json!({"grant_type": "client_credential", "appid": APPID, "secret": SECRET,
+                      "force_refresh": force}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn plain_token(mock: &MockWechat, client: &reqwest::Client) -> Value {
+    client
+        .get(format!("{}/cgi-bin/token", mock.base_url()))
+        .query(&[
+            ("grant_type", "client_credential"),
+            ("appid", APPID),
+            ("secret", SECRET),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn phone(mock: &MockWechat, client: &reqwest::Client, token: &str, code: &str) -> Value {
+    client
+        .post(format!(
+            "{}/wxa/business/getuserphonenumber?access_token={token}",
+            mock.base_url()
+        ))
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn jscode2session_success_text_plain_without_errcode() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let login = mock.login("alice");
+    let (content_type, v) = jscode2session(&mock, &client, APPID, SECRET, &login.code).await;
+    assert_eq!(content_type, "text/plain");
+    assert!(v.get("errcode").is_none(), "{v}");
+    assert!(v.get("unionid").is_none(), "{v}");
+    assert_eq!(v["openid"], login.openid);
+    let key = v["session_key"].as_str().unwrap();
+    assert_eq!(STANDARD.decode(key).unwrap().len(), 16);
+    assert_eq!(mock.session_key(&login.openid).as_deref(), Some(key));
+    assert_eq!(mock.calls("jscode2session"), 1);
+}
+
+#[tokio::test]
+async fn jscode2session_reused_code_40163() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let login = mock.login("alice");
+    jscode2session(&mock, &client, APPID, SECRET, &login.code).await;
+    let (_, v) = jscode2session(&mock, &client, APPID, SECRET, &login.code).await;
+    assert_errcode(&v, 40163);
+}
+
+#[tokio::test]
+async fn jscode2session_after_five_minutes_40029() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let login = mock.login("alice");
+    mock.advance_clock(Duration::from_secs(300));
+    let (_, v) = jscode2session(&mock, &client, APPID, SECRET, &login.code).await;
+    assert_errcode(&v, 40029);
+}
+
+#[tokio::test]
+async fn jscode2session_unknown_code_40029_bad_appid_40013_bad_secret_40125() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let (_, v) = jscode2session(&mock, &client, APPID, SECRET, "nope").await;
+    assert_errcode(&v, 40029);
+    let code = mock.login("a").code;
+    let (_, v) = jscode2session(&mock, &client, "wxother", SECRET, &code).await;
+    assert_errcode(&v, 40013);
+    let (_, v) = jscode2session(&mock, &client, APPID, "wrong", &code).await;
+    assert_errcode(&v, 40125);
+    // The failed attempts did not consume the code.
+    let (_, v) = jscode2session(&mock, &client, APPID, SECRET, &code).await;
+    assert!(v.get("errcode").is_none(), "{v}");
+}
+
+#[tokio::test]
+async fn login_same_user_same_openid_new_session_key() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let a1 = mock.login("alice");
+    let a2 = mock.login("alice");
+    let b = mock.login("bob");
+    assert_eq!(a1.openid, a2.openid);
+    assert_ne!(a1.openid, b.openid);
+    assert_ne!(a1.code, a2.code);
+    let (_, v1) = jscode2session(&mock, &client, APPID, SECRET, &a1.code).await;
+    let (_, v2) = jscode2session(&mock, &client, APPID, SECRET, &a2.code).await;
+    assert_ne!(v1["session_key"], v2["session_key"]);
+}
+
+#[tokio::test]
+async fn jscode2session_bound_app_returns_unionid() {
+    let (mock, client) = start(MockConfig {
+        unionid: true,
+        ..Default::default()
+    })
+    .await;
+    let login = mock.login("alice");
+    let (_, v) = jscode2session(&mock, &client, APPID, SECRET, &login.code).await;
+    assert_eq!(v["unionid"], mock.unionid("alice"));
+}
+
+#[tokio::test]
+async fn control_login_route_gives_code_and_openid() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let v: Value = client
+        .get(format!("{}/mock/login?user=carol", mock.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["openid"], mock.openid("carol"));
+    let (_, s) = jscode2session(&mock, &client, APPID, SECRET, v["code"].as_str().unwrap()).await;
+    assert_eq!(s["openid"], v["openid"]);
+}
+
+#[tokio::test]
+async fn plain_token_reissue_old_token_stale_after_overlap_40001() {
+    let (mock, client) = start(MockConfig {
+        token_overlap: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let t1 = plain_token(&mock, &client).await;
+    assert_eq!(t1["expires_in"], 7200);
+    let t1 = t1["access_token"].as_str().unwrap().to_string();
+    let t2 = plain_token(&mock, &client).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(t1, t2);
+    let code = mock.phone_code("alice", "13800138000");
+    // Within the overlap the old token still works.
+    let v = phone(&mock, &client, &t1, &code).await;
+    assert_eq!(v["errcode"], 0, "{v}");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let code = mock.phone_code("alice", "13800138000");
+    assert_errcode(&phone(&mock, &client, &t1, &code).await, 40001);
+    assert_eq!(phone(&mock, &client, &t2, &code).await["errcode"], 0);
+}
+
+#[tokio::test]
+async fn stable_token_same_until_forced() {
+    let (mock, client) = start(MockConfig {
+        token_overlap: Duration::ZERO,
+        ..Default::default()
+    })
+    .await;
+    let a = stable_token(&mock, &client, false).await;
+    let b = stable_token(&mock, &client, false).await;
+    assert_eq!(a["access_token"], b["access_token"]);
+    let c = stable_token(&mock, &client, true).await;
+    assert_ne!(a["access_token"], c["access_token"]);
+    let code = mock.phone_code("alice", "13800138000");
+    let old = a["access_token"].as_str().unwrap();
+    assert_errcode(&phone(&mock, &client, old, &code).await, 40001);
+}
+
+#[tokio::test]
+async fn stable_token_bad_secret_40125() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let v: Value = client
+        .post(format!("{}/cgi-bin/stable_token", mock.base_url()))
+        .json(&json!({"grant_type": "client_credential", "appid": APPID, "secret": "x"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_errcode(&v, 40125);
+}
+
+#[tokio::test]
+async fn getuserphonenumber_single_use_with_watermark() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let token = stable_token(&mock, &client, false).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code = mock.phone_code("alice", "13800138000");
+    let v = phone(&mock, &client, &token, &code).await;
+    assert_eq!(v["phone_info"]["purePhoneNumber"], "13800138000");
+    assert_eq!(v["phone_info"]["phoneNumber"], "13800138000");
+    assert_eq!(v["phone_info"]["countryCode"], "86");
+    assert_eq!(v["phone_info"]["watermark"]["appid"], APPID);
+    assert_errcode(&phone(&mock, &client, &token, &code).await, 40029);
+}
+
+#[tokio::test]
+async fn checksession_good_signature_ok_bad_87009() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let token = stable_token(&mock, &client, false).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let login = mock.login("alice");
+    let sig = mock.checksession_signature("alice");
+    let call = |sig: String| {
+        let client = client.clone();
+        let url = format!("{}/wxa/checksession", mock.base_url());
+        let (token, openid) = (token.clone(), login.openid.clone());
+        async move {
+            client
+                .get(url)
+                .query(&[
+                    ("access_token", token.as_str()),
+                    ("openid", openid.as_str()),
+                    ("signature", sig.as_str()),
+                    ("sig_method", "hmac_sha256"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(call(sig.clone()).await["errcode"], 0);
+    // A new wx.login rotates the session_key: the old signature no longer matches.
+    mock.login("alice");
+    assert_errcode(&call(sig).await, 87009);
+}
+
+#[tokio::test]
+async fn encrypt_uses_current_session_key_and_watermark() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let login = mock.login("alice");
+    let v: Value = client
+        .post(format!("{}/mock/encrypt", mock.base_url()))
+        .json(&json!({"user": "alice", "data": {"nickName": "Alice"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key: [u8; 16] = STANDARD
+        .decode(mock.session_key(&login.openid).unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let iv: [u8; 16] = STANDARD
+        .decode(v["iv"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let plain = cbc::Decryptor::<aes::Aes128>::new(&key.into(), &iv.into())
+        .decrypt_padded_vec_mut::<Pkcs7>(
+            &STANDARD
+                .decode(v["encryptedData"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+    let data: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(data["nickName"], "Alice");
+    assert_eq!(data["watermark"]["appid"], APPID);
+    assert_eq!(v["rawData"], r#"{"nickName":"Alice"}"#);
+    assert_eq!(
+        v["signature"].as_str().unwrap(),
+        mock.sign_raw_data("alice", r#"{"nickName":"Alice"}"#)
+    );
+}
+
+#[tokio::test]
+async fn fault_errcode_for_n_calls_then_normal() {
+    let (mock, client) = start(MockConfig::default()).await;
+    mock.inject(
+        "jscode2session",
+        Fault::Errcode {
+            errcode: 45011,
+            errmsg: "api minute-quota reach limit".into(),
+        },
+        2,
+    );
+    let code = mock.login("alice").code;
+    for _ in 0..2 {
+        let (_, v) = jscode2session(&mock, &client, APPID, SECRET, &code).await;
+        assert_errcode(&v, 45011);
+    }
+    let (_, v) = jscode2session(&mock, &client, APPID, SECRET, &code).await;
+    assert!(v.get("errcode").is_none(), "{v}");
+    assert_eq!(mock.calls("jscode2session"), 3);
+}
+
+#[tokio::test]
+async fn fault_status_html_garbage_via_control_route() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let url = format!("{}/cgi-bin/token", mock.base_url());
+    for fault in [json!({"status": 502}), json!("html"), json!("garbage")] {
+        let r = client
+            .post(format!("{}/mock/faults", mock.base_url()))
+            .json(&json!({"route": "token", "times": 1, "fault": fault}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("<html>"));
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/html");
+    let r = client.get(&url).send().await.unwrap();
+    assert!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).is_err());
+    let stats: Value = client
+        .get(format!("{}/mock/stats", mock.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["token"], 3);
+    assert_eq!(stats["jscode2session"], 0);
+}
+
+#[tokio::test]
+async fn fault_delay_then_normal_answer() {
+    let (mock, client) = start(MockConfig::default()).await;
+    mock.inject("*", Fault::Delay(Duration::from_millis(300)), 1);
+    let t0 = std::time::Instant::now();
+    let v = plain_token(&mock, &client).await;
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert!(v["access_token"].is_string());
+}
+
+#[tokio::test]
+async fn fault_hang_never_answers() {
+    let (mock, client) = start(MockConfig::default()).await;
+    mock.inject("token", Fault::Hang, 1);
+    let r = client
+        .get(format!("{}/cgi-bin/token", mock.base_url()))
+        .timeout(Duration::from_millis(400))
+        .send()
+        .await;
+    assert!(r.unwrap_err().is_timeout());
+    // The next call is normal again, and the hung one was counted.
+    assert!(plain_token(&mock, &client).await["access_token"].is_string());
+    assert_eq!(mock.calls("token"), 2);
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn reset_clears_faults_and_counters() {
+    let (mock, client) = start(MockConfig::default()).await;
+    mock.inject("token", Fault::Garbage, 5);
+    let r = client
+        .get(format!("{}/cgi-bin/token", mock.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).is_err());
+    client
+        .post(format!("{}/mock/reset", mock.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mock.calls("*"), 0);
+    assert!(plain_token(&mock, &client).await["access_token"].is_string());
+}
