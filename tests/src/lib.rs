@@ -12,4 +12,5 @@
 
 pub mod mock_wechat;
 pub mod serve;
+pub mod signal;
 pub mod upstream;

@@ -1,0 +1,62 @@
+//! `weauth-mock-wechat`: the mock WeChat API as a standalone server (see
+//! `weauth_tests::mock_wechat` for the routes).
+//!
+//! Usage: `weauth-mock-wechat [--listen 127.0.0.1:8090] [--appid ID] [--secret S] [--unionid]
+//! [--token-overlap-secs N]`. Prints `listening on ADDR` once ready; stops on Ctrl-C/SIGTERM.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use weauth_tests::mock_wechat::{MockConfig, MockWechat};
+
+const USAGE: &str = "usage: weauth-mock-wechat [--listen 127.0.0.1:8090] [--appid ID] \
+[--secret S] [--unionid] [--token-overlap-secs N]";
+
+fn parse(args: impl Iterator<Item = String>) -> Result<MockConfig, String> {
+    let mut cfg = MockConfig {
+        listen: Some(SocketAddr::from(([127, 0, 0, 1], 8090))),
+        ..Default::default()
+    };
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--listen" => {
+                let v = value("--listen")?;
+                cfg.listen = Some(v.parse().map_err(|e| format!("--listen {v:?}: {e}"))?);
+            }
+            "--appid" => cfg.appid = value("--appid")?,
+            "--secret" => cfg.secret = value("--secret")?,
+            "--unionid" => cfg.unionid = true,
+            "--token-overlap-secs" => {
+                let v = value("--token-overlap-secs")?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|e| format!("--token-overlap-secs {v:?}: {e}"))?;
+                cfg.token_overlap = Duration::from_secs(secs);
+            }
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(cfg)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = match parse(std::env::args().skip(1)) {
+        Ok(cfg) => cfg,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    let listen = cfg.listen;
+    let mock = MockWechat::start(cfg)
+        .await
+        .map_err(|e| format!("cannot listen on {listen:?}: {e}"))?;
+    println!("listening on {}", mock.addr());
+    weauth_tests::signal::terminated().await;
+    mock.shutdown().await;
+    Ok(())
+}
