@@ -1,1 +1,36 @@
-//! placeholder
+//! weauth-filter: a proxy-wasm module for Envoy (and Istio sidecars) that verifies weauth
+//! access tokens at the edge and enforces the issuer's revocations without a call per request.
+//!
+//! Modules, pure first (all unit-tested natively; none imports `proxy_wasm`):
+//! - [`config`]: the plugin configuration, parsed and validated once in `on_configure`.
+//! - [`verify`]: token extraction and the per-request [`verify::Decision`].
+//! - [`revocation`]: the revocation set (O(1) lookups by jti, sid, sub), feed application and
+//!   its sharded, versioned encoding for Envoy shared data.
+//! - [`refresh`]: the fetchers' timer state machine, the fetcher lease and the JWKS blob.
+//! - [`cache`]: the bounded per-VM cache of verified tokens.
+//!
+//! Host glue, compiled only for wasm32: `root` (one per VM: configuration, metrics, the 100 ms
+//! tick that syncs keys and revocations from shared data, the lease election and — on the
+//! elected VM only — the JWKS and long-poll feed fetchers) and `http` (one per request: strip
+//! identity headers, pick the rule, call [`verify::decide`], then forward with identity headers
+//! or answer 400/401/403/503).
+//!
+//! Data flow: issuer → (elected VM: `dispatch_http_call`) → shared data (JWKS blob; revocation
+//! meta + 32 shard blobs) → (every VM's tick, only on a version change) decoded copies →
+//! requests.
+
+pub mod cache;
+pub mod config;
+pub mod refresh;
+pub mod revocation;
+pub mod verify;
+
+#[cfg(target_arch = "wasm32")]
+mod http;
+#[cfg(target_arch = "wasm32")]
+mod root;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(root::Root::create);
+}}

@@ -1,0 +1,238 @@
+//! A bounded per-VM cache of verified tokens, so a client that sends the same token on every
+//! request pays for one signature check, not one per request.
+//!
+//! Keyed by the SHA-256 of the token text (the token itself is never stored). An entry holds
+//! the verified claims, the key-set generation they were verified under, the revocation
+//! generation they were last checked against, and the instant they stop being acceptable
+//! (`exp + leeway`). A lookup misses when the entry has expired or the key set changed (a key
+//! may have been withdrawn); when only the revocation generation moved, the caller re-checks
+//! revocation and records the new generation ([`TokenCache::mark_checked`]).
+//! Eviction is first-in first-out once `capacity` is reached. Pure: time is an argument.
+
+use std::collections::{HashMap, VecDeque};
+
+use sha2::{Digest, Sha256};
+use weauth_token::Claims;
+
+/// SHA-256 of a token.
+pub type TokenKey = [u8; 32];
+
+/// Hashes a token into its cache key.
+pub fn key_of(token: &str) -> TokenKey {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    claims: Claims,
+    keys_generation: u64,
+    revocation_generation: u64,
+    /// Unix seconds; the entry is unusable at or after this instant.
+    valid_until: i64,
+}
+
+/// A cache hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub claims: Claims,
+    /// The revocation generation the claims were last checked against.
+    pub revocation_generation: u64,
+}
+
+/// The cache. A capacity of 0 disables it.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCache {
+    capacity: usize,
+    entries: HashMap<TokenKey, Entry>,
+    order: VecDeque<TokenKey>,
+}
+
+impl TokenCache {
+    /// An empty cache holding at most `capacity` tokens.
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache {
+            capacity,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Number of cached tokens.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The cached claims for `key`, if still valid at `now` under key-set `keys_generation`.
+    /// An expired or outdated entry is removed.
+    pub fn get(&mut self, key: &TokenKey, now: i64, keys_generation: u64) -> Option<Hit> {
+        let entry = self.entries.get(key)?;
+        if entry.valid_until <= now || entry.keys_generation != keys_generation {
+            self.entries.remove(key);
+            return None;
+        }
+        Some(Hit {
+            claims: entry.claims.clone(),
+            revocation_generation: entry.revocation_generation,
+        })
+    }
+
+    /// Caches freshly verified claims, valid until `exp + leeway`.
+    pub fn insert(
+        &mut self,
+        key: TokenKey,
+        claims: Claims,
+        leeway: i64,
+        keys_generation: u64,
+        revocation_generation: u64,
+    ) {
+        if self.capacity == 0 {
+            return;
+        }
+        let valid_until = claims.exp.saturating_add(leeway);
+        let fresh = !self.entries.contains_key(&key);
+        self.entries.insert(
+            key,
+            Entry {
+                claims,
+                keys_generation,
+                revocation_generation,
+                valid_until,
+            },
+        );
+        if fresh {
+            self.order.push_back(key);
+        }
+        while self.entries.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        // Keys removed by `get`/`remove` linger in `order`; keep it bounded too.
+        if self.order.len() > self.capacity.saturating_mul(2) {
+            let entries = &self.entries;
+            self.order.retain(|key| entries.contains_key(key));
+        }
+    }
+
+    /// Records that the entry passed the revocation check at `revocation_generation`.
+    pub fn mark_checked(&mut self, key: &TokenKey, revocation_generation: u64) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.revocation_generation = revocation_generation;
+        }
+    }
+
+    /// Drops one entry (a revoked token).
+    pub fn remove(&mut self, key: &TokenKey) {
+        self.entries.remove(key);
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weauth_token::Audience;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn claims(jti: &str, exp: i64) -> Claims {
+        Claims {
+            iss: "i".into(),
+            aud: Audience::One("a".into()),
+            sub: "u".into(),
+            sid: "s".into(),
+            jti: jti.into(),
+            iat: NOW,
+            nbf: NOW,
+            exp,
+            openid: "o".into(),
+            unionid: None,
+            appid: "w".into(),
+            scope: None,
+        }
+    }
+
+    #[test]
+    fn get_after_insert_hits() {
+        let mut cache = TokenCache::new(10);
+        let key = key_of("t");
+        cache.insert(key, claims("j", NOW + 100), 0, 1, 5);
+        let hit = cache.get(&key, NOW, 1).unwrap();
+        assert_eq!(hit.claims.jti, "j");
+        assert_eq!(hit.revocation_generation, 5);
+    }
+
+    #[test]
+    fn get_past_exp_plus_leeway_misses() {
+        let mut cache = TokenCache::new(10);
+        let key = key_of("t");
+        cache.insert(key, claims("j", NOW + 100), 60, 1, 0);
+        assert!(cache.get(&key, NOW + 159, 1).is_some());
+        assert!(cache.get(&key, NOW + 160, 1).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn get_other_keys_generation_misses() {
+        let mut cache = TokenCache::new(10);
+        let key = key_of("t");
+        cache.insert(key, claims("j", NOW + 100), 0, 1, 0);
+        assert!(cache.get(&key, NOW, 2).is_none());
+    }
+
+    #[test]
+    fn insert_over_capacity_evicts_oldest() {
+        let mut cache = TokenCache::new(2);
+        for name in ["a", "b", "c"] {
+            cache.insert(key_of(name), claims(name, NOW + 100), 0, 1, 0);
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&key_of("a"), NOW, 1).is_none());
+        assert!(cache.get(&key_of("c"), NOW, 1).is_some());
+    }
+
+    #[test]
+    fn zero_capacity_caches_nothing() {
+        let mut cache = TokenCache::new(0);
+        cache.insert(key_of("a"), claims("a", NOW + 100), 0, 1, 0);
+        assert!(cache.get(&key_of("a"), NOW, 1).is_none());
+    }
+
+    #[test]
+    fn mark_checked_updates_revocation_generation() {
+        let mut cache = TokenCache::new(2);
+        let key = key_of("a");
+        cache.insert(key, claims("a", NOW + 100), 0, 1, 3);
+        cache.mark_checked(&key, 4);
+        assert_eq!(cache.get(&key, NOW, 1).unwrap().revocation_generation, 4);
+    }
+
+    #[test]
+    fn order_stays_bounded_under_churn() {
+        let mut cache = TokenCache::new(4);
+        for i in 0..100 {
+            let key = key_of(&i.to_string());
+            cache.insert(key, claims("x", NOW + 100), 0, 1, 0);
+            cache.remove(&key);
+        }
+        assert!(cache.order.len() <= 8);
+    }
+
+    #[test]
+    fn key_of_distinguishes_tokens() {
+        assert_ne!(key_of("a.b.c"), key_of("a.b.d"));
+    }
+}

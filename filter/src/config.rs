@@ -1,0 +1,943 @@
+//! Plugin configuration: the JSON in Envoy's `plugin_config.configuration`, parsed and
+//! validated once in `on_configure` (schema and defaults: `docs/INTERFACES.md`, "Filter plugin
+//! configuration").
+//!
+//! [`Config::parse`] turns the raw bytes into a [`Config`] whose keys are already decoded, whose
+//! header names are lower-cased and whose numbers are range-checked, or into a [`ConfigError`]
+//! naming the offending field. Unknown fields are refused everywhere. Nothing here talks to the
+//! host.
+
+use serde::Deserialize;
+use weauth_token::{Algorithm, Jwks, KeySet, Validation};
+
+/// Default JWKS path on the issuer.
+pub const DEFAULT_JWKS_PATH: &str = "/.well-known/jwks.json";
+/// Default revocation feed path on the issuer.
+pub const DEFAULT_FEED_PATH: &str = "/v1/revocations";
+/// The issuer caps `wait` at 60 s; so do we.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+/// Longest accepted `max_token_bytes`.
+pub const MAX_TOKEN_BYTES_LIMIT: usize = 65_536;
+/// Largest accepted `cache_entries`.
+pub const MAX_CACHE_ENTRIES: usize = 1_000_000;
+
+/// Why a plugin configuration was refused. The text names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("plugin configuration is missing (expected a JSON object)")]
+    Missing,
+    #[error("plugin configuration is not valid: {0}")]
+    Json(String),
+    #[error("`{field}`: {reason}")]
+    Field { field: String, reason: String },
+}
+
+fn field_error(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// What a path requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Require {
+    /// A missing or invalid token is refused (401).
+    Required,
+    /// A missing token passes (no identity headers); an invalid one is refused (401).
+    Optional,
+    /// Not checked at all (identity headers are still stripped).
+    None,
+}
+
+/// What the filter does when the revocation set is older than `stale_after_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleMode {
+    /// Refuse requests that need a token with 503 (the safe default).
+    Deny,
+    /// Keep checking against the last known set, counting and logging it.
+    Allow,
+}
+
+/// Where the keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// Keys given in the configuration.
+    Inline(KeySet),
+    /// Keys fetched from the issuer through an Envoy cluster.
+    Remote(RemoteJwks),
+}
+
+/// A fetched JWKS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    /// Envoy cluster name (Istio: `outbound|8080||issuer.ns.svc.cluster.local`).
+    pub cluster: String,
+    /// `:authority` of the request. Default: the cluster name.
+    pub authority: String,
+    /// Default [`DEFAULT_JWKS_PATH`].
+    pub path: String,
+    /// Refetch period. Default 300 s.
+    pub refresh_seconds: u64,
+    /// Least time between two fetches triggered by an unknown `kid`. Default 5 s.
+    pub min_refetch_seconds: u64,
+    /// Call timeout. Default 2000 ms.
+    pub timeout_ms: u64,
+}
+
+/// The revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationConfig {
+    pub cluster: String,
+    /// Default: the cluster name.
+    pub authority: String,
+    /// Default [`DEFAULT_FEED_PATH`].
+    pub path: String,
+    /// The feed credential, sent as `Authorization: Bearer ...`. Required, never logged.
+    pub credential: String,
+    /// Long-poll wait. Default 20 s, 0..=60.
+    pub wait_seconds: u64,
+    /// Age after which the set is stale. Default 60 s; must exceed `wait_seconds`.
+    pub stale_after_seconds: u64,
+    /// Default [`StaleMode::Deny`].
+    pub stale_mode: StaleMode,
+}
+
+/// Where a token is looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A request header (lower-cased name) whose value starts with `prefix` (compared
+    /// case-insensitively, so `bearer x` matches `Bearer `). Default prefix: none.
+    Header { name: String, prefix: String },
+    /// A cookie by name.
+    Cookie(String),
+    /// A query parameter by name.
+    Query(String),
+}
+
+/// One claim copied into one request header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub claim: String,
+    /// Lower-cased.
+    pub header: String,
+}
+
+/// How a rule matches the path (the `:path` without its query string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+/// One path rule; the first matching rule wins, else `default_require` with no scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub path: PathMatch,
+    pub require: Require,
+    /// Scopes the token must all carry (else 403 `insufficient_scope`).
+    pub scopes: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `issuer`, `audiences`, `algorithms`, `clock_skew_seconds`, `max_token_bytes`.
+    pub validation: Validation,
+    pub jwks: JwksSource,
+    /// `None`: no revocation checks.
+    pub revocation: Option<RevocationConfig>,
+    pub token_sources: Vec<TokenSource>,
+    pub claim_to_headers: Vec<ClaimHeader>,
+    /// Default true. When false, the header the token came from is removed before forwarding.
+    pub forward_authorization: bool,
+    pub rules: Vec<Rule>,
+    pub default_require: Require,
+    /// Default 10000; 0 disables the cache.
+    pub cache_entries: usize,
+    /// Default false. When true, CORS preflights (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) pass without a token.
+    pub cors_preflight: bool,
+}
+
+// ---- raw serde shapes -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuer: Option<String>,
+    audiences: Option<Vec<String>>,
+    #[serde(default = "default_algorithms")]
+    algorithms: Vec<String>,
+    jwks: Option<RawJwks>,
+    revocation: Option<RawRevocation>,
+    token_sources: Option<Vec<RawTokenSource>>,
+    claim_to_headers: Option<Vec<RawClaimHeader>>,
+    #[serde(default = "default_true")]
+    forward_authorization: bool,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default = "default_require")]
+    default_require: Require,
+    #[serde(default = "default_skew")]
+    clock_skew_seconds: i64,
+    #[serde(default = "default_max_token_bytes")]
+    max_token_bytes: usize,
+    #[serde(default = "default_cache_entries")]
+    cache_entries: usize,
+    #[serde(default)]
+    cors_preflight: bool,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["EdDSA".into()]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_require() -> Require {
+    Require::Required
+}
+fn default_skew() -> i64 {
+    60
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    inline: Option<Jwks>,
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    refresh_seconds: Option<u64>,
+    min_refetch_seconds: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    credential: Option<String>,
+    wait_seconds: Option<u64>,
+    stale_after_seconds: Option<u64>,
+    stale_mode: Option<StaleMode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenSource {
+    header: Option<String>,
+    prefix: Option<String>,
+    cookie: Option<String>,
+    query: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimHeader {
+    claim: String,
+    header: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    prefix: Option<String>,
+    exact: Option<String>,
+    #[serde(default = "default_require")]
+    require: Require,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// Claim names [`weauth_token::Claims::get`] knows.
+const KNOWN_CLAIMS: &[&str] = &[
+    "iss", "sub", "sid", "jti", "openid", "unionid", "appid", "scope", "aud", "iat", "nbf", "exp",
+];
+
+/// The default identity headers.
+fn default_claim_headers() -> Vec<ClaimHeader> {
+    [
+        ("sub", "x-weauth-sub"),
+        ("openid", "x-weauth-openid"),
+        ("unionid", "x-weauth-unionid"),
+        ("appid", "x-weauth-appid"),
+        ("sid", "x-weauth-sid"),
+        ("scope", "x-weauth-scope"),
+    ]
+    .iter()
+    .map(|(claim, header)| ClaimHeader {
+        claim: (*claim).into(),
+        header: (*header).into(),
+    })
+    .collect()
+}
+
+/// Whether `name` is a valid HTTP field name (RFC 9110 token characters).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+fn non_empty(field: &str, value: Option<String>) -> Result<String, ConfigError> {
+    match value {
+        Some(value) if !value.trim().is_empty() => Ok(value),
+        Some(_) => Err(field_error(field, "must not be empty")),
+        None => Err(field_error(field, "is required")),
+    }
+}
+
+fn check_path(field: &str, path: String) -> Result<String, ConfigError> {
+    if path.starts_with('/') && !path.contains('?') && !path.contains('#') {
+        Ok(path)
+    } else {
+        Err(field_error(
+            field,
+            "must start with `/` and carry no query or fragment",
+        ))
+    }
+}
+
+fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(field_error(field, format!("must be between {min} and {max}")))
+    }
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first field that is missing, unknown or out of range.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::Missing);
+        }
+        let raw: RawConfig =
+            serde_json::from_slice(bytes).map_err(|err| ConfigError::Json(err.to_string()))?;
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let issuer = non_empty("issuer", raw.issuer)?;
+        let audiences = raw.audiences.ok_or_else(|| field_error("audiences", "is required"))?;
+        if audiences.is_empty() || audiences.iter().any(|aud| aud.is_empty()) {
+            return Err(field_error(
+                "audiences",
+                "must list at least one non-empty audience",
+            ));
+        }
+        if raw.algorithms.is_empty() {
+            return Err(field_error("algorithms", "must list at least one algorithm"));
+        }
+        let mut algorithms = Vec::new();
+        for (i, name) in raw.algorithms.iter().enumerate() {
+            let alg = Algorithm::from_name(name).ok_or_else(|| {
+                field_error(
+                    format!("algorithms[{i}]"),
+                    format!("`{name}` is not one of EdDSA, ES256, HS256"),
+                )
+            })?;
+            algorithms.push(alg);
+        }
+        if !(0..=600).contains(&raw.clock_skew_seconds) {
+            return Err(field_error("clock_skew_seconds", "must be between 0 and 600"));
+        }
+        if raw.max_token_bytes < 64 || raw.max_token_bytes > MAX_TOKEN_BYTES_LIMIT {
+            return Err(field_error(
+                "max_token_bytes",
+                format!("must be between 64 and {MAX_TOKEN_BYTES_LIMIT}"),
+            ));
+        }
+        if raw.cache_entries > MAX_CACHE_ENTRIES {
+            return Err(field_error(
+                "cache_entries",
+                format!("must be at most {MAX_CACHE_ENTRIES}"),
+            ));
+        }
+        let validation = Validation {
+            issuer,
+            audiences,
+            algorithms,
+            leeway: raw.clock_skew_seconds,
+            max_token_bytes: raw.max_token_bytes,
+        };
+        let jwks = validate_jwks(raw.jwks)?;
+        let revocation = raw.revocation.map(validate_revocation).transpose()?;
+        let token_sources = match raw.token_sources {
+            None => vec![TokenSource::Header {
+                name: "authorization".into(),
+                prefix: "Bearer ".into(),
+            }],
+            Some(list) if list.is_empty() => {
+                return Err(field_error(
+                    "token_sources",
+                    "must list at least one source",
+                ))
+            }
+            Some(list) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, source)| validate_source(i, source))
+                .collect::<Result<_, _>>()?,
+        };
+        let claim_to_headers = match raw.claim_to_headers {
+            None => default_claim_headers(),
+            Some(list) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, mapping)| validate_claim_header(i, mapping))
+                .collect::<Result<_, _>>()?,
+        };
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, rule)| validate_rule(i, rule))
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            validation,
+            jwks,
+            revocation,
+            token_sources,
+            claim_to_headers,
+            forward_authorization: raw.forward_authorization,
+            rules,
+            default_require: raw.default_require,
+            cache_entries: raw.cache_entries,
+            cors_preflight: raw.cors_preflight,
+        })
+    }
+
+    /// The rule for a request path (query string already removed): the first match, else the
+    /// default requirement with no scopes.
+    pub fn rule_for(&self, path: &str) -> (Require, &[String]) {
+        self.rules
+            .iter()
+            .find(|rule| match &rule.path {
+                PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+                PathMatch::Exact(exact) => path == exact,
+            })
+            .map_or((self.default_require, &[][..]), |rule| {
+                (rule.require, rule.scopes.as_slice())
+            })
+    }
+}
+
+fn validate_jwks(raw: Option<RawJwks>) -> Result<JwksSource, ConfigError> {
+    let raw = raw.ok_or_else(|| field_error("jwks", "is required (`inline` or `cluster`)"))?;
+    match (raw.inline, raw.cluster) {
+        (Some(_), Some(_)) => Err(field_error("jwks", "give either `inline` or `cluster`, not both")),
+        (None, None) => Err(field_error("jwks", "give either `inline` or `cluster`")),
+        (Some(jwks), None) => {
+            let remote_only = [
+                ("jwks.authority", raw.authority.is_some()),
+                ("jwks.path", raw.path.is_some()),
+                ("jwks.refresh_seconds", raw.refresh_seconds.is_some()),
+                ("jwks.min_refetch_seconds", raw.min_refetch_seconds.is_some()),
+                ("jwks.timeout_ms", raw.timeout_ms.is_some()),
+            ];
+            if let Some((field, _)) = remote_only.iter().find(|(_, set)| *set) {
+                return Err(field_error(*field, "only applies with `jwks.cluster`"));
+            }
+            let (keys, skipped) = KeySet::from_jwks(&jwks);
+            if let Some((kid, err)) = skipped.first() {
+                return Err(field_error(
+                    "jwks.inline.keys",
+                    format!("key {}: {err}", kid.as_deref().unwrap_or("(no kid)")),
+                ));
+            }
+            if keys.is_empty() {
+                return Err(field_error("jwks.inline.keys", "must hold at least one key"));
+            }
+            Ok(JwksSource::Inline(keys))
+        }
+        (None, Some(cluster)) => {
+            let cluster = non_empty("jwks.cluster", Some(cluster))?;
+            let authority = match raw.authority {
+                Some(authority) => non_empty("jwks.authority", Some(authority))?,
+                None => cluster.clone(),
+            };
+            Ok(JwksSource::Remote(RemoteJwks {
+                cluster,
+                authority,
+                path: check_path(
+                    "jwks.path",
+                    raw.path.unwrap_or_else(|| DEFAULT_JWKS_PATH.into()),
+                )?,
+                refresh_seconds: in_range(
+                    "jwks.refresh_seconds",
+                    raw.refresh_seconds.unwrap_or(300),
+                    1,
+                    86_400,
+                )?,
+                min_refetch_seconds: in_range(
+                    "jwks.min_refetch_seconds",
+                    raw.min_refetch_seconds.unwrap_or(5),
+                    0,
+                    3_600,
+                )?,
+                timeout_ms: in_range(
+                    "jwks.timeout_ms",
+                    raw.timeout_ms.unwrap_or(2000),
+                    1,
+                    60_000,
+                )?,
+            }))
+        }
+    }
+}
+
+fn validate_revocation(raw: RawRevocation) -> Result<RevocationConfig, ConfigError> {
+    let cluster = non_empty("revocation.cluster", raw.cluster)?;
+    let authority = match raw.authority {
+        Some(authority) => non_empty("revocation.authority", Some(authority))?,
+        None => cluster.clone(),
+    };
+    let credential = non_empty("revocation.credential", raw.credential)?;
+    if !credential.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(field_error(
+            "revocation.credential",
+            "must be printable ASCII without spaces",
+        ));
+    }
+    let wait_seconds = in_range(
+        "revocation.wait_seconds",
+        raw.wait_seconds.unwrap_or(20),
+        0,
+        MAX_WAIT_SECONDS,
+    )?;
+    let stale_after_seconds = in_range(
+        "revocation.stale_after_seconds",
+        raw.stale_after_seconds.unwrap_or(60),
+        1,
+        86_400,
+    )?;
+    if stale_after_seconds <= wait_seconds {
+        return Err(field_error(
+            "revocation.stale_after_seconds",
+            "must be greater than `revocation.wait_seconds`",
+        ));
+    }
+    Ok(RevocationConfig {
+        cluster,
+        authority,
+        path: check_path(
+            "revocation.path",
+            raw.path.unwrap_or_else(|| DEFAULT_FEED_PATH.into()),
+        )?,
+        credential,
+        wait_seconds,
+        stale_after_seconds,
+        stale_mode: raw.stale_mode.unwrap_or(StaleMode::Deny),
+    })
+}
+
+fn validate_source(i: usize, raw: RawTokenSource) -> Result<TokenSource, ConfigError> {
+    let field = format!("token_sources[{i}]");
+    if raw.prefix.is_some() && raw.header.is_none() {
+        return Err(field_error(
+            format!("{field}.prefix"),
+            "only applies to a `header` source",
+        ));
+    }
+    match (raw.header, raw.cookie, raw.query) {
+        (Some(name), None, None) => {
+            let name = name.to_ascii_lowercase();
+            if !is_header_name(&name) {
+                return Err(field_error(format!("{field}.header"), "is not a header name"));
+            }
+            Ok(TokenSource::Header {
+                name,
+                prefix: raw.prefix.unwrap_or_default(),
+            })
+        }
+        (None, Some(cookie), None) if is_header_name(&cookie) => Ok(TokenSource::Cookie(cookie)),
+        (None, Some(_), None) => Err(field_error(format!("{field}.cookie"), "is not a cookie name")),
+        (None, None, Some(query)) if !query.is_empty() && !query.contains(['&', '=', '#']) => {
+            Ok(TokenSource::Query(query))
+        }
+        (None, None, Some(_)) => Err(field_error(
+            format!("{field}.query"),
+            "is not a query parameter name",
+        )),
+        _ => Err(field_error(
+            field,
+            "give exactly one of `header`, `cookie`, `query`",
+        )),
+    }
+}
+
+fn validate_claim_header(i: usize, raw: RawClaimHeader) -> Result<ClaimHeader, ConfigError> {
+    if !KNOWN_CLAIMS.contains(&raw.claim.as_str()) {
+        return Err(field_error(
+            format!("claim_to_headers[{i}].claim"),
+            format!("`{}` is not one of {}", raw.claim, KNOWN_CLAIMS.join(", ")),
+        ));
+    }
+    let header = raw.header.to_ascii_lowercase();
+    let reserved = ["host", "authorization", "cookie", "content-length", "transfer-encoding"];
+    if !is_header_name(&header) || reserved.contains(&header.as_str()) {
+        return Err(field_error(
+            format!("claim_to_headers[{i}].header"),
+            "must be a header name other than host, authorization, cookie, content-length, transfer-encoding",
+        ));
+    }
+    Ok(ClaimHeader {
+        claim: raw.claim,
+        header,
+    })
+}
+
+fn validate_rule(i: usize, raw: RawRule) -> Result<Rule, ConfigError> {
+    let field = format!("rules[{i}]");
+    let path = match (raw.prefix, raw.exact) {
+        (Some(prefix), None) => PathMatch::Prefix(check_path(&format!("{field}.prefix"), prefix)?),
+        (None, Some(exact)) => PathMatch::Exact(check_path(&format!("{field}.exact"), exact)?),
+        _ => {
+            return Err(field_error(field, "give exactly one of `prefix`, `exact`"));
+        }
+    };
+    if let Some(bad) = raw
+        .scopes
+        .iter()
+        .find(|scope| scope.is_empty() || scope.contains(char::is_whitespace) || scope.contains('"'))
+    {
+        return Err(field_error(
+            format!("{field}.scopes"),
+            format!("`{bad}` is not a single scope"),
+        ));
+    }
+    if raw.require == Require::None && !raw.scopes.is_empty() {
+        return Err(field_error(
+            format!("{field}.scopes"),
+            "scopes cannot be required with `require: none`",
+        ));
+    }
+    Ok(Rule {
+        path,
+        require: raw.require,
+        scopes: raw.scopes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weauth_token::SigningKey;
+
+    pub(crate) fn inline_jwks_json() -> String {
+        let key = SigningKey::from_seed(Algorithm::EdDSA, &[7u8; 32]).unwrap();
+        serde_json::to_string(&Jwks {
+            keys: vec![key.jwk()],
+        })
+        .unwrap()
+    }
+
+    fn minimal() -> String {
+        format!(
+            r#"{{"issuer":"http://127.0.0.1:8080","audiences":["weauth"],"jwks":{{"inline":{}}}}}"#,
+            inline_jwks_json()
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text.as_bytes())
+    }
+
+    fn field_of(err: ConfigError) -> String {
+        match err {
+            ConfigError::Field { field, .. } => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    /// Builds `{issuer, audiences, jwks inline, <extra>}` without string surgery.
+    fn config_with(extra: serde_json::Value) -> String {
+        let mut value: serde_json::Value = serde_json::from_str(&minimal()).unwrap();
+        if let (Some(obj), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        value.to_string()
+    }
+
+    #[test]
+    fn parse_minimal_applies_defaults() {
+        let config = parse(&minimal()).unwrap();
+        assert_eq!(config.validation.algorithms, vec![Algorithm::EdDSA]);
+        assert_eq!(config.validation.leeway, 60);
+        assert_eq!(config.validation.max_token_bytes, 8192);
+        assert_eq!(config.cache_entries, 10_000);
+        assert!(config.forward_authorization);
+        assert!(!config.cors_preflight);
+        assert!(config.revocation.is_none());
+        assert_eq!(config.default_require, Require::Required);
+        assert_eq!(
+            config.token_sources,
+            vec![TokenSource::Header {
+                name: "authorization".into(),
+                prefix: "Bearer ".into()
+            }]
+        );
+        let headers: Vec<_> = config
+            .claim_to_headers
+            .iter()
+            .map(|m| m.header.as_str())
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                "x-weauth-sub",
+                "x-weauth-openid",
+                "x-weauth-unionid",
+                "x-weauth-appid",
+                "x-weauth-sid",
+                "x-weauth-scope"
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_interfaces_example_accepted() {
+        let text = r#"{
+          "issuer": "http://127.0.0.1:8080",
+          "audiences": ["weauth"],
+          "algorithms": ["EdDSA"],
+          "jwks": {"cluster": "weauth_issuer", "authority": "issuer", "path": "/.well-known/jwks.json",
+                   "refresh_seconds": 300, "min_refetch_seconds": 5, "timeout_ms": 2000},
+          "revocation": {"cluster": "weauth_issuer", "authority": "issuer", "path": "/v1/revocations",
+                         "credential": "feed-secret", "wait_seconds": 20, "stale_after_seconds": 60,
+                         "stale_mode": "deny"},
+          "token_sources": [{"header": "authorization", "prefix": "Bearer "},
+                            {"cookie": "weauth_at"}, {"query": "access_token"}],
+          "claim_to_headers": [{"claim": "sub", "header": "x-weauth-sub"},
+                               {"claim": "openid", "header": "x-weauth-openid"}],
+          "forward_authorization": true,
+          "rules": [{"prefix": "/api/", "require": "required", "scopes": []},
+                    {"exact": "/v1/login", "require": "none"}],
+          "default_require": "required",
+          "clock_skew_seconds": 60,
+          "max_token_bytes": 8192,
+          "cache_entries": 10000,
+          "cors_preflight": true
+        }"#;
+        let config = parse(text).unwrap();
+        let JwksSource::Remote(remote) = &config.jwks else {
+            panic!("expected a remote jwks")
+        };
+        assert_eq!(remote.cluster, "weauth_issuer");
+        assert_eq!(remote.authority, "issuer");
+        let revocation = config.revocation.unwrap();
+        assert_eq!(revocation.wait_seconds, 20);
+        assert_eq!(revocation.stale_mode, StaleMode::Deny);
+        assert_eq!(config.token_sources.len(), 3);
+        assert_eq!(config.rules.len(), 2);
+    }
+
+    #[test]
+    fn parse_unknown_top_field_refused() {
+        let err = parse(&config_with(serde_json::json!({"isuer": "x"}))).unwrap_err();
+        assert!(err.to_string().contains("isuer"), "{err}");
+    }
+
+    #[test]
+    fn parse_missing_issuer_names_field() {
+        let err = parse(r#"{"audiences":["a"],"jwks":{"cluster":"c"}}"#).unwrap_err();
+        assert_eq!(field_of(err), "issuer");
+    }
+
+    #[test]
+    fn parse_empty_config_missing() {
+        assert_eq!(parse("  ").unwrap_err(), ConfigError::Missing);
+    }
+
+    #[test]
+    fn parse_unknown_algorithm_names_index() {
+        let err = parse(&config_with(serde_json::json!({"algorithms": ["EdDSA", "RS256"]})))
+            .unwrap_err();
+        assert_eq!(field_of(err), "algorithms[1]");
+    }
+
+    #[test]
+    fn parse_jwks_both_forms_refused() {
+        let err = parse(&config_with(
+            serde_json::json!({"jwks": {"inline": {"keys": []}, "cluster": "c"}}),
+        ))
+        .unwrap_err();
+        assert_eq!(field_of(err), "jwks");
+    }
+
+    #[test]
+    fn parse_inline_jwks_empty_refused() {
+        let err =
+            parse(&config_with(serde_json::json!({"jwks": {"inline": {"keys": []}}}))).unwrap_err();
+        assert_eq!(field_of(err), "jwks.inline.keys");
+    }
+
+    #[test]
+    fn parse_remote_jwks_defaults() {
+        let config = parse(&config_with(serde_json::json!({"jwks": {"cluster": "issuer_c"}}))).unwrap();
+        let JwksSource::Remote(remote) = config.jwks else {
+            panic!("expected a remote jwks")
+        };
+        assert_eq!(remote.authority, "issuer_c");
+        assert_eq!(remote.path, DEFAULT_JWKS_PATH);
+        assert_eq!(remote.refresh_seconds, 300);
+        assert_eq!(remote.min_refetch_seconds, 5);
+        assert_eq!(remote.timeout_ms, 2000);
+    }
+
+    #[test]
+    fn parse_revocation_defaults() {
+        let config = parse(&config_with(
+            serde_json::json!({"revocation": {"cluster": "c", "credential": "s"}}),
+        ))
+        .unwrap();
+        let revocation = config.revocation.unwrap();
+        assert_eq!(revocation.path, DEFAULT_FEED_PATH);
+        assert_eq!(revocation.wait_seconds, 20);
+        assert_eq!(revocation.stale_after_seconds, 60);
+        assert_eq!(revocation.stale_mode, StaleMode::Deny);
+        assert_eq!(revocation.authority, "c");
+    }
+
+    #[test]
+    fn parse_revocation_without_credential_refused() {
+        let err = parse(&config_with(serde_json::json!({"revocation": {"cluster": "c"}})))
+            .unwrap_err();
+        assert_eq!(field_of(err), "revocation.credential");
+    }
+
+    #[test]
+    fn parse_revocation_wait_over_cap_refused() {
+        let err = parse(&config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential": "s", "wait_seconds": 61, "stale_after_seconds": 600}})))
+        .unwrap_err();
+        assert_eq!(field_of(err), "revocation.wait_seconds");
+    }
+
+    #[test]
+    fn parse_stale_not_above_wait_refused() {
+        let err = parse(&config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential": "s", "wait_seconds": 30, "stale_after_seconds": 30}})))
+        .unwrap_err();
+        assert_eq!(field_of(err), "revocation.stale_after_seconds");
+    }
+
+    #[test]
+    fn parse_bad_stale_mode_refused() {
+        let err = parse(&config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential": "s", "stale_mode": "maybe"}})))
+        .unwrap_err();
+        assert!(err.to_string().contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn parse_token_source_two_kinds_refused() {
+        let err = parse(&config_with(
+            serde_json::json!({"token_sources": [{"cookie": "a", "query": "b"}]}),
+        ))
+        .unwrap_err();
+        assert_eq!(field_of(err), "token_sources[0]");
+    }
+
+    #[test]
+    fn parse_token_source_header_lowercased() {
+        let config = parse(&config_with(
+            serde_json::json!({"token_sources": [{"header": "X-Token"}]}),
+        ))
+        .unwrap();
+        assert_eq!(
+            config.token_sources,
+            vec![TokenSource::Header {
+                name: "x-token".into(),
+                prefix: String::new()
+            }]
+        );
+    }
+
+    #[test]
+    fn parse_unknown_claim_refused() {
+        let err = parse(&config_with(
+            serde_json::json!({"claim_to_headers": [{"claim": "email", "header": "x-email"}]}),
+        ))
+        .unwrap_err();
+        assert_eq!(field_of(err), "claim_to_headers[0].claim");
+    }
+
+    #[test]
+    fn parse_claim_into_authorization_refused() {
+        let err = parse(&config_with(
+            serde_json::json!({"claim_to_headers": [{"claim": "sub", "header": "Authorization"}]}),
+        ))
+        .unwrap_err();
+        assert_eq!(field_of(err), "claim_to_headers[0].header");
+    }
+
+    #[test]
+    fn parse_rule_without_match_refused() {
+        let err = parse(&config_with(serde_json::json!({"rules": [{"require": "none"}]})))
+            .unwrap_err();
+        assert_eq!(field_of(err), "rules[0]");
+    }
+
+    #[test]
+    fn parse_rule_bad_require_refused() {
+        let err = parse(&config_with(
+            serde_json::json!({"rules": [{"prefix": "/", "require": "sometimes"}]}),
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn parse_rule_prefix_without_slash_refused() {
+        let err = parse(&config_with(serde_json::json!({"rules": [{"prefix": "api"}]})))
+            .unwrap_err();
+        assert_eq!(field_of(err), "rules[0].prefix");
+    }
+
+    #[test]
+    fn parse_skew_out_of_range_refused() {
+        let err = parse(&config_with(serde_json::json!({"clock_skew_seconds": -1}))).unwrap_err();
+        assert_eq!(field_of(err), "clock_skew_seconds");
+    }
+
+    #[test]
+    fn parse_cache_too_large_refused() {
+        let err = parse(&config_with(serde_json::json!({"cache_entries": 2_000_000}))).unwrap_err();
+        assert_eq!(field_of(err), "cache_entries");
+    }
+
+    #[test]
+    fn rule_for_first_match_wins() {
+        let config = parse(&config_with(serde_json::json!({"rules": [
+            {"exact": "/api/public", "require": "none"},
+            {"prefix": "/api/", "require": "required", "scopes": ["read"]},
+        ], "default_require": "optional"})))
+        .unwrap();
+        assert_eq!(config.rule_for("/api/public").0, Require::None);
+        let (require, scopes) = config.rule_for("/api/orders");
+        assert_eq!(require, Require::Required);
+        assert_eq!(scopes, ["read".to_string()]);
+        assert_eq!(config.rule_for("/api/public/x").0, Require::Required);
+        assert_eq!(config.rule_for("/other").0, Require::Optional);
+    }
+}

@@ -1,0 +1,448 @@
+//! Timer state machines for the two background fetchers (JWKS and revocation feed), and the
+//! lease that elects the one VM that runs them.
+//!
+//! [`Schedule`] is either idle until a due time, or in flight with the host's call token and
+//! start time. The root context asks [`Schedule::due`] on every tick, reports
+//! [`Schedule::dispatched`], and hands every call response to [`Schedule::finish`], which drops
+//! responses whose token is not the one in flight (a stale call). Failures back off
+//! exponentially; [`Schedule::expire`] recovers from a callback that never came.
+//!
+//! [`Lease`] is the election: `on_tick` fires in every worker VM, so a lease (holder id, expiry)
+//! is CAS-written to shared data and only its holder fetches. Pure: every time is an argument
+//! (host milliseconds).
+
+/// Where a fetcher is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Nothing in flight; dispatch at or after `next_ms`.
+    Idle { next_ms: u64 },
+    /// A call is out.
+    InFlight { token: u32, started_ms: u64 },
+}
+
+/// How a finished call went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Success: the next call is due `next_in_ms` from now.
+    Ok { next_in_ms: u64 },
+    /// Failure: back off.
+    Failed,
+}
+
+/// One fetcher's timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    state: State,
+    /// Consecutive failures (0 after a success).
+    failures: u32,
+    /// First backoff step.
+    base_ms: u64,
+    /// Backoff ceiling.
+    max_ms: u64,
+    /// A call in flight longer than this is given up (its late response is dropped).
+    give_up_ms: u64,
+    last_started_ms: Option<u64>,
+}
+
+impl Schedule {
+    /// A schedule due immediately, backing off from `base_ms` doubling up to `max_ms`, and
+    /// abandoning calls older than `give_up_ms` (set it above the call's own timeout).
+    pub fn new(now_ms: u64, base_ms: u64, max_ms: u64, give_up_ms: u64) -> Schedule {
+        Schedule {
+            state: State::Idle { next_ms: now_ms },
+            failures: 0,
+            base_ms: base_ms.max(1),
+            max_ms: max_ms.max(base_ms.max(1)),
+            give_up_ms,
+            last_started_ms: None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Consecutive failures.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Whether a call should be dispatched now.
+    pub fn due(&self, now_ms: u64) -> bool {
+        matches!(self.state, State::Idle { next_ms } if now_ms >= next_ms)
+    }
+
+    /// Records a dispatched call.
+    pub fn dispatched(&mut self, token: u32, now_ms: u64) {
+        self.state = State::InFlight {
+            token,
+            started_ms: now_ms,
+        };
+        self.last_started_ms = Some(now_ms);
+    }
+
+    /// The host refused to dispatch: counts as a failure.
+    pub fn dispatch_failed(&mut self, now_ms: u64) {
+        self.last_started_ms = Some(now_ms);
+        self.fail(now_ms);
+    }
+
+    fn backoff_ms(&self) -> u64 {
+        let exponent = self.failures.saturating_sub(1).min(32);
+        self.base_ms
+            .saturating_mul(1u64 << exponent)
+            .min(self.max_ms)
+    }
+
+    fn fail(&mut self, now_ms: u64) {
+        self.failures = self.failures.saturating_add(1);
+        self.state = State::Idle {
+            next_ms: now_ms.saturating_add(self.backoff_ms()),
+        };
+    }
+
+    /// Whether `token` is the call in flight (a response for any other token is stale).
+    pub fn is_current(&self, token: u32) -> bool {
+        matches!(self.state, State::InFlight { token: current, .. } if current == token)
+    }
+
+    /// Accepts the result of call `token`. Returns false, changing nothing, when the token is
+    /// not the call in flight: the caller must drop that response.
+    pub fn finish(&mut self, token: u32, now_ms: u64, outcome: Outcome) -> bool {
+        if !self.is_current(token) {
+            return false;
+        }
+        match outcome {
+            Outcome::Ok { next_in_ms } => {
+                self.failures = 0;
+                self.state = State::Idle {
+                    next_ms: now_ms.saturating_add(next_in_ms),
+                };
+            }
+            Outcome::Failed => self.fail(now_ms),
+        }
+        true
+    }
+
+    /// Gives up a call in flight for longer than `give_up_ms` (counted as a failure). Returns
+    /// whether it did.
+    pub fn expire(&mut self, now_ms: u64) -> bool {
+        match self.state {
+            State::InFlight { started_ms, .. }
+                if now_ms.saturating_sub(started_ms) > self.give_up_ms =>
+            {
+                self.fail(now_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Brings an idle schedule forward to now, unless the last call started less than
+    /// `min_interval_ms` ago (then to that point). Used to refetch the JWKS on an unknown
+    /// `kid` without letting a stream of bad tokens hammer the issuer. Returns the new due
+    /// time, or `None` when a call is in flight.
+    pub fn hurry(&mut self, now_ms: u64, min_interval_ms: u64) -> Option<u64> {
+        let State::Idle { next_ms } = self.state else {
+            return None;
+        };
+        let earliest = self
+            .last_started_ms
+            .map_or(now_ms, |last| last.saturating_add(min_interval_ms).max(now_ms));
+        let next = next_ms.min(earliest);
+        self.state = State::Idle { next_ms: next };
+        Some(next)
+    }
+
+    /// When the last call started.
+    pub fn last_started_ms(&self) -> Option<u64> {
+        self.last_started_ms
+    }
+
+    /// Forgets any call in flight and makes the schedule due now (when this VM becomes the
+    /// fetcher, or stops being it).
+    pub fn reset(&mut self, now_ms: u64) {
+        self.state = State::Idle { next_ms: now_ms };
+        self.failures = 0;
+    }
+}
+
+/// The fetcher lease kept in shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder's VM id (unique per VM, allocated from a shared counter).
+    pub holder: u64,
+    /// Host time (ms) after which anyone may take the lease.
+    pub expires_ms: u64,
+}
+
+/// What a VM should do with the lease on this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStep {
+    /// We hold it: CAS-write this renewal; if the write succeeds, we are the fetcher.
+    Renew(Lease),
+    /// Free or expired: CAS-write this claim. It only makes us the fetcher once a later tick
+    /// finds us still holding it (two VMs can both claim a key that did not exist yet; only the
+    /// last write survives, and only its author will renew).
+    Claim(Lease),
+    /// Someone else holds a live lease.
+    Follow,
+}
+
+impl Lease {
+    /// 16 bytes: holder u64 LE, expires_ms u64 LE.
+    pub fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        let (holder, expires) = out.split_at_mut(8);
+        holder.copy_from_slice(&self.holder.to_le_bytes());
+        expires.copy_from_slice(&self.expires_ms.to_le_bytes());
+        out
+    }
+
+    /// `None` for anything but 16 bytes.
+    pub fn decode(bytes: &[u8]) -> Option<Lease> {
+        let holder = bytes.get(..8)?.try_into().ok()?;
+        let expires = bytes.get(8..16)?.try_into().ok()?;
+        (bytes.len() == 16).then(|| Lease {
+            holder: u64::from_le_bytes(holder),
+            expires_ms: u64::from_le_bytes(expires),
+        })
+    }
+}
+
+/// Decides the lease step for VM `me` at `now_ms`, given the current lease (if readable).
+pub fn lease_step(current: Option<Lease>, me: u64, now_ms: u64, duration_ms: u64) -> LeaseStep {
+    let next = Lease {
+        holder: me,
+        expires_ms: now_ms.saturating_add(duration_ms),
+    };
+    match current {
+        Some(lease) if lease.holder == me => LeaseStep::Renew(next),
+        Some(lease) if lease.expires_ms > now_ms => LeaseStep::Follow,
+        _ => LeaseStep::Claim(next),
+    }
+}
+
+/// The JWKS blob in shared data: `WJK1`, generation u64 LE, fetched-at (host ms) u64 LE, then
+/// the JWKS JSON exactly as the issuer served it.
+pub fn encode_jwks_blob(generation: u64, fetched_ms: u64, json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + json.len());
+    out.extend_from_slice(b"WJK1");
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&fetched_ms.to_le_bytes());
+    out.extend_from_slice(json);
+    out
+}
+
+/// A decoded JWKS blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwksBlob<'a> {
+    pub generation: u64,
+    pub fetched_ms: u64,
+    pub json: &'a [u8],
+}
+
+/// Reads a blob written by [`encode_jwks_blob`]; `None` when it is not one.
+pub fn decode_jwks_blob(bytes: &[u8]) -> Option<JwksBlob<'_>> {
+    if bytes.get(..4)? != b"WJK1" {
+        return None;
+    }
+    Some(JwksBlob {
+        generation: u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?),
+        fetched_ms: u64::from_le_bytes(bytes.get(12..20)?.try_into().ok()?),
+        json: bytes.get(20..)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> Schedule {
+        Schedule::new(1_000, 1_000, 30_000, 10_000)
+    }
+
+    #[test]
+    fn new_schedule_due_immediately() {
+        assert!(schedule().due(1_000));
+    }
+
+    #[test]
+    fn in_flight_not_due() {
+        let mut s = schedule();
+        s.dispatched(7, 1_000);
+        assert!(!s.due(50_000));
+    }
+
+    #[test]
+    fn finish_current_token_accepted() {
+        let mut s = schedule();
+        s.dispatched(7, 1_000);
+        assert!(s.finish(7, 1_500, Outcome::Ok { next_in_ms: 300_000 }));
+        assert_eq!(s.state(), State::Idle { next_ms: 301_500 });
+    }
+
+    #[test]
+    fn finish_stale_token_dropped() {
+        let mut s = schedule();
+        s.dispatched(7, 1_000);
+        assert!(!s.finish(6, 1_500, Outcome::Failed));
+        assert_eq!(
+            s.state(),
+            State::InFlight {
+                token: 7,
+                started_ms: 1_000
+            }
+        );
+    }
+
+    #[test]
+    fn finish_when_idle_dropped() {
+        let mut s = schedule();
+        assert!(!s.finish(1, 1_500, Outcome::Ok { next_in_ms: 0 }));
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_to_cap() {
+        let mut s = schedule();
+        let mut delays = Vec::new();
+        let mut now = 1_000;
+        for token in 0..8 {
+            s.dispatched(token, now);
+            s.finish(token, now, Outcome::Failed);
+            let State::Idle { next_ms } = s.state() else {
+                panic!("idle expected")
+            };
+            delays.push(next_ms - now);
+            now = next_ms;
+        }
+        assert_eq!(delays, [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
+    }
+
+    #[test]
+    fn success_resets_backoff() {
+        let mut s = schedule();
+        s.dispatched(1, 0);
+        s.finish(1, 0, Outcome::Failed);
+        s.dispatched(2, 1_000);
+        s.finish(2, 1_000, Outcome::Failed);
+        s.dispatched(3, 3_000);
+        s.finish(3, 3_000, Outcome::Ok { next_in_ms: 0 });
+        assert_eq!(s.failures(), 0);
+        s.dispatched(4, 3_000);
+        s.finish(4, 3_000, Outcome::Failed);
+        assert_eq!(s.state(), State::Idle { next_ms: 4_000 });
+    }
+
+    #[test]
+    fn dispatch_failed_backs_off() {
+        let mut s = schedule();
+        s.dispatch_failed(1_000);
+        assert!(!s.due(1_999));
+        assert!(s.due(2_000));
+    }
+
+    #[test]
+    fn expire_gives_up_lost_call() {
+        let mut s = schedule();
+        s.dispatched(9, 1_000);
+        assert!(!s.expire(11_000));
+        assert!(s.expire(11_001));
+        assert!(!s.is_current(9));
+        assert_eq!(s.failures(), 1);
+    }
+
+    #[test]
+    fn hurry_respects_min_interval() {
+        let mut s = schedule();
+        s.dispatched(1, 1_000);
+        s.finish(1, 1_100, Outcome::Ok { next_in_ms: 300_000 });
+        assert_eq!(s.hurry(2_000, 5_000), Some(6_000));
+        assert!(!s.due(5_999));
+        assert!(s.due(6_000));
+    }
+
+    #[test]
+    fn hurry_never_delays() {
+        let mut s = schedule();
+        assert_eq!(s.hurry(1_000, 5_000), Some(1_000));
+    }
+
+    #[test]
+    fn hurry_in_flight_noop() {
+        let mut s = schedule();
+        s.dispatched(1, 1_000);
+        assert_eq!(s.hurry(2_000, 0), None);
+    }
+
+    #[test]
+    fn lease_free_is_claimed() {
+        assert_eq!(
+            lease_step(None, 3, 100, 2_000),
+            LeaseStep::Claim(Lease {
+                holder: 3,
+                expires_ms: 2_100
+            })
+        );
+    }
+
+    #[test]
+    fn lease_live_other_followed() {
+        let held = Lease {
+            holder: 1,
+            expires_ms: 500,
+        };
+        assert_eq!(lease_step(Some(held), 3, 499, 2_000), LeaseStep::Follow);
+    }
+
+    #[test]
+    fn lease_expired_other_claimed() {
+        let held = Lease {
+            holder: 1,
+            expires_ms: 500,
+        };
+        assert!(matches!(lease_step(Some(held), 3, 500, 2_000), LeaseStep::Claim(_)));
+    }
+
+    #[test]
+    fn lease_own_renewed() {
+        let held = Lease {
+            holder: 3,
+            expires_ms: 500,
+        };
+        assert_eq!(
+            lease_step(Some(held), 3, 400, 2_000),
+            LeaseStep::Renew(Lease {
+                holder: 3,
+                expires_ms: 2_400
+            })
+        );
+    }
+
+    #[test]
+    fn lease_encoding_roundtrip() {
+        let lease = Lease {
+            holder: u64::MAX - 1,
+            expires_ms: 42,
+        };
+        assert_eq!(Lease::decode(&lease.encode()), Some(lease));
+        assert_eq!(Lease::decode(&[0u8; 15]), None);
+        assert_eq!(Lease::decode(&[0u8; 17]), None);
+    }
+
+    #[test]
+    fn jwks_blob_roundtrip() {
+        let blob = encode_jwks_blob(4, 99, b"{\"keys\":[]}");
+        let decoded = decode_jwks_blob(&blob).unwrap();
+        assert_eq!(decoded.generation, 4);
+        assert_eq!(decoded.fetched_ms, 99);
+        assert_eq!(decoded.json, b"{\"keys\":[]}");
+    }
+
+    #[test]
+    fn jwks_blob_garbage_refused() {
+        assert_eq!(decode_jwks_blob(b"WJK1short"), None);
+        assert_eq!(decode_jwks_blob(b"XXXX0000000000000000{}"), None);
+    }
+}
