@@ -287,9 +287,9 @@ fn default_claim_headers() -> Vec<ClaimHeader> {
 /// Whether `name` is a valid HTTP field name (RFC 9110 token characters).
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn non_empty(field: &str, value: Option<String>) -> Result<String, ConfigError> {
@@ -315,7 +315,10 @@ fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfigEr
     if (min..=max).contains(&value) {
         Ok(value)
     } else {
-        Err(field_error(field, format!("must be between {min} and {max}")))
+        Err(field_error(
+            field,
+            format!("must be between {min} and {max}"),
+        ))
     }
 }
 
@@ -335,7 +338,9 @@ impl Config {
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let issuer = non_empty("issuer", raw.issuer)?;
-        let audiences = raw.audiences.ok_or_else(|| field_error("audiences", "is required"))?;
+        let audiences = raw
+            .audiences
+            .ok_or_else(|| field_error("audiences", "is required"))?;
         if audiences.is_empty() || audiences.iter().any(|aud| aud.is_empty()) {
             return Err(field_error(
                 "audiences",
@@ -343,7 +348,10 @@ impl Config {
             ));
         }
         if raw.algorithms.is_empty() {
-            return Err(field_error("algorithms", "must list at least one algorithm"));
+            return Err(field_error(
+                "algorithms",
+                "must list at least one algorithm",
+            ));
         }
         let mut algorithms = Vec::new();
         for (i, name) in raw.algorithms.iter().enumerate() {
@@ -356,7 +364,10 @@ impl Config {
             algorithms.push(alg);
         }
         if !(0..=600).contains(&raw.clock_skew_seconds) {
-            return Err(field_error("clock_skew_seconds", "must be between 0 and 600"));
+            return Err(field_error(
+                "clock_skew_seconds",
+                "must be between 0 and 600",
+            ));
         }
         if raw.max_token_bytes < 64 || raw.max_token_bytes > MAX_TOKEN_BYTES_LIMIT {
             return Err(field_error(
@@ -442,14 +453,20 @@ impl Config {
 fn validate_jwks(raw: Option<RawJwks>) -> Result<JwksSource, ConfigError> {
     let raw = raw.ok_or_else(|| field_error("jwks", "is required (`inline` or `cluster`)"))?;
     match (raw.inline, raw.cluster) {
-        (Some(_), Some(_)) => Err(field_error("jwks", "give either `inline` or `cluster`, not both")),
+        (Some(_), Some(_)) => Err(field_error(
+            "jwks",
+            "give either `inline` or `cluster`, not both",
+        )),
         (None, None) => Err(field_error("jwks", "give either `inline` or `cluster`")),
         (Some(jwks), None) => {
             let remote_only = [
                 ("jwks.authority", raw.authority.is_some()),
                 ("jwks.path", raw.path.is_some()),
                 ("jwks.refresh_seconds", raw.refresh_seconds.is_some()),
-                ("jwks.min_refetch_seconds", raw.min_refetch_seconds.is_some()),
+                (
+                    "jwks.min_refetch_seconds",
+                    raw.min_refetch_seconds.is_some(),
+                ),
                 ("jwks.timeout_ms", raw.timeout_ms.is_some()),
             ];
             if let Some((field, _)) = remote_only.iter().find(|(_, set)| *set) {
@@ -463,7 +480,10 @@ fn validate_jwks(raw: Option<RawJwks>) -> Result<JwksSource, ConfigError> {
                 ));
             }
             if keys.is_empty() {
-                return Err(field_error("jwks.inline.keys", "must hold at least one key"));
+                return Err(field_error(
+                    "jwks.inline.keys",
+                    "must hold at least one key",
+                ));
             }
             Ok(JwksSource::Inline(keys))
         }
@@ -492,12 +512,7 @@ fn validate_jwks(raw: Option<RawJwks>) -> Result<JwksSource, ConfigError> {
                     0,
                     3_600,
                 )?,
-                timeout_ms: in_range(
-                    "jwks.timeout_ms",
-                    raw.timeout_ms.unwrap_or(2000),
-                    1,
-                    60_000,
-                )?,
+                timeout_ms: in_range("jwks.timeout_ms", raw.timeout_ms.unwrap_or(2000), 1, 60_000)?,
             }))
         }
     }
@@ -560,7 +575,10 @@ fn validate_source(i: usize, raw: RawTokenSource) -> Result<TokenSource, ConfigE
         (Some(name), None, None) => {
             let name = name.to_ascii_lowercase();
             if !is_header_name(&name) {
-                return Err(field_error(format!("{field}.header"), "is not a header name"));
+                return Err(field_error(
+                    format!("{field}.header"),
+                    "is not a header name",
+                ));
             }
             Ok(TokenSource::Header {
                 name,
@@ -568,7 +586,10 @@ fn validate_source(i: usize, raw: RawTokenSource) -> Result<TokenSource, ConfigE
             })
         }
         (None, Some(cookie), None) if is_header_name(&cookie) => Ok(TokenSource::Cookie(cookie)),
-        (None, Some(_), None) => Err(field_error(format!("{field}.cookie"), "is not a cookie name")),
+        (None, Some(_), None) => Err(field_error(
+            format!("{field}.cookie"),
+            "is not a cookie name",
+        )),
         (None, None, Some(query)) if !query.is_empty() && !query.contains(['&', '=', '#']) => {
             Ok(TokenSource::Query(query))
         }
@@ -591,7 +612,13 @@ fn validate_claim_header(i: usize, raw: RawClaimHeader) -> Result<ClaimHeader, C
         ));
     }
     let header = raw.header.to_ascii_lowercase();
-    let reserved = ["host", "authorization", "cookie", "content-length", "transfer-encoding"];
+    let reserved = [
+        "host",
+        "authorization",
+        "cookie",
+        "content-length",
+        "transfer-encoding",
+    ];
     if !is_header_name(&header) || reserved.contains(&header.as_str()) {
         return Err(field_error(
             format!("claim_to_headers[{i}].header"),
@@ -613,11 +640,9 @@ fn validate_rule(i: usize, raw: RawRule) -> Result<Rule, ConfigError> {
             return Err(field_error(field, "give exactly one of `prefix`, `exact`"));
         }
     };
-    if let Some(bad) = raw
-        .scopes
-        .iter()
-        .find(|scope| scope.is_empty() || scope.contains(char::is_whitespace) || scope.contains('"'))
-    {
+    if let Some(bad) = raw.scopes.iter().find(|scope| {
+        scope.is_empty() || scope.contains(char::is_whitespace) || scope.contains('"')
+    }) {
         return Err(field_error(
             format!("{field}.scopes"),
             format!("`{bad}` is not a single scope"),
@@ -770,8 +795,10 @@ mod tests {
 
     #[test]
     fn parse_unknown_algorithm_names_index() {
-        let err = parse(&config_with(serde_json::json!({"algorithms": ["EdDSA", "RS256"]})))
-            .unwrap_err();
+        let err = parse(&config_with(
+            serde_json::json!({"algorithms": ["EdDSA", "RS256"]}),
+        ))
+        .unwrap_err();
         assert_eq!(field_of(err), "algorithms[1]");
     }
 
@@ -786,14 +813,19 @@ mod tests {
 
     #[test]
     fn parse_inline_jwks_empty_refused() {
-        let err =
-            parse(&config_with(serde_json::json!({"jwks": {"inline": {"keys": []}}}))).unwrap_err();
+        let err = parse(&config_with(
+            serde_json::json!({"jwks": {"inline": {"keys": []}}}),
+        ))
+        .unwrap_err();
         assert_eq!(field_of(err), "jwks.inline.keys");
     }
 
     #[test]
     fn parse_remote_jwks_defaults() {
-        let config = parse(&config_with(serde_json::json!({"jwks": {"cluster": "issuer_c"}}))).unwrap();
+        let config = parse(&config_with(
+            serde_json::json!({"jwks": {"cluster": "issuer_c"}}),
+        ))
+        .unwrap();
         let JwksSource::Remote(remote) = config.jwks else {
             panic!("expected a remote jwks")
         };
@@ -820,8 +852,10 @@ mod tests {
 
     #[test]
     fn parse_revocation_without_credential_refused() {
-        let err = parse(&config_with(serde_json::json!({"revocation": {"cluster": "c"}})))
-            .unwrap_err();
+        let err = parse(&config_with(
+            serde_json::json!({"revocation": {"cluster": "c"}}),
+        ))
+        .unwrap_err();
         assert_eq!(field_of(err), "revocation.credential");
     }
 
@@ -893,8 +927,10 @@ mod tests {
 
     #[test]
     fn parse_rule_without_match_refused() {
-        let err = parse(&config_with(serde_json::json!({"rules": [{"require": "none"}]})))
-            .unwrap_err();
+        let err = parse(&config_with(
+            serde_json::json!({"rules": [{"require": "none"}]}),
+        ))
+        .unwrap_err();
         assert_eq!(field_of(err), "rules[0]");
     }
 
@@ -909,8 +945,10 @@ mod tests {
 
     #[test]
     fn parse_rule_prefix_without_slash_refused() {
-        let err = parse(&config_with(serde_json::json!({"rules": [{"prefix": "api"}]})))
-            .unwrap_err();
+        let err = parse(&config_with(
+            serde_json::json!({"rules": [{"prefix": "api"}]}),
+        ))
+        .unwrap_err();
         assert_eq!(field_of(err), "rules[0].prefix");
     }
 
@@ -922,7 +960,10 @@ mod tests {
 
     #[test]
     fn parse_cache_too_large_refused() {
-        let err = parse(&config_with(serde_json::json!({"cache_entries": 2_000_000}))).unwrap_err();
+        let err = parse(&config_with(
+            serde_json::json!({"cache_entries": 2_000_000}),
+        ))
+        .unwrap_err();
         assert_eq!(field_of(err), "cache_entries");
     }
 

@@ -147,9 +147,9 @@ impl Schedule {
         let State::Idle { next_ms } = self.state else {
             return None;
         };
-        let earliest = self
-            .last_started_ms
-            .map_or(now_ms, |last| last.saturating_add(min_interval_ms).max(now_ms));
+        let earliest = self.last_started_ms.map_or(now_ms, |last| {
+            last.saturating_add(min_interval_ms).max(now_ms)
+        });
         let next = next_ms.min(earliest);
         self.state = State::Idle { next_ms: next };
         Some(next)
@@ -279,7 +279,13 @@ mod tests {
     fn finish_current_token_accepted() {
         let mut s = schedule();
         s.dispatched(7, 1_000);
-        assert!(s.finish(7, 1_500, Outcome::Ok { next_in_ms: 300_000 }));
+        assert!(s.finish(
+            7,
+            1_500,
+            Outcome::Ok {
+                next_in_ms: 300_000
+            }
+        ));
         assert_eq!(s.state(), State::Idle { next_ms: 301_500 });
     }
 
@@ -317,7 +323,10 @@ mod tests {
             delays.push(next_ms - now);
             now = next_ms;
         }
-        assert_eq!(delays, [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
+        assert_eq!(
+            delays,
+            [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]
+        );
     }
 
     #[test]
@@ -357,7 +366,13 @@ mod tests {
     fn hurry_respects_min_interval() {
         let mut s = schedule();
         s.dispatched(1, 1_000);
-        s.finish(1, 1_100, Outcome::Ok { next_in_ms: 300_000 });
+        s.finish(
+            1,
+            1_100,
+            Outcome::Ok {
+                next_in_ms: 300_000,
+            },
+        );
         assert_eq!(s.hurry(2_000, 5_000), Some(6_000));
         assert!(!s.due(5_999));
         assert!(s.due(6_000));
@@ -402,7 +417,10 @@ mod tests {
             holder: 1,
             expires_ms: 500,
         };
-        assert!(matches!(lease_step(Some(held), 3, 500, 2_000), LeaseStep::Claim(_)));
+        assert!(matches!(
+            lease_step(Some(held), 3, 500, 2_000),
+            LeaseStep::Claim(_)
+        ));
     }
 
     #[test]

@@ -206,14 +206,9 @@ impl RevocationSet {
     pub fn apply(&mut self, feed: &FeedResponse, now: i64) -> Result<Applied, ApplyError> {
         let mut changed = vec![false; SHARDS];
         if feed.full {
-            for (index, shard) in self.shards.iter_mut().enumerate() {
-                if shard.len() > 0 {
-                    *shard = Shard::default();
-                    if let Some(flag) = changed.get_mut(index) {
-                        *flag = true;
-                    }
-                }
-            }
+            // Every shard is rewritten, so a full set also repairs whatever another writer left.
+            self.shards = vec![Shard::default(); SHARDS];
+            changed = vec![true; SHARDS];
         } else if feed.seq < self.seq {
             let held = self.seq;
             self.seq = 0;
@@ -332,9 +327,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        self.take(N)?
-            .try_into()
-            .map_err(|_| DecodeError::Truncated)
+        self.take(N)?.try_into().map_err(|_| DecodeError::Truncated)
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
@@ -485,7 +478,11 @@ pub enum SyncError {
     #[error("shard {0} is missing from shared data")]
     MissingShard(usize),
     #[error("shard {index} is at generation {found}, the meta promised {wanted}; a write is in progress")]
-    Torn { index: usize, found: u64, wanted: u64 },
+    Torn {
+        index: usize,
+        found: u64,
+        wanted: u64,
+    },
     #[error(transparent)]
     Decode(#[from] DecodeError),
 }
@@ -554,8 +551,9 @@ impl Replica {
 
     /// For the writer: the blobs and meta that publish the `changed` shards of `self.set` (the
     /// caller already mutated it) at `last_ok_ms`. Updates `self.meta` to the new meta.
-    /// With nothing changed only `seq` and `last_ok_ms` move (no new generation).
-    pub fn publish(&mut self, changed: &[usize], last_ok_ms: u64) -> Publication {
+    /// A new generation is above both ours and `floor` (the generation currently in shared
+    /// data), so it is never reused. With nothing changed only `seq` and `last_ok_ms` move.
+    pub fn publish(&mut self, changed: &[usize], last_ok_ms: u64, floor: u64) -> Publication {
         let previous = self.meta.clone().unwrap_or(Meta {
             generation: 0,
             seq: 0,
@@ -566,7 +564,7 @@ impl Replica {
         let mut meta = previous.clone();
         let mut blobs = Vec::new();
         if !changed.is_empty() || self.meta.is_none() {
-            meta.generation = previous.generation.saturating_add(1);
+            meta.generation = previous.generation.max(floor).saturating_add(1);
             for &index in changed {
                 if let Some(slot) = meta.shard_generations.get_mut(index) {
                     *slot = meta.generation;
@@ -656,7 +654,10 @@ mod tests {
     #[test]
     fn check_sub_only_before_cutoff() {
         let set = set_with(vec![entry(1, EntryKind::Sub, "u1", NOW + 100)]);
-        assert_eq!(set.check(&claims("j", "s", "u1", NOW - 1)), Some(Revoked::Sub));
+        assert_eq!(
+            set.check(&claims("j", "s", "u1", NOW - 1)),
+            Some(Revoked::Sub)
+        );
         // Issued at the cut-off or later: a fresh login after the ban/logout-everywhere.
         assert_eq!(set.check(&claims("j", "s", "u1", NOW)), None);
         assert_eq!(set.check(&claims("j", "s", "u2", NOW - 1)), None);
@@ -666,7 +667,10 @@ mod tests {
     fn apply_full_replaces_set() {
         let mut set = set_with(vec![entry(1, EntryKind::Jti, "old", NOW + 100)]);
         let applied = set
-            .apply(&feed(20, true, vec![entry(2, EntryKind::Jti, "new", NOW + 100)]), NOW)
+            .apply(
+                &feed(20, true, vec![entry(2, EntryKind::Jti, "new", NOW + 100)]),
+                NOW,
+            )
             .unwrap();
         assert_eq!(set.check(&claims("old", "s", "u", NOW)), None);
         assert_eq!(set.check(&claims("new", "s", "u", NOW)), Some(Revoked::Jti));
@@ -677,8 +681,11 @@ mod tests {
     #[test]
     fn apply_delta_adds_and_moves_seq() {
         let mut set = set_with(vec![entry(1, EntryKind::Jti, "a", NOW + 100)]);
-        set.apply(&feed(11, false, vec![entry(11, EntryKind::Sid, "s", NOW + 100)]), NOW)
-            .unwrap();
+        set.apply(
+            &feed(11, false, vec![entry(11, EntryKind::Sid, "s", NOW + 100)]),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(set.len(), 2);
         assert_eq!(set.seq, 11);
     }
@@ -687,7 +694,10 @@ mod tests {
     fn apply_delta_changes_only_touched_shard() {
         let mut set = set_with(vec![]);
         let applied = set
-            .apply(&feed(11, false, vec![entry(11, EntryKind::Sid, "s", NOW + 100)]), NOW)
+            .apply(
+                &feed(11, false, vec![entry(11, EntryKind::Sid, "s", NOW + 100)]),
+                NOW,
+            )
             .unwrap();
         assert_eq!(applied.changed, vec![shard_of(EntryKind::Sid, "s")]);
     }
@@ -711,7 +721,10 @@ mod tests {
     fn apply_expired_entry_skipped() {
         let mut set = RevocationSet::default();
         let applied = set
-            .apply(&feed(1, true, vec![entry(1, EntryKind::Jti, "j", NOW - 1)]), NOW)
+            .apply(
+                &feed(1, true, vec![entry(1, EntryKind::Jti, "j", NOW - 1)]),
+                NOW,
+            )
             .unwrap();
         assert_eq!(applied.skipped, 1);
         assert!(set.is_empty());
@@ -722,7 +735,10 @@ mod tests {
         let mut bad = entry(1, EntryKind::Sub, "u", NOW + 10);
         bad.issued_before = None;
         let mut set = RevocationSet::default();
-        assert_eq!(set.apply(&feed(1, true, vec![bad]), NOW).unwrap().skipped, 1);
+        assert_eq!(
+            set.apply(&feed(1, true, vec![bad]), NOW).unwrap().skipped,
+            1
+        );
         assert!(set.is_empty());
     }
 
@@ -746,7 +762,10 @@ mod tests {
         late.issued_before = Some(NOW);
         let set = set_with(vec![early, late]);
         assert_eq!(set.len(), 1);
-        assert_eq!(set.check(&claims("j", "s", "u", NOW - 10)), Some(Revoked::Sub));
+        assert_eq!(
+            set.check(&claims("j", "s", "u", NOW - 10)),
+            Some(Revoked::Sub)
+        );
     }
 
     #[test]
@@ -831,19 +850,27 @@ mod tests {
         let mut store = HashMap::new();
         let applied = writer
             .set
-            .apply(&feed(1, true, vec![entry(1, EntryKind::Jti, "a", NOW + 100)]), NOW)
+            .apply(
+                &feed(1, true, vec![entry(1, EntryKind::Jti, "a", NOW + 100)]),
+                NOW,
+            )
             .unwrap();
-        let first = writer.publish(&applied.changed, 1);
+        let first = writer.publish(&applied.changed, 1, 0);
         write(&mut store, &first);
         let mut reader = Replica::default();
-        reader.sync(first.meta.clone(), |i| store.get(&i).cloned()).unwrap();
+        reader
+            .sync(first.meta.clone(), |i| store.get(&i).cloned())
+            .unwrap();
         assert_eq!(reader.set, writer.set);
 
         let applied = writer
             .set
-            .apply(&feed(2, false, vec![entry(2, EntryKind::Sid, "s", NOW + 100)]), NOW)
+            .apply(
+                &feed(2, false, vec![entry(2, EntryKind::Sid, "s", NOW + 100)]),
+                NOW,
+            )
             .unwrap();
-        let second = writer.publish(&applied.changed, 2);
+        let second = writer.publish(&applied.changed, 2, 0);
         write(&mut store, &second);
         let mut reads = Vec::new();
         reader
@@ -863,35 +890,58 @@ mod tests {
         let mut store = HashMap::new();
         let applied = writer
             .set
-            .apply(&feed(1, true, vec![entry(1, EntryKind::Jti, "a", NOW + 100)]), NOW)
+            .apply(
+                &feed(1, true, vec![entry(1, EntryKind::Jti, "a", NOW + 100)]),
+                NOW,
+            )
             .unwrap();
-        let first = writer.publish(&applied.changed, 1);
+        let first = writer.publish(&applied.changed, 1, 0);
         write(&mut store, &first);
         let mut reader = Replica::default();
-        reader.sync(first.meta.clone(), |i| store.get(&i).cloned()).unwrap();
+        reader
+            .sync(first.meta.clone(), |i| store.get(&i).cloned())
+            .unwrap();
 
         let applied = writer
             .set
-            .apply(&feed(2, true, vec![entry(2, EntryKind::Jti, "b", NOW + 100)]), NOW)
+            .apply(
+                &feed(2, true, vec![entry(2, EntryKind::Jti, "b", NOW + 100)]),
+                NOW,
+            )
             .unwrap();
-        let second = writer.publish(&applied.changed, 2);
+        let second = writer.publish(&applied.changed, 2, 0);
         // Meta visible but shard blobs not yet written.
         let err = reader
             .sync(second.meta.clone(), |i| store.get(&i).cloned())
             .unwrap_err();
-        assert!(matches!(err, SyncError::Torn { .. } | SyncError::MissingShard(_)), "{err:?}");
+        assert!(
+            matches!(err, SyncError::Torn { .. } | SyncError::MissingShard(_)),
+            "{err:?}"
+        );
         assert_eq!(reader.generation(), first.meta.generation);
-        assert_eq!(reader.set.check(&claims("a", "s", "u", NOW)), Some(Revoked::Jti));
+        assert_eq!(
+            reader.set.check(&claims("a", "s", "u", NOW)),
+            Some(Revoked::Jti)
+        );
     }
 
     #[test]
     fn publish_without_change_keeps_generation() {
         let mut writer = Replica::default();
-        let first = writer.publish(&[], 1);
-        let second = writer.publish(&[], 2);
+        let first = writer.publish(&[], 1, 0);
+        let second = writer.publish(&[], 2, 0);
         assert_eq!(first.meta.generation, second.meta.generation);
         assert_eq!(second.meta.last_ok_ms, 2);
         assert!(second.blobs.is_empty());
+    }
+
+    #[test]
+    fn publish_generation_above_floor() {
+        let mut writer = Replica::default();
+        let publication = writer.publish(&[3], 1, 41);
+        assert_eq!(publication.meta.generation, 42);
+        assert_eq!(publication.meta.shard_generations[3], 42);
+        assert_eq!(publication.blobs.len(), 1);
     }
 
     #[test]

@@ -30,7 +30,11 @@ pub enum Extracted {
 /// Looks for the token in the configured sources, in order; the first source that carries one
 /// wins. A header whose value does not start with the prefix (say `Basic ...` where `Bearer `
 /// is expected) does not count as carrying one.
-pub fn extract_token(sources: &[TokenSource], headers: &[(String, String)], path: &str) -> Extracted {
+pub fn extract_token(
+    sources: &[TokenSource],
+    headers: &[(String, String)],
+    path: &str,
+) -> Extracted {
     for (index, source) in sources.iter().enumerate() {
         let found = match source {
             TokenSource::Header { name, prefix } => {
@@ -137,7 +141,9 @@ pub struct Denial {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// A valid, unrevoked token with the needed scopes.
-    Allow { claims: Box<Claims> },
+    Allow {
+        claims: Box<Claims>,
+    },
     /// No check needed (rule `none`, or `optional` with no token): forward without identity.
     Anonymous,
     Deny(Denial),
@@ -163,7 +169,12 @@ pub struct Outcome {
 }
 
 impl Denial {
-    fn new(status: u16, error: &'static str, reason: &'static str, description: impl Into<String>) -> Denial {
+    fn new(
+        status: u16,
+        error: &'static str,
+        reason: &'static str,
+        description: impl Into<String>,
+    ) -> Denial {
         Denial {
             status,
             error,
@@ -239,14 +250,24 @@ pub fn decide(
         (_, Extracted::Ambiguous) => {
             return deny(
                 outcome,
-                Denial::new(400, "invalid_request", "ambiguous", "the request carries more than one access token"),
+                Denial::new(
+                    400,
+                    "invalid_request",
+                    "ambiguous",
+                    "the request carries more than one access token",
+                ),
             )
         }
         (Require::Optional, Extracted::Missing) => return outcome,
         (Require::Required, Extracted::Missing) => {
             return deny(
                 outcome,
-                Denial::new(401, "invalid_token", "missing", "an access token is required"),
+                Denial::new(
+                    401,
+                    "invalid_token",
+                    "missing",
+                    "an access token is required",
+                ),
             )
         }
         (_, Extracted::Found { token, .. }) => token,
@@ -281,7 +302,9 @@ pub fn decide(
     };
     let revocation_generation = match snapshot.revocation {
         RevocationView::Disabled => 0,
-        RevocationView::NotLoaded { mode: StaleMode::Deny } => {
+        RevocationView::NotLoaded {
+            mode: StaleMode::Deny,
+        } => {
             return deny(
                 outcome,
                 Denial::new(
@@ -292,7 +315,9 @@ pub fn decide(
                 ),
             )
         }
-        RevocationView::NotLoaded { mode: StaleMode::Allow } => {
+        RevocationView::NotLoaded {
+            mode: StaleMode::Allow,
+        } => {
             outcome.stale_allowed = true;
             0
         }
@@ -323,7 +348,12 @@ pub fn decide(
                     cache.remove(&key);
                     return deny(
                         outcome,
-                        Denial::new(401, "invalid_token", revoked.reason(), "the token has been revoked"),
+                        Denial::new(
+                            401,
+                            "invalid_token",
+                            revoked.reason(),
+                            "the token has been revoked",
+                        ),
                     );
                 }
             }
@@ -425,9 +455,22 @@ mod tests {
         set
     }
 
-    fn run(extracted: Extracted, require: Require, scopes: &[String], snapshot: Snapshot<'_>) -> Outcome {
+    fn run(
+        extracted: Extracted,
+        require: Require,
+        scopes: &[String],
+        snapshot: Snapshot<'_>,
+    ) -> Outcome {
         let mut cache = TokenCache::new(10);
-        decide(extracted, require, scopes, &validation(), &snapshot, &mut cache, NOW)
+        decide(
+            extracted,
+            require,
+            scopes,
+            &validation(),
+            &snapshot,
+            &mut cache,
+            NOW,
+        )
     }
 
     fn denial(outcome: &Outcome) -> &Denial {
@@ -449,8 +492,17 @@ mod tests {
     #[test]
     fn decide_valid_token_allowed() {
         let keys = keys();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: RevocationView::Disabled };
-        let outcome = run(found(token_for(&claims())), Require::Required, &[], snapshot);
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: RevocationView::Disabled,
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &[],
+            snapshot,
+        );
         assert!(matches!(outcome.decision, Decision::Allow { ref claims } if claims.sub == "u1"));
         assert_eq!(outcome.cache, CacheUse::Miss);
     }
@@ -458,7 +510,11 @@ mod tests {
     #[test]
     fn decide_missing_required_plain_challenge() {
         let keys = keys();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: RevocationView::Disabled };
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: RevocationView::Disabled,
+        };
         let outcome = run(Extracted::Missing, Require::Required, &[], snapshot);
         let denial = denial(&outcome);
         assert_eq!(denial.status, 401);
@@ -467,22 +523,40 @@ mod tests {
 
     #[test]
     fn decide_missing_optional_anonymous() {
-        let snapshot = Snapshot { keys: None, keys_generation: 0, revocation: RevocationView::Disabled };
-        assert_eq!(run(Extracted::Missing, Require::Optional, &[], snapshot).decision, Decision::Anonymous);
+        let snapshot = Snapshot {
+            keys: None,
+            keys_generation: 0,
+            revocation: RevocationView::Disabled,
+        };
+        assert_eq!(
+            run(Extracted::Missing, Require::Optional, &[], snapshot).decision,
+            Decision::Anonymous
+        );
     }
 
     #[test]
     fn decide_invalid_optional_denied() {
         let keys = keys();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: RevocationView::Disabled };
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: RevocationView::Disabled,
+        };
         let outcome = run(found("garbage".into()), Require::Optional, &[], snapshot);
         assert_eq!(denial(&outcome).status, 401);
     }
 
     #[test]
     fn decide_none_skips_even_garbage() {
-        let snapshot = Snapshot { keys: None, keys_generation: 0, revocation: RevocationView::Disabled };
-        assert_eq!(run(found("garbage".into()), Require::None, &[], snapshot).decision, Decision::Anonymous);
+        let snapshot = Snapshot {
+            keys: None,
+            keys_generation: 0,
+            revocation: RevocationView::Disabled,
+        };
+        assert_eq!(
+            run(found("garbage".into()), Require::None, &[], snapshot).decision,
+            Decision::Anonymous
+        );
     }
 
     #[test]
@@ -492,7 +566,11 @@ mod tests {
         old.iat = NOW - 2000;
         old.nbf = NOW - 2000;
         old.exp = NOW - 1000;
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: RevocationView::Disabled };
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: RevocationView::Disabled,
+        };
         let outcome = run(found(token_for(&old)), Require::Required, &[], snapshot);
         let denial = denial(&outcome);
         assert_eq!(denial.reason, "expired");
@@ -507,8 +585,17 @@ mod tests {
 
     #[test]
     fn decide_keys_not_loaded_503() {
-        let snapshot = Snapshot { keys: None, keys_generation: 0, revocation: RevocationView::Disabled };
-        let outcome = run(found(token_for(&claims())), Require::Required, &[], snapshot);
+        let snapshot = Snapshot {
+            keys: None,
+            keys_generation: 0,
+            revocation: RevocationView::Disabled,
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &[],
+            snapshot,
+        );
         let denial = denial(&outcome);
         assert_eq!(denial.status, 503);
         assert_eq!(denial.www_authenticate(), None);
@@ -517,11 +604,22 @@ mod tests {
     #[test]
     fn decide_unknown_kid_flagged() {
         let other = KeySet::from_jwks(&Jwks {
-            keys: vec![SigningKey::from_seed(Algorithm::EdDSA, &[1u8; 32]).unwrap().jwk()],
+            keys: vec![SigningKey::from_seed(Algorithm::EdDSA, &[1u8; 32])
+                .unwrap()
+                .jwk()],
         })
         .0;
-        let snapshot = Snapshot { keys: Some(&other), keys_generation: 1, revocation: RevocationView::Disabled };
-        let outcome = run(found(token_for(&claims())), Require::Required, &[], snapshot);
+        let snapshot = Snapshot {
+            keys: Some(&other),
+            keys_generation: 1,
+            revocation: RevocationView::Disabled,
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &[],
+            snapshot,
+        );
         assert!(outcome.unknown_key);
         assert_eq!(denial(&outcome).reason, "unknown_kid");
     }
@@ -530,8 +628,17 @@ mod tests {
     fn decide_revoked_sid_denied() {
         let keys = keys();
         let set = revoked_set(EntryKind::Sid, "s1");
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: ready(&set, false, StaleMode::Deny) };
-        let outcome = run(found(token_for(&claims())), Require::Required, &[], snapshot);
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: ready(&set, false, StaleMode::Deny),
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &[],
+            snapshot,
+        );
         assert_eq!(denial(&outcome).reason, "revoked_sid");
         assert_eq!(denial(&outcome).status, 401);
     }
@@ -540,8 +647,17 @@ mod tests {
     fn decide_revoked_sub_denied() {
         let keys = keys();
         let set = revoked_set(EntryKind::Sub, "u1");
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: ready(&set, false, StaleMode::Deny) };
-        let outcome = run(found(token_for(&claims())), Require::Required, &[], snapshot);
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: ready(&set, false, StaleMode::Deny),
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &[],
+            snapshot,
+        );
         assert_eq!(denial(&outcome).reason, "revoked_sub");
     }
 
@@ -549,8 +665,17 @@ mod tests {
     fn decide_stale_deny_503() {
         let keys = keys();
         let set = RevocationSet::default();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: ready(&set, true, StaleMode::Deny) };
-        let outcome = run(found(token_for(&claims())), Require::Required, &[], snapshot);
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: ready(&set, true, StaleMode::Deny),
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &[],
+            snapshot,
+        );
         assert_eq!(denial(&outcome).status, 503);
         assert_eq!(denial(&outcome).reason, "revocation_stale");
     }
@@ -559,8 +684,17 @@ mod tests {
     fn decide_stale_allow_passes_counted() {
         let keys = keys();
         let set = RevocationSet::default();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: ready(&set, true, StaleMode::Allow) };
-        let outcome = run(found(token_for(&claims())), Require::Required, &[], snapshot);
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: ready(&set, true, StaleMode::Allow),
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &[],
+            snapshot,
+        );
         assert!(matches!(outcome.decision, Decision::Allow { .. }));
         assert!(outcome.stale_allowed);
     }
@@ -569,16 +703,36 @@ mod tests {
     fn decide_stale_allow_still_checks_known_revocations() {
         let keys = keys();
         let set = revoked_set(EntryKind::Jti, "j1");
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: ready(&set, true, StaleMode::Allow) };
-        let outcome = run(found(token_for(&claims())), Require::Required, &[], snapshot);
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: ready(&set, true, StaleMode::Allow),
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &[],
+            snapshot,
+        );
         assert_eq!(denial(&outcome).reason, "revoked_jti");
     }
 
     #[test]
     fn decide_not_loaded_deny_503() {
         let keys = keys();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: RevocationView::NotLoaded { mode: StaleMode::Deny } };
-        let outcome = run(found(token_for(&claims())), Require::Required, &[], snapshot);
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: RevocationView::NotLoaded {
+                mode: StaleMode::Deny,
+            },
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &[],
+            snapshot,
+        );
         assert_eq!(denial(&outcome).status, 503);
     }
 
@@ -586,7 +740,11 @@ mod tests {
     fn decide_bad_token_with_stale_set_401_not_503() {
         let keys = keys();
         let set = RevocationSet::default();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: ready(&set, true, StaleMode::Deny) };
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: ready(&set, true, StaleMode::Deny),
+        };
         let outcome = run(found("a.b.c".into()), Require::Required, &[], snapshot);
         assert_eq!(denial(&outcome).status, 401);
     }
@@ -594,29 +752,68 @@ mod tests {
     #[test]
     fn decide_missing_scope_403() {
         let keys = keys();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: RevocationView::Disabled };
-        let outcome = run(found(token_for(&claims())), Require::Required, &["admin".into()], snapshot);
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: RevocationView::Disabled,
+        };
+        let outcome = run(
+            found(token_for(&claims())),
+            Require::Required,
+            &["admin".into()],
+            snapshot,
+        );
         let denial = denial(&outcome);
         assert_eq!(denial.status, 403);
         assert_eq!(denial.error, "insufficient_scope");
-        assert!(denial.www_authenticate().unwrap().ends_with("scope=\"admin\""));
+        assert!(denial
+            .www_authenticate()
+            .unwrap()
+            .ends_with("scope=\"admin\""));
     }
 
     #[test]
     fn decide_ambiguous_400() {
-        let snapshot = Snapshot { keys: None, keys_generation: 0, revocation: RevocationView::Disabled };
-        assert_eq!(denial(&run(Extracted::Ambiguous, Require::Required, &[], snapshot)).status, 400);
+        let snapshot = Snapshot {
+            keys: None,
+            keys_generation: 0,
+            revocation: RevocationView::Disabled,
+        };
+        assert_eq!(
+            denial(&run(Extracted::Ambiguous, Require::Required, &[], snapshot)).status,
+            400
+        );
     }
 
     #[test]
     fn decide_second_request_hits_cache() {
         let keys = keys();
         let set = RevocationSet::default();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: ready(&set, false, StaleMode::Deny) };
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: ready(&set, false, StaleMode::Deny),
+        };
         let mut cache = TokenCache::new(10);
         let token = token_for(&claims());
-        decide(found(token.clone()), Require::Required, &[], &validation(), &snapshot, &mut cache, NOW);
-        let second = decide(found(token), Require::Required, &[], &validation(), &snapshot, &mut cache, NOW);
+        decide(
+            found(token.clone()),
+            Require::Required,
+            &[],
+            &validation(),
+            &snapshot,
+            &mut cache,
+            NOW,
+        );
+        let second = decide(
+            found(token),
+            Require::Required,
+            &[],
+            &validation(),
+            &snapshot,
+            &mut cache,
+            NOW,
+        );
         assert_eq!(second.cache, CacheUse::Hit);
         assert!(matches!(second.decision, Decision::Allow { .. }));
     }
@@ -627,15 +824,40 @@ mod tests {
         let empty = RevocationSet::default();
         let mut cache = TokenCache::new(10);
         let token = token_for(&claims());
-        let before = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: ready(&empty, false, StaleMode::Deny) };
-        decide(found(token.clone()), Require::Required, &[], &validation(), &before, &mut cache, NOW);
+        let before = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: ready(&empty, false, StaleMode::Deny),
+        };
+        decide(
+            found(token.clone()),
+            Require::Required,
+            &[],
+            &validation(),
+            &before,
+            &mut cache,
+            NOW,
+        );
         let set = revoked_set(EntryKind::Sid, "s1");
         let after = Snapshot {
             keys: Some(&keys),
             keys_generation: 1,
-            revocation: RevocationView::Ready { set: &set, generation: 2, stale: false, mode: StaleMode::Deny },
+            revocation: RevocationView::Ready {
+                set: &set,
+                generation: 2,
+                stale: false,
+                mode: StaleMode::Deny,
+            },
         };
-        let outcome = decide(found(token), Require::Required, &[], &validation(), &after, &mut cache, NOW);
+        let outcome = decide(
+            found(token),
+            Require::Required,
+            &[],
+            &validation(),
+            &after,
+            &mut cache,
+            NOW,
+        );
         assert_eq!(outcome.cache, CacheUse::Hit);
         assert_eq!(denial(&outcome).reason, "revoked_sid");
         assert!(cache.is_empty());
@@ -644,21 +866,47 @@ mod tests {
     #[test]
     fn decide_cached_token_expires() {
         let keys = keys();
-        let snapshot = Snapshot { keys: Some(&keys), keys_generation: 1, revocation: RevocationView::Disabled };
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: RevocationView::Disabled,
+        };
         let mut cache = TokenCache::new(10);
         let token = token_for(&claims());
-        decide(found(token.clone()), Require::Required, &[], &validation(), &snapshot, &mut cache, NOW);
-        let later = decide(found(token), Require::Required, &[], &validation(), &snapshot, &mut cache, NOW + 900 + 60);
+        decide(
+            found(token.clone()),
+            Require::Required,
+            &[],
+            &validation(),
+            &snapshot,
+            &mut cache,
+            NOW,
+        );
+        let later = decide(
+            found(token),
+            Require::Required,
+            &[],
+            &validation(),
+            &snapshot,
+            &mut cache,
+            NOW + 900 + 60,
+        );
         assert_eq!(denial(&later).reason, "expired");
     }
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn sources() -> Vec<TokenSource> {
         vec![
-            TokenSource::Header { name: "authorization".into(), prefix: "Bearer ".into() },
+            TokenSource::Header {
+                name: "authorization".into(),
+                prefix: "Bearer ".into(),
+            },
             TokenSource::Cookie("weauth_at".into()),
             TokenSource::Query("access_token".into()),
         ]
@@ -666,8 +914,18 @@ mod tests {
 
     #[test]
     fn extract_header_prefix_case_insensitive() {
-        let got = extract_token(&sources(), &headers(&[("authorization", "bearer abc")]), "/");
-        assert_eq!(got, Extracted::Found { token: "abc".into(), source: 0 });
+        let got = extract_token(
+            &sources(),
+            &headers(&[("authorization", "bearer abc")]),
+            "/",
+        );
+        assert_eq!(
+            got,
+            Extracted::Found {
+                token: "abc".into(),
+                source: 0
+            }
+        );
     }
 
     #[test]
@@ -688,14 +946,30 @@ mod tests {
 
     #[test]
     fn extract_cookie_found() {
-        let got = extract_token(&sources(), &headers(&[("cookie", "a=1; weauth_at=tok; b=2")]), "/");
-        assert_eq!(got, Extracted::Found { token: "tok".into(), source: 1 });
+        let got = extract_token(
+            &sources(),
+            &headers(&[("cookie", "a=1; weauth_at=tok; b=2")]),
+            "/",
+        );
+        assert_eq!(
+            got,
+            Extracted::Found {
+                token: "tok".into(),
+                source: 1
+            }
+        );
     }
 
     #[test]
     fn extract_query_found() {
         let got = extract_token(&sources(), &[], "/api/x?foo=1&access_token=tok#frag");
-        assert_eq!(got, Extracted::Found { token: "tok".into(), source: 2 });
+        assert_eq!(
+            got,
+            Extracted::Found {
+                token: "tok".into(),
+                source: 2
+            }
+        );
     }
 
     #[test]
@@ -705,13 +979,25 @@ mod tests {
             &headers(&[("cookie", "weauth_at=c"), ("authorization", "Bearer h")]),
             "/",
         );
-        assert_eq!(got, Extracted::Found { token: "h".into(), source: 0 });
+        assert_eq!(
+            got,
+            Extracted::Found {
+                token: "h".into(),
+                source: 0
+            }
+        );
     }
 
     #[test]
     fn extract_bare_bearer_is_empty_token() {
         let got = extract_token(&sources(), &headers(&[("authorization", "Bearer")]), "/");
-        assert_eq!(got, Extracted::Found { token: String::new(), source: 0 });
+        assert_eq!(
+            got,
+            Extracted::Found {
+                token: String::new(),
+                source: 0
+            }
+        );
     }
 
     #[test]
@@ -724,6 +1010,9 @@ mod tests {
     #[test]
     fn www_authenticate_description_quotes_replaced() {
         let denial = Denial::new(401, "invalid_token", "x", "a \"quoted\" \\ text");
-        assert!(denial.www_authenticate().unwrap().contains("a 'quoted' ' text"));
+        assert!(denial
+            .www_authenticate()
+            .unwrap()
+            .contains("a 'quoted' ' text"));
     }
 }
