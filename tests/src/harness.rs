@@ -1,0 +1,1128 @@
+//! Boots the whole weauth stack for end-to-end tests and for `make up`.
+//!
+//! [`StackBuilder::start`] runs, on loopback:
+//! - the mock WeChat and the demo upstream in-process (they live as long as the [`Stack`]);
+//! - the issuer as a child process (`WEAUTH_ISSUER_BIN`, default
+//!   `$CARGO_TARGET_DIR/debug/weauth-issuer` or `<workspace>/target/debug/weauth-issuer`),
+//!   configured through `WEAUTH_*` variables (inherited `WEAUTH_*` variables are removed first,
+//!   so a developer's shell cannot leak into a test), with a SQLite store in the stack's
+//!   directory;
+//! - Envoy as a child process (`WEAUTH_ENVOY_BIN`, default `<workspace>/.tools/bin/envoy`) with
+//!   the bootstrap rendered from `envoy/envoy.yaml` and the filter module from
+//!   `WEAUTH_FILTER_WASM` (default `<target>/wasm32-wasip1/wasm-release/weauth_filter.wasm`),
+//!   `--concurrency N` (default 1) and `--disable-hot-restart`, so several Envoys can run at
+//!   once.
+//!
+//! Each process must answer before `start` returns: the issuer's `/healthz`, Envoy's admin
+//! `/ready` and then `/healthz` through Envoy's listener (which proves the filter accepted its
+//! configuration: with `fail_open: false` a refused configuration answers 5xx). A missing
+//! binary is an error naming the file and the make target that builds it; a process that dies
+//! or never becomes ready is an error carrying the tail of its log.
+//!
+//! By default the stack uses free ports and a fresh directory under the system temp dir
+//! (removed on drop unless `WEAUTH_KEEP_TMP` is set). Every child process is killed when the
+//! [`Stack`] is dropped, also when a test panics; then the tails of the issuer's and Envoy's
+//! logs are printed to stderr so the failure can be understood from the test output alone.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+use crate::mock_wechat::{MockConfig, MockWechat};
+use crate::template::{self, EnvoyPorts, TemplateError};
+use crate::upstream::Upstream;
+
+/// How long a process may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped process may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Lines of log printed when something fails.
+const TAIL_LINES: usize = 60;
+
+/// Why the stack could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A binary or module the stack needs does not exist.
+    #[error("{what} not found at {path}: {hint}")]
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    /// Local I/O (temp dir, log file, port, spawn) failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The Envoy or plugin configuration template could not be rendered.
+    #[error("rendering the Envoy configuration: {0}")]
+    Template(#[from] TemplateError),
+    /// A process exited while starting.
+    #[error("{name} exited during start-up ({status}); last lines of {log}:\n{tail}")]
+    Exited {
+        name: &'static str,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    /// A process did not become ready in time.
+    #[error("{name} not ready after {waited:?} ({detail}); last lines of {log}:\n{tail}")]
+    NotReady {
+        name: &'static str,
+        waited: Duration,
+        detail: String,
+        log: PathBuf,
+        tail: String,
+    },
+    /// An HTTP exchange with the stack did not go as expected.
+    #[error("{what}: {detail}")]
+    Http { what: String, detail: String },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Where the binaries and the filter module are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    /// `WEAUTH_ISSUER_BIN`.
+    pub issuer: PathBuf,
+    /// `WEAUTH_ENVOY_BIN`.
+    pub envoy: PathBuf,
+    /// `WEAUTH_FILTER_WASM`.
+    pub wasm: PathBuf,
+}
+
+impl Binaries {
+    /// From the environment, with the defaults described in the module docs.
+    pub fn from_env() -> Binaries {
+        let get = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        Binaries::resolve(
+            &workspace_root(),
+            get("CARGO_TARGET_DIR").map(PathBuf::from),
+            get("WEAUTH_ISSUER_BIN").map(PathBuf::from),
+            get("WEAUTH_ENVOY_BIN").map(PathBuf::from),
+            get("WEAUTH_FILTER_WASM").map(PathBuf::from),
+        )
+    }
+
+    /// The defaults applied to explicit settings (pure; see [`Binaries::from_env`]).
+    pub fn resolve(
+        root: &Path,
+        target_dir: Option<PathBuf>,
+        issuer: Option<PathBuf>,
+        envoy: Option<PathBuf>,
+        wasm: Option<PathBuf>,
+    ) -> Binaries {
+        let target = match target_dir {
+            Some(t) if t.is_absolute() => t,
+            Some(t) => root.join(t),
+            None => root.join("target"),
+        };
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { root.join(p) };
+        Binaries {
+            issuer: issuer
+                .map(abs)
+                .unwrap_or_else(|| target.join("debug/weauth-issuer")),
+            envoy: envoy
+                .map(abs)
+                .unwrap_or_else(|| root.join(".tools/bin/envoy")),
+            wasm: wasm
+                .map(abs)
+                .unwrap_or_else(|| target.join("wasm32-wasip1/wasm-release/weauth_filter.wasm")),
+        }
+    }
+
+    /// Fails, naming the file and how to build it, when one is missing.
+    pub fn check(&self, with_envoy: bool) -> Result<(), HarnessError> {
+        if !self.issuer.is_file() {
+            return Err(HarnessError::Missing {
+                what: "weauth-issuer binary",
+                path: self.issuer.clone(),
+                hint:
+                    "run `make build` (or `cargo build -p weauth-issuer`), or set WEAUTH_ISSUER_BIN",
+            });
+        }
+        if with_envoy && !self.envoy.is_file() {
+            return Err(HarnessError::Missing {
+                what: "envoy binary",
+                path: self.envoy.clone(),
+                hint: "run `make setup` (installs Envoy into .tools/), or set WEAUTH_ENVOY_BIN",
+            });
+        }
+        if with_envoy && !self.wasm.is_file() {
+            return Err(HarnessError::Missing {
+                what: "filter module",
+                path: self.wasm.clone(),
+                hint: "run `make build` (or `cargo build -p weauth-filter --target wasm32-wasip1 \
+                       --profile wasm-release`), or set WEAUTH_FILTER_WASM",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A directory under the system temp dir, removed on drop (kept when `WEAUTH_KEEP_TMP` is
+/// set, for post-mortems).
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<temp>/<prefix>-<pid>-<unique>`.
+    pub fn new(prefix: &str) -> io::Result<TempDir> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos:08x}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("WEAUTH_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Where the stack lives: a temp dir (tests) or a fixed directory (`make up`).
+#[derive(Debug)]
+enum RunDir {
+    Temp(TempDir),
+    Fixed(PathBuf),
+}
+
+impl RunDir {
+    fn path(&self) -> &Path {
+        match self {
+            RunDir::Temp(t) => t.path(),
+            RunDir::Fixed(p) => p,
+        }
+    }
+}
+
+/// Ports of every part of the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackPorts {
+    /// Envoy listener.
+    pub envoy: u16,
+    /// Envoy admin.
+    pub admin: u16,
+    /// weauth-issuer.
+    pub issuer: u16,
+    /// Demo upstream.
+    pub upstream: u16,
+    /// Mock WeChat.
+    pub mock: u16,
+}
+
+impl StackPorts {
+    /// The `make up` ports of DESIGN.md.
+    pub const LOCAL: StackPorts = StackPorts {
+        envoy: 10000,
+        admin: 9901,
+        issuer: 8080,
+        upstream: 8081,
+        mock: 8090,
+    };
+}
+
+/// A free loopback port (bound then released; a tiny race with other processes remains).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// The last `n` lines of `text`.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The last `n` lines of the file at `path` (reads at most its last 256 KiB).
+pub fn tail_file(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(256 * 1024);
+            tail_lines(&String::from_utf8_lossy(&bytes[start..]), n)
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+fn random_secret(prefix: &str) -> String {
+    let tail: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("{prefix}-{tail}")
+}
+
+/// Sends SIGTERM to `pid` (through `kill(1)`, to keep this crate free of `unsafe`).
+fn sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A child process whose output goes to a log file; killed on drop.
+#[derive(Debug)]
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Proc, HarnessError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io_err(format!("opening {}", log.display())))?;
+        let err_file: File = file
+            .try_clone()
+            .map_err(io_err(format!("opening {}", log.display())))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err_file))
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(io_err(format!("starting {name}")))?;
+        Ok(Proc {
+            name,
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Returns the exit status when known.
+    async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
+        }
+        if let Some(pid) = self.pid() {
+            sigterm(pid);
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                self.child.wait().await.ok()
+            }
+        }
+    }
+
+    fn tail(&self) -> String {
+        tail_file(&self.log, TAIL_LINES)
+    }
+
+    fn exited_error(&self, status: ExitStatus) -> HarnessError {
+        HarnessError::Exited {
+            name: self.name,
+            status: status.to_string(),
+            log: self.log.clone(),
+            tail: self.tail(),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Polls `url` until it answers `200`, the process exits, or [`READY_TIMEOUT`] passes.
+async fn wait_ready(
+    client: &reqwest::Client,
+    proc: &mut Proc,
+    url: &str,
+) -> Result<(), HarnessError> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = proc.exited() {
+            return Err(proc.exited_error(status));
+        }
+        let last = match client.get(url).timeout(Duration::from_secs(2)).send().await {
+            Ok(r) if r.status() == 200 => return Ok(()),
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                format!(
+                    "GET {url} → {status} {}",
+                    body.chars().take(200).collect::<String>()
+                )
+            }
+            Err(e) => format!("GET {url}: {e}"),
+        };
+        if start.elapsed() > READY_TIMEOUT {
+            return Err(HarnessError::NotReady {
+                name: proc.name,
+                waited: start.elapsed(),
+                detail: last,
+                log: proc.log.clone(),
+                tail: proc.tail(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A token response (RFC 6749 §5.1 names).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TokenResponse {
+    /// The JWT.
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Seconds.
+    pub expires_in: u64,
+    /// Opaque, single use.
+    pub refresh_token: String,
+    /// Seconds.
+    pub refresh_expires_in: u64,
+}
+
+/// Options for [`Stack`]; start with [`Stack::builder`].
+#[derive(Debug, Clone)]
+pub struct StackBuilder {
+    concurrency: u32,
+    plugin_patches: Vec<Value>,
+    issuer_env: Vec<(String, String)>,
+    mock: MockConfig,
+    ports: Option<StackPorts>,
+    run_dir: Option<PathBuf>,
+    feed_token: Option<String>,
+    admin_token: Option<String>,
+    audience: String,
+    with_envoy: bool,
+    binaries: Option<Binaries>,
+}
+
+impl Default for StackBuilder {
+    fn default() -> StackBuilder {
+        StackBuilder {
+            concurrency: 1,
+            plugin_patches: Vec::new(),
+            issuer_env: Vec::new(),
+            mock: MockConfig::default(),
+            ports: None,
+            run_dir: None,
+            feed_token: None,
+            admin_token: None,
+            audience: "weauth".into(),
+            with_envoy: true,
+            binaries: None,
+        }
+    }
+}
+
+impl StackBuilder {
+    /// Envoy worker threads (`--concurrency`), default 1.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// An RFC 7386 merge patch applied to the default plugin configuration
+    /// (`envoy/plugin-config.json`); `null` members remove defaults. Several patches apply in
+    /// the order given.
+    pub fn plugin_config_patch(mut self, patch: Value) -> Self {
+        self.plugin_patches.push(patch);
+        self
+    }
+
+    /// An extra (or overriding) environment variable for the issuer.
+    pub fn issuer_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.issuer_env.push((name.into(), value.into()));
+        self
+    }
+
+    /// The mock WeChat's configuration (its `listen` is overridden by fixed ports).
+    pub fn mock_config(mut self, cfg: MockConfig) -> Self {
+        self.mock = cfg;
+        self
+    }
+
+    /// Fixed ports instead of free ones (`make up`).
+    pub fn ports(mut self, ports: StackPorts) -> Self {
+        self.ports = Some(ports);
+        self
+    }
+
+    /// A fixed directory for the database, logs and rendered config, kept after the stack
+    /// stops (`make up`), instead of a temp dir.
+    pub fn run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.run_dir = Some(dir.into());
+        self
+    }
+
+    /// The revocation feed credential (default: random per stack).
+    pub fn feed_token(mut self, token: impl Into<String>) -> Self {
+        self.feed_token = Some(token.into());
+        self
+    }
+
+    /// The admin credential (default: random per stack).
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
+
+    /// Do not start Envoy (issuer-only scenarios); the envoy URLs then point nowhere.
+    pub fn without_envoy(mut self) -> Self {
+        self.with_envoy = false;
+        self
+    }
+
+    /// Binaries to use instead of [`Binaries::from_env`].
+    pub fn binaries(mut self, binaries: Binaries) -> Self {
+        self.binaries = Some(binaries);
+        self
+    }
+
+    /// Starts everything and waits until it is ready.
+    pub async fn start(self) -> Result<Stack, HarnessError> {
+        Stack::start(self).await
+    }
+}
+
+/// Everything the issuer child needs to be (re)started.
+#[derive(Debug, Clone)]
+struct IssuerSpec {
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl IssuerSpec {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("WEAUTH_") {
+                cmd.env_remove(name);
+            }
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+}
+
+/// Everything the Envoy child needs to be (re)started.
+#[derive(Debug, Clone)]
+struct EnvoySpec {
+    bin: PathBuf,
+    config: PathBuf,
+    concurrency: u32,
+}
+
+impl EnvoySpec {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-c")
+            .arg(&self.config)
+            .arg("--concurrency")
+            .arg(self.concurrency.to_string())
+            .arg("--disable-hot-restart")
+            .arg("-l")
+            .arg("info");
+        cmd
+    }
+}
+
+/// A running stack. Dropping it kills every child process it started.
+pub struct Stack {
+    // Field order matters for drop: processes first, the directory last.
+    issuer: Option<Proc>,
+    envoy: Option<Proc>,
+    /// The mock WeChat (in-process): log users in, inject faults, count calls.
+    pub mock: MockWechat,
+    /// The demo upstream (in-process).
+    pub upstream: Upstream,
+    issuer_spec: IssuerSpec,
+    envoy_spec: Option<EnvoySpec>,
+    ports: StackPorts,
+    feed_token: String,
+    admin_token: String,
+    plugin_config: Value,
+    client: reqwest::Client,
+    dir: RunDir,
+}
+
+impl Stack {
+    /// Options, defaulting to: free ports, temp dir, Envoy with concurrency 1, the default
+    /// plugin configuration, the default mock configuration.
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// `Stack::builder().start()`.
+    pub async fn start_default() -> Result<Stack, HarnessError> {
+        Stack::builder().start().await
+    }
+
+    async fn start(b: StackBuilder) -> Result<Stack, HarnessError> {
+        let bins = b.binaries.clone().unwrap_or_else(Binaries::from_env);
+        bins.check(b.with_envoy)?;
+        let dir = match &b.run_dir {
+            Some(p) => {
+                std::fs::create_dir_all(p).map_err(io_err(format!("creating {}", p.display())))?;
+                RunDir::Fixed(p.clone())
+            }
+            None => RunDir::Temp(TempDir::new("weauth-e2e").map_err(io_err("creating temp dir"))?),
+        };
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| HarnessError::Http {
+                what: "building HTTP client".into(),
+                detail: e.to_string(),
+            })?;
+
+        let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut mock_cfg = b.mock.clone();
+        if let Some(p) = b.ports {
+            mock_cfg.listen = Some(loopback(p.mock));
+        }
+        let mock = MockWechat::start(mock_cfg.clone())
+            .await
+            .map_err(io_err(format!(
+                "starting mock WeChat on {:?}",
+                mock_cfg.listen
+            )))?;
+        let upstream = Upstream::start(b.ports.map(|p| loopback(p.upstream)))
+            .await
+            .map_err(io_err("starting demo upstream"))?;
+        let ports = match b.ports {
+            Some(p) => p,
+            None => StackPorts {
+                envoy: free_port().map_err(io_err("finding a free port"))?,
+                admin: free_port().map_err(io_err("finding a free port"))?,
+                issuer: free_port().map_err(io_err("finding a free port"))?,
+                upstream: upstream.addr().port(),
+                mock: mock.addr().port(),
+            },
+        };
+
+        let feed_token = b
+            .feed_token
+            .clone()
+            .unwrap_or_else(|| random_secret("feed"));
+        let admin_token = b
+            .admin_token
+            .clone()
+            .unwrap_or_else(|| random_secret("admin"));
+        let issuer_url = format!("http://127.0.0.1:{}", ports.issuer);
+        let db = dir.path().join("weauth.db");
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "WEAUTH_LISTEN".into(),
+                format!("127.0.0.1:{}", ports.issuer),
+            ),
+            ("WEAUTH_STORE".into(), format!("sqlite://{}", db.display())),
+            ("WEAUTH_WECHAT_APPID".into(), mock_cfg.appid.clone()),
+            ("WEAUTH_WECHAT_SECRET".into(), mock_cfg.secret.clone()),
+            ("WEAUTH_WECHAT_API_BASE".into(), mock.base_url()),
+            ("WEAUTH_ISSUER".into(), issuer_url.clone()),
+            ("WEAUTH_AUDIENCE".into(), b.audience.clone()),
+            ("WEAUTH_FEED_TOKEN".into(), feed_token.clone()),
+            ("WEAUTH_ADMIN_TOKEN".into(), admin_token.clone()),
+        ];
+        for (k, v) in &b.issuer_env {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let issuer_spec = IssuerSpec {
+            bin: bins.issuer.clone(),
+            env,
+        };
+        let plugin_config =
+            template::plugin_config(&issuer_url, &b.audience, &feed_token, &b.plugin_patches)?;
+
+        let mut stack = Stack {
+            issuer: None,
+            envoy: None,
+            mock,
+            upstream,
+            issuer_spec,
+            envoy_spec: None,
+            ports,
+            feed_token,
+            admin_token,
+            plugin_config,
+            client,
+            dir,
+        };
+        stack.start_issuer().await?;
+        if b.with_envoy {
+            let yaml = template::envoy_config(
+                EnvoyPorts {
+                    envoy: ports.envoy,
+                    admin: ports.admin,
+                    issuer: ports.issuer,
+                    upstream: ports.upstream,
+                },
+                &bins.wasm.to_string_lossy(),
+                &stack.plugin_config,
+            )?;
+            let config = stack.dir.path().join("envoy.yaml");
+            std::fs::write(&config, yaml)
+                .map_err(io_err(format!("writing {}", config.display())))?;
+            stack.envoy_spec = Some(EnvoySpec {
+                bin: bins.envoy.clone(),
+                config,
+                concurrency: b.concurrency,
+            });
+            stack.start_envoy().await?;
+        }
+        Ok(stack)
+    }
+
+    /// Envoy's listener, `http://127.0.0.1:PORT`.
+    pub fn envoy_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.envoy)
+    }
+
+    /// Envoy's admin interface.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.admin)
+    }
+
+    /// The issuer, directly (bypassing Envoy); also its `WEAUTH_ISSUER` value.
+    pub fn issuer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.issuer)
+    }
+
+    /// The mock WeChat.
+    pub fn mock_url(&self) -> String {
+        self.mock.base_url()
+    }
+
+    /// The demo upstream, directly.
+    pub fn upstream_url(&self) -> String {
+        self.upstream.base_url()
+    }
+
+    /// All ports.
+    pub fn ports(&self) -> StackPorts {
+        self.ports
+    }
+
+    /// The revocation feed credential given to the issuer and the filter.
+    pub fn feed_token(&self) -> &str {
+        &self.feed_token
+    }
+
+    /// The admin credential given to the issuer.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The plugin configuration Envoy was started with.
+    pub fn plugin_config(&self) -> &Value {
+        &self.plugin_config
+    }
+
+    /// The directory holding the database, logs and rendered Envoy config.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The issuer's log file.
+    pub fn issuer_log(&self) -> PathBuf {
+        self.dir.path().join("issuer.log")
+    }
+
+    /// Envoy's log file (its stderr log and the access log).
+    pub fn envoy_log(&self) -> PathBuf {
+        self.dir.path().join("envoy.log")
+    }
+
+    /// The environment the issuer runs with (for starting a sibling issuer).
+    pub fn issuer_env(&self) -> &[(String, String)] {
+        &self.issuer_spec.env
+    }
+
+    /// The shared HTTP client (no proxy, 30 s timeout).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// PIDs of the child processes (issuer, Envoy) while running.
+    pub fn child_pids(&self) -> Vec<u32> {
+        [&self.issuer, &self.envoy]
+            .into_iter()
+            .flatten()
+            .filter_map(Proc::pid)
+            .collect()
+    }
+
+    /// A request through Envoy: `method` on `path` (which starts with `/`).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.envoy_url()))
+    }
+
+    /// `GET path` through Envoy, with `Authorization: Bearer <token>` when given.
+    pub async fn get(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<reqwest::Response, HarnessError> {
+        let mut req = self.request(reqwest::Method::GET, path);
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.map_err(|e| HarnessError::Http {
+            what: format!("GET {path} through Envoy"),
+            detail: e.to_string(),
+        })
+    }
+
+    /// `GET path` through Envoy and the answer's status and JSON body (`Value::Null` when the
+    /// body is not JSON).
+    pub async fn get_json(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<(u16, Value), HarnessError> {
+        let resp = self.get(path, bearer).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| HarnessError::Http {
+            what: format!("reading GET {path}"),
+            detail: e.to_string(),
+        })?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// `POST path` with a JSON body through Envoy; status and JSON body (`Null` if not JSON).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: &Value,
+    ) -> Result<(u16, Value), HarnessError> {
+        let mut req = self.request(reqwest::Method::POST, path).json(body);
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| HarnessError::Http {
+            what: format!("POST {path} through Envoy"),
+            detail: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| HarnessError::Http {
+            what: format!("reading POST {path}"),
+            detail: e.to_string(),
+        })?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// Logs `user` in through Envoy: a fresh code from the mock, then `POST /v1/login`.
+    pub async fn login(&self, user: &str) -> Result<TokenResponse, HarnessError> {
+        let code = self.mock.login(user).code;
+        let (status, body) = self
+            .post_json("/v1/login", None, &json!({"code": code}))
+            .await?;
+        if status != 200 {
+            return Err(HarnessError::Http {
+                what: format!("POST /v1/login as {user:?} through Envoy"),
+                detail: format!("status {status}, body {body}"),
+            });
+        }
+        serde_json::from_value(body.clone()).map_err(|e| HarnessError::Http {
+            what: "POST /v1/login".into(),
+            detail: format!("unexpected token response {body}: {e}"),
+        })
+    }
+
+    /// Envoy's `/stats` (text format).
+    pub async fn envoy_stats(&self) -> Result<String, HarnessError> {
+        let url = format!("{}/stats", self.admin_url());
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| HarnessError::Http {
+                what: format!("GET {url}"),
+                detail: e.to_string(),
+            })?;
+        resp.text().await.map_err(|e| HarnessError::Http {
+            what: format!("reading {url}"),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Stops the issuer (SIGTERM, then SIGKILL after 5 s). The database is kept.
+    pub async fn stop_issuer(&mut self) {
+        if let Some(mut p) = self.issuer.take() {
+            p.stop(STOP_GRACE).await;
+        }
+    }
+
+    /// Starts the issuer again (same port, same database) and waits for `/healthz`.
+    pub async fn start_issuer(&mut self) -> Result<(), HarnessError> {
+        self.stop_issuer().await;
+        let log = self.issuer_log();
+        let mut proc = Proc::spawn("weauth-issuer", self.issuer_spec.command(), &log)?;
+        let url = format!("{}/healthz", self.issuer_url());
+        wait_ready(&self.client, &mut proc, &url).await?;
+        self.issuer = Some(proc);
+        Ok(())
+    }
+
+    /// Stops Envoy (SIGTERM, then SIGKILL after 5 s).
+    pub async fn stop_envoy(&mut self) {
+        if let Some(mut p) = self.envoy.take() {
+            p.stop(STOP_GRACE).await;
+        }
+    }
+
+    async fn start_envoy(&mut self) -> Result<(), HarnessError> {
+        let Some(spec) = self.envoy_spec.clone() else {
+            return Err(HarnessError::Http {
+                what: "starting Envoy".into(),
+                detail: "this stack was built without_envoy()".into(),
+            });
+        };
+        self.stop_envoy().await;
+        let log = self.envoy_log();
+        let mut proc = Proc::spawn("envoy", spec.command(), &log)?;
+        wait_ready(
+            &self.client,
+            &mut proc,
+            &format!("{}/ready", self.admin_url()),
+        )
+        .await?;
+        // Through the listener and the filter (public route), to the issuer.
+        wait_ready(
+            &self.client,
+            &mut proc,
+            &format!("{}/healthz", self.envoy_url()),
+        )
+        .await?;
+        self.envoy = Some(proc);
+        Ok(())
+    }
+
+    /// Restarts Envoy with the same configuration and waits until it is ready.
+    pub async fn restart_envoy(&mut self) -> Result<(), HarnessError> {
+        self.start_envoy().await
+    }
+
+    /// Stops Envoy and the issuer gracefully (SIGTERM), then the in-process servers.
+    pub async fn shutdown(mut self) {
+        self.stop_envoy().await;
+        self.stop_issuer().await;
+    }
+
+    /// Starts another issuer process against the same mock WeChat, with its own database in
+    /// this stack's directory, on a free port, with this stack's issuer environment plus
+    /// `overrides` (e.g. `WEAUTH_AUDIENCE=other`). Killed when the handle is dropped.
+    pub async fn spawn_sibling_issuer(
+        &self,
+        name: &str,
+        overrides: &[(&str, &str)],
+    ) -> Result<SiblingIssuer, HarnessError> {
+        let port = free_port().map_err(io_err("finding a free port"))?;
+        let mut env = self.issuer_spec.env.clone();
+        let db = self.dir.path().join(format!("{name}.db"));
+        let mut set = |k: &str, v: String| {
+            env.retain(|(n, _)| n != k);
+            env.push((k.to_string(), v));
+        };
+        set("WEAUTH_LISTEN", format!("127.0.0.1:{port}"));
+        set("WEAUTH_STORE", format!("sqlite://{}", db.display()));
+        for (k, v) in overrides {
+            set(k, (*v).to_string());
+        }
+        let spec = IssuerSpec {
+            bin: self.issuer_spec.bin.clone(),
+            env,
+        };
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut proc = Proc::spawn("sibling weauth-issuer", spec.command(), &log)?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&self.client, &mut proc, &format!("{url}/healthz")).await?;
+        Ok(SiblingIssuer { proc, url })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\n===== weauth stack in {} =====",
+                self.dir.path().display()
+            );
+            for (name, log) in [("issuer", self.issuer_log()), ("envoy", self.envoy_log())] {
+                eprintln!(
+                    "----- last {TAIL_LINES} lines of the {name} log ({}) -----\n{}",
+                    log.display(),
+                    tail_file(&log, TAIL_LINES)
+                );
+            }
+            eprintln!("===== end of weauth stack logs =====\n");
+        }
+        // Kill before the directory goes away.
+        self.envoy.take();
+        self.issuer.take();
+    }
+}
+
+/// A second issuer started by [`Stack::spawn_sibling_issuer`]; killed on drop.
+pub struct SiblingIssuer {
+    proc: Proc,
+    url: String,
+}
+
+impl SiblingIssuer {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &Path {
+        &self.proc.log
+    }
+}
+
+impl Drop for SiblingIssuer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- last {TAIL_LINES} lines of the sibling issuer log ({}) -----\n{}",
+                self.proc.log.display(),
+                self.proc.tail()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_lines_keeps_last_n() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail_lines("a", 5), "a");
+        assert_eq!(tail_lines("", 3), "");
+    }
+
+    #[test]
+    fn binaries_resolve_defaults_relative_to_root() {
+        let b = Binaries::resolve(Path::new("/ws"), None, None, None, None);
+        assert_eq!(b.issuer, Path::new("/ws/target/debug/weauth-issuer"));
+        assert_eq!(b.envoy, Path::new("/ws/.tools/bin/envoy"));
+        assert_eq!(
+            b.wasm,
+            Path::new("/ws/target/wasm32-wasip1/wasm-release/weauth_filter.wasm")
+        );
+    }
+
+    #[test]
+    fn binaries_resolve_target_dir_and_explicit_paths() {
+        let b = Binaries::resolve(
+            Path::new("/ws"),
+            Some("/t".into()),
+            Some("bin/issuer".into()),
+            Some("/opt/envoy".into()),
+            None,
+        );
+        assert_eq!(b.issuer, Path::new("/ws/bin/issuer"));
+        assert_eq!(b.envoy, Path::new("/opt/envoy"));
+        assert_eq!(
+            b.wasm,
+            Path::new("/t/wasm32-wasip1/wasm-release/weauth_filter.wasm")
+        );
+    }
+
+    #[test]
+    fn binaries_check_missing_issuer_names_make_target() {
+        let b = Binaries::resolve(Path::new("/nonexistent-ws"), None, None, None, None);
+        let err = b.check(true).unwrap_err().to_string();
+        assert!(
+            err.contains("/nonexistent-ws/target/debug/weauth-issuer"),
+            "{err}"
+        );
+        assert!(err.contains("make build"), "{err}");
+    }
+
+    #[test]
+    fn temp_dir_removed_on_drop() {
+        let dir = TempDir::new("weauth-unit").unwrap();
+        let path = dir.path().to_path_buf();
+        assert!(path.is_dir());
+        drop(dir);
+        if std::env::var_os("WEAUTH_KEEP_TMP").is_none() {
+            assert!(!path.exists());
+        }
+    }
+
+    #[test]
+    fn stack_builder_patches_apply_in_order_keeping_removals() {
+        let b = Stack::builder()
+            .plugin_config_patch(json!({"revocation": null}))
+            .plugin_config_patch(json!({"clock_skew_seconds": 5}));
+        let c = template::plugin_config("http://i", "weauth", "feed", &b.plugin_patches).unwrap();
+        assert!(c.get("revocation").is_none());
+        assert_eq!(c["clock_skew_seconds"], 5);
+    }
+}

@@ -1,0 +1,250 @@
+//! Rendering of the Envoy bootstrap template and the filter's plugin configuration (pure).
+//!
+//! Templates use `{{NAME}}` placeholders, replaced by plain string replacement. Rendering is
+//! strict both ways: a placeholder left without a value and a value given for a name the
+//! template does not contain are both errors, so a renamed placeholder cannot silently yield a
+//! broken Envoy config. [`merge_patch`] applies an RFC 7386 JSON merge patch, which is how a
+//! test overrides parts of the default plugin configuration.
+
+use serde_json::Value;
+
+/// The Envoy bootstrap template (`envoy/envoy.yaml`), compiled in.
+pub const ENVOY_TEMPLATE: &str = include_str!("../../envoy/envoy.yaml");
+/// The default plugin configuration template (`envoy/plugin-config.json`), compiled in.
+pub const PLUGIN_CONFIG_TEMPLATE: &str = include_str!("../../envoy/plugin-config.json");
+
+/// Why a template could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// A `{{NAME}}` had no value.
+    #[error("template placeholder {{{{{0}}}}} has no value")]
+    Leftover(String),
+    /// A value was given for a name the template lacks.
+    #[error("template has no placeholder {{{{{0}}}}} (renamed?)")]
+    Unused(String),
+    /// The plugin configuration template is not JSON after rendering.
+    #[error("plugin configuration is not valid JSON after rendering: {0}")]
+    BadJson(String),
+}
+
+/// Replaces every `{{NAME}}` of `template` by its value in `values`.
+///
+/// # Errors
+/// [`TemplateError::Unused`] when a name of `values` does not occur in the template;
+/// [`TemplateError::Leftover`] when a `{{` remains afterwards (named when it looks like a
+/// placeholder).
+pub fn render(template: &str, values: &[(&str, String)]) -> Result<String, TemplateError> {
+    let mut out = template.to_string();
+    for (name, value) in values {
+        let needle = format!("{{{{{name}}}}}");
+        if !out.contains(&needle) {
+            return Err(TemplateError::Unused((*name).to_string()));
+        }
+        out = out.replace(&needle, value);
+    }
+    if let Some(i) = out.find("{{") {
+        let rest = &out[i + 2..];
+        let name = rest.split("}}").next().unwrap_or(rest);
+        let name: String = name.chars().take(40).collect();
+        return Err(TemplateError::Leftover(name));
+    }
+    Ok(out)
+}
+
+/// `value` as a JSON string literal, quotes included. JSON string literals are valid YAML
+/// double-quoted scalars, so this is how paths and the plugin configuration go into the
+/// Envoy template.
+pub fn quoted(value: &str) -> String {
+    Value::String(value.to_string()).to_string()
+}
+
+/// `value` escaped for use inside a JSON string (no surrounding quotes).
+pub fn json_escaped(value: &str) -> String {
+    let q = quoted(value);
+    q[1..q.len() - 1].to_string()
+}
+
+/// Applies an RFC 7386 JSON merge patch: objects merge recursively, `null` removes a member,
+/// anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(patch_map) => {
+            if !target.is_object() {
+                *target = Value::Object(serde_json::Map::new());
+            }
+            if let Value::Object(target_map) = target {
+                for (k, v) in patch_map {
+                    if v.is_null() {
+                        target_map.remove(k);
+                    } else {
+                        merge_patch(target_map.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// The default plugin configuration for an issuer at `issuer_url` with `audience` and feed
+/// credential `feed_token`, with `patches` (RFC 7386) applied in order.
+///
+/// # Errors
+/// [`TemplateError`] if the template and the names disagree or the result is not JSON.
+pub fn plugin_config(
+    issuer_url: &str,
+    audience: &str,
+    feed_token: &str,
+    patches: &[Value],
+) -> Result<Value, TemplateError> {
+    let text = render(
+        PLUGIN_CONFIG_TEMPLATE,
+        &[
+            ("ISSUER_URL", json_escaped(issuer_url)),
+            ("AUDIENCE", json_escaped(audience)),
+            ("FEED_TOKEN", json_escaped(feed_token)),
+        ],
+    )?;
+    let mut config: Value =
+        serde_json::from_str(&text).map_err(|e| TemplateError::BadJson(e.to_string()))?;
+    for patch in patches {
+        merge_patch(&mut config, patch);
+    }
+    Ok(config)
+}
+
+/// The ports Envoy's bootstrap refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvoyPorts {
+    /// Listener.
+    pub envoy: u16,
+    /// Admin interface.
+    pub admin: u16,
+    /// weauth-issuer (cluster `weauth_issuer`).
+    pub issuer: u16,
+    /// Demo upstream (cluster `demo_upstream`).
+    pub upstream: u16,
+}
+
+/// The Envoy bootstrap for `ports`, the filter at `wasm_path` and `plugin_config`.
+///
+/// # Errors
+/// [`TemplateError`] if `envoy/envoy.yaml` and these names disagree.
+pub fn envoy_config(
+    ports: EnvoyPorts,
+    wasm_path: &str,
+    plugin_config: &Value,
+) -> Result<String, TemplateError> {
+    render(
+        ENVOY_TEMPLATE,
+        &[
+            ("ENVOY_PORT", ports.envoy.to_string()),
+            ("ADMIN_PORT", ports.admin.to_string()),
+            ("ISSUER_PORT", ports.issuer.to_string()),
+            ("UPSTREAM_PORT", ports.upstream.to_string()),
+            ("WASM_PATH", quoted(wasm_path)),
+            ("PLUGIN_CONFIG", quoted(&plugin_config.to_string())),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn render_all_values_replaced() {
+        let out = render(
+            "a={{A}} b={{B}} a={{A}}",
+            &[("A", "1".into()), ("B", "2".into())],
+        );
+        assert_eq!(out.unwrap(), "a=1 b=2 a=1");
+    }
+
+    #[test]
+    fn render_leftover_placeholder_refused_with_name() {
+        let err = render("a={{A}} b={{B}}", &[("A", "1".into())]).unwrap_err();
+        assert_eq!(err, TemplateError::Leftover("B".into()));
+    }
+
+    #[test]
+    fn render_unused_value_refused() {
+        let err = render("a={{A}}", &[("A", "1".into()), ("C", "3".into())]).unwrap_err();
+        assert_eq!(err, TemplateError::Unused("C".into()));
+    }
+
+    #[test]
+    fn render_value_introducing_braces_refused() {
+        let err = render("a={{A}}", &[("A", "{{oops".into())]).unwrap_err();
+        assert!(matches!(err, TemplateError::Leftover(_)));
+    }
+
+    #[test]
+    fn merge_patch_rfc7386_example() {
+        // RFC 7386 §3 example.
+        let mut target = json!({"title": "Goodbye!", "author": {"givenName": "John",
+            "familyName": "Doe"}, "tags": ["example", "sample"], "content": "This will be unchanged"});
+        let patch = json!({"title": "Hello!", "phoneNumber": "+01-123-456-7890",
+            "author": {"familyName": null}, "tags": ["example"]});
+        merge_patch(&mut target, &patch);
+        assert_eq!(
+            target,
+            json!({"title": "Hello!", "author": {"givenName": "John"}, "tags": ["example"],
+                "content": "This will be unchanged", "phoneNumber": "+01-123-456-7890"})
+        );
+    }
+
+    #[test]
+    fn plugin_config_default_has_issuer_feed_and_rules() {
+        let c = plugin_config("http://127.0.0.1:1", "weauth", "feed\"tok", &[]).unwrap();
+        assert_eq!(c["issuer"], "http://127.0.0.1:1");
+        assert_eq!(c["audiences"], json!(["weauth"]));
+        assert_eq!(c["revocation"]["credential"], "feed\"tok");
+        assert_eq!(c["jwks"]["cluster"], "weauth_issuer");
+        assert_eq!(c["jwks"]["path"], "/.well-known/jwks.json");
+        let rules = c["rules"].as_array().unwrap();
+        let api = rules.iter().find(|r| r["prefix"] == "/api/").unwrap();
+        assert_eq!(api["require"], "required");
+        let login = rules
+            .iter()
+            .position(|r| r["exact"] == "/v1/login")
+            .unwrap();
+        let v1 = rules.iter().position(|r| r["prefix"] == "/v1/").unwrap();
+        assert!(
+            login < v1,
+            "first match wins: public /v1/ routes come before /v1/"
+        );
+    }
+
+    #[test]
+    fn plugin_config_patch_applied() {
+        let patch = json!({"revocation": null, "clock_skew_seconds": 0});
+        let c = plugin_config("http://i", "weauth", "f", &[patch]).unwrap();
+        assert!(c.get("revocation").is_none());
+        assert_eq!(c["clock_skew_seconds"], 0);
+    }
+
+    #[test]
+    fn envoy_config_renders_without_leftovers() {
+        let ports = EnvoyPorts {
+            envoy: 10000,
+            admin: 9901,
+            issuer: 8080,
+            upstream: 8081,
+        };
+        let plugin = plugin_config("http://127.0.0.1:8080", "weauth", "feed", &[]).unwrap();
+        let yaml = envoy_config(ports, "/x/weauth_filter.wasm", &plugin).unwrap();
+        assert!(yaml.contains("port_value: 10000"));
+        assert!(yaml.contains("port_value: 9901"));
+        assert!(yaml.contains("filename: \"/x/weauth_filter.wasm\""));
+        // The plugin configuration is one JSON string literal that decodes back to the JSON.
+        let line = yaml
+            .lines()
+            .find(|l| l.trim_start().starts_with("value: \""))
+            .unwrap();
+        let literal = line.trim_start().trim_start_matches("value: ");
+        let decoded: String = serde_json::from_str(literal).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&decoded).unwrap(), plugin);
+    }
+}
