@@ -1,1 +1,32 @@
-//! placeholder
+//! weauth issuer: WeChat mini-program login that issues weauth access tokens (JWT) and
+//! rotating refresh tokens, and serves the revocation feed the edge filter follows.
+//!
+//! Data flow: `server` accepts connections and hands requests to `routes`, which parses and
+//! dispatches to `sessions` (login, refresh, logout, revocation, bearer checks). `sessions`
+//! calls WeChat through the `wechat` trait, mints tokens with `tokens` (over the shared
+//! `weauth-token` crate) using the signing keys of `keys`, and persists through the `store`
+//! trait (SQLite today). `app` holds the shared state and background tasks; `config` reads
+//! the environment; `error` is the single error→HTTP mapping; `metrics`, `ratelimit`,
+//! `revocation` and `secrets` are small helpers. `cli` implements `weauth-issuer keys ...`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod ratelimit;
+pub mod revocation;
+pub mod routes;
+pub mod secrets;
+pub mod server;
+pub mod sessions;
+pub mod store;
+pub mod tokens;
+pub mod wechat;
+
+/// A short, non-reversible tag of an identifier for logs (first 10 hex digits of SHA-256),
+/// so an openid can be correlated across log lines without being logged.
+pub fn short_hash(value: &str) -> String {
+    secrets::sha256_hex(value.as_bytes())[..10].to_string()
+}

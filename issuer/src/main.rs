@@ -1,1 +1,92 @@
-fn main() {}
+//! `weauth-issuer`: reads the configuration, sets up logging, then either serves (bind, then
+//! `server::run` until SIGTERM/Ctrl-C) or runs a `keys` subcommand. No logic lives here.
+
+use std::process::ExitCode;
+
+use weauth_issuer::app::App;
+use weauth_issuer::cli::{self, Command};
+use weauth_issuer::config::Config;
+use weauth_issuer::server;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(command) => command,
+        Err(usage) => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
+    };
+    if command == Command::Help {
+        println!("{}", cli::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("weauth-issuer: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
+        Ok(filter) => filter,
+        Err(err) => {
+            eprintln!("weauth-issuer: invalid configuration: WEAUTH_LOG: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match command {
+        Command::KeysRotate | Command::KeysList => {
+            let result = if command == Command::KeysRotate {
+                cli::rotate(&config)
+            } else {
+                cli::list(&config)
+            };
+            match result {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("weauth-issuer: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => match serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!("{err}");
+                eprintln!("weauth-issuer: {err}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listen = config.listen;
+        let app = App::build(config, None).await?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|err| format!("WEAUTH_LISTEN {listen}: cannot bind: {err}"))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let tasks = app.spawn_background(stop_rx);
+        tracing::info!("listening on {}", listener.local_addr()?);
+        server::run(listener, app, server::shutdown_signal()).await;
+        let _ = stop_tx.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,350 @@
+//! The application state handed to every handler ([`App`], shared as `Arc<App>`), its
+//! construction at start, and the background tasks that keep it fresh.
+//!
+//! Background tasks: key reload (every `WEAUTH_KEY_RELOAD`, which also promotes a rotated key
+//! once its publish delay is over), a cheap `max(seq)` poll every 250 ms that wakes long polls
+//! when another replica writes a revocation, and a once-a-minute purge of expired
+//! revocations, sessions and refresh tokens. All of them end when the shutdown
+//! `watch` flips.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::keys::{self, KeyError, KeyRing};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::secrets::{DataKey, SecretError};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+use crate::tokens::TokenPolicy;
+use crate::wechat::{HttpWechat, HttpWechatConfig, Wechat};
+
+/// How often the revocation high-water mark is re-read (covers writes by other replicas).
+pub const SEQ_POLL: Duration = Duration::from_millis(250);
+/// How often expired rows are purged.
+pub const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the issuer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("WeChat client: {0}")]
+    Wechat(String),
+    #[error("background task failed: {0}")]
+    Join(String),
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The shared state.
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub wechat: Arc<dyn Wechat>,
+    pub metrics: Arc<Metrics>,
+    pub data_key: DataKey,
+    pub policy: TokenPolicy,
+    keys: RwLock<Arc<KeyRing>>,
+    pub(crate) limiter: Mutex<RateLimiter>,
+    seq: watch::Sender<u64>,
+    draining: watch::Sender<bool>,
+    pub(crate) inflight_codes: Mutex<HashSet<String>>,
+    started: Instant,
+}
+
+/// Runs a blocking store call off the async threads.
+///
+/// # Errors
+/// The store's error, or [`StoreError::Db`] when the blocking task panicked.
+pub async fn blocking<T, F>(store: &Arc<dyn Store>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|err| StoreError::Db(format!("store task failed: {err}")))?
+}
+
+/// Makes sure a signing key is active at `now`: imports `WEAUTH_SIGNING_KEY_FILE` when set,
+/// otherwise generates one on first start (or when `WEAUTH_SIGNING_ALG` changed).
+///
+/// # Errors
+/// Key file, sealing or store failures.
+pub fn bootstrap_keys(
+    store: &dyn Store,
+    config: &Config,
+    data_key: &DataKey,
+    now: i64,
+) -> Result<(), StartError> {
+    let retain = config.access_ttl_secs() + config.leeway_secs();
+    if let Some(path) = &config.signing_key_file {
+        let key = keys::from_file(path, config.signing_alg)?;
+        let known = store.keys()?.iter().any(|record| record.kid == key.kid());
+        if !known {
+            store.insert_key(&keys::seal(&key, data_key, now, now)?, None)?;
+            tracing::info!(kid = %key.kid(), "imported the signing key from WEAUTH_SIGNING_KEY_FILE");
+        }
+        return Ok(());
+    }
+    let records = store.keys()?;
+    let current = keys::ring(&records, data_key, now, retain).ok();
+    match current {
+        None => {
+            let key = keys::generate(config.signing_alg);
+            if store.insert_key(&keys::seal(&key, data_key, now, now)?, Some(now))? {
+                tracing::info!(kid = %key.kid(), alg = %config.signing_alg, "generated the first signing key");
+            }
+        }
+        Some(ring) if ring.signing.algorithm() != config.signing_alg => {
+            let key = keys::generate(config.signing_alg);
+            store.insert_key(&keys::seal(&key, data_key, now, now)?, None)?;
+            tracing::warn!(
+                kid = %key.kid(),
+                alg = %config.signing_alg,
+                previous = %ring.signing.algorithm(),
+                "WEAUTH_SIGNING_ALG changed: signing with a new key now; the old key stays published until its tokens expire"
+            );
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+impl App {
+    /// Opens the store, loads or creates keys, builds the WeChat client (unless one is given,
+    /// as tests do).
+    ///
+    /// # Errors
+    /// Any [`StartError`].
+    pub async fn build(
+        config: Config,
+        wechat: Option<Arc<dyn Wechat>>,
+    ) -> Result<Arc<App>, StartError> {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let wechat = match wechat {
+            Some(wechat) => wechat,
+            None => Arc::new(
+                HttpWechat::new(
+                    HttpWechatConfig {
+                        api_base: config.wechat_api_base.clone(),
+                        appid: config.wechat_appid.clone(),
+                        secret: config.wechat_secret.clone(),
+                        connect_timeout: config.wechat_connect_timeout,
+                        timeout: config.wechat_timeout,
+                        retries: config.wechat_retries,
+                    },
+                    Arc::clone(&metrics),
+                )
+                .map_err(StartError::Wechat)?,
+            ),
+        };
+        let startup_config = Arc::clone(&config);
+        let (store, data_key, ring, seq) = tokio::task::spawn_blocking(move || {
+            let config = startup_config;
+            let path = config.sqlite_path();
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
+            let data_key = DataKey::load(config.data_key.as_deref().map(|k| k.as_slice()), path)?;
+            let now = now();
+            bootstrap_keys(store.as_ref(), &config, &data_key, now)?;
+            let retain = config.access_ttl_secs() + config.leeway_secs();
+            let ring = keys::ring(&store.keys()?, &data_key, now, retain)?;
+            let seq = store.current_seq()?;
+            Ok::<_, StartError>((store, data_key, ring, seq))
+        })
+        .await
+        .map_err(|err| StartError::Join(err.to_string()))??;
+        tracing::info!(kid = %ring.signing.kid(), alg = %ring.signing.algorithm(), published = ring.jwks.keys.len(), "signing keys loaded");
+        let policy = TokenPolicy {
+            issuer: config.issuer.clone(),
+            audiences: config.audiences.clone(),
+            access_ttl: config.access_ttl_secs(),
+            leeway: config.leeway_secs(),
+        };
+        Ok(Arc::new(App {
+            limiter: Mutex::new(RateLimiter::new(
+                config.login_rate_per_min,
+                config.login_burst,
+                100_000,
+            )),
+            config,
+            store,
+            wechat,
+            metrics,
+            data_key,
+            policy,
+            keys: RwLock::new(Arc::new(ring)),
+            seq: watch::channel(seq).0,
+            draining: watch::channel(false).0,
+            inflight_codes: Mutex::new(HashSet::new()),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Runs a store call off the async threads.
+    ///
+    /// # Errors
+    /// See [`blocking`].
+    pub async fn db<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        blocking(&self.store, f).await
+    }
+
+    /// The current key ring.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        match self.keys.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads the keys from the store and swaps the ring (promotion happens here).
+    ///
+    /// # Errors
+    /// Store or key failures; the previous ring stays in place.
+    pub async fn reload_keys(&self) -> Result<(), StartError> {
+        let records = self.db(|store| store.keys()).await?;
+        let retain = self.policy.access_ttl + self.policy.leeway;
+        let ring = keys::ring(&records, &self.data_key, now(), retain)?;
+        let dropped = ring.dropped.clone();
+        let previous = self.keys();
+        if previous.signing.kid() != ring.signing.kid() {
+            tracing::info!(kid = %ring.signing.kid(), previous = %previous.signing.kid(), "signing key promoted");
+        }
+        match self.keys.write() {
+            Ok(mut guard) => *guard = Arc::new(ring),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
+        }
+        if !dropped.is_empty() {
+            tracing::info!(kids = ?dropped, "dropping retired signing keys");
+            self.db(move |store| store.delete_keys(&dropped)).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a new revocation high-water mark to long polls.
+    pub fn notify_seq(&self, seq: u64) {
+        self.seq.send_if_modified(|current| {
+            if seq > *current {
+                *current = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// A receiver of the revocation high-water mark.
+    pub fn subscribe_seq(&self) -> watch::Receiver<u64> {
+        self.seq.subscribe()
+    }
+
+    /// Marks the server as draining: long polls answer at once.
+    pub fn begin_drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// A receiver that turns `true` when draining starts.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Starts the background tasks; they end when `shutdown` becomes `true`.
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let app = Arc::clone(self);
+        tasks.push(periodic(
+            shutdown.clone(),
+            app.config.key_reload,
+            move || {
+                let app = Arc::clone(&app);
+                async move {
+                    if let Err(err) = app.reload_keys().await {
+                        tracing::warn!(error = %err, "key reload failed; keeping the current keys");
+                    }
+                }
+            },
+        ));
+        let app = Arc::clone(self);
+        tasks.push(periodic(shutdown.clone(), SEQ_POLL, move || {
+            let app = Arc::clone(&app);
+            async move {
+                match app.db(|store| store.current_seq()).await {
+                    Ok(seq) => app.notify_seq(seq),
+                    Err(err) => tracing::debug!(error = %err, "seq poll failed"),
+                }
+            }
+        }));
+        let app = Arc::clone(self);
+        tasks.push(periodic(shutdown, PURGE_EVERY, move || {
+            let app = Arc::clone(&app);
+            async move {
+                let at = now();
+                match app.db(move |store| store.purge(at)).await {
+                    Ok(purged) if purged != Default::default() => {
+                        tracing::info!(
+                            revocations = purged.revocations,
+                            sessions = purged.sessions,
+                            refresh_tokens = purged.refresh_tokens,
+                            "purged expired rows"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "purge failed"),
+                }
+            }
+        }));
+        tasks
+    }
+}
+
+fn periodic<F, Fut>(
+    mut shutdown: watch::Receiver<bool>,
+    every: Duration,
+    mut tick: F,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => tick().await,
+                () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            }
+        }
+    })
+}

@@ -1,0 +1,123 @@
+//! The `weauth-issuer keys ...` subcommands: key management against the same store and data
+//! key the server uses (same environment configuration).
+//!
+//! - `keys rotate`: inserts a new key of `WEAUTH_SIGNING_ALG` that is published at once and
+//!   signs after `WEAUTH_KEY_PUBLISH_DELAY`; running issuers pick it up on their next key
+//!   reload, no restart needed.
+//! - `keys list`: every stored key with its role now.
+
+use std::fmt::Write as _;
+
+use crate::app::now;
+use crate::config::Config;
+use crate::keys::{self, Role};
+use crate::secrets::DataKey;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    KeysRotate,
+    KeysList,
+    Help,
+}
+
+/// Usage text.
+pub const USAGE: &str = "usage: weauth-issuer [serve | keys rotate | keys list | --help]
+Configuration comes from WEAUTH_* environment variables (see the README).";
+
+/// Parses the arguments after the program name.
+///
+/// # Errors
+/// The usage text for anything unknown.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] | ["serve"] => Ok(Command::Serve),
+        ["keys", "rotate"] => Ok(Command::KeysRotate),
+        ["keys", "list"] => Ok(Command::KeysList),
+        ["-h"] | ["--help"] | ["help"] => Ok(Command::Help),
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+fn open(config: &Config) -> Result<(SqliteStore, DataKey), String> {
+    let path = config.sqlite_path();
+    let store = SqliteStore::open(path).map_err(|err| err.to_string())?;
+    let data_key = DataKey::load(config.data_key.as_deref().map(|k| k.as_slice()), path)
+        .map_err(|err| err.to_string())?;
+    Ok((store, data_key))
+}
+
+/// `keys rotate`: returns the text to print.
+///
+/// # Errors
+/// Store, key or sealing failures, as text.
+pub fn rotate(config: &Config) -> Result<String, String> {
+    let (store, data_key) = open(config)?;
+    let now = now();
+    let delay = crate::config::secs(config.key_publish_delay);
+    let key = keys::generate(config.signing_alg);
+    let record = keys::seal(&key, &data_key, now, now + delay).map_err(|err| err.to_string())?;
+    store
+        .insert_key(&record, None)
+        .map_err(|err| err.to_string())?;
+    Ok(format!(
+        "new {} key {} published; it signs from {} (in {}s)\n",
+        config.signing_alg,
+        key.kid(),
+        now + delay,
+        delay
+    ))
+}
+
+/// `keys list`: one line per key: kid, alg, created, activates, role.
+///
+/// # Errors
+/// Store failures, as text.
+pub fn list(config: &Config) -> Result<String, String> {
+    let (store, _) = open(config)?;
+    let records = store.keys().map_err(|err| err.to_string())?;
+    let now = now();
+    let retain = config.access_ttl_secs() + config.leeway_secs();
+    let pairs: Vec<(&str, i64)> = records
+        .iter()
+        .map(|r| (r.kid.as_str(), r.activate_at))
+        .collect();
+    let roles = keys::schedule(&pairs, now, retain);
+    let mut out = String::from("kid\talg\tcreated_at\tactivate_at\trole\n");
+    for (record, role) in records.iter().zip(roles) {
+        let role = match role {
+            Role::Next => "next",
+            Role::Signing => "signing",
+            Role::Retiring => "retiring",
+            Role::Dropped => "dropped",
+        };
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}",
+            record.kid, record.alg, record.created_at, record.activate_at, role
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parse_commands() {
+        assert_eq!(parse(&args(&[])), Ok(Command::Serve));
+        assert_eq!(parse(&args(&["keys", "rotate"])), Ok(Command::KeysRotate));
+        assert_eq!(parse(&args(&["keys", "list"])), Ok(Command::KeysList));
+        assert!(parse(&args(&["keys"])).is_err());
+        assert!(parse(&args(&["bogus"])).is_err());
+    }
+}

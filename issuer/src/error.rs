@@ -1,0 +1,272 @@
+//! The HTTP-facing error enum and the one place where errors become responses.
+//!
+//! Every failure a client can see is an [`ApiError`]; [`ApiError::into_response`] turns it into
+//! `{"error": "<stable code>", "error_description": "..."}` with the right status and headers.
+//! Lower layers have their own enums ([`crate::wechat::WechatError`],
+//! [`crate::store::StoreError`]); their conversions into `ApiError` live here too, so the
+//! status chosen for, say, WeChat's 45011 is decided in exactly one file. Internal details go
+//! to the log, never to the client.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::{Response, StatusCode};
+
+use crate::store::StoreError;
+use crate::wechat::WechatError;
+
+/// A failure answered to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `invalid_request`: malformed JSON, missing or bad fields.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// 400 `invalid_grant`: bad, used or expired code or refresh token.
+    #[error("invalid grant: {0}")]
+    InvalidGrant(String),
+    /// 401 `invalid_token`: missing, bad, expired or revoked bearer token / credential.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// 403 `access_denied`.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// 404 `not_found`.
+    #[error("no such route")]
+    NotFound,
+    /// 405 `method_not_allowed`, with the allowed methods.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// 413 `request_too_large`.
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 415 `unsupported_media_type`.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// 429 `rate_limited` with `Retry-After` seconds.
+    #[error("rate limited: {description}")]
+    RateLimited {
+        retry_after: u64,
+        description: String,
+    },
+    /// 502 `upstream_error`: WeChat answered something we cannot use.
+    #[error("bad gateway: {0}")]
+    BadGateway(String),
+    /// 503 `temporarily_unavailable` (WeChat busy or timing out, store down, route disabled).
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// 500 `server_error`. The detail is logged, the client gets a generic text.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) | ApiError::InvalidGrant(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidGrant(_) => "invalid_grant",
+            ApiError::InvalidToken(_) => "invalid_token",
+            ApiError::AccessDenied(_) => "access_denied",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::PayloadTooLarge(_) => "request_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::BadGateway(_) => "upstream_error",
+            ApiError::Unavailable(_) => "temporarily_unavailable",
+            ApiError::Internal(_) => "server_error",
+        }
+    }
+
+    fn description(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "internal error; see the issuer's log".to_string(),
+            ApiError::InvalidRequest(d)
+            | ApiError::InvalidGrant(d)
+            | ApiError::InvalidToken(d)
+            | ApiError::AccessDenied(d)
+            | ApiError::BadGateway(d)
+            | ApiError::Unavailable(d)
+            | ApiError::RateLimited { description: d, .. } => d.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The response. 5xx errors are logged here with their detail.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        }
+        let body = serde_json::json!({
+            "error": self.code(),
+            "error_description": self.description(),
+        });
+        let mut response = json_response(status, &body);
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::MethodNotAllowed(allow) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+                    headers.insert(RETRY_AFTER, value);
+                }
+            }
+            ApiError::InvalidToken(_) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A JSON response with `Cache-Control: no-store` (token responses must not be cached,
+/// RFC 6749 §5.1; nothing else here benefits from caching either).
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let text = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// WeChat failures: the mapping DESIGN.md prescribes.
+impl From<WechatError> for ApiError {
+    fn from(err: WechatError) -> Self {
+        match err {
+            WechatError::InvalidCode { .. } => {
+                ApiError::InvalidGrant("the login code is invalid, expired or already used".into())
+            }
+            WechatError::RateLimited => ApiError::RateLimited {
+                retry_after: 60,
+                description: "WeChat rate-limited this user; retry later".into(),
+            },
+            WechatError::HighRisk => {
+                ApiError::AccessDenied("WeChat flagged this user as high-risk".into())
+            }
+            WechatError::Misconfigured { .. } => {
+                ApiError::BadGateway("the issuer's WeChat credentials were refused".into())
+            }
+            WechatError::Busy | WechatError::Timeout => {
+                ApiError::Unavailable("WeChat is busy or not answering; retry shortly".into())
+            }
+            WechatError::Status(_)
+            | WechatError::Unreadable(_)
+            | WechatError::Transport(_)
+            | WechatError::Other { .. } => {
+                ApiError::BadGateway("WeChat returned an unusable answer".into())
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Busy(detail) => ApiError::Unavailable(format!("store busy: {detail}")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wechat_invalid_code_maps_to_invalid_grant() {
+        for errcode in [40029, 40163] {
+            let err = ApiError::from(WechatError::InvalidCode { errcode });
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(err.code(), "invalid_grant");
+        }
+    }
+
+    #[test]
+    fn wechat_rate_limit_maps_to_429_with_retry_after() {
+        let response = ApiError::from(WechatError::RateLimited).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "60");
+    }
+
+    #[test]
+    fn wechat_high_risk_maps_to_403() {
+        assert_eq!(
+            ApiError::from(WechatError::HighRisk).status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[test]
+    fn wechat_misconfigured_maps_to_502() {
+        let err = ApiError::from(WechatError::Misconfigured {
+            errcode: 40013,
+            errmsg: "invalid appid".into(),
+        });
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn wechat_transient_failures_map_to_5xx() {
+        assert_eq!(
+            ApiError::from(WechatError::Busy).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from(WechatError::Timeout).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from(WechatError::Status(500)).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            ApiError::from(WechatError::Unreadable("x".into())).status(),
+            StatusCode::BAD_GATEWAY
+        );
+    }
+
+    #[test]
+    fn internal_error_detail_not_sent_to_client() {
+        let response = ApiError::Internal("sqlite exploded at /var/db".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = format!("{:?}", response.body());
+        assert!(!body.contains("sqlite"));
+    }
+
+    #[test]
+    fn method_not_allowed_has_allow_header() {
+        let response = ApiError::MethodNotAllowed("POST").into_response();
+        assert_eq!(response.headers()[ALLOW], "POST");
+    }
+}

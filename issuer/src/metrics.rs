@@ -1,0 +1,202 @@
+//! Prometheus metrics in the text exposition format, kept in a small registry (no globals:
+//! one [`Metrics`] lives in the application state).
+//!
+//! Series: `weauth_logins_total{outcome}`, `weauth_refreshes_total{outcome}`,
+//! `weauth_revocations_total{kind}`, `weauth_wechat_errors_total{api,errcode}`,
+//! `weauth_wechat_call_seconds{api}` (histogram), `weauth_http_requests_total{status}`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::wechat::WechatError;
+
+/// Upper bounds of the WeChat latency histogram, in seconds.
+const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    counters: BTreeMap<(&'static str, String), u64>,
+    histograms: BTreeMap<String, Histogram>,
+}
+
+/// The registry.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+const HELP: [(&str, &str, &str); 5] = [
+    ("weauth_logins_total", "counter", "Logins by outcome."),
+    (
+        "weauth_refreshes_total",
+        "counter",
+        "Refresh-token rotations by outcome.",
+    ),
+    (
+        "weauth_revocations_total",
+        "counter",
+        "Revocation entries written, by kind.",
+    ),
+    (
+        "weauth_wechat_errors_total",
+        "counter",
+        "Failed WeChat calls (each attempt) by errcode or failure class.",
+    ),
+    (
+        "weauth_http_requests_total",
+        "counter",
+        "HTTP responses by status.",
+    ),
+];
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    fn add(&self, name: &'static str, labels: String) {
+        if let Ok(mut inner) = self.inner.lock() {
+            *inner.counters.entry((name, labels)).or_default() += 1;
+        }
+    }
+
+    /// Counts a login by outcome (`ok`, `invalid_grant`, `rate_limited`, ...).
+    pub fn login(&self, outcome: &str) {
+        self.add(
+            "weauth_logins_total",
+            format!("outcome=\"{}\"", escape(outcome)),
+        );
+    }
+
+    /// Counts a refresh by outcome (`ok`, `reuse`, `invalid_grant`, ...).
+    pub fn refresh(&self, outcome: &str) {
+        self.add(
+            "weauth_refreshes_total",
+            format!("outcome=\"{}\"", escape(outcome)),
+        );
+    }
+
+    /// Counts a revocation entry by kind (`jti`, `sid`, `sub`).
+    pub fn revocation(&self, kind: &str) {
+        self.add(
+            "weauth_revocations_total",
+            format!("kind=\"{}\"", escape(kind)),
+        );
+    }
+
+    /// Counts an HTTP response.
+    pub fn http(&self, status: u16) {
+        self.add("weauth_http_requests_total", format!("status=\"{status}\""));
+    }
+
+    /// Records one WeChat call attempt: latency, and the error when it failed.
+    pub fn wechat_call(&self, api: &str, elapsed: Duration, error: Option<&WechatError>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let seconds = elapsed.as_secs_f64();
+        let histogram = inner
+            .histograms
+            .entry(format!("api=\"{}\"", escape(api)))
+            .or_default();
+        histogram.count += 1;
+        histogram.sum += seconds;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                histogram.counts[i] += 1;
+            }
+        }
+        if let Some(err) = error {
+            let labels = format!(
+                "api=\"{}\",errcode=\"{}\"",
+                escape(api),
+                escape(&err.metric_label())
+            );
+            *inner
+                .counters
+                .entry(("weauth_wechat_errors_total", labels))
+                .or_default() += 1;
+        }
+    }
+
+    /// The text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let Ok(inner) = self.inner.lock() else {
+            return out;
+        };
+        for (name, kind, help) in HELP {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for ((series, labels), value) in &inner.counters {
+                if *series == name {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            }
+        }
+        let name = "weauth_wechat_call_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} WeChat call latency per attempt.\n# TYPE {name} histogram"
+        );
+        for (labels, histogram) in &inner.histograms {
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels},le=\"{bound}\"}} {}",
+                    histogram.counts[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+                histogram.count
+            );
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", histogram.sum);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", histogram.count);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_counts_and_histogram() {
+        let metrics = Metrics::default();
+        metrics.login("ok");
+        metrics.login("ok");
+        metrics.login("invalid_grant");
+        metrics.wechat_call("jscode2session", Duration::from_millis(30), None);
+        metrics.wechat_call(
+            "jscode2session",
+            Duration::from_millis(300),
+            Some(&WechatError::Busy),
+        );
+        let text = metrics.render();
+        assert!(text.contains("weauth_logins_total{outcome=\"ok\"} 2\n"));
+        assert!(text.contains("weauth_logins_total{outcome=\"invalid_grant\"} 1\n"));
+        assert!(
+            text.contains("weauth_wechat_errors_total{api=\"jscode2session\",errcode=\"-1\"} 1\n")
+        );
+        assert!(text
+            .contains("weauth_wechat_call_seconds_bucket{api=\"jscode2session\",le=\"0.05\"} 1\n"));
+        assert!(text
+            .contains("weauth_wechat_call_seconds_bucket{api=\"jscode2session\",le=\"0.5\"} 2\n"));
+        assert!(text.contains("weauth_wechat_call_seconds_count{api=\"jscode2session\"} 2\n"));
+    }
+}

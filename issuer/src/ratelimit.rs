@@ -1,0 +1,181 @@
+//! Per-client login rate limiting (pure: time is an argument), and client-address
+//! resolution behind trusted proxies.
+//!
+//! A token bucket per client IP: `burst` tokens, refilled at `per_minute`. The table is
+//! bounded: when full, buckets that have refilled completely (indistinguishable from new
+//! ones) are dropped, and if none has, the oldest-touched half goes.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::config::IpNet;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: f64,
+}
+
+/// The limiter.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    max_clients: usize,
+    buckets: HashMap<IpAddr, Bucket>,
+}
+
+/// A refusal: retry after this many whole seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub u64);
+
+impl RateLimiter {
+    /// `per_minute` = 0 disables limiting.
+    pub fn new(per_minute: u32, burst: u32, max_clients: usize) -> RateLimiter {
+        RateLimiter {
+            per_second: f64::from(per_minute) / 60.0,
+            burst: f64::from(burst.max(1)),
+            max_clients: max_clients.max(16),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one token for `client` at `now` (seconds, any monotonic origin).
+    ///
+    /// # Errors
+    /// [`RetryAfter`] when the bucket is empty.
+    pub fn check(&mut self, client: IpAddr, now: f64) -> Result<(), RetryAfter> {
+        if self.per_second <= 0.0 {
+            return Ok(());
+        }
+        if self.buckets.len() >= self.max_clients && !self.buckets.contains_key(&client) {
+            self.evict(now);
+        }
+        let (per_second, burst) = (self.per_second, self.burst);
+        let bucket = self.buckets.entry(client).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        let elapsed = (now - bucket.updated).max(0.0);
+        bucket.tokens = (bucket.tokens + elapsed * per_second).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let missing = 1.0 - bucket.tokens;
+            Err(RetryAfter((missing / per_second).ceil().max(1.0) as u64))
+        }
+    }
+
+    fn evict(&mut self, now: f64) {
+        let (per_second, burst) = (self.per_second, self.burst);
+        self.buckets
+            .retain(|_, b| b.tokens + (now - b.updated).max(0.0) * per_second < burst);
+        if self.buckets.len() >= self.max_clients {
+            let mut times: Vec<f64> = self.buckets.values().map(|b| b.updated).collect();
+            times.sort_by(|a, b| a.total_cmp(b));
+            let cutoff = times[times.len() / 2];
+            self.buckets.retain(|_, b| b.updated > cutoff);
+        }
+    }
+
+    /// How many clients are tracked.
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+/// The client address: the peer, or — when the peer is a trusted proxy — the right-most
+/// `X-Forwarded-For` hop that is not itself a trusted proxy (hops further left are
+/// client-controlled and ignored).
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let Some(header) = forwarded_for else {
+        return peer;
+    };
+    let mut client = peer;
+    for hop in header.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn limiter_burst_then_refused_with_retry_after() {
+        let mut limiter = RateLimiter::new(60, 3, 100);
+        for _ in 0..3 {
+            assert!(limiter.check(ip("1.1.1.1"), 0.0).is_ok());
+        }
+        assert_eq!(limiter.check(ip("1.1.1.1"), 0.0), Err(RetryAfter(1)));
+        assert!(limiter.check(ip("2.2.2.2"), 0.0).is_ok());
+    }
+
+    #[test]
+    fn limiter_refills_over_time() {
+        let mut limiter = RateLimiter::new(6, 1, 100);
+        assert!(limiter.check(ip("1.1.1.1"), 0.0).is_ok());
+        assert_eq!(limiter.check(ip("1.1.1.1"), 1.0), Err(RetryAfter(9)));
+        assert!(limiter.check(ip("1.1.1.1"), 10.5).is_ok());
+    }
+
+    #[test]
+    fn limiter_zero_rate_disabled() {
+        let mut limiter = RateLimiter::new(0, 1, 100);
+        for _ in 0..100 {
+            assert!(limiter.check(ip("1.1.1.1"), 0.0).is_ok());
+        }
+    }
+
+    #[test]
+    fn limiter_table_bounded() {
+        let mut limiter = RateLimiter::new(60, 5, 16);
+        for i in 0..200u32 {
+            let addr = IpAddr::from(i.to_be_bytes());
+            limiter.check(addr, f64::from(i) * 0.001).unwrap();
+        }
+        assert!(limiter.tracked() <= 16);
+    }
+
+    #[test]
+    fn client_ip_untrusted_peer_ignores_header() {
+        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
+        assert_eq!(
+            client_ip(ip("9.9.9.9"), Some("1.2.3.4"), &trusted),
+            ip("9.9.9.9")
+        );
+    }
+
+    #[test]
+    fn client_ip_trusted_peer_takes_rightmost_untrusted_hop() {
+        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("6.6.6.6, 1.2.3.4, 10.0.0.7"), &trusted),
+            ip("1.2.3.4")
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), None, &trusted), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("garbage, 1.2.3.4"), &trusted),
+            ip("1.2.3.4")
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! Revocation rules (pure): how long an entry matters, when a feed reader must start over,
+//! and how long a long poll may wait.
+//!
+//! The feed itself is served by `routes.rs` from `Store::feed`, woken through the
+//! application's `watch` channel of the current `seq`.
+
+use std::time::Duration;
+
+/// Longest `wait` honoured on `GET /v1/revocations` (longer requests are capped).
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The `until` of an entry written at `now` that revokes tokens issued up to `now`: the last
+/// moment such a token can still be accepted, i.e. its latest `exp` plus the verifiers' leeway.
+pub fn until(now: i64, access_ttl: i64, leeway: i64) -> i64 {
+    now.saturating_add(access_ttl).saturating_add(leeway)
+}
+
+/// The `until` of a `sub` entry: tokens with `iat < issued_before` expire by
+/// `issued_before - 1 + access_ttl`.
+pub fn until_for_sub(issued_before: i64, access_ttl: i64, leeway: i64) -> i64 {
+    until(issued_before.saturating_sub(1), access_ttl, leeway)
+}
+
+/// Whether a reader at `since` gets the full live set instead of a delta: `since = 0`, a
+/// `since` at or below the purge watermark (entries after it may be gone), or a `since` from
+/// the future (another database, or a restored backup).
+pub fn feed_is_full(since: u64, current: u64, purged_through: u64) -> bool {
+    since == 0 || since > current || since < purged_through
+}
+
+/// The wait to honour for a requested `wait` (seconds, possibly fractional or absent).
+pub fn capped_wait(requested: Option<f64>) -> Duration {
+    match requested {
+        Some(secs) if secs.is_finite() && secs > 0.0 => {
+            Duration::from_secs_f64(secs.min(MAX_WAIT.as_secs_f64()))
+        }
+        _ => Duration::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_covers_ttl_and_leeway() {
+        assert_eq!(until(1000, 900, 60), 1960);
+    }
+
+    #[test]
+    fn until_for_sub_tracks_issued_before() {
+        // A token with iat = 999 expires at 1899; with leeway 60 it matters until 1959.
+        assert_eq!(until_for_sub(1000, 900, 60), 1959);
+    }
+
+    #[test]
+    fn feed_zero_is_full() {
+        assert!(feed_is_full(0, 10, 0));
+        assert!(feed_is_full(0, 0, 0));
+    }
+
+    #[test]
+    fn feed_since_below_watermark_is_full() {
+        assert!(feed_is_full(4, 10, 5));
+        assert!(!feed_is_full(5, 10, 5));
+        assert!(!feed_is_full(7, 10, 5));
+    }
+
+    #[test]
+    fn feed_since_ahead_of_current_is_full() {
+        assert!(feed_is_full(11, 10, 0));
+        assert!(!feed_is_full(10, 10, 0));
+    }
+
+    #[test]
+    fn capped_wait_limits() {
+        assert_eq!(capped_wait(None), Duration::ZERO);
+        assert_eq!(capped_wait(Some(-3.0)), Duration::ZERO);
+        assert_eq!(capped_wait(Some(f64::NAN)), Duration::ZERO);
+        assert_eq!(capped_wait(Some(2.5)), Duration::from_millis(2500));
+        assert_eq!(capped_wait(Some(3600.0)), MAX_WAIT);
+    }
+}

@@ -1,0 +1,267 @@
+//! Secrets at rest and random values: the data key (AES-256-GCM) that encrypts WeChat
+//! session keys and signing keys in the store, random identifiers, and hashing helpers.
+//!
+//! A sealed value is `version(1) || nonce(12) || ciphertext+tag`, with associated data naming
+//! what it is (`session_key:<sid>`, `signing_key:<kid>`), so a ciphertext copied onto another
+//! row does not decrypt.
+
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+const VERSION: u8 = 1;
+
+/// Why a secret could not be sealed, opened or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "a sealed value failed to decrypt (wrong WEAUTH_DATA_KEY, or the row was tampered with)"
+    )]
+    Open,
+    #[error("encryption failed")]
+    Seal,
+    #[error("data key file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
+}
+
+/// The AES-256-GCM key for data at rest.
+#[derive(Clone)]
+pub struct DataKey {
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+impl DataKey {
+    /// A key from 32 bytes.
+    pub fn from_bytes(bytes: &[u8; 32]) -> DataKey {
+        DataKey {
+            cipher: Aes256Gcm::new(bytes.into()),
+        }
+    }
+
+    /// Encrypts `plaintext`, bound to `aad`.
+    ///
+    /// # Errors
+    /// [`SecretError::Seal`] (not expected in practice).
+    pub fn seal(&self, plaintext: &[u8], aad: &str) -> Result<Vec<u8>, SecretError> {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| SecretError::Seal)?;
+        let mut out = Vec::with_capacity(1 + 12 + ciphertext.len());
+        out.push(VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    /// Decrypts a value sealed with [`DataKey::seal`] under the same `aad`.
+    ///
+    /// # Errors
+    /// [`SecretError::Open`] on a wrong key, wrong `aad`, or damaged value.
+    pub fn open(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+        if sealed.len() < 1 + 12 + 16 || sealed[0] != VERSION {
+            return Err(SecretError::Open);
+        }
+        let (nonce, ciphertext) = sealed[1..].split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| SecretError::Open)?;
+        self.cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| SecretError::Open)
+    }
+
+    /// The configured key, or the key file next to the database (created with mode 0600 on
+    /// first use, with a warning: back it up with the database).
+    ///
+    /// # Errors
+    /// [`SecretError::KeyFile`] when the file cannot be read, created or is malformed.
+    pub fn load(configured: Option<&[u8]>, db_path: &Path) -> Result<DataKey, SecretError> {
+        if let Some(bytes) = configured {
+            let array: [u8; 32] = bytes.try_into().map_err(|_| SecretError::KeyFile {
+                path: PathBuf::from("WEAUTH_DATA_KEY"),
+                reason: "not 32 bytes".into(),
+            })?;
+            return Ok(DataKey::from_bytes(&array));
+        }
+        let path = key_file_path(db_path);
+        let fail = |reason: String| SecretError::KeyFile {
+            path: path.clone(),
+            reason,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let bytes = Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text.trim())
+                        .map_err(|_| fail("not base64".into()))?,
+                );
+                let array: [u8; 32] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| fail("not 32 bytes".into()))?;
+                Ok(DataKey::from_bytes(&array))
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let mut bytes = Zeroizing::new([0u8; 32]);
+                rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+                let text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(*bytes));
+                write_private(&path, text.as_bytes()).map_err(|err| fail(err.to_string()))?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "WEAUTH_DATA_KEY is not set: generated a data key file next to the database; \
+                     keep it with the database (losing it makes stored sessions and keys unreadable)"
+                );
+                Ok(DataKey::from_bytes(&bytes))
+            }
+            Err(err) => Err(fail(err.to_string())),
+        }
+    }
+}
+
+/// `<dir of db>/<db file name>.datakey`.
+pub fn key_file_path(db_path: &Path) -> PathBuf {
+    let mut name = db_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "weauth.db".into());
+    name.push(".datakey");
+    db_path.with_file_name(name)
+}
+
+/// Creates `path` exclusively with mode 0600 and writes `bytes`.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// `n` random bytes from the OS, as base64url (no padding).
+pub fn random_b64(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    weauth_token::b64::encode(&bytes)
+}
+
+/// A random identifier with a readable prefix (`u_…`, `s_…`, `t_…`), 128 bits.
+pub fn random_id(prefix: &str) -> String {
+    format!("{prefix}{}", random_b64(16))
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    let mut out = String::with_capacity(64);
+    for byte in digest {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+/// Constant-time comparison of a presented credential with the configured one.
+pub fn credential_matches(presented: &str, expected: &str) -> bool {
+    use subtle_eq::ct_eq;
+    let presented = Sha256::digest(presented.as_bytes());
+    let expected = Sha256::digest(expected.as_bytes());
+    ct_eq(&presented, &expected)
+}
+
+mod subtle_eq {
+    /// Compares equal-length digests without an early exit.
+    pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_roundtrip_ok() {
+        let key = DataKey::from_bytes(&[7u8; 32]);
+        let sealed = key.seal(b"session-key", "session_key:s1").unwrap();
+        assert_eq!(
+            key.open(&sealed, "session_key:s1").unwrap().as_slice(),
+            b"session-key"
+        );
+    }
+
+    #[test]
+    fn open_other_aad_refused() {
+        let key = DataKey::from_bytes(&[7u8; 32]);
+        let sealed = key.seal(b"x", "session_key:s1").unwrap();
+        assert!(key.open(&sealed, "session_key:s2").is_err());
+        assert!(DataKey::from_bytes(&[8u8; 32])
+            .open(&sealed, "session_key:s1")
+            .is_err());
+    }
+
+    #[test]
+    fn key_file_created_then_reused() {
+        let dir = std::env::temp_dir().join(format!("weauth-secrets-{}", random_b64(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("w.db");
+        let first = DataKey::load(None, &db).unwrap();
+        let sealed = first.seal(b"v", "a").unwrap();
+        let second = DataKey::load(None, &db).unwrap();
+        assert_eq!(second.open(&sealed, "a").unwrap().as_slice(), b"v");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(key_file_path(&db))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn credential_matches_exact_only() {
+        assert!(credential_matches("feed-secret", "feed-secret"));
+        assert!(!credential_matches("feed-secreT", "feed-secret"));
+        assert!(!credential_matches("", "feed-secret"));
+    }
+
+    #[test]
+    fn sha256_hex_known_vector() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

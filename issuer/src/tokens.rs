@@ -1,0 +1,210 @@
+//! Minting and checking tokens (pure: the time is an argument, randomness comes in as values).
+//!
+//! Access tokens are `weauth_token` JWTs (`typ: at+jwt`, which `weauth_token::verify` checks
+//! as the token kind); refresh tokens are opaque 256-bit random strings whose SHA-256 is all the
+//! store ever sees. JWT logic itself lives in `weauth-token`, never here.
+
+use weauth_token::{Audience, Claims, KeySet, SigningKey, Validation, VerifyError};
+
+use crate::secrets;
+
+/// What the issuer stamps into tokens.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// Access-token lifetime, seconds.
+    pub access_ttl: i64,
+    /// Clock skew tolerated when the issuer checks its own tokens, seconds.
+    pub leeway: i64,
+}
+
+/// The identity a session carries into its tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub sub: String,
+    pub sid: String,
+    pub openid: String,
+    pub unionid: Option<String>,
+    pub appid: String,
+}
+
+/// The claims of a new access token issued at `now` with id `jti`.
+pub fn access_claims(policy: &TokenPolicy, subject: &Subject, jti: String, now: i64) -> Claims {
+    Claims {
+        iss: policy.issuer.clone(),
+        aud: Audience::from(policy.audiences.as_slice()),
+        sub: subject.sub.clone(),
+        sid: subject.sid.clone(),
+        jti,
+        iat: now,
+        nbf: now,
+        exp: now + policy.access_ttl,
+        openid: subject.openid.clone(),
+        unionid: subject.unionid.clone(),
+        appid: subject.appid.clone(),
+        scope: None,
+    }
+}
+
+/// Signs claims.
+///
+/// # Errors
+/// Only if serialization fails (it does not for these types).
+pub fn mint(claims: &Claims, key: &SigningKey) -> Result<String, serde_json::Error> {
+    weauth_token::sign(claims, key)
+}
+
+/// The validation the issuer applies to bearer tokens on its own routes.
+pub fn validation(policy: &TokenPolicy, keys: &KeySet) -> Validation {
+    let mut validation = Validation::new(policy.issuer.clone(), policy.audiences.clone());
+    validation.leeway = policy.leeway;
+    // Accept every algorithm we have a key for: each key is bound to its own algorithm by
+    // weauth-token, so the header still cannot choose.
+    let mut algorithms = Vec::new();
+    for kid in keys.kids() {
+        if let Some(key) = keys.get(kid) {
+            if !algorithms.contains(&key.algorithm()) {
+                algorithms.push(key.algorithm());
+            }
+        }
+    }
+    validation.algorithms = algorithms;
+    validation
+}
+
+/// Checks signature and claims (revocation is the caller's next step).
+///
+/// # Errors
+/// The [`VerifyError`] of the first failed check.
+pub fn check(
+    token: &str,
+    keys: &KeySet,
+    policy: &TokenPolicy,
+    now: i64,
+) -> Result<Claims, VerifyError> {
+    weauth_token::verify(token, keys, &validation(policy, keys), now)
+}
+
+/// Extracts the token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let value = header?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// A new refresh token: (the token for the client, its hash for the store).
+pub fn new_refresh_token() -> (String, String) {
+    let token = secrets::random_b64(32);
+    let hash = refresh_hash(&token);
+    (token, hash)
+}
+
+/// The stored form of a refresh token.
+pub fn refresh_hash(token: &str) -> String {
+    secrets::sha256_hex(token.as_bytes())
+}
+
+/// Whether `token` has the shape of one of our refresh tokens (43 base64url characters), so
+/// garbage is refused before touching the store.
+pub fn refresh_token_well_formed(token: &str) -> bool {
+    token.len() == 43 && weauth_token::b64::decode(token).is_ok_and(|bytes| bytes.len() == 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn policy() -> TokenPolicy {
+        TokenPolicy {
+            issuer: "http://issuer.test".into(),
+            audiences: vec!["weauth".into()],
+            access_ttl: 900,
+            leeway: 60,
+        }
+    }
+
+    fn subject() -> Subject {
+        Subject {
+            sub: "u_1".into(),
+            sid: "s_1".into(),
+            openid: "o_1".into(),
+            unionid: None,
+            appid: "wx1".into(),
+        }
+    }
+
+    fn keyset(key: &SigningKey) -> KeySet {
+        let mut keys = KeySet::default();
+        keys.insert(key.kid(), key.verifying_key());
+        keys
+    }
+
+    #[test]
+    fn access_claims_lifetime_from_policy() {
+        let claims = access_claims(&policy(), &subject(), "j".into(), NOW);
+        assert_eq!(claims.iat, NOW);
+        assert_eq!(claims.nbf, NOW);
+        assert_eq!(claims.exp, NOW + 900);
+        assert_eq!(claims.aud, Audience::One("weauth".into()));
+        assert_eq!(claims.sid, "s_1");
+    }
+
+    #[test]
+    fn mint_then_check_roundtrip_ok() {
+        let key = SigningKey::from_seed(weauth_token::Algorithm::EdDSA, &[1u8; 32]).unwrap();
+        let claims = access_claims(&policy(), &subject(), "j".into(), NOW);
+        let token = mint(&claims, &key).unwrap();
+        assert_eq!(
+            check(&token, &keyset(&key), &policy(), NOW + 10).unwrap(),
+            claims
+        );
+    }
+
+    #[test]
+    fn check_expired_refused() {
+        let key = SigningKey::from_seed(weauth_token::Algorithm::EdDSA, &[1u8; 32]).unwrap();
+        let token = mint(&access_claims(&policy(), &subject(), "j".into(), NOW), &key).unwrap();
+        assert_eq!(
+            check(&token, &keyset(&key), &policy(), NOW + 900 + 61),
+            Err(VerifyError::Expired)
+        );
+    }
+
+    #[test]
+    fn check_other_key_refused() {
+        let key = SigningKey::from_seed(weauth_token::Algorithm::EdDSA, &[1u8; 32]).unwrap();
+        let other = SigningKey::from_seed(weauth_token::Algorithm::EdDSA, &[2u8; 32]).unwrap();
+        let token = mint(&access_claims(&policy(), &subject(), "j".into(), NOW), &key).unwrap();
+        assert_eq!(
+            check(&token, &keyset(&other), &policy(), NOW),
+            Err(VerifyError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer   abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn refresh_token_shape_and_hash() {
+        let (token, hash) = new_refresh_token();
+        assert!(refresh_token_well_formed(&token));
+        assert_eq!(hash, refresh_hash(&token));
+        assert_eq!(hash.len(), 64);
+        assert_ne!(new_refresh_token().0, token);
+        assert!(!refresh_token_well_formed("short"));
+        assert!(!refresh_token_well_formed(&"+".repeat(43)));
+    }
+}
