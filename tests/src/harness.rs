@@ -414,6 +414,18 @@ async fn wait_ready(
     }
 }
 
+/// The claims of a JWT, decoded WITHOUT verification (for test assertions only).
+pub fn peek_claims(token: &str) -> Option<weauth_token::Claims> {
+    let payload = token.split('.').nth(1)?;
+    serde_json::from_slice(&weauth_token::b64::decode(payload).ok()?).ok()
+}
+
+/// The JOSE header of a JWT, decoded WITHOUT verification (for test assertions only).
+pub fn peek_header(token: &str) -> Option<weauth_token::Header> {
+    let header = token.split('.').next()?;
+    serde_json::from_slice(&weauth_token::b64::decode(header).ok()?).ok()
+}
+
 /// A token response (RFC 6749 §5.1 names).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TokenResponse {

@@ -7,6 +7,8 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -15,14 +17,26 @@ use crate::serve::{self, Request, Response, ServerHandle};
 /// A running demo upstream; dropping it (or [`Upstream::shutdown`]) stops the server.
 pub struct Upstream {
     server: ServerHandle,
+    requests: Arc<AtomicU64>,
 }
 
 impl Upstream {
     /// Starts on `listen` (`None` = 127.0.0.1 on a free port) in the current tokio runtime.
     pub async fn start(listen: Option<SocketAddr>) -> io::Result<Upstream> {
         let listen = listen.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        let server = ServerHandle::start(listen, |req| async move { echo(req) }).await?;
-        Ok(Upstream { server })
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let server = ServerHandle::start(listen, move |req| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async move { echo(req) }
+        })
+        .await?;
+        Ok(Upstream { server, requests })
+    }
+
+    /// How many requests reached the upstream (tests assert a refused request never did).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// The bound address.
