@@ -205,11 +205,7 @@ impl RevocationSet {
     /// the set's `seq` is reset to 0 so that the next poll asks for a full set.
     pub fn apply(&mut self, feed: &FeedResponse, now: i64) -> Result<Applied, ApplyError> {
         let mut changed = vec![false; SHARDS];
-        if feed.full {
-            // Every shard is rewritten, so a full set also repairs whatever another writer left.
-            self.shards = vec![Shard::default(); SHARDS];
-            changed = vec![true; SHARDS];
-        } else if feed.seq < self.seq {
+        if !feed.full && feed.seq < self.seq {
             let held = self.seq;
             self.seq = 0;
             return Err(ApplyError::SeqWentBack {
@@ -217,6 +213,9 @@ impl RevocationSet {
                 got: feed.seq,
             });
         }
+        let before = feed
+            .full
+            .then(|| std::mem::replace(&mut self.shards, vec![Shard::default(); SHARDS]));
         let mut skipped = 0;
         for entry in &feed.entries {
             let issued_before = match (entry.kind, entry.issued_before) {
@@ -236,6 +235,14 @@ impl RevocationSet {
                 shard.insert(entry.kind, entry.value.clone(), issued_before, entry.until);
                 if let Some(flag) = changed.get_mut(index) {
                     *flag = true;
+                }
+            }
+        }
+        if let Some(before) = before {
+            // A full set: a shard changed when its content differs from what we held.
+            for (index, (old, new)) in before.iter().zip(&self.shards).enumerate() {
+                if let Some(flag) = changed.get_mut(index) {
+                    *flag = old != new;
                 }
             }
         }
@@ -563,6 +570,14 @@ impl Replica {
         });
         let mut meta = previous.clone();
         let mut blobs = Vec::new();
+        // Someone else published a generation we never installed: rewrite every shard so that
+        // no reader is left with a mix of their shards and ours.
+        let all: Vec<usize> = (0..SHARDS).collect();
+        let changed = if floor > previous.generation {
+            &all[..]
+        } else {
+            changed
+        };
         if !changed.is_empty() || self.meta.is_none() {
             meta.generation = previous.generation.max(floor).saturating_add(1);
             for &index in changed {
@@ -941,7 +956,16 @@ mod tests {
         let publication = writer.publish(&[3], 1, 41);
         assert_eq!(publication.meta.generation, 42);
         assert_eq!(publication.meta.shard_generations[3], 42);
-        assert_eq!(publication.blobs.len(), 1);
+        // A foreign generation was seen: every shard is rewritten.
+        assert_eq!(publication.blobs.len(), SHARDS);
+    }
+
+    #[test]
+    fn apply_identical_full_changes_nothing() {
+        let entries = vec![entry(1, EntryKind::Jti, "a", NOW + 100)];
+        let mut set = set_with(entries.clone());
+        let applied = set.apply(&feed(10, true, entries), NOW).unwrap();
+        assert!(applied.changed.is_empty());
     }
 
     #[test]

@@ -34,6 +34,8 @@ const LEASE_MS: u64 = 2_000;
 const FEED_TIMEOUT_MARGIN_MS: u64 = 5_000;
 /// Largest response body read from the issuer.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Poll period while the issuer's feed is at seq 0 (see `on_feed_response`).
+const EMPTY_FEED_POLL_MS: u64 = 250;
 /// How often the elected VM drops expired revocation entries.
 const PRUNE_EVERY_MS: u64 = 10_000;
 
@@ -633,7 +635,16 @@ impl Root {
                 worker.metrics.count("feed_fetch_ok");
                 self.full_pending = false;
                 self.apply_feed(worker, &response, now_ms);
-                Outcome::Ok { next_in_ms: 0 }
+                // `since=0` always answers at once with the full set, so while the issuer's seq
+                // is still 0 (nothing ever revoked) there is nothing to long-poll on: re-ask
+                // every EMPTY_FEED_POLL_MS instead of spinning on every tick.
+                Outcome::Ok {
+                    next_in_ms: if response.seq == 0 {
+                        EMPTY_FEED_POLL_MS
+                    } else {
+                        0
+                    },
+                }
             }
             Err(reason) => {
                 worker.metrics.count("feed_fetch_fail");
@@ -656,6 +667,8 @@ impl Root {
         let Ok(mut state) = worker.state.try_borrow_mut() else {
             return;
         };
+        let held_seq = state.replica.set.seq;
+        let first = state.replica.meta.is_none();
         let changed = match state.replica.set.apply(response, seconds(now_ms)) {
             Ok(applied) => {
                 if applied.skipped > 0 {
@@ -667,7 +680,7 @@ impl Root {
                         ),
                     );
                 }
-                if !applied.changed.is_empty() || response.full {
+                if first || response.seq != held_seq {
                     self.log(
                         LogLevel::Info,
                         &format!(

@@ -43,7 +43,8 @@ pub fn extract_token(
                     .filter(|(key, _)| key.eq_ignore_ascii_case(name))
                     .map(|(_, value)| value.as_str());
                 let first = values.next();
-                if values.next().is_some() {
+                // Envoy joins a repeated header with commas; a JWS never contains one.
+                if values.next().is_some() || first.is_some_and(|value| value.contains(',')) {
                     return Extracted::Ambiguous;
                 }
                 first.and_then(|value| strip_prefix_ignore_case(value.trim(), prefix))
@@ -939,6 +940,16 @@ mod tests {
         let got = extract_token(
             &sources(),
             &headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+            "/",
+        );
+        assert_eq!(got, Extracted::Ambiguous);
+    }
+
+    #[test]
+    fn extract_header_comma_joined_ambiguous() {
+        let got = extract_token(
+            &sources(),
+            &headers(&[("authorization", "Bearer a,Bearer b")]),
             "/",
         );
         assert_eq!(got, Extracted::Ambiguous);
