@@ -15,7 +15,9 @@
 //!
 //! Each process must answer before `start` returns: the issuer's `/healthz`, Envoy's admin
 //! `/ready` and then `/healthz` through Envoy's listener (which proves the filter accepted its
-//! configuration: with `fail_open: false` a refused configuration answers 5xx). A missing
+//! configuration: with `fail_open: false` a refused configuration answers 5xx), and finally
+//! until the filter holds the issuer's signing keys (a junk token on `/api/` is refused with
+//! 401, not 503 "keys not loaded yet", on `2 × concurrency` fresh connections). A missing
 //! binary is an error naming the file and the make target that builds it; a process that dies
 //! or never becomes ready is an error carrying the tail of its log.
 //!
@@ -47,7 +49,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopped process may take to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Lines of log printed when something fails.
-const TAIL_LINES: usize = 60;
+const TAIL_LINES: usize = 40;
+/// Longest log line printed (Envoy's start-up lines list every extension).
+const TAIL_LINE_CHARS: usize = 300;
+/// A token-shaped string no key verifies: the readiness probe sends it to see the filter
+/// answer 401 (keys loaded, token refused) rather than 503 (signing keys not loaded yet).
+const PROBE_TOKEN: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCJ9.e30.AAAA";
 
 /// Why the stack could not be started or driven.
 #[derive(Debug, thiserror::Error)]
@@ -267,10 +274,17 @@ pub fn free_port() -> io::Result<u16> {
         .port())
 }
 
-/// The last `n` lines of `text`.
+/// The last `n` lines of `text`, each cut to [`TAIL_LINE_CHARS`] characters.
 pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| match l.char_indices().nth(TAIL_LINE_CHARS) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => (*l).to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The last `n` lines of the file at `path` (reads at most its last 256 KiB).
@@ -968,8 +982,60 @@ impl Stack {
             &format!("{}/healthz", self.envoy_url()),
         )
         .await?;
+        self.wait_filter_keys(&mut proc, spec.concurrency).await?;
         self.envoy = Some(proc);
         Ok(())
+    }
+
+    /// Waits until the filter has the issuer's signing keys in every worker: a protected
+    /// route with an unverifiable token must answer 401 (refused) rather than 503 (keys not
+    /// loaded yet), on `2 × concurrency` fresh connections in a row (connections are spread
+    /// over the workers). The probe never reaches the upstream; it does count in the
+    /// filter's `weauth.denied.*` metrics.
+    async fn wait_filter_keys(
+        &self,
+        proc: &mut Proc,
+        concurrency: u32,
+    ) -> Result<(), HarnessError> {
+        let fresh = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| HarnessError::Http {
+                what: "building HTTP client".into(),
+                detail: e.to_string(),
+            })?;
+        let url = format!("{}/api/__weauth_ready", self.envoy_url());
+        let start = Instant::now();
+        let mut in_a_row = 0;
+        loop {
+            if let Some(status) = proc.exited() {
+                return Err(proc.exited_error(status));
+            }
+            let last = match fresh.get(&url).bearer_auth(PROBE_TOKEN).send().await {
+                Ok(r) if r.status() == 401 => {
+                    in_a_row += 1;
+                    if in_a_row >= 2 * concurrency {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(r) => format!("GET {url} with a junk token → {}", r.status()),
+                Err(e) => format!("GET {url}: {e}"),
+            };
+            in_a_row = 0;
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(HarnessError::NotReady {
+                    name: "envoy filter (signing keys)",
+                    waited: start.elapsed(),
+                    detail: last,
+                    log: proc.log.clone(),
+                    tail: proc.tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Restarts Envoy with the same configuration and waits until it is ready.
@@ -1076,6 +1142,14 @@ mod tests {
         assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail_lines("a", 5), "a");
         assert_eq!(tail_lines("", 3), "");
+    }
+
+    #[test]
+    fn tail_lines_long_line_cut() {
+        let long = "é".repeat(TAIL_LINE_CHARS + 10);
+        let out = tail_lines(&long, 1);
+        assert_eq!(out.chars().count(), TAIL_LINE_CHARS + 1);
+        assert!(out.ends_with('…'));
     }
 
     #[test]
