@@ -63,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "other": other,
             "expired": expired,
             "unknown_kid": unknown_kid,
+            "rotated_jwks": Jwks { keys: vec![key.jwk(), stranger.jwk()] },
         })
     );
     Ok(())

@@ -164,31 +164,93 @@ pub struct Config {
 
 // ---- raw serde shapes -------------------------------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The top-level fields, each deserialized on its own so that an error names its field.
 struct RawConfig {
     issuer: Option<String>,
     audiences: Option<Vec<String>>,
-    #[serde(default = "default_algorithms")]
     algorithms: Vec<String>,
     jwks: Option<RawJwks>,
     revocation: Option<RawRevocation>,
     token_sources: Option<Vec<RawTokenSource>>,
     claim_to_headers: Option<Vec<RawClaimHeader>>,
-    #[serde(default = "default_true")]
     forward_authorization: bool,
-    #[serde(default)]
     rules: Vec<RawRule>,
-    #[serde(default = "default_require")]
     default_require: Require,
-    #[serde(default = "default_skew")]
     clock_skew_seconds: i64,
-    #[serde(default = "default_max_token_bytes")]
     max_token_bytes: usize,
-    #[serde(default = "default_cache_entries")]
     cache_entries: usize,
-    #[serde(default)]
     cors_preflight: bool,
+}
+
+const TOP_FIELDS: &[&str] = &[
+    "issuer",
+    "audiences",
+    "algorithms",
+    "jwks",
+    "revocation",
+    "token_sources",
+    "claim_to_headers",
+    "forward_authorization",
+    "rules",
+    "default_require",
+    "clock_skew_seconds",
+    "max_token_bytes",
+    "cache_entries",
+    "cors_preflight",
+];
+
+type Object = serde_json::Map<String, serde_json::Value>;
+
+/// Deserializes one member, naming it in the error.
+fn take<T: serde::de::DeserializeOwned>(map: &Object, key: &str) -> Result<Option<T>, ConfigError> {
+    map.get(key)
+        .map(|value| T::deserialize(value).map_err(|err| field_error(key, err.to_string())))
+        .transpose()
+}
+
+/// Deserializes a list member element by element, naming `key[i]` in the error.
+fn take_list<T: serde::de::DeserializeOwned>(
+    map: &Object,
+    key: &str,
+) -> Result<Option<Vec<T>>, ConfigError> {
+    let Some(values) = take::<Vec<serde_json::Value>>(map, key)? else {
+        return Ok(None);
+    };
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            T::deserialize(value).map_err(|err| field_error(format!("{key}[{i}]"), err.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+impl RawConfig {
+    fn from_object(map: &Object) -> Result<RawConfig, ConfigError> {
+        if let Some(unknown) = map.keys().find(|key| !TOP_FIELDS.contains(&key.as_str())) {
+            return Err(field_error(
+                unknown.as_str(),
+                format!("unknown field; expected one of {}", TOP_FIELDS.join(", ")),
+            ));
+        }
+        Ok(RawConfig {
+            issuer: take(map, "issuer")?,
+            audiences: take(map, "audiences")?,
+            algorithms: take(map, "algorithms")?.unwrap_or_else(default_algorithms),
+            jwks: take(map, "jwks")?,
+            revocation: take(map, "revocation")?,
+            token_sources: take_list(map, "token_sources")?,
+            claim_to_headers: take_list(map, "claim_to_headers")?,
+            forward_authorization: take(map, "forward_authorization")?.unwrap_or_else(default_true),
+            rules: take_list(map, "rules")?.unwrap_or_default(),
+            default_require: take(map, "default_require")?.unwrap_or_else(default_require),
+            clock_skew_seconds: take(map, "clock_skew_seconds")?.unwrap_or_else(default_skew),
+            max_token_bytes: take(map, "max_token_bytes")?.unwrap_or_else(default_max_token_bytes),
+            cache_entries: take(map, "cache_entries")?.unwrap_or_else(default_cache_entries),
+            cors_preflight: take(map, "cors_preflight")?.unwrap_or_default(),
+        })
+    }
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -331,9 +393,12 @@ impl Config {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::Missing);
         }
-        let raw: RawConfig =
+        let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|err| ConfigError::Json(err.to_string()))?;
-        Config::validate(raw)
+        let serde_json::Value::Object(map) = value else {
+            return Err(ConfigError::Json("expected a JSON object".into()));
+        };
+        Config::validate(RawConfig::from_object(&map)?)
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -779,7 +844,28 @@ mod tests {
     #[test]
     fn parse_unknown_top_field_refused() {
         let err = parse(&config_with(serde_json::json!({"isuer": "x"}))).unwrap_err();
-        assert!(err.to_string().contains("isuer"), "{err}");
+        assert_eq!(field_of(err), "isuer");
+    }
+
+    #[test]
+    fn parse_wrong_type_names_field() {
+        let err = parse(&config_with(serde_json::json!({"max_token_bytes": "8192"}))).unwrap_err();
+        assert_eq!(field_of(err), "max_token_bytes");
+    }
+
+    #[test]
+    fn parse_unknown_nested_field_names_section() {
+        let err = parse(&config_with(
+            serde_json::json!({"revocation": {"cluster": "c", "credential": "s", "wait": 3}}),
+        ))
+        .unwrap_err();
+        assert_eq!(field_of(err.clone()), "revocation");
+        assert!(err.to_string().contains("wait"), "{err}");
+    }
+
+    #[test]
+    fn parse_not_an_object_refused() {
+        assert!(matches!(parse("[1]").unwrap_err(), ConfigError::Json(_)));
     }
 
     #[test]
@@ -881,6 +967,7 @@ mod tests {
             {"cluster": "c", "credential": "s", "stale_mode": "maybe"}})))
         .unwrap_err();
         assert!(err.to_string().contains("maybe"), "{err}");
+        assert_eq!(field_of(err), "revocation");
     }
 
     #[test]
@@ -941,6 +1028,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
+        assert_eq!(field_of(err), "rules[0]");
     }
 
     #[test]

@@ -204,7 +204,7 @@ impl RevocationSet {
     /// [`ApplyError::SeqWentBack`] when a delta's `seq` is below ours (the issuer lost state):
     /// the set's `seq` is reset to 0 so that the next poll asks for a full set.
     pub fn apply(&mut self, feed: &FeedResponse, now: i64) -> Result<Applied, ApplyError> {
-        let mut changed = vec![false; SHARDS];
+        let mut changed = [false; SHARDS];
         if !feed.full && feed.seq < self.seq {
             let held = self.seq;
             self.seq = 0;

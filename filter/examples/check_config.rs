@@ -1,0 +1,21 @@
+//! Validates a plugin configuration the way `on_configure` does, without Envoy.
+//!
+//! `cargo run -p weauth-filter --example check_config < plugin-config.json`
+//! Prints `ok` and exits 0, or prints the error naming the field and exits 1.
+
+use std::io::Read;
+
+fn main() {
+    let mut text = Vec::new();
+    if let Err(err) = std::io::stdin().read_to_end(&mut text) {
+        eprintln!("cannot read stdin: {err}");
+        std::process::exit(2);
+    }
+    match weauth_filter::config::Config::parse(&text) {
+        Ok(_) => println!("ok"),
+        Err(err) => {
+            println!("invalid plugin configuration: {err}");
+            std::process::exit(1);
+        }
+    }
+}
