@@ -1,0 +1,109 @@
+//! The harness's own behaviour against the real processes: restarts, concurrency, stats, and
+//! the error a missing binary gives. Also shows two properties of the product that only a
+//! restart can show: verification at the edge keeps working while the issuer is down, and a
+//! restarted issuer keeps its sessions (same database).
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use weauth_tests::harness::{Binaries, HarnessError, Stack};
+
+async fn stack(builder: weauth_tests::harness::StackBuilder) -> Stack {
+    builder
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the weauth stack: {e}"))
+}
+
+#[tokio::test]
+async fn issuer_down_edge_still_verifies_then_restart_keeps_sessions() {
+    let mut stack = stack(Stack::builder()).await;
+    let tokens = stack.login("alice").await.unwrap();
+
+    stack.stop_issuer().await;
+    let (status, _) = stack
+        .get_json("/api/hello", Some(&tokens.access_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 200,
+        "the filter verifies locally, without the issuer"
+    );
+    let (status, _) = stack
+        .post_json(
+            "/v1/token/refresh",
+            None,
+            &json!({"refresh_token": tokens.refresh_token}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        status >= 500,
+        "issuer down: refresh cannot succeed ({status})"
+    );
+
+    stack.start_issuer().await.unwrap();
+    let (status, body) = stack
+        .post_json(
+            "/v1/token/refresh",
+            None,
+            &json!({"refresh_token": tokens.refresh_token}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "same database after restart: {body}");
+    assert!(body["access_token"].is_string());
+}
+
+#[tokio::test]
+async fn envoy_restart_verifies_again_and_counts_in_stats() {
+    let mut stack = stack(Stack::builder()).await;
+    let token = stack.login("bob").await.unwrap().access_token;
+    stack.restart_envoy().await.unwrap();
+    let (status, _) = stack.get_json("/api/hello", Some(&token)).await.unwrap();
+    assert_eq!(status, 200);
+    let stats = stack.envoy_stats().await.unwrap();
+    let allowed = stats
+        .lines()
+        .find(|l| l.contains("weauth.allowed:"))
+        .unwrap_or_else(|| panic!("no weauth.allowed counter in Envoy stats"));
+    let n: u64 = allowed.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1, "{allowed}");
+}
+
+#[tokio::test]
+async fn concurrency_two_every_worker_verifies() {
+    let stack = stack(Stack::builder().concurrency(2)).await;
+    let token = stack.login("carol").await.unwrap().access_token;
+    // Fresh connections are spread over both workers.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        let r = fresh
+            .get(format!("{}/api/hello", stack.envoy_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn missing_issuer_binary_error_names_the_file_and_make_target() {
+    let bins = Binaries {
+        issuer: PathBuf::from("/nonexistent/weauth-issuer"),
+        ..Binaries::from_env()
+    };
+    let err = match Stack::builder().binaries(bins).start().await {
+        Ok(_) => panic!("a stack started without an issuer binary"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, HarnessError::Missing { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/weauth-issuer"), "{msg}");
+    assert!(msg.contains("make build"), "{msg}");
+}
