@@ -60,3 +60,50 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     mock.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> impl Iterator<Item = String> {
+        list.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn parse_no_args_defaults_to_local_stack_port() {
+        let cfg = parse(args(&[])).unwrap();
+        assert_eq!(cfg.listen, Some("127.0.0.1:8090".parse().unwrap()));
+        assert_eq!(cfg.appid, "wx0123456789abcdef");
+        assert!(!cfg.unionid);
+    }
+
+    #[test]
+    fn parse_all_flags_applied() {
+        let cfg = parse(args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--appid",
+            "wxA",
+            "--secret",
+            "s",
+            "--unionid",
+            "--token-overlap-secs",
+            "2",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!((cfg.appid.as_str(), cfg.secret.as_str()), ("wxA", "s"));
+        assert!(cfg.unionid);
+        assert_eq!(cfg.token_overlap, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn parse_unknown_or_incomplete_refused() {
+        assert!(parse(args(&["--bogus"])).is_err());
+        assert!(parse(args(&["--listen"])).is_err());
+        assert!(parse(args(&["--listen", "nowhere"])).is_err());
+    }
+}

@@ -141,3 +141,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("weauth-stack: stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> impl Iterator<Item = String> {
+        list.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn parse_concurrency_default_one_and_explicit() {
+        assert_eq!(parse(args(&[])), Ok(1));
+        assert_eq!(parse(args(&["--concurrency", "4"])), Ok(4));
+    }
+
+    #[test]
+    fn parse_concurrency_zero_or_text_refused() {
+        assert!(parse(args(&["--concurrency", "0"])).is_err());
+        assert!(parse(args(&["--concurrency", "many"])).is_err());
+        assert!(parse(args(&["--up"])).is_err());
+    }
+}
