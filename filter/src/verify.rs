@@ -284,6 +284,13 @@ pub fn decide(
             ),
         );
     };
+    // Refuse an oversized token before hashing it for the cache.
+    if token.len() > validation.max_token_bytes {
+        return deny(
+            outcome,
+            unauthorized(&VerifyError::TooLarge(validation.max_token_bytes)),
+        );
+    }
     let key = key_of(&token);
     let (claims, checked_generation) = match cache.get(&key, now, snapshot.keys_generation) {
         Some(hit) => {
@@ -748,6 +755,19 @@ mod tests {
         };
         let outcome = run(found("a.b.c".into()), Require::Required, &[], snapshot);
         assert_eq!(denial(&outcome).status, 401);
+    }
+
+    #[test]
+    fn decide_oversized_token_refused_before_cache() {
+        let keys = keys();
+        let snapshot = Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: RevocationView::Disabled,
+        };
+        let outcome = run(found("a".repeat(9000)), Require::Required, &[], snapshot);
+        assert_eq!(denial(&outcome).reason, "too_large");
+        assert_eq!(outcome.cache, CacheUse::NotUsed);
     }
 
     #[test]
