@@ -97,9 +97,10 @@ pub fn bootstrap_keys(
     let retain = config.access_ttl_secs() + config.leeway_secs();
     if let Some(path) = &config.signing_key_file {
         let key = keys::from_file(path, config.signing_alg)?;
-        let known = store.keys()?.iter().any(|record| record.kid == key.kid());
-        if !known {
-            store.insert_key(&keys::seal(&key, data_key, now, now)?, None)?;
+        let records = store.keys()?;
+        if !records.iter().any(|record| record.kid == key.kid()) {
+            let activate_at = keys::next_activation(&records, now, 0);
+            store.insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)?;
             tracing::info!(kid = %key.kid(), "imported the signing key from WEAUTH_SIGNING_KEY_FILE");
         }
         return Ok(());
@@ -115,7 +116,8 @@ pub fn bootstrap_keys(
         }
         Some(ring) if ring.signing.algorithm() != config.signing_alg => {
             let key = keys::generate(config.signing_alg);
-            store.insert_key(&keys::seal(&key, data_key, now, now)?, None)?;
+            let activate_at = keys::next_activation(&records, now, 0);
+            store.insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)?;
             tracing::warn!(
                 kid = %key.kid(),
                 alg = %config.signing_alg,

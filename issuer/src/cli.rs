@@ -59,8 +59,10 @@ pub fn rotate(config: &Config) -> Result<String, String> {
     let (store, data_key) = open(config)?;
     let now = now();
     let delay = crate::config::secs(config.key_publish_delay);
+    let existing = store.keys().map_err(|err| err.to_string())?;
+    let activate_at = keys::next_activation(&existing, now, delay);
     let key = keys::generate(config.signing_alg);
-    let record = keys::seal(&key, &data_key, now, now + delay).map_err(|err| err.to_string())?;
+    let record = keys::seal(&key, &data_key, now, activate_at).map_err(|err| err.to_string())?;
     store
         .insert_key(&record, None)
         .map_err(|err| err.to_string())?;
@@ -68,8 +70,8 @@ pub fn rotate(config: &Config) -> Result<String, String> {
         "new {} key {} published; it signs from {} (in {}s)\n",
         config.signing_alg,
         key.kid(),
-        now + delay,
-        delay
+        activate_at,
+        activate_at - now
     ))
 }
 

@@ -137,6 +137,17 @@ pub fn from_file(path: &std::path::Path, alg: Algorithm) -> Result<SigningKey, K
     }
 }
 
+/// When a key rotated in at `now` may start signing: after `delay`, and strictly after every
+/// stored key's activation (so it cannot lose a same-second tie to the key it replaces).
+pub fn next_activation(records: &[KeyRecord], now: i64, delay: i64) -> i64 {
+    let latest = records
+        .iter()
+        .map(|r| r.activate_at)
+        .max()
+        .unwrap_or(i64::MIN);
+    now.saturating_add(delay).max(latest.saturating_add(1))
+}
+
 /// A key's role at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -273,6 +284,15 @@ mod tests {
     #[test]
     fn schedule_no_active_key_all_next() {
         assert_eq!(schedule(&[("a", 10)], 5, 10), vec![Role::Next]);
+    }
+
+    #[test]
+    fn next_activation_after_latest_key() {
+        let data_key = DataKey::from_bytes(&[3u8; 32]);
+        let record = seal(&generate(Algorithm::EdDSA), &data_key, 100, 100).unwrap();
+        assert_eq!(next_activation(std::slice::from_ref(&record), 100, 0), 101);
+        assert_eq!(next_activation(&[record], 100, 600), 700);
+        assert_eq!(next_activation(&[], 100, 0), 100);
     }
 
     #[test]

@@ -1,0 +1,380 @@
+//! Integration tests of `POST /v1/login` against the mock WeChat: the token pair, independent
+//! verification of the access token, user/session bookkeeping, every WeChat failure class,
+//! the same code posted concurrently, and the per-client rate limit.
+
+// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{payload, Stack, APPID};
+use ed25519_dalek::Verifier;
+use serde_json::json;
+use weauth_tests::mock_wechat::{Fault, MockConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_returns_token_pair_verifiable_with_ed25519_dalek() {
+    let stack = Stack::start(&[]).await;
+    let body = stack.login("alice").await;
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    assert_eq!(body["refresh_expires_in"], 7 * 86_400);
+    let refresh = body["refresh_token"].as_str().unwrap();
+    assert_eq!(refresh.len(), 43);
+    let token = body["access_token"].as_str().unwrap();
+
+    // Independent check: the JWKS key and ed25519-dalek, no weauth code involved.
+    let (status, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    assert_eq!(status, 200);
+    let header = common::header(token);
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["typ"], "at+jwt");
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("token kid published");
+    assert_eq!(jwk["kty"], "OKP");
+    assert_eq!(jwk["crv"], "Ed25519");
+    let x: [u8; 32] = weauth_token::b64::decode(jwk["x"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let sig: [u8; 64] = weauth_token::b64::decode(sig).unwrap().try_into().unwrap();
+    key.verify(
+        input.as_bytes(),
+        &ed25519_dalek::Signature::from_bytes(&sig),
+    )
+    .expect("signature verifies with ed25519-dalek");
+    let mut tampered = input.to_string();
+    tampered.push('x');
+    assert!(key
+        .verify(
+            tampered.as_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&sig)
+        )
+        .is_err());
+
+    let claims = payload(token);
+    let openid = stack.mock.openid("alice");
+    assert_eq!(claims["iss"], "http://issuer.test");
+    assert_eq!(claims["aud"], "weauth");
+    assert_eq!(claims["openid"], openid.as_str());
+    assert_eq!(claims["appid"], APPID);
+    assert!(claims.get("unionid").is_none());
+    assert_ne!(claims["sub"], openid.as_str(), "sub must not be the openid");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    assert!(claims["sid"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(claims["jti"].as_str().is_some_and(|s| !s.is_empty()));
+    // Nothing secret in the log.
+    let log = stack.issuer.log_text();
+    assert!(!log.contains(&openid), "openid logged");
+    assert!(!log.contains(refresh), "refresh token logged");
+    assert!(!log.contains(token), "access token logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_same_user_twice_same_sub_new_session() {
+    let stack = Stack::start(&[]).await;
+    let first = payload(stack.login("bob").await["access_token"].as_str().unwrap());
+    let second = payload(stack.login("bob").await["access_token"].as_str().unwrap());
+    let other = payload(stack.login("carol").await["access_token"].as_str().unwrap());
+    assert_eq!(first["sub"], second["sub"]);
+    assert_ne!(first["sid"], second["sid"]);
+    assert_ne!(first["sub"], other["sub"]);
+    assert_eq!(stack.count("users"), 2);
+    assert_eq!(stack.count("sessions"), 3);
+    // session_key is stored encrypted: the mock's current key for bob is not in the file.
+    let key = stack.mock.session_key(&stack.mock.openid("bob")).unwrap();
+    let conn = rusqlite::Connection::open(stack.db_path()).unwrap();
+    let stored: Vec<Vec<u8>> = conn
+        .prepare("SELECT session_key FROM sessions")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for blob in stored {
+        assert!(!blob.windows(key.len()).any(|w| w == key.as_bytes()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_unionid_puts_it_in_claims_and_profile() {
+    let stack = Stack::start_with(
+        MockConfig {
+            unionid: true,
+            ..Default::default()
+        },
+        &[],
+    )
+    .await;
+    let body = stack.login("dave").await;
+    let token = body["access_token"].as_str().unwrap();
+    let unionid = stack.mock.unionid("dave");
+    assert_eq!(payload(token)["unionid"], unionid.as_str());
+    let (status, me, _) = stack.get("/v1/me", Some(token)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["unionid"], unionid.as_str());
+}
+
+async fn login_with_fault(
+    stack: &Stack,
+    fault: Fault,
+    times: u32,
+) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+    let code = stack.mock.login("erin").code;
+    stack.mock.inject("jscode2session", fault, times);
+    stack.post("/v1/login", json!({ "code": code })).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_wechat_errcodes_map_to_http_and_write_nothing() {
+    let stack = Stack::start(&[("WEAUTH_LOGIN_RATE", "0")]).await;
+    let cases: [(i64, u16, &str); 6] = [
+        (40029, 400, "invalid_grant"),
+        (40163, 400, "invalid_grant"),
+        (45011, 429, "rate_limited"),
+        (40226, 403, "access_denied"),
+        (40013, 502, "upstream_error"),
+        (40125, 502, "upstream_error"),
+    ];
+    for (errcode, want_status, want_code) in cases {
+        let before = stack.mock.calls("jscode2session");
+        let (status, body, headers) = login_with_fault(
+            &stack,
+            Fault::Errcode {
+                errcode,
+                errmsg: "injected".into(),
+            },
+            1,
+        )
+        .await;
+        assert_eq!(status, want_status, "errcode {errcode}: {body}");
+        assert_eq!(body["error"], want_code, "errcode {errcode}");
+        assert!(body["error_description"].is_string());
+        assert_eq!(
+            stack.mock.calls("jscode2session") - before,
+            1,
+            "errcode {errcode} must not be retried"
+        );
+        if errcode == 45011 {
+            assert!(headers.get("retry-after").is_some());
+        }
+    }
+    assert_eq!(stack.count("sessions"), 0);
+    assert_eq!(stack.count("users"), 0);
+    assert_eq!(stack.count("refresh_tokens"), 0);
+    let log = stack.issuer.log_text();
+    assert!(
+        log.contains("WEAUTH_WECHAT_SECRET"),
+        "misconfiguration must be logged for the operator"
+    );
+    let (_, metrics, _) = stack.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("weauth_wechat_errors_total{api=\"jscode2session\",errcode=\"40226\"} 1")
+    );
+    assert!(metrics.contains("weauth_logins_total{outcome=\"invalid_grant\"} 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_wechat_transient_failures_retried_then_5xx() {
+    let stack = Stack::start(&[("WEAUTH_LOGIN_RATE", "0"), ("WEAUTH_WECHAT_RETRIES", "2")]).await;
+    // One busy answer: retried, then success.
+    let before = stack.mock.calls("jscode2session");
+    let (status, body, _) = login_with_fault(
+        &stack,
+        Fault::Errcode {
+            errcode: -1,
+            errmsg: "system error".into(),
+        },
+        1,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.mock.calls("jscode2session") - before, 2);
+    // Persistent failures: 1 + 2 retries, then 503 (busy) or 502 (bad answers).
+    for (fault, want) in [
+        (
+            Fault::Errcode {
+                errcode: -1,
+                errmsg: "system error".into(),
+            },
+            503,
+        ),
+        (Fault::Status(500), 502),
+        (Fault::Garbage, 502),
+        (Fault::Html, 502),
+    ] {
+        let before = stack.mock.calls("jscode2session");
+        let (status, body, _) = login_with_fault(&stack, fault.clone(), 3).await;
+        assert_eq!(status, want, "{fault:?}: {body}");
+        assert_eq!(stack.mock.calls("jscode2session") - before, 3, "{fault:?}");
+    }
+    assert_eq!(stack.count("sessions"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_wechat_hang_times_out_with_503() {
+    let stack = Stack::start(&[
+        ("WEAUTH_WECHAT_TIMEOUT", "300ms"),
+        ("WEAUTH_WECHAT_RETRIES", "1"),
+    ])
+    .await;
+    let started = Instant::now();
+    let (status, body, _) = login_with_fault(&stack, Fault::Hang, 2).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stack.count("sessions"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_same_code_concurrently_makes_one_session() {
+    let stack = Stack::start(&[("WEAUTH_LOGIN_RATE", "0")]).await;
+    let code = stack.mock.login("frank").code;
+    // Slow WeChat down so the requests overlap.
+    stack.mock.inject(
+        "jscode2session",
+        Fault::Delay(Duration::from_millis(300)),
+        1,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let http = stack.http.clone();
+        let url = stack.url("/v1/login");
+        let code = code.clone();
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 400),
+        "{statuses:?}"
+    );
+    assert_eq!(stack.count("sessions"), 1);
+    // And the same code later: refused without asking WeChat again.
+    let before = stack.mock.calls("jscode2session");
+    let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(stack.mock.calls("jscode2session"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_rate_limited_per_client_with_retry_after() {
+    let stack = Stack::start(&[("WEAUTH_LOGIN_RATE", "1"), ("WEAUTH_LOGIN_BURST", "2")]).await;
+    stack.login("gina").await;
+    stack.login("gina").await;
+    let code = stack.mock.login("gina").code;
+    let before = stack.mock.calls("jscode2session");
+    let (status, body, headers) = stack.post("/v1/login", json!({ "code": code })).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        stack.mock.calls("jscode2session"),
+        before,
+        "limited before WeChat"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_rate_limit_uses_forwarded_for_only_from_trusted_proxy() {
+    let stack = Stack::start(&[
+        ("WEAUTH_LOGIN_RATE", "1"),
+        ("WEAUTH_LOGIN_BURST", "1"),
+        ("WEAUTH_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    for client in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+        let code = stack.mock.login("hank").code;
+        let response = stack
+            .http
+            .post(stack.url("/v1/login"))
+            .header("x-forwarded-for", format!("6.6.6.6, {client}"))
+            .json(&json!({ "code": code }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "client {client}");
+    }
+    let code = stack.mock.login("hank").code;
+    let response = stack
+        .http
+        .post(stack.url("/v1/login"))
+        .header("x-forwarded-for", "10.0.0.1")
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_bad_requests_refused() {
+    let stack = Stack::start(&[]).await;
+    let (status, body, _) = stack.post("/v1/login", json!({})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, body, _) = stack.post("/v1/login", json!({ "code": "" })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, _, _) = stack
+        .post("/v1/login", json!({ "code": "x", "extra": 1 }))
+        .await;
+    assert_eq!(status, 400);
+    let response = stack
+        .http
+        .post(stack.url("/v1/login"))
+        .header("content-type", "text/plain")
+        .body(r#"{"code":"abc"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let response = stack
+        .http
+        .post(stack.url("/v1/login"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(stack.mock.calls("jscode2session"), 0);
+}

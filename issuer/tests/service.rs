@@ -1,0 +1,494 @@
+//! Integration tests of the service as an operator sees it: restart without loss, graceful
+//! shutdown, configuration errors, body caps and HTTP error shapes, health/readiness/metrics,
+//! discovery, key algorithms, key rotation through the CLI, and the header-read timeout.
+
+// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{payload, Issuer, Stack, ADMIN, FEED};
+use serde_json::json;
+use weauth_tests::mock_wechat::Fault;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_tokens_revocations_and_seq() {
+    let mut stack = Stack::start(&[]).await;
+    let kept = stack.login("rita").await;
+    let dropped = stack.login("sam").await;
+    let (status, _, _) = stack
+        .post_auth(
+            "/v1/logout",
+            dropped["access_token"].as_str().unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, jwks_before, _) = stack.get("/.well-known/jwks.json", None).await;
+    let seq_before = stack.feed(0, 0).await["seq"].as_u64().unwrap();
+    assert!(seq_before >= 1);
+
+    stack.restart().await;
+
+    let (_, jwks_after, _) = stack.get("/.well-known/jwks.json", None).await;
+    assert_eq!(jwks_before, jwks_after, "signing key persisted");
+    let (status, _, _) = stack.get("/v1/me", kept["access_token"].as_str()).await;
+    assert_eq!(
+        status, 200,
+        "access token from before the restart still verifies"
+    );
+    let (status, _, _) = stack.get("/v1/me", dropped["access_token"].as_str()).await;
+    assert_eq!(status, 401, "revocation survived the restart");
+    let (status, refreshed, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": kept["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "refresh token from before the restart: {refreshed}"
+    );
+    let feed = stack.feed(0, 0).await;
+    assert_eq!(
+        feed["seq"].as_u64().unwrap(),
+        seq_before,
+        "seq did not go backwards"
+    );
+    let sid = payload(refreshed["access_token"].as_str().unwrap())["sid"].clone();
+    let (status, entry, _) = stack
+        .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sid": sid })))
+        .await;
+    assert_eq!(status, 200);
+    assert!(entry["seq"].as_u64().unwrap() > seq_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_login() {
+    let mut stack = Stack::start(&[("WEAUTH_SHUTDOWN_GRACE", "10s")]).await;
+    let code = stack.mock.login("tom").code;
+    stack.mock.inject(
+        "jscode2session",
+        Fault::Delay(Duration::from_millis(800)),
+        1,
+    );
+    let http = stack.http.clone();
+    let url = stack.url("/v1/login");
+    let login = tokio::spawn(async move {
+        let response = http
+            .post(url)
+            .json(&json!({ "code": code }))
+            .send()
+            .await
+            .unwrap();
+        response.status().as_u16()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = tokio::task::block_in_place(|| stack.issuer.terminate(Duration::from_secs(10)));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(login.await.unwrap(), 200, "in-flight request completed");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // New connections are refused once it has exited.
+    assert!(stack.http.get(stack.url("/healthz")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_ends_long_polls_promptly() {
+    let mut stack = Stack::start(&[]).await;
+    let http = stack.http.clone();
+    // A delta poll that would wait 50 s.
+    let seq = stack.feed(0, 0).await["seq"].as_u64().unwrap();
+    let url = stack.url(&format!("/v1/revocations?since={seq}&wait=50"));
+    let poll = tokio::spawn(async move {
+        http.get(url)
+            .bearer_auth(FEED)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = tokio::task::block_in_place(|| stack.issuer.terminate(Duration::from_secs(10)));
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(poll.await.unwrap().unwrap(), 200);
+}
+
+#[test]
+fn bad_config_exits_nonzero_naming_the_variable() {
+    for (var, value) in [
+        ("WEAUTH_ACCESS_TTL", "soon"),
+        ("WEAUTH_LISTEN", "nowhere"),
+        ("WEAUTH_SIGNING_ALG", "RS256"),
+        ("WEAUTH_STORE", "mysql://x"),
+        ("WEAUTH_DATA_KEY", "dG9vIHNob3J0"),
+    ] {
+        let output = Command::new(common::bin())
+            .env_clear()
+            .env("WEAUTH_WECHAT_APPID", "wx1")
+            .env("WEAUTH_WECHAT_SECRET", "s")
+            .env(var, value)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(var), "{var}: {stderr}");
+    }
+    let output = Command::new(common::bin())
+        .env_clear()
+        .env("WEAUTH_WECHAT_SECRET", "s")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("WEAUTH_WECHAT_APPID"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors_are_json_with_stable_codes() {
+    let stack = Stack::start(&[("WEAUTH_MAX_BODY", "1024")]).await;
+    let (status, body, _) = stack.get("/nope", None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, body, headers) = stack.get("/v1/login", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    assert_eq!(headers["allow"], "POST");
+    let (status, _, _) = stack.post("/healthz", json!({})).await;
+    assert_eq!(status, 405);
+
+    // Announced too large.
+    let big = format!(r#"{{"code":"{}"}}"#, "a".repeat(4096));
+    let response = stack
+        .http
+        .post(stack.url("/v1/login"))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "request_too_large");
+    // Streamed (chunked, no Content-Length) too large.
+    let addr = stack.issuer.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = "POST /v1/token/refresh HTTP/1.1\r\nHost: issuer\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).unwrap();
+        let chunk = "a".repeat(256);
+        for _ in 0..16 {
+            if stream
+                .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = stream.write_all(b"0\r\n\r\n");
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(stack.mock.calls("jscode2session"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    let stack = Stack::start(&[("WEAUTH_HEADER_TIMEOUT", "500ms")]).await;
+    let addr = stack.issuer.addr;
+    let elapsed = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 256];
+        // The server closes (possibly after a 408) without the rest of the headers.
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        started.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_metrics_and_discovery() {
+    let stack = Stack::start(&[]).await;
+    let (status, body, _) = stack.get("/healthz", None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, _, _) = stack.get("/readyz", None).await;
+    assert_eq!(status, 200);
+    stack.login("uma").await;
+    let (status, metrics, headers) = stack.get("/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("weauth_logins_total{outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("weauth_wechat_call_seconds_count{api=\"jscode2session\"} 1"));
+    let (status, discovery, _) = stack.get("/.well-known/openid-configuration", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(discovery["issuer"], "http://issuer.test");
+    assert_eq!(
+        discovery["jwks_uri"],
+        "http://issuer.test/.well-known/jwks.json"
+    );
+    assert_eq!(
+        discovery["weauth_revocation_feed_endpoint"],
+        "http://issuer.test/v1/revocations"
+    );
+    assert_eq!(
+        discovery["id_token_signing_alg_values_supported"],
+        json!(["EdDSA"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_selectable_and_published() {
+    let stack = Stack::start(&[("WEAUTH_SIGNING_ALG", "ES256")]).await;
+    let login = stack.login("vera").await;
+    let token = login["access_token"].as_str().unwrap();
+    assert_eq!(common::header(token)["alg"], "ES256");
+    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    assert_eq!(jwks["keys"][0]["kty"], "EC");
+    assert_eq!(jwks["keys"][0]["crv"], "P-256");
+    // Verify with weauth-token against the published JWKS only.
+    let (keys, skipped) =
+        weauth_token::KeySet::from_jwks_json(jwks.to_string().as_bytes()).unwrap();
+    assert!(skipped.is_empty());
+    let mut validation = weauth_token::Validation::new("http://issuer.test", vec!["weauth".into()]);
+    validation.algorithms = vec![weauth_token::Algorithm::ES256];
+    let now = payload(token)["iat"].as_i64().unwrap();
+    weauth_token::verify(token, &keys, &validation, now).unwrap();
+    assert_eq!(stack.get("/v1/me", Some(token)).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hs256_from_secret_file_not_published() {
+    let dir = common::TempDir::new("hs");
+    let secret_path = dir.0.join("hs.key");
+    std::fs::write(&secret_path, "0123456789abcdef0123456789abcdef-shared").unwrap();
+    let path = secret_path.display().to_string();
+    let stack = Stack::start(&[
+        ("WEAUTH_SIGNING_ALG", "HS256"),
+        ("WEAUTH_SIGNING_KEY_FILE", &path),
+    ])
+    .await;
+    let login = stack.login("will").await;
+    let token = login["access_token"].as_str().unwrap();
+    assert_eq!(common::header(token)["alg"], "HS256");
+    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    assert_eq!(
+        jwks["keys"],
+        json!([]),
+        "an HS256 secret is never published"
+    );
+    assert_eq!(stack.get("/v1/me", Some(token)).await.0, 200);
+    // Verifiable by anyone holding the shared secret.
+    let key = weauth_token::SigningKey::hmac(b"0123456789abcdef0123456789abcdef-shared").unwrap();
+    let mut keys = weauth_token::KeySet::default();
+    keys.insert(key.kid(), key.verifying_key());
+    let mut validation = weauth_token::Validation::new("http://issuer.test", vec!["weauth".into()]);
+    validation.algorithms = vec![weauth_token::Algorithm::HS256];
+    let now = payload(token)["iat"].as_i64().unwrap();
+    weauth_token::verify(token, &keys, &validation, now).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
+    let stack = Stack::start(&[
+        ("WEAUTH_KEY_PUBLISH_DELAY", "2s"),
+        ("WEAUTH_KEY_RELOAD", "200ms"),
+    ])
+    .await;
+    let before = stack.login("xena").await;
+    let old_token = before["access_token"].as_str().unwrap().to_string();
+    let old_kid = common::header(&old_token)["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let output = Command::new(common::bin())
+        .env_clear()
+        .envs(&stack.issuer.env)
+        .args(["keys", "rotate"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(printed.contains("published"), "{printed}");
+
+    // Published (JWKS has both) before it signs.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    let kids: Vec<String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kids.len(), 2, "{jwks}");
+    let new_kid = kids.iter().find(|k| **k != old_kid).unwrap().clone();
+    let early = stack.login("xena").await;
+    assert_eq!(
+        common::header(early["access_token"].as_str().unwrap())["kid"],
+        old_kid.as_str()
+    );
+
+    // After the delay, the new key signs; the old token still verifies.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let late = stack.login("xena").await;
+    assert_eq!(
+        common::header(late["access_token"].as_str().unwrap())["kid"],
+        new_kid.as_str()
+    );
+    assert_eq!(stack.get("/v1/me", Some(&old_token)).await.0, 200);
+    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        2,
+        "old key stays until its tokens expire"
+    );
+
+    let output = Command::new(common::bin())
+        .env_clear()
+        .envs(&stack.issuer.env)
+        .args(["keys", "list"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(listed.contains(&format!("{new_kid}\tEdDSA")), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&old_kid) && l.ends_with("retiring")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&new_kid) && l.ends_with("signing")),
+        "{listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_key_dropped_after_its_tokens_expire() {
+    let stack = Stack::start(&[
+        ("WEAUTH_KEY_PUBLISH_DELAY", "0s"),
+        ("WEAUTH_KEY_RELOAD", "200ms"),
+        ("WEAUTH_ACCESS_TTL", "1s"),
+        ("WEAUTH_LEEWAY", "0s"),
+    ])
+    .await;
+    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    let old_kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
+    let output = Command::new(common::bin())
+        .env_clear()
+        .envs(&stack.issuer.env)
+        .args(["keys", "rotate"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{jwks}");
+    assert_ne!(keys[0]["kid"], old_kid.as_str());
+    assert_eq!(
+        stack.count("signing_keys"),
+        1,
+        "dropped key deleted from the store"
+    );
+}
+
+#[test]
+fn second_issuer_on_same_db_shares_keys() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stack = Stack::start(&[]).await;
+        let env = stack.issuer.env.clone();
+        let other = tokio::task::spawn_blocking(move || Issuer::start(&env))
+            .await
+            .unwrap();
+        let login = stack.login("yan").await;
+        let token = login["access_token"].as_str().unwrap();
+        let response = stack
+            .http
+            .get(other.url("/v1/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        // A revocation written through one replica reaches the other's feed.
+        let (status, _, _) = stack
+            .post_auth(
+                "/v1/admin/revoke",
+                ADMIN,
+                Some(json!({ "jti": "unrelated" })),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let seq = stack.feed(0, 0).await["seq"].as_u64().unwrap();
+        let http = stack.http.clone();
+        let url = other.url(&format!("/v1/revocations?since={seq}&wait=10"));
+        let poll = tokio::spawn(async move {
+            let started = Instant::now();
+            let body: serde_json::Value = http
+                .get(url)
+                .bearer_auth(FEED)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (started.elapsed(), body)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, _, _) = stack.post_auth("/v1/logout", token, None).await;
+        assert_eq!(status, 204);
+        let (elapsed, body) = poll.await.unwrap();
+        assert_eq!(body["entries"].as_array().unwrap().len(), 1, "{body}");
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    });
+}

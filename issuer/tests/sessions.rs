@@ -1,0 +1,365 @@
+//! Integration tests of refresh rotation, logout, `/v1/me`, admin revocation and the
+//! revocation feed (including its long poll), against the real binary.
+
+// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{payload, Stack, ADMIN, FEED};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_then_reuse_revokes_the_session() {
+    let stack = Stack::start(&[]).await;
+    let first = stack.login("ivy").await;
+    let rt1 = first["refresh_token"].as_str().unwrap();
+    let (status, second, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
+        .await;
+    assert_eq!(status, 200, "{second}");
+    let rt2 = second["refresh_token"].as_str().unwrap();
+    assert_ne!(rt1, rt2);
+    let at2 = second["access_token"].as_str().unwrap();
+    let at1 = first["access_token"].as_str().unwrap();
+    assert_eq!(payload(at1)["sid"], payload(at2)["sid"]);
+    assert_ne!(payload(at1)["jti"], payload(at2)["jti"]);
+    assert_eq!(second["token_type"], "Bearer");
+    let (status, _, _) = stack.get("/v1/me", Some(at2)).await;
+    assert_eq!(status, 200);
+
+    // Reuse of rt1: invalid_grant, and the whole session is revoked.
+    let (status, body, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let (status, body, headers) = stack.get("/v1/me", Some(at2)).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "invalid_token");
+    assert!(headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    let (status, _, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt2 }))
+        .await;
+    assert_eq!(status, 400, "the rotated-to token dies with the session");
+    let feed = stack.feed(0, 0).await;
+    let entries = feed["entries"].as_array().unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e["kind"] == "sid" && e["value"] == payload(at1)["sid"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_concurrent_same_token_exactly_one_wins() {
+    let stack = Stack::start(&[]).await;
+    let login = stack.login("jack").await;
+    let token = login["refresh_token"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let http = stack.http.clone();
+        let url = stack.url("/v1/token/refresh");
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({ "refresh_token": token }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 400).count(),
+        11,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_unknown_or_malformed_token_invalid_grant() {
+    let stack = Stack::start(&[]).await;
+    for token in ["nope", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        let (status, body, _) = stack
+            .post("/v1/token/refresh", json!({ "refresh_token": token }))
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_capped_by_session_max() {
+    let stack = Stack::start(&[("WEAUTH_REFRESH_TTL", "3s"), ("WEAUTH_SESSION_MAX", "3s")]).await;
+    let login = stack.login("kate").await;
+    assert_eq!(login["refresh_expires_in"], 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": login["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let left = body["refresh_expires_in"].as_i64().unwrap();
+    assert!(
+        (1..=2).contains(&left),
+        "sliding but capped by the 3 s session: {left}"
+    );
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let (status, _, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": body["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_returns_profile_and_requires_valid_bearer() {
+    let stack = Stack::start(&[]).await;
+    let login = stack.login("liam").await;
+    let token = login["access_token"].as_str().unwrap();
+    let (status, me, _) = stack.get("/v1/me", Some(token)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["sub"], payload(token)["sub"]);
+    assert_eq!(me["openid"], stack.mock.openid("liam").as_str());
+    assert_eq!(me["appid"], common::APPID);
+    assert!(me["created_at"].is_i64());
+    assert!(me.get("session_key").is_none());
+    for bad in [None, Some("garbage"), Some(&format!("{token}x")[..])] {
+        let (status, body, _) = stack.get("/v1/me", bad).await;
+        assert_eq!(status, 401, "{bad:?}");
+        assert_eq!(body["error"], "invalid_token");
+    }
+    // The refresh token is not an access token.
+    let (status, _, _) = stack.get("/v1/me", login["refresh_token"].as_str()).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_session_and_wakes_long_poll_fast() {
+    let stack = Stack::start(&[]).await;
+    let login = stack.login("mia").await;
+    let token = login["access_token"].as_str().unwrap().to_string();
+    // since=0 always answers at once with the full set; start from a real seq.
+    let (status, _, _) = stack
+        .post_auth(
+            "/v1/admin/revoke",
+            ADMIN,
+            Some(json!({ "jti": "unrelated" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let seq = stack.feed(0, 0).await["seq"].as_u64().unwrap();
+    assert_eq!(seq, 1);
+    // A poll with nothing new waits...
+    let started = Instant::now();
+    let idle = stack.feed(seq, 1).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(idle["full"], false);
+    assert_eq!(idle["entries"].as_array().unwrap().len(), 0);
+    assert_eq!(idle["seq"].as_u64().unwrap(), seq);
+    // ...and is woken by a logout.
+    let http = stack.http.clone();
+    let url = stack.url(&format!("/v1/revocations?since={seq}&wait=30"));
+    let poll = tokio::spawn(async move {
+        let response = http.get(url).bearer_auth(FEED).send().await.unwrap();
+        (
+            Instant::now(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logged_out_at = Instant::now();
+    let (status, _, _) = stack.post_auth("/v1/logout", &token, None).await;
+    assert_eq!(status, 204);
+    let (answered_at, body) = poll.await.unwrap();
+    let latency = answered_at.saturating_duration_since(logged_out_at);
+    assert!(
+        latency < Duration::from_millis(500),
+        "long poll woke after {latency:?}"
+    );
+    assert_eq!(body["full"], false);
+    let entries = body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{body}");
+    assert_eq!(entries[0]["kind"], "sid");
+    assert_eq!(entries[0]["value"], payload(&token)["sid"]);
+    assert!(body["seq"].as_u64().unwrap() > seq);
+    let until = entries[0]["until"].as_i64().unwrap();
+    let now = body["now"].as_i64().unwrap();
+    assert!(
+        (now + 900..=now + 900 + 61).contains(&until),
+        "until {until} now {now}"
+    );
+    // The token and the refresh token are dead.
+    let (status, _, _) = stack.get("/v1/me", Some(&token)).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = stack.post_auth("/v1/logout", &token, None).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": login["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_revoke_jti_sid_and_sub() {
+    let stack = Stack::start(&[]).await;
+    let a = stack.login("noah").await;
+    let b = stack.login("noah").await;
+    let c = stack.login("olga").await;
+    let at = |v: &serde_json::Value| v["access_token"].as_str().unwrap().to_string();
+
+    // Credential required.
+    let (status, _, _) = stack
+        .post_auth("/v1/admin/revoke", "wrong-token", Some(json!({"jti": "x"})))
+        .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = stack.post("/v1/admin/revoke", json!({"jti": "x"})).await;
+    assert_eq!(status, 401);
+    // Exactly one selector.
+    let (status, _, _) = stack
+        .post_auth(
+            "/v1/admin/revoke",
+            ADMIN,
+            Some(json!({"jti": "x", "sid": "y"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = stack
+        .post_auth("/v1/admin/revoke", ADMIN, Some(json!({})))
+        .await;
+    assert_eq!(status, 400);
+
+    // jti: only that token.
+    let jti = payload(&at(&c))["jti"].as_str().unwrap().to_string();
+    let (status, entry, _) = stack
+        .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "jti": jti })))
+        .await;
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["kind"], "jti");
+    assert_eq!(stack.get("/v1/me", Some(&at(&c))).await.0, 401);
+    let (status, c2, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": c["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "a jti revocation leaves the session alive");
+    assert_eq!(stack.get("/v1/me", Some(&at(&c2))).await.0, 200);
+
+    // sid: that session only.
+    let sid = payload(&at(&c2))["sid"].as_str().unwrap().to_string();
+    let (status, _, _) = stack
+        .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sid": sid })))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(stack.get("/v1/me", Some(&at(&c2))).await.0, 401);
+    assert_eq!(stack.get("/v1/me", Some(&at(&a))).await.0, 200);
+
+    // sub: every token and session of noah issued so far.
+    let sub = payload(&at(&a))["sub"].as_str().unwrap().to_string();
+    let (status, entry, _) = stack
+        .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sub": sub })))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(entry["kind"], "sub");
+    assert!(entry["issued_before"].is_i64());
+    for login in [&a, &b] {
+        assert_eq!(stack.get("/v1/me", Some(&at(login))).await.0, 401);
+        let (status, _, _) = stack
+            .post(
+                "/v1/token/refresh",
+                json!({ "refresh_token": login["refresh_token"] }),
+            )
+            .await;
+        assert_eq!(status, 400);
+    }
+    // A future issued_before is refused.
+    let (status, _, _) = stack
+        .post_auth(
+            "/v1/admin/revoke",
+            ADMIN,
+            Some(json!({ "sub": sub, "issued_before": 99_999_999_999i64 })),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let feed = stack.feed(0, 0).await;
+    let kinds: Vec<&str> = feed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["jti", "sid", "sub"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_requires_credential_and_handles_since() {
+    let stack = Stack::start(&[]).await;
+    let (status, body, _) = stack.get("/v1/revocations?since=0", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    let (status, _, _) = stack
+        .get("/v1/revocations?since=0", Some("nope-nope"))
+        .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = stack.get("/v1/revocations?since=abc", Some(FEED)).await;
+    assert_eq!(status, 400);
+    let empty = stack.feed(0, 0).await;
+    assert_eq!(empty["seq"], 0);
+    assert_eq!(empty["full"], true);
+    for user in ["pia", "quin"] {
+        let login = stack.login(user).await;
+        let (status, _, _) = stack
+            .post_auth("/v1/logout", login["access_token"].as_str().unwrap(), None)
+            .await;
+        assert_eq!(status, 204);
+    }
+    let full = stack.feed(0, 0).await;
+    assert_eq!(full["full"], true);
+    assert_eq!(full["entries"].as_array().unwrap().len(), 2);
+    let seq = full["seq"].as_u64().unwrap();
+    let first = full["entries"][0]["seq"].as_u64().unwrap();
+    let delta = stack.feed(first, 0).await;
+    assert_eq!(delta["full"], false);
+    assert_eq!(delta["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(delta["entries"][0]["seq"].as_u64().unwrap(), seq);
+    let ahead = stack.feed(seq + 100, 0).await;
+    assert_eq!(ahead["full"], true, "a since from the future starts over");
+    // The wait is capped (a huge wait still answers quickly when something is there).
+    let started = Instant::now();
+    let capped = stack.feed(0, 100_000).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(capped["full"], true);
+}
