@@ -76,11 +76,17 @@ where
     B: Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    // The path only: a query string could carry a credential some client put there.
+    let path = req.uri().path().to_string();
     let response = match dispatch(&app, peer, req).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     };
-    app.metrics.http(response.status().as_u16());
+    let status = response.status().as_u16();
+    app.metrics.http(status);
+    tracing::debug!(%method, %path, status, ms = started.elapsed().as_millis() as u64, "request");
     response
 }
 

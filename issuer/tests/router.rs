@@ -1,0 +1,182 @@
+//! The router without a socket: `routes::handle` called directly with in-memory bodies, and a
+//! fake WeChat injected through the `Wechat` trait (no mock server, no network).
+
+// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use serde_json::{json, Value};
+use weauth_issuer::app::App;
+use weauth_issuer::config::{Config, Source};
+use weauth_issuer::routes;
+use weauth_issuer::wechat::{BoxFuture, Code2Session, Wechat, WechatError};
+use zeroize::Zeroizing;
+
+/// Answers `good-*` codes with a user named after the code's suffix; `used` with 40163.
+struct FakeWechat {
+    calls: AtomicU32,
+}
+
+impl Wechat for FakeWechat {
+    fn code2session<'a>(
+        &'a self,
+        code: &'a str,
+    ) -> BoxFuture<'a, Result<Code2Session, WechatError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            match code.strip_prefix("good-") {
+                Some(user) => Ok(Code2Session {
+                    openid: format!("o-{user}"),
+                    session_key: Zeroizing::new("a2V5a2V5a2V5a2V5a2V5aw==".into()),
+                    unionid: None,
+                }),
+                None => Err(WechatError::InvalidCode { errcode: 40163 }),
+            }
+        })
+    }
+}
+
+async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("WEAUTH_WECHAT_APPID", "wx1".to_string()),
+        ("WEAUTH_WECHAT_SECRET", "s".to_string()),
+        (
+            "WEAUTH_STORE",
+            format!("sqlite://{}", dir.0.join("r.db").display()),
+        ),
+        ("WEAUTH_MAX_BODY", "512".to_string()),
+        ("WEAUTH_FEED_TOKEN", "feed-token-1".to_string()),
+    ]);
+    let lookup = move |name: &str| vars.get(name).cloned();
+    let read_file = |_: &str| Err(std::io::Error::other("no files"));
+    let config = Config::from_source(&Source {
+        lookup: &lookup,
+        read_file: &read_file,
+    })
+    .unwrap();
+    let fake = Arc::new(FakeWechat {
+        calls: AtomicU32::new(0),
+    });
+    let app = App::build(config, Some(fake.clone() as Arc<dyn Wechat>))
+        .await
+        .unwrap();
+    (app, fake)
+}
+
+fn peer() -> SocketAddr {
+    "192.0.2.1:5000".parse().unwrap()
+}
+
+async fn call(app: &Arc<App>, req: Request<Full<Bytes>>) -> (u16, Value) {
+    let response = routes::handle(app.clone(), peer(), req).await;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, body)
+}
+
+fn post_json(path: &str, body: Value) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn router_login_refresh_me_without_network() {
+    let dir = common::TempDir::new("router");
+    let (app, fake) = app(&dir).await;
+    let (status, tokens) = call(&app, post_json("/v1/login", json!({"code": "good-amy"}))).await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap();
+    let me = Request::get("/v1/me")
+        .header("authorization", format!("Bearer {access}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, profile) = call(&app, me).await;
+    assert_eq!(status, 200);
+    assert_eq!(profile["openid"], "o-amy");
+    let (status, _) = call(
+        &app,
+        post_json(
+            "/v1/token/refresh",
+            json!({"refresh_token": tokens["refresh_token"]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A used code is refused locally: WeChat is not asked twice.
+    let (status, body) = call(&app, post_json("/v1/login", json!({"code": "good-amy"}))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    // The session_key accessor (for the decrypt routes) returns what WeChat sent.
+    let sid = common::payload(access)["sid"].as_str().unwrap().to_string();
+    let key = weauth_issuer::sessions::session_key(&app, &sid)
+        .await
+        .unwrap();
+    assert_eq!(key.as_str(), "a2V5a2V5a2V5a2V5a2V5aw==");
+}
+
+#[tokio::test]
+async fn router_error_shapes() {
+    let dir = common::TempDir::new("router");
+    let (app, _) = app(&dir).await;
+    let (status, body) = call(&app, post_json("/v1/login", json!({"code": "bad"}))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, body) = call(
+        &app,
+        Request::get("/v1/nothing")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, _) = call(
+        &app,
+        Request::put("/v1/login")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+    let big = json!({"code": "x".repeat(600)});
+    let (status, body) = call(&app, post_json("/v1/login", big)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("request_too_large"))
+    );
+    let (status, _) = call(
+        &app,
+        Request::post("/v1/login")
+            .body(Full::new(Bytes::from_static(b"code=abc")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 415);
+    // Admin API disabled without WEAUTH_ADMIN_TOKEN.
+    let (status, body) = call(&app, post_json("/v1/admin/revoke", json!({"jti": "x"}))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable"))
+    );
+}
