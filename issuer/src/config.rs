@@ -96,7 +96,7 @@ pub struct Config {
     pub wechat_secret: Zeroizing<String>,
     /// `WEAUTH_WECHAT_API_BASE`, default `https://api.weixin.qq.com` (no trailing slash kept).
     pub wechat_api_base: String,
-    /// `WEAUTH_WECHAT_TIMEOUT`, total per WeChat call, default `5s`.
+    /// `WEAUTH_WECHAT_TIMEOUT`, total per WeChat call attempt, default `3s`.
     pub wechat_timeout: Duration,
     /// `WEAUTH_WECHAT_CONNECT_TIMEOUT`, default `2s`.
     pub wechat_connect_timeout: Duration,
@@ -112,6 +112,10 @@ pub struct Config {
     pub refresh_ttl: Duration,
     /// `WEAUTH_SESSION_MAX`, default `30d`: absolute cap of a login session.
     pub session_max: Duration,
+    /// `WEAUTH_REFRESH_REUSE_GRACE`, default `0s`: a refresh token presented again within
+    /// this time after its rotation is refused (400) without revoking the session, for clients
+    /// that fire concurrent refreshes. 0 = every reuse revokes the session (RFC 9700 §4.14).
+    pub refresh_reuse_grace: Duration,
     /// `WEAUTH_LEEWAY`, default `60s`: clock skew allowed on our own bearer checks, and the
     /// margin added to a revocation entry's `until`.
     pub leeway: Duration,
@@ -344,6 +348,11 @@ impl Config {
             ));
         }
         let leeway = src.duration("WEAUTH_LEEWAY", "60s", Duration::ZERO)?;
+        let refresh_reuse_grace =
+            src.duration("WEAUTH_REFRESH_REUSE_GRACE", "0s", Duration::ZERO)?;
+        if refresh_reuse_grace > Duration::from_secs(60) {
+            return Err(bad("WEAUTH_REFRESH_REUSE_GRACE", "must be at most 60s"));
+        }
         let data_key = match src.secret("WEAUTH_DATA_KEY")? {
             None => None,
             Some(text) => {
@@ -417,6 +426,7 @@ impl Config {
             refresh_ttl,
             session_max,
             leeway,
+            refresh_reuse_grace,
             feed_token: src.secret("WEAUTH_FEED_TOKEN")?,
             admin_token: src.secret("WEAUTH_ADMIN_TOKEN")?,
             log: src.get("WEAUTH_LOG").unwrap_or_else(|| "info".into()),
@@ -596,6 +606,7 @@ mod tests {
             ("WEAUTH_AUDIENCE", " , "),
             ("WEAUTH_FEED_TOKEN", "short"),
             ("WEAUTH_WECHAT_RETRIES", "9"),
+            ("WEAUTH_REFRESH_REUSE_GRACE", "5m"),
         ] {
             let err = load(&with(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{var}={value}: {err}");

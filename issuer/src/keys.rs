@@ -306,6 +306,31 @@ mod tests {
     }
 
     #[test]
+    fn from_file_reads_pem_and_hs256_secret() {
+        let dir =
+            std::env::temp_dir().join(format!("weauth-keys-{}", crate::secrets::random_b64(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = generate(Algorithm::EdDSA);
+        let pem_path = dir.join("ed.pem");
+        std::fs::write(&pem_path, key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+        assert_eq!(
+            from_file(&pem_path, Algorithm::EdDSA).unwrap().kid(),
+            key.kid()
+        );
+        assert!(from_file(&pem_path, Algorithm::ES256).is_err());
+        let hs_path = dir.join("hs");
+        std::fs::write(&hs_path, "short\n").unwrap();
+        assert!(from_file(&hs_path, Algorithm::HS256).is_err());
+        std::fs::write(&hs_path, format!("{}\n", "k".repeat(32))).unwrap();
+        assert_eq!(
+            from_file(&hs_path, Algorithm::HS256).unwrap().kid(),
+            SigningKey::hmac("k".repeat(32).as_bytes()).unwrap().kid()
+        );
+        assert!(from_file(&dir.join("missing"), Algorithm::EdDSA).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn ring_hs256_not_published() {
         let data_key = DataKey::from_bytes(&[3u8; 32]);
         let record = seal(&generate(Algorithm::HS256), &data_key, 0, 0).unwrap();

@@ -320,6 +320,8 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
             () = tokio::time::sleep_until(deadline) => {}
             () = async { let _ = draining.wait_for(|d| *d).await; } => {}
         }
+        // Insurance against a hot loop should the signal and the store ever disagree.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

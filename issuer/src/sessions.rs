@@ -34,15 +34,25 @@ pub enum RefreshDecision {
 }
 
 /// Judges a presented refresh token at `now`. The new token's lifetime slides
-/// (`now + refresh_ttl`) but never passes the session's absolute end.
-pub fn decide_refresh(row: Option<&RefreshRow>, now: i64, refresh_ttl: i64) -> RefreshDecision {
+/// (`now + refresh_ttl`) but never passes the session's absolute end. A token used at most
+/// `reuse_grace` seconds ago is refused without revoking the session (a client that fired
+/// two refreshes at once); `reuse_grace = 0` (the default) treats every reuse as theft.
+pub fn decide_refresh(
+    row: Option<&RefreshRow>,
+    now: i64,
+    refresh_ttl: i64,
+    reuse_grace: i64,
+) -> RefreshDecision {
     let Some(row) = row else {
         return RefreshDecision::Invalid("unknown refresh token");
     };
     if row.session_revoked_at.is_some() {
         return RefreshDecision::Invalid("the session has been revoked");
     }
-    if row.used_at.is_some() {
+    if let Some(used_at) = row.used_at {
+        if reuse_grace > 0 && now.saturating_sub(used_at) <= reuse_grace {
+            return RefreshDecision::Invalid("the refresh token was just used by another request");
+        }
         return RefreshDecision::Reuse {
             sid: row.sid.clone(),
         };
@@ -215,6 +225,7 @@ pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, A
         new_hash,
         now,
         refresh_ttl: crate::config::secs(app.config.refresh_ttl),
+        reuse_grace: crate::config::secs(app.config.refresh_reuse_grace),
         revocation_until: revocation::until(now, app.policy.access_ttl, app.policy.leeway),
     };
     match app.db(move |store| store.rotate_refresh(&rotate)).await? {
@@ -378,7 +389,7 @@ mod tests {
     #[test]
     fn decide_refresh_unknown_invalid() {
         assert!(matches!(
-            decide_refresh(None, 10, 100),
+            decide_refresh(None, 10, 100, 0),
             RefreshDecision::Invalid(_)
         ));
     }
@@ -386,7 +397,7 @@ mod tests {
     #[test]
     fn decide_refresh_fresh_token_rotates_sliding() {
         assert_eq!(
-            decide_refresh(Some(&row(None, None, 50, 1000)), 10, 100),
+            decide_refresh(Some(&row(None, None, 50, 1000)), 10, 100, 0),
             RefreshDecision::Rotate {
                 sid: "s1".into(),
                 new_expires: 110
@@ -397,7 +408,7 @@ mod tests {
     #[test]
     fn decide_refresh_capped_by_session_end() {
         assert_eq!(
-            decide_refresh(Some(&row(None, None, 50, 60)), 10, 100),
+            decide_refresh(Some(&row(None, None, 50, 60)), 10, 100, 0),
             RefreshDecision::Rotate {
                 sid: "s1".into(),
                 new_expires: 60
@@ -408,7 +419,7 @@ mod tests {
     #[test]
     fn decide_refresh_used_token_is_reuse() {
         assert_eq!(
-            decide_refresh(Some(&row(Some(5), None, 50, 1000)), 10, 100),
+            decide_refresh(Some(&row(Some(5), None, 50, 1000)), 10, 100, 0),
             RefreshDecision::Reuse { sid: "s1".into() }
         );
     }
@@ -416,19 +427,32 @@ mod tests {
     #[test]
     fn decide_refresh_used_token_of_revoked_session_invalid_only() {
         assert!(matches!(
-            decide_refresh(Some(&row(Some(5), Some(6), 50, 1000)), 10, 100),
+            decide_refresh(Some(&row(Some(5), Some(6), 50, 1000)), 10, 100, 0),
             RefreshDecision::Invalid(_)
         ));
     }
 
     #[test]
+    fn decide_refresh_reuse_within_grace_refused_without_revoking() {
+        let used = row(Some(8), None, 50, 1000);
+        assert!(matches!(
+            decide_refresh(Some(&used), 10, 100, 2),
+            RefreshDecision::Invalid(_)
+        ));
+        assert_eq!(
+            decide_refresh(Some(&used), 11, 100, 2),
+            RefreshDecision::Reuse { sid: "s1".into() }
+        );
+    }
+
+    #[test]
     fn decide_refresh_expired_invalid() {
         assert!(matches!(
-            decide_refresh(Some(&row(None, None, 10, 1000)), 10, 100),
+            decide_refresh(Some(&row(None, None, 10, 1000)), 10, 100, 0),
             RefreshDecision::Invalid(_)
         ));
         assert!(matches!(
-            decide_refresh(Some(&row(None, None, 50, 10)), 10, 100),
+            decide_refresh(Some(&row(None, None, 50, 10)), 10, 100, 0),
             RefreshDecision::Invalid(_)
         ));
     }

@@ -363,3 +363,33 @@ async fn feed_requires_credential_and_handles_since() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(capped["full"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_reuse_within_grace_keeps_the_session() {
+    let stack = Stack::start(&[("WEAUTH_REFRESH_REUSE_GRACE", "5s")]).await;
+    let login = stack.login("rosa").await;
+    let rt1 = login["refresh_token"].as_str().unwrap();
+    let (status, second, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, _, _) = stack.get("/v1/me", second["access_token"].as_str()).await;
+    assert_eq!(
+        status, 200,
+        "a reuse within the grace does not revoke the session"
+    );
+    let (status, _, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": second["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(status, 200);
+}

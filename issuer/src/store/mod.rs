@@ -105,6 +105,8 @@ pub struct Rotate {
     pub now: i64,
     /// Sliding lifetime of the new refresh token, seconds (capped by the session's end).
     pub refresh_ttl: i64,
+    /// Seconds after a rotation during which a second use is refused without revoking.
+    pub reuse_grace: i64,
     /// `until` of the sid revocation written when reuse is detected.
     pub revocation_until: i64,
 }

@@ -391,7 +391,12 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(db_err)?;
-        match decide_refresh(row.as_ref(), rotate.now, rotate.refresh_ttl) {
+        match decide_refresh(
+            row.as_ref(),
+            rotate.now,
+            rotate.refresh_ttl,
+            rotate.reuse_grace,
+        ) {
             RefreshDecision::Invalid(reason) => Ok(RotateResult::Invalid(reason)),
             RefreshDecision::Reuse { sid } => {
                 tx.execute(
@@ -667,6 +672,7 @@ mod tests {
             new_hash: new.into(),
             now,
             refresh_ttl: 100,
+            reuse_grace: 0,
             revocation_until: now + 960,
         }
     }
