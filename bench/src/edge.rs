@@ -1,0 +1,680 @@
+//! The edge comparison: the same Envoy (one worker, `taskset -c 0`, direct_response) with each
+//! auth configuration in turn, loaded by `wrk` on the other core.
+//!
+//! All configurations are booted at once (each its own ports and `--base-id`), verified (a
+//! valid token passes, a tampered one is refused, a revoked one is refused where a revocation
+//! set exists), then measured in interleaved rounds so that a noisy neighbour hits every row
+//! alike; each metric is the median over rounds. Envoy CPU per request = `/proc/<pid>/stat`
+//! utime+stime over the run divided by Envoy's own `http.bench.downstream_rq_total` delta.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use weauth_token::Algorithm;
+
+use crate::feed::{synthetic_entries, FeedHandle};
+use crate::parse::{envoy_stat, wrk_report};
+use crate::procs::{clock_ticks_per_second, cpu_ticks, free_port, spawn_pinned, Owned};
+use crate::report::{EdgeMeasure, EdgeRow};
+use crate::stats::cpu_us_per_request;
+use crate::template::{self, render, TemplateError};
+use crate::tokens::{token_set, TokenSet, ISSUER};
+
+/// The feed credential the edge rows use between Envoy and the driver's feed.
+pub const FEED_CREDENTIAL: &str = "bench-feed-credential";
+/// Envoy's request counter for the bench listener.
+pub const RQ_COUNTER: &str = "http.bench.downstream_rq_total";
+
+/// What sits in front of the router.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Auth {
+    None,
+    JwtAuthn {
+        alg: Algorithm,
+        cache: bool,
+    },
+    /// jwt_authn (EdDSA, cache on) + HTTP ext_authz to `weauth-revocation-check`.
+    JwtAuthnExtAuthz {
+        revoked: usize,
+    },
+    /// The weauth filter (EdDSA, its cache on) with a feed of `revoked` entries.
+    Weauth {
+        revoked: usize,
+    },
+}
+
+impl Auth {
+    /// Whether a tampered token must be refused.
+    pub fn authenticates(&self) -> bool {
+        !matches!(self, Auth::None)
+    }
+
+    /// How many revocations the configuration's feed holds (`None`: no revocation at all).
+    pub fn revoked(&self) -> Option<usize> {
+        match self {
+            Auth::JwtAuthnExtAuthz { revoked } | Auth::Weauth { revoked } => Some(*revoked),
+            _ => None,
+        }
+    }
+}
+
+/// One row of the edge table.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub auth: Auth,
+}
+
+/// The rows of the issue, in table order; the first is the no-auth baseline.
+pub fn scenarios() -> Vec<Scenario> {
+    let row = |name: &str, auth| Scenario {
+        name: name.to_string(),
+        auth,
+    };
+    vec![
+        row("no auth", Auth::None),
+        row(
+            "jwt_authn ES256, cache off",
+            Auth::JwtAuthn {
+                alg: Algorithm::ES256,
+                cache: false,
+            },
+        ),
+        row(
+            "jwt_authn ES256, cache on",
+            Auth::JwtAuthn {
+                alg: Algorithm::ES256,
+                cache: true,
+            },
+        ),
+        row(
+            "jwt_authn EdDSA, cache off",
+            Auth::JwtAuthn {
+                alg: Algorithm::EdDSA,
+                cache: false,
+            },
+        ),
+        row(
+            "jwt_authn EdDSA (cache on) + ext_authz, 10k revoked",
+            Auth::JwtAuthnExtAuthz { revoked: 10_000 },
+        ),
+        row(
+            "weauth EdDSA (cache), 0 revoked",
+            Auth::Weauth { revoked: 0 },
+        ),
+        row(
+            "weauth EdDSA (cache), 10k revoked",
+            Auth::Weauth { revoked: 10_000 },
+        ),
+        row(
+            "weauth EdDSA (cache), 1M revoked",
+            Auth::Weauth { revoked: 1_000_000 },
+        ),
+    ]
+}
+
+/// Ports and paths one configuration is rendered with.
+pub struct Wiring<'a> {
+    pub listen_port: u16,
+    pub admin_port: u16,
+    /// The driver feed's port (weauth rows).
+    pub feed_port: u16,
+    /// The revocation check's port (ext_authz row).
+    pub check_port: u16,
+    pub wasm: &'a Path,
+}
+
+/// The weauth plugin configuration for the edge rows (docs/INTERFACES.md).
+pub fn plugin_config(jwks_json: &str) -> Result<String, serde_json::Error> {
+    let jwks: serde_json::Value = serde_json::from_str(jwks_json)?;
+    let config = serde_json::json!({
+        "issuer": ISSUER,
+        "audiences": ["weauth"],
+        "algorithms": ["EdDSA"],
+        "jwks": {"inline": jwks},
+        "revocation": {"cluster": "weauth_feed", "authority": "feed", "path": "/v1/revocations",
+                       "credential": FEED_CREDENTIAL, "wait_seconds": 20,
+                       "stale_after_seconds": 60, "stale_mode": "deny"},
+        "cache_entries": 10000
+    });
+    serde_json::to_string(&config)
+}
+
+/// Renders the Envoy bootstrap of `auth` with the keys of `tokens`.
+pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String, TemplateError> {
+    let jwt = |extra: &str| {
+        render(
+            template::JWT_AUTHN,
+            &[
+                ("ISSUER", ISSUER),
+                ("JWKS", &tokens.jwks_json),
+                ("PROVIDER_EXTRA", extra),
+            ],
+        )
+    };
+    const CACHE: &str = "jwt_cache_config: { jwt_cache_size: 1000 }";
+    let cluster = |name: &str, port: u16| {
+        render(
+            template::CLUSTER,
+            &[("NAME", name), ("PORT", &port.to_string())],
+        )
+    };
+    let (filters, clusters) = match auth {
+        Auth::None => (String::new(), "[]".to_string()),
+        Auth::JwtAuthn { cache, .. } => (jwt(if *cache { CACHE } else { "" })?, "[]".into()),
+        Auth::JwtAuthnExtAuthz { .. } => (
+            jwt(&format!("{CACHE}\nforward_payload_header: x-jwt-payload"))?
+                + &render(template::EXT_AUTHZ, &[])?,
+            cluster("revocation_check", w.check_port)?,
+        ),
+        Auth::Weauth { .. } => {
+            let plugin = plugin_config(&tokens.jwks_json)
+                .map_err(|e| TemplateError::Leftover(e.to_string()))?;
+            (
+                render(
+                    template::WEAUTH,
+                    &[
+                        ("WASM_PATH", &w.wasm.display().to_string()),
+                        ("PLUGIN_CONFIG", &plugin),
+                    ],
+                )?,
+                cluster("weauth_feed", w.feed_port)?,
+            )
+        }
+    };
+    render(
+        template::EDGE,
+        &[
+            ("LISTEN_PORT", &w.listen_port.to_string()),
+            ("ADMIN_PORT", &w.admin_port.to_string()),
+            ("HTTP_FILTERS", &filters),
+            ("CLUSTERS", &clusters),
+        ],
+    )
+}
+
+/// Settings of one edge run.
+pub struct EdgeSettings {
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+    pub revocation_check: PathBuf,
+    pub work_dir: PathBuf,
+    pub rounds: usize,
+    pub seconds: u64,
+    pub warmup_seconds: u64,
+    pub connections: u32,
+    /// First `--base-id` to use; each Envoy gets the next one.
+    pub base_id: u32,
+}
+
+struct Booted {
+    scenario: Scenario,
+    envoy: Option<Owned>,
+    listen_port: u16,
+    admin_port: u16,
+    token: String,
+    verified: String,
+    error: Option<String>,
+    samples: Vec<EdgeMeasure>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Status of `GET http://127.0.0.1:port/` with `Bearer token` (0 when the request failed).
+async fn status(client: &reqwest::Client, port: u16, token: &str) -> u16 {
+    client
+        .get(format!("http://127.0.0.1:{port}/bench"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn admin_get(client: &reqwest::Client, port: u16, path: &str) -> Option<String> {
+    client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// Boots, verifies and measures every scenario; returns one row each.
+pub async fn run(settings: &EdgeSettings) -> Vec<EdgeRow> {
+    let client = reqwest::Client::new();
+    let now = now_unix();
+    let (es256, eddsa) = match (
+        token_set(Algorithm::ES256, now, 4 * 3600),
+        token_set(Algorithm::EdDSA, now, 4 * 3600),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            return scenarios()
+                .into_iter()
+                .map(|s| EdgeRow::failed(&s.name, &e.to_string()))
+                .collect()
+        }
+    };
+    let until = now + 4 * 3600;
+    let wasm_present = settings.wasm.is_file();
+
+    // Feeds: one per distinct set size (the ext_authz row shares the 10k one).
+    let mut feeds: Vec<(usize, FeedHandle)> = Vec::new();
+    for scenario in scenarios() {
+        let Some(size) = scenario.auth.revoked() else {
+            continue;
+        };
+        if feeds.iter().any(|(n, _)| *n == size) {
+            continue;
+        }
+        if matches!(scenario.auth, Auth::Weauth { .. }) && !wasm_present {
+            continue;
+        }
+        let started = Instant::now();
+        let entries = synthetic_entries(size, Some(&eddsa.revoked_jti), until);
+        let entries = if size == 0 { Vec::new() } else { entries };
+        match FeedHandle::start(([127, 0, 0, 1], 0).into(), FEED_CREDENTIAL, entries).await {
+            Ok(feed) => {
+                eprintln!(
+                    "bench: feed of {size} revocations on {} ({:.1}s to build)",
+                    feed.addr(),
+                    started.elapsed().as_secs_f64()
+                );
+                feeds.push((size, feed));
+            }
+            Err(e) => eprintln!("bench: feed of {size} could not start: {e}"),
+        }
+    }
+    let feed_port = |size: usize| {
+        feeds
+            .iter()
+            .find(|(n, _)| *n == size)
+            .map(|(_, f)| f.addr().port())
+    };
+
+    // The ext_authz revocation check, on the load generator's core.
+    let mut check: Option<(Owned, u16)> = None;
+    if let (Some(port), Ok(check_port)) = (feed_port(10_000), free_port()) {
+        let args = vec![
+            format!("127.0.0.1:{check_port}"),
+            format!("http://127.0.0.1:{port}/v1/revocations"),
+        ];
+        let log = settings.work_dir.join("revocation-check.log");
+        match spawn_pinned(
+            "1",
+            &settings.revocation_check,
+            &args,
+            &log,
+            &[("WEAUTH_FEED_TOKEN", FEED_CREDENTIAL)],
+        ) {
+            Ok(proc) => check = Some((proc, check_port)),
+            Err(e) => eprintln!(
+                "bench: cannot start {}: {e}",
+                settings.revocation_check.display()
+            ),
+        }
+    }
+    if let Some((_, port)) = &check {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = client
+                .get(format!("http://127.0.0.1:{port}/ready"))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Boot every Envoy.
+    let mut booted = Vec::new();
+    for (i, scenario) in scenarios().into_iter().enumerate() {
+        let tokens = match scenario.auth {
+            Auth::JwtAuthn {
+                alg: Algorithm::ES256,
+                ..
+            } => &es256,
+            _ => &eddsa,
+        };
+        let mut b = Booted {
+            scenario: scenario.clone(),
+            envoy: None,
+            listen_port: 0,
+            admin_port: 0,
+            token: tokens.valid.clone(),
+            verified: String::new(),
+            error: None,
+            samples: Vec::new(),
+        };
+        match boot(
+            settings,
+            i,
+            &scenario,
+            tokens,
+            &feed_port,
+            check.as_ref().map(|c| c.1),
+        ) {
+            Ok((envoy, listen, admin)) => {
+                b.envoy = Some(envoy);
+                b.listen_port = listen;
+                b.admin_port = admin;
+            }
+            Err(e) => b.error = Some(e),
+        }
+        booted.push(b);
+    }
+
+    // Wait for readiness and verify.
+    for b in booted.iter_mut().filter(|b| b.error.is_none()) {
+        let tokens = match b.scenario.auth {
+            Auth::JwtAuthn {
+                alg: Algorithm::ES256,
+                ..
+            } => &es256,
+            _ => &eddsa,
+        };
+        match verify(&client, b, tokens).await {
+            Ok(text) => b.verified = text,
+            Err(e) => b.error = Some(e),
+        }
+        eprintln!(
+            "bench: {}: {}",
+            b.scenario.name,
+            b.error.as_deref().unwrap_or(&b.verified)
+        );
+    }
+
+    // Measure in interleaved rounds.
+    let hz = clock_ticks_per_second();
+    for round in 0..settings.rounds {
+        for b in booted.iter_mut().filter(|b| b.error.is_none()) {
+            let check_pid = match (&b.scenario.auth, &check) {
+                (Auth::JwtAuthnExtAuthz { .. }, Some((p, _))) => Some(p.pid()),
+                _ => None,
+            };
+            match measure(&client, settings, b, check_pid, hz).await {
+                Ok(m) => {
+                    eprintln!(
+                        "bench: round {}/{} {}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {:.1} µs/req",
+                        round + 1,
+                        settings.rounds,
+                        b.scenario.name,
+                        m.rps,
+                        m.p50_ms,
+                        m.p99_ms,
+                        m.cpu_us
+                    );
+                    b.samples.push(m);
+                }
+                Err(e) => {
+                    eprintln!("bench: {}: {e}", b.scenario.name);
+                    b.error = Some(e);
+                }
+            }
+        }
+    }
+    drop(check);
+    booted
+        .into_iter()
+        .map(|b| match b.error {
+            Some(e) if b.samples.is_empty() => EdgeRow::failed(&b.scenario.name, &e),
+            _ => EdgeRow::from_samples(&b.scenario.name, &b.verified, &b.samples),
+        })
+        .collect()
+}
+
+fn boot(
+    settings: &EdgeSettings,
+    index: usize,
+    scenario: &Scenario,
+    tokens: &TokenSet,
+    feed_port: &dyn Fn(usize) -> Option<u16>,
+    check_port: Option<u16>,
+) -> Result<(Owned, u16, u16), String> {
+    let mut feed = 0;
+    match scenario.auth {
+        Auth::Weauth { revoked } => {
+            if !settings.wasm.is_file() {
+                return Err(format!(
+                    "not run: no filter module at {}",
+                    settings.wasm.display()
+                ));
+            }
+            feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
+        }
+        Auth::JwtAuthnExtAuthz { .. } if check_port.is_none() => {
+            return Err("not run: weauth-revocation-check did not start".into())
+        }
+        _ => {}
+    }
+    let listen_port = free_port().map_err(|e| e.to_string())?;
+    let admin_port = free_port().map_err(|e| e.to_string())?;
+    let wiring = Wiring {
+        listen_port,
+        admin_port,
+        feed_port: feed,
+        check_port: check_port.unwrap_or(0),
+        wasm: &settings.wasm,
+    };
+    let config = envoy_config(&scenario.auth, tokens, &wiring).map_err(|e| e.to_string())?;
+    let path = settings.work_dir.join(format!("envoy-{index}.yaml"));
+    std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+    let args = vec![
+        "-c".to_string(),
+        path.display().to_string(),
+        "--concurrency".into(),
+        "1".into(),
+        "--base-id".into(),
+        (settings.base_id + index as u32).to_string(),
+        "--disable-hot-restart".into(),
+        "-l".into(),
+        "warning".into(),
+    ];
+    let log = settings.work_dir.join(format!("envoy-{index}.log"));
+    let envoy = spawn_pinned("0", &settings.envoy, &args, &log, &[])
+        .map_err(|e| format!("cannot start {}: {e}", settings.envoy.display()))?;
+    Ok((envoy, listen_port, admin_port))
+}
+
+/// Waits for the configuration to serve (up to 180 s: a 1M-entry set takes a while to load),
+/// then checks what it must refuse.
+async fn verify(
+    client: &reqwest::Client,
+    b: &mut Booted,
+    tokens: &TokenSet,
+) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let must_refuse_revoked = b.scenario.auth.revoked().unwrap_or(0) > 0;
+    loop {
+        if let Some(envoy) = b.envoy.as_mut() {
+            if !envoy.running() {
+                return Err("Envoy exited during start (see its log in bench-results/run/)".into());
+            }
+        }
+        let valid = status(client, b.listen_port, &tokens.valid).await;
+        let revoked = if must_refuse_revoked {
+            status(client, b.listen_port, &tokens.revoked).await
+        } else {
+            0
+        };
+        let ready = valid == 200 && (!must_refuse_revoked || (revoked != 200 && revoked != 0));
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not ready in 180 s: valid token → {valid}, revoked token → {revoked}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let tampered = status(client, b.listen_port, &tokens.tampered).await;
+    let mut text = Vec::new();
+    if b.scenario.auth.authenticates() {
+        if tampered == 200 || tampered == 0 {
+            return Err(format!(
+                "a tampered token was answered {tampered}: not measured"
+            ));
+        }
+        text.push(format!("tampered → {tampered}"));
+    } else {
+        text.push(format!("no auth (tampered → {tampered})"));
+    }
+    if must_refuse_revoked {
+        let revoked = status(client, b.listen_port, &tokens.revoked).await;
+        text.push(format!("revoked → {revoked}"));
+    }
+    Ok(text.join(", "))
+}
+
+fn wrk(connections: u32, port: u16, token: &str, seconds: u64) -> Result<String, String> {
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency")
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("http://127.0.0.1:{port}/bench"))
+        .output()
+        .map_err(|e| format!("cannot run wrk: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "wrk failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn measure(
+    client: &reqwest::Client,
+    settings: &EdgeSettings,
+    b: &Booted,
+    check_pid: Option<u32>,
+    hz: u64,
+) -> Result<EdgeMeasure, String> {
+    let pid = b.envoy.as_ref().map(|e| e.pid()).ok_or("no Envoy")?;
+    if settings.warmup_seconds > 0 {
+        let (port, token) = (b.listen_port, b.token.clone());
+        let secs = settings.warmup_seconds;
+        let conns = settings.connections;
+        tokio::task::spawn_blocking(move || wrk(conns, port, &token, secs))
+            .await
+            .map_err(|e| e.to_string())??;
+    }
+    let counter = |text: Option<String>| -> Result<u64, String> {
+        envoy_stat(&text.ok_or("admin /stats unreachable")?, RQ_COUNTER).map_err(|e| e.to_string())
+    };
+    let rq0 = counter(admin_get(client, b.admin_port, "/stats?filter=downstream_rq_total").await)?;
+    let t0 = cpu_ticks(pid).map_err(|e| e.to_string())?;
+    let c0 = check_pid
+        .map(cpu_ticks)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let (port, token, secs) = (b.listen_port, b.token.clone(), settings.seconds);
+    let conns = settings.connections;
+    let out = tokio::task::spawn_blocking(move || wrk(conns, port, &token, secs))
+        .await
+        .map_err(|e| e.to_string())??;
+    let t1 = cpu_ticks(pid).map_err(|e| e.to_string())?;
+    let c1 = check_pid
+        .map(cpu_ticks)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let rq1 = counter(admin_get(client, b.admin_port, "/stats?filter=downstream_rq_total").await)?;
+    let report = wrk_report(&out).map_err(|e| e.to_string())?;
+    let requests = rq1.saturating_sub(rq0);
+    let cpu_us = cpu_us_per_request(t1.saturating_sub(t0), hz, requests)
+        .ok_or("Envoy counted no request")?;
+    let ext_cpu_us = match (c0, c1) {
+        (Some(a), Some(b)) => cpu_us_per_request(b.saturating_sub(a), hz, requests),
+        _ => None,
+    };
+    Ok(EdgeMeasure {
+        rps: report.requests_per_sec,
+        p50_ms: report.p50_ms,
+        p99_ms: report.p99_ms,
+        cpu_us,
+        ext_cpu_us,
+        non_2xx: report.non_2xx + report.socket_errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wiring(wasm: &Path) -> Wiring<'_> {
+        Wiring {
+            listen_port: 20001,
+            admin_port: 20002,
+            feed_port: 20003,
+            check_port: 20004,
+            wasm,
+        }
+    }
+
+    #[test]
+    fn envoy_config_every_scenario_renders() {
+        let tokens = token_set(Algorithm::EdDSA, 1_700_000_000, 60).unwrap();
+        let wasm = PathBuf::from("/x/weauth_filter.wasm");
+        for s in scenarios() {
+            let text = envoy_config(&s.auth, &tokens, &wiring(&wasm)).unwrap();
+            assert!(text.contains("port_value: 20001"), "{}", s.name);
+            let has = |needle: &str| text.contains(needle);
+            match s.auth {
+                Auth::None => assert!(!has("jwt_authn") && !has("wasm")),
+                Auth::JwtAuthn { cache, .. } => {
+                    assert!(has("jwt_authn.v3.JwtAuthentication"));
+                    assert_eq!(has("jwt_cache_config"), cache, "{}", s.name);
+                }
+                Auth::JwtAuthnExtAuthz { .. } => {
+                    assert!(has("ext_authz.v3.ExtAuthz") && has("port_value: 20004"));
+                    assert!(has("        forward_payload_header: x-jwt-payload"));
+                }
+                Auth::Weauth { .. } => {
+                    assert!(has("/x/weauth_filter.wasm") && has("port_value: 20003"));
+                    assert!(has(FEED_CREDENTIAL));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scenarios_start_with_baseline_and_cover_issue_rows() {
+        let all = scenarios();
+        assert_eq!(all[0].auth, Auth::None);
+        let weauth: Vec<_> = all
+            .iter()
+            .filter_map(|s| match s.auth {
+                Auth::Weauth { revoked } => Some(revoked),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(weauth, vec![0, 10_000, 1_000_000]);
+    }
+
+    #[test]
+    fn plugin_config_inlines_jwks() {
+        let text = plugin_config(r#"{"keys":[{"kty":"OKP"}]}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["jwks"]["inline"]["keys"][0]["kty"], "OKP");
+        assert!(!text.contains('\''));
+    }
+}

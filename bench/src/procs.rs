@@ -1,0 +1,96 @@
+//! Child processes of the benchmark (Envoy, the revocation check, wrk) and what the driver reads
+//! about them from `/proc`. Every child is killed by its own pid when its handle drops; the
+//! driver never signals a process it did not start.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::parse::{proc_stat_cpu_ticks, proc_status_rss_kib, ParseError};
+
+/// Why a `/proc` read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("cannot read /proc/{pid}: {source}")]
+    Read { pid: u32, source: std::io::Error },
+    #[error("/proc/{pid}: {source}")]
+    Parse { pid: u32, source: ParseError },
+}
+
+/// User + system CPU ticks of process `pid`, all threads.
+pub fn cpu_ticks(pid: u32) -> Result<u64, ProcError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|source| ProcError::Read { pid, source })?;
+    proc_stat_cpu_ticks(&text).map_err(|source| ProcError::Parse { pid, source })
+}
+
+/// Resident memory of process `pid`, KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, ProcError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|source| ProcError::Read { pid, source })?;
+    proc_status_rss_kib(&text).map_err(|source| ProcError::Parse { pid, source })
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100, the Linux default, if that fails).
+pub fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// A child process killed (SIGKILL, by pid) and reaped when dropped.
+pub struct Owned {
+    pub child: Child,
+}
+
+impl Owned {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the child is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program args` pinned to `cpus` with `taskset`, stdout and stderr appended to `log`.
+pub fn spawn_pinned(
+    cpus: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    envs: &[(&str, &str)],
+) -> std::io::Result<Owned> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(cpus).arg(program).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()?;
+    Ok(Owned { child })
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough on one machine).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -1,0 +1,390 @@
+//! The results: the edge table (each metric also as a ratio to the no-auth row), the targets
+//! the issue sets for the weauth filter, the other sections as Markdown, and an SVG bar chart
+//! drawn by hand (no plotting dependency). Pure: numbers in, text out.
+
+use std::fmt::Write as _;
+
+use crate::stats::ratio;
+
+/// One measured round of one edge configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeMeasure {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Envoy CPU microseconds per request.
+    pub cpu_us: f64,
+    /// The ext_authz service's CPU microseconds per Envoy request (ext_authz row only).
+    pub ext_cpu_us: Option<f64>,
+    /// Non-2xx responses plus socket errors wrk saw.
+    pub non_2xx: u64,
+}
+
+/// One row of the edge table: medians over the rounds, or why it was not measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeRow {
+    pub name: String,
+    pub verified: String,
+    pub error: Option<String>,
+    pub rounds: usize,
+    pub rps: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub cpu_us: Option<f64>,
+    pub ext_cpu_us: Option<f64>,
+    pub non_2xx: u64,
+}
+
+/// The median (mean of the middle two for an even count); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+impl EdgeRow {
+    /// A row that could not be measured.
+    pub fn failed(name: &str, error: &str) -> EdgeRow {
+        EdgeRow {
+            name: name.to_string(),
+            verified: String::new(),
+            error: Some(error.to_string()),
+            rounds: 0,
+            rps: None,
+            p50_ms: None,
+            p99_ms: None,
+            cpu_us: None,
+            ext_cpu_us: None,
+            non_2xx: 0,
+        }
+    }
+
+    /// A row from its rounds: the median of each metric.
+    pub fn from_samples(name: &str, verified: &str, samples: &[EdgeMeasure]) -> EdgeRow {
+        let m = |f: fn(&EdgeMeasure) -> Option<f64>| {
+            median(&samples.iter().filter_map(f).collect::<Vec<_>>())
+        };
+        EdgeRow {
+            name: name.to_string(),
+            verified: verified.to_string(),
+            error: None,
+            rounds: samples.len(),
+            rps: m(|s| Some(s.rps)),
+            p50_ms: m(|s| Some(s.p50_ms)),
+            p99_ms: m(|s| Some(s.p99_ms)),
+            cpu_us: m(|s| Some(s.cpu_us)),
+            ext_cpu_us: m(|s| s.ext_cpu_us),
+            non_2xx: samples.iter().map(|s| s.non_2xx).sum(),
+        }
+    }
+}
+
+fn num(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "–".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_string(), |v| format!("{v:.2}×"))
+}
+
+/// The edge table in Markdown; ratios are to the first row (no auth).
+pub fn edge_markdown(rows: &[EdgeRow]) -> String {
+    let base = rows.first();
+    let mut out = String::from(
+        "| configuration | req/s | ×no-auth | p50 ms | × | p99 ms | × | Envoy CPU µs/req | × | ext_authz service µs/req | rounds | checked before measuring |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for row in rows {
+        if let Some(err) = &row.error {
+            let _ = writeln!(
+                out,
+                "| {} | – | – | – | – | – | – | – | – | – | 0 | {} |",
+                row.name,
+                err.replace('|', "/")
+            );
+            continue;
+        }
+        let b = |f: fn(&EdgeRow) -> Option<f64>| ratio(f(row), base.and_then(f));
+        let mut checked = row.verified.clone();
+        if row.non_2xx > 0 {
+            let _ = write!(checked, "; {} non-2xx/errors during load", row.non_2xx);
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.name,
+            num(row.rps, 0),
+            times(b(|r| r.rps)),
+            num(row.p50_ms, 3),
+            times(b(|r| r.p50_ms)),
+            num(row.p99_ms, 3),
+            times(b(|r| r.p99_ms)),
+            num(row.cpu_us, 1),
+            times(b(|r| r.cpu_us)),
+            num(row.ext_cpu_us, 1),
+            row.rounds,
+            checked.replace('|', "/"),
+        );
+    }
+    out
+}
+
+/// One target of the issue and how the run measured against it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub goal: &'static str,
+    pub measured: String,
+    /// `None` when the run lacks the numbers to judge.
+    pub met: Option<bool>,
+}
+
+fn row<'a>(rows: &'a [EdgeRow], prefix: &str) -> Option<&'a EdgeRow> {
+    rows.iter()
+        .find(|r| r.name.starts_with(prefix) && r.error.is_none())
+}
+
+/// Tolerance for "no change between 0 and 1 000 000 entries": within ±10 %, about the
+/// round-to-round noise of a shared two-core host.
+pub const NO_CHANGE_TOLERANCE: f64 = 0.10;
+
+/// The issue's targets for the weauth filter, judged on `rows` and the revocation delay p99.
+pub fn targets(rows: &[EdgeRow], delay_p99_ms: Option<f64>) -> Vec<Target> {
+    let cpu = |prefix: &str| row(rows, prefix).and_then(|r| r.cpu_us);
+    let ext_total = row(rows, "jwt_authn EdDSA (cache on) + ext_authz")
+        .and_then(|r| Some(r.cpu_us? + r.ext_cpu_us.unwrap_or(0.0)));
+    let weauth0 = cpu("weauth EdDSA (cache), 0 revoked");
+    let weauth1m = cpu("weauth EdDSA (cache), 1M revoked");
+    let vs_cache = ratio(weauth0, cpu("jwt_authn ES256, cache on"));
+    let vs_ext = ratio(cpu("jwt_authn EdDSA (cache on) + ext_authz"), weauth0);
+    let vs_ext_total = ratio(ext_total, weauth0);
+    let flat = ratio(weauth1m, weauth0);
+    vec![
+        Target {
+            goal: "weauth CPU/request within 1.2× of jwt_authn with its cache on",
+            measured: format!(
+                "{} (weauth, 0 revoked ÷ jwt_authn ES256 cache on)",
+                times(vs_cache)
+            ),
+            met: vs_cache.map(|r| r <= 1.2),
+        },
+        Target {
+            goal: "weauth at least 5× cheaper than jwt_authn + ext_authz",
+            measured: format!(
+                "{} in Envoy CPU alone; {} counting the ext_authz service's CPU too",
+                times(vs_ext),
+                times(vs_ext_total)
+            ),
+            met: vs_ext.map(|r| r >= 5.0),
+        },
+        Target {
+            goal: "revocation delay p99 under 250 ms",
+            measured: delay_p99_ms.map_or("–".into(), |d| format!("{d:.1} ms")),
+            met: delay_p99_ms.map(|d| d < 250.0),
+        },
+        Target {
+            goal: "no change in per-request cost between 0 and 1 000 000 revocation entries",
+            measured: format!(
+                "{} (1M ÷ 0; judged within ±{:.0} %)",
+                times(flat),
+                NO_CHANGE_TOLERANCE * 100.0
+            ),
+            met: flat.map(|r| (r - 1.0).abs() <= NO_CHANGE_TOLERANCE),
+        },
+    ]
+}
+
+/// The targets as a Markdown table.
+pub fn targets_markdown(targets: &[Target]) -> String {
+    let mut out = String::from("| target | measured | met? |\n|---|---|---|\n");
+    for t in targets {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(out, "| {} | {} | {} |", t.goal, t.measured, met);
+    }
+    out
+}
+
+/// A chart panel: title, the value it plots, decimals shown.
+type Panel = (&'static str, fn(&EdgeRow) -> Option<f64>, usize);
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A horizontal bar chart of two panels (Envoy CPU µs/request, requests/s), one bar per
+/// measured row, as a standalone SVG document.
+pub fn edge_svg(rows: &[EdgeRow], title: &str) -> String {
+    let measured: Vec<&EdgeRow> = rows.iter().filter(|r| r.error.is_none()).collect();
+    let (label_w, bar_w, bar_h, gap, panel_gap) = (360.0, 420.0, 18.0, 8.0, 50.0);
+    let panel_h = measured.len() as f64 * (bar_h + gap) + 30.0;
+    let width = label_w + bar_w + 120.0;
+    let height = 50.0 + 2.0 * panel_h + panel_gap;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        xml_escape(title)
+    );
+    let panels: [Panel; 2] = [
+        (
+            "Envoy CPU µs per request (lower is better)",
+            |r| r.cpu_us,
+            1,
+        ),
+        ("requests per second (higher is better)", |r| r.rps, 0),
+    ];
+    for (p, (name, value, decimals)) in panels.iter().enumerate() {
+        let top = 45.0 + p as f64 * (panel_h + panel_gap);
+        let _ = writeln!(
+            svg,
+            r#"<text x="10" y="{top}" font-weight="bold">{}</text>"#,
+            xml_escape(name)
+        );
+        let max = measured
+            .iter()
+            .filter_map(|r| value(r))
+            .fold(0.0_f64, f64::max);
+        for (i, r) in measured.iter().enumerate() {
+            let y = top + 12.0 + i as f64 * (bar_h + gap);
+            let v = value(r).unwrap_or(0.0);
+            let w = if max > 0.0 { v / max * bar_w } else { 0.0 };
+            let color = if r.name.starts_with("weauth") {
+                "#2a7ab0"
+            } else if r.name.starts_with("no auth") {
+                "#999999"
+            } else {
+                "#d08a2c"
+            };
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                label_w - 8.0,
+                y + bar_h - 5.0,
+                xml_escape(&r.name)
+            );
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{label_w}" y="{y:.1}" width="{w:.1}" height="{bar_h}" fill="{color}"/>"#
+            );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}">{v:.decimals$}</text>"#,
+                label_w + w + 5.0,
+                y + bar_h - 5.0
+            );
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measure(rps: f64, cpu: f64) -> EdgeMeasure {
+        EdgeMeasure {
+            rps,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            cpu_us: cpu,
+            ext_cpu_us: None,
+            non_2xx: 0,
+        }
+    }
+
+    fn rows() -> Vec<EdgeRow> {
+        vec![
+            EdgeRow::from_samples("no auth", "ok", &[measure(1000.0, 10.0)]),
+            EdgeRow::from_samples("jwt_authn ES256, cache on", "ok", &[measure(800.0, 20.0)]),
+            EdgeRow::from_samples(
+                "jwt_authn EdDSA (cache on) + ext_authz, 10k revoked",
+                "ok",
+                &[measure(300.0, 100.0)],
+            ),
+            EdgeRow::from_samples(
+                "weauth EdDSA (cache), 0 revoked",
+                "ok",
+                &[measure(900.0, 22.0)],
+            ),
+            EdgeRow::failed("weauth EdDSA (cache), 1M revoked", "not run: no wasm"),
+        ]
+    }
+
+    #[test]
+    fn median_even_and_odd() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn from_samples_takes_medians() {
+        let r = EdgeRow::from_samples(
+            "x",
+            "ok",
+            &[measure(1.0, 30.0), measure(3.0, 10.0), measure(2.0, 20.0)],
+        );
+        assert_eq!(r.rps, Some(2.0));
+        assert_eq!(r.cpu_us, Some(20.0));
+        assert_eq!(r.rounds, 3);
+    }
+
+    #[test]
+    fn edge_markdown_ratios_to_first_row() {
+        let md = edge_markdown(&rows());
+        let cache_line = md
+            .lines()
+            .find(|l| l.starts_with("| jwt_authn ES256"))
+            .unwrap();
+        assert!(cache_line.contains("| 800 | 0.80× |"), "{cache_line}");
+        assert!(cache_line.contains("| 20.0 | 2.00× |"), "{cache_line}");
+        assert!(md.contains("| weauth EdDSA (cache), 1M revoked | – |"));
+        assert!(md.contains("not run: no wasm"));
+    }
+
+    #[test]
+    fn targets_judged_from_rows() {
+        let t = targets(&rows(), Some(120.0));
+        // 22 / 20 = 1.1 ≤ 1.2
+        assert_eq!(t[0].met, Some(true));
+        // 100 / 22 ≈ 4.5 < 5
+        assert_eq!(t[1].met, Some(false));
+        assert_eq!(t[2].met, Some(true));
+        // the 1M row failed: cannot judge
+        assert_eq!(t[3].met, None);
+        assert!(targets_markdown(&t).contains("not measured"));
+    }
+
+    #[test]
+    fn edge_svg_has_a_bar_per_measured_row_and_escapes() {
+        let mut r = rows();
+        r[0].name = "no auth <baseline> & co".into();
+        let svg = edge_svg(&r, "t");
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        // 4 measured rows × 2 panels, plus the background rect.
+        assert_eq!(svg.matches("<rect").count(), 4 * 2 + 1);
+        assert!(svg.contains("no auth &lt;baseline&gt; &amp; co"));
+        assert!(!svg.contains("1M revoked"));
+    }
+}

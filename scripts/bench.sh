@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make bench`: weauth side by side with Envoy's jwt_authn and jwt_authn + ext_authz, on this
+# machine, in one run. BENCH_MODE=quick (default, under 5 minutes) or full (more, longer rounds).
+# Installs Debian's wrk if missing, builds what it needs in release mode, runs the driver
+# (bench/src/bin/weauth-bench.rs). Results: bench-results/results.md and bench-results/edge.svg.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+export BENCH_MODE="${BENCH_MODE:-quick}"
+case "$BENCH_MODE" in quick|full) ;; *) echo "bench: BENCH_MODE must be quick or full" >&2; exit 2;; esac
+
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "bench: installing wrk (Debian package)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y wrk >/dev/null 2>&1 || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y wrk >/dev/null; }
+fi
+command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is required" >&2; exit 1; }
+if [ "$(nproc)" -lt 2 ]; then echo "bench: needs at least 2 CPUs (Envoy on core 0, wrk on core 1)" >&2; exit 1; fi
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export WEAUTH_ENVOY_BIN="${WEAUTH_ENVOY_BIN:-$ROOT/.tools/bin/envoy}"
+[ -x "$WEAUTH_ENVOY_BIN" ] || { echo "bench: no Envoy at $WEAUTH_ENVOY_BIN (run make setup)" >&2; exit 1; }
+
+echo "bench: building (release) the driver, the revocation check, the issuer, the mock and the filter"
+cargo build --release -p weauth-bench --bins
+# The issuer and mock WeChat are used for the revocation-delay and issuer rows; the filter for
+# the weauth rows. A part that does not build yet is reported as not run, not as a failure.
+cargo build --release -p weauth-issuer --bins || echo "bench: the issuer did not build: its rows will be skipped"
+cargo build --release -p weauth-tests --bins || echo "bench: the test doubles did not build: their rows will be skipped"
+cargo build -p weauth-filter --target wasm32-wasip1 --profile wasm-release \
+  || echo "bench: the filter did not build: its rows will be skipped"
+export WEAUTH_FILTER_WASM="${WEAUTH_FILTER_WASM:-$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_filter.wasm}"
+export WEAUTH_ISSUER_BIN="${WEAUTH_BENCH_ISSUER_BIN:-$TARGET_DIR/release/weauth-issuer}"
+export WEAUTH_MOCK_WECHAT_BIN="${WEAUTH_MOCK_WECHAT_BIN:-$TARGET_DIR/release/weauth-mock-wechat}"
+
+mkdir -p bench-results
+exec "$TARGET_DIR/release/weauth-bench" --mode "$BENCH_MODE" --out bench-results
