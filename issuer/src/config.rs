@@ -127,6 +127,8 @@ pub struct Config {
     pub admin_token: Option<Zeroizing<String>>,
     /// `WEAUTH_LOG`, default `info` (a `tracing` env-filter directive).
     pub log: String,
+    /// `WEAUTH_LOG_FORMAT`: `text` (default) or `json` (one JSON object per line).
+    pub log_json: bool,
     /// `WEAUTH_DATA_KEY` / `_FILE`: base64 of 32 bytes encrypting session keys and signing
     /// keys at rest. Unset: a key file next to the database is used (created on first start).
     pub data_key: Option<Zeroizing<Vec<u8>>>,
@@ -430,6 +432,16 @@ impl Config {
             feed_token: src.secret("WEAUTH_FEED_TOKEN")?,
             admin_token: src.secret("WEAUTH_ADMIN_TOKEN")?,
             log: src.get("WEAUTH_LOG").unwrap_or_else(|| "info".into()),
+            log_json: match src.get("WEAUTH_LOG_FORMAT").as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(bad(
+                        "WEAUTH_LOG_FORMAT",
+                        format!("`{other}` is not text or json"),
+                    ))
+                }
+            },
             data_key,
             signing_alg,
             signing_key_file,
@@ -607,6 +619,7 @@ mod tests {
             ("WEAUTH_FEED_TOKEN", "short"),
             ("WEAUTH_WECHAT_RETRIES", "9"),
             ("WEAUTH_REFRESH_REUSE_GRACE", "5m"),
+            ("WEAUTH_LOG_FORMAT", "xml"),
         ] {
             let err = load(&with(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{var}={value}: {err}");

@@ -35,11 +35,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if config.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match command {
         Command::KeysRotate | Command::KeysList => {
             let result = if command == Command::KeysRotate {

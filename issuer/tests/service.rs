@@ -370,7 +370,7 @@ async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
     );
 
     // After the delay, the new key signs; the old token still verifies.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     let late = stack.login("xena").await;
     assert_eq!(
         common::header(late["access_token"].as_str().unwrap())["kid"],
@@ -424,7 +424,7 @@ async fn retired_key_dropped_after_its_tokens_expire() {
         .output()
         .unwrap();
     assert!(output.status.success());
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
     let keys = jwks["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1, "{jwks}");
