@@ -16,8 +16,10 @@
 //! Each process must answer before `start` returns: the issuer's `/healthz`, Envoy's admin
 //! `/ready` and then `/healthz` through Envoy's listener (which proves the filter accepted its
 //! configuration: with `fail_open: false` a refused configuration answers 5xx), and finally
-//! until the filter holds the issuer's signing keys (a junk token on `/api/` is refused with
-//! 401, not 503 "keys not loaded yet", on `2 × concurrency` fresh connections). A missing
+//! until the filter in every worker holds the issuer's keys and the revocation list: a token
+//! of the probe user ([`PROBE_USER`], logged in directly at the issuer before Envoy starts;
+//! the mock's counters are reset afterwards) must pass on `/api/__weauth_ready` on
+//! `2 × concurrency` fresh connections in a row. A missing
 //! binary is an error naming the file and the make target that builds it; a process that dies
 //! or never becomes ready is an error carrying the tail of its log.
 //!
@@ -52,9 +54,11 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const TAIL_LINES: usize = 40;
 /// Longest log line printed (Envoy's start-up lines list every extension).
 const TAIL_LINE_CHARS: usize = 300;
-/// A token-shaped string no key verifies: the readiness probe sends it to see the filter
-/// answer 401 (keys loaded, token refused) rather than 503 (signing keys not loaded yet).
-const PROBE_TOKEN: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCJ9.e30.AAAA";
+/// A token-shaped string no key verifies: the fallback readiness probe sends it to see the
+/// filter answer 401 (keys loaded, token refused) rather than 503 (keys not loaded yet).
+const JUNK_TOKEN: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCJ9.e30.AAAA";
+/// The mock WeChat user the readiness probe logs in as.
+pub const PROBE_USER: &str = "weauth-harness-probe";
 
 /// Why the stack could not be started or driven.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +276,14 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
+}
+
+/// The value of counter or gauge `name` in Envoy's text `/stats`.
+pub fn stat_value(stats: &str, name: &str) -> Option<u64> {
+    stats.lines().find_map(|line| {
+        let (k, v) = line.split_once(": ")?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// The last `n` lines of `text`, each cut to [`TAIL_LINE_CHARS`] characters.
@@ -619,6 +631,8 @@ pub struct Stack {
     admin_token: String,
     plugin_config: Value,
     client: reqwest::Client,
+    /// A token of [`PROBE_USER`], for the readiness probe (None if that login failed).
+    probe_token: Option<String>,
     dir: RunDir,
 }
 
@@ -725,9 +739,15 @@ impl Stack {
             admin_token,
             plugin_config,
             client,
+            probe_token: None,
             dir,
         };
         stack.start_issuer().await?;
+        if b.with_envoy {
+            stack.probe_token = stack.probe_login().await;
+            // The probe's WeChat calls are the harness's business, not the test's.
+            stack.mock.reset();
+        }
         if b.with_envoy {
             let yaml = template::envoy_config(
                 EnvoyPorts {
@@ -916,6 +936,24 @@ impl Stack {
         })
     }
 
+    /// Logs [`PROBE_USER`] in directly at the issuer; `None` when that fails (for example a
+    /// test configured the issuer to fail logins), which selects the fallback probe.
+    async fn probe_login(&self) -> Option<String> {
+        let code = self.mock.login(PROBE_USER).code;
+        let resp = self
+            .client
+            .post(format!("{}/v1/login", self.issuer_url()))
+            .json(&json!({"code": code}))
+            .send()
+            .await
+            .ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        let tokens: TokenResponse = resp.json().await.ok()?;
+        Some(tokens.access_token)
+    }
+
     /// Envoy's `/stats` (text format).
     pub async fn envoy_stats(&self) -> Result<String, HarnessError> {
         let url = format!("{}/stats", self.admin_url());
@@ -982,17 +1020,18 @@ impl Stack {
             &format!("{}/healthz", self.envoy_url()),
         )
         .await?;
-        self.wait_filter_keys(&mut proc, spec.concurrency).await?;
+        self.wait_filter_ready(&mut proc, spec.concurrency).await?;
         self.envoy = Some(proc);
         Ok(())
     }
 
-    /// Waits until the filter has the issuer's signing keys in every worker: a protected
-    /// route with an unverifiable token must answer 401 (refused) rather than 503 (keys not
-    /// loaded yet), on `2 × concurrency` fresh connections in a row (connections are spread
-    /// over the workers). The probe never reaches the upstream; it does count in the
-    /// filter's `weauth.denied.*` metrics.
-    async fn wait_filter_keys(
+    /// Waits until the filter in every worker holds the issuer's keys AND the revocation list:
+    /// the probe user's token must pass on `/api/__weauth_ready` (200 from the upstream, which
+    /// does not count these) on `2 × concurrency` fresh connections in a row (connections are
+    /// spread over the workers). Without a probe token (its login failed), falls back to: a
+    /// junk token no longer answered 503, then the feed fetched once (Envoy stats) plus a few
+    /// ticks.
+    async fn wait_filter_ready(
         &self,
         proc: &mut Proc,
         concurrency: u32,
@@ -1006,30 +1045,62 @@ impl Stack {
                 what: "building HTTP client".into(),
                 detail: e.to_string(),
             })?;
-        let url = format!("{}/api/__weauth_ready", self.envoy_url());
+        let url = format!("{}{}", self.envoy_url(), crate::upstream::PROBE_PATH);
+        let (token, want_200) = match &self.probe_token {
+            Some(t) => (t.as_str(), true),
+            None => (JUNK_TOKEN, false),
+        };
         let start = Instant::now();
         let mut in_a_row = 0;
         loop {
             if let Some(status) = proc.exited() {
                 return Err(proc.exited_error(status));
             }
-            let last = match fresh.get(&url).bearer_auth(PROBE_TOKEN).send().await {
-                Ok(r) if r.status() == 401 => {
+            let last = match fresh.get(&url).bearer_auth(token).send().await {
+                Ok(r) if (want_200 && r.status() == 200) || (!want_200 && r.status() != 503) => {
                     in_a_row += 1;
                     if in_a_row >= 2 * concurrency {
-                        return Ok(());
+                        break;
                     }
                     continue;
                 }
-                Ok(r) => format!("GET {url} with a junk token → {}", r.status()),
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    format!(
+                        "GET {url} with the probe token → {status} {}",
+                        body.chars().take(200).collect::<String>()
+                    )
+                }
                 Err(e) => format!("GET {url}: {e}"),
             };
             in_a_row = 0;
             if start.elapsed() > READY_TIMEOUT {
                 return Err(HarnessError::NotReady {
-                    name: "envoy filter (signing keys)",
+                    name: "envoy filter (keys and revocation list)",
                     waited: start.elapsed(),
                     detail: last,
+                    log: proc.log.clone(),
+                    tail: proc.tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if want_200 || self.plugin_config.get("revocation").is_none() {
+            return Ok(());
+        }
+        loop {
+            let stats = self.envoy_stats().await.unwrap_or_default();
+            if stat_value(&stats, "wasmcustom.weauth.feed_fetch_ok").unwrap_or(0) >= 1 {
+                // Worker VMs pick the list up from shared data on their next tick (100 ms).
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Ok(());
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(HarnessError::NotReady {
+                    name: "envoy filter (revocation feed)",
+                    waited: start.elapsed(),
+                    detail: "wasmcustom.weauth.feed_fetch_ok stayed 0".into(),
                     log: proc.log.clone(),
                     tail: proc.tail(),
                 });
@@ -1142,6 +1213,15 @@ mod tests {
         assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail_lines("a", 5), "a");
         assert_eq!(tail_lines("", 3), "");
+    }
+
+    #[test]
+    fn stat_value_exact_name_only() {
+        let stats =
+            "wasmcustom.weauth.allowed: 3\nwasmcustom.weauth.allowed_x: 9\nh: No recorded values";
+        assert_eq!(stat_value(stats, "wasmcustom.weauth.allowed"), Some(3));
+        assert_eq!(stat_value(stats, "wasmcustom.weauth.allow"), None);
+        assert_eq!(stat_value(stats, "h"), None);
     }
 
     #[test]

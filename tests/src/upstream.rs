@@ -14,6 +14,9 @@ use serde_json::{json, Map, Value};
 
 use crate::serve::{self, Request, Response, ServerHandle};
 
+/// The path the harness's readiness probe calls; not counted in [`Upstream::requests`].
+pub const PROBE_PATH: &str = "/api/__weauth_ready";
+
 /// A running demo upstream; dropping it (or [`Upstream::shutdown`]) stops the server.
 pub struct Upstream {
     server: ServerHandle,
@@ -26,15 +29,18 @@ impl Upstream {
         let listen = listen.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let requests = Arc::new(AtomicU64::new(0));
         let counter = requests.clone();
-        let server = ServerHandle::start(listen, move |req| {
-            counter.fetch_add(1, Ordering::Relaxed);
+        let server = ServerHandle::start(listen, move |req: Request| {
+            if req.uri().path() != PROBE_PATH {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             async move { echo(req) }
         })
         .await?;
         Ok(Upstream { server, requests })
     }
 
-    /// How many requests reached the upstream (tests assert a refused request never did).
+    /// How many requests reached the upstream (tests assert a refused request never did),
+    /// not counting the harness's readiness probes ([`PROBE_PATH`]).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }

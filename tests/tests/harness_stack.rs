@@ -88,7 +88,9 @@ async fn concurrency_two_every_worker_verifies() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200);
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 200, "{body}");
     }
 }
 
@@ -106,4 +108,26 @@ async fn missing_issuer_binary_error_names_the_file_and_make_target() {
     let msg = err.to_string();
     assert!(msg.contains("/nonexistent/weauth-issuer"), "{msg}");
     assert!(msg.contains("make build"), "{msg}");
+}
+
+/// With an issuer that cannot log anyone in (wrong WeChat secret), the readiness probe's
+/// login fails; the harness falls back to its junk-token + feed-stats probe and still starts.
+#[tokio::test]
+async fn issuer_failing_logins_stack_still_starts_with_fallback_probe() {
+    let stack = stack(Stack::builder().issuer_env("WEAUTH_WECHAT_SECRET", "wrong-secret")).await;
+    let (status, body) = stack
+        .post_json(
+            "/v1/login",
+            None,
+            &json!({"code": stack.mock.login("zoe").code}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        status >= 400,
+        "login with a wrong WeChat secret must fail: {status} {body}"
+    );
+    let (status, _) = stack.get_json("/api/hello", None).await.unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(stack.upstream.requests(), 0);
 }

@@ -1,0 +1,383 @@
+//! End-to-end revocation at the edge: a real issuer, a real Envoy, the weauth filter.
+//!
+//! What jwt_authn cannot do and this filter must: a token revoked at the issuer (logout, ban
+//! of a user, refresh-token reuse) is refused by every Envoy worker within 2 s (the design
+//! target is well under 1 s); a rotated signing key is picked up; an unreachable feed makes the
+//! filter follow its `stale_mode`; and of several workers only one polls the issuer.
+//!
+//! Every check after a revocation uses fresh connections, so the requests are spread over all
+//! workers (each has its own copy of the revocation set). Needs the issuer binary, Envoy and
+//! the filter module (see `weauth_tests::harness`); a missing one fails, it is never skipped.
+//! Run: `make build && cargo test -p weauth-tests --test e2e_filter`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weauth_tests::harness::{peek_claims, peek_header, Binaries, Stack, StackBuilder};
+
+/// The revocation deadline the tests enforce (design target: well under 1 s).
+const REVOKE_DEADLINE: Duration = Duration::from_secs(2);
+
+async fn start(builder: StackBuilder) -> Stack {
+    match builder.start().await {
+        Ok(stack) => stack,
+        Err(e) => panic!("cannot start the weauth stack: {e}"),
+    }
+}
+
+/// A client that opens a new connection per request (spreads requests over Envoy workers).
+fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// `GET /api/hello` on a fresh connection: status and JSON body (`Null` if not JSON).
+async fn hello(stack: &Stack, client: &reqwest::Client, token: &str) -> (u16, Value) {
+    let resp = client
+        .get(format!("{}/api/hello", stack.envoy_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// Polls `/api/hello` with `token` until it answers `want`; returns how long that took.
+async fn wait_for(stack: &Stack, token: &str, want: u16, within: Duration, why: &str) -> Duration {
+    let client = fresh_client();
+    let start = Instant::now();
+    loop {
+        let (status, body) = hello(stack, &client, token).await;
+        if status == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{why}: still {status} {body} after {:?} (wanted {want})",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts `token` is refused on `n` fresh connections in a row, as revoked.
+async fn assert_refused_everywhere(stack: &Stack, token: &str, n: usize, why: &str) {
+    let client = fresh_client();
+    for i in 0..n {
+        let (status, body) = hello(stack, &client, token).await;
+        assert_eq!(status, 401, "{why}: request {i} got {status} {body}");
+        assert_eq!(body["error"], "invalid_token", "{why}: {body}");
+        assert_eq!(
+            body["error_description"], "the token has been revoked",
+            "{why}: {body}"
+        );
+    }
+}
+
+/// The value of one Envoy stat (0 when absent).
+async fn stat(stack: &Stack, name: &str) -> u64 {
+    let stats = stack.envoy_stats().await.unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn admin_revoke(stack: &Stack, body: Value) {
+    let resp = stack
+        .client()
+        .post(format!("{}/v1/admin/revoke", stack.issuer_url()))
+        .bearer_auth(stack.admin_token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "admin revoke {body}: {text}");
+}
+
+async fn refresh(stack: &Stack, refresh_token: &str) -> (u16, Value) {
+    stack
+        .post_json(
+            "/v1/token/refresh",
+            None,
+            &json!({"refresh_token": refresh_token}),
+        )
+        .await
+        .unwrap()
+}
+
+fn envoy_log(stack: &Stack) -> String {
+    std::fs::read_to_string(stack.envoy_log()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn logout_refused_by_every_worker_within_deadline() {
+    let stack = start(Stack::builder().concurrency(2)).await;
+    let alice = stack.login("alice").await.unwrap().access_token;
+    let bob = stack.login("bob").await.unwrap().access_token;
+    assert_eq!(
+        wait_for(&stack, &alice, 200, REVOKE_DEADLINE, "before logout")
+            .await
+            .as_secs(),
+        0
+    );
+
+    let (status, body) = stack
+        .post_json("/v1/logout", Some(&alice), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 204, "logout: {body}");
+    let took = wait_for(&stack, &alice, 401, REVOKE_DEADLINE, "after logout").await;
+    eprintln!("logout enforced at the edge after {took:?}");
+    assert_refused_everywhere(&stack, &alice, 8, "after logout").await;
+
+    // Only that session: another user's token still passes, on every worker.
+    let client = fresh_client();
+    for _ in 0..4 {
+        assert_eq!(hello(&stack, &client, &bob).await.0, 200);
+    }
+    assert!(stat(&stack, "wasmcustom.weauth.denied.revoked_sid").await >= 1);
+}
+
+#[tokio::test]
+async fn sub_revocation_refuses_every_session_of_the_user_only() {
+    let stack = start(Stack::builder().concurrency(2)).await;
+    let phone = stack.login("dora").await.unwrap().access_token;
+    let laptop = stack.login("dora").await.unwrap().access_token;
+    let other = stack.login("emil").await.unwrap().access_token;
+    let sub = peek_claims(&phone).unwrap().sub;
+    assert_eq!(
+        peek_claims(&laptop).unwrap().sub,
+        sub,
+        "same user, two sessions"
+    );
+    assert_ne!(
+        peek_claims(&laptop).unwrap().sid,
+        peek_claims(&phone).unwrap().sid
+    );
+    wait_for(&stack, &phone, 200, REVOKE_DEADLINE, "before the ban").await;
+
+    admin_revoke(&stack, json!({"sub": sub})).await;
+    wait_for(
+        &stack,
+        &phone,
+        401,
+        REVOKE_DEADLINE,
+        "phone after sub revocation",
+    )
+    .await;
+    wait_for(
+        &stack,
+        &laptop,
+        401,
+        REVOKE_DEADLINE,
+        "laptop after sub revocation",
+    )
+    .await;
+    assert_refused_everywhere(&stack, &laptop, 4, "laptop").await;
+    assert_eq!(
+        hello(&stack, &fresh_client(), &other).await.0,
+        200,
+        "another user"
+    );
+    assert!(stat(&stack, "wasmcustom.weauth.denied.revoked_sub").await >= 1);
+
+    // "Log out everywhere" cuts tokens issued up to the revocation's second: a login after
+    // that second gets a token that passes.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let again = stack.login("dora").await.unwrap().access_token;
+    wait_for(
+        &stack,
+        &again,
+        200,
+        REVOKE_DEADLINE,
+        "a login after the cut-off",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refresh_token_reuse_revokes_the_session_at_the_edge() {
+    let stack = start(Stack::builder().concurrency(2)).await;
+    let first = stack.login("fritz").await.unwrap();
+    let (status, second) = refresh(&stack, &first.refresh_token).await;
+    assert_eq!(status, 200, "{second}");
+    let access = second["access_token"].as_str().unwrap().to_string();
+    wait_for(
+        &stack,
+        &access,
+        200,
+        REVOKE_DEADLINE,
+        "rotated access token",
+    )
+    .await;
+
+    // The first refresh token was consumed: presenting it again is reuse.
+    let (status, body) = refresh(&stack, &first.refresh_token).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    let took = wait_for(&stack, &access, 401, REVOKE_DEADLINE, "after refresh reuse").await;
+    eprintln!("refresh reuse enforced at the edge after {took:?}");
+    assert_refused_everywhere(&stack, &access, 4, "after refresh reuse").await;
+    // The session is gone at the issuer too: the rotated refresh token no longer works.
+    let second_refresh = second["refresh_token"].as_str().unwrap();
+    assert_eq!(refresh(&stack, second_refresh).await.0, 400);
+}
+
+/// Runs `weauth-issuer keys rotate` against the stack's database.
+fn rotate_key(stack: &Stack) -> String {
+    let mut cmd = std::process::Command::new(Binaries::from_env().issuer);
+    cmd.args(["keys", "rotate"]);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("WEAUTH_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(stack.issuer_env().iter().map(|(k, v)| (k, v)));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "keys rotate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn rotated_key_picked_up_and_old_tokens_still_pass() {
+    let stack = start(
+        Stack::builder()
+            .concurrency(2)
+            .issuer_env("WEAUTH_KEY_PUBLISH_DELAY", "1s")
+            .issuer_env("WEAUTH_KEY_RELOAD", "200ms"),
+    )
+    .await;
+    let old = stack.login("gina").await.unwrap().access_token;
+    let old_kid = peek_header(&old).unwrap().kid.unwrap();
+    wait_for(&stack, &old, 200, REVOKE_DEADLINE, "before rotation").await;
+
+    eprintln!("{}", rotate_key(&stack).trim());
+    // Wait until the issuer signs with the new key.
+    let start_wait = Instant::now();
+    let new = loop {
+        let token = stack.login("gina").await.unwrap().access_token;
+        if peek_header(&token).unwrap().kid.as_deref() != Some(old_kid.as_str()) {
+            break token;
+        }
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(15),
+            "the issuer never switched keys"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The filter learns the new key from the JWKS (refetched on the unknown kid, or by the
+    // periodic refresh) without a restart.
+    let took = wait_for(
+        &stack,
+        &new,
+        200,
+        Duration::from_secs(10),
+        "token signed by the new key",
+    )
+    .await;
+    eprintln!("new key accepted after {took:?}");
+    let client = fresh_client();
+    for _ in 0..4 {
+        assert_eq!(
+            hello(&stack, &client, &new).await.0,
+            200,
+            "new key, every worker"
+        );
+        assert_eq!(
+            hello(&stack, &client, &old).await.0,
+            200,
+            "old key still published"
+        );
+    }
+    assert!(stat(&stack, "wasmcustom.weauth.jwks_fetch_ok").await >= 2);
+}
+
+#[tokio::test]
+async fn issuer_stopped_stale_mode_deny_answers_503_then_recovers() {
+    let mut stack = start(Stack::builder().plugin_config_patch(json!({
+        "revocation": {"wait_seconds": 1, "stale_after_seconds": 3, "stale_mode": "deny"}
+    })))
+    .await;
+    let token = stack.login("hans").await.unwrap().access_token;
+    wait_for(&stack, &token, 200, REVOKE_DEADLINE, "issuer up").await;
+
+    stack.stop_issuer().await;
+    let took = wait_for(&stack, &token, 503, Duration::from_secs(10), "issuer down").await;
+    eprintln!("stale after {took:?} without the feed");
+    let (status, body) = hello(&stack, &fresh_client(), &token).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert!(stat(&stack, "wasmcustom.weauth.denied.revocation_stale").await >= 1);
+    assert!(stat(&stack, "wasmcustom.weauth.feed_fetch_fail").await >= 1);
+    assert!(envoy_log(&stack).contains("revocation list is stale"));
+
+    stack.start_issuer().await.unwrap();
+    wait_for(&stack, &token, 200, Duration::from_secs(10), "issuer back").await;
+}
+
+#[tokio::test]
+async fn issuer_stopped_stale_mode_allow_passes_and_counts() {
+    let mut stack = start(Stack::builder().plugin_config_patch(json!({
+        "revocation": {"wait_seconds": 1, "stale_after_seconds": 2, "stale_mode": "allow"}
+    })))
+    .await;
+    let token = stack.login("ida").await.unwrap().access_token;
+    wait_for(&stack, &token, 200, REVOKE_DEADLINE, "issuer up").await;
+
+    stack.stop_issuer().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let client = fresh_client();
+    for _ in 0..3 {
+        assert_eq!(
+            hello(&stack, &client, &token).await.0,
+            200,
+            "stale_mode allow"
+        );
+    }
+    assert!(stat(&stack, "wasmcustom.weauth.revocation_stale_allowed").await >= 3);
+    assert!(envoy_log(&stack).contains("revocation list is stale"));
+}
+
+#[tokio::test]
+async fn several_workers_one_fetcher() {
+    let stack = start(Stack::builder().concurrency(4)).await;
+    // Move the feed past seq 0, so the fetcher holds a long poll open.
+    let jan = stack.login("jan").await.unwrap().access_token;
+    let (status, _) = stack
+        .post_json("/v1/logout", Some(&jan), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    wait_for(&stack, &jan, 401, REVOKE_DEADLINE, "after logout").await;
+    assert_refused_everywhere(&stack, &jan, 12, "four workers").await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Only the filter's calls use the issuer cluster now: exactly one long poll is open, not
+    // one per worker.
+    for _ in 0..10 {
+        let active = stat(&stack, "cluster.weauth_issuer.upstream_rq_active").await;
+        assert_eq!(active, 1, "requests open to the issuer from 4 workers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = envoy_log(&stack);
+    assert_eq!(
+        log.matches("this VM is now the JWKS/revocation fetcher")
+            .count(),
+        1,
+        "one elected fetcher"
+    );
+}
