@@ -83,8 +83,12 @@ where
         .map_err(|err| StoreError::Db(format!("store task failed: {err}")))?
 }
 
-/// Makes sure a signing key is active at `now`: imports `WEAUTH_SIGNING_KEY_FILE` when set,
-/// otherwise generates one on first start (or when `WEAUTH_SIGNING_ALG` changed).
+/// Makes sure a signing key is active at `now`, and that the configured key will sign:
+/// - no active key (first start): generate one of `WEAUTH_SIGNING_ALG` (or import
+///   `WEAUTH_SIGNING_KEY_FILE`) and sign with it at once;
+/// - a key file whose key is not in the store yet, or a changed `WEAUTH_SIGNING_ALG`: add the
+///   new key as "next", so it is published for `WEAUTH_KEY_PUBLISH_DELAY` before it signs,
+///   exactly like `keys rotate` (verifiers that cached the JWKS keep working).
 ///
 /// # Errors
 /// Key file, sealing or store failures.
@@ -95,18 +99,26 @@ pub fn bootstrap_keys(
     now: i64,
 ) -> Result<(), StartError> {
     let retain = config.access_ttl_secs() + config.leeway_secs();
+    let records = store.keys()?;
+    let current = keys::ring(&records, data_key, now, retain).ok();
+    let delay = if current.is_some() {
+        crate::config::secs(config.key_publish_delay)
+    } else {
+        0
+    };
     if let Some(path) = &config.signing_key_file {
         let key = keys::from_file(path, config.signing_alg)?;
-        let records = store.keys()?;
         if !records.iter().any(|record| record.kid == key.kid()) {
-            let activate_at = keys::next_activation(&records, now, 0);
+            let activate_at = keys::next_activation(&records, now, delay);
             store.insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)?;
-            tracing::info!(kid = %key.kid(), "imported the signing key from WEAUTH_SIGNING_KEY_FILE");
+            tracing::info!(
+                kid = %key.kid(),
+                signs_in_s = activate_at - now,
+                "imported the signing key from WEAUTH_SIGNING_KEY_FILE"
+            );
         }
         return Ok(());
     }
-    let records = store.keys()?;
-    let current = keys::ring(&records, data_key, now, retain).ok();
     match current {
         None => {
             let key = keys::generate(config.signing_alg);
@@ -115,15 +127,21 @@ pub fn bootstrap_keys(
             }
         }
         Some(ring) if ring.signing.algorithm() != config.signing_alg => {
-            let key = keys::generate(config.signing_alg);
-            let activate_at = keys::next_activation(&records, now, 0);
-            store.insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)?;
-            tracing::warn!(
-                kid = %key.kid(),
-                alg = %config.signing_alg,
-                previous = %ring.signing.algorithm(),
-                "WEAUTH_SIGNING_ALG changed: signing with a new key now; the old key stays published until its tokens expire"
-            );
+            let pending = records
+                .iter()
+                .any(|r| r.activate_at > now && r.alg == config.signing_alg.as_str());
+            if !pending {
+                let key = keys::generate(config.signing_alg);
+                let activate_at = keys::next_activation(&records, now, delay);
+                store.insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)?;
+                tracing::warn!(
+                    kid = %key.kid(),
+                    alg = %config.signing_alg,
+                    previous = %ring.signing.algorithm(),
+                    signs_in_s = activate_at - now,
+                    "WEAUTH_SIGNING_ALG changed: a new key is published now and signs after WEAUTH_KEY_PUBLISH_DELAY; the old key stays published until its tokens expire"
+                );
+            }
         }
         Some(_) => {}
     }

@@ -492,3 +492,49 @@ fn second_issuer_on_same_db_shares_keys() {
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_signing_alg_published_before_it_signs() {
+    let mut stack = Stack::start(&[
+        ("WEAUTH_KEY_PUBLISH_DELAY", "2s"),
+        ("WEAUTH_KEY_RELOAD", "200ms"),
+    ])
+    .await;
+    let before = stack.login("zoe").await;
+    assert_eq!(
+        common::header(before["access_token"].as_str().unwrap())["alg"],
+        "EdDSA"
+    );
+    stack
+        .issuer
+        .env
+        .insert("WEAUTH_SIGNING_ALG".into(), "ES256".into());
+    stack.restart().await;
+    // Published at once, not signing yet.
+    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    let ktys: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kty"].as_str().unwrap())
+        .collect();
+    assert!(ktys.contains(&"OKP") && ktys.contains(&"EC"), "{jwks}");
+    let early = stack.login("zoe").await;
+    assert_eq!(
+        common::header(early["access_token"].as_str().unwrap())["alg"],
+        "EdDSA"
+    );
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let late = stack.login("zoe").await;
+    assert_eq!(
+        common::header(late["access_token"].as_str().unwrap())["alg"],
+        "ES256"
+    );
+    assert_eq!(
+        stack.get("/v1/me", before["access_token"].as_str()).await.0,
+        200
+    );
+    // A second restart during or after the switch adds no further key.
+    stack.restart().await;
+    assert_eq!(stack.count("signing_keys"), 2);
+}
