@@ -216,3 +216,45 @@ async fn token_signed_by_untrusted_key_401() {
     .await;
     assert_eq!(stack.upstream.requests(), 0);
 }
+
+/// The walkthrough's last step: after `POST /v1/logout` the same access token is refused at
+/// the edge — pushed through the revocation feed (long poll), not by asking the issuer per
+/// request — within a second (DESIGN.md: "visible at every sidecar within a second").
+#[tokio::test]
+async fn logout_revokes_token_at_edge_within_a_second() {
+    let stack = stack().await;
+    let token = stack.login("frank").await.unwrap().access_token;
+    let (status, _) = stack.get_json("/api/hello", Some(&token)).await.unwrap();
+    assert_eq!(status, 200);
+
+    let resp = stack
+        .request(reqwest::Method::POST, "/v1/logout")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "logout: {}", resp.status());
+    let logged_out = std::time::Instant::now();
+    let mut status = 200;
+    while logged_out.elapsed() < std::time::Duration::from_secs(5) {
+        status = stack
+            .get("/api/hello", Some(&token))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status != 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let took = logged_out.elapsed();
+    eprintln!("revocation reached the edge {took:?} after the logout answer");
+    assert_eq!(status, 401, "revoked token still accepted after {took:?}");
+    assert!(
+        took <= std::time::Duration::from_secs(1),
+        "revocation took {took:?} to reach the edge"
+    );
+    let challenge = assert_unauthorized(&stack, Some(&token), "revoked token").await;
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+}
