@@ -115,8 +115,20 @@ async fn refresh(stack: &Stack, refresh_token: &str) -> (u16, Value) {
         .unwrap()
 }
 
-fn envoy_log(stack: &Stack) -> String {
-    std::fs::read_to_string(stack.envoy_log()).unwrap_or_default()
+/// Waits (up to 2 s: Envoy writes its log asynchronously) until Envoy's log contains `text`.
+async fn assert_envoy_logged(stack: &Stack, text: &str) {
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(stack.envoy_log()).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "Envoy never logged {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -292,16 +304,10 @@ async fn rotated_key_picked_up_and_old_tokens_still_pass() {
     eprintln!("new key accepted after {took:?}");
     let client = fresh_client();
     for _ in 0..4 {
-        assert_eq!(
-            hello(&stack, &client, &new).await.0,
-            200,
-            "new key, every worker"
-        );
-        assert_eq!(
-            hello(&stack, &client, &old).await.0,
-            200,
-            "old key still published"
-        );
+        let (status, body) = hello(&stack, &client, &new).await;
+        assert_eq!(status, 200, "new key, every worker: {body}");
+        let (status, body) = hello(&stack, &client, &old).await;
+        assert_eq!(status, 200, "old key still published: {body}");
     }
     assert!(stat(&stack, "wasmcustom.weauth.jwks_fetch_ok").await >= 2);
 }
@@ -323,7 +329,7 @@ async fn issuer_stopped_stale_mode_deny_answers_503_then_recovers() {
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     assert!(stat(&stack, "wasmcustom.weauth.denied.revocation_stale").await >= 1);
     assert!(stat(&stack, "wasmcustom.weauth.feed_fetch_fail").await >= 1);
-    assert!(envoy_log(&stack).contains("revocation list is stale"));
+    assert_envoy_logged(&stack, "revocation list is stale").await;
 
     stack.start_issuer().await.unwrap();
     wait_for(&stack, &token, 200, Duration::from_secs(10), "issuer back").await;
@@ -349,7 +355,7 @@ async fn issuer_stopped_stale_mode_allow_passes_and_counts() {
         );
     }
     assert!(stat(&stack, "wasmcustom.weauth.revocation_stale_allowed").await >= 3);
-    assert!(envoy_log(&stack).contains("revocation list is stale"));
+    assert_envoy_logged(&stack, "revocation list is stale").await;
 }
 
 #[tokio::test]
@@ -373,7 +379,7 @@ async fn several_workers_one_fetcher() {
         assert_eq!(active, 1, "requests open to the issuer from 4 workers");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let log = envoy_log(&stack);
+    let log = std::fs::read_to_string(stack.envoy_log()).unwrap_or_default();
     assert_eq!(
         log.matches("this VM is now the JWKS/revocation fetcher")
             .count(),

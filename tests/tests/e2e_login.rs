@@ -4,7 +4,8 @@
 //! with the token and checks what the demo upstream received; then checks that Envoy refuses
 //! (401 + `WWW-Authenticate: Bearer`) a missing token, tampered tokens, a token for another
 //! audience and a token signed by a key the stack does not trust — and that none of those
-//! reached the upstream.
+//! reached the upstream. Finally, `POST /v1/logout` makes the edge refuse the token within a
+//! second (revocation feed).
 //!
 //! Needs the issuer binary, Envoy and the filter module (see `weauth_tests::harness` for the
 //! variables and defaults); a missing one fails the test with the make target to run, it is
