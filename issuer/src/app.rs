@@ -8,6 +8,7 @@
 //! `watch` flips.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +67,16 @@ pub struct App {
     draining: watch::Sender<bool>,
     pub(crate) inflight_codes: Mutex<HashSet<String>>,
     started: Instant,
+    feed_waiters: Arc<AtomicUsize>,
+}
+
+/// Counts one open feed request while alive.
+pub struct FeedWaiter(Arc<AtomicUsize>);
+
+impl Drop for FeedWaiter {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs a blocking store call off the async threads.
@@ -216,6 +227,7 @@ impl App {
             draining: watch::channel(false).0,
             inflight_codes: Mutex::new(HashSet::new()),
             started: Instant::now(),
+            feed_waiters: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
@@ -288,6 +300,17 @@ impl App {
     /// A receiver that turns `true` when draining starts.
     pub fn draining(&self) -> watch::Receiver<bool> {
         self.draining.subscribe()
+    }
+
+    /// Registers an open feed request (for the `weauth_feed_waiters` gauge).
+    pub fn feed_waiter(&self) -> FeedWaiter {
+        self.feed_waiters.fetch_add(1, Ordering::Relaxed);
+        FeedWaiter(Arc::clone(&self.feed_waiters))
+    }
+
+    /// Open feed requests.
+    pub fn feed_waiters(&self) -> usize {
+        self.feed_waiters.load(Ordering::Relaxed)
     }
 
     /// Seconds since start.

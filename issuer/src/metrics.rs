@@ -3,7 +3,9 @@
 //!
 //! Series: `weauth_logins_total{outcome}`, `weauth_refreshes_total{outcome}`,
 //! `weauth_revocations_total{kind}`, `weauth_wechat_errors_total{api,errcode}`,
-//! `weauth_wechat_call_seconds{api}` (histogram), `weauth_http_requests_total{status}`.
+//! `weauth_wechat_call_seconds{api}` (histogram), `weauth_http_requests_total{status}`,
+//! `weauth_bearer_rejections_total{reason}`; gauges passed in at scrape time by the caller
+//! (`weauth_revocation_seq`, `weauth_signing_keys_published`, `weauth_feed_waiters`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,7 +36,7 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-const HELP: [(&str, &str, &str); 5] = [
+const HELP: [(&str, &str, &str); 6] = [
     ("weauth_logins_total", "counter", "Logins by outcome."),
     (
         "weauth_refreshes_total",
@@ -55,6 +57,11 @@ const HELP: [(&str, &str, &str); 5] = [
         "weauth_http_requests_total",
         "counter",
         "HTTP responses by status.",
+    ),
+    (
+        "weauth_bearer_rejections_total",
+        "counter",
+        "Bearer tokens refused on the issuer's own routes, by reason.",
     ),
 ];
 
@@ -97,6 +104,14 @@ impl Metrics {
         );
     }
 
+    /// Counts a refused bearer token (`missing`, `expired`, `revoked`, `bad_signature`, ...).
+    pub fn bearer_rejected(&self, reason: &str) {
+        self.add(
+            "weauth_bearer_rejections_total",
+            format!("reason=\"{}\"", escape(reason)),
+        );
+    }
+
     /// Counts an HTTP response.
     pub fn http(&self, status: u16) {
         self.add("weauth_http_requests_total", format!("status=\"{status}\""));
@@ -132,9 +147,15 @@ impl Metrics {
         }
     }
 
-    /// The text exposition (format 0.0.4).
-    pub fn render(&self) -> String {
+    /// The text exposition (format 0.0.4), with `gauges` (name, help, value) appended.
+    pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
         let Ok(inner) = self.inner.lock() else {
             return out;
         };
@@ -187,7 +208,10 @@ mod tests {
             Duration::from_millis(300),
             Some(&WechatError::Busy),
         );
-        let text = metrics.render();
+        metrics.bearer_rejected("expired");
+        let text = metrics.render(&[("weauth_feed_waiters", "Open long polls.", 3.0)]);
+        assert!(text.contains("# TYPE weauth_feed_waiters gauge\nweauth_feed_waiters 3\n"));
+        assert!(text.contains("weauth_bearer_rejections_total{reason=\"expired\"} 1\n"));
         assert!(text.contains("weauth_logins_total{outcome=\"ok\"} 2\n"));
         assert!(text.contains("weauth_logins_total{outcome=\"invalid_grant\"} 1\n"));
         assert!(

@@ -139,7 +139,25 @@ where
             Err(err) => Err(ApiError::Unavailable(format!("store unreachable: {err}"))),
         },
         Route::Metrics => {
-            let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            let ring = app.keys();
+            let gauges = [
+                (
+                    "weauth_revocation_seq",
+                    "Highest revocation seq seen.",
+                    *app.subscribe_seq().borrow() as f64,
+                ),
+                (
+                    "weauth_signing_keys_published",
+                    "Keys in the JWKS (next, signing, retiring).",
+                    ring.verify.len() as f64,
+                ),
+                (
+                    "weauth_feed_waiters",
+                    "Revocation-feed long polls currently waiting.",
+                    app.feed_waiters() as f64,
+                ),
+            ];
+            let mut response = Response::new(Full::new(Bytes::from(app.metrics.render(&gauges))));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -305,6 +323,7 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut seq = app.subscribe_seq();
     let mut draining = app.draining();
+    let _waiting = app.feed_waiter();
     loop {
         let at = now();
         let page = app.db(move |store| store.feed(since, at)).await?;

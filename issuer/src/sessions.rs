@@ -264,11 +264,17 @@ pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, A
 /// # Errors
 /// `invalid_token` (401) for anything wrong.
 pub async fn authenticate(app: &Arc<App>, authorization: Option<&str>) -> Result<Claims, ApiError> {
-    let token = tokens::bearer(authorization)
-        .ok_or_else(|| ApiError::InvalidToken("a bearer access token is required".into()))?;
+    let Some(token) = tokens::bearer(authorization) else {
+        app.metrics.bearer_rejected("missing");
+        return Err(ApiError::InvalidToken(
+            "a bearer access token is required".into(),
+        ));
+    };
     let ring = app.keys();
-    let claims = tokens::check(token, &ring.verify, &app.policy, now())
-        .map_err(|err| ApiError::InvalidToken(err.to_string()))?;
+    let claims = tokens::check(token, &ring.verify, &app.policy, now()).map_err(|err| {
+        app.metrics.bearer_rejected(err.reason());
+        ApiError::InvalidToken(err.to_string())
+    })?;
     let (jti, sid, sub, iat) = (
         claims.jti.clone(),
         claims.sid.clone(),
@@ -279,6 +285,7 @@ pub async fn authenticate(app: &Arc<App>, authorization: Option<&str>) -> Result
         .db(move |store| store.is_revoked(&jti, &sid, &sub, iat))
         .await?
     {
+        app.metrics.bearer_rejected("revoked");
         return Err(ApiError::InvalidToken("the token has been revoked".into()));
     }
     Ok(claims)

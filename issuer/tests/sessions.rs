@@ -219,6 +219,20 @@ async fn logout_revokes_session_and_wakes_long_poll_fast() {
     // The token and the refresh token are dead.
     let (status, _, _) = stack.get("/v1/me", Some(&token)).await;
     assert_eq!(status, 401);
+    let (_, metrics, _) = stack.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("weauth_bearer_rejections_total{reason=\"revoked\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("weauth_revocation_seq {}", body["seq"])),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weauth_revocations_total{kind=\"sid\"} 1"),
+        "{metrics}"
+    );
     let (status, _, _) = stack.post_auth("/v1/logout", &token, None).await;
     assert_eq!(status, 401);
     let (status, _, _) = stack
