@@ -3,8 +3,8 @@
 //!
 //! Background tasks: key reload (every `WEAUTH_KEY_RELOAD`, which also promotes a rotated key
 //! once its publish delay is over), a cheap `max(seq)` poll every 250 ms that wakes long polls
-//! when another replica writes a revocation, and a once-a-minute purge of expired
-//! revocations, sessions and refresh tokens. All of them end when the shutdown
+//! when another replica writes a revocation, and a purge of expired revocations,
+//! sessions and refresh tokens every `WEAUTH_PURGE_INTERVAL` (default 60 s). All of them end when the shutdown
 //! `watch` flips.
 
 use std::collections::HashSet;
@@ -27,8 +27,6 @@ use crate::wechat::{HttpWechat, HttpWechatConfig, Wechat};
 
 /// How often the revocation high-water mark is re-read (covers writes by other replicas).
 pub const SEQ_POLL: Duration = Duration::from_millis(250);
-/// How often expired rows are purged.
-pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the issuer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -348,7 +346,7 @@ impl App {
             }
         }));
         let app = Arc::clone(self);
-        tasks.push(periodic(shutdown, PURGE_EVERY, move || {
+        tasks.push(periodic(shutdown, self.config.purge_interval, move || {
             let app = Arc::clone(&app);
             async move {
                 let at = now();

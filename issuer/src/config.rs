@@ -142,6 +142,9 @@ pub struct Config {
     pub key_publish_delay: Duration,
     /// `WEAUTH_KEY_RELOAD`, default `2s`: how often keys are re-read from the store.
     pub key_reload: Duration,
+    /// `WEAUTH_PURGE_INTERVAL`, default `60s`: how often expired revocations, sessions and
+    /// refresh tokens are deleted.
+    pub purge_interval: Duration,
     /// `WEAUTH_TRUSTED_PROXIES`: comma list of IPs/CIDRs whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// `WEAUTH_LOGIN_RATE`: logins per minute per client IP, default 60; 0 disables.
@@ -447,6 +450,11 @@ impl Config {
             signing_key_file,
             key_publish_delay,
             key_reload,
+            purge_interval: src.duration(
+                "WEAUTH_PURGE_INTERVAL",
+                "60s",
+                Duration::from_millis(100),
+            )?,
             trusted_proxies,
             login_rate_per_min: src.number("WEAUTH_LOGIN_RATE", 60)?,
             login_burst: src.number("WEAUTH_LOGIN_BURST", 20)?,

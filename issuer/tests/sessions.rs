@@ -407,3 +407,50 @@ async fn refresh_reuse_within_grace_keeps_the_session() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_revocations_purged_and_old_since_starts_over() {
+    let stack = Stack::start(&[
+        ("WEAUTH_ACCESS_TTL", "1s"),
+        ("WEAUTH_LEEWAY", "0s"),
+        ("WEAUTH_PURGE_INTERVAL", "200ms"),
+    ])
+    .await;
+    let mut seqs = Vec::new();
+    for jti in ["a", "b"] {
+        let (status, entry, _) = stack
+            .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "jti": jti })))
+            .await;
+        assert_eq!(status, 200);
+        seqs.push(entry["seq"].as_u64().unwrap());
+    }
+    let live = stack.feed(0, 0).await;
+    assert_eq!(live["entries"].as_array().unwrap().len(), 2);
+    // until = now + 1 s: gone after a couple of seconds and a purge.
+    let started = Instant::now();
+    loop {
+        if stack.count("revocations") == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never purged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = stack.feed(0, 0).await;
+    assert_eq!(after["entries"], json!([]));
+    assert_eq!(
+        after["seq"].as_u64().unwrap(),
+        seqs[1],
+        "seq survives the purge"
+    );
+    let old = stack.feed(seqs[0], 0).await;
+    assert_eq!(
+        old["full"], true,
+        "a since below the purge watermark starts over"
+    );
+    let current = stack.feed(seqs[1], 0).await;
+    assert_eq!(current["full"], false);
+    let (_, entry, _) = stack
+        .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "jti": "c" })))
+        .await;
+    assert_eq!(entry["seq"].as_u64().unwrap(), seqs[1] + 1, "never reused");
+}
