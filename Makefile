@@ -52,9 +52,10 @@ up: build ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); Ct
 	./target/debug/weauth-stack
 
 down: ## stop a stack started by `make up` (only the processes it started)
-	@if [ -f .run/stack.pid ] && kill -0 "$$(cat .run/stack.pid)" 2>/dev/null; then \
-	  echo "down: stopping weauth-stack (pid $$(cat .run/stack.pid))"; kill -TERM "$$(cat .run/stack.pid)"; \
-	  for i in $$(seq 50); do kill -0 "$$(cat .run/stack.pid)" 2>/dev/null || break; sleep 0.1; done; \
+	@pid=$$(cat .run/stack.pid 2>/dev/null || true); \
+	if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
+	  echo "down: stopping weauth-stack (pid $$pid)"; kill -TERM "$$pid"; \
+	  for i in $$(seq 100); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \
 	else \
 	  echo "down: no stack running"; \
 	fi
