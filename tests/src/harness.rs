@@ -480,7 +480,18 @@ pub struct StackBuilder {
     admin_token: Option<String>,
     audience: String,
     with_envoy: bool,
+    edge: Edge,
     binaries: Option<Binaries>,
+}
+
+/// What checks tokens in the stack's Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Edge {
+    /// The weauth wasm filter (`envoy/envoy.yaml`).
+    #[default]
+    WeauthFilter,
+    /// Envoy's own jwt_authn against the issuer's JWKS (`envoy/jwt-authn.yaml`), no wasm.
+    JwtAuthn,
 }
 
 impl Default for StackBuilder {
@@ -496,6 +507,7 @@ impl Default for StackBuilder {
             admin_token: None,
             audience: "weauth".into(),
             with_envoy: true,
+            edge: Edge::WeauthFilter,
             binaries: None,
         }
     }
@@ -556,6 +568,12 @@ impl StackBuilder {
     /// Do not start Envoy (issuer-only scenarios); the envoy URLs then point nowhere.
     pub fn without_envoy(mut self) -> Self {
         self.with_envoy = false;
+        self
+    }
+
+    /// What checks tokens in Envoy (default: the weauth filter).
+    pub fn edge(mut self, edge: Edge) -> Self {
+        self.edge = edge;
         self
     }
 
@@ -749,16 +767,22 @@ impl Stack {
             stack.mock.reset();
         }
         if b.with_envoy {
-            let yaml = template::envoy_config(
-                EnvoyPorts {
-                    envoy: ports.envoy,
-                    admin: ports.admin,
-                    issuer: ports.issuer,
-                    upstream: ports.upstream,
-                },
-                &bins.wasm.to_string_lossy(),
-                &stack.plugin_config,
-            )?;
+            let envoy_ports = EnvoyPorts {
+                envoy: ports.envoy,
+                admin: ports.admin,
+                issuer: ports.issuer,
+                upstream: ports.upstream,
+            };
+            let yaml = match b.edge {
+                Edge::WeauthFilter => template::envoy_config(
+                    envoy_ports,
+                    &bins.wasm.to_string_lossy(),
+                    &stack.plugin_config,
+                )?,
+                Edge::JwtAuthn => {
+                    template::jwt_authn_config(envoy_ports, &issuer_url, &b.audience)?
+                }
+            };
             let config = stack.dir.path().join("envoy.yaml");
             std::fs::write(&config, yaml)
                 .map_err(io_err(format!("writing {}", config.display())))?;

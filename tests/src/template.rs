@@ -10,6 +10,9 @@ use serde_json::Value;
 
 /// The Envoy bootstrap template (`envoy/envoy.yaml`), compiled in.
 pub const ENVOY_TEMPLATE: &str = include_str!("../../envoy/envoy.yaml");
+/// The bootstrap with Envoy's own jwt_authn instead of the weauth filter
+/// (`envoy/jwt-authn.yaml`), compiled in.
+pub const JWT_AUTHN_TEMPLATE: &str = include_str!("../../envoy/jwt-authn.yaml");
 /// The default plugin configuration template (`envoy/plugin-config.json`), compiled in.
 pub const PLUGIN_CONFIG_TEMPLATE: &str = include_str!("../../envoy/plugin-config.json");
 
@@ -144,6 +147,29 @@ pub fn envoy_config(
             ("UPSTREAM_PORT", ports.upstream.to_string()),
             ("WASM_PATH", quoted(wasm_path)),
             ("PLUGIN_CONFIG", quoted(&plugin_config.to_string())),
+        ],
+    )
+}
+
+/// The jwt_authn bootstrap (`envoy/jwt-authn.yaml`) for `ports`, accepting tokens of
+/// `issuer_url` for `audience`, with the keys from the issuer's JWKS.
+///
+/// # Errors
+/// [`TemplateError`] if `envoy/jwt-authn.yaml` and these names disagree.
+pub fn jwt_authn_config(
+    ports: EnvoyPorts,
+    issuer_url: &str,
+    audience: &str,
+) -> Result<String, TemplateError> {
+    render(
+        JWT_AUTHN_TEMPLATE,
+        &[
+            ("ENVOY_PORT", ports.envoy.to_string()),
+            ("ADMIN_PORT", ports.admin.to_string()),
+            ("ISSUER_PORT", ports.issuer.to_string()),
+            ("UPSTREAM_PORT", ports.upstream.to_string()),
+            ("ISSUER_URL", quoted(issuer_url)),
+            ("AUDIENCE", quoted(audience)),
         ],
     )
 }
