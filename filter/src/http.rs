@@ -16,9 +16,11 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
 use weauth_token::Claims;
 
-use crate::config::{StaleMode, TokenSource};
-use crate::root::{log, now_ms, Worker};
-use crate::verify::{self, CacheUse, Decision, Denial, Extracted, RevocationView, Snapshot};
+use crate::config::{Require, StaleMode, TokenSource};
+use crate::root::{log, now_ms, State, Worker};
+use crate::verify::{
+    self, CacheUse, Decision, Denial, Extracted, Outcome, RevocationView, Snapshot,
+};
 
 /// One request.
 pub struct Filter {
@@ -121,7 +123,7 @@ impl HttpContext for Filter {
         }
         let path = header(":path").unwrap_or("/");
         let (require, scopes) = config.rule_for(verify::path_only(path));
-        if require == crate::config::Require::None {
+        if require == Require::None {
             return Action::Continue;
         }
         let extracted = verify::extract_token(&config.token_sources, &headers, path);
@@ -137,35 +139,14 @@ impl HttpContext for Filter {
             });
         };
         let state = &mut *state;
-        let revocation = match &config.revocation {
-            None => RevocationView::Disabled,
-            Some(feed) => match &state.replica.meta {
-                None => RevocationView::NotLoaded {
-                    mode: feed.stale_mode,
-                },
-                Some(meta) => RevocationView::Ready {
-                    set: &state.replica.set,
-                    generation: meta.generation,
-                    stale: now.saturating_sub(meta.last_ok_ms)
-                        > feed.stale_after_seconds.saturating_mul(1000),
-                    mode: feed.stale_mode,
-                },
-            },
-        };
-        let snapshot = Snapshot {
-            keys: state.keys.as_ref(),
-            keys_generation: state.keys_generation,
-            revocation,
-        };
-        let outcome = verify::decide(
-            extracted.clone(),
-            require,
-            scopes,
-            &config.validation,
-            &snapshot,
-            &mut state.cache,
-            i64::try_from(now / 1000).unwrap_or(i64::MAX),
-        );
+        // Pick up a revocation the fetcher published since the last tick (one small read).
+        self.worker.sync_revocation(state, self.context_id);
+        let mut outcome = judge(&self.worker, state, extracted.clone(), require, scopes, now);
+        // An unknown `kid` may be a key the fetcher published since this VM's last tick: look
+        // once more before refusing (cheap: only on this path).
+        if outcome.unknown_key && self.worker.sync_jwks(state, self.context_id) {
+            outcome = judge(&self.worker, state, extracted.clone(), require, scopes, now);
+        }
         match outcome.cache {
             CacheUse::Hit => self.worker.metrics.count("cache_hit"),
             CacheUse::Miss => self.worker.metrics.count("cache_miss"),
@@ -197,4 +178,45 @@ impl HttpContext for Filter {
             Decision::Deny(denial) => self.deny(&denial),
         }
     }
+}
+
+/// Builds the snapshot from this VM's state and decides.
+fn judge(
+    worker: &Worker,
+    state: &mut State,
+    extracted: Extracted,
+    require: Require,
+    scopes: &[String],
+    now_ms: u64,
+) -> Outcome {
+    let config = &worker.config;
+    let revocation = match &config.revocation {
+        None => RevocationView::Disabled,
+        Some(feed) => match &state.replica.meta {
+            None => RevocationView::NotLoaded {
+                mode: feed.stale_mode,
+            },
+            Some(meta) => RevocationView::Ready {
+                set: &state.replica.set,
+                generation: meta.generation,
+                stale: now_ms.saturating_sub(meta.last_ok_ms)
+                    > feed.stale_after_seconds.saturating_mul(1000),
+                mode: feed.stale_mode,
+            },
+        },
+    };
+    let snapshot = Snapshot {
+        keys: state.keys.as_ref(),
+        keys_generation: state.keys_generation,
+        revocation,
+    };
+    verify::decide(
+        extracted,
+        require,
+        scopes,
+        &config.validation,
+        &snapshot,
+        &mut state.cache,
+        i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+    )
 }

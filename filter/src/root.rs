@@ -212,6 +212,99 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Re-reads the JWKS blob when its CAS moved; decodes only a new generation. Returns
+    /// whether the keys changed.
+    pub fn sync_jwks(&self, state: &mut State, context_id: u32) -> bool {
+        if !matches!(self.config.jwks, JwksSource::Remote(_)) {
+            return false;
+        }
+        let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&self.keys.jwks) else {
+            return false;
+        };
+        if cas.is_some() && cas == state.jwks_cas {
+            return false;
+        }
+        state.jwks_cas = cas;
+        let Some(blob) = refresh::decode_jwks_blob(&bytes) else {
+            log(
+                LogLevel::Warn,
+                context_id,
+                "shared JWKS blob is unreadable; keeping the current keys",
+            );
+            return false;
+        };
+        if blob.generation == state.keys_generation && state.keys.is_some() {
+            return false;
+        }
+        match KeySet::from_jwks_json(blob.json) {
+            Ok((keys, _)) if !keys.is_empty() => {
+                self.metrics.gauge("jwks_keys", keys.len() as u64);
+                log(
+                    LogLevel::Info,
+                    context_id,
+                    &format!(
+                        "JWKS generation {} loaded: {} key(s)",
+                        blob.generation,
+                        keys.len()
+                    ),
+                );
+                state.keys = Some(keys);
+                state.keys_generation = blob.generation;
+                state.cache.clear();
+                true
+            }
+            _ => {
+                log(
+                    LogLevel::Warn,
+                    context_id,
+                    "shared JWKS has no usable key; keeping the current keys",
+                );
+                false
+            }
+        }
+    }
+
+    /// Re-reads the revocation meta when its CAS moved, then only the shards whose generation
+    /// changed. Cheap when nothing changed (one small shared-data read), so it runs on every
+    /// tick and before every decision that consults the set.
+    pub fn sync_revocation(&self, state: &mut State, context_id: u32) {
+        if self.config.revocation.is_none() {
+            return;
+        }
+        let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&self.keys.meta) else {
+            return;
+        };
+        if cas.is_some() && cas == state.meta_cas {
+            return;
+        }
+        let meta = match Meta::decode(&bytes) {
+            Ok(meta) => meta,
+            Err(err) => {
+                log(
+                    LogLevel::Warn,
+                    context_id,
+                    &format!("shared revocation meta is unreadable: {err}"),
+                );
+                return;
+            }
+        };
+        let result = state.replica.sync(meta, |index| {
+            hostcalls::get_shared_data(&self.keys.shard(index))
+                .ok()
+                .and_then(|(bytes, _)| bytes)
+        });
+        match result {
+            // Cached verdicts re-check revocation because the generation moved.
+            Ok(()) => state.meta_cas = cas,
+            // A write in progress: keep the copy and retry next time (meta_cas unchanged).
+            Err(err) => log(
+                LogLevel::Debug,
+                context_id,
+                &format!("revocation sync deferred: {err}"),
+            ),
+        }
+    }
+
     /// Asks the elected fetcher for a JWKS refetch (a token named an unknown `kid`). Rate
     /// limited per VM to one write per `min_refetch_seconds`.
     pub fn want_jwks_refetch(&self, state: &mut State, now_ms: u64) {
@@ -268,84 +361,6 @@ impl Root {
 
     fn fetches(&self) -> bool {
         self.jwks_schedule.is_some() || self.feed_schedule.is_some()
-    }
-
-    /// Re-reads the JWKS blob when its CAS moved; decodes only a new generation.
-    fn sync_jwks(&self, worker: &Worker, state: &mut State) {
-        if !matches!(worker.config.jwks, JwksSource::Remote(_)) {
-            return;
-        }
-        let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&worker.keys.jwks) else {
-            return;
-        };
-        if cas.is_some() && cas == state.jwks_cas {
-            return;
-        }
-        state.jwks_cas = cas;
-        let Some(blob) = refresh::decode_jwks_blob(&bytes) else {
-            self.log(
-                LogLevel::Warn,
-                "shared JWKS blob is unreadable; keeping the current keys",
-            );
-            return;
-        };
-        if blob.generation == state.keys_generation && state.keys.is_some() {
-            return;
-        }
-        match KeySet::from_jwks_json(blob.json) {
-            Ok((keys, _)) if !keys.is_empty() => {
-                worker.metrics.gauge("jwks_keys", keys.len() as u64);
-                self.log(
-                    LogLevel::Info,
-                    &format!(
-                        "JWKS generation {} loaded: {} key(s)",
-                        blob.generation,
-                        keys.len()
-                    ),
-                );
-                state.keys = Some(keys);
-                state.keys_generation = blob.generation;
-                state.cache.clear();
-            }
-            _ => self.log(
-                LogLevel::Warn,
-                "shared JWKS has no usable key; keeping the current keys",
-            ),
-        }
-    }
-
-    /// Re-reads the revocation meta when its CAS moved, then only the shards that changed.
-    fn sync_revocation(&self, worker: &Worker, state: &mut State) {
-        if worker.config.revocation.is_none() {
-            return;
-        }
-        let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&worker.keys.meta) else {
-            return;
-        };
-        if cas.is_some() && cas == state.meta_cas {
-            return;
-        }
-        let meta = match Meta::decode(&bytes) {
-            Ok(meta) => meta,
-            Err(err) => {
-                self.log(
-                    LogLevel::Warn,
-                    &format!("shared revocation meta is unreadable: {err}"),
-                );
-                return;
-            }
-        };
-        let result = state.replica.sync(meta, |index| {
-            hostcalls::get_shared_data(&worker.keys.shard(index))
-                .ok()
-                .and_then(|(bytes, _)| bytes)
-        });
-        match result {
-            // Cached verdicts re-check revocation because the generation moved.
-            Ok(()) => state.meta_cas = cas,
-            // A write in progress: keep the copy, the next tick retries (meta_cas unchanged).
-            Err(err) => self.log(LogLevel::Debug, &format!("revocation sync deferred: {err}")),
-        }
     }
 
     fn report_revocation(&mut self, worker: &Worker, state: &State, now_ms: u64) {
@@ -853,8 +868,8 @@ impl RootContext for Root {
         };
         let now = now_ms();
         if let Ok(mut state) = worker.state.try_borrow_mut() {
-            self.sync_jwks(&worker, &mut state);
-            self.sync_revocation(&worker, &mut state);
+            worker.sync_jwks(&mut state, self.context_id);
+            worker.sync_revocation(&mut state, self.context_id);
             self.report_revocation(&worker, &state, now);
         }
         if !self.fetches() {

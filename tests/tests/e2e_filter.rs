@@ -363,11 +363,14 @@ async fn several_workers_one_fetcher() {
     let stack = start(Stack::builder().concurrency(4)).await;
     // Move the feed past seq 0, so the fetcher holds a long poll open.
     let jan = stack.login("jan").await.unwrap().access_token;
-    let (status, _) = stack
+    // Logout goes through the filter: wait until it holds the revocation set (before the first
+    // feed answer, stale_mode deny answers 503).
+    wait_for(&stack, &jan, 200, REVOKE_DEADLINE, "before logout").await;
+    let (status, body) = stack
         .post_json("/v1/logout", Some(&jan), &json!({}))
         .await
         .unwrap();
-    assert_eq!(status, 204);
+    assert_eq!(status, 204, "logout: {body}");
     wait_for(&stack, &jan, 401, REVOKE_DEADLINE, "after logout").await;
     assert_refused_everywhere(&stack, &jan, 12, "four workers").await;
 
