@@ -15,8 +15,8 @@ use weauth_token::Algorithm;
 
 use crate::feed::{synthetic_entries, FeedHandle};
 use crate::parse::{envoy_stat, wrk_report};
-use crate::procs::{clock_ticks_per_second, cpu_ticks, free_port, spawn_pinned, Owned};
-use crate::report::{EdgeMeasure, EdgeRow};
+use crate::procs::{clock_ticks_per_second, cpu_ticks, free_port, rss_kib, spawn_pinned, Owned};
+use crate::report::{EdgeMeasure, EdgeRow, MemoryResult};
 use crate::stats::cpu_us_per_request;
 use crate::template::{self, render, TemplateError};
 use crate::tokens::{token_set, TokenSet, ISSUER};
@@ -251,7 +251,7 @@ async fn admin_get(client: &reqwest::Client, port: u16, path: &str) -> Option<St
 }
 
 /// Boots, verifies and measures every scenario; returns one row each.
-pub async fn run(settings: &EdgeSettings) -> Vec<EdgeRow> {
+pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>) {
     let client = reqwest::Client::new();
     let now = now_unix();
     let (es256, eddsa) = match (
@@ -260,10 +260,11 @@ pub async fn run(settings: &EdgeSettings) -> Vec<EdgeRow> {
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            return scenarios()
+            let rows = scenarios()
                 .into_iter()
                 .map(|s| EdgeRow::failed(&s.name, &e.to_string()))
-                .collect()
+                .collect();
+            return (rows, None);
         }
     };
     let until = now + 4 * 3600;
@@ -364,6 +365,7 @@ pub async fn run(settings: &EdgeSettings) -> Vec<EdgeRow> {
         match boot(
             settings,
             i,
+            1,
             &scenario,
             tokens,
             &feed_port,
@@ -429,18 +431,80 @@ pub async fn run(settings: &EdgeSettings) -> Vec<EdgeRow> {
         }
     }
     drop(check);
-    booted
+    let memory = memory(settings, &client, &booted, &eddsa, &feed_port).await;
+    let rows = booted
         .into_iter()
         .map(|b| match b.error {
             Some(e) if b.samples.is_empty() => EdgeRow::failed(&b.scenario.name, &e),
             _ => EdgeRow::from_samples(&b.scenario.name, &b.verified, &b.samples),
         })
-        .collect()
+        .collect();
+    (rows, memory)
 }
 
+/// Envoy's resident memory with the weauth filter and 0 or 1 000 000 revocations, at one and
+/// at two workers (the two-worker Envoys are booted here, after the measurements).
+async fn memory(
+    settings: &EdgeSettings,
+    client: &reqwest::Client,
+    booted: &[Booted],
+    tokens: &TokenSet,
+    feed_port: &dyn Fn(usize) -> Option<u16>,
+) -> Option<MemoryResult> {
+    let find = |revoked: usize| {
+        booted
+            .iter()
+            .find(|b| b.scenario.auth == Auth::Weauth { revoked } && b.error.is_none())
+    };
+    let (zero, million) = (find(0)?, find(1_000_000)?);
+    let rss = |b: &Booted| b.envoy.as_ref().and_then(|e| rss_kib(e.pid()).ok());
+    let entries = admin_get(
+        client,
+        million.admin_port,
+        "/stats?filter=revocation_entries",
+    )
+    .await
+    .and_then(|t| {
+        t.lines()
+            .find(|l| l.contains("weauth.revocation_entries"))
+            .and_then(|l| l.rsplit(": ").next())
+            .and_then(|v| v.trim().parse().ok())
+    });
+    let mut result = MemoryResult {
+        entries_gauge: entries,
+        rss_kib: [[rss(zero), rss(million)], [None, None]],
+    };
+    let base = scenarios().len();
+    for (k, b) in [zero, million].into_iter().enumerate() {
+        let booted2 = boot(settings, base + k, 2, &b.scenario, tokens, feed_port, None);
+        let Ok((envoy, listen_port, admin_port)) = booted2 else {
+            continue;
+        };
+        let mut two = Booted {
+            scenario: b.scenario.clone(),
+            envoy: Some(envoy),
+            listen_port,
+            admin_port,
+            token: tokens.valid.clone(),
+            verified: String::new(),
+            error: None,
+            samples: Vec::new(),
+        };
+        if verify(client, &mut two, tokens).await.is_ok() {
+            // Touch both workers: a burst of fresh connections spreads over them.
+            let token = tokens.valid.clone();
+            let _ = tokio::task::spawn_blocking(move || wrk(8, listen_port, &token, 1)).await;
+            result.rss_kib[1][k] = rss(&two);
+        }
+    }
+    Some(result)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn boot(
     settings: &EdgeSettings,
     index: usize,
+    concurrency: u32,
     scenario: &Scenario,
     tokens: &TokenSet,
     feed_port: &dyn Fn(usize) -> Option<u16>,
@@ -478,7 +542,7 @@ fn boot(
         "-c".to_string(),
         path.display().to_string(),
         "--concurrency".into(),
-        "1".into(),
+        concurrency.to_string(),
         "--base-id".into(),
         (settings.base_id + index as u32).to_string(),
         "--disable-hot-restart".into(),

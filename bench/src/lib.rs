@@ -8,11 +8,13 @@
 //!
 //! Glue: [`serve`] (a minimal hyper server), [`feed`] (the driver's own revocation feed in the
 //! issuer's wire format), [`revcheck`] (the `weauth-revocation-check` service), [`procs`]
-//! (child processes and `/proc` reads), [`edge`] (the edge comparison). The driver binary
+//! (child processes and `/proc` reads), [`edge`] (the edge comparison), [`issuer`] (revocation
+//! delay and issuer throughput on the `weauth_tests::harness` stack). The driver binary
 //! `weauth-bench` strings them together and writes `bench-results/`.
 
 pub mod edge;
 pub mod feed;
+pub mod issuer;
 pub mod parse;
 pub mod procs;
 pub mod report;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::stats::ratio;
+use crate::stats::{ratio, Summary};
 
 /// One measured round of one edge configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -295,6 +295,187 @@ pub fn edge_svg(rows: &[EdgeRow], title: &str) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// Revocation delays measured.
+#[derive(Debug, Clone)]
+pub struct DelayResult {
+    pub summary: Option<Summary>,
+    pub max_ms: Option<f64>,
+    /// Logouts whose token was still accepted when the poll gave up.
+    pub timeouts: usize,
+    pub errors: Vec<String>,
+}
+
+/// One timed phase of the issuer benchmark.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub ok: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub latency: Option<Summary>,
+    pub first_error: Option<String>,
+}
+
+impl Phase {
+    /// Successful operations per second.
+    pub fn rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.ok as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The issuer section.
+#[derive(Debug, Clone)]
+pub struct IssuerResult {
+    pub concurrency: usize,
+    pub logins: Phase,
+    pub refreshes: Phase,
+    /// `weauth_token::sign` EdDSA tokens per second on one thread.
+    pub sign_per_sec_one_thread: f64,
+    pub cores: usize,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+    pub logins_made: u64,
+}
+
+fn summary_cells(s: Option<Summary>) -> (String, String) {
+    (num(s.map(|s| s.p50), 2), num(s.map(|s| s.p99), 2))
+}
+
+/// The revocation-delay section.
+pub fn delay_markdown(d: &DelayResult) -> String {
+    let (p50, p99) = summary_cells(d.summary);
+    let mut out = String::from(
+        "| revocations measured | p50 ms | p99 ms | max ms | not refused in time |\n|---:|---:|---:|---:|---:|\n",
+    );
+    let _ = writeln!(
+        out,
+        "| {} | {p50} | {p99} | {} | {} |",
+        d.summary.map_or(0, |s| s.count),
+        num(d.max_ms, 2),
+        d.timeouts
+    );
+    if !d.errors.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{} error(s), first: {}",
+            d.errors.len(),
+            d.errors[0].replace('|', "/")
+        );
+    }
+    out
+}
+
+/// The issuer section.
+pub fn issuer_markdown(r: &IssuerResult) -> String {
+    let mut out = format!(
+        "| operation ({} concurrent clients) | per second | p50 ms | p99 ms | ok | errors |\n|---|---:|---:|---:|---:|---:|\n",
+        r.concurrency
+    );
+    for (name, p) in [
+        ("login (code → WeChat mock → token pair)", &r.logins),
+        ("refresh (rotate)", &r.refreshes),
+    ] {
+        let (p50, p99) = summary_cells(p.latency);
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | {p50} | {p99} | {} | {} |",
+            p.rate(),
+            p.ok,
+            p.errors
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| ceiling: `weauth_token::sign` EdDSA, 1 thread (× {} cores = {:.0}) | {:.0} | – | – | – | – |",
+        r.cores,
+        r.sign_per_sec_one_thread * r.cores as f64,
+        r.sign_per_sec_one_thread
+    );
+    let mib = |k: Option<u64>| {
+        k.map_or("–".to_string(), |k| {
+            format!("{:.1} MiB", k as f64 / 1024.0)
+        })
+    };
+    let _ = writeln!(
+        out,
+        "\nIssuer resident memory: {} before, {} after, having made {} logins and {} refreshes.",
+        mib(r.rss_before_kib),
+        mib(r.rss_after_kib),
+        r.logins_made,
+        r.refreshes.ok
+    );
+    for (name, p) in [("login", &r.logins), ("refresh", &r.refreshes)] {
+        if let Some(e) = &p.first_error {
+            let _ = writeln!(out, "\nFirst {name} error: {}", e.replace('|', "/"));
+        }
+    }
+    out
+}
+
+/// Envoy resident memory with the weauth filter: `rss_kib[workers - 1][set]`, set 0 = no
+/// revocations, 1 = 1 000 000.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryResult {
+    pub entries_gauge: Option<u64>,
+    pub rss_kib: [[Option<u64>; 2]; 2],
+}
+
+impl MemoryResult {
+    /// What 1M entries add at one worker: shared data plus one worker VM's decoded copy.
+    pub fn added_one_worker_kib(&self) -> Option<i64> {
+        Some(self.rss_kib[0][1]? as i64 - self.rss_kib[0][0]? as i64)
+    }
+
+    /// What 1M entries add at two workers.
+    pub fn added_two_workers_kib(&self) -> Option<i64> {
+        Some(self.rss_kib[1][1]? as i64 - self.rss_kib[1][0]? as i64)
+    }
+
+    /// Per-VM share: the growth from one to two workers.
+    pub fn per_vm_kib(&self) -> Option<i64> {
+        Some(self.added_two_workers_kib()? - self.added_one_worker_kib()?)
+    }
+
+    /// Shared-data share: what one worker adds, less one VM's copy.
+    pub fn shared_kib(&self) -> Option<i64> {
+        Some(self.added_one_worker_kib()? - self.per_vm_kib()?)
+    }
+}
+
+/// The filter-memory section.
+pub fn memory_markdown(m: &MemoryResult) -> String {
+    let mib = |k: Option<u64>| k.map_or("–".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let dmib =
+        |k: Option<i64>| k.map_or("–".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let mut out = String::from(
+        "| Envoy workers | RSS, 0 revoked (MiB) | RSS, 1M revoked (MiB) | added by 1M entries (MiB) |\n|---:|---:|---:|---:|\n",
+    );
+    let added = [m.added_one_worker_kib(), m.added_two_workers_kib()];
+    for (w, row) in m.rss_kib.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            w + 1,
+            mib(row[0]),
+            mib(row[1]),
+            dmib(added[w])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nEstimated from the differences: per worker VM (decoded copy) {} MiB; shared data {} MiB \
+         (what one worker adds, less one VM's copy). The filter's `weauth.revocation_entries` \
+         gauge read {}.",
+        dmib(m.per_vm_kib()),
+        dmib(m.shared_kib()),
+        m.entries_gauge.map_or("nothing".to_string(), |n| n.to_string())
+    );
+    out
 }
 
 #[cfg(test)]

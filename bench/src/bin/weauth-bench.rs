@@ -3,33 +3,49 @@
 //! output folder (default `bench-results/`).
 //!
 //! Usage: `weauth-bench [--mode quick|full] [--out DIR]`; the mode may also come from
-//! `BENCH_MODE`. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
+//! `BENCH_MODE`; `--only edge,delay,issuer` runs some sections. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
 //! (default `target/wasm32-wasip1/wasm-release/weauth_filter.wasm`), and
 //! `weauth-revocation-check` next to this executable.
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use weauth_bench::edge::{self, EdgeSettings};
-use weauth_bench::report::{edge_markdown, edge_svg, targets, targets_markdown};
+use weauth_bench::issuer;
+use weauth_bench::report::{
+    delay_markdown, edge_markdown, edge_svg, issuer_markdown, memory_markdown, targets,
+    targets_markdown,
+};
+
+const USAGE: &str =
+    "usage: weauth-bench [--mode quick|full] [--out DIR] [--only edge,delay,issuer]";
 
 struct Args {
     full: bool,
     out: PathBuf,
+    /// Sections to run (default all): edge (with filter memory), delay, issuer.
+    sections: Vec<String>,
 }
 
 fn args() -> Result<Args, String> {
     let mut mode = std::env::var("BENCH_MODE").unwrap_or_else(|_| "quick".into());
     let mut out = PathBuf::from("bench-results");
+    let mut sections = vec!["edge".to_string(), "delay".into(), "issuer".into()];
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--mode" => mode = it.next().ok_or("--mode needs quick or full")?,
             "--out" => out = it.next().ok_or("--out needs a folder")?.into(),
-            other => {
-                return Err(format!(
-                    "unknown argument {other}; usage: weauth-bench [--mode quick|full] [--out DIR]"
-                ))
+            "--only" => {
+                sections = it
+                    .next()
+                    .ok_or("--only needs a comma list of edge,delay,issuer")?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
             }
+            other => return Err(format!("unknown argument {other}; {USAGE}")),
         }
     }
     let full = match mode.as_str() {
@@ -41,7 +57,11 @@ fn args() -> Result<Args, String> {
             ))
         }
     };
-    Ok(Args { full, out })
+    Ok(Args {
+        full,
+        out,
+        sections,
+    })
 }
 
 fn env_path(name: &str, default: &str) -> PathBuf {
@@ -96,22 +116,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let rows = rt.block_on(edge::run(&settings));
+    let run = |name: &str| args.sections.iter().any(|s| s == name);
+    let (rows, memory) = if run("edge") {
+        rt.block_on(edge::run(&settings))
+    } else {
+        (Vec::new(), None)
+    };
+    let delay = run("delay").then(|| {
+        let count = if args.full { 300 } else { 100 };
+        eprintln!("bench: revocation delay over {count} logouts");
+        rt.block_on(issuer::revocation_delay(count, Duration::from_secs(3)))
+    });
+    let issuer_result = run("issuer").then(|| {
+        let secs = if args.full { 15 } else { 4 };
+        eprintln!("bench: issuer logins and refreshes, {secs} s each");
+        rt.block_on(issuer::throughput(16, Duration::from_secs(secs)))
+    });
 
+    let delay_p99 = match &delay {
+        Some(Ok(d)) => d.summary.map(|s| s.p99),
+        _ => None,
+    };
     let table = edge_markdown(&rows);
-    let goals = targets_markdown(&targets(&rows, None));
+    let goals = targets_markdown(&targets(&rows, delay_p99));
     let title = format!("weauth edge benchmark ({mode} mode)");
     let mut md = String::new();
-    md.push_str(&format!("# {title}\n\n"));
+    md.push_str(&format!("# weauth benchmark ({mode} mode)\n\n"));
     md.push_str(&format!(
-        "Host: {}. Run took {:.0} s. Envoy: one worker (`--concurrency 1`) pinned with \
-         `taskset -c 0`; wrk (1 thread, {} connections) and the ext_authz service on core 1; \
-         route = direct_response. {} round(s) of {} s each per row after a {} s warm-up, rounds \
-         interleaved across rows; each number is the median over rounds. Envoy CPU µs/req = \
-         /proc utime+stime of the Envoy process ÷ its `{}` delta. The edge rows' revocation \
-         sets (weauth filter and ext_authz service alike) came from **the driver's own feed** \
-         in the issuer's wire format, not from an issuer. Latency is wrk's, at saturation, so it \
-         tracks throughput.\n\n",
+        "Host: {}. Run took {:.0} s. Produced by `make bench` (`scripts/bench.sh`, \
+         `BENCH_MODE={mode}`).\n\n## Edge\n\n\
+         Envoy: one worker (`--concurrency 1`) pinned with `taskset -c 0`; wrk (1 thread, {} \
+         connections) and the ext_authz service on core 1; route = direct_response. {} round(s) \
+         of {} s each per row after a {} s warm-up, rounds interleaved across rows; each number \
+         is the median over rounds. Envoy CPU µs/req = /proc utime+stime of the Envoy process ÷ \
+         its `{}` delta. The edge rows' revocation sets (weauth filter and ext_authz service \
+         alike) came from **the driver's own feed** in the issuer's wire format, not from an \
+         issuer. Every token is the same one repeated, so caches always hit. Latency is wrk's, \
+         at saturation, so it tracks throughput.\n\n",
         host_line(),
         started.elapsed().as_secs_f64(),
         settings.connections,
@@ -120,13 +161,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         settings.warmup_seconds,
         edge::RQ_COUNTER,
     ));
-    md.push_str("## Edge\n\n");
-    md.push_str(&table);
-    md.push_str("\n![edge](edge.svg)\n\n## Targets for the weauth filter\n\n");
+    if run("edge") {
+        md.push_str(&table);
+        md.push_str("\n![edge](edge.svg)\n\n");
+    } else {
+        md.push_str("Not run (`--only`).\n\n");
+    }
+    md.push_str(
+        "## Revocation delay\n\nReal issuer + mock WeChat + Envoy (1 worker) with the filter \
+         (`weauth_tests::harness`, feed long poll `wait_seconds` 20): from the issuer's \
+         `POST /v1/logout` response to the first request Envoy refuses with that token, polling \
+         back to back.\n\n",
+    );
+    match &delay {
+        Some(Ok(d)) => md.push_str(&delay_markdown(d)),
+        Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
+        None => md.push_str("Not run (`--only`).\n"),
+    }
+    md.push_str(
+        "\n## Issuer\n\nThe issuer (release build, SQLite store) straight, not through Envoy, \
+         against the in-process mock WeChat; login rate limit off (`WEAUTH_LOGIN_RATE=0`); each \
+         login is a new user with a fresh code minted outside the timed request.\n\n",
+    );
+    match &issuer_result {
+        Some(Ok(r)) => md.push_str(&issuer_markdown(r)),
+        Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
+        None => md.push_str("Not run (`--only`).\n"),
+    }
+    md.push_str("\n## Filter memory (1 000 000 revocations)\n\n");
+    match &memory {
+        Some(m) => md.push_str(&memory_markdown(m)),
+        None => md.push_str("Not measured (needs the weauth 0 and 1M edge rows).\n"),
+    }
+    md.push_str("\n## Targets for the weauth filter\n\n");
     md.push_str(&goals);
     std::fs::write(args.out.join("results.md"), &md)?;
     std::fs::write(args.out.join("edge.svg"), edge_svg(&rows, &title))?;
-    println!("{table}\n{goals}");
+    println!("{md}");
     println!(
         "bench: wrote {} and {}",
         args.out.join("results.md").display(),
