@@ -809,7 +809,7 @@ impl RootContext for Root {
             JwksSource::Remote(remote) => Some(Schedule::new(
                 now,
                 1_000,
-                remote.refresh_seconds.saturating_mul(1000).min(60_000),
+                remote.refresh_seconds.saturating_mul(1000).min(30_000),
                 remote.timeout_ms.saturating_add(5_000),
             )),
             JwksSource::Inline(_) => None,
