@@ -23,6 +23,9 @@ SECONDS_PER_TARGET="${FUZZ_SECONDS:-60}"
 SANITIZER="${FUZZ_SANITIZER:-address}"
 CARGO_FUZZ_VERSION="0.13.2"
 export RUSTC_BOOTSTRAP=1
+# Cargo caches rustc's answers per target dir without keying them on RUSTC_BOOTSTRAP, so one
+# earlier `cargo fuzz build` without it would leave a cached "-Z needs nightly" failure.
+export CARGO_CACHE_RUSTC_INFO=0
 
 if ! [[ "$SECONDS_PER_TARGET" =~ ^[0-9]+$ ]] || [ "$SECONDS_PER_TARGET" -lt 1 ]; then
   echo "fuzz: FUZZ_SECONDS must be a positive whole number of seconds, not '$SECONDS_PER_TARGET'" >&2

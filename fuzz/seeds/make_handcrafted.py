@@ -206,3 +206,138 @@ write(T, "sign-prefixed", SEP.join([raw.encode(), key.encode(), ("+" + sig[1:]).
 write(T, "empty-fields", SEP + SEP)
 write(T, "raw-only", raw.encode())
 write(T, "invalid-utf8", b"\xc0\x80" + SEP + b"\xed\xa0\x80" + SEP + b"\xf8" * 40)
+
+# --- filter_config: the plugin configuration --------------------------------------------------
+T = "filter_config"
+ZERO_KEY = {"kty": "oct", "k": b64u(bytes(32)).decode()}
+BASE = {"issuer": "http://127.0.0.1:8080", "audiences": ["weauth"],
+        "jwks": {"inline": {"keys": [ZERO_KEY]}}}
+def cfg(**kw):
+    c = dict(BASE)
+    c.update(kw)
+    return json.dumps(c)
+write(T, "minimal-inline", cfg())
+write(T, "interfaces-remote", json.dumps({
+    "issuer": "http://127.0.0.1:8080", "audiences": ["weauth"], "algorithms": ["EdDSA"],
+    "jwks": {"cluster": "weauth_issuer", "authority": "issuer", "path": "/.well-known/jwks.json",
+             "refresh_seconds": 300, "min_refetch_seconds": 5, "timeout_ms": 2000},
+    "revocation": {"cluster": "weauth_issuer", "authority": "issuer", "path": "/v1/revocations",
+                   "credential": "feed-secret", "wait_seconds": 20, "stale_after_seconds": 60,
+                   "stale_mode": "deny"},
+    "token_sources": [{"header": "authorization", "prefix": "Bearer "}, {"cookie": "weauth_at"},
+                      {"query": "access_token"}],
+    "claim_to_headers": [{"claim": "sub", "header": "x-weauth-sub"},
+                         {"claim": "openid", "header": "x-weauth-openid"}],
+    "forward_authorization": True,
+    "rules": [{"prefix": "/api/", "require": "required", "scopes": []},
+              {"exact": "/v1/login", "require": "none"}],
+    "default_require": "required", "clock_skew_seconds": 60, "max_token_bytes": 8192,
+    "cache_entries": 10000, "cors_preflight": True}))
+write(T, "unknown-field", cfg(colour="blue"))
+write(T, "alg-none", cfg(algorithms=["none"]))
+write(T, "algorithms-empty", cfg(algorithms=[]))
+write(T, "skew-negative", cfg(clock_skew_seconds=-1))
+write(T, "skew-max", cfg(clock_skew_seconds=2**63 - 1))
+write(T, "max-token-bytes-zero", cfg(max_token_bytes=0))
+write(T, "max-token-bytes-overflow", cfg(max_token_bytes=2**64))
+write(T, "cache-entries-float", cfg(cache_entries=1e3))
+write(T, "rule-prefix-and-exact", cfg(rules=[{"prefix": "/a", "exact": "/a", "require": "none"}]))
+write(T, "rule-empty-prefix", cfg(rules=[{"prefix": "", "require": "optional", "scopes": ["x"]}]))
+write(T, "rule-require-bogus", cfg(rules=[{"prefix": "/", "require": "sometimes"}]))
+write(T, "token-sources-empty", cfg(token_sources=[]))
+write(T, "token-source-two-kinds", cfg(token_sources=[{"header": "x", "cookie": "y"}]))
+write(T, "token-source-empty-header", cfg(token_sources=[{"header": "", "prefix": ""}]))
+write(T, "claim-header-uppercase", cfg(claim_to_headers=[{"claim": "sub", "header": "X-Sub"}]))
+write(T, "claim-header-bad-name", cfg(claim_to_headers=[{"claim": "sub", "header": "a b\r\n"}]))
+write(T, "revocation-wait-61", cfg(revocation={"cluster": "c", "credential": "s", "wait_seconds": 61}))
+write(T, "revocation-stale-below-wait", cfg(revocation={"cluster": "c", "credential": "s",
+                                                         "wait_seconds": 30, "stale_after_seconds": 10}))
+write(T, "jwks-both-forms", cfg(jwks={"inline": {"keys": [ZERO_KEY]}, "cluster": "c"}))
+write(T, "jwks-inline-empty", cfg(jwks={"inline": {"keys": []}}))
+write(T, "jwks-inline-bad-key", cfg(jwks={"inline": {"keys": [{"kty": "oct", "k": "AAAA"}]}}))
+write(T, "issuer-empty", cfg(issuer=""))
+write(T, "audiences-empty-string", cfg(audiences=[""]))
+write(T, "duplicate-issuer", '{"issuer":"a","issuer":"b","audiences":["w"],"jwks":{"inline":{"keys":[%s]}}}'
+      % json.dumps(ZERO_KEY))
+write(T, "deep-nesting", '{"rules":' + "[" * 5000)
+write(T, "null", "null")
+write(T, "array", "[]")
+write(T, "whitespace", " \n\t ")
+write(T, "invalid-utf8", b'{"issuer":"\xc0\x80","audiences":["w"],"jwks":{"inline":{"keys":[]}}}')
+
+# --- filter_revocation: feeds separated by 0xFF, or a shared-data blob ------------------------
+import struct
+T = "filter_revocation"
+def feed(seq, full, entries, now=1700000000):
+    return json.dumps({"seq": seq, "full": full, "now": now, "entries": entries}).encode()
+def entry(seq, kind, value, until=1700000900, issued_before=None):
+    e = {"seq": seq, "kind": kind, "value": value, "until": until}
+    if issued_before is not None:
+        e["issued_before"] = issued_before
+    return e
+write(T, "full-then-delta", feed(2, True, [entry(1, "jti", "j1"), entry(2, "sid", "s1")]) + SEP +
+      feed(3, False, [entry(3, "sub", "u1", issued_before=1700000000)]))
+write(T, "delta-goes-back", feed(5, True, []) + SEP + feed(4, False, [entry(4, "jti", "j")]))
+write(T, "sub-without-issued-before", feed(1, True, [entry(1, "sub", "u")]))
+write(T, "sub-issued-before-min", feed(1, True, [entry(1, "sub", "u", issued_before=-2**63)]))
+write(T, "value-too-long", feed(1, True, [entry(1, "jti", "v" * 600)]))
+write(T, "value-at-limit", feed(1, True, [entry(1, "jti", "v" * 512)]))
+write(T, "value-empty", feed(1, True, [entry(1, "sid", "")]))
+write(T, "expired", feed(1, True, [entry(1, "jti", "old", until=1)]))
+write(T, "until-extremes", feed(1, True, [entry(1, "jti", "a", until=2**63 - 1),
+                                          entry(2, "sid", "b", until=-2**63)]))
+write(T, "duplicates-merge", feed(2, True, [entry(1, "sub", "u", 1700000100, 5),
+                                            entry(2, "sub", "u", 1700000050, 9)]))
+write(T, "multibyte-values", feed(1, True, [entry(1, "jti", "é" * 256), entry(2, "sid", "\u0000")]))
+write(T, "four-feeds", SEP.join([feed(i, i == 1, [entry(i, "jti", "j%d" % i)]) for i in range(1, 5)]))
+def shard(generation, index, entries, count=None):
+    out = b"WRS1" + struct.pack("<QHI", generation, index, len(entries) if count is None else count)
+    for kind, value, until, issued_before in entries:
+        out += bytes([kind]) + struct.pack("<q", until)
+        if kind == 3:
+            out += struct.pack("<q", issued_before)
+        v = value.encode() if isinstance(value, str) else value
+        out += struct.pack("<H", len(v)) + v
+    return out
+write(T, "shard-valid", shard(7, 3, [(1, "j", 1700000900, 0), (2, "s", 1700000900, 0),
+                                     (3, "u", 1700000900, 1699999999)]))
+write(T, "shard-empty", shard(0, 0, []))
+write(T, "shard-duplicate-values", shard(1, 1, [(1, "j", 5, 0), (1, "j", 9, 0)]))
+write(T, "shard-index-32", shard(1, 32, []))
+write(T, "shard-count-huge", shard(1, 0, [(1, "j", 5, 0)], count=0xFFFFFFFF))
+write(T, "shard-bad-kind", shard(1, 0, [(4, "j", 5, 0)]))
+write(T, "shard-bad-utf8", shard(1, 0, [(1, b"\xc0\x80", 5, 0)]))
+write(T, "shard-trailing", shard(1, 0, []) + b"x")
+write(T, "shard-truncated", shard(1, 0, [(1, "jti", 5, 0)])[:-2])
+write(T, "shard-value-64k", shard(1, 0, [(2, "s" * 65535, 5, 0)]))
+def meta(gens, generation=1, seq=1, last_ok=0, entries=0):
+    return b"WRM1" + struct.pack("<QQQIH", generation, seq, last_ok, entries, len(gens)) + b"".join(
+        struct.pack("<Q", g) for g in gens)
+write(T, "meta-valid", meta([1] * 32))
+write(T, "meta-31-shards", meta([1] * 31))
+write(T, "meta-trailing", meta([0] * 32) + b"\x00")
+write(T, "meta-truncated", meta([2] * 32)[:-1])
+write(T, "magic-only", b"WRS1")
+
+# --- filter_request: path 0xFF header 0xFF header ..., each header name:value -----------------
+T = "filter_request"
+def request(path, *headers):
+    return SEP.join([path.encode()] + [h if isinstance(h, bytes) else h.encode() for h in headers])
+write(T, "missing-token", request("/api/x"))
+write(T, "login-no-check", request("/v1/login", "authorization:Bearer junk"))
+write(T, "optional-missing", request("/opt/x"))
+write(T, "optional-invalid", request("/opt/x", "authorization:Bearer a.b.c"))
+write(T, "two-authorization", request("/api/x", "authorization:Bearer a", "Authorization:Bearer b"))
+write(T, "comma-joined", request("/api/x", "authorization:Bearer a, Bearer b"))
+write(T, "bearer-alone", request("/api/x", "authorization:Bearer"))
+write(T, "bearer-lowercase", request("/api/x", "authorization:bearer a.b.c"))
+write(T, "prefix-multibyte", request("/api/x", "authorization:Bearé a.b.c"))
+write(T, "basic-auth", request("/api/x", "authorization:Basic dXNlcjpwYXNz"))
+write(T, "cookie", request("/api/x", 'cookie:a=b; weauth_at="x.y.z"; c'))
+write(T, "cookie-no-equals", request("/api/x", "cookie:weauth_at"))
+write(T, "query", request("/api/x?access_token=x.y.z&b=c#frag"))
+write(T, "query-empty", request("/api/x?access_token=&access_token=2"))
+write(T, "path-traversal", request("/api/../admin/x"))
+write(T, "path-no-slash", request("*"))
+write(T, "huge-header", request("/api/x", "authorization:Bearer " + "A" * 70000))
+write(T, "invalid-utf8", request("/api/\xff", b"authorization:Bearer \xc0\x80"))

@@ -5,9 +5,7 @@
 //! Every function calls the public function production uses (`weauth_token::verify`,
 //! `KeySet::from_jwks_json`, `serde_json::from_slice::<FeedResponse>`) and then checks an
 //! oracle with `assert!`: a panic in the library and a broken property both stop the fuzzer.
-//! The fixture is deterministic: keys from fixed seeds, tokens with fixed times, verified at
-//! the fixed [`NOW`]; ES256 signing is deterministic too (RFC 6979), so the issued tokens are
-//! the same on every run.
+//! The key fixture is `fixture.rs` (included beside this file).
 
 // This is test code (a fuzz harness): a fixture that cannot be built must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -16,138 +14,32 @@
 use ed25519_dalek::Signer as _;
 use hmac::Mac as _;
 use weauth_token::revocation::FeedResponse;
-use weauth_token::{
-    b64, sign, verify, Algorithm, Audience, Claims, Jwk, Jwks, KeySet, SigningKey, Validation,
-};
+use weauth_token::{b64, verify, Jwk, Jwks, KeySet, SigningKey};
 
-/// The verifier's clock for every target.
-pub const NOW: i64 = 1_700_000_000;
-/// The `iss` the fixture's validation requires.
-pub const ISSUER: &str = "https://issuer.fuzz.example";
-/// The audience the fixture's validation accepts.
-pub const AUDIENCE: &str = "weauth";
-/// The validation's leeway (seconds), the production default.
-pub const LEEWAY: i64 = 60;
+pub use super::fixture::{claims, Fixture, AUDIENCE, ISSUER, LEEWAY, NOW};
 
-/// Fixed key seeds, one per algorithm (the P-256 one is a valid scalar).
-const SEEDS: [(Algorithm, [u8; 32]); 3] = [
-    (Algorithm::EdDSA, [0x11; 32]),
-    (Algorithm::ES256, [0x22; 32]),
-    (Algorithm::HS256, [0x33; 32]),
-];
-
-/// Keys, validation and one valid token per algorithm.
-pub struct Fixture {
-    /// The signing keys, in [`SEEDS`] order (EdDSA, ES256, HS256).
-    pub signing: Vec<SigningKey>,
-    /// The verifier's key set: the three keys by their RFC 7638 `kid`.
-    pub keys: KeySet,
-    /// Issuer [`ISSUER`], audience [`AUDIENCE`], all three algorithms allowed.
-    pub validation: Validation,
-    /// One token per key, each valid at [`NOW`].
-    pub tokens: Vec<String>,
-}
-
-/// The claims of the fixture's tokens (valid from `NOW - 10` to `NOW + 900`).
-pub fn claims(alg: Algorithm) -> Claims {
-    Claims {
-        iss: ISSUER.into(),
-        aud: Audience::One(AUDIENCE.into()),
-        sub: "u_fuzz".into(),
-        sid: "s_fuzz".into(),
-        jti: format!("j_{alg}"),
-        iat: NOW - 10,
-        nbf: NOW - 10,
-        exp: NOW + 900,
-        openid: "o_fuzz".into(),
-        unionid: Some("un_fuzz".into()),
-        appid: "wx0123456789abcdef".into(),
-        scope: Some("read write".into()),
-    }
-}
-
-impl Fixture {
-    /// Builds the fixture and checks that each of its tokens verifies (otherwise every
-    /// "must not verify" oracle below would pass vacuously).
-    pub fn new() -> Fixture {
-        let signing: Vec<SigningKey> = SEEDS
-            .iter()
-            .map(|(alg, seed)| SigningKey::from_seed(*alg, seed).expect("fixed seed is a key"))
-            .collect();
-        let mut keys = KeySet::default();
-        for key in &signing {
-            keys.insert(key.kid(), key.verifying_key());
+/// Signs `header` and `payload` bytes (any bytes, not necessarily JSON) with key `index`.
+pub fn sign_raw(fx: &Fixture, index: usize, header: &[u8], payload: &[u8]) -> String {
+    let mut token = b64::encode(header);
+    token.push('.');
+    token.push_str(&b64::encode(payload));
+    let input = token.as_bytes();
+    let signature: Vec<u8> = match &fx.signing[index] {
+        SigningKey::Ed25519(key) => key.sign(input).to_bytes().to_vec(),
+        SigningKey::P256(key) => {
+            let sig: p256::ecdsa::Signature = key.sign(input);
+            sig.to_bytes().to_vec()
         }
-        let mut validation = Validation::new(ISSUER, vec![AUDIENCE.into()]);
-        validation.algorithms = vec![Algorithm::EdDSA, Algorithm::ES256, Algorithm::HS256];
-        validation.leeway = LEEWAY;
-        let tokens: Vec<String> = signing
-            .iter()
-            .map(|key| sign(&claims(key.algorithm()), key).expect("claims serialize"))
-            .collect();
-        for (token, key) in tokens.iter().zip(&signing) {
-            assert_eq!(
-                verify(token, &keys, &validation, NOW).ok(),
-                Some(claims(key.algorithm())),
-                "the fixture's own {} token must verify",
-                key.algorithm()
-            );
+        SigningKey::Hmac(secret) => {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
+                .expect("HMAC takes any key length");
+            mac.update(input);
+            mac.finalize().into_bytes().to_vec()
         }
-        Fixture {
-            signing,
-            keys,
-            validation,
-            tokens,
-        }
-    }
-
-    /// The fixture's key set as JWKS JSON (HS256 included, as an inline verifier config has it).
-    pub fn jwks_json(&self) -> Vec<u8> {
-        let jwks = Jwks {
-            keys: self.signing.iter().map(SigningKey::jwk).collect(),
-        };
-        serde_json::to_vec(&jwks).expect("a JWKS serializes")
-    }
-
-    /// Signs `header` and `payload` bytes (any bytes, not necessarily JSON) with key `index`.
-    pub fn sign_raw(&self, index: usize, header: &[u8], payload: &[u8]) -> String {
-        let mut token = b64::encode(header);
-        token.push('.');
-        token.push_str(&b64::encode(payload));
-        let input = token.as_bytes();
-        let signature: Vec<u8> = match &self.signing[index] {
-            SigningKey::Ed25519(key) => key.sign(input).to_bytes().to_vec(),
-            SigningKey::P256(key) => {
-                let sig: p256::ecdsa::Signature = key.sign(input);
-                sig.to_bytes().to_vec()
-            }
-            SigningKey::Hmac(secret) => {
-                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
-                    .expect("HMAC takes any key length");
-                mac.update(input);
-                mac.finalize().into_bytes().to_vec()
-            }
-        };
-        token.push('.');
-        token.push_str(&b64::encode(signature));
-        token
-    }
-
-    /// The header the issuer writes for key `index`.
-    pub fn header_json(&self, index: usize) -> String {
-        let key = &self.signing[index];
-        format!(
-            r#"{{"alg":"{}","typ":"at+jwt","kid":"{}"}}"#,
-            key.algorithm(),
-            key.kid()
-        )
-    }
-}
-
-impl Default for Fixture {
-    fn default() -> Fixture {
-        Fixture::new()
-    }
+    };
+    token.push('.');
+    token.push_str(&b64::encode(signature));
+    token
 }
 
 /// Calls what production logs about a refusal, so its formatting is fuzzed too.
@@ -253,7 +145,7 @@ pub fn jws_signed(fx: &Fixture, data: &[u8]) -> bool {
         Some(at) => (&rest[..at], &rest[at + 1..]),
         None => (default_header.as_bytes(), rest),
     };
-    let token = fx.sign_raw(index, header, payload);
+    let token = sign_raw(fx, index, header, payload);
     match verify(&token, &fx.keys, &fx.validation, NOW) {
         Ok(claims) => {
             let value: serde_json::Value =

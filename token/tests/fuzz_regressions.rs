@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../fuzz/src/fixture.rs"]
+mod fixture;
 #[path = "../../fuzz/src/token_harness.rs"]
 mod harness;
 #[path = "../../fuzz/src/replay.rs"]

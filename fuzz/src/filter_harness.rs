@@ -1,0 +1,275 @@
+//! What the `weauth-filter` fuzz targets do with one input, shared by the libFuzzer targets in
+//! `fuzz/fuzz_targets/` and by the replay test `filter/tests/fuzz_regressions.rs` (which
+//! includes this file, and `fixture.rs` for the keys, with `#[path]`).
+//!
+//! The filter runs inside Envoy, where a panic kills the VM serving every request, so each
+//! target feeds hostile bytes to the pure functions the glue calls: the plugin-config parser
+//! (`Config::parse`), the revocation set (feed `apply`, `check`, the shared-data shard and meta
+//! codecs, `Replica::sync`) and the per-request path (`extract_token`, `rule_for`, `decide`).
+
+// This is test code (a fuzz harness): a broken property must stop loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code)]
+
+use weauth_filter::cache::TokenCache;
+use weauth_filter::config::{Config, StaleMode};
+use weauth_filter::revocation::{
+    decode_shard, Meta, Replica, RevocationSet, MAX_VALUE_BYTES, SHARDS,
+};
+use weauth_filter::verify::{
+    decide, extract_token, path_only, Decision, Extracted, RevocationView, Snapshot,
+};
+use weauth_token::revocation::{EntryKind, FeedResponse};
+use weauth_token::{Audience, Claims};
+
+use super::fixture::{Fixture, NOW};
+
+/// A plugin configuration that looks for tokens everywhere and has one rule of each kind.
+pub const CONFIG: &str = r#"{
+  "issuer": "https://issuer.fuzz.example",
+  "audiences": ["weauth"],
+  "algorithms": ["EdDSA", "ES256", "HS256"],
+  "jwks": {"inline": {"keys": [{"kty": "oct", "k": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}},
+  "token_sources": [{"header": "authorization", "prefix": "Bearer "},
+                    {"cookie": "weauth_at"}, {"query": "access_token"}],
+  "rules": [{"prefix": "/admin/", "require": "required", "scopes": ["admin"]},
+            {"prefix": "/api/", "require": "required", "scopes": ["read"]},
+            {"prefix": "/opt/", "require": "optional"},
+            {"exact": "/v1/login", "require": "none"}],
+  "default_require": "required"
+}"#;
+
+/// The `jti` the request target's revocation set revokes (the fixture's ES256 token).
+pub const REVOKED_JTI: &str = "j_ES256";
+
+/// Target `filter_config`: the input as the plugin configuration.
+///
+/// Oracle: an accepted configuration is within its documented limits. Returns whether it was
+/// accepted.
+pub fn filter_config(data: &[u8]) -> bool {
+    match Config::parse(data) {
+        Ok(config) => {
+            let v = &config.validation;
+            assert!(!v.issuer.is_empty(), "accepted an empty issuer");
+            assert!(!v.audiences.is_empty(), "accepted no audiences");
+            assert!(!v.algorithms.is_empty(), "accepted no algorithms");
+            assert!((0..=600).contains(&v.leeway), "leeway {}", v.leeway);
+            assert!(
+                (64..=65_536).contains(&v.max_token_bytes),
+                "max_token_bytes"
+            );
+            assert!(!config.token_sources.is_empty(), "no token source");
+            let headers = vec![
+                ("authorization".to_owned(), "Bearer abc".to_owned()),
+                ("cookie".to_owned(), "a=b; weauth_at=\"tok\"".to_owned()),
+            ];
+            for path in [
+                "/",
+                "/api/x?access_token=t#f",
+                "/v1/login",
+                "",
+                "?",
+                "/é/%2e",
+            ] {
+                let _ = config.rule_for(path_only(path));
+                let _ = extract_token(&config.token_sources, &headers, path);
+            }
+            true
+        }
+        Err(err) => {
+            let _ = err.to_string();
+            false
+        }
+    }
+}
+
+/// Claims that carry `value` in the field an entry of `kind` revokes, issued at the dawn of
+/// time (so any `sub` cut-off above `i64::MIN` applies).
+fn claims_for(kind: EntryKind, value: &str) -> Claims {
+    let mut claims = Claims {
+        iss: String::new(),
+        aud: Audience::Many(Vec::new()),
+        sub: String::new(),
+        sid: String::new(),
+        jti: String::new(),
+        iat: i64::MIN,
+        nbf: 0,
+        exp: 0,
+        openid: String::new(),
+        unionid: None,
+        appid: String::new(),
+        scope: None,
+    };
+    match kind {
+        EntryKind::Jti => claims.jti = value.to_owned(),
+        EntryKind::Sid => claims.sid = value.to_owned(),
+        EntryKind::Sub => claims.sub = value.to_owned(),
+    }
+    claims
+}
+
+/// Writes `set` out as the fetcher does (every shard at generation 1, then the meta) and reads
+/// it back as another worker's [`Replica`] does; the copy must equal the original.
+fn check_shared_data_round_trip(set: &RevocationSet) {
+    let blobs: Vec<Vec<u8>> = (0..SHARDS).map(|i| set.encode_shard(i, 1)).collect();
+    let meta = Meta {
+        generation: 1,
+        seq: set.seq,
+        last_ok_ms: 0,
+        shard_generations: vec![1; SHARDS],
+        entries: u32::try_from(set.len()).unwrap_or(u32::MAX),
+    };
+    let meta = Meta::decode(&meta.encode()).expect("an encoded meta decodes");
+    let mut replica = Replica::default();
+    replica
+        .sync(meta, |i| blobs.get(i).cloned())
+        .expect("a complete publication syncs");
+    assert_eq!(&replica.set, set, "shared-data round trip changed the set");
+}
+
+/// Target `filter_revocation`. An input starting with `WRS1` or `WRM1` is a shared-data blob
+/// (shard or meta) as another VM, or another plugin version, may have left it: it is decoded,
+/// and whatever decodes must re-encode to the same thing. Any other input is up to four feed
+/// responses separated by `0xFF`, applied in order to one set at [`NOW`].
+///
+/// Oracles: after a feed is applied, each of its live, well-formed entries revokes a token
+/// carrying its value; the set survives the shared-data round trip. Returns the number of
+/// feeds applied (or 1 for a decoded blob).
+pub fn filter_revocation(data: &[u8]) -> usize {
+    if data.starts_with(b"WRS1") {
+        let Ok(blob) = decode_shard(data) else {
+            return 0;
+        };
+        let mut set = RevocationSet::default();
+        set.install_shard(blob.index, blob.shard.clone());
+        let again = decode_shard(&set.encode_shard(blob.index, blob.generation))
+            .expect("a re-encoded shard decodes");
+        assert_eq!(again, blob, "shard round trip changed it");
+        let _ = set.check(&claims_for(EntryKind::Jti, "x"));
+        return 1;
+    }
+    if data.starts_with(b"WRM1") {
+        let Ok(meta) = Meta::decode(data) else {
+            return 0;
+        };
+        assert_eq!(meta.encode(), data, "meta encoding is not canonical");
+        let _ = Replica::default().stale_shards(&meta);
+        return 1;
+    }
+    let mut set = RevocationSet::default();
+    let mut applied = 0;
+    for chunk in data.split(|&b| b == 0xff).take(4) {
+        let Ok(feed) = serde_json::from_slice::<FeedResponse>(chunk) else {
+            continue;
+        };
+        match set.apply(&feed, NOW) {
+            Ok(_) => {
+                applied += 1;
+                assert_eq!(set.seq, feed.seq);
+                for entry in &feed.entries {
+                    let well_formed = entry.is_live(NOW)
+                        && !entry.value.is_empty()
+                        && entry.value.len() <= MAX_VALUE_BYTES
+                        && match entry.kind {
+                            EntryKind::Sub => entry.issued_before.is_some_and(|b| b > i64::MIN),
+                            _ => true,
+                        };
+                    if well_formed {
+                        assert!(
+                            set.check(&claims_for(entry.kind, &entry.value)).is_some(),
+                            "a live {:?} entry does not revoke",
+                            entry.kind
+                        );
+                    }
+                }
+                check_shared_data_round_trip(&set);
+            }
+            Err(err) => {
+                let _ = err.to_string();
+            }
+        }
+        let _ = set.prune(NOW);
+    }
+    applied
+}
+
+/// Target `filter_request`: the input is `path 0xFF header 0xFF header ...`, each header
+/// `name:value`. The request goes through what the HTTP context does: `extract_token` with the
+/// [`CONFIG`]'s sources, `rule_for`, then `decide` against the fixture's keys and a revocation
+/// set that revokes [`REVOKED_JTI`], twice (the second answer comes from the cache).
+///
+/// Oracles: only a token the fixture issued is allowed, never the revoked one; the cached
+/// decision equals the first. Returns whether the request was allowed with claims.
+pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
+    let mut parts = data.split(|&b| b == 0xff);
+    let path = String::from_utf8_lossy(parts.next().unwrap_or(&[])).into_owned();
+    let headers: Vec<(String, String)> = parts
+        .take(16)
+        .map(|part| {
+            let text = String::from_utf8_lossy(part);
+            match text.split_once(':') {
+                Some((name, value)) => (name.to_owned(), value.to_owned()),
+                None => (text.into_owned(), String::new()),
+            }
+        })
+        .collect();
+    let extracted = extract_token(&config.token_sources, &headers, &path);
+    let (require, scopes) = config.rule_for(path_only(&path));
+    let mut revoked = RevocationSet::default();
+    let feed = format!(
+        r#"{{"seq":1,"full":true,"now":{NOW},"entries":[{{"seq":1,"kind":"jti","value":"{REVOKED_JTI}","until":{}}}]}}"#,
+        NOW + 3600
+    );
+    revoked
+        .apply(&serde_json::from_str(&feed).expect("fixture feed"), NOW)
+        .expect("fixture feed applies");
+    let snapshot = Snapshot {
+        keys: Some(&fx.keys),
+        keys_generation: 1,
+        revocation: RevocationView::Ready {
+            set: &revoked,
+            generation: 1,
+            stale: false,
+            mode: StaleMode::Deny,
+        },
+    };
+    let mut cache = TokenCache::new(4);
+    let first = decide(
+        extracted.clone(),
+        require,
+        scopes,
+        &fx.validation,
+        &snapshot,
+        &mut cache,
+        NOW,
+    );
+    let second = decide(
+        extracted.clone(),
+        require,
+        scopes,
+        &fx.validation,
+        &snapshot,
+        &mut cache,
+        NOW,
+    );
+    assert_eq!(
+        first.decision, second.decision,
+        "the cached decision differs"
+    );
+    match &first.decision {
+        Decision::Allow { claims } => {
+            let Extracted::Found { token, .. } = &extracted else {
+                panic!("allowed without a token");
+            };
+            assert!(fx.tokens.contains(token), "allowed a token never issued");
+            assert_ne!(claims.jti, REVOKED_JTI, "allowed a revoked token");
+            true
+        }
+        Decision::Deny(denial) => {
+            let _ = denial.www_authenticate();
+            let _ = denial.body();
+            false
+        }
+        Decision::Anonymous => false,
+    }
+}
