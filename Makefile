@@ -73,4 +73,4 @@ unit: ## unit tests of the pure crates (no processes started)
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-filter
 
 test: lint build ## every check and test: fmt, clippy (host+wasm), unit, integration, end-to-end
-	$(CARGO) test $(CARGO_LOCKED) --workspace
+	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast

@@ -173,9 +173,15 @@ async fn login_wechat_errcodes_map_to_http_and_write_nothing() {
     assert_eq!(stack.count("sessions"), 0);
     assert_eq!(stack.count("users"), 0);
     assert_eq!(stack.count("refresh_tokens"), 0);
-    let log = stack.issuer.log_text();
+    // The log is read from the child's stderr by a thread: give it a moment under load.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stack.issuer.log_text().contains("WEAUTH_WECHAT_SECRET")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(
-        log.contains("WEAUTH_WECHAT_SECRET"),
+        stack.issuer.log_text().contains("WEAUTH_WECHAT_SECRET"),
         "misconfiguration must be logged for the operator"
     );
     let (_, metrics, _) = stack.get("/metrics", None).await;

@@ -172,7 +172,8 @@ async fn logout_revokes_session_and_wakes_long_poll_fast() {
         .await;
     assert_eq!(status, 200);
     let seq = stack.feed(0, 0).await["seq"].as_u64().unwrap();
-    assert_eq!(seq, 1);
+    // The sequence starts at 1 on a new store; the first entry is 2.
+    assert_eq!(seq, 2);
     // A poll with nothing new waits...
     let started = Instant::now();
     let idle = stack.feed(seq, 1).await;
@@ -351,8 +352,17 @@ async fn feed_requires_credential_and_handles_since() {
     let (status, _, _) = stack.get("/v1/revocations?since=abc", Some(FEED)).await;
     assert_eq!(status, 400);
     let empty = stack.feed(0, 0).await;
-    assert_eq!(empty["seq"], 0);
+    assert_eq!(empty["seq"], 1, "a new store's sequence starts at 1");
     assert_eq!(empty["full"], true);
+    assert_eq!(empty["entries"].as_array().unwrap().len(), 0);
+    // So a consumer can long-poll from its first answer on, even before any revocation.
+    let started = Instant::now();
+    let idle = stack.feed(1, 1).await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        (idle["seq"].as_u64(), idle["full"].as_bool()),
+        (Some(1), Some(false))
+    );
     for user in ["pia", "quin"] {
         let login = stack.login(user).await;
         let (status, _, _) = stack

@@ -187,6 +187,15 @@ impl SqliteStore {
             .map_err(|err| fail(err.to_string()))?;
         conn.execute_batch(SCHEMA)
             .map_err(|err| fail(err.to_string()))?;
+        // The feed's sequence starts at 1, not 0: `since=0` always means "send the full set",
+        // so a consumer of a store that never revoked anything gets `seq: 1` and can long-poll
+        // with `since=1` from its first answer on, instead of polling.
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'revocations', 1 \
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'revocations')",
+            [],
+        )
+        .map_err(|err| fail(err.to_string()))?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
