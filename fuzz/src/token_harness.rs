@@ -1,13 +1,14 @@
 //! What the `weauth-token` fuzz targets do with one input, shared by the libFuzzer targets in
 //! `fuzz/fuzz_targets/` and by the replay test `token/tests/fuzz_regressions.rs` (which
-//! includes this file with `#[path]`), so a crash file replays through exactly the same code.
+//! includes this file and `fixture.rs` with `#[path]`), so a crash file replays through exactly
+//! the same code.
 //!
 //! Every function calls the public function production uses (`weauth_token::verify`,
 //! `KeySet::from_jwks_json`, `serde_json::from_slice::<FeedResponse>`) and then checks an
 //! oracle with `assert!`: a panic in the library and a broken property both stop the fuzzer.
 //! The key fixture is `fixture.rs` (included beside this file).
 
-// This is test code (a fuzz harness): a fixture that cannot be built must stop loudly.
+// This is test code (a fuzz harness): a broken property must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
