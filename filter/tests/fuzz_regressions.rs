@@ -90,6 +90,17 @@ fn filter_request_inputs_only_issued_unrevoked_tokens_allowed() {
     );
 }
 
+#[test]
+fn filter_cache_inputs_cached_decisions_equal_uncached() {
+    let fx = fixture::Fixture::new();
+    let all = load("filter_cache", 5);
+    let mut allowed = 0;
+    run_all(&all, |input| {
+        allowed += harness::filter_cache(&fx, &input.data)
+    });
+    assert!(allowed >= 5, "only {allowed} requests were allowed");
+}
+
 /// Writes the filter_request seeds that carry the fixture's tokens. Run by hand after a
 /// change to the token format:
 /// `cargo test -p weauth-filter --test fuzz_regressions -- --ignored write_generated_seeds`.

@@ -341,3 +341,13 @@ write(T, "path-traversal", request("/api/../admin/x"))
 write(T, "path-no-slash", request("*"))
 write(T, "huge-header", request("/api/x", "authorization:Bearer " + "A" * 70000))
 write(T, "invalid-utf8", request("/api/\xff", b"authorization:Bearer \xc0\x80"))
+
+# --- filter_cache: byte 0 = capacity % 4, then operations (see filter_harness::filter_cache) --
+T = "filter_cache"
+write(T, "request-each", bytes([4, 0, 1, 2, 3, 0, 1, 2, 3]))
+write(T, "revoke-after-cached", bytes([4, 0, 0x40, 0]))
+write(T, "expire-while-cached", bytes([4, 0, 0xBF, 0xBF, 0]))
+write(T, "key-set-switch", bytes([4, 0, 0xC0, 0, 0xC0, 0]))
+write(T, "unrevoke", bytes([4, 1, 0x41, 1, 0x63, 1]))
+write(T, "no-cache", bytes([0, 0, 0x40, 0]))
+write(T, "capacity-one-churn", bytes([1, 0, 1, 0, 1, 2, 0x42, 2, 0, 1]))

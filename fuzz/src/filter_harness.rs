@@ -273,3 +273,117 @@ pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
         Decision::Anonymous => false,
     }
 }
+
+/// Target `filter_cache`: a sequence of requests and state changes through `decide` with one
+/// long-lived token cache, checked against `decide` without a cache. Byte 0 is the cache
+/// capacity (`% 4`; 0 disables it); each further byte (at most 64) is an operation:
+///
+/// - `00xx_xxxx`: a request carrying token `b & 3` (the fixture's three, or a forged one);
+/// - `01cx_xxxx`: revoke the `jti` of token `b & 3` (`c` set: clear all revocations first);
+///   the revocation generation moves on, as when the glue installs a new set;
+/// - `10xx_xxxx`: the clock advances by `(b & 0x3f) * 30` seconds;
+/// - `11xx_xxxx`: switch between the full key set and one without the EdDSA key; the keys
+///   generation moves on, as when the glue installs a new JWKS.
+///
+/// Oracle: every cached decision equals the uncached one (a cache must never let a revoked,
+/// expired or unknown-key token through, nor refuse a good one). Returns how many requests
+/// were allowed.
+pub fn filter_cache(fx: &Fixture, data: &[u8]) -> usize {
+    let Some((&capacity, ops)) = data.split_first() else {
+        return 0;
+    };
+    let mut cache = TokenCache::new(usize::from(capacity % 4));
+    let mut without_eddsa = weauth_token::KeySet::default();
+    for key in &fx.signing[1..] {
+        without_eddsa.insert(key.kid(), key.verifying_key());
+    }
+    let forged = format!("{}x", &fx.tokens[0][..fx.tokens[0].len() - 1]);
+    let mut revoked: Vec<String> = Vec::new();
+    let mut set = RevocationSet::default();
+    let mut revocation_generation = 1;
+    let mut full_keys = true;
+    let mut keys_generation = 1;
+    let mut now = NOW;
+    let mut allowed = 0;
+    for &op in ops.iter().take(64) {
+        let index = usize::from(op & 3);
+        match op >> 6 {
+            0 => {
+                let token = fx.tokens.get(index).unwrap_or(&forged).clone();
+                let keys = if full_keys { &fx.keys } else { &without_eddsa };
+                let snapshot = Snapshot {
+                    keys: Some(keys),
+                    keys_generation,
+                    revocation: RevocationView::Ready {
+                        set: &set,
+                        generation: revocation_generation,
+                        stale: false,
+                        mode: StaleMode::Deny,
+                    },
+                };
+                let found = || Extracted::Found {
+                    token: token.clone(),
+                    source: 0,
+                };
+                let ask = |cache: &mut TokenCache| {
+                    decide(
+                        found(),
+                        weauth_filter::config::Require::Required,
+                        &[],
+                        &fx.validation,
+                        &snapshot,
+                        cache,
+                        now,
+                    )
+                };
+                let cached = ask(&mut cache);
+                let uncached = ask(&mut TokenCache::new(0));
+                assert_eq!(
+                    cached.decision, uncached.decision,
+                    "the cache changed a decision"
+                );
+                if matches!(cached.decision, Decision::Allow { .. }) {
+                    allowed += 1;
+                }
+            }
+            1 => {
+                if op & 0x20 != 0 {
+                    revoked.clear();
+                }
+                if let Some(claims) = fx
+                    .tokens
+                    .get(index)
+                    .map(|_| super::fixture::claims(fx.signing[index].algorithm()))
+                {
+                    revoked.push(claims.jti);
+                }
+                let entries: Vec<String> = revoked
+                    .iter()
+                    .enumerate()
+                    .map(|(i, jti)| {
+                        format!(
+                            r#"{{"seq":{},"kind":"jti","value":"{jti}","until":{}}}"#,
+                            i + 1,
+                            NOW + 1_000_000
+                        )
+                    })
+                    .collect();
+                let feed = format!(
+                    r#"{{"seq":{},"full":true,"now":{now},"entries":[{}]}}"#,
+                    revocation_generation + 1,
+                    entries.join(",")
+                );
+                set = RevocationSet::default();
+                set.apply(&serde_json::from_str(&feed).expect("harness feed"), now)
+                    .expect("a full feed applies");
+                revocation_generation += 1;
+            }
+            2 => now += i64::from(op & 0x3f) * 30,
+            _ => {
+                full_keys = !full_keys;
+                keys_generation += 1;
+            }
+        }
+    }
+    allowed
+}
