@@ -108,6 +108,10 @@ pub fn scenarios() -> Vec<Scenario> {
             Auth::Weauth { revoked: 10_000 },
         ),
         row(
+            "weauth EdDSA (cache), 100k revoked",
+            Auth::Weauth { revoked: 100_000 },
+        ),
+        row(
             "weauth EdDSA (cache), 1M revoked",
             Auth::Weauth { revoked: 1_000_000 },
         ),
@@ -381,24 +385,33 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
         booted.push(b);
     }
 
-    // Wait for readiness and verify.
-    for b in booted.iter_mut().filter(|b| b.error.is_none()) {
+    // Wait for readiness and verify, all configurations at once.
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, b) in booted.iter().enumerate().filter(|(_, b)| b.error.is_none()) {
         let tokens = match b.scenario.auth {
             Auth::JwtAuthn {
                 alg: Algorithm::ES256,
                 ..
-            } => &es256,
-            _ => &eddsa,
+            } => Probe::of(&es256),
+            _ => Probe::of(&eddsa),
         };
-        match verify(&client, b, tokens).await {
-            Ok(text) => b.verified = text,
-            Err(e) => b.error = Some(e),
+        let (client, auth, port) = (client.clone(), b.scenario.auth.clone(), b.listen_port);
+        let pid = b.envoy.as_ref().map(Owned::pid);
+        let log = settings.work_dir.join(format!("envoy-{i}.log"));
+        checks.spawn(async move { (i, verify(&client, &auth, port, pid, &tokens, &log).await) });
+    }
+    while let Some(Ok((i, result))) = checks.join_next().await {
+        if let Some(b) = booted.get_mut(i) {
+            match result {
+                Ok(text) => b.verified = text,
+                Err(e) => b.error = Some(e),
+            }
+            eprintln!(
+                "bench: {}: {}",
+                b.scenario.name,
+                b.error.as_deref().unwrap_or(&b.verified)
+            );
         }
-        eprintln!(
-            "bench: {}: {}",
-            b.scenario.name,
-            b.error.as_deref().unwrap_or(&b.verified)
-        );
     }
 
     // Measure in interleaved rounds.
@@ -456,7 +469,18 @@ async fn memory(
             .iter()
             .find(|b| b.scenario.auth == Auth::Weauth { revoked } && b.error.is_none())
     };
-    let (zero, million) = (find(0)?, find(1_000_000)?);
+    // The largest set that loaded (1M, unless the filter could not take it).
+    let zero = find(0)?;
+    let million = booted
+        .iter()
+        .filter(|b| b.error.is_none())
+        .filter_map(|b| match b.scenario.auth {
+            Auth::Weauth { revoked } if revoked > 0 => Some((revoked, b)),
+            _ => None,
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, b)| b)?;
+    let set_size = million.scenario.auth.revoked().unwrap_or(0);
     let rss = |b: &Booted| b.envoy.as_ref().and_then(|e| rss_kib(e.pid()).ok());
     let entries = admin_get(
         client,
@@ -471,30 +495,33 @@ async fn memory(
             .and_then(|v| v.trim().parse().ok())
     });
     let mut result = MemoryResult {
+        set_size,
         entries_gauge: entries,
         rss_kib: [[rss(zero), rss(million)], [None, None]],
     };
     let base = scenarios().len();
     for (k, b) in [zero, million].into_iter().enumerate() {
         let booted2 = boot(settings, base + k, 2, &b.scenario, tokens, feed_port, None);
-        let Ok((envoy, listen_port, admin_port)) = booted2 else {
+        let Ok((envoy, listen_port, _admin_port)) = booted2 else {
             continue;
         };
-        let mut two = Booted {
-            scenario: b.scenario.clone(),
-            envoy: Some(envoy),
+        let probe = Probe::of(tokens);
+        let log = settings.work_dir.join(format!("envoy-{}.log", base + k));
+        if verify(
+            client,
+            &b.scenario.auth,
             listen_port,
-            admin_port,
-            token: tokens.valid.clone(),
-            verified: String::new(),
-            error: None,
-            samples: Vec::new(),
-        };
-        if verify(client, &mut two, tokens).await.is_ok() {
+            Some(envoy.pid()),
+            &probe,
+            &log,
+        )
+        .await
+        .is_ok()
+        {
             // Touch both workers: a burst of fresh connections spreads over them.
             let token = tokens.valid.clone();
             let _ = tokio::task::spawn_blocking(move || wrk(8, listen_port, &token, 1)).await;
-            result.rss_kib[1][k] = rss(&two);
+            result.rss_kib[1][k] = rss_kib(envoy.pid()).ok();
         }
     }
     Some(result)
@@ -555,24 +582,81 @@ fn boot(
     Ok((envoy, listen_port, admin_port))
 }
 
-/// Waits for the configuration to serve (up to 180 s: a 1M-entry set takes a while to load),
-/// then checks what it must refuse.
+/// The tokens a verification sends, owned so that it can run in its own task.
+#[derive(Clone)]
+struct Probe {
+    valid: String,
+    revoked: String,
+    tampered: String,
+}
+
+impl Probe {
+    fn of(t: &TokenSet) -> Probe {
+        Probe {
+            valid: t.valid.clone(),
+            revoked: t.revoked.clone(),
+            tampered: t.tampered.clone(),
+        }
+    }
+}
+
+/// Feed failures in a row after which a configuration is given up.
+const FEED_FAILURES_GIVE_UP: usize = 3;
+
+/// How many times the filter logged a failed or crashed feed fetch in an Envoy log, and the
+/// last such message (`None` when it logged none).
+pub fn feed_failures(log: &str) -> Option<(usize, String)> {
+    let hits: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            (l.contains("revocation poll") && l.contains("failed"))
+                || l.contains("proxy_on_http_call_response failed")
+                || l.contains("buffer size limit for async client response body")
+        })
+        .collect();
+    let last = hits.last()?;
+    let message = last
+        .split("] ")
+        .last()
+        .unwrap_or(last)
+        .trim()
+        .replace('|', "/");
+    Some((hits.len(), message))
+}
+
+/// How long a configuration may take to serve: a 1M-entry set takes a while to load.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits for the configuration to serve a valid token (and, where a revocation set exists, to
+/// refuse the revoked one), then checks that it refuses a tampered token.
 async fn verify(
     client: &reqwest::Client,
-    b: &mut Booted,
-    tokens: &TokenSet,
+    auth: &Auth,
+    port: u16,
+    pid: Option<u32>,
+    tokens: &Probe,
+    log: &Path,
 ) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let must_refuse_revoked = b.scenario.auth.revoked().unwrap_or(0) > 0;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let must_refuse_revoked = auth.revoked().unwrap_or(0) > 0;
     loop {
-        if let Some(envoy) = b.envoy.as_mut() {
-            if !envoy.running() {
-                return Err("Envoy exited during start (see its log in bench-results/run/)".into());
+        // A feed that keeps failing will not start working: stop waiting, say why.
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some((failures, last)) = feed_failures(&text) {
+            if failures >= FEED_FAILURES_GIVE_UP {
+                return Err(format!(
+                    "the filter's feed fetch failed {failures} times; last: {last}"
+                ));
             }
         }
-        let valid = status(client, b.listen_port, &tokens.valid).await;
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Err("Envoy exited during start (see bench-results/run/)".into());
+            }
+        }
+        let valid = status(client, port, &tokens.valid).await;
         let revoked = if must_refuse_revoked {
-            status(client, b.listen_port, &tokens.revoked).await
+            status(client, port, &tokens.revoked).await
         } else {
             0
         };
@@ -582,14 +666,15 @@ async fn verify(
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "not ready in 180 s: valid token → {valid}, revoked token → {revoked}"
+                "not ready in {} s: valid token → {valid}, revoked token → {revoked} (see bench-results/run/)",
+                READY_TIMEOUT.as_secs()
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let tampered = status(client, b.listen_port, &tokens.tampered).await;
+    let tampered = status(client, port, &tokens.tampered).await;
     let mut text = Vec::new();
-    if b.scenario.auth.authenticates() {
+    if auth.authenticates() {
         if tampered == 200 || tampered == 0 {
             return Err(format!(
                 "a tampered token was answered {tampered}: not measured"
@@ -600,7 +685,7 @@ async fn verify(
         text.push(format!("no auth (tampered → {tampered})"));
     }
     if must_refuse_revoked {
-        let revoked = status(client, b.listen_port, &tokens.revoked).await;
+        let revoked = status(client, port, &tokens.revoked).await;
         text.push(format!("revoked → {revoked}"));
     }
     Ok(text.join(", "))
@@ -731,7 +816,18 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(weauth, vec![0, 10_000, 1_000_000]);
+        assert_eq!(weauth, vec![0, 10_000, 100_000, 1_000_000]);
+    }
+
+    #[test]
+    fn feed_failures_counts_and_keeps_last_message() {
+        let log = "[t][1][warning][wasm] [context.cc:1154] wasm log weauth weauth: weauth[1] revocation poll to cluster weauth_feed failed: unreadable body\n\
+            [t][1][info][main] started\n\
+            [t][1][warning][http] [async_client_impl.cc:430] the buffer size limit for async client response body has been exceeded, draining data\n";
+        let (n, last) = feed_failures(log).unwrap();
+        assert_eq!(n, 2);
+        assert!(last.starts_with("the buffer size limit"), "{last}");
+        assert_eq!(feed_failures("[t] all good\n"), None);
     }
 
     #[test]
