@@ -66,6 +66,8 @@ pub struct App {
     pub(crate) inflight_codes: Mutex<HashSet<String>>,
     started: Instant,
     feed_waiters: Arc<AtomicUsize>,
+    /// Random per process: names this replica as the holder of the WeChat-token lease.
+    pub(crate) replica_id: String,
 }
 
 /// Counts one open feed request while alive.
@@ -226,6 +228,7 @@ impl App {
             inflight_codes: Mutex::new(HashSet::new()),
             started: Instant::now(),
             feed_waiters: Arc::new(AtomicUsize::new(0)),
+            replica_id: crate::secrets::random_id("r_"),
         }))
     }
 

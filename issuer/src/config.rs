@@ -157,6 +157,11 @@ pub struct Config {
     pub header_timeout: Duration,
     /// `WEAUTH_SHUTDOWN_GRACE`, default `10s`: drain deadline on SIGTERM/Ctrl-C.
     pub shutdown_grace: Duration,
+    /// `WEAUTH_DECRYPT_MAX_AGE`, default unset (`off`): when set (e.g. `10m`), `POST
+    /// /v1/me/decrypt` refuses data whose `watermark.timestamp` is older than this (400
+    /// `invalid_request`, `error_code` `watermark_expired`). Off by default because WeChat's
+    /// timestamp is when the data was produced, and clients may legitimately cache it.
+    pub decrypt_max_age: Option<Duration>,
 }
 
 /// Parses `500ms`, `30s`, `15m`, `2h`, `7d`, or plain seconds (`900`).
@@ -465,6 +470,13 @@ impl Config {
                 Duration::from_millis(100),
             )?,
             shutdown_grace: src.duration("WEAUTH_SHUTDOWN_GRACE", "10s", Duration::ZERO)?,
+            decrypt_max_age: match src.get("WEAUTH_DECRYPT_MAX_AGE") {
+                None => None,
+                Some(text) if text.trim().eq_ignore_ascii_case("off") => None,
+                Some(_) => {
+                    Some(src.duration("WEAUTH_DECRYPT_MAX_AGE", "0s", Duration::from_secs(1))?)
+                }
+            },
         };
         for (var, token) in [
             ("WEAUTH_FEED_TOKEN", &config.feed_token),

@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
+use crate::access_token::TokenError;
 use crate::store::StoreError;
 use crate::wechat::WechatError;
 
@@ -54,6 +55,18 @@ pub enum ApiError {
     /// 503 `temporarily_unavailable` (WeChat busy or timing out, store down, route disabled).
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// 400 with a specific stable `error` code for refused user data (`/v1/me/decrypt`):
+    /// `invalid_base64`, `invalid_key_length`, `invalid_iv_length`,
+    /// `invalid_encrypted_data_length`, `session_key_mismatch`, `not_json`, `watermark_missing`,
+    /// `watermark_appid_mismatch`, `watermark_expired` (the codes of
+    /// [`weauth_wxdata::DecryptError::code`]) or `invalid_signature` (rawData). With
+    /// `relogin: true` in the body when the client must call `wx.login` and log in again.
+    #[error("user data refused ({code}): {description}")]
+    UserData {
+        code: &'static str,
+        description: String,
+        relogin: bool,
+    },
     /// 500 `server_error`. The detail is logged, the client gets a generic text.
     #[error("internal error: {0}")]
     Internal(String),
@@ -63,7 +76,9 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest(_) | ApiError::InvalidGrant(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest(_) | ApiError::InvalidGrant(_) | ApiError::UserData { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::AccessDenied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -91,6 +106,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BadGateway(_) => "upstream_error",
             ApiError::Unavailable(_) => "temporarily_unavailable",
+            ApiError::UserData { code, .. } => code,
             ApiError::Internal(_) => "server_error",
         }
     }
@@ -104,7 +120,8 @@ impl ApiError {
             | ApiError::AccessDenied(d)
             | ApiError::BadGateway(d)
             | ApiError::Unavailable(d)
-            | ApiError::RateLimited { description: d, .. } => d.clone(),
+            | ApiError::RateLimited { description: d, .. }
+            | ApiError::UserData { description: d, .. } => d.clone(),
             other => other.to_string(),
         }
     }
@@ -115,10 +132,13 @@ impl ApiError {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
         }
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.code(),
             "error_description": self.description(),
         });
+        if let ApiError::UserData { relogin: true, .. } = &self {
+            body["relogin"] = serde_json::Value::Bool(true);
+        }
         let mut response = json_response(status, &body);
         let headers = response.headers_mut();
         match &self {
@@ -183,10 +203,57 @@ impl From<WechatError> for ApiError {
             WechatError::Status(_)
             | WechatError::Unreadable(_)
             | WechatError::Transport(_)
+            | WechatError::InvalidAccessToken { .. }
             | WechatError::Other { .. } => {
                 ApiError::BadGateway("WeChat returned an unusable answer".into())
             }
         }
+    }
+}
+
+/// Refused user data: 400 with the specific code, `relogin` when the session_key is stale or
+/// unusable. Never a 5xx: every [`weauth_wxdata::DecryptError`] is about the client's input.
+impl From<weauth_wxdata::DecryptError> for ApiError {
+    fn from(err: weauth_wxdata::DecryptError) -> Self {
+        ApiError::UserData {
+            code: err.code(),
+            description: err.to_string(),
+            relogin: err.relogin_required(),
+        }
+    }
+}
+
+/// No app access token: WeChat's token endpoint down or busy → 503 `temporarily_unavailable`
+/// (with `Retry-After`); WeChat refusing the appid/secret → 502 `upstream_error`; a store or
+/// sealing failure → as any store failure.
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::Fetch(WechatError::Misconfigured { .. }) => ApiError::BadGateway(
+                "WeChat refused the issuer's appid/secret for an access token".into(),
+            ),
+            TokenError::Fetch(inner) => ApiError::Unavailable(format!(
+                "cannot get a WeChat access token ({inner}); retry shortly"
+            )),
+            TokenError::LeaseTimeout => ApiError::Unavailable(
+                "the WeChat access token is being refreshed by another replica; retry shortly"
+                    .into(),
+            ),
+            TokenError::Store(store) => store.into(),
+            TokenError::Seal(seal) => ApiError::Internal(seal.to_string()),
+        }
+    }
+}
+
+/// `getuserphonenumber` failures: a bad, expired or used phone code (40029) is the client's
+/// (400 `invalid_grant`); the rest as any WeChat failure.
+pub fn phone_error(err: WechatError) -> ApiError {
+    match err {
+        WechatError::InvalidCode { .. } => ApiError::InvalidGrant(
+            "the phone-number code is invalid, expired or already used; call getPhoneNumber again"
+                .into(),
+        ),
+        other => other.into(),
     }
 }
 
@@ -262,6 +329,73 @@ mod tests {
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = format!("{:?}", response.body());
         assert!(!body.contains("sqlite"));
+    }
+
+    #[test]
+    fn decrypt_errors_map_to_400_never_5xx() {
+        use weauth_wxdata::{DecryptError, Field};
+        let cases = [
+            DecryptError::Base64 {
+                field: Field::EncryptedData,
+                plus_became_space: true,
+            },
+            DecryptError::KeyLength { len: 3 },
+            DecryptError::IvLength { len: 3 },
+            DecryptError::CiphertextLength { len: 3 },
+            DecryptError::SessionKeyMismatch,
+            DecryptError::NotJson,
+            DecryptError::WatermarkMissing { field: "watermark" },
+            DecryptError::WrongApp {
+                found: "wx2".into(),
+            },
+            DecryptError::StaleWatermark {
+                age_secs: 10,
+                max_age_secs: 5,
+            },
+        ];
+        for err in cases {
+            let code = err.code();
+            let api = ApiError::from(err);
+            assert_eq!(api.status(), StatusCode::BAD_REQUEST, "{code}");
+            assert_eq!(api.code(), code);
+        }
+    }
+
+    #[test]
+    fn session_key_mismatch_body_has_relogin() {
+        let response =
+            ApiError::from(weauth_wxdata::DecryptError::SessionKeyMismatch).into_response();
+        let body = format!("{:?}", response.body());
+        assert!(body.contains("relogin"), "{body}");
+        let response = ApiError::from(weauth_wxdata::DecryptError::NotJson).into_response();
+        assert!(!format!("{:?}", response.body()).contains("relogin"));
+    }
+
+    #[test]
+    fn token_fetch_down_503_misconfigured_502() {
+        assert_eq!(
+            ApiError::from(TokenError::Fetch(WechatError::Status(502))).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from(TokenError::LeaseTimeout).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let misconfigured = WechatError::Misconfigured {
+            errcode: 40125,
+            errmsg: "x".into(),
+        };
+        assert_eq!(
+            ApiError::from(TokenError::Fetch(misconfigured)).status(),
+            StatusCode::BAD_GATEWAY
+        );
+    }
+
+    #[test]
+    fn phone_code_used_maps_to_invalid_grant() {
+        let err = phone_error(WechatError::InvalidCode { errcode: 40029 });
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(err.code(), "invalid_grant");
     }
 
     #[test]

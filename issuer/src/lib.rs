@@ -7,8 +7,11 @@
 //! `weauth-token` crate) using the signing keys of `keys`, and persists through the `store`
 //! trait (SQLite today). `app` holds the shared state and background tasks; `config` reads
 //! the environment; `error` is the single error→HTTP mapping; `metrics`, `ratelimit`,
-//! `revocation` and `secrets` are small helpers. `cli` implements `weauth-issuer keys ...`.
+//! `revocation` and `secrets` are small helpers. `userdata` serves the mini-program's user
+//! data (`/v1/me/decrypt`, `/v1/me/phone`, `/v1/me/session`) over the `weauth-wxdata` crate,
+//! with the WeChat app access token shared between replicas by `access_token`. `cli` implements `weauth-issuer keys ...`.
 
+pub mod access_token;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -23,6 +26,7 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
+pub mod userdata;
 pub mod wechat;
 
 /// A short, non-reversible tag of an identifier for logs (first 10 hex digits of SHA-256),

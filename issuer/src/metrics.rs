@@ -4,7 +4,9 @@
 //! Series: `weauth_logins_total{outcome}`, `weauth_refreshes_total{outcome}`,
 //! `weauth_revocations_total{kind}`, `weauth_wechat_errors_total{api,errcode}`,
 //! `weauth_wechat_call_seconds{api}` (histogram), `weauth_http_requests_total{status}`,
-//! `weauth_bearer_rejections_total{reason}`; gauges passed in at scrape time by the caller
+//! `weauth_bearer_rejections_total{reason}`, `weauth_wechat_token_refreshes_total{outcome}`,
+//! `weauth_wechat_token_invalidations_total{errcode}`, `weauth_decrypt_total{outcome}`,
+//! `weauth_phone_total{outcome}`, `weauth_checksession_total{outcome}`; gauges passed in at scrape time by the caller
 //! (`weauth_revocation_seq`, `weauth_signing_keys_published`, `weauth_feed_waiters`).
 
 use std::collections::BTreeMap;
@@ -36,7 +38,32 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-const HELP: [(&str, &str, &str); 6] = [
+const HELP: [(&str, &str, &str); 11] = [
+    (
+        "weauth_wechat_token_refreshes_total",
+        "counter",
+        "WeChat app access token fetches by this replica, by outcome (ok, forced, failed, failed_kept_old).",
+    ),
+    (
+        "weauth_wechat_token_invalidations_total",
+        "counter",
+        "Cached WeChat access tokens refused by WeChat and invalidated, by errcode.",
+    ),
+    (
+        "weauth_decrypt_total",
+        "counter",
+        "POST /v1/me/decrypt by outcome (ok or the error code).",
+    ),
+    (
+        "weauth_phone_total",
+        "counter",
+        "POST /v1/me/phone by outcome.",
+    ),
+    (
+        "weauth_checksession_total",
+        "counter",
+        "GET /v1/me/session by outcome (valid, invalid, error).",
+    ),
     ("weauth_logins_total", "counter", "Logins by outcome."),
     (
         "weauth_refreshes_total",
@@ -109,6 +136,46 @@ impl Metrics {
         self.add(
             "weauth_bearer_rejections_total",
             format!("reason=\"{}\"", escape(reason)),
+        );
+    }
+
+    /// Counts a WeChat access-token fetch by outcome.
+    pub fn wechat_token_refresh(&self, outcome: &str) {
+        self.add(
+            "weauth_wechat_token_refreshes_total",
+            format!("outcome=\"{}\"", escape(outcome)),
+        );
+    }
+
+    /// Counts a cached access token WeChat refused (40001, 42001, 40014).
+    pub fn wechat_token_invalidated(&self, errcode: i64) {
+        self.add(
+            "weauth_wechat_token_invalidations_total",
+            format!("errcode=\"{errcode}\""),
+        );
+    }
+
+    /// Counts a decrypt request by outcome.
+    pub fn decrypt(&self, outcome: &str) {
+        self.add(
+            "weauth_decrypt_total",
+            format!("outcome=\"{}\"", escape(outcome)),
+        );
+    }
+
+    /// Counts a phone-number request by outcome.
+    pub fn phone(&self, outcome: &str) {
+        self.add(
+            "weauth_phone_total",
+            format!("outcome=\"{}\"", escape(outcome)),
+        );
+    }
+
+    /// Counts a checksession request by outcome.
+    pub fn checksession(&self, outcome: &str) {
+        self.add(
+            "weauth_checksession_total",
+            format!("outcome=\"{}\"", escape(outcome)),
         );
     }
 

@@ -24,6 +24,7 @@ use crate::revocation;
 use crate::secrets;
 use crate::sessions;
 use crate::store::Revoke;
+use crate::userdata;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -33,6 +34,9 @@ enum Route {
     Refresh,
     Logout,
     Me,
+    Decrypt,
+    Phone,
+    SessionCheck,
     AdminRevoke,
     Revocations,
     Jwks,
@@ -49,6 +53,9 @@ impl Route {
             "/v1/token/refresh" => Route::Refresh,
             "/v1/logout" => Route::Logout,
             "/v1/me" => Route::Me,
+            "/v1/me/decrypt" => Route::Decrypt,
+            "/v1/me/phone" => Route::Phone,
+            "/v1/me/session" => Route::SessionCheck,
             "/v1/admin/revoke" => Route::AdminRevoke,
             "/v1/revocations" => Route::Revocations,
             "/.well-known/jwks.json" => Route::Jwks,
@@ -62,9 +69,12 @@ impl Route {
 
     fn method(self) -> (Method, &'static str) {
         match self {
-            Route::Login | Route::Refresh | Route::Logout | Route::AdminRevoke => {
-                (Method::POST, "POST")
-            }
+            Route::Login
+            | Route::Refresh
+            | Route::Logout
+            | Route::AdminRevoke
+            | Route::Decrypt
+            | Route::Phone => (Method::POST, "POST"),
             _ => (Method::GET, "GET"),
         }
     }
@@ -118,6 +128,29 @@ where
             let claims = sessions::authenticate(app, authorization(&req)).await?;
             let profile = sessions::profile(app, &claims).await?;
             Ok(json_response(StatusCode::OK, &to_value(&profile)?))
+        }
+        Route::Decrypt => {
+            let claims = sessions::authenticate(app, authorization(&req)).await?;
+            let body: DecryptRequest = read_json(req, app.config.max_body).await?;
+            let input = userdata::DecryptInput {
+                encrypted_data: &body.encrypted_data,
+                iv: &body.iv,
+                raw_data: body.raw_data.as_deref(),
+                signature: body.signature.as_deref(),
+            };
+            let decrypted = userdata::decrypt(app, &claims, input).await?;
+            Ok(json_response(StatusCode::OK, &to_value(&decrypted)?))
+        }
+        Route::Phone => {
+            let claims = sessions::authenticate(app, authorization(&req)).await?;
+            let body: PhoneRequest = read_json(req, app.config.max_body).await?;
+            let phone = userdata::phone(app, &claims, &body.code).await?;
+            Ok(json_response(StatusCode::OK, &to_value(&phone)?))
+        }
+        Route::SessionCheck => {
+            let claims = sessions::authenticate(app, authorization(&req)).await?;
+            let valid = userdata::check_session(app, &claims).await?;
+            Ok(json_response(StatusCode::OK, &json!({ "valid": valid })))
         }
         Route::AdminRevoke => admin_revoke(app, req).await,
         Route::Revocations => feed(app, req).await,
@@ -180,6 +213,26 @@ fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiErro
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoginRequest {
+    code: String,
+}
+
+/// `POST /v1/me/decrypt`, with WeChat's member names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecryptRequest {
+    #[serde(rename = "encryptedData")]
+    encrypted_data: String,
+    iv: String,
+    #[serde(rename = "rawData", default)]
+    raw_data: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+}
+
+/// `POST /v1/me/phone`: the code from `getPhoneNumber`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhoneRequest {
     code: String,
 }
 
@@ -432,6 +485,18 @@ mod tests {
         assert_eq!(Route::find("/v1/login").map(|r| r.method().1), Some("POST"));
         assert_eq!(Route::find("/healthz").map(|r| r.method().1), Some("GET"));
         assert_eq!(Route::find("/v1/login/"), None);
+        assert_eq!(
+            Route::find("/v1/me/decrypt").map(|r| r.method().1),
+            Some("POST")
+        );
+        assert_eq!(
+            Route::find("/v1/me/phone").map(|r| r.method().1),
+            Some("POST")
+        );
+        assert_eq!(
+            Route::find("/v1/me/session").map(|r| r.method().1),
+            Some("GET")
+        );
         assert_eq!(Route::find("/nope"), None);
     }
 

@@ -344,18 +344,22 @@ pub async fn profile(app: &Arc<App>, claims: &Claims) -> Result<Profile, ApiErro
             "the token's session no longer exists".into(),
         ));
     };
+    let phone = match &user.phone {
+        Some(sealed) => Some(crate::userdata::open_phone(app, &user.sub, sealed)?),
+        None => None,
+    };
     Ok(Profile {
         sub: user.sub,
         openid: session.openid,
         unionid: user.unionid.or(session.unionid),
         appid: session.appid,
-        phone: user.phone,
+        phone,
         created_at: user.created_at,
     })
 }
 
-/// The decrypted `session_key` (base64 text, as WeChat sent it) of a session, for the
-/// `/v1/me/decrypt` and signature-check routes of a later issue.
+/// The decrypted `session_key` (base64 text, as WeChat sent it) of a session, for
+/// `/v1/me/decrypt` and `/v1/me/session` (see `userdata`).
 ///
 /// # Errors
 /// `invalid_token` when the session is unknown; 5xx when it does not decrypt.

@@ -1,8 +1,9 @@
 //! The WeChat server API client, behind the [`Wechat`] trait so handlers and tests can use
 //! any implementation.
 //!
-//! Today it covers `sns/jscode2session` (login). The phone-number and access-token calls of a
-//! later issue belong on the same trait. [`classify`] is the pure part: it turns an HTTP status
+//! It covers `sns/jscode2session` (login), `cgi-bin/stable_token` (the app access token, cached
+//! and shared through the store by [`crate::access_token`]), `wxa/business/getuserphonenumber`
+//! and `wxa/checksession`. [`classify`] and [`classify_json`] are the pure part: it turns an HTTP status
 //! and body into a result, knowing WeChat's quirks (JSON served as `text/plain`, success
 //! without `errcode`, `errcode: 0` sometimes present). [`HttpWechat`] adds transport: connect
 //! and total timeouts, and a bounded retry with full jitter for the transient failures (-1
@@ -60,6 +61,10 @@ pub enum WechatError {
     Unreadable(String),
     #[error("cannot reach WeChat: {0}")]
     Transport(String),
+    /// 40001 (invalid or replaced), 42001 (expired) or 40014 (malformed) access token: the
+    /// caller invalidates its cached token and retries once with a new one.
+    #[error("WeChat refused the app access token (errcode {errcode})")]
+    InvalidAccessToken { errcode: i64 },
     #[error("WeChat error {errcode}: {errmsg}")]
     Other { errcode: i64, errmsg: String },
 }
@@ -83,9 +88,9 @@ impl WechatError {
             WechatError::InvalidCode { errcode } => errcode.to_string(),
             WechatError::RateLimited => "45011".into(),
             WechatError::HighRisk => "40226".into(),
-            WechatError::Misconfigured { errcode, .. } | WechatError::Other { errcode, .. } => {
-                errcode.to_string()
-            }
+            WechatError::Misconfigured { errcode, .. }
+            | WechatError::Other { errcode, .. }
+            | WechatError::InvalidAccessToken { errcode } => errcode.to_string(),
             WechatError::Busy => "-1".into(),
             WechatError::Timeout => "timeout".into(),
             WechatError::Status(status) => format!("http_{status}"),
@@ -116,6 +121,7 @@ pub fn errcode_error(errcode: i64, errmsg: &str) -> WechatError {
         40029 | 40163 => WechatError::InvalidCode { errcode },
         45011 => WechatError::RateLimited,
         40226 => WechatError::HighRisk,
+        40001 | 42001 | 40014 => WechatError::InvalidAccessToken { errcode },
         40013 | 40125 => WechatError::Misconfigured {
             errcode,
             errmsg: errmsg.to_string(),
@@ -157,6 +163,134 @@ pub fn classify(status: u16, body: &[u8]) -> Result<Code2Session, WechatError> {
     })
 }
 
+/// An app access token from `cgi-bin/stable_token`.
+#[derive(Clone)]
+pub struct AccessToken {
+    /// The token. Never logged.
+    pub token: Zeroizing<String>,
+    /// Seconds it stays valid from now, as WeChat said.
+    pub expires_in: i64,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `phone_info` of `getuserphonenumber`. The number is personal data: never logged.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct PhoneInfo {
+    /// With the country prefix for numbers outside mainland China (`+1...`), else bare.
+    #[serde(rename = "phoneNumber")]
+    pub phone_number: String,
+    /// Without country code.
+    #[serde(rename = "purePhoneNumber")]
+    pub pure_phone_number: String,
+    /// Country calling code, e.g. `86`.
+    #[serde(rename = "countryCode", deserialize_with = "string_or_number")]
+    pub country_code: String,
+}
+
+impl std::fmt::Debug for PhoneInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhoneInfo")
+            .field("country_code", &self.country_code)
+            .finish_non_exhaustive()
+    }
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        _ => Err(serde::de::Error::custom(
+            "countryCode is neither string nor number",
+        )),
+    }
+}
+
+/// Interprets the answer of a WeChat API other than `jscode2session`: a 2xx JSON object whose
+/// `errcode`, when present and not 0, is an error. Returns the object.
+///
+/// # Errors
+/// As [`classify`]: non-2xx, non-JSON, or an errcode (see [`errcode_error`]).
+pub fn classify_json(status: u16, body: &[u8]) -> Result<serde_json::Value, WechatError> {
+    if !(200..300).contains(&status) {
+        return Err(WechatError::Status(status));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| WechatError::Unreadable(format!("{} bytes of non-JSON", body.len())))?;
+    if !value.is_object() {
+        return Err(WechatError::Unreadable("JSON that is not an object".into()));
+    }
+    if let Some(errcode) = value
+        .get("errcode")
+        .and_then(serde_json::Value::as_i64)
+        .filter(|code| *code != 0)
+    {
+        let errmsg = value
+            .get("errmsg")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        return Err(errcode_error(errcode, errmsg));
+    }
+    Ok(value)
+}
+
+/// Interprets a `stable_token` answer.
+///
+/// # Errors
+/// See [`classify_json`]; a success without `access_token` or a positive `expires_in` is
+/// [`WechatError::Unreadable`].
+pub fn classify_stable_token(status: u16, body: &[u8]) -> Result<AccessToken, WechatError> {
+    let value = classify_json(status, body)?;
+    let token = value
+        .get("access_token")
+        .and_then(serde_json::Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| WechatError::Unreadable("stable_token without access_token".into()))?;
+    let expires_in = value
+        .get("expires_in")
+        .and_then(serde_json::Value::as_i64)
+        .filter(|e| *e > 0)
+        .ok_or_else(|| WechatError::Unreadable("stable_token without expires_in".into()))?;
+    Ok(AccessToken {
+        token: Zeroizing::new(token.to_string()),
+        expires_in,
+    })
+}
+
+/// Interprets a `getuserphonenumber` answer.
+///
+/// # Errors
+/// See [`classify_json`]; a success without a readable `phone_info` is
+/// [`WechatError::Unreadable`].
+pub fn classify_phone(status: u16, body: &[u8]) -> Result<PhoneInfo, WechatError> {
+    let mut value = classify_json(status, body)?;
+    let info = value
+        .get_mut("phone_info")
+        .map(serde_json::Value::take)
+        .ok_or_else(|| WechatError::Unreadable("success without phone_info".into()))?;
+    serde_json::from_value(info)
+        .map_err(|_| WechatError::Unreadable("phone_info without a phone number".into()))
+}
+
+/// Interprets a `checksession` answer: `Ok(true)` valid, `Ok(false)` for 87009 (the signature,
+/// i.e. the session_key, is not the user's current one).
+///
+/// # Errors
+/// Any other failure, see [`classify_json`].
+pub fn classify_checksession(status: u16, body: &[u8]) -> Result<bool, WechatError> {
+    match classify_json(status, body) {
+        Ok(_) => Ok(true),
+        Err(WechatError::Other { errcode: 87009, .. }) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
 /// Backoff before retry `attempt` (1-based): full jitter over `base * 2^(attempt-1)`, capped.
 /// `unit` is a random number in [0, 1).
 pub fn backoff(attempt: u32, base: Duration, cap: Duration, unit: f64) -> Duration {
@@ -176,6 +310,50 @@ pub trait Wechat: Send + Sync {
         &'a self,
         code: &'a str,
     ) -> BoxFuture<'a, Result<Code2Session, WechatError>>;
+
+    /// `POST cgi-bin/stable_token`. Without `force_refresh` WeChat returns its current token
+    /// (the same one to every caller); with it, a new token that replaces the old one.
+    /// The default implementation (for test doubles) answers [`WechatError::Transport`].
+    fn stable_token(&self, force_refresh: bool) -> BoxFuture<'_, Result<AccessToken, WechatError>> {
+        let _ = force_refresh;
+        Box::pin(async {
+            Err(WechatError::Transport(
+                "stable_token not implemented".into(),
+            ))
+        })
+    }
+
+    /// `POST wxa/business/getuserphonenumber` with a `getPhoneNumber` code.
+    /// The default implementation (for test doubles) answers [`WechatError::Transport`].
+    fn phone_number<'a>(
+        &'a self,
+        access_token: &'a str,
+        code: &'a str,
+    ) -> BoxFuture<'a, Result<PhoneInfo, WechatError>> {
+        let _ = (access_token, code);
+        Box::pin(async {
+            Err(WechatError::Transport(
+                "phone_number not implemented".into(),
+            ))
+        })
+    }
+
+    /// `GET wxa/checksession`: whether `signature` (see
+    /// [`weauth_wxdata::checksession_signature`]) matches the user's current session_key.
+    /// The default implementation (for test doubles) answers [`WechatError::Transport`].
+    fn check_session<'a>(
+        &'a self,
+        access_token: &'a str,
+        openid: &'a str,
+        signature: &'a str,
+    ) -> BoxFuture<'a, Result<bool, WechatError>> {
+        let _ = (access_token, openid, signature);
+        Box::pin(async {
+            Err(WechatError::Transport(
+                "check_session not implemented".into(),
+            ))
+        })
+    }
 }
 
 /// Settings of [`HttpWechat`].
@@ -248,7 +426,131 @@ fn transport_error(err: reqwest::Error) -> WechatError {
     }
 }
 
+impl HttpWechat {
+    /// Runs `call` with the bounded, jittered retry of transient failures, recording metrics
+    /// under `api`.
+    async fn with_retry<T, F, Fut>(&self, api: &'static str, call: F) -> Result<T, WechatError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, WechatError>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = call().await;
+            self.metrics
+                .wechat_call(api, started.elapsed(), result.as_ref().err());
+            match result {
+                Err(err) if err.is_retryable() && attempt < self.config.retries => {
+                    attempt += 1;
+                    let wait = backoff(
+                        attempt,
+                        Duration::from_millis(100),
+                        Duration::from_secs(1),
+                        rand::random::<f64>(),
+                    );
+                    tracing::info!(api, error = %err, attempt, wait_ms = wait.as_millis() as u64, "retrying WeChat call");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn post_json(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> Result<(u16, bytes::Bytes), WechatError> {
+        let url = format!("{}{path}", self.config.api_base);
+        let response = self
+            .client
+            .post(&url)
+            .query(query)
+            .json(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(transport_error)?;
+        Ok((status, body))
+    }
+}
+
 impl Wechat for HttpWechat {
+    fn stable_token(&self, force_refresh: bool) -> BoxFuture<'_, Result<AccessToken, WechatError>> {
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "grant_type": "client_credential",
+                "appid": self.config.appid,
+                "secret": self.config.secret.as_str(),
+                "force_refresh": force_refresh,
+            });
+            let result = self
+                .with_retry("stable_token", || async {
+                    let (status, bytes) =
+                        self.post_json("/cgi-bin/stable_token", &[], &body).await?;
+                    classify_stable_token(status, &bytes)
+                })
+                .await;
+            if let Err(err @ WechatError::Misconfigured { .. }) = &result {
+                tracing::error!(error = %err, "WeChat refused the app credentials for stable_token");
+            }
+            result
+        })
+    }
+
+    fn phone_number<'a>(
+        &'a self,
+        access_token: &'a str,
+        code: &'a str,
+    ) -> BoxFuture<'a, Result<PhoneInfo, WechatError>> {
+        Box::pin(async move {
+            let body = serde_json::json!({ "code": code });
+            self.with_retry("getuserphonenumber", || async {
+                let (status, bytes) = self
+                    .post_json(
+                        "/wxa/business/getuserphonenumber",
+                        &[("access_token", access_token)],
+                        &body,
+                    )
+                    .await?;
+                classify_phone(status, &bytes)
+            })
+            .await
+        })
+    }
+
+    fn check_session<'a>(
+        &'a self,
+        access_token: &'a str,
+        openid: &'a str,
+        signature: &'a str,
+    ) -> BoxFuture<'a, Result<bool, WechatError>> {
+        Box::pin(async move {
+            self.with_retry("checksession", || async {
+                let url = format!("{}/wxa/checksession", self.config.api_base);
+                let response = self
+                    .client
+                    .get(&url)
+                    .query(&[
+                        ("access_token", access_token),
+                        ("openid", openid),
+                        ("signature", signature),
+                        ("sig_method", "hmac_sha256"),
+                    ])
+                    .send()
+                    .await
+                    .map_err(transport_error)?;
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.map_err(transport_error)?;
+                classify_checksession(status, &bytes)
+            })
+            .await
+        })
+    }
+
     fn code2session<'a>(
         &'a self,
         code: &'a str,
@@ -366,6 +668,65 @@ mod tests {
         assert_eq!(backoff(2, base, cap, 0.5), Duration::from_millis(100));
         assert_eq!(backoff(10, base, cap, 0.5), Duration::from_millis(500));
         assert_eq!(backoff(3, base, cap, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn classify_stable_token_success_ok() {
+        let token =
+            classify_stable_token(200, br#"{"access_token":"AT","expires_in":7200}"#).unwrap();
+        assert_eq!(token.token.as_str(), "AT");
+        assert_eq!(token.expires_in, 7200);
+        assert!(!format!("{token:?}").contains("AT\""));
+    }
+
+    #[test]
+    fn classify_stable_token_missing_expiry_unreadable() {
+        assert!(matches!(
+            classify_stable_token(200, br#"{"access_token":"AT"}"#),
+            Err(WechatError::Unreadable(_))
+        ));
+    }
+
+    #[test]
+    fn classify_json_token_errcodes_invalid_access_token() {
+        for errcode in [40001, 42001, 40014] {
+            let body = format!(r#"{{"errcode":{errcode},"errmsg":"x, rid: 1"}}"#);
+            assert_eq!(
+                classify_json(200, body.as_bytes()).unwrap_err(),
+                WechatError::InvalidAccessToken { errcode }
+            );
+        }
+    }
+
+    #[test]
+    fn classify_phone_success_reads_phone_info() {
+        let body = br#"{"errcode":0,"errmsg":"ok","phone_info":{"phoneNumber":"13800138000","purePhoneNumber":"13800138000","countryCode":"86","watermark":{"timestamp":1,"appid":"wx1"}}}"#;
+        let info = classify_phone(200, body).unwrap();
+        assert_eq!(info.phone_number, "13800138000");
+        assert_eq!(info.country_code, "86");
+        assert!(!format!("{info:?}").contains("13800138000"));
+    }
+
+    #[test]
+    fn classify_phone_used_code_invalid_code() {
+        let body = br#"{"errcode":40029,"errmsg":"invalid code, rid: 1"}"#;
+        assert_eq!(
+            classify_phone(200, body).unwrap_err(),
+            WechatError::InvalidCode { errcode: 40029 }
+        );
+    }
+
+    #[test]
+    fn classify_checksession_87009_is_invalid_not_error() {
+        assert_eq!(
+            classify_checksession(200, br#"{"errcode":0,"errmsg":"ok"}"#),
+            Ok(true)
+        );
+        assert_eq!(
+            classify_checksession(200, br#"{"errcode":87009,"errmsg":"invalid signature"}"#),
+            Ok(false)
+        );
+        assert!(classify_checksession(200, br#"{"errcode":40001,"errmsg":"x"}"#).is_err());
     }
 
     #[test]

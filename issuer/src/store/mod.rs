@@ -137,6 +137,19 @@ pub enum Revoke {
     },
 }
 
+/// The WeChat app access token shared by every replica (see [`crate::access_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedToken {
+    /// The token sealed with the data key (AAD `wechat_token:<appid>`).
+    pub sealed: Vec<u8>,
+    /// SHA-256 hex of the token, so a replica can invalidate exactly the token WeChat refused.
+    pub hash: String,
+    /// Unix seconds when WeChat stops accepting it.
+    pub expires_at: i64,
+    /// Unix seconds from which one replica (the lease holder) fetches the next token.
+    pub refresh_at: i64,
+}
+
 /// What a purge removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -178,6 +191,39 @@ pub trait Store: Send + Sync {
     fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// A user by id.
     fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Stores the user's phone number (sealed, base64 text; `None` clears it). Returns false
+    /// when the user does not exist.
+    fn set_phone(
+        &self,
+        sub: &str,
+        sealed_phone: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// The cached WeChat app access token of `appid`.
+    fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError>;
+    /// Takes the refresh lease of `appid` for `holder` until `lease_until`, unless another
+    /// holder's lease is still live at `now`. Returns whether `holder` now holds it.
+    fn lease_wechat_token(
+        &self,
+        appid: &str,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError>;
+    /// Stores a freshly fetched token and releases `holder`'s lease, in one transaction.
+    fn put_wechat_token(
+        &self,
+        appid: &str,
+        token: &CachedToken,
+        holder: &str,
+    ) -> Result<(), StoreError>;
+    /// Releases `holder`'s lease (after a failed fetch).
+    fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError>;
+    /// Forgets the cached token if it is still the one whose hash is `token_hash` (a newer one
+    /// written by another replica is kept). Returns whether it was removed.
+    fn invalidate_wechat_token(&self, appid: &str, token_hash: &str) -> Result<bool, StoreError>;
 
     /// Records a revocation (and ends the sessions it covers), returning the entry.
     fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError>;

@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use weauth_token::revocation::{Entry, EntryKind, FeedResponse};
 
 use super::{
-    KeyRecord, LoginResult, NewLogin, Purged, RefreshRow, Revoke, Rotate, RotateResult,
-    SessionRecord, Store, StoreError, UserRecord,
+    CachedToken, KeyRecord, LoginResult, NewLogin, Purged, RefreshRow, Revoke, Rotate,
+    RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
 use crate::revocation::feed_is_full;
 use crate::sessions::{decide_refresh, RefreshDecision};
@@ -78,6 +78,15 @@ CREATE TABLE IF NOT EXISTS signing_keys (
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS wechat_tokens (
+    appid        TEXT PRIMARY KEY,
+    sealed       BLOB,
+    hash         TEXT,
+    expires_at   INTEGER NOT NULL DEFAULT 0,
+    refresh_at   INTEGER NOT NULL DEFAULT 0,
+    lease_holder TEXT,
+    lease_until  INTEGER NOT NULL DEFAULT 0
 );
 PRAGMA user_version = 1;
 "#;
@@ -497,6 +506,118 @@ impl Store for SqliteStore {
             .map_err(db_err)
     }
 
+    fn set_phone(
+        &self,
+        sub: &str,
+        sealed_phone: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = self
+            .conn()?
+            .execute(
+                "UPDATE users SET phone = ?2, updated_at = ?3 WHERE sub = ?1",
+                params![sub, sealed_phone, now],
+            )
+            .map_err(db_err)?;
+        Ok(changed > 0)
+    }
+
+    fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
+        self.conn()?
+            .query_row(
+                "SELECT sealed, hash, expires_at, refresh_at FROM wechat_tokens \
+                 WHERE appid = ?1 AND sealed IS NOT NULL AND hash IS NOT NULL",
+                [appid],
+                |row| {
+                    Ok(CachedToken {
+                        sealed: row.get(0)?,
+                        hash: row.get(1)?,
+                        expires_at: row.get(2)?,
+                        refresh_at: row.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    fn lease_wechat_token(
+        &self,
+        appid: &str,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO wechat_tokens (appid) VALUES (?1)",
+            [appid],
+        )
+        .map_err(db_err)?;
+        let taken = tx
+            .execute(
+                "UPDATE wechat_tokens SET lease_holder = ?2, lease_until = ?4 \
+                 WHERE appid = ?1 AND (lease_holder IS NULL OR lease_holder = ?2 OR lease_until <= ?3)",
+                params![appid, holder, now, lease_until],
+            )
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(taken > 0)
+    }
+
+    fn put_wechat_token(
+        &self,
+        appid: &str,
+        token: &CachedToken,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        self.conn()?
+            .execute(
+                "INSERT INTO wechat_tokens (appid, sealed, hash, expires_at, refresh_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (appid) DO UPDATE SET sealed = ?2, hash = ?3, expires_at = ?4, \
+                 refresh_at = ?5, \
+                 lease_holder = CASE WHEN lease_holder = ?6 THEN NULL ELSE lease_holder END, \
+                 lease_until = CASE WHEN lease_holder = ?6 THEN 0 ELSE lease_until END",
+                params![
+                    appid,
+                    token.sealed,
+                    token.hash,
+                    token.expires_at,
+                    token.refresh_at,
+                    holder
+                ],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
+        self.conn()?
+            .execute(
+                "UPDATE wechat_tokens SET lease_holder = NULL, lease_until = 0 \
+                 WHERE appid = ?1 AND lease_holder = ?2",
+                params![appid, holder],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn invalidate_wechat_token(&self, appid: &str, token_hash: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .conn()?
+            .execute(
+                "UPDATE wechat_tokens SET sealed = NULL, hash = NULL, expires_at = 0, refresh_at = 0 \
+                 WHERE appid = ?1 AND hash = ?2",
+                params![appid, token_hash],
+            )
+            .map_err(db_err)?;
+        Ok(changed > 0)
+    }
+
     fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn
@@ -684,6 +805,61 @@ mod tests {
             reuse_grace: 0,
             revocation_until: now + 960,
         }
+    }
+
+    fn cached(hash: &str) -> CachedToken {
+        CachedToken {
+            sealed: vec![9],
+            hash: hash.into(),
+            expires_at: 7200,
+            refresh_at: 6900,
+        }
+    }
+
+    #[test]
+    fn wechat_lease_second_holder_refused_until_expiry_or_release() {
+        let (store, dir) = temp_store();
+        assert!(store.lease_wechat_token("wx1", "a", 100, 110).unwrap());
+        assert!(!store.lease_wechat_token("wx1", "b", 105, 115).unwrap());
+        assert!(store.lease_wechat_token("wx1", "b", 110, 120).unwrap());
+        store.release_wechat_lease("wx1", "b").unwrap();
+        assert!(store.lease_wechat_token("wx1", "a", 111, 121).unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn wechat_put_token_releases_holder_lease_and_is_read_back() {
+        let (store, dir) = temp_store();
+        assert_eq!(store.wechat_token("wx1").unwrap(), None);
+        assert!(store.lease_wechat_token("wx1", "a", 100, 110).unwrap());
+        store.put_wechat_token("wx1", &cached("h1"), "a").unwrap();
+        assert_eq!(store.wechat_token("wx1").unwrap(), Some(cached("h1")));
+        assert!(store.lease_wechat_token("wx1", "b", 101, 111).unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn wechat_invalidate_only_matching_hash() {
+        let (store, dir) = temp_store();
+        store.put_wechat_token("wx1", &cached("h2"), "a").unwrap();
+        assert!(!store.invalidate_wechat_token("wx1", "h1").unwrap());
+        assert!(store.wechat_token("wx1").unwrap().is_some());
+        assert!(store.invalidate_wechat_token("wx1", "h2").unwrap());
+        assert_eq!(store.wechat_token("wx1").unwrap(), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn set_phone_unknown_user_false() {
+        let (store, dir) = temp_store();
+        assert!(!store.set_phone("nobody", Some("x"), 1).unwrap());
+        store.login(&login("c1", "o1", None, 10)).unwrap();
+        assert!(store.set_phone("u-c1", Some("sealed"), 11).unwrap());
+        assert_eq!(
+            store.user("u-c1").unwrap().unwrap().phone.as_deref(),
+            Some("sealed")
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

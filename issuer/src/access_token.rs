@@ -1,0 +1,330 @@
+//! The WeChat app access token (`cgi-bin/stable_token`), shared by every issuer replica
+//! through the store, so that no replica ever invalidates another's token.
+//!
+//! Decisions (for the README):
+//! - The token lives in the store (`wechat_tokens`, sealed with the data key like the
+//!   session_key), not in process memory: every replica on the same store uses the same one.
+//! - It is refreshed ahead of expiry: from `refresh_at` = fetch time + `max(expires_in −
+//!   REFRESH_MARGIN, expires_in / 2)` (with WeChat's 7200 s that is 5 minutes before expiry).
+//!   Only the holder of a lease in the store ([`Store::lease_wechat_token`], held for
+//!   [`lease_secs`], released when the new token is written or the fetch fails) calls WeChat;
+//!   the others keep using the current token while it is still valid, or wait for the
+//!   holder's answer when there is none (up to the lease length plus 2 s, then 503).
+//! - A fetch asks `stable_token` WITHOUT `force_refresh`, which hands every caller the same
+//!   token. Only when WeChat refused a token (40001, 42001, 40014) and `stable_token` still
+//!   returns that very token is `force_refresh` used.
+//! - When WeChat answers 40001/42001/40014 to an API call, the cached token is invalidated
+//!   (only if it is still the refused one: a newer one written by another replica stays), a
+//!   token is obtained again and the call is retried once ([`call`]).
+//! - WeChat's token endpoint down: if the cached token is still valid it keeps being used (and
+//!   the failure is counted and logged); otherwise the request fails with 503
+//!   `temporarily_unavailable` (502 `upstream_error` when WeChat refuses the appid/secret).
+//!
+//! [`plan`] is the pure decision; the rest is glue. The token is never logged.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use crate::app::{now, App};
+use crate::secrets::{self, SecretError};
+use crate::store::{CachedToken, Store, StoreError};
+use crate::wechat::WechatError;
+
+/// Refresh when fewer than this many seconds are left (5 minutes).
+pub const REFRESH_MARGIN: i64 = 300;
+/// A cached token is not used in its last seconds (clock skew, request time).
+pub const EXPIRY_SAFETY: i64 = 30;
+/// How often a replica waiting for another's refresh re-reads the store.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot get a WeChat access token: {0}")]
+    Fetch(WechatError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the cached WeChat access token cannot be unsealed or sealed: {0}")]
+    Seal(#[from] SecretError),
+    #[error("another replica is fetching the WeChat access token and has not finished")]
+    LeaseTimeout,
+}
+
+/// Why a WeChat API call with the access token failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The API call itself failed (after the one retry with a new token, if any).
+    #[error(transparent)]
+    Api(WechatError),
+}
+
+/// What to do with the cached token at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Use it.
+    Use,
+    /// Still usable, but due for refresh: try the lease; if another replica holds it, use it.
+    Refresh,
+    /// None usable (missing, expired, or the one WeChat just refused): fetch or wait.
+    Fetch,
+}
+
+/// Decides about `cached` at `now`. `refused_hash` is the hash of a token WeChat just refused.
+pub fn plan(cached: Option<&CachedToken>, now: i64, refused_hash: Option<&str>) -> Plan {
+    match cached {
+        Some(token)
+            if token.expires_at - EXPIRY_SAFETY > now
+                && refused_hash != Some(token.hash.as_str()) =>
+        {
+            if token.refresh_at > now {
+                Plan::Use
+            } else {
+                Plan::Refresh
+            }
+        }
+        _ => Plan::Fetch,
+    }
+}
+
+/// When to refresh a token fetched at `now` that WeChat says lives `expires_in` seconds.
+pub fn refresh_at(now: i64, expires_in: i64) -> i64 {
+    now + (expires_in - REFRESH_MARGIN).max(expires_in / 2)
+}
+
+/// The lease length: long enough for a `stable_token` call with all its retries.
+pub fn lease_secs(timeout: Duration, retries: u32) -> i64 {
+    let call = timeout.as_secs_f64() * f64::from(retries + 1) + 2.0;
+    (call.ceil() as i64).max(10)
+}
+
+fn aad(appid: &str) -> String {
+    format!("wechat_token:{appid}")
+}
+
+fn open(app: &App, token: &CachedToken) -> Result<Zeroizing<String>, TokenError> {
+    let bytes = app
+        .data_key
+        .open(&token.sealed, &aad(&app.config.wechat_appid))?;
+    String::from_utf8(bytes.to_vec())
+        .map(Zeroizing::new)
+        .map_err(|_| TokenError::Seal(SecretError::Open))
+}
+
+/// The current app access token, fetching it when needed (see the module docs).
+/// `refused`: a token WeChat just refused, which must not be returned again.
+///
+/// # Errors
+/// [`TokenError`].
+pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<String>, TokenError> {
+    let appid = app.config.wechat_appid.clone();
+    let refused_hash = refused.map(|t| secrets::sha256_hex(t.as_bytes()));
+    let lease = lease_secs(app.config.wechat_timeout, app.config.wechat_retries);
+    let deadline = Instant::now() + Duration::from_secs(lease.unsigned_abs() + 2);
+    loop {
+        let at = now();
+        let id = appid.clone();
+        let cached = app.db(move |store| store.wechat_token(&id)).await?;
+        let decision = plan(cached.as_ref(), at, refused_hash.as_deref());
+        if decision == Plan::Use {
+            if let Some(token) = &cached {
+                return open(app, token);
+            }
+        }
+        let (id, holder) = (appid.clone(), app.replica_id.clone());
+        let leased = app
+            .db(move |store| store.lease_wechat_token(&id, &holder, at, at + lease))
+            .await?;
+        if leased {
+            return fetch_as_holder(app, refused, refused_hash.as_deref(), cached).await;
+        }
+        if decision == Plan::Refresh {
+            if let Some(token) = &cached {
+                return open(app, token);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(TokenError::LeaseTimeout);
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+async fn fetch_as_holder(
+    app: &Arc<App>,
+    refused: Option<&str>,
+    refused_hash: Option<&str>,
+    cached: Option<CachedToken>,
+) -> Result<Zeroizing<String>, TokenError> {
+    let appid = app.config.wechat_appid.clone();
+    let holder = app.replica_id.clone();
+    // Another replica may have written a fresh token between our read and the lease.
+    let id = appid.clone();
+    let latest = app.db(move |store| store.wechat_token(&id)).await?;
+    if plan(latest.as_ref(), now(), refused_hash) == Plan::Use {
+        if let Some(token) = &latest {
+            release(app, &appid, &holder).await;
+            return open(app, token);
+        }
+    }
+    let fetched = fetch(app, refused).await;
+    match fetched {
+        Ok(token) => {
+            let at = now();
+            let record = CachedToken {
+                sealed: app
+                    .data_key
+                    .seal(token.token.as_bytes(), &aad(&appid))
+                    .map_err(TokenError::Seal)?,
+                hash: secrets::sha256_hex(token.token.as_bytes()),
+                expires_at: at + token.expires_in,
+                refresh_at: refresh_at(at, token.expires_in),
+            };
+            let (id, who) = (appid.clone(), holder.clone());
+            app.db(move |store| store.put_wechat_token(&id, &record, &who))
+                .await?;
+            app.metrics.wechat_token_refresh("ok");
+            tracing::info!(
+                expires_in = token.expires_in,
+                "fetched the WeChat app access token"
+            );
+            Ok(token.token)
+        }
+        Err(err) => {
+            release(app, &appid, &holder).await;
+            // Still valid (just due for refresh)? Keep serving with it.
+            let usable = cached.filter(|c| plan(Some(c), now(), refused_hash) != Plan::Fetch);
+            if let Some(token) = usable {
+                app.metrics.wechat_token_refresh("failed_kept_old");
+                tracing::warn!(error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");
+                return open(app, &token);
+            }
+            app.metrics.wechat_token_refresh("failed");
+            tracing::warn!(error = %err, "cannot get a WeChat access token");
+            Err(TokenError::Fetch(err))
+        }
+    }
+}
+
+async fn release(app: &Arc<App>, appid: &str, holder: &str) {
+    let (id, who) = (appid.to_string(), holder.to_string());
+    if let Err(err) = app
+        .db(move |store: &dyn Store| store.release_wechat_lease(&id, &who))
+        .await
+    {
+        tracing::warn!(error = %err, "could not release the WeChat token lease; it expires by itself");
+    }
+}
+
+async fn fetch(
+    app: &Arc<App>,
+    refused: Option<&str>,
+) -> Result<crate::wechat::AccessToken, WechatError> {
+    let token = app.wechat.stable_token(false).await?;
+    if refused.is_some_and(|r| r == token.token.as_str()) {
+        app.metrics.wechat_token_refresh("forced");
+        tracing::warn!("stable_token returned the token WeChat just refused; forcing a new one");
+        return app.wechat.stable_token(true).await;
+    }
+    Ok(token)
+}
+
+/// Runs a WeChat API call with the app access token; when WeChat refuses the token (40001,
+/// 42001, 40014), invalidates it, gets another and retries once.
+///
+/// # Errors
+/// [`CallError::Token`] when no token could be had, [`CallError::Api`] when the call failed.
+pub async fn call<T, F, Fut>(app: &Arc<App>, api: F) -> Result<T, CallError>
+where
+    F: Fn(Zeroizing<String>) -> Fut,
+    Fut: Future<Output = Result<T, WechatError>>,
+{
+    let token = get(app, None).await?;
+    match api(token.clone()).await {
+        Err(WechatError::InvalidAccessToken { errcode }) => {
+            app.metrics.wechat_token_invalidated(errcode);
+            tracing::warn!(
+                errcode,
+                "WeChat refused the cached access token; invalidating it and retrying once"
+            );
+            let (id, hash) = (
+                app.config.wechat_appid.clone(),
+                secrets::sha256_hex(token.as_bytes()),
+            );
+            app.db(move |store| store.invalidate_wechat_token(&id, &hash))
+                .await
+                .map_err(TokenError::from)?;
+            let fresh = get(app, Some(token.as_str())).await?;
+            api(fresh).await.map_err(CallError::Api)
+        }
+        other => other.map_err(CallError::Api),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(hash: &str, expires_at: i64, refresh_at: i64) -> CachedToken {
+        CachedToken {
+            sealed: vec![],
+            hash: hash.into(),
+            expires_at,
+            refresh_at,
+        }
+    }
+
+    #[test]
+    fn plan_none_cached_fetch() {
+        assert_eq!(plan(None, 100, None), Plan::Fetch);
+    }
+
+    #[test]
+    fn plan_fresh_token_use() {
+        assert_eq!(plan(Some(&token("h", 7300, 7000)), 100, None), Plan::Use);
+    }
+
+    #[test]
+    fn plan_due_but_valid_refresh() {
+        assert_eq!(
+            plan(Some(&token("h", 7300, 7000)), 7000, None),
+            Plan::Refresh
+        );
+    }
+
+    #[test]
+    fn plan_inside_expiry_safety_fetch() {
+        assert_eq!(
+            plan(Some(&token("h", 7300, 7000)), 7300 - EXPIRY_SAFETY, None),
+            Plan::Fetch
+        );
+    }
+
+    #[test]
+    fn plan_refused_token_fetch_other_token_use() {
+        assert_eq!(
+            plan(Some(&token("h", 7300, 7000)), 100, Some("h")),
+            Plan::Fetch
+        );
+        assert_eq!(
+            plan(Some(&token("h2", 7300, 7000)), 100, Some("h")),
+            Plan::Use
+        );
+    }
+
+    #[test]
+    fn refresh_at_five_minutes_before_expiry_or_half_life() {
+        assert_eq!(refresh_at(1000, 7200), 1000 + 6900);
+        assert_eq!(refresh_at(1000, 200), 1000 + 100);
+    }
+
+    #[test]
+    fn lease_secs_covers_retries_with_floor() {
+        assert_eq!(lease_secs(Duration::from_secs(3), 2), 11);
+        assert_eq!(lease_secs(Duration::from_secs(1), 0), 10);
+    }
+}

@@ -1,0 +1,243 @@
+//! The mini-program's user data, for a caller authenticated by its access token: encrypted
+//! data decryption (`POST /v1/me/decrypt`), the phone number (`POST /v1/me/phone`) and
+//! whether its session_key is still current at WeChat (`GET /v1/me/session`).
+//!
+//! Decisions (for the README):
+//! - Decrypt uses the session_key of the caller's own session (the token's `sid`): the issuer
+//!   keeps one session per login, so a token from before a later `wx.login` holds the old key.
+//!   All crypto and checks are `weauth-wxdata`'s ([`weauth_wxdata::decrypt`]); every refusal
+//!   is a 400 whose `error` is the specific code ([`crate::error::ApiError::UserData`]), with
+//!   `"relogin": true` when the client must `wx.login` and log in again
+//!   (`session_key_mismatch`, or an unusable stored key). `WEAUTH_DECRYPT_MAX_AGE` (default
+//!   off) limits the watermark's age. `rawData` + `signature`, when given (both or neither),
+//!   are checked after decryption: a mismatch is 400 `invalid_signature`.
+//!   The answer is `{"data": <decrypted object, watermark included>, "raw_data_verified": bool}`.
+//! - Phone: `{code}` → WeChat `getuserphonenumber` with the shared app access token
+//!   ([`crate::access_token::call`]); the number is stored on the user row SEALED with the data
+//!   key (AES-256-GCM, AAD `phone:<sub>`, base64 in the `phone` column), like the session_key,
+//!   because it is personal data. It is returned (`phoneNumber`, `purePhoneNumber`,
+//!   `countryCode`) and shown by `GET /v1/me` as `phone`. A bad, expired or used code is 400
+//!   `invalid_grant`.
+//! - checksession: `GET /v1/me/session` → `{"valid": bool}`: WeChat `/wxa/checksession` with
+//!   the app access token, the caller's openid and hex(HMAC-SHA256(key = session_key text,
+//!   "")); WeChat's 87009 (signature mismatch: a later `wx.login` rotated the key) is
+//!   `valid: false`, not an error.
+//!
+//! Nothing here logs the phone number, encryptedData, the session_key or the access token.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::Serialize;
+use weauth_token::Claims;
+
+use crate::access_token::{self, CallError};
+use crate::app::{now, App};
+use crate::error::{phone_error, ApiError};
+use crate::sessions;
+
+/// The user data a mini-program posts to `/v1/me/decrypt`.
+#[derive(Debug, Clone, Copy)]
+pub struct DecryptInput<'a> {
+    pub encrypted_data: &'a str,
+    pub iv: &'a str,
+    pub raw_data: Option<&'a str>,
+    pub signature: Option<&'a str>,
+}
+
+/// The answer of `/v1/me/decrypt`.
+#[derive(Debug, Serialize)]
+pub struct Decrypted {
+    /// The decrypted JSON object, watermark included.
+    pub data: serde_json::Value,
+    /// Whether `rawData` + `signature` were given and matched.
+    pub raw_data_verified: bool,
+}
+
+/// Decrypts the caller's encrypted data with its session's session_key.
+///
+/// # Errors
+/// 400 [`ApiError::InvalidRequest`] for a lone `rawData` or `signature`;
+/// [`ApiError::UserData`] for every refusal of the data; `invalid_token` when the session is
+/// gone.
+pub async fn decrypt(
+    app: &Arc<App>,
+    claims: &Claims,
+    input: DecryptInput<'_>,
+) -> Result<Decrypted, ApiError> {
+    let result = decrypt_inner(app, claims, input).await;
+    match &result {
+        Ok(_) => app.metrics.decrypt("ok"),
+        Err(err) => {
+            app.metrics.decrypt(err.code());
+            if let ApiError::UserData { code, relogin, .. } = err {
+                tracing::info!(
+                    sid = %crate::short_hash(&claims.sid),
+                    code,
+                    relogin,
+                    "user data refused"
+                );
+            }
+        }
+    }
+    result
+}
+
+async fn decrypt_inner(
+    app: &Arc<App>,
+    claims: &Claims,
+    input: DecryptInput<'_>,
+) -> Result<Decrypted, ApiError> {
+    let raw = match (input.raw_data, input.signature) {
+        (Some(raw), Some(signature)) => Some((raw, signature)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "rawData and signature go together: send both or neither".into(),
+            ))
+        }
+    };
+    let session_key = sessions::session_key(app, &claims.sid).await?;
+    let max_age = app.config.decrypt_max_age.map(|d| d.as_secs());
+    let data = weauth_wxdata::decrypt(
+        &session_key,
+        input.encrypted_data,
+        input.iv,
+        &app.config.wechat_appid,
+        now(),
+        max_age,
+    )?;
+    if let Some((raw, signature)) = raw {
+        if !weauth_wxdata::check_raw_data_signature(raw, &session_key, signature) {
+            return Err(ApiError::UserData {
+                code: "invalid_signature",
+                description: "signature is not hex(sha1(rawData + session_key)) for this \
+                              session: rawData was altered, or it was signed for another session"
+                    .into(),
+                relogin: false,
+            });
+        }
+    }
+    Ok(Decrypted {
+        data,
+        raw_data_verified: raw.is_some(),
+    })
+}
+
+/// The answer of `/v1/me/phone` (WeChat's names).
+#[derive(Debug, Serialize)]
+pub struct Phone {
+    #[serde(rename = "phoneNumber")]
+    pub phone_number: String,
+    #[serde(rename = "purePhoneNumber")]
+    pub pure_phone_number: String,
+    #[serde(rename = "countryCode")]
+    pub country_code: String,
+}
+
+fn phone_aad(sub: &str) -> String {
+    format!("phone:{sub}")
+}
+
+/// Seals a phone number for the `users.phone` column (base64 text).
+///
+/// # Errors
+/// 500 when sealing fails.
+pub fn seal_phone(app: &App, sub: &str, phone: &str) -> Result<String, ApiError> {
+    app.data_key
+        .seal(phone.as_bytes(), &phone_aad(sub))
+        .map(|sealed| STANDARD.encode(sealed))
+        .map_err(|err| ApiError::Internal(err.to_string()))
+}
+
+/// Opens a phone number sealed by [`seal_phone`].
+///
+/// # Errors
+/// 500 when the column does not open with the data key.
+pub fn open_phone(app: &App, sub: &str, stored: &str) -> Result<String, ApiError> {
+    let sealed = STANDARD
+        .decode(stored)
+        .map_err(|_| ApiError::Internal("stored phone is not base64".into()))?;
+    let bytes = app
+        .data_key
+        .open(&sealed, &phone_aad(sub))
+        .map_err(|err| ApiError::Internal(err.to_string()))?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::Internal("stored phone is not UTF-8".into()))
+}
+
+/// Redeems a `getPhoneNumber` code at WeChat and stores the number on the caller's user.
+///
+/// # Errors
+/// 400 `invalid_request` for an empty or oversized code, 400 `invalid_grant` for a bad, expired
+/// or used code, 503/502 when WeChat or its token endpoint fails, `invalid_token` when the
+/// user is gone.
+pub async fn phone(app: &Arc<App>, claims: &Claims, code: &str) -> Result<Phone, ApiError> {
+    let result = phone_inner(app, claims, code).await;
+    app.metrics.phone(match &result {
+        Ok(_) => "ok",
+        Err(err) => err.code(),
+    });
+    result
+}
+
+async fn phone_inner(app: &Arc<App>, claims: &Claims, code: &str) -> Result<Phone, ApiError> {
+    if code.is_empty() || code.len() > 512 {
+        return Err(ApiError::InvalidRequest(
+            "code must be the non-empty code from getPhoneNumber".into(),
+        ));
+    }
+    let info = access_token::call(app, |token| async move {
+        app.wechat.phone_number(&token, code).await
+    })
+    .await
+    .map_err(|err| match err {
+        CallError::Token(token) => ApiError::from(token),
+        CallError::Api(api) => phone_error(api),
+    })?;
+    let sealed = seal_phone(app, &claims.sub, &info.phone_number)?;
+    let (sub, at) = (claims.sub.clone(), now());
+    let stored = app
+        .db(move |store| store.set_phone(&sub, Some(&sealed), at))
+        .await?;
+    if !stored {
+        return Err(ApiError::InvalidToken(
+            "the token's user no longer exists".into(),
+        ));
+    }
+    tracing::info!(sub = %claims.sub, country = %info.country_code, "phone number stored");
+    Ok(Phone {
+        phone_number: info.phone_number,
+        pure_phone_number: info.pure_phone_number,
+        country_code: info.country_code,
+    })
+}
+
+/// Asks WeChat whether the caller's session_key is still the user's current one.
+///
+/// # Errors
+/// `invalid_token` when the session is gone; 503/502 when WeChat or its token endpoint fails.
+pub async fn check_session(app: &Arc<App>, claims: &Claims) -> Result<bool, ApiError> {
+    let result = check_session_inner(app, claims).await;
+    app.metrics.checksession(match &result {
+        Ok(true) => "valid",
+        Ok(false) => "invalid",
+        Err(_) => "error",
+    });
+    result
+}
+
+async fn check_session_inner(app: &Arc<App>, claims: &Claims) -> Result<bool, ApiError> {
+    let session_key = sessions::session_key(app, &claims.sid).await?;
+    let signature = weauth_wxdata::checksession_signature(&session_key);
+    let (openid, signature) = (claims.openid.as_str(), signature.as_str());
+    access_token::call(app, |token| async move {
+        app.wechat.check_session(&token, openid, signature).await
+    })
+    .await
+    .map_err(|err| match err {
+        CallError::Token(token) => ApiError::from(token),
+        CallError::Api(api) => ApiError::from(api),
+    })
+}
