@@ -125,6 +125,9 @@ pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<Stri
     let refused_hash = refused.map(|t| secrets::sha256_hex(t.as_bytes()));
     let lease = lease_secs(app.config.wechat_timeout, app.config.wechat_retries);
     let deadline = Instant::now() + Duration::from_secs(lease.unsigned_abs() + 2);
+    // One holder name per attempt, not per process: concurrent requests of one replica must
+    // not share the lease either.
+    let holder = format!("{}.{}", app.replica_id, secrets::random_b64(6));
     loop {
         let at = now();
         let id = appid.clone();
@@ -135,12 +138,12 @@ pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<Stri
                 return open(app, token);
             }
         }
-        let (id, holder) = (appid.clone(), app.replica_id.clone());
+        let (id, who) = (appid.clone(), holder.clone());
         let leased = app
-            .db(move |store| store.lease_wechat_token(&id, &holder, at, at + lease))
+            .db(move |store| store.lease_wechat_token(&id, &who, at, at + lease))
             .await?;
         if leased {
-            return fetch_as_holder(app, refused, refused_hash.as_deref(), cached).await;
+            return fetch_as_holder(app, &holder, refused, refused_hash.as_deref(), cached).await;
         }
         if decision == Plan::Refresh {
             if let Some(token) = &cached {
@@ -156,12 +159,13 @@ pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<Stri
 
 async fn fetch_as_holder(
     app: &Arc<App>,
+    holder: &str,
     refused: Option<&str>,
     refused_hash: Option<&str>,
     cached: Option<CachedToken>,
 ) -> Result<Zeroizing<String>, TokenError> {
     let appid = app.config.wechat_appid.clone();
-    let holder = app.replica_id.clone();
+    let holder = holder.to_string();
     // Another replica may have written a fresh token between our read and the lease.
     let id = appid.clone();
     let latest = app.db(move |store| store.wechat_token(&id)).await?;

@@ -66,7 +66,7 @@ pub struct App {
     pub(crate) inflight_codes: Mutex<HashSet<String>>,
     started: Instant,
     feed_waiters: Arc<AtomicUsize>,
-    /// Random per process: names this replica as the holder of the WeChat-token lease.
+    /// Random per process: prefixes the names of this replica's WeChat-token lease holders.
     pub(crate) replica_id: String,
 }
 

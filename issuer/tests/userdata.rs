@@ -1,0 +1,487 @@
+//! Integration tests of the user-data routes (`POST /v1/me/decrypt`, `POST /v1/me/phone`,
+//! `GET /v1/me/session`) with the real binary against the mock WeChat: decryption and every
+//! refusal (bad base64 and the `+`→space hint, iv length, truncated data, a session_key
+//! rotated by a later login, another app's watermark, a stale watermark, rawData signatures),
+//! the phone number stored sealed and shown by `/v1/me`, the shared WeChat access token
+//! (invalidated and retried once on 40001, 503 when WeChat's token endpoint is down, and two
+//! issuer processes on one store fetching it exactly once), and checksession.
+
+// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use common::{Issuer, Stack, APPID};
+use serde_json::{json, Value};
+use weauth_tests::mock_wechat::{Fault, MockConfig};
+
+fn token(login: &Value) -> String {
+    login["access_token"].as_str().unwrap().to_string()
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Logs `user` in and encrypts `data` for them with their (new) session_key.
+async fn login_and_encrypt(stack: &Stack, user: &str, data: Value) -> (String, String, String) {
+    let login = stack.login(user).await;
+    let (encrypted, iv) = stack.mock.encrypt(user, data);
+    (token(&login), encrypted, iv)
+}
+
+async fn decrypt(stack: &Stack, token: &str, body: Value) -> (u16, Value) {
+    let (status, body, _) = stack.post_auth("/v1/me/decrypt", token, Some(body)).await;
+    (status, body)
+}
+
+fn assert_refused(status: u16, body: &Value, code: &str, relogin: bool) {
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["error_description"].as_str().unwrap().len() > 10);
+    assert_eq!(body.get("relogin") == Some(&json!(true)), relogin, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_fresh_data_returns_object_with_watermark() {
+    let stack = Stack::start(&[]).await;
+    let user_info = json!({"nickName": "Alice", "gender": 1, "city": "Shenzhen"});
+    let (token, encrypted, iv) = login_and_encrypt(&stack, "alice", user_info).await;
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": iv}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["nickName"], "Alice");
+    assert_eq!(body["data"]["city"], "Shenzhen");
+    assert_eq!(body["data"]["watermark"]["appid"], APPID);
+    assert_eq!(body["raw_data_verified"], false);
+    let (_, metrics, _) = stack.get("/metrics", None).await;
+    let text = metrics.as_str().unwrap();
+    assert!(
+        text.contains("weauth_decrypt_total{outcome=\"ok\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_raw_data_signature_good_verified_bad_refused() {
+    let stack = Stack::start(&[]).await;
+    let data = json!({"nickName": "Bob"});
+    let (token, encrypted, iv) = login_and_encrypt(&stack, "bob", data.clone()).await;
+    let raw = data.to_string();
+    let signature = stack.mock.sign_raw_data("bob", &raw);
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": iv, "rawData": raw, "signature": signature}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["raw_data_verified"], true);
+
+    let tampered = json!({"nickName": "Mallory"}).to_string();
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": iv, "rawData": tampered, "signature": signature}),
+    )
+    .await;
+    assert_refused(status, &body, "invalid_signature", false);
+
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": iv, "rawData": raw}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_malformed_input_named_never_500() {
+    let stack = Stack::start(&[]).await;
+    // Big enough that the base64 surely holds a '+' somewhere (retry a few times otherwise).
+    let mut found = None;
+    for _ in 0..20 {
+        let data = json!({"padding": "x".repeat(200), "n": rand::random::<u64>()});
+        let (token, encrypted, iv) = login_and_encrypt(&stack, "carol", data).await;
+        if encrypted.contains('+') {
+            found = Some((token, encrypted, iv));
+            break;
+        }
+    }
+    let (token, encrypted, iv) = found.expect("some ciphertext with a '+'");
+
+    // '+' turned into a space by form encoding.
+    let spaced = encrypted.replace('+', " ");
+    let (status, body) = decrypt(&stack, &token, json!({"encryptedData": spaced, "iv": iv})).await;
+    assert_refused(status, &body, "invalid_base64", false);
+    let description = body["error_description"].as_str().unwrap();
+    assert!(description.contains("'+'"), "{description}");
+    assert!(description.contains("encryptedData"), "{description}");
+
+    // Not base64 at all.
+    let (status, body) = decrypt(&stack, &token, json!({"encryptedData": "%%%", "iv": iv})).await;
+    assert_refused(status, &body, "invalid_base64", false);
+    assert!(!body["error_description"].as_str().unwrap().contains("'+'"));
+
+    // iv of 8 bytes.
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": "AAAAAAAAAAA="}),
+    )
+    .await;
+    assert_refused(status, &body, "invalid_iv_length", false);
+
+    // Truncated ciphertext (not a whole number of blocks).
+    let truncated = base64::engine::general_purpose::STANDARD.encode([7u8; 20]);
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": truncated, "iv": iv}),
+    )
+    .await;
+    assert_refused(status, &body, "invalid_encrypted_data_length", false);
+
+    // Missing member, unknown member.
+    let (status, body) = decrypt(&stack, &token, json!({"encryptedData": encrypted})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": iv, "extra": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+
+    // Without a bearer token.
+    let (status, _, _) = stack
+        .post(
+            "/v1/me/decrypt",
+            json!({"encryptedData": encrypted, "iv": iv}),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // The original still decrypts.
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": iv}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_old_session_after_second_login_session_key_mismatch_relogin() {
+    let stack = Stack::start(&[]).await;
+    let first = stack.login("dave").await;
+    let second = stack.login("dave").await; // wx.login again: WeChat rotates the session_key
+    let (encrypted, iv) = stack.mock.encrypt("dave", json!({"nickName": "Dave"}));
+    let (status, body) = decrypt(
+        &stack,
+        &token(&first),
+        json!({"encryptedData": encrypted, "iv": iv}),
+    )
+    .await;
+    assert_refused(status, &body, "session_key_mismatch", true);
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("wx.login"));
+    let (status, body) = decrypt(
+        &stack,
+        &token(&second),
+        json!({"encryptedData": encrypted, "iv": iv}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["nickName"], "Dave");
+    let (_, metrics, _) = stack.get("/metrics", None).await;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("weauth_decrypt_total{outcome=\"session_key_mismatch\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_watermark_of_another_app_refused() {
+    let stack = Stack::start(&[]).await;
+    let login = stack.login("erin").await;
+    let openid = stack.mock.openid("erin");
+    let session_key = stack.mock.session_key(&openid).unwrap();
+    let iv = "AAECAwQFBgcICQoLDA0ODw==";
+    let encrypted = weauth_wxdata::encrypt(
+        &session_key,
+        iv,
+        &json!({"nickName": "Erin"}),
+        "wxffffffffffffffff",
+        unix_now(),
+    )
+    .unwrap();
+    let (status, body) = decrypt(
+        &stack,
+        &token(&login),
+        json!({"encryptedData": encrypted, "iv": iv}),
+    )
+    .await;
+    assert_refused(status, &body, "watermark_appid_mismatch", false);
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("wxffffffffffffffff"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_max_age_refuses_old_watermark_accepts_fresh() {
+    let stack = Stack::start(&[("WEAUTH_DECRYPT_MAX_AGE", "10m")]).await;
+    let login = stack.login("frank").await;
+    let session_key = stack.mock.session_key(&stack.mock.openid("frank")).unwrap();
+    let iv = "AAECAwQFBgcICQoLDA0ODw==";
+    let old =
+        weauth_wxdata::encrypt(&session_key, iv, &json!({}), APPID, unix_now() - 3600).unwrap();
+    let (status, body) = decrypt(
+        &stack,
+        &token(&login),
+        json!({"encryptedData": old, "iv": iv}),
+    )
+    .await;
+    assert_refused(status, &body, "watermark_expired", false);
+    let fresh =
+        weauth_wxdata::encrypt(&session_key, iv, &json!({}), APPID, unix_now() - 60).unwrap();
+    let (status, body) = decrypt(
+        &stack,
+        &token(&login),
+        json!({"encryptedData": fresh, "iv": iv}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn phone(stack: &Stack, issuer: Option<&Issuer>, token: &str, code: &str) -> (u16, Value) {
+    let url = match issuer {
+        Some(issuer) => issuer.url("/v1/me/phone"),
+        None => stack.url("/v1/me/phone"),
+    };
+    let response = stack
+        .http
+        .post(url)
+        .bearer_auth(token)
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body, _) = common::split(response).await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_stored_sealed_and_shown_by_me_code_reuse_refused() {
+    let stack = Stack::start(&[]).await;
+    let token = token(&stack.login("grace").await);
+    let code = stack.mock.phone_code("grace", "13800138000");
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phoneNumber"], "13800138000");
+    assert_eq!(body["purePhoneNumber"], "13800138000");
+    assert_eq!(body["countryCode"], "86");
+    let (status, me, _) = stack.get("/v1/me", Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["phone"], "13800138000");
+    // Sealed at rest: the number is nowhere in the users table.
+    let conn = rusqlite::Connection::open(stack.db_path()).unwrap();
+    let stored: String = conn
+        .query_row("SELECT phone FROM users WHERE phone IS NOT NULL", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(!stored.contains("13800138000"));
+    // Never logged.
+    assert!(!stack.issuer.log_text().contains("13800138000"));
+
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(stack.mock.calls("stable_token"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_40001_on_cached_token_invalidated_refetched_retried_once() {
+    let stack = Stack::start(&[]).await;
+    let token = token(&stack.login("heidi").await);
+    let code = stack.mock.phone_code("heidi", "13900000001");
+    assert_eq!(phone(&stack, None, &token, &code).await.0, 200);
+    assert_eq!(stack.mock.calls("stable_token"), 1);
+    let db = rusqlite::Connection::open(stack.db_path()).unwrap();
+    let hash = |db: &rusqlite::Connection| -> Option<String> {
+        db.query_row("SELECT hash FROM wechat_tokens", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = hash(&db).unwrap();
+
+    // WeChat says the cached token is no longer valid, once.
+    stack.mock.inject(
+        "getuserphonenumber",
+        Fault::Errcode {
+            errcode: 40001,
+            errmsg: "invalid credential, access_token is invalid or not latest".into(),
+        },
+        1,
+    );
+    let code = stack.mock.phone_code("heidi", "13900000002");
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phoneNumber"], "13900000002");
+    assert_eq!(stack.mock.calls("getuserphonenumber"), 3);
+    // stable_token returned the refused token again, so the issuer forced a new one.
+    assert_eq!(stack.mock.calls("stable_token"), 3);
+    assert_ne!(hash(&db).unwrap(), before);
+
+    // The new token is cached: no more stable_token calls.
+    let code = stack.mock.phone_code("heidi", "13900000003");
+    assert_eq!(phone(&stack, None, &token, &code).await.0, 200);
+    assert_eq!(stack.mock.calls("stable_token"), 3);
+
+    // Refused twice in a row: retried once only, then an error (not a loop).
+    stack.mock.inject(
+        "getuserphonenumber",
+        Fault::Errcode {
+            errcode: 40001,
+            errmsg: "invalid credential".into(),
+        },
+        2,
+    );
+    let code = stack.mock.phone_code("heidi", "13900000004");
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(stack.mock.calls("getuserphonenumber"), 6);
+    let (_, metrics, _) = stack.get("/metrics", None).await;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("weauth_wechat_token_invalidations_total{errcode=\"40001\"} 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_token_endpoint_down_503_with_clear_error() {
+    let stack = Stack::start(&[]).await;
+    let token = token(&stack.login("ivan").await);
+    stack.mock.inject("stable_token", Fault::Status(502), 10);
+    let code = stack.mock.phone_code("ivan", "13700000000");
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("access token"));
+    assert_eq!(stack.mock.calls("getuserphonenumber"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_issuers_one_store_concurrent_phone_no_40001_one_stable_token() {
+    // Zero overlap: a token replaced by anyone would fail at once with 40001.
+    let cfg = MockConfig {
+        token_overlap: Duration::ZERO,
+        ..Default::default()
+    };
+    let stack = Stack::start_with(cfg, &[]).await;
+    let env = stack.issuer.env.clone();
+    let second = tokio::task::spawn_blocking(move || Issuer::start(&env))
+        .await
+        .unwrap();
+    let users = ["u0", "u1", "u2", "u3"];
+    let mut tokens = Vec::new();
+    for user in users {
+        tokens.push(token(&stack.login(user).await));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let user = users[i % users.len()];
+        let code = stack.mock.phone_code(user, &format!("1350000{i:04}"));
+        let token = tokens[i % users.len()].clone();
+        let url = if i % 2 == 0 {
+            stack.url("/v1/me/phone")
+        } else {
+            second.url("/v1/me/phone")
+        };
+        let http = stack.http.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap();
+            common::split(response).await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (status, body, _) = task.await.unwrap();
+        assert_eq!(status, 200, "request {i}: {body}");
+        assert_eq!(body["phoneNumber"], format!("1350000{i:04}"));
+    }
+    assert_eq!(stack.mock.calls("stable_token"), 1);
+    assert_eq!(stack.mock.calls("getuserphonenumber"), 20);
+    // WeChat never refused a token (each refusal would be counted, even when hidden by the
+    // retry), and nobody logged one.
+    for issuer in [&stack.issuer, &second] {
+        let text = stack
+            .http
+            .get(issuer.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains("weauth_phone_total{outcome=\"ok\"} 10"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("weauth_wechat_token_invalidations_total{"),
+            "{text}"
+        );
+        assert!(!issuer.log_text().contains("40001"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksession_current_key_valid_old_key_invalid() {
+    let stack = Stack::start(&[]).await;
+    let first = token(&stack.login("judy").await);
+    let (status, body, _) = stack.get("/v1/me/session", Some(&first)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["valid"], true);
+    let second = token(&stack.login("judy").await);
+    let (status, body, _) = stack.get("/v1/me/session", Some(&first)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["valid"], false);
+    let (status, body, _) = stack.get("/v1/me/session", Some(&second)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["valid"], true);
+    assert_eq!(stack.mock.calls("checksession"), 3);
+    assert_eq!(stack.mock.calls("stable_token"), 1);
+    let (status, _, _) = stack.get("/v1/me/session", None).await;
+    assert_eq!(status, 401);
+}
