@@ -158,13 +158,13 @@ impl MockWechat {
     /// `rawData`'s `signature` for `user`'s current session_key: hex(sha1(raw + session_key)).
     pub fn sign_raw_data(&self, user: &str, raw_data: &str) -> String {
         let key = self.shared.current_session_key(user);
-        state::raw_data_signature(raw_data, &key)
+        weauth_wxdata::raw_data_signature(raw_data, &key)
     }
 
     /// checksession's signature for `user`'s current session_key.
     pub fn checksession_signature(&self, user: &str) -> String {
         let key = self.shared.current_session_key(user);
-        state::checksession_signature(&key)
+        weauth_wxdata::checksession_signature(&key)
     }
 
     /// Makes the next `times` calls of `route` misbehave. `route` is one of
@@ -330,7 +330,7 @@ impl Shared {
         Encrypted {
             encrypted_data,
             iv,
-            signature: state::raw_data_signature(&raw_data, &key),
+            signature: weauth_wxdata::raw_data_signature(&raw_data, &key),
             raw_data,
         }
     }
@@ -533,7 +533,7 @@ impl Shared {
         }
         let key = param(q, "openid").and_then(|o| self.lock().session_keys.get(o).cloned());
         let good = key.is_some_and(|k| {
-            Some(state::checksession_signature(&k).as_str()) == param(q, "signature")
+            Some(weauth_wxdata::checksession_signature(&k).as_str()) == param(q, "signature")
         });
         if good {
             self.ok(R, json!({"errcode": 0, "errmsg": "ok"}))

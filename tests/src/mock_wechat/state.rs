@@ -6,19 +6,17 @@
 //! unix milliseconds on the mock's own clock) so the rules are unit-tested without waiting.
 //!
 //! The wire helpers WeChat's quirks depend on are here too: the `errmsg` format with its
-//! `, rid: …` suffix, checksession's signature, and user-data encryption.
+//! `, rid: …` suffix, and user-data encryption. The cryptography itself (encryption, the
+//! rawData and checksession signatures) is `weauth-wxdata`'s, the crate the issuer uses, so
+//! the mock and the issuer cannot drift apart.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aes::Aes128;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use cbc::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
-use hmac::{Hmac, Mac};
 use rand::distributions::Alphanumeric;
 use rand::{Rng, RngCore};
-use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 /// How long a login code (`wx.login`) or a phone code stays redeemable: 5 minutes.
@@ -366,74 +364,43 @@ pub fn new_access_token(rng: &mut impl RngCore) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// checksession's signature: hex(HMAC-SHA256(key = session_key as TEXT, message = "")).
-pub fn checksession_signature(session_key: &str) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(session_key.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(b"");
-    hex(&mac.finalize().into_bytes())
-}
-
-/// `rawData`'s signature as `wx.getUserInfo` returns it: hex(sha1(rawData + session_key)).
-pub fn raw_data_signature(raw_data: &str, session_key: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(raw_data.as_bytes());
-    h.update(session_key.as_bytes());
-    hex(&h.finalize())
-}
-
-/// Why user data could not be encrypted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EncryptError {
-    /// The session_key is not base64 of exactly 16 bytes.
-    #[error("session_key is not base64 of 16 bytes")]
-    BadSessionKey,
-}
-
-/// Encrypts user data like WeChat: adds `watermark {appid, timestamp}` to `data` (wrapped as
+/// Encrypts user data like WeChat, through `weauth_wxdata::encrypt` (the same code the issuer
+/// decrypts with): adds `watermark {appid, timestamp}` to `data` (wrapped as
 /// `{"value": data}` when it is not an object), serializes it, and encrypts with AES-128-CBC,
 /// PKCS#7, key = base64-decode(session_key), iv = the 16 given bytes. Returns
 /// `(encryptedData, iv)`, both standard base64.
+///
+/// # Errors
+/// [`weauth_wxdata::EncryptError::InvalidSessionKey`] when the session_key is not base64 of
+/// 16 bytes.
 pub fn encrypt_user_data(
     session_key: &str,
     iv: [u8; 16],
     appid: &str,
     timestamp: u64,
     data: serde_json::Value,
-) -> Result<(String, String), EncryptError> {
-    let key: [u8; 16] = STANDARD
-        .decode(session_key)
-        .ok()
-        .and_then(|k| k.try_into().ok())
-        .ok_or(EncryptError::BadSessionKey)?;
-    let mut obj = match data {
-        serde_json::Value::Object(map) => map,
-        other => {
-            let mut map = serde_json::Map::new();
-            map.insert("value".into(), other);
-            map
-        }
+) -> Result<(String, String), weauth_wxdata::EncryptError> {
+    let payload = match data {
+        serde_json::Value::Object(map) => serde_json::Value::Object(map),
+        other => serde_json::json!({ "value": other }),
     };
-    obj.insert(
-        "watermark".into(),
-        serde_json::json!({"appid": appid, "timestamp": timestamp}),
-    );
-    let plain = serde_json::Value::Object(obj).to_string();
-    let cipher = cbc::Encryptor::<Aes128>::new(&key.into(), &iv.into())
-        .encrypt_padded_vec_mut::<Pkcs7>(plain.as_bytes());
-    Ok((STANDARD.encode(cipher), STANDARD.encode(iv)))
+    let iv_b64 = STANDARD.encode(iv);
+    let timestamp = i64::try_from(timestamp).unwrap_or(i64::MAX);
+    let encrypted = weauth_wxdata::encrypt(session_key, &iv_b64, &payload, appid, timestamp)?;
+    Ok((encrypted, iv_b64))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cbc::cipher::BlockDecryptMut;
+    use aes::Aes128;
+    use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+    use hmac::{Hmac, Mac};
+    use weauth_wxdata::{checksession_signature, raw_data_signature};
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
 
     #[test]
     fn code_store_first_redeem_returns_value() {
@@ -655,6 +622,16 @@ mod tests {
     #[test]
     fn encrypt_user_data_bad_key_is_refused() {
         let r = encrypt_user_data("c2hvcnQ=", [0; 16], "a", 0, serde_json::json!({}));
-        assert_eq!(r, Err(EncryptError::BadSessionKey));
+        assert_eq!(r, Err(weauth_wxdata::EncryptError::InvalidSessionKey));
+    }
+
+    #[test]
+    fn encrypt_user_data_non_object_wrapped_as_value() {
+        let key = new_session_key(&mut rand::thread_rng());
+        let (enc, iv) =
+            encrypt_user_data(&key, [3; 16], "wxapp", 9, serde_json::json!([1, 2])).unwrap();
+        let v = weauth_wxdata::decrypt(&key, &enc, &iv, "wxapp", 9, None).unwrap();
+        assert_eq!(v["value"], serde_json::json!([1, 2]));
+        assert_eq!(v["watermark"]["timestamp"], 9);
     }
 }
