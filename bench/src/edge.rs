@@ -15,7 +15,9 @@ use weauth_token::Algorithm;
 
 use crate::feed::{synthetic_entries, FeedHandle};
 use crate::parse::{envoy_stat, wrk_report};
-use crate::procs::{clock_ticks_per_second, cpu_ticks, free_port, rss_kib, spawn_pinned, Owned};
+use crate::procs::{
+    alive, clock_ticks_per_second, cpu_ticks, free_port, rss_kib, spawn_pinned, Owned,
+};
 use crate::report::{EdgeMeasure, EdgeRow, MemoryResult};
 use crate::stats::cpu_us_per_request;
 use crate::template::{self, render, TemplateError};
@@ -650,8 +652,13 @@ async fn verify(
             }
         }
         if let Some(pid) = pid {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                return Err("Envoy exited during start (see bench-results/run/)".into());
+            if !alive(pid) {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+                return Err(format!(
+                    "Envoy exited during start: {}",
+                    last.trim().replace('|', "/")
+                ));
             }
         }
         let valid = status(client, port, &tokens.valid).await;

@@ -88,9 +88,50 @@ pub fn spawn_pinned(
     Ok(Owned { child })
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; good enough on one machine).
+/// A free TCP port on 127.0.0.1, bound then released. Drawn below Linux's ephemeral range
+/// (32768-60999) when possible: a port from that range can be taken in between by any outgoing
+/// connection on the machine (its source port), and Envoy then fails to bind it.
 pub fn free_port() -> std::io::Result<u16> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..100 {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Whether process `pid` exists and is not a zombie (an exited child not yet reaped).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let close = stat.rfind(')')?;
+            stat[close + 1..]
+                .split_whitespace()
+                .next()
+                .map(|s| s != "Z")
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_self_true_unknown_false() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port().unwrap();
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+    }
 }
