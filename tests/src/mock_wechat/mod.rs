@@ -12,7 +12,8 @@
 //!   "force_refresh"}` [`stable_token`] and `GET /cgi-bin/token?grant_type&appid&secret`
 //!   [`token`] → `{"access_token","expires_in"}`. A new token replaces the previous one of the
 //!   same kind, which keeps working for [`MockConfig::token_overlap`] and then gets 40001;
-//!   `stable_token` without `force_refresh` returns the current stable token.
+//!   `stable_token` without `force_refresh` returns the current stable token (the same one to
+//!   every caller) until its last 5 minutes, when it hands out a new one, like WeChat.
 //! - `POST /wxa/business/getuserphonenumber?access_token` `{"code"}` [`getuserphonenumber`] →
 //!   `{"errcode":0,"errmsg":"ok","phone_info":{…,"watermark":{"timestamp","appid"}}}`; phone
 //!   codes are single-use and live 5 minutes (40029 otherwise).

@@ -23,6 +23,9 @@ use sha2::{Digest, Sha256};
 pub const CODE_TTL_MS: u64 = 5 * 60 * 1000;
 /// Lifetime of an access token, as WeChat announces it in `expires_in`: 7200 s.
 pub const TOKEN_TTL_MS: u64 = 7200 * 1000;
+/// `stable_token` (normal mode) hands out a NEW token when the current one has less than this
+/// left (WeChat: "the platform renews the access_token 5 minutes ahead").
+pub const STABLE_RENEWAL_MS: u64 = 5 * 60 * 1000;
 
 /// The WeChat API routes the mock serves, by the names used for faults and counters.
 pub const ROUTES: [&str; 5] = [
@@ -159,8 +162,8 @@ struct TokenEntry {
 ///
 /// `GET /cgi-bin/token` always mints a new token; the previous one keeps working for the
 /// overlap (5 minutes at WeChat), then answers 40001. `stable_token` returns the current
-/// stable token while it is valid, unless `force_refresh` asks for a new one, which replaces
-/// the old one with the same overlap.
+/// stable token while more than [`STABLE_RENEWAL_MS`] of it is left, unless `force_refresh`
+/// asks for a new one; a new stable token replaces the old one with the same overlap.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     tokens: HashMap<String, TokenEntry>,
@@ -188,12 +191,13 @@ impl TokenStore {
     }
 
     /// `POST /cgi-bin/stable_token`: the current stable token and its remaining seconds, or,
-    /// when there is none usable or `force_refresh` is set, `fresh` replacing it.
+    /// when there is none, it is in its last [`STABLE_RENEWAL_MS`], or `force_refresh` is set,
+    /// `fresh` replacing it.
     pub fn stable(&mut self, fresh: String, force_refresh: bool, now_ms: u64) -> (String, u64) {
         if !force_refresh {
             if let Some(cur) = &self.current_stable {
                 if let Some(e) = self.tokens.get(cur) {
-                    if e.expires_ms > now_ms {
+                    if e.expires_ms > now_ms.saturating_add(STABLE_RENEWAL_MS) {
                         return (cur.clone(), (e.expires_ms - now_ms) / 1000);
                     }
                 }
@@ -498,6 +502,18 @@ mod tests {
         assert_eq!(t, "b");
         assert_eq!(s.check("a", 1_000 + 299_000), TokenCheck::Valid);
         assert_eq!(s.check("a", 1_000 + 300_000), TokenCheck::Invalid);
+    }
+
+    #[test]
+    fn token_stable_in_last_five_minutes_renewed_old_still_valid() {
+        let mut s = TokenStore::new(Duration::from_secs(300));
+        s.stable("a".into(), false, 0);
+        let before = TOKEN_TTL_MS - STABLE_RENEWAL_MS;
+        assert_eq!(s.stable("b".into(), false, before - 1).0, "a");
+        let (t, e) = s.stable("c".into(), false, before);
+        assert_eq!((t.as_str(), e), ("c", 7200));
+        assert_eq!(s.check("a", TOKEN_TTL_MS - 1), TokenCheck::Valid);
+        assert_ne!(s.check("a", TOKEN_TTL_MS), TokenCheck::Valid);
     }
 
     #[test]
