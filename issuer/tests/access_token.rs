@@ -1,0 +1,210 @@
+//! The shared WeChat app access token (`access_token::get`) against a real SQLite store and a
+//! fake WeChat injected through the `Wechat` trait: one fetch for many concurrent callers,
+//! refresh ahead of expiry, the old token kept when a refresh fails, 503 when there is none,
+//! and a replica that waits for (or uses the still-valid token of) another lease holder.
+
+// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weauth_issuer::access_token::{self, TokenError};
+use weauth_issuer::app::{now, App};
+use weauth_issuer::config::{Config, Source};
+use weauth_issuer::error::ApiError;
+use weauth_issuer::secrets::sha256_hex;
+use weauth_issuer::store::CachedToken;
+use weauth_issuer::wechat::{AccessToken, BoxFuture, Code2Session, Wechat, WechatError};
+use zeroize::Zeroizing;
+
+const APPID: &str = "wx1";
+
+/// Hands out `T1`, `T2`, ... (7200 s), or HTTP 502 while `down`.
+struct FakeWechat {
+    calls: AtomicU32,
+    down: AtomicBool,
+}
+
+impl Wechat for FakeWechat {
+    fn code2session<'a>(
+        &'a self,
+        _code: &'a str,
+    ) -> BoxFuture<'a, Result<Code2Session, WechatError>> {
+        Box::pin(async { Err(WechatError::InvalidCode { errcode: 40029 }) })
+    }
+
+    fn stable_token(&self, _force: bool) -> BoxFuture<'_, Result<AccessToken, WechatError>> {
+        Box::pin(async move {
+            // Slow enough that concurrent callers overlap.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.down.load(Ordering::SeqCst) {
+                return Err(WechatError::Status(502));
+            }
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(AccessToken {
+                token: Zeroizing::new(format!("T{n}")),
+                expires_in: 7200,
+            })
+        })
+    }
+}
+
+async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("WEAUTH_WECHAT_APPID", APPID.to_string()),
+        ("WEAUTH_WECHAT_SECRET", "s".to_string()),
+        (
+            "WEAUTH_STORE",
+            format!("sqlite://{}", dir.0.join("t.db").display()),
+        ),
+    ]);
+    let lookup = move |name: &str| vars.get(name).cloned();
+    let read_file = |_: &str| Err(std::io::Error::other("no files"));
+    let config = Config::from_source(&Source {
+        lookup: &lookup,
+        read_file: &read_file,
+    })
+    .unwrap();
+    let fake = Arc::new(FakeWechat {
+        calls: AtomicU32::new(0),
+        down: AtomicBool::new(false),
+    });
+    let app = App::build(config, Some(fake.clone() as Arc<dyn Wechat>))
+        .await
+        .unwrap();
+    (app, fake)
+}
+
+/// Writes `token` to the store as another replica would.
+fn put(app: &App, token: &str, expires_at: i64, refresh_at: i64, holder: &str) {
+    let record = CachedToken {
+        sealed: app
+            .data_key
+            .seal(token.as_bytes(), &format!("wechat_token:{APPID}"))
+            .unwrap(),
+        hash: sha256_hex(token.as_bytes()),
+        expires_at,
+        refresh_at,
+    };
+    app.store.put_wechat_token(APPID, &record, holder).unwrap();
+}
+
+fn metrics(app: &App) -> String {
+    app.metrics.render(&[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_concurrent_callers_one_fetch_same_token() {
+    let dir = common::TempDir::new("at");
+    let (app, fake) = app(&dir).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            access_token::get(&app, None).await.unwrap().to_string()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "T1");
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "T1");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    let cached = app.store.wechat_token(APPID).unwrap().unwrap();
+    let at = now();
+    assert!((cached.expires_at - at - 7200).abs() <= 2);
+    assert!((cached.refresh_at - at - 6900).abs() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_due_token_refreshed_ahead_of_expiry() {
+    let dir = common::TempDir::new("at");
+    let (app, fake) = app(&dir).await;
+    let at = now();
+    put(&app, "OLD", at + 200, at - 1, "other");
+    assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "T1");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    assert!(metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"ok\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_refresh_fails_still_valid_token_kept() {
+    let dir = common::TempDir::new("at");
+    let (app, fake) = app(&dir).await;
+    let at = now();
+    put(&app, "OLD", at + 200, at - 1, "other");
+    fake.down.store(true, Ordering::SeqCst);
+    assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "OLD");
+    assert!(metrics(&app)
+        .contains("weauth_wechat_token_refreshes_total{outcome=\"failed_kept_old\"} 1"));
+    // The lease was released: the next caller may try again at once.
+    assert!(app
+        .store
+        .lease_wechat_token(APPID, "probe", now(), now() + 5)
+        .unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_no_token_endpoint_down_503() {
+    let dir = common::TempDir::new("at");
+    let (app, fake) = app(&dir).await;
+    fake.down.store(true, Ordering::SeqCst);
+    let err = access_token::get(&app, None).await.unwrap_err();
+    assert!(
+        matches!(err, TokenError::Fetch(WechatError::Status(502))),
+        "{err}"
+    );
+    assert_eq!(ApiError::from(err).status().as_u16(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_other_holder_refreshing_due_token_still_used() {
+    let dir = common::TempDir::new("at");
+    let (app, fake) = app(&dir).await;
+    let at = now();
+    put(&app, "OLD", at + 200, at - 1, "other");
+    assert!(app
+        .store
+        .lease_wechat_token(APPID, "other", at, at + 60)
+        .unwrap());
+    assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "OLD");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_other_holder_fetching_no_token_waits_for_its_write() {
+    let dir = common::TempDir::new("at");
+    let (app, fake) = app(&dir).await;
+    let at = now();
+    assert!(app
+        .store
+        .lease_wechat_token(APPID, "other", at, at + 60)
+        .unwrap());
+    let waiter = {
+        let app = app.clone();
+        tokio::spawn(async move { access_token::get(&app, None).await.unwrap().to_string() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    put(&app, "THEIRS", at + 7200, at + 6900, "other");
+    assert_eq!(waiter.await.unwrap(), "THEIRS");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_refused_token_never_returned_again() {
+    let dir = common::TempDir::new("at");
+    let (app, fake) = app(&dir).await;
+    let at = now();
+    put(&app, "BAD", at + 7200, at + 6900, "other");
+    assert_eq!(
+        access_token::get(&app, Some("BAD")).await.unwrap().as_str(),
+        "T1"
+    );
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+}
