@@ -25,6 +25,10 @@ use crate::tokens::{token_set, TokenSet, ISSUER};
 
 /// The feed credential the edge rows use between Envoy and the driver's feed.
 pub const FEED_CREDENTIAL: &str = "bench-feed-credential";
+/// Most entries in one feed response: the filter refuses a feed body over 16 MiB (its
+/// `MAX_BODY_BYTES`), and one entry is about 75 bytes of JSON, so a set of 1 000 000 is served
+/// as a first chunk of this many (`full: true`) followed by deltas.
+pub const FEED_CHUNK: usize = 150_000;
 /// Envoy's request counter for the bench listener.
 pub const RQ_COUNTER: &str = "http.bench.downstream_rq_total";
 
@@ -291,7 +295,8 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
         let started = Instant::now();
         let entries = synthetic_entries(size, Some(&eddsa.revoked_jti), until);
         let entries = if size == 0 { Vec::new() } else { entries };
-        match FeedHandle::start(([127, 0, 0, 1], 0).into(), FEED_CREDENTIAL, entries).await {
+        let listen = ([127, 0, 0, 1], 0).into();
+        match FeedHandle::start(listen, FEED_CREDENTIAL, entries, FEED_CHUNK).await {
             Ok(feed) => {
                 eprintln!(
                     "bench: feed of {size} revocations on {} ({:.1}s to build)",

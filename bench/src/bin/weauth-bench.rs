@@ -151,7 +151,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          is the median over rounds. Envoy CPU µs/req = /proc utime+stime of the Envoy process ÷ \
          its `{}` delta. The edge rows' revocation sets (weauth filter and ext_authz service \
          alike) came from **the driver's own feed** in the issuer's wire format, not from an \
-         issuer. Every token is the same one repeated, so caches always hit. Latency is wrk's, \
+         issuer; a set over {} entries is served as a first full chunk of that many and then \
+         deltas, because the filter refuses a feed body over 16 MiB (1M entries ≈ 75 MB of \
+         JSON); the revoked token checked is the set's last entry, so its refusal shows the \
+         whole set arrived. Every token is the same one repeated, so caches always hit. Latency is wrk's, \
          at saturation, so it tracks throughput.\n\n",
         host_line(),
         started.elapsed().as_secs_f64(),
@@ -160,6 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         settings.seconds,
         settings.warmup_seconds,
         edge::RQ_COUNTER,
+        edge::FEED_CHUNK,
     ));
     if run("edge") {
         md.push_str(&table);
