@@ -161,6 +161,13 @@ impl SigningKey {
             .unwrap_or_default()
     }
 
+    /// Signs an arbitrary JWS signing input (`b64(header).b64(payload)`) and returns the raw
+    /// signature. [`sign`] is the way to mint tokens; this exists for tests that forge tokens
+    /// with unusual headers or payloads, correctly signed, to prove verifiers refuse them.
+    pub fn sign_input(&self, input: &[u8]) -> Vec<u8> {
+        self.sign_bytes(input)
+    }
+
     fn sign_bytes(&self, input: &[u8]) -> Vec<u8> {
         match self {
             SigningKey::Ed25519(key) => {
