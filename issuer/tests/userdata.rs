@@ -485,3 +485,22 @@ async fn checksession_current_key_valid_old_key_invalid() {
     let (status, _, _) = stack.get("/v1/me/session", None).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_session_key_of_wrong_length_invalid_key_length_relogin() {
+    let stack = Stack::start(&[]).await;
+    // WeChat (here: a fault) hands out a session_key of 5 bytes; login still works.
+    let login = stack.mock.login("kim");
+    let body = json!({"openid": login.openid, "session_key": "c2hvcnQ="}).to_string();
+    stack.mock.inject("jscode2session", Fault::Body(body), 1);
+    let (status, tokens, _) = stack.post("/v1/login", json!({ "code": login.code })).await;
+    assert_eq!(status, 200, "{tokens}");
+    let (encrypted, iv) = stack.mock.encrypt("kim", json!({"nickName": "Kim"}));
+    let (status, body) = decrypt(
+        &stack,
+        &token(&tokens),
+        json!({"encryptedData": encrypted, "iv": iv}),
+    )
+    .await;
+    assert_refused(status, &body, "invalid_key_length", true);
+}

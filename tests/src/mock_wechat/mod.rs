@@ -30,7 +30,7 @@
 //! `GET /mock/phonecode?user=NAME&phone=DIGITS[&country=86]` → `{"code"}`;
 //! `POST /mock/encrypt {"user","data":{…}}` → `{"encryptedData","iv","rawData","signature"}`
 //! with the user's CURRENT session_key; `POST /mock/faults {"route","times","fault"}` where
-//! `fault` is `{"errcode":N[,"errmsg":"…"]}`, `{"status":502}`, `"garbage"`, `"html"`,
+//! `fault` is `{"errcode":N[,"errmsg":"…"]}`, `{"status":502}`, `{"body":"…"}`, `"garbage"`, `"html"`,
 //! `{"delay_ms":N}` or `"hang"`; `GET /mock/stats` → `{"<route>": calls, …}`;
 //! `POST /mock/reset` clears faults and counters (`?all=1` also forgets codes, tokens and
 //! session keys); `POST /mock/advance?seconds=N` moves the mock's clock forward;
@@ -596,6 +596,7 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
             Some(Fault::Errcode { errcode, errmsg }) => {
                 return shared.error(route, errcode, &errmsg);
             }
+            Some(Fault::Body(body)) => return respond(200, content_type(route), body),
         }
         return shared.api(route, &q, &body);
     }
@@ -688,8 +689,8 @@ fn control(
 }
 
 /// Parses `POST /mock/faults`: `{"route":"jscode2session","times":2,"fault":F}` where F is
-/// `{"errcode":N[,"errmsg":"…"]}`, `{"status":N}`, `{"delay_ms":N}`, `"garbage"`, `"html"` or
-/// `"hang"`. `route` defaults to `*`, `times` to 1.
+/// `{"errcode":N[,"errmsg":"…"]}`, `{"status":N}`, `{"delay_ms":N}`, `{"body":"…"}`,
+/// `"garbage"`, `"html"` or `"hang"`. `route` defaults to `*`, `times` to 1.
 pub fn parse_fault_request(body: &[u8]) -> Result<(String, Fault, u32), String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let route = v
@@ -732,13 +733,17 @@ pub fn parse_fault_request(body: &[u8]) -> Result<(String, Fault, u32), String> 
                 .ok_or("status must be an HTTP status code")?;
             Fault::Status(s)
         }
+        Value::Object(o) if o.contains_key("body") => {
+            let body = o["body"].as_str().ok_or("body must be a string")?;
+            Fault::Body(body.to_string())
+        }
         Value::Object(o) if o.contains_key("delay_ms") => {
             let ms = o["delay_ms"].as_u64().ok_or("delay_ms must be an integer")?;
             Fault::Delay(Duration::from_millis(ms))
         }
         _ => {
             return Err(
-                "fault must be {\"errcode\":N}, {\"status\":N}, {\"delay_ms\":N}, \"garbage\", \"html\" or \"hang\""
+                "fault must be {\"errcode\":N}, {\"status\":N}, {\"delay_ms\":N}, {\"body\":\"...\"}, \"garbage\", \"html\" or \"hang\""
                     .to_string(),
             )
         }
@@ -764,6 +769,12 @@ mod tests {
                 errmsg: state::default_errmsg(45011).to_string()
             }
         );
+    }
+
+    #[test]
+    fn parse_fault_request_body_parsed() {
+        let (_, f, _) = parse_fault_request(br#"{"fault":{"body":"{\"openid\":\"o\"}"}}"#).unwrap();
+        assert_eq!(f, Fault::Body(r#"{"openid":"o"}"#.to_string()));
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub enum Fault {
     Delay(Duration),
     /// Never answer (the connection stays open until the client gives up or the mock stops).
     Hang,
+    /// Answer 200 with exactly this body (with the route's usual content type): a
+    /// well-formed answer the mock would not give by itself, e.g. a `jscode2session` success
+    /// whose `session_key` is not 16 bytes.
+    Body(String),
 }
 
 /// Why a code could not be redeemed.
