@@ -640,10 +640,29 @@ mod tests {
             ("WEAUTH_WECHAT_RETRIES", "9"),
             ("WEAUTH_REFRESH_REUSE_GRACE", "5m"),
             ("WEAUTH_LOG_FORMAT", "xml"),
+            ("WEAUTH_DECRYPT_MAX_AGE", "later"),
+            ("WEAUTH_DECRYPT_MAX_AGE", "0s"),
         ] {
             let err = load(&with(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn config_decrypt_max_age_off_by_default_parsed_when_set() {
+        assert_eq!(load(&BASE).unwrap().decrypt_max_age, None);
+        assert_eq!(
+            load(&with(&[("WEAUTH_DECRYPT_MAX_AGE", "off")]))
+                .unwrap()
+                .decrypt_max_age,
+            None
+        );
+        assert_eq!(
+            load(&with(&[("WEAUTH_DECRYPT_MAX_AGE", "10m")]))
+                .unwrap()
+                .decrypt_max_age,
+            Some(Duration::from_secs(600))
+        );
     }
 
     #[test]
