@@ -1003,6 +1003,25 @@ impl Stack {
         }
     }
 
+    /// Kills the issuer with SIGKILL: no drain, no shutdown hook, like a crash or the OOM
+    /// killer. The database is kept; [`Stack::start_issuer`] starts it again.
+    pub async fn kill_issuer(&mut self) {
+        if let Some(mut p) = self.issuer.take() {
+            // tokio's `Child::kill` is SIGKILL on Unix, then waits for the exit.
+            let _ = p.child.kill().await;
+        }
+    }
+
+    /// The issuer's PID while it runs.
+    pub fn issuer_pid(&self) -> Option<u32> {
+        self.issuer.as_ref().and_then(Proc::pid)
+    }
+
+    /// Envoy's PID while it runs.
+    pub fn envoy_pid(&self) -> Option<u32> {
+        self.envoy.as_ref().and_then(Proc::pid)
+    }
+
     /// Starts the issuer again (same port, same database) and waits for `/healthz`.
     pub async fn start_issuer(&mut self) -> Result<(), HarnessError> {
         self.stop_issuer().await;

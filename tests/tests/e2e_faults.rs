@@ -1,0 +1,522 @@
+//! Faults and hostile clients against the real issuer (and, where it matters, the real Envoy).
+//!
+//! - `sigkill_mid_logins_and_refreshes_loses_nothing`: eight clients log in, refresh, log out
+//!   and revoke directly at the issuer; the issuer is SIGKILLed in the middle and restarted on
+//!   the same SQLite file. Every refresh token a client received is still good, every
+//!   acknowledged revocation is still in force (at `/v1/me` and in the feed), and the database
+//!   holds no half-written session (checked with `sqlite3`: integrity, no orphan rows, every
+//!   live session has exactly one unused refresh token).
+//! - `store_on_full_filesystem_fails_clearly_then_recovers`: the store on a tiny tmpfs that is
+//!   then filled (as root `chmod` does not stop writes; a full filesystem does): writes answer a
+//!   JSON 5xx, reads and health go on, nothing is consumed, and once space is back everything
+//!   works with the same tokens. Needs `mount` (root with CAP_SYS_ADMIN); it says so and fails
+//!   otherwise.
+//! - `store_path_unusable_exits_naming_the_variable`: a store under a regular file.
+//! - `slow_clients_do_not_starve_others`: slowloris (headers and bodies dribbled) on the issuer
+//!   and on Envoy while normal logins go through both promptly; the issuer cuts slow headers.
+//! - `bad_input_answers_clear_4xx`: requests not covered by `issuer/tests/service.rs` and
+//!   `login.rs` (refresh and admin bodies, nesting, methods, odd paths, huge URL and headers,
+//!   garbage request line), each a 4xx, the issuer healthy afterwards.
+//! - `envoy_restart_recovers_keys_and_revocations`: a revocation made before, and one made
+//!   while, Envoy was down are both enforced after it restarts.
+//!
+//! WeChat faults (timeouts, 5xx, garbage, HTML, -1 busy) are covered by `issuer/tests/login.rs`
+//! (`login_wechat_transient_failures_retried_then_5xx`, `login_wechat_hang_times_out_with_503`,
+//! `login_wechat_errcodes_map_to_http_and_write_nothing`); see SECURITY.md.
+//!
+//! Run: `cargo test -p weauth-tests --test e2e_faults -- --nocapture` (as root for the tmpfs).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weauth_tests::harness::{peek_claims, Stack, StackBuilder, TempDir};
+
+async fn start(builder: StackBuilder) -> Stack {
+    match builder.start().await {
+        Ok(stack) => stack,
+        Err(e) => panic!("cannot start the weauth stack: {e}"),
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    bearer: Option<&str>,
+    body: Value,
+) -> reqwest::Result<(u16, Value)> {
+    let mut req = client.post(url).json(&body);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+async fn me(client: &reqwest::Client, issuer: &str, token: &str) -> (u16, Value) {
+    let resp = client
+        .get(format!("{issuer}/v1/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// One query with the `sqlite3` CLI; its trimmed output.
+fn sql(db: &Path, query: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(query)
+        .output()
+        .unwrap_or_else(|e| panic!("sqlite3 (needed to inspect the store): {e}"));
+    assert!(
+        out.status.success(),
+        "sqlite3 {query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// What the clients were told before the crash.
+#[derive(Default)]
+struct Ledger {
+    /// Refresh tokens received in a 200 and never presented.
+    parked: Vec<String>,
+    /// Access tokens of sessions nobody revoked.
+    live: Vec<String>,
+    /// Refresh tokens presented whose answer never came (the crash).
+    in_flight: Vec<String>,
+    /// (access token, sid) whose logout or admin revocation was acknowledged.
+    revoked: Vec<(String, String)>,
+    /// Highest revocation seq acknowledged by the admin API.
+    max_seq: i64,
+    /// Completed client operations.
+    ops: usize,
+}
+
+async fn client_loop(
+    issuer: String,
+    admin: String,
+    codes: Vec<String>,
+    ledger: Arc<Mutex<Ledger>>,
+) {
+    let client = http();
+    for (i, code) in codes.into_iter().enumerate() {
+        let Ok((200, pair)) = post(
+            &client,
+            format!("{issuer}/v1/login"),
+            None,
+            json!({"code": code}),
+        )
+        .await
+        else {
+            return;
+        };
+        let mut access = pair["access_token"].as_str().unwrap().to_string();
+        let mut refresh = pair["refresh_token"].as_str().unwrap().to_string();
+        let sid = peek_claims(&access).unwrap().sid;
+        match i % 4 {
+            0 => {}
+            1 => {
+                for _ in 0..3 {
+                    match post(
+                        &client,
+                        format!("{issuer}/v1/token/refresh"),
+                        None,
+                        json!({"refresh_token": refresh}),
+                    )
+                    .await
+                    {
+                        Ok((200, pair)) => {
+                            access = pair["access_token"].as_str().unwrap().to_string();
+                            refresh = pair["refresh_token"].as_str().unwrap().to_string();
+                            ledger.lock().unwrap().ops += 1;
+                        }
+                        Ok((status, body)) => {
+                            panic!("refresh answered {status} {body} before the crash")
+                        }
+                        Err(_) => {
+                            let mut l = ledger.lock().unwrap();
+                            l.in_flight.push(refresh);
+                            return;
+                        }
+                    }
+                }
+            }
+            2 => match client
+                .post(format!("{issuer}/v1/logout"))
+                .bearer_auth(&access)
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 204 => {
+                    let mut l = ledger.lock().unwrap();
+                    l.revoked.push((access, sid));
+                    l.ops += 1;
+                    continue;
+                }
+                Ok(r) => panic!("logout answered {} before the crash", r.status()),
+                Err(_) => return,
+            },
+            _ => {
+                let jti = peek_claims(&access).unwrap().jti;
+                match post(
+                    &client,
+                    format!("{issuer}/v1/admin/revoke"),
+                    Some(&admin),
+                    json!({"sid": sid}),
+                )
+                .await
+                {
+                    Ok((200, entry)) => {
+                        let mut l = ledger.lock().unwrap();
+                        l.max_seq = l.max_seq.max(entry["seq"].as_i64().unwrap_or(0));
+                        l.revoked.push((access, sid));
+                        l.ops += 1;
+                        let _ = jti;
+                        continue;
+                    }
+                    Ok((status, body)) => {
+                        panic!("admin revoke answered {status} {body} before the crash")
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+        let mut l = ledger.lock().unwrap();
+        l.parked.push(refresh);
+        l.live.push(access);
+        l.ops += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_logins_and_refreshes_loses_nothing() {
+    let mut stack = start(
+        Stack::builder()
+            .without_envoy()
+            .issuer_env("WEAUTH_LOGIN_RATE", "0"),
+    )
+    .await;
+    let issuer = stack.issuer_url();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let codes: Vec<String> = (0..200)
+            .map(|i| stack.mock.login(&format!("crash-{w}-{i}")).code)
+            .collect();
+        tasks.push(tokio::spawn(client_loop(
+            issuer.clone(),
+            stack.admin_token().to_string(),
+            codes,
+            ledger.clone(),
+        )));
+    }
+    // Kill once enough has happened (not on a timer: the machine may be loaded).
+    let started = Instant::now();
+    while ledger.lock().unwrap().ops < 80 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "clients made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.kill_issuer().await;
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ledger = Arc::try_unwrap(ledger).ok().unwrap().into_inner().unwrap();
+    println!(
+        "killed after {} operations: {} parked refresh tokens, {} live sessions, {} revocations acknowledged, {} refreshes in flight",
+        ledger.ops,
+        ledger.parked.len(),
+        ledger.live.len(),
+        ledger.revoked.len(),
+        ledger.in_flight.len()
+    );
+
+    // The database as the crash left it (sqlite3 replays the WAL like the issuer will).
+    let db = stack.dir().join("weauth.db");
+    assert_eq!(sql(&db, "PRAGMA integrity_check;"), "ok");
+    let invariants = [
+        ("sessions without a user", "SELECT count(*) FROM sessions s LEFT JOIN users u ON u.sub = s.sub WHERE u.sub IS NULL;"),
+        ("sessions without an identity", "SELECT count(*) FROM sessions s LEFT JOIN identities i ON i.appid = s.appid AND i.openid = s.openid WHERE i.sub IS NULL;"),
+        ("refresh tokens without a session", "SELECT count(*) FROM refresh_tokens r LEFT JOIN sessions s ON s.sid = r.sid WHERE s.sid IS NULL;"),
+        ("live sessions without exactly one unused refresh token", "SELECT count(*) FROM sessions s WHERE s.revoked_at IS NULL AND (SELECT count(*) FROM refresh_tokens r WHERE r.sid = s.sid AND r.used_at IS NULL) != 1;"),
+    ];
+    for (what, query) in invariants {
+        assert_eq!(sql(&db, query), "0", "{what} after SIGKILL");
+    }
+
+    stack.start_issuer().await.unwrap();
+    let client = http();
+    // Acknowledged revocations survived: refused at /v1/me and present in the feed.
+    for (access, _) in &ledger.revoked {
+        let (status, body) = me(&client, &issuer, access).await;
+        assert_eq!(
+            status, 401,
+            "a revoked token passed after the restart: {body}"
+        );
+        assert_eq!(body["error_description"], "the token has been revoked");
+    }
+    let feed: Value = client
+        .get(format!("{issuer}/v1/revocations?since=0"))
+        .bearer_auth(stack.feed_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(feed["seq"].as_i64().unwrap() >= ledger.max_seq, "{feed}");
+    let values: Vec<&str> = feed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["value"].as_str())
+        .collect();
+    for (_, sid) in &ledger.revoked {
+        assert!(
+            values.contains(&sid.as_str()),
+            "revocation of {sid} lost from the feed"
+        );
+    }
+    // Live sessions still work, and every refresh token a client holds still refreshes.
+    for access in &ledger.live {
+        let (status, body) = me(&client, &issuer, access).await;
+        assert_eq!(status, 200, "a live session was lost: {body}");
+    }
+    for refresh in &ledger.parked {
+        let (status, body) = post(
+            &client,
+            format!("{issuer}/v1/token/refresh"),
+            None,
+            json!({"refresh_token": refresh}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "an issued refresh token was lost: {body}");
+    }
+    // A refresh cut by the crash either never committed (the token still works) or committed
+    // (the client never saw the answer; presenting the old token again is reuse, RFC 9700).
+    let mut committed = 0;
+    for refresh in &ledger.in_flight {
+        let (status, body) = post(
+            &client,
+            format!("{issuer}/v1/token/refresh"),
+            None,
+            json!({"refresh_token": refresh}),
+        )
+        .await
+        .unwrap();
+        assert!(
+            status == 200 || (status == 400 && body["error"] == "invalid_grant"),
+            "{status} {body}"
+        );
+        committed += usize::from(status == 400);
+    }
+    println!(
+        "in-flight refreshes: {} of {} had committed before the kill",
+        committed,
+        ledger.in_flight.len()
+    );
+    // And the restarted issuer works normally.
+    let code = stack.mock.login("after-crash").code;
+    let (status, body) = post(
+        &client,
+        format!("{issuer}/v1/login"),
+        None,
+        json!({"code": code}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A tmpfs mounted for the test; lazily unmounted on drop (also after a panic).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("running mount: {e}"));
+        assert!(
+            out.status.success(),
+            "this test needs to mount a small tmpfs (root with CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem holding `dir` with a file until the kernel says it is full.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0xa5u8; 16 * 1024];
+    loop {
+        if let Err(e) = file.write_all(&chunk).and_then(|_| file.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(28), "expected ENOSPC, got {e}");
+            break;
+        }
+    }
+    // Top it up byte-wise, so not even a page is left.
+    while file.write_all(&[0]).and_then(|_| file.sync_all()).is_ok() {}
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_on_full_filesystem_fails_clearly_then_recovers() {
+    let dir = TempDir::new("weauth-fullfs").unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _tmpfs = Tmpfs::mount(&mnt, "8m");
+    let db = mnt.join("weauth.db");
+    let stack = start(
+        Stack::builder()
+            .without_envoy()
+            .issuer_env("WEAUTH_LOGIN_RATE", "0")
+            .issuer_env("WEAUTH_STORE", format!("sqlite://{}", db.display())),
+    )
+    .await;
+    let issuer = stack.issuer_url();
+    let client = http();
+    let login = |user: &str| {
+        let code = stack.mock.login(user).code;
+        let client = client.clone();
+        let url = format!("{issuer}/v1/login");
+        async move {
+            post(&client, url, None, json!({ "code": code }))
+                .await
+                .unwrap()
+        }
+    };
+    let (status, alice) = login("alice").await;
+    assert_eq!(status, 200, "{alice}");
+    let access = alice["access_token"].as_str().unwrap().to_string();
+    let refresh = alice["refresh_token"].as_str().unwrap().to_string();
+    let pid = stack.issuer_pid();
+
+    let filler = fill(&mnt);
+    // Writes fail with a clear JSON 5xx; the process stays up.
+    let mut write_statuses = Vec::new();
+    for i in 0..5 {
+        let (status, body) = login(&format!("full-{i}")).await;
+        assert!(
+            status == 200 || (status >= 500 && body["error"].is_string()),
+            "login on a full disk: {status} {body}"
+        );
+        write_statuses.push(status);
+    }
+    let (status, body) = post(
+        &client,
+        format!("{issuer}/v1/token/refresh"),
+        None,
+        json!({ "refresh_token": refresh }),
+    )
+    .await
+    .unwrap();
+    println!("on a full filesystem: logins {write_statuses:?}, refresh {status} {body}");
+    assert!(
+        write_statuses.iter().any(|s| *s >= 500),
+        "no write failed on a full filesystem: {write_statuses:?}"
+    );
+    assert!(
+        status >= 500 && body["error"].is_string(),
+        "refresh on a full disk: {status} {body}"
+    );
+    // Reads and health go on.
+    let (status, body) = me(&client, &issuer, &access).await;
+    assert_eq!(status, 200, "reads must work on a full disk: {body}");
+    let health = client
+        .get(format!("{issuer}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        stack.issuer_pid(),
+        pid,
+        "the issuer must not exit on a full disk"
+    );
+
+    // Space back: the same refresh token (not consumed by the failed attempt) and new logins work.
+    std::fs::remove_file(&filler).unwrap();
+    let (status, body) = post(
+        &client,
+        format!("{issuer}/v1/token/refresh"),
+        None,
+        json!({ "refresh_token": refresh }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status, 200,
+        "the refresh token was lost by the failed write: {body}"
+    );
+    let (status, body) = login("after-full").await;
+    assert_eq!(status, 200, "{body}");
+    let db_check = sql(&db, "PRAGMA integrity_check;");
+    assert_eq!(db_check, "ok");
+}
+
+#[tokio::test]
+async fn store_path_unusable_exits_naming_the_variable() {
+    let dir = TempDir::new("weauth-badstore").unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let bin = weauth_tests::harness::Binaries::from_env().issuer;
+    let mut cmd = std::process::Command::new(bin);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WEAUTH_") {
+            cmd.env_remove(name);
+        }
+    }
+    let out = cmd
+        .env("WEAUTH_LISTEN", "127.0.0.1:0")
+        .env(
+            "WEAUTH_STORE",
+            format!("sqlite://{}/weauth.db", file.display()),
+        )
+        .env("WEAUTH_WECHAT_APPID", "wx0123456789abcdef")
+        .env("WEAUTH_WECHAT_SECRET", "mock-secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started on an unusable store: {stderr}"
+    );
+    assert!(
+        stderr.contains("WEAUTH_STORE") || stderr.contains("not-a-dir"),
+        "the error must say which store: {stderr}"
+    );
+}
