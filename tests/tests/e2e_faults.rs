@@ -174,7 +174,6 @@ async fn client_loop(
                 Err(_) => return,
             },
             _ => {
-                let jti = peek_claims(&access).unwrap().jti;
                 match post(
                     &client,
                     format!("{issuer}/v1/admin/revoke"),
@@ -188,7 +187,6 @@ async fn client_loop(
                         l.max_seq = l.max_seq.max(entry["seq"].as_i64().unwrap_or(0));
                         l.revoked.push((access, sid));
                         l.ops += 1;
-                        let _ = jti;
                         continue;
                     }
                     Ok((status, body)) => {
@@ -519,4 +517,455 @@ async fn store_path_unusable_exits_naming_the_variable() {
         stderr.contains("WEAUTH_STORE") || stderr.contains("not-a-dir"),
         "the error must say which store: {stderr}"
     );
+}
+
+/// Opens a connection to `addr`, writes `head`, then `piece` every `every`, `pieces` times.
+/// Returns how long until the server closed the connection, or `None` if it never did.
+async fn dribble(
+    addr: std::net::SocketAddr,
+    head: String,
+    piece: &'static [u8],
+    pieces: usize,
+    every: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return Some(Duration::ZERO);
+    };
+    let (mut r, mut w) = stream.into_split();
+    if w.write_all(head.as_bytes()).await.is_err() {
+        return Some(started.elapsed());
+    }
+    let reader = async move {
+        let mut buf = [0u8; 512];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    let writer = async move {
+        for _ in 0..pieces {
+            tokio::time::sleep(every).await;
+            if w.write_all(piece).await.is_err() {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::select! {
+        _ = reader => Some(started.elapsed()),
+        closed = writer => closed.then(|| started.elapsed()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_do_not_starve_others() {
+    let stack = start(
+        Stack::builder()
+            .issuer_env("WEAUTH_LOGIN_RATE", "0")
+            .issuer_env("WEAUTH_HEADER_TIMEOUT", "2s"),
+    )
+    .await;
+    let issuer_addr: std::net::SocketAddr = ([127, 0, 0, 1], stack.ports().issuer).into();
+    let envoy_addr: std::net::SocketAddr = ([127, 0, 0, 1], stack.ports().envoy).into();
+    let every = Duration::from_millis(300);
+    let slow_head = "POST /v1/login HTTP/1.1\r\nHost: x\r\n".to_string();
+    let slow_body_head = "POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{\"code\":\"".to_string();
+    let mut issuer_headers = Vec::new();
+    let mut others = Vec::new();
+    for _ in 0..100 {
+        issuer_headers.push(tokio::spawn(dribble(
+            issuer_addr,
+            slow_head.clone(),
+            b"X-Slow: 1\r\n",
+            60,
+            every,
+        )));
+        others.push((
+            "envoy slow headers",
+            tokio::spawn(dribble(
+                envoy_addr,
+                slow_head.clone(),
+                b"X-Slow: 1\r\n",
+                60,
+                every,
+            )),
+        ));
+    }
+    for _ in 0..30 {
+        others.push((
+            "issuer slow body",
+            tokio::spawn(dribble(
+                issuer_addr,
+                slow_body_head.clone(),
+                b"a",
+                60,
+                every,
+            )),
+        ));
+        others.push((
+            "envoy slow body",
+            tokio::spawn(dribble(envoy_addr, slow_body_head.clone(), b"a", 60, every)),
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Normal clients, through Envoy and directly, while 260 slow connections are held.
+    let client = http();
+    let mut worst = Duration::ZERO;
+    for i in 0..5 {
+        let t = Instant::now();
+        let tokens = stack.login(&format!("patient-{i}")).await.unwrap();
+        let (status, _) = stack
+            .get_json("/api/hello", Some(&tokens.access_token))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let code = stack.mock.login(&format!("direct-{i}")).code;
+        let (status, body) = post(
+            &client,
+            format!("{}/v1/login", stack.issuer_url()),
+            None,
+            json!({ "code": code }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        worst = worst.max(t.elapsed());
+    }
+    println!("worst login + API call + direct login under slowloris: {worst:?}");
+    assert!(
+        worst < Duration::from_secs(10),
+        "normal clients were held up: {worst:?}"
+    );
+
+    // The issuer cuts slow headers after WEAUTH_HEADER_TIMEOUT (2 s), long before the 18 s
+    // the dribble would take.
+    for handle in issuer_headers {
+        let closed = handle.await.unwrap();
+        assert!(
+            closed.is_some_and(|d| d < Duration::from_secs(12)),
+            "a slow-header connection was not cut off: {closed:?}"
+        );
+    }
+    let mut report = std::collections::BTreeMap::<&str, (usize, usize)>::new();
+    for (what, handle) in others {
+        let closed = tokio::time::timeout(Duration::from_secs(1), handle)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+        let entry = report.entry(what).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(closed.is_some());
+    }
+    println!("slow connections closed by the server within the dribble: {report:?}");
+}
+
+/// Writes `request` raw to `addr` and returns the status code of the answer (0 when the
+/// connection closed without one).
+async fn raw_status(addr: std::net::SocketAddr, request: Vec<u8>) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(&request).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: issuer\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_answers_clear_4xx() {
+    let stack = start(Stack::builder().without_envoy()).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], stack.ports().issuer).into();
+    let admin = format!("Bearer {}", stack.admin_token());
+    let json_ct = ("Content-Type", "application/json");
+    let nested = format!("{{\"code\":{}{}}}", "[".repeat(3000), "]".repeat(3000));
+    let long_path = format!("/v1/{}", "a".repeat(70_000));
+    let many_headers: Vec<(String, String)> =
+        (0..300).map(|i| (format!("X-H{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many_headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "refresh: malformed JSON",
+            request("POST", "/v1/token/refresh", &[json_ct], b"{not json"),
+            400,
+        ),
+        (
+            "refresh: empty body",
+            request("POST", "/v1/token/refresh", &[json_ct], b""),
+            400,
+        ),
+        (
+            "refresh: missing field",
+            request("POST", "/v1/token/refresh", &[json_ct], b"{}"),
+            400,
+        ),
+        (
+            "refresh: wrong type",
+            request(
+                "POST",
+                "/v1/token/refresh",
+                &[json_ct],
+                b"{\"refresh_token\":5}",
+            ),
+            400,
+        ),
+        (
+            "refresh: JSON array",
+            request("POST", "/v1/token/refresh", &[json_ct], b"[\"x\"]"),
+            400,
+        ),
+        (
+            "refresh: unknown field",
+            request(
+                "POST",
+                "/v1/token/refresh",
+                &[json_ct],
+                b"{\"refresh_token\":\"x\",\"a\":1}",
+            ),
+            400,
+        ),
+        (
+            "refresh: text/plain",
+            request(
+                "POST",
+                "/v1/token/refresh",
+                &[("Content-Type", "text/plain")],
+                b"{\"refresh_token\":\"x\"}",
+            ),
+            415,
+        ),
+        (
+            "refresh: no content type",
+            request(
+                "POST",
+                "/v1/token/refresh",
+                &[],
+                b"{\"refresh_token\":\"x\"}",
+            ),
+            415,
+        ),
+        (
+            "refresh: form encoded",
+            request(
+                "POST",
+                "/v1/token/refresh",
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                b"refresh_token=x",
+            ),
+            415,
+        ),
+        (
+            "login: invalid UTF-8",
+            request("POST", "/v1/login", &[json_ct], b"{\"code\":\"\xff\xfe\"}"),
+            400,
+        ),
+        (
+            "login: 3000-deep nesting",
+            request("POST", "/v1/login", &[json_ct], nested.as_bytes()),
+            400,
+        ),
+        (
+            "login: duplicate code member",
+            request(
+                "POST",
+                "/v1/login",
+                &[json_ct],
+                b"{\"code\":\"a\",\"code\":\"b\"}",
+            ),
+            400,
+        ),
+        (
+            "login: null code",
+            request("POST", "/v1/login", &[json_ct], b"{\"code\":null}"),
+            400,
+        ),
+        (
+            "admin: malformed JSON",
+            request(
+                "POST",
+                "/v1/admin/revoke",
+                &[json_ct, ("Authorization", &admin)],
+                b"{",
+            ),
+            400,
+        ),
+        (
+            "admin: empty object",
+            request(
+                "POST",
+                "/v1/admin/revoke",
+                &[json_ct, ("Authorization", &admin)],
+                b"{}",
+            ),
+            400,
+        ),
+        (
+            "admin: wrong credential",
+            request(
+                "POST",
+                "/v1/admin/revoke",
+                &[json_ct, ("Authorization", "Bearer nope-nope-nope")],
+                b"{\"jti\":\"x\"}",
+            ),
+            401,
+        ),
+        (
+            "admin: no credential",
+            request("POST", "/v1/admin/revoke", &[json_ct], b"{\"jti\":\"x\"}"),
+            401,
+        ),
+        (
+            "feed: no credential",
+            request("GET", "/v1/revocations?since=0", &[], b""),
+            401,
+        ),
+        (
+            "feed: bad since",
+            request(
+                "GET",
+                "/v1/revocations?since=abc",
+                &[("Authorization", &format!("Bearer {}", stack.feed_token()))],
+                b"",
+            ),
+            400,
+        ),
+        (
+            "DELETE /v1/login",
+            request("DELETE", "/v1/login", &[], b""),
+            405,
+        ),
+        ("PATCH /v1/me", request("PATCH", "/v1/me", &[], b""), 405),
+        ("TRACE /v1/me", request("TRACE", "/v1/me", &[], b""), 405),
+        (
+            "unknown method BREW",
+            request("BREW", "/v1/login", &[], b""),
+            405,
+        ),
+        (
+            "trailing slash",
+            request("POST", "/v1/login/", &[json_ct], b"{}"),
+            404,
+        ),
+        (
+            "upper-case path",
+            request("POST", "/V1/LOGIN", &[json_ct], b"{}"),
+            404,
+        ),
+        (
+            "dot-dot path",
+            request("GET", "/v1/../healthz", &[], b""),
+            404,
+        ),
+        (
+            "encoded dot-dot",
+            request("GET", "/%2e%2e/%2e%2e/etc/passwd", &[], b""),
+            404,
+        ),
+        ("70 KB path", request("GET", &long_path, &[], b""), 414),
+        ("300 headers", request("GET", "/healthz", &many, b""), 431),
+        ("garbage request line", b"HELLO THERE\r\n\r\n".to_vec(), 400),
+    ];
+    let mut problems = Vec::new();
+    for (name, req, want) in cases {
+        let got = raw_status(addr, req).await;
+        println!("{name} | {got}");
+        if got != want {
+            problems.push(format!("{name}: {got}, wanted {want}"));
+        }
+    }
+    // Still healthy, still logging people in.
+    let client = http();
+    let health = client
+        .get(format!("{}/healthz", stack.issuer_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let code = stack.mock.login("after-bad-input").code;
+    let (status, body) = post(
+        &client,
+        format!("{}/v1/login", stack.issuer_url()),
+        None,
+        json!({ "code": code }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[tokio::test]
+async fn envoy_restart_recovers_keys_and_revocations() {
+    let mut stack = start(Stack::builder().concurrency(2)).await;
+    let before = stack.login("revoked-before").await.unwrap().access_token;
+    let during = stack.login("revoked-during").await.unwrap().access_token;
+    let live = stack.login("still-live").await.unwrap().access_token;
+    let (status, _) = stack
+        .post_json("/v1/logout", Some(&before), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    stack.stop_envoy().await;
+    // Revoked at the issuer while Envoy is down.
+    let resp = stack
+        .client()
+        .post(format!("{}/v1/logout", stack.issuer_url()))
+        .bearer_auth(&during)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    stack.restart_envoy().await.unwrap();
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for _ in 0..8 {
+        for (token, want) in [(&before, 401), (&during, 401), (&live, 200)] {
+            let status = fresh
+                .get(format!("{}/api/hello", stack.envoy_url()))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            assert_eq!(status, want, "after the Envoy restart");
+        }
+    }
 }
