@@ -227,13 +227,30 @@ struct DecryptRequest {
     raw_data: Option<String>,
     #[serde(default)]
     signature: Option<String>,
+    /// The other members of WeChat's `e.detail` (`getUserProfile`, `getPhoneNumber`), which
+    /// mini-programs commonly post whole: accepted and ignored, so only real typos are refused.
+    #[serde(rename = "cloudID", default)]
+    _cloud_id: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "errMsg", default)]
+    _err_msg: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "userInfo", default)]
+    _user_info: Option<serde::de::IgnoredAny>,
 }
 
-/// `POST /v1/me/phone`: the code from `getPhoneNumber`.
+/// `POST /v1/me/phone`: the code from `getPhoneNumber` (the rest of its `e.detail` is
+/// accepted and ignored).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PhoneRequest {
     code: String,
+    #[serde(rename = "cloudID", default)]
+    _cloud_id: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "errMsg", default)]
+    _err_msg: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "encryptedData", default)]
+    _encrypted_data: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    _iv: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]

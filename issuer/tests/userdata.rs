@@ -73,6 +73,35 @@ async fn decrypt_fresh_data_returns_object_with_watermark() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_whole_wechat_detail_accepted_typo_refused() {
+    // Mini-programs often post getUserProfile's `e.detail` as it is.
+    let stack = Stack::start(&[]).await;
+    let (token, encrypted, iv) =
+        login_and_encrypt(&stack, "dora", json!({"nickName": "Dora"})).await;
+    let detail = json!({
+        "errMsg": "getUserProfile:ok", "cloudID": "c1", "userInfo": {"nickName": "Dora"},
+        "encryptedData": encrypted, "iv": iv,
+    });
+    let (status, body) = decrypt(&stack, &token, detail).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["nickName"], "Dora");
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": iv, "singature": "x"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("singature"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decrypt_raw_data_signature_good_verified_bad_refused() {
     let stack = Stack::start(&[]).await;
     let data = json!({"nickName": "Bob"});
