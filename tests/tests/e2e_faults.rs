@@ -969,3 +969,90 @@ async fn envoy_restart_recovers_keys_and_revocations() {
         }
     }
 }
+
+/// The store's filesystem turned read-only between two runs (as root, `chmod` would not stop
+/// the writes; a read-only mount does): the issuer must not come up half-working or lose data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_on_read_only_filesystem_refused_then_data_intact() {
+    let dir = TempDir::new("weauth-rofs").unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _tmpfs = Tmpfs::mount(&mnt, "8m");
+    let db = mnt.join("weauth.db");
+    let mut stack = start(
+        Stack::builder()
+            .without_envoy()
+            .issuer_env("WEAUTH_STORE", format!("sqlite://{}", db.display())),
+    )
+    .await;
+    let issuer = stack.issuer_url();
+    let client = http();
+    let code = stack.mock.login("alice").code;
+    let (status, alice) = post(
+        &client,
+        format!("{issuer}/v1/login"),
+        None,
+        json!({ "code": code }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{alice}");
+    stack.stop_issuer().await;
+
+    let remount = |mode: &str| {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {mode}");
+    };
+    remount("ro");
+    let outcome = stack.start_issuer().await;
+    let described = match &outcome {
+        Err(_) => {
+            let log = std::fs::read_to_string(stack.issuer_log()).unwrap_or_default();
+            let line = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("cannot open the store"))
+                .unwrap_or_else(|| panic!("no clear log line for the read-only store:\n{log}"));
+            format!("refused to start: {line}")
+        }
+        Ok(()) => {
+            // If it starts, writes must fail clearly and reads must work.
+            let code = stack.mock.login("bob").code;
+            let (status, body) = post(
+                &client,
+                format!("{issuer}/v1/login"),
+                None,
+                json!({ "code": code }),
+            )
+            .await
+            .unwrap();
+            assert!(
+                status >= 500 && body["error"].is_string(),
+                "login on a read-only store: {status} {body}"
+            );
+            format!("started; login answered {status}")
+        }
+    };
+    println!(
+        "issuer on a read-only store: {}",
+        described.lines().next().unwrap_or("")
+    );
+    stack.stop_issuer().await;
+    remount("rw");
+    stack.start_issuer().await.unwrap();
+    let refresh = alice["refresh_token"].as_str().unwrap();
+    let (status, body) = post(
+        &client,
+        format!("{issuer}/v1/token/refresh"),
+        None,
+        json!({ "refresh_token": refresh }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "data lost after the read-only episode: {body}");
+}
