@@ -124,6 +124,13 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// The order rows are measured in during `round` of `rounds`: all `n` rows, rotated so that
+/// the rounds start evenly spread over the table.
+pub fn round_order(n: usize, round: usize, rounds: usize) -> Vec<usize> {
+    let start = (round * n).checked_div(rounds).unwrap_or(0);
+    (0..n).map(|i| (start + i) % n.max(1)).collect()
+}
+
 /// Ports and paths one configuration is rendered with.
 pub struct Wiring<'a> {
     pub listen_port: u16,
@@ -423,8 +430,14 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
 
     // Measure in interleaved rounds.
     let hz = clock_ticks_per_second();
+    let n = booted.len();
     for round in 0..settings.rounds {
-        for b in booted.iter_mut().filter(|b| b.error.is_none()) {
+        // Each round starts at a different row, so a burst of noise does not always land on
+        // the same rows.
+        for k in round_order(n, round, settings.rounds) {
+            let Some(b) = booted.get_mut(k).filter(|b| b.error.is_none()) else {
+                continue;
+            };
             let check_pid = match (&b.scenario.auth, &check) {
                 (Auth::JwtAuthnExtAuthz { .. }, Some((p, _))) => Some(p.pid()),
                 _ => None,
@@ -840,6 +853,16 @@ mod tests {
         assert_eq!(n, 2);
         assert!(last.starts_with("the buffer size limit"), "{last}");
         assert_eq!(feed_failures("[t] all good\n"), None);
+    }
+
+    #[test]
+    fn round_order_rotates_and_covers_every_row() {
+        assert_eq!(round_order(4, 0, 2), vec![0, 1, 2, 3]);
+        assert_eq!(round_order(4, 1, 2), vec![2, 3, 0, 1]);
+        let mut r = round_order(9, 2, 5);
+        r.sort_unstable();
+        assert_eq!(r, (0..9).collect::<Vec<_>>());
+        assert!(round_order(0, 0, 1).is_empty());
     }
 
     #[test]
