@@ -276,7 +276,7 @@ pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
 
 /// Target `filter_cache`: a sequence of requests and state changes through `decide` with one
 /// long-lived token cache, checked against `decide` without a cache. Byte 0 is the cache
-/// capacity (`% 4`; 0 disables it); each further byte (at most 64) is an operation:
+/// capacity (`% 4`; 0 disables it); each further byte (at most 24) is an operation:
 ///
 /// - `00xx_xxxx`: a request carrying token `b & 3` (the fixture's three, or a forged one);
 /// - `01cx_xxxx`: revoke the `jti` of token `b & 3` (`c` set: clear all revocations first);
@@ -305,7 +305,7 @@ pub fn filter_cache(fx: &Fixture, data: &[u8]) -> usize {
     let mut keys_generation = 1;
     let mut now = NOW;
     let mut allowed = 0;
-    for &op in ops.iter().take(64) {
+    for &op in ops.iter().take(24) {
         let index = usize::from(op & 3);
         match op >> 6 {
             0 => {
