@@ -18,7 +18,7 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm up down test lint fmt-check clippy unit e2e clean-run
+.PHONY: help setup build wasm up down test lint fmt-check clippy unit bench fuzz soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -74,3 +74,12 @@ unit: ## unit tests of the pure crates (no processes started)
 
 test: lint build ## every check and test: fmt, clippy (host+wasm), unit, integration, end-to-end
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast
+
+bench: setup ## weauth vs jwt_authn vs jwt_authn+ext_authz (BENCH_MODE=quick|full) → bench-results/
+	scripts/bench.sh
+
+fuzz: ## coverage-guided fuzzing of the parsers, FUZZ_SECONDS per target (default 60)
+	scripts/fuzz.sh
+
+soak: build ## bounded soak through Envoy (SOAK_SECONDS=120, SOAK_CLIENTS=8): errors and memory
+	./target/debug/weauth-soak
