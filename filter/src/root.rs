@@ -553,7 +553,14 @@ impl Root {
         }
     }
 
-    fn response_status_and_body(body_size: usize) -> (u32, Vec<u8>) {
+    /// The `:status` (0 when unknown) and body of the call's response. A call that Envoy reset
+    /// (timeout, connection failure, response over its buffer limit) has no header map at all,
+    /// and the SDK's `get_map_value` panics on the host's answer for a missing map — so the
+    /// headers are only read when the host says there are some.
+    fn response_status_and_body(num_headers: usize, body_size: usize) -> (u32, Vec<u8>) {
+        if num_headers == 0 {
+            return (0, Vec::new());
+        }
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
@@ -570,8 +577,15 @@ impl Root {
         (status, body)
     }
 
-    fn on_jwks_response(&mut self, worker: &Worker, token: u32, body_size: usize, now_ms: u64) {
-        let (status, body) = Root::response_status_and_body(body_size);
+    fn on_jwks_response(
+        &mut self,
+        worker: &Worker,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        now_ms: u64,
+    ) {
+        let (status, body) = Root::response_status_and_body(num_headers, body_size);
         let JwksSource::Remote(remote) = &worker.config.jwks else {
             return;
         };
@@ -634,8 +648,15 @@ impl Root {
         }
     }
 
-    fn on_feed_response(&mut self, worker: &Worker, token: u32, body_size: usize, now_ms: u64) {
-        let (status, body) = Root::response_status_and_body(body_size);
+    fn on_feed_response(
+        &mut self,
+        worker: &Worker,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        now_ms: u64,
+    ) {
+        let (status, body) = Root::response_status_and_body(num_headers, body_size);
         let Some(feed) = &worker.config.revocation else {
             return;
         };
@@ -739,7 +760,7 @@ impl Context for Root {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
@@ -768,9 +789,9 @@ impl Context for Root {
             return;
         }
         if is_jwks {
-            self.on_jwks_response(&worker, token_id, body_size, now);
+            self.on_jwks_response(&worker, token_id, num_headers, body_size, now);
         } else if is_feed {
-            self.on_feed_response(&worker, token_id, body_size, now);
+            self.on_feed_response(&worker, token_id, num_headers, body_size, now);
         } else {
             self.log(
                 LogLevel::Debug,

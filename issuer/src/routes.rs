@@ -118,19 +118,19 @@ where
             Ok(json_response(StatusCode::OK, &to_value(&tokens)?))
         }
         Route::Logout => {
-            let claims = sessions::authenticate(app, authorization(&req)).await?;
+            let claims = sessions::authenticate(app, authorization(&req)?).await?;
             sessions::revoke(app, Revoke::Sid(claims.sid)).await?;
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NO_CONTENT;
             Ok(response)
         }
         Route::Me => {
-            let claims = sessions::authenticate(app, authorization(&req)).await?;
+            let claims = sessions::authenticate(app, authorization(&req)?).await?;
             let profile = sessions::profile(app, &claims).await?;
             Ok(json_response(StatusCode::OK, &to_value(&profile)?))
         }
         Route::Decrypt => {
-            let claims = sessions::authenticate(app, authorization(&req)).await?;
+            let claims = sessions::authenticate(app, authorization(&req)?).await?;
             let body: DecryptRequest = read_json(req, app.config.max_body).await?;
             let input = userdata::DecryptInput {
                 encrypted_data: &body.encrypted_data,
@@ -142,13 +142,13 @@ where
             Ok(json_response(StatusCode::OK, &to_value(&decrypted)?))
         }
         Route::Phone => {
-            let claims = sessions::authenticate(app, authorization(&req)).await?;
+            let claims = sessions::authenticate(app, authorization(&req)?).await?;
             let body: PhoneRequest = read_json(req, app.config.max_body).await?;
             let phone = userdata::phone(app, &claims, &body.code).await?;
             Ok(json_response(StatusCode::OK, &to_value(&phone)?))
         }
         Route::SessionCheck => {
-            let claims = sessions::authenticate(app, authorization(&req)).await?;
+            let claims = sessions::authenticate(app, authorization(&req)?).await?;
             let valid = userdata::check_session(app, &claims).await?;
             Ok(json_response(StatusCode::OK, &json!({ "valid": valid })))
         }
@@ -200,10 +200,17 @@ where
     }
 }
 
-fn authorization<B>(req: &Request<B>) -> Option<&str> {
-    req.headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
+/// The request's `Authorization` value. Several `Authorization` headers are ambiguous (which
+/// one would a proxy in front have checked?) and refused with 400, as the filter does.
+fn authorization<B>(req: &Request<B>) -> Result<Option<&str>, ApiError> {
+    let mut values = req.headers().get_all(AUTHORIZATION).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::InvalidRequest(
+            "several Authorization headers; send exactly one".into(),
+        ));
+    }
+    Ok(first.and_then(|value| value.to_str().ok()))
 }
 
 fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
@@ -323,7 +330,7 @@ where
     let expected = app.config.admin_token.as_ref().ok_or_else(|| {
         ApiError::Unavailable("the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)".into())
     })?;
-    check_credential(authorization(&req), expected)?;
+    check_credential(authorization(&req)?, expected)?;
     let body: AdminRevokeRequest = read_json(req, app.config.max_body).await?;
     let now = now();
     let revoke = match (body.jti, body.sid, body.sub, body.issued_before) {
@@ -388,7 +395,7 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
             "the revocation feed is disabled (WEAUTH_FEED_TOKEN is not set)".into(),
         )
     })?;
-    check_credential(authorization(&req), expected)?;
+    check_credential(authorization(&req)?, expected)?;
     let (since, wait) = feed_params(req.uri().query())?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut seq = app.subscribe_seq();
@@ -396,7 +403,9 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
     let _waiting = app.feed_waiter();
     loop {
         let at = now();
-        let page = app.db(move |store| store.feed(since, at)).await?;
+        let page = app
+            .db(move |store| store.feed(since, at, revocation::FEED_PAGE_ENTRIES))
+            .await?;
         // Answer when anything changed (even if the new entries already expired), when the
         // caller must start over, or when the wait is over.
         let changed = page.full || page.seq != since || !page.entries.is_empty();

@@ -132,8 +132,7 @@ struct Case {
     query: String,
     /// Expected status at Envoy (`GET /api/hello`).
     envoy: u16,
-    /// Expected status at the issuer (`GET /v1/me`, direct); `None`: not checked here (see
-    /// [`issuer_refuses_repeated_authorization_headers`]).
+    /// Expected status at the issuer (`GET /v1/me`, direct); `None`: not checked.
     issuer: Option<u16>,
 }
 
@@ -586,21 +585,21 @@ async fn jwt_attack_corpus_refused_at_envoy_and_issuer() {
         authorization: vec![format!("Bearer {real}"), "Bearer junk".into()],
         query: String::new(),
         envoy: 400,
-        issuer: None,
+        issuer: Some(400),
     });
     cases.push(Case {
         name: "two Authorization headers, valid second".into(),
         authorization: vec!["Bearer junk".into(), format!("Bearer {real}")],
         query: String::new(),
         envoy: 400,
-        issuer: None,
+        issuer: Some(400),
     });
     cases.push(Case {
         name: "two Authorization headers, both valid".into(),
         authorization: vec![format!("Bearer {real}"), format!("Bearer {control}")],
         query: String::new(),
         envoy: 400,
-        issuer: None,
+        issuer: Some(400),
     });
     cases.push(Case {
         name: "one Authorization header with two tokens (comma)".into(),
@@ -633,49 +632,6 @@ async fn jwt_attack_corpus_refused_at_envoy_and_issuer() {
     // The filter counted the refusals (and never crashed: Envoy still answers the control).
     let (status, _) = stack.get_json("/api/hello", Some(&real)).await.unwrap();
     assert_eq!(status, 200, "the filter still serves after the corpus");
-}
-
-/// Repeated `Authorization` headers are ambiguous (which one did the upstream or a log see?):
-/// the filter answers 400, and the issuer, when reached directly, must not pick one either.
-/// Ignored because the committed issuer reads only the first header (`routes.rs`
-/// `authorization()` uses `HeaderMap::get`): a valid token first passes with 200. Run it with
-/// `--ignored` once the issuer refuses a repeated header.
-#[tokio::test]
-#[ignore = "known gap: the issuer accepts the first of several Authorization headers (200)"]
-async fn issuer_refuses_repeated_authorization_headers() {
-    let key = test_key();
-    let stack = start(Stack::builder(), &key).await;
-    let real = stack.login("mallory").await.unwrap().access_token;
-    let claims = serde_json::to_value(peek_claims(&real).unwrap()).unwrap();
-    let other = forge(
-        &good_header(&key.key),
-        &with(&claims, json!({"jti": "other"})),
-        &key.key,
-    );
-    let mut cases = Vec::new();
-    for (name, values) in [
-        (
-            "valid first",
-            vec![format!("Bearer {real}"), "Bearer junk".into()],
-        ),
-        (
-            "valid second",
-            vec!["Bearer junk".into(), format!("Bearer {real}")],
-        ),
-        (
-            "both valid",
-            vec![format!("Bearer {real}"), format!("Bearer {other}")],
-        ),
-    ] {
-        cases.push(Case {
-            name: format!("two Authorization headers, {name}"),
-            authorization: values,
-            query: String::new(),
-            envoy: 400,
-            issuer: Some(400),
-        });
-    }
-    run_all(&stack, &cases).await;
 }
 
 /// With both a header and a query source configured, the first configured source (the header)

@@ -229,8 +229,9 @@ pub trait Store: Send + Sync {
     fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError>;
     /// Whether a token with these claims is revoked.
     fn is_revoked(&self, jti: &str, sid: &str, sub: &str, iat: i64) -> Result<bool, StoreError>;
-    /// The feed answer for `since` at `now` (see `docs/INTERFACES.md`).
-    fn feed(&self, since: u64, now: i64) -> Result<FeedResponse, StoreError>;
+    /// The feed answer for `since` at `now` (see `docs/INTERFACES.md`), with at most `limit`
+    /// entries: when there are more, `seq` is the last entry's, so `since=seq` continues.
+    fn feed(&self, since: u64, now: i64, limit: usize) -> Result<FeedResponse, StoreError>;
     /// The highest revocation seq ever assigned (0 when none).
     fn current_seq(&self) -> Result<u64, StoreError>;
     /// Deletes expired revocations (advancing the watermark), ended sessions and expired

@@ -659,7 +659,7 @@ impl Store for SqliteStore {
             .map_err(db_err)
     }
 
-    fn feed(&self, since: u64, now: i64) -> Result<FeedResponse, StoreError> {
+    fn feed(&self, since: u64, now: i64, limit: usize) -> Result<FeedResponse, StoreError> {
         let mut conn = self.conn()?;
         // A read transaction: seq, watermark and rows from one snapshot.
         let tx = conn.transaction().map_err(db_err)?;
@@ -677,19 +677,22 @@ impl Store for SqliteStore {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT seq, kind, value, issued_before, until FROM revocations \
-                     WHERE seq > ?1 AND until >= ?2 ORDER BY seq",
+                     WHERE seq > ?1 AND until >= ?2 ORDER BY seq LIMIT ?3",
                 )
                 .map_err(db_err)?;
             let rows = stmt
-                .query_map(params![after, now], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, Option<i64>>(3)?,
-                        row.get::<_, i64>(4)?,
-                    ))
-                })
+                .query_map(
+                    params![after, now, i64::try_from(limit).unwrap_or(i64::MAX)],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, Option<i64>>(3)?,
+                            row.get::<_, i64>(4)?,
+                        ))
+                    },
+                )
                 .map_err(db_err)?;
             let mut entries = Vec::new();
             for row in rows {
@@ -705,8 +708,13 @@ impl Store for SqliteStore {
             entries
         };
         tx.commit().map_err(db_err)?;
+        // A full page: there may be more, so point the caller just past this page.
+        let seq = match entries.last() {
+            Some(last) if entries.len() >= limit => last.seq,
+            _ => current,
+        };
         Ok(FeedResponse {
-            seq: current,
+            seq,
             full,
             now,
             entries,
@@ -946,13 +954,13 @@ mod tests {
         let b = store.revoke(&Revoke::Jti("j2".into()), 10, 50).unwrap();
         assert!(b.seq > a.seq);
         assert_eq!(store.purge(30).unwrap().revocations, 1);
-        let feed = store.feed(a.seq - 1, 30).unwrap();
+        let feed = store.feed(a.seq - 1, 30, 100).unwrap();
         assert!(
             feed.full,
             "since below the purge watermark must get a full set"
         );
         assert_eq!(feed.entries.len(), 1);
-        let delta = store.feed(a.seq, 30).unwrap();
+        let delta = store.feed(a.seq, 30, 100).unwrap();
         assert!(!delta.full);
         assert_eq!(delta.entries, vec![b.clone()]);
         store.revoke(&Revoke::Jti("j3".into()), 10, 50).unwrap();
@@ -962,6 +970,35 @@ mod tests {
         let c = store.revoke(&Revoke::Jti("j4".into()), 60, 100).unwrap();
         assert_eq!(c.seq, b.seq + 2);
         assert_eq!(store.current_seq().unwrap(), c.seq);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn feed_large_set_paged_then_continued_by_since() {
+        let (store, dir) = temp_store();
+        let mut seqs = Vec::new();
+        for i in 0..5 {
+            seqs.push(
+                store
+                    .revoke(&Revoke::Jti(format!("j{i}")), 10, 50)
+                    .unwrap()
+                    .seq,
+            );
+        }
+        let first = store.feed(0, 10, 2).unwrap();
+        assert!(first.full);
+        assert_eq!(first.entries.len(), 2);
+        assert_eq!(first.seq, seqs[1], "a full page points past its last entry");
+        let second = store.feed(first.seq, 10, 2).unwrap();
+        assert!(!second.full);
+        assert_eq!(second.seq, seqs[3]);
+        let last = store.feed(second.seq, 10, 2).unwrap();
+        assert_eq!(last.entries.len(), 1);
+        assert_eq!(last.seq, seqs[4]);
+        assert_eq!(last.seq, store.current_seq().unwrap());
+        let idle = store.feed(last.seq, 10, 2).unwrap();
+        assert!(idle.entries.is_empty());
+        assert_eq!(idle.seq, last.seq);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
