@@ -176,7 +176,12 @@ impl SigningKey {
             }
             SigningKey::P256(key) => {
                 let signature: p256::ecdsa::Signature = key.sign(input);
-                signature.to_bytes().to_vec()
+                // Low-S form, the one spelling verifiers accept (see `check_signature`).
+                signature
+                    .normalize_s()
+                    .unwrap_or(signature)
+                    .to_bytes()
+                    .to_vec()
             }
             SigningKey::Hmac(secret) => hmac_sha256(secret, input),
         }
@@ -363,8 +368,10 @@ fn check_signature(key: &VerifyingKey, input: &[u8], signature: &[u8]) -> Result
         VerifyingKey::Ed25519(key) => ed25519_dalek::Signature::from_slice(signature)
             .map(|sig| key.verify_strict(input, &sig).is_ok())
             .unwrap_or(false),
+        // ECDSA signatures are malleable: (r, n - s) verifies too. Accepting only low-S keeps
+        // one spelling per token, so nothing keyed by the token text sees two tokens.
         VerifyingKey::P256(key) => p256::ecdsa::Signature::from_slice(signature)
-            .map(|sig| key.verify(input, &sig).is_ok())
+            .map(|sig| sig.normalize_s().is_none() && key.verify(input, &sig).is_ok())
             .unwrap_or(false),
         VerifyingKey::Hmac(secret) => match Hmac::<Sha256>::new_from_slice(secret) {
             Ok(mut mac) => {
@@ -620,6 +627,23 @@ mod tests {
         let truncated = format!("{input}.{}", b64::encode(&b64::decode(sig).unwrap()[..60]));
         assert_eq!(
             verify(&truncated, &keys, &validation, NOW),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn verify_es256_high_s_twin_refused() {
+        let key = SigningKey::from_seed(Algorithm::ES256, &[5u8; 32]).unwrap();
+        let (keys, validation) = setup(&key);
+        let token = sign(&sample(NOW), &key).unwrap();
+        assert!(verify(&token, &keys, &validation, NOW).is_ok());
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let sig = p256::ecdsa::Signature::from_slice(&b64::decode(sig).unwrap()).unwrap();
+        let (r, s) = sig.split_scalars();
+        let twin = p256::ecdsa::Signature::from_scalars(r, -s).unwrap();
+        let forged = format!("{input}.{}", b64::encode(twin.to_bytes()));
+        assert_eq!(
+            verify(&forged, &keys, &validation, NOW),
             Err(VerifyError::BadSignature)
         );
     }
