@@ -58,6 +58,9 @@ impl ServerHandle {
                     _ = &mut stop_rx => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _peer)) => {
+                            // Small answers: do not let Nagle hold them back (the benchmark
+                            // serves its feed and ext_authz checks through this too).
+                            let _ = stream.set_nodelay(true);
                             let handler = handler.clone();
                             conns.spawn(async move {
                                 let svc = service_fn(move |req| {
