@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 413 `request_too_large`.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 408 `request_timeout`: the body did not arrive within the allowed time.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// 415 `unsupported_media_type`.
     #[error("content type must be application/json")]
     UnsupportedMediaType,
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -102,6 +106,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "request_too_large",
+            ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BadGateway(_) => "upstream_error",

@@ -113,7 +113,7 @@ where
     match route {
         Route::Login => login(app, peer, req).await,
         Route::Refresh => {
-            let body: RefreshRequest = read_json(req, app.config.max_body).await?;
+            let body: RefreshRequest = read_json(req, &app.config).await?;
             let tokens = sessions::refresh(app, &body.refresh_token).await?;
             Ok(json_response(StatusCode::OK, &to_value(&tokens)?))
         }
@@ -131,7 +131,7 @@ where
         }
         Route::Decrypt => {
             let claims = sessions::authenticate(app, authorization(&req)?).await?;
-            let body: DecryptRequest = read_json(req, app.config.max_body).await?;
+            let body: DecryptRequest = read_json(req, &app.config).await?;
             let input = userdata::DecryptInput {
                 encrypted_data: &body.encrypted_data,
                 iv: &body.iv,
@@ -143,7 +143,7 @@ where
         }
         Route::Phone => {
             let claims = sessions::authenticate(app, authorization(&req)?).await?;
-            let body: PhoneRequest = read_json(req, app.config.max_body).await?;
+            let body: PhoneRequest = read_json(req, &app.config).await?;
             let phone = userdata::phone(app, &claims, &body.code).await?;
             Ok(json_response(StatusCode::OK, &to_value(&phone)?))
         }
@@ -303,7 +303,7 @@ where
             description: "too many logins from this client; retry later".into(),
         });
     }
-    let body: LoginRequest = match read_json(req, app.config.max_body).await {
+    let body: LoginRequest = match read_json(req, &app.config).await {
         Ok(body) => body,
         Err(err) => {
             app.metrics.login(err.code());
@@ -331,7 +331,7 @@ where
         ApiError::Unavailable("the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)".into())
     })?;
     check_credential(authorization(&req)?, expected)?;
-    let body: AdminRevokeRequest = read_json(req, app.config.max_body).await?;
+    let body: AdminRevokeRequest = read_json(req, &app.config).await?;
     let now = now();
     let revoke = match (body.jti, body.sid, body.sub, body.issued_before) {
         (Some(jti), None, None, None) if !jti.is_empty() => Revoke::Jti(jti),
@@ -455,9 +455,10 @@ fn discovery(app: &App) -> serde_json::Value {
     })
 }
 
-/// Reads a JSON body: `Content-Type: application/json` (415 otherwise), at most `max` bytes
-/// whether announced by `Content-Length` or streamed (413), valid JSON of `T` (400).
-async fn read_json<T, B>(req: Request<B>, max: usize) -> Result<T, ApiError>
+/// Reads a JSON body: `Content-Type: application/json` (415 otherwise), at most `WEAUTH_MAX_BODY` bytes
+/// whether announced by `Content-Length` or streamed (413), arriving within
+/// `WEAUTH_HEADER_TIMEOUT` (408), valid JSON of `T` (400).
+async fn read_json<T, B>(req: Request<B>, config: &crate::config::Config) -> Result<T, ApiError>
 where
     T: DeserializeOwned,
     B: Body<Data = Bytes> + Send,
@@ -476,6 +477,7 @@ where
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
+    let max = config.max_body;
     let announced = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -484,9 +486,11 @@ where
     if announced.is_some_and(|len| len > max as u64) {
         return Err(ApiError::PayloadTooLarge(max));
     }
-    let bytes = Limited::new(req.into_body(), max)
-        .collect()
+    // The header timeout also bounds the body: a client that dribbles it is cut off (408).
+    let limit = config.header_timeout;
+    let bytes = tokio::time::timeout(limit, Limited::new(req.into_body(), max).collect())
         .await
+        .map_err(|_| ApiError::BodyTimeout(limit))?
         .map_err(|err| {
             if err
                 .downcast_ref::<http_body_util::LengthLimitError>()

@@ -237,6 +237,43 @@ async fn slow_headers_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_body_is_cut_off_with_408() {
+    let stack = Stack::start(&[("WEAUTH_HEADER_TIMEOUT", "500ms")]).await;
+    let addr = stack.issuer.addr;
+    let (elapsed, answer) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Complete headers, then only part of the announced body.
+        stream
+            .write_all(
+                b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                  Content-Length: 40\r\n\r\n{\"code\":",
+            )
+            .unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&answer).to_string(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_metrics_and_discovery() {
     let stack = Stack::start(&[]).await;
     let (status, body, _) = stack.get("/healthz", None).await;
