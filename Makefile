@@ -74,6 +74,8 @@ unit: ## unit tests of the pure crates (no processes started)
 
 test: lint build ## every check and test: fmt, clippy (host+wasm), unit, integration, end-to-end
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast
+	@echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"
+	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored
 
 bench: setup ## weauth vs jwt_authn vs jwt_authn+ext_authz (BENCH_MODE=quick|full) → bench-results/
 	scripts/bench.sh
