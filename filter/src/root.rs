@@ -468,6 +468,20 @@ impl Root {
         }
     }
 
+    /// The `since` of the next feed poll: 0 for a new fetcher (it starts from a full set and
+    /// rewrites every shard under a fresh generation, whatever a previous fetcher left
+    /// half-written), else the seq it holds.
+    fn feed_since(&self, worker: &Worker) -> u64 {
+        if self.full_pending {
+            0
+        } else {
+            worker
+                .state
+                .try_borrow()
+                .map_or(0, |state| state.replica.set.seq)
+        }
+    }
+
     fn drive_feed(&mut self, worker: &Worker, feed: &RevocationConfig, since: u64, now_ms: u64) {
         let Some(schedule) = self.feed_schedule.as_mut() else {
             return;
@@ -792,6 +806,13 @@ impl Context for Root {
             self.on_jwks_response(&worker, token_id, num_headers, body_size, now);
         } else if is_feed {
             self.on_feed_response(&worker, token_id, num_headers, body_size, now);
+            // Keep the long poll open without a gap: dispatch the next one now (when the
+            // schedule says it is due, i.e. after a success) rather than on the next tick, so a
+            // revocation made right after this answer is not held back by up to a tick.
+            if let Some(feed) = &worker.config.revocation {
+                let since = self.feed_since(&worker);
+                self.drive_feed(&worker, feed, since, now);
+            }
         } else {
             self.log(
                 LogLevel::Debug,
@@ -922,16 +943,7 @@ impl RootContext for Root {
             self.drive_jwks(&worker, remote, now);
         }
         if let Some(feed) = &worker.config.revocation {
-            // A new fetcher starts from a full set: it rewrites every shard under a fresh
-            // generation, whatever a previous fetcher left half-written.
-            let since = if self.full_pending {
-                0
-            } else {
-                worker
-                    .state
-                    .try_borrow()
-                    .map_or(0, |state| state.replica.set.seq)
-            };
+            let since = self.feed_since(&worker);
             self.drive_feed(&worker, feed, since, now);
         }
         self.prune(&worker, now);
