@@ -393,6 +393,7 @@ impl Config {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::Missing);
         }
+        unique_members(bytes)?;
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|err| ConfigError::Json(err.to_string()))?;
         let serde_json::Value::Object(map) = value else {
@@ -726,8 +727,100 @@ fn validate_rule(i: usize, raw: RawRule) -> Result<Rule, ConfigError> {
     })
 }
 
+/// Refuses a document in which an object repeats a member: `serde_json::Value` would keep the
+/// last one silently, and a configuration that says two things must not load (tokens refuse
+/// duplicates for the same reason).
+fn unique_members(bytes: &[u8]) -> Result<(), ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::de::DeserializeSeed::deserialize(Unique(String::new()), &mut de)
+        .map_err(|err| ConfigError::Json(err.to_string()))
+}
+
+/// Walks any JSON value, failing on a repeated object member; holds the path walked so far.
+struct Unique(String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Unique {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Unique {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        while seq
+            .next_element_seed(Unique(format!("{}[{index}]", self.0)))?
+            .is_some()
+        {
+            index += 1;
+        }
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.0.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.0)
+            };
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom(format!(
+                    "`{path}` appears more than once"
+                )));
+            }
+            map.next_value_seed(Unique(path))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parse_repeated_member_refused_with_its_path() {
+        let err = Config::parse(
+            br#"{"issuer":"a","issuer":"b","audiences":["weauth"],"jwks":{"inline":{"keys":[]}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("`issuer` appears more than once"),
+            "{err}"
+        );
+        let err = Config::parse(
+            br#"{"issuer":"a","audiences":["w"],"rules":[{"prefix":"/a","prefix":"/b"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`rules[0].prefix` appears more than once"),
+            "{err}"
+        );
+    }
+
     use super::*;
     use weauth_token::SigningKey;
 
