@@ -96,6 +96,22 @@ async fn api(client: &reqwest::Client, envoy: &str, token: &str) -> Result<u16, 
         .map_err(|e| e.to_string())
 }
 
+/// POSTs for a token pair (login or refresh): `(access_token, refresh_token)` on 200, else what
+/// came back instead.
+async fn token_pair(
+    client: &reqwest::Client,
+    url: String,
+    body: serde_json::Value,
+) -> Result<(String, String), String> {
+    match post(client, url, None, body).await {
+        Ok((200, body)) => {
+            let member = |name: &str| body[name].as_str().unwrap_or_default().to_string();
+            Ok((member("access_token"), member("refresh_token")))
+        }
+        other => Err(format!("{other:?}")),
+    }
+}
+
 async fn post(
     client: &reqwest::Client,
     url: String,
@@ -143,34 +159,19 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
         // Log in (through Envoy; the code comes from the mock WeChat).
         let t = Instant::now();
         let code = stack.mock.login(&format!("soak-{id}-{}", round % 50)).code;
-        let (access, refresh) = match post(
+        let (access, refresh) = match token_pair(
             &client,
             format!("{envoy}/v1/login"),
-            None,
             json!({ "code": code }),
         )
         .await
         {
-            Ok((200, body)) => {
+            Ok(pair) => {
                 record("login", Outcome::Ok, t.elapsed(), String::new());
-                (
-                    body["access_token"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    body["refresh_token"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
+                pair
             }
-            other => {
-                record(
-                    "login",
-                    Outcome::Unexpected,
-                    t.elapsed(),
-                    format!("{other:?}"),
-                );
+            Err(what) => {
+                record("login", Outcome::Unexpected, t.elapsed(), what);
                 continue;
             }
         };
@@ -205,37 +206,17 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
         // Refresh.
         let t = Instant::now();
         let url = format!("{envoy}/v1/token/refresh");
-        let (access2, _refresh2) = match post(
-            &client,
-            url.clone(),
-            None,
-            json!({ "refresh_token": refresh }),
-        )
-        .await
-        {
-            Ok((200, body)) => {
-                record("refresh", Outcome::Ok, t.elapsed(), String::new());
-                (
-                    body["access_token"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    body["refresh_token"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            }
-            other => {
-                record(
-                    "refresh",
-                    Outcome::Unexpected,
-                    t.elapsed(),
-                    format!("{other:?}"),
-                );
-                continue;
-            }
-        };
+        let (access2, _refresh2) =
+            match token_pair(&client, url.clone(), json!({ "refresh_token": refresh })).await {
+                Ok(pair) => {
+                    record("refresh", Outcome::Ok, t.elapsed(), String::new());
+                    pair
+                }
+                Err(what) => {
+                    record("refresh", Outcome::Unexpected, t.elapsed(), what);
+                    continue;
+                }
+            };
         for _ in 0..2 {
             let t = Instant::now();
             match api(&client, &envoy, &access2).await {
