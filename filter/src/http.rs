@@ -141,11 +141,11 @@ impl HttpContext for Filter {
         let state = &mut *state;
         // Pick up a revocation the fetcher published since the last tick (one small read).
         self.worker.sync_revocation(state, self.context_id);
-        let mut outcome = judge(&self.worker, state, extracted.clone(), require, scopes, now);
+        let mut outcome = judge(&self.worker, state, &extracted, require, scopes, now);
         // An unknown `kid` may be a key the fetcher published since this VM's last tick: look
         // once more before refusing (cheap: only on this path).
         if outcome.unknown_key && self.worker.sync_jwks(state, self.context_id) {
-            outcome = judge(&self.worker, state, extracted.clone(), require, scopes, now);
+            outcome = judge(&self.worker, state, &extracted, require, scopes, now);
         }
         match outcome.cache {
             CacheUse::Hit => self.worker.metrics.count("cache_hit"),
@@ -184,7 +184,7 @@ impl HttpContext for Filter {
 fn judge(
     worker: &Worker,
     state: &mut State,
-    extracted: Extracted,
+    extracted: &Extracted,
     require: Require,
     scopes: &[String],
     now_ms: u64,

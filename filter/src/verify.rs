@@ -228,7 +228,7 @@ fn unauthorized(error: &VerifyError) -> Denial {
 
 /// Judges one request. `scopes` are the scopes the matched rule requires.
 pub fn decide(
-    extracted: Extracted,
+    extracted: &Extracted,
     require: Require,
     scopes: &[String],
     validation: &Validation,
@@ -291,7 +291,7 @@ pub fn decide(
             unauthorized(&VerifyError::TooLarge(validation.max_token_bytes)),
         );
     }
-    let key = key_of(&token);
+    let key = key_of(token);
     let (claims, checked_generation) = match cache.get(&key, now, snapshot.keys_generation) {
         Some(hit) => {
             outcome.cache = CacheUse::Hit;
@@ -299,7 +299,7 @@ pub fn decide(
         }
         None => {
             outcome.cache = CacheUse::Miss;
-            match weauth_token::verify(&token, keys, validation, now) {
+            match weauth_token::verify(token, keys, validation, now) {
                 Ok(claims) => (claims, None),
                 Err(err) => {
                     outcome.unknown_key = err == VerifyError::UnknownKey;
@@ -471,7 +471,7 @@ mod tests {
     ) -> Outcome {
         let mut cache = TokenCache::new(10);
         decide(
-            extracted,
+            &extracted,
             require,
             scopes,
             &validation(),
@@ -818,7 +818,7 @@ mod tests {
         let mut cache = TokenCache::new(10);
         let token = token_for(&claims());
         decide(
-            found(token.clone()),
+            &found(token.clone()),
             Require::Required,
             &[],
             &validation(),
@@ -827,7 +827,7 @@ mod tests {
             NOW,
         );
         let second = decide(
-            found(token),
+            &found(token),
             Require::Required,
             &[],
             &validation(),
@@ -851,7 +851,7 @@ mod tests {
             revocation: ready(&empty, false, StaleMode::Deny),
         };
         decide(
-            found(token.clone()),
+            &found(token.clone()),
             Require::Required,
             &[],
             &validation(),
@@ -871,7 +871,7 @@ mod tests {
             },
         };
         let outcome = decide(
-            found(token),
+            &found(token),
             Require::Required,
             &[],
             &validation(),
@@ -895,7 +895,7 @@ mod tests {
         let mut cache = TokenCache::new(10);
         let token = token_for(&claims());
         decide(
-            found(token.clone()),
+            &found(token.clone()),
             Require::Required,
             &[],
             &validation(),
@@ -904,7 +904,7 @@ mod tests {
             NOW,
         );
         let later = decide(
-            found(token),
+            &found(token),
             Require::Required,
             &[],
             &validation(),

@@ -235,7 +235,7 @@ pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
     };
     let mut cache = TokenCache::new(4);
     let first = decide(
-        extracted.clone(),
+        &extracted,
         require,
         scopes,
         &fx.validation,
@@ -244,7 +244,7 @@ pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
         NOW,
     );
     let second = decide(
-        extracted.clone(),
+        &extracted,
         require,
         scopes,
         &fx.validation,
@@ -327,7 +327,7 @@ pub fn filter_cache(fx: &Fixture, data: &[u8]) -> usize {
                 };
                 let ask = |cache: &mut TokenCache| {
                     decide(
-                        found(),
+                        &found(),
                         weauth_filter::config::Require::Required,
                         &[],
                         &fx.validation,

@@ -96,6 +96,19 @@ async fn api(client: &reqwest::Client, envoy: &str, token: &str) -> Result<u16, 
         .map_err(|e| e.to_string())
 }
 
+/// `GET /api/hello` through Envoy with `token`: `Ok` when it answers `want`, else what came back.
+async fn api_expect(
+    client: &reqwest::Client,
+    envoy: &str,
+    token: &str,
+    want: u16,
+) -> Result<(), String> {
+    match api(client, envoy, token).await {
+        Ok(status) if status == want => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
 /// POSTs for a token pair (login or refresh): `(access_token, refresh_token)` on 200, else what
 /// came back instead.
 async fn token_pair(
@@ -153,6 +166,11 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
             r.record(op, outcome, took, detail);
         }
     };
+    // `good` when the call answered as expected, else unexpected with what came back.
+    let record_answer = |op, good, started: Instant, answer: Result<(), String>| match answer {
+        Ok(()) => record(op, good, started.elapsed(), String::new()),
+        Err(detail) => record(op, Outcome::Unexpected, started.elapsed(), detail),
+    };
     let mut round = 0u64;
     while Instant::now() < deadline {
         round += 1;
@@ -177,32 +195,13 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
         };
         for _ in 0..3 {
             let t = Instant::now();
-            match api(&client, &envoy, &access).await {
-                Ok(200) => record("api", Outcome::Ok, t.elapsed(), String::new()),
-                other => record(
-                    "api",
-                    Outcome::Unexpected,
-                    t.elapsed(),
-                    format!("{other:?}"),
-                ),
-            }
+            let answer = api_expect(&client, &envoy, &access, 200).await;
+            record_answer("api", Outcome::Ok, t, answer);
         }
         // A junk token: refused on purpose.
         let t = Instant::now();
-        match api(&client, &envoy, "eyJhbGciOiJFZERTQSJ9.e30.AAAA").await {
-            Ok(401) => record(
-                "api (junk token)",
-                Outcome::Expected,
-                t.elapsed(),
-                String::new(),
-            ),
-            other => record(
-                "api (junk token)",
-                Outcome::Unexpected,
-                t.elapsed(),
-                format!("{other:?}"),
-            ),
-        }
+        let answer = api_expect(&client, &envoy, "eyJhbGciOiJFZERTQSJ9.e30.AAAA", 401).await;
+        record_answer("api (junk token)", Outcome::Expected, t, answer);
         // Refresh.
         let t = Instant::now();
         let url = format!("{envoy}/v1/token/refresh");
@@ -219,15 +218,8 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
             };
         for _ in 0..2 {
             let t = Instant::now();
-            match api(&client, &envoy, &access2).await {
-                Ok(200) => record("api", Outcome::Ok, t.elapsed(), String::new()),
-                other => record(
-                    "api",
-                    Outcome::Unexpected,
-                    t.elapsed(),
-                    format!("{other:?}"),
-                ),
-            }
+            let answer = api_expect(&client, &envoy, &access2, 200).await;
+            record_answer("api", Outcome::Ok, t, answer);
         }
         if round % 10 == 0 {
             // Replay the used refresh token: 400, and the session is revoked at the edge.
