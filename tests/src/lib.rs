@@ -8,12 +8,15 @@
 //!   see the identity headers the filter forwarded (`weauth-demo-upstream` binary).
 //! - [`harness`]: boots the whole stack (mock, upstream, issuer process, Envoy with the filter)
 //!   on free loopback ports, or on the fixed `make up` ports for `weauth-stack`.
+//! - [`redis`]: a real `redis-server` (and `redis-sentinel`) on free loopback ports, each
+//!   with its own data directory and AOF `appendfsync always`.
 //! - [`template`]: rendering of `envoy/envoy.yaml` and `envoy/plugin-config.json` (pure).
 //! - [`serve`]: the small hyper 1 server glue the two doubles share; [`signal`]: Ctrl-C and
 //!   SIGTERM for the binaries.
 
 pub mod harness;
 pub mod mock_wechat;
+pub mod redis;
 pub mod serve;
 pub mod signal;
 pub mod template;

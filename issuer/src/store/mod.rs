@@ -18,6 +18,7 @@
 
 #[cfg(test)]
 pub mod contract;
+pub mod redis;
 pub mod sqlite;
 
 use async_trait::async_trait;
