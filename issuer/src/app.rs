@@ -2,10 +2,11 @@
 //! construction at start, and the background tasks that keep it fresh.
 //!
 //! Background tasks: key reload (every `WEAUTH_KEY_RELOAD`, which also promotes a rotated key
-//! once its publish delay is over), a cheap `max(seq)` poll every 250 ms that wakes long polls
-//! when another replica writes a revocation, and a purge of expired revocations,
-//! sessions and refresh tokens every `WEAUTH_PURGE_INTERVAL` (default 60 s). All of them end when the shutdown
-//! `watch` flips.
+//! once its publish delay is over); revocation wakeups from other replicas (on Redis a pub/sub
+//! subscription, woken within milliseconds, with a 5 s `seq` re-read as a safety net; on SQLite
+//! a cheap `max(seq)` poll every 250 ms); and a purge of expired revocations, sessions and
+//! refresh tokens every `WEAUTH_PURGE_INTERVAL` (default 60 s). All of them end when the
+//! shutdown `watch` flips.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,17 +17,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::config::StoreUrl;
+use crate::feed::FeedCache;
 use crate::keys::{self, KeyError, KeyRing};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::secrets::{DataKey, SecretError};
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::tokens::TokenPolicy;
 use crate::wechat::{HttpWechat, HttpWechatConfig, Wechat};
 
-/// How often the revocation high-water mark is re-read (covers writes by other replicas).
+/// How often the revocation high-water mark is re-read on SQLite (covers writes by other
+/// processes on the same file).
 pub const SEQ_POLL: Duration = Duration::from_millis(250);
+/// On Redis, pub/sub wakes replicas; the re-read only covers a message lost while the
+/// subscription was reconnecting.
+pub const SEQ_POLL_REDIS: Duration = Duration::from_secs(5);
 
 /// Why the issuer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +63,10 @@ pub fn now() -> i64 {
 pub struct App {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// The same store when it is Redis (shared rate limit, pub/sub wakeups).
+    pub redis: Option<RedisStore>,
+    /// The replica's copy of the recent revocation feed.
+    pub feed: FeedCache,
     pub wechat: Arc<dyn Wechat>,
     pub metrics: Arc<Metrics>,
     pub data_key: DataKey,
@@ -156,15 +168,44 @@ pub async fn bootstrap_keys(
 /// # Errors
 /// The store cannot be opened, or the data key cannot be read or created.
 pub async fn open_store(config: &Arc<Config>) -> Result<(Arc<dyn Store>, DataKey), StartError> {
-    let config = Arc::clone(config);
-    tokio::task::spawn_blocking(move || {
-        let path = config.sqlite_path();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
-        let data_key = DataKey::load(config.data_key.as_deref().map(|k| k.as_slice()), path)?;
-        Ok::<_, StartError>((store, data_key))
-    })
-    .await
-    .map_err(|err| StartError::Join(err.to_string()))?
+    open_backend(config)
+        .await
+        .map(|(store, _, data_key)| (store, data_key))
+}
+
+/// Opens the store, also returning the Redis handle when the store is Redis.
+async fn open_backend(
+    config: &Arc<Config>,
+) -> Result<(Arc<dyn Store>, Option<RedisStore>, DataKey), StartError> {
+    match &config.store {
+        StoreUrl::Sqlite(path) => {
+            let (path, key) = (path.clone(), config.data_key.clone());
+            tokio::task::spawn_blocking(move || {
+                let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path)?);
+                let data_key = DataKey::load(key.as_deref().map(|k| k.as_slice()), &path)?;
+                Ok::<_, StartError>((store, None, data_key))
+            })
+            .await
+            .map_err(|err| StartError::Join(err.to_string()))?
+        }
+        StoreUrl::Redis { target, display } => {
+            let redis = RedisStore::connect(RedisOptions {
+                target: target.clone(),
+                display: display.clone(),
+                prefix: config.redis_prefix.clone(),
+                wait_replicas: config.redis_wait_replicas,
+                wait_timeout: config.redis_wait_timeout,
+            })
+            .await?;
+            // Config validation makes WEAUTH_DATA_KEY required on Redis; the path is unused.
+            let data_key = DataKey::load(
+                config.data_key.as_deref().map(|k| k.as_slice()),
+                std::path::Path::new("WEAUTH_DATA_KEY"),
+            )?;
+            let store: Arc<dyn Store> = Arc::new(redis.clone());
+            Ok((store, Some(redis), data_key))
+        }
+    }
 }
 
 impl App {
@@ -196,7 +237,7 @@ impl App {
                 .map_err(StartError::Wechat)?,
             ),
         };
-        let (store, data_key) = open_store(&config).await?;
+        let (store, redis, data_key) = open_backend(&config).await?;
         let now = now();
         bootstrap_keys(store.as_ref(), &config, &data_key, now).await?;
         let retain = config.access_ttl_secs() + config.leeway_secs();
@@ -217,6 +258,8 @@ impl App {
             )),
             config,
             store,
+            redis,
+            feed: FeedCache::new(),
             wechat,
             metrics,
             data_key,
@@ -325,8 +368,20 @@ impl App {
                 }
             },
         ));
+        if let Some(redis) = &self.redis {
+            tasks.push(tokio::spawn(follow_revocations(
+                Arc::clone(self),
+                redis.clone(),
+                shutdown.clone(),
+            )));
+        }
+        let poll = if self.redis.is_some() {
+            SEQ_POLL_REDIS
+        } else {
+            SEQ_POLL
+        };
         let app = Arc::clone(self);
-        tasks.push(periodic(shutdown.clone(), SEQ_POLL, move || {
+        tasks.push(periodic(shutdown.clone(), poll, move || {
             let app = Arc::clone(&app);
             async move {
                 match app.store.current_seq().await {
@@ -342,6 +397,11 @@ impl App {
                 let at = now();
                 match app.store.purge(at).await {
                     Ok(purged) if purged != Default::default() => {
+                        if purged.revocations > 0 {
+                            if let Err(err) = app.feed.refresh(app.store.as_ref(), at).await {
+                                tracing::debug!(error = %err, "feed copy refresh after purge failed");
+                            }
+                        }
                         tracing::info!(
                             revocations = purged.revocations,
                             sessions = purged.sessions,
@@ -355,6 +415,50 @@ impl App {
             }
         }));
         tasks
+    }
+}
+
+/// Wakes this replica's long polls when any replica writes a revocation: subscribes to the
+/// store's revocation channel (re-subscribing after a lost connection or a failover, and
+/// re-reading the seq then, since messages published meanwhile are gone).
+async fn follow_revocations(app: Arc<App>, redis: RedisStore, mut shutdown: watch::Receiver<bool>) {
+    use futures_util::StreamExt as _;
+    let channel = redis.channel();
+    loop {
+        let follow = async {
+            let client = redis.pubsub_client().await?;
+            let mut pubsub = client
+                .get_async_pubsub()
+                .await
+                .map_err(crate::store::redis::redis_err)?;
+            pubsub
+                .subscribe(&channel)
+                .await
+                .map_err(crate::store::redis::redis_err)?;
+            app.notify_seq(app.store.current_seq().await?);
+            tracing::debug!(channel = %channel, "following revocations");
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                if let Ok(seq) = message.get_payload::<u64>() {
+                    app.notify_seq(seq);
+                }
+            }
+            Err::<(), StoreError>(StoreError::Unavailable(
+                "the revocation subscription ended".into(),
+            ))
+        };
+        tokio::select! {
+            result = follow => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "revocation subscription lost; re-subscribing");
+                }
+            }
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use std::time::Duration;
 use weauth_token::Algorithm;
 use zeroize::Zeroizing;
 
+pub use crate::store::redis::RedisTarget;
+
 /// Why the configuration was refused. The `Display` names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}: {reason}")]
@@ -34,6 +36,14 @@ fn bad(var: &str, reason: impl Into<String>) -> ConfigError {
 pub enum StoreUrl {
     /// `sqlite://PATH` (relative or absolute path; `sqlite:///abs/path` also accepted).
     Sqlite(PathBuf),
+    /// `redis://[user:password@]host:port/db`, `rediss://…` (TLS), or
+    /// `redis+sentinel://[user:password@]host:port[,host:port…]/<master-name>[/db]` (the
+    /// user and password are the Redis servers'; the sentinels are asked without).
+    Redis {
+        target: RedisTarget,
+        /// The URL with its password masked, for messages and logs.
+        display: String,
+    },
 }
 
 /// One trusted proxy network (`10.0.0.0/8`, `::1`, `127.0.0.1/32`).
@@ -88,8 +98,16 @@ impl IpNet {
 pub struct Config {
     /// `WEAUTH_LISTEN`, default `127.0.0.1:8080` (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// `WEAUTH_STORE`, default `sqlite://weauth.db`. `redis://` is refused (not built yet).
+    /// `WEAUTH_STORE`, default `sqlite://weauth.db`; see [`StoreUrl`] for Redis.
     pub store: StoreUrl,
+    /// `WEAUTH_REDIS_PREFIX`, default `weauth:`: the prefix of every Redis key (several
+    /// deployments, or tests, can share one Redis).
+    pub redis_prefix: String,
+    /// `WEAUTH_REDIS_WAIT_REPLICAS`, default 1 with Sentinel, else 0: after each write, `WAIT`
+    /// for this many replicas before answering.
+    pub redis_wait_replicas: usize,
+    /// `WEAUTH_REDIS_WAIT_TIMEOUT`, default `500ms`: the longest such wait.
+    pub redis_wait_timeout: Duration,
     /// `WEAUTH_WECHAT_APPID`, required.
     pub wechat_appid: String,
     /// `WEAUTH_WECHAT_SECRET` or `WEAUTH_WECHAT_SECRET_FILE`, required.
@@ -249,7 +267,120 @@ impl Source<'_> {
     }
 }
 
+/// The URL with the password (if any) replaced by `***`.
+fn mask_password(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{scheme}://{masked}@{hosts}/{path}")
+        }
+        None => text.to_string(),
+    }
+}
+
+fn parse_sentinel(rest: &str, display: String) -> Result<StoreUrl, ConfigError> {
+    let fail = |reason: &str| {
+        bad(
+            "WEAUTH_STORE",
+            format!(
+                "`{display}`: {reason} (expected redis+sentinel://[user:password@]host:port[,host:port…]/<master-name>[/db])"
+            ),
+        )
+    };
+    let (authority, path) = rest.split_once('/').ok_or_else(|| fail("no master name"))?;
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let decode = |text: &str| {
+        url::form_urlencoded::parse(format!("x={text}").as_bytes())
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default()
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(info) => match info.split_once(':') {
+            Some((user, pass)) => (
+                Some(decode(user)).filter(|u| !u.is_empty()),
+                Some(decode(pass)),
+            ),
+            None => (None, Some(decode(info))),
+        },
+    };
+    let mut sentinels = Vec::new();
+    for host in hosts.split(',').filter(|h| !h.trim().is_empty()) {
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) => (
+                name,
+                port.parse::<u16>()
+                    .map_err(|_| fail(&format!("`{port}` is not a port")))?,
+            ),
+            None => (host, 26379),
+        };
+        if name.is_empty() {
+            return Err(fail("empty host"));
+        }
+        sentinels.push((name.to_string(), port));
+    }
+    if sentinels.is_empty() {
+        return Err(fail("no sentinel host"));
+    }
+    let mut parts = path.split('/');
+    let master = parts.next().unwrap_or_default().to_string();
+    if master.is_empty() {
+        return Err(fail("no master name"));
+    }
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(db) => db
+            .parse::<i64>()
+            .map_err(|_| fail(&format!("`{db}` is not a database index")))?,
+    };
+    Ok(StoreUrl::Redis {
+        target: RedisTarget::Sentinel {
+            sentinels,
+            master,
+            db,
+            username,
+            password,
+        },
+        display,
+    })
+}
+
 fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
+    if let Some(rest) = text.strip_prefix("redis+sentinel://") {
+        return parse_sentinel(rest, mask_password(text));
+    }
+    if text.starts_with("redis://") || text.starts_with("rediss://") {
+        let display = mask_password(text);
+        let url = url::Url::parse(text)
+            .map_err(|err| bad("WEAUTH_STORE", format!("`{display}`: {err}")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("WEAUTH_STORE", format!("`{display}`: no host")));
+        }
+        let db = url.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<i64>().is_err() {
+            return Err(bad(
+                "WEAUTH_STORE",
+                format!("`{display}`: `{db}` is not a database index"),
+            ));
+        }
+        return Ok(StoreUrl::Redis {
+            target: RedisTarget::Direct(text.to_string()),
+            display,
+        });
+    }
     if let Some(path) = text.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(bad(
@@ -259,15 +390,12 @@ fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
         }
         return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
     }
-    if text.starts_with("redis://") {
-        return Err(bad(
-            "WEAUTH_STORE",
-            "redis:// is not supported by this build yet; use sqlite://PATH",
-        ));
-    }
     Err(bad(
         "WEAUTH_STORE",
-        format!("`{text}` is not a store URL (expected sqlite://PATH)"),
+        format!(
+            "`{}` is not a store URL (expected sqlite://PATH, redis://, rediss:// or redis+sentinel://)",
+            mask_password(text)
+        ),
     ))
 }
 
@@ -413,9 +541,41 @@ impl Config {
         if max_body < 256 {
             return Err(bad("WEAUTH_MAX_BODY", "must be at least 256 bytes"));
         }
+        let redis_prefix = src
+            .get("WEAUTH_REDIS_PREFIX")
+            .unwrap_or_else(|| "weauth:".into());
+        if redis_prefix.len() > 64 || redis_prefix.chars().any(|c| c.is_whitespace()) {
+            return Err(bad(
+                "WEAUTH_REDIS_PREFIX",
+                "must be at most 64 characters without spaces",
+            ));
+        }
+        let sentinel = matches!(
+            store,
+            StoreUrl::Redis {
+                target: RedisTarget::Sentinel { .. },
+                ..
+            }
+        );
+        let redis_wait_replicas: usize =
+            src.number("WEAUTH_REDIS_WAIT_REPLICAS", usize::from(sentinel))?;
+        let redis_wait_timeout = src.duration(
+            "WEAUTH_REDIS_WAIT_TIMEOUT",
+            "500ms",
+            Duration::from_millis(1),
+        )?;
+        if matches!(store, StoreUrl::Redis { .. }) && data_key.is_none() {
+            return Err(bad(
+                "WEAUTH_DATA_KEY",
+                "is required with a Redis store (every replica must share it; nothing is generated next to a shared store)",
+            ));
+        }
         let config = Config {
             listen,
             store,
+            redis_prefix,
+            redis_wait_replicas,
+            redis_wait_timeout,
             wechat_appid,
             wechat_secret,
             wechat_api_base,
@@ -499,10 +659,11 @@ impl Config {
         secs(self.leeway)
     }
 
-    /// The SQLite path (the only store today).
-    pub fn sqlite_path(&self) -> &std::path::Path {
+    /// The SQLite path, when the store is SQLite.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
         match &self.store {
-            StoreUrl::Sqlite(path) => path,
+            StoreUrl::Sqlite(path) => Some(path),
+            StoreUrl::Redis { .. } => None,
         }
     }
 }
@@ -619,12 +780,76 @@ mod tests {
         assert_eq!(err.var, "WEAUTH_WECHAT_SECRET");
     }
 
+    const KEY: (&str, &str) = (
+        "WEAUTH_DATA_KEY",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    );
+
+    #[test]
+    fn config_redis_url_parsed_with_password_masked() {
+        let config = load(&with(&[
+            ("WEAUTH_STORE", "redis://:s3cret@10.0.0.5:6380/2"),
+            KEY,
+        ]))
+        .unwrap();
+        let StoreUrl::Redis { target, display } = &config.store else {
+            panic!("expected redis");
+        };
+        assert_eq!(
+            target,
+            &RedisTarget::Direct("redis://:s3cret@10.0.0.5:6380/2".into())
+        );
+        assert_eq!(display, "redis://:***@10.0.0.5:6380/2");
+        assert_eq!(config.redis_prefix, "weauth:");
+        assert_eq!(config.redis_wait_replicas, 0);
+    }
+
+    #[test]
+    fn config_redis_sentinel_url_parsed() {
+        let config = load(&with(&[
+            (
+                "WEAUTH_STORE",
+                "redis+sentinel://app:pw@s1:26380,s2,s3:26381/mymaster/3",
+            ),
+            KEY,
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.store,
+            StoreUrl::Redis {
+                target: RedisTarget::Sentinel {
+                    sentinels: vec![
+                        ("s1".into(), 26380),
+                        ("s2".into(), 26379),
+                        ("s3".into(), 26381)
+                    ],
+                    master: "mymaster".into(),
+                    db: 3,
+                    username: Some("app".into()),
+                    password: Some("pw".into()),
+                },
+                display: "redis+sentinel://app:***@s1:26380,s2,s3:26381/mymaster/3".into(),
+            }
+        );
+        assert_eq!(
+            config.redis_wait_replicas, 1,
+            "WAIT for one replica by default"
+        );
+    }
+
+    #[test]
+    fn config_redis_without_data_key_refused_naming_it() {
+        let err = load(&with(&[("WEAUTH_STORE", "redis://127.0.0.1:6379/0")])).unwrap_err();
+        assert_eq!(err.var, "WEAUTH_DATA_KEY");
+    }
+
     #[test]
     fn config_bad_values_name_their_variable() {
         for (var, value) in [
             ("WEAUTH_LISTEN", "localhost"),
             ("WEAUTH_STORE", "postgres://x"),
-            ("WEAUTH_STORE", "redis://127.0.0.1:6379/0"),
+            ("WEAUTH_STORE", "redis+sentinel:///mymaster"),
+            ("WEAUTH_STORE", "redis://127.0.0.1:6379/db"),
             ("WEAUTH_ACCESS_TTL", "soon"),
             ("WEAUTH_ACCESS_TTL", "0s"),
             ("WEAUTH_REFRESH_TTL", "40d"),

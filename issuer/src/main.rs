@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
-use weauth_issuer::app::App;
+use weauth_issuer::app::{App, StartError};
 use weauth_issuer::cli::{self, Command};
 use weauth_issuer::config::Config;
 use weauth_issuer::server;
+use weauth_issuer::store::StoreError;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,7 +77,18 @@ fn main() -> ExitCode {
             Err(err) => {
                 tracing::error!("{err}");
                 eprintln!("weauth-issuer: {err}");
-                ExitCode::FAILURE
+                // A store that cannot be opened is a configuration problem (WEAUTH_STORE names
+                // an unreachable server, a wrong password or database): exit 2, like a bad
+                // variable.
+                let store_open = matches!(
+                    err.downcast_ref::<StartError>(),
+                    Some(StartError::Store(StoreError::Open { .. }))
+                );
+                if store_open {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         },
     }

@@ -289,12 +289,43 @@ where
         .get("x-forwarded-for")
         .and_then(|value| value.to_str().ok());
     let client = ratelimit::client_ip(peer.ip(), forwarded, &app.config.trusted_proxies);
-    let allowed = {
-        let mut limiter = app
-            .limiter
-            .lock()
-            .map_err(|_| ApiError::Internal("rate limiter poisoned".into()))?;
-        limiter.check(client, app.uptime().as_secs_f64())
+    let shared = match &app.redis {
+        // On Redis the bucket is shared by every replica; if Redis cannot answer, the local
+        // bucket decides (the login itself will meet the same outage).
+        Some(redis) => {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            match redis
+                .rate_limit(
+                    &client.to_string(),
+                    app.config.login_rate_per_min,
+                    app.config.login_burst,
+                    unix,
+                )
+                .await
+            {
+                Ok(verdict) => {
+                    Some(verdict.map_or(Ok(()), |secs| Err(ratelimit::RetryAfter(secs))))
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "shared rate limit unavailable; using the local one");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let allowed = match shared {
+        Some(verdict) => verdict,
+        None => {
+            let mut limiter = app
+                .limiter
+                .lock()
+                .map_err(|_| ApiError::Internal("rate limiter poisoned".into()))?;
+            limiter.check(client, app.uptime().as_secs_f64())
+        }
     };
     if let Err(retry) = allowed {
         app.metrics.login("rate_limited");
@@ -403,8 +434,19 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
     let _waiting = app.feed_waiter();
     loop {
         let at = now();
-        let page =
-            revocation::read(app.store.as_ref(), since, at, revocation::FEED_PAGE_ENTRIES).await?;
+        // Served from the replica's copy, which reads the store once per new seq however many
+        // polls are waiting.
+        // A `since` ahead of the copy may come from another replica that is ahead: catch up
+        // to it before calling it "from the future".
+        let known = (*seq.borrow()).max(since);
+        app.feed.catch_up(app.store.as_ref(), known, at).await?;
+        let page = match app.feed.answer(since, at, revocation::FEED_PAGE_ENTRIES) {
+            Some(page) => page,
+            None => {
+                revocation::read(app.store.as_ref(), since, at, revocation::FEED_PAGE_ENTRIES)
+                    .await?
+            }
+        };
         // Answer when anything changed (even if the new entries already expired), when the
         // caller must start over, or when the wait is over.
         let changed = page.full || page.seq != since || !page.entries.is_empty();
@@ -418,7 +460,7 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
             () = async { let _ = draining.wait_for(|d| *d).await; } => {}
         }
         // Insurance against a hot loop should the signal and the store ever disagree.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
