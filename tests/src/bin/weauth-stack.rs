@@ -116,7 +116,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pid_file = run_dir.join("stack.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
 
-    let started = Stack::builder()
+    // `make up STORE=redis`: a redis-server and two issuer replicas (8080 and 8090) behind
+    // Envoy's issuer cluster.
+    let store = std::env::var("WEAUTH_STACK_STORE").unwrap_or_default();
+    let mut builder = Stack::builder();
+    match store.as_str() {
+        "" | "sqlite" => {}
+        "redis" => builder = builder.redis_replicas(2),
+        other => {
+            eprintln!("weauth-stack: STORE={other}: expected sqlite or redis");
+            std::process::exit(2);
+        }
+    }
+    let started = builder
         .ports(ports)
         .run_dir(&run_dir)
         .feed_token(FEED_TOKEN)

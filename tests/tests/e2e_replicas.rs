@@ -1,0 +1,457 @@
+//! End-to-end: several issuer replicas on one real Redis, as one Envoy cluster, with the
+//! weauth filter at the edge (DESIGN.md, "Several replicas on Redis").
+//!
+//! - a logout written through replica A is refused at the edge while the filter's feed long
+//!   poll is held by replica B (pub/sub wakes B), within 1 s;
+//! - SIGKILL a replica under a mixed load of logins, refreshes, API calls and logouts: no
+//!   acknowledged refresh token or revocation is lost, the feed resumes on the survivor, the
+//!   sidecar never goes stale; the client-visible failures are counted and bounded by the
+//!   requests that can be in flight at the dead replica;
+//! - SIGKILL `redis-server` (AOF, `appendfsync always`) under load and restart it: nothing
+//!   acknowledged is lost and the replicas reconnect by themselves.
+//!
+//! Needs the issuer binary, Envoy, the filter module and `redis-server` (`make setup`); a
+//! missing one fails, it is never skipped. Run: `make build && cargo test -p weauth-tests
+//! --test e2e_replicas -- --nocapture` to see the measured numbers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weauth_tests::harness::{stat_value, Stack};
+
+/// Load workers: each has at most one request in flight.
+const WORKERS: usize = 6;
+
+async fn start(replicas: usize) -> Stack {
+    match Stack::builder()
+        .redis_replicas(replicas)
+        // Logins come from one client address at a fast pace here.
+        .issuer_env("WEAUTH_LOGIN_RATE", "0")
+        .start()
+        .await
+    {
+        Ok(stack) => stack,
+        Err(e) => panic!("cannot start the replicated stack: {e}"),
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The number of feed long polls replica `url` holds now.
+async fn feed_waiters(http: &reqwest::Client, url: &str) -> Option<u64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    stat_value(&text.replace(' ', ": "), "weauth_feed_waiters")
+}
+
+/// The replica holding the filter's long poll (waits up to 10 s for one to appear).
+async fn poll_holder(stack: &Stack, http: &reqwest::Client) -> usize {
+    let started = Instant::now();
+    loop {
+        for i in 0..stack.replica_count() {
+            if feed_waiters(http, &stack.replica_url(i)).await.unwrap_or(0) > 0 {
+                return i;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no replica holds the filter's feed long poll"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /api/hello` through Envoy: the status.
+async fn hello(http: &reqwest::Client, envoy: &str, token: &str) -> u16 {
+    match http
+        .get(format!("{envoy}/api/hello"))
+        .bearer_auth(token)
+        .send()
+        .await
+    {
+        Ok(resp) => resp.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Logs a mock user in through Envoy: `(status, body)`.
+async fn login(http: &reqwest::Client, mock: &str, envoy: &str, user: &str) -> (u16, Value) {
+    let code: Value = http
+        .get(format!("{mock}/mock/login?user={user}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    post(
+        http,
+        envoy,
+        "/v1/login",
+        None,
+        &json!({"code": code["code"]}),
+    )
+    .await
+}
+
+async fn post(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let mut req = http.post(format!("{base}{path}")).json(body);
+    if let Some(token) = bearer {
+        req = req.bearer_auth(token);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_at_one_replica_refused_at_edge_while_other_holds_the_poll() {
+    let stack = start(2).await;
+    let http = client();
+    let tokens = stack.login("ann").await.unwrap();
+    assert_eq!(
+        hello(&http, &stack.envoy_url(), &tokens.access_token).await,
+        200
+    );
+    let holder = poll_holder(&stack, &http).await;
+    let writer = 1 - holder;
+    let started = Instant::now();
+    let (status, _) = post(
+        &http,
+        &stack.replica_url(writer),
+        "/v1/logout",
+        Some(&tokens.access_token),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 204, "logout at replica {writer}");
+    let delay = loop {
+        if hello(&http, &stack.envoy_url(), &tokens.access_token).await == 401 {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the logout at replica {writer} was not enforced at the edge within 1 s (poll held by replica {holder})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!(
+        "logout at replica {writer}, feed poll held by replica {holder}: refused at the edge after {delay:?}"
+    );
+}
+
+/// What the load acknowledged, to check afterwards that none of it was lost.
+#[derive(Default)]
+struct Acked {
+    /// The latest refresh token each worker got back with a 200 (one live session each).
+    refresh: Vec<Option<String>>,
+    /// Access tokens whose logout was answered 204.
+    logged_out: Vec<String>,
+    /// Client-visible failures (status 0 = no answer, or 5xx), by operation.
+    failures: Vec<(String, u16)>,
+    ops: usize,
+}
+
+/// Runs `WORKERS` loops of login → refresh ×3 with API calls → logout until `stop`.
+fn spawn_load(
+    stack: &Stack,
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    acked.lock().unwrap().refresh = vec![None; WORKERS];
+    let (envoy, mock) = (stack.envoy_url(), stack.mock_url());
+    (0..WORKERS)
+        .map(|w| {
+            let (envoy, mock, acked, stop) = (
+                envoy.clone(),
+                mock.clone(),
+                Arc::clone(&acked),
+                Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let http = client();
+                let fail = |op: &str, status: u16| {
+                    let mut a = acked.lock().unwrap();
+                    a.failures.push((op.to_string(), status));
+                };
+                let mut round = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    round += 1;
+                    let (status, body) =
+                        login(&http, &mock, &envoy, &format!("u{w}-{round}")).await;
+                    acked.lock().unwrap().ops += 1;
+                    if status != 200 {
+                        fail("login", status);
+                        continue;
+                    }
+                    let mut access = body["access_token"].as_str().unwrap().to_string();
+                    let mut refresh = body["refresh_token"].as_str().unwrap().to_string();
+                    acked.lock().unwrap().refresh[w] = Some(refresh.clone());
+                    for _ in 0..3 {
+                        let status = hello(&http, &envoy, &access).await;
+                        acked.lock().unwrap().ops += 1;
+                        if status != 200 {
+                            fail("api", status);
+                        }
+                        let (status, body) = post(
+                            &http,
+                            &envoy,
+                            "/v1/token/refresh",
+                            None,
+                            &json!({"refresh_token": refresh}),
+                        )
+                        .await;
+                        acked.lock().unwrap().ops += 1;
+                        if status == 200 {
+                            access = body["access_token"].as_str().unwrap().to_string();
+                            refresh = body["refresh_token"].as_str().unwrap().to_string();
+                            acked.lock().unwrap().refresh[w] = Some(refresh.clone());
+                        } else {
+                            // Not acknowledged: the old token may or may not have been
+                            // consumed; this session is abandoned.
+                            fail("refresh", status);
+                            acked.lock().unwrap().refresh[w] = None;
+                            break;
+                        }
+                    }
+                    if round % 2 == 0 {
+                        let (status, _) =
+                            post(&http, &envoy, "/v1/logout", Some(&access), &json!({})).await;
+                        acked.lock().unwrap().ops += 1;
+                        if status == 204 {
+                            let mut a = acked.lock().unwrap();
+                            a.logged_out.push(access.clone());
+                            a.refresh[w] = None;
+                        } else {
+                            fail("logout", status);
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every acknowledged refresh token still rotates, every acknowledged logout is refused at
+/// the edge, and a fresh session works end to end.
+async fn assert_nothing_acked_lost(stack: &Stack, acked: &Acked) {
+    let http = client();
+    let envoy = stack.envoy_url();
+    let mut checked = 0;
+    for token in acked.refresh.iter().flatten() {
+        let (status, body) = post(
+            &http,
+            &envoy,
+            "/v1/token/refresh",
+            None,
+            &json!({"refresh_token": token}),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "an acknowledged refresh token was lost: {body}"
+        );
+        checked += 1;
+    }
+    for access in &acked.logged_out {
+        let status = hello(&http, &envoy, access).await;
+        assert_eq!(
+            status, 401,
+            "an acknowledged logout is not enforced at the edge"
+        );
+    }
+    println!(
+        "checked {checked} acknowledged refresh tokens and {} acknowledged logouts: none lost",
+        acked.logged_out.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_under_load_nothing_acknowledged_lost() {
+    let mut stack = start(2).await;
+    let http = client();
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = spawn_load(&stack, Arc::clone(&acked), Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill the replica that holds the feed's long poll: the feed must resume on the other.
+    let victim = poll_holder(&stack, &http).await;
+    let ops_before = acked.lock().unwrap().ops;
+    stack.kill_replica(victim).await;
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let survivor = 1 - victim;
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    println!(
+        "replica {victim} SIGKILLed after {ops_before} operations; {} operations in all; client-visible failures: {} {:?}",
+        acked.ops,
+        acked.failures.len(),
+        acked.failures
+    );
+    // Only requests in flight at the dead replica may fail: at most one per worker.
+    assert!(
+        acked.failures.len() <= WORKERS,
+        "{} failures for {WORKERS} workers",
+        acked.failures.len()
+    );
+    assert!(
+        acked.ops > ops_before + 20,
+        "the load went on after the kill"
+    );
+    assert_nothing_acked_lost(&stack, &acked).await;
+    // The sidecar did not go stale, and the feed now runs on the survivor: a new logout at
+    // the survivor is enforced at the edge.
+    assert!(
+        feed_waiters(&http, &stack.replica_url(survivor))
+            .await
+            .unwrap_or(0)
+            > 0
+    );
+    let tokens = stack.login("after-kill").await.unwrap();
+    assert_eq!(
+        hello(&http, &stack.envoy_url(), &tokens.access_token).await,
+        200
+    );
+    let (status, _) = post(
+        &http,
+        &stack.replica_url(survivor),
+        "/v1/logout",
+        Some(&tokens.access_token),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let started = Instant::now();
+    while hello(&http, &stack.envoy_url(), &tokens.access_token).await != 401 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "feed did not resume on the survivor"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "feed resumed on replica {survivor}; checks done {:?} after the kill",
+        killed_at.elapsed()
+    );
+    let stats = stack.envoy_stats().await.unwrap();
+    println!(
+        "envoy: retries on the issuer cluster: {:?}",
+        stat_value(&stats, "cluster.weauth_issuer.upstream_rq_retry")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_under_load_nothing_acknowledged_lost() {
+    let mut stack = start(2).await;
+    let http = client();
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = spawn_load(&stack, Arc::clone(&acked), Arc::clone(&stop));
+    let spare = stack.login("spare").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let redis = stack.redis().unwrap();
+    redis.kill().await;
+    let down_at = Instant::now();
+    // While Redis is down: writes answer 503 with Retry-After, /readyz false, /healthz true.
+    let resp = http
+        .post(format!("{}/v1/token/refresh", stack.replica_url(0)))
+        .json(&json!({"refresh_token": spare.refresh_token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503, "refresh while Redis is down");
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    let ready = http
+        .get(format!("{}/readyz", stack.replica_url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let health = http
+        .get(format!("{}/healthz", stack.replica_url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stack.redis().unwrap().restart().await.unwrap();
+    // The replicas reconnect by themselves.
+    for i in 0..stack.replica_count() {
+        let started = Instant::now();
+        loop {
+            let ready = http
+                .get(format!("{}/readyz", stack.replica_url(i)))
+                .send()
+                .await
+                .unwrap();
+            if ready.status() == 200 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "replica {i} did not reconnect"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!(
+        "redis-server was down for {:?}; both replicas ready again",
+        down_at.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let unavailable = acked.failures.iter().filter(|(_, s)| *s == 503).count();
+    println!(
+        "{} operations; failures while Redis was down: {} ({} of them 503)",
+        acked.ops,
+        acked.failures.len(),
+        unavailable
+    );
+    assert_nothing_acked_lost(&stack, &acked).await;
+    assert!(acked.failures.len() < acked.ops, "the load went on");
+    // The refresh refused during the outage wrote nothing: the token still rotates once.
+    let (status, body) = post(
+        &http,
+        &stack.envoy_url(),
+        "/v1/token/refresh",
+        None,
+        &json!({"refresh_token": spare.refresh_token}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
