@@ -490,6 +490,7 @@ pub struct StackBuilder {
     edge: Edge,
     binaries: Option<Binaries>,
     redis_replicas: usize,
+    sentinel: bool,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -518,6 +519,7 @@ impl Default for StackBuilder {
             edge: Edge::WeauthFilter,
             binaries: None,
             redis_replicas: 0,
+            sentinel: false,
         }
     }
 }
@@ -528,6 +530,14 @@ impl StackBuilder {
     /// endpoints of Envoy's issuer cluster. Replica 0 is "the issuer" of the other methods.
     pub fn redis_replicas(mut self, n: usize) -> Self {
         self.redis_replicas = n.max(1);
+        self
+    }
+
+    /// With `redis_replicas`: a primary, a replica and three sentinels instead of one
+    /// `redis-server`; the issuers use `redis+sentinel://` (and `WAIT` for the replica).
+    pub fn redis_sentinel(mut self) -> Self {
+        self.sentinel = true;
+        self.redis_replicas = self.redis_replicas.max(1);
         self
     }
 
@@ -659,6 +669,8 @@ pub struct Stack {
     replicas: Vec<(Option<Proc>, IssuerSpec, u16)>,
     /// The Redis the replicas share (`redis_replicas`).
     redis: Option<crate::redis::RedisServer>,
+    /// Or the Sentinel set-up they share (`redis_sentinel`).
+    sentinel: Option<crate::redis::SentinelSetup>,
     /// The mock WeChat (in-process): log users in, inject faults, count calls.
     pub mock: MockWechat,
     /// The demo upstream (in-process).
@@ -741,7 +753,12 @@ impl Stack {
             .unwrap_or_else(|| random_secret("admin"));
         let issuer_url = format!("http://127.0.0.1:{}", ports.issuer);
         let db = dir.path().join("weauth.db");
-        let redis = if b.redis_replicas > 0 {
+        let sentinel = if b.sentinel {
+            Some(crate::redis::SentinelSetup::start(&dir.path().join("sentinel")).await?)
+        } else {
+            None
+        };
+        let redis = if b.redis_replicas > 0 && sentinel.is_none() {
             Some(crate::redis::RedisServer::start_in(&dir.path().join("redis"), &[]).await?)
         } else {
             None
@@ -760,9 +777,14 @@ impl Stack {
             ("WEAUTH_FEED_TOKEN".into(), feed_token.clone()),
             ("WEAUTH_ADMIN_TOKEN".into(), admin_token.clone()),
         ];
-        if let Some(redis) = &redis {
+        let shared_store = match (&redis, &sentinel) {
+            (_, Some(sentinel)) => Some(sentinel.url()),
+            (Some(redis), None) => Some(redis.url(0)),
+            (None, None) => None,
+        };
+        if let Some(url) = shared_store {
             env.retain(|(name, _)| name != "WEAUTH_STORE");
-            env.push(("WEAUTH_STORE".into(), redis.url(0)));
+            env.push(("WEAUTH_STORE".into(), url));
             env.push(("WEAUTH_DATA_KEY".into(), random_data_key()));
         }
         for (k, v) in &b.issuer_env {
@@ -794,6 +816,7 @@ impl Stack {
             envoy: None,
             replicas,
             redis,
+            sentinel,
             mock,
             upstream,
             issuer_spec,
@@ -1270,6 +1293,11 @@ impl Stack {
         }
     }
 
+    /// The Sentinel set-up of a `redis_sentinel` stack.
+    pub fn sentinel(&mut self) -> Option<&mut crate::redis::SentinelSetup> {
+        self.sentinel.as_mut()
+    }
+
     /// The Redis server of a `redis_replicas` stack (to kill and restart it).
     pub fn redis(&mut self) -> Option<&mut crate::redis::RedisServer> {
         self.redis.as_mut()
@@ -1335,6 +1363,7 @@ impl Drop for Stack {
         self.issuer.take();
         self.replicas.clear();
         self.redis.take();
+        self.sentinel.take();
     }
 }
 

@@ -222,3 +222,102 @@ async fn wait_port(port: u16, log: &Path) -> Result<(), HarnessError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs `redis-cli -p PORT ARGS...` and returns its output (for set-up checks).
+fn cli(port: u16, args: &[&str]) -> String {
+    std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A primary, one replica and three sentinels (quorum 2) on loopback, for failover tests.
+pub struct SentinelSetup {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<Sentinel>,
+    pub master: String,
+}
+
+impl SentinelSetup {
+    /// Starts everything under `dir` and waits until the replica is in sync and every
+    /// sentinel knows the two others (so a failover can be elected).
+    ///
+    /// # Errors
+    /// A process did not start, or the set-up was not ready within 20 s.
+    pub async fn start(dir: &Path) -> Result<SentinelSetup, HarnessError> {
+        let master = "weauth".to_string();
+        let primary = RedisServer::start_in(&dir.join("primary"), &[]).await?;
+        let replica_of = format!("127.0.0.1 {}", primary.port());
+        let replica =
+            RedisServer::start_in(&dir.join("replica"), &["--replicaof", &replica_of]).await?;
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            sentinels.push(
+                Sentinel::start(
+                    &dir.join(format!("sentinel{i}")),
+                    &master,
+                    primary.port(),
+                    2,
+                )
+                .await?,
+            );
+        }
+        let setup = SentinelSetup {
+            primary,
+            replica,
+            sentinels,
+            master,
+        };
+        let started = Instant::now();
+        loop {
+            let synced = cli(setup.replica.port(), &["INFO", "replication"])
+                .contains("master_link_status:up");
+            let known = setup.sentinels.iter().all(|s| {
+                let out = cli(s.port(), &["SENTINEL", "master", &setup.master]);
+                let mut lines = out.lines();
+                let mut others = None;
+                while let Some(line) = lines.next() {
+                    if line.trim() == "num-other-sentinels" {
+                        others = lines.next().map(|v| v.trim().to_string());
+                    }
+                }
+                others.as_deref() == Some("2")
+            });
+            if synced && known {
+                return Ok(setup);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err(HarnessError::Io {
+                    what: format!(
+                        "sentinel set-up not ready after 20 s (replica synced: {synced}, sentinels know each other: {known})"
+                    ),
+                    source: std::io::Error::other("timeout"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/weauth/0`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        format!("redis+sentinel://{}/{}/0", hosts.join(","), self.master)
+    }
+
+    /// The port the sentinels currently name as primary.
+    pub fn current_primary_port(&self) -> Option<u16> {
+        let out = cli(
+            self.sentinels.first()?.port(),
+            &["SENTINEL", "get-master-addr-by-name", &self.master],
+        );
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+}
