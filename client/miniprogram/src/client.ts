@@ -51,21 +51,27 @@ export interface ClientOptions {
   random?: () => number;
 }
 
-/** The `e.detail` of `<button open-type="getPhoneNumber" bindgetphonenumber>`. */
+/**
+ * The `e.detail` of `<button open-type="getPhoneNumber" bindgetphonenumber>`
+ * (`WechatMiniprogram.ButtonGetPhoneNumber["detail"]` fits). All its members are posted as
+ * they are; the issuer ignores `cloudID`, `errMsg`, `encryptedData` and `iv`.
+ */
 export interface PhoneNumberDetail {
   code?: string;
   errMsg?: string;
-  [member: string]: unknown;
 }
 
-/** The `e.detail` of an encrypted-data API (`getUserInfo`, `getWeRunData`, …). */
+/**
+ * The `e.detail` (or success result) of an encrypted-data API: `getUserInfo`,
+ * `getWeRunData`, `getGroupEnterInfo`, … All its members are posted as they are; the issuer
+ * ignores `cloudID`, `errMsg` and `userInfo`.
+ */
 export interface EncryptedDetail {
   encryptedData?: string;
   iv?: string;
   rawData?: string;
   signature?: string;
   errMsg?: string;
-  [member: string]: unknown;
 }
 
 /** The issuer's answer to `POST /v1/me/phone`. */
@@ -374,7 +380,7 @@ export function createClient(options: ClientOptions): WeauthClient {
           new WeauthError("user_denied", `no phone code in e.detail (${detail?.errMsg ?? "no errMsg"})`),
         );
       }
-      return postDetail<PhoneNumber>("/v1/me/phone", { ...detail });
+      return postDetail<PhoneNumber>("/v1/me/phone", { ...(detail as Record<string, unknown>) });
     },
 
     decrypt<T>(detail: EncryptedDetail) {
@@ -383,7 +389,7 @@ export function createClient(options: ClientOptions): WeauthClient {
           new WeauthError("user_denied", `no encryptedData in e.detail (${detail?.errMsg ?? "no errMsg"})`),
         );
       }
-      return postDetail<Decrypted<T>>("/v1/me/decrypt", { ...detail });
+      return postDetail<Decrypted<T>>("/v1/me/decrypt", { ...(detail as Record<string, unknown>) });
     },
 
     isLoggedIn() {
