@@ -109,27 +109,11 @@ test("request_401_after_refresh_finished_retries_without_refreshing", async () =
   const { issuer, wx, client } = setup();
   await client.login();
   issuer.expireAccessTokens();
-  // Hold back the answer to one request so it arrives after the refresh is done.
+  // The first /api/slow is refused like the others, but its 401 is held back until the
+  // refresh triggered by /api/fast is done.
   let release: () => void = () => undefined;
   const held = new Promise<void>((resolve) => (release = resolve));
-  const slowHandler = wx.handler;
-  wx.handler = (req) => (req.path === "/api/slow" ? { statusCode: 0 } : slowHandler(req));
-  const originalRequest = wx.request.bind(wx);
-  wx.request = (option) => {
-    if (option.url.endsWith("/api/slow") && wx.count("/api/slow") === 0) {
-      wx.requests.push({ method: "GET", url: option.url, path: "/api/slow", header: { ...(option.header ?? {}) }, data: undefined });
-      void held.then(() =>
-        option.success?.({
-          statusCode: 401,
-          data: { error: "invalid_token" },
-          header: {},
-        } as unknown as WechatMiniprogram.RequestSuccessCallbackResult),
-      );
-      return;
-    }
-    wx.handler = slowHandler;
-    originalRequest(option);
-  };
+  wx.hold = (req) => (req.path === "/api/slow" && wx.count("/api/slow") === 1 ? held : undefined);
   const slow = client.request({ url: "/api/slow" });
   await tick();
   const fast = await client.request({ url: "/api/fast" });
@@ -138,6 +122,7 @@ test("request_401_after_refresh_finished_retries_without_refreshing", async () =
   release();
   const late = await slow;
   assert.equal(late.statusCode, 200);
+  assert.equal(wx.count("/api/slow"), 2, "one retry with the current token");
   assert.equal(wx.count("/v1/token/refresh"), 1, "a late 401 on an old token must not refresh again");
   assert.equal(issuer.reuses, 0);
 });

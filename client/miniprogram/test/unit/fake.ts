@@ -141,6 +141,8 @@ export class WxStub implements WxApi {
   loginFailure: string | undefined;
   /** Hooks consulted before the handler; the first to return an answer wins. */
   readonly faults: Array<(req: SeenRequest) => StubAnswer | undefined> = [];
+  /** When it returns a promise, the answer (decided when the request was sent) waits for it. */
+  hold: (req: SeenRequest) => Promise<void> | undefined = () => undefined;
 
   constructor(
     readonly issuer: FakeIssuer,
@@ -184,7 +186,7 @@ export class WxStub implements WxApi {
       }
     }
     const final = answer ?? this.handler(req);
-    void tick().then(() => {
+    void (this.hold(req) ?? tick()).then(() => {
       if ("fail" in final) {
         option.fail?.({ errMsg: final.fail, errno: 600001 } as unknown as WechatMiniprogram.RequestFailCallbackErr);
         return;
