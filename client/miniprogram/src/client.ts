@@ -325,6 +325,10 @@ export function createClient(options: ClientOptions): WeauthClient {
     if (!target.withToken) {
       return answer<T>(await sendWithToken(options, target.url, null));
     }
+    if (flight.promise) {
+      // A refresh or login is under way: its tokens are the ones to send (no doomed 401).
+      await flight.promise.catch(() => undefined);
+    }
     let pair = current();
     if (!pair) {
       pair = await renew(null, "relogin");

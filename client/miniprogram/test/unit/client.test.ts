@@ -127,6 +127,21 @@ test("request_401_after_refresh_finished_retries_without_refreshing", async () =
   assert.equal(issuer.reuses, 0);
 });
 
+test("request_started_during_refresh_waits_and_sends_new_token_once", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  const first = client.request({ url: "/api/first" });
+  while (wx.count("/v1/token/refresh") === 0) {
+    await tick();
+  }
+  const late = await client.request({ url: "/api/late" });
+  assert.equal(late.statusCode, 200);
+  assert.equal(wx.count("/api/late"), 1, "sent once, with the refreshed token");
+  assert.equal((await first).statusCode, 200);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+});
+
 test("request_revoked_session_refresh_invalid_grant_one_login_shared", async () => {
   const { issuer, wx, client } = setup();
   await client.login();
