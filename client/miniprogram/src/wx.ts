@@ -52,11 +52,15 @@ export function send(wx: WxApi, options: WechatMiniprogram.RequestOption): Promi
   });
 }
 
-/** `wx.login` as a promise of the code (rejects with WeChat's errMsg). */
+/**
+ * `wx.login` as a promise of the code (rejects with WeChat's errMsg). Bounded by WeChat's own
+ * `timeout` (10 s here), so a login that never answers cannot hold the shared flight forever.
+ */
 export function wxLogin(wx: WxApi): Promise<string> {
   return new Promise((resolve, reject) => {
     try {
       wx.login({
+        timeout: 10000,
         success: (res) =>
           res && typeof res.code === "string" && res.code !== ""
             ? resolve(res.code)
