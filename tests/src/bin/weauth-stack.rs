@@ -224,7 +224,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // `make up STORE=redis`: a redis-server and two issuer replicas (8080 and 8090) behind
     // Envoy's issuer cluster.
-    match std::env::var("WEAUTH_STACK_STORE").unwrap_or_default().as_str() {
+    match std::env::var("WEAUTH_STACK_STORE")
+        .unwrap_or_default()
+        .as_str()
+    {
         "" | "sqlite" => {}
         "redis" => builder = builder.redis_replicas(2),
         other => {
