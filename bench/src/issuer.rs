@@ -172,15 +172,18 @@ async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Result<Value
 }
 
 /// Logins then refreshes, each for `duration` with `concurrency` clients, straight at the
-/// issuer (not through Envoy).
-pub async fn throughput(concurrency: usize, duration: Duration) -> Result<IssuerResult, String> {
-    let stack = Arc::new(
-        builder()
-            .without_envoy()
-            .start()
-            .await
-            .map_err(|e| e.to_string())?,
-    );
+/// issuer (not through Envoy); on SQLite, or with `redis` on one replica over a real
+/// `redis-server` (AOF `appendfsync always`).
+pub async fn throughput(
+    concurrency: usize,
+    duration: Duration,
+    redis: bool,
+) -> Result<IssuerResult, String> {
+    let mut builder = builder().without_envoy();
+    if redis {
+        builder = builder.redis_replicas(1);
+    }
+    let stack = Arc::new(builder.start().await.map_err(|e| e.to_string())?);
     let pid = stack.child_pids().first().copied();
     let rss_before_kib = pid.and_then(|p| rss_kib(p).ok());
     let client = reqwest::Client::new();

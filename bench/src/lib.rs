@@ -13,6 +13,7 @@
 //! `weauth-bench` strings them together and writes `bench-results/`.
 
 pub mod edge;
+pub mod fanout;
 pub mod feed;
 pub mod issuer;
 pub mod parse;

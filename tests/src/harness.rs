@@ -1261,6 +1261,17 @@ impl Stack {
         }
     }
 
+    /// The PIDs of the running issuer replicas (replica 0 first).
+    pub fn replica_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.issuer.iter().filter_map(Proc::pid).collect();
+        pids.extend(
+            self.replicas
+                .iter()
+                .filter_map(|(proc, _, _)| proc.as_ref().and_then(Proc::pid)),
+        );
+        pids
+    }
+
     /// How many issuer replicas the stack runs (1 unless `redis_replicas`).
     pub fn replica_count(&self) -> usize {
         1 + self.replicas.len()

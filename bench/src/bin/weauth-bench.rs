@@ -3,7 +3,7 @@
 //! output folder (default `bench-results/`).
 //!
 //! Usage: `weauth-bench [--mode quick|full] [--out DIR]`; the mode may also come from
-//! `BENCH_MODE`; `--only edge,delay,issuer` runs some sections. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
+//! `BENCH_MODE`; `--only edge,delay,issuer,fanout` runs some sections. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
 //! (default `target/wasm32-wasip1/wasm-release/weauth_filter.wasm`), and
 //! `weauth-revocation-check` next to this executable.
 
@@ -19,7 +19,7 @@ use weauth_bench::report::{
 };
 
 const USAGE: &str =
-    "usage: weauth-bench [--mode quick|full] [--out DIR] [--only edge,delay,issuer]";
+    "usage: weauth-bench [--mode quick|full] [--out DIR] [--only edge,delay,issuer,fanout]";
 
 struct Args {
     full: bool,
@@ -31,7 +31,12 @@ struct Args {
 fn args() -> Result<Args, String> {
     let mut mode = std::env::var("BENCH_MODE").unwrap_or_else(|_| "quick".into());
     let mut out = PathBuf::from("bench-results");
-    let mut sections = vec!["edge".to_string(), "delay".into(), "issuer".into()];
+    let mut sections = vec![
+        "edge".to_string(),
+        "delay".into(),
+        "issuer".into(),
+        "fanout".into(),
+    ];
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -40,7 +45,7 @@ fn args() -> Result<Args, String> {
             "--only" => {
                 sections = it
                     .next()
-                    .ok_or("--only needs a comma list of edge,delay,issuer")?
+                    .ok_or("--only needs a comma list of edge,delay,issuer,fanout")?
                     .split(',')
                     .map(str::to_string)
                     .collect()
@@ -130,7 +135,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let issuer_result = run("issuer").then(|| {
         let secs = if args.full { 15 } else { 4 };
         eprintln!("bench: issuer logins and refreshes, {secs} s each");
-        rt.block_on(issuer::throughput(16, Duration::from_secs(secs)))
+        rt.block_on(issuer::throughput(16, Duration::from_secs(secs), false))
+    });
+    let issuer_redis = run("issuer").then(|| {
+        let secs = if args.full { 15 } else { 4 };
+        eprintln!("bench: issuer on Redis, logins and refreshes, {secs} s each");
+        rt.block_on(issuer::throughput(16, Duration::from_secs(secs), true))
+    });
+    let fanout_rows = run("fanout").then(|| {
+        let secs = if args.full { 8 } else { 4 };
+        eprintln!("bench: feed fan-out over two replicas on Redis, {secs} s per case");
+        rt.block_on(weauth_bench::fanout::run(
+            &[(1_000, 1), (1_000, 10), (1_000, 100), (10_000, 1), (10_000, 10), (10_000, 100)],
+            Duration::from_secs(secs),
+        ))
     });
 
     let delay_p99 = match &delay {
@@ -188,11 +206,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          against the in-process mock WeChat; login rate limit off (`WEAUTH_LOGIN_RATE=0`); each \
          login is a new user with a fresh code minted outside the timed request.\n\n",
     );
+    md.push_str("\n### SQLite\n\n");
     match &issuer_result {
         Some(Ok(r)) => md.push_str(&issuer_markdown(r)),
         Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
         None => md.push_str("Not run (`--only`).\n"),
     }
+    md.push_str(
+        "\n### Redis\n\nThe same, with one issuer replica on a local `redis-server` (AOF, \
+         `appendfsync always`), same run.\n\n",
+    );
+    match &issuer_redis {
+        Some(Ok(r)) => md.push_str(&issuer_markdown(r)),
+        Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
+        None => md.push_str("Not run (`--only`).\n"),
+    }
+    md.push_str(&weauth_bench::fanout::markdown(fanout_rows.as_ref()));
     md.push_str(
         "\n## Filter memory\n\nEnvoy with the weauth filter, 0 revocations against the largest set \
          that loaded (1 000 000 if the filter took it), at one and two workers, after load.\n\n",

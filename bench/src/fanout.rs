@@ -1,0 +1,301 @@
+//! The revocation feed at mesh scale: N simulated sidecars hold `GET /v1/revocations` long
+//! polls spread over two issuer replicas on one Redis, while revocations arrive at R per second
+//! through the admin API (alternating replicas). Each simulated sidecar re-polls at once with
+//! the answer's `seq`, as the filter does.
+//!
+//! Per case: the time from a revocation's acknowledgment until every subscriber has it (p50,
+//! p99 over revocations; a revocation some subscriber never got within the drain time counts
+//! as missing), issuer CPU per delivered answer (both replicas' /proc utime+stime over the
+//! answers they sent), and issuer memory per held poll (resident memory with all polls held
+//! minus before any, over N). Bounded: each case runs `duration` plus at most 3 s of drain.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weauth_tests::harness::Stack;
+
+use crate::procs::{clock_ticks_per_second, cpu_ticks, rss_kib};
+use crate::stats::{summarize, Summary};
+
+/// One measured case.
+#[derive(Debug, Clone)]
+pub struct FanoutRow {
+    pub subscribers: usize,
+    pub rate: u32,
+    pub revocations: usize,
+    /// Revocations not received by every subscriber within the drain time.
+    pub missing: usize,
+    /// Time until every subscriber had a revocation, ms.
+    pub all_delivered: Option<Summary>,
+    pub answers: u64,
+    pub cpu_us_per_answer: Option<f64>,
+    pub kib_per_poll: Option<f64>,
+    pub note: String,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap_or_default()
+}
+
+fn issuer_cpu(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| cpu_ticks(*p).ok()).sum()
+}
+
+fn issuer_rss(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| rss_kib(*p).ok()).sum()
+}
+
+/// Runs every `(subscribers, revocations per second)` case on a fresh two-replica stack.
+///
+/// # Errors
+/// The stack did not start.
+pub async fn run(cases: &[(usize, u32)], duration: Duration) -> Result<Vec<FanoutRow>, String> {
+    let mut rows = Vec::new();
+    for &(subscribers, rate) in cases {
+        let stack = Stack::builder()
+            .redis_replicas(2)
+            .without_envoy()
+            .issuer_env("WEAUTH_LOGIN_RATE", "0")
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!("bench: fan-out {subscribers} subscribers × {rate} revocations/s");
+        rows.push(case(&stack, subscribers, rate, duration).await);
+        stack.shutdown().await;
+    }
+    Ok(rows)
+}
+
+async fn case(stack: &Stack, subscribers: usize, rate: u32, duration: Duration) -> FanoutRow {
+    let pids = stack.replica_pids();
+    let feed = stack.feed_token().to_string();
+    let urls: Vec<String> = (0..stack.replica_count())
+        .map(|i| stack.replica_url(i))
+        .collect();
+    let clients: Vec<reqwest::Client> = urls.iter().map(|_| client()).collect();
+    let first: Value = match clients[0]
+        .get(format!("{}/v1/revocations?since=0", urls[0]))
+        .bearer_auth(&feed)
+        .send()
+        .await
+    {
+        Ok(resp) => resp.json().await.unwrap_or(Value::Null),
+        Err(e) => return failed(subscribers, rate, format!("first feed read: {e}")),
+    };
+    let start_seq = first["seq"].as_u64().unwrap_or(1);
+    let rss_before = issuer_rss(&pids);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(AtomicU64::new(0));
+    let holding = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(subscribers);
+    for i in 0..subscribers {
+        let url = format!("{}/v1/revocations", urls[i % urls.len()]);
+        let http = clients[i % clients.len()].clone();
+        let (feed, stop, answers, holding) = (
+            feed.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&answers),
+            Arc::clone(&holding),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut since = start_seq;
+            let mut got: Vec<(u64, Instant)> = Vec::new();
+            let mut first = true;
+            while !stop.load(Ordering::Relaxed) {
+                if first {
+                    holding.fetch_add(1, Ordering::Relaxed);
+                    first = false;
+                }
+                let resp = http
+                    .get(format!("{url}?since={since}&wait=30"))
+                    .bearer_auth(&feed)
+                    .send()
+                    .await;
+                let Ok(resp) = resp else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok(body) = resp.json::<Value>().await else {
+                    continue;
+                };
+                let at = Instant::now();
+                answers.fetch_add(1, Ordering::Relaxed);
+                for entry in body["entries"].as_array().into_iter().flatten() {
+                    if let Some(seq) = entry["seq"].as_u64() {
+                        got.push((seq, at));
+                    }
+                }
+                since = body["seq"].as_u64().unwrap_or(since);
+            }
+            got
+        }));
+    }
+    // Let every subscriber's first poll arrive and be held.
+    let settle = Instant::now();
+    while holding.load(Ordering::Relaxed) < subscribers as u64
+        && settle.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rss_held = issuer_rss(&pids);
+
+    // Revocations at `rate` per second, alternating replicas; acknowledgment time per seq.
+    let acked: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let cpu_before = issuer_cpu(&pids);
+    let answers_before = answers.load(Ordering::Relaxed);
+    let admin = stack.admin_token().to_string();
+    let total = (duration.as_secs_f64() * f64::from(rate)).round() as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let began = Instant::now();
+    let mut writers = Vec::new();
+    for n in 0..total {
+        let due = began + interval * u32::try_from(n).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(due.into()).await;
+        let (http, url, admin, acked) = (
+            clients[n % clients.len()].clone(),
+            format!("{}/v1/admin/revoke", urls[n % urls.len()]),
+            admin.clone(),
+            Arc::clone(&acked),
+        );
+        writers.push(tokio::spawn(async move {
+            if let Ok(resp) = http
+                .post(url)
+                .bearer_auth(admin)
+                .json(&json!({"jti": format!("fan-{n}")}))
+                .send()
+                .await
+            {
+                let at = Instant::now();
+                if let Ok(body) = resp.json::<Value>().await {
+                    if let (Some(seq), Ok(mut map)) = (body["seq"].as_u64(), acked.lock()) {
+                        map.insert(seq, at);
+                    }
+                }
+            }
+        }));
+    }
+    for w in writers {
+        let _ = w.await;
+    }
+    // Drain: 3 s for the last answers (CPU is counted over the first 0.5 s of it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_after = issuer_cpu(&pids);
+    let answers_during = answers.load(Ordering::Relaxed) - answers_before;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Relaxed);
+    // Wake the held polls so the subscribers see `stop`.
+    let _ = clients[0]
+        .post(format!("{}/v1/admin/revoke", urls[0]))
+        .bearer_auth(&admin)
+        .json(&json!({"jti": "fan-stop"}))
+        .send()
+        .await;
+    let _ = clients[1 % clients.len()]
+        .post(format!("{}/v1/admin/revoke", urls[1 % urls.len()]))
+        .bearer_auth(&admin)
+        .json(&json!({"jti": "fan-stop-2"}))
+        .send()
+        .await;
+    let mut last_seen: HashMap<u64, (usize, Instant)> = HashMap::new();
+    for task in tasks {
+        if let Ok(Ok(got)) = tokio::time::timeout(Duration::from_secs(10), task).await {
+            for (seq, at) in got {
+                let slot = last_seen.entry(seq).or_insert((0, at));
+                slot.0 += 1;
+                if at > slot.1 {
+                    slot.1 = at;
+                }
+            }
+        }
+    }
+    let acked = acked.lock().map(|m| m.clone()).unwrap_or_default();
+    let mut all = Vec::new();
+    let mut missing = 0;
+    for (seq, at) in &acked {
+        match last_seen.get(seq) {
+            Some((count, last)) if *count >= subscribers => {
+                all.push(last.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+            }
+            _ => missing += 1,
+        }
+    }
+    let ticks = cpu_after.saturating_sub(cpu_before) as f64;
+    let cpu_us = ticks * 1_000_000.0 / clock_ticks_per_second() as f64;
+    FanoutRow {
+        subscribers,
+        rate,
+        revocations: acked.len(),
+        missing,
+        all_delivered: summarize(&all),
+        answers: answers_during,
+        cpu_us_per_answer: (answers_during > 0).then(|| cpu_us / answers_during as f64),
+        kib_per_poll: (subscribers > 0)
+            .then(|| rss_held.saturating_sub(rss_before) as f64 / subscribers as f64),
+        note: String::new(),
+    }
+}
+
+fn failed(subscribers: usize, rate: u32, note: String) -> FanoutRow {
+    FanoutRow {
+        subscribers,
+        rate,
+        revocations: 0,
+        missing: 0,
+        all_delivered: None,
+        answers: 0,
+        cpu_us_per_answer: None,
+        kib_per_poll: None,
+        note,
+    }
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The fan-out section of `results.md`.
+pub fn markdown(rows: Option<&Result<Vec<FanoutRow>, String>>) -> String {
+    let mut md = String::from(
+        "\n## Feed fan-out\n\nTwo issuer replicas (release) on one `redis-server`, no Envoy: N \
+         simulated sidecars hold `GET /v1/revocations?wait=30` long polls spread over both \
+         replicas and re-poll at once with each answer's `seq`; revocations arrive through \
+         `POST /v1/admin/revoke` at R per second, alternating replicas. \"All have it\" = from \
+         a revocation's acknowledgment until the last subscriber received it. CPU = both \
+         replicas' utime+stime while revocations arrived ÷ answers sent then. Memory = both \
+         replicas' resident memory with every poll held minus before, ÷ N. The driver, the \
+         replicas and Redis share the machine's cores.\n\n\
+         | subscribers | revocations/s | revocations | missing | all have it p50 ms | p99 ms | answers | issuer CPU µs/answer | issuer KiB/poll | note |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    match rows {
+        None => md.push_str("Not run (`--only`).\n"),
+        Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
+        Some(Ok(rows)) => {
+            for r in rows {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    r.subscribers,
+                    r.rate,
+                    r.revocations,
+                    r.missing,
+                    num(r.all_delivered.map(|s| s.p50), 1),
+                    num(r.all_delivered.map(|s| s.p99), 1),
+                    r.answers,
+                    num(r.cpu_us_per_answer, 1),
+                    num(r.kib_per_poll, 2),
+                    r.note
+                ));
+            }
+        }
+    }
+    md
+}
