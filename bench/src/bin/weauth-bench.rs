@@ -146,7 +146,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let secs = if args.full { 8 } else { 4 };
         eprintln!("bench: feed fan-out over two replicas on Redis, {secs} s per case");
         rt.block_on(weauth_bench::fanout::run(
-            &[(1_000, 1), (1_000, 10), (1_000, 100), (10_000, 1), (10_000, 10), (10_000, 100)],
+            &[
+                (1_000, 1),
+                (1_000, 10),
+                (1_000, 100),
+                (10_000, 1),
+                (10_000, 10),
+                (10_000, 100),
+            ],
             Duration::from_secs(secs),
         ))
     });
@@ -202,7 +209,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => md.push_str("Not run (`--only`).\n"),
     }
     md.push_str(
-        "\n## Issuer\n\nThe issuer (release build, SQLite store) straight, not through Envoy, \
+        "\n## Issuer\n\nThe issuer (release build; SQLite, then Redis) straight, not through Envoy, \
          against the in-process mock WeChat; login rate limit off (`WEAUTH_LOGIN_RATE=0`); each \
          login is a new user with a fresh code minted outside the timed request.\n\n",
     );
