@@ -154,6 +154,40 @@ fn bad_config_exits_nonzero_naming_the_variable() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("WEAUTH_WECHAT_APPID"));
 }
 
+#[test]
+fn redis_unreachable_at_start_exits_2_naming_weauth_store() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = Command::new(common::bin())
+        .env_clear()
+        .env("WEAUTH_WECHAT_APPID", "wx1")
+        .env("WEAUTH_WECHAT_SECRET", "s")
+        .env(
+            "WEAUTH_STORE",
+            format!("redis://:hunter2@127.0.0.1:{port}/0"),
+        )
+        .env(
+            "WEAUTH_DATA_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("WEAUTH_STORE=redis://:***@127.0.0.1"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password is never printed: {stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_errors_are_json_with_stable_codes() {
     let stack = Stack::start(&[("WEAUTH_MAX_BODY", "1024")]).await;
