@@ -357,7 +357,7 @@ where
 
 fn check_credential(header: Option<&str>, expected: &str) -> Result<(), ApiError> {
     let presented = crate::tokens::bearer(header)
-        .ok_or_else(|| ApiError::InvalidToken("a bearer credential is required".into()))?;
+        .ok_or_else(|| ApiError::MissingToken("a bearer credential is required".into()))?;
     if secrets::credential_matches(presented, expected) {
         Ok(())
     } else {
@@ -449,7 +449,6 @@ fn discovery(app: &App) -> serde_json::Value {
         "response_types_supported": ["token"],
         "subject_types_supported": ["public"],
         "token_endpoint_auth_methods_supported": ["none"],
-        "id_token_signing_alg_values_supported": algs,
         "access_token_signing_alg_values_supported": algs,
         "claims_supported": ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "openid", "unionid", "appid", "scope"],
     })

@@ -266,7 +266,7 @@ pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, A
 pub async fn authenticate(app: &Arc<App>, authorization: Option<&str>) -> Result<Claims, ApiError> {
     let Some(token) = tokens::bearer(authorization) else {
         app.metrics.bearer_rejected("missing");
-        return Err(ApiError::InvalidToken(
+        return Err(ApiError::MissingToken(
             "a bearer access token is required".into(),
         ));
     };
