@@ -16,6 +16,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
