@@ -36,6 +36,14 @@ pub enum ApiError {
     /// 403 `access_denied`.
     #[error("access denied: {0}")]
     AccessDenied(String),
+    /// 403 `user_banned`: an operator banned this user; no login or refresh gets a token
+    /// while the ban lasts (`until`: unix seconds it ends, `None`: until lifted). The ban's
+    /// reason is for operators and is not sent.
+    #[error("user banned")]
+    Banned { until: Option<i64> },
+    /// 404 `not_found` for an admin call naming a user that does not exist.
+    #[error("no such user: {0}")]
+    UnknownUser(String),
     /// 404 `not_found`.
     #[error("no such route")]
     NotFound,
@@ -88,7 +96,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::InvalidToken(_) | ApiError::MissingToken(_) => StatusCode::UNAUTHORIZED,
-            ApiError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::AccessDenied(_) | ApiError::Banned { .. } => StatusCode::FORBIDDEN,
+            ApiError::UnknownUser(_) => StatusCode::NOT_FOUND,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,6 +117,8 @@ impl ApiError {
             ApiError::InvalidGrant(_) => "invalid_grant",
             ApiError::InvalidToken(_) | ApiError::MissingToken(_) => "invalid_token",
             ApiError::AccessDenied(_) => "access_denied",
+            ApiError::Banned { .. } => "user_banned",
+            ApiError::UnknownUser(_) => "not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "request_too_large",
@@ -124,6 +135,11 @@ impl ApiError {
     fn description(&self) -> String {
         match self {
             ApiError::Internal(_) => "internal error; see the issuer's log".to_string(),
+            ApiError::Banned { until: Some(until) } => {
+                format!("this user is banned until {until} (unix seconds)")
+            }
+            ApiError::Banned { until: None } => "this user is banned".to_string(),
+            ApiError::UnknownUser(sub) => format!("no user `{sub}`"),
             ApiError::InvalidRequest(d)
             | ApiError::InvalidGrant(d)
             | ApiError::InvalidToken(d)
@@ -458,6 +474,18 @@ mod tests {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
         assert!(format!("{:?}", response.body()).contains("invalid_token"));
+    }
+
+    #[test]
+    fn banned_maps_to_403_user_banned_with_until() {
+        let err = ApiError::Banned { until: Some(1234) };
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        assert_eq!(err.code(), "user_banned");
+        assert!(err.description().contains("1234"));
+        assert_eq!(
+            ApiError::UnknownUser("u".into()).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[test]
