@@ -17,6 +17,8 @@ pub const README: &str = include_str!("../../README.md");
 pub const MAIN: &str = "main";
 /// The user-data walkthrough: phone number and encrypted data through the mock's helpers.
 pub const USER_DATA: &str = "userdata";
+/// The admin walkthrough: scopes, ban, lookup, unban (admin token `dev-admin-token`).
+pub const ADMIN: &str = "admin";
 
 /// The body of the fenced block of walkthrough `name` in `readme`, without the fences.
 pub fn block<'a>(readme: &'a str, name: &str) -> Option<&'a str> {
@@ -75,7 +77,7 @@ mod tests {
 
     #[test]
     fn readme_walkthroughs_present() {
-        for name in [MAIN, USER_DATA] {
+        for name in [MAIN, USER_DATA, ADMIN] {
             let script = block(README, name).unwrap_or_else(|| panic!("walkthrough {name}"));
             assert!(script.contains("curl"), "{name}: {script}");
         }

@@ -39,7 +39,9 @@ async fn run(stack: &Stack, name: &str) -> String {
 
 #[tokio::test]
 async fn readme_walkthroughs_run_as_written_and_fresh_stats_are_clean() {
+    // The README's admin walkthrough uses `make up`'s development admin token.
     let stack = Stack::builder()
+        .admin_token("dev-admin-token")
         .start()
         .await
         .unwrap_or_else(|e| panic!("cannot start the weauth stack: {e}"));
@@ -98,4 +100,25 @@ async fn readme_walkthroughs_run_as_written_and_fresh_stats_are_clean() {
         out.contains("\"nickName\":\"Bob\"") && out.contains("\"raw_data_verified\":true"),
         "decrypt:\n{out}"
     );
+
+    let out = run(&stack, walkthrough::ADMIN).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "one answer per call:\n{out}");
+    assert!(
+        lines[0].contains("\"scopes\":[\"admin\"]"),
+        "scopes:\n{out}"
+    );
+    assert!(
+        lines[1].contains("\"ban\"") && lines[1].contains("\"revocation\""),
+        "ban:\n{out}"
+    );
+    assert!(
+        lines[2].contains("\"error\":\"user_banned\""),
+        "login while banned:\n{out}"
+    );
+    assert!(
+        lines[3].contains("\"banned\":true") && lines[3].contains("\"scopes\":[\"admin\"]"),
+        "lookup:\n{out}"
+    );
+    assert!(lines[4].contains("\"was_banned\":true"), "unban:\n{out}");
 }
