@@ -202,6 +202,7 @@ const TOOLING: &[&str] = &[
     "WEAUTH_ENVOY_BIN",
     "WEAUTH_FILTER_WASM",
     "WEAUTH_KEEP_TMP",
+    "WEAUTH_STACK_BIN",
 ];
 
 /// The default of a known variable, as text ("" when it has none).
@@ -1257,6 +1258,7 @@ mod tests {
             "WEAUTH_ACCESS_TTL",
             "WEAUTH_WECHAT_SECRET_FILE",
             "WEAUTH_ISSUER_BIN",
+            "WEAUTH_STACK_BIN",
             "WEAUTH_BENCH_MODE",
             "WEAUTH_SOMETHING_ELSE_ENTIRELY",
             "HOME",
