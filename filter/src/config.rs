@@ -4,8 +4,9 @@
 //!
 //! [`Config::parse`] turns the raw bytes into a [`Config`] whose keys are already decoded, whose
 //! header names are lower-cased and whose numbers are range-checked, or into a [`ConfigError`]
-//! naming the offending field. Unknown fields are refused everywhere. Nothing here talks to the
-//! host.
+//! naming the offending field by its path (`rules[2].require`, via `serde_path_to_error`).
+//! Unknown and repeated members are refused everywhere (serde's `deny_unknown_fields` and
+//! derived structs). Nothing here talks to the host.
 
 use serde::Deserialize;
 use weauth_token::{Algorithm, Jwks, KeySet, Validation};
@@ -163,94 +164,39 @@ pub struct Config {
 }
 
 // ---- raw serde shapes -------------------------------------------------------------------
+//
+// Every shape refuses unknown members (`deny_unknown_fields`) and, being a derived struct, a
+// member given twice (serde's "duplicate field"): a configuration that says two things must
+// not load, for the same reason tokens refuse duplicates. `serde_path_to_error` turns a serde
+// error into the path of the member it concerns (`rules[2].require`), which is what the
+// operator reading Envoy's log needs. What serde cannot express (ranges, "exactly one of",
+// header-name syntax, keys that must decode) is checked in `Config::validate` below.
 
-/// The top-level fields, each deserialized on its own so that an error names its field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     issuer: Option<String>,
     audiences: Option<Vec<String>>,
+    #[serde(default = "default_algorithms")]
     algorithms: Vec<String>,
     jwks: Option<RawJwks>,
     revocation: Option<RawRevocation>,
     token_sources: Option<Vec<RawTokenSource>>,
     claim_to_headers: Option<Vec<RawClaimHeader>>,
+    #[serde(default = "default_true")]
     forward_authorization: bool,
+    #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default = "default_require")]
     default_require: Require,
+    #[serde(default = "default_skew")]
     clock_skew_seconds: i64,
+    #[serde(default = "default_max_token_bytes")]
     max_token_bytes: usize,
+    #[serde(default = "default_cache_entries")]
     cache_entries: usize,
+    #[serde(default)]
     cors_preflight: bool,
-}
-
-const TOP_FIELDS: &[&str] = &[
-    "issuer",
-    "audiences",
-    "algorithms",
-    "jwks",
-    "revocation",
-    "token_sources",
-    "claim_to_headers",
-    "forward_authorization",
-    "rules",
-    "default_require",
-    "clock_skew_seconds",
-    "max_token_bytes",
-    "cache_entries",
-    "cors_preflight",
-];
-
-type Object = serde_json::Map<String, serde_json::Value>;
-
-/// Deserializes one member, naming it in the error.
-fn take<T: serde::de::DeserializeOwned>(map: &Object, key: &str) -> Result<Option<T>, ConfigError> {
-    map.get(key)
-        .map(|value| T::deserialize(value).map_err(|err| field_error(key, err.to_string())))
-        .transpose()
-}
-
-/// Deserializes a list member element by element, naming `key[i]` in the error.
-fn take_list<T: serde::de::DeserializeOwned>(
-    map: &Object,
-    key: &str,
-) -> Result<Option<Vec<T>>, ConfigError> {
-    let Some(values) = take::<Vec<serde_json::Value>>(map, key)? else {
-        return Ok(None);
-    };
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, value)| {
-            T::deserialize(value).map_err(|err| field_error(format!("{key}[{i}]"), err.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
-impl RawConfig {
-    fn from_object(map: &Object) -> Result<RawConfig, ConfigError> {
-        if let Some(unknown) = map.keys().find(|key| !TOP_FIELDS.contains(&key.as_str())) {
-            return Err(field_error(
-                unknown.as_str(),
-                format!("unknown field; expected one of {}", TOP_FIELDS.join(", ")),
-            ));
-        }
-        Ok(RawConfig {
-            issuer: take(map, "issuer")?,
-            audiences: take(map, "audiences")?,
-            algorithms: take(map, "algorithms")?.unwrap_or_else(default_algorithms),
-            jwks: take(map, "jwks")?,
-            revocation: take(map, "revocation")?,
-            token_sources: take_list(map, "token_sources")?,
-            claim_to_headers: take_list(map, "claim_to_headers")?,
-            forward_authorization: take(map, "forward_authorization")?.unwrap_or_else(default_true),
-            rules: take_list(map, "rules")?.unwrap_or_default(),
-            default_require: take(map, "default_require")?.unwrap_or_else(default_require),
-            clock_skew_seconds: take(map, "clock_skew_seconds")?.unwrap_or_else(default_skew),
-            max_token_bytes: take(map, "max_token_bytes")?.unwrap_or_else(default_max_token_bytes),
-            cache_entries: take(map, "cache_entries")?.unwrap_or_else(default_cache_entries),
-            cors_preflight: take(map, "cors_preflight")?.unwrap_or_default(),
-        })
-    }
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -270,6 +216,27 @@ fn default_max_token_bytes() -> usize {
 }
 fn default_cache_entries() -> usize {
     10_000
+}
+
+/// Reads the raw shape, naming the member an error concerns by its path.
+fn read_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    // A derived struct also accepts a JSON array (fields by position); a configuration is an
+    // object, said plainly.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ConfigError::Json("expected a JSON object".into()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw = serde_path_to_error::deserialize::<_, RawConfig>(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." || inner.is_syntax() || inner.is_eof() {
+            ConfigError::Json(inner.to_string())
+        } else {
+            field_error(path, inner.to_string())
+        }
+    })?;
+    de.end().map_err(|err| ConfigError::Json(err.to_string()))?;
+    Ok(raw)
 }
 
 #[derive(Deserialize)]
@@ -393,13 +360,7 @@ impl Config {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::Missing);
         }
-        unique_members(bytes)?;
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|err| ConfigError::Json(err.to_string()))?;
-        let serde_json::Value::Object(map) = value else {
-            return Err(ConfigError::Json("expected a JSON object".into()));
-        };
-        Config::validate(RawConfig::from_object(&map)?)
+        Config::validate(read_raw(bytes)?)
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -727,77 +688,6 @@ fn validate_rule(i: usize, raw: RawRule) -> Result<Rule, ConfigError> {
     })
 }
 
-/// Refuses a document in which an object repeats a member: `serde_json::Value` would keep the
-/// last one silently, and a configuration that says two things must not load (tokens refuse
-/// duplicates for the same reason).
-fn unique_members(bytes: &[u8]) -> Result<(), ConfigError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde::de::DeserializeSeed::deserialize(Unique(String::new()), &mut de)
-        .map_err(|err| ConfigError::Json(err.to_string()))
-}
-
-/// Walks any JSON value, failing on a repeated object member; holds the path walked so far.
-struct Unique(String);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Unique {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Unique {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut index = 0usize;
-        while seq
-            .next_element_seed(Unique(format!("{}[{index}]", self.0)))?
-            .is_some()
-        {
-            index += 1;
-        }
-        Ok(())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let path = if self.0.is_empty() {
-                key.clone()
-            } else {
-                format!("{}.{key}", self.0)
-            };
-            if !seen.insert(key) {
-                return Err(serde::de::Error::custom(format!(
-                    "`{path}` appears more than once"
-                )));
-            }
-            map.next_value_seed(Unique(path))?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -807,7 +697,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("`issuer` appears more than once"),
+            err.to_string().contains("duplicate field `issuer`"),
             "{err}"
         );
         let err = Config::parse(
@@ -815,10 +705,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("`rules[0].prefix` appears more than once"),
+            err.to_string().contains("duplicate field `prefix`"),
             "{err}"
         );
+        assert_eq!(field_of(err), "rules[0]");
+        // Inside an inline JWK too (a derived type of weauth-token).
+        let err = Config::parse(
+            br#"{"issuer":"a","audiences":["w"],"jwks":{"inline":{"keys":[{"kty":"OKP","kty":"EC"}]}}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("duplicate field `kty`"), "{err}");
+        assert_eq!(field_of(err), "jwks.inline.keys[0]");
     }
 
     use super::*;
@@ -952,13 +849,29 @@ mod tests {
             serde_json::json!({"revocation": {"cluster": "c", "credential": "s", "wait": 3}}),
         ))
         .unwrap_err();
-        assert_eq!(field_of(err.clone()), "revocation");
-        assert!(err.to_string().contains("wait"), "{err}");
+        assert_eq!(field_of(err.clone()), "revocation.wait");
+        assert!(err.to_string().contains("unknown field `wait`"), "{err}");
     }
 
     #[test]
     fn parse_not_an_object_refused() {
         assert!(matches!(parse("[1]").unwrap_err(), ConfigError::Json(_)));
+        assert!(matches!(parse("\"x\"").unwrap_err(), ConfigError::Json(_)));
+    }
+
+    #[test]
+    fn parse_trailing_text_refused() {
+        let err = parse(&format!("{} {{}}", minimal())).unwrap_err();
+        assert!(matches!(err, ConfigError::Json(_)), "{err:?}");
+    }
+
+    #[test]
+    fn parse_unknown_field_deep_names_full_path() {
+        let err = parse(&config_with(serde_json::json!({"rules": [
+            {"prefix": "/a"}, {"prefix": "/b", "scope": ["x"]}
+        ]})))
+        .unwrap_err();
+        assert_eq!(field_of(err), "rules[1].scope");
     }
 
     #[test]
@@ -1060,7 +973,7 @@ mod tests {
             {"cluster": "c", "credential": "s", "stale_mode": "maybe"}})))
         .unwrap_err();
         assert!(err.to_string().contains("maybe"), "{err}");
-        assert_eq!(field_of(err), "revocation");
+        assert_eq!(field_of(err), "revocation.stale_mode");
     }
 
     #[test]
@@ -1121,7 +1034,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
-        assert_eq!(field_of(err), "rules[0]");
+        assert_eq!(field_of(err), "rules[0].require");
     }
 
     #[test]
