@@ -96,8 +96,11 @@ pub struct RevocationConfig {
     pub authority: String,
     /// Default [`DEFAULT_FEED_PATH`].
     pub path: String,
-    /// The feed credential, sent as `Authorization: Bearer ...`. Required, never logged.
+    /// The feed credential, sent as `Authorization: Bearer ...`. Never logged. Given inline
+    /// (`credential`) or read from the VM's environment (`credential_env`), exactly one.
     pub credential: String,
+    /// The environment variable the credential was read from (`credential_env`), if any.
+    pub credential_env: Option<String>,
     /// Long-poll wait. Default 20 s, 0..=60.
     pub wait_seconds: u64,
     /// Age after which the set is stale. Default 60 s; must exceed `wait_seconds`.
@@ -258,6 +261,7 @@ struct RawRevocation {
     authority: Option<String>,
     path: Option<String>,
     credential: Option<String>,
+    credential_env: Option<String>,
     wait_seconds: Option<u64>,
     stale_after_seconds: Option<u64>,
     stale_mode: Option<StaleMode>,
@@ -351,19 +355,35 @@ fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfigEr
     }
 }
 
+/// Looks up an environment variable of the Wasm VM by name (`None`: not set). The root
+/// context passes `std::env::var`, which under WASI reads what Envoy hands the VM through
+/// `vm_config.environment_variables`; tests pass a map.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 impl Config {
-    /// Parses and validates the plugin configuration.
+    /// Parses and validates the plugin configuration in an empty environment (a
+    /// `revocation.credential_env` is then always missing); see [`Config::parse_with_env`].
     ///
     /// # Errors
     /// [`ConfigError`] naming the first field that is missing, unknown or out of range.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_with_env(bytes, &|_| None)
+    }
+
+    /// Parses and validates the plugin configuration, reading `revocation.credential_env`
+    /// through `env`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first field that is missing, unknown or out of range, or the
+    /// environment variable that is not set.
+    pub fn parse_with_env(bytes: &[u8], env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::Missing);
         }
-        Config::validate(read_raw(bytes)?)
+        Config::validate(read_raw(bytes)?, env)
     }
 
-    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let issuer = non_empty("issuer", raw.issuer)?;
         let audiences = raw
             .audiences
@@ -416,7 +436,10 @@ impl Config {
             max_token_bytes: raw.max_token_bytes,
         };
         let jwks = validate_jwks(raw.jwks)?;
-        let revocation = raw.revocation.map(validate_revocation).transpose()?;
+        let revocation = raw
+            .revocation
+            .map(|raw| validate_revocation(raw, env))
+            .transpose()?;
         let token_sources = match raw.token_sources {
             None => vec![TokenSource::Header {
                 name: "authorization".into(),
@@ -545,19 +568,82 @@ fn validate_jwks(raw: Option<RawJwks>) -> Result<JwksSource, ConfigError> {
     }
 }
 
-fn validate_revocation(raw: RawRevocation) -> Result<RevocationConfig, ConfigError> {
-    let cluster = non_empty("revocation.cluster", raw.cluster)?;
-    let authority = match raw.authority {
+/// Whether `name` is a portable environment variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The feed credential: inline, or from the VM's environment; exactly one of the two.
+fn feed_credential(
+    raw: &RawRevocation,
+    env: EnvLookup<'_>,
+) -> Result<(String, Option<String>), ConfigError> {
+    let (field, credential, from) = match (&raw.credential, &raw.credential_env) {
+        (Some(_), Some(_)) => {
+            return Err(field_error(
+                "revocation",
+                "give either `credential` or `credential_env`, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(field_error(
+                "revocation.credential",
+                "is required (or name an environment variable in `credential_env`)",
+            ))
+        }
+        (Some(inline), None) => (
+            "revocation.credential",
+            non_empty("revocation.credential", Some(inline.clone()))?,
+            None,
+        ),
+        (None, Some(name)) => {
+            if !is_env_name(name) {
+                return Err(field_error(
+                    "revocation.credential_env",
+                    "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                ));
+            }
+            let Some(value) = env(name) else {
+                return Err(field_error(
+                    "revocation.credential_env",
+                    format!(
+                        "environment variable `{name}` is not set in the Wasm VM \
+                         (pass it with vm_config.environment_variables; Istio: vmConfig.env)"
+                    ),
+                ));
+            };
+            if value.trim().is_empty() {
+                return Err(field_error(
+                    "revocation.credential_env",
+                    format!("environment variable `{name}` is empty"),
+                ));
+            }
+            ("revocation.credential_env", value, Some(name.clone()))
+        }
+    };
+    if !credential.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(field_error(
+            field,
+            "the credential must be printable ASCII without spaces",
+        ));
+    }
+    Ok((credential, from))
+}
+
+fn validate_revocation(
+    raw: RawRevocation,
+    env: EnvLookup<'_>,
+) -> Result<RevocationConfig, ConfigError> {
+    let cluster = non_empty("revocation.cluster", raw.cluster.clone())?;
+    let authority = match raw.authority.clone() {
         Some(authority) => non_empty("revocation.authority", Some(authority))?,
         None => cluster.clone(),
     };
-    let credential = non_empty("revocation.credential", raw.credential)?;
-    if !credential.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(field_error(
-            "revocation.credential",
-            "must be printable ASCII without spaces",
-        ));
-    }
+    let (credential, credential_env) = feed_credential(&raw, env)?;
     let wait_seconds = in_range(
         "revocation.wait_seconds",
         raw.wait_seconds.unwrap_or(20),
@@ -584,6 +670,7 @@ fn validate_revocation(raw: RawRevocation) -> Result<RevocationConfig, ConfigErr
             raw.path.unwrap_or_else(|| DEFAULT_FEED_PATH.into()),
         )?,
         credential,
+        credential_env,
         wait_seconds,
         stale_after_seconds,
         stale_mode: raw.stale_mode.unwrap_or(StaleMode::Deny),
@@ -949,6 +1036,77 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(field_of(err), "revocation.credential");
+    }
+
+    fn env_with(name: &'static str, value: &'static str) -> impl Fn(&str) -> Option<String> {
+        move |wanted: &str| (wanted == name).then(|| value.to_string())
+    }
+
+    #[test]
+    fn parse_credential_env_reads_the_variable() {
+        let text = config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential_env": "WEAUTH_FEED_TOKEN"}}));
+        let config = Config::parse_with_env(
+            text.as_bytes(),
+            &env_with("WEAUTH_FEED_TOKEN", "feed-s3cret"),
+        )
+        .unwrap();
+        let revocation = config.revocation.unwrap();
+        assert_eq!(revocation.credential, "feed-s3cret");
+        assert_eq!(
+            revocation.credential_env.as_deref(),
+            Some("WEAUTH_FEED_TOKEN")
+        );
+    }
+
+    #[test]
+    fn parse_credential_env_missing_variable_named() {
+        let text = config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential_env": "WEAUTH_FEED_TOKEN"}}));
+        let err = Config::parse_with_env(text.as_bytes(), &env_with("OTHER", "x")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("environment variable `WEAUTH_FEED_TOKEN` is not set"),
+            "{err}"
+        );
+        assert_eq!(field_of(err), "revocation.credential_env");
+        // `parse` sees no environment at all.
+        assert_eq!(
+            field_of(parse(&text).unwrap_err()),
+            "revocation.credential_env"
+        );
+    }
+
+    #[test]
+    fn parse_credential_env_empty_or_unprintable_value_refused() {
+        let text = config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential_env": "FEED"}}));
+        for value in ["", "  ", "two words", "tab\there"] {
+            let err =
+                Config::parse_with_env(text.as_bytes(), &move |_: &str| Some(value.to_string()))
+                    .unwrap_err();
+            assert_eq!(field_of(err), "revocation.credential_env", "{value:?}");
+        }
+    }
+
+    #[test]
+    fn parse_credential_and_credential_env_both_refused() {
+        let text = config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential": "s", "credential_env": "FEED"}}));
+        let err = Config::parse_with_env(text.as_bytes(), &env_with("FEED", "x")).unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        assert_eq!(field_of(err), "revocation");
+    }
+
+    #[test]
+    fn parse_credential_env_bad_name_refused() {
+        for name in ["", "1ABC", "A-B", "A B", "A=B"] {
+            let text = config_with(serde_json::json!({"revocation":
+                {"cluster": "c", "credential_env": name}}));
+            let err =
+                Config::parse_with_env(text.as_bytes(), &|_: &str| Some("x".into())).unwrap_err();
+            assert_eq!(field_of(err), "revocation.credential_env", "{name:?}");
+        }
     }
 
     #[test]

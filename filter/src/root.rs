@@ -828,7 +828,9 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match Config::parse(&bytes) {
+        // `revocation.credential_env` is read from the VM's environment: under WASI,
+        // `std::env::var` sees what Envoy passes in `vm_config.environment_variables`.
+        let config = match Config::parse_with_env(&bytes, &|name| std::env::var(name).ok()) {
             Ok(config) => config,
             Err(err) => {
                 self.log(
@@ -876,8 +878,13 @@ impl RootContext for Root {
                 JwksSource::Remote(remote) => format!("from cluster {}", remote.cluster),
             },
             config.revocation.as_ref().map_or("off".to_string(), |feed| format!(
-                "from cluster {} (stale after {} s, mode {:?})",
-                feed.cluster, feed.stale_after_seconds, feed.stale_mode
+                "from cluster {} (credential {}, stale after {} s, mode {:?})",
+                feed.cluster,
+                feed.credential_env
+                    .as_deref()
+                    .map_or("inline".to_string(), |name| format!("from env {name}")),
+                feed.stale_after_seconds,
+                feed.stale_mode
             )),
             config.rules.len(),
             self.vm_id,
