@@ -29,7 +29,10 @@
 //! 4. the key by `kid` (a token without `kid` only when the set has one key), and the
 //!    algorithm pinned per key: the key's own type fixes it, the header cannot choose it
 //!    ([`VerifyError::KeyAlgorithmMismatch`]); an Ed25519 key with a weak (small-order) point
-//!    never gets into a [`KeySet`] (`jwk.rs`);
+//!    never gets into a [`KeySet`] (`jwk.rs`). (The crate verifies Ed25519 with dalek's
+//!    `verify`, where the hand-written code used `verify_strict`; with weak keys kept out, the
+//!    one difference left is a small-order `R`, which only the private key's holder can put
+//!    in a signature that verifies — no forgery, no second spelling of a token.)
 //! 5. ES256: only low-`S` signatures (ECDSA's `(r, n - s)` twin also verifies; accepting one
 //!    spelling keeps tokens unforgeable as strings); then the crate checks the signature and
 //!    reads the claims into [`Claims`], whose type requires every claim but `unionid` and
