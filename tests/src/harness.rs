@@ -491,6 +491,7 @@ pub struct StackBuilder {
     with_envoy: bool,
     edge: Edge,
     binaries: Option<Binaries>,
+    envoy_feed_env: bool,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -518,6 +519,7 @@ impl Default for StackBuilder {
             with_envoy: true,
             edge: Edge::WeauthFilter,
             binaries: None,
+            envoy_feed_env: true,
         }
     }
 }
@@ -586,6 +588,14 @@ impl StackBuilder {
         self
     }
 
+    /// Start Envoy WITHOUT the feed credential in its environment
+    /// ([`template::FEED_TOKEN_ENV`]), so a plugin configuration with `credential_env` finds
+    /// it missing (the default passes it).
+    pub fn without_envoy_feed_env(mut self) -> Self {
+        self.envoy_feed_env = false;
+        self
+    }
+
     /// Binaries to use instead of [`Binaries::from_env`].
     pub fn binaries(mut self, binaries: Binaries) -> Self {
         self.binaries = Some(binaries);
@@ -628,11 +638,18 @@ struct EnvoySpec {
     concurrency: u32,
     /// The weauth filter is the edge (not jwt_authn): its fetch counters can be awaited.
     weauth_filter: bool,
+    /// The feed credential, passed as [`template::FEED_TOKEN_ENV`] (None: not passed).
+    feed_token: Option<String>,
 }
 
 impl EnvoySpec {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
+        // Envoy hands this variable to the filter's VM (`host_env_keys` in envoy/envoy.yaml).
+        match &self.feed_token {
+            Some(token) => cmd.env(template::FEED_TOKEN_ENV, token),
+            None => cmd.env_remove(template::FEED_TOKEN_ENV),
+        };
         cmd.arg("-c")
             .arg(&self.config)
             .arg("--concurrency")
@@ -753,8 +770,7 @@ impl Stack {
             bin: bins.issuer.clone(),
             env,
         };
-        let plugin_config =
-            template::plugin_config(&issuer_url, &b.audience, &feed_token, &b.plugin_patches)?;
+        let plugin_config = template::plugin_config(&issuer_url, &b.audience, &b.plugin_patches)?;
 
         let mut stack = Stack {
             issuer: None,
@@ -802,6 +818,7 @@ impl Stack {
                 config,
                 concurrency: b.concurrency,
                 weauth_filter: matches!(b.edge, Edge::WeauthFilter),
+                feed_token: b.envoy_feed_env.then(|| stack.feed_token.clone()),
             });
             stack.start_envoy().await?;
         }
@@ -1399,7 +1416,7 @@ mod tests {
         let b = Stack::builder()
             .plugin_config_patch(json!({"revocation": null}))
             .plugin_config_patch(json!({"clock_skew_seconds": 5}));
-        let c = template::plugin_config("http://i", "weauth", "feed", &b.plugin_patches).unwrap();
+        let c = template::plugin_config("http://i", "weauth", &b.plugin_patches).unwrap();
         assert!(c.get("revocation").is_none());
         assert_eq!(c["clock_skew_seconds"], 5);
     }
