@@ -4,7 +4,8 @@
 //! 1. Remove every identity header named in `claim_to_headers` from the client's request,
 //!    whatever the rule (a client must never be able to assert an identity).
 //! 2. Let a CORS preflight through when `cors_preflight` is on.
-//! 3. Pick the path rule; `none` forwards as is.
+//! 3. Pick the path rule ([`crate::path`]: refused with 400 when the path is unsafe, never a
+//!    laxer rule than what the upstream may make of it); `none` forwards as is.
 //! 4. Decide; on allow, set the identity headers (and drop the token's header when
 //!    `forward_authorization` is false); on deny, answer locally with the status, an RFC 6750
 //!    `WWW-Authenticate` challenge and a JSON body.
@@ -17,6 +18,7 @@ use proxy_wasm::types::{Action, LogLevel, MapType};
 use weauth_token::Claims;
 
 use crate::config::{Require, StaleMode, TokenSource};
+use crate::path;
 use crate::root::{log, now_ms, State, Worker};
 use crate::verify::{
     self, CacheUse, Decision, Denial, Extracted, Outcome, RevocationView, Snapshot,
@@ -122,7 +124,18 @@ impl HttpContext for Filter {
             return Action::Continue;
         }
         let path = header(":path").unwrap_or("/");
-        let (require, scopes) = config.rule_for(verify::path_only(path));
+        let (require, scopes) = match path::rule_for_path(path, |p| config.rule_for(p)) {
+            Ok(rule) => rule,
+            Err(err) => {
+                return self.deny(&Denial {
+                    status: 400,
+                    error: "invalid_request",
+                    description: err.to_string(),
+                    reason: "bad_path",
+                    scope: None,
+                })
+            }
+        };
         if require == Require::None {
             return Action::Continue;
         }

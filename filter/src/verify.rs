@@ -91,11 +91,6 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
     }
 }
 
-/// The path without its query string or fragment.
-pub fn path_only(path: &str) -> &str {
-    path.split(['?', '#']).next().unwrap_or(path)
-}
-
 /// What the revocation side looks like to this request.
 #[derive(Debug, Clone, Copy)]
 pub enum RevocationView<'a> {
@@ -1029,13 +1024,6 @@ mod tests {
                 source: 0
             }
         );
-    }
-
-    #[test]
-    fn path_only_strips_query() {
-        assert_eq!(path_only("/api/x?y=1"), "/api/x");
-        assert_eq!(path_only("/api/x#f"), "/api/x");
-        assert_eq!(path_only("/"), "/");
     }
 
     #[test]
