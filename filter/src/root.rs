@@ -78,6 +78,7 @@ const DENY_REASONS: &[&str] = &[
     "jwks_unavailable",
     "revocation_unavailable",
     "revocation_stale",
+    "bad_path",
 ];
 
 /// Metric ids, defined once per VM (Envoy shares the underlying stats across VMs).
@@ -178,8 +179,10 @@ impl Keys {
             lease: format!("weauth.lease.{lease_ns:016x}"),
             jwks: format!("weauth.jwks.{jwks_ns:016x}"),
             jwks_wanted: format!("weauth.jwks.{jwks_ns:016x}.wanted"),
-            meta: format!("weauth.rev.{feed_ns:016x}.meta"),
-            shard_prefix: format!("weauth.rev.{feed_ns:016x}.shard."),
+            // `rev2`: the compact shard format (WRS2). A VM of an older build, still running
+            // during a plugin update, keeps to its own keys instead of misreading these.
+            meta: format!("weauth.rev2.{feed_ns:016x}.meta"),
+            shard_prefix: format!("weauth.rev2.{feed_ns:016x}.shard."),
         }
     }
 
