@@ -74,8 +74,16 @@ fn json_of(body: &str) -> Value {
 }
 
 async fn start() -> Stack {
+    // The default rules (envoy/plugin-config.json) with `/api/public/` opened first.
     let rules = json!({"rules": [
         {"prefix": "/api/public/", "require": "none"},
+        {"exact": "/v1/login", "require": "none"},
+        {"exact": "/v1/token/refresh", "require": "none"},
+        {"prefix": "/v1/admin/", "require": "none"},
+        {"exact": "/v1/revocations", "require": "none"},
+        {"prefix": "/.well-known/", "require": "none"},
+        {"exact": "/healthz", "require": "none"},
+        {"prefix": "/v1/", "require": "required"},
         {"prefix": "/api/", "require": "required"}
     ]});
     Stack::builder()
