@@ -10,6 +10,7 @@
 //! Eviction is first-in first-out once `capacity` is reached. Pure: time is an argument.
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 use weauth_token::Claims;
@@ -24,7 +25,9 @@ pub fn key_of(token: &str) -> TokenKey {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    claims: Claims,
+    /// Shared with the decisions made from this entry: a hit costs a reference count, not a
+    /// copy of every claim.
+    claims: Rc<Claims>,
     keys_generation: u64,
     revocation_generation: u64,
     /// Unix seconds; the entry is unusable at or after this instant.
@@ -34,7 +37,7 @@ struct Entry {
 /// A cache hit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hit {
-    pub claims: Claims,
+    pub claims: Rc<Claims>,
     /// The revocation generation the claims were last checked against.
     pub revocation_generation: u64,
 }
@@ -76,7 +79,7 @@ impl TokenCache {
             return None;
         }
         Some(Hit {
-            claims: entry.claims.clone(),
+            claims: Rc::clone(&entry.claims),
             revocation_generation: entry.revocation_generation,
         })
     }
@@ -85,7 +88,7 @@ impl TokenCache {
     pub fn insert(
         &mut self,
         key: TokenKey,
-        claims: Claims,
+        claims: Rc<Claims>,
         leeway: i64,
         keys_generation: u64,
         revocation_generation: u64,
@@ -148,8 +151,8 @@ mod tests {
 
     const NOW: i64 = 1_700_000_000;
 
-    fn claims(jti: &str, exp: i64) -> Claims {
-        Claims {
+    fn claims(jti: &str, exp: i64) -> Rc<Claims> {
+        Rc::new(Claims {
             iss: "i".into(),
             aud: Audience::One("a".into()),
             sub: "u".into(),
@@ -162,7 +165,7 @@ mod tests {
             unionid: None,
             appid: "w".into(),
             scope: None,
-        }
+        })
     }
 
     #[test]

@@ -81,11 +81,16 @@ const DENY_REASONS: &[&str] = &[
     "bad_path",
 ];
 
-/// Metric ids, defined once per VM (Envoy shares the underlying stats across VMs).
+/// Metric ids, defined once per VM (Envoy shares the underlying stats across VMs). The
+/// counters of the allow path are fields, so a request never looks an id up by name.
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: HashMap<&'static str, u32>,
     denied: HashMap<&'static str, u32>,
+    pub allowed: Option<u32>,
+    pub anonymous: Option<u32>,
+    pub cache_hit: Option<u32>,
+    pub cache_miss: Option<u32>,
 }
 
 impl Metrics {
@@ -113,6 +118,10 @@ impl Metrics {
                 metrics.ids.insert(name, id);
             }
         }
+        metrics.allowed = metrics.ids.get("allowed").copied();
+        metrics.anonymous = metrics.ids.get("anonymous").copied();
+        metrics.cache_hit = metrics.ids.get("cache_hit").copied();
+        metrics.cache_miss = metrics.ids.get("cache_miss").copied();
         for reason in DENY_REASONS {
             if let Ok(id) =
                 hostcalls::define_metric(MetricType::Counter, &format!("weauth.denied.{reason}"))
@@ -121,6 +130,13 @@ impl Metrics {
             }
         }
         metrics
+    }
+
+    /// Adds one to a counter resolved at definition (a field of [`Metrics`]).
+    pub fn bump(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
     }
 
     /// Adds one to a counter.
@@ -209,6 +225,9 @@ pub struct State {
 #[derive(Debug)]
 pub struct Worker {
     pub config: Config,
+    /// A header token source other than `authorization` is configured: the HTTP context reads
+    /// the whole header map to see repeated copies (Envoy joins only its inline headers).
+    pub reads_whole_map: bool,
     pub metrics: Metrics,
     pub keys: Keys,
     pub state: RefCell<State>,
@@ -268,8 +287,7 @@ impl Worker {
     }
 
     /// Re-reads the revocation meta when its CAS moved, then only the shards whose generation
-    /// changed. Cheap when nothing changed (one small shared-data read), so it runs on every
-    /// tick and before every decision that consults the set.
+    /// changed. Cheap when nothing changed (one small shared-data read); runs on every tick.
     pub fn sync_revocation(&self, state: &mut State, context_id: u32) {
         if self.config.revocation.is_none() {
             return;
@@ -890,7 +908,11 @@ impl RootContext for Root {
             metrics.gauge("jwks_keys", keys.len() as u64);
         }
         let keys = Keys::new(&config);
+        let reads_whole_map = config.token_sources.iter().any(|source| {
+            matches!(source, crate::config::TokenSource::Header { name, .. } if name != "authorization")
+        });
         self.worker = Some(Rc::new(Worker {
+            reads_whole_map,
             config,
             metrics,
             keys,

@@ -10,6 +10,8 @@
 //! `iss`, `aud`, `typ`) or a cache hit → revocation freshness (503 when stale in `deny` mode) →
 //! revocation by `jti`, `sid`, `sub`/`issued_before` → scopes (403).
 
+use std::rc::Rc;
+
 use weauth_token::{Claims, KeySet, Validation, VerifyError};
 
 use crate::cache::{key_of, TokenCache};
@@ -138,7 +140,8 @@ pub struct Denial {
 pub enum Decision {
     /// A valid, unrevoked token with the needed scopes.
     Allow {
-        claims: Box<Claims>,
+        /// Shared with the cache entry (no copy of the claims per request).
+        claims: Rc<Claims>,
     },
     /// No check needed (rule `none`, or `optional` with no token): forward without identity.
     Anonymous,
@@ -295,7 +298,7 @@ pub fn decide(
         None => {
             outcome.cache = CacheUse::Miss;
             match weauth_token::verify(token, keys, validation, now) {
-                Ok(claims) => (claims, None),
+                Ok(claims) => (Rc::new(claims), None),
                 Err(err) => {
                     outcome.unknown_key = err == VerifyError::UnknownKey;
                     return deny(outcome, unauthorized(&err));
@@ -367,7 +370,7 @@ pub fn decide(
         Some(_) => cache.mark_checked(&key, revocation_generation),
         None => cache.insert(
             key,
-            claims.clone(),
+            Rc::clone(&claims),
             validation.leeway,
             snapshot.keys_generation,
             revocation_generation,
@@ -383,9 +386,7 @@ pub fn decide(
         denial.scope = Some(scopes.join(" "));
         return deny(outcome, denial);
     }
-    outcome.decision = Decision::Allow {
-        claims: Box::new(claims),
-    };
+    outcome.decision = Decision::Allow { claims };
     outcome
 }
 
