@@ -25,10 +25,10 @@ use crate::tokens::{token_set, TokenSet, ISSUER};
 
 /// The feed credential the edge rows use between Envoy and the driver's feed.
 pub const FEED_CREDENTIAL: &str = "bench-feed-credential";
-/// Most entries in one feed response: the filter refuses a feed body over 16 MiB (its
-/// `MAX_BODY_BYTES`), and one entry is about 75 bytes of JSON, so a set of 1 000 000 is served
-/// as a first chunk of this many (`full: true`) followed by deltas.
-pub const FEED_CHUNK: usize = 150_000;
+/// Most entries in one feed response, the issuer's own page size (`FEED_PAGE_ENTRIES`, about
+/// 4 MB of JSON at ~75 bytes an entry): a set of 1 000 000 is served as a first chunk of this
+/// many (`full: true`) followed by deltas, as the issuer pages it.
+pub const FEED_CHUNK: usize = 50_000;
 /// Envoy's request counter for the bench listener.
 pub const RQ_COUNTER: &str = "http.bench.downstream_rq_total";
 
@@ -36,6 +36,9 @@ pub const RQ_COUNTER: &str = "http.bench.downstream_rq_total";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Auth {
     None,
+    /// A proxy-wasm filter that does nothing (`bench/empty-filter`): the price of being a
+    /// wasm filter at all, same SDK, profile and runtime as weauth.
+    EmptyWasm,
     JwtAuthn {
         alg: Algorithm,
         cache: bool,
@@ -53,7 +56,7 @@ pub enum Auth {
 impl Auth {
     /// Whether a tampered token must be refused.
     pub fn authenticates(&self) -> bool {
-        !matches!(self, Auth::None)
+        !matches!(self, Auth::None | Auth::EmptyWasm)
     }
 
     /// How many revocations the configuration's feed holds (`None`: no revocation at all).
@@ -80,6 +83,7 @@ pub fn scenarios() -> Vec<Scenario> {
     };
     vec![
         row("no auth", Auth::None),
+        row("empty wasm filter", Auth::EmptyWasm),
         row(
             "jwt_authn ES256, cache off",
             Auth::JwtAuthn {
@@ -140,6 +144,8 @@ pub struct Wiring<'a> {
     /// The revocation check's port (ext_authz row).
     pub check_port: u16,
     pub wasm: &'a Path,
+    /// The empty filter module (empty-filter row).
+    pub empty_wasm: &'a Path,
 }
 
 /// The weauth plugin configuration for the edge rows (docs/INTERFACES.md).
@@ -179,6 +185,16 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
     };
     let (filters, clusters) = match auth {
         Auth::None => (String::new(), "[]".to_string()),
+        Auth::EmptyWasm => (
+            render(
+                template::WEAUTH,
+                &[
+                    ("WASM_PATH", &w.empty_wasm.display().to_string()),
+                    ("PLUGIN_CONFIG", "{}"),
+                ],
+            )?,
+            "[]".to_string(),
+        ),
         Auth::JwtAuthn { cache, .. } => (jwt(if *cache { CACHE } else { "" })?, "[]".into()),
         Auth::JwtAuthnExtAuthz { .. } => (
             jwt(&format!("{CACHE}\nforward_payload_header: x-jwt-payload"))?
@@ -215,6 +231,8 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
 pub struct EdgeSettings {
     pub envoy: PathBuf,
     pub wasm: PathBuf,
+    /// The empty proxy-wasm filter (`bench/empty-filter`), the empty-filter row.
+    pub empty_wasm: PathBuf,
     pub revocation_check: PathBuf,
     pub work_dir: PathBuf,
     pub rounds: usize,
@@ -228,6 +246,8 @@ pub struct EdgeSettings {
 struct Booted {
     scenario: Scenario,
     envoy: Option<Owned>,
+    /// When its Envoy was started (start-to-ready time).
+    started: Instant,
     listen_port: u16,
     admin_port: u16,
     token: String,
@@ -373,6 +393,7 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
         let mut b = Booted {
             scenario: scenario.clone(),
             envoy: None,
+            started: Instant::now(),
             listen_port: 0,
             admin_port: 0,
             token: tokens.valid.clone(),
@@ -412,7 +433,17 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
         let (client, auth, port) = (client.clone(), b.scenario.auth.clone(), b.listen_port);
         let pid = b.envoy.as_ref().map(Owned::pid);
         let log = settings.work_dir.join(format!("envoy-{i}.log"));
-        checks.spawn(async move { (i, verify(&client, &auth, port, pid, &tokens, &log).await) });
+        let started = b.started;
+        checks.spawn(async move {
+            let result = verify(&client, &auth, port, pid, &tokens, &log).await;
+            // Start to ready: Envoy started → serving, with its whole revocation set loaded
+            // (the revoked token, the set's last entry, refused).
+            let ready = started.elapsed().as_secs_f64();
+            (
+                i,
+                result.map(|text| format!("{text}, ready {ready:.1} s after start")),
+            )
+        });
     }
     while let Some(Ok((i, result))) = checks.join_next().await {
         if let Some(b) = booted.get_mut(i) {
@@ -568,6 +599,12 @@ fn boot(
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
         }
+        Auth::EmptyWasm if !settings.empty_wasm.is_file() => {
+            return Err(format!(
+                "not run: no empty filter module at {}",
+                settings.empty_wasm.display()
+            ))
+        }
         Auth::JwtAuthnExtAuthz { .. } if check_port.is_none() => {
             return Err("not run: weauth-revocation-check did not start".into())
         }
@@ -581,6 +618,7 @@ fn boot(
         feed_port: feed,
         check_port: check_port.unwrap_or(0),
         wasm: &settings.wasm,
+        empty_wasm: &settings.empty_wasm,
     };
     let config = envoy_config(&scenario.auth, tokens, &wiring).map_err(|e| e.to_string())?;
     let path = settings.work_dir.join(format!("envoy-{index}.yaml"));
@@ -801,6 +839,7 @@ mod tests {
             feed_port: 20003,
             check_port: 20004,
             wasm,
+            empty_wasm: Path::new("/x/empty.wasm"),
         }
     }
 
@@ -814,6 +853,10 @@ mod tests {
             let has = |needle: &str| text.contains(needle);
             match s.auth {
                 Auth::None => assert!(!has("jwt_authn") && !has("wasm")),
+                Auth::EmptyWasm => {
+                    assert!(has("/x/empty.wasm") && !has("weauth_filter.wasm"));
+                    assert!(!has("jwt_authn") && !has(FEED_CREDENTIAL));
+                }
                 Auth::JwtAuthn { cache, .. } => {
                     assert!(has("jwt_authn.v3.JwtAuthentication"));
                     assert_eq!(has("jwt_cache_config"), cache, "{}", s.name);
@@ -834,6 +877,7 @@ mod tests {
     fn scenarios_start_with_baseline_and_cover_issue_rows() {
         let all = scenarios();
         assert_eq!(all[0].auth, Auth::None);
+        assert!(all.iter().any(|s| s.auth == Auth::EmptyWasm));
         let weauth: Vec<_> = all
             .iter()
             .filter_map(|s| match s.auth {
