@@ -14,7 +14,9 @@
 //!
 //! Per-request cost: only the headers needed are read (`:path`, the token's header), never
 //! the whole map in the default configuration; the claims are shared with the cache entry;
-//! metric ids are resolved once; nothing is formatted on the allow path.
+//! metric ids are resolved once; nothing is formatted on the allow path. What stays: one
+//! small shared-data read of the revocation meta (so every worker refuses a revoked token as
+//! soon as one does).
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -219,8 +221,9 @@ impl HttpContext for Filter {
             });
         };
         let state = &mut *state;
-        // The revocation set is synced by the 100 ms tick (and applied at once in the fetching
-        // VM), not per request: one shared-data read less on every request.
+        // Pick up a revocation the fetcher published since the last tick (one small read; kept
+        // on every request so that once one worker refuses a revoked token, every worker does).
+        self.worker.sync_revocation(state, self.context_id);
         let mut outcome = judge(&self.worker, state, &extracted, require, scopes, now);
         // An unknown `kid` may be a key the fetcher published since this VM's last tick: look
         // once more before refusing (cheap: only on this path).

@@ -287,7 +287,8 @@ impl Worker {
     }
 
     /// Re-reads the revocation meta when its CAS moved, then only the shards whose generation
-    /// changed. Cheap when nothing changed (one small shared-data read); runs on every tick.
+    /// changed. Cheap when nothing changed (one small shared-data read), so it runs on every
+    /// tick and before every decision that consults the set.
     pub fn sync_revocation(&self, state: &mut State, context_id: u32) {
         if self.config.revocation.is_none() {
             return;

@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use weauth_token::{Claims, KeySet, Validation, VerifyError};
 
-use crate::cache::{key_of, TokenCache};
+use crate::cache::TokenCache;
 use crate::config::{Require, StaleMode, TokenSource};
 use crate::revocation::RevocationSet;
 
@@ -282,15 +282,15 @@ pub fn decide(
             ),
         );
     };
-    // Refuse an oversized token before hashing it for the cache.
+    // Refuse an oversized token before looking it up in the cache.
     if token.len() > validation.max_token_bytes {
         return deny(
             outcome,
             unauthorized(&VerifyError::TooLarge(validation.max_token_bytes)),
         );
     }
-    let key = key_of(token);
-    let (claims, checked_generation) = match cache.get(&key, now, snapshot.keys_generation) {
+    let key = token.as_str();
+    let (claims, checked_generation) = match cache.get(key, now, snapshot.keys_generation) {
         Some(hit) => {
             outcome.cache = CacheUse::Hit;
             (hit.claims, Some(hit.revocation_generation))
@@ -351,7 +351,7 @@ pub fn decide(
             outcome.stale_allowed = stale;
             if checked_generation != Some(generation) {
                 if let Some(revoked) = set.check(&claims) {
-                    cache.remove(&key);
+                    cache.remove(key);
                     return deny(
                         outcome,
                         Denial::new(
@@ -367,7 +367,9 @@ pub fn decide(
         }
     };
     match checked_generation {
-        Some(_) => cache.mark_checked(&key, revocation_generation),
+        // A hit checked at this generation already: no second lookup.
+        Some(checked) if checked == revocation_generation => {}
+        Some(_) => cache.mark_checked(key, revocation_generation),
         None => cache.insert(
             key,
             Rc::clone(&claims),
