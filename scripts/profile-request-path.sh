@@ -11,11 +11,15 @@ WASM="$TARGET_DIR/wasm32-wasip1/wasm-release/examples/request_path.wasm"
 node --no-warnings -e '
 const fs = require("node:fs");
 const { WASI } = require("node:wasi");
-const wasi = new WASI({ version: "preview1", args: [], env: {} });
+const wasi = new WASI({ version: "preview1", args: [], env: {}, returnOnExit: true });
+const module = new WebAssembly.Module(fs.readFileSync(process.argv[1]));
 // The filter library links the proxy-wasm glue (env.proxy_*); the example never calls it.
-const imports = { ...wasi.getImportObject(), env: new Proxy({}, { get: () => () => 0 }) };
-WebAssembly.instantiate(fs.readFileSync(process.argv[1]), imports)
-  // Hide the glue'"'"'s _initialize export: WASI.start wants a command module.
-  .then(({ instance }) => wasi.start({ exports: {
-    memory: instance.exports.memory, _start: instance.exports._start } }));
+const env = {};
+for (const i of WebAssembly.Module.imports(module)) if (i.module === "env") env[i.name] = () => 0;
+const instance = new WebAssembly.Instance(module, { ...wasi.getImportObject(), env });
+// Hide the glue'"'"'s _initialize export: WASI.start wants a command module.
+const code = wasi.start({ exports: {
+  memory: instance.exports.memory, _start: instance.exports._start } });
+// Leave at once: Node 20 can crash tearing down a large wasm memory.
+process.reallyExit(code);
 ' "$WASM"

@@ -106,6 +106,9 @@ fn main() {
     ];
     let keys = KeySet::default();
 
+    time("nothing (loop overhead)", || {
+        black_box(());
+    });
     time("path rule (/bench)", || {
         black_box(rule_for_path(black_box("/bench"), |p| config.rule_for(p)).is_ok());
     });
