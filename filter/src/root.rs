@@ -24,7 +24,7 @@ use weauth_token::KeySet;
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
 use crate::refresh::{self, LeaseStep, Outcome, Schedule};
-use crate::revocation::{fnv1a, Meta, Publication, Replica};
+use crate::revocation::{fnv1a, Meta, Publication, Replica, RevocationSet};
 
 /// How often every VM syncs from shared data (and the elected VM drives its fetchers).
 const TICK: Duration = Duration::from_millis(100);
@@ -568,14 +568,14 @@ impl Root {
         if !changed.is_empty() {
             let floor = shared_generation(worker);
             let publication = state.replica.publish(&changed, last_ok_ms, floor);
-            self.write_publication(worker, &publication);
+            self.write_publication(worker, &publication, &state.replica.set);
             state.meta_cas = None;
         }
     }
 
-    fn write_publication(&self, worker: &Worker, publication: &Publication) {
-        for (index, blob) in &publication.blobs {
-            if hostcalls::set_shared_data(&worker.keys.shard(*index), Some(blob), None).is_err() {
+    fn write_publication(&self, worker: &Worker, publication: &Publication, set: &RevocationSet) {
+        for (index, blob) in publication.blobs(set) {
+            if hostcalls::set_shared_data(&worker.keys.shard(index), Some(&blob), None).is_err() {
                 self.log(
                     LogLevel::Warn,
                     &format!("could not write revocation shard {index}"),
@@ -774,7 +774,7 @@ impl Root {
         // creates it. Shards never written keep generation 0 = empty.
         let floor = shared_generation(worker);
         let publication = state.replica.publish(&changed, now_ms, floor);
-        self.write_publication(worker, &publication);
+        self.write_publication(worker, &publication, &state.replica.set);
         state.meta_cas = None;
     }
 }

@@ -94,7 +94,7 @@ impl Replica {
         Ok(())
     }
 
-    /// For the writer: the blobs and meta that publish the `changed` shards of `self.set` (the
+    /// For the writer: the shards and meta that publish the `changed` shards of `self.set` (the
     /// caller already mutated it) at `last_ok_ms`. Updates `self.meta` to the new meta.
     /// A new generation is above both ours and `floor` (the generation currently in shared
     /// data), so it is never reused. With nothing changed only `seq` and `last_ok_ms` move.
@@ -107,7 +107,7 @@ impl Replica {
             entries: 0,
         });
         let mut meta = previous.clone();
-        let mut blobs = Vec::new();
+        let mut shards = Vec::new();
         // Someone else published a generation we never installed: rewrite every shard so that
         // no reader is left with a mix of their shards and ours.
         let all: Vec<usize> = (0..SHARDS).collect();
@@ -121,7 +121,7 @@ impl Replica {
             for &index in changed {
                 if let Some(slot) = meta.shard_generations.get_mut(index) {
                     *slot = meta.generation;
-                    blobs.push((index, self.set.encode_shard(index, meta.generation)));
+                    shards.push(index);
                 }
             }
         }
@@ -129,15 +129,29 @@ impl Replica {
         meta.last_ok_ms = last_ok_ms;
         meta.entries = u32::try_from(self.set.len()).unwrap_or(u32::MAX);
         self.meta = Some(meta.clone());
-        Publication { blobs, meta }
+        Publication { shards, meta }
     }
 }
 
 /// What the writer puts in shared data: the shard blobs first, then the meta.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {
-    pub blobs: Vec<(usize, Vec<u8>)>,
+    /// The shards to rewrite, at `meta.generation`.
+    pub shards: Vec<usize>,
     pub meta: Meta,
+}
+
+impl Publication {
+    /// The shard blobs, encoded one at a time from `set` (the writer's): a full rewrite of a
+    /// large set never holds every blob at once.
+    pub fn blobs<'a>(
+        &'a self,
+        set: &'a RevocationSet,
+    ) -> impl Iterator<Item = (usize, Vec<u8>)> + 'a {
+        self.shards
+            .iter()
+            .map(move |&index| (index, set.encode_shard(index, self.meta.generation)))
+    }
 }
 
 #[cfg(test)]
@@ -149,9 +163,9 @@ mod tests {
     use weauth_token::revocation::EntryKind;
 
     /// A fake shared-data store: key → bytes.
-    fn write(store: &mut HashMap<usize, Vec<u8>>, publication: &Publication) {
-        for (index, blob) in &publication.blobs {
-            store.insert(*index, blob.clone());
+    fn write(store: &mut HashMap<usize, Vec<u8>>, publication: &Publication, set: &RevocationSet) {
+        for (index, blob) in publication.blobs(set) {
+            store.insert(index, blob);
         }
     }
 
@@ -167,7 +181,7 @@ mod tests {
             )
             .unwrap();
         let first = writer.publish(&applied.changed, 1, 0);
-        write(&mut store, &first);
+        write(&mut store, &first, &writer.set);
         let mut reader = Replica::default();
         reader
             .sync(first.meta.clone(), |i| store.get(&i).cloned())
@@ -182,7 +196,7 @@ mod tests {
             )
             .unwrap();
         let second = writer.publish(&applied.changed, 2, 0);
-        write(&mut store, &second);
+        write(&mut store, &second, &writer.set);
         let mut reads = Vec::new();
         reader
             .sync(second.meta.clone(), |i| {
@@ -207,7 +221,7 @@ mod tests {
             )
             .unwrap();
         let first = writer.publish(&applied.changed, 1, 0);
-        write(&mut store, &first);
+        write(&mut store, &first, &writer.set);
         let mut reader = Replica::default();
         reader
             .sync(first.meta.clone(), |i| store.get(&i).cloned())
@@ -243,7 +257,7 @@ mod tests {
         let second = writer.publish(&[], 2, 0);
         assert_eq!(first.meta.generation, second.meta.generation);
         assert_eq!(second.meta.last_ok_ms, 2);
-        assert!(second.blobs.is_empty());
+        assert!(second.shards.is_empty());
     }
 
     #[test]
@@ -253,6 +267,6 @@ mod tests {
         assert_eq!(publication.meta.generation, 42);
         assert_eq!(publication.meta.shard_generations[3], 42);
         // A foreign generation was seen: every shard is rewritten.
-        assert_eq!(publication.blobs.len(), SHARDS);
+        assert_eq!(publication.shards.len(), SHARDS);
     }
 }
