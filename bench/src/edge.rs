@@ -51,6 +51,11 @@ pub enum Auth {
     Weauth {
         revoked: usize,
     },
+    /// The same, built from another revision (`WEAUTH_BENCH_COMPARE_WASM`): a before/after
+    /// measured in the same interleaved rounds.
+    WeauthCompare {
+        revoked: usize,
+    },
 }
 
 impl Auth {
@@ -62,7 +67,9 @@ impl Auth {
     /// How many revocations the configuration's feed holds (`None`: no revocation at all).
     pub fn revoked(&self) -> Option<usize> {
         match self {
-            Auth::JwtAuthnExtAuthz { revoked } | Auth::Weauth { revoked } => Some(*revoked),
+            Auth::JwtAuthnExtAuthz { revoked }
+            | Auth::Weauth { revoked }
+            | Auth::WeauthCompare { revoked } => Some(*revoked),
             _ => None,
         }
     }
@@ -126,6 +133,18 @@ pub fn scenarios() -> Vec<Scenario> {
             Auth::Weauth { revoked: 1_000_000 },
         ),
     ]
+}
+
+/// The rows of a run: [`scenarios`], plus a comparison build's row when one is given.
+pub fn scenarios_for(settings: &EdgeSettings) -> Vec<Scenario> {
+    let mut all = scenarios();
+    if settings.compare_wasm.is_some() {
+        all.push(Scenario {
+            name: "comparison build (WEAUTH_BENCH_COMPARE_WASM), 0 revoked".into(),
+            auth: Auth::WeauthCompare { revoked: 0 },
+        });
+    }
+    all
 }
 
 /// The order rows are measured in during `round` of `rounds`: all `n` rows, rotated so that
@@ -201,7 +220,7 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
                 + &render(template::EXT_AUTHZ, &[])?,
             cluster("revocation_check", w.check_port)?,
         ),
-        Auth::Weauth { .. } => {
+        Auth::Weauth { .. } | Auth::WeauthCompare { .. } => {
             let plugin = plugin_config(&tokens.jwks_json)
                 .map_err(|e| TemplateError::Leftover(e.to_string()))?;
             (
@@ -233,6 +252,8 @@ pub struct EdgeSettings {
     pub wasm: PathBuf,
     /// The empty proxy-wasm filter (`bench/empty-filter`), the empty-filter row.
     pub empty_wasm: PathBuf,
+    /// Another build of the filter to measure alongside (`WEAUTH_BENCH_COMPARE_WASM`), if any.
+    pub compare_wasm: Option<PathBuf>,
     pub revocation_check: PathBuf,
     pub work_dir: PathBuf,
     pub rounds: usize,
@@ -297,7 +318,7 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            let rows = scenarios()
+            let rows = scenarios_for(settings)
                 .into_iter()
                 .map(|s| EdgeRow::failed(&s.name, &e.to_string()))
                 .collect();
@@ -309,14 +330,18 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
 
     // Feeds: one per distinct set size (the ext_authz row shares the 10k one).
     let mut feeds: Vec<(usize, FeedHandle)> = Vec::new();
-    for scenario in scenarios() {
+    for scenario in scenarios_for(settings) {
         let Some(size) = scenario.auth.revoked() else {
             continue;
         };
         if feeds.iter().any(|(n, _)| *n == size) {
             continue;
         }
-        if matches!(scenario.auth, Auth::Weauth { .. }) && !wasm_present {
+        if matches!(
+            scenario.auth,
+            Auth::Weauth { .. } | Auth::WeauthCompare { .. }
+        ) && !wasm_present
+        {
             continue;
         }
         let started = Instant::now();
@@ -382,7 +407,7 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
 
     // Boot every Envoy.
     let mut booted = Vec::new();
-    for (i, scenario) in scenarios().into_iter().enumerate() {
+    for (i, scenario) in scenarios_for(settings).into_iter().enumerate() {
         let tokens = match scenario.auth {
             Auth::JwtAuthn {
                 alg: Algorithm::ES256,
@@ -550,7 +575,7 @@ async fn memory(
         entries_gauge: entries,
         rss_kib: [[rss(zero), rss(million)], [None, None]],
     };
-    let base = scenarios().len();
+    let base = scenarios_for(settings).len();
     for (k, b) in [zero, million].into_iter().enumerate() {
         let booted2 = boot(settings, base + k, 2, &b.scenario, tokens, feed_port, None);
         let Ok((envoy, listen_port, _admin_port)) = booted2 else {
@@ -589,13 +614,14 @@ fn boot(
     check_port: Option<u16>,
 ) -> Result<(Owned, u16, u16), String> {
     let mut feed = 0;
+    let wasm = match (&scenario.auth, &settings.compare_wasm) {
+        (Auth::WeauthCompare { .. }, Some(other)) => other,
+        _ => &settings.wasm,
+    };
     match scenario.auth {
-        Auth::Weauth { revoked } => {
-            if !settings.wasm.is_file() {
-                return Err(format!(
-                    "not run: no filter module at {}",
-                    settings.wasm.display()
-                ));
+        Auth::Weauth { revoked } | Auth::WeauthCompare { revoked } => {
+            if !wasm.is_file() {
+                return Err(format!("not run: no filter module at {}", wasm.display()));
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
         }
@@ -617,7 +643,7 @@ fn boot(
         admin_port,
         feed_port: feed,
         check_port: check_port.unwrap_or(0),
-        wasm: &settings.wasm,
+        wasm,
         empty_wasm: &settings.empty_wasm,
     };
     let config = envoy_config(&scenario.auth, tokens, &wiring).map_err(|e| e.to_string())?;
@@ -865,7 +891,7 @@ mod tests {
                     assert!(has("ext_authz.v3.ExtAuthz") && has("port_value: 20004"));
                     assert!(has("        forward_payload_header: x-jwt-payload"));
                 }
-                Auth::Weauth { .. } => {
+                Auth::Weauth { .. } | Auth::WeauthCompare { .. } => {
                     assert!(has("/x/weauth_filter.wasm") && has("port_value: 20003"));
                     assert!(has(FEED_CREDENTIAL));
                 }
