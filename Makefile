@@ -13,12 +13,13 @@ WASM          := target/$(WASM_TARGET)/wasm-release/weauth_filter.wasm
 CARGO         ?= cargo
 # In CI the lock file must be used as committed.
 CARGO_LOCKED  := $(if $(CI),--locked,)
+CLIENT        := client/miniprogram
 
 export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm up down test lint fmt-check clippy unit bench fuzz soak
+.PHONY: help setup build wasm up down test lint fmt-check clippy unit client client-test bench fuzz soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +77,18 @@ test: lint build ## every check and test: fmt, clippy (host+wasm), unit, integra
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast
 	@echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored
+	$(MAKE) --no-print-directory client-test
+
+client: build client-test ## mini-program client: npm ci, tsc --noEmit, build, unit + e2e tests
+
+# The client's checks alone, for when `make build` is done (`make test` calls it after the
+# cargo tests). Its end-to-end tests start the stack with target/debug/weauth-stack.
+client-test:
+	@scripts/ensure-node.sh
+	cd $(CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(CLIENT) && npm run --silent typecheck
+	cd $(CLIENT) && npm run --silent build
+	cd $(CLIENT) && npm test
 
 bench: setup ## weauth vs jwt_authn vs jwt_authn+ext_authz (BENCH_MODE=quick|full) → bench-results/
 	scripts/bench.sh
