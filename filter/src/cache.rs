@@ -172,8 +172,8 @@ mod tests {
     fn get_after_insert_hits() {
         let mut cache = TokenCache::new(10);
         let key = "t";
-        cache.insert(&key, claims("j", NOW + 100), 0, 1, 5);
-        let hit = cache.get(&key, NOW, 1).unwrap();
+        cache.insert(key, claims("j", NOW + 100), 0, 1, 5);
+        let hit = cache.get(key, NOW, 1).unwrap();
         assert_eq!(hit.claims.jti, "j");
         assert_eq!(hit.revocation_generation, 5);
     }
@@ -182,9 +182,9 @@ mod tests {
     fn get_past_exp_plus_leeway_misses() {
         let mut cache = TokenCache::new(10);
         let key = "t";
-        cache.insert(&key, claims("j", NOW + 100), 60, 1, 0);
-        assert!(cache.get(&key, NOW + 159, 1).is_some());
-        assert!(cache.get(&key, NOW + 160, 1).is_none());
+        cache.insert(key, claims("j", NOW + 100), 60, 1, 0);
+        assert!(cache.get(key, NOW + 159, 1).is_some());
+        assert!(cache.get(key, NOW + 160, 1).is_none());
         assert!(cache.is_empty());
     }
 
@@ -192,8 +192,8 @@ mod tests {
     fn get_other_keys_generation_misses() {
         let mut cache = TokenCache::new(10);
         let key = "t";
-        cache.insert(&key, claims("j", NOW + 100), 0, 1, 0);
-        assert!(cache.get(&key, NOW, 2).is_none());
+        cache.insert(key, claims("j", NOW + 100), 0, 1, 0);
+        assert!(cache.get(key, NOW, 2).is_none());
     }
 
     #[test]
@@ -218,9 +218,9 @@ mod tests {
     fn mark_checked_updates_revocation_generation() {
         let mut cache = TokenCache::new(2);
         let key = "a";
-        cache.insert(&key, claims("a", NOW + 100), 0, 1, 3);
-        cache.mark_checked(&key, 4);
-        assert_eq!(cache.get(&key, NOW, 1).unwrap().revocation_generation, 4);
+        cache.insert(key, claims("a", NOW + 100), 0, 1, 3);
+        cache.mark_checked(key, 4);
+        assert_eq!(cache.get(key, NOW, 1).unwrap().revocation_generation, 4);
     }
 
     #[test]
