@@ -492,6 +492,8 @@ pub struct StackBuilder {
     edge: Edge,
     binaries: Option<Binaries>,
     envoy_feed_env: bool,
+    path_normalization: bool,
+    upstream_normalizes: bool,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -520,6 +522,8 @@ impl Default for StackBuilder {
             edge: Edge::WeauthFilter,
             binaries: None,
             envoy_feed_env: true,
+            path_normalization: true,
+            upstream_normalizes: false,
         }
     }
 }
@@ -593,6 +597,21 @@ impl StackBuilder {
     /// it missing (the default passes it).
     pub fn without_envoy_feed_env(mut self) -> Self {
         self.envoy_feed_env = false;
+        self
+    }
+
+    /// Envoy's path normalization (`normalize_path`, `merge_slashes`,
+    /// `path_with_escaped_slashes_action`), on in every shipped bootstrap; off = Envoy's
+    /// defaults, for the path-confusion tests.
+    pub fn envoy_path_normalization(mut self, on: bool) -> Self {
+        self.path_normalization = on;
+        self
+    }
+
+    /// Makes the demo upstream normalize paths as laxly as any server might
+    /// ([`crate::upstream::lax_normalize`]) and report the result in its echo.
+    pub fn upstream_normalizes(mut self, on: bool) -> Self {
+        self.upstream_normalizes = on;
         self
     }
 
@@ -724,9 +743,10 @@ impl Stack {
                 "starting mock WeChat on {:?}",
                 mock_cfg.listen
             )))?;
-        let upstream = Upstream::start(b.ports.map(|p| loopback(p.upstream)))
-            .await
-            .map_err(io_err("starting demo upstream"))?;
+        let upstream =
+            Upstream::start_with(b.ports.map(|p| loopback(p.upstream)), b.upstream_normalizes)
+                .await
+                .map_err(io_err("starting demo upstream"))?;
         let ports = match b.ports {
             Some(p) => p,
             None => StackPorts {
@@ -809,6 +829,11 @@ impl Stack {
                 Edge::JwtAuthn => {
                     template::jwt_authn_config(envoy_ports, &issuer_url, &b.audience)?
                 }
+            };
+            let yaml = if b.path_normalization {
+                yaml
+            } else {
+                template::without_path_normalization(&yaml)?
             };
             let config = stack.dir.path().join("envoy.yaml");
             std::fs::write(&config, yaml)
