@@ -11,6 +11,7 @@
 //! - [`redis`]: a real `redis-server` (and `redis-sentinel`) on free loopback ports, each
 //!   with its own data directory and AOF `appendfsync always`.
 //! - [`template`]: rendering of `envoy/envoy.yaml` and `envoy/plugin-config.json` (pure).
+//! - [`walkthrough`]: the README's walkthroughs, which `make up` prints and a test runs.
 //! - [`serve`]: the small hyper 1 server glue the two doubles share; [`signal`]: Ctrl-C and
 //!   SIGTERM for the binaries.
 
@@ -21,3 +22,4 @@ pub mod serve;
 pub mod signal;
 pub mod template;
 pub mod upstream;
+pub mod walkthrough;

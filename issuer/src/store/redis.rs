@@ -63,6 +63,7 @@ use super::{
     CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, Rotate,
     RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
+use crate::grants::{Ban, Grants};
 use crate::rules::{self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts};
 
 /// Slack added to every natural-end TTL: the purge removes items first; the TTL only bounds
@@ -135,6 +136,7 @@ struct Scripts {
     release: Script,
     invalidate: Script,
     set_phone: Script,
+    set_user_fields: Script,
     rate_limit: Script,
 }
 
@@ -353,6 +355,17 @@ redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
 return 1
 "#;
 
+const SET_USER_FIELDS: &str = r#"
+-- KEYS: user; ARGV: now, then field/value pairs ('' deletes the field)
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
+return 1
+"#;
+
 /// Mirrors [`crate::ratelimit::RateLimiter::check`]: returns 0 (allowed) or the seconds to wait.
 const RATE_LIMIT: &str = r#"
 -- KEYS: bucket; ARGV: now (seconds, fractional), per_second, burst, ttl
@@ -384,6 +397,7 @@ impl Scripts {
             release: Script::new(RELEASE),
             invalidate: Script::new(INVALIDATE),
             set_phone: Script::new(SET_PHONE),
+            set_user_fields: Script::new(SET_USER_FIELDS),
             rate_limit: Script::new(RATE_LIMIT),
         }
     }
@@ -856,8 +870,95 @@ async fn check_persistence(conn: &mut ConnectionManager) {
     }
 }
 
+impl RedisStore {
+    /// Sets (or, for an empty value, deletes) fields of an existing user, atomically.
+    async fn set_user_fields(
+        &self,
+        sub: &str,
+        now: i64,
+        fields: Vec<(&'static str, String)>,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(&format!("user:{sub}"));
+        let changed: i64 = self
+            .op(|mut conn| async move {
+                let mut call = self.inner.scripts.set_user_fields.prepare_invoke();
+                call.key(key).arg(now);
+                for (name, value) in &fields {
+                    call.arg(*name).arg(value);
+                }
+                call.invoke_async(&mut conn).await
+            })
+            .await?;
+        self.replicate().await;
+        Ok(changed == 1)
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
+    async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {
+        let key = self.key(&format!("user:{sub}"));
+        let fields: HashMap<String, Vec<u8>> = self
+            .op(|mut conn| async move { conn.hgetall(key).await })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let ban = match number(&fields, "ban_created_at")? {
+            Some(created_at) => Some(Ban {
+                created_at,
+                until: number(&fields, "ban_until")?,
+                reason: text(&fields, "ban_reason"),
+            }),
+            None => None,
+        };
+        Ok(Some(Grants {
+            scopes: text(&fields, "scopes")
+                .unwrap_or_default()
+                .split_ascii_whitespace()
+                .map(String::from)
+                .collect(),
+            ban,
+        }))
+    }
+
+    async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
+        self.set_user_fields(sub, now, vec![("scopes", scopes.join(" "))])
+            .await
+    }
+
+    async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
+        let fields = match ban {
+            Some(ban) => vec![
+                ("ban_created_at", ban.created_at.to_string()),
+                (
+                    "ban_until",
+                    ban.until.map(|u| u.to_string()).unwrap_or_default(),
+                ),
+                ("ban_reason", ban.reason.clone().unwrap_or_default()),
+            ],
+            None => vec![
+                ("ban_created_at", String::new()),
+                ("ban_until", String::new()),
+                ("ban_reason", String::new()),
+            ],
+        };
+        self.set_user_fields(sub, now, fields).await
+    }
+
+    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError> {
+        let key = self.key(&format!("refresh:{refresh_hash}"));
+        let sid: Option<String> = self
+            .op(|mut conn| async move { conn.hget(key, "sid").await })
+            .await?;
+        let Some(sid) = sid else {
+            return Ok(None);
+        };
+        let key = self.key(&format!("session:{sid}"));
+        self.op(|mut conn| async move { conn.hget(key, "sub").await })
+            .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.op(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
             .await
