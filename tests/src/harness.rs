@@ -248,8 +248,10 @@ impl RunDir {
 /// Ports of every part of the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StackPorts {
-    /// Envoy listener.
+    /// Envoy's public listener.
     pub envoy: u16,
+    /// Envoy's internal listener: the admin API and the revocation feed only.
+    pub internal: u16,
     /// Envoy admin.
     pub admin: u16,
     /// weauth-issuer.
@@ -264,6 +266,7 @@ impl StackPorts {
     /// The `make up` ports of DESIGN.md.
     pub const LOCAL: StackPorts = StackPorts {
         envoy: 10000,
+        internal: 10001,
         admin: 9901,
         issuer: 8080,
         upstream: 8081,
@@ -703,6 +706,7 @@ impl Stack {
             Some(p) => p,
             None => StackPorts {
                 envoy: free_port().map_err(io_err("finding a free port"))?,
+                internal: free_port().map_err(io_err("finding a free port"))?,
                 admin: free_port().map_err(io_err("finding a free port"))?,
                 issuer: free_port().map_err(io_err("finding a free port"))?,
                 upstream: upstream.addr().port(),
@@ -733,6 +737,10 @@ impl Stack {
             ("WEAUTH_AUDIENCE".into(), b.audience.clone()),
             ("WEAUTH_FEED_TOKEN".into(), feed_token.clone()),
             ("WEAUTH_ADMIN_TOKEN".into(), admin_token.clone()),
+            // Envoy (use_remote_address) appends the client's address to X-Forwarded-For;
+            // the issuer believes it from Envoy's address only, so logins are rate-limited per
+            // client and not all in one bucket.
+            ("WEAUTH_TRUSTED_PROXIES".into(), "127.0.0.1".into()),
         ];
         for (k, v) in &b.issuer_env {
             env.retain(|(name, _)| name != k);
@@ -769,6 +777,7 @@ impl Stack {
         if b.with_envoy {
             let envoy_ports = EnvoyPorts {
                 envoy: ports.envoy,
+                internal: ports.internal,
                 admin: ports.admin,
                 issuer: ports.issuer,
                 upstream: ports.upstream,
@@ -799,6 +808,11 @@ impl Stack {
     /// Envoy's listener, `http://127.0.0.1:PORT`.
     pub fn envoy_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.envoy)
+    }
+
+    /// Envoy's internal listener (admin API and revocation feed), `http://127.0.0.1:PORT`.
+    pub fn internal_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.internal)
     }
 
     /// Envoy's admin interface.

@@ -1,5 +1,5 @@
 //! `weauth-stack`: the `make up` launcher. Starts the local stack on the fixed ports of
-//! DESIGN.md (Envoy 10000, admin 9901, issuer 8080, demo upstream 8081, mock WeChat 8090) with
+//! DESIGN.md (Envoy 10000, its internal listener for the admin API and the feed 10001, admin 9901, issuer 8080, demo upstream 8081, mock WeChat 8090) with
 //! the same harness code as the end-to-end tests, the database and logs in `<workspace>/.run/`,
 //! prints where everything listens and a curl walkthrough, then waits for Ctrl-C or SIGTERM
 //! and stops every process it started (and only those).
@@ -40,6 +40,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<u32, String> {
 fn check_ports_free(ports: StackPorts) -> Result<(), String> {
     for (role, port) in [
         ("Envoy", ports.envoy),
+        ("Envoy internal listener", ports.internal),
         ("Envoy admin", ports.admin),
         ("issuer", ports.issuer),
         ("demo upstream", ports.upstream),
@@ -62,6 +63,7 @@ fn walkthrough(stack: &Stack) -> String {
         r#"
 weauth local stack is up:
   Envoy (filter loaded)  {envoy}   admin {admin}
+  Envoy internal         {internal}   (/v1/admin/*, /v1/revocations: not on the public listener)
   issuer                 {issuer}
   demo upstream          {upstream}
   mock WeChat            {mock}
@@ -86,6 +88,7 @@ Try it (copy-paste):
 Stop with Ctrl-C or `make down`.
 "#,
         admin = stack.admin_url(),
+        internal = stack.internal_url(),
         issuer = stack.issuer_url(),
         upstream = stack.upstream_url(),
         issuer_log = stack.issuer_log().display(),
