@@ -44,27 +44,36 @@ enum Route {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
 }
+
+/// Every path the issuer answers, and its route: the one table the dispatcher, the OpenAPI
+/// description's test ([`routes`]) and anything else that lists routes read. A route added to
+/// [`Route`] must be added here (and to [`Route::method`] when it is not a GET).
+const TABLE: &[(&str, Route)] = &[
+    ("/v1/login", Route::Login),
+    ("/v1/token/refresh", Route::Refresh),
+    ("/v1/logout", Route::Logout),
+    ("/v1/me", Route::Me),
+    ("/v1/me/decrypt", Route::Decrypt),
+    ("/v1/me/phone", Route::Phone),
+    ("/v1/me/session", Route::SessionCheck),
+    ("/v1/admin/revoke", Route::AdminRevoke),
+    ("/v1/revocations", Route::Revocations),
+    ("/.well-known/jwks.json", Route::Jwks),
+    ("/.well-known/openid-configuration", Route::Discovery),
+    ("/healthz", Route::Healthz),
+    ("/readyz", Route::Readyz),
+    ("/metrics", Route::Metrics),
+    ("/openapi.json", Route::OpenApi),
+];
 
 impl Route {
     fn find(path: &str) -> Option<Route> {
-        Some(match path {
-            "/v1/login" => Route::Login,
-            "/v1/token/refresh" => Route::Refresh,
-            "/v1/logout" => Route::Logout,
-            "/v1/me" => Route::Me,
-            "/v1/me/decrypt" => Route::Decrypt,
-            "/v1/me/phone" => Route::Phone,
-            "/v1/me/session" => Route::SessionCheck,
-            "/v1/admin/revoke" => Route::AdminRevoke,
-            "/v1/revocations" => Route::Revocations,
-            "/.well-known/jwks.json" => Route::Jwks,
-            "/.well-known/openid-configuration" => Route::Discovery,
-            "/healthz" => Route::Healthz,
-            "/readyz" => Route::Readyz,
-            "/metrics" => Route::Metrics,
-            _ => return None,
-        })
+        TABLE
+            .iter()
+            .find(|(known, _)| *known == path)
+            .map(|(_, route)| *route)
     }
 
     fn method(self) -> (Method, &'static str) {
@@ -79,6 +88,18 @@ impl Route {
         }
     }
 }
+
+/// Every `(method, path)` the router answers, in table order (for the OpenAPI description's
+/// test and for documentation; the dispatcher uses the same table).
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    TABLE
+        .iter()
+        .map(|(path, route)| (route.method().1, *path))
+        .collect()
+}
+
+/// The issuer's OpenAPI 3.1 description (`issuer/openapi.json`), served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Answers one request. Never fails: errors become JSON error responses.
 pub async fn handle<B>(app: Arc<App>, peer: SocketAddr, req: Request<B>) -> Resp
@@ -166,6 +187,13 @@ where
             Ok(response)
         }
         Route::Discovery => Ok(json_response(StatusCode::OK, &discovery(app))),
+        Route::OpenApi => {
+            let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(response)
+        }
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         Route::Readyz => match app.db(|store| store.ping()).await {
             Ok(()) => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
@@ -528,6 +556,45 @@ mod tests {
             Some("GET")
         );
         assert_eq!(Route::find("/nope"), None);
+    }
+
+    /// The committed OpenAPI description and the router agree: every route the router knows is
+    /// described with its method, and nothing else is. A failure names what to add or remove
+    /// in `issuer/openapi.json`.
+    #[test]
+    fn openapi_paths_equal_router_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut described = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if [
+                    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+                ]
+                .contains(&method.as_str())
+                {
+                    described.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let routed: std::collections::BTreeSet<(String, String)> = routes()
+            .into_iter()
+            .map(|(method, path)| (method.to_string(), path.to_string()))
+            .collect();
+        let missing: Vec<_> = routed.difference(&described).collect();
+        let extra: Vec<_> = described.difference(&routed).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "issuer/openapi.json disagrees with the router: describe {missing:?}; remove {extra:?}"
+        );
+    }
+
+    #[test]
+    fn route_table_paths_unique() {
+        let mut paths: Vec<&str> = TABLE.iter().map(|(path, _)| *path).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        assert_eq!(paths.len(), TABLE.len());
     }
 
     #[test]
