@@ -33,7 +33,6 @@ fn schemathesis() -> PathBuf {
 /// failure.
 async fn run(stack: &Stack, what: &str, extra: &[&str]) {
     let schema = format!("{}/openapi.json", stack.issuer_url());
-    let report = stack.dir().join(format!("schemathesis-{what}"));
     // Async: the mock WeChat runs on this test's runtime and must keep answering meanwhile.
     let output = tokio::process::Command::new(schemathesis())
         .arg("run")
@@ -47,8 +46,9 @@ async fn run(stack: &Stack, what: &str, extra: &[&str]) {
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
         .args(["--workers", "1", "--request-timeout", "10", "--no-color"])
-        .args(["--report-dir", &report.to_string_lossy()])
         .args(extra)
+        // Its caches (`.schemathesis/`) go to the stack's temporary directory.
+        .current_dir(stack.dir())
         .output()
         .await
         .unwrap();
