@@ -33,8 +33,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -193,40 +192,16 @@ impl Binaries {
     }
 }
 
-/// A directory under the system temp dir, removed on drop (kept when `WEAUTH_KEEP_TMP` is
-/// set, for post-mortems).
-#[derive(Debug)]
-pub struct TempDir {
-    path: PathBuf,
-}
+/// A directory under the system temp dir, removed on drop.
+pub type TempDir = tempfile::TempDir;
 
-impl TempDir {
-    /// Creates `<temp>/<prefix>-<pid>-<unique>`.
-    pub fn new(prefix: &str) -> io::Result<TempDir> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos:08x}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(TempDir { path })
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("WEAUTH_KEEP_TMP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+/// Creates `<temp>/<prefix>-<random>`, removed on drop — or kept when `WEAUTH_KEEP_TMP` is set,
+/// for post-mortems.
+pub fn temp_dir(prefix: &str) -> io::Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}-"))
+        .disable_cleanup(std::env::var_os("WEAUTH_KEEP_TMP").is_some())
+        .tempdir()
 }
 
 /// Where the stack lives: a temp dir (tests) or a fixed directory (`make up`).
@@ -677,7 +652,7 @@ impl Stack {
                 std::fs::create_dir_all(p).map_err(io_err(format!("creating {}", p.display())))?;
                 RunDir::Fixed(p.clone())
             }
-            None => RunDir::Temp(TempDir::new("weauth-e2e").map_err(io_err("creating temp dir"))?),
+            None => RunDir::Temp(temp_dir("weauth-e2e").map_err(io_err("creating temp dir"))?),
         };
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -1330,7 +1305,7 @@ mod tests {
 
     #[test]
     fn temp_dir_removed_on_drop() {
-        let dir = TempDir::new("weauth-unit").unwrap();
+        let dir = temp_dir("weauth-unit").unwrap();
         let path = dir.path().to_path_buf();
         assert!(path.is_dir());
         drop(dir);

@@ -406,10 +406,6 @@ mod tests {
     use hmac::{Hmac, Mac};
     use weauth_wxdata::{checksession_signature, raw_data_signature};
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     #[test]
     fn code_store_first_redeem_returns_value() {
         let mut s = CodeStore::new(CODE_TTL_MS);
@@ -609,7 +605,10 @@ mod tests {
         let decoded = STANDARD.decode(k).unwrap();
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&decoded).unwrap();
         mac.update(b"");
-        assert_ne!(checksession_signature(k), hex(&mac.finalize().into_bytes()));
+        assert_ne!(
+            checksession_signature(k),
+            hex::encode(mac.finalize().into_bytes())
+        );
     }
 
     #[test]
