@@ -7,6 +7,9 @@
 //! plugin's clusters name the issuer's Service in `deploy/kubernetes/issuer.yaml` the way Istio
 //! names them (`outbound|<port>||<service>.<namespace>.svc.cluster.local`).
 
+// Test helpers (not #[test] functions themselves) unwrap and panic on purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
