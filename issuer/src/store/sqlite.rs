@@ -1043,25 +1043,21 @@ mod tests {
 
     /// A fresh database file in its own directory, removed on drop.
     struct TempDb {
-        dir: std::path::PathBuf,
+        dir: tempfile::TempDir,
     }
 
     impl TempDb {
         async fn new() -> TempDb {
-            let dir = std::env::temp_dir()
-                .join(format!("weauth-store-{}", crate::secrets::random_b64(6)));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDb { dir }
+            TempDb {
+                dir: tempfile::Builder::new()
+                    .prefix("weauth-store-")
+                    .tempdir()
+                    .unwrap(),
+            }
         }
 
         fn path(&self) -> std::path::PathBuf {
-            self.dir.join("t.db")
-        }
-    }
-
-    impl Drop for TempDb {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            self.dir.path().join("t.db")
         }
     }
 
