@@ -56,7 +56,7 @@ if ! rustup target list --installed | grep -qx "$musl_target"; then
 fi
 cargo build ${CI:+--locked} --release --target "$musl_target" -p weauth-issuer
 [ -f "$wasm" ] || { echo "image: $wasm missing: run make wasm" >&2; exit 1; }
-if ldd "$issuer_bin" >/dev/null 2>&1; then
+if ! ldd "$issuer_bin" 2>&1 | grep -q -E 'statically linked|not a dynamic executable'; then
   echo "image: $issuer_bin is dynamically linked; the image has no libc" >&2
   exit 1
 fi
