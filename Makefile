@@ -15,12 +15,13 @@ SCHEMATHESIS_VERSION        := 4.32.5
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 # In CI the lock file must be used as committed.
 CARGO_LOCKED  := $(if $(CI),--locked,)
+CLIENT        := client/miniprogram
 
 export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm up down test lint fmt-check clippy unit bench fuzz soak \
+.PHONY: help setup build wasm up down test lint fmt-check clippy unit client client-test bench fuzz soak \
         api-tools manifests image image-check
 
 help: ## list the targets
@@ -66,10 +67,7 @@ down: ## stop a stack started by `make up` (only the processes it started)
 api-tools: ## schemathesis + kubernetes-validate (PyPI, pinned) into .tools/, newman (npm ci) into tests/postman/
 	@scripts/pytool.sh schemathesis $(SCHEMATHESIS_VERSION) schemathesis.cli schemathesis
 	@scripts/pytool.sh kubernetes-validate $(KUBERNETES_VALIDATE_VERSION) kubernetes_validate.__main__ main
-	@if ! command -v npm >/dev/null; then \
-	  echo "api-tools: installing the Debian package npm"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get install -y npm; else sudo -n apt-get install -y npm; fi; \
-	fi
+	@scripts/ensure-node.sh
 	@if [ -x tests/postman/node_modules/.bin/newman ] && \
 	   [ tests/postman/node_modules/.package-lock.json -nt tests/postman/package-lock.json ]; then \
 	  echo "api-tools: newman already in tests/postman/node_modules"; \
@@ -108,6 +106,18 @@ test: lint build api-tools manifests image-check ## every check and test: fmt, c
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast
 	@echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored
+	$(MAKE) --no-print-directory client-test
+
+client: build client-test ## mini-program client: npm ci, tsc --noEmit, build, unit + e2e tests
+
+# The client's checks alone, for when `make build` is done (`make test` calls it after the
+# cargo tests). Its end-to-end tests start the stack with target/debug/weauth-stack.
+client-test:
+	@scripts/ensure-node.sh
+	cd $(CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(CLIENT) && npm run --silent typecheck
+	cd $(CLIENT) && npm run --silent build
+	cd $(CLIENT) && npm test
 
 bench: setup ## weauth vs jwt_authn vs jwt_authn+ext_authz (BENCH_MODE=quick|full) → bench-results/
 	scripts/bench.sh
