@@ -23,7 +23,7 @@ use weauth_token::KeySet;
 
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
-use crate::refresh::{self, LeaseStep, Outcome, Schedule};
+use crate::refresh::{self, CallOutcome, LeaseStep, Schedule};
 use crate::revocation::{fnv1a, Meta, Publication, Replica};
 
 /// How often every VM syncs from shared data (and the elected VM drives its fetchers).
@@ -620,7 +620,7 @@ impl Root {
                     );
                 }
                 self.publish_jwks(worker, &body, keys.len(), now_ms);
-                Outcome::Ok {
+                CallOutcome::Ok {
                     next_in_ms: remote.refresh_seconds.saturating_mul(1000),
                 }
             }
@@ -634,7 +634,7 @@ impl Root {
                         body.len()
                     ),
                 );
-                Outcome::Failed
+                CallOutcome::Failed
             }
         };
         if let Some(schedule) = self.jwks_schedule.as_mut() {
@@ -688,7 +688,7 @@ impl Root {
                 // `since=0` always answers at once with the full set, so while the issuer's seq
                 // is still 0 (nothing ever revoked) there is nothing to long-poll on: re-ask
                 // every EMPTY_FEED_POLL_MS instead of spinning on every tick.
-                Outcome::Ok {
+                CallOutcome::Ok {
                     next_in_ms: if response.seq == 0 {
                         EMPTY_FEED_POLL_MS
                     } else {
@@ -705,7 +705,7 @@ impl Root {
                         feed.cluster
                     ),
                 );
-                Outcome::Failed
+                CallOutcome::Failed
             }
         };
         if let Some(schedule) = self.feed_schedule.as_mut() {
@@ -828,7 +828,9 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match Config::parse(&bytes) {
+        // `revocation.credential_env` is read from the VM's environment: under WASI,
+        // `std::env::var` sees what Envoy passes in `vm_config.environment_variables`.
+        let config = match Config::parse_with_env(&bytes, &|name| std::env::var(name).ok()) {
             Ok(config) => config,
             Err(err) => {
                 self.log(
@@ -876,8 +878,13 @@ impl RootContext for Root {
                 JwksSource::Remote(remote) => format!("from cluster {}", remote.cluster),
             },
             config.revocation.as_ref().map_or("off".to_string(), |feed| format!(
-                "from cluster {} (stale after {} s, mode {:?})",
-                feed.cluster, feed.stale_after_seconds, feed.stale_mode
+                "from cluster {} (credential {}, stale after {} s, mode {:?})",
+                feed.cluster,
+                feed.credential_env
+                    .as_deref()
+                    .map_or("inline".to_string(), |name| format!("from env {name}")),
+                feed.stale_after_seconds,
+                feed.stale_mode
             )),
             config.rules.len(),
             self.vm_id,

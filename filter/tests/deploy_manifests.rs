@@ -46,13 +46,16 @@ fn wasm_plugin(path: &str) -> Value {
 }
 
 /// Parses the plugin's `pluginConfig` with the filter's own check. A `credential_env` must be
-/// handed to the VM by `vmConfig.env`; it is set in this process for the check, as the sidecar
-/// would.
+/// handed to the VM by `vmConfig.env`; the check's environment then holds it, as the sidecar's
+/// VM would.
 fn check_plugin(path: &str) -> Value {
     let plugin = wasm_plugin(path);
     let config = &plugin["spec"]["pluginConfig"];
     assert!(config.is_object(), "{path}: spec.pluginConfig missing");
-    if let Some(name) = config["revocation"]["credential_env"].as_str() {
+    let credential_env = config["revocation"]["credential_env"]
+        .as_str()
+        .map(String::from);
+    if let Some(name) = credential_env.as_deref() {
         let env = plugin["spec"]["vmConfig"]["env"].as_array().cloned();
         assert!(
             env.unwrap_or_default()
@@ -60,10 +63,12 @@ fn check_plugin(path: &str) -> Value {
                 .any(|e| e["name"] == name && e["valueFrom"] == "HOST"),
             "{path}: credential_env {name} is not passed in by vmConfig.env (valueFrom: HOST)"
         );
-        std::env::set_var(name, "a-feed-credential-for-the-check");
     }
+    let env = |name: &str| {
+        (Some(name) == credential_env.as_deref()).then(|| "a-feed-credential-for-the-check".into())
+    };
     let bytes = serde_json::to_vec(config).unwrap();
-    if let Err(err) = Config::parse(&bytes) {
+    if let Err(err) = Config::parse_with_env(&bytes, &env) {
         panic!("{path}: the filter refuses its pluginConfig: {err}");
     }
     assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE", "{path}");

@@ -12,10 +12,12 @@
 //! with the WeChat app access token shared between replicas by `access_token`. `cli` implements `weauth-issuer keys ...`.
 
 pub mod access_token;
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;

@@ -469,6 +469,7 @@ pub struct StackBuilder {
     with_envoy: bool,
     edge: Edge,
     binaries: Option<Binaries>,
+    envoy_feed_env: bool,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -496,6 +497,7 @@ impl Default for StackBuilder {
             with_envoy: true,
             edge: Edge::WeauthFilter,
             binaries: None,
+            envoy_feed_env: true,
         }
     }
 }
@@ -564,6 +566,14 @@ impl StackBuilder {
         self
     }
 
+    /// Start Envoy WITHOUT the feed credential in its environment
+    /// ([`template::FEED_TOKEN_ENV`]), so a plugin configuration with `credential_env` finds
+    /// it missing (the default passes it).
+    pub fn without_envoy_feed_env(mut self) -> Self {
+        self.envoy_feed_env = false;
+        self
+    }
+
     /// Binaries to use instead of [`Binaries::from_env`].
     pub fn binaries(mut self, binaries: Binaries) -> Self {
         self.binaries = Some(binaries);
@@ -604,11 +614,20 @@ struct EnvoySpec {
     bin: PathBuf,
     config: PathBuf,
     concurrency: u32,
+    /// The weauth filter is the edge (not jwt_authn): its fetch counters can be awaited.
+    weauth_filter: bool,
+    /// The feed credential, passed as [`template::FEED_TOKEN_ENV`] (None: not passed).
+    feed_token: Option<String>,
 }
 
 impl EnvoySpec {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
+        // Envoy hands this variable to the filter's VM (`host_env_keys` in envoy/envoy.yaml).
+        match &self.feed_token {
+            Some(token) => cmd.env(template::FEED_TOKEN_ENV, token),
+            None => cmd.env_remove(template::FEED_TOKEN_ENV),
+        };
         cmd.arg("-c")
             .arg(&self.config)
             .arg("--concurrency")
@@ -734,8 +753,7 @@ impl Stack {
             bin: bins.issuer.clone(),
             env,
         };
-        let plugin_config =
-            template::plugin_config(&issuer_url, &b.audience, &feed_token, &b.plugin_patches)?;
+        let plugin_config = template::plugin_config(&issuer_url, &b.audience, &b.plugin_patches)?;
 
         let mut stack = Stack {
             issuer: None,
@@ -783,6 +801,8 @@ impl Stack {
                 bin: bins.envoy.clone(),
                 config,
                 concurrency: b.concurrency,
+                weauth_filter: matches!(b.edge, Edge::WeauthFilter),
+                feed_token: b.envoy_feed_env.then(|| stack.feed_token.clone()),
             });
             stack.start_envoy().await?;
         }
@@ -1061,7 +1081,8 @@ impl Stack {
             &format!("{}/healthz", self.envoy_url()),
         )
         .await?;
-        self.wait_filter_ready(&mut proc, spec.concurrency).await?;
+        self.wait_filter_ready(&mut proc, spec.concurrency, spec.weauth_filter)
+            .await?;
         self.envoy = Some(proc);
         Ok(())
     }
@@ -1076,6 +1097,7 @@ impl Stack {
         &self,
         proc: &mut Proc,
         concurrency: u32,
+        weauth_filter: bool,
     ) -> Result<(), HarnessError> {
         let fresh = reqwest::Client::builder()
             .no_proxy()
@@ -1092,6 +1114,12 @@ impl Stack {
             None => (JUNK_TOKEN.to_string(), false),
         };
         let start = Instant::now();
+        // First wait, on the admin stats, until the fetcher holds the keys and the revocation
+        // list, so the probe requests below are not refused with 503 while they load: a fresh
+        // stack's stats then show no `denied.*` and no 5xx caused by the harness itself.
+        if weauth_filter {
+            self.wait_fetched(proc, start).await?;
+        }
         let mut in_a_row = 0;
         loop {
             if let Some(status) = proc.exited() {
@@ -1155,6 +1183,47 @@ impl Stack {
                 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until Envoy's stats count one successful JWKS fetch (when the keys come from the
+    /// issuer) and one revocation-feed answer (when the feed is configured).
+    async fn wait_fetched(&self, proc: &mut Proc, start: Instant) -> Result<(), HarnessError> {
+        let mut wanted = Vec::new();
+        if self
+            .plugin_config
+            .get("jwks")
+            .and_then(|jwks| jwks.get("cluster"))
+            .is_some()
+        {
+            wanted.push("wasmcustom.weauth.jwks_fetch_ok");
+        }
+        if self.plugin_config.get("revocation").is_some() {
+            wanted.push("wasmcustom.weauth.feed_fetch_ok");
+        }
+        loop {
+            if let Some(status) = proc.exited() {
+                return Err(proc.exited_error(status));
+            }
+            let stats = self.envoy_stats().await.unwrap_or_default();
+            let missing: Vec<&str> = wanted
+                .iter()
+                .copied()
+                .filter(|name| stat_value(&stats, name).unwrap_or(0) == 0)
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(HarnessError::NotReady {
+                    name: "envoy filter (first JWKS and feed fetch)",
+                    waited: start.elapsed(),
+                    detail: format!("{} stayed 0", missing.join(", ")),
+                    log: proc.log.clone(),
+                    tail: proc.tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -1336,7 +1405,7 @@ mod tests {
         let b = Stack::builder()
             .plugin_config_patch(json!({"revocation": null}))
             .plugin_config_patch(json!({"clock_skew_seconds": 5}));
-        let c = template::plugin_config("http://i", "weauth", "feed", &b.plugin_patches).unwrap();
+        let c = template::plugin_config("http://i", "weauth", &b.plugin_patches).unwrap();
         assert!(c.get("revocation").is_none());
         assert_eq!(c["clock_skew_seconds"], 5);
     }
