@@ -12,6 +12,8 @@ use std::time::Duration;
 use weauth_token::Algorithm;
 use zeroize::Zeroizing;
 
+use crate::apps::{self, Apps};
+
 /// Why the configuration was refused. The `Display` names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}: {reason}")]
@@ -90,10 +92,20 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `WEAUTH_STORE`, default `sqlite://weauth.db`. `redis://` is refused (not built yet).
     pub store: StoreUrl,
-    /// `WEAUTH_WECHAT_APPID`, required.
+    /// The WeChat apps served: `WEAUTH_APPS_FILE` (see [`crate::apps`]), or the one-app
+    /// shortcut `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET` (`_FILE`), a single
+    /// mini-program. One of the two forms is required; both is an error.
+    pub apps: Apps,
+    /// The first app's appid (with the shortcut: `WEAUTH_WECHAT_APPID`).
     pub wechat_appid: String,
-    /// `WEAUTH_WECHAT_SECRET` or `WEAUTH_WECHAT_SECRET_FILE`, required.
+    /// The first app's secret.
     pub wechat_secret: Zeroizing<String>,
+    /// `WEAUTH_WECHAT_OPEN_BASE`, default `https://open.weixin.qq.com`: where browsers are
+    /// sent to authorize a web login (the mock's URL in tests).
+    pub wechat_open_base: String,
+    /// `WEAUTH_COOKIE_SECURE`, default `true`: whether the session cookies of a web login
+    /// carry `Secure`. `false` is for plain-http development only.
+    pub cookie_secure: bool,
     /// `WEAUTH_WECHAT_API_BASE`, default `https://api.weixin.qq.com` (no trailing slash kept).
     pub wechat_api_base: String,
     /// `WEAUTH_WECHAT_TIMEOUT`, total per WeChat call attempt, default `3s`.
@@ -282,6 +294,46 @@ fn parse_base_url(var: &str, text: &str) -> Result<String, ConfigError> {
     Ok(text.trim_end_matches('/').to_string())
 }
 
+/// The apps: `WEAUTH_APPS_FILE`, or the `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET`
+/// shortcut; both forms at once are refused.
+fn load_apps(src: &Source<'_>) -> Result<Apps, ConfigError> {
+    let shortcut_set = [
+        "WEAUTH_WECHAT_APPID",
+        "WEAUTH_WECHAT_SECRET",
+        "WEAUTH_WECHAT_SECRET_FILE",
+    ]
+    .iter()
+    .find(|var| src.get(var).is_some());
+    if let Some(path) = src.get("WEAUTH_APPS_FILE") {
+        if let Some(var) = shortcut_set {
+            return Err(bad(
+                "WEAUTH_APPS_FILE",
+                format!("set either WEAUTH_APPS_FILE or {var} (the one-app shortcut), not both"),
+            ));
+        }
+        let text = (src.read_file)(&path)
+            .map_err(|err| bad("WEAUTH_APPS_FILE", format!("cannot read `{path}`: {err}")))?;
+        return apps::parse_apps_file(&text, src.read_file)
+            .map_err(|reason| bad("WEAUTH_APPS_FILE", format!("`{path}`: {reason}")));
+    }
+    let appid = src.get("WEAUTH_WECHAT_APPID").ok_or_else(|| {
+        bad(
+            "WEAUTH_WECHAT_APPID",
+            "is required (or configure the apps in WEAUTH_APPS_FILE)",
+        )
+    })?;
+    if !apps::valid_appid(&appid) {
+        return Err(bad("WEAUTH_WECHAT_APPID", "must be alphanumeric (wx...)"));
+    }
+    let secret = src.secret("WEAUTH_WECHAT_SECRET")?.ok_or_else(|| {
+        bad(
+            "WEAUTH_WECHAT_SECRET",
+            "is required (or WEAUTH_WECHAT_SECRET_FILE)",
+        )
+    })?;
+    Ok(Apps::single(appid, secret))
+}
+
 impl Config {
     /// Reads the process environment and the filesystem.
     ///
@@ -312,21 +364,26 @@ impl Config {
             &src.get("WEAUTH_STORE")
                 .unwrap_or_else(|| "sqlite://weauth.db".into()),
         )?;
-        let wechat_appid = src
-            .get("WEAUTH_WECHAT_APPID")
-            .ok_or_else(|| bad("WEAUTH_WECHAT_APPID", "is required"))?;
-        if !wechat_appid
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(bad("WEAUTH_WECHAT_APPID", "must be alphanumeric (wx...)"));
-        }
-        let wechat_secret = src.secret("WEAUTH_WECHAT_SECRET")?.ok_or_else(|| {
-            bad(
-                "WEAUTH_WECHAT_SECRET",
-                "is required (or WEAUTH_WECHAT_SECRET_FILE)",
-            )
-        })?;
+        let apps = load_apps(src)?;
+        let (wechat_appid, wechat_secret) = match apps.all().first() {
+            Some(first) => (first.appid.clone(), first.secret.clone()),
+            None => return Err(bad("WEAUTH_APPS_FILE", "configures no app")),
+        };
+        let wechat_open_base = parse_base_url(
+            "WEAUTH_WECHAT_OPEN_BASE",
+            &src.get("WEAUTH_WECHAT_OPEN_BASE")
+                .unwrap_or_else(|| "https://open.weixin.qq.com".into()),
+        )?;
+        let cookie_secure = match src.get("WEAUTH_COOKIE_SECURE").as_deref() {
+            None | Some("true" | "1" | "yes") => true,
+            Some("false" | "0" | "no") => false,
+            Some(other) => {
+                return Err(bad(
+                    "WEAUTH_COOKIE_SECURE",
+                    format!("`{other}` is not true or false"),
+                ))
+            }
+        };
         let wechat_api_base = parse_base_url(
             "WEAUTH_WECHAT_API_BASE",
             &src.get("WEAUTH_WECHAT_API_BASE")
@@ -416,8 +473,11 @@ impl Config {
         let config = Config {
             listen,
             store,
+            apps,
             wechat_appid,
             wechat_secret,
+            wechat_open_base,
+            cookie_secure,
             wechat_api_base,
             wechat_timeout: src.duration(
                 "WEAUTH_WECHAT_TIMEOUT",
@@ -526,6 +586,18 @@ mod tests {
         let read_file = |path: &str| {
             if path == "/secret/wechat" {
                 Ok("file-secret\n".to_string())
+            } else if path == "/etc/weauth/apps.json" {
+                Ok(r#"{"apps":[
+                    {"appid":"wxmini","secret_file":"/secret/wechat","kind":"miniprogram"},
+                    {"appid":"wxoa","secret":"oa-secret","kind":"official_account",
+                     "redirect_uris":["https://h5.example.com/after-login"]}]}"#
+                    .to_string())
+            } else if path == "/etc/weauth/dup.json" {
+                Ok(
+                    r#"{"apps":[{"appid":"wx1","secret":"a","kind":"miniprogram"},
+                               {"appid":"wx1","secret":"b","kind":"miniprogram"}]}"#
+                        .to_string(),
+                )
             } else {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
@@ -642,6 +714,8 @@ mod tests {
             ("WEAUTH_LOG_FORMAT", "xml"),
             ("WEAUTH_DECRYPT_MAX_AGE", "later"),
             ("WEAUTH_DECRYPT_MAX_AGE", "0s"),
+            ("WEAUTH_COOKIE_SECURE", "maybe"),
+            ("WEAUTH_WECHAT_OPEN_BASE", "open.weixin.qq.com"),
         ] {
             let err = load(&with(&[(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{var}={value}: {err}");
@@ -663,6 +737,53 @@ mod tests {
                 .decrypt_max_age,
             Some(Duration::from_secs(600))
         );
+    }
+
+    #[test]
+    fn config_apps_file_read_with_secret_files() {
+        let config = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")]).unwrap();
+        assert_eq!(config.apps.all().len(), 2);
+        assert_eq!(
+            config.apps.get("wxmini").unwrap().secret.as_str(),
+            "file-secret"
+        );
+        assert_eq!(
+            config.apps.get("wxoa").unwrap().kind,
+            crate::apps::AppKind::OfficialAccount
+        );
+    }
+
+    #[test]
+    fn config_apps_file_and_shortcut_both_refused() {
+        let err = load(&with(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")])).unwrap_err();
+        assert_eq!(err.var, "WEAUTH_APPS_FILE");
+        assert!(err.reason.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn config_apps_file_invalid_names_variable_and_entry() {
+        let err = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/dup.json")]).unwrap_err();
+        assert_eq!(err.var, "WEAUTH_APPS_FILE");
+        assert!(
+            err.reason.contains("apps[1] (wx1): duplicate appid"),
+            "{err}"
+        );
+        let err = load(&[("WEAUTH_APPS_FILE", "/nope.json")]).unwrap_err();
+        assert_eq!(err.var, "WEAUTH_APPS_FILE");
+    }
+
+    #[test]
+    fn config_shortcut_is_one_miniprogram() {
+        let config = load(&BASE).unwrap();
+        assert_eq!(config.apps.all().len(), 1);
+        assert_eq!(
+            config.apps.miniprogram(None).unwrap().appid,
+            "wx0123456789abcdef"
+        );
+        assert!(config.cookie_secure);
+        assert_eq!(config.wechat_open_base, "https://open.weixin.qq.com");
+        let config = load(&with(&[("WEAUTH_COOKIE_SECURE", "false")])).unwrap();
+        assert!(!config.cookie_secure);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod access_token;
 pub mod app;
+pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod error;
