@@ -28,7 +28,9 @@ pub mod sessions;
 pub mod store;
 pub mod tokens;
 pub mod userdata;
+pub mod web;
 pub mod wechat;
+pub mod wechat_web;
 
 /// A short, non-reversible tag of an identifier for logs (first 10 hex digits of SHA-256),
 /// so an openid can be correlated across log lines without being logged.

@@ -631,12 +631,12 @@ impl Shared {
         route: &str,
         appid: Option<&str>,
         secret: Option<&str>,
-    ) -> Result<MockApp, Response> {
+    ) -> Result<MockApp, Box<Response>> {
         let Some(app) = self.web_app(appid) else {
-            return Err(self.error(route, 40013, "invalid appid"));
+            return Err(Box::new(self.error(route, 40013, "invalid appid")));
         };
         if secret != Some(app.secret.as_str()) {
-            return Err(self.error(route, 40125, "invalid appsecret"));
+            return Err(Box::new(self.error(route, 40125, "invalid appsecret")));
         }
         Ok(app.clone())
     }
@@ -685,7 +685,7 @@ impl Shared {
         const R: &str = "oauth2_access_token";
         let app = match self.check_web_app(R, param(q, "appid"), param(q, "secret")) {
             Ok(app) => app,
-            Err(e) => return e,
+            Err(e) => return *e,
         };
         if param(q, "grant_type") != Some("authorization_code") {
             return self.error(R, 40002, "invalid grant_type");
@@ -733,7 +733,7 @@ impl Shared {
         &self,
         route: &str,
         q: &[(String, String)],
-    ) -> Result<OauthGrant, Response> {
+    ) -> Result<OauthGrant, Box<Response>> {
         let token = param(q, "access_token").unwrap_or("");
         let check = {
             let inner = self.lock();
@@ -743,16 +743,18 @@ impl Shared {
         match check {
             UserTokenCheck::Valid(grant) => {
                 if param(q, "openid") != Some(grant.openid.as_str()) {
-                    return Err(self.error(route, 40003, "invalid openid"));
+                    return Err(Box::new(self.error(route, 40003, "invalid openid")));
                 }
                 Ok(grant)
             }
-            UserTokenCheck::Expired => Err(self.error(route, 42001, "access_token expired")),
-            UserTokenCheck::Invalid => Err(self.error(
+            UserTokenCheck::Expired => {
+                Err(Box::new(self.error(route, 42001, "access_token expired")))
+            }
+            UserTokenCheck::Invalid => Err(Box::new(self.error(
                 route,
                 40001,
                 "invalid credential, access_token is invalid or not latest",
-            )),
+            ))),
         }
     }
 
@@ -760,7 +762,7 @@ impl Shared {
         const R: &str = "userinfo";
         let grant = match self.check_user_token(R, q) {
             Ok(grant) => grant,
-            Err(e) => return e,
+            Err(e) => return *e,
         };
         if grant.scope == "snsapi_base" {
             return self.error(R, 48001, "api unauthorized");
@@ -789,7 +791,7 @@ impl Shared {
         const R: &str = "sns_auth";
         match self.check_user_token(R, q) {
             Ok(_) => self.ok(R, json!({"errcode": 0, "errmsg": "ok"})),
-            Err(e) => e,
+            Err(e) => *e,
         }
     }
 
