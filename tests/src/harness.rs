@@ -42,7 +42,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
-use crate::mock_wechat::{MockConfig, MockWechat};
+use crate::mock_wechat::{MockApp, MockAppKind, MockConfig, MockWechat};
 use crate::template::{self, EnvoyPorts, TemplateError};
 use crate::upstream::Upstream;
 
@@ -467,6 +467,28 @@ pub struct TokenResponse {
     pub refresh_expires_in: u64,
 }
 
+/// The apps file of a [`StackBuilder::web_login`] stack: the mock's mini-program and web apps,
+/// the web apps redirecting to the demo page behind Envoy on `envoy_port`.
+pub fn web_apps_file(mock: &MockConfig, envoy_port: u16) -> Value {
+    let mut apps = vec![serde_json::json!({
+        "appid": mock.appid, "secret": mock.secret, "kind": "miniprogram"
+    })];
+    for app in &mock.web_apps {
+        let kind = match app.kind {
+            MockAppKind::OfficialAccount => "official_account",
+            MockAppKind::Website => "website",
+        };
+        apps.push(serde_json::json!({
+            "appid": app.appid, "secret": app.secret, "kind": kind,
+            "redirect_uris": [
+                format!("http://127.0.0.1:{envoy_port}/demo/"),
+                format!("http://localhost:{envoy_port}/demo/"),
+            ],
+        }));
+    }
+    serde_json::json!({ "apps": apps })
+}
+
 /// Options for [`Stack`]; start with [`Stack::builder`].
 #[derive(Debug, Clone)]
 pub struct StackBuilder {
@@ -482,6 +504,7 @@ pub struct StackBuilder {
     with_envoy: bool,
     edge: Edge,
     binaries: Option<Binaries>,
+    web_login: bool,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -509,6 +532,7 @@ impl Default for StackBuilder {
             with_envoy: true,
             edge: Edge::WeauthFilter,
             binaries: None,
+            web_login: false,
         }
     }
 }
@@ -574,6 +598,21 @@ impl StackBuilder {
     /// What checks tokens in Envoy (default: the weauth filter).
     pub fn edge(mut self, edge: Edge) -> Self {
         self.edge = edge;
+        self
+    }
+
+    /// Several apps and web login: the mock gets the official account and the website of
+    /// [`MockApp`] (and answers `unionid`, as apps bound to one Open Platform account do), and
+    /// the issuer gets an apps file (`WEAUTH_APPS_FILE` instead of the one-app variables) with
+    /// the mini-program, the official account and the website, whose `redirect_uris` are the
+    /// demo page behind this stack's Envoy (`http://127.0.0.1:PORT/demo/` and the same on
+    /// `localhost`), plus `WEAUTH_WECHAT_OPEN_BASE` = the mock and `WEAUTH_COOKIE_SECURE=false`.
+    pub fn web_login(mut self) -> Self {
+        self.web_login = true;
+        self.mock.unionid = true;
+        if self.mock.web_apps.is_empty() {
+            self.mock.web_apps = vec![MockApp::official_account(), MockApp::website()];
+        }
         self
     }
 
@@ -734,6 +773,16 @@ impl Stack {
             ("WEAUTH_FEED_TOKEN".into(), feed_token.clone()),
             ("WEAUTH_ADMIN_TOKEN".into(), admin_token.clone()),
         ];
+        if b.web_login {
+            let apps = web_apps_file(&mock_cfg, ports.envoy);
+            let path = dir.path().join("apps.json");
+            std::fs::write(&path, apps.to_string())
+                .map_err(io_err(format!("writing {}", path.display())))?;
+            env.retain(|(name, _)| name != "WEAUTH_WECHAT_APPID" && name != "WEAUTH_WECHAT_SECRET");
+            env.push(("WEAUTH_APPS_FILE".into(), path.display().to_string()));
+            env.push(("WEAUTH_WECHAT_OPEN_BASE".into(), mock.base_url()));
+            env.push(("WEAUTH_COOKIE_SECURE".into(), "false".into()));
+        }
         for (k, v) in &b.issuer_env {
             env.retain(|(name, _)| name != k);
             env.push((k.clone(), v.clone()));
