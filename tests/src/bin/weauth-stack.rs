@@ -5,8 +5,11 @@
 //! and stops every process it started (and only those).
 //!
 //! Its pid goes to `.run/stack.pid` so `make down` can send it SIGTERM. Development
-//! credentials: appid `wx0123456789abcdef`, secret `mock-secret`, feed token `dev-feed-token`,
-//! admin token `dev-admin-token`. Usage: `weauth-stack [--concurrency N]`.
+//! credentials: the mini-program appid `wx0123456789abcdef` (secret `mock-secret`), the
+//! official account `wx00000000000000a1` (`mock-oa-secret`) and the website
+//! `wx00000000000000b2` (`mock-web-secret`), all bound to one Open Platform account (the apps
+//! file is `.run/apps.json`); feed token `dev-feed-token`, admin token `dev-admin-token`. The
+//! web-login demo page is `http://127.0.0.1:10000/demo/`. Usage: `weauth-stack [--concurrency N]`.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
@@ -67,7 +70,13 @@ weauth local stack is up:
   mock WeChat            {mock}
   logs                   {issuer_log}
                          {envoy_log}
-  appid wx0123456789abcdef  secret mock-secret  feed token {FEED_TOKEN}  admin token {ADMIN_TOKEN}
+  apps {run}/apps.json: mini-program wx0123456789abcdef (secret mock-secret),
+       official account wx00000000000000a1, website wx00000000000000b2
+  feed token {FEED_TOKEN}  admin token {ADMIN_TOKEN}
+
+Web login (official account): open {envoy}/demo/ in a browser, click "Log in", pick a name
+on the mock WeChat page (the same name as a mini-program login below gives the same sub),
+then "GET /api/hello", "POST /v1/token/refresh" and "POST /v1/logout".
 
 Try it (copy-paste):
   # 1. wx.login() stand-in: a one-time code for user "alice"
@@ -90,6 +99,7 @@ Stop with Ctrl-C or `make down`.
         upstream = stack.upstream_url(),
         issuer_log = stack.issuer_log().display(),
         envoy_log = stack.envoy_log().display(),
+        run = stack.dir().display(),
     )
 }
 
@@ -122,6 +132,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .feed_token(FEED_TOKEN)
         .admin_token(ADMIN_TOKEN)
         .concurrency(concurrency)
+        .web_login()
         .start()
         .await;
     let stack = match started {
