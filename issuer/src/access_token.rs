@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::app::{now, App};
 use crate::secrets::{self, SecretError};
-use crate::store::{CachedToken, Store, StoreError};
+use crate::store::{CachedToken, StoreError};
 use crate::wechat::WechatError;
 
 /// Refresh when fewer than this many seconds are left (5 minutes).
@@ -130,17 +130,16 @@ pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<Stri
     let holder = format!("{}.{}", app.replica_id, secrets::random_b64(6));
     loop {
         let at = now();
-        let id = appid.clone();
-        let cached = app.db(move |store| store.wechat_token(&id)).await?;
+        let cached = app.store.wechat_token(&appid).await?;
         let decision = plan(cached.as_ref(), at, refused_hash.as_deref());
         if decision == Plan::Use {
             if let Some(token) = &cached {
                 return open(app, token);
             }
         }
-        let (id, who) = (appid.clone(), holder.clone());
         let leased = app
-            .db(move |store| store.lease_wechat_token(&id, &who, at, at + lease))
+            .store
+            .lease_wechat_token(&appid, &holder, at, at + lease)
             .await?;
         if leased {
             return fetch_as_holder(app, &holder, refused, refused_hash.as_deref(), cached).await;
@@ -167,8 +166,7 @@ async fn fetch_as_holder(
     let appid = app.config.wechat_appid.clone();
     let holder = holder.to_string();
     // Another replica may have written a fresh token between our read and the lease.
-    let id = appid.clone();
-    let latest = app.db(move |store| store.wechat_token(&id)).await?;
+    let latest = app.store.wechat_token(&appid).await?;
     if plan(latest.as_ref(), now(), refused_hash) == Plan::Use {
         if let Some(token) = &latest {
             release(app, &appid, &holder).await;
@@ -188,9 +186,7 @@ async fn fetch_as_holder(
                 expires_at: at + token.expires_in,
                 refresh_at: refresh_at(at, token.expires_in),
             };
-            let (id, who) = (appid.clone(), holder.clone());
-            app.db(move |store| store.put_wechat_token(&id, &record, &who))
-                .await?;
+            app.store.put_wechat_token(&appid, &record, &holder).await?;
             app.metrics.wechat_token_refresh("ok");
             tracing::info!(
                 expires_in = token.expires_in,
@@ -215,11 +211,7 @@ async fn fetch_as_holder(
 }
 
 async fn release(app: &Arc<App>, appid: &str, holder: &str) {
-    let (id, who) = (appid.to_string(), holder.to_string());
-    if let Err(err) = app
-        .db(move |store: &dyn Store| store.release_wechat_lease(&id, &who))
-        .await
-    {
+    if let Err(err) = app.store.release_wechat_lease(appid, holder).await {
         tracing::warn!(error = %err, "could not release the WeChat token lease; it expires by itself");
     }
 }
@@ -255,11 +247,9 @@ where
                 errcode,
                 "WeChat refused the cached access token; invalidating it and retrying once"
             );
-            let (id, hash) = (
-                app.config.wechat_appid.clone(),
-                secrets::sha256_hex(token.as_bytes()),
-            );
-            app.db(move |store| store.invalidate_wechat_token(&id, &hash))
+            let hash = secrets::sha256_hex(token.as_bytes());
+            app.store
+                .invalidate_wechat_token(&app.config.wechat_appid, &hash)
                 .await
                 .map_err(TokenError::from)?;
             let fresh = get(app, Some(token.as_str())).await?;

@@ -79,21 +79,6 @@ impl Drop for FeedWaiter {
     }
 }
 
-/// Runs a blocking store call off the async threads.
-///
-/// # Errors
-/// The store's error, or [`StoreError::Db`] when the blocking task panicked.
-pub async fn blocking<T, F>(store: &Arc<dyn Store>, f: F) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-{
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|err| StoreError::Db(format!("store task failed: {err}")))?
-}
-
 /// Makes sure a signing key is active at `now`, and that the configured key will sign:
 /// - no active key (first start): generate one of `WEAUTH_SIGNING_ALG` (or import
 ///   `WEAUTH_SIGNING_KEY_FILE`) and sign with it at once;
@@ -103,14 +88,14 @@ where
 ///
 /// # Errors
 /// Key file, sealing or store failures.
-pub fn bootstrap_keys(
+pub async fn bootstrap_keys(
     store: &dyn Store,
     config: &Config,
     data_key: &DataKey,
     now: i64,
 ) -> Result<(), StartError> {
     let retain = config.access_ttl_secs() + config.leeway_secs();
-    let records = store.keys()?;
+    let records = store.keys().await?;
     let current = keys::ring(&records, data_key, now, retain).ok();
     let delay = if current.is_some() {
         crate::config::secs(config.key_publish_delay)
@@ -121,7 +106,9 @@ pub fn bootstrap_keys(
         let key = keys::from_file(path, config.signing_alg)?;
         if !records.iter().any(|record| record.kid == key.kid()) {
             let activate_at = keys::next_activation(&records, now, delay);
-            store.insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)?;
+            store
+                .insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)
+                .await?;
             tracing::info!(
                 kid = %key.kid(),
                 signs_in_s = activate_at - now,
@@ -133,7 +120,10 @@ pub fn bootstrap_keys(
     match current {
         None => {
             let key = keys::generate(config.signing_alg);
-            if store.insert_key(&keys::seal(&key, data_key, now, now)?, Some(now))? {
+            if store
+                .insert_key(&keys::seal(&key, data_key, now, now)?, Some(now))
+                .await?
+            {
                 tracing::info!(kid = %key.kid(), alg = %config.signing_alg, "generated the first signing key");
             }
         }
@@ -144,7 +134,9 @@ pub fn bootstrap_keys(
             if !pending {
                 let key = keys::generate(config.signing_alg);
                 let activate_at = keys::next_activation(&records, now, delay);
-                store.insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)?;
+                store
+                    .insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)
+                    .await?;
                 tracing::warn!(
                     kid = %key.kid(),
                     alg = %config.signing_alg,
@@ -157,6 +149,22 @@ pub fn bootstrap_keys(
         Some(_) => {}
     }
     Ok(())
+}
+
+/// Opens the store named by `WEAUTH_STORE` and loads the data key.
+///
+/// # Errors
+/// The store cannot be opened, or the data key cannot be read or created.
+pub async fn open_store(config: &Arc<Config>) -> Result<(Arc<dyn Store>, DataKey), StartError> {
+    let config = Arc::clone(config);
+    tokio::task::spawn_blocking(move || {
+        let path = config.sqlite_path();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
+        let data_key = DataKey::load(config.data_key.as_deref().map(|k| k.as_slice()), path)?;
+        Ok::<_, StartError>((store, data_key))
+    })
+    .await
+    .map_err(|err| StartError::Join(err.to_string()))?
 }
 
 impl App {
@@ -188,21 +196,12 @@ impl App {
                 .map_err(StartError::Wechat)?,
             ),
         };
-        let startup_config = Arc::clone(&config);
-        let (store, data_key, ring, seq) = tokio::task::spawn_blocking(move || {
-            let config = startup_config;
-            let path = config.sqlite_path();
-            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
-            let data_key = DataKey::load(config.data_key.as_deref().map(|k| k.as_slice()), path)?;
-            let now = now();
-            bootstrap_keys(store.as_ref(), &config, &data_key, now)?;
-            let retain = config.access_ttl_secs() + config.leeway_secs();
-            let ring = keys::ring(&store.keys()?, &data_key, now, retain)?;
-            let seq = store.current_seq()?;
-            Ok::<_, StartError>((store, data_key, ring, seq))
-        })
-        .await
-        .map_err(|err| StartError::Join(err.to_string()))??;
+        let (store, data_key) = open_store(&config).await?;
+        let now = now();
+        bootstrap_keys(store.as_ref(), &config, &data_key, now).await?;
+        let retain = config.access_ttl_secs() + config.leeway_secs();
+        let ring = keys::ring(&store.keys().await?, &data_key, now, retain)?;
+        let seq = store.current_seq().await?;
         tracing::info!(kid = %ring.signing.kid(), alg = %ring.signing.algorithm(), published = ring.jwks.keys.len(), "signing keys loaded");
         let policy = TokenPolicy {
             issuer: config.issuer.clone(),
@@ -232,18 +231,6 @@ impl App {
         }))
     }
 
-    /// Runs a store call off the async threads.
-    ///
-    /// # Errors
-    /// See [`blocking`].
-    pub async fn db<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    {
-        blocking(&self.store, f).await
-    }
-
     /// The current key ring.
     pub fn keys(&self) -> Arc<KeyRing> {
         match self.keys.read() {
@@ -257,7 +244,7 @@ impl App {
     /// # Errors
     /// Store or key failures; the previous ring stays in place.
     pub async fn reload_keys(&self) -> Result<(), StartError> {
-        let records = self.db(|store| store.keys()).await?;
+        let records = self.store.keys().await?;
         let retain = self.policy.access_ttl + self.policy.leeway;
         let ring = keys::ring(&records, &self.data_key, now(), retain)?;
         let dropped = ring.dropped.clone();
@@ -271,7 +258,7 @@ impl App {
         }
         if !dropped.is_empty() {
             tracing::info!(kids = ?dropped, "dropping retired signing keys");
-            self.db(move |store| store.delete_keys(&dropped)).await?;
+            self.store.delete_keys(&dropped).await?;
         }
         Ok(())
     }
@@ -342,7 +329,7 @@ impl App {
         tasks.push(periodic(shutdown.clone(), SEQ_POLL, move || {
             let app = Arc::clone(&app);
             async move {
-                match app.db(|store| store.current_seq()).await {
+                match app.store.current_seq().await {
                     Ok(seq) => app.notify_seq(seq),
                     Err(err) => tracing::debug!(error = %err, "seq poll failed"),
                 }
@@ -353,7 +340,7 @@ impl App {
             let app = Arc::clone(&app);
             async move {
                 let at = now();
-                match app.db(move |store| store.purge(at)).await {
+                match app.store.purge(at).await {
                     Ok(purged) if purged != Default::default() => {
                         tracing::info!(
                             revocations = purged.revocations,

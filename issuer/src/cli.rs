@@ -7,13 +7,11 @@
 //! - `keys list`: every stored key with its role now.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use crate::app::now;
+use crate::app::{now, open_store};
 use crate::config::Config;
 use crate::keys::{self, Role};
-use crate::secrets::DataKey;
-use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
 
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,28 +41,21 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
 }
 
-fn open(config: &Config) -> Result<(SqliteStore, DataKey), String> {
-    let path = config.sqlite_path();
-    let store = SqliteStore::open(path).map_err(|err| err.to_string())?;
-    let data_key = DataKey::load(config.data_key.as_deref().map(|k| k.as_slice()), path)
-        .map_err(|err| err.to_string())?;
-    Ok((store, data_key))
-}
-
 /// `keys rotate`: returns the text to print.
 ///
 /// # Errors
 /// Store, key or sealing failures, as text.
-pub fn rotate(config: &Config) -> Result<String, String> {
-    let (store, data_key) = open(config)?;
+pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
+    let (store, data_key) = open_store(config).await.map_err(|err| err.to_string())?;
     let now = now();
     let delay = crate::config::secs(config.key_publish_delay);
-    let existing = store.keys().map_err(|err| err.to_string())?;
+    let existing = store.keys().await.map_err(|err| err.to_string())?;
     let activate_at = keys::next_activation(&existing, now, delay);
     let key = keys::generate(config.signing_alg);
     let record = keys::seal(&key, &data_key, now, activate_at).map_err(|err| err.to_string())?;
     store
         .insert_key(&record, None)
+        .await
         .map_err(|err| err.to_string())?;
     Ok(format!(
         "new {} key {} published; it signs from {} (in {}s)\n",
@@ -79,9 +70,9 @@ pub fn rotate(config: &Config) -> Result<String, String> {
 ///
 /// # Errors
 /// Store failures, as text.
-pub fn list(config: &Config) -> Result<String, String> {
-    let (store, _) = open(config)?;
-    let records = store.keys().map_err(|err| err.to_string())?;
+pub async fn list(config: &Arc<Config>) -> Result<String, String> {
+    let (store, _) = open_store(config).await.map_err(|err| err.to_string())?;
+    let records = store.keys().await.map_err(|err| err.to_string())?;
     let now = now();
     let retain = config.access_ttl_secs() + config.leeway_secs();
     let pairs: Vec<(&str, i64)> = records

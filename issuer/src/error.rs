@@ -267,9 +267,12 @@ pub fn phone_error(err: WechatError) -> ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Busy(detail) => ApiError::Unavailable(format!("store busy: {detail}")),
-            other => ApiError::Internal(other.to_string()),
+        // Busy or unreachable: 503 `temporarily_unavailable` with Retry-After (a client may
+        // retry; nothing was half-written). Anything else is a 500.
+        if err.is_transient() {
+            ApiError::Unavailable(err.to_string())
+        } else {
+            ApiError::Internal(err.to_string())
         }
     }
 }
@@ -277,6 +280,16 @@ impl From<StoreError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_unreachable_maps_to_503_with_retry_after() {
+        let err = StoreError::Unavailable("connection refused".into());
+        let response = ApiError::from(err).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let internal = ApiError::from(StoreError::Corrupt("x".into()));
+        assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn wechat_invalid_code_maps_to_invalid_grant() {

@@ -4,8 +4,8 @@
 //! Data flow: `server` accepts connections and hands requests to `routes`, which parses and
 //! dispatches to `sessions` (login, refresh, logout, revocation, bearer checks). `sessions`
 //! calls WeChat through the `wechat` trait, mints tokens with `tokens` (over the shared
-//! `weauth-token` crate) using the signing keys of `keys`, and persists through the `store`
-//! trait (SQLite today). `app` holds the shared state and background tasks; `config` reads
+//! `weauth-token` crate) using the signing keys of `keys`, and persists through the async `store`
+//! trait (SQLite today), which calls the pure decisions of `rules`. `app` holds the shared state and background tasks; `config` reads
 //! the environment; `error` is the single error→HTTP mapping; `metrics`, `ratelimit`,
 //! `revocation` and `secrets` are small helpers. `userdata` serves the mini-program's user
 //! data (`/v1/me/decrypt`, `/v1/me/phone`, `/v1/me/session`) over the `weauth-wxdata` crate,
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod revocation;
 pub mod routes;
+pub mod rules;
 pub mod secrets;
 pub mod server;
 pub mod sessions;

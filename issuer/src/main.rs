@@ -46,11 +46,20 @@ fn main() -> ExitCode {
     }
     match command {
         Command::KeysRotate | Command::KeysList => {
-            let result = if command == Command::KeysRotate {
-                cli::rotate(&config)
-            } else {
-                cli::list(&config)
-            };
+            let config = std::sync::Arc::new(config);
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| err.to_string())
+                .and_then(|runtime| {
+                    runtime.block_on(async {
+                        if command == Command::KeysRotate {
+                            cli::rotate(&config).await
+                        } else {
+                            cli::list(&config).await
+                        }
+                    })
+                });
             match result {
                 Ok(text) => {
                     print!("{text}");

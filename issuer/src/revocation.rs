@@ -1,10 +1,15 @@
 //! Revocation rules (pure): how long an entry matters, when a feed reader must start over,
-//! and how long a long poll may wait.
+//! how an answer is paged, and how long a long poll may wait; plus [`read`], the one
+//! composition of those rules over [`Store::feed_snapshot`].
 //!
-//! The feed itself is served by `routes.rs` from `Store::feed`, woken through the
-//! application's `watch` channel of the current `seq`.
+//! The feed itself is served by `routes.rs`, woken through the application's `watch` channel
+//! of the current `seq`.
 
 use std::time::Duration;
+
+use weauth_token::revocation::FeedResponse;
+
+use crate::store::{FeedSnapshot, Store, StoreError};
 
 /// Longest `wait` honoured on `GET /v1/revocations` (longer requests are capped).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -32,6 +37,43 @@ pub const FEED_PAGE_ENTRIES: usize = 50_000;
 
 pub fn feed_is_full(since: u64, current: u64, purged_through: u64) -> bool {
     since == 0 || since > current || since < purged_through
+}
+
+/// The answer for a reader at `since`, from a snapshot read after `since` (after 0 when
+/// `full`), with at most `limit` entries: when the page is full there may be more, so `seq` is
+/// its last entry's and `since=seq` continues; otherwise `seq` is the store's current seq.
+pub fn page(snapshot: FeedSnapshot, full: bool, limit: usize, now: i64) -> FeedResponse {
+    let seq = match snapshot.entries.last() {
+        Some(last) if snapshot.entries.len() >= limit => last.seq,
+        _ => snapshot.current,
+    };
+    FeedResponse {
+        seq,
+        full,
+        now,
+        entries: snapshot.entries,
+    }
+}
+
+/// Reads the feed answer for `since` at `now` (see `docs/INTERFACES.md`): a delta, or the
+/// full live set when [`feed_is_full`] says the reader must start over.
+///
+/// # Errors
+/// Store failures.
+pub async fn read(
+    store: &dyn Store,
+    since: u64,
+    now: i64,
+    limit: usize,
+) -> Result<FeedResponse, StoreError> {
+    let snapshot = store.feed_snapshot(since, now, limit).await?;
+    let full = feed_is_full(since, snapshot.current, snapshot.purged_through);
+    let snapshot = if full && since != 0 {
+        store.feed_snapshot(0, now, limit).await?
+    } else {
+        snapshot
+    };
+    Ok(page(snapshot, full, limit, now))
 }
 
 /// The wait to honour for a requested `wait` (seconds, possibly fractional or absent).
@@ -76,6 +118,38 @@ mod tests {
     fn feed_since_ahead_of_current_is_full() {
         assert!(feed_is_full(11, 10, 0));
         assert!(!feed_is_full(10, 10, 0));
+    }
+
+    fn entry(seq: u64) -> weauth_token::revocation::Entry {
+        weauth_token::revocation::Entry {
+            seq,
+            kind: weauth_token::revocation::EntryKind::Jti,
+            value: format!("j{seq}"),
+            issued_before: None,
+            until: 100,
+        }
+    }
+
+    #[test]
+    fn page_short_page_points_at_current() {
+        let snapshot = FeedSnapshot {
+            current: 9,
+            purged_through: 0,
+            entries: vec![entry(4)],
+        };
+        let answer = page(snapshot, false, 2, 50);
+        assert_eq!((answer.seq, answer.full, answer.now), (9, false, 50));
+    }
+
+    #[test]
+    fn page_full_page_points_past_last_entry() {
+        let snapshot = FeedSnapshot {
+            current: 9,
+            purged_through: 0,
+            entries: vec![entry(3), entry(4)],
+        };
+        let answer = page(snapshot, true, 2, 50);
+        assert_eq!((answer.seq, answer.full), (4, true));
     }
 
     #[test]

@@ -167,7 +167,7 @@ where
         }
         Route::Discovery => Ok(json_response(StatusCode::OK, &discovery(app))),
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        Route::Readyz => match app.db(|store| store.ping()).await {
+        Route::Readyz => match app.store.ping().await {
             Ok(()) => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
             Err(err) => Err(ApiError::Unavailable(format!("store unreachable: {err}"))),
         },
@@ -403,9 +403,8 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
     let _waiting = app.feed_waiter();
     loop {
         let at = now();
-        let page = app
-            .db(move |store| store.feed(since, at, revocation::FEED_PAGE_ENTRIES))
-            .await?;
+        let page =
+            revocation::read(app.store.as_ref(), since, at, revocation::FEED_PAGE_ENTRIES).await?;
         // Answer when anything changed (even if the new entries already expired), when the
         // caller must start over, or when the wait is over.
         let changed = page.full || page.seq != since || !page.entries.is_empty();

@@ -2,9 +2,10 @@
 //! logout and admin revocation, the bearer check of the issuer's own routes, and the
 //! `session_key` accessor.
 //!
-//! [`decide_refresh`] is the pure state machine of one presented refresh token; the store
-//! runs it inside its rotation transaction. The rest is glue between HTTP handlers, WeChat
-//! and the store, with every time taken once per request from [`crate::app::now`].
+//! The decisions (refresh verdict, user linking, revocation coverage) are pure functions in
+//! [`crate::rules`], which the store calls inside its atomic units. This module is glue between
+//! HTTP handlers, WeChat and the store, with every time taken once per request from
+//! [`crate::app::now`].
 
 use std::sync::Arc;
 
@@ -16,58 +17,10 @@ use zeroize::Zeroizing;
 use crate::app::{now, App};
 use crate::error::ApiError;
 use crate::revocation;
+use crate::rules;
 use crate::secrets;
-use crate::store::{
-    LoginResult, NewLogin, RefreshRow, Revoke, Rotate, RotateResult, SessionRecord,
-};
+use crate::store::{LoginResult, NewLogin, Revoke, Rotate, RotateResult, SessionRecord};
 use crate::tokens::{self, Subject};
-
-/// What to do with a presented refresh token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefreshDecision {
-    /// Consume it and issue a new one expiring at `new_expires`.
-    Rotate { sid: String, new_expires: i64 },
-    /// It was already used: revoke the session.
-    Reuse { sid: String },
-    /// Refuse without side effects.
-    Invalid(&'static str),
-}
-
-/// Judges a presented refresh token at `now`. The new token's lifetime slides
-/// (`now + refresh_ttl`) but never passes the session's absolute end. A token used at most
-/// `reuse_grace` seconds ago is refused without revoking the session (a client that fired
-/// two refreshes at once); `reuse_grace = 0` (the default) treats every reuse as theft.
-pub fn decide_refresh(
-    row: Option<&RefreshRow>,
-    now: i64,
-    refresh_ttl: i64,
-    reuse_grace: i64,
-) -> RefreshDecision {
-    let Some(row) = row else {
-        return RefreshDecision::Invalid("unknown refresh token");
-    };
-    if row.session_revoked_at.is_some() {
-        return RefreshDecision::Invalid("the session has been revoked");
-    }
-    if let Some(used_at) = row.used_at {
-        if reuse_grace > 0 && now.saturating_sub(used_at) <= reuse_grace {
-            return RefreshDecision::Invalid("the refresh token was just used by another request");
-        }
-        return RefreshDecision::Reuse {
-            sid: row.sid.clone(),
-        };
-    }
-    if row.expires_at <= now {
-        return RefreshDecision::Invalid("the refresh token has expired");
-    }
-    if row.session_expires_at <= now {
-        return RefreshDecision::Invalid("the session has reached its maximum lifetime");
-    }
-    RefreshDecision::Rotate {
-        sid: row.sid.clone(),
-        new_expires: now.saturating_add(refresh_ttl).min(row.session_expires_at),
-    }
-}
 
 /// An RFC 6749 §5.1 token response (plus `refresh_expires_in`).
 #[derive(Debug, Serialize)]
@@ -144,8 +97,7 @@ pub async fn login(app: &Arc<App>, code: &str) -> Result<TokenResponse, ApiError
             hash: code_hash.clone(),
         }
     };
-    let hash = code_hash.clone();
-    if app.db(move |store| store.code_used(&hash)).await? {
+    if app.store.code_used(&code_hash).await? {
         return Err(ApiError::InvalidGrant(
             "this login code has already been used".into(),
         ));
@@ -172,13 +124,13 @@ pub async fn login(app: &Arc<App>, code: &str) -> Result<TokenResponse, ApiError
         code_hash,
         new_sub: secrets::random_id("u_"),
         sid: sid.clone(),
-        session_key_sealed: sealed,
+        session_key_sealed: Some(sealed),
         now,
         session_expires,
         refresh_hash,
         refresh_expires,
     };
-    let sub = match app.db(move |store| store.login(&record)).await? {
+    let sub = match app.store.login(&record).await? {
         LoginResult::Created { sub, new_user } => {
             tracing::info!(sub = %sub, sid = %sid, openid = %crate::short_hash(&session.openid), new_user, "login");
             sub
@@ -228,7 +180,7 @@ pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, A
         reuse_grace: crate::config::secs(app.config.refresh_reuse_grace),
         revocation_until: revocation::until(now, app.policy.access_ttl, app.policy.leeway),
     };
-    match app.db(move |store| store.rotate_refresh(&rotate)).await? {
+    match app.store.rotate_refresh(&rotate).await? {
         RotateResult::Rotated {
             session,
             refresh_expires,
@@ -275,16 +227,11 @@ pub async fn authenticate(app: &Arc<App>, authorization: Option<&str>) -> Result
         app.metrics.bearer_rejected(err.reason());
         ApiError::InvalidToken(err.to_string())
     })?;
-    let (jti, sid, sub, iat) = (
-        claims.jti.clone(),
-        claims.sid.clone(),
-        claims.sub.clone(),
-        claims.iat,
-    );
-    if app
-        .db(move |store| store.is_revoked(&jti, &sid, &sub, iat))
-        .await?
-    {
+    let facts = app
+        .store
+        .revocation_facts(&claims.jti, &claims.sid, &claims.sub)
+        .await?;
+    if rules::is_revoked(&facts, claims.iat) {
         app.metrics.bearer_rejected("revoked");
         return Err(ApiError::InvalidToken("the token has been revoked".into()));
     }
@@ -303,9 +250,7 @@ pub async fn revoke(app: &Arc<App>, revoke: Revoke) -> Result<Entry, ApiError> {
         }
         _ => revocation::until(now, app.policy.access_ttl, app.policy.leeway),
     };
-    let entry = app
-        .db(move |store| store.revoke(&revoke, now, until))
-        .await?;
+    let entry = app.store.revoke(&revoke, now, until).await?;
     let kind = match entry.kind {
         weauth_token::revocation::EntryKind::Jti => "jti",
         weauth_token::revocation::EntryKind::Sid => "sid",
@@ -335,10 +280,8 @@ pub struct Profile {
 /// # Errors
 /// `invalid_token` when the session or user is gone; store failures.
 pub async fn profile(app: &Arc<App>, claims: &Claims) -> Result<Profile, ApiError> {
-    let (sid, sub) = (claims.sid.clone(), claims.sub.clone());
-    let (session, user) = app
-        .db(move |store| Ok((store.session(&sid)?, store.user(&sub)?)))
-        .await?;
+    let session = app.store.session(&claims.sid).await?;
+    let user = app.store.user(&claims.sub).await?;
     let (Some(session), Some(user)) = (session, user) else {
         return Err(ApiError::InvalidToken(
             "the token's session no longer exists".into(),
@@ -364,9 +307,9 @@ pub async fn profile(app: &Arc<App>, claims: &Claims) -> Result<Profile, ApiErro
 /// # Errors
 /// `invalid_token` when the session is unknown; 5xx when it does not decrypt.
 pub async fn session_key(app: &Arc<App>, sid: &str) -> Result<Zeroizing<String>, ApiError> {
-    let owned = sid.to_string();
     let sealed = app
-        .db(move |store| store.session_key_sealed(&owned))
+        .store
+        .session_key_sealed(sid)
         .await?
         .ok_or_else(|| ApiError::InvalidToken("the token's session no longer exists".into()))?;
     let bytes = app
@@ -381,92 +324,6 @@ pub async fn session_key(app: &Arc<App>, sid: &str) -> Result<Zeroizing<String>,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(
-        used: Option<i64>,
-        revoked: Option<i64>,
-        expires: i64,
-        session_expires: i64,
-    ) -> RefreshRow {
-        RefreshRow {
-            sid: "s1".into(),
-            expires_at: expires,
-            used_at: used,
-            session_expires_at: session_expires,
-            session_revoked_at: revoked,
-        }
-    }
-
-    #[test]
-    fn decide_refresh_unknown_invalid() {
-        assert!(matches!(
-            decide_refresh(None, 10, 100, 0),
-            RefreshDecision::Invalid(_)
-        ));
-    }
-
-    #[test]
-    fn decide_refresh_fresh_token_rotates_sliding() {
-        assert_eq!(
-            decide_refresh(Some(&row(None, None, 50, 1000)), 10, 100, 0),
-            RefreshDecision::Rotate {
-                sid: "s1".into(),
-                new_expires: 110
-            }
-        );
-    }
-
-    #[test]
-    fn decide_refresh_capped_by_session_end() {
-        assert_eq!(
-            decide_refresh(Some(&row(None, None, 50, 60)), 10, 100, 0),
-            RefreshDecision::Rotate {
-                sid: "s1".into(),
-                new_expires: 60
-            }
-        );
-    }
-
-    #[test]
-    fn decide_refresh_used_token_is_reuse() {
-        assert_eq!(
-            decide_refresh(Some(&row(Some(5), None, 50, 1000)), 10, 100, 0),
-            RefreshDecision::Reuse { sid: "s1".into() }
-        );
-    }
-
-    #[test]
-    fn decide_refresh_used_token_of_revoked_session_invalid_only() {
-        assert!(matches!(
-            decide_refresh(Some(&row(Some(5), Some(6), 50, 1000)), 10, 100, 0),
-            RefreshDecision::Invalid(_)
-        ));
-    }
-
-    #[test]
-    fn decide_refresh_reuse_within_grace_refused_without_revoking() {
-        let used = row(Some(8), None, 50, 1000);
-        assert!(matches!(
-            decide_refresh(Some(&used), 10, 100, 2),
-            RefreshDecision::Invalid(_)
-        ));
-        assert_eq!(
-            decide_refresh(Some(&used), 11, 100, 2),
-            RefreshDecision::Reuse { sid: "s1".into() }
-        );
-    }
-
-    #[test]
-    fn decide_refresh_expired_invalid() {
-        assert!(matches!(
-            decide_refresh(Some(&row(None, None, 10, 1000)), 10, 100, 0),
-            RefreshDecision::Invalid(_)
-        ));
-        assert!(matches!(
-            decide_refresh(Some(&row(None, None, 50, 10)), 10, 100, 0),
-            RefreshDecision::Invalid(_)
-        ));
-    }
 
     #[test]
     fn valid_code_shape() {

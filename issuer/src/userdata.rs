@@ -197,9 +197,9 @@ async fn phone_inner(app: &Arc<App>, claims: &Claims, code: &str) -> Result<Phon
         CallError::Api(api) => phone_error(api),
     })?;
     let sealed = seal_phone(app, &claims.sub, &info.phone_number)?;
-    let (sub, at) = (claims.sub.clone(), now());
     let stored = app
-        .db(move |store| store.set_phone(&sub, Some(&sealed), at))
+        .store
+        .set_phone(&claims.sub, Some(&sealed), now())
         .await?;
     if !stored {
         return Err(ApiError::InvalidToken(

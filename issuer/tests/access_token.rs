@@ -81,7 +81,7 @@ async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
 }
 
 /// Writes `token` to the store as another replica would.
-fn put(app: &App, token: &str, expires_at: i64, refresh_at: i64, holder: &str) {
+async fn put(app: &App, token: &str, expires_at: i64, refresh_at: i64, holder: &str) {
     let record = CachedToken {
         sealed: app
             .data_key
@@ -91,7 +91,10 @@ fn put(app: &App, token: &str, expires_at: i64, refresh_at: i64, holder: &str) {
         expires_at,
         refresh_at,
     };
-    app.store.put_wechat_token(APPID, &record, holder).unwrap();
+    app.store
+        .put_wechat_token(APPID, &record, holder)
+        .await
+        .unwrap();
 }
 
 fn metrics(app: &App) -> String {
@@ -115,7 +118,7 @@ async fn get_concurrent_callers_one_fetch_same_token() {
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "T1");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
-    let cached = app.store.wechat_token(APPID).unwrap().unwrap();
+    let cached = app.store.wechat_token(APPID).await.unwrap().unwrap();
     let at = now();
     assert!((cached.expires_at - at - 7200).abs() <= 2);
     assert!((cached.refresh_at - at - 6900).abs() <= 2);
@@ -126,7 +129,7 @@ async fn get_due_token_refreshed_ahead_of_expiry() {
     let dir = common::TempDir::new("at");
     let (app, fake) = app(&dir).await;
     let at = now();
-    put(&app, "OLD", at + 200, at - 1, "other");
+    put(&app, "OLD", at + 200, at - 1, "other").await;
     assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "T1");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     assert!(metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"ok\"} 1"));
@@ -137,7 +140,7 @@ async fn get_refresh_fails_still_valid_token_kept() {
     let dir = common::TempDir::new("at");
     let (app, fake) = app(&dir).await;
     let at = now();
-    put(&app, "OLD", at + 200, at - 1, "other");
+    put(&app, "OLD", at + 200, at - 1, "other").await;
     fake.down.store(true, Ordering::SeqCst);
     assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "OLD");
     assert!(metrics(&app)
@@ -146,6 +149,7 @@ async fn get_refresh_fails_still_valid_token_kept() {
     assert!(app
         .store
         .lease_wechat_token(APPID, "probe", now(), now() + 5)
+        .await
         .unwrap());
 }
 
@@ -167,10 +171,11 @@ async fn get_other_holder_refreshing_due_token_still_used() {
     let dir = common::TempDir::new("at");
     let (app, fake) = app(&dir).await;
     let at = now();
-    put(&app, "OLD", at + 200, at - 1, "other");
+    put(&app, "OLD", at + 200, at - 1, "other").await;
     assert!(app
         .store
         .lease_wechat_token(APPID, "other", at, at + 60)
+        .await
         .unwrap());
     assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "OLD");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
@@ -184,6 +189,7 @@ async fn get_other_holder_fetching_no_token_waits_for_its_write() {
     assert!(app
         .store
         .lease_wechat_token(APPID, "other", at, at + 60)
+        .await
         .unwrap());
     let waiter = {
         let app = app.clone();
@@ -191,7 +197,7 @@ async fn get_other_holder_fetching_no_token_waits_for_its_write() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished());
-    put(&app, "THEIRS", at + 7200, at + 6900, "other");
+    put(&app, "THEIRS", at + 7200, at + 6900, "other").await;
     assert_eq!(waiter.await.unwrap(), "THEIRS");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
 }
@@ -201,7 +207,7 @@ async fn get_refused_token_never_returned_again() {
     let dir = common::TempDir::new("at");
     let (app, fake) = app(&dir).await;
     let at = now();
-    put(&app, "BAD", at + 7200, at + 6900, "other");
+    put(&app, "BAD", at + 7200, at + 6900, "other").await;
     assert_eq!(
         access_token::get(&app, Some("BAD")).await.unwrap().as_str(),
         "T1"

@@ -1,28 +1,67 @@
-//! Persistent state behind the [`Store`] trait: users, login sessions, refresh tokens,
-//! revocation entries and signing keys.
+//! Persistent state behind the async [`Store`] trait: users, login sessions, refresh tokens,
+//! revocation entries, signing keys and the shared WeChat app token.
 //!
-//! The trait is synchronous and object-safe; the application calls it off the async threads
-//! (`tokio::task::spawn_blocking`, see `App::db`). Every operation that changes more than one
-//! row is one transaction in the implementation, so a failure leaves nothing half-written.
-//! [`sqlite::SqliteStore`] is the embedded implementation; a Redis one for several replicas
-//! would implement the same trait.
+//! Storage is a boundary, not a home for rules: the domain decides ([`crate::rules`]: the
+//! refresh verdict, user linking, what a `sub` revocation covers, whether a token is revoked,
+//! the purge watermark; [`crate::revocation`]: feed paging and `full`), and a store offers
+//! atomic primitives and keeps what was decided. Every operation that changes more than one
+//! record is atomic in the implementation, so a failure leaves nothing half-written.
+//!
+//! The trait is async and object-safe through `async_trait` (boxed futures): the application
+//! holds an `Arc<dyn Store>` chosen at start from `WEAUTH_STORE`, and native async functions in
+//! traits are not object-safe, while hand-written `Pin<Box<dyn Future>>` signatures would say
+//! the same thing at three times the length. One allocation per call is nothing next to a
+//! store round trip. A blocking backend ([`sqlite::SqliteStore`]) runs its work on tokio's
+//! blocking pool inside its own methods; callers just `.await`.
+//!
+//! [`contract`] is the one test suite every backend's tests call.
 
+#[cfg(test)]
+pub mod contract;
 pub mod sqlite;
 
-use weauth_token::revocation::{Entry, FeedResponse};
+use async_trait::async_trait;
+use weauth_token::revocation::Entry;
 
-/// A store failure.
+pub use crate::rules::RefreshRow;
+
+/// The underlying error of a store failure, kept as the source.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A store failure. Each variant keeps the backend's error as its `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database is locked by another writer for longer than the busy timeout.
-    #[error("database busy: {0}")]
-    Busy(String),
-    #[error("database error: {0}")]
-    Db(String),
+    /// The store is locked by another writer for longer than the busy timeout (retry later).
+    #[error("store busy: {0}")]
+    Busy(#[source] Source),
+    /// The store cannot be reached right now (connection lost, failover in progress).
+    #[error("store unreachable: {0}")]
+    Unavailable(#[source] Source),
+    /// Any other backend failure.
+    #[error("store error: {0}")]
+    Backend(#[source] Source),
+    /// Stored data the issuer cannot read back.
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
-    #[error("cannot open the store at {path}: {reason}")]
-    Open { path: String, reason: String },
+    /// The store could not be opened at start.
+    #[error("cannot open the store at {target}: {source}")]
+    Open {
+        target: String,
+        #[source]
+        source: Source,
+    },
+}
+
+impl StoreError {
+    /// A backend failure from a message (no underlying error value).
+    pub fn backend(message: impl Into<String>) -> StoreError {
+        StoreError::Backend(message.into().into())
+    }
+
+    /// Whether retrying later may succeed (answered 503 with `Retry-After`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Busy(_) | StoreError::Unavailable(_))
+    }
 }
 
 /// A stored signing key (material sealed with the data key).
@@ -46,8 +85,9 @@ pub struct NewLogin {
     /// Used when the user is new.
     pub new_sub: String,
     pub sid: String,
-    /// `session_key` sealed with the data key under `session_key:<sid>`.
-    pub session_key_sealed: Vec<u8>,
+    /// `session_key` sealed with the data key under `session_key:<sid>`; `None` for a login
+    /// that yields no `session_key` (web OAuth2).
+    pub session_key_sealed: Option<Vec<u8>>,
     pub now: i64,
     /// Absolute end of the session (now + session max).
     pub session_expires: i64,
@@ -84,17 +124,6 @@ pub struct UserRecord {
     pub unionid: Option<String>,
     pub phone: Option<String>,
     pub created_at: i64,
-}
-
-/// What the store knows about a presented refresh token, read inside the rotation
-/// transaction and judged by [`crate::sessions::decide_refresh`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefreshRow {
-    pub sid: String,
-    pub expires_at: i64,
-    pub used_at: Option<i64>,
-    pub session_expires_at: i64,
-    pub session_revoked_at: Option<i64>,
 }
 
 /// A rotation request.
@@ -158,43 +187,61 @@ pub struct Purged {
     pub refresh_tokens: usize,
 }
 
-/// The persistence the issuer needs. Implementations must be safe to share between threads
-/// and between processes using the same backing store (several replicas).
+/// A snapshot of the feed's state for [`crate::revocation::read`]: taken in one atomic read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedSnapshot {
+    /// The highest seq ever assigned (never decreases, survives purges and restarts).
+    pub current: u64,
+    /// Every entry with `seq <= purged_through` may have been purged.
+    pub purged_through: u64,
+    /// Live entries (`until >= now`) with `seq > after`, in seq order, at most `limit`.
+    pub entries: Vec<Entry>,
+}
+
+/// The persistence the issuer needs. Implementations must be safe to share between tasks and
+/// between processes using the same backing store (several replicas). Semantics are fixed by
+/// the contract suite ([`contract`]), not by any one backend.
+#[async_trait]
 pub trait Store: Send + Sync {
     /// Cheap reachability check (readiness).
-    fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
 
-    /// All stored signing keys.
-    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Inserts a key. With `only_if_none_active_at = Some(now)`, inserts only when no key is
-    /// active at `now` (first start of several replicas at once); returns whether it inserted.
-    fn insert_key(
+    /// All stored signing keys, ordered by `activate_at`, then kid.
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Inserts a key (a kid already present is left alone: returns false). With
+    /// `only_if_none_active_at = Some(now)`, inserts only when no key is active at `now` (first
+    /// start of several replicas at once); returns whether it inserted.
+    async fn insert_key(
         &self,
         key: &KeyRecord,
         only_if_none_active_at: Option<i64>,
     ) -> Result<bool, StoreError>;
     /// Deletes keys by kid.
-    fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError>;
+    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError>;
 
     /// Whether a session was already made from this code.
-    fn code_used(&self, code_hash: &str) -> Result<bool, StoreError>;
-    /// User upsert (linked by unionid when present, else by appid+openid), session and first
-    /// refresh token, in one transaction.
-    fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError>;
+    async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError>;
+    /// In one atomic unit: refuses a used code; finds the [`crate::rules::LinkCandidates`],
+    /// links with [`crate::rules::link_user`] and writes what it decided (user, identity,
+    /// unionid), the session and its first refresh token.
+    async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError>;
 
-    /// Single-use rotation with reuse detection, in one transaction.
-    fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError>;
+    /// Single-use rotation with reuse detection: reads the [`RefreshRow`], judges it with
+    /// [`crate::rules::decide_refresh`] and applies the verdict atomically (a rotation consumes
+    /// the token only if still unused; a reuse ends the session and writes a `sid` entry).
+    async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError>;
 
     /// A session by id.
-    fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError>;
-    /// The sealed `session_key` of a session (open with `sessions::session_key`).
-    fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// The sealed `session_key` of a session (open with `sessions::session_key`); `None` when
+    /// the session is unknown or has none.
+    async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// A user by id.
-    fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError>;
 
     /// Stores the user's phone number (sealed, base64 text; `None` clears it). Returns false
     /// when the user does not exist.
-    fn set_phone(
+    async fn set_phone(
         &self,
         sub: &str,
         sealed_phone: Option<&str>,
@@ -202,39 +249,55 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// The cached WeChat app access token of `appid`.
-    fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError>;
+    async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError>;
     /// Takes the refresh lease of `appid` for `holder` until `lease_until`, unless another
     /// holder's lease is still live at `now`. Returns whether `holder` now holds it.
-    fn lease_wechat_token(
+    async fn lease_wechat_token(
         &self,
         appid: &str,
         holder: &str,
         now: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError>;
-    /// Stores a freshly fetched token and releases `holder`'s lease, in one transaction.
-    fn put_wechat_token(
+    /// Stores a freshly fetched token and releases `holder`'s lease, atomically.
+    async fn put_wechat_token(
         &self,
         appid: &str,
         token: &CachedToken,
         holder: &str,
     ) -> Result<(), StoreError>;
     /// Releases `holder`'s lease (after a failed fetch).
-    fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError>;
+    async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError>;
     /// Forgets the cached token if it is still the one whose hash is `token_hash` (a newer one
     /// written by another replica is kept). Returns whether it was removed.
-    fn invalidate_wechat_token(&self, appid: &str, token_hash: &str) -> Result<bool, StoreError>;
+    async fn invalidate_wechat_token(
+        &self,
+        appid: &str,
+        token_hash: &str,
+    ) -> Result<bool, StoreError>;
 
-    /// Records a revocation (and ends the sessions it covers), returning the entry.
-    fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError>;
-    /// Whether a token with these claims is revoked.
-    fn is_revoked(&self, jti: &str, sid: &str, sub: &str, iat: i64) -> Result<bool, StoreError>;
-    /// The feed answer for `since` at `now` (see `docs/INTERFACES.md`), with at most `limit`
-    /// entries: when there are more, `seq` is the last entry's, so `since=seq` continues.
-    fn feed(&self, since: u64, now: i64, limit: usize) -> Result<FeedResponse, StoreError>;
-    /// The highest revocation seq ever assigned (0 when none).
-    fn current_seq(&self) -> Result<u64, StoreError>;
-    /// Deletes expired revocations (advancing the watermark), ended sessions and expired
-    /// refresh tokens.
-    fn purge(&self, now: i64) -> Result<Purged, StoreError>;
+    /// Records a revocation with the next seq and, atomically, ends the sessions it covers (a
+    /// `sid`: that session; a `sub`: the sessions [`crate::rules::sub_revocation_covers`]).
+    async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError>;
+    /// The facts [`crate::rules::is_revoked`] judges, for a token with these claims.
+    async fn revocation_facts(
+        &self,
+        jti: &str,
+        sid: &str,
+        sub: &str,
+    ) -> Result<crate::rules::RevocationFacts, StoreError>;
+    /// Current seq, purge watermark and up to `limit` live entries after `after`, from one
+    /// consistent read.
+    async fn feed_snapshot(
+        &self,
+        after: u64,
+        now: i64,
+        limit: usize,
+    ) -> Result<FeedSnapshot, StoreError>;
+    /// The highest revocation seq ever assigned (at least 1 on a fresh store, see
+    /// `docs/INTERFACES.md`).
+    async fn current_seq(&self) -> Result<u64, StoreError>;
+    /// Deletes expired revocations (advancing the watermark with
+    /// [`crate::rules::next_watermark`]), ended sessions and expired refresh tokens.
+    async fn purge(&self, now: i64) -> Result<Purged, StoreError>;
 }

@@ -2,28 +2,35 @@
 //!
 //! WAL journal, `synchronous=FULL` (a committed login or revocation survives power loss), a
 //! busy timeout so several processes may share the file, and `BEGIN IMMEDIATE` for every
-//! read-modify-write so two writers (threads or replicas) serialize instead of racing.
+//! read-modify-write so two writers (threads or processes) serialize instead of racing.
 //! Revocation `seq` is an `AUTOINCREMENT` rowid: never reused, never decreasing, across
 //! restarts and purges (SQLite keeps the high-water mark in `sqlite_sequence`).
 //!
-//! One connection behind a mutex: callers are already off the async threads, and the work per
-//! call is small.
+//! The schema is versioned: [`MIGRATIONS`] are applied in order from the file's `user_version`
+//! (each in its own transaction, re-checked under the write lock so two processes starting
+//! together migrate once); a file written by a newer issuer is refused at start.
+//!
+//! The decisions (refresh verdict, user linking, `sub` coverage, revocation facts, watermark)
+//! come from [`crate::rules`]; this module finds the facts inside a transaction and writes the
+//! outcome. One connection behind a mutex, used from tokio's blocking pool: every async method
+//! hands its work to [`SqliteStore::run`], so callers never block the async threads.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
-use weauth_token::revocation::{Entry, EntryKind, FeedResponse};
+use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    CachedToken, KeyRecord, LoginResult, NewLogin, Purged, RefreshRow, Revoke, Rotate,
+    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, Rotate,
     RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
-use crate::revocation::feed_is_full;
-use crate::sessions::{decide_refresh, RefreshDecision};
+use crate::rules::{self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts};
 
-const SCHEMA: &str = r#"
+/// Schema version 1: the original tables.
+const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS users (
     sub        TEXT PRIMARY KEY,
     unionid    TEXT UNIQUE,
@@ -88,12 +95,66 @@ CREATE TABLE IF NOT EXISTS wechat_tokens (
     lease_holder TEXT,
     lease_until  INTEGER NOT NULL DEFAULT 0
 );
-PRAGMA user_version = 1;
 "#;
 
-/// The SQLite implementation of [`Store`].
+/// Schema version 2: a session may have no `session_key` (web OAuth2 logins). SQLite cannot
+/// drop a NOT NULL constraint in place, so the table is rebuilt.
+const V2: &str = r#"
+CREATE TABLE sessions_v2 (
+    sid         TEXT PRIMARY KEY,
+    sub         TEXT NOT NULL,
+    appid       TEXT NOT NULL,
+    openid      TEXT NOT NULL,
+    unionid     TEXT,
+    code_hash   TEXT NOT NULL UNIQUE,
+    session_key BLOB,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+INSERT INTO sessions_v2 (sid, sub, appid, openid, unionid, code_hash, session_key, created_at, expires_at, revoked_at)
+    SELECT sid, sub, appid, openid, unionid, code_hash, session_key, created_at, expires_at, revoked_at FROM sessions;
+DROP TABLE sessions;
+ALTER TABLE sessions_v2 RENAME TO sessions;
+CREATE INDEX sessions_sub ON sessions (sub);
+"#;
+
+/// The migrations, in order: the schema version of a file is the number of them applied
+/// (`PRAGMA user_version`). Append only; never edit a published one.
+pub const MIGRATIONS: &[&str] = &[V1, V2];
+
+/// Applies the migrations the file lacks; refuses a file from a newer issuer.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let latest = MIGRATIONS.len();
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|err| err.to_string())?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|err| err.to_string())?;
+        let version = usize::try_from(version).unwrap_or(0);
+        if version > latest {
+            return Err(format!(
+                "the database has schema version {version}, written by a newer weauth-issuer; this one knows up to {latest}"
+            ));
+        }
+        if version > index {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .map_err(|err| format!("migration to schema version {}: {err}", index + 1))?;
+        tx.pragma_update(None, "user_version", index + 1)
+            .map_err(|err| err.to_string())?;
+        tx.commit().map_err(|err| err.to_string())?;
+    }
+    Ok(())
+}
+
+/// The SQLite implementation of [`Store`]. Cheap to clone (one shared connection).
+#[derive(Clone)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
 }
 
 fn db_err(err: rusqlite::Error) -> StoreError {
@@ -101,9 +162,9 @@ fn db_err(err: rusqlite::Error) -> StoreError {
         rusqlite::Error::SqliteFailure(e, _)
             if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
         {
-            StoreError::Busy(err.to_string())
+            StoreError::Busy(Box::new(err))
         }
-        _ => StoreError::Db(err.to_string()),
+        _ => StoreError::Backend(Box::new(err)),
     }
 }
 
@@ -177,8 +238,8 @@ impl SqliteStore {
     /// [`StoreError::Open`] naming the path.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let fail = |reason: String| StoreError::Open {
-            path: path.display().to_string(),
-            reason,
+            target: path.display().to_string(),
+            source: reason.into(),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|err| fail(err.to_string()))?;
@@ -194,8 +255,8 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
             .map_err(|err| fail(err.to_string()))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|err| fail(err.to_string()))?;
+        let mut conn = conn;
+        migrate(&mut conn).map_err(fail)?;
         // The feed's sequence starts at 1, not 0: `since=0` always means "send the full set",
         // so a consumer of a store that never revoked anything gets `seq: 1` and can long-poll
         // with `since=1` from its first answer on, instead of polling.
@@ -206,26 +267,182 @@ impl SqliteStore {
         )
         .map_err(|err| fail(err.to_string()))?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.conn
-            .lock()
-            .map_err(|_| StoreError::Db("connection mutex poisoned".into()))
+    /// Runs `op` on the connection in tokio's blocking pool.
+    async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::backend("the SQLite connection mutex is poisoned"))?;
+            op(&mut guard)
+        })
+        .await
+        .map_err(|err| StoreError::Backend(Box::new(err)))?
     }
 }
 
+#[async_trait]
 impl Store for SqliteStore {
-    fn ping(&self) -> Result<(), StoreError> {
-        self.conn()?
-            .query_row("SELECT 1", [], |_| Ok(()))
-            .map_err(db_err)
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(ops::ping).await
     }
 
-    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let conn = self.conn()?;
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.run(ops::keys).await
+    }
+
+    async fn insert_key(
+        &self,
+        key: &KeyRecord,
+        only_if_none_active_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.run(move |c| ops::insert_key(c, &key, only_if_none_active_at))
+            .await
+    }
+
+    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError> {
+        let kids = kids.to_vec();
+        self.run(move |c| ops::delete_keys(c, &kids)).await
+    }
+
+    async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {
+        let code_hash = code_hash.to_string();
+        self.run(move |c| ops::code_used(c, &code_hash)).await
+    }
+
+    async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError> {
+        let login = login.clone();
+        self.run(move |c| ops::login(c, &login)).await
+    }
+
+    async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
+        let rotate = rotate.clone();
+        self.run(move |c| ops::rotate_refresh(c, &rotate)).await
+    }
+
+    async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sid = sid.to_string();
+        self.run(move |c| ops::session(c, &sid)).await
+    }
+
+    async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sid = sid.to_string();
+        self.run(move |c| ops::session_key_sealed(c, &sid)).await
+    }
+
+    async fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
+        let sub = sub.to_string();
+        self.run(move |c| ops::user(c, &sub)).await
+    }
+
+    async fn set_phone(
+        &self,
+        sub: &str,
+        sealed_phone: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (sub, phone) = (sub.to_string(), sealed_phone.map(String::from));
+        self.run(move |c| ops::set_phone(c, &sub, phone.as_deref(), now))
+            .await
+    }
+
+    async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
+        let appid = appid.to_string();
+        self.run(move |c| ops::wechat_token(c, &appid)).await
+    }
+
+    async fn lease_wechat_token(
+        &self,
+        appid: &str,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let (appid, holder) = (appid.to_string(), holder.to_string());
+        self.run(move |c| ops::lease_wechat_token(c, &appid, &holder, now, lease_until))
+            .await
+    }
+
+    async fn put_wechat_token(
+        &self,
+        appid: &str,
+        token: &CachedToken,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let (appid, token, holder) = (appid.to_string(), token.clone(), holder.to_string());
+        self.run(move |c| ops::put_wechat_token(c, &appid, &token, &holder))
+            .await
+    }
+
+    async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
+        let (appid, holder) = (appid.to_string(), holder.to_string());
+        self.run(move |c| ops::release_wechat_lease(c, &appid, &holder))
+            .await
+    }
+
+    async fn invalidate_wechat_token(
+        &self,
+        appid: &str,
+        token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let (appid, hash) = (appid.to_string(), token_hash.to_string());
+        self.run(move |c| ops::invalidate_wechat_token(c, &appid, &hash))
+            .await
+    }
+
+    async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError> {
+        let revoke = revoke.clone();
+        self.run(move |c| ops::revoke(c, &revoke, now, until)).await
+    }
+
+    async fn revocation_facts(
+        &self,
+        jti: &str,
+        sid: &str,
+        sub: &str,
+    ) -> Result<RevocationFacts, StoreError> {
+        let (jti, sid, sub) = (jti.to_string(), sid.to_string(), sub.to_string());
+        self.run(move |c| ops::revocation_facts(c, &jti, &sid, &sub))
+            .await
+    }
+
+    async fn feed_snapshot(
+        &self,
+        after: u64,
+        now: i64,
+        limit: usize,
+    ) -> Result<FeedSnapshot, StoreError> {
+        self.run(move |c| ops::feed_snapshot(c, after, now, limit))
+            .await
+    }
+
+    async fn current_seq(&self) -> Result<u64, StoreError> {
+        self.run(ops::current_seq).await
+    }
+
+    async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
+        self.run(move |c| ops::purge(c, now)).await
+    }
+}
+
+/// The blocking operations, one per trait method, each on the locked connection.
+mod ops {
+    use super::*;
+
+    pub(super) fn ping(conn: &mut Connection) -> Result<(), StoreError> {
+        conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)
+    }
+
+    pub(super) fn keys(conn: &mut Connection) -> Result<Vec<KeyRecord>, StoreError> {
         let mut stmt = conn
             .prepare_cached("SELECT kid, alg, sealed, created_at, activate_at FROM signing_keys ORDER BY activate_at, kid")
             .map_err(db_err)?;
@@ -243,12 +460,11 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
     }
 
-    fn insert_key(
-        &self,
+    pub(super) fn insert_key(
+        conn: &mut Connection,
         key: &KeyRecord,
         only_if_none_active_at: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -274,8 +490,7 @@ impl Store for SqliteStore {
         Ok(inserted == 1)
     }
 
-    fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
+    pub(super) fn delete_keys(conn: &mut Connection, kids: &[String]) -> Result<(), StoreError> {
         let tx = conn.transaction().map_err(db_err)?;
         for kid in kids {
             tx.execute("DELETE FROM signing_keys WHERE kid = ?1", [kid])
@@ -284,18 +499,19 @@ impl Store for SqliteStore {
         tx.commit().map_err(db_err)
     }
 
-    fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {
-        self.conn()?
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sessions WHERE code_hash = ?1)",
-                [code_hash],
-                |row| row.get(0),
-            )
-            .map_err(db_err)
+    pub(super) fn code_used(conn: &mut Connection, code_hash: &str) -> Result<bool, StoreError> {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sessions WHERE code_hash = ?1)",
+            [code_hash],
+            |row| row.get(0),
+        )
+        .map_err(db_err)
     }
 
-    fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError> {
-        let mut conn = self.conn()?;
+    pub(super) fn login(
+        conn: &mut Connection,
+        login: &NewLogin,
+    ) -> Result<LoginResult, StoreError> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -309,65 +525,63 @@ impl Store for SqliteStore {
         if used {
             return Ok(LoginResult::CodeAlreadyUsed);
         }
-        let by_identity: Option<String> = tx
+        let by_identity = tx
             .query_row(
-                "SELECT sub FROM identities WHERE appid = ?1 AND openid = ?2",
+                "SELECT u.sub, u.unionid FROM identities i JOIN users u ON u.sub = i.sub \
+                 WHERE i.appid = ?1 AND i.openid = ?2",
                 params![login.appid, login.openid],
-                |row| row.get(0),
+                |row| {
+                    Ok(FoundUser {
+                        sub: row.get(0)?,
+                        unionid: row.get(1)?,
+                    })
+                },
             )
             .optional()
             .map_err(db_err)?;
-        let (sub, new_user) = match by_identity {
-            Some(sub) => {
-                if let Some(unionid) = &login.unionid {
-                    // Link the unionid the first time WeChat reveals it, unless another user
-                    // already carries it.
-                    tx.execute(
-                        "UPDATE users SET unionid = ?1, updated_at = ?3 WHERE sub = ?2 AND unionid IS NULL \
-                         AND NOT EXISTS (SELECT 1 FROM users WHERE unionid = ?1)",
-                        params![unionid, sub, login.now],
-                    )
-                    .map_err(db_err)?;
-                }
-                (sub, false)
-            }
-            None => {
-                let by_union: Option<String> = match &login.unionid {
-                    Some(unionid) => tx
-                        .query_row(
-                            "SELECT sub FROM users WHERE unionid = ?1",
-                            [unionid],
-                            |row| row.get(0),
-                        )
-                        .optional()
-                        .map_err(db_err)?,
-                    None => None,
-                };
-                let (sub, new_user) = match by_union {
-                    Some(sub) => (sub, false),
-                    None => {
-                        tx.execute(
-                            "INSERT INTO users (sub, unionid, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-                            params![login.new_sub, login.unionid, login.now],
-                        )
-                        .map_err(db_err)?;
-                        (login.new_sub.clone(), true)
-                    }
-                };
-                tx.execute(
-                    "INSERT INTO identities (appid, openid, sub, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![login.appid, login.openid, sub, login.now],
+        let by_unionid: Option<String> = match &login.unionid {
+            Some(unionid) => tx
+                .query_row(
+                    "SELECT sub FROM users WHERE unionid = ?1",
+                    [unionid],
+                    |row| row.get(0),
                 )
-                .map_err(db_err)?;
-                (sub, new_user)
-            }
+                .optional()
+                .map_err(db_err)?,
+            None => None,
         };
+        let candidates = LinkCandidates {
+            by_identity,
+            by_unionid,
+        };
+        let link = rules::link_user(&candidates, login.unionid.as_deref(), &login.new_sub);
+        if link.create_user {
+            tx.execute(
+                "INSERT INTO users (sub, unionid, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                params![link.sub, login.unionid, login.now],
+            )
+            .map_err(db_err)?;
+        }
+        if link.attach_unionid {
+            tx.execute(
+                "UPDATE users SET unionid = ?1, updated_at = ?3 WHERE sub = ?2",
+                params![login.unionid, link.sub, login.now],
+            )
+            .map_err(db_err)?;
+        }
+        if link.create_identity {
+            tx.execute(
+                "INSERT INTO identities (appid, openid, sub, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![login.appid, login.openid, link.sub, login.now],
+            )
+            .map_err(db_err)?;
+        }
         tx.execute(
             "INSERT INTO sessions (sid, sub, appid, openid, unionid, code_hash, session_key, created_at, expires_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 login.sid,
-                sub,
+                link.sub,
                 login.appid,
                 login.openid,
                 login.unionid,
@@ -384,11 +598,16 @@ impl Store for SqliteStore {
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(LoginResult::Created { sub, new_user })
+        Ok(LoginResult::Created {
+            sub: link.sub,
+            new_user: link.create_user,
+        })
     }
 
-    fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
-        let mut conn = self.conn()?;
+    pub(super) fn rotate_refresh(
+        conn: &mut Connection,
+        rotate: &Rotate,
+    ) -> Result<RotateResult, StoreError> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -409,7 +628,7 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(db_err)?;
-        match decide_refresh(
+        match rules::decide_refresh(
             row.as_ref(),
             rotate.now,
             rotate.refresh_ttl,
@@ -466,54 +685,57 @@ impl Store for SqliteStore {
         }
     }
 
-    fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.conn()?
-            .query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE sid = ?1"),
-                [sid],
-                session_from_row,
-            )
-            .optional()
-            .map_err(db_err)
+    pub(super) fn session(
+        conn: &mut Connection,
+        sid: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        conn.query_row(
+            &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE sid = ?1"),
+            [sid],
+            session_from_row,
+        )
+        .optional()
+        .map_err(db_err)
     }
 
-    fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.conn()?
-            .query_row(
-                "SELECT session_key FROM sessions WHERE sid = ?1",
-                [sid],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db_err)
+    pub(super) fn session_key_sealed(
+        conn: &mut Connection,
+        sid: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        conn.query_row(
+            "SELECT session_key FROM sessions WHERE sid = ?1",
+            [sid],
+            |row| row.get::<_, Option<Vec<u8>>>(0),
+        )
+        .optional()
+        .map(Option::flatten)
+        .map_err(db_err)
     }
 
-    fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.conn()?
-            .query_row(
-                "SELECT sub, unionid, phone, created_at FROM users WHERE sub = ?1",
-                [sub],
-                |row| {
-                    Ok(UserRecord {
-                        sub: row.get(0)?,
-                        unionid: row.get(1)?,
-                        phone: row.get(2)?,
-                        created_at: row.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(db_err)
+    pub(super) fn user(conn: &mut Connection, sub: &str) -> Result<Option<UserRecord>, StoreError> {
+        conn.query_row(
+            "SELECT sub, unionid, phone, created_at FROM users WHERE sub = ?1",
+            [sub],
+            |row| {
+                Ok(UserRecord {
+                    sub: row.get(0)?,
+                    unionid: row.get(1)?,
+                    phone: row.get(2)?,
+                    created_at: row.get(3)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(db_err)
     }
 
-    fn set_phone(
-        &self,
+    pub(super) fn set_phone(
+        conn: &mut Connection,
         sub: &str,
         sealed_phone: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let changed = self
-            .conn()?
+        let changed = conn
             .execute(
                 "UPDATE users SET phone = ?2, updated_at = ?3 WHERE sub = ?1",
                 params![sub, sealed_phone, now],
@@ -522,33 +744,34 @@ impl Store for SqliteStore {
         Ok(changed > 0)
     }
 
-    fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
-        self.conn()?
-            .query_row(
-                "SELECT sealed, hash, expires_at, refresh_at FROM wechat_tokens \
+    pub(super) fn wechat_token(
+        conn: &mut Connection,
+        appid: &str,
+    ) -> Result<Option<CachedToken>, StoreError> {
+        conn.query_row(
+            "SELECT sealed, hash, expires_at, refresh_at FROM wechat_tokens \
                  WHERE appid = ?1 AND sealed IS NOT NULL AND hash IS NOT NULL",
-                [appid],
-                |row| {
-                    Ok(CachedToken {
-                        sealed: row.get(0)?,
-                        hash: row.get(1)?,
-                        expires_at: row.get(2)?,
-                        refresh_at: row.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(db_err)
+            [appid],
+            |row| {
+                Ok(CachedToken {
+                    sealed: row.get(0)?,
+                    hash: row.get(1)?,
+                    expires_at: row.get(2)?,
+                    refresh_at: row.get(3)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(db_err)
     }
 
-    fn lease_wechat_token(
-        &self,
+    pub(super) fn lease_wechat_token(
+        conn: &mut Connection,
         appid: &str,
         holder: &str,
         now: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -568,47 +791,52 @@ impl Store for SqliteStore {
         Ok(taken > 0)
     }
 
-    fn put_wechat_token(
-        &self,
+    pub(super) fn put_wechat_token(
+        conn: &mut Connection,
         appid: &str,
         token: &CachedToken,
         holder: &str,
     ) -> Result<(), StoreError> {
-        self.conn()?
-            .execute(
-                "INSERT INTO wechat_tokens (appid, sealed, hash, expires_at, refresh_at) \
+        conn.execute(
+            "INSERT INTO wechat_tokens (appid, sealed, hash, expires_at, refresh_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT (appid) DO UPDATE SET sealed = ?2, hash = ?3, expires_at = ?4, \
                  refresh_at = ?5, \
                  lease_holder = CASE WHEN lease_holder = ?6 THEN NULL ELSE lease_holder END, \
                  lease_until = CASE WHEN lease_holder = ?6 THEN 0 ELSE lease_until END",
-                params![
-                    appid,
-                    token.sealed,
-                    token.hash,
-                    token.expires_at,
-                    token.refresh_at,
-                    holder
-                ],
-            )
-            .map_err(db_err)?;
+            params![
+                appid,
+                token.sealed,
+                token.hash,
+                token.expires_at,
+                token.refresh_at,
+                holder
+            ],
+        )
+        .map_err(db_err)?;
         Ok(())
     }
 
-    fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
-        self.conn()?
-            .execute(
-                "UPDATE wechat_tokens SET lease_holder = NULL, lease_until = 0 \
+    pub(super) fn release_wechat_lease(
+        conn: &mut Connection,
+        appid: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        conn.execute(
+            "UPDATE wechat_tokens SET lease_holder = NULL, lease_until = 0 \
                  WHERE appid = ?1 AND lease_holder = ?2",
-                params![appid, holder],
-            )
-            .map_err(db_err)?;
+            params![appid, holder],
+        )
+        .map_err(db_err)?;
         Ok(())
     }
 
-    fn invalidate_wechat_token(&self, appid: &str, token_hash: &str) -> Result<bool, StoreError> {
-        let changed = self
-            .conn()?
+    pub(super) fn invalidate_wechat_token(
+        conn: &mut Connection,
+        appid: &str,
+        token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = conn
             .execute(
                 "UPDATE wechat_tokens SET sealed = NULL, hash = NULL, expires_at = 0, refresh_at = 0 \
                  WHERE appid = ?1 AND hash = ?2",
@@ -618,8 +846,12 @@ impl Store for SqliteStore {
         Ok(changed > 0)
     }
 
-    fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError> {
-        let mut conn = self.conn()?;
+    pub(super) fn revoke(
+        conn: &mut Connection,
+        revoke: &Revoke,
+        now: i64,
+        until: i64,
+    ) -> Result<Entry, StoreError> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -634,11 +866,26 @@ impl Store for SqliteStore {
                 insert_revocation(&tx, EntryKind::Sid, sid, None, until, now)?
             }
             Revoke::Sub { sub, issued_before } => {
-                tx.execute(
-                    "UPDATE sessions SET revoked_at = ?3 WHERE sub = ?1 AND created_at < ?2 AND revoked_at IS NULL",
-                    params![sub, issued_before, now],
-                )
-                .map_err(db_err)?;
+                let live: Vec<(String, i64)> = {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT sid, created_at FROM sessions WHERE sub = ?1 AND revoked_at IS NULL",
+                        )
+                        .map_err(db_err)?;
+                    let rows = stmt
+                        .query_map([sub], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .map_err(db_err)?;
+                    rows.collect::<Result<_, _>>().map_err(db_err)?
+                };
+                for (sid, created_at) in live {
+                    if rules::sub_revocation_covers(*issued_before, created_at) {
+                        tx.execute(
+                            "UPDATE sessions SET revoked_at = ?2 WHERE sid = ?1",
+                            params![sid, now],
+                        )
+                        .map_err(db_err)?;
+                    }
+                }
                 insert_revocation(&tx, EntryKind::Sub, sub, Some(*issued_before), until, now)?
             }
         };
@@ -646,24 +893,39 @@ impl Store for SqliteStore {
         Ok(entry)
     }
 
-    fn is_revoked(&self, jti: &str, sid: &str, sub: &str, iat: i64) -> Result<bool, StoreError> {
-        self.conn()?
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM revocations WHERE value = ?1 AND kind = 'jti') \
-                 OR EXISTS (SELECT 1 FROM revocations WHERE value = ?2 AND kind = 'sid') \
-                 OR EXISTS (SELECT 1 FROM revocations WHERE value = ?3 AND kind = 'sub' AND issued_before > ?4) \
-                 OR EXISTS (SELECT 1 FROM sessions WHERE sid = ?2 AND revoked_at IS NOT NULL)",
-                params![jti, sid, sub, iat],
-                |row| row.get(0),
-            )
-            .map_err(db_err)
+    pub(super) fn revocation_facts(
+        conn: &mut Connection,
+        jti: &str,
+        sid: &str,
+        sub: &str,
+    ) -> Result<RevocationFacts, StoreError> {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM revocations WHERE value = ?1 AND kind = 'jti'), \
+             EXISTS (SELECT 1 FROM revocations WHERE value = ?2 AND kind = 'sid'), \
+             (SELECT MAX(issued_before) FROM revocations WHERE value = ?3 AND kind = 'sub'), \
+             EXISTS (SELECT 1 FROM sessions WHERE sid = ?2 AND revoked_at IS NOT NULL)",
+            params![jti, sid, sub],
+            |row| {
+                Ok(RevocationFacts {
+                    jti: row.get(0)?,
+                    sid: row.get(1)?,
+                    sub_issued_before: row.get(2)?,
+                    session_revoked: row.get(3)?,
+                })
+            },
+        )
+        .map_err(db_err)
     }
 
-    fn feed(&self, since: u64, now: i64, limit: usize) -> Result<FeedResponse, StoreError> {
-        let mut conn = self.conn()?;
+    pub(super) fn feed_snapshot(
+        conn: &mut Connection,
+        after: u64,
+        now: i64,
+        limit: usize,
+    ) -> Result<FeedSnapshot, StoreError> {
         // A read transaction: seq, watermark and rows from one snapshot.
         let tx = conn.transaction().map_err(db_err)?;
-        let current = current_seq(&tx)?;
+        let current = read_current_seq(&tx)?;
         let watermark: i64 = tx
             .query_row(
                 "SELECT COALESCE((SELECT value FROM meta WHERE key = 'purged_through'), 0)",
@@ -671,8 +933,6 @@ impl Store for SqliteStore {
                 |row| row.get(0),
             )
             .map_err(db_err)?;
-        let full = feed_is_full(since, current, to_u64(watermark));
-        let after = if full { 0 } else { to_i64(since) };
         let entries = {
             let mut stmt = tx
                 .prepare_cached(
@@ -682,7 +942,7 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             let rows = stmt
                 .query_map(
-                    params![after, now, i64::try_from(limit).unwrap_or(i64::MAX)],
+                    params![to_i64(after), now, i64::try_from(limit).unwrap_or(i64::MAX)],
                     |row| {
                         Ok((
                             row.get::<_, i64>(0)?,
@@ -708,26 +968,18 @@ impl Store for SqliteStore {
             entries
         };
         tx.commit().map_err(db_err)?;
-        // A full page: there may be more, so point the caller just past this page.
-        let seq = match entries.last() {
-            Some(last) if entries.len() >= limit => last.seq,
-            _ => current,
-        };
-        Ok(FeedResponse {
-            seq,
-            full,
-            now,
+        Ok(FeedSnapshot {
+            current,
+            purged_through: to_u64(watermark),
             entries,
         })
     }
 
-    fn current_seq(&self) -> Result<u64, StoreError> {
-        let conn = self.conn()?;
-        current_seq(&conn)
+    pub(super) fn current_seq(conn: &mut Connection) -> Result<u64, StoreError> {
+        read_current_seq(conn)
     }
 
-    fn purge(&self, now: i64) -> Result<Purged, StoreError> {
-        let mut conn = self.conn()?;
+    pub(super) fn purge(conn: &mut Connection, now: i64) -> Result<Purged, StoreError> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -743,10 +995,18 @@ impl Store for SqliteStore {
             purged.revocations = tx
                 .execute("DELETE FROM revocations WHERE until < ?1", [now])
                 .map_err(db_err)?;
+            let current: i64 = tx
+                .query_row(
+                    "SELECT COALESCE((SELECT value FROM meta WHERE key = 'purged_through'), 0)",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(db_err)?;
+            let watermark = rules::next_watermark(to_u64(current), Some(to_u64(highest)));
             tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('purged_through', ?1) \
-                 ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-                [highest],
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [to_i64(watermark)],
             )
             .map_err(db_err)?;
         }
@@ -764,7 +1024,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn current_seq(conn: &Connection) -> Result<u64, StoreError> {
+fn read_current_seq(conn: &Connection) -> Result<u64, StoreError> {
     let seq: Option<i64> = conn
         .query_row(
             "SELECT seq FROM sqlite_sequence WHERE name = 'revocations'",
@@ -779,248 +1039,116 @@ fn current_seq(conn: &Connection) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::contract::{contract_tests, Backend};
 
-    fn temp_store() -> (SqliteStore, std::path::PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("weauth-store-{}", crate::secrets::random_b64(6)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.db");
-        (SqliteStore::open(&path).unwrap(), dir)
+    /// A fresh database file in its own directory, removed on drop.
+    struct TempDb {
+        dir: std::path::PathBuf,
     }
 
-    fn login(code: &str, openid: &str, unionid: Option<&str>, now: i64) -> NewLogin {
-        NewLogin {
-            appid: "wx1".into(),
-            openid: openid.into(),
-            unionid: unionid.map(String::from),
-            code_hash: format!("h-{code}"),
-            new_sub: format!("u-{code}"),
-            sid: format!("s-{code}"),
-            session_key_sealed: vec![1, 2, 3],
-            now,
-            session_expires: now + 1000,
-            refresh_hash: format!("r-{code}"),
-            refresh_expires: now + 100,
+    impl TempDb {
+        async fn new() -> TempDb {
+            let dir = std::env::temp_dir()
+                .join(format!("weauth-store-{}", crate::secrets::random_b64(6)));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDb { dir }
+        }
+
+        fn path(&self) -> std::path::PathBuf {
+            self.dir.join("t.db")
         }
     }
 
-    fn rotate(old: &str, new: &str, now: i64) -> Rotate {
-        Rotate {
-            presented_hash: old.into(),
-            new_hash: new.into(),
-            now,
-            refresh_ttl: 100,
-            reuse_grace: 0,
-            revocation_until: now + 960,
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
-    fn cached(hash: &str) -> CachedToken {
-        CachedToken {
-            sealed: vec![9],
-            hash: hash.into(),
-            expires_at: 7200,
-            refresh_at: 6900,
+    /// Every handle is its own connection on the same file, like two processes.
+    #[async_trait]
+    impl Backend for TempDb {
+        async fn handle(&self) -> Arc<dyn Store> {
+            Arc::new(SqliteStore::open(&self.path()).unwrap())
         }
     }
 
-    #[test]
-    fn wechat_lease_second_holder_refused_until_expiry_or_release() {
-        let (store, dir) = temp_store();
-        assert!(store.lease_wechat_token("wx1", "a", 100, 110).unwrap());
-        assert!(!store.lease_wechat_token("wx1", "b", 105, 115).unwrap());
-        assert!(store.lease_wechat_token("wx1", "b", 110, 120).unwrap());
-        store.release_wechat_lease("wx1", "b").unwrap();
-        assert!(store.lease_wechat_token("wx1", "a", 111, 121).unwrap());
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    contract_tests!(TempDb::new());
 
-    #[test]
-    fn wechat_put_token_releases_holder_lease_and_is_read_back() {
-        let (store, dir) = temp_store();
-        assert_eq!(store.wechat_token("wx1").unwrap(), None);
-        assert!(store.lease_wechat_token("wx1", "a", 100, 110).unwrap());
-        store.put_wechat_token("wx1", &cached("h1"), "a").unwrap();
-        assert_eq!(store.wechat_token("wx1").unwrap(), Some(cached("h1")));
-        assert!(store.lease_wechat_token("wx1", "b", 101, 111).unwrap());
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn wechat_invalidate_only_matching_hash() {
-        let (store, dir) = temp_store();
-        store.put_wechat_token("wx1", &cached("h2"), "a").unwrap();
-        assert!(!store.invalidate_wechat_token("wx1", "h1").unwrap());
-        assert!(store.wechat_token("wx1").unwrap().is_some());
-        assert!(store.invalidate_wechat_token("wx1", "h2").unwrap());
-        assert_eq!(store.wechat_token("wx1").unwrap(), None);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn set_phone_unknown_user_false() {
-        let (store, dir) = temp_store();
-        assert!(!store.set_phone("nobody", Some("x"), 1).unwrap());
-        store.login(&login("c1", "o1", None, 10)).unwrap();
-        assert!(store.set_phone("u-c1", Some("sealed"), 11).unwrap());
-        assert_eq!(
-            store.user("u-c1").unwrap().unwrap().phone.as_deref(),
-            Some("sealed")
-        );
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn login_same_openid_same_sub_new_session() {
-        let (store, dir) = temp_store();
-        let first = store.login(&login("c1", "o1", None, 10)).unwrap();
-        let second = store.login(&login("c2", "o1", None, 20)).unwrap();
-        assert_eq!(
-            first,
-            LoginResult::Created {
-                sub: "u-c1".into(),
-                new_user: true
-            }
-        );
-        assert_eq!(
-            second,
-            LoginResult::Created {
-                sub: "u-c1".into(),
-                new_user: false
-            }
-        );
-        assert!(store.session("s-c2").unwrap().is_some());
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn login_same_code_twice_one_session() {
-        let (store, dir) = temp_store();
-        store.login(&login("c1", "o1", None, 10)).unwrap();
-        let mut again = login("c1", "o1", None, 11);
-        again.sid = "s-other".into();
-        assert_eq!(store.login(&again).unwrap(), LoginResult::CodeAlreadyUsed);
-        assert!(store.session("s-other").unwrap().is_none());
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn login_linked_by_unionid_across_openids() {
-        let (store, dir) = temp_store();
-        store.login(&login("c1", "o1", Some("un1"), 10)).unwrap();
-        let other_app = store.login(&login("c2", "o2", Some("un1"), 20)).unwrap();
-        assert_eq!(
-            other_app,
-            LoginResult::Created {
-                sub: "u-c1".into(),
-                new_user: false
-            }
-        );
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn rotate_then_reuse_revokes_session() {
-        let (store, dir) = temp_store();
-        store.login(&login("c1", "o1", None, 10)).unwrap();
-        let rotated = store.rotate_refresh(&rotate("r-c1", "r2", 20)).unwrap();
-        assert!(matches!(
-            rotated,
-            RotateResult::Rotated {
-                refresh_expires: 120,
-                ..
-            }
-        ));
-        let reused = store.rotate_refresh(&rotate("r-c1", "r3", 30)).unwrap();
-        let RotateResult::Reused { sid, entry } = reused else {
-            panic!("expected reuse, got {reused:?}");
-        };
-        assert_eq!(sid, "s-c1");
-        assert_eq!(entry.kind, EntryKind::Sid);
-        assert!(store.session("s-c1").unwrap().unwrap().revoked_at.is_some());
-        // The rotated-to token dies with its session.
-        assert!(matches!(
-            store.rotate_refresh(&rotate("r2", "r4", 40)).unwrap(),
-            RotateResult::Invalid(_)
-        ));
-        assert!(store.is_revoked("j", "s-c1", "u-c1", 35).unwrap());
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn seq_monotonic_across_purge_and_reopen() {
-        let (store, dir) = temp_store();
-        let a = store.revoke(&Revoke::Jti("j1".into()), 10, 20).unwrap();
-        let b = store.revoke(&Revoke::Jti("j2".into()), 10, 50).unwrap();
-        assert!(b.seq > a.seq);
-        assert_eq!(store.purge(30).unwrap().revocations, 1);
-        let feed = store.feed(a.seq - 1, 30, 100).unwrap();
-        assert!(
-            feed.full,
-            "since below the purge watermark must get a full set"
-        );
-        assert_eq!(feed.entries.len(), 1);
-        let delta = store.feed(a.seq, 30, 100).unwrap();
-        assert!(!delta.full);
-        assert_eq!(delta.entries, vec![b.clone()]);
-        store.revoke(&Revoke::Jti("j3".into()), 10, 50).unwrap();
-        store.purge(60).unwrap();
-        drop(store);
-        let store = SqliteStore::open(&dir.join("t.db")).unwrap();
-        let c = store.revoke(&Revoke::Jti("j4".into()), 60, 100).unwrap();
-        assert_eq!(c.seq, b.seq + 2);
-        assert_eq!(store.current_seq().unwrap(), c.seq);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn feed_large_set_paged_then_continued_by_since() {
-        let (store, dir) = temp_store();
-        let mut seqs = Vec::new();
-        for i in 0..5 {
-            seqs.push(
-                store
-                    .revoke(&Revoke::Jti(format!("j{i}")), 10, 50)
-                    .unwrap()
-                    .seq,
-            );
-        }
-        let first = store.feed(0, 10, 2).unwrap();
-        assert!(first.full);
-        assert_eq!(first.entries.len(), 2);
-        assert_eq!(first.seq, seqs[1], "a full page points past its last entry");
-        let second = store.feed(first.seq, 10, 2).unwrap();
-        assert!(!second.full);
-        assert_eq!(second.seq, seqs[3]);
-        let last = store.feed(second.seq, 10, 2).unwrap();
-        assert_eq!(last.entries.len(), 1);
-        assert_eq!(last.seq, seqs[4]);
-        assert_eq!(last.seq, store.current_seq().unwrap());
-        let idle = store.feed(last.seq, 10, 2).unwrap();
-        assert!(idle.entries.is_empty());
-        assert_eq!(idle.seq, last.seq);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn revoke_sub_ends_older_sessions_only() {
-        let (store, dir) = temp_store();
-        store.login(&login("c1", "o1", None, 10)).unwrap();
-        store.login(&login("c2", "o1", None, 30)).unwrap();
+    #[tokio::test]
+    async fn sqlite_seq_survives_reopen_after_purge() {
+        let db = TempDb::new().await;
+        let store = db.handle().await;
         store
-            .revoke(
-                &Revoke::Sub {
-                    sub: "u-c1".into(),
-                    issued_before: 20,
-                },
-                25,
-                1000,
+            .revoke(&Revoke::Jti("j1".into()), 10, 20)
+            .await
+            .unwrap();
+        let b = store
+            .revoke(&Revoke::Jti("j2".into()), 10, 20)
+            .await
+            .unwrap();
+        store.purge(30).await.unwrap();
+        drop(store);
+        let store = db.handle().await;
+        assert_eq!(store.current_seq().await.unwrap(), b.seq);
+        let c = store
+            .revoke(&Revoke::Jti("j3".into()), 30, 50)
+            .await
+            .unwrap();
+        assert_eq!(c.seq, b.seq + 1);
+        let snapshot = store.feed_snapshot(0, 30, 10).await.unwrap();
+        assert_eq!(snapshot.purged_through, b.seq);
+    }
+
+    #[tokio::test]
+    async fn sqlite_version_one_file_migrated_keeping_rows() {
+        let db = TempDb::new().await;
+        {
+            let conn = Connection::open(db.path()).unwrap();
+            conn.execute_batch(V1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (sub, created_at, updated_at) VALUES ('u1', 1, 1);
+                 INSERT INTO sessions (sid, sub, appid, openid, code_hash, session_key, created_at, expires_at)
+                     VALUES ('s1', 'u1', 'wx1', 'o1', 'h1', x'010203', 1, 1000);
+                 PRAGMA user_version = 1;",
             )
             .unwrap();
-        assert!(store.session("s-c1").unwrap().unwrap().revoked_at.is_some());
-        assert!(store.session("s-c2").unwrap().unwrap().revoked_at.is_none());
-        assert!(store.is_revoked("j", "s-x", "u-c1", 19).unwrap());
-        assert!(!store.is_revoked("j", "s-c2", "u-c1", 20).unwrap());
-        std::fs::remove_dir_all(dir).unwrap();
+        }
+        let store = db.handle().await;
+        assert_eq!(
+            store.session_key_sealed("s1").await.unwrap(),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(store.session("s1").await.unwrap().unwrap().sub, "u1");
+        let conn = Connection::open(db.path()).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_from_newer_issuer_refused_naming_version() {
+        let db = TempDb::new().await;
+        {
+            let conn = Connection::open(db.path()).unwrap();
+            conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+        }
+        let Err(err) = SqliteStore::open(&db.path()) else {
+            panic!("a newer schema must be refused");
+        };
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[tokio::test]
+    async fn sqlite_busy_error_keeps_source() {
+        let err = db_err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(5),
+            None,
+        ));
+        assert!(matches!(err, StoreError::Busy(_)));
+        assert!(err.is_transient());
+        assert!(std::error::Error::source(&err).is_some());
     }
 }

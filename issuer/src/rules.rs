@@ -1,0 +1,379 @@
+//! The domain's decisions about stored state, as pure functions (no I/O, time as an argument):
+//! what a presented refresh token is worth ([`decide_refresh`]), which user a login belongs to
+//! ([`link_user`]), which sessions a `sub` revocation ends ([`sub_revocation_covers`]), whether
+//! a token is revoked ([`is_revoked`]) and where the purge watermark goes ([`next_watermark`]).
+//!
+//! A store never decides: it finds the facts these functions take, inside its own atomic unit
+//! (an SQLite transaction; a Redis read followed by a compare-and-set script), calls the
+//! function, and keeps what it decided. Where a Redis script has to repeat a condition (for
+//! example "still unused"), the store contract suite (`store::contract`) proves both backends
+//! agree. This module depends on nothing else in the crate, so the store can call it without
+//! an import cycle.
+
+/// What the store knows about a presented refresh token and its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRow {
+    pub sid: String,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub session_expires_at: i64,
+    pub session_revoked_at: Option<i64>,
+}
+
+/// What to do with a presented refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshDecision {
+    /// Consume it and issue a new one expiring at `new_expires`.
+    Rotate { sid: String, new_expires: i64 },
+    /// It was already used: revoke the session.
+    Reuse { sid: String },
+    /// Refuse without side effects.
+    Invalid(&'static str),
+}
+
+/// Judges a presented refresh token at `now`. The new token's lifetime slides
+/// (`now + refresh_ttl`) but never passes the session's absolute end. A token used at most
+/// `reuse_grace` seconds ago is refused without revoking the session (a client that fired
+/// two refreshes at once); `reuse_grace = 0` (the default) treats every reuse as theft.
+pub fn decide_refresh(
+    row: Option<&RefreshRow>,
+    now: i64,
+    refresh_ttl: i64,
+    reuse_grace: i64,
+) -> RefreshDecision {
+    let Some(row) = row else {
+        return RefreshDecision::Invalid("unknown refresh token");
+    };
+    if row.session_revoked_at.is_some() {
+        return RefreshDecision::Invalid("the session has been revoked");
+    }
+    if let Some(used_at) = row.used_at {
+        if reuse_grace > 0 && now.saturating_sub(used_at) <= reuse_grace {
+            return RefreshDecision::Invalid("the refresh token was just used by another request");
+        }
+        return RefreshDecision::Reuse {
+            sid: row.sid.clone(),
+        };
+    }
+    if row.expires_at <= now {
+        return RefreshDecision::Invalid("the refresh token has expired");
+    }
+    if row.session_expires_at <= now {
+        return RefreshDecision::Invalid("the session has reached its maximum lifetime");
+    }
+    RefreshDecision::Rotate {
+        sid: row.sid.clone(),
+        new_expires: now.saturating_add(refresh_ttl).min(row.session_expires_at),
+    }
+}
+
+/// A user the store found for a login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundUser {
+    pub sub: String,
+    /// The unionid the user already carries, if any.
+    pub unionid: Option<String>,
+}
+
+/// The candidates the store found for a login, read in the same atomic unit that writes the
+/// outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkCandidates {
+    /// The user this (appid, openid) identity already belongs to.
+    pub by_identity: Option<FoundUser>,
+    /// The user that already carries the login's unionid (only looked up when WeChat sent one).
+    pub by_unionid: Option<String>,
+}
+
+/// Who a login belongs to, and what to write for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkDecision {
+    pub sub: String,
+    /// `sub` is new: create the user (carrying the login's unionid, if any).
+    pub create_user: bool,
+    /// Record the (appid, openid) identity as `sub`'s.
+    pub create_identity: bool,
+    /// Attach the login's unionid to the existing user `sub` (first time WeChat reveals it).
+    pub attach_unionid: bool,
+}
+
+/// Links a login to a user:
+/// - a known (appid, openid) identity keeps its user; when WeChat now sends a unionid that the
+///   user does not carry yet and no other user carries it, it is attached;
+/// - an unknown identity with a unionid some user carries joins that user (same person,
+///   another app of the same Open Platform account);
+/// - otherwise a new user `new_sub` is created.
+pub fn link_user(
+    candidates: &LinkCandidates,
+    unionid: Option<&str>,
+    new_sub: &str,
+) -> LinkDecision {
+    match (&candidates.by_identity, &candidates.by_unionid) {
+        (Some(user), by_union) => LinkDecision {
+            sub: user.sub.clone(),
+            create_user: false,
+            create_identity: false,
+            attach_unionid: unionid.is_some() && user.unionid.is_none() && by_union.is_none(),
+        },
+        (None, Some(sub)) if unionid.is_some() => LinkDecision {
+            sub: sub.clone(),
+            create_user: false,
+            create_identity: true,
+            attach_unionid: false,
+        },
+        (None, _) => LinkDecision {
+            sub: new_sub.to_string(),
+            create_user: true,
+            create_identity: true,
+            attach_unionid: false,
+        },
+    }
+}
+
+/// Whether a `sub` revocation with `issued_before` ends a session of that user created at
+/// `session_created_at` (its tokens all have `iat >= created_at`, so a session created at or
+/// after `issued_before` keeps working).
+pub fn sub_revocation_covers(issued_before: i64, session_created_at: i64) -> bool {
+    session_created_at < issued_before
+}
+
+/// What the store knows about a token's revocation, looked up by its claims.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RevocationFacts {
+    /// A `jti` entry for the token exists.
+    pub jti: bool,
+    /// A `sid` entry for its session exists.
+    pub sid: bool,
+    /// The largest `issued_before` of the `sub` entries of its user, if any.
+    pub sub_issued_before: Option<i64>,
+    /// Its session is marked revoked (also after its entry has been purged).
+    pub session_revoked: bool,
+}
+
+/// Whether a token issued at `iat` with these facts is revoked.
+pub fn is_revoked(facts: &RevocationFacts, iat: i64) -> bool {
+    facts.jti
+        || facts.sid
+        || facts.session_revoked
+        || facts.sub_issued_before.is_some_and(|before| iat < before)
+}
+
+/// The purge watermark after purging entries up to `highest_purged` (the largest seq removed,
+/// if any): it never goes down.
+pub fn next_watermark(current: u64, highest_purged: Option<u64>) -> u64 {
+    highest_purged.map_or(current, |highest| highest.max(current))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        used: Option<i64>,
+        revoked: Option<i64>,
+        expires: i64,
+        session_expires: i64,
+    ) -> RefreshRow {
+        RefreshRow {
+            sid: "s1".into(),
+            expires_at: expires,
+            used_at: used,
+            session_expires_at: session_expires,
+            session_revoked_at: revoked,
+        }
+    }
+
+    #[test]
+    fn decide_refresh_unknown_invalid() {
+        assert!(matches!(
+            decide_refresh(None, 10, 100, 0),
+            RefreshDecision::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn decide_refresh_fresh_token_rotates_sliding() {
+        assert_eq!(
+            decide_refresh(Some(&row(None, None, 50, 1000)), 10, 100, 0),
+            RefreshDecision::Rotate {
+                sid: "s1".into(),
+                new_expires: 110
+            }
+        );
+    }
+
+    #[test]
+    fn decide_refresh_capped_by_session_end() {
+        assert_eq!(
+            decide_refresh(Some(&row(None, None, 50, 60)), 10, 100, 0),
+            RefreshDecision::Rotate {
+                sid: "s1".into(),
+                new_expires: 60
+            }
+        );
+    }
+
+    #[test]
+    fn decide_refresh_used_token_is_reuse() {
+        assert_eq!(
+            decide_refresh(Some(&row(Some(5), None, 50, 1000)), 10, 100, 0),
+            RefreshDecision::Reuse { sid: "s1".into() }
+        );
+    }
+
+    #[test]
+    fn decide_refresh_used_token_of_revoked_session_invalid_only() {
+        assert!(matches!(
+            decide_refresh(Some(&row(Some(5), Some(6), 50, 1000)), 10, 100, 0),
+            RefreshDecision::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn decide_refresh_reuse_within_grace_refused_without_revoking() {
+        let used = row(Some(8), None, 50, 1000);
+        assert!(matches!(
+            decide_refresh(Some(&used), 10, 100, 2),
+            RefreshDecision::Invalid(_)
+        ));
+        assert_eq!(
+            decide_refresh(Some(&used), 11, 100, 2),
+            RefreshDecision::Reuse { sid: "s1".into() }
+        );
+    }
+
+    #[test]
+    fn decide_refresh_expired_invalid() {
+        assert!(matches!(
+            decide_refresh(Some(&row(None, None, 10, 1000)), 10, 100, 0),
+            RefreshDecision::Invalid(_)
+        ));
+        assert!(matches!(
+            decide_refresh(Some(&row(None, None, 50, 10)), 10, 100, 0),
+            RefreshDecision::Invalid(_)
+        ));
+    }
+
+    fn found(sub: &str, unionid: Option<&str>) -> FoundUser {
+        FoundUser {
+            sub: sub.into(),
+            unionid: unionid.map(String::from),
+        }
+    }
+
+    #[test]
+    fn link_user_nothing_found_creates_user_and_identity() {
+        let decision = link_user(&LinkCandidates::default(), Some("un"), "u-new");
+        assert_eq!(
+            decision,
+            LinkDecision {
+                sub: "u-new".into(),
+                create_user: true,
+                create_identity: true,
+                attach_unionid: false
+            }
+        );
+    }
+
+    #[test]
+    fn link_user_known_identity_keeps_user() {
+        let candidates = LinkCandidates {
+            by_identity: Some(found("u1", None)),
+            by_unionid: None,
+        };
+        let decision = link_user(&candidates, None, "u-new");
+        assert_eq!(decision.sub, "u1");
+        assert!(!decision.create_user && !decision.create_identity && !decision.attach_unionid);
+    }
+
+    #[test]
+    fn link_user_known_identity_new_unionid_attached() {
+        let candidates = LinkCandidates {
+            by_identity: Some(found("u1", None)),
+            by_unionid: None,
+        };
+        assert!(link_user(&candidates, Some("un"), "u-new").attach_unionid);
+    }
+
+    #[test]
+    fn link_user_unionid_carried_by_other_user_not_attached() {
+        let candidates = LinkCandidates {
+            by_identity: Some(found("u1", None)),
+            by_unionid: Some("u2".into()),
+        };
+        let decision = link_user(&candidates, Some("un"), "u-new");
+        assert_eq!(decision.sub, "u1");
+        assert!(!decision.attach_unionid);
+    }
+
+    #[test]
+    fn link_user_user_with_unionid_not_overwritten() {
+        let candidates = LinkCandidates {
+            by_identity: Some(found("u1", Some("old"))),
+            by_unionid: None,
+        };
+        assert!(!link_user(&candidates, Some("un"), "u-new").attach_unionid);
+    }
+
+    #[test]
+    fn link_user_new_identity_same_unionid_joins_user() {
+        let candidates = LinkCandidates {
+            by_identity: None,
+            by_unionid: Some("u1".into()),
+        };
+        assert_eq!(
+            link_user(&candidates, Some("un"), "u-new"),
+            LinkDecision {
+                sub: "u1".into(),
+                create_user: false,
+                create_identity: true,
+                attach_unionid: false
+            }
+        );
+    }
+
+    #[test]
+    fn sub_revocation_covers_only_older_sessions() {
+        assert!(sub_revocation_covers(20, 19));
+        assert!(!sub_revocation_covers(20, 20));
+        assert!(!sub_revocation_covers(20, 30));
+    }
+
+    #[test]
+    fn is_revoked_any_fact_revokes() {
+        assert!(!is_revoked(&RevocationFacts::default(), 10));
+        for facts in [
+            RevocationFacts {
+                jti: true,
+                ..Default::default()
+            },
+            RevocationFacts {
+                sid: true,
+                ..Default::default()
+            },
+            RevocationFacts {
+                session_revoked: true,
+                ..Default::default()
+            },
+        ] {
+            assert!(is_revoked(&facts, 10));
+        }
+    }
+
+    #[test]
+    fn is_revoked_sub_only_before_issued_before() {
+        let facts = RevocationFacts {
+            sub_issued_before: Some(20),
+            ..Default::default()
+        };
+        assert!(is_revoked(&facts, 19));
+        assert!(!is_revoked(&facts, 20));
+    }
+
+    #[test]
+    fn next_watermark_never_decreases() {
+        assert_eq!(next_watermark(5, None), 5);
+        assert_eq!(next_watermark(5, Some(9)), 9);
+        assert_eq!(next_watermark(5, Some(3)), 5);
+    }
+}
