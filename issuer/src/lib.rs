@@ -17,6 +17,7 @@ pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
