@@ -309,7 +309,7 @@ fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Result<Option<&'a str>, Api
         .filter_map(|value| value.to_str().ok());
     match web::find_cookie(headers, name) {
         CookieLookup::Absent => Ok(None),
-        CookieLookup::One(value) if value.is_empty() => Ok(None),
+        CookieLookup::One("") => Ok(None),
         CookieLookup::One(value) => Ok(Some(value)),
         CookieLookup::Several => Err(ApiError::InvalidRequest(format!(
             "the cookie `{name}` is sent more than once"
@@ -317,7 +317,7 @@ fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Result<Option<&'a str>, Api
     }
 }
 
-fn header_str<'a, B>(req: &'a Request<B>, name: hyper::header::HeaderName) -> Option<&'a str> {
+fn header_str<B>(req: &Request<B>, name: hyper::header::HeaderName) -> Option<&str> {
     req.headers()
         .get(name)
         .and_then(|value| value.to_str().ok())
