@@ -445,8 +445,12 @@ impl HttpWechat {
         loop {
             let started = Instant::now();
             let result = call().await;
-            self.metrics
-                .wechat_call(api, started.elapsed(), result.as_ref().err());
+            self.metrics.wechat_app_call(
+                &self.config.appid,
+                api,
+                started.elapsed(),
+                result.as_ref().err(),
+            );
             match result {
                 Err(err) if err.is_retryable() && attempt < self.config.retries => {
                     attempt += 1;
@@ -567,7 +571,8 @@ impl Wechat for HttpWechat {
             loop {
                 let started = Instant::now();
                 let result = self.attempt(code).await;
-                self.metrics.wechat_call(
+                self.metrics.wechat_app_call(
+                    &self.config.appid,
                     "jscode2session",
                     started.elapsed(),
                     result.as_ref().err(),

@@ -195,7 +195,7 @@ impl HttpWechatWeb {
             let started = Instant::now();
             let result = call().await;
             self.metrics
-                .wechat_call(api, started.elapsed(), result.as_ref().err());
+                .wechat_app_call(appid, api, started.elapsed(), result.as_ref().err());
             match result {
                 Err(err) if err.is_retryable() && attempt < self.config.retries => {
                     attempt += 1;
