@@ -835,3 +835,17 @@ fn apps_file_errors_stop_start_naming_the_entry() {
         start_error(r#"{"apps":[{"appid":"wx1","secret":"a","kind":"miniprogram","extra":1}]}"#);
     assert!(err.contains("unknown field"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_wechat_timeout_503_nothing_written() {
+    let stack = start(&[("WEAUTH_WECHAT_TIMEOUT", "300ms")]).await;
+    let started = start_login(&stack, &oa().appid, BACK, None).await;
+    let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
+    stack.mock.inject("oauth2_access_token", Fault::Hang, 1);
+    let (status, body, headers) =
+        callback(&stack, Some(&code), &started.state, Some(&started.binding)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(headers.get("location").is_none());
+    assert_eq!(stack.count("sessions"), 0);
+}
