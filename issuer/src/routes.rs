@@ -417,6 +417,8 @@ fn web_error(err: WebError) -> ApiError {
     }
 }
 
+/// The per-client login rate limit (`WEAUTH_LOGIN_RATE`), shared by `/v1/login` and
+/// `/v1/web/authorize` (which stores a pending login per call).
 fn check_rate<B>(app: &App, peer: SocketAddr, req: &Request<B>) -> Result<(), ApiError> {
     let forwarded = header_str(
         req,
@@ -492,7 +494,6 @@ async fn web_authorize<B>(
             app.config.cookie_secure,
         )],
     );
-    app.metrics.login("web_authorize");
     Ok(response)
 }
 
@@ -649,24 +650,9 @@ where
     B: Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|value| value.to_str().ok());
-    let client = ratelimit::client_ip(peer.ip(), forwarded, &app.config.trusted_proxies);
-    let allowed = {
-        let mut limiter = app
-            .limiter
-            .lock()
-            .map_err(|_| ApiError::Internal("rate limiter poisoned".into()))?;
-        limiter.check(client, app.uptime().as_secs_f64())
-    };
-    if let Err(retry) = allowed {
+    if let Err(err) = check_rate(app, peer, &req) {
         app.metrics.login("rate_limited");
-        return Err(ApiError::RateLimited {
-            retry_after: retry.0,
-            description: "too many logins from this client; retry later".into(),
-        });
+        return Err(err);
     }
     let body: LoginRequest = match read_json(req, &app.config).await {
         Ok(body) => body,
@@ -890,6 +876,14 @@ mod tests {
         );
         assert_eq!(
             Route::find("/v1/me/session").map(|r| r.method().1),
+            Some("GET")
+        );
+        assert_eq!(
+            Route::find("/v1/web/authorize").map(|r| r.method().1),
+            Some("GET")
+        );
+        assert_eq!(
+            Route::find("/v1/web/callback").map(|r| r.method().1),
             Some("GET")
         );
         assert_eq!(Route::find("/nope"), None);
