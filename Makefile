@@ -13,12 +13,13 @@ WASM          := target/$(WASM_TARGET)/wasm-release/weauth_filter.wasm
 CARGO         ?= cargo
 # In CI the lock file must be used as committed.
 CARGO_LOCKED  := $(if $(CI),--locked,)
+CLIENT        := client/miniprogram
 
 export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup browser-setup build wasm up down test lint fmt-check clippy unit bench fuzz soak
+.PHONY: help setup browser-setup build wasm up down test lint fmt-check clippy unit client client-test bench fuzz soak
 
 # Debian packages are installed only when missing, with sudo -n when not root.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )apt-get
@@ -46,15 +47,13 @@ setup: ## install the wasm target and Envoy 1.40.0 into .tools/ (idempotent)
 	fi
 
 browser-setup: ## Debian chromium (and node/npm if missing), then `npm ci` in tests/browser (idempotent)
-	@missing=""; \
-	for pkg in chromium nodejs npm; do dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
-	command -v node >/dev/null && command -v npm >/dev/null && missing="$${missing/ nodejs/}" && missing="$${missing/ npm/}"; \
-	if [ -n "$$missing" ]; then \
-	  echo "browser-setup: installing Debian packages:$$missing"; \
-	  $(APT_GET) update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y --no-install-recommends $$missing; \
+	@scripts/ensure-node.sh
+	@if dpkg -s chromium >/dev/null 2>&1; then \
+	  echo "browser-setup: chromium already installed"; \
 	else \
-	  echo "browser-setup: chromium, node and npm already installed"; \
+	  echo "browser-setup: installing Debian's chromium"; \
+	  $(APT_GET) update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y --no-install-recommends chromium; \
 	fi
 	@major=$$(node -p 'process.versions.node.split(".")[0]'); \
 	if [ "$$major" -lt 20 ]; then echo "browser-setup: playwright-core needs Node.js >= 20, found $$(node --version)" >&2; exit 1; fi
@@ -103,6 +102,18 @@ test: lint build browser-setup ## every check and test: fmt, clippy (host+wasm),
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast
 	@echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored
+	$(MAKE) --no-print-directory client-test
+
+client: build client-test ## mini-program client: npm ci, tsc --noEmit, build, unit + e2e tests
+
+# The client's checks alone, for when `make build` is done (`make test` calls it after the
+# cargo tests). Its end-to-end tests start the stack with target/debug/weauth-stack.
+client-test:
+	@scripts/ensure-node.sh
+	cd $(CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(CLIENT) && npm run --silent typecheck
+	cd $(CLIENT) && npm run --silent build
+	cd $(CLIENT) && npm test
 
 bench: setup ## weauth vs jwt_authn vs jwt_authn+ext_authz (BENCH_MODE=quick|full) → bench-results/
 	scripts/bench.sh

@@ -440,6 +440,15 @@ async fn wait_ready(
     }
 }
 
+/// True when the probe token's `exp` has passed (it can no longer show the filter ready).
+fn probe_expired(token: &str) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    peek_claims(token).is_some_and(|c| c.exp <= now)
+}
+
 /// The claims of a JWT, decoded WITHOUT verification (for test assertions only).
 pub fn peek_claims(token: &str) -> Option<weauth_token::Claims> {
     let payload = token.split('.').nth(1)?;
@@ -1138,9 +1147,9 @@ impl Stack {
                 detail: e.to_string(),
             })?;
         let url = format!("{}{}", self.envoy_url(), crate::upstream::PROBE_PATH);
-        let (token, want_200) = match &self.probe_token {
-            Some(t) => (t.as_str(), true),
-            None => (JUNK_TOKEN, false),
+        let (mut token, want_200) = match &self.probe_token {
+            Some(t) => (t.clone(), true),
+            None => (JUNK_TOKEN.to_string(), false),
         };
         let start = Instant::now();
         let mut in_a_row = 0;
@@ -1148,7 +1157,15 @@ impl Stack {
             if let Some(status) = proc.exited() {
                 return Err(proc.exited_error(status));
             }
-            let last = match fresh.get(&url).bearer_auth(token).send().await {
+            // A stack started with a very short WEAUTH_ACCESS_TTL (the mini-program client's
+            // tests use 2 s) can outlive the probe token while Envoy starts: log in again.
+            if want_200 && probe_expired(&token) {
+                if let Some(t) = self.probe_login().await {
+                    token = t;
+                    self.mock.reset();
+                }
+            }
+            let last = match fresh.get(&url).bearer_auth(&token).send().await {
                 Ok(r) if (want_200 && r.status() == 200) || (!want_200 && r.status() != 503) => {
                     in_a_row += 1;
                     if in_a_row >= 2 * concurrency {

@@ -9,34 +9,123 @@
 //! official account `wx00000000000000a1` (`mock-oa-secret`) and the website
 //! `wx00000000000000b2` (`mock-web-secret`), all bound to one Open Platform account (the apps
 //! file is `.run/apps.json`); feed token `dev-feed-token`, admin token `dev-admin-token`. The
-//! web-login demo page is `http://127.0.0.1:10000/demo/`. Usage: `weauth-stack [--concurrency N]`.
+//! web-login demo page is `http://127.0.0.1:10000/demo/` (the apps file and the demo are for
+//! `make up` only: `--free-ports` keeps the one-app configuration its drivers expect).
+//!
+//! Usage: `weauth-stack [--concurrency N] [--free-ports] [--json] [--issuer-env NAME=VALUE]…
+//! [--plugin-patch JSON]…`. The last four are for test drivers in other languages (the
+//! mini-program client's end-to-end tests in `client/miniprogram/`):
+//! - `--free-ports`: free loopback ports and a temp directory (removed at exit) instead of the
+//!   fixed ports and `.run/`; no pid file, so it never disturbs a `make up` stack;
+//! - `--json`: instead of the walkthrough, print ONE line of JSON on stdout once everything is
+//!   ready: `{"envoy","admin","issuer","upstream","mock"` (base URLs), `"admin_token"`,
+//!   `"feed_token"`, `"dir"`, `"pid"}`; the stack then also stops when its stdin is closed, so
+//!   a driver that dies without sending SIGTERM does not leave Envoy and the issuer behind;
+//! - `--issuer-env NAME=VALUE`: an extra or overriding `WEAUTH_*` variable for the issuer
+//!   (e.g. `WEAUTH_ACCESS_TTL=2s`);
+//! - `--plugin-patch JSON`: an RFC 7386 merge patch on the filter's configuration (e.g.
+//!   `{"clock_skew_seconds":0}`), applied in order.
 
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 
+use serde_json::{json, Value};
 use weauth_tests::harness::{workspace_root, Stack, StackPorts};
 
-const USAGE: &str = "usage: weauth-stack [--concurrency N]";
+const USAGE: &str = "usage: weauth-stack [--concurrency N] [--free-ports] [--json] \
+                     [--issuer-env NAME=VALUE]... [--plugin-patch JSON]...";
 const FEED_TOKEN: &str = "dev-feed-token";
 const ADMIN_TOKEN: &str = "dev-admin-token";
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<u32, String> {
-    let mut concurrency = 1;
+/// The command line, parsed.
+#[derive(Debug, Clone, PartialEq)]
+struct Options {
+    /// Envoy worker threads, >= 1.
+    concurrency: u32,
+    /// Free ports and a temp dir instead of the fixed ports and `.run/`.
+    free_ports: bool,
+    /// One JSON line instead of the walkthrough; also stop when stdin closes.
+    json: bool,
+    /// Extra `WEAUTH_*` variables for the issuer, in order.
+    issuer_env: Vec<(String, String)>,
+    /// Merge patches on the plugin configuration, in order.
+    plugin_patches: Vec<Value>,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut opts = Options {
+        concurrency: 1,
+        free_ports: false,
+        json: false,
+        issuer_env: Vec::new(),
+        plugin_patches: Vec::new(),
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--concurrency" => {
                 let v = args.next().ok_or("--concurrency needs a value")?;
-                concurrency = v
+                opts.concurrency = v
                     .parse()
                     .ok()
                     .filter(|n| *n >= 1)
                     .ok_or(format!("--concurrency {v:?}: expected a number >= 1"))?;
             }
+            "--free-ports" => opts.free_ports = true,
+            "--json" => opts.json = true,
+            "--issuer-env" => {
+                let v = args.next().ok_or("--issuer-env needs NAME=VALUE")?;
+                let (name, value) = v
+                    .split_once('=')
+                    .filter(|(name, _)| name.starts_with("WEAUTH_"))
+                    .ok_or(format!(
+                        "--issuer-env {v:?}: expected NAME=VALUE with NAME starting WEAUTH_"
+                    ))?;
+                opts.issuer_env.push((name.to_string(), value.to_string()));
+            }
+            "--plugin-patch" => {
+                let v = args.next().ok_or("--plugin-patch needs a JSON object")?;
+                let patch: Value = serde_json::from_str(&v)
+                    .ok()
+                    .filter(Value::is_object)
+                    .ok_or(format!("--plugin-patch {v:?}: expected a JSON object"))?;
+                opts.plugin_patches.push(patch);
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    Ok(concurrency)
+    Ok(opts)
+}
+
+/// The `--json` line: where everything listens and the credentials a driver needs.
+fn ready_line(stack: &Stack) -> String {
+    json!({
+        "envoy": stack.envoy_url(),
+        "admin": stack.admin_url(),
+        "issuer": stack.issuer_url(),
+        "upstream": stack.upstream_url(),
+        "mock": stack.mock_url(),
+        "admin_token": stack.admin_token(),
+        "feed_token": stack.feed_token(),
+        "dir": stack.dir().display().to_string(),
+        "pid": std::process::id(),
+    })
+    .to_string()
+}
+
+/// Resolves when stdin reaches end of file (or cannot be read): the driver that spawned us
+/// has closed its end of the pipe, or died. A blocking read on a plain thread, so no tokio
+/// feature is needed for it.
+async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
 }
 
 /// Refuses to start when a fixed port is taken (most likely by a stack already running).
@@ -112,43 +201,66 @@ fn remove_pid_file(path: &Path) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let concurrency = match parse(std::env::args().skip(1)) {
-        Ok(c) => c,
+    let opts = match parse(std::env::args().skip(1)) {
+        Ok(o) => o,
         Err(msg) => {
             eprintln!("{msg}");
             std::process::exit(2);
         }
     };
-    let ports = StackPorts::LOCAL;
-    check_ports_free(ports)?;
-    let run_dir = workspace_root().join(".run");
-    std::fs::create_dir_all(&run_dir)?;
-    let pid_file = run_dir.join("stack.pid");
-    std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+    let mut builder = Stack::builder().concurrency(opts.concurrency);
+    for (name, value) in &opts.issuer_env {
+        builder = builder.issuer_env(name, value);
+    }
+    for patch in &opts.plugin_patches {
+        builder = builder.plugin_config_patch(patch.clone());
+    }
+    let pid_file = if opts.free_ports {
+        // Free ports, a temp dir and random credentials: nothing shared with `make up`.
+        None
+    } else {
+        let ports = StackPorts::LOCAL;
+        check_ports_free(ports)?;
+        let run_dir = workspace_root().join(".run");
+        std::fs::create_dir_all(&run_dir)?;
+        let pid_file = run_dir.join("stack.pid");
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+        builder = builder
+            .ports(ports)
+            .run_dir(&run_dir)
+            .feed_token(FEED_TOKEN)
+            .admin_token(ADMIN_TOKEN)
+            .web_login();
+        Some(pid_file)
+    };
 
-    let started = Stack::builder()
-        .ports(ports)
-        .run_dir(&run_dir)
-        .feed_token(FEED_TOKEN)
-        .admin_token(ADMIN_TOKEN)
-        .concurrency(concurrency)
-        .web_login()
-        .start()
-        .await;
-    let stack = match started {
+    let stack = match builder.start().await {
         Ok(stack) => stack,
         Err(e) => {
-            remove_pid_file(&pid_file);
+            if let Some(p) = &pid_file {
+                remove_pid_file(p);
+            }
             eprintln!("weauth-stack: {e}");
             std::process::exit(1);
         }
     };
-    println!("{}", walkthrough(&stack));
-
-    weauth_tests::signal::terminated().await;
+    if opts.json {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", ready_line(&stack))?;
+        out.flush()?;
+        tokio::select! {
+            _ = weauth_tests::signal::terminated() => {}
+            _ = stdin_closed() => {}
+        }
+    } else {
+        println!("{}", walkthrough(&stack));
+        weauth_tests::signal::terminated().await;
+    }
     eprintln!("weauth-stack: stopping Envoy and the issuer");
     stack.shutdown().await;
-    remove_pid_file(&pid_file);
+    if let Some(p) = &pid_file {
+        remove_pid_file(p);
+    }
     eprintln!("weauth-stack: stopped");
     Ok(())
 }
@@ -166,8 +278,11 @@ mod tests {
 
     #[test]
     fn parse_concurrency_default_one_and_explicit() {
-        assert_eq!(parse(args(&[])), Ok(1));
-        assert_eq!(parse(args(&["--concurrency", "4"])), Ok(4));
+        assert_eq!(parse(args(&[])).map(|o| o.concurrency), Ok(1));
+        assert_eq!(
+            parse(args(&["--concurrency", "4"])).map(|o| o.concurrency),
+            Ok(4)
+        );
     }
 
     #[test]
@@ -175,5 +290,49 @@ mod tests {
         assert!(parse(args(&["--concurrency", "0"])).is_err());
         assert!(parse(args(&["--concurrency", "many"])).is_err());
         assert!(parse(args(&["--up"])).is_err());
+    }
+
+    #[test]
+    fn parse_no_flags_fixed_ports_walkthrough() {
+        let opts = parse(args(&[])).unwrap();
+        assert!(!opts.free_ports && !opts.json);
+        assert!(opts.issuer_env.is_empty() && opts.plugin_patches.is_empty());
+    }
+
+    #[test]
+    fn parse_driver_flags_kept_in_order() {
+        let opts = parse(args(&[
+            "--free-ports",
+            "--json",
+            "--issuer-env",
+            "WEAUTH_ACCESS_TTL=2s",
+            "--issuer-env",
+            "WEAUTH_LEEWAY=0s",
+            "--plugin-patch",
+            r#"{"clock_skew_seconds":0}"#,
+        ]))
+        .unwrap();
+        assert!(opts.free_ports && opts.json);
+        assert_eq!(
+            opts.issuer_env,
+            vec![
+                ("WEAUTH_ACCESS_TTL".to_string(), "2s".to_string()),
+                ("WEAUTH_LEEWAY".to_string(), "0s".to_string()),
+            ]
+        );
+        assert_eq!(opts.plugin_patches, vec![json!({"clock_skew_seconds": 0})]);
+    }
+
+    #[test]
+    fn parse_issuer_env_without_weauth_prefix_or_equals_refused() {
+        assert!(parse(args(&["--issuer-env", "PATH=/tmp"])).is_err());
+        assert!(parse(args(&["--issuer-env", "WEAUTH_ACCESS_TTL"])).is_err());
+        assert!(parse(args(&["--issuer-env"])).is_err());
+    }
+
+    #[test]
+    fn parse_plugin_patch_not_an_object_refused() {
+        assert!(parse(args(&["--plugin-patch", "[1]"])).is_err());
+        assert!(parse(args(&["--plugin-patch", "{nope"])).is_err());
     }
 }

@@ -1,0 +1,403 @@
+/**
+ * @file `createClient`: the glue that keeps the tokens and drives `wx.login` / `wx.request`
+ * by the rules of `protocol.ts`, with one shared refresh-or-login in flight at a time
+ * (`flight.ts`).
+ *
+ * Why single flight matters: refresh tokens are single use and the issuer treats a second
+ * use as theft (RFC 9700 §4.14), revoking the whole session. When twenty requests see the
+ * same expired access token at once, exactly one may refresh; the other nineteen wait for it
+ * and retry with its result. A request that comes back with an access token that has already
+ * been replaced does not refresh at all: it retries with the current one.
+ *
+ * Nothing here logs anything, so no token, code or session_key can end up in a log.
+ */
+import { WeauthError } from "./errors.js";
+import { SingleFlight } from "./flight.js";
+import {
+  DEFAULT_RETRY,
+  RetryPolicy,
+  TokenPair,
+  backoffDelay,
+  classify,
+  isTransient,
+  issuerError,
+  normalizeBaseUrl,
+  parseStored,
+  parseTokenResponse,
+  resolveUrl,
+  retryAfterMs,
+} from "./protocol.js";
+import { RequestOptions, Response, Sent, WxApi, send, wxLogin } from "./wx.js";
+
+/** Options of {@link createClient}. */
+export interface ClientOptions {
+  /** The issuer's (or the Envoy edge's) base URL, e.g. `https://api.example.com`. */
+  baseUrl: string;
+  /** Where the tokens are kept with `wx.setStorageSync` (default `"weauth.tokens"`). */
+  storageKey?: string;
+  /**
+   * Sent with the login as `{"code","appid"}`, for an issuer that serves several
+   * mini-programs; leave it out when it serves one (an issuer that knows no `appid` member
+   * refuses it).
+   */
+  appid?: string;
+  /** The `wx` object (default: the global `wx`). Tests pass a stub. */
+  wx?: WxApi;
+  /** How a refresh that fails on the network or with 5xx/429 is retried. */
+  retry?: Partial<RetryPolicy>;
+  /** Waits `ms` (default `setTimeout`); tests pass a fake. */
+  sleep?: (ms: number) => Promise<void>;
+  /** A number in [0, 1) for backoff jitter (default `Math.random`). */
+  random?: () => number;
+}
+
+/**
+ * The `e.detail` of `<button open-type="getPhoneNumber" bindgetphonenumber>`
+ * (`WechatMiniprogram.ButtonGetPhoneNumber["detail"]` fits). All its members are posted as
+ * they are; the issuer ignores `cloudID`, `errMsg`, `encryptedData` and `iv`.
+ */
+export interface PhoneNumberDetail {
+  code?: string;
+  errMsg?: string;
+}
+
+/**
+ * The `e.detail` (or success result) of an encrypted-data API: `getUserInfo`,
+ * `getWeRunData`, `getGroupEnterInfo`, … All its members are posted as they are; the issuer
+ * ignores `cloudID`, `errMsg` and `userInfo`.
+ */
+export interface EncryptedDetail {
+  encryptedData?: string;
+  iv?: string;
+  rawData?: string;
+  signature?: string;
+  errMsg?: string;
+}
+
+/** The issuer's answer to `POST /v1/me/phone`. */
+export interface PhoneNumber {
+  phoneNumber: string;
+  purePhoneNumber: string;
+  countryCode: string;
+}
+
+/** The issuer's answer to `POST /v1/me/decrypt`. */
+export interface Decrypted<T = Record<string, unknown>> {
+  data: T;
+  raw_data_verified: boolean;
+}
+
+/** What {@link createClient} returns. */
+export interface WeauthClient {
+  /**
+   * `wx.login` → `POST /v1/login` → tokens stored. Concurrent calls (and requests that need
+   * a login at that moment) share one login. Rejects with {@link WeauthError}.
+   */
+  login(): Promise<void>;
+  /**
+   * `wx.request` with `Authorization: Bearer`; logs in first when there are no tokens. On a
+   * 401 `invalid_token`: one refresh shared by every waiting request, then one retry; on
+   * `invalid_grant` from the refresh or `"relogin": true`: one shared login, then one retry.
+   * Resolves with the answer (whatever its status); rejects with {@link WeauthError} when no
+   * answer came (`network`) or no token could be had.
+   */
+  request<T = unknown>(options: RequestOptions): Promise<Response<T>>;
+  /** `POST /v1/logout`, then the stored tokens are removed (also when the call fails). */
+  logout(): Promise<void>;
+  /** Posts the phone button's `e.detail` to `/v1/me/phone`; resolves with the number. */
+  getPhoneNumber(detail: PhoneNumberDetail): Promise<PhoneNumber>;
+  /** Posts an encrypted `e.detail` to `/v1/me/decrypt`; resolves with the decrypted data. */
+  decrypt<T = Record<string, unknown>>(detail: EncryptedDetail): Promise<Decrypted<T>>;
+  /** True when tokens are stored (they may still be expired or revoked). */
+  isLoggedIn(): boolean;
+}
+
+type FlightKind = "refresh" | "login";
+
+function defaultWx(): WxApi {
+  // `typeof` is safe on an undeclared global (Node, tests); `globalThis` is not in every
+  // base library.
+  if (typeof wx === "undefined") {
+    throw new TypeError("weauth: no global `wx`; pass `wx` in the options");
+  }
+  return wx;
+}
+
+/** Creates a client. Throws a `TypeError` when `baseUrl` is not an absolute http(s) URL. */
+export function createClient(options: ClientOptions): WeauthClient {
+  const baseUrl = normalizeBaseUrl(options.baseUrl);
+  const storageKey = options.storageKey ?? "weauth.tokens";
+  const appid = options.appid;
+  const wxApi = options.wx ?? defaultWx();
+  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...options.retry };
+  const sleep =
+    options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
+  const random = options.random ?? Math.random;
+  const flight = new SingleFlight<TokenPair, FlightKind>();
+
+  // The tokens in memory mirror storage; `undefined` = not loaded yet, `null` = none.
+  let tokens: TokenPair | null | undefined;
+  // Bumped by logout(): a refresh or login that started before it must not store its result.
+  let epoch = 0;
+
+  function current(): TokenPair | null {
+    if (tokens === undefined) {
+      let stored: unknown;
+      try {
+        stored = wxApi.getStorageSync(storageKey);
+      } catch {
+        stored = undefined;
+      }
+      tokens = parseStored(stored) ?? null;
+    }
+    return tokens;
+  }
+
+  function store(pair: TokenPair | null): void {
+    tokens = pair;
+    try {
+      if (pair) {
+        wxApi.setStorageSync(storageKey, { ...pair });
+      } else {
+        wxApi.removeStorageSync(storageKey);
+      }
+    } catch {
+      // Storage full or unavailable: the tokens still work from memory for this run.
+    }
+  }
+
+  function postJson(path: string, data: Record<string, unknown>, bearer?: string): Promise<Sent> {
+    const header: Record<string, string> = { "content-type": "application/json" };
+    if (bearer !== undefined) {
+      header.authorization = `Bearer ${bearer}`;
+    }
+    return send(wxApi, { url: `${baseUrl}${path}`, method: "POST", data, header });
+  }
+
+  /** The login itself (always inside the flight). */
+  async function doLogin(startEpoch: number): Promise<TokenPair> {
+    let code: string;
+    try {
+      code = await wxLogin(wxApi);
+    } catch (e) {
+      throw new WeauthError("wx_login_failed", e instanceof Error ? e.message : String(e));
+    }
+    const body: Record<string, unknown> = { code };
+    if (appid !== undefined) {
+      body.appid = appid;
+    }
+    const sent = await postJson("/v1/login", body);
+    if (!sent.ok) {
+      throw new WeauthError("network", `login: ${sent.errMsg}`);
+    }
+    const pair =
+      sent.response.statusCode === 200 ? parseTokenResponse(sent.response.data) : undefined;
+    if (!pair) {
+      const err = issuerError(sent.response.data);
+      throw new WeauthError(
+        "login_failed",
+        `login refused: ${sent.response.statusCode} ${err.error ?? ""} ${err.description ?? ""}`.trim(),
+        { statusCode: sent.response.statusCode, error: err.error },
+      );
+    }
+    if (epoch !== startEpoch) {
+      throw new WeauthError("logged_out", "logout() was called during the login");
+    }
+    store(pair);
+    return pair;
+  }
+
+  /**
+   * The refresh itself (always inside the flight). Network failures and 5xx/429 are retried
+   * with backoff and, when they persist, rejected as such with the tokens kept. A refused
+   * refresh token (`invalid_grant`, or any other 4xx) means the session is gone: the tokens
+   * are dropped and a login follows in the same flight.
+   */
+  async function doRefresh(pair: TokenPair, startEpoch: number): Promise<TokenPair> {
+    for (let attempt = 1; ; attempt++) {
+      const sent = await postJson("/v1/token/refresh", { refresh_token: pair.refreshToken });
+      if (epoch !== startEpoch) {
+        throw new WeauthError("logged_out", "logout() was called during the refresh");
+      }
+      let wait: number | undefined;
+      let failure: WeauthError;
+      if (!sent.ok) {
+        failure = new WeauthError("network", `refresh: ${sent.errMsg}`);
+      } else if (sent.response.statusCode === 200) {
+        const fresh = parseTokenResponse(sent.response.data);
+        if (fresh) {
+          store(fresh);
+          return fresh;
+        }
+        failure = new WeauthError("refresh_failed", "refresh: 200 without a token pair", {
+          statusCode: 200,
+        });
+      } else if (isTransient(sent.response.statusCode)) {
+        const err = issuerError(sent.response.data);
+        failure = new WeauthError(
+          "refresh_failed",
+          `refresh: ${sent.response.statusCode} ${err.error ?? ""}`.trim(),
+          { statusCode: sent.response.statusCode, error: err.error },
+        );
+        wait = retryAfterMs(sent.response.header, retry.maxDelayMs);
+      } else {
+        // 400 invalid_grant (used, unknown, expired or revoked): log in again.
+        store(null);
+        flight.relabel("login");
+        return doLogin(startEpoch);
+      }
+      if (attempt >= retry.attempts) {
+        throw failure;
+      }
+      await sleep(wait ?? backoffDelay(attempt, retry, random()));
+      if (epoch !== startEpoch) {
+        throw new WeauthError("logged_out", "logout() was called during the refresh");
+      }
+    }
+  }
+
+  /**
+   * New tokens because `stale` was refused with `verdict`. Joins whatever is in flight; if
+   * nothing is and the tokens have already moved on from `stale`, just uses the current
+   * ones; otherwise starts the refresh (or login).
+   */
+  /** A login shared with any login in flight (after any refresh in flight has settled). */
+  async function loginShared(): Promise<TokenPair> {
+    for (;;) {
+      const inFlight = flight.promise;
+      if (!inFlight) {
+        const startEpoch = epoch;
+        return flight.run("login", () => doLogin(startEpoch));
+      }
+      if (flight.kind === "login") {
+        return inFlight;
+      }
+      await inFlight.catch(() => undefined);
+    }
+  }
+
+  async function renew(stale: TokenPair | null, verdict: "refresh" | "relogin"): Promise<TokenPair> {
+    for (;;) {
+      const inFlight = flight.promise;
+      if (inFlight) {
+        if (verdict === "relogin" && flight.kind === "refresh") {
+          // A refresh keeps the old session_key: wait for it, then decide again.
+          await inFlight.catch(() => undefined);
+          stale = current();
+          continue;
+        }
+        return inFlight;
+      }
+      const now = current();
+      if (now && (!stale || now.accessToken !== stale.accessToken)) {
+        return now;
+      }
+      const startEpoch = epoch;
+      if (verdict === "refresh" && now) {
+        return flight.run("refresh", () => doRefresh(now, startEpoch));
+      }
+      return flight.run("login", () => doLogin(startEpoch));
+    }
+  }
+
+  function sendWithToken(options: RequestOptions, url: string, pair: TokenPair | null): Promise<Sent> {
+    const header: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(options.header ?? {})) {
+      if (k.toLowerCase() !== "authorization") {
+        header[k] = v;
+      }
+    }
+    if (pair) {
+      header.authorization = `Bearer ${pair.accessToken}`;
+    }
+    return send(wxApi, { ...options, url, header });
+  }
+
+  function answer<T>(sent: Sent): Response<T> {
+    if (!sent.ok) {
+      throw new WeauthError("network", sent.errMsg);
+    }
+    return sent.response as Response<T>;
+  }
+
+  async function request<T>(options: RequestOptions): Promise<Response<T>> {
+    const target = resolveUrl(baseUrl, options.url);
+    if (!target.withToken) {
+      return answer<T>(await sendWithToken(options, target.url, null));
+    }
+    if (flight.promise) {
+      // A refresh or login is under way: its tokens are the ones to send (no doomed 401).
+      await flight.promise.catch(() => undefined);
+    }
+    let pair = current();
+    if (!pair) {
+      pair = await renew(null, "relogin");
+    }
+    const first = answer<T>(await sendWithToken(options, target.url, pair));
+    const verdict = classify(first.statusCode, first.data, first.header);
+    if (verdict === "done") {
+      return first;
+    }
+    const fresh = await renew(pair, verdict);
+    return answer<T>(await sendWithToken(options, target.url, fresh));
+  }
+
+  async function postDetail<T>(path: string, detail: Record<string, unknown>): Promise<T> {
+    const res = await request<T>({
+      url: path,
+      method: "POST",
+      data: detail,
+      header: { "content-type": "application/json" },
+    });
+    if (res.statusCode >= 200 && res.statusCode < 300) {
+      return res.data;
+    }
+    const err = issuerError(res.data);
+    throw new WeauthError(
+      "request_failed",
+      `${path}: ${res.statusCode} ${err.error ?? ""} ${err.description ?? ""}`.trim(),
+      { statusCode: res.statusCode, error: err.error, relogin: err.relogin },
+    );
+  }
+
+  return {
+    async login() {
+      await loginShared();
+    },
+
+    request,
+
+    async logout() {
+      const pair = current();
+      epoch++;
+      store(null);
+      if (pair) {
+        // Best effort: the tokens are gone from the device whatever the answer; a session the
+        // issuer could not be told about ends when its refresh token expires.
+        await postJson("/v1/logout", {}, pair.accessToken);
+      }
+    },
+
+    getPhoneNumber(detail) {
+      if (!detail || typeof detail.code !== "string" || detail.code === "") {
+        return Promise.reject(
+          new WeauthError("user_denied", `no phone code in e.detail (${detail?.errMsg ?? "no errMsg"})`),
+        );
+      }
+      return postDetail<PhoneNumber>("/v1/me/phone", { ...(detail as Record<string, unknown>) });
+    },
+
+    decrypt<T>(detail: EncryptedDetail) {
+      if (!detail || typeof detail.encryptedData !== "string" || typeof detail.iv !== "string") {
+        return Promise.reject(
+          new WeauthError("user_denied", `no encryptedData in e.detail (${detail?.errMsg ?? "no errMsg"})`),
+        );
+      }
+      return postDetail<Decrypted<T>>("/v1/me/decrypt", { ...(detail as Record<string, unknown>) });
+    },
+
+    isLoggedIn() {
+      return current() !== null;
+    },
+  };
+}

@@ -1,0 +1,53 @@
+/**
+ * @file The one error type the client rejects with, and its stable codes.
+ *
+ * Messages are written for the developer reading a log; they never carry a token, a login
+ * code or a session_key (only WeChat's `errMsg` texts and the issuer's `error_description`,
+ * neither of which contains one).
+ */
+
+/**
+ * Why a call failed. `code` is stable:
+ * - `network`: `wx.request` failed (no answer); for a refresh only after its retries. The
+ *   stored tokens are KEPT: a network failure never logs the user out.
+ * - `wx_login_failed`: `wx.login` failed (its `errMsg` is the message).
+ * - `login_failed`: `POST /v1/login` did not give tokens; `statusCode` and `error` say why.
+ * - `refresh_failed`: `POST /v1/token/refresh` kept answering a transient error (5xx, 429).
+ * - `logged_out`: `logout()` was called while this call was waiting for a refresh or login.
+ * - `user_denied`: the button's `e.detail` holds no data (the user tapped "deny").
+ * - `request_failed`: `getPhoneNumber` / `decrypt` got a non-2xx answer; `statusCode`,
+ *   `error` (the issuer's code) and `relogin` are set.
+ */
+export type WeauthErrorCode =
+  | "network"
+  | "wx_login_failed"
+  | "login_failed"
+  | "refresh_failed"
+  | "logged_out"
+  | "user_denied"
+  | "request_failed";
+
+/** A failed client call. */
+export class WeauthError extends Error {
+  /** The stable reason (see {@link WeauthErrorCode}). */
+  readonly code: WeauthErrorCode;
+  /** The HTTP status, when an answer arrived. */
+  readonly statusCode?: number;
+  /** The issuer's stable `error` member, when the answer had one. */
+  readonly error?: string;
+  /** True when the issuer asked for a new login (`"relogin": true`). */
+  readonly relogin: boolean;
+
+  constructor(
+    code: WeauthErrorCode,
+    message: string,
+    extra: { statusCode?: number; error?: string; relogin?: boolean } = {},
+  ) {
+    super(message);
+    this.name = "WeauthError";
+    this.code = code;
+    this.statusCode = extra.statusCode;
+    this.error = extra.error;
+    this.relogin = extra.relogin === true;
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * @file The pure rules of the client: what an answer means (refresh, re-login or done),
+ * where a URL points and whether it may carry the token, how long to back off. No `wx`, no
+ * clock, no randomness of its own: everything it needs is an argument, so each rule has a
+ * unit test (`test/unit/protocol.test.ts`).
+ */
+
+/** The tokens the client keeps (what `wx.setStorageSync` stores under the storage key). */
+export interface TokenPair {
+  /** The JWT sent as `Authorization: Bearer …`. */
+  accessToken: string;
+  /** Opaque and single use: each refresh consumes it and returns a new pair. */
+  refreshToken: string;
+}
+
+/** What the client does with an answer. */
+export type Verdict =
+  /** Give it to the caller. */
+  | "done"
+  /** 401 `invalid_token`: the access token is expired or revoked → one shared refresh. */
+  | "refresh"
+  /** `"relogin": true` (the session_key changed) → one shared `wx.login`. */
+  | "relogin";
+
+/** The members of the issuer's error body (`{"error","error_description","relogin"?}`). */
+export interface IssuerError {
+  error?: string;
+  description?: string;
+  relogin: boolean;
+}
+
+/** The issuer's error members of `data` (wx.request gives JSON already parsed, or text). */
+export function issuerError(data: unknown): IssuerError {
+  let body: unknown = data;
+  if (typeof body === "string") {
+    try {
+      body = JSON.parse(body);
+    } catch {
+      return { relogin: false };
+    }
+  }
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    return { relogin: false };
+  }
+  const record = body as Record<string, unknown>;
+  return {
+    error: typeof record.error === "string" ? record.error : undefined,
+    description:
+      typeof record.error_description === "string" ? record.error_description : undefined,
+    relogin: record.relogin === true,
+  };
+}
+
+/** A header's value, whatever the case of its name (wx.request keeps the server's case). */
+export function headerValue(header: unknown, name: string): string | undefined {
+  if (header === null || typeof header !== "object") {
+    return undefined;
+  }
+  const wanted = name.toLowerCase();
+  for (const [key, value] of Object.entries(header as Record<string, unknown>)) {
+    if (key.toLowerCase() === wanted) {
+      return Array.isArray(value) ? value.join(", ") : String(value);
+    }
+  }
+  return undefined;
+}
+
+/**
+ * What to do with an answer to a request that carried our access token.
+ *
+ * - 401 whose body says `invalid_token`, or whose `WWW-Authenticate` is a Bearer challenge
+ *   (the issuer and the weauth filter send both) → `refresh`;
+ * - any answer with `"relogin": true` → `relogin`;
+ * - everything else (including a 401 from some other scheme, and 403
+ *   `insufficient_scope`, which a new token would not fix) → `done`.
+ */
+export function classify(statusCode: number, data: unknown, header: unknown): Verdict {
+  const err = issuerError(data);
+  if (err.relogin) {
+    return "relogin";
+  }
+  if (statusCode === 401) {
+    const challenge = headerValue(header, "www-authenticate") ?? "";
+    if (err.error === "invalid_token" || /^\s*bearer\b/i.test(challenge)) {
+      return "refresh";
+    }
+  }
+  return "done";
+}
+
+/** The token pair of a 200 answer to `/v1/login` or `/v1/token/refresh`, if well formed. */
+export function parseTokenResponse(data: unknown): TokenPair | undefined {
+  let body: unknown = data;
+  if (typeof body === "string") {
+    try {
+      body = JSON.parse(body);
+    } catch {
+      return undefined;
+    }
+  }
+  if (body === null || typeof body !== "object") {
+    return undefined;
+  }
+  const record = body as Record<string, unknown>;
+  const access = record.access_token;
+  const refresh = record.refresh_token;
+  if (typeof access !== "string" || access === "" || typeof refresh !== "string" || refresh === "") {
+    return undefined;
+  }
+  return { accessToken: access, refreshToken: refresh };
+}
+
+/** Tokens read back from storage (anything else, e.g. an older format, counts as none). */
+export function parseStored(value: unknown): TokenPair | undefined {
+  if (value === null || typeof value !== "object") {
+    return undefined;
+  }
+  const record = value as Record<string, unknown>;
+  if (
+    typeof record.accessToken !== "string" ||
+    record.accessToken === "" ||
+    typeof record.refreshToken !== "string" ||
+    record.refreshToken === ""
+  ) {
+    return undefined;
+  }
+  return { accessToken: record.accessToken, refreshToken: record.refreshToken };
+}
+
+/** `scheme://host[:port]` of an absolute http(s) URL, lower-cased; undefined otherwise. */
+export function originOf(url: string): string | undefined {
+  const m = /^(https?:\/\/[^/?#]+)/i.exec(url);
+  return m ? m[1].toLowerCase() : undefined;
+}
+
+/** `baseUrl` without trailing slashes. Throws when it is not an absolute http(s) URL. */
+export function normalizeBaseUrl(baseUrl: string): string {
+  if (typeof baseUrl !== "string" || originOf(baseUrl) === undefined) {
+    throw new TypeError("weauth: baseUrl must be an absolute http(s) URL");
+  }
+  return baseUrl.replace(/\/+$/, "");
+}
+
+/**
+ * Where a request goes and whether it may carry our token: a relative `url` is joined to
+ * `baseUrl`; an absolute one is used as is and gets the token only when it has the same
+ * origin as `baseUrl` (the token is never sent to another host).
+ */
+export function resolveUrl(baseUrl: string, url: string): { url: string; withToken: boolean } {
+  const origin = originOf(url);
+  if (origin !== undefined) {
+    return { url, withToken: origin === originOf(baseUrl) };
+  }
+  const path = url.startsWith("/") ? url : `/${url}`;
+  return { url: `${baseUrl}${path}`, withToken: true };
+}
+
+/** How a refresh that fails on the network (or with 5xx/429) is retried. */
+export interface RetryPolicy {
+  /** Attempts in all, first one included (default 5). */
+  attempts: number;
+  /** Delay before the first retry, in ms (default 500); doubles each time. */
+  baseDelayMs: number;
+  /** Longest delay, in ms (default 8000). */
+  maxDelayMs: number;
+}
+
+/** The defaults of {@link RetryPolicy}: about 7.5 s of retrying before giving up. */
+export const DEFAULT_RETRY: RetryPolicy = { attempts: 5, baseDelayMs: 500, maxDelayMs: 8000 };
+
+/**
+ * The delay before retry number `retry` (1 = the first retry): exponential, capped, with
+ * "equal jitter" (between half and all of it) so many devices that lost the network at once
+ * do not come back in step. `random` is in [0, 1).
+ */
+export function backoffDelay(retry: number, policy: RetryPolicy, random: number): number {
+  const exp = policy.baseDelayMs * 2 ** Math.max(0, retry - 1);
+  const capped = Math.min(policy.maxDelayMs, exp);
+  return Math.round(capped / 2 + (capped / 2) * Math.min(Math.max(random, 0), 1));
+}
+
+/** `Retry-After` in seconds as ms, capped at `capMs`; undefined when absent or a date. */
+export function retryAfterMs(header: unknown, capMs: number): number | undefined {
+  const value = headerValue(header, "retry-after");
+  if (value === undefined || !/^\s*\d+\s*$/.test(value)) {
+    return undefined;
+  }
+  return Math.min(Number(value) * 1000, capMs);
+}
+
+/** True for answers to a refresh that are worth retrying: 5xx and 429. */
+export function isTransient(statusCode: number): boolean {
+  return statusCode >= 500 || statusCode === 429;
+}

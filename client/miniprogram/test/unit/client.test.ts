@@ -1,0 +1,449 @@
+/**
+ * @file Unit tests of `createClient` against the `wx` stub and the stand-in issuer of
+ * `fake.ts`: single flight, retry once, backoff on network failure, logout, the button
+ * details, and that nothing is ever logged.
+ */
+import { afterEach, beforeEach, test } from "node:test";
+import assert from "node:assert/strict";
+import { createClient, WeauthError } from "../../src/index.js";
+import type { ClientOptions, WeauthClient } from "../../src/index.js";
+import { FakeIssuer, SeenRequest, WxStub, tick } from "./fake.js";
+
+const BASE = "https://api.example.test";
+
+interface Setup {
+  issuer: FakeIssuer;
+  wx: WxStub;
+  client: WeauthClient;
+  sleeps: number[];
+}
+
+function setup(extra: Partial<ClientOptions> = {}): Setup {
+  const issuer = new FakeIssuer();
+  const wx = new WxStub(issuer);
+  const sleeps: number[] = [];
+  const client = createClient({
+    baseUrl: `${BASE}/`,
+    wx,
+    sleep: async (ms) => {
+      sleeps.push(ms);
+      await tick();
+    },
+    random: () => 0.5,
+    ...extra,
+  });
+  return { issuer, wx, client, sleeps };
+}
+
+function bearer(req: SeenRequest): string {
+  return String(req.header.authorization ?? "");
+}
+
+test("request_without_tokens_logs_in_once_then_sends_bearer", async () => {
+  const { issuer, wx, client } = setup();
+  const res = await client.request<{ ok: boolean }>({ url: "/api/hello" });
+  assert.equal(res.statusCode, 200);
+  assert.equal(res.data.ok, true);
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(issuer.logins, 1);
+  const api = wx.requests.find((r) => r.path === "/api/hello");
+  assert.match(bearer(api!), /^Bearer at-\d+$/);
+  assert.equal(api!.url, `${BASE}/api/hello`);
+});
+
+test("request_concurrent_without_tokens_one_login", async () => {
+  const { issuer, wx, client } = setup();
+  const all = await Promise.all(Array.from({ length: 10 }, () => client.request({ url: "/api/x" })));
+  assert.ok(all.every((r) => r.statusCode === 200));
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(issuer.logins, 1);
+});
+
+test("login_concurrent_calls_one_wx_login_tokens_stored", async () => {
+  const { issuer, wx, client } = setup({ storageKey: "k" });
+  await Promise.all([client.login(), client.login(), client.login()]);
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(issuer.logins, 1);
+  const stored = JSON.parse(wx.storage.get("k")!);
+  assert.match(stored.accessToken, /^at-/);
+  assert.match(stored.refreshToken, /^rt-/);
+  assert.equal(client.isLoggedIn(), true);
+});
+
+test("login_when_logged_in_logs_in_again", async () => {
+  const { issuer, client } = setup();
+  await client.login();
+  await client.login();
+  assert.equal(issuer.logins, 2);
+});
+
+test("login_with_appid_sends_appid_without_sends_code_only", async () => {
+  const withAppid = setup({ appid: "wx0123456789abcdef" });
+  await withAppid.client.login();
+  const sent = withAppid.wx.requests.find((r) => r.path === "/v1/login")!.data as Record<string, unknown>;
+  assert.deepEqual(Object.keys(sent).sort(), ["appid", "code"]);
+  assert.equal(sent.appid, "wx0123456789abcdef");
+  const plain = setup();
+  await plain.client.login();
+  const sentPlain = plain.wx.requests.find((r) => r.path === "/v1/login")!.data as Record<string, unknown>;
+  assert.deepEqual(Object.keys(sentPlain), ["code"]);
+});
+
+test("request_expired_access_20_concurrent_one_refresh_all_succeed", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  const all = await Promise.all(Array.from({ length: 20 }, (_, i) => client.request({ url: `/api/${i}` })));
+  assert.deepEqual(
+    all.map((r) => r.statusCode),
+    Array(20).fill(200),
+  );
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  assert.equal(issuer.reuses, 0);
+  assert.equal(issuer.logins, 1);
+  // Each request was sent at most twice: first try and one retry.
+  assert.equal(wx.requests.filter((r) => r.path.startsWith("/api/")).length, 40);
+});
+
+test("request_401_after_refresh_finished_retries_without_refreshing", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  // The first /api/slow is refused like the others, but its 401 is held back until the
+  // refresh triggered by /api/fast is done.
+  let release: () => void = () => undefined;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  wx.hold = (req) => (req.path === "/api/slow" && wx.count("/api/slow") === 1 ? held : undefined);
+  const slow = client.request({ url: "/api/slow" });
+  await tick();
+  const fast = await client.request({ url: "/api/fast" });
+  assert.equal(fast.statusCode, 200);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  release();
+  const late = await slow;
+  assert.equal(late.statusCode, 200);
+  assert.equal(wx.count("/api/slow"), 2, "one retry with the current token");
+  assert.equal(wx.count("/v1/token/refresh"), 1, "a late 401 on an old token must not refresh again");
+  assert.equal(issuer.reuses, 0);
+});
+
+test("request_started_during_refresh_waits_and_sends_new_token_once", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  const first = client.request({ url: "/api/first" });
+  while (wx.count("/v1/token/refresh") === 0) {
+    await tick();
+  }
+  const late = await client.request({ url: "/api/late" });
+  assert.equal(late.statusCode, 200);
+  assert.equal(wx.count("/api/late"), 1, "sent once, with the refreshed token");
+  assert.equal((await first).statusCode, 200);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+});
+
+test("request_revoked_session_refresh_invalid_grant_one_login_shared", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.revokeAll();
+  const all = await Promise.all(Array.from({ length: 8 }, () => client.request({ url: "/api/x" })));
+  assert.ok(all.every((r) => r.statusCode === 200));
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  assert.equal(wx.wxLogins, 2, "the first login and exactly one re-login");
+  assert.equal(issuer.logins, 2);
+});
+
+test("request_refresh_network_failure_retried_with_backoff_then_succeeds", async () => {
+  const { issuer, wx, client, sleeps } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  let failures = 2;
+  wx.faults.push((req) =>
+    req.path === "/v1/token/refresh" && failures-- > 0 ? { fail: "request:fail timeout" } : undefined,
+  );
+  const all = await Promise.all([client.request({ url: "/api/a" }), client.request({ url: "/api/b" })]);
+  assert.ok(all.every((r) => r.statusCode === 200));
+  assert.equal(wx.count("/v1/token/refresh"), 3);
+  assert.deepEqual(sleeps, [375, 750], "500 then 1000 ms with equal jitter at 0.5");
+  assert.equal(wx.wxLogins, 1, "a network failure is never turned into a login");
+  assert.equal(issuer.reuses, 0);
+});
+
+test("request_refresh_network_down_rejects_network_tokens_kept", async () => {
+  const { issuer, wx, client, sleeps } = setup({ retry: { attempts: 3 } });
+  await client.login();
+  const before = wx.storage.get("weauth.tokens");
+  issuer.expireAccessTokens();
+  wx.faults.push((req) => (req.path === "/v1/token/refresh" ? { fail: "request:fail net::ERR" } : undefined));
+  await assert.rejects(client.request({ url: "/api/a" }), (e: unknown) => {
+    assert.ok(e instanceof WeauthError);
+    assert.equal((e as WeauthError).code, "network");
+    return true;
+  });
+  assert.equal(sleeps.length, 2);
+  assert.equal(wx.storage.get("weauth.tokens"), before, "tokens kept: not a logout");
+  assert.equal(client.isLoggedIn(), true);
+  // The network is back: the same refresh token still works.
+  wx.faults.length = 0;
+  const res = await client.request({ url: "/api/a" });
+  assert.equal(res.statusCode, 200);
+  assert.equal(wx.wxLogins, 1);
+});
+
+test("request_refresh_503_retried_honouring_retry_after", async () => {
+  const { issuer, wx, client, sleeps } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  let busy = 1;
+  wx.faults.push((req) =>
+    req.path === "/v1/token/refresh" && busy-- > 0
+      ? { statusCode: 503, data: { error: "temporarily_unavailable" }, header: { "Retry-After": "2" } }
+      : undefined,
+  );
+  const res = await client.request({ url: "/api/a" });
+  assert.equal(res.statusCode, 200);
+  assert.deepEqual(sleeps, [2000]);
+});
+
+test("request_retry_still_401_returned_not_looping", async () => {
+  const { wx, client } = setup();
+  await client.login();
+  wx.faults.push((req) =>
+    req.path === "/api/never" ? { statusCode: 401, data: { error: "invalid_token" } } : undefined,
+  );
+  const res = await client.request({ url: "/api/never" });
+  assert.equal(res.statusCode, 401);
+  assert.equal(wx.count("/api/never"), 2);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+});
+
+test("request_relogin_true_one_login_then_retry_once", async () => {
+  const { wx, client } = setup();
+  await client.login();
+  let stale = 1;
+  wx.faults.push((req) =>
+    req.path === "/v1/me/decrypt" && stale-- > 0
+      ? { statusCode: 400, data: { error: "session_key_mismatch", relogin: true } }
+      : undefined,
+  );
+  const res = await client.request({ url: "/v1/me/decrypt", method: "POST", data: {} });
+  assert.equal(res.statusCode, 200);
+  assert.equal(wx.wxLogins, 2);
+  assert.equal(wx.count("/v1/token/refresh"), 0, "a refresh would keep the old session_key");
+  const [first, second] = wx.requests.filter((r) => r.path === "/v1/me/decrypt");
+  assert.notEqual(bearer(first), bearer(second));
+});
+
+test("request_403_insufficient_scope_returned_no_refresh", async () => {
+  const { wx, client } = setup();
+  await client.login();
+  wx.faults.push((req) =>
+    req.path === "/api/admin"
+      ? { statusCode: 403, data: { error: "insufficient_scope" }, header: { "www-authenticate": "Bearer" } }
+      : undefined,
+  );
+  const res = await client.request({ url: "/api/admin" });
+  assert.equal(res.statusCode, 403);
+  assert.equal(wx.count("/v1/token/refresh"), 0);
+});
+
+test("request_network_failure_rejects_network_without_refresh", async () => {
+  const { wx, client } = setup();
+  await client.login();
+  wx.faults.push((req) => (req.path === "/api/x" ? { fail: "request:fail" } : undefined));
+  await assert.rejects(client.request({ url: "/api/x" }), { name: "WeauthError", code: "network" });
+  assert.equal(wx.count("/v1/token/refresh"), 0);
+  assert.equal(client.isLoggedIn(), true);
+});
+
+test("request_other_origin_no_token_no_login", async () => {
+  const { wx, client } = setup();
+  wx.faults.push(() => ({ statusCode: 200, data: "elsewhere" }));
+  const res = await client.request({ url: "https://cdn.other.test/a.json" });
+  assert.equal(res.data, "elsewhere");
+  assert.equal(wx.wxLogins, 0);
+  assert.equal(wx.requests[0].header.authorization, undefined);
+});
+
+test("request_caller_authorization_header_replaced_others_kept", async () => {
+  const { wx, client } = setup();
+  await client.login();
+  await client.request({ url: "/api/x", header: { Authorization: "Basic Zm9v", "x-trace": "1" } });
+  const sent = wx.requests.find((r) => r.path === "/api/x")!;
+  assert.equal(sent.header.Authorization, undefined);
+  assert.match(bearer(sent), /^Bearer at-/);
+  assert.equal(sent.header["x-trace"], "1");
+});
+
+test("request_login_refused_rejects_login_failed_with_status", async () => {
+  const { wx, client } = setup();
+  wx.faults.push((req) =>
+    req.path === "/v1/login" ? { statusCode: 403, data: { error: "access_denied" } } : undefined,
+  );
+  await assert.rejects(client.request({ url: "/api/x" }), {
+    code: "login_failed",
+    statusCode: 403,
+    error: "access_denied",
+  });
+  assert.equal(client.isLoggedIn(), false);
+});
+
+test("login_wx_login_fails_rejects_wx_login_failed", async () => {
+  const { wx, client } = setup();
+  wx.loginFailure = "login:fail network";
+  await assert.rejects(client.login(), { code: "wx_login_failed", message: "login:fail network" });
+  assert.equal(wx.requests.length, 0);
+});
+
+test("tokens_persisted_new_client_on_same_storage_uses_them", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  const second = createClient({ baseUrl: BASE, wx });
+  const res = await second.request({ url: "/api/x" });
+  assert.equal(res.statusCode, 200);
+  assert.equal(issuer.logins, 1);
+});
+
+test("logout_posts_bearer_and_clears_storage", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  const token = JSON.parse(wx.storage.get("weauth.tokens")!).accessToken;
+  await client.logout();
+  const sent = wx.requests.find((r) => r.path === "/v1/logout")!;
+  assert.equal(bearer(sent), `Bearer ${token}`);
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+  assert.equal(client.isLoggedIn(), false);
+  assert.equal(issuer.revokedSessions.size, 1);
+});
+
+test("logout_network_failure_still_clears", async () => {
+  const { wx, client } = setup();
+  await client.login();
+  wx.faults.push(() => ({ fail: "request:fail" }));
+  await client.logout();
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+});
+
+test("logout_during_refresh_refreshed_tokens_not_stored", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  const pending = client.request({ url: "/api/x" });
+  const outcome = pending.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  // Let the first 401 arrive and the refresh be sent, then log out before its answer.
+  while (wx.count("/v1/token/refresh") === 0) {
+    await tick();
+  }
+  await client.logout();
+  const err = await outcome;
+  assert.ok(err instanceof WeauthError);
+  assert.equal((err as WeauthError).code, "logged_out");
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+  assert.equal(client.isLoggedIn(), false);
+});
+
+test("getPhoneNumber_denied_detail_rejects_without_request", async () => {
+  const { wx, client } = setup();
+  await assert.rejects(client.getPhoneNumber({ errMsg: "getPhoneNumber:fail user deny" }), {
+    code: "user_denied",
+  });
+  assert.equal(wx.requests.length, 0);
+});
+
+test("getPhoneNumber_detail_posted_whole_resolves_with_data", async () => {
+  const { wx, client } = setup();
+  wx.faults.push((req) =>
+    req.path === "/v1/me/phone"
+      ? { statusCode: 200, data: { phoneNumber: "13800138000", purePhoneNumber: "13800138000", countryCode: "86" } }
+      : undefined,
+  );
+  const detail = { code: "phone-code", errMsg: "getPhoneNumber:ok", cloudID: "c" };
+  const phone = await client.getPhoneNumber(detail);
+  assert.equal(phone.purePhoneNumber, "13800138000");
+  assert.deepEqual(wx.requests.find((r) => r.path === "/v1/me/phone")!.data, detail);
+});
+
+test("decrypt_refused_rejects_request_failed_with_code", async () => {
+  const { wx, client } = setup();
+  wx.faults.push((req) =>
+    req.path === "/v1/me/decrypt"
+      ? { statusCode: 400, data: { error: "invalid_base64", error_description: "bad" } }
+      : undefined,
+  );
+  await assert.rejects(client.decrypt({ encryptedData: "x", iv: "y" }), {
+    code: "request_failed",
+    statusCode: 400,
+    error: "invalid_base64",
+    relogin: false,
+  });
+});
+
+test("decrypt_without_encrypted_data_rejects_user_denied", async () => {
+  const { client } = setup();
+  await assert.rejects(client.decrypt({ errMsg: "getUserProfile:fail auth deny" }), { code: "user_denied" });
+});
+
+test("createClient_relative_base_url_throws", () => {
+  assert.throws(() => createClient({ baseUrl: "/api", wx: new WxStub(new FakeIssuer()) }), TypeError);
+});
+
+test("createClient_no_wx_anywhere_throws", () => {
+  assert.throws(() => createClient({ baseUrl: BASE }), /no global `wx`/);
+});
+
+// --- nothing is logged --------------------------------------------------------------------
+
+const methods = ["log", "info", "warn", "error", "debug"] as const;
+let saved: Array<(...args: unknown[]) => void> = [];
+let consoleCalls: unknown[][] = [];
+
+beforeEach(() => {
+  saved = methods.map((m) => console[m]);
+  consoleCalls = [];
+  for (const m of methods) {
+    console[m] = (...args: unknown[]) => {
+      consoleCalls.push(args);
+    };
+  }
+});
+
+afterEach(() => {
+  methods.forEach((m, i) => {
+    console[m] = saved[i];
+  });
+});
+
+test("client_full_scenario_logs_nothing_errors_carry_no_secrets", async () => {
+  const { issuer, wx, client } = setup({ retry: { attempts: 2 } });
+  await client.login();
+  issuer.expireAccessTokens();
+  await client.request({ url: "/api/a" });
+  issuer.revokeAll();
+  await client.request({ url: "/api/b" });
+  const errors: WeauthError[] = [];
+  issuer.expireAccessTokens();
+  wx.faults.push((req) => (req.path === "/v1/token/refresh" ? { fail: "request:fail" } : undefined));
+  await client.request({ url: "/api/c" }).catch((e: WeauthError) => errors.push(e));
+  wx.faults.length = 0;
+  wx.faults.push((req) => (req.path === "/v1/login" ? { statusCode: 400, data: { error: "invalid_grant" } } : undefined));
+  await client.login().catch((e: WeauthError) => errors.push(e));
+  await client.logout();
+  assert.equal(consoleCalls.length, 0, "the client must not log");
+  assert.equal(errors.length, 2);
+  const secrets = [...issuer.access.keys(), ...issuer.refresh.keys()];
+  for (const req of wx.requests) {
+    const d = req.data as Record<string, unknown> | undefined;
+    if (typeof d?.code === "string") {
+      secrets.push(d.code);
+    }
+  }
+  assert.ok(secrets.length > 5);
+  for (const e of errors) {
+    for (const s of secrets) {
+      assert.ok(!e.message.includes(s) && !String(e.stack).includes(s), `error text holds a secret`);
+    }
+  }
+});

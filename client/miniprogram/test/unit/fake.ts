@@ -1,0 +1,216 @@
+/**
+ * @file A `wx` stub for the unit tests, and a small in-memory stand-in for the issuer behind
+ * it that keeps the rules the client depends on: single-use refresh tokens whose reuse
+ * revokes the session, 401 `invalid_token` (with a Bearer challenge) for an expired or
+ * revoked access token, 400 `invalid_grant` for a refused refresh token. Every answer is
+ * delivered on a later macrotask, so concurrent requests really interleave.
+ */
+import type { WxApi } from "../../src/wx.js";
+
+/** One request as the stub saw it. */
+export interface SeenRequest {
+  method: string;
+  url: string;
+  path: string;
+  header: Record<string, unknown>;
+  data: unknown;
+}
+
+/** What the stub answers: an HTTP answer, or a network failure (wx's `fail`). */
+export type StubAnswer =
+  | { statusCode: number; data?: unknown; header?: Record<string, string> }
+  | { fail: string };
+
+/** Decides the answer to one request (after the fault hooks). */
+export type Handler = (req: SeenRequest) => StubAnswer;
+
+/** A macrotask later: lets every request issued in the same tick be in flight at once. */
+export function tick(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** The stand-in issuer: sessions, token rotation with reuse detection, a protected route. */
+export class FakeIssuer {
+  private n = 0;
+  /** access token → session id, for tokens still accepted. */
+  readonly access = new Map<string, number>();
+  /** refresh token → { session, used }. */
+  readonly refresh = new Map<string, { sid: number; used: boolean }>();
+  readonly revokedSessions = new Set<number>();
+  logins = 0;
+  refreshes = 0;
+  reuses = 0;
+  /** Codes handed out by the stub's wx.login, each usable once. */
+  readonly codes = new Set<string>();
+
+  newCode(): string {
+    const code = `code-${++this.n}`;
+    this.codes.add(code);
+    return code;
+  }
+
+  private pair(sid: number): { access_token: string; refresh_token: string } {
+    const access = `at-${++this.n}`;
+    const refresh = `rt-${++this.n}`;
+    this.access.set(access, sid);
+    this.refresh.set(refresh, { sid, used: false });
+    return { access_token: access, refresh_token: refresh };
+  }
+
+  /** Every access token issued so far stops being accepted (as if expired). */
+  expireAccessTokens(): void {
+    this.access.clear();
+  }
+
+  /** Revokes every session (admin revoke / logout elsewhere). */
+  revokeAll(): void {
+    for (const sid of this.access.values()) {
+      this.revokedSessions.add(sid);
+    }
+    for (const entry of this.refresh.values()) {
+      this.revokedSessions.add(entry.sid);
+    }
+    this.access.clear();
+  }
+
+  private bearer(req: SeenRequest): number | undefined {
+    const auth = String(req.header.authorization ?? "");
+    const token = auth.startsWith("Bearer ") ? auth.slice(7) : "";
+    const sid = this.access.get(token);
+    return sid !== undefined && !this.revokedSessions.has(sid) ? sid : undefined;
+  }
+
+  private static invalidToken(): StubAnswer {
+    return {
+      statusCode: 401,
+      data: { error: "invalid_token", error_description: "the token has expired" },
+      header: { "WWW-Authenticate": 'Bearer error="invalid_token"' },
+    };
+  }
+
+  /** The default handler: the issuer's routes plus `GET /api/*` (needs a token). */
+  handle: Handler = (req) => {
+    const body = (req.data ?? {}) as Record<string, unknown>;
+    if (req.method === "POST" && req.path === "/v1/login") {
+      const code = String(body.code ?? "");
+      if (!this.codes.delete(code)) {
+        return { statusCode: 400, data: { error: "invalid_grant", error_description: "bad code" } };
+      }
+      this.logins++;
+      return { statusCode: 200, data: { ...this.pair(++this.n), token_type: "Bearer", expires_in: 900 } };
+    }
+    if (req.method === "POST" && req.path === "/v1/token/refresh") {
+      this.refreshes++;
+      const entry = this.refresh.get(String(body.refresh_token ?? ""));
+      if (!entry || this.revokedSessions.has(entry.sid)) {
+        return { statusCode: 400, data: { error: "invalid_grant", error_description: "unknown" } };
+      }
+      if (entry.used) {
+        this.reuses++;
+        this.revokedSessions.add(entry.sid);
+        return { statusCode: 400, data: { error: "invalid_grant", error_description: "reused" } };
+      }
+      entry.used = true;
+      return { statusCode: 200, data: this.pair(entry.sid) };
+    }
+    if (req.method === "POST" && req.path === "/v1/logout") {
+      const sid = this.bearer(req);
+      if (sid === undefined) {
+        return FakeIssuer.invalidToken();
+      }
+      this.revokedSessions.add(sid);
+      return { statusCode: 204, data: "" };
+    }
+    if (req.path.startsWith("/api/") || req.path.startsWith("/v1/me")) {
+      const sid = this.bearer(req);
+      if (sid === undefined) {
+        return FakeIssuer.invalidToken();
+      }
+      return { statusCode: 200, data: { ok: true, sid, path: req.path } };
+    }
+    return { statusCode: 404, data: { error: "not_found" } };
+  };
+}
+
+/** The `wx` stub: storage in a Map (JSON round trip, as wx does), requests to a handler. */
+export class WxStub implements WxApi {
+  readonly storage = new Map<string, string>();
+  readonly requests: SeenRequest[] = [];
+  wxLogins = 0;
+  /** When set, the next wx.login calls fail with this errMsg. */
+  loginFailure: string | undefined;
+  /** Hooks consulted before the handler; the first to return an answer wins. */
+  readonly faults: Array<(req: SeenRequest) => StubAnswer | undefined> = [];
+  /** When it returns a promise, the answer (decided when the request was sent) waits for it. */
+  hold: (req: SeenRequest) => Promise<void> | undefined = () => undefined;
+
+  constructor(
+    readonly issuer: FakeIssuer,
+    public handler: Handler = issuer.handle,
+  ) {}
+
+  /** Requests whose path is `path`. */
+  count(path: string): number {
+    return this.requests.filter((r) => r.path === path).length;
+  }
+
+  login(option: WechatMiniprogram.LoginOption): void {
+    this.wxLogins++;
+    const failure = this.loginFailure;
+    void tick().then(() => {
+      if (failure !== undefined) {
+        option.fail?.({ errMsg: failure, errno: 1 });
+      } else {
+        option.success?.({ code: this.issuer.newCode(), errMsg: "login:ok" });
+      }
+    });
+  }
+
+  request(option: WechatMiniprogram.RequestOption): void {
+    const url = option.url;
+    const m = /^https?:\/\/[^/]+(\/[^?#]*)?/.exec(url);
+    const req: SeenRequest = {
+      method: option.method ?? "GET",
+      url,
+      path: m?.[1] ?? "/",
+      header: { ...(option.header ?? {}) },
+      // wx.request serializes an object body; a round trip keeps the stub honest about that.
+      data: option.data === undefined ? undefined : JSON.parse(JSON.stringify(option.data)),
+    };
+    this.requests.push(req);
+    let answer: StubAnswer | undefined;
+    for (const fault of this.faults) {
+      answer = fault(req);
+      if (answer) {
+        break;
+      }
+    }
+    const final = answer ?? this.handler(req);
+    void (this.hold(req) ?? tick()).then(() => {
+      if ("fail" in final) {
+        option.fail?.({ errMsg: final.fail, errno: 600001 } as unknown as WechatMiniprogram.RequestFailCallbackErr);
+        return;
+      }
+      option.success?.({
+        statusCode: final.statusCode,
+        data: (final.data ?? "") as WechatMiniprogram.IAnyObject,
+        header: final.header ?? {},
+        errMsg: "request:ok",
+        cookies: [],
+      } as unknown as WechatMiniprogram.RequestSuccessCallbackResult);
+    });
+  }
+
+  getStorageSync(key: string): unknown {
+    const v = this.storage.get(key);
+    return v === undefined ? "" : JSON.parse(v);
+  }
+
+  setStorageSync(key: string, data: unknown): void {
+    this.storage.set(key, JSON.stringify(data));
+  }
+
+  removeStorageSync(key: string): void {
+    this.storage.delete(key);
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * @file Unit tests of `src/flight.ts`.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { SingleFlight } from "../../src/flight.js";
+
+function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void; reject: (e: unknown) => void } {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+test("run_concurrent_callers_one_start_same_result", async () => {
+  const flight = new SingleFlight<number>();
+  const gate = deferred<number>();
+  let starts = 0;
+  const fn = () => {
+    starts++;
+    return gate.promise;
+  };
+  const all = Promise.all([flight.run("a", fn), flight.run("a", fn), flight.run("b", fn)]);
+  assert.equal(flight.kind, "a");
+  gate.resolve(7);
+  assert.deepEqual(await all, [7, 7, 7]);
+  assert.equal(starts, 1);
+});
+
+test("run_after_settle_starts_again", async () => {
+  const flight = new SingleFlight<number>();
+  let starts = 0;
+  assert.equal(await flight.run("a", async () => ++starts), 1);
+  assert.equal(flight.kind, undefined);
+  assert.equal(await flight.run("a", async () => ++starts), 2);
+});
+
+test("run_rejection_shared_and_slot_freed", async () => {
+  const flight = new SingleFlight<number>();
+  const gate = deferred<number>();
+  const a = flight.run("a", () => gate.promise);
+  const b = flight.run("a", () => Promise.resolve(1));
+  gate.reject(new Error("boom"));
+  await assert.rejects(a, /boom/);
+  await assert.rejects(b, /boom/);
+  assert.equal(flight.promise, undefined);
+});
+
+test("run_synchronous_throw_becomes_rejection", async () => {
+  const flight = new SingleFlight<number>();
+  await assert.rejects(
+    flight.run("a", () => {
+      throw new Error("sync");
+    }),
+    /sync/,
+  );
+  assert.equal(flight.kind, undefined);
+});
+
+test("relabel_in_flight_changes_kind_idle_noop", async () => {
+  const flight = new SingleFlight<number, "refresh" | "login">();
+  flight.relabel("login");
+  assert.equal(flight.kind, undefined);
+  const gate = deferred<number>();
+  const p = flight.run("refresh", () => gate.promise);
+  flight.relabel("login");
+  assert.equal(flight.kind, "login");
+  gate.resolve(1);
+  await p;
+});

@@ -1,0 +1,152 @@
+/**
+ * @file Unit tests of the pure rules in `src/protocol.ts`.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  DEFAULT_RETRY,
+  backoffDelay,
+  classify,
+  headerValue,
+  isTransient,
+  issuerError,
+  normalizeBaseUrl,
+  originOf,
+  parseStored,
+  parseTokenResponse,
+  resolveUrl,
+  retryAfterMs,
+} from "../../src/protocol.js";
+
+const bearerChallenge = { "WWW-Authenticate": 'Bearer error="invalid_token"' };
+
+test("classify_401_invalid_token_body_refresh", () => {
+  assert.equal(classify(401, { error: "invalid_token" }, {}), "refresh");
+});
+
+test("classify_401_bearer_challenge_without_json_refresh", () => {
+  assert.equal(classify(401, "unauthorized", bearerChallenge), "refresh");
+  assert.equal(classify(401, "", { "www-authenticate": "Bearer" }), "refresh");
+});
+
+test("classify_401_other_scheme_done", () => {
+  assert.equal(classify(401, { error: "nope" }, { "www-authenticate": "Basic realm=x" }), "done");
+});
+
+test("classify_relogin_true_any_status_relogin", () => {
+  assert.equal(classify(400, { error: "session_key_mismatch", relogin: true }, {}), "relogin");
+  assert.equal(classify(400, JSON.stringify({ error: "x", relogin: true }), {}), "relogin");
+});
+
+test("classify_relogin_not_exactly_true_done", () => {
+  assert.equal(classify(400, { error: "invalid_base64", relogin: "true" }, {}), "done");
+});
+
+test("classify_200_403_500_done", () => {
+  assert.equal(classify(200, { ok: true }, {}), "done");
+  assert.equal(classify(403, { error: "insufficient_scope" }, bearerChallenge), "done");
+  assert.equal(classify(500, "oops", {}), "done");
+});
+
+test("issuerError_text_json_array_null_parsed_or_empty", () => {
+  assert.deepEqual(issuerError('{"error":"invalid_grant","error_description":"used"}'), {
+    error: "invalid_grant",
+    description: "used",
+    relogin: false,
+  });
+  assert.deepEqual(issuerError("<html>"), { relogin: false });
+  assert.deepEqual(issuerError([1]), { relogin: false });
+  assert.deepEqual(issuerError(null), { relogin: false });
+});
+
+test("headerValue_any_case_found", () => {
+  assert.equal(headerValue({ "Retry-After": "3" }, "retry-after"), "3");
+  assert.equal(headerValue({ a: "1" }, "b"), undefined);
+  assert.equal(headerValue(undefined, "b"), undefined);
+});
+
+test("parseTokenResponse_pair_or_undefined", () => {
+  assert.deepEqual(parseTokenResponse({ access_token: "a", refresh_token: "r", expires_in: 9 }), {
+    accessToken: "a",
+    refreshToken: "r",
+  });
+  assert.deepEqual(parseTokenResponse('{"access_token":"a","refresh_token":"r"}'), {
+    accessToken: "a",
+    refreshToken: "r",
+  });
+  assert.equal(parseTokenResponse({ access_token: "a" }), undefined);
+  assert.equal(parseTokenResponse({ access_token: "", refresh_token: "r" }), undefined);
+  assert.equal(parseTokenResponse("not json"), undefined);
+});
+
+test("parseStored_wrong_shape_none", () => {
+  assert.deepEqual(parseStored({ accessToken: "a", refreshToken: "r" }), {
+    accessToken: "a",
+    refreshToken: "r",
+  });
+  assert.equal(parseStored(""), undefined);
+  assert.equal(parseStored({ access_token: "a", refresh_token: "r" }), undefined);
+});
+
+test("originOf_absolute_lowercased_relative_undefined", () => {
+  assert.equal(originOf("HTTPS://Api.Example.com:8443/x?y"), "https://api.example.com:8443");
+  assert.equal(originOf("/api/x"), undefined);
+  assert.equal(originOf("ftp://x"), undefined);
+});
+
+test("normalizeBaseUrl_trailing_slashes_removed_relative_refused", () => {
+  assert.equal(normalizeBaseUrl("https://a.example/"), "https://a.example");
+  assert.throws(() => normalizeBaseUrl("/api"), TypeError);
+  assert.throws(() => normalizeBaseUrl(""), TypeError);
+});
+
+test("resolveUrl_relative_joined_with_token", () => {
+  assert.deepEqual(resolveUrl("https://a.example", "/api/x"), {
+    url: "https://a.example/api/x",
+    withToken: true,
+  });
+  assert.deepEqual(resolveUrl("https://a.example", "api/x"), {
+    url: "https://a.example/api/x",
+    withToken: true,
+  });
+});
+
+test("resolveUrl_absolute_same_origin_with_token_other_origin_without", () => {
+  assert.equal(resolveUrl("https://a.example", "https://A.example/x").withToken, true);
+  assert.equal(resolveUrl("https://a.example", "https://evil.example/x").withToken, false);
+  assert.equal(resolveUrl("https://a.example", "http://a.example/x").withToken, false);
+  assert.equal(resolveUrl("https://a.example", "https://a.example.evil/x").withToken, false);
+});
+
+test("backoffDelay_doubles_with_jitter_and_caps", () => {
+  const p = { attempts: 9, baseDelayMs: 100, maxDelayMs: 1000 };
+  assert.equal(backoffDelay(1, p, 0), 50);
+  assert.equal(backoffDelay(1, p, 0.999999), 100);
+  assert.equal(backoffDelay(2, p, 0), 100);
+  assert.equal(backoffDelay(3, p, 0.5), 300);
+  assert.equal(backoffDelay(10, p, 0.999999), 1000);
+  assert.equal(backoffDelay(10, p, 0), 500);
+});
+
+test("backoffDelay_defaults_total_under_ten_seconds", () => {
+  let total = 0;
+  for (let retry = 1; retry < DEFAULT_RETRY.attempts; retry++) {
+    total += backoffDelay(retry, DEFAULT_RETRY, 0.999999);
+  }
+  assert.equal(total, 500 + 1000 + 2000 + 4000);
+});
+
+test("retryAfterMs_seconds_capped_date_ignored", () => {
+  assert.equal(retryAfterMs({ "retry-after": "2" }, 8000), 2000);
+  assert.equal(retryAfterMs({ "Retry-After": "60" }, 8000), 8000);
+  assert.equal(retryAfterMs({ "retry-after": "Wed, 21 Oct 2015 07:28:00 GMT" }, 8000), undefined);
+  assert.equal(retryAfterMs({}, 8000), undefined);
+});
+
+test("isTransient_5xx_and_429_only", () => {
+  assert.equal(isTransient(503), true);
+  assert.equal(isTransient(502), true);
+  assert.equal(isTransient(429), true);
+  assert.equal(isTransient(400), false);
+  assert.equal(isTransient(401), false);
+});
