@@ -24,6 +24,8 @@ const OA = env('WEAUTH_OA_APPID');
 const MINI_SUB = env('WEAUTH_MINI_SUB');
 const DEMO = `${ENVOY}/demo/`;
 const STEP_TIMEOUT = 10_000;
+// A hung step fails its test instead of the whole run.
+const TEST = { timeout: 60_000 };
 
 let browser;
 before(async () => {
@@ -67,18 +69,27 @@ async function logIn(page, linkId = '#login-oa') {
   return seen;
 }
 
+/** The page's own `fetch('/api/hello')` (page.evaluate has no timeout of its own). */
 async function callApi(page) {
-  return page.evaluate(async () => {
+  return withTimeout(page.evaluate(async () => {
     const r = await fetch('/api/hello', { credentials: 'same-origin' });
     return { status: r.status, body: r.status === 200 ? await r.json() : await r.text() };
+  }), 'fetch /api/hello');
+}
+
+function withTimeout(promise, what) {
+  let timer;
+  const limit = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer in ${STEP_TIMEOUT} ms`)), STEP_TIMEOUT);
   });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
 }
 
 async function cookie(context, name) {
   return (await context.cookies(ENVOY)).find((c) => c.name === name);
 }
 
-test('login through the mock authorize page gives cookies that reach the upstream with identity headers', async () => {
+test('login through the mock authorize page gives cookies that reach the upstream with identity headers', TEST, async () => {
   const context = await newContext('alice');
   const page = await context.newPage();
   const seen = await logIn(page);
@@ -110,7 +121,7 @@ test('login through the mock authorize page gives cookies that reach the upstrea
   assert.equal(headers['x-weauth-sub'], MINI_SUB);
 
   // Refresh through the cookie rotates both cookies.
-  const status = await page.evaluate(() => window.weauthDemo.refresh());
+  const status = await withTimeout(page.evaluate(() => window.weauthDemo.refresh()), 'refresh');
   assert.equal(status, 204);
   const at2 = await cookie(context, 'weauth_at');
   assert.notEqual(at2.value, at.value, 'a new access token');
@@ -120,7 +131,7 @@ test('login through the mock authorize page gives cookies that reach the upstrea
 
   // Logout clears the cookies and revokes the session: the next fetch is 401, and the old
   // token, replayed as a bearer, is refused at the edge too.
-  assert.equal(await page.evaluate(() => window.weauthDemo.logout()), 204);
+  assert.equal(await withTimeout(page.evaluate(() => window.weauthDemo.logout()), 'logout'), 204);
   assert.equal(await cookie(context, 'weauth_at'), undefined);
   assert.equal((await callApi(page)).status, 401);
   let replay;
@@ -133,7 +144,7 @@ test('login through the mock authorize page gives cookies that reach the upstrea
   await context.close();
 });
 
-test('a replayed callback (used state) is refused with 400 and sets no cookie', async () => {
+test('a replayed callback (used state) is refused with 400 and sets no cookie', TEST, async () => {
   const context = await newContext('bob');
   const page = await context.newPage();
   const seen = await logIn(page);
@@ -147,7 +158,7 @@ test('a replayed callback (used state) is refused with 400 and sets no cookie', 
   await context.close();
 });
 
-test('a forged state is refused with 400', async () => {
+test('a forged state is refused with 400', TEST, async () => {
   const context = await newContext('carol');
   const page = await context.newPage();
   const response = await page.goto(`${ISSUER}/v1/web/callback?code=forged&state=ForgedState0123456789abcdefABCDEF`);
@@ -156,7 +167,7 @@ test('a forged state is refused with 400', async () => {
   await context.close();
 });
 
-test('a state started in another browser is refused with 400', async () => {
+test('a state started in another browser is refused with 400', TEST, async () => {
   // The attacker starts a login with plain HTTP (no browser), lets the mock approve it, and
   // stops at the callback URL (code and state), which is then opened in the victim's browser.
   const q = new URLSearchParams({ appid: OA, redirect_uri: DEMO });
@@ -179,7 +190,7 @@ test('a state started in another browser is refused with 400', async () => {
   await victim.close();
 });
 
-test('a redirect_uri off the allow-list is refused with 400 and no redirect', async () => {
+test('a redirect_uri off the allow-list is refused with 400 and no redirect', TEST, async () => {
   const context = await newContext('alice');
   const page = await context.newPage();
   for (const target of ['https://evil.example/demo/', `${DEMO}x`, `${ENVOY}/demo`]) {
@@ -193,7 +204,7 @@ test('a redirect_uri off the allow-list is refused with 400 and no redirect', as
   await context.close();
 });
 
-test('the user refusing consent gets a clear 400 page', async () => {
+test('the user refusing consent gets a clear 400 page', TEST, async () => {
   const context = await newContext('dave', 'deny');
   const page = await context.newPage();
   await page.goto(DEMO);
@@ -207,7 +218,7 @@ test('the user refusing consent gets a clear 400 page', async () => {
   await context.close();
 });
 
-test('a cross-site or cross-origin POST carrying the cookie is refused; the session survives', async () => {
+test('a cross-site or cross-origin POST carrying the cookie is refused; the session survives', TEST, async () => {
   const context = await newContext('erin');
   const page = await context.newPage();
   await logIn(page);
@@ -235,7 +246,9 @@ test('a cross-site or cross-origin POST carrying the cookie is refused; the sess
     assert.ok(statuses.includes(response.status()), `${origin}: ${response.status()}`);
     await attack.close();
   }
-  // Still logged in.
-  assert.equal((await callApi(page)).status, 200);
+  // Still logged in: a fresh tab of the same browser calls the API with the cookie.
+  const check = await context.newPage();
+  await check.goto(DEMO);
+  assert.equal((await callApi(check)).status, 200);
   await context.close();
 });

@@ -50,8 +50,11 @@ async fn web_login_in_chromium_through_envoy() {
         .expect("access token is a JWT")
         .sub;
 
-    let run = tokio::process::Command::new("node")
-        .arg("--test")
+    // `node FILE` (not `node --test`, which would run the file in a child process that
+    // survives a kill): killing node closes Playwright's pipe, and Chromium exits with it.
+    let out_path = stack.dir().join("browser.out");
+    let err_path = stack.dir().join("browser.err");
+    let mut child = tokio::process::Command::new("node")
         .arg("--test-reporter=spec")
         .arg("web_login.test.mjs")
         .current_dir(&dir)
@@ -61,21 +64,27 @@ async fn web_login_in_chromium_through_envoy() {
         .env("WEAUTH_OA_APPID", MockApp::official_account().appid)
         .env("WEAUTH_MINI_SUB", &mini_sub)
         .env("WEAUTH_CHROMIUM", &chromium)
+        .stdout(std::fs::File::create(&out_path).expect("browser.out"))
+        .stderr(std::fs::File::create(&err_path).expect("browser.err"))
         .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(Duration::from_secs(180), run).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => panic!("cannot run node (run `make browser-setup`): {e}"),
-        Err(_) => panic!("the browser test did not finish within 180 s"),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node (run `make browser-setup`): {e}"));
+    let status = tokio::time::timeout(Duration::from_secs(240), child.wait()).await;
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     println!("{stdout}");
     eprintln!("{stderr}");
+    let status = match status {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => panic!("waiting for node: {e}"),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!("the browser test did not finish within 240 s (output above)");
+        }
+    };
     assert!(
-        output.status.success(),
-        "the browser test failed ({}); issuer log:\n{}",
-        output.status,
+        status.success(),
+        "the browser test failed ({status}); issuer log:\n{}",
         weauth_tests::harness::tail_file(&stack.issuer_log(), 40)
     );
     // Node's runner reports its counts: make sure tests actually ran.
