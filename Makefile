@@ -29,7 +29,14 @@ export WEAUTH_CHROMIUM ?= /usr/bin/chromium
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## install the wasm target and Envoy 1.40.0 into .tools/ (idempotent)
+setup: ## install the wasm target, Envoy 1.40.0 into .tools/ and curl if missing (idempotent)
+	@if command -v curl >/dev/null 2>&1; then \
+	  echo "setup: curl already installed"; \
+	else \
+	  echo "setup: installing curl (Debian package; the README walkthrough test runs it)"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl; \
+	fi
 	@if rustup target list --installed | grep -qx '$(WASM_TARGET)'; then \
 	  echo "setup: rust target $(WASM_TARGET) already installed"; \
 	else \

@@ -141,6 +141,11 @@ impl HttpContext for Filter {
         let state = &mut *state;
         // Pick up a revocation the fetcher published since the last tick (one small read).
         self.worker.sync_revocation(state, self.context_id);
+        // A worker VM whose tick has not picked up the keys the fetcher already published
+        // (the first requests after start): look now instead of answering 503.
+        if state.keys.is_none() {
+            self.worker.sync_jwks(state, self.context_id);
+        }
         let mut outcome = judge(&self.worker, state, &extracted, require, scopes, now);
         // An unknown `kid` may be a key the fetcher published since this VM's last tick: look
         // once more before refusing (cheap: only on this path).

@@ -445,3 +445,23 @@ where
         }
     })
 }
+
+/// Checks, without writing anything, what [`App::build`] would otherwise find wrong only after
+/// creating the database: the signing key file is readable and of `WEAUTH_SIGNING_ALG`, and an
+/// existing data key file next to the database is readable and well-formed. `main` calls it
+/// after binding the listener, so a start that fails leaves the directory as it was.
+///
+/// # Errors
+/// The key file's or the data key file's problem.
+pub fn preflight(config: &Config) -> Result<(), StartError> {
+    if let Some(path) = &config.signing_key_file {
+        keys::from_file(path, config.signing_alg)?;
+    }
+    if config.data_key.is_none() {
+        let path = crate::secrets::key_file_path(config.sqlite_path());
+        if path.exists() {
+            DataKey::load(None, config.sqlite_path())?;
+        }
+    }
+    Ok(())
+}

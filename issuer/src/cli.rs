@@ -12,6 +12,8 @@ use std::sync::Arc;
 use crate::app::{now, open_store};
 use crate::config::Config;
 use crate::keys::{self, Role};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
 
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,11 +22,30 @@ pub enum Command {
     KeysRotate,
     KeysList,
     Help,
+    Version,
 }
 
 /// Usage text.
-pub const USAGE: &str = "usage: weauth-issuer [serve | keys rotate | keys list | --help]
-Configuration comes from WEAUTH_* environment variables (see the README).";
+pub const USAGE: &str =
+    "usage: weauth-issuer [serve | keys rotate | keys list | --help | --version]";
+
+/// The `--help` text: the commands, then every variable with its default.
+pub fn help() -> String {
+    format!(
+        "{USAGE}
+
+  serve          run the login service (the default)
+  keys rotate    add the next signing key: published at once, signs after WEAUTH_KEY_PUBLISH_DELAY
+  keys list      the stored keys: kid alg created_at activate_at role
+                 (the keys commands need only the store and the data key, not WeChat)
+
+Configuration comes from the environment; a secret may also be read from the file named by
+its *_FILE variant. Durations: 500ms, 30s, 15m, 2h, 7d or bare seconds.
+
+{}",
+        crate::config::help_text()
+    )
+}
 
 /// Parses the arguments after the program name.
 ///
@@ -37,6 +58,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         ["keys", "rotate"] => Ok(Command::KeysRotate),
         ["keys", "list"] => Ok(Command::KeysList),
         ["-h"] | ["--help"] | ["help"] => Ok(Command::Help),
+        ["-V"] | ["--version"] | ["version"] => Ok(Command::Version),
         _ => Err(USAGE.to_string()),
     }
 }
@@ -66,12 +88,23 @@ pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
     ))
 }
 
-/// `keys list`: one line per key: kid, alg, created, activates, role.
+/// `keys list`: one line per key: kid, alg, created, activates, role. Reads the store only
+/// (no data key needed) and creates nothing: a missing database is an error.
 ///
 /// # Errors
-/// Store failures, as text.
+/// A missing database, store failures, as text.
 pub async fn list(config: &Arc<Config>) -> Result<String, String> {
-    let (store, _) = open_store(config).await.map_err(|err| err.to_string())?;
+    let path = config.sqlite_path().to_path_buf();
+    if !path.exists() {
+        return Err(format!(
+            "no database at {} (WEAUTH_STORE): nothing to list",
+            path.display()
+        ));
+    }
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| err.to_string())?;
     let records = store.keys().await.map_err(|err| err.to_string())?;
     let now = now();
     let retain = config.access_ttl_secs() + config.leeway_secs();
@@ -110,6 +143,8 @@ mod tests {
         assert_eq!(parse(&args(&[])), Ok(Command::Serve));
         assert_eq!(parse(&args(&["keys", "rotate"])), Ok(Command::KeysRotate));
         assert_eq!(parse(&args(&["keys", "list"])), Ok(Command::KeysList));
+        assert_eq!(parse(&args(&["--version"])), Ok(Command::Version));
+        assert_eq!(parse(&args(&["--help"])), Ok(Command::Help));
         assert!(parse(&args(&["keys"])).is_err());
         assert!(parse(&args(&["bogus"])).is_err());
     }

@@ -1,9 +1,16 @@
 //! The issuer's configuration: environment variables read once at start into a typed
 //! [`Config`], validated there, so a bad value stops the process with the variable's name.
 //!
-//! Secrets may come from a `<NAME>_FILE` variant holding a path (Docker/Kubernetes secrets);
-//! setting both the plain and the `_FILE` form is refused as ambiguous. Reading goes through a
-//! lookup function so the parsing is tested without touching the process environment.
+//! [`VARIABLES`] is the one table of the variables the issuer reads, with their defaults as
+//! text: the parsing below takes every default from it, `--help` prints it, and the check for
+//! unknown `WEAUTH_*` names ([`unknown_variables`]) compares against it. A new variable is a
+//! new row there plus its parsing in [`Config::from_source`].
+//!
+//! Every problem is reported at once ([`ConfigErrors`]): a start with three bad variables
+//! names all three, not one per attempt. Secrets may come from a `<NAME>_FILE` variant holding
+//! a path (Docker/Kubernetes secrets); setting both the plain and the `_FILE` form is refused
+//! as ambiguous. Reading goes through a lookup function so the parsing is tested without
+//! touching the process environment.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,7 +21,299 @@ use zeroize::Zeroizing;
 
 use crate::apps::{self, Apps};
 
-/// Why the configuration was refused. The `Display` names the variable.
+/// One variable the issuer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Var {
+    /// The name, e.g. `WEAUTH_ACCESS_TTL`.
+    pub name: &'static str,
+    /// The default as the operator would write it; empty when there is none (unset means
+    /// off, or the variable is required: `help` says which).
+    pub default: &'static str,
+    /// A `_FILE` variant holding a path to the value is accepted.
+    pub file: bool,
+    /// One line for `--help`.
+    pub help: &'static str,
+}
+
+const fn var(name: &'static str, default: &'static str, help: &'static str) -> Var {
+    Var {
+        name,
+        default,
+        file: false,
+        help,
+    }
+}
+
+const fn secret(name: &'static str, help: &'static str) -> Var {
+    Var {
+        name,
+        default: "",
+        file: true,
+        help,
+    }
+}
+
+/// Every variable the issuer reads, in `--help` order.
+pub const VARIABLES: &[Var] = &[
+    var(
+        "WEAUTH_LISTEN",
+        "127.0.0.1:8080",
+        "IP:PORT to listen on (port 0: any free port)",
+    ),
+    var(
+        "WEAUTH_STORE",
+        "sqlite://weauth.db",
+        "where state lives: sqlite://PATH",
+    ),
+    var(
+        "WEAUTH_APPS_FILE",
+        "",
+        "JSON file of the apps served (miniprogram, official_account, website); or the one-app shortcut below",
+    ),
+    var(
+        "WEAUTH_WECHAT_APPID",
+        "",
+        "the mini-program's appid (required to serve without WEAUTH_APPS_FILE)",
+    ),
+    secret(
+        "WEAUTH_WECHAT_SECRET",
+        "the mini-program's app secret (required to serve without WEAUTH_APPS_FILE)",
+    ),
+    var(
+        "WEAUTH_WECHAT_OPEN_BASE",
+        "https://open.weixin.qq.com",
+        "where browsers are sent to authorize a web login",
+    ),
+    var(
+        "WEAUTH_COOKIE_SECURE",
+        "true",
+        "Secure on the web-login cookies (false: plain-http development only)",
+    ),
+    var(
+        "WEAUTH_WECHAT_API_BASE",
+        "https://api.weixin.qq.com",
+        "WeChat's API base URL",
+    ),
+    var("WEAUTH_WECHAT_TIMEOUT", "5s", "per WeChat call attempt"),
+    var(
+        "WEAUTH_WECHAT_CONNECT_TIMEOUT",
+        "2s",
+        "per WeChat connection attempt",
+    ),
+    var(
+        "WEAUTH_WECHAT_RETRIES",
+        "2",
+        "extra attempts after a retryable WeChat failure (<= 5)",
+    ),
+    var(
+        "WEAUTH_ISSUER",
+        "http://127.0.0.1:8080",
+        "the `iss` claim and discovery base URL",
+    ),
+    var(
+        "WEAUTH_AUDIENCE",
+        "weauth",
+        "the `aud` claim, comma-separated",
+    ),
+    var(
+        "WEAUTH_ACCESS_TTL",
+        "15m",
+        "access-token lifetime (1s..24h, <= WEAUTH_REFRESH_TTL)",
+    ),
+    var(
+        "WEAUTH_REFRESH_TTL",
+        "7d",
+        "refresh-token lifetime, sliding (<= WEAUTH_SESSION_MAX)",
+    ),
+    var(
+        "WEAUTH_SESSION_MAX",
+        "30d",
+        "absolute cap of a login session",
+    ),
+    var(
+        "WEAUTH_REFRESH_REUSE_GRACE",
+        "0s",
+        "a reused refresh token within this time does not revoke the session (<= 60s)",
+    ),
+    var(
+        "WEAUTH_LEEWAY",
+        "60s",
+        "clock skew allowed on exp/nbf/iat (<= 5m)",
+    ),
+    secret(
+        "WEAUTH_FEED_TOKEN",
+        "credential of GET /v1/revocations (unset: 503), >= 8 characters",
+    ),
+    secret(
+        "WEAUTH_ADMIN_TOKEN",
+        "credential of /v1/admin/* (unset: 503), >= 8 characters",
+    ),
+    secret(
+        "WEAUTH_DATA_KEY",
+        "base64 of 32 bytes encrypting secrets at rest (unset: <db>.datakey, created 0600)",
+    ),
+    var("WEAUTH_SIGNING_ALG", "EdDSA", "EdDSA, ES256 or HS256"),
+    var(
+        "WEAUTH_SIGNING_KEY_FILE",
+        "",
+        "PKCS#8 PEM or raw HS256 secret (unset: generated, kept in the store)",
+    ),
+    var(
+        "WEAUTH_KEY_PUBLISH_DELAY",
+        "10m",
+        "how long a rotated key is published before it signs",
+    ),
+    var(
+        "WEAUTH_KEY_RELOAD",
+        "2s",
+        "how often keys are re-read from the store",
+    ),
+    var(
+        "WEAUTH_PURGE_INTERVAL",
+        "60s",
+        "how often expired rows are deleted",
+    ),
+    var(
+        "WEAUTH_LOGIN_RATE",
+        "60",
+        "logins per minute per client IP (0: off)",
+    ),
+    var("WEAUTH_LOGIN_BURST", "20", "login burst allowance"),
+    var(
+        "WEAUTH_TRUSTED_PROXIES",
+        "",
+        "IPs/CIDRs whose X-Forwarded-For is believed, comma-separated",
+    ),
+    var(
+        "WEAUTH_MAX_BODY",
+        "16384",
+        "request body cap in bytes (>= 256)",
+    ),
+    var(
+        "WEAUTH_HEADER_TIMEOUT",
+        "10s",
+        "time allowed to send request headers, and the body",
+    ),
+    var(
+        "WEAUTH_SHUTDOWN_GRACE",
+        "10s",
+        "drain deadline on SIGTERM/Ctrl-C",
+    ),
+    var(
+        "WEAUTH_DECRYPT_MAX_AGE",
+        "off",
+        "refuse encrypted user data whose watermark is older (e.g. 10m)",
+    ),
+    var(
+        "WEAUTH_LOG",
+        "info",
+        "log level or tracing directives (e.g. debug, info,weauth_issuer=debug)",
+    ),
+    var("WEAUTH_LOG_FORMAT", "text", "text or json"),
+];
+
+/// `WEAUTH_*` names read by the project's tooling (Makefile, test harness, bench), not by the
+/// issuer: `make` exports them, so they are not reported as unknown.
+const TOOLING: &[&str] = &[
+    "WEAUTH_ISSUER_BIN",
+    "WEAUTH_ENVOY_BIN",
+    "WEAUTH_FILTER_WASM",
+    "WEAUTH_KEEP_TMP",
+    "WEAUTH_STACK_BIN",
+    "WEAUTH_CHROMIUM",
+];
+
+/// The default of a known variable, as text ("" when it has none).
+pub fn default_of(name: &str) -> &'static str {
+    VARIABLES
+        .iter()
+        .find(|v| v.name == name)
+        .map_or("", |v| v.default)
+}
+
+/// The `--help` table: one line per variable with its default.
+pub fn help_text() -> String {
+    let width = VARIABLES
+        .iter()
+        .map(|v| v.name.len() + if v.file { 7 } else { 0 })
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for v in VARIABLES {
+        let name = if v.file {
+            format!("{}[_FILE]", v.name)
+        } else {
+            v.name.to_string()
+        };
+        let default = if v.default.is_empty() {
+            "(unset)".to_string()
+        } else {
+            format!("[default: {}]", v.default)
+        };
+        out.push_str(&format!("  {name:<width$}  {}  {default}\n", v.help));
+    }
+    out
+}
+
+/// An unknown `WEAUTH_*` name in the environment, with the closest known name when one is
+/// near enough to be a likely typo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVar {
+    pub name: String,
+    pub closest: Option<&'static str>,
+}
+
+/// The `WEAUTH_*` names among `names` that the issuer does not read (a typo such as
+/// `WEAUTH_ACESS_TTL` would otherwise be ignored without a word). `_FILE` variants count as
+/// known for the variables that accept them; the tooling's names are skipped.
+pub fn unknown_variables<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<UnknownVar> {
+    let known = |name: &str| {
+        VARIABLES
+            .iter()
+            .any(|v| v.name == name || (v.file && name.strip_suffix("_FILE") == Some(v.name)))
+            || TOOLING.contains(&name)
+            || name.starts_with("WEAUTH_BENCH_")
+    };
+    let mut unknown: Vec<UnknownVar> = names
+        .into_iter()
+        .filter(|name| name.starts_with("WEAUTH_") && !known(name))
+        .map(|name| UnknownVar {
+            name: name.to_string(),
+            closest: closest_name(name),
+        })
+        .collect();
+    unknown.sort_by(|a, b| a.name.cmp(&b.name));
+    unknown
+}
+
+/// The known variable nearest to `name` by edit distance, if within a third of its length
+/// (at least 2 edits): close enough to be a typo. Hand-written: 20 lines do not justify a
+/// dependency.
+fn closest_name(name: &str) -> Option<&'static str> {
+    let (best, distance) = VARIABLES
+        .iter()
+        .map(|v| v.name)
+        .map(|candidate| (candidate, edit_distance(name, candidate)))
+        .min_by_key(|(_, d)| *d)?;
+    (distance <= (name.len() / 3).max(2)).then_some(best)
+}
+
+/// Levenshtein distance over bytes (the names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitute.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// One refused variable. The `Display` names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}: {reason}")]
 pub struct ConfigError {
@@ -24,10 +323,67 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// Every refused variable of one start, in table order. `Display`: one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The names of the refused variables.
+    pub fn vars(&self) -> Vec<&str> {
+        self.0.iter().map(|e| e.var.as_str()).collect()
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, err) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{err}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 fn bad(var: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         var: var.to_string(),
         reason: reason.into(),
+    }
+}
+
+/// Collects errors while parsing goes on, so every bad variable is reported.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    /// The value, or `fallback` after recording the error (parsing continues).
+    fn or<T>(&mut self, result: Result<T, ConfigError>, fallback: T) -> T {
+        match result {
+            Ok(value) => value,
+            Err(err) => {
+                self.0.push(err);
+                fallback
+            }
+        }
+    }
+
+    /// The value, or `None` after recording the error.
+    fn ok<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(err) => {
+                self.0.push(err);
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, err: ConfigError) {
+        self.0.push(err);
     }
 }
 
@@ -94,9 +450,10 @@ pub struct Config {
     pub store: StoreUrl,
     /// The WeChat apps served: `WEAUTH_APPS_FILE` (see [`crate::apps`]), or the one-app
     /// shortcut `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET` (`_FILE`), a single
-    /// mini-program. One of the two forms is required; both is an error.
+    /// mini-program. One of the two forms is required to serve; both is an error. Empty for
+    /// the `keys` subcommands when neither is set.
     pub apps: Apps,
-    /// The first app's appid (with the shortcut: `WEAUTH_WECHAT_APPID`).
+    /// The first app's appid (with the shortcut: `WEAUTH_WECHAT_APPID`); empty without apps.
     pub wechat_appid: String,
     /// The first app's secret.
     pub wechat_secret: Zeroizing<String>,
@@ -108,7 +465,7 @@ pub struct Config {
     pub cookie_secure: bool,
     /// `WEAUTH_WECHAT_API_BASE`, default `https://api.weixin.qq.com` (no trailing slash kept).
     pub wechat_api_base: String,
-    /// `WEAUTH_WECHAT_TIMEOUT`, total per WeChat call attempt, default `3s`.
+    /// `WEAUTH_WECHAT_TIMEOUT`, total per WeChat call attempt, default `5s`.
     pub wechat_timeout: Duration,
     /// `WEAUTH_WECHAT_CONNECT_TIMEOUT`, default `2s`.
     pub wechat_connect_timeout: Duration,
@@ -220,6 +577,11 @@ impl Source<'_> {
         (self.lookup)(var).filter(|v| !v.is_empty())
     }
 
+    /// The value, or the default of [`VARIABLES`].
+    fn text(&self, var: &str) -> String {
+        self.get(var).unwrap_or_else(|| default_of(var).to_string())
+    }
+
     fn secret(&self, var: &str) -> Result<Option<Zeroizing<String>>, ConfigError> {
         let file_var = format!("{var}_FILE");
         match (self.get(var), self.get(&file_var)) {
@@ -241,24 +603,52 @@ impl Source<'_> {
         }
     }
 
-    fn duration(&self, var: &str, default: &str, min: Duration) -> Result<Duration, ConfigError> {
-        let text = self.get(var).unwrap_or_else(|| default.to_string());
-        let value = parse_duration(&text).map_err(|reason| bad(var, reason))?;
+    fn duration(&self, var: &str, min: Duration) -> Result<Duration, ConfigError> {
+        let value = parse_duration(&self.text(var)).map_err(|reason| bad(var, reason))?;
         if value < min {
             return Err(bad(var, format!("must be at least {min:?}")));
         }
         Ok(value)
     }
 
-    fn number<T: std::str::FromStr>(&self, var: &str, default: T) -> Result<T, ConfigError> {
-        match self.get(var) {
-            None => Ok(default),
-            Some(text) => text
-                .trim()
-                .parse()
-                .map_err(|_| bad(var, format!("`{text}` is not a valid number"))),
+    fn number<T: std::str::FromStr>(&self, var: &str) -> Result<T, ConfigError> {
+        let text = self.text(var);
+        text.trim()
+            .parse()
+            .map_err(|_| bad(var, format!("`{text}` is not a valid number")))
+    }
+}
+
+/// Checks a `WEAUTH_LOG` value: comma-separated `LEVEL` or `TARGET=LEVEL` directives, levels
+/// `trace debug info warn error off`. A bare word that is not a level is refused: `tracing`
+/// would read it as a target name and log nothing else (a typo such as `inof` gave a silent
+/// issuer).
+///
+/// # Errors
+/// The offending directive, for the operator.
+pub fn parse_log(text: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let text = text.trim();
+    for directive in text.split(',').map(str::trim) {
+        if directive.is_empty() {
+            return Err(format!("`{text}` has an empty directive"));
+        }
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) => (Some(target), level),
+            None => (None, directive),
+        };
+        if target.is_some_and(str::is_empty) {
+            return Err(format!("`{directive}` has no target before `=`"));
+        }
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{level}` in `{directive}` is not a level (trace, debug, info, warn, error, off); \
+                 write LEVEL or TARGET=LEVEL, e.g. info,weauth_issuer=debug"
+            ));
         }
     }
+    tracing_subscriber::EnvFilter::try_new(text).map_err(|err| format!("`{text}`: {err}"))?;
+    Ok(text.to_string())
 }
 
 fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
@@ -294,183 +684,371 @@ fn parse_base_url(var: &str, text: &str) -> Result<String, ConfigError> {
     Ok(text.trim_end_matches('/').to_string())
 }
 
+/// Longest access-token lifetime accepted: an access token cannot be taken back except
+/// through the revocation list, so a day is already generous.
+pub const MAX_ACCESS_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest clock-skew allowance accepted.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// What the configuration is for: serving needs the WeChat credentials, the `keys`
+/// subcommands (which only touch the store and the data key) do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    Keys,
+}
+
+fn parse_data_key(text: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim()))
+        .map_err(|_| bad("WEAUTH_DATA_KEY", "is not base64"))?;
+    if bytes.len() != 32 {
+        return Err(bad(
+            "WEAUTH_DATA_KEY",
+            format!("must decode to 32 bytes, got {}", bytes.len()),
+        ));
+    }
+    Ok(Zeroizing::new(bytes))
+}
+
 /// The apps: `WEAUTH_APPS_FILE`, or the `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET`
-/// shortcut; both forms at once are refused.
-fn load_apps(src: &Source<'_>) -> Result<Apps, ConfigError> {
+/// shortcut; both forms at once are refused. Without either, serving is refused (both
+/// shortcut variables named) and the `keys` subcommands get no apps.
+fn load_apps(src: &Source<'_>, mode: Mode) -> (Apps, Vec<ConfigError>) {
+    let none = || Apps::new(Vec::new());
     let shortcut_set = [
         "WEAUTH_WECHAT_APPID",
         "WEAUTH_WECHAT_SECRET",
         "WEAUTH_WECHAT_SECRET_FILE",
     ]
-    .iter()
+    .into_iter()
     .find(|var| src.get(var).is_some());
     if let Some(path) = src.get("WEAUTH_APPS_FILE") {
         if let Some(var) = shortcut_set {
-            return Err(bad(
-                "WEAUTH_APPS_FILE",
-                format!("set either WEAUTH_APPS_FILE or {var} (the one-app shortcut), not both"),
+            return (
+                none(),
+                vec![bad(
+                    "WEAUTH_APPS_FILE",
+                    format!(
+                        "set either WEAUTH_APPS_FILE or {var} (the one-app shortcut), not both"
+                    ),
+                )],
+            );
+        }
+        let parsed = (src.read_file)(&path)
+            .map_err(|err| bad("WEAUTH_APPS_FILE", format!("cannot read `{path}`: {err}")))
+            .and_then(|text| {
+                apps::parse_apps_file(&text, src.read_file)
+                    .map_err(|reason| bad("WEAUTH_APPS_FILE", format!("`{path}`: {reason}")))
+            });
+        return match parsed {
+            Ok(apps) => (apps, Vec::new()),
+            Err(err) => (none(), vec![err]),
+        };
+    }
+    let mut problems = Vec::new();
+    let appid = src.get("WEAUTH_WECHAT_APPID");
+    if let Some(appid) = &appid {
+        if !apps::valid_appid(appid) {
+            problems.push(bad("WEAUTH_WECHAT_APPID", "must be alphanumeric (wx...)"));
+        }
+    }
+    let secret = match src.secret("WEAUTH_WECHAT_SECRET") {
+        Ok(secret) => secret,
+        Err(err) => {
+            problems.push(err);
+            None
+        }
+    };
+    if mode == Mode::Serve {
+        if appid.is_none() {
+            problems.push(bad(
+                "WEAUTH_WECHAT_APPID",
+                "is required (or configure the apps in WEAUTH_APPS_FILE)",
             ));
         }
-        let text = (src.read_file)(&path)
-            .map_err(|err| bad("WEAUTH_APPS_FILE", format!("cannot read `{path}`: {err}")))?;
-        return apps::parse_apps_file(&text, src.read_file)
-            .map_err(|reason| bad("WEAUTH_APPS_FILE", format!("`{path}`: {reason}")));
+        if secret.is_none()
+            && problems
+                .iter()
+                .all(|e| !e.var.starts_with("WEAUTH_WECHAT_SECRET"))
+        {
+            problems.push(bad(
+                "WEAUTH_WECHAT_SECRET",
+                "is required (or WEAUTH_WECHAT_SECRET_FILE)",
+            ));
+        }
     }
-    let appid = src.get("WEAUTH_WECHAT_APPID").ok_or_else(|| {
-        bad(
-            "WEAUTH_WECHAT_APPID",
-            "is required (or configure the apps in WEAUTH_APPS_FILE)",
-        )
-    })?;
-    if !apps::valid_appid(&appid) {
-        return Err(bad("WEAUTH_WECHAT_APPID", "must be alphanumeric (wx...)"));
+    match (appid, secret) {
+        (Some(appid), Some(secret)) if problems.is_empty() => {
+            (Apps::single(appid, secret), problems)
+        }
+        _ => (none(), problems),
     }
-    let secret = src.secret("WEAUTH_WECHAT_SECRET")?.ok_or_else(|| {
-        bad(
-            "WEAUTH_WECHAT_SECRET",
-            "is required (or WEAUTH_WECHAT_SECRET_FILE)",
-        )
-    })?;
-    Ok(Apps::single(appid, secret))
 }
 
 impl Config {
-    /// Reads the process environment and the filesystem.
+    /// Reads the process environment and the filesystem, for serving.
     ///
     /// # Errors
-    /// The first invalid or missing variable.
-    pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_source(&Source {
-            lookup: &|name| std::env::var(name).ok(),
-            read_file: &|path| std::fs::read_to_string(path),
-        })
+    /// Every invalid or missing variable.
+    pub fn from_env() -> Result<Config, ConfigErrors> {
+        Config::from_env_for(Mode::Serve)
     }
 
-    /// Reads configuration from `source`.
+    /// Reads the process environment and the filesystem, for `mode`.
     ///
     /// # Errors
-    /// The first invalid or missing variable.
-    pub fn from_source(src: &Source<'_>) -> Result<Config, ConfigError> {
-        let listen_text = src
-            .get("WEAUTH_LISTEN")
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen_text.parse().map_err(|_| {
-            bad(
-                "WEAUTH_LISTEN",
-                format!("`{listen_text}` is not an IP:PORT address"),
-            )
-        })?;
-        let store = parse_store(
-            &src.get("WEAUTH_STORE")
-                .unwrap_or_else(|| "sqlite://weauth.db".into()),
-        )?;
-        let apps = load_apps(src)?;
+    /// Every invalid or missing variable.
+    pub fn from_env_for(mode: Mode) -> Result<Config, ConfigErrors> {
+        Config::load(
+            &Source {
+                lookup: &|name| std::env::var(name).ok(),
+                read_file: &|path| std::fs::read_to_string(path),
+            },
+            mode,
+        )
+    }
+
+    /// Reads configuration from `source`, for serving.
+    ///
+    /// # Errors
+    /// Every invalid or missing variable.
+    pub fn from_source(src: &Source<'_>) -> Result<Config, ConfigErrors> {
+        Config::load(src, Mode::Serve)
+    }
+
+    /// Reads configuration from `source` for `mode`. Parsing goes on after a bad value, so
+    /// the error lists every variable at fault.
+    ///
+    /// # Errors
+    /// Every invalid or missing variable, in table order.
+    pub fn load(src: &Source<'_>, mode: Mode) -> Result<Config, ConfigErrors> {
+        let mut errs = Errors::default();
+        let listen_text = src.text("WEAUTH_LISTEN");
+        let listen = errs.or(
+            listen_text.parse().map_err(|_| {
+                bad(
+                    "WEAUTH_LISTEN",
+                    format!("`{listen_text}` is not an IP:PORT address"),
+                )
+            }),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        );
+        let store = errs.or(
+            parse_store(&src.text("WEAUTH_STORE")),
+            StoreUrl::Sqlite(PathBuf::new()),
+        );
+        let apps = {
+            let (apps, problems) = load_apps(src, mode);
+            for problem in problems {
+                errs.push(problem);
+            }
+            apps
+        };
         let (wechat_appid, wechat_secret) = match apps.all().first() {
             Some(first) => (first.appid.clone(), first.secret.clone()),
-            None => return Err(bad("WEAUTH_APPS_FILE", "configures no app")),
+            None => (String::new(), Zeroizing::new(String::new())),
         };
-        let wechat_open_base = parse_base_url(
-            "WEAUTH_WECHAT_OPEN_BASE",
-            &src.get("WEAUTH_WECHAT_OPEN_BASE")
-                .unwrap_or_else(|| "https://open.weixin.qq.com".into()),
-        )?;
-        let cookie_secure = match src.get("WEAUTH_COOKIE_SECURE").as_deref() {
-            None | Some("true" | "1" | "yes") => true,
-            Some("false" | "0" | "no") => false,
-            Some(other) => {
-                return Err(bad(
+        let wechat_open_base = errs.or(
+            parse_base_url(
+                "WEAUTH_WECHAT_OPEN_BASE",
+                &src.text("WEAUTH_WECHAT_OPEN_BASE"),
+            ),
+            String::new(),
+        );
+        let cookie_secure = match src.text("WEAUTH_COOKIE_SECURE").as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                errs.push(bad(
                     "WEAUTH_COOKIE_SECURE",
                     format!("`{other}` is not true or false"),
-                ))
+                ));
+                true
             }
         };
-        let wechat_api_base = parse_base_url(
-            "WEAUTH_WECHAT_API_BASE",
-            &src.get("WEAUTH_WECHAT_API_BASE")
-                .unwrap_or_else(|| "https://api.weixin.qq.com".into()),
-        )?;
-        let issuer = parse_base_url(
-            "WEAUTH_ISSUER",
-            &src.get("WEAUTH_ISSUER")
-                .unwrap_or_else(|| "http://127.0.0.1:8080".into()),
-        )?;
+        let wechat_api_base = errs.or(
+            parse_base_url(
+                "WEAUTH_WECHAT_API_BASE",
+                &src.text("WEAUTH_WECHAT_API_BASE"),
+            ),
+            String::new(),
+        );
+        let wechat_timeout = errs.or(
+            src.duration("WEAUTH_WECHAT_TIMEOUT", Duration::from_millis(50)),
+            Duration::ZERO,
+        );
+        let wechat_connect_timeout = errs.or(
+            src.duration("WEAUTH_WECHAT_CONNECT_TIMEOUT", Duration::from_millis(50)),
+            Duration::ZERO,
+        );
+        let wechat_retries: u32 = errs.or(src.number("WEAUTH_WECHAT_RETRIES"), 0);
+        if wechat_retries > 5 {
+            errs.push(bad("WEAUTH_WECHAT_RETRIES", "must be at most 5"));
+        }
+        let issuer = errs.or(
+            parse_base_url("WEAUTH_ISSUER", &src.text("WEAUTH_ISSUER")),
+            String::new(),
+        );
         let audiences: Vec<String> = src
-            .get("WEAUTH_AUDIENCE")
-            .unwrap_or_else(|| "weauth".into())
+            .text("WEAUTH_AUDIENCE")
             .split(',')
             .map(|a| a.trim().to_string())
             .filter(|a| !a.is_empty())
             .collect();
         if audiences.is_empty() {
-            return Err(bad("WEAUTH_AUDIENCE", "needs at least one audience"));
+            errs.push(bad("WEAUTH_AUDIENCE", "needs at least one audience"));
         }
         let second = Duration::from_secs(1);
-        let access_ttl = src.duration("WEAUTH_ACCESS_TTL", "15m", second)?;
-        let refresh_ttl = src.duration("WEAUTH_REFRESH_TTL", "7d", second)?;
-        let session_max = src.duration("WEAUTH_SESSION_MAX", "30d", second)?;
-        if refresh_ttl > session_max {
-            return Err(bad(
-                "WEAUTH_REFRESH_TTL",
-                "must not exceed WEAUTH_SESSION_MAX",
+        let access_ttl = errs.ok(src.duration("WEAUTH_ACCESS_TTL", second));
+        let refresh_ttl = errs.ok(src.duration("WEAUTH_REFRESH_TTL", second));
+        let session_max = errs.ok(src.duration("WEAUTH_SESSION_MAX", second));
+        // Lifetimes that make no sense together.
+        if let Some(access) = access_ttl {
+            if access > MAX_ACCESS_TTL {
+                errs.push(bad(
+                    "WEAUTH_ACCESS_TTL",
+                    format!(
+                        "{access:?} is longer than {MAX_ACCESS_TTL:?}: an access token is only \
+                         taken back through the revocation list; keep it short and refresh"
+                    ),
+                ));
+            } else if refresh_ttl.is_some_and(|refresh| access > refresh) {
+                errs.push(bad(
+                    "WEAUTH_ACCESS_TTL",
+                    "must not exceed WEAUTH_REFRESH_TTL (an access token outliving its refresh token)",
+                ));
+            }
+        }
+        if let (Some(refresh), Some(max)) = (refresh_ttl, session_max) {
+            if refresh > max {
+                errs.push(bad(
+                    "WEAUTH_REFRESH_TTL",
+                    "must not exceed WEAUTH_SESSION_MAX",
+                ));
+            }
+        }
+        let leeway = errs.or(
+            src.duration("WEAUTH_LEEWAY", Duration::ZERO),
+            Duration::ZERO,
+        );
+        if leeway > MAX_LEEWAY {
+            errs.push(bad(
+                "WEAUTH_LEEWAY",
+                format!("must be at most {MAX_LEEWAY:?}"),
             ));
         }
-        let leeway = src.duration("WEAUTH_LEEWAY", "60s", Duration::ZERO)?;
-        let refresh_reuse_grace =
-            src.duration("WEAUTH_REFRESH_REUSE_GRACE", "0s", Duration::ZERO)?;
+        let refresh_reuse_grace = errs.or(
+            src.duration("WEAUTH_REFRESH_REUSE_GRACE", Duration::ZERO),
+            Duration::ZERO,
+        );
         if refresh_reuse_grace > Duration::from_secs(60) {
-            return Err(bad("WEAUTH_REFRESH_REUSE_GRACE", "must be at most 60s"));
+            errs.push(bad("WEAUTH_REFRESH_REUSE_GRACE", "must be at most 60s"));
         }
-        let data_key = match src.secret("WEAUTH_DATA_KEY")? {
+        let mut token = |var: &str| {
+            let token = errs.or(src.secret(var), None);
+            if token.as_ref().is_some_and(|t| t.len() < 8) {
+                errs.push(bad(var, "must be at least 8 characters"));
+            }
+            token
+        };
+        let feed_token = token("WEAUTH_FEED_TOKEN");
+        let admin_token = token("WEAUTH_ADMIN_TOKEN");
+        let data_key = match errs.or(src.secret("WEAUTH_DATA_KEY"), None) {
             None => None,
-            Some(text) => {
-                use base64::Engine;
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(text.trim())
-                    .or_else(|_| {
-                        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim())
-                    })
-                    .map_err(|_| bad("WEAUTH_DATA_KEY", "is not base64"))?;
-                if bytes.len() != 32 {
-                    return Err(bad(
-                        "WEAUTH_DATA_KEY",
-                        format!("must decode to 32 bytes, got {}", bytes.len()),
-                    ));
-                }
-                Some(Zeroizing::new(bytes))
+            Some(text) => errs.ok(parse_data_key(&text)),
+        };
+        let alg_text = src.text("WEAUTH_SIGNING_ALG");
+        let signing_alg = errs.or(
+            Algorithm::from_name(&alg_text).ok_or_else(|| {
+                bad(
+                    "WEAUTH_SIGNING_ALG",
+                    format!("`{alg_text}` is not one of EdDSA, ES256, HS256"),
+                )
+            }),
+            Algorithm::EdDSA,
+        );
+        let signing_key_file = src.get("WEAUTH_SIGNING_KEY_FILE").map(PathBuf::from);
+        let key_publish_delay = errs.or(
+            src.duration("WEAUTH_KEY_PUBLISH_DELAY", Duration::ZERO),
+            Duration::ZERO,
+        );
+        let key_reload = errs.or(
+            src.duration("WEAUTH_KEY_RELOAD", Duration::from_millis(100)),
+            Duration::ZERO,
+        );
+        let purge_interval = errs.or(
+            src.duration("WEAUTH_PURGE_INTERVAL", Duration::from_millis(100)),
+            Duration::ZERO,
+        );
+        let mut trusted_proxies = Vec::new();
+        for item in src
+            .text("WEAUTH_TRUSTED_PROXIES")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            match IpNet::parse(item) {
+                Some(net) => trusted_proxies.push(net),
+                None => errs.push(bad(
+                    "WEAUTH_TRUSTED_PROXIES",
+                    format!("`{item}` is not an IP or CIDR"),
+                )),
+            }
+        }
+        let login_rate_per_min = errs.or(src.number("WEAUTH_LOGIN_RATE"), 0);
+        let login_burst = errs.or(src.number("WEAUTH_LOGIN_BURST"), 0);
+        let max_body: usize = errs.or(src.number("WEAUTH_MAX_BODY"), 0);
+        if max_body < 256 && src.number::<usize>("WEAUTH_MAX_BODY").is_ok() {
+            errs.push(bad("WEAUTH_MAX_BODY", "must be at least 256 bytes"));
+        }
+        let header_timeout = errs.or(
+            src.duration("WEAUTH_HEADER_TIMEOUT", Duration::from_millis(100)),
+            Duration::ZERO,
+        );
+        let shutdown_grace = errs.or(
+            src.duration("WEAUTH_SHUTDOWN_GRACE", Duration::ZERO),
+            Duration::ZERO,
+        );
+        let decrypt_max_age = if src
+            .text("WEAUTH_DECRYPT_MAX_AGE")
+            .trim()
+            .eq_ignore_ascii_case("off")
+        {
+            None
+        } else {
+            errs.ok(src.duration("WEAUTH_DECRYPT_MAX_AGE", Duration::from_secs(1)))
+        };
+        let log = errs.or(
+            parse_log(&src.text("WEAUTH_LOG")).map_err(|reason| bad("WEAUTH_LOG", reason)),
+            String::new(),
+        );
+        let log_json = match src.text("WEAUTH_LOG_FORMAT").as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                errs.push(bad(
+                    "WEAUTH_LOG_FORMAT",
+                    format!("`{other}` is not text or json"),
+                ));
+                false
             }
         };
-        let alg_text = src
-            .get("WEAUTH_SIGNING_ALG")
-            .unwrap_or_else(|| "EdDSA".into());
-        let signing_alg = Algorithm::from_name(&alg_text).ok_or_else(|| {
-            bad(
-                "WEAUTH_SIGNING_ALG",
-                format!("`{alg_text}` is not one of EdDSA, ES256, HS256"),
-            )
-        })?;
-        let signing_key_file = src.get("WEAUTH_SIGNING_KEY_FILE").map(PathBuf::from);
-        let key_publish_delay = src.duration("WEAUTH_KEY_PUBLISH_DELAY", "10m", Duration::ZERO)?;
-        let key_reload = src.duration("WEAUTH_KEY_RELOAD", "2s", Duration::from_millis(100))?;
-        let mut trusted_proxies = Vec::new();
-        if let Some(list) = src.get("WEAUTH_TRUSTED_PROXIES") {
-            for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                trusted_proxies.push(IpNet::parse(item).ok_or_else(|| {
-                    bad(
-                        "WEAUTH_TRUSTED_PROXIES",
-                        format!("`{item}` is not an IP or CIDR"),
-                    )
-                })?);
-            }
+        if !errs.0.is_empty() {
+            let order = |var: &str| {
+                let base = var.strip_suffix("_FILE").unwrap_or(var);
+                VARIABLES
+                    .iter()
+                    .position(|v| v.name == base)
+                    .unwrap_or(usize::MAX)
+            };
+            let mut list = errs.0;
+            list.sort_by_key(|e| order(&e.var));
+            return Err(ConfigErrors(list));
         }
-        let wechat_retries: u32 = src.number("WEAUTH_WECHAT_RETRIES", 2)?;
-        if wechat_retries > 5 {
-            return Err(bad("WEAUTH_WECHAT_RETRIES", "must be at most 5"));
-        }
-        let max_body: usize = src.number("WEAUTH_MAX_BODY", 16 * 1024)?;
-        if max_body < 256 {
-            return Err(bad("WEAUTH_MAX_BODY", "must be at least 256 bytes"));
-        }
-        let config = Config {
+        Ok(Config {
             listen,
             store,
             apps,
@@ -479,74 +1057,34 @@ impl Config {
             wechat_open_base,
             cookie_secure,
             wechat_api_base,
-            wechat_timeout: src.duration(
-                "WEAUTH_WECHAT_TIMEOUT",
-                "5s",
-                Duration::from_millis(50),
-            )?,
-            wechat_connect_timeout: src.duration(
-                "WEAUTH_WECHAT_CONNECT_TIMEOUT",
-                "2s",
-                Duration::from_millis(50),
-            )?,
+            wechat_timeout,
+            wechat_connect_timeout,
             wechat_retries,
             issuer,
             audiences,
-            access_ttl,
-            refresh_ttl,
-            session_max,
+            access_ttl: access_ttl.unwrap_or_default(),
+            refresh_ttl: refresh_ttl.unwrap_or_default(),
+            session_max: session_max.unwrap_or_default(),
             leeway,
             refresh_reuse_grace,
-            feed_token: src.secret("WEAUTH_FEED_TOKEN")?,
-            admin_token: src.secret("WEAUTH_ADMIN_TOKEN")?,
-            log: src.get("WEAUTH_LOG").unwrap_or_else(|| "info".into()),
-            log_json: match src.get("WEAUTH_LOG_FORMAT").as_deref() {
-                None | Some("text") => false,
-                Some("json") => true,
-                Some(other) => {
-                    return Err(bad(
-                        "WEAUTH_LOG_FORMAT",
-                        format!("`{other}` is not text or json"),
-                    ))
-                }
-            },
+            feed_token,
+            admin_token,
+            log,
+            log_json,
             data_key,
             signing_alg,
             signing_key_file,
             key_publish_delay,
             key_reload,
-            purge_interval: src.duration(
-                "WEAUTH_PURGE_INTERVAL",
-                "60s",
-                Duration::from_millis(100),
-            )?,
+            purge_interval,
             trusted_proxies,
-            login_rate_per_min: src.number("WEAUTH_LOGIN_RATE", 60)?,
-            login_burst: src.number("WEAUTH_LOGIN_BURST", 20)?,
+            login_rate_per_min,
+            login_burst,
             max_body,
-            header_timeout: src.duration(
-                "WEAUTH_HEADER_TIMEOUT",
-                "10s",
-                Duration::from_millis(100),
-            )?,
-            shutdown_grace: src.duration("WEAUTH_SHUTDOWN_GRACE", "10s", Duration::ZERO)?,
-            decrypt_max_age: match src.get("WEAUTH_DECRYPT_MAX_AGE") {
-                None => None,
-                Some(text) if text.trim().eq_ignore_ascii_case("off") => None,
-                Some(_) => {
-                    Some(src.duration("WEAUTH_DECRYPT_MAX_AGE", "0s", Duration::from_secs(1))?)
-                }
-            },
-        };
-        for (var, token) in [
-            ("WEAUTH_FEED_TOKEN", &config.feed_token),
-            ("WEAUTH_ADMIN_TOKEN", &config.admin_token),
-        ] {
-            if token.as_ref().is_some_and(|t| t.len() < 8) {
-                return Err(bad(var, "must be at least 8 characters"));
-            }
-        }
-        Ok(config)
+            header_timeout,
+            shutdown_grace,
+            decrypt_max_age,
+        })
     }
 
     /// The access-token lifetime in seconds.
@@ -577,7 +1115,11 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        load_for(vars, Mode::Serve)
+    }
+
+    fn load_for(vars: &[(&str, &str)], mode: Mode) -> Result<Config, ConfigErrors> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -605,10 +1147,13 @@ mod tests {
                 ))
             }
         };
-        Config::from_source(&Source {
-            lookup: &lookup,
-            read_file: &read_file,
-        })
+        Config::load(
+            &Source {
+                lookup: &lookup,
+                read_file: &read_file,
+            },
+            mode,
+        )
     }
 
     const BASE: [(&str, &str); 2] = [
@@ -662,7 +1207,7 @@ mod tests {
     #[test]
     fn config_missing_appid_names_variable() {
         let err = load(&[("WEAUTH_WECHAT_SECRET", "s")]).unwrap_err();
-        assert_eq!(err.var, "WEAUTH_WECHAT_APPID");
+        assert_eq!(err.vars(), ["WEAUTH_WECHAT_APPID"]);
     }
 
     #[test]
@@ -682,13 +1227,13 @@ mod tests {
             ("WEAUTH_WECHAT_SECRET_FILE", "/nope"),
         ])
         .unwrap_err();
-        assert_eq!(err.var, "WEAUTH_WECHAT_SECRET_FILE");
+        assert_eq!(err.vars(), ["WEAUTH_WECHAT_SECRET_FILE"]);
     }
 
     #[test]
     fn config_secret_both_forms_refused() {
         let err = load(&with(&[("WEAUTH_WECHAT_SECRET_FILE", "/secret/wechat")])).unwrap_err();
-        assert_eq!(err.var, "WEAUTH_WECHAT_SECRET");
+        assert_eq!(err.vars(), ["WEAUTH_WECHAT_SECRET"]);
     }
 
     #[test]
@@ -714,12 +1259,204 @@ mod tests {
             ("WEAUTH_LOG_FORMAT", "xml"),
             ("WEAUTH_DECRYPT_MAX_AGE", "later"),
             ("WEAUTH_DECRYPT_MAX_AGE", "0s"),
+            ("WEAUTH_LOG", "verbose"),
+            ("WEAUTH_LOG", "inof"),
+            ("WEAUTH_LOG", "info,,debug"),
+            ("WEAUTH_LOG", "weauth_issuer=loud"),
+            ("WEAUTH_ACCESS_TTL", "30d"),
+            ("WEAUTH_ACCESS_TTL", "8d"),
+            ("WEAUTH_LEEWAY", "1h"),
+            ("WEAUTH_MAX_BODY", "10"),
+        ] {
+            let err = load(&with(&[(var, value)])).unwrap_err();
+            assert_eq!(err.vars(), [var], "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn config_several_bad_values_all_reported_at_once() {
+        let err = load(&[
+            ("WEAUTH_LOG", "verbose"),
+            ("WEAUTH_ACCESS_TTL", "soon"),
+            ("WEAUTH_LISTEN", "nowhere"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.vars(),
+            [
+                "WEAUTH_LISTEN",
+                "WEAUTH_WECHAT_APPID",
+                "WEAUTH_WECHAT_SECRET",
+                "WEAUTH_ACCESS_TTL",
+                "WEAUTH_LOG"
+            ]
+        );
+        assert_eq!(err.to_string().lines().count(), 5, "{err}");
+    }
+
+    #[test]
+    fn config_apps_file_read_with_secret_files() {
+        let config = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")]).unwrap();
+        assert_eq!(config.apps.all().len(), 2);
+        assert_eq!(
+            config.apps.get("wxmini").unwrap().secret.as_str(),
+            "file-secret"
+        );
+        assert_eq!(
+            config.apps.get("wxoa").unwrap().kind,
+            crate::apps::AppKind::OfficialAccount
+        );
+        assert_eq!(config.wechat_appid, "wxmini");
+    }
+
+    #[test]
+    fn config_apps_file_and_shortcut_both_refused() {
+        let err = load(&with(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")])).unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_APPS_FILE"]);
+        assert!(err.to_string().contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn config_apps_file_invalid_names_variable_and_entry() {
+        let err = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/dup.json")]).unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_APPS_FILE"]);
+        assert!(
+            err.to_string().contains("apps[1] (wx1): duplicate appid"),
+            "{err}"
+        );
+        let err = load(&[("WEAUTH_APPS_FILE", "/nope.json")]).unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_APPS_FILE"]);
+    }
+
+    #[test]
+    fn config_shortcut_is_one_miniprogram_and_web_defaults() {
+        let config = load(&BASE).unwrap();
+        assert_eq!(config.apps.all().len(), 1);
+        assert_eq!(
+            config.apps.miniprogram(None).unwrap().appid,
+            "wx0123456789abcdef"
+        );
+        assert!(config.cookie_secure);
+        assert_eq!(config.wechat_open_base, "https://open.weixin.qq.com");
+        let config = load(&with(&[("WEAUTH_COOKIE_SECURE", "false")])).unwrap();
+        assert!(!config.cookie_secure);
+        for (var, value) in [
             ("WEAUTH_COOKIE_SECURE", "maybe"),
             ("WEAUTH_WECHAT_OPEN_BASE", "open.weixin.qq.com"),
         ] {
             let err = load(&with(&[(var, value)])).unwrap_err();
-            assert_eq!(err.var, var, "{var}={value}: {err}");
+            assert_eq!(err.vars(), [var], "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn config_log_directives_accepted() {
+        for value in [
+            "debug",
+            "WARN",
+            "info,weauth_issuer=debug",
+            "off",
+            "hyper=warn,trace",
+        ] {
+            let config = load(&with(&[("WEAUTH_LOG", value)])).unwrap();
+            assert_eq!(config.log, value);
+        }
+    }
+
+    #[test]
+    fn config_access_ttl_longer_than_refresh_refused() {
+        let err = load(&with(&[
+            ("WEAUTH_ACCESS_TTL", "2h"),
+            ("WEAUTH_REFRESH_TTL", "1h"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_ACCESS_TTL"]);
+        assert!(err.to_string().contains("WEAUTH_REFRESH_TTL"), "{err}");
+        assert!(load(&with(&[
+            ("WEAUTH_ACCESS_TTL", "1h"),
+            ("WEAUTH_REFRESH_TTL", "1h")
+        ]))
+        .is_ok());
+    }
+
+    #[test]
+    fn config_keys_mode_without_wechat_credentials_ok() {
+        assert!(load(&[]).is_err());
+        let config = load_for(&[], Mode::Keys).unwrap();
+        assert!(config.wechat_appid.is_empty());
+        let err = load_for(&[("WEAUTH_ACCESS_TTL", "soon")], Mode::Keys).unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_ACCESS_TTL"]);
+    }
+
+    #[test]
+    fn defaults_come_from_the_table() {
+        let config = load(&BASE).unwrap();
+        assert_eq!(
+            config.wechat_timeout,
+            parse_duration(default_of("WEAUTH_WECHAT_TIMEOUT")).unwrap()
+        );
+        assert_eq!(
+            config.access_ttl,
+            parse_duration(default_of("WEAUTH_ACCESS_TTL")).unwrap()
+        );
+        assert_eq!(config.log, default_of("WEAUTH_LOG"));
+        assert_eq!(config.max_body.to_string(), default_of("WEAUTH_MAX_BODY"));
+    }
+
+    #[test]
+    fn help_text_lists_every_variable_with_its_default() {
+        let help = help_text();
+        for v in VARIABLES {
+            let line = help
+                .lines()
+                .find(|l| {
+                    let name = l.split_whitespace().next().unwrap_or("");
+                    name == v.name || name == format!("{}[_FILE]", v.name)
+                })
+                .unwrap_or_else(|| panic!("{} missing from --help", v.name));
+            if !v.default.is_empty() {
+                assert!(
+                    line.contains(&format!("[default: {}]", v.default)),
+                    "{line}"
+                );
+            }
+        }
+        assert!(help.contains("WEAUTH_WECHAT_SECRET[_FILE]"));
+    }
+
+    #[test]
+    fn unknown_variables_suggest_the_closest_name() {
+        let found = unknown_variables([
+            "WEAUTH_ACESS_TTL",
+            "WEAUTH_ACCESS_TTL",
+            "WEAUTH_WECHAT_SECRET_FILE",
+            "WEAUTH_ISSUER_BIN",
+            "WEAUTH_STACK_BIN",
+            "WEAUTH_BENCH_MODE",
+            "WEAUTH_SOMETHING_ELSE_ENTIRELY",
+            "HOME",
+        ]);
+        assert_eq!(
+            found,
+            vec![
+                UnknownVar {
+                    name: "WEAUTH_ACESS_TTL".into(),
+                    closest: Some("WEAUTH_ACCESS_TTL"),
+                },
+                UnknownVar {
+                    name: "WEAUTH_SOMETHING_ELSE_ENTIRELY".into(),
+                    closest: None,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_substitutions() {
+        assert_eq!(edit_distance("WEAUTH_ACESS_TTL", "WEAUTH_ACCESS_TTL"), 1);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "ab"), 2);
     }
 
     #[test]
@@ -737,53 +1474,6 @@ mod tests {
                 .decrypt_max_age,
             Some(Duration::from_secs(600))
         );
-    }
-
-    #[test]
-    fn config_apps_file_read_with_secret_files() {
-        let config = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")]).unwrap();
-        assert_eq!(config.apps.all().len(), 2);
-        assert_eq!(
-            config.apps.get("wxmini").unwrap().secret.as_str(),
-            "file-secret"
-        );
-        assert_eq!(
-            config.apps.get("wxoa").unwrap().kind,
-            crate::apps::AppKind::OfficialAccount
-        );
-    }
-
-    #[test]
-    fn config_apps_file_and_shortcut_both_refused() {
-        let err = load(&with(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")])).unwrap_err();
-        assert_eq!(err.var, "WEAUTH_APPS_FILE");
-        assert!(err.reason.contains("not both"), "{err}");
-    }
-
-    #[test]
-    fn config_apps_file_invalid_names_variable_and_entry() {
-        let err = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/dup.json")]).unwrap_err();
-        assert_eq!(err.var, "WEAUTH_APPS_FILE");
-        assert!(
-            err.reason.contains("apps[1] (wx1): duplicate appid"),
-            "{err}"
-        );
-        let err = load(&[("WEAUTH_APPS_FILE", "/nope.json")]).unwrap_err();
-        assert_eq!(err.var, "WEAUTH_APPS_FILE");
-    }
-
-    #[test]
-    fn config_shortcut_is_one_miniprogram() {
-        let config = load(&BASE).unwrap();
-        assert_eq!(config.apps.all().len(), 1);
-        assert_eq!(
-            config.apps.miniprogram(None).unwrap().appid,
-            "wx0123456789abcdef"
-        );
-        assert!(config.cookie_secure);
-        assert_eq!(config.wechat_open_base, "https://open.weixin.qq.com");
-        let config = load(&with(&[("WEAUTH_COOKIE_SECURE", "false")])).unwrap();
-        assert!(!config.cookie_secure);
     }
 
     #[test]

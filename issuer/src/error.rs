@@ -28,9 +28,22 @@ pub enum ApiError {
     /// 401 `invalid_token`: missing, bad, expired or revoked bearer token / credential.
     #[error("invalid token: {0}")]
     InvalidToken(String),
+    /// 401 `invalid_token` for a request that carried no bearer credential at all: the
+    /// challenge is a plain `Bearer` (RFC 6750 §3.1: no error code when no credential was
+    /// sent), as at the edge.
+    #[error("no bearer credential: {0}")]
+    MissingToken(String),
     /// 403 `access_denied`.
     #[error("access denied: {0}")]
     AccessDenied(String),
+    /// 403 `user_banned`: an operator banned this user; no login or refresh gets a token
+    /// while the ban lasts (`until`: unix seconds it ends, `None`: until lifted). The ban's
+    /// reason is for operators and is not sent.
+    #[error("user banned")]
+    Banned { until: Option<i64> },
+    /// 404 `not_found` for an admin call naming a user that does not exist.
+    #[error("no such user: {0}")]
+    UnknownUser(String),
     /// 404 `not_found`.
     #[error("no such route")]
     NotFound,
@@ -82,8 +95,9 @@ impl ApiError {
             ApiError::InvalidRequest(_) | ApiError::InvalidGrant(_) | ApiError::UserData { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            ApiError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::InvalidToken(_) | ApiError::MissingToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::AccessDenied(_) | ApiError::Banned { .. } => StatusCode::FORBIDDEN,
+            ApiError::UnknownUser(_) => StatusCode::NOT_FOUND,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -101,8 +115,10 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::InvalidGrant(_) => "invalid_grant",
-            ApiError::InvalidToken(_) => "invalid_token",
+            ApiError::InvalidToken(_) | ApiError::MissingToken(_) => "invalid_token",
             ApiError::AccessDenied(_) => "access_denied",
+            ApiError::Banned { .. } => "user_banned",
+            ApiError::UnknownUser(_) => "not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "request_too_large",
@@ -119,9 +135,15 @@ impl ApiError {
     fn description(&self) -> String {
         match self {
             ApiError::Internal(_) => "internal error; see the issuer's log".to_string(),
+            ApiError::Banned { until: Some(until) } => {
+                format!("this user is banned until {until} (unix seconds)")
+            }
+            ApiError::Banned { until: None } => "this user is banned".to_string(),
+            ApiError::UnknownUser(sub) => format!("no user `{sub}`"),
             ApiError::InvalidRequest(d)
             | ApiError::InvalidGrant(d)
             | ApiError::InvalidToken(d)
+            | ApiError::MissingToken(d)
             | ApiError::AccessDenied(d)
             | ApiError::BadGateway(d)
             | ApiError::Unavailable(d)
@@ -155,11 +177,17 @@ impl ApiError {
                     headers.insert(RETRY_AFTER, value);
                 }
             }
-            ApiError::InvalidToken(_) => {
-                headers.insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            ApiError::InvalidToken(description) => {
+                let challenge = format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    quoted_safe(description)
                 );
+                let value = HeaderValue::from_str(&challenge)
+                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\""));
+                headers.insert(WWW_AUTHENTICATE, value);
+            }
+            ApiError::MissingToken(_) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -168,6 +196,18 @@ impl ApiError {
         }
         response
     }
+}
+
+/// RFC 6750 §3 limits `error_description` to printable ASCII without `"` and `\`: those
+/// become `'`, anything else outside %x20-7E becomes `?` (the same rule as the filter's).
+fn quoted_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 /// A JSON response with `Cache-Control: no-store` (token responses must not be cached,
@@ -417,6 +457,38 @@ mod tests {
         let err = phone_error(WechatError::InvalidCode { errcode: 40029 });
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         assert_eq!(err.code(), "invalid_grant");
+    }
+
+    #[test]
+    fn invalid_token_challenge_carries_error_and_description() {
+        let response =
+            ApiError::InvalidToken("the token has been \"revoked\"\u{e9}".into()).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\", error_description=\"the token has been 'revoked'?\""
+        );
+    }
+
+    #[test]
+    fn missing_token_challenge_is_plain_bearer() {
+        let response =
+            ApiError::MissingToken("a bearer access token is required".into()).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
+        assert!(format!("{:?}", response.body()).contains("invalid_token"));
+    }
+
+    #[test]
+    fn banned_maps_to_403_user_banned_with_until() {
+        let err = ApiError::Banned { until: Some(1234) };
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        assert_eq!(err.code(), "user_banned");
+        assert!(err.description().contains("1234"));
+        assert_eq!(
+            ApiError::UnknownUser("u".into()).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[test]

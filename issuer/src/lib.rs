@@ -19,11 +19,13 @@
 //! which `routes` glues to the store's `put_ephemeral` / `take_ephemeral`.
 
 pub mod access_token;
+pub mod admin;
 pub mod app;
 pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod grants;
 pub mod identity;
 pub mod keys;
 pub mod metrics;

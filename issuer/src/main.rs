@@ -1,11 +1,15 @@
 //! `weauth-issuer`: reads the configuration, sets up logging, then either serves (bind, then
 //! `server::run` until SIGTERM/Ctrl-C) or runs a `keys` subcommand. No logic lives here.
+//!
+//! Order when serving: the whole configuration is validated (every bad variable reported at
+//! once, exit status 2), the listener is bound and the key material checked before anything
+//! is written, so a failed start leaves the directory as it was.
 
 use std::process::ExitCode;
 
-use weauth_issuer::app::App;
+use weauth_issuer::app::{self, App};
 use weauth_issuer::cli::{self, Command};
-use weauth_issuer::config::Config;
+use weauth_issuer::config::{self, Config, Mode};
 use weauth_issuer::server;
 
 fn main() -> ExitCode {
@@ -17,14 +21,36 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if command == Command::Help {
-        println!("{}", cli::USAGE);
-        return ExitCode::SUCCESS;
+    match command {
+        Command::Help => {
+            print!("{}", cli::help());
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("weauth-issuer {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
-    let config = match Config::from_env() {
+    let mode = match command {
+        Command::KeysRotate | Command::KeysList => Mode::Keys,
+        _ => Mode::Serve,
+    };
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    let unknown = config::unknown_variables(names.iter().map(String::as_str));
+    let config = match Config::from_env_for(mode) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("weauth-issuer: invalid configuration: {err}");
+        Err(errors) => {
+            eprintln!("weauth-issuer: invalid configuration:");
+            for err in &errors.0 {
+                eprintln!("  {err}");
+            }
+            for unknown in &unknown {
+                eprintln!("  note: {}", describe(unknown));
+            }
+            eprintln!("(`weauth-issuer --help` lists every variable with its default)");
             return ExitCode::from(2);
         }
     };
@@ -43,6 +69,9 @@ fn main() -> ExitCode {
         logs.json().init();
     } else {
         logs.init();
+    }
+    for unknown in &unknown {
+        tracing::warn!("{}", describe(unknown));
     }
     match command {
         Command::KeysRotate | Command::KeysList => {
@@ -82,16 +111,32 @@ fn main() -> ExitCode {
     }
 }
 
+fn describe(unknown: &config::UnknownVar) -> String {
+    match unknown.closest {
+        Some(closest) => format!(
+            "{} is not a variable weauth-issuer reads (ignored); did you mean {closest}?",
+            unknown.name
+        ),
+        None => format!(
+            "{} is not a variable weauth-issuer reads (ignored); see --help",
+            unknown.name
+        ),
+    }
+}
+
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let listen = config.listen;
-        let app = App::build(config, None).await?;
+        // Bind and check the key material first: nothing (database, data key, signing key)
+        // is created by a start that cannot serve.
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|err| format!("WEAUTH_LISTEN {listen}: cannot bind: {err}"))?;
+        app::preflight(&config)?;
+        let app = App::build(config, None).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let tasks = app.spawn_background(stop_rx);
         tracing::info!("listening on {}", listener.local_addr()?);

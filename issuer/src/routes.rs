@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::admin;
 use crate::app::{now, App};
 use crate::error::{json_response, ApiError};
 use crate::identity::{self, Credential};
@@ -43,6 +44,10 @@ enum Route {
     Phone,
     SessionCheck,
     AdminRevoke,
+    AdminBan,
+    AdminUnban,
+    AdminScopes,
+    AdminUser,
     Revocations,
     WebAuthorize,
     WebCallback,
@@ -64,6 +69,10 @@ impl Route {
             "/v1/me/phone" => Route::Phone,
             "/v1/me/session" => Route::SessionCheck,
             "/v1/admin/revoke" => Route::AdminRevoke,
+            "/v1/admin/ban" => Route::AdminBan,
+            "/v1/admin/unban" => Route::AdminUnban,
+            "/v1/admin/scopes" => Route::AdminScopes,
+            "/v1/admin/user" => Route::AdminUser,
             "/v1/revocations" => Route::Revocations,
             "/v1/web/authorize" => Route::WebAuthorize,
             "/v1/web/callback" => Route::WebCallback,
@@ -82,6 +91,9 @@ impl Route {
             | Route::Refresh
             | Route::Logout
             | Route::AdminRevoke
+            | Route::AdminBan
+            | Route::AdminUnban
+            | Route::AdminScopes
             | Route::Decrypt
             | Route::Phone => (Method::POST, "POST"),
             _ => (Method::GET, "GET"),
@@ -192,6 +204,35 @@ where
             Ok(json_response(StatusCode::OK, &json!({ "valid": valid })))
         }
         Route::AdminRevoke => admin_revoke(app, req).await,
+        Route::AdminBan => {
+            admin_auth(app, &req)?;
+            let body: AdminBanRequest = read_json(req, &app.config).await?;
+            let banned = admin::ban(app, body.sub, body.until, body.reason).await?;
+            Ok(json_response(StatusCode::OK, &to_value(&banned)?))
+        }
+        Route::AdminUnban => {
+            admin_auth(app, &req)?;
+            let body: AdminSubRequest = read_json(req, &app.config).await?;
+            let unbanned = admin::unban(app, body.sub).await?;
+            Ok(json_response(StatusCode::OK, &to_value(&unbanned)?))
+        }
+        Route::AdminScopes => {
+            admin_auth(app, &req)?;
+            let body: AdminScopesRequest = read_json(req, &app.config).await?;
+            let scopes = admin::set_scopes(app, body.sub, body.scopes).await?;
+            Ok(json_response(StatusCode::OK, &to_value(&scopes)?))
+        }
+        Route::AdminUser => {
+            admin_auth(app, &req)?;
+            let sub = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .find(|(key, _)| key == "sub")
+                .map(|(_, value)| value.into_owned())
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest("`sub` query parameter is required".into())
+                })?;
+            let user = admin::lookup(app, sub).await?;
+            Ok(json_response(StatusCode::OK, &to_value(&user)?))
+        }
         Route::Revocations => feed(app, req).await,
         Route::Jwks => {
             let ring = app.keys();
@@ -673,15 +714,46 @@ where
     }
 }
 
+/// The admin bearer credential check of every `/v1/admin/*` route.
+fn admin_auth<B>(app: &App, req: &Request<B>) -> Result<(), ApiError> {
+    let expected = app.config.admin_token.as_ref().ok_or_else(|| {
+        ApiError::Unavailable("the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)".into())
+    })?;
+    check_credential(authorization(req)?, expected)
+}
+
+/// `POST /v1/admin/ban`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminBanRequest {
+    sub: String,
+    #[serde(default)]
+    until: Option<i64>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/admin/unban`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSubRequest {
+    sub: String,
+}
+
+/// `POST /v1/admin/scopes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminScopesRequest {
+    sub: String,
+    scopes: Vec<String>,
+}
+
 async fn admin_revoke<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError>
 where
     B: Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let expected = app.config.admin_token.as_ref().ok_or_else(|| {
-        ApiError::Unavailable("the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)".into())
-    })?;
-    check_credential(authorization(&req)?, expected)?;
+    admin_auth(app, &req)?;
     let body: AdminRevokeRequest = read_json(req, &app.config).await?;
     let now = now();
     let revoke = match (body.jti, body.sid, body.sub, body.issued_before) {
@@ -708,7 +780,7 @@ where
 
 fn check_credential(header: Option<&str>, expected: &str) -> Result<(), ApiError> {
     let presented = crate::tokens::bearer(header)
-        .ok_or_else(|| ApiError::InvalidToken("a bearer credential is required".into()))?;
+        .ok_or_else(|| ApiError::MissingToken("a bearer credential is required".into()))?;
     if secrets::credential_matches(presented, expected) {
         Ok(())
     } else {
@@ -800,7 +872,6 @@ fn discovery(app: &App) -> serde_json::Value {
         "response_types_supported": ["token"],
         "subject_types_supported": ["public"],
         "token_endpoint_auth_methods_supported": ["none"],
-        "id_token_signing_alg_values_supported": algs,
         "access_token_signing_alg_values_supported": algs,
         "claims_supported": ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", "openid", "unionid", "appid", "scope"],
     })

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::app::{now, App};
 use crate::error::ApiError;
+use crate::grants::Grants;
 use crate::identity::{self, Credential, ExternalIdentity};
 use crate::revocation;
 use crate::rules;
@@ -33,14 +34,18 @@ pub struct TokenResponse {
     pub refresh_expires_in: i64,
 }
 
+/// Mints the access token of a new pair for `subject`, with the `scope` claim of `grants`
+/// (read by [`grants_for_token`] just before).
 fn issue(
     app: &App,
     subject: &Subject,
+    grants: &Grants,
     refresh_token: String,
     refresh_expires: i64,
     now: i64,
 ) -> Result<TokenResponse, ApiError> {
-    let claims = tokens::access_claims(&app.policy, subject, secrets::random_id("t_"), now);
+    let mut claims = tokens::access_claims(&app.policy, subject, secrets::random_id("t_"), now);
+    claims.scope = grants.scope_claim();
     let ring = app.keys();
     let access_token = tokens::mint(&claims, &ring.signing)
         .map_err(|err| ApiError::Internal(format!("signing failed: {err}")))?;
@@ -51,6 +56,21 @@ fn issue(
         refresh_token,
         refresh_expires_in: refresh_expires - now,
     })
+}
+
+/// The user's grants for a token about to be issued at `now`: 403 `user_banned` while a ban
+/// is in force. Every path that hands out tokens (login, refresh) passes here, so a ban set
+/// while a login was in flight still refuses it.
+///
+/// # Errors
+/// [`ApiError::Banned`]; store failures.
+pub async fn grants_for_token(app: &App, sub: &str, now: i64) -> Result<Grants, ApiError> {
+    let grants = app.store.grants(sub).await?.unwrap_or_default();
+    if let Some(ban) = grants.active_ban(now) {
+        tracing::info!(sub = %sub, "token refused: the user is banned");
+        return Err(ApiError::Banned { until: ban.until });
+    }
+    Ok(grants)
 }
 
 /// Removes a code hash from the in-flight set when the exchange ends, however it ends.
@@ -172,6 +192,10 @@ pub async fn establish(
             ));
         }
     };
+    // Only now is the user known (linking happens inside the store's login). A banned user's
+    // exchange has spent the code and left a session row, but no token for it exists: the
+    // refresh token is dropped here unseen, so the session can never be used and expires.
+    let grants = grants_for_token(app, &sub, now).await?;
     let subject = Subject {
         sub,
         sid,
@@ -179,7 +203,7 @@ pub async fn establish(
         unionid: identity.unionid,
         appid: identity.appid,
     };
-    let tokens = issue(app, &subject, refresh_token, refresh_expires, now)?;
+    let tokens = issue(app, &subject, &grants, refresh_token, refresh_expires, now)?;
     Ok((tokens, subject))
 }
 
@@ -203,9 +227,23 @@ pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, A
         return Err(ApiError::InvalidGrant("unknown refresh token".into()));
     }
     let now = now();
+    let presented_hash = tokens::refresh_hash(presented);
+    // A banned user's refresh is refused before anything is consumed. A ban set after this
+    // read is still safe: the ban's `sub` revocation covers a token issued now.
+    let owner = app.store.refresh_owner(&presented_hash).await?;
+    let grants = match &owner {
+        Some(sub) => match grants_for_token(app, sub, now).await {
+            Ok(grants) => grants,
+            Err(err) => {
+                app.metrics.refresh(err.code());
+                return Err(err);
+            }
+        },
+        None => Grants::default(),
+    };
     let (refresh_token, new_hash) = tokens::new_refresh_token();
     let rotate = Rotate {
-        presented_hash: tokens::refresh_hash(presented),
+        presented_hash,
         new_hash,
         now,
         refresh_ttl: crate::config::secs(app.config.refresh_ttl),
@@ -217,10 +255,16 @@ pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, A
             session,
             refresh_expires,
         } => {
+            let grants = if owner.as_deref() == Some(session.sub.as_str()) {
+                grants
+            } else {
+                grants_for_token(app, &session.sub, now).await?
+            };
             app.metrics.refresh("ok");
             issue(
                 app,
                 &subject_of(&session),
+                &grants,
                 refresh_token,
                 refresh_expires,
                 now,
@@ -250,7 +294,7 @@ pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, A
 pub async fn authenticate(app: &Arc<App>, authorization: Option<&str>) -> Result<Claims, ApiError> {
     let Some(token) = tokens::bearer(authorization) else {
         app.metrics.bearer_rejected("missing");
-        return Err(ApiError::InvalidToken(
+        return Err(ApiError::MissingToken(
             "a bearer access token is required".into(),
         ));
     };

@@ -305,8 +305,14 @@ async fn health_ready_metrics_and_discovery() {
         "http://issuer.test/v1/revocations"
     );
     assert_eq!(
-        discovery["id_token_signing_alg_values_supported"],
+        discovery["access_token_signing_alg_values_supported"],
         json!(["EdDSA"])
+    );
+    assert!(
+        discovery
+            .get("id_token_signing_alg_values_supported")
+            .is_none(),
+        "no id_token is ever issued: {discovery}"
     );
 }
 

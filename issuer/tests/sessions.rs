@@ -42,10 +42,16 @@ async fn refresh_rotates_then_reuse_revokes_the_session() {
     let (status, body, headers) = stack.get("/v1/me", Some(at2)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"], "invalid_token");
-    assert!(headers["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .starts_with("Bearer"));
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer error=\"invalid_token\", error_description=\"the token has been revoked\""
+    );
+    let (status, _, headers) = stack.get("/v1/me", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        headers["www-authenticate"], "Bearer",
+        "no credential sent: no error code"
+    );
     let (status, _, _) = stack
         .post("/v1/token/refresh", json!({ "refresh_token": rt2 }))
         .await;
@@ -109,7 +115,12 @@ async fn refresh_unknown_or_malformed_token_invalid_grant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_capped_by_session_max() {
-    let stack = Stack::start(&[("WEAUTH_REFRESH_TTL", "3s"), ("WEAUTH_SESSION_MAX", "3s")]).await;
+    let stack = Stack::start(&[
+        ("WEAUTH_ACCESS_TTL", "3s"),
+        ("WEAUTH_REFRESH_TTL", "3s"),
+        ("WEAUTH_SESSION_MAX", "3s"),
+    ])
+    .await;
     let login = stack.login("kate").await;
     assert_eq!(login["refresh_expires_in"], 3);
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -665,6 +665,8 @@ struct EnvoySpec {
     bin: PathBuf,
     config: PathBuf,
     concurrency: u32,
+    /// The weauth filter is the edge (not jwt_authn): its fetch counters can be awaited.
+    weauth_filter: bool,
 }
 
 impl EnvoySpec {
@@ -848,6 +850,7 @@ impl Stack {
                 bin: bins.envoy.clone(),
                 config,
                 concurrency: b.concurrency,
+                weauth_filter: matches!(b.edge, Edge::WeauthFilter),
             });
             stack.start_envoy().await?;
         }
@@ -1121,7 +1124,8 @@ impl Stack {
             &format!("{}/healthz", self.envoy_url()),
         )
         .await?;
-        self.wait_filter_ready(&mut proc, spec.concurrency).await?;
+        self.wait_filter_ready(&mut proc, spec.concurrency, spec.weauth_filter)
+            .await?;
         self.envoy = Some(proc);
         Ok(())
     }
@@ -1136,6 +1140,7 @@ impl Stack {
         &self,
         proc: &mut Proc,
         concurrency: u32,
+        weauth_filter: bool,
     ) -> Result<(), HarnessError> {
         let fresh = reqwest::Client::builder()
             .no_proxy()
@@ -1152,6 +1157,12 @@ impl Stack {
             None => (JUNK_TOKEN.to_string(), false),
         };
         let start = Instant::now();
+        // First wait, on the admin stats, until the fetcher holds the keys and the revocation
+        // list, so the probe requests below are not refused with 503 while they load: a fresh
+        // stack's stats then show no `denied.*` and no 5xx caused by the harness itself.
+        if weauth_filter {
+            self.wait_fetched(proc, start).await?;
+        }
         let mut in_a_row = 0;
         loop {
             if let Some(status) = proc.exited() {
@@ -1215,6 +1226,47 @@ impl Stack {
                 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until Envoy's stats count one successful JWKS fetch (when the keys come from the
+    /// issuer) and one revocation-feed answer (when the feed is configured).
+    async fn wait_fetched(&self, proc: &mut Proc, start: Instant) -> Result<(), HarnessError> {
+        let mut wanted = Vec::new();
+        if self
+            .plugin_config
+            .get("jwks")
+            .and_then(|jwks| jwks.get("cluster"))
+            .is_some()
+        {
+            wanted.push("wasmcustom.weauth.jwks_fetch_ok");
+        }
+        if self.plugin_config.get("revocation").is_some() {
+            wanted.push("wasmcustom.weauth.feed_fetch_ok");
+        }
+        loop {
+            if let Some(status) = proc.exited() {
+                return Err(proc.exited_error(status));
+            }
+            let stats = self.envoy_stats().await.unwrap_or_default();
+            let missing: Vec<&str> = wanted
+                .iter()
+                .copied()
+                .filter(|name| stat_value(&stats, name).unwrap_or(0) == 0)
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(HarnessError::NotReady {
+                    name: "envoy filter (first JWKS and feed fetch)",
+                    waited: start.elapsed(),
+                    detail: format!("{} stayed 0", missing.join(", ")),
+                    log: proc.log.clone(),
+                    tail: proc.tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

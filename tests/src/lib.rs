@@ -9,6 +9,7 @@
 //! - [`harness`]: boots the whole stack (mock, upstream, issuer process, Envoy with the filter)
 //!   on free loopback ports, or on the fixed `make up` ports for `weauth-stack`.
 //! - [`template`]: rendering of `envoy/envoy.yaml` and `envoy/plugin-config.json` (pure).
+//! - [`walkthrough`]: the README's walkthroughs, which `make up` prints and a test runs.
 //! - [`serve`]: the small hyper 1 server glue the two doubles share; [`signal`]: Ctrl-C and
 //!   SIGTERM for the binaries.
 
@@ -18,3 +19,4 @@ pub mod serve;
 pub mod signal;
 pub mod template;
 pub mod upstream;
+pub mod walkthrough;

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use weauth_token::revocation::EntryKind;
 
-use super::{CachedToken, KeyRecord, LoginResult, NewLogin, Revoke, Rotate, RotateResult, Store};
+use super::{
+    Ban, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, Revoke, Rotate, RotateResult, Store,
+};
 use crate::revocation;
 use crate::rules;
 
@@ -58,6 +60,11 @@ macro_rules! contract_tests {
             keys_two_first_starts_agree_on_one_key,
             keys_insert_existing_kid_ignored_and_delete,
             set_phone_unknown_user_false,
+            grants_unknown_user_none_and_writes_refused,
+            grants_scopes_replaced_and_cleared_ban_kept,
+            grants_ban_read_back_replaced_and_lifted_scopes_kept,
+            grants_survive_a_new_handle,
+            refresh_owner_of_unused_used_and_unknown_tokens,
             ephemeral_taken_once,
             ephemeral_expired_not_returned,
             ephemeral_put_replaces,
@@ -859,6 +866,141 @@ pub async fn set_phone_unknown_user_false(backend: &dyn Backend) {
     );
     assert!(store.set_phone("u-c1", None, 12).await.unwrap());
     assert_eq!(store.user("u-c1").await.unwrap().unwrap().phone, None);
+}
+
+fn ban(created_at: i64, until: Option<i64>, reason: Option<&str>) -> Ban {
+    Ban {
+        created_at,
+        until,
+        reason: reason.map(String::from),
+    }
+}
+
+fn scopes(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+pub async fn grants_unknown_user_none_and_writes_refused(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    assert_eq!(store.grants("nobody").await.unwrap(), None);
+    assert!(!store
+        .set_scopes("nobody", &scopes(&["a"]), 1)
+        .await
+        .unwrap());
+    assert!(!store
+        .set_ban("nobody", Some(&ban(1, None, None)), 1)
+        .await
+        .unwrap());
+    assert_eq!(store.grants("nobody").await.unwrap(), None);
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    assert_eq!(
+        store.grants("u-c1").await.unwrap(),
+        Some(Grants::default()),
+        "a user without grants has none"
+    );
+}
+
+pub async fn grants_scopes_replaced_and_cleared_ban_kept(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    let banned = ban(11, Some(500), Some("spam"));
+    assert!(store.set_ban("u-c1", Some(&banned), 11).await.unwrap());
+    assert!(store
+        .set_scopes("u-c1", &scopes(&["admin", "orders:read"]), 12)
+        .await
+        .unwrap());
+    let grants = store.grants("u-c1").await.unwrap().unwrap();
+    assert_eq!(grants.scopes, scopes(&["admin", "orders:read"]));
+    assert!(store.set_scopes("u-c1", &scopes(&["b"]), 13).await.unwrap());
+    assert_eq!(
+        store.grants("u-c1").await.unwrap().unwrap().scopes,
+        scopes(&["b"])
+    );
+    assert!(store.set_scopes("u-c1", &[], 14).await.unwrap());
+    let grants = store.grants("u-c1").await.unwrap().unwrap();
+    assert!(grants.scopes.is_empty());
+    assert_eq!(
+        grants.ban,
+        Some(banned),
+        "setting scopes leaves the ban alone"
+    );
+}
+
+pub async fn grants_ban_read_back_replaced_and_lifted_scopes_kept(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    created(&store.login(&login("c2", "o2", None, 10)).await.unwrap());
+    assert!(store
+        .set_scopes("u-c1", &scopes(&["admin"]), 11)
+        .await
+        .unwrap());
+    let first = ban(12, None, Some("first"));
+    assert!(store.set_ban("u-c1", Some(&first), 12).await.unwrap());
+    assert_eq!(
+        store.grants("u-c1").await.unwrap().unwrap().ban,
+        Some(first)
+    );
+    let second = ban(13, Some(99), None);
+    assert!(store.set_ban("u-c1", Some(&second), 13).await.unwrap());
+    assert_eq!(
+        store.grants("u-c1").await.unwrap().unwrap().ban,
+        Some(second),
+        "a new ban replaces the old one"
+    );
+    assert_eq!(
+        store.grants("u-c2").await.unwrap().unwrap().ban,
+        None,
+        "another user is not affected"
+    );
+    assert!(store.set_ban("u-c1", None, 14).await.unwrap());
+    let grants = store.grants("u-c1").await.unwrap().unwrap();
+    assert_eq!(grants.ban, None);
+    assert_eq!(
+        grants.scopes,
+        scopes(&["admin"]),
+        "lifting a ban keeps scopes"
+    );
+}
+
+pub async fn grants_survive_a_new_handle(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    assert!(store.set_scopes("u-c1", &scopes(&["x"]), 11).await.unwrap());
+    assert!(store
+        .set_ban("u-c1", Some(&ban(11, None, None)), 11)
+        .await
+        .unwrap());
+    drop(store);
+    let other = backend.handle().await;
+    let grants = other.grants("u-c1").await.unwrap().unwrap();
+    assert_eq!(grants.scopes, scopes(&["x"]));
+    assert_eq!(grants.ban, Some(ban(11, None, None)));
+}
+
+pub async fn refresh_owner_of_unused_used_and_unknown_tokens(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    assert_eq!(
+        store.refresh_owner("r-c1").await.unwrap().as_deref(),
+        Some("u-c1")
+    );
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r-c1", "r-c1b", 11, 0))
+            .await
+            .unwrap(),
+        RotateResult::Rotated { .. }
+    ));
+    assert_eq!(
+        store.refresh_owner("r-c1").await.unwrap().as_deref(),
+        Some("u-c1"),
+        "a used token still names its owner"
+    );
+    assert_eq!(
+        store.refresh_owner("r-c1b").await.unwrap().as_deref(),
+        Some("u-c1")
+    );
+    assert_eq!(store.refresh_owner("r-unknown").await.unwrap(), None);
 }
 
 pub async fn ephemeral_taken_once(backend: &dyn Backend) {

@@ -23,6 +23,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use weauth_token::revocation::Entry;
 
+pub use crate::grants::{Ban, Grants};
 pub use crate::rules::RefreshRow;
 
 /// The underlying error of a store failure, kept as the source.
@@ -314,4 +315,21 @@ pub trait Store: Send + Sync {
     /// Deletes expired revocations (advancing the watermark with
     /// [`crate::rules::next_watermark`]), ended sessions and expired refresh tokens.
     async fn purge(&self, now: i64) -> Result<Purged, StoreError>;
+
+    // Grants ([`crate::grants`]): what an operator decided about a user. Kept with the user,
+    // as durably as a revocation; the decisions (is a ban active, which scopes are valid) are
+    // the domain's, the store keeps the values as given.
+
+    /// The user's scopes and ban; `None` when the user does not exist.
+    async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError>;
+    /// Replaces the user's scopes with `scopes` (already normalised; empty clears). Returns
+    /// false when the user does not exist.
+    async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError>;
+    /// Sets (`Some`, replacing any previous one) or lifts (`None`) the user's ban. Returns
+    /// false when the user does not exist.
+    async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError>;
+    /// The `sub` whose session a refresh token (used or not, expired or not) belongs to;
+    /// `None` for an unknown token. Read-only: lets a refresh be refused for a banned user
+    /// before anything is consumed.
+    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError>;
 }

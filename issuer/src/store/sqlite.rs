@@ -24,8 +24,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, Rotate,
-    RotateResult, SessionRecord, Store, StoreError, UserRecord,
+    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
+    Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
 use crate::rules::{self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts};
 
@@ -119,8 +119,20 @@ ALTER TABLE sessions_v2 RENAME TO sessions;
 CREATE INDEX sessions_sub ON sessions (sub);
 "#;
 
-/// Schema version 3: short-lived values taken once (pending web logins).
+/// Schema version 3: a user's grants ([`crate::grants`]): scopes (space-separated) and a ban.
 const V3: &str = r#"
+CREATE TABLE user_grants (
+    sub            TEXT PRIMARY KEY,
+    scopes         TEXT NOT NULL DEFAULT '',
+    ban_created_at INTEGER,
+    ban_until      INTEGER,
+    ban_reason     TEXT,
+    updated_at     INTEGER NOT NULL
+);
+"#;
+
+/// Schema version 4: short-lived values taken once (pending web logins).
+const V4: &str = r#"
 CREATE TABLE ephemeral (
     key        TEXT PRIMARY KEY,
     value      BLOB NOT NULL,
@@ -131,7 +143,7 @@ CREATE INDEX ephemeral_expires ON ephemeral (expires_at);
 
 /// The migrations, in order: the schema version of a file is the number of them applied
 /// (`PRAGMA user_version`). Append only; never edit a published one.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Applies the migrations the file lacks; refuses a file from a newer issuer.
 fn migrate(conn: &mut Connection) -> Result<(), String> {
@@ -458,6 +470,28 @@ impl Store for SqliteStore {
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
         self.run(move |c| ops::purge(c, now)).await
     }
+
+    async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {
+        let sub = sub.to_string();
+        self.run(move |c| ops::grants(c, &sub)).await
+    }
+
+    async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
+        let (sub, scopes) = (sub.to_string(), scopes.join(" "));
+        self.run(move |c| ops::set_scopes(c, &sub, &scopes, now))
+            .await
+    }
+
+    async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
+        let (sub, ban) = (sub.to_string(), ban.cloned());
+        self.run(move |c| ops::set_ban(c, &sub, ban.as_ref(), now))
+            .await
+    }
+
+    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError> {
+        let hash = refresh_hash.to_string();
+        self.run(move |c| ops::refresh_owner(c, &hash)).await
+    }
 }
 
 /// The blocking operations, one per trait method, each on the locked connection.
@@ -782,6 +816,107 @@ mod ops {
                     created_at: row.get(3)?,
                 })
             },
+        )
+        .optional()
+        .map_err(db_err)
+    }
+
+    pub(super) fn grants(conn: &mut Connection, sub: &str) -> Result<Option<Grants>, StoreError> {
+        conn.query_row(
+            "SELECT g.scopes, g.ban_created_at, g.ban_until, g.ban_reason \
+             FROM users u LEFT JOIN user_grants g ON g.sub = u.sub WHERE u.sub = ?1",
+            [sub],
+            |row| {
+                let scopes: Option<String> = row.get(0)?;
+                let ban_created_at: Option<i64> = row.get(1)?;
+                Ok(Grants {
+                    scopes: scopes
+                        .unwrap_or_default()
+                        .split_ascii_whitespace()
+                        .map(String::from)
+                        .collect(),
+                    ban: match ban_created_at {
+                        Some(created_at) => Some(Ban {
+                            created_at,
+                            until: row.get(2)?,
+                            reason: row.get(3)?,
+                        }),
+                        None => None,
+                    },
+                })
+            },
+        )
+        .optional()
+        .map_err(db_err)
+    }
+
+    /// Runs `write` (an upsert of `user_grants`) only when the user exists, in one
+    /// transaction; returns whether it ran.
+    fn with_user(
+        conn: &mut Connection,
+        sub: &str,
+        write: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<usize>,
+    ) -> Result<bool, StoreError> {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let exists = tx
+            .query_row("SELECT 1 FROM users WHERE sub = ?1", [sub], |_| Ok(()))
+            .optional()
+            .map_err(db_err)?
+            .is_some();
+        if exists {
+            write(&tx).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(exists)
+    }
+
+    pub(super) fn set_scopes(
+        conn: &mut Connection,
+        sub: &str,
+        scopes: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        with_user(conn, sub, |tx| {
+            tx.execute(
+                "INSERT INTO user_grants (sub, scopes, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (sub) DO UPDATE SET scopes = excluded.scopes, updated_at = excluded.updated_at",
+                params![sub, scopes, now],
+            )
+        })
+    }
+
+    pub(super) fn set_ban(
+        conn: &mut Connection,
+        sub: &str,
+        ban: Option<&Ban>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (created_at, until, reason) = match ban {
+            Some(ban) => (Some(ban.created_at), ban.until, ban.reason.clone()),
+            None => (None, None, None),
+        };
+        with_user(conn, sub, |tx| {
+            tx.execute(
+                "INSERT INTO user_grants (sub, ban_created_at, ban_until, ban_reason, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (sub) DO UPDATE SET ban_created_at = excluded.ban_created_at, \
+                 ban_until = excluded.ban_until, ban_reason = excluded.ban_reason, \
+                 updated_at = excluded.updated_at",
+                params![sub, created_at, until, reason, now],
+            )
+        })
+    }
+
+    pub(super) fn refresh_owner(
+        conn: &mut Connection,
+        hash: &str,
+    ) -> Result<Option<String>, StoreError> {
+        conn.query_row(
+            "SELECT s.sub FROM refresh_tokens r JOIN sessions s ON s.sid = r.sid WHERE r.hash = ?1",
+            [hash],
+            |row| row.get(0),
         )
         .optional()
         .map_err(db_err)

@@ -1,7 +1,7 @@
 //! `weauth-stack`: the `make up` launcher. Starts the local stack on the fixed ports of
-//! DESIGN.md (Envoy 10000, admin 9901, issuer 8080, demo upstream 8081, mock WeChat 8090) with
+//! docs/DESIGN.md (Envoy 10000, admin 9901, issuer 8080, demo upstream 8081, mock WeChat 8090) with
 //! the same harness code as the end-to-end tests, the database and logs in `<workspace>/.run/`,
-//! prints where everything listens and a curl walkthrough, then waits for Ctrl-C or SIGTERM
+//! prints where everything listens and the README's curl walkthrough, then waits for Ctrl-C or SIGTERM
 //! and stops every process it started (and only those).
 //!
 //! Its pid goes to `.run/stack.pid` so `make down` can send it SIGTERM. Development
@@ -32,6 +32,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use weauth_tests::harness::{workspace_root, Stack, StackPorts};
+use weauth_tests::walkthrough;
 
 const USAGE: &str = "usage: weauth-stack [--concurrency N] [--free-ports] [--json] \
                      [--issuer-env NAME=VALUE]... [--plugin-patch JSON]...";
@@ -150,6 +151,11 @@ fn check_ports_free(ports: StackPorts) -> Result<(), String> {
 fn walkthrough(stack: &Stack) -> String {
     let envoy = stack.envoy_url();
     let mock = stack.mock_url();
+    // The README's walkthrough, the one text (tested by tests/tests/e2e_walkthrough.rs).
+    let script = walkthrough::block(walkthrough::README, walkthrough::MAIN)
+        .map(|script| walkthrough::for_ports(script, stack.ports()))
+        .unwrap_or_else(|| "(the walkthrough block is missing from README.md)\n".into());
+    let script: String = script.lines().map(|line| format!("  {line}\n")).collect();
     format!(
         r#"
 weauth local stack is up:
@@ -167,20 +173,8 @@ Web login (official account): open {envoy}/demo/ in a browser, click "Log in", p
 on the mock WeChat page (the same name as a mini-program login below gives the same sub),
 then "GET /api/hello", "POST /v1/token/refresh" and "POST /v1/logout".
 
-Try it (copy-paste):
-  # 1. wx.login() stand-in: a one-time code for user "alice"
-  CODE=$(curl -s '{mock}/mock/login?user=alice' | sed -E 's/.*"code":"([^"]+)".*/\1/')
-  # 2. log in through Envoy
-  TOKEN=$(curl -s -X POST {envoy}/v1/login -H 'content-type: application/json' \
-            -d "{{\"code\":\"$CODE\"}}" | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
-  # 3. without a token: 401
-  curl -i {envoy}/api/hello
-  # 4. with the token: 200, and the upstream echoes the x-weauth-* identity headers
-  curl -s -H "authorization: Bearer $TOKEN" {envoy}/api/hello
-  # 5. log out (revokes the session), then the same token is refused at the edge
-  curl -s -X POST -H "authorization: Bearer $TOKEN" {envoy}/v1/logout
-  sleep 1; curl -i -H "authorization: Bearer $TOKEN" {envoy}/api/hello
-
+Try it (copy-paste into another terminal; README.md explains each step and the mock's helper routes):
+{script}
 Stop with Ctrl-C or `make down`.
 "#,
         admin = stack.admin_url(),

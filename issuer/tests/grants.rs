@@ -1,0 +1,261 @@
+//! Integration tests of bans and per-user scopes at the issuer (the real binary, SQLite, the
+//! mock WeChat): the admin routes' answers and errors, a ban refusing login and refresh with
+//! 403 `user_banned` and revoking what the user held, unban, a ban kept across a restart, and
+//! scopes reaching the `scope` claim of the next token. The edge side is in
+//! `tests/tests/e2e_grants.rs`.
+
+// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{payload, Stack, ADMIN};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_refuses_login_and_refresh_revokes_tokens_survives_restart_then_unban() {
+    let mut stack = Stack::start(&[]).await;
+    let first = stack.login("mallory").await;
+    let token = first["access_token"].as_str().unwrap().to_string();
+    let sub = payload(&token)["sub"].as_str().unwrap().to_string();
+
+    let (status, body, _) = stack
+        .post_auth(
+            "/v1/admin/ban",
+            ADMIN,
+            Some(json!({"sub": sub, "reason": "chargebacks", "until": 4_000_000_000i64})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ban"]["until"], 4_000_000_000i64);
+    assert_eq!(
+        (
+            body["revocation"]["kind"].as_str(),
+            body["revocation"]["value"].as_str()
+        ),
+        (Some("sub"), Some(sub.as_str())),
+        "{body}"
+    );
+
+    // What the user held is revoked.
+    let (status, body, _) = stack.get("/v1/me", Some(&token)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    // Refresh and login: 403 user_banned, with the end of the ban but not the reason.
+    let (status, body, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({"refresh_token": first["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("user_banned")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("chargebacks"), "{body}");
+    let code = stack.mock.login("mallory").code;
+    let (status, body, _) = stack.post("/v1/login", json!({"code": code})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("user_banned")),
+        "{body}"
+    );
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("4000000000"));
+
+    // Kept as durably as a revocation: still banned after a restart.
+    stack.restart().await;
+    let code = stack.mock.login("mallory").code;
+    let (status, _, _) = stack.post("/v1/login", json!({"code": code})).await;
+    assert_eq!(status, 403);
+    let (status, user, _) = stack
+        .get(&format!("/v1/admin/user?sub={sub}"), Some(ADMIN))
+        .await;
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["banned"], true);
+    assert_eq!(user["ban"]["reason"], "chargebacks");
+
+    let (status, body, _) = stack
+        .post_auth("/v1/admin/unban", ADMIN, Some(json!({"sub": sub})))
+        .await;
+    assert_eq!(
+        (status, body["was_banned"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    let again = stack.login("mallory").await;
+    assert_eq!(
+        payload(again["access_token"].as_str().unwrap())["sub"],
+        sub.as_str()
+    );
+    // Not covered by the ban's revocation, even right after it (the unban waits out the
+    // second the revocation covers).
+    let (status, me, _) = stack
+        .get("/v1/me", Some(again["access_token"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200, "{me}");
+    let (status, user, _) = stack
+        .get(&format!("/v1/admin/user?sub={sub}"), Some(ADMIN))
+        .await;
+    assert_eq!((status, user["banned"].as_bool()), (200, Some(false)));
+    assert!(user.get("ban").is_none(), "{user}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_set_reach_the_next_token_and_clear() {
+    let stack = Stack::start(&[]).await;
+    let login = stack.login("ada").await;
+    let sub = payload(login["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(payload(login["access_token"].as_str().unwrap())
+        .get("scope")
+        .is_none());
+    let (status, body, _) = stack
+        .post_auth(
+            "/v1/admin/scopes",
+            ADMIN,
+            Some(json!({"sub": sub, "scopes": ["orders:read", "admin", "admin"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scopes"], json!(["admin", "orders:read"]));
+    let (status, refreshed, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({"refresh_token": login["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert_eq!(
+        payload(refreshed["access_token"].as_str().unwrap())["scope"],
+        "admin orders:read"
+    );
+    // A new login carries them too.
+    let other = stack.login("ada").await;
+    assert_eq!(
+        payload(other["access_token"].as_str().unwrap())["scope"],
+        "admin orders:read"
+    );
+    let (status, user, _) = stack
+        .get(&format!("/v1/admin/user?sub={sub}"), Some(ADMIN))
+        .await;
+    assert_eq!(
+        (status, &user["scopes"]),
+        (200, &json!(["admin", "orders:read"]))
+    );
+
+    let (status, _, _) = stack
+        .post_auth(
+            "/v1/admin/scopes",
+            ADMIN,
+            Some(json!({"sub": sub, "scopes": []})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, cleared, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({"refresh_token": refreshed["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{cleared}");
+    assert!(payload(cleared["access_token"].as_str().unwrap())
+        .get("scope")
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_grant_routes_refuse_bad_input_and_unknown_users() {
+    let stack = Stack::start(&[]).await;
+    let login = stack.login("ben").await;
+    let sub = payload(login["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (path, body, want) in [
+        (
+            "/v1/admin/ban",
+            json!({"sub": "u_nobody"}),
+            (404, "not_found"),
+        ),
+        (
+            "/v1/admin/unban",
+            json!({"sub": "u_nobody"}),
+            (404, "not_found"),
+        ),
+        (
+            "/v1/admin/scopes",
+            json!({"sub": "u_nobody", "scopes": ["a"]}),
+            (404, "not_found"),
+        ),
+        (
+            "/v1/admin/ban",
+            json!({"sub": sub, "until": 5}),
+            (400, "invalid_request"),
+        ),
+        (
+            "/v1/admin/ban",
+            json!({"sub": sub, "bogus": 1}),
+            (400, "invalid_request"),
+        ),
+        (
+            "/v1/admin/ban",
+            json!({"sub": ""}),
+            (400, "invalid_request"),
+        ),
+        (
+            "/v1/admin/scopes",
+            json!({"sub": sub, "scopes": ["two words"]}),
+            (400, "invalid_request"),
+        ),
+        (
+            "/v1/admin/scopes",
+            json!({"sub": sub}),
+            (400, "invalid_request"),
+        ),
+    ] {
+        let (status, answer, _) = stack.post_auth(path, ADMIN, Some(body.clone())).await;
+        assert_eq!(
+            (status, answer["error"].as_str().unwrap_or("")),
+            want,
+            "{path} {body}: {answer}"
+        );
+    }
+    // The admin credential is required.
+    let (status, _, headers) = stack
+        .post_auth(
+            "/v1/admin/ban",
+            "not-the-admin-token",
+            Some(json!({"sub": sub})),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert!(headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("invalid_token"));
+    let (status, _, _) = stack.get("/v1/admin/user?sub=x", None).await;
+    assert_eq!(status, 401);
+    let (status, body, _) = stack.get("/v1/admin/user", Some(ADMIN)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    // Nothing was banned by the refused calls.
+    let (status, user, _) = stack
+        .get(&format!("/v1/admin/user?sub={sub}"), Some(ADMIN))
+        .await;
+    assert_eq!(
+        (status, user["banned"].as_bool()),
+        (200, Some(false)),
+        "{user}"
+    );
+    assert_eq!(user["scopes"], json!([]));
+}
