@@ -26,7 +26,9 @@ pub enum TokenError {
     #[error("could not make a {0} key: {1}")]
     Key(Algorithm, weauth_token::jws::KeyError),
     #[error("could not sign a token: {0}")]
-    Sign(serde_json::Error),
+    Sign(weauth_token::SignError),
+    #[error("could not write the JWKS: {0}")]
+    Jwks(serde_json::Error),
 }
 
 fn random_id() -> String {
@@ -67,7 +69,7 @@ pub fn token_set(alg: Algorithm, now: i64, ttl: i64) -> Result<TokenSet, TokenEr
     let revoked_jti = revoked_claims.jti.clone();
     let revoked = sign(&revoked_claims, &key).map_err(TokenError::Sign)?;
     Ok(TokenSet {
-        jwks_json: serde_json::to_string(&jwks).map_err(TokenError::Sign)?,
+        jwks_json: serde_json::to_string(&jwks).map_err(TokenError::Jwks)?,
         tampered: tamper(&valid),
         valid,
         revoked,

@@ -4,8 +4,9 @@
 //!
 //! [`Config::parse`] turns the raw bytes into a [`Config`] whose keys are already decoded, whose
 //! header names are lower-cased and whose numbers are range-checked, or into a [`ConfigError`]
-//! naming the offending field. Unknown fields are refused everywhere. Nothing here talks to the
-//! host.
+//! naming the offending field by its path (`rules[2].require`, via `serde_path_to_error`).
+//! Unknown and repeated members are refused everywhere (serde's `deny_unknown_fields` and
+//! derived structs). Nothing here talks to the host.
 
 use serde::Deserialize;
 use weauth_token::{Algorithm, Jwks, KeySet, Validation};
@@ -95,8 +96,11 @@ pub struct RevocationConfig {
     pub authority: String,
     /// Default [`DEFAULT_FEED_PATH`].
     pub path: String,
-    /// The feed credential, sent as `Authorization: Bearer ...`. Required, never logged.
+    /// The feed credential, sent as `Authorization: Bearer ...`. Never logged. Given inline
+    /// (`credential`) or read from the VM's environment (`credential_env`), exactly one.
     pub credential: String,
+    /// The environment variable the credential was read from (`credential_env`), if any.
+    pub credential_env: Option<String>,
     /// Long-poll wait. Default 20 s, 0..=60.
     pub wait_seconds: u64,
     /// Age after which the set is stale. Default 60 s; must exceed `wait_seconds`.
@@ -163,94 +167,39 @@ pub struct Config {
 }
 
 // ---- raw serde shapes -------------------------------------------------------------------
+//
+// Every shape refuses unknown members (`deny_unknown_fields`) and, being a derived struct, a
+// member given twice (serde's "duplicate field"): a configuration that says two things must
+// not load, for the same reason tokens refuse duplicates. `serde_path_to_error` turns a serde
+// error into the path of the member it concerns (`rules[2].require`), which is what the
+// operator reading Envoy's log needs. What serde cannot express (ranges, "exactly one of",
+// header-name syntax, keys that must decode) is checked in `Config::validate` below.
 
-/// The top-level fields, each deserialized on its own so that an error names its field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     issuer: Option<String>,
     audiences: Option<Vec<String>>,
+    #[serde(default = "default_algorithms")]
     algorithms: Vec<String>,
     jwks: Option<RawJwks>,
     revocation: Option<RawRevocation>,
     token_sources: Option<Vec<RawTokenSource>>,
     claim_to_headers: Option<Vec<RawClaimHeader>>,
+    #[serde(default = "default_true")]
     forward_authorization: bool,
+    #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default = "default_require")]
     default_require: Require,
+    #[serde(default = "default_skew")]
     clock_skew_seconds: i64,
+    #[serde(default = "default_max_token_bytes")]
     max_token_bytes: usize,
+    #[serde(default = "default_cache_entries")]
     cache_entries: usize,
+    #[serde(default)]
     cors_preflight: bool,
-}
-
-const TOP_FIELDS: &[&str] = &[
-    "issuer",
-    "audiences",
-    "algorithms",
-    "jwks",
-    "revocation",
-    "token_sources",
-    "claim_to_headers",
-    "forward_authorization",
-    "rules",
-    "default_require",
-    "clock_skew_seconds",
-    "max_token_bytes",
-    "cache_entries",
-    "cors_preflight",
-];
-
-type Object = serde_json::Map<String, serde_json::Value>;
-
-/// Deserializes one member, naming it in the error.
-fn take<T: serde::de::DeserializeOwned>(map: &Object, key: &str) -> Result<Option<T>, ConfigError> {
-    map.get(key)
-        .map(|value| T::deserialize(value).map_err(|err| field_error(key, err.to_string())))
-        .transpose()
-}
-
-/// Deserializes a list member element by element, naming `key[i]` in the error.
-fn take_list<T: serde::de::DeserializeOwned>(
-    map: &Object,
-    key: &str,
-) -> Result<Option<Vec<T>>, ConfigError> {
-    let Some(values) = take::<Vec<serde_json::Value>>(map, key)? else {
-        return Ok(None);
-    };
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, value)| {
-            T::deserialize(value).map_err(|err| field_error(format!("{key}[{i}]"), err.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
-impl RawConfig {
-    fn from_object(map: &Object) -> Result<RawConfig, ConfigError> {
-        if let Some(unknown) = map.keys().find(|key| !TOP_FIELDS.contains(&key.as_str())) {
-            return Err(field_error(
-                unknown.as_str(),
-                format!("unknown field; expected one of {}", TOP_FIELDS.join(", ")),
-            ));
-        }
-        Ok(RawConfig {
-            issuer: take(map, "issuer")?,
-            audiences: take(map, "audiences")?,
-            algorithms: take(map, "algorithms")?.unwrap_or_else(default_algorithms),
-            jwks: take(map, "jwks")?,
-            revocation: take(map, "revocation")?,
-            token_sources: take_list(map, "token_sources")?,
-            claim_to_headers: take_list(map, "claim_to_headers")?,
-            forward_authorization: take(map, "forward_authorization")?.unwrap_or_else(default_true),
-            rules: take_list(map, "rules")?.unwrap_or_default(),
-            default_require: take(map, "default_require")?.unwrap_or_else(default_require),
-            clock_skew_seconds: take(map, "clock_skew_seconds")?.unwrap_or_else(default_skew),
-            max_token_bytes: take(map, "max_token_bytes")?.unwrap_or_else(default_max_token_bytes),
-            cache_entries: take(map, "cache_entries")?.unwrap_or_else(default_cache_entries),
-            cors_preflight: take(map, "cors_preflight")?.unwrap_or_default(),
-        })
-    }
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -272,6 +221,27 @@ fn default_cache_entries() -> usize {
     10_000
 }
 
+/// Reads the raw shape, naming the member an error concerns by its path.
+fn read_raw(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    // A derived struct also accepts a JSON array (fields by position); a configuration is an
+    // object, said plainly.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ConfigError::Json("expected a JSON object".into()));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw = serde_path_to_error::deserialize::<_, RawConfig>(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." || inner.is_syntax() || inner.is_eof() {
+            ConfigError::Json(inner.to_string())
+        } else {
+            field_error(path, inner.to_string())
+        }
+    })?;
+    de.end().map_err(|err| ConfigError::Json(err.to_string()))?;
+    Ok(raw)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJwks {
@@ -291,6 +261,7 @@ struct RawRevocation {
     authority: Option<String>,
     path: Option<String>,
     credential: Option<String>,
+    credential_env: Option<String>,
     wait_seconds: Option<u64>,
     stale_after_seconds: Option<u64>,
     stale_mode: Option<StaleMode>,
@@ -384,25 +355,35 @@ fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<u64, ConfigEr
     }
 }
 
+/// Looks up an environment variable of the Wasm VM by name (`None`: not set). The root
+/// context passes `std::env::var`, which under WASI reads what Envoy hands the VM through
+/// `vm_config.environment_variables`; tests pass a map.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 impl Config {
-    /// Parses and validates the plugin configuration.
+    /// Parses and validates the plugin configuration in an empty environment (a
+    /// `revocation.credential_env` is then always missing); see [`Config::parse_with_env`].
     ///
     /// # Errors
     /// [`ConfigError`] naming the first field that is missing, unknown or out of range.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_with_env(bytes, &|_| None)
+    }
+
+    /// Parses and validates the plugin configuration, reading `revocation.credential_env`
+    /// through `env`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first field that is missing, unknown or out of range, or the
+    /// environment variable that is not set.
+    pub fn parse_with_env(bytes: &[u8], env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::Missing);
         }
-        unique_members(bytes)?;
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|err| ConfigError::Json(err.to_string()))?;
-        let serde_json::Value::Object(map) = value else {
-            return Err(ConfigError::Json("expected a JSON object".into()));
-        };
-        Config::validate(RawConfig::from_object(&map)?)
+        Config::validate(read_raw(bytes)?, env)
     }
 
-    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn validate(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let issuer = non_empty("issuer", raw.issuer)?;
         let audiences = raw
             .audiences
@@ -455,7 +436,10 @@ impl Config {
             max_token_bytes: raw.max_token_bytes,
         };
         let jwks = validate_jwks(raw.jwks)?;
-        let revocation = raw.revocation.map(validate_revocation).transpose()?;
+        let revocation = raw
+            .revocation
+            .map(|raw| validate_revocation(raw, env))
+            .transpose()?;
         let token_sources = match raw.token_sources {
             None => vec![TokenSource::Header {
                 name: "authorization".into(),
@@ -584,19 +568,82 @@ fn validate_jwks(raw: Option<RawJwks>) -> Result<JwksSource, ConfigError> {
     }
 }
 
-fn validate_revocation(raw: RawRevocation) -> Result<RevocationConfig, ConfigError> {
-    let cluster = non_empty("revocation.cluster", raw.cluster)?;
-    let authority = match raw.authority {
+/// Whether `name` is a portable environment variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The feed credential: inline, or from the VM's environment; exactly one of the two.
+fn feed_credential(
+    raw: &RawRevocation,
+    env: EnvLookup<'_>,
+) -> Result<(String, Option<String>), ConfigError> {
+    let (field, credential, from) = match (&raw.credential, &raw.credential_env) {
+        (Some(_), Some(_)) => {
+            return Err(field_error(
+                "revocation",
+                "give either `credential` or `credential_env`, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(field_error(
+                "revocation.credential",
+                "is required (or name an environment variable in `credential_env`)",
+            ))
+        }
+        (Some(inline), None) => (
+            "revocation.credential",
+            non_empty("revocation.credential", Some(inline.clone()))?,
+            None,
+        ),
+        (None, Some(name)) => {
+            if !is_env_name(name) {
+                return Err(field_error(
+                    "revocation.credential_env",
+                    "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                ));
+            }
+            let Some(value) = env(name) else {
+                return Err(field_error(
+                    "revocation.credential_env",
+                    format!(
+                        "environment variable `{name}` is not set in the Wasm VM \
+                         (pass it with vm_config.environment_variables; Istio: vmConfig.env)"
+                    ),
+                ));
+            };
+            if value.trim().is_empty() {
+                return Err(field_error(
+                    "revocation.credential_env",
+                    format!("environment variable `{name}` is empty"),
+                ));
+            }
+            ("revocation.credential_env", value, Some(name.clone()))
+        }
+    };
+    if !credential.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(field_error(
+            field,
+            "the credential must be printable ASCII without spaces",
+        ));
+    }
+    Ok((credential, from))
+}
+
+fn validate_revocation(
+    raw: RawRevocation,
+    env: EnvLookup<'_>,
+) -> Result<RevocationConfig, ConfigError> {
+    let cluster = non_empty("revocation.cluster", raw.cluster.clone())?;
+    let authority = match raw.authority.clone() {
         Some(authority) => non_empty("revocation.authority", Some(authority))?,
         None => cluster.clone(),
     };
-    let credential = non_empty("revocation.credential", raw.credential)?;
-    if !credential.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(field_error(
-            "revocation.credential",
-            "must be printable ASCII without spaces",
-        ));
-    }
+    let (credential, credential_env) = feed_credential(&raw, env)?;
     let wait_seconds = in_range(
         "revocation.wait_seconds",
         raw.wait_seconds.unwrap_or(20),
@@ -623,6 +670,7 @@ fn validate_revocation(raw: RawRevocation) -> Result<RevocationConfig, ConfigErr
             raw.path.unwrap_or_else(|| DEFAULT_FEED_PATH.into()),
         )?,
         credential,
+        credential_env,
         wait_seconds,
         stale_after_seconds,
         stale_mode: raw.stale_mode.unwrap_or(StaleMode::Deny),
@@ -727,77 +775,6 @@ fn validate_rule(i: usize, raw: RawRule) -> Result<Rule, ConfigError> {
     })
 }
 
-/// Refuses a document in which an object repeats a member: `serde_json::Value` would keep the
-/// last one silently, and a configuration that says two things must not load (tokens refuse
-/// duplicates for the same reason).
-fn unique_members(bytes: &[u8]) -> Result<(), ConfigError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde::de::DeserializeSeed::deserialize(Unique(String::new()), &mut de)
-        .map_err(|err| ConfigError::Json(err.to_string()))
-}
-
-/// Walks any JSON value, failing on a repeated object member; holds the path walked so far.
-struct Unique(String);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Unique {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
-        de.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Unique {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut index = 0usize;
-        while seq
-            .next_element_seed(Unique(format!("{}[{index}]", self.0)))?
-            .is_some()
-        {
-            index += 1;
-        }
-        Ok(())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let path = if self.0.is_empty() {
-                key.clone()
-            } else {
-                format!("{}.{key}", self.0)
-            };
-            if !seen.insert(key) {
-                return Err(serde::de::Error::custom(format!(
-                    "`{path}` appears more than once"
-                )));
-            }
-            map.next_value_seed(Unique(path))?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -807,7 +784,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("`issuer` appears more than once"),
+            err.to_string().contains("duplicate field `issuer`"),
             "{err}"
         );
         let err = Config::parse(
@@ -815,10 +792,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("`rules[0].prefix` appears more than once"),
+            err.to_string().contains("duplicate field `prefix`"),
             "{err}"
         );
+        assert_eq!(field_of(err), "rules[0]");
+        // Inside an inline JWK too (a derived type of weauth-token).
+        let err = Config::parse(
+            br#"{"issuer":"a","audiences":["w"],"jwks":{"inline":{"keys":[{"kty":"OKP","kty":"EC"}]}}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("duplicate field `kty`"), "{err}");
+        assert_eq!(field_of(err), "jwks.inline.keys[0]");
     }
 
     use super::*;
@@ -952,13 +936,29 @@ mod tests {
             serde_json::json!({"revocation": {"cluster": "c", "credential": "s", "wait": 3}}),
         ))
         .unwrap_err();
-        assert_eq!(field_of(err.clone()), "revocation");
-        assert!(err.to_string().contains("wait"), "{err}");
+        assert_eq!(field_of(err.clone()), "revocation.wait");
+        assert!(err.to_string().contains("unknown field `wait`"), "{err}");
     }
 
     #[test]
     fn parse_not_an_object_refused() {
         assert!(matches!(parse("[1]").unwrap_err(), ConfigError::Json(_)));
+        assert!(matches!(parse("\"x\"").unwrap_err(), ConfigError::Json(_)));
+    }
+
+    #[test]
+    fn parse_trailing_text_refused() {
+        let err = parse(&format!("{} {{}}", minimal())).unwrap_err();
+        assert!(matches!(err, ConfigError::Json(_)), "{err:?}");
+    }
+
+    #[test]
+    fn parse_unknown_field_deep_names_full_path() {
+        let err = parse(&config_with(serde_json::json!({"rules": [
+            {"prefix": "/a"}, {"prefix": "/b", "scope": ["x"]}
+        ]})))
+        .unwrap_err();
+        assert_eq!(field_of(err), "rules[1].scope");
     }
 
     #[test]
@@ -1038,6 +1038,77 @@ mod tests {
         assert_eq!(field_of(err), "revocation.credential");
     }
 
+    fn env_with(name: &'static str, value: &'static str) -> impl Fn(&str) -> Option<String> {
+        move |wanted: &str| (wanted == name).then(|| value.to_string())
+    }
+
+    #[test]
+    fn parse_credential_env_reads_the_variable() {
+        let text = config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential_env": "WEAUTH_FEED_TOKEN"}}));
+        let config = Config::parse_with_env(
+            text.as_bytes(),
+            &env_with("WEAUTH_FEED_TOKEN", "feed-s3cret"),
+        )
+        .unwrap();
+        let revocation = config.revocation.unwrap();
+        assert_eq!(revocation.credential, "feed-s3cret");
+        assert_eq!(
+            revocation.credential_env.as_deref(),
+            Some("WEAUTH_FEED_TOKEN")
+        );
+    }
+
+    #[test]
+    fn parse_credential_env_missing_variable_named() {
+        let text = config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential_env": "WEAUTH_FEED_TOKEN"}}));
+        let err = Config::parse_with_env(text.as_bytes(), &env_with("OTHER", "x")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("environment variable `WEAUTH_FEED_TOKEN` is not set"),
+            "{err}"
+        );
+        assert_eq!(field_of(err), "revocation.credential_env");
+        // `parse` sees no environment at all.
+        assert_eq!(
+            field_of(parse(&text).unwrap_err()),
+            "revocation.credential_env"
+        );
+    }
+
+    #[test]
+    fn parse_credential_env_empty_or_unprintable_value_refused() {
+        let text = config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential_env": "FEED"}}));
+        for value in ["", "  ", "two words", "tab\there"] {
+            let err =
+                Config::parse_with_env(text.as_bytes(), &move |_: &str| Some(value.to_string()))
+                    .unwrap_err();
+            assert_eq!(field_of(err), "revocation.credential_env", "{value:?}");
+        }
+    }
+
+    #[test]
+    fn parse_credential_and_credential_env_both_refused() {
+        let text = config_with(serde_json::json!({"revocation":
+            {"cluster": "c", "credential": "s", "credential_env": "FEED"}}));
+        let err = Config::parse_with_env(text.as_bytes(), &env_with("FEED", "x")).unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        assert_eq!(field_of(err), "revocation");
+    }
+
+    #[test]
+    fn parse_credential_env_bad_name_refused() {
+        for name in ["", "1ABC", "A-B", "A B", "A=B"] {
+            let text = config_with(serde_json::json!({"revocation":
+                {"cluster": "c", "credential_env": name}}));
+            let err =
+                Config::parse_with_env(text.as_bytes(), &|_: &str| Some("x".into())).unwrap_err();
+            assert_eq!(field_of(err), "revocation.credential_env", "{name:?}");
+        }
+    }
+
     #[test]
     fn parse_revocation_wait_over_cap_refused() {
         let err = parse(&config_with(serde_json::json!({"revocation":
@@ -1060,7 +1131,7 @@ mod tests {
             {"cluster": "c", "credential": "s", "stale_mode": "maybe"}})))
         .unwrap_err();
         assert!(err.to_string().contains("maybe"), "{err}");
-        assert_eq!(field_of(err), "revocation");
+        assert_eq!(field_of(err), "revocation.stale_mode");
     }
 
     #[test]
@@ -1121,7 +1192,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
-        assert_eq!(field_of(err), "rules[0]");
+        assert_eq!(field_of(err), "rules[0].require");
     }
 
     #[test]

@@ -11,18 +11,19 @@
 //! is CAS-written to shared data and only its holder fetches. Pure: every time is an argument
 //! (host milliseconds).
 
-/// Where a fetcher is.
+/// Where a fetcher is. (Named apart from `root::State`, the per-VM data, and `CallOutcome`
+/// apart from `verify::Outcome`, the verdict on a request, so neither pair can be confused.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub enum FetchPhase {
     /// Nothing in flight; dispatch at or after `next_ms`.
     Idle { next_ms: u64 },
     /// A call is out.
     InFlight { token: u32, started_ms: u64 },
 }
 
-/// How a finished call went.
+/// How a finished fetch call went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum CallOutcome {
     /// Success: the next call is due `next_in_ms` from now.
     Ok { next_in_ms: u64 },
     /// Failure: back off.
@@ -32,7 +33,7 @@ pub enum Outcome {
 /// One fetcher's timer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
-    state: State,
+    phase: FetchPhase,
     /// Consecutive failures (0 after a success).
     failures: u32,
     /// First backoff step.
@@ -49,7 +50,7 @@ impl Schedule {
     /// abandoning calls older than `give_up_ms` (set it above the call's own timeout).
     pub fn new(now_ms: u64, base_ms: u64, max_ms: u64, give_up_ms: u64) -> Schedule {
         Schedule {
-            state: State::Idle { next_ms: now_ms },
+            phase: FetchPhase::Idle { next_ms: now_ms },
             failures: 0,
             base_ms: base_ms.max(1),
             max_ms: max_ms.max(base_ms.max(1)),
@@ -58,9 +59,9 @@ impl Schedule {
         }
     }
 
-    /// The current state.
-    pub fn state(&self) -> State {
-        self.state
+    /// Where the fetcher is now.
+    pub fn phase(&self) -> FetchPhase {
+        self.phase
     }
 
     /// Consecutive failures.
@@ -70,12 +71,12 @@ impl Schedule {
 
     /// Whether a call should be dispatched now.
     pub fn due(&self, now_ms: u64) -> bool {
-        matches!(self.state, State::Idle { next_ms } if now_ms >= next_ms)
+        matches!(self.phase, FetchPhase::Idle { next_ms } if now_ms >= next_ms)
     }
 
     /// Records a dispatched call.
     pub fn dispatched(&mut self, token: u32, now_ms: u64) {
-        self.state = State::InFlight {
+        self.phase = FetchPhase::InFlight {
             token,
             started_ms: now_ms,
         };
@@ -97,30 +98,30 @@ impl Schedule {
 
     fn fail(&mut self, now_ms: u64) {
         self.failures = self.failures.saturating_add(1);
-        self.state = State::Idle {
+        self.phase = FetchPhase::Idle {
             next_ms: now_ms.saturating_add(self.backoff_ms()),
         };
     }
 
     /// Whether `token` is the call in flight (a response for any other token is stale).
     pub fn is_current(&self, token: u32) -> bool {
-        matches!(self.state, State::InFlight { token: current, .. } if current == token)
+        matches!(self.phase, FetchPhase::InFlight { token: current, .. } if current == token)
     }
 
     /// Accepts the result of call `token`. Returns false, changing nothing, when the token is
     /// not the call in flight: the caller must drop that response.
-    pub fn finish(&mut self, token: u32, now_ms: u64, outcome: Outcome) -> bool {
+    pub fn finish(&mut self, token: u32, now_ms: u64, outcome: CallOutcome) -> bool {
         if !self.is_current(token) {
             return false;
         }
         match outcome {
-            Outcome::Ok { next_in_ms } => {
+            CallOutcome::Ok { next_in_ms } => {
                 self.failures = 0;
-                self.state = State::Idle {
+                self.phase = FetchPhase::Idle {
                     next_ms: now_ms.saturating_add(next_in_ms),
                 };
             }
-            Outcome::Failed => self.fail(now_ms),
+            CallOutcome::Failed => self.fail(now_ms),
         }
         true
     }
@@ -128,8 +129,8 @@ impl Schedule {
     /// Gives up a call in flight for longer than `give_up_ms` (counted as a failure). Returns
     /// whether it did.
     pub fn expire(&mut self, now_ms: u64) -> bool {
-        match self.state {
-            State::InFlight { started_ms, .. }
+        match self.phase {
+            FetchPhase::InFlight { started_ms, .. }
                 if now_ms.saturating_sub(started_ms) > self.give_up_ms =>
             {
                 self.fail(now_ms);
@@ -144,14 +145,14 @@ impl Schedule {
     /// `kid` without letting a stream of bad tokens hammer the issuer. Returns the new due
     /// time, or `None` when a call is in flight.
     pub fn hurry(&mut self, now_ms: u64, min_interval_ms: u64) -> Option<u64> {
-        let State::Idle { next_ms } = self.state else {
+        let FetchPhase::Idle { next_ms } = self.phase else {
             return None;
         };
         let earliest = self.last_started_ms.map_or(now_ms, |last| {
             last.saturating_add(min_interval_ms).max(now_ms)
         });
         let next = next_ms.min(earliest);
-        self.state = State::Idle { next_ms: next };
+        self.phase = FetchPhase::Idle { next_ms: next };
         Some(next)
     }
 
@@ -163,7 +164,7 @@ impl Schedule {
     /// Forgets any call in flight and makes the schedule due now (when this VM becomes the
     /// fetcher, or stops being it).
     pub fn reset(&mut self, now_ms: u64) {
-        self.state = State::Idle { next_ms: now_ms };
+        self.phase = FetchPhase::Idle { next_ms: now_ms };
         self.failures = 0;
     }
 }
@@ -282,21 +283,21 @@ mod tests {
         assert!(s.finish(
             7,
             1_500,
-            Outcome::Ok {
+            CallOutcome::Ok {
                 next_in_ms: 300_000
             }
         ));
-        assert_eq!(s.state(), State::Idle { next_ms: 301_500 });
+        assert_eq!(s.phase(), FetchPhase::Idle { next_ms: 301_500 });
     }
 
     #[test]
     fn finish_stale_token_dropped() {
         let mut s = schedule();
         s.dispatched(7, 1_000);
-        assert!(!s.finish(6, 1_500, Outcome::Failed));
+        assert!(!s.finish(6, 1_500, CallOutcome::Failed));
         assert_eq!(
-            s.state(),
-            State::InFlight {
+            s.phase(),
+            FetchPhase::InFlight {
                 token: 7,
                 started_ms: 1_000
             }
@@ -306,7 +307,7 @@ mod tests {
     #[test]
     fn finish_when_idle_dropped() {
         let mut s = schedule();
-        assert!(!s.finish(1, 1_500, Outcome::Ok { next_in_ms: 0 }));
+        assert!(!s.finish(1, 1_500, CallOutcome::Ok { next_in_ms: 0 }));
     }
 
     #[test]
@@ -316,8 +317,8 @@ mod tests {
         let mut now = 1_000;
         for token in 0..8 {
             s.dispatched(token, now);
-            s.finish(token, now, Outcome::Failed);
-            let State::Idle { next_ms } = s.state() else {
+            s.finish(token, now, CallOutcome::Failed);
+            let FetchPhase::Idle { next_ms } = s.phase() else {
                 panic!("idle expected")
             };
             delays.push(next_ms - now);
@@ -333,15 +334,15 @@ mod tests {
     fn success_resets_backoff() {
         let mut s = schedule();
         s.dispatched(1, 0);
-        s.finish(1, 0, Outcome::Failed);
+        s.finish(1, 0, CallOutcome::Failed);
         s.dispatched(2, 1_000);
-        s.finish(2, 1_000, Outcome::Failed);
+        s.finish(2, 1_000, CallOutcome::Failed);
         s.dispatched(3, 3_000);
-        s.finish(3, 3_000, Outcome::Ok { next_in_ms: 0 });
+        s.finish(3, 3_000, CallOutcome::Ok { next_in_ms: 0 });
         assert_eq!(s.failures(), 0);
         s.dispatched(4, 3_000);
-        s.finish(4, 3_000, Outcome::Failed);
-        assert_eq!(s.state(), State::Idle { next_ms: 4_000 });
+        s.finish(4, 3_000, CallOutcome::Failed);
+        assert_eq!(s.phase(), FetchPhase::Idle { next_ms: 4_000 });
     }
 
     #[test]
@@ -369,7 +370,7 @@ mod tests {
         s.finish(
             1,
             1_100,
-            Outcome::Ok {
+            CallOutcome::Ok {
                 next_in_ms: 300_000,
             },
         );

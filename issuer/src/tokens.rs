@@ -47,11 +47,11 @@ pub fn access_claims(policy: &TokenPolicy, subject: &Subject, jti: String, now: 
     }
 }
 
-/// Signs claims.
+/// Signs claims (with `jsonwebtoken`, through `weauth_token::sign`).
 ///
 /// # Errors
-/// Only if serialization fails (it does not for these types).
-pub fn mint(claims: &Claims, key: &SigningKey) -> Result<String, serde_json::Error> {
+/// [`weauth_token::SignError`]: not expected with the issuer's keys, reported if it happens.
+pub fn mint(claims: &Claims, key: &SigningKey) -> Result<String, weauth_token::SignError> {
     weauth_token::sign(claims, key)
 }
 

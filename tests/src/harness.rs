@@ -514,6 +514,9 @@ pub struct StackBuilder {
     edge: Edge,
     binaries: Option<Binaries>,
     web_login: bool,
+    envoy_feed_env: bool,
+    path_normalization: bool,
+    upstream_normalizes: bool,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -542,6 +545,9 @@ impl Default for StackBuilder {
             edge: Edge::WeauthFilter,
             binaries: None,
             web_login: false,
+            envoy_feed_env: true,
+            path_normalization: true,
+            upstream_normalizes: false,
         }
     }
 }
@@ -625,6 +631,29 @@ impl StackBuilder {
         self
     }
 
+    /// Start Envoy WITHOUT the feed credential in its environment
+    /// ([`template::FEED_TOKEN_ENV`]), so a plugin configuration with `credential_env` finds
+    /// it missing (the default passes it).
+    pub fn without_envoy_feed_env(mut self) -> Self {
+        self.envoy_feed_env = false;
+        self
+    }
+
+    /// Envoy's path normalization (`normalize_path`, `merge_slashes`,
+    /// `path_with_escaped_slashes_action`), on in every shipped bootstrap; off = Envoy's
+    /// defaults, for the path-confusion tests.
+    pub fn envoy_path_normalization(mut self, on: bool) -> Self {
+        self.path_normalization = on;
+        self
+    }
+
+    /// Makes the demo upstream normalize paths as laxly as any server might
+    /// ([`crate::upstream::lax_normalize`]) and report the result in its echo.
+    pub fn upstream_normalizes(mut self, on: bool) -> Self {
+        self.upstream_normalizes = on;
+        self
+    }
+
     /// Binaries to use instead of [`Binaries::from_env`].
     pub fn binaries(mut self, binaries: Binaries) -> Self {
         self.binaries = Some(binaries);
@@ -667,11 +696,18 @@ struct EnvoySpec {
     concurrency: u32,
     /// The weauth filter is the edge (not jwt_authn): its fetch counters can be awaited.
     weauth_filter: bool,
+    /// The feed credential, passed as [`template::FEED_TOKEN_ENV`] (None: not passed).
+    feed_token: Option<String>,
 }
 
 impl EnvoySpec {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
+        // Envoy hands this variable to the filter's VM (`host_env_keys` in envoy/envoy.yaml).
+        match &self.feed_token {
+            Some(token) => cmd.env(template::FEED_TOKEN_ENV, token),
+            None => cmd.env_remove(template::FEED_TOKEN_ENV),
+        };
         cmd.arg("-c")
             .arg(&self.config)
             .arg("--concurrency")
@@ -746,9 +782,10 @@ impl Stack {
                 "starting mock WeChat on {:?}",
                 mock_cfg.listen
             )))?;
-        let upstream = Upstream::start(b.ports.map(|p| loopback(p.upstream)))
-            .await
-            .map_err(io_err("starting demo upstream"))?;
+        let upstream =
+            Upstream::start_with(b.ports.map(|p| loopback(p.upstream)), b.upstream_normalizes)
+                .await
+                .map_err(io_err("starting demo upstream"))?;
         let ports = match b.ports {
             Some(p) => p,
             None => StackPorts {
@@ -802,8 +839,7 @@ impl Stack {
             bin: bins.issuer.clone(),
             env,
         };
-        let plugin_config =
-            template::plugin_config(&issuer_url, &b.audience, &feed_token, &b.plugin_patches)?;
+        let plugin_config = template::plugin_config(&issuer_url, &b.audience, &b.plugin_patches)?;
 
         let mut stack = Stack {
             issuer: None,
@@ -843,6 +879,11 @@ impl Stack {
                     template::jwt_authn_config(envoy_ports, &issuer_url, &b.audience)?
                 }
             };
+            let yaml = if b.path_normalization {
+                yaml
+            } else {
+                template::without_path_normalization(&yaml)?
+            };
             let config = stack.dir.path().join("envoy.yaml");
             std::fs::write(&config, yaml)
                 .map_err(io_err(format!("writing {}", config.display())))?;
@@ -851,6 +892,7 @@ impl Stack {
                 config,
                 concurrency: b.concurrency,
                 weauth_filter: matches!(b.edge, Edge::WeauthFilter),
+                feed_token: b.envoy_feed_env.then(|| stack.feed_token.clone()),
             });
             stack.start_envoy().await?;
         }
@@ -1448,7 +1490,7 @@ mod tests {
         let b = Stack::builder()
             .plugin_config_patch(json!({"revocation": null}))
             .plugin_config_patch(json!({"clock_skew_seconds": 5}));
-        let c = template::plugin_config("http://i", "weauth", "feed", &b.plugin_patches).unwrap();
+        let c = template::plugin_config("http://i", "weauth", &b.plugin_patches).unwrap();
         assert!(c.get("revocation").is_none());
         assert_eq!(c["clock_skew_seconds"], 5);
     }

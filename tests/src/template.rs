@@ -15,6 +15,10 @@ pub const ENVOY_TEMPLATE: &str = include_str!("../../envoy/envoy.yaml");
 pub const JWT_AUTHN_TEMPLATE: &str = include_str!("../../envoy/jwt-authn.yaml");
 /// The default plugin configuration template (`envoy/plugin-config.json`), compiled in.
 pub const PLUGIN_CONFIG_TEMPLATE: &str = include_str!("../../envoy/plugin-config.json");
+/// The environment variable that carries the revocation feed credential into the filter's VM:
+/// `envoy/envoy.yaml` passes it from Envoy's environment (`host_env_keys`) and
+/// `envoy/plugin-config.json` names it in `revocation.credential_env`.
+pub const FEED_TOKEN_ENV: &str = "WEAUTH_FEED_TOKEN";
 
 /// Why a template could not be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +32,33 @@ pub enum TemplateError {
     /// The plugin configuration template is not JSON after rendering.
     #[error("plugin configuration is not valid JSON after rendering: {0}")]
     BadJson(String),
+}
+
+/// The three path-normalization settings every shipped bootstrap sets, and their values
+/// with normalization off (Envoy's own defaults).
+const PATH_NORMALIZATION: [(&str, &str); 3] = [
+    ("normalize_path: true", "normalize_path: false"),
+    ("merge_slashes: true", "merge_slashes: false"),
+    (
+        "path_with_escaped_slashes_action: REJECT_REQUEST",
+        "path_with_escaped_slashes_action: KEEP_UNCHANGED",
+    ),
+];
+
+/// A rendered bootstrap with Envoy's path normalization switched off, as in an Envoy
+/// configured by someone else: the path-confusion tests show the filter is safe there too.
+///
+/// # Errors
+/// [`TemplateError::Unused`] naming a setting the bootstrap does not contain (renamed?).
+pub fn without_path_normalization(yaml: &str) -> Result<String, TemplateError> {
+    let mut out = yaml.to_string();
+    for (on, off) in PATH_NORMALIZATION {
+        if !out.contains(on) {
+            return Err(TemplateError::Unused(on.to_string()));
+        }
+        out = out.replace(on, off);
+    }
+    Ok(out)
 }
 
 /// Replaces every `{{NAME}}` of `template` by its value in `values`.
@@ -89,15 +120,15 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// The default plugin configuration for an issuer at `issuer_url` with `audience` and feed
-/// credential `feed_token`, with `patches` (RFC 7386) applied in order.
+/// The default plugin configuration for an issuer at `issuer_url` with `audience`, with
+/// `patches` (RFC 7386) applied in order. The feed credential is not in it: the filter reads
+/// it from [`FEED_TOKEN_ENV`] in its VM's environment.
 ///
 /// # Errors
 /// [`TemplateError`] if the template and the names disagree or the result is not JSON.
 pub fn plugin_config(
     issuer_url: &str,
     audience: &str,
-    feed_token: &str,
     patches: &[Value],
 ) -> Result<Value, TemplateError> {
     let text = render(
@@ -105,7 +136,6 @@ pub fn plugin_config(
         &[
             ("ISSUER_URL", json_escaped(issuer_url)),
             ("AUDIENCE", json_escaped(audience)),
-            ("FEED_TOKEN", json_escaped(feed_token)),
         ],
     )?;
     let mut config: Value =
@@ -223,10 +253,15 @@ mod tests {
 
     #[test]
     fn plugin_config_default_has_issuer_feed_and_rules() {
-        let c = plugin_config("http://127.0.0.1:1", "weauth", "feed\"tok", &[]).unwrap();
+        let c = plugin_config("http://127.0.0.1:1", "weauth", &[]).unwrap();
         assert_eq!(c["issuer"], "http://127.0.0.1:1");
         assert_eq!(c["audiences"], json!(["weauth"]));
-        assert_eq!(c["revocation"]["credential"], "feed\"tok");
+        assert_eq!(c["revocation"]["credential_env"], FEED_TOKEN_ENV);
+        assert!(c["revocation"].get("credential").is_none());
+        assert!(
+            ENVOY_TEMPLATE.contains(&format!("host_env_keys: [\"{FEED_TOKEN_ENV}\"]")),
+            "envoy/envoy.yaml must pass {FEED_TOKEN_ENV} into the VM"
+        );
         assert_eq!(c["jwks"]["cluster"], "weauth_issuer");
         assert_eq!(c["jwks"]["path"], "/.well-known/jwks.json");
         let rules = c["rules"].as_array().unwrap();
@@ -246,7 +281,7 @@ mod tests {
     #[test]
     fn plugin_config_patch_applied() {
         let patch = json!({"revocation": null, "clock_skew_seconds": 0});
-        let c = plugin_config("http://i", "weauth", "f", &[patch]).unwrap();
+        let c = plugin_config("http://i", "weauth", &[patch]).unwrap();
         assert!(c.get("revocation").is_none());
         assert_eq!(c["clock_skew_seconds"], 0);
     }
@@ -259,7 +294,7 @@ mod tests {
             issuer: 8080,
             upstream: 8081,
         };
-        let plugin = plugin_config("http://127.0.0.1:8080", "weauth", "feed", &[]).unwrap();
+        let plugin = plugin_config("http://127.0.0.1:8080", "weauth", &[]).unwrap();
         let yaml = envoy_config(ports, "/x/weauth_filter.wasm", &plugin).unwrap();
         assert!(yaml.contains("port_value: 10000"));
         assert!(yaml.contains("port_value: 9901"));
@@ -272,5 +307,17 @@ mod tests {
         let literal = line.trim_start().trim_start_matches("value: ");
         let decoded: String = serde_json::from_str(literal).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&decoded).unwrap(), plugin);
+    }
+
+    #[test]
+    fn without_path_normalization_turns_every_setting_off() {
+        for template in [ENVOY_TEMPLATE, JWT_AUTHN_TEMPLATE] {
+            let off = without_path_normalization(template).unwrap();
+            for (on, off_value) in PATH_NORMALIZATION {
+                assert!(!off.contains(on), "{on} left on");
+                assert!(off.contains(off_value), "{off_value} missing");
+            }
+        }
+        assert!(without_path_normalization("admin: {}").is_err());
     }
 }

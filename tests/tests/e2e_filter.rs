@@ -3,7 +3,9 @@
 //! What jwt_authn cannot do and this filter must: a token revoked at the issuer (logout, ban
 //! of a user, refresh-token reuse) is refused by every Envoy worker within 2 s (the design
 //! target is well under 1 s); a rotated signing key is picked up; an unreachable feed makes the
-//! filter follow its `stale_mode`; and of several workers only one polls the issuer.
+//! filter follow its `stale_mode`; of several workers only one polls the issuer; and the feed
+//! credential comes from the VM's environment (`revocation.credential_env`), a missing
+//! variable making Envoy refuse the filter's configuration.
 //!
 //! Every check after a revocation uses fresh connections, so the requests are spread over all
 //! workers (each has its own copy of the revocation set). Needs the issuer binary, Envoy and
@@ -388,5 +390,63 @@ async fn several_workers_one_fetcher() {
             .count(),
         1,
         "one elected fetcher"
+    );
+}
+
+#[tokio::test]
+async fn feed_credential_from_vm_environment_revocation_reaches_edge() {
+    // The local stack's configuration: the plugin config names `credential_env`, Envoy's
+    // bootstrap passes WEAUTH_FEED_TOKEN into the VM (`vm_config.environment_variables`), and
+    // the credential is in no configuration file.
+    let stack = start(Stack::builder()).await;
+    let revocation = &stack.plugin_config()["revocation"];
+    assert_eq!(revocation["credential_env"], "WEAUTH_FEED_TOKEN");
+    assert!(revocation.get("credential").is_none(), "{revocation}");
+    let bootstrap = std::fs::read_to_string(stack.dir().join("envoy.yaml")).unwrap();
+    assert!(
+        !bootstrap.contains(stack.feed_token()),
+        "the feed credential leaked into the Envoy bootstrap"
+    );
+    assert_envoy_logged(&stack, "credential from env WEAUTH_FEED_TOKEN").await;
+    // The feed works with the credential read from the environment: a logout reaches the edge.
+    let tokens = stack.login("env-cred-user").await.unwrap();
+    let client = fresh_client();
+    assert_eq!(hello(&stack, &client, &tokens.access_token).await.0, 200);
+    let (status, body) = stack
+        .post_json("/v1/logout", Some(&tokens.access_token), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 204, "logout: {body}");
+    wait_for(
+        &stack,
+        &tokens.access_token,
+        401,
+        REVOKE_DEADLINE,
+        "after logout",
+    )
+    .await;
+    assert!(stat(&stack, "wasmcustom.weauth.feed_fetch_ok").await >= 1);
+    assert_eq!(stat(&stack, "wasmcustom.weauth.feed_fetch_fail").await, 0);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn feed_credential_env_missing_filter_refuses_its_configuration() {
+    // The same configuration, but Envoy is started without WEAUTH_FEED_TOKEN: on_configure
+    // fails naming the variable, and Envoy does not serve with the filter unconfigured.
+    let err = match Stack::builder().without_envoy_feed_env().start().await {
+        Ok(stack) => {
+            let log = std::fs::read_to_string(stack.envoy_log()).unwrap_or_default();
+            panic!("the stack started without the feed credential; Envoy log:\n{log}");
+        }
+        Err(err) => err.to_string(),
+    };
+    assert!(
+        err.contains("envoy exited during start-up"),
+        "Envoy did not refuse to start: {err}"
+    );
+    assert!(
+        err.contains("environment variable `WEAUTH_FEED_TOKEN` is not set"),
+        "the refusal does not name the variable: {err}"
     );
 }

@@ -120,6 +120,19 @@ impl VerifyingKey {
         }
     }
 
+    /// The key in `jsonwebtoken`'s form, built once when the key enters a [`KeySet`]: raw
+    /// public key bytes for Ed25519, the uncompressed SEC1 point for P-256 (what the crate's
+    /// `from_*_der` constructors actually take, despite the name) and the secret for HMAC.
+    pub(crate) fn to_decoding_key(&self) -> jsonwebtoken::DecodingKey {
+        match self {
+            VerifyingKey::Ed25519(key) => jsonwebtoken::DecodingKey::from_ed_der(key.as_bytes()),
+            VerifyingKey::P256(key) => {
+                jsonwebtoken::DecodingKey::from_ec_der(key.to_encoded_point(false).as_bytes())
+            }
+            VerifyingKey::Hmac(secret) => jsonwebtoken::DecodingKey::from_secret(secret),
+        }
+    }
+
     /// The key as a JWK (no `kid`, `alg` or `use`); for HMAC the secret is included.
     pub fn to_jwk(&self) -> Jwk {
         match self {
@@ -259,10 +272,23 @@ impl Jwk {
 pub type Skipped = Vec<(Option<String>, JwkError)>;
 
 /// One usable key of a [`KeySet`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KeyEntry {
     pub kid: String,
     pub key: VerifyingKey,
+    /// The same key for `jsonwebtoken`, built once at insertion rather than per token.
+    pub(crate) decoding: jsonwebtoken::DecodingKey,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `VerifyingKey`'s Debug prints no key material; the DecodingKey is left out for the
+        // same reason (for HMAC it is the secret).
+        f.debug_struct("KeyEntry")
+            .field("kid", &self.kid)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The keys a verifier trusts, by `kid`.
@@ -305,21 +331,27 @@ impl KeySet {
     /// Adds (or replaces) a key.
     pub fn insert(&mut self, kid: String, key: VerifyingKey) {
         self.entries.retain(|entry| entry.kid != kid);
-        self.entries.push(KeyEntry { kid, key });
+        let decoding = key.to_decoding_key();
+        self.entries.push(KeyEntry { kid, key, decoding });
     }
 
     /// The key with this `kid`.
     pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
-        self.entries
-            .iter()
-            .find(|entry| entry.kid == kid)
-            .map(|entry| &entry.key)
+        self.entry(kid).map(|entry| &entry.key)
     }
 
     /// The only key, when there is exactly one (for tokens without `kid`).
     pub fn sole(&self) -> Option<&VerifyingKey> {
+        self.sole_entry().map(|entry| &entry.key)
+    }
+
+    pub(crate) fn entry(&self, kid: &str) -> Option<&KeyEntry> {
+        self.entries.iter().find(|entry| entry.kid == kid)
+    }
+
+    pub(crate) fn sole_entry(&self) -> Option<&KeyEntry> {
         match self.entries.as_slice() {
-            [only] => Some(&only.key),
+            [only] => Some(only),
             _ => None,
         }
     }

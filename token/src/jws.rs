@@ -1,22 +1,61 @@
-//! Compact JWS: signing weauth access tokens and verifying them.
+//! Compact JWS: signing weauth access tokens and verifying them, on `jsonwebtoken`.
 //!
-//! Verification order (STYLE.md habit 6): size, shape, header, the pinned algorithm
-//! allow-list, the key (whose own type fixes the algorithm), the signature, then the claims
-//! (`exp`/`nbf`/`iat` with leeway, `iss`, `aud`) and the token type. Revocation is the
-//! caller's last step: it needs state this crate does not hold.
+//! The cryptography and the JWS mechanics are the `jsonwebtoken` crate's (11.x, `rust_crypto`
+//! backend: ed25519-dalek, p256, hmac). This module is the ONE place where weauth's stricter
+//! policy wraps it; [`verify`] and [`sign`] are the only ways in, for the issuer (its own bearer
+//! check) and the edge filter alike.
+//!
+//! # What `jsonwebtoken` checks
+//!
+//! - the header's `alg` is in `Validation::algorithms` (we pass exactly the one algorithm the
+//!   key is pinned to) and belongs to the key's family;
+//! - the signature over `b64(header).b64(payload)`: Ed25519 (`ed25519-dalek`'s `verify`, which
+//!   refuses a non-canonical `S`), ECDSA P-256 with SHA-256 (`p256`, which accepts both `S` and
+//!   `n - S`), HMAC-SHA256 (constant-time comparison);
+//! - base64url without padding and with canonical trailing bits (`base64`'s `URL_SAFE_NO_PAD`);
+//! - the header and the claims deserialize (serde derive: a repeated known member is refused);
+//! - its own `exp`/`nbf`/`aud`/`iss` checks are switched OFF here: they read `SystemTime`, and
+//!   time is an argument in this project (STYLE.md habit 3).
+//!
+//! # What weauth adds (in this order, [`verify`] steps 1–4 before the crate runs, 6–7 after)
+//!
+//! 1. a size cap ([`Validation::max_token_bytes`]) and exactly three segments, each strict
+//!    base64url (one spelling per token, so a cache keyed by the token text sees one token);
+//! 2. a header that repeats a member is refused, and the `alg` allow-list by exact JOSE name
+//!    (`none`, `None`, `RS256`, anything unlisted: [`VerifyError::AlgorithmNotAllowed`]);
+//! 3. `crit`, `jku`, `jwk`, `x5u`, `x5c` refused (the crate never fetches `jku`/`x5u` nor
+//!    trusts an embedded `jwk`, but it ignores `crit`, which RFC 7515 §4.1.11 forbids, and
+//!    none of them has a use in a weauth token); `typ` must be `at+jwt` (RFC 9068 §2.1);
+//! 4. the key by `kid` (a token without `kid` only when the set has one key), and the
+//!    algorithm pinned per key: the key's own type fixes it, the header cannot choose it
+//!    ([`VerifyError::KeyAlgorithmMismatch`]); an Ed25519 key with a weak (small-order) point
+//!    never gets into a [`KeySet`] (`jwk.rs`). (The crate verifies Ed25519 with dalek's
+//!    `verify`, where the hand-written code used `verify_strict`; with weak keys kept out, the
+//!    one difference left is a small-order `R`, which only the private key's holder can put
+//!    in a signature that verifies — no forgery, no second spelling of a token.)
+//! 5. ES256: only low-`S` signatures (ECDSA's `(r, n - s)` twin also verifies; accepting one
+//!    spelling keeps tokens unforgeable as strings); then the crate checks the signature and
+//!    reads the claims into [`Claims`], whose type requires every claim but `unionid` and
+//!    `scope`;
+//! 6. `exp`, `nbf` and `iat` with leeway against the caller's `now`; `iss` exactly; `aud` any
+//!    of the accepted audiences;
+//! 7. (the caller's) revocation.
+//!
+//! Signing goes through `jsonwebtoken::encode` with the header `{"typ":"at+jwt","alg",
+//! "kid"}`. For ES256 the crate's signer (p256 `sign_recoverable`) returns a high-`S`
+//! signature about half the time, so [`sign`] rewrites it to its low-`S` twin — the same
+//! signature, in the one spelling [`verify`] accepts.
 
-use hmac::{Hmac, Mac};
-use p256::ecdsa::signature::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::b64;
 use crate::claims::Claims;
-use crate::jwk::{Algorithm, Jwk, JwkError, KeySet, VerifyingKey};
+use crate::jwk::{Algorithm, Jwk, JwkError, KeyEntry, KeySet, VerifyingKey};
 use crate::ACCESS_TOKEN_TYP;
 
-/// The JOSE header. Members weauth never uses but an attacker might (`jku`, `x5u`, `x5c`,
-/// `jwk`, `crit`) are captured so that their presence can be refused.
+/// The JOSE header as the policy reads it. Members weauth never uses but an attacker might
+/// (`jku`, `x5u`, `x5c`, `jwk`, `crit`) are captured so that their presence can be refused;
+/// a member given twice makes the header unreadable (serde's derive refuses it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     pub alg: String,
@@ -60,6 +99,18 @@ pub enum KeyError {
     ShortSecret,
     #[error("{0} keys have no PEM form here")]
     NoPem(Algorithm),
+}
+
+/// Why a token could not be signed. Neither happens with keys built by this module and the
+/// [`Claims`] type; the enum exists so that a failure is reported, never papered over.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("the {0} signing key could not be exported as PKCS#8 for jsonwebtoken")]
+    Export(Algorithm),
+    #[error("jsonwebtoken could not sign: {0}")]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+    #[error("the ES256 signature is not 64 bytes of r||s")]
+    EcdsaShape,
 }
 
 impl SigningKey {
@@ -162,65 +213,84 @@ impl SigningKey {
     }
 
     /// Signs an arbitrary JWS signing input (`b64(header).b64(payload)`) and returns the raw
-    /// signature. [`sign`] is the way to mint tokens; this exists for tests that forge tokens
-    /// with unusual headers or payloads, correctly signed, to prove verifiers refuse them.
-    pub fn sign_input(&self, input: &[u8]) -> Vec<u8> {
-        self.sign_bytes(input)
+    /// signature (ES256 in its low-`S` form). [`sign`] is the way to mint tokens; this exists
+    /// for tests that forge tokens with unusual headers or payloads, correctly signed, to prove
+    /// verifiers refuse them.
+    ///
+    /// # Errors
+    /// See [`SignError`].
+    pub fn sign_input(&self, input: &[u8]) -> Result<Vec<u8>, SignError> {
+        let alg = self.algorithm();
+        let signature = jsonwebtoken::crypto::sign(input, &self.encoding_key()?, jwt_alg(alg))?;
+        let signature = b64::decode(&signature).map_err(|_| SignError::EcdsaShape)?;
+        low_s_form(alg, signature)
     }
 
-    fn sign_bytes(&self, input: &[u8]) -> Vec<u8> {
-        match self {
+    /// The key in `jsonwebtoken`'s form: PKCS#8 DER for the asymmetric keys (the crate's
+    /// signers parse exactly that), the secret for HMAC.
+    fn encoding_key(&self) -> Result<jsonwebtoken::EncodingKey, SignError> {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        Ok(match self {
             SigningKey::Ed25519(key) => {
-                let signature: ed25519_dalek::Signature = key.sign(input);
-                signature.to_bytes().to_vec()
+                let der = key
+                    .to_pkcs8_der()
+                    .map_err(|_| SignError::Export(Algorithm::EdDSA))?;
+                jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes())
             }
             SigningKey::P256(key) => {
-                let signature: p256::ecdsa::Signature = key.sign(input);
-                // Low-S form, the one spelling verifiers accept (see `check_signature`).
-                signature
-                    .normalize_s()
-                    .unwrap_or(signature)
-                    .to_bytes()
-                    .to_vec()
+                let der = key
+                    .to_pkcs8_der()
+                    .map_err(|_| SignError::Export(Algorithm::ES256))?;
+                jsonwebtoken::EncodingKey::from_ec_der(der.as_bytes())
             }
-            SigningKey::Hmac(secret) => hmac_sha256(secret, input),
-        }
+            SigningKey::Hmac(secret) => jsonwebtoken::EncodingKey::from_secret(secret),
+        })
     }
 }
 
-fn hmac_sha256(secret: &[u8], input: &[u8]) -> Vec<u8> {
-    // HMAC accepts keys of any length, so new_from_slice cannot fail.
-    match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mut mac) => {
-            mac.update(input);
-            mac.finalize().into_bytes().to_vec()
-        }
-        Err(_) => Vec::new(),
+/// The crate's name for one of our algorithms.
+fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
+    match alg {
+        Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+        Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+        Algorithm::HS256 => jsonwebtoken::Algorithm::HS256,
     }
 }
 
-/// Signs `claims` as a weauth access token (`typ: at+jwt`, `kid` = the key's thumbprint).
+/// ES256: the low-`S` twin of `signature` (unchanged when it already is low-`S`); other
+/// algorithms pass through.
+fn low_s_form(alg: Algorithm, signature: Vec<u8>) -> Result<Vec<u8>, SignError> {
+    if alg != Algorithm::ES256 {
+        return Ok(signature);
+    }
+    let parsed =
+        p256::ecdsa::Signature::from_slice(&signature).map_err(|_| SignError::EcdsaShape)?;
+    Ok(match parsed.normalize_s() {
+        Some(low) => low.to_bytes().to_vec(),
+        None => signature,
+    })
+}
+
+/// Signs `claims` as a weauth access token (`typ: at+jwt`, `kid` = the key's thumbprint) with
+/// `jsonwebtoken::encode`.
 ///
 /// # Errors
-/// Only if the claims cannot be serialized (they always can).
-pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, serde_json::Error> {
-    let header = Header {
-        alg: key.algorithm().as_str().to_string(),
-        typ: Some(ACCESS_TOKEN_TYP.to_string()),
-        kid: Some(key.kid()),
-        crit: None,
-        jku: None,
-        x5u: None,
-        x5c: None,
-        jwk: None,
-    };
-    let mut token = b64::encode(serde_json::to_vec(&header)?);
-    token.push('.');
-    token.push_str(&b64::encode(serde_json::to_vec(claims)?));
-    let signature = key.sign_bytes(token.as_bytes());
-    token.push('.');
-    token.push_str(&b64::encode(signature));
-    Ok(token)
+/// See [`SignError`] (not expected with keys built by this module).
+pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, SignError> {
+    let alg = key.algorithm();
+    let mut header = jsonwebtoken::Header::new(jwt_alg(alg));
+    header.typ = Some(ACCESS_TOKEN_TYP.to_string());
+    header.kid = Some(key.kid());
+    let token = jsonwebtoken::encode(&header, claims, &key.encoding_key()?)?;
+    if alg != Algorithm::ES256 {
+        return Ok(token);
+    }
+    let (input, signature) = token.rsplit_once('.').ok_or(SignError::EcdsaShape)?;
+    let signature = b64::decode(signature).map_err(|_| SignError::EcdsaShape)?;
+    Ok(format!(
+        "{input}.{}",
+        b64::encode(low_s_form(alg, signature)?)
+    ))
 }
 
 /// What a verifier accepts.
@@ -304,14 +374,14 @@ impl VerifyError {
 }
 
 /// A token split and decoded, signature not yet checked.
-struct Parts<'a> {
+struct Parts {
     header: Header,
-    signing_input: &'a str,
-    payload: Vec<u8>,
+    header_bytes: Vec<u8>,
     signature: Vec<u8>,
 }
 
-fn split(token: &str, max: usize) -> Result<Parts<'_>, VerifyError> {
+/// Step 1 and the first half of 2: size, three strict base64url segments, a readable header.
+fn split(token: &str, max: usize) -> Result<Parts, VerifyError> {
     if token.len() > max {
         return Err(VerifyError::TooLarge(max));
     }
@@ -328,19 +398,21 @@ fn split(token: &str, max: usize) -> Result<Parts<'_>, VerifyError> {
         b64::decode(header_b64).map_err(|_| VerifyError::Malformed("header is not base64url"))?;
     let header: Header = serde_json::from_slice(&header_bytes)
         .map_err(|_| VerifyError::Malformed("header is not a JSON object of strings"))?;
-    let payload =
-        b64::decode(payload_b64).map_err(|_| VerifyError::Malformed("payload is not base64url"))?;
+    // The payload is decoded (and read) by jsonwebtoken after the signature; checking its
+    // spelling here keeps every malformed segment a `Malformed`, whatever the signature.
+    if b64::decode(payload_b64).is_err() {
+        return Err(VerifyError::Malformed("payload is not base64url"));
+    }
     let signature = b64::decode(signature_b64)
         .map_err(|_| VerifyError::Malformed("signature is not base64url"))?;
-    let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
     Ok(Parts {
         header,
-        signing_input,
-        payload,
+        header_bytes,
         signature,
     })
 }
 
+/// Steps 2 and 3: the allow-list, the forbidden members, the type.
 fn check_header(header: &Header, allowed: &[Algorithm]) -> Result<Algorithm, VerifyError> {
     // The allow-list comes first: `none`, `None`, `RS256`, anything unlisted stops here.
     let alg = Algorithm::from_name(&header.alg)
@@ -363,31 +435,53 @@ fn check_header(header: &Header, allowed: &[Algorithm]) -> Result<Algorithm, Ver
     }
 }
 
-fn check_signature(key: &VerifyingKey, input: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
-    let ok = match key {
-        VerifyingKey::Ed25519(key) => ed25519_dalek::Signature::from_slice(signature)
-            .map(|sig| key.verify_strict(input, &sig).is_ok())
-            .unwrap_or(false),
-        // ECDSA signatures are malleable: (r, n - s) verifies too. Accepting only low-S keeps
-        // one spelling per token, so nothing keyed by the token text sees two tokens.
-        VerifyingKey::P256(key) => p256::ecdsa::Signature::from_slice(signature)
-            .map(|sig| sig.normalize_s().is_none() && key.verify(input, &sig).is_ok())
-            .unwrap_or(false),
-        VerifyingKey::Hmac(secret) => match Hmac::<Sha256>::new_from_slice(secret) {
-            Ok(mut mac) => {
-                mac.update(input);
-                mac.verify_slice(signature).is_ok()
-            }
-            Err(_) => false,
-        },
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(VerifyError::BadSignature)
+/// Step 5: ES256 low-`S`, then jsonwebtoken's signature check and claims reading, with its
+/// time, audience and issuer checks off (step 6 is ours) and only the key's algorithm allowed.
+fn check_signature_and_read(
+    token: &str,
+    entry: &KeyEntry,
+    alg: Algorithm,
+    signature: &[u8],
+) -> Result<Claims, VerifyError> {
+    if alg == Algorithm::ES256 {
+        let low_s = p256::ecdsa::Signature::from_slice(signature)
+            .is_ok_and(|sig| sig.normalize_s().is_none());
+        if !low_s {
+            return Err(VerifyError::BadSignature);
+        }
+    }
+    let mut crate_validation = jsonwebtoken::Validation::new(jwt_alg(alg));
+    crate_validation.required_spec_claims.clear();
+    crate_validation.validate_exp = false;
+    crate_validation.validate_nbf = false;
+    crate_validation.validate_aud = false;
+    crate_validation.leeway = 0;
+    match jsonwebtoken::decode::<Claims>(token, &entry.decoding, &crate_validation) {
+        Ok(data) => Ok(data.claims),
+        Err(err) => Err(map_crate_error(err.kind())),
     }
 }
 
+/// The crate's refusal in our terms. Our own checks ran first, so the header and the
+/// segments' spelling are already known good: what is left is the signature or the claims.
+fn map_crate_error(kind: &jsonwebtoken::errors::ErrorKind) -> VerifyError {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+            VerifyError::AlgorithmNotAllowed
+        }
+        // Claims that are not a weauth claims set (a missing member, a wrong type, a repeated
+        // member), read only after the signature held (the header was read before).
+        ErrorKind::Json(_) | ErrorKind::Utf8(_) | ErrorKind::Base64(_) => {
+            VerifyError::Malformed("payload is not a valid claims set")
+        }
+        // InvalidSignature, and key errors that cannot occur with keys from a KeySet: a
+        // refusal either way.
+        _ => VerifyError::BadSignature,
+    }
+}
+
+/// Step 6: time claims against `now`, issuer and audience.
 fn check_claims(claims: &Claims, v: &Validation, now: i64) -> Result<(), VerifyError> {
     if claims.exp.saturating_add(v.leeway) <= now {
         return Err(VerifyError::Expired);
@@ -421,17 +515,22 @@ pub fn verify(
 ) -> Result<Claims, VerifyError> {
     let parts = split(token, validation.max_token_bytes)?;
     let alg = check_header(&parts.header, &validation.algorithms)?;
-    let key = match parts.header.kid.as_deref() {
-        Some(kid) => keys.get(kid),
-        None => keys.sole(),
+    let entry = match parts.header.kid.as_deref() {
+        Some(kid) => keys.entry(kid),
+        None => keys.sole_entry(),
     }
     .ok_or(VerifyError::UnknownKey)?;
-    if key.algorithm() != alg {
+    if entry.key.algorithm() != alg {
         return Err(VerifyError::KeyAlgorithmMismatch);
     }
-    check_signature(key, parts.signing_input.as_bytes(), &parts.signature)?;
-    let claims: Claims = serde_json::from_slice(&parts.payload)
-        .map_err(|_| VerifyError::Malformed("payload is not a valid claims set"))?;
+    // The crate reads the header with its own types (`cty` a string, `x5t` a string, ...);
+    // a header it cannot read is malformed, said so here rather than as a claims error.
+    if serde_json::from_slice::<jsonwebtoken::Header>(&parts.header_bytes).is_err() {
+        return Err(VerifyError::Malformed(
+            "header has a member of the wrong type",
+        ));
+    }
+    let claims = check_signature_and_read(token, entry, alg, &parts.signature)?;
     check_claims(&claims, validation, now)?;
     Ok(claims)
 }
@@ -475,7 +574,7 @@ mod tests {
 
     fn resign(key: &SigningKey, header: &str, payload: &str) -> String {
         let input = format!("{}.{}", b64::encode(header), b64::encode(payload));
-        let sig = key.sign_bytes(input.as_bytes());
+        let sig = key.sign_input(input.as_bytes()).unwrap();
         format!("{input}.{}", b64::encode(sig))
     }
 
@@ -770,6 +869,140 @@ mod tests {
             &serde_json::to_string(&sample(NOW)).unwrap(),
         );
         assert!(verify(&token, &keys, &validation, NOW).is_ok());
+    }
+
+    #[test]
+    fn sign_es256_every_signature_low_s_and_verifies() {
+        // jsonwebtoken's P-256 signer returns high-S about half the time; sign() must rewrite
+        // each to low-S, or the issuer would mint tokens its own verifier refuses.
+        let key = SigningKey::from_seed(Algorithm::ES256, &[5u8; 32]).unwrap();
+        let (keys, validation) = setup(&key);
+        for n in 0..32 {
+            let mut claims = sample(NOW);
+            claims.jti = format!("j_{n}");
+            let token = sign(&claims, &key).unwrap();
+            let sig = b64::decode(token.rsplit_once('.').unwrap().1).unwrap();
+            let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+            assert!(sig.normalize_s().is_none(), "token {n} is high-S");
+            assert_eq!(verify(&token, &keys, &validation, NOW).unwrap(), claims);
+        }
+    }
+
+    #[test]
+    fn sign_header_typ_alg_kid_only() {
+        let key = ed_key();
+        let token = sign(&sample(NOW), &key).unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&b64::decode(token.split('.').next().unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(
+            header,
+            serde_json::json!({"typ": "at+jwt", "alg": "EdDSA", "kid": key.kid()})
+        );
+    }
+
+    #[test]
+    fn verify_time_is_the_callers_clock_not_the_systems() {
+        // jsonwebtoken's own exp/nbf checks read SystemTime; they are off. A token long expired
+        // by the machine's clock verifies at a `now` inside its lifetime, and a token valid by
+        // the machine's clock is refused at a `now` after it.
+        let key = ed_key();
+        let (keys, validation) = setup(&key);
+        let old = sign(&sample(1_000_000_000), &key).unwrap();
+        assert!(verify(&old, &keys, &validation, 1_000_000_100).is_ok());
+        let future = 4_000_000_000;
+        let token = sign(&sample(future), &key).unwrap();
+        assert!(verify(&token, &keys, &validation, future).is_ok());
+        assert_eq!(
+            verify(&token, &keys, &validation, future + 2000),
+            Err(VerifyError::Expired)
+        );
+    }
+
+    #[test]
+    fn verify_header_duplicate_member_refused() {
+        let key = ed_key();
+        let (keys, validation) = setup(&key);
+        let header = format!(
+            r#"{{"alg":"EdDSA","alg":"HS256","typ":"at+jwt","kid":"{}"}}"#,
+            key.kid()
+        );
+        let token = resign(&key, &header, &serde_json::to_string(&sample(NOW)).unwrap());
+        assert!(matches!(
+            verify(&token, &keys, &validation, NOW),
+            Err(VerifyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn verify_header_member_of_wrong_type_refused_as_malformed() {
+        // `cty` is no concern of the policy, but jsonwebtoken reads it as a string.
+        let key = ed_key();
+        let (keys, validation) = setup(&key);
+        let header = format!(
+            r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}","cty":5}}"#,
+            key.kid()
+        );
+        let token = resign(&key, &header, &serde_json::to_string(&sample(NOW)).unwrap());
+        assert_eq!(
+            verify(&token, &keys, &validation, NOW),
+            Err(VerifyError::Malformed(
+                "header has a member of the wrong type"
+            ))
+        );
+    }
+
+    #[test]
+    fn verify_missing_required_claim_refused() {
+        let key = ed_key();
+        let (keys, validation) = setup(&key);
+        let header = format!(r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}"}}"#, key.kid());
+        let mut payload = serde_json::to_value(sample(NOW)).unwrap();
+        for claim in ["sid", "sub", "exp", "iss", "aud", "jti", "openid", "appid"] {
+            let mut without = payload.clone();
+            without.as_object_mut().unwrap().remove(claim);
+            let token = resign(&key, &header, &without.to_string());
+            assert_eq!(
+                verify(&token, &keys, &validation, NOW),
+                Err(VerifyError::Malformed("payload is not a valid claims set")),
+                "{claim}"
+            );
+        }
+        payload["exp"] = serde_json::json!("soon");
+        let token = resign(&key, &header, &payload.to_string());
+        assert!(matches!(
+            verify(&token, &keys, &validation, NOW),
+            Err(VerifyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn verify_non_canonical_payload_spelling_refused() {
+        let key = ed_key();
+        let (keys, validation) = setup(&key);
+        // Claims whose payload segment ends in a character with 4 unused bits; set them.
+        let mut claims = sample(NOW);
+        let mut n = 0;
+        let (tail, seg) = loop {
+            claims.jti = format!("j{n}");
+            let seg = b64::encode(serde_json::to_vec(&claims).unwrap());
+            if seg.len() % 4 == 2 {
+                break (seg.chars().last().unwrap(), seg);
+            }
+            n += 1;
+        };
+        let signed = sign(&claims, &key).unwrap();
+        assert!(signed.contains(&seg));
+        const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let index = ALPHABET.find(tail).unwrap();
+        let respelled = &ALPHABET[(index | 0b1111)..=(index | 0b1111)];
+        let twin_seg = format!("{}{respelled}", &seg[..seg.len() - 1]);
+        assert_ne!(twin_seg, seg);
+        let twin = signed.replace(&seg, &twin_seg);
+        assert_eq!(
+            verify(&twin, &keys, &validation, NOW),
+            Err(VerifyError::Malformed("payload is not base64url"))
+        );
     }
 
     #[test]

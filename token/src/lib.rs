@@ -6,7 +6,9 @@
 //! - [`claims`]: the JWT claims set ([`Claims`]) and the audience type.
 //! - [`jwk`]: JSON Web Keys, key sets and RFC 7638 thumbprints (the `kid`).
 //! - [`jws`]: signing ([`SigningKey`], [`sign`]) and verification ([`verify`], [`Validation`])
-//!   of compact JWS for EdDSA (Ed25519), ES256 and HS256.
+//!   of compact JWS for EdDSA (Ed25519), ES256 and HS256, on the `jsonwebtoken` crate, with
+//!   weauth's stricter policy around it (the module docs list what the crate checks and what
+//!   weauth adds).
 //! - [`revocation`]: the revocation feed's wire types, as served by the issuer's
 //!   `GET /v1/revocations` and consumed by the filter.
 //! - [`b64`]: strict base64url without padding.
@@ -23,7 +25,7 @@ pub mod revocation;
 
 pub use claims::{Audience, Claims};
 pub use jwk::{Algorithm, Jwk, Jwks, KeySet, VerifyingKey};
-pub use jws::{sign, verify, Header, SigningKey, Validation, VerifyError};
+pub use jws::{sign, verify, Header, SignError, SigningKey, Validation, VerifyError};
 
 /// The JOSE `typ` of a weauth access token (RFC 9068 §2.1).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";

@@ -221,7 +221,7 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
             let answer = api_expect(&client, &envoy, &access2, 200).await;
             record_answer("api", Outcome::Ok, t, answer);
         }
-        if round % 10 == 0 {
+        if round.is_multiple_of(10) {
             // Replay the used refresh token: 400, and the session is revoked at the edge.
             let t = Instant::now();
             match post(&client, url, None, json!({ "refresh_token": refresh })).await {
@@ -253,7 +253,7 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
                     e,
                 ),
             }
-        } else if round % 4 == 0 {
+        } else if round.is_multiple_of(4) {
             let t = Instant::now();
             match post(
                 &client,
