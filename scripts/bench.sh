@@ -21,7 +21,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export WEAUTH_ENVOY_BIN="${WEAUTH_ENVOY_BIN:-$ROOT/.tools/bin/envoy}"
 [ -x "$WEAUTH_ENVOY_BIN" ] || { echo "bench: no Envoy at $WEAUTH_ENVOY_BIN (run make setup)" >&2; exit 1; }
 
-echo "bench: building (release) the driver, the revocation check, the issuer and the filter"
+echo "bench: building (release) the driver, the revocation check, the issuer, the filter and the empty filter"
 cargo build --release -p weauth-bench --bins
 # The issuer (release) is used for the revocation-delay and issuer sections (the mock WeChat
 # runs inside the driver); the filter for the weauth rows. A part that does not build is
@@ -29,9 +29,13 @@ cargo build --release -p weauth-bench --bins
 cargo build --release -p weauth-issuer --bins || echo "bench: the issuer did not build: its sections will say so"
 cargo build -p weauth-filter --target wasm32-wasip1 --profile wasm-release \
   || echo "bench: the filter did not build: its rows will say so"
+# The empty proxy-wasm filter (bench/empty-filter): the price of being a wasm filter at all.
+cargo build -p weauth-empty-filter --target wasm32-wasip1 --profile wasm-release \
+  || echo "bench: the empty filter did not build: its row will say so"
 # What was just built, whatever `make` exported for the debug stack (override with WEAUTH_BENCH_*).
 export WEAUTH_FILTER_WASM="${WEAUTH_BENCH_FILTER_WASM:-$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_filter.wasm}"
 export WEAUTH_ISSUER_BIN="${WEAUTH_BENCH_ISSUER_BIN:-$TARGET_DIR/release/weauth-issuer}"
+export WEAUTH_BENCH_EMPTY_WASM="${WEAUTH_BENCH_EMPTY_WASM:-$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm}"
 
 mkdir -p bench-results
 exec "$TARGET_DIR/release/weauth-bench" --mode "$BENCH_MODE" --out bench-results

@@ -25,10 +25,10 @@ use crate::tokens::{token_set, TokenSet, ISSUER};
 
 /// The feed credential the edge rows use between Envoy and the driver's feed.
 pub const FEED_CREDENTIAL: &str = "bench-feed-credential";
-/// Most entries in one feed response: the filter refuses a feed body over 16 MiB (its
-/// `MAX_BODY_BYTES`), and one entry is about 75 bytes of JSON, so a set of 1 000 000 is served
-/// as a first chunk of this many (`full: true`) followed by deltas.
-pub const FEED_CHUNK: usize = 150_000;
+/// Most entries in one feed response, the issuer's own page size (`FEED_PAGE_ENTRIES`, about
+/// 4 MB of JSON at ~75 bytes an entry): a set of 1 000 000 is served as a first chunk of this
+/// many (`full: true`) followed by deltas, as the issuer pages it.
+pub const FEED_CHUNK: usize = 50_000;
 /// Envoy's request counter for the bench listener.
 pub const RQ_COUNTER: &str = "http.bench.downstream_rq_total";
 
@@ -36,6 +36,9 @@ pub const RQ_COUNTER: &str = "http.bench.downstream_rq_total";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Auth {
     None,
+    /// A proxy-wasm filter that does nothing (`bench/empty-filter`): the price of being a
+    /// wasm filter at all, same SDK, profile and runtime as weauth.
+    EmptyWasm,
     JwtAuthn {
         alg: Algorithm,
         cache: bool,
@@ -48,18 +51,25 @@ pub enum Auth {
     Weauth {
         revoked: usize,
     },
+    /// The same, built from another revision (`WEAUTH_BENCH_COMPARE_WASM`): a before/after
+    /// measured in the same interleaved rounds.
+    WeauthCompare {
+        revoked: usize,
+    },
 }
 
 impl Auth {
     /// Whether a tampered token must be refused.
     pub fn authenticates(&self) -> bool {
-        !matches!(self, Auth::None)
+        !matches!(self, Auth::None | Auth::EmptyWasm)
     }
 
     /// How many revocations the configuration's feed holds (`None`: no revocation at all).
     pub fn revoked(&self) -> Option<usize> {
         match self {
-            Auth::JwtAuthnExtAuthz { revoked } | Auth::Weauth { revoked } => Some(*revoked),
+            Auth::JwtAuthnExtAuthz { revoked }
+            | Auth::Weauth { revoked }
+            | Auth::WeauthCompare { revoked } => Some(*revoked),
             _ => None,
         }
     }
@@ -80,6 +90,7 @@ pub fn scenarios() -> Vec<Scenario> {
     };
     vec![
         row("no auth", Auth::None),
+        row("empty wasm filter", Auth::EmptyWasm),
         row(
             "jwt_authn ES256, cache off",
             Auth::JwtAuthn {
@@ -124,6 +135,18 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// The rows of a run: [`scenarios`], plus a comparison build's row when one is given.
+pub fn scenarios_for(settings: &EdgeSettings) -> Vec<Scenario> {
+    let mut all = scenarios();
+    if settings.compare_wasm.is_some() {
+        all.push(Scenario {
+            name: "comparison build (WEAUTH_BENCH_COMPARE_WASM), 0 revoked".into(),
+            auth: Auth::WeauthCompare { revoked: 0 },
+        });
+    }
+    all
+}
+
 /// The order rows are measured in during `round` of `rounds`: all `n` rows, rotated so that
 /// the rounds start evenly spread over the table.
 pub fn round_order(n: usize, round: usize, rounds: usize) -> Vec<usize> {
@@ -140,6 +163,8 @@ pub struct Wiring<'a> {
     /// The revocation check's port (ext_authz row).
     pub check_port: u16,
     pub wasm: &'a Path,
+    /// The empty filter module (empty-filter row).
+    pub empty_wasm: &'a Path,
 }
 
 /// The weauth plugin configuration for the edge rows (docs/INTERFACES.md).
@@ -179,13 +204,23 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
     };
     let (filters, clusters) = match auth {
         Auth::None => (String::new(), "[]".to_string()),
+        Auth::EmptyWasm => (
+            render(
+                template::WEAUTH,
+                &[
+                    ("WASM_PATH", &w.empty_wasm.display().to_string()),
+                    ("PLUGIN_CONFIG", "{}"),
+                ],
+            )?,
+            "[]".to_string(),
+        ),
         Auth::JwtAuthn { cache, .. } => (jwt(if *cache { CACHE } else { "" })?, "[]".into()),
         Auth::JwtAuthnExtAuthz { .. } => (
             jwt(&format!("{CACHE}\nforward_payload_header: x-jwt-payload"))?
                 + &render(template::EXT_AUTHZ, &[])?,
             cluster("revocation_check", w.check_port)?,
         ),
-        Auth::Weauth { .. } => {
+        Auth::Weauth { .. } | Auth::WeauthCompare { .. } => {
             let plugin = plugin_config(&tokens.jwks_json)
                 .map_err(|e| TemplateError::Leftover(e.to_string()))?;
             (
@@ -215,6 +250,10 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
 pub struct EdgeSettings {
     pub envoy: PathBuf,
     pub wasm: PathBuf,
+    /// The empty proxy-wasm filter (`bench/empty-filter`), the empty-filter row.
+    pub empty_wasm: PathBuf,
+    /// Another build of the filter to measure alongside (`WEAUTH_BENCH_COMPARE_WASM`), if any.
+    pub compare_wasm: Option<PathBuf>,
     pub revocation_check: PathBuf,
     pub work_dir: PathBuf,
     pub rounds: usize,
@@ -228,6 +267,8 @@ pub struct EdgeSettings {
 struct Booted {
     scenario: Scenario,
     envoy: Option<Owned>,
+    /// When its Envoy was started (start-to-ready time).
+    started: Instant,
     listen_port: u16,
     admin_port: u16,
     token: String,
@@ -277,7 +318,7 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            let rows = scenarios()
+            let rows = scenarios_for(settings)
                 .into_iter()
                 .map(|s| EdgeRow::failed(&s.name, &e.to_string()))
                 .collect();
@@ -289,14 +330,18 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
 
     // Feeds: one per distinct set size (the ext_authz row shares the 10k one).
     let mut feeds: Vec<(usize, FeedHandle)> = Vec::new();
-    for scenario in scenarios() {
+    for scenario in scenarios_for(settings) {
         let Some(size) = scenario.auth.revoked() else {
             continue;
         };
         if feeds.iter().any(|(n, _)| *n == size) {
             continue;
         }
-        if matches!(scenario.auth, Auth::Weauth { .. }) && !wasm_present {
+        if matches!(
+            scenario.auth,
+            Auth::Weauth { .. } | Auth::WeauthCompare { .. }
+        ) && !wasm_present
+        {
             continue;
         }
         let started = Instant::now();
@@ -362,7 +407,7 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
 
     // Boot every Envoy.
     let mut booted = Vec::new();
-    for (i, scenario) in scenarios().into_iter().enumerate() {
+    for (i, scenario) in scenarios_for(settings).into_iter().enumerate() {
         let tokens = match scenario.auth {
             Auth::JwtAuthn {
                 alg: Algorithm::ES256,
@@ -373,6 +418,7 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
         let mut b = Booted {
             scenario: scenario.clone(),
             envoy: None,
+            started: Instant::now(),
             listen_port: 0,
             admin_port: 0,
             token: tokens.valid.clone(),
@@ -412,7 +458,17 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
         let (client, auth, port) = (client.clone(), b.scenario.auth.clone(), b.listen_port);
         let pid = b.envoy.as_ref().map(Owned::pid);
         let log = settings.work_dir.join(format!("envoy-{i}.log"));
-        checks.spawn(async move { (i, verify(&client, &auth, port, pid, &tokens, &log).await) });
+        let started = b.started;
+        checks.spawn(async move {
+            let result = verify(&client, &auth, port, pid, &tokens, &log).await;
+            // Start to ready: Envoy started → serving, with its whole revocation set loaded
+            // (the revoked token, the set's last entry, refused).
+            let ready = started.elapsed().as_secs_f64();
+            (
+                i,
+                result.map(|text| format!("{text}, ready {ready:.1} s after start")),
+            )
+        });
     }
     while let Some(Ok((i, result))) = checks.join_next().await {
         if let Some(b) = booted.get_mut(i) {
@@ -519,7 +575,7 @@ async fn memory(
         entries_gauge: entries,
         rss_kib: [[rss(zero), rss(million)], [None, None]],
     };
-    let base = scenarios().len();
+    let base = scenarios_for(settings).len();
     for (k, b) in [zero, million].into_iter().enumerate() {
         let booted2 = boot(settings, base + k, 2, &b.scenario, tokens, feed_port, None);
         let Ok((envoy, listen_port, _admin_port)) = booted2 else {
@@ -558,15 +614,22 @@ fn boot(
     check_port: Option<u16>,
 ) -> Result<(Owned, u16, u16), String> {
     let mut feed = 0;
+    let wasm = match (&scenario.auth, &settings.compare_wasm) {
+        (Auth::WeauthCompare { .. }, Some(other)) => other,
+        _ => &settings.wasm,
+    };
     match scenario.auth {
-        Auth::Weauth { revoked } => {
-            if !settings.wasm.is_file() {
-                return Err(format!(
-                    "not run: no filter module at {}",
-                    settings.wasm.display()
-                ));
+        Auth::Weauth { revoked } | Auth::WeauthCompare { revoked } => {
+            if !wasm.is_file() {
+                return Err(format!("not run: no filter module at {}", wasm.display()));
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
+        }
+        Auth::EmptyWasm if !settings.empty_wasm.is_file() => {
+            return Err(format!(
+                "not run: no empty filter module at {}",
+                settings.empty_wasm.display()
+            ))
         }
         Auth::JwtAuthnExtAuthz { .. } if check_port.is_none() => {
             return Err("not run: weauth-revocation-check did not start".into())
@@ -580,7 +643,8 @@ fn boot(
         admin_port,
         feed_port: feed,
         check_port: check_port.unwrap_or(0),
-        wasm: &settings.wasm,
+        wasm,
+        empty_wasm: &settings.empty_wasm,
     };
     let config = envoy_config(&scenario.auth, tokens, &wiring).map_err(|e| e.to_string())?;
     let path = settings.work_dir.join(format!("envoy-{index}.yaml"));
@@ -801,6 +865,7 @@ mod tests {
             feed_port: 20003,
             check_port: 20004,
             wasm,
+            empty_wasm: Path::new("/x/empty.wasm"),
         }
     }
 
@@ -814,6 +879,10 @@ mod tests {
             let has = |needle: &str| text.contains(needle);
             match s.auth {
                 Auth::None => assert!(!has("jwt_authn") && !has("wasm")),
+                Auth::EmptyWasm => {
+                    assert!(has("/x/empty.wasm") && !has("weauth_filter.wasm"));
+                    assert!(!has("jwt_authn") && !has(FEED_CREDENTIAL));
+                }
                 Auth::JwtAuthn { cache, .. } => {
                     assert!(has("jwt_authn.v3.JwtAuthentication"));
                     assert_eq!(has("jwt_cache_config"), cache, "{}", s.name);
@@ -822,7 +891,7 @@ mod tests {
                     assert!(has("ext_authz.v3.ExtAuthz") && has("port_value: 20004"));
                     assert!(has("        forward_payload_header: x-jwt-payload"));
                 }
-                Auth::Weauth { .. } => {
+                Auth::Weauth { .. } | Auth::WeauthCompare { .. } => {
                     assert!(has("/x/weauth_filter.wasm") && has("port_value: 20003"));
                     assert!(has(FEED_CREDENTIAL));
                 }
@@ -834,6 +903,7 @@ mod tests {
     fn scenarios_start_with_baseline_and_cover_issue_rows() {
         let all = scenarios();
         assert_eq!(all[0].auth, Auth::None);
+        assert!(all.iter().any(|s| s.auth == Auth::EmptyWasm));
         let weauth: Vec<_> = all
             .iter()
             .filter_map(|s| match s.auth {

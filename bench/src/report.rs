@@ -155,8 +155,20 @@ fn row<'a>(rows: &'a [EdgeRow], prefix: &str) -> Option<&'a EdgeRow> {
 /// round-to-round noise of a shared two-core host.
 pub const NO_CHANGE_TOLERANCE: f64 = 0.10;
 
-/// The issue's targets for the weauth filter, judged on `rows` and the revocation delay p99.
-pub fn targets(rows: &[EdgeRow], delay_p99_ms: Option<f64>) -> Vec<Target> {
+/// weauth's cost above no-auth as a multiple of the empty wasm filter's: at most this.
+pub const EMPTY_FILTER_MULTIPLE: f64 = 1.5;
+/// Memory added by 1 000 000 revocations: at most this with one worker (MiB)...
+pub const MEMORY_ONE_WORKER_MIB: f64 = 80.0;
+/// ... and at most this per additional worker (MiB).
+pub const MEMORY_PER_WORKER_MIB: f64 = 40.0;
+
+/// The issue's targets for the weauth filter, judged on `rows`, the revocation delay p99 and
+/// the filter-memory section.
+pub fn targets(
+    rows: &[EdgeRow],
+    delay_p99_ms: Option<f64>,
+    memory: Option<&MemoryResult>,
+) -> Vec<Target> {
     let cpu = |prefix: &str| row(rows, prefix).and_then(|r| r.cpu_us);
     let ext_total = row(rows, "jwt_authn EdDSA (cache on) + ext_authz")
         .and_then(|r| Some(r.cpu_us? + r.ext_cpu_us.unwrap_or(0.0)));
@@ -189,7 +201,48 @@ pub fn targets(rows: &[EdgeRow], delay_p99_ms: Option<f64>) -> Vec<Target> {
         above(weauth0),
     );
     let ext_floor = ratio(cpu("jwt_authn EdDSA (cache on) + ext_authz"), floor);
+    // weauth's own cost (above no-auth) in units of the empty wasm filter's.
+    let empty_above = above(cpu("empty wasm filter"));
+    let vs_empty0 = ratio(above(weauth0), empty_above);
+    let vs_empty1m = ratio(above(weauth1m), empty_above);
+    let one_worker = memory
+        .and_then(|m| m.added_one_worker_kib())
+        .map(|k| k as f64 / 1024.0);
+    let per_worker = memory
+        .and_then(|m| m.per_vm_kib())
+        .map(|k| k as f64 / 1024.0);
+    let mib = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1} MiB"));
+    let memory_set = memory.map_or(0, |m| m.set_size);
     vec![
+        Target {
+            goal: "weauth's cost above no-auth ≤ 1.5× the empty wasm filter's (0 and 1M revoked)",
+            measured: format!(
+                "{} with 0 revoked, {} with {largest_name} (weauth − no auth) ÷ (empty filter − \
+                 no auth), Envoy CPU per request",
+                times(vs_empty0),
+                times(vs_empty1m)
+            ),
+            met: match (vs_empty0, vs_empty1m) {
+                (Some(a), Some(b)) => {
+                    Some(a <= EMPTY_FILTER_MULTIPLE && b <= EMPTY_FILTER_MULTIPLE)
+                }
+                _ => None,
+            },
+        },
+        Target {
+            goal: "1 000 000 revocations add ≤ 80 MiB with one worker, ≤ 40 MiB per further worker",
+            measured: format!(
+                "{} with one worker, {} per further worker ({memory_set} entries)",
+                mib(one_worker),
+                mib(per_worker)
+            ),
+            met: match (one_worker, per_worker) {
+                (Some(a), Some(b)) if memory_set >= 1_000_000 => {
+                    Some(a <= MEMORY_ONE_WORKER_MIB && b <= MEMORY_PER_WORKER_MIB)
+                }
+                _ => None,
+            },
+        },
         Target {
             goal: "weauth CPU/request within 1.2× of jwt_authn with its cache on",
             measured: format!(
@@ -584,32 +637,77 @@ mod tests {
                 &[measure(900.0, 23.1)],
             ),
         );
-        let t = targets(&r, None);
-        assert_eq!(t[3].met, Some(true));
-        assert!(t[3].measured.contains("(100k ÷ 0;"), "{}", t[3].measured);
+        let t = targets(&r, None, None);
+        assert_eq!(t[5].met, Some(true));
+        assert!(t[5].measured.contains("(100k ÷ 0;"), "{}", t[5].measured);
     }
 
     #[test]
     fn targets_judged_from_rows() {
-        let t = targets(&rows(), Some(120.0));
+        let t = targets(&rows(), Some(120.0), None);
         // 22 / 20 = 1.1 ≤ 1.2
-        assert_eq!(t[0].met, Some(true));
-        // 100 / 22 ≈ 4.5 < 5; above the floor of 10: 90 / 12 = 7.5; floor bound 100 / 10.
-        assert_eq!(t[1].met, Some(false));
-        assert!(
-            t[1].measured.contains("7.50× on the cost above no-auth"),
-            "{}",
-            t[1].measured
-        );
-        assert!(
-            t[1].measured.contains("only 10.00× cheaper"),
-            "{}",
-            t[1].measured
-        );
         assert_eq!(t[2].met, Some(true));
+        // 100 / 22 ≈ 4.5 < 5; above the floor of 10: 90 / 12 = 7.5; floor bound 100 / 10.
+        assert_eq!(t[3].met, Some(false));
+        assert!(
+            t[3].measured.contains("7.50× on the cost above no-auth"),
+            "{}",
+            t[3].measured
+        );
+        assert!(
+            t[3].measured.contains("only 10.00× cheaper"),
+            "{}",
+            t[3].measured
+        );
+        assert_eq!(t[4].met, Some(true));
         // the 1M row failed: cannot judge
-        assert_eq!(t[3].met, None);
+        assert_eq!(t[5].met, None);
         assert!(targets_markdown(&t).contains("not measured"));
+    }
+
+    #[test]
+    fn targets_empty_filter_multiple_and_memory() {
+        let mut r = rows();
+        r.insert(
+            1,
+            EdgeRow::from_samples("empty wasm filter", "ok", &[measure(950.0, 14.0)]),
+        );
+        r.pop();
+        r.push(EdgeRow::from_samples(
+            "weauth EdDSA (cache), 1M revoked",
+            "ok",
+            &[measure(900.0, 17.0)],
+        ));
+        let memory = MemoryResult {
+            set_size: 1_000_000,
+            entries_gauge: Some(1_000_000),
+            // one worker: +60 MiB; two workers: +95 MiB → 35 MiB per further worker.
+            rss_kib: [
+                [Some(100 * 1024), Some(160 * 1024)],
+                [Some(120 * 1024), Some(215 * 1024)],
+            ],
+        };
+        let t = targets(&r, None, Some(&memory));
+        // (22 − 10) ÷ (14 − 10) = 3.0 with 0 revoked; (17 − 10) ÷ 4 = 1.75 with 1M.
+        assert_eq!(t[0].met, Some(false));
+        assert!(
+            t[0].measured
+                .starts_with("3.00× with 0 revoked, 1.75× with 1M"),
+            "{}",
+            t[0].measured
+        );
+        assert_eq!(t[1].met, Some(true));
+        assert!(
+            t[1].measured
+                .contains("60.0 MiB with one worker, 35.0 MiB per further"),
+            "{}",
+            t[1].measured
+        );
+        let small = MemoryResult {
+            set_size: 100_000,
+            ..memory
+        };
+        assert_eq!(targets(&r, None, Some(&small))[1].met, None);
     }
 
     #[test]

@@ -1,14 +1,24 @@
 //! The HTTP context (one per request): thin glue between Envoy's request headers and
 //! [`crate::verify::decide`].
 //!
-//! 1. Remove every identity header named in `claim_to_headers` from the client's request,
-//!    whatever the rule (a client must never be able to assert an identity).
-//! 2. Let a CORS preflight through when `cors_preflight` is on.
-//! 3. Pick the path rule; `none` forwards as is.
-//! 4. Decide; on allow, set the identity headers (and drop the token's header when
+//! 1. Let a CORS preflight through when `cors_preflight` is on.
+//! 2. Pick the path rule ([`crate::path`]: refused with 400 when the path is unsafe, never a
+//!    laxer rule than what the upstream may make of it); `none` forwards as is.
+//! 3. Decide; on allow, set the identity headers (and drop the token's header when
 //!    `forward_authorization` is false); on deny, answer locally with the status, an RFC 6750
 //!    `WWW-Authenticate` challenge and a JSON body.
+//!
+//! Whatever the outcome, no identity header the client sent reaches the upstream: on allow
+//! each configured header is set (which replaces the client's copies) or removed, on every
+//! other forwarded request each is removed (a client must never assert an identity).
+//!
+//! Per-request cost: only the headers needed are read (`:path`, the token's header), never
+//! the whole map in the default configuration; the claims are shared with the cache entry;
+//! metric ids are resolved once; nothing is formatted on the allow path. What stays: one
+//! small shared-data read of the revocation meta (so every worker refuses a revoked token as
+//! soon as one does).
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
@@ -17,7 +27,8 @@ use proxy_wasm::types::{Action, LogLevel, MapType};
 use weauth_token::Claims;
 
 use crate::config::{Require, StaleMode, TokenSource};
-use crate::root::{log, now_ms, State, Worker};
+use crate::path;
+use crate::root::{log, now_ms, Metrics, State, Worker};
 use crate::verify::{
     self, CacheUse, Decision, Denial, Extracted, Outcome, RevocationView, Snapshot,
 };
@@ -63,24 +74,22 @@ impl Filter {
         Action::Pause
     }
 
+    /// Sets the identity headers from the claims. Setting a header replaces every copy the
+    /// client sent; a header whose claim is absent (or unusable) is removed instead.
     fn forward_identity(&self, claims: &Claims, extracted: &Extracted) {
         for mapping in &self.worker.config.claim_to_headers {
-            let Some(value) = claims.get(&mapping.claim) else {
-                continue;
-            };
+            let value = claim_value(claims, &mapping.claim);
             // A claim with control characters cannot be a header value; leave it out.
-            if value.chars().any(char::is_control) {
+            let usable = value
+                .as_deref()
+                .filter(|value| !value.chars().any(char::is_control));
+            if value.is_some() && usable.is_none() {
                 self.log(
                     LogLevel::Warn,
                     &format!("claim {} not forwarded: control characters", mapping.claim),
                 );
-                continue;
             }
-            let _ = hostcalls::set_map_value(
-                MapType::HttpRequestHeaders,
-                &mapping.header,
-                Some(&value),
-            );
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &mapping.header, usable);
         }
         if !self.worker.config.forward_authorization {
             if let Extracted::Found { source, .. } = extracted {
@@ -96,37 +105,110 @@ impl Filter {
 
 impl Context for Filter {}
 
+/// One request header (the first copy; Envoy joins repeated copies of its inline headers,
+/// `authorization` among them, with commas). Not UTF-8: read lossily, so it can only fail
+/// verification, never panic the VM.
+fn header(name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+        .map(|bytes| {
+            String::from_utf8(bytes)
+                .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
+        })
+}
+
+/// A claim's value for a header, borrowed when the claim is a string.
+fn claim_value<'c>(claims: &'c Claims, name: &str) -> Option<Cow<'c, str>> {
+    let borrowed = match name {
+        "sub" => Some(claims.sub.as_str()),
+        "sid" => Some(claims.sid.as_str()),
+        "openid" => Some(claims.openid.as_str()),
+        "appid" => Some(claims.appid.as_str()),
+        "jti" => Some(claims.jti.as_str()),
+        "iss" => Some(claims.iss.as_str()),
+        "unionid" => return claims.unionid.as_deref().map(Cow::Borrowed),
+        "scope" => return claims.scope.as_deref().map(Cow::Borrowed),
+        _ => None,
+    };
+    match borrowed {
+        Some(value) => Some(Cow::Borrowed(value)),
+        None => claims.get(name).map(Cow::Owned),
+    }
+}
+
+impl Filter {
+    /// Removes every identity header the client sent (a client must never assert an
+    /// identity). One host call per configured header, no copy of the header map.
+    fn strip_identity(&self) {
+        for mapping in &self.worker.config.claim_to_headers {
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &mapping.header);
+        }
+    }
+
+    /// The headers the token sources read. Usually only `authorization` (and `cookie` for a
+    /// cookie source), one host call each; the whole map only when a header source other than
+    /// `authorization` is configured, whose repeated copies Envoy does not join and which must
+    /// still be seen as ambiguous.
+    fn source_headers(&self) -> Vec<(String, String)> {
+        if self.worker.reads_whole_map {
+            return hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+                .collect();
+        }
+        let mut headers = Vec::with_capacity(2);
+        for source in &self.worker.config.token_sources {
+            let name = match source {
+                TokenSource::Header { name, .. } => name.as_str(),
+                TokenSource::Cookie(_) => "cookie",
+                TokenSource::Query(_) => continue,
+            };
+            if headers
+                .iter()
+                .any(|(seen, _): &(String, String)| seen == name)
+            {
+                continue;
+            }
+            if let Some(value) = header(name) {
+                headers.push((name.to_string(), value));
+            }
+        }
+        headers
+    }
+}
+
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let config = &self.worker.config;
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        for mapping in &config.claim_to_headers {
-            if headers
-                .iter()
-                .any(|(name, _)| name.eq_ignore_ascii_case(&mapping.header))
-            {
-                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &mapping.header);
-            }
-        }
-        let header = |wanted: &str| {
-            headers
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
-                .map(|(_, value)| value.as_str())
-        };
         if config.cors_preflight
-            && header(":method") == Some("OPTIONS")
+            && header(":method").as_deref() == Some("OPTIONS")
             && header("origin").is_some()
             && header("access-control-request-method").is_some()
         {
+            self.strip_identity();
             return Action::Continue;
         }
-        let path = header(":path").unwrap_or("/");
-        let (require, scopes) = config.rule_for(verify::path_only(path));
+        let path = header(":path").unwrap_or_else(|| "/".to_string());
+        let (require, scopes) = match path::rule_for_path(&path, |p| config.rule_for(p)) {
+            Ok(rule) => rule,
+            Err(err) => {
+                return self.deny(&Denial {
+                    status: 400,
+                    error: "invalid_request",
+                    description: err.to_string(),
+                    reason: "bad_path",
+                    scope: None,
+                })
+            }
+        };
         if require == Require::None {
+            self.strip_identity();
             return Action::Continue;
         }
-        let extracted = verify::extract_token(&config.token_sources, &headers, path);
+        let headers = self.source_headers();
+        let extracted = verify::extract_token(&config.token_sources, &headers, &path);
         let now = now_ms();
         let Ok(mut state) = self.worker.state.try_borrow_mut() else {
             // Cannot happen in a single-threaded VM; fail closed rather than panic.
@@ -139,7 +221,8 @@ impl HttpContext for Filter {
             });
         };
         let state = &mut *state;
-        // Pick up a revocation the fetcher published since the last tick (one small read).
+        // Pick up a revocation the fetcher published since the last tick (one small read; kept
+        // on every request so that once one worker refuses a revoked token, every worker does).
         self.worker.sync_revocation(state, self.context_id);
         // A worker VM whose tick has not picked up the keys the fetcher already published
         // (the first requests after start): look now instead of answering 503.
@@ -152,13 +235,14 @@ impl HttpContext for Filter {
         if outcome.unknown_key && self.worker.sync_jwks(state, self.context_id) {
             outcome = judge(&self.worker, state, &extracted, require, scopes, now);
         }
+        let metrics = &self.worker.metrics;
         match outcome.cache {
-            CacheUse::Hit => self.worker.metrics.count("cache_hit"),
-            CacheUse::Miss => self.worker.metrics.count("cache_miss"),
+            CacheUse::Hit => Metrics::bump(metrics.cache_hit),
+            CacheUse::Miss => Metrics::bump(metrics.cache_miss),
             CacheUse::NotUsed => {}
         }
         if outcome.stale_allowed {
-            self.worker.metrics.count("revocation_stale_allowed");
+            metrics.count("revocation_stale_allowed");
             let mode = config.revocation.as_ref().map(|feed| feed.stale_mode);
             if mode == Some(StaleMode::Allow) {
                 self.log(
@@ -172,12 +256,13 @@ impl HttpContext for Filter {
         }
         match outcome.decision {
             Decision::Allow { claims } => {
-                self.worker.metrics.count("allowed");
+                Metrics::bump(metrics.allowed);
                 self.forward_identity(&claims, &extracted);
                 Action::Continue
             }
             Decision::Anonymous => {
-                self.worker.metrics.count("anonymous");
+                Metrics::bump(metrics.anonymous);
+                self.strip_identity();
                 Action::Continue
             }
             Decision::Deny(denial) => self.deny(&denial),

@@ -3,6 +3,8 @@
 //!
 //! Modules, pure first (all unit-tested natively; none imports `proxy_wasm`):
 //! - [`config`]: the plugin configuration, parsed and validated once in `on_configure`.
+//! - [`path`]: which rule a request path gets, whatever an upstream makes of it (normalized,
+//!   ambiguous readings never laxer, unsafe paths refused with 400).
 //! - [`verify`]: token extraction and the per-request [`verify::Decision`].
 //! - [`revocation`]: the revocation set (O(1) lookups by jti, sid, sub), feed application and
 //!   its sharded, versioned encoding for Envoy shared data.
@@ -21,6 +23,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod path;
 pub mod refresh;
 pub mod revocation;
 pub mod verify;

@@ -24,7 +24,7 @@ use weauth_token::KeySet;
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
 use crate::refresh::{self, CallOutcome, LeaseStep, Schedule};
-use crate::revocation::{fnv1a, Meta, Publication, Replica};
+use crate::revocation::{fnv1a, Meta, Publication, Replica, RevocationSet};
 
 /// How often every VM syncs from shared data (and the elected VM drives its fetchers).
 const TICK: Duration = Duration::from_millis(100);
@@ -78,13 +78,19 @@ const DENY_REASONS: &[&str] = &[
     "jwks_unavailable",
     "revocation_unavailable",
     "revocation_stale",
+    "bad_path",
 ];
 
-/// Metric ids, defined once per VM (Envoy shares the underlying stats across VMs).
+/// Metric ids, defined once per VM (Envoy shares the underlying stats across VMs). The
+/// counters of the allow path are fields, so a request never looks an id up by name.
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: HashMap<&'static str, u32>,
     denied: HashMap<&'static str, u32>,
+    pub allowed: Option<u32>,
+    pub anonymous: Option<u32>,
+    pub cache_hit: Option<u32>,
+    pub cache_miss: Option<u32>,
 }
 
 impl Metrics {
@@ -112,6 +118,10 @@ impl Metrics {
                 metrics.ids.insert(name, id);
             }
         }
+        metrics.allowed = metrics.ids.get("allowed").copied();
+        metrics.anonymous = metrics.ids.get("anonymous").copied();
+        metrics.cache_hit = metrics.ids.get("cache_hit").copied();
+        metrics.cache_miss = metrics.ids.get("cache_miss").copied();
         for reason in DENY_REASONS {
             if let Ok(id) =
                 hostcalls::define_metric(MetricType::Counter, &format!("weauth.denied.{reason}"))
@@ -120,6 +130,13 @@ impl Metrics {
             }
         }
         metrics
+    }
+
+    /// Adds one to a counter resolved at definition (a field of [`Metrics`]).
+    pub fn bump(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
     }
 
     /// Adds one to a counter.
@@ -178,8 +195,10 @@ impl Keys {
             lease: format!("weauth.lease.{lease_ns:016x}"),
             jwks: format!("weauth.jwks.{jwks_ns:016x}"),
             jwks_wanted: format!("weauth.jwks.{jwks_ns:016x}.wanted"),
-            meta: format!("weauth.rev.{feed_ns:016x}.meta"),
-            shard_prefix: format!("weauth.rev.{feed_ns:016x}.shard."),
+            // `rev2`: the compact shard format (WRS2). A VM of an older build, still running
+            // during a plugin update, keeps to its own keys instead of misreading these.
+            meta: format!("weauth.rev2.{feed_ns:016x}.meta"),
+            shard_prefix: format!("weauth.rev2.{feed_ns:016x}.shard."),
         }
     }
 
@@ -206,6 +225,9 @@ pub struct State {
 #[derive(Debug)]
 pub struct Worker {
     pub config: Config,
+    /// A header token source other than `authorization` is configured: the HTTP context reads
+    /// the whole header map to see repeated copies (Envoy joins only its inline headers).
+    pub reads_whole_map: bool,
     pub metrics: Metrics,
     pub keys: Keys,
     pub state: RefCell<State>,
@@ -546,14 +568,14 @@ impl Root {
         if !changed.is_empty() {
             let floor = shared_generation(worker);
             let publication = state.replica.publish(&changed, last_ok_ms, floor);
-            self.write_publication(worker, &publication);
+            self.write_publication(worker, &publication, &state.replica.set);
             state.meta_cas = None;
         }
     }
 
-    fn write_publication(&self, worker: &Worker, publication: &Publication) {
-        for (index, blob) in &publication.blobs {
-            if hostcalls::set_shared_data(&worker.keys.shard(*index), Some(blob), None).is_err() {
+    fn write_publication(&self, worker: &Worker, publication: &Publication, set: &RevocationSet) {
+        for (index, blob) in publication.blobs(set) {
+            if hostcalls::set_shared_data(&worker.keys.shard(index), Some(&blob), None).is_err() {
                 self.log(
                     LogLevel::Warn,
                     &format!("could not write revocation shard {index}"),
@@ -752,7 +774,7 @@ impl Root {
         // creates it. Shards never written keep generation 0 = empty.
         let floor = shared_generation(worker);
         let publication = state.replica.publish(&changed, now_ms, floor);
-        self.write_publication(worker, &publication);
+        self.write_publication(worker, &publication, &state.replica.set);
         state.meta_cas = None;
     }
 }
@@ -894,7 +916,11 @@ impl RootContext for Root {
             metrics.gauge("jwks_keys", keys.len() as u64);
         }
         let keys = Keys::new(&config);
+        let reads_whole_map = config.token_sources.iter().any(|source| {
+            matches!(source, crate::config::TokenSource::Header { name, .. } if name != "authorization")
+        });
         self.worker = Some(Rc::new(Worker {
+            reads_whole_map,
             config,
             metrics,
             keys,

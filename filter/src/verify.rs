@@ -10,9 +10,11 @@
 //! `iss`, `aud`, `typ`) or a cache hit → revocation freshness (503 when stale in `deny` mode) →
 //! revocation by `jti`, `sid`, `sub`/`issued_before` → scopes (403).
 
+use std::rc::Rc;
+
 use weauth_token::{Claims, KeySet, Validation, VerifyError};
 
-use crate::cache::{key_of, TokenCache};
+use crate::cache::TokenCache;
 use crate::config::{Require, StaleMode, TokenSource};
 use crate::revocation::RevocationSet;
 
@@ -91,11 +93,6 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
     }
 }
 
-/// The path without its query string or fragment.
-pub fn path_only(path: &str) -> &str {
-    path.split(['?', '#']).next().unwrap_or(path)
-}
-
 /// What the revocation side looks like to this request.
 #[derive(Debug, Clone, Copy)]
 pub enum RevocationView<'a> {
@@ -143,7 +140,8 @@ pub struct Denial {
 pub enum Decision {
     /// A valid, unrevoked token with the needed scopes.
     Allow {
-        claims: Box<Claims>,
+        /// Shared with the cache entry (no copy of the claims per request).
+        claims: Rc<Claims>,
     },
     /// No check needed (rule `none`, or `optional` with no token): forward without identity.
     Anonymous,
@@ -284,15 +282,15 @@ pub fn decide(
             ),
         );
     };
-    // Refuse an oversized token before hashing it for the cache.
+    // Refuse an oversized token before looking it up in the cache.
     if token.len() > validation.max_token_bytes {
         return deny(
             outcome,
             unauthorized(&VerifyError::TooLarge(validation.max_token_bytes)),
         );
     }
-    let key = key_of(token);
-    let (claims, checked_generation) = match cache.get(&key, now, snapshot.keys_generation) {
+    let key = token.as_str();
+    let (claims, checked_generation) = match cache.get(key, now, snapshot.keys_generation) {
         Some(hit) => {
             outcome.cache = CacheUse::Hit;
             (hit.claims, Some(hit.revocation_generation))
@@ -300,7 +298,7 @@ pub fn decide(
         None => {
             outcome.cache = CacheUse::Miss;
             match weauth_token::verify(token, keys, validation, now) {
-                Ok(claims) => (claims, None),
+                Ok(claims) => (Rc::new(claims), None),
                 Err(err) => {
                     outcome.unknown_key = err == VerifyError::UnknownKey;
                     return deny(outcome, unauthorized(&err));
@@ -353,7 +351,7 @@ pub fn decide(
             outcome.stale_allowed = stale;
             if checked_generation != Some(generation) {
                 if let Some(revoked) = set.check(&claims) {
-                    cache.remove(&key);
+                    cache.remove(key);
                     return deny(
                         outcome,
                         Denial::new(
@@ -369,10 +367,12 @@ pub fn decide(
         }
     };
     match checked_generation {
-        Some(_) => cache.mark_checked(&key, revocation_generation),
+        // A hit checked at this generation already: no second lookup.
+        Some(checked) if checked == revocation_generation => {}
+        Some(_) => cache.mark_checked(key, revocation_generation),
         None => cache.insert(
             key,
-            claims.clone(),
+            Rc::clone(&claims),
             validation.leeway,
             snapshot.keys_generation,
             revocation_generation,
@@ -388,9 +388,7 @@ pub fn decide(
         denial.scope = Some(scopes.join(" "));
         return deny(outcome, denial);
     }
-    outcome.decision = Decision::Allow {
-        claims: Box::new(claims),
-    };
+    outcome.decision = Decision::Allow { claims };
     outcome
 }
 
@@ -1029,13 +1027,6 @@ mod tests {
                 source: 0
             }
         );
-    }
-
-    #[test]
-    fn path_only_strips_query() {
-        assert_eq!(path_only("/api/x?y=1"), "/api/x");
-        assert_eq!(path_only("/api/x#f"), "/api/x");
-        assert_eq!(path_only("/"), "/");
     }
 
     #[test]

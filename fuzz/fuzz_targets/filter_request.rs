@@ -1,5 +1,5 @@
 //! Fuzz target `filter_request`: one request through the filter's pure request path
-//! (`extract_token`, `rule_for`, `decide` twice, the second time from the cache). The logic and
+//! (`extract_token`, `rule_for_path`, `decide` twice, the second time from the cache). The logic and
 //! its oracles live in `weauth_fuzz::filter_harness`.
 
 #![no_main]

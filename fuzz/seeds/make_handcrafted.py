@@ -290,26 +290,29 @@ write(T, "duplicates-merge", feed(2, True, [entry(1, "sub", "u", 1700000100, 5),
                                             entry(2, "sub", "u", 1700000050, 9)]))
 write(T, "multibyte-values", feed(1, True, [entry(1, "jti", "é" * 256), entry(2, "sid", "\u0000")]))
 write(T, "four-feeds", SEP.join([feed(i, i == 1, [entry(i, "jti", "j%d" % i)]) for i in range(1, 5)]))
-def shard(generation, index, entries, count=None):
-    out = b"WRS1" + struct.pack("<QHI", generation, index, len(entries) if count is None else count)
-    for kind, value, until, issued_before in entries:
-        out += bytes([kind]) + struct.pack("<q", until)
-        if kind == 3:
-            out += struct.pack("<q", issued_before)
-        v = value.encode() if isinstance(value, str) else value
-        out += struct.pack("<H", len(v)) + v
+def shard(generation, index, jti=(), sid=(), sub=(), counts=None):
+    """A WRS2 blob: jti/sid records (hash, until), sub records (hash, until, issued_before)."""
+    n = counts if counts is not None else (len(jti), len(sid), len(sub))
+    out = b"WRS2" + struct.pack("<QHIII", generation, index, *n)
+    for h, until in list(jti) + list(sid):
+        out += struct.pack("<QI", h, until)
+    for h, until, issued_before in sub:
+        out += struct.pack("<QIq", h, until, issued_before)
     return out
-write(T, "shard-valid", shard(7, 3, [(1, "j", 1700000900, 0), (2, "s", 1700000900, 0),
-                                     (3, "u", 1700000900, 1699999999)]))
-write(T, "shard-empty", shard(0, 0, []))
-write(T, "shard-duplicate-values", shard(1, 1, [(1, "j", 5, 0), (1, "j", 9, 0)]))
-write(T, "shard-index-32", shard(1, 32, []))
-write(T, "shard-count-huge", shard(1, 0, [(1, "j", 5, 0)], count=0xFFFFFFFF))
-write(T, "shard-bad-kind", shard(1, 0, [(4, "j", 5, 0)]))
-write(T, "shard-bad-utf8", shard(1, 0, [(1, b"\xc0\x80", 5, 0)]))
-write(T, "shard-trailing", shard(1, 0, []) + b"x")
-write(T, "shard-truncated", shard(1, 0, [(1, "jti", 5, 0)])[:-2])
-write(T, "shard-value-64k", shard(1, 0, [(2, "s" * 65535, 5, 0)]))
+# Hashes of shard 3 are 3 mod 32.
+write(T, "shard-valid", shard(7, 3, jti=[(3, 1700000900), (35, 1700000900)], sid=[(67, 1700000900)],
+                              sub=[(99, 1700000900, 1699999999)]))
+write(T, "shard-empty", shard(0, 0))
+write(T, "shard-duplicate-hashes", shard(1, 1, jti=[(33, 5), (33, 9)]))
+write(T, "shard-unsorted", shard(1, 1, sid=[(65, 5), (33, 9)]))
+write(T, "shard-foreign-hash", shard(1, 1, jti=[(2, 5)]))
+write(T, "shard-index-32", shard(1, 32))
+write(T, "shard-count-huge", shard(1, 0, jti=[(0, 5)], counts=(0xFFFFFFFF, 0, 0)))
+write(T, "shard-counts-overflow", shard(1, 0, counts=(0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)))
+write(T, "shard-trailing", shard(1, 0) + b"x")
+write(T, "shard-truncated", shard(1, 0, jti=[(0, 5)])[:-2])
+write(T, "shard-until-and-cutoff-extremes", shard(1, 0, sub=[(0, 0xFFFFFFFF, -2**63), (32, 0, 2**63 - 1)]))
+write(T, "shard-old-format", b"WRS1" + struct.pack("<QHI", 1, 0, 0))
 def meta(gens, generation=1, seq=1, last_ok=0, entries=0):
     return b"WRM1" + struct.pack("<QQQIH", generation, seq, last_ok, entries, len(gens)) + b"".join(
         struct.pack("<Q", g) for g in gens)
@@ -317,7 +320,7 @@ write(T, "meta-valid", meta([1] * 32))
 write(T, "meta-31-shards", meta([1] * 31))
 write(T, "meta-trailing", meta([0] * 32) + b"\x00")
 write(T, "meta-truncated", meta([2] * 32)[:-1])
-write(T, "magic-only", b"WRS1")
+write(T, "magic-only", b"WRS2")
 
 # --- filter_request: path 0xFF header 0xFF header ..., each header name:value -----------------
 T = "filter_request"

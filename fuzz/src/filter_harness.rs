@@ -5,20 +5,20 @@
 //! The filter runs inside Envoy, where a panic kills the VM serving every request, so each
 //! target feeds hostile bytes to the pure functions the glue calls: the plugin-config parser
 //! (`Config::parse`), the revocation set (feed `apply`, `check`, the shared-data shard and meta
-//! codecs, `Replica::sync`) and the per-request path (`extract_token`, `rule_for`, `decide`).
+//! codecs, `Replica::sync`) and the per-request path (`extract_token`, `rule_for_path`, `decide`).
 
 // This is test code (a fuzz harness): a broken property must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
 use weauth_filter::cache::TokenCache;
+use weauth_filter::config::Require;
 use weauth_filter::config::{Config, StaleMode};
+use weauth_filter::path::{normalize, rule_for_path, without_query};
 use weauth_filter::revocation::{
     decode_shard, Meta, Replica, RevocationSet, MAX_VALUE_BYTES, SHARDS,
 };
-use weauth_filter::verify::{
-    decide, extract_token, path_only, Decision, Extracted, RevocationView, Snapshot,
-};
+use weauth_filter::verify::{decide, extract_token, Decision, Extracted, RevocationView, Snapshot};
 use weauth_token::revocation::{EntryKind, FeedResponse};
 use weauth_token::{Audience, Claims};
 
@@ -71,7 +71,7 @@ pub fn filter_config(data: &[u8]) -> bool {
                 "?",
                 "/é/%2e",
             ] {
-                let _ = config.rule_for(path_only(path));
+                let _ = rule_for_path(path, |p| config.rule_for(p));
                 let _ = extract_token(&config.token_sources, &headers, path);
             }
             true
@@ -127,7 +127,7 @@ fn check_shared_data_round_trip(set: &RevocationSet) {
     assert_eq!(&replica.set, set, "shared-data round trip changed the set");
 }
 
-/// Target `filter_revocation`. An input starting with `WRS1` or `WRM1` is a shared-data blob
+/// Target `filter_revocation`. An input starting with `WRS2` or `WRM1` is a shared-data blob
 /// (shard or meta) as another VM, or another plugin version, may have left it: it is decoded,
 /// and whatever decodes must re-encode to the same thing. Any other input is up to four feed
 /// responses separated by `0xFF`, applied in order to one set at [`NOW`].
@@ -136,7 +136,7 @@ fn check_shared_data_round_trip(set: &RevocationSet) {
 /// carrying its value; the set survives the shared-data round trip. Returns the number of
 /// feeds applied (or 1 for a decoded blob).
 pub fn filter_revocation(data: &[u8]) -> usize {
-    if data.starts_with(b"WRS1") {
+    if data.starts_with(b"WRS2") {
         let Ok(blob) = decode_shard(data) else {
             return 0;
         };
@@ -195,7 +195,7 @@ pub fn filter_revocation(data: &[u8]) -> usize {
 
 /// Target `filter_request`: the input is `path 0xFF header 0xFF header ...`, each header
 /// `name:value`. The request goes through what the HTTP context does: `extract_token` with the
-/// [`CONFIG`]'s sources, `rule_for`, then `decide` against the fixture's keys and a revocation
+/// [`CONFIG`]'s sources, `rule_for_path`, then `decide` against the fixture's keys and a revocation
 /// set that revokes [`REVOKED_JTI`], twice (the second answer comes from the cache).
 ///
 /// Oracles: only a token the fixture issued is allowed, never the revoked one; the cached
@@ -214,7 +214,21 @@ pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
         })
         .collect();
     let extracted = extract_token(&config.token_sources, &headers, &path);
-    let (require, scopes) = config.rule_for(path_only(&path));
+    // The path rule: a refused path (400) ends the request here. An accepted one is never
+    // laxer than the rule of its normalized form (what a normalizing upstream serves).
+    let Ok((require, scopes)) = rule_for_path(&path, |p| config.rule_for(p)) else {
+        return false;
+    };
+    let (normal_require, normal_scopes) = config.rule_for(&normalize(without_query(&path)));
+    let rank = |r: Require| match r {
+        Require::None => 0,
+        Require::Optional => 1,
+        Require::Required => 2,
+    };
+    assert!(
+        rank(require) >= rank(normal_require) && normal_scopes.iter().all(|s| scopes.contains(s)),
+        "path {path:?} got a laxer rule than its normalized form"
+    );
     let mut revoked = RevocationSet::default();
     let feed = format!(
         r#"{{"seq":1,"full":true,"now":{NOW},"entries":[{{"seq":1,"kind":"jti","value":"{REVOKED_JTI}","until":{}}}]}}"#,

@@ -41,7 +41,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
-use crate::mock_wechat::{MockConfig, MockWechat};
+use crate::mock_wechat::{MockApp, MockAppKind, MockConfig, MockWechat};
 use crate::template::{self, EnvoyPorts, TemplateError};
 use crate::upstream::Upstream;
 
@@ -454,6 +454,28 @@ pub struct TokenResponse {
     pub refresh_expires_in: u64,
 }
 
+/// The apps file of a [`StackBuilder::web_login`] stack: the mock's mini-program and web apps,
+/// the web apps redirecting to the demo page behind Envoy on `envoy_port`.
+pub fn web_apps_file(mock: &MockConfig, envoy_port: u16) -> Value {
+    let mut apps = vec![serde_json::json!({
+        "appid": mock.appid, "secret": mock.secret, "kind": "miniprogram"
+    })];
+    for app in &mock.web_apps {
+        let kind = match app.kind {
+            MockAppKind::OfficialAccount => "official_account",
+            MockAppKind::Website => "website",
+        };
+        apps.push(serde_json::json!({
+            "appid": app.appid, "secret": app.secret, "kind": kind,
+            "redirect_uris": [
+                format!("http://127.0.0.1:{envoy_port}/demo/"),
+                format!("http://localhost:{envoy_port}/demo/"),
+            ],
+        }));
+    }
+    serde_json::json!({ "apps": apps })
+}
+
 /// Options for [`Stack`]; start with [`Stack::builder`].
 #[derive(Debug, Clone)]
 pub struct StackBuilder {
@@ -469,7 +491,10 @@ pub struct StackBuilder {
     with_envoy: bool,
     edge: Edge,
     binaries: Option<Binaries>,
+    web_login: bool,
     envoy_feed_env: bool,
+    path_normalization: bool,
+    upstream_normalizes: bool,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -497,7 +522,10 @@ impl Default for StackBuilder {
             with_envoy: true,
             edge: Edge::WeauthFilter,
             binaries: None,
+            web_login: false,
             envoy_feed_env: true,
+            path_normalization: true,
+            upstream_normalizes: false,
         }
     }
 }
@@ -566,11 +594,41 @@ impl StackBuilder {
         self
     }
 
+    /// Several apps and web login: the mock gets the official account and the website of
+    /// [`MockApp`] (and answers `unionid`, as apps bound to one Open Platform account do), and
+    /// the issuer gets an apps file (`WEAUTH_APPS_FILE` instead of the one-app variables) with
+    /// the mini-program, the official account and the website, whose `redirect_uris` are the
+    /// demo page behind this stack's Envoy (`http://127.0.0.1:PORT/demo/` and the same on
+    /// `localhost`), plus `WEAUTH_WECHAT_OPEN_BASE` = the mock and `WEAUTH_COOKIE_SECURE=false`.
+    pub fn web_login(mut self) -> Self {
+        self.web_login = true;
+        self.mock.unionid = true;
+        if self.mock.web_apps.is_empty() {
+            self.mock.web_apps = vec![MockApp::official_account(), MockApp::website()];
+        }
+        self
+    }
+
     /// Start Envoy WITHOUT the feed credential in its environment
     /// ([`template::FEED_TOKEN_ENV`]), so a plugin configuration with `credential_env` finds
     /// it missing (the default passes it).
     pub fn without_envoy_feed_env(mut self) -> Self {
         self.envoy_feed_env = false;
+        self
+    }
+
+    /// Envoy's path normalization (`normalize_path`, `merge_slashes`,
+    /// `path_with_escaped_slashes_action`), on in every shipped bootstrap; off = Envoy's
+    /// defaults, for the path-confusion tests.
+    pub fn envoy_path_normalization(mut self, on: bool) -> Self {
+        self.path_normalization = on;
+        self
+    }
+
+    /// Makes the demo upstream normalize paths as laxly as any server might
+    /// ([`crate::upstream::lax_normalize`]) and report the result in its echo.
+    pub fn upstream_normalizes(mut self, on: bool) -> Self {
+        self.upstream_normalizes = on;
         self
     }
 
@@ -702,9 +760,10 @@ impl Stack {
                 "starting mock WeChat on {:?}",
                 mock_cfg.listen
             )))?;
-        let upstream = Upstream::start(b.ports.map(|p| loopback(p.upstream)))
-            .await
-            .map_err(io_err("starting demo upstream"))?;
+        let upstream =
+            Upstream::start_with(b.ports.map(|p| loopback(p.upstream)), b.upstream_normalizes)
+                .await
+                .map_err(io_err("starting demo upstream"))?;
         let ports = match b.ports {
             Some(p) => p,
             None => StackPorts {
@@ -745,6 +804,16 @@ impl Stack {
             // client and not all in one bucket.
             ("WEAUTH_TRUSTED_PROXIES".into(), "127.0.0.1".into()),
         ];
+        if b.web_login {
+            let apps = web_apps_file(&mock_cfg, ports.envoy);
+            let path = dir.path().join("apps.json");
+            std::fs::write(&path, apps.to_string())
+                .map_err(io_err(format!("writing {}", path.display())))?;
+            env.retain(|(name, _)| name != "WEAUTH_WECHAT_APPID" && name != "WEAUTH_WECHAT_SECRET");
+            env.push(("WEAUTH_APPS_FILE".into(), path.display().to_string()));
+            env.push(("WEAUTH_WECHAT_OPEN_BASE".into(), mock.base_url()));
+            env.push(("WEAUTH_COOKIE_SECURE".into(), "false".into()));
+        }
         for (k, v) in &b.issuer_env {
             env.retain(|(name, _)| name != k);
             env.push((k.clone(), v.clone()));
@@ -793,6 +862,11 @@ impl Stack {
                 Edge::JwtAuthn => {
                     template::jwt_authn_config(envoy_ports, &issuer_url, &b.audience)?
                 }
+            };
+            let yaml = if b.path_normalization {
+                yaml
+            } else {
+                template::without_path_normalization(&yaml)?
             };
             let config = stack.dir.path().join("envoy.yaml");
             std::fs::write(&config, yaml)

@@ -34,6 +34,33 @@ pub enum TemplateError {
     BadJson(String),
 }
 
+/// The three path-normalization settings every shipped bootstrap sets, and their values
+/// with normalization off (Envoy's own defaults).
+const PATH_NORMALIZATION: [(&str, &str); 3] = [
+    ("normalize_path: true", "normalize_path: false"),
+    ("merge_slashes: true", "merge_slashes: false"),
+    (
+        "path_with_escaped_slashes_action: REJECT_REQUEST",
+        "path_with_escaped_slashes_action: KEEP_UNCHANGED",
+    ),
+];
+
+/// A rendered bootstrap with Envoy's path normalization switched off, as in an Envoy
+/// configured by someone else: the path-confusion tests show the filter is safe there too.
+///
+/// # Errors
+/// [`TemplateError::Unused`] naming a setting the bootstrap does not contain (renamed?).
+pub fn without_path_normalization(yaml: &str) -> Result<String, TemplateError> {
+    let mut out = yaml.to_string();
+    for (on, off) in PATH_NORMALIZATION {
+        if !out.contains(on) {
+            return Err(TemplateError::Unused(on.to_string()));
+        }
+        out = out.replace(on, off);
+    }
+    Ok(out)
+}
+
 /// Replaces every `{{NAME}}` of `template` by its value in `values`.
 ///
 /// # Errors
@@ -288,5 +315,17 @@ mod tests {
         let literal = line.trim_start().trim_start_matches("value: ");
         let decoded: String = serde_json::from_str(literal).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&decoded).unwrap(), plugin);
+    }
+
+    #[test]
+    fn without_path_normalization_turns_every_setting_off() {
+        for template in [ENVOY_TEMPLATE, JWT_AUTHN_TEMPLATE] {
+            let off = without_path_normalization(template).unwrap();
+            for (on, off_value) in PATH_NORMALIZATION {
+                assert!(!off.contains(on), "{on} left on");
+                assert!(off.contains(off_value), "{off_value} missing");
+            }
+        }
+        assert!(without_path_normalization("admin: {}").is_err());
     }
 }

@@ -4,6 +4,14 @@
 //! a header received several times is joined with `", "` so a duplicated identity header is
 //! visible to tests. `query` is the raw query string or null. This is what `/api/*` routes to
 //! in the local stack, so a curl walkthrough shows the identity headers the filter forwarded.
+//!
+//! `GET /demo/` is the exception: the web-login demo page (`src/demo/index.html`), which
+//! Envoy serves without a token so a browser can start a login from it.
+//!
+//! In normalizing mode ([`Upstream::start_with`]) the echo also carries `normalized_path`: the
+//! path as the laxest common server reads it ([`lax_normalize`]), which is what it would
+//! serve. The path-confusion tests use it to show that no request reaches a protected path
+//! without a token.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,6 +21,13 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::serve::{self, Request, Response, ServerHandle};
+
+/// The web-login demo page's path.
+pub const DEMO_PATH: &str = "/demo/";
+
+/// The demo page (a login link per web app, buttons calling `/api/hello`, the cookie refresh
+/// and logout).
+pub const DEMO_PAGE: &str = include_str!("demo/index.html");
 
 /// The path the harness's readiness probe calls; not counted in [`Upstream::requests`].
 pub const PROBE_PATH: &str = "/api/__weauth_ready";
@@ -26,6 +41,11 @@ pub struct Upstream {
 impl Upstream {
     /// Starts on `listen` (`None` = 127.0.0.1 on a free port) in the current tokio runtime.
     pub async fn start(listen: Option<SocketAddr>) -> io::Result<Upstream> {
+        Upstream::start_with(listen, false).await
+    }
+
+    /// Like [`Upstream::start`]; `normalizes` adds `normalized_path` to every echo.
+    pub async fn start_with(listen: Option<SocketAddr>, normalizes: bool) -> io::Result<Upstream> {
         let listen = listen.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let requests = Arc::new(AtomicU64::new(0));
         let counter = requests.clone();
@@ -33,7 +53,7 @@ impl Upstream {
             if req.uri().path() != PROBE_PATH {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            async move { echo(req) }
+            async move { echo(req, normalizes) }
         })
         .await?;
         Ok(Upstream { server, requests })
@@ -84,14 +104,65 @@ pub fn echo_value(
     json!({"method": method, "path": path, "query": query, "headers": Value::Object(map)})
 }
 
-fn echo(req: Request) -> Response {
-    let v = echo_value(
+fn echo(req: Request, normalizes: bool) -> Response {
+    if req.method() == hyper::Method::GET && req.uri().path() == DEMO_PATH {
+        return serve::respond(200, "text/html; charset=utf-8", DEMO_PAGE);
+    }
+    let mut v = echo_value(
         req.method().as_str(),
         req.uri().path(),
         req.uri().query(),
         req.headers(),
     );
+    if normalizes {
+        v["normalized_path"] = Value::String(lax_normalize(req.uri().path()));
+    }
     serve::json(200, &v)
+}
+
+/// A path as the laxest common server reads it: every `%XX` decoded once (`%2F` and `%5C`
+/// included), `\` taken as `/`, `;parameters` cut from each segment, repeated slashes merged,
+/// dot segments removed.
+pub fn lax_normalize(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                decoded.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    let parts: Vec<&str> = text.split('/').collect();
+    for (n, part) in parts.iter().enumerate() {
+        let last = n + 1 == parts.len();
+        let segment = part.split(';').next().unwrap_or("");
+        match segment {
+            "" | "." => trailing = last && n > 0,
+            ".." => {
+                segments.pop();
+                trailing = last;
+            }
+            other => {
+                segments.push(other);
+                trailing = false;
+            }
+        }
+    }
+    let mut out: String = segments.iter().map(|s| format!("/{s}")).collect();
+    if trailing || out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -110,6 +181,23 @@ mod tests {
         assert_eq!(v["headers"]["accept"], "*/*");
         assert_eq!(v["path"], "/api/hello");
         assert_eq!(v["query"], "x=1");
+    }
+
+    #[test]
+    fn lax_normalize_reads_every_trick() {
+        for (raw, want) in [
+            ("/api/public/../private", "/api/private"),
+            ("/api/public/%2e%2E/private", "/api/private"),
+            ("/api/public/..%2fprivate", "/api/private"),
+            ("/api/public/..%5Cprivate", "/api/private"),
+            ("/api/public/..\\private", "/api/private"),
+            ("/api/public/..;/private", "/api/private"),
+            ("//api//private/", "/api/private/"),
+            ("/api/./x", "/api/x"),
+            ("/", "/"),
+        ] {
+            assert_eq!(lax_normalize(raw), want, "{raw}");
+        }
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //!
 //! Usage: `weauth-bench [--mode quick|full] [--out DIR]`; the mode may also come from
 //! `BENCH_MODE`; `--only edge,delay,issuer` runs some sections. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
-//! (default `target/wasm32-wasip1/wasm-release/weauth_filter.wasm`), and
+//! (default `target/wasm32-wasip1/wasm-release/weauth_filter.wasm`), `WEAUTH_BENCH_EMPTY_WASM`
+//! (default `target/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm`),
+//! `WEAUTH_BENCH_COMPARE_WASM` (optional: another build of the filter, measured as one more
+//! row in the same rounds, for a before/after), and
 //! `weauth-revocation-check` next to this executable.
 
 use std::path::PathBuf;
@@ -102,6 +105,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "WEAUTH_FILTER_WASM",
             "target/wasm32-wasip1/wasm-release/weauth_filter.wasm",
         ),
+        empty_wasm: env_path(
+            "WEAUTH_BENCH_EMPTY_WASM",
+            "target/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm",
+        ),
+        compare_wasm: std::env::var_os("WEAUTH_BENCH_COMPARE_WASM")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
         revocation_check: exe_dir.join("weauth-revocation-check"),
         work_dir: std::fs::canonicalize(&work_dir)?,
         rounds: if args.full { 5 } else { 2 },
@@ -138,7 +148,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => None,
     };
     let table = edge_markdown(&rows);
-    let goals = targets_markdown(&targets(&rows, delay_p99));
+    let goals = targets_markdown(&targets(&rows, delay_p99, memory.as_ref()));
     let title = format!("weauth edge benchmark ({mode} mode)");
     let mut md = String::new();
     md.push_str(&format!("# weauth benchmark ({mode} mode)\n\n"));

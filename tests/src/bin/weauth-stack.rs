@@ -6,8 +6,12 @@
 //! and stops every process it started (and only those).
 //!
 //! Its pid goes to `.run/stack.pid` so `make down` can send it SIGTERM. Development
-//! credentials: appid `wx0123456789abcdef`, secret `mock-secret`, feed token `dev-feed-token`,
-//! admin token `dev-admin-token`.
+//! credentials: the mini-program appid `wx0123456789abcdef` (secret `mock-secret`), the
+//! official account `wx00000000000000a1` (`mock-oa-secret`) and the website
+//! `wx00000000000000b2` (`mock-web-secret`), all bound to one Open Platform account (the apps
+//! file is `.run/apps.json`); feed token `dev-feed-token`, admin token `dev-admin-token`. The
+//! web-login demo page is `http://127.0.0.1:10000/demo/` (the apps file and the demo are for
+//! `make up` only: `--free-ports` keeps the one-app configuration its drivers expect).
 //!
 //! Usage: `weauth-stack [--concurrency N] [--free-ports] [--json] [--issuer-env NAME=VALUE]…
 //! [--plugin-patch JSON]…`. The last four are for test drivers in other languages (the
@@ -165,7 +169,13 @@ weauth local stack is up:
   mock WeChat            {mock}
   logs                   {issuer_log}
                          {envoy_log}
-  appid wx0123456789abcdef  secret mock-secret  feed token {FEED_TOKEN}  admin token {ADMIN_TOKEN}
+  apps {run}/apps.json: mini-program wx0123456789abcdef (secret mock-secret),
+       official account wx00000000000000a1, website wx00000000000000b2
+  feed token {FEED_TOKEN}  admin token {ADMIN_TOKEN}
+
+Web login (official account): open {envoy}/demo/ in a browser, click "Log in", pick a name
+on the mock WeChat page (the same name as a mini-program login below gives the same sub),
+then "GET /api/hello", "POST /v1/token/refresh" and "POST /v1/logout".
 
 Try it (copy-paste into another terminal; README.md explains each step and the mock's helper routes):
 {script}
@@ -177,6 +187,7 @@ Stop with Ctrl-C or `make down`.
         upstream = stack.upstream_url(),
         issuer_log = stack.issuer_log().display(),
         envoy_log = stack.envoy_log().display(),
+        run = stack.dir().display(),
     )
 }
 
@@ -217,7 +228,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ports(ports)
             .run_dir(&run_dir)
             .feed_token(FEED_TOKEN)
-            .admin_token(ADMIN_TOKEN);
+            .admin_token(ADMIN_TOKEN)
+            .web_login();
         Some(pid_file)
     };
 

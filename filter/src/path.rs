@@ -1,0 +1,465 @@
+//! The path a rule is chosen for: what the upstream will see, not only what the client wrote.
+//!
+//! The filter runs before the router and may sit behind an Envoy that does not normalize
+//! (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action` off, which is Envoy's
+//! default) in front of an upstream that does. A request for `/public/../private` must then not
+//! get the `public` rule. So the rule is chosen as follows (pure; see [`rule_for_path`]):
+//!
+//! 1. **Refused with 400** ([`PathError`]), because upstreams disagree on what they mean: a NUL
+//!    or other control character (raw or `%00`–`%1F`, `%7F`), a raw `\`, an encoded `/` or `\`
+//!    (`%2F`, `%5C`; Envoy's own `path_with_escaped_slashes_action: REJECT_REQUEST` does the
+//!    same), a double-encoded escape (`%25` followed by two hex digits, so an upstream that
+//!    decodes twice cannot be walked either), a raw `#`, a malformed `%` escape, and a path that
+//!    does not start with `/`.
+//! 2. **Normalized** ([`normalize`]): percent-encoded unreserved characters (RFC 3986 §2.3:
+//!    `A-Z a-z 0-9 - . _ ~`, so `%2E` too) are decoded, repeated slashes are merged, and dot
+//!    segments are removed (RFC 3986 §5.2.4) — what Envoy's `normalize_path` +
+//!    `merge_slashes` produce.
+//! 3. **Ambiguous paths never get a laxer rule.** When the raw path could be read more than one
+//!    way — it has dot segments, repeated slashes, `%` escapes or `;` — the rule is looked up
+//!    for every reading an upstream may take: the raw path as written, the normalized path, the
+//!    normalized path with `;` parameters cut from each segment (Tomcat, Spring, Jetty), and the
+//!    same after decoding every escape. The strictest of those rules applies (a rule is at
+//!    least as strict as another when its requirement is at least as strict and its scopes
+//!    include the other's); when no single rule is the strictest (say, two different scope
+//!    sets), the request is refused with 400.
+//!
+//! The `:path` forwarded upstream is not rewritten. A path without any of those characters
+//! takes a fast path: one rule lookup on the raw path, no allocation.
+//!
+//! With Envoy's normalization on (every config this project ships sets it) steps 2 and 3 find
+//! nothing to do.
+
+use crate::config::Require;
+
+/// Why a request's path is refused (400 `invalid_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the request path does not start with '/'")]
+    NotAbsolute,
+    #[error("the request path contains a control character")]
+    ControlCharacter,
+    #[error("the request path contains a backslash")]
+    Backslash,
+    #[error("the request path contains an encoded '/' or '\\'")]
+    EncodedSlash,
+    #[error("the request path contains a malformed percent-escape")]
+    BadEscape,
+    #[error("the request path contains a fragment")]
+    Fragment,
+    #[error("the request path contains a double-encoded escape")]
+    DoubleEncoded,
+    #[error("the request path matches rules that cannot be ordered; send it normalized")]
+    Ambiguous,
+}
+
+/// The path without its query string.
+pub fn without_query(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(head, _)| head)
+}
+
+fn hex(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Checks the characters of a path (query already removed) against step 1.
+///
+/// # Errors
+/// The [`PathError`] of the first refused character.
+pub fn check(path: &str) -> Result<(), PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        match byte {
+            b'\\' => return Err(PathError::Backslash),
+            b'#' => return Err(PathError::Fragment),
+            b'%' => {
+                let decoded = match (bytes.get(i + 1).copied(), bytes.get(i + 2).copied()) {
+                    (Some(high), Some(low)) => match (hex(high), hex(low)) {
+                        (Some(high), Some(low)) => high * 16 + low,
+                        _ => return Err(PathError::BadEscape),
+                    },
+                    _ => return Err(PathError::BadEscape),
+                };
+                let double = bytes.get(i + 3).copied().and_then(hex).is_some()
+                    && bytes.get(i + 4).copied().and_then(hex).is_some();
+                match decoded {
+                    b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                    b'%' if double => return Err(PathError::DoubleEncoded),
+                    byte if byte.is_ascii_control() => return Err(PathError::ControlCharacter),
+                    _ => {}
+                }
+                i += 3;
+                continue;
+            }
+            byte if byte.is_ascii_control() => return Err(PathError::ControlCharacter),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Whether a checked path may read differently to an upstream that normalizes.
+fn is_plain(path: &str) -> bool {
+    !path.contains("//") && !path.contains("/.") && !path.contains(['%', ';'])
+}
+
+/// Decodes `%XX` escapes: only unreserved characters when `all` is false, every escape when
+/// true (the path passed [`check`], so no escape decodes to `/`, `\` or a control character,
+/// and invalid UTF-8 from a decoded escape is replaced, never trusted).
+fn decode(path: &str, all: bool) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        if byte == b'%' {
+            if let (Some(high), Some(low)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                let decoded = high * 16 + low;
+                if all || is_unreserved(decoded) {
+                    out.push(decoded);
+                    i += 3;
+                    continue;
+                }
+                // Keep a reserved escape, upper-cased as RFC 3986 §6.2.2.1 says.
+                out.push(b'%');
+                out.extend(
+                    [bytes.get(i + 1), bytes.get(i + 2)]
+                        .into_iter()
+                        .flatten()
+                        .map(u8::to_ascii_uppercase),
+                );
+                i += 3;
+                continue;
+            }
+        }
+        out.push(byte);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Merges repeated slashes and removes dot segments (RFC 3986 §5.2.4; `..` never climbs
+/// above the root). The input starts with `/`; so does the output.
+fn merge_and_remove_dots(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut parts = path.split('/').skip(1).peekable();
+    let mut trailing_slash = false;
+    while let Some(segment) = parts.next() {
+        let last = parts.peek().is_none();
+        match segment {
+            "" => trailing_slash = last,
+            "." => trailing_slash = last,
+            ".." => {
+                segments.pop();
+                trailing_slash = last;
+            }
+            other => {
+                segments.push(other);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Cuts `;parameters` from every segment (`/a;x=1/b;y` → `/a/b`).
+fn strip_parameters(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split_once(';').map_or(segment, |(head, _)| head))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The normalized form of a path (query removed, [`check`]ed): unreserved escapes decoded,
+/// slashes merged, dot segments removed.
+pub fn normalize(path: &str) -> String {
+    merge_and_remove_dots(&decode(path, false))
+}
+
+/// Every reading an upstream may take of a checked path (see the module docs, step 3).
+pub fn readings(path: &str) -> Vec<String> {
+    let normalized = normalize(path);
+    let mut out = vec![path.to_string()];
+    let mut add = |reading: String| {
+        if !out.contains(&reading) {
+            out.push(reading);
+        }
+    };
+    add(normalized.clone());
+    if path.contains(';') {
+        add(merge_and_remove_dots(&strip_parameters(&normalized)));
+    }
+    if path.contains('%') {
+        let decoded = merge_and_remove_dots(&decode(path, true));
+        add(decoded.clone());
+        add(merge_and_remove_dots(&strip_parameters(&decoded)));
+    }
+    out
+}
+
+fn rank(require: Require) -> u8 {
+    match require {
+        Require::None => 0,
+        Require::Optional => 1,
+        Require::Required => 2,
+    }
+}
+
+/// Whether rule `a` is at least as strict as rule `b`.
+fn at_least_as_strict(a: (Require, &[String]), b: (Require, &[String])) -> bool {
+    rank(a.0) >= rank(b.0) && b.1.iter().all(|scope| a.1.contains(scope))
+}
+
+/// The rule that applies to the request path `raw` (`:path`, query included), given the
+/// configuration's lookup `rule_for` (a path without query → its requirement and scopes).
+///
+/// # Errors
+/// [`PathError`] when the path is refused (step 1) or its readings match rules that cannot
+/// be ordered (step 3): answer 400.
+pub fn rule_for_path<'a>(
+    raw: &str,
+    rule_for: impl Fn(&str) -> (Require, &'a [String]),
+) -> Result<(Require, &'a [String]), PathError> {
+    let path = without_query(raw);
+    check(path)?;
+    if is_plain(path) {
+        return Ok(rule_for(path));
+    }
+    let rules: Vec<(Require, &'a [String])> = readings(path)
+        .iter()
+        .map(|reading| rule_for(reading))
+        .collect();
+    rules
+        .iter()
+        .copied()
+        .find(|candidate| {
+            rules
+                .iter()
+                .all(|other| at_least_as_strict(*candidate, *other))
+        })
+        .ok_or(PathError::Ambiguous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PathMatch, Rule};
+
+    /// `/public/` needs nothing, `/admin/` needs scope `admin`, `/reports/` scope `reports`,
+    /// everything else a token.
+    fn rules() -> Vec<Rule> {
+        let rule = |prefix: &str, require, scopes: &[&str]| Rule {
+            path: PathMatch::Prefix(prefix.into()),
+            require,
+            scopes: scopes.iter().map(|s| (*s).to_string()).collect(),
+        };
+        vec![
+            rule("/public/", Require::None, &[]),
+            rule("/admin/", Require::Required, &["admin"]),
+            rule("/reports/", Require::Required, &["reports"]),
+        ]
+    }
+
+    fn lookup<'r>(rules: &'r [Rule]) -> impl Fn(&str) -> (Require, &'r [String]) + 'r {
+        move |path| {
+            rules
+                .iter()
+                .find(|rule| match &rule.path {
+                    PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+                    PathMatch::Exact(exact) => path == exact,
+                })
+                .map_or((Require::Required, &[][..]), |rule| {
+                    (rule.require, rule.scopes.as_slice())
+                })
+        }
+    }
+
+    fn require_of(raw: &str) -> Result<Require, PathError> {
+        let rules = rules();
+        rule_for_path(raw, lookup(&rules)).map(|(require, _)| require)
+    }
+
+    #[test]
+    fn normalize_dot_segments_removed() {
+        assert_eq!(normalize("/a/b/../c/./d"), "/a/c/d");
+        assert_eq!(normalize("/../../a"), "/a");
+        assert_eq!(normalize("/a/.."), "/");
+        assert_eq!(normalize("/a/b/.."), "/a/");
+        assert_eq!(normalize("/a/."), "/a/");
+    }
+
+    #[test]
+    fn normalize_slashes_merged() {
+        assert_eq!(normalize("//a///b/"), "/a/b/");
+        assert_eq!(normalize("/"), "/");
+    }
+
+    #[test]
+    fn normalize_unreserved_decoded_reserved_kept() {
+        assert_eq!(normalize("/%70ublic/%7Ex"), "/public/~x");
+        assert_eq!(normalize("/a/%2e%2E/b"), "/b");
+        assert_eq!(normalize("/a%3bb"), "/a%3Bb");
+    }
+
+    #[test]
+    fn plain_path_uses_its_own_rule() {
+        assert_eq!(require_of("/public/page?x=/../admin/"), Ok(Require::None));
+        assert_eq!(require_of("/private"), Ok(Require::Required));
+    }
+
+    #[test]
+    fn harmless_normalization_keeps_public_rule() {
+        assert_eq!(require_of("/public/./a//b"), Ok(Require::None));
+        assert_eq!(require_of("/public/%7Eme"), Ok(Require::None));
+        assert_eq!(require_of("/public/a;v=1"), Ok(Require::None));
+    }
+
+    /// Every attempt to walk out of `/public/` into a protected path: refused, or given a rule
+    /// at least as strict as the protected path's.
+    #[test]
+    fn bypass_attempts_never_get_the_public_rule() {
+        let attempts = [
+            "/public/../private",
+            "/public/../admin/users",
+            "/public/./../private",
+            "/public/%2e%2e/private",
+            "/public/%2E%2E/private",
+            "/public/.%2e/private",
+            "/public/%2e./private",
+            "/public/%2e%2e%2fprivate",
+            "/public/..%2fprivate",
+            "/public/..%2Fprivate",
+            "/public/..%5cprivate",
+            "/public/..\\private",
+            "/public\\..\\private",
+            "/public/..;/private",
+            "/public/..;x=1/private",
+            "/public;/../private",
+            "/public/%2e%2e;/private",
+            "/public/..%3b/private",
+            "/public/%2e%2e%3B/private",
+            "//public/../private",
+            "/public//../../private",
+            "/public/%00/../private",
+            "/public/\u{0}/../private",
+            "/public/%0a/../private",
+            "/public/#/../private",
+            "/public/a/../../private",
+            "/public/%252e%252e/private",
+            "public/../private",
+            "/%70ublic/../private",
+            "/public/../../../../private",
+            "/public/../admin/%2e%2e/reports/x",
+        ];
+        for attempt in attempts {
+            match require_of(attempt) {
+                Err(_) | Ok(Require::Required) => {}
+                Ok(other) => panic!("{attempt:?} got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_slash_refused() {
+        assert_eq!(
+            require_of("/public%2F..%2Fprivate"),
+            Err(PathError::EncodedSlash)
+        );
+        assert_eq!(require_of("/public/%5c"), Err(PathError::EncodedSlash));
+    }
+
+    #[test]
+    fn backslash_refused() {
+        assert_eq!(require_of("/public\\x"), Err(PathError::Backslash));
+    }
+
+    #[test]
+    fn control_characters_refused() {
+        assert_eq!(require_of("/a\u{0}"), Err(PathError::ControlCharacter));
+        assert_eq!(require_of("/a%00"), Err(PathError::ControlCharacter));
+        assert_eq!(require_of("/a%7f"), Err(PathError::ControlCharacter));
+    }
+
+    #[test]
+    fn malformed_escape_refused() {
+        for path in ["/a%", "/a%2", "/a%zz", "/a%%41"] {
+            assert_eq!(require_of(path), Err(PathError::BadEscape), "{path}");
+        }
+    }
+
+    #[test]
+    fn relative_path_refused() {
+        assert_eq!(require_of("public/x"), Err(PathError::NotAbsolute));
+        assert_eq!(require_of(""), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn double_encoding_refused() {
+        assert_eq!(require_of("/a/%252e"), Err(PathError::DoubleEncoded));
+        // A literal percent sign not followed by an escape is fine.
+        assert_eq!(require_of("/public/100%25"), Ok(Require::None));
+    }
+
+    #[test]
+    fn fragment_refused() {
+        assert_eq!(require_of("/public/#x"), Err(PathError::Fragment));
+    }
+
+    #[test]
+    fn dot_segment_into_scoped_rule_gets_its_scopes() {
+        let rules = rules();
+        let (require, scopes) = rule_for_path("/public/../admin/users", lookup(&rules)).unwrap();
+        assert_eq!(require, Require::Required);
+        assert_eq!(scopes, ["admin".to_string()]);
+    }
+
+    #[test]
+    fn readings_with_unordered_scopes_refused() {
+        // Raw reading: `/admin/` (scope admin); normalized: `/reports/` (scope reports).
+        assert_eq!(require_of("/admin/../reports/x"), Err(PathError::Ambiguous));
+    }
+
+    #[test]
+    fn protected_path_walking_into_public_stays_protected() {
+        // An upstream that does not normalize serves `/private/...` for this.
+        assert_eq!(require_of("/private/../public/x"), Ok(Require::Required));
+    }
+
+    #[test]
+    fn readings_include_parameter_and_full_decoding() {
+        for path in ["/public/..%3b/private", "/public/..;/private"] {
+            let all = readings(path);
+            assert!(all.contains(&"/private".to_string()), "{path}: {all:?}");
+        }
+    }
+
+    #[test]
+    fn without_query_cuts_at_question_mark() {
+        assert_eq!(without_query("/a?b=/c"), "/a");
+        assert_eq!(without_query("/a"), "/a");
+    }
+}
