@@ -13,7 +13,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{payload, split, Issuer, Stack, TempDir, APPID};
+use common::{payload, split, Issuer, Stack, APPID};
 use serde_json::{json, Value};
 use weauth_tests::mock_wechat::{Fault, MockApp, MockConfig, MockWechat};
 
@@ -49,12 +49,12 @@ async fn start(extra: &[(&str, &str)]) -> Stack {
     })
     .await
     .unwrap();
-    let dir = TempDir::new("web");
-    let mut env = common::base_env(&mock, &dir.0);
+    let dir = common::temp_dir("web");
+    let mut env = common::base_env(&mock, dir.path());
     env.remove("WEAUTH_WECHAT_APPID");
     env.remove("WEAUTH_WECHAT_SECRET");
     let file = apps_file();
-    let path = dir.0.join("apps.json");
+    let path = dir.path().join("apps.json");
     std::fs::write(&path, file.to_string()).unwrap();
     env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
     env.insert("WEAUTH_WECHAT_OPEN_BASE".into(), mock.base_url());
@@ -794,15 +794,15 @@ async fn login_appid_optional_with_one_miniprogram_refused_for_other_kinds() {
 }
 
 fn start_error(file: &str) -> String {
-    let dir = TempDir::new("apps-bad");
-    let path = dir.0.join("apps.json");
+    let dir = common::temp_dir("apps-bad");
+    let path = dir.path().join("apps.json");
     std::fs::write(&path, file).unwrap();
     let output = std::process::Command::new(common::bin())
         .env_clear()
         .env("WEAUTH_APPS_FILE", &path)
         .env(
             "WEAUTH_STORE",
-            format!("sqlite://{}", dir.0.join("x.db").display()),
+            format!("sqlite://{}", dir.path().join("x.db").display()),
         )
         .output()
         .unwrap();
