@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::harness::{free_port, tail_file, HarnessError, TempDir};
+use crate::harness::{free_port, tail_file, temp_dir, HarnessError};
+use tempfile::TempDir;
 
 /// The `redis-server` binary: `WEAUTH_REDIS_SERVER_BIN`, else `redis-server` on the PATH.
 pub fn server_bin() -> PathBuf {
@@ -40,7 +41,7 @@ impl RedisServer {
     /// # Errors
     /// The binary is missing, or the server did not accept connections within 10 s.
     pub async fn start() -> Result<RedisServer, HarnessError> {
-        let temp = TempDir::new("weauth-redis").map_err(|e| io_err("creating temp dir", e))?;
+        let temp = temp_dir("weauth-redis").map_err(|e| io_err("creating temp dir", e))?;
         let dir = temp.path().to_path_buf();
         let mut server = RedisServer::start_in(&dir, &[]).await?;
         server._temp = Some(temp);

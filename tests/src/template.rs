@@ -149,8 +149,10 @@ pub fn plugin_config(
 /// The ports Envoy's bootstrap refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnvoyPorts {
-    /// Listener.
+    /// Public listener.
     pub envoy: u16,
+    /// Internal listener (admin API and revocation feed; `envoy/envoy.yaml` only).
+    pub internal: u16,
     /// Admin interface.
     pub admin: u16,
     /// weauth-issuer (cluster `weauth_issuer`).
@@ -200,6 +202,7 @@ pub fn envoy_config_replicas(
         ENVOY_TEMPLATE,
         &[
             ("ENVOY_PORT", ports.envoy.to_string()),
+            ("INTERNAL_PORT", ports.internal.to_string()),
             ("ADMIN_PORT", ports.admin.to_string()),
             ("ISSUER_ENDPOINTS", issuer_endpoints(&issuers)),
             ("UPSTREAM_PORT", ports.upstream.to_string()),
@@ -294,6 +297,9 @@ mod tests {
         assert_eq!(c["jwks"]["path"], "/.well-known/jwks.json");
         let rules = c["rules"].as_array().unwrap();
         let api = rules.iter().find(|r| r["prefix"] == "/api/").unwrap();
+        // The admin API and the feed are not public routes at the edge (internal listener).
+        assert!(rules.iter().all(|r| r["require"] != "none"
+            || !(r["prefix"] == "/v1/admin/" || r["exact"] == "/v1/revocations")));
         assert_eq!(api["require"], "required");
         let login = rules
             .iter()
@@ -318,6 +324,7 @@ mod tests {
     fn envoy_config_renders_without_leftovers() {
         let ports = EnvoyPorts {
             envoy: 10000,
+            internal: 10001,
             admin: 9901,
             issuer: 8080,
             upstream: 8081,
@@ -325,6 +332,7 @@ mod tests {
         let plugin = plugin_config("http://127.0.0.1:8080", "weauth", &[]).unwrap();
         let yaml = envoy_config(ports, "/x/weauth_filter.wasm", &plugin).unwrap();
         assert!(yaml.contains("port_value: 10000"));
+        assert!(yaml.contains("port_value: 10001"));
         assert!(yaml.contains("port_value: 9901"));
         assert!(yaml.contains(r#""port_value":8080"#));
         let replicas = envoy_config_replicas(ports, &[8090], "/x/w.wasm", &plugin).unwrap();

@@ -138,6 +138,9 @@ struct Scripts {
     set_phone: Script,
     set_user_fields: Script,
     rate_limit: Script,
+    put_ephemeral: Script,
+    take_ephemeral: Script,
+    purge_ephemeral: Script,
 }
 
 const LOGIN: &str = r#"
@@ -382,6 +385,41 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return retry
 "#;
 
+// Ephemeral values (a pending web login's state): a hash {v, exp} plus an index sorted by
+// `exp`, so `take` judges expiry against the caller's `now` (time is an argument, as on
+// SQLite) and `purge` finds what has ended. Redis's own expiry is only a safety net: an hour
+// past `exp` (or an hour from now when `exp` is already past on Redis's clock).
+const PUT_EPHEMERAL: &str = r#"
+-- KEYS: value, index; ARGV: value, exp, index member
+local exp = tonumber(ARGV[2])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'exp', ARGV[2])
+local t = tonumber(redis.call('TIME')[1])
+redis.call('EXPIRE', KEYS[1], math.max(exp - t, 0) + 3600)
+redis.call('ZADD', KEYS[2], exp, ARGV[3])
+return 1
+"#;
+
+const TAKE_EPHEMERAL: &str = r#"
+-- KEYS: value, index; ARGV: now, index member
+local f = redis.call('HMGET', KEYS[1], 'v', 'exp')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+if not f[1] then return false end
+if tonumber(f[2]) <= tonumber(ARGV[1]) then return false end
+return f[1]
+"#;
+
+const PURGE_EPHEMERAL: &str = r#"
+-- KEYS: index; ARGV: prefix, now, batch
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, name in ipairs(names) do
+  redis.call('DEL', ARGV[1] .. 'eph:' .. name)
+  redis.call('ZREM', KEYS[1], name)
+end
+return #names
+"#;
+
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
@@ -399,6 +437,9 @@ impl Scripts {
             set_phone: Script::new(SET_PHONE),
             set_user_fields: Script::new(SET_USER_FIELDS),
             rate_limit: Script::new(RATE_LIMIT),
+            put_ephemeral: Script::new(PUT_EPHEMERAL),
+            take_ephemeral: Script::new(TAKE_EPHEMERAL),
+            purge_ephemeral: Script::new(PURGE_EPHEMERAL),
         }
     }
 }
@@ -1464,7 +1505,67 @@ impl Store for RedisStore {
         Ok(seq.unwrap_or(1).max(1))
     }
 
+    async fn put_ephemeral(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let (name, index) = (self.key(&format!("eph:{key}")), self.key("eph_exp"));
+        let (member, value) = (key.to_string(), value.to_vec());
+        let _: i64 = self
+            .op(|mut conn| async move {
+                self.inner
+                    .scripts
+                    .put_ephemeral
+                    .key(name)
+                    .key(index)
+                    .arg(value)
+                    .arg(expires_at)
+                    .arg(member)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        self.replicate().await;
+        Ok(())
+    }
+
+    async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let (name, index) = (self.key(&format!("eph:{key}")), self.key("eph_exp"));
+        let member = key.to_string();
+        let value: Option<Vec<u8>> = self
+            .op(|mut conn| async move {
+                self.inner
+                    .scripts
+                    .take_ephemeral
+                    .key(name)
+                    .key(index)
+                    .arg(now)
+                    .arg(member)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        self.replicate().await;
+        Ok(value)
+    }
+
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
+        let (index, prefix) = (self.key("eph_exp"), self.prefix().to_string());
+        let _: i64 = self
+            .op(|mut conn| async move {
+                self.inner
+                    .scripts
+                    .purge_ephemeral
+                    .key(index)
+                    .arg(prefix)
+                    .arg(now)
+                    .arg(PURGE_BATCH)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
         let keys = [
             self.key("rev:by_until"),
             self.key("rev:entries"),
