@@ -877,9 +877,10 @@ impl Stack {
         };
         let mut replicas = Vec::new();
         for i in 1..b.redis_replicas {
-            // `make up` (fixed ports): replicas on 8090, 8091, ...; tests: free ports.
+            // `make up` (fixed ports): further replicas on 8082, 8083, ... (8081 is the demo
+            // upstream, 8090 the mock WeChat); tests: free ports.
             let port = match b.ports {
-                Some(p) => p.issuer + 9 + u16::try_from(i).unwrap_or(0),
+                Some(p) => p.issuer + 1 + u16::try_from(i).unwrap_or(0),
                 None => free_port().map_err(io_err("finding a free port"))?,
             };
             let mut spec = issuer_spec.clone();

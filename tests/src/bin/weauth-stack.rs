@@ -233,7 +233,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(pid_file)
     };
 
-    // `make up STORE=redis`: a redis-server and two issuer replicas (8080 and 8090) behind
+    // `make up STORE=redis`: a redis-server and two issuer replicas (8080 and 8082) behind
     // Envoy's issuer cluster.
     match std::env::var("WEAUTH_STACK_STORE")
         .unwrap_or_default()
