@@ -40,6 +40,8 @@ const mem = () => new DataView(inst.exports.memory.buffer);
 const bytes = (p, n) => new Uint8Array(inst.exports.memory.buffer, p, n).slice();
 const str = (p, n) => dec.decode(bytes(p, n));
 function give(data, ptrPtr, sizePtr) {
+  // As Envoy (proxy-wasm-cpp-host copyToPointerSize): nothing allocated for an empty value.
+  if (data.length === 0) { mem().setUint32(ptrPtr, 0, true); mem().setUint32(sizePtr, 0, true); return; }
   const p = inst.exports.proxy_on_memory_allocate(data.length); allocs++;
   new Uint8Array(inst.exports.memory.buffer, p, data.length).set(data);
   mem().setUint32(ptrPtr, p, true); mem().setUint32(sizePtr, data.length, true);

@@ -221,8 +221,9 @@ impl HttpContext for Filter {
             });
         };
         let state = &mut *state;
-        // Pick up a revocation the fetcher published since the last tick (one 8-byte read; kept
-        // on every request so that once one worker refuses a revoked token, every worker does).
+        // Pick up a revocation the fetcher published since the last tick (one read of an empty
+        // value's CAS; kept on every request so that once one worker refuses a revoked token,
+        // every worker does).
         self.worker.sync_revocation_if_moved(state, self.context_id);
         // A worker VM whose tick has not picked up the keys the fetcher already published
         // (the first requests after start): look now instead of answering 503.

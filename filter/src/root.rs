@@ -207,7 +207,7 @@ pub struct Keys {
     pub jwks: String,
     pub jwks_wanted: String,
     pub meta: String,
-    /// Rewritten (8 bytes, the meta's generation) after every meta write: what a request reads
+    /// Rewritten (empty: its CAS is the version) after every meta write: what a request reads
     /// to learn whether the meta moved, instead of copying the whole meta across the boundary.
     pub meta_version: String,
     pub shard_prefix: String,
@@ -380,8 +380,8 @@ impl Worker {
         }
     }
 
-    /// The per-request form of [`Worker::sync_revocation`]: reads only the 8-byte meta-version
-    /// key, and syncs when its CAS moved since the last sync. The fetcher writes shards, then
+    /// The per-request form of [`Worker::sync_revocation`]: reads only the (empty) meta-version
+    /// key's CAS, and syncs when its CAS moved since the last sync. The fetcher writes shards, then
     /// the meta, then the version, so a moved version always finds the new meta in place; a
     /// version read before a sync can only be older than the meta it syncs, never newer, so no
     /// change is skipped. This keeps "once one worker refuses a revoked token, every worker
@@ -662,8 +662,9 @@ impl Root {
         {
             self.log(LogLevel::Warn, "could not write the revocation meta");
         }
-        let version = publication.meta.generation.to_le_bytes();
-        if hostcalls::set_shared_data(&worker.keys.meta_version, Some(&version), None).is_err() {
+        // Only the key's CAS (bumped by the host on every write) carries the version; an empty
+        // value crosses the boundary without a memory callback.
+        if hostcalls::set_shared_data(&worker.keys.meta_version, Some(&[]), None).is_err() {
             self.log(
                 LogLevel::Warn,
                 "could not write the revocation meta version",
