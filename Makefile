@@ -11,6 +11,8 @@ ENVOY         := $(TOOLS)/bin/envoy
 WASM_TARGET   := wasm32-wasip1
 WASM          := target/$(WASM_TARGET)/wasm-release/weauth_filter.wasm
 CARGO         ?= cargo
+SCHEMATHESIS_VERSION        := 4.32.5
+KUBERNETES_VALIDATE_VERSION := 1.37.0
 # In CI the lock file must be used as committed.
 CARGO_LOCKED  := $(if $(CI),--locked,)
 CLIENT        := client/miniprogram
@@ -19,7 +21,13 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup build wasm up down test lint fmt-check clippy unit client client-test bench fuzz soak
+.PHONY: help setup browser-setup build wasm up down test lint fmt-check clippy unit client client-test bench fuzz soak \
+        api-tools manifests image image-check
+
+# Debian packages are installed only when missing, with sudo -n when not root.
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )apt-get
+BROWSER_DIR := tests/browser
+export WEAUTH_CHROMIUM ?= /usr/bin/chromium
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +56,26 @@ setup: ## install the wasm target, Envoy 1.40.0 into .tools/ and curl if missing
 	  "$(ENVOY)" --version; \
 	fi
 
+browser-setup: ## Debian chromium (and node/npm if missing), then `npm ci` in tests/browser (idempotent)
+	@scripts/ensure-node.sh
+	@if dpkg -s chromium >/dev/null 2>&1; then \
+	  echo "browser-setup: chromium already installed"; \
+	else \
+	  echo "browser-setup: installing Debian's chromium"; \
+	  $(APT_GET) update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y --no-install-recommends chromium; \
+	fi
+	@major=$$(node -p 'process.versions.node.split(".")[0]'); \
+	if [ "$$major" -lt 20 ]; then echo "browser-setup: playwright-core needs Node.js >= 20, found $$(node --version)" >&2; exit 1; fi
+	@if [ -f $(BROWSER_DIR)/node_modules/.package-lock.json ] && \
+	    cmp -s $(BROWSER_DIR)/package-lock.json $(BROWSER_DIR)/node_modules/.weauth-lock; then \
+	  echo "browser-setup: $(BROWSER_DIR)/node_modules matches package-lock.json"; \
+	else \
+	  echo "browser-setup: npm ci in $(BROWSER_DIR)"; \
+	  (cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error) && \
+	  cp $(BROWSER_DIR)/package-lock.json $(BROWSER_DIR)/node_modules/.weauth-lock; \
+	fi
+
 wasm: ## build the filter as a release wasm module
 	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --target $(WASM_TARGET) --profile wasm-release
 	@ls -l $(WASM) | awk '{print "wasm: " $$NF " (" $$5 " bytes)"}'
@@ -68,6 +96,32 @@ down: ## stop a stack started by `make up` (only the processes it started)
 	  echo "down: no stack running"; \
 	fi
 
+api-tools: ## schemathesis + kubernetes-validate (PyPI, pinned) into .tools/, newman (npm ci) into tests/postman/
+	@scripts/pytool.sh schemathesis $(SCHEMATHESIS_VERSION) schemathesis.cli schemathesis
+	@scripts/pytool.sh kubernetes-validate $(KUBERNETES_VALIDATE_VERSION) kubernetes_validate.__main__ main
+	@scripts/ensure-node.sh
+	@if [ -x tests/postman/node_modules/.bin/newman ] && \
+	   [ tests/postman/node_modules/.package-lock.json -nt tests/postman/package-lock.json ]; then \
+	  echo "api-tools: newman already in tests/postman/node_modules"; \
+	else \
+	  echo "api-tools: npm ci in tests/postman (newman, locked)"; \
+	  cd tests/postman && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
+manifests: api-tools ## validate deploy/kubernetes/*.yaml with kubernetes-validate --strict
+	@# The Istio kinds have no schema there (a warning): filter/tests/deploy_manifests.rs checks
+	@# their pluginConfig with the filter's own parser. Any other warning fails.
+	@out=$$("$(TOOLS)/bin/kubernetes-validate" --strict --quiet deploy/kubernetes/*.yaml 2>&1) || { echo "$$out"; exit 1; }; \
+	unexpected=$$(echo "$$out" | grep -v -E "kind (WasmPlugin|AuthorizationPolicy|PeerAuthentication) with api version (extensions|security)\.istio\.io/" | grep . || true); \
+	if [ -n "$$unexpected" ]; then echo "$$unexpected"; echo "manifests: unexpected warnings"; exit 1; fi; \
+	echo "manifests: deploy/kubernetes/*.yaml valid (kubernetes-validate $(KUBERNETES_VALIDATE_VERSION) --strict)"
+
+image: wasm ## OCI images target/oci/weauth-issuer and target/oci/weauth-filter (buildah, FROM scratch)
+	scripts/image.sh
+
+image-check: wasm ## make image, then check both images (skipped, saying why, where buildah cannot run)
+	scripts/image.sh --check
+
 fmt-check: ## cargo fmt --check
 	$(CARGO) fmt --all -- --check
 
@@ -80,7 +134,7 @@ lint: fmt-check clippy ## formatting and lints
 unit: ## unit tests of the pure crates (no processes started)
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-filter
 
-test: lint build ## every check and test: fmt, clippy (host+wasm), unit, integration, end-to-end
+test: lint build browser-setup api-tools manifests image-check ## every check and test: fmt, clippy (host+wasm), manifests, images, unit, integration, end-to-end, browser
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast
 	@echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored

@@ -106,10 +106,8 @@ fn aad(appid: &str) -> String {
     format!("wechat_token:{appid}")
 }
 
-fn open(app: &App, token: &CachedToken) -> Result<Zeroizing<String>, TokenError> {
-    let bytes = app
-        .data_key
-        .open(&token.sealed, &aad(&app.config.wechat_appid))?;
+fn open(app: &App, appid: &str, token: &CachedToken) -> Result<Zeroizing<String>, TokenError> {
+    let bytes = app.data_key.open(&token.sealed, &aad(appid))?;
     String::from_utf8(bytes.to_vec())
         .map(Zeroizing::new)
         .map_err(|_| TokenError::Seal(SecretError::Open))
@@ -121,7 +119,20 @@ fn open(app: &App, token: &CachedToken) -> Result<Zeroizing<String>, TokenError>
 /// # Errors
 /// [`TokenError`].
 pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<String>, TokenError> {
-    let appid = app.config.wechat_appid.clone();
+    get_for(app, &app.config.wechat_appid, refused).await
+}
+
+/// [`get`] for mini-program `appid`: the token, its cache and its lease are keyed by appid, so
+/// apps never overwrite each other's token.
+///
+/// # Errors
+/// [`TokenError`].
+pub async fn get_for(
+    app: &Arc<App>,
+    appid: &str,
+    refused: Option<&str>,
+) -> Result<Zeroizing<String>, TokenError> {
+    let appid = appid.to_string();
     let refused_hash = refused.map(|t| secrets::sha256_hex(t.as_bytes()));
     let lease = lease_secs(app.config.wechat_timeout, app.config.wechat_retries);
     let deadline = Instant::now() + Duration::from_secs(lease.unsigned_abs() + 2);
@@ -134,7 +145,7 @@ pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<Stri
         let decision = plan(cached.as_ref(), at, refused_hash.as_deref());
         if decision == Plan::Use {
             if let Some(token) = &cached {
-                return open(app, token);
+                return open(app, &appid, token);
             }
         }
         let leased = app
@@ -142,11 +153,19 @@ pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<Stri
             .lease_wechat_token(&appid, &holder, at, at + lease)
             .await?;
         if leased {
-            return fetch_as_holder(app, &holder, refused, refused_hash.as_deref(), cached).await;
+            return fetch_as_holder(
+                app,
+                &appid,
+                &holder,
+                refused,
+                refused_hash.as_deref(),
+                cached,
+            )
+            .await;
         }
         if decision == Plan::Refresh {
             if let Some(token) = &cached {
-                return open(app, token);
+                return open(app, &appid, token);
             }
         }
         if Instant::now() > deadline {
@@ -158,22 +177,23 @@ pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<Stri
 
 async fn fetch_as_holder(
     app: &Arc<App>,
+    appid: &str,
     holder: &str,
     refused: Option<&str>,
     refused_hash: Option<&str>,
     cached: Option<CachedToken>,
 ) -> Result<Zeroizing<String>, TokenError> {
-    let appid = app.config.wechat_appid.clone();
+    let appid = appid.to_string();
     let holder = holder.to_string();
     // Another replica may have written a fresh token between our read and the lease.
     let latest = app.store.wechat_token(&appid).await?;
     if plan(latest.as_ref(), now(), refused_hash) == Plan::Use {
         if let Some(token) = &latest {
             release(app, &appid, &holder).await;
-            return open(app, token);
+            return open(app, &appid, token);
         }
     }
-    let fetched = fetch(app, refused).await;
+    let fetched = fetch(app, &appid, refused).await;
     match fetched {
         Ok(token) => {
             let at = now();
@@ -189,6 +209,7 @@ async fn fetch_as_holder(
             app.store.put_wechat_token(&appid, &record, &holder).await?;
             app.metrics.wechat_token_refresh("ok");
             tracing::info!(
+                appid = %appid,
                 expires_in = token.expires_in,
                 "fetched the WeChat app access token"
             );
@@ -200,8 +221,8 @@ async fn fetch_as_holder(
             let usable = cached.filter(|c| plan(Some(c), now(), refused_hash) != Plan::Fetch);
             if let Some(token) = usable {
                 app.metrics.wechat_token_refresh("failed_kept_old");
-                tracing::warn!(error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");
-                return open(app, &token);
+                tracing::warn!(appid = %appid, error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");
+                return open(app, &appid, &token);
             }
             app.metrics.wechat_token_refresh("failed");
             tracing::warn!(error = %err, "cannot get a WeChat access token");
@@ -218,13 +239,18 @@ async fn release(app: &Arc<App>, appid: &str, holder: &str) {
 
 async fn fetch(
     app: &Arc<App>,
+    appid: &str,
     refused: Option<&str>,
 ) -> Result<crate::wechat::AccessToken, WechatError> {
-    let token = app.wechat.stable_token(false).await?;
+    let wechat = match app.wechat_for(appid) {
+        Ok(wechat) => Arc::clone(wechat),
+        Err(_) => Arc::clone(&app.wechat),
+    };
+    let token = wechat.stable_token(false).await?;
     if refused.is_some_and(|r| r == token.token.as_str()) {
         app.metrics.wechat_token_refresh("forced");
         tracing::warn!("stable_token returned the token WeChat just refused; forcing a new one");
-        return app.wechat.stable_token(true).await;
+        return wechat.stable_token(true).await;
     }
     Ok(token)
 }
@@ -239,7 +265,19 @@ where
     F: Fn(Zeroizing<String>) -> Fut,
     Fut: Future<Output = Result<T, WechatError>>,
 {
-    let token = get(app, None).await?;
+    call_for(app, &app.config.wechat_appid, api).await
+}
+
+/// [`call`] with the app access token of mini-program `appid`.
+///
+/// # Errors
+/// As [`call`].
+pub async fn call_for<T, F, Fut>(app: &Arc<App>, appid: &str, api: F) -> Result<T, CallError>
+where
+    F: Fn(Zeroizing<String>) -> Fut,
+    Fut: Future<Output = Result<T, WechatError>>,
+{
+    let token = get_for(app, appid, None).await?;
     match api(token.clone()).await {
         Err(WechatError::InvalidAccessToken { errcode }) => {
             app.metrics.wechat_token_invalidated(errcode);
@@ -249,10 +287,10 @@ where
             );
             let hash = secrets::sha256_hex(token.as_bytes());
             app.store
-                .invalidate_wechat_token(&app.config.wechat_appid, &hash)
+                .invalidate_wechat_token(appid, &hash)
                 .await
                 .map_err(TokenError::from)?;
-            let fresh = get(app, Some(token.as_str())).await?;
+            let fresh = get_for(app, appid, Some(token.as_str())).await?;
             api(fresh).await.map_err(CallError::Api)
         }
         other => other.map_err(CallError::Api),

@@ -7,7 +7,7 @@
 //! sessions and refresh tokens every `WEAUTH_PURGE_INTERVAL` (default 60 s). All of them end when the shutdown
 //! `watch` flips.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::apps::AppKind;
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::keys::{self, KeyError, KeyRing};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -24,6 +26,7 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::tokens::TokenPolicy;
 use crate::wechat::{HttpWechat, HttpWechatConfig, Wechat};
+use crate::wechat_web::{HttpWechatWeb, HttpWechatWebConfig, WechatWeb};
 
 /// How often the revocation high-water mark is re-read (covers writes by other replicas).
 pub const SEQ_POLL: Duration = Duration::from_millis(250);
@@ -55,7 +58,15 @@ pub fn now() -> i64 {
 pub struct App {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// The first mini-program's WeChat client (see [`App::wechat_for`] for the others).
     pub wechat: Arc<dyn Wechat>,
+    /// One WeChat client per mini-program appid (its own appid and secret).
+    wechats: HashMap<String, Arc<dyn Wechat>>,
+    /// The web OAuth2 client, shared by every official account and website (the app is an
+    /// argument of each call).
+    pub wechat_web: Arc<dyn WechatWeb>,
+    /// Origins a cookie-authenticated POST may come from (see [`crate::web::allowed_origins`]).
+    pub allowed_origins: Vec<String>,
     pub metrics: Arc<Metrics>,
     pub data_key: DataKey,
     pub policy: TokenPolicy,
@@ -179,9 +190,38 @@ impl App {
     ) -> Result<Arc<App>, StartError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        let wechat = match wechat {
-            Some(wechat) => wechat,
-            None => Arc::new(
+        // One client per mini-program, keyed by appid; a client given by a test stands in for
+        // every mini-program.
+        let mut wechats: HashMap<String, Arc<dyn Wechat>> = HashMap::new();
+        for entry in config.apps.all() {
+            if entry.kind != AppKind::Miniprogram {
+                continue;
+            }
+            let client: Arc<dyn Wechat> = match &wechat {
+                Some(wechat) => Arc::clone(wechat),
+                None => Arc::new(
+                    HttpWechat::new(
+                        HttpWechatConfig {
+                            api_base: config.wechat_api_base.clone(),
+                            appid: entry.appid.clone(),
+                            secret: entry.secret.clone(),
+                            connect_timeout: config.wechat_connect_timeout,
+                            timeout: config.wechat_timeout,
+                            retries: config.wechat_retries,
+                        },
+                        Arc::clone(&metrics),
+                    )
+                    .map_err(StartError::Wechat)?,
+                ),
+            };
+            wechats.insert(entry.appid.clone(), client);
+        }
+        let wechat = match (&wechat, wechats.get(&config.wechat_appid)) {
+            (Some(wechat), _) => Arc::clone(wechat),
+            (None, Some(first)) => Arc::clone(first),
+            // No mini-program configured: a client for the first app (only its app-token API
+            // could ever be used).
+            (None, None) => Arc::new(
                 HttpWechat::new(
                     HttpWechatConfig {
                         api_base: config.wechat_api_base.clone(),
@@ -196,6 +236,19 @@ impl App {
                 .map_err(StartError::Wechat)?,
             ),
         };
+        let wechat_web: Arc<dyn WechatWeb> = Arc::new(
+            HttpWechatWeb::new(
+                HttpWechatWebConfig {
+                    api_base: config.wechat_api_base.clone(),
+                    connect_timeout: config.wechat_connect_timeout,
+                    timeout: config.wechat_timeout,
+                    retries: config.wechat_retries,
+                },
+                Arc::clone(&metrics),
+            )
+            .map_err(StartError::Wechat)?,
+        );
+        let allowed_origins = crate::web::allowed_origins(&config.issuer, &config.apps);
         let (store, data_key) = open_store(&config).await?;
         let now = now();
         bootstrap_keys(store.as_ref(), &config, &data_key, now).await?;
@@ -218,6 +271,9 @@ impl App {
             config,
             store,
             wechat,
+            wechats,
+            wechat_web,
+            allowed_origins,
             metrics,
             data_key,
             policy,
@@ -229,6 +285,16 @@ impl App {
             feed_waiters: Arc::new(AtomicUsize::new(0)),
             replica_id: crate::secrets::random_id("r_"),
         }))
+    }
+
+    /// The WeChat client of mini-program `appid`.
+    ///
+    /// # Errors
+    /// 400 `invalid_request` when `appid` is not a configured mini-program.
+    pub fn wechat_for(&self, appid: &str) -> Result<&Arc<dyn Wechat>, ApiError> {
+        self.wechats.get(appid).ok_or_else(|| {
+            ApiError::InvalidRequest(format!("appid `{appid}` is not a configured mini-program"))
+        })
     }
 
     /// The current key ring.

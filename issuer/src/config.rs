@@ -19,6 +19,8 @@ use std::time::Duration;
 use weauth_token::Algorithm;
 use zeroize::Zeroizing;
 
+use crate::apps::{self, Apps};
+
 /// One variable the issuer reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Var {
@@ -64,13 +66,28 @@ pub const VARIABLES: &[Var] = &[
         "where state lives: sqlite://PATH",
     ),
     var(
+        "WEAUTH_APPS_FILE",
+        "",
+        "JSON file of the apps served (miniprogram, official_account, website); or the one-app shortcut below",
+    ),
+    var(
         "WEAUTH_WECHAT_APPID",
         "",
-        "the mini-program's appid (required to serve)",
+        "the mini-program's appid (required to serve without WEAUTH_APPS_FILE)",
     ),
     secret(
         "WEAUTH_WECHAT_SECRET",
-        "the mini-program's app secret (required to serve)",
+        "the mini-program's app secret (required to serve without WEAUTH_APPS_FILE)",
+    ),
+    var(
+        "WEAUTH_WECHAT_OPEN_BASE",
+        "https://open.weixin.qq.com",
+        "where browsers are sent to authorize a web login",
+    ),
+    var(
+        "WEAUTH_COOKIE_SECURE",
+        "true",
+        "Secure on the web-login cookies (false: plain-http development only)",
     ),
     var(
         "WEAUTH_WECHAT_API_BASE",
@@ -203,6 +220,7 @@ const TOOLING: &[&str] = &[
     "WEAUTH_FILTER_WASM",
     "WEAUTH_KEEP_TMP",
     "WEAUTH_STACK_BIN",
+    "WEAUTH_CHROMIUM",
 ];
 
 /// The default of a known variable, as text ("" when it has none).
@@ -430,10 +448,21 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `WEAUTH_STORE`, default `sqlite://weauth.db`. `redis://` is refused (not built yet).
     pub store: StoreUrl,
-    /// `WEAUTH_WECHAT_APPID`, required.
+    /// The WeChat apps served: `WEAUTH_APPS_FILE` (see [`crate::apps`]), or the one-app
+    /// shortcut `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET` (`_FILE`), a single
+    /// mini-program. One of the two forms is required to serve; both is an error. Empty for
+    /// the `keys` subcommands when neither is set.
+    pub apps: Apps,
+    /// The first app's appid (with the shortcut: `WEAUTH_WECHAT_APPID`); empty without apps.
     pub wechat_appid: String,
-    /// `WEAUTH_WECHAT_SECRET` or `WEAUTH_WECHAT_SECRET_FILE`, required.
+    /// The first app's secret.
     pub wechat_secret: Zeroizing<String>,
+    /// `WEAUTH_WECHAT_OPEN_BASE`, default `https://open.weixin.qq.com`: where browsers are
+    /// sent to authorize a web login (the mock's URL in tests).
+    pub wechat_open_base: String,
+    /// `WEAUTH_COOKIE_SECURE`, default `true`: whether the session cookies of a web login
+    /// carry `Secure`. `false` is for plain-http development only.
+    pub cookie_secure: bool,
     /// `WEAUTH_WECHAT_API_BASE`, default `https://api.weixin.qq.com` (no trailing slash kept).
     pub wechat_api_base: String,
     /// `WEAUTH_WECHAT_TIMEOUT`, total per WeChat call attempt, default `5s`.
@@ -684,6 +713,81 @@ fn parse_data_key(text: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
     Ok(Zeroizing::new(bytes))
 }
 
+/// The apps: `WEAUTH_APPS_FILE`, or the `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET`
+/// shortcut; both forms at once are refused. Without either, serving is refused (both
+/// shortcut variables named) and the `keys` subcommands get no apps.
+fn load_apps(src: &Source<'_>, mode: Mode) -> (Apps, Vec<ConfigError>) {
+    let none = || Apps::new(Vec::new());
+    let shortcut_set = [
+        "WEAUTH_WECHAT_APPID",
+        "WEAUTH_WECHAT_SECRET",
+        "WEAUTH_WECHAT_SECRET_FILE",
+    ]
+    .into_iter()
+    .find(|var| src.get(var).is_some());
+    if let Some(path) = src.get("WEAUTH_APPS_FILE") {
+        if let Some(var) = shortcut_set {
+            return (
+                none(),
+                vec![bad(
+                    "WEAUTH_APPS_FILE",
+                    format!(
+                        "set either WEAUTH_APPS_FILE or {var} (the one-app shortcut), not both"
+                    ),
+                )],
+            );
+        }
+        let parsed = (src.read_file)(&path)
+            .map_err(|err| bad("WEAUTH_APPS_FILE", format!("cannot read `{path}`: {err}")))
+            .and_then(|text| {
+                apps::parse_apps_file(&text, src.read_file)
+                    .map_err(|reason| bad("WEAUTH_APPS_FILE", format!("`{path}`: {reason}")))
+            });
+        return match parsed {
+            Ok(apps) => (apps, Vec::new()),
+            Err(err) => (none(), vec![err]),
+        };
+    }
+    let mut problems = Vec::new();
+    let appid = src.get("WEAUTH_WECHAT_APPID");
+    if let Some(appid) = &appid {
+        if !apps::valid_appid(appid) {
+            problems.push(bad("WEAUTH_WECHAT_APPID", "must be alphanumeric (wx...)"));
+        }
+    }
+    let secret = match src.secret("WEAUTH_WECHAT_SECRET") {
+        Ok(secret) => secret,
+        Err(err) => {
+            problems.push(err);
+            None
+        }
+    };
+    if mode == Mode::Serve {
+        if appid.is_none() {
+            problems.push(bad(
+                "WEAUTH_WECHAT_APPID",
+                "is required (or configure the apps in WEAUTH_APPS_FILE)",
+            ));
+        }
+        if secret.is_none()
+            && problems
+                .iter()
+                .all(|e| !e.var.starts_with("WEAUTH_WECHAT_SECRET"))
+        {
+            problems.push(bad(
+                "WEAUTH_WECHAT_SECRET",
+                "is required (or WEAUTH_WECHAT_SECRET_FILE)",
+            ));
+        }
+    }
+    match (appid, secret) {
+        (Some(appid), Some(secret)) if problems.is_empty() => {
+            (Apps::single(appid, secret), problems)
+        }
+        _ => (none(), problems),
+    }
+}
+
 impl Config {
     /// Reads the process environment and the filesystem, for serving.
     ///
@@ -736,34 +840,33 @@ impl Config {
             parse_store(&src.text("WEAUTH_STORE")),
             StoreUrl::Sqlite(PathBuf::new()),
         );
-        let wechat_appid = match src.get("WEAUTH_WECHAT_APPID") {
-            None if mode == Mode::Serve => {
-                errs.push(bad("WEAUTH_WECHAT_APPID", "is required"));
-                String::new()
+        let apps = {
+            let (apps, problems) = load_apps(src, mode);
+            for problem in problems {
+                errs.push(problem);
             }
-            None => String::new(),
-            Some(appid) => {
-                if !appid.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    errs.push(bad("WEAUTH_WECHAT_APPID", "must be alphanumeric (wx...)"));
-                }
-                appid
-            }
+            apps
         };
-        let wechat_secret = match errs.or(src.secret("WEAUTH_WECHAT_SECRET"), None) {
-            Some(secret) => secret,
-            None => {
-                if mode == Mode::Serve
-                    && errs
-                        .0
-                        .iter()
-                        .all(|e| !e.var.starts_with("WEAUTH_WECHAT_SECRET"))
-                {
-                    errs.push(bad(
-                        "WEAUTH_WECHAT_SECRET",
-                        "is required (or WEAUTH_WECHAT_SECRET_FILE)",
-                    ));
-                }
-                Zeroizing::new(String::new())
+        let (wechat_appid, wechat_secret) = match apps.all().first() {
+            Some(first) => (first.appid.clone(), first.secret.clone()),
+            None => (String::new(), Zeroizing::new(String::new())),
+        };
+        let wechat_open_base = errs.or(
+            parse_base_url(
+                "WEAUTH_WECHAT_OPEN_BASE",
+                &src.text("WEAUTH_WECHAT_OPEN_BASE"),
+            ),
+            String::new(),
+        );
+        let cookie_secure = match src.text("WEAUTH_COOKIE_SECURE").as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                errs.push(bad(
+                    "WEAUTH_COOKIE_SECURE",
+                    format!("`{other}` is not true or false"),
+                ));
+                true
             }
         };
         let wechat_api_base = errs.or(
@@ -948,8 +1051,11 @@ impl Config {
         Ok(Config {
             listen,
             store,
+            apps,
             wechat_appid,
             wechat_secret,
+            wechat_open_base,
+            cookie_secure,
             wechat_api_base,
             wechat_timeout,
             wechat_connect_timeout,
@@ -1022,6 +1128,18 @@ mod tests {
         let read_file = |path: &str| {
             if path == "/secret/wechat" {
                 Ok("file-secret\n".to_string())
+            } else if path == "/etc/weauth/apps.json" {
+                Ok(r#"{"apps":[
+                    {"appid":"wxmini","secret_file":"/secret/wechat","kind":"miniprogram"},
+                    {"appid":"wxoa","secret":"oa-secret","kind":"official_account",
+                     "redirect_uris":["https://h5.example.com/after-login"]}]}"#
+                    .to_string())
+            } else if path == "/etc/weauth/dup.json" {
+                Ok(
+                    r#"{"apps":[{"appid":"wx1","secret":"a","kind":"miniprogram"},
+                               {"appid":"wx1","secret":"b","kind":"miniprogram"}]}"#
+                        .to_string(),
+                )
             } else {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
@@ -1174,6 +1292,61 @@ mod tests {
             ]
         );
         assert_eq!(err.to_string().lines().count(), 5, "{err}");
+    }
+
+    #[test]
+    fn config_apps_file_read_with_secret_files() {
+        let config = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")]).unwrap();
+        assert_eq!(config.apps.all().len(), 2);
+        assert_eq!(
+            config.apps.get("wxmini").unwrap().secret.as_str(),
+            "file-secret"
+        );
+        assert_eq!(
+            config.apps.get("wxoa").unwrap().kind,
+            crate::apps::AppKind::OfficialAccount
+        );
+        assert_eq!(config.wechat_appid, "wxmini");
+    }
+
+    #[test]
+    fn config_apps_file_and_shortcut_both_refused() {
+        let err = load(&with(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")])).unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_APPS_FILE"]);
+        assert!(err.to_string().contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn config_apps_file_invalid_names_variable_and_entry() {
+        let err = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/dup.json")]).unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_APPS_FILE"]);
+        assert!(
+            err.to_string().contains("apps[1] (wx1): duplicate appid"),
+            "{err}"
+        );
+        let err = load(&[("WEAUTH_APPS_FILE", "/nope.json")]).unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_APPS_FILE"]);
+    }
+
+    #[test]
+    fn config_shortcut_is_one_miniprogram_and_web_defaults() {
+        let config = load(&BASE).unwrap();
+        assert_eq!(config.apps.all().len(), 1);
+        assert_eq!(
+            config.apps.miniprogram(None).unwrap().appid,
+            "wx0123456789abcdef"
+        );
+        assert!(config.cookie_secure);
+        assert_eq!(config.wechat_open_base, "https://open.weixin.qq.com");
+        let config = load(&with(&[("WEAUTH_COOKIE_SECURE", "false")])).unwrap();
+        assert!(!config.cookie_secure);
+        for (var, value) in [
+            ("WEAUTH_COOKIE_SECURE", "maybe"),
+            ("WEAUTH_WECHAT_OPEN_BASE", "open.weixin.qq.com"),
+        ] {
+            let err = load(&with(&[(var, value)])).unwrap_err();
+            assert_eq!(err.vars(), [var], "{var}={value}: {err}");
+        }
     }
 
     #[test]

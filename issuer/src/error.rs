@@ -239,6 +239,9 @@ impl From<WechatError> for ApiError {
             WechatError::HighRisk => {
                 ApiError::AccessDenied("WeChat flagged this user as high-risk".into())
             }
+            WechatError::ScopeUnauthorized => ApiError::AccessDenied(
+                "WeChat did not grant the scope needed for the user's profile".into(),
+            ),
             WechatError::Misconfigured { .. } => {
                 ApiError::BadGateway("the issuer's WeChat credentials were refused".into())
             }

@@ -307,9 +307,8 @@ mod tests {
 
     #[test]
     fn from_file_reads_pem_and_hs256_secret() {
-        let dir =
-            std::env::temp_dir().join(format!("weauth-keys-{}", crate::secrets::random_b64(6)));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let key = generate(Algorithm::EdDSA);
         let pem_path = dir.join("ed.pem");
         std::fs::write(&pem_path, key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();
@@ -327,7 +326,6 @@ mod tests {
             SigningKey::hmac("k".repeat(32).as_bytes()).unwrap().kid()
         );
         assert!(from_file(&dir.join("missing"), Algorithm::EdDSA).is_err());
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

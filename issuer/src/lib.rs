@@ -10,14 +10,23 @@
 //! `revocation` and `secrets` are small helpers. `userdata` serves the mini-program's user
 //! data (`/v1/me/decrypt`, `/v1/me/phone`, `/v1/me/session`) over the `weauth-wxdata` crate,
 //! with the WeChat app access token shared between replicas by `access_token`. `cli` implements `weauth-issuer keys ...`.
+//!
+//! Several apps and web login: `apps` reads `WEAUTH_APPS_FILE` (mini-programs, official
+//! accounts, websites). `identity` is the login-method boundary: a mini-program code (through
+//! `wechat`) or a web OAuth2 code (through `wechat_web`) becomes an external identity, and
+//! `sessions::establish` is the one path after it. `web` holds the pure parts of
+//! `/v1/web/authorize` and `/v1/web/callback` (state, authorize URL, cookies, CSRF rule),
+//! which `routes` glues to the store's `put_ephemeral` / `take_ephemeral`.
 
 pub mod access_token;
 pub mod admin;
 pub mod app;
+pub mod apps;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod grants;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
@@ -30,7 +39,9 @@ pub mod sessions;
 pub mod store;
 pub mod tokens;
 pub mod userdata;
+pub mod web;
 pub mod wechat;
+pub mod wechat_web;
 
 /// A short, non-reversible tag of an identifier for logs (first 10 hex digits of SHA-256),
 /// so an openid can be correlated across log lines without being logged.

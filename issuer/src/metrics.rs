@@ -6,7 +6,9 @@
 //! `weauth_wechat_call_seconds{api}` (histogram), `weauth_http_requests_total{status}`,
 //! `weauth_bearer_rejections_total{reason}`, `weauth_wechat_token_refreshes_total{outcome}`,
 //! `weauth_wechat_token_invalidations_total{errcode}`, `weauth_decrypt_total{outcome}`,
-//! `weauth_phone_total{outcome}`, `weauth_checksession_total{outcome}`; gauges passed in at scrape time by the caller
+//! `weauth_phone_total{outcome}`, `weauth_checksession_total{outcome}`,
+//! `weauth_wechat_app_calls_total{appid,api,outcome}` (per configured app: `ok` or the
+//! errcode/failure class); gauges passed in at scrape time by the caller
 //! (`weauth_revocation_seq`, `weauth_signing_keys_published`, `weauth_feed_waiters`).
 
 use std::collections::BTreeMap;
@@ -38,7 +40,12 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-const HELP: [(&str, &str, &str); 11] = [
+const HELP: [(&str, &str, &str); 12] = [
+    (
+        "weauth_wechat_app_calls_total",
+        "counter",
+        "WeChat call attempts per configured app, by API and outcome (ok or errcode/failure class).",
+    ),
     (
         "weauth_wechat_token_refreshes_total",
         "counter",
@@ -184,6 +191,28 @@ impl Metrics {
         self.add("weauth_http_requests_total", format!("status=\"{status}\""));
     }
 
+    /// [`Metrics::wechat_call`], also counted per app in
+    /// `weauth_wechat_app_calls_total{appid,api,outcome}`.
+    pub fn wechat_app_call(
+        &self,
+        appid: &str,
+        api: &str,
+        elapsed: Duration,
+        error: Option<&WechatError>,
+    ) {
+        self.wechat_call(api, elapsed, error);
+        let outcome = error.map_or_else(|| "ok".to_string(), WechatError::metric_label);
+        self.add(
+            "weauth_wechat_app_calls_total",
+            format!(
+                "appid=\"{}\",api=\"{}\",outcome=\"{}\"",
+                escape(appid),
+                escape(api),
+                escape(&outcome)
+            ),
+        );
+    }
+
     /// Records one WeChat call attempt: latency, and the error when it failed.
     pub fn wechat_call(&self, api: &str, elapsed: Duration, error: Option<&WechatError>) {
         let Ok(mut inner) = self.inner.lock() else {
@@ -289,5 +318,25 @@ mod tests {
         assert!(text
             .contains("weauth_wechat_call_seconds_bucket{api=\"jscode2session\",le=\"0.5\"} 2\n"));
         assert!(text.contains("weauth_wechat_call_seconds_count{api=\"jscode2session\"} 2\n"));
+    }
+
+    #[test]
+    fn wechat_app_call_counted_per_appid() {
+        let metrics = Metrics::default();
+        metrics.wechat_app_call("wxA", "oauth2_access_token", Duration::from_millis(5), None);
+        metrics.wechat_app_call(
+            "wxB",
+            "oauth2_access_token",
+            Duration::from_millis(5),
+            Some(&WechatError::InvalidCode { errcode: 40029 }),
+        );
+        let text = metrics.render(&[]);
+        assert!(text.contains(
+            "weauth_wechat_app_calls_total{appid=\"wxA\",api=\"oauth2_access_token\",outcome=\"ok\"} 1\n"
+        ), "{text}");
+        assert!(text.contains(
+            "weauth_wechat_app_calls_total{appid=\"wxB\",api=\"oauth2_access_token\",outcome=\"40029\"} 1\n"
+        ), "{text}");
+        assert!(text.contains("weauth_wechat_call_seconds_count{api=\"oauth2_access_token\"} 2\n"));
     }
 }

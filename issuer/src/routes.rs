@@ -11,7 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION,
+    ORIGIN, REFERER, SET_COOKIE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -20,12 +23,14 @@ use serde_json::json;
 use crate::admin;
 use crate::app::{now, App};
 use crate::error::{json_response, ApiError};
+use crate::identity::{self, Credential};
 use crate::ratelimit;
 use crate::revocation;
 use crate::secrets;
 use crate::sessions;
 use crate::store::Revoke;
 use crate::userdata;
+use crate::web::{self, CookieLookup, WebError};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -44,36 +49,49 @@ enum Route {
     AdminScopes,
     AdminUser,
     Revocations,
+    WebAuthorize,
+    WebCallback,
     Jwks,
     Discovery,
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
 }
+
+/// Every path the issuer answers, and its route: the one table the dispatcher, the OpenAPI
+/// description's test ([`routes`]) and anything else that lists routes read. A route added to
+/// [`Route`] must be added here (and to [`Route::method`] when it is not a GET).
+const TABLE: &[(&str, Route)] = &[
+    ("/v1/login", Route::Login),
+    ("/v1/token/refresh", Route::Refresh),
+    ("/v1/logout", Route::Logout),
+    ("/v1/me", Route::Me),
+    ("/v1/me/decrypt", Route::Decrypt),
+    ("/v1/me/phone", Route::Phone),
+    ("/v1/me/session", Route::SessionCheck),
+    ("/v1/admin/revoke", Route::AdminRevoke),
+    ("/v1/admin/ban", Route::AdminBan),
+    ("/v1/admin/unban", Route::AdminUnban),
+    ("/v1/admin/scopes", Route::AdminScopes),
+    ("/v1/admin/user", Route::AdminUser),
+    ("/v1/revocations", Route::Revocations),
+    ("/v1/web/authorize", Route::WebAuthorize),
+    ("/v1/web/callback", Route::WebCallback),
+    ("/.well-known/jwks.json", Route::Jwks),
+    ("/.well-known/openid-configuration", Route::Discovery),
+    ("/healthz", Route::Healthz),
+    ("/readyz", Route::Readyz),
+    ("/metrics", Route::Metrics),
+    ("/openapi.json", Route::OpenApi),
+];
 
 impl Route {
     fn find(path: &str) -> Option<Route> {
-        Some(match path {
-            "/v1/login" => Route::Login,
-            "/v1/token/refresh" => Route::Refresh,
-            "/v1/logout" => Route::Logout,
-            "/v1/me" => Route::Me,
-            "/v1/me/decrypt" => Route::Decrypt,
-            "/v1/me/phone" => Route::Phone,
-            "/v1/me/session" => Route::SessionCheck,
-            "/v1/admin/revoke" => Route::AdminRevoke,
-            "/v1/admin/ban" => Route::AdminBan,
-            "/v1/admin/unban" => Route::AdminUnban,
-            "/v1/admin/scopes" => Route::AdminScopes,
-            "/v1/admin/user" => Route::AdminUser,
-            "/v1/revocations" => Route::Revocations,
-            "/.well-known/jwks.json" => Route::Jwks,
-            "/.well-known/openid-configuration" => Route::Discovery,
-            "/healthz" => Route::Healthz,
-            "/readyz" => Route::Readyz,
-            "/metrics" => Route::Metrics,
-            _ => return None,
-        })
+        TABLE
+            .iter()
+            .find(|(known, _)| *known == path)
+            .map(|(_, route)| *route)
     }
 
     fn method(self) -> (Method, &'static str) {
@@ -91,6 +109,18 @@ impl Route {
         }
     }
 }
+
+/// Every `(method, path)` the router answers, in table order (for the OpenAPI description's
+/// test and for documentation; the dispatcher uses the same table).
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    TABLE
+        .iter()
+        .map(|(path, route)| (route.method().1, *path))
+        .collect()
+}
+
+/// The issuer's OpenAPI 3.1 description (`issuer/openapi.json`), served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// Answers one request. Never fails: errors become JSON error responses.
 pub async fn handle<B>(app: Arc<App>, peer: SocketAddr, req: Request<B>) -> Resp
@@ -125,24 +155,52 @@ where
     match route {
         Route::Login => login(app, peer, req).await,
         Route::Refresh => {
+            let has_body = req.headers().contains_key(CONTENT_TYPE);
+            if !has_body {
+                if let Some(presented) = cookie(&req, web::REFRESH_COOKIE)? {
+                    return cookie_refresh(app, &req, presented.to_string()).await;
+                }
+            }
             let body: RefreshRequest = read_json(req, &app.config).await?;
             let tokens = sessions::refresh(app, &body.refresh_token).await?;
             Ok(json_response(StatusCode::OK, &to_value(&tokens)?))
         }
         Route::Logout => {
-            let claims = sessions::authenticate(app, authorization(&req)?).await?;
+            let caller = caller(app, &req, true)?;
+            let claims = sessions::authenticate(app, caller.header.as_deref()).await?;
             sessions::revoke(app, Revoke::Sid(claims.sid)).await?;
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NO_CONTENT;
+            if caller.via_cookie {
+                set_cookies(
+                    &mut response,
+                    &web::clear_session_cookies(app.config.cookie_secure),
+                );
+            }
             Ok(response)
         }
+        Route::WebAuthorize => web_authorize(app, peer, &req).await,
+        Route::WebCallback => match web_callback(app, &req).await {
+            Ok(response) => Ok(response),
+            Err(err) => {
+                // Every failure is a JSON 400/403 (never a redirect); the state cookie goes.
+                let mut response = err.into_response();
+                set_cookies(
+                    &mut response,
+                    &[web::state_cookie("", 0, app.config.cookie_secure)],
+                );
+                Ok(response)
+            }
+        },
         Route::Me => {
-            let claims = sessions::authenticate(app, authorization(&req)?).await?;
+            let caller = caller(app, &req, false)?;
+            let claims = sessions::authenticate(app, caller.header.as_deref()).await?;
             let profile = sessions::profile(app, &claims).await?;
             Ok(json_response(StatusCode::OK, &to_value(&profile)?))
         }
         Route::Decrypt => {
-            let claims = sessions::authenticate(app, authorization(&req)?).await?;
+            let caller = caller(app, &req, true)?;
+            let claims = sessions::authenticate(app, caller.header.as_deref()).await?;
             let body: DecryptRequest = read_json(req, &app.config).await?;
             let input = userdata::DecryptInput {
                 encrypted_data: &body.encrypted_data,
@@ -154,13 +212,15 @@ where
             Ok(json_response(StatusCode::OK, &to_value(&decrypted)?))
         }
         Route::Phone => {
-            let claims = sessions::authenticate(app, authorization(&req)?).await?;
+            let caller = caller(app, &req, true)?;
+            let claims = sessions::authenticate(app, caller.header.as_deref()).await?;
             let body: PhoneRequest = read_json(req, &app.config).await?;
             let phone = userdata::phone(app, &claims, &body.code).await?;
             Ok(json_response(StatusCode::OK, &to_value(&phone)?))
         }
         Route::SessionCheck => {
-            let claims = sessions::authenticate(app, authorization(&req)?).await?;
+            let caller = caller(app, &req, false)?;
+            let claims = sessions::authenticate(app, caller.header.as_deref()).await?;
             let valid = userdata::check_session(app, &claims).await?;
             Ok(json_response(StatusCode::OK, &json!({ "valid": valid })))
         }
@@ -207,6 +267,13 @@ where
             Ok(response)
         }
         Route::Discovery => Ok(json_response(StatusCode::OK, &discovery(app))),
+        Route::OpenApi => {
+            let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(response)
+        }
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         Route::Readyz => match app.store.ping().await {
             Ok(()) => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
@@ -262,6 +329,333 @@ fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiErro
 #[serde(deny_unknown_fields)]
 struct LoginRequest {
     code: String,
+    /// The mini-program; may be left out when exactly one is configured.
+    #[serde(default)]
+    appid: Option<String>,
+}
+
+/// How the caller presented its access token.
+struct Caller {
+    /// `Bearer …`: the `Authorization` header, or the `weauth_at` cookie in that form.
+    header: Option<String>,
+    /// The token came from the cookie (no `Authorization` header).
+    via_cookie: bool,
+}
+
+/// The caller's access token: the `Authorization` header, else the `weauth_at` cookie. A
+/// state-changing route (`state_changing`) authenticated only by the cookie must pass the CSRF
+/// rule ([`web::same_origin_request`]): a request from another origin is refused with 403.
+fn caller<B>(app: &App, req: &Request<B>, state_changing: bool) -> Result<Caller, ApiError> {
+    if let Some(header) = authorization(req)? {
+        return Ok(Caller {
+            header: Some(header.to_string()),
+            via_cookie: false,
+        });
+    }
+    match cookie(req, web::ACCESS_COOKIE)? {
+        Some(token) => {
+            if state_changing {
+                check_csrf(app, req)?;
+            }
+            Ok(Caller {
+                header: Some(format!("Bearer {token}")),
+                via_cookie: true,
+            })
+        }
+        None => Ok(Caller {
+            header: None,
+            via_cookie: false,
+        }),
+    }
+}
+
+/// A cookie of the request; a name sent twice is refused (400).
+fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Result<Option<&'a str>, ApiError> {
+    let headers = req
+        .headers()
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    match web::find_cookie(headers, name) {
+        CookieLookup::Absent => Ok(None),
+        CookieLookup::One("") => Ok(None),
+        CookieLookup::One(value) => Ok(Some(value)),
+        CookieLookup::Several => Err(ApiError::InvalidRequest(format!(
+            "the cookie `{name}` is sent more than once"
+        ))),
+    }
+}
+
+fn header_str<B>(req: &Request<B>, name: hyper::header::HeaderName) -> Option<&str> {
+    req.headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+}
+
+/// The CSRF rule of cookie-authenticated POSTs (see [`crate::web`]).
+fn check_csrf<B>(app: &App, req: &Request<B>) -> Result<(), ApiError> {
+    let origin = header_str(req, ORIGIN);
+    let referer = header_str(req, REFERER);
+    if web::same_origin_request(origin, referer, &app.allowed_origins) {
+        Ok(())
+    } else {
+        app.metrics.bearer_rejected("csrf");
+        Err(ApiError::AccessDenied(format!(
+            "cross-origin request refused: a request authenticated by a cookie must come from the issuer's or an app's redirect origin (Origin: {})",
+            origin.or(referer).unwrap_or("none")
+        )))
+    }
+}
+
+fn set_cookies(response: &mut Resp, cookies: &[String]) {
+    for cookie in cookies {
+        if let Ok(value) = HeaderValue::from_str(cookie) {
+            response.headers_mut().append(SET_COOKIE, value);
+        }
+    }
+}
+
+fn no_content() -> Resp {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `POST /v1/token/refresh` with no body and the `weauth_rt` cookie: rotates, and sets both
+/// cookies again (204). A refused refresh clears them.
+async fn cookie_refresh<B>(
+    app: &Arc<App>,
+    req: &Request<B>,
+    presented: String,
+) -> Result<Resp, ApiError> {
+    let secure = app.config.cookie_secure;
+    let result = match check_csrf(app, req) {
+        Ok(()) => sessions::refresh(app, &presented).await,
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(tokens) => {
+            let mut response = no_content();
+            set_cookies(
+                &mut response,
+                &web::session_cookies(
+                    &tokens.access_token,
+                    tokens.expires_in,
+                    &tokens.refresh_token,
+                    tokens.refresh_expires_in,
+                    secure,
+                ),
+            );
+            Ok(response)
+        }
+        Err(err @ ApiError::AccessDenied(_)) => Err(err),
+        Err(err) => {
+            let clear = matches!(err, ApiError::InvalidGrant(_));
+            let mut response = err.into_response();
+            if clear {
+                set_cookies(&mut response, &web::clear_session_cookies(secure));
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// The single value of query parameter `name` (a repeated one is refused).
+fn query_param(query: &[(String, String)], name: &'static str) -> Result<Option<String>, ApiError> {
+    let mut values = query.iter().filter(|(key, _)| key == name);
+    let first = values.next().map(|(_, value)| value.clone());
+    if values.next().is_some() {
+        return Err(web_error(WebError::Repeated(name)));
+    }
+    Ok(first)
+}
+
+fn query_pairs<B>(req: &Request<B>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect()
+}
+
+fn web_error(err: WebError) -> ApiError {
+    match err {
+        WebError::SnapshotUser => ApiError::AccessDenied(err.to_string()),
+        other => ApiError::InvalidRequest(other.to_string()),
+    }
+}
+
+/// The per-client login rate limit (`WEAUTH_LOGIN_RATE`), shared by `/v1/login` and
+/// `/v1/web/authorize` (which stores a pending login per call).
+fn check_rate<B>(app: &App, peer: SocketAddr, req: &Request<B>) -> Result<(), ApiError> {
+    let forwarded = header_str(
+        req,
+        hyper::header::HeaderName::from_static("x-forwarded-for"),
+    );
+    let client = ratelimit::client_ip(peer.ip(), forwarded, &app.config.trusted_proxies);
+    let allowed = {
+        let mut limiter = app
+            .limiter
+            .lock()
+            .map_err(|_| ApiError::Internal("rate limiter poisoned".into()))?;
+        limiter.check(client, app.uptime().as_secs_f64())
+    };
+    allowed.map_err(|retry| ApiError::RateLimited {
+        retry_after: retry.0,
+        description: "too many logins from this client; retry later".into(),
+    })
+}
+
+/// `GET /v1/web/authorize?appid=&redirect_uri=&scope=`: checks the app, the exact redirect
+/// URI and the scope, stores a pending login under a fresh state, sets the browser binding
+/// cookie, and redirects to WeChat's authorize page. Every refusal is a 400 and never a
+/// redirect.
+async fn web_authorize<B>(
+    app: &Arc<App>,
+    peer: SocketAddr,
+    req: &Request<B>,
+) -> Result<Resp, ApiError> {
+    let query = query_pairs(req);
+    let appid = query_param(&query, "appid")?.ok_or(web_error(WebError::Missing("appid")))?;
+    let redirect_uri =
+        query_param(&query, "redirect_uri")?.ok_or(web_error(WebError::Missing("redirect_uri")))?;
+    let scope = query_param(&query, "scope")?;
+    let entry = app
+        .config
+        .apps
+        .web(&appid)
+        .map_err(|err| ApiError::InvalidRequest(err.to_string()))?;
+    if !entry.allows_redirect(&redirect_uri) {
+        return Err(web_error(WebError::RedirectNotAllowed));
+    }
+    let scope = web::scope_for(entry.kind, scope.as_deref()).map_err(web_error)?;
+    check_rate(app, peer, req)?;
+    let (state, binding) = {
+        let mut rng = rand::thread_rng();
+        (web::new_state(&mut rng), web::new_binding(&mut rng))
+    };
+    let expires_at = now() + web::STATE_TTL;
+    let pending = web::PendingLogin {
+        appid: entry.appid.clone(),
+        redirect_uri,
+        scope: scope.to_string(),
+        binding_hash: secrets::sha256_hex(binding.as_bytes()),
+        expires_at,
+    };
+    app.store
+        .put_ephemeral(&web::state_key(&state), &pending.encode(), expires_at)
+        .await?;
+    let callback = format!("{}{}", app.config.issuer, web::CALLBACK_PATH);
+    let location = web::authorize_url(
+        &app.config.wechat_open_base,
+        entry,
+        &callback,
+        scope,
+        &state,
+    );
+    let mut response = redirect(&location)?;
+    set_cookies(
+        &mut response,
+        &[web::state_cookie(
+            &binding,
+            web::STATE_TTL,
+            app.config.cookie_secure,
+        )],
+    );
+    Ok(response)
+}
+
+fn redirect(location: &str) -> Result<Resp, ApiError> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::FOUND;
+    let value = HeaderValue::from_str(location)
+        .map_err(|_| ApiError::Internal("redirect location is not a header value".into()))?;
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, value);
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        hyper::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(response)
+}
+
+/// `GET /v1/web/callback?code=&state=`: takes the state once, checks the browser binding,
+/// exchanges the code (the login-method boundary), establishes the session and redirects to
+/// the app's redirect URI with the session cookies.
+async fn web_callback<B>(app: &Arc<App>, req: &Request<B>) -> Result<Resp, ApiError> {
+    let query = query_pairs(req);
+    let state = query_param(&query, "state")?
+        .filter(|s| !s.is_empty())
+        .ok_or(web_error(WebError::Missing("state")))?;
+    let code = query_param(&query, "code")?;
+    if !web::valid_state_format(&state) {
+        return Err(web_error(WebError::StateMalformed));
+    }
+    let binding = cookie(req, web::STATE_COOKIE)?.map(str::to_string);
+    let now = now();
+    let taken = app
+        .store
+        .take_ephemeral(&web::state_key(&state), now)
+        .await?;
+    let pending = taken.as_deref().and_then(web::PendingLogin::decode);
+    let pending = web::check_callback(pending, binding.as_deref(), now).map_err(|err| {
+        app.metrics.login("web_state_refused");
+        web_error(err)
+    })?;
+    let code = match code.filter(|c| !c.is_empty()) {
+        Some(code) => code,
+        None => {
+            app.metrics.login("web_consent_refused");
+            return Err(web_error(WebError::ConsentRefused));
+        }
+    };
+    if code.len() > 256 || !code.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::InvalidRequest("`code` is malformed".into()));
+    }
+    let entry = app
+        .config
+        .apps
+        .web(&pending.appid)
+        .map_err(|err| ApiError::InvalidRequest(err.to_string()))?;
+    let result = async {
+        let identity = identity::identify(
+            app,
+            Credential::Web {
+                app: entry,
+                code: &code,
+            },
+        )
+        .await?;
+        let code_hash = secrets::sha256_hex(format!("web:{}:{code}", entry.appid).as_bytes());
+        sessions::establish(app, identity, code_hash).await
+    }
+    .await;
+    let (tokens, _subject) = match result {
+        Ok(done) => {
+            app.metrics.login("ok");
+            done
+        }
+        Err(err) => {
+            app.metrics.login(err.code());
+            return Err(err);
+        }
+    };
+    let mut response = redirect(&pending.redirect_uri)?;
+    let secure = app.config.cookie_secure;
+    set_cookies(
+        &mut response,
+        &web::session_cookies(
+            &tokens.access_token,
+            tokens.expires_in,
+            &tokens.refresh_token,
+            tokens.refresh_expires_in,
+            secure,
+        ),
+    );
+    set_cookies(&mut response, &[web::state_cookie("", 0, secure)]);
+    Ok(response)
 }
 
 /// `POST /v1/me/decrypt`, with WeChat's member names.
@@ -325,24 +719,9 @@ where
     B: Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|value| value.to_str().ok());
-    let client = ratelimit::client_ip(peer.ip(), forwarded, &app.config.trusted_proxies);
-    let allowed = {
-        let mut limiter = app
-            .limiter
-            .lock()
-            .map_err(|_| ApiError::Internal("rate limiter poisoned".into()))?;
-        limiter.check(client, app.uptime().as_secs_f64())
-    };
-    if let Err(retry) = allowed {
+    if let Err(err) = check_rate(app, peer, &req) {
         app.metrics.login("rate_limited");
-        return Err(ApiError::RateLimited {
-            retry_after: retry.0,
-            description: "too many logins from this client; retry later".into(),
-        });
+        return Err(err);
     }
     let body: LoginRequest = match read_json(req, &app.config).await {
         Ok(body) => body,
@@ -351,7 +730,7 @@ where
             return Err(err);
         }
     };
-    match sessions::login(app, &body.code).await {
+    match sessions::login(app, &body.code, body.appid.as_deref()).await {
         Ok(tokens) => {
             app.metrics.login("ok");
             Ok(json_response(StatusCode::OK, &to_value(&tokens)?))
@@ -515,6 +894,7 @@ fn discovery(app: &App) -> serde_json::Value {
         "userinfo_endpoint": format!("{base}/v1/me"),
         "weauth_login_endpoint": format!("{base}/v1/login"),
         "weauth_logout_endpoint": format!("{base}/v1/logout"),
+        "weauth_web_authorize_endpoint": format!("{base}/v1/web/authorize"),
         "weauth_revocation_feed_endpoint": format!("{base}/v1/revocations"),
         "grant_types_supported": ["refresh_token"],
         "response_types_supported": ["token"],
@@ -597,7 +977,54 @@ mod tests {
             Route::find("/v1/me/session").map(|r| r.method().1),
             Some("GET")
         );
+        assert_eq!(
+            Route::find("/v1/web/authorize").map(|r| r.method().1),
+            Some("GET")
+        );
+        assert_eq!(
+            Route::find("/v1/web/callback").map(|r| r.method().1),
+            Some("GET")
+        );
         assert_eq!(Route::find("/nope"), None);
+    }
+
+    /// The committed OpenAPI description and the router agree: every route the router knows is
+    /// described with its method, and nothing else is. A failure names what to add or remove
+    /// in `issuer/openapi.json`.
+    #[test]
+    fn openapi_paths_equal_router_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut described = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if [
+                    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+                ]
+                .contains(&method.as_str())
+                {
+                    described.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let routed: std::collections::BTreeSet<(String, String)> = routes()
+            .into_iter()
+            .map(|(method, path)| (method.to_string(), path.to_string()))
+            .collect();
+        let missing: Vec<_> = routed.difference(&described).collect();
+        let extra: Vec<_> = described.difference(&routed).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "issuer/openapi.json disagrees with the router: describe {missing:?}; remove {extra:?}"
+        );
+    }
+
+    #[test]
+    fn route_table_paths_unique() {
+        let mut paths: Vec<&str> = TABLE.iter().map(|(path, _)| *path).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        assert_eq!(paths.len(), TABLE.len());
     }
 
     #[test]

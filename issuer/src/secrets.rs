@@ -182,12 +182,7 @@ pub fn random_id(prefix: &str) -> String {
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+    hex::encode(Sha256::digest(data))
 }
 
 /// Constant-time comparison of a presented credential with the configured one.
@@ -231,9 +226,8 @@ mod tests {
 
     #[test]
     fn key_file_created_then_reused() {
-        let dir = std::env::temp_dir().join(format!("weauth-secrets-{}", random_b64(6)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("w.db");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("w.db");
         let first = DataKey::load(None, &db).unwrap();
         let sealed = first.seal(b"v", "a").unwrap();
         let second = DataKey::load(None, &db).unwrap();
@@ -247,7 +241,6 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

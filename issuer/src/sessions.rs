@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use crate::app::{now, App};
 use crate::error::ApiError;
 use crate::grants::Grants;
+use crate::identity::{self, Credential, ExternalIdentity};
 use crate::revocation;
 use crate::rules;
 use crate::secrets;
@@ -90,17 +91,28 @@ fn valid_code(code: &str) -> bool {
     !code.is_empty() && code.len() <= 256 && code.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// `POST /v1/login`: code → WeChat → user → session → token pair. A failure writes nothing;
-/// a code already exchanged (or being exchanged) is `invalid_grant`.
+/// `POST /v1/login`: code → WeChat → user → session → token pair, for the mini-program
+/// `appid` (or the only one configured). A failure writes nothing; a code already exchanged
+/// (or being exchanged) is `invalid_grant`.
 ///
 /// # Errors
-/// See DESIGN.md's WeChat mapping; store failures are 5xx.
-pub async fn login(app: &Arc<App>, code: &str) -> Result<TokenResponse, ApiError> {
+/// See DESIGN.md's WeChat mapping; an unknown appid or one that is not a mini-program is 400
+/// `invalid_request`; store failures are 5xx.
+pub async fn login(
+    app: &Arc<App>,
+    code: &str,
+    appid: Option<&str>,
+) -> Result<TokenResponse, ApiError> {
     if !valid_code(code) {
         return Err(ApiError::InvalidRequest(
             "`code` must be a non-empty wx.login code".into(),
         ));
     }
+    let entry = app
+        .config
+        .apps
+        .miniprogram(appid)
+        .map_err(|err| ApiError::InvalidRequest(err.to_string()))?;
     let code_hash = secrets::sha256_hex(code.as_bytes());
     let _guard = {
         let mut set = app
@@ -122,29 +134,48 @@ pub async fn login(app: &Arc<App>, code: &str) -> Result<TokenResponse, ApiError
             "this login code has already been used".into(),
         ));
     }
-    let session = app.wechat.code2session(code).await?;
+    let identity = identity::identify(app, Credential::MiniProgram { app: entry, code }).await?;
+    establish(app, identity, code_hash)
+        .await
+        .map(|(tokens, _)| tokens)
+}
+
+/// The one path after every login method: links the user (inside the store's atomic login,
+/// with [`crate::rules::link_user`]), creates the session (sealing the session_key when the
+/// method gave one) and its first refresh token, and mints the pair. `code_hash` makes the
+/// credential single-use. Returns the pair and the subject it was minted for.
+///
+/// # Errors
+/// `invalid_grant` when a session was already made from this credential; 5xx on store or
+/// sealing failure.
+pub async fn establish(
+    app: &Arc<App>,
+    identity: ExternalIdentity,
+    code_hash: String,
+) -> Result<(TokenResponse, Subject), ApiError> {
     let now = now();
     let sid = secrets::random_id("s_");
-    let sealed = app
-        .data_key
-        .seal(
-            session.session_key.as_bytes(),
-            &format!("session_key:{sid}"),
-        )
-        .map_err(|err| ApiError::Internal(err.to_string()))?;
+    let sealed = match &identity.session_key {
+        Some(key) => Some(
+            app.data_key
+                .seal(key.as_bytes(), &format!("session_key:{sid}"))
+                .map_err(|err| ApiError::Internal(err.to_string()))?,
+        ),
+        None => None,
+    };
     let (refresh_token, refresh_hash) = tokens::new_refresh_token();
     let session_expires = now.saturating_add(crate::config::secs(app.config.session_max));
     let refresh_expires = now
         .saturating_add(crate::config::secs(app.config.refresh_ttl))
         .min(session_expires);
     let record = NewLogin {
-        appid: app.config.wechat_appid.clone(),
-        openid: session.openid.clone(),
-        unionid: session.unionid.clone(),
+        appid: identity.appid.clone(),
+        openid: identity.openid.clone(),
+        unionid: identity.unionid.clone(),
         code_hash,
         new_sub: secrets::random_id("u_"),
         sid: sid.clone(),
-        session_key_sealed: Some(sealed),
+        session_key_sealed: sealed,
         now,
         session_expires,
         refresh_hash,
@@ -152,7 +183,7 @@ pub async fn login(app: &Arc<App>, code: &str) -> Result<TokenResponse, ApiError
     };
     let sub = match app.store.login(&record).await? {
         LoginResult::Created { sub, new_user } => {
-            tracing::info!(sub = %sub, sid = %sid, openid = %crate::short_hash(&session.openid), new_user, "login");
+            tracing::info!(sub = %sub, sid = %sid, appid = %identity.appid, openid = %crate::short_hash(&identity.openid), new_user, web = identity.session_key.is_none(), "login");
             sub
         }
         LoginResult::CodeAlreadyUsed => {
@@ -168,11 +199,12 @@ pub async fn login(app: &Arc<App>, code: &str) -> Result<TokenResponse, ApiError
     let subject = Subject {
         sub,
         sid,
-        openid: session.openid,
-        unionid: session.unionid,
-        appid: app.config.wechat_appid.clone(),
+        openid: identity.openid,
+        unionid: identity.unionid,
+        appid: identity.appid,
     };
-    issue(app, &subject, &grants, refresh_token, refresh_expires, now)
+    let tokens = issue(app, &subject, &grants, refresh_token, refresh_expires, now)?;
+    Ok((tokens, subject))
 }
 
 fn subject_of(session: &SessionRecord) -> Subject {

@@ -98,13 +98,14 @@ async fn decrypt_inner(
             ))
         }
     };
+    require_miniprogram(app, claims, "/v1/me/decrypt")?;
     let session_key = sessions::session_key(app, &claims.sid).await?;
     let max_age = app.config.decrypt_max_age.map(|d| d.as_secs());
     let data = weauth_wxdata::decrypt(
         &session_key,
         input.encrypted_data,
         input.iv,
-        &app.config.wechat_appid,
+        &claims.appid,
         now(),
         max_age,
     )?;
@@ -123,6 +124,24 @@ async fn decrypt_inner(
         data,
         raw_data_verified: raw.is_some(),
     })
+}
+
+/// The mini-program-only routes answer 400 for a session of another kind of app: a web login
+/// (official account, website) has no `session_key` and no `wx.*` user data.
+///
+/// # Errors
+/// 400 `invalid_request` naming the route and the app's kind.
+pub fn require_miniprogram(app: &App, claims: &Claims, route: &str) -> Result<(), ApiError> {
+    match app.config.apps.get(&claims.appid).map(|entry| entry.kind) {
+        Some(crate::apps::AppKind::Miniprogram) => Ok(()),
+        Some(kind) => Err(ApiError::InvalidRequest(format!(
+            "{route} is for mini-program sessions; this session is a web login of a {} app, which has no session_key",
+            kind.as_str()
+        ))),
+        None => Err(ApiError::InvalidRequest(format!(
+            "{route}: the session's appid is no longer configured"
+        ))),
+    }
 }
 
 /// The answer of `/v1/me/phone` (WeChat's names).
@@ -188,8 +207,10 @@ async fn phone_inner(app: &Arc<App>, claims: &Claims, code: &str) -> Result<Phon
             "code must be the non-empty code from getPhoneNumber".into(),
         ));
     }
-    let info = access_token::call(app, |token| async move {
-        app.wechat.phone_number(&token, code).await
+    require_miniprogram(app, claims, "/v1/me/phone")?;
+    let wechat = app.wechat_for(&claims.appid)?;
+    let info = access_token::call_for(app, &claims.appid, |token| async move {
+        wechat.phone_number(&token, code).await
     })
     .await
     .map_err(|err| match err {
@@ -229,11 +250,13 @@ pub async fn check_session(app: &Arc<App>, claims: &Claims) -> Result<bool, ApiE
 }
 
 async fn check_session_inner(app: &Arc<App>, claims: &Claims) -> Result<bool, ApiError> {
+    require_miniprogram(app, claims, "/v1/me/session")?;
     let session_key = sessions::session_key(app, &claims.sid).await?;
     let signature = weauth_wxdata::checksession_signature(&session_key);
     let (openid, signature) = (claims.openid.as_str(), signature.as_str());
-    access_token::call(app, |token| async move {
-        app.wechat.check_session(&token, openid, signature).await
+    let wechat = app.wechat_for(&claims.appid)?;
+    access_token::call_for(app, &claims.appid, |token| async move {
+        wechat.check_session(&token, openid, signature).await
     })
     .await
     .map_err(|err| match err {

@@ -65,6 +65,10 @@ pub enum WechatError {
     /// caller invalidates its cached token and retries once with a new one.
     #[error("WeChat refused the app access token (errcode {errcode})")]
     InvalidAccessToken { errcode: i64 },
+    /// 48001: the user token's scope does not allow this API (e.g. `sns/userinfo` with
+    /// `snsapi_base`).
+    #[error("WeChat refused the call for the granted scope (errcode 48001)")]
+    ScopeUnauthorized,
     #[error("WeChat error {errcode}: {errmsg}")]
     Other { errcode: i64, errmsg: String },
 }
@@ -88,6 +92,7 @@ impl WechatError {
             WechatError::InvalidCode { errcode } => errcode.to_string(),
             WechatError::RateLimited => "45011".into(),
             WechatError::HighRisk => "40226".into(),
+            WechatError::ScopeUnauthorized => "48001".into(),
             WechatError::Misconfigured { errcode, .. }
             | WechatError::Other { errcode, .. }
             | WechatError::InvalidAccessToken { errcode } => errcode.to_string(),
@@ -118,7 +123,9 @@ struct RawCode2Session {
 pub fn errcode_error(errcode: i64, errmsg: &str) -> WechatError {
     match errcode {
         -1 => WechatError::Busy,
-        40029 | 40163 => WechatError::InvalidCode { errcode },
+        // 42003: an expired web OAuth2 code.
+        40029 | 40163 | 42003 => WechatError::InvalidCode { errcode },
+        48001 => WechatError::ScopeUnauthorized,
         45011 => WechatError::RateLimited,
         40226 => WechatError::HighRisk,
         40001 | 42001 | 40014 => WechatError::InvalidAccessToken { errcode },
@@ -438,8 +445,12 @@ impl HttpWechat {
         loop {
             let started = Instant::now();
             let result = call().await;
-            self.metrics
-                .wechat_call(api, started.elapsed(), result.as_ref().err());
+            self.metrics.wechat_app_call(
+                &self.config.appid,
+                api,
+                started.elapsed(),
+                result.as_ref().err(),
+            );
             match result {
                 Err(err) if err.is_retryable() && attempt < self.config.retries => {
                     attempt += 1;
@@ -560,7 +571,8 @@ impl Wechat for HttpWechat {
             loop {
                 let started = Instant::now();
                 let result = self.attempt(code).await;
-                self.metrics.wechat_call(
+                self.metrics.wechat_app_call(
+                    &self.config.appid,
                     "jscode2session",
                     started.elapsed(),
                     result.as_ref().err(),

@@ -60,7 +60,7 @@ async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
         ("WEAUTH_WECHAT_SECRET", "s".to_string()),
         (
             "WEAUTH_STORE",
-            format!("sqlite://{}", dir.0.join("t.db").display()),
+            format!("sqlite://{}", dir.path().join("t.db").display()),
         ),
     ]);
     let lookup = move |name: &str| vars.get(name).cloned();
@@ -103,7 +103,7 @@ fn metrics(app: &App) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_concurrent_callers_one_fetch_same_token() {
-    let dir = common::TempDir::new("at");
+    let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -126,7 +126,7 @@ async fn get_concurrent_callers_one_fetch_same_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_due_token_refreshed_ahead_of_expiry() {
-    let dir = common::TempDir::new("at");
+    let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     let at = now();
     put(&app, "OLD", at + 200, at - 1, "other").await;
@@ -137,7 +137,7 @@ async fn get_due_token_refreshed_ahead_of_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_refresh_fails_still_valid_token_kept() {
-    let dir = common::TempDir::new("at");
+    let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     let at = now();
     put(&app, "OLD", at + 200, at - 1, "other").await;
@@ -155,7 +155,7 @@ async fn get_refresh_fails_still_valid_token_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_no_token_endpoint_down_503() {
-    let dir = common::TempDir::new("at");
+    let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     fake.down.store(true, Ordering::SeqCst);
     let err = access_token::get(&app, None).await.unwrap_err();
@@ -168,7 +168,7 @@ async fn get_no_token_endpoint_down_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_other_holder_refreshing_due_token_still_used() {
-    let dir = common::TempDir::new("at");
+    let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     let at = now();
     put(&app, "OLD", at + 200, at - 1, "other").await;
@@ -183,7 +183,7 @@ async fn get_other_holder_refreshing_due_token_still_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_other_holder_fetching_no_token_waits_for_its_write() {
-    let dir = common::TempDir::new("at");
+    let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     let at = now();
     assert!(app
@@ -204,7 +204,7 @@ async fn get_other_holder_fetching_no_token_waits_for_its_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_refused_token_never_returned_again() {
-    let dir = common::TempDir::new("at");
+    let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     let at = now();
     put(&app, "BAD", at + 7200, at + 6900, "other").await;

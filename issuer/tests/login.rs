@@ -360,10 +360,13 @@ async fn login_bad_requests_refused() {
         (status, body["error"].as_str()),
         (400, Some("invalid_request"))
     );
-    let (status, _, _) = stack
+    let (status, body, _) = stack
         .post("/v1/login", json!({ "code": "x", "extra": 1 }))
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
     let response = stack
         .http
         .post(stack.url("/v1/login"))

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Issuer, Stack, TempDir};
+use common::{Issuer, Stack};
 use weauth_issuer::config::VARIABLES;
 
 /// Runs the binary with exactly `vars` (and `args`) in `dir`, to completion.
@@ -42,9 +42,9 @@ const CREDS: [(&str, &str); 2] = [
 
 #[test]
 fn config_several_bad_variables_reported_in_one_start() {
-    let dir = TempDir::new("several");
+    let dir = common::temp_dir("several");
     let output = run(
-        &dir.0,
+        dir.path(),
         &[
             ("WEAUTH_LOG", "verbose"),
             ("WEAUTH_ACCESS_TTL", "30d"),
@@ -72,11 +72,11 @@ fn config_several_bad_variables_reported_in_one_start() {
 
 #[test]
 fn config_bad_log_value_refused_naming_the_variable() {
-    let dir = TempDir::new("log");
+    let dir = common::temp_dir("log");
     for value in ["verbose", "inof", "info,weauth=loud"] {
         let mut vars = CREDS.to_vec();
         vars.push(("WEAUTH_LOG", value));
-        let output = run(&dir.0, &vars, &[]);
+        let output = run(dir.path(), &vars, &[]);
         assert_eq!(output.status.code(), Some(2), "WEAUTH_LOG={value}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("WEAUTH_LOG:"), "{value}: {stderr}");
@@ -88,8 +88,8 @@ async fn config_unknown_variable_warned_with_closest_name() {
     let mock = weauth_tests::mock_wechat::MockWechat::start(Default::default())
         .await
         .unwrap();
-    let dir = TempDir::new("unknown");
-    let mut env = common::base_env(&mock, &dir.0);
+    let dir = common::temp_dir("unknown");
+    let mut env = common::base_env(&mock, dir.path());
     env.insert("WEAUTH_ACESS_TTL".into(), "5m".into());
     let issuer = Issuer::start(&env);
     let log = issuer.log_text();
@@ -102,8 +102,8 @@ async fn config_unknown_variable_warned_with_closest_name() {
 
 #[test]
 fn help_lists_every_variable_with_its_default() {
-    let dir = TempDir::new("help");
-    let output = run(&dir.0, &[], &["--help"]);
+    let dir = common::temp_dir("help");
+    let output = run(dir.path(), &[], &["--help"]);
     assert_eq!(output.status.code(), Some(0));
     let help = String::from_utf8_lossy(&output.stdout);
     for var in VARIABLES {
@@ -120,13 +120,13 @@ fn help_lists_every_variable_with_its_default() {
         }
     }
     assert!(help.contains("keys list"), "{help}");
-    assert!(listing(&dir.0).is_empty(), "--help created files");
+    assert!(listing(dir.path()).is_empty(), "--help created files");
 }
 
 #[test]
 fn version_printed_exit_zero() {
-    let dir = TempDir::new("version");
-    let output = run(&dir.0, &[], &["--version"]);
+    let dir = common::temp_dir("version");
+    let output = run(dir.path(), &[], &["--version"]);
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
@@ -148,7 +148,7 @@ async fn keys_list_needs_no_wechat_credentials() {
         .filter(|(k, _)| !k.starts_with("WEAUTH_WECHAT_"))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let output = run(&stack.dir.0, &vars, &["keys", "list"]);
+    let output = run(stack.dir.path(), &vars, &["keys", "list"]);
     assert!(
         output.status.success(),
         "{}",
@@ -172,23 +172,23 @@ async fn keys_list_needs_no_wechat_credentials() {
 
 #[test]
 fn keys_list_without_database_creates_nothing() {
-    let dir = TempDir::new("list-empty");
-    let output = run(&dir.0, &[], &["keys", "list"]);
+    let dir = common::temp_dir("list-empty");
+    let output = run(dir.path(), &[], &["keys", "list"]);
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("no database"),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(listing(&dir.0).is_empty(), "{:?}", listing(&dir.0));
+    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
 }
 
 #[test]
 fn failed_start_leaves_the_directory_as_it_was() {
-    let dir = TempDir::new("failed-start");
-    std::fs::write(dir.0.join("note.txt"), "mine").unwrap();
-    std::fs::write(dir.0.join("bad-key.pem"), "not a key").unwrap();
-    let before = listing(&dir.0);
+    let dir = common::temp_dir("failed-start");
+    std::fs::write(dir.path().join("note.txt"), "mine").unwrap();
+    std::fs::write(dir.path().join("bad-key.pem"), "not a key").unwrap();
+    let before = listing(dir.path());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     let cases: [(&str, Vec<(&str, &str)>); 4] = [
@@ -213,10 +213,10 @@ fn failed_start_leaves_the_directory_as_it_was() {
     for (what, extra) in cases {
         let mut vars = CREDS.to_vec();
         vars.extend(extra);
-        let output = run(&dir.0, &vars, &[]);
+        let output = run(dir.path(), &vars, &[]);
         assert!(!output.status.success(), "{what}: started");
         assert_eq!(
-            listing(&dir.0),
+            listing(dir.path()),
             before,
             "{what}: {}",
             String::from_utf8_lossy(&output.stderr)
@@ -229,7 +229,7 @@ fn failed_start_leaves_the_directory_as_it_was() {
     let mut child = Command::new(common::bin())
         .env_clear()
         .envs(vars.iter().copied())
-        .current_dir(&dir.0)
+        .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -237,9 +237,9 @@ fn failed_start_leaves_the_directory_as_it_was() {
         .unwrap();
     let created = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
-        listing(&dir.0).contains("weauth.db.datakey")
+        listing(dir.path()).contains("weauth.db.datakey")
     });
     let _ = child.kill();
     let _ = child.wait();
-    assert!(created, "{:?}", listing(&dir.0));
+    assert!(created, "{:?}", listing(dir.path()));
 }

@@ -51,7 +51,7 @@ async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
         ("WEAUTH_WECHAT_SECRET", "s".to_string()),
         (
             "WEAUTH_STORE",
-            format!("sqlite://{}", dir.0.join("r.db").display()),
+            format!("sqlite://{}", dir.path().join("r.db").display()),
         ),
         ("WEAUTH_MAX_BODY", "512".to_string()),
         ("WEAUTH_FEED_TOKEN", "feed-token-1".to_string()),
@@ -98,7 +98,7 @@ fn post_json(path: &str, body: Value) -> Request<Full<Bytes>> {
 
 #[tokio::test]
 async fn router_login_refresh_me_without_network() {
-    let dir = common::TempDir::new("router");
+    let dir = common::temp_dir("router");
     let (app, fake) = app(&dir).await;
     let (status, tokens) = call(&app, post_json("/v1/login", json!({"code": "good-amy"}))).await;
     assert_eq!(status, 200, "{tokens}");
@@ -136,7 +136,7 @@ async fn router_login_refresh_me_without_network() {
 
 #[tokio::test]
 async fn router_error_shapes() {
-    let dir = common::TempDir::new("router");
+    let dir = common::temp_dir("router");
     let (app, _) = app(&dir).await;
     let (status, body) = call(&app, post_json("/v1/login", json!({"code": "bad"}))).await;
     assert_eq!(

@@ -338,8 +338,8 @@ async fn es256_selectable_and_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs256_from_secret_file_not_published() {
-    let dir = common::TempDir::new("hs");
-    let secret_path = dir.0.join("hs.key");
+    let dir = common::temp_dir("hs");
+    let secret_path = dir.path().join("hs.key");
     std::fs::write(&secret_path, "0123456789abcdef0123456789abcdef-shared").unwrap();
     let path = secret_path.display().to_string();
     let stack = Stack::start(&[

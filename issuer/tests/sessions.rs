@@ -52,10 +52,11 @@ async fn refresh_rotates_then_reuse_revokes_the_session() {
         headers["www-authenticate"], "Bearer",
         "no credential sent: no error code"
     );
-    let (status, _, _) = stack
+    let (status, body, _) = stack
         .post("/v1/token/refresh", json!({ "refresh_token": rt2 }))
         .await;
     assert_eq!(status, 400, "the rotated-to token dies with the session");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
     let feed = stack.feed(0, 0).await;
     let entries = feed["entries"].as_array().unwrap();
     assert!(entries
@@ -137,13 +138,14 @@ async fn refresh_capped_by_session_max() {
         "sliding but capped by the 3 s session: {left}"
     );
     tokio::time::sleep(Duration::from_millis(2600)).await;
-    let (status, _, _) = stack
+    let (status, body, _) = stack
         .post(
             "/v1/token/refresh",
             json!({ "refresh_token": body["refresh_token"] }),
         )
         .await;
     assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_grant", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,13 +249,14 @@ async fn logout_revokes_session_and_wakes_long_poll_fast() {
     );
     let (status, _, _) = stack.post_auth("/v1/logout", &token, None).await;
     assert_eq!(status, 401);
-    let (status, _, _) = stack
+    let (status, body, _) = stack
         .post(
             "/v1/token/refresh",
             json!({ "refresh_token": login["refresh_token"] }),
         )
         .await;
     assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_grant", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +275,7 @@ async fn admin_revoke_jti_sid_and_sub() {
     let (status, _, _) = stack.post("/v1/admin/revoke", json!({"jti": "x"})).await;
     assert_eq!(status, 401);
     // Exactly one selector.
-    let (status, _, _) = stack
+    let (status, body, _) = stack
         .post_auth(
             "/v1/admin/revoke",
             ADMIN,
@@ -280,10 +283,12 @@ async fn admin_revoke_jti_sid_and_sub() {
         )
         .await;
     assert_eq!(status, 400);
-    let (status, _, _) = stack
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    let (status, body, _) = stack
         .post_auth("/v1/admin/revoke", ADMIN, Some(json!({})))
         .await;
     assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_request", "{body}");
 
     // jti: only that token.
     let jti = payload(&at(&c))["jti"].as_str().unwrap().to_string();
@@ -321,16 +326,17 @@ async fn admin_revoke_jti_sid_and_sub() {
     assert!(entry["issued_before"].is_i64());
     for login in [&a, &b] {
         assert_eq!(stack.get("/v1/me", Some(&at(login))).await.0, 401);
-        let (status, _, _) = stack
+        let (status, body, _) = stack
             .post(
                 "/v1/token/refresh",
                 json!({ "refresh_token": login["refresh_token"] }),
             )
             .await;
         assert_eq!(status, 400);
+        assert_eq!(body["error"], "invalid_grant", "{body}");
     }
     // A future issued_before is refused.
-    let (status, _, _) = stack
+    let (status, body, _) = stack
         .post_auth(
             "/v1/admin/revoke",
             ADMIN,
@@ -338,6 +344,7 @@ async fn admin_revoke_jti_sid_and_sub() {
         )
         .await;
     assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_request", "{body}");
     let feed = stack.feed(0, 0).await;
     let kinds: Vec<&str> = feed["entries"]
         .as_array()
@@ -360,8 +367,9 @@ async fn feed_requires_credential_and_handles_since() {
         .get("/v1/revocations?since=0", Some("nope-nope"))
         .await;
     assert_eq!(status, 401);
-    let (status, _, _) = stack.get("/v1/revocations?since=abc", Some(FEED)).await;
+    let (status, body, _) = stack.get("/v1/revocations?since=abc", Some(FEED)).await;
     assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_request", "{body}");
     let empty = stack.feed(0, 0).await;
     assert_eq!(empty["seq"], 1, "a new store's sequence starts at 1");
     assert_eq!(empty["full"], true);

@@ -33,7 +33,6 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::distributions::Alphanumeric;
@@ -42,7 +41,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
-use crate::mock_wechat::{MockConfig, MockWechat};
+use crate::mock_wechat::{MockApp, MockAppKind, MockConfig, MockWechat};
 use crate::template::{self, EnvoyPorts, TemplateError};
 use crate::upstream::Upstream;
 
@@ -193,40 +192,16 @@ impl Binaries {
     }
 }
 
-/// A directory under the system temp dir, removed on drop (kept when `WEAUTH_KEEP_TMP` is
-/// set, for post-mortems).
-#[derive(Debug)]
-pub struct TempDir {
-    path: PathBuf,
-}
+/// A directory under the system temp dir, removed on drop.
+pub type TempDir = tempfile::TempDir;
 
-impl TempDir {
-    /// Creates `<temp>/<prefix>-<pid>-<unique>`.
-    pub fn new(prefix: &str) -> io::Result<TempDir> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos:08x}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(TempDir { path })
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("WEAUTH_KEEP_TMP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+/// Creates `<temp>/<prefix>-<random>`, removed on drop — or kept when `WEAUTH_KEEP_TMP` is set,
+/// for post-mortems.
+pub fn temp_dir(prefix: &str) -> io::Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}-"))
+        .disable_cleanup(std::env::var_os("WEAUTH_KEEP_TMP").is_some())
+        .tempdir()
 }
 
 /// Where the stack lives: a temp dir (tests) or a fixed directory (`make up`).
@@ -248,8 +223,10 @@ impl RunDir {
 /// Ports of every part of the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StackPorts {
-    /// Envoy listener.
+    /// Envoy's public listener.
     pub envoy: u16,
+    /// Envoy's internal listener: the admin API and the revocation feed only.
+    pub internal: u16,
     /// Envoy admin.
     pub admin: u16,
     /// weauth-issuer.
@@ -264,6 +241,7 @@ impl StackPorts {
     /// The `make up` ports of DESIGN.md.
     pub const LOCAL: StackPorts = StackPorts {
         envoy: 10000,
+        internal: 10001,
         admin: 9901,
         issuer: 8080,
         upstream: 8081,
@@ -476,6 +454,28 @@ pub struct TokenResponse {
     pub refresh_expires_in: u64,
 }
 
+/// The apps file of a [`StackBuilder::web_login`] stack: the mock's mini-program and web apps,
+/// the web apps redirecting to the demo page behind Envoy on `envoy_port`.
+pub fn web_apps_file(mock: &MockConfig, envoy_port: u16) -> Value {
+    let mut apps = vec![serde_json::json!({
+        "appid": mock.appid, "secret": mock.secret, "kind": "miniprogram"
+    })];
+    for app in &mock.web_apps {
+        let kind = match app.kind {
+            MockAppKind::OfficialAccount => "official_account",
+            MockAppKind::Website => "website",
+        };
+        apps.push(serde_json::json!({
+            "appid": app.appid, "secret": app.secret, "kind": kind,
+            "redirect_uris": [
+                format!("http://127.0.0.1:{envoy_port}/demo/"),
+                format!("http://localhost:{envoy_port}/demo/"),
+            ],
+        }));
+    }
+    serde_json::json!({ "apps": apps })
+}
+
 /// Options for [`Stack`]; start with [`Stack::builder`].
 #[derive(Debug, Clone)]
 pub struct StackBuilder {
@@ -491,6 +491,7 @@ pub struct StackBuilder {
     with_envoy: bool,
     edge: Edge,
     binaries: Option<Binaries>,
+    web_login: bool,
     envoy_feed_env: bool,
     path_normalization: bool,
     upstream_normalizes: bool,
@@ -521,6 +522,7 @@ impl Default for StackBuilder {
             with_envoy: true,
             edge: Edge::WeauthFilter,
             binaries: None,
+            web_login: false,
             envoy_feed_env: true,
             path_normalization: true,
             upstream_normalizes: false,
@@ -589,6 +591,21 @@ impl StackBuilder {
     /// What checks tokens in Envoy (default: the weauth filter).
     pub fn edge(mut self, edge: Edge) -> Self {
         self.edge = edge;
+        self
+    }
+
+    /// Several apps and web login: the mock gets the official account and the website of
+    /// [`MockApp`] (and answers `unionid`, as apps bound to one Open Platform account do), and
+    /// the issuer gets an apps file (`WEAUTH_APPS_FILE` instead of the one-app variables) with
+    /// the mini-program, the official account and the website, whose `redirect_uris` are the
+    /// demo page behind this stack's Envoy (`http://127.0.0.1:PORT/demo/` and the same on
+    /// `localhost`), plus `WEAUTH_WECHAT_OPEN_BASE` = the mock and `WEAUTH_COOKIE_SECURE=false`.
+    pub fn web_login(mut self) -> Self {
+        self.web_login = true;
+        self.mock.unionid = true;
+        if self.mock.web_apps.is_empty() {
+            self.mock.web_apps = vec![MockApp::official_account(), MockApp::website()];
+        }
         self
     }
 
@@ -721,7 +738,7 @@ impl Stack {
                 std::fs::create_dir_all(p).map_err(io_err(format!("creating {}", p.display())))?;
                 RunDir::Fixed(p.clone())
             }
-            None => RunDir::Temp(TempDir::new("weauth-e2e").map_err(io_err("creating temp dir"))?),
+            None => RunDir::Temp(temp_dir("weauth-e2e").map_err(io_err("creating temp dir"))?),
         };
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -751,6 +768,7 @@ impl Stack {
             Some(p) => p,
             None => StackPorts {
                 envoy: free_port().map_err(io_err("finding a free port"))?,
+                internal: free_port().map_err(io_err("finding a free port"))?,
                 admin: free_port().map_err(io_err("finding a free port"))?,
                 issuer: free_port().map_err(io_err("finding a free port"))?,
                 upstream: upstream.addr().port(),
@@ -781,7 +799,21 @@ impl Stack {
             ("WEAUTH_AUDIENCE".into(), b.audience.clone()),
             ("WEAUTH_FEED_TOKEN".into(), feed_token.clone()),
             ("WEAUTH_ADMIN_TOKEN".into(), admin_token.clone()),
+            // Envoy (use_remote_address) appends the client's address to X-Forwarded-For;
+            // the issuer believes it from Envoy's address only, so logins are rate-limited per
+            // client and not all in one bucket.
+            ("WEAUTH_TRUSTED_PROXIES".into(), "127.0.0.1".into()),
         ];
+        if b.web_login {
+            let apps = web_apps_file(&mock_cfg, ports.envoy);
+            let path = dir.path().join("apps.json");
+            std::fs::write(&path, apps.to_string())
+                .map_err(io_err(format!("writing {}", path.display())))?;
+            env.retain(|(name, _)| name != "WEAUTH_WECHAT_APPID" && name != "WEAUTH_WECHAT_SECRET");
+            env.push(("WEAUTH_APPS_FILE".into(), path.display().to_string()));
+            env.push(("WEAUTH_WECHAT_OPEN_BASE".into(), mock.base_url()));
+            env.push(("WEAUTH_COOKIE_SECURE".into(), "false".into()));
+        }
         for (k, v) in &b.issuer_env {
             env.retain(|(name, _)| name != k);
             env.push((k.clone(), v.clone()));
@@ -816,6 +848,7 @@ impl Stack {
         if b.with_envoy {
             let envoy_ports = EnvoyPorts {
                 envoy: ports.envoy,
+                internal: ports.internal,
                 admin: ports.admin,
                 issuer: ports.issuer,
                 upstream: ports.upstream,
@@ -853,6 +886,11 @@ impl Stack {
     /// Envoy's listener, `http://127.0.0.1:PORT`.
     pub fn envoy_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.envoy)
+    }
+
+    /// Envoy's internal listener (admin API and revocation feed), `http://127.0.0.1:PORT`.
+    pub fn internal_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.internal)
     }
 
     /// Envoy's admin interface.
@@ -1443,7 +1481,7 @@ mod tests {
 
     #[test]
     fn temp_dir_removed_on_drop() {
-        let dir = TempDir::new("weauth-unit").unwrap();
+        let dir = temp_dir("weauth-unit").unwrap();
         let path = dir.path().to_path_buf();
         assert!(path.is_dir());
         drop(dir);

@@ -149,8 +149,10 @@ pub fn plugin_config(
 /// The ports Envoy's bootstrap refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnvoyPorts {
-    /// Listener.
+    /// Public listener.
     pub envoy: u16,
+    /// Internal listener (admin API and revocation feed; `envoy/envoy.yaml` only).
+    pub internal: u16,
     /// Admin interface.
     pub admin: u16,
     /// weauth-issuer (cluster `weauth_issuer`).
@@ -172,6 +174,7 @@ pub fn envoy_config(
         ENVOY_TEMPLATE,
         &[
             ("ENVOY_PORT", ports.envoy.to_string()),
+            ("INTERNAL_PORT", ports.internal.to_string()),
             ("ADMIN_PORT", ports.admin.to_string()),
             ("ISSUER_PORT", ports.issuer.to_string()),
             ("UPSTREAM_PORT", ports.upstream.to_string()),
@@ -266,6 +269,9 @@ mod tests {
         assert_eq!(c["jwks"]["path"], "/.well-known/jwks.json");
         let rules = c["rules"].as_array().unwrap();
         let api = rules.iter().find(|r| r["prefix"] == "/api/").unwrap();
+        // The admin API and the feed are not public routes at the edge (internal listener).
+        assert!(rules.iter().all(|r| r["require"] != "none"
+            || !(r["prefix"] == "/v1/admin/" || r["exact"] == "/v1/revocations")));
         assert_eq!(api["require"], "required");
         let login = rules
             .iter()
@@ -290,6 +296,7 @@ mod tests {
     fn envoy_config_renders_without_leftovers() {
         let ports = EnvoyPorts {
             envoy: 10000,
+            internal: 10001,
             admin: 9901,
             issuer: 8080,
             upstream: 8081,
@@ -297,6 +304,7 @@ mod tests {
         let plugin = plugin_config("http://127.0.0.1:8080", "weauth", &[]).unwrap();
         let yaml = envoy_config(ports, "/x/weauth_filter.wasm", &plugin).unwrap();
         assert!(yaml.contains("port_value: 10000"));
+        assert!(yaml.contains("port_value: 10001"));
         assert!(yaml.contains("port_value: 9901"));
         assert!(yaml.contains("filename: \"/x/weauth_filter.wasm\""));
         // The plugin configuration is one JSON string literal that decodes back to the JSON.

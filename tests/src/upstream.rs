@@ -5,6 +5,9 @@
 //! visible to tests. `query` is the raw query string or null. This is what `/api/*` routes to
 //! in the local stack, so a curl walkthrough shows the identity headers the filter forwarded.
 //!
+//! `GET /demo/` is the exception: the web-login demo page (`src/demo/index.html`), which
+//! Envoy serves without a token so a browser can start a login from it.
+//!
 //! In normalizing mode ([`Upstream::start_with`]) the echo also carries `normalized_path`: the
 //! path as the laxest common server reads it ([`lax_normalize`]), which is what it would
 //! serve. The path-confusion tests use it to show that no request reaches a protected path
@@ -18,6 +21,13 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::serve::{self, Request, Response, ServerHandle};
+
+/// The web-login demo page's path.
+pub const DEMO_PATH: &str = "/demo/";
+
+/// The demo page (a login link per web app, buttons calling `/api/hello`, the cookie refresh
+/// and logout).
+pub const DEMO_PAGE: &str = include_str!("demo/index.html");
 
 /// The path the harness's readiness probe calls; not counted in [`Upstream::requests`].
 pub const PROBE_PATH: &str = "/api/__weauth_ready";
@@ -95,6 +105,9 @@ pub fn echo_value(
 }
 
 fn echo(req: Request, normalizes: bool) -> Response {
+    if req.method() == hyper::Method::GET && req.uri().path() == DEMO_PATH {
+        return serve::respond(200, "text/html; charset=utf-8", DEMO_PAGE);
+    }
     let mut v = echo_value(
         req.method().as_str(),
         req.uri().path(),

@@ -37,6 +37,7 @@ pub fn for_ports(script: &str, ports: StackPorts) -> String {
     let local = StackPorts::LOCAL;
     let map = [
         (local.envoy, ports.envoy),
+        (local.internal, ports.internal),
         (local.admin, ports.admin),
         (local.issuer, ports.issuer),
         (local.upstream, ports.upstream),
@@ -87,6 +88,7 @@ mod tests {
     fn for_ports_rewrites_each_local_port_once() {
         let ports = StackPorts {
             envoy: 8090,
+            internal: 5,
             admin: 1,
             issuer: 10000,
             upstream: 3,

@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use serde_json::{json, Value};
-use weauth_tests::harness::{peek_claims, peek_header, Stack, StackBuilder, TempDir};
+use weauth_tests::harness::{peek_claims, peek_header, temp_dir, Stack, StackBuilder, TempDir};
 use weauth_token::{b64, Algorithm, SigningKey};
 
 /// A generated Ed25519 key, its PEM file for the issuer, and the temp dir holding it.
@@ -35,7 +35,7 @@ fn random_key(alg: Algorithm) -> SigningKey {
 }
 
 fn test_key() -> TestKey {
-    let dir = TempDir::new("weauth-attacks-key").unwrap();
+    let dir = temp_dir("weauth-attacks-key").unwrap();
     let key = random_key(Algorithm::EdDSA);
     let pem_path = dir.path().join("signing.pem");
     std::fs::write(&pem_path, key.to_pkcs8_pem().unwrap().as_bytes()).unwrap();

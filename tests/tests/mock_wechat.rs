@@ -442,3 +442,446 @@ async fn reset_clears_faults_and_counters() {
     assert_eq!(mock.calls("*"), 0);
     assert!(plain_token(&mock, &client).await["access_token"].is_string());
 }
+
+// ---- web OAuth2 (official accounts and websites) ----
+
+use weauth_tests::mock_wechat::MockApp;
+
+fn web_cfg() -> MockConfig {
+    MockConfig {
+        unionid: true,
+        web_apps: vec![MockApp::official_account(), MockApp::website()],
+        ..Default::default()
+    }
+}
+
+/// A client that does not follow redirects, as a test of the authorize page needs.
+fn no_redirect_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn sns_get(
+    mock: &MockWechat,
+    client: &reqwest::Client,
+    path: &str,
+    query: &[(&str, &str)],
+) -> (String, Value) {
+    let resp = client
+        .get(format!("{}{path}", mock.base_url()))
+        .query(query)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "WeChat answers errors with HTTP 200");
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    (content_type, v)
+}
+
+async fn oauth_exchange(
+    mock: &MockWechat,
+    client: &reqwest::Client,
+    app: &MockApp,
+    code: &str,
+) -> Value {
+    sns_get(
+        mock,
+        client,
+        "/sns/oauth2/access_token",
+        &[
+            ("appid", app.appid.as_str()),
+            ("secret", app.secret.as_str()),
+            ("code", code),
+            ("grant_type", "authorization_code"),
+        ],
+    )
+    .await
+    .1
+}
+
+fn query_of(location: &str) -> Vec<(String, String)> {
+    let url = url::Url::parse(location).unwrap();
+    url.query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn authorize_page_approves_as_cookie_user_and_redirects_with_code_and_state() {
+    let (mock, _) = start(web_cfg()).await;
+    let client = no_redirect_client();
+    let oa = MockApp::official_account();
+    let resp = client
+        .get(format!("{}/connect/oauth2/authorize", mock.base_url()))
+        .query(&[
+            ("appid", oa.appid.as_str()),
+            ("redirect_uri", "http://127.0.0.1:9/v1/web/callback"),
+            ("response_type", "code"),
+            ("scope", "snsapi_userinfo"),
+            ("state", "abcXYZ123"),
+        ])
+        .header("cookie", "mock_user=alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with("http://127.0.0.1:9/v1/web/callback?"),
+        "{location}"
+    );
+    let q = query_of(&location);
+    assert_eq!(q[1], ("state".to_string(), "abcXYZ123".to_string()));
+    let code = &q[0].1;
+    let (ct, v) = sns_get(
+        &mock,
+        &client,
+        "/sns/oauth2/access_token",
+        &[
+            ("appid", oa.appid.as_str()),
+            ("secret", oa.secret.as_str()),
+            ("code", code.as_str()),
+            ("grant_type", "authorization_code"),
+        ],
+    )
+    .await;
+    assert_eq!(ct, "text/plain", "sns/* JSON is served as text/plain");
+    assert!(v.get("errcode").is_none(), "no errcode on success: {v}");
+    assert_eq!(v["openid"], mock.openid_in(&oa.appid, "alice"));
+    assert_eq!(v["unionid"], mock.unionid("alice"));
+    assert_eq!(v["scope"], "snsapi_userinfo");
+    assert_eq!(v["expires_in"], 7200);
+    assert!(v["refresh_token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(v.get("is_snapshotuser").is_none());
+}
+
+#[tokio::test]
+async fn authorize_page_deny_redirects_without_code() {
+    let (mock, _) = start(web_cfg()).await;
+    let client = no_redirect_client();
+    let resp = client
+        .get(format!("{}/connect/oauth2/authorize", mock.base_url()))
+        .query(&[
+            ("appid", "wx00000000000000a1"),
+            ("redirect_uri", "https://h5.example.com/cb"),
+            ("response_type", "code"),
+            ("scope", "snsapi_base"),
+            ("state", "s1"),
+            ("mock_user", "alice"),
+            ("mock_action", "deny"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = resp.headers()["location"].to_str().unwrap();
+    assert_eq!(location, "https://h5.example.com/cb?state=s1");
+}
+
+#[tokio::test]
+async fn authorize_page_without_user_shows_chooser_form() {
+    let (mock, _) = start(web_cfg()).await;
+    let client = no_redirect_client();
+    let resp = client
+        .get(format!("{}/connect/qrconnect", mock.base_url()))
+        .query(&[
+            ("appid", "wx00000000000000b2"),
+            ("redirect_uri", "https://www.example.com/cb"),
+            ("response_type", "code"),
+            ("scope", "snsapi_login"),
+            ("state", "s1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("name=\"mock_user\""), "{page}");
+    assert!(page.contains("value=\"wx00000000000000b2\""), "{page}");
+}
+
+#[tokio::test]
+async fn authorize_page_bad_parameters_error_page_no_redirect() {
+    let (mock, _) = start(web_cfg()).await;
+    let client = no_redirect_client();
+    let base = [
+        ("appid", "wx00000000000000a1"),
+        ("redirect_uri", "https://h5.example.com/cb"),
+        ("response_type", "code"),
+        ("scope", "snsapi_base"),
+        ("state", "s1"),
+        ("mock_user", "alice"),
+    ];
+    let cases: Vec<(&str, &str, &str)> = vec![
+        ("/connect/oauth2/authorize", "appid", "wxnope"),
+        ("/connect/oauth2/authorize", "scope", "snsapi_login"),
+        ("/connect/oauth2/authorize", "response_type", "token"),
+        ("/connect/oauth2/authorize", "state", "not-alnum"),
+        ("/connect/oauth2/authorize", "redirect_uri", "not a url"),
+        // an official account cannot use the website QR page
+        ("/connect/qrconnect", "scope", "snsapi_login"),
+    ];
+    for (path, key, value) in cases {
+        let query: Vec<(&str, &str)> = base
+            .iter()
+            .map(|(k, v)| if *k == key { (*k, value) } else { (*k, *v) })
+            .collect();
+        let resp = client
+            .get(format!("{}{path}", mock.base_url()))
+            .query(&query)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{path} {key}={value}");
+        assert!(resp.headers().get("location").is_none());
+    }
+}
+
+#[tokio::test]
+async fn oauth2_access_token_snsapi_base_no_unionid_and_userinfo_48001() {
+    let (mock, client) = start(web_cfg()).await;
+    let oa = MockApp::official_account();
+    let code = mock.oauth_code(&oa.appid, "bob", "snsapi_base");
+    let v = oauth_exchange(&mock, &client, &oa, &code).await;
+    assert!(v.get("unionid").is_none(), "{v}");
+    let (ct, info) = sns_get(
+        &mock,
+        &client,
+        "/sns/userinfo",
+        &[
+            ("access_token", v["access_token"].as_str().unwrap()),
+            ("openid", v["openid"].as_str().unwrap()),
+            ("lang", "zh_CN"),
+        ],
+    )
+    .await;
+    assert_eq!(ct, "text/plain");
+    assert_errcode(&info, 48001);
+}
+
+#[tokio::test]
+async fn oauth2_code_single_use_expiring_and_per_app() {
+    let (mock, client) = start(web_cfg()).await;
+    let oa = MockApp::official_account();
+    let web = MockApp::website();
+    let code = mock.oauth_code(&oa.appid, "alice", "snsapi_base");
+    assert_errcode(&oauth_exchange(&mock, &client, &web, &code).await, 40029);
+    let code = mock.oauth_code(&oa.appid, "alice", "snsapi_base");
+    assert!(oauth_exchange(&mock, &client, &oa, &code)
+        .await
+        .get("openid")
+        .is_some());
+    assert_errcode(&oauth_exchange(&mock, &client, &oa, &code).await, 40163);
+    let code = mock.oauth_code(&oa.appid, "alice", "snsapi_base");
+    mock.advance_clock(Duration::from_secs(301));
+    assert_errcode(&oauth_exchange(&mock, &client, &oa, &code).await, 40029);
+    assert_errcode(&oauth_exchange(&mock, &client, &oa, "unknown").await, 40029);
+    let bad_secret = MockApp {
+        secret: "wrong".into(),
+        ..oa.clone()
+    };
+    assert_errcode(
+        &oauth_exchange(&mock, &client, &bad_secret, "x").await,
+        40125,
+    );
+    let bad_appid = MockApp {
+        appid: "wxnope".into(),
+        ..oa.clone()
+    };
+    assert_errcode(
+        &oauth_exchange(&mock, &client, &bad_appid, "x").await,
+        40013,
+    );
+    // The mini-program's appid is not a web app.
+    let (_, v) = sns_get(
+        &mock,
+        &client,
+        "/sns/oauth2/access_token",
+        &[
+            ("appid", APPID),
+            ("secret", SECRET),
+            ("code", "x"),
+            ("grant_type", "authorization_code"),
+        ],
+    )
+    .await;
+    assert_errcode(&v, 40013);
+}
+
+#[tokio::test]
+async fn userinfo_sns_auth_and_refresh_token() {
+    let (mock, client) = start(web_cfg()).await;
+    let web = MockApp::website();
+    let code = mock.oauth_code(&web.appid, "carol", "snsapi_login");
+    let v = oauth_exchange(&mock, &client, &web, &code).await;
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let openid = v["openid"].as_str().unwrap().to_string();
+    let (_, info) = sns_get(
+        &mock,
+        &client,
+        "/sns/userinfo",
+        &[
+            ("access_token", &token),
+            ("openid", &openid),
+            ("lang", "zh_CN"),
+        ],
+    )
+    .await;
+    assert!(info.get("errcode").is_none(), "{info}");
+    assert_eq!(info["unionid"], mock.unionid("carol"));
+    assert_eq!(info["sex"], 0);
+    assert_eq!(info["province"], "");
+    assert!(info["privilege"].is_array());
+    let (_, other) = sns_get(
+        &mock,
+        &client,
+        "/sns/userinfo",
+        &[("access_token", &token), ("openid", "oSomeoneElse")],
+    )
+    .await;
+    assert_errcode(&other, 40003);
+    let (_, auth) = sns_get(
+        &mock,
+        &client,
+        "/sns/auth",
+        &[("access_token", &token), ("openid", &openid)],
+    )
+    .await;
+    assert_eq!(auth["errcode"], 0);
+    let (_, auth) = sns_get(
+        &mock,
+        &client,
+        "/sns/auth",
+        &[("access_token", "nope"), ("openid", &openid)],
+    )
+    .await;
+    assert_errcode(&auth, 40001);
+    let refresh = v["refresh_token"].as_str().unwrap().to_string();
+    let (_, renewed) = sns_get(
+        &mock,
+        &client,
+        "/sns/oauth2/refresh_token",
+        &[
+            ("appid", &web.appid),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+        ],
+    )
+    .await;
+    assert_ne!(renewed["access_token"], v["access_token"]);
+    assert_eq!(renewed["refresh_token"], refresh);
+    let (_, bad) = sns_get(
+        &mock,
+        &client,
+        "/sns/oauth2/refresh_token",
+        &[
+            ("appid", &web.appid),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "nope"),
+        ],
+    )
+    .await;
+    assert_errcode(&bad, 40030);
+    mock.advance_clock(Duration::from_secs(7201));
+    let (_, expired) = sns_get(
+        &mock,
+        &client,
+        "/sns/auth",
+        &[("access_token", &token), ("openid", &openid)],
+    )
+    .await;
+    assert_errcode(&expired, 42001);
+    mock.advance_clock(Duration::from_secs(31 * 86_400));
+    let (_, expired) = sns_get(
+        &mock,
+        &client,
+        "/sns/oauth2/refresh_token",
+        &[
+            ("appid", &web.appid),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+        ],
+    )
+    .await;
+    assert_errcode(&expired, 42002);
+}
+
+#[tokio::test]
+async fn snapshot_user_flagged_and_virtual_openid() {
+    let (mock, _) = start(web_cfg()).await;
+    let client = no_redirect_client();
+    let oa = MockApp::official_account();
+    let resp = client
+        .get(format!("{}/connect/oauth2/authorize", mock.base_url()))
+        .query(&[
+            ("appid", oa.appid.as_str()),
+            ("redirect_uri", "https://h5.example.com/cb"),
+            ("response_type", "code"),
+            ("scope", "snsapi_base"),
+            ("state", "s"),
+        ])
+        .header("cookie", "mock_user=dave; mock_action=snapshot")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    let q = query_of(resp.headers()["location"].to_str().unwrap());
+    let v = oauth_exchange(&mock, &client, &oa, &q[0].1).await;
+    assert_eq!(v["is_snapshotuser"], 1, "{v}");
+    assert_ne!(v["openid"], mock.openid_in(&oa.appid, "dave"));
+}
+
+#[tokio::test]
+async fn oauth2_access_token_faults_injected_like_jscode2session() {
+    let (mock, client) = start(web_cfg()).await;
+    let oa = MockApp::official_account();
+    mock.inject(
+        "oauth2_access_token",
+        Fault::Errcode {
+            errcode: -1,
+            errmsg: "system error".into(),
+        },
+        1,
+    );
+    let code = mock.oauth_code(&oa.appid, "alice", "snsapi_base");
+    assert_errcode(&oauth_exchange(&mock, &client, &oa, &code).await, -1);
+    // The faulted call did not consume the code.
+    assert!(oauth_exchange(&mock, &client, &oa, &code)
+        .await
+        .get("openid")
+        .is_some());
+    assert_eq!(mock.calls("oauth2_access_token"), 2);
+    mock.inject("userinfo", Fault::Status(502), 1);
+    let resp = client
+        .get(format!("{}/sns/userinfo", mock.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+}
+
+#[tokio::test]
+async fn mock_oauth_code_control_route() {
+    let (mock, client) = start(web_cfg()).await;
+    let oa = MockApp::official_account();
+    let v: Value = client
+        .get(format!("{}/mock/oauth/code", mock.base_url()))
+        .query(&[
+            ("appid", oa.appid.as_str()),
+            ("user", "erin"),
+            ("scope", "snsapi_userinfo"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = oauth_exchange(&mock, &client, &oa, v["code"].as_str().unwrap()).await;
+    assert_eq!(answer["openid"], v["openid"]);
+    assert_eq!(answer["unionid"], mock.unionid("erin"));
+}

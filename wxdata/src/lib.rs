@@ -13,7 +13,6 @@
 //! never panics (clippy denies `unwrap`, `expect` and `panic`). Decoded keys and plaintexts are
 //! zeroized when dropped; errors never carry key material or decrypted data.
 
-mod hex;
 pub mod signature;
 pub mod userdata;
 

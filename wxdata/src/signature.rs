@@ -15,24 +15,23 @@ use sha1::{Digest, Sha1};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::hex;
-
 /// Length in bytes of a SHA-1 digest (a `rawData` signature is 40 hex digits).
 const SHA1_LEN: usize = 20;
 
 /// `hex(sha1(raw_data + session_key))` in lowercase, as WeChat signs `rawData`.
 /// `session_key` is the base64 text, not its decoded bytes.
 pub fn raw_data_signature(raw_data: &str, session_key: &str) -> String {
-    hex::encode(&raw_data_digest(raw_data, session_key))
+    hex::encode(raw_data_digest(raw_data, session_key))
 }
 
 /// Whether `signature_hex` is WeChat's signature of `raw_data` under `session_key`
 /// (see [`raw_data_signature`]). Hex of either case is accepted; anything that is not 40 hex
 /// digits is `false`. The comparison is constant-time.
 pub fn check_raw_data_signature(raw_data: &str, session_key: &str, signature_hex: &str) -> bool {
-    let Some(given) = hex::decode_array::<SHA1_LEN>(signature_hex) else {
+    let mut given = [0u8; SHA1_LEN];
+    if hex::decode_to_slice(signature_hex, &mut given).is_err() {
         return false;
-    };
+    }
     raw_data_digest(raw_data, session_key)
         .as_slice()
         .ct_eq(&given)
@@ -52,7 +51,7 @@ fn raw_data_digest(raw_data: &str, session_key: &str) -> [u8; SHA1_LEN] {
 pub fn checksession_signature(session_key: &str) -> String {
     let mut mac = Hmac::<Sha256>::new(&hmac_key(session_key.as_bytes()));
     mac.update(b"");
-    hex::encode(&mac.finalize().into_bytes())
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The HMAC block-sized key of RFC 2104 §2: a key longer than the block is first hashed, and
@@ -172,7 +171,7 @@ mod tests {
         ] {
             let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
             mac.update(b"");
-            let expected = hex::encode(&mac.finalize().into_bytes());
+            let expected = hex::encode(mac.finalize().into_bytes());
             assert_eq!(
                 checksession_signature(secret),
                 expected,

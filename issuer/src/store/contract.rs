@@ -64,7 +64,11 @@ macro_rules! contract_tests {
             grants_scopes_replaced_and_cleared_ban_kept,
             grants_ban_read_back_replaced_and_lifted_scopes_kept,
             grants_survive_a_new_handle,
-            refresh_owner_of_unused_used_and_unknown_tokens
+            refresh_owner_of_unused_used_and_unknown_tokens,
+            ephemeral_taken_once,
+            ephemeral_expired_not_returned,
+            ephemeral_put_replaces,
+            ephemeral_concurrent_take_exactly_one
         );
     };
     (@each $backend:expr; $($name:ident),* $(,)?) => {
@@ -997,4 +1001,58 @@ pub async fn refresh_owner_of_unused_used_and_unknown_tokens(backend: &dyn Backe
         Some("u-c1")
     );
     assert_eq!(store.refresh_owner("r-unknown").await.unwrap(), None);
+}
+
+pub async fn ephemeral_taken_once(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    assert_eq!(store.take_ephemeral("k", 100).await.unwrap(), None);
+    store.put_ephemeral("k", b"v1", 200).await.unwrap();
+    store.put_ephemeral("other", b"o", 200).await.unwrap();
+    assert_eq!(
+        store.take_ephemeral("k", 100).await.unwrap(),
+        Some(b"v1".to_vec())
+    );
+    assert_eq!(store.take_ephemeral("k", 100).await.unwrap(), None);
+    // Another handle (replica) sees the same state.
+    let other = backend.handle().await;
+    assert_eq!(
+        other.take_ephemeral("other", 100).await.unwrap(),
+        Some(b"o".to_vec())
+    );
+}
+
+pub async fn ephemeral_expired_not_returned(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    store.put_ephemeral("k", b"v", 200).await.unwrap();
+    assert_eq!(store.take_ephemeral("k", 200).await.unwrap(), None);
+    store.put_ephemeral("p", b"v", 200).await.unwrap();
+    store.purge(300).await.unwrap();
+    assert_eq!(store.take_ephemeral("p", 100).await.unwrap(), None);
+}
+
+pub async fn ephemeral_put_replaces(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    store.put_ephemeral("k", b"old", 200).await.unwrap();
+    store.put_ephemeral("k", b"new", 300).await.unwrap();
+    assert_eq!(
+        store.take_ephemeral("k", 250).await.unwrap(),
+        Some(b"new".to_vec())
+    );
+}
+
+pub async fn ephemeral_concurrent_take_exactly_one(backend: &dyn Backend) {
+    let handles = [backend.handle().await, backend.handle().await];
+    handles[0].put_ephemeral("k", b"v", 200).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&handles[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            store.take_ephemeral("k", 100).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        winners += usize::from(task.await.unwrap().is_some());
+    }
+    assert_eq!(winners, 1);
 }

@@ -298,6 +298,20 @@ pub trait Store: Send + Sync {
     /// The highest revocation seq ever assigned (at least 1 on a fresh store, see
     /// `docs/INTERFACES.md`).
     async fn current_seq(&self) -> Result<u64, StoreError>;
+    /// Stores `value` under `key` until `expires_at` (unix seconds), replacing any value
+    /// already there. Short-lived server-side state such as a pending web login
+    /// ([`crate::web::PendingLogin`], key [`crate::web::state_key`]).
+    async fn put_ephemeral(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+    /// Takes `key` once, atomically: returns its value and deletes it, so of two concurrent
+    /// takes exactly one gets it. `None` when absent, already taken, or expired at `now`
+    /// (an expired value is deleted too).
+    async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// Deletes expired revocations (advancing the watermark with
     /// [`crate::rules::next_watermark`]), ended sessions and expired refresh tokens.
     async fn purge(&self, now: i64) -> Result<Purged, StoreError>;

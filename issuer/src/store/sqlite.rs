@@ -131,9 +131,19 @@ CREATE TABLE user_grants (
 );
 "#;
 
+/// Schema version 4: short-lived values taken once (pending web logins).
+const V4: &str = r#"
+CREATE TABLE ephemeral (
+    key        TEXT PRIMARY KEY,
+    value      BLOB NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX ephemeral_expires ON ephemeral (expires_at);
+"#;
+
 /// The migrations, in order: the schema version of a file is the number of them applied
 /// (`PRAGMA user_version`). Append only; never edit a published one.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Applies the migrations the file lacks; refuses a file from a newer issuer.
 fn migrate(conn: &mut Connection) -> Result<(), String> {
@@ -441,6 +451,22 @@ impl Store for SqliteStore {
         self.run(ops::current_seq).await
     }
 
+    async fn put_ephemeral(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.run(move |c| ops::put_ephemeral(c, &key, &value, expires_at))
+            .await
+    }
+
+    async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.run(move |c| ops::take_ephemeral(c, &key, now)).await
+    }
+
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
         self.run(move |c| ops::purge(c, now)).await
     }
@@ -471,6 +497,38 @@ impl Store for SqliteStore {
 /// The blocking operations, one per trait method, each on the locked connection.
 mod ops {
     use super::*;
+
+    pub(super) fn put_ephemeral(
+        conn: &mut Connection,
+        key: &str,
+        value: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        conn.execute(
+            "INSERT INTO ephemeral (key, value, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+            params![key, value, expires_at],
+        )
+        .map(|_| ())
+        .map_err(db_err)
+    }
+
+    pub(super) fn take_ephemeral(
+        conn: &mut Connection,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        // DELETE … RETURNING is one statement: of two takers exactly one gets the row.
+        let taken: Option<(Vec<u8>, i64)> = conn
+            .query_row(
+                "DELETE FROM ephemeral WHERE key = ?1 RETURNING value, expires_at",
+                [key],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        Ok(taken.and_then(|(value, expires_at)| (expires_at > now).then_some(value)))
+    }
 
     pub(super) fn ping(conn: &mut Connection) -> Result<(), StoreError> {
         conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)
@@ -1154,6 +1212,8 @@ mod ops {
                 [now],
             )
             .map_err(db_err)?;
+        tx.execute("DELETE FROM ephemeral WHERE expires_at <= ?1", [now])
+            .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(purged)
     }
@@ -1178,25 +1238,21 @@ mod tests {
 
     /// A fresh database file in its own directory, removed on drop.
     struct TempDb {
-        dir: std::path::PathBuf,
+        dir: tempfile::TempDir,
     }
 
     impl TempDb {
         async fn new() -> TempDb {
-            let dir = std::env::temp_dir()
-                .join(format!("weauth-store-{}", crate::secrets::random_b64(6)));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDb { dir }
+            TempDb {
+                dir: tempfile::Builder::new()
+                    .prefix("weauth-store-")
+                    .tempdir()
+                    .unwrap(),
+            }
         }
 
         fn path(&self) -> std::path::PathBuf {
-            self.dir.join("t.db")
-        }
-    }
-
-    impl Drop for TempDb {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            self.dir.path().join("t.db")
         }
     }
 

@@ -21,25 +21,14 @@ pub const FEED: &str = "test-feed-token";
 pub const ADMIN: &str = "test-admin-token";
 
 /// A temp directory removed on drop.
-pub struct TempDir(pub PathBuf);
+pub type TempDir = tempfile::TempDir;
 
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let unique = format!(
-            "weauth-issuer-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        let path = std::env::temp_dir().join(unique);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh `weauth-issuer-<tag>-…` directory under the system temp dir, removed on drop.
+pub fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("weauth-issuer-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// The environment for an issuer against `mock`, storing in `dir`.
@@ -186,8 +175,8 @@ impl Stack {
 
     pub async fn start_with(cfg: MockConfig, extra: &[(&str, &str)]) -> Stack {
         let mock = MockWechat::start(cfg).await.unwrap();
-        let dir = TempDir::new("it");
-        let mut env = base_env(&mock, &dir.0);
+        let dir = temp_dir("it");
+        let mut env = base_env(&mock, dir.path());
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
         }
@@ -220,7 +209,7 @@ impl Stack {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.dir.0.join("weauth.db")
+        self.dir.path().join("weauth.db")
     }
 
     /// Counts rows of a table straight from the SQLite file.

@@ -2,15 +2,36 @@
 //! `weauth_tests::mock_wechat` for the routes).
 //!
 //! Usage: `weauth-mock-wechat [--listen 127.0.0.1:8090] [--appid ID] [--secret S] [--unionid]
-//! [--token-overlap-secs N]`. Prints `listening on ADDR` once ready; stops on Ctrl-C/SIGTERM.
+//! [--token-overlap-secs N] [--web-app KIND:APPID:SECRET]...` where KIND is
+//! `official_account` or `website` (bound to the Open Platform, so `unionid` is returned for
+//! `snsapi_userinfo`/`snsapi_login`); `--web-apps` adds the default official account and
+//! website (`MockApp::official_account()`, `MockApp::website()`). Prints `listening on ADDR` once ready; stops on Ctrl-C/SIGTERM.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weauth_tests::mock_wechat::{MockConfig, MockWechat};
+use weauth_tests::mock_wechat::{MockApp, MockAppKind, MockConfig, MockWechat};
 
 const USAGE: &str = "usage: weauth-mock-wechat [--listen 127.0.0.1:8090] [--appid ID] \
-[--secret S] [--unionid] [--token-overlap-secs N]";
+[--secret S] [--unionid] [--token-overlap-secs N] [--web-app KIND:APPID:SECRET]... [--web-apps]";
+
+fn web_app(spec: &str) -> Result<MockApp, String> {
+    let mut parts = spec.splitn(3, ':');
+    let (Some(kind), Some(appid), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("--web-app {spec:?}: expected KIND:APPID:SECRET"));
+    };
+    let kind = match kind {
+        "official_account" => MockAppKind::OfficialAccount,
+        "website" => MockAppKind::Website,
+        other => return Err(format!("--web-app: unknown kind {other:?}")),
+    };
+    Ok(MockApp {
+        appid: appid.to_string(),
+        secret: secret.to_string(),
+        kind,
+        unionid: true,
+    })
+}
 
 fn parse(args: impl Iterator<Item = String>) -> Result<MockConfig, String> {
     let mut cfg = MockConfig {
@@ -28,6 +49,11 @@ fn parse(args: impl Iterator<Item = String>) -> Result<MockConfig, String> {
             "--appid" => cfg.appid = value("--appid")?,
             "--secret" => cfg.secret = value("--secret")?,
             "--unionid" => cfg.unionid = true,
+            "--web-app" => cfg.web_apps.push(web_app(&value("--web-app")?)?),
+            "--web-apps" => {
+                cfg.web_apps.push(MockApp::official_account());
+                cfg.web_apps.push(MockApp::website());
+            }
             "--token-overlap-secs" => {
                 let v = value("--token-overlap-secs")?;
                 let secs: u64 = v
@@ -98,6 +124,16 @@ mod tests {
         assert_eq!((cfg.appid.as_str(), cfg.secret.as_str()), ("wxA", "s"));
         assert!(cfg.unionid);
         assert_eq!(cfg.token_overlap, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn parse_web_app_flags() {
+        let cfg = parse(args(&["--web-app", "website:wxW:s:x", "--web-apps"])).unwrap();
+        assert_eq!(cfg.web_apps.len(), 3);
+        assert_eq!(cfg.web_apps[0].kind, MockAppKind::Website);
+        assert_eq!(cfg.web_apps[0].secret, "s:x");
+        assert!(parse(args(&["--web-app", "mini:wx:s"])).is_err());
+        assert!(parse(args(&["--web-app", "website:wx"])).is_err());
     }
 
     #[test]

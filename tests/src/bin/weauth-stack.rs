@@ -1,12 +1,17 @@
 //! `weauth-stack`: the `make up` launcher. Starts the local stack on the fixed ports of
-//! docs/DESIGN.md (Envoy 10000, admin 9901, issuer 8080, demo upstream 8081, mock WeChat 8090) with
+//! docs/DESIGN.md (Envoy 10000, its internal listener for the admin API and the feed 10001,
+//! admin 9901, issuer 8080, demo upstream 8081, mock WeChat 8090) with
 //! the same harness code as the end-to-end tests, the database and logs in `<workspace>/.run/`,
 //! prints where everything listens and the README's curl walkthrough, then waits for Ctrl-C or SIGTERM
 //! and stops every process it started (and only those).
 //!
 //! Its pid goes to `.run/stack.pid` so `make down` can send it SIGTERM. Development
-//! credentials: appid `wx0123456789abcdef`, secret `mock-secret`, feed token `dev-feed-token`,
-//! admin token `dev-admin-token`.
+//! credentials: the mini-program appid `wx0123456789abcdef` (secret `mock-secret`), the
+//! official account `wx00000000000000a1` (`mock-oa-secret`) and the website
+//! `wx00000000000000b2` (`mock-web-secret`), all bound to one Open Platform account (the apps
+//! file is `.run/apps.json`); feed token `dev-feed-token`, admin token `dev-admin-token`. The
+//! web-login demo page is `http://127.0.0.1:10000/demo/` (the apps file and the demo are for
+//! `make up` only: `--free-ports` keeps the one-app configuration its drivers expect).
 //!
 //! Usage: `weauth-stack [--concurrency N] [--free-ports] [--json] [--issuer-env NAME=VALUE]…
 //! [--plugin-patch JSON]…`. The last four are for test drivers in other languages (the
@@ -14,7 +19,7 @@
 //! - `--free-ports`: free loopback ports and a temp directory (removed at exit) instead of the
 //!   fixed ports and `.run/`; no pid file, so it never disturbs a `make up` stack;
 //! - `--json`: instead of the walkthrough, print ONE line of JSON on stdout once everything is
-//!   ready: `{"envoy","admin","issuer","upstream","mock"` (base URLs), `"admin_token"`,
+//!   ready: `{"envoy","internal","admin","issuer","upstream","mock"` (base URLs), `"admin_token"`,
 //!   `"feed_token"`, `"dir"`, `"pid"}`; the stack then also stops when its stdin is closed, so
 //!   a driver that dies without sending SIGTERM does not leave Envoy and the issuer behind;
 //! - `--issuer-env NAME=VALUE`: an extra or overriding `WEAUTH_*` variable for the issuer
@@ -99,6 +104,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
 fn ready_line(stack: &Stack) -> String {
     json!({
         "envoy": stack.envoy_url(),
+        "internal": stack.internal_url(),
         "admin": stack.admin_url(),
         "issuer": stack.issuer_url(),
         "upstream": stack.upstream_url(),
@@ -129,6 +135,7 @@ async fn stdin_closed() {
 fn check_ports_free(ports: StackPorts) -> Result<(), String> {
     for (role, port) in [
         ("Envoy", ports.envoy),
+        ("Envoy internal listener", ports.internal),
         ("Envoy admin", ports.admin),
         ("issuer", ports.issuer),
         ("demo upstream", ports.upstream),
@@ -156,22 +163,31 @@ fn walkthrough(stack: &Stack) -> String {
         r#"
 weauth local stack is up:
   Envoy (filter loaded)  {envoy}   admin {admin}
+  Envoy internal         {internal}   (/v1/admin/*, /v1/revocations: not on the public listener)
   issuer                 {issuer}
   demo upstream          {upstream}
   mock WeChat            {mock}
   logs                   {issuer_log}
                          {envoy_log}
-  appid wx0123456789abcdef  secret mock-secret  feed token {FEED_TOKEN}  admin token {ADMIN_TOKEN}
+  apps {run}/apps.json: mini-program wx0123456789abcdef (secret mock-secret),
+       official account wx00000000000000a1, website wx00000000000000b2
+  feed token {FEED_TOKEN}  admin token {ADMIN_TOKEN}
+
+Web login (official account): open {envoy}/demo/ in a browser, click "Log in", pick a name
+on the mock WeChat page (the same name as a mini-program login below gives the same sub),
+then "GET /api/hello", "POST /v1/token/refresh" and "POST /v1/logout".
 
 Try it (copy-paste into another terminal; README.md explains each step and the mock's helper routes):
 {script}
 Stop with Ctrl-C or `make down`.
 "#,
         admin = stack.admin_url(),
+        internal = stack.internal_url(),
         issuer = stack.issuer_url(),
         upstream = stack.upstream_url(),
         issuer_log = stack.issuer_log().display(),
         envoy_log = stack.envoy_log().display(),
+        run = stack.dir().display(),
     )
 }
 
@@ -212,7 +228,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ports(ports)
             .run_dir(&run_dir)
             .feed_token(FEED_TOKEN)
-            .admin_token(ADMIN_TOKEN);
+            .admin_token(ADMIN_TOKEN)
+            .web_login();
         Some(pid_file)
     };
 

@@ -25,7 +25,38 @@
 //! `, rid: <hex>`, like WeChat. Token-taking routes answer 40001 for an unknown or replaced
 //! token and 42001 for an expired one.
 //!
-//! Control routes (not counted): `GET /mock/login?user=NAME` → `{"code","openid"}` (a fresh
+//! Web OAuth2 (official accounts and websites, [`MockConfig::web_apps`]; see DESIGN.md):
+//!
+//! - `GET /connect/oauth2/authorize?appid&redirect_uri&response_type=code&scope=snsapi_base|
+//!   snsapi_userinfo&state` [`oauth2_authorize`] and `GET /connect/qrconnect?…&scope=snsapi_login`
+//!   [`qrconnect`] are the pages a browser visits. The user is chosen by a `mock_user` query
+//!   parameter or cookie (a browser test sets the cookie on the mock's origin); without one
+//!   the page shows a small form to pick a name. `mock_action` (query or cookie) decides:
+//!   `approve` (default) redirects 302 to `redirect_uri?code=CODE&state=STATE`, `deny`
+//!   redirects to `redirect_uri?state=STATE` without `code` (the user refused), `snapshot`
+//!   approves as a snapshot-mode virtual account (`snsapi_base` only). Bad parameters (unknown
+//!   appid, an official account at `qrconnect` or a website at `oauth2/authorize`, a scope
+//!   the page does not offer, `response_type` not `code`, a `state` over 128 bytes or outside
+//!   `a-zA-Z0-9`, no `redirect_uri`) answer an HTML error page with status 400 and no redirect.
+//!   `#wechat_redirect` cannot be checked: browsers never send the fragment.
+//! - `GET /sns/oauth2/access_token?appid&secret&code&grant_type=authorization_code`
+//!   [`oauth2_access_token`] → `{"access_token","expires_in":7200,"refresh_token","openid",
+//!   "scope"[,"unionid"][,"is_snapshotuser":1]}`; `unionid` only for `snsapi_userinfo` and
+//!   `snsapi_login` of an app bound to the Open Platform ([`MockApp::unionid`]). Codes are
+//!   single-use (40163), live 5 minutes (40029) and belong to one app (40029 for another's).
+//! - `GET /sns/oauth2/refresh_token?appid&grant_type=refresh_token&refresh_token`
+//!   [`oauth2_refresh_token`]: a new user access token; 40030 unknown, 42002 expired.
+//! - `GET /sns/userinfo?access_token&openid[&lang]` [`userinfo`] → `openid, nickname, sex (0),
+//!   province, city, country (empty since 2021), headimgurl, privilege, unionid?`; 48001 for
+//!   an `snsapi_base` token, 40001/42001 for an unknown/expired token, 40003 for another openid.
+//! - `GET /sns/auth?access_token&openid` [`sns_auth`] → `{"errcode":0,"errmsg":"ok"}` or the
+//!   token errors.
+//!
+//! The `sns/*` answers are JSON served as `text/plain`, without `errcode` on success (except
+//! `sns/auth`), like `jscode2session`.
+//!
+//! Control routes (not counted): `GET /mock/oauth/code?appid&user&scope[&snapshot=1]` →
+//! `{"code","openid"}` (an approved authorization without a browser); `GET /mock/login?user=NAME` → `{"code","openid"}` (a fresh
 //! code and a NEW session_key, like `wx.login`; the openid is stable per NAME);
 //! `GET /mock/phonecode?user=NAME&phone=DIGITS[&country=86]` → `{"code"}`;
 //! `POST /mock/encrypt {"user","data":{…}}` → `{"encryptedData","iv","rawData","signature"}`
@@ -50,7 +81,53 @@ use serde_json::{json, Value};
 
 use crate::serve::{self, param, query_pairs, read_body, respond, Request, Response, ServerHandle};
 pub use state::Fault;
-use state::{CodeError, CodeStore, FaultQueue, TokenCheck, TokenStore, User, CODE_TTL_MS, ROUTES};
+use state::{
+    CodeError, CodeStore, FaultQueue, OauthGrant, TokenCheck, TokenStore, User, UserTokenCheck,
+    UserTokens, CODE_TTL_MS, ROUTES,
+};
+
+/// The kind of a web app the mock knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockAppKind {
+    /// An official account: `connect/oauth2/authorize`, `snsapi_base|snsapi_userinfo`.
+    OfficialAccount,
+    /// An Open Platform website app: `connect/qrconnect`, `snsapi_login`.
+    Website,
+}
+
+/// A web app (official account or website) the mock accepts besides the mini-program.
+#[derive(Debug, Clone)]
+pub struct MockApp {
+    pub appid: String,
+    pub secret: String,
+    pub kind: MockAppKind,
+    /// Bound to the Open Platform account: `unionid` in `snsapi_userinfo`/`snsapi_login`
+    /// answers (the same unionid per user name as the mini-program's).
+    pub unionid: bool,
+}
+
+impl MockApp {
+    /// The official account of the local stack and the tests: `wx00000000000000a1`,
+    /// secret `mock-oa-secret`, bound to the Open Platform.
+    pub fn official_account() -> MockApp {
+        MockApp {
+            appid: "wx00000000000000a1".into(),
+            secret: "mock-oa-secret".into(),
+            kind: MockAppKind::OfficialAccount,
+            unionid: true,
+        }
+    }
+
+    /// The website app of the tests: `wx00000000000000b2`, secret `mock-web-secret`, bound.
+    pub fn website() -> MockApp {
+        MockApp {
+            appid: "wx00000000000000b2".into(),
+            secret: "mock-web-secret".into(),
+            kind: MockAppKind::Website,
+            unionid: true,
+        }
+    }
+}
 
 /// How the mock is set up. Build with `MockConfig { unionid: true, ..Default::default() }`.
 #[derive(Debug, Clone)]
@@ -66,6 +143,8 @@ pub struct MockConfig {
     pub listen: Option<SocketAddr>,
     /// How long a replaced access token keeps working (default 300 s, as at WeChat).
     pub token_overlap: Duration,
+    /// Official accounts and websites for web OAuth2 (default none).
+    pub web_apps: Vec<MockApp>,
 }
 
 impl Default for MockConfig {
@@ -76,6 +155,7 @@ impl Default for MockConfig {
             unionid: false,
             listen: None,
             token_overlap: Duration::from_secs(300),
+            web_apps: Vec::new(),
         }
     }
 }
@@ -192,6 +272,23 @@ impl MockWechat {
         }
     }
 
+    /// Like `GET /mock/oauth/code`: an approved web authorization of `user` for `appid` with
+    /// `scope`, without a browser. Returns the code.
+    ///
+    /// # Panics
+    /// When `appid` is not one of [`MockConfig::web_apps`] (a test mistake).
+    pub fn oauth_code(&self, appid: &str, user: &str, scope: &str) -> String {
+        match self.shared.oauth_code(appid, user, scope, false) {
+            Ok(code) => code,
+            Err(e) => panic!("mock oauth_code({appid}, {user}, {scope}): {e}"),
+        }
+    }
+
+    /// The stable openid of `user` in `appid` (any app: openids are per app).
+    pub fn openid_in(&self, appid: &str, user: &str) -> String {
+        User::new(appid, user).openid
+    }
+
     /// Clears faults and counters (codes, tokens and session keys are kept).
     pub fn reset(&self) {
         self.shared.reset(false);
@@ -225,6 +322,9 @@ struct Inner {
     /// code → (openid, session_key issued with the code).
     login_codes: CodeStore<(String, String)>,
     phone_codes: CodeStore<PhoneGrant>,
+    /// Web OAuth2 codes (`connect/*` approvals).
+    oauth_codes: CodeStore<OauthGrant>,
+    user_tokens: UserTokens,
     tokens: TokenStore,
     faults: FaultQueue,
     calls: HashMap<String, u64>,
@@ -253,6 +353,8 @@ impl Shared {
                 session_keys: HashMap::new(),
                 login_codes: CodeStore::new(CODE_TTL_MS),
                 phone_codes: CodeStore::new(CODE_TTL_MS),
+                oauth_codes: CodeStore::new(CODE_TTL_MS),
+                user_tokens: UserTokens::default(),
                 tokens: TokenStore::new(overlap),
                 faults: FaultQueue::default(),
                 calls: HashMap::new(),
@@ -345,6 +447,8 @@ impl Shared {
             inner.session_keys.clear();
             inner.login_codes = CodeStore::new(CODE_TTL_MS);
             inner.phone_codes = CodeStore::new(CODE_TTL_MS);
+            inner.oauth_codes = CodeStore::new(CODE_TTL_MS);
+            inner.user_tokens = UserTokens::default();
             inner.tokens = TokenStore::new(self.cfg.token_overlap);
         }
     }
@@ -400,13 +504,294 @@ impl Shared {
     }
 
     /// The normal (fault-free) answer of a WeChat route.
-    fn api(&self, route: &'static str, q: &[(String, String)], body: &[u8]) -> Response {
+    fn api(
+        &self,
+        route: &'static str,
+        q: &[(String, String)],
+        body: &[u8],
+        cookies: &[(String, String)],
+    ) -> Response {
         match route {
             "jscode2session" => self.jscode2session(q),
             "stable_token" => self.stable_token(body),
             "token" => self.token(q),
             "getuserphonenumber" => self.getuserphonenumber(q, body),
+            "oauth2_authorize" => self.authorize_page(false, q, cookies),
+            "qrconnect" => self.authorize_page(true, q, cookies),
+            "oauth2_access_token" => self.oauth2_access_token(q),
+            "oauth2_refresh_token" => self.oauth2_refresh_token(q),
+            "userinfo" => self.userinfo(q),
+            "sns_auth" => self.sns_auth(q),
             _ => self.checksession(q),
+        }
+    }
+
+    fn web_app(&self, appid: Option<&str>) -> Option<&MockApp> {
+        let appid = appid?;
+        self.cfg.web_apps.iter().find(|app| app.appid == appid)
+    }
+
+    /// Records an approved authorization and returns its code.
+    fn oauth_code(
+        &self,
+        appid: &str,
+        name: &str,
+        scope: &str,
+        snapshot: bool,
+    ) -> Result<String, String> {
+        let app = self
+            .web_app(Some(appid))
+            .ok_or_else(|| format!("unknown web appid {appid:?}"))?;
+        let user = User::new(&app.appid, name);
+        let openid = if snapshot {
+            state::snapshot_openid(&app.appid, name)
+        } else {
+            user.openid.clone()
+        };
+        let grant = OauthGrant {
+            appid: app.appid.clone(),
+            openid,
+            unionid: user.unionid.clone(),
+            name: name.to_string(),
+            scope: scope.to_string(),
+            snapshot,
+        };
+        let code = state::new_code(&mut rand::thread_rng());
+        let mut inner = self.lock();
+        let now = Self::now_ms(&inner);
+        inner.oauth_codes.insert(code.clone(), grant, now);
+        Ok(code)
+    }
+
+    /// `connect/oauth2/authorize` (`qr` false) or `connect/qrconnect` (`qr` true).
+    fn authorize_page(
+        &self,
+        qr: bool,
+        q: &[(String, String)],
+        cookies: &[(String, String)],
+    ) -> Response {
+        let appid = param(q, "appid");
+        let wanted = if qr {
+            MockAppKind::Website
+        } else {
+            MockAppKind::OfficialAccount
+        };
+        let Some(app) = self.web_app(appid).filter(|app| app.kind == wanted) else {
+            return error_page("appid 参数错误 (the appid is unknown or not allowed on this page)");
+        };
+        let scope = param(q, "scope");
+        let redirect_uri = param(q, "redirect_uri");
+        let state_param = param(q, "state");
+        if let Err(reason) = state::check_authorize_params(
+            qr,
+            param(q, "response_type"),
+            scope,
+            redirect_uri,
+            state_param,
+        ) {
+            return error_page(&reason);
+        }
+        let (Some(scope), Some(redirect_uri)) = (scope, redirect_uri) else {
+            return error_page("missing parameters");
+        };
+        let user = param(q, "mock_user")
+            .or_else(|| param(cookies, "mock_user"))
+            .filter(|u| !u.is_empty());
+        let action = param(q, "mock_action")
+            .or_else(|| param(cookies, "mock_action"))
+            .unwrap_or("approve");
+        let Some(user) = user else {
+            return chooser_page(q);
+        };
+        let location = match action {
+            "deny" => state::callback_url(redirect_uri, None, state_param),
+            "approve" | "snapshot" => {
+                let snapshot = action == "snapshot";
+                if snapshot && scope != "snsapi_base" {
+                    return error_page("a snapshot-mode page only allows snsapi_base");
+                }
+                match self.oauth_code(&app.appid, user, scope, snapshot) {
+                    Ok(code) => state::callback_url(redirect_uri, Some(&code), state_param),
+                    Err(reason) => return error_page(&reason),
+                }
+            }
+            _ => return error_page("mock_action must be approve, deny or snapshot"),
+        };
+        let mut response = respond(302, "text/html; charset=utf-8", "");
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&location) {
+            response
+                .headers_mut()
+                .insert(hyper::header::LOCATION, value);
+        }
+        response
+    }
+
+    fn check_web_app(
+        &self,
+        route: &str,
+        appid: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<MockApp, Box<Response>> {
+        let Some(app) = self.web_app(appid) else {
+            return Err(Box::new(self.error(route, 40013, "invalid appid")));
+        };
+        if secret != Some(app.secret.as_str()) {
+            return Err(Box::new(self.error(route, 40125, "invalid appsecret")));
+        }
+        Ok(app.clone())
+    }
+
+    /// Mints a user access token and a refresh token for `grant` and answers like
+    /// `sns/oauth2/access_token`.
+    fn user_token_answer(
+        &self,
+        route: &str,
+        app: &MockApp,
+        grant: OauthGrant,
+        refresh: Option<String>,
+    ) -> Response {
+        let mut rng = rand::thread_rng();
+        let access = state::new_access_token(&mut rng);
+        let mut inner = self.lock();
+        let now = Self::now_ms(&inner);
+        inner
+            .user_tokens
+            .insert_access(access.clone(), grant.clone(), now);
+        let refresh = refresh.unwrap_or_else(|| {
+            let token = state::new_access_token(&mut rng);
+            inner
+                .user_tokens
+                .insert_refresh(token.clone(), grant.clone(), now);
+            token
+        });
+        drop(inner);
+        let mut body = json!({
+            "access_token": access,
+            "expires_in": state::USER_TOKEN_TTL_MS / 1000,
+            "refresh_token": refresh,
+            "openid": grant.openid,
+            "scope": grant.scope,
+        });
+        if app.unionid && grant.scope != "snsapi_base" && !grant.snapshot {
+            body["unionid"] = Value::String(grant.unionid);
+        }
+        if grant.snapshot {
+            body["is_snapshotuser"] = json!(1);
+        }
+        self.ok(route, body)
+    }
+
+    fn oauth2_access_token(&self, q: &[(String, String)]) -> Response {
+        const R: &str = "oauth2_access_token";
+        let app = match self.check_web_app(R, param(q, "appid"), param(q, "secret")) {
+            Ok(app) => app,
+            Err(e) => return *e,
+        };
+        if param(q, "grant_type") != Some("authorization_code") {
+            return self.error(R, 40002, "invalid grant_type");
+        }
+        let Some(code) = param(q, "code").filter(|c| !c.is_empty()) else {
+            return self.error(R, 41008, "missing code");
+        };
+        let mut inner = self.lock();
+        let now = Self::now_ms(&inner);
+        let redeemed = inner.oauth_codes.redeem(code, now);
+        drop(inner);
+        match redeemed {
+            // A code of another app is unknown to this one.
+            Ok(grant) if grant.appid == app.appid => self.user_token_answer(R, &app, grant, None),
+            Err(CodeError::Used) => self.error(R, 40163, "code been used"),
+            _ => self.error(R, 40029, "invalid code"),
+        }
+    }
+
+    fn oauth2_refresh_token(&self, q: &[(String, String)]) -> Response {
+        const R: &str = "oauth2_refresh_token";
+        let Some(app) = self.web_app(param(q, "appid")).cloned() else {
+            return self.error(R, 40013, "invalid appid");
+        };
+        if param(q, "grant_type") != Some("refresh_token") {
+            return self.error(R, 40002, "invalid grant_type");
+        }
+        let token = param(q, "refresh_token").unwrap_or("");
+        let check = {
+            let inner = self.lock();
+            let now = Self::now_ms(&inner);
+            inner.user_tokens.refresh(token, now)
+        };
+        match check {
+            UserTokenCheck::Valid(grant) if grant.appid == app.appid => {
+                self.user_token_answer(R, &app, grant, Some(token.to_string()))
+            }
+            UserTokenCheck::Expired => self.error(R, 42002, "refresh_token expired"),
+            _ => self.error(R, 40030, "invalid refresh_token"),
+        }
+    }
+
+    /// Checks a user access token and its openid; the grant when usable.
+    fn check_user_token(
+        &self,
+        route: &str,
+        q: &[(String, String)],
+    ) -> Result<OauthGrant, Box<Response>> {
+        let token = param(q, "access_token").unwrap_or("");
+        let check = {
+            let inner = self.lock();
+            let now = Self::now_ms(&inner);
+            inner.user_tokens.access(token, now)
+        };
+        match check {
+            UserTokenCheck::Valid(grant) => {
+                if param(q, "openid") != Some(grant.openid.as_str()) {
+                    return Err(Box::new(self.error(route, 40003, "invalid openid")));
+                }
+                Ok(grant)
+            }
+            UserTokenCheck::Expired => {
+                Err(Box::new(self.error(route, 42001, "access_token expired")))
+            }
+            UserTokenCheck::Invalid => Err(Box::new(self.error(
+                route,
+                40001,
+                "invalid credential, access_token is invalid or not latest",
+            ))),
+        }
+    }
+
+    fn userinfo(&self, q: &[(String, String)]) -> Response {
+        const R: &str = "userinfo";
+        let grant = match self.check_user_token(R, q) {
+            Ok(grant) => grant,
+            Err(e) => return *e,
+        };
+        if grant.scope == "snsapi_base" {
+            return self.error(R, 48001, "api unauthorized");
+        }
+        let bound = self
+            .web_app(Some(&grant.appid))
+            .is_some_and(|app| app.unionid);
+        let mut body = json!({
+            "openid": grant.openid,
+            "nickname": format!("{} (mock)", grant.name),
+            "sex": 0,
+            "language": "",
+            "province": "",
+            "city": "",
+            "country": "",
+            "headimgurl": format!("https://thirdwx.qlogo.cn/mmopen/mock/{}/132", grant.name),
+            "privilege": [],
+        });
+        if bound {
+            body["unionid"] = Value::String(grant.unionid);
+        }
+        self.ok(R, body)
+    }
+
+    fn sns_auth(&self, q: &[(String, String)]) -> Response {
+        const R: &str = "sns_auth";
+        match self.check_user_token(R, q) {
+            Ok(_) => self.ok(R, json!({"errcode": 0, "errmsg": "ok"})),
+            Err(e) => *e,
         }
     }
 
@@ -544,13 +929,76 @@ impl Shared {
     }
 }
 
-/// WeChat serves jscode2session as `text/plain` although the body is JSON.
+/// WeChat serves jscode2session and the `sns/*` web OAuth2 API as `text/plain` although the
+/// body is JSON.
 fn content_type(route: &str) -> &'static str {
-    if route == "jscode2session" {
-        "text/plain"
-    } else {
-        "application/json; encoding=utf-8"
+    match route {
+        "jscode2session"
+        | "oauth2_access_token"
+        | "oauth2_refresh_token"
+        | "userinfo"
+        | "sns_auth" => "text/plain",
+        _ => "application/json; encoding=utf-8",
     }
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// WeChat's authorize pages refuse bad parameters with an error page and no redirect.
+fn error_page(reason: &str) -> Response {
+    respond(
+        400,
+        "text/html; charset=utf-8",
+        format!(
+            "<!doctype html><title>微信登录 - 错误</title><h1>请求参数错误</h1><p id=\"mock-error\">{}</p>",
+            html_escape(reason)
+        ),
+    )
+}
+
+/// The authorize page without a chosen user: a form to log in as a name, or to refuse.
+fn chooser_page(q: &[(String, String)]) -> Response {
+    let hidden: String = q
+        .iter()
+        .filter(|(k, _)| k != "mock_user" && k != "mock_action")
+        .map(|(k, v)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                html_escape(k),
+                html_escape(v)
+            )
+        })
+        .collect();
+    respond(
+        200,
+        "text/html; charset=utf-8",
+        format!(
+            "<!doctype html><meta charset=\"utf-8\"><title>微信授权 (mock)</title>\
+             <h1>Mock WeChat: authorize this app?</h1>\
+             <form method=\"get\">{hidden}\
+             <label>Log in as <input name=\"mock_user\" value=\"alice\"></label>\
+             <button name=\"mock_action\" value=\"approve\">Allow</button>\
+             <button name=\"mock_action\" value=\"deny\">Refuse</button></form>"
+        ),
+    )
+}
+
+/// The `name=value` pairs of a `Cookie` header.
+fn cookie_pairs(header: Option<&str>) -> Vec<(String, String)> {
+    header
+        .unwrap_or("")
+        .split(';')
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            Some((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect()
 }
 
 fn html_page(status: u16) -> String {
@@ -566,6 +1014,12 @@ fn route_of(method: &hyper::Method, path: &str) -> Option<&'static str> {
         ("GET", "/cgi-bin/token") => Some("token"),
         ("POST", "/wxa/business/getuserphonenumber") => Some("getuserphonenumber"),
         ("GET", "/wxa/checksession") => Some("checksession"),
+        ("GET", "/connect/oauth2/authorize") => Some("oauth2_authorize"),
+        ("GET", "/connect/qrconnect") => Some("qrconnect"),
+        ("GET", "/sns/oauth2/access_token") => Some("oauth2_access_token"),
+        ("GET", "/sns/oauth2/refresh_token") => Some("oauth2_refresh_token"),
+        ("GET", "/sns/userinfo") => Some("userinfo"),
+        ("GET", "/sns/auth") => Some("sns_auth"),
         _ => None,
     }
 }
@@ -574,6 +1028,11 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let q = query_pairs(req.uri().query());
+    let cookies = cookie_pairs(
+        req.headers()
+            .get(hyper::header::COOKIE)
+            .and_then(|v| v.to_str().ok()),
+    );
     let Some(body) = read_body(req.into_body()).await else {
         return respond(413, "text/plain", "request body too large or unreadable");
     };
@@ -598,7 +1057,7 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
             }
             Some(Fault::Body(body)) => return respond(200, content_type(route), body),
         }
-        return shared.api(route, &q, &body);
+        return shared.api(route, &q, &body, &cookies);
     }
     control(&shared, &method, &path, &q, &body)
 }
@@ -624,6 +1083,22 @@ fn control(
             }
             None => bad_request("missing ?user=NAME"),
         },
+        ("GET", "/mock/oauth/code") => {
+            let appid = param(q, "appid").unwrap_or("");
+            let user = param(q, "user").filter(|u| !u.is_empty());
+            let scope = param(q, "scope").unwrap_or("snsapi_base");
+            let snapshot = matches!(param(q, "snapshot"), Some("1" | "true"));
+            match user {
+                Some(user) => match shared.oauth_code(appid, user, scope, snapshot) {
+                    Ok(code) => serve::json(
+                        200,
+                        &json!({"code": code, "openid": User::new(appid, user).openid}),
+                    ),
+                    Err(e) => bad_request(&e),
+                },
+                None => bad_request("need ?appid=WEB_APPID&user=NAME[&scope=snsapi_base]"),
+            }
+        }
         ("GET", "/mock/phonecode") => {
             let user = param(q, "user").filter(|u| !u.is_empty());
             let phone = param(q, "phone").filter(|p| !p.is_empty());

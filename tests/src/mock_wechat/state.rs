@@ -27,14 +27,159 @@ pub const TOKEN_TTL_MS: u64 = 7200 * 1000;
 /// left (WeChat: "the platform renews the access_token 5 minutes ahead").
 pub const STABLE_RENEWAL_MS: u64 = 5 * 60 * 1000;
 
-/// The WeChat API routes the mock serves, by the names used for faults and counters.
-pub const ROUTES: [&str; 5] = [
+/// The WeChat API routes (and web OAuth2 pages) the mock serves, by the names used for faults
+/// and counters.
+pub const ROUTES: [&str; 11] = [
     "jscode2session",
     "stable_token",
     "token",
     "getuserphonenumber",
     "checksession",
+    "oauth2_authorize",
+    "qrconnect",
+    "oauth2_access_token",
+    "oauth2_refresh_token",
+    "userinfo",
+    "sns_auth",
 ];
+
+/// Lifetime of a web OAuth2 user access token (`sns/oauth2/access_token`): 7200 s.
+pub const USER_TOKEN_TTL_MS: u64 = 7200 * 1000;
+/// Lifetime of a web OAuth2 refresh token: 30 days.
+pub const USER_REFRESH_TTL_MS: u64 = 30 * 86_400 * 1000;
+
+/// What an approved web OAuth2 authorization grants (kept with its code, then with the user
+/// tokens minted from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OauthGrant {
+    /// The app the user approved.
+    pub appid: String,
+    /// The user's openid in that app (a virtual one for a snapshot-mode user).
+    pub openid: String,
+    /// The user's unionid (sent only when the app is bound and the scope is not
+    /// `snsapi_base`).
+    pub unionid: String,
+    /// The user's name in the mock (nickname source).
+    pub name: String,
+    /// `snsapi_base`, `snsapi_userinfo` or `snsapi_login`.
+    pub scope: String,
+    /// A snapshot-mode virtual account (`is_snapshotuser: 1`).
+    pub snapshot: bool,
+}
+
+/// Result of looking up a web OAuth2 user token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserTokenCheck {
+    /// Usable, for this grant.
+    Valid(OauthGrant),
+    /// Past its lifetime (42001 for access tokens, 42002 for refresh tokens).
+    Expired,
+    /// Unknown (40001 for access tokens, 40030 for refresh tokens).
+    Invalid,
+}
+
+/// Web OAuth2 user tokens (access and refresh), each with its grant and expiry.
+#[derive(Debug, Clone, Default)]
+pub struct UserTokens {
+    access: HashMap<String, (OauthGrant, u64)>,
+    refresh: HashMap<String, (OauthGrant, u64)>,
+}
+
+impl UserTokens {
+    /// Remembers a new access token (7200 s) for `grant`.
+    pub fn insert_access(&mut self, token: String, grant: OauthGrant, now_ms: u64) {
+        self.access
+            .retain(|_, (_, expires)| *expires + USER_TOKEN_TTL_MS > now_ms);
+        self.access
+            .insert(token, (grant, now_ms.saturating_add(USER_TOKEN_TTL_MS)));
+    }
+
+    /// Remembers a new refresh token (30 days) for `grant`.
+    pub fn insert_refresh(&mut self, token: String, grant: OauthGrant, now_ms: u64) {
+        self.refresh
+            .insert(token, (grant, now_ms.saturating_add(USER_REFRESH_TTL_MS)));
+    }
+
+    /// Looks an access token up.
+    pub fn access(&self, token: &str, now_ms: u64) -> UserTokenCheck {
+        Self::check(&self.access, token, now_ms)
+    }
+
+    /// Looks a refresh token up.
+    pub fn refresh(&self, token: &str, now_ms: u64) -> UserTokenCheck {
+        Self::check(&self.refresh, token, now_ms)
+    }
+
+    fn check(map: &HashMap<String, (OauthGrant, u64)>, token: &str, now_ms: u64) -> UserTokenCheck {
+        match map.get(token) {
+            None => UserTokenCheck::Invalid,
+            Some((_, expires)) if now_ms >= *expires => UserTokenCheck::Expired,
+            Some((grant, _)) => UserTokenCheck::Valid(grant.clone()),
+        }
+    }
+}
+
+/// Checks the parameters of an authorize page (`connect/oauth2/authorize` when `qr` is false,
+/// `connect/qrconnect` when true) as WeChat does: `response_type=code`, a scope the page
+/// supports, an absolute http(s) `redirect_uri`, and a `state` of at most 128 bytes of
+/// `[a-zA-Z0-9]` (WeChat's documented limit).
+///
+/// # Errors
+/// What WeChat's error page would say.
+pub fn check_authorize_params(
+    qr: bool,
+    response_type: Option<&str>,
+    scope: Option<&str>,
+    redirect_uri: Option<&str>,
+    state: Option<&str>,
+) -> Result<(), String> {
+    if response_type != Some("code") {
+        return Err("response_type must be code".into());
+    }
+    let scopes: &[&str] = if qr {
+        &["snsapi_login"]
+    } else {
+        &["snsapi_base", "snsapi_userinfo"]
+    };
+    match scope {
+        Some(scope) if scopes.contains(&scope) => {}
+        _ => return Err(format!("scope must be one of {}", scopes.join(", "))),
+    }
+    let redirect = redirect_uri.ok_or("redirect_uri is missing")?;
+    let parsed = url::Url::parse(redirect).map_err(|_| "redirect_uri is not a URL".to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("redirect_uri must be http(s)".into());
+    }
+    if let Some(state) = state {
+        if state.len() > 128 || !state.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err("state must be at most 128 bytes of a-zA-Z0-9".into());
+        }
+    }
+    Ok(())
+}
+
+/// Where WeChat sends the browser after the user's decision: `redirect_uri` with `code` (when
+/// approved) and `state` appended to its query.
+pub fn callback_url(redirect_uri: &str, code: Option<&str>, state: Option<&str>) -> String {
+    let mut url = match url::Url::parse(redirect_uri) {
+        Ok(url) => url,
+        Err(_) => return redirect_uri.to_string(),
+    };
+    {
+        let mut pairs = url.query_pairs_mut();
+        if let Some(code) = code {
+            pairs.append_pair("code", code);
+        }
+        pairs.append_pair("state", state.unwrap_or(""));
+    }
+    url.to_string()
+}
+
+/// A snapshot-mode (朋友圈快照页) virtual openid: stable per app and user, distinct from the real
+/// one.
+pub fn snapshot_openid(appid: &str, name: &str) -> String {
+    openid_for(appid, &format!("snapshot\0{name}"))
+}
 
 /// A misbehaviour injected for the next calls of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,7 +488,12 @@ pub fn default_errmsg(errcode: i64) -> &'static str {
         40226 => "high risk user",
         41008 => "missing code",
         42001 => "access_token expired",
+        40003 => "invalid openid",
+        40030 => "invalid refresh_token",
+        42002 => "refresh_token expired",
+        42003 => "code expired",
         45011 => "api minute-quota reach limit  mustslower  retry next minute",
+        48001 => "api unauthorized",
         47001 => "data format error",
         87009 => "invalid signature",
         _ => "mock error",
@@ -406,8 +556,104 @@ mod tests {
     use hmac::{Hmac, Mac};
     use weauth_wxdata::{checksession_signature, raw_data_signature};
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    fn grant(scope: &str) -> OauthGrant {
+        OauthGrant {
+            appid: "wxoa".into(),
+            openid: "o1".into(),
+            unionid: "u1".into(),
+            name: "alice".into(),
+            scope: scope.into(),
+            snapshot: false,
+        }
+    }
+
+    #[test]
+    fn user_tokens_access_valid_then_expired_unknown_invalid() {
+        let mut t = UserTokens::default();
+        t.insert_access("at".into(), grant("snsapi_base"), 0);
+        assert_eq!(
+            t.access("at", 1),
+            UserTokenCheck::Valid(grant("snsapi_base"))
+        );
+        assert_eq!(t.access("at", USER_TOKEN_TTL_MS), UserTokenCheck::Expired);
+        assert_eq!(t.access("nope", 0), UserTokenCheck::Invalid);
+        assert_eq!(t.refresh("at", 0), UserTokenCheck::Invalid);
+    }
+
+    #[test]
+    fn user_tokens_refresh_lives_thirty_days() {
+        let mut t = UserTokens::default();
+        t.insert_refresh("rt".into(), grant("snsapi_userinfo"), 0);
+        assert!(matches!(
+            t.refresh("rt", USER_REFRESH_TTL_MS - 1),
+            UserTokenCheck::Valid(_)
+        ));
+        assert_eq!(
+            t.refresh("rt", USER_REFRESH_TTL_MS),
+            UserTokenCheck::Expired
+        );
+    }
+
+    #[test]
+    fn check_authorize_params_cases() {
+        let ok = |qr, scope, state| {
+            check_authorize_params(
+                qr,
+                Some("code"),
+                Some(scope),
+                Some("https://a.example/cb"),
+                state,
+            )
+        };
+        assert!(ok(false, "snsapi_base", Some("abc123")).is_ok());
+        assert!(ok(false, "snsapi_userinfo", None).is_ok());
+        assert!(ok(true, "snsapi_login", Some("x")).is_ok());
+        assert!(ok(true, "snsapi_base", None).is_err());
+        assert!(ok(false, "snsapi_login", None).is_err());
+        assert!(ok(false, "snsapi_base", Some("has-dash")).is_err());
+        let long = "a".repeat(129);
+        assert!(ok(false, "snsapi_base", Some(&long)).is_err());
+        assert!(ok(false, "snsapi_base", Some(&long[1..])).is_ok());
+        assert!(check_authorize_params(
+            false,
+            Some("token"),
+            Some("snsapi_base"),
+            Some("https://a/"),
+            None
+        )
+        .is_err());
+        assert!(
+            check_authorize_params(false, Some("code"), Some("snsapi_base"), None, None).is_err()
+        );
+        assert!(check_authorize_params(
+            false,
+            Some("code"),
+            Some("snsapi_base"),
+            Some("javascript:x"),
+            None
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn callback_url_appends_code_and_state_to_query() {
+        assert_eq!(
+            callback_url("https://a.example/cb", Some("C1"), Some("S1")),
+            "https://a.example/cb?code=C1&state=S1"
+        );
+        assert_eq!(
+            callback_url("https://a.example/cb?x=1", None, Some("S1")),
+            "https://a.example/cb?x=1&state=S1"
+        );
+    }
+
+    #[test]
+    fn snapshot_openid_differs_from_real_openid() {
+        assert_ne!(snapshot_openid("wx1", "alice"), openid_for("wx1", "alice"));
+        assert_eq!(
+            snapshot_openid("wx1", "alice"),
+            snapshot_openid("wx1", "alice")
+        );
     }
 
     #[test]
@@ -609,7 +855,10 @@ mod tests {
         let decoded = STANDARD.decode(k).unwrap();
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&decoded).unwrap();
         mac.update(b"");
-        assert_ne!(checksession_signature(k), hex(&mac.finalize().into_bytes()));
+        assert_ne!(
+            checksession_signature(k),
+            hex::encode(mac.finalize().into_bytes())
+        );
     }
 
     #[test]

@@ -1,0 +1,512 @@
+//! The WeChat apps one issuer serves: mini-programs, official accounts (公众号 H5 pages) and
+//! websites (QR login), read from `WEAUTH_APPS_FILE` or from the one-app shortcut
+//! `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET`.
+//!
+//! The file is JSON, unknown fields refused:
+//!
+//! ```json
+//! {"apps": [
+//!   {"appid": "wx…", "secret_file": "/run/secrets/mini", "kind": "miniprogram"},
+//!   {"appid": "wx…", "secret": "…", "kind": "official_account",
+//!    "redirect_uris": ["https://h5.example.com/after-login"]},
+//!   {"appid": "wx…", "secret": "…", "kind": "website", "redirect_uris": ["https://www.example.com/"]}
+//! ]}
+//! ```
+//!
+//! Rules, checked once at start ([`parse_apps_file`]); a violation stops the process naming the
+//! entry (`apps[1] (wx…)`):
+//! - at least one app; appids are `[A-Za-z0-9_]`, unique;
+//! - exactly one of `secret` / `secret_file` (the file's trailing newline is dropped);
+//! - `official_account` and `website` need at least one `redirect_uris` entry; a
+//!   `miniprogram` has none;
+//! - a redirect URI is an absolute `https://` URL without fragment or user info, or
+//!   `http://` on a loopback host (`localhost`, `127.0.0.1`, `[::1]`) for development. It is
+//!   later compared to the requested `redirect_uri` byte for byte ([`App::allows_redirect`]):
+//!   no prefix match, no normalisation, so no open redirect.
+//!
+//! Everything else per app (WeChat clients, the app access token and its lease, metrics labels,
+//! the `appid` claim) is keyed by the appid found here.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// What kind of WeChat app an appid is; decides which login routes it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppKind {
+    /// `wx.login` + `sns/jscode2session` (`POST /v1/login`).
+    Miniprogram,
+    /// Official-account web OAuth2 (`connect/oauth2/authorize`, `snsapi_base|snsapi_userinfo`).
+    OfficialAccount,
+    /// Website QR login (`connect/qrconnect`, `snsapi_login`) of an Open Platform web app.
+    Website,
+}
+
+impl AppKind {
+    /// The name used in the apps file and in errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::Miniprogram => "miniprogram",
+            AppKind::OfficialAccount => "official_account",
+            AppKind::Website => "website",
+        }
+    }
+
+    /// Whether the kind logs in through the browser (`/v1/web/*`).
+    pub fn is_web(self) -> bool {
+        !matches!(self, AppKind::Miniprogram)
+    }
+}
+
+/// One configured app.
+#[derive(Clone)]
+pub struct App {
+    /// The WeChat appid (`wx…`).
+    pub appid: String,
+    /// The app secret. Never logged (see the `Debug` impl).
+    pub secret: Zeroizing<String>,
+    pub kind: AppKind,
+    /// Exact redirect targets after a web login (empty for a mini-program).
+    pub redirect_uris: Vec<String>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("appid", &self.appid)
+            .field("kind", &self.kind)
+            .field("redirect_uris", &self.redirect_uris)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Whether `uri` is one of this app's redirect URIs, compared exactly (byte for byte).
+    pub fn allows_redirect(&self, uri: &str) -> bool {
+        self.redirect_uris.iter().any(|allowed| allowed == uri)
+    }
+}
+
+/// The configured apps, in file order.
+#[derive(Debug, Clone)]
+pub struct Apps {
+    apps: Vec<App>,
+}
+
+/// Why an appid cannot be used on a route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppLookupError {
+    #[error("unknown appid `{0}`")]
+    Unknown(String),
+    #[error("appid `{appid}` is a {actual} app; this route needs {wanted}")]
+    WrongKind {
+        appid: String,
+        actual: &'static str,
+        wanted: &'static str,
+    },
+    #[error("`appid` is required: {0} mini-programs are configured")]
+    Ambiguous(usize),
+}
+
+impl Apps {
+    /// Wraps an already validated list (see [`parse_apps_file`] and [`Apps::single`]).
+    pub fn new(apps: Vec<App>) -> Apps {
+        Apps { apps }
+    }
+
+    /// The one-app shortcut: a single mini-program.
+    pub fn single(appid: String, secret: Zeroizing<String>) -> Apps {
+        Apps {
+            apps: vec![App {
+                appid,
+                secret,
+                kind: AppKind::Miniprogram,
+                redirect_uris: Vec::new(),
+            }],
+        }
+    }
+
+    /// Every app, in file order.
+    pub fn all(&self) -> &[App] {
+        &self.apps
+    }
+
+    /// The app with this appid.
+    pub fn get(&self, appid: &str) -> Option<&App> {
+        self.apps.iter().find(|app| app.appid == appid)
+    }
+
+    /// The mini-program for `POST /v1/login`: the named one, or the only one when `appid` is
+    /// left out.
+    ///
+    /// # Errors
+    /// Unknown appid, an appid of another kind, or no appid while there are zero or several
+    /// mini-programs.
+    pub fn miniprogram(&self, appid: Option<&str>) -> Result<&App, AppLookupError> {
+        match appid {
+            Some(appid) => self.of_kind(appid, &[AppKind::Miniprogram], "a miniprogram"),
+            None => {
+                let mut minis = self
+                    .apps
+                    .iter()
+                    .filter(|app| app.kind == AppKind::Miniprogram);
+                match (minis.next(), minis.next()) {
+                    (Some(app), None) => Ok(app),
+                    (None, _) => Err(AppLookupError::Ambiguous(0)),
+                    (Some(_), Some(_)) => Err(AppLookupError::Ambiguous(
+                        self.apps
+                            .iter()
+                            .filter(|app| app.kind == AppKind::Miniprogram)
+                            .count(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The official account or website for `/v1/web/authorize`.
+    ///
+    /// # Errors
+    /// Unknown appid or a mini-program.
+    pub fn web(&self, appid: &str) -> Result<&App, AppLookupError> {
+        self.of_kind(
+            appid,
+            &[AppKind::OfficialAccount, AppKind::Website],
+            "an official_account or website",
+        )
+    }
+
+    fn of_kind(
+        &self,
+        appid: &str,
+        kinds: &[AppKind],
+        wanted: &'static str,
+    ) -> Result<&App, AppLookupError> {
+        let app = self
+            .get(appid)
+            .ok_or_else(|| AppLookupError::Unknown(appid.to_string()))?;
+        if kinds.contains(&app.kind) {
+            Ok(app)
+        } else {
+            Err(AppLookupError::WrongKind {
+                appid: appid.to_string(),
+                actual: app.kind.as_str(),
+                wanted,
+            })
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    apps: Vec<RawApp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    appid: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_file: Option<String>,
+    kind: AppKind,
+    #[serde(default)]
+    redirect_uris: Option<Vec<String>>,
+}
+
+/// Whether `appid` has the shape of a WeChat appid (non-empty, `[A-Za-z0-9_]`, ≤ 64).
+pub fn valid_appid(appid: &str) -> bool {
+    !appid.is_empty()
+        && appid.len() <= 64
+        && appid.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks one redirect URI (see the module docs).
+///
+/// # Errors
+/// A reason for the operator.
+pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
+    let url = url::Url::parse(uri).map_err(|err| format!("redirect URI `{uri}`: {err}"))?;
+    if url.fragment().is_some() {
+        return Err(format!("redirect URI `{uri}` must not have a #fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("redirect URI `{uri}` must not carry user info"));
+    }
+    let loopback = matches!(url.host(), Some(url::Host::Domain("localhost")))
+        || matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+        || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "redirect URI `{uri}` must be https:// (http:// only on localhost)"
+        )),
+    }
+}
+
+/// Parses and validates the apps file `text`; `read_file` reads `secret_file` paths.
+///
+/// # Errors
+/// The first problem, naming the entry (`apps[1] (wx…): …`).
+pub fn parse_apps_file(
+    text: &str,
+    read_file: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<Apps, String> {
+    let raw: RawFile = serde_json::from_str(text).map_err(|err| format!("not valid: {err}"))?;
+    if raw.apps.is_empty() {
+        return Err("`apps` is empty: configure at least one app".into());
+    }
+    let mut seen = HashSet::new();
+    let mut apps = Vec::with_capacity(raw.apps.len());
+    for (index, entry) in raw.apps.into_iter().enumerate() {
+        let name = format!("apps[{index}] ({})", entry.appid);
+        if !valid_appid(&entry.appid) {
+            return Err(format!("{name}: appid must be alphanumeric (wx…)"));
+        }
+        if !seen.insert(entry.appid.clone()) {
+            return Err(format!("{name}: duplicate appid"));
+        }
+        let secret = match (entry.secret, entry.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{name}: set either secret or secret_file, not both"
+                ))
+            }
+            (None, None) => return Err(format!("{name}: secret or secret_file is required")),
+            (Some(secret), None) => Zeroizing::new(secret),
+            (None, Some(path)) => {
+                let text = read_file(&path)
+                    .map_err(|err| format!("{name}: cannot read secret_file `{path}`: {err}"))?;
+                Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string())
+            }
+        };
+        if secret.is_empty() {
+            return Err(format!("{name}: the secret is empty"));
+        }
+        let redirect_uris = entry.redirect_uris.unwrap_or_default();
+        if entry.kind.is_web() {
+            if redirect_uris.is_empty() {
+                return Err(format!(
+                    "{name}: a {} app needs at least one redirect_uris entry",
+                    entry.kind.as_str()
+                ));
+            }
+            for uri in &redirect_uris {
+                check_redirect_uri(uri).map_err(|reason| format!("{name}: {reason}"))?;
+            }
+        } else if !redirect_uris.is_empty() {
+            return Err(format!(
+                "{name}: redirect_uris is only for official_account and website apps"
+            ));
+        }
+        apps.push(App {
+            appid: entry.appid,
+            secret,
+            kind: entry.kind,
+            redirect_uris,
+        });
+    }
+    Ok(Apps { apps })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_files(path: &str) -> std::io::Result<String> {
+        if path == "/run/secrets/mini" {
+            Ok("file-secret\n".into())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file",
+            ))
+        }
+    }
+
+    fn parse(text: &str) -> Result<Apps, String> {
+        parse_apps_file(text, &no_files)
+    }
+
+    const THREE: &str = r#"{"apps": [
+      {"appid": "wxmini", "secret_file": "/run/secrets/mini", "kind": "miniprogram"},
+      {"appid": "wxoa", "secret": "s2", "kind": "official_account",
+       "redirect_uris": ["https://h5.example.com/after-login"]},
+      {"appid": "wxweb", "secret": "s3", "kind": "website",
+       "redirect_uris": ["https://www.example.com/", "http://localhost:3000/cb"]}
+    ]}"#;
+
+    #[test]
+    fn parse_apps_file_three_kinds_ok() {
+        let apps = parse(THREE).unwrap();
+        assert_eq!(apps.all().len(), 3);
+        assert_eq!(apps.get("wxmini").unwrap().secret.as_str(), "file-secret");
+        assert_eq!(apps.get("wxoa").unwrap().kind, AppKind::OfficialAccount);
+        assert_eq!(apps.get("wxweb").unwrap().redirect_uris.len(), 2);
+    }
+
+    #[test]
+    fn parse_apps_file_unknown_field_refused() {
+        let err =
+            parse(r#"{"apps":[{"appid":"wx1","secret":"s","kind":"miniprogram","scope":"x"}]}"#)
+                .unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(parse(r#"{"apps":[],"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn parse_apps_file_unknown_kind_refused() {
+        let err = parse(r#"{"apps":[{"appid":"wx1","secret":"s","kind":"mini"}]}"#).unwrap_err();
+        assert!(err.contains("mini"), "{err}");
+    }
+
+    #[test]
+    fn parse_apps_file_duplicate_appid_names_entry() {
+        let err = parse(
+            r#"{"apps":[{"appid":"wx1","secret":"s","kind":"miniprogram"},
+                        {"appid":"wx1","secret":"t","kind":"miniprogram"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("apps[1] (wx1): duplicate appid"), "{err}");
+    }
+
+    #[test]
+    fn parse_apps_file_web_app_without_redirect_uris_names_entry() {
+        let err = parse(r#"{"apps":[{"appid":"wxoa","secret":"s","kind":"official_account"}]}"#)
+            .unwrap_err();
+        assert!(err.starts_with("apps[0] (wxoa):"), "{err}");
+        assert!(err.contains("redirect_uris"), "{err}");
+        let err =
+            parse(r#"{"apps":[{"appid":"wxw","secret":"s","kind":"website","redirect_uris":[]}]}"#)
+                .unwrap_err();
+        assert!(err.contains("redirect_uris"), "{err}");
+    }
+
+    #[test]
+    fn parse_apps_file_http_redirect_off_localhost_refused() {
+        let err = parse(
+            r#"{"apps":[{"appid":"wxoa","secret":"s","kind":"official_account",
+                         "redirect_uris":["http://h5.example.com/cb"]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("apps[0] (wxoa):"), "{err}");
+        assert!(err.contains("https"), "{err}");
+    }
+
+    #[test]
+    fn check_redirect_uri_cases() {
+        assert!(check_redirect_uri("https://a.example/cb?x=1").is_ok());
+        assert!(check_redirect_uri("http://localhost:10000/demo/").is_ok());
+        assert!(check_redirect_uri("http://127.0.0.1:10000/demo/").is_ok());
+        assert!(check_redirect_uri("http://[::1]:8/").is_ok());
+        assert!(check_redirect_uri("http://example.com/").is_err());
+        assert!(check_redirect_uri("https://a.example/#frag").is_err());
+        assert!(check_redirect_uri("https://u:p@a.example/").is_err());
+        assert!(check_redirect_uri("/relative").is_err());
+        assert!(check_redirect_uri("javascript:alert(1)").is_err());
+        assert!(check_redirect_uri("http://localhost.evil.example/").is_err());
+    }
+
+    #[test]
+    fn parse_apps_file_secret_rules() {
+        assert!(parse(r#"{"apps":[{"appid":"wx1","kind":"miniprogram"}]}"#)
+            .unwrap_err()
+            .contains("secret or secret_file is required"));
+        assert!(parse(
+            r#"{"apps":[{"appid":"wx1","secret":"s","secret_file":"/run/secrets/mini","kind":"miniprogram"}]}"#
+        )
+        .unwrap_err()
+        .contains("not both"));
+        assert!(
+            parse(r#"{"apps":[{"appid":"wx1","secret_file":"/nope","kind":"miniprogram"}]}"#)
+                .unwrap_err()
+                .contains("cannot read secret_file `/nope`")
+        );
+        assert!(
+            parse(r#"{"apps":[{"appid":"wx1","secret":"","kind":"miniprogram"}]}"#)
+                .unwrap_err()
+                .contains("empty")
+        );
+    }
+
+    #[test]
+    fn parse_apps_file_miniprogram_with_redirect_uris_refused() {
+        let err = parse(
+            r#"{"apps":[{"appid":"wx1","secret":"s","kind":"miniprogram","redirect_uris":["https://a/"]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("only for"), "{err}");
+    }
+
+    #[test]
+    fn parse_apps_file_empty_or_bad_appid_refused() {
+        assert!(parse(r#"{"apps":[]}"#)
+            .unwrap_err()
+            .contains("at least one"));
+        assert!(
+            parse(r#"{"apps":[{"appid":"wx 1","secret":"s","kind":"miniprogram"}]}"#)
+                .unwrap_err()
+                .contains("alphanumeric")
+        );
+    }
+
+    #[test]
+    fn allows_redirect_exact_match_only() {
+        let apps = parse(THREE).unwrap();
+        let oa = apps.get("wxoa").unwrap();
+        assert!(oa.allows_redirect("https://h5.example.com/after-login"));
+        assert!(!oa.allows_redirect("https://h5.example.com/after-login/"));
+        assert!(!oa.allows_redirect("https://h5.example.com/after-login?next=x"));
+        assert!(!oa.allows_redirect("https://h5.example.com/after-loginX"));
+        assert!(!oa.allows_redirect("https://H5.example.com/after-login"));
+        assert!(!oa.allows_redirect("https://h5.example.com/"));
+    }
+
+    #[test]
+    fn miniprogram_lookup_rules() {
+        let apps = parse(THREE).unwrap();
+        assert_eq!(apps.miniprogram(None).unwrap().appid, "wxmini");
+        assert_eq!(apps.miniprogram(Some("wxmini")).unwrap().appid, "wxmini");
+        assert!(matches!(
+            apps.miniprogram(Some("wxoa")),
+            Err(AppLookupError::WrongKind { .. })
+        ));
+        assert!(matches!(
+            apps.miniprogram(Some("wxnope")),
+            Err(AppLookupError::Unknown(_))
+        ));
+        let two = parse(
+            r#"{"apps":[{"appid":"wx1","secret":"s","kind":"miniprogram"},
+                        {"appid":"wx2","secret":"t","kind":"miniprogram"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            two.miniprogram(None),
+            Err(AppLookupError::Ambiguous(2))
+        ));
+    }
+
+    #[test]
+    fn web_lookup_refuses_miniprogram() {
+        let apps = parse(THREE).unwrap();
+        assert_eq!(apps.web("wxweb").unwrap().kind, AppKind::Website);
+        assert!(matches!(
+            apps.web("wxmini"),
+            Err(AppLookupError::WrongKind { .. })
+        ));
+        assert!(matches!(apps.web("x"), Err(AppLookupError::Unknown(_))));
+    }
+
+    #[test]
+    fn debug_hides_secret() {
+        let apps = parse(THREE).unwrap();
+        let text = format!("{apps:?}");
+        assert!(!text.contains("s2"), "{text}");
+        assert!(!text.contains("file-secret"), "{text}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The login-method boundary: the one place where a WeChat credential becomes an
+//! [`ExternalIdentity`]. Everything after it — linking the user
+//! ([`crate::rules::link_user`], inside the store's atomic login), creating the session and
+//! minting the tokens — is one path, [`crate::sessions::establish`], whatever the method.
+//!
+//! Methods ([`Credential`]):
+//! - a mini-program's `wx.login` code → `sns/jscode2session` → openid, unionid?, session_key;
+//! - an official account's or a website's OAuth2 code (after `/v1/web/callback` checked the
+//!   state) → `sns/oauth2/access_token` → openid, unionid?; for `snsapi_userinfo` and
+//!   `snsapi_login` also `sns/userinfo` → nickname, avatar, unionid. There is no session_key.
+//!   A snapshot-mode virtual account (`is_snapshotuser: 1`) is refused here (403): it is a
+//!   preview of the page, not a WeChat user. WeChat's user access token is dropped as soon as
+//!   the profile is read; it is never stored, logged or sent to the browser.
+
+use zeroize::Zeroizing;
+
+use crate::app::App;
+use crate::apps::{self, AppKind};
+use crate::error::ApiError;
+use crate::wechat_web::WebProfile;
+
+/// Who logged in, as WeChat says, whatever the login method.
+#[derive(Clone)]
+pub struct ExternalIdentity {
+    /// The app the user logged into (the `appid` claim).
+    pub appid: String,
+    /// The user's openid in that app.
+    pub openid: String,
+    /// Present when the app is bound to an Open Platform account (and, on the web, the scope
+    /// reveals it): links the user across apps.
+    pub unionid: Option<String>,
+    /// Mini-program logins only. Never logged (see the `Debug` impl).
+    pub session_key: Option<Zeroizing<String>>,
+    /// Web logins with `snsapi_userinfo` / `snsapi_login`.
+    pub profile: Option<WebProfile>,
+}
+
+impl std::fmt::Debug for ExternalIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalIdentity")
+            .field("appid", &self.appid)
+            .field("openid", &crate::short_hash(&self.openid))
+            .field("unionid", &self.unionid.is_some())
+            .field("session_key", &self.session_key.is_some())
+            .field("profile", &self.profile.is_some())
+            .finish()
+    }
+}
+
+/// A WeChat credential, with the app it was issued for.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// A `wx.login` code of a mini-program.
+    MiniProgram { app: &'a apps::App, code: &'a str },
+    /// A web OAuth2 code (official account or website), its state already checked.
+    Web { app: &'a apps::App, code: &'a str },
+}
+
+/// Turns a credential into an identity by asking WeChat.
+///
+/// # Errors
+/// WeChat's answer mapped as DESIGN.md says (a code of another app or a used code → 400
+/// `invalid_grant`, …); a snapshot-mode account → 403 `access_denied`; a credential of the
+/// wrong kind of app → 400 `invalid_request`.
+pub async fn identify(app: &App, credential: Credential<'_>) -> Result<ExternalIdentity, ApiError> {
+    match credential {
+        Credential::MiniProgram { app: entry, code } => {
+            if entry.kind != AppKind::Miniprogram {
+                return Err(ApiError::InvalidRequest(format!(
+                    "appid `{}` is not a mini-program",
+                    entry.appid
+                )));
+            }
+            let session = app.wechat_for(&entry.appid)?.code2session(code).await?;
+            Ok(ExternalIdentity {
+                appid: entry.appid.clone(),
+                openid: session.openid,
+                unionid: session.unionid,
+                session_key: Some(session.session_key),
+                profile: None,
+            })
+        }
+        Credential::Web { app: entry, code } => {
+            if !entry.kind.is_web() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "appid `{}` is not an official account or website",
+                    entry.appid
+                )));
+            }
+            let token = app.wechat_web.oauth_token(entry, code).await?;
+            if token.snapshot_user {
+                return Err(ApiError::AccessDenied(
+                    "this is a snapshot-mode virtual account (a page preview), not a WeChat user; open the page in WeChat to log in"
+                        .into(),
+                ));
+            }
+            let profile = if crate::web::reads_userinfo(&token.scope) {
+                Some(app.wechat_web.userinfo(entry, &token).await?)
+            } else {
+                None
+            };
+            let unionid = token
+                .unionid
+                .clone()
+                .or_else(|| profile.as_ref().and_then(|p| p.unionid.clone()));
+            Ok(ExternalIdentity {
+                appid: entry.appid.clone(),
+                openid: token.openid.clone(),
+                unionid,
+                session_key: None,
+                profile,
+            })
+        }
+    }
+}

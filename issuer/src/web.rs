@@ -1,0 +1,604 @@
+//! The pure parts of web login (official-account OAuth2 and website QR login): the `state`,
+//! the WeChat authorize URL, the session cookies and the CSRF rule. No I/O, no clock: the
+//! handlers in `routes` pass `now` and the request's headers.
+//!
+//! Decisions (also in the README, "Web login"):
+//! - **state**: 32 characters of `[A-Za-z0-9]` (≈190 random bits; WeChat allows ≤ 128 bytes of
+//!   that alphabet). It is kept server-side for [`STATE_TTL`] (10 minutes) under its SHA-256
+//!   ([`state_key`]), with the app, the redirect URI, the scope and the hash of a browser
+//!   binding: a second random value (256 bits) set as the `weauth_oauth` cookie on the
+//!   authorize response (`HttpOnly; SameSite=Lax; Path=/v1/web/callback; Max-Age=600`). The
+//!   callback takes the state once (a replay finds nothing) and requires the cookie to match
+//!   ([`check_callback`]), so a state or code captured from a URL cannot be completed in
+//!   another browser (login CSRF). One login at a time per browser: a second authorize
+//!   replaces the cookie and the first tab's callback is refused.
+//! - **cookies**: `weauth_at` = the access token (`HttpOnly; Secure; SameSite=Lax; Path=/`,
+//!   `Max-Age` = its lifetime), `weauth_rt` = the refresh token (`HttpOnly; Secure;
+//!   SameSite=Strict; Path=/v1/token/refresh`). `WEAUTH_COOKIE_SECURE=false` drops `Secure`
+//!   for plain-http development. A cookie name sent twice (cookie tossing from a sibling
+//!   domain) is refused, not guessed.
+//! - **CSRF**: SameSite plus an `Origin` check. A state-changing request (POST) authenticated
+//!   only by a cookie must carry an `Origin` (or, when a browser omits it, a `Referer`) whose
+//!   origin is the issuer's or one of the configured redirect URIs' ([`allowed_origins`]);
+//!   otherwise 403. SameSite=Lax already keeps the cookie off cross-site POSTs; the Origin check
+//!   also covers same-site, cross-origin pages (another port or subdomain of the same site),
+//!   and old browsers. No token is needed in the page, so plain `fetch()` works.
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::apps::{App, AppKind, Apps};
+use crate::secrets::sha256_hex;
+
+/// How long a state stays usable: 10 minutes.
+pub const STATE_TTL: i64 = 600;
+/// Length of a state: 32 characters of `[A-Za-z0-9]`.
+pub const STATE_LEN: usize = 32;
+/// The browser-binding cookie of a pending web login.
+pub const STATE_COOKIE: &str = "weauth_oauth";
+/// The access-token cookie.
+pub const ACCESS_COOKIE: &str = "weauth_at";
+/// The refresh-token cookie.
+pub const REFRESH_COOKIE: &str = "weauth_rt";
+/// Where the callback lives (and the state cookie's path).
+pub const CALLBACK_PATH: &str = "/v1/web/callback";
+/// The refresh route (and the refresh cookie's path).
+pub const REFRESH_PATH: &str = "/v1/token/refresh";
+
+/// Why a web login step is refused (all 400 or 403, never a redirect).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebError {
+    #[error("`{0}` is required")]
+    Missing(&'static str),
+    #[error("`{0}` is given more than once")]
+    Repeated(&'static str),
+    #[error("scope `{scope}` is not available to a {kind} app (use {allowed})")]
+    Scope {
+        scope: String,
+        kind: &'static str,
+        allowed: &'static str,
+    },
+    #[error("redirect_uri is not one of this app's redirect_uris")]
+    RedirectNotAllowed,
+    #[error("the state is malformed")]
+    StateMalformed,
+    #[error("the state is unknown, expired or already used; start the login again")]
+    StateUnknown,
+    #[error(
+        "this login was started in another browser (the state cookie is missing or does not match)"
+    )]
+    BrowserMismatch,
+    #[error("the user did not authorize the login (WeChat sent no code)")]
+    ConsentRefused,
+    #[error("a snapshot-mode virtual account cannot log in; open the page in WeChat to log in")]
+    SnapshotUser,
+}
+
+/// A fresh state.
+pub fn new_state(rng: &mut impl Rng) -> String {
+    rng.sample_iter(&Alphanumeric)
+        .take(STATE_LEN)
+        .map(char::from)
+        .collect()
+}
+
+/// A fresh browser binding (the `weauth_oauth` cookie value): 256 bits, base64url.
+pub fn new_binding(rng: &mut impl Rng) -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rng.gen();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `state` can be ours: 1..=128 bytes of `[A-Za-z0-9]`.
+pub fn valid_state_format(state: &str) -> bool {
+    !state.is_empty() && state.len() <= 128 && state.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The store key of a state: its SHA-256, so the store never holds a usable state.
+pub fn state_key(state: &str) -> String {
+    format!("web_state:{}", sha256_hex(state.as_bytes()))
+}
+
+/// What the issuer remembers between authorize and callback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingLogin {
+    pub appid: String,
+    pub redirect_uri: String,
+    pub scope: String,
+    /// SHA-256 hex of the browser binding cookie.
+    pub binding_hash: String,
+    /// Unix seconds after which the state is refused.
+    pub expires_at: i64,
+}
+
+impl PendingLogin {
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads the stored form (`None` when unreadable: treated as unknown).
+    pub fn decode(bytes: &[u8]) -> Option<PendingLogin> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The scope for `kind` given the requested one: an official account defaults to
+/// `snsapi_base` and allows `snsapi_userinfo`; a website always uses `snsapi_login`.
+///
+/// # Errors
+/// [`WebError::Scope`] for any other combination (and for a mini-program).
+pub fn scope_for(kind: AppKind, requested: Option<&str>) -> Result<&'static str, WebError> {
+    let refuse = |allowed: &'static str| WebError::Scope {
+        scope: requested.unwrap_or("").to_string(),
+        kind: kind.as_str(),
+        allowed,
+    };
+    match (kind, requested) {
+        (AppKind::OfficialAccount, None | Some("snsapi_base")) => Ok("snsapi_base"),
+        (AppKind::OfficialAccount, Some("snsapi_userinfo")) => Ok("snsapi_userinfo"),
+        (AppKind::OfficialAccount, _) => Err(refuse("snsapi_base or snsapi_userinfo")),
+        (AppKind::Website, None | Some("snsapi_login")) => Ok("snsapi_login"),
+        (AppKind::Website, _) => Err(refuse("snsapi_login")),
+        (AppKind::Miniprogram, _) => Err(refuse("POST /v1/login")),
+    }
+}
+
+/// Whether the web login reads `sns/userinfo` (profile and unionid) for this scope.
+pub fn reads_userinfo(scope: &str) -> bool {
+    scope == "snsapi_userinfo" || scope == "snsapi_login"
+}
+
+fn encode_component(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// WeChat's authorize URL for `app`. The parameters are in WeChat's documented order (its
+/// pages are known to refuse other orders) and the URL ends with `#wechat_redirect`.
+pub fn authorize_url(
+    open_base: &str,
+    app: &App,
+    callback: &str,
+    scope: &str,
+    state: &str,
+) -> String {
+    let page = match app.kind {
+        AppKind::Website => "connect/qrconnect",
+        _ => "connect/oauth2/authorize",
+    };
+    format!(
+        "{open_base}/{page}?appid={}&redirect_uri={}&response_type=code&scope={scope}&state={state}#wechat_redirect",
+        encode_component(&app.appid),
+        encode_component(callback),
+    )
+}
+
+/// Judges a callback: the pending login taken for the state (`None` when unknown or already
+/// taken), the browser's binding cookie, and `now`.
+///
+/// # Errors
+/// [`WebError::StateUnknown`] (unknown, used, expired) or [`WebError::BrowserMismatch`].
+pub fn check_callback(
+    pending: Option<PendingLogin>,
+    binding_cookie: Option<&str>,
+    now: i64,
+) -> Result<PendingLogin, WebError> {
+    let pending = pending.ok_or(WebError::StateUnknown)?;
+    if now >= pending.expires_at {
+        return Err(WebError::StateUnknown);
+    }
+    let presented = binding_cookie.map(|c| sha256_hex(c.as_bytes()));
+    match presented {
+        Some(hash) if crate::secrets::credential_matches(&hash, &pending.binding_hash) => {
+            Ok(pending)
+        }
+        _ => Err(WebError::BrowserMismatch),
+    }
+}
+
+/// `SameSite` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+}
+
+/// A `Set-Cookie` value. `max_age` 0 deletes the cookie.
+pub fn set_cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    same_site: SameSite,
+    max_age: i64,
+    secure: bool,
+) -> String {
+    let same_site = match same_site {
+        SameSite::Lax => "Lax",
+        SameSite::Strict => "Strict",
+    };
+    let secure = if secure { "; Secure" } else { "" };
+    format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly{secure}; SameSite={same_site}"
+    )
+}
+
+/// The two session cookies after a web login or a cookie refresh.
+pub fn session_cookies(
+    access_token: &str,
+    access_ttl: i64,
+    refresh_token: &str,
+    refresh_ttl: i64,
+    secure: bool,
+) -> [String; 2] {
+    [
+        set_cookie(
+            ACCESS_COOKIE,
+            access_token,
+            "/",
+            SameSite::Lax,
+            access_ttl,
+            secure,
+        ),
+        set_cookie(
+            REFRESH_COOKIE,
+            refresh_token,
+            REFRESH_PATH,
+            SameSite::Strict,
+            refresh_ttl,
+            secure,
+        ),
+    ]
+}
+
+/// Cookies that delete both session cookies (logout, failed cookie refresh).
+pub fn clear_session_cookies(secure: bool) -> [String; 2] {
+    [
+        set_cookie(ACCESS_COOKIE, "", "/", SameSite::Lax, 0, secure),
+        set_cookie(
+            REFRESH_COOKIE,
+            "",
+            REFRESH_PATH,
+            SameSite::Strict,
+            0,
+            secure,
+        ),
+    ]
+}
+
+/// The browser-binding cookie of a pending login (`binding` empty and `max_age` 0 deletes it).
+pub fn state_cookie(binding: &str, max_age: i64, secure: bool) -> String {
+    set_cookie(
+        STATE_COOKIE,
+        binding,
+        CALLBACK_PATH,
+        SameSite::Lax,
+        max_age,
+        secure,
+    )
+}
+
+/// A cookie looked up in the request's `Cookie` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieLookup<'a> {
+    Absent,
+    One(&'a str),
+    /// The name appears more than once (refused: which one would be ours?).
+    Several,
+}
+
+/// Finds cookie `name` in the `Cookie` header values.
+pub fn find_cookie<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -> CookieLookup<'a> {
+    let mut found = CookieLookup::Absent;
+    for header in headers {
+        for pair in header.split(';') {
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
+            if key.trim() == name {
+                found = match found {
+                    CookieLookup::Absent => CookieLookup::One(value.trim()),
+                    _ => CookieLookup::Several,
+                };
+            }
+        }
+    }
+    found
+}
+
+/// The origin (`scheme://host[:port]`) of an absolute URL, or `None`.
+pub fn origin_of(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    match parsed.origin() {
+        url::Origin::Tuple(..) => Some(parsed.origin().ascii_serialization()),
+        url::Origin::Opaque(_) => None,
+    }
+}
+
+/// The origins a cookie-authenticated state-changing request may come from: the issuer's and
+/// those of every configured redirect URI.
+pub fn allowed_origins(issuer: &str, apps: &Apps) -> Vec<String> {
+    let mut origins: Vec<String> = std::iter::once(issuer)
+        .chain(
+            apps.all()
+                .iter()
+                .flat_map(|app| app.redirect_uris.iter().map(String::as_str)),
+        )
+        .filter_map(origin_of)
+        .collect();
+    origins.sort();
+    origins.dedup();
+    origins
+}
+
+/// The CSRF rule for a cookie-authenticated state-changing request: `Origin` (or, without
+/// it, `Referer`) must be one of `allowed`. Neither header, or `Origin: null`, is refused.
+pub fn same_origin_request(
+    origin: Option<&str>,
+    referer: Option<&str>,
+    allowed: &[String],
+) -> bool {
+    let source = match origin {
+        Some(origin) => origin_of(origin.trim()),
+        None => referer.and_then(|r| origin_of(r.trim())),
+    };
+    source.is_some_and(|source| allowed.contains(&source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroize::Zeroizing;
+
+    fn app(kind: AppKind) -> App {
+        App {
+            appid: "wx00000000000000a1".into(),
+            secret: Zeroizing::new("s".into()),
+            kind,
+            redirect_uris: vec!["https://h5.example.com/after-login".into()],
+        }
+    }
+
+    #[test]
+    fn new_state_alphanumeric_32_and_distinct() {
+        let mut rng = rand::thread_rng();
+        let a = new_state(&mut rng);
+        let b = new_state(&mut rng);
+        assert_eq!(a.len(), STATE_LEN);
+        assert!(valid_state_format(&a));
+        assert_ne!(a, b);
+        // 32 symbols of 62: more than 128 bits.
+        assert!(STATE_LEN as f64 * 62f64.log2() >= 128.0);
+    }
+
+    #[test]
+    fn valid_state_format_cases() {
+        assert!(valid_state_format("abcXYZ019"));
+        assert!(valid_state_format(&"a".repeat(128)));
+        assert!(!valid_state_format(&"a".repeat(129)));
+        assert!(!valid_state_format(""));
+        assert!(!valid_state_format("a-b"));
+        assert!(!valid_state_format("a b"));
+    }
+
+    #[test]
+    fn new_binding_is_43_chars_base64url() {
+        let b = new_binding(&mut rand::thread_rng());
+        assert_eq!(b.len(), 43);
+        assert!(b
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+
+    #[test]
+    fn state_key_hides_the_state() {
+        let key = state_key("abc");
+        assert!(!key.contains("abc"));
+        assert_eq!(key, state_key("abc"));
+    }
+
+    #[test]
+    fn scope_for_kinds() {
+        assert_eq!(scope_for(AppKind::OfficialAccount, None), Ok("snsapi_base"));
+        assert_eq!(
+            scope_for(AppKind::OfficialAccount, Some("snsapi_userinfo")),
+            Ok("snsapi_userinfo")
+        );
+        assert!(scope_for(AppKind::OfficialAccount, Some("snsapi_login")).is_err());
+        assert_eq!(scope_for(AppKind::Website, None), Ok("snsapi_login"));
+        assert!(scope_for(AppKind::Website, Some("snsapi_base")).is_err());
+        assert!(scope_for(AppKind::Miniprogram, None).is_err());
+    }
+
+    #[test]
+    fn authorize_url_official_account_in_wechat_order_with_fragment() {
+        let url = authorize_url(
+            "https://open.weixin.qq.com",
+            &app(AppKind::OfficialAccount),
+            "https://auth.example.com/v1/web/callback",
+            "snsapi_base",
+            "S1",
+        );
+        assert_eq!(
+            url,
+            "https://open.weixin.qq.com/connect/oauth2/authorize?appid=wx00000000000000a1\
+             &redirect_uri=https%3A%2F%2Fauth.example.com%2Fv1%2Fweb%2Fcallback\
+             &response_type=code&scope=snsapi_base&state=S1#wechat_redirect"
+        );
+    }
+
+    #[test]
+    fn authorize_url_website_is_qrconnect() {
+        let url = authorize_url(
+            "http://m",
+            &app(AppKind::Website),
+            "http://i/cb",
+            "snsapi_login",
+            "S",
+        );
+        assert!(
+            url.starts_with("http://m/connect/qrconnect?appid="),
+            "{url}"
+        );
+        assert!(
+            url.ends_with("&scope=snsapi_login&state=S#wechat_redirect"),
+            "{url}"
+        );
+    }
+
+    fn pending(expires_at: i64) -> PendingLogin {
+        PendingLogin {
+            appid: "wx1".into(),
+            redirect_uri: "https://a/".into(),
+            scope: "snsapi_base".into(),
+            binding_hash: sha256_hex(b"B"),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn check_callback_matching_cookie_ok() {
+        assert_eq!(
+            check_callback(Some(pending(100)), Some("B"), 99),
+            Ok(pending(100))
+        );
+    }
+
+    #[test]
+    fn check_callback_unknown_or_used_state_refused() {
+        assert_eq!(
+            check_callback(None, Some("B"), 0),
+            Err(WebError::StateUnknown)
+        );
+    }
+
+    #[test]
+    fn check_callback_expired_state_refused() {
+        assert_eq!(
+            check_callback(Some(pending(100)), Some("B"), 100),
+            Err(WebError::StateUnknown)
+        );
+    }
+
+    #[test]
+    fn check_callback_other_browser_refused() {
+        assert_eq!(
+            check_callback(Some(pending(100)), Some("other"), 0),
+            Err(WebError::BrowserMismatch)
+        );
+        assert_eq!(
+            check_callback(Some(pending(100)), None, 0),
+            Err(WebError::BrowserMismatch)
+        );
+    }
+
+    #[test]
+    fn pending_login_round_trips() {
+        let p = pending(5);
+        assert_eq!(PendingLogin::decode(&p.encode()), Some(p));
+        assert_eq!(PendingLogin::decode(b"garbage"), None);
+    }
+
+    #[test]
+    fn session_cookies_attributes() {
+        let [at, rt] = session_cookies("AT", 900, "RT", 604_800, true);
+        assert_eq!(
+            at,
+            "weauth_at=AT; Path=/; Max-Age=900; HttpOnly; Secure; SameSite=Lax"
+        );
+        assert_eq!(
+            rt,
+            "weauth_rt=RT; Path=/v1/token/refresh; Max-Age=604800; HttpOnly; Secure; SameSite=Strict"
+        );
+        let [at, _] = session_cookies("AT", 900, "RT", 1, false);
+        assert!(!at.contains("Secure"), "{at}");
+    }
+
+    #[test]
+    fn clear_session_cookies_expire_both_paths() {
+        let [at, rt] = clear_session_cookies(false);
+        assert_eq!(at, "weauth_at=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax");
+        assert!(
+            rt.starts_with("weauth_rt=; Path=/v1/token/refresh; Max-Age=0"),
+            "{rt}"
+        );
+    }
+
+    #[test]
+    fn state_cookie_scoped_to_callback() {
+        assert_eq!(
+            state_cookie("B", 600, true),
+            "weauth_oauth=B; Path=/v1/web/callback; Max-Age=600; HttpOnly; Secure; SameSite=Lax"
+        );
+    }
+
+    #[test]
+    fn find_cookie_cases() {
+        assert_eq!(
+            find_cookie(["a=1; weauth_at=T; b=2"], "weauth_at"),
+            CookieLookup::One("T")
+        );
+        assert_eq!(
+            find_cookie(["a=1", "weauth_at=T"], "weauth_at"),
+            CookieLookup::One("T")
+        );
+        assert_eq!(find_cookie(["a=1"], "weauth_at"), CookieLookup::Absent);
+        assert_eq!(
+            find_cookie(["weauth_at=T1; weauth_at=T2"], "weauth_at"),
+            CookieLookup::Several
+        );
+        assert_eq!(
+            find_cookie(["xweauth_at=T"], "weauth_at"),
+            CookieLookup::Absent
+        );
+    }
+
+    #[test]
+    fn allowed_origins_issuer_and_redirect_origins() {
+        let apps = Apps::new(vec![app(AppKind::OfficialAccount)]);
+        assert_eq!(
+            allowed_origins("http://127.0.0.1:8080", &apps),
+            vec![
+                "http://127.0.0.1:8080".to_string(),
+                "https://h5.example.com".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn same_origin_request_cases() {
+        let allowed = vec!["https://h5.example.com".to_string()];
+        assert!(same_origin_request(
+            Some("https://h5.example.com"),
+            None,
+            &allowed
+        ));
+        assert!(!same_origin_request(
+            Some("https://evil.example"),
+            None,
+            &allowed
+        ));
+        // Same site, other origin (port): refused.
+        assert!(!same_origin_request(
+            Some("https://h5.example.com:8443"),
+            None,
+            &allowed
+        ));
+        assert!(!same_origin_request(
+            Some("null"),
+            Some("https://h5.example.com/x"),
+            &allowed
+        ));
+        assert!(same_origin_request(
+            None,
+            Some("https://h5.example.com/page?x=1"),
+            &allowed
+        ));
+        assert!(!same_origin_request(
+            None,
+            Some("https://evil.example/h5.example.com"),
+            &allowed
+        ));
+        assert!(!same_origin_request(None, None, &allowed));
+    }
+}

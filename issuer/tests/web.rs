@@ -1,0 +1,851 @@
+//! Integration tests of several apps and web login against the mock WeChat, without a browser
+//! (the browser test is `tests/tests/e2e_browser.rs`): the apps file at start, `/v1/login` with
+//! an appid, `/v1/web/authorize` and `/v1/web/callback` (every refusal, every WeChat error),
+//! the cookies, cookie authentication with its CSRF rule, cookie refresh and logout, the
+//! mini-program-only routes for web sessions, and one person across apps (same unionid → same
+//! `sub`; a login first seen without a unionid linked, not duplicated).
+
+// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{payload, split, Issuer, Stack, APPID};
+use serde_json::{json, Value};
+use weauth_tests::mock_wechat::{Fault, MockApp, MockConfig, MockWechat};
+
+const BACK: &str = "https://h5.example.com/after-login";
+const WEB_BACK: &str = "https://www.example.com/";
+const H5_ORIGIN: &str = "https://h5.example.com";
+
+fn oa() -> MockApp {
+    MockApp::official_account()
+}
+
+fn website() -> MockApp {
+    MockApp::website()
+}
+
+fn apps_file() -> Value {
+    json!({"apps": [
+        {"appid": APPID, "secret": "mock-secret", "kind": "miniprogram"},
+        {"appid": oa().appid, "secret": oa().secret, "kind": "official_account",
+         "redirect_uris": [BACK]},
+        {"appid": website().appid, "secret": website().secret, "kind": "website",
+         "redirect_uris": [WEB_BACK]},
+    ]})
+}
+
+/// The issuer with an apps file (mini-program, official account, website; all bound) and
+/// `extra` variables, with WeChat retries off so one injected fault is one answer.
+async fn start(extra: &[(&str, &str)]) -> Stack {
+    let mock = MockWechat::start(MockConfig {
+        unionid: true,
+        web_apps: vec![oa(), website()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = common::temp_dir("web");
+    let mut env = common::base_env(&mock, dir.path());
+    env.remove("WEAUTH_WECHAT_APPID");
+    env.remove("WEAUTH_WECHAT_SECRET");
+    let file = apps_file();
+    let path = dir.path().join("apps.json");
+    std::fs::write(&path, file.to_string()).unwrap();
+    env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+    env.insert("WEAUTH_WECHAT_OPEN_BASE".into(), mock.base_url());
+    env.insert("WEAUTH_WECHAT_RETRIES".into(), "0".into());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let issuer = tokio::task::spawn_blocking(move || Issuer::start(&env))
+        .await
+        .unwrap();
+    Stack {
+        mock,
+        issuer,
+        dir,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+    }
+}
+
+/// The `name=value` of each `Set-Cookie`, with its attributes.
+fn set_cookies(headers: &reqwest::header::HeaderMap) -> HashMap<String, String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| {
+            let text = v.to_str().unwrap().to_string();
+            let name = text.split('=').next().unwrap().to_string();
+            (name, text)
+        })
+        .collect()
+}
+
+fn cookie_value(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string()
+}
+
+/// A started web login: the state (from WeChat's URL) and the browser binding cookie.
+struct Started {
+    state: String,
+    binding: String,
+    location: String,
+}
+
+async fn authorize(
+    stack: &Stack,
+    query: &[(&str, &str)],
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let response = stack
+        .http
+        .get(stack.url("/v1/web/authorize"))
+        .query(query)
+        .send()
+        .await
+        .unwrap();
+    split(response).await
+}
+
+async fn start_login(stack: &Stack, appid: &str, redirect: &str, scope: Option<&str>) -> Started {
+    let mut query = vec![("appid", appid), ("redirect_uri", redirect)];
+    if let Some(scope) = scope {
+        query.push(("scope", scope));
+    }
+    let (status, body, headers) = authorize(stack, &query).await;
+    assert_eq!(status, 302, "{body}");
+    let location = headers["location"].to_str().unwrap().to_string();
+    let url = url::Url::parse(&location).unwrap();
+    let state = url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let cookies = set_cookies(&headers);
+    let binding = cookie_value(&cookies["weauth_oauth"]);
+    Started {
+        state,
+        binding,
+        location,
+    }
+}
+
+async fn callback(
+    stack: &Stack,
+    code: Option<&str>,
+    state: &str,
+    binding: Option<&str>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut query = vec![("state", state)];
+    if let Some(code) = code {
+        query.push(("code", code));
+    }
+    let mut request = stack.http.get(stack.url("/v1/web/callback")).query(&query);
+    if let Some(binding) = binding {
+        request = request.header("cookie", format!("weauth_oauth={binding}"));
+    }
+    split(request.send().await.unwrap()).await
+}
+
+/// A whole web login of `user`: authorize, the mock's approval, callback. Returns the
+/// callback's `Set-Cookie`s (asserting the 302 back to `redirect`).
+async fn web_login(
+    stack: &Stack,
+    app: &MockApp,
+    redirect: &str,
+    scope: &str,
+    user: &str,
+) -> HashMap<String, String> {
+    let started = start_login(stack, &app.appid, redirect, Some(scope)).await;
+    let code = stack.mock.oauth_code(&app.appid, user, scope);
+    let (status, body, headers) =
+        callback(stack, Some(&code), &started.state, Some(&started.binding)).await;
+    assert_eq!(status, 302, "{body}");
+    assert_eq!(headers["location"], redirect);
+    set_cookies(&headers)
+}
+
+fn access_of(cookies: &HashMap<String, String>) -> String {
+    cookie_value(&cookies["weauth_at"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_official_account_redirects_to_wechat_with_state_and_binding_cookie() {
+    let stack = start(&[]).await;
+    let started = start_login(&stack, &oa().appid, BACK, None).await;
+    let expected = format!(
+        "{}/connect/oauth2/authorize?appid={}&redirect_uri=http%3A%2F%2Fissuer.test%2Fv1%2Fweb%2Fcallback&response_type=code&scope=snsapi_base&state={}#wechat_redirect",
+        stack.mock.base_url(),
+        oa().appid,
+        started.state
+    );
+    assert_eq!(started.location, expected);
+    assert_eq!(started.state.len(), 32);
+    assert!(started.state.bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert_ne!(started.binding, started.state);
+    let (_, _, headers) =
+        authorize(&stack, &[("appid", &oa().appid), ("redirect_uri", BACK)]).await;
+    let cookie = &set_cookies(&headers)["weauth_oauth"];
+    assert!(cookie.contains("Path=/v1/web/callback"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("Secure") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(cookie.contains("Max-Age=600"), "{cookie}");
+    // A website goes to the QR page with snsapi_login.
+    let web = start_login(&stack, &website().appid, WEB_BACK, None).await;
+    assert!(
+        web.location.contains("/connect/qrconnect?"),
+        "{}",
+        web.location
+    );
+    assert!(
+        web.location.contains("scope=snsapi_login"),
+        "{}",
+        web.location
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_bad_input_400_never_redirects_and_stores_nothing() {
+    let stack = start(&[]).await;
+    let oa_id = oa().appid;
+    let web_id = website().appid;
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("redirect_uri", BACK)], "appid"),
+        (vec![("appid", &oa_id)], "redirect_uri"),
+        (
+            vec![("appid", "wxunknown"), ("redirect_uri", BACK)],
+            "unknown appid",
+        ),
+        (
+            vec![("appid", APPID), ("redirect_uri", BACK)],
+            "miniprogram",
+        ),
+        (
+            vec![
+                ("appid", &oa_id),
+                ("redirect_uri", "https://evil.example/after-login"),
+            ],
+            "redirect_uri",
+        ),
+        (
+            vec![
+                ("appid", &oa_id),
+                ("redirect_uri", "https://h5.example.com/after-login/"),
+            ],
+            "redirect_uri",
+        ),
+        (
+            vec![
+                ("appid", &oa_id),
+                (
+                    "redirect_uri",
+                    "https://h5.example.com/after-login?next=//evil",
+                ),
+            ],
+            "redirect_uri",
+        ),
+        (
+            vec![
+                ("appid", &oa_id),
+                ("redirect_uri", "https://h5.example.com/"),
+            ],
+            "redirect_uri",
+        ),
+        (
+            vec![("appid", &oa_id), ("redirect_uri", WEB_BACK)],
+            "redirect_uri",
+        ),
+        (
+            vec![
+                ("appid", &oa_id),
+                ("redirect_uri", BACK),
+                ("scope", "snsapi_login"),
+            ],
+            "scope",
+        ),
+        (
+            vec![
+                ("appid", &web_id),
+                ("redirect_uri", WEB_BACK),
+                ("scope", "snsapi_base"),
+            ],
+            "scope",
+        ),
+        (
+            vec![("appid", &oa_id), ("appid", &oa_id), ("redirect_uri", BACK)],
+            "more than once",
+        ),
+    ];
+    for (query, needle) in cases {
+        let (status, body, headers) = authorize(&stack, &query).await;
+        assert_eq!(status, 400, "{query:?}: {body}");
+        assert!(headers.get("location").is_none(), "{query:?}");
+        assert!(headers.get("set-cookie").is_none(), "{query:?}");
+        assert_eq!(body["error"], "invalid_request");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains(needle), "{query:?}: {description}");
+    }
+    assert_eq!(stack.count("ephemeral"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_sets_session_cookies_and_redirects_to_the_app() {
+    let stack = start(&[]).await;
+    let cookies = web_login(&stack, &oa(), BACK, "snsapi_userinfo", "alice").await;
+    let at = &cookies["weauth_at"];
+    assert!(
+        at.contains("Path=/;")
+            && at.contains("HttpOnly")
+            && at.contains("Secure")
+            && at.contains("SameSite=Lax"),
+        "{at}"
+    );
+    assert!(at.contains("Max-Age=900"), "{at}");
+    let rt = &cookies["weauth_rt"];
+    assert!(
+        rt.contains("Path=/v1/token/refresh")
+            && rt.contains("SameSite=Strict")
+            && rt.contains("HttpOnly"),
+        "{rt}"
+    );
+    assert!(
+        cookies["weauth_oauth"].contains("Max-Age=0"),
+        "the state cookie is cleared"
+    );
+    let claims = payload(&access_of(&cookies));
+    assert_eq!(claims["appid"], oa().appid);
+    assert_eq!(claims["openid"], stack.mock.openid_in(&oa().appid, "alice"));
+    assert_eq!(claims["unionid"], stack.mock.unionid("alice"));
+    assert_eq!(stack.count("sessions"), 1);
+    assert_eq!(stack.count("ephemeral"), 0, "the state was taken");
+    // WeChat's user tokens never reach the browser or the log.
+    let log = stack.issuer.log_text();
+    assert!(
+        !log.contains(&stack.mock.openid_in(&oa().appid, "alice")),
+        "openid logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_secure_false_drops_secure() {
+    let stack = start(&[("WEAUTH_COOKIE_SECURE", "false")]).await;
+    let cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "bob").await;
+    assert!(
+        !cookies["weauth_at"].contains("Secure"),
+        "{}",
+        cookies["weauth_at"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_state_missing_malformed_forged_used_or_other_browser_400_nothing_written() {
+    let stack = start(&[]).await;
+    let started = start_login(&stack, &oa().appid, BACK, None).await;
+    let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
+    for (state, binding, needle) in [
+        ("", Some(started.binding.as_str()), "state"),
+        ("has-dash", Some(started.binding.as_str()), "malformed"),
+        (
+            "Forged0123456789abcdefABCDEF0123",
+            Some(started.binding.as_str()),
+            "unknown",
+        ),
+    ] {
+        let (status, body, headers) = callback(&stack, Some(&code), state, binding).await;
+        assert_eq!(status, 400, "{state}: {body}");
+        assert!(headers.get("location").is_none());
+        assert!(
+            body["error_description"].as_str().unwrap().contains(needle),
+            "{body}"
+        );
+    }
+    // Another browser: no binding cookie, or someone else's.
+    let (status, body, _) =
+        callback(&stack, Some(&code), &started.state, Some("someone-elses")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("another browser"),
+        "{body}"
+    );
+    // That attempt consumed the state: even the right browser cannot use it now.
+    let (status, body, _) =
+        callback(&stack, Some(&code), &started.state, Some(&started.binding)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{body}"
+    );
+    let second = start_login(&stack, &oa().appid, BACK, None).await;
+    let (status, _, _) = callback(&stack, Some(&code), &second.state, None).await;
+    assert_eq!(status, 400);
+    // Used: a completed login replayed.
+    let third = start_login(&stack, &oa().appid, BACK, None).await;
+    let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
+    let (status, _, _) = callback(&stack, Some(&code), &third.state, Some(&third.binding)).await;
+    assert_eq!(status, 302);
+    let sessions = stack.count("sessions");
+    let (status, body, headers) =
+        callback(&stack, Some(&code), &third.state, Some(&third.binding)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!set_cookies(&headers).contains_key("weauth_at"));
+    assert_eq!(stack.count("sessions"), sessions, "nothing written");
+    assert_eq!(stack.count("sessions"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_without_code_is_refused_consent_400() {
+    let stack = start(&[]).await;
+    let started = start_login(&stack, &oa().appid, BACK, None).await;
+    let (status, body, headers) =
+        callback(&stack, None, &started.state, Some(&started.binding)).await;
+    assert_eq!(status, 400);
+    assert!(headers.get("location").is_none());
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("did not authorize"),
+        "{body}"
+    );
+    assert_eq!(stack.count("sessions"), 0);
+    assert_eq!(stack.mock.calls("oauth2_access_token"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_wechat_errors_mapped_and_nothing_written() {
+    let stack = start(&[]).await;
+    let cases: Vec<(&str, Fault, u16, &str)> = vec![
+        (
+            "oauth2_access_token",
+            Fault::Errcode {
+                errcode: 40029,
+                errmsg: "invalid code".into(),
+            },
+            400,
+            "invalid_grant",
+        ),
+        (
+            "oauth2_access_token",
+            Fault::Errcode {
+                errcode: 40163,
+                errmsg: "code been used".into(),
+            },
+            400,
+            "invalid_grant",
+        ),
+        (
+            "oauth2_access_token",
+            Fault::Errcode {
+                errcode: 42003,
+                errmsg: "code expired".into(),
+            },
+            400,
+            "invalid_grant",
+        ),
+        (
+            "oauth2_access_token",
+            Fault::Errcode {
+                errcode: 45011,
+                errmsg: "limit".into(),
+            },
+            429,
+            "rate_limited",
+        ),
+        (
+            "oauth2_access_token",
+            Fault::Errcode {
+                errcode: -1,
+                errmsg: "system error".into(),
+            },
+            503,
+            "temporarily_unavailable",
+        ),
+        (
+            "oauth2_access_token",
+            Fault::Errcode {
+                errcode: 40013,
+                errmsg: "invalid appid".into(),
+            },
+            502,
+            "upstream_error",
+        ),
+        (
+            "oauth2_access_token",
+            Fault::Errcode {
+                errcode: 40125,
+                errmsg: "invalid appsecret".into(),
+            },
+            502,
+            "upstream_error",
+        ),
+        (
+            "oauth2_access_token",
+            Fault::Status(502),
+            502,
+            "upstream_error",
+        ),
+        ("oauth2_access_token", Fault::Garbage, 502, "upstream_error"),
+        ("oauth2_access_token", Fault::Html, 502, "upstream_error"),
+        (
+            "userinfo",
+            Fault::Errcode {
+                errcode: 48001,
+                errmsg: "api unauthorized".into(),
+            },
+            403,
+            "access_denied",
+        ),
+        (
+            "userinfo",
+            Fault::Errcode {
+                errcode: -1,
+                errmsg: "system error".into(),
+            },
+            503,
+            "temporarily_unavailable",
+        ),
+    ];
+    for (route, fault, status_expected, code_expected) in cases {
+        let started = start_login(&stack, &oa().appid, BACK, Some("snsapi_userinfo")).await;
+        let code = stack
+            .mock
+            .oauth_code(&oa().appid, "alice", "snsapi_userinfo");
+        stack.mock.inject(route, fault.clone(), 1);
+        let (status, body, headers) =
+            callback(&stack, Some(&code), &started.state, Some(&started.binding)).await;
+        assert_eq!(status, status_expected, "{route} {fault:?}: {body}");
+        assert_eq!(body["error"], code_expected, "{route} {fault:?}: {body}");
+        assert!(headers.get("location").is_none());
+        assert!(!set_cookies(&headers).contains_key("weauth_at"));
+        assert_eq!(
+            stack.count("sessions"),
+            0,
+            "{route} {fault:?}: nothing written"
+        );
+    }
+    // Real (not injected) WeChat refusals: a website's code posted for the official account,
+    // and a code used twice.
+    let started = start_login(&stack, &oa().appid, BACK, None).await;
+    let foreign = stack
+        .mock
+        .oauth_code(&website().appid, "alice", "snsapi_login");
+    let (status, body, _) = callback(
+        &stack,
+        Some(&foreign),
+        &started.state,
+        Some(&started.binding),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert_eq!(stack.count("sessions"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_snapshot_user_refused_403() {
+    let stack = start(&[]).await;
+    let started = start_login(&stack, &oa().appid, BACK, None).await;
+    // The mock's authorize page, as a browser in snapshot mode would see it.
+    let page = stack
+        .http
+        .get(&started.location)
+        .header("cookie", "mock_user=snap; mock_action=snapshot")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 302);
+    let back = url::Url::parse(page.headers()["location"].to_str().unwrap()).unwrap();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let state = back
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    assert_eq!(state, started.state);
+    let (status, body, _) = callback(&stack, Some(&code), &state, Some(&started.binding)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot"),
+        "{body}"
+    );
+    assert_eq!(stack.count("sessions"), 0);
+    assert_eq!(stack.count("users"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_person_mini_program_official_account_and_website_same_sub() {
+    let stack = start(&[]).await;
+    let mini = stack.login("alice").await;
+    let mini_sub = payload(mini["access_token"].as_str().unwrap())["sub"].clone();
+    let oa_cookies = web_login(&stack, &oa(), BACK, "snsapi_userinfo", "alice").await;
+    let web_cookies = web_login(&stack, &website(), WEB_BACK, "snsapi_login", "alice").await;
+    assert_eq!(payload(&access_of(&oa_cookies))["sub"], mini_sub);
+    assert_eq!(payload(&access_of(&web_cookies))["sub"], mini_sub);
+    assert_eq!(payload(&access_of(&web_cookies))["appid"], website().appid);
+    let bob = web_login(&stack, &oa(), BACK, "snsapi_userinfo", "bob").await;
+    assert_ne!(payload(&access_of(&bob))["sub"], mini_sub);
+    assert_eq!(stack.count("users"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_seen_without_unionid_then_with_it_linked_not_duplicated() {
+    let stack = start(&[]).await;
+    // snsapi_base gives no unionid: a user known by (official account, openid) only.
+    let base = web_login(&stack, &oa(), BACK, "snsapi_base", "carol").await;
+    let base_claims = payload(&access_of(&base));
+    assert!(base_claims.get("unionid").is_none(), "{base_claims}");
+    // The same person grants snsapi_userinfo later: same user, unionid now attached…
+    let info = web_login(&stack, &oa(), BACK, "snsapi_userinfo", "carol").await;
+    assert_eq!(payload(&access_of(&info))["sub"], base_claims["sub"]);
+    // …so the mini-program login (same unionid) finds the same user.
+    let mini = stack.login("carol").await;
+    assert_eq!(
+        payload(mini["access_token"].as_str().unwrap())["sub"],
+        base_claims["sub"]
+    );
+    assert_eq!(stack.count("users"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_session_mini_program_routes_400_and_me_by_cookie() {
+    let stack = start(&[]).await;
+    let cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "dave").await;
+    let token = access_of(&cookies);
+    for (path, body) in [
+        (
+            "/v1/me/decrypt",
+            Some(json!({"encryptedData": "AAAA", "iv": "AAAAAAAAAAAAAAAAAAAAAA=="})),
+        ),
+        ("/v1/me/phone", Some(json!({"code": "c"}))),
+    ] {
+        let (status, body, _) = stack.post_auth(path, &token, body).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("web login"),
+            "{body}"
+        );
+    }
+    let (status, body, _) = stack.get("/v1/me/session", Some(&token)).await;
+    assert_eq!(status, 400, "{body}");
+    // GET /v1/me with the cookie alone.
+    let response = stack
+        .http
+        .get(stack.url("/v1/me"))
+        .header("cookie", format!("weauth_at={token}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, me, _) = split(response).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["appid"], oa().appid);
+}
+
+async fn cookie_post(
+    stack: &Stack,
+    path: &str,
+    cookie: &str,
+    origin: Option<&str>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = stack.http.post(stack.url(path)).header("cookie", cookie);
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    split(request.send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_logout_needs_allowed_origin_then_clears_cookies_and_revokes() {
+    let stack = start(&[]).await;
+    let cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "erin").await;
+    let token = access_of(&cookies);
+    let cookie = format!("weauth_at={token}");
+    for origin in [
+        None,
+        Some("https://evil.example"),
+        Some("https://h5.example.com:8443"),
+        Some("null"),
+    ] {
+        let (status, body, _) = cookie_post(&stack, "/v1/logout", &cookie, origin).await;
+        assert_eq!(status, 403, "{origin:?}: {body}");
+        assert_eq!(body["error"], "access_denied");
+    }
+    // A bearer header needs no Origin (a cross-site page cannot set it).
+    let (status, _, _) = stack.get("/v1/me", Some(&token)).await;
+    assert_eq!(status, 200, "still logged in");
+    let (status, _, headers) = cookie_post(&stack, "/v1/logout", &cookie, Some(H5_ORIGIN)).await;
+    assert_eq!(status, 204);
+    let cleared = set_cookies(&headers);
+    assert!(
+        cleared["weauth_at"].starts_with("weauth_at=;")
+            && cleared["weauth_at"].contains("Max-Age=0")
+    );
+    assert!(
+        cleared["weauth_rt"].contains("Path=/v1/token/refresh")
+            && cleared["weauth_rt"].contains("Max-Age=0")
+    );
+    let (status, _, _) = stack.get("/v1/me", Some(&token)).await;
+    assert_eq!(status, 401, "revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_refresh_rotates_both_cookies_and_reuse_clears_them() {
+    let stack = start(&[]).await;
+    let cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "frank").await;
+    let rt = cookie_value(&cookies["weauth_rt"]);
+    let cookie = format!("weauth_rt={rt}");
+    let (status, body, _) = cookie_post(
+        &stack,
+        "/v1/token/refresh",
+        &cookie,
+        Some("https://evil.example"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body, headers) =
+        cookie_post(&stack, "/v1/token/refresh", &cookie, Some(H5_ORIGIN)).await;
+    assert_eq!(status, 204, "{body}");
+    let rotated = set_cookies(&headers);
+    assert_ne!(cookie_value(&rotated["weauth_rt"]), rt);
+    assert_ne!(access_of(&rotated), access_of(&cookies));
+    assert_eq!(
+        payload(&access_of(&rotated))["sub"],
+        payload(&access_of(&cookies))["sub"]
+    );
+    // The old refresh cookie again: reuse, the session is revoked and the cookies cleared.
+    let (status, body, headers) =
+        cookie_post(&stack, "/v1/token/refresh", &cookie, Some(H5_ORIGIN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert!(set_cookies(&headers)["weauth_at"].contains("Max-Age=0"));
+    let (status, _, _) = stack.get("/v1/me", Some(&access_of(&rotated))).await;
+    assert_eq!(status, 401, "reuse revoked the session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_appid_optional_with_one_miniprogram_refused_for_other_kinds() {
+    let stack = start(&[]).await;
+    let code = stack.mock.login("gina").code;
+    let (status, body, _) = stack
+        .post("/v1/login", json!({"code": code, "appid": APPID}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        payload(body["access_token"].as_str().unwrap())["appid"],
+        APPID
+    );
+    for (appid, needle) in [
+        (oa().appid, "needs a miniprogram"),
+        ("wxnope".to_string(), "unknown appid"),
+    ] {
+        let code = stack.mock.login("gina").code;
+        let (status, body, _) = stack
+            .post("/v1/login", json!({"code": code, "appid": appid}))
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error_description"].as_str().unwrap().contains(needle),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        stack.mock.calls("jscode2session"),
+        1,
+        "refused before WeChat"
+    );
+}
+
+fn start_error(file: &str) -> String {
+    let dir = common::temp_dir("apps-bad");
+    let path = dir.path().join("apps.json");
+    std::fs::write(&path, file).unwrap();
+    let output = std::process::Command::new(common::bin())
+        .env_clear()
+        .env("WEAUTH_APPS_FILE", &path)
+        .env(
+            "WEAUTH_STORE",
+            format!("sqlite://{}", dir.path().join("x.db").display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn apps_file_errors_stop_start_naming_the_entry() {
+    let err = start_error(
+        r#"{"apps":[{"appid":"wx1","secret":"a","kind":"miniprogram"},{"appid":"wx1","secret":"b","kind":"miniprogram"}]}"#,
+    );
+    assert!(
+        err.contains("WEAUTH_APPS_FILE") && err.contains("apps[1] (wx1): duplicate appid"),
+        "{err}"
+    );
+    let err = start_error(r#"{"apps":[{"appid":"wxoa","secret":"a","kind":"official_account"}]}"#);
+    assert!(
+        err.contains("apps[0] (wxoa)") && err.contains("redirect_uris"),
+        "{err}"
+    );
+    let err = start_error(
+        r#"{"apps":[{"appid":"wxoa","secret":"a","kind":"official_account","redirect_uris":["http://h5.example.com/"]}]}"#,
+    );
+    assert!(
+        err.contains("apps[0] (wxoa)") && err.contains("https"),
+        "{err}"
+    );
+    let err =
+        start_error(r#"{"apps":[{"appid":"wx1","secret":"a","kind":"miniprogram","extra":1}]}"#);
+    assert!(err.contains("unknown field"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_wechat_timeout_503_nothing_written() {
+    let stack = start(&[("WEAUTH_WECHAT_TIMEOUT", "300ms")]).await;
+    let started = start_login(&stack, &oa().appid, BACK, None).await;
+    let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
+    stack.mock.inject("oauth2_access_token", Fault::Hang, 1);
+    let (status, body, headers) =
+        callback(&stack, Some(&code), &started.state, Some(&started.binding)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(headers.get("location").is_none());
+    assert_eq!(stack.count("sessions"), 0);
+}

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Checks the OCI image layouts `make image` wrote (part of `make test`; stdlib only).
+
+- image_filter_layer_holds_exactly_the_wasm_module: target/oci/weauth-filter has one layer,
+  gzip-compressed (Istio's compat variant), annotated `module.wasm.image/variant=compat`,
+  holding exactly one file, `plugin.wasm`, byte-equal to the module `make wasm` built.
+- image_issuer_entrypoint_unpacked_answers_healthz: target/oci/weauth-issuer unpacked into a
+  root filesystem; its user is not root, it carries the CA certificates, and its entrypoint,
+  run inside that root filesystem (chroot: nothing from the host), answers GET /healthz.
+
+Prints `N passed, N failed` and exits non-zero on a failure.
+"""
+import base64
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OCI = os.path.join(ROOT, "target", "oci")
+WASM = os.environ.get("WEAUTH_FILTER_WASM") or os.path.join(
+    ROOT, "target", "wasm32-wasip1", "wasm-release", "weauth_filter.wasm")
+
+
+def blob(layout, digest):
+    algo, hexdigest = digest.split(":", 1)
+    path = os.path.join(layout, "blobs", algo, hexdigest)
+    with open(path, "rb") as f:
+        data = f.read()
+    assert hashlib.sha256(data).hexdigest() == hexdigest, f"blob {digest} does not match its digest"
+    return data, path
+
+
+def manifest(name):
+    layout = os.path.join(OCI, name)
+    with open(os.path.join(layout, "oci-layout")) as f:
+        assert json.load(f)["imageLayoutVersion"] == "1.0.0"
+    with open(os.path.join(layout, "index.json")) as f:
+        index = json.load(f)
+    assert len(index["manifests"]) == 1, f"{name}: one image expected in index.json"
+    desc = index["manifests"][0]
+    with open(os.path.join(OCI, f"{name}.digest")) as f:
+        printed = f.read().strip()
+    assert desc["digest"] == printed, f"{name}: index digest {desc['digest']} != printed {printed}"
+    data, _ = blob(layout, desc["digest"])
+    doc = json.loads(data)
+    config = json.loads(blob(layout, doc["config"]["digest"])[0])
+    return layout, doc, config
+
+
+def image_filter_layer_holds_exactly_the_wasm_module():
+    layout, doc, _ = manifest("weauth-filter")
+    assert doc.get("annotations", {}).get("module.wasm.image/variant") == "compat", doc.get("annotations")
+    layers = doc["layers"]
+    assert len(layers) == 1, f"one layer expected, got {len(layers)}"
+    assert layers[0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip", layers[0]["mediaType"]
+    _, path = blob(layout, layers[0]["digest"])
+    with tarfile.open(path, "r:gz") as tar:
+        files = [m for m in tar.getmembers() if not m.isdir()]
+        names = [m.name.lstrip("./") for m in files]
+        assert names == ["plugin.wasm"], f"the layer must hold exactly plugin.wasm, holds {names}"
+        data = tar.extractfile(files[0]).read()
+    with open(WASM, "rb") as f:
+        built = f.read()
+    assert data == built, f"plugin.wasm ({len(data)} bytes) differs from {WASM} ({len(built)} bytes)"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def image_issuer_entrypoint_unpacked_answers_healthz():
+    layout, doc, config = manifest("weauth-issuer")
+    cfg = config["config"]
+    user = cfg.get("User", "")
+    assert user and user.split(":")[0] not in ("", "0", "root"), f"image user must not be root: {user!r}"
+    entrypoint = cfg["Entrypoint"]
+    with tempfile.TemporaryDirectory(prefix="weauth-image-") as tmp:
+        rootfs = os.path.join(tmp, "rootfs")
+        os.makedirs(rootfs)
+        for layer in doc["layers"]:
+            _, path = blob(layout, layer["digest"])
+            with tarfile.open(path, "r:*") as tar:
+                if hasattr(tarfile, "tar_filter"):
+                    tar.extractall(rootfs, filter="tar")
+                else:  # Python before 3.11.4 has no extraction filters
+                    tar.extractall(rootfs)
+        assert os.path.getsize(os.path.join(rootfs, "etc/ssl/certs/ca-certificates.crt")) > 0
+        os.makedirs(os.path.join(rootfs, "tmp"), mode=0o1777, exist_ok=True)
+        os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
+        port = free_port()
+        env = {k: v for k, v in (e.split("=", 1) for e in cfg.get("Env", []))}
+        env.update({
+            "WEAUTH_LISTEN": f"127.0.0.1:{port}",
+            "WEAUTH_STORE": "sqlite:///tmp/weauth.db",
+            "WEAUTH_WECHAT_APPID": "wx0123456789abcdef",
+            "WEAUTH_WECHAT_SECRET": "image-check-secret",
+            "WEAUTH_DATA_KEY": base64.b64encode(os.urandom(32)).decode(),
+        })
+        uid, _, gid = user.partition(":")
+        if os.geteuid() == 0:
+            cmd = ["chroot", f"--userspec={uid}:{gid or uid}", rootfs] + entrypoint
+        else:
+            # Unprivileged: a user namespace lets us chroot (the image runs as "root" of it).
+            cmd = ["unshare", "--user", "--map-root-user", "chroot", rootfs] + entrypoint
+        log = open(os.path.join(tmp, "issuer.log"), "w+")
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, cwd=tmp)
+        try:
+            deadline = time.time() + 20
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"the issuer exited ({proc.returncode}):\n{log.read()}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                        body = json.loads(r.read())
+                        assert r.status == 200 and body == {"status": "ok"}, (r.status, body)
+                        break
+                except OSError:
+                    if time.time() > deadline:
+                        log.seek(0)
+                        raise AssertionError(f"no answer on /healthz within 20 s:\n{log.read()}")
+                    time.sleep(0.1)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def main():
+    passed = failed = 0
+    for test in (image_filter_layer_holds_exactly_the_wasm_module,
+                 image_issuer_entrypoint_unpacked_answers_healthz):
+        try:
+            test()
+            print(f"test {test.__name__} ... ok")
+            passed += 1
+        except Exception as err:  # noqa: BLE001 - report every failure, then exit non-zero
+            print(f"test {test.__name__} ... FAILED: {err}")
+            failed += 1
+    print(f"images: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# `make image`: the two OCI image layouts, built with buildah FROM scratch.
+#   target/oci/weauth-issuer   the issuer (static musl build, CA certificates, user 65532)
+#   target/oci/weauth-filter   the filter's plugin.wasm in Istio's compat Wasm image form
+# Both are tagged with the workspace version and built with `--timestamp 0`, so the same inputs
+# give the same digests (the filter's digest is what a WasmPlugin's `sha256` pins).
+#
+# It installs what it needs when missing (idempotent): the Debian packages buildah, musl-tools
+# and ca-certificates (apt-get, through `sudo -n` when not root) and the rustup target
+# x86_64-unknown-linux-musl; then builds the issuer for it (static) and the images.
+#
+# buildah keeps its own storage in target/buildah (vfs driver, chroot isolation), never the
+# machine's. As root this works everywhere; as a normal user it needs user namespaces and
+# subordinate ids (/etc/subuid). Where buildah cannot be installed or cannot run, this script
+# says why and exits 3.
+#
+# `scripts/image.sh --check` (make test) also runs scripts/check_images.py on the result, and
+# turns "buildah cannot run here" into a printed skip.
+set -euo pipefail
+check=false
+[ "${1:-}" = "--check" ] && check=true
+skip() { # reason
+  if $check; then
+    echo "image: SKIPPED (the image checks did not run): $1"
+    exit 0
+  fi
+  echo "image: $1" >&2
+  exit 3
+}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' issuer/Cargo.toml | head -1)
+musl_target=x86_64-unknown-linux-musl
+issuer_bin=target/$musl_target/release/weauth-issuer
+wasm=target/wasm32-wasip1/wasm-release/weauth_filter.wasm
+out=target/oci
+store=(--root "$root/target/buildah/root" --runroot "$root/target/buildah/run" --storage-driver vfs)
+
+apt=(apt-get)
+[ "$(id -u)" = 0 ] || apt=(sudo -n apt-get)
+for pkg in buildah musl-tools ca-certificates; do
+  if dpkg -s "$pkg" >/dev/null 2>&1; then
+    continue
+  fi
+  echo "image: installing the Debian package $pkg"
+  if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y "$pkg"; then
+    skip "cannot install the Debian package $pkg as $(id -un) (no root, no passwordless sudo)"
+  fi
+done
+if ! probe=$(buildah "${store[@]}" images 2>&1); then
+  skip "buildah cannot run here as $(id -un) (${probe##*$'\n'}); as a normal user it needs user namespaces and entries in /etc/subuid and /etc/subgid; run make image as root"
+fi
+if ! rustup target list --installed | grep -qx "$musl_target"; then
+  echo "image: installing rust target $musl_target"
+  rustup target add "$musl_target"
+fi
+cargo build ${CI:+--locked} --release --target "$musl_target" -p weauth-issuer
+[ -f "$wasm" ] || { echo "image: $wasm missing: run make wasm" >&2; exit 1; }
+if ! ldd "$issuer_bin" 2>&1 | grep -q -E 'statically linked|not a dynamic executable'; then
+  echo "image: $issuer_bin is dynamically linked; the image has no libc" >&2
+  exit 1
+fi
+[ -f /etc/ssl/certs/ca-certificates.crt ] || { echo "image: /etc/ssl/certs/ca-certificates.crt missing (Debian package ca-certificates)" >&2; exit 1; }
+
+ctx=target/image-context
+rm -rf "$ctx"
+mkdir -p "$ctx/issuer/var-lib-weauth" "$ctx/filter" "$out"
+cp "$issuer_bin" "$ctx/issuer/weauth-issuer"
+cp /etc/ssl/certs/ca-certificates.crt "$ctx/issuer/ca-certificates.crt"
+cp "$wasm" "$ctx/filter/plugin.wasm"
+
+build() { # name containerfile context [bud options]
+  local name=$1 file=$2 context=$3
+  shift 3
+  buildah "${store[@]}" bud --quiet --isolation chroot --format oci --timestamp 0 \
+    "$@" -f "$file" -t "localhost/$name:$version" "$context" >/dev/null
+  rm -rf "${out:?}/$name"
+  buildah "${store[@]}" push --quiet --compression-format gzip --digestfile "$out/$name.digest" \
+    "localhost/$name:$version" "oci:$out/$name:$version"
+  buildah "${store[@]}" rmi "localhost/$name:$version" >/dev/null
+  echo "image: $out/$name ($name:$version) $(cat "$out/$name.digest")"
+}
+
+build weauth-issuer deploy/images/issuer.Containerfile "$ctx/issuer"
+build weauth-filter deploy/images/filter.Containerfile "$ctx/filter" \
+  --annotation module.wasm.image/variant=compat
+echo "image: push with e.g. skopeo copy oci:$out/weauth-filter:$version docker://REGISTRY/weauth/filter:$version"
+echo "image: WasmPlugin sha256 (the filter's digest): $(sed 's/^sha256://' "$out/weauth-filter.digest")"
+if $check; then
+  python3 scripts/check_images.py
+fi

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the PyPI tool NAME==VERSION into .tools/py-NAME and a wrapper .tools/bin/NAME that
+# runs MODULE:FUNCTION with it (idempotent: nothing happens when that version is there).
+# Usage: scripts/pytool.sh NAME VERSION MODULE FUNCTION
+set -euo pipefail
+name=$1 version=$2 module=$3 func=$4
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir="$root/.tools/py-$name"
+bin="$root/.tools/bin/$name"
+if [ -x "$bin" ] && [ "$(cat "$dir/.weauth-version" 2>/dev/null)" = "$version" ]; then
+  echo "tools: $name $version already in .tools/"
+  exit 0
+fi
+echo "tools: installing $name $version from PyPI into .tools/py-$name"
+rm -rf "$dir"
+mkdir -p "$root/.tools/bin"
+python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+  --root-user-action=ignore --target "$dir" "$name==$version"
+echo "$version" > "$dir/.weauth-version"
+cat > "$bin" <<EOF
+#!/bin/sh
+# $name $version, installed by scripts/pytool.sh (make api-tools)
+PYTHONPATH="$dir\${PYTHONPATH:+:\$PYTHONPATH}" exec python3 -c 'import sys; from $module import $func as main; sys.argv[0] = "$name"; sys.exit(main())' "\$@"
+EOF
+chmod +x "$bin"
+"$bin" --version
