@@ -28,9 +28,9 @@ use weauth_token::Claims;
 
 use crate::config::{Require, StaleMode, TokenSource};
 use crate::path;
-use crate::root::{log, now_ms, Metrics, State, Worker};
+use crate::root::{log, now_ms, VmState, Worker};
 use crate::verify::{
-    self, CacheUse, Decision, Denial, Extracted, Outcome, RevocationView, Snapshot,
+    self, CacheUse, Decision, Denial, Extracted, RevocationView, Snapshot, Verdict,
 };
 
 /// One request.
@@ -221,9 +221,10 @@ impl HttpContext for Filter {
             });
         };
         let state = &mut *state;
-        // Pick up a revocation the fetcher published since the last tick (one small read; kept
-        // on every request so that once one worker refuses a revoked token, every worker does).
-        self.worker.sync_revocation(state, self.context_id);
+        // Pick up a revocation the fetcher published since the last tick (one read of an empty
+        // value's CAS; kept on every request so that once one worker refuses a revoked token,
+        // every worker does).
+        self.worker.sync_revocation_if_moved(state, self.context_id);
         // A worker VM whose tick has not picked up the keys the fetcher already published
         // (the first requests after start): look now instead of answering 503.
         if state.keys.is_none() {
@@ -237,8 +238,8 @@ impl HttpContext for Filter {
         }
         let metrics = &self.worker.metrics;
         match outcome.cache {
-            CacheUse::Hit => Metrics::bump(metrics.cache_hit),
-            CacheUse::Miss => Metrics::bump(metrics.cache_miss),
+            CacheUse::Hit => metrics.cache_hit.bump(),
+            CacheUse::Miss => metrics.cache_miss.bump(),
             CacheUse::NotUsed => {}
         }
         if outcome.stale_allowed {
@@ -256,12 +257,12 @@ impl HttpContext for Filter {
         }
         match outcome.decision {
             Decision::Allow { claims } => {
-                Metrics::bump(metrics.allowed);
+                metrics.allowed.bump();
                 self.forward_identity(&claims, &extracted);
                 Action::Continue
             }
             Decision::Anonymous => {
-                Metrics::bump(metrics.anonymous);
+                metrics.anonymous.bump();
                 self.strip_identity();
                 Action::Continue
             }
@@ -273,12 +274,12 @@ impl HttpContext for Filter {
 /// Builds the snapshot from this VM's state and decides.
 fn judge(
     worker: &Worker,
-    state: &mut State,
+    state: &mut VmState,
     extracted: &Extracted,
     require: Require,
     scopes: &[String],
     now_ms: u64,
-) -> Outcome {
+) -> Verdict {
     let config = &worker.config;
     let revocation = match &config.revocation {
         None => RevocationView::Disabled,

@@ -11,8 +11,8 @@
 //! is CAS-written to shared data and only its holder fetches. Pure: every time is an argument
 //! (host milliseconds).
 
-/// Where a fetcher is. (Named apart from `root::State`, the per-VM data, and `CallOutcome`
-/// apart from `verify::Outcome`, the verdict on a request, so neither pair can be confused.)
+/// Where a fetcher is. (Named apart from `root::VmState`, the per-VM data, and `CallOutcome`
+/// apart from `verify::Verdict`, the verdict on a request, so neither pair can be confused.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchPhase {
     /// Nothing in flight; dispatch at or after `next_ms`.

@@ -9,7 +9,7 @@
 //! blobs, then the meta. The SDK's own wrappers are avoided where they would panic on an
 //! unexpected host status; `proxy_wasm::hostcalls` results are handled instead.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
@@ -81,16 +81,45 @@ const DENY_REASONS: &[&str] = &[
     "bad_path",
 ];
 
+/// A counter of the allow path, counted in the VM and added to Envoy's stat on the tick
+/// ([`Metrics::flush`]): one host call per counter per 100 ms instead of one per request. Envoy's
+/// stats therefore lag by up to one tick (and a VM torn down loses at most one tick's counts).
+#[derive(Debug, Default)]
+pub struct Counter {
+    id: Option<u32>,
+    pending: Cell<u64>,
+}
+
+impl Counter {
+    fn new(id: Option<u32>) -> Counter {
+        Counter {
+            id,
+            pending: Cell::new(0),
+        }
+    }
+
+    /// Adds one, in the VM only (no host call).
+    pub fn bump(&self) {
+        self.pending.set(self.pending.get().saturating_add(1));
+    }
+
+    /// What is counted and not yet flushed; resets it.
+    fn take(&self) -> u64 {
+        self.pending.replace(0)
+    }
+}
+
 /// Metric ids, defined once per VM (Envoy shares the underlying stats across VMs). The
-/// counters of the allow path are fields, so a request never looks an id up by name.
+/// counters of the allow path are [`Counter`]s, so a request never looks an id up by name nor
+/// crosses the host boundary to count.
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: HashMap<&'static str, u32>,
     denied: HashMap<&'static str, u32>,
-    pub allowed: Option<u32>,
-    pub anonymous: Option<u32>,
-    pub cache_hit: Option<u32>,
-    pub cache_miss: Option<u32>,
+    pub allowed: Counter,
+    pub anonymous: Counter,
+    pub cache_hit: Counter,
+    pub cache_miss: Counter,
 }
 
 impl Metrics {
@@ -118,10 +147,10 @@ impl Metrics {
                 metrics.ids.insert(name, id);
             }
         }
-        metrics.allowed = metrics.ids.get("allowed").copied();
-        metrics.anonymous = metrics.ids.get("anonymous").copied();
-        metrics.cache_hit = metrics.ids.get("cache_hit").copied();
-        metrics.cache_miss = metrics.ids.get("cache_miss").copied();
+        metrics.allowed = Counter::new(metrics.ids.get("allowed").copied());
+        metrics.anonymous = Counter::new(metrics.ids.get("anonymous").copied());
+        metrics.cache_hit = Counter::new(metrics.ids.get("cache_hit").copied());
+        metrics.cache_miss = Counter::new(metrics.ids.get("cache_miss").copied());
         for reason in DENY_REASONS {
             if let Ok(id) =
                 hostcalls::define_metric(MetricType::Counter, &format!("weauth.denied.{reason}"))
@@ -132,10 +161,19 @@ impl Metrics {
         metrics
     }
 
-    /// Adds one to a counter resolved at definition (a field of [`Metrics`]).
-    pub fn bump(id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+    /// Adds the allow path's counts since the last flush to Envoy's stats (on the tick): one
+    /// host call per counter that moved.
+    pub fn flush(&self) {
+        for counter in [
+            &self.allowed,
+            &self.anonymous,
+            &self.cache_hit,
+            &self.cache_miss,
+        ] {
+            let pending = counter.take();
+            if let (Some(id), true) = (counter.id, pending > 0) {
+                let _ = hostcalls::increment_metric(id, i64::try_from(pending).unwrap_or(i64::MAX));
+            }
         }
     }
 
@@ -169,6 +207,9 @@ pub struct Keys {
     pub jwks: String,
     pub jwks_wanted: String,
     pub meta: String,
+    /// Rewritten (empty: its CAS is the version) after every meta write: what a request reads
+    /// to learn whether the meta moved, instead of copying the whole meta across the boundary.
+    pub meta_version: String,
     pub shard_prefix: String,
 }
 
@@ -198,6 +239,7 @@ impl Keys {
             // `rev2`: the compact shard format (WRS2). A VM of an older build, still running
             // during a plugin update, keeps to its own keys instead of misreading these.
             meta: format!("weauth.rev2.{feed_ns:016x}.meta"),
+            meta_version: format!("weauth.rev2.{feed_ns:016x}.v"),
             shard_prefix: format!("weauth.rev2.{feed_ns:016x}.shard."),
         }
     }
@@ -207,15 +249,19 @@ impl Keys {
     }
 }
 
-/// Per-VM mutable state shared by the root and the HTTP contexts (single-threaded VM).
+/// Per-VM mutable state shared by the root and the HTTP contexts (single-threaded VM). (Not
+/// `refresh::FetchPhase`, where one fetcher is.)
 #[derive(Debug, Default)]
-pub struct State {
+pub struct VmState {
     pub keys: Option<KeySet>,
     pub keys_generation: u64,
     /// CAS of the JWKS blob last decoded (change detection without re-decoding).
     jwks_cas: Option<u32>,
     pub replica: Replica,
     meta_cas: Option<u32>,
+    /// CAS of the meta-version key when the meta was last synced (see
+    /// [`Worker::sync_revocation_if_moved`]).
+    meta_version_cas: Option<u32>,
     pub cache: TokenCache,
     /// When this VM last asked the fetcher for a JWKS refetch.
     pub refetch_asked_ms: u64,
@@ -230,13 +276,13 @@ pub struct Worker {
     pub reads_whole_map: bool,
     pub metrics: Metrics,
     pub keys: Keys,
-    pub state: RefCell<State>,
+    pub state: RefCell<VmState>,
 }
 
 impl Worker {
     /// Re-reads the JWKS blob when its CAS moved; decodes only a new generation. Returns
     /// whether the keys changed.
-    pub fn sync_jwks(&self, state: &mut State, context_id: u32) -> bool {
+    pub fn sync_jwks(&self, state: &mut VmState, context_id: u32) -> bool {
         if !matches!(self.config.jwks, JwksSource::Remote(_)) {
             return false;
         }
@@ -289,15 +335,16 @@ impl Worker {
     /// Re-reads the revocation meta when its CAS moved, then only the shards whose generation
     /// changed. Cheap when nothing changed (one small shared-data read), so it runs on every
     /// tick and before every decision that consults the set.
-    pub fn sync_revocation(&self, state: &mut State, context_id: u32) {
+    /// Returns whether this VM's copy is now the published one.
+    pub fn sync_revocation(&self, state: &mut VmState, context_id: u32) -> bool {
         if self.config.revocation.is_none() {
-            return;
+            return true;
         }
         let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&self.keys.meta) else {
-            return;
+            return false;
         };
         if cas.is_some() && cas == state.meta_cas {
-            return;
+            return true;
         }
         let meta = match Meta::decode(&bytes) {
             Ok(meta) => meta,
@@ -307,7 +354,7 @@ impl Worker {
                     context_id,
                     &format!("shared revocation meta is unreadable: {err}"),
                 );
-                return;
+                return false;
             }
         };
         let result = state.replica.sync(meta, |index| {
@@ -317,19 +364,47 @@ impl Worker {
         });
         match result {
             // Cached verdicts re-check revocation because the generation moved.
-            Ok(()) => state.meta_cas = cas,
+            Ok(()) => {
+                state.meta_cas = cas;
+                true
+            }
             // A write in progress: keep the copy and retry next time (meta_cas unchanged).
-            Err(err) => log(
-                LogLevel::Debug,
-                context_id,
-                &format!("revocation sync deferred: {err}"),
-            ),
+            Err(err) => {
+                log(
+                    LogLevel::Debug,
+                    context_id,
+                    &format!("revocation sync deferred: {err}"),
+                );
+                false
+            }
+        }
+    }
+
+    /// The per-request form of [`Worker::sync_revocation`]: reads only the (empty) meta-version
+    /// key's CAS, and syncs when its CAS moved since the last sync. The fetcher writes shards, then
+    /// the meta, then the version, so a moved version always finds the new meta in place; a
+    /// version read before a sync can only be older than the meta it syncs, never newer, so no
+    /// change is skipped. This keeps "once one worker refuses a revoked token, every worker
+    /// does" at the cost of one small read per request (the tick still syncs in full, which
+    /// also picks up `last_ok_ms` for staleness).
+    pub fn sync_revocation_if_moved(&self, state: &mut VmState, context_id: u32) {
+        if self.config.revocation.is_none() {
+            return;
+        }
+        let version_cas = hostcalls::get_shared_data(&self.keys.meta_version)
+            .ok()
+            .and_then(|(_, cas)| cas);
+        if version_cas.is_some() && version_cas == state.meta_version_cas {
+            return;
+        }
+        if self.sync_revocation(state, context_id) {
+            state.meta_version_cas = version_cas;
         }
     }
 
     /// Asks the elected fetcher for a JWKS refetch (a token named an unknown `kid`). Rate
     /// limited per VM to one write per `min_refetch_seconds`.
-    pub fn want_jwks_refetch(&self, state: &mut State, now_ms: u64) {
+    pub fn want_jwks_refetch(&self, state: &mut VmState, now_ms: u64) {
         let JwksSource::Remote(remote) = &self.config.jwks else {
             return;
         };
@@ -385,7 +460,7 @@ impl Root {
         self.jwks_schedule.is_some() || self.feed_schedule.is_some()
     }
 
-    fn report_revocation(&mut self, worker: &Worker, state: &State, now_ms: u64) {
+    fn report_revocation(&mut self, worker: &Worker, state: &VmState, now_ms: u64) {
         let Some(feed) = &worker.config.revocation else {
             return;
         };
@@ -586,6 +661,14 @@ impl Root {
             .is_err()
         {
             self.log(LogLevel::Warn, "could not write the revocation meta");
+        }
+        // Only the key's CAS (bumped by the host on every write) carries the version; an empty
+        // value crosses the boundary without a memory callback.
+        if hostcalls::set_shared_data(&worker.keys.meta_version, Some(&[]), None).is_err() {
+            self.log(
+                LogLevel::Warn,
+                "could not write the revocation meta version",
+            );
         }
     }
 
@@ -863,9 +946,9 @@ impl RootContext for Root {
             }
         };
         let now = now_ms();
-        let mut state = State {
+        let mut state = VmState {
             cache: TokenCache::new(config.cache_entries),
-            ..State::default()
+            ..VmState::default()
         };
         if let JwksSource::Inline(keys) = &config.jwks {
             state.keys = Some(keys.clone());
@@ -942,9 +1025,10 @@ impl RootContext for Root {
             return;
         };
         let now = now_ms();
+        worker.metrics.flush();
         if let Ok(mut state) = worker.state.try_borrow_mut() {
             worker.sync_jwks(&mut state, self.context_id);
-            worker.sync_revocation(&mut state, self.context_id);
+            let _ = worker.sync_revocation(&mut state, self.context_id);
             self.report_revocation(&worker, &state, now);
         }
         if !self.fetches() {

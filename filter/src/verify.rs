@@ -156,9 +156,10 @@ pub enum CacheUse {
     Miss,
 }
 
-/// A decision plus what the glue should count or do.
+/// The verdict on one request: a decision plus what the glue should count or do. (Not
+/// `refresh::CallOutcome`, the result of one fetch call.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Verdict {
     pub decision: Decision,
     pub cache: CacheUse,
     /// The revocation set was stale (or not loaded) and `stale_mode` is `allow`: counted.
@@ -233,14 +234,14 @@ pub fn decide(
     snapshot: &Snapshot<'_>,
     cache: &mut TokenCache,
     now: i64,
-) -> Outcome {
-    let mut outcome = Outcome {
+) -> Verdict {
+    let mut outcome = Verdict {
         decision: Decision::Anonymous,
         cache: CacheUse::NotUsed,
         stale_allowed: false,
         unknown_key: false,
     };
-    let deny = |mut outcome: Outcome, denial: Denial| {
+    let deny = |mut outcome: Verdict, denial: Denial| {
         outcome.decision = Decision::Deny(denial);
         outcome
     };
@@ -466,7 +467,7 @@ mod tests {
         require: Require,
         scopes: &[String],
         snapshot: Snapshot<'_>,
-    ) -> Outcome {
+    ) -> Verdict {
         let mut cache = TokenCache::new(10);
         decide(
             &extracted,
@@ -479,7 +480,7 @@ mod tests {
         )
     }
 
-    fn denial(outcome: &Outcome) -> &Denial {
+    fn denial(outcome: &Verdict) -> &Denial {
         match &outcome.decision {
             Decision::Deny(denial) => denial,
             other => panic!("expected a denial, got {other:?}"),

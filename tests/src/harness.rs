@@ -1148,6 +1148,22 @@ impl Stack {
     }
 
     /// Envoy's `/stats` (text format).
+    /// Envoy's stats once `name` reads at least `min`, or the last stats after 2 s. The
+    /// filter's allow-path counters (`allowed`, `anonymous`, `cache_hit`, `cache_miss`) reach
+    /// Envoy on the filter's 100 ms tick, not with the response.
+    pub async fn envoy_stats_once(&self, name: &str, min: u64) -> Result<String, HarnessError> {
+        let start = Instant::now();
+        loop {
+            let stats = self.envoy_stats().await?;
+            if stat_value(&stats, name).unwrap_or(0) >= min
+                || start.elapsed() > Duration::from_secs(2)
+            {
+                return Ok(stats);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn envoy_stats(&self) -> Result<String, HarnessError> {
         let url = format!("{}/stats", self.admin_url());
         let resp = self

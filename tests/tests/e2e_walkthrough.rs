@@ -47,7 +47,10 @@ async fn readme_walkthroughs_run_as_written_and_fresh_stats_are_clean() {
         .unwrap_or_else(|e| panic!("cannot start the weauth stack: {e}"));
 
     // A fresh stack: the readiness probe left no refusal and no 5xx behind.
-    let stats = stack.envoy_stats().await.unwrap();
+    let stats = stack
+        .envoy_stats_once("wasmcustom.weauth.allowed", 2)
+        .await
+        .unwrap();
     let dirty: Vec<&str> = stats
         .lines()
         .filter(|line| {

@@ -60,7 +60,10 @@ async fn envoy_restart_verifies_again_and_counts_in_stats() {
     stack.restart_envoy().await.unwrap();
     let (status, _) = stack.get_json("/api/hello", Some(&token)).await.unwrap();
     assert_eq!(status, 200);
-    let stats = stack.envoy_stats().await.unwrap();
+    let stats = stack
+        .envoy_stats_once("wasmcustom.weauth.allowed", 1)
+        .await
+        .unwrap();
     let allowed = stats
         .lines()
         .find(|l| l.contains("weauth.allowed:"))

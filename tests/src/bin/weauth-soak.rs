@@ -44,12 +44,12 @@ struct Report {
 }
 
 impl Report {
-    fn record(&mut self, op: &'static str, outcome: Outcome, took: Duration, detail: String) {
+    fn record(&mut self, op: &'static str, outcome: Verdict, took: Duration, detail: String) {
         let t = self.ops.entry(op).or_default();
         match outcome {
-            Outcome::Ok => t.ok += 1,
-            Outcome::Expected => t.expected_refusals += 1,
-            Outcome::Unexpected => {
+            Verdict::Ok => t.ok += 1,
+            Verdict::Expected => t.expected_refusals += 1,
+            Verdict::Unexpected => {
                 t.unexpected += 1;
                 if self.samples.len() < 20 {
                     self.samples.push(format!("{op}: {detail}"));
@@ -63,7 +63,7 @@ impl Report {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+enum Verdict {
     Ok,
     Expected,
     Unexpected,
@@ -169,7 +169,7 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
     // `good` when the call answered as expected, else unexpected with what came back.
     let record_answer = |op, good, started: Instant, answer: Result<(), String>| match answer {
         Ok(()) => record(op, good, started.elapsed(), String::new()),
-        Err(detail) => record(op, Outcome::Unexpected, started.elapsed(), detail),
+        Err(detail) => record(op, Verdict::Unexpected, started.elapsed(), detail),
     };
     let mut round = 0u64;
     while Instant::now() < deadline {
@@ -185,41 +185,41 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
         .await
         {
             Ok(pair) => {
-                record("login", Outcome::Ok, t.elapsed(), String::new());
+                record("login", Verdict::Ok, t.elapsed(), String::new());
                 pair
             }
             Err(what) => {
-                record("login", Outcome::Unexpected, t.elapsed(), what);
+                record("login", Verdict::Unexpected, t.elapsed(), what);
                 continue;
             }
         };
         for _ in 0..3 {
             let t = Instant::now();
             let answer = api_expect(&client, &envoy, &access, 200).await;
-            record_answer("api", Outcome::Ok, t, answer);
+            record_answer("api", Verdict::Ok, t, answer);
         }
         // A junk token: refused on purpose.
         let t = Instant::now();
         let answer = api_expect(&client, &envoy, "eyJhbGciOiJFZERTQSJ9.e30.AAAA", 401).await;
-        record_answer("api (junk token)", Outcome::Expected, t, answer);
+        record_answer("api (junk token)", Verdict::Expected, t, answer);
         // Refresh.
         let t = Instant::now();
         let url = format!("{envoy}/v1/token/refresh");
         let (access2, _refresh2) =
             match token_pair(&client, url.clone(), json!({ "refresh_token": refresh })).await {
                 Ok(pair) => {
-                    record("refresh", Outcome::Ok, t.elapsed(), String::new());
+                    record("refresh", Verdict::Ok, t.elapsed(), String::new());
                     pair
                 }
                 Err(what) => {
-                    record("refresh", Outcome::Unexpected, t.elapsed(), what);
+                    record("refresh", Verdict::Unexpected, t.elapsed(), what);
                     continue;
                 }
             };
         for _ in 0..2 {
             let t = Instant::now();
             let answer = api_expect(&client, &envoy, &access2, 200).await;
-            record_answer("api", Outcome::Ok, t, answer);
+            record_answer("api", Verdict::Ok, t, answer);
         }
         if round.is_multiple_of(10) {
             // Replay the used refresh token: 400, and the session is revoked at the edge.
@@ -227,13 +227,13 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
             match post(&client, url, None, json!({ "refresh_token": refresh })).await {
                 Ok((400, _)) => record(
                     "refresh reuse",
-                    Outcome::Expected,
+                    Verdict::Expected,
                     t.elapsed(),
                     String::new(),
                 ),
                 other => record(
                     "refresh reuse",
-                    Outcome::Unexpected,
+                    Verdict::Unexpected,
                     t.elapsed(),
                     format!("{other:?}"),
                 ),
@@ -242,13 +242,13 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
             match until_refused(&client, &envoy, &access2).await {
                 Ok(()) => record(
                     "edge refuses reused session",
-                    Outcome::Expected,
+                    Verdict::Expected,
                     t.elapsed(),
                     String::new(),
                 ),
                 Err(e) => record(
                     "edge refuses reused session",
-                    Outcome::Unexpected,
+                    Verdict::Unexpected,
                     t.elapsed(),
                     e,
                 ),
@@ -263,10 +263,10 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
             )
             .await
             {
-                Ok((204, _)) => record("logout", Outcome::Ok, t.elapsed(), String::new()),
+                Ok((204, _)) => record("logout", Verdict::Ok, t.elapsed(), String::new()),
                 other => record(
                     "logout",
-                    Outcome::Unexpected,
+                    Verdict::Unexpected,
                     t.elapsed(),
                     format!("{other:?}"),
                 ),
@@ -275,13 +275,13 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
             match until_refused(&client, &envoy, &access2).await {
                 Ok(()) => record(
                     "edge refuses logged-out token",
-                    Outcome::Expected,
+                    Verdict::Expected,
                     t.elapsed(),
                     String::new(),
                 ),
                 Err(e) => record(
                     "edge refuses logged-out token",
-                    Outcome::Unexpected,
+                    Verdict::Unexpected,
                     t.elapsed(),
                     e,
                 ),
