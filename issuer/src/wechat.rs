@@ -387,13 +387,7 @@ impl HttpWechat {
     /// # Errors
     /// When the TLS backend cannot be initialised.
     pub fn new(config: HttpWechatConfig, metrics: Arc<Metrics>) -> Result<HttpWechat, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("weauth-issuer/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| err.without_url().to_string())?;
+        let client = http_client(config.connect_timeout, config.timeout)?;
         Ok(HttpWechat {
             config,
             client,
@@ -421,8 +415,27 @@ impl HttpWechat {
     }
 }
 
-fn transport_error(err: reqwest::Error) -> WechatError {
-    // The URL carries the secret and the code: strip it before the error goes anywhere.
+/// The HTTP client of every WeChat API client: connect and total timeouts, no redirects (an
+/// API answer is never a redirect; following one could carry the secret elsewhere).
+///
+/// # Errors
+/// When the TLS backend cannot be initialised.
+pub(crate) fn http_client(
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("weauth-issuer/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| err.without_url().to_string())
+}
+
+/// Maps a transport failure. The URL carries the secret, the code or a user token: it is
+/// stripped before the error goes anywhere.
+pub(crate) fn transport_error(err: reqwest::Error) -> WechatError {
     let err = err.without_url();
     if err.is_timeout() {
         WechatError::Timeout
@@ -433,39 +446,56 @@ fn transport_error(err: reqwest::Error) -> WechatError {
     }
 }
 
+/// Runs `call` with the bounded, jittered retry of transient failures (at most `retries`
+/// retries), recording each attempt in the metrics under `appid` and `api`.
+pub(crate) async fn with_retry<T, F, Fut>(
+    metrics: &Metrics,
+    appid: &str,
+    retries: u32,
+    api: &'static str,
+    call: F,
+) -> Result<T, WechatError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, WechatError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        let result = call().await;
+        metrics.wechat_app_call(appid, api, started.elapsed(), result.as_ref().err());
+        match result {
+            Err(err) if err.is_retryable() && attempt < retries => {
+                attempt += 1;
+                let wait = backoff(
+                    attempt,
+                    Duration::from_millis(100),
+                    Duration::from_secs(1),
+                    rand::random::<f64>(),
+                );
+                tracing::info!(api, appid, error = %err, attempt, wait_ms = wait.as_millis() as u64, "retrying WeChat call");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl HttpWechat {
-    /// Runs `call` with the bounded, jittered retry of transient failures, recording metrics
-    /// under `api`.
+    /// [`with_retry`] under this client's appid.
     async fn with_retry<T, F, Fut>(&self, api: &'static str, call: F) -> Result<T, WechatError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, WechatError>>,
     {
-        let mut attempt = 0u32;
-        loop {
-            let started = Instant::now();
-            let result = call().await;
-            self.metrics.wechat_app_call(
-                &self.config.appid,
-                api,
-                started.elapsed(),
-                result.as_ref().err(),
-            );
-            match result {
-                Err(err) if err.is_retryable() && attempt < self.config.retries => {
-                    attempt += 1;
-                    let wait = backoff(
-                        attempt,
-                        Duration::from_millis(100),
-                        Duration::from_secs(1),
-                        rand::random::<f64>(),
-                    );
-                    tracing::info!(api, error = %err, attempt, wait_ms = wait.as_millis() as u64, "retrying WeChat call");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
-        }
+        with_retry(
+            &self.metrics,
+            &self.config.appid,
+            self.config.retries,
+            api,
+            call,
+        )
+        .await
     }
 
     async fn post_json(

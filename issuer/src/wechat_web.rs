@@ -14,13 +14,15 @@
 //! README, "Web login").
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
 use crate::apps::App;
 use crate::metrics::Metrics;
-use crate::wechat::{backoff, classify_json, BoxFuture, WechatError};
+use crate::wechat::{
+    classify_json, http_client, transport_error, with_retry, BoxFuture, WechatError,
+};
 
 /// What `sns/oauth2/access_token` yields.
 #[derive(Clone)]
@@ -149,13 +151,7 @@ impl HttpWechatWeb {
     /// # Errors
     /// When the TLS backend cannot be initialised.
     pub fn new(config: HttpWechatWebConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("weauth-issuer/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| err.without_url().to_string())?;
+        let client = http_client(config.connect_timeout, config.timeout)?;
         Ok(HttpWechatWeb {
             config,
             client,
@@ -180,6 +176,7 @@ impl HttpWechatWeb {
         Ok((status, body))
     }
 
+    /// [`with_retry`] under `appid`; a refused appid/secret is logged for the operator.
     async fn with_retry<T, F, Fut>(
         &self,
         api: &'static str,
@@ -190,43 +187,11 @@ impl HttpWechatWeb {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, WechatError>>,
     {
-        let mut attempt = 0u32;
-        loop {
-            let started = Instant::now();
-            let result = call().await;
-            self.metrics
-                .wechat_app_call(appid, api, started.elapsed(), result.as_ref().err());
-            match result {
-                Err(err) if err.is_retryable() && attempt < self.config.retries => {
-                    attempt += 1;
-                    let wait = backoff(
-                        attempt,
-                        Duration::from_millis(100),
-                        Duration::from_secs(1),
-                        rand::random::<f64>(),
-                    );
-                    tracing::info!(api, appid, error = %err, attempt, wait_ms = wait.as_millis() as u64, "retrying WeChat call");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(err @ WechatError::Misconfigured { .. }) => {
-                    tracing::error!(api, appid, error = %err, "WeChat refused this app's appid/secret: check its entry in WEAUTH_APPS_FILE");
-                    return Err(err);
-                }
-                other => return other,
-            }
+        let result = with_retry(&self.metrics, appid, self.config.retries, api, call).await;
+        if let Err(err @ WechatError::Misconfigured { .. }) = &result {
+            tracing::error!(api, appid, error = %err, "WeChat refused this app's appid/secret: check its entry in WEAUTH_APPS_FILE");
         }
-    }
-}
-
-fn transport_error(err: reqwest::Error) -> WechatError {
-    // The URL carries the secret, the code or the user token: strip it.
-    let err = err.without_url();
-    if err.is_timeout() {
-        WechatError::Timeout
-    } else if err.is_decode() || err.is_body() {
-        WechatError::Unreadable(err.to_string())
-    } else {
-        WechatError::Transport(err.to_string())
+        result
     }
 }
 
