@@ -1,5 +1,6 @@
 # weauth — local stack and checks. `make up` runs the stack, `make test` runs every test.
-# Everything this file installs goes into the git-ignored .tools/ folder; it is idempotent.
+# Tools go into the git-ignored .tools/ folder (npm packages into each package's node_modules/);
+# Debian packages are installed only when missing. Every target is idempotent.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
