@@ -27,11 +27,12 @@ use proxy_wasm::types::{Action, LogLevel, MapType};
 use weauth_token::Claims;
 
 use crate::config::{Require, StaleMode, TokenSource};
+use crate::host::{log, now_ms};
 use crate::path;
-use crate::root::{log, now_ms, VmState, Worker};
 use crate::verify::{
     self, CacheUse, Decision, Denial, Extracted, RevocationView, Snapshot, Verdict,
 };
+use crate::worker::{VmState, Worker};
 
 /// One request.
 pub struct Filter {

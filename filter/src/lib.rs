@@ -11,11 +11,17 @@
 //! - [`refresh`]: the fetchers' timer state machine, the fetcher lease and the JWKS blob.
 //! - [`cache`]: the bounded per-VM cache of verified tokens.
 //!
-//! Host glue, compiled only for wasm32: `root` (one per VM: configuration, metrics, the 100 ms
-//! tick that syncs keys and revocations from shared data, the lease election and — on the
-//! elected VM only — the JWKS and long-poll feed fetchers) and `http` (one per request: strip
-//! identity headers, pick the rule, call [`verify::decide`], then forward with identity headers
-//! or answer 400/401/403/503).
+//! Host glue, compiled only for wasm32:
+//! - `root` (one per VM: configuration, the 100 ms tick, the lease election and — on the
+//!   elected VM only — the JWKS and long-poll feed fetchers and their publication into shared
+//!   data);
+//! - `worker` (what every VM holds and shares with its HTTP contexts: the shared-data key
+//!   names, the decoded keys, the revocation replica and the cache, and the syncs from shared
+//!   data run on the tick and per request);
+//! - `metrics` (metric ids defined once per VM; the allow path's counters batched per tick);
+//! - `host` (the context-tagged log line and the host clock);
+//! - `http` (one per request: strip identity headers, pick the rule, call [`verify::decide`],
+//!   then forward with identity headers or answer 400/401/403/503).
 //!
 //! Data flow: issuer → (elected VM: `dispatch_http_call`) → shared data (JWKS blob; revocation
 //! meta + 32 shard blobs) → (every VM's tick, only on a version change) decoded copies →
@@ -29,9 +35,15 @@ pub mod revocation;
 pub mod verify;
 
 #[cfg(target_arch = "wasm32")]
+mod host;
+#[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]
+mod metrics;
+#[cfg(target_arch = "wasm32")]
 mod root;
+#[cfg(target_arch = "wasm32")]
+mod worker;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

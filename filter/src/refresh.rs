@@ -11,7 +11,7 @@
 //! is CAS-written to shared data and only its holder fetches. Pure: every time is an argument
 //! (host milliseconds).
 
-/// Where a fetcher is. (Named apart from `root::VmState`, the per-VM data, and `CallOutcome`
+/// Where a fetcher is. (Named apart from `worker::VmState`, the per-VM data, and `CallOutcome`
 /// apart from `verify::Verdict`, the verdict on a request, so neither pair can be confused.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchPhase {

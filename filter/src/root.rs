@@ -1,30 +1,33 @@
-//! The root context (one per plugin per worker VM): configuration, metrics, the tick, the
-//! fetcher election and the two fetchers. Thin glue over the pure modules.
+//! The root context (one per plugin per worker VM): configuration, the tick, the fetcher
+//! election and the two fetchers. Thin glue over the pure modules, over `worker` (the shared
+//! keys, state and syncs every VM has) and over `metrics`.
 //!
-//! Every 100 ms, in every VM: re-read the JWKS blob and the revocation meta from shared data
-//! and decode only what changed (by CAS value and generation); refresh the gauges; then take
-//! part in the lease election. The VM that holds the lease dispatches the JWKS fetch (on its
-//! period, or sooner when a worker saw an unknown `kid`) and keeps one long poll to the
-//! revocation feed open; it applies each answer to its copy and publishes the changed shard
-//! blobs, then the meta. The SDK's own wrappers are avoided where they would panic on an
-//! unexpected host status; `proxy_wasm::hostcalls` results are handled instead.
+//! Every 100 ms, in every VM: flush the batched counters; re-read the JWKS blob and the
+//! revocation meta from shared data and decode only what changed (by CAS value and generation;
+//! the `Worker` syncs); refresh the gauges; then take part in the lease election. The VM that
+//! holds the lease dispatches the JWKS fetch (on its period, or sooner when a worker saw an
+//! unknown `kid`) and keeps one long poll to the revocation feed open; it applies each answer
+//! to its copy and publishes the changed shard blobs, then the meta. The SDK's own wrappers
+//! are avoided where they would panic on an unexpected host status; `proxy_wasm::hostcalls`
+//! results are handled instead.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType};
 use weauth_token::revocation::FeedResponse;
 use weauth_token::KeySet;
 
-use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
+use crate::host::{log, now_ms};
+use crate::metrics::Metrics;
 use crate::refresh::{self, CallOutcome, LeaseStep, Schedule};
-use crate::revocation::{fnv1a, Meta, Publication, Replica, RevocationSet};
+use crate::revocation::{Meta, Publication, RevocationSet};
+use crate::worker::{Keys, VmState, Worker};
 
 /// How often every VM syncs from shared data (and the elected VM drives its fetchers).
 const TICK: Duration = Duration::from_millis(100);
@@ -38,386 +41,6 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const EMPTY_FEED_POLL_MS: u64 = 250;
 /// How often the elected VM drops expired revocation entries.
 const PRUNE_EVERY_MS: u64 = 10_000;
-
-/// Writes one log line tagged with the context id. Never pass tokens or full openids.
-pub fn log(level: LogLevel, context_id: u32, message: &str) {
-    let _ = hostcalls::log(level, &format!("weauth[{context_id}] {message}"));
-}
-
-/// Host time in unix milliseconds (0 if the host cannot say, which makes everything stale).
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
-/// Every reason a request can be denied for (one counter each).
-const DENY_REASONS: &[&str] = &[
-    "missing",
-    "ambiguous",
-    "too_large",
-    "malformed",
-    "alg_not_allowed",
-    "forbidden_header",
-    "unknown_kid",
-    "key_alg_mismatch",
-    "bad_signature",
-    "wrong_type",
-    "expired",
-    "not_yet_valid",
-    "issued_in_future",
-    "wrong_issuer",
-    "wrong_audience",
-    "revoked_jti",
-    "revoked_sid",
-    "revoked_sub",
-    "insufficient_scope",
-    "jwks_unavailable",
-    "revocation_unavailable",
-    "revocation_stale",
-    "bad_path",
-];
-
-/// A counter of the allow path, counted in the VM and added to Envoy's stat on the tick
-/// ([`Metrics::flush`]): one host call per counter per 100 ms instead of one per request. Envoy's
-/// stats therefore lag by up to one tick (and a VM torn down loses at most one tick's counts).
-#[derive(Debug, Default)]
-pub struct Counter {
-    id: Option<u32>,
-    pending: Cell<u64>,
-}
-
-impl Counter {
-    fn new(id: Option<u32>) -> Counter {
-        Counter {
-            id,
-            pending: Cell::new(0),
-        }
-    }
-
-    /// Adds one, in the VM only (no host call).
-    pub fn bump(&self) {
-        self.pending.set(self.pending.get().saturating_add(1));
-    }
-
-    /// What is counted and not yet flushed; resets it.
-    fn take(&self) -> u64 {
-        self.pending.replace(0)
-    }
-}
-
-/// Metric ids, defined once per VM (Envoy shares the underlying stats across VMs). The
-/// counters of the allow path are [`Counter`]s, so a request never looks an id up by name nor
-/// crosses the host boundary to count.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    ids: HashMap<&'static str, u32>,
-    denied: HashMap<&'static str, u32>,
-    pub allowed: Counter,
-    pub anonymous: Counter,
-    pub cache_hit: Counter,
-    pub cache_miss: Counter,
-}
-
-impl Metrics {
-    fn define() -> Metrics {
-        let mut metrics = Metrics::default();
-        let counters = [
-            "allowed",
-            "anonymous",
-            "cache_hit",
-            "cache_miss",
-            "jwks_fetch_ok",
-            "jwks_fetch_fail",
-            "feed_fetch_ok",
-            "feed_fetch_fail",
-            "revocation_stale_allowed",
-        ];
-        for name in counters {
-            if let Ok(id) = hostcalls::define_metric(MetricType::Counter, &format!("weauth.{name}"))
-            {
-                metrics.ids.insert(name, id);
-            }
-        }
-        for name in ["revocation_entries", "revocation_age_seconds", "jwks_keys"] {
-            if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, &format!("weauth.{name}")) {
-                metrics.ids.insert(name, id);
-            }
-        }
-        metrics.allowed = Counter::new(metrics.ids.get("allowed").copied());
-        metrics.anonymous = Counter::new(metrics.ids.get("anonymous").copied());
-        metrics.cache_hit = Counter::new(metrics.ids.get("cache_hit").copied());
-        metrics.cache_miss = Counter::new(metrics.ids.get("cache_miss").copied());
-        for reason in DENY_REASONS {
-            if let Ok(id) =
-                hostcalls::define_metric(MetricType::Counter, &format!("weauth.denied.{reason}"))
-            {
-                metrics.denied.insert(reason, id);
-            }
-        }
-        metrics
-    }
-
-    /// Adds the allow path's counts since the last flush to Envoy's stats (on the tick): one
-    /// host call per counter that moved.
-    pub fn flush(&self) {
-        for counter in [
-            &self.allowed,
-            &self.anonymous,
-            &self.cache_hit,
-            &self.cache_miss,
-        ] {
-            let pending = counter.take();
-            if let (Some(id), true) = (counter.id, pending > 0) {
-                let _ = hostcalls::increment_metric(id, i64::try_from(pending).unwrap_or(i64::MAX));
-            }
-        }
-    }
-
-    /// Adds one to a counter.
-    pub fn count(&self, name: &str) {
-        if let Some(id) = self.ids.get(name) {
-            let _ = hostcalls::increment_metric(*id, 1);
-        }
-    }
-
-    /// Adds one to `weauth.denied.<reason>`.
-    pub fn denied(&self, reason: &str) {
-        if let Some(id) = self.denied.get(reason) {
-            let _ = hostcalls::increment_metric(*id, 1);
-        }
-    }
-
-    /// Sets a gauge.
-    pub fn gauge(&self, name: &str, value: u64) {
-        if let Some(id) = self.ids.get(name) {
-            let _ = hostcalls::record_metric(*id, value);
-        }
-    }
-}
-
-/// Shared-data key names, namespaced by what is fetched so two plugin configurations with
-/// different issuers in one VM group do not mix.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub lease: String,
-    pub jwks: String,
-    pub jwks_wanted: String,
-    pub meta: String,
-    /// Rewritten (empty: its CAS is the version) after every meta write: what a request reads
-    /// to learn whether the meta moved, instead of copying the whole meta across the boundary.
-    pub meta_version: String,
-    pub shard_prefix: String,
-}
-
-impl Keys {
-    fn new(config: &Config) -> Keys {
-        let jwks_ns = match &config.jwks {
-            JwksSource::Remote(remote) => fnv1a(&[
-                remote.cluster.as_bytes(),
-                remote.authority.as_bytes(),
-                remote.path.as_bytes(),
-            ]),
-            JwksSource::Inline(_) => 0,
-        };
-        let feed_ns = config.revocation.as_ref().map_or(0, |feed| {
-            fnv1a(&[
-                feed.cluster.as_bytes(),
-                feed.authority.as_bytes(),
-                feed.path.as_bytes(),
-                feed.credential.as_bytes(),
-            ])
-        });
-        let lease_ns = fnv1a(&[&jwks_ns.to_le_bytes(), &feed_ns.to_le_bytes()]);
-        Keys {
-            lease: format!("weauth.lease.{lease_ns:016x}"),
-            jwks: format!("weauth.jwks.{jwks_ns:016x}"),
-            jwks_wanted: format!("weauth.jwks.{jwks_ns:016x}.wanted"),
-            // `rev2`: the compact shard format (WRS2). A VM of an older build, still running
-            // during a plugin update, keeps to its own keys instead of misreading these.
-            meta: format!("weauth.rev2.{feed_ns:016x}.meta"),
-            meta_version: format!("weauth.rev2.{feed_ns:016x}.v"),
-            shard_prefix: format!("weauth.rev2.{feed_ns:016x}.shard."),
-        }
-    }
-
-    fn shard(&self, index: usize) -> String {
-        format!("{}{index}", self.shard_prefix)
-    }
-}
-
-/// Per-VM mutable state shared by the root and the HTTP contexts (single-threaded VM). (Not
-/// `refresh::FetchPhase`, where one fetcher is.)
-#[derive(Debug, Default)]
-pub struct VmState {
-    pub keys: Option<KeySet>,
-    pub keys_generation: u64,
-    /// CAS of the JWKS blob last decoded (change detection without re-decoding).
-    jwks_cas: Option<u32>,
-    pub replica: Replica,
-    meta_cas: Option<u32>,
-    /// CAS of the meta-version key when the meta was last synced (see
-    /// [`Worker::sync_revocation_if_moved`]).
-    meta_version_cas: Option<u32>,
-    pub cache: TokenCache,
-    /// When this VM last asked the fetcher for a JWKS refetch.
-    pub refetch_asked_ms: u64,
-}
-
-/// Everything an HTTP context needs, owned by the root and shared by `Rc`.
-#[derive(Debug)]
-pub struct Worker {
-    pub config: Config,
-    /// A header token source other than `authorization` is configured: the HTTP context reads
-    /// the whole header map to see repeated copies (Envoy joins only its inline headers).
-    pub reads_whole_map: bool,
-    pub metrics: Metrics,
-    pub keys: Keys,
-    pub state: RefCell<VmState>,
-}
-
-impl Worker {
-    /// Re-reads the JWKS blob when its CAS moved; decodes only a new generation. Returns
-    /// whether the keys changed.
-    pub fn sync_jwks(&self, state: &mut VmState, context_id: u32) -> bool {
-        if !matches!(self.config.jwks, JwksSource::Remote(_)) {
-            return false;
-        }
-        let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&self.keys.jwks) else {
-            return false;
-        };
-        if cas.is_some() && cas == state.jwks_cas {
-            return false;
-        }
-        state.jwks_cas = cas;
-        let Some(blob) = refresh::decode_jwks_blob(&bytes) else {
-            log(
-                LogLevel::Warn,
-                context_id,
-                "shared JWKS blob is unreadable; keeping the current keys",
-            );
-            return false;
-        };
-        if blob.generation == state.keys_generation && state.keys.is_some() {
-            return false;
-        }
-        match KeySet::from_jwks_json(blob.json) {
-            Ok((keys, _)) if !keys.is_empty() => {
-                self.metrics.gauge("jwks_keys", keys.len() as u64);
-                log(
-                    LogLevel::Info,
-                    context_id,
-                    &format!(
-                        "JWKS generation {} loaded: {} key(s)",
-                        blob.generation,
-                        keys.len()
-                    ),
-                );
-                state.keys = Some(keys);
-                state.keys_generation = blob.generation;
-                state.cache.clear();
-                true
-            }
-            _ => {
-                log(
-                    LogLevel::Warn,
-                    context_id,
-                    "shared JWKS has no usable key; keeping the current keys",
-                );
-                false
-            }
-        }
-    }
-
-    /// Re-reads the revocation meta when its CAS moved, then only the shards whose generation
-    /// changed. Cheap when nothing changed (one small shared-data read), so it runs on every
-    /// tick and before every decision that consults the set.
-    /// Returns whether this VM's copy is now the published one.
-    pub fn sync_revocation(&self, state: &mut VmState, context_id: u32) -> bool {
-        if self.config.revocation.is_none() {
-            return true;
-        }
-        let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&self.keys.meta) else {
-            return false;
-        };
-        if cas.is_some() && cas == state.meta_cas {
-            return true;
-        }
-        let meta = match Meta::decode(&bytes) {
-            Ok(meta) => meta,
-            Err(err) => {
-                log(
-                    LogLevel::Warn,
-                    context_id,
-                    &format!("shared revocation meta is unreadable: {err}"),
-                );
-                return false;
-            }
-        };
-        let result = state.replica.sync(meta, |index| {
-            hostcalls::get_shared_data(&self.keys.shard(index))
-                .ok()
-                .and_then(|(bytes, _)| bytes)
-        });
-        match result {
-            // Cached verdicts re-check revocation because the generation moved.
-            Ok(()) => {
-                state.meta_cas = cas;
-                true
-            }
-            // A write in progress: keep the copy and retry next time (meta_cas unchanged).
-            Err(err) => {
-                log(
-                    LogLevel::Debug,
-                    context_id,
-                    &format!("revocation sync deferred: {err}"),
-                );
-                false
-            }
-        }
-    }
-
-    /// The per-request form of [`Worker::sync_revocation`]: reads only the (empty) meta-version
-    /// key's CAS, and syncs when its CAS moved since the last sync. The fetcher writes shards, then
-    /// the meta, then the version, so a moved version always finds the new meta in place; a
-    /// version read before a sync can only be older than the meta it syncs, never newer, so no
-    /// change is skipped. This keeps "once one worker refuses a revoked token, every worker
-    /// does" at the cost of one small read per request (the tick still syncs in full, which
-    /// also picks up `last_ok_ms` for staleness).
-    pub fn sync_revocation_if_moved(&self, state: &mut VmState, context_id: u32) {
-        if self.config.revocation.is_none() {
-            return;
-        }
-        let version_cas = hostcalls::get_shared_data(&self.keys.meta_version)
-            .ok()
-            .and_then(|(_, cas)| cas);
-        if version_cas.is_some() && version_cas == state.meta_version_cas {
-            return;
-        }
-        if self.sync_revocation(state, context_id) {
-            state.meta_version_cas = version_cas;
-        }
-    }
-
-    /// Asks the elected fetcher for a JWKS refetch (a token named an unknown `kid`). Rate
-    /// limited per VM to one write per `min_refetch_seconds`.
-    pub fn want_jwks_refetch(&self, state: &mut VmState, now_ms: u64) {
-        let JwksSource::Remote(remote) = &self.config.jwks else {
-            return;
-        };
-        if now_ms.saturating_sub(state.refetch_asked_ms)
-            < remote.min_refetch_seconds.saturating_mul(1000).max(1000)
-        {
-            return;
-        }
-        state.refetch_asked_ms = now_ms;
-        let _ =
-            hostcalls::set_shared_data(&self.keys.jwks_wanted, Some(&now_ms.to_le_bytes()), None);
-    }
-}
 
 /// The root context.
 pub struct Root {
@@ -644,7 +267,7 @@ impl Root {
             let floor = shared_generation(worker);
             let publication = state.replica.publish(&changed, last_ok_ms, floor);
             self.write_publication(worker, &publication, &state.replica.set);
-            state.meta_cas = None;
+            state.forget_meta_cas();
         }
     }
 
@@ -858,7 +481,7 @@ impl Root {
         let floor = shared_generation(worker);
         let publication = state.replica.publish(&changed, now_ms, floor);
         self.write_publication(worker, &publication, &state.replica.set);
-        state.meta_cas = None;
+        state.forget_meta_cas();
     }
 }
 
@@ -946,14 +569,7 @@ impl RootContext for Root {
             }
         };
         let now = now_ms();
-        let mut state = VmState {
-            cache: TokenCache::new(config.cache_entries),
-            ..VmState::default()
-        };
-        if let JwksSource::Inline(keys) = &config.jwks {
-            state.keys = Some(keys.clone());
-            state.keys_generation = 1;
-        }
+        let state = VmState::new(&config);
         self.jwks_schedule = match &config.jwks {
             JwksSource::Remote(remote) => Some(Schedule::new(
                 now,
