@@ -39,6 +39,10 @@ pub enum Auth {
     /// A proxy-wasm filter that does nothing (`bench/empty-filter`): the price of being a
     /// wasm filter at all, same SDK, profile and runtime as weauth.
     EmptyWasm,
+    /// The same empty filter making, with fixed values and no logic, the host calls weauth
+    /// makes on an allowed cache hit: the floor the proxy-wasm ABI sets for what weauth is
+    /// configured to do (see `bench/empty-filter`).
+    EmptyWasmHostCalls,
     JwtAuthn {
         alg: Algorithm,
         cache: bool,
@@ -61,7 +65,10 @@ pub enum Auth {
 impl Auth {
     /// Whether a tampered token must be refused.
     pub fn authenticates(&self) -> bool {
-        !matches!(self, Auth::None | Auth::EmptyWasm)
+        !matches!(
+            self,
+            Auth::None | Auth::EmptyWasm | Auth::EmptyWasmHostCalls
+        )
     }
 
     /// How many revocations the configuration's feed holds (`None`: no revocation at all).
@@ -91,6 +98,10 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         row("no auth", Auth::None),
         row("empty wasm filter", Auth::EmptyWasm),
+        row(
+            "empty wasm filter + weauth's host calls",
+            Auth::EmptyWasmHostCalls,
+        ),
         row(
             "jwt_authn ES256, cache off",
             Auth::JwtAuthn {
@@ -204,12 +215,19 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
     };
     let (filters, clusters) = match auth {
         Auth::None => (String::new(), "[]".to_string()),
-        Auth::EmptyWasm => (
+        Auth::EmptyWasm | Auth::EmptyWasmHostCalls => (
             render(
                 template::WEAUTH,
                 &[
                     ("WASM_PATH", &w.empty_wasm.display().to_string()),
-                    ("PLUGIN_CONFIG", "{}"),
+                    (
+                        "PLUGIN_CONFIG",
+                        if *auth == Auth::EmptyWasmHostCalls {
+                            "\"weauth-host-calls\""
+                        } else {
+                            "{}"
+                        },
+                    ),
                 ],
             )?,
             "[]".to_string(),
@@ -625,7 +643,7 @@ fn boot(
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
         }
-        Auth::EmptyWasm if !settings.empty_wasm.is_file() => {
+        Auth::EmptyWasm | Auth::EmptyWasmHostCalls if !settings.empty_wasm.is_file() => {
             return Err(format!(
                 "not run: no empty filter module at {}",
                 settings.empty_wasm.display()
@@ -879,9 +897,10 @@ mod tests {
             let has = |needle: &str| text.contains(needle);
             match s.auth {
                 Auth::None => assert!(!has("jwt_authn") && !has("wasm")),
-                Auth::EmptyWasm => {
+                Auth::EmptyWasm | Auth::EmptyWasmHostCalls => {
                     assert!(has("/x/empty.wasm") && !has("weauth_filter.wasm"));
                     assert!(!has("jwt_authn") && !has(FEED_CREDENTIAL));
+                    assert_eq!(has("weauth-host-calls"), s.auth == Auth::EmptyWasmHostCalls);
                 }
                 Auth::JwtAuthn { cache, .. } => {
                     assert!(has("jwt_authn.v3.JwtAuthentication"));

@@ -1,7 +1,9 @@
 //! The revocation feed at mesh scale: N simulated sidecars hold `GET /v1/revocations` long
 //! polls spread over two issuer replicas on one Redis, while revocations arrive at R per second
 //! through the admin API (alternating replicas). Each simulated sidecar re-polls at once with
-//! the answer's `seq`, as the filter does.
+//! the answer's `seq`, as the filter does. Each case names the replicas' `WEAUTH_FEED_COALESCE`
+//! (the least time between two wakes of the long polls, see `issuer/src/feed.rs`); a case with
+//! 0 is the unbounded baseline.
 //!
 //! Per case: the time from a revocation's acknowledgment until every subscriber has it (p50,
 //! p99 over revocations; a revocation some subscriber never got within the drain time counts
@@ -25,12 +27,16 @@ use crate::stats::{summarize, Summary};
 pub struct FanoutRow {
     pub subscribers: usize,
     pub rate: u32,
+    /// The replicas' `WEAUTH_FEED_COALESCE`, ms.
+    pub window_ms: u64,
     pub revocations: usize,
     /// Revocations not received by every subscriber within the drain time.
     pub missing: usize,
     /// Time until every subscriber had a revocation, ms.
     pub all_delivered: Option<Summary>,
     pub answers: u64,
+    /// Answers per second while revocations arrived (and the first 0.5 s of the drain).
+    pub answers_per_sec: Option<f64>,
     pub cpu_us_per_answer: Option<f64>,
     pub kib_per_poll: Option<f64>,
     pub note: String,
@@ -52,22 +58,43 @@ fn issuer_rss(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| rss_kib(*p).ok()).sum()
 }
 
-/// Runs every `(subscribers, revocations per second)` case on a fresh two-replica stack.
+/// What a simulated sidecar reads of an answer (the rest is skipped, not parsed into values).
+#[derive(serde::Deserialize)]
+struct Answer {
+    seq: u64,
+    entries: Vec<AnswerEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnswerEntry {
+    seq: u64,
+}
+
+/// Runs every `(subscribers, revocations per second, coalescing window ms)` case on a fresh
+/// two-replica stack.
 ///
 /// # Errors
 /// The stack did not start.
-pub async fn run(cases: &[(usize, u32)], duration: Duration) -> Result<Vec<FanoutRow>, String> {
+pub async fn run(
+    cases: &[(usize, u32, u64)],
+    duration: Duration,
+) -> Result<Vec<FanoutRow>, String> {
     let mut rows = Vec::new();
-    for &(subscribers, rate) in cases {
+    for &(subscribers, rate, window_ms) in cases {
         let stack = Stack::builder()
             .redis_replicas(2)
             .without_envoy()
             .issuer_env("WEAUTH_LOGIN_RATE", "0")
+            .issuer_env("WEAUTH_FEED_COALESCE", format!("{window_ms}ms"))
             .start()
             .await
             .map_err(|e| e.to_string())?;
-        eprintln!("bench: fan-out {subscribers} subscribers × {rate} revocations/s");
-        rows.push(case(&stack, subscribers, rate, duration).await);
+        eprintln!(
+            "bench: fan-out {subscribers} subscribers × {rate} revocations/s, window {window_ms} ms"
+        );
+        let mut row = case(&stack, subscribers, rate, duration).await;
+        row.window_ms = window_ms;
+        rows.push(row);
         stack.shutdown().await;
     }
     Ok(rows)
@@ -123,17 +150,13 @@ async fn case(stack: &Stack, subscribers: usize, rate: u32, duration: Duration) 
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let Ok(body) = resp.json::<Value>().await else {
+                let Ok(body) = resp.json::<Answer>().await else {
                     continue;
                 };
                 let at = Instant::now();
                 answers.fetch_add(1, Ordering::Relaxed);
-                for entry in body["entries"].as_array().into_iter().flatten() {
-                    if let Some(seq) = entry["seq"].as_u64() {
-                        got.push((seq, at));
-                    }
-                }
-                since = body["seq"].as_u64().unwrap_or(since);
+                got.extend(body.entries.iter().map(|e| (e.seq, at)));
+                since = body.seq;
             }
             got
         }));
@@ -189,6 +212,7 @@ async fn case(stack: &Stack, subscribers: usize, rate: u32, duration: Duration) 
     // Drain: 3 s for the last answers (CPU is counted over the first 0.5 s of it).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu_after = issuer_cpu(&pids);
+    let counted = began.elapsed();
     let answers_during = answers.load(Ordering::Relaxed) - answers_before;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -233,10 +257,12 @@ async fn case(stack: &Stack, subscribers: usize, rate: u32, duration: Duration) 
     FanoutRow {
         subscribers,
         rate,
+        window_ms: 0,
         revocations: acked.len(),
         missing,
         all_delivered: summarize(&all),
         answers: answers_during,
+        answers_per_sec: Some(answers_during as f64 / counted.as_secs_f64().max(1e-3)),
         cpu_us_per_answer: (answers_during > 0).then(|| cpu_us / answers_during as f64),
         kib_per_poll: (subscribers > 0)
             .then(|| rss_held.saturating_sub(rss_before) as f64 / subscribers as f64),
@@ -248,10 +274,12 @@ fn failed(subscribers: usize, rate: u32, note: String) -> FanoutRow {
     FanoutRow {
         subscribers,
         rate,
+        window_ms: 0,
         revocations: 0,
         missing: 0,
         all_delivered: None,
         answers: 0,
+        answers_per_sec: None,
         cpu_us_per_answer: None,
         kib_per_poll: None,
         note,
@@ -271,10 +299,13 @@ pub fn markdown(rows: Option<&Result<Vec<FanoutRow>, String>>) -> String {
          `POST /v1/admin/revoke` at R per second, alternating replicas. \"All have it\" = from \
          a revocation's acknowledgment until the last subscriber received it. CPU = both \
          replicas' utime+stime while revocations arrived ÷ answers sent then. Memory = both \
-         replicas' resident memory with every poll held minus before, ÷ N. The driver, the \
-         replicas and Redis share the machine's cores.\n\n\
-         | subscribers | revocations/s | revocations | missing | all have it p50 ms | p99 ms | answers | issuer CPU µs/answer | issuer KiB/poll | note |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         replicas' resident memory with every poll held minus before, ÷ N. Window = the \
+         replicas' `WEAUTH_FEED_COALESCE` (default 250 ms): the long polls are woken at most \
+         once per window, the first change after a quiet window at once; 0 is the unbounded \
+         baseline, where every revocation costs an answer and a new request per subscriber. \
+         The driver, the replicas and Redis share the machine's cores.\n\n\
+         | subscribers | revocations/s | window ms | revocations | missing | all have it p50 ms | p99 ms | answers | answers/s | issuer CPU µs/answer | issuer KiB/poll | note |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     match rows {
         None => md.push_str("Not run (`--only`).\n"),
@@ -282,14 +313,16 @@ pub fn markdown(rows: Option<&Result<Vec<FanoutRow>, String>>) -> String {
         Some(Ok(rows)) => {
             for r in rows {
                 md.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                     r.subscribers,
                     r.rate,
+                    r.window_ms,
                     r.revocations,
                     r.missing,
                     num(r.all_delivered.map(|s| s.p50), 1),
                     num(r.all_delivered.map(|s| s.p99), 1),
                     r.answers,
+                    num(r.answers_per_sec, 0),
                     num(r.cpu_us_per_answer, 1),
                     num(r.kib_per_poll, 2),
                     r.note

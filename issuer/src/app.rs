@@ -84,7 +84,10 @@ pub struct App {
     pub policy: TokenPolicy,
     keys: RwLock<Arc<KeyRing>>,
     pub(crate) limiter: Mutex<RateLimiter>,
+    /// The highest revocation seq this replica knows of.
     seq: watch::Sender<u64>,
+    /// What the feed's long polls wait on: `seq`, paced by [`crate::feed::pace`].
+    wake: watch::Sender<u64>,
     draining: watch::Sender<bool>,
     pub(crate) inflight_codes: Mutex<HashSet<String>>,
     started: Instant,
@@ -322,6 +325,7 @@ impl App {
             policy,
             keys: RwLock::new(Arc::new(ring)),
             seq: watch::channel(seq).0,
+            wake: watch::channel(seq).0,
             draining: watch::channel(false).0,
             inflight_codes: Mutex::new(HashSet::new()),
             started: Instant::now(),
@@ -372,8 +376,13 @@ impl App {
         Ok(())
     }
 
-    /// Publishes a new revocation high-water mark to long polls.
+    /// Records a new revocation high-water mark (the long polls are woken by
+    /// [`crate::feed::pace`]).
     pub fn notify_seq(&self, seq: u64) {
+        if *self.seq.borrow() >= seq {
+            // The common case at every feed answer: no write lock.
+            return;
+        }
         self.seq.send_if_modified(|current| {
             if seq > *current {
                 *current = seq;
@@ -384,9 +393,15 @@ impl App {
         });
     }
 
-    /// A receiver of the revocation high-water mark.
-    pub fn subscribe_seq(&self) -> watch::Receiver<u64> {
-        self.seq.subscribe()
+    /// The highest revocation seq this replica knows of.
+    pub fn known_seq(&self) -> u64 {
+        *self.seq.borrow()
+    }
+
+    /// What the feed's long polls wait on: the known seq, moved at most once per
+    /// `WEAUTH_FEED_COALESCE`.
+    pub fn subscribe_wake(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
     }
 
     /// Marks the server as draining: long polls answer at once.
@@ -420,7 +435,12 @@ impl App {
         self: &Arc<Self>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(crate::feed::pace(
+            self.seq.subscribe(),
+            self.wake.clone(),
+            self.config.feed_coalesce,
+            shutdown.clone(),
+        ))];
         let app = Arc::clone(self);
         tasks.push(periodic(
             shutdown.clone(),

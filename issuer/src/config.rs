@@ -190,6 +190,11 @@ pub const VARIABLES: &[Var] = &[
         "how often expired rows are deleted",
     ),
     var(
+        "WEAUTH_FEED_COALESCE",
+        "250ms",
+        "least time between two wakes of the feed's long polls (0: none)",
+    ),
+    var(
         "WEAUTH_LOGIN_RATE",
         "60",
         "logins per minute per client IP (0: off)",
@@ -546,6 +551,10 @@ pub struct Config {
     /// `WEAUTH_PURGE_INTERVAL`, default `60s`: how often expired revocations, sessions and
     /// refresh tokens are deleted.
     pub purge_interval: Duration,
+    /// `WEAUTH_FEED_COALESCE`, default `250ms`: the feed's long polls are woken at most once
+    /// per this window; the first change after a quiet window goes out at once (see
+    /// [`crate::feed`]). `0` wakes them on every change.
+    pub feed_coalesce: Duration,
     /// `WEAUTH_TRUSTED_PROXIES`: comma list of IPs/CIDRs whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// `WEAUTH_LOGIN_RATE`: logins per minute per client IP, default 60; 0 disables.
@@ -1125,6 +1134,10 @@ impl Config {
             src.duration("WEAUTH_PURGE_INTERVAL", Duration::from_millis(100)),
             Duration::ZERO,
         );
+        let feed_coalesce = errs.or(
+            src.duration("WEAUTH_FEED_COALESCE", Duration::ZERO),
+            Duration::ZERO,
+        );
         let mut trusted_proxies = Vec::new();
         for item in src
             .text("WEAUTH_TRUSTED_PROXIES")
@@ -1254,6 +1267,7 @@ impl Config {
             key_publish_delay,
             key_reload,
             purge_interval,
+            feed_coalesce,
             trusted_proxies,
             login_rate_per_min,
             login_burst,

@@ -214,7 +214,12 @@ fn quoted_safe(text: &str) -> String {
 /// RFC 6749 §5.1; nothing else here benefits from caching either).
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let text = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    json_bytes_response(status, Bytes::from(text))
+}
+
+/// [`json_response`] for a body already serialized.
+pub fn json_bytes_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -5,10 +5,26 @@
 //!
 //! The copy holds the live entries (`until >= now` at the last refresh), the store's current
 //! seq and its purge watermark. A refresh is serialized: when 10 000 long polls wake for one
-//! revocation, the first reads the delta and the others find the copy already fresh.
+//! revocation, the first reads the delta and the others find the copy already fresh; and the
+//! serialized answer is kept ([`FeedCache::answer_body`]), so the polls woken together, which
+//! ask with the same `since`, share one body.
+//!
+//! **Coalescing.** Without a bound, every revocation costs one answer and one new request per
+//! held poll: at 10 000 sidecars and 100 revocations per second that is a million answers a
+//! second. [`pace`] bounds it: the long polls are woken at most once per
+//! `WEAUTH_FEED_COALESCE` (default 250 ms). The first change after a quiet window goes out at
+//! once (a lone logout still reaches the edge in milliseconds); changes that arrive within the
+//! window after a wake are held until it ends and go out together. So a replica sends at most
+//! `held polls / window` answers per second whatever the revocation rate, and a revocation
+//! waits at most one window before its wake. A request whose `since` is behind the copy is
+//! still answered at once: pacing delays wakes, never what a caller has not been told.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use weauth_token::revocation::{Entry, FeedResponse};
 
 use crate::revocation::{self, feed_is_full, FEED_PAGE_ENTRIES};
@@ -23,11 +39,43 @@ struct Copy {
     entries: Vec<Entry>,
 }
 
+/// What [`FeedCache::answer_body`] depends on: two calls with the same key give the same body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BodyKey {
+    /// The copy the answer was made from (`Arc::as_ptr`; a new copy is a new allocation,
+    /// and the cache holds the copy alive, so the address is not reused while cached).
+    copy: usize,
+    /// Entries after this seq (0 for a full answer).
+    after: u64,
+    full: bool,
+    now: i64,
+    limit: usize,
+}
+
+/// A serialized feed answer and what the long poll decides on.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The answer's `seq`.
+    pub seq: u64,
+    /// The caller must start over.
+    pub full: bool,
+    /// The answer carries entries.
+    pub has_entries: bool,
+    /// The JSON body.
+    pub body: Bytes,
+}
+
+/// How many recent bodies are kept: the polls woken together share one `since`; a few slower
+/// callers one or two behind.
+const BODIES: usize = 4;
+
 /// The replica's copy of the feed.
 #[derive(Default)]
 pub struct FeedCache {
     copy: RwLock<Arc<Copy>>,
     refresh: tokio::sync::Mutex<()>,
+    /// Recent serialized answers, newest last (with the copy each was made from).
+    bodies: Mutex<Vec<(BodyKey, Arc<Copy>, Answer)>>,
 }
 
 impl FeedCache {
@@ -119,6 +167,46 @@ impl FeedCache {
         if copy.current == 0 {
             return None;
         }
+        Some(Self::answer_from(&copy, since, now, limit))
+    }
+
+    /// [`FeedCache::answer`], serialized; the polls woken together, asking with the same
+    /// `since` at the same second, get one shared body.
+    pub fn answer_body(&self, since: u64, now: i64, limit: usize) -> Option<Answer> {
+        let copy = self.snapshot();
+        if copy.current == 0 {
+            return None;
+        }
+        let full = feed_is_full(since, copy.current, copy.purged_through);
+        let key = BodyKey {
+            copy: Arc::as_ptr(&copy) as usize,
+            after: if full { 0 } else { since },
+            full,
+            now,
+            limit,
+        };
+        let mut bodies = match self.bodies.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((_, _, answer)) = bodies.iter().rev().find(|(k, _, _)| *k == key) {
+            return Some(answer.clone());
+        }
+        let page = Self::answer_from(&copy, since, now, limit);
+        let answer = Answer {
+            seq: page.seq,
+            full: page.full,
+            has_entries: !page.entries.is_empty(),
+            body: Bytes::from(serde_json::to_vec(&page).unwrap_or_default()),
+        };
+        if bodies.len() >= BODIES {
+            bodies.remove(0);
+        }
+        bodies.push((key, copy, answer.clone()));
+        Some(answer)
+    }
+
+    fn answer_from(copy: &Copy, since: u64, now: i64, limit: usize) -> FeedResponse {
         let full = feed_is_full(since, copy.current, copy.purged_through);
         let after = if full { 0 } else { since };
         let start = copy.entries.partition_point(|e| e.seq <= after);
@@ -128,7 +216,7 @@ impl FeedCache {
             .take(limit)
             .cloned()
             .collect();
-        Some(revocation::page(
+        revocation::page(
             FeedSnapshot {
                 current: copy.current,
                 purged_through: copy.purged_through,
@@ -137,7 +225,49 @@ impl FeedCache {
             full,
             limit,
             now,
-        ))
+        )
+    }
+}
+
+/// When the next wake of the long polls may go out, for a change seen at `now`: at once if the
+/// last wake went out at least `window` ago (or never), else when the window ends.
+pub fn next_wake(last: Option<Instant>, now: Instant, window: Duration) -> Instant {
+    match last {
+        Some(last) if now < last + window => last + window,
+        _ => now,
+    }
+}
+
+/// Moves `wake` (what the long polls wait on) up to `known` (the highest seq this replica
+/// knows of), at most once per `window` (see the module's doc); ends when `shutdown` turns
+/// `true`.
+pub async fn pace(
+    mut known: watch::Receiver<u64>,
+    wake: watch::Sender<u64>,
+    window: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let woken = *wake.borrow();
+        tokio::select! {
+            changed = known.wait_for(|seq| *seq > woken) => if changed.is_err() { return },
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+        }
+        let at = next_wake(last, Instant::now(), window);
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => {}
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+        }
+        let seq = *known.borrow();
+        wake.send_if_modified(|current| {
+            let newer = seq > *current;
+            if newer {
+                *current = seq;
+            }
+            newer
+        });
+        last = Some(Instant::now());
     }
 }
 
@@ -237,5 +367,120 @@ mod tests {
                 "since={since}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn answer_body_is_the_answer_serialized_and_shared_by_the_same_since() {
+        let db = db();
+        let store = db.handle().await;
+        let cache = FeedCache::new();
+        let mut last = 0;
+        for i in 0..3 {
+            last = store
+                .revoke(&Revoke::Jti(format!("j{i}")), 10, 20)
+                .await
+                .unwrap()
+                .seq;
+        }
+        cache.catch_up(store.as_ref(), last, 10).await.unwrap();
+        for since in [0, 1, last, last + 5] {
+            let answer = cache.answer_body(since, 10, 100).unwrap();
+            let page = cache.answer(since, 10, 100).unwrap();
+            let parsed: FeedResponse = serde_json::from_slice(&answer.body).unwrap();
+            assert_eq!(parsed, page, "since={since}");
+            assert_eq!(
+                (answer.seq, answer.full, answer.has_entries),
+                (page.seq, page.full, !page.entries.is_empty())
+            );
+        }
+        let a = cache.answer_body(1, 10, 100).unwrap();
+        let b = cache.answer_body(1, 10, 100).unwrap();
+        assert_eq!(a.body.as_ptr(), b.body.as_ptr(), "one body for one since");
+        // A new copy, a new second or another limit is another body.
+        let next = store
+            .revoke(&Revoke::Jti("late".into()), 10, 20)
+            .await
+            .unwrap()
+            .seq;
+        cache.catch_up(store.as_ref(), next, 10).await.unwrap();
+        let c = cache.answer_body(1, 10, 100).unwrap();
+        assert_eq!(c.seq, next);
+        assert_ne!(c.body, a.body);
+        assert!(!cache.answer_body(1, 21, 100).unwrap().has_entries);
+        assert_eq!(
+            serde_json::from_slice::<FeedResponse>(&cache.answer_body(1, 10, 1).unwrap().body)
+                .unwrap()
+                .entries
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn next_wake_goes_at_once_after_a_quiet_window_and_else_at_its_end() {
+        let t0 = Instant::now();
+        let w = Duration::from_millis(250);
+        assert_eq!(next_wake(None, t0, w), t0);
+        assert_eq!(next_wake(Some(t0), t0 + w, w), t0 + w);
+        assert_eq!(
+            next_wake(Some(t0), t0 + Duration::from_secs(3), w),
+            t0 + Duration::from_secs(3)
+        );
+        assert_eq!(
+            next_wake(Some(t0), t0 + Duration::from_millis(10), w),
+            t0 + w
+        );
+        assert_eq!(next_wake(Some(t0), t0, Duration::ZERO), t0);
+    }
+
+    /// Records the instants at which `wake` moved, and to what.
+    async fn wakes_for(changes: &[(u64, u64)], window: Duration) -> Vec<(u64, u64)> {
+        let start = Instant::now();
+        let (known_tx, known_rx) = watch::channel(0u64);
+        let (wake_tx, mut wake_rx) = watch::channel(0u64);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let pacer = tokio::spawn(pace(known_rx, wake_tx, window, stop_rx));
+        let changes = changes.to_vec();
+        let writer = tokio::spawn(async move {
+            for (at_ms, seq) in changes {
+                tokio::time::sleep_until(start + Duration::from_millis(at_ms)).await;
+                known_tx.send_replace(seq);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(known_tx);
+        });
+        let mut seen = Vec::new();
+        while let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), wake_rx.changed()).await
+        {
+            let at = (Instant::now() - start).as_millis() as u64;
+            seen.push((at, *wake_rx.borrow_and_update()));
+        }
+        writer.await.unwrap();
+        stop_tx.send_replace(true);
+        pacer.await.unwrap();
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pace_wakes_at_once_then_at_most_once_per_window() {
+        let w = Duration::from_millis(250);
+        // A lone change goes out at once; a burst within the window after it goes out as
+        // one wake at the window's end, carrying the burst's last seq; after a quiet window,
+        // at once again.
+        let seen = wakes_for(
+            &[(0, 1), (10, 2), (20, 3), (200, 4), (1000, 5), (1010, 6)],
+            w,
+        )
+        .await;
+        assert_eq!(seen, vec![(0, 1), (250, 4), (1000, 5), (1250, 6)]);
+        // 100 changes a second for a second: four or five wakes, not a hundred.
+        let burst: Vec<(u64, u64)> = (0..100).map(|i| (i * 10, i + 1)).collect();
+        let seen = wakes_for(&burst, w).await;
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        assert_eq!(seen.last().unwrap().1, 100);
+        assert!(seen.windows(2).all(|p| p[1].0 - p[0].0 >= 250), "{seen:?}");
+        // No window: every change wakes.
+        let seen = wakes_for(&[(0, 1), (10, 2), (20, 3)], Duration::ZERO).await;
+        assert_eq!(seen, vec![(0, 1), (10, 2), (20, 3)]);
     }
 }

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::admin;
 use crate::app::{now, App};
-use crate::error::{json_response, ApiError};
+use crate::error::{json_bytes_response, json_response, ApiError};
 use crate::identity::{self, Credential};
 use crate::ratelimit;
 use crate::revocation;
@@ -285,7 +285,7 @@ where
                 (
                     "weauth_revocation_seq",
                     "Highest revocation seq seen.",
-                    *app.subscribe_seq().borrow() as f64,
+                    app.known_seq() as f64,
                 ),
                 (
                     "weauth_signing_keys_published",
@@ -880,33 +880,45 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
     check_credential(authorization(&req)?, expected)?;
     let (since, wait) = feed_params(req.uri().query())?;
     let deadline = tokio::time::Instant::now() + wait;
-    let mut seq = app.subscribe_seq();
+    let mut wake = app.subscribe_wake();
     let mut draining = app.draining();
     let _waiting = app.feed_waiter();
     loop {
         let at = now();
         // Served from the replica's copy, which reads the store once per new seq however many
-        // polls are waiting.
+        // polls are waiting, and serializes once per `since` the woken polls share.
         // A `since` ahead of the copy may come from another replica that is ahead: catch up
         // to it before calling it "from the future".
-        let known = (*seq.borrow()).max(since);
+        let known = (*wake.borrow()).max(since);
         app.feed.catch_up(app.store.as_ref(), known, at).await?;
-        let page = match app.feed.answer(since, at, revocation::FEED_PAGE_ENTRIES) {
-            Some(page) => page,
+        let answer = match app
+            .feed
+            .answer_body(since, at, revocation::FEED_PAGE_ENTRIES)
+        {
+            Some(answer) => answer,
             None => {
-                revocation::read(app.store.as_ref(), since, at, revocation::FEED_PAGE_ENTRIES)
-                    .await?
+                let page =
+                    revocation::read(app.store.as_ref(), since, at, revocation::FEED_PAGE_ENTRIES)
+                        .await?;
+                crate::feed::Answer {
+                    seq: page.seq,
+                    full: page.full,
+                    has_entries: !page.entries.is_empty(),
+                    body: serde_json::to_vec(&page)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?
+                        .into(),
+                }
             }
         };
         // Answer when anything changed (even if the new entries already expired), when the
         // caller must start over, or when the wait is over.
-        let changed = page.full || page.seq != since || !page.entries.is_empty();
+        let changed = answer.full || answer.seq != since || answer.has_entries;
         if changed || tokio::time::Instant::now() >= deadline || *draining.borrow() {
-            app.notify_seq(page.seq);
-            return Ok(json_response(StatusCode::OK, &to_value(&page)?));
+            app.notify_seq(answer.seq);
+            return Ok(json_bytes_response(StatusCode::OK, answer.body));
         }
         tokio::select! {
-            () = async { let _ = seq.wait_for(|current| *current > since).await; } => {}
+            () = async { let _ = wake.wait_for(|current| *current > since).await; } => {}
             () = tokio::time::sleep_until(deadline) => {}
             () = async { let _ = draining.wait_for(|d| *d).await; } => {}
         }

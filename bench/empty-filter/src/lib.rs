@@ -5,19 +5,62 @@
 //! request, context creation and teardown) with the same SDK (`proxy-wasm`), the same release
 //! profile (`wasm-release`: LTO, one codegen unit, `panic = "abort"`) and the same runtime (V8)
 //! as `weauth-filter`. weauth's own cost is reported as a multiple of this one's.
+//!
+//! With the plugin configuration `"weauth-host-calls"` it also makes, with fixed values and no
+//! logic, exactly the host calls weauth makes on an allowed cache hit with its default
+//! identity headers (`scripts/count-host-calls.sh` lists them): read `:path` and
+//! `authorization`, read the revocation version from shared data, read the clock, set five
+//! identity headers and remove the sixth (its claim absent). That row is the floor the ABI
+//! sets for what weauth is configured to do; weauth above it is its own computation.
 
 #[cfg(target_arch = "wasm32")]
 mod glue {
+    use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType};
+    use proxy_wasm::types::{Action, ContextType, MapType};
 
-    pub struct Root;
+    /// The plugin configuration that turns the host calls on.
+    const HOST_CALLS: &[u8] = b"\"weauth-host-calls\"";
+
+    /// What weauth sets on an allowed request with its default `claim_to_headers` (values of
+    /// the same lengths as the bench's tokens' claims); `x-weauth-unionid` is removed.
+    const SET: [(&str, &str); 5] = [
+        ("x-weauth-sub", "u_bench_subject_000001"),
+        ("x-weauth-openid", "o6_bmjrPTlm6_2sgVt7hMZOPfL2M"),
+        ("x-weauth-appid", "wx0000000000000001"),
+        ("x-weauth-sid", "s_0123456789abcdefghij"),
+        ("x-weauth-scope", "api"),
+    ];
+
+    pub struct Root {
+        host_calls: bool,
+    }
+
+    impl Root {
+        pub fn new() -> Root {
+            Root { host_calls: false }
+        }
+    }
 
     impl Context for Root {}
 
     impl RootContext for Root {
+        fn on_configure(&mut self, _size: usize) -> bool {
+            self.host_calls = hostcalls::get_buffer(
+                proxy_wasm::types::BufferType::PluginConfiguration,
+                0,
+                usize::MAX,
+            )
+            .ok()
+            .flatten()
+            .is_some_and(|config| config.trim_ascii() == HOST_CALLS);
+            true
+        }
+
         fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-            Some(Box::new(Pass))
+            Some(Box::new(Pass {
+                host_calls: self.host_calls,
+            }))
         }
 
         fn get_type(&self) -> Option<ContextType> {
@@ -25,12 +68,31 @@ mod glue {
         }
     }
 
-    pub struct Pass;
+    pub struct Pass {
+        host_calls: bool,
+    }
 
     impl Context for Pass {}
 
     impl HttpContext for Pass {
         fn on_http_request_headers(&mut self, _num_headers: usize, _eos: bool) -> Action {
+            if self.host_calls {
+                let path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
+                let token =
+                    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "authorization");
+                let version = hostcalls::get_shared_data("weauth.rev2.0000000000000000.v");
+                let now = hostcalls::get_current_time();
+                // Keep the reads alive (as weauth uses them).
+                if path.is_err() || token.is_err() || version.is_err() || now.is_err() {
+                    return Action::Continue;
+                }
+                for (name, value) in SET {
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                }
+                let _ =
+                    hostcalls::remove_map_value(MapType::HttpRequestHeaders, "x-weauth-unionid");
+            }
             Action::Continue
         }
     }
@@ -39,6 +101,6 @@ mod glue {
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(glue::Root)
+        Box::new(glue::Root::new())
     });
 }}

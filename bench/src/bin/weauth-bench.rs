@@ -157,12 +157,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("bench: feed fan-out over two replicas on Redis, {secs} s per case");
         rt.block_on(weauth_bench::fanout::run(
             &[
-                (1_000, 1),
-                (1_000, 10),
-                (1_000, 100),
-                (10_000, 1),
-                (10_000, 10),
-                (10_000, 100),
+                (1_000, 1, 250),
+                (1_000, 10, 250),
+                (1_000, 100, 250),
+                (10_000, 1, 250),
+                (10_000, 10, 250),
+                (10_000, 100, 250),
+                // The unbounded baseline, in the same run.
+                (10_000, 100, 0),
             ],
             Duration::from_secs(secs),
         ))
