@@ -5,6 +5,11 @@
 //! (the least time between two wakes of the long polls, see `issuer/src/feed.rs`); a case with
 //! 0 is the unbounded baseline.
 //!
+//! The simulated sidecars speak HTTP/1.1 over one kept-alive connection each through
+//! [`Poller`], a minimal client written for this driver: with reqwest (pool, URL parsing,
+//! header maps) the 10 000 clients took several times the replicas' CPU on the same cores, so
+//! the table measured mostly the driver. The revocations themselves go through reqwest.
+//!
 //! Per case: the time from a revocation's acknowledgment until every subscriber has it (p50,
 //! p99 over revocations; a revocation some subscriber never got within the drain time counts
 //! as missing), issuer CPU per delivered answer (both replicas' /proc utime+stime over the
@@ -56,6 +61,70 @@ fn issuer_cpu(pids: &[u32]) -> u64 {
 
 fn issuer_rss(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| rss_kib(*p).ok()).sum()
+}
+
+/// One simulated sidecar's connection: `GET /v1/revocations?since=…&wait=30` with the feed
+/// credential, kept alive; answers are read by `Content-Length` (what the issuer sends).
+struct Poller {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    addr: std::net::SocketAddr,
+    credential: String,
+    buf: Vec<u8>,
+}
+
+impl Poller {
+    async fn connect(addr: std::net::SocketAddr, credential: &str) -> std::io::Result<Poller> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Poller {
+            stream: tokio::io::BufReader::with_capacity(16 * 1024, stream),
+            addr,
+            credential: credential.to_string(),
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// One long poll: the answer's body, or an error (the caller reconnects).
+    async fn poll(&mut self, since: u64) -> std::io::Result<Answer> {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let request = format!(
+            "GET /v1/revocations?since={since}&wait=30 HTTP/1.1\r\nhost: {}\r\n\
+             authorization: Bearer {}\r\n\r\n",
+            self.addr, self.credential
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut length = None;
+        let mut status_ok = None;
+        loop {
+            self.buf.clear();
+            if self.stream.read_until(b'\n', &mut self.buf).await? == 0 {
+                return Err(bad("connection closed"));
+            }
+            let line = std::str::from_utf8(&self.buf).map_err(|_| bad("header not UTF-8"))?;
+            let line = line.trim_end();
+            if status_ok.is_none() {
+                status_ok = Some(line.split(' ').nth(1) == Some("200"));
+                continue;
+            }
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let length = length.ok_or_else(|| bad("no content-length"))?;
+        self.buf.resize(length, 0);
+        self.stream.read_exact(&mut self.buf).await?;
+        if status_ok != Some(true) {
+            return Err(bad("not 200"));
+        }
+        serde_json::from_slice(&self.buf).map_err(|e| bad(&e.to_string()))
+    }
 }
 
 /// What a simulated sidecar reads of an answer (the rest is skipped, not parsed into values).
@@ -122,10 +191,16 @@ async fn case(stack: &Stack, subscribers: usize, rate: u32, duration: Duration) 
     let stop = Arc::new(AtomicBool::new(false));
     let answers = Arc::new(AtomicU64::new(0));
     let holding = Arc::new(AtomicU64::new(0));
+    let addrs: Vec<std::net::SocketAddr> = urls
+        .iter()
+        .filter_map(|u| u.trim_start_matches("http://").parse().ok())
+        .collect();
+    if addrs.len() != urls.len() {
+        return failed(subscribers, rate, format!("replica addresses: {urls:?}"));
+    }
     let mut tasks = Vec::with_capacity(subscribers);
     for i in 0..subscribers {
-        let url = format!("{}/v1/revocations", urls[i % urls.len()]);
-        let http = clients[i % clients.len()].clone();
+        let addr = addrs[i % addrs.len()];
         let (feed, stop, answers, holding) = (
             feed.clone(),
             Arc::clone(&stop),
@@ -136,22 +211,30 @@ async fn case(stack: &Stack, subscribers: usize, rate: u32, duration: Duration) 
             let mut since = start_seq;
             let mut got: Vec<(u64, Instant)> = Vec::new();
             let mut first = true;
+            let mut poller = None;
             while !stop.load(Ordering::Relaxed) {
+                if poller.is_none() {
+                    match Poller::connect(addr, &feed).await {
+                        Ok(p) => poller = Some(p),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(conn) = poller.as_mut() else {
+                    continue;
+                };
                 if first {
                     holding.fetch_add(1, Ordering::Relaxed);
                     first = false;
                 }
-                let resp = http
-                    .get(format!("{url}?since={since}&wait=30"))
-                    .bearer_auth(&feed)
-                    .send()
-                    .await;
-                let Ok(resp) = resp else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let Ok(body) = resp.json::<Answer>().await else {
-                    continue;
+                let body = match conn.poll(since).await {
+                    Ok(body) => body,
+                    Err(_) => {
+                        poller = None;
+                        continue;
+                    }
                 };
                 let at = Instant::now();
                 answers.fetch_add(1, Ordering::Relaxed);
