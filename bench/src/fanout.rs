@@ -2,8 +2,9 @@
 //! polls spread over two issuer replicas on one Redis, while revocations arrive at R per second
 //! through the admin API (alternating replicas). Each simulated sidecar re-polls at once with
 //! the answer's `seq`, as the filter does. Each case names the replicas' `WEAUTH_FEED_COALESCE`
-//! (the least time between two wakes of the long polls, see `issuer/src/feed.rs`); a case with
-//! 0 is the unbounded baseline.
+//! (the longest wait of a wake of the long polls after the previous one; the window is held
+//! polls ÷ `WEAUTH_FEED_ANSWER_RATE`, default 10 000/s, up to it: see `issuer/src/feed.rs`); a
+//! case with 0 is the unbounded baseline.
 //!
 //! The simulated sidecars speak HTTP/1.1 over one kept-alive connection each through
 //! [`Poller`], a minimal client written for this driver: with reqwest (pool, URL parsing,
@@ -383,9 +384,10 @@ pub fn markdown(rows: Option<&Result<Vec<FanoutRow>, String>>) -> String {
          a revocation's acknowledgment until the last subscriber received it. CPU = both \
          replicas' utime+stime while revocations arrived ÷ answers sent then. Memory = both \
          replicas' resident memory with every poll held minus before, ÷ N. Window = the \
-         replicas' `WEAUTH_FEED_COALESCE` (default 250 ms): the long polls are woken at most \
-         once per window, the first change after a quiet window at once; 0 is the unbounded \
-         baseline, where every revocation costs an answer and a new request per subscriber. \
+         replicas' `WEAUTH_FEED_COALESCE` (default 250 ms): after a wake the next waits held \
+         polls ÷ `WEAUTH_FEED_ANSWER_RATE` (default 10 000/s), at most that; the first change \
+         after a quiet window at once; 0 is the unbounded baseline, where every revocation \
+         costs an answer and a new request per subscriber. \
          The driver, the replicas and Redis share the machine's cores.\n\n\
          | subscribers | revocations/s | window ms | revocations | missing | all have it p50 ms | p99 ms | answers | answers/s | issuer CPU µs/answer | issuer KiB/poll | note |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",

@@ -216,7 +216,9 @@ async fn handle(
         .unwrap_or(0)
         .min(60);
     let current = *changed.borrow_and_update();
-    if since == current && wait > 0 {
+    // `since=0` always answers at once (the full set, even an empty one at seq 0), as the
+    // issuer does: holding it made the 0-revoked rows wait a whole `wait` before their first set.
+    if since != 0 && since == current && wait > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(wait), changed.changed()).await;
     }
     let Ok(st) = state.lock() else {

@@ -398,8 +398,7 @@ impl App {
         *self.seq.borrow()
     }
 
-    /// What the feed's long polls wait on: the known seq, moved at most once per
-    /// `WEAUTH_FEED_COALESCE`.
+    /// What the feed's long polls wait on: the known seq, paced by [`crate::feed::pace`].
     pub fn subscribe_wake(&self) -> watch::Receiver<u64> {
         self.wake.subscribe()
     }
@@ -438,7 +437,8 @@ impl App {
         let mut tasks = vec![tokio::spawn(crate::feed::pace(
             self.seq.subscribe(),
             self.wake.clone(),
-            self.config.feed_coalesce,
+            self.config.feed_pacing,
+            Arc::clone(&self.feed_waiters),
             shutdown.clone(),
         ))];
         let app = Arc::clone(self);

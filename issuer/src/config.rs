@@ -192,7 +192,12 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_FEED_COALESCE",
         "250ms",
-        "least time between two wakes of the feed's long polls (0: none)",
+        "longest wait of a feed wake after the previous one (0: no pacing)",
+    ),
+    var(
+        "WEAUTH_FEED_ANSWER_RATE",
+        "10000",
+        "feed answers per second a replica's wakes aim to stay under",
     ),
     var(
         "WEAUTH_LOGIN_RATE",
@@ -551,10 +556,9 @@ pub struct Config {
     /// `WEAUTH_PURGE_INTERVAL`, default `60s`: how often expired revocations, sessions and
     /// refresh tokens are deleted.
     pub purge_interval: Duration,
-    /// `WEAUTH_FEED_COALESCE`, default `250ms`: the feed's long polls are woken at most once
-    /// per this window; the first change after a quiet window goes out at once (see
-    /// [`crate::feed`]). `0` wakes them on every change.
-    pub feed_coalesce: Duration,
+    /// `WEAUTH_FEED_COALESCE` (default `250ms`, `0`: no pacing) and `WEAUTH_FEED_ANSWER_RATE`
+    /// (default 10 000): how the feed's long polls are woken (see [`crate::feed`]).
+    pub feed_pacing: crate::feed::Pacing,
     /// `WEAUTH_TRUSTED_PROXIES`: comma list of IPs/CIDRs whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// `WEAUTH_LOGIN_RATE`: logins per minute per client IP, default 60; 0 disables.
@@ -1134,10 +1138,20 @@ impl Config {
             src.duration("WEAUTH_PURGE_INTERVAL", Duration::from_millis(100)),
             Duration::ZERO,
         );
-        let feed_coalesce = errs.or(
-            src.duration("WEAUTH_FEED_COALESCE", Duration::ZERO),
-            Duration::ZERO,
-        );
+        let feed_pacing = crate::feed::Pacing {
+            longest: errs.or(
+                src.duration("WEAUTH_FEED_COALESCE", Duration::ZERO),
+                Duration::ZERO,
+            ),
+            answers_per_sec: errs.or(
+                src.number::<u32>("WEAUTH_FEED_ANSWER_RATE")
+                    .and_then(|rate| match rate {
+                        0 => Err(bad("WEAUTH_FEED_ANSWER_RATE", "must be at least 1")),
+                        rate => Ok(rate),
+                    }),
+                10_000,
+            ),
+        };
         let mut trusted_proxies = Vec::new();
         for item in src
             .text("WEAUTH_TRUSTED_PROXIES")
@@ -1267,7 +1281,7 @@ impl Config {
             key_publish_delay,
             key_reload,
             purge_interval,
-            feed_coalesce,
+            feed_pacing,
             trusted_proxies,
             login_rate_per_min,
             login_burst,

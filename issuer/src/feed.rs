@@ -11,14 +11,17 @@
 //!
 //! **Coalescing.** Without a bound, every revocation costs one answer and one new request per
 //! held poll: at 10 000 sidecars and 100 revocations per second that is a million answers a
-//! second. [`pace`] bounds it: the long polls are woken at most once per
-//! `WEAUTH_FEED_COALESCE` (default 250 ms). The first change after a quiet window goes out at
-//! once (a lone logout still reaches the edge in milliseconds); changes that arrive within the
-//! window after a wake are held until it ends and go out together. So a replica sends at most
-//! `held polls / window` answers per second whatever the revocation rate, and a revocation
-//! waits at most one window before its wake. A request whose `since` is behind the copy is
-//! still answered at once: pacing delays wakes, never what a caller has not been told.
+//! second. [`pace`] bounds it: after a wake, the next one waits for a window of
+//! `held polls ÷ WEAUTH_FEED_ANSWER_RATE` (default 10 000 answers per second), at most
+//! `WEAUTH_FEED_COALESCE` (default 250 ms) — see [`Pacing::window`]. The first change after a
+//! quiet window goes out at once; changes within the window go out together when it ends. So a
+//! replica sends at most about `WEAUTH_FEED_ANSWER_RATE` answers per second whatever the
+//! revocation rate (more only when the cap cuts the window short), a few held polls are
+//! answered at once (a window of microseconds), and a revocation waits at most
+//! `WEAUTH_FEED_COALESCE` for its wake. A request whose `since` is behind the copy is still
+//! answered at once: pacing delays wakes, never what a caller has not been told.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -229,6 +232,26 @@ impl FeedCache {
     }
 }
 
+/// How the long polls' wakes are paced (`WEAUTH_FEED_COALESCE`, `WEAUTH_FEED_ANSWER_RATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// The longest window (`Duration::ZERO`: every change wakes at once).
+    pub longest: Duration,
+    /// Answers per second a replica's wakes aim to stay under.
+    pub answers_per_sec: u32,
+}
+
+impl Pacing {
+    /// The window after a wake for `held` polls: long enough that waking them all once per
+    /// window stays under `answers_per_sec`, at most `longest`.
+    pub fn window(&self, held: usize) -> Duration {
+        if self.answers_per_sec == 0 {
+            return self.longest;
+        }
+        Duration::from_secs_f64(held as f64 / f64::from(self.answers_per_sec)).min(self.longest)
+    }
+}
+
 /// When the next wake of the long polls may go out, for a change seen at `now`: at once if the
 /// last wake went out at least `window` ago (or never), else when the window ends.
 pub fn next_wake(last: Option<Instant>, now: Instant, window: Duration) -> Instant {
@@ -239,12 +262,13 @@ pub fn next_wake(last: Option<Instant>, now: Instant, window: Duration) -> Insta
 }
 
 /// Moves `wake` (what the long polls wait on) up to `known` (the highest seq this replica
-/// knows of), at most once per `window` (see the module's doc); ends when `shutdown` turns
-/// `true`.
+/// knows of), paced by `pacing` for the `held` polls (see the module's doc); ends when
+/// `shutdown` turns `true`.
 pub async fn pace(
     mut known: watch::Receiver<u64>,
     wake: watch::Sender<u64>,
-    window: Duration,
+    pacing: Pacing,
+    held: Arc<AtomicUsize>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last = None;
@@ -254,6 +278,7 @@ pub async fn pace(
             changed = known.wait_for(|seq| *seq > woken) => if changed.is_err() { return },
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
         }
+        let window = pacing.window(held.load(Ordering::Relaxed));
         let at = next_wake(last, Instant::now(), window);
         tokio::select! {
             () = tokio::time::sleep_until(at) => {}
@@ -433,13 +458,37 @@ mod tests {
         assert_eq!(next_wake(Some(t0), t0, Duration::ZERO), t0);
     }
 
-    /// Records the instants at which `wake` moved, and to what.
-    async fn wakes_for(changes: &[(u64, u64)], window: Duration) -> Vec<(u64, u64)> {
+    #[test]
+    fn pacing_window_grows_with_held_polls_up_to_the_cap() {
+        let pacing = Pacing {
+            longest: Duration::from_millis(250),
+            answers_per_sec: 20_000,
+        };
+        assert_eq!(pacing.window(0), Duration::ZERO);
+        assert_eq!(pacing.window(1), Duration::from_micros(50));
+        assert_eq!(pacing.window(1_000), Duration::from_millis(50));
+        assert_eq!(pacing.window(5_000), Duration::from_millis(250));
+        assert_eq!(pacing.window(50_000), Duration::from_millis(250));
+        let off = Pacing {
+            longest: Duration::ZERO,
+            ..pacing
+        };
+        assert_eq!(off.window(50_000), Duration::ZERO);
+        let fixed = Pacing {
+            answers_per_sec: 0,
+            ..pacing
+        };
+        assert_eq!(fixed.window(1), Duration::from_millis(250));
+    }
+
+    /// Records the instants at which `wake` moved, and to what, with `held` polls held.
+    async fn wakes_held(changes: &[(u64, u64)], pacing: Pacing, held: usize) -> Vec<(u64, u64)> {
         let start = Instant::now();
         let (known_tx, known_rx) = watch::channel(0u64);
         let (wake_tx, mut wake_rx) = watch::channel(0u64);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let pacer = tokio::spawn(pace(known_rx, wake_tx, window, stop_rx));
+        let held = Arc::new(AtomicUsize::new(held));
+        let pacer = tokio::spawn(pace(known_rx, wake_tx, pacing, held, stop_rx));
         let changes = changes.to_vec();
         let writer = tokio::spawn(async move {
             for (at_ms, seq) in changes {
@@ -459,6 +508,33 @@ mod tests {
         stop_tx.send_replace(true);
         pacer.await.unwrap();
         seen
+    }
+
+    /// [`wakes_held`] with a window of `window` whatever the polls held.
+    async fn wakes_for(changes: &[(u64, u64)], window: Duration) -> Vec<(u64, u64)> {
+        let pacing = Pacing {
+            longest: window,
+            answers_per_sec: 0,
+        };
+        wakes_held(changes, pacing, 1).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pace_window_follows_the_polls_held() {
+        let pacing = Pacing {
+            longest: Duration::from_millis(250),
+            answers_per_sec: 20_000,
+        };
+        let burst = [(0, 1), (10, 2), (20, 3), (30, 4)];
+        // One held poll: a window of 50 µs, every change wakes at once.
+        let seen = wakes_held(&burst, pacing, 1).await;
+        assert_eq!(seen, vec![(0, 1), (10, 2), (20, 3), (30, 4)]);
+        // 1 000 held polls: 50 ms.
+        let seen = wakes_held(&burst, pacing, 1_000).await;
+        assert_eq!(seen, vec![(0, 1), (50, 4)]);
+        // 10 000: capped at 250 ms.
+        let seen = wakes_held(&burst, pacing, 10_000).await;
+        assert_eq!(seen, vec![(0, 1), (250, 4)]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -883,6 +883,7 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
     let mut wake = app.subscribe_wake();
     let mut draining = app.draining();
     let _waiting = app.feed_waiter();
+    let mut woken = false;
     loop {
         let at = now();
         // Served from the replica's copy, which reads the store once per new seq however many
@@ -917,13 +918,17 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
             app.notify_seq(answer.seq);
             return Ok(json_bytes_response(StatusCode::OK, answer.body));
         }
+        if woken {
+            // Woken, yet nothing to say: insurance against a hot loop should the signal and
+            // the store ever disagree (not on the common path, where a wake has news).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         tokio::select! {
             () = async { let _ = wake.wait_for(|current| *current > since).await; } => {}
             () = tokio::time::sleep_until(deadline) => {}
             () = async { let _ = draining.wait_for(|d| *d).await; } => {}
         }
-        // Insurance against a hot loop should the signal and the store ever disagree.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        woken = true;
     }
 }
 
