@@ -272,19 +272,23 @@ pub async fn pace(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last = None;
+    // The polls held when the last wake went out: right after a wake most of them are in
+    // flight (answered, not yet back), and counting only those held would shrink the window.
+    let mut held_at_wake = 0;
     loop {
         let woken = *wake.borrow();
         tokio::select! {
             changed = known.wait_for(|seq| *seq > woken) => if changed.is_err() { return },
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
         }
-        let window = pacing.window(held.load(Ordering::Relaxed));
+        let window = pacing.window(held.load(Ordering::Relaxed).max(held_at_wake));
         let at = next_wake(last, Instant::now(), window);
         tokio::select! {
             () = tokio::time::sleep_until(at) => {}
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
         }
         let seq = *known.borrow();
+        held_at_wake = held.load(Ordering::Relaxed);
         wake.send_if_modified(|current| {
             let newer = seq > *current;
             if newer {
