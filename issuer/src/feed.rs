@@ -68,6 +68,18 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+impl Answer {
+    /// `page`, serialized.
+    pub fn of(page: &FeedResponse) -> Answer {
+        Answer {
+            seq: page.seq,
+            full: page.full,
+            has_entries: !page.entries.is_empty(),
+            body: Bytes::from(serde_json::to_vec(page).unwrap_or_default()),
+        }
+    }
+}
+
 /// How many recent bodies are kept: the polls woken together share one `since`; a few slower
 /// callers one or two behind.
 const BODIES: usize = 4;
@@ -195,13 +207,7 @@ impl FeedCache {
         if let Some((_, _, answer)) = bodies.iter().rev().find(|(k, _, _)| *k == key) {
             return Some(answer.clone());
         }
-        let page = Self::answer_from(&copy, since, now, limit);
-        let answer = Answer {
-            seq: page.seq,
-            full: page.full,
-            has_entries: !page.entries.is_empty(),
-            body: Bytes::from(serde_json::to_vec(&page).unwrap_or_default()),
-        };
+        let answer = Answer::of(&Self::answer_from(&copy, since, now, limit));
         if bodies.len() >= BODIES {
             bodies.remove(0);
         }

@@ -897,19 +897,10 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
             .answer_body(since, at, revocation::FEED_PAGE_ENTRIES)
         {
             Some(answer) => answer,
-            None => {
-                let page =
-                    revocation::read(app.store.as_ref(), since, at, revocation::FEED_PAGE_ENTRIES)
-                        .await?;
-                crate::feed::Answer {
-                    seq: page.seq,
-                    full: page.full,
-                    has_entries: !page.entries.is_empty(),
-                    body: serde_json::to_vec(&page)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?
-                        .into(),
-                }
-            }
+            None => crate::feed::Answer::of(
+                &revocation::read(app.store.as_ref(), since, at, revocation::FEED_PAGE_ENTRIES)
+                    .await?,
+            ),
         };
         // Answer when anything changed (even if the new entries already expired), when the
         // caller must start over, or when the wait is over.

@@ -163,6 +163,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (10_000, 1, 250),
                 (10_000, 10, 250),
                 (10_000, 100, 250),
+                // A longer cap: fewer answers, a longer wait for the wake.
+                (10_000, 100, 500),
                 // The unbounded baseline, in the same run.
                 (10_000, 100, 0),
             ],
