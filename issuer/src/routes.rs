@@ -415,6 +415,20 @@ fn set_cookies(response: &mut Resp, cookies: &[String]) {
     }
 }
 
+/// Delivers a session as the web login's cookies (see [`web::session_cookies`]).
+fn set_session_cookies(response: &mut Resp, tokens: &sessions::TokenResponse, secure: bool) {
+    set_cookies(
+        response,
+        &web::session_cookies(
+            &tokens.access_token,
+            tokens.expires_in,
+            &tokens.refresh_token,
+            tokens.refresh_expires_in,
+            secure,
+        ),
+    );
+}
+
 fn no_content() -> Resp {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -439,16 +453,7 @@ async fn cookie_refresh<B>(
     match result {
         Ok(tokens) => {
             let mut response = no_content();
-            set_cookies(
-                &mut response,
-                &web::session_cookies(
-                    &tokens.access_token,
-                    tokens.expires_in,
-                    &tokens.refresh_token,
-                    tokens.refresh_expires_in,
-                    secure,
-                ),
-            );
+            set_session_cookies(&mut response, &tokens, secure);
             Ok(response)
         }
         Err(err @ ApiError::AccessDenied(_)) => Err(err),
@@ -675,16 +680,7 @@ async fn web_callback<B>(app: &Arc<App>, req: &Request<B>) -> Result<Resp, ApiEr
     };
     let mut response = redirect(&pending.redirect_uri)?;
     let secure = app.config.cookie_secure;
-    set_cookies(
-        &mut response,
-        &web::session_cookies(
-            &tokens.access_token,
-            tokens.expires_in,
-            &tokens.refresh_token,
-            tokens.refresh_expires_in,
-            secure,
-        ),
-    );
+    set_session_cookies(&mut response, &tokens, secure);
     set_cookies(&mut response, &[web::state_cookie("", 0, secure)]);
     Ok(response)
 }
