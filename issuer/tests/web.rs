@@ -13,9 +13,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{payload, split, Issuer, Stack, APPID};
+use common::{payload, split, Stack, APPID};
 use serde_json::{json, Value};
-use weauth_tests::mock_wechat::{Fault, MockApp, MockConfig, MockWechat};
+use weauth_tests::mock_wechat::{Fault, MockApp, MockConfig};
 
 const BACK: &str = "https://h5.example.com/after-login";
 const WEB_BACK: &str = "https://www.example.com/";
@@ -42,39 +42,32 @@ fn apps_file() -> Value {
 /// The issuer with an apps file (mini-program, official account, website; all bound) and
 /// `extra` variables, with WeChat retries off so one injected fault is one answer.
 async fn start(extra: &[(&str, &str)]) -> Stack {
-    let mock = MockWechat::start(MockConfig {
+    let cfg = MockConfig {
         unionid: true,
         web_apps: vec![oa(), website()],
         ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dir = common::temp_dir("web");
-    let mut env = common::base_env(&mock, dir.path());
-    env.remove("WEAUTH_WECHAT_APPID");
-    env.remove("WEAUTH_WECHAT_SECRET");
-    let file = apps_file();
-    let path = dir.path().join("apps.json");
-    std::fs::write(&path, file.to_string()).unwrap();
-    env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
-    env.insert("WEAUTH_WECHAT_OPEN_BASE".into(), mock.base_url());
-    env.insert("WEAUTH_WECHAT_RETRIES".into(), "0".into());
-    for (k, v) in extra {
-        env.insert(k.to_string(), v.to_string());
-    }
-    let issuer = tokio::task::spawn_blocking(move || Issuer::start(&env))
-        .await
+    };
+    let mut stack = Stack::start_prepared(
+        cfg,
+        |mock, dir, env| {
+            env.remove("WEAUTH_WECHAT_APPID");
+            env.remove("WEAUTH_WECHAT_SECRET");
+            let path = dir.join("apps.json");
+            std::fs::write(&path, apps_file().to_string()).unwrap();
+            env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+            env.insert("WEAUTH_WECHAT_OPEN_BASE".into(), mock.base_url());
+            env.insert("WEAUTH_WECHAT_RETRIES".into(), "0".into());
+        },
+        extra,
+    )
+    .await;
+    // Redirects are what the tests look at: never follow them.
+    stack.http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
         .unwrap();
-    Stack {
-        mock,
-        issuer,
-        dir,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
-    }
+    stack
 }
 
 /// The `name=value` of each `Set-Cookie`, with its attributes.

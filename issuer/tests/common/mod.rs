@@ -174,9 +174,20 @@ impl Stack {
     }
 
     pub async fn start_with(cfg: MockConfig, extra: &[(&str, &str)]) -> Stack {
+        Stack::start_prepared(cfg, |_, _, _| {}, extra).await
+    }
+
+    /// [`Stack::start_with`], letting `prepare` change the base env (given the mock and the
+    /// temp dir, e.g. to write an apps file there) before `extra` is applied.
+    pub async fn start_prepared(
+        cfg: MockConfig,
+        prepare: impl FnOnce(&MockWechat, &Path, &mut HashMap<String, String>),
+        extra: &[(&str, &str)],
+    ) -> Stack {
         let mock = MockWechat::start(cfg).await.unwrap();
         let dir = temp_dir("it");
         let mut env = base_env(&mock, dir.path());
+        prepare(&mock, dir.path(), &mut env);
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
         }
