@@ -91,6 +91,7 @@ impl Metrics {
             "jwks_fetch_fail",
             "feed_fetch_ok",
             "feed_fetch_fail",
+            "feed_poll_floored",
             "revocation_stale_allowed",
         ];
         for name in counters {

@@ -169,6 +169,66 @@ impl Schedule {
     }
 }
 
+/// Poll period while the issuer's feed is at seq 0: `since=0` always answers at once with the
+/// full set, so there is nothing to long-poll on until the first revocation.
+pub const EMPTY_FEED_POLL_MS: u64 = 250;
+/// The least time between an answer that brought nothing new, early, and the next poll.
+pub const FEED_FLOOR_MS: u64 = 1_000;
+/// The floor's jitter: the wait is `FEED_FLOOR_MS` plus `0..FEED_FLOOR_JITTER_MS`, so the
+/// sidecars behind one misbehaving proxy do not poll in step.
+pub const FEED_FLOOR_JITTER_MS: u64 = 500;
+
+/// When to poll the feed again after a successful answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextPoll {
+    /// The answer brought news (a new seq: new entries, a new full set, or a page with more
+    /// to follow): poll again at once.
+    Now,
+    /// The issuer has never revoked anything (seq 0): re-ask after [`EMPTY_FEED_POLL_MS`].
+    Empty(u64),
+    /// The poll was held for the wait it asked for and nothing happened: poll again at once.
+    Held,
+    /// Nothing new, and answered before the requested wait was over (a proxy that does not
+    /// hold long polls, or a server that keeps answering `full` at the same seq): wait this
+    /// long first, so the filter never hot-loops on the feed (counted as `feed_poll_floored`).
+    Floor(u64),
+}
+
+impl NextPoll {
+    /// Milliseconds until the next poll.
+    pub fn delay_ms(self) -> u64 {
+        match self {
+            NextPoll::Now | NextPoll::Held => 0,
+            NextPoll::Empty(ms) | NextPoll::Floor(ms) => ms,
+        }
+    }
+}
+
+/// Decides when to poll the feed again after answer `seq` to a poll with `since` that was
+/// dispatched `elapsed_ms` ago asking to be held `wait_ms`. `entropy` is any per-VM varying
+/// number (it picks the jitter).
+///
+/// News is a change of seq: the issuer's answers carry the seq of their last entry (a page
+/// with more to follow ends below the current seq), so an answer with the caller's own seq has
+/// nothing the caller does not hold, even when it is a repeated `full` set.
+pub fn next_feed_poll(
+    since: u64,
+    seq: u64,
+    elapsed_ms: u64,
+    wait_ms: u64,
+    entropy: u64,
+) -> NextPoll {
+    if seq != since {
+        NextPoll::Now
+    } else if seq == 0 {
+        NextPoll::Empty(EMPTY_FEED_POLL_MS)
+    } else if elapsed_ms >= wait_ms {
+        NextPoll::Held
+    } else {
+        NextPoll::Floor(FEED_FLOOR_MS + entropy % FEED_FLOOR_JITTER_MS)
+    }
+}
+
 /// The fetcher lease kept in shared data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -259,6 +319,53 @@ pub fn decode_jwks_blob(bytes: &[u8]) -> Option<JwksBlob<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_feed_poll_news_polls_at_once() {
+        assert_eq!(next_feed_poll(5, 6, 3, 20_000, 7), NextPoll::Now);
+        // A new full set at another seq (after a purge, or the first since=0) is news too.
+        assert_eq!(next_feed_poll(0, 4, 3, 20_000, 7), NextPoll::Now);
+    }
+
+    #[test]
+    fn next_feed_poll_empty_issuer_polls_at_the_empty_period() {
+        assert_eq!(
+            next_feed_poll(0, 0, 2, 20_000, 7),
+            NextPoll::Empty(EMPTY_FEED_POLL_MS)
+        );
+    }
+
+    #[test]
+    fn next_feed_poll_held_for_the_wait_polls_at_once() {
+        assert_eq!(next_feed_poll(9, 9, 20_000, 20_000, 7), NextPoll::Held);
+        assert_eq!(NextPoll::Held.delay_ms(), 0);
+    }
+
+    #[test]
+    fn next_feed_poll_early_answer_without_news_waits_the_jittered_floor() {
+        for entropy in [0, 1, 499, 500, u64::MAX] {
+            let next = next_feed_poll(9, 9, 5, 20_000, entropy);
+            assert!(matches!(next, NextPoll::Floor(_)), "{next:?}");
+            let delay = next.delay_ms();
+            assert!(
+                (FEED_FLOOR_MS..FEED_FLOOR_MS + FEED_FLOOR_JITTER_MS).contains(&delay),
+                "{delay}"
+            );
+        }
+        assert_ne!(
+            next_feed_poll(9, 9, 5, 20_000, 1).delay_ms(),
+            next_feed_poll(9, 9, 5, 20_000, 2).delay_ms()
+        );
+    }
+
+    #[test]
+    fn next_feed_poll_repeated_full_set_at_the_same_seq_is_floored() {
+        // A server at seq 1 that answers every poll with its full set.
+        assert!(matches!(
+            next_feed_poll(1, 1, 0, 20_000, 3),
+            NextPoll::Floor(_)
+        ));
+    }
 
     fn schedule() -> Schedule {
         Schedule::new(1_000, 1_000, 30_000, 10_000)

@@ -25,7 +25,7 @@ use weauth_token::KeySet;
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
 use crate::host::{log, now_ms};
 use crate::metrics::Metrics;
-use crate::refresh::{self, CallOutcome, LeaseStep, Schedule};
+use crate::refresh::{self, CallOutcome, LeaseStep, NextPoll, Schedule};
 use crate::revocation::{Meta, Publication, RevocationSet};
 use crate::worker::{Keys, VmState, Worker};
 
@@ -37,8 +37,6 @@ const LEASE_MS: u64 = 2_000;
 const FEED_TIMEOUT_MARGIN_MS: u64 = 5_000;
 /// Largest response body read from the issuer.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// Poll period while the issuer's feed is at seq 0 (see `on_feed_response`).
-const EMPTY_FEED_POLL_MS: u64 = 250;
 /// How often the elected VM drops expired revocation entries.
 const PRUNE_EVERY_MS: u64 = 10_000;
 
@@ -411,17 +409,36 @@ impl Root {
         let outcome = match parsed {
             Ok(response) => {
                 worker.metrics.count("feed_fetch_ok");
+                // What the answered poll asked with, before the answer moves it.
+                let since = self.feed_since(worker);
+                let elapsed_ms = self
+                    .feed_schedule
+                    .as_ref()
+                    .and_then(Schedule::last_started_ms)
+                    .map_or(0, |started| now_ms.saturating_sub(started));
                 self.full_pending = false;
                 self.apply_feed(worker, &response, now_ms);
-                // `since=0` always answers at once with the full set, so while the issuer's seq
-                // is still 0 (nothing ever revoked) there is nothing to long-poll on: re-ask
-                // every EMPTY_FEED_POLL_MS instead of spinning on every tick.
+                let next = refresh::next_feed_poll(
+                    since,
+                    response.seq,
+                    elapsed_ms,
+                    feed.wait_seconds.saturating_mul(1000),
+                    self.vm_id
+                        .wrapping_add(now_ms.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                );
+                if let NextPoll::Floor(ms) = next {
+                    worker.metrics.count("feed_poll_floored");
+                    self.log(
+                        LogLevel::Debug,
+                        &format!(
+                            "revocation feed answered without news after {elapsed_ms} ms \
+                             (asked to hold {} s): next poll in {ms} ms",
+                            feed.wait_seconds
+                        ),
+                    );
+                }
                 CallOutcome::Ok {
-                    next_in_ms: if response.seq == 0 {
-                        EMPTY_FEED_POLL_MS
-                    } else {
-                        0
-                    },
+                    next_in_ms: next.delay_ms(),
                 }
             }
             Err(reason) => {

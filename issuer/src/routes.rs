@@ -884,9 +884,12 @@ async fn feed<B>(app: &Arc<App>, req: Request<B>) -> Result<Resp, ApiError> {
         let at = now();
         // Served from the replica's copy, which reads the store once per new seq however many
         // polls are waiting, and serializes once per `since` the woken polls share.
-        // A `since` ahead of the copy may come from another replica that is ahead: catch up
-        // to it before calling it "from the future".
-        let known = (*wake.borrow()).max(since);
+        // The copy is caught up to every seq this replica knows of (its own acknowledged
+        // revocations, and those other replicas announced), not to the paced wake: pacing
+        // delays waking held polls, never what a caller who asks is told (issue 19). A `since`
+        // ahead of that may come from another replica that is ahead: catch up to it before
+        // calling it "from the future".
+        let known = app.known_seq().max(since);
         app.feed.catch_up(app.store.as_ref(), known, at).await?;
         let answer = match app
             .feed

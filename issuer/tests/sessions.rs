@@ -483,3 +483,65 @@ async fn expired_revocations_purged_and_old_since_starts_over() {
         .await;
     assert_eq!(entry["seq"].as_u64().unwrap(), seqs[1] + 1, "never reused");
 }
+
+/// Issue 19: revoke, then read the feed at once, many times. The feed's long-poll wakes are
+/// paced, but a read after an acknowledged revocation on the same replica must see it: the
+/// answer's `seq` is at least the revocation's and its entry is there. A poll held by another
+/// caller keeps the pacing window open, as in production.
+async fn revoke_then_read_at_once_sees_the_revocation(stack: &Stack) {
+    let held_url = stack.url("/v1/revocations?since=0&wait=0");
+    let held_seq = stack
+        .http
+        .get(held_url)
+        .bearer_auth(FEED)
+        .send()
+        .await
+        .unwrap();
+    let held_seq = held_seq.json::<serde_json::Value>().await.unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let http = stack.http.clone();
+    let hold = stack.url(&format!("/v1/revocations?since={held_seq}&wait=30"));
+    let holder = tokio::spawn(async move {
+        let _ = http.get(hold).bearer_auth(FEED).send().await;
+    });
+    for round in 0..40 {
+        let sid = format!("read-after-write-{round}");
+        let (status, entry, _) = stack
+            .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sid": sid })))
+            .await;
+        assert_eq!(status, 200, "round {round}: {entry}");
+        let acked = entry["seq"].as_u64().unwrap();
+        let feed = stack.feed(0, 0).await;
+        assert!(
+            feed["seq"].as_u64().unwrap() >= acked,
+            "round {round}: revocation seq {acked} acknowledged, the feed answered {feed}"
+        );
+        let entries = feed["entries"].as_array().unwrap();
+        assert!(
+            entries.iter().any(|e| e["value"] == sid.as_str()),
+            "round {round}: the feed lacks the acknowledged revocation {acked}: {feed}"
+        );
+    }
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_read_after_revoke_sees_it_on_sqlite() {
+    let stack = Stack::start(&[]).await;
+    revoke_then_read_at_once_sees_the_revocation(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_read_after_revoke_sees_it_on_redis() {
+    let redis = weauth_tests::redis::RedisServer::start().await.unwrap();
+    let url = redis.url(0);
+    // Any 32 bytes, base64: a Redis store requires a data key shared by the replicas.
+    let data_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let stack = Stack::start(&[
+        ("WEAUTH_STORE", url.as_str()),
+        ("WEAUTH_DATA_KEY", data_key),
+    ])
+    .await;
+    revoke_then_read_at_once_sees_the_revocation(&stack).await;
+}

@@ -29,6 +29,11 @@ pub const DEMO_PATH: &str = "/demo/";
 /// and logout).
 pub const DEMO_PAGE: &str = include_str!("demo/index.html");
 
+/// A revocation feed that never holds a poll: every request gets the same full set at seq 1
+/// at once, as a proxy that does not hold long polls, or a server stuck answering `full`,
+/// would. The filter's hot-loop test points its feed here (issue 19).
+pub const INSTANT_FEED_PATH: &str = "/__weauth_test/instant-feed";
+
 /// The path the harness's readiness probe calls; not counted in [`Upstream::requests`].
 pub const PROBE_PATH: &str = "/api/__weauth_ready";
 
@@ -36,6 +41,7 @@ pub const PROBE_PATH: &str = "/api/__weauth_ready";
 pub struct Upstream {
     server: ServerHandle,
     requests: Arc<AtomicU64>,
+    feed_polls: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -48,15 +54,31 @@ impl Upstream {
     pub async fn start_with(listen: Option<SocketAddr>, normalizes: bool) -> io::Result<Upstream> {
         let listen = listen.unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let requests = Arc::new(AtomicU64::new(0));
-        let counter = requests.clone();
+        let feed_polls = Arc::new(AtomicU64::new(0));
+        let (counter, polls) = (requests.clone(), feed_polls.clone());
         let server = ServerHandle::start(listen, move |req: Request| {
-            if req.uri().path() != PROBE_PATH {
-                counter.fetch_add(1, Ordering::Relaxed);
+            match req.uri().path() {
+                PROBE_PATH => {}
+                INSTANT_FEED_PATH => {
+                    polls.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
             }
             async move { echo(req, normalizes) }
         })
         .await?;
-        Ok(Upstream { server, requests })
+        Ok(Upstream {
+            server,
+            requests,
+            feed_polls,
+        })
+    }
+
+    /// How many polls reached [`INSTANT_FEED_PATH`] (not counted in [`Upstream::requests`]).
+    pub fn feed_polls(&self) -> u64 {
+        self.feed_polls.load(Ordering::Relaxed)
     }
 
     /// How many requests reached the upstream (tests assert a refused request never did),
@@ -107,6 +129,15 @@ pub fn echo_value(
 fn echo(req: Request, normalizes: bool) -> Response {
     if req.method() == hyper::Method::GET && req.uri().path() == DEMO_PATH {
         return serve::respond(200, "text/html; charset=utf-8", DEMO_PAGE);
+    }
+    if req.uri().path() == INSTANT_FEED_PATH {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        return serve::json(
+            200,
+            &json!({"seq": 1, "full": true, "now": now, "entries": []}),
+        );
     }
     let mut v = echo_value(
         req.method().as_str(),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use weauth_tests::harness::{peek_claims, peek_header, Binaries, Stack, StackBuilder};
+use weauth_tests::upstream::INSTANT_FEED_PATH;
 
 /// The revocation deadline the tests enforce (design target: well under 1 s).
 const REVOKE_DEADLINE: Duration = Duration::from_secs(2);
@@ -449,4 +450,39 @@ async fn feed_credential_env_missing_filter_refuses_its_configuration() {
         err.contains("environment variable `WEAUTH_FEED_TOKEN` is not set"),
         "the refusal does not name the variable: {err}"
     );
+}
+
+#[tokio::test]
+async fn feed_answering_at_once_without_news_is_not_polled_in_a_hot_loop() {
+    // Issue 19: the feed is a server that answers every poll at once with the same full set
+    // at seq 1 (as a proxy that does not hold long polls would). After the first answer, each
+    // early answer without news is followed by the floor (1 s plus up to 0.5 s of jitter), not
+    // by another poll at once.
+    let stack = start(Stack::builder().plugin_config_patch(
+        json!({"revocation": {"cluster": "demo_upstream", "authority": "upstream", "path": INSTANT_FEED_PATH}}),
+    ))
+    .await;
+    let first_polls = stack.upstream.feed_polls();
+    let window = Instant::now();
+    // Waits (deadline 20 s) until the floor was applied three times.
+    let deadline = Duration::from_secs(20);
+    while stat(&stack, "wasmcustom.weauth.feed_poll_floored").await < 3 {
+        assert!(
+            window.elapsed() < deadline,
+            "feed_poll_floored stayed below 3 for {deadline:?} ({} polls)",
+            stack.upstream.feed_polls() - first_polls
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = window.elapsed();
+    let polls = stack.upstream.feed_polls() - first_polls;
+    // At most one poll per floor (1 s) in the window, plus the one in flight at each end.
+    let bound = elapsed.as_secs() + 2;
+    assert!(
+        polls <= bound,
+        "{polls} feed polls in {elapsed:?} against a feed that answers at once (bound {bound})"
+    );
+    assert!(stat(&stack, "wasmcustom.weauth.feed_fetch_ok").await >= 3);
+    assert_eq!(stat(&stack, "wasmcustom.weauth.feed_fetch_fail").await, 0);
+    stack.shutdown().await;
 }
