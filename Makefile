@@ -24,7 +24,7 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup browser-setup build wasm up down test lint fmt-check clippy unit client client-test bench fuzz soak \
+.PHONY: help setup browser-setup build wasm up down test check lint fmt-check clippy unit client client-test bench fuzz soak \
         api-tools manifests image image-check
 
 # Debian packages are installed only when missing, with sudo -n when not root.
@@ -146,6 +146,11 @@ lint: fmt-check clippy ## formatting and lints
 
 unit: ## unit tests of the pure crates (no processes started)
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-filter
+
+check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's unit tests and the in-process tests (no Envoy; the store contract runs on a real redis-server)
+	$(CARGO) test $(CARGO_LOCKED) --workspace --lib --bins
+	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-wxdata -p weauth-filter --tests
+	$(CARGO) test $(CARGO_LOCKED) -p weauth-issuer --test router
 
 test: lint build browser-setup api-tools manifests image-check ## every check and test: fmt, clippy (host+wasm), manifests, images, unit, integration, end-to-end, browser
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast

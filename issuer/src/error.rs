@@ -303,7 +303,8 @@ impl From<TokenError> for ApiError {
 pub fn phone_error(err: WechatError) -> ApiError {
     match err {
         WechatError::InvalidCode { .. } => ApiError::InvalidGrant(
-            "the phone-number code is invalid, expired or already used; call getPhoneNumber again"
+            "the phone-number code is invalid, expired, already used or was not issued to this \
+             user; call getPhoneNumber again"
                 .into(),
         ),
         other => other.into(),

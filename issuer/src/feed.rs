@@ -18,8 +18,9 @@
 //! replica sends at most about `WEAUTH_FEED_ANSWER_RATE` answers per second whatever the
 //! revocation rate (more only when the cap cuts the window short), a few held polls are
 //! answered at once (a window of microseconds), and a revocation waits at most
-//! `WEAUTH_FEED_COALESCE` for its wake. A request whose `since` is behind the copy is still
-//! answered at once: pacing delays wakes, never what a caller has not been told.
+//! `WEAUTH_FEED_COALESCE` for its wake. A request whose `since` is behind the seq this replica
+//! knows of is still answered at once, from a copy caught up to that seq: pacing delays wakes,
+//! never what a caller has not been told (a read after an acknowledged revocation sees it).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

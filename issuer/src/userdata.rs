@@ -210,7 +210,7 @@ async fn phone_inner(app: &Arc<App>, claims: &Claims, code: &str) -> Result<Phon
     require_miniprogram(app, claims, "/v1/me/phone")?;
     let wechat = app.wechat_for(&claims.appid)?;
     let info = access_token::call_for(app, &claims.appid, |token| async move {
-        wechat.phone_number(&token, code).await
+        wechat.phone_number(&token, code, &claims.openid).await
     })
     .await
     .map_err(|err| match err {

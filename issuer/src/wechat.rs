@@ -330,14 +330,17 @@ pub trait Wechat: Send + Sync {
         })
     }
 
-    /// `POST wxa/business/getuserphonenumber` with a `getPhoneNumber` code.
-    /// The default implementation (for test doubles) answers [`WechatError::Transport`].
+    /// `POST wxa/business/getuserphonenumber` with a `getPhoneNumber` code and the caller's
+    /// `openid`, which binds the code to the caller: WeChat refuses a code obtained by
+    /// another user (as an invalid code, 40029). The default implementation (for test
+    /// doubles) answers [`WechatError::Transport`].
     fn phone_number<'a>(
         &'a self,
         access_token: &'a str,
         code: &'a str,
+        openid: &'a str,
     ) -> BoxFuture<'a, Result<PhoneInfo, WechatError>> {
-        let _ = (access_token, code);
+        let _ = (access_token, code, openid);
         Box::pin(async {
             Err(WechatError::Transport(
                 "phone_number not implemented".into(),
@@ -546,9 +549,10 @@ impl Wechat for HttpWechat {
         &'a self,
         access_token: &'a str,
         code: &'a str,
+        openid: &'a str,
     ) -> BoxFuture<'a, Result<PhoneInfo, WechatError>> {
         Box::pin(async move {
-            let body = serde_json::json!({ "code": code });
+            let body = serde_json::json!({ "code": code, "openid": openid });
             self.with_retry("getuserphonenumber", || async {
                 let (status, bytes) = self
                     .post_json(

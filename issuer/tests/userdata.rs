@@ -353,6 +353,29 @@ async fn phone_stored_sealed_and_shown_by_me_code_reuse_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_code_of_another_user_refused_nothing_stored() {
+    // The issuer sends the caller's openid with the code, so WeChat refuses a phone code
+    // obtained by someone else (WxJava#4076): mallory cannot attach grace's number.
+    let stack = Stack::start(&[]).await;
+    let mallory = token(&stack.login("mallory").await);
+    let code = stack.mock.phone_code("grace", "13800138000");
+    let (status, body) = phone(&stack, None, &mallory, &code).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not issued to this user"),
+        "{body}"
+    );
+    let (status, me, _) = stack.get("/v1/me", Some(&mallory)).await;
+    assert_eq!(status, 200);
+    assert!(me.get("phone").is_none_or(Value::is_null), "{me}");
+    assert_eq!(stack.count("users WHERE phone IS NOT NULL"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_40001_on_cached_token_invalidated_refetched_retried_once() {
     let stack = Stack::start(&[]).await;
     let token = token(&stack.login("heidi").await);

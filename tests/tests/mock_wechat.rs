@@ -269,6 +269,44 @@ async fn getuserphonenumber_single_use_with_watermark() {
 }
 
 #[tokio::test]
+async fn getuserphonenumber_with_openid_checks_the_code_belongs_to_it() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let token = stable_token(&mock, &client, false).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!(
+        "{}/wxa/business/getuserphonenumber?access_token={token}",
+        mock.base_url()
+    );
+    let ask = |code: String, openid: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let v: Value = client
+                .post(url)
+                .json(&json!({"code": code, "openid": openid}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    // alice's code with alice's openid: her number.
+    let v = ask(
+        mock.phone_code("alice", "13800138000"),
+        mock.openid("alice"),
+    )
+    .await;
+    assert_eq!(v["phone_info"]["purePhoneNumber"], "13800138000", "{v}");
+    // alice's code presented with bob's openid: refused as an invalid code.
+    let v = ask(mock.phone_code("alice", "13800138000"), mock.openid("bob")).await;
+    assert_errcode(&v, 40029);
+}
+
+#[tokio::test]
 async fn checksession_good_signature_ok_bad_87009() {
     let (mock, client) = start(MockConfig::default()).await;
     let token = stable_token(&mock, &client, false).await["access_token"]

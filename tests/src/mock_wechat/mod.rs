@@ -14,9 +14,10 @@
 //!   same kind, which keeps working for [`MockConfig::token_overlap`] and then gets 40001;
 //!   `stable_token` without `force_refresh` returns the current stable token (the same one to
 //!   every caller) until its last 5 minutes, when it hands out a new one, like WeChat.
-//! - `POST /wxa/business/getuserphonenumber?access_token` `{"code"}` [`getuserphonenumber`] →
-//!   `{"errcode":0,"errmsg":"ok","phone_info":{…,"watermark":{"timestamp","appid"}}}`; phone
-//!   codes are single-use and live 5 minutes (40029 otherwise).
+//! - `POST /wxa/business/getuserphonenumber?access_token` `{"code"[,"openid"]}`
+//!   [`getuserphonenumber`] → `{"errcode":0,"errmsg":"ok","phone_info":{…,"watermark":
+//!   {"timestamp","appid"}}}`; phone codes are single-use and live 5 minutes (40029
+//!   otherwise); with `openid`, a code issued to another user is refused with 40029 too.
 //! - `GET /wxa/checksession?access_token&openid&signature&sig_method=hmac_sha256`
 //!   [`checksession`]: signature = hex(HMAC-SHA256(key = session_key text, "")); 87009 when
 //!   it does not match the user's current session_key.
@@ -312,6 +313,8 @@ impl MockWechat {
 struct PhoneGrant {
     phone: String,
     country: String,
+    /// The openid (in this app) of the user the code was issued to.
+    openid: String,
 }
 
 struct Inner {
@@ -393,7 +396,7 @@ impl Shared {
     }
 
     fn phone_code(&self, name: &str, phone: &str, country: &str) -> String {
-        let _ = name; // a phone code is tied to the app, not checked against the caller
+        let openid = state::openid_for(&self.cfg.appid, name);
         let code = state::new_code(&mut rand::thread_rng());
         let mut inner = self.lock();
         let now = Self::now_ms(&inner);
@@ -402,6 +405,7 @@ impl Shared {
             PhoneGrant {
                 phone: phone.to_string(),
                 country: country.to_string(),
+                openid,
             },
             now,
         );
@@ -889,6 +893,13 @@ impl Shared {
         let Ok(grant) = grant else {
             return self.error(R, 40029, "invalid code");
         };
+        // The optional `openid` binds the code to the caller: WeChat checks the binding and
+        // refuses a code issued to another user as an invalid code (the code is spent).
+        if let Some(openid) = req.get("openid") {
+            if openid.as_str() != Some(grant.openid.as_str()) {
+                return self.error(R, 40029, "invalid code, the code does not belong to openid");
+            }
+        }
         let phone_number = if grant.country == "86" {
             grant.phone.clone()
         } else {
