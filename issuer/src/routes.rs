@@ -207,6 +207,7 @@ where
                 iv: &body.iv,
                 raw_data: body.raw_data.as_deref(),
                 signature: body.signature.as_deref(),
+                verify_with_wechat: body.verify_with_wechat,
             };
             let decrypted = userdata::decrypt(app, &claims, input).await?;
             Ok(json_response(StatusCode::OK, &to_value(&decrypted)?))
@@ -696,6 +697,9 @@ struct DecryptRequest {
     raw_data: Option<String>,
     #[serde(default)]
     signature: Option<String>,
+    /// Ask WeChat (`checkencryptedmsg`) whether it generated `encryptedData` recently.
+    #[serde(default)]
+    verify_with_wechat: bool,
     /// The other members of WeChat's `e.detail` (`getUserProfile`, `getPhoneNumber`), which
     /// mini-programs commonly post whole: accepted and ignored, so only real typos are refused.
     #[serde(rename = "cloudID", default)]

@@ -12,6 +12,13 @@
 //!   off) limits the watermark's age. `rawData` + `signature`, when given (both or neither),
 //!   are checked after decryption: a mismatch is 400 `invalid_signature`.
 //!   The answer is `{"data": <decrypted object, watermark included>, "raw_data_verified": bool}`.
+//!   With `"verify_with_wechat": true`, after a successful decryption the issuer also asks
+//!   WeChat's `checkencryptedmsg` (app access token, hex(SHA-256(encryptedData text))) whether
+//!   WeChat generated that data within the last 3 days, and the answer gains
+//!   `"wechat_check": {"valid": bool[, "create_time": unix seconds]}`. WeChat's "no such
+//!   data" (errcode 1: forged, replayed from elsewhere, or older than 3 days) is
+//!   `valid: false`, not an error; WeChat failing is the usual 502/503 (no partial answer).
+//!   WeChat documents the check for phone-number data only.
 //! - Phone: `{code}` → WeChat `getuserphonenumber` with the shared app access token
 //!   ([`crate::access_token::call`]); the number is stored on the user row SEALED with the data
 //!   key (AES-256-GCM, AAD `phone:<sub>`, base64 in the `phone` column), like the session_key,
@@ -36,6 +43,7 @@ use crate::access_token::{self, CallError};
 use crate::app::{now, App};
 use crate::error::{phone_error, ApiError};
 use crate::sessions;
+use crate::wechat::{encrypted_msg_hash, EncryptedCheck};
 
 /// The user data a mini-program posts to `/v1/me/decrypt`.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +52,8 @@ pub struct DecryptInput<'a> {
     pub iv: &'a str,
     pub raw_data: Option<&'a str>,
     pub signature: Option<&'a str>,
+    /// Also ask WeChat whether it generated the data ([`Decrypted::wechat_check`]).
+    pub verify_with_wechat: bool,
 }
 
 /// The answer of `/v1/me/decrypt`.
@@ -53,6 +63,9 @@ pub struct Decrypted {
     pub data: serde_json::Value,
     /// Whether `rawData` + `signature` were given and matched.
     pub raw_data_verified: bool,
+    /// WeChat's verdict on the data, when asked (`verify_with_wechat`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wechat_check: Option<EncryptedCheck>,
 }
 
 /// Decrypts the caller's encrypted data with its session's session_key.
@@ -120,9 +133,27 @@ async fn decrypt_inner(
             });
         }
     }
+    let wechat_check = if input.verify_with_wechat {
+        let hash = encrypted_msg_hash(input.encrypted_data);
+        let wechat = app.wechat_for(&claims.appid)?;
+        let hash = hash.as_str();
+        Some(
+            access_token::call_for(app, &claims.appid, |token| async move {
+                wechat.check_encrypted_data(&token, hash).await
+            })
+            .await
+            .map_err(|err| match err {
+                CallError::Token(token) => ApiError::from(token),
+                CallError::Api(api) => ApiError::from(api),
+            })?,
+        )
+    } else {
+        None
+    };
     Ok(Decrypted {
         data,
         raw_data_verified: raw.is_some(),
+        wechat_check,
     })
 }
 

@@ -73,6 +73,42 @@ async fn decrypt_fresh_data_returns_object_with_watermark() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_verify_with_wechat_genuine_then_too_old() {
+    let stack = Stack::start(&[]).await;
+    let data = json!({"phoneNumber": "13800138000"});
+    let (token, encrypted, iv) = login_and_encrypt(&stack, "walt", data).await;
+    // Not asked: no WeChat call, no verdict in the answer.
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": iv}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("wechat_check").is_none(), "{body}");
+    assert_eq!(stack.mock.calls("checkencryptedmsg"), 0);
+    // Asked: WeChat generated it just now.
+    let ask = json!({"encryptedData": encrypted, "iv": iv, "verify_with_wechat": true});
+    let (status, body) = decrypt(&stack, &token, ask.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["wechat_check"]["valid"], true, "{body}");
+    assert!(
+        body["wechat_check"]["create_time"].as_i64().unwrap() > 0,
+        "{body}"
+    );
+    assert_eq!(body["data"]["phoneNumber"], "13800138000");
+    assert_eq!(stack.mock.calls("checkencryptedmsg"), 1);
+    // Three days and a minute later WeChat no longer vouches for it: valid false, not an error.
+    stack
+        .mock
+        .advance_clock(Duration::from_secs(3 * 86_400 + 60));
+    let (status, body) = decrypt(&stack, &token, ask).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["wechat_check"], json!({"valid": false}), "{body}");
+    assert!(!stack.issuer.log_text().contains(&encrypted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decrypt_whole_wechat_detail_accepted_typo_refused() {
     // Mini-programs often post getUserProfile's `e.detail` as it is.
     let stack = Stack::start(&[]).await;

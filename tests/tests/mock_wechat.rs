@@ -923,3 +923,50 @@ async fn mock_oauth_code_control_route() {
     assert_eq!(answer["openid"], v["openid"]);
     assert_eq!(answer["unionid"], mock.unionid("erin"));
 }
+
+#[tokio::test]
+async fn checkencryptedmsg_vouches_for_what_it_generated_for_3_days() {
+    let (mock, client) = start(MockConfig::default()).await;
+    let token = stable_token(&mock, &client, false).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let check = |token: String, body: Value| {
+        let client = client.clone();
+        let url = format!(
+            "{}/wxa/business/checkencryptedmsg?access_token={token}",
+            mock.base_url()
+        );
+        async move {
+            let v: Value = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let (encrypted, _iv) = mock.encrypt("alice", json!({"phoneNumber": "13800138000"}));
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(encrypted.as_bytes()));
+    let v = check(token.clone(), json!({"encrypted_msg_hash": hash})).await;
+    assert_eq!(v["errcode"], 0, "{v}");
+    assert_eq!(v["vaild"], true, "WeChat's spelling: {v}");
+    assert!(v["create_time"].as_u64().unwrap() > 0);
+    // Not generated here, malformed, missing.
+    let other = json!({"encrypted_msg_hash": "ab".repeat(32)});
+    assert_errcode(&check(token.clone(), other).await, 1);
+    let malformed = json!({"encrypted_msg_hash": "xyz"});
+    assert_errcode(&check(token.clone(), malformed).await, 40097);
+    assert_errcode(&check(token, json!({})).await, 44002);
+    // Older than 3 days: no longer vouched for (with a token fetched after the jump).
+    mock.advance_clock(Duration::from_secs(3 * 86_400 + 1));
+    let token = stable_token(&mock, &client, false).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_errcode(&check(token, json!({"encrypted_msg_hash": hash})).await, 1);
+}

@@ -72,6 +72,8 @@ export interface EncryptedDetail {
   rawData?: string;
   signature?: string;
   errMsg?: string;
+  /** Also ask WeChat (checkencryptedmsg) whether it generated the data in the last 3 days. */
+  verify_with_wechat?: boolean;
 }
 
 /** The issuer's answer to `POST /v1/me/phone`. */
@@ -85,6 +87,8 @@ export interface PhoneNumber {
 export interface Decrypted<T = Record<string, unknown>> {
   data: T;
   raw_data_verified: boolean;
+  /** WeChat's verdict, present when `verify_with_wechat` was set. */
+  wechat_check?: { valid: boolean; create_time?: number };
 }
 
 /** What {@link createClient} returns. */

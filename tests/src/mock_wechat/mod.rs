@@ -18,6 +18,11 @@
 //!   [`getuserphonenumber`] → `{"errcode":0,"errmsg":"ok","phone_info":{…,"watermark":
 //!   {"timestamp","appid"}}}`; phone codes are single-use and live 5 minutes (40029
 //!   otherwise); with `openid`, a code issued to another user is refused with 40029 too.
+//! - `POST /wxa/business/checkencryptedmsg?access_token` `{"encrypted_msg_hash"}`
+//!   [`checkencryptedmsg`]: hex(SHA-256(encryptedData text)) of data the mock generated
+//!   ([`MockWechat::encrypt`], `/mock/encrypt`) within 3 days → `{"errcode":0,"errmsg":"ok",
+//!   "vaild":true,"create_time"}` (WeChat's spelling); anything else errcode 1 ("data not
+//!   exist"); 44002 for a missing or empty hash, 40097 for one that is not 64 hex digits.
 //! - `GET /wxa/checksession?access_token&openid&signature&sig_method=hmac_sha256`
 //!   [`checksession`]: signature = hex(HMAC-SHA256(key = session_key text, "")); 87009 when
 //!   it does not match the user's current session_key.
@@ -309,6 +314,9 @@ impl MockWechat {
     }
 }
 
+/// How long WeChat can vouch for encrypted data it generated (`checkencryptedmsg`): 3 days.
+const ENCRYPTED_KEPT_S: u64 = 3 * 86_400;
+
 #[derive(Clone)]
 struct PhoneGrant {
     phone: String,
@@ -325,6 +333,9 @@ struct Inner {
     /// code → (openid, session_key issued with the code).
     login_codes: CodeStore<(String, String)>,
     phone_codes: CodeStore<PhoneGrant>,
+    /// hex(SHA-256(encryptedData)) → when the mock generated it (unix seconds), for
+    /// `checkencryptedmsg`.
+    encrypted: HashMap<String, u64>,
     /// Web OAuth2 codes (`connect/*` approvals).
     oauth_codes: CodeStore<OauthGrant>,
     user_tokens: UserTokens,
@@ -356,6 +367,7 @@ impl Shared {
                 session_keys: HashMap::new(),
                 login_codes: CodeStore::new(CODE_TTL_MS),
                 phone_codes: CodeStore::new(CODE_TTL_MS),
+                encrypted: HashMap::new(),
                 oauth_codes: CodeStore::new(CODE_TTL_MS),
                 user_tokens: UserTokens::default(),
                 tokens: TokenStore::new(overlap),
@@ -434,6 +446,11 @@ impl Shared {
         // The key was made by new_session_key, so it is always 16 bytes of base64.
         let (encrypted_data, iv) = state::encrypt_user_data(&key, iv, &self.cfg.appid, now_s, data)
             .unwrap_or_else(|e| unreachable!("mock session_key is well-formed: {e}"));
+        // Remembered for checkencryptedmsg, by hex(SHA-256(the base64 text)).
+        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            encrypted_data.as_bytes(),
+        ));
+        self.lock().encrypted.insert(hash, now_s);
         Encrypted {
             encrypted_data,
             iv,
@@ -451,6 +468,7 @@ impl Shared {
             inner.session_keys.clear();
             inner.login_codes = CodeStore::new(CODE_TTL_MS);
             inner.phone_codes = CodeStore::new(CODE_TTL_MS);
+            inner.encrypted.clear();
             inner.oauth_codes = CodeStore::new(CODE_TTL_MS);
             inner.user_tokens = UserTokens::default();
             inner.tokens = TokenStore::new(self.cfg.token_overlap);
@@ -520,6 +538,7 @@ impl Shared {
             "stable_token" => self.stable_token(body),
             "token" => self.token(q),
             "getuserphonenumber" => self.getuserphonenumber(q, body),
+            "checkencryptedmsg" => self.checkencryptedmsg(q, body),
             "oauth2_authorize" => self.authorize_page(false, q, cookies),
             "qrconnect" => self.authorize_page(true, q, cookies),
             "oauth2_access_token" => self.oauth2_access_token(q),
@@ -920,6 +939,35 @@ impl Shared {
         )
     }
 
+    fn checkencryptedmsg(&self, q: &[(String, String)], body: &[u8]) -> Response {
+        const R: &str = "checkencryptedmsg";
+        if let Some(e) = self.check_token(R, param(q, "access_token")) {
+            return e;
+        }
+        let Ok(req) = serde_json::from_slice::<Value>(body) else {
+            return self.error(R, 47001, "data format error");
+        };
+        let hash = match req.get("encrypted_msg_hash").and_then(Value::as_str) {
+            None | Some("") => return self.error(R, 44002, "empty post data"),
+            Some(hash) => hash.to_ascii_lowercase(),
+        };
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return self.error(R, 40097, "invalid args");
+        }
+        let inner = self.lock();
+        let now_s = Self::now_ms(&inner) / 1000;
+        let created = inner.encrypted.get(&hash).copied();
+        drop(inner);
+        // WeChat keeps what it generated for 3 days; anything else is "data not exist".
+        match created {
+            Some(created) if now_s.saturating_sub(created) <= ENCRYPTED_KEPT_S => self.ok(
+                R,
+                json!({"errcode": 0, "errmsg": "ok", "vaild": true, "create_time": created}),
+            ),
+            _ => self.error(R, 1, "data not exist"),
+        }
+    }
+
     fn checksession(&self, q: &[(String, String)]) -> Response {
         const R: &str = "checksession";
         if let Some(e) = self.check_token(R, param(q, "access_token")) {
@@ -1024,6 +1072,7 @@ fn route_of(method: &hyper::Method, path: &str) -> Option<&'static str> {
         ("POST", "/cgi-bin/stable_token") => Some("stable_token"),
         ("GET", "/cgi-bin/token") => Some("token"),
         ("POST", "/wxa/business/getuserphonenumber") => Some("getuserphonenumber"),
+        ("POST", "/wxa/business/checkencryptedmsg") => Some("checkencryptedmsg"),
         ("GET", "/wxa/checksession") => Some("checksession"),
         ("GET", "/connect/oauth2/authorize") => Some("oauth2_authorize"),
         ("GET", "/connect/qrconnect") => Some("qrconnect"),
