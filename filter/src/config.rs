@@ -1067,8 +1067,12 @@ mod tests {
                             {"cookie": "weauth_at"}, {"query": "access_token"}],
           "claim_to_headers": [{"claim": "sub", "header": "x-weauth-sub"},
                                {"claim": "openid", "header": "x-weauth-openid"}],
-          "forward_authorization": true,
-          "rules": [{"prefix": "/api/", "require": "required", "scopes": []},
+          "identity_header_prefix": "x-weauth-",
+          "forward_authorization": false,
+          "csrf_allowed_origins": ["https://h5.example.com"],
+          "rules": [{"prefix": "/api/hooks/", "require": "required", "csrf": false},
+                    {"prefix": "/api/", "require": "required", "scopes": []},
+                    {"prefix": "/v1/", "require": "required", "forward_authorization": true},
                     {"exact": "/v1/login", "require": "none"}],
           "default_require": "required",
           "clock_skew_seconds": 60,
@@ -1082,11 +1086,16 @@ mod tests {
         };
         assert_eq!(remote.cluster, "weauth_issuer");
         assert_eq!(remote.authority, "issuer");
-        let revocation = config.revocation.unwrap();
+        let revocation = config.revocation.clone().unwrap();
         assert_eq!(revocation.wait_seconds, 20);
         assert_eq!(revocation.stale_mode, StaleMode::Deny);
         assert_eq!(config.token_sources.len(), 3);
-        assert_eq!(config.rules.len(), 2);
+        assert_eq!(config.rules.len(), 4);
+        assert_eq!(config.csrf_allowed_origins, ["https://h5.example.com"]);
+        assert!(config.edge_for("/v1/me").forward_authorization);
+        assert!(!config.edge_for("/api/x").forward_authorization);
+        // The hook rule's `csrf: false` is said at load.
+        assert_eq!(config.warnings.len(), 1);
     }
 
     #[test]
