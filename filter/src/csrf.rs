@@ -12,8 +12,9 @@
 //!
 //! A token in the `Authorization` header (or another header, or the query) is not affected:
 //! no browser attaches it on its own. Only a browser that sends neither `Sec-Fetch-Site`
-//! (Chromium 76+, Firefox 90+, Safari 16.4+) nor an allowed `Origin` is refused wrongly; list
-//! the site's own origin in `csrf_allowed_origins` for those.
+//! (Chromium 76+, Firefox 90+, Safari 16.4+; none sends it over plain http to a host other
+//! than localhost) nor an allowed `Origin` is refused wrongly; list the site's own origin in
+//! `csrf_allowed_origins` for those.
 
 use crate::config::TokenSource;
 use crate::verify::{Denial, Extracted};
