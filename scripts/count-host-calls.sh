@@ -6,7 +6,8 @@
 # identity headers on), lets it fetch a one-entry revocation set through a simulated feed
 # response, then sends allowed requests and prints the calls of one cache-miss and one
 # cache-hit request, plus the memory callbacks (`proxy_on_memory_allocate`) the host made to
-# hand data back. Development tool, not part of `make test`; needs node.
+# hand data back (and the bytes of a whole-header-map read). The request carries what Envoy
+# holds for a curl-like request. Development tool, not part of `make test`; needs node.
 #
 #   scripts/count-host-calls.sh [path/to/weauth_filter.wasm]
 set -euo pipefail
@@ -33,7 +34,7 @@ const feed = JSON.stringify({ seq: 1, full: true, now: 1700000100, entries: [
   { seq: 1, kind: "jti", value: "j-revoked-elsewhere", until: 1700009999 }] });
 
 const enc = new TextEncoder(), dec = new TextDecoder();
-let inst, counts = {}, allocs = 0, calls = 0;
+let inst, counts = {}, allocs = 0, calls = 0, mapBytes = 0;
 const shared = new Map(); // key -> {value: Uint8Array, cas}
 let reqHeaders = new Map(), callHeaders = new Map([[":status", "200"]]), callBody = enc.encode("");
 const mem = () => new DataView(inst.exports.memory.buffer);
@@ -61,6 +62,22 @@ const impl = {
     const v = map.get(str(kp, ks));
     if (v === undefined) return 1;
     give(enc.encode(v), rp, rs); return 0;
+  },
+  proxy_get_header_map_pairs: (type, rp, rs) => {
+    // The proxy-wasm serialization: count, (name length, value length) per pair, then each
+    // name and value NUL-terminated.
+    const map = type === 0 ? reqHeaders : type === 6 ? callHeaders : new Map();
+    const pairs = [...map].map(([k, v]) => [enc.encode(k), enc.encode(v)]);
+    const size = 4 + pairs.length * 8 + pairs.reduce((n, [k, v]) => n + k.length + v.length + 2, 0);
+    const out = new Uint8Array(pairs.length ? size : 0), view = new DataView(out.buffer);
+    if (pairs.length) view.setUint32(0, pairs.length, true);
+    let at = 4 + pairs.length * 8;
+    pairs.forEach(([k, v], i) => {
+      view.setUint32(4 + i * 8, k.length, true); view.setUint32(8 + i * 8, v.length, true);
+      out.set(k, at); at += k.length + 1; out.set(v, at); at += v.length + 1;
+    });
+    mapBytes += out.length;
+    give(out, rp, rs); return 0;
   },
   proxy_get_shared_data: (kp, ks, rp, rs, rc) => {
     const e = shared.get(str(kp, ks));
@@ -98,17 +115,23 @@ x.proxy_on_tick(1);
 if (![...shared.keys()].some((k) => k.endsWith(".meta"))) throw new Error("no revocation published");
 
 function request(id, token) {
-  reqHeaders = new Map([[":path", "/api/hello"], [":method", "GET"], ["authorization", "Bearer " + token]]);
+  // What Envoy holds when the filter runs on a curl-like request (x-request-id and
+  // x-forwarded-proto are added by the connection manager before any filter).
+  reqHeaders = new Map([[":authority", "127.0.0.1:10000"], [":path", "/api/hello"],
+    [":method", "GET"], [":scheme", "http"], ["user-agent", "curl/8.5.0"], ["accept", "*/*"],
+    ["authorization", "Bearer " + token], ["x-forwarded-proto", "http"],
+    ["x-request-id", "8c3b6f0e-6a57-4b52-9d59-2f0c1e0f4a11"]]);
   x.proxy_on_context_create(id, 1);
-  counts = {}; allocs = 0; calls = 0;
+  counts = {}; allocs = 0; calls = 0; mapBytes = 0;
   const action = x.proxy_on_request_headers(id, reqHeaders.size, 1);
-  const seen = { action, calls, allocs, counts };
+  const seen = { action, calls, allocs, counts, mapBytes };
   x.proxy_on_done(id); x.proxy_on_delete(id);
   return seen;
 }
 const show = (label, r) => {
   if (r.action !== 0 || r.counts.proxy_send_local_response) throw new Error(label + ": not allowed");
-  console.log(`${label}: ${r.calls} host calls, ${r.allocs} memory callbacks`);
+  console.log(`${label}: ${r.calls} host calls, ${r.allocs} memory callbacks` +
+    (r.mapBytes ? `, header map ${r.mapBytes} bytes` : ""));
   for (const [k, v] of Object.entries(r.counts).sort()) console.log(`  ${k} ×${v}`);
 };
 show("allowed, cache miss", request(2, mint.good));

@@ -21,6 +21,8 @@ pub const MAX_WAIT_SECONDS: u64 = 60;
 pub const MAX_TOKEN_BYTES_LIMIT: usize = 65_536;
 /// Largest accepted `cache_entries`.
 pub const MAX_CACHE_ENTRIES: usize = 1_000_000;
+/// Default `identity_header_prefix`: the filter's header namespace.
+pub const DEFAULT_IDENTITY_PREFIX: &str = "x-weauth-";
 
 /// Why a plugin configuration was refused. The text names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +145,32 @@ pub struct Rule {
     pub require: Require,
     /// Scopes the token must all carry (else 403 `insufficient_scope`).
     pub scopes: Vec<String>,
+    /// Default true: a request authenticated by a cookie token source with an unsafe method
+    /// must pass the CSRF rule ([`crate::csrf`]). `false` is logged as a warning at load
+    /// when a cookie is a token source ([`Config::warnings`]).
+    pub csrf: bool,
+    /// `None`: the top-level `forward_authorization`.
+    pub forward_authorization: Option<bool>,
+}
+
+/// What a rule says besides the requirement and scopes: the CSRF rule and whether the token
+/// reaches the upstream. For a path with several readings ([`crate::path::edge_for_path`])
+/// the strictest of them applies ([`EdgeRule::stricter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeRule {
+    pub csrf: bool,
+    pub forward_authorization: bool,
+}
+
+impl EdgeRule {
+    /// CSRF on if either has it on; the token forwarded only if both forward it.
+    #[must_use]
+    pub fn stricter(self, other: EdgeRule) -> EdgeRule {
+        EdgeRule {
+            csrf: self.csrf || other.csrf,
+            forward_authorization: self.forward_authorization && other.forward_authorization,
+        }
+    }
 }
 
 /// The validated configuration.
@@ -155,8 +183,16 @@ pub struct Config {
     pub revocation: Option<RevocationConfig>,
     pub token_sources: Vec<TokenSource>,
     pub claim_to_headers: Vec<ClaimHeader>,
-    /// Default true. When false, the header the token came from is removed before forwarding.
+    /// Default [`DEFAULT_IDENTITY_PREFIX`] (lower-cased). Every client header whose name starts
+    /// with it is removed from every forwarded request; then the `claim_to_headers` are set.
+    pub identity_header_prefix: String,
+    /// Default false (like jwt_authn's `forward: false`): the token is removed from the
+    /// forwarded request: its header, or its pair in the `Cookie` header (a query token stays
+    /// in `:path`). A rule may override it.
     pub forward_authorization: bool,
+    /// Origins (`scheme://host[:port]`, lower-cased) whose cookie-authenticated unsafe requests
+    /// pass the CSRF rule besides `Sec-Fetch-Site: same-origin`/`none`. Default none.
+    pub csrf_allowed_origins: Vec<String>,
     pub rules: Vec<Rule>,
     pub default_require: Require,
     /// Default 10000; 0 disables the cache.
@@ -164,6 +200,9 @@ pub struct Config {
     /// Default false. When true, CORS preflights (`OPTIONS` with `Origin` and
     /// `Access-Control-Request-Method`) pass without a token.
     pub cors_preflight: bool,
+    /// What the configuration does that is allowed but weakens the edge (a rule that turns
+    /// the CSRF rule off while a cookie is a token source): logged at Warn in `on_configure`.
+    pub warnings: Vec<String>,
 }
 
 // ---- raw serde shapes -------------------------------------------------------------------
@@ -186,8 +225,11 @@ struct RawConfig {
     revocation: Option<RawRevocation>,
     token_sources: Option<Vec<RawTokenSource>>,
     claim_to_headers: Option<Vec<RawClaimHeader>>,
-    #[serde(default = "default_true")]
+    identity_header_prefix: Option<String>,
+    #[serde(default)]
     forward_authorization: bool,
+    #[serde(default)]
+    csrf_allowed_origins: Vec<String>,
     #[serde(default)]
     rules: Vec<RawRule>,
     #[serde(default = "default_require")]
@@ -292,6 +334,9 @@ struct RawRule {
     require: Require,
     #[serde(default)]
     scopes: Vec<String>,
+    #[serde(default = "default_true")]
+    csrf: bool,
+    forward_authorization: Option<bool>,
 }
 
 /// Claim names [`weauth_token::Claims::get`] knows.
@@ -465,24 +510,67 @@ impl Config {
                 .map(|(i, mapping)| validate_claim_header(i, mapping))
                 .collect::<Result<_, _>>()?,
         };
-        let rules = raw
+        let rules: Vec<Rule> = raw
             .rules
             .into_iter()
             .enumerate()
             .map(|(i, rule)| validate_rule(i, rule))
             .collect::<Result<_, _>>()?;
+        let identity_header_prefix = validate_prefix(
+            raw.identity_header_prefix
+                .unwrap_or_else(|| DEFAULT_IDENTITY_PREFIX.into()),
+            &token_sources,
+        )?;
+        let csrf_allowed_origins = raw
+            .csrf_allowed_origins
+            .iter()
+            .enumerate()
+            .map(|(i, origin)| {
+                crate::csrf::parse_origin(origin)
+                    .map_err(|reason| field_error(format!("csrf_allowed_origins[{i}]"), reason))
+            })
+            .collect::<Result<_, _>>()?;
+        let warnings = csrf_warnings(&rules, &token_sources);
         Ok(Config {
             validation,
             jwks,
             revocation,
             token_sources,
             claim_to_headers,
+            identity_header_prefix,
             forward_authorization: raw.forward_authorization,
+            csrf_allowed_origins,
             rules,
             default_require: raw.default_require,
             cache_entries: raw.cache_entries,
             cors_preflight: raw.cors_preflight,
+            warnings,
         })
+    }
+
+    /// Whether a cookie is one of the token sources (the CSRF rule can apply).
+    pub fn cookie_source(&self) -> bool {
+        self.token_sources
+            .iter()
+            .any(|source| matches!(source, TokenSource::Cookie(_)))
+    }
+
+    /// The CSRF and forwarding settings for a request path (query string already removed):
+    /// the first matching rule's, else CSRF on and the top-level `forward_authorization`.
+    pub fn edge_for(&self, path: &str) -> EdgeRule {
+        let default = EdgeRule {
+            csrf: true,
+            forward_authorization: self.forward_authorization,
+        };
+        self.rules
+            .iter()
+            .find(|rule| rule.matches(path))
+            .map_or(default, |rule| EdgeRule {
+                csrf: rule.csrf,
+                forward_authorization: rule
+                    .forward_authorization
+                    .unwrap_or(self.forward_authorization),
+            })
     }
 
     /// The rule for a request path (query string already removed): the first match, else the
@@ -490,14 +578,86 @@ impl Config {
     pub fn rule_for(&self, path: &str) -> (Require, &[String]) {
         self.rules
             .iter()
-            .find(|rule| match &rule.path {
-                PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
-                PathMatch::Exact(exact) => path == exact,
-            })
+            .find(|rule| rule.matches(path))
             .map_or((self.default_require, &[][..]), |rule| {
                 (rule.require, rule.scopes.as_slice())
             })
     }
+}
+
+impl Rule {
+    /// Whether the rule matches a path (query string already removed).
+    fn matches(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => path == exact,
+        }
+    }
+}
+
+/// Headers the identity prefix must not cover: removing them from every request would break
+/// the request itself or what the filter reads.
+const PREFIX_PROTECTED: &[&str] = &[
+    "host",
+    "authorization",
+    "cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "origin",
+    "sec-fetch-site",
+];
+
+fn validate_prefix(prefix: String, sources: &[TokenSource]) -> Result<String, ConfigError> {
+    let prefix = prefix.to_ascii_lowercase();
+    if prefix.len() < 2 || !is_header_name(&prefix) {
+        return Err(field_error(
+            "identity_header_prefix",
+            "must be a header-name prefix of at least two characters, e.g. `x-weauth-`",
+        ));
+    }
+    let token_headers = sources.iter().filter_map(|source| match source {
+        TokenSource::Header { name, .. } => Some(name.as_str()),
+        _ => None,
+    });
+    if let Some(covered) = PREFIX_PROTECTED
+        .iter()
+        .copied()
+        .chain(token_headers)
+        .find(|name| name.starts_with(prefix.as_str()))
+    {
+        return Err(field_error(
+            "identity_header_prefix",
+            format!("covers `{covered}`, which every request would lose"),
+        ));
+    }
+    Ok(prefix)
+}
+
+/// One warning per rule that turns the CSRF rule off where a cookie can authenticate.
+fn csrf_warnings(rules: &[Rule], sources: &[TokenSource]) -> Vec<String> {
+    let Some(cookie) = sources.iter().find_map(|source| match source {
+        TokenSource::Cookie(name) => Some(name.as_str()),
+        _ => None,
+    }) else {
+        return Vec::new();
+    };
+    rules
+        .iter()
+        .enumerate()
+        .filter(|(_, rule)| !rule.csrf && rule.require != Require::None)
+        .map(|(i, rule)| {
+            let path = match &rule.path {
+                PathMatch::Prefix(prefix) => format!("prefix {prefix}"),
+                PathMatch::Exact(exact) => format!("exact {exact}"),
+            };
+            format!(
+                "rules[{i}] ({path}) turns the CSRF rule off while the cookie `{cookie}` is a \
+                 token source: any site can make a logged-in browser send POST, PUT or DELETE \
+                 requests there with the user's identity"
+            )
+        })
+        .collect()
 }
 
 fn validate_jwks(raw: Option<RawJwks>) -> Result<JwksSource, ConfigError> {
@@ -768,10 +928,18 @@ fn validate_rule(i: usize, raw: RawRule) -> Result<Rule, ConfigError> {
             "scopes cannot be required with `require: none`",
         ));
     }
+    if raw.require == Require::None && raw.forward_authorization.is_some() {
+        return Err(field_error(
+            format!("{field}.forward_authorization"),
+            "has no effect with `require: none` (the request is forwarded as sent)",
+        ));
+    }
     Ok(Rule {
         path,
         require: raw.require,
         scopes: raw.scopes,
+        csrf: raw.csrf,
+        forward_authorization: raw.forward_authorization,
     })
 }
 
@@ -852,7 +1020,10 @@ mod tests {
         assert_eq!(config.validation.leeway, 60);
         assert_eq!(config.validation.max_token_bytes, 8192);
         assert_eq!(config.cache_entries, 10_000);
-        assert!(config.forward_authorization);
+        assert!(!config.forward_authorization);
+        assert!(config.csrf_allowed_origins.is_empty());
+        assert_eq!(config.identity_header_prefix, "x-weauth-");
+        assert!(config.warnings.is_empty());
         assert!(!config.cors_preflight);
         assert!(config.revocation.is_none());
         assert_eq!(config.default_require, Require::Required);
@@ -896,8 +1067,12 @@ mod tests {
                             {"cookie": "weauth_at"}, {"query": "access_token"}],
           "claim_to_headers": [{"claim": "sub", "header": "x-weauth-sub"},
                                {"claim": "openid", "header": "x-weauth-openid"}],
-          "forward_authorization": true,
-          "rules": [{"prefix": "/api/", "require": "required", "scopes": []},
+          "identity_header_prefix": "x-weauth-",
+          "forward_authorization": false,
+          "csrf_allowed_origins": ["https://h5.example.com"],
+          "rules": [{"prefix": "/api/hooks/", "require": "required", "csrf": false},
+                    {"prefix": "/api/", "require": "required", "scopes": []},
+                    {"prefix": "/v1/", "require": "required", "forward_authorization": true},
                     {"exact": "/v1/login", "require": "none"}],
           "default_require": "required",
           "clock_skew_seconds": 60,
@@ -911,11 +1086,16 @@ mod tests {
         };
         assert_eq!(remote.cluster, "weauth_issuer");
         assert_eq!(remote.authority, "issuer");
-        let revocation = config.revocation.unwrap();
+        let revocation = config.revocation.clone().unwrap();
         assert_eq!(revocation.wait_seconds, 20);
         assert_eq!(revocation.stale_mode, StaleMode::Deny);
         assert_eq!(config.token_sources.len(), 3);
-        assert_eq!(config.rules.len(), 2);
+        assert_eq!(config.rules.len(), 4);
+        assert_eq!(config.csrf_allowed_origins, ["https://h5.example.com"]);
+        assert!(config.edge_for("/v1/me").forward_authorization);
+        assert!(!config.edge_for("/api/x").forward_authorization);
+        // The hook rule's `csrf: false` is said at load.
+        assert_eq!(config.warnings.len(), 1);
     }
 
     #[test]
@@ -1217,6 +1397,125 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(field_of(err), "cache_entries");
+    }
+
+    #[test]
+    fn parse_csrf_allowed_origins_lowercased() {
+        let config = parse(&config_with(serde_json::json!({"csrf_allowed_origins":
+            ["https://App.Example.com", "http://127.0.0.1:10000"]})))
+        .unwrap();
+        assert_eq!(
+            config.csrf_allowed_origins,
+            ["https://app.example.com", "http://127.0.0.1:10000"]
+        );
+    }
+
+    #[test]
+    fn parse_csrf_allowed_origin_not_an_origin_refused() {
+        for bad in ["https://app.example.com/", "null", "*", "app.example.com"] {
+            let err = parse(&config_with(serde_json::json!({"csrf_allowed_origins":
+                ["https://ok.example", bad]})))
+            .unwrap_err();
+            assert!(err.to_string().contains("origin"), "{bad}: {err}");
+            assert_eq!(field_of(err), "csrf_allowed_origins[1]", "{bad}");
+        }
+    }
+
+    #[test]
+    fn parse_identity_prefix_lowercased() {
+        let config = parse(&config_with(
+            serde_json::json!({"identity_header_prefix": "X-Auth-"}),
+        ))
+        .unwrap();
+        assert_eq!(config.identity_header_prefix, "x-auth-");
+    }
+
+    #[test]
+    fn parse_identity_prefix_covering_needed_headers_refused() {
+        for bad in ["", "x", "a", "co", "x y", "auth"] {
+            let err = parse(&config_with(
+                serde_json::json!({"identity_header_prefix": bad}),
+            ))
+            .unwrap_err();
+            assert_eq!(field_of(err), "identity_header_prefix", "{bad:?}");
+        }
+        // A token header source under the prefix would be removed from every request.
+        let err = parse(&config_with(serde_json::json!({
+            "identity_header_prefix": "x-weauth-",
+            "token_sources": [{"header": "x-weauth-token"}]})))
+        .unwrap_err();
+        assert!(err.to_string().contains("x-weauth-token"), "{err}");
+    }
+
+    #[test]
+    fn parse_rule_csrf_off_with_cookie_source_warns() {
+        let config = parse(&config_with(serde_json::json!({
+            "token_sources": [{"header": "authorization", "prefix": "Bearer "},
+                              {"cookie": "weauth_at"}],
+            "rules": [{"prefix": "/api/hooks/", "require": "required", "csrf": false},
+                      {"prefix": "/public/", "require": "none", "csrf": false},
+                      {"prefix": "/api/", "require": "required"}]})))
+        .unwrap();
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].starts_with("rules[0] (prefix /api/hooks/)"));
+        assert!(config.warnings[0].contains("weauth_at"));
+        assert!(!config.rules[0].csrf);
+        assert!(config.rules[2].csrf);
+    }
+
+    #[test]
+    fn parse_rule_csrf_off_without_cookie_source_silent() {
+        let config = parse(&config_with(serde_json::json!({
+            "rules": [{"prefix": "/api/", "require": "required", "csrf": false}]})))
+        .unwrap();
+        assert!(config.warnings.is_empty());
+    }
+
+    #[test]
+    fn parse_rule_forward_authorization_with_require_none_refused() {
+        let err = parse(&config_with(serde_json::json!({
+            "rules": [{"prefix": "/p/", "require": "none", "forward_authorization": true}]})))
+        .unwrap_err();
+        assert_eq!(field_of(err), "rules[0].forward_authorization");
+    }
+
+    #[test]
+    fn edge_for_rule_overrides_top_level() {
+        let config = parse(&config_with(serde_json::json!({
+            "forward_authorization": false,
+            "rules": [{"prefix": "/v1/", "forward_authorization": true},
+                      {"prefix": "/hooks/", "csrf": false},
+                      {"prefix": "/api/"}]})))
+        .unwrap();
+        let edge = |path| config.edge_for(path);
+        assert_eq!(
+            edge("/v1/me"),
+            EdgeRule {
+                csrf: true,
+                forward_authorization: true
+            }
+        );
+        assert_eq!(
+            edge("/hooks/x"),
+            EdgeRule {
+                csrf: false,
+                forward_authorization: false
+            }
+        );
+        assert_eq!(
+            edge("/api/x"),
+            EdgeRule {
+                csrf: true,
+                forward_authorization: false
+            }
+        );
+        assert_eq!(
+            edge("/elsewhere"),
+            EdgeRule {
+                csrf: true,
+                forward_authorization: false
+            }
+        );
     }
 
     #[test]

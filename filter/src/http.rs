@@ -1,22 +1,27 @@
 //! The HTTP context (one per request): thin glue between Envoy's request headers and
 //! [`crate::verify::decide`].
 //!
-//! 1. Let a CORS preflight through when `cors_preflight` is on.
-//! 2. Pick the path rule ([`crate::path`]: refused with 400 when the path is unsafe, never a
+//! 1. Read the request's header map once (one host call; everything below reads that copy).
+//! 2. Let a CORS preflight through when `cors_preflight` is on.
+//! 3. Pick the path rule ([`crate::path`]: refused with 400 when the path is unsafe, never a
 //!    laxer rule than what the upstream may make of it); `none` forwards as is.
-//! 3. Decide; on allow, set the identity headers (and drop the token's header when
-//!    `forward_authorization` is false); on deny, answer locally with the status, an RFC 6750
-//!    `WWW-Authenticate` challenge and a JSON body.
+//! 4. A token from a cookie on an unsafe method must pass the CSRF rule ([`crate::csrf`]),
+//!    else 403 before any verification.
+//! 5. Decide; on allow, set the identity headers (and remove the token, its header or its
+//!    cookie, unless the rule forwards it); on deny, answer locally with the status, an
+//!    RFC 6750 `WWW-Authenticate` challenge and a JSON body.
 //!
-//! Whatever the outcome, no identity header the client sent reaches the upstream: on allow
-//! each configured header is set (which replaces the client's copies) or removed, on every
-//! other forwarded request each is removed (a client must never assert an identity).
+//! Whatever the outcome, no header the client sent under the identity prefix (`x-weauth-`)
+//! nor any configured identity header reaches the upstream ([`crate::headers`]): on allow the
+//! configured headers with a value are set (which replaces the client's copies) and every
+//! other one the client sent is removed; on every other forwarded request each one the client
+//! sent is removed (a client must never assert an identity).
 //!
-//! Per-request cost: only the headers needed are read (`:path`, the token's header), never
-//! the whole map in the default configuration; the claims are shared with the cache entry;
-//! metric ids are resolved once; nothing is formatted on the allow path. What stays: one
-//! small shared-data read of the revocation meta (so every worker refuses a revoked token as
-//! soon as one does).
+//! Per-request cost on an allowed cache hit with the default identity headers: the header map
+//! (one read), the clock, the revocation version (one small shared-data read, so every worker
+//! refuses a revoked token as soon as one does), and one set per identity header with a value;
+//! a removal only for a header the client actually sent. The claims are shared with the cache
+//! entry, metric ids are resolved once, nothing is formatted on the allow path.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -27,12 +32,13 @@ use proxy_wasm::types::{Action, LogLevel, MapType};
 use weauth_token::Claims;
 
 use crate::config::{Require, StaleMode, TokenSource};
+use crate::headers::{self, CookieEdit};
 use crate::host::{log, now_ms};
-use crate::path;
 use crate::verify::{
     self, CacheUse, Decision, Denial, Extracted, RevocationView, Snapshot, Verdict,
 };
 use crate::worker::{VmState, Worker};
+use crate::{csrf, path};
 
 /// One request.
 pub struct Filter {
@@ -75,10 +81,20 @@ impl Filter {
         Action::Pause
     }
 
-    /// Sets the identity headers from the claims. Setting a header replaces every copy the
-    /// client sent; a header whose claim is absent (or unusable) is removed instead.
-    fn forward_identity(&self, claims: &Claims, extracted: &Extracted) {
-        for mapping in &self.worker.config.claim_to_headers {
+    /// Sets the identity headers from the claims, removes every other identity header the
+    /// client sent, and removes the token unless the rule forwards it. Setting a header
+    /// replaces every copy the client sent; a header whose claim is absent (or unusable) is
+    /// removed if the client sent it.
+    fn forward_identity(
+        &self,
+        claims: &Claims,
+        extracted: &Extracted,
+        headers: &[(String, String)],
+        forward_authorization: bool,
+    ) {
+        let config = &self.worker.config;
+        let mut set: Vec<&str> = Vec::with_capacity(config.claim_to_headers.len());
+        for mapping in &config.claim_to_headers {
             let value = claim_value(claims, &mapping.claim);
             // A claim with control characters cannot be a header value; leave it out.
             let usable = value
@@ -90,33 +106,74 @@ impl Filter {
                     &format!("claim {} not forwarded: control characters", mapping.claim),
                 );
             }
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, &mapping.header, usable);
-        }
-        if !self.worker.config.forward_authorization {
-            if let Extracted::Found { source, .. } = extracted {
-                if let Some(TokenSource::Header { name, .. }) =
-                    self.worker.config.token_sources.get(*source)
-                {
-                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-                }
+            if let Some(usable) = usable {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    &mapping.header,
+                    Some(usable),
+                );
+                set.push(&mapping.header);
             }
+        }
+        self.strip_identity(headers, &set);
+        if forward_authorization {
+            return;
+        }
+        let Extracted::Found { source, .. } = extracted else {
+            return;
+        };
+        match config.token_sources.get(*source) {
+            Some(TokenSource::Header { name, .. }) => {
+                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+            }
+            Some(TokenSource::Cookie(name)) => match headers::cookie_without(headers, name) {
+                CookieEdit::Unchanged => {}
+                CookieEdit::Set(rest) => {
+                    let _ = hostcalls::set_map_value(
+                        MapType::HttpRequestHeaders,
+                        "cookie",
+                        Some(&rest),
+                    );
+                }
+                CookieEdit::Remove => {
+                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "cookie");
+                }
+            },
+            // A query token stays in `:path` (rewriting the path is not this filter's job).
+            Some(TokenSource::Query(_)) | None => {}
+        }
+    }
+
+    /// Removes the identity headers the client sent, but those in `set` (see
+    /// [`headers::identity_to_remove`]): one host call per header actually sent.
+    fn strip_identity(&self, headers: &[(String, String)], set: &[&str]) {
+        let config = &self.worker.config;
+        for name in headers::identity_to_remove(
+            headers,
+            &config.identity_header_prefix,
+            &config.claim_to_headers,
+            set,
+        ) {
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
         }
     }
 }
 
 impl Context for Filter {}
 
-/// One request header (the first copy; Envoy joins repeated copies of its inline headers,
-/// `authorization` among them, with commas). Not UTF-8: read lossily, so it can only fail
-/// verification, never panic the VM.
-fn header(name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-        .map(|bytes| {
-            String::from_utf8(bytes)
-                .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
+/// The request's header map, in one host call. A value that is not UTF-8 is read lossily, so
+/// it can only fail verification, never panic the VM. Envoy joins repeated copies of its
+/// inline headers (`authorization` among them) with commas; others arrive as separate pairs.
+fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8(value)
+                .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
+            (name, value)
         })
+        .collect()
 }
 
 /// A claim's value for a header, borrowed when the claim is a string.
@@ -138,61 +195,21 @@ fn claim_value<'c>(claims: &'c Claims, name: &str) -> Option<Cow<'c, str>> {
     }
 }
 
-impl Filter {
-    /// Removes every identity header the client sent (a client must never assert an
-    /// identity). One host call per configured header, no copy of the header map.
-    fn strip_identity(&self) {
-        for mapping in &self.worker.config.claim_to_headers {
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &mapping.header);
-        }
-    }
-
-    /// The headers the token sources read. Usually only `authorization` (and `cookie` for a
-    /// cookie source), one host call each; the whole map only when a header source other than
-    /// `authorization` is configured, whose repeated copies Envoy does not join and which must
-    /// still be seen as ambiguous.
-    fn source_headers(&self) -> Vec<(String, String)> {
-        if self.worker.reads_whole_map {
-            return hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
-                .collect();
-        }
-        let mut headers = Vec::with_capacity(2);
-        for source in &self.worker.config.token_sources {
-            let name = match source {
-                TokenSource::Header { name, .. } => name.as_str(),
-                TokenSource::Cookie(_) => "cookie",
-                TokenSource::Query(_) => continue,
-            };
-            if headers
-                .iter()
-                .any(|(seen, _): &(String, String)| seen == name)
-            {
-                continue;
-            }
-            if let Some(value) = header(name) {
-                headers.push((name.to_string(), value));
-            }
-        }
-        headers
-    }
-}
-
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let config = &self.worker.config;
+        let headers = request_headers();
+        let method = headers::first(&headers, ":method");
         if config.cors_preflight
-            && header(":method").as_deref() == Some("OPTIONS")
-            && header("origin").is_some()
-            && header("access-control-request-method").is_some()
+            && method == Some("OPTIONS")
+            && headers::first(&headers, "origin").is_some()
+            && headers::first(&headers, "access-control-request-method").is_some()
         {
-            self.strip_identity();
+            self.strip_identity(&headers, &[]);
             return Action::Continue;
         }
-        let path = header(":path").unwrap_or_else(|| "/".to_string());
-        let (require, scopes) = match path::rule_for_path(&path, |p| config.rule_for(p)) {
+        let path = headers::first(&headers, ":path").unwrap_or("/");
+        let (require, scopes) = match path::rule_for_path(path, |p| config.rule_for(p)) {
             Ok(rule) => rule,
             Err(err) => {
                 return self.deny(&Denial {
@@ -205,11 +222,20 @@ impl HttpContext for Filter {
             }
         };
         if require == Require::None {
-            self.strip_identity();
+            self.strip_identity(&headers, &[]);
             return Action::Continue;
         }
-        let headers = self.source_headers();
-        let extracted = verify::extract_token(&config.token_sources, &headers, &path);
+        let edge = path::edge_for_path(path, |p| config.edge_for(p));
+        let extracted = verify::extract_token(&config.token_sources, &headers, path);
+        if csrf::applies(edge.csrf, &config.token_sources, &extracted, method) {
+            if let Err(denial) = csrf::check(
+                headers::first(&headers, "sec-fetch-site"),
+                headers::first(&headers, "origin"),
+                &config.csrf_allowed_origins,
+            ) {
+                return self.deny(&denial);
+            }
+        }
         let now = now_ms();
         let Ok(mut state) = self.worker.state.try_borrow_mut() else {
             // Cannot happen in a single-threaded VM; fail closed rather than panic.
@@ -259,12 +285,12 @@ impl HttpContext for Filter {
         match outcome.decision {
             Decision::Allow { claims } => {
                 metrics.allowed.bump();
-                self.forward_identity(&claims, &extracted);
+                self.forward_identity(&claims, &extracted, &headers, edge.forward_authorization);
                 Action::Continue
             }
             Decision::Anonymous => {
                 metrics.anonymous.bump();
-                self.strip_identity();
+                self.strip_identity(&headers, &[]);
                 Action::Continue
             }
             Decision::Deny(denial) => self.deny(&denial),

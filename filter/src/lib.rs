@@ -6,6 +6,8 @@
 //! - [`path`]: which rule a request path gets, whatever an upstream makes of it (normalized,
 //!   ambiguous readings never laxer, unsafe paths refused with 400).
 //! - [`verify`]: token extraction and the per-request [`verify::Decision`].
+//! - [`csrf`]: the CSRF rule for cookie-authenticated unsafe requests, and origin syntax.
+//! - [`headers`]: the identity header namespace and the token's removal before forwarding.
 //! - [`revocation`]: the revocation set (O(1) lookups by jti, sid, sub), feed application and
 //!   its sharded, versioned encoding for Envoy shared data.
 //! - [`refresh`]: the fetchers' timer state machine, the fetcher lease and the JWKS blob.
@@ -20,8 +22,9 @@
 //!   data run on the tick and per request);
 //! - `metrics` (metric ids defined once per VM; the allow path's counters batched per tick);
 //! - `host` (the context-tagged log line and the host clock);
-//! - `http` (one per request: strip identity headers, pick the rule, call [`verify::decide`],
-//!   then forward with identity headers or answer 400/401/403/503).
+//! - `http` (one per request: read the header map once, pick the rule, apply the CSRF rule,
+//!   call [`verify::decide`], then forward with identity headers — every client header under
+//!   the identity prefix removed — or answer 400/401/403/503).
 //!
 //! Data flow: issuer → (elected VM: `dispatch_http_call`) → shared data (JWKS blob; revocation
 //! meta + 32 shard blobs) → (every VM's tick, only on a version change) decoded copies →
@@ -29,6 +32,8 @@
 
 pub mod cache;
 pub mod config;
+pub mod csrf;
+pub mod headers;
 pub mod path;
 pub mod refresh;
 pub mod revocation;

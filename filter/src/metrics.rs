@@ -34,6 +34,7 @@ const DENY_REASONS: &[&str] = &[
     "revocation_unavailable",
     "revocation_stale",
     "bad_path",
+    "csrf",
 ];
 
 /// A counter of the allow path, counted in the VM and added to Envoy's stat on the tick

@@ -30,7 +30,7 @@
 //! With Envoy's normalization on (every config this project ships sets it) steps 2 and 3 find
 //! nothing to do.
 
-use crate::config::Require;
+use crate::config::{EdgeRule, Require};
 
 /// Why a request's path is refused (400 `invalid_request`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -264,6 +264,20 @@ pub fn rule_for_path<'a>(
         .ok_or(PathError::Ambiguous)
 }
 
+/// The CSRF and forwarding settings ([`EdgeRule`]) for a request path that [`rule_for_path`]
+/// accepted: the strictest over every reading (CSRF on if any reading's rule has it on, the
+/// token forwarded only if every reading's rule forwards it). A plain path: one lookup.
+pub fn edge_for_path(raw: &str, edge_for: impl Fn(&str) -> EdgeRule) -> EdgeRule {
+    let path = without_query(raw);
+    let first = edge_for(path);
+    if is_plain(path) {
+        return first;
+    }
+    readings(path)
+        .iter()
+        .fold(first, |edge, reading| edge.stricter(edge_for(reading)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +290,8 @@ mod tests {
             path: PathMatch::Prefix(prefix.into()),
             require,
             scopes: scopes.iter().map(|s| (*s).to_string()).collect(),
+            csrf: true,
+            forward_authorization: None,
         };
         vec![
             rule("/public/", Require::None, &[]),
@@ -296,6 +312,36 @@ mod tests {
                     (rule.require, rule.scopes.as_slice())
                 })
         }
+    }
+
+    #[test]
+    fn edge_for_path_ambiguous_takes_strictest_reading() {
+        // `/open/` forwards the token without CSRF; everything else is strict.
+        let edge_for = |path: &str| {
+            if path.starts_with("/open/") {
+                EdgeRule {
+                    csrf: false,
+                    forward_authorization: true,
+                }
+            } else {
+                EdgeRule {
+                    csrf: true,
+                    forward_authorization: false,
+                }
+            }
+        };
+        let lax = EdgeRule {
+            csrf: false,
+            forward_authorization: true,
+        };
+        let strict = EdgeRule {
+            csrf: true,
+            forward_authorization: false,
+        };
+        assert_eq!(edge_for_path("/open/x?q=1", edge_for), lax);
+        assert_eq!(edge_for_path("/open/../api/x", edge_for), strict);
+        assert_eq!(edge_for_path("/open/%2e%2e/api", edge_for), strict);
+        assert_eq!(edge_for_path("/api/x", edge_for), strict);
     }
 
     fn require_of(raw: &str) -> Result<Require, PathError> {

@@ -185,9 +185,11 @@ impl Denial {
     }
 
     /// The `WWW-Authenticate` challenge (RFC 6750 §3): plain `Bearer` when no token was sent,
-    /// `Bearer error="...", error_description="..."` otherwise; none for 503.
+    /// `Bearer error="...", error_description="..."` otherwise; none for 503 nor for a CSRF
+    /// refusal (the token is not at fault: the request's origin is).
     pub fn www_authenticate(&self) -> Option<String> {
         match self.status {
+            _ if self.reason == "csrf" => None,
             401 if self.reason == "missing" => Some("Bearer".into()),
             400 | 401 | 403 => {
                 let mut value = format!(

@@ -113,9 +113,6 @@ impl VmState {
 #[derive(Debug)]
 pub struct Worker {
     pub config: Config,
-    /// A header token source other than `authorization` is configured: the HTTP context reads
-    /// the whole header map to see repeated copies (Envoy joins only its inline headers).
-    pub reads_whole_map: bool,
     pub metrics: Metrics,
     pub keys: Keys,
     pub state: RefCell<VmState>,

@@ -68,9 +68,20 @@ fn check_plugin(path: &str) -> Value {
         (Some(name) == credential_env.as_deref()).then(|| "a-feed-credential-for-the-check".into())
     };
     let bytes = serde_json::to_vec(config).unwrap();
-    if let Err(err) = Config::parse_with_env(&bytes, &env) {
-        panic!("{path}: the filter refuses its pluginConfig: {err}");
-    }
+    let parsed = match Config::parse_with_env(&bytes, &env) {
+        Ok(parsed) => parsed,
+        Err(err) => panic!("{path}: the filter refuses its pluginConfig: {err}"),
+    };
+    // The edge defaults are said, not left implicit, and nothing is logged as a weakening.
+    assert_eq!(
+        config["forward_authorization"], false,
+        "{path}: say forward_authorization: false"
+    );
+    assert!(
+        config.get("identity_header_prefix").is_some(),
+        "{path}: say identity_header_prefix"
+    );
+    assert!(parsed.warnings.is_empty(), "{path}: {:?}", parsed.warnings);
     assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE", "{path}");
     assert_eq!(plugin["spec"]["phase"], "AUTHN", "{path}");
     plugin

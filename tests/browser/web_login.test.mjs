@@ -226,7 +226,8 @@ test('a cross-site or cross-origin POST carrying the cookie is refused; the sess
 
   // Two attacker pages, served by Playwright itself: one on another site (SameSite=Lax keeps
   // the cookie off its POST: the edge answers 401), one on the same site but another origin
-  // (another port of 127.0.0.1: the cookie is sent, the issuer's Origin check answers 403).
+  // (another port of 127.0.0.1: the cookie is sent with `Sec-Fetch-Site: same-site`; the
+  // edge's CSRF rule answers 403, and the issuer's Origin check would behind it).
   const envoyPort = new URL(ENVOY).port;
   const attackers = [
     ['http://attacker.invalid/', [401]],

@@ -677,3 +677,330 @@ async fn header_and_query_tokens_header_decides() {
     ];
     run_all(&stack, &cases).await;
 }
+
+/// A request through Envoy carrying the access token only in the `weauth_at` cookie, as a
+/// browser sends it, with the headers a browser adds (`Origin`, `Sec-Fetch-Site`, ...).
+struct CookieCase {
+    name: &'static str,
+    method: reqwest::Method,
+    path: &'static str,
+    headers: Vec<(&'static str, String)>,
+    /// Form body (a form post); `None`: no body.
+    form: Option<&'static str>,
+    /// Send the token as `Authorization: Bearer` instead of the cookie.
+    bearer: bool,
+    want: u16,
+}
+
+/// Cross-site request forgery through the session cookie: the filter's CSRF rule refuses an
+/// unsafe request authenticated only by the cookie unless it comes from the same origin
+/// (`Sec-Fetch-Site: same-origin`/`none`) or an allowed `Origin`, with 403 and
+/// `weauth.denied.csrf`; what a browser legitimately sends still passes (a same-origin form
+/// post from the demo page, a cross-site GET, a bearer-header POST from anywhere). Neither the
+/// token nor its cookie reaches the upstream (`forward_authorization` defaults to false).
+#[tokio::test]
+async fn cookie_csrf_refused_at_edge_legitimate_requests_pass() {
+    let key = test_key();
+    // The shipped rules, plus a hook path that turns the CSRF rule off (said in Envoy's log).
+    let mut config: Value =
+        serde_json::from_str(weauth_tests::template::PLUGIN_CONFIG_TEMPLATE).unwrap();
+    let mut rules = config["rules"].as_array_mut().unwrap().clone();
+    rules.insert(
+        0,
+        json!({"prefix": "/api/hooks/", "require": "required", "csrf": false}),
+    );
+    config = json!({"rules": rules, "csrf_allowed_origins": ["https://h5.example.com"]});
+    let stack = start(Stack::builder().plugin_config_patch(config), &key).await;
+    let token = stack.login("carol").await.unwrap().access_token;
+    let sub = peek_claims(&token).unwrap().sub;
+    let site = stack.envoy_url();
+    let cross = |origin: &str, fetch_site: &str| {
+        vec![
+            ("origin", origin.to_string()),
+            ("sec-fetch-site", fetch_site.to_string()),
+            ("sec-fetch-mode", "navigate".to_string()),
+        ]
+    };
+    use reqwest::Method;
+    let cases = vec![
+        // The attacks.
+        CookieCase {
+            name: "cross-site form POST",
+            method: Method::POST,
+            path: "/api/transfer",
+            headers: cross("https://evil.example", "cross-site"),
+            form: Some("to=mallory&amount=100"),
+            bearer: false,
+            want: 403,
+        },
+        CookieCase {
+            name: "same-site POST from a sibling origin",
+            method: Method::POST,
+            path: "/api/transfer",
+            headers: cross("http://127.0.0.1:1", "same-site"),
+            form: Some("to=mallory&amount=100"),
+            bearer: false,
+            want: 403,
+        },
+        CookieCase {
+            name: "DELETE with Origin: null",
+            method: Method::DELETE,
+            path: "/api/account",
+            headers: vec![("origin", "null".into())],
+            form: None,
+            bearer: false,
+            want: 403,
+        },
+        CookieCase {
+            name: "PUT with Origin: null",
+            method: Method::PUT,
+            path: "/api/account",
+            headers: vec![("origin", "null".into())],
+            form: Some("role=admin"),
+            bearer: false,
+            want: 403,
+        },
+        CookieCase {
+            name: "POST with neither Origin nor Sec-Fetch-Site",
+            method: Method::POST,
+            path: "/api/transfer",
+            headers: vec![],
+            form: Some("amount=1"),
+            bearer: false,
+            want: 403,
+        },
+        CookieCase {
+            name: "PATCH, cross-site, claiming to be the site in Referer only",
+            method: Method::PATCH,
+            path: "/api/account",
+            headers: vec![
+                ("sec-fetch-site", "cross-site".into()),
+                ("referer", format!("{site}/demo/")),
+            ],
+            form: None,
+            bearer: false,
+            want: 403,
+        },
+        // What must pass.
+        CookieCase {
+            name: "same-origin form POST from the demo page",
+            method: Method::POST,
+            path: "/api/transfer",
+            headers: vec![
+                ("origin", site.clone()),
+                ("sec-fetch-site", "same-origin".into()),
+                ("sec-fetch-mode", "navigate".into()),
+                ("sec-fetch-dest", "document".into()),
+                ("referer", format!("{site}/demo/")),
+            ],
+            form: Some("to=dave&amount=1"),
+            bearer: false,
+            want: 200,
+        },
+        CookieCase {
+            name: "POST typed by the user (Sec-Fetch-Site: none)",
+            method: Method::POST,
+            path: "/api/transfer",
+            headers: vec![("sec-fetch-site", "none".into())],
+            form: None,
+            bearer: false,
+            want: 200,
+        },
+        CookieCase {
+            name: "cross-site GET (a link)",
+            method: Method::GET,
+            path: "/api/hello",
+            headers: cross("https://evil.example", "cross-site"),
+            form: None,
+            bearer: false,
+            want: 200,
+        },
+        CookieCase {
+            name: "cross-site HEAD",
+            method: Method::HEAD,
+            path: "/api/hello",
+            headers: cross("https://evil.example", "cross-site"),
+            form: None,
+            bearer: false,
+            want: 200,
+        },
+        CookieCase {
+            name: "cross-site POST from an allowed origin",
+            method: Method::POST,
+            path: "/api/transfer",
+            headers: cross("https://h5.example.com", "cross-site"),
+            form: Some("amount=1"),
+            bearer: false,
+            want: 200,
+        },
+        CookieCase {
+            name: "bearer-header POST from another site",
+            method: Method::POST,
+            path: "/api/transfer",
+            headers: cross("https://evil.example", "cross-site"),
+            form: Some("amount=1"),
+            bearer: true,
+            want: 200,
+        },
+        CookieCase {
+            name: "cross-site POST to a rule with csrf: false",
+            method: Method::POST,
+            path: "/api/hooks/payment",
+            headers: cross("https://psp.example", "cross-site"),
+            form: Some("paid=1"),
+            bearer: false,
+            want: 200,
+        },
+    ];
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut problems = Vec::new();
+    let mut table = String::from("case | envoy\n");
+    let mut refused = 0;
+    for case in &cases {
+        let before = stack.upstream.requests();
+        let mut req = http.request(case.method.clone(), format!("{site}{}", case.path));
+        req = if case.bearer {
+            req.bearer_auth(&token)
+        } else {
+            req.header("cookie", format!("theme=dark; weauth_at={token}"))
+        };
+        for (name, value) in &case.headers {
+            req = req.header(*name, value);
+        }
+        if let Some(form) = case.form {
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let challenge = resp.headers().get("www-authenticate").cloned();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        table.push_str(&format!("{} | {status}\n", case.name));
+        let reached = stack.upstream.requests() - before;
+        if status != case.want {
+            problems.push(format!(
+                "{}: {status} (wanted {}): {body}",
+                case.name, case.want
+            ));
+        } else if status == 403 {
+            refused += 1;
+            if body["error"] != "access_denied"
+                || !body["error_description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("cross-site request refused"))
+                || challenge.is_some()
+                || reached != 0
+            {
+                problems.push(format!(
+                    "{}: 403 should state the CSRF reason, carry no Bearer challenge and not \
+                     reach the upstream (reached {reached}): {body}",
+                    case.name
+                ));
+            }
+        } else if case.method != Method::HEAD {
+            let headers = &body["headers"];
+            let cookie = headers["cookie"].as_str().unwrap_or("");
+            if headers["x-weauth-sub"] != sub.as_str()
+                || headers.get("authorization").is_some()
+                || cookie.contains("weauth_at")
+                || (!case.bearer && cookie != "theme=dark")
+            {
+                problems.push(format!(
+                    "{}: the upstream should get the identity, the other cookies and no token: \
+                     {headers}",
+                    case.name
+                ));
+            }
+        }
+    }
+    println!("{table}");
+    assert!(
+        problems.is_empty(),
+        "{} of {} CSRF cases did not hold:\n{}",
+        problems.len(),
+        cases.len(),
+        problems.join("\n")
+    );
+    let stats = stack
+        .envoy_stats_once("wasmcustom.weauth.denied.csrf", refused)
+        .await
+        .unwrap();
+    assert_eq!(
+        weauth_tests::harness::stat_value(&stats, "wasmcustom.weauth.denied.csrf"),
+        Some(refused),
+        "one denied.csrf per refusal"
+    );
+    let log = std::fs::read_to_string(stack.envoy_log()).unwrap_or_default();
+    assert!(
+        log.contains("rules[0] (prefix /api/hooks/) turns the CSRF rule off"),
+        "the csrf: false rule is said at load"
+    );
+}
+
+/// Identity headers the configuration does not set are still the filter's: with
+/// `claim_to_headers` naming only `sub` and `openid`, a client's own `x-weauth-scope: admin`,
+/// `x-weauth-sid`, `X-Weauth-Role` never reach the upstream — on an allowed request, an
+/// anonymous one (`optional` without a token) and one whose rule checks nothing (`none`).
+#[tokio::test]
+async fn unconfigured_identity_headers_spoofed_never_reach_upstream() {
+    let key = test_key();
+    let mut config: Value =
+        serde_json::from_str(weauth_tests::template::PLUGIN_CONFIG_TEMPLATE).unwrap();
+    let mut rules = config["rules"].as_array_mut().unwrap().clone();
+    rules.insert(0, json!({"prefix": "/api/open/", "require": "none"}));
+    rules.insert(0, json!({"prefix": "/api/maybe/", "require": "optional"}));
+    config = json!({"rules": rules, "claim_to_headers": [
+        {"claim": "sub", "header": "x-weauth-sub"},
+        {"claim": "openid", "header": "x-weauth-openid"}]});
+    let stack = start(Stack::builder().plugin_config_patch(config), &key).await;
+    let token = stack.login("mallory").await.unwrap().access_token;
+    let claims = peek_claims(&token).unwrap();
+    let spoofs = [
+        ("x-weauth-sub", "root"),
+        ("x-weauth-scope", "admin"),
+        ("x-weauth-sid", "spoof"),
+        ("X-Weauth-Role", "admin"),
+        ("x-weauth-scope", "second copy"),
+    ];
+    for (path, bearer) in [
+        ("/api/hello", true),
+        ("/api/maybe/x", false),
+        ("/api/open/x", false),
+    ] {
+        let mut req = stack.request(reqwest::Method::GET, path);
+        if bearer {
+            req = req.bearer_auth(&token);
+        }
+        for (name, value) in spoofs {
+            req = req.header(name, value);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let echo: Value = resp.json().await.unwrap();
+        let headers = echo["headers"].as_object().unwrap();
+        let ours: Vec<_> = headers
+            .iter()
+            .filter(|(name, _)| name.starts_with("x-weauth-"))
+            .collect();
+        if bearer {
+            assert_eq!(
+                ours.len(),
+                2,
+                "{path}: only the configured headers: {ours:?}"
+            );
+            assert_eq!(headers["x-weauth-sub"], claims.sub.as_str());
+            assert_eq!(headers["x-weauth-openid"], claims.openid.as_str());
+            assert!(
+                headers.get("authorization").is_none(),
+                "{path}: token forwarded"
+            );
+        } else {
+            assert!(ours.is_empty(), "{path}: {ours:?}");
+        }
+    }
+}

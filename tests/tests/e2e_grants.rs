@@ -17,7 +17,7 @@ async fn stack() -> Stack {
             {"exact": "/v1/token/refresh", "require": "none"},
             {"prefix": "/.well-known/", "require": "none"},
             {"exact": "/healthz", "require": "none"},
-            {"prefix": "/v1/", "require": "required"},
+            {"prefix": "/v1/", "require": "required", "forward_authorization": true},
             {"prefix": "/api/admin/", "require": "required", "scopes": ["admin"]},
             {"prefix": "/api/", "require": "required"}
         ]}))

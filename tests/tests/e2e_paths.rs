@@ -83,7 +83,7 @@ async fn start() -> Stack {
         {"exact": "/v1/revocations", "require": "none"},
         {"prefix": "/.well-known/", "require": "none"},
         {"exact": "/healthz", "require": "none"},
-        {"prefix": "/v1/", "require": "required"},
+        {"prefix": "/v1/", "require": "required", "forward_authorization": true},
         {"prefix": "/api/", "require": "required"}
     ]});
     Stack::builder()

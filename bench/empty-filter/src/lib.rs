@@ -8,10 +8,12 @@
 //!
 //! With the plugin configuration `"weauth-host-calls"` it also makes, with fixed values and no
 //! logic, exactly the host calls weauth makes on an allowed cache hit with its default
-//! identity headers (`scripts/count-host-calls.sh` lists them): read `:path` and
-//! `authorization`, read the revocation version from shared data, read the clock, set five
-//! identity headers and remove the sixth (its claim absent). That row is the floor the ABI
-//! sets for what weauth is configured to do; weauth above it is its own computation.
+//! identity headers (`scripts/count-host-calls.sh` lists them): read the request's header map
+//! once, read the revocation version from shared data, read the clock, set the five identity
+//! headers whose claims the bench's tokens carry, and remove `authorization` (the token is not
+//! forwarded: `forward_authorization` defaults to false). No other removal: a client that sent
+//! no `x-weauth-*` header costs none. That row is the floor the ABI sets for what weauth is
+//! configured to do; weauth above it is its own computation.
 
 #[cfg(target_arch = "wasm32")]
 mod glue {
@@ -23,7 +25,7 @@ mod glue {
     const HOST_CALLS: &[u8] = b"\"weauth-host-calls\"";
 
     /// What weauth sets on an allowed request with its default `claim_to_headers` (values of
-    /// the same lengths as the bench's tokens' claims); `x-weauth-unionid` is removed.
+    /// the same lengths as the bench's tokens' claims; the sixth, `unionid`, is absent).
     const SET: [(&str, &str); 5] = [
         ("x-weauth-sub", "u_bench_subject_000001"),
         ("x-weauth-openid", "o6_bmjrPTlm6_2sgVt7hMZOPfL2M"),
@@ -77,21 +79,18 @@ mod glue {
     impl HttpContext for Pass {
         fn on_http_request_headers(&mut self, _num_headers: usize, _eos: bool) -> Action {
             if self.host_calls {
-                let path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
-                let token =
-                    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "authorization");
+                let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
                 let version = hostcalls::get_shared_data("weauth.rev2.0000000000000000.v");
                 let now = hostcalls::get_current_time();
                 // Keep the reads alive (as weauth uses them).
-                if path.is_err() || token.is_err() || version.is_err() || now.is_err() {
+                if headers.is_err() || version.is_err() || now.is_err() {
                     return Action::Continue;
                 }
                 for (name, value) in SET {
                     let _ =
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
                 }
-                let _ =
-                    hostcalls::remove_map_value(MapType::HttpRequestHeaders, "x-weauth-unionid");
+                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "authorization");
             }
             Action::Continue
         }

@@ -1,0 +1,168 @@
+//! The request's headers as the filter reads them (one read of the whole map per request), and
+//! what it changes in them before forwarding. Pure.
+//!
+//! - [`first`]: one header's first value.
+//! - [`identity_to_remove`]: the filter owns its header namespace (`identity_header_prefix`,
+//!   `x-weauth-` by default): every client header under it is removed from every forwarded
+//!   request, configured in `claim_to_headers` or not, and so is a configured claim header
+//!   outside the prefix. A header the filter then sets replaces the client's copies, so it is
+//!   left out of the removals. Only headers the client actually sent are named, so a request
+//!   without any costs no host call.
+//! - [`cookie_without`]: the `Cookie` header without the token's pair (`forward_authorization`
+//!   false with a cookie token source).
+
+use crate::config::ClaimHeader;
+
+/// The first value of header `name` (lower case, as Envoy hands header names over).
+pub fn first<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// The client headers to remove before forwarding: those under `prefix` and the configured
+/// claim headers, except the ones in `set` (which the filter sets); each name once, in the
+/// order received.
+pub fn identity_to_remove<'h>(
+    headers: &'h [(String, String)],
+    prefix: &str,
+    configured: &[ClaimHeader],
+    set: &[&str],
+) -> Vec<&'h str> {
+    let mut out: Vec<&'h str> = Vec::new();
+    for (name, _) in headers {
+        let name = name.as_str();
+        let ours = name.starts_with(prefix) || configured.iter().any(|m| m.header == name);
+        if ours && !set.contains(&name) && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// What to do with the `Cookie` header so that the cookie `name` does not reach the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieEdit {
+    /// The cookie is not there: leave the header alone.
+    Unchanged,
+    /// Replace every `Cookie` header with this one (the other cookies, `; `-joined).
+    Set(String),
+    /// No other cookie is left: remove the header.
+    Remove,
+}
+
+/// Removes every `name=value` pair of cookie `name` from the request's `Cookie` headers (all
+/// copies; HTTP/2 may send one per cookie).
+pub fn cookie_without(headers: &[(String, String)], name: &str) -> CookieEdit {
+    let mut found = false;
+    let mut kept: Vec<&str> = Vec::new();
+    for (_, value) in headers.iter().filter(|(key, _)| key == "cookie") {
+        for pair in value
+            .split(';')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+        {
+            let key = pair.split_once('=').map_or(pair, |(key, _)| key).trim();
+            if key == name {
+                found = true;
+            } else {
+                kept.push(pair);
+            }
+        }
+    }
+    match (found, kept.is_empty()) {
+        (false, _) => CookieEdit::Unchanged,
+        (true, true) => CookieEdit::Remove,
+        (true, false) => CookieEdit::Set(kept.join("; ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    fn mapping(claim: &str, header: &str) -> ClaimHeader {
+        ClaimHeader {
+            claim: claim.into(),
+            header: header.into(),
+        }
+    }
+
+    #[test]
+    fn first_returns_first_copy() {
+        let h = headers(&[("a", "1"), ("b", "2"), ("a", "3")]);
+        assert_eq!(first(&h, "a"), Some("1"));
+        assert_eq!(first(&h, "c"), None);
+    }
+
+    #[test]
+    fn identity_to_remove_unconfigured_prefixed_header_removed() {
+        let h = headers(&[
+            (":path", "/api/x"),
+            ("x-weauth-sub", "spoof"),
+            ("x-weauth-scope", "admin"),
+            ("x-weauth-sid", "spoof"),
+            ("x-weauth-scope", "again"),
+            ("x-weauthentic", "not ours"),
+            ("accept", "*/*"),
+        ]);
+        let configured = [mapping("sub", "x-weauth-sub")];
+        assert_eq!(
+            identity_to_remove(&h, "x-weauth-", &configured, &["x-weauth-sub"]),
+            ["x-weauth-scope", "x-weauth-sid"]
+        );
+    }
+
+    #[test]
+    fn identity_to_remove_configured_header_outside_prefix_removed_unless_set() {
+        let h = headers(&[("x-user", "spoof"), ("x-weauth-sub", "spoof")]);
+        let configured = [mapping("sub", "x-user")];
+        assert_eq!(
+            identity_to_remove(&h, "x-weauth-", &configured, &[]),
+            ["x-user", "x-weauth-sub"]
+        );
+        assert_eq!(
+            identity_to_remove(&h, "x-weauth-", &configured, &["x-user"]),
+            ["x-weauth-sub"]
+        );
+    }
+
+    #[test]
+    fn identity_to_remove_clean_request_nothing() {
+        let h = headers(&[(":path", "/"), ("authorization", "Bearer t")]);
+        assert!(identity_to_remove(&h, "x-weauth-", &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn cookie_without_removes_every_copy() {
+        let h = headers(&[
+            ("cookie", "a=1; weauth_at=t1"),
+            ("cookie", "weauth_at=t2;b=2"),
+        ]);
+        assert_eq!(
+            cookie_without(&h, "weauth_at"),
+            CookieEdit::Set("a=1; b=2".into())
+        );
+    }
+
+    #[test]
+    fn cookie_without_only_cookie_removes_header() {
+        let h = headers(&[("cookie", "weauth_at=t")]);
+        assert_eq!(cookie_without(&h, "weauth_at"), CookieEdit::Remove);
+    }
+
+    #[test]
+    fn cookie_without_absent_unchanged() {
+        let h = headers(&[("cookie", "weauth_atx=1; other=weauth_at")]);
+        assert_eq!(cookie_without(&h, "weauth_at"), CookieEdit::Unchanged);
+        assert_eq!(cookie_without(&[], "weauth_at"), CookieEdit::Unchanged);
+    }
+}
