@@ -88,22 +88,8 @@ pub fn spawn_pinned(
     Ok(Owned { child })
 }
 
-/// A free TCP port on 127.0.0.1, bound then released. Drawn below Linux's ephemeral range
-/// (32768-60999) when possible: a port from that range can be taken in between by any outgoing
-/// connection on the machine (its source port), and Envoy then fails to bind it.
-pub fn free_port() -> std::io::Result<u16> {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    for _ in 0..100 {
-        let port = rng.gen_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+/// A free TCP port on 127.0.0.1: the harness's, drawn below the ephemeral range.
+pub use weauth_tests::harness::free_port;
 
 /// Whether process `pid` exists and is not a zombie (an exited child not yet reaped).
 pub fn alive(pid: u32) -> bool {

@@ -249,11 +249,38 @@ impl StackPorts {
     };
 }
 
-/// A free loopback port (bound then released; a tiny race with other processes remains).
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768–60999 by default).
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free loopback port for a process the harness starts (bound then released).
+///
+/// Taken from [`PORT_RANGE`], below the ephemeral range, never twice in one test process: a
+/// port the kernel picked for `bind(0)` is an ephemeral port, which any outgoing connection
+/// (a test client, Envoy's upstream pool) may take before the child binds it, and then the
+/// child fails with "Address already in use" (seen on a loaded machine). Each process starts at
+/// a random point of the range, so two test processes seldom meet; a port found busy is
+/// skipped.
+///
+/// # Errors
+/// No port of the range could be bound.
 pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let start = *START.get_or_init(|| rand::thread_rng().gen_range(0..span));
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = PORT_RANGE.start + u16::try_from(offset).unwrap_or(0);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("no free loopback port in {PORT_RANGE:?}"),
+    ))
 }
 
 /// The value of counter or gauge `name` in Envoy's text `/stats`.
@@ -1577,6 +1604,22 @@ impl Drop for SiblingIssuer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_port_below_the_ephemeral_range_never_twice_in_a_process() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        for port in &ports {
+            assert!(PORT_RANGE.contains(port), "{port}");
+            assert!(
+                TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_ok(),
+                "{port}"
+            );
+        }
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+    }
 
     #[test]
     fn tail_lines_keeps_last_n() {
