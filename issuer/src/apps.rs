@@ -23,6 +23,9 @@
 //!   `http://` on a loopback host (`localhost`, `127.0.0.1`, `[::1]`) for development. It is
 //!   later compared to the requested `redirect_uri` byte for byte ([`App::allows_redirect`]):
 //!   no prefix match, no normalisation, so no open redirect.
+//! - a `miniprogram` may carry `"risk": {"max_rank": 0–4, "scene": 0|1, "on_error":
+//!   "allow"|"deny"}` (`scene` defaults to 0, `on_error` to `allow`): WeChat's risk control
+//!   at login ([`Risk`]); other kinds may not (the API judges mini-program users).
 //!
 //! Everything else per app (WeChat clients, the app access token and its lease, metrics labels,
 //! the `appid` claim) is keyed by the appid found here.
@@ -60,6 +63,63 @@ impl AppKind {
     }
 }
 
+/// What to do with a login when WeChat's risk API cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskOnError {
+    /// Log the user in unjudged (counted as `error_allowed`).
+    Allow,
+    /// Refuse the login with WeChat's failure (502/503: the client may retry).
+    Deny,
+}
+
+/// WeChat's risk control at login (`wxa/getuserriskrank`), per mini-program: after the code
+/// exchange and before any session is written, the user's rank (0 lowest … 4 highest) is
+/// asked for; a rank above `max_rank` refuses the login with 403 `user_risky`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Risk {
+    /// The highest rank still let in (0–4).
+    pub max_rank: u8,
+    /// WeChat's scene: 0 registration, 1 marketing (default 0: a login).
+    #[serde(default)]
+    pub scene: u8,
+    /// When WeChat fails (default `allow`).
+    #[serde(default = "default_on_error")]
+    pub on_error: RiskOnError,
+}
+
+fn default_on_error() -> RiskOnError {
+    RiskOnError::Allow
+}
+
+impl Risk {
+    /// Checks the ranges.
+    ///
+    /// # Errors
+    /// The field and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_rank > 4 {
+            return Err(format!(
+                "risk.max_rank {} is out of range: WeChat ranks users 0 (lowest) to 4",
+                self.max_rank
+            ));
+        }
+        if self.scene > 1 {
+            return Err(format!(
+                "risk.scene {} is out of range: 0 (registration/login) or 1 (marketing)",
+                self.scene
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a user of `rank` may log in.
+    pub fn admits(&self, rank: u8) -> bool {
+        rank <= self.max_rank
+    }
+}
+
 /// One configured app.
 #[derive(Clone)]
 pub struct App {
@@ -70,6 +130,8 @@ pub struct App {
     pub kind: AppKind,
     /// Exact redirect targets after a web login (empty for a mini-program).
     pub redirect_uris: Vec<String>,
+    /// Risk control at login (mini-programs only; `None`: off).
+    pub risk: Option<Risk>,
 }
 
 impl std::fmt::Debug for App {
@@ -78,6 +140,7 @@ impl std::fmt::Debug for App {
             .field("appid", &self.appid)
             .field("kind", &self.kind)
             .field("redirect_uris", &self.redirect_uris)
+            .field("risk", &self.risk)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +187,7 @@ impl Apps {
                 secret,
                 kind: AppKind::Miniprogram,
                 redirect_uris: Vec::new(),
+                risk: None,
             }],
         }
     }
@@ -216,6 +280,8 @@ struct RawApp {
     kind: AppKind,
     #[serde(default)]
     redirect_uris: Option<Vec<String>>,
+    #[serde(default)]
+    risk: Option<Risk>,
 }
 
 /// Whether `appid` has the shape of a WeChat appid (non-empty, `[A-Za-z0-9_]`, ≤ 64).
@@ -304,11 +370,22 @@ pub fn parse_apps_file(
                 "{name}: redirect_uris is only for official_account and website apps"
             ));
         }
+        if let Some(risk) = &entry.risk {
+            if entry.kind != AppKind::Miniprogram {
+                return Err(format!(
+                    "{name}: risk is only for miniprogram apps (WeChat's getuserriskrank judges \
+                     mini-program users)"
+                ));
+            }
+            risk.validate()
+                .map_err(|reason| format!("{name}: {reason}"))?;
+        }
         apps.push(App {
             appid: entry.appid,
             secret,
             kind: entry.kind,
             redirect_uris,
+            risk: entry.risk,
         });
     }
     Ok(Apps { apps })
@@ -317,6 +394,49 @@ pub fn parse_apps_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn risk_parsed_with_defaults_and_ranges_checked() {
+        let file = r#"{"apps": [{"appid": "wxa", "secret": "s", "kind": "miniprogram",
+            "risk": {"max_rank": 2}}]}"#;
+        let apps = parse_apps_file(file, &no_files).unwrap();
+        let risk = apps.get("wxa").unwrap().risk.unwrap();
+        assert_eq!(
+            risk,
+            Risk {
+                max_rank: 2,
+                scene: 0,
+                on_error: RiskOnError::Allow
+            }
+        );
+        assert!(risk.admits(2) && !risk.admits(3));
+        for (risk, field) in [
+            (r#"{"max_rank": 5}"#, "risk.max_rank 5 is out of range"),
+            (
+                r#"{"max_rank": 1, "scene": 2}"#,
+                "risk.scene 2 is out of range",
+            ),
+        ] {
+            let file = format!(
+                r#"{{"apps": [{{"appid": "wxa", "secret": "s", "kind": "miniprogram", "risk": {risk}}}]}}"#
+            );
+            let err = parse_apps_file(&file, &no_files).unwrap_err();
+            assert!(
+                err.contains("apps[0] (wxa)") && err.contains(field),
+                "{err}"
+            );
+        }
+        let bad_on_error = r#"{"apps": [{"appid": "wxa", "secret": "s", "kind": "miniprogram",
+            "risk": {"max_rank": 1, "on_error": "maybe"}}]}"#;
+        assert!(parse_apps_file(bad_on_error, &no_files).is_err());
+        let web = r#"{"apps": [{"appid": "wxw", "secret": "s", "kind": "website",
+            "redirect_uris": ["https://x.example/"], "risk": {"max_rank": 1}}]}"#;
+        let err = parse_apps_file(web, &no_files).unwrap_err();
+        assert!(
+            err.contains("apps[0] (wxw): risk is only for miniprogram"),
+            "{err}"
+        );
+    }
 
     fn no_files(path: &str) -> std::io::Result<String> {
         if path == "/run/secrets/mini" {

@@ -41,6 +41,10 @@ pub enum ApiError {
     /// reason is for operators and is not sent.
     #[error("user banned")]
     Banned { until: Option<i64> },
+    /// 403 `user_risky`: WeChat's risk control ranked the user above the app's `max_rank`
+    /// (the rank is for operators and metrics, and is not sent).
+    #[error("user ranked {rank} by WeChat's risk control")]
+    UserRisky { rank: u8 },
     /// 404 `not_found` for an admin call naming a user that does not exist.
     #[error("no such user: {0}")]
     UnknownUser(String),
@@ -96,7 +100,9 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::InvalidToken(_) | ApiError::MissingToken(_) => StatusCode::UNAUTHORIZED,
-            ApiError::AccessDenied(_) | ApiError::Banned { .. } => StatusCode::FORBIDDEN,
+            ApiError::AccessDenied(_) | ApiError::Banned { .. } | ApiError::UserRisky { .. } => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::UnknownUser(_) => StatusCode::NOT_FOUND,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -118,6 +124,7 @@ impl ApiError {
             ApiError::InvalidToken(_) | ApiError::MissingToken(_) => "invalid_token",
             ApiError::AccessDenied(_) => "access_denied",
             ApiError::Banned { .. } => "user_banned",
+            ApiError::UserRisky { .. } => "user_risky",
             ApiError::UnknownUser(_) => "not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -139,6 +146,9 @@ impl ApiError {
                 format!("this user is banned until {until} (unix seconds)")
             }
             ApiError::Banned { until: None } => "this user is banned".to_string(),
+            ApiError::UserRisky { .. } => {
+                "WeChat's risk control does not let this user log in to this app".to_string()
+            }
             ApiError::UnknownUser(sub) => format!("no user `{sub}`"),
             ApiError::InvalidRequest(d)
             | ApiError::InvalidGrant(d)

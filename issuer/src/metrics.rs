@@ -7,6 +7,7 @@
 //! `weauth_bearer_rejections_total{reason}`, `weauth_wechat_token_refreshes_total{outcome}`,
 //! `weauth_wechat_token_invalidations_total{errcode}`, `weauth_decrypt_total{outcome}`,
 //! `weauth_phone_total{outcome}`, `weauth_checksession_total{outcome}`,
+//! `weauth_login_risk_total{appid,outcome,rank}`,
 //! `weauth_wechat_app_calls_total{appid,api,outcome}` (per configured app: `ok` or the
 //! errcode/failure class); gauges passed in at scrape time by the caller
 //! (`weauth_revocation_seq`, `weauth_signing_keys_published`, `weauth_feed_waiters`).
@@ -40,7 +41,12 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-const HELP: [(&str, &str, &str); 12] = [
+const HELP: [(&str, &str, &str); 13] = [
+    (
+        "weauth_login_risk_total",
+        "counter",
+        "WeChat risk control at login, by app, outcome (admitted, refused, error_allowed, error_denied) and rank.",
+    ),
     (
         "weauth_wechat_app_calls_total",
         "counter",
@@ -175,6 +181,21 @@ impl Metrics {
         self.add(
             "weauth_phone_total",
             format!("outcome=\"{}\"", escape(outcome)),
+        );
+    }
+
+    /// Counts a risk-control verdict at login: `outcome` is `admitted`, `refused`,
+    /// `error_allowed` or `error_denied`; `rank` is WeChat's rank (0–4, `none` when WeChat
+    /// did not answer).
+    pub fn login_risk(&self, appid: &str, outcome: &str, rank: Option<u8>) {
+        let rank = rank.map_or_else(|| "none".to_string(), |rank| rank.to_string());
+        self.add(
+            "weauth_login_risk_total",
+            format!(
+                "appid=\"{}\",outcome=\"{}\",rank=\"{rank}\"",
+                escape(appid),
+                escape(outcome)
+            ),
         );
     }
 

@@ -492,14 +492,20 @@ fn web_error(err: WebError) -> ApiError {
     }
 }
 
-/// The per-client login rate limit (`WEAUTH_LOGIN_RATE`), shared by `/v1/login` and
-/// `/v1/web/authorize` (which stores a pending login per call).
-async fn check_rate<B>(app: &App, peer: SocketAddr, req: &Request<B>) -> Result<(), ApiError> {
+/// The real client's address: the trusted `X-Forwarded-For` hop behind Envoy
+/// (`WEAUTH_TRUSTED_PROXIES`), else the peer.
+fn client_ip<B>(app: &App, peer: SocketAddr, req: &Request<B>) -> std::net::IpAddr {
     let forwarded = header_str(
         req,
         hyper::header::HeaderName::from_static("x-forwarded-for"),
     );
-    let client = ratelimit::client_ip(peer.ip(), forwarded, &app.config.trusted_proxies);
+    ratelimit::client_ip(peer.ip(), forwarded, &app.config.trusted_proxies)
+}
+
+/// The per-client login rate limit (`WEAUTH_LOGIN_RATE`), shared by `/v1/login` and
+/// `/v1/web/authorize` (which stores a pending login per call).
+async fn check_rate<B>(app: &App, peer: SocketAddr, req: &Request<B>) -> Result<(), ApiError> {
+    let client = client_ip(app, peer, req);
     let shared = match &app.redis {
         // On Redis the bucket is shared by every replica; if Redis cannot answer, the local
         // bucket decides (the login itself will meet the same outage).
@@ -754,6 +760,7 @@ where
         app.metrics.login("rate_limited");
         return Err(err);
     }
+    let client = client_ip(app, peer, &req);
     let body: LoginRequest = match read_json(req, &app.config).await {
         Ok(body) => body,
         Err(err) => {
@@ -761,7 +768,7 @@ where
             return Err(err);
         }
     };
-    match sessions::login(app, &body.code, body.appid.as_deref()).await {
+    match sessions::login(app, &body.code, body.appid.as_deref(), client).await {
         Ok(tokens) => {
             app.metrics.login("ok");
             Ok(json_response(StatusCode::OK, &to_value(&tokens)?))

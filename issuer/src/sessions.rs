@@ -14,6 +14,7 @@ use weauth_token::revocation::Entry;
 use weauth_token::Claims;
 use zeroize::Zeroizing;
 
+use crate::access_token::{self, CallError};
 use crate::app::{now, App};
 use crate::error::ApiError;
 use crate::grants::Grants;
@@ -102,6 +103,7 @@ pub async fn login(
     app: &Arc<App>,
     code: &str,
     appid: Option<&str>,
+    client_ip: std::net::IpAddr,
 ) -> Result<TokenResponse, ApiError> {
     if !valid_code(code) {
         return Err(ApiError::InvalidRequest(
@@ -135,9 +137,69 @@ pub async fn login(
         ));
     }
     let identity = identity::identify(app, Credential::MiniProgram { app: entry, code }).await?;
+    if let Some(risk) = entry.risk {
+        judge_risk(app, entry, &identity.openid, risk, client_ip).await?;
+    }
     establish(app, identity, code_hash)
         .await
         .map(|(tokens, _)| tokens)
+}
+
+/// WeChat's risk control at login, before anything is written: asks `getuserriskrank` for
+/// the user's rank and refuses a rank above the app's `max_rank` (403 `user_risky`); when
+/// WeChat cannot answer, the app's `on_error` decides. Counted in
+/// `weauth_login_risk_total{appid,outcome,rank}`; logged with a short hash of the openid only.
+///
+/// # Errors
+/// `user_risky`, or WeChat's failure when `on_error` is `deny`.
+async fn judge_risk(
+    app: &Arc<App>,
+    entry: &crate::apps::App,
+    openid: &str,
+    risk: crate::apps::Risk,
+    client_ip: std::net::IpAddr,
+) -> Result<(), ApiError> {
+    let wechat = app.wechat_for(&entry.appid)?;
+    let query = crate::wechat::RiskQuery {
+        appid: &entry.appid,
+        openid,
+        scene: risk.scene,
+        client_ip,
+    };
+    let asked = access_token::call_for(app, &entry.appid, |token| async move {
+        wechat.user_risk_rank(&token, query).await
+    })
+    .await;
+    let user = crate::short_hash(openid);
+    match asked {
+        Ok(rank) if risk.admits(rank) => {
+            app.metrics.login_risk(&entry.appid, "admitted", Some(rank));
+            Ok(())
+        }
+        Ok(rank) => {
+            app.metrics.login_risk(&entry.appid, "refused", Some(rank));
+            tracing::info!(appid = %entry.appid, user = %user, rank, max_rank = risk.max_rank, "login refused by risk control");
+            Err(ApiError::UserRisky { rank })
+        }
+        Err(err) => {
+            let err = match err {
+                CallError::Token(token) => ApiError::from(token),
+                CallError::Api(api) => ApiError::from(api),
+            };
+            match risk.on_error {
+                crate::apps::RiskOnError::Allow => {
+                    app.metrics.login_risk(&entry.appid, "error_allowed", None);
+                    tracing::warn!(appid = %entry.appid, user = %user, error = %err, "risk control unavailable; login allowed (on_error: allow)");
+                    Ok(())
+                }
+                crate::apps::RiskOnError::Deny => {
+                    app.metrics.login_risk(&entry.appid, "error_denied", None);
+                    tracing::warn!(appid = %entry.appid, user = %user, error = %err, "risk control unavailable; login refused (on_error: deny)");
+                    Err(err)
+                }
+            }
+        }
+    }
 }
 
 /// The one path after every login method: links the user (inside the store's atomic login,

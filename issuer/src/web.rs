@@ -356,6 +356,7 @@ mod tests {
             secret: Zeroizing::new("s".into()),
             kind,
             redirect_uris: vec!["https://h5.example.com/after-login".into()],
+            risk: None,
         }
     }
 

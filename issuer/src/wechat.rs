@@ -298,6 +298,31 @@ pub fn classify_checksession(status: u16, body: &[u8]) -> Result<bool, WechatErr
     }
 }
 
+/// Interprets a `getuserriskrank` answer: the user's `risk_rank`, 0 (lowest) to 4. The rest
+/// of the answer (`unoin_id`, WeChat's spelling of a unionid) is not used.
+///
+/// # Errors
+/// See [`classify_json`]; a success without a rank 0–4 is [`WechatError::Unreadable`].
+pub fn classify_risk_rank(status: u16, body: &[u8]) -> Result<u8, WechatError> {
+    classify_json(status, body)?
+        .get("risk_rank")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|rank| u8::try_from(rank).ok())
+        .filter(|rank| *rank <= 4)
+        .ok_or_else(|| WechatError::Unreadable("getuserriskrank without a risk_rank 0-4".into()))
+}
+
+/// What `getuserriskrank` is asked about: the user at login.
+#[derive(Debug, Clone, Copy)]
+pub struct RiskQuery<'a> {
+    pub appid: &'a str,
+    pub openid: &'a str,
+    /// 0 registration/login, 1 marketing.
+    pub scene: u8,
+    /// The real client's address (the trusted `X-Forwarded-For` hop, else the peer).
+    pub client_ip: std::net::IpAddr,
+}
+
 /// What `checkencryptedmsg` said of a user's encrypted data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct EncryptedCheck {
@@ -391,6 +416,21 @@ pub trait Wechat: Send + Sync {
         Box::pin(async {
             Err(WechatError::Transport(
                 "phone_number not implemented".into(),
+            ))
+        })
+    }
+
+    /// `POST wxa/getuserriskrank`: the user's risk rank (0–4).
+    /// The default implementation (for test doubles) answers [`WechatError::Transport`].
+    fn user_risk_rank<'a>(
+        &'a self,
+        access_token: &'a str,
+        query: RiskQuery<'a>,
+    ) -> BoxFuture<'a, Result<u8, WechatError>> {
+        let _ = (access_token, query);
+        Box::pin(async {
+            Err(WechatError::Transport(
+                "user_risk_rank not implemented".into(),
             ))
         })
     }
@@ -630,6 +670,32 @@ impl Wechat for HttpWechat {
         })
     }
 
+    fn user_risk_rank<'a>(
+        &'a self,
+        access_token: &'a str,
+        query: RiskQuery<'a>,
+    ) -> BoxFuture<'a, Result<u8, WechatError>> {
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "appid": query.appid,
+                "openid": query.openid,
+                "scene": query.scene,
+                "client_ip": query.client_ip.to_string(),
+            });
+            self.with_retry("getuserriskrank", || async {
+                let (status, bytes) = self
+                    .post_json(
+                        "/wxa/getuserriskrank",
+                        &[("access_token", access_token)],
+                        &body,
+                    )
+                    .await?;
+                classify_risk_rank(status, &bytes)
+            })
+            .await
+        })
+    }
+
     fn check_encrypted_data<'a>(
         &'a self,
         access_token: &'a str,
@@ -826,6 +892,31 @@ mod tests {
                 WechatError::InvalidAccessToken { errcode }
             );
         }
+    }
+
+    #[test]
+    fn classify_risk_rank_reads_the_rank_with_wechats_unoin_id() {
+        let body = br#"{"errcode":0,"errmsg":"getuserriskrank succ","risk_rank":3,"unoin_id":123}"#;
+        assert_eq!(classify_risk_rank(200, body).unwrap(), 3);
+        for body in [
+            &br#"{"errcode":0,"errmsg":"getuserriskrank succ"}"#[..],
+            br#"{"errcode":0,"errmsg":"ok","risk_rank":9}"#,
+            br#"{"errcode":0,"errmsg":"ok","risk_rank":-1}"#,
+        ] {
+            assert!(
+                matches!(
+                    classify_risk_rank(200, body),
+                    Err(WechatError::Unreadable(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let missing = br#"{"errcode":61010,"errmsg":"code is expired"}"#;
+        assert!(matches!(
+            classify_risk_rank(200, missing),
+            Err(WechatError::Other { errcode: 61010, .. })
+        ));
     }
 
     #[test]

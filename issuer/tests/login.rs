@@ -387,3 +387,146 @@ async fn login_bad_requests_refused() {
     assert_eq!(response.status(), 400);
     assert_eq!(stack.mock.calls("jscode2session"), 0);
 }
+
+/// The issuer with one mini-program whose apps-file entry carries `risk`, WeChat retries off
+/// (one injected fault is one answer), and `extra` variables.
+async fn start_with_risk(risk: serde_json::Value, extra: &[(&str, &str)]) -> Stack {
+    Stack::start_prepared(
+        MockConfig::default(),
+        move |_, dir, env| {
+            let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
+            let appid = env.remove("WEAUTH_WECHAT_APPID").unwrap();
+            let apps = json!({"apps": [{"appid": appid, "secret": secret, "kind": "miniprogram", "risk": risk}]});
+            let path = dir.join("apps.json");
+            std::fs::write(&path, apps.to_string()).unwrap();
+            env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+            env.insert("WEAUTH_WECHAT_RETRIES".into(), "0".into());
+        },
+        extra,
+    )
+    .await
+}
+
+async fn metrics(stack: &Stack) -> String {
+    stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_rank_above_max_refused_403_nothing_written_real_client_ip_sent() {
+    let stack = start_with_risk(
+        json!({"max_rank": 2}),
+        &[("WEAUTH_TRUSTED_PROXIES", "127.0.0.1/32")],
+    )
+    .await;
+    stack.mock.set_risk_rank("rita", 3);
+    let code = stack.mock.login("rita").code;
+    let response = stack
+        .http
+        .post(stack.url("/v1/login"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body, _) = common::split(response).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "user_risky", "{body}");
+    assert!(
+        !body.to_string().contains('3'),
+        "the rank is not sent: {body}"
+    );
+    // Asked about the real client behind the trusted proxy, scene 0, this app's openid.
+    let query = stack.mock.last_risk_query().unwrap();
+    assert_eq!(query["client_ip"], "203.0.113.9", "{query}");
+    assert_eq!(query["scene"], 0);
+    assert_eq!(query["appid"], APPID);
+    assert_eq!(query["openid"], stack.mock.openid("rita"));
+    // Nothing handed out, nothing written.
+    assert_eq!(stack.count("sessions"), 0);
+    assert_eq!(stack.count("users"), 0);
+    assert_eq!(stack.count("refresh_tokens"), 0);
+    let text = metrics(&stack).await;
+    assert!(
+        text.contains(&format!(
+            "weauth_login_risk_total{{appid=\"{APPID}\",outcome=\"refused\",rank=\"3\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("weauth_logins_total{outcome=\"user_risky\"} 1"),
+        "{text}"
+    );
+    assert!(!stack.issuer.log_text().contains(&stack.mock.openid("rita")));
+
+    // A user at the limit logs in.
+    stack.mock.set_risk_rank("sam", 2);
+    let body = stack.login("sam").await;
+    assert!(body["access_token"].is_string());
+    assert!(metrics(&stack).await.contains(&format!(
+        "weauth_login_risk_total{{appid=\"{APPID}\",outcome=\"admitted\",rank=\"2\"}} 1"
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_api_failing_follows_on_error() {
+    let busy = || Fault::Errcode {
+        errcode: -1,
+        errmsg: "system error".into(),
+    };
+    // on_error: allow (the default): the login goes through, counted.
+    let stack = start_with_risk(json!({"max_rank": 0}), &[]).await;
+    stack.mock.inject("getuserriskrank", busy(), 1);
+    stack.login("una").await;
+    assert!(metrics(&stack).await.contains(&format!(
+        "weauth_login_risk_total{{appid=\"{APPID}\",outcome=\"error_allowed\",rank=\"none\"}} 1"
+    )));
+
+    // on_error: deny: WeChat's failure is the answer, and nothing is written.
+    let stack = start_with_risk(json!({"max_rank": 0, "on_error": "deny"}), &[]).await;
+    stack.mock.inject("getuserriskrank", busy(), 1);
+    let code = stack.mock.login("vic").code;
+    let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert_eq!(stack.count("sessions"), 0);
+    assert_eq!(stack.count("users"), 0);
+    assert!(metrics(&stack).await.contains(&format!(
+        "weauth_login_risk_total{{appid=\"{APPID}\",outcome=\"error_denied\",rank=\"none\"}} 1"
+    )));
+}
+
+#[test]
+fn risk_out_of_range_refused_at_start_naming_app_and_field() {
+    let dir = common::temp_dir("risk");
+    let path = dir.path().join("apps.json");
+    std::fs::write(
+        &path,
+        json!({"apps": [{"appid": "wx1", "secret": "s", "kind": "miniprogram", "risk": {"max_rank": 7}}]})
+            .to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::bin())
+        .env_clear()
+        .env("WEAUTH_APPS_FILE", &path)
+        .env(
+            "WEAUTH_STORE",
+            format!("sqlite://{}", dir.path().join("w.db").display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WEAUTH_APPS_FILE")
+            && err.contains("apps[0] (wx1): risk.max_rank 7 is out of range"),
+        "{err}"
+    );
+}

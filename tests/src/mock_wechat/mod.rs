@@ -18,6 +18,11 @@
 //!   [`getuserphonenumber`] → `{"errcode":0,"errmsg":"ok","phone_info":{…,"watermark":
 //!   {"timestamp","appid"}}}`; phone codes are single-use and live 5 minutes (40029
 //!   otherwise); with `openid`, a code issued to another user is refused with 40029 too.
+//! - `POST /wxa/getuserriskrank?access_token` `{"appid","openid","scene","client_ip"}`
+//!   [`getuserriskrank`] → `{"errcode":0,"errmsg":"getuserriskrank succ","risk_rank",
+//!   "unoin_id"}` (WeChat's spelling; the rank set by [`MockWechat::set_risk_rank`], default
+//!   0); 44002 for a missing field, 40129 for a scene other than 0/1, 43104 for another app's
+//!   appid, 61010 for a user who never logged in (WeChat ranks recent visitors only).
 //! - `POST /wxa/business/checkencryptedmsg?access_token` `{"encrypted_msg_hash"}`
 //!   [`checkencryptedmsg`]: hex(SHA-256(encryptedData text)) of data the mock generated
 //!   ([`MockWechat::encrypt`], `/mock/encrypt`) within 3 days → `{"errcode":0,"errmsg":"ok",
@@ -248,6 +253,17 @@ impl MockWechat {
         weauth_wxdata::raw_data_signature(raw_data, &key)
     }
 
+    /// The risk rank (0–4) `getuserriskrank` answers for `user` from now on (default 0).
+    pub fn set_risk_rank(&self, user: &str, rank: u8) {
+        let openid = self.openid(user);
+        self.shared.lock().risk_ranks.insert(openid, rank);
+    }
+
+    /// The body of the last `getuserriskrank` request, if any.
+    pub fn last_risk_query(&self) -> Option<Value> {
+        self.shared.lock().last_risk_query.clone()
+    }
+
     /// checksession's signature for `user`'s current session_key.
     pub fn checksession_signature(&self, user: &str) -> String {
         let key = self.shared.current_session_key(user);
@@ -343,6 +359,10 @@ struct Inner {
     faults: FaultQueue,
     calls: HashMap<String, u64>,
     clock_offset_ms: u64,
+    /// openid → risk rank (`getuserriskrank`; 0 when not set).
+    risk_ranks: HashMap<String, u8>,
+    /// The body of the last `getuserriskrank` request (what the issuer sent).
+    last_risk_query: Option<Value>,
 }
 
 struct Shared {
@@ -373,6 +393,8 @@ impl Shared {
                 tokens: TokenStore::new(overlap),
                 faults: FaultQueue::default(),
                 calls: HashMap::new(),
+                risk_ranks: HashMap::new(),
+                last_risk_query: None,
                 clock_offset_ms: 0,
             }),
         }
@@ -539,6 +561,7 @@ impl Shared {
             "token" => self.token(q),
             "getuserphonenumber" => self.getuserphonenumber(q, body),
             "checkencryptedmsg" => self.checkencryptedmsg(q, body),
+            "getuserriskrank" => self.getuserriskrank(q, body),
             "oauth2_authorize" => self.authorize_page(false, q, cookies),
             "qrconnect" => self.authorize_page(true, q, cookies),
             "oauth2_access_token" => self.oauth2_access_token(q),
@@ -939,6 +962,50 @@ impl Shared {
         )
     }
 
+    fn getuserriskrank(&self, q: &[(String, String)], body: &[u8]) -> Response {
+        const R: &str = "getuserriskrank";
+        if let Some(e) = self.check_token(R, param(q, "access_token")) {
+            return e;
+        }
+        let Ok(req) = serde_json::from_slice::<Value>(body) else {
+            return self.error(R, 47001, "data format error");
+        };
+        self.lock().last_risk_query = Some(req.clone());
+        let text = |name: &str| {
+            req.get(name)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        let (Some(appid), Some(openid), Some(_client_ip), Some(scene)) = (
+            text("appid"),
+            text("openid"),
+            text("client_ip"),
+            req.get("scene"),
+        ) else {
+            return self.error(R, 44002, "empty post data");
+        };
+        if !matches!(scene.as_u64(), Some(0 | 1)) {
+            return self.error(R, 40129, "invalid scene");
+        }
+        if appid != self.cfg.appid {
+            return self.error(R, 43104, "appid not match openid");
+        }
+        let inner = self.lock();
+        if !inner.users.contains_key(openid) {
+            // WeChat only ranks users who used the mini-program in the last two hours.
+            drop(inner);
+            return self.error(R, 61010, "user access record timeout");
+        }
+        let rank = inner.risk_ranks.get(openid).copied().unwrap_or(0);
+        drop(inner);
+        // `unoin_id` (sic): WeChat's name for the request's id, a number.
+        let request_id: u32 = rand::random();
+        self.ok(
+            R,
+            json!({"errcode": 0, "errmsg": "getuserriskrank succ", "risk_rank": rank, "unoin_id": request_id}),
+        )
+    }
+
     fn checkencryptedmsg(&self, q: &[(String, String)], body: &[u8]) -> Response {
         const R: &str = "checkencryptedmsg";
         if let Some(e) = self.check_token(R, param(q, "access_token")) {
@@ -1073,6 +1140,7 @@ fn route_of(method: &hyper::Method, path: &str) -> Option<&'static str> {
         ("GET", "/cgi-bin/token") => Some("token"),
         ("POST", "/wxa/business/getuserphonenumber") => Some("getuserphonenumber"),
         ("POST", "/wxa/business/checkencryptedmsg") => Some("checkencryptedmsg"),
+        ("POST", "/wxa/getuserriskrank") => Some("getuserriskrank"),
         ("GET", "/wxa/checksession") => Some("checksession"),
         ("GET", "/connect/oauth2/authorize") => Some("oauth2_authorize"),
         ("GET", "/connect/qrconnect") => Some("qrconnect"),

@@ -29,11 +29,12 @@ pub const STABLE_RENEWAL_MS: u64 = 5 * 60 * 1000;
 
 /// The WeChat API routes (and web OAuth2 pages) the mock serves, by the names used for faults
 /// and counters.
-pub const ROUTES: [&str; 12] = [
+pub const ROUTES: [&str; 13] = [
     "jscode2session",
     "stable_token",
     "token",
     "getuserphonenumber",
+    "getuserriskrank",
     "checkencryptedmsg",
     "checksession",
     "oauth2_authorize",
