@@ -44,7 +44,13 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                 let app = Arc::clone(&app);
                 let service = service_fn(move |req| {
                     let app = Arc::clone(&app);
-                    async move { Ok::<_, Infallible>(routes::handle(app, peer, req).await) }
+                    async move {
+                        let route = crate::metrics::route_label(req.uri().path());
+                        let started = std::time::Instant::now();
+                        let response = routes::handle(Arc::clone(&app), peer, req).await;
+                        app.metrics.http_duration(route, started.elapsed());
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
