@@ -25,7 +25,7 @@ export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
 .PHONY: help setup browser-setup build wasm up down test check lint fmt-check clippy unit client client-test bench fuzz soak \
-        api-tools manifests image image-check
+        api-tools manifests image image-check monitoring-tools monitoring-rules monitoring-check
 
 # Debian packages are installed only when missing, with sudo -n when not root.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )apt-get
@@ -129,6 +129,25 @@ manifests: api-tools ## validate deploy/kubernetes/*.yaml with kubernetes-valida
 	if [ -n "$$unexpected" ]; then echo "$$unexpected"; echo "manifests: unexpected warnings"; exit 1; fi; \
 	echo "manifests: deploy/kubernetes/*.yaml valid (kubernetes-validate $(KUBERNETES_VALIDATE_VERSION) --strict)"
 
+monitoring-tools: ## Debian's prometheus (prometheus + promtool) if missing
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \
+	  echo "monitoring-tools: prometheus and promtool already installed"; \
+	else \
+	  echo "monitoring-tools: installing Debian package: prometheus"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+	  $$sudo apt-get install -y --no-install-recommends prometheus || \
+	    { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends prometheus; }; \
+	fi
+
+monitoring-rules: ## regenerate deploy/monitoring/prometheusrule.yaml from alerts.yaml
+	scripts/prometheusrule.sh > deploy/monitoring/prometheusrule.yaml
+
+monitoring-check: monitoring-tools ## promtool check + test the alert rules; the PrometheusRule matches alerts.yaml
+	@scripts/prometheusrule.sh | cmp -s - deploy/monitoring/prometheusrule.yaml || \
+	  { echo "monitoring-check: deploy/monitoring/prometheusrule.yaml differs from alerts.yaml: run make monitoring-rules"; exit 1; }
+	promtool check rules deploy/monitoring/alerts.yaml
+	promtool test rules deploy/monitoring/alerts_test.yaml
+
 image: wasm ## OCI images target/oci/weauth-issuer and target/oci/weauth-filter (buildah, FROM scratch)
 	scripts/image.sh
 
@@ -152,7 +171,7 @@ check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's un
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-wxdata -p weauth-filter --tests
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-issuer --test router
 
-test: lint build browser-setup api-tools manifests image-check ## every check and test: fmt, clippy (host+wasm), manifests, images, unit, integration, end-to-end, browser
+test: lint build browser-setup api-tools manifests image-check monitoring-check ## every check and test: fmt, clippy (host+wasm), manifests, images, unit, integration, end-to-end, browser
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast
 	@echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored
