@@ -18,6 +18,8 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 CARGO_LOCKED  := $(if $(CI),--locked,)
 # `make up STORE=redis`: Redis and two issuer replicas instead of one issuer on SQLite.
 STORE         ?= sqlite
+# `make up MONITOR=1`: also Prometheus on 127.0.0.1:9090 (deploy/monitoring/prometheus.yml).
+MONITOR       ?=
 CLIENT        := client/miniprogram
 
 export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
@@ -96,9 +98,9 @@ wasm: ## build the filter as a release wasm module
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
 
-up: build ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas
+up: build $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas; MONITOR=1: + Prometheus on :9090
 	@mkdir -p .run
-	WEAUTH_STACK_STORE=$(STORE) ./target/debug/weauth-stack
+	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) ./target/debug/weauth-stack
 
 down: ## stop a stack started by `make up` (only the processes it started)
 	@pid=$$(cat .run/stack.pid 2>/dev/null || true); \
@@ -146,6 +148,7 @@ monitoring-check: monitoring-tools ## promtool check + test the alert rules; the
 	@scripts/prometheusrule.sh | cmp -s - deploy/monitoring/prometheusrule.yaml || \
 	  { echo "monitoring-check: deploy/monitoring/prometheusrule.yaml differs from alerts.yaml: run make monitoring-rules"; exit 1; }
 	promtool check rules deploy/monitoring/alerts.yaml
+	promtool check config deploy/monitoring/prometheus.yml
 	promtool test rules deploy/monitoring/alerts_test.yaml
 
 image: wasm ## OCI images target/oci/weauth-issuer and target/oci/weauth-filter (buildah, FROM scratch)
