@@ -8,9 +8,11 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use weauth_tests::harness::workspace_root;
+use serde_json::{json, Value};
+use weauth_tests::harness::{free_port, temp_dir, workspace_root, Stack};
+use weauth_tests::prometheus::{self, Prometheus, Targets};
 
 fn monitoring(file: &str) -> PathBuf {
     workspace_root().join("deploy/monitoring").join(file)
@@ -118,4 +120,268 @@ fn prometheusrule_carries_the_same_groups() {
         operator["spec"]["groups"], rules["groups"],
         "deploy/monitoring/prometheusrule.yaml differs from alerts.yaml: run `make monitoring-rules`"
     );
+}
+
+// --- the dashboard against a real Prometheus ---------------------------------------------------
+
+/// How long the panels may take to show data after traffic starts. With a 1 s scrape and a
+/// 10 s rate window they do within about 15 s; the rest is room for a loaded 2-core machine.
+const DATA_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What Grafana would put in place of the dashboard's variables.
+fn grafana_expand(expr: &str) -> String {
+    expr.replace("$__rate_interval", "10s")
+        .replace("$issuer_job", "weauth-issuer")
+}
+
+/// Panels that may stay empty after this test's traffic, and why.
+const MAY_BE_EMPTY: &[(&str, &str)] = &[
+    (
+        "App access token fetches",
+        "no call in this traffic needs WeChat's app access token (phone numbers, risk checks do)",
+    ),
+    (
+        "User data calls",
+        "this traffic decrypts nothing and asks for no phone number",
+    ),
+];
+
+/// One query of one panel.
+struct Query {
+    panel: String,
+    ref_id: String,
+    expr: String,
+}
+
+fn dashboard_queries() -> Vec<Query> {
+    let dashboard: Value = serde_json::from_str(&read(&monitoring("dashboard.json")))
+        .unwrap_or_else(|e| panic!("dashboard.json: {e}"));
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"]
+        .as_array()
+        .expect("dashboard.json: panels")
+    {
+        if panel["type"] == "row" {
+            continue;
+        }
+        let title = panel["title"].as_str().unwrap_or_default().to_string();
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        assert!(!targets.is_empty(), "panel {title:?} has no query");
+        for target in targets {
+            queries.push(Query {
+                panel: title.clone(),
+                ref_id: target["refId"].as_str().unwrap_or_default().to_string(),
+                expr: grafana_expand(target["expr"].as_str().unwrap_or_default()),
+            });
+        }
+    }
+    queries
+}
+
+/// prometheus-adapter's `metricsQuery`, with the placeholders filled in as the adapter would
+/// for the issuer's pods (here: the local job, grouped by instance instead of pod).
+fn adapter_query() -> String {
+    let path = workspace_root().join("deploy/kubernetes/prometheus-adapter.yaml");
+    let configmap = yaml(&path);
+    let config: Value = serde_yaml_ng::from_str(configmap["data"]["config.yaml"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("prometheus-adapter.yaml config.yaml: {e}"));
+    let rule = &config["rules"][0];
+    assert_eq!(rule["name"]["as"], "weauth_http_requests_per_second");
+    assert!(rule["seriesQuery"]
+        .as_str()
+        .unwrap()
+        .starts_with("weauth_http_requests_total{"));
+    rule["metricsQuery"]
+        .as_str()
+        .unwrap()
+        .replace("<<.Series>>", "weauth_http_requests_total")
+        .replace("<<.LabelMatchers>>", "job=\"weauth-issuer\"")
+        .replace("<<.GroupBy>>", "instance")
+}
+
+/// The outcome of one instant query.
+enum Answer {
+    /// Rejected by the parser or the engine (the text says why).
+    Refused(String),
+    /// The values of the result (vector samples, or the scalar).
+    Values(Vec<f64>),
+}
+
+async fn instant(client: &reqwest::Client, prometheus: &str, expr: &str) -> Answer {
+    let resp = client
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", expr)])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    let body: Value = match resp {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        // Prometheus itself busy: not a verdict on the query, try again next round.
+        Err(_) => return Answer::Values(Vec::new()),
+    };
+    if body["status"] != "success" {
+        return Answer::Refused(format!("{}: {}", body["errorType"], body["error"]));
+    }
+    let value = |v: &Value| v[1].as_str().and_then(|s| s.parse::<f64>().ok());
+    let data = &body["data"];
+    let values = match data["resultType"].as_str() {
+        Some("scalar") => value(&data["result"]).into_iter().collect(),
+        _ => data["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| value(&s["value"]))
+            .collect(),
+    };
+    Answer::Values(values)
+}
+
+/// One round of traffic through Envoy: a login, API calls with the token (a cache miss then
+/// hits), without a token and with a malformed one (denials), a refresh, a login WeChat refuses
+/// (40029), and a logout (a revocation entry at every sidecar).
+async fn traffic(stack: &Stack, round: usize) {
+    let user = format!("monitor-{round}");
+    let Ok(tokens) = stack.login(&user).await else {
+        return;
+    };
+    for _ in 0..3 {
+        let _ = stack
+            .get_json("/api/hello", Some(&tokens.access_token))
+            .await;
+    }
+    let _ = stack.get_json("/api/hello", None).await;
+    let _ = stack.get_json("/api/hello", Some("not.a.jwt")).await;
+    let _ = stack
+        .post_json(
+            "/v1/token/refresh",
+            None,
+            &json!({"refresh_token": tokens.refresh_token}),
+        )
+        .await;
+    let _ = stack
+        .post_json("/v1/login", None, &json!({"code": "no-such-code"}))
+        .await;
+    let _ = stack
+        .request(reqwest::Method::POST, "/v1/logout")
+        .bearer_auth(&tokens.access_token)
+        .send()
+        .await;
+}
+
+#[tokio::test]
+async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
+    let began = Instant::now();
+    let stack = Stack::builder()
+        // Logins every round from one address: no per-IP login limit in this test.
+        .issuer_env("WEAUTH_LOGIN_RATE", "0")
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the weauth stack: {e}"));
+    let dir = temp_dir("weauth-prometheus").unwrap();
+    let shipped = read(&monitoring("prometheus.yml"));
+    let targets = Targets {
+        issuers: vec![prometheus::host_port(&stack.issuer_url())],
+        envoy_admin: prometheus::host_port(&stack.admin_url()),
+    };
+    let config = prometheus::config(&shipped, &targets, &monitoring("alerts.yaml"), Some("1s"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port().unwrap();
+    let prom = Prometheus::start(dir.path(), port, &config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start prometheus: {e}"));
+    let url = prom.url().to_string();
+    let client = reqwest::Client::new();
+    let started_traffic = Instant::now();
+
+    let mut queries = dashboard_queries();
+    queries.push(Query {
+        panel: "prometheus-adapter rule (deploy/kubernetes/prometheus-adapter.yaml)".into(),
+        ref_id: "metricsQuery".into(),
+        expr: adapter_query(),
+    });
+    let may_be_empty = |panel: &str| MAY_BE_EMPTY.iter().any(|(p, _)| *p == panel);
+    let mut round = 0;
+    let missing = loop {
+        traffic(&stack, round).await;
+        round += 1;
+        let mut missing = Vec::new();
+        for q in &queries {
+            match instant(&client, &url, &q.expr).await {
+                Answer::Refused(why) => panic!(
+                    "panel {:?} query {}: Prometheus refuses `{}`: {why}",
+                    q.panel, q.ref_id, q.expr
+                ),
+                Answer::Values(values) => {
+                    if !may_be_empty(&q.panel) && !values.iter().any(|v| v.is_finite()) {
+                        missing.push(format!(
+                            "panel {:?} query {} `{}` → {values:?}",
+                            q.panel, q.ref_id, q.expr
+                        ));
+                    }
+                }
+            }
+        }
+        if missing.is_empty() || started_traffic.elapsed() > DATA_DEADLINE {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "waited {:?} ({round} rounds of traffic) for every panel to show a finite value; \
+         still without data:\n{}\nPrometheus log: {} (kept with WEAUTH_KEEP_TMP=1)",
+        started_traffic.elapsed(),
+        missing.join("\n"),
+        prom.log().display()
+    );
+
+    // The alert rules loaded next to the dashboard evaluate without error against the real
+    // series, and none fires on a healthy stack.
+    let rules_deadline = Instant::now() + Duration::from_secs(30);
+    let rules = loop {
+        let body: Value = client
+            .get(format!("{url}/api/v1/rules"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rules: Vec<Value> = body["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let evaluated = rules.iter().all(|r| r["health"] != "unknown");
+        if (evaluated && !rules.is_empty()) || Instant::now() > rules_deadline {
+            break rules;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        rules.len(),
+        alert_rules().len(),
+        "rules loaded by Prometheus"
+    );
+    for rule in &rules {
+        assert_eq!(
+            rule["health"], "ok",
+            "rule {} evaluates with an error: {}",
+            rule["name"], rule["lastError"]
+        );
+        assert_ne!(
+            rule["state"], "firing",
+            "alert {} fires on a healthy stack: {}",
+            rule["name"], rule["alerts"]
+        );
+    }
+    eprintln!(
+        "monitoring: {} queries with data after {:?} of traffic ({round} rounds); test took {:?}",
+        queries.len(),
+        started_traffic.elapsed(),
+        began.elapsed()
+    );
+    prom.stop().await;
+    stack.shutdown().await;
 }
