@@ -385,3 +385,79 @@ async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
     prom.stop().await;
     stack.shutdown().await;
 }
+
+// --- logs joined to traces -----------------------------------------------------------------------
+
+/// The issuer's JSON log lines about `path`'s request (the `request` line routes.rs logs at
+/// debug level for every answer).
+fn request_lines(log: &str, path: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "request" && l["fields"]["path"] == path)
+        .collect()
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn json_log_lines_carry_the_callers_trace_id() {
+    let stack = Stack::builder()
+        .without_envoy()
+        .issuer_env("WEAUTH_LOG_FORMAT", "json")
+        .issuer_env("WEAUTH_LOG", "info,weauth_issuer=debug")
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the issuer: {e}"));
+    let client = reqwest::Client::new();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let code = stack.mock.login("traced").code;
+    let resp = client
+        .post(format!("{}/v1/login", stack.issuer_url()))
+        .header("traceparent", format!("00-{trace}-{parent}-01"))
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // No traceparent: a trace of its own.
+    let resp = client
+        .get(format!("{}/.well-known/jwks.json", stack.issuer_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The line is written before the answer is sent; allow for a slow file system anyway.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (login, jwks) = loop {
+        let log = std::fs::read_to_string(stack.issuer_log()).unwrap_or_default();
+        let (login, jwks) = (
+            request_lines(&log, "/v1/login"),
+            request_lines(&log, "/.well-known/jwks.json"),
+        );
+        if (!login.is_empty() && !jwks.is_empty()) || Instant::now() > deadline {
+            break (login, jwks);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let [login] = &login[..] else {
+        panic!("one /v1/login request line expected in the issuer's log, got {login:?}");
+    };
+    let span = &login["span"];
+    assert_eq!(span["name"], "request", "{login}");
+    assert_eq!(span["trace_id"], trace, "{login}");
+    assert_eq!(span["parent_id"], parent, "{login}");
+    let span_id = span["span_id"].as_str().unwrap_or_default();
+    assert!(is_hex(span_id, 16) && span_id != parent, "{login}");
+
+    let [jwks] = &jwks[..] else {
+        panic!("one JWKS request line expected in the issuer's log, got {jwks:?}");
+    };
+    let fresh = jwks["span"]["trace_id"].as_str().unwrap_or_default();
+    assert!(is_hex(fresh, 32) && fresh != trace, "{jwks}");
+    assert_eq!(jwks["span"]["parent_id"], "", "{jwks}");
+    stack.shutdown().await;
+}
