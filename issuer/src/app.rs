@@ -294,6 +294,13 @@ impl App {
         );
         let allowed_origins = crate::web::allowed_origins(&config.issuer, &config.apps);
         let (store, redis, data_key) = open_backend(&config).await?;
+        // A `store` span per operation only when something records it (traces exported, or
+        // debug logs): otherwise the store is used as is, at no cost.
+        let store: Arc<dyn Store> = if tracing::debug_span!("store", op = "probe").is_disabled() {
+            store
+        } else {
+            Arc::new(crate::store::traced::TracedStore(store))
+        };
         let now = now();
         bootstrap_keys(store.as_ref(), &config, &data_key, now).await?;
         let retain = config.access_ttl_secs() + config.leeway_secs();

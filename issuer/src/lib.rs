@@ -8,7 +8,8 @@
 //! trait (SQLite today), which calls the pure decisions of `rules`. `app` holds the shared state and background tasks; `config` reads
 //! the environment; `error` is the single error→HTTP mapping; `metrics`, `ratelimit`,
 //! `revocation`, `secrets` and `tracecontext` (the W3C `traceparent` each request's log span
-//! carries) are small helpers. `userdata` serves the mini-program's user
+//! carries) are small helpers; `otel` exports the request, WeChat and store spans over OTLP
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. `userdata` serves the mini-program's user
 //! data (`/v1/me/decrypt`, `/v1/me/phone`, `/v1/me/session`) over the `weauth-wxdata` crate,
 //! with the WeChat app access token shared between replicas by `access_token`. `cli` implements `weauth-issuer keys ...`.
 //!
@@ -31,6 +32,7 @@ pub mod grants;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod otel;
 pub mod ratelimit;
 pub mod revocation;
 pub mod routes;

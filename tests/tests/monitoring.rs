@@ -461,3 +461,159 @@ async fn json_log_lines_carry_the_callers_trace_id() {
     assert_eq!(jwks["span"]["parent_id"], "", "{jwks}");
     stack.shutdown().await;
 }
+
+// --- traces over OTLP --------------------------------------------------------------------------
+
+/// A small OTLP/HTTP receiver: keeps every span posted to `/v1/traces` (JSON encoding).
+async fn otlp_receiver() -> (
+    weauth_tests::serve::ServerHandle,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+) {
+    use http_body_util::Full;
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let kept = spans.clone();
+    let server = weauth_tests::serve::ServerHandle::start(
+        ([127, 0, 0, 1], 0).into(),
+        move |req: weauth_tests::serve::Request| {
+            let kept = kept.clone();
+            async move {
+                let path_ok = req.uri().path() == "/v1/traces";
+                let body = weauth_tests::serve::read_body(req.into_body()).await;
+                let parsed: Value = body
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or(Value::Null);
+                let batch: Vec<Value> = parsed["resourceSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|rs| rs["scopeSpans"].as_array().cloned().unwrap_or_default())
+                    .flat_map(|ss| ss["spans"].as_array().cloned().unwrap_or_default())
+                    .collect();
+                let status = if path_ok && !batch.is_empty() {
+                    200
+                } else {
+                    400
+                };
+                kept.lock().unwrap().extend(batch);
+                let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(b"{}")));
+                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                resp
+            }
+        },
+    )
+    .await
+    .unwrap();
+    (server, spans)
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+}
+
+#[tokio::test]
+async fn otlp_spans_join_the_callers_trace() {
+    let (receiver, spans) = otlp_receiver().await;
+    let stack = Stack::builder()
+        .without_envoy()
+        .issuer_env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", receiver.addr()),
+        )
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the issuer: {e}"));
+    let client = reqwest::Client::new();
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller = "b7ad6b7169203331";
+    let code = stack.mock.login("traced").code;
+    let resp = client
+        .post(format!("{}/v1/login", stack.issuer_url()))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A code WeChat refuses (40029): the WeChat span says so, and never carries the code.
+    let bad_code = "no-such-code-4711";
+    let bad_trace = "1af7651916cd43dd8448eb211c80319c";
+    let resp = client
+        .post(format!("{}/v1/login", stack.issuer_url()))
+        .header("traceparent", format!("00-{bad_trace}-{caller}-01"))
+        .json(&json!({ "code": bad_code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // Exported in batches every second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let of_trace = |t: &str| -> Vec<Value> {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s["traceId"] == t)
+            .cloned()
+            .collect()
+    };
+    let (good, bad) = loop {
+        let (good, bad) = (of_trace(trace), of_trace(bad_trace));
+        let done = |v: &[Value]| {
+            ["request", "wechat", "store"]
+                .iter()
+                .all(|n| v.iter().any(|s| s["name"] == *n))
+        };
+        if (done(&good) && bad.iter().any(|s| s["name"] == "wechat")) || Instant::now() > deadline {
+            break (good, bad);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let named = |v: &[Value], n: &str| -> Vec<Value> {
+        v.iter().filter(|s| s["name"] == n).cloned().collect()
+    };
+    let request = named(&good, "request");
+    let [request] = &request[..] else {
+        panic!("one request span expected in trace {trace}: {good:#?}");
+    };
+    assert_eq!(request["parentSpanId"], caller, "{request}");
+    assert_eq!(request["kind"], 2, "SERVER: {request}");
+    assert_eq!(
+        attr(request, "http.response.status_code").unwrap()["intValue"],
+        "200"
+    );
+    let request_id = request["spanId"].as_str().unwrap();
+    let wechat = named(&good, "wechat");
+    assert!(!wechat.is_empty(), "no wechat span: {good:#?}");
+    for span in &wechat {
+        assert_eq!(span["parentSpanId"], request_id, "{span}");
+        assert_eq!(attr(span, "api").unwrap()["stringValue"], "jscode2session");
+        assert_eq!(attr(span, "outcome").unwrap()["stringValue"], "ok");
+    }
+    let store = named(&good, "store");
+    assert!(!store.is_empty(), "no store span: {good:#?}");
+    for span in &store {
+        assert_eq!(span["parentSpanId"], request_id, "{span}");
+        assert!(attr(span, "op").is_some(), "{span}");
+    }
+
+    let refused = named(&bad, "wechat");
+    assert!(
+        !refused.is_empty(),
+        "no wechat span for the refused code: {bad:#?}"
+    );
+    assert_eq!(
+        attr(&refused[0], "errcode").unwrap()["stringValue"],
+        "40029"
+    );
+    assert_eq!(refused[0]["status"]["code"], 2, "ERROR: {}", refused[0]);
+    let everything = serde_json::to_string(&*spans.lock().unwrap()).unwrap();
+    assert!(!everything.contains(bad_code), "a login code was exported");
+    assert!(!everything.contains(&code), "a login code was exported");
+    stack.shutdown().await;
+    receiver.shutdown().await;
+}
