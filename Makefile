@@ -18,6 +18,8 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 CARGO_LOCKED  := $(if $(CI),--locked,)
 # `make up STORE=redis`: Redis and two issuer replicas instead of one issuer on SQLite.
 STORE         ?= sqlite
+# `make up MONITOR=1`: also Prometheus on 127.0.0.1:9090 (deploy/monitoring/prometheus.yml).
+MONITOR       ?=
 CLIENT        := client/miniprogram
 
 export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
@@ -25,7 +27,7 @@ export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
 .PHONY: help setup browser-setup build wasm up down test check lint fmt-check clippy unit client client-test bench fuzz soak \
-        api-tools manifests image image-check
+        api-tools manifests image image-check monitoring-tools monitoring-rules monitoring-check
 
 # Debian packages are installed only when missing, with sudo -n when not root.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )apt-get
@@ -96,9 +98,9 @@ wasm: ## build the filter as a release wasm module
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
 
-up: build ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas
+up: build $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas; MONITOR=1: + Prometheus on :9090
 	@mkdir -p .run
-	WEAUTH_STACK_STORE=$(STORE) ./target/debug/weauth-stack
+	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) ./target/debug/weauth-stack
 
 down: ## stop a stack started by `make up` (only the processes it started)
 	@pid=$$(cat .run/stack.pid 2>/dev/null || true); \
@@ -129,6 +131,26 @@ manifests: api-tools ## validate deploy/kubernetes/*.yaml with kubernetes-valida
 	if [ -n "$$unexpected" ]; then echo "$$unexpected"; echo "manifests: unexpected warnings"; exit 1; fi; \
 	echo "manifests: deploy/kubernetes/*.yaml valid (kubernetes-validate $(KUBERNETES_VALIDATE_VERSION) --strict)"
 
+monitoring-tools: ## Debian's prometheus (prometheus + promtool) if missing
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \
+	  echo "monitoring-tools: prometheus and promtool already installed"; \
+	else \
+	  echo "monitoring-tools: installing Debian package: prometheus"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+	  $$sudo apt-get install -y --no-install-recommends prometheus || \
+	    { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends prometheus; }; \
+	fi
+
+monitoring-rules: ## regenerate deploy/monitoring/prometheusrule.yaml from alerts.yaml
+	scripts/prometheusrule.sh > deploy/monitoring/prometheusrule.yaml
+
+monitoring-check: monitoring-tools ## promtool check + test the alert rules; the PrometheusRule matches alerts.yaml
+	@scripts/prometheusrule.sh | cmp -s - deploy/monitoring/prometheusrule.yaml || \
+	  { echo "monitoring-check: deploy/monitoring/prometheusrule.yaml differs from alerts.yaml: run make monitoring-rules"; exit 1; }
+	promtool check rules deploy/monitoring/alerts.yaml
+	promtool check config deploy/monitoring/prometheus.yml
+	promtool test rules deploy/monitoring/alerts_test.yaml
+
 image: wasm ## OCI images target/oci/weauth-issuer and target/oci/weauth-filter (buildah, FROM scratch)
 	scripts/image.sh
 
@@ -152,7 +174,7 @@ check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's un
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-wxdata -p weauth-filter --tests
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-issuer --test router
 
-test: lint build browser-setup api-tools manifests image-check ## every check and test: fmt, clippy (host+wasm), manifests, images, unit, integration, end-to-end, browser
+test: lint build browser-setup api-tools manifests image-check monitoring-check ## every check and test: fmt, clippy (host+wasm), manifests, images, unit, integration, end-to-end, browser
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast
 	@echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored

@@ -4,9 +4,9 @@
 //! Background tasks: key reload (every `WEAUTH_KEY_RELOAD`, which also promotes a rotated key
 //! once its publish delay is over); revocation wakeups from other replicas (on Redis a pub/sub
 //! subscription, woken within milliseconds, with a 5 s `seq` re-read as a safety net; on SQLite
-//! a cheap `max(seq)` poll every 250 ms); and a purge of expired revocations, sessions and
-//! refresh tokens every `WEAUTH_PURGE_INTERVAL` (default 60 s). All of them end when the
-//! shutdown `watch` flips.
+//! a cheap `max(seq)` poll every 250 ms; either re-read sets the `weauth_store_up` gauge); and
+//! a purge of expired revocations, sessions and refresh tokens every `WEAUTH_PURGE_INTERVAL`
+//! (default 60 s). All of them end when the shutdown `watch` flips.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -294,11 +294,20 @@ impl App {
         );
         let allowed_origins = crate::web::allowed_origins(&config.issuer, &config.apps);
         let (store, redis, data_key) = open_backend(&config).await?;
+        // A `store` span per operation only when something records it (traces exported, or
+        // debug logs): otherwise the store is used as is, at no cost.
+        let store: Arc<dyn Store> = if tracing::debug_span!("store", op = "probe").is_disabled() {
+            store
+        } else {
+            Arc::new(crate::store::traced::TracedStore(store))
+        };
         let now = now();
         bootstrap_keys(store.as_ref(), &config, &data_key, now).await?;
         let retain = config.access_ttl_secs() + config.leeway_secs();
         let ring = keys::ring(&store.keys().await?, &data_key, now, retain)?;
         let seq = store.current_seq().await?;
+        metrics.store_check(true);
+        metrics.signing_keys(ring.signing_since, ring.next);
         tracing::info!(kid = %ring.signing.kid(), alg = %ring.signing.algorithm(), published = ring.jwks.keys.len(), "signing keys loaded");
         let policy = TokenPolicy {
             issuer: config.issuer.clone(),
@@ -361,6 +370,7 @@ impl App {
         let retain = self.policy.access_ttl + self.policy.leeway;
         let ring = keys::ring(&records, &self.data_key, now(), retain)?;
         let dropped = ring.dropped.clone();
+        self.metrics.signing_keys(ring.signing_since, ring.next);
         let previous = self.keys();
         if previous.signing.kid() != ring.signing.kid() {
             tracing::info!(kid = %ring.signing.kid(), previous = %previous.signing.kid(), "signing key promoted");
@@ -471,8 +481,14 @@ impl App {
             let app = Arc::clone(&app);
             async move {
                 match app.store.current_seq().await {
-                    Ok(seq) => app.notify_seq(seq),
-                    Err(err) => tracing::debug!(error = %err, "seq poll failed"),
+                    Ok(seq) => {
+                        app.metrics.store_check(true);
+                        app.notify_seq(seq);
+                    }
+                    Err(err) => {
+                        app.metrics.store_check(false);
+                        tracing::debug!(error = %err, "seq poll failed");
+                    }
                 }
             }
         }));

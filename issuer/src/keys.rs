@@ -199,6 +199,11 @@ pub struct KeyRing {
     pub jwks: Jwks,
     /// Kids no longer needed (safe to delete from the store).
     pub dropped: Vec<String>,
+    /// When the signing key began signing (unix seconds): its age, for the
+    /// `weauth_signing_key_activated_timestamp_seconds` gauge.
+    pub signing_since: i64,
+    /// Keys published but not signing yet (a successor in waiting), for `weauth_signing_keys_next`.
+    pub next: usize,
 }
 
 /// Builds the ring from store records at `now`.
@@ -221,6 +226,8 @@ pub fn ring(
     let mut verify = KeySet::default();
     let mut jwks = Jwks::default();
     let mut dropped = Vec::new();
+    let mut signing_since = 0;
+    let mut next = 0;
     for (record, role) in records.iter().zip(roles) {
         if role == Role::Dropped {
             dropped.push(record.kid.clone());
@@ -233,6 +240,10 @@ pub fn ring(
         }
         if role == Role::Signing {
             signing = Some(Arc::new(key));
+            signing_since = record.activate_at;
+        }
+        if role == Role::Next {
+            next += 1;
         }
     }
     Ok(KeyRing {
@@ -240,6 +251,8 @@ pub fn ring(
         verify,
         jwks,
         dropped,
+        signing_since,
+        next,
     })
 }
 
@@ -353,5 +366,18 @@ mod tests {
         assert_eq!(after.signing.kid(), new.kid());
         assert_eq!(after.jwks.keys.len(), 1);
         assert_eq!(after.dropped, vec![old.kid()]);
+    }
+
+    #[test]
+    fn ring_reports_signing_age_and_successors() {
+        let data_key = DataKey::from_bytes(&[3u8; 32]);
+        let records = [
+            seal(&generate(Algorithm::EdDSA), &data_key, 0, 5).unwrap(),
+            seal(&generate(Algorithm::EdDSA), &data_key, 10, 20).unwrap(),
+        ];
+        let before = ring(&records, &data_key, 15, 100).unwrap();
+        assert_eq!((before.signing_since, before.next), (5, 1));
+        let after = ring(&records, &data_key, 30, 100).unwrap();
+        assert_eq!((after.signing_since, after.next), (20, 0));
     }
 }

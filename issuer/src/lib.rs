@@ -7,7 +7,9 @@
 //! `weauth-token` crate) using the signing keys of `keys`, and persists through the async `store`
 //! trait (SQLite today), which calls the pure decisions of `rules`. `app` holds the shared state and background tasks; `config` reads
 //! the environment; `error` is the single error→HTTP mapping; `metrics`, `ratelimit`,
-//! `revocation` and `secrets` are small helpers. `userdata` serves the mini-program's user
+//! `revocation`, `secrets` and `tracecontext` (the W3C `traceparent` each request's log span
+//! carries) are small helpers; `otel` exports the request, WeChat and store spans over OTLP
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. `userdata` serves the mini-program's user
 //! data (`/v1/me/decrypt`, `/v1/me/phone`, `/v1/me/session`) over the `weauth-wxdata` crate,
 //! with the WeChat app access token shared between replicas by `access_token`. `cli` implements `weauth-issuer keys ...`.
 //!
@@ -30,6 +32,7 @@ pub mod grants;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod otel;
 pub mod ratelimit;
 pub mod revocation;
 pub mod routes;
@@ -39,6 +42,7 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
+pub mod tracecontext;
 pub mod userdata;
 pub mod web;
 pub mod wechat;

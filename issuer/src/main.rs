@@ -7,9 +7,13 @@
 
 use std::process::ExitCode;
 
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 use weauth_issuer::app::{self, App, StartError};
 use weauth_issuer::cli::{self, Command};
 use weauth_issuer::config::{self, Config, Mode};
+use weauth_issuer::otel;
 use weauth_issuer::server;
 use weauth_issuer::store::StoreError;
 
@@ -62,15 +66,33 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Logs: filtered by WEAUTH_LOG. Traces (only when an OTLP endpoint is set): the exported
+    // spans, whatever WEAUTH_LOG says.
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if config.log_json {
-        logs.json().init();
+    let logs = if config.log_json {
+        logs.json().with_filter(filter).boxed()
     } else {
-        logs.init();
-    }
+        logs.with_filter(filter).boxed()
+    };
+    let otlp = otel::OtlpConfig::from_env(|name| std::env::var(name).ok());
+    let (traces, spans) = match &otlp {
+        Some(_) => {
+            let (layer, spans) = otel::layer();
+            let exported = tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span()
+                    && meta.target().starts_with("weauth_issuer")
+                    && otel::EXPORTED.contains(&meta.name())
+            });
+            (Some(layer.with_filter(exported)), Some(spans))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
     for unknown in &unknown {
         tracing::warn!("{}", describe(unknown));
     }
@@ -101,7 +123,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        _ => match serve(config) {
+        _ => match serve(config, otlp.zip(spans)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!("{err}");
@@ -136,11 +158,18 @@ fn describe(unknown: &config::UnknownVar) -> String {
     }
 }
 
-fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+fn serve(
+    config: Config,
+    traces: Option<(otel::OtlpConfig, otel::SpanReceiver)>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        if let Some((otlp, spans)) = traces {
+            tracing::info!(url = %otlp.traces_url, "exporting traces over OTLP");
+            tokio::spawn(otel::export(otlp, spans));
+        }
         let listen = config.listen;
         // Bind and check the key material first: nothing (database, data key, signing key)
         // is created by a start that cannot serve.

@@ -9,8 +9,14 @@
 //! `weauth_phone_total{outcome}`, `weauth_checksession_total{outcome}`,
 //! `weauth_login_risk_total{appid,outcome,rank}`,
 //! `weauth_wechat_app_calls_total{appid,api,outcome}` (per configured app: `ok` or the
-//! errcode/failure class); gauges passed in at scrape time by the caller
+//! errcode/failure class), `weauth_http_request_duration_seconds{route}` (histogram; `route`
+//! is one of a fixed set, see [`route_label`]), `weauth_store_check_failures_total`; gauges set
+//! by the background tasks (`weauth_store_up`, `weauth_signing_key_activated_timestamp_seconds`,
+//! `weauth_signing_keys_next`) and gauges passed in at scrape time by the caller
 //! (`weauth_revocation_seq`, `weauth_signing_keys_published`, `weauth_feed_waiters`).
+//!
+//! The alerts and the dashboard built on these series are in `deploy/monitoring/`
+//! (docs/RUNBOOK.md explains each alert).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,18 +27,81 @@ use crate::wechat::WechatError;
 
 /// Upper bounds of the WeChat latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds of the HTTP latency histogram, in seconds (most answers take well under 10 ms).
+const HTTP_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
-#[derive(Default)]
+/// The histograms: (name, help, bucket bounds), rendered in this order.
+const HISTOGRAMS: [(&str, &str, &[f64]); 2] = [
+    (
+        "weauth_wechat_call_seconds",
+        "WeChat call latency per attempt.",
+        &BUCKETS,
+    ),
+    (
+        "weauth_http_request_duration_seconds",
+        "Time to answer an HTTP request, by route (revocations: long polls, held up to their wait).",
+        &HTTP_BUCKETS,
+    ),
+];
+
 struct Histogram {
-    counts: [u64; BUCKETS.len()],
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64], seconds: f64) {
+        self.count += 1;
+        self.sum += seconds;
+        for (count, bound) in self.counts.iter_mut().zip(bounds) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
     counters: BTreeMap<(&'static str, String), u64>,
-    histograms: BTreeMap<String, Histogram>,
+    histograms: BTreeMap<(&'static str, String), Histogram>,
+    gauges: BTreeMap<&'static str, f64>,
+}
+
+/// The gauges set by [`Metrics`] methods: (name, help).
+const GAUGES: [(&str, &str); 3] = [
+    (
+        "weauth_store_up",
+        "1 when the last background store check (the revocation seq read) succeeded, else 0.",
+    ),
+    (
+        "weauth_signing_key_activated_timestamp_seconds",
+        "When the current signing key began signing (unix seconds).",
+    ),
+    (
+        "weauth_signing_keys_next",
+        "Keys published in the JWKS that do not sign yet (a successor in waiting).",
+    ),
+];
+
+/// The `route` label of `weauth_http_request_duration_seconds` for a request path: the API's
+/// routes by name, everything else `other` (so a scanner's paths cannot grow the series).
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/login" => "login",
+        "/v1/token/refresh" => "refresh",
+        "/v1/logout" => "logout",
+        "/v1/revocations" => "revocations",
+        "/.well-known/jwks.json" => "jwks",
+        "/metrics" | "/healthz" | "/readyz" => "probe",
+        p if p.starts_with("/v1/me") => "me",
+        p if p.starts_with("/v1/web/") => "web",
+        p if p.starts_with("/v1/admin/") => "admin",
+        _ => "other",
+    }
 }
 
 /// The registry.
@@ -41,11 +110,16 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-const HELP: [(&str, &str, &str); 13] = [
+const HELP: [(&str, &str, &str); 14] = [
     (
         "weauth_login_risk_total",
         "counter",
         "WeChat risk control at login, by app, outcome (admitted, refused, error_allowed, error_denied) and rank.",
+    ),
+    (
+        "weauth_store_check_failures_total",
+        "counter",
+        "Background store checks (the revocation seq read) that failed.",
     ),
     (
         "weauth_wechat_app_calls_total",
@@ -239,18 +313,12 @@ impl Metrics {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        let seconds = elapsed.as_secs_f64();
-        let histogram = inner
-            .histograms
-            .entry(format!("api=\"{}\"", escape(api)))
-            .or_default();
-        histogram.count += 1;
-        histogram.sum += seconds;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                histogram.counts[i] += 1;
-            }
-        }
+        Self::observe(
+            &mut inner,
+            "weauth_wechat_call_seconds",
+            format!("api=\"{}\"", escape(api)),
+            elapsed,
+        );
         if let Some(err) = error {
             let labels = format!(
                 "api=\"{}\",errcode=\"{}\"",
@@ -261,6 +329,61 @@ impl Metrics {
                 .counters
                 .entry(("weauth_wechat_errors_total", labels))
                 .or_default() += 1;
+        }
+    }
+
+    fn observe(inner: &mut Inner, name: &'static str, labels: String, elapsed: Duration) {
+        let bounds = HISTOGRAMS
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map_or(&[][..], |(_, _, b)| *b);
+        inner
+            .histograms
+            .entry((name, labels))
+            .or_insert_with(|| Histogram {
+                counts: vec![0; bounds.len()],
+                count: 0,
+                sum: 0.0,
+            })
+            .observe(bounds, elapsed.as_secs_f64());
+    }
+
+    /// Records the time taken to answer a request on `route` (see [`route_label`]).
+    pub fn http_duration(&self, route: &str, elapsed: Duration) {
+        if let Ok(mut inner) = self.inner.lock() {
+            Self::observe(
+                &mut inner,
+                "weauth_http_request_duration_seconds",
+                format!("route=\"{}\"", escape(route)),
+                elapsed,
+            );
+        }
+    }
+
+    /// Records a background store check: `weauth_store_up` becomes 1 or 0, and a failure is
+    /// counted in `weauth_store_check_failures_total`.
+    pub fn store_check(&self, ok: bool) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner
+                .gauges
+                .insert("weauth_store_up", if ok { 1.0 } else { 0.0 });
+            let failures = inner
+                .counters
+                .entry(("weauth_store_check_failures_total", String::new()))
+                .or_default();
+            *failures += u64::from(!ok);
+        }
+    }
+
+    /// Records the key ring in use: when its signing key began signing (unix seconds) and how
+    /// many published keys wait to sign.
+    pub fn signing_keys(&self, signing_since: i64, next: usize) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.gauges.insert(
+                "weauth_signing_key_activated_timestamp_seconds",
+                signing_since as f64,
+            );
+            inner.gauges.insert("weauth_signing_keys_next", next as f64);
         }
     }
 
@@ -276,34 +399,43 @@ impl Metrics {
         let Ok(inner) = self.inner.lock() else {
             return out;
         };
+        for (name, help) in GAUGES {
+            if let Some(value) = inner.gauges.get(name) {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+                );
+            }
+        }
         for (name, kind, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for ((series, labels), value) in &inner.counters {
                 if *series == name {
-                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                    if labels.is_empty() {
+                        let _ = writeln!(out, "{name} {value}");
+                    } else {
+                        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                    }
                 }
             }
         }
-        let name = "weauth_wechat_call_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} WeChat call latency per attempt.\n# TYPE {name} histogram"
-        );
-        for (labels, histogram) in &inner.histograms {
-            for (i, bound) in BUCKETS.iter().enumerate() {
+        for (name, help, bounds) in HISTOGRAMS {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for ((series, labels), histogram) in &inner.histograms {
+                if *series != name {
+                    continue;
+                }
+                for (count, bound) in histogram.counts.iter().zip(bounds) {
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+                }
                 let _ = writeln!(
                     out,
-                    "{name}_bucket{{{labels},le=\"{bound}\"}} {}",
-                    histogram.counts[i]
+                    "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+                    histogram.count
                 );
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {}", histogram.sum);
+                let _ = writeln!(out, "{name}_count{{{labels}}} {}", histogram.count);
             }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
-                histogram.count
-            );
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", histogram.sum);
-            let _ = writeln!(out, "{name}_count{{{labels}}} {}", histogram.count);
         }
         out
     }
@@ -359,5 +491,76 @@ mod tests {
             "weauth_wechat_app_calls_total{appid=\"wxB\",api=\"oauth2_access_token\",outcome=\"40029\"} 1\n"
         ), "{text}");
         assert!(text.contains("weauth_wechat_call_seconds_count{api=\"oauth2_access_token\"} 2\n"));
+    }
+
+    #[test]
+    fn http_duration_histogram_per_route() {
+        let metrics = Metrics::default();
+        metrics.http_duration(route_label("/v1/login"), Duration::from_micros(1500));
+        metrics.http_duration(route_label("/v1/login"), Duration::from_millis(40));
+        metrics.http_duration(route_label("/wp-admin.php"), Duration::from_millis(1));
+        let text = metrics.render(&[]);
+        let name = "weauth_http_request_duration_seconds";
+        assert!(
+            text.contains(&format!("# TYPE {name} histogram\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "{name}_bucket{{route=\"login\",le=\"0.001\"}} 0\n"
+        )));
+        assert!(text.contains(&format!(
+            "{name}_bucket{{route=\"login\",le=\"0.0025\"}} 1\n"
+        )));
+        assert!(text.contains(&format!("{name}_bucket{{route=\"login\",le=\"0.05\"}} 2\n")));
+        assert!(text.contains(&format!("{name}_bucket{{route=\"login\",le=\"+Inf\"}} 2\n")));
+        assert!(text.contains(&format!("{name}_count{{route=\"other\"}} 1\n")));
+    }
+
+    #[test]
+    fn route_label_fixed_set() {
+        assert_eq!(route_label("/v1/revocations"), "revocations");
+        assert_eq!(route_label("/v1/me/decrypt"), "me");
+        assert_eq!(route_label("/v1/web/callback"), "web");
+        assert_eq!(route_label("/v1/admin/revoke"), "admin");
+        assert_eq!(route_label("/healthz"), "probe");
+        assert_eq!(route_label("/v1/login/../x"), "other");
+    }
+
+    #[test]
+    fn store_check_sets_up_gauge_and_counts_failures() {
+        let metrics = Metrics::default();
+        assert!(!metrics.render(&[]).contains("weauth_store_up "));
+        metrics.store_check(true);
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("# TYPE weauth_store_up gauge\nweauth_store_up 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weauth_store_check_failures_total 0\n"),
+            "{text}"
+        );
+        metrics.store_check(false);
+        metrics.store_check(false);
+        let text = metrics.render(&[]);
+        assert!(text.contains("weauth_store_up 0\n"), "{text}");
+        assert!(
+            text.contains("weauth_store_check_failures_total 2\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn signing_keys_gauges_rendered() {
+        let metrics = Metrics::default();
+        metrics.signing_keys(1_700_000_000, 1);
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("weauth_signing_key_activated_timestamp_seconds 1700000000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE weauth_signing_keys_next gauge\nweauth_signing_keys_next 1\n")
+        );
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
 use crate::metrics::Metrics;
@@ -552,6 +553,37 @@ pub(crate) fn transport_error(err: reqwest::Error) -> WechatError {
     }
 }
 
+/// Runs one attempt of a WeChat call in a `wechat` span (DEBUG, so disabled unless traces are
+/// exported: see [`crate::otel`]) with `api`, `appid`, `attempt`, `outcome` (`ok` or `error`)
+/// and, on error, `errcode` (the errcode or failure class of the metrics; never the code,
+/// token or openid the call carried).
+pub(crate) async fn traced_attempt<T>(
+    api: &'static str,
+    appid: &str,
+    attempt: u32,
+    call: impl Future<Output = Result<T, WechatError>>,
+) -> Result<T, WechatError> {
+    let span = tracing::debug_span!(
+        "wechat",
+        api,
+        appid,
+        attempt,
+        outcome = tracing::field::Empty,
+        errcode = tracing::field::Empty,
+    );
+    let result = call.instrument(span.clone()).await;
+    match &result {
+        Ok(_) => {
+            span.record("outcome", "ok");
+        }
+        Err(err) => {
+            span.record("outcome", "error");
+            span.record("errcode", err.metric_label().as_str());
+        }
+    }
+    result
+}
+
 /// Runs `call` with the bounded, jittered retry of transient failures (at most `retries`
 /// retries), recording each attempt in the metrics under `appid` and `api`.
 pub(crate) async fn with_retry<T, F, Fut>(
@@ -568,7 +600,7 @@ where
     let mut attempt = 0u32;
     loop {
         let started = Instant::now();
-        let result = call().await;
+        let result = traced_attempt(api, appid, attempt, call()).await;
         metrics.wechat_app_call(appid, api, started.elapsed(), result.as_ref().err());
         match result {
             Err(err) if err.is_retryable() && attempt < retries => {
@@ -754,7 +786,13 @@ impl Wechat for HttpWechat {
             let mut attempt = 0u32;
             loop {
                 let started = Instant::now();
-                let result = self.attempt(code).await;
+                let result = traced_attempt(
+                    "jscode2session",
+                    &self.config.appid,
+                    attempt,
+                    self.attempt(code),
+                )
+                .await;
                 self.metrics.wechat_app_call(
                     &self.config.appid,
                     "jscode2session",

@@ -10,6 +10,8 @@
 //!   on free loopback ports, or on the fixed `make up` ports for `weauth-stack`.
 //! - [`redis`]: a real `redis-server` (and `redis-sentinel`) on free loopback ports, each
 //!   with its own data directory and AOF `appendfsync always`.
+//! - [`prometheus`]: a real `prometheus` scraping a stack with the shipped
+//!   `deploy/monitoring/prometheus.yml` (`make up MONITOR=1`, the dashboard's test).
 //! - [`template`]: rendering of `envoy/envoy.yaml` and `envoy/plugin-config.json` (pure).
 //! - [`walkthrough`]: the README's walkthroughs, which `make up` prints and a test runs.
 //! - [`serve`]: the small hyper 1 server glue the two doubles share; [`signal`]: Ctrl-C and
@@ -17,6 +19,7 @@
 
 pub mod harness;
 pub mod mock_wechat;
+pub mod prometheus;
 pub mod redis;
 pub mod serve;
 pub mod signal;

@@ -20,6 +20,7 @@
 pub mod contract;
 pub mod redis;
 pub mod sqlite;
+pub mod traced;
 
 use async_trait::async_trait;
 use weauth_token::revocation::Entry;

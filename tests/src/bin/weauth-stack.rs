@@ -5,6 +5,10 @@
 //! prints where everything listens and the README's curl walkthrough, then waits for Ctrl-C or SIGTERM
 //! and stops every process it started (and only those).
 //!
+//! `make up MONITOR=1` (`WEAUTH_STACK_MONITOR=1`) also runs Debian's `prometheus` on
+//! 127.0.0.1:9090 with `deploy/monitoring/prometheus.yml` and its alert rules, scraping the
+//! issuer replica(s) and Envoy's admin; its data and log in `.run/prometheus/`.
+//!
 //! Its pid goes to `.run/stack.pid` so `make down` can send it SIGTERM. Development
 //! credentials: the mini-program appid `wx0123456789abcdef` (secret `mock-secret`), the
 //! official account `wx00000000000000a1` (`mock-oa-secret`) and the website
@@ -33,12 +37,15 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use weauth_tests::harness::{workspace_root, Stack, StackPorts};
+use weauth_tests::prometheus::{self, Prometheus, Targets};
 use weauth_tests::walkthrough;
 
 const USAGE: &str = "usage: weauth-stack [--concurrency N] [--free-ports] [--json] \
                      [--issuer-env NAME=VALUE]... [--plugin-patch JSON]...";
 const FEED_TOKEN: &str = "dev-feed-token";
 const ADMIN_TOKEN: &str = "dev-admin-token";
+/// `make up MONITOR=1`: Prometheus's port.
+const PROMETHEUS_PORT: u16 = 9090;
 
 /// The command line, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,15 +139,21 @@ async fn stdin_closed() {
 }
 
 /// Refuses to start when a fixed port is taken (most likely by a stack already running).
-fn check_ports_free(ports: StackPorts) -> Result<(), String> {
-    for (role, port) in [
+fn check_ports_free(ports: StackPorts, monitor: bool) -> Result<(), String> {
+    let mut wanted = vec![
         ("Envoy", ports.envoy),
         ("Envoy internal listener", ports.internal),
         ("Envoy admin", ports.admin),
         ("issuer", ports.issuer),
         ("demo upstream", ports.upstream),
         ("mock WeChat", ports.mock),
-    ] {
+    ];
+    if monitor {
+        // On a machine with systemd, installing Debian's prometheus also starts its service
+        // on 9090: `systemctl disable --now prometheus` frees the port.
+        wanted.push(("Prometheus (MONITOR=1)", PROMETHEUS_PORT));
+    }
+    for (role, port) in wanted {
         if let Err(e) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
             return Err(format!(
                 "port {port} ({role}) is not available: {e}. Is the stack already running? \
@@ -191,6 +204,29 @@ Stop with Ctrl-C or `make down`.
     )
 }
 
+/// Prometheus scraping `stack` with the shipped configuration: on 9090 with its data in
+/// `<run dir>/prometheus`, or on a free port in the stack's temp dir with `--free-ports`.
+async fn start_prometheus(stack: &Stack, free_ports: bool) -> Result<Prometheus, String> {
+    let dir = prometheus::monitoring_dir();
+    let shipped = std::fs::read_to_string(dir.join("prometheus.yml"))
+        .map_err(|e| format!("{}: {e}", dir.join("prometheus.yml").display()))?;
+    let targets = Targets {
+        issuers: (0..stack.replica_count())
+            .map(|i| prometheus::host_port(&stack.replica_url(i)))
+            .collect(),
+        envoy_admin: prometheus::host_port(&stack.admin_url()),
+    };
+    let config = prometheus::config(&shipped, &targets, &dir.join("alerts.yaml"), None)?;
+    let port = if free_ports {
+        weauth_tests::harness::free_port().map_err(|e| format!("finding a free port: {e}"))?
+    } else {
+        PROMETHEUS_PORT
+    };
+    Prometheus::start(&stack.dir().join("prometheus"), port, &config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 fn remove_pid_file(path: &Path) {
     // Only remove it if it is still ours (another launcher may have replaced it).
     if std::fs::read_to_string(path).is_ok_and(|s| s.trim() == std::process::id().to_string()) {
@@ -214,12 +250,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for patch in &opts.plugin_patches {
         builder = builder.plugin_config_patch(patch.clone());
     }
+    let monitor = matches!(
+        std::env::var("WEAUTH_STACK_MONITOR").as_deref(),
+        Ok("1" | "true" | "yes")
+    );
     let pid_file = if opts.free_ports {
         // Free ports, a temp dir and random credentials: nothing shared with `make up`.
         None
     } else {
         let ports = StackPorts::LOCAL;
-        check_ports_free(ports)?;
+        check_ports_free(ports, monitor)?;
         let run_dir = workspace_root().join(".run");
         std::fs::create_dir_all(&run_dir)?;
         let pid_file = run_dir.join("stack.pid");
@@ -256,6 +296,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(1);
         }
     };
+    let prometheus = if monitor {
+        match start_prometheus(&stack, opts.free_ports).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("weauth-stack: {e}");
+                stack.shutdown().await;
+                if let Some(p) = &pid_file {
+                    remove_pid_file(p);
+                }
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     if opts.json {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", ready_line(&stack))?;
@@ -266,7 +321,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     } else {
         println!("{}", walkthrough(&stack));
+        if let Some(p) = &prometheus {
+            println!(
+                "Prometheus {} scrapes the issuer and Envoy every 5 s with the alert rules of \
+                 deploy/monitoring/alerts.yaml (alerts: {}/alerts; log {}).\n",
+                p.url(),
+                p.url(),
+                p.log().display()
+            );
+        }
         weauth_tests::signal::terminated().await;
+    }
+    if let Some(p) = prometheus {
+        eprintln!("weauth-stack: stopping Prometheus");
+        p.stop().await;
     }
     eprintln!("weauth-stack: stopping Envoy and the issuer");
     stack.shutdown().await;

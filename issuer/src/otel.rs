@@ -1,0 +1,374 @@
+//! OpenTelemetry traces, exported over OTLP/HTTP with the JSON encoding, when the standard
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (plus
+//! `/v1/traces`) is set; `OTEL_SERVICE_NAME` names the service (default `weauth-issuer`).
+//! Unset, no layer is installed and the `wechat` and `store` spans (DEBUG level) are disabled
+//! at their call sites: nothing is recorded.
+//!
+//! Spans exported: `request` (kind SERVER; server.rs; its ids come from the caller's
+//! `traceparent`, see [`crate::tracecontext`]), `wechat` (CLIENT, one per attempt, with `api`,
+//! `appid` and `outcome`: `ok` or the errcode / failure class; never a code, token or openid),
+//! and `store` (INTERNAL, one per store operation, with `op`). Only spans inside a request are
+//! exported: the background tasks' store reads (4 a second on SQLite) are not.
+//!
+//! A small hand-written exporter rather than the `opentelemetry` crates: three span names, one
+//! encoding, no extra dependency. Finished spans go through a bounded channel (dropped, and
+//! counted in a warning, when the collector cannot keep up) to a task that posts them in
+//! batches every second.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::Subscriber;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+/// Span names this layer exports.
+pub const EXPORTED: [&str; 3] = ["request", "wechat", "store"];
+
+/// Finished spans waiting for the exporter, at most.
+const QUEUE: usize = 8192;
+/// Spans per POST, at most.
+const BATCH: usize = 512;
+
+/// Where and as what to export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// The full URL spans are posted to.
+    pub traces_url: String,
+    /// `service.name`.
+    pub service_name: String,
+}
+
+impl OtlpConfig {
+    /// From the standard variables (`get` reads one), or `None` when no endpoint is set.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Option<OtlpConfig> {
+        let set = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let traces_url = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+            set("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+        })?;
+        Some(OtlpConfig {
+            traces_url,
+            service_name: set("OTEL_SERVICE_NAME").unwrap_or_else(|| "weauth-issuer".into()),
+        })
+    }
+}
+
+/// What the layer keeps about an open span (in the registry's extensions).
+struct SpanData {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent_id: Option<[u8; 8]>,
+    name: &'static str,
+    start: SystemTime,
+    attributes: BTreeMap<String, Value>,
+}
+
+/// Collects span fields as OTLP attribute values.
+#[derive(Default)]
+struct Fields(BTreeMap<String, Value>);
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), json!({"stringValue": value}));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        // OTLP JSON carries 64-bit integers as strings.
+        self.0
+            .insert(field.name().into(), json!({"intValue": value.to_string()}));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0
+            .insert(field.name().into(), json!({"intValue": value.to_string()}));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0
+            .insert(field.name().into(), json!({"boolValue": value}));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().into(),
+            json!({"stringValue": format!("{value:?}")}),
+        );
+    }
+}
+
+impl Fields {
+    fn take_string(&mut self, name: &str) -> Option<String> {
+        self.0
+            .remove(name)
+            .and_then(|v| v["stringValue"].as_str().map(str::to_string))
+    }
+}
+
+fn hex_id<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+fn unix_nanos(t: SystemTime) -> String {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+        .to_string()
+}
+
+/// OTLP span kinds.
+fn kind(name: &str) -> u8 {
+    match name {
+        "request" => 2, // SERVER
+        "wechat" => 3,  // CLIENT
+        _ => 1,         // INTERNAL
+    }
+}
+
+impl SpanData {
+    /// The span in OTLP JSON, ended at `end`.
+    fn to_otlp(&self, end: SystemTime) -> Value {
+        let failed = match self.name {
+            "request" => self
+                .attributes
+                .get("http.response.status_code")
+                .and_then(|v| v["intValue"].as_str())
+                .and_then(|s| s.parse::<u16>().ok())
+                .is_some_and(|status| status >= 500),
+            _ => self
+                .attributes
+                .get("outcome")
+                .and_then(|v| v["stringValue"].as_str())
+                .is_some_and(|o| o != "ok"),
+        };
+        let mut span = json!({
+            "traceId": hex::encode(self.trace_id),
+            "spanId": hex::encode(self.span_id),
+            "name": self.name,
+            "kind": kind(self.name),
+            "startTimeUnixNano": unix_nanos(self.start),
+            "endTimeUnixNano": unix_nanos(end),
+            "attributes": self.attributes.iter()
+                .map(|(k, v)| json!({"key": k, "value": v}))
+                .collect::<Vec<_>>(),
+            // 1 OK, 2 ERROR
+            "status": {"code": if failed { 2 } else { 1 }},
+        });
+        if let Some(parent) = self.parent_id {
+            span["parentSpanId"] = json!(hex::encode(parent));
+        }
+        span
+    }
+}
+
+/// The tracing layer: records the exported spans and hands them, finished, to the exporter.
+pub struct OtlpLayer {
+    tx: mpsc::Sender<Value>,
+}
+
+/// The finished spans, in OTLP JSON, on their way to [`export`].
+pub type SpanReceiver = mpsc::Receiver<Value>;
+
+/// The layer and the receiving end its exporter ([`export`]) reads.
+pub fn layer() -> (OtlpLayer, SpanReceiver) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (OtlpLayer { tx }, rx)
+}
+
+impl<S> Layer<S> for OtlpLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let name = attrs.metadata().name();
+        let Some(name) = EXPORTED.iter().find(|n| **n == name) else {
+            return;
+        };
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let ids = match (
+            fields.take_string("trace_id"),
+            fields.take_string("span_id"),
+        ) {
+            // The request span: its ids are its fields (server.rs).
+            (Some(trace), Some(own)) => {
+                let parent = fields
+                    .take_string("parent_id")
+                    .and_then(|p| hex_id::<8>(&p));
+                hex_id::<16>(&trace)
+                    .zip(hex_id::<8>(&own))
+                    .map(|(t, s)| (t, s, parent))
+            }
+            // Inside a request: a child of the closest exported ancestor.
+            _ => span.scope().skip(1).find_map(|ancestor| {
+                ancestor
+                    .extensions()
+                    .get::<SpanData>()
+                    .map(|p| (p.trace_id, rand_span_id(), Some(p.span_id)))
+            }),
+        };
+        let Some((trace_id, span_id, parent_id)) = ids else {
+            return;
+        };
+        span.extensions_mut().insert(SpanData {
+            trace_id,
+            span_id,
+            parent_id,
+            name,
+            start: SystemTime::now(),
+            attributes: fields.0,
+        });
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            if let Some(data) = span.extensions_mut().get_mut::<SpanData>() {
+                let mut fields = Fields::default();
+                values.record(&mut fields);
+                data.attributes.extend(fields.0);
+            }
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(&id) {
+            if let Some(data) = span.extensions_mut().remove::<SpanData>() {
+                // Full queue: the collector is behind; the span is dropped ([`export`] says so).
+                let _ = self.tx.try_send(data.to_otlp(SystemTime::now()));
+            }
+        }
+    }
+}
+
+fn rand_span_id() -> [u8; 8] {
+    loop {
+        let id: [u8; 8] = rand::random();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+/// The OTLP request body for `spans`.
+pub fn body(service_name: &str, spans: Vec<Value>) -> Value {
+    json!({"resourceSpans": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": service_name}}
+        ]},
+        "scopeSpans": [{
+            "scope": {"name": "weauth-issuer", "version": env!("CARGO_PKG_VERSION")},
+            "spans": spans,
+        }],
+    }]})
+}
+
+/// Posts the finished spans to the collector every second (or as soon as a batch is full),
+/// until `rx` closes. A failed post is logged (at most once a minute) and its spans dropped.
+pub async fn export(config: OtlpConfig, mut rx: SpanReceiver) {
+    let client = reqwest::Client::new();
+    let mut last_warning: Option<std::time::Instant> = None;
+    loop {
+        let mut spans = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while spans.len() < BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(span)) => spans.push(span),
+                Ok(None) if spans.is_empty() => return,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if spans.is_empty() {
+            continue;
+        }
+        let count = spans.len();
+        let result = client
+            .post(&config.traces_url)
+            .timeout(Duration::from_secs(5))
+            .json(&body(&config.service_name, spans))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status);
+        if let Err(err) = result {
+            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                last_warning = Some(std::time::Instant::now());
+                tracing::warn!(url = %config.traces_url, error = %err, dropped = count, "OTLP export failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn from_env_unset_none() {
+        assert_eq!(OtlpConfig::from_env(env(&[])), None);
+        assert_eq!(
+            OtlpConfig::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])),
+            None
+        );
+    }
+
+    #[test]
+    fn from_env_base_endpoint_gets_v1_traces() {
+        let cfg = OtlpConfig::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]))
+            .unwrap();
+        assert_eq!(cfg.traces_url, "http://c:4318/v1/traces");
+        assert_eq!(cfg.service_name, "weauth-issuer");
+    }
+
+    #[test]
+    fn from_env_traces_endpoint_used_as_is_and_service_name() {
+        let cfg = OtlpConfig::from_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4318/x"),
+            ("OTEL_SERVICE_NAME", "auth"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.traces_url, "http://t:4318/x");
+        assert_eq!(cfg.service_name, "auth");
+    }
+
+    #[test]
+    fn span_to_otlp_ids_hex_times_nanos_and_error_status() {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("outcome".to_string(), json!({"stringValue": "-1"}));
+        let data = SpanData {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_id: Some([3; 8]),
+            name: "wechat",
+            start: UNIX_EPOCH + Duration::from_secs(1),
+            attributes,
+        };
+        let span = data.to_otlp(UNIX_EPOCH + Duration::from_millis(1500));
+        assert_eq!(span["traceId"], "01010101010101010101010101010101");
+        assert_eq!(span["spanId"], "0202020202020202");
+        assert_eq!(span["parentSpanId"], "0303030303030303");
+        assert_eq!(span["kind"], 3);
+        assert_eq!(span["startTimeUnixNano"], "1000000000");
+        assert_eq!(span["endTimeUnixNano"], "1500000000");
+        assert_eq!(span["status"]["code"], 2);
+        assert_eq!(span["attributes"][0]["key"], "outcome");
+    }
+}

@@ -1,0 +1,619 @@
+//! `deploy/monitoring/`: the alert rules' shape (every alert has a severity, a summary, a
+//! description and a runbook section in docs/RUNBOOK.md, and is exercised by
+//! `alerts_test.yaml`), the PrometheusRule carrying the same groups, and the Grafana dashboard
+//! against a real Prometheus scraping the test stack.
+//!
+//! What the rules evaluate to is `promtool test rules` (`make monitoring-check`); these tests
+//! check what promtool does not.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weauth_tests::harness::{free_port, temp_dir, workspace_root, Stack};
+use weauth_tests::prometheus::{self, Prometheus, Targets};
+
+fn monitoring(file: &str) -> PathBuf {
+    workspace_root().join("deploy/monitoring").join(file)
+}
+
+fn read(path: &PathBuf) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml(path: &PathBuf) -> Value {
+    serde_yaml_ng::from_str(&read(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every alerting rule of alerts.yaml.
+fn alert_rules() -> Vec<Value> {
+    let rules = yaml(&monitoring("alerts.yaml"));
+    let groups = rules["groups"].as_array().expect("alerts.yaml: groups");
+    groups
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r.get("alert").is_some())
+        .collect()
+}
+
+/// GitHub's anchor for a Markdown heading: lower case, spaces to `-`, punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn alerts_have_severity_summary_and_a_runbook_section() {
+    let runbook = read(&workspace_root().join("docs/RUNBOOK.md"));
+    let anchors: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(anchor)
+        .collect();
+    let rules = alert_rules();
+    assert!(rules.len() >= 10, "{} alerting rules", rules.len());
+    for rule in &rules {
+        let name = rule["alert"].as_str().unwrap();
+        let severity = rule["labels"]["severity"].as_str();
+        assert!(
+            matches!(severity, Some("critical" | "warning")),
+            "{name}: severity {severity:?}"
+        );
+        for key in ["summary", "description"] {
+            let text = rule["annotations"][key].as_str().unwrap_or_default();
+            assert!(text.len() > 10, "{name}: annotation {key} missing");
+        }
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_default();
+        let (page, fragment) = url
+            .split_once('#')
+            .unwrap_or_else(|| panic!("{name}: runbook_url {url:?} has no anchor"));
+        assert!(page.ends_with("/docs/RUNBOOK.md"), "{name}: {url}");
+        assert_eq!(fragment, name.to_lowercase(), "{name}: anchor");
+        assert!(
+            anchors.contains(fragment),
+            "{name}: docs/RUNBOOK.md has no section `## {name}`"
+        );
+    }
+}
+
+#[test]
+fn every_alert_is_exercised_by_the_promtool_tests() {
+    let tests = yaml(&monitoring("alerts_test.yaml"));
+    let exercised: BTreeSet<&str> = tests["tests"]
+        .as_array()
+        .expect("alerts_test.yaml: tests")
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().into_iter().flatten())
+        .filter(|case| {
+            // fires somewhere: at least one case expects an alert
+            case["exp_alerts"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .filter_map(|case| case["alertname"].as_str())
+        .collect();
+    for rule in alert_rules() {
+        let name = rule["alert"].as_str().unwrap();
+        assert!(
+            exercised.contains(name),
+            "alerts_test.yaml never shows {name} firing"
+        );
+    }
+}
+
+#[test]
+fn prometheusrule_carries_the_same_groups() {
+    let rules = yaml(&monitoring("alerts.yaml"));
+    let operator = yaml(&monitoring("prometheusrule.yaml"));
+    assert_eq!(operator["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(operator["kind"], "PrometheusRule");
+    assert_eq!(
+        operator["spec"]["groups"], rules["groups"],
+        "deploy/monitoring/prometheusrule.yaml differs from alerts.yaml: run `make monitoring-rules`"
+    );
+}
+
+// --- the dashboard against a real Prometheus ---------------------------------------------------
+
+/// How long the panels may take to show data after traffic starts. With a 1 s scrape and a
+/// 10 s rate window they do within about 15 s; the rest is room for a loaded 2-core machine.
+const DATA_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What Grafana would put in place of the dashboard's variables.
+fn grafana_expand(expr: &str) -> String {
+    expr.replace("$__rate_interval", "10s")
+        .replace("$issuer_job", "weauth-issuer")
+}
+
+/// Panels that may stay empty after this test's traffic, and why.
+const MAY_BE_EMPTY: &[(&str, &str)] = &[
+    (
+        "App access token fetches",
+        "no call in this traffic needs WeChat's app access token (phone numbers, risk checks do)",
+    ),
+    (
+        "User data calls",
+        "this traffic decrypts nothing and asks for no phone number",
+    ),
+];
+
+/// One query of one panel.
+struct Query {
+    panel: String,
+    ref_id: String,
+    expr: String,
+}
+
+fn dashboard_queries() -> Vec<Query> {
+    let dashboard: Value = serde_json::from_str(&read(&monitoring("dashboard.json")))
+        .unwrap_or_else(|e| panic!("dashboard.json: {e}"));
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"]
+        .as_array()
+        .expect("dashboard.json: panels")
+    {
+        if panel["type"] == "row" {
+            continue;
+        }
+        let title = panel["title"].as_str().unwrap_or_default().to_string();
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        assert!(!targets.is_empty(), "panel {title:?} has no query");
+        for target in targets {
+            queries.push(Query {
+                panel: title.clone(),
+                ref_id: target["refId"].as_str().unwrap_or_default().to_string(),
+                expr: grafana_expand(target["expr"].as_str().unwrap_or_default()),
+            });
+        }
+    }
+    queries
+}
+
+/// prometheus-adapter's `metricsQuery`, with the placeholders filled in as the adapter would
+/// for the issuer's pods (here: the local job, grouped by instance instead of pod).
+fn adapter_query() -> String {
+    let path = workspace_root().join("deploy/kubernetes/prometheus-adapter.yaml");
+    let configmap = yaml(&path);
+    let config: Value = serde_yaml_ng::from_str(configmap["data"]["config.yaml"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("prometheus-adapter.yaml config.yaml: {e}"));
+    let rule = &config["rules"][0];
+    assert_eq!(rule["name"]["as"], "weauth_http_requests_per_second");
+    assert!(rule["seriesQuery"]
+        .as_str()
+        .unwrap()
+        .starts_with("weauth_http_requests_total{"));
+    rule["metricsQuery"]
+        .as_str()
+        .unwrap()
+        .replace("<<.Series>>", "weauth_http_requests_total")
+        .replace("<<.LabelMatchers>>", "job=\"weauth-issuer\"")
+        .replace("<<.GroupBy>>", "instance")
+}
+
+/// The outcome of one instant query.
+enum Answer {
+    /// Rejected by the parser or the engine (the text says why).
+    Refused(String),
+    /// The values of the result (vector samples, or the scalar).
+    Values(Vec<f64>),
+}
+
+async fn instant(client: &reqwest::Client, prometheus: &str, expr: &str) -> Answer {
+    let resp = client
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", expr)])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    let body: Value = match resp {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        // Prometheus itself busy: not a verdict on the query, try again next round.
+        Err(_) => return Answer::Values(Vec::new()),
+    };
+    if body["status"] != "success" {
+        return Answer::Refused(format!("{}: {}", body["errorType"], body["error"]));
+    }
+    let value = |v: &Value| v[1].as_str().and_then(|s| s.parse::<f64>().ok());
+    let data = &body["data"];
+    let values = match data["resultType"].as_str() {
+        Some("scalar") => value(&data["result"]).into_iter().collect(),
+        _ => data["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| value(&s["value"]))
+            .collect(),
+    };
+    Answer::Values(values)
+}
+
+/// One round of traffic through Envoy: a login, API calls with the token (a cache miss then
+/// hits), without a token and with a malformed one (denials), a refresh, a login WeChat refuses
+/// (40029), and a logout (a revocation entry at every sidecar).
+async fn traffic(stack: &Stack, round: usize) {
+    let user = format!("monitor-{round}");
+    let Ok(tokens) = stack.login(&user).await else {
+        return;
+    };
+    for _ in 0..3 {
+        let _ = stack
+            .get_json("/api/hello", Some(&tokens.access_token))
+            .await;
+    }
+    let _ = stack.get_json("/api/hello", None).await;
+    let _ = stack.get_json("/api/hello", Some("not.a.jwt")).await;
+    let _ = stack
+        .post_json(
+            "/v1/token/refresh",
+            None,
+            &json!({"refresh_token": tokens.refresh_token}),
+        )
+        .await;
+    let _ = stack
+        .post_json("/v1/login", None, &json!({"code": "no-such-code"}))
+        .await;
+    let _ = stack
+        .request(reqwest::Method::POST, "/v1/logout")
+        .bearer_auth(&tokens.access_token)
+        .send()
+        .await;
+}
+
+#[tokio::test]
+async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
+    let began = Instant::now();
+    let stack = Stack::builder()
+        // Logins every round from one address: no per-IP login limit in this test.
+        .issuer_env("WEAUTH_LOGIN_RATE", "0")
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the weauth stack: {e}"));
+    let dir = temp_dir("weauth-prometheus").unwrap();
+    let shipped = read(&monitoring("prometheus.yml"));
+    let targets = Targets {
+        issuers: vec![prometheus::host_port(&stack.issuer_url())],
+        envoy_admin: prometheus::host_port(&stack.admin_url()),
+    };
+    let config = prometheus::config(&shipped, &targets, &monitoring("alerts.yaml"), Some("1s"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = free_port().unwrap();
+    let prom = Prometheus::start(dir.path(), port, &config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start prometheus: {e}"));
+    let url = prom.url().to_string();
+    let client = reqwest::Client::new();
+    let started_traffic = Instant::now();
+
+    let mut queries = dashboard_queries();
+    queries.push(Query {
+        panel: "prometheus-adapter rule (deploy/kubernetes/prometheus-adapter.yaml)".into(),
+        ref_id: "metricsQuery".into(),
+        expr: adapter_query(),
+    });
+    let may_be_empty = |panel: &str| MAY_BE_EMPTY.iter().any(|(p, _)| *p == panel);
+    let mut round = 0;
+    let missing = loop {
+        traffic(&stack, round).await;
+        round += 1;
+        let mut missing = Vec::new();
+        for q in &queries {
+            match instant(&client, &url, &q.expr).await {
+                Answer::Refused(why) => panic!(
+                    "panel {:?} query {}: Prometheus refuses `{}`: {why}",
+                    q.panel, q.ref_id, q.expr
+                ),
+                Answer::Values(values) => {
+                    if !may_be_empty(&q.panel) && !values.iter().any(|v| v.is_finite()) {
+                        missing.push(format!(
+                            "panel {:?} query {} `{}` → {values:?}",
+                            q.panel, q.ref_id, q.expr
+                        ));
+                    }
+                }
+            }
+        }
+        if missing.is_empty() || started_traffic.elapsed() > DATA_DEADLINE {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "waited {:?} ({round} rounds of traffic) for every panel to show a finite value; \
+         still without data:\n{}\nPrometheus log: {} (kept with WEAUTH_KEEP_TMP=1)",
+        started_traffic.elapsed(),
+        missing.join("\n"),
+        prom.log().display()
+    );
+
+    // The alert rules loaded next to the dashboard evaluate without error against the real
+    // series, and none fires on a healthy stack.
+    let rules_deadline = Instant::now() + Duration::from_secs(30);
+    let rules = loop {
+        let body: Value = client
+            .get(format!("{url}/api/v1/rules"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rules: Vec<Value> = body["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let evaluated = rules.iter().all(|r| r["health"] != "unknown");
+        if (evaluated && !rules.is_empty()) || Instant::now() > rules_deadline {
+            break rules;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        rules.len(),
+        alert_rules().len(),
+        "rules loaded by Prometheus"
+    );
+    for rule in &rules {
+        assert_eq!(
+            rule["health"], "ok",
+            "rule {} evaluates with an error: {}",
+            rule["name"], rule["lastError"]
+        );
+        assert_ne!(
+            rule["state"], "firing",
+            "alert {} fires on a healthy stack: {}",
+            rule["name"], rule["alerts"]
+        );
+    }
+    eprintln!(
+        "monitoring: {} queries with data after {:?} of traffic ({round} rounds); test took {:?}",
+        queries.len(),
+        started_traffic.elapsed(),
+        began.elapsed()
+    );
+    prom.stop().await;
+    stack.shutdown().await;
+}
+
+// --- logs joined to traces -----------------------------------------------------------------------
+
+/// The issuer's JSON log lines about `path`'s request (the `request` line routes.rs logs at
+/// debug level for every answer).
+fn request_lines(log: &str, path: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "request" && l["fields"]["path"] == path)
+        .collect()
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn json_log_lines_carry_the_callers_trace_id() {
+    let stack = Stack::builder()
+        .without_envoy()
+        .issuer_env("WEAUTH_LOG_FORMAT", "json")
+        .issuer_env("WEAUTH_LOG", "info,weauth_issuer=debug")
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the issuer: {e}"));
+    let client = reqwest::Client::new();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let code = stack.mock.login("traced").code;
+    let resp = client
+        .post(format!("{}/v1/login", stack.issuer_url()))
+        .header("traceparent", format!("00-{trace}-{parent}-01"))
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // No traceparent: a trace of its own.
+    let resp = client
+        .get(format!("{}/.well-known/jwks.json", stack.issuer_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The line is written before the answer is sent; allow for a slow file system anyway.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (login, jwks) = loop {
+        let log = std::fs::read_to_string(stack.issuer_log()).unwrap_or_default();
+        let (login, jwks) = (
+            request_lines(&log, "/v1/login"),
+            request_lines(&log, "/.well-known/jwks.json"),
+        );
+        if (!login.is_empty() && !jwks.is_empty()) || Instant::now() > deadline {
+            break (login, jwks);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let [login] = &login[..] else {
+        panic!("one /v1/login request line expected in the issuer's log, got {login:?}");
+    };
+    let span = &login["span"];
+    assert_eq!(span["name"], "request", "{login}");
+    assert_eq!(span["trace_id"], trace, "{login}");
+    assert_eq!(span["parent_id"], parent, "{login}");
+    let span_id = span["span_id"].as_str().unwrap_or_default();
+    assert!(is_hex(span_id, 16) && span_id != parent, "{login}");
+
+    let [jwks] = &jwks[..] else {
+        panic!("one JWKS request line expected in the issuer's log, got {jwks:?}");
+    };
+    let fresh = jwks["span"]["trace_id"].as_str().unwrap_or_default();
+    assert!(is_hex(fresh, 32) && fresh != trace, "{jwks}");
+    assert_eq!(jwks["span"]["parent_id"], "", "{jwks}");
+    stack.shutdown().await;
+}
+
+// --- traces over OTLP --------------------------------------------------------------------------
+
+/// A small OTLP/HTTP receiver: keeps every span posted to `/v1/traces` (JSON encoding).
+async fn otlp_receiver() -> (
+    weauth_tests::serve::ServerHandle,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+) {
+    use http_body_util::Full;
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let kept = spans.clone();
+    let server = weauth_tests::serve::ServerHandle::start(
+        ([127, 0, 0, 1], 0).into(),
+        move |req: weauth_tests::serve::Request| {
+            let kept = kept.clone();
+            async move {
+                let path_ok = req.uri().path() == "/v1/traces";
+                let body = weauth_tests::serve::read_body(req.into_body()).await;
+                let parsed: Value = body
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or(Value::Null);
+                let batch: Vec<Value> = parsed["resourceSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|rs| rs["scopeSpans"].as_array().cloned().unwrap_or_default())
+                    .flat_map(|ss| ss["spans"].as_array().cloned().unwrap_or_default())
+                    .collect();
+                let status = if path_ok && !batch.is_empty() {
+                    200
+                } else {
+                    400
+                };
+                kept.lock().unwrap().extend(batch);
+                let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from_static(b"{}")));
+                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                resp
+            }
+        },
+    )
+    .await
+    .unwrap();
+    (server, spans)
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+}
+
+#[tokio::test]
+async fn otlp_spans_join_the_callers_trace() {
+    let (receiver, spans) = otlp_receiver().await;
+    let stack = Stack::builder()
+        .without_envoy()
+        .issuer_env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", receiver.addr()),
+        )
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the issuer: {e}"));
+    let client = reqwest::Client::new();
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller = "b7ad6b7169203331";
+    let code = stack.mock.login("traced").code;
+    let resp = client
+        .post(format!("{}/v1/login", stack.issuer_url()))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A code WeChat refuses (40029): the WeChat span says so, and never carries the code.
+    let bad_code = "no-such-code-4711";
+    let bad_trace = "1af7651916cd43dd8448eb211c80319c";
+    let resp = client
+        .post(format!("{}/v1/login", stack.issuer_url()))
+        .header("traceparent", format!("00-{bad_trace}-{caller}-01"))
+        .json(&json!({ "code": bad_code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // Exported in batches every second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let of_trace = |t: &str| -> Vec<Value> {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s["traceId"] == t)
+            .cloned()
+            .collect()
+    };
+    let (good, bad) = loop {
+        let (good, bad) = (of_trace(trace), of_trace(bad_trace));
+        let done = |v: &[Value]| {
+            ["request", "wechat", "store"]
+                .iter()
+                .all(|n| v.iter().any(|s| s["name"] == *n))
+        };
+        if (done(&good) && bad.iter().any(|s| s["name"] == "wechat")) || Instant::now() > deadline {
+            break (good, bad);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let named = |v: &[Value], n: &str| -> Vec<Value> {
+        v.iter().filter(|s| s["name"] == n).cloned().collect()
+    };
+    let request = named(&good, "request");
+    let [request] = &request[..] else {
+        panic!("one request span expected in trace {trace}: {good:#?}");
+    };
+    assert_eq!(request["parentSpanId"], caller, "{request}");
+    assert_eq!(request["kind"], 2, "SERVER: {request}");
+    assert_eq!(
+        attr(request, "http.response.status_code").unwrap()["intValue"],
+        "200"
+    );
+    let request_id = request["spanId"].as_str().unwrap();
+    let wechat = named(&good, "wechat");
+    assert!(!wechat.is_empty(), "no wechat span: {good:#?}");
+    for span in &wechat {
+        assert_eq!(span["parentSpanId"], request_id, "{span}");
+        assert_eq!(attr(span, "api").unwrap()["stringValue"], "jscode2session");
+        assert_eq!(attr(span, "outcome").unwrap()["stringValue"], "ok");
+    }
+    let store = named(&good, "store");
+    assert!(!store.is_empty(), "no store span: {good:#?}");
+    for span in &store {
+        assert_eq!(span["parentSpanId"], request_id, "{span}");
+        assert!(attr(span, "op").is_some(), "{span}");
+    }
+
+    let refused = named(&bad, "wechat");
+    assert!(
+        !refused.is_empty(),
+        "no wechat span for the refused code: {bad:#?}"
+    );
+    assert_eq!(
+        attr(&refused[0], "errcode").unwrap()["stringValue"],
+        "40029"
+    );
+    assert_eq!(refused[0]["status"]["code"], 2, "ERROR: {}", refused[0]);
+    let everything = serde_json::to_string(&*spans.lock().unwrap()).unwrap();
+    assert!(!everything.contains(bad_code), "a login code was exported");
+    assert!(!everything.contains(&code), "a login code was exported");
+    stack.shutdown().await;
+    receiver.shutdown().await;
+}
