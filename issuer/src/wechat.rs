@@ -655,6 +655,25 @@ impl HttpWechat {
         let body = response.bytes().await.map_err(transport_error)?;
         Ok((status, body))
     }
+
+    /// A token-taking `POST` API (`path?access_token=…` with a JSON body), retried as
+    /// [`HttpWechat::with_retry`] says, its answer read by `classify`.
+    async fn call_api<T>(
+        &self,
+        api: &'static str,
+        path: &str,
+        access_token: &str,
+        body: serde_json::Value,
+        classify: fn(u16, &[u8]) -> Result<T, WechatError>,
+    ) -> Result<T, WechatError> {
+        self.with_retry(api, || async {
+            let (status, bytes) = self
+                .post_json(path, &[("access_token", access_token)], &body)
+                .await?;
+            classify(status, &bytes)
+        })
+        .await
+    }
 }
 
 impl Wechat for HttpWechat {
@@ -686,20 +705,14 @@ impl Wechat for HttpWechat {
         code: &'a str,
         openid: &'a str,
     ) -> BoxFuture<'a, Result<PhoneInfo, WechatError>> {
-        Box::pin(async move {
-            let body = serde_json::json!({ "code": code, "openid": openid });
-            self.with_retry("getuserphonenumber", || async {
-                let (status, bytes) = self
-                    .post_json(
-                        "/wxa/business/getuserphonenumber",
-                        &[("access_token", access_token)],
-                        &body,
-                    )
-                    .await?;
-                classify_phone(status, &bytes)
-            })
-            .await
-        })
+        let body = serde_json::json!({ "code": code, "openid": openid });
+        Box::pin(self.call_api(
+            "getuserphonenumber",
+            "/wxa/business/getuserphonenumber",
+            access_token,
+            body,
+            classify_phone,
+        ))
     }
 
     fn user_risk_rank<'a>(
@@ -707,25 +720,19 @@ impl Wechat for HttpWechat {
         access_token: &'a str,
         query: RiskQuery<'a>,
     ) -> BoxFuture<'a, Result<u8, WechatError>> {
-        Box::pin(async move {
-            let body = serde_json::json!({
-                "appid": query.appid,
-                "openid": query.openid,
-                "scene": query.scene,
-                "client_ip": query.client_ip.to_string(),
-            });
-            self.with_retry("getuserriskrank", || async {
-                let (status, bytes) = self
-                    .post_json(
-                        "/wxa/getuserriskrank",
-                        &[("access_token", access_token)],
-                        &body,
-                    )
-                    .await?;
-                classify_risk_rank(status, &bytes)
-            })
-            .await
-        })
+        let body = serde_json::json!({
+            "appid": query.appid,
+            "openid": query.openid,
+            "scene": query.scene,
+            "client_ip": query.client_ip.to_string(),
+        });
+        Box::pin(self.call_api(
+            "getuserriskrank",
+            "/wxa/getuserriskrank",
+            access_token,
+            body,
+            classify_risk_rank,
+        ))
     }
 
     fn check_encrypted_data<'a>(
@@ -733,20 +740,14 @@ impl Wechat for HttpWechat {
         access_token: &'a str,
         encrypted_msg_hash: &'a str,
     ) -> BoxFuture<'a, Result<EncryptedCheck, WechatError>> {
-        Box::pin(async move {
-            let body = serde_json::json!({ "encrypted_msg_hash": encrypted_msg_hash });
-            self.with_retry("checkencryptedmsg", || async {
-                let (status, bytes) = self
-                    .post_json(
-                        "/wxa/business/checkencryptedmsg",
-                        &[("access_token", access_token)],
-                        &body,
-                    )
-                    .await?;
-                classify_encrypted_check(status, &bytes)
-            })
-            .await
-        })
+        let body = serde_json::json!({ "encrypted_msg_hash": encrypted_msg_hash });
+        Box::pin(self.call_api(
+            "checkencryptedmsg",
+            "/wxa/business/checkencryptedmsg",
+            access_token,
+            body,
+            classify_encrypted_check,
+        ))
     }
 
     fn check_session<'a>(

@@ -90,19 +90,35 @@ async fn plain_token(mock: &MockWechat, client: &reqwest::Client) -> Value {
         .unwrap()
 }
 
-async fn phone(mock: &MockWechat, client: &reqwest::Client, token: &str, code: &str) -> Value {
+/// `POST {mock}{path}?access_token={token}` with a JSON body; the JSON answer.
+async fn api_post(
+    mock: &MockWechat,
+    client: &reqwest::Client,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> Value {
     client
-        .post(format!(
-            "{}/wxa/business/getuserphonenumber?access_token={token}",
-            mock.base_url()
-        ))
-        .json(&json!({"code": code}))
+        .post(format!("{}{path}?access_token={token}", mock.base_url()))
+        .json(&body)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
+}
+
+async fn phone(mock: &MockWechat, client: &reqwest::Client, token: &str, code: &str) -> Value {
+    let body = json!({"code": code});
+    api_post(
+        mock,
+        client,
+        "/wxa/business/getuserphonenumber",
+        token,
+        body,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -275,24 +291,15 @@ async fn getuserphonenumber_with_openid_checks_the_code_belongs_to_it() {
         .as_str()
         .unwrap()
         .to_string();
-    let url = format!(
-        "{}/wxa/business/getuserphonenumber?access_token={token}",
-        mock.base_url()
-    );
     let ask = |code: String, openid: String| {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            let v: Value = client
-                .post(url)
-                .json(&json!({"code": code, "openid": openid}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v
-        }
+        let body = json!({"code": code, "openid": openid});
+        api_post(
+            &mock,
+            &client,
+            "/wxa/business/getuserphonenumber",
+            &token,
+            body,
+        )
     };
     // alice's code with alice's openid: her number.
     let v = ask(
@@ -932,22 +939,16 @@ async fn checkencryptedmsg_vouches_for_what_it_generated_for_3_days() {
         .unwrap()
         .to_string();
     let check = |token: String, body: Value| {
-        let client = client.clone();
-        let url = format!(
-            "{}/wxa/business/checkencryptedmsg?access_token={token}",
-            mock.base_url()
-        );
+        let (mock, client) = (&mock, &client);
         async move {
-            let v: Value = client
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v
+            api_post(
+                mock,
+                client,
+                "/wxa/business/checkencryptedmsg",
+                &token,
+                body,
+            )
+            .await
         }
     };
     let (encrypted, _iv) = mock.encrypt("alice", json!({"phoneNumber": "13800138000"}));
