@@ -234,11 +234,11 @@ impl App {
     ) -> Result<Arc<App>, StartError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        // One client per mini-program, keyed by appid; a client given by a test stands in for
-        // every mini-program.
+        // One client per mini-program or plugin, keyed by appid; a client given by a test stands
+        // in for every one of them.
         let mut wechats: HashMap<String, Arc<dyn Wechat>> = HashMap::new();
         for entry in config.apps.all() {
-            if entry.kind != AppKind::Miniprogram {
+            if !matches!(entry.kind, AppKind::Miniprogram | AppKind::Plugin) {
                 continue;
             }
             let client: Arc<dyn Wechat> = match &wechat {

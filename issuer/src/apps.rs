@@ -9,7 +9,8 @@
 //!   {"appid": "wx…", "secret_file": "/run/secrets/mini", "kind": "miniprogram"},
 //!   {"appid": "wx…", "secret": "…", "kind": "official_account",
 //!    "redirect_uris": ["https://h5.example.com/after-login"]},
-//!   {"appid": "wx…", "secret": "…", "kind": "website", "redirect_uris": ["https://www.example.com/"]}
+//!   {"appid": "wx…", "secret": "…", "kind": "website", "redirect_uris": ["https://www.example.com/"]},
+//!   {"appid": "wx…", "secret_file": "/run/secrets/plugin", "kind": "plugin"}
 //! ]}
 //! ```
 //!
@@ -18,7 +19,7 @@
 //! - at least one app; appids are `[A-Za-z0-9_]`, unique;
 //! - exactly one of `secret` / `secret_file` (the file's trailing newline is dropped);
 //! - `official_account` and `website` need at least one `redirect_uris` entry; a
-//!   `miniprogram` has none;
+//!   `miniprogram` or `plugin` has none;
 //! - a redirect URI is an absolute `https://` URL without fragment or user info, or
 //!   `http://` on a loopback host (`localhost`, `127.0.0.1`, `[::1]`) for development. It is
 //!   later compared to the requested `redirect_uri` byte for byte ([`App::allows_redirect`]):
@@ -45,6 +46,10 @@ pub enum AppKind {
     OfficialAccount,
     /// Website QR login (`connect/qrconnect`, `snsapi_login`) of an Open Platform web app.
     Website,
+    /// A mini-program plugin: `wx.pluginLogin` + `wxa/getpluginopenpid` (`POST /v1/login` with
+    /// the plugin's appid). Its users are known by `openpid` only: a plugin never sees an
+    /// openid, a unionid or a session_key.
+    Plugin,
 }
 
 impl AppKind {
@@ -54,12 +59,13 @@ impl AppKind {
             AppKind::Miniprogram => "miniprogram",
             AppKind::OfficialAccount => "official_account",
             AppKind::Website => "website",
+            AppKind::Plugin => "plugin",
         }
     }
 
     /// Whether the kind logs in through the browser (`/v1/web/*`).
     pub fn is_web(self) -> bool {
-        !matches!(self, AppKind::Miniprogram)
+        matches!(self, AppKind::OfficialAccount | AppKind::Website)
     }
 }
 
@@ -202,15 +208,19 @@ impl Apps {
         self.apps.iter().find(|app| app.appid == appid)
     }
 
-    /// The mini-program for `POST /v1/login`: the named one, or the only one when `appid` is
-    /// left out.
+    /// The app of a `POST /v1/login` code: the named mini-program or plugin, or the only
+    /// mini-program when `appid` is left out (a plugin is always named).
     ///
     /// # Errors
     /// Unknown appid, an appid of another kind, or no appid while there are zero or several
     /// mini-programs.
     pub fn miniprogram(&self, appid: Option<&str>) -> Result<&App, AppLookupError> {
         match appid {
-            Some(appid) => self.of_kind(appid, &[AppKind::Miniprogram], "a miniprogram"),
+            Some(appid) => self.of_kind(
+                appid,
+                &[AppKind::Miniprogram, AppKind::Plugin],
+                "a miniprogram or plugin",
+            ),
             None => {
                 let mut minis = self
                     .apps
@@ -367,7 +377,8 @@ pub fn parse_apps_file(
             }
         } else if !redirect_uris.is_empty() {
             return Err(format!(
-                "{name}: redirect_uris is only for official_account and website apps"
+                "{name}: redirect_uris is only for official_account and website apps, not a {}",
+                entry.kind.as_str()
             ));
         }
         if let Some(risk) = &entry.risk {

@@ -5,6 +5,10 @@
 //!
 //! Methods ([`Credential`]):
 //! - a mini-program's `wx.login` code → `sns/jscode2session` → openid, unionid?, session_key;
+//! - a plugin's `wx.pluginLogin` code → `wxa/getpluginopenpid` (with the plugin's own app
+//!   access token) → openpid, which stands where an openid stands (the `openid` claim of a
+//!   plugin session holds it; `/v1/me` shows it as `openpid`). No unionid, no session_key:
+//!   a plugin user is a user of their own, never linked to the host mini-program's;
 //! - an official account's or a website's OAuth2 code (after `/v1/web/callback` checked the
 //!   state) → `sns/oauth2/access_token` → openid, unionid?; for `snsapi_userinfo` and
 //!   `snsapi_login` also `sns/userinfo` → nickname, avatar, unionid. There is no session_key.
@@ -12,8 +16,11 @@
 //!   preview of the page, not a WeChat user. WeChat's user access token is dropped as soon as
 //!   the profile is read; it is never stored, logged or sent to the browser.
 
+use std::sync::Arc;
+
 use zeroize::Zeroizing;
 
+use crate::access_token::{self, CallError};
 use crate::app::App;
 use crate::apps::{self, AppKind};
 use crate::error::ApiError;
@@ -52,6 +59,8 @@ impl std::fmt::Debug for ExternalIdentity {
 pub enum Credential<'a> {
     /// A `wx.login` code of a mini-program.
     MiniProgram { app: &'a apps::App, code: &'a str },
+    /// A `wx.pluginLogin` code of a plugin.
+    Plugin { app: &'a apps::App, code: &'a str },
     /// A web OAuth2 code (official account or website), its state already checked.
     Web { app: &'a apps::App, code: &'a str },
 }
@@ -62,8 +71,35 @@ pub enum Credential<'a> {
 /// WeChat's answer mapped as DESIGN.md says (a code of another app or a used code → 400
 /// `invalid_grant`, …); a snapshot-mode account → 403 `access_denied`; a credential of the
 /// wrong kind of app → 400 `invalid_request`.
-pub async fn identify(app: &App, credential: Credential<'_>) -> Result<ExternalIdentity, ApiError> {
+pub async fn identify(
+    app: &Arc<App>,
+    credential: Credential<'_>,
+) -> Result<ExternalIdentity, ApiError> {
     match credential {
+        Credential::Plugin { app: entry, code } => {
+            if entry.kind != AppKind::Plugin {
+                return Err(ApiError::InvalidRequest(format!(
+                    "appid `{}` is not a plugin",
+                    entry.appid
+                )));
+            }
+            let wechat = app.wechat_for(&entry.appid)?;
+            let openpid = access_token::call_for(app, &entry.appid, |token| async move {
+                wechat.plugin_openpid(&token, code).await
+            })
+            .await
+            .map_err(|err| match err {
+                CallError::Token(token) => ApiError::from(token),
+                CallError::Api(api) => ApiError::from(api),
+            })?;
+            Ok(ExternalIdentity {
+                appid: entry.appid.clone(),
+                openid: openpid,
+                unionid: None,
+                session_key: None,
+                profile: None,
+            })
+        }
         Credential::MiniProgram { app: entry, code } => {
             if entry.kind != AppKind::Miniprogram {
                 return Err(ApiError::InvalidRequest(format!(

@@ -136,7 +136,11 @@ pub async fn login(
             "this login code has already been used".into(),
         ));
     }
-    let identity = identity::identify(app, Credential::MiniProgram { app: entry, code }).await?;
+    let credential = match entry.kind {
+        crate::apps::AppKind::Plugin => Credential::Plugin { app: entry, code },
+        _ => Credential::MiniProgram { app: entry, code },
+    };
+    let identity = identity::identify(app, credential).await?;
     if let Some(risk) = entry.risk {
         judge_risk(app, entry, &identity.openid, risk, client_ip).await?;
     }
@@ -404,7 +408,12 @@ pub async fn revoke(app: &Arc<App>, revoke: Revoke) -> Result<Entry, ApiError> {
 #[derive(Debug, Serialize)]
 pub struct Profile {
     pub sub: String,
-    pub openid: String,
+    /// The user's openid in `appid` (absent for a plugin session, which has an `openpid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openid: Option<String>,
+    /// The user's openpid in the plugin `appid` (plugin sessions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openpid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unionid: Option<String>,
     pub appid: String,
@@ -429,9 +438,20 @@ pub async fn profile(app: &Arc<App>, claims: &Claims) -> Result<Profile, ApiErro
         Some(sealed) => Some(crate::userdata::open_phone(app, &user.sub, sealed)?),
         None => None,
     };
+    let plugin = app
+        .config
+        .apps
+        .get(&session.appid)
+        .is_some_and(|entry| entry.kind == crate::apps::AppKind::Plugin);
+    let (openid, openpid) = if plugin {
+        (None, Some(session.openid))
+    } else {
+        (Some(session.openid), None)
+    };
     Ok(Profile {
         sub: user.sub,
-        openid: session.openid,
+        openid,
+        openpid,
         unionid: user.unionid.or(session.unionid),
         appid: session.appid,
         phone,

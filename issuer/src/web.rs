@@ -141,7 +141,7 @@ pub fn scope_for(kind: AppKind, requested: Option<&str>) -> Result<&'static str,
         (AppKind::OfficialAccount, _) => Err(refuse("snsapi_base or snsapi_userinfo")),
         (AppKind::Website, None | Some("snsapi_login")) => Ok("snsapi_login"),
         (AppKind::Website, _) => Err(refuse("snsapi_login")),
-        (AppKind::Miniprogram, _) => Err(refuse("POST /v1/login")),
+        (AppKind::Miniprogram | AppKind::Plugin, _) => Err(refuse("POST /v1/login")),
     }
 }
 

@@ -313,6 +313,19 @@ pub fn classify_risk_rank(status: u16, body: &[u8]) -> Result<u8, WechatError> {
         .ok_or_else(|| WechatError::Unreadable("getuserriskrank without a risk_rank 0-4".into()))
 }
 
+/// Interprets a `getpluginopenpid` answer: the user's `openpid` in the plugin.
+///
+/// # Errors
+/// See [`classify_json`]; a success without an `openpid` is [`WechatError::Unreadable`].
+pub fn classify_openpid(status: u16, body: &[u8]) -> Result<String, WechatError> {
+    classify_json(status, body)?
+        .get("openpid")
+        .and_then(serde_json::Value::as_str)
+        .filter(|openpid| !openpid.is_empty())
+        .map(String::from)
+        .ok_or_else(|| WechatError::Unreadable("getpluginopenpid without openpid".into()))
+}
+
 /// What `getuserriskrank` is asked about: the user at login.
 #[derive(Debug, Clone, Copy)]
 pub struct RiskQuery<'a> {
@@ -417,6 +430,22 @@ pub trait Wechat: Send + Sync {
         Box::pin(async {
             Err(WechatError::Transport(
                 "phone_number not implemented".into(),
+            ))
+        })
+    }
+
+    /// `POST wxa/getpluginopenpid`: a `wx.pluginLogin` code (with the plugin's own access
+    /// token) → the user's openpid in the plugin.
+    /// The default implementation (for test doubles) answers [`WechatError::Transport`].
+    fn plugin_openpid<'a>(
+        &'a self,
+        access_token: &'a str,
+        code: &'a str,
+    ) -> BoxFuture<'a, Result<String, WechatError>> {
+        let _ = (access_token, code);
+        Box::pin(async {
+            Err(WechatError::Transport(
+                "plugin_openpid not implemented".into(),
             ))
         })
     }
@@ -715,6 +744,21 @@ impl Wechat for HttpWechat {
         ))
     }
 
+    fn plugin_openpid<'a>(
+        &'a self,
+        access_token: &'a str,
+        code: &'a str,
+    ) -> BoxFuture<'a, Result<String, WechatError>> {
+        let body = serde_json::json!({ "code": code });
+        Box::pin(self.call_api(
+            "getpluginopenpid",
+            "/wxa/getpluginopenpid",
+            access_token,
+            body,
+            classify_openpid,
+        ))
+    }
+
     fn user_risk_rank<'a>(
         &'a self,
         access_token: &'a str,
@@ -931,6 +975,20 @@ mod tests {
                 WechatError::InvalidAccessToken { errcode }
             );
         }
+    }
+
+    #[test]
+    fn classify_openpid_reads_openpid() {
+        let body = br#"{"errcode":0,"errmsg":"ok","openpid":"oP123"}"#;
+        assert_eq!(classify_openpid(200, body).unwrap(), "oP123");
+        assert!(matches!(
+            classify_openpid(200, br#"{"errcode":0,"errmsg":"ok"}"#),
+            Err(WechatError::Unreadable(_))
+        ));
+        assert!(matches!(
+            classify_openpid(200, br#"{"errcode":40029,"errmsg":"invalid code"}"#),
+            Err(WechatError::InvalidCode { errcode: 40029 })
+        ));
     }
 
     #[test]

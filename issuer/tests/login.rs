@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{payload, Stack, APPID};
 use ed25519_dalek::Verifier;
 use serde_json::json;
-use weauth_tests::mock_wechat::{Fault, MockConfig};
+use weauth_tests::mock_wechat::{Fault, MockConfig, MockPlugin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_returns_token_pair_verifiable_with_ed25519_dalek() {
@@ -527,6 +527,119 @@ fn risk_out_of_range_refused_at_start_naming_app_and_field() {
     assert!(
         err.contains("WEAUTH_APPS_FILE")
             && err.contains("apps[0] (wx1): risk.max_rank 7 is out of range"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_login_exchanges_a_plugin_code_for_an_openpid_user_of_its_own() {
+    let plugin = MockPlugin::test_plugin();
+    let cfg = MockConfig {
+        plugins: vec![plugin.clone()],
+        ..Default::default()
+    };
+    let (plugin_appid, plugin_secret) = (plugin.appid.clone(), plugin.secret.clone());
+    let stack = Stack::start_prepared(
+        cfg,
+        move |_, dir, env| {
+            let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
+            let appid = env.remove("WEAUTH_WECHAT_APPID").unwrap();
+            let apps = json!({"apps": [
+                {"appid": appid, "secret": secret, "kind": "miniprogram"},
+                {"appid": plugin_appid, "secret": plugin_secret, "kind": "plugin"},
+            ]});
+            let path = dir.join("apps.json");
+            std::fs::write(&path, apps.to_string()).unwrap();
+            env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+            env.insert("WEAUTH_WECHAT_RETRIES".into(), "0".into());
+        },
+        &[],
+    )
+    .await;
+    let code = stack.mock.plugin_login(&plugin.appid, "pat");
+    let login = json!({"code": code, "appid": plugin.appid});
+    let (status, body, _) = stack.post("/v1/login", login.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let claims = payload(&token);
+    let openpid = stack.mock.openpid(&plugin.appid, "pat");
+    assert_eq!(claims["appid"], plugin.appid.as_str());
+    assert_eq!(
+        claims["openid"],
+        openpid.as_str(),
+        "the openpid stands for the openid"
+    );
+    assert!(claims.get("unionid").is_none(), "{claims}");
+    let (status, me, _) = stack.get("/v1/me", Some(&token)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["openpid"], openpid.as_str(), "{me}");
+    assert!(
+        me.get("openid").is_none(),
+        "a plugin never sees an openid: {me}"
+    );
+    // A user of its own: the same person through the host mini-program is another user.
+    let host = stack.login("pat").await;
+    assert_ne!(
+        payload(host["access_token"].as_str().unwrap())["sub"],
+        claims["sub"]
+    );
+    // Single use; a mini-program code is no plugin code; no session_key to decrypt with.
+    let (status, body, _) = stack.post("/v1/login", login).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let host_code = stack.mock.login("quinn").code;
+    let (status, body, _) = stack
+        .post(
+            "/v1/login",
+            json!({"code": host_code, "appid": plugin.appid}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let (status, body, _) = stack
+        .post_auth(
+            "/v1/me/decrypt",
+            &token,
+            Some(json!({"encryptedData": "AAAA", "iv": "AAAA"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // With the plugin's own access token (the mock accepts no other there); the reused code
+    // was refused before WeChat.
+    assert_eq!(stack.mock.calls("getpluginopenpid"), 2);
+    assert!(!stack.issuer.log_text().contains(&openpid));
+}
+
+#[test]
+fn plugin_with_redirect_uris_refused_at_start() {
+    let dir = common::temp_dir("plugin");
+    let path = dir.path().join("apps.json");
+    std::fs::write(
+        &path,
+        json!({"apps": [{"appid": "wxp", "secret": "s", "kind": "plugin",
+                         "redirect_uris": ["https://x.example/"]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::bin())
+        .env_clear()
+        .env("WEAUTH_APPS_FILE", &path)
+        .env(
+            "WEAUTH_STORE",
+            format!("sqlite://{}", dir.path().join("w.db").display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("apps[0] (wxp): redirect_uris is only for official_account and website apps, not a plugin"),
         "{err}"
     );
 }

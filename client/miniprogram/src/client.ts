@@ -27,7 +27,7 @@ import {
   resolveUrl,
   retryAfterMs,
 } from "./protocol.js";
-import { RequestOptions, Response, Sent, WxApi, send, wxLogin } from "./wx.js";
+import { RequestOptions, Response, Sent, WxApi, send, wxLogin, wxPluginLogin } from "./wx.js";
 
 /** Options of {@link createClient}. */
 export interface ClientOptions {
@@ -41,6 +41,12 @@ export interface ClientOptions {
    * refuses it).
    */
   appid?: string;
+  /**
+   * The client runs inside a mini-program plugin: login codes come from `wx.pluginLogin`
+   * and are posted with `appid`, which must then be the plugin's appid (an app of kind
+   * `plugin` at the issuer). The user is known by openpid (`/v1/me` shows `openpid`).
+   */
+  plugin?: boolean;
   /** The `wx` object (default: the global `wx`). Tests pass a stub. */
   wx?: WxApi;
   /** How a refresh that fails on the network or with 5xx/429 is retried. */
@@ -132,6 +138,10 @@ export function createClient(options: ClientOptions): WeauthClient {
   const baseUrl = normalizeBaseUrl(options.baseUrl);
   const storageKey = options.storageKey ?? "weauth.tokens";
   const appid = options.appid;
+  const plugin = options.plugin === true;
+  if (plugin && appid === undefined) {
+    throw new TypeError("weauth: `plugin: true` needs `appid`, the plugin's appid");
+  }
   const wxApi = options.wx ?? defaultWx();
   const retry: RetryPolicy = { ...DEFAULT_RETRY, ...options.retry };
   const sleep =
@@ -182,7 +192,7 @@ export function createClient(options: ClientOptions): WeauthClient {
   async function doLogin(startEpoch: number): Promise<TokenPair> {
     let code: string;
     try {
-      code = await wxLogin(wxApi);
+      code = plugin ? await wxPluginLogin(wxApi) : await wxLogin(wxApi);
     } catch (e) {
       throw new WeauthError("wx_login_failed", e instanceof Error ? e.message : String(e));
     }

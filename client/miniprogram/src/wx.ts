@@ -8,8 +8,16 @@
  * What the client needs from `wx`. The real global `wx` satisfies it (checked at compile
  * time in `test/unit/types.test.ts`); tests pass a stub or a shim over `fetch`.
  */
+/** The options of `wx.pluginLogin` (inside a plugin) the client uses. */
+export interface PluginLoginOption {
+  success?: (res: { code?: string; errMsg?: string }) => void;
+  fail?: (err: { errMsg?: string }) => void;
+}
+
 export interface WxApi {
   login(option: WechatMiniprogram.LoginOption): unknown;
+  /** Only inside a mini-program plugin (see `ClientOptions.plugin`). */
+  pluginLogin?(option: PluginLoginOption): unknown;
   request(option: WechatMiniprogram.RequestOption): unknown;
   getStorageSync(key: string): unknown;
   setStorageSync(key: string, data: unknown): void;
@@ -66,6 +74,26 @@ export function wxLogin(wx: WxApi): Promise<string> {
             ? resolve(res.code)
             : reject(new Error(`wx.login gave no code (${res?.errMsg ?? "no errMsg"})`)),
         fail: (err) => reject(new Error(err?.errMsg ?? "login:fail")),
+      });
+    } catch (e) {
+      reject(e instanceof Error ? e : new Error(String(e)));
+    }
+  });
+}
+
+/** `wx.pluginLogin` as a promise of its code (inside a plugin). */
+export function wxPluginLogin(wx: WxApi): Promise<string> {
+  return new Promise((resolve, reject) => {
+    try {
+      if (typeof wx.pluginLogin !== "function") {
+        throw new Error("wx.pluginLogin is not available: this code is not running in a plugin");
+      }
+      wx.pluginLogin({
+        success: (res) =>
+          res && typeof res.code === "string" && res.code !== ""
+            ? resolve(res.code)
+            : reject(new Error(`wx.pluginLogin gave no code (${res?.errMsg ?? "no errMsg"})`)),
+        fail: (err) => reject(new Error(err?.errMsg ?? "pluginLogin:fail")),
       });
     } catch (e) {
       reject(e instanceof Error ? e : new Error(String(e)));

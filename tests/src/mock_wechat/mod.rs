@@ -18,6 +18,11 @@
 //!   [`getuserphonenumber`] → `{"errcode":0,"errmsg":"ok","phone_info":{…,"watermark":
 //!   {"timestamp","appid"}}}`; phone codes are single-use and live 5 minutes (40029
 //!   otherwise); with `openid`, a code issued to another user is refused with 40029 too.
+//! - `POST /wxa/getpluginopenpid?access_token` `{"code"}` [`getpluginopenpid`] →
+//!   `{"errcode":0,"errmsg":"ok","openpid"}` for a `wx.pluginLogin` code
+//!   ([`MockWechat::plugin_login`]) with a token of that plugin ([`MockConfig::plugins`]; a
+//!   plugin gets its own tokens from `stable_token` with its appid and secret); 40029 for an
+//!   unknown, used or other plugin's code, 41008 without one, 40001 for any other token.
 //! - `POST /wxa/getuserriskrank?access_token` `{"appid","openid","scene","client_ip"}`
 //!   [`getuserriskrank`] → `{"errcode":0,"errmsg":"getuserriskrank succ","risk_rank",
 //!   "unoin_id"}` (WeChat's spelling; the rank set by [`MockWechat::set_risk_rank`], default
@@ -140,6 +145,24 @@ impl MockApp {
     }
 }
 
+/// A mini-program plugin the mock accepts besides the mini-program: its own appid and secret
+/// (its own access tokens), and codes from `wx.pluginLogin` ([`MockWechat::plugin_login`]).
+#[derive(Debug, Clone)]
+pub struct MockPlugin {
+    pub appid: String,
+    pub secret: String,
+}
+
+impl MockPlugin {
+    /// The plugin of the tests: `wx00000000000000c3`, secret `mock-plugin-secret`.
+    pub fn test_plugin() -> MockPlugin {
+        MockPlugin {
+            appid: "wx00000000000000c3".into(),
+            secret: "mock-plugin-secret".into(),
+        }
+    }
+}
+
 /// How the mock is set up. Build with `MockConfig { unionid: true, ..Default::default() }`.
 #[derive(Debug, Clone)]
 pub struct MockConfig {
@@ -156,6 +179,8 @@ pub struct MockConfig {
     pub token_overlap: Duration,
     /// Official accounts and websites for web OAuth2 (default none).
     pub web_apps: Vec<MockApp>,
+    /// Mini-program plugins (default none).
+    pub plugins: Vec<MockPlugin>,
 }
 
 impl Default for MockConfig {
@@ -167,6 +192,7 @@ impl Default for MockConfig {
             listen: None,
             token_overlap: Duration::from_secs(300),
             web_apps: Vec::new(),
+            plugins: Vec::new(),
         }
     }
 }
@@ -217,6 +243,23 @@ impl MockWechat {
     /// Like `GET /mock/login?user=NAME`: a fresh code for `user`, and a new session_key.
     pub fn login(&self, user: &str) -> MockLogin {
         self.shared.login(user)
+    }
+
+    /// What `wx.pluginLogin` gives a plugin: a single-use code of `plugin` (one of
+    /// [`MockConfig::plugins`]) for `user`, redeemed by `getpluginopenpid`.
+    pub fn plugin_login(&self, plugin: &str, user: &str) -> String {
+        let code = state::new_code(&mut rand::thread_rng());
+        let mut inner = self.shared.lock();
+        let now = Shared::now_ms(&inner);
+        inner
+            .plugin_codes
+            .insert(code.clone(), (plugin.to_string(), user.to_string()), now);
+        code
+    }
+
+    /// The stable openpid of `user` in `plugin` (what `getpluginopenpid` answers).
+    pub fn openpid(&self, plugin: &str, user: &str) -> String {
+        state::openid_for(plugin, &format!("plugin:{user}"))
     }
 
     /// Like `GET /mock/phonecode`: a single-use code for `phone` (country code 86).
@@ -359,6 +402,10 @@ struct Inner {
     faults: FaultQueue,
     calls: HashMap<String, u64>,
     clock_offset_ms: u64,
+    /// Each plugin's access tokens, by plugin appid.
+    plugin_tokens: HashMap<String, TokenStore>,
+    /// `wx.pluginLogin` codes → (plugin appid, user name).
+    plugin_codes: CodeStore<(String, String)>,
     /// openid → risk rank (`getuserriskrank`; 0 when not set).
     risk_ranks: HashMap<String, u8>,
     /// The body of the last `getuserriskrank` request (what the issuer sent).
@@ -394,6 +441,8 @@ impl Shared {
                 faults: FaultQueue::default(),
                 calls: HashMap::new(),
                 risk_ranks: HashMap::new(),
+                plugin_tokens: HashMap::new(),
+                plugin_codes: CodeStore::new(CODE_TTL_MS),
                 last_risk_query: None,
                 clock_offset_ms: 0,
             }),
@@ -562,6 +611,7 @@ impl Shared {
             "getuserphonenumber" => self.getuserphonenumber(q, body),
             "checkencryptedmsg" => self.checkencryptedmsg(q, body),
             "getuserriskrank" => self.getuserriskrank(q, body),
+            "getpluginopenpid" => self.getpluginopenpid(q, body),
             "oauth2_authorize" => self.authorize_page(false, q, cookies),
             "qrconnect" => self.authorize_page(true, q, cookies),
             "oauth2_access_token" => self.oauth2_access_token(q),
@@ -889,13 +939,31 @@ impl Shared {
         if req.grant_type.as_deref() != Some("client_credential") {
             return self.error(R, 40002, "invalid grant_type");
         }
-        if let Some(e) = self.check_app(R, req.appid.as_deref(), req.secret.as_deref()) {
+        let plugin = self
+            .cfg
+            .plugins
+            .iter()
+            .find(|p| Some(p.appid.as_str()) == req.appid.as_deref());
+        if let Some(plugin) = plugin {
+            if req.secret.as_deref() != Some(plugin.secret.as_str()) {
+                return self.error(R, 40125, "invalid appsecret");
+            }
+        } else if let Some(e) = self.check_app(R, req.appid.as_deref(), req.secret.as_deref()) {
             return e;
         }
         let fresh = state::new_access_token(&mut rand::thread_rng());
         let mut inner = self.lock();
         let now = Self::now_ms(&inner);
-        let (token, expires_in) = inner.tokens.stable(fresh, req.force_refresh, now);
+        let overlap = self.cfg.token_overlap;
+        let tokens = match plugin {
+            // A plugin has its own tokens, apart from the mini-program's.
+            Some(plugin) => inner
+                .plugin_tokens
+                .entry(plugin.appid.clone())
+                .or_insert_with(|| TokenStore::new(overlap)),
+            None => &mut inner.tokens,
+        };
+        let (token, expires_in) = tokens.stable(fresh, req.force_refresh, now);
         drop(inner);
         self.ok(R, json!({"access_token": token, "expires_in": expires_in}))
     }
@@ -960,6 +1028,61 @@ impl Shared {
                 }
             }),
         )
+    }
+
+    fn getpluginopenpid(&self, q: &[(String, String)], body: &[u8]) -> Response {
+        const R: &str = "getpluginopenpid";
+        let mut inner = self.lock();
+        let now = Self::now_ms(&inner);
+        // The token must be a plugin's own (a mini-program token is not accepted).
+        let token = param(q, "access_token").unwrap_or("");
+        let mut expired = false;
+        let plugin =
+            inner
+                .plugin_tokens
+                .iter()
+                .find_map(|(appid, tokens)| match tokens.check(token, now) {
+                    TokenCheck::Valid => Some(appid.clone()),
+                    TokenCheck::Expired => {
+                        expired = true;
+                        None
+                    }
+                    TokenCheck::Invalid => None,
+                });
+        let Some(plugin) = plugin else {
+            drop(inner);
+            return if expired {
+                self.error(R, 42001, "access_token expired")
+            } else {
+                self.error(
+                    R,
+                    40001,
+                    "invalid credential, access_token is invalid or not latest",
+                )
+            };
+        };
+        let Ok(req) = serde_json::from_slice::<Value>(body) else {
+            drop(inner);
+            return self.error(R, 47001, "data format error");
+        };
+        let Some(code) = req
+            .get("code")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+        else {
+            drop(inner);
+            return self.error(R, 41008, "missing code");
+        };
+        let grant = inner.plugin_codes.redeem(code, now);
+        drop(inner);
+        // Unknown, expired, used, or another plugin's code: an invalid code.
+        match grant {
+            Ok((of, name)) if of == plugin => {
+                let openpid = state::openid_for(&plugin, &format!("plugin:{name}"));
+                self.ok(R, json!({"errcode": 0, "errmsg": "ok", "openpid": openpid}))
+            }
+            _ => self.error(R, 40029, "invalid code"),
+        }
     }
 
     fn getuserriskrank(&self, q: &[(String, String)], body: &[u8]) -> Response {
@@ -1141,6 +1264,7 @@ fn route_of(method: &hyper::Method, path: &str) -> Option<&'static str> {
         ("POST", "/wxa/business/getuserphonenumber") => Some("getuserphonenumber"),
         ("POST", "/wxa/business/checkencryptedmsg") => Some("checkencryptedmsg"),
         ("POST", "/wxa/getuserriskrank") => Some("getuserriskrank"),
+        ("POST", "/wxa/getpluginopenpid") => Some("getpluginopenpid"),
         ("GET", "/wxa/checksession") => Some("checksession"),
         ("GET", "/connect/oauth2/authorize") => Some("oauth2_authorize"),
         ("GET", "/connect/qrconnect") => Some("qrconnect"),

@@ -29,8 +29,9 @@ pub const STABLE_RENEWAL_MS: u64 = 5 * 60 * 1000;
 
 /// The WeChat API routes (and web OAuth2 pages) the mock serves, by the names used for faults
 /// and counters.
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 14] = [
     "jscode2session",
+    "getpluginopenpid",
     "stable_token",
     "token",
     "getuserphonenumber",

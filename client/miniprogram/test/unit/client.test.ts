@@ -447,3 +447,18 @@ test("client_full_scenario_logs_nothing_errors_carry_no_secrets", async () => {
     }
   }
 });
+
+test("plugin_login_uses_wx_pluginLogin_and_posts_the_plugin_appid", async () => {
+  const { issuer, wx, client } = setup({ plugin: true, appid: "wxplugin" });
+  const res = await client.request({ url: "/api/hello" });
+  assert.equal(res.statusCode, 200);
+  assert.equal(wx.pluginLogins, 1);
+  assert.equal(wx.wxLogins, 0, "wx.login is not a plugin's");
+  assert.equal(issuer.logins, 1);
+  const login = wx.requests.find((r) => r.path === "/v1/login");
+  assert.equal((login!.data as Record<string, unknown>).appid, "wxplugin");
+});
+
+test("plugin_without_appid_refused_at_creation", () => {
+  assert.throws(() => setup({ plugin: true }), /needs `appid`/);
+});

@@ -154,6 +154,14 @@ export class WxStub implements WxApi {
     return this.requests.filter((r) => r.path === path).length;
   }
 
+  /** `wx.pluginLogin` calls (a plugin's login). */
+  pluginLogins = 0;
+
+  pluginLogin(option: { success?: (res: { code?: string; errMsg?: string }) => void }): void {
+    this.pluginLogins++;
+    void tick().then(() => option.success?.({ code: this.issuer.newCode(), errMsg: "pluginLogin:ok" }));
+  }
+
   login(option: WechatMiniprogram.LoginOption): void {
     this.wxLogins++;
     const failure = this.loginFailure;
