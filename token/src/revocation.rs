@@ -14,6 +14,18 @@ pub enum EntryKind {
     Sub,
 }
 
+impl EntryKind {
+    /// The kind's name as the feed spells it (`"jti"`, `"sid"`, `"sub"`): the same text as its
+    /// serde form, for metric labels, logs and the stores' columns.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::Jti => "jti",
+            EntryKind::Sid => "sid",
+            EntryKind::Sub => "sub",
+        }
+    }
+}
+
 /// One revocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +78,16 @@ mod tests {
         let again: FeedResponse =
             serde_json::from_str(&serde_json::to_string(&feed).unwrap()).unwrap();
         assert_eq!(again, feed);
+    }
+
+    #[test]
+    fn entry_kind_name_is_its_wire_form() {
+        for kind in [EntryKind::Jti, EntryKind::Sid, EntryKind::Sub] {
+            assert_eq!(
+                serde_json::to_string(&kind).unwrap(),
+                format!("\"{}\"", kind.name())
+            );
+        }
     }
 
     #[test]
