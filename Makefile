@@ -26,7 +26,7 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup browser-setup build wasm up down test check lint fmt-check clippy fuzz-lock unit \
+.PHONY: help setup browser-setup build wasm up down test check lint fmt-check clippy fuzz-lock docs unit \
         client client-test bench fuzz soak api-tools manifests image image-check monitoring-tools \
         monitoring-rules monitoring-check
 
@@ -172,6 +172,9 @@ fuzz-lock: ## fuzz/Cargo.lock is current
 	  echo "fuzz-lock: fuzz/Cargo.lock is stale; update it with"; \
 	  echo "  cargo metadata --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null"; \
 	  echo "and commit it"; exit 1; }
+
+docs: ## regenerate docs/CONFIGURATION.md's variable table from the issuer's code (a test fails when they differ)
+	UPDATE_DOCS=1 $(CARGO) test $(CARGO_LOCKED) -p weauth-issuer --lib config_reference
 
 lint: fmt-check clippy fuzz-lock ## formatting, lints, and the fuzz crate's lock file
 
