@@ -24,6 +24,13 @@ impl EntryKind {
             EntryKind::Sub => "sub",
         }
     }
+
+    /// The kind named `name` (as [`EntryKind::name`] spells it); `None` for any other text.
+    pub fn from_name(name: &str) -> Option<EntryKind> {
+        [EntryKind::Jti, EntryKind::Sid, EntryKind::Sub]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
 }
 
 /// One revocation.
@@ -87,7 +94,10 @@ mod tests {
                 serde_json::to_string(&kind).unwrap(),
                 format!("\"{}\"", kind.name())
             );
+            assert_eq!(EntryKind::from_name(kind.name()), Some(kind));
         }
+        assert_eq!(EntryKind::from_name("ip"), None);
+        assert_eq!(EntryKind::from_name("JTI"), None);
     }
 
     #[test]

@@ -191,12 +191,8 @@ fn db_err(err: rusqlite::Error) -> StoreError {
 }
 
 fn parse_kind(text: &str) -> Result<EntryKind, StoreError> {
-    match text {
-        "jti" => Ok(EntryKind::Jti),
-        "sid" => Ok(EntryKind::Sid),
-        "sub" => Ok(EntryKind::Sub),
-        other => Err(StoreError::Corrupt(format!("revocation kind `{other}`"))),
-    }
+    EntryKind::from_name(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("revocation kind `{text}`")))
 }
 
 fn to_u64(value: i64) -> u64 {
