@@ -26,8 +26,9 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup browser-setup build wasm up down test check lint fmt-check clippy unit client client-test bench fuzz soak \
-        api-tools manifests image image-check monitoring-tools monitoring-rules monitoring-check
+.PHONY: help setup browser-setup build wasm up down test check lint fmt-check clippy fuzz-lock docs unit \
+        client client-test bench fuzz soak api-tools manifests image image-check monitoring-tools \
+        monitoring-rules monitoring-check
 
 # Debian packages are installed only when missing, with sudo -n when not root.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )apt-get
@@ -164,7 +165,18 @@ clippy: setup ## clippy with -D warnings, for the host and for the wasm target
 	$(CARGO) clippy $(CARGO_LOCKED) --workspace --all-targets -- -D warnings
 	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-token -p weauth-filter --target $(WASM_TARGET) -- -D warnings
 
-lint: fmt-check clippy ## formatting and lints
+# fuzz/ is its own workspace (`cargo test --workspace` does not build it), so nothing else
+# notices when its lock file falls behind a dependency change; `make fuzz` would rewrite it.
+fuzz-lock: ## fuzz/Cargo.lock is current
+	@$(CARGO) metadata --locked --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null || { \
+	  echo "fuzz-lock: fuzz/Cargo.lock is stale; update it with"; \
+	  echo "  cargo metadata --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null"; \
+	  echo "and commit it"; exit 1; }
+
+docs: ## regenerate docs/CONFIGURATION.md's variable table from the issuer's code (a test fails when they differ)
+	UPDATE_DOCS=1 $(CARGO) test $(CARGO_LOCKED) -p weauth-issuer --lib config_reference
+
+lint: fmt-check clippy fuzz-lock ## formatting, lints, and the fuzz crate's lock file
 
 unit: ## unit tests of the pure crates (no processes started)
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-filter

@@ -1,7 +1,7 @@
 //! The WeChat app access token (`cgi-bin/stable_token`), shared by every issuer replica
 //! through the store, so that no replica ever invalidates another's token.
 //!
-//! Decisions (for the README):
+//! Decisions (for `docs/API.md`):
 //! - The token lives in the store (`wechat_tokens`, sealed with the data key like the
 //!   session_key), not in process memory: every replica on the same store uses the same one.
 //! - It is refreshed ahead of expiry: from `refresh_at` = fetch time + `max(expires_in −

@@ -26,6 +26,9 @@ pub mod app;
 pub mod apps;
 pub mod cli;
 pub mod config;
+/// `docs/CONFIGURATION.md`'s variable table from [`config::VARIABLES`], and its check.
+#[cfg(test)]
+mod config_reference;
 pub mod error;
 pub mod feed;
 pub mod grants;

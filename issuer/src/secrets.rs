@@ -12,6 +12,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 const VERSION: u8 = 1;
@@ -185,19 +186,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// Constant-time comparison of a presented credential with the configured one.
+/// Constant-time comparison of a presented credential with the configured one. Both are
+/// hashed first, so the comparison runs over two 32-byte digests whatever the lengths, and the
+/// digests are compared with `subtle` (no early exit).
 pub fn credential_matches(presented: &str, expected: &str) -> bool {
-    use subtle_eq::ct_eq;
     let presented = Sha256::digest(presented.as_bytes());
     let expected = Sha256::digest(expected.as_bytes());
-    ct_eq(&presented, &expected)
-}
-
-mod subtle_eq {
-    /// Compares equal-length digests without an early exit.
-    pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
+    presented.ct_eq(&expected).into()
 }
 
 #[cfg(test)]

@@ -393,11 +393,7 @@ pub async fn revoke(app: &Arc<App>, revoke: Revoke) -> Result<Entry, ApiError> {
         _ => revocation::until(now, app.policy.access_ttl, app.policy.leeway),
     };
     let entry = app.store.revoke(&revoke, now, until).await?;
-    let kind = match entry.kind {
-        weauth_token::revocation::EntryKind::Jti => "jti",
-        weauth_token::revocation::EntryKind::Sid => "sid",
-        weauth_token::revocation::EntryKind::Sub => "sub",
-    };
+    let kind = entry.kind.name();
     app.metrics.revocation(kind);
     app.notify_seq(entry.seq);
     tracing::info!(kind, value = %entry.value, seq = entry.seq, "revoked");

@@ -2,7 +2,7 @@
 //! data decryption (`POST /v1/me/decrypt`), the phone number (`POST /v1/me/phone`) and
 //! whether its session_key is still current at WeChat (`GET /v1/me/session`).
 //!
-//! Decisions (for the README):
+//! Decisions (for `docs/API.md`):
 //! - Decrypt uses the session_key of the caller's own session (the token's `sid`): the issuer
 //!   keeps one session per login, so a token from before a later `wx.login` holds the old key.
 //!   All crypto and checks are `weauth-wxdata`'s ([`weauth_wxdata::decrypt`]); every refusal

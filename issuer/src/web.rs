@@ -2,7 +2,7 @@
 //! the WeChat authorize URL, the session cookies and the CSRF rule. No I/O, no clock: the
 //! handlers in `routes` pass `now` and the request's headers.
 //!
-//! Decisions (also in the README, "Web login"):
+//! Decisions (also in `docs/WEB-LOGIN.md`):
 //! - **state**: 32 characters of `[A-Za-z0-9]` (≈190 random bits; WeChat allows ≤ 128 bytes of
 //!   that alphabet). It is kept server-side for [`STATE_TTL`] (10 minutes) under its SHA-256
 //!   ([`state_key`]), with the app, the redirect URI, the scope and the hash of a browser

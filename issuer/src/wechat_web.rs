@@ -10,8 +10,8 @@
 //! secret) is an argument of each call, so one client serves every configured web app.
 //!
 //! WeChat's user access token and refresh token are never returned to a browser and never
-//! logged: the issuer reads the profile with them at once and keeps nothing else (see the
-//! README, "Web login").
+//! logged: the issuer reads the profile with them at once and keeps nothing else (see
+//! `docs/WEB-LOGIN.md`).
 
 use std::sync::Arc;
 use std::time::Duration;

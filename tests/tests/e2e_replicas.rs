@@ -1,5 +1,5 @@
 //! End-to-end: several issuer replicas on one real Redis, as one Envoy cluster, with the
-//! weauth filter at the edge (DESIGN.md, "Several replicas on Redis").
+//! weauth filter at the edge (docs/OPERATIONS.md).
 //!
 //! - a logout written through replica A is refused at the edge while the filter's feed long
 //!   poll is held by replica B (pub/sub wakes B), within 1 s;
@@ -586,7 +586,7 @@ async fn sentinel_failover_replicas_follow_the_promoted_replica() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // The README promises writes back within 10 s with down-after-milliseconds 1000.
+    // docs/OPERATIONS.md promises writes back within 10 s with down-after-milliseconds 1000.
     assert!(
         window < Duration::from_secs(10),
         "unavailability window {window:?}"

@@ -14,6 +14,25 @@ pub enum EntryKind {
     Sub,
 }
 
+impl EntryKind {
+    /// The kind's name as the feed spells it (`"jti"`, `"sid"`, `"sub"`): the same text as its
+    /// serde form, for metric labels, logs and the stores' columns.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::Jti => "jti",
+            EntryKind::Sid => "sid",
+            EntryKind::Sub => "sub",
+        }
+    }
+
+    /// The kind named `name` (as [`EntryKind::name`] spells it); `None` for any other text.
+    pub fn from_name(name: &str) -> Option<EntryKind> {
+        [EntryKind::Jti, EntryKind::Sid, EntryKind::Sub]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+}
+
 /// One revocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +85,19 @@ mod tests {
         let again: FeedResponse =
             serde_json::from_str(&serde_json::to_string(&feed).unwrap()).unwrap();
         assert_eq!(again, feed);
+    }
+
+    #[test]
+    fn entry_kind_name_is_its_wire_form() {
+        for kind in [EntryKind::Jti, EntryKind::Sid, EntryKind::Sub] {
+            assert_eq!(
+                serde_json::to_string(&kind).unwrap(),
+                format!("\"{}\"", kind.name())
+            );
+            assert_eq!(EntryKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(EntryKind::from_name("ip"), None);
+        assert_eq!(EntryKind::from_name("JTI"), None);
     }
 
     #[test]

@@ -160,42 +160,58 @@ mod tests {
     use crate::revocation::set::tests::{claims, entry, feed, shard_index, NOW};
     use crate::revocation::Revoked;
     use std::collections::HashMap;
-    use weauth_token::revocation::EntryKind;
+    use weauth_token::revocation::{Entry, EntryKind};
 
-    /// A fake shared-data store: key → bytes.
-    fn write(store: &mut HashMap<usize, Vec<u8>>, publication: &Publication, set: &RevocationSet) {
+    /// A fake shared-data store: shard index → blob.
+    type Store = HashMap<usize, Vec<u8>>;
+
+    /// Writes `publication`'s shard blobs of `set` to `store`, as the fetching VM does.
+    fn write(store: &mut Store, publication: &Publication, set: &RevocationSet) {
         for (index, blob) in publication.blobs(set) {
             store.insert(index, blob);
         }
     }
 
-    #[test]
-    fn replica_sync_reads_only_changed_shards() {
-        let mut writer = Replica::default();
-        let mut store = HashMap::new();
+    /// `writer` applies the feed answer `seq` (`full` or a delta) holding `entry`, at [`NOW`],
+    /// and publishes it at `seq` ms; the blobs are not written yet.
+    fn apply_and_publish(writer: &mut Replica, seq: u64, full: bool, entry: Entry) -> Publication {
         let applied = writer
             .set
-            .apply(
-                &feed(1, true, vec![entry(1, EntryKind::Jti, "a", NOW + 100)]),
-                NOW,
-            )
+            .apply(&feed(seq, full, vec![entry]), NOW)
             .unwrap();
-        let first = writer.publish(&applied.changed, 1, 0);
+        writer.publish(&applied.changed, seq, 0)
+    }
+
+    /// Where the sync tests start: a writer that published jti `a` at seq 1, the store holding
+    /// its blobs, a reader synced to it, and that first publication.
+    fn writer_store_reader() -> (Replica, Store, Replica, Publication) {
+        let mut writer = Replica::default();
+        let mut store = Store::new();
+        let first = apply_and_publish(
+            &mut writer,
+            1,
+            true,
+            entry(1, EntryKind::Jti, "a", NOW + 100),
+        );
         write(&mut store, &first, &writer.set);
         let mut reader = Replica::default();
         reader
             .sync(first.meta.clone(), |i| store.get(&i).cloned())
             .unwrap();
+        (writer, store, reader, first)
+    }
+
+    #[test]
+    fn replica_sync_reads_only_changed_shards() {
+        let (mut writer, mut store, mut reader, _) = writer_store_reader();
         assert_eq!(reader.set, writer.set);
 
-        let applied = writer
-            .set
-            .apply(
-                &feed(2, false, vec![entry(2, EntryKind::Sid, "s", NOW + 100)]),
-                NOW,
-            )
-            .unwrap();
-        let second = writer.publish(&applied.changed, 2, 0);
+        let second = apply_and_publish(
+            &mut writer,
+            2,
+            false,
+            entry(2, EntryKind::Sid, "s", NOW + 100),
+        );
         write(&mut store, &second, &writer.set);
         let mut reads = Vec::new();
         reader
@@ -211,30 +227,14 @@ mod tests {
 
     #[test]
     fn replica_sync_torn_write_keeps_copy() {
-        let mut writer = Replica::default();
-        let mut store = HashMap::new();
-        let applied = writer
-            .set
-            .apply(
-                &feed(1, true, vec![entry(1, EntryKind::Jti, "a", NOW + 100)]),
-                NOW,
-            )
-            .unwrap();
-        let first = writer.publish(&applied.changed, 1, 0);
-        write(&mut store, &first, &writer.set);
-        let mut reader = Replica::default();
-        reader
-            .sync(first.meta.clone(), |i| store.get(&i).cloned())
-            .unwrap();
+        let (mut writer, store, mut reader, first) = writer_store_reader();
 
-        let applied = writer
-            .set
-            .apply(
-                &feed(2, true, vec![entry(2, EntryKind::Jti, "b", NOW + 100)]),
-                NOW,
-            )
-            .unwrap();
-        let second = writer.publish(&applied.changed, 2, 0);
+        let second = apply_and_publish(
+            &mut writer,
+            2,
+            true,
+            entry(2, EntryKind::Jti, "b", NOW + 100),
+        );
         // Meta visible but shard blobs not yet written.
         let err = reader
             .sync(second.meta.clone(), |i| store.get(&i).cloned())

@@ -55,7 +55,9 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{
+    AsyncCommands, ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind,
+};
 use serde::{Deserialize, Serialize};
 use weauth_token::revocation::{Entry, EntryKind};
 
@@ -489,14 +491,6 @@ fn ttl(expires_at: i64, now: i64) -> i64 {
         .saturating_add(TTL_SLACK)
 }
 
-fn kind_name(kind: EntryKind) -> &'static str {
-    match kind {
-        EntryKind::Jti => "jti",
-        EntryKind::Sid => "sid",
-        EntryKind::Sub => "sub",
-    }
-}
-
 fn parse_entry(json: &str) -> Result<Entry, StoreError> {
     serde_json::from_str(json)
         .map_err(|err| StoreError::Corrupt(format!("revocation entry: {err}")))
@@ -713,6 +707,13 @@ impl RedisStore {
         }
     }
 
+    /// Runs one Lua script call, its keys and arguments already set: the one place a script
+    /// is invoked, its failure mapped and reacted to like any other command's ([`Self::op`]).
+    async fn eval<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        self.op(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await
+    }
+
     /// `WAIT`s for the configured replicas after a write; a timeout is logged, not failed
     /// (the write is on the primary; refusing now would make the client retry a done change).
     async fn replicate(&self) {
@@ -763,37 +764,18 @@ impl RedisStore {
         let burst = f64::from(burst.max(1));
         let ttl = ((burst / per_second).ceil() as i64).max(1) + 1;
         let key = self.key(&format!("rl:{client}"));
-        let retry: u64 = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .rate_limit
-                    .key(key)
-                    .arg(now)
-                    .arg(per_second)
-                    .arg(burst)
-                    .arg(ttl)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.rate_limit.prepare_invoke();
+        call.key(key).arg(now).arg(per_second).arg(burst).arg(ttl);
+        let retry: u64 = self.eval(&call).await?;
         Ok((retry > 0).then_some(retry))
     }
 
     async fn read_refresh(&self, hash: &str) -> Result<Option<RefreshRow>, StoreError> {
         let key = self.key(&format!("refresh:{hash}"));
         let prefix = self.prefix().to_string();
-        let row: Option<Vec<String>> = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .read_refresh
-                    .key(key)
-                    .arg(prefix)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.read_refresh.prepare_invoke();
+        call.key(key).arg(prefix);
+        let row: Option<Vec<String>> = self.eval(&call).await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -830,7 +812,7 @@ impl RedisStore {
         now: i64,
         guard: bool,
     ) -> Result<Option<Entry>, StoreError> {
-        let name = kind_name(kind);
+        let name = kind.name();
         let keys = [
             self.key("seq"),
             self.key("rev:entries"),
@@ -840,23 +822,19 @@ impl RedisStore {
         ];
         let (prefix, channel) = (self.prefix().to_string(), self.channel());
         let value = value.to_string();
-        let json: Option<String> = self
-            .op(|mut conn| async move {
-                let mut call = self.inner.scripts.revoke.prepare_invoke();
-                for key in &keys {
-                    call.key(key);
-                }
-                call.arg(prefix)
-                    .arg(name)
-                    .arg(value)
-                    .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
-                    .arg(until)
-                    .arg(now)
-                    .arg(if guard { "1" } else { "0" })
-                    .arg(channel);
-                call.invoke_async(&mut conn).await
-            })
-            .await?;
+        let mut call = self.inner.scripts.revoke.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(prefix)
+            .arg(name)
+            .arg(value)
+            .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
+            .arg(until)
+            .arg(now)
+            .arg(if guard { "1" } else { "0" })
+            .arg(channel);
+        let json: Option<String> = self.eval(&call).await?;
         match json {
             Some(json) => {
                 self.replicate().await;
@@ -920,16 +898,12 @@ impl RedisStore {
         fields: Vec<(&'static str, String)>,
     ) -> Result<bool, StoreError> {
         let key = self.key(&format!("user:{sub}"));
-        let changed: i64 = self
-            .op(|mut conn| async move {
-                let mut call = self.inner.scripts.set_user_fields.prepare_invoke();
-                call.key(key).arg(now);
-                for (name, value) in &fields {
-                    call.arg(*name).arg(value);
-                }
-                call.invoke_async(&mut conn).await
-            })
-            .await?;
+        let mut call = self.inner.scripts.set_user_fields.prepare_invoke();
+        call.key(key).arg(now);
+        for (name, value) in &fields {
+            call.arg(*name).arg(value);
+        }
+        let changed: i64 = self.eval(&call).await?;
         self.replicate().await;
         Ok(changed == 1)
     }
@@ -1046,19 +1020,9 @@ impl Store for RedisStore {
         let only = only_if_none_active_at
             .map(|v| v.to_string())
             .unwrap_or_default();
-        let inserted: i64 = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .insert_key
-                    .key(hash)
-                    .arg(kid)
-                    .arg(json)
-                    .arg(only)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.insert_key.prepare_invoke();
+        call.key(hash).arg(kid).arg(json).arg(only);
+        let inserted: i64 = self.eval(&call).await?;
         self.replicate().await;
         Ok(inserted == 1)
     }
@@ -1133,34 +1097,30 @@ impl Store for RedisStore {
             ];
             let flag = |b: bool| if b { "1" } else { "0" };
             let decided = link.clone();
-            let outcome: String = self
-                .op(|mut conn| async move {
-                    let mut call = self.inner.scripts.login.prepare_invoke();
-                    for key in &keys {
-                        call.key(key);
-                    }
-                    call.arg(by_identity.unwrap_or_default())
-                        .arg(login.unionid.clone().unwrap_or_default())
-                        .arg(by_unionid.unwrap_or_default())
-                        .arg(&decided.sub)
-                        .arg(flag(decided.create_user))
-                        .arg(flag(decided.attach_unionid))
-                        .arg(flag(decided.create_identity))
-                        .arg(login.now)
-                        .arg(&login.sid)
-                        .arg(&login.appid)
-                        .arg(&login.openid)
-                        .arg(login.session_key_sealed.clone().unwrap_or_default())
-                        .arg(flag(login.session_key_sealed.is_some()))
-                        .arg(login.session_expires)
-                        .arg(session_ttl)
-                        .arg(login.refresh_expires)
-                        .arg(refresh_ttl)
-                        .arg(&login.code_hash)
-                        .arg(&login.refresh_hash);
-                    call.invoke_async(&mut conn).await
-                })
-                .await?;
+            let mut call = self.inner.scripts.login.prepare_invoke();
+            for key in &keys {
+                call.key(key);
+            }
+            call.arg(by_identity.unwrap_or_default())
+                .arg(login.unionid.clone().unwrap_or_default())
+                .arg(by_unionid.unwrap_or_default())
+                .arg(&decided.sub)
+                .arg(flag(decided.create_user))
+                .arg(flag(decided.attach_unionid))
+                .arg(flag(decided.create_identity))
+                .arg(login.now)
+                .arg(&login.sid)
+                .arg(&login.appid)
+                .arg(&login.openid)
+                .arg(login.session_key_sealed.clone().unwrap_or_default())
+                .arg(flag(login.session_key_sealed.is_some()))
+                .arg(login.session_expires)
+                .arg(session_ttl)
+                .arg(login.refresh_expires)
+                .arg(refresh_ttl)
+                .arg(&login.code_hash)
+                .arg(&login.refresh_hash);
+            let outcome: String = self.eval(&call).await?;
             match outcome.as_str() {
                 "ok" => {
                     self.replicate().await;
@@ -1213,19 +1173,15 @@ impl Store for RedisStore {
                     ];
                     let token_ttl = ttl(new_expires, rotate.now);
                     let new_hash = rotate.new_hash.clone();
-                    let session: Option<HashMap<String, Vec<u8>>> = self
-                        .op(|mut conn| async move {
-                            let mut call = self.inner.scripts.rotate.prepare_invoke();
-                            for key in &keys {
-                                call.key(key);
-                            }
-                            call.arg(rotate.now)
-                                .arg(new_expires)
-                                .arg(token_ttl)
-                                .arg(new_hash);
-                            call.invoke_async(&mut conn).await
-                        })
-                        .await?;
+                    let mut call = self.inner.scripts.rotate.prepare_invoke();
+                    for key in &keys {
+                        call.key(key);
+                    }
+                    call.arg(rotate.now)
+                        .arg(new_expires)
+                        .arg(token_ttl)
+                        .arg(new_hash);
+                    let session: Option<HashMap<String, Vec<u8>>> = self.eval(&call).await?;
                     match session {
                         Some(fields) => {
                             self.replicate().await;
@@ -1285,19 +1241,12 @@ impl Store for RedisStore {
     ) -> Result<bool, StoreError> {
         let key = self.key(&format!("user:{sub}"));
         let phone = sealed_phone.map(String::from);
-        let changed: i64 = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .set_phone
-                    .key(key)
-                    .arg(if phone.is_some() { "1" } else { "0" })
-                    .arg(phone.unwrap_or_default())
-                    .arg(now)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.set_phone.prepare_invoke();
+        call.key(key)
+            .arg(if phone.is_some() { "1" } else { "0" })
+            .arg(phone.unwrap_or_default())
+            .arg(now);
+        let changed: i64 = self.eval(&call).await?;
         self.replicate().await;
         Ok(changed == 1)
     }
@@ -1326,19 +1275,9 @@ impl Store for RedisStore {
         lease_until: i64,
     ) -> Result<bool, StoreError> {
         let (key, holder) = (self.key(&format!("wx:{appid}")), holder.to_string());
-        let taken: i64 = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .lease
-                    .key(key)
-                    .arg(holder)
-                    .arg(now)
-                    .arg(lease_until)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.lease.prepare_invoke();
+        call.key(key).arg(holder).arg(now).arg(lease_until);
+        let taken: i64 = self.eval(&call).await?;
         Ok(taken == 1)
     }
 
@@ -1353,38 +1292,23 @@ impl Store for RedisStore {
             token.clone(),
             holder.to_string(),
         );
-        let _: i64 = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .put_token
-                    .key(key)
-                    .arg(token.sealed)
-                    .arg(token.hash)
-                    .arg(token.expires_at)
-                    .arg(token.refresh_at)
-                    .arg(holder)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.put_token.prepare_invoke();
+        call.key(key)
+            .arg(token.sealed)
+            .arg(token.hash)
+            .arg(token.expires_at)
+            .arg(token.refresh_at)
+            .arg(holder);
+        let _: i64 = self.eval(&call).await?;
         self.replicate().await;
         Ok(())
     }
 
     async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
         let (key, holder) = (self.key(&format!("wx:{appid}")), holder.to_string());
-        let _: i64 = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .release
-                    .key(key)
-                    .arg(holder)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.release.prepare_invoke();
+        call.key(key).arg(holder);
+        let _: i64 = self.eval(&call).await?;
         Ok(())
     }
 
@@ -1394,17 +1318,9 @@ impl Store for RedisStore {
         token_hash: &str,
     ) -> Result<bool, StoreError> {
         let (key, hash) = (self.key(&format!("wx:{appid}")), token_hash.to_string());
-        let removed: i64 = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .invalidate
-                    .key(key)
-                    .arg(hash)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.invalidate.prepare_invoke();
+        call.key(key).arg(hash);
+        let removed: i64 = self.eval(&call).await?;
         Ok(removed == 1)
     }
 
@@ -1464,16 +1380,12 @@ impl Store for RedisStore {
             self.key("rev:by_seq"),
             self.key("rev:entries"),
         ];
-        let raw: Vec<redis::Value> = self
-            .op(|mut conn| async move {
-                let mut call = self.inner.scripts.feed.prepare_invoke();
-                for key in &keys {
-                    call.key(key);
-                }
-                call.arg(after).arg(now).arg(limit);
-                call.invoke_async(&mut conn).await
-            })
-            .await?;
+        let mut call = self.inner.scripts.feed.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(after).arg(now).arg(limit);
+        let raw: Vec<redis::Value> = self.eval(&call).await?;
         let mut items = raw.into_iter();
         let mut next_number = || -> Result<u64, StoreError> {
             let value = items
@@ -1513,20 +1425,13 @@ impl Store for RedisStore {
     ) -> Result<(), StoreError> {
         let (name, index) = (self.key(&format!("eph:{key}")), self.key("eph_exp"));
         let (member, value) = (key.to_string(), value.to_vec());
-        let _: i64 = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .put_ephemeral
-                    .key(name)
-                    .key(index)
-                    .arg(value)
-                    .arg(expires_at)
-                    .arg(member)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.put_ephemeral.prepare_invoke();
+        call.key(name)
+            .key(index)
+            .arg(value)
+            .arg(expires_at)
+            .arg(member);
+        let _: i64 = self.eval(&call).await?;
         self.replicate().await;
         Ok(())
     }
@@ -1534,38 +1439,18 @@ impl Store for RedisStore {
     async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
         let (name, index) = (self.key(&format!("eph:{key}")), self.key("eph_exp"));
         let member = key.to_string();
-        let value: Option<Vec<u8>> = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .take_ephemeral
-                    .key(name)
-                    .key(index)
-                    .arg(now)
-                    .arg(member)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.take_ephemeral.prepare_invoke();
+        call.key(name).key(index).arg(now).arg(member);
+        let value: Option<Vec<u8>> = self.eval(&call).await?;
         self.replicate().await;
         Ok(value)
     }
 
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
         let (index, prefix) = (self.key("eph_exp"), self.prefix().to_string());
-        let _: i64 = self
-            .op(|mut conn| async move {
-                self.inner
-                    .scripts
-                    .purge_ephemeral
-                    .key(index)
-                    .arg(prefix)
-                    .arg(now)
-                    .arg(PURGE_BATCH)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let mut call = self.inner.scripts.purge_ephemeral.prepare_invoke();
+        call.key(index).arg(prefix).arg(now).arg(PURGE_BATCH);
+        let _: i64 = self.eval(&call).await?;
         let keys = [
             self.key("rev:by_until"),
             self.key("rev:entries"),
@@ -1575,16 +1460,13 @@ impl Store for RedisStore {
             self.key("refresh_exp"),
         ];
         let prefix = self.prefix().to_string();
-        let (revocations, sessions, refresh_tokens): (usize, usize, usize) = self
-            .op(|mut conn| async move {
-                let mut call = self.inner.scripts.purge.prepare_invoke();
-                for key in &keys {
-                    call.key(key);
-                }
-                call.arg(prefix).arg(now).arg(PURGE_BATCH);
-                call.invoke_async(&mut conn).await
-            })
-            .await?;
+        let mut call = self.inner.scripts.purge.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(prefix).arg(now).arg(PURGE_BATCH);
+        let (revocations, sessions, refresh_tokens): (usize, usize, usize) =
+            self.eval(&call).await?;
         Ok(Purged {
             revocations,
             sessions,

@@ -190,21 +190,9 @@ fn db_err(err: rusqlite::Error) -> StoreError {
     }
 }
 
-fn kind_name(kind: EntryKind) -> &'static str {
-    match kind {
-        EntryKind::Jti => "jti",
-        EntryKind::Sid => "sid",
-        EntryKind::Sub => "sub",
-    }
-}
-
 fn parse_kind(text: &str) -> Result<EntryKind, StoreError> {
-    match text {
-        "jti" => Ok(EntryKind::Jti),
-        "sid" => Ok(EntryKind::Sid),
-        "sub" => Ok(EntryKind::Sub),
-        other => Err(StoreError::Corrupt(format!("revocation kind `{other}`"))),
-    }
+    EntryKind::from_name(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("revocation kind `{text}`")))
 }
 
 fn to_u64(value: i64) -> u64 {
@@ -225,7 +213,7 @@ fn insert_revocation(
 ) -> Result<Entry, StoreError> {
     tx.execute(
         "INSERT INTO revocations (kind, value, issued_before, until, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![kind_name(kind), value, issued_before, until, now],
+        params![kind.name(), value, issued_before, until, now],
     )
     .map_err(db_err)?;
     Ok(Entry {
@@ -237,21 +225,29 @@ fn insert_revocation(
     })
 }
 
-fn session_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
-    Ok(SessionRecord {
-        sid: row.get(0)?,
-        sub: row.get(1)?,
-        appid: row.get(2)?,
-        openid: row.get(3)?,
-        unionid: row.get(4)?,
-        created_at: row.get(5)?,
-        expires_at: row.get(6)?,
-        revoked_at: row.get(7)?,
-    })
+/// The session `sid`: the one read of a session row, shared by the lookup and by a rotation
+/// (inside its transaction, which passes itself as the connection).
+fn read_session(conn: &Connection, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+    conn.query_row(
+        "SELECT sid, sub, appid, openid, unionid, created_at, expires_at, revoked_at \
+         FROM sessions WHERE sid = ?1",
+        [sid],
+        |row| {
+            Ok(SessionRecord {
+                sid: row.get(0)?,
+                sub: row.get(1)?,
+                appid: row.get(2)?,
+                openid: row.get(3)?,
+                unionid: row.get(4)?,
+                created_at: row.get(5)?,
+                expires_at: row.get(6)?,
+                revoked_at: row.get(7)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(db_err)
 }
-
-const SESSION_COLUMNS: &str =
-    "sid, sub, appid, openid, unionid, created_at, expires_at, revoked_at";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies the schema.
@@ -761,13 +757,10 @@ mod ops {
                     params![rotate.new_hash, sid, rotate.now, new_expires],
                 )
                 .map_err(db_err)?;
-                let session = tx
-                    .query_row(
-                        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE sid = ?1"),
-                        [&sid],
-                        session_from_row,
-                    )
-                    .map_err(db_err)?;
+                // The refresh row was read joined to its session in this transaction.
+                let session = read_session(&tx, &sid)?.ok_or_else(|| {
+                    StoreError::Corrupt("the rotated token's session is missing".into())
+                })?;
                 tx.commit().map_err(db_err)?;
                 Ok(RotateResult::Rotated {
                     session,
@@ -781,13 +774,7 @@ mod ops {
         conn: &mut Connection,
         sid: &str,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        conn.query_row(
-            &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE sid = ?1"),
-            [sid],
-            session_from_row,
-        )
-        .optional()
-        .map_err(db_err)
+        read_session(conn, sid)
     }
 
     pub(super) fn session_key_sealed(

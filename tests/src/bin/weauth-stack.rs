@@ -190,7 +190,7 @@ Web login (official account): open {envoy}/demo/ in a browser, click "Log in", p
 on the mock WeChat page (the same name as a mini-program login below gives the same sub),
 then "GET /api/hello", "POST /v1/token/refresh" and "POST /v1/logout".
 
-Try it (copy-paste into another terminal; README.md explains each step and the mock's helper routes):
+Try it (copy-paste into another terminal; README.md explains each step, docs/TESTING.md the mock's helper routes):
 {script}
 Stop with Ctrl-C or `make down`.
 "#,
