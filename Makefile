@@ -187,14 +187,16 @@ check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's un
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-issuer --test router
 
 # The image check's static release build is the longest build step (about a third of a
-# fresh `make test`); it runs in the background at the lowest CPU priority while the tests,
-# which mostly wait on Envoy, the stores and the browser, run. Its output is shown at the end,
-# and its failure fails `make test` like any other.
-test: lint build browser-setup api-tools manifests monitoring-check ## every check and test: fmt, clippy (host+wasm), manifests, images, unit, integration, end-to-end, browser
+# fresh `make test` when run in line): it starts in the background, at the lowest CPU priority
+# and in its own process group, as soon as the wasm module is built, and runs while the rest
+# builds and the tests run (they mostly wait on Envoy, the stores and the browser). Its output
+# is shown at the end, and its failure fails `make test` like any other.
+test: lint wasm ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
 	@mkdir -p target
 	@echo "test: image check (make image-check) started in the background, log in target/image-check.log"
-	@nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; \
-	trap 'kill $$image 2>/dev/null || true' EXIT; \
+	@setsid -w nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; \
+	trap 'kill -- -$$image 2>/dev/null || true' EXIT; \
+	$(MAKE) --no-print-directory build browser-setup api-tools manifests monitoring-check; \
 	status=0; \
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast || status=1; \
 	echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"; \
