@@ -190,11 +190,13 @@ check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's un
 # fresh `make test` when run in line): it starts in the background, at the lowest CPU priority
 # and in its own process group, as soon as the wasm module is built, and runs while the rest
 # builds and the tests run (they mostly wait on Envoy, the stores and the browser). Its output
-# is shown at the end, and its failure fails `make test` like any other.
+# is shown at the end, and its failure fails `make test` like any other. It stays in this
+# session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
+# sessions, so in a session of its own `nice` would not hold it back.
 test: lint wasm ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
 	@mkdir -p target
 	@echo "test: image check (make image-check) started in the background, log in target/image-check.log"
-	@setsid -w nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; \
+	@set -m; nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; set +m; \
 	trap 'kill -- -$$image 2>/dev/null || true' EXIT; \
 	$(MAKE) --no-print-directory build browser-setup api-tools manifests monitoring-check; \
 	status=0; \

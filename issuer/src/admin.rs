@@ -161,6 +161,9 @@ pub struct UserView {
     /// The ban as set (also when lapsed), with its reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ban: Option<Ban>,
+    /// WeChat's risk rank at the user's last login to an app with risk control.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<crate::store::RiskFact>,
 }
 
 /// What an admin may see of `sub`.
@@ -182,5 +185,6 @@ pub async fn lookup(app: &Arc<App>, sub: String) -> Result<UserView, ApiError> {
         scopes: grants.scopes,
         banned,
         ban: grants.ban,
+        risk: user.risk,
     })
 }

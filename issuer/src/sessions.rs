@@ -141,18 +141,32 @@ pub async fn login(
         _ => Credential::MiniProgram { app: entry, code },
     };
     let identity = identity::identify(app, credential).await?;
-    if let Some(risk) = entry.risk {
-        judge_risk(app, entry, &identity.openid, risk, client_ip).await?;
+    let rank = match entry.risk {
+        Some(risk) => judge_risk(app, entry, &identity.openid, risk, client_ip).await?,
+        None => None,
+    };
+    let (tokens, subject) = establish(app, identity, code_hash).await?;
+    if let Some(rank) = rank {
+        // An observation for admins, kept after the login (the user may be new until then);
+        // the login stands if it cannot be kept.
+        let fact = crate::store::RiskFact {
+            appid: entry.appid.clone(),
+            rank,
+            at: now(),
+        };
+        if let Err(err) = app.store.set_risk(&subject.sub, &fact).await {
+            tracing::warn!(error = %err, appid = %entry.appid, "the user's risk rank was not kept");
+        }
     }
-    establish(app, identity, code_hash)
-        .await
-        .map(|(tokens, _)| tokens)
+    Ok(tokens)
 }
 
 /// WeChat's risk control at login, before anything is written: asks `getuserriskrank` for
 /// the user's rank and refuses a rank above the app's `max_rank` (403 `user_risky`); when
 /// WeChat cannot answer, the app's `on_error` decides. Counted in
 /// `weauth_login_risk_total{appid,outcome,rank}`; logged with a short hash of the openid only.
+/// Returns the rank of an admitted user (`None` when WeChat did not answer and `on_error`
+/// let the login through).
 ///
 /// # Errors
 /// `user_risky`, or WeChat's failure when `on_error` is `deny`.
@@ -162,7 +176,7 @@ async fn judge_risk(
     openid: &str,
     risk: crate::apps::Risk,
     client_ip: std::net::IpAddr,
-) -> Result<(), ApiError> {
+) -> Result<Option<u8>, ApiError> {
     let wechat = app.wechat_for(&entry.appid)?;
     let query = crate::wechat::RiskQuery {
         appid: &entry.appid,
@@ -178,7 +192,7 @@ async fn judge_risk(
     match asked {
         Ok(rank) if risk.admits(rank) => {
             app.metrics.login_risk(&entry.appid, "admitted", Some(rank));
-            Ok(())
+            Ok(Some(rank))
         }
         Ok(rank) => {
             app.metrics.login_risk(&entry.appid, "refused", Some(rank));
@@ -194,7 +208,7 @@ async fn judge_risk(
                 crate::apps::RiskOnError::Allow => {
                     app.metrics.login_risk(&entry.appid, "error_allowed", None);
                     tracing::warn!(appid = %entry.appid, user = %user, error = %err, "risk control unavailable; login allowed (on_error: allow)");
-                    Ok(())
+                    Ok(None)
                 }
                 crate::apps::RiskOnError::Deny => {
                     app.metrics.login_risk(&entry.appid, "error_denied", None);

@@ -466,10 +466,20 @@ async fn risk_rank_above_max_refused_403_nothing_written_real_client_ip_sent() {
     );
     assert!(!stack.issuer.log_text().contains(&stack.mock.openid("rita")));
 
-    // A user at the limit logs in.
+    // A user at the limit logs in, and an admin sees the rank on the user.
     stack.mock.set_risk_rank("sam", 2);
     let body = stack.login("sam").await;
-    assert!(body["access_token"].is_string());
+    let sub = payload(body["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, user, _) = stack
+        .get(&format!("/v1/admin/user?sub={sub}"), Some(common::ADMIN))
+        .await;
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["risk"]["appid"], APPID, "{user}");
+    assert_eq!(user["risk"]["rank"], 2, "{user}");
+    assert!(user["risk"]["at"].as_i64().unwrap() > 0, "{user}");
     assert!(metrics(&stack).await.contains(&format!(
         "weauth_login_risk_total{{appid=\"{APPID}\",outcome=\"admitted\",rank=\"2\"}} 1"
     )));

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use weauth_token::revocation::EntryKind;
 
 use super::{
-    Ban, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, Revoke, Rotate, RotateResult, Store,
+    Ban, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, Revoke, RiskFact, Rotate,
+    RotateResult, Store,
 };
 use crate::revocation;
 use crate::rules;
@@ -60,6 +61,7 @@ macro_rules! contract_tests {
             keys_two_first_starts_agree_on_one_key,
             keys_insert_existing_kid_ignored_and_delete,
             set_phone_unknown_user_false,
+            risk_fact_kept_with_the_user,
             grants_unknown_user_none_and_writes_refused,
             grants_scopes_replaced_and_cleared_ban_kept,
             grants_ban_read_back_replaced_and_lifted_scopes_kept,
@@ -866,6 +868,25 @@ pub async fn set_phone_unknown_user_false(backend: &dyn Backend) {
     );
     assert!(store.set_phone("u-c1", None, 12).await.unwrap());
     assert_eq!(store.user("u-c1").await.unwrap().unwrap().phone, None);
+}
+
+pub async fn risk_fact_kept_with_the_user(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    let fact = |appid: &str, rank: u8, at: i64| RiskFact {
+        appid: appid.into(),
+        rank,
+        at,
+    };
+    assert!(!store.set_risk("nobody", &fact("wxa", 1, 5)).await.unwrap());
+    created(&store.login(&login("r1", "o1", None, 10)).await.unwrap());
+    assert_eq!(store.user("u-r1").await.unwrap().unwrap().risk, None);
+    assert!(store.set_risk("u-r1", &fact("wxa", 2, 11)).await.unwrap());
+    assert!(store.set_risk("u-r1", &fact("wxb", 0, 12)).await.unwrap());
+    assert_eq!(
+        store.user("u-r1").await.unwrap().unwrap().risk,
+        Some(fact("wxb", 0, 12)),
+        "the last judged login's rank replaces the previous one"
+    );
 }
 
 fn ban(created_at: i64, until: Option<i64>, reason: Option<&str>) -> Ban {

@@ -127,6 +127,17 @@ pub struct UserRecord {
     pub unionid: Option<String>,
     pub phone: Option<String>,
     pub created_at: i64,
+    /// WeChat's risk rank at the user's last judged login ([`Store::set_risk`]).
+    pub risk: Option<RiskFact>,
+}
+
+/// What WeChat's risk control said of a user at a login (`getuserriskrank`): the app, the
+/// rank (0–4) and when. Shown to admins; never logged with the openid.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RiskFact {
+    pub appid: String,
+    pub rank: u8,
+    pub at: i64,
 }
 
 /// A rotation request.
@@ -250,6 +261,10 @@ pub trait Store: Send + Sync {
         sealed_phone: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError>;
+
+    /// Records the risk rank WeChat gave the user at a login to `fact.appid`, replacing the
+    /// previous one. Returns false when the user does not exist.
+    async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError>;
 
     /// The cached WeChat app access token of `appid`.
     async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError>;

@@ -62,7 +62,7 @@ use serde::{Deserialize, Serialize};
 use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, Rotate,
+    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, RiskFact, Rotate,
     RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
 use crate::grants::{Ban, Grants};
@@ -937,6 +937,15 @@ impl Store for RedisStore {
         }))
     }
 
+    async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError> {
+        let fields = vec![
+            ("risk_appid", fact.appid.clone()),
+            ("risk_rank", fact.rank.to_string()),
+            ("risk_at", fact.at.to_string()),
+        ];
+        self.set_user_fields(sub, fact.at, fields).await
+    }
+
     async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
         self.set_user_fields(sub, now, vec![("scopes", scopes.join(" "))])
             .await
@@ -1225,11 +1234,23 @@ impl Store for RedisStore {
         if fields.is_empty() {
             return Ok(None);
         }
+        let risk =
+            match (
+                text(&fields, "risk_appid"),
+                number(&fields, "risk_rank")?,
+                number(&fields, "risk_at")?,
+            ) {
+                (Some(appid), Some(rank), Some(at)) => u8::try_from(rank)
+                    .ok()
+                    .map(|rank| RiskFact { appid, rank, at }),
+                _ => None,
+            };
         Ok(Some(UserRecord {
             sub: sub.to_string(),
             unionid: text(&fields, "unionid"),
             phone: text(&fields, "phone"),
             created_at: number(&fields, "created_at")?.unwrap_or(0),
+            risk,
         }))
     }
 

@@ -25,7 +25,7 @@ use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
     Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
-    Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
+    RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
 use crate::rules::{self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts};
 
@@ -141,9 +141,16 @@ CREATE TABLE ephemeral (
 CREATE INDEX ephemeral_expires ON ephemeral (expires_at);
 "#;
 
+/// Schema version 5: the risk rank WeChat gave the user at the last judged login.
+const V5: &str = r#"
+ALTER TABLE users ADD COLUMN risk_appid TEXT;
+ALTER TABLE users ADD COLUMN risk_rank INTEGER;
+ALTER TABLE users ADD COLUMN risk_at INTEGER;
+"#;
+
 /// The migrations, in order: the schema version of a file is the number of them applied
 /// (`PRAGMA user_version`). Append only; never edit a published one.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Applies the migrations the file lacks; refuses a file from a newer issuer.
 fn migrate(conn: &mut Connection) -> Result<(), String> {
@@ -371,6 +378,11 @@ impl Store for SqliteStore {
         let (sub, phone) = (sub.to_string(), sealed_phone.map(String::from));
         self.run(move |c| ops::set_phone(c, &sub, phone.as_deref(), now))
             .await
+    }
+
+    async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError> {
+        let (sub, fact) = (sub.to_string(), fact.clone());
+        self.run(move |c| ops::set_risk(c, &sub, &fact)).await
     }
 
     async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
@@ -793,14 +805,24 @@ mod ops {
 
     pub(super) fn user(conn: &mut Connection, sub: &str) -> Result<Option<UserRecord>, StoreError> {
         conn.query_row(
-            "SELECT sub, unionid, phone, created_at FROM users WHERE sub = ?1",
+            "SELECT sub, unionid, phone, created_at, risk_appid, risk_rank, risk_at \
+             FROM users WHERE sub = ?1",
             [sub],
             |row| {
+                let risk = match (
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<u8>>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                ) {
+                    (Some(appid), Some(rank), Some(at)) => Some(RiskFact { appid, rank, at }),
+                    _ => None,
+                };
                 Ok(UserRecord {
                     sub: row.get(0)?,
                     unionid: row.get(1)?,
                     phone: row.get(2)?,
                     created_at: row.get(3)?,
+                    risk,
                 })
             },
         )
@@ -919,6 +941,21 @@ mod ops {
             .execute(
                 "UPDATE users SET phone = ?2, updated_at = ?3 WHERE sub = ?1",
                 params![sub, sealed_phone, now],
+            )
+            .map_err(db_err)?;
+        Ok(changed > 0)
+    }
+
+    pub(super) fn set_risk(
+        conn: &mut Connection,
+        sub: &str,
+        fact: &RiskFact,
+    ) -> Result<bool, StoreError> {
+        let changed = conn
+            .execute(
+                "UPDATE users SET risk_appid = ?2, risk_rank = ?3, risk_at = ?4, updated_at = ?4 \
+                 WHERE sub = ?1",
+                params![sub, fact.appid, fact.rank, fact.at],
             )
             .map_err(db_err)?;
         Ok(changed > 0)

@@ -89,6 +89,13 @@ impl Store for TracedStore {
             .await
     }
 
+    async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError> {
+        self.0
+            .set_risk(sub, fact)
+            .instrument(span("set_risk"))
+            .await
+    }
+
     async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
         self.0
             .wechat_token(appid)
