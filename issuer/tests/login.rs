@@ -515,25 +515,11 @@ async fn risk_api_failing_follows_on_error() {
 
 #[test]
 fn risk_out_of_range_refused_at_start_naming_app_and_field() {
-    let dir = common::temp_dir("risk");
-    let path = dir.path().join("apps.json");
-    std::fs::write(
-        &path,
-        json!({"apps": [{"appid": "wx1", "secret": "s", "kind": "miniprogram", "risk": {"max_rank": 7}}]})
-            .to_string(),
-    )
-    .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .env_clear()
-        .env("WEAUTH_APPS_FILE", &path)
-        .env(
-            "WEAUTH_STORE",
-            format!("sqlite://{}", dir.path().join("w.db").display()),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::start_error(
+        &json!({"apps": [{"appid": "wx1", "secret": "s", "kind": "miniprogram",
+                          "risk": {"max_rank": 7}}]})
+        .to_string(),
+    );
     assert!(
         err.contains("WEAUTH_APPS_FILE")
             && err.contains("apps[0] (wx1): risk.max_rank 7 is out of range"),
@@ -628,28 +614,15 @@ async fn plugin_login_exchanges_a_plugin_code_for_an_openpid_user_of_its_own() {
 
 #[test]
 fn plugin_with_redirect_uris_refused_at_start() {
-    let dir = common::temp_dir("plugin");
-    let path = dir.path().join("apps.json");
-    std::fs::write(
-        &path,
-        json!({"apps": [{"appid": "wxp", "secret": "s", "kind": "plugin",
-                         "redirect_uris": ["https://x.example/"]}]})
+    let err = common::start_error(
+        &json!({"apps": [{"appid": "wxp", "secret": "s", "kind": "plugin",
+                          "redirect_uris": ["https://x.example/"]}]})
         .to_string(),
-    )
-    .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .env_clear()
-        .env("WEAUTH_APPS_FILE", &path)
-        .env(
-            "WEAUTH_STORE",
-            format!("sqlite://{}", dir.path().join("w.db").display()),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
-        err.contains("apps[0] (wxp): redirect_uris is only for official_account and website apps, not a plugin"),
+        err.contains(
+            "apps[0] (wxp): redirect_uris is only for official_account and website apps, not a plugin"
+        ),
         "{err}"
     );
 }

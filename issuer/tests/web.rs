@@ -786,46 +786,32 @@ async fn login_appid_optional_with_one_miniprogram_refused_for_other_kinds() {
     );
 }
 
-fn start_error(file: &str) -> String {
-    let dir = common::temp_dir("apps-bad");
-    let path = dir.path().join("apps.json");
-    std::fs::write(&path, file).unwrap();
-    let output = std::process::Command::new(common::bin())
-        .env_clear()
-        .env("WEAUTH_APPS_FILE", &path)
-        .env(
-            "WEAUTH_STORE",
-            format!("sqlite://{}", dir.path().join("x.db").display()),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 #[test]
 fn apps_file_errors_stop_start_naming_the_entry() {
-    let err = start_error(
+    let err = common::start_error(
         r#"{"apps":[{"appid":"wx1","secret":"a","kind":"miniprogram"},{"appid":"wx1","secret":"b","kind":"miniprogram"}]}"#,
     );
     assert!(
         err.contains("WEAUTH_APPS_FILE") && err.contains("apps[1] (wx1): duplicate appid"),
         "{err}"
     );
-    let err = start_error(r#"{"apps":[{"appid":"wxoa","secret":"a","kind":"official_account"}]}"#);
+    let err = common::start_error(
+        r#"{"apps":[{"appid":"wxoa","secret":"a","kind":"official_account"}]}"#,
+    );
     assert!(
         err.contains("apps[0] (wxoa)") && err.contains("redirect_uris"),
         "{err}"
     );
-    let err = start_error(
+    let err = common::start_error(
         r#"{"apps":[{"appid":"wxoa","secret":"a","kind":"official_account","redirect_uris":["http://h5.example.com/"]}]}"#,
     );
     assert!(
         err.contains("apps[0] (wxoa)") && err.contains("https"),
         "{err}"
     );
-    let err =
-        start_error(r#"{"apps":[{"appid":"wx1","secret":"a","kind":"miniprogram","extra":1}]}"#);
+    let err = common::start_error(
+        r#"{"apps":[{"appid":"wx1","secret":"a","kind":"miniprogram","extra":1}]}"#,
+    );
     assert!(err.contains("unknown field"), "{err}");
 }
 

@@ -314,3 +314,22 @@ pub fn header(token: &str) -> Value {
     let part = token.split('.').next().unwrap();
     serde_json::from_slice(&weauth_token::b64::decode(part).unwrap()).unwrap()
 }
+
+/// Starts the issuer on the apps file `file` (and a SQLite file) with nothing else set, expects
+/// it to refuse to start with exit 2, and returns its stderr.
+pub fn start_error(file: &str) -> String {
+    let dir = temp_dir("apps-bad");
+    let path = dir.path().join("apps.json");
+    std::fs::write(&path, file).unwrap();
+    let output = Command::new(bin())
+        .env_clear()
+        .env("WEAUTH_APPS_FILE", &path)
+        .env(
+            "WEAUTH_STORE",
+            format!("sqlite://{}", dir.path().join("x.db").display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
