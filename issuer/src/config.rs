@@ -148,8 +148,8 @@ pub const VARIABLES: &[Var] = &[
     ),
     var(
         "WEAUTH_REFRESH_REUSE_GRACE",
-        "0s",
-        "a reused refresh token within this time does not revoke the session (<= 60s)",
+        "10s",
+        "a refresh token presented again this soon after its rotation gets a sibling pair instead of revoking the session (<= 60s; 0s: every reuse revokes)",
     ),
     var(
         "WEAUTH_LEEWAY",
@@ -523,9 +523,11 @@ pub struct Config {
     pub refresh_ttl: Duration,
     /// `WEAUTH_SESSION_MAX`, default `30d`: absolute cap of a login session.
     pub session_max: Duration,
-    /// `WEAUTH_REFRESH_REUSE_GRACE`, default `0s`: a refresh token presented again within
-    /// this time after its rotation is refused (400) without revoking the session, for clients
-    /// that fire concurrent refreshes. 0 = every reuse revokes the session (RFC 9700 §4.14).
+    /// `WEAUTH_REFRESH_REUSE_GRACE`, default `10s`: a refresh token presented again within
+    /// this time after its rotation gets a sibling pair in the same session (a retry after a
+    /// lost answer on a weak mobile network, a second browser tab); a later use is reuse and
+    /// revokes the session (RFC 9700 §4.14.2). 0 = every second use revokes. Ten seconds covers
+    /// an immediate retry and two tabs waking together while keeping a replay window short.
     pub refresh_reuse_grace: Duration,
     /// `WEAUTH_LEEWAY`, default `60s`: clock skew allowed on our own bearer checks, and the
     /// margin added to a revocation entry's `until`.

@@ -25,6 +25,14 @@ pub struct RefreshRow {
 pub enum RefreshDecision {
     /// Consume it and issue a new one expiring at `new_expires`.
     Rotate { sid: String, new_expires: i64 },
+    /// It was rotated at `used_at`, within the reuse grace: issue a sibling in the same
+    /// family (session) expiring at `new_expires`, leaving the token as used as it was. The
+    /// store applies it only while `used_at` is still what it read.
+    Sibling {
+        sid: String,
+        new_expires: i64,
+        used_at: i64,
+    },
     /// It was already used: revoke the session.
     Reuse { sid: String },
     /// Refuse without side effects.
@@ -32,9 +40,13 @@ pub enum RefreshDecision {
 }
 
 /// Judges a presented refresh token at `now`. The new token's lifetime slides
-/// (`now + refresh_ttl`) but never passes the session's absolute end. A token used at most
-/// `reuse_grace` seconds ago is refused without revoking the session (a client that fired
-/// two refreshes at once); `reuse_grace = 0` (the default) treats every reuse as theft.
+/// (`now + refresh_ttl`) but never passes the session's absolute end.
+///
+/// A token rotated at most `reuse_grace` seconds ago gets a sibling: a retry after a lost
+/// answer, or a second tab, must not end the session (the grace periods of Okta and Ory
+/// Hydra). Every later use is reuse and revokes the session (RFC 9700 §4.14.2);
+/// `reuse_grace = 0` treats every second use as theft. The grace runs from the token's one
+/// rotation, so siblings never extend it.
 pub fn decide_refresh(
     row: Option<&RefreshRow>,
     now: i64,
@@ -49,7 +61,14 @@ pub fn decide_refresh(
     }
     if let Some(used_at) = row.used_at {
         if reuse_grace > 0 && now.saturating_sub(used_at) <= reuse_grace {
-            return RefreshDecision::Invalid("the refresh token was just used by another request");
+            if row.session_expires_at <= now {
+                return RefreshDecision::Invalid("the session has reached its maximum lifetime");
+            }
+            return RefreshDecision::Sibling {
+                sid: row.sid.clone(),
+                new_expires: now.saturating_add(refresh_ttl).min(row.session_expires_at),
+                used_at,
+            };
         }
         return RefreshDecision::Reuse {
             sid: row.sid.clone(),
@@ -230,15 +249,33 @@ mod tests {
     }
 
     #[test]
-    fn decide_refresh_reuse_within_grace_refused_without_revoking() {
+    fn decide_refresh_second_use_within_grace_gets_a_sibling_after_it_is_reuse() {
         let used = row(Some(8), None, 50, 1000);
-        assert!(matches!(
+        assert_eq!(
             decide_refresh(Some(&used), 10, 100, 2),
-            RefreshDecision::Invalid(_)
-        ));
+            RefreshDecision::Sibling {
+                sid: "s1".into(),
+                new_expires: 110,
+                used_at: 8
+            }
+        );
         assert_eq!(
             decide_refresh(Some(&used), 11, 100, 2),
             RefreshDecision::Reuse { sid: "s1".into() }
+        );
+        // Within the grace but past the session's end: nothing to hand out.
+        assert!(matches!(
+            decide_refresh(Some(&row(Some(8), None, 50, 10)), 10, 100, 2),
+            RefreshDecision::Invalid(_)
+        ));
+        // A sibling never outlives the session either.
+        assert_eq!(
+            decide_refresh(Some(&row(Some(8), None, 50, 60)), 10, 100, 5),
+            RefreshDecision::Sibling {
+                sid: "s1".into(),
+                new_expires: 60,
+                used_at: 8
+            }
         );
     }
 

@@ -297,7 +297,8 @@ fn subject_of(session: &SessionRecord) -> Subject {
     }
 }
 
-/// `POST /v1/token/refresh`: single-use rotation; a reused token revokes its session.
+/// `POST /v1/token/refresh`: single-use rotation; a second use within
+/// `WEAUTH_REFRESH_REUSE_GRACE` gets a sibling pair, a later one revokes the session.
 ///
 /// # Errors
 /// `invalid_grant` for unknown, expired, used or revoked tokens; 5xx on store failure.
@@ -334,13 +335,16 @@ pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, A
         RotateResult::Rotated {
             session,
             refresh_expires,
+            sibling,
         } => {
             let grants = if owner.as_deref() == Some(session.sub.as_str()) {
                 grants
             } else {
                 grants_for_token(app, &session.sub, now).await?
             };
-            app.metrics.refresh("ok");
+            // A second use within the reuse grace (a retry after a lost answer, a second
+            // tab) got a sibling in the same session: counted apart from first uses.
+            app.metrics.refresh(if sibling { "grace" } else { "ok" });
             issue(
                 app,
                 &subject_of(&session),

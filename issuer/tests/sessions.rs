@@ -13,7 +13,8 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rotates_then_reuse_revokes_the_session() {
-    let stack = Stack::start(&[]).await;
+    // No grace: every second use is theft (the default grace is the next tests' subject).
+    let stack = Stack::start(&[("WEAUTH_REFRESH_REUSE_GRACE", "0s")]).await;
     let first = stack.login("ivy").await;
     let rt1 = first["refresh_token"].as_str().unwrap();
     let (status, second, _) = stack
@@ -66,28 +67,13 @@ async fn refresh_rotates_then_reuse_revokes_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_concurrent_same_token_exactly_one_wins() {
-    let stack = Stack::start(&[]).await;
+    let stack = Stack::start(&[("WEAUTH_REFRESH_REUSE_GRACE", "0s")]).await;
     let login = stack.login("jack").await;
-    let token = login["refresh_token"].as_str().unwrap().to_string();
-    let mut tasks = Vec::new();
-    for _ in 0..12 {
-        let http = stack.http.clone();
-        let url = stack.url("/v1/token/refresh");
-        let token = token.clone();
-        tasks.push(tokio::spawn(async move {
-            http.post(url)
-                .json(&json!({ "refresh_token": token }))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.unwrap());
-    }
+    let statuses: Vec<u16> = concurrent_refreshes(&stack, &login, 12)
+        .await
+        .iter()
+        .map(|(status, _)| *status)
+        .collect();
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
         1,
@@ -407,34 +393,151 @@ async fn feed_requires_credential_and_handles_since() {
     assert_eq!(capped["full"], true);
 }
 
+/// `n` refreshes of `login`'s refresh token sent at once: each one's status and body.
+async fn concurrent_refreshes(
+    stack: &Stack,
+    login: &serde_json::Value,
+    n: usize,
+) -> Vec<(u16, serde_json::Value)> {
+    let token = login["refresh_token"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let http = stack.http.clone();
+        let url = stack.url("/v1/token/refresh");
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .json(&json!({ "refresh_token": token }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap())
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+/// The value of one series in the issuer's `/metrics` (0 when absent).
+async fn metric(stack: &Stack, series: &str) -> u64 {
+    let (_, metrics, _) = stack.get("/metrics", None).await;
+    metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |value| value.parse().unwrap())
+}
+
+/// Issue 24 §6: a retry after a lost answer (or a second tab) within the default grace gets a
+/// working pair in the same session, and nothing is revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_reuse_within_grace_keeps_the_session() {
-    let stack = Stack::start(&[("WEAUTH_REFRESH_REUSE_GRACE", "5s")]).await;
+async fn refresh_retried_within_the_default_grace_gets_a_sibling_pair() {
+    let stack = Stack::start(&[]).await;
     let login = stack.login("rosa").await;
     let rt1 = login["refresh_token"].as_str().unwrap();
-    let (status, second, _) = stack
+    let (status, first, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
+        .await;
+    assert_eq!(status, 200, "{first}");
+    // The answer was lost: the client presents rt1 again.
+    let (status, retry, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
+        .await;
+    assert_eq!(
+        status, 200,
+        "a retry within the grace is not a theft: {retry}"
+    );
+    assert_ne!(retry["refresh_token"], first["refresh_token"], "a sibling");
+    assert_eq!(
+        payload(retry["access_token"].as_str().unwrap())["sid"],
+        payload(first["access_token"].as_str().unwrap())["sid"],
+        "the same session"
+    );
+    // Both pairs work, and both refresh tokens rotate on.
+    for pair in [&first, &retry] {
+        let (status, _, _) = stack.get("/v1/me", pair["access_token"].as_str()).await;
+        assert_eq!(status, 200);
+        let (status, body, _) = stack
+            .post(
+                "/v1/token/refresh",
+                json!({ "refresh_token": pair["refresh_token"] }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        stack.feed(0, 0).await["entries"],
+        json!([]),
+        "nothing revoked"
+    );
+    assert_eq!(
+        metric(&stack, "weauth_refreshes_total{outcome=\"grace\"}").await,
+        1
+    );
+    assert_eq!(
+        metric(&stack, "weauth_refreshes_total{outcome=\"ok\"}").await,
+        3
+    );
+
+    // Two tabs at once: every request gets a pair, the session lives on.
+    let login = stack.login("tabs").await;
+    let answers = concurrent_refreshes(&stack, &login, 6).await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    for (_, pair) in &answers {
+        let (status, _, _) = stack.get("/v1/me", pair["access_token"].as_str()).await;
+        assert_eq!(status, 200);
+    }
+}
+
+/// Issue 24 §6: a replay after the grace is reuse (RFC 9700): the session ends, the pairs
+/// handed out within the grace die with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_replayed_after_the_grace_revokes_the_session() {
+    let stack = Stack::start(&[("WEAUTH_REFRESH_REUSE_GRACE", "2s")]).await;
+    let login = stack.login("mallory-victim").await;
+    let rt1 = login["refresh_token"].as_str().unwrap();
+    let (status, first, _) = stack
         .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
         .await;
     assert_eq!(status, 200);
+    let (status, sibling, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
+        .await;
+    assert_eq!(status, 200, "{sibling}");
+    // Whole seconds: 3.2 s later the rotation is at least three seconds old.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
     let (status, body, _) = stack
         .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
         .await;
     assert_eq!(
         (status, body["error"].as_str()),
-        (400, Some("invalid_grant"))
+        (400, Some("invalid_grant")),
+        "{body}"
     );
-    let (status, _, _) = stack.get("/v1/me", second["access_token"].as_str()).await;
+    for pair in [&first, &sibling] {
+        let (status, _, _) = stack.get("/v1/me", pair["access_token"].as_str()).await;
+        assert_eq!(status, 401, "the family is revoked");
+        let (status, _, _) = stack
+            .post(
+                "/v1/token/refresh",
+                json!({ "refresh_token": pair["refresh_token"] }),
+            )
+            .await;
+        assert_eq!(status, 400);
+    }
     assert_eq!(
-        status, 200,
-        "a reuse within the grace does not revoke the session"
+        metric(&stack, "weauth_refreshes_total{outcome=\"reuse\"}").await,
+        1
     );
-    let (status, _, _) = stack
-        .post(
-            "/v1/token/refresh",
-            json!({ "refresh_token": second["refresh_token"] }),
-        )
-        .await;
-    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -721,7 +721,8 @@ async fn cookie_logout_needs_allowed_origin_then_clears_cookies_and_revokes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_refresh_rotates_both_cookies_and_reuse_clears_them() {
-    let stack = start(&[]).await;
+    // No reuse grace: the old cookie's second use is theft at once.
+    let stack = start(&[("WEAUTH_REFRESH_REUSE_GRACE", "0s")]).await;
     let cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "frank").await;
     let rt = cookie_value(&cookies["weauth_rt"]);
     let cookie = format!("weauth_rt={rt}");

@@ -144,6 +144,38 @@ test('login through the mock authorize page gives cookies that reach the upstrea
   await context.close();
 });
 
+test('two tabs refreshing with the same cookie at once both get new cookies; the session survives', TEST, async () => {
+  const context = await newContext('tabitha');
+  const first = await context.newPage();
+  await logIn(first);
+  const second = await context.newPage();
+  await second.goto(DEMO);
+  // Hold both refreshes until both are in flight, so both carry the same weauth_rt cookie
+  // (what two tabs waking together do); then let them through together.
+  const held = [];
+  let release;
+  const bothSent = new Promise((resolve) => { release = resolve; });
+  await context.route(`${ENVOY}/v1/token/refresh`, async (route) => {
+    held.push((await route.request().allHeaders()).cookie);
+    if (held.length === 2) release();
+    await bothSent;
+    await route.continue();
+  });
+  const statuses = await withTimeout(Promise.all(
+    [first, second].map((page) => page.evaluate(() => window.weauthDemo.refresh())),
+  ), 'two refreshes');
+  await context.unroute(`${ENVOY}/v1/token/refresh`);
+  assert.equal(held.length, 2);
+  assert.equal(held[0], held[1], 'both tabs presented the same refresh cookie');
+  // Within WEAUTH_REFRESH_REUSE_GRACE the second use is not a theft: both get a pair.
+  assert.deepEqual(statuses, [204, 204]);
+  for (const page of [first, second]) assert.equal((await callApi(page)).status, 200);
+  // The session lives on: the cookie the browser kept refreshes again.
+  assert.equal(await withTimeout(first.evaluate(() => window.weauthDemo.refresh()), 'refresh'), 204);
+  assert.equal((await callApi(second)).status, 200);
+  await context.close();
+});
+
 test('a replayed callback (used state) is refused with 400 and sets no cookie', TEST, async () => {
   const context = await newContext('bob');
   const page = await context.newPage();

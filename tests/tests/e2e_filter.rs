@@ -222,7 +222,14 @@ async fn sub_revocation_refuses_every_session_of_the_user_only() {
 
 #[tokio::test]
 async fn refresh_token_reuse_revokes_the_session_at_the_edge() {
-    let stack = start(Stack::builder().concurrency(2)).await;
+    // No reuse grace, so the second use below is theft at once (a replay after the default
+    // grace is issuer/tests/sessions.rs's subject).
+    let stack = start(
+        Stack::builder()
+            .concurrency(2)
+            .issuer_env("WEAUTH_REFRESH_REUSE_GRACE", "0s"),
+    )
+    .await;
     let first = stack.login("fritz").await.unwrap();
     let (status, second) = refresh(&stack, &first.refresh_token).await;
     assert_eq!(status, 200, "{second}");

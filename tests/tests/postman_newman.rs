@@ -1,8 +1,9 @@
 //! The Postman collection (`tests/postman/weauth.postman_collection.json` with
 //! `weauth.postman_environment.json`) run by `newman` — a real client, as backend developers
 //! use it — against the whole stack on free ports: a mock `wx.login` code → login through Envoy
-//! → the token kept by a test script → `/api` call → refresh → logout → 401, with assertions in
-//! every step.
+//! → the token kept by a test script → `/api` call → refresh → the spent refresh token again
+//! within the reuse grace (a sibling pair) → user data decrypted and confirmed with WeChat →
+//! logout → 401, with assertions in every step.
 //!
 //! newman comes from npm, locked by `tests/postman/package-lock.json` and installed with
 //! `npm ci` by `make api-tools`; a missing newman fails the test naming that target. Run:
@@ -11,7 +12,7 @@
 use weauth_tests::harness::{workspace_root, Stack};
 
 /// Every `pm.test` of the collection (one per request); each must have run and passed.
-const ASSERTIONS: u64 = 9;
+const ASSERTIONS: u64 = 12;
 
 #[tokio::test]
 async fn postman_collection_full_flow_through_envoy_passes_in_newman() {

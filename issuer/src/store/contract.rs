@@ -42,7 +42,8 @@ macro_rules! contract_tests {
             login_without_session_key_stores_none,
             rotate_concurrently_exactly_one_winner,
             rotate_then_reuse_revokes_session_and_writes_entry,
-            rotate_within_grace_refused_without_revoking,
+            rotate_within_grace_gets_a_sibling_after_it_is_reuse,
+            rotate_concurrently_with_grace_one_rotation_and_siblings,
             rotate_unknown_or_expired_invalid,
             rotate_capped_by_session_end,
             revoke_seq_strictly_increasing_under_two_writers,
@@ -335,6 +336,7 @@ pub async fn rotate_then_reuse_revokes_session_and_writes_entry(backend: &dyn Ba
     let RotateResult::Rotated {
         session,
         refresh_expires,
+        sibling: false,
     } = rotated
     else {
         panic!("expected a rotation, got {rotated:?}");
@@ -375,7 +377,7 @@ pub async fn rotate_then_reuse_revokes_session_and_writes_entry(backend: &dyn Ba
     assert_eq!(feed.entries, vec![entry]);
 }
 
-pub async fn rotate_within_grace_refused_without_revoking(backend: &dyn Backend) {
+pub async fn rotate_within_grace_gets_a_sibling_after_it_is_reuse(backend: &dyn Backend) {
     let store = backend.handle().await;
     created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
     assert!(matches!(
@@ -383,24 +385,86 @@ pub async fn rotate_within_grace_refused_without_revoking(backend: &dyn Backend)
             .rotate_refresh(&rotate("r-c1", "r2", 20, 5))
             .await
             .unwrap(),
-        RotateResult::Rotated { .. }
+        RotateResult::Rotated { sibling: false, .. }
     ));
     let seq = store.current_seq().await.unwrap();
-    assert!(matches!(
-        store
-            .rotate_refresh(&rotate("r-c1", "r3", 22, 5))
+    // A retry of r-c1 within the grace: a sibling of r2, live in the same session.
+    let again = store
+        .rotate_refresh(&rotate("r-c1", "r3", 22, 5))
+        .await
+        .unwrap();
+    let RotateResult::Rotated {
+        session,
+        refresh_expires,
+        sibling: true,
+    } = again
+    else {
+        panic!("expected a sibling, got {again:?}");
+    };
+    assert_eq!((session.sid.as_str(), refresh_expires), ("s-c1", 122));
+    assert_eq!(store.current_seq().await.unwrap(), seq, "nothing revoked");
+    assert_eq!(
+        store.refresh_owner("r3").await.unwrap(),
+        Some("u-c1".to_string())
+    );
+    // The grace runs from the rotation at 20, not from the sibling at 22: at 26 it is over.
+    let reused = store
+        .rotate_refresh(&rotate("r-c1", "r4", 26, 5))
+        .await
+        .unwrap();
+    assert!(matches!(reused, RotateResult::Reused { .. }), "{reused:?}");
+    // Reuse after the grace ends the family: the successor and the sibling die with it.
+    for live in ["r2", "r3"] {
+        assert!(matches!(
+            store
+                .rotate_refresh(&rotate(live, "r5", 27, 5))
+                .await
+                .unwrap(),
+            RotateResult::Invalid(_)
+        ));
+    }
+}
+
+pub async fn rotate_concurrently_with_grace_one_rotation_and_siblings(backend: &dyn Backend) {
+    let handles = [backend.handle().await, backend.handle().await];
+    created(
+        &handles[0]
+            .login(&login("c1", "o1", None, 10))
             .await
             .unwrap(),
-        RotateResult::Invalid(_)
-    ));
-    assert_eq!(store.current_seq().await.unwrap(), seq, "nothing written");
-    assert!(matches!(
-        store
-            .rotate_refresh(&rotate("r2", "r4", 23, 5))
-            .await
-            .unwrap(),
-        RotateResult::Rotated { .. }
-    ));
+    );
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&handles[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            let result = store
+                .rotate_refresh(&rotate("r-c1", &format!("n{i}"), 20, 5))
+                .await
+                .unwrap();
+            (format!("n{i}"), result)
+        }));
+    }
+    let (mut first_uses, mut siblings) = (0, Vec::new());
+    for task in tasks {
+        match task.await.unwrap() {
+            (_, RotateResult::Rotated { sibling: false, .. }) => first_uses += 1,
+            (new, RotateResult::Rotated { sibling: true, .. }) => siblings.push(new),
+            (_, other) => panic!("within the grace every use gets a pair, got {other:?}"),
+        }
+    }
+    assert_eq!((first_uses, siblings.len()), (1, 7));
+    let session = handles[1].session("s-c1").await.unwrap().unwrap();
+    assert_eq!(session.revoked_at, None, "two tabs are not a theft");
+    // Every sibling is a working refresh token of its own.
+    for new in &siblings {
+        assert!(matches!(
+            handles[0]
+                .rotate_refresh(&rotate(new, &format!("{new}-next"), 21, 5))
+                .await
+                .unwrap(),
+            RotateResult::Rotated { sibling: false, .. }
+        ));
+    }
 }
 
 pub async fn rotate_unknown_or_expired_invalid(backend: &dyn Backend) {

@@ -148,7 +148,8 @@ pub struct Rotate {
     pub now: i64,
     /// Sliding lifetime of the new refresh token, seconds (capped by the session's end).
     pub refresh_ttl: i64,
-    /// Seconds after a rotation during which a second use is refused without revoking.
+    /// Seconds after a rotation during which a second use gets a sibling token instead of
+    /// revoking the session ([`crate::rules::decide_refresh`]).
     pub reuse_grace: i64,
     /// `until` of the sid revocation written when reuse is detected.
     pub revocation_until: i64,
@@ -157,10 +158,13 @@ pub struct Rotate {
 /// The outcome of [`Store::rotate_refresh`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotateResult {
-    /// The presented token is consumed; the new one expires at `refresh_expires`.
+    /// The presented token is consumed; the new one expires at `refresh_expires`. `sibling`:
+    /// the presented token had been rotated within the reuse grace, and the new one is a
+    /// sibling of its successor in the same session.
     Rotated {
         session: SessionRecord,
         refresh_expires: i64,
+        sibling: bool,
     },
     /// The token had already been used: the session is now revoked (entry written).
     Reused { sid: String, entry: Entry },

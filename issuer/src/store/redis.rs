@@ -195,11 +195,17 @@ return {t[1], t[2], t[3] or '', s[1], s[2] or ''}
 "#;
 
 const ROTATE: &str = r#"
--- KEYS: old refresh, new refresh, session, refresh_exp; ARGV: now, new_expires, ttl, new_hash
--- Applies a Rotate verdict only if the token is still unused and the session still live.
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'used_at') == 1 then return false end
+-- KEYS: old refresh, new refresh, session, refresh_exp
+-- ARGV: now, new_expires, ttl, new_hash, used_at ('' for a Rotate verdict)
+-- Applies a Rotate verdict only if the token is still unused, a Sibling verdict only if it is
+-- still used at the time it was read (the grace never slides); both only while the session
+-- is live.
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[5] == '' then
+  if redis.call('HEXISTS', KEYS[1], 'used_at') == 1 then return false end
+elseif redis.call('HGET', KEYS[1], 'used_at') ~= ARGV[5] then return false end
 if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('HEXISTS', KEYS[3], 'revoked_at') == 1 then return false end
-redis.call('HSET', KEYS[1], 'used_at', ARGV[1])
+if ARGV[5] == '' then redis.call('HSET', KEYS[1], 'used_at', ARGV[1]) end
 local sid = redis.call('HGET', KEYS[1], 'sid')
 redis.call('HSET', KEYS[2], 'sid', sid, 'created_at', ARGV[1], 'expires_at', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -770,6 +776,42 @@ impl RedisStore {
         Ok((retry > 0).then_some(retry))
     }
 
+    /// Applies a Rotate (`used_at` None) or Sibling verdict with the ROTATE script: `None` when
+    /// the token or its session changed since it was read (decide again).
+    async fn rotate_cas(
+        &self,
+        rotate: &Rotate,
+        sid: &str,
+        new_expires: i64,
+        used_at: Option<i64>,
+    ) -> Result<Option<RotateResult>, StoreError> {
+        let keys = [
+            self.key(&format!("refresh:{}", rotate.presented_hash)),
+            self.key(&format!("refresh:{}", rotate.new_hash)),
+            self.key(&format!("session:{sid}")),
+            self.key("refresh_exp"),
+        ];
+        let mut call = self.inner.scripts.rotate.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(rotate.now)
+            .arg(new_expires)
+            .arg(ttl(new_expires, rotate.now))
+            .arg(&rotate.new_hash)
+            .arg(used_at.map(|at| at.to_string()).unwrap_or_default());
+        let session: Option<HashMap<String, Vec<u8>>> = self.eval(&call).await?;
+        let Some(fields) = session else {
+            return Ok(None);
+        };
+        self.replicate().await;
+        Ok(Some(RotateResult::Rotated {
+            session: session_from(&fields)?,
+            refresh_expires: new_expires,
+            sibling: used_at.is_some(),
+        }))
+    }
+
     async fn read_refresh(&self, hash: &str) -> Result<Option<RefreshRow>, StoreError> {
         let key = self.key(&format!("refresh:{hash}"));
         let prefix = self.prefix().to_string();
@@ -1174,32 +1216,20 @@ impl Store for RedisStore {
                     }
                 }
                 RefreshDecision::Rotate { sid, new_expires } => {
-                    let keys = [
-                        self.key(&format!("refresh:{}", rotate.presented_hash)),
-                        self.key(&format!("refresh:{}", rotate.new_hash)),
-                        self.key(&format!("session:{sid}")),
-                        self.key("refresh_exp"),
-                    ];
-                    let token_ttl = ttl(new_expires, rotate.now);
-                    let new_hash = rotate.new_hash.clone();
-                    let mut call = self.inner.scripts.rotate.prepare_invoke();
-                    for key in &keys {
-                        call.key(key);
+                    if let Some(done) = self.rotate_cas(rotate, &sid, new_expires, None).await? {
+                        return Ok(done);
                     }
-                    call.arg(rotate.now)
-                        .arg(new_expires)
-                        .arg(token_ttl)
-                        .arg(new_hash);
-                    let session: Option<HashMap<String, Vec<u8>>> = self.eval(&call).await?;
-                    match session {
-                        Some(fields) => {
-                            self.replicate().await;
-                            return Ok(RotateResult::Rotated {
-                                session: session_from(&fields)?,
-                                refresh_expires: new_expires,
-                            });
-                        }
-                        None => continue,
+                }
+                RefreshDecision::Sibling {
+                    sid,
+                    new_expires,
+                    used_at,
+                } => {
+                    if let Some(done) = self
+                        .rotate_cas(rotate, &sid, new_expires, Some(used_at))
+                        .await?
+                    {
+                        return Ok(done);
                     }
                 }
             }

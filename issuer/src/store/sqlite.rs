@@ -232,6 +232,30 @@ fn insert_revocation(
     })
 }
 
+/// Writes the new refresh token of a rotation (or a sibling) and commits: the presented row
+/// was read joined to its session in this transaction.
+fn issue_successor(
+    tx: rusqlite::Transaction<'_>,
+    rotate: &Rotate,
+    sid: &str,
+    new_expires: i64,
+    sibling: bool,
+) -> Result<RotateResult, StoreError> {
+    tx.execute(
+        "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![rotate.new_hash, sid, rotate.now, new_expires],
+    )
+    .map_err(db_err)?;
+    let session = read_session(&tx, sid)?
+        .ok_or_else(|| StoreError::Corrupt("the rotated token's session is missing".into()))?;
+    tx.commit().map_err(db_err)?;
+    Ok(RotateResult::Rotated {
+        session,
+        refresh_expires: new_expires,
+        sibling,
+    })
+}
+
 /// The session `sid`: the one read of a session row, shared by the lookup and by a rotation
 /// (inside its transaction, which passes itself as the connection).
 fn read_session(conn: &Connection, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -764,21 +788,12 @@ mod ops {
                 if consumed != 1 {
                     return Ok(RotateResult::Invalid("refresh token already used"));
                 }
-                tx.execute(
-                    "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![rotate.new_hash, sid, rotate.now, new_expires],
-                )
-                .map_err(db_err)?;
-                // The refresh row was read joined to its session in this transaction.
-                let session = read_session(&tx, &sid)?.ok_or_else(|| {
-                    StoreError::Corrupt("the rotated token's session is missing".into())
-                })?;
-                tx.commit().map_err(db_err)?;
-                Ok(RotateResult::Rotated {
-                    session,
-                    refresh_expires: new_expires,
-                })
+                issue_successor(tx, rotate, &sid, new_expires, false)
             }
+            // The presented token stays as used as it was: its grace never slides.
+            RefreshDecision::Sibling {
+                sid, new_expires, ..
+            } => issue_successor(tx, rotate, &sid, new_expires, true),
         }
     }
 

@@ -304,6 +304,8 @@ async fn main() -> ExitCode {
     let stack = match Stack::builder()
         .concurrency(2)
         .issuer_env("WEAUTH_LOGIN_RATE", "0")
+        // The scenario replays used refresh tokens at once and expects the session revoked.
+        .issuer_env("WEAUTH_REFRESH_REUSE_GRACE", "0s")
         .start()
         .await
     {
