@@ -1,6 +1,6 @@
 //! The HTTP-facing error enum and the one place where errors become responses.
 //!
-//! Every failure a client can see is an [`ApiError`]; [`ApiError::into_response`] turns it into
+//! Every failure a client can see is an [`ApiError`]; [`ApiError::response`] turns it into
 //! `{"error": "<stable code>", "error_description": "..."}` with the right status and headers.
 //! Lower layers have their own enums ([`crate::wechat::WechatError`],
 //! [`crate::store::StoreError`]); their conversions into `ApiError` live here too, so the
@@ -164,7 +164,7 @@ impl ApiError {
     }
 
     /// The response. 5xx errors are logged here with their detail.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn response(self) -> Response<Full<Bytes>> {
         let status = self.status();
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn store_unreachable_maps_to_503_with_retry_after() {
         let err = StoreError::Unavailable("connection refused".into());
-        let response = ApiError::from(err).into_response();
+        let response = ApiError::from(err).response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[RETRY_AFTER], "1");
         let internal = ApiError::from(StoreError::Corrupt("x".into()));
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn wechat_rate_limit_maps_to_429_with_retry_after() {
-        let response = ApiError::from(WechatError::RateLimited).into_response();
+        let response = ApiError::from(WechatError::RateLimited).response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[RETRY_AFTER], "60");
     }
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn internal_error_detail_not_sent_to_client() {
-        let response = ApiError::Internal("sqlite exploded at /var/db".into()).into_response();
+        let response = ApiError::Internal("sqlite exploded at /var/db".into()).response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = format!("{:?}", response.body());
         assert!(!body.contains("sqlite"));
@@ -440,11 +440,10 @@ mod tests {
 
     #[test]
     fn session_key_mismatch_body_has_relogin() {
-        let response =
-            ApiError::from(weauth_wxdata::DecryptError::SessionKeyMismatch).into_response();
+        let response = ApiError::from(weauth_wxdata::DecryptError::SessionKeyMismatch).response();
         let body = format!("{:?}", response.body());
         assert!(body.contains("relogin"), "{body}");
-        let response = ApiError::from(weauth_wxdata::DecryptError::NotJson).into_response();
+        let response = ApiError::from(weauth_wxdata::DecryptError::NotJson).response();
         assert!(!format!("{:?}", response.body()).contains("relogin"));
     }
 
@@ -478,7 +477,7 @@ mod tests {
     #[test]
     fn invalid_token_challenge_carries_error_and_description() {
         let response =
-            ApiError::InvalidToken("the token has been \"revoked\"\u{e9}".into()).into_response();
+            ApiError::InvalidToken("the token has been \"revoked\"\u{e9}".into()).response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             response.headers()[WWW_AUTHENTICATE],
@@ -489,7 +488,7 @@ mod tests {
     #[test]
     fn missing_token_challenge_is_plain_bearer() {
         let response =
-            ApiError::MissingToken("a bearer access token is required".into()).into_response();
+            ApiError::MissingToken("a bearer access token is required".into()).response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
         assert!(format!("{:?}", response.body()).contains("invalid_token"));
@@ -509,7 +508,7 @@ mod tests {
 
     #[test]
     fn method_not_allowed_has_allow_header() {
-        let response = ApiError::MethodNotAllowed("POST").into_response();
+        let response = ApiError::MethodNotAllowed("POST").response();
         assert_eq!(response.headers()[ALLOW], "POST");
     }
 }

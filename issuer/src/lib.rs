@@ -1,8 +1,8 @@
 //! weauth issuer: WeChat mini-program login that issues weauth access tokens (JWT) and
 //! rotating refresh tokens, and serves the revocation feed the edge filter follows.
 //!
-//! Data flow: `server` accepts connections and hands requests to `routes`, which parses and
-//! dispatches to `sessions` (login, refresh, logout, revocation, bearer checks). `sessions`
+//! Data flow: `server` accepts connections and hands requests to `api` (axum: the route table,
+//! extractors, handlers per area, the observing layer), whose handlers call `sessions` (login, refresh, logout, revocation, bearer checks). `sessions`
 //! calls WeChat through the `wechat` trait, mints tokens with `tokens` (over the shared
 //! `weauth-token` crate) using the signing keys of `keys`, and persists through the async `store`
 //! trait (SQLite today), which calls the pure decisions of `rules`. `app` holds the shared state and background tasks; `config` reads
@@ -18,10 +18,11 @@
 //! `wechat`) or a web OAuth2 code (through `wechat_web`) becomes an external identity, and
 //! `sessions::establish` is the one path after it. `web` holds the pure parts of
 //! `/v1/web/authorize` and `/v1/web/callback` (state, authorize URL, cookies, CSRF rule),
-//! which `routes` glues to the store's `put_ephemeral` / `take_ephemeral`.
+//! which `api` glues to the store's `put_ephemeral` / `take_ephemeral`.
 
 pub mod access_token;
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod apps;
 pub mod cli;
@@ -38,7 +39,6 @@ pub mod metrics;
 pub mod otel;
 pub mod ratelimit;
 pub mod revocation;
-pub mod routes;
 pub mod rules;
 pub mod secrets;
 pub mod server;

@@ -2,7 +2,7 @@
 //! how an answer is paged, and how long a long poll may wait; plus [`read`], the one
 //! composition of those rules over [`Store::feed_snapshot`].
 //!
-//! The feed itself is served by `routes.rs`, woken through the application's `watch` channel
+//! The feed itself is served by `api/feed.rs`, woken through the application's `watch` channel
 //! of the current `seq`.
 
 use std::time::Duration;

@@ -1,11 +1,11 @@
 //! The accept loop and graceful shutdown.
 //!
-//! One task per connection (HTTP/1.1 with keep-alive), a header-read timeout against
+//! One task per connection (HTTP/1.1 with keep-alive) serving [`api::router`], a header-read
+//! timeout against
 //! slowloris clients, and on shutdown: stop accepting, tell long polls to answer now, let
 //! in-flight requests finish, and give up on the rest after the drain deadline
 //! (`WEAUTH_SHUTDOWN_GRACE`). Pattern of hyper-util's `server_graceful` example.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -14,32 +14,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tracing::Instrument as _;
+use tower::ServiceExt as _;
 
+use crate::api::{self, Peer};
 use crate::app::App;
-use crate::routes;
-use crate::tracecontext::TraceContext;
-
-/// The span a request is handled in: its W3C trace context ([`TraceContext`]), so every log
-/// line of the request carries `trace_id` and `span_id`, and the exported trace
-/// ([`crate::otel`]) joins the caller's. At ERROR level because a span's level decides whether
-/// it is recorded at all: the ids then stay on every line any `WEAUTH_LOG` filter lets through,
-/// `warn` included. `route` is the metrics' fixed route label, not the raw path.
-fn request_span(headers: &hyper::HeaderMap, method: &str, route: &str) -> tracing::Span {
-    let header = headers
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok());
-    let ctx = TraceContext::child_of(header, rand::random(), rand::random());
-    tracing::error_span!(
-        "request",
-        trace_id = %ctx.trace_id_hex(),
-        span_id = %ctx.span_id_hex(),
-        parent_id = %ctx.parent_id_hex(),
-        http.request.method = method,
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-    )
-}
 
 /// Serves `listener` until `shutdown` completes, then drains.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
@@ -50,6 +28,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         .header_read_timeout(app.config.header_timeout)
         .max_buf_size(64 * 1024)
         .keep_alive(true);
+    let router = api::router(Arc::clone(&app));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -64,20 +43,11 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = Arc::clone(&app);
-                let service = service_fn(move |req| {
-                    let app = Arc::clone(&app);
-                    async move {
-                        let route = crate::metrics::route_label(req.uri().path());
-                        let span = request_span(req.headers(), req.method().as_str(), route);
-                        let started = std::time::Instant::now();
-                        let response = routes::handle(Arc::clone(&app), peer, req)
-                            .instrument(span.clone())
-                            .await;
-                        span.record("http.response.status_code", response.status().as_u16());
-                        app.metrics.http_duration(route, started.elapsed());
-                        Ok::<_, Infallible>(response)
-                    }
+                let router = router.clone();
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(axum::body::Body::new);
+                    request.extensions_mut().insert(Peer(peer));
+                    router.clone().oneshot(request)
                 });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {

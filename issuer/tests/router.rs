@@ -1,4 +1,4 @@
-//! The router without a socket: `routes::handle` called directly with in-memory bodies, and a
+//! The router without a socket: `api::handle` called directly with in-memory bodies, and a
 //! fake WeChat injected through the `Wechat` trait (no mock server, no network).
 
 // Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use serde_json::{json, Value};
+use weauth_issuer::api;
 use weauth_issuer::app::App;
 use weauth_issuer::config::{Config, Source};
-use weauth_issuer::routes;
 use weauth_issuer::wechat::{BoxFuture, Code2Session, Wechat, WechatError};
 use zeroize::Zeroizing;
 
@@ -77,7 +77,7 @@ fn peer() -> SocketAddr {
 }
 
 async fn call(app: &Arc<App>, req: Request<Full<Bytes>>) -> (u16, Value) {
-    let response = routes::handle(app.clone(), peer(), req).await;
+    let response = api::handle(app.clone(), peer(), req).await;
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     let body = if bytes.is_empty() {
@@ -151,14 +151,47 @@ async fn router_error_shapes() {
     )
     .await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
-    let (status, _) = call(
+    // The method check answers as the hand-written dispatcher did before axum: a JSON 405
+    // naming the one method in `Allow`, HEAD included (a GET route does not answer HEAD), and
+    // a path with a trailing slash is another path.
+    for (method, path, allow) in [
+        ("PUT", "/v1/login", "POST"),
+        ("GET", "/v1/login", "POST"),
+        ("POST", "/v1/me", "GET"),
+        ("HEAD", "/healthz", "GET"),
+        ("DELETE", "/v1/revocations", "GET"),
+    ] {
+        let response = api::handle(
+            app.clone(),
+            peer(),
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{method} {path}"
+        );
+        if method != "HEAD" {
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], "method_not_allowed", "{method} {path}");
+        }
+    }
+    let (status, body) = call(
         &app,
-        Request::put("/v1/login")
+        Request::get("/healthz/")
             .body(Full::new(Bytes::new()))
             .unwrap(),
     )
     .await;
-    assert_eq!(status, 405);
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     let big = json!({"code": "x".repeat(600)});
     let (status, body) = call(&app, post_json("/v1/login", big)).await;
     assert_eq!(

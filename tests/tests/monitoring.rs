@@ -388,7 +388,7 @@ async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
 
 // --- logs joined to traces -----------------------------------------------------------------------
 
-/// The issuer's JSON log lines about `path`'s request (the `request` line routes.rs logs at
+/// The issuer's JSON log lines about `path`'s request (the `request` line api/mod.rs logs at
 /// debug level for every answer).
 fn request_lines(log: &str, path: &str) -> Vec<Value> {
     log.lines()

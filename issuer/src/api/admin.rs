@@ -1,0 +1,124 @@
+//! `/v1/admin/*`: revoke, ban, unban, scopes and the user lookup, behind the admin credential.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use hyper::{StatusCode, Uri};
+use serde::Deserialize;
+
+use super::extract::{read_json, Admin};
+use super::{json, Resp};
+use crate::admin as service;
+use crate::app::{now, App};
+use crate::error::ApiError;
+use crate::sessions;
+use crate::store::Revoke;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    sid: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    issued_before: Option<i64>,
+}
+
+/// `POST /v1/admin/ban`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanRequest {
+    sub: String,
+    #[serde(default)]
+    until: Option<i64>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /v1/admin/unban`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubRequest {
+    sub: String,
+}
+
+/// `POST /v1/admin/scopes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopesRequest {
+    sub: String,
+    scopes: Vec<String>,
+}
+
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    request: Request,
+) -> Result<Resp, ApiError> {
+    let body: RevokeRequest = read_json(request, &app.config).await?;
+    let now = now();
+    let revoke = match (body.jti, body.sid, body.sub, body.issued_before) {
+        (Some(jti), None, None, None) if !jti.is_empty() => Revoke::Jti(jti),
+        (None, Some(sid), None, None) if !sid.is_empty() => Revoke::Sid(sid),
+        (None, None, Some(sub), issued_before) if !sub.is_empty() => {
+            // Default: every token issued up to and including this second.
+            let issued_before = issued_before.unwrap_or(now + 1);
+            if issued_before > now + 1 {
+                return Err(ApiError::InvalidRequest(
+                    "`issued_before` must not be in the future".into(),
+                ));
+            }
+            Revoke::Sub { sub, issued_before }
+        }
+        _ => return Err(ApiError::InvalidRequest(
+            "give exactly one of `jti`, `sid` or `sub` (with optional `issued_before` for `sub`)"
+                .into(),
+        )),
+    };
+    json(StatusCode::OK, &sessions::revoke(&app, revoke).await?)
+}
+
+pub async fn ban(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    request: Request,
+) -> Result<Resp, ApiError> {
+    let body: BanRequest = read_json(request, &app.config).await?;
+    json(
+        StatusCode::OK,
+        &service::ban(&app, body.sub, body.until, body.reason).await?,
+    )
+}
+
+pub async fn unban(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    request: Request,
+) -> Result<Resp, ApiError> {
+    let body: SubRequest = read_json(request, &app.config).await?;
+    json(StatusCode::OK, &service::unban(&app, body.sub).await?)
+}
+
+pub async fn scopes(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    request: Request,
+) -> Result<Resp, ApiError> {
+    let body: ScopesRequest = read_json(request, &app.config).await?;
+    json(
+        StatusCode::OK,
+        &service::set_scopes(&app, body.sub, body.scopes).await?,
+    )
+}
+
+/// `GET /v1/admin/user?sub=`.
+pub async fn user(State(app): State<Arc<App>>, _: Admin, uri: Uri) -> Result<Resp, ApiError> {
+    let sub = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(key, _)| key == "sub")
+        .map(|(_, value)| value.into_owned())
+        .ok_or_else(|| ApiError::InvalidRequest("`sub` query parameter is required".into()))?;
+    json(StatusCode::OK, &service::lookup(&app, sub).await?)
+}

@@ -1,0 +1,246 @@
+//! What handlers take from a request, as axum extractors whose rejection is [`ApiError`]:
+//! the peer address ([`Peer`]), the authenticated caller ([`User`]), the admin and feed
+//! credentials ([`Admin`], [`FeedReader`]), and a strict JSON body ([`read_json`]).
+//! Plus the small header helpers they share (one `Authorization`, cookies named once, the CSRF
+//! rule of cookie-authenticated requests, the real client address).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, ORIGIN, REFERER};
+use hyper::http::request::Parts;
+use hyper::{HeaderMap, Method};
+use serde::de::DeserializeOwned;
+use weauth_token::Claims;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::ratelimit;
+use crate::secrets;
+use crate::sessions;
+use crate::web::{self, CookieLookup};
+
+/// The TCP peer of the connection, put on every request by the accept loop
+/// ([`crate::server`]) or by [`super::handle`] in tests.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Peer>()
+            .copied()
+            .ok_or_else(|| ApiError::Internal("the request carries no peer address".into()))
+    }
+}
+
+/// The caller of a user route, authenticated: the access token from the `Authorization`
+/// header, else from the `weauth_at` cookie. A request that is not a GET (it changes state)
+/// authenticated only by the cookie must pass the CSRF rule ([`check_csrf`]).
+pub struct User {
+    pub claims: Claims,
+    /// The token came from the cookie (no `Authorization` header).
+    pub via_cookie: bool,
+}
+
+impl FromRequestParts<Arc<App>> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let (header, via_cookie) = match authorization(&parts.headers)? {
+            Some(header) => (Some(header.to_string()), false),
+            None => match cookie(&parts.headers, web::ACCESS_COOKIE)? {
+                Some(token) => {
+                    if parts.method != Method::GET {
+                        check_csrf(app, &parts.headers)?;
+                    }
+                    (Some(format!("Bearer {token}")), true)
+                }
+                None => (None, false),
+            },
+        };
+        let claims = sessions::authenticate(app, header.as_deref()).await?;
+        Ok(User { claims, via_cookie })
+    }
+}
+
+/// The admin bearer credential of every `/v1/admin/*` route (`WEAUTH_ADMIN_TOKEN`; 503 when
+/// the admin API is disabled).
+pub struct Admin;
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let expected = app.config.admin_token.as_ref().ok_or_else(|| {
+            ApiError::Unavailable(
+                "the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)".into(),
+            )
+        })?;
+        check_credential(authorization(&parts.headers)?, expected)?;
+        Ok(Admin)
+    }
+}
+
+/// The revocation feed's bearer credential (`WEAUTH_FEED_TOKEN`; 503 when the feed is
+/// disabled).
+pub struct FeedReader;
+
+impl FromRequestParts<Arc<App>> for FeedReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let expected = app.config.feed_token.as_ref().ok_or_else(|| {
+            ApiError::Unavailable(
+                "the revocation feed is disabled (WEAUTH_FEED_TOKEN is not set)".into(),
+            )
+        })?;
+        check_credential(authorization(&parts.headers)?, expected)?;
+        Ok(FeedReader)
+    }
+}
+
+/// The request's `Authorization` value. Several `Authorization` headers are ambiguous (which
+/// one would a proxy in front have checked?) and refused with 400, as the filter does.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::InvalidRequest(
+            "several Authorization headers; send exactly one".into(),
+        ));
+    }
+    Ok(first.and_then(|value| value.to_str().ok()))
+}
+
+/// `Bearer <expected>`, compared in constant time.
+pub fn check_credential(header: Option<&str>, expected: &str) -> Result<(), ApiError> {
+    let presented = crate::tokens::bearer(header)
+        .ok_or_else(|| ApiError::MissingToken("a bearer credential is required".into()))?;
+    if secrets::credential_matches(presented, expected) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidToken(
+            "the credential is not accepted".into(),
+        ))
+    }
+}
+
+/// A cookie of the request; a name sent twice is refused (400).
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    let values = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    match web::find_cookie(values, name) {
+        CookieLookup::Absent | CookieLookup::One("") => Ok(None),
+        CookieLookup::One(value) => Ok(Some(value)),
+        CookieLookup::Several => Err(ApiError::InvalidRequest(format!(
+            "the cookie `{name}` is sent more than once"
+        ))),
+    }
+}
+
+pub fn header_str(headers: &HeaderMap, name: hyper::header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// The CSRF rule of cookie-authenticated POSTs (see [`crate::web`]).
+pub fn check_csrf(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let origin = header_str(headers, ORIGIN);
+    let referer = header_str(headers, REFERER);
+    if web::same_origin_request(origin, referer, &app.allowed_origins) {
+        Ok(())
+    } else {
+        app.metrics.bearer_rejected("csrf");
+        Err(ApiError::AccessDenied(format!(
+            "cross-origin request refused: a request authenticated by a cookie must come from the issuer's or an app's redirect origin (Origin: {})",
+            origin.or(referer).unwrap_or("none")
+        )))
+    }
+}
+
+/// The real client's address: the trusted `X-Forwarded-For` hop behind Envoy
+/// (`WEAUTH_TRUSTED_PROXIES`), else the peer.
+pub fn client_ip(app: &App, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let forwarded = header_str(
+        headers,
+        hyper::header::HeaderName::from_static("x-forwarded-for"),
+    );
+    ratelimit::client_ip(peer.ip(), forwarded, &app.config.trusted_proxies)
+}
+
+/// Reads a JSON body: `Content-Type: application/json` (415 otherwise), at most
+/// `WEAUTH_MAX_BODY` bytes whether announced by `Content-Length` or streamed (413), arriving
+/// within `WEAUTH_HEADER_TIMEOUT` (408), valid JSON of `T` with no unknown member (400).
+///
+/// A function rather than a `FromRequest` extractor: handlers call it after the checks that
+/// must come first (authentication, the login rate limit), so a refused caller's body is never
+/// read.
+pub async fn read_json<T: DeserializeOwned>(
+    request: axum::extract::Request,
+    config: &crate::config::Config,
+) -> Result<T, ApiError> {
+    let json = header_str(request.headers(), CONTENT_TYPE)
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.len() > 5 && mime[mime.len() - 5..].eq_ignore_ascii_case("+json"))
+        });
+    if !json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let max = config.max_body;
+    let announced =
+        header_str(request.headers(), CONTENT_LENGTH).and_then(|value| value.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > max as u64) {
+        return Err(ApiError::PayloadTooLarge(max));
+    }
+    // The header timeout also bounds the body: a client that dribbles it is cut off (408).
+    let limit = config.header_timeout;
+    let bytes: Bytes =
+        tokio::time::timeout(limit, Limited::new(request.into_body(), max).collect())
+            .await
+            .map_err(|_| ApiError::BodyTimeout(limit))?
+            .map_err(|err| {
+                if err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ApiError::PayloadTooLarge(max)
+                } else {
+                    ApiError::InvalidRequest(format!("could not read the request body: {err}"))
+                }
+            })?
+            .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::InvalidRequest(format!("invalid JSON body: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_credential_requires_exact_bearer() {
+        assert!(check_credential(Some("Bearer dev-feed-token"), "dev-feed-token").is_ok());
+        assert!(check_credential(Some("Bearer nope"), "dev-feed-token").is_err());
+        assert!(check_credential(None, "dev-feed-token").is_err());
+    }
+
+    #[test]
+    fn several_authorization_headers_refused() {
+        let mut headers = HeaderMap::new();
+        headers.append(AUTHORIZATION, "Bearer a".parse().unwrap());
+        assert_eq!(authorization(&headers).unwrap(), Some("Bearer a"));
+        headers.append(AUTHORIZATION, "Bearer b".parse().unwrap());
+        assert!(authorization(&headers).is_err());
+    }
+}

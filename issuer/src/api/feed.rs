@@ -1,0 +1,106 @@
+//! `GET /v1/revocations?since=&wait=`: the revocation feed's long poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use hyper::{StatusCode, Uri};
+
+use super::extract::FeedReader;
+use super::Resp;
+use crate::app::{now, App};
+use crate::error::{json_bytes_response, ApiError};
+use crate::revocation;
+
+/// Parses `since` and `wait` from the query string.
+fn feed_params(query: Option<&str>) -> Result<(u64, Duration), ApiError> {
+    let mut since = 0u64;
+    let mut wait = None;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "since" => {
+                since = value.parse().map_err(|_| {
+                    ApiError::InvalidRequest("`since` must be a non-negative integer".into())
+                })?
+            }
+            "wait" => {
+                wait = Some(value.parse::<f64>().map_err(|_| {
+                    ApiError::InvalidRequest("`wait` must be a number of seconds".into())
+                })?)
+            }
+            _ => {}
+        }
+    }
+    Ok((since, revocation::capped_wait(wait)))
+}
+
+/// Answers at once when the caller is behind (or must start over), else holds the poll until
+/// a newer seq is known, the wait ends, or the issuer drains.
+pub async fn poll(State(app): State<Arc<App>>, _: FeedReader, uri: Uri) -> Result<Resp, ApiError> {
+    let (since, wait) = feed_params(uri.query())?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut wake = app.subscribe_wake();
+    let mut draining = app.draining();
+    let _waiting = app.feed_waiter();
+    let mut woken = false;
+    loop {
+        let at = now();
+        // Served from the replica's copy, which reads the store once per new seq however many
+        // polls are waiting, and serializes once per `since` the woken polls share.
+        // The copy is caught up to every seq this replica knows of (its own acknowledged
+        // revocations, and those other replicas announced), not to the paced wake: pacing
+        // delays waking held polls, never what a caller who asks is told (issue 19). A `since`
+        // ahead of that may come from another replica that is ahead: catch up to it before
+        // calling it "from the future".
+        let known = app.known_seq().max(since);
+        app.feed.catch_up(app.store.as_ref(), known, at).await?;
+        let answer = match app
+            .feed
+            .answer_body(since, at, revocation::FEED_PAGE_ENTRIES)
+        {
+            Some(answer) => answer,
+            None => crate::feed::Answer::of(
+                &revocation::read(app.store.as_ref(), since, at, revocation::FEED_PAGE_ENTRIES)
+                    .await?,
+            ),
+        };
+        // Answer when anything changed (even if the new entries already expired), when the
+        // caller must start over, or when the wait is over.
+        let changed = answer.full || answer.seq != since || answer.has_entries;
+        if changed || tokio::time::Instant::now() >= deadline || *draining.borrow() {
+            app.notify_seq(answer.seq);
+            return Ok(json_bytes_response(StatusCode::OK, answer.body));
+        }
+        if woken {
+            // Woken, yet nothing to say: insurance against a hot loop should the signal and
+            // the store ever disagree (not on the common path, where a wake has news).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::select! {
+            () = async { let _ = wake.wait_for(|current| *current > since).await; } => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = async { let _ = draining.wait_for(|d| *d).await; } => {}
+        }
+        woken = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_params_parse_and_cap() {
+        assert_eq!(feed_params(None).unwrap(), (0, Duration::ZERO));
+        assert_eq!(
+            feed_params(Some("since=42&wait=5")).unwrap(),
+            (42, Duration::from_secs(5))
+        );
+        assert_eq!(
+            feed_params(Some("since=1&wait=999")).unwrap().1,
+            revocation::MAX_WAIT
+        );
+        assert!(feed_params(Some("since=-1")).is_err());
+        assert!(feed_params(Some("wait=soon")).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! The caller's own routes: `GET /v1/me`, `POST /v1/me/decrypt`, `POST /v1/me/phone`,
+//! `GET /v1/me/session`.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::json as value;
+
+use super::extract::{read_json, User};
+use super::{json, Resp};
+use crate::app::App;
+use crate::error::{json_response, ApiError};
+use crate::sessions;
+use crate::userdata;
+
+/// `POST /v1/me/decrypt`, with WeChat's member names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecryptRequest {
+    #[serde(rename = "encryptedData")]
+    encrypted_data: String,
+    iv: String,
+    #[serde(rename = "rawData", default)]
+    raw_data: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+    /// Ask WeChat (`checkencryptedmsg`) whether it generated `encryptedData` recently.
+    #[serde(default)]
+    verify_with_wechat: bool,
+    /// The other members of WeChat's `e.detail` (`getUserProfile`, `getPhoneNumber`), which
+    /// mini-programs commonly post whole: accepted and ignored, so only real typos are refused.
+    #[serde(rename = "cloudID", default)]
+    _cloud_id: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "errMsg", default)]
+    _err_msg: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "userInfo", default)]
+    _user_info: Option<serde::de::IgnoredAny>,
+}
+
+/// `POST /v1/me/phone`: the code from `getPhoneNumber` (the rest of its `e.detail` is
+/// accepted and ignored).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhoneRequest {
+    code: String,
+    #[serde(rename = "cloudID", default)]
+    _cloud_id: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "errMsg", default)]
+    _err_msg: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "encryptedData", default)]
+    _encrypted_data: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    _iv: Option<serde::de::IgnoredAny>,
+}
+
+pub async fn profile(State(app): State<Arc<App>>, user: User) -> Result<Resp, ApiError> {
+    json(
+        StatusCode::OK,
+        &sessions::profile(&app, &user.claims).await?,
+    )
+}
+
+pub async fn decrypt(
+    State(app): State<Arc<App>>,
+    user: User,
+    request: Request,
+) -> Result<Resp, ApiError> {
+    let body: DecryptRequest = read_json(request, &app.config).await?;
+    let input = userdata::DecryptInput {
+        encrypted_data: &body.encrypted_data,
+        iv: &body.iv,
+        raw_data: body.raw_data.as_deref(),
+        signature: body.signature.as_deref(),
+        verify_with_wechat: body.verify_with_wechat,
+    };
+    json(
+        StatusCode::OK,
+        &userdata::decrypt(&app, &user.claims, input).await?,
+    )
+}
+
+pub async fn phone(
+    State(app): State<Arc<App>>,
+    user: User,
+    request: Request,
+) -> Result<Resp, ApiError> {
+    let body: PhoneRequest = read_json(request, &app.config).await?;
+    json(
+        StatusCode::OK,
+        &userdata::phone(&app, &user.claims, &body.code).await?,
+    )
+}
+
+pub async fn session(State(app): State<Arc<App>>, user: User) -> Result<Resp, ApiError> {
+    let valid = userdata::check_session(&app, &user.claims).await?;
+    Ok(json_response(StatusCode::OK, &value!({ "valid": valid })))
+}

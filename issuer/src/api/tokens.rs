@@ -1,0 +1,115 @@
+//! `POST /v1/login`, `POST /v1/token/refresh` (JSON body, or the web login's cookie) and
+//! `POST /v1/logout`.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use hyper::header::CONTENT_TYPE;
+use hyper::StatusCode;
+use serde::Deserialize;
+
+use super::extract::{check_csrf, client_ip, cookie, read_json, Peer, User};
+use super::{check_rate, json, no_content, set_cookies, set_session_cookies, Resp};
+use crate::app::App;
+use crate::error::ApiError;
+use crate::sessions;
+use crate::store::Revoke;
+use crate::web;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    code: String,
+    /// The mini-program; may be left out when exactly one is configured.
+    #[serde(default)]
+    appid: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// `POST /v1/login`: the rate limit first (before the body is read), then the code exchange.
+/// Every outcome is counted in `weauth_logins_total`.
+pub async fn login(
+    State(app): State<Arc<App>>,
+    Peer(peer): Peer,
+    request: Request,
+) -> Result<Resp, ApiError> {
+    if let Err(err) = check_rate(&app, peer, request.headers()).await {
+        app.metrics.login("rate_limited");
+        return Err(err);
+    }
+    let client = client_ip(&app, peer, request.headers());
+    let result = async {
+        let body: LoginRequest = read_json(request, &app.config).await?;
+        sessions::login(&app, &body.code, body.appid.as_deref(), client).await
+    }
+    .await;
+    match result {
+        Ok(tokens) => {
+            app.metrics.login("ok");
+            json(StatusCode::OK, &tokens)
+        }
+        Err(err) => {
+            app.metrics.login(err.code());
+            Err(err)
+        }
+    }
+}
+
+/// `POST /v1/token/refresh`: with a JSON body, the new pair as JSON; with no body and the
+/// `weauth_rt` cookie, both cookies set again (204).
+pub async fn refresh(State(app): State<Arc<App>>, request: Request) -> Result<Resp, ApiError> {
+    if !request.headers().contains_key(CONTENT_TYPE) {
+        if let Some(presented) = cookie(request.headers(), web::REFRESH_COOKIE)? {
+            let presented = presented.to_string();
+            return cookie_refresh(&app, request.headers(), presented).await;
+        }
+    }
+    let body: RefreshRequest = read_json(request, &app.config).await?;
+    let tokens = sessions::refresh(&app, &body.refresh_token).await?;
+    json(StatusCode::OK, &tokens)
+}
+
+/// The cookie form of the refresh: rotates, and sets both cookies again (204). A refused
+/// refresh clears them; a CSRF refusal leaves them alone.
+async fn cookie_refresh(
+    app: &Arc<App>,
+    headers: &hyper::HeaderMap,
+    presented: String,
+) -> Result<Resp, ApiError> {
+    let secure = app.config.cookie_secure;
+    check_csrf(app, headers)?;
+    match sessions::refresh(app, &presented).await {
+        Ok(tokens) => {
+            let mut response = no_content();
+            set_session_cookies(&mut response, &tokens, secure);
+            Ok(response)
+        }
+        Err(err) => {
+            let clear = matches!(err, ApiError::InvalidGrant(_));
+            let mut response = err.response();
+            if clear {
+                set_cookies(&mut response, &web::clear_session_cookies(secure));
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// `POST /v1/logout`: revokes the caller's session; a cookie session's cookies are cleared.
+pub async fn logout(State(app): State<Arc<App>>, user: User) -> Result<Resp, ApiError> {
+    sessions::revoke(&app, Revoke::Sid(user.claims.sid)).await?;
+    let mut response = Resp::new(Default::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    if user.via_cookie {
+        set_cookies(
+            &mut response,
+            &web::clear_session_cookies(app.config.cookie_secure),
+        );
+    }
+    Ok(response)
+}

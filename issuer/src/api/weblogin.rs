@@ -1,0 +1,199 @@
+//! The web login: `GET /v1/web/authorize` and `GET /v1/web/callback` (the pure parts are in
+//! [`crate::web`]).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use hyper::header::{HeaderValue, CACHE_CONTROL, LOCATION};
+use hyper::{HeaderMap, StatusCode, Uri};
+
+use super::extract::{cookie, Peer};
+use super::{check_rate, set_cookies, set_session_cookies, Resp};
+use crate::app::{now, App};
+use crate::error::ApiError;
+use crate::identity::{self, Credential};
+use crate::secrets;
+use crate::sessions;
+use crate::web::{self, WebError};
+
+/// The single value of query parameter `name` (a repeated one is refused).
+fn query_param(query: &[(String, String)], name: &'static str) -> Result<Option<String>, ApiError> {
+    let mut values = query.iter().filter(|(key, _)| key == name);
+    let first = values.next().map(|(_, value)| value.clone());
+    if values.next().is_some() {
+        return Err(web_error(WebError::Repeated(name)));
+    }
+    Ok(first)
+}
+
+fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect()
+}
+
+fn web_error(err: WebError) -> ApiError {
+    match err {
+        WebError::SnapshotUser => ApiError::AccessDenied(err.to_string()),
+        other => ApiError::InvalidRequest(other.to_string()),
+    }
+}
+
+fn redirect(location: &str) -> Result<Resp, ApiError> {
+    let mut response = Resp::new(Default::default());
+    *response.status_mut() = StatusCode::FOUND;
+    let value = HeaderValue::from_str(location)
+        .map_err(|_| ApiError::Internal("redirect location is not a header value".into()))?;
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, value);
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        hyper::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(response)
+}
+
+/// `GET /v1/web/authorize?appid=&redirect_uri=&scope=`: checks the app, the exact redirect
+/// URI and the scope, stores a pending login under a fresh state, sets the browser binding
+/// cookie, and redirects to WeChat's authorize page. Every refusal is a 400 and never a
+/// redirect.
+pub async fn authorize(
+    State(app): State<Arc<App>>,
+    Peer(peer): Peer,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Resp, ApiError> {
+    let query = query_pairs(&uri);
+    let appid = query_param(&query, "appid")?.ok_or(web_error(WebError::Missing("appid")))?;
+    let redirect_uri =
+        query_param(&query, "redirect_uri")?.ok_or(web_error(WebError::Missing("redirect_uri")))?;
+    let scope = query_param(&query, "scope")?;
+    let entry = app
+        .config
+        .apps
+        .web(&appid)
+        .map_err(|err| ApiError::InvalidRequest(err.to_string()))?;
+    if !entry.allows_redirect(&redirect_uri) {
+        return Err(web_error(WebError::RedirectNotAllowed));
+    }
+    let scope = web::scope_for(entry.kind, scope.as_deref()).map_err(web_error)?;
+    check_rate(&app, peer, &headers).await?;
+    let (state, binding) = {
+        let mut rng = rand::thread_rng();
+        (web::new_state(&mut rng), web::new_binding(&mut rng))
+    };
+    let expires_at = now() + web::STATE_TTL;
+    let pending = web::PendingLogin {
+        appid: entry.appid.clone(),
+        redirect_uri,
+        scope: scope.to_string(),
+        binding_hash: secrets::sha256_hex(binding.as_bytes()),
+        expires_at,
+    };
+    app.store
+        .put_ephemeral(&web::state_key(&state), &pending.encode(), expires_at)
+        .await?;
+    let callback = format!("{}{}", app.config.issuer, web::CALLBACK_PATH);
+    let location = web::authorize_url(
+        &app.config.wechat_open_base,
+        entry,
+        &callback,
+        scope,
+        &state,
+    );
+    let mut response = redirect(&location)?;
+    set_cookies(
+        &mut response,
+        &[web::state_cookie(
+            &binding,
+            web::STATE_TTL,
+            app.config.cookie_secure,
+        )],
+    );
+    Ok(response)
+}
+
+/// `GET /v1/web/callback?code=&state=`. Every failure is a JSON 400/403 (never a redirect),
+/// and the state cookie goes.
+pub async fn callback(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap) -> Resp {
+    match complete(&app, &uri, &headers).await {
+        Ok(response) => response,
+        Err(err) => {
+            let mut response = err.response();
+            set_cookies(
+                &mut response,
+                &[web::state_cookie("", 0, app.config.cookie_secure)],
+            );
+            response
+        }
+    }
+}
+
+/// Takes the state once, checks the browser binding, exchanges the code (the login-method
+/// boundary), establishes the session and redirects to the app's redirect URI with the
+/// session cookies.
+async fn complete(app: &Arc<App>, uri: &Uri, headers: &HeaderMap) -> Result<Resp, ApiError> {
+    let query = query_pairs(uri);
+    let state = query_param(&query, "state")?
+        .filter(|s| !s.is_empty())
+        .ok_or(web_error(WebError::Missing("state")))?;
+    let code = query_param(&query, "code")?;
+    if !web::valid_state_format(&state) {
+        return Err(web_error(WebError::StateMalformed));
+    }
+    let binding = cookie(headers, web::STATE_COOKIE)?.map(str::to_string);
+    let now = now();
+    let taken = app
+        .store
+        .take_ephemeral(&web::state_key(&state), now)
+        .await?;
+    let pending = taken.as_deref().and_then(web::PendingLogin::decode);
+    let pending = web::check_callback(pending, binding.as_deref(), now).map_err(|err| {
+        app.metrics.login("web_state_refused");
+        web_error(err)
+    })?;
+    let code = match code.filter(|c| !c.is_empty()) {
+        Some(code) => code,
+        None => {
+            app.metrics.login("web_consent_refused");
+            return Err(web_error(WebError::ConsentRefused));
+        }
+    };
+    if code.len() > 256 || !code.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::InvalidRequest("`code` is malformed".into()));
+    }
+    let entry = app
+        .config
+        .apps
+        .web(&pending.appid)
+        .map_err(|err| ApiError::InvalidRequest(err.to_string()))?;
+    let result = async {
+        let identity = identity::identify(
+            app,
+            Credential::Web {
+                app: entry,
+                code: &code,
+            },
+        )
+        .await?;
+        let code_hash = secrets::sha256_hex(format!("web:{}:{code}", entry.appid).as_bytes());
+        sessions::establish(app, identity, code_hash).await
+    }
+    .await;
+    let (tokens, _subject) = match result {
+        Ok(done) => {
+            app.metrics.login("ok");
+            done
+        }
+        Err(err) => {
+            app.metrics.login(err.code());
+            return Err(err);
+        }
+    };
+    let mut response = redirect(&pending.redirect_uri)?;
+    let secure = app.config.cookie_secure;
+    set_session_cookies(&mut response, &tokens, secure);
+    set_cookies(&mut response, &[web::state_cookie("", 0, secure)]);
+    Ok(response)
+}
