@@ -252,6 +252,7 @@ impl App {
                             connect_timeout: config.wechat_connect_timeout,
                             timeout: config.wechat_timeout,
                             retries: config.wechat_retries,
+                            api_security: entry.api_security.clone(),
                         },
                         Arc::clone(&metrics),
                     )
@@ -274,6 +275,7 @@ impl App {
                         connect_timeout: config.wechat_connect_timeout,
                         timeout: config.wechat_timeout,
                         retries: config.wechat_retries,
+                        api_security: None,
                     },
                     Arc::clone(&metrics),
                 )

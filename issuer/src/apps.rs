@@ -27,14 +27,36 @@
 //! - a `miniprogram` may carry `"risk": {"max_rank": 0–4, "scene": 0|1, "on_error":
 //!   "allow"|"deny"}` (`scene` defaults to 0, `on_error` to `allow`): WeChat's risk control
 //!   at login ([`Risk`]); other kinds may not (the API judges mini-program users).
+//! - a `miniprogram` or `plugin` may carry `"api_security"`: the keys of WeChat's server API
+//!   security (服务端API安全鉴权, the console's "API security" page). With them, the calls that
+//!   support it are sent encrypted and signed and their answers verified
+//!   ([`crate::wechat_apisec`]). Each key comes from a file (`*_file`) or an environment
+//!   variable (`*_env`), never inline; each has its number from the console (`*_sn`):
+//!
+//!   ```json
+//!   "api_security": {
+//!     "sym_key_file": "/run/secrets/wx-sym-key", "sym_sn": "fa05fe1e…",
+//!     "private_key_env": "WX_API_PRIVATE_KEY", "private_key_sn": "97845f6e…",
+//!     "platform_cert_file": "/etc/weauth/wx-platform.pem", "platform_cert_sn": "79ba700e…"
+//!   }
+//!   ```
+//!
+//!   `sym_key`: base64 of 32 bytes (AES-256) as the console shows it; `private_key`: the app's
+//!   RSA private key in PEM (PKCS#1 as downloaded, or PKCS#8), 2048 bits or more;
+//!   `platform_cert`: WeChat's platform certificate in PEM (or its `PUBLIC KEY`). A key that is
+//!   missing, unreadable, does not parse or is written inline refuses the start, naming the
+//!   app and the field.
 //!
 //! Everything else per app (WeChat clients, the app access token and its lease, metrics labels,
 //! the `appid` claim) is keyed by the appid found here.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use zeroize::Zeroizing;
+
+use crate::wechat_apisec::ApiSecurityKeys;
 
 /// What kind of WeChat app an appid is; decides which login routes it may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -138,6 +160,8 @@ pub struct App {
     pub redirect_uris: Vec<String>,
     /// Risk control at login (mini-programs only; `None`: off).
     pub risk: Option<Risk>,
+    /// WeChat's server API security keys (mini-programs and plugins; `None`: calls in clear).
+    pub api_security: Option<Arc<ApiSecurityKeys>>,
 }
 
 impl std::fmt::Debug for App {
@@ -147,6 +171,7 @@ impl std::fmt::Debug for App {
             .field("kind", &self.kind)
             .field("redirect_uris", &self.redirect_uris)
             .field("risk", &self.risk)
+            .field("api_security", &self.api_security)
             .finish_non_exhaustive()
     }
 }
@@ -194,6 +219,7 @@ impl Apps {
                 kind: AppKind::Miniprogram,
                 redirect_uris: Vec::new(),
                 risk: None,
+                api_security: None,
             }],
         }
     }
@@ -292,6 +318,144 @@ struct RawApp {
     redirect_uris: Option<Vec<String>>,
     #[serde(default)]
     risk: Option<Risk>,
+    #[serde(default)]
+    api_security: Option<RawApiSecurity>,
+}
+
+/// `api_security` as written. The inline key fields exist only to be refused with a clear
+/// message (any other unknown field is refused by serde).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiSecurity {
+    #[serde(default)]
+    sym_key: Option<serde_json::Value>,
+    #[serde(default)]
+    sym_key_file: Option<String>,
+    #[serde(default)]
+    sym_key_env: Option<String>,
+    #[serde(default)]
+    sym_sn: Option<String>,
+    #[serde(default)]
+    private_key: Option<serde_json::Value>,
+    #[serde(default)]
+    private_key_file: Option<String>,
+    #[serde(default)]
+    private_key_env: Option<String>,
+    #[serde(default)]
+    private_key_sn: Option<String>,
+    #[serde(default)]
+    platform_cert: Option<serde_json::Value>,
+    #[serde(default)]
+    platform_cert_file: Option<String>,
+    #[serde(default)]
+    platform_cert_env: Option<String>,
+    #[serde(default)]
+    platform_cert_sn: Option<String>,
+}
+
+/// Where the apps file's secrets come from: files and environment variables.
+pub struct SecretSources<'a> {
+    pub read_file: &'a dyn Fn(&str) -> std::io::Result<String>,
+    pub lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// One key of `api_security`: its text from `{name}_file` or `{name}_env`, and where it came
+/// from (for errors). Refuses the inline form and both or neither source.
+fn api_key_text(
+    name: &str,
+    inline: Option<&serde_json::Value>,
+    file: Option<&str>,
+    env: Option<&str>,
+    sources: &SecretSources<'_>,
+) -> Result<(Zeroizing<String>, String), String> {
+    if inline.is_some() {
+        return Err(format!(
+            "api_security.{name}: keys are never written in the apps file; \
+             use {name}_file (a path) or {name}_env (an environment variable's name)"
+        ));
+    }
+    let (text, origin) = match (file, env) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "api_security: set either {name}_file or {name}_env, not both"
+            ))
+        }
+        (None, None) => {
+            return Err(format!(
+                "api_security.{name}_file or api_security.{name}_env is required"
+            ))
+        }
+        (Some(path), None) => (
+            (sources.read_file)(path)
+                .map_err(|err| format!("api_security.{name}_file: cannot read `{path}`: {err}"))?,
+            format!("api_security.{name}_file `{path}`"),
+        ),
+        (None, Some(var)) => (
+            (sources.lookup)(var)
+                .filter(|value| !value.trim().is_empty())
+                .ok_or_else(|| {
+                    format!("api_security.{name}_env: the variable `{var}` is not set or empty")
+                })?,
+            format!("api_security.{name}_env `{var}`"),
+        ),
+    };
+    Ok((Zeroizing::new(text), origin))
+}
+
+/// A key number (`*_sn`): required, non-empty, printable ASCII without spaces (it goes into
+/// the AAD and a header).
+fn key_number(name: &str, value: Option<&str>) -> Result<String, String> {
+    match value {
+        Some(sn) if !sn.is_empty() && sn.bytes().all(|b| b.is_ascii_graphic() && b != b'|') => {
+            Ok(sn.to_string())
+        }
+        Some(_) => Err(format!(
+            "api_security.{name} must be the console's key number (printable, no spaces or `|`)"
+        )),
+        None => Err(format!("api_security.{name} is required")),
+    }
+}
+
+/// Reads and checks `api_security`.
+fn api_security(
+    raw: &RawApiSecurity,
+    sources: &SecretSources<'_>,
+) -> Result<ApiSecurityKeys, String> {
+    let sym_sn = key_number("sym_sn", raw.sym_sn.as_deref())?;
+    let private_key_sn = key_number("private_key_sn", raw.private_key_sn.as_deref())?;
+    let platform_sn = key_number("platform_cert_sn", raw.platform_cert_sn.as_deref())?;
+    let (sym, sym_origin) = api_key_text(
+        "sym_key",
+        raw.sym_key.as_ref(),
+        raw.sym_key_file.as_deref(),
+        raw.sym_key_env.as_deref(),
+        sources,
+    )?;
+    let (private, private_origin) = api_key_text(
+        "private_key",
+        raw.private_key.as_ref(),
+        raw.private_key_file.as_deref(),
+        raw.private_key_env.as_deref(),
+        sources,
+    )?;
+    let (cert, cert_origin) = api_key_text(
+        "platform_cert",
+        raw.platform_cert.as_ref(),
+        raw.platform_cert_file.as_deref(),
+        raw.platform_cert_env.as_deref(),
+        sources,
+    )?;
+    use crate::wechat_apisec::KeyError;
+    ApiSecurityKeys::from_pem(&sym, sym_sn, &private, private_key_sn, &cert, platform_sn).map_err(
+        |err| {
+            let origin = match err {
+                KeyError::SymKey => sym_origin,
+                KeyError::PrivateKey | KeyError::PrivateKeySize(_) => private_origin,
+                KeyError::PlatformCert => cert_origin,
+            };
+            format!("{origin}: {err}")
+        },
+    )
 }
 
 /// Whether `appid` has the shape of a WeChat appid (non-empty, `[A-Za-z0-9_]`, ≤ 64).
@@ -325,14 +489,13 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
     }
 }
 
-/// Parses and validates the apps file `text`; `read_file` reads `secret_file` paths.
+/// Parses and validates the apps file `text`; `sources` reads `secret_file` and
+/// `api_security.*_file` paths and `api_security.*_env` variables.
 ///
 /// # Errors
 /// The first problem, naming the entry (`apps[1] (wx…): …`).
-pub fn parse_apps_file(
-    text: &str,
-    read_file: &dyn Fn(&str) -> std::io::Result<String>,
-) -> Result<Apps, String> {
+pub fn parse_apps_file(text: &str, sources: &SecretSources<'_>) -> Result<Apps, String> {
+    let read_file = sources.read_file;
     let raw: RawFile = serde_json::from_str(text).map_err(|err| format!("not valid: {err}"))?;
     if raw.apps.is_empty() {
         return Err("`apps` is empty: configure at least one app".into());
@@ -391,12 +554,25 @@ pub fn parse_apps_file(
             risk.validate()
                 .map_err(|reason| format!("{name}: {reason}"))?;
         }
+        let api_security = match &entry.api_security {
+            None => None,
+            Some(_) if entry.kind.is_web() => {
+                return Err(format!(
+                    "{name}: api_security is only for miniprogram and plugin apps (the web \
+                     login APIs do not support WeChat's API security)"
+                ))
+            }
+            Some(raw) => Some(Arc::new(
+                api_security(raw, sources).map_err(|reason| format!("{name}: {reason}"))?,
+            )),
+        };
         apps.push(App {
             appid: entry.appid,
             secret,
             kind: entry.kind,
             redirect_uris,
             risk: entry.risk,
+            api_security,
         });
     }
     Ok(Apps { apps })
@@ -410,7 +586,7 @@ mod tests {
     fn risk_parsed_with_defaults_and_ranges_checked() {
         let file = r#"{"apps": [{"appid": "wxa", "secret": "s", "kind": "miniprogram",
             "risk": {"max_rank": 2}}]}"#;
-        let apps = parse_apps_file(file, &no_files).unwrap();
+        let apps = parse(file).unwrap();
         let risk = apps.get("wxa").unwrap().risk.unwrap();
         assert_eq!(
             risk,
@@ -431,7 +607,7 @@ mod tests {
             let file = format!(
                 r#"{{"apps": [{{"appid": "wxa", "secret": "s", "kind": "miniprogram", "risk": {risk}}}]}}"#
             );
-            let err = parse_apps_file(&file, &no_files).unwrap_err();
+            let err = parse(&file).unwrap_err();
             assert!(
                 err.contains("apps[0] (wxa)") && err.contains(field),
                 "{err}"
@@ -439,10 +615,10 @@ mod tests {
         }
         let bad_on_error = r#"{"apps": [{"appid": "wxa", "secret": "s", "kind": "miniprogram",
             "risk": {"max_rank": 1, "on_error": "maybe"}}]}"#;
-        assert!(parse_apps_file(bad_on_error, &no_files).is_err());
+        assert!(parse(bad_on_error).is_err());
         let web = r#"{"apps": [{"appid": "wxw", "secret": "s", "kind": "website",
             "redirect_uris": ["https://x.example/"], "risk": {"max_rank": 1}}]}"#;
-        let err = parse_apps_file(web, &no_files).unwrap_err();
+        let err = parse(web).unwrap_err();
         assert!(
             err.contains("apps[0] (wxw): risk is only for miniprogram"),
             "{err}"
@@ -461,7 +637,13 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<Apps, String> {
-        parse_apps_file(text, &no_files)
+        parse_apps_file(
+            text,
+            &SecretSources {
+                read_file: &no_files,
+                lookup: &|_| None,
+            },
+        )
     }
 
     const THREE: &str = r#"{"apps": [
@@ -631,6 +813,161 @@ mod tests {
             Err(AppLookupError::WrongKind { .. })
         ));
         assert!(matches!(apps.web("x"), Err(AppLookupError::Unknown(_))));
+    }
+
+    /// The test keys of `tests/fixtures/apisec/` (see its README).
+    fn fixture(name: &str) -> String {
+        format!(
+            "{}/../tests/fixtures/apisec/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    fn parse_with_env(text: &str, env: &[(&str, String)]) -> Result<Apps, String> {
+        let lookup = |var: &str| {
+            env.iter()
+                .find(|(name, _)| *name == var)
+                .map(|(_, value)| value.clone())
+        };
+        parse_apps_file(
+            text,
+            &SecretSources {
+                read_file: &|path| std::fs::read_to_string(path),
+                lookup: &lookup,
+            },
+        )
+    }
+
+    fn with_api_security(kind: &str, api_security: &str) -> String {
+        format!(
+            r#"{{"apps":[{{"appid":"wxa","secret":"s","kind":"{kind}","api_security":{api_security}}}]}}"#
+        )
+    }
+
+    fn good_api_security() -> String {
+        format!(
+            r#"{{"sym_key_env":"WX_SYM","sym_sn":"sym1","private_key_file":"{}","private_key_sn":"app1",
+                "platform_cert_file":"{}","platform_cert_sn":"plat1"}}"#,
+            fixture("app_key.pem"),
+            fixture("platform_cert.pem")
+        )
+    }
+
+    fn sym_env() -> Vec<(&'static str, String)> {
+        vec![(
+            "WX_SYM",
+            std::fs::read_to_string(fixture("sym_key.txt")).unwrap(),
+        )]
+    }
+
+    #[test]
+    fn api_security_from_files_and_env() {
+        for kind in ["miniprogram", "plugin"] {
+            let apps =
+                parse_with_env(&with_api_security(kind, &good_api_security()), &sym_env()).unwrap();
+            let keys = apps.get("wxa").unwrap().api_security.clone().unwrap();
+            assert_eq!(
+                (
+                    keys.sym_sn.as_str(),
+                    keys.private_key_sn.as_str(),
+                    keys.platform_sn.as_str()
+                ),
+                ("sym1", "app1", "plat1")
+            );
+            let debug = format!("{apps:?}");
+            assert!(
+                debug.contains("app1") && !debug.contains("PRIVATE"),
+                "{debug}"
+            );
+        }
+        // The platform key may be given as a bare public key.
+        let public =
+            good_api_security().replace(&fixture("platform_cert.pem"), &fixture("app_public.pem"));
+        assert!(parse_with_env(&with_api_security("miniprogram", &public), &sym_env()).is_ok());
+    }
+
+    #[test]
+    fn api_security_refusals_name_app_and_field() {
+        let good = good_api_security();
+        let cases: Vec<(String, &str)> = vec![
+            // Inline keys, whatever their form.
+            (
+                good.replace(r#""sym_key_env":"WX_SYM""#, r#""sym_key":"aGk=""#),
+                "api_security.sym_key: keys are never written in the apps file",
+            ),
+            (
+                good.replace(r#""private_key_file""#, r#""private_key""#),
+                "api_security.private_key: keys are never written in the apps file",
+            ),
+            // Both sources, or none.
+            (
+                good.replace(
+                    r#""sym_key_env":"WX_SYM""#,
+                    r#""sym_key_env":"WX_SYM","sym_key_file":"/x""#,
+                ),
+                "set either sym_key_file or sym_key_env, not both",
+            ),
+            (
+                good.replace(r#""sym_key_env":"WX_SYM","#, ""),
+                "api_security.sym_key_file or api_security.sym_key_env is required",
+            ),
+            // A missing number.
+            (
+                good.replace(r#""platform_cert_sn":"plat1""#, r#""platform_cert_sn":"""#),
+                "api_security.platform_cert_sn must be",
+            ),
+            (
+                good.replace(r#","private_key_sn":"app1""#, ""),
+                "api_security.private_key_sn is required",
+            ),
+            // An unset variable, an unreadable file.
+            (
+                good.replace("WX_SYM", "WX_NOT_SET"),
+                "api_security.sym_key_env: the variable `WX_NOT_SET` is not set",
+            ),
+            (
+                good.replace(&fixture("app_key.pem"), "/nonexistent/key.pem"),
+                "api_security.private_key_file: cannot read `/nonexistent/key.pem`",
+            ),
+            // Keys that do not parse: each named with where it came from.
+            (
+                good.replace(&fixture("app_key.pem"), &fixture("platform_cert.pem")),
+                "is not an RSA private key",
+            ),
+            (
+                good.replace(&fixture("platform_cert.pem"), &fixture("sym_key.txt")),
+                "api_security.platform_cert_file",
+            ),
+            (
+                good.replace("WX_SYM", "WX_SHORT"),
+                "api_security.sym_key_env `WX_SHORT`: the symmetric key must be",
+            ),
+            // Unknown fields.
+            (
+                good.replace(r#""sym_sn""#, r#""sym_serial""#),
+                "unknown field `sym_serial`",
+            ),
+        ];
+        let mut env = sym_env();
+        env.push(("WX_SHORT", "c2hvcnQ=".into()));
+        for (api_security, expected) in cases {
+            let err =
+                parse_with_env(&with_api_security("miniprogram", &api_security), &env).unwrap_err();
+            assert!(
+                err.contains(expected)
+                    && (err.starts_with("apps[0] (wxa)") || err.contains("unknown field")),
+                "{api_security}\n→ {err}"
+            );
+        }
+        // Web apps may not carry it.
+        let web = format!(
+            r#"{{"apps":[{{"appid":"wxw","secret":"s","kind":"website","redirect_uris":["https://x.example/"],"api_security":{good}}}]}}"#
+        );
+        let err = parse_with_env(&web, &sym_env()).unwrap_err();
+        assert!(
+            err.contains("apps[0] (wxw): api_security is only for miniprogram and plugin"),
+            "{err}"
+        );
     }
 
     #[test]

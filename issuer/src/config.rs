@@ -897,8 +897,14 @@ fn load_apps(src: &Source<'_>, mode: Mode) -> (Apps, Vec<ConfigError>) {
         let parsed = (src.read_file)(&path)
             .map_err(|err| bad("WEAUTH_APPS_FILE", format!("cannot read `{path}`: {err}")))
             .and_then(|text| {
-                apps::parse_apps_file(&text, src.read_file)
-                    .map_err(|reason| bad("WEAUTH_APPS_FILE", format!("`{path}`: {reason}")))
+                apps::parse_apps_file(
+                    &text,
+                    &apps::SecretSources {
+                        read_file: src.read_file,
+                        lookup: src.lookup,
+                    },
+                )
+                .map_err(|reason| bad("WEAUTH_APPS_FILE", format!("`{path}`: {reason}")))
             });
         return match parsed {
             Ok(apps) => (apps, Vec::new()),

@@ -263,6 +263,17 @@ impl From<WechatError> for ApiError {
             WechatError::Busy | WechatError::Timeout => {
                 ApiError::Unavailable("WeChat is busy or not answering; retry shortly".into())
             }
+            WechatError::ApiSecurity(crate::wechat_apisec::ApiSecError::Refused { .. }) => {
+                ApiError::BadGateway(
+                    "WeChat refused the issuer's signed call (check the app's api_security keys)"
+                        .into(),
+                )
+            }
+            WechatError::ApiSecurity(_) => ApiError::BadGateway(
+                "WeChat's answer failed the API security check (signature, certificate number, \
+                 timestamp or decryption) and was not used"
+                    .into(),
+            ),
             WechatError::Status(_)
             | WechatError::Unreadable(_)
             | WechatError::Transport(_)
@@ -378,6 +389,32 @@ mod tests {
             errmsg: "invalid appid".into(),
         });
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn wechat_api_security_failures_map_to_502_not_retried() {
+        use crate::wechat_apisec::ApiSecError;
+        for err in [
+            ApiSecError::BadSignature,
+            ApiSecError::WrongSerial {
+                got: "a".into(),
+                want: "b".into(),
+            },
+            ApiSecError::Stale { skew: 900 },
+            ApiSecError::Decrypt,
+            ApiSecError::Refused {
+                errcode: 40234,
+                errmsg: "invalid signature".into(),
+            },
+        ] {
+            let wechat = WechatError::ApiSecurity(err);
+            assert!(!wechat.is_retryable(), "{wechat}");
+            assert_eq!(ApiError::from(wechat).status(), StatusCode::BAD_GATEWAY);
+        }
+        assert!(matches!(
+            crate::wechat::errcode_error(40240, "timestamp expired"),
+            WechatError::ApiSecurity(ApiSecError::Refused { errcode: 40240, .. })
+        ));
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub mod tracecontext;
 pub mod userdata;
 pub mod web;
 pub mod wechat;
+pub mod wechat_apisec;
 pub mod wechat_web;
 
 /// A short, non-reversible tag of an identifier for logs (first 10 hex digits of SHA-256),

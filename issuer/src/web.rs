@@ -357,6 +357,7 @@ mod tests {
             kind,
             redirect_uris: vec!["https://h5.example.com/after-login".into()],
             risk: None,
+            api_security: None,
         }
     }
 

@@ -3,7 +3,11 @@
 //!
 //! It covers `sns/jscode2session` (login), `cgi-bin/stable_token` (the app access token, cached
 //! and shared through the store by [`crate::access_token`]), `wxa/business/getuserphonenumber`
-//! and `wxa/checksession`. [`classify`] and [`classify_json`] are the pure part: it turns an HTTP status
+//! and `wxa/checksession`, `wxa/getuserriskrank`, `wxa/getpluginopenpid` and
+//! `wxa/business/checkencryptedmsg`. When an app carries `api_security` keys, the calls that
+//! support WeChat's server API security are sent encrypted and signed and their answers
+//! verified and decrypted ([`crate::wechat_apisec`]) in [`HttpWechat`]'s one helper for
+//! token-taking APIs. [`classify`] and [`classify_json`] are the pure part: it turns an HTTP status
 //! and body into a result, knowing WeChat's quirks (JSON served as `text/plain`, success
 //! without `errcode`, `errcode: 0` sometimes present). [`HttpWechat`] adds transport: connect
 //! and total timeouts, and a bounded retry with full jitter for the transient failures (-1
@@ -70,6 +74,11 @@ pub enum WechatError {
     /// `snsapi_base`).
     #[error("WeChat refused the call for the granted scope (errcode 48001)")]
     ScopeUnauthorized,
+    /// WeChat's server API security failed: an answer whose signature, certificate number,
+    /// timestamp or encryption does not check out (never accepted), or WeChat refusing our
+    /// signed call (errcodes 40230–40240: the app's keys or clock are wrong).
+    #[error("WeChat API security: {0}")]
+    ApiSecurity(crate::wechat_apisec::ApiSecError),
     #[error("WeChat error {errcode}: {errmsg}")]
     Other { errcode: i64, errmsg: String },
 }
@@ -102,6 +111,11 @@ impl WechatError {
             WechatError::Status(status) => format!("http_{status}"),
             WechatError::Unreadable(_) => "unreadable".into(),
             WechatError::Transport(_) => "transport".into(),
+            WechatError::ApiSecurity(crate::wechat_apisec::ApiSecError::Refused {
+                errcode,
+                ..
+            }) => errcode.to_string(),
+            WechatError::ApiSecurity(err) => format!("api_security_{}", err.label()),
         }
     }
 }
@@ -134,6 +148,12 @@ pub fn errcode_error(errcode: i64, errmsg: &str) -> WechatError {
             errcode,
             errmsg: errmsg.to_string(),
         },
+        // The refusals of WeChat's API security layer (missing headers, bad signature or
+        // encryption, expired timestamp, keys not set in the console).
+        40230..=40240 => WechatError::ApiSecurity(crate::wechat_apisec::ApiSecError::Refused {
+            errcode,
+            errmsg: errmsg.to_string(),
+        }),
         _ => WechatError::Other {
             errcode,
             errmsg: errmsg.to_string(),
@@ -508,6 +528,9 @@ pub struct HttpWechatConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub retries: u32,
+    /// The app's server API security keys: calls of [`crate::wechat_apisec::SECURED_PATHS`]
+    /// are then encrypted and signed (`None`: every call in clear).
+    pub api_security: Option<Arc<crate::wechat_apisec::ApiSecurityKeys>>,
 }
 
 /// The real client, over reqwest with rustls.
@@ -549,6 +572,14 @@ impl HttpWechat {
         let body = response.bytes().await.map_err(transport_error)?;
         classify(status, &body)
     }
+}
+
+/// Unix seconds now (the API security timestamps).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// The HTTP client of every WeChat API client: connect and total timeouts, no redirects (an
@@ -686,7 +717,9 @@ impl HttpWechat {
     }
 
     /// A token-taking `POST` API (`path?access_token=…` with a JSON body), retried as
-    /// [`HttpWechat::with_retry`] says, its answer read by `classify`.
+    /// [`HttpWechat::with_retry`] says, its answer read by `classify`. With API security keys
+    /// and an API that supports it, each attempt is encrypted and signed afresh (new
+    /// timestamp, nonce and iv) and `classify` only sees an answer that passed every check.
     async fn call_api<T>(
         &self,
         api: &'static str,
@@ -695,13 +728,96 @@ impl HttpWechat {
         body: serde_json::Value,
         classify: fn(u16, &[u8]) -> Result<T, WechatError>,
     ) -> Result<T, WechatError> {
+        let secured = self
+            .config
+            .api_security
+            .as_deref()
+            .filter(|_| crate::wechat_apisec::is_secured(path));
         self.with_retry(api, || async {
-            let (status, bytes) = self
-                .post_json(path, &[("access_token", access_token)], &body)
-                .await?;
+            let (status, bytes) = match secured {
+                Some(keys) => {
+                    let answer = self
+                        .post_secured(api, path, access_token, &body, keys)
+                        .await?;
+                    (200, bytes::Bytes::from(answer))
+                }
+                None => {
+                    self.post_json(path, &[("access_token", access_token)], &body)
+                        .await?
+                }
+            };
             classify(status, &bytes)
         })
         .await
+    }
+
+    /// One encrypted and signed call; the verified, decrypted answer (the API's ordinary JSON).
+    async fn post_secured(
+        &self,
+        api: &'static str,
+        path: &str,
+        access_token: &str,
+        body: &serde_json::Value,
+        keys: &crate::wechat_apisec::ApiSecurityKeys,
+    ) -> Result<String, WechatError> {
+        use crate::wechat_apisec::{self as apisec, ApiSecError};
+        let appid = self.config.appid.as_str();
+        let urlpath = apisec::urlpath(&self.config.api_base, path);
+        let request = apisec::secure_request(
+            keys,
+            appid,
+            &urlpath,
+            &body.to_string(),
+            unix_now(),
+            &apisec::RequestNonces::random(),
+        )
+        .map_err(WechatError::ApiSecurity)?;
+        let mut builder = self
+            .client
+            .post(&urlpath)
+            .query(&[("access_token", access_token)])
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(request.body);
+        for (name, value) in request.headers {
+            builder = builder.header(name, value);
+        }
+        let response = builder.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = apisec::AnswerHeaders::read(|name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(String::from)
+        });
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        if !(200..300).contains(&status) {
+            return Err(WechatError::Status(status));
+        }
+        match apisec::open_answer(keys, appid, &urlpath, &headers, &bytes, unix_now()) {
+            Ok(answer) => Ok(answer),
+            // WeChat's refusals come in clear: an error, mapped as any errcode.
+            Err(ApiSecError::Refused { errcode, errmsg }) => {
+                let err = errcode_error(errcode, &errmsg);
+                if let WechatError::ApiSecurity(_) = err {
+                    tracing::error!(api, appid, error = %err, hint = apisec::describe_errcode(errcode).unwrap_or(""), "WeChat refused the signed call");
+                }
+                Err(err)
+            }
+            // An unsigned answer that is not even JSON (a proxy's error page): as unreadable.
+            Err(ApiSecError::Unsigned)
+                if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() =>
+            {
+                Err(WechatError::Unreadable(format!(
+                    "{} bytes of unsigned non-JSON",
+                    bytes.len()
+                )))
+            }
+            Err(err) => {
+                tracing::warn!(api, appid, check = err.label(), error = %err, "WeChat's answer failed the API security check; refused");
+                Err(WechatError::ApiSecurity(err))
+            }
+        }
     }
 }
 

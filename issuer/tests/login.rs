@@ -1,6 +1,7 @@
 //! Integration tests of `POST /v1/login` against the mock WeChat: the token pair, independent
 //! verification of the access token, user/session bookkeeping, every WeChat failure class,
-//! the same code posted concurrently, and the per-client rate limit.
+//! the same code posted concurrently, the per-client rate limit, risk control, plugin login,
+//! and WeChat's server API security (signed and encrypted calls, bad answers refused).
 
 // Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 use common::{payload, Stack, APPID};
 use ed25519_dalek::Verifier;
 use serde_json::json;
-use weauth_tests::mock_wechat::{Fault, MockConfig, MockPlugin};
+use weauth_tests::mock_wechat::{
+    apisec, ApiSecAnswer, Fault, MockApiSecurity, MockConfig, MockPlugin,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_returns_token_pair_verifiable_with_ed25519_dalek() {
@@ -625,4 +628,281 @@ fn plugin_with_redirect_uris_refused_at_start() {
         ),
         "{err}"
     );
+}
+
+/// The apps-file `api_security` of the fixtures' test keys (`tests/fixtures/apisec`): the
+/// symmetric key through an environment variable set in `env`, the private key and the
+/// platform certificate through files, with the mock's key numbers except `private_key_sn`.
+fn api_security_entry(
+    env: &mut std::collections::HashMap<String, String>,
+    private_key_sn: &str,
+) -> serde_json::Value {
+    let dir = apisec::fixture_dir();
+    let sym = std::fs::read_to_string(dir.join("sym_key.txt")).unwrap();
+    env.insert("WX_API_SYM_KEY".into(), sym.trim().to_string());
+    json!({
+        "sym_key_env": "WX_API_SYM_KEY", "sym_sn": "sym-test-sn",
+        "private_key_file": dir.join("app_key.pem"), "private_key_sn": private_key_sn,
+        "platform_cert_file": dir.join("platform_cert.pem"), "platform_cert_sn": "platform-test-sn",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_security_calls_encrypted_and_signed_bad_answers_refused_502() {
+    let plugin = MockPlugin::test_plugin();
+    let cfg = MockConfig {
+        plugins: vec![plugin.clone()],
+        api_security: vec![
+            MockApiSecurity::test_keys(APPID),
+            MockApiSecurity::test_keys(&plugin.appid),
+        ],
+        ..Default::default()
+    };
+    let (plugin_appid, plugin_secret) = (plugin.appid.clone(), plugin.secret.clone());
+    let stack = Stack::start_prepared(
+        cfg,
+        move |_, dir, env| {
+            let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
+            let appid = env.remove("WEAUTH_WECHAT_APPID").unwrap();
+            let keys = api_security_entry(env, "app-test-sn");
+            let apps = json!({"apps": [
+                {"appid": appid, "secret": secret, "kind": "miniprogram",
+                 "risk": {"max_rank": 2, "on_error": "deny"}, "api_security": keys},
+                {"appid": plugin_appid, "secret": plugin_secret, "kind": "plugin",
+                 "api_security": keys},
+            ]});
+            let path = dir.join("apps.json");
+            std::fs::write(&path, apps.to_string()).unwrap();
+            env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+            env.insert("WEAUTH_WECHAT_RETRIES".into(), "0".into());
+        },
+        &[],
+    )
+    .await;
+
+    // Risk control over the secured call: the verified answer decides.
+    stack.mock.set_risk_rank("rita", 3);
+    let code = stack.mock.login("rita").code;
+    let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("user_risky")),
+        "{body}"
+    );
+    let login = stack.login("sam").await;
+    let token = login["access_token"].as_str().unwrap().to_string();
+    assert_eq!(stack.mock.calls("getuserriskrank"), 2);
+    assert_eq!(
+        stack.mock.secured_calls("getuserriskrank"),
+        2,
+        "every getuserriskrank call arrived encrypted and signed and passed WeChat's checks"
+    );
+    // What WeChat decrypted is the call's parameters (no access_token, no security fields).
+    let query = stack.mock.last_risk_query().unwrap();
+    assert_eq!(query["openid"], stack.mock.openid("sam"), "{query}");
+    assert_eq!(query["appid"], APPID, "{query}");
+    assert!(query.get("_n").is_none() && query.get("access_token").is_none());
+
+    // The phone number, and checkencryptedmsg.
+    let phone = |number: &str| {
+        let code = stack.mock.phone_code("sam", number);
+        let token = token.clone();
+        let stack = &stack;
+        async move {
+            let (status, body, _) = stack
+                .post_auth("/v1/me/phone", &token, Some(json!({ "code": code })))
+                .await;
+            (status, body)
+        }
+    };
+    let (status, body) = phone("13800138000").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phoneNumber"], "13800138000", "{body}");
+    assert_eq!(stack.mock.secured_calls("getuserphonenumber"), 1);
+    let (encrypted, iv) = stack
+        .mock
+        .encrypt("sam", json!({"phoneNumber": "13800138000"}));
+    let (status, body, _) = stack
+        .post_auth(
+            "/v1/me/decrypt",
+            &token,
+            Some(json!({"encryptedData": encrypted, "iv": iv, "verify_with_wechat": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["wechat_check"]["valid"], true, "{body}");
+    assert_eq!(stack.mock.secured_calls("checkencryptedmsg"), 1);
+
+    // Plugin login, with the plugin's own keys.
+    let code = stack.mock.plugin_login(&plugin.appid, "pat");
+    let (status, body, _) = stack
+        .post("/v1/login", json!({"code": code, "appid": plugin.appid}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.mock.secured_calls("getpluginopenpid"), 1);
+    // jscode2session does not support it: sent as before.
+    assert_eq!(stack.mock.secured_calls("jscode2session"), 0);
+
+    // WeChat rotating its certificate: our number is the deprecated one, still accepted.
+    stack.mock.set_api_security_answer(ApiSecAnswer::Rotating);
+    let (status, body) = phone("13800138001").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Every broken answer is refused with 502 and nothing of it is used.
+    let cases = [
+        (ApiSecAnswer::BadSignature, "bad_signature"),
+        (ApiSecAnswer::WrongSerial, "wrong_serial"),
+        (ApiSecAnswer::Stale, "stale"),
+        (ApiSecAnswer::BadEncryption, "decrypt"),
+        (ApiSecAnswer::Unsigned, "unsigned"),
+    ];
+    for (i, (mode, check)) in cases.into_iter().enumerate() {
+        stack.mock.set_api_security_answer(mode);
+        let (status, body) = phone(&format!("1390000000{i}")).await;
+        assert_eq!(status, 502, "{mode:?}: {body}");
+        assert_eq!(body["error"], "upstream_error", "{mode:?}: {body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("API security check"),
+            "{mode:?}: {body}"
+        );
+        // A risk verdict is never taken from such an answer either (on_error: deny).
+        let code = stack.mock.login("tom").code;
+        let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
+        assert_eq!(status, 502, "{mode:?}: {body}");
+        let log = stack.issuer.log_text();
+        assert!(
+            log.contains(&format!("check=\"{check}\"")),
+            "{mode:?}: the failed check is logged:\n{log}"
+        );
+    }
+    assert_eq!(
+        stack.count("users"),
+        2,
+        "sam and pat; rita and tom were never admitted"
+    );
+    let (_, me, _) = stack.get("/v1/me", Some(&token)).await;
+    assert_eq!(
+        me["phone"], "13800138001",
+        "no refused answer was stored: {me}"
+    );
+    let (_, metrics, _) = stack.get("/metrics", None).await;
+    assert!(
+        metrics.as_str().unwrap().contains(&format!(
+            "weauth_wechat_app_calls_total{{appid=\"{APPID}\",api=\"getuserphonenumber\",outcome=\"api_security_bad_signature\"}} 1"
+        )),
+        "{metrics}"
+    );
+    // No key material, nothing of the users in the log.
+    let log = stack.issuer.log_text();
+    let sym = std::fs::read_to_string(apisec::fixture_dir().join("sym_key.txt")).unwrap();
+    assert!(
+        !log.contains(sym.trim()) && !log.contains("PRIVATE KEY"),
+        "{log}"
+    );
+    assert!(!log.contains(&stack.mock.openid("sam")) && !log.contains("1390000000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_security_refused_by_wechat_is_502_naming_the_keys() {
+    // The issuer signs with a key number WeChat does not know: WeChat refuses in clear
+    // (40234), the issuer answers 502 and tells the operator which setting to check.
+    let cfg = MockConfig {
+        api_security: vec![MockApiSecurity::test_keys(APPID)],
+        ..Default::default()
+    };
+    let stack = Stack::start_prepared(
+        cfg,
+        move |_, dir, env| {
+            let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
+            let appid = env.remove("WEAUTH_WECHAT_APPID").unwrap();
+            let keys = api_security_entry(env, "not-the-app-sn");
+            let apps = json!({"apps": [{"appid": appid, "secret": secret, "kind": "miniprogram",
+                                        "api_security": keys}]});
+            let path = dir.join("apps.json");
+            std::fs::write(&path, apps.to_string()).unwrap();
+            env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+        },
+        &[],
+    )
+    .await;
+    let login = stack.login("una").await;
+    let token = login["access_token"].as_str().unwrap();
+    let code = stack.mock.phone_code("una", "13800138000");
+    let (status, body, _) = stack
+        .post_auth("/v1/me/phone", token, Some(json!({ "code": code })))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("refused the issuer's signed call"),
+        "{body}"
+    );
+    assert_eq!(stack.mock.calls("getuserphonenumber"), 1, "not retried");
+    assert_eq!(stack.mock.secured_calls("getuserphonenumber"), 0);
+    let log = stack.issuer.log_text();
+    assert!(
+        log.contains("40234") && log.contains("private_key_sn"),
+        "{log}"
+    );
+}
+
+#[test]
+fn api_security_bad_keys_refused_at_start_naming_app_and_field() {
+    let dir = apisec::fixture_dir();
+    let good = json!({
+        "sym_key_file": dir.join("sym_key.txt"), "sym_sn": "s1",
+        "private_key_file": dir.join("app_key.pem"), "private_key_sn": "a1",
+        "platform_cert_file": dir.join("platform_cert.pem"), "platform_cert_sn": "p1",
+    });
+    let with = |change: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut keys = good.as_object().unwrap().clone();
+        change(&mut keys);
+        json!({"apps": [{"appid": "wx1", "secret": "s", "kind": "miniprogram",
+                         "api_security": keys}]})
+        .to_string()
+    };
+    let cases: [(String, &str); 4] = [
+        (
+            with(&|k| {
+                k.remove("sym_key_file");
+                k.insert("sym_key".into(), json!("aGVsbG8="));
+            }),
+            "apps[0] (wx1): api_security.sym_key: keys are never written in the apps file",
+        ),
+        (
+            with(&|k| {
+                k.insert(
+                    "private_key_file".into(),
+                    json!(dir.join("platform_cert.pem")),
+                );
+            }),
+            "apps[0] (wx1): api_security.private_key_file",
+        ),
+        (
+            with(&|k| {
+                k.insert("platform_cert_file".into(), json!(dir.join("sym_key.txt")));
+            }),
+            "apps[0] (wx1): api_security.platform_cert_file",
+        ),
+        (
+            with(&|k| {
+                k.remove("platform_cert_sn");
+            }),
+            "apps[0] (wx1): api_security.platform_cert_sn is required",
+        ),
+    ];
+    for (file, expected) in cases {
+        let err = common::start_error(&file);
+        assert!(
+            err.contains("WEAUTH_APPS_FILE") && err.contains(expected),
+            "{expected}\n→ {err}"
+        );
+        // Where the key came from, never what it holds.
+        assert!(!err.contains("-----BEGIN") && !err.contains("MII"), "{err}");
+    }
 }

@@ -5,15 +5,18 @@
 //! [--token-overlap-secs N] [--web-app KIND:APPID:SECRET]...` where KIND is
 //! `official_account` or `website` (bound to the Open Platform, so `unionid` is returned for
 //! `snsapi_userinfo`/`snsapi_login`); `--web-apps` adds the default official account and
-//! website (`MockApp::official_account()`, `MockApp::website()`). Prints `listening on ADDR` once ready; stops on Ctrl-C/SIGTERM.
+//! website (`MockApp::official_account()`, `MockApp::website()`); `--api-security` gives the
+//! mini-program the test keys of WeChat's server API security (`tests/fixtures/apisec`, key
+//! numbers `sym-test-sn`, `app-test-sn`, `platform-test-sn`). Prints `listening on ADDR` once ready; stops on Ctrl-C/SIGTERM.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weauth_tests::mock_wechat::{MockApp, MockAppKind, MockConfig, MockWechat};
+use weauth_tests::mock_wechat::{MockApiSecurity, MockApp, MockAppKind, MockConfig, MockWechat};
 
 const USAGE: &str = "usage: weauth-mock-wechat [--listen 127.0.0.1:8090] [--appid ID] \
-[--secret S] [--unionid] [--token-overlap-secs N] [--web-app KIND:APPID:SECRET]... [--web-apps]";
+[--secret S] [--unionid] [--token-overlap-secs N] [--web-app KIND:APPID:SECRET]... [--web-apps] \
+[--api-security]";
 
 fn web_app(spec: &str) -> Result<MockApp, String> {
     let mut parts = spec.splitn(3, ':');
@@ -39,6 +42,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<MockConfig, String> {
         ..Default::default()
     };
     let mut args = args;
+    let mut api_security = false;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
@@ -61,9 +65,14 @@ fn parse(args: impl Iterator<Item = String>) -> Result<MockConfig, String> {
                     .map_err(|e| format!("--token-overlap-secs {v:?}: {e}"))?;
                 cfg.token_overlap = Duration::from_secs(secs);
             }
+            "--api-security" => api_security = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
+    }
+    if api_security {
+        cfg.api_security
+            .push(MockApiSecurity::test_keys(&cfg.appid));
     }
     Ok(cfg)
 }
@@ -124,6 +133,11 @@ mod tests {
         assert_eq!((cfg.appid.as_str(), cfg.secret.as_str()), ("wxA", "s"));
         assert!(cfg.unionid);
         assert_eq!(cfg.token_overlap, Duration::from_secs(2));
+        assert!(cfg.api_security.is_empty());
+        // The API security test keys follow --appid, wherever it is given.
+        let cfg = parse(args(&["--api-security", "--appid", "wxA"])).unwrap();
+        assert_eq!(cfg.api_security.len(), 1);
+        assert_eq!(cfg.api_security[0].appid, "wxA");
     }
 
     #[test]

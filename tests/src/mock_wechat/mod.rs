@@ -37,6 +37,13 @@
 //!   [`checksession`]: signature = hex(HMAC-SHA256(key = session_key text, "")); 87009 when
 //!   it does not match the user's current session_key.
 //!
+//! WeChat's server API security ([`apisec`], apps in [`MockConfig::api_security`]): a call of
+//! `getuserphonenumber`, `getuserriskrank`, `getpluginopenpid` or `checkencryptedmsg` that
+//! carries `Wechatmp-*` headers is verified and decrypted as WeChat does (refused in clear with
+//! its errcodes 40230–40240), served, and answered encrypted and signed with the platform key
+//! — or broken on purpose as [`MockWechat::set_api_security_answer`] says. Verified calls are
+//! counted apart ([`MockWechat::secured_calls`]).
+//!
 //! Every error answers HTTP 200 with `{"errcode","errmsg"}` and an `errmsg` ending in
 //! `, rid: <hex>`, like WeChat. Token-taking routes answer 40001 for an unknown or replaced
 //! token and 42001 for an expired one.
@@ -79,10 +86,13 @@
 //! with the user's CURRENT session_key; `POST /mock/faults {"route","times","fault"}` where
 //! `fault` is `{"errcode":N[,"errmsg":"…"]}`, `{"status":502}`, `{"body":"…"}`, `"garbage"`, `"html"`,
 //! `{"delay_ms":N}` or `"hang"`; `GET /mock/stats` → `{"<route>": calls, …}`;
-//! `POST /mock/reset` clears faults and counters (`?all=1` also forgets codes, tokens and
+//! `POST /mock/apisec {"answer":"good|bad_signature|wrong_serial|stale|bad_encryption|rotating|unsigned"}`
+//! sets how verified secured calls are answered;
+//! `POST /mock/reset` clears faults and counters (and the API security answer mode) (`?all=1` also forgets codes, tokens and
 //! session keys); `POST /mock/advance?seconds=N` moves the mock's clock forward;
 //! `GET /healthz` → `ok`.
 
+pub mod apisec;
 pub mod state;
 
 use std::collections::HashMap;
@@ -96,6 +106,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 
 use crate::serve::{self, param, query_pairs, read_body, respond, Request, Response, ServerHandle};
+pub use apisec::{ApiSecAnswer, MockApiSecurity};
 pub use state::Fault;
 use state::{
     CodeError, CodeStore, FaultQueue, OauthGrant, TokenCheck, TokenStore, User, UserTokenCheck,
@@ -181,6 +192,9 @@ pub struct MockConfig {
     pub web_apps: Vec<MockApp>,
     /// Mini-program plugins (default none).
     pub plugins: Vec<MockPlugin>,
+    /// Apps with server API security keys (default none): their secured calls are verified
+    /// and answered encrypted and signed.
+    pub api_security: Vec<MockApiSecurity>,
 }
 
 impl Default for MockConfig {
@@ -193,6 +207,7 @@ impl Default for MockConfig {
             token_overlap: Duration::from_secs(300),
             web_apps: Vec::new(),
             plugins: Vec::new(),
+            api_security: Vec::new(),
         }
     }
 }
@@ -354,6 +369,21 @@ impl MockWechat {
         User::new(appid, user).openid
     }
 
+    /// How verified secured calls are answered from now on (default [`ApiSecAnswer::Good`]).
+    pub fn set_api_security_answer(&self, mode: ApiSecAnswer) {
+        self.shared.lock().apisec_answer = mode;
+    }
+
+    /// How many calls of `route` arrived encrypted and signed and passed WeChat's checks.
+    pub fn secured_calls(&self, route: &str) -> u64 {
+        self.shared
+            .lock()
+            .secured_calls
+            .get(route)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Clears faults and counters (codes, tokens and session keys are kept).
     pub fn reset(&self) {
         self.shared.reset(false);
@@ -410,6 +440,10 @@ struct Inner {
     risk_ranks: HashMap<String, u8>,
     /// The body of the last `getuserriskrank` request (what the issuer sent).
     last_risk_query: Option<Value>,
+    /// How verified secured calls are answered.
+    apisec_answer: ApiSecAnswer,
+    /// Verified secured calls, by route.
+    secured_calls: HashMap<String, u64>,
 }
 
 struct Shared {
@@ -444,6 +478,8 @@ impl Shared {
                 plugin_tokens: HashMap::new(),
                 plugin_codes: CodeStore::new(CODE_TTL_MS),
                 last_risk_query: None,
+                apisec_answer: ApiSecAnswer::Good,
+                secured_calls: HashMap::new(),
                 clock_offset_ms: 0,
             }),
         }
@@ -534,6 +570,8 @@ impl Shared {
         let mut inner = self.lock();
         inner.faults.clear();
         inner.calls.clear();
+        inner.secured_calls.clear();
+        inner.apisec_answer = ApiSecAnswer::Good;
         if all {
             inner.users.clear();
             inner.session_keys.clear();
@@ -593,6 +631,74 @@ impl Shared {
                 40001,
                 "invalid credential, access_token is invalid or not latest",
             )),
+        }
+    }
+
+    /// The app an access token was issued to (valid or expired), if any.
+    fn token_app(&self, token: Option<&str>) -> Option<String> {
+        let token = token?;
+        let inner = self.lock();
+        let now = Self::now_ms(&inner);
+        let known = |check: TokenCheck| !matches!(check, TokenCheck::Invalid);
+        if known(inner.tokens.check(token, now)) {
+            return Some(self.cfg.appid.clone());
+        }
+        inner
+            .plugin_tokens
+            .iter()
+            .find(|(_, tokens)| known(tokens.check(token, now)))
+            .map(|(appid, _)| appid.clone())
+    }
+
+    /// A secured call (see [`apisec`]): verified and decrypted, served by [`Shared::api`],
+    /// answered encrypted and signed (or broken as the test asked).
+    async fn secured(
+        &self,
+        route: &'static str,
+        headers: &apisec::RequestHeaders,
+        urlpath: &str,
+        q: &[(String, String)],
+        body: &[u8],
+        cookies: &[(String, String)],
+    ) -> Response {
+        let now_s = i64::try_from(Self::now_ms(&self.lock()) / 1000).unwrap_or(i64::MAX);
+        let keys_of = |appid: &str| {
+            self.cfg
+                .api_security
+                .iter()
+                .find(|keys| keys.appid == appid)
+                .cloned()
+        };
+        let token_app = self.token_app(param(q, "access_token"));
+        let opened = match apisec::open_request(headers, urlpath, body, now_s, keys_of, token_app) {
+            Ok(opened) => opened,
+            Err(refusal) => return self.error(route, refusal.errcode, refusal.errmsg),
+        };
+        let Some(keys) = keys_of(&opened.appid) else {
+            return self.error(route, 40238, "API_NoExist_DevSecretSym");
+        };
+        {
+            let mut inner = self.lock();
+            *inner.secured_calls.entry(route.to_string()).or_insert(0) += 1;
+        }
+        let plain = self.api(route, q, &opened.params, cookies);
+        let (parts, plain_body) = plain.into_parts();
+        let plain_bytes = http_body_util::BodyExt::collect(plain_body)
+            .await
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        let mode = self.lock().apisec_answer;
+        match apisec::seal_answer(&keys, &opened, &plain_bytes, now_s, mode) {
+            Some(sealed) => {
+                let mut response = respond(200, "application/json; encoding=utf-8", sealed.body);
+                for (name, value) in sealed.headers {
+                    if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+                        response.headers_mut().insert(name, value);
+                    }
+                }
+                response
+            }
+            None => hyper::Response::from_parts(parts, http_body_util::Full::new(plain_bytes)),
         }
     }
 
@@ -1280,6 +1386,15 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let q = query_pairs(req.uri().query());
+    let apisec_headers = apisec::RequestHeaders::read(req.headers());
+    // The guide's `urlpath`: the URL the caller used, with scheme and host, without the query.
+    let urlpath = format!(
+        "http://{}{path}",
+        req.headers()
+            .get(hyper::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    );
     let cookies = cookie_pairs(
         req.headers()
             .get(hyper::header::COOKIE)
@@ -1308,6 +1423,11 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
                 return shared.error(route, errcode, &errmsg);
             }
             Some(Fault::Body(body)) => return respond(200, content_type(route), body),
+        }
+        if apisec_headers.any() && apisec::SECURED_ROUTES.contains(&route) {
+            return shared
+                .secured(route, &apisec_headers, &urlpath, &q, &body, &cookies)
+                .await;
         }
         return shared.api(route, &q, &body, &cookies);
     }
@@ -1388,6 +1508,21 @@ fn control(
             }
             Err(msg) => bad_request(&msg),
         },
+        ("POST", "/mock/apisec") => {
+            let answer = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("answer").and_then(Value::as_str).map(String::from))
+                .and_then(|name| ApiSecAnswer::parse(&name));
+            match answer {
+                Some(mode) => {
+                    shared.lock().apisec_answer = mode;
+                    serve::json(200, &json!({"ok": true}))
+                }
+                None => bad_request(
+                    "need {\"answer\": \"good|bad_signature|wrong_serial|stale|bad_encryption|rotating|unsigned\"}",
+                ),
+            }
+        }
         ("GET", "/mock/stats") => {
             let inner = shared.lock();
             let mut map = serde_json::Map::new();
