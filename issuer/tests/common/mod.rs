@@ -118,6 +118,23 @@ impl Issuer {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The log once it holds every one of `needles`: a line written while (or just after) the
+    /// answer went out reaches the pipe reader a moment later. Fails after 10 s with the log.
+    pub async fn log_with(&self, needles: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if needles.iter().all(|needle| log.contains(needle)) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the issuer never logged {needles:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         let status = Command::new("kill")
