@@ -23,21 +23,16 @@ use crate::error::ApiError;
 use crate::feed::FeedCache;
 use crate::keys::{self, KeyError, KeyRing};
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
 use crate::secrets::{DataKey, SecretError};
+use crate::shared::{
+    Announcements, LocalLimiter, LoginLimiter, Polling, RedisAnnouncements, RedisLimiter,
+};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::tokens::TokenPolicy;
 use crate::wechat::{HttpWechat, HttpWechatConfig, Wechat};
 use crate::wechat_web::{HttpWechatWeb, HttpWechatWebConfig, WechatWeb};
-
-/// How often the revocation high-water mark is re-read on SQLite (covers writes by other
-/// processes on the same file).
-pub const SEQ_POLL: Duration = Duration::from_millis(250);
-/// On Redis, pub/sub wakes replicas; the re-read only covers a message lost while the
-/// subscription was reconnecting.
-pub const SEQ_POLL_REDIS: Duration = Duration::from_secs(5);
 
 /// Why the issuer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +57,21 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Unix seconds now, fractional (the login rate limit's buckets refill continuously).
+pub fn now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The shared state.
 pub struct App {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
-    /// The same store when it is Redis (shared rate limit, pub/sub wakeups).
-    pub redis: Option<RedisStore>,
+    /// The login rate limit: this process's, or shared by the replicas of a shared store.
+    pub limiter: Arc<dyn LoginLimiter>,
+    /// How this replica hears of revocations other replicas write.
+    announcements: Arc<dyn Announcements>,
     /// The replica's copy of the recent revocation feed.
     pub feed: FeedCache,
     /// The first mini-program's WeChat client (see [`App::wechat_for`] for the others).
@@ -83,7 +87,6 @@ pub struct App {
     pub data_key: DataKey,
     pub policy: TokenPolicy,
     keys: RwLock<Arc<KeyRing>>,
-    pub(crate) limiter: Mutex<RateLimiter>,
     /// The highest revocation seq this replica knows of.
     seq: watch::Sender<u64>,
     /// What the feed's long polls wait on: `seq`, paced by [`crate::feed::pace`].
@@ -184,23 +187,38 @@ pub async fn bootstrap_keys(
 pub async fn open_store(config: &Arc<Config>) -> Result<(Arc<dyn Store>, DataKey), StartError> {
     open_backend(config)
         .await
-        .map(|(store, _, data_key)| (store, data_key))
+        .map(|backend| (backend.store, backend.data_key))
 }
 
-/// Opens the store, also returning the Redis handle when the store is Redis.
-async fn open_backend(
-    config: &Arc<Config>,
-) -> Result<(Arc<dyn Store>, Option<RedisStore>, DataKey), StartError> {
+/// The store and what the replicas on it share ([`crate::shared`]).
+struct Backend {
+    store: Arc<dyn Store>,
+    limiter: Arc<dyn LoginLimiter>,
+    announcements: Arc<dyn Announcements>,
+    data_key: DataKey,
+}
+
+/// Opens the store, with the local or shared rate limit and announcements that go with it.
+async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
     match &config.store {
         StoreUrl::Sqlite(path) => {
             let (path, key) = (path.clone(), config.data_key.clone());
-            tokio::task::spawn_blocking(move || {
+            let (store, data_key) = tokio::task::spawn_blocking(move || {
                 let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path)?);
                 let data_key = DataKey::load(key.as_deref().map(|k| k.as_slice()), &path)?;
-                Ok::<_, StartError>((store, None, data_key))
+                Ok::<_, StartError>((store, data_key))
             })
             .await
-            .map_err(|err| StartError::Join(err.to_string()))?
+            .map_err(|err| StartError::Join(err.to_string()))??;
+            Ok(Backend {
+                store,
+                limiter: Arc::new(LocalLimiter::new(
+                    config.login_rate_per_min,
+                    config.login_burst,
+                )),
+                announcements: Arc::new(Polling),
+                data_key,
+            })
         }
         StoreUrl::Redis { target, display } => {
             let redis = RedisStore::connect(RedisOptions {
@@ -216,8 +234,16 @@ async fn open_backend(
                 config.data_key.as_deref().map(|k| k.as_slice()),
                 std::path::Path::new("WEAUTH_DATA_KEY"),
             )?;
-            let store: Arc<dyn Store> = Arc::new(redis.clone());
-            Ok((store, Some(redis), data_key))
+            Ok(Backend {
+                store: Arc::new(redis.clone()),
+                limiter: Arc::new(RedisLimiter::new(
+                    redis.clone(),
+                    config.login_rate_per_min,
+                    config.login_burst,
+                )),
+                announcements: Arc::new(RedisAnnouncements(redis)),
+                data_key,
+            })
         }
     }
 }
@@ -295,7 +321,12 @@ impl App {
             .map_err(StartError::Wechat)?,
         );
         let allowed_origins = crate::web::allowed_origins(&config.issuer, &config.apps);
-        let (store, redis, data_key) = open_backend(&config).await?;
+        let Backend {
+            store,
+            limiter,
+            announcements,
+            data_key,
+        } = open_backend(&config).await?;
         // A `store` span per operation only when something records it (traces exported, or
         // debug logs): otherwise the store is used as is, at no cost.
         let store: Arc<dyn Store> = if tracing::debug_span!("store", op = "probe").is_disabled() {
@@ -318,14 +349,10 @@ impl App {
             leeway: config.leeway_secs(),
         };
         Ok(Arc::new(App {
-            limiter: Mutex::new(RateLimiter::new(
-                config.login_rate_per_min,
-                config.login_burst,
-                100_000,
-            )),
+            limiter,
+            announcements,
             config,
             store,
-            redis,
             feed: FeedCache::new(),
             wechat,
             wechats,
@@ -466,18 +493,11 @@ impl App {
                 }
             },
         ));
-        if let Some(redis) = &self.redis {
-            tasks.push(tokio::spawn(follow_revocations(
-                Arc::clone(self),
-                redis.clone(),
-                shutdown.clone(),
-            )));
-        }
-        let poll = if self.redis.is_some() {
-            SEQ_POLL_REDIS
-        } else {
-            SEQ_POLL
-        };
+        tasks.push(tokio::spawn(follow_revocations(
+            Arc::clone(self),
+            shutdown.clone(),
+        )));
+        let poll = self.announcements.reread_every();
         let app = Arc::clone(self);
         tasks.push(periodic(shutdown.clone(), poll, move || {
             let app = Arc::clone(&app);
@@ -522,37 +542,13 @@ impl App {
     }
 }
 
-/// Wakes this replica's long polls when any replica writes a revocation: subscribes to the
-/// store's revocation channel (re-subscribing after a lost connection or a failover, and
-/// re-reading the seq then, since messages published meanwhile are gone).
-async fn follow_revocations(app: Arc<App>, redis: RedisStore, mut shutdown: watch::Receiver<bool>) {
-    use futures_util::StreamExt as _;
-    let channel = redis.channel();
+/// Wakes this replica's long polls when any replica writes a revocation: follows the
+/// announcements ([`Announcements::follow`]), again after a lost subscription or a failover.
+async fn follow_revocations(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let follow = async {
-            let client = redis.pubsub_client().await?;
-            let mut pubsub = client
-                .get_async_pubsub()
-                .await
-                .map_err(crate::store::redis::redis_err)?;
-            pubsub
-                .subscribe(&channel)
-                .await
-                .map_err(crate::store::redis::redis_err)?;
-            app.notify_seq(app.store.current_seq().await?);
-            tracing::debug!(channel = %channel, "following revocations");
-            let mut messages = pubsub.on_message();
-            while let Some(message) = messages.next().await {
-                if let Ok(seq) = message.get_payload::<u64>() {
-                    app.notify_seq(seq);
-                }
-            }
-            Err::<(), StoreError>(StoreError::Unavailable(
-                "the revocation subscription ended".into(),
-            ))
-        };
+        let heard = |seq: u64| app.notify_seq(seq);
         tokio::select! {
-            result = follow => {
+            result = app.announcements.follow(&heard) => {
                 if let Err(err) = result {
                     tracing::warn!(error = %err, "revocation subscription lost; re-subscribing");
                 }

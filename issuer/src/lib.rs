@@ -43,6 +43,7 @@ pub mod rules;
 pub mod secrets;
 pub mod server;
 pub mod sessions;
+pub mod shared;
 pub mod store;
 pub mod tokens;
 pub mod tracecontext;

@@ -37,7 +37,6 @@ use tracing::Instrument as _;
 
 use crate::app::App;
 use crate::error::{json_response, ApiError};
-use crate::ratelimit;
 use crate::sessions;
 use crate::tracecontext::TraceContext;
 use crate::web;
@@ -242,44 +241,7 @@ fn set_session_cookies(response: &mut Resp, tokens: &sessions::TokenResponse, se
 /// `/v1/web/authorize` (which stores a pending login per call).
 async fn check_rate(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
     let client = extract::client_ip(app, peer, headers);
-    let shared = match &app.redis {
-        // On Redis the bucket is shared by every replica; if Redis cannot answer, the local
-        // bucket decides (the login itself will meet the same outage).
-        Some(redis) => {
-            let unix = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            match redis
-                .rate_limit(
-                    &client.to_string(),
-                    app.config.login_rate_per_min,
-                    app.config.login_burst,
-                    unix,
-                )
-                .await
-            {
-                Ok(verdict) => {
-                    Some(verdict.map_or(Ok(()), |secs| Err(ratelimit::RetryAfter(secs))))
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "shared rate limit unavailable; using the local one");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    let allowed = match shared {
-        Some(verdict) => verdict,
-        None => {
-            let mut limiter = app
-                .limiter
-                .lock()
-                .map_err(|_| ApiError::Internal("rate limiter poisoned".into()))?;
-            limiter.check(client, app.uptime().as_secs_f64())
-        }
-    };
+    let allowed = app.limiter.take(client, crate::app::now_f64()).await;
     allowed.map_err(|retry| ApiError::RateLimited {
         retry_after: retry.0,
         description: "too many logins from this client; retry later".into(),

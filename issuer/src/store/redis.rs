@@ -1623,6 +1623,48 @@ mod tests {
         assert_eq!(b.rate_limit("1.2.3.4", 60, 2, 101.5).await.unwrap(), None);
     }
 
+    /// The replicas' shared abilities on Redis (`crate::shared`): two replicas' limiters take
+    /// from one bucket, and the local one decides while Redis is down; a revocation written
+    /// through one handle is announced to a follower.
+    #[tokio::test]
+    async fn redis_shared_limiter_and_announcements() {
+        use crate::shared::{Announcements, LoginLimiter, RedisAnnouncements, RedisLimiter};
+        let mut redis = TestRedis::new().await;
+        let handle = || async { RedisStore::connect(redis.options()).await.unwrap() };
+        let (a, b) = (
+            RedisLimiter::new(handle().await, 60, 2),
+            RedisLimiter::new(handle().await, 60, 2),
+        );
+        let client = "192.0.2.7".parse().unwrap();
+        assert!(a.take(client, 100.0).await.is_ok());
+        assert!(b.take(client, 100.0).await.is_ok());
+        assert!(a.take(client, 100.0).await.is_err(), "one bucket for both");
+
+        let announcements = RedisAnnouncements(handle().await);
+        let writer = handle().await;
+        let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel();
+        let follower = tokio::spawn(async move {
+            let heard = move |seq: u64| {
+                let _ = heard_tx.send(seq);
+            };
+            announcements.follow(&heard).await
+        });
+        // The first seq heard is the one read at subscription: the subscription is up.
+        assert_eq!(heard_rx.recv().await, Some(1));
+        let entry = writer
+            .revoke(&Revoke::Jti("announced".into()), 10, 20)
+            .await
+            .unwrap();
+        assert_eq!(heard_rx.recv().await, Some(entry.seq));
+        follower.abort();
+
+        redis.server.kill().await;
+        assert!(
+            a.take("192.0.2.8".parse().unwrap(), 100.0).await.is_ok(),
+            "Redis down: the local bucket decides"
+        );
+    }
+
     #[tokio::test]
     async fn redis_killed_then_restarted_reconnects_keeping_acknowledged_writes() {
         let mut redis = TestRedis::new().await;

@@ -1,0 +1,178 @@
+//! What replicas share besides the store's records, behind traits: a store that can share them
+//! (Redis today; a Redis Cluster or a database next) brings one implementation of each, and an
+//! issuer on its own uses the local ones. Nothing else in the issuer knows which store it has.
+//!
+//! - [`LoginLimiter`]: the per-client login rate limit ([`LocalLimiter`] per process;
+//!   [`RedisLimiter`] one bucket per client for every replica, the local one deciding while
+//!   Redis cannot answer).
+//! - [`Announcements`]: hearing of revocations other replicas wrote ([`Polling`]: none, the
+//!   seq is re-read often; [`RedisAnnouncements`]: pub/sub, with a slow re-read as a safety
+//!   net).
+
+use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::ratelimit::{RateLimiter, RetryAfter};
+use crate::store::redis::{redis_err, RedisStore};
+use crate::store::{Store, StoreError};
+
+/// How many clients the local limiter tracks before it evicts full buckets.
+const LOCAL_CLIENTS: usize = 100_000;
+
+/// The login rate limit (`WEAUTH_LOGIN_RATE`, `WEAUTH_LOGIN_BURST`).
+#[async_trait]
+pub trait LoginLimiter: Send + Sync {
+    /// Takes one login token for `client` at `now` (Unix seconds, fractional).
+    ///
+    /// # Errors
+    /// [`RetryAfter`] when the client's bucket is empty.
+    async fn take(&self, client: IpAddr, now: f64) -> Result<(), RetryAfter>;
+}
+
+/// One token bucket per client in this process.
+pub struct LocalLimiter(Mutex<RateLimiter>);
+
+impl LocalLimiter {
+    pub fn new(per_minute: u32, burst: u32) -> LocalLimiter {
+        LocalLimiter(Mutex::new(RateLimiter::new(
+            per_minute,
+            burst,
+            LOCAL_CLIENTS,
+        )))
+    }
+
+    fn take_now(&self, client: IpAddr, now: f64) -> Result<(), RetryAfter> {
+        // A panic while holding the lock cannot leave the buckets inconsistent (each update
+        // is a few float assignments): keep limiting rather than fail every login.
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(client, now)
+    }
+}
+
+#[async_trait]
+impl LoginLimiter for LocalLimiter {
+    async fn take(&self, client: IpAddr, now: f64) -> Result<(), RetryAfter> {
+        self.take_now(client, now)
+    }
+}
+
+/// One bucket per client shared by every replica on the Redis store.
+pub struct RedisLimiter {
+    redis: RedisStore,
+    per_minute: u32,
+    burst: u32,
+    /// Decides while Redis cannot answer (the login itself meets the same outage).
+    local: LocalLimiter,
+}
+
+impl RedisLimiter {
+    pub fn new(redis: RedisStore, per_minute: u32, burst: u32) -> RedisLimiter {
+        RedisLimiter {
+            redis,
+            per_minute,
+            burst,
+            local: LocalLimiter::new(per_minute, burst),
+        }
+    }
+}
+
+#[async_trait]
+impl LoginLimiter for RedisLimiter {
+    async fn take(&self, client: IpAddr, now: f64) -> Result<(), RetryAfter> {
+        match self
+            .redis
+            .rate_limit(&client.to_string(), self.per_minute, self.burst, now)
+            .await
+        {
+            Ok(verdict) => verdict.map_or(Ok(()), |secs| Err(RetryAfter(secs))),
+            Err(err) => {
+                tracing::debug!(error = %err, "shared rate limit unavailable; using the local one");
+                self.local.take_now(client, now)
+            }
+        }
+    }
+}
+
+/// Hearing of the revocations other replicas write.
+#[async_trait]
+pub trait Announcements: Send + Sync {
+    /// How often the store's seq is re-read: the only way to hear of other writers where
+    /// nothing is announced, a safety net where announcements can be lost.
+    fn reread_every(&self) -> Duration;
+
+    /// Follows the announcements, passing each announced seq to `heard`, until the
+    /// subscription is lost (then the caller waits a moment and calls again). Where nothing is
+    /// announced, never returns.
+    ///
+    /// # Errors
+    /// The subscription could not be made or was lost.
+    async fn follow(&self, heard: &(dyn Fn(u64) + Send + Sync)) -> Result<(), StoreError>;
+}
+
+/// No announcements: the seq is re-read every 250 ms (SQLite, where every writer shares the
+/// file and `max(seq)` is cheap).
+pub struct Polling;
+
+#[async_trait]
+impl Announcements for Polling {
+    fn reread_every(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+
+    async fn follow(&self, _: &(dyn Fn(u64) + Send + Sync)) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+}
+
+/// Redis pub/sub on the store's revocation channel (the REVOKE script publishes each new seq),
+/// woken within milliseconds; the seq is re-read every 5 s for a message lost while the
+/// subscription was reconnecting.
+pub struct RedisAnnouncements(pub RedisStore);
+
+#[async_trait]
+impl Announcements for RedisAnnouncements {
+    fn reread_every(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    async fn follow(&self, heard: &(dyn Fn(u64) + Send + Sync)) -> Result<(), StoreError> {
+        use futures_util::StreamExt as _;
+        let channel = self.0.channel();
+        let client = self.0.pubsub_client().await?;
+        let mut pubsub = client.get_async_pubsub().await.map_err(redis_err)?;
+        pubsub.subscribe(&channel).await.map_err(redis_err)?;
+        // Messages published before the subscription are gone: read the seq once now.
+        heard(self.0.current_seq().await?);
+        tracing::debug!(channel = %channel, "following revocations");
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            if let Ok(seq) = message.get_payload::<u64>() {
+                heard(seq);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the revocation subscription ended".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_limiter_refuses_past_the_burst_per_client() {
+        let limiter = LocalLimiter::new(60, 2);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert_eq!(limiter.take(a, 100.0).await, Ok(()));
+        assert_eq!(limiter.take(a, 100.0).await, Ok(()));
+        assert_eq!(limiter.take(a, 100.0).await, Err(RetryAfter(1)));
+        assert_eq!(limiter.take(b, 100.0).await, Ok(()), "another client");
+        assert_eq!(limiter.take(a, 101.0).await, Ok(()), "refilled");
+    }
+}
