@@ -24,11 +24,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use zeroize::Zeroizing;
 
-use crate::app::{now, App};
+use crate::app::App;
 use crate::secrets::{self, SecretError};
 use crate::store::{CachedToken, StoreError};
 use crate::wechat::WechatError;
@@ -140,7 +142,7 @@ pub async fn get_for(
     // not share the lease either.
     let holder = format!("{}.{}", app.replica_id, secrets::random_b64(6));
     loop {
-        let at = now();
+        let at = app.now();
         let cached = app.store.wechat_token(&appid).await?;
         let decision = plan(cached.as_ref(), at, refused_hash.as_deref());
         if decision == Plan::Use {
@@ -187,7 +189,7 @@ async fn fetch_as_holder(
     let holder = holder.to_string();
     // Another replica may have written a fresh token between our read and the lease.
     let latest = app.store.wechat_token(&appid).await?;
-    if plan(latest.as_ref(), now(), refused_hash) == Plan::Use {
+    if plan(latest.as_ref(), app.now(), refused_hash) == Plan::Use {
         if let Some(token) = &latest {
             release(app, &appid, &holder).await;
             return open(app, &appid, token);
@@ -196,7 +198,7 @@ async fn fetch_as_holder(
     let fetched = fetch(app, &appid, refused).await;
     match fetched {
         Ok(token) => {
-            let at = now();
+            let at = app.now();
             let record = CachedToken {
                 sealed: app
                     .data_key
@@ -218,7 +220,7 @@ async fn fetch_as_holder(
         Err(err) => {
             release(app, &appid, &holder).await;
             // Still valid (just due for refresh)? Keep serving with it.
-            let usable = cached.filter(|c| plan(Some(c), now(), refused_hash) != Plan::Fetch);
+            let usable = cached.filter(|c| plan(Some(c), app.now(), refused_hash) != Plan::Fetch);
             if let Some(token) = usable {
                 app.metrics.wechat_token_refresh("failed_kept_old");
                 tracing::warn!(appid = %appid, error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");

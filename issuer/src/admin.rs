@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use weauth_token::revocation::Entry;
 
-use crate::app::{now, App};
+use crate::app::App;
 use crate::error::ApiError;
 use crate::grants::{self, Ban};
 use crate::sessions;
@@ -48,7 +48,7 @@ pub async fn ban(
     reason: Option<String>,
 ) -> Result<Banned, ApiError> {
     check_sub(&sub)?;
-    let now = now();
+    let now = app.now();
     let ban = grants::new_ban(until, reason, now).map_err(ApiError::InvalidRequest)?;
     if !app.store.set_ban(&sub, Some(&ban), now).await? {
         return Err(ApiError::UnknownUser(sub));
@@ -90,9 +90,9 @@ pub async fn unban(app: &Arc<App>, sub: String) -> Result<Unbanned, ApiError> {
         return Err(ApiError::UnknownUser(sub));
     };
     if let Some(ban) = &current.ban {
-        wait_until_second(ban.created_at + 1).await;
+        wait_until_second(app, ban.created_at + 1).await;
     }
-    if !app.store.set_ban(&sub, None, now()).await? {
+    if !app.store.set_ban(&sub, None, app.now()).await? {
         return Err(ApiError::UnknownUser(sub));
     }
     tracing::info!(sub = %sub, "user unbanned");
@@ -103,13 +103,11 @@ pub async fn unban(app: &Arc<App>, sub: String) -> Result<Unbanned, ApiError> {
 }
 
 /// Sleeps until the unix second `second` has begun (at most about a second here).
-async fn wait_until_second(second: i64) {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let target_ms = u128::try_from(second.max(0)).unwrap_or(0) * 1000;
-    if let Some(wait) = target_ms.checked_sub(now_ms) {
+async fn wait_until_second(app: &App, second: i64) {
+    let wait = second
+        .saturating_mul(1000)
+        .saturating_sub(app.clock.now_ms());
+    if wait > 0 {
         let wait = u64::try_from(wait).unwrap_or(0).min(2000);
         tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     }
@@ -135,7 +133,7 @@ pub async fn set_scopes(
 ) -> Result<Scopes, ApiError> {
     check_sub(&sub)?;
     let scopes = grants::normalize_scopes(&scopes).map_err(ApiError::InvalidRequest)?;
-    if !app.store.set_scopes(&sub, &scopes, now()).await? {
+    if !app.store.set_scopes(&sub, &scopes, app.now()).await? {
         return Err(ApiError::UnknownUser(sub));
     }
     tracing::info!(sub = %sub, scopes = %scopes.join(" "), "user scopes set");
@@ -176,7 +174,7 @@ pub async fn lookup(app: &Arc<App>, sub: String) -> Result<UserView, ApiError> {
     else {
         return Err(ApiError::UnknownUser(sub));
     };
-    let banned = grants.active_ban(now()).is_some();
+    let banned = grants.active_ban(app.now()).is_some();
     Ok(UserView {
         sub: user.sub,
         created_at: user.created_at,

@@ -11,12 +11,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::apps::AppKind;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::config::StoreUrl;
 use crate::error::ApiError;
@@ -49,24 +52,11 @@ pub enum StartError {
     Join(String),
 }
 
-/// Unix seconds now.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// Unix seconds now, fractional (the login rate limit's buckets refill continuously).
-pub fn now_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// The shared state.
 pub struct App {
     pub config: Arc<Config>,
+    /// The wall clock ([`crate::clock`]): the system's, or a test's manual one.
+    pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn Store>,
     /// The login rate limit: this process's, or shared by the replicas of a shared store.
     pub limiter: Arc<dyn LoginLimiter>,
@@ -258,6 +248,18 @@ impl App {
         config: Config,
         wechat: Option<Arc<dyn Wechat>>,
     ) -> Result<Arc<App>, StartError> {
+        App::build_with_clock(config, wechat, Arc::new(SystemClock)).await
+    }
+
+    /// [`App::build`] on a given clock (tests: a [`crate::clock::ManualClock`]).
+    ///
+    /// # Errors
+    /// Any [`StartError`].
+    pub async fn build_with_clock(
+        config: Config,
+        wechat: Option<Arc<dyn Wechat>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<App>, StartError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         // One client per mini-program or plugin, keyed by appid; a client given by a test stands
@@ -279,6 +281,7 @@ impl App {
                             timeout: config.wechat_timeout,
                             retries: config.wechat_retries,
                             api_security: entry.api_security.clone(),
+                            clock: Arc::clone(&clock),
                         },
                         Arc::clone(&metrics),
                     )
@@ -302,6 +305,7 @@ impl App {
                         timeout: config.wechat_timeout,
                         retries: config.wechat_retries,
                         api_security: None,
+                        clock: Arc::clone(&clock),
                     },
                     Arc::clone(&metrics),
                 )
@@ -334,7 +338,7 @@ impl App {
         } else {
             Arc::new(crate::store::traced::TracedStore(store))
         };
-        let now = now();
+        let now = clock.now();
         bootstrap_keys(store.as_ref(), &config, &data_key, now).await?;
         let retain = config.access_ttl_secs() + config.leeway_secs();
         let ring = keys::ring(&store.keys().await?, &data_key, now, retain)?;
@@ -352,6 +356,7 @@ impl App {
             limiter,
             announcements,
             config,
+            clock,
             store,
             feed: FeedCache::new(),
             wechat,
@@ -397,7 +402,7 @@ impl App {
     pub async fn reload_keys(&self) -> Result<(), StartError> {
         let records = self.store.keys().await?;
         let retain = self.policy.access_ttl + self.policy.leeway;
-        let ring = keys::ring(&records, &self.data_key, now(), retain)?;
+        let ring = keys::ring(&records, &self.data_key, self.now(), retain)?;
         let dropped = ring.dropped.clone();
         self.metrics.signing_keys(ring.signing_since, ring.next);
         let previous = self.keys();
@@ -464,6 +469,11 @@ impl App {
     }
 
     /// Seconds since start.
+    /// Unix seconds now, on the app's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
@@ -518,7 +528,7 @@ impl App {
         tasks.push(periodic(shutdown, self.config.purge_interval, move || {
             let app = Arc::clone(&app);
             async move {
-                let at = now();
+                let at = app.now();
                 match app.store.purge(at).await {
                     Ok(purged) if purged != Default::default() => {
                         if purged.revocations > 0 {

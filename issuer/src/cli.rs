@@ -9,7 +9,8 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::app::{now, open_store};
+use crate::app::open_store;
+use crate::clock::{Clock as _, SystemClock};
 use crate::config::Config;
 use crate::keys::{self, Role};
 use crate::store::sqlite::SqliteStore;
@@ -69,7 +70,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 /// Store, key or sealing failures, as text.
 pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
     let (store, data_key) = open_store(config).await.map_err(|err| err.to_string())?;
-    let now = now();
+    let now = SystemClock.now();
     let delay = crate::config::secs(config.key_publish_delay);
     let existing = store.keys().await.map_err(|err| err.to_string())?;
     let activate_at = keys::next_activation(&existing, now, delay);
@@ -114,7 +115,7 @@ pub async fn list(config: &Arc<Config>) -> Result<String, String> {
             store.keys().await.map_err(|err| err.to_string())?
         }
     };
-    let now = now();
+    let now = SystemClock.now();
     let retain = config.access_ttl_secs() + config.leeway_secs();
     let pairs: Vec<(&str, i64)> = records
         .iter()

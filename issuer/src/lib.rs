@@ -26,6 +26,7 @@ pub mod api;
 pub mod app;
 pub mod apps;
 pub mod cli;
+pub mod clock;
 pub mod config;
 /// `docs/CONFIGURATION.md`'s variable table from [`config::VARIABLES`], and its check.
 #[cfg(test)]

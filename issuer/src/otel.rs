@@ -16,7 +16,9 @@
 //! batches every second.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::SystemClock;
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -69,7 +71,8 @@ struct SpanData {
     span_id: [u8; 8],
     parent_id: Option<[u8; 8]>,
     name: &'static str,
-    start: SystemTime,
+    /// Unix nanoseconds.
+    start: u128,
     attributes: BTreeMap<String, Value>,
 }
 
@@ -117,11 +120,8 @@ fn hex_id<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn unix_nanos(t: SystemTime) -> String {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-        .to_string()
+fn unix_nanos(t: u128) -> String {
+    t.to_string()
 }
 
 /// OTLP span kinds.
@@ -135,7 +135,7 @@ fn kind(name: &str) -> u8 {
 
 impl SpanData {
     /// The span in OTLP JSON, ended at `end`.
-    fn to_otlp(&self, end: SystemTime) -> Value {
+    fn to_otlp(&self, end: u128) -> Value {
         let failed = match self.name {
             "request" => self
                 .attributes
@@ -226,7 +226,7 @@ where
             span_id,
             parent_id,
             name,
-            start: SystemTime::now(),
+            start: SystemClock.now_nanos(),
             attributes: fields.0,
         });
     }
@@ -245,7 +245,7 @@ where
         if let Some(span) = ctx.span(&id) {
             if let Some(data) = span.extensions_mut().remove::<SpanData>() {
                 // Full queue: the collector is behind; the span is dropped ([`export`] says so).
-                let _ = self.tx.try_send(data.to_otlp(SystemTime::now()));
+                let _ = self.tx.try_send(data.to_otlp(SystemClock.now_nanos()));
             }
         }
     }
@@ -277,7 +277,7 @@ pub fn body(service_name: &str, spans: Vec<Value>) -> Value {
 /// until `rx` closes. A failed post is logged (at most once a minute) and its spans dropped.
 pub async fn export(config: OtlpConfig, mut rx: SpanReceiver) {
     let client = reqwest::Client::new();
-    let mut last_warning: Option<std::time::Instant> = None;
+    let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let mut spans = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -301,7 +301,7 @@ pub async fn export(config: OtlpConfig, mut rx: SpanReceiver) {
             .and_then(reqwest::Response::error_for_status);
         if let Err(err) = result {
             if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                last_warning = Some(std::time::Instant::now());
+                last_warning = Some(tokio::time::Instant::now());
                 tracing::warn!(url = %config.traces_url, error = %err, dropped = count, "OTLP export failed");
             }
         }
@@ -358,10 +358,10 @@ mod tests {
             span_id: [2; 8],
             parent_id: Some([3; 8]),
             name: "wechat",
-            start: UNIX_EPOCH + Duration::from_secs(1),
+            start: 1_000_000_000,
             attributes,
         };
-        let span = data.to_otlp(UNIX_EPOCH + Duration::from_millis(1500));
+        let span = data.to_otlp(1_500_000_000);
         assert_eq!(span["traceId"], "01010101010101010101010101010101");
         assert_eq!(span["spanId"], "0202020202020202");
         assert_eq!(span["parentSpanId"], "0303030303030303");

@@ -5,7 +5,7 @@
 //! The decisions (refresh verdict, user linking, revocation coverage) are pure functions in
 //! [`crate::rules`], which the store calls inside its atomic units. This module is glue between
 //! HTTP handlers, WeChat and the store, with every time taken once per request from
-//! [`crate::app::now`].
+//! the app's clock ([`crate::clock`]).
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use weauth_token::Claims;
 use zeroize::Zeroizing;
 
 use crate::access_token::{self, CallError};
-use crate::app::{now, App};
+use crate::app::App;
 use crate::error::ApiError;
 use crate::grants::Grants;
 use crate::identity::{self, Credential, ExternalIdentity};
@@ -152,7 +152,7 @@ pub async fn login(
         let fact = crate::store::RiskFact {
             appid: entry.appid.clone(),
             rank,
-            at: now(),
+            at: app.now(),
         };
         if let Err(err) = app.store.set_risk(&subject.sub, &fact).await {
             tracing::warn!(error = %err, appid = %entry.appid, "the user's risk rank was not kept");
@@ -233,7 +233,7 @@ pub async fn establish(
     identity: ExternalIdentity,
     code_hash: String,
 ) -> Result<(TokenResponse, Subject), ApiError> {
-    let now = now();
+    let now = app.now();
     let sid = secrets::random_id("s_");
     let sealed = match &identity.session_key {
         Some(key) => Some(
@@ -307,7 +307,7 @@ pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, A
         app.metrics.refresh("invalid_grant");
         return Err(ApiError::InvalidGrant("unknown refresh token".into()));
     }
-    let now = now();
+    let now = app.now();
     let presented_hash = tokens::refresh_hash(presented);
     // A banned user's refresh is refused before anything is consumed. A ban set after this
     // read is still safe: the ban's `sub` revocation covers a token issued now.
@@ -383,7 +383,7 @@ pub async fn authenticate(app: &Arc<App>, authorization: Option<&str>) -> Result
         ));
     };
     let ring = app.keys();
-    let claims = tokens::check(token, &ring.verify, &app.policy, now()).map_err(|err| {
+    let claims = tokens::check(token, &ring.verify, &app.policy, app.now()).map_err(|err| {
         app.metrics.bearer_rejected(err.reason());
         ApiError::InvalidToken(err.to_string())
     })?;
@@ -403,7 +403,7 @@ pub async fn authenticate(app: &Arc<App>, authorization: Option<&str>) -> Result
 /// # Errors
 /// Store failures.
 pub async fn revoke(app: &Arc<App>, revoke: Revoke) -> Result<Entry, ApiError> {
-    let now = now();
+    let now = app.now();
     let until = match &revoke {
         Revoke::Sub { issued_before, .. } => {
             revocation::until_for_sub(*issued_before, app.policy.access_ttl, app.policy.leeway)

@@ -40,7 +40,7 @@ use serde::Serialize;
 use weauth_token::Claims;
 
 use crate::access_token::{self, CallError};
-use crate::app::{now, App};
+use crate::app::App;
 use crate::error::{phone_error, ApiError};
 use crate::sessions;
 use crate::wechat::{encrypted_msg_hash, EncryptedCheck};
@@ -119,7 +119,7 @@ async fn decrypt_inner(
         input.encrypted_data,
         input.iv,
         &claims.appid,
-        now(),
+        app.now(),
         max_age,
     )?;
     if let Some((raw, signature)) = raw {
@@ -251,7 +251,7 @@ async fn phone_inner(app: &Arc<App>, claims: &Claims, code: &str) -> Result<Phon
     let sealed = seal_phone(app, &claims.sub, &info.phone_number)?;
     let stored = app
         .store
-        .set_phone(&claims.sub, Some(&sealed), now())
+        .set_phone(&claims.sub, Some(&sealed), app.now())
         .await?;
     if !stored {
         return Err(ApiError::InvalidToken(

@@ -17,7 +17,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Deserialize;
 use tracing::Instrument as _;
@@ -531,6 +533,8 @@ pub struct HttpWechatConfig {
     /// The app's server API security keys: calls of [`crate::wechat_apisec::SECURED_PATHS`]
     /// are then encrypted and signed (`None`: every call in clear).
     pub api_security: Option<Arc<crate::wechat_apisec::ApiSecurityKeys>>,
+    /// Dates the API security requests and judges the answers' timestamps.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// The real client, over reqwest with rustls.
@@ -572,14 +576,6 @@ impl HttpWechat {
         let body = response.bytes().await.map_err(transport_error)?;
         classify(status, &body)
     }
-}
-
-/// Unix seconds now (the API security timestamps).
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The HTTP client of every WeChat API client: connect and total timeouts, no redirects (an
@@ -768,7 +764,7 @@ impl HttpWechat {
             appid,
             &urlpath,
             &body.to_string(),
-            unix_now(),
+            self.config.clock.now(),
             &apisec::RequestNonces::random(),
         )
         .map_err(WechatError::ApiSecurity)?;
@@ -794,7 +790,14 @@ impl HttpWechat {
         if !(200..300).contains(&status) {
             return Err(WechatError::Status(status));
         }
-        match apisec::open_answer(keys, appid, &urlpath, &headers, &bytes, unix_now()) {
+        match apisec::open_answer(
+            keys,
+            appid,
+            &urlpath,
+            &headers,
+            &bytes,
+            self.config.clock.now(),
+        ) {
             Ok(answer) => Ok(answer),
             // WeChat's refusals come in clear: an error, mapped as any errcode.
             Err(ApiSecError::Refused { errcode, errmsg }) => {

@@ -14,13 +14,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weauth_issuer::access_token::{self, TokenError};
-use weauth_issuer::app::{now, App};
+use weauth_issuer::app::App;
+use weauth_issuer::clock::{Clock as _, SystemClock};
 use weauth_issuer::config::{Config, Source};
 use weauth_issuer::error::ApiError;
 use weauth_issuer::secrets::sha256_hex;
 use weauth_issuer::store::CachedToken;
 use weauth_issuer::wechat::{AccessToken, BoxFuture, Code2Session, Wechat, WechatError};
 use zeroize::Zeroizing;
+
+/// Unix seconds now (the issuers under test run on the system clock).
+fn now() -> i64 {
+    SystemClock.now()
+}
 
 const APPID: &str = "wx1";
 

@@ -17,6 +17,7 @@ use hyper::Request;
 use serde_json::{json, Value};
 use weauth_issuer::api;
 use weauth_issuer::app::App;
+use weauth_issuer::clock::{Clock, ManualClock, SystemClock};
 use weauth_issuer::config::{Config, Source};
 use weauth_issuer::wechat::{BoxFuture, Code2Session, Wechat, WechatError};
 use zeroize::Zeroizing;
@@ -46,6 +47,10 @@ impl Wechat for FakeWechat {
 }
 
 async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
+    app_on(dir, Arc::new(SystemClock)).await
+}
+
+async fn app_on(dir: &common::TempDir, clock: Arc<dyn Clock>) -> (Arc<App>, Arc<FakeWechat>) {
     let vars: HashMap<&str, String> = HashMap::from([
         ("WEAUTH_WECHAT_APPID", "wx1".to_string()),
         ("WEAUTH_WECHAT_SECRET", "s".to_string()),
@@ -66,7 +71,7 @@ async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
     let fake = Arc::new(FakeWechat {
         calls: AtomicU32::new(0),
     });
-    let app = App::build(config, Some(fake.clone() as Arc<dyn Wechat>))
+    let app = App::build_with_clock(config, Some(fake.clone() as Arc<dyn Wechat>), clock)
         .await
         .unwrap();
     (app, fake)
@@ -211,5 +216,49 @@ async fn router_error_shapes() {
     assert_eq!(
         (status, body["error"].as_str()),
         (503, Some("temporarily_unavailable"))
+    );
+}
+
+/// Time is an argument: on a manual clock, the reuse grace and the access token's lifetime
+/// pass without sleeping.
+#[tokio::test]
+async fn manual_clock_drives_the_reuse_grace_and_token_expiry() {
+    let dir = common::temp_dir("router");
+    let clock = Arc::new(ManualClock::starting_now());
+    let (app, _) = app_on(&dir, clock.clone()).await;
+    let me = |access: &str| {
+        Request::get("/v1/me")
+            .header("authorization", format!("Bearer {access}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let refresh = |token: &Value| post_json("/v1/token/refresh", json!({"refresh_token": token}));
+    let (_, login) = call(&app, post_json("/v1/login", json!({"code": "good-kim"}))).await;
+    let (status, _) = call(&app, refresh(&login["refresh_token"])).await;
+    assert_eq!(status, 200);
+    // Within the default 10 s grace: a sibling pair.
+    clock.advance_secs(10);
+    let (status, sibling) = call(&app, refresh(&login["refresh_token"])).await;
+    assert_eq!(status, 200, "{sibling}");
+    // One second later the grace is over: reuse, the session is revoked.
+    clock.advance_secs(1);
+    let (status, body) = call(&app, refresh(&login["refresh_token"])).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, _) = call(&app, me(sibling["access_token"].as_str().unwrap())).await;
+    assert_eq!(status, 401, "revoked with its session");
+
+    // A fresh session's access token expires after WEAUTH_ACCESS_TTL (15 min) + leeway (60 s).
+    let (_, login) = call(&app, post_json("/v1/login", json!({"code": "good-lee"}))).await;
+    let access = login["access_token"].as_str().unwrap().to_string();
+    clock.advance_secs(15 * 60);
+    assert_eq!(call(&app, me(&access)).await.0, 200, "within the leeway");
+    clock.advance_secs(61);
+    let (status, body) = call(&app, me(&access)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token"))
     );
 }

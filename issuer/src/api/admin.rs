@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::extract::{read_json, Admin};
 use super::{json, Resp};
 use crate::admin as service;
-use crate::app::{now, App};
+use crate::app::App;
 use crate::error::ApiError;
 use crate::sessions;
 use crate::store::Revoke;
@@ -59,7 +59,7 @@ pub async fn revoke(
     request: Request,
 ) -> Result<Resp, ApiError> {
     let body: RevokeRequest = read_json(request, &app.config).await?;
-    let now = now();
+    let now = app.now();
     let revoke = match (body.jti, body.sid, body.sub, body.issued_before) {
         (Some(jti), None, None, None) if !jti.is_empty() => Revoke::Jti(jti),
         (None, Some(sid), None, None) if !sid.is_empty() => Revoke::Sid(sid),

@@ -8,7 +8,7 @@ use hyper::{StatusCode, Uri};
 
 use super::extract::FeedReader;
 use super::Resp;
-use crate::app::{now, App};
+use crate::app::App;
 use crate::error::{json_bytes_response, ApiError};
 use crate::revocation;
 
@@ -44,7 +44,7 @@ pub async fn poll(State(app): State<Arc<App>>, _: FeedReader, uri: Uri) -> Resul
     let _waiting = app.feed_waiter();
     let mut woken = false;
     loop {
-        let at = now();
+        let at = app.now();
         // Served from the replica's copy, which reads the store once per new seq however many
         // polls are waiting, and serializes once per `since` the woken polls share.
         // The copy is caught up to every seq this replica knows of (its own acknowledged

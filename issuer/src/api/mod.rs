@@ -165,7 +165,7 @@ async fn observe(
     request: Request,
     next: Next,
 ) -> axum::response::Response {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let route = crate::metrics::route_label(&path);
@@ -241,7 +241,7 @@ fn set_session_cookies(response: &mut Resp, tokens: &sessions::TokenResponse, se
 /// `/v1/web/authorize` (which stores a pending login per call).
 async fn check_rate(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
     let client = extract::client_ip(app, peer, headers);
-    let allowed = app.limiter.take(client, crate::app::now_f64()).await;
+    let allowed = app.limiter.take(client, app.clock.now_secs_f64()).await;
     allowed.map_err(|retry| ApiError::RateLimited {
         retry_after: retry.0,
         description: "too many logins from this client; retry later".into(),

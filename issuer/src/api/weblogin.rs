@@ -9,7 +9,7 @@ use hyper::{HeaderMap, StatusCode, Uri};
 
 use super::extract::{cookie, Peer};
 use super::{check_rate, set_cookies, set_session_cookies, Resp};
-use crate::app::{now, App};
+use crate::app::App;
 use crate::error::ApiError;
 use crate::identity::{self, Credential};
 use crate::secrets;
@@ -83,7 +83,7 @@ pub async fn authorize(
         let mut rng = rand::thread_rng();
         (web::new_state(&mut rng), web::new_binding(&mut rng))
     };
-    let expires_at = now() + web::STATE_TTL;
+    let expires_at = app.now() + web::STATE_TTL;
     let pending = web::PendingLogin {
         appid: entry.appid.clone(),
         redirect_uri,
@@ -143,7 +143,7 @@ async fn complete(app: &Arc<App>, uri: &Uri, headers: &HeaderMap) -> Result<Resp
         return Err(web_error(WebError::StateMalformed));
     }
     let binding = cookie(headers, web::STATE_COOKIE)?.map(str::to_string);
-    let now = now();
+    let now = app.now();
     let taken = app
         .store
         .take_ephemeral(&web::state_key(&state), now)
