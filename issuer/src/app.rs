@@ -4,7 +4,9 @@
 //! Background tasks: key reload (every `WEAUTH_KEY_RELOAD`, which also promotes a rotated key
 //! once its publish delay is over); revocation wakeups from other replicas (on Redis a pub/sub
 //! subscription, woken within milliseconds, with a 5 s `seq` re-read as a safety net; on SQLite
-//! a cheap `max(seq)` poll every 250 ms; either re-read sets the `weauth_store_up` gauge); and
+//! a cheap `max(seq)` poll every 250 ms; either re-read sets the `weauth_store_up` gauge); on
+//! Redis, the store's health read every second (replicas online, evicted keys, the eviction
+//! policy; the `weauth_store_replicas*` and `weauth_store_evicted_keys_total` series); and
 //! a purge of expired revocations, sessions and refresh tokens every `WEAUTH_PURGE_INTERVAL`
 //! (default 60 s). All of them end when the shutdown `watch` flips.
 
@@ -38,6 +40,9 @@ pub const SEQ_POLL: Duration = Duration::from_millis(250);
 /// On Redis, pub/sub wakes replicas; the re-read only covers a message lost while the
 /// subscription was reconnecting.
 pub const SEQ_POLL_REDIS: Duration = Duration::from_secs(5);
+/// On Redis, how often the store's health is read (replicas online, evicted keys, the
+/// eviction policy; [`RedisStore::check_health`]).
+pub const REDIS_HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the issuer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +214,7 @@ async fn open_backend(
                 prefix: config.redis_prefix.clone(),
                 wait_replicas: config.redis_wait_replicas,
                 wait_timeout: config.redis_wait_timeout,
+                allow_eviction: config.redis_allow_eviction,
             })
             .await?;
             // Config validation makes WEAUTH_DATA_KEY required on Redis; the path is unused.
@@ -470,6 +476,19 @@ impl App {
                 redis.clone(),
                 shutdown.clone(),
             )));
+            let (app, redis) = (Arc::clone(self), redis.clone());
+            tasks.push(periodic(shutdown.clone(), REDIS_HEALTH_EVERY, move || {
+                let (app, redis) = (Arc::clone(&app), redis.clone());
+                async move {
+                    let health = redis.check_health().await;
+                    app.metrics.redis_health(
+                        health.replicas,
+                        health.wanted,
+                        health.evicted_keys,
+                        health.unreplicated_writes,
+                    );
+                }
+            }));
         }
         let poll = if self.redis.is_some() {
             SEQ_POLL_REDIS

@@ -44,10 +44,18 @@
 //! Durability: with `WAIT` configured (`WEAUTH_REDIS_WAIT_REPLICAS`, default 1 on Sentinel),
 //! every write is acknowledged to the client only after that many replicas have it, or after
 //! `WEAUTH_REDIS_WAIT_TIMEOUT` (then a warning is logged and counted: that write could be lost
-//! by a failover in the next moment). Revocations are published on `P revocations` so every
-//! replica's long polls wake at once.
+//! by a failover in the next moment). `WAIT` asks for no more replicas than the primary last
+//! reported online, and is skipped while it reports none (after a failover that left the
+//! promoted primary alone): a `WAIT` that cannot be satisfied runs its whole timeout and holds
+//! every command queued behind it on the multiplexed connection. The primary's replicas are
+//! read (`INFO replication`, on a second connection that no `WAIT` blocks) at connect, after
+//! every Sentinel re-resolution, after a `WAIT` that fell short, and by [`RedisStore::check_health`]
+//! (the issuer calls it every second), which also follows `evicted_keys` and re-checks
+//! `maxmemory-policy`. The pure side of these checks is [`super::redis_checks`].
+//! Revocations are published on `P revocations` so every replica's long polls wake at once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +69,7 @@ use redis::{
 use serde::{Deserialize, Serialize};
 use weauth_token::revocation::{Entry, EntryKind};
 
+use super::redis_checks::{self, Eviction, EvictionWatch, Replication};
 use super::{
     CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, RiskFact, Rotate,
     RotateResult, SessionRecord, Store, StoreError, UserRecord,
@@ -102,11 +111,20 @@ pub struct RedisOptions {
     /// `WAIT` for this many replicas after each write (0: do not wait).
     pub wait_replicas: usize,
     pub wait_timeout: Duration,
+    /// `WEAUTH_REDIS_ALLOW_EVICTION`: start (with a warning) even when `maxmemory-policy` can
+    /// evict weauth's keys.
+    pub allow_eviction: bool,
 }
 
-/// Connection state: the current primary's connection manager.
+/// The variable that accepts an evicting `maxmemory-policy`.
+pub const ALLOW_EVICTION_VAR: &str = "WEAUTH_REDIS_ALLOW_EVICTION";
+
+/// Connection state: the current primary's connection managers.
 struct Conn {
     manager: ConnectionManager,
+    /// A second connection to the same primary for the health reads (`INFO`, `CONFIG GET`),
+    /// so they are never queued behind a `WAIT` on the main one.
+    health: ConnectionManager,
     /// When the primary was last re-resolved through Sentinel.
     resolved_at: Instant,
 }
@@ -123,6 +141,38 @@ struct Inner {
     /// Serializes Sentinel re-resolution.
     resolving: tokio::sync::Mutex<()>,
     scripts: Scripts,
+    health: Health,
+}
+
+/// What the health reads found, shared by the write path and the periodic check.
+struct Health {
+    /// Replicas the primary last reported online; -1 when unknown (no answer yet, or the
+    /// server is not a primary).
+    online: AtomicI64,
+    /// Keys the server evicted since this handle started watching.
+    evicted_total: AtomicU64,
+    /// Writes acknowledged without the configured replicas: `WAIT` skipped (none online) or
+    /// fallen short.
+    unreplicated_writes: AtomicU64,
+    evictions: Mutex<EvictionWatch>,
+    /// The last `maxmemory-policy` verdict logged (a running check logs changes only).
+    policy_seen: Mutex<Option<String>>,
+    /// One replication re-read at a time after a `WAIT` fell short, at most every 250 ms.
+    rereading: AtomicBool,
+    reread_at: Mutex<Option<Instant>>,
+}
+
+/// What [`RedisStore::check_health`] saw (for the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisHealth {
+    /// Replicas the primary reports online (`None`: unknown).
+    pub replicas: Option<usize>,
+    /// `WEAUTH_REDIS_WAIT_REPLICAS`.
+    pub wanted: usize,
+    /// Keys Redis evicted since this replica started watching.
+    pub evicted_keys: u64,
+    /// Writes acknowledged without the wanted replicas.
+    pub unreplicated_writes: u64,
 }
 
 struct Scripts {
@@ -571,12 +621,14 @@ async fn primary_client(target: &RedisTarget) -> Result<redis::Client, RedisErro
 }
 
 impl RedisStore {
-    /// Connects, checks the server can run scripts, and logs a warning naming the setting
+    /// Connects, checks the server can run scripts, refuses a `maxmemory-policy` that can
+    /// evict weauth's keys (unless `allow_eviction`), and logs a warning naming the setting
     /// when the server's persistence could lose an acknowledged write.
     ///
     /// # Errors
     /// [`StoreError::Open`] naming `WEAUTH_STORE` and the reason (unreachable, wrong password,
-    /// wrong database index, scripting refused).
+    /// wrong database index, scripting refused, an evicting `maxmemory-policy` not accepted
+    /// with `WEAUTH_REDIS_ALLOW_EVICTION`).
     pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
         let target = format!("WEAUTH_STORE={}", options.display);
         let fail = |reason: String| StoreError::Open {
@@ -586,7 +638,12 @@ impl RedisStore {
         let client = primary_client(&options.target)
             .await
             .map_err(|err| fail(describe_connect_error(&err)))?;
-        let mut manager = tokio::time::timeout(Duration::from_secs(5), connect_manager(client))
+        let managers = async {
+            let manager = connect_manager(client.clone()).await?;
+            let health = connect_manager(client).await?;
+            Ok::<_, RedisError>((manager, health))
+        };
+        let (mut manager, mut health) = tokio::time::timeout(Duration::from_secs(5), managers)
             .await
             .map_err(|_| fail("no answer within 5 s".into()))?
             .map_err(|err| fail(describe_connect_error(&err)))?;
@@ -600,18 +657,38 @@ impl RedisStore {
                 "the server does not run Lua scripts (EVAL), which every atomic change needs: {err}"
             )));
         }
+        let policy = check_eviction(&mut health, options.allow_eviction).await;
+        if let PolicyCheck::Refused { message, .. } = &policy {
+            return Err(fail(message.clone()));
+        }
+        policy.log(false);
         check_persistence(&mut manager).await;
-        Ok(RedisStore {
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 options,
                 conn: Mutex::new(Conn {
                     manager,
+                    health: health.clone(),
                     resolved_at: Instant::now(),
                 }),
                 resolving: tokio::sync::Mutex::new(()),
                 scripts: Scripts::new(),
+                health: Health {
+                    online: AtomicI64::new(-1),
+                    evicted_total: AtomicU64::new(0),
+                    unreplicated_writes: AtomicU64::new(0),
+                    evictions: Mutex::new(EvictionWatch::default()),
+                    policy_seen: Mutex::new(Some(policy.seen())),
+                    rereading: AtomicBool::new(false),
+                    reread_at: Mutex::new(None),
+                },
             }),
-        })
+        };
+        store.note_replication(read_replication(&mut health).await);
+        if let Some(evicted) = read_evicted(&mut health).await {
+            store.note_evicted(evicted);
+        }
+        Ok(store)
     }
 
     /// The key prefix.
@@ -666,12 +743,23 @@ impl RedisStore {
         }
         let resolved = async {
             let client = primary_client(&self.inner.options.target).await?;
-            connect_manager(client).await
+            let manager = connect_manager(client.clone()).await?;
+            let health = connect_manager(client).await?;
+            Ok::<_, RedisError>((manager, health))
         };
         match tokio::time::timeout(Duration::from_secs(3), resolved).await {
-            Ok(Ok(manager)) => {
+            Ok(Ok((manager, mut health))) => {
+                // Before any write reaches the new primary: does it have a replica to WAIT
+                // for (a promoted replica usually has none until the old primary returns)?
+                self.note_replication(read_replication(&mut health).await);
+                if let Ok(mut watch) = self.inner.health.evictions.lock() {
+                    watch.reset();
+                }
+                let policy = check_eviction(&mut health, self.inner.options.allow_eviction).await;
+                self.note_policy(&policy);
                 if let Ok(mut conn) = self.inner.conn.lock() {
                     conn.manager = manager;
+                    conn.health = health;
                     conn.resolved_at = Instant::now();
                 }
                 tracing::info!("reconnected to the Redis primary named by Sentinel");
@@ -714,14 +802,25 @@ impl RedisStore {
             .await
     }
 
-    /// `WAIT`s for the configured replicas after a write; a timeout is logged, not failed
-    /// (the write is on the primary; refusing now would make the client retry a done change).
+    /// `WAIT`s for the configured replicas after a write, asking for no more than the primary
+    /// last reported online and skipping the `WAIT` while it reports none (see the module
+    /// docs); a shortfall is logged and counted, not failed (the write is on the primary;
+    /// refusing now would make the client retry a done change), and makes the store re-read
+    /// the primary's replicas.
     async fn replicate(&self) {
-        let (replicas, timeout) = (
+        let (wanted, timeout) = (
             self.inner.options.wait_replicas,
             self.inner.options.wait_timeout,
         );
+        if wanted == 0 {
+            return;
+        }
+        let replicas = redis_checks::wait_target(wanted, self.online_replicas());
         if replicas == 0 {
+            self.inner
+                .health
+                .unreplicated_writes
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -736,12 +835,158 @@ impl RedisStore {
             .await;
         match acked {
             Ok(n) if n >= replicas => {}
-            Ok(n) => tracing::warn!(
-                acked = n,
-                wanted = replicas,
-                "WEAUTH_REDIS_WAIT_REPLICAS: a write reached fewer replicas than configured within WEAUTH_REDIS_WAIT_TIMEOUT; a failover right now could lose it"
-            ),
+            Ok(n) => {
+                self.inner
+                    .health
+                    .unreplicated_writes
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    acked = n,
+                    wanted = replicas,
+                    "WEAUTH_REDIS_WAIT_REPLICAS: a write reached fewer replicas than configured within WEAUTH_REDIS_WAIT_TIMEOUT; a failover right now could lose it"
+                );
+                self.reread_replication().await;
+            }
             Err(err) => tracing::warn!(error = %err, "WAIT failed after a write"),
+        }
+    }
+
+    /// The replicas the primary last reported online (`None`: unknown).
+    fn online_replicas(&self) -> Option<usize> {
+        usize::try_from(self.inner.health.online.load(Ordering::Relaxed)).ok()
+    }
+
+    fn health_manager(&self) -> Result<ConnectionManager, StoreError> {
+        self.inner
+            .conn
+            .lock()
+            .map(|conn| conn.health.clone())
+            .map_err(|_| StoreError::backend("the Redis connection lock is poisoned"))
+    }
+
+    /// After a `WAIT` fell short: re-reads the primary's replicas on the health connection
+    /// (one re-read at a time, at most every 250 ms), so the writes that follow stop waiting
+    /// for a replica that is gone.
+    async fn reread_replication(&self) {
+        let health = &self.inner.health;
+        let recent = health
+            .reread_at
+            .lock()
+            .map(|at| at.is_some_and(|at| at.elapsed() < Duration::from_millis(250)))
+            .unwrap_or(true);
+        if recent || health.rereading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(mut conn) = self.health_manager() {
+            let read = tokio::time::timeout(Duration::from_secs(1), read_replication(&mut conn));
+            if let Ok(replication) = read.await {
+                self.note_replication(replication);
+            }
+        }
+        if let Ok(mut at) = health.reread_at.lock() {
+            *at = Some(Instant::now());
+        }
+        health.rereading.store(false, Ordering::Release);
+    }
+
+    /// Records what `INFO replication` said, logging when the primary has fewer replicas
+    /// online than `WEAUTH_REDIS_WAIT_REPLICAS` asks for, and when they are back.
+    fn note_replication(&self, replication: Option<Replication>) {
+        let online = match replication {
+            Some(Replication {
+                primary: true,
+                online,
+            }) => i64::try_from(online).unwrap_or(i64::MAX),
+            _ => -1,
+        };
+        let before = self.inner.health.online.swap(online, Ordering::AcqRel);
+        let wanted = i64::try_from(self.inner.options.wait_replicas).unwrap_or(i64::MAX);
+        if wanted == 0 || online < 0 {
+            return;
+        }
+        let was_short = before >= 0 && before < wanted;
+        if online < wanted && (!was_short || (online == 0) != (before == 0)) {
+            if online == 0 {
+                tracing::error!(
+                    replicas_online = 0,
+                    wanted,
+                    "the Redis primary reports no replica online: acknowledged writes are now on one machine (WAIT is skipped until a replica is back; losing this primary now loses them). Bring a replica back, e.g. restart the old primary: Sentinel makes it a replica"
+                );
+            } else {
+                tracing::warn!(
+                    replicas_online = online,
+                    wanted,
+                    "the Redis primary reports fewer replicas online than WEAUTH_REDIS_WAIT_REPLICAS: writes WAIT for those online only"
+                );
+            }
+        } else if online >= wanted && was_short {
+            tracing::info!(
+                replicas_online = online,
+                wanted,
+                "Redis replicas online again: writes WAIT for WEAUTH_REDIS_WAIT_REPLICAS again"
+            );
+        }
+    }
+
+    /// Records an `evicted_keys` reading, logging what grew.
+    fn note_evicted(&self, evicted: u64) {
+        let grown = match self.inner.health.evictions.lock() {
+            Ok(mut watch) => watch.observe(evicted),
+            Err(_) => 0,
+        };
+        if grown > 0 {
+            let total = self
+                .inner
+                .health
+                .evicted_total
+                .fetch_add(grown, Ordering::Relaxed)
+                + grown;
+            tracing::error!(
+                evicted = grown,
+                evicted_since_start = total,
+                "Redis evicted keys (its evicted_keys grew): acknowledged revocations, sessions or refresh tokens may be gone. Set maxmemory-policy noeviction and give Redis more memory"
+            );
+        }
+    }
+
+    /// Logs a `maxmemory-policy` verdict when it differs from the last one logged.
+    fn note_policy(&self, policy: &PolicyCheck) {
+        let seen = policy.seen();
+        let changed = match self.inner.health.policy_seen.lock() {
+            Ok(mut last) => {
+                let changed = last.as_deref() != Some(seen.as_str());
+                *last = Some(seen);
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            policy.log(true);
+        }
+    }
+
+    /// The periodic health read (the issuer runs it every second): the primary's replicas
+    /// online, keys evicted since the last read, and `maxmemory-policy` (logged when it
+    /// changes: an evicting policy set while running is an error in the log, not an exit).
+    /// Runs on the health connection, so a `WAIT` on the main one does not delay it.
+    pub async fn check_health(&self) -> RedisHealth {
+        if let Ok(mut conn) = self.health_manager() {
+            let reads = async {
+                self.note_replication(read_replication(&mut conn).await);
+                if let Some(evicted) = read_evicted(&mut conn).await {
+                    self.note_evicted(evicted);
+                }
+                let policy = check_eviction(&mut conn, self.inner.options.allow_eviction).await;
+                self.note_policy(&policy);
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(3), reads).await;
+        }
+        let health = &self.inner.health;
+        RedisHealth {
+            replicas: self.online_replicas(),
+            wanted: self.inner.options.wait_replicas,
+            evicted_keys: health.evicted_total.load(Ordering::Relaxed),
+            unreplicated_writes: health.unreplicated_writes.load(Ordering::Relaxed),
         }
     }
 
@@ -887,6 +1132,105 @@ async fn check_persistence(conn: &mut ConnectionManager) {
         }
         _ => tracing::warn!("cannot read Redis's appendonly/appendfsync (CONFIG GET refused): make sure the server runs appendonly yes with appendfsync always, or acknowledged writes can be lost on a restart"),
     }
+}
+
+/// What the `maxmemory-policy` check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PolicyCheck {
+    /// `noeviction`.
+    Safe,
+    /// An evicting policy accepted with `WEAUTH_REDIS_ALLOW_EVICTION` (the message says what
+    /// can be lost).
+    Accepted { policy: String, message: String },
+    /// An evicting policy not accepted: refuses to start.
+    Refused { policy: String, message: String },
+    /// `CONFIG GET` was refused (managed services, ACLs, a renamed command).
+    Unchecked(String),
+}
+
+impl PolicyCheck {
+    /// A key for "the same verdict as before" (a running check logs changes only).
+    fn seen(&self) -> String {
+        match self {
+            PolicyCheck::Safe => redis_checks::NOEVICTION.to_string(),
+            PolicyCheck::Accepted { policy, .. } | PolicyCheck::Refused { policy, .. } => {
+                policy.clone()
+            }
+            PolicyCheck::Unchecked(_) => "unchecked".to_string(),
+        }
+    }
+
+    fn log(&self, running: bool) {
+        match self {
+            PolicyCheck::Safe => {
+                tracing::info!("Redis maxmemory-policy: noeviction (nothing is evicted)");
+            }
+            PolicyCheck::Accepted { message, .. } => tracing::warn!(
+                "{message} ({ALLOW_EVICTION_VAR}=true: accepted, starting anyway; acknowledged writes can be lost)"
+            ),
+            PolicyCheck::Refused { message, .. } if running => tracing::error!(
+                "{message} (found while running: this replica keeps serving; a restart would refuse to start)"
+            ),
+            PolicyCheck::Refused { message, .. } => tracing::error!("{message}"),
+            PolicyCheck::Unchecked(error) => tracing::warn!(
+                error = %error,
+                "cannot read Redis's maxmemory-policy (CONFIG GET refused): could not check that Redis never evicts weauth's keys; make sure it runs maxmemory-policy noeviction"
+            ),
+        }
+    }
+}
+
+/// `CONFIG GET name` → its value (`None` when the server has no such setting).
+async fn config_get(
+    conn: &mut ConnectionManager,
+    name: &str,
+) -> Result<Option<String>, RedisError> {
+    let pair: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(conn)
+        .await?;
+    Ok(pair.get(1).cloned())
+}
+
+/// Reads `maxmemory-policy` (and `maxmemory`, for the message) and judges it
+/// ([`redis_checks::eviction`]).
+async fn check_eviction(conn: &mut ConnectionManager, allow: bool) -> PolicyCheck {
+    let policy = match config_get(conn, "maxmemory-policy").await {
+        Ok(Some(policy)) => policy,
+        Ok(None) => return PolicyCheck::Unchecked("no maxmemory-policy setting".into()),
+        Err(err) => return PolicyCheck::Unchecked(err.to_string()),
+    };
+    if redis_checks::eviction(&policy) == Eviction::Never {
+        return PolicyCheck::Safe;
+    }
+    let maxmemory = config_get(conn, "maxmemory").await.ok().flatten();
+    let message = redis_checks::eviction_message(&policy, maxmemory.as_deref(), ALLOW_EVICTION_VAR);
+    if allow {
+        PolicyCheck::Accepted { policy, message }
+    } else {
+        PolicyCheck::Refused { policy, message }
+    }
+}
+
+/// `INFO replication`, parsed; `None` when it could not be read.
+async fn read_replication(conn: &mut ConnectionManager) -> Option<Replication> {
+    let text: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+        .ok()?;
+    redis_checks::replication(&text)
+}
+
+/// `evicted_keys` from `INFO stats`.
+async fn read_evicted(conn: &mut ConnectionManager) -> Option<u64> {
+    let text: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .ok()?;
+    redis_checks::evicted_keys(&text)
 }
 
 impl RedisStore {
@@ -1521,6 +1865,7 @@ mod tests {
                 prefix: "t:".into(),
                 wait_replicas: 0,
                 wait_timeout: Duration::from_millis(100),
+                allow_eviction: false,
             }
         }
     }
@@ -1556,6 +1901,7 @@ mod tests {
             prefix: "t:".into(),
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(100),
+            allow_eviction: false,
         })
         .await
         else {
