@@ -615,3 +615,143 @@ async fn changed_signing_alg_published_before_it_signs() {
     stack.restart().await;
     assert_eq!(stack.count("signing_keys"), 2);
 }
+
+// --- Redis: the eviction policy (issue 23 §7) -------------------------------------------------
+
+/// Any 32 bytes, base64: a Redis store requires a data key shared by the replicas.
+const REDIS_DATA_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// A real `redis-server` with `extra` settings, in its own temp directory.
+async fn redis_with(extra: &[&str]) -> (weauth_tests::redis::RedisServer, common::TempDir) {
+    let dir = common::temp_dir("redis");
+    let server = weauth_tests::redis::RedisServer::start_in(&dir.path().join("redis"), extra)
+        .await
+        .unwrap();
+    (server, dir)
+}
+
+/// Waits (up to 10 s) until the issuer's log contains `text`.
+async fn log_shows(issuer: &Issuer, text: &str) {
+    let started = Instant::now();
+    while !issuer.log_text().contains(text) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the log never said `{text}`:\n{}",
+            issuer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_evicting_policy_refused_at_start_naming_the_setting() {
+    for policy in ["allkeys-lru", "volatile-lru"] {
+        let (redis, _dir) = redis_with(&["--maxmemory", "3mb", "--maxmemory-policy", policy]).await;
+        let output = Command::new(common::bin())
+            .env_clear()
+            .env("WEAUTH_WECHAT_APPID", "wx1")
+            .env("WEAUTH_WECHAT_SECRET", "s")
+            .env("WEAUTH_STORE", redis.url(0))
+            .env("WEAUTH_DATA_KEY", REDIS_DATA_KEY)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{policy}: {stderr}");
+        for part in [
+            "WEAUTH_STORE=redis://127.0.0.1:",
+            &format!("maxmemory-policy {policy}"),
+            "maxmemory 3145728 bytes",
+            "maxmemory-policy noeviction",
+            "WEAUTH_REDIS_ALLOW_EVICTION=true",
+        ] {
+            assert!(
+                stderr.contains(part),
+                "{policy}: `{part}` missing: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_noeviction_passes_the_policy_check() {
+    // The harness's redis-server runs Redis's default policy, noeviction.
+    let (redis, _dir) = redis_with(&[]).await;
+    let url = redis.url(0);
+    let stack = Stack::start(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
+    log_shows(&stack.issuer, "maxmemory-policy: noeviction").await;
+    stack.login("noeviction").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_evicting_policy_accepted_warns_then_counts_evictions() {
+    let (redis, _dir) =
+        redis_with(&["--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru"]).await;
+    let url = redis.url(0);
+    let stack = Stack::start(&[
+        ("WEAUTH_STORE", &url),
+        ("WEAUTH_DATA_KEY", REDIS_DATA_KEY),
+        ("WEAUTH_REDIS_ALLOW_EVICTION", "true"),
+    ])
+    .await;
+    log_shows(
+        &stack.issuer,
+        "WEAUTH_REDIS_ALLOW_EVICTION=true: accepted, starting anyway",
+    )
+    .await;
+    // Fill Redis past its 3 MB with other keys: it evicts.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..6_000 {
+        pipe.set(format!("filler:{i}"), vec![b'x'; 1024]).ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let text = stack
+            .http
+            .get(stack.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let evicted = text
+            .lines()
+            .find_map(|line| line.strip_prefix("weauth_store_evicted_keys_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if evicted > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "evictions never counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    log_shows(&stack.issuer, "Redis evicted keys").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_config_refused_warns_it_could_not_check_and_starts() {
+    // A managed Redis that refuses CONFIG (here: renamed away).
+    let (redis, _dir) = redis_with(&[
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--rename-command",
+        "CONFIG",
+        "weauth-test-hidden-config",
+    ])
+    .await;
+    let url = redis.url(0);
+    let stack = Stack::start(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
+    log_shows(
+        &stack.issuer,
+        "could not check that Redis never evicts weauth's keys",
+    )
+    .await;
+    stack.login("unchecked").await;
+}

@@ -61,7 +61,7 @@ pub fn eviction_message(policy: &str, maxmemory: Option<&str>, accept_var: &str)
             "any key, including acknowledged revocations, users and signing keys"
         }
         Eviction::Volatile => {
-            "keys with a TTL: sessions, refresh tokens and used login codes (a revoked session's refresh token could come back, a used code could be used again)"
+            "keys with a TTL: sessions and refresh tokens (their users are signed out early) and used login codes (the guard against a code used twice)"
         }
         Eviction::Unknown => "keys (this policy is not one weauth knows to keep every key)",
     };
