@@ -10,6 +10,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{payload, Issuer, Stack, ADMIN, FEED};
@@ -754,4 +756,226 @@ async fn redis_config_refused_warns_it_could_not_check_and_starts() {
     )
     .await;
     stack.login("unchecked").await;
+}
+
+// --- Redis: a Sentinel failover that leaves the primary alone (issue 23 §8) -------------------
+
+/// One login of the load: when it started and ended, and whether it was answered 200.
+#[derive(Clone, Copy)]
+struct Attempt {
+    start: Instant,
+    end: Instant,
+    ok: bool,
+}
+
+/// `clients` loops of mock `wx.login` + `POST /v1/login` until `stop`, recording every
+/// attempt in `attempts`.
+fn login_load(
+    stack: &Stack,
+    clients: usize,
+    attempts: &Arc<Mutex<Vec<Attempt>>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (mock, login) = (stack.mock.base_url(), stack.url("/v1/login"));
+            let (attempts, stop) = (Arc::clone(attempts), Arc::clone(stop));
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let start = Instant::now();
+                    let code = async {
+                        let body: serde_json::Value = http
+                            .get(format!("{mock}/mock/login?user=load-{c}-{n}"))
+                            .send()
+                            .await?
+                            .json()
+                            .await?;
+                        Ok::<_, reqwest::Error>(body["code"].as_str().unwrap_or("").to_string())
+                    };
+                    let ok = match code.await {
+                        Ok(code) => http
+                            .post(&login)
+                            .json(&json!({ "code": code }))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().as_u16() == 200),
+                        Err(_) => false,
+                    };
+                    attempts.lock().unwrap().push(Attempt {
+                        start,
+                        end: Instant::now(),
+                        ok,
+                    });
+                }
+            })
+        })
+        .collect()
+}
+
+/// Successful logins that ended in `[from, to)`, per second.
+fn rate(attempts: &[Attempt], from: Instant, to: Instant) -> f64 {
+    let ok = attempts
+        .iter()
+        .filter(|a| a.ok && a.end >= from && a.end < to)
+        .count();
+    ok as f64 / (to - from).as_secs_f64()
+}
+
+async fn metric(stack: &Stack, name: &str) -> Option<f64> {
+    let text = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits (up to 10 s) until the issuer's metric `name` equals `value`.
+async fn metric_becomes(stack: &Stack, name: &str, value: f64) {
+    let started = Instant::now();
+    loop {
+        let now = metric(stack, name).await;
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} is {now:?}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGKILL of the Sentinel primary under 16 clients logging in; the promoted replica has no
+/// replica of its own (the old primary stays dead). Writes come back and keep succeeding, the
+/// issuer says acknowledged writes are on one machine (log and `weauth_store_replicas 0`), and
+/// the login rate before and after is printed (a measurement, not an assertion: run with
+/// `--nocapture`; `WEAUTH_TEST_FAILOVER_AFTER=120` measures the two minutes after, printed per
+/// 10 s, for docs/OPERATIONS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
+    const CLIENTS: usize = 16;
+    let phase = |var: &str, default: u64| {
+        Duration::from_secs(
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default),
+        )
+    };
+    let (before, after) = (
+        phase("WEAUTH_TEST_FAILOVER_BEFORE", 3),
+        phase("WEAUTH_TEST_FAILOVER_AFTER", 5),
+    );
+    let dir = common::temp_dir("sentinel");
+    let mut sentinel = weauth_tests::redis::SentinelSetup::start(dir.path())
+        .await
+        .unwrap();
+    let url = sentinel.url();
+    let stack = Stack::start(&[
+        ("WEAUTH_STORE", &url),
+        ("WEAUTH_DATA_KEY", REDIS_DATA_KEY),
+        ("WEAUTH_LOGIN_RATE", "0"),
+    ])
+    .await;
+    metric_becomes(&stack, "weauth_store_replicas", 1.0).await;
+    metric_becomes(&stack, "weauth_store_replicas_wanted", 1.0).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let load = login_load(&stack, CLIENTS, &attempts, &stop);
+    tokio::time::sleep(before).await;
+    sentinel.primary.kill().await;
+    let killed = Instant::now();
+    // Writes are back when a login begun after the kill succeeds; then `after` more.
+    let first_ok_after_kill = || {
+        attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.ok && a.start >= killed)
+            .map(|a| a.end)
+            .min()
+    };
+    let window_end = loop {
+        if let Some(end) = first_ok_after_kill() {
+            break end;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no login succeeded within 30 s of the primary's death"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep((window_end + after).saturating_duration_since(Instant::now())).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let attempts = attempts.lock().unwrap().clone();
+    let window = window_end - killed;
+    let measured_to = window_end + after;
+    let before_rate = rate(&attempts, started, killed);
+    let after_rate = rate(&attempts, window_end, measured_to);
+    let failed_later = attempts
+        .iter()
+        .filter(|a| !a.ok && a.start >= window_end + Duration::from_secs(1))
+        .count();
+    let failed = attempts.iter().filter(|a| !a.ok).count();
+    let slowest_after = attempts
+        .iter()
+        .filter(|a| a.ok && a.start >= window_end)
+        .map(|a| a.end - a.start)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "Sentinel failover, no replica left, {CLIENTS} clients: {before_rate:.0} logins/s before the kill; \
+         logins unavailable for {window:.1?}; {after_rate:.0} logins/s in the {after:?} after \
+         ({:.0}% of before); {failed} failed logins in all; slowest login after: {slowest_after:.0?}",
+        100.0 * after_rate / before_rate.max(f64::MIN_POSITIVE)
+    );
+    if after > Duration::from_secs(10) {
+        let mut from = window_end;
+        while from + Duration::from_secs(10) <= measured_to {
+            let to = from + Duration::from_secs(10);
+            println!(
+                "  +{:>3.0} s .. +{:>3.0} s after the kill: {:.0} logins/s",
+                (from - killed).as_secs_f64(),
+                (to - killed).as_secs_f64(),
+                rate(&attempts, from, to)
+            );
+            from = to;
+        }
+    }
+    assert_eq!(
+        failed_later, 0,
+        "logins failed more than 1 s after writes resumed"
+    );
+    assert!(
+        rate(&attempts, window_end, window_end + after) > 0.0,
+        "writes did not keep succeeding after the failover"
+    );
+    // The issuer says so: the log, the gauge, and the writes counted as on one machine.
+    log_shows(&stack.issuer, "acknowledged writes are now on one machine").await;
+    metric_becomes(&stack, "weauth_store_replicas", 0.0).await;
+    let unreplicated = metric(&stack, "weauth_store_unreplicated_writes_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        unreplicated > 0.0,
+        "writes acknowledged on one machine are counted"
+    );
 }
