@@ -947,18 +947,31 @@ async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
          ({:.0}% of before); {failed} failed logins in all; slowest login after: {slowest_after:.0?}",
         100.0 * after_rate / before_rate.max(f64::MIN_POSITIVE)
     );
-    if after > Duration::from_secs(10) {
-        let mut from = window_end;
-        while from + Duration::from_secs(10) <= measured_to {
+    // Per 10 s for the longer measurements (the machine's load average too: the rate follows
+    // whatever else runs on it).
+    for (phase_start, phase_end, long) in [
+        (started, killed, before > Duration::from_secs(10)),
+        (window_end, measured_to, after > Duration::from_secs(10)),
+    ] {
+        let mut from = phase_start;
+        while long && from + Duration::from_secs(10) <= phase_end {
             let to = from + Duration::from_secs(10);
             println!(
-                "  +{:>3.0} s .. +{:>3.0} s after the kill: {:.0} logins/s",
-                (from - killed).as_secs_f64(),
-                (to - killed).as_secs_f64(),
+                "  {:>+5.0} s .. {:>+5.0} s from the kill: {:.0} logins/s",
+                from.duration_since(started).as_secs_f64() - (killed - started).as_secs_f64(),
+                to.duration_since(started).as_secs_f64() - (killed - started).as_secs_f64(),
                 rate(&attempts, from, to)
             );
             from = to;
         }
+    }
+    if before > Duration::from_secs(10) || after > Duration::from_secs(10) {
+        println!(
+            "  load average at the end: {}",
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        );
     }
     assert_eq!(
         failed_later, 0,
