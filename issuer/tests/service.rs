@@ -704,11 +704,15 @@ async fn redis_evicting_policy_accepted_warns_then_counts_evictions() {
     // Fill Redis past its 3 MB with other keys: it evicts.
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut pipe = redis::pipe();
-    for i in 0..6_000 {
-        pipe.set(format!("filler:{i}"), vec![b'x'; 1024]).ignore();
+    // In batches: one 6 MB pipeline can outlast the client's response timeout.
+    for batch in 0..60 {
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.set(format!("filler:{batch}:{i}"), vec![b'x'; 1024])
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
     }
-    let () = pipe.query_async(&mut conn).await.unwrap();
     let started = Instant::now();
     loop {
         let text = stack

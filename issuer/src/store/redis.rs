@@ -1965,4 +1965,117 @@ mod tests {
             "the handle reconnects and the AOF kept the write"
         );
     }
+
+    /// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls
+    /// short makes the store re-read the primary's replicas, so the next writes skip it too.
+    #[tokio::test]
+    async fn redis_wait_follows_the_replicas_online() {
+        let primary = TestRedis::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let replica_of = format!("127.0.0.1 {}", primary.server.port());
+        let mut replica = RedisServer::start_in(dir.path(), &["--replicaof", &replica_of])
+            .await
+            .unwrap();
+        let mut options = primary.options();
+        options.wait_replicas = 1;
+        let store = RedisStore::connect(options).await.unwrap();
+        let mut health = store.check_health().await;
+        for _ in 0..100 {
+            if health.replicas == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            health = store.check_health().await;
+        }
+        assert_eq!(health.replicas, Some(1), "the replica never came online");
+        store
+            .revoke(&Revoke::Jti("a".into()), 10, 20)
+            .await
+            .unwrap();
+        assert_eq!(store.check_health().await.unreplicated_writes, 0);
+
+        replica.kill().await;
+        // The first write after the replica's death WAITs its timeout and falls short...
+        store
+            .revoke(&Revoke::Jti("b".into()), 10, 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .inner
+                .health
+                .unreplicated_writes
+                .load(Ordering::Relaxed),
+            1
+        );
+        // ...which re-reads the replicas (the primary notices the closed link at once).
+        for _ in 0..50 {
+            if store.online_replicas() == Some(0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            store.reread_replication().await;
+        }
+        assert_eq!(store.online_replicas(), Some(0));
+        // The next writes do not WAIT: counted as acknowledged on one machine.
+        for jti in ["c", "d", "e"] {
+            store
+                .revoke(&Revoke::Jti(jti.into()), 10, 20)
+                .await
+                .unwrap();
+        }
+        let health = store.check_health().await;
+        assert_eq!(health.replicas, Some(0));
+        assert_eq!(health.unreplicated_writes, 4);
+    }
+
+    /// Issue 23 §7: a running check sees `evicted_keys` grow (the start check is covered
+    /// through the binary in issuer/tests/service.rs).
+    #[tokio::test]
+    async fn redis_check_health_counts_evictions() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = RedisServer::start_in(
+            dir.path(),
+            &["--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru"],
+        )
+        .await
+        .unwrap();
+        let options = RedisOptions {
+            target: RedisTarget::Direct(server.url(0)),
+            display: server.url(0),
+            prefix: "t:".into(),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(100),
+            allow_eviction: false,
+        };
+        let Err(err) = RedisStore::connect(options.clone()).await else {
+            panic!("allkeys-lru must be refused without allow_eviction");
+        };
+        assert!(
+            err.to_string().contains("maxmemory-policy allkeys-lru"),
+            "{err}"
+        );
+        let store = RedisStore::connect(RedisOptions {
+            allow_eviction: true,
+            ..options
+        })
+        .await
+        .unwrap();
+        assert_eq!(store.check_health().await.evicted_keys, 0);
+        let mut conn = redis::Client::open(server.url(0).as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        // In batches: one 6 MB pipeline can outlast the client's response timeout.
+        for batch in 0..60 {
+            let mut pipe = redis::pipe();
+            for i in 0..100 {
+                pipe.set(format!("filler:{batch}:{i}"), vec![b'x'; 1024])
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.unwrap();
+        }
+        assert!(store.check_health().await.evicted_keys > 0);
+    }
 }

@@ -199,7 +199,10 @@ mod tests {
         assert!(text.contains("maxmemory-policy noeviction"), "{text}");
         assert!(text.contains("WEAUTH_REDIS_ALLOW_EVICTION=true"), "{text}");
         let volatile = eviction_message("volatile-ttl", None, ACCEPT);
-        assert!(volatile.contains("sessions, refresh tokens"), "{volatile}");
+        assert!(
+            volatile.contains("sessions and refresh tokens"),
+            "{volatile}"
+        );
     }
 
     #[test]
