@@ -47,7 +47,9 @@
 //! by a failover in the next moment). `WAIT` asks for no more replicas than the primary last
 //! reported online, and is skipped while it reports none (after a failover that left the
 //! promoted primary alone): a `WAIT` that cannot be satisfied runs its whole timeout and holds
-//! every command queued behind it on the multiplexed connection. The primary's replicas are
+//! every command queued behind it on the multiplexed connection. One `WAIT` is in flight at a
+//! time, shared by the writes that finished before it was sent (group commit,
+//! [`RedisStore::replicate`]). The primary's replicas are
 //! read (`INFO replication`, on a second connection that no `WAIT` blocks) at connect, after
 //! every Sentinel re-resolution, after a `WAIT` that fell short, and by [`RedisStore::check_health`]
 //! (the issuer calls it every second), which also follows `evicted_keys` and re-checks
@@ -142,6 +144,32 @@ struct Inner {
     resolving: tokio::sync::Mutex<()>,
     scripts: Scripts,
     health: Health,
+    waits: WaitGroup,
+}
+
+/// The `WAIT` group commit ([`RedisStore::replicate`]).
+struct WaitGroup {
+    state: Mutex<WaitState>,
+    /// The last `WAIT` that ended.
+    done: tokio::sync::watch::Sender<WaitDone>,
+}
+
+#[derive(Default)]
+struct WaitState {
+    /// `WAIT`s sent so far (the generation of the latest).
+    sent: u64,
+    /// One is in flight.
+    in_flight: bool,
+}
+
+/// How a `WAIT` ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct WaitDone {
+    generation: u64,
+    /// Replicas that acknowledged (`None`: the `WAIT` failed).
+    acked: Option<usize>,
+    /// Replicas it asked for.
+    target: usize,
 }
 
 /// What the health reads found, shared by the write path and the periodic check.
@@ -157,6 +185,8 @@ struct Health {
     evictions: Mutex<EvictionWatch>,
     /// The last `maxmemory-policy` verdict logged (a running check logs changes only).
     policy_seen: Mutex<Option<String>>,
+    /// `WAIT`s that fell short (each shared by the writes of its group).
+    short_waits: AtomicU64,
     /// One replication re-read at a time after a `WAIT` fell short, at most every 250 ms.
     rereading: AtomicBool,
     reread_at: Mutex<Option<Instant>>,
@@ -677,10 +707,15 @@ impl RedisStore {
                     online: AtomicI64::new(-1),
                     evicted_total: AtomicU64::new(0),
                     unreplicated_writes: AtomicU64::new(0),
+                    short_waits: AtomicU64::new(0),
                     evictions: Mutex::new(EvictionWatch::default()),
                     policy_seen: Mutex::new(Some(policy.seen())),
                     rereading: AtomicBool::new(false),
                     reread_at: Mutex::new(None),
+                },
+                waits: WaitGroup {
+                    state: Mutex::new(WaitState::default()),
+                    done: tokio::sync::watch::channel(WaitDone::default()).0,
                 },
             }),
         };
@@ -807,23 +842,80 @@ impl RedisStore {
     /// docs); a shortfall is logged and counted, not failed (the write is on the primary;
     /// refusing now would make the client retry a done change), and makes the store re-read
     /// the primary's replicas.
+    ///
+    /// Group commit: one `WAIT` at a time per connection. A `WAIT` covers every write made
+    /// on its connection before it was sent, so a write that finds one in flight waits for
+    /// it to end and then shares the next one with every write that arrived meanwhile. Redis
+    /// runs nothing else from a connection while a `WAIT` blocks it; one at a time bounds
+    /// what a replica that stops answering costs the writes queued on the connection to about
+    /// one `WEAUTH_REDIS_WAIT_TIMEOUT` (the `WAIT` in flight, then the re-read of the replicas
+    /// stops the next), however many are in flight (one `WAIT` each made it their number times
+    /// the timeout).
     async fn replicate(&self) {
-        let (wanted, timeout) = (
-            self.inner.options.wait_replicas,
-            self.inner.options.wait_timeout,
-        );
+        let wanted = self.inner.options.wait_replicas;
         if wanted == 0 {
             return;
         }
-        let replicas = redis_checks::wait_target(wanted, self.online_replicas());
-        if replicas == 0 {
-            self.inner
-                .health
-                .unreplicated_writes
-                .fetch_add(1, Ordering::Relaxed);
-            return;
+        let waits = &self.inner.waits;
+        let mut done = waits.done.subscribe();
+        // Any WAIT sent from now on covers this write (its reply has arrived).
+        let needed = match waits.state.lock() {
+            Ok(state) => state.sent + 1,
+            Err(_) => return,
+        };
+        loop {
+            let replicas = redis_checks::wait_target(wanted, self.online_replicas());
+            if replicas == 0 {
+                self.count_unreplicated();
+                return;
+            }
+            let finished = *done.borrow_and_update();
+            if finished.generation >= needed {
+                if finished.acked.is_some_and(|acked| acked < finished.target) {
+                    self.count_unreplicated();
+                }
+                return;
+            }
+            let lead = match waits.state.lock() {
+                Ok(mut state) if !state.in_flight => {
+                    state.in_flight = true;
+                    state.sent += 1;
+                    Some(state.sent)
+                }
+                Ok(_) => None,
+                Err(_) => return,
+            };
+            match lead {
+                Some(generation) => return self.lead_wait(generation, replicas).await,
+                None => {
+                    if done.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
         }
-        let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    /// Sends the `WAIT` of generation `generation` for `replicas` and publishes its outcome
+    /// to the writes sharing it (see [`Self::replicate`]).
+    async fn lead_wait(&self, generation: u64, replicas: usize) {
+        /// Ends the lead even when the request is dropped mid-`WAIT`: the writes waiting on it
+        /// wake up and one of them sends the next.
+        struct Lead<'a> {
+            waits: &'a WaitGroup,
+        }
+        impl Drop for Lead<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut state) = self.waits.state.lock() {
+                    state.in_flight = false;
+                }
+                self.waits.done.send_modify(|_| {});
+            }
+        }
+        let lead = Lead {
+            waits: &self.inner.waits,
+        };
+        let millis = u64::try_from(self.inner.options.wait_timeout.as_millis()).unwrap_or(u64::MAX);
         let acked: Result<usize, StoreError> = self
             .op(|mut conn| async move {
                 redis::cmd("WAIT")
@@ -833,22 +925,42 @@ impl RedisStore {
                     .await
             })
             .await;
+        let short = matches!(acked, Ok(n) if n < replicas);
+        if short {
+            // Before the writes queued behind this WAIT decide whether to send the next one.
+            self.reread_replication().await;
+        }
+        self.inner.waits.done.send_modify(|finished| {
+            *finished = WaitDone {
+                generation,
+                acked: acked.as_ref().ok().copied(),
+                target: replicas,
+            }
+        });
+        drop(lead);
         match acked {
-            Ok(n) if n >= replicas => {}
-            Ok(n) => {
+            Ok(n) if short => {
+                self.count_unreplicated();
                 self.inner
                     .health
-                    .unreplicated_writes
+                    .short_waits
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     acked = n,
                     wanted = replicas,
-                    "WEAUTH_REDIS_WAIT_REPLICAS: a write reached fewer replicas than configured within WEAUTH_REDIS_WAIT_TIMEOUT; a failover right now could lose it"
+                    "WEAUTH_REDIS_WAIT_REPLICAS: writes reached fewer replicas than configured within WEAUTH_REDIS_WAIT_TIMEOUT; a failover right now could lose them"
                 );
-                self.reread_replication().await;
             }
+            Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "WAIT failed after a write"),
         }
+    }
+
+    fn count_unreplicated(&self) {
+        self.inner
+            .health
+            .unreplicated_writes
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The replicas the primary last reported online (`None`: unknown).
@@ -1967,9 +2079,12 @@ mod tests {
     }
 
     /// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls
-    /// short makes the store re-read the primary's replicas, so the next writes skip it too.
-    #[tokio::test]
+    /// short makes the store re-read the primary's replicas, so the next writes skip it too;
+    /// concurrent writes share one `WAIT` (group commit), so a replica's death costs them one
+    /// timeout together, not one each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_wait_follows_the_replicas_online() {
+        const WRITERS: usize = 16;
         let primary = TestRedis::new().await;
         let dir = tempfile::tempdir().unwrap();
         let replica_of = format!("127.0.0.1 {}", primary.server.port());
@@ -1978,6 +2093,7 @@ mod tests {
             .unwrap();
         let mut options = primary.options();
         options.wait_replicas = 1;
+        options.wait_timeout = Duration::from_millis(500);
         let store = RedisStore::connect(options).await.unwrap();
         let mut health = store.check_health().await;
         for _ in 0..100 {
@@ -1988,45 +2104,61 @@ mod tests {
             health = store.check_health().await;
         }
         assert_eq!(health.replicas, Some(1), "the replica never came online");
-        store
-            .revoke(&Revoke::Jti("a".into()), 10, 20)
-            .await
-            .unwrap();
+        let concurrent = |tag: &'static str| {
+            let tasks: Vec<_> = (0..WRITERS)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .revoke(&Revoke::Jti(format!("{tag}-{i}")), 10, 20)
+                            .await
+                            .unwrap();
+                    })
+                })
+                .collect();
+            async move {
+                let started = Instant::now();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                started.elapsed()
+            }
+        };
+        let with_replica = concurrent("online").await;
         assert_eq!(store.check_health().await.unreplicated_writes, 0);
 
         replica.kill().await;
-        // The first write after the replica's death WAITs its timeout and falls short...
-        store
-            .revoke(&Revoke::Jti("b".into()), 10, 20)
-            .await
-            .unwrap();
+        // The writes in flight share one WAIT, which falls short and re-reads the replicas
+        // (the primary notices the closed link at once); the writes after it skip the WAIT.
+        let replica_gone = concurrent("gone").await;
+        let short = store.inner.health.short_waits.load(Ordering::Relaxed);
+        println!(
+            "{WRITERS} concurrent writes, WAIT 1 replica (timeout 500 ms): {with_replica:?} with the replica online, \
+             {replica_gone:?} just after its death ({short} WAIT(s) fell short)"
+        );
+        assert!((1..=2).contains(&short), "{short} WAITs fell short");
+        assert_eq!(store.online_replicas(), Some(0));
         assert_eq!(
             store
                 .inner
                 .health
                 .unreplicated_writes
                 .load(Ordering::Relaxed),
-            1
+            WRITERS as u64,
+            "every write after the replica's death is counted"
         );
-        // ...which re-reads the replicas (the primary notices the closed link at once).
-        for _ in 0..50 {
-            if store.online_replicas() == Some(0) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            store.reread_replication().await;
-        }
-        assert_eq!(store.online_replicas(), Some(0));
-        // The next writes do not WAIT: counted as acknowledged on one machine.
-        for jti in ["c", "d", "e"] {
-            store
-                .revoke(&Revoke::Jti(jti.into()), 10, 20)
-                .await
-                .unwrap();
-        }
+        store
+            .revoke(&Revoke::Jti("alone".into()), 10, 20)
+            .await
+            .unwrap();
         let health = store.check_health().await;
         assert_eq!(health.replicas, Some(0));
-        assert_eq!(health.unreplicated_writes, 4);
+        assert_eq!(health.unreplicated_writes, WRITERS as u64 + 1);
+        assert_eq!(
+            store.inner.health.short_waits.load(Ordering::Relaxed),
+            short,
+            "no WAIT is sent while no replica is online"
+        );
     }
 
     /// Issue 23 §7: a running check sees `evicted_keys` grow (the start check is covered
