@@ -2085,12 +2085,21 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_wait_follows_the_replicas_online() {
         const WRITERS: usize = 16;
-        let primary = TestRedis::new().await;
         let dir = tempfile::tempdir().unwrap();
-        let replica_of = format!("127.0.0.1 {}", primary.server.port());
-        let mut replica = RedisServer::start_in(dir.path(), &["--replicaof", &replica_of])
+        // No 5 s wait before the replica's first copy.
+        let primary = TestRedis {
+            server: RedisServer::start_in(
+                &dir.path().join("primary"),
+                &["--repl-diskless-sync-delay", "0"],
+            )
             .await
-            .unwrap();
+            .unwrap(),
+        };
+        let replica_of = format!("127.0.0.1 {}", primary.server.port());
+        let mut replica =
+            RedisServer::start_in(&dir.path().join("replica"), &["--replicaof", &replica_of])
+                .await
+                .unwrap();
         let mut options = primary.options();
         options.wait_replicas = 1;
         options.wait_timeout = Duration::from_millis(500);
@@ -2125,26 +2134,31 @@ mod tests {
             }
         };
         let with_replica = concurrent("online").await;
-        assert_eq!(store.check_health().await.unreplicated_writes, 0);
+        // (Not asserted to be 0: a replica slowed by a loaded machine may miss a WAIT.)
+        let unreplicated = store.check_health().await.unreplicated_writes;
+        let short_before = store.inner.health.short_waits.load(Ordering::Relaxed);
 
         replica.kill().await;
         // The writes in flight share one WAIT, which falls short and re-reads the replicas
         // (the primary notices the closed link at once); the writes after it skip the WAIT.
         let replica_gone = concurrent("gone").await;
-        let short = store.inner.health.short_waits.load(Ordering::Relaxed);
+        let short = store.inner.health.short_waits.load(Ordering::Relaxed) - short_before;
         println!(
             "{WRITERS} concurrent writes, WAIT 1 replica (timeout 500 ms): {with_replica:?} with the replica online, \
              {replica_gone:?} just after its death ({short} WAIT(s) fell short)"
         );
-        assert!((1..=2).contains(&short), "{short} WAITs fell short");
+        // One WAIT each would be up to 16; a second or third only if the primary had not yet
+        // noticed the closed link when the first fell short.
+        assert!((1..=3).contains(&short), "{short} WAITs fell short");
         assert_eq!(store.online_replicas(), Some(0));
+        let counted = store
+            .inner
+            .health
+            .unreplicated_writes
+            .load(Ordering::Relaxed);
         assert_eq!(
-            store
-                .inner
-                .health
-                .unreplicated_writes
-                .load(Ordering::Relaxed),
-            WRITERS as u64,
+            counted,
+            unreplicated + WRITERS as u64,
             "every write after the replica's death is counted"
         );
         store
@@ -2153,9 +2167,9 @@ mod tests {
             .unwrap();
         let health = store.check_health().await;
         assert_eq!(health.replicas, Some(0));
-        assert_eq!(health.unreplicated_writes, WRITERS as u64 + 1);
+        assert_eq!(health.unreplicated_writes, counted + 1);
         assert_eq!(
-            store.inner.health.short_waits.load(Ordering::Relaxed),
+            store.inner.health.short_waits.load(Ordering::Relaxed) - short_before,
             short,
             "no WAIT is sent while no replica is online"
         );
