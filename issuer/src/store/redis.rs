@@ -1063,6 +1063,9 @@ impl RedisStore {
 
     /// Logs a `maxmemory-policy` verdict when it differs from the last one logged.
     fn note_policy(&self, policy: &PolicyCheck) {
+        if *policy == PolicyCheck::Unanswered {
+            return;
+        }
         let seen = policy.seen();
         let changed = match self.inner.health.policy_seen.lock() {
             Ok(mut last) => {
@@ -1258,6 +1261,8 @@ enum PolicyCheck {
     Refused { policy: String, message: String },
     /// `CONFIG GET` was refused (managed services, ACLs, a renamed command).
     Unchecked(String),
+    /// No answer (connection lost, timeout): nothing learnt, nothing logged by a running check.
+    Unanswered,
 }
 
 impl PolicyCheck {
@@ -1268,7 +1273,7 @@ impl PolicyCheck {
             PolicyCheck::Accepted { policy, .. } | PolicyCheck::Refused { policy, .. } => {
                 policy.clone()
             }
-            PolicyCheck::Unchecked(_) => "unchecked".to_string(),
+            PolicyCheck::Unchecked(_) | PolicyCheck::Unanswered => "unchecked".to_string(),
         }
     }
 
@@ -1284,6 +1289,9 @@ impl PolicyCheck {
                 "{message} (found while running: this replica keeps serving; a restart would refuse to start)"
             ),
             PolicyCheck::Refused { message, .. } => tracing::error!("{message}"),
+            PolicyCheck::Unanswered => tracing::warn!(
+                "no answer to CONFIG GET maxmemory-policy: could not check that Redis never evicts weauth's keys; make sure it runs maxmemory-policy noeviction"
+            ),
             PolicyCheck::Unchecked(error) => tracing::warn!(
                 error = %error,
                 "cannot read Redis's maxmemory-policy (CONFIG GET refused): could not check that Redis never evicts weauth's keys; make sure it runs maxmemory-policy noeviction"
@@ -1311,6 +1319,9 @@ async fn check_eviction(conn: &mut ConnectionManager, allow: bool) -> PolicyChec
     let policy = match config_get(conn, "maxmemory-policy").await {
         Ok(Some(policy)) => policy,
         Ok(None) => return PolicyCheck::Unchecked("no maxmemory-policy setting".into()),
+        Err(err) if matches!(redis_err(err.clone()), StoreError::Unavailable(_)) => {
+            return PolicyCheck::Unanswered
+        }
         Err(err) => return PolicyCheck::Unchecked(err.to_string()),
     };
     if redis_checks::eviction(&policy) == Eviction::Never {
