@@ -788,7 +788,7 @@ impl RedisStore {
                 // for (a promoted replica usually has none until the old primary returns)?
                 self.note_replication(read_replication(&mut health).await);
                 if let Ok(mut watch) = self.inner.health.evictions.lock() {
-                    watch.reset();
+                    watch.rebase();
                 }
                 let policy = check_eviction(&mut health, self.inner.options.allow_eviction).await;
                 self.note_policy(&policy);

@@ -121,8 +121,11 @@ pub fn evicted_keys(text: &str) -> Option<u64> {
 /// Follows the server's `evicted_keys` (a counter since the server started) and yields what
 /// grew since the last reading. The first reading is the baseline (evictions before this
 /// replica watched are not counted again); a reading below the last one means the server
-/// restarted, or is another server after a failover: it becomes the new baseline, and
-/// whatever it already holds counts as new (those evictions happened where our writes went).
+/// restarted: whatever it holds counts as new (those evictions happened since the restart,
+/// where our writes went). After a Sentinel re-resolution the store calls
+/// [`EvictionWatch::rebase`]: the primary may be the same server (a reconnect) or another one,
+/// so its next reading is a new baseline (a promoted replica has evicted nothing itself:
+/// replicas ignore `maxmemory` by default).
 #[derive(Debug, Default, Clone)]
 pub struct EvictionWatch {
     last: Option<u64>,
@@ -140,10 +143,9 @@ impl EvictionWatch {
         grown
     }
 
-    /// Forgets the baseline (the next reading is from a newly resolved primary: counted from
-    /// zero, like a restart).
-    pub fn reset(&mut self) {
-        self.last = Some(0);
+    /// Forgets the baseline: the next reading becomes it.
+    pub fn rebase(&mut self) {
+        self.last = None;
     }
 }
 
@@ -270,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn eviction_watch_counter_reset_counts_from_zero() {
+    fn eviction_watch_counter_reset_counts_from_zero_rebase_does_not() {
         let mut watch = EvictionWatch::default();
         watch.observe(500);
         assert_eq!(
@@ -279,12 +281,13 @@ mod tests {
             "a restarted server's evictions are new"
         );
         assert_eq!(watch.observe(9), 2);
-        watch.reset();
+        watch.rebase();
         assert_eq!(
-            watch.observe(4),
-            4,
-            "a newly resolved primary counts from 0"
+            watch.observe(5_000),
+            0,
+            "a re-resolved primary's history is not new"
         );
+        assert_eq!(watch.observe(5_003), 3);
     }
 
     #[test]
