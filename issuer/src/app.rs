@@ -4,7 +4,9 @@
 //! Background tasks: key reload (every `WEAUTH_KEY_RELOAD`, which also promotes a rotated key
 //! once its publish delay is over); revocation wakeups from other replicas (on Redis a pub/sub
 //! subscription, woken within milliseconds, with a 5 s `seq` re-read as a safety net; on SQLite
-//! a cheap `max(seq)` poll every 250 ms; either re-read sets the `weauth_store_up` gauge); and
+//! a cheap `max(seq)` poll every 250 ms; either re-read sets the `weauth_store_up` gauge); on
+//! Redis, the store's health read every second (replicas online, evicted keys, the eviction
+//! policy; the `weauth_store_replicas*` and `weauth_store_evicted_keys_total` series); and
 //! a purge of expired revocations, sessions and refresh tokens every `WEAUTH_PURGE_INTERVAL`
 //! (default 60 s). All of them end when the shutdown `watch` flips.
 
@@ -28,7 +30,8 @@ use crate::keys::{self, KeyError, KeyRing};
 use crate::metrics::Metrics;
 use crate::secrets::{DataKey, SecretError};
 use crate::shared::{
-    Announcements, LocalLimiter, LoginLimiter, Polling, RedisAnnouncements, RedisLimiter,
+    Announcements, HealthCheck, LocalLimiter, LoginLimiter, Polling, RedisAnnouncements,
+    RedisHealthCheck, RedisLimiter,
 };
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
@@ -62,6 +65,9 @@ pub struct App {
     pub limiter: Arc<dyn LoginLimiter>,
     /// How this replica hears of revocations other replicas write.
     announcements: Arc<dyn Announcements>,
+    /// The shared store's own health checks, where it has any (Redis: replicas online,
+    /// evicted keys, the eviction policy).
+    health: Option<Arc<dyn HealthCheck>>,
     /// The replica's copy of the recent revocation feed.
     pub feed: FeedCache,
     /// The first mini-program's WeChat client (see [`App::wechat_for`] for the others).
@@ -185,6 +191,7 @@ struct Backend {
     store: Arc<dyn Store>,
     limiter: Arc<dyn LoginLimiter>,
     announcements: Arc<dyn Announcements>,
+    health: Option<Arc<dyn HealthCheck>>,
     data_key: DataKey,
 }
 
@@ -207,6 +214,7 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
                     config.login_burst,
                 )),
                 announcements: Arc::new(Polling),
+                health: None,
                 data_key,
             })
         }
@@ -217,6 +225,7 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
                 prefix: config.redis_prefix.clone(),
                 wait_replicas: config.redis_wait_replicas,
                 wait_timeout: config.redis_wait_timeout,
+                allow_eviction: config.redis_allow_eviction,
             })
             .await?;
             // Config validation makes WEAUTH_DATA_KEY required on Redis; the path is unused.
@@ -231,7 +240,8 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
                     config.login_rate_per_min,
                     config.login_burst,
                 )),
-                announcements: Arc::new(RedisAnnouncements(redis)),
+                announcements: Arc::new(RedisAnnouncements(redis.clone())),
+                health: Some(Arc::new(RedisHealthCheck(redis))),
                 data_key,
             })
         }
@@ -329,6 +339,7 @@ impl App {
             store,
             limiter,
             announcements,
+            health,
             data_key,
         } = open_backend(&config).await?;
         // A `store` span per operation only when something records it (traces exported, or
@@ -355,6 +366,7 @@ impl App {
         Ok(Arc::new(App {
             limiter,
             announcements,
+            health,
             config,
             clock,
             store,
@@ -507,6 +519,13 @@ impl App {
             Arc::clone(self),
             shutdown.clone(),
         )));
+        if let Some(health) = &self.health {
+            let (app, health) = (Arc::clone(self), Arc::clone(health));
+            tasks.push(periodic(shutdown.clone(), health.every(), move || {
+                let (app, health) = (Arc::clone(&app), Arc::clone(&health));
+                async move { health.check(&app.metrics).await }
+            }));
+        }
         let poll = self.announcements.reread_every();
         let app = Arc::clone(self);
         tasks.push(periodic(shutdown.clone(), poll, move || {

@@ -82,6 +82,11 @@ pub const VARIABLES: &[Var] = &[
         "the longest such WAIT",
     ),
     var(
+        "WEAUTH_REDIS_ALLOW_EVICTION",
+        "false",
+        "start even when Redis's maxmemory-policy can evict weauth's keys (anything but noeviction; a warning is logged)",
+    ),
+    var(
         "WEAUTH_APPS_FILE",
         "",
         "JSON file of the apps served (miniprogram, official_account, website); or the one-app shortcut below",
@@ -490,6 +495,10 @@ pub struct Config {
     pub redis_wait_replicas: usize,
     /// `WEAUTH_REDIS_WAIT_TIMEOUT`, default `500ms`: the longest such wait.
     pub redis_wait_timeout: Duration,
+    /// `WEAUTH_REDIS_ALLOW_EVICTION`, default `false`: start even when Redis's
+    /// `maxmemory-policy` is not `noeviction` (then a warning says what can be lost). Without
+    /// it such a policy refuses the start, naming the setting.
+    pub redis_allow_eviction: bool,
     /// The WeChat apps served: `WEAUTH_APPS_FILE` (see [`crate::apps`]), or the one-app
     /// shortcut `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET` (`_FILE`), a single
     /// mini-program. One of the two forms is required to serve; both is an error. Empty for
@@ -1236,6 +1245,17 @@ impl Config {
             src.duration("WEAUTH_REDIS_WAIT_TIMEOUT", Duration::from_millis(1)),
             Duration::from_millis(500),
         );
+        let redis_allow_eviction = match src.text("WEAUTH_REDIS_ALLOW_EVICTION").trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                errs.push(bad(
+                    "WEAUTH_REDIS_ALLOW_EVICTION",
+                    format!("`{other}` is not true or false"),
+                ));
+                false
+            }
+        };
         if matches!(store, StoreUrl::Redis { .. })
             && data_key.is_none()
             && errs.0.iter().all(|e| !e.var.starts_with("WEAUTH_DATA_KEY"))
@@ -1263,6 +1283,7 @@ impl Config {
             redis_prefix,
             redis_wait_replicas,
             redis_wait_timeout,
+            redis_allow_eviction,
             apps,
             wechat_appid,
             wechat_secret,
@@ -1472,6 +1493,31 @@ mod tests {
         assert_eq!(display, "redis://:***@10.0.0.5:6380/2");
         assert_eq!(config.redis_prefix, "weauth:");
         assert_eq!(config.redis_wait_replicas, 0);
+    }
+
+    #[test]
+    fn config_redis_allow_eviction_off_by_default_and_parsed() {
+        let redis = ("WEAUTH_STORE", "redis://127.0.0.1:6379/0");
+        let config = load(&with(&[redis, KEY])).unwrap();
+        assert!(!config.redis_allow_eviction);
+        let config = load(&with(&[
+            redis,
+            KEY,
+            ("WEAUTH_REDIS_ALLOW_EVICTION", "true"),
+        ]))
+        .unwrap();
+        assert!(config.redis_allow_eviction);
+        let Err(errors) = load(&with(&[
+            redis,
+            KEY,
+            ("WEAUTH_REDIS_ALLOW_EVICTION", "maybe"),
+        ])) else {
+            panic!("`maybe` is not a boolean");
+        };
+        assert!(
+            errors.to_string().contains("WEAUTH_REDIS_ALLOW_EVICTION"),
+            "{errors}"
+        );
     }
 
     #[test]

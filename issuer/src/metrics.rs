@@ -10,9 +10,12 @@
 //! `weauth_login_risk_total{appid,outcome,rank}`,
 //! `weauth_wechat_app_calls_total{appid,api,outcome}` (per configured app: `ok` or the
 //! errcode/failure class), `weauth_http_request_duration_seconds{route}` (histogram; `route`
-//! is one of a fixed set, see [`route_label`]), `weauth_store_check_failures_total`; gauges set
-//! by the background tasks (`weauth_store_up`, `weauth_signing_key_activated_timestamp_seconds`,
-//! `weauth_signing_keys_next`) and gauges passed in at scrape time by the caller
+//! is one of a fixed set, see [`route_label`]), `weauth_store_check_failures_total`; on Redis,
+//! from the store's health check, `weauth_store_evicted_keys_total` and
+//! `weauth_store_unreplicated_writes_total`; gauges set by the background tasks
+//! (`weauth_store_up`, `weauth_signing_key_activated_timestamp_seconds`,
+//! `weauth_signing_keys_next`, and on Redis `weauth_store_replicas`,
+//! `weauth_store_replicas_wanted`) and gauges passed in at scrape time by the caller
 //! (`weauth_revocation_seq`, `weauth_signing_keys_published`, `weauth_feed_waiters`).
 //!
 //! The alerts and the dashboard built on these series are in `deploy/monitoring/`
@@ -72,7 +75,7 @@ struct Inner {
 }
 
 /// The gauges set by [`Metrics`] methods: (name, help).
-const GAUGES: [(&str, &str); 3] = [
+const GAUGES: [(&str, &str); 5] = [
     (
         "weauth_store_up",
         "1 when the last background store check (the revocation seq read) succeeded, else 0.",
@@ -84,6 +87,14 @@ const GAUGES: [(&str, &str); 3] = [
     (
         "weauth_signing_keys_next",
         "Keys published in the JWKS that do not sign yet (a successor in waiting).",
+    ),
+    (
+        "weauth_store_replicas",
+        "Redis: replicas the primary reports online (state=online); below weauth_store_replicas_wanted, acknowledged writes are on fewer machines than configured.",
+    ),
+    (
+        "weauth_store_replicas_wanted",
+        "Redis: WEAUTH_REDIS_WAIT_REPLICAS, the replicas each write WAITs for.",
     ),
 ];
 
@@ -110,7 +121,7 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-const HELP: [(&str, &str, &str); 14] = [
+const HELP: [(&str, &str, &str); 16] = [
     (
         "weauth_login_risk_total",
         "counter",
@@ -120,6 +131,16 @@ const HELP: [(&str, &str, &str); 14] = [
         "weauth_store_check_failures_total",
         "counter",
         "Background store checks (the revocation seq read) that failed.",
+    ),
+    (
+        "weauth_store_evicted_keys_total",
+        "counter",
+        "Redis: keys the server evicted (growth of its evicted_keys) since this replica started watching; anything above 0 can be lost acknowledged writes.",
+    ),
+    (
+        "weauth_store_unreplicated_writes_total",
+        "counter",
+        "Redis: writes acknowledged without reaching WEAUTH_REDIS_WAIT_REPLICAS replicas (WAIT skipped because none was online, or timed out).",
     ),
     (
         "weauth_wechat_app_calls_total",
@@ -375,6 +396,36 @@ impl Metrics {
         }
     }
 
+    /// Records the Redis store's health check: `weauth_store_replicas` (absent while unknown),
+    /// `weauth_store_replicas_wanted`, and the store's own running totals as the counters
+    /// `weauth_store_evicted_keys_total` and `weauth_store_unreplicated_writes_total`.
+    pub fn redis_health(
+        &self,
+        replicas: Option<usize>,
+        wanted: usize,
+        evicted_keys: u64,
+        unreplicated_writes: u64,
+    ) {
+        if let Ok(mut inner) = self.inner.lock() {
+            match replicas {
+                Some(n) => inner.gauges.insert("weauth_store_replicas", n as f64),
+                None => inner.gauges.remove("weauth_store_replicas"),
+            };
+            inner
+                .gauges
+                .insert("weauth_store_replicas_wanted", wanted as f64);
+            for (name, value) in [
+                ("weauth_store_evicted_keys_total", evicted_keys),
+                (
+                    "weauth_store_unreplicated_writes_total",
+                    unreplicated_writes,
+                ),
+            ] {
+                inner.counters.insert((name, String::new()), value);
+            }
+        }
+    }
+
     /// Records the key ring in use: when its signing key began signing (unix seconds) and how
     /// many published keys wait to sign.
     pub fn signing_keys(&self, signing_since: i64, next: usize) {
@@ -548,6 +599,28 @@ mod tests {
             text.contains("weauth_store_check_failures_total 2\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn redis_health_gauges_and_counters_rendered() {
+        let metrics = Metrics::default();
+        metrics.redis_health(Some(0), 1, 12, 3);
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("# TYPE weauth_store_replicas gauge\nweauth_store_replicas 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("weauth_store_replicas_wanted 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE weauth_store_evicted_keys_total counter\nweauth_store_evicted_keys_total 12\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weauth_store_unreplicated_writes_total 3\n"),
+            "{text}"
+        );
+        metrics.redis_health(None, 1, 12, 3);
+        assert!(!metrics.render(&[]).contains("weauth_store_replicas "));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`Announcements`]: hearing of revocations other replicas wrote ([`Polling`]: none, the
 //!   seq is re-read often; [`RedisAnnouncements`]: pub/sub, with a slow re-read as a safety
 //!   net).
+//! - [`HealthCheck`]: what the shared store itself cannot promise, read periodically
+//!   ([`RedisHealthCheck`]: replicas online, evicted keys, the eviction policy).
 
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimiter, RetryAfter};
 use crate::store::redis::{redis_err, RedisStore};
 use crate::store::{Store, StoreError};
@@ -158,6 +161,37 @@ impl Announcements for RedisAnnouncements {
         Err(StoreError::Unavailable(
             "the revocation subscription ended".into(),
         ))
+    }
+}
+
+/// A periodic check of the shared store's health, reported in the metrics.
+#[async_trait]
+pub trait HealthCheck: Send + Sync {
+    /// How often [`HealthCheck::check`] runs.
+    fn every(&self) -> Duration;
+
+    /// Reads the store's health and reports it (logs and `metrics`).
+    async fn check(&self, metrics: &Metrics);
+}
+
+/// Redis: every second, the replicas the primary reports online, keys evicted since the last
+/// read, and `maxmemory-policy` ([`RedisStore::check_health`]).
+pub struct RedisHealthCheck(pub RedisStore);
+
+#[async_trait]
+impl HealthCheck for RedisHealthCheck {
+    fn every(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    async fn check(&self, metrics: &Metrics) {
+        let health = self.0.check_health().await;
+        metrics.redis_health(
+            health.replicas,
+            health.wanted,
+            health.evicted_keys,
+            health.unreplicated_writes,
+        );
     }
 }
 

@@ -10,6 +10,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{payload, Issuer, Stack, ADMIN, FEED};
@@ -614,4 +616,383 @@ async fn changed_signing_alg_published_before_it_signs() {
     // A second restart during or after the switch adds no further key.
     stack.restart().await;
     assert_eq!(stack.count("signing_keys"), 2);
+}
+
+// --- Redis: the eviction policy (issue 23 §7) -------------------------------------------------
+
+/// Any 32 bytes, base64: a Redis store requires a data key shared by the replicas.
+const REDIS_DATA_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// A real `redis-server` with `extra` settings, in its own temp directory.
+async fn redis_with(extra: &[&str]) -> (weauth_tests::redis::RedisServer, common::TempDir) {
+    let dir = common::temp_dir("redis");
+    let server = weauth_tests::redis::RedisServer::start_in(&dir.path().join("redis"), extra)
+        .await
+        .unwrap();
+    (server, dir)
+}
+
+/// Waits (up to 10 s) until the issuer's log contains `text`.
+async fn log_shows(issuer: &Issuer, text: &str) {
+    let started = Instant::now();
+    while !issuer.log_text().contains(text) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the log never said `{text}`:\n{}",
+            issuer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_evicting_policy_refused_at_start_naming_the_setting() {
+    for policy in ["allkeys-lru", "volatile-lru"] {
+        let (redis, _dir) = redis_with(&["--maxmemory", "3mb", "--maxmemory-policy", policy]).await;
+        let output = Command::new(common::bin())
+            .env_clear()
+            .env("WEAUTH_WECHAT_APPID", "wx1")
+            .env("WEAUTH_WECHAT_SECRET", "s")
+            .env("WEAUTH_STORE", redis.url(0))
+            .env("WEAUTH_DATA_KEY", REDIS_DATA_KEY)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{policy}: {stderr}");
+        for part in [
+            "WEAUTH_STORE=redis://127.0.0.1:",
+            &format!("maxmemory-policy {policy}"),
+            "maxmemory 3145728 bytes",
+            "maxmemory-policy noeviction",
+            "WEAUTH_REDIS_ALLOW_EVICTION=true",
+        ] {
+            assert!(
+                stderr.contains(part),
+                "{policy}: `{part}` missing: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_noeviction_passes_the_policy_check() {
+    // The harness's redis-server runs Redis's default policy, noeviction.
+    let (redis, _dir) = redis_with(&[]).await;
+    let url = redis.url(0);
+    let stack = Stack::start(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
+    log_shows(&stack.issuer, "maxmemory-policy: noeviction").await;
+    stack.login("noeviction").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_evicting_policy_accepted_warns_then_counts_evictions() {
+    let (redis, _dir) =
+        redis_with(&["--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru"]).await;
+    let url = redis.url(0);
+    let stack = Stack::start(&[
+        ("WEAUTH_STORE", &url),
+        ("WEAUTH_DATA_KEY", REDIS_DATA_KEY),
+        ("WEAUTH_REDIS_ALLOW_EVICTION", "true"),
+    ])
+    .await;
+    log_shows(
+        &stack.issuer,
+        "WEAUTH_REDIS_ALLOW_EVICTION=true: accepted, starting anyway",
+    )
+    .await;
+    // Fill Redis past its 3 MB with other keys: it evicts.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // In batches: one 6 MB pipeline can outlast the client's response timeout.
+    for batch in 0..60 {
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.set(format!("filler:{batch}:{i}"), vec![b'x'; 1024])
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    let started = Instant::now();
+    loop {
+        let text = stack
+            .http
+            .get(stack.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let evicted = text
+            .lines()
+            .find_map(|line| line.strip_prefix("weauth_store_evicted_keys_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if evicted > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "evictions never counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    log_shows(&stack.issuer, "Redis evicted keys").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_config_refused_warns_it_could_not_check_and_starts() {
+    // A managed Redis that refuses CONFIG (here: renamed away).
+    let (redis, _dir) = redis_with(&[
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--rename-command",
+        "CONFIG",
+        "weauth-test-hidden-config",
+    ])
+    .await;
+    let url = redis.url(0);
+    let stack = Stack::start(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
+    log_shows(
+        &stack.issuer,
+        "could not check that Redis never evicts weauth's keys",
+    )
+    .await;
+    stack.login("unchecked").await;
+}
+
+// --- Redis: a Sentinel failover that leaves the primary alone (issue 23 §8) -------------------
+
+/// One login of the load: when it started and ended, and whether it was answered 200.
+#[derive(Clone, Copy)]
+struct Attempt {
+    start: Instant,
+    end: Instant,
+    ok: bool,
+}
+
+/// `clients` loops of mock `wx.login` + `POST /v1/login` until `stop`, recording every
+/// attempt in `attempts`.
+fn login_load(
+    stack: &Stack,
+    clients: usize,
+    attempts: &Arc<Mutex<Vec<Attempt>>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (mock, login) = (stack.mock.base_url(), stack.url("/v1/login"));
+            let (attempts, stop) = (Arc::clone(attempts), Arc::clone(stop));
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let start = Instant::now();
+                    let code = async {
+                        let body: serde_json::Value = http
+                            .get(format!("{mock}/mock/login?user=load-{c}-{n}"))
+                            .send()
+                            .await?
+                            .json()
+                            .await?;
+                        Ok::<_, reqwest::Error>(body["code"].as_str().unwrap_or("").to_string())
+                    };
+                    let ok = match code.await {
+                        Ok(code) => http
+                            .post(&login)
+                            .json(&json!({ "code": code }))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().as_u16() == 200),
+                        Err(_) => false,
+                    };
+                    attempts.lock().unwrap().push(Attempt {
+                        start,
+                        end: Instant::now(),
+                        ok,
+                    });
+                }
+            })
+        })
+        .collect()
+}
+
+/// Successful logins that ended in `[from, to)`, per second.
+fn rate(attempts: &[Attempt], from: Instant, to: Instant) -> f64 {
+    let ok = attempts
+        .iter()
+        .filter(|a| a.ok && a.end >= from && a.end < to)
+        .count();
+    ok as f64 / (to - from).as_secs_f64()
+}
+
+async fn metric(stack: &Stack, name: &str) -> Option<f64> {
+    let text = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits (up to 10 s) until the issuer's metric `name` equals `value`.
+async fn metric_becomes(stack: &Stack, name: &str, value: f64) {
+    let started = Instant::now();
+    loop {
+        let now = metric(stack, name).await;
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} is {now:?}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGKILL of the Sentinel primary under 16 clients logging in; the promoted replica has no
+/// replica of its own (the old primary stays dead). Writes come back and keep succeeding, the
+/// issuer says acknowledged writes are on one machine (log and `weauth_store_replicas 0`), and
+/// the login rate before and after is printed (a measurement, not an assertion: run with
+/// `--nocapture`; `WEAUTH_TEST_FAILOVER_AFTER=120` measures the two minutes after, printed per
+/// 10 s, for docs/OPERATIONS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
+    const CLIENTS: usize = 16;
+    let phase = |var: &str, default: u64| {
+        Duration::from_secs(
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default),
+        )
+    };
+    let (before, after) = (
+        phase("WEAUTH_TEST_FAILOVER_BEFORE", 3),
+        phase("WEAUTH_TEST_FAILOVER_AFTER", 5),
+    );
+    let dir = common::temp_dir("sentinel");
+    let mut sentinel = weauth_tests::redis::SentinelSetup::start(dir.path())
+        .await
+        .unwrap();
+    let url = sentinel.url();
+    let stack = Stack::start(&[
+        ("WEAUTH_STORE", &url),
+        ("WEAUTH_DATA_KEY", REDIS_DATA_KEY),
+        ("WEAUTH_LOGIN_RATE", "0"),
+    ])
+    .await;
+    metric_becomes(&stack, "weauth_store_replicas", 1.0).await;
+    metric_becomes(&stack, "weauth_store_replicas_wanted", 1.0).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let load = login_load(&stack, CLIENTS, &attempts, &stop);
+    tokio::time::sleep(before).await;
+    sentinel.primary.kill().await;
+    let killed = Instant::now();
+    // Writes are back when a login begun after the kill succeeds; then `after` more.
+    let first_ok_after_kill = || {
+        attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.ok && a.start >= killed)
+            .map(|a| a.end)
+            .min()
+    };
+    let window_end = loop {
+        if let Some(end) = first_ok_after_kill() {
+            break end;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no login succeeded within 30 s of the primary's death"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep((window_end + after).saturating_duration_since(Instant::now())).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let attempts = attempts.lock().unwrap().clone();
+    let window = window_end - killed;
+    let measured_to = window_end + after;
+    let before_rate = rate(&attempts, started, killed);
+    let after_rate = rate(&attempts, window_end, measured_to);
+    let failed_later = attempts
+        .iter()
+        .filter(|a| !a.ok && a.start >= window_end + Duration::from_secs(1))
+        .count();
+    let failed = attempts.iter().filter(|a| !a.ok).count();
+    let slowest_after = attempts
+        .iter()
+        .filter(|a| a.ok && a.start >= window_end)
+        .map(|a| a.end - a.start)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "Sentinel failover, no replica left, {CLIENTS} clients: {before_rate:.0} logins/s before the kill; \
+         logins unavailable for {window:.1?}; {after_rate:.0} logins/s in the {after:?} after \
+         ({:.0}% of before); {failed} failed logins in all; slowest login after: {slowest_after:.0?}",
+        100.0 * after_rate / before_rate.max(f64::MIN_POSITIVE)
+    );
+    // Per 10 s for the longer measurements (the machine's load average too: the rate follows
+    // whatever else runs on it).
+    for (phase_start, phase_end, long) in [
+        (started, killed, before > Duration::from_secs(10)),
+        (window_end, measured_to, after > Duration::from_secs(10)),
+    ] {
+        let mut from = phase_start;
+        while long && from + Duration::from_secs(10) <= phase_end {
+            let to = from + Duration::from_secs(10);
+            println!(
+                "  {:>+5.0} s .. {:>+5.0} s from the kill: {:.0} logins/s",
+                from.duration_since(started).as_secs_f64() - (killed - started).as_secs_f64(),
+                to.duration_since(started).as_secs_f64() - (killed - started).as_secs_f64(),
+                rate(&attempts, from, to)
+            );
+            from = to;
+        }
+    }
+    if before > Duration::from_secs(10) || after > Duration::from_secs(10) {
+        println!(
+            "  load average at the end: {}",
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        );
+    }
+    assert_eq!(
+        failed_later, 0,
+        "logins failed more than 1 s after writes resumed"
+    );
+    assert!(
+        rate(&attempts, window_end, window_end + after) > 0.0,
+        "writes did not keep succeeding after the failover"
+    );
+    // The issuer says so: the log, the gauge, and the writes counted as on one machine.
+    log_shows(&stack.issuer, "acknowledged writes are now on one machine").await;
+    metric_becomes(&stack, "weauth_store_replicas", 0.0).await;
+    let unreplicated = metric(&stack, "weauth_store_unreplicated_writes_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        unreplicated > 0.0,
+        "writes acknowledged on one machine are counted"
+    );
 }

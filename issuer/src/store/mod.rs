@@ -19,6 +19,7 @@
 #[cfg(test)]
 pub mod contract;
 pub mod redis;
+pub mod redis_checks;
 pub mod sqlite;
 pub mod traced;
 

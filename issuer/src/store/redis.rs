@@ -44,10 +44,20 @@
 //! Durability: with `WAIT` configured (`WEAUTH_REDIS_WAIT_REPLICAS`, default 1 on Sentinel),
 //! every write is acknowledged to the client only after that many replicas have it, or after
 //! `WEAUTH_REDIS_WAIT_TIMEOUT` (then a warning is logged and counted: that write could be lost
-//! by a failover in the next moment). Revocations are published on `P revocations` so every
-//! replica's long polls wake at once.
+//! by a failover in the next moment). `WAIT` asks for no more replicas than the primary last
+//! reported online, and is skipped while it reports none (after a failover that left the
+//! promoted primary alone): a `WAIT` that cannot be satisfied runs its whole timeout and holds
+//! every command queued behind it on the multiplexed connection. One `WAIT` is in flight at a
+//! time, shared by the writes that finished before it was sent (group commit,
+//! [`RedisStore::replicate`]). The primary's replicas are
+//! read (`INFO replication`, on a second connection that no `WAIT` blocks) at connect, after
+//! every Sentinel re-resolution, after a `WAIT` that fell short, and by [`RedisStore::check_health`]
+//! (the issuer calls it every second), which also follows `evicted_keys` and re-checks
+//! `maxmemory-policy`. The pure side of these checks is [`super::redis_checks`].
+//! Revocations are published on `P revocations` so every replica's long polls wake at once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +73,7 @@ use redis::{
 use serde::{Deserialize, Serialize};
 use weauth_token::revocation::{Entry, EntryKind};
 
+use super::redis_checks::{self, Eviction, EvictionWatch, Replication};
 use super::{
     CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, RiskFact, Rotate,
     RotateResult, SessionRecord, Store, StoreError, UserRecord,
@@ -104,11 +115,20 @@ pub struct RedisOptions {
     /// `WAIT` for this many replicas after each write (0: do not wait).
     pub wait_replicas: usize,
     pub wait_timeout: Duration,
+    /// `WEAUTH_REDIS_ALLOW_EVICTION`: start (with a warning) even when `maxmemory-policy` can
+    /// evict weauth's keys.
+    pub allow_eviction: bool,
 }
 
-/// Connection state: the current primary's connection manager.
+/// The variable that accepts an evicting `maxmemory-policy`.
+pub const ALLOW_EVICTION_VAR: &str = "WEAUTH_REDIS_ALLOW_EVICTION";
+
+/// Connection state: the current primary's connection managers.
 struct Conn {
     manager: ConnectionManager,
+    /// A second connection to the same primary for the health reads (`INFO`, `CONFIG GET`),
+    /// so they are never queued behind a `WAIT` on the main one.
+    health: ConnectionManager,
     /// When the primary was last re-resolved through Sentinel.
     resolved_at: Instant,
 }
@@ -125,6 +145,66 @@ struct Inner {
     /// Serializes Sentinel re-resolution.
     resolving: tokio::sync::Mutex<()>,
     scripts: Scripts,
+    health: Health,
+    waits: WaitGroup,
+}
+
+/// The `WAIT` group commit ([`RedisStore::replicate`]).
+struct WaitGroup {
+    state: Mutex<WaitState>,
+    /// The last `WAIT` that ended.
+    done: tokio::sync::watch::Sender<WaitDone>,
+}
+
+#[derive(Default)]
+struct WaitState {
+    /// `WAIT`s sent so far (the generation of the latest).
+    sent: u64,
+    /// One is in flight.
+    in_flight: bool,
+}
+
+/// How a `WAIT` ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct WaitDone {
+    generation: u64,
+    /// Replicas that acknowledged (`None`: the `WAIT` failed).
+    acked: Option<usize>,
+    /// Replicas it asked for.
+    target: usize,
+}
+
+/// What the health reads found, shared by the write path and the periodic check.
+struct Health {
+    /// Replicas the primary last reported online; -1 when unknown (no answer yet, or the
+    /// server is not a primary).
+    online: AtomicI64,
+    /// Keys the server evicted since this handle started watching.
+    evicted_total: AtomicU64,
+    /// Writes acknowledged without the configured replicas: `WAIT` skipped (none online) or
+    /// fallen short.
+    unreplicated_writes: AtomicU64,
+    evictions: Mutex<EvictionWatch>,
+    /// The last `maxmemory-policy` verdict logged (a running check logs changes only).
+    policy_seen: Mutex<Option<String>>,
+    /// `WAIT`s that fell short (each shared by the writes of its group).
+    short_waits: AtomicU64,
+    /// One replication re-read at a time after a `WAIT` fell short, at most every 250 ms.
+    rereading: AtomicBool,
+    reread_at: Mutex<Option<Instant>>,
+}
+
+/// What [`RedisStore::check_health`] saw (for the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisHealth {
+    /// Replicas the primary reports online (`None`: unknown).
+    pub replicas: Option<usize>,
+    /// `WEAUTH_REDIS_WAIT_REPLICAS`.
+    pub wanted: usize,
+    /// Keys Redis evicted since this replica started watching.
+    pub evicted_keys: u64,
+    /// Writes acknowledged without the wanted replicas.
+    pub unreplicated_writes: u64,
 }
 
 struct Scripts {
@@ -579,12 +659,14 @@ async fn primary_client(target: &RedisTarget) -> Result<redis::Client, RedisErro
 }
 
 impl RedisStore {
-    /// Connects, checks the server can run scripts, and logs a warning naming the setting
+    /// Connects, checks the server can run scripts, refuses a `maxmemory-policy` that can
+    /// evict weauth's keys (unless `allow_eviction`), and logs a warning naming the setting
     /// when the server's persistence could lose an acknowledged write.
     ///
     /// # Errors
     /// [`StoreError::Open`] naming `WEAUTH_STORE` and the reason (unreachable, wrong password,
-    /// wrong database index, scripting refused).
+    /// wrong database index, scripting refused, an evicting `maxmemory-policy` not accepted
+    /// with `WEAUTH_REDIS_ALLOW_EVICTION`).
     pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
         let target = format!("WEAUTH_STORE={}", options.display);
         let fail = |reason: String| StoreError::Open {
@@ -594,7 +676,12 @@ impl RedisStore {
         let client = primary_client(&options.target)
             .await
             .map_err(|err| fail(describe_connect_error(&err)))?;
-        let mut manager = tokio::time::timeout(Duration::from_secs(5), connect_manager(client))
+        let managers = async {
+            let manager = connect_manager(client.clone()).await?;
+            let health = connect_manager(client).await?;
+            Ok::<_, RedisError>((manager, health))
+        };
+        let (mut manager, mut health) = tokio::time::timeout(Duration::from_secs(5), managers)
             .await
             .map_err(|_| fail("no answer within 5 s".into()))?
             .map_err(|err| fail(describe_connect_error(&err)))?;
@@ -608,18 +695,43 @@ impl RedisStore {
                 "the server does not run Lua scripts (EVAL), which every atomic change needs: {err}"
             )));
         }
+        let policy = check_eviction(&mut health, options.allow_eviction).await;
+        if let PolicyCheck::Refused { message, .. } = &policy {
+            return Err(fail(message.clone()));
+        }
+        policy.log(false);
         check_persistence(&mut manager).await;
-        Ok(RedisStore {
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 options,
                 conn: Mutex::new(Conn {
                     manager,
+                    health: health.clone(),
                     resolved_at: Instant::now(),
                 }),
                 resolving: tokio::sync::Mutex::new(()),
                 scripts: Scripts::new(),
+                health: Health {
+                    online: AtomicI64::new(-1),
+                    evicted_total: AtomicU64::new(0),
+                    unreplicated_writes: AtomicU64::new(0),
+                    short_waits: AtomicU64::new(0),
+                    evictions: Mutex::new(EvictionWatch::default()),
+                    policy_seen: Mutex::new(Some(policy.seen())),
+                    rereading: AtomicBool::new(false),
+                    reread_at: Mutex::new(None),
+                },
+                waits: WaitGroup {
+                    state: Mutex::new(WaitState::default()),
+                    done: tokio::sync::watch::channel(WaitDone::default()).0,
+                },
             }),
-        })
+        };
+        store.note_replication(read_replication(&mut health).await);
+        if let Some(evicted) = read_evicted(&mut health).await {
+            store.note_evicted(evicted);
+        }
+        Ok(store)
     }
 
     /// The key prefix.
@@ -674,12 +786,23 @@ impl RedisStore {
         }
         let resolved = async {
             let client = primary_client(&self.inner.options.target).await?;
-            connect_manager(client).await
+            let manager = connect_manager(client.clone()).await?;
+            let health = connect_manager(client).await?;
+            Ok::<_, RedisError>((manager, health))
         };
         match tokio::time::timeout(Duration::from_secs(3), resolved).await {
-            Ok(Ok(manager)) => {
+            Ok(Ok((manager, mut health))) => {
+                // Before any write reaches the new primary: does it have a replica to WAIT
+                // for (a promoted replica usually has none until the old primary returns)?
+                self.note_replication(read_replication(&mut health).await);
+                if let Ok(mut watch) = self.inner.health.evictions.lock() {
+                    watch.rebase();
+                }
+                let policy = check_eviction(&mut health, self.inner.options.allow_eviction).await;
+                self.note_policy(&policy);
                 if let Ok(mut conn) = self.inner.conn.lock() {
                     conn.manager = manager;
+                    conn.health = health;
                     conn.resolved_at = Instant::now();
                 }
                 tracing::info!("reconnected to the Redis primary named by Sentinel");
@@ -722,17 +845,85 @@ impl RedisStore {
             .await
     }
 
-    /// `WAIT`s for the configured replicas after a write; a timeout is logged, not failed
-    /// (the write is on the primary; refusing now would make the client retry a done change).
+    /// `WAIT`s for the configured replicas after a write, asking for no more than the primary
+    /// last reported online and skipping the `WAIT` while it reports none (see the module
+    /// docs); a shortfall is logged and counted, not failed (the write is on the primary;
+    /// refusing now would make the client retry a done change), and makes the store re-read
+    /// the primary's replicas.
+    ///
+    /// Group commit: one `WAIT` at a time per connection. A `WAIT` covers every write made
+    /// on its connection before it was sent, so a write that finds one in flight waits for
+    /// it to end and then shares the next one with every write that arrived meanwhile. Redis
+    /// runs nothing else from a connection while a `WAIT` blocks it; one at a time bounds
+    /// what a replica that stops answering costs the writes queued on the connection to about
+    /// one `WEAUTH_REDIS_WAIT_TIMEOUT` (the `WAIT` in flight, then the re-read of the replicas
+    /// stops the next), however many are in flight (one `WAIT` each made it their number times
+    /// the timeout).
     async fn replicate(&self) {
-        let (replicas, timeout) = (
-            self.inner.options.wait_replicas,
-            self.inner.options.wait_timeout,
-        );
-        if replicas == 0 {
+        let wanted = self.inner.options.wait_replicas;
+        if wanted == 0 {
             return;
         }
-        let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let waits = &self.inner.waits;
+        let mut done = waits.done.subscribe();
+        // Any WAIT sent from now on covers this write (its reply has arrived).
+        let needed = match waits.state.lock() {
+            Ok(state) => state.sent + 1,
+            Err(_) => return,
+        };
+        loop {
+            let replicas = redis_checks::wait_target(wanted, self.online_replicas());
+            if replicas == 0 {
+                self.count_unreplicated();
+                return;
+            }
+            let finished = *done.borrow_and_update();
+            if finished.generation >= needed {
+                if finished.acked.is_some_and(|acked| acked < finished.target) {
+                    self.count_unreplicated();
+                }
+                return;
+            }
+            let lead = match waits.state.lock() {
+                Ok(mut state) if !state.in_flight => {
+                    state.in_flight = true;
+                    state.sent += 1;
+                    Some(state.sent)
+                }
+                Ok(_) => None,
+                Err(_) => return,
+            };
+            match lead {
+                Some(generation) => return self.lead_wait(generation, replicas).await,
+                None => {
+                    if done.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the `WAIT` of generation `generation` for `replicas` and publishes its outcome
+    /// to the writes sharing it (see [`Self::replicate`]).
+    async fn lead_wait(&self, generation: u64, replicas: usize) {
+        /// Ends the lead even when the request is dropped mid-`WAIT`: the writes waiting on it
+        /// wake up and one of them sends the next.
+        struct Lead<'a> {
+            waits: &'a WaitGroup,
+        }
+        impl Drop for Lead<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut state) = self.waits.state.lock() {
+                    state.in_flight = false;
+                }
+                self.waits.done.send_modify(|_| {});
+            }
+        }
+        let lead = Lead {
+            waits: &self.inner.waits,
+        };
+        let millis = u64::try_from(self.inner.options.wait_timeout.as_millis()).unwrap_or(u64::MAX);
         let acked: Result<usize, StoreError> = self
             .op(|mut conn| async move {
                 redis::cmd("WAIT")
@@ -742,14 +933,183 @@ impl RedisStore {
                     .await
             })
             .await;
+        let short = matches!(acked, Ok(n) if n < replicas);
+        if short {
+            // Before the writes queued behind this WAIT decide whether to send the next one.
+            self.reread_replication().await;
+        }
+        self.inner.waits.done.send_modify(|finished| {
+            *finished = WaitDone {
+                generation,
+                acked: acked.as_ref().ok().copied(),
+                target: replicas,
+            }
+        });
+        drop(lead);
         match acked {
-            Ok(n) if n >= replicas => {}
-            Ok(n) => tracing::warn!(
-                acked = n,
-                wanted = replicas,
-                "WEAUTH_REDIS_WAIT_REPLICAS: a write reached fewer replicas than configured within WEAUTH_REDIS_WAIT_TIMEOUT; a failover right now could lose it"
-            ),
+            Ok(n) if short => {
+                self.count_unreplicated();
+                self.inner
+                    .health
+                    .short_waits
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    acked = n,
+                    wanted = replicas,
+                    "WEAUTH_REDIS_WAIT_REPLICAS: writes reached fewer replicas than configured within WEAUTH_REDIS_WAIT_TIMEOUT; a failover right now could lose them"
+                );
+            }
+            Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "WAIT failed after a write"),
+        }
+    }
+
+    fn count_unreplicated(&self) {
+        self.inner
+            .health
+            .unreplicated_writes
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The replicas the primary last reported online (`None`: unknown).
+    fn online_replicas(&self) -> Option<usize> {
+        usize::try_from(self.inner.health.online.load(Ordering::Relaxed)).ok()
+    }
+
+    fn health_manager(&self) -> Result<ConnectionManager, StoreError> {
+        self.inner
+            .conn
+            .lock()
+            .map(|conn| conn.health.clone())
+            .map_err(|_| StoreError::backend("the Redis connection lock is poisoned"))
+    }
+
+    /// After a `WAIT` fell short: re-reads the primary's replicas on the health connection
+    /// (one re-read at a time, at most every 250 ms), so the writes that follow stop waiting
+    /// for a replica that is gone.
+    async fn reread_replication(&self) {
+        let health = &self.inner.health;
+        let recent = health
+            .reread_at
+            .lock()
+            .map(|at| at.is_some_and(|at| at.elapsed() < Duration::from_millis(250)))
+            .unwrap_or(true);
+        if recent || health.rereading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(mut conn) = self.health_manager() {
+            let read = tokio::time::timeout(Duration::from_secs(1), read_replication(&mut conn));
+            if let Ok(replication) = read.await {
+                self.note_replication(replication);
+            }
+        }
+        if let Ok(mut at) = health.reread_at.lock() {
+            *at = Some(Instant::now());
+        }
+        health.rereading.store(false, Ordering::Release);
+    }
+
+    /// Records what `INFO replication` said, logging when the primary has fewer replicas
+    /// online than `WEAUTH_REDIS_WAIT_REPLICAS` asks for, and when they are back.
+    fn note_replication(&self, replication: Option<Replication>) {
+        let online = match replication {
+            Some(Replication {
+                primary: true,
+                online,
+            }) => i64::try_from(online).unwrap_or(i64::MAX),
+            _ => -1,
+        };
+        let before = self.inner.health.online.swap(online, Ordering::AcqRel);
+        let wanted = i64::try_from(self.inner.options.wait_replicas).unwrap_or(i64::MAX);
+        if wanted == 0 || online < 0 {
+            return;
+        }
+        let was_short = before >= 0 && before < wanted;
+        if online < wanted && (!was_short || (online == 0) != (before == 0)) {
+            if online == 0 {
+                tracing::error!(
+                    replicas_online = 0,
+                    wanted,
+                    "the Redis primary reports no replica online: acknowledged writes are now on one machine (WAIT is skipped until a replica is back; losing this primary now loses them). Bring a replica back, e.g. restart the old primary: Sentinel makes it a replica"
+                );
+            } else {
+                tracing::warn!(
+                    replicas_online = online,
+                    wanted,
+                    "the Redis primary reports fewer replicas online than WEAUTH_REDIS_WAIT_REPLICAS: writes WAIT for those online only"
+                );
+            }
+        } else if online >= wanted && was_short {
+            tracing::info!(
+                replicas_online = online,
+                wanted,
+                "Redis replicas online again: writes WAIT for WEAUTH_REDIS_WAIT_REPLICAS again"
+            );
+        }
+    }
+
+    /// Records an `evicted_keys` reading, logging what grew.
+    fn note_evicted(&self, evicted: u64) {
+        let grown = match self.inner.health.evictions.lock() {
+            Ok(mut watch) => watch.observe(evicted),
+            Err(_) => 0,
+        };
+        if grown > 0 {
+            let total = self
+                .inner
+                .health
+                .evicted_total
+                .fetch_add(grown, Ordering::Relaxed)
+                + grown;
+            tracing::error!(
+                evicted = grown,
+                evicted_since_start = total,
+                "Redis evicted keys (its evicted_keys grew): acknowledged revocations, sessions or refresh tokens may be gone. Set maxmemory-policy noeviction and give Redis more memory"
+            );
+        }
+    }
+
+    /// Logs a `maxmemory-policy` verdict when it differs from the last one logged.
+    fn note_policy(&self, policy: &PolicyCheck) {
+        if *policy == PolicyCheck::Unanswered {
+            return;
+        }
+        let seen = policy.seen();
+        let changed = match self.inner.health.policy_seen.lock() {
+            Ok(mut last) => {
+                let changed = last.as_deref() != Some(seen.as_str());
+                *last = Some(seen);
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            policy.log(true);
+        }
+    }
+
+    /// The periodic health read (the issuer runs it every second): the primary's replicas
+    /// online, keys evicted since the last read, and `maxmemory-policy` (logged when it
+    /// changes: an evicting policy set while running is an error in the log, not an exit).
+    /// Runs on the health connection, so a `WAIT` on the main one does not delay it.
+    pub async fn check_health(&self) -> RedisHealth {
+        if let Ok(mut conn) = self.health_manager() {
+            let reads = async {
+                self.note_replication(read_replication(&mut conn).await);
+                if let Some(evicted) = read_evicted(&mut conn).await {
+                    self.note_evicted(evicted);
+                }
+                let policy = check_eviction(&mut conn, self.inner.options.allow_eviction).await;
+                self.note_policy(&policy);
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(3), reads).await;
+        }
+        let health = &self.inner.health;
+        RedisHealth {
+            replicas: self.online_replicas(),
+            wanted: self.inner.options.wait_replicas,
+            evicted_keys: health.evicted_total.load(Ordering::Relaxed),
+            unreplicated_writes: health.unreplicated_writes.load(Ordering::Relaxed),
         }
     }
 
@@ -931,6 +1291,113 @@ async fn check_persistence(conn: &mut ConnectionManager) {
         }
         _ => tracing::warn!("cannot read Redis's appendonly/appendfsync (CONFIG GET refused): make sure the server runs appendonly yes with appendfsync always, or acknowledged writes can be lost on a restart"),
     }
+}
+
+/// What the `maxmemory-policy` check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PolicyCheck {
+    /// `noeviction`.
+    Safe,
+    /// An evicting policy accepted with `WEAUTH_REDIS_ALLOW_EVICTION` (the message says what
+    /// can be lost).
+    Accepted { policy: String, message: String },
+    /// An evicting policy not accepted: refuses to start.
+    Refused { policy: String, message: String },
+    /// `CONFIG GET` was refused (managed services, ACLs, a renamed command).
+    Unchecked(String),
+    /// No answer (connection lost, timeout): nothing learnt, nothing logged by a running check.
+    Unanswered,
+}
+
+impl PolicyCheck {
+    /// A key for "the same verdict as before" (a running check logs changes only).
+    fn seen(&self) -> String {
+        match self {
+            PolicyCheck::Safe => redis_checks::NOEVICTION.to_string(),
+            PolicyCheck::Accepted { policy, .. } | PolicyCheck::Refused { policy, .. } => {
+                policy.clone()
+            }
+            PolicyCheck::Unchecked(_) | PolicyCheck::Unanswered => "unchecked".to_string(),
+        }
+    }
+
+    fn log(&self, running: bool) {
+        match self {
+            PolicyCheck::Safe => {
+                tracing::info!("Redis maxmemory-policy: noeviction (nothing is evicted)");
+            }
+            PolicyCheck::Accepted { message, .. } => tracing::warn!(
+                "{message} ({ALLOW_EVICTION_VAR}=true: accepted, starting anyway; acknowledged writes can be lost)"
+            ),
+            PolicyCheck::Refused { message, .. } if running => tracing::error!(
+                "{message} (found while running: this replica keeps serving; a restart would refuse to start)"
+            ),
+            PolicyCheck::Refused { message, .. } => tracing::error!("{message}"),
+            PolicyCheck::Unanswered => tracing::warn!(
+                "no answer to CONFIG GET maxmemory-policy: could not check that Redis never evicts weauth's keys; make sure it runs maxmemory-policy noeviction"
+            ),
+            PolicyCheck::Unchecked(error) => tracing::warn!(
+                error = %error,
+                "cannot read Redis's maxmemory-policy (CONFIG GET refused): could not check that Redis never evicts weauth's keys; make sure it runs maxmemory-policy noeviction"
+            ),
+        }
+    }
+}
+
+/// `CONFIG GET name` → its value (`None` when the server has no such setting).
+async fn config_get(
+    conn: &mut ConnectionManager,
+    name: &str,
+) -> Result<Option<String>, RedisError> {
+    let pair: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(conn)
+        .await?;
+    Ok(pair.get(1).cloned())
+}
+
+/// Reads `maxmemory-policy` (and `maxmemory`, for the message) and judges it
+/// ([`redis_checks::eviction`]).
+async fn check_eviction(conn: &mut ConnectionManager, allow: bool) -> PolicyCheck {
+    let policy = match config_get(conn, "maxmemory-policy").await {
+        Ok(Some(policy)) => policy,
+        Ok(None) => return PolicyCheck::Unchecked("no maxmemory-policy setting".into()),
+        Err(err) if matches!(redis_err(err.clone()), StoreError::Unavailable(_)) => {
+            return PolicyCheck::Unanswered
+        }
+        Err(err) => return PolicyCheck::Unchecked(err.to_string()),
+    };
+    if redis_checks::eviction(&policy) == Eviction::Never {
+        return PolicyCheck::Safe;
+    }
+    let maxmemory = config_get(conn, "maxmemory").await.ok().flatten();
+    let message = redis_checks::eviction_message(&policy, maxmemory.as_deref(), ALLOW_EVICTION_VAR);
+    if allow {
+        PolicyCheck::Accepted { policy, message }
+    } else {
+        PolicyCheck::Refused { policy, message }
+    }
+}
+
+/// `INFO replication`, parsed; `None` when it could not be read.
+async fn read_replication(conn: &mut ConnectionManager) -> Option<Replication> {
+    let text: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+        .ok()?;
+    redis_checks::replication(&text)
+}
+
+/// `evicted_keys` from `INFO stats`.
+async fn read_evicted(conn: &mut ConnectionManager) -> Option<u64> {
+    let text: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .ok()?;
+    redis_checks::evicted_keys(&text)
 }
 
 impl RedisStore {
@@ -1553,6 +2020,7 @@ mod tests {
                 prefix: "t:".into(),
                 wait_replicas: 0,
                 wait_timeout: Duration::from_millis(100),
+                allow_eviction: false,
             }
         }
     }
@@ -1588,6 +2056,7 @@ mod tests {
             prefix: "t:".into(),
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(100),
+            allow_eviction: false,
         })
         .await
         else {
@@ -1692,5 +2161,152 @@ mod tests {
             Some(entry.seq),
             "the handle reconnects and the AOF kept the write"
         );
+    }
+
+    /// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls
+    /// short makes the store re-read the primary's replicas, so the next writes skip it too;
+    /// concurrent writes share one `WAIT` (group commit), so a replica's death costs them one
+    /// timeout together, not one each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_wait_follows_the_replicas_online() {
+        const WRITERS: usize = 16;
+        let dir = tempfile::tempdir().unwrap();
+        // No 5 s wait before the replica's first copy.
+        let primary = TestRedis {
+            server: RedisServer::start_in(
+                &dir.path().join("primary"),
+                &["--repl-diskless-sync-delay", "0"],
+            )
+            .await
+            .unwrap(),
+        };
+        let replica_of = format!("127.0.0.1 {}", primary.server.port());
+        let mut replica =
+            RedisServer::start_in(&dir.path().join("replica"), &["--replicaof", &replica_of])
+                .await
+                .unwrap();
+        let mut options = primary.options();
+        options.wait_replicas = 1;
+        options.wait_timeout = Duration::from_millis(500);
+        let store = RedisStore::connect(options).await.unwrap();
+        let mut health = store.check_health().await;
+        for _ in 0..100 {
+            if health.replicas == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            health = store.check_health().await;
+        }
+        assert_eq!(health.replicas, Some(1), "the replica never came online");
+        let concurrent = |tag: &'static str| {
+            let tasks: Vec<_> = (0..WRITERS)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .revoke(&Revoke::Jti(format!("{tag}-{i}")), 10, 20)
+                            .await
+                            .unwrap();
+                    })
+                })
+                .collect();
+            async move {
+                let started = Instant::now();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                started.elapsed()
+            }
+        };
+        let with_replica = concurrent("online").await;
+        // (Not asserted to be 0: a replica slowed by a loaded machine may miss a WAIT.)
+        let unreplicated = store.check_health().await.unreplicated_writes;
+        let short_before = store.inner.health.short_waits.load(Ordering::Relaxed);
+
+        replica.kill().await;
+        // The writes in flight share one WAIT, which falls short and re-reads the replicas
+        // (the primary notices the closed link at once); the writes after it skip the WAIT.
+        let replica_gone = concurrent("gone").await;
+        let short = store.inner.health.short_waits.load(Ordering::Relaxed) - short_before;
+        println!(
+            "{WRITERS} concurrent writes, WAIT 1 replica (timeout 500 ms): {with_replica:?} with the replica online, \
+             {replica_gone:?} just after its death ({short} WAIT(s) fell short)"
+        );
+        // One WAIT each would be up to 16; a second or third only if the primary had not yet
+        // noticed the closed link when the first fell short.
+        assert!((1..=3).contains(&short), "{short} WAITs fell short");
+        assert_eq!(store.online_replicas(), Some(0));
+        let counted = store
+            .inner
+            .health
+            .unreplicated_writes
+            .load(Ordering::Relaxed);
+        assert_eq!(
+            counted,
+            unreplicated + WRITERS as u64,
+            "every write after the replica's death is counted"
+        );
+        store
+            .revoke(&Revoke::Jti("alone".into()), 10, 20)
+            .await
+            .unwrap();
+        let health = store.check_health().await;
+        assert_eq!(health.replicas, Some(0));
+        assert_eq!(health.unreplicated_writes, counted + 1);
+        assert_eq!(
+            store.inner.health.short_waits.load(Ordering::Relaxed) - short_before,
+            short,
+            "no WAIT is sent while no replica is online"
+        );
+    }
+
+    /// Issue 23 §7: a running check sees `evicted_keys` grow (the start check is covered
+    /// through the binary in issuer/tests/service.rs).
+    #[tokio::test]
+    async fn redis_check_health_counts_evictions() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = RedisServer::start_in(
+            dir.path(),
+            &["--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru"],
+        )
+        .await
+        .unwrap();
+        let options = RedisOptions {
+            target: RedisTarget::Direct(server.url(0)),
+            display: server.url(0),
+            prefix: "t:".into(),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(100),
+            allow_eviction: false,
+        };
+        let Err(err) = RedisStore::connect(options.clone()).await else {
+            panic!("allkeys-lru must be refused without allow_eviction");
+        };
+        assert!(
+            err.to_string().contains("maxmemory-policy allkeys-lru"),
+            "{err}"
+        );
+        let store = RedisStore::connect(RedisOptions {
+            allow_eviction: true,
+            ..options
+        })
+        .await
+        .unwrap();
+        assert_eq!(store.check_health().await.evicted_keys, 0);
+        let mut conn = redis::Client::open(server.url(0).as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        // In batches: one 6 MB pipeline can outlast the client's response timeout.
+        for batch in 0..60 {
+            let mut pipe = redis::pipe();
+            for i in 0..100 {
+                pipe.set(format!("filler:{batch}:{i}"), vec![b'x'; 1024])
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.unwrap();
+        }
+        assert!(store.check_health().await.evicted_keys > 0);
     }
 }

@@ -1,0 +1,302 @@
+//! What the Redis store reads from the server's own answers, as pure functions: whether a
+//! `maxmemory-policy` can evict weauth's keys, the `INFO` sections the running checks watch
+//! (`replication`: how many replicas are online; `stats`: `evicted_keys`), how much of an
+//! `evicted_keys` reading is new, and how many replicas a write's `WAIT` asks for.
+//!
+//! The glue that sends `CONFIG GET` and `INFO` and acts on the answers is in
+//! [`super::redis`]; everything here takes the text and returns a decision, so it is tested
+//! without a server.
+//!
+//! Decisions recorded here (docs/OPERATIONS.md states them for operators):
+//! - **Only `noeviction` passes.** Every `allkeys-*` policy can evict any key; every
+//!   `volatile-*` policy can evict sessions, refresh tokens and used codes, which carry TTLs. An
+//!   unknown policy name is treated as one that evicts (nothing says it keeps every key).
+//! - **`maxmemory 0` does not make an evicting policy safe.** With no memory limit Redis never
+//!   evicts, but a later `CONFIG SET maxmemory` (or a managed service resizing the instance)
+//!   would start evicting at once, silently. Setting `noeviction` costs nothing while the limit
+//!   is 0, so the check asks for it regardless of `maxmemory`, and names both in its message.
+//! - **`WAIT` asks for no more replicas than are online**, and is skipped when none is: a
+//!   `WAIT` for a replica that is not there runs its whole timeout and, on the multiplexed
+//!   connection, holds every command queued behind it (after a Sentinel failover that left
+//!   the promoted primary alone, logins fell from 316/s to 2/s). Writes are then on one
+//!   machine; the store says so in its log and in `weauth_store_replicas`.
+
+use std::collections::HashMap;
+
+/// The eviction policy that never evicts.
+pub const NOEVICTION: &str = "noeviction";
+
+/// What a `maxmemory-policy` means for weauth's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// `noeviction`: a full Redis refuses writes (weauth answers 503); nothing acknowledged is
+    /// dropped.
+    Never,
+    /// `allkeys-*`: any key can be evicted (revocation entries, users, signing keys).
+    AllKeys,
+    /// `volatile-*`: keys with a TTL can be evicted (sessions, refresh tokens, used codes).
+    Volatile,
+    /// A policy this version does not know: treated as one that evicts.
+    Unknown,
+}
+
+/// Classifies a `maxmemory-policy` value (case-insensitive, surrounding spaces ignored).
+pub fn eviction(policy: &str) -> Eviction {
+    let policy = policy.trim().to_ascii_lowercase();
+    match policy.as_str() {
+        NOEVICTION => Eviction::Never,
+        "allkeys-lru" | "allkeys-lfu" | "allkeys-random" => Eviction::AllKeys,
+        "volatile-lru" | "volatile-lfu" | "volatile-random" | "volatile-ttl" => Eviction::Volatile,
+        _ => Eviction::Unknown,
+    }
+}
+
+/// The operator's message for a policy that can evict: names the setting, what it can drop,
+/// the fix, and the variable that accepts the risk. `maxmemory` is the server's value (bytes,
+/// as text).
+pub fn eviction_message(policy: &str, maxmemory: Option<&str>, accept_var: &str) -> String {
+    let what = match eviction(policy) {
+        Eviction::Never => return format!("maxmemory-policy {policy} never evicts a key"),
+        Eviction::AllKeys => {
+            "any key, including acknowledged revocations, users and signing keys"
+        }
+        Eviction::Volatile => {
+            "keys with a TTL: sessions and refresh tokens (their users are signed out early) and used login codes (the guard against a code used twice)"
+        }
+        Eviction::Unknown => "keys (this policy is not one weauth knows to keep every key)",
+    };
+    let limit = match maxmemory.map(str::trim) {
+        Some("0") => " (maxmemory is 0 today, so nothing is evicted yet; setting a limit later would start evicting at once)".to_string(),
+        Some(bytes) => format!(" (maxmemory {bytes} bytes)"),
+        None => String::new(),
+    };
+    format!(
+        "Redis runs with maxmemory-policy {policy}{limit}: when memory is full it silently drops {what}. Set maxmemory-policy noeviction (a full Redis then refuses writes and weauth answers 503), or set {accept_var}=true to accept the loss"
+    )
+}
+
+/// The `name:value` lines of an `INFO` answer (section headers and blank lines skipped).
+pub fn info_fields(text: &str) -> HashMap<&str, &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once(':'))
+        .collect()
+}
+
+/// What `INFO replication` says about the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// `role:master` (a replica refuses writes; its count means nothing for `WAIT`).
+    pub primary: bool,
+    /// Replicas in `state=online` (a replica still loading its first full copy does not
+    /// acknowledge a `WAIT`, so it is not counted).
+    pub online: usize,
+}
+
+/// Parses `INFO replication`; `None` when the answer has no `role` line.
+pub fn replication(text: &str) -> Option<Replication> {
+    let fields = info_fields(text);
+    let role = fields.get("role")?;
+    // Each replica is a line `slaveN:ip=…,port=…,state=online,offset=…,lag=…`.
+    let online = fields
+        .iter()
+        .filter(|(name, _)| {
+            name.strip_prefix("slave")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|(_, value)| value.split(',').any(|kv| kv == "state=online"))
+        .count();
+    Some(Replication {
+        primary: *role == "master",
+        online,
+    })
+}
+
+/// Parses `evicted_keys` out of `INFO stats`.
+pub fn evicted_keys(text: &str) -> Option<u64> {
+    info_fields(text).get("evicted_keys")?.trim().parse().ok()
+}
+
+/// Follows the server's `evicted_keys` (a counter since the server started) and yields what
+/// grew since the last reading. The first reading is the baseline (evictions before this
+/// replica watched are not counted again); a reading below the last one means the server
+/// restarted: whatever it holds counts as new (those evictions happened since the restart,
+/// where our writes went). After a Sentinel re-resolution the store calls
+/// [`EvictionWatch::rebase`]: the primary may be the same server (a reconnect) or another one,
+/// so its next reading is a new baseline (a promoted replica has evicted nothing itself:
+/// replicas ignore `maxmemory` by default).
+#[derive(Debug, Default, Clone)]
+pub struct EvictionWatch {
+    last: Option<u64>,
+}
+
+impl EvictionWatch {
+    /// The keys evicted since the previous reading.
+    pub fn observe(&mut self, evicted: u64) -> u64 {
+        let grown = match self.last {
+            None => 0,
+            Some(last) if evicted >= last => evicted - last,
+            Some(_) => evicted,
+        };
+        self.last = Some(evicted);
+        grown
+    }
+
+    /// Forgets the baseline: the next reading becomes it.
+    pub fn rebase(&mut self) {
+        self.last = None;
+    }
+}
+
+/// How many replicas a write's `WAIT` asks for: `wanted` (`WEAUTH_REDIS_WAIT_REPLICAS`)
+/// capped by the replicas the primary last reported online; 0 means skip the `WAIT`. With no
+/// report yet (`None`), `wanted`.
+pub fn wait_target(wanted: usize, online: Option<usize>) -> usize {
+    match online {
+        Some(online) => wanted.min(online),
+        None => wanted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCEPT: &str = "WEAUTH_REDIS_ALLOW_EVICTION";
+
+    #[test]
+    fn eviction_noeviction_never_evicts() {
+        assert_eq!(eviction("noeviction"), Eviction::Never);
+        assert_eq!(eviction(" NoEviction "), Eviction::Never);
+    }
+
+    #[test]
+    fn eviction_allkeys_and_volatile_policies_evict() {
+        for policy in ["allkeys-lru", "allkeys-lfu", "allkeys-random"] {
+            assert_eq!(eviction(policy), Eviction::AllKeys, "{policy}");
+        }
+        for policy in [
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+        ] {
+            assert_eq!(eviction(policy), Eviction::Volatile, "{policy}");
+        }
+    }
+
+    #[test]
+    fn eviction_unknown_policy_treated_as_evicting() {
+        assert_eq!(eviction("allkeys-new"), Eviction::Unknown);
+        assert_eq!(eviction(""), Eviction::Unknown);
+    }
+
+    #[test]
+    fn eviction_message_names_setting_fix_and_variable() {
+        let text = eviction_message("allkeys-lru", Some("3145728"), ACCEPT);
+        assert!(text.contains("maxmemory-policy allkeys-lru"), "{text}");
+        assert!(text.contains("maxmemory 3145728 bytes"), "{text}");
+        assert!(text.contains("acknowledged revocations"), "{text}");
+        assert!(text.contains("maxmemory-policy noeviction"), "{text}");
+        assert!(text.contains("WEAUTH_REDIS_ALLOW_EVICTION=true"), "{text}");
+        let volatile = eviction_message("volatile-ttl", None, ACCEPT);
+        assert!(
+            volatile.contains("sessions and refresh tokens"),
+            "{volatile}"
+        );
+    }
+
+    #[test]
+    fn eviction_message_maxmemory_zero_still_asks_for_noeviction() {
+        let text = eviction_message("allkeys-lru", Some("0"), ACCEPT);
+        assert!(text.contains("maxmemory is 0 today"), "{text}");
+        assert!(text.contains("Set maxmemory-policy noeviction"), "{text}");
+    }
+
+    const PRIMARY_WITH_TWO: &str = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+        slave0:ip=127.0.0.1,port=6380,state=online,offset=2310,lag=0\r\n\
+        slave1:ip=127.0.0.1,port=6381,state=wait_bgsave,offset=0,lag=0\r\n\
+        master_failover_state:no-failover\r\nmaster_repl_offset:2310\r\n";
+
+    #[test]
+    fn replication_counts_online_replicas_only() {
+        assert_eq!(
+            replication(PRIMARY_WITH_TWO),
+            Some(Replication {
+                primary: true,
+                online: 1
+            })
+        );
+    }
+
+    #[test]
+    fn replication_alone_primary_has_none_online() {
+        let text = "# Replication\nrole:master\nconnected_slaves:0\nmaster_repl_offset:0\n";
+        assert_eq!(
+            replication(text),
+            Some(Replication {
+                primary: true,
+                online: 0
+            })
+        );
+    }
+
+    #[test]
+    fn replication_replica_role_is_not_primary() {
+        let text = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nslave_read_only:1\r\nconnected_slaves:0\r\n";
+        let parsed = replication(text).unwrap();
+        assert!(!parsed.primary);
+        assert_eq!(parsed.online, 0, "slave_read_only is not a replica line");
+    }
+
+    #[test]
+    fn replication_without_role_is_none() {
+        assert_eq!(replication("ERR nothing"), None);
+    }
+
+    #[test]
+    fn evicted_keys_read_from_stats() {
+        let text =
+            "# Stats\r\ntotal_connections_received:4\r\nevicted_keys:5043\r\nevicted_clients:0\r\n";
+        assert_eq!(evicted_keys(text), Some(5043));
+        assert_eq!(evicted_keys("# Stats\r\n"), None);
+    }
+
+    #[test]
+    fn eviction_watch_first_reading_is_baseline() {
+        let mut watch = EvictionWatch::default();
+        assert_eq!(watch.observe(100), 0);
+        assert_eq!(watch.observe(100), 0);
+        assert_eq!(watch.observe(130), 30);
+    }
+
+    #[test]
+    fn eviction_watch_counter_reset_counts_from_zero_rebase_does_not() {
+        let mut watch = EvictionWatch::default();
+        watch.observe(500);
+        assert_eq!(
+            watch.observe(7),
+            7,
+            "a restarted server's evictions are new"
+        );
+        assert_eq!(watch.observe(9), 2);
+        watch.rebase();
+        assert_eq!(
+            watch.observe(5_000),
+            0,
+            "a re-resolved primary's history is not new"
+        );
+        assert_eq!(watch.observe(5_003), 3);
+    }
+
+    #[test]
+    fn wait_target_capped_by_online_replicas() {
+        assert_eq!(wait_target(1, None), 1);
+        assert_eq!(wait_target(1, Some(1)), 1);
+        assert_eq!(wait_target(1, Some(3)), 1);
+        assert_eq!(wait_target(2, Some(1)), 1);
+        assert_eq!(wait_target(1, Some(0)), 0, "no replica online: no WAIT");
+        assert_eq!(wait_target(0, Some(2)), 0);
+    }
+}
