@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::app::App;
+use crate::error::ApiError;
 use crate::secrets::{self, SecretError};
 use crate::store::{CachedToken, StoreError};
 use crate::wechat::WechatError;
@@ -53,6 +54,28 @@ pub enum TokenError {
     Seal(#[from] SecretError),
     #[error("another replica is fetching the WeChat access token and has not finished")]
     LeaseTimeout,
+}
+
+/// No app access token: WeChat's token endpoint down or busy → 503 `temporarily_unavailable`
+/// (with `Retry-After`); WeChat refusing the appid/secret → 502 `upstream_error`; a store or
+/// sealing failure → as any store failure.
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::Fetch(WechatError::Misconfigured { .. }) => ApiError::BadGateway(
+                "WeChat refused the issuer's appid/secret for an access token".into(),
+            ),
+            TokenError::Fetch(inner) => ApiError::Unavailable(format!(
+                "cannot get a WeChat access token ({inner}); retry shortly"
+            )),
+            TokenError::LeaseTimeout => ApiError::Unavailable(
+                "the WeChat access token is being refreshed by another replica; retry shortly"
+                    .into(),
+            ),
+            TokenError::Store(store) => store.into(),
+            TokenError::Seal(seal) => ApiError::Internal(seal.to_string()),
+        }
+    }
 }
 
 /// Why a WeChat API call with the access token failed.

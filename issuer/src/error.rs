@@ -12,7 +12,6 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
-use crate::access_token::TokenError;
 use crate::store::StoreError;
 use crate::wechat::WechatError;
 
@@ -297,28 +296,6 @@ impl From<weauth_wxdata::DecryptError> for ApiError {
     }
 }
 
-/// No app access token: WeChat's token endpoint down or busy → 503 `temporarily_unavailable`
-/// (with `Retry-After`); WeChat refusing the appid/secret → 502 `upstream_error`; a store or
-/// sealing failure → as any store failure.
-impl From<TokenError> for ApiError {
-    fn from(err: TokenError) -> Self {
-        match err {
-            TokenError::Fetch(WechatError::Misconfigured { .. }) => ApiError::BadGateway(
-                "WeChat refused the issuer's appid/secret for an access token".into(),
-            ),
-            TokenError::Fetch(inner) => ApiError::Unavailable(format!(
-                "cannot get a WeChat access token ({inner}); retry shortly"
-            )),
-            TokenError::LeaseTimeout => ApiError::Unavailable(
-                "the WeChat access token is being refreshed by another replica; retry shortly"
-                    .into(),
-            ),
-            TokenError::Store(store) => store.into(),
-            TokenError::Seal(seal) => ApiError::Internal(seal.to_string()),
-        }
-    }
-}
-
 /// `getuserphonenumber` failures: a bad, expired or used phone code (40029) is the client's
 /// (400 `invalid_grant`); the rest as any WeChat failure.
 pub fn phone_error(err: WechatError) -> ApiError {
@@ -486,6 +463,7 @@ mod tests {
 
     #[test]
     fn token_fetch_down_503_misconfigured_502() {
+        use crate::access_token::TokenError;
         assert_eq!(
             ApiError::from(TokenError::Fetch(WechatError::Status(502))).status(),
             StatusCode::SERVICE_UNAVAILABLE

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use serde::Serialize;
 use weauth_token::revocation::Entry;
 use weauth_token::Claims;
-use zeroize::Zeroizing;
 
 use crate::access_token::{self, CallError};
 use crate::app::App;
@@ -471,26 +470,6 @@ pub async fn profile(app: &Arc<App>, claims: &Claims) -> Result<Profile, ApiErro
         phone,
         created_at: user.created_at,
     })
-}
-
-/// The decrypted `session_key` (base64 text, as WeChat sent it) of a session, for
-/// `/v1/me/decrypt` and `/v1/me/session` (see `userdata`).
-///
-/// # Errors
-/// `invalid_token` when the session is unknown; 5xx when it does not decrypt.
-pub async fn session_key(app: &Arc<App>, sid: &str) -> Result<Zeroizing<String>, ApiError> {
-    let sealed = app
-        .store
-        .session_key_sealed(sid)
-        .await?
-        .ok_or_else(|| ApiError::InvalidToken("the token's session no longer exists".into()))?;
-    let bytes = app
-        .data_key
-        .open(&sealed, &format!("session_key:{sid}"))
-        .map_err(|err| ApiError::Internal(err.to_string()))?;
-    String::from_utf8(bytes.to_vec())
-        .map(Zeroizing::new)
-        .map_err(|_| ApiError::Internal("stored session_key is not UTF-8".into()))
 }
 
 #[cfg(test)]

@@ -42,7 +42,6 @@ use weauth_token::Claims;
 use crate::access_token::{self, CallError};
 use crate::app::App;
 use crate::error::{phone_error, ApiError};
-use crate::sessions;
 use crate::wechat::{encrypted_msg_hash, EncryptedCheck};
 
 /// The user data a mini-program posts to `/v1/me/decrypt`.
@@ -112,7 +111,7 @@ async fn decrypt_inner(
         }
     };
     require_miniprogram(app, claims, "/v1/me/decrypt")?;
-    let session_key = sessions::session_key(app, &claims.sid).await?;
+    let session_key = self::session_key(app, &claims.sid).await?;
     let max_age = app.config.decrypt_max_age.map(|d| d.as_secs());
     let data = weauth_wxdata::decrypt(
         &session_key,
@@ -282,7 +281,7 @@ pub async fn check_session(app: &Arc<App>, claims: &Claims) -> Result<bool, ApiE
 
 async fn check_session_inner(app: &Arc<App>, claims: &Claims) -> Result<bool, ApiError> {
     require_miniprogram(app, claims, "/v1/me/session")?;
-    let session_key = sessions::session_key(app, &claims.sid).await?;
+    let session_key = self::session_key(app, &claims.sid).await?;
     let signature = weauth_wxdata::checksession_signature(&session_key);
     let (openid, signature) = (claims.openid.as_str(), signature.as_str());
     let wechat = app.wechat_for(&claims.appid)?;
@@ -294,4 +293,26 @@ async fn check_session_inner(app: &Arc<App>, claims: &Claims) -> Result<bool, Ap
         CallError::Token(token) => ApiError::from(token),
         CallError::Api(api) => ApiError::from(api),
     })
+}
+/// The decrypted `session_key` (base64 text, as WeChat sent it) of a session, for
+/// `/v1/me/decrypt` and `/v1/me/session` (see `userdata`).
+///
+/// # Errors
+/// `invalid_token` when the session is unknown; 5xx when it does not decrypt.
+pub async fn session_key(
+    app: &Arc<App>,
+    sid: &str,
+) -> Result<zeroize::Zeroizing<String>, ApiError> {
+    let sealed = app
+        .store
+        .session_key_sealed(sid)
+        .await?
+        .ok_or_else(|| ApiError::InvalidToken("the token's session no longer exists".into()))?;
+    let bytes = app
+        .data_key
+        .open(&sealed, &format!("session_key:{sid}"))
+        .map_err(|err| ApiError::Internal(err.to_string()))?;
+    String::from_utf8(bytes.to_vec())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| ApiError::Internal("stored session_key is not UTF-8".into()))
 }

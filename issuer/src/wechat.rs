@@ -657,7 +657,8 @@ where
     loop {
         let started = Instant::now();
         let result = traced_attempt(api, appid, attempt, call()).await;
-        metrics.wechat_app_call(appid, api, started.elapsed(), result.as_ref().err());
+        let failed = result.as_ref().err().map(WechatError::metric_label);
+        metrics.wechat_app_call(appid, api, started.elapsed(), failed.as_deref());
         match result {
             Err(err) if err.is_retryable() && attempt < retries => {
                 attempt += 1;
@@ -957,11 +958,12 @@ impl Wechat for HttpWechat {
                     self.attempt(code),
                 )
                 .await;
+                let failed = result.as_ref().err().map(WechatError::metric_label);
                 self.metrics.wechat_app_call(
                     &self.config.appid,
                     "jscode2session",
                     started.elapsed(),
-                    result.as_ref().err(),
+                    failed.as_deref(),
                 );
                 match result {
                     Ok(session) => return Ok(session),

@@ -252,7 +252,7 @@ pub trait Store: Send + Sync {
 
     /// A session by id.
     async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError>;
-    /// The sealed `session_key` of a session (open with `sessions::session_key`); `None` when
+    /// The sealed `session_key` of a session (open with `userdata::session_key`); `None` when
     /// the session is unknown or has none.
     async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// A user by id.
