@@ -136,7 +136,10 @@ impl RedisServer {
     }
 }
 
-/// A `redis-sentinel` watching `master` at `127.0.0.1:master_port` (quorum 2, 1 s down-after).
+/// A `redis-sentinel` watching `master` at `127.0.0.1:master_port` (quorum 2, 1 s down-after,
+/// 3 s failover timeout: a failover attempt that fails — a split vote between the three
+/// sentinels, likelier on a loaded machine — is tried again after twice that, 6 s, not 20 s,
+/// which the failover tests' 20 s bound for writes to resume could not absorb).
 pub struct Sentinel {
     child: Option<Child>,
     port: u16,
@@ -162,7 +165,7 @@ impl Sentinel {
                 "bind 127.0.0.1\nport {port}\nprotected-mode no\ndir {dir}\nlogfile sentinel.log\n\
                  sentinel monitor {master} 127.0.0.1 {master_port} {quorum}\n\
                  sentinel down-after-milliseconds {master} 1000\n\
-                 sentinel failover-timeout {master} 10000\n\
+                 sentinel failover-timeout {master} 3000\n\
                  sentinel parallel-syncs {master} 1\n",
                 dir = dir.display()
             ),
