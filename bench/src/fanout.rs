@@ -3,7 +3,7 @@
 //! through the admin API (alternating replicas). Each simulated sidecar re-polls at once with
 //! the answer's `seq`, as the filter does. Each case names the replicas' `WEAUTH_FEED_COALESCE`
 //! (the longest wait of a wake of the long polls after the previous one; the window is held
-//! polls ÷ `WEAUTH_FEED_ANSWER_RATE`, default 10 000/s, up to it: see `issuer/src/feed.rs`); a
+//! polls ÷ `WEAUTH_FEED_ANSWER_RATE`, default 10 000/s, up to it: see `issuer/src/feed/mod.rs`); a
 //! case with 0 is the unbounded baseline.
 //!
 //! The simulated sidecars speak HTTP/1.1 over one kept-alive connection each through

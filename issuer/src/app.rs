@@ -20,25 +20,25 @@ use tokio::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::apps::AppKind;
 use crate::clock::{Clock, SystemClock};
+use crate::config::apps::AppKind;
 use crate::config::Config;
 use crate::config::StoreUrl;
+use crate::domain::keys::{self, KeyError, KeyRing};
+use crate::domain::tokens::TokenPolicy;
 use crate::error::ApiError;
 use crate::feed::FeedCache;
-use crate::keys::{self, KeyError, KeyRing};
-use crate::metrics::Metrics;
 use crate::secrets::{DataKey, SecretError};
-use crate::shared::{
+use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::shared::{
     Announcements, HealthCheck, LocalLimiter, LoginLimiter, Polling, RedisAnnouncements,
     RedisHealthCheck, RedisLimiter,
 };
-use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
-use crate::tokens::TokenPolicy;
+use crate::telemetry::metrics::Metrics;
+use crate::wechat::web::{HttpWechatWeb, HttpWechatWebConfig, WechatWeb};
 use crate::wechat::{HttpWechat, HttpWechatConfig, Wechat};
-use crate::wechat_web::{HttpWechatWeb, HttpWechatWebConfig, WechatWeb};
 
 /// Why the issuer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +77,7 @@ pub struct App {
     /// The web OAuth2 client, shared by every official account and website (the app is an
     /// argument of each call).
     pub wechat_web: Arc<dyn WechatWeb>,
-    /// Origins a cookie-authenticated POST may come from (see [`crate::web::allowed_origins`]).
+    /// Origins a cookie-authenticated POST may come from (see [`crate::domain::web::allowed_origins`]).
     pub allowed_origins: Vec<String>,
     pub metrics: Arc<Metrics>,
     pub data_key: DataKey,
@@ -186,7 +186,7 @@ pub async fn open_store(config: &Arc<Config>) -> Result<(Arc<dyn Store>, DataKey
         .map(|backend| (backend.store, backend.data_key))
 }
 
-/// The store and what the replicas on it share ([`crate::shared`]).
+/// The store and what the replicas on it share ([`crate::store::shared`]).
 struct Backend {
     store: Arc<dyn Store>,
     limiter: Arc<dyn LoginLimiter>,
@@ -334,7 +334,7 @@ impl App {
             )
             .map_err(StartError::Wechat)?,
         );
-        let allowed_origins = crate::web::allowed_origins(&config.issuer, &config.apps);
+        let allowed_origins = crate::domain::web::allowed_origins(&config.issuer, &config.apps);
         let Backend {
             store,
             limiter,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::app::open_store;
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::Config;
-use crate::keys::{self, Role};
+use crate::domain::keys::{self, Role};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 

@@ -262,7 +262,7 @@ impl From<WechatError> for ApiError {
             WechatError::Busy | WechatError::Timeout => {
                 ApiError::Unavailable("WeChat is busy or not answering; retry shortly".into())
             }
-            WechatError::ApiSecurity(crate::wechat_apisec::ApiSecError::Refused { .. }) => {
+            WechatError::ApiSecurity(crate::wechat::apisec::ApiSecError::Refused { .. }) => {
                 ApiError::BadGateway(
                     "WeChat refused the issuer's signed call (check the app's api_security keys)"
                         .into(),
@@ -370,7 +370,7 @@ mod tests {
 
     #[test]
     fn wechat_api_security_failures_map_to_502_not_retried() {
-        use crate::wechat_apisec::ApiSecError;
+        use crate::wechat::apisec::ApiSecError;
         for err in [
             ApiSecError::BadSignature,
             ApiSecError::WrongSerial {
@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn token_fetch_down_503_misconfigured_502() {
-        use crate::access_token::TokenError;
+        use crate::wechat::access_token::TokenError;
         assert_eq!(
             ApiError::from(TokenError::Fetch(WechatError::Status(502))).status(),
             StatusCode::SERVICE_UNAVAILABLE

@@ -1,58 +1,46 @@
-//! weauth issuer: WeChat mini-program login that issues weauth access tokens (JWT) and
-//! rotating refresh tokens, and serves the revocation feed the edge filter follows.
+//! weauth issuer: WeChat logins (mini-program codes, official-account and website OAuth2,
+//! plugins) exchanged for short-lived EdDSA access tokens (JWT) and rotating refresh tokens,
+//! and the revocation feed the edge filter follows.
 //!
-//! Data flow: `server` accepts connections and hands requests to `api` (axum: the route table,
-//! extractors, handlers per area, the observing layer), whose handlers call `sessions` (login, refresh, logout, revocation, bearer checks). `sessions`
-//! calls WeChat through the `wechat` trait, mints tokens with `tokens` (over the shared
-//! `weauth-token` crate) using the signing keys of `keys`, and persists through the async `store`
-//! trait (SQLite today), which calls the pure decisions of `rules`. `app` holds the shared state and background tasks; `config` reads
-//! the environment; `error` is the single error→HTTP mapping; `metrics`, `ratelimit`,
-//! `revocation`, `secrets` and `tracecontext` (the W3C `traceparent` each request's log span
-//! carries) are small helpers; `otel` exports the request, WeChat and store spans over OTLP
-//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. `userdata` serves the mini-program's user
-//! data (`/v1/me/decrypt`, `/v1/me/phone`, `/v1/me/session`) over the `weauth-wxdata` crate,
-//! with the WeChat app access token shared between replicas by `access_token`. `cli` implements `weauth-issuer keys ...`.
-//!
-//! Several apps and web login: `apps` reads `WEAUTH_APPS_FILE` (mini-programs, official
-//! accounts, websites). `identity` is the login-method boundary: a mini-program code (through
-//! `wechat`) or a web OAuth2 code (through `wechat_web`) becomes an external identity, and
-//! `sessions::establish` is the one path after it. `web` holds the pure parts of
-//! `/v1/web/authorize` and `/v1/web/callback` (state, authorize URL, cookies, CSRF rule),
-//! which `api` glues to the store's `put_ephemeral` / `take_ephemeral`.
+//! Layout, imports one way (a folder imports only from the ones listed before it; the tool
+//! `check_layers.py` finds no cycle and no wall-clock read outside `clock`):
+//! - `clock`, `secrets`, `error`: leaves — the one wall clock (system or manual), the data key
+//!   and hashing helpers, and the one service-error type ([`error::ApiError`]) with its HTTP
+//!   mapping;
+//! - `config/`: the variable table, parsing and validation (`config::VARIABLES` also makes
+//!   `--help` and `docs/CONFIGURATION.md`), and the apps file (`config::apps`);
+//! - `domain/`: pure rules, time as an argument — refresh verdicts and user linking
+//!   (`rules`), grants and bans, the web-login decisions and cookies (`web`), token minting
+//!   and checks (`tokens`), the signing-key schedule (`keys`), the login rate limiter;
+//! - `telemetry/`: metrics, the W3C trace context, the OTLP exporter;
+//! - `store/`: the `Store` trait and its records (semantics fixed by `store::contract`), the
+//!   SQLite and Redis backends, and what replicas share besides records (`store::shared`:
+//!   the login limiter, revocation announcements, health checks);
+//! - `wechat/`: the mini-program client (`wechat`), web OAuth2 (`wechat::web`), the server
+//!   API security (`wechat::apisec`) and the app access token shared by replicas
+//!   (`wechat::access_token`);
+//! - `feed/`: the revocation feed's replica copy and long-poll pacing, and its reads;
+//! - `service/`: the use cases — login, sessions and refresh (`sessions`), the login-method
+//!   boundary (`identity`: every WeChat credential becomes one external identity), user data
+//!   (`userdata`), administration (`admin`);
+//! - `app`: the shared state built at start and its background tasks;
+//! - `api/`: the HTTP layer on axum (route table, extractors, handlers per area);
+//! - `server` (the accept loop and graceful shutdown) and `cli` (`weauth-issuer keys ...`).
 
-pub mod access_token;
-pub mod admin;
 pub mod api;
 pub mod app;
-pub mod apps;
 pub mod cli;
 pub mod clock;
 pub mod config;
-/// `docs/CONFIGURATION.md`'s variable table from [`config::VARIABLES`], and its check.
-#[cfg(test)]
-mod config_reference;
+pub mod domain;
 pub mod error;
 pub mod feed;
-pub mod grants;
-pub mod identity;
-pub mod keys;
-pub mod metrics;
-pub mod otel;
-pub mod ratelimit;
-pub mod revocation;
-pub mod rules;
 pub mod secrets;
 pub mod server;
-pub mod sessions;
-pub mod shared;
+pub mod service;
 pub mod store;
-pub mod tokens;
-pub mod tracecontext;
-pub mod userdata;
-pub mod web;
+pub mod telemetry;
 pub mod wechat;
-pub mod wechat_apisec;
-pub mod wechat_web;
 
 /// A short, non-reversible tag of an identifier for logs (first 10 hex digits of SHA-256),
 /// so an openid can be correlated across log lines without being logged.

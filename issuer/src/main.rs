@@ -13,9 +13,9 @@ use tracing_subscriber::Layer as _;
 use weauth_issuer::app::{self, App, StartError};
 use weauth_issuer::cli::{self, Command};
 use weauth_issuer::config::{self, Config, Mode};
-use weauth_issuer::otel;
 use weauth_issuer::server;
 use weauth_issuer::store::StoreError;
+use weauth_issuer::telemetry::otel;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use weauth_issuer::access_token::{self, TokenError};
 use weauth_issuer::app::App;
 use weauth_issuer::clock::{Clock as _, SystemClock};
 use weauth_issuer::config::{Config, Source};
 use weauth_issuer::error::ApiError;
 use weauth_issuer::secrets::sha256_hex;
 use weauth_issuer::store::CachedToken;
+use weauth_issuer::wechat::access_token::{self, TokenError};
 use weauth_issuer::wechat::{AccessToken, BoxFuture, Code2Session, Wechat, WechatError};
 use zeroize::Zeroizing;
 

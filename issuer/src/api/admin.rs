@@ -8,10 +8,10 @@ use serde::Deserialize;
 
 use super::extract::{read_json, Admin};
 use super::{json, Resp};
-use crate::admin as service;
 use crate::app::App;
 use crate::error::ApiError;
-use crate::sessions;
+use crate::service::admin as service;
+use crate::service::sessions;
 use crate::store::Revoke;
 
 #[derive(Deserialize)]

@@ -17,11 +17,11 @@ use serde::de::DeserializeOwned;
 use weauth_token::Claims;
 
 use crate::app::App;
+use crate::domain::ratelimit;
+use crate::domain::web::{self, CookieLookup};
 use crate::error::ApiError;
-use crate::ratelimit;
 use crate::secrets;
-use crate::sessions;
-use crate::web::{self, CookieLookup};
+use crate::service::sessions;
 
 /// The TCP peer of the connection, put on every request by the accept loop
 /// ([`crate::server`]) or by [`super::handle`] in tests.
@@ -121,7 +121,7 @@ pub fn authorization(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 
 /// `Bearer <expected>`, compared in constant time.
 pub fn check_credential(header: Option<&str>, expected: &str) -> Result<(), ApiError> {
-    let presented = crate::tokens::bearer(header)
+    let presented = crate::domain::tokens::bearer(header)
         .ok_or_else(|| ApiError::MissingToken("a bearer credential is required".into()))?;
     if secrets::credential_matches(presented, expected) {
         Ok(())
@@ -151,7 +151,7 @@ pub fn header_str(headers: &HeaderMap, name: hyper::header::HeaderName) -> Optio
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-/// The CSRF rule of cookie-authenticated POSTs (see [`crate::web`]).
+/// The CSRF rule of cookie-authenticated POSTs (see [`crate::domain::web`]).
 pub fn check_csrf(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let origin = header_str(headers, ORIGIN);
     let referer = header_str(headers, REFERER);

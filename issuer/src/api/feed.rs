@@ -10,7 +10,7 @@ use super::extract::FeedReader;
 use super::Resp;
 use crate::app::App;
 use crate::error::{json_bytes_response, ApiError};
-use crate::revocation;
+use crate::feed::revocation;
 
 /// Parses `since` and `wait` from the query string.
 fn feed_params(query: Option<&str>) -> Result<(u64, Duration), ApiError> {

@@ -12,8 +12,8 @@ use super::extract::{read_json, User};
 use super::{json, Resp};
 use crate::app::App;
 use crate::error::{json_response, ApiError};
-use crate::sessions;
-use crate::userdata;
+use crate::service::sessions;
+use crate::service::userdata;
 
 /// `POST /v1/me/decrypt`, with WeChat's member names.
 #[derive(Deserialize)]

@@ -36,10 +36,10 @@ use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::app::App;
+use crate::domain::web;
 use crate::error::{json_response, ApiError};
-use crate::sessions;
-use crate::tracecontext::TraceContext;
-use crate::web;
+use crate::service::sessions;
+use crate::telemetry::tracecontext::TraceContext;
 
 pub use extract::Peer;
 
@@ -168,7 +168,7 @@ async fn observe(
     let started = tokio::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let route = crate::metrics::route_label(&path);
+    let route = crate::telemetry::metrics::route_label(&path);
     let span = request_span(request.headers(), method.as_str(), route);
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();

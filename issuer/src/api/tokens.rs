@@ -11,10 +11,10 @@ use serde::Deserialize;
 use super::extract::{check_csrf, client_ip, cookie, read_json, Peer, User};
 use super::{check_rate, json, no_content, set_cookies, set_session_cookies, Resp};
 use crate::app::App;
+use crate::domain::web;
 use crate::error::ApiError;
-use crate::sessions;
+use crate::service::sessions;
 use crate::store::Revoke;
-use crate::web;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,5 @@
 //! The web login: `GET /v1/web/authorize` and `GET /v1/web/callback` (the pure parts are in
-//! [`crate::web`]).
+//! [`crate::domain::web`]).
 
 use std::sync::Arc;
 
@@ -10,11 +10,11 @@ use hyper::{HeaderMap, StatusCode, Uri};
 use super::extract::{cookie, Peer};
 use super::{check_rate, set_cookies, set_session_cookies, Resp};
 use crate::app::App;
+use crate::domain::web::{self, WebError};
 use crate::error::ApiError;
-use crate::identity::{self, Credential};
 use crate::secrets;
-use crate::sessions;
-use crate::web::{self, WebError};
+use crate::service::identity::{self, Credential};
+use crate::service::sessions;
 
 /// The single value of query parameter `name` (a repeated one is refused).
 fn query_param(query: &[(String, String)], name: &'static str) -> Result<Option<String>, ApiError> {

@@ -5,7 +5,7 @@
 //!
 //! Each function gets a fresh, empty [`Backend`] and may open several handles on it (two
 //! SQLite connections on one file, two Redis clients on one prefix) to race writers the way
-//! replicas do. The decisions are the domain's ([`crate::rules`], [`crate::revocation::read`]);
+//! replicas do. The decisions are the domain's ([`crate::domain::rules`], [`crate::feed::revocation::read`]);
 //! the suite checks the backend finds the right facts and keeps the decisions atomically.
 
 use std::collections::HashSet;
@@ -18,8 +18,8 @@ use super::{
     Ban, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, Revoke, RiskFact, Rotate,
     RotateResult, Store,
 };
-use crate::revocation;
-use crate::rules;
+use crate::domain::rules;
+use crate::feed::revocation;
 
 /// A fresh, empty backing store from which any number of handles can be opened.
 #[async_trait]

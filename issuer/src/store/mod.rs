@@ -1,9 +1,9 @@
 //! Persistent state behind the async [`Store`] trait: users, login sessions, refresh tokens,
 //! revocation entries, signing keys and the shared WeChat app token.
 //!
-//! Storage is a boundary, not a home for rules: the domain decides ([`crate::rules`]: the
+//! Storage is a boundary, not a home for rules: the domain decides ([`crate::domain::rules`]: the
 //! refresh verdict, user linking, what a `sub` revocation covers, whether a token is revoked,
-//! the purge watermark; [`crate::revocation`]: feed paging and `full`), and a store offers
+//! the purge watermark; [`crate::feed::revocation`]: feed paging and `full`), and a store offers
 //! atomic primitives and keeps what was decided. Every operation that changes more than one
 //! record is atomic in the implementation, so a failure leaves nothing half-written.
 //!
@@ -20,14 +20,15 @@
 pub mod contract;
 pub mod redis;
 pub mod redis_checks;
+pub mod shared;
 pub mod sqlite;
 pub mod traced;
 
 use async_trait::async_trait;
 use weauth_token::revocation::Entry;
 
-pub use crate::grants::{Ban, Grants};
-pub use crate::rules::RefreshRow;
+pub use crate::domain::grants::{Ban, Grants};
+pub use crate::domain::rules::RefreshRow;
 
 /// The underlying error of a store failure, kept as the source.
 pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -150,7 +151,7 @@ pub struct Rotate {
     /// Sliding lifetime of the new refresh token, seconds (capped by the session's end).
     pub refresh_ttl: i64,
     /// Seconds after a rotation during which a second use gets a sibling token instead of
-    /// revoking the session ([`crate::rules::decide_refresh`]).
+    /// revoking the session ([`crate::domain::rules::decide_refresh`]).
     pub reuse_grace: i64,
     /// `until` of the sid revocation written when reuse is detected.
     pub revocation_until: i64,
@@ -185,7 +186,7 @@ pub enum Revoke {
     },
 }
 
-/// The WeChat app access token shared by every replica (see [`crate::access_token`]).
+/// The WeChat app access token shared by every replica (see [`crate::wechat::access_token`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedToken {
     /// The token sealed with the data key (AAD `wechat_token:<appid>`).
@@ -206,7 +207,7 @@ pub struct Purged {
     pub refresh_tokens: usize,
 }
 
-/// A snapshot of the feed's state for [`crate::revocation::read`]: taken in one atomic read.
+/// A snapshot of the feed's state for [`crate::feed::revocation::read`]: taken in one atomic read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FeedSnapshot {
     /// The highest seq ever assigned (never decreases, survives purges and restarts).
@@ -240,13 +241,13 @@ pub trait Store: Send + Sync {
 
     /// Whether a session was already made from this code.
     async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError>;
-    /// In one atomic unit: refuses a used code; finds the [`crate::rules::LinkCandidates`],
-    /// links with [`crate::rules::link_user`] and writes what it decided (user, identity,
+    /// In one atomic unit: refuses a used code; finds the [`crate::domain::rules::LinkCandidates`],
+    /// links with [`crate::domain::rules::link_user`] and writes what it decided (user, identity,
     /// unionid), the session and its first refresh token.
     async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError>;
 
     /// Single-use rotation with reuse detection: reads the [`RefreshRow`], judges it with
-    /// [`crate::rules::decide_refresh`] and applies the verdict atomically (a rotation consumes
+    /// [`crate::domain::rules::decide_refresh`] and applies the verdict atomically (a rotation consumes
     /// the token only if still unused; a reuse ends the session and writes a `sid` entry).
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError>;
 
@@ -300,15 +301,15 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Records a revocation with the next seq and, atomically, ends the sessions it covers (a
-    /// `sid`: that session; a `sub`: the sessions [`crate::rules::sub_revocation_covers`]).
+    /// `sid`: that session; a `sub`: the sessions [`crate::domain::rules::sub_revocation_covers`]).
     async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError>;
-    /// The facts [`crate::rules::is_revoked`] judges, for a token with these claims.
+    /// The facts [`crate::domain::rules::is_revoked`] judges, for a token with these claims.
     async fn revocation_facts(
         &self,
         jti: &str,
         sid: &str,
         sub: &str,
-    ) -> Result<crate::rules::RevocationFacts, StoreError>;
+    ) -> Result<crate::domain::rules::RevocationFacts, StoreError>;
     /// Current seq, purge watermark and up to `limit` live entries after `after`, from one
     /// consistent read.
     async fn feed_snapshot(
@@ -322,7 +323,7 @@ pub trait Store: Send + Sync {
     async fn current_seq(&self) -> Result<u64, StoreError>;
     /// Stores `value` under `key` until `expires_at` (unix seconds), replacing any value
     /// already there. Short-lived server-side state such as a pending web login
-    /// ([`crate::web::PendingLogin`], key [`crate::web::state_key`]).
+    /// ([`crate::domain::web::PendingLogin`], key [`crate::domain::web::state_key`]).
     async fn put_ephemeral(
         &self,
         key: &str,
@@ -335,10 +336,10 @@ pub trait Store: Send + Sync {
     async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Deletes expired revocations (advancing the watermark with
-    /// [`crate::rules::next_watermark`]), ended sessions and expired refresh tokens.
+    /// [`crate::domain::rules::next_watermark`]), ended sessions and expired refresh tokens.
     async fn purge(&self, now: i64) -> Result<Purged, StoreError>;
 
-    // Grants ([`crate::grants`]): what an operator decided about a user. Kept with the user,
+    // Grants ([`crate::domain::grants`]): what an operator decided about a user. Kept with the user,
     // as durably as a revocation; the decisions (is a ban active, which scopes are valid) are
     // the domain's, the store keeps the values as given.
 

@@ -34,7 +34,7 @@
 //! facts it was based on; when another writer got there first the script changes nothing and
 //! the store reads and decides again. Where a rule has to run inside a script (which sessions
 //! a `sub` revocation ends: [`rules::sub_revocation_covers`]; the purge watermark:
-//! [`rules::next_watermark`]; the rate-limit bucket: [`crate::ratelimit::RateLimiter`]), the
+//! [`rules::next_watermark`]; the rate-limit bucket: [`crate::domain::ratelimit::RateLimiter`]), the
 //! script mirrors it and the contract suite proves it agrees.
 //!
 //! Scripts build key names from the prefix for the items they discover (a user's sessions, a
@@ -78,8 +78,10 @@ use super::{
     CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, RiskFact, Rotate,
     RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
-use crate::grants::{Ban, Grants};
-use crate::rules::{self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts};
+use crate::domain::grants::{Ban, Grants};
+use crate::domain::rules::{
+    self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
+};
 
 /// Slack added to every natural-end TTL: the purge removes items first; the TTL only bounds
 /// what a purge that never runs would leave behind.
@@ -459,7 +461,7 @@ redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
 return 1
 "#;
 
-/// Mirrors [`crate::ratelimit::RateLimiter::check`]: returns 0 (allowed) or the seconds to wait.
+/// Mirrors [`crate::domain::ratelimit::RateLimiter::check`]: returns 0 (allowed) or the seconds to wait.
 const RATE_LIMIT: &str = r#"
 -- KEYS: bucket; ARGV: now (seconds, fractional), per_second, burst, ttl
 local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -2094,12 +2096,12 @@ mod tests {
         assert_eq!(b.rate_limit("1.2.3.4", 60, 2, 101.5).await.unwrap(), None);
     }
 
-    /// The replicas' shared abilities on Redis (`crate::shared`): two replicas' limiters take
+    /// The replicas' shared abilities on Redis (`crate::store::shared`): two replicas' limiters take
     /// from one bucket, and the local one decides while Redis is down; a revocation written
     /// through one handle is announced to a follower.
     #[tokio::test]
     async fn redis_shared_limiter_and_announcements() {
-        use crate::shared::{Announcements, LoginLimiter, RedisAnnouncements, RedisLimiter};
+        use crate::store::shared::{Announcements, LoginLimiter, RedisAnnouncements, RedisLimiter};
         let mut redis = TestRedis::new().await;
         let handle = || async { RedisStore::connect(redis.options()).await.unwrap() };
         let (a, b) = (

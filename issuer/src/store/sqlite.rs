@@ -11,7 +11,7 @@
 //! together migrate once); a file written by a newer issuer is refused at start.
 //!
 //! The decisions (refresh verdict, user linking, `sub` coverage, revocation facts, watermark)
-//! come from [`crate::rules`]; this module finds the facts inside a transaction and writes the
+//! come from [`crate::domain::rules`]; this module finds the facts inside a transaction and writes the
 //! outcome. One connection behind a mutex, used from tokio's blocking pool: every async method
 //! hands its work to [`SqliteStore::run`], so callers never block the async threads.
 
@@ -27,7 +27,9 @@ use super::{
     Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
     RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
-use crate::rules::{self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts};
+use crate::domain::rules::{
+    self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
+};
 
 /// Schema version 1: the original tables.
 const V1: &str = r#"
@@ -119,7 +121,7 @@ ALTER TABLE sessions_v2 RENAME TO sessions;
 CREATE INDEX sessions_sub ON sessions (sub);
 "#;
 
-/// Schema version 3: a user's grants ([`crate::grants`]): scopes (space-separated) and a ban.
+/// Schema version 3: a user's grants ([`crate::domain::grants`]): scopes (space-separated) and a ban.
 const V3: &str = r#"
 CREATE TABLE user_grants (
     sub            TEXT PRIMARY KEY,

@@ -1,5 +1,5 @@
 //! A [`Store`] that runs every operation of the store it wraps in a `store` span (DEBUG, with
-//! `op`), so exported traces (see [`crate::otel`]) show each store call under its request.
+//! `op`), so exported traces (see [`crate::telemetry::otel`]) show each store call under its request.
 //! `App::build` wraps the store in it only when such spans are enabled (an OTLP endpoint is
 //! set, or `WEAUTH_LOG` asks for debug): otherwise the store is used as is.
 
@@ -158,7 +158,7 @@ impl Store for TracedStore {
         jti: &str,
         sid: &str,
         sub: &str,
-    ) -> Result<crate::rules::RevocationFacts, StoreError> {
+    ) -> Result<crate::domain::rules::RevocationFacts, StoreError> {
         self.0
             .revocation_facts(jti, sid, sub)
             .instrument(span("revocation_facts"))

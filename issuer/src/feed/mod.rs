@@ -1,7 +1,7 @@
 //! One in-memory copy of the recent revocation feed per replica, so a feed answer costs no
 //! store read: the copy follows the store (one delta read per new seq, shared by every long
 //! poll woken by it), and [`FeedCache::answer`] serves every subscriber from it with the same
-//! paging and `full` rules as [`crate::revocation::read`].
+//! paging and `full` rules as [`crate::feed::revocation::read`].
 //!
 //! The copy holds the live entries (`until >= now` at the last refresh), the store's current
 //! seq and its purge watermark. A refresh is serialized: when 10 000 long polls wake for one
@@ -22,6 +22,8 @@
 //! knows of is still answered at once, from a copy caught up to that seq: pacing delays wakes,
 //! never what a caller has not been told (a read after an acknowledged revocation sees it).
 
+pub mod revocation;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -31,7 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use weauth_token::revocation::{Entry, FeedResponse};
 
-use crate::revocation::{self, feed_is_full, FEED_PAGE_ENTRIES};
+use self::revocation::{feed_is_full, FEED_PAGE_ENTRIES};
 use crate::store::{FeedSnapshot, Store, StoreError};
 
 #[derive(Debug, Default)]

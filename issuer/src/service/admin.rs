@@ -1,5 +1,5 @@
 //! The admin API's user operations (`/v1/admin/ban`, `/unban`, `/scopes`, `/user`): glue
-//! between the routes, the pure rules of [`crate::grants`] and the store. Authentication (the
+//! between the routes, the pure rules of [`crate::domain::grants`] and the store. Authentication (the
 //! admin bearer credential) is the router's job.
 //!
 //! A ban is two writes: the ban itself (from then on no login or refresh of the user gets a
@@ -13,9 +13,9 @@ use serde::Serialize;
 use weauth_token::revocation::Entry;
 
 use crate::app::App;
+use crate::domain::grants::{self, Ban};
 use crate::error::ApiError;
-use crate::grants::{self, Ban};
-use crate::sessions;
+use crate::service::sessions;
 use crate::store::Revoke;
 
 fn check_sub(sub: &str) -> Result<(), ApiError> {

@@ -2,17 +2,21 @@
 //! any implementation.
 //!
 //! It covers `sns/jscode2session` (login), `cgi-bin/stable_token` (the app access token, cached
-//! and shared through the store by [`crate::access_token`]), `wxa/business/getuserphonenumber`
+//! and shared through the store by [`crate::wechat::access_token`]), `wxa/business/getuserphonenumber`
 //! and `wxa/checksession`, `wxa/getuserriskrank`, `wxa/getpluginopenpid` and
 //! `wxa/business/checkencryptedmsg`. When an app carries `api_security` keys, the calls that
 //! support WeChat's server API security are sent encrypted and signed and their answers
-//! verified and decrypted ([`crate::wechat_apisec`]) in [`HttpWechat`]'s one helper for
+//! verified and decrypted ([`crate::wechat::apisec`]) in [`HttpWechat`]'s one helper for
 //! token-taking APIs. [`classify`] and [`classify_json`] are the pure part: it turns an HTTP status
 //! and body into a result, knowing WeChat's quirks (JSON served as `text/plain`, success
 //! without `errcode`, `errcode: 0` sometimes present). [`HttpWechat`] adds transport: connect
 //! and total timeouts, and a bounded retry with full jitter for the transient failures (-1
 //! busy, timeouts, 5xx, unreadable bodies). Logs never carry the code, the secret, the
 //! session_key or the URL (which holds the first two).
+
+pub mod access_token;
+pub mod apisec;
+pub mod web;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,7 +29,7 @@ use serde::Deserialize;
 use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// What `jscode2session` yields.
 #[derive(Clone)]
@@ -80,7 +84,7 @@ pub enum WechatError {
     /// timestamp or encryption does not check out (never accepted), or WeChat refusing our
     /// signed call (errcodes 40230–40240: the app's keys or clock are wrong).
     #[error("WeChat API security: {0}")]
-    ApiSecurity(crate::wechat_apisec::ApiSecError),
+    ApiSecurity(crate::wechat::apisec::ApiSecError),
     #[error("WeChat error {errcode}: {errmsg}")]
     Other { errcode: i64, errmsg: String },
 }
@@ -113,7 +117,7 @@ impl WechatError {
             WechatError::Status(status) => format!("http_{status}"),
             WechatError::Unreadable(_) => "unreadable".into(),
             WechatError::Transport(_) => "transport".into(),
-            WechatError::ApiSecurity(crate::wechat_apisec::ApiSecError::Refused {
+            WechatError::ApiSecurity(crate::wechat::apisec::ApiSecError::Refused {
                 errcode,
                 ..
             }) => errcode.to_string(),
@@ -152,7 +156,7 @@ pub fn errcode_error(errcode: i64, errmsg: &str) -> WechatError {
         },
         // The refusals of WeChat's API security layer (missing headers, bad signature or
         // encryption, expired timestamp, keys not set in the console).
-        40230..=40240 => WechatError::ApiSecurity(crate::wechat_apisec::ApiSecError::Refused {
+        40230..=40240 => WechatError::ApiSecurity(crate::wechat::apisec::ApiSecError::Refused {
             errcode,
             errmsg: errmsg.to_string(),
         }),
@@ -530,9 +534,9 @@ pub struct HttpWechatConfig {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub retries: u32,
-    /// The app's server API security keys: calls of [`crate::wechat_apisec::SECURED_PATHS`]
+    /// The app's server API security keys: calls of [`crate::wechat::apisec::SECURED_PATHS`]
     /// are then encrypted and signed (`None`: every call in clear).
-    pub api_security: Option<Arc<crate::wechat_apisec::ApiSecurityKeys>>,
+    pub api_security: Option<Arc<crate::wechat::apisec::ApiSecurityKeys>>,
     /// Dates the API security requests and judges the answers' timestamps.
     pub clock: Arc<dyn crate::clock::Clock>,
 }
@@ -610,7 +614,7 @@ pub(crate) fn transport_error(err: reqwest::Error) -> WechatError {
 }
 
 /// Runs one attempt of a WeChat call in a `wechat` span (DEBUG, so disabled unless traces are
-/// exported: see [`crate::otel`]) with `api`, `appid`, `attempt`, `outcome` (`ok` or `error`)
+/// exported: see [`crate::telemetry::otel`]) with `api`, `appid`, `attempt`, `outcome` (`ok` or `error`)
 /// and, on error, `errcode` (the errcode or failure class of the metrics; never the code,
 /// token or openid the call carried).
 pub(crate) async fn traced_attempt<T>(
@@ -729,7 +733,7 @@ impl HttpWechat {
             .config
             .api_security
             .as_deref()
-            .filter(|_| crate::wechat_apisec::is_secured(path));
+            .filter(|_| crate::wechat::apisec::is_secured(path));
         self.with_retry(api, || async {
             let (status, bytes) = match secured {
                 Some(keys) => {
@@ -755,9 +759,9 @@ impl HttpWechat {
         path: &str,
         access_token: &str,
         body: &serde_json::Value,
-        keys: &crate::wechat_apisec::ApiSecurityKeys,
+        keys: &crate::wechat::apisec::ApiSecurityKeys,
     ) -> Result<String, WechatError> {
-        use crate::wechat_apisec::{self as apisec, ApiSecError};
+        use crate::wechat::apisec::{self as apisec, ApiSecError};
         let appid = self.config.appid.as_str();
         let urlpath = apisec::urlpath(&self.config.api_base, path);
         let request = apisec::secure_request(

@@ -12,6 +12,11 @@
 //! as ambiguous. Reading goes through a lookup function so the parsing is tested without
 //! touching the process environment.
 
+pub mod apps;
+/// `docs/CONFIGURATION.md`'s variable table from [`VARIABLES`], and its check.
+#[cfg(test)]
+mod reference;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +24,7 @@ use std::time::Duration;
 use weauth_token::Algorithm;
 use zeroize::Zeroizing;
 
-use crate::apps::{self, Apps};
+use self::apps::Apps;
 pub use crate::store::redis::RedisTarget;
 
 /// One variable the issuer reads.
@@ -499,7 +504,7 @@ pub struct Config {
     /// `maxmemory-policy` is not `noeviction` (then a warning says what can be lost). Without
     /// it such a policy refuses the start, naming the setting.
     pub redis_allow_eviction: bool,
-    /// The WeChat apps served: `WEAUTH_APPS_FILE` (see [`crate::apps`]), or the one-app
+    /// The WeChat apps served: `WEAUTH_APPS_FILE` (see [`crate::config::apps`]), or the one-app
     /// shortcut `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET` (`_FILE`), a single
     /// mini-program. One of the two forms is required to serve; both is an error. Empty for
     /// the `keys` subcommands when neither is set.
@@ -1628,7 +1633,7 @@ mod tests {
         );
         assert_eq!(
             config.apps.get("wxoa").unwrap().kind,
-            crate::apps::AppKind::OfficialAccount
+            crate::config::apps::AppKind::OfficialAccount
         );
         assert_eq!(config.wechat_appid, "wxmini");
     }

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::apps::App;
-use crate::metrics::Metrics;
+use crate::config::apps::App;
+use crate::telemetry::metrics::Metrics;
 use crate::wechat::{
     classify_json, http_client, transport_error, with_retry, BoxFuture, WechatError,
 };

@@ -28,7 +28,7 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::apps::{App, AppKind, Apps};
+use crate::config::apps::{App, AppKind, Apps};
 use crate::secrets::sha256_hex;
 
 /// How long a state stays usable: 10 minutes.

@@ -1,7 +1,7 @@
 //! The login-method boundary: the one place where a WeChat credential becomes an
 //! [`ExternalIdentity`]. Everything after it — linking the user
-//! ([`crate::rules::link_user`], inside the store's atomic login), creating the session and
-//! minting the tokens — is one path, [`crate::sessions::establish`], whatever the method.
+//! ([`crate::domain::rules::link_user`], inside the store's atomic login), creating the session and
+//! minting the tokens — is one path, [`crate::service::sessions::establish`], whatever the method.
 //!
 //! Methods ([`Credential`]):
 //! - a mini-program's `wx.login` code → `sns/jscode2session` → openid, unionid?, session_key;
@@ -20,11 +20,11 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::access_token::{self, CallError};
 use crate::app::App;
-use crate::apps::{self, AppKind};
+use crate::config::apps::{self, AppKind};
 use crate::error::ApiError;
-use crate::wechat_web::WebProfile;
+use crate::wechat::access_token::{self, CallError};
+use crate::wechat::web::WebProfile;
 
 /// Who logged in, as WeChat says, whatever the login method.
 #[derive(Clone)]
@@ -130,7 +130,7 @@ pub async fn identify(
                         .into(),
                 ));
             }
-            let profile = if crate::web::reads_userinfo(&token.scope) {
+            let profile = if crate::domain::web::reads_userinfo(&token.scope) {
                 Some(app.wechat_web.userinfo(entry, &token).await?)
             } else {
                 None

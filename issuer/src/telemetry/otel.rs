@@ -5,7 +5,7 @@
 //! at their call sites: nothing is recorded.
 //!
 //! Spans exported: `request` (kind SERVER; server.rs; its ids come from the caller's
-//! `traceparent`, see [`crate::tracecontext`]), `wechat` (CLIENT, one per attempt, with `api`,
+//! `traceparent`, see [`crate::telemetry::tracecontext`]), `wechat` (CLIENT, one per attempt, with `api`,
 //! `appid` and `outcome`: `ok` or the errcode / failure class; never a code, token or openid),
 //! and `store` (INTERNAL, one per store operation, with `op`). Only spans inside a request are
 //! exported: the background tasks' store reads (4 a second on SQLite) are not.

@@ -20,7 +20,7 @@
 //!   `valid: false`, not an error; WeChat failing is the usual 502/503 (no partial answer).
 //!   WeChat documents the check for phone-number data only.
 //! - Phone: `{code}` → WeChat `getuserphonenumber` with the shared app access token
-//!   ([`crate::access_token::call`]); the number is stored on the user row SEALED with the data
+//!   ([`crate::wechat::access_token::call`]); the number is stored on the user row SEALED with the data
 //!   key (AES-256-GCM, AAD `phone:<sub>`, base64 in the `phone` column), like the session_key,
 //!   because it is personal data. It is returned (`phoneNumber`, `purePhoneNumber`,
 //!   `countryCode`) and shown by `GET /v1/me` as `phone`. A bad, expired or used code is 400
@@ -39,9 +39,9 @@ use base64::Engine as _;
 use serde::Serialize;
 use weauth_token::Claims;
 
-use crate::access_token::{self, CallError};
 use crate::app::App;
 use crate::error::{phone_error, ApiError};
+use crate::wechat::access_token::{self, CallError};
 use crate::wechat::{encrypted_msg_hash, EncryptedCheck};
 
 /// The user data a mini-program posts to `/v1/me/decrypt`.
@@ -163,7 +163,7 @@ async fn decrypt_inner(
 /// 400 `invalid_request` naming the route and the app's kind.
 pub fn require_miniprogram(app: &App, claims: &Claims, route: &str) -> Result<(), ApiError> {
     match app.config.apps.get(&claims.appid).map(|entry| entry.kind) {
-        Some(crate::apps::AppKind::Miniprogram) => Ok(()),
+        Some(crate::config::apps::AppKind::Miniprogram) => Ok(()),
         Some(kind) => Err(ApiError::InvalidRequest(format!(
             "{route} is for mini-program sessions; this session is a web login of a {} app, which has no session_key",
             kind.as_str()

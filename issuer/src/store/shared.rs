@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::metrics::Metrics;
-use crate::ratelimit::{RateLimiter, RetryAfter};
+use crate::domain::ratelimit::{RateLimiter, RetryAfter};
 use crate::store::redis::{redis_err, RedisStore};
 use crate::store::{Store, StoreError};
+use crate::telemetry::metrics::Metrics;
 
 /// How many clients the local limiter tracks before it evicts full buckets.
 const LOCAL_CLIENTS: usize = 100_000;

@@ -3,7 +3,7 @@
 //! `session_key` accessor.
 //!
 //! The decisions (refresh verdict, user linking, revocation coverage) are pure functions in
-//! [`crate::rules`], which the store calls inside its atomic units. This module is glue between
+//! [`crate::domain::rules`], which the store calls inside its atomic units. This module is glue between
 //! HTTP handlers, WeChat and the store, with every time taken once per request from
 //! the app's clock ([`crate::clock`]).
 
@@ -13,16 +13,16 @@ use serde::Serialize;
 use weauth_token::revocation::Entry;
 use weauth_token::Claims;
 
-use crate::access_token::{self, CallError};
 use crate::app::App;
+use crate::domain::grants::Grants;
+use crate::domain::rules;
+use crate::domain::tokens::{self, Subject};
 use crate::error::ApiError;
-use crate::grants::Grants;
-use crate::identity::{self, Credential, ExternalIdentity};
-use crate::revocation;
-use crate::rules;
+use crate::feed::revocation;
 use crate::secrets;
+use crate::service::identity::{self, Credential, ExternalIdentity};
 use crate::store::{LoginResult, NewLogin, Revoke, Rotate, RotateResult, SessionRecord};
-use crate::tokens::{self, Subject};
+use crate::wechat::access_token::{self, CallError};
 
 /// An RFC 6749 §5.1 token response (plus `refresh_expires_in`).
 #[derive(Debug, Serialize)]
@@ -136,7 +136,7 @@ pub async fn login(
         ));
     }
     let credential = match entry.kind {
-        crate::apps::AppKind::Plugin => Credential::Plugin { app: entry, code },
+        crate::config::apps::AppKind::Plugin => Credential::Plugin { app: entry, code },
         _ => Credential::MiniProgram { app: entry, code },
     };
     let identity = identity::identify(app, credential).await?;
@@ -171,9 +171,9 @@ pub async fn login(
 /// `user_risky`, or WeChat's failure when `on_error` is `deny`.
 async fn judge_risk(
     app: &Arc<App>,
-    entry: &crate::apps::App,
+    entry: &crate::config::apps::App,
     openid: &str,
-    risk: crate::apps::Risk,
+    risk: crate::config::apps::Risk,
     client_ip: std::net::IpAddr,
 ) -> Result<Option<u8>, ApiError> {
     let wechat = app.wechat_for(&entry.appid)?;
@@ -204,12 +204,12 @@ async fn judge_risk(
                 CallError::Api(api) => ApiError::from(api),
             };
             match risk.on_error {
-                crate::apps::RiskOnError::Allow => {
+                crate::config::apps::RiskOnError::Allow => {
                     app.metrics.login_risk(&entry.appid, "error_allowed", None);
                     tracing::warn!(appid = %entry.appid, user = %user, error = %err, "risk control unavailable; login allowed (on_error: allow)");
                     Ok(None)
                 }
-                crate::apps::RiskOnError::Deny => {
+                crate::config::apps::RiskOnError::Deny => {
                     app.metrics.login_risk(&entry.appid, "error_denied", None);
                     tracing::warn!(appid = %entry.appid, user = %user, error = %err, "risk control unavailable; login refused (on_error: deny)");
                     Err(err)
@@ -220,7 +220,7 @@ async fn judge_risk(
 }
 
 /// The one path after every login method: links the user (inside the store's atomic login,
-/// with [`crate::rules::link_user`]), creates the session (sealing the session_key when the
+/// with [`crate::domain::rules::link_user`]), creates the session (sealing the session_key when the
 /// method gave one) and its first refresh token, and mints the pair. `code_hash` makes the
 /// credential single-use. Returns the pair and the subject it was minted for.
 ///
@@ -448,14 +448,16 @@ pub async fn profile(app: &Arc<App>, claims: &Claims) -> Result<Profile, ApiErro
         ));
     };
     let phone = match &user.phone {
-        Some(sealed) => Some(crate::userdata::open_phone(app, &user.sub, sealed)?),
+        Some(sealed) => Some(crate::service::userdata::open_phone(
+            app, &user.sub, sealed,
+        )?),
         None => None,
     };
     let plugin = app
         .config
         .apps
         .get(&session.appid)
-        .is_some_and(|entry| entry.kind == crate::apps::AppKind::Plugin);
+        .is_some_and(|entry| entry.kind == crate::config::apps::AppKind::Plugin);
     let (openid, openpid) = if plugin {
         (None, Some(session.openid))
     } else {

@@ -1,0 +1,6 @@
+//! What the issuer tells its operators: Prometheus metrics, the W3C trace context of each
+//! request, and the OTLP trace exporter.
+
+pub mod metrics;
+pub mod otel;
+pub mod tracecontext;
