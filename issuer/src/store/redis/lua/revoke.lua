@@ -1,0 +1,33 @@
+-- KEYS: seq, entries, by_seq, by_until, index
+-- ARGV: prefix, kind, value, issued_before or '', until, now, guard, channel
+local prefix, kind, value = ARGV[1], ARGV[2], ARGV[3]
+if ARGV[7] == '1' then
+  -- A reuse verdict: only while the session is still live (else decide again).
+  local s = prefix .. 'session:' .. value
+  if redis.call('EXISTS', s) == 0 or redis.call('HEXISTS', s, 'revoked_at') == 1 then return false end
+end
+local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then seq = redis.call('INCR', KEYS[1]) end
+if kind == 'sid' then
+  local s = prefix .. 'session:' .. value
+  if redis.call('EXISTS', s) == 1 then redis.call('HSETNX', s, 'revoked_at', ARGV[6]) end
+elseif kind == 'sub' then
+  local before = tonumber(ARGV[4])
+  for _, sid in ipairs(redis.call('SMEMBERS', prefix .. 'sub_sessions:' .. value)) do
+    local s = prefix .. 'session:' .. sid
+    local created = redis.call('HGET', s, 'created_at')
+    -- rules::sub_revocation_covers: created_at < issued_before
+    if created and tonumber(created) < before then redis.call('HSETNX', s, 'revoked_at', ARGV[6]) end
+  end
+end
+local json = '{"seq":' .. seq .. ',"kind":"' .. kind .. '","value":' .. cjson.encode(value)
+if ARGV[4] ~= '' then json = json .. ',"issued_before":' .. ARGV[4] end
+json = json .. ',"until":' .. ARGV[5] .. '}'
+redis.call('HSET', KEYS[2], seq, json)
+redis.call('ZADD', KEYS[3], seq, seq)
+redis.call('ZADD', KEYS[4], ARGV[5], seq)
+local score = ARGV[4]
+if score == '' then score = '0' end
+redis.call('ZADD', KEYS[5], score, seq)
+redis.call('PUBLISH', ARGV[8], seq)
+return json

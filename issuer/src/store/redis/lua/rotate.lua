@@ -1,0 +1,16 @@
+-- KEYS: old refresh, new refresh, session, refresh_exp
+-- ARGV: now, new_expires, ttl, new_hash, used_at ('' for a Rotate verdict)
+-- Applies a Rotate verdict only if the token is still unused, a Sibling verdict only if it is
+-- still used at the time it was read (the grace never slides); both only while the session
+-- is live.
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[5] == '' then
+  if redis.call('HEXISTS', KEYS[1], 'used_at') == 1 then return false end
+elseif redis.call('HGET', KEYS[1], 'used_at') ~= ARGV[5] then return false end
+if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('HEXISTS', KEYS[3], 'revoked_at') == 1 then return false end
+if ARGV[5] == '' then redis.call('HSET', KEYS[1], 'used_at', ARGV[1]) end
+local sid = redis.call('HGET', KEYS[1], 'sid')
+redis.call('HSET', KEYS[2], 'sid', sid, 'created_at', ARGV[1], 'expires_at', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[4])
+return redis.call('HGETALL', KEYS[3])

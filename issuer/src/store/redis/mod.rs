@@ -1,0 +1,936 @@
+//! The Redis store for several replicas (`WEAUTH_STORE=redis://…`, `rediss://…`,
+//! `redis+sentinel://…`), on the `redis` crate: its tokio `ConnectionManager` multiplexes one
+//! connection per replica and reconnects by itself, and its `sentinel` feature finds the
+//! primary. (`fred` would do as well; `redis` is the more widely used client, is what the
+//! Redis project maintains, and needs no extra runtime glue.)
+//!
+//! Layout, every key under the prefix `P` (`WEAUTH_REDIS_PREFIX`, default `weauth:`):
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `P user:<sub>` | hash | sub, unionid, phone, created_at, updated_at (no TTL) |
+//! | `P identity:<appid>:<openid>` | string | the identity's sub (no TTL) |
+//! | `P unionid:<unionid>` | string | the sub carrying that unionid (no TTL) |
+//! | `P code:<code_hash>` | string | sid made from that code (TTL: session end) |
+//! | `P session:<sid>` | hash | the session (TTL: its end + 1 day) |
+//! | `P sub_sessions:<sub>` | set | sids of a user (TTL: latest session end + 1 day) |
+//! | `P refresh:<hash>` | hash | sid, created_at, expires_at, used_at (TTL: expiry + 1 day) |
+//! | `P sessions_exp`, `P refresh_exp` | zset | expiry index for the purge |
+//! | `P seq` | string | highest revocation seq (INCR; never decreases) |
+//! | `P rev:entries` | hash | seq → entry JSON (wire format) |
+//! | `P rev:by_seq`, `P rev:by_until` | zset | entry order and expiry index |
+//! | `P rev:<kind>:<value>` | zset | seq → issued_before: revocation facts by claim |
+//! | `P purged_through` | string | purge watermark |
+//! | `P keys` | hash | kid → signing key record JSON |
+//! | `P wx:<appid>` | hash | WeChat app token and its refresh lease |
+//! | `P rl:<ip>` | hash | login rate-limit bucket (TTL: refill time) |
+//!
+//! The TTLs are a safety net with one day of slack; the purge removes expired items on time,
+//! using the operations' `now` (so the store's behaviour follows the domain's clock).
+//!
+//! Atomicity: every multi-key change is one Lua script. Where the domain decides
+//! ([`rules::decide_refresh`], [`rules::link_user`]), the store reads the facts, calls the
+//! Rust function, and applies the verdict with a compare-and-set script that re-checks the
+//! facts it was based on; when another writer got there first the script changes nothing and
+//! the store reads and decides again. Where a rule has to run inside a script (which sessions
+//! a `sub` revocation ends: [`rules::sub_revocation_covers`]; the purge watermark:
+//! [`rules::next_watermark`]; the rate-limit bucket: [`crate::domain::ratelimit::RateLimiter`]), the
+//! script mirrors it and the contract suite proves it agrees.
+//!
+//! Scripts build key names from the prefix for the items they discover (a user's sessions, a
+//! purged entry's index), so Redis Cluster is not supported: use one primary, with Sentinel for
+//! failover.
+//!
+//! Durability: with `WAIT` configured (`WEAUTH_REDIS_WAIT_REPLICAS`, default 1 on Sentinel),
+//! every write is acknowledged to the client only after that many replicas have it, or after
+//! `WEAUTH_REDIS_WAIT_TIMEOUT` (then a warning is logged and counted: that write could be lost
+//! by a failover in the next moment). `WAIT` asks for no more replicas than the primary last
+//! reported online, and is skipped while it reports none (after a failover that left the
+//! promoted primary alone): a `WAIT` that cannot be satisfied runs its whole timeout and holds
+//! every command queued behind it on the multiplexed connection. One `WAIT` is in flight at a
+//! time, shared by the writes that finished before it was sent (group commit,
+//! [`RedisStore::replicate`]). The primary's replicas are
+//! read (`INFO replication`, on a second connection that no `WAIT` blocks) at connect, after
+//! every Sentinel re-resolution, after a `WAIT` that fell short, and by [`RedisStore::check_health`]
+//! (the issuer calls it every second), which also follows `evicted_keys` and re-checks
+//! `maxmemory-policy`. The pure side of these checks is [`super::redis_checks`].
+//! Revocations are published on `P revocations` so every replica's long polls wake at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use redis::aio::ConnectionManager;
+use redis::{
+    AsyncCommands, ErrorKind, FromRedisValue, RedisError, ScriptInvocation, ServerErrorKind,
+};
+use serde::{Deserialize, Serialize};
+use weauth_token::revocation::{Entry, EntryKind};
+
+use super::redis_checks::{self, Eviction, EvictionWatch, Replication};
+use super::{
+    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, RiskFact, Rotate,
+    RotateResult, SessionRecord, Store, StoreError, UserRecord,
+};
+use crate::domain::grants::{Ban, Grants};
+use crate::domain::rules::{
+    self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
+};
+
+/// Slack added to every natural-end TTL: the purge removes items first; the TTL only bounds
+/// what a purge that never runs would leave behind.
+mod health;
+mod keys;
+mod scripts;
+mod store;
+
+use self::health::*;
+use self::scripts::Scripts;
+
+const TTL_SLACK: i64 = 86_400;
+/// How many times a compare-and-set is retried after losing a race before answering busy.
+const CAS_ATTEMPTS: usize = 8;
+/// Items removed per kind per purge call.
+const PURGE_BATCH: usize = 10_000;
+
+/// Where the Redis primary is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://` or `rediss://`: one server.
+    Direct(String),
+    /// `redis+sentinel://`: ask these sentinels for the primary of `master`.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master: String,
+        db: i64,
+        username: Option<String>,
+        password: Option<String>,
+    },
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub target: RedisTarget,
+    /// The URL without its password, for messages.
+    pub display: String,
+    /// Key prefix (`WEAUTH_REDIS_PREFIX`).
+    pub prefix: String,
+    /// `WAIT` for this many replicas after each write (0: do not wait).
+    pub wait_replicas: usize,
+    pub wait_timeout: Duration,
+    /// `WEAUTH_REDIS_ALLOW_EVICTION`: start (with a warning) even when `maxmemory-policy` can
+    /// evict weauth's keys.
+    pub allow_eviction: bool,
+}
+
+/// The variable that accepts an evicting `maxmemory-policy`.
+pub const ALLOW_EVICTION_VAR: &str = "WEAUTH_REDIS_ALLOW_EVICTION";
+
+/// Connection state: the current primary's connection managers.
+struct Conn {
+    manager: ConnectionManager,
+    /// A second connection to the same primary for the health reads (`INFO`, `CONFIG GET`),
+    /// so they are never queued behind a `WAIT` on the main one.
+    health: ConnectionManager,
+    /// When the primary was last re-resolved through Sentinel.
+    resolved_at: Instant,
+}
+
+/// The Redis implementation of [`Store`]. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: RedisOptions,
+    conn: Mutex<Conn>,
+    /// Serializes Sentinel re-resolution.
+    resolving: tokio::sync::Mutex<()>,
+    scripts: Scripts,
+    health: Health,
+    waits: WaitGroup,
+}
+
+/// The `WAIT` group commit ([`RedisStore::replicate`]).
+struct WaitGroup {
+    state: Mutex<WaitState>,
+    /// The last `WAIT` that ended.
+    done: tokio::sync::watch::Sender<WaitDone>,
+}
+
+#[derive(Default)]
+struct WaitState {
+    /// `WAIT`s sent so far (the generation of the latest).
+    sent: u64,
+    /// One is in flight.
+    in_flight: bool,
+}
+
+/// How a `WAIT` ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct WaitDone {
+    generation: u64,
+    /// Replicas that acknowledged (`None`: the `WAIT` failed).
+    acked: Option<usize>,
+    /// Replicas it asked for.
+    target: usize,
+}
+
+/// What the health reads found, shared by the write path and the periodic check.
+struct Health {
+    /// Replicas the primary last reported online; -1 when unknown (no answer yet, or the
+    /// server is not a primary).
+    online: AtomicI64,
+    /// Keys the server evicted since this handle started watching.
+    evicted_total: AtomicU64,
+    /// Writes acknowledged without the configured replicas: `WAIT` skipped (none online) or
+    /// fallen short.
+    unreplicated_writes: AtomicU64,
+    evictions: Mutex<EvictionWatch>,
+    /// The last `maxmemory-policy` verdict logged (a running check logs changes only).
+    policy_seen: Mutex<Option<String>>,
+    /// `WAIT`s that fell short (each shared by the writes of its group).
+    short_waits: AtomicU64,
+    /// One replication re-read at a time after a `WAIT` fell short, at most every 250 ms.
+    rereading: AtomicBool,
+    reread_at: Mutex<Option<Instant>>,
+}
+
+/// What [`RedisStore::check_health`] saw (for the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisHealth {
+    /// Replicas the primary reports online (`None`: unknown).
+    pub replicas: Option<usize>,
+    /// `WEAUTH_REDIS_WAIT_REPLICAS`.
+    pub wanted: usize,
+    /// Keys Redis evicted since this replica started watching.
+    pub evicted_keys: u64,
+    /// Writes acknowledged without the wanted replicas.
+    pub unreplicated_writes: u64,
+}
+
+/// Maps a client error: lost connections, timeouts, a read-only replica (failover under way)
+/// and a loading server are [`StoreError::Unavailable`] (503, retry); the rest are backend
+/// errors.
+pub fn redis_err(err: RedisError) -> StoreError {
+    let transient = err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || matches!(
+            err.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+            )
+        );
+    if transient {
+        StoreError::Unavailable(Box::new(err))
+    } else {
+        StoreError::Backend(Box::new(err))
+    }
+}
+
+fn is_readonly(err: &StoreError) -> bool {
+    matches!(err, StoreError::Unavailable(_))
+}
+
+/// A sealed key record as stored (JSON, material in base64).
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    kid: String,
+    alg: String,
+    sealed: String,
+    created_at: i64,
+    activate_at: i64,
+}
+
+fn ttl(expires_at: i64, now: i64) -> i64 {
+    expires_at
+        .saturating_sub(now)
+        .max(1)
+        .saturating_add(TTL_SLACK)
+}
+
+fn parse_entry(json: &str) -> Result<Entry, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|err| StoreError::Corrupt(format!("revocation entry: {err}")))
+}
+
+fn text(fields: &HashMap<String, Vec<u8>>, name: &str) -> Option<String> {
+    fields
+        .get(name)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+fn number(fields: &HashMap<String, Vec<u8>>, name: &str) -> Result<Option<i64>, StoreError> {
+    match text(fields, name) {
+        None => Ok(None),
+        Some(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(format!("field `{name}` is not a number"))),
+    }
+}
+
+fn required(fields: &HashMap<String, Vec<u8>>, name: &str) -> Result<String, StoreError> {
+    text(fields, name).ok_or_else(|| StoreError::Corrupt(format!("field `{name}` is missing")))
+}
+
+fn session_from(fields: &HashMap<String, Vec<u8>>) -> Result<SessionRecord, StoreError> {
+    Ok(SessionRecord {
+        sid: required(fields, "sid")?,
+        sub: required(fields, "sub")?,
+        appid: required(fields, "appid")?,
+        openid: required(fields, "openid")?,
+        unionid: text(fields, "unionid"),
+        created_at: number(fields, "created_at")?.unwrap_or(0),
+        expires_at: number(fields, "expires_at")?.unwrap_or(0),
+        revoked_at: number(fields, "revoked_at")?,
+    })
+}
+
+async fn connect_manager(client: redis::Client) -> Result<ConnectionManager, RedisError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(3)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_with_config(client, config).await
+}
+
+/// A client for the current primary.
+async fn primary_client(target: &RedisTarget) -> Result<redis::Client, RedisError> {
+    match target {
+        RedisTarget::Direct(url) => redis::Client::open(url.as_str()),
+        RedisTarget::Sentinel {
+            sentinels,
+            master,
+            db,
+            username,
+            password,
+        } => {
+            let addrs = sentinels
+                .iter()
+                .map(|(host, port)| redis::ConnectionAddr::Tcp(host.clone(), *port));
+            let mut builder = redis::sentinel::SentinelClientBuilder::new(
+                addrs,
+                master,
+                redis::sentinel::SentinelServerType::Master,
+            )?
+            .set_client_to_redis_db(*db);
+            if let Some(username) = username {
+                builder = builder.set_client_to_redis_username(username);
+            }
+            if let Some(password) = password {
+                builder = builder.set_client_to_redis_password(password);
+            }
+            let mut sentinel = builder.build()?;
+            sentinel.async_get_client().await
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects, checks the server can run scripts, refuses a `maxmemory-policy` that can
+    /// evict weauth's keys (unless `allow_eviction`), and logs a warning naming the setting
+    /// when the server's persistence could lose an acknowledged write.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] naming `WEAUTH_STORE` and the reason (unreachable, wrong password,
+    /// wrong database index, scripting refused, an evicting `maxmemory-policy` not accepted
+    /// with `WEAUTH_REDIS_ALLOW_EVICTION`).
+    pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
+        let target = format!("WEAUTH_STORE={}", options.display);
+        let fail = |reason: String| StoreError::Open {
+            target: target.clone(),
+            source: reason.into(),
+        };
+        let client = primary_client(&options.target)
+            .await
+            .map_err(|err| fail(describe_connect_error(&err)))?;
+        let managers = async {
+            let manager = connect_manager(client.clone()).await?;
+            let health = connect_manager(client).await?;
+            Ok::<_, RedisError>((manager, health))
+        };
+        let (mut manager, mut health) = tokio::time::timeout(Duration::from_secs(5), managers)
+            .await
+            .map_err(|_| fail("no answer within 5 s".into()))?
+            .map_err(|err| fail(describe_connect_error(&err)))?;
+        let probe: Result<i64, RedisError> = redis::cmd("EVAL")
+            .arg("return 1")
+            .arg(0)
+            .query_async(&mut manager)
+            .await;
+        if let Err(err) = probe {
+            return Err(fail(format!(
+                "the server does not run Lua scripts (EVAL), which every atomic change needs: {err}"
+            )));
+        }
+        let policy = check_eviction(&mut health, options.allow_eviction).await;
+        if let PolicyCheck::Refused { message, .. } = &policy {
+            return Err(fail(message.clone()));
+        }
+        policy.log(false);
+        check_persistence(&mut manager).await;
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                options,
+                conn: Mutex::new(Conn {
+                    manager,
+                    health: health.clone(),
+                    resolved_at: Instant::now(),
+                }),
+                resolving: tokio::sync::Mutex::new(()),
+                scripts: Scripts::new(),
+                health: Health {
+                    online: AtomicI64::new(-1),
+                    evicted_total: AtomicU64::new(0),
+                    unreplicated_writes: AtomicU64::new(0),
+                    short_waits: AtomicU64::new(0),
+                    evictions: Mutex::new(EvictionWatch::default()),
+                    policy_seen: Mutex::new(Some(policy.seen())),
+                    rereading: AtomicBool::new(false),
+                    reread_at: Mutex::new(None),
+                },
+                waits: WaitGroup {
+                    state: Mutex::new(WaitState::default()),
+                    done: tokio::sync::watch::channel(WaitDone::default()).0,
+                },
+            }),
+        };
+        store.note_replication(read_replication(&mut health).await);
+        if let Some(evicted) = read_evicted(&mut health).await {
+            store.note_evicted(evicted);
+        }
+        Ok(store)
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.options.prefix
+    }
+
+    /// The pub/sub channel revocations are announced on (payload: the new seq).
+    pub fn channel(&self) -> String {
+        format!("{}revocations", self.prefix())
+    }
+
+    /// A client for the current primary (for pub/sub subscriptions).
+    ///
+    /// # Errors
+    /// Sentinel or connection failures.
+    pub async fn pubsub_client(&self) -> Result<redis::Client, StoreError> {
+        primary_client(&self.inner.options.target)
+            .await
+            .map_err(redis_err)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.inner.options.prefix)
+    }
+
+    fn manager(&self) -> Result<ConnectionManager, StoreError> {
+        self.inner
+            .conn
+            .lock()
+            .map(|conn| conn.manager.clone())
+            .map_err(|_| StoreError::backend("the Redis connection lock is poisoned"))
+    }
+
+    /// After a connection failure behind Sentinel, asks the sentinels for the primary again
+    /// (at most every 250 ms) and switches to it. A direct connection reconnects by itself.
+    async fn after_failure(&self, err: &StoreError) {
+        if !is_readonly(err) || !matches!(self.inner.options.target, RedisTarget::Sentinel { .. }) {
+            return;
+        }
+        let Ok(_guard) = self.inner.resolving.try_lock() else {
+            return;
+        };
+        let recent = self
+            .inner
+            .conn
+            .lock()
+            .map(|conn| conn.resolved_at.elapsed() < Duration::from_millis(250))
+            .unwrap_or(true);
+        if recent {
+            return;
+        }
+        let resolved = async {
+            let client = primary_client(&self.inner.options.target).await?;
+            let manager = connect_manager(client.clone()).await?;
+            let health = connect_manager(client).await?;
+            Ok::<_, RedisError>((manager, health))
+        };
+        match tokio::time::timeout(Duration::from_secs(3), resolved).await {
+            Ok(Ok((manager, mut health))) => {
+                // Before any write reaches the new primary: does it have a replica to WAIT
+                // for (a promoted replica usually has none until the old primary returns)?
+                self.note_replication(read_replication(&mut health).await);
+                if let Ok(mut watch) = self.inner.health.evictions.lock() {
+                    watch.rebase();
+                }
+                let policy = check_eviction(&mut health, self.inner.options.allow_eviction).await;
+                self.note_policy(&policy);
+                if let Ok(mut conn) = self.inner.conn.lock() {
+                    conn.manager = manager;
+                    conn.health = health;
+                    conn.resolved_at = Instant::now();
+                }
+                tracing::info!("reconnected to the Redis primary named by Sentinel");
+            }
+            Ok(Err(err)) => {
+                if let Ok(mut conn) = self.inner.conn.lock() {
+                    conn.resolved_at = Instant::now();
+                }
+                tracing::warn!(error = %err, "cannot reach the Redis primary through Sentinel yet");
+            }
+            Err(_) => {
+                if let Ok(mut conn) = self.inner.conn.lock() {
+                    conn.resolved_at = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Runs one operation on the current connection, mapping and reacting to failures.
+    async fn op<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let manager = self.manager()?;
+        match f(manager).await {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                let err = redis_err(err);
+                self.after_failure(&err).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs one Lua script call, its keys and arguments already set: the one place a script
+    /// is invoked, its failure mapped and reacted to like any other command's ([`Self::op`]).
+    async fn eval<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        self.op(|mut conn| async move { call.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// `WAIT`s for the configured replicas after a write, asking for no more than the primary
+    /// last reported online and skipping the `WAIT` while it reports none (see the module
+    /// docs); a shortfall is logged and counted, not failed (the write is on the primary;
+    /// refusing now would make the client retry a done change), and makes the store re-read
+    /// the primary's replicas.
+    ///
+    /// Group commit: one `WAIT` at a time per connection. A `WAIT` covers every write made
+    /// on its connection before it was sent, so a write that finds one in flight waits for
+    /// it to end and then shares the next one with every write that arrived meanwhile. Redis
+    /// runs nothing else from a connection while a `WAIT` blocks it; one at a time bounds
+    /// what a replica that stops answering costs the writes queued on the connection to about
+    /// one `WEAUTH_REDIS_WAIT_TIMEOUT` (the `WAIT` in flight, then the re-read of the replicas
+    /// stops the next), however many are in flight (one `WAIT` each made it their number times
+    /// the timeout).
+    async fn replicate(&self) {
+        let wanted = self.inner.options.wait_replicas;
+        if wanted == 0 {
+            return;
+        }
+        let waits = &self.inner.waits;
+        let mut done = waits.done.subscribe();
+        // Any WAIT sent from now on covers this write (its reply has arrived).
+        let needed = match waits.state.lock() {
+            Ok(state) => state.sent + 1,
+            Err(_) => return,
+        };
+        loop {
+            let replicas = redis_checks::wait_target(wanted, self.online_replicas());
+            if replicas == 0 {
+                self.count_unreplicated();
+                return;
+            }
+            let finished = *done.borrow_and_update();
+            if finished.generation >= needed {
+                if finished.acked.is_some_and(|acked| acked < finished.target) {
+                    self.count_unreplicated();
+                }
+                return;
+            }
+            let lead = match waits.state.lock() {
+                Ok(mut state) if !state.in_flight => {
+                    state.in_flight = true;
+                    state.sent += 1;
+                    Some(state.sent)
+                }
+                Ok(_) => None,
+                Err(_) => return,
+            };
+            match lead {
+                Some(generation) => return self.lead_wait(generation, replicas).await,
+                None => {
+                    if done.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the `WAIT` of generation `generation` for `replicas` and publishes its outcome
+    /// to the writes sharing it (see [`Self::replicate`]).
+    async fn lead_wait(&self, generation: u64, replicas: usize) {
+        /// Ends the lead even when the request is dropped mid-`WAIT`: the writes waiting on it
+        /// wake up and one of them sends the next.
+        struct Lead<'a> {
+            waits: &'a WaitGroup,
+        }
+        impl Drop for Lead<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut state) = self.waits.state.lock() {
+                    state.in_flight = false;
+                }
+                self.waits.done.send_modify(|_| {});
+            }
+        }
+        let lead = Lead {
+            waits: &self.inner.waits,
+        };
+        let millis = u64::try_from(self.inner.options.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+        let acked: Result<usize, StoreError> = self
+            .op(|mut conn| async move {
+                redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(millis)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await;
+        let short = matches!(acked, Ok(n) if n < replicas);
+        if short {
+            // Before the writes queued behind this WAIT decide whether to send the next one.
+            self.reread_replication().await;
+        }
+        self.inner.waits.done.send_modify(|finished| {
+            *finished = WaitDone {
+                generation,
+                acked: acked.as_ref().ok().copied(),
+                target: replicas,
+            }
+        });
+        drop(lead);
+        match acked {
+            Ok(n) if short => {
+                self.count_unreplicated();
+                self.inner
+                    .health
+                    .short_waits
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    acked = n,
+                    wanted = replicas,
+                    "WEAUTH_REDIS_WAIT_REPLICAS: writes reached fewer replicas than configured within WEAUTH_REDIS_WAIT_TIMEOUT; a failover right now could lose them"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "WAIT failed after a write"),
+        }
+    }
+
+    fn count_unreplicated(&self) {
+        self.inner
+            .health
+            .unreplicated_writes
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The replicas the primary last reported online (`None`: unknown).
+    fn online_replicas(&self) -> Option<usize> {
+        usize::try_from(self.inner.health.online.load(Ordering::Relaxed)).ok()
+    }
+
+    fn health_manager(&self) -> Result<ConnectionManager, StoreError> {
+        self.inner
+            .conn
+            .lock()
+            .map(|conn| conn.health.clone())
+            .map_err(|_| StoreError::backend("the Redis connection lock is poisoned"))
+    }
+
+    /// After a `WAIT` fell short: re-reads the primary's replicas on the health connection
+    /// (one re-read at a time, at most every 250 ms), so the writes that follow stop waiting
+    /// for a replica that is gone.
+    async fn reread_replication(&self) {
+        let health = &self.inner.health;
+        let recent = health
+            .reread_at
+            .lock()
+            .map(|at| at.is_some_and(|at| at.elapsed() < Duration::from_millis(250)))
+            .unwrap_or(true);
+        if recent || health.rereading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(mut conn) = self.health_manager() {
+            let read = tokio::time::timeout(Duration::from_secs(1), read_replication(&mut conn));
+            if let Ok(replication) = read.await {
+                self.note_replication(replication);
+            }
+        }
+        if let Ok(mut at) = health.reread_at.lock() {
+            *at = Some(Instant::now());
+        }
+        health.rereading.store(false, Ordering::Release);
+    }
+
+    /// Records what `INFO replication` said, logging when the primary has fewer replicas
+    /// online than `WEAUTH_REDIS_WAIT_REPLICAS` asks for, and when they are back.
+    fn note_replication(&self, replication: Option<Replication>) {
+        let online = match replication {
+            Some(Replication {
+                primary: true,
+                online,
+            }) => i64::try_from(online).unwrap_or(i64::MAX),
+            _ => -1,
+        };
+        let before = self.inner.health.online.swap(online, Ordering::AcqRel);
+        let wanted = i64::try_from(self.inner.options.wait_replicas).unwrap_or(i64::MAX);
+        if wanted == 0 || online < 0 {
+            return;
+        }
+        let was_short = before >= 0 && before < wanted;
+        if online < wanted && (!was_short || (online == 0) != (before == 0)) {
+            if online == 0 {
+                tracing::error!(
+                    replicas_online = 0,
+                    wanted,
+                    "the Redis primary reports no replica online: acknowledged writes are now on one machine (WAIT is skipped until a replica is back; losing this primary now loses them). Bring a replica back, e.g. restart the old primary: Sentinel makes it a replica"
+                );
+            } else {
+                tracing::warn!(
+                    replicas_online = online,
+                    wanted,
+                    "the Redis primary reports fewer replicas online than WEAUTH_REDIS_WAIT_REPLICAS: writes WAIT for those online only"
+                );
+            }
+        } else if online >= wanted && was_short {
+            tracing::info!(
+                replicas_online = online,
+                wanted,
+                "Redis replicas online again: writes WAIT for WEAUTH_REDIS_WAIT_REPLICAS again"
+            );
+        }
+    }
+
+    /// Records an `evicted_keys` reading, logging what grew.
+    fn note_evicted(&self, evicted: u64) {
+        let grown = match self.inner.health.evictions.lock() {
+            Ok(mut watch) => watch.observe(evicted),
+            Err(_) => 0,
+        };
+        if grown > 0 {
+            let total = self
+                .inner
+                .health
+                .evicted_total
+                .fetch_add(grown, Ordering::Relaxed)
+                + grown;
+            tracing::error!(
+                evicted = grown,
+                evicted_since_start = total,
+                "Redis evicted keys (its evicted_keys grew): acknowledged revocations, sessions or refresh tokens may be gone. Set maxmemory-policy noeviction and give Redis more memory"
+            );
+        }
+    }
+
+    /// Logs a `maxmemory-policy` verdict when it differs from the last one logged.
+    fn note_policy(&self, policy: &PolicyCheck) {
+        if *policy == PolicyCheck::Unanswered {
+            return;
+        }
+        let seen = policy.seen();
+        let changed = match self.inner.health.policy_seen.lock() {
+            Ok(mut last) => {
+                let changed = last.as_deref() != Some(seen.as_str());
+                *last = Some(seen);
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            policy.log(true);
+        }
+    }
+
+    /// The periodic health read (the issuer runs it every second): the primary's replicas
+    /// online, keys evicted since the last read, and `maxmemory-policy` (logged when it
+    /// changes: an evicting policy set while running is an error in the log, not an exit).
+    /// Runs on the health connection, so a `WAIT` on the main one does not delay it.
+    pub async fn check_health(&self) -> RedisHealth {
+        if let Ok(mut conn) = self.health_manager() {
+            let reads = async {
+                self.note_replication(read_replication(&mut conn).await);
+                if let Some(evicted) = read_evicted(&mut conn).await {
+                    self.note_evicted(evicted);
+                }
+                let policy = check_eviction(&mut conn, self.inner.options.allow_eviction).await;
+                self.note_policy(&policy);
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(3), reads).await;
+        }
+        let health = &self.inner.health;
+        RedisHealth {
+            replicas: self.online_replicas(),
+            wanted: self.inner.options.wait_replicas,
+            evicted_keys: health.evicted_total.load(Ordering::Relaxed),
+            unreplicated_writes: health.unreplicated_writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes one login token for `client` from the shared bucket (`per_minute`, `burst`), at
+    /// `now` (Unix seconds, fractional). Returns the seconds to wait when refused.
+    ///
+    /// # Errors
+    /// Redis failures (the caller falls back to its local limiter).
+    pub async fn rate_limit(
+        &self,
+        client: &str,
+        per_minute: u32,
+        burst: u32,
+        now: f64,
+    ) -> Result<Option<u64>, StoreError> {
+        let per_second = f64::from(per_minute) / 60.0;
+        if per_second <= 0.0 {
+            return Ok(None);
+        }
+        let burst = f64::from(burst.max(1));
+        let ttl = ((burst / per_second).ceil() as i64).max(1) + 1;
+        let key = self.key(&keys::rate_limit(client));
+        let mut call = self.inner.scripts.rate_limit.prepare_invoke();
+        call.key(key).arg(now).arg(per_second).arg(burst).arg(ttl);
+        let retry: u64 = self.eval(&call).await?;
+        Ok((retry > 0).then_some(retry))
+    }
+
+    /// Applies a Rotate (`used_at` None) or Sibling verdict with the ROTATE script: `None` when
+    /// the token or its session changed since it was read (decide again).
+    async fn rotate_cas(
+        &self,
+        rotate: &Rotate,
+        sid: &str,
+        new_expires: i64,
+        used_at: Option<i64>,
+    ) -> Result<Option<RotateResult>, StoreError> {
+        let keys = [
+            self.key(&keys::refresh(&rotate.presented_hash)),
+            self.key(&keys::refresh(&rotate.new_hash)),
+            self.key(&keys::session(sid)),
+            self.key(keys::REFRESH_EXP),
+        ];
+        let mut call = self.inner.scripts.rotate.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(rotate.now)
+            .arg(new_expires)
+            .arg(ttl(new_expires, rotate.now))
+            .arg(&rotate.new_hash)
+            .arg(used_at.map(|at| at.to_string()).unwrap_or_default());
+        let session: Option<HashMap<String, Vec<u8>>> = self.eval(&call).await?;
+        let Some(fields) = session else {
+            return Ok(None);
+        };
+        self.replicate().await;
+        Ok(Some(RotateResult::Rotated {
+            session: session_from(&fields)?,
+            refresh_expires: new_expires,
+            sibling: used_at.is_some(),
+        }))
+    }
+
+    async fn read_refresh(&self, hash: &str) -> Result<Option<RefreshRow>, StoreError> {
+        let key = self.key(&keys::refresh(hash));
+        let prefix = self.prefix().to_string();
+        let mut call = self.inner.scripts.read_refresh.prepare_invoke();
+        call.key(key).arg(prefix);
+        let row: Option<Vec<String>> = self.eval(&call).await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let num = |text: &str| -> Result<i64, StoreError> {
+            text.parse()
+                .map_err(|_| StoreError::Corrupt("refresh token field is not a number".into()))
+        };
+        let opt = |text: &str| -> Result<Option<i64>, StoreError> {
+            if text.is_empty() {
+                Ok(None)
+            } else {
+                num(text).map(Some)
+            }
+        };
+        match row.as_slice() {
+            [sid, expires, used, session_expires, revoked] => Ok(Some(RefreshRow {
+                sid: sid.clone(),
+                expires_at: num(expires)?,
+                used_at: opt(used)?,
+                session_expires_at: num(session_expires)?,
+                session_revoked_at: opt(revoked)?,
+            })),
+            _ => Err(StoreError::Corrupt("refresh token read".into())),
+        }
+    }
+
+    /// Runs the revoke script; `guard` = only while the session `value` is live.
+    async fn revoke_entry(
+        &self,
+        kind: EntryKind,
+        value: &str,
+        issued_before: Option<i64>,
+        until: i64,
+        now: i64,
+        guard: bool,
+    ) -> Result<Option<Entry>, StoreError> {
+        let name = kind.name();
+        let keys = [
+            self.key(keys::SEQ),
+            self.key(keys::REV_ENTRIES),
+            self.key(keys::REV_BY_SEQ),
+            self.key(keys::REV_BY_UNTIL),
+            self.key(&keys::revoked(name, value)),
+        ];
+        let (prefix, channel) = (self.prefix().to_string(), self.channel());
+        let value = value.to_string();
+        let mut call = self.inner.scripts.revoke.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(prefix)
+            .arg(name)
+            .arg(value)
+            .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
+            .arg(until)
+            .arg(now)
+            .arg(if guard { "1" } else { "0" })
+            .arg(channel);
+        let json: Option<String> = self.eval(&call).await?;
+        match json {
+            Some(json) => {
+                self.replicate().await;
+                parse_entry(&json).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

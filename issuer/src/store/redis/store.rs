@@ -1,0 +1,597 @@
+//! The [`Store`] contract on Redis: every read-modify-write as a read followed by a
+//! compare-and-set script (retried while the facts change), every write then `WAIT`ed for
+//! the configured replicas ([`RedisStore::replicate`]).
+
+use super::*;
+
+impl RedisStore {
+    /// Sets (or, for an empty value, deletes) fields of an existing user, atomically.
+    async fn set_user_fields(
+        &self,
+        sub: &str,
+        now: i64,
+        fields: Vec<(&'static str, String)>,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(&keys::user(sub));
+        let mut call = self.inner.scripts.set_user_fields.prepare_invoke();
+        call.key(key).arg(now);
+        for (name, value) in &fields {
+            call.arg(*name).arg(value);
+        }
+        let changed: i64 = self.eval(&call).await?;
+        self.replicate().await;
+        Ok(changed == 1)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {
+        let key = self.key(&keys::user(sub));
+        let fields: HashMap<String, Vec<u8>> = self
+            .op(|mut conn| async move { conn.hgetall(key).await })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let ban = match number(&fields, "ban_created_at")? {
+            Some(created_at) => Some(Ban {
+                created_at,
+                until: number(&fields, "ban_until")?,
+                reason: text(&fields, "ban_reason"),
+            }),
+            None => None,
+        };
+        Ok(Some(Grants {
+            scopes: text(&fields, "scopes")
+                .unwrap_or_default()
+                .split_ascii_whitespace()
+                .map(String::from)
+                .collect(),
+            ban,
+        }))
+    }
+
+    async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError> {
+        let fields = vec![
+            ("risk_appid", fact.appid.clone()),
+            ("risk_rank", fact.rank.to_string()),
+            ("risk_at", fact.at.to_string()),
+        ];
+        self.set_user_fields(sub, fact.at, fields).await
+    }
+
+    async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
+        self.set_user_fields(sub, now, vec![("scopes", scopes.join(" "))])
+            .await
+    }
+
+    async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
+        let fields = match ban {
+            Some(ban) => vec![
+                ("ban_created_at", ban.created_at.to_string()),
+                (
+                    "ban_until",
+                    ban.until.map(|u| u.to_string()).unwrap_or_default(),
+                ),
+                ("ban_reason", ban.reason.clone().unwrap_or_default()),
+            ],
+            None => vec![
+                ("ban_created_at", String::new()),
+                ("ban_until", String::new()),
+                ("ban_reason", String::new()),
+            ],
+        };
+        self.set_user_fields(sub, now, fields).await
+    }
+
+    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError> {
+        let key = self.key(&keys::refresh(refresh_hash));
+        let sid: Option<String> = self
+            .op(|mut conn| async move { conn.hget(key, "sid").await })
+            .await?;
+        let Some(sid) = sid else {
+            return Ok(None);
+        };
+        let key = self.key(&keys::session(sid));
+        self.op(|mut conn| async move { conn.hget(key, "sub").await })
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.op(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
+            .await
+            .map(|_| ())
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let key = self.key(keys::KEYS);
+        let values: Vec<String> = self
+            .op(|mut conn| async move { conn.hvals(key).await })
+            .await?;
+        let mut records = Vec::with_capacity(values.len());
+        for value in values {
+            let stored: StoredKey = serde_json::from_str(&value)
+                .map_err(|err| StoreError::Corrupt(format!("signing key record: {err}")))?;
+            records.push(KeyRecord {
+                kid: stored.kid,
+                alg: stored.alg,
+                sealed: B64
+                    .decode(stored.sealed)
+                    .map_err(|err| StoreError::Corrupt(format!("signing key record: {err}")))?,
+                created_at: stored.created_at,
+                activate_at: stored.activate_at,
+            });
+        }
+        records.sort_by(|a, b| (a.activate_at, &a.kid).cmp(&(b.activate_at, &b.kid)));
+        Ok(records)
+    }
+
+    async fn insert_key(
+        &self,
+        key: &KeyRecord,
+        only_if_none_active_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(&StoredKey {
+            kid: key.kid.clone(),
+            alg: key.alg.clone(),
+            sealed: B64.encode(&key.sealed),
+            created_at: key.created_at,
+            activate_at: key.activate_at,
+        })
+        .map_err(|err| StoreError::backend(err.to_string()))?;
+        let (hash, kid) = (self.key(keys::KEYS), key.kid.clone());
+        let only = only_if_none_active_at
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let mut call = self.inner.scripts.insert_key.prepare_invoke();
+        call.key(hash).arg(kid).arg(json).arg(only);
+        let inserted: i64 = self.eval(&call).await?;
+        self.replicate().await;
+        Ok(inserted == 1)
+    }
+
+    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError> {
+        if kids.is_empty() {
+            return Ok(());
+        }
+        let (hash, kids) = (self.key(keys::KEYS), kids.to_vec());
+        self.op(|mut conn| async move { conn.hdel::<_, _, i64>(hash, kids).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {
+        let key = self.key(&keys::code(code_hash));
+        self.op(|mut conn| async move { conn.exists(key).await })
+            .await
+    }
+
+    async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError> {
+        let identity = self.key(&keys::identity(&login.appid, &login.openid));
+        let unionid_key = self.key(&keys::unionid(login.unionid.as_deref().unwrap_or_default()));
+        for _ in 0..CAS_ATTEMPTS {
+            // The candidates, then the pure decision, then a guarded apply.
+            let (id_key, un_key) = (identity.clone(), unionid_key.clone());
+            let has_unionid = login.unionid.is_some();
+            let (by_identity, by_unionid): (Option<String>, Option<String>) = self
+                .op(|mut conn| async move {
+                    let by_identity: Option<String> = conn.get(&id_key).await?;
+                    let by_unionid: Option<String> = if has_unionid {
+                        conn.get(&un_key).await?
+                    } else {
+                        None
+                    };
+                    Ok((by_identity, by_unionid))
+                })
+                .await?;
+            let found = match &by_identity {
+                Some(sub) => {
+                    let user_key = self.key(&keys::user(sub));
+                    let unionid: Option<String> = self
+                        .op(|mut conn| async move { conn.hget(user_key, "unionid").await })
+                        .await?;
+                    Some(FoundUser {
+                        sub: sub.clone(),
+                        unionid,
+                    })
+                }
+                None => None,
+            };
+            let candidates = LinkCandidates {
+                by_identity: found,
+                by_unionid: by_unionid.clone(),
+            };
+            let link = rules::link_user(&candidates, login.unionid.as_deref(), &login.new_sub);
+            let session_ttl = ttl(login.session_expires, login.now);
+            let refresh_ttl = ttl(login.refresh_expires, login.now);
+            let keys = [
+                self.key(&keys::code(&login.code_hash)),
+                identity.clone(),
+                unionid_key.clone(),
+                self.key(&keys::user(&link.sub)),
+                self.key(&keys::session(&login.sid)),
+                self.key(&keys::refresh(&login.refresh_hash)),
+                self.key(&keys::sub_sessions(&link.sub)),
+                self.key(keys::SESSIONS_EXP),
+                self.key(keys::REFRESH_EXP),
+            ];
+            let flag = |b: bool| if b { "1" } else { "0" };
+            let decided = link.clone();
+            let mut call = self.inner.scripts.login.prepare_invoke();
+            for key in &keys {
+                call.key(key);
+            }
+            call.arg(by_identity.unwrap_or_default())
+                .arg(login.unionid.clone().unwrap_or_default())
+                .arg(by_unionid.unwrap_or_default())
+                .arg(&decided.sub)
+                .arg(flag(decided.create_user))
+                .arg(flag(decided.attach_unionid))
+                .arg(flag(decided.create_identity))
+                .arg(login.now)
+                .arg(&login.sid)
+                .arg(&login.appid)
+                .arg(&login.openid)
+                .arg(login.session_key_sealed.clone().unwrap_or_default())
+                .arg(flag(login.session_key_sealed.is_some()))
+                .arg(login.session_expires)
+                .arg(session_ttl)
+                .arg(login.refresh_expires)
+                .arg(refresh_ttl)
+                .arg(&login.code_hash)
+                .arg(&login.refresh_hash);
+            let outcome: String = self.eval(&call).await?;
+            match outcome.as_str() {
+                "ok" => {
+                    self.replicate().await;
+                    return Ok(LoginResult::Created {
+                        sub: link.sub,
+                        new_user: link.create_user,
+                    });
+                }
+                "used" => return Ok(LoginResult::CodeAlreadyUsed),
+                _ => continue,
+            }
+        }
+        Err(StoreError::Busy(
+            "login: too many concurrent changes to the same user".into(),
+        ))
+    }
+
+    async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let row = self.read_refresh(&rotate.presented_hash).await?;
+            match rules::decide_refresh(
+                row.as_ref(),
+                rotate.now,
+                rotate.refresh_ttl,
+                rotate.reuse_grace,
+            ) {
+                RefreshDecision::Invalid(reason) => return Ok(RotateResult::Invalid(reason)),
+                RefreshDecision::Reuse { sid } => {
+                    match self
+                        .revoke_entry(
+                            EntryKind::Sid,
+                            &sid,
+                            None,
+                            rotate.revocation_until,
+                            rotate.now,
+                            true,
+                        )
+                        .await?
+                    {
+                        Some(entry) => return Ok(RotateResult::Reused { sid, entry }),
+                        None => continue,
+                    }
+                }
+                RefreshDecision::Rotate { sid, new_expires } => {
+                    if let Some(done) = self.rotate_cas(rotate, &sid, new_expires, None).await? {
+                        return Ok(done);
+                    }
+                }
+                RefreshDecision::Sibling {
+                    sid,
+                    new_expires,
+                    used_at,
+                } => {
+                    if let Some(done) = self
+                        .rotate_cas(rotate, &sid, new_expires, Some(used_at))
+                        .await?
+                    {
+                        return Ok(done);
+                    }
+                }
+            }
+        }
+        Err(StoreError::Busy(
+            "rotation: too many concurrent uses of the same refresh token".into(),
+        ))
+    }
+
+    async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let key = self.key(&keys::session(sid));
+        let fields: HashMap<String, Vec<u8>> = self
+            .op(|mut conn| async move { conn.hgetall(key).await })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        session_from(&fields).map(Some)
+    }
+
+    async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.key(&keys::session(sid));
+        self.op(|mut conn| async move { conn.hget(key, "session_key").await })
+            .await
+    }
+
+    async fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
+        let key = self.key(&keys::user(sub));
+        let fields: HashMap<String, Vec<u8>> = self
+            .op(|mut conn| async move { conn.hgetall(key).await })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let risk =
+            match (
+                text(&fields, "risk_appid"),
+                number(&fields, "risk_rank")?,
+                number(&fields, "risk_at")?,
+            ) {
+                (Some(appid), Some(rank), Some(at)) => u8::try_from(rank)
+                    .ok()
+                    .map(|rank| RiskFact { appid, rank, at }),
+                _ => None,
+            };
+        Ok(Some(UserRecord {
+            sub: sub.to_string(),
+            unionid: text(&fields, "unionid"),
+            phone: text(&fields, "phone"),
+            created_at: number(&fields, "created_at")?.unwrap_or(0),
+            risk,
+        }))
+    }
+
+    async fn set_phone(
+        &self,
+        sub: &str,
+        sealed_phone: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(&keys::user(sub));
+        let phone = sealed_phone.map(String::from);
+        let mut call = self.inner.scripts.set_phone.prepare_invoke();
+        call.key(key)
+            .arg(if phone.is_some() { "1" } else { "0" })
+            .arg(phone.unwrap_or_default())
+            .arg(now);
+        let changed: i64 = self.eval(&call).await?;
+        self.replicate().await;
+        Ok(changed == 1)
+    }
+
+    async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
+        let key = self.key(&keys::wechat_token(appid));
+        let fields: HashMap<String, Vec<u8>> = self
+            .op(|mut conn| async move { conn.hgetall(key).await })
+            .await?;
+        let (Some(sealed), Some(hash)) = (fields.get("sealed"), text(&fields, "hash")) else {
+            return Ok(None);
+        };
+        Ok(Some(CachedToken {
+            sealed: sealed.clone(),
+            hash,
+            expires_at: number(&fields, "expires_at")?.unwrap_or(0),
+            refresh_at: number(&fields, "refresh_at")?.unwrap_or(0),
+        }))
+    }
+
+    async fn lease_wechat_token(
+        &self,
+        appid: &str,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let (key, holder) = (self.key(&keys::wechat_token(appid)), holder.to_string());
+        let mut call = self.inner.scripts.lease.prepare_invoke();
+        call.key(key).arg(holder).arg(now).arg(lease_until);
+        let taken: i64 = self.eval(&call).await?;
+        Ok(taken == 1)
+    }
+
+    async fn put_wechat_token(
+        &self,
+        appid: &str,
+        token: &CachedToken,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let (key, token, holder) = (
+            self.key(&keys::wechat_token(appid)),
+            token.clone(),
+            holder.to_string(),
+        );
+        let mut call = self.inner.scripts.put_token.prepare_invoke();
+        call.key(key)
+            .arg(token.sealed)
+            .arg(token.hash)
+            .arg(token.expires_at)
+            .arg(token.refresh_at)
+            .arg(holder);
+        let _: i64 = self.eval(&call).await?;
+        self.replicate().await;
+        Ok(())
+    }
+
+    async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
+        let (key, holder) = (self.key(&keys::wechat_token(appid)), holder.to_string());
+        let mut call = self.inner.scripts.release.prepare_invoke();
+        call.key(key).arg(holder);
+        let _: i64 = self.eval(&call).await?;
+        Ok(())
+    }
+
+    async fn invalidate_wechat_token(
+        &self,
+        appid: &str,
+        token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let (key, hash) = (self.key(&keys::wechat_token(appid)), token_hash.to_string());
+        let mut call = self.inner.scripts.invalidate.prepare_invoke();
+        call.key(key).arg(hash);
+        let removed: i64 = self.eval(&call).await?;
+        Ok(removed == 1)
+    }
+
+    async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError> {
+        let (kind, value, issued_before) = match revoke {
+            Revoke::Jti(jti) => (EntryKind::Jti, jti.as_str(), None),
+            Revoke::Sid(sid) => (EntryKind::Sid, sid.as_str(), None),
+            Revoke::Sub { sub, issued_before } => {
+                (EntryKind::Sub, sub.as_str(), Some(*issued_before))
+            }
+        };
+        self.revoke_entry(kind, value, issued_before, until, now, false)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the revoke script wrote nothing".into()))
+    }
+
+    async fn revocation_facts(
+        &self,
+        jti: &str,
+        sid: &str,
+        sub: &str,
+    ) -> Result<RevocationFacts, StoreError> {
+        let keys = (
+            self.key(&keys::revoked("jti", jti)),
+            self.key(&keys::revoked("sid", sid)),
+            self.key(&keys::revoked("sub", sub)),
+            self.key(&keys::session(sid)),
+        );
+        let (jti, sid, top, session_revoked): (bool, bool, Vec<(String, f64)>, bool) = self
+            .op(|mut conn| async move {
+                redis::pipe()
+                    .exists(keys.0)
+                    .exists(keys.1)
+                    .zrevrange_withscores(keys.2, 0, 0)
+                    .hexists(keys.3, "revoked_at")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(RevocationFacts {
+            jti,
+            sid,
+            sub_issued_before: top.first().map(|(_, score)| *score as i64),
+            session_revoked,
+        })
+    }
+
+    async fn feed_snapshot(
+        &self,
+        after: u64,
+        now: i64,
+        limit: usize,
+    ) -> Result<FeedSnapshot, StoreError> {
+        let keys = [
+            self.key(keys::SEQ),
+            self.key(keys::PURGED_THROUGH),
+            self.key(keys::REV_BY_SEQ),
+            self.key(keys::REV_ENTRIES),
+        ];
+        let mut call = self.inner.scripts.feed.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(after).arg(now).arg(limit);
+        let raw: Vec<redis::Value> = self.eval(&call).await?;
+        let mut items = raw.into_iter();
+        let mut next_number = || -> Result<u64, StoreError> {
+            let value = items
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("feed read".into()))?;
+            redis::from_redis_value::<u64>(value)
+                .map_err(|err| StoreError::Corrupt(format!("feed read: {err}")))
+        };
+        let current = next_number()?;
+        let purged_through = next_number()?;
+        let mut entries = Vec::new();
+        for value in items {
+            let json: String = redis::from_redis_value(value)
+                .map_err(|err| StoreError::Corrupt(format!("feed read: {err}")))?;
+            entries.push(parse_entry(&json)?);
+        }
+        Ok(FeedSnapshot {
+            current,
+            purged_through,
+            entries,
+        })
+    }
+
+    async fn current_seq(&self) -> Result<u64, StoreError> {
+        let key = self.key(keys::SEQ);
+        let seq: Option<u64> = self
+            .op(|mut conn| async move { conn.get(key).await })
+            .await?;
+        Ok(seq.unwrap_or(1).max(1))
+    }
+
+    async fn put_ephemeral(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let (name, index) = (self.key(&keys::ephemeral(key)), self.key(keys::EPH_EXP));
+        let (member, value) = (key.to_string(), value.to_vec());
+        let mut call = self.inner.scripts.put_ephemeral.prepare_invoke();
+        call.key(name)
+            .key(index)
+            .arg(value)
+            .arg(expires_at)
+            .arg(member);
+        let _: i64 = self.eval(&call).await?;
+        self.replicate().await;
+        Ok(())
+    }
+
+    async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let (name, index) = (self.key(&keys::ephemeral(key)), self.key(keys::EPH_EXP));
+        let member = key.to_string();
+        let mut call = self.inner.scripts.take_ephemeral.prepare_invoke();
+        call.key(name).key(index).arg(now).arg(member);
+        let value: Option<Vec<u8>> = self.eval(&call).await?;
+        self.replicate().await;
+        Ok(value)
+    }
+
+    async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
+        let (index, prefix) = (self.key(keys::EPH_EXP), self.prefix().to_string());
+        let mut call = self.inner.scripts.purge_ephemeral.prepare_invoke();
+        call.key(index).arg(prefix).arg(now).arg(PURGE_BATCH);
+        let _: i64 = self.eval(&call).await?;
+        let keys = [
+            self.key(keys::REV_BY_UNTIL),
+            self.key(keys::REV_ENTRIES),
+            self.key(keys::REV_BY_SEQ),
+            self.key(keys::PURGED_THROUGH),
+            self.key(keys::SESSIONS_EXP),
+            self.key(keys::REFRESH_EXP),
+        ];
+        let prefix = self.prefix().to_string();
+        let mut call = self.inner.scripts.purge.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(prefix).arg(now).arg(PURGE_BATCH);
+        let (revocations, sessions, refresh_tokens): (usize, usize, usize) =
+            self.eval(&call).await?;
+        Ok(Purged {
+            revocations,
+            sessions,
+            refresh_tokens,
+        })
+    }
+}
