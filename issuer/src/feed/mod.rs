@@ -241,14 +241,7 @@ impl FeedCache {
     }
 }
 
-/// How the long polls' wakes are paced (`WEAUTH_FEED_COALESCE`, `WEAUTH_FEED_ANSWER_RATE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pacing {
-    /// The longest window (`Duration::ZERO`: every change wakes at once).
-    pub longest: Duration,
-    /// Answers per second a replica's wakes aim to stay under.
-    pub answers_per_sec: u32,
-}
+pub use crate::config::Pacing;
 
 impl Pacing {
     /// The window after a wake for `held` polls: long enough that waking them all once per

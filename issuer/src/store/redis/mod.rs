@@ -99,20 +99,7 @@ const CAS_ATTEMPTS: usize = 8;
 /// Items removed per kind per purge call.
 const PURGE_BATCH: usize = 10_000;
 
-/// Where the Redis primary is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// `redis://` or `rediss://`: one server.
-    Direct(String),
-    /// `redis+sentinel://`: ask these sentinels for the primary of `master`.
-    Sentinel {
-        sentinels: Vec<(String, u16)>,
-        master: String,
-        db: i64,
-        username: Option<String>,
-        password: Option<String>,
-    },
-}
+pub use crate::config::RedisTarget;
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]

@@ -1,0 +1,281 @@
+//! Parsing of single values: durations, log filters, store URLs (with the password masked
+//! in every message), base URLs, the data key; and [`Source`], through which every value is
+//! read (so the parsing is tested without touching the process environment).
+
+use super::*;
+
+/// Parses `500ms`, `30s`, `15m`, `2h`, `7d`, or plain seconds (`900`).
+///
+/// # Errors
+/// A readable reason when the text is not such a duration or overflows.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("`{text}` is not a duration like 30s, 15m, 7d"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is too large"))?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m, h or d)"
+            ))
+        }
+    }
+    .ok_or_else(|| format!("`{text}` is too large"))?;
+    Ok(Duration::from_millis(millis))
+}
+
+/// Reads configuration through `lookup` (a variable's value, `None` when unset) and
+/// `read_file` (a path's contents, for `_FILE` variables).
+pub struct Source<'a> {
+    pub lookup: &'a dyn Fn(&str) -> Option<String>,
+    pub read_file: &'a dyn Fn(&str) -> std::io::Result<String>,
+}
+
+impl Source<'_> {
+    pub(super) fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var).filter(|v| !v.is_empty())
+    }
+
+    /// The value, or the default of [`VARIABLES`].
+    pub(super) fn text(&self, var: &str) -> String {
+        self.get(var).unwrap_or_else(|| default_of(var).to_string())
+    }
+
+    pub(super) fn secret(&self, var: &str) -> Result<Option<Zeroizing<String>>, ConfigError> {
+        let file_var = format!("{var}_FILE");
+        match (self.get(var), self.get(&file_var)) {
+            (Some(_), Some(_)) => Err(bad(
+                var,
+                format!("set either {var} or {file_var}, not both"),
+            )),
+            (Some(value), None) => Ok(Some(Zeroizing::new(value))),
+            (None, Some(path)) => {
+                let text = (self.read_file)(&path)
+                    .map_err(|err| bad(&file_var, format!("cannot read `{path}`: {err}")))?;
+                let trimmed = text.trim_end_matches(['\n', '\r']).to_string();
+                if trimmed.is_empty() {
+                    return Err(bad(&file_var, format!("`{path}` is empty")));
+                }
+                Ok(Some(Zeroizing::new(trimmed)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    pub(super) fn duration(&self, var: &str, min: Duration) -> Result<Duration, ConfigError> {
+        let value = parse_duration(&self.text(var)).map_err(|reason| bad(var, reason))?;
+        if value < min {
+            return Err(bad(var, format!("must be at least {min:?}")));
+        }
+        Ok(value)
+    }
+
+    pub(super) fn number<T: std::str::FromStr>(&self, var: &str) -> Result<T, ConfigError> {
+        let text = self.text(var);
+        text.trim()
+            .parse()
+            .map_err(|_| bad(var, format!("`{text}` is not a valid number")))
+    }
+}
+
+/// Checks a `WEAUTH_LOG` value: comma-separated `LEVEL` or `TARGET=LEVEL` directives, levels
+/// `trace debug info warn error off`. A bare word that is not a level is refused: `tracing`
+/// would read it as a target name and log nothing else (a typo such as `inof` gave a silent
+/// issuer).
+///
+/// # Errors
+/// The offending directive, for the operator.
+pub fn parse_log(text: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let text = text.trim();
+    for directive in text.split(',').map(str::trim) {
+        if directive.is_empty() {
+            return Err(format!("`{text}` has an empty directive"));
+        }
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) => (Some(target), level),
+            None => (None, directive),
+        };
+        if target.is_some_and(str::is_empty) {
+            return Err(format!("`{directive}` has no target before `=`"));
+        }
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{level}` in `{directive}` is not a level (trace, debug, info, warn, error, off); \
+                 write LEVEL or TARGET=LEVEL, e.g. info,weauth_issuer=debug"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text).map_err(|err| format!("`{text}`: {err}"))?;
+    Ok(text.to_string())
+}
+
+/// The URL with the password (if any) replaced by `***`.
+pub(super) fn mask_password(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{scheme}://{masked}@{hosts}/{path}")
+        }
+        None => text.to_string(),
+    }
+}
+
+pub(super) fn parse_sentinel(rest: &str, display: String) -> Result<StoreUrl, ConfigError> {
+    let fail = |reason: &str| {
+        bad(
+            "WEAUTH_STORE",
+            format!(
+                "`{display}`: {reason} (expected redis+sentinel://[user:password@]host:port[,host:port…]/<master-name>[/db])"
+            ),
+        )
+    };
+    let (authority, path) = rest.split_once('/').ok_or_else(|| fail("no master name"))?;
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let decode = |text: &str| {
+        url::form_urlencoded::parse(format!("x={text}").as_bytes())
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default()
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(info) => match info.split_once(':') {
+            Some((user, pass)) => (
+                Some(decode(user)).filter(|u| !u.is_empty()),
+                Some(decode(pass)),
+            ),
+            None => (None, Some(decode(info))),
+        },
+    };
+    let mut sentinels = Vec::new();
+    for host in hosts.split(',').filter(|h| !h.trim().is_empty()) {
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) => (
+                name,
+                port.parse::<u16>()
+                    .map_err(|_| fail(&format!("`{port}` is not a port")))?,
+            ),
+            None => (host, 26379),
+        };
+        if name.is_empty() {
+            return Err(fail("empty host"));
+        }
+        sentinels.push((name.to_string(), port));
+    }
+    if sentinels.is_empty() {
+        return Err(fail("no sentinel host"));
+    }
+    let mut parts = path.split('/');
+    let master = parts.next().unwrap_or_default().to_string();
+    if master.is_empty() {
+        return Err(fail("no master name"));
+    }
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(db) => db
+            .parse::<i64>()
+            .map_err(|_| fail(&format!("`{db}` is not a database index")))?,
+    };
+    Ok(StoreUrl::Redis {
+        target: RedisTarget::Sentinel {
+            sentinels,
+            master,
+            db,
+            username,
+            password,
+        },
+        display,
+    })
+}
+
+pub(super) fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
+    if let Some(rest) = text.strip_prefix("redis+sentinel://") {
+        return parse_sentinel(rest, mask_password(text));
+    }
+    if text.starts_with("redis://") || text.starts_with("rediss://") {
+        let display = mask_password(text);
+        let url = url::Url::parse(text)
+            .map_err(|err| bad("WEAUTH_STORE", format!("`{display}`: {err}")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("WEAUTH_STORE", format!("`{display}`: no host")));
+        }
+        let db = url.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<i64>().is_err() {
+            return Err(bad(
+                "WEAUTH_STORE",
+                format!("`{display}`: `{db}` is not a database index"),
+            ));
+        }
+        return Ok(StoreUrl::Redis {
+            target: RedisTarget::Direct(text.to_string()),
+            display,
+        });
+    }
+    if let Some(path) = text.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(bad(
+                "WEAUTH_STORE",
+                "sqlite:// needs a path, e.g. sqlite://weauth.db",
+            ));
+        }
+        return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+    }
+    Err(bad(
+        "WEAUTH_STORE",
+        format!(
+            "`{}` is not a store URL (expected sqlite://PATH, redis://, rediss:// or redis+sentinel://)",
+            mask_password(text)
+        ),
+    ))
+}
+
+pub(super) fn parse_base_url(var: &str, text: &str) -> Result<String, ConfigError> {
+    let url = url::Url::parse(text).map_err(|err| bad(var, format!("`{text}`: {err}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(bad(var, "must be an http:// or https:// URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(var, "must not carry a query or fragment"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+pub(super) fn parse_data_key(text: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim()))
+        .map_err(|_| bad("WEAUTH_DATA_KEY", "is not base64"))?;
+    if bytes.len() != 32 {
+        return Err(bad(
+            "WEAUTH_DATA_KEY",
+            format!("must decode to 32 bytes, got {}", bytes.len()),
+        ));
+    }
+    Ok(Zeroizing::new(bytes))
+}

@@ -1,0 +1,482 @@
+//! The configuration's parsing and validation, every variable.
+
+use super::variables::edit_distance;
+use super::*;
+use std::collections::HashMap;
+
+fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    load_for(vars, Mode::Serve)
+}
+
+fn load_for(vars: &[(&str, &str)], mode: Mode) -> Result<Config, ConfigErrors> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let lookup = move |name: &str| map.get(name).cloned();
+    let read_file = |path: &str| {
+        if path == "/secret/wechat" {
+            Ok("file-secret\n".to_string())
+        } else if path == "/etc/weauth/apps.json" {
+            Ok(r#"{"apps":[
+                {"appid":"wxmini","secret_file":"/secret/wechat","kind":"miniprogram"},
+                {"appid":"wxoa","secret":"oa-secret","kind":"official_account",
+                 "redirect_uris":["https://h5.example.com/after-login"]}]}"#
+                .to_string())
+        } else if path == "/etc/weauth/dup.json" {
+            Ok(
+                r#"{"apps":[{"appid":"wx1","secret":"a","kind":"miniprogram"},
+                           {"appid":"wx1","secret":"b","kind":"miniprogram"}]}"#
+                    .to_string(),
+            )
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file",
+            ))
+        }
+    };
+    Config::load(
+        &Source {
+            lookup: &lookup,
+            read_file: &read_file,
+        },
+        mode,
+    )
+}
+
+const BASE: [(&str, &str); 2] = [
+    ("WEAUTH_WECHAT_APPID", "wx0123456789abcdef"),
+    ("WEAUTH_WECHAT_SECRET", "mock-secret"),
+];
+
+fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut vars = BASE.to_vec();
+    vars.extend_from_slice(extra);
+    vars
+}
+
+#[test]
+fn parse_duration_units_ok() {
+    assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+    assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+}
+
+#[test]
+fn parse_duration_garbage_refused() {
+    assert!(parse_duration("").is_err());
+    assert!(parse_duration("m15").is_err());
+    assert!(parse_duration("15 minutes").is_err());
+    assert!(parse_duration("1.5h").is_err());
+    assert!(parse_duration("-5s").is_err());
+    assert!(parse_duration("99999999999999999999d").is_err());
+}
+
+#[test]
+fn config_minimal_defaults_ok() {
+    let config = load(&BASE).unwrap();
+    assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.store, StoreUrl::Sqlite("weauth.db".into()));
+    assert_eq!(config.wechat_api_base, "https://api.weixin.qq.com");
+    assert_eq!(config.issuer, "http://127.0.0.1:8080");
+    assert_eq!(config.audiences, vec!["weauth".to_string()]);
+    assert_eq!(config.access_ttl, Duration::from_secs(900));
+    assert_eq!(config.refresh_ttl, Duration::from_secs(7 * 86_400));
+    assert_eq!(config.session_max, Duration::from_secs(30 * 86_400));
+    assert_eq!(config.signing_alg, Algorithm::EdDSA);
+    assert_eq!(config.key_publish_delay, Duration::from_secs(600));
+    assert!(config.feed_token.is_none());
+    assert_eq!(config.login_rate_per_min, 60);
+}
+
+#[test]
+fn config_missing_appid_names_variable() {
+    let err = load(&[("WEAUTH_WECHAT_SECRET", "s")]).unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_WECHAT_APPID"]);
+}
+
+#[test]
+fn config_secret_from_file_ok() {
+    let config = load(&[
+        ("WEAUTH_WECHAT_APPID", "wx1"),
+        ("WEAUTH_WECHAT_SECRET_FILE", "/secret/wechat"),
+    ])
+    .unwrap();
+    assert_eq!(config.wechat_secret.as_str(), "file-secret");
+}
+
+#[test]
+fn config_secret_file_unreadable_names_file_variable() {
+    let err = load(&[
+        ("WEAUTH_WECHAT_APPID", "wx1"),
+        ("WEAUTH_WECHAT_SECRET_FILE", "/nope"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_WECHAT_SECRET_FILE"]);
+}
+
+#[test]
+fn config_secret_both_forms_refused() {
+    let err = load(&with(&[("WEAUTH_WECHAT_SECRET_FILE", "/secret/wechat")])).unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_WECHAT_SECRET"]);
+}
+
+const KEY: (&str, &str) = (
+    "WEAUTH_DATA_KEY",
+    "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+);
+
+#[test]
+fn config_redis_url_parsed_with_password_masked() {
+    let config = load(&with(&[
+        ("WEAUTH_STORE", "redis://:s3cret@10.0.0.5:6380/2"),
+        KEY,
+    ]))
+    .unwrap();
+    let StoreUrl::Redis { target, display } = &config.store else {
+        panic!("expected redis");
+    };
+    assert_eq!(
+        target,
+        &RedisTarget::Direct("redis://:s3cret@10.0.0.5:6380/2".into())
+    );
+    assert_eq!(display, "redis://:***@10.0.0.5:6380/2");
+    assert_eq!(config.redis_prefix, "weauth:");
+    assert_eq!(config.redis_wait_replicas, 0);
+}
+
+#[test]
+fn config_redis_allow_eviction_off_by_default_and_parsed() {
+    let redis = ("WEAUTH_STORE", "redis://127.0.0.1:6379/0");
+    let config = load(&with(&[redis, KEY])).unwrap();
+    assert!(!config.redis_allow_eviction);
+    let config = load(&with(&[
+        redis,
+        KEY,
+        ("WEAUTH_REDIS_ALLOW_EVICTION", "true"),
+    ]))
+    .unwrap();
+    assert!(config.redis_allow_eviction);
+    let Err(errors) = load(&with(&[
+        redis,
+        KEY,
+        ("WEAUTH_REDIS_ALLOW_EVICTION", "maybe"),
+    ])) else {
+        panic!("`maybe` is not a boolean");
+    };
+    assert!(
+        errors.to_string().contains("WEAUTH_REDIS_ALLOW_EVICTION"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn config_redis_sentinel_url_parsed() {
+    let config = load(&with(&[
+        (
+            "WEAUTH_STORE",
+            "redis+sentinel://app:pw@s1:26380,s2,s3:26381/mymaster/3",
+        ),
+        KEY,
+    ]))
+    .unwrap();
+    assert_eq!(
+        config.store,
+        StoreUrl::Redis {
+            target: RedisTarget::Sentinel {
+                sentinels: vec![
+                    ("s1".into(), 26380),
+                    ("s2".into(), 26379),
+                    ("s3".into(), 26381)
+                ],
+                master: "mymaster".into(),
+                db: 3,
+                username: Some("app".into()),
+                password: Some("pw".into()),
+            },
+            display: "redis+sentinel://app:***@s1:26380,s2,s3:26381/mymaster/3".into(),
+        }
+    );
+    assert_eq!(
+        config.redis_wait_replicas, 1,
+        "WAIT for one replica by default"
+    );
+}
+
+#[test]
+fn config_redis_without_data_key_refused_naming_it() {
+    let err = load(&with(&[("WEAUTH_STORE", "redis://127.0.0.1:6379/0")])).unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_DATA_KEY"]);
+}
+
+#[test]
+fn config_bad_values_name_their_variable() {
+    for (var, value) in [
+        ("WEAUTH_LISTEN", "localhost"),
+        ("WEAUTH_STORE", "postgres://x"),
+        ("WEAUTH_STORE", "redis+sentinel:///mymaster"),
+        ("WEAUTH_STORE", "redis://127.0.0.1:6379/db"),
+        ("WEAUTH_ACCESS_TTL", "soon"),
+        ("WEAUTH_ACCESS_TTL", "0s"),
+        ("WEAUTH_REFRESH_TTL", "40d"),
+        ("WEAUTH_SIGNING_ALG", "RS256"),
+        ("WEAUTH_SIGNING_ALG", "eddsa"),
+        ("WEAUTH_DATA_KEY", "c2hvcnQ="),
+        ("WEAUTH_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("WEAUTH_LOGIN_RATE", "many"),
+        ("WEAUTH_ISSUER", "ftp://x"),
+        ("WEAUTH_WECHAT_API_BASE", "not a url"),
+        ("WEAUTH_AUDIENCE", " , "),
+        ("WEAUTH_FEED_TOKEN", "short"),
+        ("WEAUTH_WECHAT_RETRIES", "9"),
+        ("WEAUTH_REFRESH_REUSE_GRACE", "5m"),
+        ("WEAUTH_LOG_FORMAT", "xml"),
+        ("WEAUTH_DECRYPT_MAX_AGE", "later"),
+        ("WEAUTH_DECRYPT_MAX_AGE", "0s"),
+        ("WEAUTH_LOG", "verbose"),
+        ("WEAUTH_LOG", "inof"),
+        ("WEAUTH_LOG", "info,,debug"),
+        ("WEAUTH_LOG", "weauth_issuer=loud"),
+        ("WEAUTH_ACCESS_TTL", "30d"),
+        ("WEAUTH_ACCESS_TTL", "8d"),
+        ("WEAUTH_LEEWAY", "1h"),
+        ("WEAUTH_MAX_BODY", "10"),
+    ] {
+        let err = load(&with(&[(var, value)])).unwrap_err();
+        assert_eq!(err.vars(), [var], "{var}={value}: {err}");
+    }
+}
+
+#[test]
+fn config_several_bad_values_all_reported_at_once() {
+    let err = load(&[
+        ("WEAUTH_LOG", "verbose"),
+        ("WEAUTH_ACCESS_TTL", "soon"),
+        ("WEAUTH_LISTEN", "nowhere"),
+    ])
+    .unwrap_err();
+    assert_eq!(
+        err.vars(),
+        [
+            "WEAUTH_LISTEN",
+            "WEAUTH_WECHAT_APPID",
+            "WEAUTH_WECHAT_SECRET",
+            "WEAUTH_ACCESS_TTL",
+            "WEAUTH_LOG"
+        ]
+    );
+    assert_eq!(err.to_string().lines().count(), 5, "{err}");
+}
+
+#[test]
+fn config_apps_file_read_with_secret_files() {
+    let config = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")]).unwrap();
+    assert_eq!(config.apps.all().len(), 2);
+    assert_eq!(
+        config.apps.get("wxmini").unwrap().secret.as_str(),
+        "file-secret"
+    );
+    assert_eq!(
+        config.apps.get("wxoa").unwrap().kind,
+        crate::config::apps::AppKind::OfficialAccount
+    );
+    assert_eq!(config.wechat_appid, "wxmini");
+}
+
+#[test]
+fn config_apps_file_and_shortcut_both_refused() {
+    let err = load(&with(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")])).unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_APPS_FILE"]);
+    assert!(err.to_string().contains("not both"), "{err}");
+}
+
+#[test]
+fn config_apps_file_invalid_names_variable_and_entry() {
+    let err = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/dup.json")]).unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_APPS_FILE"]);
+    assert!(
+        err.to_string().contains("apps[1] (wx1): duplicate appid"),
+        "{err}"
+    );
+    let err = load(&[("WEAUTH_APPS_FILE", "/nope.json")]).unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_APPS_FILE"]);
+}
+
+#[test]
+fn config_shortcut_is_one_miniprogram_and_web_defaults() {
+    let config = load(&BASE).unwrap();
+    assert_eq!(config.apps.all().len(), 1);
+    assert_eq!(
+        config.apps.miniprogram(None).unwrap().appid,
+        "wx0123456789abcdef"
+    );
+    assert!(config.cookie_secure);
+    assert_eq!(config.wechat_open_base, "https://open.weixin.qq.com");
+    let config = load(&with(&[("WEAUTH_COOKIE_SECURE", "false")])).unwrap();
+    assert!(!config.cookie_secure);
+    for (var, value) in [
+        ("WEAUTH_COOKIE_SECURE", "maybe"),
+        ("WEAUTH_WECHAT_OPEN_BASE", "open.weixin.qq.com"),
+    ] {
+        let err = load(&with(&[(var, value)])).unwrap_err();
+        assert_eq!(err.vars(), [var], "{var}={value}: {err}");
+    }
+}
+
+#[test]
+fn config_log_directives_accepted() {
+    for value in [
+        "debug",
+        "WARN",
+        "info,weauth_issuer=debug",
+        "off",
+        "hyper=warn,trace",
+    ] {
+        let config = load(&with(&[("WEAUTH_LOG", value)])).unwrap();
+        assert_eq!(config.log, value);
+    }
+}
+
+#[test]
+fn config_access_ttl_longer_than_refresh_refused() {
+    let err = load(&with(&[
+        ("WEAUTH_ACCESS_TTL", "2h"),
+        ("WEAUTH_REFRESH_TTL", "1h"),
+    ]))
+    .unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_ACCESS_TTL"]);
+    assert!(err.to_string().contains("WEAUTH_REFRESH_TTL"), "{err}");
+    assert!(load(&with(&[
+        ("WEAUTH_ACCESS_TTL", "1h"),
+        ("WEAUTH_REFRESH_TTL", "1h")
+    ]))
+    .is_ok());
+}
+
+#[test]
+fn config_keys_mode_without_wechat_credentials_ok() {
+    assert!(load(&[]).is_err());
+    let config = load_for(&[], Mode::Keys).unwrap();
+    assert!(config.wechat_appid.is_empty());
+    let err = load_for(&[("WEAUTH_ACCESS_TTL", "soon")], Mode::Keys).unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_ACCESS_TTL"]);
+}
+
+#[test]
+fn defaults_come_from_the_table() {
+    let config = load(&BASE).unwrap();
+    assert_eq!(
+        config.wechat_timeout,
+        parse_duration(default_of("WEAUTH_WECHAT_TIMEOUT")).unwrap()
+    );
+    assert_eq!(
+        config.access_ttl,
+        parse_duration(default_of("WEAUTH_ACCESS_TTL")).unwrap()
+    );
+    assert_eq!(config.log, default_of("WEAUTH_LOG"));
+    assert_eq!(config.max_body.to_string(), default_of("WEAUTH_MAX_BODY"));
+}
+
+#[test]
+fn help_text_lists_every_variable_with_its_default() {
+    let help = help_text();
+    for v in VARIABLES {
+        let line = help
+            .lines()
+            .find(|l| {
+                let name = l.split_whitespace().next().unwrap_or("");
+                name == v.name || name == format!("{}[_FILE]", v.name)
+            })
+            .unwrap_or_else(|| panic!("{} missing from --help", v.name));
+        if !v.default.is_empty() {
+            assert!(
+                line.contains(&format!("[default: {}]", v.default)),
+                "{line}"
+            );
+        }
+    }
+    assert!(help.contains("WEAUTH_WECHAT_SECRET[_FILE]"));
+}
+
+#[test]
+fn unknown_variables_suggest_the_closest_name() {
+    let found = unknown_variables([
+        "WEAUTH_ACESS_TTL",
+        "WEAUTH_ACCESS_TTL",
+        "WEAUTH_WECHAT_SECRET_FILE",
+        "WEAUTH_ISSUER_BIN",
+        "WEAUTH_STACK_BIN",
+        "WEAUTH_BENCH_MODE",
+        "WEAUTH_SOMETHING_ELSE_ENTIRELY",
+        "HOME",
+    ]);
+    assert_eq!(
+        found,
+        vec![
+            UnknownVar {
+                name: "WEAUTH_ACESS_TTL".into(),
+                closest: Some("WEAUTH_ACCESS_TTL"),
+            },
+            UnknownVar {
+                name: "WEAUTH_SOMETHING_ELSE_ENTIRELY".into(),
+                closest: None,
+            },
+        ]
+    );
+}
+
+#[test]
+fn edit_distance_counts_insertions_deletions_substitutions() {
+    assert_eq!(edit_distance("WEAUTH_ACESS_TTL", "WEAUTH_ACCESS_TTL"), 1);
+    assert_eq!(edit_distance("abc", "abc"), 0);
+    assert_eq!(edit_distance("kitten", "sitting"), 3);
+    assert_eq!(edit_distance("", "ab"), 2);
+}
+
+#[test]
+fn config_decrypt_max_age_off_by_default_parsed_when_set() {
+    assert_eq!(load(&BASE).unwrap().decrypt_max_age, None);
+    assert_eq!(
+        load(&with(&[("WEAUTH_DECRYPT_MAX_AGE", "off")]))
+            .unwrap()
+            .decrypt_max_age,
+        None
+    );
+    assert_eq!(
+        load(&with(&[("WEAUTH_DECRYPT_MAX_AGE", "10m")]))
+            .unwrap()
+            .decrypt_max_age,
+        Some(Duration::from_secs(600))
+    );
+}
+
+#[test]
+fn config_audience_list_trimmed() {
+    let config = load(&with(&[("WEAUTH_AUDIENCE", "a, b ,c")])).unwrap();
+    assert_eq!(config.audiences, vec!["a", "b", "c"]);
+}
+
+#[test]
+fn config_data_key_base64_32_bytes_ok() {
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let config = load(&with(&[("WEAUTH_DATA_KEY", key)])).unwrap();
+    assert_eq!(config.data_key.unwrap()[31], 31);
+}
+
+#[test]
+fn ipnet_contains_matches_prefix() {
+    let net = IpNet::parse("10.1.0.0/16").unwrap();
+    assert!(net.contains("10.1.200.3".parse().unwrap()));
+    assert!(!net.contains("10.2.0.1".parse().unwrap()));
+    assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+    let one = IpNet::parse("::1").unwrap();
+    assert!(one.contains("::1".parse().unwrap()));
+    assert!(!one.contains("127.0.0.1".parse().unwrap()));
+    assert!(IpNet::parse("0.0.0.0/0")
+        .unwrap()
+        .contains("8.8.8.8".parse().unwrap()));
+}
