@@ -1,0 +1,433 @@
+//! The embedded SQLite store (`WEAUTH_STORE=sqlite://PATH`).
+//!
+//! WAL journal, `synchronous=FULL` (a committed login or revocation survives power loss), a
+//! busy timeout so several processes may share the file, and `BEGIN IMMEDIATE` for every
+//! read-modify-write so two writers (threads or processes) serialize instead of racing.
+//! Revocation `seq` is an `AUTOINCREMENT` rowid: never reused, never decreasing, across
+//! restarts and purges (SQLite keeps the high-water mark in `sqlite_sequence`).
+//!
+//! The schema is versioned: [`MIGRATIONS`] are applied in order from the file's `user_version`
+//! (each in its own transaction, re-checked under the write lock so two processes starting
+//! together migrate once); a file written by a newer issuer is refused at start.
+//!
+//! The decisions (refresh verdict, user linking, `sub` coverage, revocation facts, watermark)
+//! come from [`crate::domain::rules`]; this module finds the facts inside a transaction and writes the
+//! outcome. One connection behind a mutex, used from tokio's blocking pool: every async method
+//! hands its work to [`SqliteStore::run`], so callers never block the async threads.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use weauth_token::revocation::{Entry, EntryKind};
+
+use super::{
+    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
+    RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
+};
+use crate::domain::rules::{
+    self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
+};
+
+mod ops;
+
+/// The migrations, in order (`migrations/vN.sql`): the schema version of a file is the number
+/// of them applied (`PRAGMA user_version`). Append only; never edit a published one.
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/v1.sql"),
+    include_str!("migrations/v2.sql"),
+    include_str!("migrations/v3.sql"),
+    include_str!("migrations/v4.sql"),
+    include_str!("migrations/v5.sql"),
+];
+
+/// Applies the migrations the file lacks; refuses a file from a newer issuer.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let latest = MIGRATIONS.len();
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|err| err.to_string())?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|err| err.to_string())?;
+        let version = usize::try_from(version).unwrap_or(0);
+        if version > latest {
+            return Err(format!(
+                "the database has schema version {version}, written by a newer weauth-issuer; this one knows up to {latest}"
+            ));
+        }
+        if version > index {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .map_err(|err| format!("migration to schema version {}: {err}", index + 1))?;
+        tx.pragma_update(None, "user_version", index + 1)
+            .map_err(|err| err.to_string())?;
+        tx.commit().map_err(|err| err.to_string())?;
+    }
+    Ok(())
+}
+
+/// The SQLite implementation of [`Store`]. Cheap to clone (one shared connection).
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_err(err: rusqlite::Error) -> StoreError {
+    match &err {
+        rusqlite::Error::SqliteFailure(e, _)
+            if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) =>
+        {
+            StoreError::Busy(Box::new(err))
+        }
+        _ => StoreError::Backend(Box::new(err)),
+    }
+}
+
+fn parse_kind(text: &str) -> Result<EntryKind, StoreError> {
+    EntryKind::from_name(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("revocation kind `{text}`")))
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn insert_revocation(
+    tx: &rusqlite::Transaction<'_>,
+    kind: EntryKind,
+    value: &str,
+    issued_before: Option<i64>,
+    until: i64,
+    now: i64,
+) -> Result<Entry, StoreError> {
+    tx.execute(
+        "INSERT INTO revocations (kind, value, issued_before, until, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![kind.name(), value, issued_before, until, now],
+    )
+    .map_err(db_err)?;
+    Ok(Entry {
+        seq: to_u64(tx.last_insert_rowid()),
+        kind,
+        value: value.to_string(),
+        issued_before,
+        until,
+    })
+}
+
+/// Writes the new refresh token of a rotation (or a sibling) and commits: the presented row
+/// was read joined to its session in this transaction.
+fn issue_successor(
+    tx: rusqlite::Transaction<'_>,
+    rotate: &Rotate,
+    sid: &str,
+    new_expires: i64,
+    sibling: bool,
+) -> Result<RotateResult, StoreError> {
+    tx.execute(
+        "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![rotate.new_hash, sid, rotate.now, new_expires],
+    )
+    .map_err(db_err)?;
+    let session = read_session(&tx, sid)?
+        .ok_or_else(|| StoreError::Corrupt("the rotated token's session is missing".into()))?;
+    tx.commit().map_err(db_err)?;
+    Ok(RotateResult::Rotated {
+        session,
+        refresh_expires: new_expires,
+        sibling,
+    })
+}
+
+/// The session `sid`: the one read of a session row, shared by the lookup and by a rotation
+/// (inside its transaction, which passes itself as the connection).
+fn read_session(conn: &Connection, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+    conn.query_row(
+        "SELECT sid, sub, appid, openid, unionid, created_at, expires_at, revoked_at \
+         FROM sessions WHERE sid = ?1",
+        [sid],
+        |row| {
+            Ok(SessionRecord {
+                sid: row.get(0)?,
+                sub: row.get(1)?,
+                appid: row.get(2)?,
+                openid: row.get(3)?,
+                unionid: row.get(4)?,
+                created_at: row.get(5)?,
+                expires_at: row.get(6)?,
+                revoked_at: row.get(7)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(db_err)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies the schema.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] naming the path.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let fail = |reason: String| StoreError::Open {
+            target: path.display().to_string(),
+            source: reason.into(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|err| fail(err.to_string()))?;
+        }
+        let conn = Connection::open(path).map_err(|err| fail(err.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|err| fail(err.to_string()))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|err| fail(err.to_string()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(fail(format!("cannot enable WAL (journal_mode is {mode})")));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(|err| fail(err.to_string()))?;
+        let mut conn = conn;
+        migrate(&mut conn).map_err(fail)?;
+        // The feed's sequence starts at 1, not 0: `since=0` always means "send the full set",
+        // so a consumer of a store that never revoked anything gets `seq: 1` and can long-poll
+        // with `since=1` from its first answer on, instead of polling.
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'revocations', 1 \
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'revocations')",
+            [],
+        )
+        .map_err(|err| fail(err.to_string()))?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `op` on the connection in tokio's blocking pool.
+    async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::backend("the SQLite connection mutex is poisoned"))?;
+            op(&mut guard)
+        })
+        .await
+        .map_err(|err| StoreError::Backend(Box::new(err)))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(ops::ping).await
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.run(ops::keys).await
+    }
+
+    async fn insert_key(
+        &self,
+        key: &KeyRecord,
+        only_if_none_active_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.run(move |c| ops::insert_key(c, &key, only_if_none_active_at))
+            .await
+    }
+
+    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError> {
+        let kids = kids.to_vec();
+        self.run(move |c| ops::delete_keys(c, &kids)).await
+    }
+
+    async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {
+        let code_hash = code_hash.to_string();
+        self.run(move |c| ops::code_used(c, &code_hash)).await
+    }
+
+    async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError> {
+        let login = login.clone();
+        self.run(move |c| ops::login(c, &login)).await
+    }
+
+    async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
+        let rotate = rotate.clone();
+        self.run(move |c| ops::rotate_refresh(c, &rotate)).await
+    }
+
+    async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sid = sid.to_string();
+        self.run(move |c| ops::session(c, &sid)).await
+    }
+
+    async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sid = sid.to_string();
+        self.run(move |c| ops::session_key_sealed(c, &sid)).await
+    }
+
+    async fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
+        let sub = sub.to_string();
+        self.run(move |c| ops::user(c, &sub)).await
+    }
+
+    async fn set_phone(
+        &self,
+        sub: &str,
+        sealed_phone: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (sub, phone) = (sub.to_string(), sealed_phone.map(String::from));
+        self.run(move |c| ops::set_phone(c, &sub, phone.as_deref(), now))
+            .await
+    }
+
+    async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError> {
+        let (sub, fact) = (sub.to_string(), fact.clone());
+        self.run(move |c| ops::set_risk(c, &sub, &fact)).await
+    }
+
+    async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
+        let appid = appid.to_string();
+        self.run(move |c| ops::wechat_token(c, &appid)).await
+    }
+
+    async fn lease_wechat_token(
+        &self,
+        appid: &str,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let (appid, holder) = (appid.to_string(), holder.to_string());
+        self.run(move |c| ops::lease_wechat_token(c, &appid, &holder, now, lease_until))
+            .await
+    }
+
+    async fn put_wechat_token(
+        &self,
+        appid: &str,
+        token: &CachedToken,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let (appid, token, holder) = (appid.to_string(), token.clone(), holder.to_string());
+        self.run(move |c| ops::put_wechat_token(c, &appid, &token, &holder))
+            .await
+    }
+
+    async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
+        let (appid, holder) = (appid.to_string(), holder.to_string());
+        self.run(move |c| ops::release_wechat_lease(c, &appid, &holder))
+            .await
+    }
+
+    async fn invalidate_wechat_token(
+        &self,
+        appid: &str,
+        token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let (appid, hash) = (appid.to_string(), token_hash.to_string());
+        self.run(move |c| ops::invalidate_wechat_token(c, &appid, &hash))
+            .await
+    }
+
+    async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError> {
+        let revoke = revoke.clone();
+        self.run(move |c| ops::revoke(c, &revoke, now, until)).await
+    }
+
+    async fn revocation_facts(
+        &self,
+        jti: &str,
+        sid: &str,
+        sub: &str,
+    ) -> Result<RevocationFacts, StoreError> {
+        let (jti, sid, sub) = (jti.to_string(), sid.to_string(), sub.to_string());
+        self.run(move |c| ops::revocation_facts(c, &jti, &sid, &sub))
+            .await
+    }
+
+    async fn feed_snapshot(
+        &self,
+        after: u64,
+        now: i64,
+        limit: usize,
+    ) -> Result<FeedSnapshot, StoreError> {
+        self.run(move |c| ops::feed_snapshot(c, after, now, limit))
+            .await
+    }
+
+    async fn current_seq(&self) -> Result<u64, StoreError> {
+        self.run(ops::current_seq).await
+    }
+
+    async fn put_ephemeral(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.run(move |c| ops::put_ephemeral(c, &key, &value, expires_at))
+            .await
+    }
+
+    async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.run(move |c| ops::take_ephemeral(c, &key, now)).await
+    }
+
+    async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
+        self.run(move |c| ops::purge(c, now)).await
+    }
+
+    async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {
+        let sub = sub.to_string();
+        self.run(move |c| ops::grants(c, &sub)).await
+    }
+
+    async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
+        let (sub, scopes) = (sub.to_string(), scopes.join(" "));
+        self.run(move |c| ops::set_scopes(c, &sub, &scopes, now))
+            .await
+    }
+
+    async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
+        let (sub, ban) = (sub.to_string(), ban.cloned());
+        self.run(move |c| ops::set_ban(c, &sub, ban.as_ref(), now))
+            .await
+    }
+
+    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError> {
+        let hash = refresh_hash.to_string();
+        self.run(move |c| ops::refresh_owner(c, &hash)).await
+    }
+}
+
+fn read_current_seq(conn: &Connection) -> Result<u64, StoreError> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'revocations'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db_err)?;
+    Ok(seq.map(to_u64).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! The SQLite store: the contract suite on two connections to one file, migrations, and
+//! what only a file has.
+
+use super::*;
+use crate::store::contract::{contract_tests, Backend};
+
+/// A fresh database file in its own directory, removed on drop.
+struct TempDb {
+    dir: tempfile::TempDir,
+}
+
+impl TempDb {
+    async fn new() -> TempDb {
+        TempDb {
+            dir: tempfile::Builder::new()
+                .prefix("weauth-store-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("t.db")
+    }
+}
+
+/// Every handle is its own connection on the same file, like two processes.
+#[async_trait]
+impl Backend for TempDb {
+    async fn handle(&self) -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open(&self.path()).unwrap())
+    }
+}
+
+contract_tests!(TempDb::new());
+
+#[tokio::test]
+async fn sqlite_seq_survives_reopen_after_purge() {
+    let db = TempDb::new().await;
+    let store = db.handle().await;
+    store
+        .revoke(&Revoke::Jti("j1".into()), 10, 20)
+        .await
+        .unwrap();
+    let b = store
+        .revoke(&Revoke::Jti("j2".into()), 10, 20)
+        .await
+        .unwrap();
+    store.purge(30).await.unwrap();
+    drop(store);
+    let store = db.handle().await;
+    assert_eq!(store.current_seq().await.unwrap(), b.seq);
+    let c = store
+        .revoke(&Revoke::Jti("j3".into()), 30, 50)
+        .await
+        .unwrap();
+    assert_eq!(c.seq, b.seq + 1);
+    let snapshot = store.feed_snapshot(0, 30, 10).await.unwrap();
+    assert_eq!(snapshot.purged_through, b.seq);
+}
+
+#[tokio::test]
+async fn sqlite_version_one_file_migrated_keeping_rows() {
+    let db = TempDb::new().await;
+    {
+        let conn = Connection::open(db.path()).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users (sub, created_at, updated_at) VALUES ('u1', 1, 1);
+             INSERT INTO sessions (sid, sub, appid, openid, code_hash, session_key, created_at, expires_at)
+                 VALUES ('s1', 'u1', 'wx1', 'o1', 'h1', x'010203', 1, 1000);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = db.handle().await;
+    assert_eq!(
+        store.session_key_sealed("s1").await.unwrap(),
+        Some(vec![1, 2, 3])
+    );
+    assert_eq!(store.session("s1").await.unwrap().unwrap().sub, "u1");
+    let conn = Connection::open(db.path()).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_file_from_newer_issuer_refused_naming_version() {
+    let db = TempDb::new().await;
+    {
+        let conn = Connection::open(db.path()).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+    }
+    let Err(err) = SqliteStore::open(&db.path()) else {
+        panic!("a newer schema must be refused");
+    };
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+#[tokio::test]
+async fn sqlite_busy_error_keeps_source() {
+    let err = db_err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(5),
+        None,
+    ));
+    assert!(matches!(err, StoreError::Busy(_)));
+    assert!(err.is_transient());
+    assert!(std::error::Error::source(&err).is_some());
+}
