@@ -1,0 +1,527 @@
+//! The store contract suite: one set of async test functions that every backend's tests run
+//! (SQLite in `sqlite/tests.rs`, Redis in `redis/tests.rs`), through [`contract_tests!`]. A backend is done
+//! when the whole suite passes; the store's semantics are what these functions say, not what
+//! one backend happens to do.
+//!
+//! Each function gets a fresh, empty [`Backend`] and may open several handles on it (two
+//! SQLite connections on one file, two Redis clients on one prefix) to race writers the way
+//! replicas do. The decisions are the domain's ([`crate::domain::rules`], [`crate::feed::revocation::read`]);
+//! the suite checks the backend finds the right facts and keeps the decisions atomically.
+
+mod records;
+mod revocations;
+
+pub use self::records::*;
+pub use self::revocations::*;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use weauth_token::revocation::EntryKind;
+
+use super::{
+    Ban, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, Revoke, RiskFact, Rotate,
+    RotateResult, Store,
+};
+use crate::domain::rules;
+use crate::feed::revocation;
+
+/// A fresh, empty backing store from which any number of handles can be opened.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// A new handle (connection, client) on the same backing store.
+    async fn handle(&self) -> Arc<dyn Store>;
+}
+
+/// Generates one `#[tokio::test]` per contract function, each on a fresh backend produced by
+/// the given async expression (evaluated once per test).
+macro_rules! contract_tests {
+    ($backend:expr) => {
+        $crate::store::contract::contract_tests!(@each $backend;
+            fresh_store_seq_starts_at_one,
+            login_same_code_twice_one_session,
+            login_same_code_concurrently_one_session,
+            login_same_openid_same_sub_new_session,
+            login_linked_by_unionid_across_openids,
+            login_unionid_revealed_later_attached_then_linked,
+            login_without_session_key_stores_none,
+            rotate_concurrently_exactly_one_winner,
+            rotate_then_reuse_revokes_session_and_writes_entry,
+            rotate_within_grace_gets_a_sibling_after_it_is_reuse,
+            rotate_concurrently_with_grace_one_rotation_and_siblings,
+            rotate_unknown_or_expired_invalid,
+            rotate_capped_by_session_end,
+            revoke_seq_strictly_increasing_under_two_writers,
+            revoke_sid_ends_session_and_is_revoked,
+            revoke_sub_ends_older_sessions_only,
+            revoke_jti_revokes_only_that_token,
+            feed_paged_then_continued_by_since,
+            feed_full_semantics_zero_future_and_purged,
+            feed_excludes_expired_entries,
+            purge_removes_expired_and_keeps_seq_monotonic,
+            purge_removes_ended_sessions_and_their_tokens,
+            wechat_lease_held_by_one_holder_at_a_time,
+            wechat_lease_concurrent_exactly_one_holder,
+            wechat_put_token_releases_holder_lease_and_is_read_back,
+            wechat_invalidate_only_matching_hash,
+            keys_two_first_starts_agree_on_one_key,
+            keys_insert_existing_kid_ignored_and_delete,
+            set_phone_unknown_user_false,
+            risk_fact_kept_with_the_user,
+            grants_unknown_user_none_and_writes_refused,
+            grants_scopes_replaced_and_cleared_ban_kept,
+            grants_ban_read_back_replaced_and_lifted_scopes_kept,
+            grants_survive_a_new_handle,
+            refresh_owner_of_unused_used_and_unknown_tokens,
+            ephemeral_taken_once,
+            ephemeral_expired_not_returned,
+            ephemeral_put_replaces,
+            ephemeral_concurrent_take_exactly_one
+        );
+    };
+    (@each $backend:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let backend = $backend.await;
+                $crate::store::contract::$name(&backend).await;
+            }
+        )*
+    };
+}
+pub(crate) use contract_tests;
+
+fn login(code: &str, openid: &str, unionid: Option<&str>, now: i64) -> NewLogin {
+    NewLogin {
+        appid: "wx1".into(),
+        openid: openid.into(),
+        unionid: unionid.map(String::from),
+        code_hash: format!("h-{code}"),
+        new_sub: format!("u-{code}"),
+        sid: format!("s-{code}"),
+        session_key_sealed: Some(vec![1, 2, 3]),
+        now,
+        session_expires: now + 1000,
+        refresh_hash: format!("r-{code}"),
+        refresh_expires: now + 100,
+    }
+}
+
+fn rotate(old: &str, new: &str, now: i64, grace: i64) -> Rotate {
+    Rotate {
+        presented_hash: old.into(),
+        new_hash: new.into(),
+        now,
+        refresh_ttl: 100,
+        reuse_grace: grace,
+        revocation_until: now + 960,
+    }
+}
+
+fn cached(hash: &str) -> CachedToken {
+    CachedToken {
+        sealed: vec![9],
+        hash: hash.into(),
+        expires_at: 7200,
+        refresh_at: 6900,
+    }
+}
+
+fn key(kid: &str, activate_at: i64) -> KeyRecord {
+    KeyRecord {
+        kid: kid.into(),
+        alg: "EdDSA".into(),
+        sealed: vec![7, 7],
+        created_at: activate_at,
+        activate_at,
+    }
+}
+
+async fn revoked(store: &dyn Store, jti: &str, sid: &str, sub: &str, iat: i64) -> bool {
+    let facts = store.revocation_facts(jti, sid, sub).await.unwrap();
+    rules::is_revoked(&facts, iat)
+}
+
+fn created(result: &LoginResult) -> (String, bool) {
+    match result {
+        LoginResult::Created { sub, new_user } => (sub.clone(), *new_user),
+        LoginResult::CodeAlreadyUsed => panic!("expected a created login, got {result:?}"),
+    }
+}
+
+pub async fn fresh_store_seq_starts_at_one(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    assert_eq!(store.current_seq().await.unwrap(), 1);
+    let answer = revocation::read(store.as_ref(), 0, 10, 100).await.unwrap();
+    assert!(answer.full && answer.entries.is_empty());
+    assert_eq!(answer.seq, 1);
+    let entry = store
+        .revoke(&Revoke::Jti("j".into()), 10, 20)
+        .await
+        .unwrap();
+    assert_eq!(entry.seq, 2);
+}
+
+pub async fn login_same_code_twice_one_session(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    assert!(!store.code_used("h-c1").await.unwrap());
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    assert!(store.code_used("h-c1").await.unwrap());
+    let mut again = login("c1", "o1", None, 11);
+    again.sid = "s-other".into();
+    again.refresh_hash = "r-other".into();
+    assert_eq!(
+        store.login(&again).await.unwrap(),
+        LoginResult::CodeAlreadyUsed
+    );
+    assert!(store.session("s-other").await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r-other", "x", 12, 0))
+            .await
+            .unwrap(),
+        RotateResult::Invalid(_)
+    ));
+}
+
+pub async fn login_same_code_concurrently_one_session(backend: &dyn Backend) {
+    let handles = [backend.handle().await, backend.handle().await];
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&handles[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            let mut attempt = login("same", "o1", None, 10);
+            attempt.sid = format!("s-{i}");
+            attempt.refresh_hash = format!("r-{i}");
+            attempt.new_sub = format!("u-{i}");
+            (i, store.login(&attempt).await.unwrap())
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        if matches!(result, LoginResult::Created { .. }) {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one login per code: {winners:?}");
+    for i in 0..8 {
+        let session = handles[0].session(&format!("s-{i}")).await.unwrap();
+        assert_eq!(session.is_some(), winners.contains(&i));
+    }
+}
+
+pub async fn login_same_openid_same_sub_new_session(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    let first = created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    let second = created(&store.login(&login("c2", "o1", None, 20)).await.unwrap());
+    assert_eq!(first, ("u-c1".into(), true));
+    assert_eq!(second, ("u-c1".into(), false));
+    let session = store.session("s-c2").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            session.sub.as_str(),
+            session.openid.as_str(),
+            session.created_at
+        ),
+        ("u-c1", "o1", 20)
+    );
+    assert_eq!(session.expires_at, 1020);
+    assert_eq!(session.revoked_at, None);
+    let user = store.user("u-c1").await.unwrap().unwrap();
+    assert_eq!((user.created_at, user.unionid), (10, None));
+}
+
+pub async fn login_linked_by_unionid_across_openids(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(
+        &store
+            .login(&login("c1", "o1", Some("un1"), 10))
+            .await
+            .unwrap(),
+    );
+    let mut other_app = login("c2", "o2", Some("un1"), 20);
+    other_app.appid = "wx2".into();
+    assert_eq!(
+        created(&store.login(&other_app).await.unwrap()),
+        ("u-c1".into(), false)
+    );
+    let stranger = created(
+        &store
+            .login(&login("c3", "o3", Some("un2"), 30))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(stranger, ("u-c3".into(), true));
+}
+
+pub async fn login_unionid_revealed_later_attached_then_linked(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    created(
+        &store
+            .login(&login("c2", "o1", Some("un1"), 20))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store
+            .user("u-c1")
+            .await
+            .unwrap()
+            .unwrap()
+            .unionid
+            .as_deref(),
+        Some("un1")
+    );
+    let mut other_app = login("c3", "o9", Some("un1"), 30);
+    other_app.appid = "wx2".into();
+    assert_eq!(
+        created(&store.login(&other_app).await.unwrap()),
+        ("u-c1".into(), false)
+    );
+}
+
+pub async fn login_without_session_key_stores_none(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    let mut web = login("c1", "o1", None, 10);
+    web.session_key_sealed = None;
+    created(&store.login(&web).await.unwrap());
+    assert!(store.session("s-c1").await.unwrap().is_some());
+    assert_eq!(store.session_key_sealed("s-c1").await.unwrap(), None);
+    created(&store.login(&login("c2", "o1", None, 10)).await.unwrap());
+    assert_eq!(
+        store.session_key_sealed("s-c2").await.unwrap(),
+        Some(vec![1, 2, 3])
+    );
+}
+
+pub async fn rotate_concurrently_exactly_one_winner(backend: &dyn Backend) {
+    let handles = [backend.handle().await, backend.handle().await];
+    created(
+        &handles[0]
+            .login(&login("c1", "o1", None, 10))
+            .await
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&handles[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            store
+                .rotate_refresh(&rotate("r-c1", &format!("n{i}"), 20, 0))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut rotated = Vec::new();
+    let mut reused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            RotateResult::Rotated { session, .. } => rotated.push(session.sid),
+            RotateResult::Reused { .. } => reused += 1,
+            RotateResult::Invalid(_) => {}
+        }
+    }
+    assert_eq!(rotated, vec!["s-c1".to_string()], "exactly one winner");
+    // Every loser presented a used token (grace 0): the family is revoked, by one or more
+    // entries, and the winner's new token is dead too.
+    assert!(reused >= 1);
+    let session = handles[1].session("s-c1").await.unwrap().unwrap();
+    assert!(session.revoked_at.is_some());
+}
+
+pub async fn rotate_then_reuse_revokes_session_and_writes_entry(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    let rotated = store
+        .rotate_refresh(&rotate("r-c1", "r2", 20, 0))
+        .await
+        .unwrap();
+    let RotateResult::Rotated {
+        session,
+        refresh_expires,
+        sibling: false,
+    } = rotated
+    else {
+        panic!("expected a rotation, got {rotated:?}");
+    };
+    assert_eq!((session.sid.as_str(), refresh_expires), ("s-c1", 120));
+    let before = store.current_seq().await.unwrap();
+    let reused = store
+        .rotate_refresh(&rotate("r-c1", "r3", 30, 0))
+        .await
+        .unwrap();
+    let RotateResult::Reused { sid, entry } = reused else {
+        panic!("expected reuse, got {reused:?}");
+    };
+    assert_eq!(sid, "s-c1");
+    assert_eq!((entry.kind, entry.value.as_str()), (EntryKind::Sid, "s-c1"));
+    assert_eq!(entry.until, 990);
+    assert!(entry.seq > before);
+    assert_eq!(store.current_seq().await.unwrap(), entry.seq);
+    assert!(store
+        .session("s-c1")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    // The rotated-to token dies with its session.
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r2", "r4", 40, 0))
+            .await
+            .unwrap(),
+        RotateResult::Invalid(_)
+    ));
+    assert!(revoked(store.as_ref(), "j", "s-c1", "u-c1", 35).await);
+    let feed = revocation::read(store.as_ref(), before, 40, 100)
+        .await
+        .unwrap();
+    assert_eq!(feed.entries, vec![entry]);
+}
+
+pub async fn rotate_within_grace_gets_a_sibling_after_it_is_reuse(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r-c1", "r2", 20, 5))
+            .await
+            .unwrap(),
+        RotateResult::Rotated { sibling: false, .. }
+    ));
+    let seq = store.current_seq().await.unwrap();
+    // A retry of r-c1 within the grace: a sibling of r2, live in the same session.
+    let again = store
+        .rotate_refresh(&rotate("r-c1", "r3", 22, 5))
+        .await
+        .unwrap();
+    let RotateResult::Rotated {
+        session,
+        refresh_expires,
+        sibling: true,
+    } = again
+    else {
+        panic!("expected a sibling, got {again:?}");
+    };
+    assert_eq!((session.sid.as_str(), refresh_expires), ("s-c1", 122));
+    assert_eq!(store.current_seq().await.unwrap(), seq, "nothing revoked");
+    assert_eq!(
+        store.refresh_owner("r3").await.unwrap(),
+        Some("u-c1".to_string())
+    );
+    // The grace runs from the rotation at 20, not from the sibling at 22: at 26 it is over.
+    let reused = store
+        .rotate_refresh(&rotate("r-c1", "r4", 26, 5))
+        .await
+        .unwrap();
+    assert!(matches!(reused, RotateResult::Reused { .. }), "{reused:?}");
+    // Reuse after the grace ends the family: the successor and the sibling die with it.
+    for live in ["r2", "r3"] {
+        assert!(matches!(
+            store
+                .rotate_refresh(&rotate(live, "r5", 27, 5))
+                .await
+                .unwrap(),
+            RotateResult::Invalid(_)
+        ));
+    }
+}
+
+pub async fn rotate_concurrently_with_grace_one_rotation_and_siblings(backend: &dyn Backend) {
+    let handles = [backend.handle().await, backend.handle().await];
+    created(
+        &handles[0]
+            .login(&login("c1", "o1", None, 10))
+            .await
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&handles[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            let result = store
+                .rotate_refresh(&rotate("r-c1", &format!("n{i}"), 20, 5))
+                .await
+                .unwrap();
+            (format!("n{i}"), result)
+        }));
+    }
+    let (mut first_uses, mut siblings) = (0, Vec::new());
+    for task in tasks {
+        match task.await.unwrap() {
+            (_, RotateResult::Rotated { sibling: false, .. }) => first_uses += 1,
+            (new, RotateResult::Rotated { sibling: true, .. }) => siblings.push(new),
+            (_, other) => panic!("within the grace every use gets a pair, got {other:?}"),
+        }
+    }
+    assert_eq!((first_uses, siblings.len()), (1, 7));
+    let session = handles[1].session("s-c1").await.unwrap().unwrap();
+    assert_eq!(session.revoked_at, None, "two tabs are not a theft");
+    // Every sibling is a working refresh token of its own.
+    for new in &siblings {
+        assert!(matches!(
+            handles[0]
+                .rotate_refresh(&rotate(new, &format!("{new}-next"), 21, 5))
+                .await
+                .unwrap(),
+            RotateResult::Rotated { sibling: false, .. }
+        ));
+    }
+}
+
+pub async fn rotate_unknown_or_expired_invalid(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("nope", "x", 20, 0))
+            .await
+            .unwrap(),
+        RotateResult::Invalid(_)
+    ));
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    // refresh_expires = 110.
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r-c1", "x", 110, 0))
+            .await
+            .unwrap(),
+        RotateResult::Invalid(_)
+    ));
+    assert!(store
+        .session("s-c1")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+}
+
+pub async fn rotate_capped_by_session_end(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    let mut short = login("c1", "o1", None, 10);
+    short.session_expires = 50;
+    short.refresh_expires = 50;
+    created(&store.login(&short).await.unwrap());
+    let rotated = store
+        .rotate_refresh(&rotate("r-c1", "r2", 20, 0))
+        .await
+        .unwrap();
+    assert!(matches!(
+        rotated,
+        RotateResult::Rotated {
+            refresh_expires: 50,
+            ..
+        }
+    ));
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r2", "r3", 50, 0))
+            .await
+            .unwrap(),
+        RotateResult::Invalid(_)
+    ));
+}

@@ -1,0 +1,269 @@
+//! The contract of revocations, the feed and the purge.
+
+use super::*;
+
+pub async fn revoke_seq_strictly_increasing_under_two_writers(backend: &dyn Backend) {
+    let handles = [backend.handle().await, backend.handle().await];
+    let mut tasks = Vec::new();
+    for (w, store) in handles.iter().enumerate() {
+        for t in 0..2 {
+            let store = Arc::clone(store);
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..15 {
+                    let entry = store
+                        .revoke(&Revoke::Jti(format!("j{w}-{t}-{i}")), 10, 100)
+                        .await
+                        .unwrap();
+                    seqs.push(entry.seq);
+                }
+                seqs
+            }));
+        }
+    }
+    let mut all = HashSet::new();
+    let mut highest = 0;
+    for task in tasks {
+        let seqs = task.await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one writer sees increasing seqs: {seqs:?}"
+        );
+        for seq in seqs {
+            assert!(all.insert(seq), "seq {seq} assigned twice");
+            highest = highest.max(seq);
+        }
+    }
+    assert_eq!(all.len(), 60);
+    assert_eq!(handles[0].current_seq().await.unwrap(), highest);
+    let feed = revocation::read(handles[1].as_ref(), 1, 10, 1000)
+        .await
+        .unwrap();
+    let fed: Vec<u64> = feed.entries.iter().map(|e| e.seq).collect();
+    assert!(fed.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(fed.len(), 60);
+}
+
+pub async fn revoke_sid_ends_session_and_is_revoked(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    assert!(!revoked(store.as_ref(), "j", "s-c1", "u-c1", 10).await);
+    let entry = store
+        .revoke(&Revoke::Sid("s-c1".into()), 20, 980)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            entry.kind,
+            entry.value.as_str(),
+            entry.until,
+            entry.issued_before
+        ),
+        (EntryKind::Sid, "s-c1", 980, None)
+    );
+    assert_eq!(
+        store.session("s-c1").await.unwrap().unwrap().revoked_at,
+        Some(20)
+    );
+    assert!(revoked(store.as_ref(), "j", "s-c1", "u-c1", 10).await);
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r-c1", "x", 21, 0))
+            .await
+            .unwrap(),
+        RotateResult::Invalid(_)
+    ));
+    // After the entry is purged, the session's own mark still revokes.
+    store.purge(981).await.unwrap();
+    assert!(revoked(store.as_ref(), "j", "s-c1", "u-c1", 10).await);
+}
+
+pub async fn revoke_sub_ends_older_sessions_only(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    created(&store.login(&login("c2", "o1", None, 30)).await.unwrap());
+    let entry = store
+        .revoke(
+            &Revoke::Sub {
+                sub: "u-c1".into(),
+                issued_before: 20,
+            },
+            25,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (entry.kind, entry.issued_before),
+        (EntryKind::Sub, Some(20))
+    );
+    assert!(store
+        .session("s-c1")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    assert!(store
+        .session("s-c2")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    assert!(revoked(store.as_ref(), "j", "s-x", "u-c1", 19).await);
+    assert!(!revoked(store.as_ref(), "j", "s-c2", "u-c1", 20).await);
+    assert!(!revoked(store.as_ref(), "j", "s-x", "u-other", 19).await);
+}
+
+pub async fn revoke_jti_revokes_only_that_token(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    store
+        .revoke(&Revoke::Jti("t1".into()), 20, 980)
+        .await
+        .unwrap();
+    assert!(revoked(store.as_ref(), "t1", "s-c1", "u-c1", 10).await);
+    assert!(!revoked(store.as_ref(), "t2", "s-c1", "u-c1", 10).await);
+    assert!(store
+        .session("s-c1")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+}
+
+pub async fn feed_paged_then_continued_by_since(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(
+            store
+                .revoke(&Revoke::Jti(format!("j{i}")), 10, 50)
+                .await
+                .unwrap()
+                .seq,
+        );
+    }
+    let read = |since| revocation::read(store.as_ref(), since, 10, 2);
+    let first = read(0).await.unwrap();
+    assert!(first.full);
+    assert_eq!(first.entries.len(), 2);
+    assert_eq!(first.seq, seqs[1], "a full page points past its last entry");
+    let second = read(first.seq).await.unwrap();
+    assert!(!second.full);
+    assert_eq!(second.seq, seqs[3]);
+    let last = read(second.seq).await.unwrap();
+    assert_eq!(last.entries.len(), 1);
+    assert_eq!(last.seq, seqs[4]);
+    assert_eq!(last.seq, store.current_seq().await.unwrap());
+    let idle = read(last.seq).await.unwrap();
+    assert!(idle.entries.is_empty() && !idle.full);
+    assert_eq!(idle.seq, last.seq);
+    assert_eq!(idle.now, 10);
+}
+
+pub async fn feed_full_semantics_zero_future_and_purged(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    let a = store
+        .revoke(&Revoke::Jti("j1".into()), 10, 20)
+        .await
+        .unwrap();
+    let b = store
+        .revoke(&Revoke::Jti("j2".into()), 10, 50)
+        .await
+        .unwrap();
+    let future = revocation::read(store.as_ref(), b.seq + 5, 10, 100)
+        .await
+        .unwrap();
+    assert!(future.full, "a since from the future starts over");
+    assert_eq!(future.entries, vec![a.clone(), b.clone()]);
+    assert_eq!(future.seq, b.seq);
+    assert_eq!(store.purge(30).await.unwrap().revocations, 1);
+    let below = revocation::read(store.as_ref(), a.seq - 1, 30, 100)
+        .await
+        .unwrap();
+    assert!(
+        below.full,
+        "since below the purge watermark gets a full set"
+    );
+    assert_eq!(below.entries, vec![b.clone()]);
+    let delta = revocation::read(store.as_ref(), a.seq, 30, 100)
+        .await
+        .unwrap();
+    assert!(!delta.full);
+    assert_eq!(delta.entries, vec![b]);
+}
+
+pub async fn feed_excludes_expired_entries(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    let old = store
+        .revoke(&Revoke::Jti("j1".into()), 10, 20)
+        .await
+        .unwrap();
+    let live = store
+        .revoke(&Revoke::Jti("j2".into()), 10, 50)
+        .await
+        .unwrap();
+    let answer = revocation::read(store.as_ref(), 0, 21, 100).await.unwrap();
+    assert_eq!(answer.entries, vec![live.clone()]);
+    // The seq still moves past an expired entry, so a reader does not ask again.
+    let delta = revocation::read(store.as_ref(), old.seq - 1, 21, 100)
+        .await
+        .unwrap();
+    assert_eq!(delta.seq, live.seq);
+}
+
+pub async fn purge_removes_expired_and_keeps_seq_monotonic(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    let a = store
+        .revoke(&Revoke::Jti("j1".into()), 10, 20)
+        .await
+        .unwrap();
+    store
+        .revoke(&Revoke::Jti("j2".into()), 10, 50)
+        .await
+        .unwrap();
+    let purged = store.purge(30).await.unwrap();
+    assert_eq!(purged.revocations, 1);
+    assert_eq!(store.purge(30).await.unwrap().revocations, 0);
+    let c = store
+        .revoke(&Revoke::Jti("j3".into()), 30, 50)
+        .await
+        .unwrap();
+    store.purge(60).await.unwrap();
+    assert_eq!(store.current_seq().await.unwrap(), c.seq);
+    let d = store
+        .revoke(&Revoke::Jti("j4".into()), 60, 70)
+        .await
+        .unwrap();
+    assert_eq!(d.seq, a.seq + 3, "seq never reused after a purge");
+    // Everything up to c was purged: a reader at a's seq starts over.
+    let answer = revocation::read(store.as_ref(), a.seq, 60, 100)
+        .await
+        .unwrap();
+    assert!(answer.full);
+    assert_eq!(answer.entries, vec![d]);
+}
+
+pub async fn purge_removes_ended_sessions_and_their_tokens(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap()); // ends at 1010
+    let mut later = login("c2", "o1", None, 500);
+    later.refresh_expires = 2000;
+    later.session_expires = 3000;
+    created(&store.login(&later).await.unwrap());
+    let purged = store.purge(1011).await.unwrap();
+    assert_eq!(purged.sessions, 1);
+    assert!(purged.refresh_tokens >= 1);
+    assert!(store.session("s-c1").await.unwrap().is_none());
+    assert!(store.session("s-c2").await.unwrap().is_some());
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r-c2", "r3", 1012, 0))
+            .await
+            .unwrap(),
+        RotateResult::Rotated { .. }
+    ));
+}
