@@ -81,6 +81,7 @@ impl RateLimiter {
     }
 
     /// How many clients are tracked.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.buckets.len()
     }

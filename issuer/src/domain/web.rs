@@ -71,7 +71,7 @@ pub enum WebError {
     BrowserMismatch,
     #[error("the user did not authorize the login (WeChat sent no code)")]
     ConsentRefused,
-    #[error("a snapshot-mode virtual account cannot log in; open the page in WeChat to log in")]
+    #[error("this is a snapshot-mode virtual account (a page preview), not a WeChat user; open the page in WeChat to log in")]
     SnapshotUser,
 }
 

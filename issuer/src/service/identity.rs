@@ -126,8 +126,7 @@ pub async fn identify(
             let token = app.wechat_web.oauth_token(entry, code).await?;
             if token.snapshot_user {
                 return Err(ApiError::AccessDenied(
-                    "this is a snapshot-mode virtual account (a page preview), not a WeChat user; open the page in WeChat to log in"
-                        .into(),
+                    crate::domain::web::WebError::SnapshotUser.to_string(),
                 ));
             }
             let profile = if crate::domain::web::reads_userinfo(&token.scope) {
