@@ -34,19 +34,21 @@ pub mod cache;
 pub mod config;
 pub mod csrf;
 pub mod headers;
+pub mod host;
 pub mod path;
 pub mod refresh;
+pub mod request;
 pub mod revocation;
 pub mod verify;
 
-#[cfg(target_arch = "wasm32")]
-mod host;
 #[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]
 mod metrics;
 #[cfg(target_arch = "wasm32")]
 mod root;
+#[cfg(target_arch = "wasm32")]
+mod wasm_host;
 #[cfg(target_arch = "wasm32")]
 mod worker;
 

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+use crate::host::Stats;
+
 /// Every reason a request can be denied for (one counter each).
 const DENY_REASONS: &[&str] = &[
     "missing",
@@ -155,5 +157,31 @@ impl Metrics {
         if let Some(id) = self.ids.get(name) {
             let _ = hostcalls::record_metric(*id, value);
         }
+    }
+}
+
+impl Stats for Metrics {
+    fn allowed(&self) {
+        self.allowed.bump();
+    }
+
+    fn anonymous(&self) {
+        self.anonymous.bump();
+    }
+
+    fn cache_hit(&self) {
+        self.cache_hit.bump();
+    }
+
+    fn cache_miss(&self) {
+        self.cache_miss.bump();
+    }
+
+    fn denied(&self, reason: &'static str) {
+        Metrics::denied(self, reason);
+    }
+
+    fn count(&self, name: &'static str) {
+        Metrics::count(self, name);
     }
 }
