@@ -11,6 +11,7 @@ TOOLS         := $(CURDIR)/.tools
 ENVOY         := $(TOOLS)/bin/envoy
 WASM_TARGET   := wasm32-wasip1
 WASM          := target/$(WASM_TARGET)/wasm-release/weauth_filter.wasm
+NATIVE        := target/native/libweauth_filter.so
 CARGO         ?= cargo
 SCHEMATHESIS_VERSION        := 4.32.5
 KUBERNETES_VALIDATE_VERSION := 1.37.0
@@ -26,7 +27,7 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup browser-setup build wasm up down test check lint fmt-check clippy fuzz-lock docs unit \
+.PHONY: help setup browser-setup build wasm native up down test check lint fmt-check clippy fuzz-lock docs unit \
         client client-test bench fuzz soak api-tools manifests image image-check monitoring-tools \
         monitoring-rules monitoring-check
 
@@ -95,6 +96,10 @@ browser-setup: ## Debian chromium (and node/npm if missing), then `npm ci` in te
 wasm: ## build the filter as a release wasm module
 	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --target $(WASM_TARGET) --profile wasm-release
 	@ls -l $(WASM) | awk '{print "wasm: " $$NF " (" $$5 " bytes)"}'
+
+native: ## build the filter as an Envoy dynamic module: target/native/libweauth_filter.so
+	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --features envoy-native --profile native
+	@ls -l $(NATIVE) | awk '{print "native: " $$NF " (" $$5 " bytes)"}'
 
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --workspace --bins

@@ -35,11 +35,15 @@ pub mod config;
 pub mod csrf;
 pub mod headers;
 pub mod host;
+pub mod metrics_names;
 pub mod path;
 pub mod refresh;
 pub mod request;
 pub mod revocation;
 pub mod verify;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 
 #[cfg(target_arch = "wasm32")]
 mod http;

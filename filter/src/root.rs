@@ -604,44 +604,7 @@ impl RootContext for Root {
                     .saturating_add(2 * FEED_TIMEOUT_MARGIN_MS),
             )
         });
-        let summary = format!(
-            "configured: issuer {}, {} audience(s), jwks {}, revocation {}, {} rule(s), \
-             token forwarded upstream: {}, CSRF rule: {}, identity headers {}*, vm {:016x}",
-            config.validation.issuer,
-            config.validation.audiences.len(),
-            match &config.jwks {
-                JwksSource::Inline(keys) => format!("inline ({} key(s))", keys.len()),
-                JwksSource::Remote(remote) => format!("from cluster {}", remote.cluster),
-            },
-            config
-                .revocation
-                .as_ref()
-                .map_or("off".to_string(), |feed| format!(
-                    "from cluster {} (credential {}, stale after {} s, mode {:?})",
-                    feed.cluster,
-                    feed.credential_env
-                        .as_deref()
-                        .map_or("inline".to_string(), |name| format!("from env {name}")),
-                    feed.stale_after_seconds,
-                    feed.stale_mode
-                )),
-            config.rules.len(),
-            if config.forward_authorization {
-                "yes"
-            } else {
-                "no"
-            },
-            if config.cookie_source() {
-                format!(
-                    "on for cookie-authenticated requests ({} allowed origin(s))",
-                    config.csrf_allowed_origins.len()
-                )
-            } else {
-                "off (no cookie token source)".to_string()
-            },
-            config.identity_header_prefix,
-            self.vm_id,
-        );
+        let summary = format!("{}, vm {:016x}", config.summary(), self.vm_id);
         let metrics = Metrics::define();
         if let Some(keys) = &state.keys {
             metrics.gauge("jwks_keys", keys.len() as u64);

@@ -212,6 +212,42 @@ pub fn envoy_config_replicas(
     )
 }
 
+/// The weauth filter of `envoy/envoy.yaml` as Envoy's dynamic-modules HTTP filter
+/// (`envoy.filters.http.dynamic_modules`, module `weauth_filter` found through
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`) instead of the wasm filter, with the same plugin
+/// configuration JSON as its `filter_config` StringValue. Everything else is left as it is.
+///
+/// # Errors
+/// [`TemplateError::Unused`] when the wasm filter block is not where this expects it.
+pub fn native_filter(yaml: &str) -> Result<String, TemplateError> {
+    const START: &str = "                  - name: envoy.filters.http.wasm\n";
+    const END: &str = "                  - name: envoy.filters.http.router\n";
+    const VALUE: &str = "                          value: ";
+    let start = yaml
+        .find(START)
+        .ok_or_else(|| TemplateError::Unused("envoy.filters.http.wasm".into()))?;
+    let end = yaml[start..]
+        .find(END)
+        .map(|i| start + i)
+        .ok_or_else(|| TemplateError::Unused("envoy.filters.http.router".into()))?;
+    let block = &yaml[start..end];
+    let value = block
+        .lines()
+        .find_map(|line| line.strip_prefix(VALUE))
+        .ok_or_else(|| TemplateError::Unused("wasm plugin configuration value".into()))?;
+    let native = format!(
+        "                  - name: envoy.filters.http.dynamic_modules\n\
+         \x20                   typed_config:\n\
+         \x20                     \"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\n\
+         \x20                     dynamic_module_config: {{ name: weauth_filter }}\n\
+         \x20                     filter_name: weauth\n\
+         \x20                     filter_config:\n\
+         \x20                       \"@type\": type.googleapis.com/google.protobuf.StringValue\n\
+         \x20                       value: {value}\n"
+    );
+    Ok(format!("{}{native}{}", &yaml[..start], &yaml[end..]))
+}
+
 /// The jwt_authn bootstrap (`envoy/jwt-authn.yaml`) for `ports`, accepting tokens of
 /// `issuer_url` for `audience`, with the keys from the issuer's JWKS.
 ///
