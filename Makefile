@@ -19,6 +19,8 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 CARGO_LOCKED  := $(if $(CI),--locked,)
 # `make up STORE=redis`: Redis and two issuer replicas instead of one issuer on SQLite.
 STORE         ?= sqlite
+# `make up EDGE=native`: the filter's native build (an Envoy dynamic module) instead of wasm.
+EDGE          ?= wasm
 # `make up MONITOR=1`: also Prometheus on 127.0.0.1:9090 (deploy/monitoring/prometheus.yml).
 MONITOR       ?=
 CLIENT        := client/miniprogram
@@ -104,9 +106,9 @@ native: ## build the filter as an Envoy dynamic module: target/native/libweauth_
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
 
-up: build $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas; MONITOR=1: + Prometheus on :9090
+up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas; MONITOR=1: + Prometheus on :9090; EDGE=native: the native filter
 	@mkdir -p .run
-	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) ./target/debug/weauth-stack
+	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) WEAUTH_FILTER_BUILD=$(EDGE) ./target/debug/weauth-stack
 
 down: ## stop a stack started by `make up` (only the processes it started)
 	@pid=$$(cat .run/stack.pid 2>/dev/null || true); \
@@ -169,6 +171,7 @@ fmt-check: ## cargo fmt --check
 clippy: setup ## clippy with -D warnings, for the host and for the wasm target
 	$(CARGO) clippy $(CARGO_LOCKED) --workspace --all-targets -- -D warnings
 	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-token -p weauth-filter --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-filter --features envoy-native --all-targets -- -D warnings
 
 # fuzz/ is its own workspace (`cargo test --workspace` does not build it), so nothing else
 # notices when its lock file falls behind a dependency change; `make fuzz` would rewrite it.
@@ -203,9 +206,12 @@ test: lint wasm ## every check and test: fmt, clippy (host+wasm), manifests, ima
 	@echo "test: image check (make image-check) started in the background, log in target/image-check.log"
 	@set -m; nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; set +m; \
 	trap 'kill -- -$$image 2>/dev/null || true' EXIT; \
-	$(MAKE) --no-print-directory build browser-setup api-tools manifests monitoring-check; \
+	$(MAKE) --no-print-directory build native browser-setup api-tools manifests monitoring-check; \
 	status=0; \
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast || status=1; \
+	echo "test: the filter suites again, against the native build (an Envoy dynamic module)"; \
+	WEAUTH_FILTER_BUILD=native $(CARGO) test $(CARGO_LOCKED) -p weauth-tests --no-fail-fast \
+	  --test e2e_filter --test e2e_attacks --test e2e_paths || status=1; \
 	echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"; \
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored || status=1; \
 	$(MAKE) --no-print-directory client-test || status=1; \
