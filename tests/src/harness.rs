@@ -597,7 +597,8 @@ impl Edge {
     }
 }
 
-/// Where Envoy puts a dynamic module's custom stats (its default `metrics_namespace`).
+/// The prefix of a dynamic module's stats in /stats (its default `metrics_namespace`), as
+/// `wasmcustom.` is the wasm build's; Prometheus strips both ([`template::NATIVE_RUNTIME`]).
 pub const NATIVE_STATS_PREFIX: &str = "dynamicmodulescustom.";
 
 impl Default for StackBuilder {

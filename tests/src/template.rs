@@ -245,8 +245,24 @@ pub fn native_filter(yaml: &str) -> Result<String, TemplateError> {
          \x20                       \"@type\": type.googleapis.com/google.protobuf.StringValue\n\
          \x20                       value: {value}\n"
     );
-    Ok(format!("{}{native}{}", &yaml[..start], &yaml[end..]))
+    // The module's stats namespace registered as a custom one (as Envoy registers `wasmcustom`
+    // for wasm), so Prometheus shows the filter's stats as `weauth_*`, the names the wasm
+    // build's have there (deploy/monitoring's alerts use them), not
+    // `envoy_dynamicmodulescustom_weauth_*`. /stats keeps the `dynamicmodulescustom.` prefix,
+    // as it keeps `wasmcustom.`.
+    Ok(format!(
+        "{}{native}{}\n{NATIVE_RUNTIME}",
+        &yaml[..start],
+        &yaml[end..]
+    ))
 }
+
+/// The runtime layer the native build's bootstrap needs (see [`native_filter`]).
+pub const NATIVE_RUNTIME: &str = "layered_runtime:\n\
+  \x20 layers:\n\
+  \x20   - name: weauth-native\n\
+  \x20     static_layer:\n\
+  \x20       envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix: true\n";
 
 /// The jwt_authn bootstrap (`envoy/jwt-authn.yaml`) for `ports`, accepting tokens of
 /// `issuer_url` for `audience`, with the keys from the issuer's JWKS.
