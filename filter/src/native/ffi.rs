@@ -450,6 +450,14 @@ struct Module {
     ticker: Mutex<Option<Ticker>>,
 }
 
+// Envoy calls the request hooks of one configuration from every worker thread at once, through
+// the raw pointer `config_new` returned: the module must be shareable (checked here, since the
+// pointer casts cannot check it).
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Module>();
+};
+
 /// One request's host: the filter pointer Envoy passed to the hook.
 struct Request<'a> {
     filter: FilterEnvoyPtr,
