@@ -159,10 +159,10 @@ monitoring-check: monitoring-tools ## promtool check + test the alert rules; the
 	promtool check config deploy/monitoring/prometheus.yml
 	promtool test rules deploy/monitoring/alerts_test.yaml
 
-image: wasm ## OCI images target/oci/weauth-issuer and target/oci/weauth-filter (buildah, FROM scratch)
+image: wasm native ## OCI images target/oci/weauth-issuer, weauth-filter (wasm) and weauth-filter-native (the .so) (buildah, FROM scratch)
 	scripts/image.sh
 
-image-check: wasm ## make image, then check both images (skipped, saying why, where buildah cannot run)
+image-check: wasm native ## make image, then check both images (skipped, saying why, where buildah cannot run)
 	scripts/image.sh --check
 
 fmt-check: ## cargo fmt --check
