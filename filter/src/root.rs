@@ -477,10 +477,11 @@ impl Root {
                     self.log(
                         Level::Info,
                         &format!(
-                            "revocation feed seq {} applied ({}): {} entries",
+                            "revocation feed seq {} applied ({}): {} entries, {} KiB",
                             response.seq,
                             if response.full { "full" } else { "delta" },
-                            state.replica.set.len()
+                            state.replica.set.len(),
+                            state.replica.set.heap_bytes() / 1024
                         ),
                     );
                 }

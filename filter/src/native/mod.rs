@@ -511,10 +511,11 @@ impl Fetcher {
                     report.log(
                         Level::Info,
                         &format!(
-                            "revocation feed seq {} applied ({}): {} entries",
+                            "revocation feed seq {} applied ({}): {} entries, {} KiB",
                             response.seq,
                             if response.full { "full" } else { "delta" },
-                            set.len()
+                            set.len(),
+                            set.heap_bytes() / 1024
                         ),
                     );
                 }
