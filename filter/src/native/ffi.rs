@@ -1,9 +1,14 @@
-//! Envoy's dynamic-module C ABI, as the native build uses it: the declarations (written by hand
-//! from Envoy 1.40's `source/extensions/dynamic_modules/abi/abi.h`, ABI version
-//! [`ABI_VERSION`]), the event hooks Envoy calls, and thin safe wrappers. Every `unsafe` of the
-//! crate is in this module. Envoy's Rust SDK for this ABI is not on crates.io (and a build here
-//! may only use the registries), hence the hand-written declarations; only the calls the filter
-//! uses are declared.
+//! Envoy's dynamic-module C ABI, as the native build uses it: the declarations, the event hooks
+//! Envoy calls, and thin safe wrappers. Every `unsafe` of the crate is in this module. Envoy's
+//! Rust SDK for this ABI is not on crates.io (and a build here may only use the registries),
+//! hence declarations written by hand; only the calls the filter uses are declared.
+//!
+//! Where they come from: `source/extensions/dynamic_modules/abi/abi.h` of envoyproxy/envoy as
+//! stored for reference (a commit of the released-ABI-is-frozen era; the v1.40.0 tag itself
+//! could not be fetched), checked against Envoy 1.40.0's binary: every callback declared here
+//! is in its dynamic symbol table (`nm -D`), every hook it requires is defined here, and it
+//! logs `Dynamic module ABI version v0.2.0 matched` for [`ABI_VERSION`] (it called the
+//! header's `v0.1.0` "deprecated").
 //!
 //! Load-time checks: [`envoy_dynamic_module_on_program_init`] returns [`ABI_VERSION`], which
 //! Envoy compares with its own (a mismatch is logged as "deprecated"); and the library is
@@ -30,8 +35,9 @@ use crate::request::{self, Flow};
 
 use super::{Fetcher, Report, Shared, View, TICK_MS};
 
-/// The ABI version this module was written against (Envoy 1.40's
-/// `ENVOY_DYNAMIC_MODULES_ABI_VERSION`), NUL-terminated.
+/// The ABI version this module was written against: Envoy 1.40.0's
+/// `ENVOY_DYNAMIC_MODULES_ABI_VERSION` (found by loading: 1.40.0 matches `v0.2.0`),
+/// NUL-terminated.
 pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
 
 // ---------------------------------------------------------------------------------------------
