@@ -198,10 +198,15 @@ lint: fmt-check clippy fuzz-lock ## formatting, lints, and the fuzz crate's lock
 unit: ## unit tests of the pure crates (no processes started)
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-filter
 
+# The issuer's suites below run in-process (a real App on a temporary SQLite file, the mock
+# WeChat in the test's process); service.rs and operator.rs, which need the binary's process
+# (signals, exit codes, two replicas), are left to `make test`.
+ISSUER_INPROCESS_TESTS := router login sessions userdata web grants access_token
+
 check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's unit tests and the in-process tests (no Envoy; the store contract runs on a real redis-server)
 	$(CARGO) test $(CARGO_LOCKED) --workspace --lib --bins
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-wxdata -p weauth-filter --tests
-	$(CARGO) test $(CARGO_LOCKED) -p weauth-issuer --test router
+	$(CARGO) test $(CARGO_LOCKED) -p weauth-issuer $(addprefix --test ,$(ISSUER_INPROCESS_TESTS))
 
 # The image check's static release build is the longest build step (about a third of a
 # fresh `make test` when run in line): it starts in the background, at the lowest CPU priority

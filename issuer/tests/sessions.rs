@@ -637,7 +637,7 @@ async fn feed_read_after_revoke_sees_it_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_read_after_revoke_sees_it_on_redis() {
-    let redis = weauth_tests::redis::RedisServer::start().await.unwrap();
+    let redis = weauth_servers::redis::RedisServer::start().await.unwrap();
     let url = redis.url(0);
     // Any 32 bytes, base64: a Redis store requires a data key shared by the replicas.
     let data_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
