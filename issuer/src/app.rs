@@ -10,7 +10,7 @@
 //! a purge of expired revocations, sessions and refresh tokens every `WEAUTH_PURGE_INTERVAL`
 //! (default 60 s). All of them end when the shutdown `watch` flips.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -21,12 +21,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::apps::AppKind;
 use crate::config::Config;
 use crate::config::StoreUrl;
 use crate::domain::keys::{self, KeyError, KeyRing};
 use crate::domain::tokens::TokenPolicy;
-use crate::error::ApiError;
 use crate::feed::FeedCache;
 use crate::secrets::{DataKey, SecretError};
 use crate::store::redis::{RedisOptions, RedisStore};
@@ -37,8 +35,9 @@ use crate::store::shared::{
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::Metrics;
+use crate::wechat::access_token::{self, AccessTokens};
 use crate::wechat::web::{HttpWechatWeb, HttpWechatWebConfig, WechatWeb};
-use crate::wechat::{HttpWechat, HttpWechatConfig, Wechat};
+use crate::wechat::{Wechat, WechatClients};
 
 /// Why the issuer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,10 +69,10 @@ pub struct App {
     health: Option<Arc<dyn HealthCheck>>,
     /// The replica's copy of the recent revocation feed.
     pub feed: FeedCache,
-    /// The first mini-program's WeChat client (see [`App::wechat_for`] for the others).
-    pub wechat: Arc<dyn Wechat>,
-    /// One WeChat client per mini-program appid (its own appid and secret).
-    wechats: HashMap<String, Arc<dyn Wechat>>,
+    /// One WeChat client per mini-program and plugin appid (its own appid and secret).
+    pub wechat: Arc<WechatClients>,
+    /// Their app access tokens, shared with the other replicas through the store.
+    pub access_tokens: AccessTokens,
     /// The web OAuth2 client, shared by every official account and website (the app is an
     /// argument of each call).
     pub wechat_web: Arc<dyn WechatWeb>,
@@ -91,8 +90,6 @@ pub struct App {
     pub(crate) inflight_codes: Mutex<HashSet<String>>,
     started: Instant,
     feed_waiters: Arc<AtomicUsize>,
-    /// Random per process: prefixes the names of this replica's WeChat-token lease holders.
-    pub(crate) replica_id: String,
 }
 
 /// Counts one open feed request while alive.
@@ -272,56 +269,9 @@ impl App {
     ) -> Result<Arc<App>, StartError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        // One client per mini-program or plugin, keyed by appid; a client given by a test stands
-        // in for every one of them.
-        let mut wechats: HashMap<String, Arc<dyn Wechat>> = HashMap::new();
-        for entry in config.apps.all() {
-            if !matches!(entry.kind, AppKind::Miniprogram | AppKind::Plugin) {
-                continue;
-            }
-            let client: Arc<dyn Wechat> = match &wechat {
-                Some(wechat) => Arc::clone(wechat),
-                None => Arc::new(
-                    HttpWechat::new(
-                        HttpWechatConfig {
-                            api_base: config.wechat_api_base.clone(),
-                            appid: entry.appid.clone(),
-                            secret: entry.secret.clone(),
-                            connect_timeout: config.wechat_connect_timeout,
-                            timeout: config.wechat_timeout,
-                            retries: config.wechat_retries,
-                            api_security: entry.api_security.clone(),
-                            clock: Arc::clone(&clock),
-                        },
-                        Arc::clone(&metrics),
-                    )
-                    .map_err(StartError::Wechat)?,
-                ),
-            };
-            wechats.insert(entry.appid.clone(), client);
-        }
-        let wechat = match (&wechat, wechats.get(&config.wechat_appid)) {
-            (Some(wechat), _) => Arc::clone(wechat),
-            (None, Some(first)) => Arc::clone(first),
-            // No mini-program configured: a client for the first app (only its app-token API
-            // could ever be used).
-            (None, None) => Arc::new(
-                HttpWechat::new(
-                    HttpWechatConfig {
-                        api_base: config.wechat_api_base.clone(),
-                        appid: config.wechat_appid.clone(),
-                        secret: config.wechat_secret.clone(),
-                        connect_timeout: config.wechat_connect_timeout,
-                        timeout: config.wechat_timeout,
-                        retries: config.wechat_retries,
-                        api_security: None,
-                        clock: Arc::clone(&clock),
-                    },
-                    Arc::clone(&metrics),
-                )
-                .map_err(StartError::Wechat)?,
-            ),
-        };
+        let wechat = Arc::new(
+            WechatClients::build(&config, wechat, &metrics, &clock).map_err(StartError::Wechat)?,
+        );
         let wechat_web: Arc<dyn WechatWeb> = Arc::new(
             HttpWechatWeb::new(
                 HttpWechatWebConfig {
@@ -363,6 +313,14 @@ impl App {
             access_ttl: config.access_ttl_secs(),
             leeway: config.leeway_secs(),
         };
+        let access_tokens = AccessTokens::new(
+            Arc::clone(&store),
+            data_key.clone(),
+            Arc::clone(&wechat),
+            Arc::clone(&metrics),
+            Arc::clone(&clock),
+            access_token::lease_secs(config.wechat_timeout, config.wechat_retries),
+        );
         Ok(Arc::new(App {
             limiter,
             announcements,
@@ -371,8 +329,8 @@ impl App {
             clock,
             store,
             feed: FeedCache::new(),
+            access_tokens,
             wechat,
-            wechats,
             wechat_web,
             allowed_origins,
             metrics,
@@ -385,18 +343,7 @@ impl App {
             inflight_codes: Mutex::new(HashSet::new()),
             started: Instant::now(),
             feed_waiters: Arc::new(AtomicUsize::new(0)),
-            replica_id: crate::secrets::random_id("r_"),
         }))
-    }
-
-    /// The WeChat client of mini-program `appid`.
-    ///
-    /// # Errors
-    /// 400 `invalid_request` when `appid` is not a configured mini-program.
-    pub fn wechat_for(&self, appid: &str) -> Result<&Arc<dyn Wechat>, ApiError> {
-        self.wechats.get(appid).ok_or_else(|| {
-            ApiError::InvalidRequest(format!("appid `{appid}` is not a configured mini-program"))
-        })
     }
 
     /// The current key ring.

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 use crate::app::App;
 use crate::config::apps::{self, AppKind};
 use crate::error::ApiError;
-use crate::wechat::access_token::{self, CallError};
+use crate::wechat::access_token::CallError;
 use crate::wechat::web::WebProfile;
 
 /// Who logged in, as WeChat says, whatever the login method.
@@ -83,15 +83,17 @@ pub async fn identify(
                     entry.appid
                 )));
             }
-            let wechat = app.wechat_for(&entry.appid)?;
-            let openpid = access_token::call_for(app, &entry.appid, |token| async move {
-                wechat.plugin_openpid(&token, code).await
-            })
-            .await
-            .map_err(|err| match err {
-                CallError::Token(token) => ApiError::from(token),
-                CallError::Api(api) => ApiError::from(api),
-            })?;
+            let wechat = app.wechat.for_appid(&entry.appid)?;
+            let openpid = app
+                .access_tokens
+                .call_for(&entry.appid, |token| async move {
+                    wechat.plugin_openpid(&token, code).await
+                })
+                .await
+                .map_err(|err| match err {
+                    CallError::Token(token) => ApiError::from(token),
+                    CallError::Api(api) => ApiError::from(api),
+                })?;
             Ok(ExternalIdentity {
                 appid: entry.appid.clone(),
                 openid: openpid,
@@ -107,7 +109,11 @@ pub async fn identify(
                     entry.appid
                 )));
             }
-            let session = app.wechat_for(&entry.appid)?.code2session(code).await?;
+            let session = app
+                .wechat
+                .for_appid(&entry.appid)?
+                .code2session(code)
+                .await?;
             Ok(ExternalIdentity {
                 appid: entry.appid.clone(),
                 openid: session.openid,

@@ -22,7 +22,7 @@ use crate::feed::revocation;
 use crate::secrets;
 use crate::service::identity::{self, Credential, ExternalIdentity};
 use crate::store::{LoginResult, NewLogin, Revoke, Rotate, RotateResult, SessionRecord};
-use crate::wechat::access_token::{self, CallError};
+use crate::wechat::access_token::CallError;
 
 /// An RFC 6749 §5.1 token response (plus `refresh_expires_in`).
 #[derive(Debug, Serialize)]
@@ -176,17 +176,19 @@ async fn judge_risk(
     risk: crate::config::apps::Risk,
     client_ip: std::net::IpAddr,
 ) -> Result<Option<u8>, ApiError> {
-    let wechat = app.wechat_for(&entry.appid)?;
+    let wechat = app.wechat.for_appid(&entry.appid)?;
     let query = crate::wechat::RiskQuery {
         appid: &entry.appid,
         openid,
         scene: risk.scene,
         client_ip,
     };
-    let asked = access_token::call_for(app, &entry.appid, |token| async move {
-        wechat.user_risk_rank(&token, query).await
-    })
-    .await;
+    let asked = app
+        .access_tokens
+        .call_for(&entry.appid, |token| async move {
+            wechat.user_risk_rank(&token, query).await
+        })
+        .await;
     let user = crate::short_hash(openid);
     match asked {
         Ok(rank) if risk.admits(rank) => {

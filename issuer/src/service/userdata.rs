@@ -20,7 +20,7 @@
 //!   `valid: false`, not an error; WeChat failing is the usual 502/503 (no partial answer).
 //!   WeChat documents the check for phone-number data only.
 //! - Phone: `{code}` → WeChat `getuserphonenumber` with the shared app access token
-//!   ([`crate::wechat::access_token::call`]); the number is stored on the user row SEALED with the data
+//!   ([`crate::wechat::access_token::AccessTokens::call_for`]); the number is stored on the user row SEALED with the data
 //!   key (AES-256-GCM, AAD `phone:<sub>`, base64 in the `phone` column), like the session_key,
 //!   because it is personal data. It is returned (`phoneNumber`, `purePhoneNumber`,
 //!   `countryCode`) and shown by `GET /v1/me` as `phone`. A bad, expired or used code is 400
@@ -41,7 +41,7 @@ use weauth_token::Claims;
 
 use crate::app::App;
 use crate::error::{phone_error, ApiError};
-use crate::wechat::access_token::{self, CallError};
+use crate::wechat::access_token::CallError;
 use crate::wechat::{encrypted_msg_hash, EncryptedCheck};
 
 /// The user data a mini-program posts to `/v1/me/decrypt`.
@@ -134,17 +134,18 @@ async fn decrypt_inner(
     }
     let wechat_check = if input.verify_with_wechat {
         let hash = encrypted_msg_hash(input.encrypted_data);
-        let wechat = app.wechat_for(&claims.appid)?;
+        let wechat = app.wechat.for_appid(&claims.appid)?;
         let hash = hash.as_str();
         Some(
-            access_token::call_for(app, &claims.appid, |token| async move {
-                wechat.check_encrypted_data(&token, hash).await
-            })
-            .await
-            .map_err(|err| match err {
-                CallError::Token(token) => ApiError::from(token),
-                CallError::Api(api) => ApiError::from(api),
-            })?,
+            app.access_tokens
+                .call_for(&claims.appid, |token| async move {
+                    wechat.check_encrypted_data(&token, hash).await
+                })
+                .await
+                .map_err(|err| match err {
+                    CallError::Token(token) => ApiError::from(token),
+                    CallError::Api(api) => ApiError::from(api),
+                })?,
         )
     } else {
         None
@@ -238,15 +239,17 @@ async fn phone_inner(app: &Arc<App>, claims: &Claims, code: &str) -> Result<Phon
         ));
     }
     require_miniprogram(app, claims, "/v1/me/phone")?;
-    let wechat = app.wechat_for(&claims.appid)?;
-    let info = access_token::call_for(app, &claims.appid, |token| async move {
-        wechat.phone_number(&token, code, &claims.openid).await
-    })
-    .await
-    .map_err(|err| match err {
-        CallError::Token(token) => ApiError::from(token),
-        CallError::Api(api) => phone_error(api),
-    })?;
+    let wechat = app.wechat.for_appid(&claims.appid)?;
+    let info = app
+        .access_tokens
+        .call_for(&claims.appid, |token| async move {
+            wechat.phone_number(&token, code, &claims.openid).await
+        })
+        .await
+        .map_err(|err| match err {
+            CallError::Token(token) => ApiError::from(token),
+            CallError::Api(api) => phone_error(api),
+        })?;
     let sealed = seal_phone(app, &claims.sub, &info.phone_number)?;
     let stored = app
         .store
@@ -284,15 +287,16 @@ async fn check_session_inner(app: &Arc<App>, claims: &Claims) -> Result<bool, Ap
     let session_key = self::session_key(app, &claims.sid).await?;
     let signature = weauth_wxdata::checksession_signature(&session_key);
     let (openid, signature) = (claims.openid.as_str(), signature.as_str());
-    let wechat = app.wechat_for(&claims.appid)?;
-    access_token::call_for(app, &claims.appid, |token| async move {
-        wechat.check_session(&token, openid, signature).await
-    })
-    .await
-    .map_err(|err| match err {
-        CallError::Token(token) => ApiError::from(token),
-        CallError::Api(api) => ApiError::from(api),
-    })
+    let wechat = app.wechat.for_appid(&claims.appid)?;
+    app.access_tokens
+        .call_for(&claims.appid, |token| async move {
+            wechat.check_session(&token, openid, signature).await
+        })
+        .await
+        .map_err(|err| match err {
+            CallError::Token(token) => ApiError::from(token),
+            CallError::Api(api) => ApiError::from(api),
+        })
 }
 /// The decrypted `session_key` (base64 text, as WeChat sent it) of a session, for
 /// `/v1/me/decrypt` and `/v1/me/session` (see `userdata`).
