@@ -115,7 +115,8 @@ async fn get_concurrent_callers_one_fetch_same_token() {
     for _ in 0..10 {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            app.access_tokens
+            app.identity
+                .access_tokens
                 .get_for(APPID, None)
                 .await
                 .unwrap()
@@ -127,7 +128,8 @@ async fn get_concurrent_callers_one_fetch_same_token() {
     }
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     assert_eq!(
-        app.access_tokens
+        app.identity
+            .access_tokens
             .get_for(APPID, None)
             .await
             .unwrap()
@@ -148,7 +150,8 @@ async fn get_due_token_refreshed_ahead_of_expiry() {
     let at = now();
     put(&app, "OLD", at + 200, at - 1, "other").await;
     assert_eq!(
-        app.access_tokens
+        app.identity
+            .access_tokens
             .get_for(APPID, None)
             .await
             .unwrap()
@@ -167,7 +170,8 @@ async fn get_refresh_fails_still_valid_token_kept() {
     put(&app, "OLD", at + 200, at - 1, "other").await;
     fake.down.store(true, Ordering::SeqCst);
     assert_eq!(
-        app.access_tokens
+        app.identity
+            .access_tokens
             .get_for(APPID, None)
             .await
             .unwrap()
@@ -189,7 +193,12 @@ async fn get_no_token_endpoint_down_503() {
     let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     fake.down.store(true, Ordering::SeqCst);
-    let err = app.access_tokens.get_for(APPID, None).await.unwrap_err();
+    let err = app
+        .identity
+        .access_tokens
+        .get_for(APPID, None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, TokenError::Fetch(WechatError::Status(502))),
         "{err}"
@@ -209,7 +218,8 @@ async fn get_other_holder_refreshing_due_token_still_used() {
         .await
         .unwrap());
     assert_eq!(
-        app.access_tokens
+        app.identity
+            .access_tokens
             .get_for(APPID, None)
             .await
             .unwrap()
@@ -232,7 +242,8 @@ async fn get_other_holder_fetching_no_token_waits_for_its_write() {
     let waiter = {
         let app = app.clone();
         tokio::spawn(async move {
-            app.access_tokens
+            app.identity
+                .access_tokens
                 .get_for(APPID, None)
                 .await
                 .unwrap()
@@ -253,7 +264,8 @@ async fn get_refused_token_never_returned_again() {
     let at = now();
     put(&app, "BAD", at + 7200, at + 6900, "other").await;
     assert_eq!(
-        app.access_tokens
+        app.identity
+            .access_tokens
             .get_for(APPID, Some("BAD"))
             .await
             .unwrap()
