@@ -19,6 +19,17 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 # In CI the lock file must be used as committed, and nothing is built twice in one clone:
 # incremental compilation only costs there (it writes the query caches a later edit would use).
 CARGO_LOCKED  := $(if $(CI),--locked,)
+# Every cargo run of `make test` and `make check` builds the debug profile with ONE feature set:
+# cargo unifies features per invocation (`-p X` builds X's dependencies with X's features only;
+# `cargo build` leaves out the dev-dependencies' features, such as tokio's test-util), and a
+# different set rebuilds every crate it touches. Measured on a fresh clone: 107 crates built
+# twice or three times (tokio, hyper, reqwest, serde_json, the workspace's own crates), because
+# `make build`, `cargo test --workspace`, `cargo test -p weauth-tests` and the native filter's
+# `-p weauth-filter --features envoy-native` each asked for another set. Now they all run as
+# `cargo test --workspace $(TEST_FEATURES)`: the filter's host build includes the native
+# adapter (so its unit tests run too) and target/debug/libweauth_filter.so is the native module
+# the end-to-end suites load.
+TEST_FEATURES := --features weauth-filter/envoy-native
 ifneq ($(CI),)
 export CARGO_INCREMENTAL := 0
 endif
@@ -113,7 +124,7 @@ native: ## build the filter as an Envoy dynamic module: target/native/libweauth_
 # profile compiles them all again, about 70 s cold). Copied out of target/debug/, where the
 # workspace's own build of the filter (without the feature) writes the same file name.
 native-debug:
-	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --features envoy-native
+	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-run
 	@mkdir -p $(dir $(NATIVE_DEBUG)) && cp target/debug/libweauth_filter.so $(NATIVE_DEBUG)
 
 build: setup wasm ## build the issuer, the test binaries and the filter
@@ -181,10 +192,9 @@ image-check: wasm native ## make image, then check both images (skipped, saying 
 fmt-check: ## cargo fmt --check
 	$(CARGO) fmt --all -- --check
 
-clippy: setup ## clippy with -D warnings, for the host and for the wasm target
-	$(CARGO) clippy $(CARGO_LOCKED) --workspace --all-targets -- -D warnings
+clippy: setup ## clippy with -D warnings, for the host (the filter with its native adapter) and for the wasm target
+	$(CARGO) clippy $(CARGO_LOCKED) --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-token -p weauth-filter --target $(WASM_TARGET) -- -D warnings
-	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-filter --features envoy-native --all-targets -- -D warnings
 
 # fuzz/ is its own workspace (`cargo test --workspace` does not build it), so nothing else
 # notices when its lock file falls behind a dependency change; `make fuzz` would rewrite it.
@@ -206,11 +216,12 @@ unit: ## unit tests of the pure crates (no processes started)
 # WeChat in the test's process); service.rs and operator.rs, which need the binary's process
 # (signals, exit codes, two replicas), are left to `make test`.
 ISSUER_INPROCESS_TESTS := router login sessions userdata web grants access_token
+# The integration tests of the pure crates (token, wxdata, filter): no process started.
+PURE_CRATE_TESTS := $(sort $(basename $(notdir $(wildcard token/tests/*.rs wxdata/tests/*.rs filter/tests/*.rs))))
 
 check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's unit tests and the in-process tests (no Envoy; the store contract runs on a real redis-server)
-	$(CARGO) test $(CARGO_LOCKED) --workspace --lib --bins
-	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-wxdata -p weauth-filter --tests
-	$(CARGO) test $(CARGO_LOCKED) -p weauth-issuer $(addprefix --test ,$(ISSUER_INPROCESS_TESTS))
+	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --lib --bins \
+	  $(addprefix --test ,$(PURE_CRATE_TESTS) $(ISSUER_INPROCESS_TESTS))
 
 # The image check's static release build is the longest build step (about a third of a
 # fresh `make test` when run in line): it starts in the background, at the lowest CPU priority
@@ -224,16 +235,15 @@ test: lint wasm ## every check and test: fmt, clippy (host+wasm), manifests, ima
 	@echo "test: $$(date +%T) lint and the wasm module done; image check (make image-check) started in the background, log in target/image-check.log"
 	@set -m; nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; set +m; \
 	trap 'kill -- -$$image 2>/dev/null || true' EXIT; \
-	$(MAKE) --no-print-directory build browser-setup api-tools manifests monitoring-check; \
+	$(MAKE) --no-print-directory setup browser-setup api-tools manifests monitoring-check native-debug; \
 	status=0; \
 	echo "test: $$(date +%T) built; the workspace's tests"; \
-	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast || status=1; \
+	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast || status=1; \
 	echo "test: $$(date +%T) the filter suites again, against the native build (an Envoy dynamic module)"; \
-	$(MAKE) --no-print-directory native-debug || status=1; \
-	WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO) test $(CARGO_LOCKED) -p weauth-tests --no-fail-fast \
+	WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast \
 	  --test e2e_filter --test e2e_attacks --test e2e_paths || status=1; \
 	echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"; \
-	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored || status=1; \
+	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --test wasm_imports -- --include-ignored || status=1; \
 	echo "test: $$(date +%T) the mini-program client"; \
 	$(MAKE) --no-print-directory client-test || status=1; \
 	echo "test: $$(date +%T) waiting for the image check"; \
