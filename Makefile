@@ -38,7 +38,7 @@ export WEAUTH_CHROMIUM ?= /usr/bin/chromium
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## install the wasm target, Envoy 1.40.0 into .tools/, curl, redis-server and redis-sentinel if missing (idempotent)
+setup: ## install the wasm target, Envoy 1.40.0 into .tools/, curl, redis-server, redis-sentinel and mariadb-server if missing (idempotent)
 	@if command -v curl >/dev/null 2>&1; then \
 	  echo "setup: curl already installed"; \
 	else \
@@ -64,8 +64,9 @@ setup: ## install the wasm target, Envoy 1.40.0 into .tools/, curl, redis-server
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
+	{ [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null 2>&1; } || missing="$$missing mariadb-server"; \
 	if [ -z "$$missing" ]; then \
-	  echo "setup: redis-server and redis-sentinel already installed"; \
+	  echo "setup: redis-server, redis-sentinel and mariadb-server already installed"; \
 	else \
 	  echo "setup: installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \

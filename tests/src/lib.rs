@@ -18,6 +18,7 @@
 //!   SIGTERM for the binaries.
 
 pub mod harness;
+pub mod mariadb;
 pub mod mock_wechat;
 pub mod prometheus;
 pub mod redis;
