@@ -222,3 +222,14 @@ fn mysql_errors_map_lost_server_to_unavailable() {
         StoreError::Unavailable(_)
     ));
 }
+
+#[tokio::test]
+async fn mysql_durability_read_from_the_server() {
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&db.options()).await.unwrap();
+    let durability = store.durability().await.unwrap();
+    // The test server runs with MariaDB's defaults: flush at every commit, no binary log.
+    assert_eq!(durability.flush_log_at_trx_commit, 1, "{durability:?}");
+    assert!(!durability.log_bin, "{durability:?}");
+    assert!(durability.warnings().is_empty());
+}
