@@ -62,7 +62,7 @@ fn install(dir: &Path) -> Result<(), HarnessError> {
             "--skip-name-resolve",
             "--innodb-log-file-size=16M",
         ])
-        .arg(format!("--user={}", current_user()))
+        .args(user_args())
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
@@ -87,12 +87,18 @@ fn install(dir: &Path) -> Result<(), HarnessError> {
     .map_err(|e| io_err("writing init.sql", e))
 }
 
-/// The user mariadbd runs as (it refuses root unless told `--user=root`).
-fn current_user() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "root".into())
+/// `--user=root` when running as root (mariadbd refuses root unless told so); nothing for a
+/// normal user (the server runs as that user; `--user=NAME` would make `mariadb-install-db`
+/// try to chown the datadir, which only root may). The effective uid is the owner of
+/// `/proc/self`.
+fn user_args() -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
+        vec!["--user=root".into()]
+    } else {
+        Vec::new()
+    }
 }
 
 fn server_args(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
@@ -105,12 +111,12 @@ fn server_args(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
         format!("--init-file={}", dir.join("init.sql").display()),
         format!("--port={port}"),
         "--bind-address=127.0.0.1".into(),
-        format!("--user={}", current_user()),
         "--skip-name-resolve".into(),
         "--innodb-buffer-pool-size=32M".into(),
         "--innodb-log-file-size=16M".into(),
         "--max-connections=400".into(),
     ];
+    args.extend(user_args());
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -168,14 +174,34 @@ impl MariaDb {
     pub async fn start(extra: &[&str]) -> Result<MariaDb, HarnessError> {
         let temp = temp_dir("weauth-mariadb").map_err(|e| io_err("creating temp dir", e))?;
         let dir = temp.path().to_path_buf();
-        install(&dir)?;
+        MariaDb::launch(dir, Some(temp), extra).await
+    }
+
+    /// A server whose data directory is `dir/data` (made when missing, kept otherwise: `make
+    /// up` finds its data again), killed on drop.
+    ///
+    /// # Errors
+    /// As [`MariaDb::start`].
+    pub async fn start_in(dir: &Path, extra: &[&str]) -> Result<MariaDb, HarnessError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("creating the mariadb dir", e))?;
+        MariaDb::launch(dir.to_path_buf(), None, extra).await
+    }
+
+    async fn launch(
+        dir: PathBuf,
+        temp: Option<TempDir>,
+        extra: &[&str],
+    ) -> Result<MariaDb, HarnessError> {
+        if !dir.join("data").join("mysql").is_dir() {
+            install(&dir)?;
+        }
         let port = free_port().map_err(|e| io_err("finding a free port", e))?;
         let mut server = MariaDb {
             child: None,
             port,
             args: server_args(&dir, port, extra),
             dir,
-            _temp: Some(temp),
+            _temp: temp,
         };
         server.restart().await?;
         Ok(server)
