@@ -1,9 +1,13 @@
-//! The issuer binary on a real MariaDB (issue 23 §2, §4): a database unreachable at start,
+//! The issuer on a real MariaDB (issue 23 §2, §4): a database unreachable at start,
 //! cross-replica wake-ups by polling, and SIGKILL of `mariadbd` under load.
 //!
-//! Servers: the wake-up test takes a database on this binary's shared server
+//! The issuer runs in this process (`common::Stack`), its second replica and the start-up
+//! refusal as the binary. Servers: the wake-up test takes a database on this binary's shared server
 //! (`weauth_tests::mariadb::shared`); the SIGKILL test kills and restarts a server, so it has one
 //! of its own. `make setup` installs Debian's `mariadb-server`.
+
+// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -84,7 +88,7 @@ async fn mysql_logout_at_one_replica_wakes_long_poll_at_the_other_within_a_secon
     let server = mariadb::shared().unwrap();
     let url = server.url(&server.create_database().unwrap());
     let a = stack_on(&url, &[]).await;
-    let env = a.issuer.env.clone();
+    let env = a.issuer.env().clone();
     let b = tokio::task::spawn_blocking(move || Issuer::start(&env))
         .await
         .unwrap();
