@@ -18,7 +18,7 @@ SCHEMATHESIS_VERSION        := 4.32.5
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 # In CI the lock file must be used as committed.
 CARGO_LOCKED  := $(if $(CI),--locked,)
-# `make up STORE=redis`: Redis and two issuer replicas instead of one issuer on SQLite.
+# `make up STORE=redis` (or `STORE=mysql`): Redis (or MariaDB) and two issuer replicas instead of one issuer on SQLite.
 STORE         ?= sqlite
 # `make up EDGE=native`: the filter's native build (an Envoy dynamic module) instead of wasm.
 EDGE          ?= wasm
@@ -116,7 +116,7 @@ native-debug:
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
 
-up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas; MONITOR=1: + Prometheus on :9090; EDGE=native: the native filter
+up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis|mysql: Redis or MariaDB + 2 issuer replicas; MONITOR=1: + Prometheus on :9090; EDGE=native: the native filter
 	@mkdir -p .run
 	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) WEAUTH_FILTER_BUILD=$(EDGE) ./target/debug/weauth-stack
 

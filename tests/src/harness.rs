@@ -553,6 +553,7 @@ pub struct StackBuilder {
     edge: Edge,
     binaries: Option<Binaries>,
     redis_replicas: usize,
+    mysql_replicas: usize,
     sentinel: bool,
     web_login: bool,
     envoy_feed_env: bool,
@@ -617,6 +618,7 @@ impl Default for StackBuilder {
             edge: Edge::from_env(),
             binaries: None,
             redis_replicas: 0,
+            mysql_replicas: 0,
             sentinel: false,
             web_login: false,
             envoy_feed_env: true,
@@ -632,6 +634,14 @@ impl StackBuilder {
     /// endpoints of Envoy's issuer cluster. Replica 0 is "the issuer" of the other methods.
     pub fn redis_replicas(mut self, n: usize) -> Self {
         self.redis_replicas = n.max(1);
+        self
+    }
+
+    /// Runs `n` issuer replicas (n >= 1) on one real MariaDB (`mariadbd` with its data in the
+    /// stack's directory, on a free port, database `weauth`) instead of SQLite, all of them
+    /// endpoints of Envoy's issuer cluster.
+    pub fn mysql_replicas(mut self, n: usize) -> Self {
+        self.mysql_replicas = n.max(1);
         self
     }
 
@@ -827,6 +837,8 @@ pub struct Stack {
     redis: Option<crate::redis::RedisServer>,
     /// Or the Sentinel set-up they share (`redis_sentinel`).
     sentinel: Option<crate::redis::SentinelSetup>,
+    /// Or the MariaDB they share (`mysql_replicas`).
+    mysql: Option<crate::mariadb::MariaDb>,
     /// The mock WeChat (in-process): log users in, inject faults, count calls.
     pub mock: MockWechat,
     /// The demo upstream (in-process).
@@ -921,6 +933,14 @@ impl Stack {
         } else {
             None
         };
+        let mysql = if b.mysql_replicas > 0 {
+            let server =
+                crate::mariadb::MariaDb::start_in(&dir.path().join("mariadb"), &[]).await?;
+            server.sql("CREATE DATABASE IF NOT EXISTS weauth")?;
+            Some(server)
+        } else {
+            None
+        };
         let mut env: Vec<(String, String)> = vec![
             (
                 "WEAUTH_LISTEN".into(),
@@ -939,10 +959,11 @@ impl Stack {
             // client and not all in one bucket.
             ("WEAUTH_TRUSTED_PROXIES".into(), "127.0.0.1".into()),
         ];
-        let shared_store = match (&redis, &sentinel) {
-            (_, Some(sentinel)) => Some(sentinel.url()),
-            (Some(redis), None) => Some(redis.url(0)),
-            (None, None) => None,
+        let shared_store = match (&redis, &sentinel, &mysql) {
+            (_, Some(sentinel), _) => Some(sentinel.url()),
+            (Some(redis), None, _) => Some(redis.url(0)),
+            (None, None, Some(mysql)) => Some(mysql.url("weauth")),
+            (None, None, None) => None,
         };
         if let Some(url) = shared_store {
             env.retain(|(name, _)| name != "WEAUTH_STORE");
@@ -968,7 +989,7 @@ impl Stack {
             env,
         };
         let mut replicas = Vec::new();
-        for i in 1..b.redis_replicas {
+        for i in 1..b.redis_replicas.max(b.mysql_replicas) {
             // `make up` (fixed ports): further replicas on 8082, 8083, ... (8081 is the demo
             // upstream, 8090 the mock WeChat); tests: free ports.
             let port = match b.ports {
@@ -989,6 +1010,7 @@ impl Stack {
             replicas,
             redis,
             sentinel,
+            mysql,
             mock,
             upstream,
             issuer_spec,
@@ -1589,6 +1611,11 @@ impl Stack {
         self.sentinel.as_mut()
     }
 
+    /// The MariaDB of a `mysql_replicas` stack.
+    pub fn mysql(&mut self) -> Option<&mut crate::mariadb::MariaDb> {
+        self.mysql.as_mut()
+    }
+
     /// The Redis server of a `redis_replicas` stack (to kill and restart it).
     pub fn redis(&mut self) -> Option<&mut crate::redis::RedisServer> {
         self.redis.as_mut()
@@ -1655,6 +1682,7 @@ impl Drop for Stack {
         self.replicas.clear();
         self.redis.take();
         self.sentinel.take();
+        self.mysql.take();
     }
 }
 
