@@ -3,7 +3,8 @@
 //!
 //! Atomicity is InnoDB's: every read-modify-write is one transaction whose facts are read
 //! with `SELECT … FOR UPDATE` (the rows it decides on are locked until commit, so two
-//! replicas racing on one refresh token, code or lease serialize). A deadlock or a duplicate
+//! replicas racing on one refresh token, code or lease serialize), at READ COMMITTED (no gap
+//! locks: a row that is not there yet is guarded by its unique key instead). A deadlock or a duplicate
 //! key between two such transactions (two first logins of one openid) rolls one back; it is
 //! run again from the start ([`RETRIES`] times), and then finds what the other wrote.
 //!
@@ -350,6 +351,13 @@ impl MysqlStore {
                          SESSION innodb_lock_wait_timeout = 5",
                     )
                     .await?;
+                    // READ COMMITTED: a locking read of a row that is not there (a new code,
+                    // a first login's openid) takes no gap lock, so concurrent logins do not
+                    // deadlock on inserts into one gap; a racing insert of the same key meets
+                    // the unique index instead (1062) and is run again. The feed's reads ask
+                    // for REPEATABLE READ themselves (one snapshot).
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
                     Ok(())
                 })
             })

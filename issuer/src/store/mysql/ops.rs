@@ -786,9 +786,16 @@ pub(super) async fn feed_snapshot(
     now: i64,
     limit: usize,
 ) -> Result<std::result::Result<FeedSnapshot, String>> {
-    // One REPEATABLE READ transaction: seq, watermark and rows from one snapshot (taken at
-    // the first read). A seq is visible only once its revocation committed.
-    let mut tx = pool.begin().await?;
+    // One REPEATABLE READ transaction (the session's level is READ COMMITTED; `SET
+    // TRANSACTION` changes the next transaction only): seq, watermark and rows from one
+    // snapshot, taken at the first read. A seq is visible only once its revocation committed.
+    let mut conn = pool.acquire().await?;
+    sqlx::Executor::execute(
+        &mut *conn,
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    )
+    .await?;
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
     let current = counter(&mut tx, "revocation_seq").await?;
     let watermark = counter(&mut tx, "purged_through").await?;
     let rows = sqlx::query(

@@ -233,3 +233,60 @@ async fn mysql_durability_read_from_the_server() {
     assert!(!durability.log_bin, "{durability:?}");
     assert!(durability.warnings().is_empty());
 }
+
+/// 64 first logins of distinct users at once on a fresh database (the worst case for gap
+/// locks: every new code, openid and refresh hash falls into the same few index gaps): all
+/// are created, none is refused as busy. Prints InnoDB's deadlock count over the run (the
+/// server's global counter: other tests running at the same time add to it).
+#[tokio::test]
+async fn mysql_concurrent_first_logins_all_created() {
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&MysqlOptions {
+        pool_max: 16,
+        ..db.options()
+    })
+    .await
+    .unwrap();
+    let server = mariadb::shared().unwrap();
+    let deadlocks = || {
+        server
+            .sql("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = deadlocks();
+    let logins = (0..64).map(|i| {
+        let store = store.clone();
+        async move {
+            let n = format!("{i:02}");
+            store
+                .login(&NewLogin {
+                    appid: "wx1".into(),
+                    openid: format!("o-{n}"),
+                    unionid: None,
+                    code_hash: format!("h-{n}"),
+                    new_sub: format!("u-{n}"),
+                    sid: format!("s-{n}"),
+                    session_key_sealed: None,
+                    now: 100,
+                    session_expires: 1000,
+                    refresh_hash: format!("r-{n}"),
+                    refresh_expires: 200,
+                })
+                .await
+        }
+    });
+    for result in futures_util::future::join_all(logins).await {
+        assert!(
+            matches!(result, Ok(LoginResult::Created { new_user: true, .. })),
+            "{result:?}"
+        );
+    }
+    println!(
+        "mysql: 64 concurrent first logins, {} InnoDB deadlocks",
+        deadlocks() - before
+    );
+}
