@@ -3,7 +3,7 @@
 //!
 //! The issuer runs in this process (`common::Stack`), its second replica and the start-up
 //! refusal as the binary. Servers: the wake-up test takes a database on this binary's shared server
-//! (`weauth_tests::mariadb::shared`); the SIGKILL test kills and restarts a server, so it has one
+//! (`weauth_servers::mariadb::shared`); the SIGKILL test kills and restarts a server, so it has one
 //! of its own. `make setup` installs Debian's `mariadb-server`.
 
 // Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::{payload, Issuer, Stack, ADMIN, FEED};
 use serde_json::{json, Value};
-use weauth_tests::mariadb::{self, MariaDb};
-use weauth_tests::mock_wechat::MockConfig;
+use weauth_servers::mariadb::{self, MariaDb};
+use weauth_mock_wechat::MockConfig;
 
 /// Any 32 bytes, base64: a MySQL store requires a data key shared by the replicas.
 const DATA_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::store::contract::{contract_tests, Backend};
-use weauth_tests::mariadb;
+use weauth_servers::mariadb;
 
 /// A fresh database on the shared server; every handle is its own pool, like a replica.
 struct TestDb {
@@ -135,7 +135,7 @@ async fn mysql_database_from_newer_issuer_refused_naming_version() {
 
 #[tokio::test]
 async fn mysql_unreachable_at_start_names_weauth_store_without_password() {
-    let port = weauth_tests::harness::free_port().unwrap();
+    let port = weauth_servers::free_port().unwrap();
     let options = MysqlOptions {
         url: format!("mysql://weauth:s3cret@127.0.0.1:{port}/weauth"),
         display: format!("mysql://weauth:***@127.0.0.1:{port}/weauth"),

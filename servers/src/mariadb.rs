@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use crate::harness::{free_port, tail_file, temp_dir, HarnessError};
+use crate::{free_port, tail_file, temp_dir, ServerError};
 
 /// The user every test server has (all privileges, from 127.0.0.1).
 pub const USER: &str = "weauth";
 /// Its password.
 pub const PASSWORD: &str = "weauth";
 
-fn io_err(what: &str, err: std::io::Error) -> HarnessError {
-    HarnessError::Io {
+fn io_err(what: &str, err: std::io::Error) -> ServerError {
+    ServerError {
         what: what.to_string(),
         source: err,
     }
@@ -51,7 +51,7 @@ pub fn server_bin() -> PathBuf {
 
 /// Makes the data directory `dir/data` (system tables, no test database) and the init file
 /// creating the `weauth` user.
-fn install(dir: &Path) -> Result<(), HarnessError> {
+fn install(dir: &Path) -> Result<(), ServerError> {
     let data = dir.join("data");
     let output = std::process::Command::new(bin("WEAUTH_MARIADB_INSTALL_DB_BIN", "mariadb-install-db"))
         .arg("--no-defaults")
@@ -122,7 +122,7 @@ fn server_args(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
 }
 
 /// Waits until `weauth` can log in (the init file has run), up to 30 s.
-async fn wait_ready(port: u16, dir: &Path) -> Result<(), HarnessError> {
+async fn wait_ready(port: u16, dir: &Path) -> Result<(), ServerError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() && client_sql(port, "SELECT 1").is_ok() {
@@ -139,7 +139,7 @@ async fn wait_ready(port: u16, dir: &Path) -> Result<(), HarnessError> {
 }
 
 /// Runs `sql` with the `mariadb` client as `weauth`.
-fn client_sql(port: u16, sql: &str) -> Result<String, HarnessError> {
+fn client_sql(port: u16, sql: &str) -> Result<String, ServerError> {
     let output = std::process::Command::new(bin("WEAUTH_MARIADB_CLIENT_BIN", "mariadb"))
         .args(["--no-defaults", "-h", "127.0.0.1", "-P", &port.to_string()])
         .args(["-u", USER, &format!("-p{PASSWORD}"), "-N", "-B", "-e", sql])
@@ -171,7 +171,7 @@ impl MariaDb {
     ///
     /// # Errors
     /// The binaries are missing, or the server did not accept logins within 30 s.
-    pub async fn start(extra: &[&str]) -> Result<MariaDb, HarnessError> {
+    pub async fn start(extra: &[&str]) -> Result<MariaDb, ServerError> {
         let temp = temp_dir("weauth-mariadb").map_err(|e| io_err("creating temp dir", e))?;
         let dir = temp.path().to_path_buf();
         MariaDb::launch(dir, Some(temp), extra).await
@@ -182,7 +182,7 @@ impl MariaDb {
     ///
     /// # Errors
     /// As [`MariaDb::start`].
-    pub async fn start_in(dir: &Path, extra: &[&str]) -> Result<MariaDb, HarnessError> {
+    pub async fn start_in(dir: &Path, extra: &[&str]) -> Result<MariaDb, ServerError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating the mariadb dir", e))?;
         MariaDb::launch(dir.to_path_buf(), None, extra).await
     }
@@ -191,7 +191,7 @@ impl MariaDb {
         dir: PathBuf,
         temp: Option<TempDir>,
         extra: &[&str],
-    ) -> Result<MariaDb, HarnessError> {
+    ) -> Result<MariaDb, ServerError> {
         if !dir.join("data").join("mysql").is_dir() {
             install(&dir)?;
         }
@@ -211,7 +211,7 @@ impl MariaDb {
     ///
     /// # Errors
     /// As [`MariaDb::start`].
-    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+    pub async fn restart(&mut self) -> Result<(), ServerError> {
         let child = Command::new(server_bin())
             .args(&self.args)
             .stdin(Stdio::null())
@@ -250,7 +250,7 @@ impl MariaDb {
     ///
     /// # Errors
     /// The client failed (the message has the server's error).
-    pub fn sql(&self, sql: &str) -> Result<String, HarnessError> {
+    pub fn sql(&self, sql: &str) -> Result<String, ServerError> {
         client_sql(self.port, sql)
     }
 
@@ -258,7 +258,7 @@ impl MariaDb {
     ///
     /// # Errors
     /// As [`MariaDb::sql`].
-    pub fn create_database(&self) -> Result<String, HarnessError> {
+    pub fn create_database(&self) -> Result<String, ServerError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "t{}_{}",
@@ -290,7 +290,7 @@ impl Shared {
     ///
     /// # Errors
     /// As [`MariaDb::sql`].
-    pub fn sql(&self, sql: &str) -> Result<String, HarnessError> {
+    pub fn sql(&self, sql: &str) -> Result<String, ServerError> {
         client_sql(self.port, sql)
     }
 
@@ -298,7 +298,7 @@ impl Shared {
     ///
     /// # Errors
     /// As [`MariaDb::sql`].
-    pub fn create_database(&self) -> Result<String, HarnessError> {
+    pub fn create_database(&self) -> Result<String, ServerError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("s{}", NEXT.fetch_add(1, Ordering::Relaxed));
         self.sql(&format!("CREATE DATABASE {name}"))?;
@@ -318,7 +318,7 @@ pub fn shared() -> Result<&'static Shared, String> {
         .map_err(Clone::clone)
 }
 
-fn start_shared() -> Result<Shared, HarnessError> {
+fn start_shared() -> Result<Shared, ServerError> {
     let temp = temp_dir("weauth-mariadb-shared").map_err(|e| io_err("creating temp dir", e))?;
     // The watchdog removes the directory; a TempDir dropped here would remove it now.
     let dir = temp.keep();
