@@ -53,9 +53,14 @@ pub fn server_bin() -> PathBuf {
 /// creating the `weauth` user.
 fn install(dir: &Path) -> Result<(), ServerError> {
     let data = dir.join("data");
+    // Its own tmpdir: the bootstrap's internal temporary tables in the shared /tmp were seen
+    // to vanish under it (`Could not remove temporary table` then `Unknown table
+    // 'mysql.tmp_user_sys'`) while other tests ran.
+    std::fs::create_dir_all(dir.join("tmp")).map_err(|e| io_err("creating the tmpdir", e))?;
     let output = std::process::Command::new(bin("WEAUTH_MARIADB_INSTALL_DB_BIN", "mariadb-install-db"))
         .arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", dir.join("tmp").display()))
         .args([
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
@@ -105,6 +110,7 @@ fn server_args(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--no-defaults".into(),
         format!("--datadir={}", dir.join("data").display()),
+        format!("--tmpdir={}", dir.join("tmp").display()),
         format!("--socket={}", dir.join("mysqld.sock").display()),
         format!("--pid-file={}", dir.join("mysqld.pid").display()),
         format!("--log-error={}", dir.join("error.log").display()),
@@ -195,6 +201,7 @@ impl MariaDb {
         if !dir.join("data").join("mysql").is_dir() {
             install(&dir)?;
         }
+        std::fs::create_dir_all(dir.join("tmp")).map_err(|e| io_err("creating the tmpdir", e))?;
         let port = free_port().map_err(|e| io_err("finding a free port", e))?;
         let mut server = MariaDb {
             child: None,
