@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::{payload, Issuer, Stack, ADMIN, FEED};
 use serde_json::{json, Value};
-use weauth_servers::mariadb::{self, MariaDb};
 use weauth_mock_wechat::MockConfig;
+use weauth_servers::mariadb::{self, MariaDb};
 
 /// Any 32 bytes, base64: a MySQL store requires a data key shared by the replicas.
 const DATA_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
