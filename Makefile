@@ -33,7 +33,7 @@ TEST_FEATURES := --features weauth-filter/envoy-native
 ifneq ($(CI),)
 export CARGO_INCREMENTAL := 0
 endif
-# `make up STORE=redis`: Redis and two issuer replicas instead of one issuer on SQLite.
+# `make up STORE=redis` (or `STORE=mysql`): Redis (or MariaDB) and two issuer replicas instead of one issuer on SQLite.
 STORE         ?= sqlite
 # `make up EDGE=native`: the filter's native build (an Envoy dynamic module) instead of wasm.
 EDGE          ?= wasm
@@ -57,7 +57,7 @@ export WEAUTH_CHROMIUM ?= /usr/bin/chromium
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## install the wasm target, Envoy 1.40.0 into .tools/, curl, redis-server and redis-sentinel if missing (idempotent)
+setup: ## install the wasm target, Envoy 1.40.0 into .tools/, curl, redis-server, redis-sentinel and mariadb-server if missing (idempotent)
 	@if command -v curl >/dev/null 2>&1; then \
 	  echo "setup: curl already installed"; \
 	else \
@@ -83,8 +83,9 @@ setup: ## install the wasm target, Envoy 1.40.0 into .tools/, curl, redis-server
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
+	{ [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null 2>&1; } || missing="$$missing mariadb-server"; \
 	if [ -z "$$missing" ]; then \
-	  echo "setup: redis-server and redis-sentinel already installed"; \
+	  echo "setup: redis-server, redis-sentinel and mariadb-server already installed"; \
 	else \
 	  echo "setup: installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
@@ -130,7 +131,7 @@ native-debug:
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
 
-up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas; MONITOR=1: + Prometheus on :9090; EDGE=native: the native filter
+up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis|mysql: Redis or MariaDB + 2 issuer replicas; MONITOR=1: + Prometheus on :9090; EDGE=native: the native filter
 	@mkdir -p .run
 	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) WEAUTH_FILTER_BUILD=$(EDGE) ./target/debug/weauth-stack
 

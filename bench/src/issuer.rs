@@ -192,6 +192,24 @@ pub async fn throughput(
     if redis {
         builder = builder.redis_replicas(1);
     }
+    throughput_on(concurrency, duration, builder).await
+}
+
+/// As [`throughput`], with one replica on a local MariaDB (`mariadbd`, InnoDB,
+/// `innodb_flush_log_at_trx_commit=1`: every commit flushed).
+pub async fn throughput_mysql(
+    concurrency: usize,
+    duration: Duration,
+) -> Result<IssuerResult, String> {
+    let builder = builder().without_envoy().mysql_replicas(1);
+    throughput_on(concurrency, duration, builder).await
+}
+
+async fn throughput_on(
+    concurrency: usize,
+    duration: Duration,
+    builder: weauth_tests::harness::StackBuilder,
+) -> Result<IssuerResult, String> {
     let stack = Arc::new(builder.start().await.map_err(|e| e.to_string())?);
     let pid = stack.child_pids().first().copied();
     let rss_before_kib = pid.and_then(|p| rss_kib(p).ok());

@@ -31,6 +31,7 @@ use crate::service::admin::Admin;
 use crate::service::identity::Identity;
 use crate::service::sessions::Sessions;
 use crate::service::userdata::UserData;
+use crate::store::mysql::{MysqlOptions, MysqlStore};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::shared::{
     Announcements, HealthCheck, LocalLimiter, LoginLimiter, Polling, RedisAnnouncements,
@@ -240,6 +241,35 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
                 )),
                 announcements: Arc::new(RedisAnnouncements(redis.clone())),
                 health: Some(Arc::new(RedisHealthCheck(redis))),
+                data_key,
+            })
+        }
+        StoreUrl::Mysql { url, display } => {
+            let store = MysqlStore::connect(&MysqlOptions {
+                url: url.clone(),
+                display: display.clone(),
+                pool_max: config.mysql_pool_max,
+                acquire_timeout: config.mysql_acquire_timeout,
+            })
+            .await?;
+            // Config validation makes WEAUTH_DATA_KEY required on MySQL; the path is unused.
+            let data_key = DataKey::load(
+                config.data_key.as_deref().map(|k| k.as_slice()),
+                std::path::Path::new("WEAUTH_DATA_KEY"),
+            )?;
+            Ok(Backend {
+                store: Arc::new(store),
+                // Per replica: a shared bucket would be one more row write (and row lock)
+                // per login on the database every login already writes to; the limit guards
+                // against one client's burst, which a load balancer spreads over replicas.
+                limiter: Arc::new(LocalLimiter::new(
+                    config.login_rate_per_min,
+                    config.login_burst,
+                )),
+                // Cross-replica wake-ups: the seq is one primary-key read, re-read every
+                // 250 ms by each replica (the bound on hearing another replica's revocation).
+                announcements: Arc::new(Polling),
+                health: None,
                 data_key,
             })
         }

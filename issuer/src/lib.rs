@@ -14,7 +14,7 @@
 //!   and checks (`tokens`), the signing-key schedule (`keys`), the login rate limiter;
 //! - `telemetry/`: metrics, the W3C trace context, the OTLP exporter;
 //! - `store/`: the `Store` trait and its records (semantics fixed by `store::contract`), the
-//!   SQLite and Redis backends, and what replicas share besides records (`store::shared`:
+//!   SQLite, Redis and MySQL backends, and what replicas share besides records (`store::shared`:
 //!   the login limiter, revocation announcements, health checks);
 //! - `wechat/`: the mini-program client (`wechat`), web OAuth2 (`wechat::web`), the server
 //!   API security (`wechat::apisec`) and the app access token shared by replicas

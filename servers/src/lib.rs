@@ -1,6 +1,7 @@
 //! Real servers for tests, on free loopback ports with their own data directories, killed
-//! on drop: [`redis`] (`redis-server`, Sentinel). Never a fake: a test that claims to test a
-//! store runs it on the real server. `make setup` installs the Debian packages when missing.
+//! on drop: [`redis`] (`redis-server`, Sentinel) and [`mariadb`] (`mariadbd`). Never a fake:
+//! a test that claims to test a store runs it on the real server. `make setup` installs the
+//! Debian packages when missing.
 //!
 //! Shared by the issuer's store tests and the end-to-end harness (`weauth-tests`), which
 //! re-exports [`free_port`], [`temp_dir`] and the log-tail helpers.
@@ -12,6 +13,7 @@ use std::path::Path;
 use rand::Rng;
 use tempfile::TempDir;
 
+pub mod mariadb;
 pub mod redis;
 
 /// A server could not be started or did not become ready: what was being done, and why.

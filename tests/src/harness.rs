@@ -489,6 +489,7 @@ pub struct StackBuilder {
     edge: Edge,
     binaries: Option<Binaries>,
     redis_replicas: usize,
+    mysql_replicas: usize,
     sentinel: bool,
     web_login: bool,
     envoy_feed_env: bool,
@@ -553,6 +554,7 @@ impl Default for StackBuilder {
             edge: Edge::from_env(),
             binaries: None,
             redis_replicas: 0,
+            mysql_replicas: 0,
             sentinel: false,
             web_login: false,
             envoy_feed_env: true,
@@ -568,6 +570,14 @@ impl StackBuilder {
     /// endpoints of Envoy's issuer cluster. Replica 0 is "the issuer" of the other methods.
     pub fn redis_replicas(mut self, n: usize) -> Self {
         self.redis_replicas = n.max(1);
+        self
+    }
+
+    /// Runs `n` issuer replicas (n >= 1) on one real MariaDB (`mariadbd` with its data in the
+    /// stack's directory, on a free port, database `weauth`) instead of SQLite, all of them
+    /// endpoints of Envoy's issuer cluster.
+    pub fn mysql_replicas(mut self, n: usize) -> Self {
+        self.mysql_replicas = n.max(1);
         self
     }
 
@@ -763,6 +773,8 @@ pub struct Stack {
     redis: Option<crate::redis::RedisServer>,
     /// Or the Sentinel set-up they share (`redis_sentinel`).
     sentinel: Option<crate::redis::SentinelSetup>,
+    /// Or the MariaDB they share (`mysql_replicas`).
+    mysql: Option<crate::mariadb::MariaDb>,
     /// The mock WeChat (in-process): log users in, inject faults, count calls.
     pub mock: MockWechat,
     /// The demo upstream (in-process).
@@ -857,6 +869,14 @@ impl Stack {
         } else {
             None
         };
+        let mysql = if b.mysql_replicas > 0 {
+            let server =
+                crate::mariadb::MariaDb::start_in(&dir.path().join("mariadb"), &[]).await?;
+            server.sql("CREATE DATABASE IF NOT EXISTS weauth")?;
+            Some(server)
+        } else {
+            None
+        };
         let mut env: Vec<(String, String)> = vec![
             (
                 "WEAUTH_LISTEN".into(),
@@ -875,10 +895,11 @@ impl Stack {
             // client and not all in one bucket.
             ("WEAUTH_TRUSTED_PROXIES".into(), "127.0.0.1".into()),
         ];
-        let shared_store = match (&redis, &sentinel) {
-            (_, Some(sentinel)) => Some(sentinel.url()),
-            (Some(redis), None) => Some(redis.url(0)),
-            (None, None) => None,
+        let shared_store = match (&redis, &sentinel, &mysql) {
+            (_, Some(sentinel), _) => Some(sentinel.url()),
+            (Some(redis), None, _) => Some(redis.url(0)),
+            (None, None, Some(mysql)) => Some(mysql.url("weauth")),
+            (None, None, None) => None,
         };
         if let Some(url) = shared_store {
             env.retain(|(name, _)| name != "WEAUTH_STORE");
@@ -904,7 +925,7 @@ impl Stack {
             env,
         };
         let mut replicas = Vec::new();
-        for i in 1..b.redis_replicas {
+        for i in 1..b.redis_replicas.max(b.mysql_replicas) {
             // `make up` (fixed ports): further replicas on 8082, 8083, ... (8081 is the demo
             // upstream, 8090 the mock WeChat); tests: free ports.
             let port = match b.ports {
@@ -925,6 +946,7 @@ impl Stack {
             replicas,
             redis,
             sentinel,
+            mysql,
             mock,
             upstream,
             issuer_spec,
@@ -1525,6 +1547,11 @@ impl Stack {
         self.sentinel.as_mut()
     }
 
+    /// The MariaDB of a `mysql_replicas` stack.
+    pub fn mysql(&mut self) -> Option<&mut crate::mariadb::MariaDb> {
+        self.mysql.as_mut()
+    }
+
     /// The Redis server of a `redis_replicas` stack (to kill and restart it).
     pub fn redis(&mut self) -> Option<&mut crate::redis::RedisServer> {
         self.redis.as_mut()
@@ -1591,6 +1618,7 @@ impl Drop for Stack {
         self.replicas.clear();
         self.redis.take();
         self.sentinel.take();
+        self.mysql.take();
     }
 }
 

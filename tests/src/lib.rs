@@ -7,8 +7,9 @@
 //!   see the identity headers the filter forwarded (`weauth-demo-upstream` binary).
 //! - [`harness`]: boots the whole stack (mock, upstream, issuer process, Envoy with the filter)
 //!   on free loopback ports, or on the fixed `make up` ports for `weauth-stack`.
-//! - [`redis`]: a real `redis-server` (and `redis-sentinel`) on free loopback ports — the
-//!   `weauth-servers` crate (`servers/`), shared with the issuer's store tests.
+//! - [`redis`], [`mariadb`]: a real `redis-server` (and `redis-sentinel`) and a real
+//!   `mariadbd` on free loopback ports — the `weauth-servers` crate (`servers/`), shared with
+//!   the issuer's store tests.
 //! - [`prometheus`]: a real `prometheus` scraping a stack with the shipped
 //!   `deploy/monitoring/prometheus.yml` (`make up MONITOR=1`, the dashboard's test).
 //! - [`template`]: rendering of `envoy/envoy.yaml` and `envoy/plugin-config.json` (pure).
@@ -26,4 +27,4 @@ pub mod walkthrough;
 // issuer's tests use them without this harness); re-exported under their old paths.
 pub use weauth_mock_wechat as mock_wechat;
 pub use weauth_mock_wechat::serve;
-pub use weauth_servers::redis;
+pub use weauth_servers::{mariadb, redis};

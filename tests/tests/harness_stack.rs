@@ -131,3 +131,29 @@ async fn issuer_failing_logins_stack_still_starts_with_fallback_probe() {
     assert_eq!(status, 401);
     assert_eq!(stack.upstream.requests(), 0);
 }
+
+/// `make up STORE=mysql` without Envoy: two issuer replicas on one MariaDB started by the
+/// harness; a login at replica 0 refreshes at replica 1 (one database, one data key).
+#[tokio::test]
+async fn mysql_replicas_share_one_mariadb() {
+    let stack = stack(Stack::builder().mysql_replicas(2).without_envoy()).await;
+    assert_eq!(stack.replica_count(), 2);
+    let http = reqwest::Client::new();
+    let code = stack.mock.login("maria").code;
+    let login: serde_json::Value = http
+        .post(format!("{}/v1/login", stack.replica_url(0)))
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refreshed = http
+        .post(format!("{}/v1/token/refresh", stack.replica_url(1)))
+        .json(&json!({ "refresh_token": login["refresh_token"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200, "{login}");
+}

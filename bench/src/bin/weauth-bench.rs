@@ -168,6 +168,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("bench: issuer on Redis, logins and refreshes, {secs} s each");
         rt.block_on(issuer::throughput(16, Duration::from_secs(secs), true))
     });
+    let issuer_mysql = run("issuer").then(|| {
+        let secs = if args.full { 15 } else { 4 };
+        eprintln!("bench: issuer on MariaDB, logins and refreshes, {secs} s each");
+        rt.block_on(issuer::throughput_mysql(16, Duration::from_secs(secs)))
+    });
     let fanout_rows = run("fanout").then(|| {
         let secs = if args.full { 8 } else { 4 };
         eprintln!("bench: feed fan-out over two replicas on Redis, {secs} s per case");
@@ -247,7 +252,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => md.push_str("Not run (`--only`, or no target/native/libweauth_filter.so).\n"),
     }
     md.push_str(
-        "\n## Issuer\n\nThe issuer (release build; SQLite, then Redis) straight, not through Envoy, \
+        "\n## Issuer\n\nThe issuer (release build; SQLite, then Redis, then MySQL) straight, not through Envoy, \
          against the in-process mock WeChat; login rate limit off (`WEAUTH_LOGIN_RATE=0`); each \
          login is a new user with a fresh code minted outside the timed request.\n\n",
     );
@@ -262,6 +267,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          `appendfsync always`), same run.\n\n",
     );
     match &issuer_redis {
+        Some(Ok(r)) => md.push_str(&issuer_markdown(r)),
+        Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
+        None => md.push_str("Not run (`--only`).\n"),
+    }
+    md.push_str(
+        "\n### MySQL (MariaDB)\n\nThe same, with one issuer replica on a local `mariadbd` \
+         (InnoDB, `innodb_flush_log_at_trx_commit=1`, binary log off), same run.\n\n",
+    );
+    match &issuer_mysql {
         Some(Ok(r)) => md.push_str(&issuer_markdown(r)),
         Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
         None => md.push_str("Not run (`--only`).\n"),

@@ -143,6 +143,13 @@ pub enum StoreUrl {
         /// The URL with its password masked, for messages and logs.
         display: String,
     },
+    /// `mysql://user:password@host:port/db` (MySQL 8 or MariaDB 10.11 and later, InnoDB).
+    Mysql {
+        /// The URL as given (with the password): only handed to the driver.
+        url: String,
+        /// The URL with its password masked, for messages and logs.
+        display: String,
+    },
 }
 
 /// One trusted proxy network (`10.0.0.0/8`, `::1`, `127.0.0.1/32`).
@@ -211,6 +218,11 @@ pub struct Config {
     /// `maxmemory-policy` is not `noeviction` (then a warning says what can be lost). Without
     /// it such a policy refuses the start, naming the setting.
     pub redis_allow_eviction: bool,
+    /// `WEAUTH_MYSQL_POOL_MAX`, default 16: the most connections one replica opens to MySQL.
+    pub mysql_pool_max: u32,
+    /// `WEAUTH_MYSQL_ACQUIRE_TIMEOUT`, default `2s`: how long an operation waits for a pooled
+    /// connection (or a new one to be opened) before it is answered 503.
+    pub mysql_acquire_timeout: Duration,
     /// The WeChat apps served: `WEAUTH_APPS_FILE` (see [`crate::config::apps`]), or the one-app
     /// shortcut `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET` (`_FILE`), a single
     /// mini-program. One of the two forms is required to serve; both is an error. Empty for
@@ -692,13 +704,21 @@ impl Config {
                 false
             }
         };
-        if matches!(store, StoreUrl::Redis { .. })
+        let mysql_pool_max: u32 = errs.or(src.number("WEAUTH_MYSQL_POOL_MAX"), 16);
+        if mysql_pool_max == 0 {
+            errs.push(bad("WEAUTH_MYSQL_POOL_MAX", "must be at least 1"));
+        }
+        let mysql_acquire_timeout = errs.or(
+            src.duration("WEAUTH_MYSQL_ACQUIRE_TIMEOUT", Duration::from_millis(10)),
+            Duration::from_secs(2),
+        );
+        if matches!(store, StoreUrl::Redis { .. } | StoreUrl::Mysql { .. })
             && data_key.is_none()
             && errs.0.iter().all(|e| !e.var.starts_with("WEAUTH_DATA_KEY"))
         {
             errs.push(bad(
                 "WEAUTH_DATA_KEY",
-                "is required with a Redis store (every replica must share it; nothing is generated next to a shared store)",
+                "is required with a Redis or MySQL store (every replica must share it; nothing is generated next to a shared store)",
             ));
         }
         if !errs.0.is_empty() {
@@ -720,6 +740,8 @@ impl Config {
             redis_wait_replicas,
             redis_wait_timeout,
             redis_allow_eviction,
+            mysql_pool_max,
+            mysql_acquire_timeout,
             apps,
             wechat_appid,
             wechat_secret,
@@ -771,7 +793,7 @@ impl Config {
     pub fn sqlite_path(&self) -> Option<&std::path::Path> {
         match &self.store {
             StoreUrl::Sqlite(path) => Some(path),
-            StoreUrl::Redis { .. } => None,
+            StoreUrl::Redis { .. } | StoreUrl::Mysql { .. } => None,
         }
     }
 }

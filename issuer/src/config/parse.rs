@@ -236,6 +236,9 @@ pub(super) fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
             display,
         });
     }
+    if text.starts_with("mysql://") {
+        return parse_mysql(text);
+    }
     if let Some(path) = text.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(bad(
@@ -248,10 +251,46 @@ pub(super) fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
     Err(bad(
         "WEAUTH_STORE",
         format!(
-            "`{}` is not a store URL (expected sqlite://PATH, redis://, rediss:// or redis+sentinel://)",
+            "`{}` is not a store URL (expected sqlite://PATH, redis://, rediss://, redis+sentinel:// or mysql://)",
             mask_password(text)
         ),
     ))
+}
+
+/// `mysql://user:password@host[:port]/db`: a user and a database are required (the issuer
+/// creates its tables in that database); the port defaults to 3306.
+fn parse_mysql(text: &str) -> Result<StoreUrl, ConfigError> {
+    let display = mask_password(text);
+    let fail = |reason: &str| {
+        bad(
+            "WEAUTH_STORE",
+            format!("`{display}`: {reason} (expected mysql://user:password@host:port/db)"),
+        )
+    };
+    let url = url::Url::parse(text).map_err(|err| fail(&err.to_string()))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(fail("no host"));
+    }
+    if url.username().is_empty() {
+        return Err(fail("no user"));
+    }
+    let db = url.path().trim_start_matches('/');
+    if db.is_empty() {
+        return Err(fail("no database name"));
+    }
+    if db.contains('/')
+        || !db
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    {
+        return Err(fail(&format!(
+            "`{db}` is not a plain database name (letters, digits, _ and $)"
+        )));
+    }
+    Ok(StoreUrl::Mysql {
+        url: text.to_string(),
+        display,
+    })
 }
 
 pub(super) fn parse_base_url(var: &str, text: &str) -> Result<String, ConfigError> {

@@ -480,3 +480,61 @@ fn ipnet_contains_matches_prefix() {
         .unwrap()
         .contains("8.8.8.8".parse().unwrap()));
 }
+
+#[test]
+fn config_mysql_url_parsed_with_password_masked_and_pool_defaults() {
+    let config = load(&with(&[
+        (
+            "WEAUTH_STORE",
+            "mysql://weauth:s3cret@db.internal:3307/weauth",
+        ),
+        KEY,
+    ]))
+    .unwrap();
+    let StoreUrl::Mysql { url, display } = &config.store else {
+        panic!("expected mysql");
+    };
+    assert_eq!(url, "mysql://weauth:s3cret@db.internal:3307/weauth");
+    assert_eq!(display, "mysql://weauth:***@db.internal:3307/weauth");
+    assert_eq!(config.mysql_pool_max, 16);
+    assert_eq!(config.mysql_acquire_timeout, Duration::from_secs(2));
+    assert_eq!(config.sqlite_path(), None);
+}
+
+#[test]
+fn config_mysql_bad_urls_refused_naming_store_without_password() {
+    for (url, reason) in [
+        ("mysql://weauth:s3cret@db:3306/", "no database name"),
+        ("mysql://weauth:s3cret@db:3306", "no database name"),
+        ("mysql://:s3cret@db:3306/weauth", "no user"),
+        (
+            "mysql://weauth:s3cret@db:3306/we;auth",
+            "not a plain database name",
+        ),
+        ("mysql://weauth:s3cret@db:port/weauth", "invalid port"),
+    ] {
+        let errors = load(&with(&[("WEAUTH_STORE", url), KEY])).unwrap_err();
+        let text = errors.to_string();
+        assert_eq!(errors.vars(), ["WEAUTH_STORE"], "{url}");
+        assert!(text.contains(reason), "{url}: {text}");
+        assert!(!text.contains("s3cret"), "{url}: {text}");
+    }
+}
+
+#[test]
+fn config_mysql_needs_data_key_and_a_valid_pool() {
+    let mysql = ("WEAUTH_STORE", "mysql://u:p@127.0.0.1:3306/weauth");
+    let errors = load(&with(&[mysql])).unwrap_err();
+    assert_eq!(errors.vars(), ["WEAUTH_DATA_KEY"]);
+    let errors = load(&with(&[
+        mysql,
+        KEY,
+        ("WEAUTH_MYSQL_POOL_MAX", "0"),
+        ("WEAUTH_MYSQL_ACQUIRE_TIMEOUT", "soon"),
+    ]))
+    .unwrap_err();
+    assert_eq!(
+        errors.vars(),
+        ["WEAUTH_MYSQL_POOL_MAX", "WEAUTH_MYSQL_ACQUIRE_TIMEOUT"]
+    );
+}

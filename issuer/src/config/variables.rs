@@ -44,7 +44,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_STORE",
         "sqlite://weauth.db",
-        "where state lives: sqlite://PATH, redis://, rediss:// or redis+sentinel://",
+        "where state lives: sqlite://PATH, redis://, rediss://, redis+sentinel:// or mysql://user:password@host:port/db",
     ),
     var(
         "WEAUTH_REDIS_PREFIX",
@@ -65,6 +65,16 @@ pub const VARIABLES: &[Var] = &[
         "WEAUTH_REDIS_ALLOW_EVICTION",
         "false",
         "start even when Redis's maxmemory-policy can evict weauth's keys (anything but noeviction; a warning is logged)",
+    ),
+    var(
+        "WEAUTH_MYSQL_POOL_MAX",
+        "16",
+        "the most connections one replica opens to MySQL/MariaDB",
+    ),
+    var(
+        "WEAUTH_MYSQL_ACQUIRE_TIMEOUT",
+        "2s",
+        "how long an operation waits for a MySQL connection before it is answered 503",
     ),
     var(
         "WEAUTH_APPS_FILE",

@@ -18,6 +18,7 @@
 
 #[cfg(test)]
 pub mod contract;
+pub mod mysql;
 pub mod redis;
 pub mod redis_checks;
 pub mod shared;

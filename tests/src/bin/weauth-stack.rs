@@ -274,15 +274,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // `make up STORE=redis`: a redis-server and two issuer replicas (8080 and 8082) behind
-    // Envoy's issuer cluster.
+    // Envoy's issuer cluster; `STORE=mysql`: the same on a mariadbd.
     match std::env::var("WEAUTH_STACK_STORE")
         .unwrap_or_default()
         .as_str()
     {
         "" | "sqlite" => {}
         "redis" => builder = builder.redis_replicas(2),
+        "mysql" => builder = builder.mysql_replicas(2),
         other => {
-            eprintln!("weauth-stack: STORE={other}: expected sqlite or redis");
+            eprintln!("weauth-stack: STORE={other}: expected sqlite, redis or mysql");
             std::process::exit(2);
         }
     }

@@ -1,0 +1,578 @@
+//! The MySQL / MariaDB store (`WEAUTH_STORE=mysql://user:password@host:port/db`), through
+//! `sqlx`'s pool: MySQL 8 and MariaDB 10.11 or later, InnoDB tables.
+//!
+//! Atomicity is InnoDB's: every read-modify-write is one transaction whose facts are read
+//! with `SELECT … FOR UPDATE` (the rows it decides on are locked until commit, so two
+//! replicas racing on one refresh token, code or lease serialize), at READ COMMITTED (no gap
+//! locks: a row that is not there yet is guarded by its unique key instead). A deadlock or a duplicate
+//! key between two such transactions (two first logins of one openid) rolls one back; it is
+//! run again from the start ([`RETRIES`] times), and then finds what the other wrote.
+//!
+//! The revocation `seq` is not an `AUTO_INCREMENT`: InnoDB hands those out at insert, not at
+//! commit, so a reader could see seq 6 committed before 5 and skip 5 for good. It is the
+//! `counters` row `revocation_seq`, incremented inside the revoking transaction and locked by
+//! it until commit: seqs become visible in order, never reused, never decreasing (the row
+//! survives purges and restarts), starting at 1.
+//!
+//! The schema is versioned: [`MIGRATIONS`] (`migrations/vN.sql`) are applied in order at
+//! start, one replica at a time (a `GET_LOCK` named after the database is held around
+//! migrating); a database written by a newer issuer is refused.
+//!
+//! At start the store also refuses a table on another engine than InnoDB (no transactions:
+//! a login half-written on a crash) and a user lacking a privilege an operation needs (read
+//! by a probe transaction that is rolled back), naming the reason; and it warns, like Redis
+//! without `appendfsync always`, when `innodb_flush_log_at_trx_commit` is not 1 or the binary
+//! log is on without `sync_binlog=1` (a crash of the server could then lose acknowledged
+//! writes).
+//!
+//! The decisions come from [`crate::domain::rules`], as in the SQLite store (`ops.rs` mirrors
+//! `sqlite/ops.rs`). A lost server is [`StoreError::Unavailable`] (503); the pool tests each
+//! connection before handing it out and opens new ones by itself once the server is back.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{Executor as _, Row as _};
+use weauth_token::revocation::Entry;
+
+use super::{
+    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
+    RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
+};
+use crate::domain::rules::RevocationFacts;
+
+mod ops;
+
+/// The migrations, in order: the schema version of a database is the number applied (table
+/// `weauth_schema`). Append only; never edit a published one.
+pub const MIGRATIONS: &[&str] = &[include_str!("migrations/v1.sql")];
+
+/// How many times a transaction rolled back by a deadlock or a duplicate key is run again.
+const RETRIES: usize = 5;
+
+/// The tables the issuer owns (checked for their engine at start).
+const TABLES: &[&str] = &[
+    "users",
+    "identities",
+    "sessions",
+    "refresh_tokens",
+    "revocations",
+    "counters",
+    "signing_keys",
+    "wechat_tokens",
+    "user_grants",
+    "ephemeral",
+];
+
+/// What [`MysqlStore::connect`] needs.
+#[derive(Debug, Clone)]
+pub struct MysqlOptions {
+    /// The URL with the password (only handed to the driver).
+    pub url: String,
+    /// The URL with the password masked (messages, logs).
+    pub display: String,
+    /// `WEAUTH_MYSQL_POOL_MAX`.
+    pub pool_max: u32,
+    /// `WEAUTH_MYSQL_ACQUIRE_TIMEOUT`.
+    pub acquire_timeout: Duration,
+}
+
+/// The MySQL implementation of [`Store`]. Cheap to clone (one shared pool).
+#[derive(Clone)]
+pub struct MysqlStore {
+    pool: MySqlPool,
+}
+
+/// MySQL's error number of a database error (`ER_LOCK_DEADLOCK` is 1213, …).
+fn error_number(err: &sqlx::Error) -> Option<u16> {
+    match err {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(sqlx::mysql::MySqlDatabaseError::number),
+        _ => None,
+    }
+}
+
+/// Maps a driver error: no connection (refused, reset, pool timed out, server shutting down
+/// or read-only after a failover) is [`StoreError::Unavailable`]; a lock wait timeout or a
+/// deadlock that outlived the retries is [`StoreError::Busy`].
+pub(crate) fn db_err(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(Box::new(err)),
+        sqlx::Error::Database(_) => match error_number(&err) {
+            Some(1205 | 1213) => StoreError::Busy(Box::new(err)),
+            // Too many connections, server shutdown, connection killed, read-only server.
+            Some(1040 | 1053 | 1927 | 1290 | 1836) => StoreError::Unavailable(Box::new(err)),
+            _ => StoreError::Backend(Box::new(err)),
+        },
+        _ => StoreError::Backend(Box::new(err)),
+    }
+}
+
+/// Whether a failed transaction is run again: it was rolled back by a deadlock, or lost a
+/// race on a unique key (it will find the winner's row the second time).
+fn retryable(err: &sqlx::Error) -> bool {
+    matches!(error_number(err), Some(1213 | 1062))
+}
+
+/// Runs `attempt` again while it fails with a [`retryable`] error, at most [`RETRIES`] times.
+async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(err) if retryable(&err) && tries < RETRIES => {
+                tries += 1;
+                // A short, growing pause lets the winner commit.
+                tokio::time::sleep(Duration::from_millis(2 << tries)).await;
+            }
+            other => return other.map_err(db_err),
+        }
+    }
+}
+
+/// A reason for the operator: a missing privilege is named as such.
+fn describe(err: &sqlx::Error) -> String {
+    match error_number(err) {
+        Some(1044 | 1142 | 1143 | 1227 | 1370) => format!(
+            "the MySQL user lacks a privilege weauth needs (SELECT, INSERT, UPDATE, DELETE, and \
+             CREATE, ALTER, INDEX to migrate, on the database): {err}"
+        ),
+        Some(1045) => format!("access denied (user or password): {err}"),
+        Some(1049) => format!("the database does not exist (create it first): {err}"),
+        _ => err.to_string(),
+    }
+}
+
+/// The statements of a migration file: split at `;` ending a line, comments dropped.
+fn statements(sql: &str) -> Vec<String> {
+    let text: String = sql
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    text.split(";\n")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Applies the migrations the database lacks, holding `GET_LOCK` so that replicas starting
+/// together migrate one at a time; refuses a database from a newer issuer.
+async fn migrate(pool: &MySqlPool) -> Result<(), String> {
+    let mut conn = pool.acquire().await.map_err(|err| describe(&err))?;
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('weauth_migrate.', DATABASE()), 60)")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|err| describe(&err))?;
+    if locked != Some(1) {
+        return Err("another replica held the migration lock for 60 s".into());
+    }
+    let result = async {
+        // Created only when missing: a user with the data privileges alone (a DBA ran the
+        // migrations) can start once the schema is current.
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'weauth_schema'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| describe(&err))?;
+        if exists == 0 {
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS weauth_schema (id TINYINT NOT NULL PRIMARY KEY, \
+                 version INT NOT NULL) ENGINE=InnoDB",
+            )
+            .await
+            .map_err(|err| format!("creating the schema table: {}", describe(&err)))?;
+        }
+        let version: Option<i32> =
+            sqlx::query_scalar("SELECT version FROM weauth_schema WHERE id = 1")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|err| describe(&err))?;
+        let version = usize::try_from(version.unwrap_or(0)).unwrap_or(0);
+        let latest = MIGRATIONS.len();
+        if version > latest {
+            return Err(format!(
+                "the database has schema version {version}, written by a newer weauth-issuer; this one knows up to {latest}"
+            ));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            for statement in statements(sql) {
+                conn.execute(statement.as_str()).await.map_err(|err| {
+                    format!(
+                        "migration to schema version {}: {}",
+                        index + 1,
+                        describe(&err)
+                    )
+                })?;
+            }
+            sqlx::query(
+                "INSERT INTO weauth_schema (id, version) VALUES (1, ?) \
+                 ON DUPLICATE KEY UPDATE version = ?",
+            )
+            .bind(i32::try_from(index + 1).unwrap_or(i32::MAX))
+            .bind(i32::try_from(index + 1).unwrap_or(i32::MAX))
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| describe(&err))?;
+            tracing::info!(version = index + 1, "MySQL schema migrated");
+        }
+        Ok(())
+    }
+    .await;
+    let _ = conn
+        .execute("DO RELEASE_LOCK(CONCAT('weauth_migrate.', DATABASE()))")
+        .await;
+    result
+}
+
+/// Refuses tables on another engine than InnoDB.
+async fn check_engines(pool: &MySqlPool) -> Result<(), String> {
+    let rows = sqlx::query(
+        "SELECT TABLE_NAME, COALESCE(ENGINE, '') FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE()",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|err| describe(&err))?;
+    for row in rows {
+        let table: String = row.try_get(0).map_err(|err| err.to_string())?;
+        let engine: String = row.try_get(1).map_err(|err| err.to_string())?;
+        if TABLES.contains(&table.as_str()) && !engine.eq_ignore_ascii_case("InnoDB") {
+            return Err(format!(
+                "table `{table}` uses the {engine} engine, which has no transactions (a login \
+                 could be half-written by a crash); convert it: ALTER TABLE {table} ENGINE=InnoDB"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Tries every kind of statement the store runs (locking read, insert, update, delete) in a
+/// transaction that is rolled back: a missing privilege is found at start, not at the first
+/// login.
+async fn check_privileges(pool: &MySqlPool) -> Result<(), String> {
+    let mut tx = pool.begin().await.map_err(|err| describe(&err))?;
+    for statement in [
+        "SELECT value FROM counters WHERE name = 'revocation_seq' FOR UPDATE",
+        "INSERT INTO ephemeral (name, value, expires_at) VALUES ('weauth.probe', '', 0)",
+        "UPDATE ephemeral SET expires_at = 1 WHERE name = 'weauth.probe'",
+        "DELETE FROM ephemeral WHERE name = 'weauth.probe'",
+    ] {
+        tx.execute(statement).await.map_err(|err| describe(&err))?;
+    }
+    tx.rollback().await.map_err(|err| describe(&err))
+}
+
+/// What the server promises about a committed write surviving a crash of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    pub flush_log_at_trx_commit: i64,
+    pub log_bin: bool,
+    pub sync_binlog: i64,
+}
+
+impl Durability {
+    /// The warnings for settings under which an acknowledged write can be lost in a crash of
+    /// the server (empty when there are none).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.flush_log_at_trx_commit != 1 {
+            warnings.push(format!(
+                "innodb_flush_log_at_trx_commit is {} (not 1): a crash of the MySQL server can lose up to a second of acknowledged logins and revocations",
+                self.flush_log_at_trx_commit
+            ));
+        }
+        if self.log_bin && self.sync_binlog != 1 {
+            warnings.push(format!(
+                "sync_binlog is {} (not 1) with the binary log on: after a crash the binary log (and replicas fed from it) can miss acknowledged writes",
+                self.sync_binlog
+            ));
+        }
+        warnings
+    }
+}
+
+async fn read_durability(pool: &MySqlPool) -> Result<Durability, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT CAST(@@GLOBAL.innodb_flush_log_at_trx_commit AS SIGNED), \
+         CAST(@@GLOBAL.log_bin AS SIGNED), CAST(@@GLOBAL.sync_binlog AS SIGNED)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Durability {
+        flush_log_at_trx_commit: row.try_get(0)?,
+        log_bin: row.try_get::<i64, _>(1)? != 0,
+        sync_binlog: row.try_get(2)?,
+    })
+}
+
+impl MysqlStore {
+    /// Connects, migrates (one replica at a time), refuses a non-InnoDB table or a user
+    /// lacking a privilege, and warns about durability settings that can lose acknowledged
+    /// writes.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] naming `WEAUTH_STORE` (password masked) and the reason.
+    pub async fn connect(options: &MysqlOptions) -> Result<MysqlStore, StoreError> {
+        let fail = |reason: String| StoreError::Open {
+            target: format!("WEAUTH_STORE={}", options.display),
+            source: reason.into(),
+        };
+        // The driver logs statements at DEBUG and slow ones (over 1 s) at WARN, never binds.
+        let connect = MySqlConnectOptions::from_str(&options.url)
+            .map_err(|_| fail("not a valid MySQL URL".into()))?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(options.pool_max)
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(true)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Strict: a value too long is an error, never a silent truncation; a
+                    // lock wait fails after 5 s (503) instead of InnoDB's 50.
+                    conn.execute(
+                        "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,\
+                         NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO', \
+                         SESSION innodb_lock_wait_timeout = 5",
+                    )
+                    .await?;
+                    // READ COMMITTED: a locking read of a row that is not there (a new code,
+                    // a first login's openid) takes no gap lock, so concurrent logins do not
+                    // deadlock on inserts into one gap; a racing insert of the same key meets
+                    // the unique index instead (1062) and is run again. The feed's reads ask
+                    // for REPEATABLE READ themselves (one snapshot).
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(connect.clone());
+        let opened = async {
+            // One connection of its own first: the pool would only say it timed out, this
+            // says why (refused, access denied, unknown database).
+            use sqlx::Connection as _;
+            sqlx::MySqlConnection::connect_with(&connect)
+                .await
+                .map_err(|err| describe(&err))?
+                .close()
+                .await
+                .map_err(|err| describe(&err))?;
+            let version: String = sqlx::query_scalar("SELECT VERSION()")
+                .fetch_one(&pool)
+                .await
+                .map_err(|err| describe(&err))?;
+            migrate(&pool).await?;
+            check_engines(&pool).await?;
+            check_privileges(&pool).await?;
+            Ok::<_, String>(version)
+        };
+        let version = tokio::time::timeout(
+            options.acquire_timeout.max(Duration::from_secs(5)) * 3,
+            opened,
+        )
+        .await
+        .map_err(|_| fail("no answer from the server".into()))?
+        .map_err(fail)?;
+        match read_durability(&pool).await {
+            Ok(durability) => {
+                for warning in durability.warnings() {
+                    tracing::warn!(store = %options.display, "{warning}");
+                }
+            }
+            Err(err) => tracing::warn!(
+                store = %options.display,
+                error = %err,
+                "could not read the MySQL durability settings (innodb_flush_log_at_trx_commit, sync_binlog)"
+            ),
+        }
+        tracing::info!(store = %options.display, version = %version, "MySQL store ready");
+        Ok(MysqlStore { pool })
+    }
+
+    /// The server's durability settings (for tests and the start-up warning).
+    ///
+    /// # Errors
+    /// The server cannot be read.
+    pub async fn durability(&self) -> Result<Durability, StoreError> {
+        read_durability(&self.pool).await.map_err(db_err)
+    }
+}
+
+#[async_trait]
+impl Store for MysqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        retry(|| ops::keys(&self.pool)).await
+    }
+
+    async fn insert_key(
+        &self,
+        key: &KeyRecord,
+        only_if_none_active_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        retry(|| ops::insert_key(&self.pool, key, only_if_none_active_at)).await
+    }
+
+    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError> {
+        retry(|| ops::delete_keys(&self.pool, kids)).await
+    }
+
+    async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {
+        retry(|| ops::code_used(&self.pool, code_hash)).await
+    }
+
+    async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError> {
+        retry(|| ops::login(&self.pool, login)).await
+    }
+
+    async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
+        retry(|| ops::rotate_refresh(&self.pool, rotate)).await
+    }
+
+    async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
+        retry(|| ops::session(&self.pool, sid)).await
+    }
+
+    async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        retry(|| ops::session_key_sealed(&self.pool, sid)).await
+    }
+
+    async fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
+        retry(|| ops::user(&self.pool, sub)).await
+    }
+
+    async fn set_phone(
+        &self,
+        sub: &str,
+        sealed_phone: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        retry(|| ops::set_phone(&self.pool, sub, sealed_phone, now)).await
+    }
+
+    async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError> {
+        retry(|| ops::set_risk(&self.pool, sub, fact)).await
+    }
+
+    async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
+        retry(|| ops::wechat_token(&self.pool, appid)).await
+    }
+
+    async fn lease_wechat_token(
+        &self,
+        appid: &str,
+        holder: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        retry(|| ops::lease_wechat_token(&self.pool, appid, holder, now, lease_until)).await
+    }
+
+    async fn put_wechat_token(
+        &self,
+        appid: &str,
+        token: &CachedToken,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        retry(|| ops::put_wechat_token(&self.pool, appid, token, holder)).await
+    }
+
+    async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
+        retry(|| ops::release_wechat_lease(&self.pool, appid, holder)).await
+    }
+
+    async fn invalidate_wechat_token(
+        &self,
+        appid: &str,
+        token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        retry(|| ops::invalidate_wechat_token(&self.pool, appid, token_hash)).await
+    }
+
+    async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError> {
+        retry(|| ops::revoke(&self.pool, revoke, now, until)).await
+    }
+
+    async fn revocation_facts(
+        &self,
+        jti: &str,
+        sid: &str,
+        sub: &str,
+    ) -> Result<RevocationFacts, StoreError> {
+        retry(|| ops::revocation_facts(&self.pool, jti, sid, sub)).await
+    }
+
+    async fn feed_snapshot(
+        &self,
+        after: u64,
+        now: i64,
+        limit: usize,
+    ) -> Result<FeedSnapshot, StoreError> {
+        retry(|| ops::feed_snapshot(&self.pool, after, now, limit))
+            .await?
+            .map_err(StoreError::Corrupt)
+    }
+
+    async fn current_seq(&self) -> Result<u64, StoreError> {
+        retry(|| ops::current_seq(&self.pool)).await
+    }
+
+    async fn put_ephemeral(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        retry(|| ops::put_ephemeral(&self.pool, key, value, expires_at)).await
+    }
+
+    async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        retry(|| ops::take_ephemeral(&self.pool, key, now)).await
+    }
+
+    async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
+        retry(|| ops::purge(&self.pool, now)).await
+    }
+
+    async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {
+        retry(|| ops::grants(&self.pool, sub)).await
+    }
+
+    async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
+        let scopes = scopes.join(" ");
+        retry(|| ops::set_scopes(&self.pool, sub, &scopes, now)).await
+    }
+
+    async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
+        retry(|| ops::set_ban(&self.pool, sub, ban, now)).await
+    }
+
+    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError> {
+        retry(|| ops::refresh_owner(&self.pool, refresh_hash)).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,935 @@
+//! The operations, one per `Store` method, each one attempt (the caller runs it again after
+//! a deadlock). Transactions read the facts they decide on with `FOR UPDATE`; the decisions
+//! are [`rules`]'s, as in `sqlite/ops.rs`.
+
+use sqlx::mysql::{MySql, MySqlPool, MySqlRow};
+use sqlx::{Row as _, Transaction};
+use weauth_token::revocation::{Entry, EntryKind};
+
+use super::{
+    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
+    RiskFact, Rotate, RotateResult, SessionRecord, UserRecord,
+};
+use crate::domain::rules::{
+    self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
+};
+
+type Tx = Transaction<'static, MySql>;
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn decode(err: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Decode(err.to_string().into())
+}
+
+// Text columns are read as bytes: with a binary collation (utf8mb4_bin) MariaDB flags them
+// BINARY, and the driver then refuses to decode them as `String`.
+
+fn utf8(bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(decode)
+}
+
+fn text(row: &MySqlRow, index: usize) -> Result<String> {
+    utf8(row.try_get(index)?)
+}
+
+fn opt_text(row: &MySqlRow, index: usize) -> Result<Option<String>> {
+    row.try_get::<Option<Vec<u8>>, _>(index)?
+        .map(utf8)
+        .transpose()
+}
+
+pub(super) async fn keys(pool: &MySqlPool) -> Result<Vec<KeyRecord>> {
+    let rows = sqlx::query(
+        "SELECT kid, alg, sealed, created_at, activate_at FROM signing_keys \
+         ORDER BY activate_at, kid",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(KeyRecord {
+                kid: text(row, 0)?,
+                alg: text(row, 1)?,
+                sealed: row.try_get(2)?,
+                created_at: row.try_get(3)?,
+                activate_at: row.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn insert_key(
+    pool: &MySqlPool,
+    key: &KeyRecord,
+    only_if_none_active_at: Option<i64>,
+) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    // The `signing_keys` counter row is the lock two first starts serialize on.
+    sqlx::query("SELECT value FROM counters WHERE name = 'signing_keys' FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
+    if let Some(now) = only_if_none_active_at {
+        let active: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM signing_keys WHERE activate_at <= ?")
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+        if active > 0 {
+            return Ok(false);
+        }
+    }
+    let exists = sqlx::query("SELECT 1 FROM signing_keys WHERE kid = ?")
+        .bind(&key.kid)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, alg, sealed, created_at, activate_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&key.kid)
+    .bind(&key.alg)
+    .bind(&key.sealed)
+    .bind(key.created_at)
+    .bind(key.activate_at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub(super) async fn delete_keys(pool: &MySqlPool, kids: &[String]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    for kid in kids {
+        sqlx::query("DELETE FROM signing_keys WHERE kid = ?")
+            .bind(kid)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+pub(super) async fn code_used(pool: &MySqlPool, code_hash: &str) -> Result<bool> {
+    Ok(sqlx::query("SELECT 1 FROM sessions WHERE code_hash = ?")
+        .bind(code_hash)
+        .fetch_optional(pool)
+        .await?
+        .is_some())
+}
+
+pub(super) async fn login(pool: &MySqlPool, login: &NewLogin) -> Result<LoginResult> {
+    let mut tx = pool.begin().await?;
+    // Locking reads: a racing login with the same code or openid waits here, or deadlocks
+    // and is run again; either way it then sees this one's rows.
+    let used = sqlx::query("SELECT 1 FROM sessions WHERE code_hash = ? FOR UPDATE")
+        .bind(&login.code_hash)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if used {
+        return Ok(LoginResult::CodeAlreadyUsed);
+    }
+    let by_identity = sqlx::query(
+        "SELECT u.sub, u.unionid FROM identities i JOIN users u ON u.sub = i.sub \
+         WHERE i.appid = ? AND i.openid = ? FOR UPDATE",
+    )
+    .bind(&login.appid)
+    .bind(&login.openid)
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|row| {
+        Ok::<_, sqlx::Error>(FoundUser {
+            sub: text(&row, 0)?,
+            unionid: opt_text(&row, 1)?,
+        })
+    })
+    .transpose()?;
+    let by_unionid: Option<String> = match &login.unionid {
+        Some(unionid) => {
+            sqlx::query_scalar::<_, Vec<u8>>("SELECT sub FROM users WHERE unionid = ? FOR UPDATE")
+                .bind(unionid)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(utf8)
+                .transpose()?
+        }
+        None => None,
+    };
+    let candidates = LinkCandidates {
+        by_identity,
+        by_unionid,
+    };
+    let link = rules::link_user(&candidates, login.unionid.as_deref(), &login.new_sub);
+    if link.create_user {
+        sqlx::query("INSERT INTO users (sub, unionid, created_at, updated_at) VALUES (?, ?, ?, ?)")
+            .bind(&link.sub)
+            .bind(&login.unionid)
+            .bind(login.now)
+            .bind(login.now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if link.attach_unionid {
+        sqlx::query("UPDATE users SET unionid = ?, updated_at = ? WHERE sub = ?")
+            .bind(&login.unionid)
+            .bind(login.now)
+            .bind(&link.sub)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if link.create_identity {
+        sqlx::query("INSERT INTO identities (appid, openid, sub, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&login.appid)
+            .bind(&login.openid)
+            .bind(&link.sub)
+            .bind(login.now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO sessions (sid, sub, appid, openid, unionid, code_hash, session_key, \
+         created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&login.sid)
+    .bind(&link.sub)
+    .bind(&login.appid)
+    .bind(&login.openid)
+    .bind(&login.unionid)
+    .bind(&login.code_hash)
+    .bind(&login.session_key_sealed)
+    .bind(login.now)
+    .bind(login.session_expires)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&login.refresh_hash)
+    .bind(&login.sid)
+    .bind(login.now)
+    .bind(login.refresh_expires)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(LoginResult::Created {
+        sub: link.sub,
+        new_user: link.create_user,
+    })
+}
+
+fn session_from(row: &MySqlRow) -> Result<SessionRecord> {
+    Ok(SessionRecord {
+        sid: text(row, 0)?,
+        sub: text(row, 1)?,
+        appid: text(row, 2)?,
+        openid: text(row, 3)?,
+        unionid: opt_text(row, 4)?,
+        created_at: row.try_get(5)?,
+        expires_at: row.try_get(6)?,
+        revoked_at: row.try_get(7)?,
+    })
+}
+
+const SESSION_COLUMNS: &str =
+    "SELECT sid, sub, appid, openid, unionid, created_at, expires_at, revoked_at FROM sessions";
+
+/// The seq of a new revocation: the `revocation_seq` row, incremented and so locked until
+/// this transaction ends (seqs become visible in order).
+async fn next_seq(tx: &mut Tx) -> Result<i64> {
+    sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'revocation_seq'")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query_scalar("SELECT value FROM counters WHERE name = 'revocation_seq'")
+        .fetch_one(&mut **tx)
+        .await
+}
+
+async fn insert_revocation(
+    tx: &mut Tx,
+    kind: EntryKind,
+    value: &str,
+    issued_before: Option<i64>,
+    until: i64,
+    now: i64,
+) -> Result<Entry> {
+    let seq = next_seq(tx).await?;
+    sqlx::query(
+        "INSERT INTO revocations (seq, kind, value, issued_before, until, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(seq)
+    .bind(kind.name())
+    .bind(value)
+    .bind(issued_before)
+    .bind(until)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Entry {
+        seq: to_u64(seq),
+        kind,
+        value: value.to_string(),
+        issued_before,
+        until,
+    })
+}
+
+async fn issue_successor(
+    mut tx: Tx,
+    rotate: &Rotate,
+    sid: &str,
+    new_expires: i64,
+    sibling: bool,
+) -> Result<RotateResult> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&rotate.new_hash)
+    .bind(sid)
+    .bind(rotate.now)
+    .bind(new_expires)
+    .execute(&mut *tx)
+    .await?;
+    let row = sqlx::query(&format!("{SESSION_COLUMNS} WHERE sid = ?"))
+        .bind(sid)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| decode("the rotated token's session is missing"))?;
+    let session = session_from(&row)?;
+    tx.commit().await?;
+    Ok(RotateResult::Rotated {
+        session,
+        refresh_expires: new_expires,
+        sibling,
+    })
+}
+
+pub(super) async fn rotate_refresh(pool: &MySqlPool, rotate: &Rotate) -> Result<RotateResult> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "SELECT r.sid, r.expires_at, r.used_at, s.expires_at, s.revoked_at \
+         FROM refresh_tokens r JOIN sessions s ON s.sid = r.sid WHERE r.hash = ? FOR UPDATE",
+    )
+    .bind(&rotate.presented_hash)
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|row| {
+        Ok::<_, sqlx::Error>(RefreshRow {
+            sid: text(&row, 0)?,
+            expires_at: row.try_get(1)?,
+            used_at: row.try_get(2)?,
+            session_expires_at: row.try_get(3)?,
+            session_revoked_at: row.try_get(4)?,
+        })
+    })
+    .transpose()?;
+    match rules::decide_refresh(
+        row.as_ref(),
+        rotate.now,
+        rotate.refresh_ttl,
+        rotate.reuse_grace,
+    ) {
+        RefreshDecision::Invalid(reason) => Ok(RotateResult::Invalid(reason)),
+        RefreshDecision::Reuse { sid } => {
+            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE sid = ? AND revoked_at IS NULL")
+                .bind(rotate.now)
+                .bind(&sid)
+                .execute(&mut *tx)
+                .await?;
+            let entry = insert_revocation(
+                &mut tx,
+                EntryKind::Sid,
+                &sid,
+                None,
+                rotate.revocation_until,
+                rotate.now,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(RotateResult::Reused { sid, entry })
+        }
+        RefreshDecision::Rotate { sid, new_expires } => {
+            // The row is locked: this cannot miss, but the single-use rule stays in the
+            // statement itself.
+            let consumed = sqlx::query(
+                "UPDATE refresh_tokens SET used_at = ? WHERE hash = ? AND used_at IS NULL",
+            )
+            .bind(rotate.now)
+            .bind(&rotate.presented_hash)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if consumed != 1 {
+                return Ok(RotateResult::Invalid("refresh token already used"));
+            }
+            issue_successor(tx, rotate, &sid, new_expires, false).await
+        }
+        // The presented token stays as used as it was: its grace never slides.
+        RefreshDecision::Sibling {
+            sid, new_expires, ..
+        } => issue_successor(tx, rotate, &sid, new_expires, true).await,
+    }
+}
+
+pub(super) async fn session(pool: &MySqlPool, sid: &str) -> Result<Option<SessionRecord>> {
+    sqlx::query(&format!("{SESSION_COLUMNS} WHERE sid = ?"))
+        .bind(sid)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(session_from)
+        .transpose()
+}
+
+pub(super) async fn session_key_sealed(pool: &MySqlPool, sid: &str) -> Result<Option<Vec<u8>>> {
+    let key: Option<Option<Vec<u8>>> =
+        sqlx::query_scalar("SELECT session_key FROM sessions WHERE sid = ?")
+            .bind(sid)
+            .fetch_optional(pool)
+            .await?;
+    Ok(key.flatten())
+}
+
+pub(super) async fn user(pool: &MySqlPool, sub: &str) -> Result<Option<UserRecord>> {
+    let Some(row) = sqlx::query(
+        "SELECT sub, unionid, phone, created_at, risk_appid, risk_rank, risk_at \
+         FROM users WHERE sub = ?",
+    )
+    .bind(sub)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let risk = match (
+        opt_text(&row, 4)?,
+        row.try_get::<Option<i32>, _>(5)?,
+        row.try_get::<Option<i64>, _>(6)?,
+    ) {
+        (Some(appid), Some(rank), Some(at)) => Some(RiskFact {
+            appid,
+            rank: u8::try_from(rank).map_err(decode)?,
+            at,
+        }),
+        _ => None,
+    };
+    Ok(Some(UserRecord {
+        sub: text(&row, 0)?,
+        unionid: opt_text(&row, 1)?,
+        phone: opt_text(&row, 2)?,
+        created_at: row.try_get(3)?,
+        risk,
+    }))
+}
+
+pub(super) async fn grants(pool: &MySqlPool, sub: &str) -> Result<Option<Grants>> {
+    let Some(row) = sqlx::query(
+        "SELECT g.scopes, g.ban_created_at, g.ban_until, g.ban_reason \
+         FROM users u LEFT JOIN user_grants g ON g.sub = u.sub WHERE u.sub = ?",
+    )
+    .bind(sub)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let scopes = opt_text(&row, 0)?;
+    let ban_created_at: Option<i64> = row.try_get(1)?;
+    Ok(Some(Grants {
+        scopes: scopes
+            .unwrap_or_default()
+            .split_ascii_whitespace()
+            .map(String::from)
+            .collect(),
+        ban: match ban_created_at {
+            Some(created_at) => Some(Ban {
+                created_at,
+                until: row.try_get(2)?,
+                reason: opt_text(&row, 3)?,
+            }),
+            None => None,
+        },
+    }))
+}
+
+/// Locks the user's row; false when there is none (the transaction is then dropped).
+async fn lock_user(tx: &mut Tx, sub: &str) -> Result<bool> {
+    Ok(sqlx::query("SELECT 1 FROM users WHERE sub = ? FOR UPDATE")
+        .bind(sub)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some())
+}
+
+pub(super) async fn set_scopes(
+    pool: &MySqlPool,
+    sub: &str,
+    scopes: &str,
+    now: i64,
+) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    if !lock_user(&mut tx, sub).await? {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO user_grants (sub, scopes, updated_at) VALUES (?, ?, ?) \
+         ON DUPLICATE KEY UPDATE scopes = ?, updated_at = ?",
+    )
+    .bind(sub)
+    .bind(scopes)
+    .bind(now)
+    .bind(scopes)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub(super) async fn set_ban(
+    pool: &MySqlPool,
+    sub: &str,
+    ban: Option<&Ban>,
+    now: i64,
+) -> Result<bool> {
+    let (created_at, until, reason) = match ban {
+        Some(ban) => (Some(ban.created_at), ban.until, ban.reason.clone()),
+        None => (None, None, None),
+    };
+    let mut tx = pool.begin().await?;
+    if !lock_user(&mut tx, sub).await? {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO user_grants (sub, scopes, ban_created_at, ban_until, ban_reason, updated_at) \
+         VALUES (?, '', ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE ban_created_at = ?, ban_until = ?, ban_reason = ?, updated_at = ?",
+    )
+    .bind(sub)
+    .bind(created_at)
+    .bind(until)
+    .bind(&reason)
+    .bind(now)
+    .bind(created_at)
+    .bind(until)
+    .bind(&reason)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub(super) async fn refresh_owner(pool: &MySqlPool, hash: &str) -> Result<Option<String>> {
+    sqlx::query_scalar::<_, Vec<u8>>(
+        "SELECT s.sub FROM refresh_tokens r JOIN sessions s ON s.sid = r.sid WHERE r.hash = ?",
+    )
+    .bind(hash)
+    .fetch_optional(pool)
+    .await?
+    .map(utf8)
+    .transpose()
+}
+
+// The driver asks for the rows *matched*, not changed (CLIENT_FOUND_ROWS), so an update that
+// writes the values already there still counts.
+
+pub(super) async fn set_phone(
+    pool: &MySqlPool,
+    sub: &str,
+    sealed_phone: Option<&str>,
+    now: i64,
+) -> Result<bool> {
+    let changed = sqlx::query("UPDATE users SET phone = ?, updated_at = ? WHERE sub = ?")
+        .bind(sealed_phone)
+        .bind(now)
+        .bind(sub)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(changed > 0)
+}
+
+pub(super) async fn set_risk(pool: &MySqlPool, sub: &str, fact: &RiskFact) -> Result<bool> {
+    let changed = sqlx::query(
+        "UPDATE users SET risk_appid = ?, risk_rank = ?, risk_at = ?, updated_at = ? \
+         WHERE sub = ?",
+    )
+    .bind(&fact.appid)
+    .bind(i32::from(fact.rank))
+    .bind(fact.at)
+    .bind(fact.at)
+    .bind(sub)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(changed > 0)
+}
+
+pub(super) async fn wechat_token(pool: &MySqlPool, appid: &str) -> Result<Option<CachedToken>> {
+    sqlx::query(
+        "SELECT sealed, hash, expires_at, refresh_at FROM wechat_tokens \
+         WHERE appid = ? AND sealed IS NOT NULL AND hash IS NOT NULL",
+    )
+    .bind(appid)
+    .fetch_optional(pool)
+    .await?
+    .map(|row| {
+        Ok(CachedToken {
+            sealed: row.try_get(0)?,
+            hash: text(&row, 1)?,
+            expires_at: row.try_get(2)?,
+            refresh_at: row.try_get(3)?,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn lease_wechat_token(
+    pool: &MySqlPool,
+    appid: &str,
+    holder: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO wechat_tokens (appid) VALUES (?) ON DUPLICATE KEY UPDATE appid = appid",
+    )
+    .bind(appid)
+    .execute(&mut *tx)
+    .await?;
+    let taken = sqlx::query(
+        "UPDATE wechat_tokens SET lease_holder = ?, lease_until = ? \
+         WHERE appid = ? AND (lease_holder IS NULL OR lease_holder = ? OR lease_until <= ?)",
+    )
+    .bind(holder)
+    .bind(lease_until)
+    .bind(appid)
+    .bind(holder)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(taken > 0)
+}
+
+pub(super) async fn put_wechat_token(
+    pool: &MySqlPool,
+    appid: &str,
+    token: &CachedToken,
+    holder: &str,
+) -> Result<()> {
+    // MySQL applies the assignments left to right, each seeing the ones before: the lease's
+    // end is reset before its holder is cleared.
+    sqlx::query(
+        "INSERT INTO wechat_tokens (appid, sealed, hash, expires_at, refresh_at) \
+         VALUES (?, ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE sealed = ?, hash = ?, expires_at = ?, refresh_at = ?, \
+         lease_until = IF(lease_holder <=> ?, 0, lease_until), \
+         lease_holder = IF(lease_holder <=> ?, NULL, lease_holder)",
+    )
+    .bind(appid)
+    .bind(&token.sealed)
+    .bind(&token.hash)
+    .bind(token.expires_at)
+    .bind(token.refresh_at)
+    .bind(&token.sealed)
+    .bind(&token.hash)
+    .bind(token.expires_at)
+    .bind(token.refresh_at)
+    .bind(holder)
+    .bind(holder)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn release_wechat_lease(
+    pool: &MySqlPool,
+    appid: &str,
+    holder: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE wechat_tokens SET lease_holder = NULL, lease_until = 0 \
+         WHERE appid = ? AND lease_holder = ?",
+    )
+    .bind(appid)
+    .bind(holder)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn invalidate_wechat_token(
+    pool: &MySqlPool,
+    appid: &str,
+    token_hash: &str,
+) -> Result<bool> {
+    let changed = sqlx::query(
+        "UPDATE wechat_tokens SET sealed = NULL, hash = NULL, expires_at = 0, refresh_at = 0 \
+         WHERE appid = ? AND hash = ?",
+    )
+    .bind(appid)
+    .bind(token_hash)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(changed > 0)
+}
+
+pub(super) async fn revoke(
+    pool: &MySqlPool,
+    revoke: &Revoke,
+    now: i64,
+    until: i64,
+) -> Result<Entry> {
+    let mut tx = pool.begin().await?;
+    let entry = match revoke {
+        Revoke::Jti(jti) => {
+            insert_revocation(&mut tx, EntryKind::Jti, jti, None, until, now).await?
+        }
+        Revoke::Sid(sid) => {
+            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE sid = ? AND revoked_at IS NULL")
+                .bind(now)
+                .bind(sid)
+                .execute(&mut *tx)
+                .await?;
+            insert_revocation(&mut tx, EntryKind::Sid, sid, None, until, now).await?
+        }
+        Revoke::Sub { sub, issued_before } => {
+            let live = sqlx::query(
+                "SELECT sid, created_at FROM sessions WHERE sub = ? AND revoked_at IS NULL \
+                 FOR UPDATE",
+            )
+            .bind(sub)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in live {
+                let sid = text(&row, 0)?;
+                let created_at: i64 = row.try_get(1)?;
+                if rules::sub_revocation_covers(*issued_before, created_at) {
+                    sqlx::query("UPDATE sessions SET revoked_at = ? WHERE sid = ?")
+                        .bind(now)
+                        .bind(&sid)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            insert_revocation(
+                &mut tx,
+                EntryKind::Sub,
+                sub,
+                Some(*issued_before),
+                until,
+                now,
+            )
+            .await?
+        }
+    };
+    tx.commit().await?;
+    Ok(entry)
+}
+
+pub(super) async fn revocation_facts(
+    pool: &MySqlPool,
+    jti: &str,
+    sid: &str,
+    sub: &str,
+) -> Result<RevocationFacts> {
+    let row = sqlx::query(
+        "SELECT \
+         CAST(EXISTS (SELECT 1 FROM revocations WHERE value = ? AND kind = 'jti') AS SIGNED), \
+         CAST(EXISTS (SELECT 1 FROM revocations WHERE value = ? AND kind = 'sid') AS SIGNED), \
+         (SELECT MAX(issued_before) FROM revocations WHERE value = ? AND kind = 'sub'), \
+         CAST(EXISTS (SELECT 1 FROM sessions WHERE sid = ? AND revoked_at IS NOT NULL) AS SIGNED)",
+    )
+    .bind(jti)
+    .bind(sid)
+    .bind(sub)
+    .bind(sid)
+    .fetch_one(pool)
+    .await?;
+    Ok(RevocationFacts {
+        jti: row.try_get::<i64, _>(0)? != 0,
+        sid: row.try_get::<i64, _>(1)? != 0,
+        sub_issued_before: row.try_get(2)?,
+        session_revoked: row.try_get::<i64, _>(3)? != 0,
+    })
+}
+
+async fn counter(executor: &mut sqlx::MySqlConnection, name: &str) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT value FROM counters WHERE name = ?")
+            .bind(name)
+            .fetch_optional(executor)
+            .await?
+            .unwrap_or(0),
+    )
+}
+
+pub(super) async fn feed_snapshot(
+    pool: &MySqlPool,
+    after: u64,
+    now: i64,
+    limit: usize,
+) -> Result<std::result::Result<FeedSnapshot, String>> {
+    // One REPEATABLE READ transaction (the session's level is READ COMMITTED; `SET
+    // TRANSACTION` changes the next transaction only): seq, watermark and rows from one
+    // snapshot, taken at the first read. A seq is visible only once its revocation committed.
+    let mut conn = pool.acquire().await?;
+    sqlx::Executor::execute(
+        &mut *conn,
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    )
+    .await?;
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let current = counter(&mut tx, "revocation_seq").await?;
+    let watermark = counter(&mut tx, "purged_through").await?;
+    let rows = sqlx::query(
+        "SELECT seq, kind, value, issued_before, until FROM revocations \
+         WHERE seq > ? AND until >= ? ORDER BY seq LIMIT ?",
+    )
+    .bind(to_i64(after))
+    .bind(now)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let kind = text(&row, 1)?;
+        let Some(kind) = EntryKind::from_name(&kind) else {
+            return Ok(Err(format!("revocation kind `{kind}`")));
+        };
+        entries.push(Entry {
+            seq: to_u64(row.try_get(0)?),
+            kind,
+            value: text(&row, 2)?,
+            issued_before: row.try_get(3)?,
+            until: row.try_get(4)?,
+        });
+    }
+    Ok(Ok(FeedSnapshot {
+        current: to_u64(current),
+        purged_through: to_u64(watermark),
+        entries,
+    }))
+}
+
+pub(super) async fn current_seq(pool: &MySqlPool) -> Result<u64> {
+    let mut conn = pool.acquire().await?;
+    Ok(to_u64(counter(&mut conn, "revocation_seq").await?))
+}
+
+pub(super) async fn put_ephemeral(
+    pool: &MySqlPool,
+    key: &str,
+    value: &[u8],
+    expires_at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO ephemeral (name, value, expires_at) VALUES (?, ?, ?) \
+         ON DUPLICATE KEY UPDATE value = ?, expires_at = ?",
+    )
+    .bind(key)
+    .bind(value)
+    .bind(expires_at)
+    .bind(value)
+    .bind(expires_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn take_ephemeral(
+    pool: &MySqlPool,
+    key: &str,
+    now: i64,
+) -> Result<Option<Vec<u8>>> {
+    // MySQL has no DELETE … RETURNING: the row is read locked, then deleted; a second taker
+    // waits on the lock and then finds nothing.
+    let mut tx = pool.begin().await?;
+    let Some(row) =
+        sqlx::query("SELECT value, expires_at FROM ephemeral WHERE name = ? FOR UPDATE")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let value: Vec<u8> = row.try_get(0)?;
+    let expires_at: i64 = row.try_get(1)?;
+    sqlx::query("DELETE FROM ephemeral WHERE name = ?")
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((expires_at > now).then_some(value))
+}
+
+pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
+    let mut tx = pool.begin().await?;
+    let highest: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(seq) FROM revocations WHERE until < ?")
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut purged = Purged::default();
+    if let Some(highest) = highest {
+        purged.revocations = usize::try_from(
+            sqlx::query("DELETE FROM revocations WHERE until < ?")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+        )
+        .unwrap_or(usize::MAX);
+        let current: i64 = sqlx::query_scalar(
+            "SELECT value FROM counters WHERE name = 'purged_through' FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let watermark = rules::next_watermark(to_u64(current), Some(to_u64(highest)));
+        sqlx::query("UPDATE counters SET value = ? WHERE name = 'purged_through'")
+            .bind(to_i64(watermark))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    purged.sessions = count(
+        sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+    );
+    purged.refresh_tokens = count(
+        sqlx::query(
+            "DELETE r FROM refresh_tokens r LEFT JOIN sessions s ON s.sid = r.sid \
+             WHERE r.expires_at < ? OR s.sid IS NULL",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected(),
+    );
+    sqlx::query("DELETE FROM ephemeral WHERE expires_at <= ?")
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(purged)
+}

@@ -1,0 +1,292 @@
+//! The MySQL store on a real MariaDB server (one per test binary, a fresh database per
+//! test): the contract suite, migrations, and the start-up refusals.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::store::contract::{contract_tests, Backend};
+use weauth_servers::mariadb;
+
+/// A fresh database on the shared server; every handle is its own pool, like a replica.
+struct TestDb {
+    url: String,
+}
+
+impl TestDb {
+    async fn new() -> TestDb {
+        let server = mariadb::shared().unwrap();
+        let db = server.create_database().unwrap();
+        TestDb {
+            url: server.url(&db),
+        }
+    }
+
+    fn options(&self) -> MysqlOptions {
+        MysqlOptions {
+            url: self.url.clone(),
+            display: self.url.replace(mariadb::PASSWORD, "***"),
+            pool_max: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for TestDb {
+    async fn handle(&self) -> Arc<dyn Store> {
+        Arc::new(MysqlStore::connect(&self.options()).await.unwrap())
+    }
+}
+
+contract_tests!(TestDb::new());
+
+fn open_error(result: Result<MysqlStore, StoreError>) -> String {
+    match result {
+        Ok(_) => panic!("the store must be refused"),
+        Err(err) => {
+            assert!(matches!(err, StoreError::Open { .. }), "{err}");
+            err.to_string()
+        }
+    }
+}
+
+#[test]
+fn mysql_migration_statements_split_at_line_ends_without_comments() {
+    let split = statements("-- a; comment\nCREATE TABLE a (x INT);\nINSERT INTO a VALUES (1);\n");
+    assert_eq!(
+        split,
+        ["CREATE TABLE a (x INT)", "INSERT INTO a VALUES (1)"]
+    );
+    for migration in MIGRATIONS {
+        assert!(statements(migration).iter().all(|s| !s.contains(';')));
+    }
+}
+
+#[test]
+fn mysql_durability_warns_on_lax_flush_and_unsynced_binlog_only() {
+    let safe = Durability {
+        flush_log_at_trx_commit: 1,
+        log_bin: false,
+        sync_binlog: 0,
+    };
+    assert!(safe.warnings().is_empty());
+    let lax = Durability {
+        flush_log_at_trx_commit: 2,
+        log_bin: true,
+        sync_binlog: 0,
+    };
+    let warnings = lax.warnings();
+    assert_eq!(warnings.len(), 2);
+    assert!(warnings[0].contains("innodb_flush_log_at_trx_commit is 2"));
+    assert!(warnings[1].contains("sync_binlog is 0"));
+}
+
+#[tokio::test]
+async fn mysql_second_start_finds_schema_and_seq_kept_after_purge() {
+    let db = TestDb::new().await;
+    let store = db.handle().await;
+    store
+        .revoke(&Revoke::Jti("j1".into()), 10, 20)
+        .await
+        .unwrap();
+    let b = store
+        .revoke(&Revoke::Jti("j2".into()), 10, 20)
+        .await
+        .unwrap();
+    store.purge(30).await.unwrap();
+    drop(store);
+    let store = db.handle().await;
+    assert_eq!(store.current_seq().await.unwrap(), b.seq);
+    let c = store
+        .revoke(&Revoke::Jti("j3".into()), 30, 50)
+        .await
+        .unwrap();
+    assert_eq!(c.seq, b.seq + 1);
+    let server = mariadb::shared().unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let version = server
+        .sql(&format!("SELECT version FROM {name}.weauth_schema"))
+        .unwrap();
+    assert_eq!(version.trim(), MIGRATIONS.len().to_string());
+}
+
+#[tokio::test]
+async fn mysql_replicas_starting_together_migrate_once() {
+    let db = TestDb::new().await;
+    let options = db.options();
+    let starts = (0..4).map(|_| MysqlStore::connect(&options));
+    for store in futures_util::future::join_all(starts).await {
+        store.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn mysql_database_from_newer_issuer_refused_naming_version() {
+    let db = TestDb::new().await;
+    drop(db.handle().await);
+    let server = mariadb::shared().unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    server
+        .sql(&format!("UPDATE {name}.weauth_schema SET version = 99"))
+        .unwrap();
+    let err = open_error(MysqlStore::connect(&db.options()).await);
+    assert!(err.contains("schema version 99"), "{err}");
+}
+
+#[tokio::test]
+async fn mysql_unreachable_at_start_names_weauth_store_without_password() {
+    let port = weauth_servers::free_port().unwrap();
+    let options = MysqlOptions {
+        url: format!("mysql://weauth:s3cret@127.0.0.1:{port}/weauth"),
+        display: format!("mysql://weauth:***@127.0.0.1:{port}/weauth"),
+        pool_max: 2,
+        acquire_timeout: Duration::from_secs(1),
+    };
+    let err = open_error(MysqlStore::connect(&options).await);
+    assert!(
+        err.contains("WEAUTH_STORE=mysql://weauth:***@127.0.0.1"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[tokio::test]
+async fn mysql_user_without_write_privileges_refused_with_the_reason() {
+    let db = TestDb::new().await;
+    drop(db.handle().await);
+    let server = mariadb::shared().unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let user = format!("ro_{name}");
+    server
+        .sql(&format!(
+            "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY 'ro'; \
+             GRANT SELECT ON {name}.* TO '{user}'@'127.0.0.1'"
+        ))
+        .unwrap();
+    let url = format!("mysql://{user}:ro@127.0.0.1:{}/{name}", server.port());
+    let options = MysqlOptions {
+        display: url.replace(":ro@", ":***@"),
+        url,
+        pool_max: 2,
+        acquire_timeout: Duration::from_secs(5),
+    };
+    let err = open_error(MysqlStore::connect(&options).await);
+    assert!(err.contains("lacks a privilege"), "{err}");
+    // A user who cannot create the tables is told the same at the migration.
+    let fresh = server.create_database().unwrap();
+    server
+        .sql(&format!(
+            "GRANT SELECT ON {fresh}.* TO '{user}'@'127.0.0.1'"
+        ))
+        .unwrap();
+    let url = format!("mysql://{user}:ro@127.0.0.1:{}/{fresh}", server.port());
+    let err = open_error(
+        MysqlStore::connect(&MysqlOptions {
+            display: url.replace(":ro@", ":***@"),
+            url,
+            ..options
+        })
+        .await,
+    );
+    assert!(err.contains("lacks a privilege"), "{err}");
+    assert!(err.contains("CREATE command denied"), "{err}");
+}
+
+#[tokio::test]
+async fn mysql_non_transactional_table_refused_naming_it() {
+    let db = TestDb::new().await;
+    let server = mariadb::shared().unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    server
+        .sql(&format!(
+            "CREATE TABLE {name}.sessions (sid VARCHAR(191) PRIMARY KEY) ENGINE=MyISAM"
+        ))
+        .unwrap();
+    let err = open_error(MysqlStore::connect(&db.options()).await);
+    assert!(
+        err.contains("table `sessions` uses the MyISAM engine"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mysql_errors_map_lost_server_to_unavailable() {
+    assert!(matches!(
+        db_err(sqlx::Error::PoolTimedOut),
+        StoreError::Unavailable(_)
+    ));
+    assert!(matches!(
+        db_err(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))),
+        StoreError::Unavailable(_)
+    ));
+}
+
+#[tokio::test]
+async fn mysql_durability_read_from_the_server() {
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&db.options()).await.unwrap();
+    let durability = store.durability().await.unwrap();
+    // The test server runs with MariaDB's defaults: flush at every commit, no binary log.
+    assert_eq!(durability.flush_log_at_trx_commit, 1, "{durability:?}");
+    assert!(!durability.log_bin, "{durability:?}");
+    assert!(durability.warnings().is_empty());
+}
+
+/// 64 first logins of distinct users at once on a fresh database (the worst case for gap
+/// locks: every new code, openid and refresh hash falls into the same few index gaps): all
+/// are created, none is refused as busy. Prints InnoDB's deadlock count over the run (the
+/// server's global counter: other tests running at the same time add to it).
+#[tokio::test]
+async fn mysql_concurrent_first_logins_all_created() {
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&MysqlOptions {
+        pool_max: 16,
+        ..db.options()
+    })
+    .await
+    .unwrap();
+    let server = mariadb::shared().unwrap();
+    let deadlocks = || {
+        server
+            .sql("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = deadlocks();
+    let logins = (0..64).map(|i| {
+        let store = store.clone();
+        async move {
+            let n = format!("{i:02}");
+            store
+                .login(&NewLogin {
+                    appid: "wx1".into(),
+                    openid: format!("o-{n}"),
+                    unionid: None,
+                    code_hash: format!("h-{n}"),
+                    new_sub: format!("u-{n}"),
+                    sid: format!("s-{n}"),
+                    session_key_sealed: None,
+                    now: 100,
+                    session_expires: 1000,
+                    refresh_hash: format!("r-{n}"),
+                    refresh_expires: 200,
+                })
+                .await
+        }
+    });
+    for result in futures_util::future::join_all(logins).await {
+        assert!(
+            matches!(result, Ok(LoginResult::Created { new_user: true, .. })),
+            "{result:?}"
+        );
+    }
+    println!(
+        "mysql: 64 concurrent first logins, {} InnoDB deadlocks",
+        deadlocks() - before
+    );
+}
