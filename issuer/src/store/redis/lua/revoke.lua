@@ -1,10 +1,19 @@
--- KEYS: seq, entries, by_seq, by_until, index
--- ARGV: prefix, kind, value, issued_before or '', until, now, guard, channel
+-- KEYS: seq, entries, by_seq, by_until, index, seq_epoch
+-- ARGV: prefix, kind, value, issued_before or '', until, now, guard, channel, gap
 local prefix, kind, value = ARGV[1], ARGV[2], ARGV[3]
 if ARGV[7] == '1' then
   -- A reuse verdict: only while the session is still live (else decide again).
   local s = prefix .. 'session:' .. value
   if redis.call('EXISTS', s) == 0 or redis.call('HEXISTS', s, 'revoked_at') == 1 then return false end
+end
+-- A primary that is not the one the last revocation was written on (a failover, or a restart)
+-- may have lost revocations whose seq a sidecar already holds as its cursor: jump the seq
+-- past them, so no new entry takes a seq that was served before (module docs, "The feed").
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+local epoch = redis.call('GET', KEYS[6])
+if epoch ~= replid then
+  if epoch then redis.call('INCRBY', KEYS[1], ARGV[9]) end
+  redis.call('SET', KEYS[6], replid)
 end
 local seq = redis.call('INCR', KEYS[1])
 if seq == 1 then seq = redis.call('INCR', KEYS[1]) end
