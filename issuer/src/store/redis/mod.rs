@@ -278,7 +278,9 @@ pub fn redis_err(err: RedisError) -> StoreError {
                     | ServerErrorKind::Ask
             ) | ErrorKind::ClusterConnectionNotFound
         );
-    if transient {
+    // A script reaching a key of a slot being migrated (resharding): retry shortly.
+    let migrating = err.to_string().contains("non local key");
+    if transient || migrating {
         StoreError::Unavailable(Box::new(err))
     } else {
         StoreError::Backend(Box::new(err))
@@ -1025,14 +1027,40 @@ impl RedisStore {
         }))
     }
 
+    /// The token and its session, read together: the token's sid first, then the script
+    /// with both keys declared (it answers `retry` if the sid changed in between).
     async fn read_refresh(&self, hash: &str) -> Result<Option<RefreshRow>, StoreError> {
         let key = self.key(&keys::refresh(hash));
-        let prefix = self.prefix().to_string();
-        let mut call = self.inner.scripts.read_refresh.prepare_invoke();
-        call.key(key).arg(prefix);
-        let row: Option<Vec<String>> = self.eval(&call).await?;
+        let mut row = None;
+        for _ in 0..CAS_ATTEMPTS {
+            let token = key.clone();
+            let sid: Option<String> = self
+                .op(|mut conn| async move { conn.hget(token, "sid").await })
+                .await?;
+            let Some(sid) = sid else {
+                return Ok(None);
+            };
+            let mut call = self.inner.scripts.read_refresh.prepare_invoke();
+            call.key(&key).key(self.key(&keys::session(&sid))).arg(&sid);
+            match self.eval::<redis::Value>(&call).await? {
+                redis::Value::Nil => return Ok(None),
+                redis::Value::Array(values) => {
+                    row = Some(
+                        values
+                            .into_iter()
+                            .map(|value| String::from_redis_value(value))
+                            .collect::<Result<Vec<String>, _>>()
+                            .map_err(|_| StoreError::Corrupt("refresh token read".into()))?,
+                    );
+                    break;
+                }
+                _ => continue,
+            }
+        }
         let Some(row) = row else {
-            return Ok(None);
+            return Err(StoreError::Busy(
+                "the refresh token changed under every read attempt".into(),
+            ));
         };
         let num = |text: &str| -> Result<i64, StoreError> {
             text.parse()
@@ -1068,37 +1096,55 @@ impl RedisStore {
         guard: bool,
     ) -> Result<Option<Entry>, StoreError> {
         let name = kind.name();
-        let keys = [
-            self.key(keys::SEQ),
-            self.key(keys::REV_ENTRIES),
-            self.key(keys::REV_BY_SEQ),
-            self.key(keys::REV_BY_UNTIL),
-            self.key(&keys::revoked(name, value)),
-            self.key(keys::SEQ_EPOCH),
-        ];
-        let (prefix, channel) = (self.prefix().to_string(), self.channel());
-        let value = value.to_string();
-        let mut call = self.inner.scripts.revoke.prepare_invoke();
-        for key in &keys {
-            call.key(key);
-        }
-        call.arg(prefix)
-            .arg(name)
-            .arg(value)
-            .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
-            .arg(until)
-            .arg(now)
-            .arg(if guard { "1" } else { "0" })
-            .arg(channel)
-            .arg(SEQ_GAP);
-        let json: Option<String> = self.eval(&call).await?;
-        match json {
-            Some(json) => {
-                self.replicate().await;
-                parse_entry(&json).map(Some)
+        for _ in 0..CAS_ATTEMPTS {
+            let mut keys = vec![
+                self.key(keys::SEQ),
+                self.key(keys::REV_ENTRIES),
+                self.key(keys::REV_BY_SEQ),
+                self.key(keys::REV_BY_UNTIL),
+                self.key(&keys::revoked(name, value)),
+                self.key(keys::SEQ_EPOCH),
+            ];
+            // Every key the script touches is declared (Redis Cluster: a key a script finds
+            // by itself may be half migrated): the session, or the user's sessions as read
+            // now (the script answers `retry` when they changed).
+            if guard || kind == EntryKind::Sid {
+                keys.push(self.key(&keys::session(value)));
+            } else if kind == EntryKind::Sub {
+                let set = self.key(&keys::sub_sessions(value));
+                let members = set.clone();
+                let sids: Vec<String> = self
+                    .op(|mut conn| async move { conn.smembers(members).await })
+                    .await?;
+                keys.push(set);
+                keys.extend(sids.iter().map(|sid| self.key(&keys::session(sid))));
             }
-            None => Ok(None),
+            let mut call = self.inner.scripts.revoke.prepare_invoke();
+            for key in &keys {
+                call.key(key);
+            }
+            call.arg(self.prefix())
+                .arg(name)
+                .arg(value)
+                .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
+                .arg(until)
+                .arg(now)
+                .arg(if guard { "1" } else { "0" })
+                .arg(self.channel())
+                .arg(SEQ_GAP);
+            let json: Option<String> = self.eval(&call).await?;
+            match json {
+                Some(json) if json == "retry" => continue,
+                Some(json) => {
+                    self.replicate().await;
+                    return parse_entry(&json).map(Some);
+                }
+                None => return Ok(None),
+            }
         }
+        Err(StoreError::Busy(
+            "the user's sessions changed under every revocation attempt".into(),
+        ))
     }
 }
 
