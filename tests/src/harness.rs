@@ -527,6 +527,7 @@ pub struct StackBuilder {
     binaries: Option<Binaries>,
     redis_replicas: usize,
     sentinel: bool,
+    cluster: bool,
     web_login: bool,
     envoy_feed_env: bool,
     path_normalization: bool,
@@ -560,6 +561,7 @@ impl Default for StackBuilder {
             binaries: None,
             redis_replicas: 0,
             sentinel: false,
+            cluster: false,
             web_login: false,
             envoy_feed_env: true,
             path_normalization: true,
@@ -581,6 +583,15 @@ impl StackBuilder {
     /// `redis-server`; the issuers use `redis+sentinel://` (and `WAIT` for the replica).
     pub fn redis_sentinel(mut self) -> Self {
         self.sentinel = true;
+        self.redis_replicas = self.redis_replicas.max(1);
+        self
+    }
+
+    /// With `redis_replicas`: a 6-node Redis Cluster (3 primaries, 3 replicas) instead of one
+    /// `redis-server`; the issuers use `redis+cluster://` (and `WAIT` for the slot primary's
+    /// replica).
+    pub fn redis_cluster(mut self) -> Self {
+        self.cluster = true;
         self.redis_replicas = self.redis_replicas.max(1);
         self
     }
@@ -762,6 +773,8 @@ pub struct Stack {
     redis: Option<crate::redis::RedisServer>,
     /// Or the Sentinel set-up they share (`redis_sentinel`).
     sentinel: Option<crate::redis::SentinelSetup>,
+    /// Or the Redis Cluster they share (`redis_cluster`).
+    cluster: Option<crate::redis::RedisCluster>,
     /// The mock WeChat (in-process): log users in, inject faults, count calls.
     pub mock: MockWechat,
     /// The demo upstream (in-process).
@@ -851,7 +864,20 @@ impl Stack {
         } else {
             None
         };
-        let redis = if b.redis_replicas > 0 && sentinel.is_none() {
+        let cluster = if b.cluster {
+            let root = dir.path().join("cluster");
+            Some(
+                tokio::task::spawn_blocking(move || crate::redis::RedisCluster::start_in(&root))
+                    .await
+                    .map_err(|e| HarnessError::Io {
+                        what: "starting the Redis Cluster".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??,
+            )
+        } else {
+            None
+        };
+        let redis = if b.redis_replicas > 0 && sentinel.is_none() && cluster.is_none() {
             Some(crate::redis::RedisServer::start_in(&dir.path().join("redis"), &[]).await?)
         } else {
             None
@@ -874,10 +900,11 @@ impl Stack {
             // client and not all in one bucket.
             ("WEAUTH_TRUSTED_PROXIES".into(), "127.0.0.1".into()),
         ];
-        let shared_store = match (&redis, &sentinel) {
-            (_, Some(sentinel)) => Some(sentinel.url()),
-            (Some(redis), None) => Some(redis.url(0)),
-            (None, None) => None,
+        let shared_store = match (&redis, &sentinel, &cluster) {
+            (_, _, Some(cluster)) => Some(cluster.url()),
+            (_, Some(sentinel), None) => Some(sentinel.url()),
+            (Some(redis), None, None) => Some(redis.url(0)),
+            (None, None, None) => None,
         };
         if let Some(url) = shared_store {
             env.retain(|(name, _)| name != "WEAUTH_STORE");
@@ -924,6 +951,7 @@ impl Stack {
             replicas,
             redis,
             sentinel,
+            cluster,
             mock,
             upstream,
             issuer_spec,
@@ -1502,6 +1530,11 @@ impl Stack {
         self.sentinel.as_mut()
     }
 
+    /// The Redis Cluster of a `redis_cluster` stack.
+    pub fn cluster(&mut self) -> Option<&mut crate::redis::RedisCluster> {
+        self.cluster.as_mut()
+    }
+
     /// The Redis server of a `redis_replicas` stack (to kill and restart it).
     pub fn redis(&mut self) -> Option<&mut crate::redis::RedisServer> {
         self.redis.as_mut()
@@ -1568,6 +1601,7 @@ impl Drop for Stack {
         self.replicas.clear();
         self.redis.take();
         self.sentinel.take();
+        self.cluster.take();
     }
 }
 

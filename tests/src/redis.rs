@@ -430,7 +430,7 @@ fn wait_port_blocking(port: u16, log: &Path) -> Result<(), HarnessError> {
 /// when it is dropped or the test process ends.
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
-    _temp: TempDir,
+    _temp: Option<TempDir>,
 }
 
 impl RedisCluster {
@@ -442,9 +442,19 @@ impl RedisCluster {
     /// within 30 s.
     pub fn start() -> Result<RedisCluster, HarnessError> {
         let temp = temp_dir("weauth-redis-cluster").map_err(|e| io_err("creating temp dir", e))?;
+        let mut cluster = RedisCluster::start_in(temp.path())?;
+        cluster._temp = Some(temp);
+        Ok(cluster)
+    }
+
+    /// As [`RedisCluster::start`], the nodes' directories under `root` (`node0` … `node5`).
+    ///
+    /// # Errors
+    /// As [`RedisCluster::start`].
+    pub fn start_in(root: &Path) -> Result<RedisCluster, HarnessError> {
         let mut nodes = Vec::new();
         for i in 0..6 {
-            let dir = temp.path().join(format!("node{i}"));
+            let dir = root.join(format!("node{i}"));
             std::fs::create_dir_all(&dir).map_err(|e| io_err("creating redis dir", e))?;
             // The cluster bus listens on port + 10000: take ports whose bus port is free too.
             let port = loop {
@@ -495,7 +505,7 @@ impl RedisCluster {
             node.spawn()?;
             nodes.push(node);
         }
-        let cluster = RedisCluster { nodes, _temp: temp };
+        let cluster = RedisCluster { nodes, _temp: None };
         let mut create = std::process::Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         for node in &cluster.nodes {
@@ -637,5 +647,59 @@ impl RedisCluster {
     /// Runs `redis-cli ARGS…` against the node on `port` and returns its output.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         cli(port, args)
+    }
+
+    /// The ports of the running primaries.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.guard.is_some())
+            .filter(|n| cli(n.port, &["info", "replication"]).contains("role:master"))
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// Moves the `count` lowest slots of the primary on `from` to the primary on `to` with
+    /// `redis-cli --cluster reshard` (keys move by `MIGRATE`, 10 a step, while clients keep
+    /// writing). Retried while `redis-cli` finds the nodes not yet agreeing (after a failover)
+    /// until `within` is over.
+    ///
+    /// # Errors
+    /// `redis-cli` failed (its output is in the message).
+    pub fn reshard(
+        &self,
+        from: u16,
+        to: u16,
+        count: usize,
+        within: Duration,
+    ) -> Result<String, HarnessError> {
+        let id = |port: u16| cli(port, &["cluster", "myid"]).trim().to_string();
+        let started = Instant::now();
+        loop {
+            let out = std::process::Command::new("redis-cli")
+                .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+                .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+                .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| io_err("running redis-cli --cluster reshard", e))?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // redis-cli checks the cluster first and moves nothing while it finds a problem.
+            let refused = text.contains("fix your cluster problems");
+            if out.status.success() && !refused && !text.contains("[ERR]") {
+                return Ok(text);
+            }
+            if !refused || started.elapsed() > within {
+                return Err(HarnessError::Io {
+                    what: format!("redis-cli --cluster reshard failed:\n{text}"),
+                    source: std::io::Error::other("cluster reshard"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
