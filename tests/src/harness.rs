@@ -865,7 +865,18 @@ impl Stack {
             None
         };
         let cluster = if b.cluster {
+            // Formed afresh each time (a `make up` run directory outlives the stack, and
+            // the nodes' ports change).
             let root = dir.path().join("cluster");
+            match std::fs::remove_dir_all(&root) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(HarnessError::Io {
+                        what: format!("removing {}", root.display()),
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
             Some(
                 tokio::task::spawn_blocking(move || crate::redis::RedisCluster::start_in(&root))
                     .await

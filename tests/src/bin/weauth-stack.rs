@@ -274,15 +274,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // `make up STORE=redis`: a redis-server and two issuer replicas (8080 and 8082) behind
-    // Envoy's issuer cluster.
+    // Envoy's issuer cluster; `STORE=redis-cluster`: the same on a Redis Cluster.
     match std::env::var("WEAUTH_STACK_STORE")
         .unwrap_or_default()
         .as_str()
     {
         "" | "sqlite" => {}
         "redis" => builder = builder.redis_replicas(2),
+        // A 6-node Redis Cluster (3 primaries, 3 replicas, in .run/cluster/, formed afresh
+        // at every start) and the same two replicas on `redis+cluster://`.
+        "redis-cluster" => builder = builder.redis_replicas(2).redis_cluster(),
         other => {
-            eprintln!("weauth-stack: STORE={other}: expected sqlite or redis");
+            eprintln!("weauth-stack: STORE={other}: expected sqlite, redis or redis-cluster");
             std::process::exit(2);
         }
     }
