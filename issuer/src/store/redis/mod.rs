@@ -66,21 +66,44 @@
 //!
 //! The feed. `since` is a cursor into one sequence, `P seq`, written in the same script and
 //! slot as the entry it numbers, so an entry and its seq move, fail over and persist
-//! together; a sidecar reads entries with `seq > since` in seq order. An acknowledged
-//! revocation has reached a replica (`WAIT`, below), so the replica a failover promotes has
-//! it and every seq before it: nothing acknowledged is skipped. What a failover can lose is
-//! a revocation the old primary executed but had not replicated (its `WAIT` fell short or had
-//! not ended): its client got no success, or a counted unreplicated one, but a sidecar may
-//! have read it and now holds its seq as `since`. The new primary would hand that same seq to
-//! the next revocation, which the sidecar would never ask for. So the REVOKE script reads the
-//! primary's `master_replid` and, when it differs from `P seq_epoch` (the primary changed:
-//! a failover, a restart, or the slot moved to another shard), first jumps the seq by
-//! [`SEQ_GAP`] (a million; far more than the revocations a primary holds unreplicated when
-//! it dies); a sidecar's cursor past the new seq meanwhile gets the full list (the feed's
-//! "future `since`" rule). Seqs only grow, with gaps, and are never reused. Nothing is applied
-//! twice: an entry is written once under its seq, and the session change it carries is
-//! idempotent (`HSETNX revoked_at`), so a sidecar that re-reads after a full list sets the
-//! same facts again.
+//! together; a sidecar reads entries with `seq > since` in seq order. (One feed slot rather
+//! than per-shard feeds with a composite cursor: the cursor stays one number, which every
+//! deployed sidecar already keeps.) The cursor holds after any failover or resharding when
+//! two things hold: no acknowledged entry is lost (nothing skipped), and no seq a reader was
+//! ever given is handed to another entry (a reader past it would never ask for that one).
+//!
+//! - *Acknowledged means replicated.* A revocation is acknowledged after `WAIT` (below), so
+//!   the replica a failover promotes has it and every seq before it, at the same seqs: the
+//!   replica applies the script's effects in order (`tests/tests/e2e_cluster.rs` checks each
+//!   acknowledged logout's seq in the store after a SIGKILL of the slot's primary).
+//! - *What a failover can lose* is an entry the old primary executed but had not replicated
+//!   (its `WAIT` fell short or had not ended: its client got no success, or a success counted
+//!   in `weauth_store_unreplicated_writes_total`). A sidecar may have read it and holds its
+//!   seq as `since`; the new primary's `P seq` is below it and would hand that seq to the
+//!   next revocation. So the REVOKE script reads the primary's `master_replid` and, when it
+//!   differs from `P seq_epoch`, first jumps the seq by [`SEQ_GAP`] (a million; far more than
+//!   a dying primary can hold unreplicated, as every write waits for its replica). Redis gives
+//!   a promoted replica a new replication id (the old one becomes its `master_replid2`), and
+//!   a primary gets a fresh one at every start (only a replica restores its id from disk), so
+//!   every way the serving copy can have lost a suffix of the sequence changes the id. A
+//!   resharding moves the slot to a primary with another id: one harmless jump.
+//!   Meanwhile a cursor past the new seq gets the full list (the feed's "future `since`" rule)
+//!   and applies it again. Seqs only grow, with gaps, and are never reused.
+//! - *A resharding* moves the slot key by key (`MIGRATE`). Every key a script touches is
+//!   declared, so a script meeting the slot half moved gets `TRYAGAIN` or `ASK` before it runs
+//!   (never half-applied), the client retries, and what still fails is a 503 to retry. The
+//!   seq, the entries and `P seq_epoch` move together with the slot; nothing is renumbered.
+//! - *Nothing is applied twice.* An entry is written once under its seq; a reader only gets
+//!   entries above its cursor, or a full list to apply from scratch; the session change an
+//!   entry carries is idempotent (`HSETNX revoked_at`).
+//!
+//! What this does not cover: losing the slot's primary and its replica's copy at once (a
+//! primary without persistence restarting empty brings `P seq` back to 0; the AOF check at
+//! start warns of that configuration), a failover of the *target* primary in the moment
+//! after a resharding moved the slot to it (`MIGRATE` does not wait for the target's
+//! replica), and the purge, whose script still finds the index keys of what it removes by
+//! name: during a resharding it can fail half way with a 503, leaving an expired entry's
+//! index behind until its TTL (harmless: it names an entry already past its `until`).
 //!
 //! Durability: with `WAIT` configured (`WEAUTH_REDIS_WAIT_REPLICAS`, default 1 on Sentinel
 //! and on a cluster, where it goes to the primary of the store's slot),
