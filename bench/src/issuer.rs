@@ -183,6 +183,24 @@ pub async fn throughput(
     if redis {
         builder = builder.redis_replicas(1);
     }
+    throughput_on(concurrency, duration, builder).await
+}
+
+/// As [`throughput`], with one replica on a 6-node Redis Cluster (3 primaries, 3 replicas,
+/// AOF `appendfsync always`, every write `WAIT`ing for the slot primary's replica).
+pub async fn throughput_cluster(
+    concurrency: usize,
+    duration: Duration,
+) -> Result<IssuerResult, String> {
+    let builder = builder().without_envoy().redis_replicas(1).redis_cluster();
+    throughput_on(concurrency, duration, builder).await
+}
+
+async fn throughput_on(
+    concurrency: usize,
+    duration: Duration,
+    builder: weauth_tests::harness::StackBuilder,
+) -> Result<IssuerResult, String> {
     let stack = Arc::new(builder.start().await.map_err(|e| e.to_string())?);
     let pid = stack.child_pids().first().copied();
     let rss_before_kib = pid.and_then(|p| rss_kib(p).ok());
