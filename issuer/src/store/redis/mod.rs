@@ -101,9 +101,12 @@
 //! primary without persistence restarting empty brings `P seq` back to 0; the AOF check at
 //! start warns of that configuration), a failover of the *target* primary in the moment
 //! after a resharding moved the slot to it (`MIGRATE` does not wait for the target's
-//! replica), and the purge, whose script still finds the index keys of what it removes by
-//! name: during a resharding it can fail half way with a 503, leaving an expired entry's
-//! index behind until its TTL (harmless: it names an entry already past its `until`).
+//! replica). The purge's script still finds by name the keys of what it removes (an entry's
+//! claim index, a session's code and user set), so during a resharding it can stop half way
+//! ("non local key", a 503 in the log): every item leaves its expiry index last, so the next
+//! purge finishes what this one began, and only the purge watermark can lag behind expired
+//! entries already removed (a lagging sidecar then gets a delta without them rather than the
+//! full set: they were past their `until`, nothing it needs).
 //!
 //! Durability: with `WAIT` configured (`WEAUTH_REDIS_WAIT_REPLICAS`, default 1 on Sentinel
 //! and on a cluster, where it goes to the primary of the store's slot),
