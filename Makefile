@@ -11,6 +11,8 @@ TOOLS         := $(CURDIR)/.tools
 ENVOY         := $(TOOLS)/bin/envoy
 WASM_TARGET   := wasm32-wasip1
 WASM          := target/$(WASM_TARGET)/wasm-release/weauth_filter.wasm
+NATIVE        := target/native/libweauth_filter.so
+NATIVE_DEBUG  := target/native-debug/libweauth_filter.so
 CARGO         ?= cargo
 SCHEMATHESIS_VERSION        := 4.32.5
 KUBERNETES_VALIDATE_VERSION := 1.37.0
@@ -19,6 +21,8 @@ CARGO_LOCKED  := $(if $(CI),--locked,)
 # `make up STORE=redis`: Redis and two issuer replicas instead of one issuer on SQLite;
 # `STORE=redis-cluster`: the same on a 6-node Redis Cluster.
 STORE         ?= sqlite
+# `make up EDGE=native`: the filter's native build (an Envoy dynamic module) instead of wasm.
+EDGE          ?= wasm
 # `make up MONITOR=1`: also Prometheus on 127.0.0.1:9090 (deploy/monitoring/prometheus.yml).
 MONITOR       ?=
 CLIENT        := client/miniprogram
@@ -27,7 +31,7 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup browser-setup build wasm up down test check lint fmt-check clippy fuzz-lock docs unit \
+.PHONY: help setup browser-setup build wasm native native-debug up down test check lint fmt-check clippy fuzz-lock docs unit \
         client client-test bench fuzz soak api-tools manifests image image-check monitoring-tools \
         monitoring-rules monitoring-check
 
@@ -97,12 +101,24 @@ wasm: ## build the filter as a release wasm module
 	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --target $(WASM_TARGET) --profile wasm-release
 	@ls -l $(WASM) | awk '{print "wasm: " $$NF " (" $$5 " bytes)"}'
 
+native: ## build the filter as an Envoy dynamic module: target/native/libweauth_filter.so
+	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --features envoy-native --profile native
+	@ls -l $(NATIVE) | awk '{print "native: " $$NF " (" $$5 " bytes)"}'
+
+# The native module in the dev profile, for the end-to-end suites of `make test`: it reuses the
+# dependencies the workspace's debug build compiled (seconds, where `make native`'s release
+# profile compiles them all again, about 70 s cold). Copied out of target/debug/, where the
+# workspace's own build of the filter (without the feature) writes the same file name.
+native-debug:
+	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --features envoy-native
+	@mkdir -p $(dir $(NATIVE_DEBUG)) && cp target/debug/libweauth_filter.so $(NATIVE_DEBUG)
+
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
 
-up: build $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas (redis-cluster: on a 6-node Redis Cluster); MONITOR=1: + Prometheus on :9090
+up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis: Redis + 2 issuer replicas (redis-cluster: on a 6-node Redis Cluster); MONITOR=1: + Prometheus on :9090; EDGE=native: the native filter
 	@mkdir -p .run
-	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) ./target/debug/weauth-stack
+	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) WEAUTH_FILTER_BUILD=$(EDGE) ./target/debug/weauth-stack
 
 down: ## stop a stack started by `make up` (only the processes it started)
 	@pid=$$(cat .run/stack.pid 2>/dev/null || true); \
@@ -153,10 +169,10 @@ monitoring-check: monitoring-tools ## promtool check + test the alert rules; the
 	promtool check config deploy/monitoring/prometheus.yml
 	promtool test rules deploy/monitoring/alerts_test.yaml
 
-image: wasm ## OCI images target/oci/weauth-issuer and target/oci/weauth-filter (buildah, FROM scratch)
+image: wasm native ## OCI images target/oci/weauth-issuer, weauth-filter (wasm) and weauth-filter-native (the .so) (buildah, FROM scratch)
 	scripts/image.sh
 
-image-check: wasm ## make image, then check both images (skipped, saying why, where buildah cannot run)
+image-check: wasm native ## make image, then check both images (skipped, saying why, where buildah cannot run)
 	scripts/image.sh --check
 
 fmt-check: ## cargo fmt --check
@@ -165,6 +181,7 @@ fmt-check: ## cargo fmt --check
 clippy: setup ## clippy with -D warnings, for the host and for the wasm target
 	$(CARGO) clippy $(CARGO_LOCKED) --workspace --all-targets -- -D warnings
 	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-token -p weauth-filter --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-filter --features envoy-native --all-targets -- -D warnings
 
 # fuzz/ is its own workspace (`cargo test --workspace` does not build it), so nothing else
 # notices when its lock file falls behind a dependency change; `make fuzz` would rewrite it.
@@ -202,6 +219,10 @@ test: lint wasm ## every check and test: fmt, clippy (host+wasm), manifests, ima
 	$(MAKE) --no-print-directory build browser-setup api-tools manifests monitoring-check; \
 	status=0; \
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast || status=1; \
+	echo "test: the filter suites again, against the native build (an Envoy dynamic module)"; \
+	$(MAKE) --no-print-directory native-debug || status=1; \
+	WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO) test $(CARGO_LOCKED) -p weauth-tests --no-fail-fast \
+	  --test e2e_filter --test e2e_attacks --test e2e_paths || status=1; \
 	echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"; \
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored || status=1; \
 	$(MAKE) --no-print-directory client-test || status=1; \

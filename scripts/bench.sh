@@ -29,11 +29,15 @@ cargo build --release -p weauth-bench --bins
 cargo build --release -p weauth-issuer --bins || echo "bench: the issuer did not build: its sections will say so"
 cargo build -p weauth-filter --target wasm32-wasip1 --profile wasm-release \
   || echo "bench: the filter did not build: its rows will say so"
+# The native build (an Envoy dynamic module): the "weauth native" rows.
+cargo build -p weauth-filter --features envoy-native --profile native \
+  || echo "bench: the native filter did not build: its rows will say so"
 # The empty proxy-wasm filter (bench/empty-filter): the price of being a wasm filter at all.
 cargo build -p weauth-empty-filter --target wasm32-wasip1 --profile wasm-release \
   || echo "bench: the empty filter did not build: its row will say so"
 # What was just built, whatever `make` exported for the debug stack (override with WEAUTH_BENCH_*).
 export WEAUTH_FILTER_WASM="${WEAUTH_BENCH_FILTER_WASM:-$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_filter.wasm}"
+export WEAUTH_FILTER_NATIVE="${WEAUTH_BENCH_FILTER_NATIVE:-$TARGET_DIR/native/libweauth_filter.so}"
 export WEAUTH_ISSUER_BIN="${WEAUTH_BENCH_ISSUER_BIN:-$TARGET_DIR/release/weauth-issuer}"
 export WEAUTH_BENCH_EMPTY_WASM="${WEAUTH_BENCH_EMPTY_WASM:-$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm}"
 

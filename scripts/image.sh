@@ -2,6 +2,7 @@
 # `make image`: the two OCI image layouts, built with buildah FROM scratch.
 #   target/oci/weauth-issuer   the issuer (static musl build, CA certificates, user 65532)
 #   target/oci/weauth-filter   the filter's plugin.wasm in Istio's compat Wasm image form
+#   target/oci/weauth-filter-native   the native build, /lib/libweauth_filter.so, for a volume
 # Both are tagged with the workspace version and built with `--timestamp 0`, so the same inputs
 # give the same digests (the filter's digest is what a WasmPlugin's `sha256` pins).
 #
@@ -33,6 +34,7 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' issuer/Cargo.toml | head -1)
 musl_target=x86_64-unknown-linux-musl
 issuer_bin=target/$musl_target/release/weauth-issuer
 wasm=target/wasm32-wasip1/wasm-release/weauth_filter.wasm
+native=target/native/libweauth_filter.so
 out=target/oci
 store=(--root "$root/target/buildah/root" --runroot "$root/target/buildah/run" --storage-driver vfs)
 
@@ -56,6 +58,7 @@ if ! rustup target list --installed | grep -qx "$musl_target"; then
 fi
 cargo build ${CI:+--locked} --release --target "$musl_target" -p weauth-issuer
 [ -f "$wasm" ] || { echo "image: $wasm missing: run make wasm" >&2; exit 1; }
+[ -f "$native" ] || { echo "image: $native missing: run make native" >&2; exit 1; }
 if ! ldd "$issuer_bin" 2>&1 | grep -q -E 'statically linked|not a dynamic executable'; then
   echo "image: $issuer_bin is dynamically linked; the image has no libc" >&2
   exit 1
@@ -64,10 +67,11 @@ fi
 
 ctx=target/image-context
 rm -rf "$ctx"
-mkdir -p "$ctx/issuer/var-lib-weauth" "$ctx/filter" "$out"
+mkdir -p "$ctx/issuer/var-lib-weauth" "$ctx/filter" "$ctx/filter-native" "$out"
 cp "$issuer_bin" "$ctx/issuer/weauth-issuer"
 cp /etc/ssl/certs/ca-certificates.crt "$ctx/issuer/ca-certificates.crt"
 cp "$wasm" "$ctx/filter/plugin.wasm"
+cp "$native" "$ctx/filter-native/libweauth_filter.so"
 
 build() { # name containerfile context [bud options]
   local name=$1 file=$2 context=$3
@@ -84,6 +88,8 @@ build() { # name containerfile context [bud options]
 build weauth-issuer deploy/images/issuer.Containerfile "$ctx/issuer"
 build weauth-filter deploy/images/filter.Containerfile "$ctx/filter" \
   --annotation module.wasm.image/variant=compat
+# The native build (an Envoy 1.40 dynamic module) for a volume mount (docs/DEPLOY.md).
+build weauth-filter-native deploy/images/filter-native.Containerfile "$ctx/filter-native"
 echo "image: push with e.g. skopeo copy oci:$out/weauth-filter:$version docker://REGISTRY/weauth/filter:$version"
 echo "image: WasmPlugin sha256 (the filter's digest): $(sed 's/^sha256://' "$out/weauth-filter.digest")"
 if $check; then

@@ -60,6 +60,11 @@ pub enum Auth {
     WeauthCompare {
         revoked: usize,
     },
+    /// The weauth filter's native build (an Envoy dynamic module, `make native`), same
+    /// configuration, with a feed of `revoked` entries.
+    Native {
+        revoked: usize,
+    },
 }
 
 impl Auth {
@@ -76,7 +81,8 @@ impl Auth {
         match self {
             Auth::JwtAuthnExtAuthz { revoked }
             | Auth::Weauth { revoked }
-            | Auth::WeauthCompare { revoked } => Some(*revoked),
+            | Auth::WeauthCompare { revoked }
+            | Auth::Native { revoked } => Some(*revoked),
             _ => None,
         }
     }
@@ -143,6 +149,14 @@ pub fn scenarios() -> Vec<Scenario> {
             "weauth EdDSA (cache), 1M revoked",
             Auth::Weauth { revoked: 1_000_000 },
         ),
+        row(
+            "weauth native EdDSA (cache), 0 revoked",
+            Auth::Native { revoked: 0 },
+        ),
+        row(
+            "weauth native EdDSA (cache), 1M revoked",
+            Auth::Native { revoked: 1_000_000 },
+        ),
     ]
 }
 
@@ -174,6 +188,8 @@ pub struct Wiring<'a> {
     /// The revocation check's port (ext_authz row).
     pub check_port: u16,
     pub wasm: &'a Path,
+    /// The native build (native rows).
+    pub native: &'a Path,
     /// The empty filter module (empty-filter row).
     pub empty_wasm: &'a Path,
 }
@@ -238,6 +254,14 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
                 + &render(template::EXT_AUTHZ, &[])?,
             cluster("revocation_check", w.check_port)?,
         ),
+        Auth::Native { .. } => {
+            let plugin = plugin_config(&tokens.jwks_json)
+                .map_err(|e| TemplateError::Leftover(e.to_string()))?;
+            (
+                render(template::WEAUTH_NATIVE, &[("PLUGIN_CONFIG", &plugin)])?,
+                cluster("weauth_feed", w.feed_port)?,
+            )
+        }
         Auth::Weauth { .. } | Auth::WeauthCompare { .. } => {
             let plugin = plugin_config(&tokens.jwks_json)
                 .map_err(|e| TemplateError::Leftover(e.to_string()))?;
@@ -268,6 +292,8 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
 pub struct EdgeSettings {
     pub envoy: PathBuf,
     pub wasm: PathBuf,
+    /// The native build (`make native`), the native rows.
+    pub native: PathBuf,
     /// The empty proxy-wasm filter (`bench/empty-filter`), the empty-filter row.
     pub empty_wasm: PathBuf,
     /// Another build of the filter to measure alongside (`WEAUTH_BENCH_COMPARE_WASM`), if any.
@@ -327,7 +353,7 @@ async fn admin_get(client: &reqwest::Client, port: u16, path: &str) -> Option<St
 }
 
 /// Boots, verifies and measures every scenario; returns one row each.
-pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>) {
+pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
     let client = reqwest::Client::new();
     let now = now_unix();
     let (es256, eddsa) = match (
@@ -340,7 +366,7 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
                 .into_iter()
                 .map(|s| EdgeRow::failed(&s.name, &e.to_string()))
                 .collect();
-            return (rows, None);
+            return (rows, Memory::default());
         }
     };
     let until = now + 4 * 3600;
@@ -360,6 +386,9 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
             Auth::Weauth { .. } | Auth::WeauthCompare { .. }
         ) && !wasm_present
         {
+            continue;
+        }
+        if matches!(scenario.auth, Auth::Native { .. }) && !settings.native.is_file() {
             continue;
         }
         let started = Instant::now();
@@ -538,7 +567,10 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
         }
     }
     drop(check);
-    let memory = memory(settings, &client, &booted, &eddsa, &feed_port).await;
+    let memory = Memory {
+        wasm: memory(settings, &client, &booted, &eddsa, &feed_port, false).await,
+        native: memory(settings, &client, &booted, &eddsa, &feed_port, true).await,
+    };
     let rows = booted
         .into_iter()
         .map(|b| match b.error {
@@ -549,19 +581,35 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Option<MemoryResult>
     (rows, memory)
 }
 
-/// Envoy's resident memory with the weauth filter and 0 or 1 000 000 revocations, at one and
-/// at two workers (the two-worker Envoys are booted here, after the measurements).
+/// The filter-memory results of a run, per build.
+#[derive(Debug, Default)]
+pub struct Memory {
+    pub wasm: Option<MemoryResult>,
+    pub native: Option<MemoryResult>,
+}
+
+/// Envoy's resident memory with the weauth filter (the wasm build, or the native one) and 0 or
+/// 1 000 000 revocations, at one and at two workers (the two-worker Envoys are booted here,
+/// after the measurements).
 async fn memory(
     settings: &EdgeSettings,
     client: &reqwest::Client,
     booted: &[Booted],
     tokens: &TokenSet,
     feed_port: &dyn Fn(usize) -> Option<u16>,
+    native: bool,
 ) -> Option<MemoryResult> {
+    let auth_of = |revoked: usize| {
+        if native {
+            Auth::Native { revoked }
+        } else {
+            Auth::Weauth { revoked }
+        }
+    };
     let find = |revoked: usize| {
         booted
             .iter()
-            .find(|b| b.scenario.auth == Auth::Weauth { revoked } && b.error.is_none())
+            .find(|b| b.scenario.auth == auth_of(revoked) && b.error.is_none())
     };
     // The largest set that loaded (1M, unless the filter could not take it).
     let zero = find(0)?;
@@ -569,7 +617,8 @@ async fn memory(
         .iter()
         .filter(|b| b.error.is_none())
         .filter_map(|b| match b.scenario.auth {
-            Auth::Weauth { revoked } if revoked > 0 => Some((revoked, b)),
+            Auth::Weauth { revoked } if revoked > 0 && !native => Some((revoked, b)),
+            Auth::Native { revoked } if revoked > 0 && native => Some((revoked, b)),
             _ => None,
         })
         .max_by_key(|(n, _)| *n)
@@ -593,7 +642,7 @@ async fn memory(
         entries_gauge: entries,
         rss_kib: [[rss(zero), rss(million)], [None, None]],
     };
-    let base = scenarios_for(settings).len();
+    let base = scenarios_for(settings).len() + if native { 2 } else { 0 };
     for (k, b) in [zero, million].into_iter().enumerate() {
         let booted2 = boot(settings, base + k, 2, &b.scenario, tokens, feed_port, None);
         let Ok((envoy, listen_port, _admin_port)) = booted2 else {
@@ -643,6 +692,15 @@ fn boot(
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
         }
+        Auth::Native { revoked } => {
+            if !settings.native.is_file() {
+                return Err(format!(
+                    "not run: no native module at {} (make native)",
+                    settings.native.display()
+                ));
+            }
+            feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
+        }
         Auth::EmptyWasm | Auth::EmptyWasmHostCalls if !settings.empty_wasm.is_file() => {
             return Err(format!(
                 "not run: no empty filter module at {}",
@@ -662,6 +720,7 @@ fn boot(
         feed_port: feed,
         check_port: check_port.unwrap_or(0),
         wasm,
+        native: &settings.native,
         empty_wasm: &settings.empty_wasm,
     };
     let config = envoy_config(&scenario.auth, tokens, &wiring).map_err(|e| e.to_string())?;
@@ -679,7 +738,16 @@ fn boot(
         "warning".into(),
     ];
     let log = settings.work_dir.join(format!("envoy-{index}.log"));
-    let envoy = spawn_pinned("0", &settings.envoy, &args, &log, &[])
+    let module_dir = settings
+        .native
+        .parent()
+        .map(|dir| dir.display().to_string())
+        .unwrap_or_default();
+    let envs: Vec<(&str, &str)> = match scenario.auth {
+        Auth::Native { .. } => vec![("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir.as_str())],
+        _ => Vec::new(),
+    };
+    let envoy = spawn_pinned("0", &settings.envoy, &args, &log, &envs)
         .map_err(|e| format!("cannot start {}: {e}", settings.envoy.display()))?;
     Ok((envoy, listen_port, admin_port))
 }
@@ -883,6 +951,7 @@ mod tests {
             feed_port: 20003,
             check_port: 20004,
             wasm,
+            native: Path::new("/x/native/libweauth_filter.so"),
             empty_wasm: Path::new("/x/empty.wasm"),
         }
     }
@@ -913,6 +982,11 @@ mod tests {
                 Auth::Weauth { .. } | Auth::WeauthCompare { .. } => {
                     assert!(has("/x/weauth_filter.wasm") && has("port_value: 20003"));
                     assert!(has(FEED_CREDENTIAL));
+                }
+                Auth::Native { .. } => {
+                    assert!(has("dynamic_modules.v3.DynamicModuleFilter"));
+                    assert!(has("name: weauth_filter") && !has("weauth_filter.wasm"));
+                    assert!(has(FEED_CREDENTIAL) && has("port_value: 20003"));
                 }
             }
         }

@@ -35,9 +35,18 @@ async fn status_through_envoy(stack: &Stack, token: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Measures `count` revocations, giving each up to `give_up` to reach Envoy.
-pub async fn revocation_delay(count: usize, give_up: Duration) -> Result<DelayResult, String> {
-    let stack = builder().start().await.map_err(|e| e.to_string())?;
+/// Measures `count` revocations, giving each up to `give_up` to reach Envoy running `edge`
+/// (the wasm or the native build of the filter).
+pub async fn revocation_delay(
+    count: usize,
+    give_up: Duration,
+    edge: weauth_tests::harness::Edge,
+) -> Result<DelayResult, String> {
+    let stack = builder()
+        .edge(edge)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
     let client = reqwest::Client::new();
     let mut delays = Vec::with_capacity(count);
     let mut timeouts = 0;

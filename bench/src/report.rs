@@ -176,7 +176,7 @@ pub fn targets(
     // 1M if it was measured, else the largest set that was.
     let largest = rows
         .iter()
-        .filter(|r| r.name.starts_with("weauth") && r.error.is_none())
+        .filter(|r| r.name.starts_with("weauth EdDSA") && r.error.is_none())
         .rfind(|r| !r.name.ends_with(", 0 revoked"));
     let weauth1m = largest.and_then(|r| r.cpu_us);
     let largest_name = largest.map_or("1M", |r| {
@@ -288,6 +288,26 @@ pub fn targets(
                 NO_CHANGE_TOLERANCE * 100.0
             ),
             met: flat.map(|r| (r - 1.0).abs() <= NO_CHANGE_TOLERANCE),
+        },
+        {
+            // The native build (issue 22): its cost above no-auth against jwt_authn cached's,
+            // with revocation on (its 1M row) and without revocations (its 0 row).
+            let native0 = above(cpu("weauth native EdDSA (cache), 0 revoked"));
+            let native1m = above(cpu("weauth native EdDSA (cache), 1M revoked"));
+            let cached = above(cpu("jwt_authn ES256, cache on"));
+            let (r0, r1m) = (ratio(native0, cached), ratio(native1m, cached));
+            Target {
+                goal: "native: cost above no-auth ≤ jwt_authn cached's (1.0×), revocation on",
+                measured: format!(
+                    "{} with 1M revoked, {} with 0 revoked ((native − no auth) ÷ (jwt_authn \
+                     ES256 cached − no auth)); {} and {} above no-auth",
+                    times(r1m),
+                    times(r0),
+                    us(native1m),
+                    us(native0)
+                ),
+                met: r1m.map(|r| r <= 1.0),
+            }
         },
     ]
 }

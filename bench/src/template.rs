@@ -16,6 +16,8 @@ pub const JWT_AUTHN: &str = include_str!("../envoy/jwt_authn.yaml");
 pub const EXT_AUTHZ: &str = include_str!("../envoy/ext_authz.yaml");
 /// The weauth wasm filter.
 pub const WEAUTH: &str = include_str!("../envoy/weauth.yaml");
+/// The weauth filter's native build (an Envoy dynamic module).
+pub const WEAUTH_NATIVE: &str = include_str!("../envoy/weauth-native.yaml");
 /// A static loopback cluster.
 pub const CLUSTER: &str = include_str!("../envoy/cluster.yaml");
 

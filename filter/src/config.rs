@@ -548,6 +548,47 @@ impl Config {
         })
     }
 
+    /// The one-line summary both builds log when a configuration is loaded (no secrets: the
+    /// feed credential is only said to be inline or from an environment variable).
+    pub fn summary(&self) -> String {
+        format!(
+            "configured: issuer {}, {} audience(s), jwks {}, revocation {}, {} rule(s), \
+             token forwarded upstream: {}, CSRF rule: {}, identity headers {}*",
+            self.validation.issuer,
+            self.validation.audiences.len(),
+            match &self.jwks {
+                JwksSource::Inline(keys) => format!("inline ({} key(s))", keys.len()),
+                JwksSource::Remote(remote) => format!("from cluster {}", remote.cluster),
+            },
+            self.revocation
+                .as_ref()
+                .map_or("off".to_string(), |feed| format!(
+                    "from cluster {} (credential {}, stale after {} s, mode {:?})",
+                    feed.cluster,
+                    feed.credential_env
+                        .as_deref()
+                        .map_or("inline".to_string(), |name| format!("from env {name}")),
+                    feed.stale_after_seconds,
+                    feed.stale_mode
+                )),
+            self.rules.len(),
+            if self.forward_authorization {
+                "yes"
+            } else {
+                "no"
+            },
+            if self.cookie_source() {
+                format!(
+                    "on for cookie-authenticated requests ({} allowed origin(s))",
+                    self.csrf_allowed_origins.len()
+                )
+            } else {
+                "off (no cookie token source)".to_string()
+            },
+            self.identity_header_prefix,
+        )
+    }
+
     /// Whether a cookie is one of the token sources (the CSRF rule can apply).
     pub fn cookie_source(&self) -> bool {
         self.token_sources

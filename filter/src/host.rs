@@ -1,23 +1,89 @@
-//! The two host services every context uses besides its own work: a log line tagged with the
-//! context id, and the host clock. Apart from `root`, `worker` and `http` so that none of them
-//! imports another only for these.
+//! What the filter's glue needs from the proxy it runs in, as traits, so that one glue serves
+//! two hosts: the proxy-wasm ABI (`wasm_host`, `http`, `root`; wasm32 only) and Envoy's
+//! dynamic-module C ABI (`native`; the `envoy-native` feature). Nothing here talks to a host;
+//! the glue in [`crate::request`] is written against these traits and unit-tested natively
+//! against a mock host (Kuadrant wasm-shim's habit).
+//!
+//! - [`Host`]: one request — its header map, header edits, the local reply, the clock and a
+//!   log line.
+//! - [`Stats`]: the filter's counters (the same `weauth.*` names in both builds).
+//! - [`KeyState`]: the keys, the revocation set and the token cache a decision reads — per VM
+//!   (synced from shared data) in the wasm build, one per Envoy (lock-free reads) in the native
+//!   build.
+//! - [`IssuerCall`]: an HTTP call to the issuer through the configured Envoy cluster (so a
+//!   mesh's mTLS, timeouts and outlier detection apply).
 
-use std::time::UNIX_EPOCH;
+use crate::config::Require;
+use crate::verify::{Extracted, Verdict};
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
-
-/// Writes one log line tagged with the context id. Never pass tokens or full openids.
-pub fn log(level: LogLevel, context_id: u32, message: &str) {
-    let _ = hostcalls::log(level, &format!("weauth[{context_id}] {message}"));
+/// A log level, mapped onto each host's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
 }
 
-/// Host time in unix milliseconds (0 if the host cannot say, which makes everything stale).
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
+/// The request-scoped host services. Every method is infallible from the glue's point of view:
+/// a host call that fails is logged by the adapter (or ignored where the wasm build ignored it).
+pub trait Host {
+    /// Host time in unix milliseconds (0 if the host cannot say, which makes everything stale).
+    fn now_ms(&self) -> u64;
+    /// One log line. Never pass tokens, login codes, key material or full openids.
+    fn log(&self, level: Level, message: &str);
+    /// The request's header map, read once per request. A value that is not UTF-8 is read
+    /// lossily, so it can only fail verification.
+    fn request_headers(&mut self) -> Vec<(String, String)>;
+    /// Sets a request header (replacing every copy the client sent).
+    fn set_request_header(&mut self, name: &str, value: &str);
+    /// Removes every copy of a request header.
+    fn remove_request_header(&mut self, name: &str);
+    /// Answers the request locally (the request does not reach the upstream).
+    fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+}
+
+/// The filter's counters. The allow path's counters may be batched by the adapter.
+pub trait Stats {
+    fn allowed(&self);
+    fn anonymous(&self);
+    fn cache_hit(&self);
+    fn cache_miss(&self);
+    /// `weauth.denied.<reason>`.
+    fn denied(&self, reason: &'static str);
+    /// Any other counter by its name without the `weauth.` prefix (`revocation_stale_allowed`).
+    fn count(&self, name: &'static str);
+}
+
+/// The state a decision reads: keys, revocation set, token cache.
+pub trait KeyState {
+    /// Brings this worker's view up to date where the host needs it (the wasm build picks up a
+    /// revocation another VM published) and decides with it. An adapter whose view may lag
+    /// (wasm) looks once more for keys before answering an unknown `kid`.
+    fn judge(
+        &mut self,
+        extracted: &Extracted,
+        require: Require,
+        scopes: &[String],
+        now_ms: u64,
+    ) -> Verdict;
+    /// A token named a `kid` no key has: ask for a JWKS refetch (rate limited by the adapter).
+    fn want_jwks_refetch(&mut self, now_ms: u64);
+}
+
+/// Why a call to the issuer could not be dispatched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DispatchError(pub String);
+
+/// An HTTP call to the issuer through an Envoy cluster. The answer arrives later, through the
+/// adapter's own callback, tagged with the returned id.
+pub trait IssuerCall {
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u64, DispatchError>;
 }

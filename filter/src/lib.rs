@@ -1,5 +1,8 @@
-//! weauth-filter: a proxy-wasm module for Envoy (and Istio sidecars) that verifies weauth
-//! access tokens at the edge and enforces the issuer's revocations without a call per request.
+//! weauth-filter: an Envoy filter (and Istio sidecars) that verifies weauth access tokens at
+//! the edge and enforces the issuer's revocations without a call per request. One core, two
+//! builds: a proxy-wasm module (wasm32-wasip1) and an Envoy dynamic module (`envoy-native`
+//! feature, [`native`]); the host is a set of traits ([`host`]) and the per-request glue
+//! ([`request`]) is shared and unit-tested natively against a mock host.
 //!
 //! Modules, pure first (all unit-tested natively; none imports `proxy_wasm`):
 //! - [`config`]: the plugin configuration, parsed and validated once in `on_configure`.
@@ -34,19 +37,25 @@ pub mod cache;
 pub mod config;
 pub mod csrf;
 pub mod headers;
+pub mod host;
+pub mod metrics_names;
 pub mod path;
 pub mod refresh;
+pub mod request;
 pub mod revocation;
 pub mod verify;
 
-#[cfg(target_arch = "wasm32")]
-mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+
 #[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]
 mod metrics;
 #[cfg(target_arch = "wasm32")]
 mod root;
+#[cfg(target_arch = "wasm32")]
+mod wasm_host;
 #[cfg(target_arch = "wasm32")]
 mod worker;
 

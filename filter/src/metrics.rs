@@ -9,33 +9,8 @@ use std::collections::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-/// Every reason a request can be denied for (one counter each).
-const DENY_REASONS: &[&str] = &[
-    "missing",
-    "ambiguous",
-    "too_large",
-    "malformed",
-    "alg_not_allowed",
-    "forbidden_header",
-    "unknown_kid",
-    "key_alg_mismatch",
-    "bad_signature",
-    "wrong_type",
-    "expired",
-    "not_yet_valid",
-    "issued_in_future",
-    "wrong_issuer",
-    "wrong_audience",
-    "revoked_jti",
-    "revoked_sid",
-    "revoked_sub",
-    "insufficient_scope",
-    "jwks_unavailable",
-    "revocation_unavailable",
-    "revocation_stale",
-    "bad_path",
-    "csrf",
-];
+use crate::host::Stats;
+use crate::metrics_names::{COUNTERS, DENY_REASONS, GAUGES};
 
 /// A counter of the allow path, counted in the VM and added to Envoy's stat on the tick
 /// ([`Metrics::flush`]): one host call per counter per 100 ms instead of one per request. Envoy's
@@ -83,25 +58,13 @@ impl Metrics {
     /// refuses is left out, and counting it does nothing.
     pub fn define() -> Metrics {
         let mut metrics = Metrics::default();
-        let counters = [
-            "allowed",
-            "anonymous",
-            "cache_hit",
-            "cache_miss",
-            "jwks_fetch_ok",
-            "jwks_fetch_fail",
-            "feed_fetch_ok",
-            "feed_fetch_fail",
-            "feed_poll_floored",
-            "revocation_stale_allowed",
-        ];
-        for name in counters {
+        for name in COUNTERS {
             if let Ok(id) = hostcalls::define_metric(MetricType::Counter, &format!("weauth.{name}"))
             {
                 metrics.ids.insert(name, id);
             }
         }
-        for name in ["revocation_entries", "revocation_age_seconds", "jwks_keys"] {
+        for name in GAUGES {
             if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, &format!("weauth.{name}")) {
                 metrics.ids.insert(name, id);
             }
@@ -155,5 +118,31 @@ impl Metrics {
         if let Some(id) = self.ids.get(name) {
             let _ = hostcalls::record_metric(*id, value);
         }
+    }
+}
+
+impl Stats for Metrics {
+    fn allowed(&self) {
+        self.allowed.bump();
+    }
+
+    fn anonymous(&self) {
+        self.anonymous.bump();
+    }
+
+    fn cache_hit(&self) {
+        self.cache_hit.bump();
+    }
+
+    fn cache_miss(&self) {
+        self.cache_miss.bump();
+    }
+
+    fn denied(&self, reason: &'static str) {
+        Metrics::denied(self, reason);
+    }
+
+    fn count(&self, name: &'static str) {
+        Metrics::count(self, name);
     }
 }

@@ -18,15 +18,16 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
 use weauth_token::revocation::FeedResponse;
 use weauth_token::KeySet;
 
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
-use crate::host::{log, now_ms};
+use crate::host::Level;
 use crate::metrics::Metrics;
 use crate::refresh::{self, CallOutcome, LeaseStep, NextPoll, Schedule};
 use crate::revocation::{Meta, Publication, RevocationSet};
+use crate::wasm_host::{log, now_ms};
 use crate::worker::{Keys, VmState, Worker};
 
 /// How often every VM syncs from shared data (and the elected VM drives its fetchers).
@@ -73,7 +74,7 @@ impl Root {
         })
     }
 
-    fn log(&self, level: LogLevel, message: &str) {
+    fn log(&self, level: Level, message: &str) {
         log(level, self.context_id, message);
     }
 
@@ -100,7 +101,7 @@ impl Root {
         if self.was_stale != Some(stale) {
             if stale && self.was_stale.is_some() {
                 self.log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     &format!(
                         "revocation list is stale (feed not reached for over {} s); stale_mode={:?}",
                         feed.stale_after_seconds, feed.stale_mode
@@ -108,7 +109,7 @@ impl Root {
                 );
             } else if !stale {
                 self.log(
-                    LogLevel::Info,
+                    Level::Info,
                     &format!(
                         "revocation list is fresh: seq {}, {} entries",
                         state.replica.set.seq,
@@ -175,7 +176,7 @@ impl Root {
                 schedule.dispatch_failed(now_ms);
                 worker.metrics.count("jwks_fetch_fail");
                 log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     self.context_id,
                     &format!(
                         "JWKS fetch could not be dispatched to cluster {}: {status:?}",
@@ -235,7 +236,7 @@ impl Root {
                 schedule.dispatch_failed(now_ms);
                 worker.metrics.count("feed_fetch_fail");
                 log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     self.context_id,
                     &format!(
                         "revocation poll could not be dispatched to cluster {}: {status:?}",
@@ -273,7 +274,7 @@ impl Root {
         for (index, blob) in publication.blobs(set) {
             if hostcalls::set_shared_data(&worker.keys.shard(index), Some(&blob), None).is_err() {
                 self.log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     &format!("could not write revocation shard {index}"),
                 );
             }
@@ -281,15 +282,12 @@ impl Root {
         if hostcalls::set_shared_data(&worker.keys.meta, Some(&publication.meta.encode()), None)
             .is_err()
         {
-            self.log(LogLevel::Warn, "could not write the revocation meta");
+            self.log(Level::Warn, "could not write the revocation meta");
         }
         // Only the key's CAS (bumped by the host on every write) carries the version; an empty
         // value crosses the boundary without a memory callback.
         if hostcalls::set_shared_data(&worker.keys.meta_version, Some(&[]), None).is_err() {
-            self.log(
-                LogLevel::Warn,
-                "could not write the revocation meta version",
-            );
+            self.log(Level::Warn, "could not write the revocation meta version");
         }
     }
 
@@ -338,7 +336,7 @@ impl Root {
                 worker.metrics.count("jwks_fetch_ok");
                 for (kid, err) in &skipped {
                     self.log(
-                        LogLevel::Debug,
+                        Level::Debug,
                         &format!(
                             "JWKS key {} skipped: {err}",
                             kid.as_deref().unwrap_or("(no kid)")
@@ -353,7 +351,7 @@ impl Root {
             None => {
                 worker.metrics.count("jwks_fetch_fail");
                 self.log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     &format!(
                         "JWKS fetch from cluster {} failed: HTTP status {status}, {} body bytes, no usable key",
                         remote.cluster,
@@ -379,10 +377,10 @@ impl Root {
         let generation = previous.map_or(0, |blob| blob.generation).saturating_add(1);
         let blob = refresh::encode_jwks_blob(generation, now_ms, json);
         if hostcalls::set_shared_data(&worker.keys.jwks, Some(&blob), None).is_err() {
-            self.log(LogLevel::Warn, "could not write the JWKS to shared data");
+            self.log(Level::Warn, "could not write the JWKS to shared data");
         } else {
             self.log(
-                LogLevel::Info,
+                Level::Info,
                 &format!("JWKS generation {generation} published: {key_count} key(s)"),
             );
         }
@@ -429,7 +427,7 @@ impl Root {
                 if let NextPoll::Floor(ms) = next {
                     worker.metrics.count("feed_poll_floored");
                     self.log(
-                        LogLevel::Debug,
+                        Level::Debug,
                         &format!(
                             "revocation feed answered without news after {elapsed_ms} ms \
                              (asked to hold {} s): next poll in {ms} ms",
@@ -444,7 +442,7 @@ impl Root {
             Err(reason) => {
                 worker.metrics.count("feed_fetch_fail");
                 self.log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     &format!(
                         "revocation poll to cluster {} failed: {reason}",
                         feed.cluster
@@ -468,7 +466,7 @@ impl Root {
             Ok(applied) => {
                 if applied.skipped > 0 {
                     self.log(
-                        LogLevel::Debug,
+                        Level::Debug,
                         &format!(
                             "{} revocation entries skipped (expired or malformed)",
                             applied.skipped
@@ -477,19 +475,20 @@ impl Root {
                 }
                 if first || response.seq != held_seq {
                     self.log(
-                        LogLevel::Info,
+                        Level::Info,
                         &format!(
-                            "revocation feed seq {} applied ({}): {} entries",
+                            "revocation feed seq {} applied ({}): {} entries, {} KiB",
                             response.seq,
                             if response.full { "full" } else { "delta" },
-                            state.replica.set.len()
+                            state.replica.set.len(),
+                            state.replica.set.heap_bytes() / 1024
                         ),
                     );
                 }
                 applied.changed
             }
             Err(err) => {
-                self.log(LogLevel::Warn, &err.to_string());
+                self.log(Level::Warn, &err.to_string());
                 return;
             }
         };
@@ -560,7 +559,7 @@ impl Context for Root {
             }
         } else {
             self.log(
-                LogLevel::Debug,
+                Level::Debug,
                 &format!("dropping a stale call response (token {token_id})"),
             );
         }
@@ -579,7 +578,7 @@ impl RootContext for Root {
             Ok(config) => config,
             Err(err) => {
                 self.log(
-                    LogLevel::Error,
+                    Level::Error,
                     &format!("invalid plugin configuration: {err}"),
                 );
                 return false;
@@ -606,44 +605,7 @@ impl RootContext for Root {
                     .saturating_add(2 * FEED_TIMEOUT_MARGIN_MS),
             )
         });
-        let summary = format!(
-            "configured: issuer {}, {} audience(s), jwks {}, revocation {}, {} rule(s), \
-             token forwarded upstream: {}, CSRF rule: {}, identity headers {}*, vm {:016x}",
-            config.validation.issuer,
-            config.validation.audiences.len(),
-            match &config.jwks {
-                JwksSource::Inline(keys) => format!("inline ({} key(s))", keys.len()),
-                JwksSource::Remote(remote) => format!("from cluster {}", remote.cluster),
-            },
-            config
-                .revocation
-                .as_ref()
-                .map_or("off".to_string(), |feed| format!(
-                    "from cluster {} (credential {}, stale after {} s, mode {:?})",
-                    feed.cluster,
-                    feed.credential_env
-                        .as_deref()
-                        .map_or("inline".to_string(), |name| format!("from env {name}")),
-                    feed.stale_after_seconds,
-                    feed.stale_mode
-                )),
-            config.rules.len(),
-            if config.forward_authorization {
-                "yes"
-            } else {
-                "no"
-            },
-            if config.cookie_source() {
-                format!(
-                    "on for cookie-authenticated requests ({} allowed origin(s))",
-                    config.csrf_allowed_origins.len()
-                )
-            } else {
-                "off (no cookie token source)".to_string()
-            },
-            config.identity_header_prefix,
-            self.vm_id,
-        );
+        let summary = format!("{}, vm {:016x}", config.summary(), self.vm_id);
         let metrics = Metrics::define();
         if let Some(keys) = &state.keys {
             metrics.gauge("jwks_keys", keys.len() as u64);
@@ -652,7 +614,7 @@ impl RootContext for Root {
         // Allowed but weakening choices (a rule with the CSRF rule off where a cookie
         // authenticates): said at every load.
         for warning in &config.warnings {
-            self.log(LogLevel::Warn, &format!("plugin configuration: {warning}"));
+            self.log(Level::Warn, &format!("plugin configuration: {warning}"));
         }
         self.worker = Some(Rc::new(Worker {
             config,
@@ -664,10 +626,10 @@ impl RootContext for Root {
         self.was_stale = None;
         // Inline keys and no feed: nothing to sync, no tick needed.
         if self.fetches() && hostcalls::set_tick_period(TICK).is_err() {
-            self.log(LogLevel::Error, "could not start the tick");
+            self.log(Level::Error, "could not start the tick");
             return false;
         }
-        self.log(LogLevel::Info, &summary);
+        self.log(Level::Info, &summary);
         true
     }
 
@@ -688,7 +650,7 @@ impl RootContext for Root {
         let leader = self.elect(&worker, now);
         if leader != self.leader {
             self.log(
-                LogLevel::Info,
+                Level::Info,
                 if leader {
                     "this VM is now the JWKS/revocation fetcher"
                 } else {

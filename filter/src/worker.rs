@@ -7,15 +7,15 @@
 use std::cell::RefCell;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
 use weauth_token::KeySet;
 
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource};
-use crate::host::log;
+use crate::host::Level;
 use crate::metrics::Metrics;
 use crate::refresh;
 use crate::revocation::{fnv1a, Meta, Replica};
+use crate::wasm_host::log;
 
 /// Shared-data key names, namespaced by what is fetched so two plugin configurations with
 /// different issuers in one VM group do not mix.
@@ -134,7 +134,7 @@ impl Worker {
         state.jwks_cas = cas;
         let Some(blob) = refresh::decode_jwks_blob(&bytes) else {
             log(
-                LogLevel::Warn,
+                Level::Warn,
                 context_id,
                 "shared JWKS blob is unreadable; keeping the current keys",
             );
@@ -147,7 +147,7 @@ impl Worker {
             Ok((keys, _)) if !keys.is_empty() => {
                 self.metrics.gauge("jwks_keys", keys.len() as u64);
                 log(
-                    LogLevel::Info,
+                    Level::Info,
                     context_id,
                     &format!(
                         "JWKS generation {} loaded: {} key(s)",
@@ -162,7 +162,7 @@ impl Worker {
             }
             _ => {
                 log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     context_id,
                     "shared JWKS has no usable key; keeping the current keys",
                 );
@@ -189,7 +189,7 @@ impl Worker {
             Ok(meta) => meta,
             Err(err) => {
                 log(
-                    LogLevel::Warn,
+                    Level::Warn,
                     context_id,
                     &format!("shared revocation meta is unreadable: {err}"),
                 );
@@ -210,7 +210,7 @@ impl Worker {
             // A write in progress: keep the copy and retry next time (meta_cas unchanged).
             Err(err) => {
                 log(
-                    LogLevel::Debug,
+                    Level::Debug,
                     context_id,
                     &format!("revocation sync deferred: {err}"),
                 );

@@ -19,7 +19,7 @@ use weauth_tests::mock_wechat::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_returns_token_pair_verifiable_with_ed25519_dalek() {
-    let stack = Stack::start(&[]).await;
+    let stack = Stack::process(&[]).await;
     let body = stack.login("alice").await;
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 900);
@@ -141,7 +141,7 @@ async fn login_with_fault(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_wechat_errcodes_map_to_http_and_write_nothing() {
-    let stack = Stack::start(&[("WEAUTH_LOGIN_RATE", "0")]).await;
+    let stack = Stack::process(&[("WEAUTH_LOGIN_RATE", "0")]).await;
     let cases: [(i64, u16, &str); 6] = [
         (40029, 400, "invalid_grant"),
         (40163, 400, "invalid_grant"),
@@ -384,8 +384,9 @@ async fn login_bad_requests_refused() {
 
 /// The issuer with one mini-program whose apps-file entry carries `risk`, WeChat retries off
 /// (one injected fault is one answer), and `extra` variables.
+/// A process (the tests read its log: the openid is never in it).
 async fn start_with_risk(risk: serde_json::Value, extra: &[(&str, &str)]) -> Stack {
-    Stack::start_prepared(
+    Stack::process_prepared(
         MockConfig::default(),
         move |_, dir, env| {
             let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
@@ -529,7 +530,7 @@ async fn plugin_login_exchanges_a_plugin_code_for_an_openpid_user_of_its_own() {
         ..Default::default()
     };
     let (plugin_appid, plugin_secret) = (plugin.appid.clone(), plugin.secret.clone());
-    let stack = Stack::start_prepared(
+    let stack = Stack::process_prepared(
         cfg,
         move |_, dir, env| {
             let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
@@ -650,7 +651,7 @@ async fn api_security_calls_encrypted_and_signed_bad_answers_refused_502() {
         ..Default::default()
     };
     let (plugin_appid, plugin_secret) = (plugin.appid.clone(), plugin.secret.clone());
-    let stack = Stack::start_prepared(
+    let stack = Stack::process_prepared(
         cfg,
         move |_, dir, env| {
             let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
@@ -804,7 +805,7 @@ async fn api_security_refused_by_wechat_is_502_naming_the_keys() {
         api_security: vec![MockApiSecurity::test_keys(APPID)],
         ..Default::default()
     };
-    let stack = Stack::start_prepared(
+    let stack = Stack::process_prepared(
         cfg,
         move |_, dir, env| {
             let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();

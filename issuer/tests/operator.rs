@@ -143,7 +143,7 @@ async fn keys_list_needs_no_wechat_credentials() {
         .to_string();
     let vars: Vec<(&str, &str)> = stack
         .issuer
-        .env
+        .env()
         .iter()
         .filter(|(k, _)| !k.starts_with("WEAUTH_WECHAT_"))
         .map(|(k, v)| (k.as_str(), v.as_str()))

@@ -20,7 +20,7 @@ use weauth_tests::mock_wechat::Fault;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_tokens_revocations_and_seq() {
-    let mut stack = Stack::start(&[]).await;
+    let mut stack = Stack::process(&[]).await;
     let kept = stack.login("rita").await;
     let dropped = stack.login("sam").await;
     let (status, _, _) = stack
@@ -72,7 +72,7 @@ async fn restart_keeps_tokens_revocations_and_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_login() {
-    let mut stack = Stack::start(&[("WEAUTH_SHUTDOWN_GRACE", "10s")]).await;
+    let mut stack = Stack::process(&[("WEAUTH_SHUTDOWN_GRACE", "10s")]).await;
     let code = stack.mock.login("tom").code;
     stack.mock.inject(
         "jscode2session",
@@ -92,7 +92,8 @@ async fn graceful_shutdown_finishes_in_flight_login() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let status = tokio::task::block_in_place(|| stack.issuer.terminate(Duration::from_secs(10)));
+    let status =
+        tokio::task::block_in_place(|| stack.issuer.process().terminate(Duration::from_secs(10)));
     assert!(status.success(), "{status:?}");
     assert_eq!(login.await.unwrap(), 200, "in-flight request completed");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -102,7 +103,7 @@ async fn graceful_shutdown_finishes_in_flight_login() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_ends_long_polls_promptly() {
-    let mut stack = Stack::start(&[]).await;
+    let mut stack = Stack::process(&[]).await;
     let http = stack.http.clone();
     // A delta poll that would wait 50 s.
     let seq = stack.feed(0, 0).await["seq"].as_u64().unwrap();
@@ -116,7 +117,8 @@ async fn graceful_shutdown_ends_long_polls_promptly() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let status = tokio::task::block_in_place(|| stack.issuer.terminate(Duration::from_secs(10)));
+    let status =
+        tokio::task::block_in_place(|| stack.issuer.process().terminate(Duration::from_secs(10)));
     assert!(status.success());
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -192,7 +194,7 @@ fn redis_unreachable_at_start_exits_2_naming_weauth_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_errors_are_json_with_stable_codes() {
-    let stack = Stack::start(&[("WEAUTH_MAX_BODY", "1024")]).await;
+    let stack = Stack::process(&[("WEAUTH_MAX_BODY", "1024")]).await;
     let (status, body, _) = stack.get("/nope", None).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     let (status, body, headers) = stack.get("/v1/login", None).await;
@@ -218,7 +220,7 @@ async fn http_errors_are_json_with_stable_codes() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "request_too_large");
     // Streamed (chunked, no Content-Length) too large.
-    let addr = stack.issuer.addr;
+    let addr = stack.issuer.addr();
     let answer = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -246,8 +248,8 @@ async fn http_errors_are_json_with_stable_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
-    let stack = Stack::start(&[("WEAUTH_HEADER_TIMEOUT", "500ms")]).await;
-    let addr = stack.issuer.addr;
+    let stack = Stack::process(&[("WEAUTH_HEADER_TIMEOUT", "500ms")]).await;
+    let addr = stack.issuer.addr();
     let elapsed = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
@@ -274,8 +276,8 @@ async fn slow_headers_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_body_is_cut_off_with_408() {
-    let stack = Stack::start(&[("WEAUTH_HEADER_TIMEOUT", "500ms")]).await;
-    let addr = stack.issuer.addr;
+    let stack = Stack::process(&[("WEAUTH_HEADER_TIMEOUT", "500ms")]).await;
+    let addr = stack.issuer.addr();
     let (elapsed, answer) = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
@@ -311,7 +313,7 @@ async fn slow_body_is_cut_off_with_408() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_metrics_and_discovery() {
-    let stack = Stack::start(&[]).await;
+    let stack = Stack::process(&[]).await;
     let (status, body, _) = stack.get("/healthz", None).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
     let (status, _, _) = stack.get("/readyz", None).await;
@@ -354,7 +356,7 @@ async fn health_ready_metrics_and_discovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn es256_selectable_and_published() {
-    let stack = Stack::start(&[("WEAUTH_SIGNING_ALG", "ES256")]).await;
+    let stack = Stack::process(&[("WEAUTH_SIGNING_ALG", "ES256")]).await;
     let login = stack.login("vera").await;
     let token = login["access_token"].as_str().unwrap();
     assert_eq!(common::header(token)["alg"], "ES256");
@@ -378,7 +380,7 @@ async fn hs256_from_secret_file_not_published() {
     let secret_path = dir.path().join("hs.key");
     std::fs::write(&secret_path, "0123456789abcdef0123456789abcdef-shared").unwrap();
     let path = secret_path.display().to_string();
-    let stack = Stack::start(&[
+    let stack = Stack::process(&[
         ("WEAUTH_SIGNING_ALG", "HS256"),
         ("WEAUTH_SIGNING_KEY_FILE", &path),
     ])
@@ -405,7 +407,7 @@ async fn hs256_from_secret_file_not_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
-    let stack = Stack::start(&[
+    let stack = Stack::process(&[
         ("WEAUTH_KEY_PUBLISH_DELAY", "2s"),
         ("WEAUTH_KEY_RELOAD", "200ms"),
     ])
@@ -419,7 +421,7 @@ async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
 
     let output = Command::new(common::bin())
         .env_clear()
-        .envs(&stack.issuer.env)
+        .envs(stack.issuer.env())
         .args(["keys", "rotate"])
         .output()
         .unwrap();
@@ -465,7 +467,7 @@ async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
 
     let output = Command::new(common::bin())
         .env_clear()
-        .envs(&stack.issuer.env)
+        .envs(stack.issuer.env())
         .args(["keys", "list"])
         .output()
         .unwrap();
@@ -487,7 +489,7 @@ async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_key_dropped_after_its_tokens_expire() {
-    let stack = Stack::start(&[
+    let stack = Stack::process(&[
         ("WEAUTH_KEY_PUBLISH_DELAY", "0s"),
         ("WEAUTH_KEY_RELOAD", "200ms"),
         ("WEAUTH_ACCESS_TTL", "1s"),
@@ -498,7 +500,7 @@ async fn retired_key_dropped_after_its_tokens_expire() {
     let old_kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
     let output = Command::new(common::bin())
         .env_clear()
-        .envs(&stack.issuer.env)
+        .envs(stack.issuer.env())
         .args(["keys", "rotate"])
         .output()
         .unwrap();
@@ -523,8 +525,8 @@ fn second_issuer_on_same_db_shares_keys() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let stack = Stack::start(&[]).await;
-        let env = stack.issuer.env.clone();
+        let stack = Stack::process(&[]).await;
+        let env = stack.issuer.env().clone();
         let other = tokio::task::spawn_blocking(move || Issuer::start(&env))
             .await
             .unwrap();
@@ -574,7 +576,7 @@ fn second_issuer_on_same_db_shares_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_signing_alg_published_before_it_signs() {
-    let mut stack = Stack::start(&[
+    let mut stack = Stack::process(&[
         ("WEAUTH_KEY_PUBLISH_DELAY", "2s"),
         ("WEAUTH_KEY_RELOAD", "200ms"),
     ])
@@ -586,7 +588,7 @@ async fn changed_signing_alg_published_before_it_signs() {
     );
     stack
         .issuer
-        .env
+        .env_mut()
         .insert("WEAUTH_SIGNING_ALG".into(), "ES256".into());
     stack.restart().await;
     // Published at once, not signing yet.
@@ -633,7 +635,7 @@ async fn redis_with(extra: &[&str]) -> (weauth_tests::redis::RedisServer, common
 }
 
 /// Waits (up to 10 s) until the issuer's log contains `text`.
-async fn log_shows(issuer: &Issuer, text: &str) {
+async fn log_shows(issuer: &common::Runner, text: &str) {
     let started = Instant::now();
     while !issuer.log_text().contains(text) {
         assert!(
@@ -680,7 +682,8 @@ async fn redis_noeviction_passes_the_policy_check() {
     // The harness's redis-server runs Redis's default policy, noeviction.
     let (redis, _dir) = redis_with(&[]).await;
     let url = redis.url(0);
-    let stack = Stack::start(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
+    let stack =
+        Stack::process(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
     log_shows(&stack.issuer, "maxmemory-policy: noeviction").await;
     stack.login("noeviction").await;
 }
@@ -690,7 +693,7 @@ async fn redis_evicting_policy_accepted_warns_then_counts_evictions() {
     let (redis, _dir) =
         redis_with(&["--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru"]).await;
     let url = redis.url(0);
-    let stack = Stack::start(&[
+    let stack = Stack::process(&[
         ("WEAUTH_STORE", &url),
         ("WEAUTH_DATA_KEY", REDIS_DATA_KEY),
         ("WEAUTH_REDIS_ALLOW_EVICTION", "true"),
@@ -753,7 +756,8 @@ async fn redis_config_refused_warns_it_could_not_check_and_starts() {
     ])
     .await;
     let url = redis.url(0);
-    let stack = Stack::start(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
+    let stack =
+        Stack::process(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
     log_shows(
         &stack.issuer,
         "could not check that Redis never evicts weauth's keys",
@@ -888,7 +892,7 @@ async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
         .await
         .unwrap();
     let url = sentinel.url();
-    let stack = Stack::start(&[
+    let stack = Stack::process(&[
         ("WEAUTH_STORE", &url),
         ("WEAUTH_DATA_KEY", REDIS_DATA_KEY),
         ("WEAUTH_LOGIN_RATE", "0"),

@@ -102,7 +102,7 @@ async fn refresh_unknown_or_malformed_token_invalid_grant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_capped_by_session_max() {
-    let stack = Stack::start(&[
+    let (stack, clock) = Stack::start_clocked(&[
         ("WEAUTH_ACCESS_TTL", "3s"),
         ("WEAUTH_REFRESH_TTL", "3s"),
         ("WEAUTH_SESSION_MAX", "3s"),
@@ -110,7 +110,7 @@ async fn refresh_capped_by_session_max() {
     .await;
     let login = stack.login("kate").await;
     assert_eq!(login["refresh_expires_in"], 3);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clock.advance_ms(1500);
     let (status, body, _) = stack
         .post(
             "/v1/token/refresh",
@@ -123,7 +123,7 @@ async fn refresh_capped_by_session_max() {
         (1..=2).contains(&left),
         "sliding but capped by the 3 s session: {left}"
     );
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    clock.advance_ms(2600);
     let (status, body, _) = stack
         .post(
             "/v1/token/refresh",
@@ -502,7 +502,7 @@ async fn refresh_retried_within_the_default_grace_gets_a_sibling_pair() {
 /// handed out within the grace die with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_replayed_after_the_grace_revokes_the_session() {
-    let stack = Stack::start(&[("WEAUTH_REFRESH_REUSE_GRACE", "2s")]).await;
+    let (stack, clock) = Stack::start_clocked(&[("WEAUTH_REFRESH_REUSE_GRACE", "2s")]).await;
     let login = stack.login("mallory-victim").await;
     let rt1 = login["refresh_token"].as_str().unwrap();
     let (status, first, _) = stack
@@ -513,8 +513,8 @@ async fn refresh_replayed_after_the_grace_revokes_the_session() {
         .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
         .await;
     assert_eq!(status, 200, "{sibling}");
-    // Whole seconds: 3.2 s later the rotation is at least three seconds old.
-    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    // Three seconds later the rotation is past the 2 s grace.
+    clock.advance_secs(3);
     let (status, body, _) = stack
         .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
         .await;

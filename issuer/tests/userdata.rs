@@ -74,7 +74,7 @@ async fn decrypt_fresh_data_returns_object_with_watermark() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decrypt_verify_with_wechat_genuine_then_too_old() {
-    let stack = Stack::start(&[]).await;
+    let stack = Stack::process(&[]).await;
     let data = json!({"phoneNumber": "13800138000"});
     let (token, encrypted, iv) = login_and_encrypt(&stack, "walt", data).await;
     // Not asked: no WeChat call, no verdict in the answer.
@@ -360,7 +360,7 @@ async fn phone(stack: &Stack, issuer: Option<&Issuer>, token: &str, code: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_stored_sealed_and_shown_by_me_code_reuse_refused() {
-    let stack = Stack::start(&[]).await;
+    let stack = Stack::process(&[]).await;
     let token = token(&stack.login("grace").await);
     let code = stack.mock.phone_code("grace", "13800138000");
     let (status, body) = phone(&stack, None, &token, &code).await;
@@ -491,8 +491,9 @@ async fn two_issuers_one_store_concurrent_phone_no_40001_one_stable_token() {
         token_overlap: Duration::ZERO,
         ..Default::default()
     };
-    let stack = Stack::start_with(cfg, &[]).await;
-    let env = stack.issuer.env.clone();
+    // Two processes, as two replicas are (and their logs are read below).
+    let stack = Stack::process_with(cfg, &[]).await;
+    let env = stack.issuer.env().clone();
     let second = tokio::task::spawn_blocking(move || Issuer::start(&env))
         .await
         .unwrap();
@@ -532,10 +533,13 @@ async fn two_issuers_one_store_concurrent_phone_no_40001_one_stable_token() {
     assert_eq!(stack.mock.calls("getuserphonenumber"), 20);
     // WeChat never refused a token (each refusal would be counted, even when hidden by the
     // retry), and nobody logged one.
-    for issuer in [&stack.issuer, &second] {
+    for (url, log) in [
+        (stack.url("/metrics"), stack.issuer.log_text()),
+        (second.url("/metrics"), second.log_text()),
+    ] {
         let text = stack
             .http
-            .get(issuer.url("/metrics"))
+            .get(url)
             .send()
             .await
             .unwrap()
@@ -550,7 +554,7 @@ async fn two_issuers_one_store_concurrent_phone_no_40001_one_stable_token() {
             !text.contains("weauth_wechat_token_invalidations_total{"),
             "{text}"
         );
-        assert!(!issuer.log_text().contains("40001"));
+        assert!(!log.contains("40001"));
     }
 }
 

@@ -42,12 +42,21 @@ fn apps_file() -> Value {
 /// The issuer with an apps file (mini-program, official account, website; all bound) and
 /// `extra` variables, with WeChat retries off so one injected fault is one answer.
 async fn start(extra: &[(&str, &str)]) -> Stack {
+    start_as(false, extra).await
+}
+
+/// [`start`] as the binary's process (for a test that reads the issuer's log).
+async fn start_process(extra: &[(&str, &str)]) -> Stack {
+    start_as(true, extra).await
+}
+
+async fn start_as(process: bool, extra: &[(&str, &str)]) -> Stack {
     let cfg = MockConfig {
         unionid: true,
         web_apps: vec![oa(), website()],
         ..Default::default()
     };
-    let mut stack = Stack::start_prepared(
+    let mut stack = Stack::launch(
         cfg,
         |mock, dir, env| {
             env.remove("WEAUTH_WECHAT_APPID");
@@ -59,6 +68,7 @@ async fn start(extra: &[(&str, &str)]) -> Stack {
             env.insert("WEAUTH_WECHAT_RETRIES".into(), "0".into());
         },
         extra,
+        process,
     )
     .await;
     // Redirects are what the tests look at: never follow them.
@@ -301,7 +311,7 @@ async fn authorize_bad_input_400_never_redirects_and_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callback_sets_session_cookies_and_redirects_to_the_app() {
-    let stack = start(&[]).await;
+    let stack = start_process(&[]).await;
     let cookies = web_login(&stack, &oa(), BACK, "snsapi_userinfo", "alice").await;
     let at = &cookies["weauth_at"];
     assert!(

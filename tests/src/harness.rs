@@ -11,7 +11,10 @@
 //!   the bootstrap rendered from `envoy/envoy.yaml` and the filter module from
 //!   `WEAUTH_FILTER_WASM` (default `<target>/wasm32-wasip1/wasm-release/weauth_filter.wasm`),
 //!   `--concurrency N` (default 1) and `--disable-hot-restart`, so several Envoys can run at
-//!   once.
+//!   once. With `WEAUTH_FILTER_BUILD=native` the filter is the native build instead
+//!   (`WEAUTH_FILTER_NATIVE`, default `<target>/native/libweauth_filter.so`, loaded as an
+//!   Envoy dynamic module with the same configuration): every filter test runs against either
+//!   build unchanged (`make test` runs them against both).
 //!
 //! Each process must answer before `start` returns: the issuer's `/healthz`, Envoy's admin
 //! `/ready` and then `/healthz` through Envoy's listener (which proves the filter accepted its
@@ -121,19 +124,30 @@ pub struct Binaries {
     pub envoy: PathBuf,
     /// `WEAUTH_FILTER_WASM`.
     pub wasm: PathBuf,
+    /// `WEAUTH_FILTER_NATIVE`: the native build (`make native`).
+    pub native: PathBuf,
 }
 
 impl Binaries {
     /// From the environment, with the defaults described in the module docs.
     pub fn from_env() -> Binaries {
         let get = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        Binaries::resolve(
+        let binaries = Binaries::resolve(
             &workspace_root(),
             get("CARGO_TARGET_DIR").map(PathBuf::from),
             get("WEAUTH_ISSUER_BIN").map(PathBuf::from),
             get("WEAUTH_ENVOY_BIN").map(PathBuf::from),
             get("WEAUTH_FILTER_WASM").map(PathBuf::from),
-        )
+        );
+        let mut binaries = binaries;
+        if let Some(native) = get("WEAUTH_FILTER_NATIVE").map(PathBuf::from) {
+            binaries.native = if native.is_absolute() {
+                native
+            } else {
+                workspace_root().join(native)
+            };
+        }
+        binaries
     }
 
     /// The defaults applied to explicit settings (pure; see [`Binaries::from_env`]).
@@ -160,11 +174,24 @@ impl Binaries {
             wasm: wasm
                 .map(abs)
                 .unwrap_or_else(|| target.join("wasm32-wasip1/wasm-release/weauth_filter.wasm")),
+            native: target.join("native/libweauth_filter.so"),
         }
     }
 
     /// Fails, naming the file and how to build it, when one is missing.
     pub fn check(&self, with_envoy: bool) -> Result<(), HarnessError> {
+        self.check_edge(with_envoy, Edge::WeauthFilter)
+    }
+
+    /// [`Binaries::check`] for the filter build the stack runs.
+    pub fn check_edge(&self, with_envoy: bool, edge: Edge) -> Result<(), HarnessError> {
+        if with_envoy && edge == Edge::WeauthNative && !self.native.is_file() {
+            return Err(HarnessError::Missing {
+                what: "native filter module",
+                path: self.native.clone(),
+                hint: "run `make native`, or set WEAUTH_FILTER_NATIVE",
+            });
+        }
         if !self.issuer.is_file() {
             return Err(HarnessError::Missing {
                 what: "weauth-issuer binary",
@@ -180,7 +207,7 @@ impl Binaries {
                 hint: "run `make setup` (installs Envoy into .tools/), or set WEAUTH_ENVOY_BIN",
             });
         }
-        if with_envoy && !self.wasm.is_file() {
+        if with_envoy && edge == Edge::WeauthFilter && !self.wasm.is_file() {
             return Err(HarnessError::Missing {
                 what: "filter module",
                 path: self.wasm.clone(),
@@ -542,7 +569,38 @@ pub enum Edge {
     WeauthFilter,
     /// Envoy's own jwt_authn against the issuer's JWKS (`envoy/jwt-authn.yaml`), no wasm.
     JwtAuthn,
+    /// The weauth filter's native build as an Envoy dynamic module (`envoy/envoy.yaml` with
+    /// the filter block turned by [`template::native_filter`]).
+    WeauthNative,
 }
+
+impl Edge {
+    /// The weauth filter build named by `WEAUTH_FILTER_BUILD` (`native`, or `wasm`, the
+    /// default): what a stack gets unless a test asks for another edge.
+    pub fn from_env() -> Edge {
+        match std::env::var("WEAUTH_FILTER_BUILD").as_deref() {
+            Ok("native") => Edge::WeauthNative,
+            _ => Edge::WeauthFilter,
+        }
+    }
+
+    /// Whether the weauth filter (either build) is the edge.
+    pub fn is_weauth(self) -> bool {
+        matches!(self, Edge::WeauthFilter | Edge::WeauthNative)
+    }
+
+    /// The full Envoy stat name of the weauth filter's `weauth.<name>` in this build.
+    pub fn stat(self, name: &str) -> String {
+        match self {
+            Edge::WeauthNative => format!("{NATIVE_STATS_PREFIX}weauth.{name}"),
+            _ => format!("wasmcustom.weauth.{name}"),
+        }
+    }
+}
+
+/// The prefix of a dynamic module's stats in /stats (its default `metrics_namespace`), as
+/// `wasmcustom.` is the wasm build's; Prometheus strips both ([`template::NATIVE_RUNTIME`]).
+pub const NATIVE_STATS_PREFIX: &str = "dynamicmodulescustom.";
 
 impl Default for StackBuilder {
     fn default() -> StackBuilder {
@@ -557,7 +615,7 @@ impl Default for StackBuilder {
             admin_token: None,
             audience: "weauth".into(),
             with_envoy: true,
-            edge: Edge::WeauthFilter,
+            edge: Edge::from_env(),
             binaries: None,
             redis_replicas: 0,
             sentinel: false,
@@ -739,6 +797,9 @@ struct EnvoySpec {
     concurrency: u32,
     /// The weauth filter is the edge (not jwt_authn): its fetch counters can be awaited.
     weauth_filter: bool,
+    edge: Edge,
+    /// The native build's directory (`ENVOY_DYNAMIC_MODULES_SEARCH_PATH`).
+    native_dir: Option<PathBuf>,
     /// The feed credential, passed as [`template::FEED_TOKEN_ENV`] (None: not passed).
     feed_token: Option<String>,
 }
@@ -750,6 +811,10 @@ impl EnvoySpec {
         match &self.feed_token {
             Some(token) => cmd.env(template::FEED_TOKEN_ENV, token),
             None => cmd.env_remove(template::FEED_TOKEN_ENV),
+        };
+        match &self.native_dir {
+            Some(dir) => cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir),
+            None => cmd.env_remove("ENVOY_DYNAMIC_MODULES_SEARCH_PATH"),
         };
         cmd.arg("-c")
             .arg(&self.config)
@@ -805,7 +870,7 @@ impl Stack {
 
     async fn start(b: StackBuilder) -> Result<Stack, HarnessError> {
         let bins = b.binaries.clone().unwrap_or_else(Binaries::from_env);
-        bins.check(b.with_envoy)?;
+        bins.check_edge(b.with_envoy, b.edge)?;
         let dir = match &b.run_dir {
             Some(p) => {
                 std::fs::create_dir_all(p).map_err(io_err(format!("creating {}", p.display())))?;
@@ -993,14 +1058,19 @@ impl Stack {
                 upstream: ports.upstream,
             };
             let yaml = match b.edge {
-                Edge::WeauthFilter => {
+                Edge::WeauthFilter | Edge::WeauthNative => {
                     let more: Vec<u16> = stack.replicas.iter().map(|r| r.2).collect();
-                    template::envoy_config_replicas(
+                    let yaml = template::envoy_config_replicas(
                         envoy_ports,
                         &more,
                         &bins.wasm.to_string_lossy(),
                         &stack.plugin_config,
-                    )?
+                    )?;
+                    if b.edge == Edge::WeauthNative {
+                        template::native_filter(&yaml)?
+                    } else {
+                        yaml
+                    }
                 }
                 Edge::JwtAuthn => {
                     template::jwt_authn_config(envoy_ports, &issuer_url, &b.audience)?
@@ -1018,12 +1088,29 @@ impl Stack {
                 bin: bins.envoy.clone(),
                 config,
                 concurrency: b.concurrency,
-                weauth_filter: matches!(b.edge, Edge::WeauthFilter),
+                weauth_filter: b.edge.is_weauth(),
+                edge: b.edge,
+                native_dir: (b.edge == Edge::WeauthNative)
+                    .then(|| bins.native.parent().map(Path::to_path_buf))
+                    .flatten(),
                 feed_token: b.envoy_feed_env.then(|| stack.feed_token.clone()),
             });
             stack.start_envoy().await?;
         }
         Ok(stack)
+    }
+
+    /// What checks tokens in this stack's Envoy (jwt_authn when there is no Envoy).
+    pub fn edge(&self) -> Edge {
+        self.envoy_spec
+            .as_ref()
+            .map_or(Edge::JwtAuthn, |spec| spec.edge)
+    }
+
+    /// The full Envoy stat name of the weauth filter's `weauth.<name>` in this stack's build
+    /// (`wasmcustom.weauth.allowed`, or the native build's namespace).
+    pub fn filter_stat(&self, name: &str) -> String {
+        self.edge().stat(name)
     }
 
     /// Envoy's listener, `http://127.0.0.1:PORT`.
@@ -1401,7 +1488,7 @@ impl Stack {
         }
         loop {
             let stats = self.envoy_stats().await.unwrap_or_default();
-            if stat_value(&stats, "wasmcustom.weauth.feed_fetch_ok").unwrap_or(0) >= 1 {
+            if stat_value(&stats, &self.edge().stat("feed_fetch_ok")).unwrap_or(0) >= 1 {
                 // Worker VMs pick the list up from shared data on their next tick (100 ms).
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 return Ok(());
@@ -1410,7 +1497,7 @@ impl Stack {
                 return Err(HarnessError::NotReady {
                     name: "envoy filter (revocation feed)",
                     waited: start.elapsed(),
-                    detail: "wasmcustom.weauth.feed_fetch_ok stayed 0".into(),
+                    detail: format!("{} stayed 0", self.edge().stat("feed_fetch_ok")),
                     log: proc.log.clone(),
                     tail: proc.tail(),
                 });
@@ -1429,10 +1516,10 @@ impl Stack {
             .and_then(|jwks| jwks.get("cluster"))
             .is_some()
         {
-            wanted.push("wasmcustom.weauth.jwks_fetch_ok");
+            wanted.push(self.edge().stat("jwks_fetch_ok"));
         }
         if self.plugin_config.get("revocation").is_some() {
-            wanted.push("wasmcustom.weauth.feed_fetch_ok");
+            wanted.push(self.edge().stat("feed_fetch_ok"));
         }
         loop {
             if let Some(status) = proc.exited() {
@@ -1441,7 +1528,7 @@ impl Stack {
             let stats = self.envoy_stats().await.unwrap_or_default();
             let missing: Vec<&str> = wanted
                 .iter()
-                .copied()
+                .map(String::as_str)
                 .filter(|name| stat_value(&stats, name).unwrap_or(0) == 0)
                 .collect();
             if missing.is_empty() {

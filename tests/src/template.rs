@@ -212,6 +212,58 @@ pub fn envoy_config_replicas(
     )
 }
 
+/// The weauth filter of `envoy/envoy.yaml` as Envoy's dynamic-modules HTTP filter
+/// (`envoy.filters.http.dynamic_modules`, module `weauth_filter` found through
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`) instead of the wasm filter, with the same plugin
+/// configuration JSON as its `filter_config` StringValue. Everything else is left as it is.
+///
+/// # Errors
+/// [`TemplateError::Unused`] when the wasm filter block is not where this expects it.
+pub fn native_filter(yaml: &str) -> Result<String, TemplateError> {
+    const START: &str = "                  - name: envoy.filters.http.wasm\n";
+    const END: &str = "                  - name: envoy.filters.http.router\n";
+    const VALUE: &str = "                          value: ";
+    let start = yaml
+        .find(START)
+        .ok_or_else(|| TemplateError::Unused("envoy.filters.http.wasm".into()))?;
+    let end = yaml[start..]
+        .find(END)
+        .map(|i| start + i)
+        .ok_or_else(|| TemplateError::Unused("envoy.filters.http.router".into()))?;
+    let block = &yaml[start..end];
+    let value = block
+        .lines()
+        .find_map(|line| line.strip_prefix(VALUE))
+        .ok_or_else(|| TemplateError::Unused("wasm plugin configuration value".into()))?;
+    let native = format!(
+        "                  - name: envoy.filters.http.dynamic_modules\n\
+         \x20                   typed_config:\n\
+         \x20                     \"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\n\
+         \x20                     dynamic_module_config: {{ name: weauth_filter }}\n\
+         \x20                     filter_name: weauth\n\
+         \x20                     filter_config:\n\
+         \x20                       \"@type\": type.googleapis.com/google.protobuf.StringValue\n\
+         \x20                       value: {value}\n"
+    );
+    // The module's stats namespace registered as a custom one (as Envoy registers `wasmcustom`
+    // for wasm), so Prometheus shows the filter's stats as `weauth_*`, the names the wasm
+    // build's have there (deploy/monitoring's alerts use them), not
+    // `envoy_dynamicmodulescustom_weauth_*`. /stats keeps the `dynamicmodulescustom.` prefix,
+    // as it keeps `wasmcustom.`.
+    Ok(format!(
+        "{}{native}{}\n{NATIVE_RUNTIME}",
+        &yaml[..start],
+        &yaml[end..]
+    ))
+}
+
+/// The runtime layer the native build's bootstrap needs (see [`native_filter`]).
+pub const NATIVE_RUNTIME: &str = "layered_runtime:\n\
+  \x20 layers:\n\
+  \x20   - name: weauth-native\n\
+  \x20     static_layer:\n\
+  \x20       envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix: true\n";
+
 /// The jwt_authn bootstrap (`envoy/jwt-authn.yaml`) for `ports`, accepting tokens of
 /// `issuer_url` for `audience`, with the keys from the issuer's JWKS.
 ///

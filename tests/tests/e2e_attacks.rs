@@ -927,11 +927,11 @@ async fn cookie_csrf_refused_at_edge_legitimate_requests_pass() {
         problems.join("\n")
     );
     let stats = stack
-        .envoy_stats_once("wasmcustom.weauth.denied.csrf", refused)
+        .envoy_stats_once(&stack.filter_stat("denied.csrf"), refused)
         .await
         .unwrap();
     assert_eq!(
-        weauth_tests::harness::stat_value(&stats, "wasmcustom.weauth.denied.csrf"),
+        weauth_tests::harness::stat_value(&stats, &stack.filter_stat("denied.csrf")),
         Some(refused),
         "one denied.csrf per refusal"
     );

@@ -20,6 +20,7 @@ use weauth_bench::report::{
     delay_markdown, edge_markdown, edge_svg, issuer_markdown, memory_markdown, targets,
     targets_markdown,
 };
+use weauth_tests::harness::Edge;
 
 const USAGE: &str =
     "usage: weauth-bench [--mode quick|full] [--out DIR] [--only edge,delay,issuer,fanout]";
@@ -110,6 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "WEAUTH_FILTER_WASM",
             "target/wasm32-wasip1/wasm-release/weauth_filter.wasm",
         ),
+        native: env_path("WEAUTH_FILTER_NATIVE", "target/native/libweauth_filter.so"),
         empty_wasm: env_path(
             "WEAUTH_BENCH_EMPTY_WASM",
             "target/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm",
@@ -132,15 +134,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let run = |name: &str| args.sections.iter().any(|s| s == name);
-    let (rows, memory) = if run("edge") {
+    let (rows, memories) = if run("edge") {
         rt.block_on(edge::run(&settings))
     } else {
-        (Vec::new(), None)
+        (Vec::new(), edge::Memory::default())
     };
+    let memory = memories.wasm;
     let delay = run("delay").then(|| {
         let count = if args.full { 300 } else { 100 };
         eprintln!("bench: revocation delay over {count} logouts");
-        rt.block_on(issuer::revocation_delay(count, Duration::from_secs(3)))
+        rt.block_on(issuer::revocation_delay(
+            count,
+            Duration::from_secs(3),
+            Edge::WeauthFilter,
+        ))
+    });
+    let delay_native = (run("delay") && settings.native.is_file()).then(|| {
+        let count = if args.full { 300 } else { 100 };
+        eprintln!("bench: revocation delay over {count} logouts, native build");
+        rt.block_on(issuer::revocation_delay(
+            count,
+            Duration::from_secs(3),
+            Edge::WeauthNative,
+        ))
     });
     let issuer_result = run("issuer").then(|| {
         let secs = if args.full { 15 } else { 4 };
@@ -228,6 +244,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => md.push_str("Not run (`--only`).\n"),
     }
     md.push_str(
+        "\n### Native build\n\nThe same, with the filter's native build (`make native`).\n\n",
+    );
+    match &delay_native {
+        Some(Ok(d)) => md.push_str(&delay_markdown(d)),
+        Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
+        None => md.push_str("Not run (`--only`, or no target/native/libweauth_filter.so).\n"),
+    }
+    md.push_str(
         "\n## Issuer\n\nThe issuer (release build; SQLite, then Redis) straight, not through Envoy, \
          against the in-process mock WeChat; login rate limit off (`WEAUTH_LOGIN_RATE=0`); each \
          login is a new user with a fresh code minted outside the timed request.\n\n",
@@ -265,6 +289,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match &memory {
         Some(m) => md.push_str(&memory_markdown(m)),
         None => md.push_str("Not measured (needs the weauth 0 and 1M edge rows).\n"),
+    }
+    md.push_str(
+        "\n### Native build\n\nThe same with the native build: one revocation set for every \
+         worker thread, so the \"per worker\" figure should stay near zero.\n\n",
+    );
+    match &memories.native {
+        Some(m) => md.push_str(&memory_markdown(m)),
+        None => md.push_str("Not measured (needs the native 0 and 1M edge rows).\n"),
     }
     md.push_str("\n## Targets for the weauth filter\n\n");
     md.push_str(&goals);

@@ -234,6 +234,18 @@ pub struct Applied {
 }
 
 impl RevocationSet {
+    /// Bytes the set holds on the heap (its columns' capacities), for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        let column = |c: &Column| {
+            c.hashes.capacity() * 8 + c.until.capacity() * 4 + c.issued_before.capacity() * 8
+        };
+        self.shards
+            .iter()
+            .map(|s| column(&s.jti) + column(&s.sid) + column(&s.sub))
+            .sum::<usize>()
+            + self.shards.capacity() * std::mem::size_of::<Shard>()
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.shards.iter().map(Shard::len).sum()
@@ -485,6 +497,19 @@ pub(crate) mod tests {
                 None
             );
         }
+    }
+
+    #[test]
+    fn heap_bytes_counts_twelve_bytes_a_jti_and_twenty_a_sub() {
+        let empty = RevocationSet::default().heap_bytes();
+        let jtis: Vec<Entry> = (0..1000)
+            .map(|i| entry(i, EntryKind::Jti, &format!("j{i}"), NOW + 100))
+            .collect();
+        let subs: Vec<Entry> = (0..1000)
+            .map(|i| entry(i, EntryKind::Sub, &format!("u{i}"), NOW + 100))
+            .collect();
+        assert_eq!(set_with(jtis).heap_bytes() - empty, 12 * 1000);
+        assert_eq!(set_with(subs).heap_bytes() - empty, 20 * 1000);
     }
 
     #[test]

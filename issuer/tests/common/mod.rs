@@ -1,7 +1,11 @@
-//! Shared harness of the issuer's integration tests: runs the REAL `weauth-issuer` binary on
-//! a loopback port it picks itself (`WEAUTH_LISTEN=127.0.0.1:0`, address read from its
-//! `listening on ADDR` log line) with a SQLite file in a fresh temp directory, against the
-//! in-process mock WeChat of `weauth-tests`.
+//! Shared harness of the issuer's integration tests: an issuer with a SQLite file in a fresh
+//! temp directory, against the in-process mock WeChat of `weauth-tests`, on a loopback port.
+//!
+//! [`Stack::start`] runs it in this test's process: the real `App` built from the same
+//! environment the binary would read, served by the real `server::run` (what the binary's
+//! `main` does, minus the process). [`Stack::process`] runs the REAL `weauth-issuer` binary
+//! (`WEAUTH_LISTEN=127.0.0.1:0`, address read from its `listening on ADDR` log line), for what
+//! needs a process: its log, signals, exit codes, a restart that a crash would cause.
 
 #![allow(dead_code)]
 
@@ -14,6 +18,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use weauth_issuer::app::App;
+use weauth_issuer::clock::{Clock, ManualClock, SystemClock};
+use weauth_issuer::config::{Config, Source};
 use weauth_tests::mock_wechat::{MockConfig, MockWechat};
 
 pub const APPID: &str = "wx0123456789abcdef";
@@ -177,15 +184,155 @@ impl Drop for Issuer {
     }
 }
 
+/// An issuer served in this process: the real `App` and `server::run` on a loopback listener.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub env: HashMap<String, String>,
+    clock: Arc<dyn Clock>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
+    background: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// What `weauth-issuer` does at start with exactly `env`, in this process, on `clock`.
+    pub async fn start(env: &HashMap<String, String>, clock: Arc<dyn Clock>) -> InProcess {
+        let lookup = |name: &str| env.get(name).cloned();
+        let read_file = |path: &str| std::fs::read_to_string(path);
+        let config = Config::from_source(&Source {
+            lookup: &lookup,
+            read_file: &read_file,
+        })
+        .unwrap_or_else(|err| panic!("invalid configuration: {err}"));
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        weauth_issuer::app::preflight(&config).unwrap();
+        let app = App::build_with_clock(config, None, Arc::clone(&clock))
+            .await
+            .unwrap();
+        let (background, stopped) = tokio::sync::watch::channel(false);
+        let tasks = app.spawn_background(stopped);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(weauth_issuer::server::run(
+            listener,
+            Arc::clone(&app),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        InProcess {
+            addr,
+            app,
+            env: env.clone(),
+            clock,
+            stop: Some(stop),
+            served: Some(served),
+            background,
+            tasks,
+        }
+    }
+
+    /// Shuts down as on SIGTERM: stops accepting, drains, ends the background tasks.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            let _ = served.await;
+        }
+        let _ = self.background.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(served) = &self.served {
+            served.abort();
+        }
+        let _ = self.background.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// How a [`Stack`]'s issuer runs (see the module docs).
+pub enum Runner {
+    InProcess(InProcess),
+    Process(Issuer),
+    /// Only while [`Stack::restart`] swaps one for the next.
+    Restarting,
+}
+
+impl Runner {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Runner::InProcess(issuer) => issuer.addr,
+            Runner::Process(issuer) => issuer.addr,
+            Runner::Restarting => unreachable!("restarting"),
+        }
+    }
+
+    pub fn env(&self) -> &HashMap<String, String> {
+        match self {
+            Runner::InProcess(issuer) => &issuer.env,
+            Runner::Process(issuer) => &issuer.env,
+            Runner::Restarting => unreachable!("restarting"),
+        }
+    }
+
+    pub fn env_mut(&mut self) -> &mut HashMap<String, String> {
+        match self {
+            Runner::InProcess(issuer) => &mut issuer.env,
+            Runner::Process(issuer) => &mut issuer.env,
+            Runner::Restarting => unreachable!("restarting"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    /// The binary's process; a test that needs it starts with [`Stack::process`].
+    pub fn process(&mut self) -> &mut Issuer {
+        match self {
+            Runner::Process(issuer) => issuer,
+            _ => panic!(
+                "this test needs the issuer's process (its log, a signal): start it with Stack::process*"
+            ),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        match self {
+            Runner::Process(issuer) => issuer.log_text(),
+            _ => panic!("this test reads the issuer's log: start it with Stack::process*"),
+        }
+    }
+
+    pub async fn log_with(&self, needles: &[&str]) -> String {
+        match self {
+            Runner::Process(issuer) => issuer.log_with(needles).await,
+            _ => panic!("this test reads the issuer's log: start it with Stack::process*"),
+        }
+    }
+}
+
 /// A mock, a temp dir and an issuer with the base env plus `extra`.
 pub struct Stack {
     pub mock: MockWechat,
-    pub issuer: Issuer,
+    pub issuer: Runner,
     pub dir: TempDir,
     pub http: reqwest::Client,
 }
 
 impl Stack {
+    /// In this process ([`InProcess`]), with the base env plus `extra`.
     pub async fn start(extra: &[(&str, &str)]) -> Stack {
         Stack::start_with(MockConfig::default(), extra).await
     }
@@ -201,6 +348,58 @@ impl Stack {
         prepare: impl FnOnce(&MockWechat, &Path, &mut HashMap<String, String>),
         extra: &[(&str, &str)],
     ) -> Stack {
+        Stack::launch_with(cfg, prepare, extra, false, None).await
+    }
+
+    /// In this process on a manual clock (starting at the system's time), which the test
+    /// advances instead of sleeping.
+    pub async fn start_clocked(extra: &[(&str, &str)]) -> (Stack, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::starting_now());
+        let stack = Stack::launch_with(
+            MockConfig::default(),
+            |_, _, _| {},
+            extra,
+            false,
+            Some(Arc::clone(&clock) as Arc<dyn Clock>),
+        )
+        .await;
+        (stack, clock)
+    }
+
+    /// The real binary ([`Issuer`]), for a test that needs its process.
+    pub async fn process(extra: &[(&str, &str)]) -> Stack {
+        Stack::process_with(MockConfig::default(), extra).await
+    }
+
+    pub async fn process_with(cfg: MockConfig, extra: &[(&str, &str)]) -> Stack {
+        Stack::process_prepared(cfg, |_, _, _| {}, extra).await
+    }
+
+    pub async fn process_prepared(
+        cfg: MockConfig,
+        prepare: impl FnOnce(&MockWechat, &Path, &mut HashMap<String, String>),
+        extra: &[(&str, &str)],
+    ) -> Stack {
+        Stack::launch_with(cfg, prepare, extra, true, None).await
+    }
+
+    /// [`Stack::start_prepared`] or, with `process`, [`Stack::process_prepared`].
+    pub async fn launch(
+        cfg: MockConfig,
+        prepare: impl FnOnce(&MockWechat, &Path, &mut HashMap<String, String>),
+        extra: &[(&str, &str)],
+        process: bool,
+    ) -> Stack {
+        Stack::launch_with(cfg, prepare, extra, process, None).await
+    }
+
+    async fn launch_with(
+        cfg: MockConfig,
+        prepare: impl FnOnce(&MockWechat, &Path, &mut HashMap<String, String>),
+        extra: &[(&str, &str)],
+        process: bool,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> Stack {
         let mock = MockWechat::start(cfg).await.unwrap();
         let dir = temp_dir("it");
         let mut env = base_env(&mock, dir.path());
@@ -208,9 +407,17 @@ impl Stack {
         for (k, v) in extra {
             env.insert(k.to_string(), v.to_string());
         }
-        let issuer = tokio::task::spawn_blocking(move || Issuer::start(&env))
-            .await
-            .unwrap();
+        let issuer = if process {
+            Runner::Process(
+                tokio::task::spawn_blocking(move || Issuer::start(&env))
+                    .await
+                    .unwrap(),
+            )
+        } else {
+            Runner::InProcess(
+                InProcess::start(&env, clock.unwrap_or_else(|| Arc::new(SystemClock))).await,
+            )
+        };
         Stack {
             mock,
             issuer,
@@ -222,14 +429,28 @@ impl Stack {
         }
     }
 
-    /// Stops the issuer (SIGTERM, clean exit expected) and starts it again on the same DB.
+    /// Stops the issuer (as on SIGTERM; the process must exit cleanly) and starts it again on
+    /// the same database.
     pub async fn restart(&mut self) {
-        let status = tokio::task::block_in_place(|| self.issuer.terminate(Duration::from_secs(15)));
-        assert!(status.success(), "issuer exit status {status:?}");
-        let env = self.issuer.env.clone();
-        self.issuer = tokio::task::spawn_blocking(move || Issuer::start(&env))
-            .await
-            .unwrap();
+        let env = self.issuer.env().clone();
+        match std::mem::replace(&mut self.issuer, Runner::Restarting) {
+            Runner::InProcess(issuer) => {
+                let clock = Arc::clone(&issuer.clock);
+                issuer.stop().await;
+                self.issuer = Runner::InProcess(InProcess::start(&env, clock).await);
+            }
+            Runner::Process(mut issuer) => {
+                let status =
+                    tokio::task::block_in_place(|| issuer.terminate(Duration::from_secs(15)));
+                assert!(status.success(), "issuer exit status {status:?}");
+                self.issuer = Runner::Process(
+                    tokio::task::spawn_blocking(move || Issuer::start(&env))
+                        .await
+                        .unwrap(),
+                );
+            }
+            Runner::Restarting => unreachable!("restarting"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

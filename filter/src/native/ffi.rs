@@ -1,0 +1,1061 @@
+//! Envoy's dynamic-module C ABI, as the native build uses it: the declarations, the event hooks
+//! Envoy calls, and thin safe wrappers. Every `unsafe` of the crate is in this module. Envoy's
+//! Rust SDK for this ABI is not on crates.io (and a build here may only use the registries),
+//! hence declarations written by hand; only the calls the filter uses are declared.
+//!
+//! Where they come from: `source/extensions/dynamic_modules/abi/abi.h` of envoyproxy/envoy as
+//! stored for reference (a commit of the released-ABI-is-frozen era; the v1.40.0 tag itself
+//! could not be fetched), checked against Envoy 1.40.0's binary: every callback declared here
+//! is in its dynamic symbol table (`nm -D`), every hook it requires is defined here, and it
+//! logs `Dynamic module ABI version v0.2.0 matched` for [`ABI_VERSION`] (it called the
+//! header's `v0.1.0` "deprecated").
+//!
+//! Load-time checks: [`envoy_dynamic_module_on_program_init`] returns [`ABI_VERSION`], which
+//! Envoy compares with its own (a mismatch is logged as "deprecated"); and the library is
+//! linked with `-z now` (`filter/build.rs`), so a callback this module declares that the Envoy
+//! binary does not export fails the `dlopen`, and Envoy refuses the configuration instead of
+//! aborting at the first call.
+//!
+//! Panics never cross the boundary: every hook runs its body under `catch_unwind`; a panic in
+//! the request hook answers 503 (fail closed), one in the configuration hook refuses the
+//! configuration.
+
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::host::{DispatchError, Host, IssuerCall, Level, Stats};
+use crate::request::{self, Flow};
+
+use super::{Fetcher, Report, Shared, View, TICK_MS};
+
+/// The ABI version this module was written against: Envoy 1.40.0's
+/// `ENVOY_DYNAMIC_MODULES_ABI_VERSION` (found by loading: 1.40.0 matches `v0.2.0`),
+/// NUL-terminated.
+pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+// ---------------------------------------------------------------------------------------------
+// Types (abi.h "Common Types" and "HTTP Filter Types").
+
+type ConfigEnvoyPtr = *mut c_void;
+type ConfigModulePtr = *const c_void;
+type FilterEnvoyPtr = *mut c_void;
+type FilterModulePtr = *const c_void;
+type SchedulerPtr = *mut c_void;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ModuleBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl ModuleBuffer {
+    fn of(bytes: &[u8]) -> ModuleBuffer {
+        ModuleBuffer {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+
+    fn null() -> ModuleBuffer {
+        ModuleBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ModuleHttpHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyHttpHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
+const REQUEST_HEADER: u32 = 0;
+/// `envoy_dynamic_module_type_on_http_filter_request_headers_status_{Continue,StopIteration}`
+/// (the same values for every `*_status` enum used here).
+const STATUS_CONTINUE: u32 = 0;
+const STATUS_STOP_ITERATION: u32 = 1;
+/// `envoy_dynamic_module_type_http_callout_init_result_*`.
+const CALLOUT_SUCCESS: u32 = 0;
+/// `envoy_dynamic_module_type_http_callout_result_Success`.
+const CALLOUT_RESULT_SUCCESS: u32 = 0;
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
+/// `envoy_dynamic_module_type_log_level_*`.
+const LOG_TRACE: u32 = 0;
+const LOG_DEBUG: u32 = 1;
+const LOG_INFO: u32 = 2;
+const LOG_WARN: u32 = 3;
+const LOG_ERROR: u32 = 4;
+
+// ---------------------------------------------------------------------------------------------
+// Callbacks Envoy implements (only those the filter calls).
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
+
+    fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        result_headers: *mut EnvoyHttpHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter: FilterEnvoyPtr,
+        status_code: u32,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        counter_id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: ConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        gauge_id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: ConfigEnvoyPtr,
+        callout_id: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoyPtr,
+    ) -> SchedulerPtr;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: SchedulerPtr,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: SchedulerPtr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safe wrappers.
+
+fn log(level: Level, message: &str) {
+    let level = match level {
+        Level::Trace => LOG_TRACE,
+        Level::Debug => LOG_DEBUG,
+        Level::Info => LOG_INFO,
+        Level::Warn => LOG_WARN,
+        Level::Error => LOG_ERROR,
+    };
+    // SAFETY: plain values; the message outlives the call.
+    unsafe {
+        if envoy_dynamic_module_callback_log_enabled(level) {
+            let line = format!("weauth: {message}");
+            envoy_dynamic_module_callback_log(level, ModuleBuffer::of(line.as_bytes()));
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Counter and gauge ids, defined once in `on_http_filter_config_new` (Envoy freezes stat
+/// creation after it). Names as the wasm build's: `weauth.<name>`, `weauth.denied.<reason>`.
+#[derive(Debug, Default)]
+struct Ids {
+    counters: Vec<(&'static str, usize)>,
+    denied: Vec<(&'static str, usize)>,
+    gauges: Vec<(&'static str, usize)>,
+}
+
+impl Ids {
+    fn define(config: ConfigEnvoyPtr) -> Ids {
+        let mut ids = Ids::default();
+        for name in crate::metrics_names::COUNTERS {
+            if let Some(id) = define(config, &format!("weauth.{name}"), false) {
+                ids.counters.push((name, id));
+            }
+        }
+        for reason in crate::metrics_names::DENY_REASONS {
+            if let Some(id) = define(config, &format!("weauth.denied.{reason}"), false) {
+                ids.denied.push((reason, id));
+            }
+        }
+        for name in crate::metrics_names::GAUGES {
+            if let Some(id) = define(config, &format!("weauth.{name}"), true) {
+                ids.gauges.push((name, id));
+            }
+        }
+        ids
+    }
+
+    fn find(list: &[(&'static str, usize)], name: &str) -> Option<usize> {
+        list.iter().find(|(n, _)| *n == name).map(|(_, id)| *id)
+    }
+}
+
+fn define(config: ConfigEnvoyPtr, name: &str, gauge: bool) -> Option<usize> {
+    let mut id = 0usize;
+    // SAFETY: `config` is the pointer Envoy passed to this hook; no labels.
+    let result = unsafe {
+        if gauge {
+            envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                config,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        } else {
+            envoy_dynamic_module_callback_http_filter_config_define_counter(
+                config,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        }
+    };
+    (result == METRICS_SUCCESS).then_some(id)
+}
+
+/// The Envoy configuration pointer, valid on the main thread between `config_new` and
+/// `config_destroy` (the hooks that hand it out).
+#[derive(Clone, Copy)]
+struct EnvoyConfig(ConfigEnvoyPtr);
+
+impl IssuerCall for EnvoyConfig {
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u64, DispatchError> {
+        let mut raw: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(name, value)| ModuleHttpHeader {
+                key_ptr: name.as_ptr(),
+                key_length: name.len(),
+                value_ptr: value.as_ptr(),
+                value_length: value.len(),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: main thread, inside a hook that received this pointer; every buffer outlives
+        // the call (Envoy copies them into its request).
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                raw.as_mut_ptr(),
+                raw.len(),
+                ModuleBuffer::null(),
+                timeout_ms,
+            )
+        };
+        match result {
+            CALLOUT_SUCCESS => Ok(id),
+            1 => Err(DispatchError("missing required headers".into())),
+            2 => Err(DispatchError("cluster not found".into())),
+            3 => Err(DispatchError("duplicate callout id".into())),
+            _ => Err(DispatchError("cannot create the request".into())),
+        }
+    }
+}
+
+/// Reports of the main-thread fetcher, through the configuration's stats.
+struct ConfigReport<'a> {
+    config: EnvoyConfig,
+    ids: &'a Ids,
+}
+
+impl Report for ConfigReport<'_> {
+    fn log(&self, level: Level, message: &str) {
+        log(level, message);
+    }
+
+    fn count(&self, name: &'static str) {
+        if let Some(id) = Ids::find(&self.ids.counters, name) {
+            // SAFETY: main thread, inside a hook that received this pointer.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                    self.config.0,
+                    id,
+                    std::ptr::null_mut(),
+                    0,
+                    1,
+                );
+            }
+        }
+    }
+
+    fn gauge(&self, name: &'static str, value: u64) {
+        if let Some(id) = Ids::find(&self.ids.gauges, name) {
+            // SAFETY: as above.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                    self.config.0,
+                    id,
+                    std::ptr::null_mut(),
+                    0,
+                    value,
+                );
+            }
+        }
+    }
+}
+
+/// The scheduler handle, committed to from the ticker thread (Envoy: "safe to call from any
+/// thread").
+struct Scheduler(SchedulerPtr);
+
+// SAFETY: Envoy's configuration scheduler posts to the main dispatcher and may be committed to
+// from any thread; it is deleted only after the ticker thread is joined.
+unsafe impl Send for Scheduler {}
+// SAFETY: as above (commit takes no exclusive access).
+unsafe impl Sync for Scheduler {}
+
+/// The background thread that only keeps time: every [`TICK_MS`] it asks Envoy to run the
+/// configuration's tick on the main thread (the ABI has no per-configuration timer).
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    scheduler: Arc<Scheduler>,
+}
+
+impl Ticker {
+    fn start(config: ConfigEnvoyPtr) -> Option<Ticker> {
+        // SAFETY: inside `config_new`, with the pointer Envoy passed.
+        let raw = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
+        if raw.is_null() {
+            return None;
+        }
+        let scheduler = Arc::new(Scheduler(raw));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let scheduler = Arc::clone(&scheduler);
+            std::thread::Builder::new()
+                .name("weauth-tick".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(TICK_MS));
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        // SAFETY: the scheduler lives until this thread is joined.
+                        unsafe {
+                            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                                scheduler.0,
+                                0,
+                            );
+                        }
+                    }
+                })
+                .ok()
+        };
+        let ticker = Ticker {
+            stop,
+            thread,
+            scheduler,
+        };
+        ticker.thread.is_some().then_some(ticker)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        // SAFETY: the only other user (the thread) is joined.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.scheduler.0)
+        };
+    }
+}
+
+/// The in-module configuration: what `config_new` returns and every hook receives.
+struct Module {
+    shared: Shared,
+    ids: Ids,
+    /// Main thread only; a mutex to make that checkable rather than assumed.
+    fetcher: Mutex<Fetcher>,
+    ticker: Mutex<Option<Ticker>>,
+}
+
+// Envoy calls the request hooks of one configuration from every worker thread at once, through
+// the raw pointer `config_new` returned: the module must be shareable (checked here, since the
+// pointer casts cannot check it).
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Module>();
+};
+
+/// One request's host: the filter pointer Envoy passed to the hook.
+struct Request<'a> {
+    filter: FilterEnvoyPtr,
+    ids: &'a Ids,
+}
+
+impl Request<'_> {
+    fn set(&self, name: &str, value: ModuleBuffer) {
+        // SAFETY: inside a request hook with Envoy's filter pointer; buffers outlive the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.filter,
+                REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                value,
+            );
+        }
+    }
+
+    fn increment(&self, id: Option<usize>) {
+        if let Some(id) = id {
+            // SAFETY: inside a request hook with Envoy's filter pointer; no labels.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_increment_counter(
+                    self.filter,
+                    id,
+                    std::ptr::null_mut(),
+                    0,
+                    1,
+                );
+            }
+        }
+    }
+}
+
+impl Host for Request<'_> {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        log(level, message);
+    }
+
+    fn request_headers(&mut self) -> Vec<(String, String)> {
+        // SAFETY: inside a request hook; the array is sized by the host's own count, and the
+        // buffers it points to live until the hook returns (copied out below).
+        unsafe {
+            let size =
+                envoy_dynamic_module_callback_http_get_headers_size(self.filter, REQUEST_HEADER);
+            let mut raw = vec![
+                EnvoyHttpHeader {
+                    key_ptr: std::ptr::null(),
+                    key_length: 0,
+                    value_ptr: std::ptr::null(),
+                    value_length: 0,
+                };
+                size
+            ];
+            if size == 0
+                || !envoy_dynamic_module_callback_http_get_headers(
+                    self.filter,
+                    REQUEST_HEADER,
+                    raw.as_mut_ptr(),
+                )
+            {
+                return Vec::new();
+            }
+            raw.iter()
+                .map(|h| {
+                    (
+                        lossy(h.key_ptr, h.key_length),
+                        lossy(h.value_ptr, h.value_length),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.set(name, ModuleBuffer::of(value.as_bytes()));
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        // A null value removes the header (abi.h).
+        self.set(name, ModuleBuffer::null());
+    }
+
+    fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let mut raw: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(name, value)| ModuleHttpHeader {
+                key_ptr: name.as_ptr(),
+                key_length: name.len(),
+                value_ptr: value.as_ptr(),
+                value_length: value.len(),
+            })
+            .collect();
+        // SAFETY: inside a request hook; every buffer outlives the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.filter,
+                u32::from(status),
+                raw.as_mut_ptr(),
+                raw.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(b"weauth_denied"),
+            );
+        }
+    }
+}
+
+impl Stats for Request<'_> {
+    fn allowed(&self) {
+        self.increment(Ids::find(&self.ids.counters, "allowed"));
+    }
+    fn anonymous(&self) {
+        self.increment(Ids::find(&self.ids.counters, "anonymous"));
+    }
+    fn cache_hit(&self) {
+        self.increment(Ids::find(&self.ids.counters, "cache_hit"));
+    }
+    fn cache_miss(&self) {
+        self.increment(Ids::find(&self.ids.counters, "cache_miss"));
+    }
+    fn denied(&self, reason: &'static str) {
+        self.increment(Ids::find(&self.ids.denied, reason));
+    }
+    fn count(&self, name: &'static str) {
+        self.increment(Ids::find(&self.ids.counters, name));
+    }
+}
+
+/// # Safety
+/// `ptr` must point to `len` readable bytes (or be null with any `len`).
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    if ptr.is_null() || len == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(ptr, len)
+    }
+}
+
+/// # Safety
+/// As [`bytes`].
+unsafe fn lossy(ptr: *const u8, len: usize) -> String {
+    String::from_utf8_lossy(bytes(ptr, len)).into_owned()
+}
+
+/// # Safety
+/// `module` must be a pointer returned by [`envoy_dynamic_module_on_http_filter_config_new`]
+/// and not yet destroyed.
+unsafe fn module<'a>(module: ConfigModulePtr) -> Option<&'a Module> {
+    module.cast::<Module>().as_ref()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event hooks (Envoy calls these).
+
+/// Returns the ABI version this module was built against.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    ABI_VERSION.as_ptr()
+}
+
+/// Parses the configuration (the same JSON as the wasm plugin's), defines the stats and starts
+/// the ticker. A null return makes Envoy refuse the configuration.
+///
+/// # Safety
+/// Called by Envoy with valid buffers.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: ConfigEnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> ConfigModulePtr {
+    let raw = bytes(config.ptr, config.length);
+    let built = catch_unwind(AssertUnwindSafe(|| {
+        let config = match Config::parse_with_env(raw, &|name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(err) => {
+                log(
+                    Level::Error,
+                    &format!("invalid filter configuration: {err}"),
+                );
+                return None;
+            }
+        };
+        for warning in &config.warnings {
+            log(Level::Warn, &format!("filter configuration: {warning}"));
+        }
+        let ids = Ids::define(config_envoy);
+        let now = now_ms();
+        let fetcher = Fetcher::new(&config, now);
+        let ticker = if fetcher.fetches() {
+            match Ticker::start(config_envoy) {
+                Some(ticker) => Some(ticker),
+                None => {
+                    log(Level::Error, "could not start the fetchers' tick");
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        log(Level::Info, &format!("{} (native build)", config.summary()));
+        if fetcher.fetches() {
+            log(
+                Level::Info,
+                "the main thread is now the JWKS/revocation fetcher (one per Envoy)",
+            );
+        }
+        Some(Box::new(Module {
+            shared: Shared::new(config),
+            ids,
+            fetcher: Mutex::new(fetcher),
+            ticker: Mutex::new(ticker),
+        }))
+    }));
+    match built {
+        Ok(Some(module)) => Box::into_raw(module).cast_const().cast(),
+        Ok(None) => std::ptr::null(),
+        Err(_) => {
+            log(
+                Level::Error,
+                "the configuration hook panicked; configuration refused",
+            );
+            std::ptr::null()
+        }
+    }
+}
+
+/// # Safety
+/// `config` is what `config_new` returned.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+    config: ConfigModulePtr,
+) {
+    if config.is_null() {
+        return;
+    }
+    let module = Box::from_raw(config.cast::<Module>().cast_mut());
+    let _ = catch_unwind(AssertUnwindSafe(move || {
+        // Stop and join the ticker before the module (and its scheduler) goes.
+        if let Ok(mut ticker) = module.ticker.lock() {
+            ticker.take();
+        }
+        module.shared.forget_thread_cache();
+        drop(module);
+    }));
+}
+
+/// The per-stream filter needs no state of its own: the configuration pointer is returned.
+///
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: ConfigModulePtr,
+    _filter_envoy: FilterEnvoyPtr,
+) -> FilterModulePtr {
+    config
+}
+
+/// Runs the shared request glue. A panic answers 503 (fail closed).
+///
+/// # Safety
+/// Called by Envoy with the pointers of a live stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    let Some(module) = module(filter_module) else {
+        return STATUS_CONTINUE;
+    };
+    let mut host = Request {
+        filter: filter_envoy,
+        ids: &module.ids,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let mut view = View {
+            shared: &module.shared,
+        };
+        let stats = Request {
+            filter: filter_envoy,
+            ids: &module.ids,
+        };
+        request::on_request_headers(&mut host, &module.shared.config, &mut view, &stats)
+    }));
+    match outcome {
+        Ok(Flow::Continue) => STATUS_CONTINUE,
+        Ok(Flow::Stop) => STATUS_STOP_ITERATION,
+        Err(_) => {
+            log(Level::Error, "the request hook panicked; answering 503");
+            let stats = Request {
+                filter: filter_envoy,
+                ids: &module.ids,
+            };
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                request::deny(&mut host, &stats, &request::unavailable())
+            }));
+            STATUS_STOP_ITERATION
+        }
+    }
+}
+
+/// The main-thread tick (scheduled by the ticker thread).
+///
+/// # Safety
+/// Called by Envoy on the main thread.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    _event_id: u64,
+) {
+    let Some(module) = module(config) else {
+        return;
+    };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let Ok(mut fetcher) = module.fetcher.try_lock() else {
+            return;
+        };
+        let mut call = EnvoyConfig(config_envoy);
+        let report = ConfigReport {
+            config: call,
+            ids: &module.ids,
+        };
+        fetcher.tick(&module.shared, &mut call, &report, now_ms());
+    }));
+}
+
+/// A fetch's answer.
+///
+/// # Safety
+/// Called by Envoy on the main thread; the arrays live until the hook returns.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
+) {
+    let Some(module) = module(config) else {
+        return;
+    };
+    let mut status = 0u32;
+    let mut body = Vec::new();
+    if result == CALLOUT_RESULT_SUCCESS {
+        let headers = if headers.is_null() {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(headers, headers_size)
+        };
+        for header in headers {
+            if bytes(header.key_ptr, header.key_length) == b":status" {
+                status = std::str::from_utf8(bytes(header.value_ptr, header.value_length))
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+        let chunks = if body_chunks.is_null() {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(body_chunks, body_chunks_size)
+        };
+        for chunk in chunks {
+            body.extend_from_slice(bytes(chunk.ptr, chunk.length));
+        }
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let Ok(mut fetcher) = module.fetcher.try_lock() else {
+            return;
+        };
+        let mut call = EnvoyConfig(config_envoy);
+        let report = ConfigReport {
+            config: call,
+            ids: &module.ids,
+        };
+        fetcher.on_response(
+            &module.shared,
+            &mut call,
+            &report,
+            callout_id,
+            status,
+            &body,
+            now_ms(),
+        );
+    }));
+}
+
+// The hooks Envoy requires but this filter does not use: pass through.
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    STATUS_CONTINUE
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+) -> u32 {
+    STATUS_CONTINUE
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    STATUS_CONTINUE
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    STATUS_CONTINUE
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+) -> u32 {
+    STATUS_CONTINUE
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+) {
+}
+
+/// The filter pointer is the configuration's: nothing to free.
+///
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
+    _filter_module: FilterModulePtr,
+) {
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _callout_id: u64,
+    _result: u32,
+    _headers: *const EnvoyHttpHeader,
+    _headers_size: usize,
+    _body_chunks: *const EnvoyBuffer,
+    _body_chunks_size: usize,
+) {
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _stream_id: u64,
+    _headers: *const EnvoyHttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _stream_id: u64,
+    _trailers: *const EnvoyHttpHeader,
+    _trailers_size: usize,
+) {
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _stream_id: u64,
+) {
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _stream_id: u64,
+    _reason: u32,
+) {
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+    _event_id: u64,
+) {
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+) {
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter_envoy: FilterEnvoyPtr,
+    _filter_module: FilterModulePtr,
+) {
+}
+
+/// Per-route configuration is not used: refused (null), so a per-route config fails loudly.
+///
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    _name: EnvoyBuffer,
+    _config: EnvoyBuffer,
+) -> *const c_void {
+    log(Level::Error, "per-route configuration is not supported");
+    std::ptr::null()
+}
+
+/// # Safety
+/// Called by Envoy.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    _config: *const c_void,
+) {
+}

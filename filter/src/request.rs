@@ -1,0 +1,759 @@
+//! The per-request glue shared by both builds: thin, host-independent, written against
+//! [`crate::host`]'s traits and unit-tested natively against a mock host.
+//!
+//! 1. Read the request's header map once (everything below reads that copy).
+//! 2. Let a CORS preflight through when `cors_preflight` is on.
+//! 3. Pick the path rule ([`crate::path`]: refused with 400 when the path is unsafe, never a
+//!    laxer rule than what the upstream may make of it); `none` forwards as is.
+//! 4. A token from a cookie on an unsafe method must pass the CSRF rule ([`crate::csrf`]),
+//!    else 403 before any verification.
+//! 5. Decide ([`KeyState::judge`] → [`crate::verify::decide`]); on allow, set the identity
+//!    headers (and remove the token, its header or its cookie, unless the rule forwards it); on
+//!    deny, answer locally with the status, an RFC 6750 `WWW-Authenticate` challenge and a JSON
+//!    body.
+//!
+//! Whatever the outcome, no header the client sent under the identity prefix (`x-weauth-`)
+//! nor any configured identity header reaches the upstream ([`crate::headers`]): on allow the
+//! configured headers with a value are set (which replaces the client's copies) and every
+//! other one the client sent is removed; on every other forwarded request each one the client
+//! sent is removed (a client must never assert an identity).
+
+use std::borrow::Cow;
+
+use weauth_token::{Claims, KeySet};
+
+use crate::cache::TokenCache;
+use crate::config::{Config, Require, StaleMode, TokenSource};
+use crate::headers::{self, CookieEdit};
+use crate::host::{Host, KeyState, Level, Stats};
+use crate::revocation::RevocationSet;
+use crate::verify::{
+    self, CacheUse, Decision, Denial, Extracted, RevocationView, Snapshot, Verdict,
+};
+use crate::{csrf, path};
+
+/// What the host does with the request after the glue ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Forward to the upstream (headers possibly edited).
+    Continue,
+    /// A local reply was sent; stop the filter chain.
+    Stop,
+}
+
+/// The revocation set as a decision sees it: the set, its generation and when the feed last
+/// answered (unix ms). `None` while nothing is loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct Loaded<'a> {
+    pub set: &'a RevocationSet,
+    pub generation: u64,
+    pub last_ok_ms: u64,
+}
+
+/// Builds the [`Snapshot`] from a build's state and decides. Pure: both builds' [`KeyState`]
+/// call it with what they hold.
+#[allow(clippy::too_many_arguments)]
+pub fn judge(
+    config: &Config,
+    keys: Option<&KeySet>,
+    keys_generation: u64,
+    revocation: Option<Loaded<'_>>,
+    cache: &mut TokenCache,
+    extracted: &Extracted,
+    require: Require,
+    scopes: &[String],
+    now_ms: u64,
+) -> Verdict {
+    let view = match &config.revocation {
+        None => RevocationView::Disabled,
+        Some(feed) => match revocation {
+            None => RevocationView::NotLoaded {
+                mode: feed.stale_mode,
+            },
+            Some(loaded) => RevocationView::Ready {
+                set: loaded.set,
+                generation: loaded.generation,
+                stale: now_ms.saturating_sub(loaded.last_ok_ms)
+                    > feed.stale_after_seconds.saturating_mul(1000),
+                mode: feed.stale_mode,
+            },
+        },
+    };
+    let snapshot = Snapshot {
+        keys,
+        keys_generation,
+        revocation: view,
+    };
+    verify::decide(
+        extracted,
+        require,
+        scopes,
+        &config.validation,
+        &snapshot,
+        cache,
+        i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+    )
+}
+
+/// The 503 a request gets when the glue itself failed (a panic caught at the native FFI
+/// boundary, a state that could not be borrowed): fail closed.
+pub fn unavailable() -> Denial {
+    Denial {
+        status: 503,
+        error: "temporarily_unavailable",
+        description: "the filter is busy; retry shortly".into(),
+        reason: "jwks_unavailable",
+        scope: None,
+    }
+}
+
+/// Runs the filter on one request's headers.
+pub fn on_request_headers(
+    host: &mut impl Host,
+    config: &Config,
+    state: &mut impl KeyState,
+    stats: &impl Stats,
+) -> Flow {
+    let headers = host.request_headers();
+    let method = headers::first(&headers, ":method");
+    if config.cors_preflight
+        && method == Some("OPTIONS")
+        && headers::first(&headers, "origin").is_some()
+        && headers::first(&headers, "access-control-request-method").is_some()
+    {
+        strip_identity(host, config, &headers, &[]);
+        return Flow::Continue;
+    }
+    let path = headers::first(&headers, ":path").unwrap_or("/");
+    let (require, scopes) = match path::rule_for_path(path, |p| config.rule_for(p)) {
+        Ok(rule) => rule,
+        Err(err) => {
+            return deny(
+                host,
+                stats,
+                &Denial {
+                    status: 400,
+                    error: "invalid_request",
+                    description: err.to_string(),
+                    reason: "bad_path",
+                    scope: None,
+                },
+            )
+        }
+    };
+    if require == Require::None {
+        strip_identity(host, config, &headers, &[]);
+        return Flow::Continue;
+    }
+    let edge = path::edge_for_path(path, |p| config.edge_for(p));
+    let extracted = verify::extract_token(&config.token_sources, &headers, path);
+    if csrf::applies(edge.csrf, &config.token_sources, &extracted, method) {
+        if let Err(denial) = csrf::check(
+            headers::first(&headers, "sec-fetch-site"),
+            headers::first(&headers, "origin"),
+            &config.csrf_allowed_origins,
+        ) {
+            return deny(host, stats, &denial);
+        }
+    }
+    let now = host.now_ms();
+    let outcome = state.judge(&extracted, require, scopes, now);
+    match outcome.cache {
+        CacheUse::Hit => stats.cache_hit(),
+        CacheUse::Miss => stats.cache_miss(),
+        CacheUse::NotUsed => {}
+    }
+    if outcome.stale_allowed {
+        stats.count("revocation_stale_allowed");
+        let mode = config.revocation.as_ref().map(|feed| feed.stale_mode);
+        if mode == Some(StaleMode::Allow) {
+            host.log(
+                Level::Debug,
+                "revocation list stale: request allowed (stale_mode=allow)",
+            );
+        }
+    }
+    if outcome.unknown_key {
+        state.want_jwks_refetch(now);
+    }
+    match outcome.decision {
+        Decision::Allow { claims } => {
+            stats.allowed();
+            forward_identity(
+                host,
+                config,
+                &claims,
+                &extracted,
+                &headers,
+                edge.forward_authorization,
+            );
+            Flow::Continue
+        }
+        Decision::Anonymous => {
+            stats.anonymous();
+            strip_identity(host, config, &headers, &[]);
+            Flow::Continue
+        }
+        Decision::Deny(denial) => deny(host, stats, &denial),
+    }
+}
+
+/// Answers locally with the denial's status, challenge and JSON body.
+pub fn deny(host: &mut impl Host, stats: &impl Stats, denial: &Denial) -> Flow {
+    stats.denied(denial.reason);
+    host.log(
+        Level::Debug,
+        &format!("denied {}: {}", denial.status, denial.reason),
+    );
+    let body = denial.body();
+    let challenge = denial.www_authenticate();
+    let mut reply = vec![
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+    ];
+    if let Some(challenge) = challenge.as_deref() {
+        reply.push(("www-authenticate", challenge));
+    }
+    if denial.status == 503 {
+        reply.push(("retry-after", "1"));
+    }
+    host.send_local_reply(denial.status, &reply, body.as_bytes());
+    Flow::Stop
+}
+
+/// Sets the identity headers from the claims, removes every other identity header the client
+/// sent, and removes the token unless the rule forwards it. Setting a header replaces every
+/// copy the client sent; a header whose claim is absent (or unusable) is removed if the client
+/// sent it.
+fn forward_identity(
+    host: &mut impl Host,
+    config: &Config,
+    claims: &Claims,
+    extracted: &Extracted,
+    headers: &[(String, String)],
+    forward_authorization: bool,
+) {
+    let mut set: Vec<&str> = Vec::with_capacity(config.claim_to_headers.len());
+    for mapping in &config.claim_to_headers {
+        let value = claim_value(claims, &mapping.claim);
+        // A claim with control characters cannot be a header value; leave it out.
+        let usable = value
+            .as_deref()
+            .filter(|value| !value.chars().any(char::is_control));
+        if value.is_some() && usable.is_none() {
+            host.log(
+                Level::Warn,
+                &format!("claim {} not forwarded: control characters", mapping.claim),
+            );
+        }
+        if let Some(usable) = usable {
+            host.set_request_header(&mapping.header, usable);
+            set.push(&mapping.header);
+        }
+    }
+    strip_identity(host, config, headers, &set);
+    if forward_authorization {
+        return;
+    }
+    let Extracted::Found { source, .. } = extracted else {
+        return;
+    };
+    match config.token_sources.get(*source) {
+        Some(TokenSource::Header { name, .. }) => host.remove_request_header(name),
+        Some(TokenSource::Cookie(name)) => match headers::cookie_without(headers, name) {
+            CookieEdit::Unchanged => {}
+            CookieEdit::Set(rest) => host.set_request_header("cookie", &rest),
+            CookieEdit::Remove => host.remove_request_header("cookie"),
+        },
+        // A query token stays in `:path` (rewriting the path is not this filter's job).
+        Some(TokenSource::Query(_)) | None => {}
+    }
+}
+
+/// Removes the identity headers the client sent, but those in `set` (see
+/// [`headers::identity_to_remove`]): one host call per header actually sent.
+fn strip_identity(
+    host: &mut impl Host,
+    config: &Config,
+    headers: &[(String, String)],
+    set: &[&str],
+) {
+    for name in headers::identity_to_remove(
+        headers,
+        &config.identity_header_prefix,
+        &config.claim_to_headers,
+        set,
+    ) {
+        host.remove_request_header(name);
+    }
+}
+
+/// A claim's value for a header, borrowed when the claim is a string.
+fn claim_value<'c>(claims: &'c Claims, name: &str) -> Option<Cow<'c, str>> {
+    let borrowed = match name {
+        "sub" => Some(claims.sub.as_str()),
+        "sid" => Some(claims.sid.as_str()),
+        "openid" => Some(claims.openid.as_str()),
+        "appid" => Some(claims.appid.as_str()),
+        "jti" => Some(claims.jti.as_str()),
+        "iss" => Some(claims.iss.as_str()),
+        "unionid" => return claims.unionid.as_deref().map(Cow::Borrowed),
+        "scope" => return claims.scope.as_deref().map(Cow::Borrowed),
+        _ => None,
+    };
+    match borrowed {
+        Some(value) => Some(Cow::Borrowed(value)),
+        None => claims.get(name).map(Cow::Owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The glue against a mock host (what a proxy would do with the same calls).
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use weauth_token::revocation::{Entry, EntryKind, FeedResponse};
+    use weauth_token::{Algorithm, Audience, Jwks, SigningKey};
+
+    use super::*;
+    use crate::host::Level;
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+    const NOW: i64 = 1_700_000_000;
+
+    /// A local reply: status, headers, body.
+    type Reply = (u16, Vec<(String, String)>, String);
+
+    #[derive(Default)]
+    struct MockHost {
+        headers: Vec<(String, String)>,
+        set: Vec<(String, String)>,
+        removed: Vec<String>,
+        reply: Option<Reply>,
+        logs: RefCell<Vec<(Level, String)>>,
+        header_reads: usize,
+    }
+
+    impl MockHost {
+        fn with(headers: &[(&str, &str)]) -> MockHost {
+            MockHost {
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| ((*n).to_string(), (*v).to_string()))
+                    .collect(),
+                ..MockHost::default()
+            }
+        }
+
+        fn set_value(&self, name: &str) -> Option<&str> {
+            self.set
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+
+        fn reply_header(&self, name: &str) -> Option<&str> {
+            self.reply.as_ref().and_then(|(_, headers, _)| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            })
+        }
+    }
+
+    impl Host for MockHost {
+        fn now_ms(&self) -> u64 {
+            NOW_MS
+        }
+        fn log(&self, level: Level, message: &str) {
+            self.logs.borrow_mut().push((level, message.to_string()));
+        }
+        fn request_headers(&mut self) -> Vec<(String, String)> {
+            self.header_reads += 1;
+            self.headers.clone()
+        }
+        fn set_request_header(&mut self, name: &str, value: &str) {
+            self.set.push((name.to_string(), value.to_string()));
+        }
+        fn remove_request_header(&mut self, name: &str) {
+            self.removed.push(name.to_string());
+        }
+        fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+            let headers = headers
+                .iter()
+                .map(|(n, v)| ((*n).to_string(), (*v).to_string()))
+                .collect();
+            self.reply = Some((status, headers, String::from_utf8_lossy(body).into_owned()));
+        }
+    }
+
+    #[derive(Default)]
+    struct MockStats(RefCell<BTreeMap<String, u64>>);
+
+    impl MockStats {
+        fn get(&self, name: &str) -> u64 {
+            self.0.borrow().get(name).copied().unwrap_or(0)
+        }
+        fn bump(&self, name: &str) {
+            *self.0.borrow_mut().entry(name.to_string()).or_default() += 1;
+        }
+    }
+
+    impl Stats for MockStats {
+        fn allowed(&self) {
+            self.bump("allowed");
+        }
+        fn anonymous(&self) {
+            self.bump("anonymous");
+        }
+        fn cache_hit(&self) {
+            self.bump("cache_hit");
+        }
+        fn cache_miss(&self) {
+            self.bump("cache_miss");
+        }
+        fn denied(&self, reason: &'static str) {
+            self.bump(&format!("denied.{reason}"));
+        }
+        fn count(&self, name: &'static str) {
+            self.bump(name);
+        }
+    }
+
+    struct MockState<'c> {
+        config: &'c Config,
+        keys: Option<KeySet>,
+        revoked: Option<RevocationSet>,
+        cache: TokenCache,
+        refetch_asked: Vec<u64>,
+    }
+
+    impl<'c> MockState<'c> {
+        fn new(config: &'c Config) -> MockState<'c> {
+            MockState {
+                config,
+                keys: Some(keys()),
+                revoked: None,
+                cache: TokenCache::new(16),
+                refetch_asked: Vec::new(),
+            }
+        }
+    }
+
+    impl KeyState for MockState<'_> {
+        fn judge(
+            &mut self,
+            extracted: &Extracted,
+            require: Require,
+            scopes: &[String],
+            now_ms: u64,
+        ) -> Verdict {
+            let revocation = self.revoked.as_ref().map(|set| Loaded {
+                set,
+                generation: 1,
+                last_ok_ms: now_ms,
+            });
+            judge(
+                self.config,
+                self.keys.as_ref(),
+                1,
+                revocation,
+                &mut self.cache,
+                extracted,
+                require,
+                scopes,
+                now_ms,
+            )
+        }
+        fn want_jwks_refetch(&mut self, now_ms: u64) {
+            self.refetch_asked.push(now_ms);
+        }
+    }
+
+    fn signing_key() -> SigningKey {
+        SigningKey::from_seed(Algorithm::EdDSA, &[7u8; 32]).unwrap()
+    }
+
+    fn keys() -> KeySet {
+        KeySet::from_jwks(&Jwks {
+            keys: vec![signing_key().jwk()],
+        })
+        .0
+    }
+
+    fn config(extra: serde_json::Value) -> Config {
+        let jwks = serde_json::to_value(Jwks {
+            keys: vec![signing_key().jwk()],
+        })
+        .unwrap();
+        let mut value = serde_json::json!({
+            "issuer": "https://issuer",
+            "audiences": ["weauth"],
+            "jwks": {"inline": jwks},
+        });
+        if let (Some(obj), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        Config::parse(value.to_string().as_bytes()).unwrap()
+    }
+
+    fn token() -> String {
+        let claims = Claims {
+            iss: "https://issuer".into(),
+            aud: Audience::One("weauth".into()),
+            sub: "u1".into(),
+            sid: "s1".into(),
+            jti: "j1".into(),
+            iat: NOW,
+            nbf: NOW,
+            exp: NOW + 900,
+            openid: "o1".into(),
+            unionid: None,
+            appid: "wx".into(),
+            scope: Some("read".into()),
+        };
+        weauth_token::sign(&claims, &signing_key()).unwrap()
+    }
+
+    fn run(config: &Config, host: &mut MockHost, stats: &MockStats) -> Flow {
+        let mut state = MockState::new(config);
+        on_request_headers(host, config, &mut state, stats)
+    }
+
+    #[test]
+    fn on_request_headers_valid_bearer_sets_identity_and_removes_token() {
+        let config = config(serde_json::json!({}));
+        let bearer = format!("Bearer {}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert_eq!(host.set_value("x-weauth-sub"), Some("u1"));
+        assert_eq!(host.set_value("x-weauth-openid"), Some("o1"));
+        assert!(host.removed.contains(&"authorization".to_string()));
+        assert!(host.reply.is_none());
+        assert_eq!(stats.get("allowed"), 1);
+        assert_eq!(stats.get("cache_miss"), 1);
+        assert_eq!(host.header_reads, 1, "the header map is read once");
+    }
+
+    #[test]
+    fn on_request_headers_second_request_hits_cache() {
+        let config = config(serde_json::json!({}));
+        let bearer = format!("Bearer {}", token());
+        let stats = MockStats::default();
+        let mut state = MockState::new(&config);
+        for _ in 0..2 {
+            let mut host = MockHost::with(&[
+                (":method", "GET"),
+                (":path", "/api/me"),
+                ("authorization", &bearer),
+            ]);
+            on_request_headers(&mut host, &config, &mut state, &stats);
+        }
+        assert_eq!(stats.get("cache_miss"), 1);
+        assert_eq!(stats.get("cache_hit"), 1);
+        assert_eq!(stats.get("allowed"), 2);
+    }
+
+    #[test]
+    fn on_request_headers_missing_token_401_with_challenge() {
+        let config = config(serde_json::json!({}));
+        let mut host = MockHost::with(&[(":method", "GET"), (":path", "/api/me")]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
+        let (status, _, body) = host.reply.clone().unwrap();
+        assert_eq!(status, 401);
+        assert!(body.contains("\"error\""), "{body}");
+        assert!(host
+            .reply_header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")));
+        assert_eq!(host.reply_header("cache-control"), Some("no-store"));
+        assert_eq!(stats.get("denied.missing"), 1);
+    }
+
+    #[test]
+    fn on_request_headers_forged_identity_header_removed_on_public_path() {
+        let config = config(serde_json::json!({
+            "rules": [{"prefix": "/public/", "require": "none"}]
+        }));
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/public/x"),
+            ("x-weauth-sub", "admin"),
+            ("x-weauth-other", "1"),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert!(host.removed.contains(&"x-weauth-sub".to_string()));
+        assert!(host.removed.contains(&"x-weauth-other".to_string()));
+        assert!(host.set.is_empty());
+    }
+
+    #[test]
+    fn on_request_headers_optional_without_token_anonymous_and_stripped() {
+        let config = config(serde_json::json!({"default_require": "optional"}));
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/feed"),
+            ("x-weauth-sub", "admin"),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert_eq!(host.removed, vec!["x-weauth-sub".to_string()]);
+        assert_eq!(stats.get("anonymous"), 1);
+    }
+
+    #[test]
+    fn on_request_headers_unsafe_path_400() {
+        let config = config(serde_json::json!({}));
+        let mut host = MockHost::with(&[(":method", "GET"), (":path", "/api/a%2fb")]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
+        assert_eq!(host.reply.as_ref().map(|r| r.0), Some(400));
+        assert_eq!(stats.get("denied.bad_path"), 1);
+    }
+
+    #[test]
+    fn on_request_headers_cookie_cross_site_post_403_before_verification() {
+        let config = config(serde_json::json!({
+            "token_sources": [{"cookie": "weauth_at"}],
+            "csrf_allowed_origins": ["https://h5.example.com"]
+        }));
+        let cookie = format!("weauth_at={}", token());
+        let mut host = MockHost::with(&[
+            (":method", "POST"),
+            (":path", "/api/pay"),
+            ("cookie", &cookie),
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://evil.example"),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
+        assert_eq!(host.reply.as_ref().map(|r| r.0), Some(403));
+        assert_eq!(stats.get("denied.csrf"), 1);
+        assert_eq!(stats.get("cache_miss"), 0, "refused before verification");
+    }
+
+    #[test]
+    fn on_request_headers_cookie_token_removed_other_cookies_kept() {
+        let config = config(serde_json::json!({"token_sources": [{"cookie": "weauth_at"}]}));
+        let cookie = format!("a=1; weauth_at={}; b=2", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("cookie", &cookie),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert_eq!(host.set_value("cookie"), Some("a=1; b=2"));
+    }
+
+    #[test]
+    fn on_request_headers_forward_authorization_rule_keeps_token() {
+        let config = config(serde_json::json!({
+            "rules": [{"prefix": "/v1/", "require": "required", "forward_authorization": true}]
+        }));
+        let bearer = format!("Bearer {}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/v1/x"),
+            ("authorization", &bearer),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert!(!host.removed.contains(&"authorization".to_string()));
+    }
+
+    #[test]
+    fn on_request_headers_revoked_jti_401_revoked() {
+        let config = config(serde_json::json!({
+            "revocation": {"cluster": "issuer", "credential": "c"}
+        }));
+        let mut set = RevocationSet::default();
+        set.apply(
+            &FeedResponse {
+                seq: 1,
+                full: true,
+                now: NOW,
+                entries: vec![Entry {
+                    seq: 1,
+                    kind: EntryKind::Jti,
+                    value: "j1".into(),
+                    issued_before: None,
+                    until: NOW + 900,
+                }],
+            },
+            NOW,
+        )
+        .unwrap();
+        let mut state = MockState::new(&config);
+        state.revoked = Some(set);
+        let bearer = format!("Bearer {}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+        ]);
+        let stats = MockStats::default();
+        let flow = on_request_headers(&mut host, &config, &mut state, &stats);
+        assert_eq!(flow, Flow::Stop);
+        assert_eq!(host.reply.as_ref().map(|r| r.0), Some(401));
+        assert_eq!(stats.get("denied.revoked_jti"), 1);
+    }
+
+    #[test]
+    fn on_request_headers_revocation_not_loaded_503_retry_after() {
+        let config = config(serde_json::json!({
+            "revocation": {"cluster": "issuer", "credential": "c"}
+        }));
+        let bearer = format!("Bearer {}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
+        assert_eq!(host.reply.as_ref().map(|r| r.0), Some(503));
+        assert_eq!(host.reply_header("retry-after"), Some("1"));
+    }
+
+    #[test]
+    fn on_request_headers_unknown_kid_asks_for_refetch() {
+        let config = config(serde_json::json!({}));
+        let other = SigningKey::from_seed(Algorithm::EdDSA, &[8u8; 32]).unwrap();
+        let mut state = MockState::new(&config);
+        state.keys = Some(
+            KeySet::from_jwks(&Jwks {
+                keys: vec![other.jwk()],
+            })
+            .0,
+        );
+        let bearer = format!("Bearer {}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+        ]);
+        let stats = MockStats::default();
+        let flow = on_request_headers(&mut host, &config, &mut state, &stats);
+        assert_eq!(flow, Flow::Stop);
+        assert_eq!(state.refetch_asked, vec![NOW_MS]);
+    }
+
+    #[test]
+    fn deny_unavailable_503_fails_closed() {
+        let mut host = MockHost::default();
+        let stats = MockStats::default();
+        assert_eq!(deny(&mut host, &stats, &unavailable()), Flow::Stop);
+        assert_eq!(host.reply.as_ref().map(|r| r.0), Some(503));
+    }
+}
