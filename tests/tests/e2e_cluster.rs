@@ -616,11 +616,13 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
         .collect();
     let started = Instant::now();
     loop {
-        let s = sidecar.lock().unwrap();
-        if sids.iter().all(|sid| s.applied.contains(sid)) {
+        let applied_all = {
+            let s = sidecar.lock().unwrap();
+            sids.iter().all(|sid| s.applied.contains(sid))
+        };
+        if applied_all {
             break;
         }
-        drop(s);
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "the sidecar did not apply every acknowledged logout"

@@ -1074,7 +1074,7 @@ impl RedisStore {
                     row = Some(
                         values
                             .into_iter()
-                            .map(|value| String::from_redis_value(value))
+                            .map(String::from_redis_value)
                             .collect::<Result<Vec<String>, _>>()
                             .map_err(|_| StoreError::Corrupt("refresh token read".into()))?,
                     );
