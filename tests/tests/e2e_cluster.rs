@@ -384,6 +384,23 @@ async fn replicas_ready(stack: &Stack) {
     }
 }
 
+/// Waits (up to 5 s: the nodes learn a new owner by gossip) until the nodes name `port` as
+/// the primary of `key`'s slot.
+async fn primary_becomes(stack: &mut Stack, key: &str, port: u16, what: &str) {
+    let started = Instant::now();
+    loop {
+        let now = stack.cluster().unwrap().primary_of(key);
+        if now == Some(port) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: the slot's primary is {now:?}, not :{port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() {
     let mut stack = match Stack::builder()
@@ -490,11 +507,13 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
         window < Duration::from_secs(10),
         "unavailability window {window:?}"
     );
-    assert_eq!(
-        stack.cluster().unwrap().primary_of(&slot_key),
-        Some(promoted_from),
-        "the replica was promoted"
-    );
+    primary_becomes(
+        &mut stack,
+        &slot_key,
+        promoted_from,
+        "the replica was promoted",
+    )
+    .await;
     // Every revocation acknowledged before the failover kept its seq in the store.
     let entries = store_entries(&mut stack);
     let mut kept = 0;
@@ -545,7 +564,7 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
         );
         to
     };
-    assert_eq!(stack.cluster().unwrap().primary_of(&slot_key), Some(to));
+    primary_becomes(&mut stack, &slot_key, to, "the slot moved").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks.drain(..) {
