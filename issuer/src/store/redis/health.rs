@@ -157,10 +157,30 @@ pub(super) async fn check_eviction(conn: &mut Link, allow: bool) -> PolicyCheck 
 
 /// `INFO replication` of the primary holding `slot_key`, parsed; `None` when it could not be
 /// read.
+///
+/// On a cluster it runs inside a script that declares `slot_key`: only the node serving that
+/// slot runs it (any other answers `MOVED`, which the client follows, refreshing its map).
+/// A plain `INFO` routed by the client's map could be answered by another node: after a
+/// failover the health connection, which writes nothing and so never meets a `MOVED`, still
+/// mapped the slot to the dead primary and the client sent the read to a node it had a
+/// connection to — a primary of another shard, whose replica made the promoted primary look
+/// replicated, so every write `WAIT`ed its whole timeout again (measured: 10 requests/s
+/// instead of 156, `tests/tests/e2e_cluster.rs`).
 pub(super) async fn read_replication(conn: &mut Link, slot_key: &str) -> Option<Replication> {
-    let mut info = redis::cmd("INFO");
-    info.arg("replication");
-    let text: String = conn.on_primary_of(&info, slot_key).await.ok()?;
+    let text: String = match conn {
+        Link::Cluster(_) => {
+            static INFO_IN_SLOT: std::sync::LazyLock<redis::Script> =
+                std::sync::LazyLock::new(|| {
+                    redis::Script::new("return redis.call('INFO', 'replication')")
+                });
+            INFO_IN_SLOT.key(slot_key).invoke_async(conn).await.ok()?
+        }
+        Link::Single(_) => {
+            let mut info = redis::cmd("INFO");
+            info.arg("replication");
+            conn.on_primary_of(&info, slot_key).await.ok()?
+        }
+    };
     redis_checks::replication(&text)
 }
 
