@@ -8,6 +8,8 @@
 //! - under a mixed load (logins, refreshes, API calls, logouts) and a sidecar following the
 //!   feed from cursor to cursor across both replicas: SIGKILL of the primary serving the
 //!   store's slot; its replica is promoted; the window in which writes fail is measured;
+//! - while the promoted primary has no replica, both issuer replicas say so
+//!   (`weauth_store_replicas 0`) and do not `WAIT` (the rate before and after is printed);
 //! - the old primary comes back (as a replica); the store's slot is moved to another primary
 //!   with `redis-cli --cluster reshard` under the same load: every failed request is a
 //!   retryable 503;
