@@ -16,8 +16,12 @@ NATIVE_DEBUG  := target/native-debug/libweauth_filter.so
 CARGO         ?= cargo
 SCHEMATHESIS_VERSION        := 4.32.5
 KUBERNETES_VALIDATE_VERSION := 1.37.0
-# In CI the lock file must be used as committed.
+# In CI the lock file must be used as committed, and nothing is built twice in one clone:
+# incremental compilation only costs there (it writes the query caches a later edit would use).
 CARGO_LOCKED  := $(if $(CI),--locked,)
+ifneq ($(CI),)
+export CARGO_INCREMENTAL := 0
+endif
 # `make up STORE=redis`: Redis and two issuer replicas instead of one issuer on SQLite;
 # `STORE=redis-cluster`: the same on a 6-node Redis Cluster.
 STORE         ?= sqlite
@@ -199,10 +203,15 @@ lint: fmt-check clippy fuzz-lock ## formatting, lints, and the fuzz crate's lock
 unit: ## unit tests of the pure crates (no processes started)
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-filter
 
+# The issuer's suites below run in-process (a real App on a temporary SQLite file, the mock
+# WeChat in the test's process); service.rs and operator.rs, which need the binary's process
+# (signals, exit codes, two replicas), are left to `make test`.
+ISSUER_INPROCESS_TESTS := router login sessions userdata web grants access_token
+
 check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's unit tests and the in-process tests (no Envoy; the store contract runs on a real redis-server)
 	$(CARGO) test $(CARGO_LOCKED) --workspace --lib --bins
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-wxdata -p weauth-filter --tests
-	$(CARGO) test $(CARGO_LOCKED) -p weauth-issuer --test router
+	$(CARGO) test $(CARGO_LOCKED) -p weauth-issuer $(addprefix --test ,$(ISSUER_INPROCESS_TESTS))
 
 # The image check's static release build is the longest build step (about a third of a
 # fresh `make test` when run in line): it starts in the background, at the lowest CPU priority
@@ -213,23 +222,26 @@ check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's un
 # sessions, so in a session of its own `nice` would not hold it back.
 test: lint wasm ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
 	@mkdir -p target
-	@echo "test: image check (make image-check) started in the background, log in target/image-check.log"
+	@echo "test: $$(date +%T) lint and the wasm module done; image check (make image-check) started in the background, log in target/image-check.log"
 	@set -m; nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; set +m; \
 	trap 'kill -- -$$image 2>/dev/null || true' EXIT; \
 	$(MAKE) --no-print-directory build browser-setup api-tools manifests monitoring-check; \
 	status=0; \
+	echo "test: $$(date +%T) built; the workspace's tests"; \
 	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast || status=1; \
-	echo "test: the filter suites again, against the native build (an Envoy dynamic module)"; \
+	echo "test: $$(date +%T) the filter suites again, against the native build (an Envoy dynamic module)"; \
 	$(MAKE) --no-print-directory native-debug || status=1; \
 	WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO) test $(CARGO_LOCKED) -p weauth-tests --no-fail-fast \
 	  --test e2e_filter --test e2e_attacks --test e2e_paths || status=1; \
 	echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"; \
 	$(CARGO) test $(CARGO_LOCKED) -p weauth-filter --test wasm_imports -- --include-ignored || status=1; \
+	echo "test: $$(date +%T) the mini-program client"; \
 	$(MAKE) --no-print-directory client-test || status=1; \
-	echo "test: waiting for the image check"; \
+	echo "test: $$(date +%T) waiting for the image check"; \
 	image_status=0; wait $$image || image_status=$$?; trap - EXIT; \
 	sed 's/^/image-check: /' target/image-check.log; \
 	if [ $$image_status -ne 0 ]; then echo "test: the image check failed (exit $$image_status)"; status=1; fi; \
+	echo "test: $$(date +%T) done"; \
 	exit $$status
 
 client: build client-test ## mini-program client: npm ci, tsc --noEmit, build, unit + e2e tests

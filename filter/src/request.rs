@@ -198,6 +198,30 @@ pub fn on_request_headers(
     }
 }
 
+/// Runs `hook` (the request glue) so that a panic in it never leaves the hook: the panic is
+/// caught, logged, and the request answered 503 `temporarily_unavailable` (fail closed). The
+/// native build wraps every request with it (a panic unwinding into Envoy's C++ is undefined
+/// behaviour); the wasm build is compiled with `panic = "abort"`, where the VM's trap does the
+/// same job.
+pub fn fail_closed<H: Host, S: Stats>(
+    host: &mut H,
+    stats: &S,
+    hook: impl FnOnce(&mut H) -> Flow,
+) -> Flow {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(host)));
+    match outcome {
+        Ok(flow) => flow,
+        Err(_) => {
+            host.log(Level::Error, "the request hook panicked; answering 503");
+            // The reply itself is guarded too: nothing may unwind out of here.
+            let replied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                deny(host, stats, &unavailable())
+            }));
+            replied.unwrap_or(Flow::Stop)
+        }
+    }
+}
+
 /// Answers locally with the denial's status, challenge and JSON body.
 pub fn deny(host: &mut impl Host, stats: &impl Stats, denial: &Denial) -> Flow {
     stats.denied(denial.reason);
@@ -522,6 +546,44 @@ mod tests {
     fn run(config: &Config, host: &mut MockHost, stats: &MockStats) -> Flow {
         let mut state = MockState::new(config);
         on_request_headers(host, config, &mut state, stats)
+    }
+
+    #[test]
+    fn fail_closed_panic_in_the_hook_answers_503_and_does_not_unwind() {
+        let mut host = MockHost::with(&[(":method", "GET"), (":path", "/api/me")]);
+        let stats = MockStats::default();
+        let flow = fail_closed(&mut host, &stats, |host| {
+            // Partway through a request: a header was already set when the bug struck.
+            host.set_request_header("x-weauth-sub", "u1");
+            panic!("a bug in the request glue");
+        });
+        assert_eq!(flow, Flow::Stop);
+        let (status, _, body) = host.reply.clone().unwrap();
+        assert_eq!(status, 503);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert_eq!(host.reply_header("retry-after"), Some("1"));
+        assert_eq!(stats.get("denied.jwks_unavailable"), 1);
+        assert!(host
+            .logs
+            .borrow()
+            .iter()
+            .any(|(level, line)| *level == Level::Error && line.contains("panicked")));
+    }
+
+    #[test]
+    fn fail_closed_passes_the_hooks_flow_through() {
+        let config = config(serde_json::json!({}));
+        let bearer = format!("Bearer {}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+        ]);
+        let stats = MockStats::default();
+        let flow = fail_closed(&mut host, &stats, |host| run(&config, host, &stats));
+        assert_eq!(flow, Flow::Continue);
+        assert!(host.reply.is_none());
     }
 
     #[test]

@@ -10,9 +10,9 @@
 //! a purge of expired revocations, sessions and refresh tokens every `WEAUTH_PURGE_INTERVAL`
 //! (default 60 s). All of them end when the shutdown `watch` flips.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -21,14 +21,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::apps::AppKind;
 use crate::config::Config;
 use crate::config::StoreUrl;
-use crate::domain::keys::{self, KeyError, KeyRing};
+use crate::domain::keys::{self, KeyError, KeyRing, KeyRingCell};
 use crate::domain::tokens::TokenPolicy;
-use crate::error::ApiError;
-use crate::feed::FeedCache;
+use crate::feed::{FeedCache, KnownSeq};
 use crate::secrets::{DataKey, SecretError};
+use crate::service::admin::Admin;
+use crate::service::identity::Identity;
+use crate::service::sessions::Sessions;
+use crate::service::userdata::UserData;
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::shared::{
     Announcements, HealthCheck, LocalLimiter, LoginLimiter, Polling, RedisAnnouncements,
@@ -37,8 +39,9 @@ use crate::store::shared::{
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::Metrics;
+use crate::wechat::access_token::{self, AccessTokens};
 use crate::wechat::web::{HttpWechatWeb, HttpWechatWebConfig, WechatWeb};
-use crate::wechat::{HttpWechat, HttpWechatConfig, Wechat};
+use crate::wechat::{Wechat, WechatClients};
 
 /// Why the issuer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,29 +73,24 @@ pub struct App {
     health: Option<Arc<dyn HealthCheck>>,
     /// The replica's copy of the recent revocation feed.
     pub feed: FeedCache,
-    /// The first mini-program's WeChat client (see [`App::wechat_for`] for the others).
-    pub wechat: Arc<dyn Wechat>,
-    /// One WeChat client per mini-program appid (its own appid and secret).
-    wechats: HashMap<String, Arc<dyn Wechat>>,
-    /// The web OAuth2 client, shared by every official account and website (the app is an
-    /// argument of each call).
-    pub wechat_web: Arc<dyn WechatWeb>,
+    /// The use cases (service/), each holding only what it uses.
+    pub sessions: Arc<Sessions>,
+    pub identity: Arc<Identity>,
+    pub userdata: UserData,
+    pub admin: Admin,
     /// Origins a cookie-authenticated POST may come from (see [`crate::domain::web::allowed_origins`]).
     pub allowed_origins: Vec<String>,
     pub metrics: Arc<Metrics>,
     pub data_key: DataKey,
-    pub policy: TokenPolicy,
-    keys: RwLock<Arc<KeyRing>>,
+    policy: TokenPolicy,
+    keys: Arc<KeyRingCell>,
     /// The highest revocation seq this replica knows of.
-    seq: watch::Sender<u64>,
+    known_seq: Arc<KnownSeq>,
     /// What the feed's long polls wait on: `seq`, paced by [`crate::feed::pace`].
     wake: watch::Sender<u64>,
     draining: watch::Sender<bool>,
-    pub(crate) inflight_codes: Mutex<HashSet<String>>,
     started: Instant,
     feed_waiters: Arc<AtomicUsize>,
-    /// Random per process: prefixes the names of this replica's WeChat-token lease holders.
-    pub(crate) replica_id: String,
 }
 
 /// Counts one open feed request while alive.
@@ -192,7 +190,7 @@ struct Backend {
     limiter: Arc<dyn LoginLimiter>,
     announcements: Arc<dyn Announcements>,
     health: Option<Arc<dyn HealthCheck>>,
-    data_key: DataKey,
+    pub data_key: DataKey,
 }
 
 /// Opens the store, with the local or shared rate limit and announcements that go with it.
@@ -272,56 +270,9 @@ impl App {
     ) -> Result<Arc<App>, StartError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        // One client per mini-program or plugin, keyed by appid; a client given by a test stands
-        // in for every one of them.
-        let mut wechats: HashMap<String, Arc<dyn Wechat>> = HashMap::new();
-        for entry in config.apps.all() {
-            if !matches!(entry.kind, AppKind::Miniprogram | AppKind::Plugin) {
-                continue;
-            }
-            let client: Arc<dyn Wechat> = match &wechat {
-                Some(wechat) => Arc::clone(wechat),
-                None => Arc::new(
-                    HttpWechat::new(
-                        HttpWechatConfig {
-                            api_base: config.wechat_api_base.clone(),
-                            appid: entry.appid.clone(),
-                            secret: entry.secret.clone(),
-                            connect_timeout: config.wechat_connect_timeout,
-                            timeout: config.wechat_timeout,
-                            retries: config.wechat_retries,
-                            api_security: entry.api_security.clone(),
-                            clock: Arc::clone(&clock),
-                        },
-                        Arc::clone(&metrics),
-                    )
-                    .map_err(StartError::Wechat)?,
-                ),
-            };
-            wechats.insert(entry.appid.clone(), client);
-        }
-        let wechat = match (&wechat, wechats.get(&config.wechat_appid)) {
-            (Some(wechat), _) => Arc::clone(wechat),
-            (None, Some(first)) => Arc::clone(first),
-            // No mini-program configured: a client for the first app (only its app-token API
-            // could ever be used).
-            (None, None) => Arc::new(
-                HttpWechat::new(
-                    HttpWechatConfig {
-                        api_base: config.wechat_api_base.clone(),
-                        appid: config.wechat_appid.clone(),
-                        secret: config.wechat_secret.clone(),
-                        connect_timeout: config.wechat_connect_timeout,
-                        timeout: config.wechat_timeout,
-                        retries: config.wechat_retries,
-                        api_security: None,
-                        clock: Arc::clone(&clock),
-                    },
-                    Arc::clone(&metrics),
-                )
-                .map_err(StartError::Wechat)?,
-            ),
-        };
+        let wechat = Arc::new(
+            WechatClients::build(&config, wechat, &metrics, &clock).map_err(StartError::Wechat)?,
+        );
         let wechat_web: Arc<dyn WechatWeb> = Arc::new(
             HttpWechatWeb::new(
                 HttpWechatWebConfig {
@@ -363,6 +314,44 @@ impl App {
             access_ttl: config.access_ttl_secs(),
             leeway: config.leeway_secs(),
         };
+        let access_tokens = Arc::new(AccessTokens::new(
+            Arc::clone(&store),
+            data_key.clone(),
+            Arc::clone(&wechat),
+            Arc::clone(&metrics),
+            Arc::clone(&clock),
+            access_token::lease_secs(config.wechat_timeout, config.wechat_retries),
+        ));
+        let identity = Arc::new(Identity {
+            wechat: Arc::clone(&wechat),
+            web: wechat_web,
+            access_tokens: Arc::clone(&access_tokens),
+        });
+        let keys = Arc::new(KeyRingCell::new(ring));
+        let known_seq = Arc::new(KnownSeq::new(seq));
+        let sessions = Arc::new(Sessions {
+            store: Arc::clone(&store),
+            config: Arc::clone(&config),
+            policy: policy.clone(),
+            keys: Arc::clone(&keys),
+            data_key: data_key.clone(),
+            metrics: Arc::clone(&metrics),
+            known_seq: Arc::clone(&known_seq),
+            identity: Arc::clone(&identity),
+            inflight_codes: Mutex::new(HashSet::new()),
+        });
+        let userdata = UserData {
+            store: Arc::clone(&store),
+            config: Arc::clone(&config),
+            data_key: data_key.clone(),
+            metrics: Arc::clone(&metrics),
+            wechat,
+            access_tokens,
+        };
+        let admin = Admin {
+            store: Arc::clone(&store),
+            sessions: Arc::clone(&sessions),
+        };
         Ok(Arc::new(App {
             limiter,
             announcements,
@@ -371,40 +360,26 @@ impl App {
             clock,
             store,
             feed: FeedCache::new(),
-            wechat,
-            wechats,
-            wechat_web,
+            sessions,
+            identity,
+            userdata,
+            admin,
             allowed_origins,
             metrics,
             data_key,
             policy,
-            keys: RwLock::new(Arc::new(ring)),
-            seq: watch::channel(seq).0,
+            keys,
+            known_seq,
             wake: watch::channel(seq).0,
             draining: watch::channel(false).0,
-            inflight_codes: Mutex::new(HashSet::new()),
             started: Instant::now(),
             feed_waiters: Arc::new(AtomicUsize::new(0)),
-            replica_id: crate::secrets::random_id("r_"),
         }))
-    }
-
-    /// The WeChat client of mini-program `appid`.
-    ///
-    /// # Errors
-    /// 400 `invalid_request` when `appid` is not a configured mini-program.
-    pub fn wechat_for(&self, appid: &str) -> Result<&Arc<dyn Wechat>, ApiError> {
-        self.wechats.get(appid).ok_or_else(|| {
-            ApiError::InvalidRequest(format!("appid `{appid}` is not a configured mini-program"))
-        })
     }
 
     /// The current key ring.
     pub fn keys(&self) -> Arc<KeyRing> {
-        match self.keys.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.keys.current()
     }
 
     /// Re-reads the keys from the store and swaps the ring (promotion happens here).
@@ -421,10 +396,7 @@ impl App {
         if previous.signing.kid() != ring.signing.kid() {
             tracing::info!(kid = %ring.signing.kid(), previous = %previous.signing.kid(), "signing key promoted");
         }
-        match self.keys.write() {
-            Ok(mut guard) => *guard = Arc::new(ring),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
-        }
+        self.keys.replace(ring);
         if !dropped.is_empty() {
             tracing::info!(kids = ?dropped, "dropping retired signing keys");
             self.store.delete_keys(&dropped).await?;
@@ -435,23 +407,12 @@ impl App {
     /// Records a new revocation high-water mark (the long polls are woken by
     /// [`crate::feed::pace`]).
     pub fn notify_seq(&self, seq: u64) {
-        if *self.seq.borrow() >= seq {
-            // The common case at every feed answer: no write lock.
-            return;
-        }
-        self.seq.send_if_modified(|current| {
-            if seq > *current {
-                *current = seq;
-                true
-            } else {
-                false
-            }
-        });
+        self.known_seq.advance(seq);
     }
 
     /// The highest revocation seq this replica knows of.
     pub fn known_seq(&self) -> u64 {
-        *self.seq.borrow()
+        self.known_seq.get()
     }
 
     /// What the feed's long polls wait on: the known seq, paced by [`crate::feed::pace`].
@@ -496,7 +457,7 @@ impl App {
         shutdown: watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
         let mut tasks = vec![tokio::spawn(crate::feed::pace(
-            self.seq.subscribe(),
+            self.known_seq.subscribe(),
             self.wake.clone(),
             self.config.feed_pacing,
             Arc::clone(&self.feed_waiters),

@@ -20,10 +20,12 @@
 //!   API security (`wechat::apisec`) and the app access token shared by replicas
 //!   (`wechat::access_token`);
 //! - `feed/`: the revocation feed's replica copy and long-poll pacing, and its reads;
-//! - `service/`: the use cases — login, sessions and refresh (`sessions`), the login-method
-//!   boundary (`identity`: every WeChat credential becomes one external identity), user data
-//!   (`userdata`), administration (`admin`);
-//! - `app`: the shared state built at start and its background tasks;
+//! - `service/`: the use cases, each a struct holding only what it uses (none sees `App`) —
+//!   login, sessions and refresh (`sessions`), the login-method boundary (`identity`: every
+//!   WeChat credential becomes one external identity), user data (`userdata`),
+//!   administration (`admin`); every call takes the request's `now`;
+//! - `app`: builds those parts once at start and composes them, and runs the background
+//!   tasks;
 //! - `api/`: the HTTP layer on axum (route table, extractors, handlers per area);
 //! - `server` (the accept loop and graceful shutdown) and `cli` (`weauth-issuer keys ...`).
 

@@ -1,4 +1,4 @@
-//! The shared WeChat app access token (`access_token::get`) against a real SQLite store and a
+//! The shared WeChat app access token (`AccessTokens::get_for`) against a real SQLite store and a
 //! fake WeChat injected through the `Wechat` trait: one fetch for many concurrent callers,
 //! refresh ahead of expiry, the old token kept when a refresh fails, 503 when there is none,
 //! and a replica that waits for (or uses the still-valid token of) another lease holder.
@@ -19,7 +19,7 @@ use weauth_issuer::config::{Config, Source};
 use weauth_issuer::error::ApiError;
 use weauth_issuer::secrets::sha256_hex;
 use weauth_issuer::store::CachedToken;
-use weauth_issuer::wechat::access_token::{self, TokenError};
+use weauth_issuer::wechat::access_token::TokenError;
 use weauth_issuer::wechat::{AccessToken, BoxFuture, Code2Session, Wechat, WechatError};
 use zeroize::Zeroizing;
 
@@ -115,14 +115,27 @@ async fn get_concurrent_callers_one_fetch_same_token() {
     for _ in 0..10 {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
-            access_token::get(&app, None).await.unwrap().to_string()
+            app.identity
+                .access_tokens
+                .get_for(APPID, None)
+                .await
+                .unwrap()
+                .to_string()
         }));
     }
     for task in tasks {
         assert_eq!(task.await.unwrap(), "T1");
     }
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
-    assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "T1");
+    assert_eq!(
+        app.identity
+            .access_tokens
+            .get_for(APPID, None)
+            .await
+            .unwrap()
+            .as_str(),
+        "T1"
+    );
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     let cached = app.store.wechat_token(APPID).await.unwrap().unwrap();
     let at = now();
@@ -136,7 +149,15 @@ async fn get_due_token_refreshed_ahead_of_expiry() {
     let (app, fake) = app(&dir).await;
     let at = now();
     put(&app, "OLD", at + 200, at - 1, "other").await;
-    assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "T1");
+    assert_eq!(
+        app.identity
+            .access_tokens
+            .get_for(APPID, None)
+            .await
+            .unwrap()
+            .as_str(),
+        "T1"
+    );
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     assert!(metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"ok\"} 1"));
 }
@@ -148,7 +169,15 @@ async fn get_refresh_fails_still_valid_token_kept() {
     let at = now();
     put(&app, "OLD", at + 200, at - 1, "other").await;
     fake.down.store(true, Ordering::SeqCst);
-    assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "OLD");
+    assert_eq!(
+        app.identity
+            .access_tokens
+            .get_for(APPID, None)
+            .await
+            .unwrap()
+            .as_str(),
+        "OLD"
+    );
     assert!(metrics(&app)
         .contains("weauth_wechat_token_refreshes_total{outcome=\"failed_kept_old\"} 1"));
     // The lease was released: the next caller may try again at once.
@@ -164,7 +193,12 @@ async fn get_no_token_endpoint_down_503() {
     let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     fake.down.store(true, Ordering::SeqCst);
-    let err = access_token::get(&app, None).await.unwrap_err();
+    let err = app
+        .identity
+        .access_tokens
+        .get_for(APPID, None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, TokenError::Fetch(WechatError::Status(502))),
         "{err}"
@@ -183,7 +217,15 @@ async fn get_other_holder_refreshing_due_token_still_used() {
         .lease_wechat_token(APPID, "other", at, at + 60)
         .await
         .unwrap());
-    assert_eq!(access_token::get(&app, None).await.unwrap().as_str(), "OLD");
+    assert_eq!(
+        app.identity
+            .access_tokens
+            .get_for(APPID, None)
+            .await
+            .unwrap()
+            .as_str(),
+        "OLD"
+    );
     assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
 }
 
@@ -199,7 +241,14 @@ async fn get_other_holder_fetching_no_token_waits_for_its_write() {
         .unwrap());
     let waiter = {
         let app = app.clone();
-        tokio::spawn(async move { access_token::get(&app, None).await.unwrap().to_string() })
+        tokio::spawn(async move {
+            app.identity
+                .access_tokens
+                .get_for(APPID, None)
+                .await
+                .unwrap()
+                .to_string()
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished());
@@ -215,7 +264,12 @@ async fn get_refused_token_never_returned_again() {
     let at = now();
     put(&app, "BAD", at + 7200, at + 6900, "other").await;
     assert_eq!(
-        access_token::get(&app, Some("BAD")).await.unwrap().as_str(),
+        app.identity
+            .access_tokens
+            .get_for(APPID, Some("BAD"))
+            .await
+            .unwrap()
+            .as_str(),
         "T1"
     );
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use common::{payload, Stack, APPID};
 use ed25519_dalek::Verifier;
 use serde_json::json;
-use weauth_tests::mock_wechat::{
-    apisec, ApiSecAnswer, Fault, MockApiSecurity, MockConfig, MockPlugin,
-};
+use weauth_mock_wechat::{apisec, ApiSecAnswer, Fault, MockApiSecurity, MockConfig, MockPlugin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_returns_token_pair_verifiable_with_ed25519_dalek() {
@@ -622,7 +620,7 @@ fn plugin_with_redirect_uris_refused_at_start() {
     );
 }
 
-/// The apps-file `api_security` of the fixtures' test keys (`tests/fixtures/apisec`): the
+/// The apps-file `api_security` of the fixtures' test keys (`mockwechat/fixtures/apisec`): the
 /// symmetric key through an environment variable set in `env`, the private key and the
 /// platform certificate through files, with the mock's key numbers except `private_key_sn`.
 fn api_security_entry(

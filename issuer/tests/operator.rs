@@ -85,7 +85,7 @@ fn config_bad_log_value_refused_naming_the_variable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_unknown_variable_warned_with_closest_name() {
-    let mock = weauth_tests::mock_wechat::MockWechat::start(Default::default())
+    let mock = weauth_mock_wechat::MockWechat::start(Default::default())
         .await
         .unwrap();
     let dir = common::temp_dir("unknown");

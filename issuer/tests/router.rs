@@ -133,9 +133,7 @@ async fn router_login_refresh_me_without_network() {
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     // The session_key accessor (for the decrypt routes) returns what WeChat sent.
     let sid = common::payload(access)["sid"].as_str().unwrap().to_string();
-    let key = weauth_issuer::service::userdata::session_key(&app, &sid)
-        .await
-        .unwrap();
+    let key = app.userdata.session_key(&sid).await.unwrap();
     assert_eq!(key.as_str(), "a2V5a2V5a2V5a2V5a2V5aw==");
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{payload, Issuer, Stack, ADMIN, FEED};
 use serde_json::json;
-use weauth_tests::mock_wechat::Fault;
+use weauth_mock_wechat::Fault;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_tokens_revocations_and_seq() {
@@ -626,9 +626,9 @@ async fn changed_signing_alg_published_before_it_signs() {
 const REDIS_DATA_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// A real `redis-server` with `extra` settings, in its own temp directory.
-async fn redis_with(extra: &[&str]) -> (weauth_tests::redis::RedisServer, common::TempDir) {
+async fn redis_with(extra: &[&str]) -> (weauth_servers::redis::RedisServer, common::TempDir) {
     let dir = common::temp_dir("redis");
-    let server = weauth_tests::redis::RedisServer::start_in(&dir.path().join("redis"), extra)
+    let server = weauth_servers::redis::RedisServer::start_in(&dir.path().join("redis"), extra)
         .await
         .unwrap();
     (server, dir)
@@ -888,7 +888,7 @@ async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
         phase("WEAUTH_TEST_FAILOVER_AFTER", 5),
     );
     let dir = common::temp_dir("sentinel");
-    let mut sentinel = weauth_tests::redis::SentinelSetup::start(dir.path())
+    let mut sentinel = weauth_servers::redis::SentinelSetup::start(dir.path())
         .await
         .unwrap();
     let url = sentinel.url();

@@ -200,8 +200,11 @@ async fn logout_revokes_session_and_wakes_long_poll_fast() {
     assert_eq!(status, 204);
     let (answered_at, body) = poll.await.unwrap();
     let latency = answered_at.saturating_duration_since(logged_out_at);
+    // Woken by the logout, not by the end of its 30 s wait. The bound leaves room for a
+    // loaded CI machine (a 500 ms bound failed once at load 10 on 2 cores); how fast the
+    // wake is on an idle machine is `make bench`'s revocation-delay measurement.
     assert!(
-        latency < Duration::from_millis(500),
+        latency < Duration::from_secs(5),
         "long poll woke after {latency:?}"
     );
     assert_eq!(body["full"], false);
@@ -637,7 +640,7 @@ async fn feed_read_after_revoke_sees_it_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_read_after_revoke_sees_it_on_redis() {
-    let redis = weauth_tests::redis::RedisServer::start().await.unwrap();
+    let redis = weauth_servers::redis::RedisServer::start().await.unwrap();
     let url = redis.url(0);
     // Any 32 bytes, base64: a Redis store requires a data key shared by the replicas.
     let data_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";

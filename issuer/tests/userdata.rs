@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use common::{Issuer, Stack, APPID};
 use serde_json::{json, Value};
-use weauth_tests::mock_wechat::{Fault, MockConfig};
+use weauth_mock_wechat::{Fault, MockConfig};
 
 fn token(login: &Value) -> String {
     login["access_token"].as_str().unwrap().to_string()

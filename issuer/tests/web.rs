@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{payload, split, Stack, APPID};
 use serde_json::{json, Value};
-use weauth_tests::mock_wechat::{Fault, MockApp, MockConfig};
+use weauth_mock_wechat::{Fault, MockApp, MockConfig};
 
 const BACK: &str = "https://h5.example.com/after-login";
 const WEB_BACK: &str = "https://www.example.com/";

@@ -745,30 +745,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         filter: filter_envoy,
         ids: &module.ids,
     };
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let stats = Request {
+        filter: filter_envoy,
+        ids: &module.ids,
+    };
+    let flow = request::fail_closed(&mut host, &stats, |host| {
         let mut view = View {
             shared: &module.shared,
         };
-        let stats = Request {
-            filter: filter_envoy,
-            ids: &module.ids,
-        };
-        request::on_request_headers(&mut host, &module.shared.config, &mut view, &stats)
-    }));
-    match outcome {
-        Ok(Flow::Continue) => STATUS_CONTINUE,
-        Ok(Flow::Stop) => STATUS_STOP_ITERATION,
-        Err(_) => {
-            log(Level::Error, "the request hook panicked; answering 503");
-            let stats = Request {
-                filter: filter_envoy,
-                ids: &module.ids,
-            };
-            let _ = catch_unwind(AssertUnwindSafe(|| {
-                request::deny(&mut host, &stats, &request::unavailable())
-            }));
-            STATUS_STOP_ITERATION
-        }
+        request::on_request_headers(host, &module.shared.config, &mut view, &stats)
+    });
+    match flow {
+        Flow::Continue => STATUS_CONTINUE,
+        Flow::Stop => STATUS_STOP_ITERATION,
     }
 }
 

@@ -6,12 +6,10 @@ use axum::extract::{Request, State};
 use hyper::{StatusCode, Uri};
 use serde::Deserialize;
 
-use super::extract::{read_json, Admin};
+use super::extract::{read_json, Admin, Now};
 use super::{json, Resp};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::service::admin as service;
-use crate::service::sessions;
 use crate::store::Revoke;
 
 #[derive(Deserialize)]
@@ -56,10 +54,11 @@ struct ScopesRequest {
 pub async fn revoke(
     State(app): State<Arc<App>>,
     _: Admin,
+    now: Now,
     request: Request,
 ) -> Result<Resp, ApiError> {
     let body: RevokeRequest = read_json(request, &app.config).await?;
-    let now = app.now();
+    let now = now.secs();
     let revoke = match (body.jti, body.sid, body.sub, body.issued_before) {
         (Some(jti), None, None, None) if !jti.is_empty() => Revoke::Jti(jti),
         (None, Some(sid), None, None) if !sid.is_empty() => Revoke::Sid(sid),
@@ -78,47 +77,59 @@ pub async fn revoke(
                 .into(),
         )),
     };
-    json(StatusCode::OK, &sessions::revoke(&app, revoke).await?)
+    json(StatusCode::OK, &app.sessions.revoke(revoke, now).await?)
 }
 
 pub async fn ban(
     State(app): State<Arc<App>>,
     _: Admin,
+    now: Now,
     request: Request,
 ) -> Result<Resp, ApiError> {
     let body: BanRequest = read_json(request, &app.config).await?;
     json(
         StatusCode::OK,
-        &service::ban(&app, body.sub, body.until, body.reason).await?,
+        &app.admin
+            .ban(body.sub, body.until, body.reason, now.secs())
+            .await?,
     )
 }
 
 pub async fn unban(
     State(app): State<Arc<App>>,
     _: Admin,
+    now: Now,
     request: Request,
 ) -> Result<Resp, ApiError> {
     let body: SubRequest = read_json(request, &app.config).await?;
-    json(StatusCode::OK, &service::unban(&app, body.sub).await?)
+    json(StatusCode::OK, &app.admin.unban(body.sub, now.ms).await?)
 }
 
 pub async fn scopes(
     State(app): State<Arc<App>>,
     _: Admin,
+    now: Now,
     request: Request,
 ) -> Result<Resp, ApiError> {
     let body: ScopesRequest = read_json(request, &app.config).await?;
     json(
         StatusCode::OK,
-        &service::set_scopes(&app, body.sub, body.scopes).await?,
+        &app.admin
+            .set_scopes(body.sub, body.scopes, now.secs())
+            .await?,
     )
 }
 
 /// `GET /v1/admin/user?sub=`.
-pub async fn user(State(app): State<Arc<App>>, _: Admin, uri: Uri) -> Result<Resp, ApiError> {
+pub async fn user(
+    State(app): State<Arc<App>>,
+    _: Admin,
+    now: Now,
+    uri: Uri,
+) -> Result<Resp, ApiError> {
     let sub = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .find(|(key, _)| key == "sub")
         .map(|(_, value)| value.into_owned())
         .ok_or_else(|| ApiError::InvalidRequest("`sub` query parameter is required".into()))?;
-    json(StatusCode::OK, &service::lookup(&app, sub).await?)
+    json(StatusCode::OK, &app.admin.lookup(sub, now.secs()).await?)
 }

@@ -1,6 +1,7 @@
 //! What handlers take from a request, as axum extractors whose rejection is [`ApiError`]:
-//! the peer address ([`Peer`]), the authenticated caller ([`User`]), the admin and feed
-//! credentials ([`Admin`], [`FeedReader`]), and a strict JSON body ([`read_json`]).
+//! the peer address ([`Peer`]), the request's time ([`Now`]), the authenticated caller
+//! ([`User`]), the admin and feed credentials ([`Admin`], [`FeedReader`]), and a strict JSON
+//! body ([`read_json`]).
 //! Plus the small header helpers they share (one `Authorization`, cookies named once, the CSRF
 //! rule of cookie-authenticated requests, the real client address).
 
@@ -21,7 +22,6 @@ use crate::domain::ratelimit;
 use crate::domain::web::{self, CookieLookup};
 use crate::error::ApiError;
 use crate::secrets;
-use crate::service::sessions;
 
 /// The TCP peer of the connection, put on every request by the accept loop
 /// ([`crate::server`]) or by [`super::handle`] in tests.
@@ -37,6 +37,33 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
             .get::<Peer>()
             .copied()
             .ok_or_else(|| ApiError::Internal("the request carries no peer address".into()))
+    }
+}
+
+/// The request's time, read from the app's clock once per request (by the `observe` layer,
+/// [`super::router`]) and passed down to every use case it calls: one request, one `now`.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Unix milliseconds.
+    pub ms: i64,
+}
+
+impl Now {
+    /// Unix seconds (what tokens, sessions and revocations are dated with).
+    pub fn secs(self) -> i64 {
+        self.ms.div_euclid(1000)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Now {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Now>()
+            .copied()
+            .ok_or_else(|| ApiError::Internal("the request carries no time".into()))
     }
 }
 
@@ -65,7 +92,11 @@ impl FromRequestParts<Arc<App>> for User {
                 None => (None, false),
             },
         };
-        let claims = sessions::authenticate(app, header.as_deref()).await?;
+        let now = Now::from_request_parts(parts, app).await?;
+        let claims = app
+            .sessions
+            .authenticate(header.as_deref(), now.secs())
+            .await?;
         Ok(User { claims, via_cookie })
     }
 }

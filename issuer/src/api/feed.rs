@@ -44,6 +44,8 @@ pub async fn poll(State(app): State<Arc<App>>, _: FeedReader, uri: Uri) -> Resul
     let _waiting = app.feed_waiter();
     let mut woken = false;
     loop {
+        // Read again after every wait: a poll may be held for its whole `wait`, and what has
+        // expired is judged at the time of the answer.
         let at = app.now();
         // Served from the replica's copy, which reads the store once per new seq however many
         // polls are waiting, and serializes once per `since` the woken polls share.

@@ -8,12 +8,10 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::json as value;
 
-use super::extract::{read_json, User};
+use super::extract::{read_json, Now, User};
 use super::{json, Resp};
 use crate::app::App;
 use crate::error::{json_response, ApiError};
-use crate::service::sessions;
-use crate::service::userdata;
 
 /// `POST /v1/me/decrypt`, with WeChat's member names.
 #[derive(Deserialize)]
@@ -56,19 +54,17 @@ struct PhoneRequest {
 }
 
 pub async fn profile(State(app): State<Arc<App>>, user: User) -> Result<Resp, ApiError> {
-    json(
-        StatusCode::OK,
-        &sessions::profile(&app, &user.claims).await?,
-    )
+    json(StatusCode::OK, &app.sessions.profile(&user.claims).await?)
 }
 
 pub async fn decrypt(
     State(app): State<Arc<App>>,
+    now: Now,
     user: User,
     request: Request,
 ) -> Result<Resp, ApiError> {
     let body: DecryptRequest = read_json(request, &app.config).await?;
-    let input = userdata::DecryptInput {
+    let input = crate::service::userdata::DecryptInput {
         encrypted_data: &body.encrypted_data,
         iv: &body.iv,
         raw_data: body.raw_data.as_deref(),
@@ -77,23 +73,28 @@ pub async fn decrypt(
     };
     json(
         StatusCode::OK,
-        &userdata::decrypt(&app, &user.claims, input).await?,
+        &app.userdata
+            .decrypt(&user.claims, input, now.secs())
+            .await?,
     )
 }
 
 pub async fn phone(
     State(app): State<Arc<App>>,
+    now: Now,
     user: User,
     request: Request,
 ) -> Result<Resp, ApiError> {
     let body: PhoneRequest = read_json(request, &app.config).await?;
     json(
         StatusCode::OK,
-        &userdata::phone(&app, &user.claims, &body.code).await?,
+        &app.userdata
+            .phone(&user.claims, &body.code, now.secs())
+            .await?,
     )
 }
 
 pub async fn session(State(app): State<Arc<App>>, user: User) -> Result<Resp, ApiError> {
-    let valid = userdata::check_session(&app, &user.claims).await?;
+    let valid = app.userdata.check_session(&user.claims).await?;
     Ok(json_response(StatusCode::OK, &value!({ "valid": valid })))
 }

@@ -35,6 +35,7 @@ use hyper::{HeaderMap, Response, StatusCode, Uri};
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
+use self::extract::Now;
 use crate::app::App;
 use crate::domain::web;
 use crate::error::{json_response, ApiError};
@@ -166,6 +167,10 @@ async fn observe(
     next: Next,
 ) -> axum::response::Response {
     let started = tokio::time::Instant::now();
+    let mut request = request;
+    request.extensions_mut().insert(Now {
+        ms: app.clock.now_ms(),
+    });
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let route = crate::telemetry::metrics::route_label(&path);
@@ -239,9 +244,14 @@ fn set_session_cookies(response: &mut Resp, tokens: &sessions::TokenResponse, se
 
 /// The per-client login rate limit (`WEAUTH_LOGIN_RATE`), shared by `/v1/login` and
 /// `/v1/web/authorize` (which stores a pending login per call).
-async fn check_rate(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+async fn check_rate(
+    app: &App,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    now: Now,
+) -> Result<(), ApiError> {
     let client = extract::client_ip(app, peer, headers);
-    let allowed = app.limiter.take(client, app.clock.now_secs_f64()).await;
+    let allowed = app.limiter.take(client, now.ms as f64 / 1000.0).await;
     allowed.map_err(|retry| ApiError::RateLimited {
         retry_after: retry.0,
         description: "too many logins from this client; retry later".into(),

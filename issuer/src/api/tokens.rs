@@ -8,12 +8,11 @@ use hyper::header::CONTENT_TYPE;
 use hyper::StatusCode;
 use serde::Deserialize;
 
-use super::extract::{check_csrf, client_ip, cookie, read_json, Peer, User};
+use super::extract::{check_csrf, client_ip, cookie, read_json, Now, Peer, User};
 use super::{check_rate, json, no_content, set_cookies, set_session_cookies, Resp};
 use crate::app::App;
 use crate::domain::web;
 use crate::error::ApiError;
-use crate::service::sessions;
 use crate::store::Revoke;
 
 #[derive(Deserialize)]
@@ -36,16 +35,19 @@ struct RefreshRequest {
 pub async fn login(
     State(app): State<Arc<App>>,
     Peer(peer): Peer,
+    now: Now,
     request: Request,
 ) -> Result<Resp, ApiError> {
-    if let Err(err) = check_rate(&app, peer, request.headers()).await {
+    if let Err(err) = check_rate(&app, peer, request.headers(), now).await {
         app.metrics.login("rate_limited");
         return Err(err);
     }
     let client = client_ip(&app, peer, request.headers());
     let result = async {
         let body: LoginRequest = read_json(request, &app.config).await?;
-        sessions::login(&app, &body.code, body.appid.as_deref(), client).await
+        app.sessions
+            .login(&body.code, body.appid.as_deref(), client, now.secs())
+            .await
     }
     .await;
     match result {
@@ -62,15 +64,22 @@ pub async fn login(
 
 /// `POST /v1/token/refresh`: with a JSON body, the new pair as JSON; with no body and the
 /// `weauth_rt` cookie, both cookies set again (204).
-pub async fn refresh(State(app): State<Arc<App>>, request: Request) -> Result<Resp, ApiError> {
+pub async fn refresh(
+    State(app): State<Arc<App>>,
+    now: Now,
+    request: Request,
+) -> Result<Resp, ApiError> {
     if !request.headers().contains_key(CONTENT_TYPE) {
         if let Some(presented) = cookie(request.headers(), web::REFRESH_COOKIE)? {
             let presented = presented.to_string();
-            return cookie_refresh(&app, request.headers(), presented).await;
+            return cookie_refresh(&app, request.headers(), presented, now).await;
         }
     }
     let body: RefreshRequest = read_json(request, &app.config).await?;
-    let tokens = sessions::refresh(&app, &body.refresh_token).await?;
+    let tokens = app
+        .sessions
+        .refresh(&body.refresh_token, now.secs())
+        .await?;
     json(StatusCode::OK, &tokens)
 }
 
@@ -80,10 +89,11 @@ async fn cookie_refresh(
     app: &Arc<App>,
     headers: &hyper::HeaderMap,
     presented: String,
+    now: Now,
 ) -> Result<Resp, ApiError> {
     let secure = app.config.cookie_secure;
     check_csrf(app, headers)?;
-    match sessions::refresh(app, &presented).await {
+    match app.sessions.refresh(&presented, now.secs()).await {
         Ok(tokens) => {
             let mut response = no_content();
             set_session_cookies(&mut response, &tokens, secure);
@@ -101,8 +111,10 @@ async fn cookie_refresh(
 }
 
 /// `POST /v1/logout`: revokes the caller's session; a cookie session's cookies are cleared.
-pub async fn logout(State(app): State<Arc<App>>, user: User) -> Result<Resp, ApiError> {
-    sessions::revoke(&app, Revoke::Sid(user.claims.sid)).await?;
+pub async fn logout(State(app): State<Arc<App>>, now: Now, user: User) -> Result<Resp, ApiError> {
+    app.sessions
+        .revoke(Revoke::Sid(user.claims.sid), now.secs())
+        .await?;
     let mut response = Resp::new(Default::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     if user.via_cookie {

@@ -7,14 +7,13 @@ use axum::extract::State;
 use hyper::header::{HeaderValue, CACHE_CONTROL, LOCATION};
 use hyper::{HeaderMap, StatusCode, Uri};
 
-use super::extract::{cookie, Peer};
+use super::extract::{cookie, Now, Peer};
 use super::{check_rate, set_cookies, set_session_cookies, Resp};
 use crate::app::App;
 use crate::domain::web::{self, WebError};
 use crate::error::ApiError;
 use crate::secrets;
-use crate::service::identity::{self, Credential};
-use crate::service::sessions;
+use crate::service::identity::Credential;
 
 /// The single value of query parameter `name` (a repeated one is refused).
 fn query_param(query: &[(String, String)], name: &'static str) -> Result<Option<String>, ApiError> {
@@ -61,6 +60,7 @@ fn redirect(location: &str) -> Result<Resp, ApiError> {
 pub async fn authorize(
     State(app): State<Arc<App>>,
     Peer(peer): Peer,
+    now: Now,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Resp, ApiError> {
@@ -78,12 +78,12 @@ pub async fn authorize(
         return Err(web_error(WebError::RedirectNotAllowed));
     }
     let scope = web::scope_for(entry.kind, scope.as_deref()).map_err(web_error)?;
-    check_rate(&app, peer, &headers).await?;
+    check_rate(&app, peer, &headers, now).await?;
     let (state, binding) = {
         let mut rng = rand::thread_rng();
         (web::new_state(&mut rng), web::new_binding(&mut rng))
     };
-    let expires_at = app.now() + web::STATE_TTL;
+    let expires_at = now.secs() + web::STATE_TTL;
     let pending = web::PendingLogin {
         appid: entry.appid.clone(),
         redirect_uri,
@@ -116,8 +116,8 @@ pub async fn authorize(
 
 /// `GET /v1/web/callback?code=&state=`. Every failure is a JSON 400/403 (never a redirect),
 /// and the state cookie goes.
-pub async fn callback(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap) -> Resp {
-    match complete(&app, &uri, &headers).await {
+pub async fn callback(State(app): State<Arc<App>>, now: Now, uri: Uri, headers: HeaderMap) -> Resp {
+    match complete(&app, &uri, &headers, now.secs()).await {
         Ok(response) => response,
         Err(err) => {
             let mut response = err.response();
@@ -133,7 +133,12 @@ pub async fn callback(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap)
 /// Takes the state once, checks the browser binding, exchanges the code (the login-method
 /// boundary), establishes the session and redirects to the app's redirect URI with the
 /// session cookies.
-async fn complete(app: &Arc<App>, uri: &Uri, headers: &HeaderMap) -> Result<Resp, ApiError> {
+async fn complete(
+    app: &Arc<App>,
+    uri: &Uri,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<Resp, ApiError> {
     let query = query_pairs(uri);
     let state = query_param(&query, "state")?
         .filter(|s| !s.is_empty())
@@ -143,7 +148,6 @@ async fn complete(app: &Arc<App>, uri: &Uri, headers: &HeaderMap) -> Result<Resp
         return Err(web_error(WebError::StateMalformed));
     }
     let binding = cookie(headers, web::STATE_COOKIE)?.map(str::to_string);
-    let now = app.now();
     let taken = app
         .store
         .take_ephemeral(&web::state_key(&state), now)
@@ -169,16 +173,13 @@ async fn complete(app: &Arc<App>, uri: &Uri, headers: &HeaderMap) -> Result<Resp
         .web(&pending.appid)
         .map_err(|err| ApiError::InvalidRequest(err.to_string()))?;
     let result = async {
-        let identity = identity::identify(
-            app,
-            Credential::Web {
-                app: entry,
-                code: &code,
-            },
-        )
-        .await?;
+        let credential = Credential::Web {
+            app: entry,
+            code: &code,
+        };
+        let identity = app.identity.identify(credential).await?;
         let code_hash = secrets::sha256_hex(format!("web:{}:{code}", entry.appid).as_bytes());
-        sessions::establish(app, identity, code_hash).await
+        app.sessions.establish(identity, code_hash, now).await
     }
     .await;
     let (tokens, _subject) = match result {

@@ -815,10 +815,10 @@ mod tests {
         assert!(matches!(apps.web("x"), Err(AppLookupError::Unknown(_))));
     }
 
-    /// The test keys of `tests/fixtures/apisec/` (see its README).
+    /// The test keys of `mockwechat/fixtures/apisec/` (see its README).
     fn fixture(name: &str) -> String {
         format!(
-            "{}/../tests/fixtures/apisec/{name}",
+            "{}/../mockwechat/fixtures/apisec/{name}",
             env!("CARGO_MANIFEST_DIR")
         )
     }

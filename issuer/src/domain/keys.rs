@@ -256,6 +256,32 @@ pub fn ring(
     })
 }
 
+/// The key ring in use: read by every request that signs or verifies, swapped whole by the
+/// key reload (a promotion, a retirement).
+pub struct KeyRingCell(std::sync::RwLock<Arc<KeyRing>>);
+
+impl KeyRingCell {
+    pub fn new(ring: KeyRing) -> KeyRingCell {
+        KeyRingCell(std::sync::RwLock::new(Arc::new(ring)))
+    }
+
+    /// The current ring.
+    pub fn current(&self) -> Arc<KeyRing> {
+        match self.0.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Puts `ring` in place of the current one.
+    pub fn replace(&self, ring: KeyRing) {
+        match self.0.write() {
+            Ok(mut guard) => *guard = Arc::new(ring),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -302,6 +302,42 @@ pub async fn pace(
     }
 }
 
+/// The highest revocation seq this replica knows of (from its own writes, the store's
+/// announcements and the feed reads); the feed's long polls are woken from it by [`pace`].
+pub struct KnownSeq(watch::Sender<u64>);
+
+impl KnownSeq {
+    pub fn new(seq: u64) -> KnownSeq {
+        KnownSeq(watch::channel(seq).0)
+    }
+
+    /// Records a new high-water mark (never moves back).
+    pub fn advance(&self, seq: u64) {
+        if *self.0.borrow() >= seq {
+            // The common case at every feed answer: no write lock.
+            return;
+        }
+        self.0.send_if_modified(|current| {
+            if seq > *current {
+                *current = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The current high-water mark.
+    pub fn get(&self) -> u64 {
+        *self.0.borrow()
+    }
+
+    /// Changes of the high-water mark (what [`pace`] follows).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,11 +12,16 @@ use std::sync::Arc;
 use serde::Serialize;
 use weauth_token::revocation::Entry;
 
-use crate::app::App;
 use crate::domain::grants::{self, Ban};
 use crate::error::ApiError;
-use crate::service::sessions;
-use crate::store::Revoke;
+use crate::service::sessions::Sessions;
+use crate::store::{Revoke, Store};
+
+/// The admin use cases, with what they use: the store, and the sessions' revocation.
+pub struct Admin {
+    pub store: Arc<dyn Store>,
+    pub sessions: Arc<Sessions>,
+}
 
 fn check_sub(sub: &str) -> Result<(), ApiError> {
     if sub.is_empty() || sub.len() > 128 || !sub.bytes().all(|b| b.is_ascii_graphic()) {
@@ -36,39 +41,6 @@ pub struct Banned {
     pub revocation: Entry,
 }
 
-/// Bans `sub` (until `until`, unix seconds, or until lifted) and revokes every token and
-/// session the user has.
-///
-/// # Errors
-/// 400 for a bad `sub`, `until` or `reason`; 404 for an unknown user; store failures.
-pub async fn ban(
-    app: &Arc<App>,
-    sub: String,
-    until: Option<i64>,
-    reason: Option<String>,
-) -> Result<Banned, ApiError> {
-    check_sub(&sub)?;
-    let now = app.now();
-    let ban = grants::new_ban(until, reason, now).map_err(ApiError::InvalidRequest)?;
-    if !app.store.set_ban(&sub, Some(&ban), now).await? {
-        return Err(ApiError::UnknownUser(sub));
-    }
-    tracing::info!(sub = %sub, until = ?ban.until, "user banned");
-    let revocation = sessions::revoke(
-        app,
-        Revoke::Sub {
-            sub: sub.clone(),
-            issued_before: now + 1,
-        },
-    )
-    .await?;
-    Ok(Banned {
-        sub,
-        ban,
-        revocation,
-    })
-}
-
 /// The answer of `POST /v1/admin/unban`.
 #[derive(Debug, Serialize)]
 pub struct Unbanned {
@@ -77,36 +49,10 @@ pub struct Unbanned {
     pub was_banned: bool,
 }
 
-/// Lifts `sub`'s ban: the user may log in again. Tokens and sessions the ban revoked stay
-/// revoked. The ban's revocation covers every token issued before the second after the ban
-/// (`issued_before` = ban time + 1 s), so an unban within that second waits for it to pass
-/// before lifting: a login right after the answer must not be refused at the edge.
-///
-/// # Errors
-/// 400 for a bad `sub`; 404 for an unknown user; store failures.
-pub async fn unban(app: &Arc<App>, sub: String) -> Result<Unbanned, ApiError> {
-    check_sub(&sub)?;
-    let Some(current) = app.store.grants(&sub).await? else {
-        return Err(ApiError::UnknownUser(sub));
-    };
-    if let Some(ban) = &current.ban {
-        wait_until_second(app, ban.created_at + 1).await;
-    }
-    if !app.store.set_ban(&sub, None, app.now()).await? {
-        return Err(ApiError::UnknownUser(sub));
-    }
-    tracing::info!(sub = %sub, "user unbanned");
-    Ok(Unbanned {
-        sub,
-        was_banned: current.ban.is_some(),
-    })
-}
-
-/// Sleeps until the unix second `second` has begun (at most about a second here).
-async fn wait_until_second(app: &App, second: i64) {
-    let wait = second
-        .saturating_mul(1000)
-        .saturating_sub(app.clock.now_ms());
+/// Sleeps until the unix second `second` has begun, from `now_ms` (at most about a second
+/// here).
+async fn wait_until_second(second: i64, now_ms: i64) {
+    let wait = second.saturating_mul(1000).saturating_sub(now_ms);
     if wait > 0 {
         let wait = u64::try_from(wait).unwrap_or(0).min(2000);
         tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
@@ -120,28 +66,6 @@ pub struct Scopes {
     pub scopes: Vec<String>,
     /// When the change reaches the user's tokens, for the operator.
     pub effective: &'static str,
-}
-
-/// Replaces `sub`'s scopes (empty clears). They are carried by the user's next token.
-///
-/// # Errors
-/// 400 for a bad `sub` or scope name; 404 for an unknown user; store failures.
-pub async fn set_scopes(
-    app: &Arc<App>,
-    sub: String,
-    scopes: Vec<String>,
-) -> Result<Scopes, ApiError> {
-    check_sub(&sub)?;
-    let scopes = grants::normalize_scopes(&scopes).map_err(ApiError::InvalidRequest)?;
-    if !app.store.set_scopes(&sub, &scopes, app.now()).await? {
-        return Err(ApiError::UnknownUser(sub));
-    }
-    tracing::info!(sub = %sub, scopes = %scopes.join(" "), "user scopes set");
-    Ok(Scopes {
-        sub,
-        scopes,
-        effective: "at the user's next token (refresh or login); tokens already issued keep their scopes until they expire or are revoked",
-    })
 }
 
 /// The answer of `GET /v1/admin/user?sub=`.
@@ -164,25 +88,111 @@ pub struct UserView {
     pub risk: Option<crate::store::RiskFact>,
 }
 
-/// What an admin may see of `sub`.
-///
-/// # Errors
-/// 400 for a bad `sub`; 404 for an unknown user; store failures.
-pub async fn lookup(app: &Arc<App>, sub: String) -> Result<UserView, ApiError> {
-    check_sub(&sub)?;
-    let (Some(user), Some(grants)) = (app.store.user(&sub).await?, app.store.grants(&sub).await?)
-    else {
-        return Err(ApiError::UnknownUser(sub));
-    };
-    let banned = grants.active_ban(app.now()).is_some();
-    Ok(UserView {
-        sub: user.sub,
-        created_at: user.created_at,
-        unionid: user.unionid,
-        has_phone: user.phone.is_some(),
-        scopes: grants.scopes,
-        banned,
-        ban: grants.ban,
-        risk: user.risk,
+impl Admin {
+    /// Bans `sub` (until `until`, unix seconds, or until lifted) and revokes every token and
+    /// session the user has.
+    ///
+    /// # Errors
+    /// 400 for a bad `sub`, `until` or `reason`; 404 for an unknown user; store failures.
+    pub async fn ban(
+        &self,
+        sub: String,
+        until: Option<i64>,
+        reason: Option<String>,
+        now: i64,
+    ) -> Result<Banned, ApiError> {
+        check_sub(&sub)?;
+        let ban = grants::new_ban(until, reason, now).map_err(ApiError::InvalidRequest)?;
+        if !self.store.set_ban(&sub, Some(&ban), now).await? {
+            return Err(ApiError::UnknownUser(sub));
+        }
+        tracing::info!(sub = %sub, until = ?ban.until, "user banned");
+        let revoke = Revoke::Sub {
+            sub: sub.clone(),
+            issued_before: now + 1,
+        };
+        let revocation = self.sessions.revoke(revoke, now).await?;
+        Ok(Banned {
+            sub,
+            ban,
+            revocation,
+        })
+    }
+
+    /// Lifts `sub`'s ban: the user may log in again. Tokens and sessions the ban revoked stay
+    /// revoked. The ban's revocation covers every token issued before the second after the ban
+    /// (`issued_before` = ban time + 1 s), so an unban within that second waits for it to pass
+    /// before lifting: a login right after the answer must not be refused at the edge.
+    ///
+    /// # Errors
+    /// 400 for a bad `sub`; 404 for an unknown user; store failures.
+    /// `now_ms` is the request's time in milliseconds.
+    pub async fn unban(&self, sub: String, now_ms: i64) -> Result<Unbanned, ApiError> {
+        check_sub(&sub)?;
+        let Some(current) = self.store.grants(&sub).await? else {
+            return Err(ApiError::UnknownUser(sub));
+        };
+        if let Some(ban) = &current.ban {
+            wait_until_second(ban.created_at + 1, now_ms).await;
+        }
+        if !self
+            .store
+            .set_ban(&sub, None, now_ms.div_euclid(1000))
+            .await?
+        {
+            return Err(ApiError::UnknownUser(sub));
+        }
+        tracing::info!(sub = %sub, "user unbanned");
+        Ok(Unbanned {
+            sub,
+            was_banned: current.ban.is_some(),
+        })
+    }
+
+    /// Replaces `sub`'s scopes (empty clears). They are carried by the user's next token.
+    ///
+    /// # Errors
+    /// 400 for a bad `sub` or scope name; 404 for an unknown user; store failures.
+    pub async fn set_scopes(
+        &self,
+        sub: String,
+        scopes: Vec<String>,
+        now: i64,
+    ) -> Result<Scopes, ApiError> {
+        check_sub(&sub)?;
+        let scopes = grants::normalize_scopes(&scopes).map_err(ApiError::InvalidRequest)?;
+        if !self.store.set_scopes(&sub, &scopes, now).await? {
+            return Err(ApiError::UnknownUser(sub));
+        }
+        tracing::info!(sub = %sub, scopes = %scopes.join(" "), "user scopes set");
+        Ok(Scopes {
+        sub,
+        scopes,
+        effective: "at the user's next token (refresh or login); tokens already issued keep their scopes until they expire or are revoked",
     })
+    }
+
+    /// What an admin may see of `sub`.
+    ///
+    /// # Errors
+    /// 400 for a bad `sub`; 404 for an unknown user; store failures.
+    pub async fn lookup(&self, sub: String, now: i64) -> Result<UserView, ApiError> {
+        check_sub(&sub)?;
+        let (Some(user), Some(grants)) =
+            (self.store.user(&sub).await?, self.store.grants(&sub).await?)
+        else {
+            return Err(ApiError::UnknownUser(sub));
+        };
+        let banned = grants.active_ban(now).is_some();
+        Ok(UserView {
+            sub: user.sub,
+            created_at: user.created_at,
+            unionid: user.unionid,
+            has_phone: user.phone.is_some(),
+            scopes: grants.scopes,
+            banned,
+            ban: grants.ban,
+            risk: user.risk,
+        })
+    }
 }

@@ -20,11 +20,18 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::app::App;
 use crate::config::apps::{self, AppKind};
 use crate::error::ApiError;
-use crate::wechat::access_token::{self, CallError};
-use crate::wechat::web::WebProfile;
+use crate::wechat::access_token::{AccessTokens, CallError};
+use crate::wechat::web::{WebProfile, WechatWeb};
+use crate::wechat::WechatClients;
+
+/// The login-method boundary: WeChat's clients, and the app access tokens some calls need.
+pub struct Identity {
+    pub wechat: Arc<WechatClients>,
+    pub web: Arc<dyn WechatWeb>,
+    pub access_tokens: Arc<AccessTokens>,
+}
 
 /// Who logged in, as WeChat says, whatever the login method.
 #[derive(Clone)]
@@ -65,86 +72,91 @@ pub enum Credential<'a> {
     Web { app: &'a apps::App, code: &'a str },
 }
 
-/// Turns a credential into an identity by asking WeChat.
-///
-/// # Errors
-/// WeChat's answer mapped as DESIGN.md says (a code of another app or a used code → 400
-/// `invalid_grant`, …); a snapshot-mode account → 403 `access_denied`; a credential of the
-/// wrong kind of app → 400 `invalid_request`.
-pub async fn identify(
-    app: &Arc<App>,
-    credential: Credential<'_>,
-) -> Result<ExternalIdentity, ApiError> {
-    match credential {
-        Credential::Plugin { app: entry, code } => {
-            if entry.kind != AppKind::Plugin {
-                return Err(ApiError::InvalidRequest(format!(
-                    "appid `{}` is not a plugin",
-                    entry.appid
-                )));
+impl Identity {
+    /// Turns a credential into an identity by asking WeChat.
+    ///
+    /// # Errors
+    /// WeChat's answer mapped as DESIGN.md says (a code of another app or a used code → 400
+    /// `invalid_grant`, …); a snapshot-mode account → 403 `access_denied`; a credential of the
+    /// wrong kind of app → 400 `invalid_request`.
+    pub async fn identify(&self, credential: Credential<'_>) -> Result<ExternalIdentity, ApiError> {
+        match credential {
+            Credential::Plugin { app: entry, code } => {
+                if entry.kind != AppKind::Plugin {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "appid `{}` is not a plugin",
+                        entry.appid
+                    )));
+                }
+                let wechat = self.wechat.for_appid(&entry.appid)?;
+                let openpid = self
+                    .access_tokens
+                    .call_for(&entry.appid, |token| async move {
+                        wechat.plugin_openpid(&token, code).await
+                    })
+                    .await
+                    .map_err(|err| match err {
+                        CallError::Token(token) => ApiError::from(token),
+                        CallError::Api(api) => ApiError::from(api),
+                    })?;
+                Ok(ExternalIdentity {
+                    appid: entry.appid.clone(),
+                    openid: openpid,
+                    unionid: None,
+                    session_key: None,
+                    profile: None,
+                })
             }
-            let wechat = app.wechat_for(&entry.appid)?;
-            let openpid = access_token::call_for(app, &entry.appid, |token| async move {
-                wechat.plugin_openpid(&token, code).await
-            })
-            .await
-            .map_err(|err| match err {
-                CallError::Token(token) => ApiError::from(token),
-                CallError::Api(api) => ApiError::from(api),
-            })?;
-            Ok(ExternalIdentity {
-                appid: entry.appid.clone(),
-                openid: openpid,
-                unionid: None,
-                session_key: None,
-                profile: None,
-            })
-        }
-        Credential::MiniProgram { app: entry, code } => {
-            if entry.kind != AppKind::Miniprogram {
-                return Err(ApiError::InvalidRequest(format!(
-                    "appid `{}` is not a mini-program",
-                    entry.appid
-                )));
+            Credential::MiniProgram { app: entry, code } => {
+                if entry.kind != AppKind::Miniprogram {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "appid `{}` is not a mini-program",
+                        entry.appid
+                    )));
+                }
+                let session = self
+                    .wechat
+                    .for_appid(&entry.appid)?
+                    .code2session(code)
+                    .await?;
+                Ok(ExternalIdentity {
+                    appid: entry.appid.clone(),
+                    openid: session.openid,
+                    unionid: session.unionid,
+                    session_key: Some(session.session_key),
+                    profile: None,
+                })
             }
-            let session = app.wechat_for(&entry.appid)?.code2session(code).await?;
-            Ok(ExternalIdentity {
-                appid: entry.appid.clone(),
-                openid: session.openid,
-                unionid: session.unionid,
-                session_key: Some(session.session_key),
-                profile: None,
-            })
-        }
-        Credential::Web { app: entry, code } => {
-            if !entry.kind.is_web() {
-                return Err(ApiError::InvalidRequest(format!(
-                    "appid `{}` is not an official account or website",
-                    entry.appid
-                )));
+            Credential::Web { app: entry, code } => {
+                if !entry.kind.is_web() {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "appid `{}` is not an official account or website",
+                        entry.appid
+                    )));
+                }
+                let token = self.web.oauth_token(entry, code).await?;
+                if token.snapshot_user {
+                    return Err(ApiError::AccessDenied(
+                        crate::domain::web::WebError::SnapshotUser.to_string(),
+                    ));
+                }
+                let profile = if crate::domain::web::reads_userinfo(&token.scope) {
+                    Some(self.web.userinfo(entry, &token).await?)
+                } else {
+                    None
+                };
+                let unionid = token
+                    .unionid
+                    .clone()
+                    .or_else(|| profile.as_ref().and_then(|p| p.unionid.clone()));
+                Ok(ExternalIdentity {
+                    appid: entry.appid.clone(),
+                    openid: token.openid.clone(),
+                    unionid,
+                    session_key: None,
+                    profile,
+                })
             }
-            let token = app.wechat_web.oauth_token(entry, code).await?;
-            if token.snapshot_user {
-                return Err(ApiError::AccessDenied(
-                    crate::domain::web::WebError::SnapshotUser.to_string(),
-                ));
-            }
-            let profile = if crate::domain::web::reads_userinfo(&token.scope) {
-                Some(app.wechat_web.userinfo(entry, &token).await?)
-            } else {
-                None
-            };
-            let unionid = token
-                .unionid
-                .clone()
-                .or_else(|| profile.as_ref().and_then(|p| p.unionid.clone()));
-            Ok(ExternalIdentity {
-                appid: entry.appid.clone(),
-                openid: token.openid.clone(),
-                unionid,
-                session_key: None,
-                profile,
-            })
         }
     }
 }

@@ -3,26 +3,47 @@
 //! `session_key` accessor.
 //!
 //! The decisions (refresh verdict, user linking, revocation coverage) are pure functions in
-//! [`crate::domain::rules`], which the store calls inside its atomic units. This module is glue between
-//! HTTP handlers, WeChat and the store, with every time taken once per request from
-//! the app's clock ([`crate::clock`]).
+//! [`crate::domain::rules`], which the store calls inside its atomic units. This module is glue
+//! between HTTP handlers, WeChat and the store; every method takes the request's `now`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use weauth_token::revocation::Entry;
 use weauth_token::Claims;
 
-use crate::app::App;
+use crate::config::Config;
 use crate::domain::grants::Grants;
+use crate::domain::keys::KeyRingCell;
 use crate::domain::rules;
-use crate::domain::tokens::{self, Subject};
+use crate::domain::tokens::{self, Subject, TokenPolicy};
 use crate::error::ApiError;
-use crate::feed::revocation;
-use crate::secrets;
-use crate::service::identity::{self, Credential, ExternalIdentity};
-use crate::store::{LoginResult, NewLogin, Revoke, Rotate, RotateResult, SessionRecord};
-use crate::wechat::access_token::{self, CallError};
+use crate::feed::{revocation, KnownSeq};
+use crate::secrets::{self, DataKey};
+use crate::service::identity::{Credential, ExternalIdentity, Identity};
+use crate::service::userdata;
+use crate::store::{LoginResult, NewLogin, Revoke, Rotate, RotateResult, SessionRecord, Store};
+use crate::telemetry::metrics::Metrics;
+use crate::wechat::access_token::CallError;
+
+/// The session use cases, with what they use and nothing else. Every method takes the
+/// request's time (`now`, unix seconds), read once per request from the clock.
+pub struct Sessions {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    pub policy: TokenPolicy,
+    pub keys: Arc<KeyRingCell>,
+    /// Seals session_keys; opens the stored phone number for the profile.
+    pub data_key: DataKey,
+    pub metrics: Arc<Metrics>,
+    /// Advanced by every revocation written here, so this replica's feed polls wake at once.
+    pub known_seq: Arc<KnownSeq>,
+    /// WeChat: credentials into identities, and the risk-rank call.
+    pub identity: Arc<Identity>,
+    /// Hashes of the login codes being exchanged now (a second exchange of one is refused).
+    pub inflight_codes: Mutex<HashSet<String>>,
+}
 
 /// An RFC 6749 §5.1 token response (plus `refresh_expires_in`).
 #[derive(Debug, Serialize)]
@@ -34,54 +55,15 @@ pub struct TokenResponse {
     pub refresh_expires_in: i64,
 }
 
-/// Mints the access token of a new pair for `subject`, with the `scope` claim of `grants`
-/// (read by [`grants_for_token`] just before).
-fn issue(
-    app: &App,
-    subject: &Subject,
-    grants: &Grants,
-    refresh_token: String,
-    refresh_expires: i64,
-    now: i64,
-) -> Result<TokenResponse, ApiError> {
-    let mut claims = tokens::access_claims(&app.policy, subject, secrets::random_id("t_"), now);
-    claims.scope = grants.scope_claim();
-    let ring = app.keys();
-    let access_token = tokens::mint(&claims, &ring.signing)
-        .map_err(|err| ApiError::Internal(format!("signing failed: {err}")))?;
-    Ok(TokenResponse {
-        access_token,
-        token_type: "Bearer",
-        expires_in: claims.exp - now,
-        refresh_token,
-        refresh_expires_in: refresh_expires - now,
-    })
-}
-
-/// The user's grants for a token about to be issued at `now`: 403 `user_banned` while a ban
-/// is in force. Every path that hands out tokens (login, refresh) passes here, so a ban set
-/// while a login was in flight still refuses it.
-///
-/// # Errors
-/// [`ApiError::Banned`]; store failures.
-pub async fn grants_for_token(app: &App, sub: &str, now: i64) -> Result<Grants, ApiError> {
-    let grants = app.store.grants(sub).await?.unwrap_or_default();
-    if let Some(ban) = grants.active_ban(now) {
-        tracing::info!(sub = %sub, "token refused: the user is banned");
-        return Err(ApiError::Banned { until: ban.until });
-    }
-    Ok(grants)
-}
-
 /// Removes a code hash from the in-flight set when the exchange ends, however it ends.
 struct InflightGuard<'a> {
-    app: &'a App,
+    set: &'a Mutex<HashSet<String>>,
     hash: String,
 }
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.app.inflight_codes.lock() {
+        if let Ok(mut set) = self.set.lock() {
             set.remove(&self.hash);
         }
     }
@@ -89,201 +71,6 @@ impl Drop for InflightGuard<'_> {
 
 fn valid_code(code: &str) -> bool {
     !code.is_empty() && code.len() <= 256 && code.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// `POST /v1/login`: code → WeChat → user → session → token pair, for the mini-program
-/// `appid` (or the only one configured). A failure writes nothing; a code already exchanged
-/// (or being exchanged) is `invalid_grant`.
-///
-/// # Errors
-/// See DESIGN.md's WeChat mapping; an unknown appid or one that is not a mini-program is 400
-/// `invalid_request`; store failures are 5xx.
-pub async fn login(
-    app: &Arc<App>,
-    code: &str,
-    appid: Option<&str>,
-    client_ip: std::net::IpAddr,
-) -> Result<TokenResponse, ApiError> {
-    if !valid_code(code) {
-        return Err(ApiError::InvalidRequest(
-            "`code` must be a non-empty wx.login code".into(),
-        ));
-    }
-    let entry = app
-        .config
-        .apps
-        .miniprogram(appid)
-        .map_err(|err| ApiError::InvalidRequest(err.to_string()))?;
-    let code_hash = secrets::sha256_hex(code.as_bytes());
-    let _guard = {
-        let mut set = app
-            .inflight_codes
-            .lock()
-            .map_err(|_| ApiError::Internal("in-flight set poisoned".into()))?;
-        if !set.insert(code_hash.clone()) {
-            return Err(ApiError::InvalidGrant(
-                "this login code is already being exchanged".into(),
-            ));
-        }
-        InflightGuard {
-            app,
-            hash: code_hash.clone(),
-        }
-    };
-    if app.store.code_used(&code_hash).await? {
-        return Err(ApiError::InvalidGrant(
-            "this login code has already been used".into(),
-        ));
-    }
-    let credential = match entry.kind {
-        crate::config::apps::AppKind::Plugin => Credential::Plugin { app: entry, code },
-        _ => Credential::MiniProgram { app: entry, code },
-    };
-    let identity = identity::identify(app, credential).await?;
-    let rank = match entry.risk {
-        Some(risk) => judge_risk(app, entry, &identity.openid, risk, client_ip).await?,
-        None => None,
-    };
-    let (tokens, subject) = establish(app, identity, code_hash).await?;
-    if let Some(rank) = rank {
-        // An observation for admins, kept after the login (the user may be new until then);
-        // the login stands if it cannot be kept.
-        let fact = crate::store::RiskFact {
-            appid: entry.appid.clone(),
-            rank,
-            at: app.now(),
-        };
-        if let Err(err) = app.store.set_risk(&subject.sub, &fact).await {
-            tracing::warn!(error = %err, appid = %entry.appid, "the user's risk rank was not kept");
-        }
-    }
-    Ok(tokens)
-}
-
-/// WeChat's risk control at login, before anything is written: asks `getuserriskrank` for
-/// the user's rank and refuses a rank above the app's `max_rank` (403 `user_risky`); when
-/// WeChat cannot answer, the app's `on_error` decides. Counted in
-/// `weauth_login_risk_total{appid,outcome,rank}`; logged with a short hash of the openid only.
-/// Returns the rank of an admitted user (`None` when WeChat did not answer and `on_error`
-/// let the login through).
-///
-/// # Errors
-/// `user_risky`, or WeChat's failure when `on_error` is `deny`.
-async fn judge_risk(
-    app: &Arc<App>,
-    entry: &crate::config::apps::App,
-    openid: &str,
-    risk: crate::config::apps::Risk,
-    client_ip: std::net::IpAddr,
-) -> Result<Option<u8>, ApiError> {
-    let wechat = app.wechat_for(&entry.appid)?;
-    let query = crate::wechat::RiskQuery {
-        appid: &entry.appid,
-        openid,
-        scene: risk.scene,
-        client_ip,
-    };
-    let asked = access_token::call_for(app, &entry.appid, |token| async move {
-        wechat.user_risk_rank(&token, query).await
-    })
-    .await;
-    let user = crate::short_hash(openid);
-    match asked {
-        Ok(rank) if risk.admits(rank) => {
-            app.metrics.login_risk(&entry.appid, "admitted", Some(rank));
-            Ok(Some(rank))
-        }
-        Ok(rank) => {
-            app.metrics.login_risk(&entry.appid, "refused", Some(rank));
-            tracing::info!(appid = %entry.appid, user = %user, rank, max_rank = risk.max_rank, "login refused by risk control");
-            Err(ApiError::UserRisky { rank })
-        }
-        Err(err) => {
-            let err = match err {
-                CallError::Token(token) => ApiError::from(token),
-                CallError::Api(api) => ApiError::from(api),
-            };
-            match risk.on_error {
-                crate::config::apps::RiskOnError::Allow => {
-                    app.metrics.login_risk(&entry.appid, "error_allowed", None);
-                    tracing::warn!(appid = %entry.appid, user = %user, error = %err, "risk control unavailable; login allowed (on_error: allow)");
-                    Ok(None)
-                }
-                crate::config::apps::RiskOnError::Deny => {
-                    app.metrics.login_risk(&entry.appid, "error_denied", None);
-                    tracing::warn!(appid = %entry.appid, user = %user, error = %err, "risk control unavailable; login refused (on_error: deny)");
-                    Err(err)
-                }
-            }
-        }
-    }
-}
-
-/// The one path after every login method: links the user (inside the store's atomic login,
-/// with [`crate::domain::rules::link_user`]), creates the session (sealing the session_key when the
-/// method gave one) and its first refresh token, and mints the pair. `code_hash` makes the
-/// credential single-use. Returns the pair and the subject it was minted for.
-///
-/// # Errors
-/// `invalid_grant` when a session was already made from this credential; 5xx on store or
-/// sealing failure.
-pub async fn establish(
-    app: &Arc<App>,
-    identity: ExternalIdentity,
-    code_hash: String,
-) -> Result<(TokenResponse, Subject), ApiError> {
-    let now = app.now();
-    let sid = secrets::random_id("s_");
-    let sealed = match &identity.session_key {
-        Some(key) => Some(
-            app.data_key
-                .seal(key.as_bytes(), &format!("session_key:{sid}"))
-                .map_err(|err| ApiError::Internal(err.to_string()))?,
-        ),
-        None => None,
-    };
-    let (refresh_token, refresh_hash) = tokens::new_refresh_token();
-    let session_expires = now.saturating_add(crate::config::secs(app.config.session_max));
-    let refresh_expires = now
-        .saturating_add(crate::config::secs(app.config.refresh_ttl))
-        .min(session_expires);
-    let record = NewLogin {
-        appid: identity.appid.clone(),
-        openid: identity.openid.clone(),
-        unionid: identity.unionid.clone(),
-        code_hash,
-        new_sub: secrets::random_id("u_"),
-        sid: sid.clone(),
-        session_key_sealed: sealed,
-        now,
-        session_expires,
-        refresh_hash,
-        refresh_expires,
-    };
-    let sub = match app.store.login(&record).await? {
-        LoginResult::Created { sub, new_user } => {
-            tracing::info!(sub = %sub, sid = %sid, appid = %identity.appid, openid = %crate::short_hash(&identity.openid), new_user, web = identity.session_key.is_none(), "login");
-            sub
-        }
-        LoginResult::CodeAlreadyUsed => {
-            return Err(ApiError::InvalidGrant(
-                "this login code has already been used".into(),
-            ));
-        }
-    };
-    // Only now is the user known (linking happens inside the store's login). A banned user's
-    // exchange has spent the code and left a session row, but no token for it exists: the
-    // refresh token is dropped here unseen, so the session can never be used and expires.
-    let grants = grants_for_token(app, &sub, now).await?;
-    let subject = Subject {
-        sub,
-        sid,
-        openid: identity.openid,
-        unionid: identity.unionid,
-        appid: identity.appid,
-    };
-    let tokens = issue(app, &subject, &grants, refresh_token, refresh_expires, now)?;
-    Ok((tokens, subject))
 }
 
 fn subject_of(session: &SessionRecord) -> Subject {
@@ -294,127 +81,6 @@ fn subject_of(session: &SessionRecord) -> Subject {
         unionid: session.unionid.clone(),
         appid: session.appid.clone(),
     }
-}
-
-/// `POST /v1/token/refresh`: single-use rotation; a second use within
-/// `WEAUTH_REFRESH_REUSE_GRACE` gets a sibling pair, a later one revokes the session.
-///
-/// # Errors
-/// `invalid_grant` for unknown, expired, used or revoked tokens; 5xx on store failure.
-pub async fn refresh(app: &Arc<App>, presented: &str) -> Result<TokenResponse, ApiError> {
-    if !tokens::refresh_token_well_formed(presented) {
-        app.metrics.refresh("invalid_grant");
-        return Err(ApiError::InvalidGrant("unknown refresh token".into()));
-    }
-    let now = app.now();
-    let presented_hash = tokens::refresh_hash(presented);
-    // A banned user's refresh is refused before anything is consumed. A ban set after this
-    // read is still safe: the ban's `sub` revocation covers a token issued now.
-    let owner = app.store.refresh_owner(&presented_hash).await?;
-    let grants = match &owner {
-        Some(sub) => match grants_for_token(app, sub, now).await {
-            Ok(grants) => grants,
-            Err(err) => {
-                app.metrics.refresh(err.code());
-                return Err(err);
-            }
-        },
-        None => Grants::default(),
-    };
-    let (refresh_token, new_hash) = tokens::new_refresh_token();
-    let rotate = Rotate {
-        presented_hash,
-        new_hash,
-        now,
-        refresh_ttl: crate::config::secs(app.config.refresh_ttl),
-        reuse_grace: crate::config::secs(app.config.refresh_reuse_grace),
-        revocation_until: revocation::until(now, app.policy.access_ttl, app.policy.leeway),
-    };
-    match app.store.rotate_refresh(&rotate).await? {
-        RotateResult::Rotated {
-            session,
-            refresh_expires,
-            sibling,
-        } => {
-            let grants = if owner.as_deref() == Some(session.sub.as_str()) {
-                grants
-            } else {
-                grants_for_token(app, &session.sub, now).await?
-            };
-            // A second use within the reuse grace (a retry after a lost answer, a second
-            // tab) got a sibling in the same session: counted apart from first uses.
-            app.metrics.refresh(if sibling { "grace" } else { "ok" });
-            issue(
-                app,
-                &subject_of(&session),
-                &grants,
-                refresh_token,
-                refresh_expires,
-                now,
-            )
-        }
-        RotateResult::Reused { sid, entry } => {
-            app.metrics.refresh("reuse");
-            app.metrics.revocation("sid");
-            app.notify_seq(entry.seq);
-            tracing::warn!(sid = %sid, seq = entry.seq, "refresh token reuse: session revoked");
-            Err(ApiError::InvalidGrant(
-                "the refresh token was already used; the session has been revoked".into(),
-            ))
-        }
-        RotateResult::Invalid(reason) => {
-            app.metrics.refresh("invalid_grant");
-            Err(ApiError::InvalidGrant(reason.into()))
-        }
-    }
-}
-
-/// The bearer check of the issuer's own protected routes: signature and claims against the
-/// published keys, then revocation against the store.
-///
-/// # Errors
-/// `invalid_token` (401) for anything wrong.
-pub async fn authenticate(app: &Arc<App>, authorization: Option<&str>) -> Result<Claims, ApiError> {
-    let Some(token) = tokens::bearer(authorization) else {
-        app.metrics.bearer_rejected("missing");
-        return Err(ApiError::MissingToken(
-            "a bearer access token is required".into(),
-        ));
-    };
-    let ring = app.keys();
-    let claims = tokens::check(token, &ring.verify, &app.policy, app.now()).map_err(|err| {
-        app.metrics.bearer_rejected(err.reason());
-        ApiError::InvalidToken(err.to_string())
-    })?;
-    let facts = app
-        .store
-        .revocation_facts(&claims.jti, &claims.sid, &claims.sub)
-        .await?;
-    if rules::is_revoked(&facts, claims.iat) {
-        app.metrics.bearer_rejected("revoked");
-        return Err(ApiError::InvalidToken("the token has been revoked".into()));
-    }
-    Ok(claims)
-}
-
-/// Records a revocation, counts it and wakes the feed's long polls.
-///
-/// # Errors
-/// Store failures.
-pub async fn revoke(app: &Arc<App>, revoke: Revoke) -> Result<Entry, ApiError> {
-    let now = app.now();
-    let until = match &revoke {
-        Revoke::Sub { issued_before, .. } => {
-            revocation::until_for_sub(*issued_before, app.policy.access_ttl, app.policy.leeway)
-        }
-        _ => revocation::until(now, app.policy.access_ttl, app.policy.leeway),
-    };
-    let entry = app.store.revoke(&revoke, now, until).await?;
-    let kind = entry.kind.name();
-    app.metrics.revocation(kind);
-    app.notify_seq(entry.seq);
-    tracing::info!(kind, value = %entry.value, seq = entry.seq, "revoked");
-    Ok(entry)
 }
 
 /// The caller's profile (`GET /v1/me`).
@@ -435,43 +101,411 @@ pub struct Profile {
     pub created_at: i64,
 }
 
-/// Reads the caller's profile.
-///
-/// # Errors
-/// `invalid_token` when the session or user is gone; store failures.
-pub async fn profile(app: &Arc<App>, claims: &Claims) -> Result<Profile, ApiError> {
-    let session = app.store.session(&claims.sid).await?;
-    let user = app.store.user(&claims.sub).await?;
-    let (Some(session), Some(user)) = (session, user) else {
-        return Err(ApiError::InvalidToken(
-            "the token's session no longer exists".into(),
-        ));
-    };
-    let phone = match &user.phone {
-        Some(sealed) => Some(crate::service::userdata::open_phone(
-            app, &user.sub, sealed,
-        )?),
-        None => None,
-    };
-    let plugin = app
-        .config
-        .apps
-        .get(&session.appid)
-        .is_some_and(|entry| entry.kind == crate::config::apps::AppKind::Plugin);
-    let (openid, openpid) = if plugin {
-        (None, Some(session.openid))
-    } else {
-        (Some(session.openid), None)
-    };
-    Ok(Profile {
-        sub: user.sub,
-        openid,
-        openpid,
-        unionid: user.unionid.or(session.unionid),
-        appid: session.appid,
-        phone,
-        created_at: user.created_at,
-    })
+impl Sessions {
+    /// Mints the access token of a new pair for `subject`, with the `scope` claim of `grants`
+    /// (read by [`Sessions::grants_for_token`] just before).
+    fn issue(
+        &self,
+        subject: &Subject,
+        grants: &Grants,
+        refresh_token: String,
+        refresh_expires: i64,
+        now: i64,
+    ) -> Result<TokenResponse, ApiError> {
+        let mut claims =
+            tokens::access_claims(&self.policy, subject, secrets::random_id("t_"), now);
+        claims.scope = grants.scope_claim();
+        let ring = self.keys.current();
+        let access_token = tokens::mint(&claims, &ring.signing)
+            .map_err(|err| ApiError::Internal(format!("signing failed: {err}")))?;
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: claims.exp - now,
+            refresh_token,
+            refresh_expires_in: refresh_expires - now,
+        })
+    }
+
+    /// The user's grants for a token about to be issued at `now`: 403 `user_banned` while a
+    /// ban is in force. Every path that hands out tokens (login, refresh) passes here, so a
+    /// ban set while a login was in flight still refuses it.
+    ///
+    /// # Errors
+    /// [`ApiError::Banned`]; store failures.
+    pub async fn grants_for_token(&self, sub: &str, now: i64) -> Result<Grants, ApiError> {
+        let grants = self.store.grants(sub).await?.unwrap_or_default();
+        if let Some(ban) = grants.active_ban(now) {
+            tracing::info!(sub = %sub, "token refused: the user is banned");
+            return Err(ApiError::Banned { until: ban.until });
+        }
+        Ok(grants)
+    }
+
+    /// `POST /v1/login`: code → WeChat → user → session → token pair, for the mini-program
+    /// `appid` (or the only one configured). A failure writes nothing; a code already
+    /// exchanged (or being exchanged) is `invalid_grant`.
+    ///
+    /// # Errors
+    /// See DESIGN.md's WeChat mapping; an unknown appid or one that is not a mini-program is
+    /// 400 `invalid_request`; store failures are 5xx.
+    pub async fn login(
+        &self,
+        code: &str,
+        appid: Option<&str>,
+        client_ip: std::net::IpAddr,
+        now: i64,
+    ) -> Result<TokenResponse, ApiError> {
+        if !valid_code(code) {
+            return Err(ApiError::InvalidRequest(
+                "`code` must be a non-empty wx.login code".into(),
+            ));
+        }
+        let entry = self
+            .config
+            .apps
+            .miniprogram(appid)
+            .map_err(|err| ApiError::InvalidRequest(err.to_string()))?;
+        let code_hash = secrets::sha256_hex(code.as_bytes());
+        let _guard = {
+            let mut set = self
+                .inflight_codes
+                .lock()
+                .map_err(|_| ApiError::Internal("in-flight set poisoned".into()))?;
+            if !set.insert(code_hash.clone()) {
+                return Err(ApiError::InvalidGrant(
+                    "this login code is already being exchanged".into(),
+                ));
+            }
+            InflightGuard {
+                set: &self.inflight_codes,
+                hash: code_hash.clone(),
+            }
+        };
+        if self.store.code_used(&code_hash).await? {
+            return Err(ApiError::InvalidGrant(
+                "this login code has already been used".into(),
+            ));
+        }
+        let credential = match entry.kind {
+            crate::config::apps::AppKind::Plugin => Credential::Plugin { app: entry, code },
+            _ => Credential::MiniProgram { app: entry, code },
+        };
+        let identity = self.identity.identify(credential).await?;
+        let rank = match entry.risk {
+            Some(risk) => {
+                self.judge_risk(entry, &identity.openid, risk, client_ip)
+                    .await?
+            }
+            None => None,
+        };
+        let (tokens, subject) = self.establish(identity, code_hash, now).await?;
+        if let Some(rank) = rank {
+            // An observation for admins, kept after the login (the user may be new until
+            // then); the login stands if it cannot be kept.
+            let fact = crate::store::RiskFact {
+                appid: entry.appid.clone(),
+                rank,
+                at: now,
+            };
+            if let Err(err) = self.store.set_risk(&subject.sub, &fact).await {
+                tracing::warn!(error = %err, appid = %entry.appid, "the user's risk rank was not kept");
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// WeChat's risk control at login, before anything is written: asks `getuserriskrank`
+    /// for the user's rank and refuses a rank above the app's `max_rank` (403 `user_risky`);
+    /// when WeChat cannot answer, the app's `on_error` decides. Counted in
+    /// `weauth_login_risk_total{appid,outcome,rank}`; logged with a short hash of the openid
+    /// only. Returns the rank of an admitted user (`None` when WeChat did not answer and
+    /// `on_error` let the login through).
+    ///
+    /// # Errors
+    /// `user_risky`, or WeChat's failure when `on_error` is `deny`.
+    async fn judge_risk(
+        &self,
+        entry: &crate::config::apps::App,
+        openid: &str,
+        risk: crate::config::apps::Risk,
+        client_ip: std::net::IpAddr,
+    ) -> Result<Option<u8>, ApiError> {
+        let wechat = self.identity.wechat.for_appid(&entry.appid)?;
+        let query = crate::wechat::RiskQuery {
+            appid: &entry.appid,
+            openid,
+            scene: risk.scene,
+            client_ip,
+        };
+        let asked = self
+            .identity
+            .access_tokens
+            .call_for(&entry.appid, |token| async move {
+                wechat.user_risk_rank(&token, query).await
+            })
+            .await;
+        let user = crate::short_hash(openid);
+        match asked {
+            Ok(rank) if risk.admits(rank) => {
+                self.metrics
+                    .login_risk(&entry.appid, "admitted", Some(rank));
+                Ok(Some(rank))
+            }
+            Ok(rank) => {
+                self.metrics.login_risk(&entry.appid, "refused", Some(rank));
+                tracing::info!(appid = %entry.appid, user = %user, rank, max_rank = risk.max_rank, "login refused by risk control");
+                Err(ApiError::UserRisky { rank })
+            }
+            Err(err) => {
+                let err = match err {
+                    CallError::Token(token) => ApiError::from(token),
+                    CallError::Api(api) => ApiError::from(api),
+                };
+                match risk.on_error {
+                    crate::config::apps::RiskOnError::Allow => {
+                        self.metrics.login_risk(&entry.appid, "error_allowed", None);
+                        tracing::warn!(appid = %entry.appid, user = %user, error = %err, "risk control unavailable; login allowed (on_error: allow)");
+                        Ok(None)
+                    }
+                    crate::config::apps::RiskOnError::Deny => {
+                        self.metrics.login_risk(&entry.appid, "error_denied", None);
+                        tracing::warn!(appid = %entry.appid, user = %user, error = %err, "risk control unavailable; login refused (on_error: deny)");
+                        Err(err)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one path after every login method: links the user (inside the store's atomic
+    /// login, with [`crate::domain::rules::link_user`]), creates the session (sealing the
+    /// session_key when the method gave one) and its first refresh token, and mints the pair.
+    /// `code_hash` makes the credential single-use. Returns the pair and the subject it was
+    /// minted for.
+    ///
+    /// # Errors
+    /// `invalid_grant` when a session was already made from this credential; 5xx on store or
+    /// sealing failure.
+    pub async fn establish(
+        &self,
+        identity: ExternalIdentity,
+        code_hash: String,
+        now: i64,
+    ) -> Result<(TokenResponse, Subject), ApiError> {
+        let sid = secrets::random_id("s_");
+        let sealed = match &identity.session_key {
+            Some(key) => Some(
+                self.data_key
+                    .seal(key.as_bytes(), &format!("session_key:{sid}"))
+                    .map_err(|err| ApiError::Internal(err.to_string()))?,
+            ),
+            None => None,
+        };
+        let (refresh_token, refresh_hash) = tokens::new_refresh_token();
+        let session_expires = now.saturating_add(crate::config::secs(self.config.session_max));
+        let refresh_expires = now
+            .saturating_add(crate::config::secs(self.config.refresh_ttl))
+            .min(session_expires);
+        let record = NewLogin {
+            appid: identity.appid.clone(),
+            openid: identity.openid.clone(),
+            unionid: identity.unionid.clone(),
+            code_hash,
+            new_sub: secrets::random_id("u_"),
+            sid: sid.clone(),
+            session_key_sealed: sealed,
+            now,
+            session_expires,
+            refresh_hash,
+            refresh_expires,
+        };
+        let sub = match self.store.login(&record).await? {
+            LoginResult::Created { sub, new_user } => {
+                tracing::info!(sub = %sub, sid = %sid, appid = %identity.appid, openid = %crate::short_hash(&identity.openid), new_user, web = identity.session_key.is_none(), "login");
+                sub
+            }
+            LoginResult::CodeAlreadyUsed => {
+                return Err(ApiError::InvalidGrant(
+                    "this login code has already been used".into(),
+                ));
+            }
+        };
+        // Only now is the user known (linking happens inside the store's login). A banned
+        // user's exchange has spent the code and left a session row, but no token for it
+        // exists: the refresh token is dropped here unseen, so the session can never be used
+        // and expires.
+        let grants = self.grants_for_token(&sub, now).await?;
+        let subject = Subject {
+            sub,
+            sid,
+            openid: identity.openid,
+            unionid: identity.unionid,
+            appid: identity.appid,
+        };
+        let tokens = self.issue(&subject, &grants, refresh_token, refresh_expires, now)?;
+        Ok((tokens, subject))
+    }
+
+    /// `POST /v1/token/refresh`: single-use rotation; a second use within
+    /// `WEAUTH_REFRESH_REUSE_GRACE` gets a sibling pair, a later one revokes the session.
+    ///
+    /// # Errors
+    /// `invalid_grant` for unknown, expired, used or revoked tokens; 5xx on store failure.
+    pub async fn refresh(&self, presented: &str, now: i64) -> Result<TokenResponse, ApiError> {
+        if !tokens::refresh_token_well_formed(presented) {
+            self.metrics.refresh("invalid_grant");
+            return Err(ApiError::InvalidGrant("unknown refresh token".into()));
+        }
+        let presented_hash = tokens::refresh_hash(presented);
+        // A banned user's refresh is refused before anything is consumed. A ban set after
+        // this read is still safe: the ban's `sub` revocation covers a token issued now.
+        let owner = self.store.refresh_owner(&presented_hash).await?;
+        let grants = match &owner {
+            Some(sub) => match self.grants_for_token(sub, now).await {
+                Ok(grants) => grants,
+                Err(err) => {
+                    self.metrics.refresh(err.code());
+                    return Err(err);
+                }
+            },
+            None => Grants::default(),
+        };
+        let (refresh_token, new_hash) = tokens::new_refresh_token();
+        let rotate = Rotate {
+            presented_hash,
+            new_hash,
+            now,
+            refresh_ttl: crate::config::secs(self.config.refresh_ttl),
+            reuse_grace: crate::config::secs(self.config.refresh_reuse_grace),
+            revocation_until: revocation::until(now, self.policy.access_ttl, self.policy.leeway),
+        };
+        match self.store.rotate_refresh(&rotate).await? {
+            RotateResult::Rotated {
+                session,
+                refresh_expires,
+                sibling,
+            } => {
+                let grants = if owner.as_deref() == Some(session.sub.as_str()) {
+                    grants
+                } else {
+                    self.grants_for_token(&session.sub, now).await?
+                };
+                // A second use within the reuse grace (a retry after a lost answer, a second
+                // tab) got a sibling in the same session: counted apart from first uses.
+                self.metrics.refresh(if sibling { "grace" } else { "ok" });
+                self.issue(
+                    &subject_of(&session),
+                    &grants,
+                    refresh_token,
+                    refresh_expires,
+                    now,
+                )
+            }
+            RotateResult::Reused { sid, entry } => {
+                self.metrics.refresh("reuse");
+                self.metrics.revocation("sid");
+                self.known_seq.advance(entry.seq);
+                tracing::warn!(sid = %sid, seq = entry.seq, "refresh token reuse: session revoked");
+                Err(ApiError::InvalidGrant(
+                    "the refresh token was already used; the session has been revoked".into(),
+                ))
+            }
+            RotateResult::Invalid(reason) => {
+                self.metrics.refresh("invalid_grant");
+                Err(ApiError::InvalidGrant(reason.into()))
+            }
+        }
+    }
+
+    /// The bearer check of the issuer's own protected routes: signature and claims against
+    /// the published keys, then revocation against the store.
+    ///
+    /// # Errors
+    /// `invalid_token` (401) for anything wrong.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        now: i64,
+    ) -> Result<Claims, ApiError> {
+        let Some(token) = tokens::bearer(authorization) else {
+            self.metrics.bearer_rejected("missing");
+            return Err(ApiError::MissingToken(
+                "a bearer access token is required".into(),
+            ));
+        };
+        let ring = self.keys.current();
+        let claims = tokens::check(token, &ring.verify, &self.policy, now).map_err(|err| {
+            self.metrics.bearer_rejected(err.reason());
+            ApiError::InvalidToken(err.to_string())
+        })?;
+        let facts = self
+            .store
+            .revocation_facts(&claims.jti, &claims.sid, &claims.sub)
+            .await?;
+        if rules::is_revoked(&facts, claims.iat) {
+            self.metrics.bearer_rejected("revoked");
+            return Err(ApiError::InvalidToken("the token has been revoked".into()));
+        }
+        Ok(claims)
+    }
+
+    /// Records a revocation, counts it and wakes the feed's long polls.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn revoke(&self, revoke: Revoke, now: i64) -> Result<Entry, ApiError> {
+        let (ttl, leeway) = (self.policy.access_ttl, self.policy.leeway);
+        let until = match &revoke {
+            Revoke::Sub { issued_before, .. } => {
+                revocation::until_for_sub(*issued_before, ttl, leeway)
+            }
+            _ => revocation::until(now, ttl, leeway),
+        };
+        let entry = self.store.revoke(&revoke, now, until).await?;
+        let kind = entry.kind.name();
+        self.metrics.revocation(kind);
+        self.known_seq.advance(entry.seq);
+        tracing::info!(kind, value = %entry.value, seq = entry.seq, "revoked");
+        Ok(entry)
+    }
+
+    /// Reads the caller's profile.
+    ///
+    /// # Errors
+    /// `invalid_token` when the session or user is gone; store failures.
+    pub async fn profile(&self, claims: &Claims) -> Result<Profile, ApiError> {
+        let session = self.store.session(&claims.sid).await?;
+        let user = self.store.user(&claims.sub).await?;
+        let (Some(session), Some(user)) = (session, user) else {
+            return Err(ApiError::InvalidToken(
+                "the token's session no longer exists".into(),
+            ));
+        };
+        let phone = match &user.phone {
+            Some(sealed) => Some(userdata::open_phone(&self.data_key, &user.sub, sealed)?),
+            None => None,
+        };
+        let plugin = self
+            .config
+            .apps
+            .get(&session.appid)
+            .is_some_and(|entry| entry.kind == crate::config::apps::AppKind::Plugin);
+        let (openid, openpid) = if plugin {
+            (None, Some(session.openid))
+        } else {
+            (Some(session.openid), None)
+        };
+        Ok(Profile {
+            sub: user.sub,
+            openid,
+            openpid,
+            unionid: user.unionid.or(session.unionid),
+            appid: session.appid,
+            phone,
+            created_at: user.created_at,
+        })
+    }
 }
 
 #[cfg(test)]

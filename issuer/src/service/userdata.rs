@@ -20,7 +20,7 @@
 //!   `valid: false`, not an error; WeChat failing is the usual 502/503 (no partial answer).
 //!   WeChat documents the check for phone-number data only.
 //! - Phone: `{code}` → WeChat `getuserphonenumber` with the shared app access token
-//!   ([`crate::wechat::access_token::call`]); the number is stored on the user row SEALED with the data
+//!   ([`crate::wechat::access_token::AccessTokens::call_for`]); the number is stored on the user row SEALED with the data
 //!   key (AES-256-GCM, AAD `phone:<sub>`, base64 in the `phone` column), like the session_key,
 //!   because it is personal data. It is returned (`phoneNumber`, `purePhoneNumber`,
 //!   `countryCode`) and shown by `GET /v1/me` as `phone`. A bad, expired or used code is 400
@@ -39,10 +39,25 @@ use base64::Engine as _;
 use serde::Serialize;
 use weauth_token::Claims;
 
-use crate::app::App;
+use crate::config::apps::Apps;
+use crate::config::Config;
 use crate::error::{phone_error, ApiError};
-use crate::wechat::access_token::{self, CallError};
-use crate::wechat::{encrypted_msg_hash, EncryptedCheck};
+use crate::secrets::DataKey;
+use crate::store::Store;
+use crate::telemetry::metrics::Metrics;
+use crate::wechat::access_token::{AccessTokens, CallError};
+use crate::wechat::{encrypted_msg_hash, EncryptedCheck, WechatClients};
+
+/// The user-data use cases, with what they use and nothing else.
+pub struct UserData {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    /// Opens session_keys; seals phone numbers.
+    pub data_key: DataKey,
+    pub metrics: Arc<Metrics>,
+    pub wechat: Arc<WechatClients>,
+    pub access_tokens: Arc<AccessTokens>,
+}
 
 /// The user data a mini-program posts to `/v1/me/decrypt`.
 #[derive(Debug, Clone, Copy)]
@@ -67,93 +82,98 @@ pub struct Decrypted {
     pub wechat_check: Option<EncryptedCheck>,
 }
 
-/// Decrypts the caller's encrypted data with its session's session_key.
-///
-/// # Errors
-/// 400 [`ApiError::InvalidRequest`] for a lone `rawData` or `signature`;
-/// [`ApiError::UserData`] for every refusal of the data; `invalid_token` when the session is
-/// gone.
-pub async fn decrypt(
-    app: &Arc<App>,
-    claims: &Claims,
-    input: DecryptInput<'_>,
-) -> Result<Decrypted, ApiError> {
-    let result = decrypt_inner(app, claims, input).await;
-    match &result {
-        Ok(_) => app.metrics.decrypt("ok"),
-        Err(err) => {
-            app.metrics.decrypt(err.code());
-            if let ApiError::UserData { code, relogin, .. } = err {
-                tracing::info!(
-                    sid = %crate::short_hash(&claims.sid),
-                    code,
-                    relogin,
-                    "user data refused"
-                );
+impl UserData {
+    /// Decrypts the caller's encrypted data with its session's session_key.
+    ///
+    /// # Errors
+    /// 400 [`ApiError::InvalidRequest`] for a lone `rawData` or `signature`;
+    /// [`ApiError::UserData`] for every refusal of the data; `invalid_token` when the session is
+    /// gone.
+    pub async fn decrypt(
+        &self,
+        claims: &Claims,
+        input: DecryptInput<'_>,
+        now: i64,
+    ) -> Result<Decrypted, ApiError> {
+        let result = self.decrypt_inner(claims, input, now).await;
+        match &result {
+            Ok(_) => self.metrics.decrypt("ok"),
+            Err(err) => {
+                self.metrics.decrypt(err.code());
+                if let ApiError::UserData { code, relogin, .. } = err {
+                    tracing::info!(
+                        sid = %crate::short_hash(&claims.sid),
+                        code,
+                        relogin,
+                        "user data refused"
+                    );
+                }
             }
         }
+        result
     }
-    result
-}
 
-async fn decrypt_inner(
-    app: &Arc<App>,
-    claims: &Claims,
-    input: DecryptInput<'_>,
-) -> Result<Decrypted, ApiError> {
-    let raw = match (input.raw_data, input.signature) {
-        (Some(raw), Some(signature)) => Some((raw, signature)),
-        (None, None) => None,
-        _ => {
-            return Err(ApiError::InvalidRequest(
-                "rawData and signature go together: send both or neither".into(),
-            ))
-        }
-    };
-    require_miniprogram(app, claims, "/v1/me/decrypt")?;
-    let session_key = self::session_key(app, &claims.sid).await?;
-    let max_age = app.config.decrypt_max_age.map(|d| d.as_secs());
-    let data = weauth_wxdata::decrypt(
-        &session_key,
-        input.encrypted_data,
-        input.iv,
-        &claims.appid,
-        app.now(),
-        max_age,
-    )?;
-    if let Some((raw, signature)) = raw {
-        if !weauth_wxdata::check_raw_data_signature(raw, &session_key, signature) {
-            return Err(ApiError::UserData {
-                code: "invalid_signature",
-                description: "signature is not hex(sha1(rawData + session_key)) for this \
+    async fn decrypt_inner(
+        &self,
+        claims: &Claims,
+        input: DecryptInput<'_>,
+        now: i64,
+    ) -> Result<Decrypted, ApiError> {
+        let raw = match (input.raw_data, input.signature) {
+            (Some(raw), Some(signature)) => Some((raw, signature)),
+            (None, None) => None,
+            _ => {
+                return Err(ApiError::InvalidRequest(
+                    "rawData and signature go together: send both or neither".into(),
+                ))
+            }
+        };
+        require_miniprogram(&self.config.apps, claims, "/v1/me/decrypt")?;
+        let session_key = self.session_key(&claims.sid).await?;
+        let max_age = self.config.decrypt_max_age.map(|d| d.as_secs());
+        let data = weauth_wxdata::decrypt(
+            &session_key,
+            input.encrypted_data,
+            input.iv,
+            &claims.appid,
+            now,
+            max_age,
+        )?;
+        if let Some((raw, signature)) = raw {
+            if !weauth_wxdata::check_raw_data_signature(raw, &session_key, signature) {
+                return Err(ApiError::UserData {
+                    code: "invalid_signature",
+                    description: "signature is not hex(sha1(rawData + session_key)) for this \
                               session: rawData was altered, or it was signed for another session"
-                    .into(),
-                relogin: false,
-            });
+                        .into(),
+                    relogin: false,
+                });
+            }
         }
+        let wechat_check = if input.verify_with_wechat {
+            let hash = encrypted_msg_hash(input.encrypted_data);
+            let wechat = self.wechat.for_appid(&claims.appid)?;
+            let hash = hash.as_str();
+            Some(
+                self.access_tokens
+                    .call_for(&claims.appid, |token| async move {
+                        wechat.check_encrypted_data(&token, hash).await
+                    })
+                    .await
+                    .map_err(|err| match err {
+                        CallError::Token(token) => ApiError::from(token),
+                        CallError::Api(api) => ApiError::from(api),
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Decrypted {
+            data,
+            raw_data_verified: raw.is_some(),
+            wechat_check,
+        })
     }
-    let wechat_check = if input.verify_with_wechat {
-        let hash = encrypted_msg_hash(input.encrypted_data);
-        let wechat = app.wechat_for(&claims.appid)?;
-        let hash = hash.as_str();
-        Some(
-            access_token::call_for(app, &claims.appid, |token| async move {
-                wechat.check_encrypted_data(&token, hash).await
-            })
-            .await
-            .map_err(|err| match err {
-                CallError::Token(token) => ApiError::from(token),
-                CallError::Api(api) => ApiError::from(api),
-            })?,
-        )
-    } else {
-        None
-    };
-    Ok(Decrypted {
-        data,
-        raw_data_verified: raw.is_some(),
-        wechat_check,
-    })
 }
 
 /// The mini-program-only routes answer 400 for a session of another kind of app: a web login
@@ -161,8 +181,8 @@ async fn decrypt_inner(
 ///
 /// # Errors
 /// 400 `invalid_request` naming the route and the app's kind.
-pub fn require_miniprogram(app: &App, claims: &Claims, route: &str) -> Result<(), ApiError> {
-    match app.config.apps.get(&claims.appid).map(|entry| entry.kind) {
+pub fn require_miniprogram(apps: &Apps, claims: &Claims, route: &str) -> Result<(), ApiError> {
+    match apps.get(&claims.appid).map(|entry| entry.kind) {
         Some(crate::config::apps::AppKind::Miniprogram) => Ok(()),
         Some(kind) => Err(ApiError::InvalidRequest(format!(
             "{route} is for mini-program sessions; this session is a web login of a {} app, which has no session_key",
@@ -193,8 +213,8 @@ fn phone_aad(sub: &str) -> String {
 ///
 /// # Errors
 /// 500 when sealing fails.
-pub fn seal_phone(app: &App, sub: &str, phone: &str) -> Result<String, ApiError> {
-    app.data_key
+pub fn seal_phone(data_key: &DataKey, sub: &str, phone: &str) -> Result<String, ApiError> {
+    data_key
         .seal(phone.as_bytes(), &phone_aad(sub))
         .map(|sealed| STANDARD.encode(sealed))
         .map_err(|err| ApiError::Internal(err.to_string()))
@@ -204,115 +224,115 @@ pub fn seal_phone(app: &App, sub: &str, phone: &str) -> Result<String, ApiError>
 ///
 /// # Errors
 /// 500 when the column does not open with the data key.
-pub fn open_phone(app: &App, sub: &str, stored: &str) -> Result<String, ApiError> {
+pub fn open_phone(data_key: &DataKey, sub: &str, stored: &str) -> Result<String, ApiError> {
     let sealed = STANDARD
         .decode(stored)
         .map_err(|_| ApiError::Internal("stored phone is not base64".into()))?;
-    let bytes = app
-        .data_key
+    let bytes = data_key
         .open(&sealed, &phone_aad(sub))
         .map_err(|err| ApiError::Internal(err.to_string()))?;
     String::from_utf8(bytes.to_vec())
         .map_err(|_| ApiError::Internal("stored phone is not UTF-8".into()))
 }
 
-/// Redeems a `getPhoneNumber` code at WeChat and stores the number on the caller's user.
-///
-/// # Errors
-/// 400 `invalid_request` for an empty or oversized code, 400 `invalid_grant` for a bad, expired
-/// or used code, 503/502 when WeChat or its token endpoint fails, `invalid_token` when the
-/// user is gone.
-pub async fn phone(app: &Arc<App>, claims: &Claims, code: &str) -> Result<Phone, ApiError> {
-    let result = phone_inner(app, claims, code).await;
-    app.metrics.phone(match &result {
-        Ok(_) => "ok",
-        Err(err) => err.code(),
-    });
-    result
-}
-
-async fn phone_inner(app: &Arc<App>, claims: &Claims, code: &str) -> Result<Phone, ApiError> {
-    if code.is_empty() || code.len() > 512 {
-        return Err(ApiError::InvalidRequest(
-            "code must be the non-empty code from getPhoneNumber".into(),
-        ));
+impl UserData {
+    /// Redeems a `getPhoneNumber` code at WeChat and stores the number on the caller's user.
+    ///
+    /// # Errors
+    /// 400 `invalid_request` for an empty or oversized code, 400 `invalid_grant` for a bad, expired
+    /// or used code, 503/502 when WeChat or its token endpoint fails, `invalid_token` when the
+    /// user is gone.
+    pub async fn phone(&self, claims: &Claims, code: &str, now: i64) -> Result<Phone, ApiError> {
+        let result = self.phone_inner(claims, code, now).await;
+        self.metrics.phone(match &result {
+            Ok(_) => "ok",
+            Err(err) => err.code(),
+        });
+        result
     }
-    require_miniprogram(app, claims, "/v1/me/phone")?;
-    let wechat = app.wechat_for(&claims.appid)?;
-    let info = access_token::call_for(app, &claims.appid, |token| async move {
-        wechat.phone_number(&token, code, &claims.openid).await
-    })
-    .await
-    .map_err(|err| match err {
-        CallError::Token(token) => ApiError::from(token),
-        CallError::Api(api) => phone_error(api),
-    })?;
-    let sealed = seal_phone(app, &claims.sub, &info.phone_number)?;
-    let stored = app
-        .store
-        .set_phone(&claims.sub, Some(&sealed), app.now())
-        .await?;
-    if !stored {
-        return Err(ApiError::InvalidToken(
-            "the token's user no longer exists".into(),
-        ));
+
+    async fn phone_inner(&self, claims: &Claims, code: &str, now: i64) -> Result<Phone, ApiError> {
+        if code.is_empty() || code.len() > 512 {
+            return Err(ApiError::InvalidRequest(
+                "code must be the non-empty code from getPhoneNumber".into(),
+            ));
+        }
+        require_miniprogram(&self.config.apps, claims, "/v1/me/phone")?;
+        let wechat = self.wechat.for_appid(&claims.appid)?;
+        let info = self
+            .access_tokens
+            .call_for(&claims.appid, |token| async move {
+                wechat.phone_number(&token, code, &claims.openid).await
+            })
+            .await
+            .map_err(|err| match err {
+                CallError::Token(token) => ApiError::from(token),
+                CallError::Api(api) => phone_error(api),
+            })?;
+        let sealed = seal_phone(&self.data_key, &claims.sub, &info.phone_number)?;
+        let stored = self
+            .store
+            .set_phone(&claims.sub, Some(&sealed), now)
+            .await?;
+        if !stored {
+            return Err(ApiError::InvalidToken(
+                "the token's user no longer exists".into(),
+            ));
+        }
+        tracing::info!(sub = %claims.sub, country = %info.country_code, "phone number stored");
+        Ok(Phone {
+            phone_number: info.phone_number,
+            pure_phone_number: info.pure_phone_number,
+            country_code: info.country_code,
+        })
     }
-    tracing::info!(sub = %claims.sub, country = %info.country_code, "phone number stored");
-    Ok(Phone {
-        phone_number: info.phone_number,
-        pure_phone_number: info.pure_phone_number,
-        country_code: info.country_code,
-    })
-}
 
-/// Asks WeChat whether the caller's session_key is still the user's current one.
-///
-/// # Errors
-/// `invalid_token` when the session is gone; 503/502 when WeChat or its token endpoint fails.
-pub async fn check_session(app: &Arc<App>, claims: &Claims) -> Result<bool, ApiError> {
-    let result = check_session_inner(app, claims).await;
-    app.metrics.checksession(match &result {
-        Ok(true) => "valid",
-        Ok(false) => "invalid",
-        Err(_) => "error",
-    });
-    result
-}
+    /// Asks WeChat whether the caller's session_key is still the user's current one.
+    ///
+    /// # Errors
+    /// `invalid_token` when the session is gone; 503/502 when WeChat or its token endpoint fails.
+    pub async fn check_session(&self, claims: &Claims) -> Result<bool, ApiError> {
+        let result = self.check_session_inner(claims).await;
+        self.metrics.checksession(match &result {
+            Ok(true) => "valid",
+            Ok(false) => "invalid",
+            Err(_) => "error",
+        });
+        result
+    }
 
-async fn check_session_inner(app: &Arc<App>, claims: &Claims) -> Result<bool, ApiError> {
-    require_miniprogram(app, claims, "/v1/me/session")?;
-    let session_key = self::session_key(app, &claims.sid).await?;
-    let signature = weauth_wxdata::checksession_signature(&session_key);
-    let (openid, signature) = (claims.openid.as_str(), signature.as_str());
-    let wechat = app.wechat_for(&claims.appid)?;
-    access_token::call_for(app, &claims.appid, |token| async move {
-        wechat.check_session(&token, openid, signature).await
-    })
-    .await
-    .map_err(|err| match err {
-        CallError::Token(token) => ApiError::from(token),
-        CallError::Api(api) => ApiError::from(api),
-    })
-}
-/// The decrypted `session_key` (base64 text, as WeChat sent it) of a session, for
-/// `/v1/me/decrypt` and `/v1/me/session` (see `userdata`).
-///
-/// # Errors
-/// `invalid_token` when the session is unknown; 5xx when it does not decrypt.
-pub async fn session_key(
-    app: &Arc<App>,
-    sid: &str,
-) -> Result<zeroize::Zeroizing<String>, ApiError> {
-    let sealed = app
-        .store
-        .session_key_sealed(sid)
-        .await?
-        .ok_or_else(|| ApiError::InvalidToken("the token's session no longer exists".into()))?;
-    let bytes = app
-        .data_key
-        .open(&sealed, &format!("session_key:{sid}"))
-        .map_err(|err| ApiError::Internal(err.to_string()))?;
-    String::from_utf8(bytes.to_vec())
-        .map(zeroize::Zeroizing::new)
-        .map_err(|_| ApiError::Internal("stored session_key is not UTF-8".into()))
+    async fn check_session_inner(&self, claims: &Claims) -> Result<bool, ApiError> {
+        require_miniprogram(&self.config.apps, claims, "/v1/me/session")?;
+        let session_key = self.session_key(&claims.sid).await?;
+        let signature = weauth_wxdata::checksession_signature(&session_key);
+        let (openid, signature) = (claims.openid.as_str(), signature.as_str());
+        let wechat = self.wechat.for_appid(&claims.appid)?;
+        self.access_tokens
+            .call_for(&claims.appid, |token| async move {
+                wechat.check_session(&token, openid, signature).await
+            })
+            .await
+            .map_err(|err| match err {
+                CallError::Token(token) => ApiError::from(token),
+                CallError::Api(api) => ApiError::from(api),
+            })
+    }
+    /// The decrypted `session_key` (base64 text, as WeChat sent it) of a session, for
+    /// `/v1/me/decrypt` and `/v1/me/session` (see `userdata`).
+    ///
+    /// # Errors
+    /// `invalid_token` when the session is unknown; 5xx when it does not decrypt.
+    pub async fn session_key(&self, sid: &str) -> Result<zeroize::Zeroizing<String>, ApiError> {
+        let sealed =
+            self.store.session_key_sealed(sid).await?.ok_or_else(|| {
+                ApiError::InvalidToken("the token's session no longer exists".into())
+            })?;
+        let bytes = self
+            .data_key
+            .open(&sealed, &format!("session_key:{sid}"))
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
+        String::from_utf8(bytes.to_vec())
+            .map(zeroize::Zeroizing::new)
+            .map_err(|_| ApiError::Internal("stored session_key is not UTF-8".into()))
+    }
 }

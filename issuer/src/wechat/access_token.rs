@@ -15,7 +15,7 @@
 //!   returns that very token is `force_refresh` used.
 //! - When WeChat answers 40001/42001/40014 to an API call, the cached token is invalidated
 //!   (only if it is still the refused one: a newer one written by another replica stays), a
-//!   token is obtained again and the call is retried once ([`call`]).
+//!   token is obtained again and the call is retried once ([`AccessTokens::call_for`]).
 //! - WeChat's token endpoint down: if the cached token is still valid it keeps being used (and
 //!   the failure is counted and logged); otherwise the request fails with 503
 //!   `temporarily_unavailable` (502 `upstream_error` when WeChat refuses the appid/secret).
@@ -30,10 +30,12 @@ use tokio::time::Instant;
 
 use zeroize::Zeroizing;
 
-use crate::app::App;
+use crate::clock::Clock;
 use crate::error::ApiError;
-use crate::secrets::{self, SecretError};
-use crate::store::{CachedToken, StoreError};
+use crate::secrets::{self, DataKey, SecretError};
+use crate::store::{CachedToken, Store, StoreError};
+use crate::telemetry::metrics::Metrics;
+use crate::wechat::clients::WechatClients;
 use crate::wechat::WechatError;
 
 /// Refresh when fewer than this many seconds are left (5 minutes).
@@ -131,194 +133,201 @@ fn aad(appid: &str) -> String {
     format!("wechat_token:{appid}")
 }
 
-fn open(app: &App, appid: &str, token: &CachedToken) -> Result<Zeroizing<String>, TokenError> {
-    let bytes = app.data_key.open(&token.sealed, &aad(appid))?;
-    String::from_utf8(bytes.to_vec())
-        .map(Zeroizing::new)
-        .map_err(|_| TokenError::Seal(SecretError::Open))
+/// The app access tokens of every mini-program and plugin, shared through the store: what
+/// [`AccessTokens::call_for`] needs, and nothing else.
+pub struct AccessTokens {
+    store: Arc<dyn Store>,
+    data_key: DataKey,
+    clients: Arc<WechatClients>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    /// Random per process: prefixes the names of this replica's lease holders.
+    replica_id: String,
+    /// [`lease_secs`] of the configured WeChat timeout and retries.
+    lease: i64,
 }
 
-/// The current app access token, fetching it when needed (see the module docs).
-/// `refused`: a token WeChat just refused, which must not be returned again.
-///
-/// # Errors
-/// [`TokenError`].
-pub async fn get(app: &Arc<App>, refused: Option<&str>) -> Result<Zeroizing<String>, TokenError> {
-    get_for(app, &app.config.wechat_appid, refused).await
-}
+impl AccessTokens {
+    /// Tokens kept in `store` sealed with `data_key`, fetched through `clients`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        data_key: DataKey,
+        clients: Arc<WechatClients>,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        lease: i64,
+    ) -> AccessTokens {
+        AccessTokens {
+            store,
+            data_key,
+            clients,
+            metrics,
+            clock,
+            replica_id: secrets::random_id("r_"),
+            lease,
+        }
+    }
 
-/// [`get`] for mini-program `appid`: the token, its cache and its lease are keyed by appid, so
-/// apps never overwrite each other's token.
-///
-/// # Errors
-/// [`TokenError`].
-pub async fn get_for(
-    app: &Arc<App>,
-    appid: &str,
-    refused: Option<&str>,
-) -> Result<Zeroizing<String>, TokenError> {
-    let appid = appid.to_string();
-    let refused_hash = refused.map(|t| secrets::sha256_hex(t.as_bytes()));
-    let lease = lease_secs(app.config.wechat_timeout, app.config.wechat_retries);
-    let deadline = Instant::now() + Duration::from_secs(lease.unsigned_abs() + 2);
-    // One holder name per attempt, not per process: concurrent requests of one replica must
-    // not share the lease either.
-    let holder = format!("{}.{}", app.replica_id, secrets::random_b64(6));
-    loop {
-        let at = app.now();
-        let cached = app.store.wechat_token(&appid).await?;
-        let decision = plan(cached.as_ref(), at, refused_hash.as_deref());
-        if decision == Plan::Use {
-            if let Some(token) = &cached {
-                return open(app, &appid, token);
+    fn open(&self, appid: &str, token: &CachedToken) -> Result<Zeroizing<String>, TokenError> {
+        let bytes = self.data_key.open(&token.sealed, &aad(appid))?;
+        String::from_utf8(bytes.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| TokenError::Seal(SecretError::Open))
+    }
+
+    /// The current app access token of mini-program `appid`, fetching it when needed (see
+    /// the module docs): the token, its cache and its lease are keyed by appid, so apps never
+    /// overwrite each other's token. `refused`: a token WeChat just refused, which must not
+    /// be returned again.
+    ///
+    /// # Errors
+    /// [`TokenError`].
+    pub async fn get_for(
+        &self,
+        appid: &str,
+        refused: Option<&str>,
+    ) -> Result<Zeroizing<String>, TokenError> {
+        let refused_hash = refused.map(|t| secrets::sha256_hex(t.as_bytes()));
+        let deadline = Instant::now() + Duration::from_secs(self.lease.unsigned_abs() + 2);
+        // One holder name per attempt, not per process: concurrent requests of one replica
+        // must not share the lease either.
+        let holder = format!("{}.{}", self.replica_id, secrets::random_b64(6));
+        loop {
+            let at = self.clock.now();
+            let cached = self.store.wechat_token(appid).await?;
+            let decision = plan(cached.as_ref(), at, refused_hash.as_deref());
+            if decision == Plan::Use {
+                if let Some(token) = &cached {
+                    return self.open(appid, token);
+                }
+            }
+            let leased = self
+                .store
+                .lease_wechat_token(appid, &holder, at, at + self.lease)
+                .await?;
+            if leased {
+                return self
+                    .fetch_as_holder(appid, &holder, refused, refused_hash.as_deref(), cached)
+                    .await;
+            }
+            if decision == Plan::Refresh {
+                if let Some(token) = &cached {
+                    return self.open(appid, token);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(TokenError::LeaseTimeout);
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+
+    async fn fetch_as_holder(
+        &self,
+        appid: &str,
+        holder: &str,
+        refused: Option<&str>,
+        refused_hash: Option<&str>,
+        cached: Option<CachedToken>,
+    ) -> Result<Zeroizing<String>, TokenError> {
+        // Another replica may have written a fresh token between our read and the lease.
+        let latest = self.store.wechat_token(appid).await?;
+        if plan(latest.as_ref(), self.clock.now(), refused_hash) == Plan::Use {
+            if let Some(token) = &latest {
+                self.release(appid, holder).await;
+                return self.open(appid, token);
             }
         }
-        let leased = app
-            .store
-            .lease_wechat_token(&appid, &holder, at, at + lease)
-            .await?;
-        if leased {
-            return fetch_as_holder(
-                app,
-                &appid,
-                &holder,
-                refused,
-                refused_hash.as_deref(),
-                cached,
-            )
-            .await;
-        }
-        if decision == Plan::Refresh {
-            if let Some(token) = &cached {
-                return open(app, &appid, token);
+        match self.fetch(appid, refused).await {
+            Ok(token) => {
+                let at = self.clock.now();
+                let record = CachedToken {
+                    sealed: self
+                        .data_key
+                        .seal(token.token.as_bytes(), &aad(appid))
+                        .map_err(TokenError::Seal)?,
+                    hash: secrets::sha256_hex(token.token.as_bytes()),
+                    expires_at: at + token.expires_in,
+                    refresh_at: refresh_at(at, token.expires_in),
+                };
+                self.store.put_wechat_token(appid, &record, holder).await?;
+                self.metrics.wechat_token_refresh("ok");
+                tracing::info!(
+                    appid = %appid,
+                    expires_in = token.expires_in,
+                    "fetched the WeChat app access token"
+                );
+                Ok(token.token)
+            }
+            Err(err) => {
+                self.release(appid, holder).await;
+                // Still valid (just due for refresh)? Keep serving with it.
+                let now = self.clock.now();
+                let usable = cached.filter(|c| plan(Some(c), now, refused_hash) != Plan::Fetch);
+                if let Some(token) = usable {
+                    self.metrics.wechat_token_refresh("failed_kept_old");
+                    tracing::warn!(appid = %appid, error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");
+                    return self.open(appid, &token);
+                }
+                self.metrics.wechat_token_refresh("failed");
+                tracing::warn!(error = %err, "cannot get a WeChat access token");
+                Err(TokenError::Fetch(err))
             }
         }
-        if Instant::now() > deadline {
-            return Err(TokenError::LeaseTimeout);
-        }
-        tokio::time::sleep(WAIT_POLL).await;
     }
-}
 
-async fn fetch_as_holder(
-    app: &Arc<App>,
-    appid: &str,
-    holder: &str,
-    refused: Option<&str>,
-    refused_hash: Option<&str>,
-    cached: Option<CachedToken>,
-) -> Result<Zeroizing<String>, TokenError> {
-    let appid = appid.to_string();
-    let holder = holder.to_string();
-    // Another replica may have written a fresh token between our read and the lease.
-    let latest = app.store.wechat_token(&appid).await?;
-    if plan(latest.as_ref(), app.now(), refused_hash) == Plan::Use {
-        if let Some(token) = &latest {
-            release(app, &appid, &holder).await;
-            return open(app, &appid, token);
+    async fn release(&self, appid: &str, holder: &str) {
+        if let Err(err) = self.store.release_wechat_lease(appid, holder).await {
+            tracing::warn!(error = %err, "could not release the WeChat token lease; it expires by itself");
         }
     }
-    let fetched = fetch(app, &appid, refused).await;
-    match fetched {
-        Ok(token) => {
-            let at = app.now();
-            let record = CachedToken {
-                sealed: app
-                    .data_key
-                    .seal(token.token.as_bytes(), &aad(&appid))
-                    .map_err(TokenError::Seal)?,
-                hash: secrets::sha256_hex(token.token.as_bytes()),
-                expires_at: at + token.expires_in,
-                refresh_at: refresh_at(at, token.expires_in),
-            };
-            app.store.put_wechat_token(&appid, &record, &holder).await?;
-            app.metrics.wechat_token_refresh("ok");
-            tracing::info!(
-                appid = %appid,
-                expires_in = token.expires_in,
-                "fetched the WeChat app access token"
-            );
-            Ok(token.token)
-        }
-        Err(err) => {
-            release(app, &appid, &holder).await;
-            // Still valid (just due for refresh)? Keep serving with it.
-            let usable = cached.filter(|c| plan(Some(c), app.now(), refused_hash) != Plan::Fetch);
-            if let Some(token) = usable {
-                app.metrics.wechat_token_refresh("failed_kept_old");
-                tracing::warn!(appid = %appid, error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");
-                return open(app, &appid, &token);
-            }
-            app.metrics.wechat_token_refresh("failed");
-            tracing::warn!(error = %err, "cannot get a WeChat access token");
-            Err(TokenError::Fetch(err))
-        }
-    }
-}
 
-async fn release(app: &Arc<App>, appid: &str, holder: &str) {
-    if let Err(err) = app.store.release_wechat_lease(appid, holder).await {
-        tracing::warn!(error = %err, "could not release the WeChat token lease; it expires by itself");
-    }
-}
-
-async fn fetch(
-    app: &Arc<App>,
-    appid: &str,
-    refused: Option<&str>,
-) -> Result<crate::wechat::AccessToken, WechatError> {
-    let wechat = match app.wechat_for(appid) {
-        Ok(wechat) => Arc::clone(wechat),
-        Err(_) => Arc::clone(&app.wechat),
-    };
-    let token = wechat.stable_token(false).await?;
-    if refused.is_some_and(|r| r == token.token.as_str()) {
-        app.metrics.wechat_token_refresh("forced");
-        tracing::warn!("stable_token returned the token WeChat just refused; forcing a new one");
-        return wechat.stable_token(true).await;
-    }
-    Ok(token)
-}
-
-/// Runs a WeChat API call with the app access token; when WeChat refuses the token (40001,
-/// 42001, 40014), invalidates it, gets another and retries once.
-///
-/// # Errors
-/// [`CallError::Token`] when no token could be had, [`CallError::Api`] when the call failed.
-pub async fn call<T, F, Fut>(app: &Arc<App>, api: F) -> Result<T, CallError>
-where
-    F: Fn(Zeroizing<String>) -> Fut,
-    Fut: Future<Output = Result<T, WechatError>>,
-{
-    call_for(app, &app.config.wechat_appid, api).await
-}
-
-/// [`call`] with the app access token of mini-program `appid`.
-///
-/// # Errors
-/// As [`call`].
-pub async fn call_for<T, F, Fut>(app: &Arc<App>, appid: &str, api: F) -> Result<T, CallError>
-where
-    F: Fn(Zeroizing<String>) -> Fut,
-    Fut: Future<Output = Result<T, WechatError>>,
-{
-    let token = get_for(app, appid, None).await?;
-    match api(token.clone()).await {
-        Err(WechatError::InvalidAccessToken { errcode }) => {
-            app.metrics.wechat_token_invalidated(errcode);
+    async fn fetch(
+        &self,
+        appid: &str,
+        refused: Option<&str>,
+    ) -> Result<crate::wechat::AccessToken, WechatError> {
+        let wechat = self.clients.for_token(appid);
+        let token = wechat.stable_token(false).await?;
+        if refused.is_some_and(|r| r == token.token.as_str()) {
+            self.metrics.wechat_token_refresh("forced");
             tracing::warn!(
-                errcode,
-                "WeChat refused the cached access token; invalidating it and retrying once"
+                "stable_token returned the token WeChat just refused; forcing a new one"
             );
-            let hash = secrets::sha256_hex(token.as_bytes());
-            app.store
-                .invalidate_wechat_token(appid, &hash)
-                .await
-                .map_err(TokenError::from)?;
-            let fresh = get_for(app, appid, Some(token.as_str())).await?;
-            api(fresh).await.map_err(CallError::Api)
+            return wechat.stable_token(true).await;
         }
-        other => other.map_err(CallError::Api),
+        Ok(token)
+    }
+
+    /// Runs a WeChat API call with the app access token of mini-program `appid`; when WeChat
+    /// refuses the token (40001, 42001, 40014), invalidates it, gets another and retries once.
+    ///
+    /// # Errors
+    /// [`CallError::Token`] when no token could be had, [`CallError::Api`] when the call
+    /// failed.
+    pub async fn call_for<T, F, Fut>(&self, appid: &str, api: F) -> Result<T, CallError>
+    where
+        F: Fn(Zeroizing<String>) -> Fut,
+        Fut: Future<Output = Result<T, WechatError>>,
+    {
+        let token = self.get_for(appid, None).await?;
+        match api(token.clone()).await {
+            Err(WechatError::InvalidAccessToken { errcode }) => {
+                self.metrics.wechat_token_invalidated(errcode);
+                tracing::warn!(
+                    errcode,
+                    "WeChat refused the cached access token; invalidating it and retrying once"
+                );
+                let hash = secrets::sha256_hex(token.as_bytes());
+                self.store
+                    .invalidate_wechat_token(appid, &hash)
+                    .await
+                    .map_err(TokenError::from)?;
+                let fresh = self.get_for(appid, Some(token.as_str())).await?;
+                api(fresh).await.map_err(CallError::Api)
+            }
+            other => other.map_err(CallError::Api),
+        }
     }
 }
 

@@ -17,10 +17,12 @@
 pub mod access_token;
 mod answers;
 pub mod apisec;
+mod clients;
 mod http;
 pub mod web;
 
 pub use self::answers::*;
+pub use self::clients::WechatClients;
 pub use self::http::*;
 
 use std::future::Future;

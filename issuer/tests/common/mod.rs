@@ -21,7 +21,7 @@ use serde_json::Value;
 use weauth_issuer::app::App;
 use weauth_issuer::clock::{Clock, ManualClock, SystemClock};
 use weauth_issuer::config::{Config, Source};
-use weauth_tests::mock_wechat::{MockConfig, MockWechat};
+use weauth_mock_wechat::{MockConfig, MockWechat};
 
 pub const APPID: &str = "wx0123456789abcdef";
 pub const FEED: &str = "test-feed-token";

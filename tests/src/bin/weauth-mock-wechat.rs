@@ -6,7 +6,7 @@
 //! `official_account` or `website` (bound to the Open Platform, so `unionid` is returned for
 //! `snsapi_userinfo`/`snsapi_login`); `--web-apps` adds the default official account and
 //! website (`MockApp::official_account()`, `MockApp::website()`); `--api-security` gives the
-//! mini-program the test keys of WeChat's server API security (`tests/fixtures/apisec`, key
+//! mini-program the test keys of WeChat's server API security (`mockwechat/fixtures/apisec`, key
 //! numbers `sym-test-sn`, `app-test-sn`, `platform-test-sn`). Prints `listening on ADDR` once ready; stops on Ctrl-C/SIGTERM.
 
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::store::contract::{contract_tests, Backend};
-use weauth_tests::redis::RedisServer;
+use weauth_servers::redis::RedisServer;
 
 /// A real redis-server per test, so tests never share state.
 struct TestRedis {
@@ -51,7 +51,7 @@ async fn redis_prefixes_keep_stores_apart() {
 
 #[tokio::test]
 async fn redis_unreachable_at_start_names_weauth_store() {
-    let port = weauth_tests::harness::free_port().unwrap();
+    let port = weauth_servers::free_port().unwrap();
     let url = format!("redis://127.0.0.1:{port}/0");
     let Err(err) = RedisStore::connect(RedisOptions {
         target: RedisTarget::Direct(url.clone()),

@@ -3,7 +3,7 @@
 //! slot's primary, the announcements, and a cluster URL naming no reachable node.
 
 use super::*;
-use weauth_tests::redis::RedisCluster;
+use weauth_servers::redis::RedisCluster;
 
 /// A fresh prefix on the shared cluster, so tests never share state.
 struct TestCluster {
@@ -138,8 +138,8 @@ async fn cluster_announcements_reach_another_handle() {
 #[tokio::test]
 async fn cluster_url_naming_no_reachable_node_refused_at_start() {
     let (a, b) = (
-        weauth_tests::harness::free_port().unwrap(),
-        weauth_tests::harness::free_port().unwrap(),
+        weauth_servers::free_port().unwrap(),
+        weauth_servers::free_port().unwrap(),
     );
     let Err(err) = RedisStore::connect(RedisOptions {
         target: cluster_target(&[a, b], Some("s3cret")),

@@ -65,17 +65,17 @@ impl std::fmt::Debug for MockApiSecurity {
     }
 }
 
-/// The directory of the test keys (`tests/fixtures/apisec`, see its README).
+/// The directory of the test keys (`mockwechat/fixtures/apisec`, see its README).
 pub fn fixture_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/apisec")
 }
 
 impl MockApiSecurity {
-    /// The test keys of `tests/fixtures/apisec` for `appid`, with the numbers `sym-test-sn`,
+    /// The test keys of `mockwechat/fixtures/apisec` for `appid`, with the numbers `sym-test-sn`,
     /// `app-test-sn` and `platform-test-sn`. The issuer side of the same keys:
     /// `sym_key.txt`, `app_key.pem`, `platform_cert.pem` in [`fixture_dir`].
     pub fn test_keys(appid: &str) -> MockApiSecurity {
-        let text = include_str!("../../fixtures/apisec/sym_key.txt");
+        let text = include_str!("../fixtures/apisec/sym_key.txt");
         let mut sym_key = [0u8; 32];
         let decoded = STANDARD.decode(text.trim()).unwrap_or_default();
         if decoded.len() == 32 {
@@ -85,9 +85,9 @@ impl MockApiSecurity {
             appid: appid.to_string(),
             sym_key,
             sym_sn: "sym-test-sn".into(),
-            app_public_key_pem: include_str!("../../fixtures/apisec/app_public.pem").into(),
+            app_public_key_pem: include_str!("../fixtures/apisec/app_public.pem").into(),
             app_key_sn: "app-test-sn".into(),
-            platform_private_key_pem: include_str!("../../fixtures/apisec/platform_key.pem").into(),
+            platform_private_key_pem: include_str!("../fixtures/apisec/platform_key.pem").into(),
             platform_sn: "platform-test-sn".into(),
         }
     }
@@ -306,7 +306,7 @@ fn other_signer() -> Option<&'static rsa::pss::SigningKey<Sha256>> {
     OTHER
         .get_or_init(|| {
             use rsa::pkcs1::DecodeRsaPrivateKey as _;
-            let pem = include_str!("../../fixtures/apisec/app_key.pem");
+            let pem = include_str!("../fixtures/apisec/app_key.pem");
             let key = rsa::RsaPrivateKey::from_pkcs1_pem(pem).ok()?;
             Some(rsa::pss::SigningKey::<Sha256>::new_with_salt_len(key, 32))
         })
@@ -417,7 +417,7 @@ mod tests {
         use rsa::pkcs1::DecodeRsaPrivateKey as _;
         use rsa::pkcs8::EncodePublicKey as _;
         let private = rsa::RsaPrivateKey::from_pkcs1_pem(include_str!(
-            "../../../issuer/tests/fixtures/apisec/guide_app_key.pem"
+            "../../issuer/tests/fixtures/apisec/guide_app_key.pem"
         ))
         .unwrap();
         let mut sym_key = [0u8; 32];

@@ -93,6 +93,7 @@
 //! `GET /healthz` → `ok`.
 
 pub mod apisec;
+pub mod serve;
 pub mod state;
 
 use std::collections::HashMap;
@@ -105,7 +106,7 @@ use bytes::Bytes;
 use rand::RngCore;
 use serde_json::{json, Value};
 
-use crate::serve::{self, param, query_pairs, read_body, respond, Request, Response, ServerHandle};
+use crate::serve::{param, query_pairs, read_body, respond, Request, Response, ServerHandle};
 pub use apisec::{ApiSecAnswer, MockApiSecurity};
 pub use state::Fault;
 use state::{

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::harness::{free_port, tail_file, temp_dir, HarnessError};
+use crate::{free_port, tail_file, temp_dir, ServerError};
 use tempfile::TempDir;
 
 /// The `redis-server` binary: `WEAUTH_REDIS_SERVER_BIN`, else `redis-server` on the PATH.
@@ -19,8 +19,8 @@ pub fn server_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("redis-server"))
 }
 
-fn io_err(what: &str, err: std::io::Error) -> HarnessError {
-    HarnessError::Io {
+fn io_err(what: &str, err: std::io::Error) -> ServerError {
+    ServerError {
         what: what.to_string(),
         source: err,
     }
@@ -40,7 +40,7 @@ impl RedisServer {
     ///
     /// # Errors
     /// The binary is missing, or the server did not accept connections within 10 s.
-    pub async fn start() -> Result<RedisServer, HarnessError> {
+    pub async fn start() -> Result<RedisServer, ServerError> {
         let temp = temp_dir("weauth-redis").map_err(|e| io_err("creating temp dir", e))?;
         let dir = temp.path().to_path_buf();
         let mut server = RedisServer::start_in(&dir, &[]).await?;
@@ -53,7 +53,7 @@ impl RedisServer {
     ///
     /// # Errors
     /// As [`RedisServer::start`].
-    pub async fn start_in(dir: &Path, extra: &[&str]) -> Result<RedisServer, HarnessError> {
+    pub async fn start_in(dir: &Path, extra: &[&str]) -> Result<RedisServer, ServerError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating redis dir", e))?;
         let port = free_port().map_err(|e| io_err("finding a free port", e))?;
         let mut args: Vec<String> = [
@@ -95,7 +95,7 @@ impl RedisServer {
     ///
     /// # Errors
     /// As [`RedisServer::start`].
-    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+    pub async fn restart(&mut self) -> Result<(), ServerError> {
         let mut cmd = Command::new(server_bin());
         cmd.args(&self.args)
             .current_dir(&self.dir)
@@ -155,7 +155,7 @@ impl Sentinel {
         master: &str,
         master_port: u16,
         quorum: u32,
-    ) -> Result<Sentinel, HarnessError> {
+    ) -> Result<Sentinel, ServerError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating sentinel dir", e))?;
         let port = free_port().map_err(|e| io_err("finding a free port", e))?;
         let conf = dir.join("sentinel.conf");
@@ -208,14 +208,14 @@ impl Sentinel {
     }
 }
 
-async fn wait_port(port: u16, log: &Path) -> Result<(), HarnessError> {
+async fn wait_port(port: u16, log: &Path) -> Result<(), ServerError> {
     let start = Instant::now();
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(10) {
-            return Err(HarnessError::Io {
+            return Err(ServerError {
                 what: format!(
                     "redis on port {port} did not open within 10 s; log tail:\n{}",
                     tail_file(log, 20)
@@ -252,7 +252,7 @@ impl SentinelSetup {
     ///
     /// # Errors
     /// A process did not start, or the set-up was not ready within 20 s.
-    pub async fn start(dir: &Path) -> Result<SentinelSetup, HarnessError> {
+    pub async fn start(dir: &Path) -> Result<SentinelSetup, ServerError> {
         let master = "weauth".to_string();
         let primary = RedisServer::start_in(&dir.join("primary"), &[]).await?;
         let replica_of = format!("127.0.0.1 {}", primary.port());
@@ -295,7 +295,7 @@ impl SentinelSetup {
                 return Ok(setup);
             }
             if started.elapsed() > Duration::from_secs(20) {
-                return Err(HarnessError::Io {
+                return Err(ServerError {
                     what: format!(
                         "sentinel set-up not ready after 20 s (replica synced: {synced}, sentinels know each other: {known})"
                     ),
@@ -337,7 +337,7 @@ struct ClusterNode {
 }
 
 impl ClusterNode {
-    fn spawn(&mut self) -> Result<(), HarnessError> {
+    fn spawn(&mut self) -> Result<(), ServerError> {
         let _ = std::fs::remove_file(self.dir.join("redis.pid"));
         let script =
             "redis-server \"$@\" & pid=$!; echo $pid > redis.pid; cat >/dev/null; kill -9 $pid";
@@ -406,11 +406,11 @@ fn path_with_server_dir() -> std::ffi::OsString {
     }
 }
 
-fn wait_port_blocking(port: u16, log: &Path) -> Result<(), HarnessError> {
+fn wait_port_blocking(port: u16, log: &Path) -> Result<(), ServerError> {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if start.elapsed() > Duration::from_secs(10) {
-            return Err(HarnessError::Io {
+            return Err(ServerError {
                 what: format!(
                     "redis on port {port} did not open within 10 s; log tail:\n{}",
                     tail_file(log, 20)
@@ -440,7 +440,7 @@ impl RedisCluster {
     /// # Errors
     /// A node did not start, `redis-cli --cluster create` failed, or the cluster was not ready
     /// within 30 s.
-    pub fn start() -> Result<RedisCluster, HarnessError> {
+    pub fn start() -> Result<RedisCluster, ServerError> {
         let temp = temp_dir("weauth-redis-cluster").map_err(|e| io_err("creating temp dir", e))?;
         let mut cluster = RedisCluster::start_in(temp.path())?;
         cluster._temp = Some(temp);
@@ -451,7 +451,7 @@ impl RedisCluster {
     ///
     /// # Errors
     /// As [`RedisCluster::start`].
-    pub fn start_in(root: &Path) -> Result<RedisCluster, HarnessError> {
+    pub fn start_in(root: &Path) -> Result<RedisCluster, ServerError> {
         let mut nodes = Vec::new();
         for i in 0..6 {
             let dir = root.join(format!("node{i}"));
@@ -517,7 +517,7 @@ impl RedisCluster {
             .output()
             .map_err(|e| io_err("running redis-cli --cluster create", e))?;
         if !out.status.success() {
-            return Err(HarnessError::Io {
+            return Err(ServerError {
                 what: format!(
                     "redis-cli --cluster create failed:\n{}{}",
                     String::from_utf8_lossy(&out.stdout),
@@ -549,7 +549,7 @@ impl RedisCluster {
     ///
     /// # Errors
     /// Not ready within `within` (the nodes' views are in the message).
-    pub fn wait_ready(&self, within: Duration) -> Result<(), HarnessError> {
+    pub fn wait_ready(&self, within: Duration) -> Result<(), ServerError> {
         let start = Instant::now();
         loop {
             let mut ready = true;
@@ -570,7 +570,7 @@ impl RedisCluster {
                 return Ok(());
             }
             if start.elapsed() > within {
-                return Err(HarnessError::Io {
+                return Err(ServerError {
                     what: format!("the Redis Cluster was not ready within {within:?}:\n{views}"),
                     source: std::io::Error::other("timeout"),
                 });
@@ -637,7 +637,7 @@ impl RedisCluster {
     ///
     /// # Errors
     /// As [`RedisCluster::start`].
-    pub fn restart(&mut self, port: u16) -> Result<(), HarnessError> {
+    pub fn restart(&mut self, port: u16) -> Result<(), ServerError> {
         match self.nodes.iter_mut().find(|n| n.port == port) {
             Some(node) => node.spawn(),
             None => Ok(()),
@@ -672,7 +672,7 @@ impl RedisCluster {
         to: u16,
         count: usize,
         within: Duration,
-    ) -> Result<String, HarnessError> {
+    ) -> Result<String, ServerError> {
         let id = |port: u16| cli(port, &["cluster", "myid"]).trim().to_string();
         let started = Instant::now();
         loop {
@@ -694,7 +694,7 @@ impl RedisCluster {
                 return Ok(text);
             }
             if !refused || started.elapsed() > within {
-                return Err(HarnessError::Io {
+                return Err(ServerError {
                     what: format!("redis-cli --cluster reshard failed:\n{text}"),
                     source: std::io::Error::other("cluster reshard"),
                 });

@@ -1,0 +1,143 @@
+//! Real servers for tests, on free loopback ports with their own data directories, killed
+//! on drop: [`redis`] (`redis-server`, Sentinel). Never a fake: a test that claims to test a
+//! store runs it on the real server. `make setup` installs the Debian packages when missing.
+//!
+//! Shared by the issuer's store tests and the end-to-end harness (`weauth-tests`), which
+//! re-exports [`free_port`], [`temp_dir`] and the log-tail helpers.
+
+use std::io;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+
+use rand::Rng;
+use tempfile::TempDir;
+
+pub mod redis;
+
+/// A server could not be started or did not become ready: what was being done, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct ServerError {
+    /// What was being done (with a log tail where the server wrote one).
+    pub what: String,
+    /// The I/O error behind it.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Longest log line printed (Envoy's start-up lines list every extension).
+const TAIL_LINE_CHARS: usize = 300;
+
+/// Creates `<temp>/<prefix>-<random>`, removed on drop — or kept when `WEAUTH_KEEP_TMP` is set,
+/// for post-mortems.
+pub fn temp_dir(prefix: &str) -> io::Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}-"))
+        .disable_cleanup(std::env::var_os("WEAUTH_KEEP_TMP").is_some())
+        .tempdir()
+}
+
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768–60999 by default).
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free loopback port for a process the harness starts (bound then released).
+///
+/// Taken from [`PORT_RANGE`], below the ephemeral range, never twice in one test process: a
+/// port the kernel picked for `bind(0)` is an ephemeral port, which any outgoing connection
+/// (a test client, Envoy's upstream pool) may take before the child binds it, and then the
+/// child fails with "Address already in use" (seen on a loaded machine). Each process starts at
+/// a random point of the range, so two test processes seldom meet; a port found busy is
+/// skipped.
+///
+/// # Errors
+/// No port of the range could be bound.
+pub fn free_port() -> io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let start = *START.get_or_init(|| rand::thread_rng().gen_range(0..span));
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = PORT_RANGE.start + u16::try_from(offset).unwrap_or(0);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("no free loopback port in {PORT_RANGE:?}"),
+    ))
+}
+
+/// The last `n` lines of `text`, each cut to [`TAIL_LINE_CHARS`] characters.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| match l.char_indices().nth(TAIL_LINE_CHARS) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => (*l).to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last `n` lines of the file at `path` (reads at most its last 256 KiB).
+pub fn tail_file(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(256 * 1024);
+            tail_lines(&String::from_utf8_lossy(&bytes[start..]), n)
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_below_the_ephemeral_range_never_twice_in_a_process() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        for port in &ports {
+            assert!(PORT_RANGE.contains(port), "{port}");
+            assert!(
+                TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_ok(),
+                "{port}"
+            );
+        }
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+    }
+
+    #[test]
+    fn tail_lines_keeps_last_n() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail_lines("a", 5), "a");
+        assert_eq!(tail_lines("", 3), "");
+    }
+
+    #[test]
+    fn tail_lines_long_line_cut() {
+        let long = "é".repeat(TAIL_LINE_CHARS + 10);
+        let out = tail_lines(&long, 1);
+        assert_eq!(out.chars().count(), TAIL_LINE_CHARS + 1);
+        assert!(out.ends_with('…'));
+    }
+
+    #[test]
+    fn temp_dir_removed_on_drop() {
+        let dir = temp_dir("weauth-unit").unwrap();
+        let path = dir.path().to_path_buf();
+        assert!(path.is_dir());
+        drop(dir);
+        if std::env::var_os("WEAUTH_KEEP_TMP").is_none() {
+            assert!(!path.exists());
+        }
+    }
+}
