@@ -33,7 +33,8 @@ TEST_FEATURES := --features weauth-filter/envoy-native
 ifneq ($(CI),)
 export CARGO_INCREMENTAL := 0
 endif
-# `make up STORE=redis` (or `STORE=mysql`): Redis (or MariaDB) and two issuer replicas instead of one issuer on SQLite.
+# `make up STORE=redis` (or `STORE=mysql`): Redis (or MariaDB) and two issuer replicas instead of one issuer on SQLite;
+# `STORE=redis-cluster`: the same on a 6-node Redis Cluster.
 STORE         ?= sqlite
 # `make up EDGE=native`: the filter's native build (an Envoy dynamic module) instead of wasm.
 EDGE          ?= wasm
@@ -131,7 +132,7 @@ native-debug:
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
 
-up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis|mysql: Redis or MariaDB + 2 issuer replicas; MONITOR=1: + Prometheus on :9090; EDGE=native: the native filter
+up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis|mysql|redis-cluster: Redis, MariaDB or a 6-node Redis Cluster + 2 issuer replicas; MONITOR=1: + Prometheus on :9090; EDGE=native: the native filter
 	@mkdir -p .run
 	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) WEAUTH_FILTER_BUILD=$(EDGE) ./target/debug/weauth-stack
 
@@ -156,13 +157,13 @@ api-tools: ## schemathesis + kubernetes-validate (PyPI, pinned) into .tools/, ne
 	  cd tests/postman && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
-manifests: api-tools ## validate deploy/kubernetes/*.yaml with kubernetes-validate --strict
+manifests: api-tools ## validate deploy/kubernetes/*.yaml and its variants (*/*.yaml) with kubernetes-validate --strict
 	@# The Istio kinds have no schema there (a warning): filter/tests/deploy_manifests.rs checks
 	@# their pluginConfig with the filter's own parser. Any other warning fails.
-	@out=$$("$(TOOLS)/bin/kubernetes-validate" --strict --quiet deploy/kubernetes/*.yaml 2>&1) || { echo "$$out"; exit 1; }; \
+	@out=$$("$(TOOLS)/bin/kubernetes-validate" --strict --quiet deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml 2>&1) || { echo "$$out"; exit 1; }; \
 	unexpected=$$(echo "$$out" | grep -v -E "kind (WasmPlugin|AuthorizationPolicy|PeerAuthentication) with api version (extensions|security)\.istio\.io/" | grep . || true); \
 	if [ -n "$$unexpected" ]; then echo "$$unexpected"; echo "manifests: unexpected warnings"; exit 1; fi; \
-	echo "manifests: deploy/kubernetes/*.yaml valid (kubernetes-validate $(KUBERNETES_VALIDATE_VERSION) --strict)"
+	echo "manifests: deploy/kubernetes/*.yaml and */*.yaml valid (kubernetes-validate $(KUBERNETES_VALIDATE_VERSION) --strict)"
 
 monitoring-tools: ## Debian's prometheus (prometheus + promtool) if missing
 	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \

@@ -205,6 +205,16 @@ pub async fn throughput_mysql(
     throughput_on(concurrency, duration, builder).await
 }
 
+/// As [`throughput`], with one replica on a 6-node Redis Cluster (3 primaries, 3 replicas,
+/// AOF `appendfsync always`, every write `WAIT`ing for the slot primary's replica).
+pub async fn throughput_cluster(
+    concurrency: usize,
+    duration: Duration,
+) -> Result<IssuerResult, String> {
+    let builder = builder().without_envoy().redis_replicas(1).redis_cluster();
+    throughput_on(concurrency, duration, builder).await
+}
+
 async fn throughput_on(
     concurrency: usize,
     duration: Duration,

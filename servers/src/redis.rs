@@ -325,3 +325,381 @@ impl SentinelSetup {
         out.lines().nth(1)?.trim().parse().ok()
     }
 }
+
+/// One node of a [`RedisCluster`]: `redis-server` under a `sh` that SIGKILLs it when the
+/// test process goes away (its stdin, a pipe from this process, reaches end of file), so a
+/// cluster shared by a whole test binary through a `static` never outlives it.
+struct ClusterNode {
+    port: u16,
+    dir: PathBuf,
+    args: Vec<String>,
+    guard: Option<std::process::Child>,
+}
+
+impl ClusterNode {
+    fn spawn(&mut self) -> Result<(), ServerError> {
+        let _ = std::fs::remove_file(self.dir.join("redis.pid"));
+        let script =
+            "redis-server \"$@\" & pid=$!; echo $pid > redis.pid; cat >/dev/null; kill -9 $pid";
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .env("PATH", path_with_server_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                io_err(
+                    "starting redis-server (install it with `make setup`, Debian package redis-server)",
+                    e,
+                )
+            })?;
+        self.guard = Some(child);
+        wait_port_blocking(self.port, &self.dir.join("redis.log"))
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("redis.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn kill(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+        if let Some(mut guard) = self.guard.take() {
+            // Closing its stdin ends the guard shell.
+            drop(guard.stdin.take());
+            let _ = guard.wait();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `PATH` with the directory of [`server_bin`] first (the guard shell runs `redis-server`).
+fn path_with_server_dir() -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    match server_bin()
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+    {
+        Some(dir) => {
+            let mut dirs = vec![dir.to_path_buf()];
+            dirs.extend(std::env::split_paths(&path));
+            std::env::join_paths(dirs).unwrap_or(path)
+        }
+        None => path,
+    }
+}
+
+fn wait_port_blocking(port: u16, log: &Path) -> Result<(), ServerError> {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(ServerError {
+                what: format!(
+                    "redis on port {port} did not open within 10 s; log tail:\n{}",
+                    tail_file(log, 20)
+                ),
+                source: std::io::Error::other("timeout"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A real Redis Cluster: 6 `redis-server`s on free loopback ports (3 primaries, 3 replicas),
+/// each with its own data directory, AOF with `appendfsync always`, `cluster-node-timeout
+/// 1000`, formed with `redis-cli --cluster create`. Blocking (std processes and sleeps), so
+/// one can be shared by every test of a binary ([`RedisCluster::shared`]); nodes are killed
+/// when it is dropped or the test process ends.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    _temp: Option<TempDir>,
+}
+
+impl RedisCluster {
+    /// Starts 6 nodes and forms the cluster; returns once every node reports `cluster_state:ok`
+    /// and every primary has its replica online.
+    ///
+    /// # Errors
+    /// A node did not start, `redis-cli --cluster create` failed, or the cluster was not ready
+    /// within 30 s.
+    pub fn start() -> Result<RedisCluster, ServerError> {
+        let temp = temp_dir("weauth-redis-cluster").map_err(|e| io_err("creating temp dir", e))?;
+        let mut cluster = RedisCluster::start_in(temp.path())?;
+        cluster._temp = Some(temp);
+        Ok(cluster)
+    }
+
+    /// As [`RedisCluster::start`], the nodes' directories under `root` (`node0` … `node5`).
+    ///
+    /// # Errors
+    /// As [`RedisCluster::start`].
+    pub fn start_in(root: &Path) -> Result<RedisCluster, ServerError> {
+        let mut nodes = Vec::new();
+        for i in 0..6 {
+            let dir = root.join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).map_err(|e| io_err("creating redis dir", e))?;
+            // The cluster bus listens on port + 10000: take ports whose bus port is free too.
+            let port = loop {
+                let port = free_port().map_err(|e| io_err("finding a free port", e))?;
+                if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                    break port;
+                }
+            };
+            let args: Vec<String> = [
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--dir",
+                &dir.to_string_lossy(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                "redis.log",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut node = ClusterNode {
+                port,
+                dir,
+                args,
+                guard: None,
+            };
+            node.spawn()?;
+            nodes.push(node);
+        }
+        let cluster = RedisCluster { nodes, _temp: None };
+        let mut create = std::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| io_err("running redis-cli --cluster create", e))?;
+        if !out.status.success() {
+            return Err(ServerError {
+                what: format!(
+                    "redis-cli --cluster create failed:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                source: std::io::Error::other("cluster create"),
+            });
+        }
+        cluster.wait_ready(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// One cluster for the whole test binary, started on first use (tests keep apart with a
+    /// fresh key prefix each).
+    ///
+    /// # Panics
+    /// The cluster could not be started (the reason is in the message).
+    pub fn shared() -> &'static RedisCluster {
+        use std::sync::OnceLock;
+        static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
+        match SHARED.get_or_init(|| RedisCluster::start().map_err(|e| e.to_string())) {
+            Ok(cluster) => cluster,
+            Err(err) => panic!("starting the shared Redis Cluster: {err}"),
+        }
+    }
+
+    /// Waits until every running node says `cluster_state:ok` and every primary reports
+    /// its replicas online (`connected_slaves` ≥ 1).
+    ///
+    /// # Errors
+    /// Not ready within `within` (the nodes' views are in the message).
+    pub fn wait_ready(&self, within: Duration) -> Result<(), ServerError> {
+        let start = Instant::now();
+        loop {
+            let mut ready = true;
+            let mut views = String::new();
+            for node in self.nodes.iter().filter(|n| n.guard.is_some()) {
+                let info = cli(node.port, &["cluster", "info"]);
+                let replication = cli(node.port, &["info", "replication"]);
+                let ok = info.contains("cluster_state:ok");
+                let primary = replication.contains("role:master");
+                let replicated = !primary || !replication.contains("connected_slaves:0");
+                ready &= ok && replicated;
+                views.push_str(&format!(
+                    "{}: ok={ok} primary={primary} replicated={replicated}\n",
+                    node.port
+                ));
+            }
+            if ready {
+                return Ok(());
+            }
+            if start.elapsed() > within {
+                return Err(ServerError {
+                    what: format!("the Redis Cluster was not ready within {within:?}:\n{views}"),
+                    source: std::io::Error::other("timeout"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…/` naming every node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        format!("redis+cluster://{}/", seeds.join(","))
+    }
+
+    /// The nodes' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|node| node.port).collect()
+    }
+
+    /// The port of the primary serving `key`'s slot now (asked of the running nodes).
+    pub fn primary_of(&self, key: &str) -> Option<u16> {
+        let running: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.guard.is_some())
+            .map(|n| n.port)
+            .collect();
+        for port in running {
+            let slot = cli(port, &["cluster", "keyslot", key]);
+            let Ok(slot) = slot.trim().parse::<u16>() else {
+                continue;
+            };
+            let shards = cli(port, &["cluster", "slots"]);
+            // redis-cli prints CLUSTER SLOTS flattened: start, end, then the primary's ip,
+            // port, id, then the replicas'.
+            let lines: Vec<&str> = shards.lines().map(str::trim).collect();
+            let mut i = 0;
+            while i + 3 < lines.len() {
+                if let (Ok(start), Ok(end)) = (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>())
+                {
+                    if lines[i + 2] == "127.0.0.1" && (start..=end).contains(&slot) {
+                        return lines[i + 3].parse().ok();
+                    }
+                }
+                i += 1;
+            }
+        }
+        None
+    }
+
+    /// SIGKILL of the node on `port` (nothing flushed beyond what `appendfsync always` wrote).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
+            node.kill();
+        }
+    }
+
+    /// Restarts a killed node with its data directory (it rejoins, as a replica if it was
+    /// failed over).
+    ///
+    /// # Errors
+    /// As [`RedisCluster::start`].
+    pub fn restart(&mut self, port: u16) -> Result<(), ServerError> {
+        match self.nodes.iter_mut().find(|n| n.port == port) {
+            Some(node) => node.spawn(),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `redis-cli ARGS…` against the node on `port` and returns its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli(port, args)
+    }
+
+    /// The ports of the running primaries.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.guard.is_some())
+            .filter(|n| cli(n.port, &["info", "replication"]).contains("role:master"))
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// Moves the `count` lowest slots of the primary on `from` to the primary on `to` with
+    /// `redis-cli --cluster reshard` (keys move by `MIGRATE`, 10 a step, while clients keep
+    /// writing). Retried while `redis-cli` finds the nodes not yet agreeing (after a failover)
+    /// until `within` is over.
+    ///
+    /// # Errors
+    /// `redis-cli` failed (its output is in the message).
+    pub fn reshard(
+        &self,
+        from: u16,
+        to: u16,
+        count: usize,
+        within: Duration,
+    ) -> Result<String, ServerError> {
+        let id = |port: u16| cli(port, &["cluster", "myid"]).trim().to_string();
+        let started = Instant::now();
+        loop {
+            let out = std::process::Command::new("redis-cli")
+                .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+                .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+                .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| io_err("running redis-cli --cluster reshard", e))?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // redis-cli checks the cluster first and moves nothing while it finds a problem.
+            let refused = text.contains("fix your cluster problems");
+            if out.status.success() && !refused && !text.contains("[ERR]") {
+                return Ok(text);
+            }
+            if !refused || started.elapsed() > within {
+                return Err(ServerError {
+                    what: format!("redis-cli --cluster reshard failed:\n{text}"),
+                    source: std::io::Error::other("cluster reshard"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

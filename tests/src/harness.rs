@@ -491,6 +491,7 @@ pub struct StackBuilder {
     redis_replicas: usize,
     mysql_replicas: usize,
     sentinel: bool,
+    cluster: bool,
     web_login: bool,
     envoy_feed_env: bool,
     path_normalization: bool,
@@ -556,6 +557,7 @@ impl Default for StackBuilder {
             redis_replicas: 0,
             mysql_replicas: 0,
             sentinel: false,
+            cluster: false,
             web_login: false,
             envoy_feed_env: true,
             path_normalization: true,
@@ -585,6 +587,15 @@ impl StackBuilder {
     /// `redis-server`; the issuers use `redis+sentinel://` (and `WAIT` for the replica).
     pub fn redis_sentinel(mut self) -> Self {
         self.sentinel = true;
+        self.redis_replicas = self.redis_replicas.max(1);
+        self
+    }
+
+    /// With `redis_replicas`: a 6-node Redis Cluster (3 primaries, 3 replicas) instead of one
+    /// `redis-server`; the issuers use `redis+cluster://` (and `WAIT` for the slot primary's
+    /// replica).
+    pub fn redis_cluster(mut self) -> Self {
+        self.cluster = true;
         self.redis_replicas = self.redis_replicas.max(1);
         self
     }
@@ -775,6 +786,8 @@ pub struct Stack {
     sentinel: Option<crate::redis::SentinelSetup>,
     /// Or the MariaDB they share (`mysql_replicas`).
     mysql: Option<crate::mariadb::MariaDb>,
+    /// Or the Redis Cluster they share (`redis_cluster`).
+    cluster: Option<crate::redis::RedisCluster>,
     /// The mock WeChat (in-process): log users in, inject faults, count calls.
     pub mock: MockWechat,
     /// The demo upstream (in-process).
@@ -864,7 +877,31 @@ impl Stack {
         } else {
             None
         };
-        let redis = if b.redis_replicas > 0 && sentinel.is_none() {
+        let cluster = if b.cluster {
+            // Formed afresh each time (a `make up` run directory outlives the stack, and
+            // the nodes' ports change).
+            let root = dir.path().join("cluster");
+            match std::fs::remove_dir_all(&root) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(HarnessError::Io {
+                        what: format!("removing {}", root.display()),
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+            Some(
+                tokio::task::spawn_blocking(move || crate::redis::RedisCluster::start_in(&root))
+                    .await
+                    .map_err(|e| HarnessError::Io {
+                        what: "starting the Redis Cluster".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??,
+            )
+        } else {
+            None
+        };
+        let redis = if b.redis_replicas > 0 && sentinel.is_none() && cluster.is_none() {
             Some(crate::redis::RedisServer::start_in(&dir.path().join("redis"), &[]).await?)
         } else {
             None
@@ -895,11 +932,12 @@ impl Stack {
             // client and not all in one bucket.
             ("WEAUTH_TRUSTED_PROXIES".into(), "127.0.0.1".into()),
         ];
-        let shared_store = match (&redis, &sentinel, &mysql) {
-            (_, Some(sentinel), _) => Some(sentinel.url()),
-            (Some(redis), None, _) => Some(redis.url(0)),
-            (None, None, Some(mysql)) => Some(mysql.url("weauth")),
-            (None, None, None) => None,
+        let shared_store = match (&redis, &sentinel, &cluster, &mysql) {
+            (_, _, Some(cluster), _) => Some(cluster.url()),
+            (_, Some(sentinel), None, _) => Some(sentinel.url()),
+            (Some(redis), None, None, _) => Some(redis.url(0)),
+            (None, None, None, Some(mysql)) => Some(mysql.url("weauth")),
+            (None, None, None, None) => None,
         };
         if let Some(url) = shared_store {
             env.retain(|(name, _)| name != "WEAUTH_STORE");
@@ -947,6 +985,7 @@ impl Stack {
             redis,
             sentinel,
             mysql,
+            cluster,
             mock,
             upstream,
             issuer_spec,
@@ -1552,6 +1591,11 @@ impl Stack {
         self.mysql.as_mut()
     }
 
+    /// The Redis Cluster of a `redis_cluster` stack.
+    pub fn cluster(&mut self) -> Option<&mut crate::redis::RedisCluster> {
+        self.cluster.as_mut()
+    }
+
     /// The Redis server of a `redis_replicas` stack (to kill and restart it).
     pub fn redis(&mut self) -> Option<&mut crate::redis::RedisServer> {
         self.redis.as_mut()
@@ -1619,6 +1663,7 @@ impl Drop for Stack {
         self.redis.take();
         self.sentinel.take();
         self.mysql.take();
+        self.cluster.take();
     }
 }
 

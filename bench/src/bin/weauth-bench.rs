@@ -173,6 +173,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("bench: issuer on MariaDB, logins and refreshes, {secs} s each");
         rt.block_on(issuer::throughput_mysql(16, Duration::from_secs(secs)))
     });
+    let issuer_cluster = run("issuer").then(|| {
+        let secs = if args.full { 15 } else { 4 };
+        eprintln!("bench: issuer on a Redis Cluster, logins and refreshes, {secs} s each");
+        rt.block_on(issuer::throughput_cluster(16, Duration::from_secs(secs)))
+    });
     let fanout_rows = run("fanout").then(|| {
         let secs = if args.full { 8 } else { 4 };
         eprintln!("bench: feed fan-out over two replicas on Redis, {secs} s per case");
@@ -276,6 +281,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          (InnoDB, `innodb_flush_log_at_trx_commit=1`, binary log off), same run.\n\n",
     );
     match &issuer_mysql {
+        Some(Ok(r)) => md.push_str(&issuer_markdown(r)),
+        Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
+        None => md.push_str("Not run (`--only`).\n"),
+    }
+    md.push_str(
+        "\n### Redis Cluster\n\nThe same, with one issuer replica on a local 6-node Redis \
+         Cluster (3 primaries, 3 replicas, AOF `appendfsync always`; every write `WAIT`s for the \
+         slot primary's replica), same run.\n\n",
+    );
+    match &issuer_cluster {
         Some(Ok(r)) => md.push_str(&issuer_markdown(r)),
         Some(Err(e)) => md.push_str(&format!("Not measured: {e}\n")),
         None => md.push_str("Not run (`--only`).\n"),

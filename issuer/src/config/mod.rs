@@ -44,6 +44,14 @@ pub enum RedisTarget {
         username: Option<String>,
         password: Option<String>,
     },
+    /// `redis+cluster://` or `rediss+cluster://` (TLS): a Redis Cluster; the hosts are seeds,
+    /// the topology is discovered (and followed) by the client.
+    Cluster {
+        nodes: Vec<(String, u16)>,
+        tls: bool,
+        username: Option<String>,
+        password: Option<String>,
+    },
 }
 
 /// How the revocation feed's long-poll wakes are paced (`WEAUTH_FEED_COALESCE`,
@@ -137,7 +145,9 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// `redis://[user:password@]host:port/db`, `rediss://…` (TLS), or
     /// `redis+sentinel://[user:password@]host:port[,host:port…]/<master-name>[/db]` (the
-    /// user and password are the Redis servers'; the sentinels are asked without).
+    /// user and password are the Redis servers'; the sentinels are asked without), or
+    /// `redis+cluster://[user:password@]host:port[,host:port…]/` (`rediss+cluster://` for TLS;
+    /// the hosts are seeds of a Redis Cluster).
     Redis {
         target: RedisTarget,
         /// The URL with its password masked, for messages and logs.
@@ -209,7 +219,7 @@ pub struct Config {
     /// `WEAUTH_REDIS_PREFIX`, default `weauth:`: the prefix of every Redis key (several
     /// deployments, or tests, can share one Redis).
     pub redis_prefix: String,
-    /// `WEAUTH_REDIS_WAIT_REPLICAS`, default 1 with Sentinel, else 0: after each write, `WAIT`
+    /// `WEAUTH_REDIS_WAIT_REPLICAS`, default 1 with Sentinel or a Cluster, else 0: after each write, `WAIT`
     /// for this many replicas before answering.
     pub redis_wait_replicas: usize,
     /// `WEAUTH_REDIS_WAIT_TIMEOUT`, default `500ms`: the longest such wait.
@@ -680,7 +690,7 @@ impl Config {
         let sentinel = matches!(
             store,
             StoreUrl::Redis {
-                target: RedisTarget::Sentinel { .. },
+                target: RedisTarget::Sentinel { .. } | RedisTarget::Cluster { .. },
                 ..
             }
         );

@@ -142,16 +142,16 @@ pub(super) fn mask_password(text: &str) -> String {
     }
 }
 
-pub(super) fn parse_sentinel(rest: &str, display: String) -> Result<StoreUrl, ConfigError> {
-    let fail = |reason: &str| {
-        bad(
-            "WEAUTH_STORE",
-            format!(
-                "`{display}`: {reason} (expected redis+sentinel://[user:password@]host:port[,host:port…]/<master-name>[/db])"
-            ),
-        )
-    };
-    let (authority, path) = rest.split_once('/').ok_or_else(|| fail("no master name"))?;
+/// A URL's user, password and `host:port` list.
+type Hosts = (Option<String>, Option<String>, Vec<(String, u16)>);
+
+/// `[user:password@]host[:port][,host[:port]…]` → (user, password, hosts), `default_port`
+/// where a host has none.
+fn parse_hosts(
+    authority: &str,
+    default_port: u16,
+    fail: &dyn Fn(&str) -> ConfigError,
+) -> Result<Hosts, ConfigError> {
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((userinfo, hosts)) => (Some(userinfo), hosts),
         None => (None, authority),
@@ -172,7 +172,7 @@ pub(super) fn parse_sentinel(rest: &str, display: String) -> Result<StoreUrl, Co
             None => (None, Some(decode(info))),
         },
     };
-    let mut sentinels = Vec::new();
+    let mut parsed = Vec::new();
     for host in hosts.split(',').filter(|h| !h.trim().is_empty()) {
         let (name, port) = match host.rsplit_once(':') {
             Some((name, port)) => (
@@ -180,13 +180,27 @@ pub(super) fn parse_sentinel(rest: &str, display: String) -> Result<StoreUrl, Co
                 port.parse::<u16>()
                     .map_err(|_| fail(&format!("`{port}` is not a port")))?,
             ),
-            None => (host, 26379),
+            None => (host, default_port),
         };
         if name.is_empty() {
             return Err(fail("empty host"));
         }
-        sentinels.push((name.to_string(), port));
+        parsed.push((name.to_string(), port));
     }
+    Ok((username, password, parsed))
+}
+
+pub(super) fn parse_sentinel(rest: &str, display: String) -> Result<StoreUrl, ConfigError> {
+    let fail = |reason: &str| {
+        bad(
+            "WEAUTH_STORE",
+            format!(
+                "`{display}`: {reason} (expected redis+sentinel://[user:password@]host:port[,host:port…]/<master-name>[/db])"
+            ),
+        )
+    };
+    let (authority, path) = rest.split_once('/').ok_or_else(|| fail("no master name"))?;
+    let (username, password, sentinels) = parse_hosts(authority, 26379, &fail)?;
     if sentinels.is_empty() {
         return Err(fail("no sentinel host"));
     }
@@ -213,9 +227,51 @@ pub(super) fn parse_sentinel(rest: &str, display: String) -> Result<StoreUrl, Co
     })
 }
 
+/// `redis+cluster://[user:password@]host:port[,host:port…]/` (`rediss+cluster://`: TLS). A
+/// cluster has one database, so the path must be empty.
+pub(super) fn parse_cluster(
+    rest: &str,
+    tls: bool,
+    display: String,
+) -> Result<StoreUrl, ConfigError> {
+    let fail = |reason: &str| {
+        bad(
+            "WEAUTH_STORE",
+            format!(
+                "`{display}`: {reason} (expected redis+cluster://[user:password@]host:port[,host:port…]/)"
+            ),
+        )
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() {
+        return Err(fail(&format!(
+            "`/{path}`: a Redis Cluster has no database index"
+        )));
+    }
+    let (username, password, nodes) = parse_hosts(authority, 6379, &fail)?;
+    if nodes.is_empty() {
+        return Err(fail("no seed node"));
+    }
+    Ok(StoreUrl::Redis {
+        target: RedisTarget::Cluster {
+            nodes,
+            tls,
+            username,
+            password,
+        },
+        display,
+    })
+}
+
 pub(super) fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
     if let Some(rest) = text.strip_prefix("redis+sentinel://") {
         return parse_sentinel(rest, mask_password(text));
+    }
+    if let Some(rest) = text.strip_prefix("redis+cluster://") {
+        return parse_cluster(rest, false, mask_password(text));
+    }
+    if let Some(rest) = text.strip_prefix("rediss+cluster://") {
+        return parse_cluster(rest, true, mask_password(text));
     }
     if text.starts_with("redis://") || text.starts_with("rediss://") {
         let display = mask_password(text);
@@ -251,7 +307,7 @@ pub(super) fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
     Err(bad(
         "WEAUTH_STORE",
         format!(
-            "`{}` is not a store URL (expected sqlite://PATH, redis://, rediss://, redis+sentinel:// or mysql://)",
+            "`{}` is not a store URL (expected sqlite://PATH, redis://, rediss://, redis+sentinel://, redis+cluster:// or mysql://)",
             mask_password(text)
         ),
     ))

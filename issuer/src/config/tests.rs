@@ -538,3 +538,65 @@ fn config_mysql_needs_data_key_and_a_valid_pool() {
         ["WEAUTH_MYSQL_POOL_MAX", "WEAUTH_MYSQL_ACQUIRE_TIMEOUT"]
     );
 }
+
+#[test]
+fn config_redis_cluster_url_parsed_seeds_and_password_masked() {
+    let config = load(&with(&[
+        (
+            "WEAUTH_STORE",
+            "rediss+cluster://app:s3cret@n1:7000,n2,n3:7002/",
+        ),
+        KEY,
+    ]))
+    .unwrap();
+    let StoreUrl::Redis { target, display } = &config.store else {
+        panic!("expected redis");
+    };
+    assert_eq!(
+        target,
+        &RedisTarget::Cluster {
+            nodes: vec![
+                ("n1".into(), 7000),
+                ("n2".into(), 6379),
+                ("n3".into(), 7002)
+            ],
+            tls: true,
+            username: Some("app".into()),
+            password: Some("s3cret".into()),
+        }
+    );
+    assert_eq!(display, "rediss+cluster://app:***@n1:7000,n2,n3:7002/");
+    assert_eq!(
+        config.redis_wait_replicas, 1,
+        "a cluster waits for one replica"
+    );
+    let config = load(&with(&[
+        ("WEAUTH_STORE", "redis+cluster://10.0.0.1:7000"),
+        KEY,
+    ]))
+    .unwrap();
+    assert!(matches!(
+        config.store,
+        StoreUrl::Redis {
+            target: RedisTarget::Cluster { tls: false, .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn config_redis_cluster_url_without_node_or_with_db_refused() {
+    for url in [
+        "redis+cluster:///",
+        "redis+cluster://:pw@/",
+        "redis+cluster://h:7000/2",
+        "redis+cluster://h:x/",
+    ] {
+        let Err(errors) = load(&with(&[("WEAUTH_STORE", url), KEY])) else {
+            panic!("{url} must be refused");
+        };
+        let text = errors.to_string();
+        assert!(text.contains("WEAUTH_STORE"), "{text}");
+        assert!(!text.contains("pw@"), "password masked: {text}");
+    }
+}

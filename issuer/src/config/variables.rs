@@ -44,7 +44,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_STORE",
         "sqlite://weauth.db",
-        "where state lives: sqlite://PATH, redis://, rediss://, redis+sentinel:// or mysql://user:password@host:port/db",
+        "where state lives: sqlite://PATH, redis://, rediss://, redis+sentinel://, redis+cluster:// or mysql://user:password@host:port/db",
     ),
     var(
         "WEAUTH_REDIS_PREFIX",
@@ -54,7 +54,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_REDIS_WAIT_REPLICAS",
         "",
-        "WAIT for this many Redis replicas after each write (default 1 with Sentinel, else 0)",
+        "WAIT for this many Redis replicas after each write (default 1 with Sentinel or a Cluster, else 0)",
     ),
     var(
         "WEAUTH_REDIS_WAIT_TIMEOUT",

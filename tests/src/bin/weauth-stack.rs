@@ -274,7 +274,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // `make up STORE=redis`: a redis-server and two issuer replicas (8080 and 8082) behind
-    // Envoy's issuer cluster; `STORE=mysql`: the same on a mariadbd.
+    // Envoy's issuer cluster; `STORE=mysql`: the same on a mariadbd; `STORE=redis-cluster`: the
+    // same on a Redis Cluster.
     match std::env::var("WEAUTH_STACK_STORE")
         .unwrap_or_default()
         .as_str()
@@ -282,8 +283,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "" | "sqlite" => {}
         "redis" => builder = builder.redis_replicas(2),
         "mysql" => builder = builder.mysql_replicas(2),
+        // A 6-node Redis Cluster (3 primaries, 3 replicas, in .run/cluster/, formed afresh
+        // at every start) and the same two replicas on `redis+cluster://`.
+        "redis-cluster" => builder = builder.redis_replicas(2).redis_cluster(),
         other => {
-            eprintln!("weauth-stack: STORE={other}: expected sqlite, redis or mysql");
+            eprintln!(
+                "weauth-stack: STORE={other}: expected sqlite, redis, redis-cluster or mysql"
+            );
             std::process::exit(2);
         }
     }

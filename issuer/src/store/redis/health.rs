@@ -1,6 +1,8 @@
 //! What the Redis store checks about its server, apart from the data: the error a failed
 //! connection is explained with, persistence (AOF) and the eviction policy at start, and the
 //! periodic reads of replication and evicted keys (parsed by `super::super::redis_checks`).
+//! On a cluster the settings are read on every node (the worst one decides) and replication
+//! on the primary holding the store's slot.
 
 use super::*;
 
@@ -22,19 +24,21 @@ pub(super) fn describe_connect_error(err: &RedisError) -> String {
 
 /// Logs what the server promises about acknowledged writes (`CONFIG GET` may be refused on
 /// managed services: then it says it could not check).
-pub(super) async fn check_persistence(conn: &mut ConnectionManager) {
-    let get = |name: &'static str| {
+pub(super) async fn check_persistence(conn: &mut Link) {
+    // Every node's value; the first that differs from the safe one is reported.
+    let get = |name: &'static str, safe: &'static str| {
         let mut conn = conn.clone();
         async move {
-            let pair: Result<Vec<String>, RedisError> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(&mut conn)
-                .await;
-            pair.ok().and_then(|pair| pair.get(1).cloned())
+            config_get(&mut conn, name, |value| value != safe)
+                .await
+                .ok()
+                .flatten()
         }
     };
-    match (get("appendonly").await, get("appendfsync").await) {
+    match (
+        get("appendonly", "yes").await,
+        get("appendfsync", "always").await,
+    ) {
         (Some(aof), Some(fsync)) => {
             if aof != "yes" {
                 tracing::warn!(appendonly = %aof, "Redis runs with appendonly no: a Redis restart loses every write since its last snapshot (set appendonly yes and appendfsync always)");
@@ -99,23 +103,36 @@ impl PolicyCheck {
     }
 }
 
-/// `CONFIG GET name` → its value (`None` when the server has no such setting).
-pub(super) async fn config_get(
-    conn: &mut ConnectionManager,
+/// `CONFIG GET name` on every node → each node's value (`None` where the server has no such
+/// setting).
+async fn config_get_all(conn: &mut Link, name: &str) -> Result<Vec<Option<String>>, RedisError> {
+    let mut get = redis::cmd("CONFIG");
+    get.arg("GET").arg(name);
+    let pairs: Vec<Vec<String>> = conn.on_every_node(&get).await?;
+    Ok(pairs.into_iter().map(|pair| pair.get(1).cloned()).collect())
+}
+
+/// `CONFIG GET name`: the first node's value that `worse` picks out, else the first value
+/// (`None` when the server has no such setting).
+async fn config_get(
+    conn: &mut Link,
     name: &str,
+    worse: impl Fn(&str) -> bool,
 ) -> Result<Option<String>, RedisError> {
-    let pair: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg(name)
-        .query_async(conn)
-        .await?;
-    Ok(pair.get(1).cloned())
+    let values = config_get_all(conn, name).await?;
+    let first = values.first().cloned().flatten();
+    Ok(values
+        .into_iter()
+        .flatten()
+        .find(|value| worse(value))
+        .or(first))
 }
 
 /// Reads `maxmemory-policy` (and `maxmemory`, for the message) and judges it
 /// ([`redis_checks::eviction`]).
-pub(super) async fn check_eviction(conn: &mut ConnectionManager, allow: bool) -> PolicyCheck {
-    let policy = match config_get(conn, "maxmemory-policy").await {
+pub(super) async fn check_eviction(conn: &mut Link, allow: bool) -> PolicyCheck {
+    let evicting = |policy: &str| redis_checks::eviction(policy) != Eviction::Never;
+    let policy = match config_get(conn, "maxmemory-policy", evicting).await {
         Ok(Some(policy)) => policy,
         Ok(None) => return PolicyCheck::Unchecked("no maxmemory-policy setting".into()),
         Err(err) if matches!(redis_err(err.clone()), StoreError::Unavailable(_)) => {
@@ -126,7 +143,10 @@ pub(super) async fn check_eviction(conn: &mut ConnectionManager, allow: bool) ->
     if redis_checks::eviction(&policy) == Eviction::Never {
         return PolicyCheck::Safe;
     }
-    let maxmemory = config_get(conn, "maxmemory").await.ok().flatten();
+    let maxmemory = config_get(conn, "maxmemory", |value| value != "0")
+        .await
+        .ok()
+        .flatten();
     let message = redis_checks::eviction_message(&policy, maxmemory.as_deref(), ALLOW_EVICTION_VAR);
     if allow {
         PolicyCheck::Accepted { policy, message }
@@ -135,22 +155,42 @@ pub(super) async fn check_eviction(conn: &mut ConnectionManager, allow: bool) ->
     }
 }
 
-/// `INFO replication`, parsed; `None` when it could not be read.
-pub(super) async fn read_replication(conn: &mut ConnectionManager) -> Option<Replication> {
-    let text: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(conn)
-        .await
-        .ok()?;
+/// `INFO replication` of the primary holding `slot_key`, parsed; `None` when it could not be
+/// read.
+///
+/// On a cluster it runs inside a script that declares `slot_key`: only the node serving that
+/// slot runs it (any other answers `MOVED`, which the client follows, refreshing its map).
+/// A plain `INFO` routed by the client's map could be answered by another node: after a
+/// failover the health connection, which writes nothing and so never meets a `MOVED`, still
+/// mapped the slot to the dead primary and the client sent the read to a node it had a
+/// connection to — a primary of another shard, whose replica made the promoted primary look
+/// replicated, so every write `WAIT`ed its whole timeout again (measured: 10 requests/s
+/// instead of 156, `tests/tests/e2e_cluster.rs`).
+pub(super) async fn read_replication(conn: &mut Link, slot_key: &str) -> Option<Replication> {
+    let text: String = match conn {
+        Link::Cluster(_) => {
+            static INFO_IN_SLOT: std::sync::LazyLock<redis::Script> =
+                std::sync::LazyLock::new(|| {
+                    redis::Script::new("return redis.call('INFO', 'replication')")
+                });
+            INFO_IN_SLOT.key(slot_key).invoke_async(conn).await.ok()?
+        }
+        Link::Single(_) => {
+            let mut info = redis::cmd("INFO");
+            info.arg("replication");
+            conn.on_primary_of(&info, slot_key).await.ok()?
+        }
+    };
     redis_checks::replication(&text)
 }
 
-/// `evicted_keys` from `INFO stats`.
-pub(super) async fn read_evicted(conn: &mut ConnectionManager) -> Option<u64> {
-    let text: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(conn)
-        .await
-        .ok()?;
-    redis_checks::evicted_keys(&text)
+/// `evicted_keys` from `INFO stats`, summed over the nodes.
+pub(super) async fn read_evicted(conn: &mut Link) -> Option<u64> {
+    let mut info = redis::cmd("INFO");
+    info.arg("stats");
+    let texts: Vec<String> = conn.on_every_node(&info).await.ok()?;
+    texts
+        .iter()
+        .map(|text| redis_checks::evicted_keys(text))
+        .sum::<Option<u64>>()
 }

@@ -7,6 +7,8 @@ use std::fmt::Display;
 
 /// The revocation sequence (`INCR`).
 pub const SEQ: &str = "seq";
+/// The replication id of the primary the last revocation was written on.
+pub const SEQ_EPOCH: &str = "seq_epoch";
 /// Entries with `seq <= purged_through` may be gone.
 pub const PURGED_THROUGH: &str = "purged_through";
 /// The signing keys (hash: kid → JSON).

@@ -1,8 +1,16 @@
 //! The Redis store for several replicas (`WEAUTH_STORE=redis://…`, `rediss://…`,
-//! `redis+sentinel://…`), on the `redis` crate: its tokio `ConnectionManager` multiplexes one
-//! connection per replica and reconnects by itself, and its `sentinel` feature finds the
-//! primary. (`fred` would do as well; `redis` is the more widely used client, is what the
-//! Redis project maintains, and needs no extra runtime glue.)
+//! `redis+sentinel://…`, `redis+cluster://…`, `rediss+cluster://…`), on the `redis` crate: its
+//! tokio `ConnectionManager` multiplexes one connection per replica and reconnects by itself,
+//! its `sentinel` feature finds the primary, and its cluster-async `ClusterConnection`
+//! discovers a Redis Cluster from seed nodes, follows `MOVED`/`ASK` and refreshes the topology
+//! after a failover or a resharding. (`fred` would do as well; `redis` is the more widely used
+//! client, is what the Redis project maintains, and needs no extra runtime glue.)
+//!
+//! One module serves one server, Sentinel and a Cluster: the store is written once against
+//! `link::Link` (a `ConnectionLike` over either connection), and what differs is where a
+//! key lives (below) and which node a `WAIT` or a health read goes to. A sibling
+//! `redis_cluster/` module would have repeated every script and the whole Store impl for a
+//! difference of a hash tag.
 //!
 //! Layout, every key under the prefix `P` (`WEAUTH_REDIS_PREFIX`, default `weauth:`):
 //!
@@ -20,6 +28,7 @@
 //! | `P rev:entries` | hash | seq → entry JSON (wire format) |
 //! | `P rev:by_seq`, `P rev:by_until` | zset | entry order and expiry index |
 //! | `P rev:<kind>:<value>` | zset | seq → issued_before: revocation facts by claim |
+//! | `P seq_epoch` | string | replication id of the primary the last revocation was written on |
 //! | `P purged_through` | string | purge watermark |
 //! | `P keys` | hash | kid → signing key record JSON |
 //! | `P wx:<appid>` | hash | WeChat app token and its refresh lease |
@@ -37,11 +46,70 @@
 //! [`rules::next_watermark`]; the rate-limit bucket: [`crate::domain::ratelimit::RateLimiter`]), the
 //! script mirrors it and the contract suite proves it agrees.
 //!
-//! Scripts build key names from the prefix for the items they discover (a user's sessions, a
-//! purged entry's index), so Redis Cluster is not supported: use one primary, with Sentinel for
-//! failover.
+//! Redis Cluster. A script's keys must all be in one hash slot, and scripts build the names
+//! of the items they discover (a user's sessions, a purged entry's index) from the prefix. On
+//! a cluster the prefix is therefore a hash tag, `{P}` (e.g. `{weauth:}session:<sid>`): a
+//! user's identity, user record, sessions and refresh family, the revocation feed, the key
+//! ring and the web-login ephemeral values are in one slot, so every script touches one slot
+//! and is atomic as on one server. What no script shares has a tag of its own and spreads
+//! over the shards: the login rate-limit buckets `P{rl:<ip>}` (one write per login) and the
+//! apps' WeChat tokens `P{wx:<appid>}`. The slot's primary carries every record write: the
+//! cluster brings failover without Sentinel, topology discovery and resharding with the
+//! client following, not yet write throughput past one primary. Spreading users over slots
+//! (`{P u:<sub>}`) needs what one slot gives for free today: a refresh token names only its
+//! hash (its slot would have to be in the token), a login finds the user by identity before
+//! it knows the `sub`, and a `sub` revocation, the reuse verdict and the purge change a
+//! user's sessions and the feed in one script (they would become two steps, the session
+//! change idempotent). Resharding moves the slot key by key (`MIGRATE`); a script meeting a
+//! slot half moved gets `TRYAGAIN`/`ASK`, which the client retries and otherwise surfaces as
+//! a 503 to retry.
 //!
-//! Durability: with `WAIT` configured (`WEAUTH_REDIS_WAIT_REPLICAS`, default 1 on Sentinel),
+//! The feed. `since` is a cursor into one sequence, `P seq`, written in the same script and
+//! slot as the entry it numbers, so an entry and its seq move, fail over and persist
+//! together; a sidecar reads entries with `seq > since` in seq order. (One feed slot rather
+//! than per-shard feeds with a composite cursor: the cursor stays one number, which every
+//! deployed sidecar already keeps.) The cursor holds after any failover or resharding when
+//! two things hold: no acknowledged entry is lost (nothing skipped), and no seq a reader was
+//! ever given is handed to another entry (a reader past it would never ask for that one).
+//!
+//! - *Acknowledged means replicated.* A revocation is acknowledged after `WAIT` (below), so
+//!   the replica a failover promotes has it and every seq before it, at the same seqs: the
+//!   replica applies the script's effects in order (`tests/tests/e2e_cluster.rs` checks each
+//!   acknowledged logout's seq in the store after a SIGKILL of the slot's primary).
+//! - *What a failover can lose* is an entry the old primary executed but had not replicated
+//!   (its `WAIT` fell short or had not ended: its client got no success, or a success counted
+//!   in `weauth_store_unreplicated_writes_total`). A sidecar may have read it and holds its
+//!   seq as `since`; the new primary's `P seq` is below it and would hand that seq to the
+//!   next revocation. So the REVOKE script reads the primary's `master_replid` and, when it
+//!   differs from `P seq_epoch`, first jumps the seq by [`SEQ_GAP`] (a million; far more than
+//!   a dying primary can hold unreplicated, as every write waits for its replica). Redis gives
+//!   a promoted replica a new replication id (the old one becomes its `master_replid2`), and
+//!   a primary gets a fresh one at every start (only a replica restores its id from disk), so
+//!   every way the serving copy can have lost a suffix of the sequence changes the id. A
+//!   resharding moves the slot to a primary with another id: one harmless jump.
+//!   Meanwhile a cursor past the new seq gets the full list (the feed's "future `since`" rule)
+//!   and applies it again. Seqs only grow, with gaps, and are never reused.
+//! - *A resharding* moves the slot key by key (`MIGRATE`). Every key a script touches is
+//!   declared, so a script meeting the slot half moved gets `TRYAGAIN` or `ASK` before it runs
+//!   (never half-applied), the client retries, and what still fails is a 503 to retry. The
+//!   seq, the entries and `P seq_epoch` move together with the slot; nothing is renumbered.
+//! - *Nothing is applied twice.* An entry is written once under its seq; a reader only gets
+//!   entries above its cursor, or a full list to apply from scratch; the session change an
+//!   entry carries is idempotent (`HSETNX revoked_at`).
+//!
+//! What this does not cover: losing the slot's primary and its replica's copy at once (a
+//! primary without persistence restarting empty brings `P seq` back to 0; the AOF check at
+//! start warns of that configuration), a failover of the *target* primary in the moment
+//! after a resharding moved the slot to it (`MIGRATE` does not wait for the target's
+//! replica). The purge's script still finds by name the keys of what it removes (an entry's
+//! claim index, a session's code and user set), so during a resharding it can stop half way
+//! ("non local key", a 503 in the log): every item leaves its expiry index last, so the next
+//! purge finishes what this one began, and only the purge watermark can lag behind expired
+//! entries already removed (a lagging sidecar then gets a delta without them rather than the
+//! full set: they were past their `until`, nothing it needs).
+//!
+//! Durability: with `WAIT` configured (`WEAUTH_REDIS_WAIT_REPLICAS`, default 1 on Sentinel
+//! and on a cluster, where it goes to the primary of the store's slot),
 //! every write is acknowledged to the client only after that many replicas have it, or after
 //! `WEAUTH_REDIS_WAIT_TIMEOUT` (then a warning is logged and counted: that write could be lost
 //! by a failover in the next moment). `WAIT` asks for no more replicas than the primary last
@@ -53,8 +121,12 @@
 //! read (`INFO replication`, on a second connection that no `WAIT` blocks) at connect, after
 //! every Sentinel re-resolution, after a `WAIT` that fell short, and by [`RedisStore::check_health`]
 //! (the issuer calls it every second), which also follows `evicted_keys` and re-checks
-//! `maxmemory-policy`. The pure side of these checks is [`super::redis_checks`].
-//! Revocations are published on `P revocations` so every replica's long polls wake at once.
+//! `maxmemory-policy`. On a cluster `maxmemory-policy`, AOF and `evicted_keys` are read on
+//! every node (any evicting node refuses the start). The pure side of these checks is
+//! [`super::redis_checks`].
+//! Revocations are published on `P revocations` so every replica's long polls wake at once (on
+//! a cluster a `PUBLISH` reaches every node; a follower subscribes on the first seed that
+//! answers and, when that node goes, on the next).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -87,15 +159,21 @@ use crate::domain::rules::{
 /// what a purge that never runs would leave behind.
 mod health;
 mod keys;
+mod link;
 mod scripts;
 mod store;
 
 use self::health::*;
+use self::link::Link;
 use self::scripts::Scripts;
 
 const TTL_SLACK: i64 = 86_400;
 /// How many times a compare-and-set is retried after losing a race before answering busy.
 const CAS_ATTEMPTS: usize = 8;
+/// How far the revocation seq jumps when a revocation is written on another primary than the
+/// last one (a failover or a restart): more than the revocations a primary can have
+/// acknowledged without a replica when it dies (see "The feed" in the module docs).
+const SEQ_GAP: i64 = 1_000_000;
 /// Items removed per kind per purge call.
 const PURGE_BATCH: usize = 10_000;
 
@@ -122,10 +200,10 @@ pub const ALLOW_EVICTION_VAR: &str = "WEAUTH_REDIS_ALLOW_EVICTION";
 
 /// Connection state: the current primary's connection managers.
 struct Conn {
-    manager: ConnectionManager,
-    /// A second connection to the same primary for the health reads (`INFO`, `CONFIG GET`),
-    /// so they are never queued behind a `WAIT` on the main one.
-    health: ConnectionManager,
+    manager: Link,
+    /// A second connection to the same primary (or cluster) for the health reads (`INFO`,
+    /// `CONFIG GET`), so they are never queued behind a `WAIT` on the main one.
+    health: Link,
     /// When the primary was last re-resolved through Sentinel.
     resolved_at: Instant,
 }
@@ -138,6 +216,8 @@ pub struct RedisStore {
 
 struct Inner {
     options: RedisOptions,
+    /// The prefix of the keys the scripts share (on a cluster, `{P}`: one hash slot).
+    prefix: String,
     conn: Mutex<Conn>,
     /// Serializes Sentinel re-resolution.
     resolving: tokio::sync::Mutex<()>,
@@ -219,9 +299,14 @@ pub fn redis_err(err: RedisError) -> StoreError {
                     | ServerErrorKind::MasterDown
                     | ServerErrorKind::BusyLoading
                     | ServerErrorKind::TryAgain
-            )
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            ) | ErrorKind::ClusterConnectionNotFound
         );
-    if transient {
+    // A script reaching a key of a slot being migrated (resharding): retry shortly.
+    let migrating = err.to_string().contains("non local key");
+    if transient || migrating {
         StoreError::Unavailable(Box::new(err))
     } else {
         StoreError::Backend(Box::new(err))
@@ -325,7 +410,103 @@ async fn primary_client(target: &RedisTarget) -> Result<redis::Client, RedisErro
             let mut sentinel = builder.build()?;
             sentinel.async_get_client().await
         }
+        RedisTarget::Cluster {
+            nodes,
+            tls,
+            username,
+            password,
+        } => {
+            // Any node hears every PUBLISH of the cluster: the first seed that answers.
+            let mut last = None;
+            for (host, port) in nodes {
+                let client = redis::Client::open(node_url(host, *port, *tls, username, password))?;
+                let probe = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.get_multiplexed_async_connection(),
+                )
+                .await;
+                match probe {
+                    Ok(Ok(_)) => return Ok(client),
+                    Ok(Err(err)) => last = Some(err),
+                    Err(_) => {
+                        last = Some(RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("{host}:{port} did not answer within 2 s"),
+                        )))
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                RedisError::from(std::io::Error::other("the cluster URL names no node"))
+            }))
+        }
     }
+}
+
+/// `redis[s]://[user:password@]host:port/` for one cluster node.
+fn node_url(
+    host: &str,
+    port: u16,
+    tls: bool,
+    username: &Option<String>,
+    password: &Option<String>,
+) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let Ok(mut url) = url::Url::parse(&format!("{scheme}://{host}:{port}/")) else {
+        return format!("{scheme}://{host}:{port}/");
+    };
+    if let Some(user) = username {
+        let _ = url.set_username(user);
+    }
+    if let Some(password) = password {
+        let _ = url.set_password(Some(password));
+    }
+    url.to_string()
+}
+
+/// A connection to a Redis Cluster through its seed nodes (the client discovers the rest,
+/// follows `MOVED`/`ASK` and refreshes the topology after a failover or a resharding).
+async fn cluster_link(target: &RedisTarget) -> Result<Link, RedisError> {
+    let RedisTarget::Cluster {
+        nodes,
+        tls,
+        username,
+        password,
+    } = target
+    else {
+        return Err(RedisError::from(std::io::Error::other("not a cluster URL")));
+    };
+    let seeds = nodes
+        .iter()
+        .map(|(host, port)| node_url(host, *port, *tls, &None, &None));
+    let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(3))
+        .retries(8)
+        .min_retry_wait(20)
+        .max_retry_wait(500);
+    if let Some(username) = username {
+        builder = builder.username(username);
+    }
+    if let Some(password) = password {
+        builder = builder.password(password);
+    }
+    if *tls {
+        builder = builder.tls(redis::cluster::TlsMode::Secure);
+    }
+    let client = builder.build()?;
+    Ok(Link::Cluster(client.get_async_connection().await?))
+}
+
+/// The main and the health connections.
+async fn connect_links(target: &RedisTarget) -> Result<(Link, Link), RedisError> {
+    if matches!(target, RedisTarget::Cluster { .. }) {
+        return Ok((cluster_link(target).await?, cluster_link(target).await?));
+    }
+    let client = primary_client(target).await?;
+    let manager = connect_manager(client.clone()).await?;
+    let health = connect_manager(client).await?;
+    Ok((Link::Single(manager), Link::Single(health)))
 }
 
 impl RedisStore {
@@ -343,18 +524,20 @@ impl RedisStore {
             target: target.clone(),
             source: reason.into(),
         };
-        let client = primary_client(&options.target)
-            .await
-            .map_err(|err| fail(describe_connect_error(&err)))?;
-        let managers = async {
-            let manager = connect_manager(client.clone()).await?;
-            let health = connect_manager(client).await?;
-            Ok::<_, RedisError>((manager, health))
+        let cluster = matches!(options.target, RedisTarget::Cluster { .. });
+        let describe = |err: &RedisError| {
+            let reason = describe_connect_error(err);
+            if cluster {
+                format!("no seed node of the cluster answered as a Redis Cluster node: {reason}")
+            } else {
+                reason
+            }
         };
-        let (mut manager, mut health) = tokio::time::timeout(Duration::from_secs(5), managers)
-            .await
-            .map_err(|_| fail("no answer within 5 s".into()))?
-            .map_err(|err| fail(describe_connect_error(&err)))?;
+        let (mut manager, mut health) =
+            tokio::time::timeout(Duration::from_secs(5), connect_links(&options.target))
+                .await
+                .map_err(|_| fail("no answer within 5 s".into()))?
+                .map_err(|err| fail(describe(&err)))?;
         let probe: Result<i64, RedisError> = redis::cmd("EVAL")
             .arg("return 1")
             .arg(0)
@@ -371,9 +554,16 @@ impl RedisStore {
         }
         policy.log(false);
         check_persistence(&mut manager).await;
+        let prefix = if cluster {
+            // A hash tag: every key the scripts share lands in one slot.
+            format!("{{{}}}", options.prefix)
+        } else {
+            options.prefix.clone()
+        };
         let store = RedisStore {
             inner: Arc::new(Inner {
                 options,
+                prefix,
                 conn: Mutex::new(Conn {
                     manager,
                     health: health.clone(),
@@ -397,21 +587,23 @@ impl RedisStore {
                 },
             }),
         };
-        store.note_replication(read_replication(&mut health).await);
+        let slot_key = store.key(keys::SEQ);
+        store.note_replication(read_replication(&mut health, &slot_key).await);
         if let Some(evicted) = read_evicted(&mut health).await {
             store.note_evicted(evicted);
         }
         Ok(store)
     }
 
-    /// The key prefix.
+    /// The prefix of the keys the scripts share (`WEAUTH_REDIS_PREFIX`; on a cluster inside
+    /// a hash tag, `{P}`).
     pub fn prefix(&self) -> &str {
-        &self.inner.options.prefix
+        &self.inner.prefix
     }
 
     /// The pub/sub channel revocations are announced on (payload: the new seq).
     pub fn channel(&self) -> String {
-        format!("{}revocations", self.prefix())
+        format!("{}revocations", self.inner.options.prefix)
     }
 
     /// A client for the current primary (for pub/sub subscriptions).
@@ -425,10 +617,20 @@ impl RedisStore {
     }
 
     fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.inner.options.prefix)
+        format!("{}{name}", self.inner.prefix)
     }
 
-    fn manager(&self) -> Result<ConnectionManager, StoreError> {
+    /// A key no script shares with another (a rate-limit bucket, an app's WeChat token): on a
+    /// cluster its own hash tag, `P{name}`, so these spread over the shards.
+    fn key_apart(&self, name: &str) -> String {
+        if matches!(self.inner.options.target, RedisTarget::Cluster { .. }) {
+            format!("{}{{{name}}}", self.inner.options.prefix)
+        } else {
+            self.key(name)
+        }
+    }
+
+    fn manager(&self) -> Result<Link, StoreError> {
         self.inner
             .conn
             .lock()
@@ -439,6 +641,12 @@ impl RedisStore {
     /// After a connection failure behind Sentinel, asks the sentinels for the primary again
     /// (at most every 250 ms) and switches to it. A direct connection reconnects by itself.
     async fn after_failure(&self, err: &StoreError) {
+        if is_readonly(err) && matches!(self.inner.options.target, RedisTarget::Cluster { .. }) {
+            // The client follows the new topology by itself; the slot's primary may be a
+            // promoted replica with none of its own: re-read before the next WAIT.
+            self.reread_replication().await;
+            return;
+        }
         if !is_readonly(err) || !matches!(self.inner.options.target, RedisTarget::Sentinel { .. }) {
             return;
         }
@@ -454,17 +662,13 @@ impl RedisStore {
         if recent {
             return;
         }
-        let resolved = async {
-            let client = primary_client(&self.inner.options.target).await?;
-            let manager = connect_manager(client.clone()).await?;
-            let health = connect_manager(client).await?;
-            Ok::<_, RedisError>((manager, health))
-        };
+        let resolved = connect_links(&self.inner.options.target);
         match tokio::time::timeout(Duration::from_secs(3), resolved).await {
             Ok(Ok((manager, mut health))) => {
                 // Before any write reaches the new primary: does it have a replica to WAIT
                 // for (a promoted replica usually has none until the old primary returns)?
-                self.note_replication(read_replication(&mut health).await);
+                let slot_key = self.key(keys::SEQ);
+                self.note_replication(read_replication(&mut health, &slot_key).await);
                 if let Ok(mut watch) = self.inner.health.evictions.lock() {
                     watch.rebase();
                 }
@@ -494,7 +698,7 @@ impl RedisStore {
     /// Runs one operation on the current connection, mapping and reacting to failures.
     async fn op<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Link) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let manager = self.manager()?;
@@ -594,13 +798,13 @@ impl RedisStore {
             waits: &self.inner.waits,
         };
         let millis = u64::try_from(self.inner.options.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+        // On a cluster, the primary holding the store's slot (every write WAITed for is there).
+        let slot_key = self.key(keys::SEQ);
         let acked: Result<usize, StoreError> = self
             .op(|mut conn| async move {
-                redis::cmd("WAIT")
-                    .arg(replicas)
-                    .arg(millis)
-                    .query_async(&mut conn)
-                    .await
+                let mut wait = redis::cmd("WAIT");
+                wait.arg(replicas).arg(millis);
+                conn.on_primary_of(&wait, &slot_key).await
             })
             .await;
         let short = matches!(acked, Ok(n) if n < replicas);
@@ -646,7 +850,7 @@ impl RedisStore {
         usize::try_from(self.inner.health.online.load(Ordering::Relaxed)).ok()
     }
 
-    fn health_manager(&self) -> Result<ConnectionManager, StoreError> {
+    fn health_manager(&self) -> Result<Link, StoreError> {
         self.inner
             .conn
             .lock()
@@ -668,7 +872,11 @@ impl RedisStore {
             return;
         }
         if let Ok(mut conn) = self.health_manager() {
-            let read = tokio::time::timeout(Duration::from_secs(1), read_replication(&mut conn));
+            let slot_key = self.key(keys::SEQ);
+            let read = tokio::time::timeout(
+                Duration::from_secs(1),
+                read_replication(&mut conn, &slot_key),
+            );
             if let Ok(replication) = read.await {
                 self.note_replication(replication);
             }
@@ -764,8 +972,9 @@ impl RedisStore {
     /// Runs on the health connection, so a `WAIT` on the main one does not delay it.
     pub async fn check_health(&self) -> RedisHealth {
         if let Ok(mut conn) = self.health_manager() {
+            let slot_key = self.key(keys::SEQ);
             let reads = async {
-                self.note_replication(read_replication(&mut conn).await);
+                self.note_replication(read_replication(&mut conn, &slot_key).await);
                 if let Some(evicted) = read_evicted(&mut conn).await {
                     self.note_evicted(evicted);
                 }
@@ -801,7 +1010,7 @@ impl RedisStore {
         }
         let burst = f64::from(burst.max(1));
         let ttl = ((burst / per_second).ceil() as i64).max(1) + 1;
-        let key = self.key(&keys::rate_limit(client));
+        let key = self.key_apart(&keys::rate_limit(client));
         let mut call = self.inner.scripts.rate_limit.prepare_invoke();
         call.key(key).arg(now).arg(per_second).arg(burst).arg(ttl);
         let retry: u64 = self.eval(&call).await?;
@@ -844,14 +1053,40 @@ impl RedisStore {
         }))
     }
 
+    /// The token and its session, read together: the token's sid first, then the script
+    /// with both keys declared (it answers `retry` if the sid changed in between).
     async fn read_refresh(&self, hash: &str) -> Result<Option<RefreshRow>, StoreError> {
         let key = self.key(&keys::refresh(hash));
-        let prefix = self.prefix().to_string();
-        let mut call = self.inner.scripts.read_refresh.prepare_invoke();
-        call.key(key).arg(prefix);
-        let row: Option<Vec<String>> = self.eval(&call).await?;
+        let mut row = None;
+        for _ in 0..CAS_ATTEMPTS {
+            let token = key.clone();
+            let sid: Option<String> = self
+                .op(|mut conn| async move { conn.hget(token, "sid").await })
+                .await?;
+            let Some(sid) = sid else {
+                return Ok(None);
+            };
+            let mut call = self.inner.scripts.read_refresh.prepare_invoke();
+            call.key(&key).key(self.key(&keys::session(&sid))).arg(&sid);
+            match self.eval::<redis::Value>(&call).await? {
+                redis::Value::Nil => return Ok(None),
+                redis::Value::Array(values) => {
+                    row = Some(
+                        values
+                            .into_iter()
+                            .map(String::from_redis_value)
+                            .collect::<Result<Vec<String>, _>>()
+                            .map_err(|_| StoreError::Corrupt("refresh token read".into()))?,
+                    );
+                    break;
+                }
+                _ => continue,
+            }
+        }
         let Some(row) = row else {
-            return Ok(None);
+            return Err(StoreError::Busy(
+                "the refresh token changed under every read attempt".into(),
+            ));
         };
         let num = |text: &str| -> Result<i64, StoreError> {
             text.parse()
@@ -887,35 +1122,55 @@ impl RedisStore {
         guard: bool,
     ) -> Result<Option<Entry>, StoreError> {
         let name = kind.name();
-        let keys = [
-            self.key(keys::SEQ),
-            self.key(keys::REV_ENTRIES),
-            self.key(keys::REV_BY_SEQ),
-            self.key(keys::REV_BY_UNTIL),
-            self.key(&keys::revoked(name, value)),
-        ];
-        let (prefix, channel) = (self.prefix().to_string(), self.channel());
-        let value = value.to_string();
-        let mut call = self.inner.scripts.revoke.prepare_invoke();
-        for key in &keys {
-            call.key(key);
-        }
-        call.arg(prefix)
-            .arg(name)
-            .arg(value)
-            .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
-            .arg(until)
-            .arg(now)
-            .arg(if guard { "1" } else { "0" })
-            .arg(channel);
-        let json: Option<String> = self.eval(&call).await?;
-        match json {
-            Some(json) => {
-                self.replicate().await;
-                parse_entry(&json).map(Some)
+        for _ in 0..CAS_ATTEMPTS {
+            let mut keys = vec![
+                self.key(keys::SEQ),
+                self.key(keys::REV_ENTRIES),
+                self.key(keys::REV_BY_SEQ),
+                self.key(keys::REV_BY_UNTIL),
+                self.key(&keys::revoked(name, value)),
+                self.key(keys::SEQ_EPOCH),
+            ];
+            // Every key the script touches is declared (Redis Cluster: a key a script finds
+            // by itself may be half migrated): the session, or the user's sessions as read
+            // now (the script answers `retry` when they changed).
+            if guard || kind == EntryKind::Sid {
+                keys.push(self.key(&keys::session(value)));
+            } else if kind == EntryKind::Sub {
+                let set = self.key(&keys::sub_sessions(value));
+                let members = set.clone();
+                let sids: Vec<String> = self
+                    .op(|mut conn| async move { conn.smembers(members).await })
+                    .await?;
+                keys.push(set);
+                keys.extend(sids.iter().map(|sid| self.key(&keys::session(sid))));
             }
-            None => Ok(None),
+            let mut call = self.inner.scripts.revoke.prepare_invoke();
+            for key in &keys {
+                call.key(key);
+            }
+            call.arg(self.prefix())
+                .arg(name)
+                .arg(value)
+                .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
+                .arg(until)
+                .arg(now)
+                .arg(if guard { "1" } else { "0" })
+                .arg(self.channel())
+                .arg(SEQ_GAP);
+            let json: Option<String> = self.eval(&call).await?;
+            match json {
+                Some(json) if json == "retry" => continue,
+                Some(json) => {
+                    self.replicate().await;
+                    return parse_entry(&json).map(Some);
+                }
+                None => return Ok(None),
+            }
         }
+        Err(StoreError::Busy(
+            "the user's sessions changed under every revocation attempt".into(),
+        ))
     }
 }
 

@@ -373,7 +373,7 @@ impl Store for RedisStore {
     }
 
     async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
-        let key = self.key(&keys::wechat_token(appid));
+        let key = self.key_apart(&keys::wechat_token(appid));
         let fields: HashMap<String, Vec<u8>> = self
             .op(|mut conn| async move { conn.hgetall(key).await })
             .await?;
@@ -395,7 +395,10 @@ impl Store for RedisStore {
         now: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError> {
-        let (key, holder) = (self.key(&keys::wechat_token(appid)), holder.to_string());
+        let (key, holder) = (
+            self.key_apart(&keys::wechat_token(appid)),
+            holder.to_string(),
+        );
         let mut call = self.inner.scripts.lease.prepare_invoke();
         call.key(key).arg(holder).arg(now).arg(lease_until);
         let taken: i64 = self.eval(&call).await?;
@@ -409,7 +412,7 @@ impl Store for RedisStore {
         holder: &str,
     ) -> Result<(), StoreError> {
         let (key, token, holder) = (
-            self.key(&keys::wechat_token(appid)),
+            self.key_apart(&keys::wechat_token(appid)),
             token.clone(),
             holder.to_string(),
         );
@@ -426,7 +429,10 @@ impl Store for RedisStore {
     }
 
     async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
-        let (key, holder) = (self.key(&keys::wechat_token(appid)), holder.to_string());
+        let (key, holder) = (
+            self.key_apart(&keys::wechat_token(appid)),
+            holder.to_string(),
+        );
         let mut call = self.inner.scripts.release.prepare_invoke();
         call.key(key).arg(holder);
         let _: i64 = self.eval(&call).await?;
@@ -438,7 +444,10 @@ impl Store for RedisStore {
         appid: &str,
         token_hash: &str,
     ) -> Result<bool, StoreError> {
-        let (key, hash) = (self.key(&keys::wechat_token(appid)), token_hash.to_string());
+        let (key, hash) = (
+            self.key_apart(&keys::wechat_token(appid)),
+            token_hash.to_string(),
+        );
         let mut call = self.inner.scripts.invalidate.prepare_invoke();
         call.key(key).arg(hash);
         let removed: i64 = self.eval(&call).await?;

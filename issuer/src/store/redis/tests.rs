@@ -164,6 +164,18 @@ async fn redis_killed_then_restarted_reconnects_keeping_acknowledged_writes() {
         Some(entry.seq),
         "the handle reconnects and the AOF kept the write"
     );
+    // A restarted primary has a new replication id: the next seq jumps past any a lost
+    // revocation could have been served with.
+    let next = store
+        .revoke(&Revoke::Jti("after".into()), 10, 100)
+        .await
+        .unwrap();
+    assert_eq!(next.seq, entry.seq + SEQ_GAP as u64 + 1);
+    let again = store
+        .revoke(&Revoke::Jti("again".into()), 10, 100)
+        .await
+        .unwrap();
+    assert_eq!(again.seq, next.seq + 1, "one jump per primary change");
 }
 
 /// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls
@@ -312,3 +324,6 @@ async fn redis_check_health_counts_evictions() {
     }
     assert!(store.check_health().await.evicted_keys > 0);
 }
+
+/// The same store on a real 6-node Redis Cluster.
+mod cluster;

@@ -1,0 +1,99 @@
+//! The connection the Redis store runs its commands on: one server's `ConnectionManager`
+//! (a direct URL, or the primary Sentinel names) or a Redis Cluster's `ClusterConnection`
+//! (which follows `MOVED`/`ASK`, fails over and refreshes the topology by itself). Both are
+//! a [`redis::aio::ConnectionLike`], so every command and script of the store is written
+//! once; the few commands that must reach a given node (`WAIT` and `INFO replication` on the
+//! primary holding the store's slot, the health reads on every node) go through
+//! [`Link::on_primary_of`] and [`Link::on_every_node`].
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+
+/// One server or a cluster. Cheap to clone (both multiplex).
+#[derive(Clone)]
+pub(super) enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Link {
+    /// Runs `cmd` on the primary holding `key`'s slot (on one server: that server).
+    pub(super) async fn on_primary_of<T: FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+        key: &str,
+    ) -> RedisResult<T> {
+        match self {
+            Link::Single(conn) => cmd.query_async(conn).await,
+            Link::Cluster(conn) => {
+                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
+                let value = conn
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                redis::from_redis_value(value).map_err(Into::into)
+            }
+        }
+    }
+
+    /// Runs `cmd` on every node (primaries and replicas of a cluster; the one server
+    /// otherwise) and returns each node's answer. Fails if any node does not answer.
+    pub(super) async fn on_every_node<T: FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+    ) -> RedisResult<Vec<T>> {
+        match self {
+            Link::Single(conn) => Ok(vec![cmd.query_async(conn).await?]),
+            Link::Cluster(conn) => {
+                let value = conn
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None)),
+                    )
+                    .await?;
+                match value {
+                    // One answer per node address.
+                    Value::Map(answers) => answers
+                        .into_iter()
+                        .map(|(_, answer)| redis::from_redis_value(answer).map_err(Into::into))
+                        .collect(),
+                    other => Ok(vec![redis::from_redis_value(other)?]),
+                }
+            }
+        }
+    }
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Single(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(conn) => conn.get_db(),
+            Link::Cluster(conn) => conn.get_db(),
+        }
+    }
+}

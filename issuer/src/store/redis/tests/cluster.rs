@@ -1,0 +1,166 @@
+//! The Redis store on a real 6-node Redis Cluster (3 primaries, 3 replicas; one cluster for
+//! the whole test binary, a fresh key prefix per test): the contract suite, WAIT on the
+//! slot's primary, the announcements, and a cluster URL naming no reachable node.
+
+use super::*;
+use weauth_servers::redis::RedisCluster;
+
+/// A fresh prefix on the shared cluster, so tests never share state.
+struct TestCluster {
+    prefix: String,
+}
+
+fn cluster_options(prefix: &str) -> RedisOptions {
+    let cluster = RedisCluster::shared();
+    RedisOptions {
+        target: cluster_target(&cluster.ports(), None),
+        display: cluster.url(),
+        prefix: prefix.to_string(),
+        wait_replicas: 1,
+        wait_timeout: Duration::from_millis(500),
+        allow_eviction: false,
+    }
+}
+
+fn cluster_target(ports: &[u16], password: Option<&str>) -> RedisTarget {
+    RedisTarget::Cluster {
+        nodes: ports
+            .iter()
+            .map(|port| ("127.0.0.1".into(), *port))
+            .collect(),
+        tls: false,
+        username: password.map(|_| "app".into()),
+        password: password.map(Into::into),
+    }
+}
+
+impl TestCluster {
+    async fn new() -> TestCluster {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        // Started (once) off the async worker: forming the cluster blocks for seconds.
+        tokio::task::spawn_blocking(RedisCluster::shared)
+            .await
+            .unwrap();
+        TestCluster {
+            prefix: format!("c{}:", NEXT.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for TestCluster {
+    async fn handle(&self) -> Arc<dyn Store> {
+        Arc::new(
+            RedisStore::connect(cluster_options(&self.prefix))
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+contract_tests!(TestCluster::new());
+
+/// Every key a script shares is in one slot (the prefix is a hash tag), the keys no script
+/// shares spread; the writes WAIT for the slot primary's replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_keys_share_one_slot_and_writes_reach_a_replica() {
+    let test = TestCluster::new().await;
+    let store = RedisStore::connect(cluster_options(&test.prefix))
+        .await
+        .unwrap();
+    let slot = |key: &str| redis::cluster_routing::Slot::for_key(key.as_bytes());
+    assert_eq!(store.prefix(), format!("{{{}}}", test.prefix));
+    assert_eq!(
+        slot(&store.key(&keys::session("a"))),
+        slot(&store.key(keys::SEQ))
+    );
+    assert_eq!(
+        slot(&store.key(&keys::refresh("h"))),
+        slot(&store.key(keys::KEYS))
+    );
+    let apart: std::collections::HashSet<_> = (0..20)
+        .map(|i| slot(&store.key_apart(&keys::rate_limit(format!("10.0.0.{i}")))))
+        .collect();
+    assert!(apart.len() > 1, "rate-limit buckets spread over slots");
+    let mut health = store.check_health().await;
+    for _ in 0..50 {
+        if health.replicas == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        health = store.check_health().await;
+    }
+    assert_eq!(health.replicas, Some(1), "{health:?}");
+    let before = health.unreplicated_writes;
+    store
+        .revoke(&Revoke::Jti("replicated".into()), 10, 20)
+        .await
+        .unwrap();
+    let short = store.inner.health.short_waits.load(Ordering::Relaxed);
+    let health = store.check_health().await;
+    // A replica slowed by a loaded machine may miss one WAIT: then it is counted, not lost.
+    assert!(
+        health.unreplicated_writes == before || short > 0,
+        "{health:?}"
+    );
+    assert_eq!(health.evicted_keys, 0);
+}
+
+/// Revocations are heard by a follower on another handle (PUBLISH reaches every node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_announcements_reach_another_handle() {
+    use crate::store::shared::{Announcements, RedisAnnouncements};
+    let test = TestCluster::new().await;
+    let announcements = RedisAnnouncements(
+        RedisStore::connect(cluster_options(&test.prefix))
+            .await
+            .unwrap(),
+    );
+    let writer = RedisStore::connect(cluster_options(&test.prefix))
+        .await
+        .unwrap();
+    let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        let heard = move |seq: u64| {
+            let _ = heard_tx.send(seq);
+        };
+        announcements.follow(&heard).await
+    });
+    assert_eq!(heard_rx.recv().await, Some(1));
+    let entry = writer
+        .revoke(&Revoke::Jti("announced".into()), 10, 20)
+        .await
+        .unwrap();
+    assert_eq!(heard_rx.recv().await, Some(entry.seq));
+    follower.abort();
+}
+
+#[tokio::test]
+async fn cluster_url_naming_no_reachable_node_refused_at_start() {
+    let (a, b) = (
+        weauth_servers::free_port().unwrap(),
+        weauth_servers::free_port().unwrap(),
+    );
+    let Err(err) = RedisStore::connect(RedisOptions {
+        target: cluster_target(&[a, b], Some("s3cret")),
+        display: format!("redis+cluster://app:***@127.0.0.1:{a},127.0.0.1:{b}/"),
+        prefix: "t:".into(),
+        wait_replicas: 1,
+        wait_timeout: Duration::from_millis(100),
+        allow_eviction: false,
+    })
+    .await
+    else {
+        panic!("no node answers: the start must fail");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("WEAUTH_STORE=redis+cluster://app:***@127.0.0.1:"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(
+        text.contains("no seed node of the cluster answered"),
+        "{text}"
+    );
+}
