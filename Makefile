@@ -28,7 +28,8 @@ CARGO_LOCKED  := $(if $(CI),--locked,)
 # `-p weauth-filter --features envoy-native` each asked for another set. Now they all run as
 # `cargo test --workspace $(TEST_FEATURES)`: the filter's host build includes the native
 # adapter (so its unit tests run too) and target/debug/libweauth_filter.so is the native module
-# the end-to-end suites load.
+# the end-to-end suites load (`make native-debug` builds every target `cargo test` runs, and the
+# filter's cdylib, which `cargo test` alone does not link).
 TEST_FEATURES := --features weauth-filter/envoy-native
 ifneq ($(CI),)
 export CARGO_INCREMENTAL := 0
@@ -121,12 +122,13 @@ native: ## build the filter as an Envoy dynamic module: target/native/libweauth_
 	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --features envoy-native --profile native
 	@ls -l $(NATIVE) | awk '{print "native: " $$NF " (" $$5 " bytes)"}'
 
-# The native module in the dev profile, for the end-to-end suites of `make test`: it reuses the
-# dependencies the workspace's debug build compiled (seconds, where `make native`'s release
-# profile compiles them all again, about 70 s cold). Copied out of target/debug/, where the
-# workspace's own build of the filter (without the feature) writes the same file name.
+# The native module in the dev profile, for the end-to-end suites of `make test`: the
+# workspace's debug build of every target `cargo test` runs, with TEST_FEATURES (so the filter's
+# cdylib is the native module), then the module copied out of target/debug/ so that a later
+# build with other features cannot overwrite the one the suites load. `make native`'s release
+# profile compiles every dependency again (about 70 s cold).
 native-debug:
-	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-run
+	$(CARGO) build $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --lib --bins --tests --examples
 	@mkdir -p $(dir $(NATIVE_DEBUG)) && cp target/debug/libweauth_filter.so $(NATIVE_DEBUG)
 
 build: setup wasm ## build the issuer, the test binaries and the filter

@@ -194,3 +194,273 @@ pub(super) async fn read_evicted(conn: &mut Link) -> Option<u64> {
         .map(|text| redis_checks::evicted_keys(text))
         .sum::<Option<u64>>()
 }
+
+/// Replication (the group-committed `WAIT`) and the periodic health read.
+impl RedisStore {
+    /// Group commit: one `WAIT` at a time per connection. A `WAIT` covers every write made
+    /// on its connection before it was sent, so a write that finds one in flight waits for
+    /// it to end and then shares the next one with every write that arrived meanwhile. Redis
+    /// runs nothing else from a connection while a `WAIT` blocks it; one at a time bounds
+    /// what a replica that stops answering costs the writes queued on the connection to about
+    /// one `WEAUTH_REDIS_WAIT_TIMEOUT` (the `WAIT` in flight, then the re-read of the replicas
+    /// stops the next), however many are in flight (one `WAIT` each made it their number times
+    /// the timeout).
+    pub(super) async fn replicate(&self) {
+        let wanted = self.inner.options.wait_replicas;
+        if wanted == 0 {
+            return;
+        }
+        let waits = &self.inner.waits;
+        let mut done = waits.done.subscribe();
+        // Any WAIT sent from now on covers this write (its reply has arrived).
+        let needed = match waits.state.lock() {
+            Ok(state) => state.sent + 1,
+            Err(_) => return,
+        };
+        loop {
+            let replicas = redis_checks::wait_target(wanted, self.online_replicas());
+            if replicas == 0 {
+                self.count_unreplicated();
+                return;
+            }
+            let finished = *done.borrow_and_update();
+            if finished.generation >= needed {
+                if finished.acked.is_some_and(|acked| acked < finished.target) {
+                    self.count_unreplicated();
+                }
+                return;
+            }
+            let lead = match waits.state.lock() {
+                Ok(mut state) if !state.in_flight => {
+                    state.in_flight = true;
+                    state.sent += 1;
+                    Some(state.sent)
+                }
+                Ok(_) => None,
+                Err(_) => return,
+            };
+            match lead {
+                Some(generation) => return self.lead_wait(generation, replicas).await,
+                None => {
+                    if done.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the `WAIT` of generation `generation` for `replicas` and publishes its outcome
+    /// to the writes sharing it (see [`Self::replicate`]).
+    pub(super) async fn lead_wait(&self, generation: u64, replicas: usize) {
+        /// Ends the lead even when the request is dropped mid-`WAIT`: the writes waiting on it
+        /// wake up and one of them sends the next.
+        struct Lead<'a> {
+            waits: &'a WaitGroup,
+        }
+        impl Drop for Lead<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut state) = self.waits.state.lock() {
+                    state.in_flight = false;
+                }
+                self.waits.done.send_modify(|_| {});
+            }
+        }
+        let lead = Lead {
+            waits: &self.inner.waits,
+        };
+        let millis = u64::try_from(self.inner.options.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+        // On a cluster, the primary holding the store's slot (every write WAITed for is there).
+        let slot_key = self.key(keys::SEQ);
+        let acked: Result<usize, StoreError> = self
+            .op(|mut conn| async move {
+                let mut wait = redis::cmd("WAIT");
+                wait.arg(replicas).arg(millis);
+                conn.on_primary_of(&wait, &slot_key).await
+            })
+            .await;
+        let short = matches!(acked, Ok(n) if n < replicas);
+        if short {
+            // Before the writes queued behind this WAIT decide whether to send the next one.
+            self.reread_replication().await;
+        }
+        self.inner.waits.done.send_modify(|finished| {
+            *finished = WaitDone {
+                generation,
+                acked: acked.as_ref().ok().copied(),
+                target: replicas,
+            }
+        });
+        drop(lead);
+        match acked {
+            Ok(n) if short => {
+                self.count_unreplicated();
+                self.inner
+                    .health
+                    .short_waits
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    acked = n,
+                    wanted = replicas,
+                    "WEAUTH_REDIS_WAIT_REPLICAS: writes reached fewer replicas than configured within WEAUTH_REDIS_WAIT_TIMEOUT; a failover right now could lose them"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "WAIT failed after a write"),
+        }
+    }
+
+    pub(super) fn count_unreplicated(&self) {
+        self.inner
+            .health
+            .unreplicated_writes
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The replicas the primary last reported online (`None`: unknown).
+    pub(super) fn online_replicas(&self) -> Option<usize> {
+        usize::try_from(self.inner.health.online.load(Ordering::Relaxed)).ok()
+    }
+
+    pub(super) fn health_manager(&self) -> Result<Link, StoreError> {
+        self.inner
+            .conn
+            .lock()
+            .map(|conn| conn.health.clone())
+            .map_err(|_| StoreError::backend("the Redis connection lock is poisoned"))
+    }
+
+    /// After a `WAIT` fell short: re-reads the primary's replicas on the health connection
+    /// (one re-read at a time, at most every 250 ms), so the writes that follow stop waiting
+    /// for a replica that is gone.
+    pub(super) async fn reread_replication(&self) {
+        let health = &self.inner.health;
+        let recent = health
+            .reread_at
+            .lock()
+            .map(|at| at.is_some_and(|at| at.elapsed() < Duration::from_millis(250)))
+            .unwrap_or(true);
+        if recent || health.rereading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(mut conn) = self.health_manager() {
+            let slot_key = self.key(keys::SEQ);
+            let read = tokio::time::timeout(
+                Duration::from_secs(1),
+                read_replication(&mut conn, &slot_key),
+            );
+            if let Ok(replication) = read.await {
+                self.note_replication(replication);
+            }
+        }
+        if let Ok(mut at) = health.reread_at.lock() {
+            *at = Some(Instant::now());
+        }
+        health.rereading.store(false, Ordering::Release);
+    }
+
+    /// Records what `INFO replication` said, logging when the primary has fewer replicas
+    /// online than `WEAUTH_REDIS_WAIT_REPLICAS` asks for, and when they are back.
+    pub(super) fn note_replication(&self, replication: Option<Replication>) {
+        let online = match replication {
+            Some(Replication {
+                primary: true,
+                online,
+            }) => i64::try_from(online).unwrap_or(i64::MAX),
+            _ => -1,
+        };
+        let before = self.inner.health.online.swap(online, Ordering::AcqRel);
+        let wanted = i64::try_from(self.inner.options.wait_replicas).unwrap_or(i64::MAX);
+        if wanted == 0 || online < 0 {
+            return;
+        }
+        let was_short = before >= 0 && before < wanted;
+        if online < wanted && (!was_short || (online == 0) != (before == 0)) {
+            if online == 0 {
+                tracing::error!(
+                    replicas_online = 0,
+                    wanted,
+                    "the Redis primary reports no replica online: acknowledged writes are now on one machine (WAIT is skipped until a replica is back; losing this primary now loses them). Bring a replica back, e.g. restart the old primary: Sentinel makes it a replica"
+                );
+            } else {
+                tracing::warn!(
+                    replicas_online = online,
+                    wanted,
+                    "the Redis primary reports fewer replicas online than WEAUTH_REDIS_WAIT_REPLICAS: writes WAIT for those online only"
+                );
+            }
+        } else if online >= wanted && was_short {
+            tracing::info!(
+                replicas_online = online,
+                wanted,
+                "Redis replicas online again: writes WAIT for WEAUTH_REDIS_WAIT_REPLICAS again"
+            );
+        }
+    }
+
+    /// Records an `evicted_keys` reading, logging what grew.
+    pub(super) fn note_evicted(&self, evicted: u64) {
+        let grown = match self.inner.health.evictions.lock() {
+            Ok(mut watch) => watch.observe(evicted),
+            Err(_) => 0,
+        };
+        if grown > 0 {
+            let total = self
+                .inner
+                .health
+                .evicted_total
+                .fetch_add(grown, Ordering::Relaxed)
+                + grown;
+            tracing::error!(
+                evicted = grown,
+                evicted_since_start = total,
+                "Redis evicted keys (its evicted_keys grew): acknowledged revocations, sessions or refresh tokens may be gone. Set maxmemory-policy noeviction and give Redis more memory"
+            );
+        }
+    }
+
+    /// Logs a `maxmemory-policy` verdict when it differs from the last one logged.
+    pub(super) fn note_policy(&self, policy: &PolicyCheck) {
+        if *policy == PolicyCheck::Unanswered {
+            return;
+        }
+        let seen = policy.seen();
+        let changed = match self.inner.health.policy_seen.lock() {
+            Ok(mut last) => {
+                let changed = last.as_deref() != Some(seen.as_str());
+                *last = Some(seen);
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            policy.log(true);
+        }
+    }
+
+    /// The periodic health read (the issuer runs it every second): the primary's replicas
+    /// online, keys evicted since the last read, and `maxmemory-policy` (logged when it
+    /// changes: an evicting policy set while running is an error in the log, not an exit).
+    /// Runs on the health connection, so a `WAIT` on the main one does not delay it.
+    pub async fn check_health(&self) -> RedisHealth {
+        if let Ok(mut conn) = self.health_manager() {
+            let slot_key = self.key(keys::SEQ);
+            let reads = async {
+                self.note_replication(read_replication(&mut conn, &slot_key).await);
+                if let Some(evicted) = read_evicted(&mut conn).await {
+                    self.note_evicted(evicted);
+                }
+                let policy = check_eviction(&mut conn, self.inner.options.allow_eviction).await;
+                self.note_policy(&policy);
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(3), reads).await;
+        }
+        let health = &self.inner.health;
+        RedisHealth {
+            replicas: self.online_replicas(),
+            wanted: self.inner.options.wait_replicas,
+            evicted_keys: health.evicted_total.load(Ordering::Relaxed),
+            unreplicated_writes: health.unreplicated_writes.load(Ordering::Relaxed),
+        }
+    }
+}
