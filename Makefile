@@ -52,7 +52,7 @@ export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
         monitoring-rules monitoring-check
 
 # Debian packages are installed only when missing, with sudo -n when not root.
-APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )apt-get
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )apt-get -o DPkg::Lock::Timeout=300
 BROWSER_DIR := tests/browser
 export WEAUTH_CHROMIUM ?= /usr/bin/chromium
 
@@ -190,7 +190,7 @@ monitoring-check: monitoring-tools ## promtool check + test the alert rules; the
 image: wasm native ## OCI images target/oci/weauth-issuer, weauth-filter (wasm) and weauth-filter-native (the .so) (buildah, FROM scratch)
 	scripts/image.sh
 
-image-check: wasm native ## make image, then check both images (skipped, saying why, where buildah cannot run)
+image-check: native wasm ## make image, then check both images (skipped, saying why, where buildah cannot run)
 	scripts/image.sh --check
 
 fmt-check: ## cargo fmt --check
@@ -229,17 +229,24 @@ check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's un
 
 # The image check's static release build is the longest build step (about a third of a
 # fresh `make test` when run in line): it starts in the background, at the lowest CPU priority
-# and in its own process group, as soon as the wasm module is built, and runs while the rest
-# builds and the tests run (they mostly wait on Envoy, the stores and the browser). Its output
+# and in its own process group, as soon as the tools are installed (so that no two apt-get run
+# at once), and runs while the rest builds and the tests run (they mostly wait on Envoy, the
+# stores and the browser); it builds the native module first and the wasm module last, which
+# the foreground has built by then. The lint and the wasm module are built side by side
+# (`-j2`): clippy's serial tail and the wasm module's link-time optimization each leave a core
+# idle. Its output
 # is shown at the end, and its failure fails `make test` like any other. It stays in this
 # session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
 # sessions, so in a session of its own `nice` would not hold it back.
-test: lint wasm ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
+test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
 	@mkdir -p target
-	@echo "test: $$(date +%T) lint and the wasm module done; image check (make image-check) started in the background, log in target/image-check.log"
+	@$(MAKE) --no-print-directory setup browser-setup api-tools
+	@echo "test: $$(date +%T) tools installed; image check (make image-check) started in the background, log in target/image-check.log"
 	@set -m; nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; set +m; \
 	trap 'kill -- -$$image 2>/dev/null || true' EXIT; \
-	$(MAKE) --no-print-directory setup browser-setup api-tools manifests monitoring-check native-debug; \
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint wasm; \
+	echo "test: $$(date +%T) lint and the wasm module done"; \
+	$(MAKE) --no-print-directory manifests monitoring-check native-debug; \
 	status=0; \
 	echo "test: $$(date +%T) built; the workspace's tests"; \
 	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast || status=1; \

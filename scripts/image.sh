@@ -38,8 +38,8 @@ native=target/native/libweauth_filter.so
 out=target/oci
 store=(--root "$root/target/buildah/root" --runroot "$root/target/buildah/run" --storage-driver vfs)
 
-apt=(apt-get)
-[ "$(id -u)" = 0 ] || apt=(sudo -n apt-get)
+apt=(apt-get -o DPkg::Lock::Timeout=300)
+[ "$(id -u)" = 0 ] || apt=(sudo -n apt-get -o DPkg::Lock::Timeout=300)
 for pkg in buildah musl-tools ca-certificates; do
   if dpkg -s "$pkg" >/dev/null 2>&1; then
     continue

@@ -54,9 +54,19 @@ async fn raw_get(port: u16, target: &str, token: Option<&str>) -> (u16, String) 
     let request =
         format!("GET {target} HTTP/1.1\r\nHost: weauth.test\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
+    // Read until the answer is complete (its Content-Length), not until the connection closes:
+    // Envoy keeps some connections open after a local reply despite `Connection: close`, and
+    // waiting each of those out made this suite take 26 s.
     let mut response = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response));
-    let _ = read.await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut chunk = [0u8; 4096];
+    while !response_complete(&response) {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => response.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text
         .split_whitespace()
@@ -67,6 +77,20 @@ async fn raw_get(port: u16, target: &str, token: Option<&str>) -> (u16, String) 
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, body)| body.to_string());
     (status, body)
+}
+
+/// Whether `response` holds a whole HTTP/1.1 answer: its head, and as many body bytes as its
+/// `Content-Length` says (an answer without one is read until the connection closes).
+fn response_complete(response: &[u8]) -> bool {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+    let length = head.lines().find_map(|line| {
+        line.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    length.is_some_and(|length| response.len() >= end + 4 + length)
 }
 
 fn json_of(body: &str) -> Value {
