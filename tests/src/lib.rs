@@ -10,6 +10,7 @@
 //! - [`redis`], [`mariadb`]: a real `redis-server` (and `redis-sentinel`) and a real
 //!   `mariadbd` on free loopback ports — the `weauth-servers` crate (`servers/`), shared with
 //!   the issuer's store tests.
+//! - [`replicas`]: what the tests of several issuer replicas behind Envoy share.
 //! - [`prometheus`]: a real `prometheus` scraping a stack with the shipped
 //!   `deploy/monitoring/prometheus.yml` (`make up MONITOR=1`, the dashboard's test).
 //! - [`template`]: rendering of `envoy/envoy.yaml` and `envoy/plugin-config.json` (pure).
@@ -18,6 +19,7 @@
 
 pub mod harness;
 pub mod prometheus;
+pub mod replicas;
 pub mod signal;
 pub mod template;
 pub mod upstream;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use weauth_tests::harness::{stat_value, Stack};
+use weauth_tests::replicas::{client, feed_waiters, hello, login, poll_holder, post};
 
 /// Load workers: each has at most one request in flight.
 const WORKERS: usize = 6;
@@ -34,98 +35,6 @@ async fn start(replicas: usize) -> Stack {
     {
         Ok(stack) => stack,
         Err(e) => panic!("cannot start the replicated stack: {e}"),
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// The number of feed long polls replica `url` holds now.
-async fn feed_waiters(http: &reqwest::Client, url: &str) -> Option<u64> {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    stat_value(&text.replace(' ', ": "), "weauth_feed_waiters")
-}
-
-/// The replica holding the filter's long poll (waits up to 10 s for one to appear).
-async fn poll_holder(stack: &Stack, http: &reqwest::Client) -> usize {
-    let started = Instant::now();
-    loop {
-        for i in 0..stack.replica_count() {
-            if feed_waiters(http, &stack.replica_url(i)).await.unwrap_or(0) > 0 {
-                return i;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no replica holds the filter's feed long poll"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `GET /api/hello` through Envoy: the status.
-async fn hello(http: &reqwest::Client, envoy: &str, token: &str) -> u16 {
-    match http
-        .get(format!("{envoy}/api/hello"))
-        .bearer_auth(token)
-        .send()
-        .await
-    {
-        Ok(resp) => resp.status().as_u16(),
-        Err(_) => 0,
-    }
-}
-
-/// Logs a mock user in through Envoy: `(status, body)`.
-async fn login(http: &reqwest::Client, mock: &str, envoy: &str, user: &str) -> (u16, Value) {
-    let code: Value = http
-        .get(format!("{mock}/mock/login?user={user}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    post(
-        http,
-        envoy,
-        "/v1/login",
-        None,
-        &json!({"code": code["code"]}),
-    )
-    .await
-}
-
-async fn post(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: &Value,
-) -> (u16, Value) {
-    let mut req = http.post(format!("{base}{path}")).json(body);
-    if let Some(token) = bearer {
-        req = req.bearer_auth(token);
-    }
-    match req.send().await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            (status, resp.json().await.unwrap_or(Value::Null))
-        }
-        Err(_) => (0, Value::Null),
     }
 }
 
