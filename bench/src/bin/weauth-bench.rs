@@ -257,7 +257,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => md.push_str("Not run (`--only`, or no target/native/libweauth_filter.so).\n"),
     }
     md.push_str(
-        "\n## Issuer\n\nThe issuer (release build; SQLite, then Redis, then MySQL) straight, not through Envoy, \
+        "\n## Issuer\n\nThe issuer (release build; SQLite, then Redis, MySQL and a Redis Cluster) straight, not through Envoy, \
          against the in-process mock WeChat; login rate limit off (`WEAUTH_LOGIN_RATE=0`); each \
          login is a new user with a fresh code minted outside the timed request.\n\n",
     );
