@@ -169,11 +169,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// `n` random bytes from the OS, as base64url (no padding).
-pub fn random_b64(n: usize) -> String {
+/// `n` random bytes from the OS.
+pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; n];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    weauth_token::b64::encode(&bytes)
+    bytes
+}
+
+/// `n` random bytes from the OS, as base64url (no padding).
+pub fn random_b64(n: usize) -> String {
+    weauth_token::b64::encode(random_bytes(n))
 }
 
 /// A random identifier with a readable prefix (`u_…`, `s_…`, `t_…`), 128 bits.

@@ -1,8 +1,8 @@
 //! Minting and checking tokens (pure: the time is an argument, randomness comes in as values).
 //!
 //! Access tokens are `weauth_token` JWTs (`typ: at+jwt`, which `weauth_token::verify` checks
-//! as the token kind); refresh tokens are opaque 256-bit random strings whose SHA-256 is all the
-//! store ever sees. JWT logic itself lives in `weauth-token`, never here.
+//! as the token kind); refresh tokens are opaque 256-bit strings whose SHA-256 (and the family they share with
+//! their session, [`family_of_sid`]) is all the store ever sees. JWT logic itself lives in `weauth-token`, never here.
 
 use weauth_token::{Audience, Claims, KeySet, SigningKey, Validation, VerifyError};
 
@@ -97,9 +97,41 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// A new refresh token: (the token for the client, its hash for the store).
-pub fn new_refresh_token() -> (String, String) {
-    let token = secrets::random_b64(32);
+/// Characters of a session's *family*: the routing part its refresh tokens share with its sid.
+pub const FAMILY_LEN: usize = 8;
+
+/// A session's family: the first [`FAMILY_LEN`] characters of its sid's random part (after
+/// `s_`), which are also the first characters of every refresh token the session gets. A
+/// rotation knows only the presented token; with the family in it, a sharded store (Redis
+/// Cluster) keeps a session and its refresh tokens on one shard chosen by the family and
+/// reaches it directly, so refreshes spread over every shard. The other stores ignore it.
+/// The 8 characters are 6 random bytes: a refresh token keeps 26 bytes (208 bits) that only
+/// it carries, and the family says nothing an access token's `sid` does not already say.
+pub fn family_of_sid(sid: &str) -> &str {
+    head(sid.strip_prefix("s_").unwrap_or(sid))
+}
+
+/// The family a refresh token names (its first [`FAMILY_LEN`] characters).
+pub fn family_of_refresh(token: &str) -> &str {
+    head(token)
+}
+
+fn head(text: &str) -> &str {
+    text.get(..FAMILY_LEN).unwrap_or(text)
+}
+
+/// A new refresh token of the session whose family is `family`: (the token for the client,
+/// its hash for the store). Its first 6 bytes are the family's (when `family` is 8 base64url
+/// characters, as [`family_of_sid`] gives for every sid the issuer makes), the other 26 are
+/// random.
+pub fn new_refresh_token(family: &str) -> (String, String) {
+    let mut bytes = secrets::random_bytes(32);
+    if let Ok(head) = weauth_token::b64::decode(family) {
+        if head.len() == 6 && family.len() == FAMILY_LEN {
+            bytes[..6].copy_from_slice(&head);
+        }
+    }
+    let token = weauth_token::b64::encode(&bytes);
     let hash = refresh_hash(&token);
     (token, hash)
 }
@@ -199,12 +231,44 @@ mod tests {
 
     #[test]
     fn refresh_token_shape_and_hash() {
-        let (token, hash) = new_refresh_token();
+        let sid = secrets::random_id("s_");
+        let (token, hash) = new_refresh_token(family_of_sid(&sid));
         assert!(refresh_token_well_formed(&token));
         assert_eq!(hash, refresh_hash(&token));
         assert_eq!(hash.len(), 64);
-        assert_ne!(new_refresh_token().0, token);
+        assert_ne!(new_refresh_token(family_of_sid(&sid)).0, token);
         assert!(!refresh_token_well_formed("short"));
         assert!(!refresh_token_well_formed(&"+".repeat(43)));
+    }
+
+    #[test]
+    fn a_session_and_its_refresh_tokens_share_the_family() {
+        let sid = secrets::random_id("s_");
+        let family = family_of_sid(&sid);
+        assert_eq!(family.len(), FAMILY_LEN);
+        assert_eq!(family, &sid[2..10]);
+        let (first, _) = new_refresh_token(family);
+        // A rotation makes the next token from the presented one's family.
+        let (next, _) = new_refresh_token(family_of_refresh(&first));
+        assert_eq!(family_of_refresh(&first), family);
+        assert_eq!(family_of_refresh(&next), family);
+        assert_ne!(first[FAMILY_LEN..], next[FAMILY_LEN..]);
+        // Another session, another family (6 random bytes each).
+        let other = secrets::random_id("s_");
+        assert_ne!(family_of_sid(&other), family);
+    }
+
+    #[test]
+    fn families_of_odd_inputs_never_panic() {
+        assert_eq!(family_of_sid("s-1"), "s-1");
+        assert_eq!(family_of_sid("s_ab"), "ab");
+        assert_eq!(family_of_refresh(""), "");
+        // The 8th byte inside a character: the whole text, not a panic.
+        assert_eq!(family_of_sid("s_€€€x"), "€€€x");
+        // A family that is not 6 bytes of base64url gives a fully random token.
+        let (token, _) = new_refresh_token("not b64!");
+        assert!(refresh_token_well_formed(&token));
+        let (token, _) = new_refresh_token("s-1");
+        assert!(refresh_token_well_formed(&token));
     }
 }

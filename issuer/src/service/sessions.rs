@@ -302,7 +302,7 @@ impl Sessions {
             ),
             None => None,
         };
-        let (refresh_token, refresh_hash) = tokens::new_refresh_token();
+        let (refresh_token, refresh_hash) = tokens::new_refresh_token(tokens::family_of_sid(&sid));
         let session_expires = now.saturating_add(crate::config::secs(self.config.session_max));
         let refresh_expires = now
             .saturating_add(crate::config::secs(self.config.refresh_ttl))
@@ -360,7 +360,8 @@ impl Sessions {
         let presented_hash = tokens::refresh_hash(presented);
         // A banned user's refresh is refused before anything is consumed. A ban set after
         // this read is still safe: the ban's `sub` revocation covers a token issued now.
-        let owner = self.store.refresh_owner(&presented_hash).await?;
+        let family = tokens::family_of_refresh(presented).to_string();
+        let owner = self.store.refresh_owner(&family, &presented_hash).await?;
         let grants = match &owner {
             Some(sub) => match self.grants_for_token(sub, now).await {
                 Ok(grants) => grants,
@@ -371,8 +372,9 @@ impl Sessions {
             },
             None => Grants::default(),
         };
-        let (refresh_token, new_hash) = tokens::new_refresh_token();
+        let (refresh_token, new_hash) = tokens::new_refresh_token(&family);
         let rotate = Rotate {
+            family,
             presented_hash,
             new_hash,
             now,

@@ -146,6 +146,9 @@ pub struct RiskFact {
 /// A rotation request.
 #[derive(Debug, Clone)]
 pub struct Rotate {
+    /// The family the presented token names ([`crate::domain::tokens::family_of_refresh`]):
+    /// where a sharded store keeps the token's session; the other stores ignore it.
+    pub family: String,
     pub presented_hash: String,
     pub new_hash: String,
     pub now: i64,
@@ -354,6 +357,10 @@ pub trait Store: Send + Sync {
     async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError>;
     /// The `sub` whose session a refresh token (used or not, expired or not) belongs to;
     /// `None` for an unknown token. Read-only: lets a refresh be refused for a banned user
-    /// before anything is consumed.
-    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError>;
+    /// before anything is consumed. `family` as in [`Rotate::family`].
+    async fn refresh_owner(
+        &self,
+        family: &str,
+        refresh_hash: &str,
+    ) -> Result<Option<String>, StoreError>;
 }

@@ -113,6 +113,64 @@ pub fn replication(text: &str) -> Option<Replication> {
     })
 }
 
+/// A Redis Cluster's replication as `CLUSTER NODES` (one node's view of the whole cluster)
+/// describes it: `primary` when some primary serves slots, `online` the fewest healthy
+/// replicas any slot-serving primary has (a write's `WAIT` goes to every primary, so the
+/// poorest shard sets what it can get). A node flagged `fail` or `fail?` counts for nothing;
+/// a replica counts when its link is `connected`. `None` when the text names no primary
+/// serving slots.
+///
+/// The cluster's own view is read rather than each primary's `INFO replication`, because the
+/// client's map of primaries can lag a failover: asked "every primary" just after one, it
+/// answered for the two healthy shards and left out the promoted primary that had no replica
+/// (`tests/tests/e2e_cluster.rs`).
+pub fn cluster_replication(nodes: &str) -> Option<Replication> {
+    struct Node<'a> {
+        id: &'a str,
+        primary: bool,
+        replica_of: &'a str,
+        healthy: bool,
+        connected: bool,
+        serves_slots: bool,
+    }
+    let nodes: Vec<Node> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            let [id, _addr, flags, replica_of, _ping, _pong, _epoch, link, slots @ ..] =
+                fields.as_slice()
+            else {
+                return None;
+            };
+            let flags: Vec<&str> = flags.split(',').collect();
+            Some(Node {
+                id,
+                primary: flags.contains(&"master"),
+                replica_of,
+                healthy: !flags
+                    .iter()
+                    .any(|f| matches!(*f, "fail" | "fail?" | "handshake" | "noaddr")),
+                connected: *link == "connected",
+                serves_slots: !slots.is_empty(),
+            })
+        })
+        .collect();
+    let online = nodes
+        .iter()
+        .filter(|n| n.primary && n.healthy && n.serves_slots)
+        .map(|primary| {
+            nodes
+                .iter()
+                .filter(|n| !n.primary && n.replica_of == primary.id && n.healthy && n.connected)
+                .count()
+        })
+        .min()?;
+    Some(Replication {
+        primary: true,
+        online,
+    })
+}
+
 /// Parses `evicted_keys` out of `INFO stats`.
 pub fn evicted_keys(text: &str) -> Option<u64> {
     info_fields(text).get("evicted_keys")?.trim().parse().ok()
@@ -248,6 +306,60 @@ mod tests {
         let parsed = replication(text).unwrap();
         assert!(!parsed.primary);
         assert_eq!(parsed.online, 0, "slave_read_only is not a replica line");
+    }
+
+    /// `CLUSTER NODES` of a 3-shard cluster (ids shortened; the format of Redis 7).
+    const NODES: &str = "\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
+a2 127.0.0.1:7002@17002 master - 0 1700000000000 2 connected 5461-10922
+a3 127.0.0.1:7003@17003 master - 0 1700000000000 3 connected 10923-16383
+b1 127.0.0.1:7004@17004 slave a1 0 1700000000000 1 connected
+b2 127.0.0.1:7005@17005 slave a2 0 1700000000000 2 connected
+b3 127.0.0.1:7006@17006 slave a3 0 1700000000000 3 connected
+";
+
+    #[test]
+    fn cluster_replication_is_the_poorest_shards() {
+        assert_eq!(
+            cluster_replication(NODES),
+            Some(Replication {
+                primary: true,
+                online: 1
+            })
+        );
+        // a1 killed: b1 promoted (serving a1's slots), a1 failed; b1 has no replica.
+        let after = NODES
+            .replace(
+                "a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460",
+                "a1 127.0.0.1:7001@17001 master,fail - 0 0 1 disconnected",
+            )
+            .replace(
+                "b1 127.0.0.1:7004@17004 slave a1 0 1700000000000 1 connected",
+                "b1 127.0.0.1:7004@17004 master - 0 1700000000000 4 connected 0-5460",
+            );
+        assert_eq!(cluster_replication(&after).map(|r| r.online), Some(0));
+        // a1 back as b1's replica: every shard has one again.
+        let back = after.replace(
+            "a1 127.0.0.1:7001@17001 master,fail - 0 0 1 disconnected",
+            "a1 127.0.0.1:7001@17001 slave b1 0 0 4 connected",
+        );
+        assert_eq!(cluster_replication(&back).map(|r| r.online), Some(1));
+        // A replica suspected failing, or with its link down, is not counted.
+        let suspect = NODES.replace("slave,", "").replace(
+            "b2 127.0.0.1:7005@17005 slave a2",
+            "b2 127.0.0.1:7005@17005 slave,fail? a2",
+        );
+        assert_eq!(cluster_replication(&suspect).map(|r| r.online), Some(0));
+        let unlinked = NODES.replace(
+            "slave a3 0 1700000000000 3 connected",
+            "slave a3 0 1700000000000 3 disconnected",
+        );
+        assert_eq!(cluster_replication(&unlinked).map(|r| r.online), Some(0));
+        // A primary serving no slots (an empty new node) does not count.
+        let spare = format!("{NODES}c1 127.0.0.1:7007@17007 master - 0 0 5 connected\n");
+        assert_eq!(cluster_replication(&spare).map(|r| r.online), Some(1));
+        assert_eq!(cluster_replication(""), None);
+        assert_eq!(cluster_replication("garbage line"), None);
     }
 
     #[test]

@@ -222,9 +222,13 @@ impl Store for TracedStore {
             .await
     }
 
-    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError> {
+    async fn refresh_owner(
+        &self,
+        family: &str,
+        refresh_hash: &str,
+    ) -> Result<Option<String>, StoreError> {
         self.0
-            .refresh_owner(refresh_hash)
+            .refresh_owner(family, refresh_hash)
             .instrument(span("refresh_owner"))
             .await
     }

@@ -108,8 +108,15 @@ fn login(code: &str, openid: &str, unionid: Option<&str>, now: i64) -> NewLogin 
     }
 }
 
+/// A rotation of a token of the suite's usual session, `s-c1`.
 fn rotate(old: &str, new: &str, now: i64, grace: i64) -> Rotate {
+    rotate_of("s-c1", old, new, now, grace)
+}
+
+/// A rotation of a token of session `sid` (a sharded store finds it by the session's family).
+fn rotate_of(sid: &str, old: &str, new: &str, now: i64, grace: i64) -> Rotate {
     Rotate {
+        family: family(sid).into(),
         presented_hash: old.into(),
         new_hash: new.into(),
         now,
@@ -117,6 +124,11 @@ fn rotate(old: &str, new: &str, now: i64, grace: i64) -> Rotate {
         reuse_grace: grace,
         revocation_until: now + 960,
     }
+}
+
+/// The family of session `sid`'s refresh tokens.
+fn family(sid: &str) -> &str {
+    crate::domain::tokens::family_of_sid(sid)
 }
 
 fn cached(hash: &str) -> CachedToken {
@@ -410,7 +422,7 @@ pub async fn rotate_within_grace_gets_a_sibling_after_it_is_reuse(backend: &dyn 
     assert_eq!((session.sid.as_str(), refresh_expires), ("s-c1", 122));
     assert_eq!(store.current_seq().await.unwrap(), seq, "nothing revoked");
     assert_eq!(
-        store.refresh_owner("r3").await.unwrap(),
+        store.refresh_owner(family("s-c1"), "r3").await.unwrap(),
         Some("u-c1".to_string())
     );
     // The grace runs from the rotation at 20, not from the sibling at 22: at 26 it is over.

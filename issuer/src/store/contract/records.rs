@@ -283,7 +283,11 @@ pub async fn refresh_owner_of_unused_used_and_unknown_tokens(backend: &dyn Backe
     let store = backend.handle().await;
     created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
     assert_eq!(
-        store.refresh_owner("r-c1").await.unwrap().as_deref(),
+        store
+            .refresh_owner(family("s-c1"), "r-c1")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("u-c1")
     );
     assert!(matches!(
@@ -294,15 +298,29 @@ pub async fn refresh_owner_of_unused_used_and_unknown_tokens(backend: &dyn Backe
         RotateResult::Rotated { .. }
     ));
     assert_eq!(
-        store.refresh_owner("r-c1").await.unwrap().as_deref(),
+        store
+            .refresh_owner(family("s-c1"), "r-c1")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("u-c1"),
         "a used token still names its owner"
     );
     assert_eq!(
-        store.refresh_owner("r-c1b").await.unwrap().as_deref(),
+        store
+            .refresh_owner(family("s-c1"), "r-c1b")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("u-c1")
     );
-    assert_eq!(store.refresh_owner("r-unknown").await.unwrap(), None);
+    assert_eq!(
+        store
+            .refresh_owner(family("s-c1"), "r-unknown")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 pub async fn ephemeral_taken_once(backend: &dyn Backend) {

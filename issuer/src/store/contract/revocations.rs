@@ -261,7 +261,7 @@ pub async fn purge_removes_ended_sessions_and_their_tokens(backend: &dyn Backend
     assert!(store.session("s-c2").await.unwrap().is_some());
     assert!(matches!(
         store
-            .rotate_refresh(&rotate("r-c2", "r3", 1012, 0))
+            .rotate_refresh(&rotate_of("s-c2", "r-c2", "r3", 1012, 0))
             .await
             .unwrap(),
         RotateResult::Rotated { .. }

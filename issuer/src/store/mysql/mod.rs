@@ -569,7 +569,11 @@ impl Store for MysqlStore {
         retry(|| ops::set_ban(&self.pool, sub, ban, now)).await
     }
 
-    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError> {
+    async fn refresh_owner(
+        &self,
+        _family: &str,
+        refresh_hash: &str,
+    ) -> Result<Option<String>, StoreError> {
         retry(|| ops::refresh_owner(&self.pool, refresh_hash)).await
     }
 }

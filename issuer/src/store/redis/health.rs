@@ -155,33 +155,29 @@ pub(super) async fn check_eviction(conn: &mut Link, allow: bool) -> PolicyCheck 
     }
 }
 
-/// `INFO replication` of the primary holding `slot_key`, parsed; `None` when it could not be
-/// read.
-///
-/// On a cluster it runs inside a script that declares `slot_key`: only the node serving that
-/// slot runs it (any other answers `MOVED`, which the client follows, refreshing its map).
-/// A plain `INFO` routed by the client's map could be answered by another node: after a
-/// failover the health connection, which writes nothing and so never meets a `MOVED`, still
-/// mapped the slot to the dead primary and the client sent the read to a node it had a
-/// connection to — a primary of another shard, whose replica made the promoted primary look
-/// replicated, so every write `WAIT`ed its whole timeout again (measured: 10 requests/s
-/// instead of 156, `tests/tests/e2e_cluster.rs`).
-pub(super) async fn read_replication(conn: &mut Link, slot_key: &str) -> Option<Replication> {
-    let text: String = match conn {
+/// How many replicas a write's `WAIT` can get, parsed; `None` when it could not be read. On
+/// one server its `INFO replication`; on a cluster the cluster's own view, `CLUSTER NODES`
+/// (the fewest healthy replicas of any primary: [`redis_checks::cluster_replication`]), as
+/// the client's map of primaries can lag a failover.
+pub(super) async fn read_replication(conn: &mut Link) -> Option<Replication> {
+    match conn {
         Link::Cluster(_) => {
-            static INFO_IN_SLOT: std::sync::LazyLock<redis::Script> =
-                std::sync::LazyLock::new(|| {
-                    redis::Script::new("return redis.call('INFO', 'replication')")
-                });
-            INFO_IN_SLOT.key(slot_key).invoke_async(conn).await.ok()?
+            let text: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(conn)
+                .await
+                .ok()?;
+            redis_checks::cluster_replication(&text)
         }
         Link::Single(_) => {
-            let mut info = redis::cmd("INFO");
-            info.arg("replication");
-            conn.on_primary_of(&info, slot_key).await.ok()?
+            let text: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(conn)
+                .await
+                .ok()?;
+            redis_checks::replication(&text)
         }
-    };
-    redis_checks::replication(&text)
+    }
 }
 
 /// `evicted_keys` from `INFO stats`, summed over the nodes.
@@ -270,13 +266,15 @@ impl RedisStore {
             waits: &self.inner.waits,
         };
         let millis = u64::try_from(self.inner.options.wait_timeout.as_millis()).unwrap_or(u64::MAX);
-        // On a cluster, the primary holding the store's slot (every write WAITed for is there).
-        let slot_key = self.key(keys::SEQ);
+        // On a cluster the client sends a `WAIT` to every primary and answers the fewest
+        // replicas any acknowledged: writes go to the shard of their slot (the directory and
+        // the feed on one, sessions spread by family), and each primary's `WAIT` covers what
+        // was written on the client's connection to it.
         let acked: Result<usize, StoreError> = self
             .op(|mut conn| async move {
                 let mut wait = redis::cmd("WAIT");
                 wait.arg(replicas).arg(millis);
-                conn.on_primary_of(&wait, &slot_key).await
+                wait.query_async(&mut conn).await
             })
             .await;
         let short = matches!(acked, Ok(n) if n < replicas);
@@ -308,6 +306,21 @@ impl RedisStore {
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "WAIT failed after a write"),
         }
+    }
+
+    /// [`read_replication`] on the health connection; on a cluster, should the node it asked
+    /// be gone, again on the main connection.
+    pub(super) async fn read_replication(&self) -> Option<Replication> {
+        if let Ok(mut conn) = self.health_manager() {
+            if let Some(replication) = read_replication(&mut conn).await {
+                return Some(replication);
+            }
+        }
+        if !self.cluster() {
+            return None;
+        }
+        let mut conn = self.manager().ok()?;
+        read_replication(&mut conn).await
     }
 
     pub(super) fn count_unreplicated(&self) {
@@ -343,15 +356,9 @@ impl RedisStore {
         if recent || health.rereading.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Ok(mut conn) = self.health_manager() {
-            let slot_key = self.key(keys::SEQ);
-            let read = tokio::time::timeout(
-                Duration::from_secs(1),
-                read_replication(&mut conn, &slot_key),
-            );
-            if let Ok(replication) = read.await {
-                self.note_replication(replication);
-            }
+        let read = tokio::time::timeout(Duration::from_secs(1), self.read_replication());
+        if let Ok(replication) = read.await {
+            self.note_replication(replication);
         }
         if let Ok(mut at) = health.reread_at.lock() {
             *at = Some(Instant::now());
@@ -444,9 +451,8 @@ impl RedisStore {
     /// Runs on the health connection, so a `WAIT` on the main one does not delay it.
     pub async fn check_health(&self) -> RedisHealth {
         if let Ok(mut conn) = self.health_manager() {
-            let slot_key = self.key(keys::SEQ);
             let reads = async {
-                self.note_replication(read_replication(&mut conn, &slot_key).await);
+                self.note_replication(self.read_replication().await);
                 if let Some(evicted) = read_evicted(&mut conn).await {
                     self.note_evicted(evicted);
                 }

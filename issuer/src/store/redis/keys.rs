@@ -45,6 +45,11 @@ pub fn session(sid: impl Display) -> String {
     format!("session:{sid}")
 }
 
+/// The refresh-token hashes of a session (set), which the purge removes with it.
+pub fn family(sid: impl Display) -> String {
+    format!("family:{sid}")
+}
+
 /// The sessions of a user (set).
 pub fn sub_sessions(sub: impl Display) -> String {
     format!("sub_sessions:{sub}")

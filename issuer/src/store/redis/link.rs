@@ -2,15 +2,13 @@
 //! (a direct URL, or the primary Sentinel names) or a Redis Cluster's `ClusterConnection`
 //! (which follows `MOVED`/`ASK`, fails over and refreshes the topology by itself). Both are
 //! a [`redis::aio::ConnectionLike`], so every command and script of the store is written
-//! once; the few commands that must reach a given node (`WAIT` and `INFO replication` on the
-//! primary holding the store's slot, the health reads on every node) go through
-//! [`Link::on_primary_of`] and [`Link::on_every_node`].
+//! once; the health reads that must reach every node (`INFO stats`, `CONFIG GET`) go
+//! through [`Link::on_every_node`]. (`WAIT` needs nothing of the kind: the cluster client
+//! sends it to every primary and answers the minimum.)
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 /// One server or a cluster. Cheap to clone (both multiplex).
@@ -21,27 +19,6 @@ pub(super) enum Link {
 }
 
 impl Link {
-    /// Runs `cmd` on the primary holding `key`'s slot (on one server: that server).
-    pub(super) async fn on_primary_of<T: FromRedisValue>(
-        &mut self,
-        cmd: &Cmd,
-        key: &str,
-    ) -> RedisResult<T> {
-        match self {
-            Link::Single(conn) => cmd.query_async(conn).await,
-            Link::Cluster(conn) => {
-                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
-                let value = conn
-                    .route_command(
-                        cmd.clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await?;
-                redis::from_redis_value(value).map_err(Into::into)
-            }
-        }
-    }
-
     /// Runs `cmd` on every node (primaries and replicas of a cluster; the one server
     /// otherwise) and returns each node's answer. Fails if any node does not answer.
     pub(super) async fn on_every_node<T: FromRedisValue>(

@@ -12,57 +12,74 @@
 //! `redis_cluster/` module would have repeated every script and the whole Store impl for a
 //! difference of a hash tag.
 //!
-//! Layout, every key under the prefix `P` (`WEAUTH_REDIS_PREFIX`, default `weauth:`):
+//! Layout, every key under the prefix `P` (`WEAUTH_REDIS_PREFIX`, default `weauth:`); `F`
+//! is a session's *family* ([`tokens::family_of_sid`]: 8 characters its sid and every one of
+//! its refresh tokens begin with), which places the session's keys on a cluster:
 //!
-//! | key | type | what |
-//! | --- | --- | --- |
-//! | `P user:<sub>` | hash | sub, unionid, phone, created_at, updated_at (no TTL) |
-//! | `P identity:<appid>:<openid>` | string | the identity's sub (no TTL) |
-//! | `P unionid:<unionid>` | string | the sub carrying that unionid (no TTL) |
-//! | `P code:<code_hash>` | string | sid made from that code (TTL: session end) |
-//! | `P session:<sid>` | hash | the session (TTL: its end + 1 day) |
-//! | `P sub_sessions:<sub>` | set | sids of a user (TTL: latest session end + 1 day) |
-//! | `P refresh:<hash>` | hash | sid, created_at, expires_at, used_at (TTL: expiry + 1 day) |
-//! | `P sessions_exp`, `P refresh_exp` | zset | expiry index for the purge |
-//! | `P seq` | string | highest revocation seq (INCR; never decreases) |
-//! | `P rev:entries` | hash | seq → entry JSON (wire format) |
-//! | `P rev:by_seq`, `P rev:by_until` | zset | entry order and expiry index |
-//! | `P rev:<kind>:<value>` | zset | seq → issued_before: revocation facts by claim |
-//! | `P seq_epoch` | string | replication id of the primary the last revocation was written on |
-//! | `P purged_through` | string | purge watermark |
-//! | `P keys` | hash | kid → signing key record JSON |
-//! | `P wx:<appid>` | hash | WeChat app token and its refresh lease |
-//! | `P rl:<ip>` | hash | login rate-limit bucket (TTL: refill time) |
+//! | key (one server) | on a cluster | type | what |
+//! | --- | --- | --- | --- |
+//! | `P user:<sub>` | `{P}user:<sub>` | hash | sub, unionid, phone, created_at, updated_at, grants, risk (no TTL) |
+//! | `P identity:<appid>:<openid>` | `{P}…` | string | the identity's sub (no TTL) |
+//! | `P unionid:<unionid>` | `{P}…` | string | the sub carrying that unionid (no TTL) |
+//! | `P code:<code_hash>` | `{P}…` | string | sid made from that code (TTL: session end) |
+//! | `P sub_sessions:<sub>` | `{P}…` | set | sids of a user (TTL: latest session end + 1 day) |
+//! | `P sessions_exp` | `{P}…` | zset | sid → session end, for the purge |
+//! | `P session:<sid>` | `P{s:F}session:<sid>` | hash | the session (TTL: its end + 1 day) |
+//! | `P refresh:<hash>` | `P{s:F}refresh:<hash>` | hash | sid, created_at, expires_at, used_at (TTL: expiry + 1 day) |
+//! | `P family:<sid>` | `P{s:F}family:<sid>` | set | the session's refresh-token hashes, removed with it |
+//! | `P refresh_exp` | `{P}…` | zset | expiry index of refresh tokens written before families (purged, no longer written) |
+//! | `P seq` | `{P}…` | string | highest revocation seq (INCR; never decreases) |
+//! | `P rev:entries` | `{P}…` | hash | seq → entry JSON (wire format) |
+//! | `P rev:by_seq`, `P rev:by_until` | `{P}…` | zset | entry order and expiry index |
+//! | `P rev:<kind>:<value>` | `{P}…` | zset | seq → issued_before: revocation facts by claim |
+//! | `P seq_epoch` | `{P}…` | string | replication id of the primary the last revocation was written on |
+//! | `P purged_through` | `{P}…` | string | purge watermark |
+//! | `P keys` | `{P}…` | hash | kid → signing key record JSON |
+//! | `P eph:<name>`, `P eph_exp` | `{P}…` | string, zset | web-login state and its expiry index |
+//! | `P wx:<appid>` | `P{wx:<appid>}` | hash | WeChat app token and its refresh lease |
+//! | `P rl:<ip>` | `P{rl:<ip>}` | hash | login rate-limit bucket (TTL: refill time) |
 //!
 //! The TTLs are a safety net with one day of slack; the purge removes expired items on time,
-//! using the operations' `now` (so the store's behaviour follows the domain's clock).
+//! using the operations' `now` (so the store's behaviour follows the domain's clock). A
+//! refresh token rotated away stays until its session ends (the reuse check needs it) or its
+//! TTL runs out.
 //!
-//! Atomicity: every multi-key change is one Lua script. Where the domain decides
+//! Atomicity: every change within one slot is one Lua script. Where the domain decides
 //! ([`rules::decide_refresh`], [`rules::link_user`]), the store reads the facts, calls the
 //! Rust function, and applies the verdict with a compare-and-set script that re-checks the
 //! facts it was based on; when another writer got there first the script changes nothing and
 //! the store reads and decides again. Where a rule has to run inside a script (which sessions
 //! a `sub` revocation ends: [`rules::sub_revocation_covers`]; the purge watermark:
 //! [`rules::next_watermark`]; the rate-limit bucket: [`crate::domain::ratelimit::RateLimiter`]), the
-//! script mirrors it and the contract suite proves it agrees.
+//! script mirrors it and the contract suite proves it agrees. Three changes span a session's
+//! slot and the directory's, and run as idempotent steps in an order that leaves nothing
+//! acknowledged half-done (the same steps on one server, so the contract suite covers them):
 //!
-//! Redis Cluster. A script's keys must all be in one hash slot, and scripts build the names
-//! of the items they discover (a user's sessions, a purged entry's index) from the prefix. On
-//! a cluster the prefix is therefore a hash tag, `{P}` (e.g. `{weauth:}session:<sid>`): a
-//! user's identity, user record, sessions and refresh family, the revocation feed, the key
-//! ring and the web-login ephemeral values are in one slot, so every script touches one slot
-//! and is atomic as on one server. What no script shares has a tag of its own and spreads
-//! over the shards: the login rate-limit buckets `P{rl:<ip>}` (one write per login) and the
-//! apps' WeChat tokens `P{wx:<appid>}`. The slot's primary carries every record write: the
-//! cluster brings failover without Sentinel, topology discovery and resharding with the
-//! client following, not yet write throughput past one primary. Spreading users over slots
-//! (`{P u:<sub>}`) needs what one slot gives for free today: a refresh token names only its
-//! hash (its slot would have to be in the token), a login finds the user by identity before
-//! it knows the `sub`, and a `sub` revocation, the reuse verdict and the purge change a
-//! user's sessions and the feed in one script (they would become two steps, the session
-//! change idempotent). Resharding moves the slot key by key (`MIGRATE`); a script meeting a
-//! slot half moved gets `TRYAGAIN`/`ASK`, which the client retries and otherwise surfaces as
-//! a 503 to retry.
+//! - *A login*: the directory's half (LOGIN: the code spent, the user linked, the sid in the
+//!   user's set and the expiry index), then the session and its first refresh token
+//!   (OPEN_SESSION). A failure between answers an error with no session; what the first half
+//!   wrote is what the purge removes when the never-opened session's end comes.
+//! - *A revocation*: the sessions it covers marked revoked in their slots (MARK_SESSION;
+//!   for a `sub`, the user's set read, then read again after the entry for sessions that
+//!   joined meanwhile), then the entry appended to the feed (REVOKE), then `WAIT`: see
+//!   [`RedisStore::revoke_entry`].
+//! - *The purge*: ended sessions found in the expiry index, dropped with their refresh tokens
+//!   in their slots (DROP_SESSION), then taken off the user's set, the code and, last, the
+//!   index (FORGET_SESSIONS): a purge cut short is finished by the next.
+//!
+//! Redis Cluster. A script's keys must all be in one hash slot. The directory (users,
+//! identities, unionids, codes, users' session sets), the revocation feed, the key ring and
+//! the web-login values share one slot, `{P}`: a login's linking and a revocation's entry are
+//! atomic as on one server. Sessions and their refresh tokens are spread over the slots by
+//! family, `P{s:F}`: a refresh — at WeChat scale the most frequent write, one per active user
+//! per access-token lifetime — reads and writes only its session's slot, so refreshes, and
+//! the reads of sessions (`/v1/me`, the bearer check), scale with the primaries; a login
+//! writes the directory's slot once and its session's slot once; a revocation writes the
+//! covered sessions' slots and the feed's. The rate-limit buckets `P{rl:<ip>}` and the apps'
+//! WeChat tokens `P{wx:<appid>}` have tags of their own. What stays on one primary: the
+//! directory's writes (one per login) and the feed (one per revocation) — the feed on purpose
+//! (below). Resharding moves slots key by key (`MIGRATE`); a script meeting a slot half moved
+//! gets `TRYAGAIN`/`ASK`, which the client retries and otherwise surfaces as a 503 to retry.
 //!
 //! The feed. `since` is a cursor into one sequence, `P seq`, written in the same script and
 //! slot as the entry it numbers, so an entry and its seq move, fail over and persist
@@ -109,12 +126,15 @@
 //! full set: they were past their `until`, nothing it needs).
 //!
 //! Durability: with `WAIT` configured (`WEAUTH_REDIS_WAIT_REPLICAS`, default 1 on Sentinel
-//! and on a cluster, where it goes to the primary of the store's slot),
-//! every write is acknowledged to the client only after that many replicas have it, or after
+//! and on a cluster, where the client sends it to every primary and answers the fewest
+//! replicas any of them reached: each primary's `WAIT` covers the writes made on the
+//! client's one connection to it), every write is acknowledged to the client only after that many replicas have it, or after
 //! `WEAUTH_REDIS_WAIT_TIMEOUT` (then a warning is logged and counted: that write could be lost
 //! by a failover in the next moment). `WAIT` asks for no more replicas than the primary last
-//! reported online, and is skipped while it reports none (after a failover that left the
-//! promoted primary alone): a `WAIT` that cannot be satisfied runs its whole timeout and holds
+//! reported online (on a cluster: the fewest any primary reports), and is skipped while it
+//! reports none (after a failover that left the promoted primary alone; on a cluster this
+//! skips it for every shard until that one has a replica again — loud in the log and the
+//! metrics — rather than hold every write for the timeout): a `WAIT` that cannot be satisfied runs its whole timeout and holds
 //! every command queued behind it on the multiplexed connection. One `WAIT` is in flight at a
 //! time, shared by the writes that finished before it was sent (group commit,
 //! [`RedisStore::replicate`]). The primary's replicas are
@@ -128,7 +148,7 @@
 //! a cluster a `PUBLISH` reaches every node; a follower subscribes on the first seed that
 //! answers and, when that node goes, on the next).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -154,6 +174,7 @@ use crate::domain::grants::{Ban, Grants};
 use crate::domain::rules::{
     self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
 };
+use crate::domain::tokens;
 
 /// Slack added to every natural-end TTL: the purge removes items first; the TTL only bounds
 /// what a purge that never runs would leave behind.
@@ -178,6 +199,8 @@ const CAS_ATTEMPTS: usize = 8;
 const SEQ_GAP: i64 = 1_000_000;
 /// Items removed per kind per purge call.
 const PURGE_BATCH: usize = 10_000;
+/// Scripts in flight at once where one change spans many slots (a user's sessions, a purge).
+const CONCURRENT_SLOTS: usize = 32;
 
 pub use crate::config::RedisTarget;
 
@@ -452,8 +475,7 @@ impl RedisStore {
                 },
             }),
         };
-        let slot_key = store.key(keys::SEQ);
-        store.note_replication(read_replication(&mut health, &slot_key).await);
+        store.note_replication(read_replication(&mut health).await);
         if let Some(evicted) = read_evicted(&mut health).await {
             store.note_evicted(evicted);
         }
@@ -485,10 +507,38 @@ impl RedisStore {
         format!("{}{name}", self.inner.prefix)
     }
 
+    fn cluster(&self) -> bool {
+        matches!(self.inner.options.target, RedisTarget::Cluster { .. })
+    }
+
+    /// The key `name` of session family `family` (a session, its refresh tokens, their set):
+    /// on a cluster in the family's own hash slot, `P{s:<family>}name`, so sessions and
+    /// refreshes spread over the shards; on one server `P name` (the layout before families).
+    fn family_key(&self, family: &str, name: &str) -> String {
+        if self.cluster() {
+            format!("{}{{s:{family}}}{name}", self.inner.options.prefix)
+        } else {
+            self.key(name)
+        }
+    }
+
+    fn session_key(&self, sid: &str) -> String {
+        self.family_key(tokens::family_of_sid(sid), &keys::session(sid))
+    }
+
+    fn refresh_key(&self, family: &str, hash: &str) -> String {
+        self.family_key(family, &keys::refresh(hash))
+    }
+
+    /// The set of a session's refresh-token hashes.
+    fn family_set_key(&self, sid: &str) -> String {
+        self.family_key(tokens::family_of_sid(sid), &keys::family(sid))
+    }
+
     /// A key no script shares with another (a rate-limit bucket, an app's WeChat token): on a
     /// cluster its own hash tag, `P{name}`, so these spread over the shards.
     fn key_apart(&self, name: &str) -> String {
-        if matches!(self.inner.options.target, RedisTarget::Cluster { .. }) {
+        if self.cluster() {
             format!("{}{{{name}}}", self.inner.options.prefix)
         } else {
             self.key(name)
@@ -532,8 +582,7 @@ impl RedisStore {
             Ok(Ok((manager, mut health))) => {
                 // Before any write reaches the new primary: does it have a replica to WAIT
                 // for (a promoted replica usually has none until the old primary returns)?
-                let slot_key = self.key(keys::SEQ);
-                self.note_replication(read_replication(&mut health, &slot_key).await);
+                self.note_replication(read_replication(&mut health).await);
                 if let Ok(mut watch) = self.inner.health.evictions.lock() {
                     watch.rebase();
                 }
@@ -625,10 +674,10 @@ impl RedisStore {
         used_at: Option<i64>,
     ) -> Result<Option<RotateResult>, StoreError> {
         let keys = [
-            self.key(&keys::refresh(&rotate.presented_hash)),
-            self.key(&keys::refresh(&rotate.new_hash)),
-            self.key(&keys::session(sid)),
-            self.key(keys::REFRESH_EXP),
+            self.refresh_key(&rotate.family, &rotate.presented_hash),
+            self.refresh_key(&rotate.family, &rotate.new_hash),
+            self.session_key(sid),
+            self.family_set_key(sid),
         ];
         let mut call = self.inner.scripts.rotate.prepare_invoke();
         for key in &keys {
@@ -652,9 +701,15 @@ impl RedisStore {
     }
 
     /// The token and its session, read together: the token's sid first, then the script
-    /// with both keys declared (it answers `retry` if the sid changed in between).
-    async fn read_refresh(&self, hash: &str) -> Result<Option<RefreshRow>, StoreError> {
-        let key = self.key(&keys::refresh(hash));
+    /// with both keys declared (it answers `retry` if the sid changed in between). A token
+    /// whose session is not of the family it was found under is unknown (the issuer never
+    /// makes one; on a cluster the two would be in different slots).
+    async fn read_refresh(
+        &self,
+        family: &str,
+        hash: &str,
+    ) -> Result<Option<RefreshRow>, StoreError> {
+        let key = self.refresh_key(family, hash);
         let mut row = None;
         for _ in 0..CAS_ATTEMPTS {
             let token = key.clone();
@@ -664,8 +719,11 @@ impl RedisStore {
             let Some(sid) = sid else {
                 return Ok(None);
             };
+            if self.cluster() && tokens::family_of_sid(&sid) != family {
+                return Ok(None);
+            }
             let mut call = self.inner.scripts.read_refresh.prepare_invoke();
-            call.key(&key).key(self.key(&keys::session(&sid))).arg(&sid);
+            call.key(&key).key(self.session_key(&sid)).arg(&sid);
             match self.eval::<redis::Value>(&call).await? {
                 redis::Value::Nil => return Ok(None),
                 redis::Value::Array(values) => {
@@ -709,7 +767,15 @@ impl RedisStore {
         }
     }
 
-    /// Runs the revoke script; `guard` = only while the session `value` is live.
+    /// A revocation: first the sessions it covers are marked, each in its family's slot
+    /// (MARK_SESSION; for a `sub`, the user's sessions created before `issued_before`), then
+    /// the entry is appended to the feed (REVOKE), then the user's set is read again and
+    /// sessions that joined it meanwhile are marked too. Every step is idempotent, and the
+    /// revocation is acknowledged only after the last: one cut short (a crash, a lost
+    /// connection) answers an error and may leave a session marked without its entry — its
+    /// refresh token is dead, its access tokens live to their `exp` as before the revocation
+    /// — and a retry completes it. `guard` (the reuse verdict): only while the session
+    /// `value` is live; `None` when it no longer is (decide again).
     async fn revoke_entry(
         &self,
         kind: EntryKind,
@@ -719,56 +785,99 @@ impl RedisStore {
         now: i64,
         guard: bool,
     ) -> Result<Option<Entry>, StoreError> {
-        let name = kind.name();
-        for _ in 0..CAS_ATTEMPTS {
-            let mut keys = vec![
-                self.key(keys::SEQ),
-                self.key(keys::REV_ENTRIES),
-                self.key(keys::REV_BY_SEQ),
-                self.key(keys::REV_BY_UNTIL),
-                self.key(&keys::revoked(name, value)),
-                self.key(keys::SEQ_EPOCH),
-            ];
-            // Every key the script touches is declared (Redis Cluster: a key a script finds
-            // by itself may be half migrated): the session, or the user's sessions as read
-            // now (the script answers `retry` when they changed).
-            if guard || kind == EntryKind::Sid {
-                keys.push(self.key(&keys::session(value)));
-            } else if kind == EntryKind::Sub {
-                let set = self.key(&keys::sub_sessions(value));
-                let members = set.clone();
-                let sids: Vec<String> = self
-                    .op(|mut conn| async move { conn.smembers(members).await })
-                    .await?;
-                keys.push(set);
-                keys.extend(sids.iter().map(|sid| self.key(&keys::session(sid))));
-            }
-            let mut call = self.inner.scripts.revoke.prepare_invoke();
-            for key in &keys {
-                call.key(key);
-            }
-            call.arg(self.prefix())
-                .arg(name)
-                .arg(value)
-                .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
-                .arg(until)
-                .arg(now)
-                .arg(if guard { "1" } else { "0" })
-                .arg(self.channel())
-                .arg(SEQ_GAP);
-            let json: Option<String> = self.eval(&call).await?;
-            match json {
-                Some(json) if json == "retry" => continue,
-                Some(json) => {
-                    self.replicate().await;
-                    return parse_entry(&json).map(Some);
+        let mut marked = HashSet::new();
+        match kind {
+            EntryKind::Sid => {
+                if !self.mark_session(value, now, guard, None).await? && guard {
+                    return Ok(None);
                 }
-                None => return Ok(None),
             }
+            EntryKind::Sub => {
+                self.mark_user_sessions(value, now, issued_before, &mut marked)
+                    .await?;
+            }
+            EntryKind::Jti => {}
         }
-        Err(StoreError::Busy(
-            "the user's sessions changed under every revocation attempt".into(),
-        ))
+        let keys = [
+            self.key(keys::SEQ),
+            self.key(keys::REV_ENTRIES),
+            self.key(keys::REV_BY_SEQ),
+            self.key(keys::REV_BY_UNTIL),
+            self.key(&keys::revoked(kind.name(), value)),
+            self.key(keys::SEQ_EPOCH),
+        ];
+        let mut call = self.inner.scripts.revoke.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(kind.name())
+            .arg(value)
+            .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
+            .arg(until)
+            .arg(self.channel())
+            .arg(SEQ_GAP);
+        let json: String = self.eval(&call).await?;
+        if kind == EntryKind::Sub {
+            self.mark_user_sessions(value, now, issued_before, &mut marked)
+                .await?;
+        }
+        self.replicate().await;
+        parse_entry(&json).map(Some)
+    }
+
+    /// MARK_SESSION on one session: false when `guard` failed (the session is gone or
+    /// already revoked).
+    async fn mark_session(
+        &self,
+        sid: &str,
+        now: i64,
+        guard: bool,
+        issued_before: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let mut call = self.inner.scripts.mark_session.prepare_invoke();
+        call.key(self.session_key(sid))
+            .arg(now)
+            .arg(if guard { "1" } else { "0" })
+            .arg(issued_before.map(|v| v.to_string()).unwrap_or_default());
+        let done: i64 = self.eval(&call).await?;
+        Ok(done == 1)
+    }
+
+    /// Marks the sessions of `sub` not in `marked` (which it extends), concurrently.
+    async fn mark_user_sessions(
+        &self,
+        sub: &str,
+        now: i64,
+        issued_before: Option<i64>,
+        marked: &mut HashSet<String>,
+    ) -> Result<(), StoreError> {
+        let set = self.key(&keys::sub_sessions(sub));
+        let sids: Vec<String> = self
+            .op(|mut conn| async move { conn.smembers(set).await })
+            .await?;
+        let fresh: Vec<String> = sids
+            .into_iter()
+            .filter(|sid| !marked.contains(sid))
+            .collect();
+        for chunk in fresh.chunks(CONCURRENT_SLOTS) {
+            let mut marks = Vec::with_capacity(chunk.len());
+            for sid in chunk {
+                marks.push(self.mark_session(sid, now, false, issued_before));
+            }
+            futures_util::future::try_join_all(marks).await?;
+        }
+        marked.extend(fresh);
+        Ok(())
+    }
+
+    /// DROP_SESSION on one ended session: (its sub, its code hash, refresh tokens removed).
+    async fn drop_session(&self, sid: &str) -> Result<(String, String, usize), StoreError> {
+        let family = tokens::family_of_sid(sid);
+        let mut call = self.inner.scripts.drop_session.prepare_invoke();
+        call.key(self.session_key(sid))
+            .key(self.family_set_key(sid))
+            .arg(self.family_key(family, &keys::refresh("")));
+        self.eval(&call).await
     }
 }
 

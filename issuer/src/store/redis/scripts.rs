@@ -6,11 +6,15 @@ use redis::Script;
 
 pub(super) struct Scripts {
     pub(super) login: Script,
+    pub(super) open_session: Script,
     pub(super) read_refresh: Script,
     pub(super) rotate: Script,
     pub(super) revoke: Script,
+    pub(super) mark_session: Script,
     pub(super) feed: Script,
     pub(super) purge: Script,
+    pub(super) drop_session: Script,
+    pub(super) forget_sessions: Script,
     pub(super) insert_key: Script,
     pub(super) lease: Script,
     pub(super) put_token: Script,
@@ -28,11 +32,15 @@ impl Scripts {
     pub(super) fn new() -> Scripts {
         Scripts {
             login: Script::new(include_str!("lua/login.lua")),
+            open_session: Script::new(include_str!("lua/open_session.lua")),
             read_refresh: Script::new(include_str!("lua/read_refresh.lua")),
             rotate: Script::new(include_str!("lua/rotate.lua")),
             revoke: Script::new(include_str!("lua/revoke.lua")),
+            mark_session: Script::new(include_str!("lua/mark_session.lua")),
             feed: Script::new(include_str!("lua/feed.lua")),
             purge: Script::new(include_str!("lua/purge.lua")),
+            drop_session: Script::new(include_str!("lua/drop_session.lua")),
+            forget_sessions: Script::new(include_str!("lua/forget_sessions.lua")),
             insert_key: Script::new(include_str!("lua/insert_key.lua")),
             lease: Script::new(include_str!("lua/lease.lua")),
             put_token: Script::new(include_str!("lua/put_token.lua")),

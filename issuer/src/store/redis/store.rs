@@ -85,15 +85,19 @@ impl Store for RedisStore {
         self.set_user_fields(sub, now, fields).await
     }
 
-    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError> {
-        let key = self.key(&keys::refresh(refresh_hash));
+    async fn refresh_owner(
+        &self,
+        family: &str,
+        refresh_hash: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let key = self.refresh_key(family, refresh_hash);
         let sid: Option<String> = self
             .op(|mut conn| async move { conn.hget(key, "sid").await })
             .await?;
         let Some(sid) = sid else {
             return Ok(None);
         };
-        let key = self.key(&keys::session(sid));
+        let key = self.session_key(&sid);
         self.op(|mut conn| async move { conn.hget(key, "sub").await })
             .await
     }
@@ -210,11 +214,8 @@ impl Store for RedisStore {
                 identity.clone(),
                 unionid_key.clone(),
                 self.key(&keys::user(&link.sub)),
-                self.key(&keys::session(&login.sid)),
-                self.key(&keys::refresh(&login.refresh_hash)),
                 self.key(&keys::sub_sessions(&link.sub)),
                 self.key(keys::SESSIONS_EXP),
-                self.key(keys::REFRESH_EXP),
             ];
             let flag = |b: bool| if b { "1" } else { "0" };
             let decided = link.clone();
@@ -231,28 +232,42 @@ impl Store for RedisStore {
                 .arg(flag(decided.create_identity))
                 .arg(login.now)
                 .arg(&login.sid)
+                .arg(login.session_expires)
+                .arg(session_ttl);
+            let outcome: String = self.eval(&call).await?;
+            match outcome.as_str() {
+                "ok" => {}
+                "used" => return Ok(LoginResult::CodeAlreadyUsed),
+                _ => continue,
+            }
+            // The session and its first refresh token, in the family's slot. Should this
+            // fail, the login fails with no session: the directory's half (the code spent, a
+            // sid in the user's set and the expiry index) is what a purge removes.
+            let family = tokens::family_of_sid(&login.sid);
+            let mut call = self.inner.scripts.open_session.prepare_invoke();
+            call.key(self.session_key(&login.sid))
+                .key(self.refresh_key(family, &login.refresh_hash))
+                .key(self.family_set_key(&login.sid))
+                .arg(&login.sid)
+                .arg(&link.sub)
                 .arg(&login.appid)
                 .arg(&login.openid)
+                .arg(login.unionid.clone().unwrap_or_default())
                 .arg(login.session_key_sealed.clone().unwrap_or_default())
                 .arg(flag(login.session_key_sealed.is_some()))
+                .arg(&login.code_hash)
+                .arg(login.now)
                 .arg(login.session_expires)
                 .arg(session_ttl)
                 .arg(login.refresh_expires)
                 .arg(refresh_ttl)
-                .arg(&login.code_hash)
                 .arg(&login.refresh_hash);
-            let outcome: String = self.eval(&call).await?;
-            match outcome.as_str() {
-                "ok" => {
-                    self.replicate().await;
-                    return Ok(LoginResult::Created {
-                        sub: link.sub,
-                        new_user: link.create_user,
-                    });
-                }
-                "used" => return Ok(LoginResult::CodeAlreadyUsed),
-                _ => continue,
-            }
+            let _: i64 = self.eval(&call).await?;
+            self.replicate().await;
+            return Ok(LoginResult::Created {
+                sub: link.sub,
+                new_user: link.create_user,
+            });
         }
         Err(StoreError::Busy(
             "login: too many concurrent changes to the same user".into(),
@@ -261,7 +276,9 @@ impl Store for RedisStore {
 
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
         for _ in 0..CAS_ATTEMPTS {
-            let row = self.read_refresh(&rotate.presented_hash).await?;
+            let row = self
+                .read_refresh(&rotate.family, &rotate.presented_hash)
+                .await?;
             match rules::decide_refresh(
                 row.as_ref(),
                 rotate.now,
@@ -310,7 +327,7 @@ impl Store for RedisStore {
     }
 
     async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let key = self.key(&keys::session(sid));
+        let key = self.session_key(sid);
         let fields: HashMap<String, Vec<u8>> = self
             .op(|mut conn| async move { conn.hgetall(key).await })
             .await?;
@@ -321,7 +338,7 @@ impl Store for RedisStore {
     }
 
     async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = self.key(&keys::session(sid));
+        let key = self.session_key(sid);
         self.op(|mut conn| async move { conn.hget(key, "session_key").await })
             .await
     }
@@ -473,23 +490,24 @@ impl Store for RedisStore {
         sid: &str,
         sub: &str,
     ) -> Result<RevocationFacts, StoreError> {
+        // The feed's indexes in one slot, the session in its family's: two reads at once.
         let keys = (
             self.key(&keys::revoked("jti", jti)),
             self.key(&keys::revoked("sid", sid)),
             self.key(&keys::revoked("sub", sub)),
-            self.key(&keys::session(sid)),
         );
-        let (jti, sid, top, session_revoked): (bool, bool, Vec<(String, f64)>, bool) = self
-            .op(|mut conn| async move {
-                redis::pipe()
-                    .exists(keys.0)
-                    .exists(keys.1)
-                    .zrevrange_withscores(keys.2, 0, 0)
-                    .hexists(keys.3, "revoked_at")
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let session = self.session_key(sid);
+        let feed = self.op(|mut conn| async move {
+            redis::pipe()
+                .exists(keys.0)
+                .exists(keys.1)
+                .zrevrange_withscores(keys.2, 0, 0)
+                .query_async(&mut conn)
+                .await
+        });
+        let mark = self.op(|mut conn| async move { conn.hexists(session, "revoked_at").await });
+        let ((jti, sid, top), session_revoked): ((bool, bool, Vec<(String, f64)>), bool) =
+            tokio::try_join!(feed, mark)?;
         Ok(RevocationFacts {
             jti,
             sid,
@@ -594,9 +612,38 @@ impl Store for RedisStore {
         for key in &keys {
             call.key(key);
         }
-        call.arg(prefix).arg(now).arg(PURGE_BATCH);
-        let (revocations, sessions, refresh_tokens): (usize, usize, usize) =
-            self.eval(&call).await?;
+        call.arg(&prefix).arg(now).arg(PURGE_BATCH);
+        let raw: Vec<redis::Value> = self.eval(&call).await?;
+        let mut raw = raw.into_iter().map(String::from_redis_value);
+        let mut count = || -> Result<usize, StoreError> {
+            raw.next()
+                .and_then(|value| value.ok())
+                .and_then(|value| value.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt("purge: bad answer".into()))
+        };
+        let (revocations, mut refresh_tokens) = (count()?, count()?);
+        let ended: Vec<String> = raw
+            .collect::<Result<_, _>>()
+            .map_err(|_| StoreError::Corrupt("purge: bad answer".into()))?;
+        // Each ended session in its family's slot, then the directory forgets them.
+        let mut dropped = Vec::with_capacity(ended.len());
+        for chunk in ended.chunks(CONCURRENT_SLOTS) {
+            let mut drops = Vec::with_capacity(chunk.len());
+            for sid in chunk {
+                drops.push(self.drop_session(sid));
+            }
+            dropped.extend(futures_util::future::try_join_all(drops).await?);
+        }
+        if !dropped.is_empty() {
+            let mut call = self.inner.scripts.forget_sessions.prepare_invoke();
+            call.key(self.key(keys::SESSIONS_EXP)).arg(&prefix);
+            for (sid, (sub, code_hash, tokens)) in ended.iter().zip(&dropped) {
+                call.arg(sid).arg(sub).arg(code_hash);
+                refresh_tokens += tokens;
+            }
+            let _: i64 = self.eval(&call).await?;
+        }
+        let sessions = dropped.len();
         Ok(Purged {
             revocations,
             sessions,

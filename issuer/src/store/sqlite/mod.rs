@@ -411,7 +411,11 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn refresh_owner(&self, refresh_hash: &str) -> Result<Option<String>, StoreError> {
+    async fn refresh_owner(
+        &self,
+        _family: &str,
+        refresh_hash: &str,
+    ) -> Result<Option<String>, StoreError> {
         let hash = refresh_hash.to_string();
         self.run(move |c| ops::refresh_owner(c, &hash)).await
     }

@@ -1,5 +1,12 @@
--- KEYS: by_until, entries, by_seq, purged_through, sessions_exp, refresh_exp
+-- KEYS: by_until, entries, by_seq, purged_through, sessions_exp, refresh_exp (the directory's
+--       and the feed's slot)
 -- ARGV: prefix, now, batch
+-- Removes expired revocation entries (moving the purge watermark) and the refresh tokens of
+-- the expiry index older versions kept (refresh_exp; tokens are now removed with their
+-- session), and returns the sessions that ended: {entries removed, tokens removed, sid...}.
+-- Each ended session is then dropped in its family's slot (DROP_SESSION) and forgotten here
+-- (FORGET_SESSIONS), which takes it off sessions_exp last: a purge cut short is finished by
+-- the next one.
 local prefix, now, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local seqs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, batch)
 local highest = nil
@@ -20,18 +27,13 @@ if highest ~= nil then
   local current = tonumber(redis.call('GET', KEYS[4]) or '0')
   if highest > current then redis.call('SET', KEYS[4], string.format('%d', highest)) end
 end
-local sids = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. now, 'LIMIT', 0, batch)
-for _, sid in ipairs(sids) do
-  local s = prefix .. 'session:' .. sid
-  local fields = redis.call('HMGET', s, 'sub', 'code_hash')
-  if fields[1] then redis.call('SREM', prefix .. 'sub_sessions:' .. fields[1], sid) end
-  if fields[2] then redis.call('DEL', prefix .. 'code:' .. fields[2]) end
-  redis.call('DEL', s)
-  redis.call('ZREM', KEYS[5], sid)
-end
 local hashes = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', '(' .. now, 'LIMIT', 0, batch)
 for _, hash in ipairs(hashes) do
   redis.call('DEL', prefix .. 'refresh:' .. hash)
   redis.call('ZREM', KEYS[6], hash)
 end
-return {#seqs, #sids, #hashes}
+local result = {#seqs, #hashes}
+for _, sid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. now, 'LIMIT', 0, batch)) do
+  table.insert(result, sid)
+end
+return result

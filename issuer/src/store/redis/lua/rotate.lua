@@ -1,4 +1,4 @@
--- KEYS: old refresh, new refresh, session, refresh_exp
+-- KEYS: old refresh, new refresh, session, the session's family set (one slot: the family's)
 -- ARGV: now, new_expires, ttl, new_hash, used_at ('' for a Rotate verdict)
 -- Applies a Rotate verdict only if the token is still unused, a Sibling verdict only if it is
 -- still used at the time it was read (the grace never slides); both only while the session
@@ -12,5 +12,6 @@ if ARGV[5] == '' then redis.call('HSET', KEYS[1], 'used_at', ARGV[1]) end
 local sid = redis.call('HGET', KEYS[1], 'sid')
 redis.call('HSET', KEYS[2], 'sid', sid, 'created_at', ARGV[1], 'expires_at', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[4])
+if redis.call('TTL', KEYS[4]) < tonumber(ARGV[3]) then redis.call('EXPIRE', KEYS[4], ARGV[3]) end
 return redis.call('HGETALL', KEYS[3])

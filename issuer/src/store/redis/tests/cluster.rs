@@ -1,6 +1,6 @@
 //! The Redis store on a real 6-node Redis Cluster (3 primaries, 3 replicas; one cluster for
-//! the whole test binary, a fresh key prefix per test): the contract suite, WAIT on the
-//! slot's primary, the announcements, and a cluster URL naming no reachable node.
+//! the whole test binary, a fresh key prefix per test): the contract suite, the key layout
+//! and WAIT on every primary, the announcements, and a cluster URL naming no reachable node.
 
 use super::*;
 use weauth_servers::redis::RedisCluster;
@@ -60,24 +60,44 @@ impl Backend for TestCluster {
 
 contract_tests!(TestCluster::new());
 
-/// Every key a script shares is in one slot (the prefix is a hash tag), the keys no script
-/// shares spread; the writes WAIT for the slot primary's replica.
+/// The directory, the feed and the key ring share one slot (the prefix is a hash tag); a
+/// session, its refresh tokens and their set share their family's slot, and families,
+/// rate-limit buckets and app tokens spread over the slots; the writes WAIT for every
+/// primary's replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_keys_share_one_slot_and_writes_reach_a_replica() {
+async fn cluster_keys_by_slot_and_writes_reach_a_replica() {
     let test = TestCluster::new().await;
     let store = RedisStore::connect(cluster_options(&test.prefix))
         .await
         .unwrap();
     let slot = |key: &str| redis::cluster_routing::Slot::for_key(key.as_bytes());
     assert_eq!(store.prefix(), format!("{{{}}}", test.prefix));
+    let main = slot(&store.key(keys::SEQ));
+    for shared in [
+        store.key(&keys::user("u")),
+        store.key(&keys::identity("wx1", "o")),
+        store.key(&keys::sub_sessions("u")),
+        store.key(keys::SESSIONS_EXP),
+        store.key(keys::KEYS),
+        store.key(&keys::revoked("sid", "s")),
+    ] {
+        assert_eq!(slot(&shared), main, "{shared}");
+    }
+    let sid = crate::secrets::random_id("s_");
+    let family = tokens::family_of_sid(&sid);
+    let (token, hash) = tokens::new_refresh_token(family);
     assert_eq!(
-        slot(&store.key(&keys::session("a"))),
-        slot(&store.key(keys::SEQ))
+        slot(&store.session_key(&sid)),
+        slot(&store.refresh_key(tokens::family_of_refresh(&token), &hash))
     );
     assert_eq!(
-        slot(&store.key(&keys::refresh("h"))),
-        slot(&store.key(keys::KEYS))
+        slot(&store.session_key(&sid)),
+        slot(&store.family_set_key(&sid))
     );
+    let sessions: std::collections::HashSet<_> = (0..20)
+        .map(|_| slot(&store.session_key(&crate::secrets::random_id("s_"))))
+        .collect();
+    assert!(sessions.len() > 10, "sessions spread over slots");
     let apart: std::collections::HashSet<_> = (0..20)
         .map(|i| slot(&store.key_apart(&keys::rate_limit(format!("10.0.0.{i}")))))
         .collect();
