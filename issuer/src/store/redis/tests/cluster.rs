@@ -98,6 +98,58 @@ async fn cluster_keys_by_slot_and_writes_reach_a_replica() {
         .map(|_| slot(&store.session_key(&crate::secrets::random_id("s_"))))
         .collect();
     assert!(sessions.len() > 10, "sessions spread over slots");
+    // Logins and refreshes of 30 sessions: their records are on every primary, not one.
+    let cluster = RedisCluster::shared();
+    let mut primaries = std::collections::HashSet::new();
+    for i in 0..30 {
+        let sid = crate::secrets::random_id("s_");
+        let (first, first_hash) = tokens::new_refresh_token(tokens::family_of_sid(&sid));
+        let login = crate::store::NewLogin {
+            appid: "wx1".into(),
+            openid: format!("o{i}"),
+            unionid: None,
+            code_hash: format!("code{i}"),
+            new_sub: format!("u{i}"),
+            sid: sid.clone(),
+            session_key_sealed: None,
+            now: 10,
+            session_expires: 1000,
+            refresh_hash: first_hash.clone(),
+            refresh_expires: 500,
+        };
+        assert!(matches!(
+            store.login(&login).await.unwrap(),
+            LoginResult::Created { .. }
+        ));
+        let (_, next_hash) = tokens::new_refresh_token(tokens::family_of_refresh(&first));
+        let rotated = store
+            .rotate_refresh(&Rotate {
+                family: tokens::family_of_refresh(&first).into(),
+                presented_hash: first_hash,
+                new_hash: next_hash.clone(),
+                now: 11,
+                refresh_ttl: 100,
+                reuse_grace: 0,
+                revocation_until: 1000,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(rotated, RotateResult::Rotated { .. }),
+            "{rotated:?}"
+        );
+        let session = store.session_key(&sid);
+        assert_eq!(
+            cluster.primary_of(&store.refresh_key(tokens::family_of_sid(&sid), &next_hash)),
+            cluster.primary_of(&session)
+        );
+        primaries.insert(cluster.primary_of(&session).unwrap());
+    }
+    assert_eq!(
+        primaries.len(),
+        cluster.primaries().len(),
+        "30 sessions, each on the primary of its family's slot, reach every primary"
+    );
     let apart: std::collections::HashSet<_> = (0..20)
         .map(|i| slot(&store.key_apart(&keys::rate_limit(format!("10.0.0.{i}")))))
         .collect();
