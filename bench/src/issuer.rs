@@ -206,7 +206,7 @@ pub async fn throughput_mysql(
 }
 
 /// As [`throughput`], with one replica on a 6-node Redis Cluster (3 primaries, 3 replicas,
-/// AOF `appendfsync always`, every write `WAIT`ing for the slot primary's replica).
+/// AOF `appendfsync always`, every write `WAIT`ing for a replica of every primary; sessions spread over the slots).
 pub async fn throughput_cluster(
     concurrency: usize,
     duration: Duration,

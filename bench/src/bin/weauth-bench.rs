@@ -287,8 +287,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     md.push_str(
         "\n### Redis Cluster\n\nThe same, with one issuer replica on a local 6-node Redis \
-         Cluster (3 primaries, 3 replicas, AOF `appendfsync always`; every write `WAIT`s for the \
-         slot primary's replica), same run.\n\n",
+         Cluster (3 primaries, 3 replicas, AOF `appendfsync always`; sessions spread over the \
+         slots by family; every write `WAIT`s for a replica of every primary), same run.\n\n",
     );
     match &issuer_cluster {
         Some(Ok(r)) => md.push_str(&issuer_markdown(r)),
