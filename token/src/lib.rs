@@ -9,6 +9,8 @@
 //!   of compact JWS for EdDSA (Ed25519), ES256 and HS256, on the `jsonwebtoken` crate, with
 //!   weauth's stricter policy around it (the module docs list what the crate checks and what
 //!   weauth adds).
+//! - [`crypto`]: the cryptography under `jsonwebtoken` (EdDSA, ES256, HS256 only), installed
+//!   by [`jws`] before it calls the crate.
 //! - [`revocation`]: the revocation feed's wire types, as served by the issuer's
 //!   `GET /v1/revocations` and consumed by the filter.
 //! - [`b64`]: strict base64url without padding.
@@ -19,6 +21,7 @@
 
 pub mod b64;
 pub mod claims;
+pub mod crypto;
 pub mod jwk;
 pub mod jws;
 pub mod revocation;
