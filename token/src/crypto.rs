@@ -20,6 +20,9 @@
 //! | ES256 | `p256` `sign_recoverable` (RFC 6979), key from PKCS#8 DER | `p256` `verify` (accepts high-`S`: [`crate::jws`] refuses it first), key = SEC1 point |
 //! | HS256 | HMAC-SHA256 | HMAC-SHA256, constant-time comparison |
 //!
+//! The signers exist with the crate's `sign` feature only (the issuer's build); the edge filter's
+//! build has verifiers alone, and its table entry for signers refuses every algorithm.
+//!
 //! Of the JWK helpers only SHA-256 digests are offered; weauth computes its thumbprints itself
 //! (`jwk.rs`) and never asks `jsonwebtoken` for one.
 
@@ -27,8 +30,11 @@ use hmac::{Hmac, Mac};
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::{new_error, Error, ErrorKind, Result};
 use jsonwebtoken::jwk::ThumbprintHash;
-use jsonwebtoken::signature::{self, Signer, Verifier};
+#[cfg(feature = "sign")]
+use jsonwebtoken::signature::Signer;
+use jsonwebtoken::signature::{self, Verifier};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
+#[cfg(feature = "sign")]
 use p256::pkcs8::DecodePrivateKey;
 use sha2::{Digest, Sha256};
 
@@ -80,6 +86,14 @@ fn require_family(alg: Algorithm, family: AlgorithmFamily) -> Result<()> {
     }
 }
 
+/// Without the `sign` feature (the edge filter's build) there are no signers: the table entry
+/// refuses, and the signing code is not linked.
+#[cfg(not(feature = "sign"))]
+fn new_signer(_: &Algorithm, _: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
+    Err(unsupported())
+}
+
+#[cfg(feature = "sign")]
 fn new_signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
     require_family(*alg, key.family())?;
     Ok(match alg {
@@ -120,14 +134,17 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
     })
 }
 
+#[cfg(feature = "sign")]
 struct EdDsaSigner(ed25519_dalek::SigningKey);
 
+#[cfg(feature = "sign")]
 impl Signer<Vec<u8>> for EdDsaSigner {
     fn try_sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
         Ok(self.0.sign(msg).to_bytes().to_vec())
     }
 }
 
+#[cfg(feature = "sign")]
 impl JwtSigner for EdDsaSigner {
     fn algorithm(&self) -> Algorithm {
         Algorithm::EdDSA
@@ -149,8 +166,10 @@ impl JwtVerifier for EdDsaVerifier {
     }
 }
 
+#[cfg(feature = "sign")]
 struct Es256Signer(p256::ecdsa::SigningKey);
 
+#[cfg(feature = "sign")]
 impl Signer<Vec<u8>> for Es256Signer {
     fn try_sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
         // `sign_recoverable`, as the crate's own provider: the same (RFC 6979) signature bytes,
@@ -160,6 +179,7 @@ impl Signer<Vec<u8>> for Es256Signer {
     }
 }
 
+#[cfg(feature = "sign")]
 impl JwtSigner for Es256Signer {
     fn algorithm(&self) -> Algorithm {
         Algorithm::ES256
@@ -181,8 +201,10 @@ impl JwtVerifier for Es256Verifier {
     }
 }
 
+#[cfg(feature = "sign")]
 struct Hs256Signer(HmacSha256);
 
+#[cfg(feature = "sign")]
 impl Signer<Vec<u8>> for Hs256Signer {
     fn try_sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
         let mut mac = self.0.clone();
@@ -191,6 +213,7 @@ impl Signer<Vec<u8>> for Hs256Signer {
     }
 }
 
+#[cfg(feature = "sign")]
 impl JwtSigner for Hs256Signer {
     fn algorithm(&self) -> Algorithm {
         Algorithm::HS256
@@ -214,7 +237,7 @@ impl JwtVerifier for Hs256Verifier {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sign"))]
 mod tests {
     use super::*;
     use crate::jws::SigningKey as WeauthSigningKey;

@@ -76,13 +76,15 @@ pub struct Header {
     pub jwk: Option<serde_json::Value>,
 }
 
-/// A private (or, for HS256, shared) signing key.
+/// A private (or, for HS256, shared) signing key (feature `sign`).
+#[cfg(feature = "sign")]
 pub enum SigningKey {
     Ed25519(ed25519_dalek::SigningKey),
     P256(p256::ecdsa::SigningKey),
     Hmac(zeroize::Zeroizing<Vec<u8>>),
 }
 
+#[cfg(feature = "sign")]
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SigningKey::{}", self.algorithm())
@@ -90,6 +92,7 @@ impl std::fmt::Debug for SigningKey {
 }
 
 /// Why a signing key could not be built or read.
+#[cfg(feature = "sign")]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("the random seed does not make a valid {0} key; draw another")]
@@ -104,6 +107,7 @@ pub enum KeyError {
 
 /// Why a token could not be signed. Neither happens with keys built by this module and the
 /// [`Claims`] type; the enum exists so that a failure is reported, never papered over.
+#[cfg(feature = "sign")]
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
     #[error("the {0} signing key could not be exported as PKCS#8 for jsonwebtoken")]
@@ -114,6 +118,7 @@ pub enum SignError {
     EcdsaShape,
 }
 
+#[cfg(feature = "sign")]
 impl SigningKey {
     /// Builds a key of `alg` from 32 random bytes the caller drew from a CSPRNG.
     ///
@@ -261,6 +266,7 @@ pub(crate) fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
 
 /// ES256: the low-`S` twin of `signature` (unchanged when it already is low-`S`); other
 /// algorithms pass through.
+#[cfg(feature = "sign")]
 fn low_s_form(alg: Algorithm, signature: Vec<u8>) -> Result<Vec<u8>, SignError> {
     if alg != Algorithm::ES256 {
         return Ok(signature);
@@ -278,6 +284,7 @@ fn low_s_form(alg: Algorithm, signature: Vec<u8>) -> Result<Vec<u8>, SignError> 
 ///
 /// # Errors
 /// See [`SignError`] (not expected with keys built by this module).
+#[cfg(feature = "sign")]
 pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, SignError> {
     let alg = key.algorithm();
     let mut header = jsonwebtoken::Header::new(jwt_alg(alg));
@@ -547,7 +554,7 @@ pub fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, JwkError> {
     jwk.to_verifying_key()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sign"))]
 mod tests {
     use super::*;
     use crate::claims::tests::sample;
