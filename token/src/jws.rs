@@ -1,10 +1,10 @@
 //! Compact JWS: signing weauth access tokens and verifying them, on `jsonwebtoken`.
 //!
 //! The JWS mechanics are the `jsonwebtoken` crate's (11.x); its cryptography is weauth's own
-//! provider over the same crates (`crypto.rs`: ed25519-dalek, p256, hmac; not the crate's
-//! `rust_crypto` feature, which links RSA into the filter). This module is the ONE place where weauth's stricter
-//! policy wraps it; [`verify`] and [`sign`] are the only ways in, for the issuer (its own bearer
-//! check) and the edge filter alike.
+//! provider (`crypto.rs`: ed25519-dalek, p256, hmac; not the crate's `rust_crypto` feature,
+//! which links RSA into the filter). This module is the ONE place where weauth's stricter
+//! policy wraps it; [`verify`] and `sign` (feature `sign`) are the only ways in, for the issuer
+//! (its own bearer check) and the edge filter alike.
 //!
 //! # What `jsonwebtoken` checks
 //!
@@ -43,8 +43,8 @@
 //! 7. (the caller's) revocation.
 //!
 //! Signing goes through `jsonwebtoken::encode` with the header `{"typ":"at+jwt","alg",
-//! "kid"}`. For ES256 the crate's signer (p256 `sign_recoverable`) returns a high-`S`
-//! signature about half the time, so [`sign`] rewrites it to its low-`S` twin — the same
+//! "kid"}`. For ES256 the signer (p256 `sign_recoverable`, `crypto.rs`) returns a high-`S`
+//! signature about half the time, so `sign` rewrites it to its low-`S` twin — the same
 //! signature, in the one spelling [`verify`] accepts.
 
 use serde::{Deserialize, Serialize};
