@@ -237,7 +237,8 @@ impl JwtVerifier for Hs256Verifier {
     }
 }
 
-#[cfg(all(test, feature = "sign"))]
+#[cfg(test)]
+#[cfg(feature = "sign")]
 mod tests {
     use super::*;
     use crate::jws::SigningKey as WeauthSigningKey;

@@ -554,7 +554,8 @@ pub fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, JwkError> {
     jwk.to_verifying_key()
 }
 
-#[cfg(all(test, feature = "sign"))]
+#[cfg(test)]
+#[cfg(feature = "sign")]
 mod tests {
     use super::*;
     use crate::claims::tests::sample;
