@@ -199,6 +199,8 @@ fmt-check: ## cargo fmt --check
 clippy: setup ## clippy with -D warnings, for the host (the filter with its native adapter) and for the wasm target
 	$(CARGO) clippy $(CARGO_LOCKED) --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-token -p weauth-filter --target $(WASM_TARGET) -- -D warnings
+	@# weauth-token as the module links it: without its `sign` feature (token/src/lib.rs)
+	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-filter --target $(WASM_TARGET) -- -D warnings
 
 # fuzz/ is its own workspace (`cargo test --workspace` does not build it), so nothing else
 # notices when its lock file falls behind a dependency change; `make fuzz` would rewrite it.

@@ -1,7 +1,8 @@
 //! Checks that the built module imports only `env.proxy_*` and `wasi_snapshot_preview1.*`
 //! (a JWT crate that pulls in `wasm-bindgen` or `__wbindgen_*` imports would fail to load in
-//! Envoy; see proxy-wasm-rust-sdk#179 and jsonwebtoken#431 — `jsonwebtoken` with
-//! `rust_crypto` on `wasm32-wasip1` does not, and this test is what says so).
+//! Envoy; see proxy-wasm-rust-sdk#179 and jsonwebtoken#431 — `jsonwebtoken` on
+//! `wasm32-wasip1`, with weauth's crypto provider as with its own `rust_crypto` before,
+//! does not, and this test is what says so).
 //!
 //! The import and export sections are read with `wasmparser`. The check on the real artefact
 //! needs the release build first, so it is `#[ignore]`d by default (`make test` runs it):

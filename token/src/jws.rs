@@ -1,9 +1,10 @@
 //! Compact JWS: signing weauth access tokens and verifying them, on `jsonwebtoken`.
 //!
-//! The cryptography and the JWS mechanics are the `jsonwebtoken` crate's (11.x, `rust_crypto`
-//! backend: ed25519-dalek, p256, hmac). This module is the ONE place where weauth's stricter
-//! policy wraps it; [`verify`] and [`sign`] are the only ways in, for the issuer (its own bearer
-//! check) and the edge filter alike.
+//! The JWS mechanics are the `jsonwebtoken` crate's (11.x); its cryptography is weauth's own
+//! provider (`crypto.rs`: ed25519-dalek, p256, hmac; not the crate's `rust_crypto` feature,
+//! which links RSA into the filter). This module is the ONE place where weauth's stricter
+//! policy wraps it; [`verify`] and `sign` (feature `sign`) are the only ways in, for the issuer
+//! (its own bearer check) and the edge filter alike.
 //!
 //! # What `jsonwebtoken` checks
 //!
@@ -42,8 +43,8 @@
 //! 7. (the caller's) revocation.
 //!
 //! Signing goes through `jsonwebtoken::encode` with the header `{"typ":"at+jwt","alg",
-//! "kid"}`. For ES256 the crate's signer (p256 `sign_recoverable`) returns a high-`S`
-//! signature about half the time, so [`sign`] rewrites it to its low-`S` twin — the same
+//! "kid"}`. For ES256 the signer (p256 `sign_recoverable`, `crypto.rs`) returns a high-`S`
+//! signature about half the time, so `sign` rewrites it to its low-`S` twin — the same
 //! signature, in the one spelling [`verify`] accepts.
 
 use serde::{Deserialize, Serialize};
@@ -75,13 +76,15 @@ pub struct Header {
     pub jwk: Option<serde_json::Value>,
 }
 
-/// A private (or, for HS256, shared) signing key.
+/// A private (or, for HS256, shared) signing key (feature `sign`).
+#[cfg(feature = "sign")]
 pub enum SigningKey {
     Ed25519(ed25519_dalek::SigningKey),
     P256(p256::ecdsa::SigningKey),
     Hmac(zeroize::Zeroizing<Vec<u8>>),
 }
 
+#[cfg(feature = "sign")]
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SigningKey::{}", self.algorithm())
@@ -89,6 +92,7 @@ impl std::fmt::Debug for SigningKey {
 }
 
 /// Why a signing key could not be built or read.
+#[cfg(feature = "sign")]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("the random seed does not make a valid {0} key; draw another")]
@@ -103,6 +107,7 @@ pub enum KeyError {
 
 /// Why a token could not be signed. Neither happens with keys built by this module and the
 /// [`Claims`] type; the enum exists so that a failure is reported, never papered over.
+#[cfg(feature = "sign")]
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
     #[error("the {0} signing key could not be exported as PKCS#8 for jsonwebtoken")]
@@ -113,6 +118,7 @@ pub enum SignError {
     EcdsaShape,
 }
 
+#[cfg(feature = "sign")]
 impl SigningKey {
     /// Builds a key of `alg` from 32 random bytes the caller drew from a CSPRNG.
     ///
@@ -221,6 +227,7 @@ impl SigningKey {
     /// See [`SignError`].
     pub fn sign_input(&self, input: &[u8]) -> Result<Vec<u8>, SignError> {
         let alg = self.algorithm();
+        crate::crypto::install();
         let signature = jsonwebtoken::crypto::sign(input, &self.encoding_key()?, jwt_alg(alg))?;
         let signature = b64::decode(&signature).map_err(|_| SignError::EcdsaShape)?;
         low_s_form(alg, signature)
@@ -249,7 +256,7 @@ impl SigningKey {
 }
 
 /// The crate's name for one of our algorithms.
-fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
+pub(crate) fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
     match alg {
         Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
         Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
@@ -259,6 +266,7 @@ fn jwt_alg(alg: Algorithm) -> jsonwebtoken::Algorithm {
 
 /// ES256: the low-`S` twin of `signature` (unchanged when it already is low-`S`); other
 /// algorithms pass through.
+#[cfg(feature = "sign")]
 fn low_s_form(alg: Algorithm, signature: Vec<u8>) -> Result<Vec<u8>, SignError> {
     if alg != Algorithm::ES256 {
         return Ok(signature);
@@ -276,11 +284,13 @@ fn low_s_form(alg: Algorithm, signature: Vec<u8>) -> Result<Vec<u8>, SignError> 
 ///
 /// # Errors
 /// See [`SignError`] (not expected with keys built by this module).
+#[cfg(feature = "sign")]
 pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, SignError> {
     let alg = key.algorithm();
     let mut header = jsonwebtoken::Header::new(jwt_alg(alg));
     header.typ = Some(ACCESS_TOKEN_TYP.to_string());
     header.kid = Some(key.kid());
+    crate::crypto::install();
     let token = jsonwebtoken::encode(&header, claims, &key.encoding_key()?)?;
     if alg != Algorithm::ES256 {
         return Ok(token);
@@ -456,6 +466,7 @@ fn check_signature_and_read(
     crate_validation.validate_nbf = false;
     crate_validation.validate_aud = false;
     crate_validation.leeway = 0;
+    crate::crypto::install();
     match jsonwebtoken::decode::<Claims>(token, &entry.decoding, &crate_validation) {
         Ok(data) => Ok(data.claims),
         Err(err) => Err(map_crate_error(err.kind())),
@@ -544,6 +555,7 @@ pub fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, JwkError> {
 }
 
 #[cfg(test)]
+#[cfg(feature = "sign")]
 mod tests {
     use super::*;
     use crate::claims::tests::sample;
@@ -731,6 +743,80 @@ mod tests {
     }
 
     #[test]
+    fn verify_token_for_key_of_other_type_refused() {
+        // Each algorithm's token presented under the kid of a key of each other type (both in
+        // the set and in the allow-list): the key's type pins the algorithm.
+        let ed = SigningKey::from_seed(Algorithm::EdDSA, &[1u8; 32]).unwrap();
+        let ec = SigningKey::from_seed(Algorithm::ES256, &[2u8; 32]).unwrap();
+        let hs = SigningKey::from_seed(Algorithm::HS256, &[3u8; 32]).unwrap();
+        let mut keys = KeySet::default();
+        for key in [&ed, &ec, &hs] {
+            keys.insert(key.kid(), key.verifying_key());
+        }
+        let mut validation = Validation::new("https://issuer.example", vec!["weauth".into()]);
+        validation.algorithms = vec![Algorithm::EdDSA, Algorithm::ES256, Algorithm::HS256];
+        let payload = serde_json::to_string(&sample(NOW)).unwrap();
+        for signer in [&ed, &ec, &hs] {
+            for holder in [&ed, &ec, &hs] {
+                let header = format!(
+                    r#"{{"alg":"{}","typ":"at+jwt","kid":"{}"}}"#,
+                    signer.algorithm(),
+                    holder.kid()
+                );
+                let token = resign(signer, &header, &payload);
+                let expected = if signer.algorithm() == holder.algorithm() {
+                    Ok(sample(NOW))
+                } else {
+                    Err(VerifyError::KeyAlgorithmMismatch)
+                };
+                assert_eq!(
+                    verify(&token, &keys, &validation, NOW),
+                    expected,
+                    "{} token under the {} key",
+                    signer.algorithm(),
+                    holder.algorithm()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn verify_bad_signature_each_algorithm_refused() {
+        for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::HS256] {
+            let key = SigningKey::from_seed(alg, &[4u8; 32]).unwrap();
+            let other = SigningKey::from_seed(alg, &[6u8; 32]).unwrap();
+            let (keys, validation) = setup(&key);
+            let header = format!(r#"{{"alg":"{alg}","typ":"at+jwt","kid":"{}"}}"#, key.kid());
+            // signed by another key of the same type, under this key's kid
+            let token = resign(
+                &other,
+                &header,
+                &serde_json::to_string(&sample(NOW)).unwrap(),
+            );
+            assert_eq!(
+                verify(&token, &keys, &validation, NOW),
+                Err(VerifyError::BadSignature),
+                "{alg} other key"
+            );
+            // this key's signature with one bit flipped, and an empty signature
+            let token = sign(&sample(NOW), &key).unwrap();
+            let (input, sig) = token.rsplit_once('.').unwrap();
+            let mut bytes = b64::decode(sig).unwrap();
+            bytes[9] ^= 0x10;
+            for forged in [
+                format!("{input}.{}", b64::encode(bytes)),
+                format!("{input}."),
+            ] {
+                assert_eq!(
+                    verify(&forged, &keys, &validation, NOW),
+                    Err(VerifyError::BadSignature),
+                    "{alg} forged"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn verify_es256_high_s_twin_refused() {
         let key = SigningKey::from_seed(Algorithm::ES256, &[5u8; 32]).unwrap();
         let (keys, validation) = setup(&key);
@@ -885,6 +971,59 @@ mod tests {
             let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
             assert!(sig.normalize_s().is_none(), "token {n} is high-S");
             assert_eq!(verify(&token, &keys, &validation, NOW).unwrap(), claims);
+        }
+    }
+
+    #[test]
+    fn sign_same_bytes_as_rust_crypto_provider() {
+        // Tokens signed before weauth's provider replaced jsonwebtoken's `rust_crypto` one
+        // (tests/fixtures/rust-crypto/README.md): the same keys and claims sign to the same
+        // bytes, and each verifies.
+        let pinned = [
+            (
+                Algorithm::EdDSA,
+                3u8,
+                include_str!("../tests/fixtures/rust-crypto/eddsa-seed3.jwt"),
+            ),
+            (
+                Algorithm::EdDSA,
+                5,
+                include_str!("../tests/fixtures/rust-crypto/eddsa-seed5.jwt"),
+            ),
+            (
+                Algorithm::ES256,
+                3,
+                include_str!("../tests/fixtures/rust-crypto/es256-seed3.jwt"),
+            ),
+            (
+                Algorithm::ES256,
+                5,
+                include_str!("../tests/fixtures/rust-crypto/es256-seed5.jwt"),
+            ),
+            (
+                Algorithm::HS256,
+                3,
+                include_str!("../tests/fixtures/rust-crypto/hs256-seed3.jwt"),
+            ),
+            (
+                Algorithm::HS256,
+                5,
+                include_str!("../tests/fixtures/rust-crypto/hs256-seed5.jwt"),
+            ),
+        ];
+        for (alg, seed, old) in pinned {
+            let key = SigningKey::from_seed(alg, &[seed; 32]).unwrap();
+            let (keys, validation) = setup(&key);
+            assert_eq!(
+                sign(&sample(NOW), &key).unwrap(),
+                old.trim(),
+                "{alg} seed {seed}"
+            );
+            assert_eq!(
+                verify(old.trim(), &keys, &validation, NOW).unwrap(),
+                sample(NOW),
+                "{alg} seed {seed}"
+            );
         }
     }
 
