@@ -612,6 +612,60 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn apply_delta_repeated_value_merges_to_later_until_and_cutoff() {
+        let mut set = set_with(
+            (0..300)
+                .map(|i| entry(i, EntryKind::Jti, &format!("j{i}"), NOW + 10))
+                .chain([entry(300, EntryKind::Sub, "u", NOW + 10)])
+                .collect(),
+        );
+        let mut later = entry(302, EntryKind::Sub, "u", NOW + 50);
+        later.issued_before = Some(NOW + 5);
+        set.apply(
+            &feed(
+                302,
+                false,
+                vec![entry(301, EntryKind::Jti, "j7", NOW + 100), later],
+            ),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(set.len(), 301);
+        set.prune(NOW + 20);
+        assert_eq!(set.len(), 2, "j7 and u live on with the later until");
+        assert_eq!(set.check(&claims("j7", "s", "x", NOW)), Some(Revoked::Jti));
+        assert_eq!(
+            set.check(&claims("j", "s", "u", NOW + 1)),
+            Some(Revoked::Sub)
+        );
+        for shard in &set.shards {
+            for column in [&shard.jti, &shard.sid, &shard.sub] {
+                assert!(column.hashes.windows(2).all(|w| w[0] < w[1]));
+                assert_eq!(column.hashes.capacity(), column.hashes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn apply_delta_to_a_clone_copies_only_the_touched_shard() {
+        let original = set_with(vec![
+            entry(1, EntryKind::Jti, "a", NOW + 100),
+            entry(2, EntryKind::Jti, "b", NOW + 100),
+        ]);
+        let mut copy = original.clone();
+        copy.apply(
+            &feed(11, false, vec![entry(11, EntryKind::Sid, "s", NOW + 100)]),
+            NOW,
+        )
+        .unwrap();
+        let touched = shard_of(EntryKind::Sid, "s");
+        for (index, (a, b)) in original.shards.iter().zip(&copy.shards).enumerate() {
+            assert_eq!(Arc::ptr_eq(a, b), index != touched, "shard {index}");
+        }
+        assert_eq!(original.len(), 2, "the original is untouched");
+    }
+
+    #[test]
     fn apply_delta_changes_only_touched_shard() {
         let mut set = set_with(vec![]);
         let applied = set
