@@ -50,9 +50,14 @@ const PRUNE_EVERY_MS: u64 = 10_000;
 /// The most entries the issuer puts in one feed answer (docs/INTERFACES.md, "Revocation
 /// feed"): an answer this long has more behind it, asked for at once.
 pub const FEED_PAGE_ENTRIES: usize = 50_000;
-/// How long a privately loaded set waits for the next page before it is published anyway: a
-/// set of an exact number of pages ends with a full page, and the poll after it is held.
+/// How long a privately loaded set waits for the next page before it is published anyway (a
+/// set of an exact number of pages ends with a full page, and the poll after it is held): twice
+/// the slowest page of the load so far, at least this long...
 pub const STAGING_HOLD_MS: u64 = 200;
+/// ... and at most this long. Publishing in the middle of a load is correct but costs a copy
+/// of the set loaded so far (the next page changes every shard of a set readers now hold), so
+/// the hold follows how fast pages come on a loaded machine rather than a fixed guess.
+pub const STAGING_HOLD_MAX_MS: u64 = 2_000;
 
 /// The published keys.
 #[derive(Debug)]
@@ -203,6 +208,8 @@ pub struct Fetcher {
     seed: u64,
     /// A set being loaded page by page, not yet published (module docs).
     staging: Option<RevocationSet>,
+    /// The slowest page of that load (ms from the poll to its answer).
+    staging_page_ms: u64,
 }
 
 impl Fetcher {
@@ -236,6 +243,7 @@ impl Fetcher {
             was_stale: None,
             seed: now_ms ^ 0x5EED,
             staging: None,
+            staging_page_ms: 0,
         }
     }
 
@@ -493,7 +501,7 @@ impl Fetcher {
                     .map_or(0, |started| now_ms.saturating_sub(started));
                 self.full_pending = false;
                 let seq = response.seq;
-                self.apply_feed(shared, report, response, now_ms);
+                self.apply_feed(shared, report, response, elapsed_ms, now_ms);
                 self.seed = self
                     .seed
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -538,10 +546,12 @@ impl Fetcher {
         shared: &Shared,
         report: &impl Report,
         response: FeedPage,
+        elapsed_ms: u64,
         now_ms: u64,
     ) {
         let current = shared.revocation();
         let staged = self.staging.take();
+        let page_ms = std::mem::take(&mut self.staging_page_ms);
         let was_staged = staged.is_some();
         let mut set = match staged {
             Some(set) => set,
@@ -568,6 +578,7 @@ impl Fetcher {
                 }
                 if more {
                     self.staging = Some(set);
+                    self.staging_page_ms = page_ms.max(elapsed_ms);
                     return;
                 }
                 let unchanged = !was_staged && applied.changed.is_empty() && set.seq == held_seq;
@@ -600,20 +611,26 @@ impl Fetcher {
     }
 
     /// Publishes a privately loaded set once no page is on its way: the poll after the last
-    /// full page failed, or has been held for [`STAGING_HOLD_MS`].
+    /// full page failed, or has been out for twice the slowest page of the load (within
+    /// [`STAGING_HOLD_MS`]..=[`STAGING_HOLD_MAX_MS`]).
     fn publish_staged_when_idle(&mut self, shared: &Shared, now_ms: u64) {
         if self.staging.is_none() {
             return;
         }
+        let hold_ms = self
+            .staging_page_ms
+            .saturating_mul(2)
+            .clamp(STAGING_HOLD_MS, STAGING_HOLD_MAX_MS);
         let waiting = match self.feed.as_ref().map(Schedule::phase) {
             Some(FetchPhase::InFlight { started_ms, .. }) => {
-                now_ms.saturating_sub(started_ms) < STAGING_HOLD_MS
+                now_ms.saturating_sub(started_ms) < hold_ms
             }
             _ => false,
         };
         if waiting {
             return;
         }
+        self.staging_page_ms = 0;
         if let Some(set) = self.staging.take() {
             let current = shared.revocation();
             Self::publish(shared, current.as_deref(), set, now_ms);
@@ -898,6 +915,27 @@ mod tests {
             (FEED_PAGE_ENTRIES, page)
         );
         assert_eq!(issuer.calls.len(), 3, "the held poll is left alone");
+    }
+
+    #[test]
+    fn fetcher_staging_hold_follows_the_slowest_page() {
+        let (shared, mut fetcher, mut issuer, log) = polling();
+        let page = FEED_PAGE_ENTRIES as u64;
+        // The first page took 600 ms to come: wait 1.2 s for the next before publishing.
+        let at = NOW + 600;
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            2,
+            200,
+            &page_body(1, page, true),
+            at,
+        );
+        fetcher.tick(&shared, &mut issuer, &log, at + 1_199);
+        assert!(shared.revocation().is_none());
+        fetcher.tick(&shared, &mut issuer, &log, at + 1_200);
+        assert_eq!(shared.revocation().unwrap().set.len(), FEED_PAGE_ENTRIES);
     }
 
     #[test]
