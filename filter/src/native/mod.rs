@@ -16,8 +16,11 @@
 //!   it: only the shards the answer touches are copied. A large set arrives as pages of
 //!   [`FEED_PAGE_ENTRIES`] that the issuer sends back to back; while they come, the fetcher
 //!   applies them in place to a private set and publishes it once, when an answer is not a full
-//!   page or the next page is not back within [`STAGING_HOLD_MS`] (the issuer holds a poll it
-//!   has nothing for) — instead of copying the growing set for every page.
+//!   page or the next page is not back within twice the slowest page so far
+//!   ([`STAGING_HOLD_MS`]..=[`STAGING_HOLD_MAX_MS`]; the issuer holds a poll it has nothing
+//!   for) — instead of copying the growing set for every page.
+//! - **The body stays where Envoy put it.** A feed answer is read from the pieces of Envoy's
+//!   buffer ([`FeedPage::parse_chunks`]), not from a joined copy.
 //!
 //! The fetcher is generic over [`IssuerCall`] and [`Report`], so it is unit-tested here against
 //! a scripted issuer.
