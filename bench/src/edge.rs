@@ -160,9 +160,18 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-/// The rows of a run: [`scenarios`], plus a comparison build's row when one is given.
+/// The rows of a run: [`scenarios`] (only the baseline and those named by
+/// [`EdgeSettings::rows`] when it is not empty), plus a comparison build's row when one is given.
 pub fn scenarios_for(settings: &EdgeSettings) -> Vec<Scenario> {
     let mut all = scenarios();
+    if !settings.rows.is_empty() {
+        all = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, s)| *i == 0 || settings.rows.iter().any(|w| s.name.contains(w.as_str())))
+            .map(|(_, s)| s)
+            .collect();
+    }
     if settings.compare_wasm.is_some() {
         all.push(Scenario {
             name: "comparison build (WEAUTH_BENCH_COMPARE_WASM), 0 revoked".into(),
@@ -306,6 +315,8 @@ pub struct EdgeSettings {
     pub connections: u32,
     /// First `--base-id` to use; each Envoy gets the next one.
     pub base_id: u32,
+    /// Words naming the rows to run besides the no-auth baseline (`--rows`; empty: every row).
+    pub rows: Vec<String>,
 }
 
 struct Booted {
@@ -637,6 +648,17 @@ async fn memory(
             .and_then(|l| l.rsplit(": ").next())
             .and_then(|v| v.trim().parse().ok())
     });
+    // What Envoy's allocator says it holds (tcmalloc, admin `/memory`): allocated (live) bytes
+    // against the heap it keeps, for the log.
+    for (b, what) in [(zero, "0"), (million, "the largest set")] {
+        if let Some(text) = admin_get(client, b.admin_port, "/memory").await {
+            eprintln!(
+                "bench: {} with {what}: Envoy's allocator: {}",
+                b.scenario.name,
+                text.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+        }
+    }
     let mut result = MemoryResult {
         set_size,
         entries_gauge: entries,

@@ -19,14 +19,13 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
-use weauth_token::revocation::FeedResponse;
 use weauth_token::KeySet;
 
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
 use crate::host::Level;
 use crate::metrics::Metrics;
 use crate::refresh::{self, CallOutcome, LeaseStep, NextPoll, Schedule};
-use crate::revocation::{Meta, Publication, RevocationSet};
+use crate::revocation::{FeedPage, Meta, Publication, RevocationSet};
 use crate::wasm_host::{log, now_ms};
 use crate::worker::{Keys, VmState, Worker};
 
@@ -399,8 +398,7 @@ impl Root {
             return;
         };
         let parsed = if status == 200 {
-            serde_json::from_slice::<FeedResponse>(&body)
-                .map_err(|err| format!("unreadable body: {err}"))
+            FeedPage::parse(&body).map_err(|err| format!("unreadable body: {err}"))
         } else {
             Err(format!("HTTP status {status}"))
         };
@@ -415,10 +413,11 @@ impl Root {
                     .and_then(Schedule::last_started_ms)
                     .map_or(0, |started| now_ms.saturating_sub(started));
                 self.full_pending = false;
-                self.apply_feed(worker, &response, now_ms);
+                let seq = response.seq;
+                self.apply_feed(worker, response, now_ms);
                 let next = refresh::next_feed_poll(
                     since,
-                    response.seq,
+                    seq,
                     elapsed_ms,
                     feed.wait_seconds.saturating_mul(1000),
                     self.vm_id
@@ -456,13 +455,14 @@ impl Root {
         }
     }
 
-    fn apply_feed(&self, worker: &Worker, response: &FeedResponse, now_ms: u64) {
+    fn apply_feed(&self, worker: &Worker, response: FeedPage, now_ms: u64) {
         let Ok(mut state) = worker.state.try_borrow_mut() else {
             return;
         };
         let held_seq = state.replica.set.seq;
         let first = state.replica.meta.is_none();
-        let changed = match state.replica.set.apply(response, seconds(now_ms)) {
+        let (seq, full) = (response.seq, response.full);
+        let changed = match state.replica.set.apply_page(response, seconds(now_ms)) {
             Ok(applied) => {
                 if applied.skipped > 0 {
                     self.log(
@@ -473,13 +473,13 @@ impl Root {
                         ),
                     );
                 }
-                if first || response.seq != held_seq {
+                if first || seq != held_seq {
                     self.log(
                         Level::Info,
                         &format!(
                             "revocation feed seq {} applied ({}): {} entries, {} KiB",
-                            response.seq,
-                            if response.full { "full" } else { "delta" },
+                            seq,
+                            if full { "full" } else { "delta" },
                             state.replica.set.len(),
                             state.replica.set.heap_bytes() / 1024
                         ),

@@ -16,7 +16,7 @@ use weauth_filter::config::Require;
 use weauth_filter::config::{Config, StaleMode};
 use weauth_filter::path::{normalize, rule_for_path, without_query};
 use weauth_filter::revocation::{
-    decode_shard, Meta, Replica, RevocationSet, MAX_VALUE_BYTES, SHARDS,
+    decode_shard, FeedPage, Meta, Replica, RevocationSet, MAX_VALUE_BYTES, SHARDS,
 };
 use weauth_filter::verify::{decide, extract_token, Decision, Extracted, RevocationView, Snapshot};
 use weauth_token::revocation::{EntryKind, FeedResponse};
@@ -157,13 +157,29 @@ pub fn filter_revocation(data: &[u8]) -> usize {
         return 1;
     }
     let mut set = RevocationSet::default();
+    // The same answers read as the fetchers read them (`FeedPage::parse`), applied alike.
+    let mut paged = RevocationSet::default();
     let mut applied = 0;
     for chunk in data.split(|&b| b == 0xff).take(4) {
+        let page = FeedPage::parse(chunk);
         let Ok(feed) = serde_json::from_slice::<FeedResponse>(chunk) else {
+            assert!(
+                page.is_err(),
+                "FeedPage took an answer FeedResponse refuses"
+            );
             continue;
         };
+        let page = page.expect("FeedPage refused an answer FeedResponse takes");
+        assert_eq!(
+            page,
+            FeedPage::of(&feed),
+            "FeedPage read the answer otherwise"
+        );
+        let paged_result = paged.apply_page(page, NOW);
         match set.apply(&feed, NOW) {
             Ok(_) => {
+                assert!(paged_result.is_ok());
+                assert_eq!(paged, set, "the page applied otherwise");
                 applied += 1;
                 assert_eq!(set.seq, feed.seq);
                 for entry in &feed.entries {
@@ -185,10 +201,12 @@ pub fn filter_revocation(data: &[u8]) -> usize {
                 check_shared_data_round_trip(&set);
             }
             Err(err) => {
+                assert_eq!(paged_result, Err(err.clone()));
                 let _ = err.to_string();
             }
         }
         let _ = set.prune(NOW);
+        let _ = paged.prune(NOW);
     }
     applied
 }

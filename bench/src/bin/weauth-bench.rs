@@ -3,7 +3,9 @@
 //! output folder (default `bench-results/`).
 //!
 //! Usage: `weauth-bench [--mode quick|full] [--out DIR]`; the mode may also come from
-//! `BENCH_MODE`; `--only edge,delay,issuer,fanout` runs some sections. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
+//! `BENCH_MODE`; `--only edge,delay,issuer,fanout` runs some sections; `--rows native,1M`
+//! keeps only the edge rows whose name contains one of the words (and the no-auth baseline),
+//! for a quick look at a few rows — their ready times are then not those of a full run. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
 //! (default `target/wasm32-wasip1/wasm-release/weauth_filter.wasm`), `WEAUTH_BENCH_EMPTY_WASM`
 //! (default `target/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm`),
 //! `WEAUTH_BENCH_COMPARE_WASM` (optional: another build of the filter, measured as one more
@@ -22,14 +24,16 @@ use weauth_bench::report::{
 };
 use weauth_tests::harness::Edge;
 
-const USAGE: &str =
-    "usage: weauth-bench [--mode quick|full] [--out DIR] [--only edge,delay,issuer,fanout]";
+const USAGE: &str = "usage: weauth-bench [--mode quick|full] [--out DIR] \
+     [--only edge,delay,issuer,fanout] [--rows WORD,...]";
 
 struct Args {
     full: bool,
     out: PathBuf,
     /// Sections to run (default all): edge (with filter memory), delay, issuer.
     sections: Vec<String>,
+    /// Edge rows to keep (empty: all).
+    rows: Vec<String>,
 }
 
 fn args() -> Result<Args, String> {
@@ -41,6 +45,7 @@ fn args() -> Result<Args, String> {
         "issuer".into(),
         "fanout".into(),
     ];
+    let mut rows = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -50,6 +55,14 @@ fn args() -> Result<Args, String> {
                 sections = it
                     .next()
                     .ok_or("--only needs a comma list of edge,delay,issuer,fanout")?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--rows" => {
+                rows = it
+                    .next()
+                    .ok_or("--rows needs a comma list of words from the edge rows' names")?
                     .split(',')
                     .map(str::to_string)
                     .collect()
@@ -70,6 +83,7 @@ fn args() -> Result<Args, String> {
         full,
         out,
         sections,
+        rows,
     })
 }
 
@@ -126,6 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         warmup_seconds: if args.full { 3 } else { 1 },
         connections: 16,
         base_id: 4100 + (std::process::id() % 500) * 20,
+        rows: args.rows.clone(),
     };
     let mode = if args.full { "full" } else { "quick" };
     let started = std::time::Instant::now();

@@ -806,7 +806,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
         return;
     };
     let mut status = 0u32;
-    let mut body = Vec::new();
+    let mut body: Vec<&[u8]> = Vec::new();
     if result == CALLOUT_RESULT_SUCCESS {
         let headers = if headers.is_null() {
             &[][..]
@@ -826,9 +826,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
         } else {
             std::slice::from_raw_parts(body_chunks, body_chunks_size)
         };
-        for chunk in chunks {
-            body.extend_from_slice(bytes(chunk.ptr, chunk.length));
-        }
+        // The body stays in Envoy's buffer: the fetcher reads the pieces where they are.
+        body = chunks
+            .iter()
+            .map(|chunk| bytes(chunk.ptr, chunk.length))
+            .collect();
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let Ok(mut fetcher) = module.fetcher.try_lock() else {
@@ -839,7 +841,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             config: call,
             ids: &module.ids,
         };
-        fetcher.on_response(
+        fetcher.on_response_chunks(
             &module.shared,
             &mut call,
             &report,

@@ -11,6 +11,16 @@
 //!   the ABI's per-configuration scheduler, ticked every 100 ms) and calls the issuer through
 //!   the configured cluster with the ABI's per-configuration HTTP callout, as the wasm build
 //!   does through `dispatch_http_call`. No lease and no shared-data shards are needed.
+//! - **One set in memory, not one per answer.** A feed answer is read straight into rows
+//!   ([`FeedPage`]) and applied to a clone of the published set, which shares every shard with
+//!   it: only the shards the answer touches are copied. A large set arrives as pages of
+//!   [`FEED_PAGE_ENTRIES`] that the issuer sends back to back; while they come, the fetcher
+//!   applies them in place to a private set and publishes it once, when an answer is not a full
+//!   page or the next page is not back within twice the slowest page so far
+//!   ([`STAGING_HOLD_MS`]..=[`STAGING_HOLD_MAX_MS`]; the issuer holds a poll it has nothing
+//!   for) — instead of copying the growing set for every page.
+//! - **The body stays where Envoy put it.** A feed answer is read from the pieces of Envoy's
+//!   buffer ([`FeedPage::parse_chunks`]), not from a joined copy.
 //!
 //! The fetcher is generic over [`IssuerCall`] and [`Report`], so it is unit-tested here against
 //! a scripted issuer.
@@ -24,15 +34,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use weauth_token::revocation::FeedResponse;
 use weauth_token::KeySet;
 
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, Require};
 use crate::host::{IssuerCall, KeyState, Level};
-use crate::refresh::{self, CallOutcome, NextPoll, Schedule};
+use crate::refresh::{self, CallOutcome, FetchPhase, NextPoll, Schedule};
 use crate::request::{self, Loaded};
-use crate::revocation::RevocationSet;
+use crate::revocation::{FeedPage, RevocationSet};
 use crate::verify::{Extracted, Verdict};
 
 /// How often the main thread drives the fetchers.
@@ -41,6 +50,17 @@ pub const TICK_MS: u64 = 100;
 const FEED_TIMEOUT_MARGIN_MS: u64 = 5_000;
 /// How often expired revocation entries are dropped.
 const PRUNE_EVERY_MS: u64 = 10_000;
+/// The most entries the issuer puts in one feed answer (docs/INTERFACES.md, "Revocation
+/// feed"): an answer this long has more behind it, asked for at once.
+pub const FEED_PAGE_ENTRIES: usize = 50_000;
+/// How long a privately loaded set waits for the next page before it is published anyway (a
+/// set of an exact number of pages ends with a full page, and the poll after it is held): twice
+/// the slowest page of the load so far, at least this long...
+pub const STAGING_HOLD_MS: u64 = 200;
+/// ... and at most this long. Publishing in the middle of a load is correct but costs a copy
+/// of the set loaded so far (the next page changes every shard of a set readers now hold), so
+/// the hold follows how fast pages come on a loaded machine rather than a fixed guess.
+pub const STAGING_HOLD_MAX_MS: u64 = 2_000;
 
 /// The published keys.
 #[derive(Debug)]
@@ -189,6 +209,10 @@ pub struct Fetcher {
     last_prune_ms: u64,
     was_stale: Option<bool>,
     seed: u64,
+    /// A set being loaded page by page, not yet published (module docs).
+    staging: Option<RevocationSet>,
+    /// The slowest page of that load (ms from the poll to its answer).
+    staging_page_ms: u64,
 }
 
 impl Fetcher {
@@ -221,6 +245,8 @@ impl Fetcher {
             last_prune_ms: now_ms,
             was_stale: None,
             seed: now_ms ^ 0x5EED,
+            staging: None,
+            staging_page_ms: 0,
         }
     }
 
@@ -239,6 +265,7 @@ impl Fetcher {
     ) {
         self.drive_jwks(shared, call, report, now_ms);
         self.drive_feed(shared, call, report, now_ms);
+        self.publish_staged_when_idle(shared, now_ms);
         self.prune(shared, now_ms);
         self.report_revocation(shared, report, now_ms);
     }
@@ -290,6 +317,8 @@ impl Fetcher {
     fn since(&self, shared: &Shared) -> u64 {
         if self.full_pending {
             0
+        } else if let Some(staged) = &self.staging {
+            staged.seq
         } else {
             shared.revocation().map_or(0, |rev| rev.set.seq)
         }
@@ -353,9 +382,27 @@ impl Fetcher {
         body: &[u8],
         now_ms: u64,
     ) {
+        self.on_response_chunks(shared, call, report, id, status, &[body], now_ms);
+    }
+
+    /// A call's answer with its body in pieces, as Envoy hands it over (the chunks of its
+    /// buffer): a feed answer is read from them as they are, without a joined copy (a
+    /// 50 000-entry page is about 4 MB).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_response_chunks(
+        &mut self,
+        shared: &Shared,
+        call: &mut impl IssuerCall,
+        report: &impl Report,
+        id: u64,
+        status: u32,
+        body: &[&[u8]],
+        now_ms: u64,
+    ) {
         let token = token(id);
         if self.jwks.as_ref().is_some_and(|s| s.is_current(token)) {
-            self.on_jwks_response(shared, report, token, status, body, now_ms);
+            let body = body.concat();
+            self.on_jwks_response(shared, report, token, status, &body, now_ms);
         } else if self.feed.as_ref().is_some_and(|s| s.is_current(token)) {
             self.on_feed_response(shared, report, token, status, body, now_ms);
             // Keep the long poll open without a gap.
@@ -431,15 +478,18 @@ impl Fetcher {
         report: &impl Report,
         token: u32,
         status: u32,
-        body: &[u8],
+        body: &[&[u8]],
         now_ms: u64,
     ) {
         let Some(feed) = &shared.config.revocation else {
             return;
         };
         let parsed = if status == 200 {
-            serde_json::from_slice::<FeedResponse>(body)
-                .map_err(|err| format!("unreadable body: {err}"))
+            match body {
+                [whole] => FeedPage::parse(whole),
+                pieces => FeedPage::parse_chunks(pieces),
+            }
+            .map_err(|err| format!("unreadable body: {err}"))
         } else {
             Err(format!("HTTP status {status}"))
         };
@@ -453,14 +503,15 @@ impl Fetcher {
                     .and_then(Schedule::last_started_ms)
                     .map_or(0, |started| now_ms.saturating_sub(started));
                 self.full_pending = false;
-                self.apply_feed(shared, report, &response, now_ms);
+                let seq = response.seq;
+                self.apply_feed(shared, report, response, elapsed_ms, now_ms);
                 self.seed = self
                     .seed
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     .wrapping_add(now_ms);
                 let next = refresh::next_feed_poll(
                     since,
-                    response.seq,
+                    seq,
                     elapsed_ms,
                     feed.wait_seconds.saturating_mul(1000),
                     self.seed,
@@ -489,52 +540,103 @@ impl Fetcher {
         }
     }
 
-    /// Applies an answer to a copy of the published set and publishes the copy (readers keep
-    /// the old one until their request ends). An answer without news only moves `last_ok_ms`.
+    /// Applies an answer to the set being loaded, or else to a clone of the published set
+    /// (sharing its shards: only those the answer touches are copied), then publishes it —
+    /// unless the answer is a full page, after which the set stays private until the load ends
+    /// (module docs). An answer without news only moves `last_ok_ms`.
     fn apply_feed(
         &mut self,
         shared: &Shared,
         report: &impl Report,
-        response: &FeedResponse,
+        response: FeedPage,
+        elapsed_ms: u64,
         now_ms: u64,
     ) {
         let current = shared.revocation();
-        let first = current.is_none();
-        let generation = current.as_ref().map_or(0, |rev| rev.generation);
-        let mut set = current
-            .as_ref()
-            .map_or_else(RevocationSet::default, |rev| (*rev.set).clone());
+        let staged = self.staging.take();
+        let page_ms = std::mem::take(&mut self.staging_page_ms);
+        let was_staged = staged.is_some();
+        let mut set = match staged {
+            Some(set) => set,
+            None => current
+                .as_ref()
+                .map_or_else(RevocationSet::default, |rev| (*rev.set).clone()),
+        };
         let held_seq = set.seq;
-        match set.apply(response, seconds(now_ms)) {
+        let (seq, full) = (response.seq, response.full);
+        let more = response.entries >= FEED_PAGE_ENTRIES;
+        match set.apply_page(response, seconds(now_ms)) {
             Ok(applied) => {
-                if first || response.seq != held_seq {
+                if current.is_none() || seq != held_seq {
                     report.log(
                         Level::Info,
                         &format!(
-                            "revocation feed seq {} applied ({}): {} entries, {} KiB",
-                            response.seq,
-                            if response.full { "full" } else { "delta" },
+                            "revocation feed seq {seq} applied ({}{}): {} entries, {} KiB",
+                            if full { "full" } else { "delta" },
+                            if more { ", more to come" } else { "" },
                             set.len(),
                             set.heap_bytes() / 1024
                         ),
                     );
                 }
-                let unchanged = !first && applied.changed.is_empty() && set.seq == held_seq;
-                let next = match (unchanged, current) {
-                    (true, Some(current)) => Revocation {
+                if more {
+                    self.staging = Some(set);
+                    self.staging_page_ms = page_ms.max(elapsed_ms);
+                    return;
+                }
+                let unchanged = !was_staged && applied.changed.is_empty() && set.seq == held_seq;
+                match (unchanged, current) {
+                    (true, Some(current)) => shared.revocation.store(Some(Arc::new(Revocation {
                         set: Arc::clone(&current.set),
-                        generation,
+                        generation: current.generation,
                         last_ok_ms: now_ms,
-                    },
-                    _ => Revocation {
-                        set: Arc::new(set),
-                        generation: generation.saturating_add(1),
-                        last_ok_ms: now_ms,
-                    },
-                };
-                shared.revocation.store(Some(Arc::new(next)));
+                    }))),
+                    (_, current) => Self::publish(shared, current.as_deref(), set, now_ms),
+                }
             }
-            Err(err) => report.log(Level::Warn, &err.to_string()),
+            Err(err) => {
+                report.log(Level::Warn, &err.to_string());
+                // The issuer lost state: start over from a full set (a page loaded so far is
+                // dropped; the published set stays until the new one is in).
+                self.full_pending = true;
+            }
+        }
+    }
+
+    /// Publishes `set` as the next generation after `current`, fed at `last_ok_ms`.
+    fn publish(shared: &Shared, current: Option<&Revocation>, set: RevocationSet, last_ok_ms: u64) {
+        let generation = current.map_or(0, |rev| rev.generation).saturating_add(1);
+        shared.revocation.store(Some(Arc::new(Revocation {
+            set: Arc::new(set),
+            generation,
+            last_ok_ms,
+        })));
+    }
+
+    /// Publishes a privately loaded set once no page is on its way: the poll after the last
+    /// full page failed, or has been out for twice the slowest page of the load (within
+    /// [`STAGING_HOLD_MS`]..=[`STAGING_HOLD_MAX_MS`]).
+    fn publish_staged_when_idle(&mut self, shared: &Shared, now_ms: u64) {
+        if self.staging.is_none() {
+            return;
+        }
+        let hold_ms = self
+            .staging_page_ms
+            .saturating_mul(2)
+            .clamp(STAGING_HOLD_MS, STAGING_HOLD_MAX_MS);
+        let waiting = match self.feed.as_ref().map(Schedule::phase) {
+            Some(FetchPhase::InFlight { started_ms, .. }) => {
+                now_ms.saturating_sub(started_ms) < hold_ms
+            }
+            _ => false,
+        };
+        if waiting {
+            return;
+        }
+        self.staging_page_ms = 0;
+        if let Some(set) = self.staging.take() {
+            let current = shared.revocation();
+            Self::publish(shared, current.as_deref(), set, now_ms);
         }
     }
 
@@ -546,6 +648,7 @@ impl Fetcher {
         let Some(current) = shared.revocation() else {
             return;
         };
+        // Shares every shard; only a shard with an expired entry is copied.
         let mut set = (*current.set).clone();
         if !set.prune(seconds(now_ms)).is_empty() {
             shared.revocation.store(Some(Arc::new(Revocation {
@@ -736,6 +839,158 @@ mod tests {
         assert_eq!(published.last_ok_ms, NOW + 50);
         assert_eq!(issuer.calls.len(), 3, "the next long poll goes out at once");
         assert!(issuer.path(3).contains("since=7"), "{}", issuer.path(3));
+    }
+
+    /// A feed answer of `count` jti entries `j{from}`.., ending at seq `from + count - 1`.
+    fn page_body(from: u64, count: u64, full: bool) -> Vec<u8> {
+        let entries: Vec<String> = (from..from + count)
+            .map(|i| format!(r#"{{"seq":{i},"kind":"jti","value":"j{i}","until":1700000900}}"#))
+            .collect();
+        format!(
+            r#"{{"seq":{},"full":{full},"now":1700000000,"entries":[{}]}}"#,
+            from + count - 1,
+            entries.join(",")
+        )
+        .into_bytes()
+    }
+
+    /// A fetcher that asked for a full set (call 2), with its JWKS call (1) out.
+    fn polling() -> (Shared, Fetcher, ScriptedIssuer, Log) {
+        let shared = Shared::new(remote_config());
+        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let mut issuer = ScriptedIssuer::default();
+        let log = Log::default();
+        fetcher.tick(&shared, &mut issuer, &log, NOW);
+        (shared, fetcher, issuer, log)
+    }
+
+    #[test]
+    fn fetcher_full_pages_loaded_privately_then_published_once() {
+        let (shared, mut fetcher, mut issuer, log) = polling();
+        let page = FEED_PAGE_ENTRIES as u64;
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            2,
+            200,
+            &page_body(1, page, true),
+            NOW,
+        );
+        assert!(
+            shared.revocation().is_none(),
+            "a full page waits for the rest"
+        );
+        assert!(
+            issuer.path(3).contains(&format!("since={page}")),
+            "{}",
+            issuer.path(3)
+        );
+        let body = page_body(page + 1, 10, false);
+        fetcher.on_response(&shared, &mut issuer, &log, 3, 200, &body, NOW + 10);
+        let published = shared.revocation().unwrap();
+        assert_eq!(published.set.len(), FEED_PAGE_ENTRIES + 10);
+        assert_eq!(published.set.seq, page + 10);
+        assert_eq!(published.generation, 1, "published once");
+        assert!(issuer.path(4).contains(&format!("since={}", page + 10)));
+    }
+
+    #[test]
+    fn fetcher_staged_set_published_when_the_next_poll_is_held() {
+        let (shared, mut fetcher, mut issuer, log) = polling();
+        let page = FEED_PAGE_ENTRIES as u64;
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            2,
+            200,
+            &page_body(1, page, true),
+            NOW,
+        );
+        // The poll after an exact number of pages is held by the issuer.
+        fetcher.tick(&shared, &mut issuer, &log, NOW + STAGING_HOLD_MS - 1);
+        assert!(shared.revocation().is_none());
+        fetcher.tick(&shared, &mut issuer, &log, NOW + STAGING_HOLD_MS);
+        let published = shared.revocation().unwrap();
+        assert_eq!(
+            (published.set.len(), published.set.seq),
+            (FEED_PAGE_ENTRIES, page)
+        );
+        assert_eq!(issuer.calls.len(), 3, "the held poll is left alone");
+    }
+
+    #[test]
+    fn fetcher_staging_hold_follows_the_slowest_page() {
+        let (shared, mut fetcher, mut issuer, log) = polling();
+        let page = FEED_PAGE_ENTRIES as u64;
+        // The first page took 600 ms to come: wait 1.2 s for the next before publishing.
+        let at = NOW + 600;
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            2,
+            200,
+            &page_body(1, page, true),
+            at,
+        );
+        fetcher.tick(&shared, &mut issuer, &log, at + 1_199);
+        assert!(shared.revocation().is_none());
+        fetcher.tick(&shared, &mut issuer, &log, at + 1_200);
+        assert_eq!(shared.revocation().unwrap().set.len(), FEED_PAGE_ENTRIES);
+    }
+
+    #[test]
+    fn fetcher_delta_copies_only_the_shards_it_touches() {
+        let (shared, mut fetcher, mut issuer, log) = polling();
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            2,
+            200,
+            &page_body(1, 1000, true),
+            NOW,
+        );
+        let before = shared.revocation().unwrap();
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            3,
+            200,
+            &page_body(1001, 1, false),
+            NOW,
+        );
+        let after = shared.revocation().unwrap();
+        assert_eq!((after.set.len(), after.generation), (1001, 2));
+        let shared_shards = (0..crate::revocation::SHARDS)
+            .filter(|&i| std::ptr::eq(before.set.shard(i).unwrap(), after.set.shard(i).unwrap()))
+            .count();
+        assert_eq!(shared_shards, crate::revocation::SHARDS - 1);
+    }
+
+    #[test]
+    fn fetcher_seq_gone_back_starts_over_from_a_full_set() {
+        let (shared, mut fetcher, mut issuer, log) = polling();
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            2,
+            200,
+            &page_body(1, 10, true),
+            NOW,
+        );
+        let body = br#"{"seq":3,"full":false,"now":1700000000,"entries":[]}"#;
+        fetcher.on_response(&shared, &mut issuer, &log, 3, 200, body, NOW + 10);
+        assert_eq!(
+            shared.revocation().unwrap().set.len(),
+            10,
+            "kept until a new set is in"
+        );
+        assert!(issuer.path(4).contains("since=0"), "{}", issuer.path(4));
     }
 
     #[test]

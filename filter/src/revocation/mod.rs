@@ -4,6 +4,8 @@
 //!   `until` (and a `sub`'s `issued_before`) in sorted arrays, split into [`SHARDS`] shards by
 //!   the hash — about 12 bytes an entry, no per-entry allocation; lookups are binary searches.
 //!   Feed application and pruning.
+//! - [`page`]: a feed answer read straight into rows ([`FeedPage`]), without an owned copy of
+//!   every entry.
 //! - [`codec`]: the fixed-width binary blobs in shared data (one per shard, plus a [`Meta`]).
 //! - [`replica`]: a worker VM's copy, synced from the blobs all-or-nothing, and the fetcher's
 //!   publication of a change.
@@ -14,10 +16,12 @@
 //! ids the issuer mints, which a client cannot choose. The issuer's feed format is unchanged.
 
 pub mod codec;
+pub mod page;
 pub mod replica;
 pub mod set;
 
 pub use codec::{decode_shard, DecodeError, Meta, ShardBlob};
+pub use page::FeedPage;
 pub use replica::{Publication, Replica, SyncError};
 pub use set::{
     entry_hash, fnv1a, Applied, ApplyError, Changed, RevocationSet, Revoked, Shard,

@@ -11,8 +11,12 @@
 //!
 //! Entries are dropped once `until < now` ([`RevocationSet::prune`]). Pure: time is an argument.
 
+use std::sync::Arc;
+
 use weauth_token::revocation::{EntryKind, FeedResponse};
 use weauth_token::Claims;
+
+use super::page::FeedPage;
 
 /// Number of shard blobs in shared data.
 pub const SHARDS: usize = 32;
@@ -100,7 +104,7 @@ pub struct Column {
 }
 
 /// One entry on its way into a column: (hash, until, issued_before).
-type Row = (u64, u32, i64);
+pub(crate) type Row = (u64, u32, i64);
 
 impl Column {
     pub fn len(&self) -> usize {
@@ -158,12 +162,69 @@ impl Column {
         column
     }
 
-    /// Adds rows (merging as [`Column::from_rows`] does).
+    /// Adds rows (merging as [`Column::from_rows`] does). The new rows are sorted on their
+    /// own, then merged with the column's in one pass into arrays of the exact size: the
+    /// column's entries are never copied into rows.
     fn merge(&mut self, new: Vec<Row>, with_cutoff: bool) {
-        let mut rows: Vec<Row> = Vec::with_capacity(self.len() + new.len());
-        rows.extend(self.rows());
-        rows.extend(new);
-        *self = Column::from_rows(rows, with_cutoff);
+        if new.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            *self = Column::from_rows(new, with_cutoff);
+            return;
+        }
+        let new = Column::from_rows(new, with_cutoff);
+        let capacity = self.len() + new.len();
+        let mut merged = Column {
+            hashes: Vec::with_capacity(capacity),
+            until: Vec::with_capacity(capacity),
+            issued_before: Vec::with_capacity(if with_cutoff { capacity } else { 0 }),
+        };
+        let mut old_rows = self.rows().peekable();
+        let mut new_rows = new.rows().peekable();
+        loop {
+            let row = match (old_rows.peek(), new_rows.peek()) {
+                (Some(old), Some(new)) if old.0 == new.0 => {
+                    let row = (old.0, old.1.max(new.1), old.2.max(new.2));
+                    old_rows.next();
+                    new_rows.next();
+                    row
+                }
+                (Some(old), Some(new)) if old.0 < new.0 => {
+                    let row = *old;
+                    old_rows.next();
+                    row
+                }
+                (_, Some(new)) => {
+                    let row = *new;
+                    new_rows.next();
+                    row
+                }
+                (Some(old), None) => {
+                    let row = *old;
+                    old_rows.next();
+                    row
+                }
+                (None, None) => break,
+            };
+            merged.hashes.push(row.0);
+            merged.until.push(row.1);
+            if with_cutoff {
+                merged.issued_before.push(row.2);
+            }
+        }
+        drop((old_rows, new_rows));
+        if merged.hashes.len() < capacity {
+            merged.hashes.shrink_to_fit();
+            merged.until.shrink_to_fit();
+            merged.issued_before.shrink_to_fit();
+        }
+        *self = merged;
+    }
+
+    /// Whether an entry is past its `until` at `now`.
+    fn has_expired(&self, now: i64) -> bool {
+        self.until.iter().any(|until| i64::from(*until) < now)
     }
 
     /// Drops entries past `until`; returns whether anything was dropped.
@@ -196,6 +257,10 @@ impl Shard {
         self.len() == 0
     }
 
+    fn has_expired(&self, now: i64) -> bool {
+        self.jti.has_expired(now) || self.sid.has_expired(now) || self.sub.has_expired(now)
+    }
+
     fn prune(&mut self, now: i64) -> bool {
         let jti = self.jti.prune(now);
         let sid = self.sid.prune(now);
@@ -205,18 +270,23 @@ impl Shard {
 }
 
 /// The revoked jtis, sids and subs, plus the feed position.
+///
+/// Each shard sits behind its own [`Arc`], so a clone shares every shard and costs 32 pointer
+/// copies; changing a clone copies only the shards it changes (copy on write, through
+/// [`Arc::make_mut`]), and a set nobody shares is changed in place. The native build publishes
+/// a set to every worker and applies the next feed answer to a clone of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationSet {
     /// The feed `seq` this set reflects (`since` for the next poll; 0 = fetch a full set).
     pub seq: u64,
-    shards: Vec<Shard>,
+    shards: Vec<Arc<Shard>>,
 }
 
 impl Default for RevocationSet {
     fn default() -> Self {
         RevocationSet {
             seq: 0,
-            shards: vec![Shard::default(); SHARDS],
+            shards: (0..SHARDS).map(|_| Arc::default()).collect(),
         }
     }
 }
@@ -234,21 +304,24 @@ pub struct Applied {
 }
 
 impl RevocationSet {
-    /// Bytes the set holds on the heap (its columns' capacities), for memory accounting.
+    /// Bytes the set holds on the heap (its shards and their columns' capacities), for memory
+    /// accounting; a shard shared with another set counts in both.
     pub fn heap_bytes(&self) -> usize {
         let column = |c: &Column| {
             c.hashes.capacity() * 8 + c.until.capacity() * 4 + c.issued_before.capacity() * 8
         };
         self.shards
             .iter()
-            .map(|s| column(&s.jti) + column(&s.sid) + column(&s.sub))
+            .map(|s| {
+                column(&s.jti) + column(&s.sid) + column(&s.sub) + std::mem::size_of::<Shard>()
+            })
             .sum::<usize>()
-            + self.shards.capacity() * std::mem::size_of::<Shard>()
+            + self.shards.capacity() * std::mem::size_of::<Arc<Shard>>()
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(Shard::len).sum()
+        self.shards.iter().map(|shard| shard.len()).sum()
     }
 
     /// Whether the set is empty.
@@ -258,7 +331,7 @@ impl RevocationSet {
 
     /// One shard (an empty one for an index out of range).
     pub fn shard(&self, index: usize) -> Option<&Shard> {
-        self.shards.get(index)
+        self.shards.get(index).map(|shard| &**shard)
     }
 
     fn column(&self, kind: EntryKind, hash: u64) -> Option<&Column> {
@@ -297,68 +370,62 @@ impl RevocationSet {
         banned.then_some(Revoked::Sub)
     }
 
-    /// Applies a feed response at local time `now`: a full response replaces the set, a delta
-    /// adds to it. Entries already past `until`, `sub` entries without `issued_before` and values
-    /// empty or longer than [`MAX_VALUE_BYTES`] are skipped (counted in the result). Then prunes.
+    /// Applies a feed response at local time `now`: [`RevocationSet::apply_page`] of its rows.
+    ///
+    /// # Errors
+    /// As [`RevocationSet::apply_page`].
+    pub fn apply(&mut self, feed: &FeedResponse, now: i64) -> Result<Applied, ApplyError> {
+        self.apply_page(FeedPage::of(feed), now)
+    }
+
+    /// Applies a feed answer ([`FeedPage::parse`]) at local time `now`: a full answer replaces
+    /// the set, a delta adds to it. Entries already past `until`, `sub` entries without
+    /// `issued_before` and values empty or longer than [`MAX_VALUE_BYTES`] are skipped (counted
+    /// in the result). Then prunes. Only the shards the answer changes are written (and, when
+    /// shared with a clone, copied).
     ///
     /// # Errors
     /// [`ApplyError::SeqWentBack`] when a delta's `seq` is below ours (the issuer lost state):
     /// the set's `seq` is reset to 0 so that the next poll asks for a full set.
-    pub fn apply(&mut self, feed: &FeedResponse, now: i64) -> Result<Applied, ApplyError> {
-        if !feed.full && feed.seq < self.seq {
+    pub fn apply_page(&mut self, page: FeedPage, now: i64) -> Result<Applied, ApplyError> {
+        if !page.full && page.seq < self.seq {
             let held = self.seq;
             self.seq = 0;
             return Err(ApplyError::SeqWentBack {
                 held,
-                got: feed.seq,
+                got: page.seq,
             });
         }
-        // Rows per shard and kind (jti, sid, sub).
-        let mut pending: Vec<[Vec<Row>; 3]> = vec![Default::default(); SHARDS];
-        let mut skipped = 0;
-        for entry in &feed.entries {
-            let issued_before = match (entry.kind, entry.issued_before) {
-                (EntryKind::Sub, None) => {
-                    skipped += 1;
-                    continue;
-                }
-                (_, value) => value.unwrap_or(0),
-            };
-            if !entry.is_live(now) || entry.value.is_empty() || entry.value.len() > MAX_VALUE_BYTES
-            {
-                skipped += 1;
-                continue;
-            }
-            let hash = entry_hash(entry.kind, &entry.value);
-            let kind = usize::from(kind_byte(entry.kind) - 1);
-            if let Some(rows) = pending
-                .get_mut(shard_of_hash(hash))
-                .and_then(|kinds| kinds.get_mut(kind))
-            {
-                rows.push((hash, clamp_until(entry.until), issued_before));
-            }
-        }
+        let mut skipped = page.skipped;
+        let live = |until: u32| i64::from(until) >= now;
         let mut changed = [false; SHARDS];
-        for (index, (shard, [jti, sid, sub])) in self.shards.iter_mut().zip(pending).enumerate() {
+        for (index, (shard, kinds)) in self.shards.iter_mut().zip(page.rows.by_shard).enumerate() {
+            let [mut jti, mut sid, mut sub] = kinds;
+            for rows in [&mut jti, &mut sid, &mut sub] {
+                let before = rows.len();
+                rows.retain(|row| live(row.1));
+                skipped += before - rows.len();
+            }
             let touched = !(jti.is_empty() && sid.is_empty() && sub.is_empty());
-            if feed.full {
+            if page.full {
                 let fresh = Shard {
                     jti: Column::from_rows(jti, false),
                     sid: Column::from_rows(sid, false),
                     sub: Column::from_rows(sub, true),
                 };
-                if *shard != fresh {
-                    *shard = fresh;
+                if **shard != fresh {
+                    *shard = Arc::new(fresh);
                     changed[index] = true;
                 }
             } else if touched {
+                let shard = Arc::make_mut(shard);
                 shard.jti.merge(jti, false);
                 shard.sid.merge(sid, false);
                 shard.sub.merge(sub, true);
                 changed[index] = true;
             }
         }
-        self.seq = feed.seq;
+        self.seq = page.seq;
         for index in self.prune(now) {
             if let Some(flag) = changed.get_mut(index) {
                 *flag = true;
@@ -375,18 +442,21 @@ impl RevocationSet {
     }
 
     /// Drops entries past their `until`; returns the shards that changed.
+    /// Only shards holding an expired entry are written (and, when shared, copied).
     pub fn prune(&mut self, now: i64) -> Changed {
         self.shards
             .iter_mut()
             .enumerate()
-            .filter_map(|(index, shard)| shard.prune(now).then_some(index))
+            .filter_map(|(index, shard)| {
+                (shard.has_expired(now) && Arc::make_mut(shard).prune(now)).then_some(index)
+            })
             .collect()
     }
 
     /// Replaces one shard (from [`super::decode_shard`]).
     pub fn install_shard(&mut self, index: usize, shard: Shard) {
         if let Some(slot) = self.shards.get_mut(index) {
-            *slot = shard;
+            *slot = Arc::new(shard);
         }
     }
 }
@@ -539,6 +609,60 @@ pub(crate) mod tests {
         assert_eq!(set.seq, 11);
         assert_eq!(set.check(&claims("a", "x", "u", NOW)), Some(Revoked::Jti));
         assert_eq!(set.check(&claims("b", "s", "u", NOW)), Some(Revoked::Sid));
+    }
+
+    #[test]
+    fn apply_delta_repeated_value_merges_to_later_until_and_cutoff() {
+        let mut set = set_with(
+            (0..300)
+                .map(|i| entry(i, EntryKind::Jti, &format!("j{i}"), NOW + 10))
+                .chain([entry(300, EntryKind::Sub, "u", NOW + 10)])
+                .collect(),
+        );
+        let mut later = entry(302, EntryKind::Sub, "u", NOW + 50);
+        later.issued_before = Some(NOW + 5);
+        set.apply(
+            &feed(
+                302,
+                false,
+                vec![entry(301, EntryKind::Jti, "j7", NOW + 100), later],
+            ),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(set.len(), 301);
+        set.prune(NOW + 20);
+        assert_eq!(set.len(), 2, "j7 and u live on with the later until");
+        assert_eq!(set.check(&claims("j7", "s", "x", NOW)), Some(Revoked::Jti));
+        assert_eq!(
+            set.check(&claims("j", "s", "u", NOW + 1)),
+            Some(Revoked::Sub)
+        );
+        for shard in &set.shards {
+            for column in [&shard.jti, &shard.sid, &shard.sub] {
+                assert!(column.hashes.windows(2).all(|w| w[0] < w[1]));
+                assert_eq!(column.hashes.capacity(), column.hashes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn apply_delta_to_a_clone_copies_only_the_touched_shard() {
+        let original = set_with(vec![
+            entry(1, EntryKind::Jti, "a", NOW + 100),
+            entry(2, EntryKind::Jti, "b", NOW + 100),
+        ]);
+        let mut copy = original.clone();
+        copy.apply(
+            &feed(11, false, vec![entry(11, EntryKind::Sid, "s", NOW + 100)]),
+            NOW,
+        )
+        .unwrap();
+        let touched = shard_of(EntryKind::Sid, "s");
+        for (index, (a, b)) in original.shards.iter().zip(&copy.shards).enumerate() {
+            assert_eq!(Arc::ptr_eq(a, b), index != touched, "shard {index}");
+        }
+        assert_eq!(original.len(), 2, "the original is untouched");
     }
 
     #[test]
