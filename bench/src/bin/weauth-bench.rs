@@ -5,7 +5,7 @@
 //! Usage: `weauth-bench [--mode quick|full] [--out DIR]`; the mode may also come from
 //! `BENCH_MODE`; `--only edge,delay,issuer,fanout` runs some sections; `--rows native,1M`
 //! keeps only the edge rows whose name contains one of the words (and the no-auth baseline),
-//! for a quick look at a few rows — their ready times are then not those of a full run. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
+//! for a quick look at a few rows. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
 //! (default `target/wasm32-wasip1/wasm-release/weauth_filter.wasm`), `WEAUTH_BENCH_EMPTY_WASM`
 //! (default `target/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm`),
 //! `WEAUTH_BENCH_COMPARE_WASM` (optional: another build of the filter, measured as one more
