@@ -195,6 +195,15 @@ struct Backend {
 }
 
 /// Opens the store, with the local or shared rate limit and announcements that go with it.
+/// The data key of a store shared by replicas (Redis, MySQL): config validation makes
+/// `WEAUTH_DATA_KEY` required there, so no key file is read (the path is unused).
+fn shared_data_key(config: &Config) -> Result<DataKey, StartError> {
+    Ok(DataKey::load(
+        config.data_key.as_deref().map(|k| k.as_slice()),
+        std::path::Path::new("WEAUTH_DATA_KEY"),
+    )?)
+}
+
 async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
     match &config.store {
         StoreUrl::Sqlite(path) => {
@@ -227,11 +236,7 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
                 allow_eviction: config.redis_allow_eviction,
             })
             .await?;
-            // Config validation makes WEAUTH_DATA_KEY required on Redis; the path is unused.
-            let data_key = DataKey::load(
-                config.data_key.as_deref().map(|k| k.as_slice()),
-                std::path::Path::new("WEAUTH_DATA_KEY"),
-            )?;
+            let data_key = shared_data_key(config)?;
             Ok(Backend {
                 store: Arc::new(redis.clone()),
                 limiter: Arc::new(RedisLimiter::new(
@@ -252,11 +257,7 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
                 acquire_timeout: config.mysql_acquire_timeout,
             })
             .await?;
-            // Config validation makes WEAUTH_DATA_KEY required on MySQL; the path is unused.
-            let data_key = DataKey::load(
-                config.data_key.as_deref().map(|k| k.as_slice()),
-                std::path::Path::new("WEAUTH_DATA_KEY"),
-            )?;
+            let data_key = shared_data_key(config)?;
             Ok(Backend {
                 store: Arc::new(store),
                 // Per replica: a shared bucket would be one more row write (and row lock)

@@ -63,6 +63,19 @@ impl Grants {
     }
 }
 
+/// Scopes as every store keeps them: one space-separated text.
+pub fn stored_scopes(scopes: &[String]) -> String {
+    scopes.join(" ")
+}
+
+/// Scopes read back from [`stored_scopes`]'s text (none stored: no scopes).
+pub fn scopes_from_stored(text: Option<&str>) -> Vec<String> {
+    text.unwrap_or_default()
+        .split_ascii_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 /// Checks and normalises an admin's scope list: every name is an RFC 6749 §3.3 scope token
 /// (printable ASCII without space, `"` or `\`), at most [`MAX_SCOPE_LEN`] bytes, at most
 /// [`MAX_SCOPES`] names; duplicates are merged and the list sorted. An empty list clears.

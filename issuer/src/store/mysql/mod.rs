@@ -41,6 +41,7 @@ use super::{
     Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
     RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
+use crate::domain::grants;
 use crate::domain::rules::RevocationFacts;
 
 mod ops;
@@ -561,7 +562,7 @@ impl Store for MysqlStore {
     }
 
     async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
-        let scopes = scopes.join(" ");
+        let scopes = grants::stored_scopes(scopes);
         retry(|| ops::set_scopes(&self.pool, sub, &scopes, now)).await
     }
 

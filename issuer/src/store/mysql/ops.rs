@@ -10,6 +10,7 @@ use super::{
     Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
     RiskFact, Rotate, RotateResult, SessionRecord, UserRecord,
 };
+use crate::domain::grants;
 use crate::domain::rules::{
     self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
 };
@@ -447,11 +448,7 @@ pub(super) async fn grants(pool: &MySqlPool, sub: &str) -> Result<Option<Grants>
     let scopes = opt_text(&row, 0)?;
     let ban_created_at: Option<i64> = row.try_get(1)?;
     Ok(Some(Grants {
-        scopes: scopes
-            .unwrap_or_default()
-            .split_ascii_whitespace()
-            .map(String::from)
-            .collect(),
+        scopes: grants::scopes_from_stored(scopes.as_deref()),
         ban: match ban_created_at {
             Some(created_at) => Some(Ban {
                 created_at,

@@ -170,7 +170,7 @@ use super::{
     CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, RiskFact, Rotate,
     RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
-use crate::domain::grants::{Ban, Grants};
+use crate::domain::grants::{self, Ban, Grants};
 use crate::domain::rules::{
     self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
 };

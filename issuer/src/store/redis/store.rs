@@ -43,11 +43,7 @@ impl Store for RedisStore {
             None => None,
         };
         Ok(Some(Grants {
-            scopes: text(&fields, "scopes")
-                .unwrap_or_default()
-                .split_ascii_whitespace()
-                .map(String::from)
-                .collect(),
+            scopes: grants::scopes_from_stored(text(&fields, "scopes").as_deref()),
             ban,
         }))
     }
@@ -62,7 +58,7 @@ impl Store for RedisStore {
     }
 
     async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
-        self.set_user_fields(sub, now, vec![("scopes", scopes.join(" "))])
+        self.set_user_fields(sub, now, vec![("scopes", grants::stored_scopes(scopes))])
             .await
     }
 

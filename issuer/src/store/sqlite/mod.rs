@@ -27,6 +27,7 @@ use super::{
     Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
     RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
+use crate::domain::grants;
 use crate::domain::rules::{
     self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
 };
@@ -400,7 +401,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
-        let (sub, scopes) = (sub.to_string(), scopes.join(" "));
+        let (sub, scopes) = (sub.to_string(), grants::stored_scopes(scopes));
         self.run(move |c| ops::set_scopes(c, &sub, &scopes, now))
             .await
     }

@@ -327,11 +327,7 @@ pub(super) fn grants(conn: &mut Connection, sub: &str) -> Result<Option<Grants>,
             let scopes: Option<String> = row.get(0)?;
             let ban_created_at: Option<i64> = row.get(1)?;
             Ok(Grants {
-                scopes: scopes
-                    .unwrap_or_default()
-                    .split_ascii_whitespace()
-                    .map(String::from)
-                    .collect(),
+                scopes: grants::scopes_from_stored(scopes.as_deref()),
                 ban: match ban_created_at {
                     Some(created_at) => Some(Ban {
                         created_at,
