@@ -7,7 +7,9 @@
 //! the `Worker` syncs); refresh the gauges; then take part in the lease election. The VM that
 //! holds the lease dispatches the JWKS fetch (on its period, or sooner when a worker saw an
 //! unknown `kid`) and keeps one long poll to the revocation feed open; it applies each answer
-//! to its copy and publishes the changed shard blobs, then the meta. The SDK's own wrappers
+//! to its copy and publishes the changed shard blobs, then the meta. A set that arrives as
+//! several pages is loaded aside ([`Staging`], as in the native build) and published once, so no
+//! VM — the fetcher's own included — serves with a part of it. The SDK's own wrappers
 //! are avoided where they would panic on an unexpected host status; `proxy_wasm::hostcalls`
 //! results are handled instead.
 
@@ -24,8 +26,8 @@ use weauth_token::KeySet;
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
 use crate::host::Level;
 use crate::metrics::Metrics;
-use crate::refresh::{self, CallOutcome, LeaseStep, NextPoll, Schedule};
-use crate::revocation::{FeedPage, Meta, Publication, RevocationSet};
+use crate::refresh::{self, CallOutcome, LeaseStep, NextPoll, Schedule, Staging};
+use crate::revocation::{FeedPage, Meta, Publication, RevocationSet, SHARDS};
 use crate::wasm_host::{log, now_ms};
 use crate::worker::{Keys, VmState, Worker};
 
@@ -53,6 +55,8 @@ pub struct Root {
     was_stale: Option<bool>,
     /// The next poll asks for a full set (`since=0`).
     full_pending: bool,
+    /// A set being loaded page by page, not yet published (module docs).
+    staging: Staging,
 }
 
 impl Root {
@@ -70,6 +74,7 @@ impl Root {
             last_prune_ms: 0,
             was_stale: None,
             full_pending: true,
+            staging: Staging::default(),
         })
     }
 
@@ -192,6 +197,8 @@ impl Root {
     fn feed_since(&self, worker: &Worker) -> u64 {
         if self.full_pending {
             0
+        } else if let Some(seq) = self.staging.seq() {
+            seq
         } else {
             worker
                 .state
@@ -262,10 +269,7 @@ impl Root {
         };
         let changed = state.replica.set.prune(seconds(now_ms));
         if !changed.is_empty() {
-            let floor = shared_generation(worker);
-            let publication = state.replica.publish(&changed, last_ok_ms, floor);
-            self.write_publication(worker, &publication, &state.replica.set);
-            state.forget_meta_cas();
+            self.publish(worker, &mut state, &changed, last_ok_ms);
         }
     }
 
@@ -414,7 +418,7 @@ impl Root {
                     .map_or(0, |started| now_ms.saturating_sub(started));
                 self.full_pending = false;
                 let seq = response.seq;
-                self.apply_feed(worker, response, now_ms);
+                self.apply_feed(worker, response, elapsed_ms, now_ms);
                 let next = refresh::next_feed_poll(
                     since,
                     seq,
@@ -455,14 +459,28 @@ impl Root {
         }
     }
 
-    fn apply_feed(&self, worker: &Worker, response: FeedPage, now_ms: u64) {
+    /// Applies an answer to the VM's copy and publishes the shards it changed — or, when the
+    /// answer is a full page or a load is under way, to the staged set, published when the load
+    /// is over (here, or by [`Root::publish_staged_when_idle`]).
+    fn apply_feed(&mut self, worker: &Worker, response: FeedPage, elapsed_ms: u64, now_ms: u64) {
         let Ok(mut state) = worker.state.try_borrow_mut() else {
             return;
         };
-        let held_seq = state.replica.set.seq;
+        let staged = self.staging.take();
+        let was_staged = staged.is_some();
+        let entries = response.entries;
+        let more = entries >= refresh::FEED_PAGE_ENTRIES;
+        // A load starts aside from a copy of the VM's set (sharing its shards).
+        let mut set = match staged {
+            Some(set) => set,
+            None if more => state.replica.set.clone(),
+            None => std::mem::take(&mut state.replica.set),
+        };
+        let held_seq = set.seq;
         let first = state.replica.meta.is_none();
         let (seq, full) = (response.seq, response.full);
-        let changed = match state.replica.set.apply_page(response, seconds(now_ms)) {
+        let applied = set.apply_page(response, seconds(now_ms));
+        let changed = match applied {
             Ok(applied) => {
                 if applied.skipped > 0 {
                     self.log(
@@ -477,11 +495,12 @@ impl Root {
                     self.log(
                         Level::Info,
                         &format!(
-                            "revocation feed seq {} applied ({}): {} entries, {} KiB",
+                            "revocation feed seq {} applied ({}{}): {} entries, {} KiB",
                             seq,
                             if full { "full" } else { "delta" },
-                            state.replica.set.len(),
-                            state.replica.set.heap_bytes() / 1024
+                            if more { ", more to come" } else { "" },
+                            set.len(),
+                            set.heap_bytes() / 1024
                         ),
                     );
                 }
@@ -489,15 +508,47 @@ impl Root {
             }
             Err(err) => {
                 self.log(Level::Warn, &err.to_string());
+                if !was_staged && !more {
+                    state.replica.set = set; // apply_page left it as it was (its seq reset)
+                }
+                // The issuer lost state: start over from a full set (a load under way is
+                // dropped; the published set stays until the new one is in).
+                self.staging.abandon();
+                self.full_pending = true;
                 return;
             }
         };
+        let Some(set) = self.staging.page_applied(set, entries, elapsed_ms) else {
+            return;
+        };
+        // A staged load may have changed any shard since the copy it started from.
+        let changed: Vec<usize> = if was_staged { (0..SHARDS).collect() } else { changed };
+        state.replica.set = set;
+        self.publish(worker, &mut state, &changed, now_ms);
+    }
+
+    /// Writes the `changed` shards of the VM's set and a new meta (fed at `last_ok_ms`).
+    fn publish(&self, worker: &Worker, state: &mut VmState, changed: &[usize], last_ok_ms: u64) {
         // A full set that left every shard as it was still needs a first meta; publish()
         // creates it. Shards never written keep generation 0 = empty.
         let floor = shared_generation(worker);
-        let publication = state.replica.publish(&changed, now_ms, floor);
+        let publication = state.replica.publish(changed, last_ok_ms, floor);
         self.write_publication(worker, &publication, &state.replica.set);
         state.forget_meta_cas();
+    }
+
+    /// Publishes a set loaded aside once no page is on its way ([`Staging::finished_by_wait`]).
+    fn publish_staged_when_idle(&mut self, worker: &Worker, now_ms: u64) {
+        let phase = self.feed_schedule.as_ref().map(Schedule::phase);
+        let Some(set) = self.staging.finished_by_wait(phase, now_ms) else {
+            return;
+        };
+        let Ok(mut state) = worker.state.try_borrow_mut() else {
+            return;
+        };
+        state.replica.set = set;
+        let all: Vec<usize> = (0..SHARDS).collect();
+        self.publish(worker, &mut state, &all, now_ms);
     }
 }
 
@@ -665,6 +716,7 @@ impl RootContext for Root {
             }
             self.leader = leader;
             self.full_pending = leader;
+            self.staging.abandon();
         }
         if !leader {
             return;
@@ -676,6 +728,7 @@ impl RootContext for Root {
             let since = self.feed_since(&worker);
             self.drive_feed(&worker, feed, since, now);
         }
+        self.publish_staged_when_idle(&worker, now);
         self.prune(&worker, now);
     }
 

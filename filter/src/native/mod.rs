@@ -15,10 +15,8 @@
 //!   ([`FeedPage`]) and applied to a clone of the published set, which shares every shard with
 //!   it: only the shards the answer touches are copied. A large set arrives as pages of
 //!   [`FEED_PAGE_ENTRIES`] that the issuer sends back to back; while they come, the fetcher
-//!   applies them in place to a private set and publishes it once, when an answer is not a full
-//!   page or the next page is not back within twice the slowest page so far
-//!   ([`STAGING_HOLD_MS`]..=[`STAGING_HOLD_MAX_MS`]; the issuer holds a poll it has nothing
-//!   for) — instead of copying the growing set for every page.
+//!   applies them in place to a private set and publishes it once ([`Staging`], which the wasm
+//!   build shares) — instead of copying the growing set for every page.
 //! - **The body stays where Envoy put it.** A feed answer is read from the pieces of Envoy's
 //!   buffer ([`FeedPage::parse_chunks`]), not from a joined copy.
 //!
@@ -39,7 +37,7 @@ use weauth_token::KeySet;
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, Require};
 use crate::host::{IssuerCall, KeyState, Level};
-use crate::refresh::{self, CallOutcome, FetchPhase, NextPoll, Schedule};
+use crate::refresh::{self, CallOutcome, NextPoll, Schedule, Staging, FEED_PAGE_ENTRIES};
 use crate::request::{self, Loaded};
 use crate::revocation::{FeedPage, RevocationSet};
 use crate::verify::{Extracted, Verdict};
@@ -50,17 +48,6 @@ pub const TICK_MS: u64 = 100;
 const FEED_TIMEOUT_MARGIN_MS: u64 = 5_000;
 /// How often expired revocation entries are dropped.
 const PRUNE_EVERY_MS: u64 = 10_000;
-/// The most entries the issuer puts in one feed answer (docs/INTERFACES.md, "Revocation
-/// feed"): an answer this long has more behind it, asked for at once.
-pub const FEED_PAGE_ENTRIES: usize = 50_000;
-/// How long a privately loaded set waits for the next page before it is published anyway (a
-/// set of an exact number of pages ends with a full page, and the poll after it is held): twice
-/// the slowest page of the load so far, at least this long...
-pub const STAGING_HOLD_MS: u64 = 200;
-/// ... and at most this long. Publishing in the middle of a load is correct but costs a copy
-/// of the set loaded so far (the next page changes every shard of a set readers now hold), so
-/// the hold follows how fast pages come on a loaded machine rather than a fixed guess.
-pub const STAGING_HOLD_MAX_MS: u64 = 2_000;
 
 /// The published keys.
 #[derive(Debug)]
@@ -210,9 +197,7 @@ pub struct Fetcher {
     was_stale: Option<bool>,
     seed: u64,
     /// A set being loaded page by page, not yet published (module docs).
-    staging: Option<RevocationSet>,
-    /// The slowest page of that load (ms from the poll to its answer).
-    staging_page_ms: u64,
+    staging: Staging,
 }
 
 impl Fetcher {
@@ -245,8 +230,7 @@ impl Fetcher {
             last_prune_ms: now_ms,
             was_stale: None,
             seed: now_ms ^ 0x5EED,
-            staging: None,
-            staging_page_ms: 0,
+            staging: Staging::default(),
         }
     }
 
@@ -317,8 +301,8 @@ impl Fetcher {
     fn since(&self, shared: &Shared) -> u64 {
         if self.full_pending {
             0
-        } else if let Some(staged) = &self.staging {
-            staged.seq
+        } else if let Some(seq) = self.staging.seq() {
+            seq
         } else {
             shared.revocation().map_or(0, |rev| rev.set.seq)
         }
@@ -554,7 +538,6 @@ impl Fetcher {
     ) {
         let current = shared.revocation();
         let staged = self.staging.take();
-        let page_ms = std::mem::take(&mut self.staging_page_ms);
         let was_staged = staged.is_some();
         let mut set = match staged {
             Some(set) => set,
@@ -564,7 +547,8 @@ impl Fetcher {
         };
         let held_seq = set.seq;
         let (seq, full) = (response.seq, response.full);
-        let more = response.entries >= FEED_PAGE_ENTRIES;
+        let entries = response.entries;
+        let more = entries >= FEED_PAGE_ENTRIES;
         match set.apply_page(response, seconds(now_ms)) {
             Ok(applied) => {
                 if current.is_none() || seq != held_seq {
@@ -579,11 +563,9 @@ impl Fetcher {
                         ),
                     );
                 }
-                if more {
-                    self.staging = Some(set);
-                    self.staging_page_ms = page_ms.max(elapsed_ms);
+                let Some(set) = self.staging.page_applied(set, entries, elapsed_ms) else {
                     return;
-                }
+                };
                 let unchanged = !was_staged && applied.changed.is_empty() && set.seq == held_seq;
                 match (unchanged, current) {
                     (true, Some(current)) => shared.revocation.store(Some(Arc::new(Revocation {
@@ -598,6 +580,7 @@ impl Fetcher {
                 report.log(Level::Warn, &err.to_string());
                 // The issuer lost state: start over from a full set (a page loaded so far is
                 // dropped; the published set stays until the new one is in).
+                self.staging.abandon();
                 self.full_pending = true;
             }
         }
@@ -613,28 +596,10 @@ impl Fetcher {
         })));
     }
 
-    /// Publishes a privately loaded set once no page is on its way: the poll after the last
-    /// full page failed, or has been out for twice the slowest page of the load (within
-    /// [`STAGING_HOLD_MS`]..=[`STAGING_HOLD_MAX_MS`]).
+    /// Publishes a privately loaded set once no page is on its way ([`Staging::finished_by_wait`]).
     fn publish_staged_when_idle(&mut self, shared: &Shared, now_ms: u64) {
-        if self.staging.is_none() {
-            return;
-        }
-        let hold_ms = self
-            .staging_page_ms
-            .saturating_mul(2)
-            .clamp(STAGING_HOLD_MS, STAGING_HOLD_MAX_MS);
-        let waiting = match self.feed.as_ref().map(Schedule::phase) {
-            Some(FetchPhase::InFlight { started_ms, .. }) => {
-                now_ms.saturating_sub(started_ms) < hold_ms
-            }
-            _ => false,
-        };
-        if waiting {
-            return;
-        }
-        self.staging_page_ms = 0;
-        if let Some(set) = self.staging.take() {
+        let phase = self.feed.as_ref().map(Schedule::phase);
+        if let Some(set) = self.staging.finished_by_wait(phase, now_ms) {
             let current = shared.revocation();
             Self::publish(shared, current.as_deref(), set, now_ms);
         }
@@ -705,6 +670,7 @@ mod tests {
 
     use super::*;
     use crate::host::DispatchError;
+    use crate::refresh::STAGING_HOLD_MS;
 
     const NOW: u64 = 1_700_000_000_000;
 
