@@ -187,10 +187,10 @@ monitoring-check: monitoring-tools ## promtool check + test the alert rules; the
 	promtool check config deploy/monitoring/prometheus.yml
 	promtool test rules deploy/monitoring/alerts_test.yaml
 
-image: wasm native ## OCI images target/oci/weauth-issuer, weauth-filter (wasm) and weauth-filter-native (the .so) (buildah, FROM scratch)
+image: ## OCI images target/oci/weauth-issuer, weauth-filter (wasm) and weauth-filter-native (the .so) (buildah, FROM scratch; builds what they hold)
 	scripts/image.sh
 
-image-check: native wasm ## make image, then check both images (skipped, saying why, where buildah cannot run)
+image-check: ## the three images, their binaries built without the optimizer, checked (skipped, saying why, where buildah cannot run)
 	scripts/image.sh --check
 
 fmt-check: ## cargo fmt --check
@@ -229,36 +229,58 @@ check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's un
 	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --lib --bins \
 	  $(addprefix --test ,$(PURE_CRATE_TESTS) $(ISSUER_INPROCESS_TESTS))
 
-# The image check's static release build is the longest build step (about a third of a
-# fresh `make test` when run in line): it starts in the background, at the lowest CPU priority
+# The workspace's tests run as two streams side by side: most suites wait on Envoy, the stores,
+# the browser and timers rather than compute (one stream left about one core of two idle), so the
+# longest end-to-end suites run in the first stream, then the filter suites again against the
+# native build; every other suite, the wasm import check and the client's tests in the second.
+# Each stream's output goes to its own log, shown as a block when the stream ends. A new test
+# file joins the second stream by itself (TEST_REST is every */tests/*.rs not named here).
+TEST_FIRST := api_schemathesis e2e_filter e2e_replicas e2e_faults e2e_browser e2e_cluster e2e_login
+TEST_REST  := $(filter-out $(TEST_FIRST) wasm_imports,$(sort $(basename $(notdir $(wildcard */tests/*.rs)))))
+CARGO_TEST := $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast
+
+# The image check's static issuer build is the longest build step of its own (Cargo.toml's
+# `image-check` profile): it starts in the background, at the lowest CPU priority
 # and in its own process group, as soon as the tools are installed (so that no two apt-get run
-# at once), and runs while the rest builds and the tests run (they mostly wait on Envoy, the
-# stores and the browser); it builds the native module first and the wasm module last, which
-# the foreground has built by then. The lint and the wasm module are built side by side
-# (`-j2`): clippy's serial tail and the wasm module's link-time optimization each leave a core
-# idle. Its output
-# is shown at the end, and its failure fails `make test` like any other. It stays in this
-# session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
-# sessions, so in a session of its own `nice` would not hold it back.
+# at once), and runs while the rest builds and the tests run; it builds the issuer and the
+# native module first and the wasm module last, which the foreground has built by then. The
+# lint and the wasm module are built side by side (`-j2`): clippy's serial tail and the wasm
+# module's link-time optimization each leave a core idle. Its output is shown at the end, and
+# its failure fails `make test` like any other. It stays in this session (`set -m`, not
+# `setsid`): Linux's autogroup scheduling shares the CPU equally between sessions, so in a
+# session of its own `nice` would not hold it back.
 test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
 	@mkdir -p target
 	@$(MAKE) --no-print-directory setup browser-setup api-tools
 	@echo "test: $$(date +%T) tools installed; image check (make image-check) started in the background, log in target/image-check.log"
 	@set -m; nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; set +m; \
-	trap 'kill -- -$$image 2>/dev/null || true' EXIT; \
+	trap 'kill -- -$$image 2>/dev/null || true; kill $$(jobs -p) 2>/dev/null || true' EXIT; \
 	$(MAKE) --no-print-directory -j2 --output-sync=target lint wasm; \
 	echo "test: $$(date +%T) lint and the wasm module done"; \
 	$(MAKE) --no-print-directory manifests monitoring-check native-debug; \
 	status=0; \
-	echo "test: $$(date +%T) built; the workspace's tests"; \
-	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast || status=1; \
-	echo "test: $$(date +%T) the filter suites again, against the native build (an Envoy dynamic module)"; \
-	WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast \
-	  --test e2e_filter --test e2e_attacks --test e2e_paths || status=1; \
-	echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"; \
-	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --test wasm_imports -- --include-ignored || status=1; \
-	echo "test: $$(date +%T) the mini-program client"; \
-	$(MAKE) --no-print-directory client-test || status=1; \
+	echo "test: $$(date +%T) built; the workspace's tests in two streams (target/test-stream-1.log, -2.log; each shown when it ends)"; \
+	{ rc=0; \
+	  $(CARGO_TEST) $(addprefix --test ,$(TEST_FIRST)) || rc=1; \
+	  echo "test: $$(date +%T) the filter suites again, against the native build (an Envoy dynamic module)"; \
+	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
+	    --test e2e_filter --test e2e_attacks --test e2e_paths || rc=1; \
+	  exit $$rc; } > target/test-stream-1.log 2>&1 & first=$$!; \
+	{ rc=0; \
+	  $(CARGO_TEST) --lib --bins $(addprefix --test ,$(TEST_REST)) || rc=1; \
+	  $(CARGO_TEST) --doc || rc=1; \
+	  echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"; \
+	  $(CARGO_TEST) --test wasm_imports -- --include-ignored || rc=1; \
+	  echo "test: $$(date +%T) the mini-program client"; \
+	  $(MAKE) --no-print-directory client-test || rc=1; \
+	  exit $$rc; } > target/test-stream-2.log 2>&1 & second=$$!; \
+	for stream in 1 2; do \
+	  if [ $$stream = 1 ]; then pid=$$first; else pid=$$second; fi; \
+	  stream_status=0; wait $$pid || stream_status=$$?; \
+	  echo "test: $$(date +%T) stream $$stream ended (exit $$stream_status); its output:"; \
+	  cat target/test-stream-$$stream.log; \
+	  if [ $$stream_status -ne 0 ]; then status=1; fi; \
+	done; \
 	echo "test: $$(date +%T) waiting for the image check"; \
 	image_status=0; wait $$image || image_status=$$?; trap - EXIT; \
 	sed 's/^/image-check: /' target/image-check.log; \

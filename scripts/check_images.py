@@ -4,6 +4,9 @@
 - image_filter_layer_holds_exactly_the_wasm_module: target/oci/weauth-filter has one layer,
   gzip-compressed (Istio's compat variant), annotated `module.wasm.image/variant=compat`,
   holding exactly one file, `plugin.wasm`, byte-equal to the module `make wasm` built.
+- image_native_filter_layer_holds_exactly_the_module: target/oci/weauth-filter-native has one
+  layer holding exactly one file, `lib/libweauth_filter.so`, byte-equal to the native module the
+  image was built from (WEAUTH_IMAGE_NATIVE), and no entrypoint (it is mounted, never run).
 - image_issuer_entrypoint_unpacked_answers_healthz: target/oci/weauth-issuer unpacked into a
   root filesystem; its user is not root, it carries the CA certificates, and its entrypoint,
   run inside that root filesystem (chroot: nothing from the host), answers GET /healthz.
@@ -26,6 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OCI = os.path.join(ROOT, "target", "oci")
 WASM = os.environ.get("WEAUTH_FILTER_WASM") or os.path.join(
     ROOT, "target", "wasm32-wasip1", "wasm-release", "weauth_filter.wasm")
+NATIVE = os.environ.get("WEAUTH_IMAGE_NATIVE") or os.path.join(
+    ROOT, "target", "native", "libweauth_filter.so")
 
 
 def blob(layout, digest):
@@ -54,9 +59,8 @@ def manifest(name):
     return layout, doc, config
 
 
-def image_filter_layer_holds_exactly_the_wasm_module():
-    layout, doc, _ = manifest("weauth-filter")
-    assert doc.get("annotations", {}).get("module.wasm.image/variant") == "compat", doc.get("annotations")
+def single_file_layer(doc, layout, name, built_path):
+    """The image's one gzip layer holds exactly `name`, byte-equal to the file at `built_path`."""
     layers = doc["layers"]
     assert len(layers) == 1, f"one layer expected, got {len(layers)}"
     assert layers[0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip", layers[0]["mediaType"]
@@ -64,11 +68,23 @@ def image_filter_layer_holds_exactly_the_wasm_module():
     with tarfile.open(path, "r:gz") as tar:
         files = [m for m in tar.getmembers() if not m.isdir()]
         names = [m.name.lstrip("./") for m in files]
-        assert names == ["plugin.wasm"], f"the layer must hold exactly plugin.wasm, holds {names}"
+        assert names == [name], f"the layer must hold exactly {name}, holds {names}"
         data = tar.extractfile(files[0]).read()
-    with open(WASM, "rb") as f:
+    with open(built_path, "rb") as f:
         built = f.read()
-    assert data == built, f"plugin.wasm ({len(data)} bytes) differs from {WASM} ({len(built)} bytes)"
+    assert data == built, f"{name} ({len(data)} bytes) differs from {built_path} ({len(built)} bytes)"
+
+
+def image_filter_layer_holds_exactly_the_wasm_module():
+    layout, doc, _ = manifest("weauth-filter")
+    assert doc.get("annotations", {}).get("module.wasm.image/variant") == "compat", doc.get("annotations")
+    single_file_layer(doc, layout, "plugin.wasm", WASM)
+
+
+def image_native_filter_layer_holds_exactly_the_module():
+    layout, doc, config = manifest("weauth-filter-native")
+    single_file_layer(doc, layout, "lib/libweauth_filter.so", NATIVE)
+    assert not config.get("config", {}).get("Entrypoint"), "the native image is mounted, not run"
 
 
 def free_port():
@@ -141,6 +157,7 @@ def image_issuer_entrypoint_unpacked_answers_healthz():
 def main():
     passed = failed = 0
     for test in (image_filter_layer_holds_exactly_the_wasm_module,
+                 image_native_filter_layer_holds_exactly_the_module,
                  image_issuer_entrypoint_unpacked_answers_healthz):
         try:
             test()

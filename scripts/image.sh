@@ -15,8 +15,11 @@
 # subordinate ids (/etc/subuid). Where buildah cannot be installed or cannot run, this script
 # says why and exits 3.
 #
-# `scripts/image.sh --check` (make test) also runs scripts/check_images.py on the result, and
-# turns "buildah cannot run here" into a printed skip.
+# `scripts/image.sh --check` (make image-check, part of make test) builds the issuer and the
+# native module in the `image-check` profile instead (no optimizer: the check is about the
+# packaging, Cargo.toml says why), runs scripts/check_images.py on the result, and turns
+# "buildah cannot run here" into a printed skip. Either way this script builds what it packs
+# (the issuer, then the native module, then the wasm module, which `make test` has built by then).
 set -euo pipefail
 check=false
 [ "${1:-}" = "--check" ] && check=true
@@ -32,9 +35,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' issuer/Cargo.toml | head -1)
 musl_target=x86_64-unknown-linux-musl
-issuer_bin=target/$musl_target/release/weauth-issuer
+if $check; then issuer_profile=image-check native_profile=image-check; else issuer_profile=release native_profile=native; fi
+issuer_bin=target/$musl_target/$issuer_profile/weauth-issuer
 wasm=target/wasm32-wasip1/wasm-release/weauth_filter.wasm
-native=target/native/libweauth_filter.so
+native=target/$native_profile/libweauth_filter.so
 out=target/oci
 store=(--root "$root/target/buildah/root" --runroot "$root/target/buildah/run" --storage-driver vfs)
 
@@ -52,13 +56,15 @@ done
 if ! probe=$(buildah "${store[@]}" images 2>&1); then
   skip "buildah cannot run here as $(id -un) (${probe##*$'\n'}); as a normal user it needs user namespaces and entries in /etc/subuid and /etc/subgid; run make image as root"
 fi
-if ! rustup target list --installed | grep -qx "$musl_target"; then
-  echo "image: installing rust target $musl_target"
-  rustup target add "$musl_target"
-fi
-cargo build ${CI:+--locked} --release --target "$musl_target" -p weauth-issuer
-[ -f "$wasm" ] || { echo "image: $wasm missing: run make wasm" >&2; exit 1; }
-[ -f "$native" ] || { echo "image: $native missing: run make native" >&2; exit 1; }
+for rust_target in "$musl_target" wasm32-wasip1; do
+  if ! rustup target list --installed | grep -qx "$rust_target"; then
+    echo "image: installing rust target $rust_target"
+    rustup target add "$rust_target"
+  fi
+done
+cargo build ${CI:+--locked} --profile "$issuer_profile" --target "$musl_target" -p weauth-issuer
+cargo build ${CI:+--locked} --profile "$native_profile" -p weauth-filter --features envoy-native
+cargo build ${CI:+--locked} --profile wasm-release --target wasm32-wasip1 -p weauth-filter
 if ! ldd "$issuer_bin" 2>&1 | grep -q -E 'statically linked|not a dynamic executable'; then
   echo "image: $issuer_bin is dynamically linked; the image has no libc" >&2
   exit 1
@@ -93,5 +99,5 @@ build weauth-filter-native deploy/images/filter-native.Containerfile "$ctx/filte
 echo "image: push with e.g. skopeo copy oci:$out/weauth-filter:$version docker://REGISTRY/weauth/filter:$version"
 echo "image: WasmPlugin sha256 (the filter's digest): $(sed 's/^sha256://' "$out/weauth-filter.digest")"
 if $check; then
-  python3 scripts/check_images.py
+  WEAUTH_FILTER_WASM="$root/$wasm" WEAUTH_IMAGE_NATIVE="$root/$native" python3 scripts/check_images.py
 fi
