@@ -42,4 +42,26 @@ export WEAUTH_ISSUER_BIN="${WEAUTH_BENCH_ISSUER_BIN:-$TARGET_DIR/release/weauth-
 export WEAUTH_BENCH_EMPTY_WASM="${WEAUTH_BENCH_EMPTY_WASM:-$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm}"
 
 mkdir -p bench-results
-exec "$TARGET_DIR/release/weauth-bench" --mode "$BENCH_MODE" --out bench-results
+"$TARGET_DIR/release/weauth-bench" --mode "$BENCH_MODE" --out bench-results "$@"
+
+# The wasm build's host calls per allowed request, for the module the weauth rows ran: counted
+# under Node's V8 by scripts/count-host-calls.sh (Envoy counts no host calls itself), appended
+# to results.md. The "+ weauth's host calls" row is the cost of the same calls with no logic.
+if [ -f "$WEAUTH_FILTER_WASM" ] && [ -f bench-results/results.md ]; then
+  if scripts/ensure-node.sh >/dev/null && calls=$(scripts/count-host-calls.sh "$WEAUTH_FILTER_WASM" 2>&1); then
+    echo "$calls"
+    {
+      echo
+      echo "## Host calls per allowed request (wasm build)"
+      echo
+      echo "\`scripts/count-host-calls.sh\` on the module of the weauth rows ($(wc -c < "$WEAUTH_FILTER_WASM") bytes),"
+      echo "configured like them (inline JWKS, revocation feed, identity headers on), curl-like request:"
+      echo
+      echo '```'
+      echo "$calls"
+      echo '```'
+    } >> bench-results/results.md
+  else
+    echo "bench: host calls not counted: $calls" >&2
+  fi
+fi

@@ -681,7 +681,9 @@ mod tests {
         assert_eq!(back.map(|set| set.seq), Some(5));
         assert!(!staging.is_loading());
         // A full page: kept, nothing to publish.
-        assert!(staging.page_applied(set_at(50_000), FEED_PAGE_ENTRIES, 300).is_none());
+        assert!(staging
+            .page_applied(set_at(50_000), FEED_PAGE_ENTRIES, 300)
+            .is_none());
         assert!(staging.is_loading());
         assert_eq!(staging.seq(), Some(50_000));
         // The next answer applies to the staged set, taken out...
@@ -691,13 +693,20 @@ mod tests {
         // ... and a shorter page ends the load.
         let back = staging.page_applied(set_at(50_007), 7, 20);
         assert_eq!(back.map(|set| set.seq), Some(50_007));
-        assert_eq!(staging.hold_ms(), STAGING_HOLD_MS, "the load's slowest page is forgotten");
+        assert_eq!(
+            staging.hold_ms(),
+            STAGING_HOLD_MS,
+            "the load's slowest page is forgotten"
+        );
     }
 
     #[test]
     fn staging_published_when_no_page_comes_within_twice_the_slowest() {
         let mut staging = Staging::default();
-        assert!(staging.finished_by_wait(None, 0).is_none(), "nothing staged");
+        assert!(
+            staging.finished_by_wait(None, 0).is_none(),
+            "nothing staged"
+        );
         staging.page_applied(set_at(1), FEED_PAGE_ENTRIES, 600);
         assert_eq!(staging.hold_ms(), 1_200);
         let poll = Some(FetchPhase::InFlight {

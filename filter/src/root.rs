@@ -522,7 +522,11 @@ impl Root {
             return;
         };
         // A staged load may have changed any shard since the copy it started from.
-        let changed: Vec<usize> = if was_staged { (0..SHARDS).collect() } else { changed };
+        let changed: Vec<usize> = if was_staged {
+            (0..SHARDS).collect()
+        } else {
+            changed
+        };
         state.replica.set = set;
         self.publish(worker, &mut state, &changed, now_ms);
     }
