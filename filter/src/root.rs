@@ -33,6 +33,13 @@ use crate::worker::{Keys, VmState, Worker};
 
 /// How often every VM syncs from shared data (and the elected VM drives its fetchers).
 const TICK: Duration = Duration::from_millis(100);
+/// The tick until the VM holds its keys and a revocation set: the election takes two ticks
+/// (claim, then take up) and each sync waits for one, so at 100 ms a new Envoy's first token
+/// waited about 200 ms for ticks alone.
+const FIRST_TICK: Duration = Duration::from_millis(10);
+/// The fast first ticks end at the latest this long after the configuration (an issuer that
+/// cannot be reached is retried on the fetchers' own backoff, not every 10 ms).
+const FIRST_TICKS_MAX_MS: u64 = 2_000;
 /// The fetcher lease's lifetime; renewed on every tick by its holder.
 const LEASE_MS: u64 = 2_000;
 /// Extra time given to a long poll beyond `wait_seconds` before Envoy times it out.
@@ -57,6 +64,8 @@ pub struct Root {
     full_pending: bool,
     /// A set being loaded page by page, not yet published (module docs).
     staging: Staging,
+    /// When the configuration was applied, while the tick is still [`FIRST_TICK`].
+    first_ticks_since_ms: Option<u64>,
 }
 
 impl Root {
@@ -75,6 +84,7 @@ impl Root {
             was_stale: None,
             full_pending: true,
             staging: Staging::default(),
+            first_ticks_since_ms: None,
         })
     }
 
@@ -84,6 +94,22 @@ impl Root {
 
     fn fetches(&self) -> bool {
         self.jwks_schedule.is_some() || self.feed_schedule.is_some()
+    }
+
+    /// Back to the [`TICK`] once this VM holds keys and, with a feed, a revocation set (or
+    /// [`FIRST_TICKS_MAX_MS`] after the configuration).
+    fn end_first_ticks(&mut self, worker: &Worker, state: &VmState, now_ms: u64) {
+        let Some(since_ms) = self.first_ticks_since_ms else {
+            return;
+        };
+        let loaded = state.keys.is_some()
+            && (worker.config.revocation.is_none() || state.replica.meta.is_some());
+        if !loaded && now_ms.saturating_sub(since_ms) < FIRST_TICKS_MAX_MS {
+            return;
+        }
+        if hostcalls::set_tick_period(TICK).is_ok() {
+            self.first_ticks_since_ms = None;
+        }
     }
 
     fn report_revocation(&mut self, worker: &Worker, state: &VmState, now_ms: u64) {
@@ -680,9 +706,12 @@ impl RootContext for Root {
         self.leader = false;
         self.was_stale = None;
         // Inline keys and no feed: nothing to sync, no tick needed.
-        if self.fetches() && hostcalls::set_tick_period(TICK).is_err() {
-            self.log(Level::Error, "could not start the tick");
-            return false;
+        if self.fetches() {
+            if hostcalls::set_tick_period(FIRST_TICK).is_err() {
+                self.log(Level::Error, "could not start the tick");
+                return false;
+            }
+            self.first_ticks_since_ms = Some(now);
         }
         self.log(Level::Info, &summary);
         true
@@ -698,6 +727,7 @@ impl RootContext for Root {
             worker.sync_jwks(&mut state, self.context_id);
             let _ = worker.sync_revocation(&mut state, self.context_id);
             self.report_revocation(&worker, &state, now);
+            self.end_first_ticks(&worker, &state, now);
         }
         if !self.fetches() {
             return;
