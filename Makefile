@@ -47,7 +47,7 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help setup browser-setup build wasm native native-debug up down test check lint fmt-check clippy clippy-wasm fuzz-lock docs unit \
+.PHONY: help wasm-target setup browser-setup build wasm native native-debug up down test check lint fmt-check clippy clippy-wasm fuzz-lock docs unit \
         client client-test bench fuzz soak api-tools manifests image image-check monitoring-tools \
         monitoring-rules monitoring-check
 
@@ -59,18 +59,22 @@ export WEAUTH_CHROMIUM ?= /usr/bin/chromium
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## install the wasm target, Envoy 1.40.0 into .tools/, curl, redis-server, redis-sentinel and mariadb-server if missing (idempotent)
+# The wasm target alone: what the builds need before any other tool (`make test` builds while
+# the rest of setup installs).
+wasm-target:
+	@if rustup target list --installed | grep -qx '$(WASM_TARGET)'; then \
+	  echo "setup: rust target $(WASM_TARGET) already installed"; \
+	else \
+	  echo "setup: installing rust target $(WASM_TARGET)"; rustup target add $(WASM_TARGET); \
+	fi
+
+setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, redis-server, redis-sentinel and mariadb-server if missing (idempotent)
 	@if command -v curl >/dev/null 2>&1; then \
 	  echo "setup: curl already installed"; \
 	else \
 	  echo "setup: installing curl (Debian package; the README walkthrough test runs it)"; \
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl; \
-	fi
-	@if rustup target list --installed | grep -qx '$(WASM_TARGET)'; then \
-	  echo "setup: rust target $(WASM_TARGET) already installed"; \
-	else \
-	  echo "setup: installing rust target $(WASM_TARGET)"; rustup target add $(WASM_TARGET); \
 	fi
 	@if [ -x "$(ENVOY)" ] && "$(ENVOY)" --version 2>/dev/null | grep -q '/$(ENVOY_VERSION)/'; then \
 	  echo "setup: envoy $(ENVOY_VERSION) already in .tools/bin/envoy"; \
@@ -253,25 +257,33 @@ TEST_REST  := $(filter-out $(TEST_FIRST) wasm_imports,$(sort $(basename $(notdir
 LINTED_BUILD := RUSTC_WORKSPACE_WRAPPER=clippy-driver CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 CARGO_TEST := $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast
 
-# The image check's static issuer build is the longest build step of its own (Cargo.toml's
-# `image-check` profile): it starts in the background, at the lowest CPU priority
-# and in its own process group, as soon as the tools are installed (so that no two apt-get run
-# at once), and runs while the rest builds and the tests run; it builds the issuer and the
-# native module first and the wasm module last, which the foreground has built by then. The
-# test binaries (linted: LINTED_BUILD), the wasm module and the wasm lints are built side by
-# side (`-j2`): the wasm module's link-time optimization leaves a core idle. Its output is shown at the end, and
-# its failure fails `make test` like any other. It stays in this session (`set -m`, not
-# `setsid`): Linux's autogroup scheduling shares the CPU equally between sessions, so in a
-# session of its own `nice` would not hold it back.
+# What runs at once: the tools install (Envoy, the stores, the browser and API tools: mostly
+# downloads) while the build runs — formatting, the test binaries (linted: LINTED_BUILD), the
+# wasm module and the wasm lints, side by side (`-j2`: the wasm module's link-time optimization
+# leaves a core idle); the tests wait for both. After the tools (so that no two apt-get run at
+# once), the image check starts in the same background job, at the lowest CPU priority and in
+# its own process group: its static issuer build (Cargo.toml's `image-check` profile) runs in
+# what the build and the tests leave idle, and it packs the native module the build wrote. Its
+# output is shown at the end, and its failure fails `make test` like any other. It stays in this
+# session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
+# sessions, so in a session of its own `nice` would not hold it back.
 test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
-	@mkdir -p target
-	@$(MAKE) --no-print-directory setup browser-setup api-tools
-	@echo "test: $$(date +%T) tools installed; image check (make image-check) started in the background, log in target/image-check.log"
-	@set -m; nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1 & image=$$!; set +m; \
-	trap 'kill -- -$$image 2>/dev/null || true; kill $$(jobs -p) 2>/dev/null || true' EXIT; \
+	@mkdir -p target && rm -f $(NATIVE_DEBUG) target/tools.status
+	@$(MAKE) --no-print-directory wasm-target
+	@echo "test: $$(date +%T) the tools install in the background (target/tools.log), then the image check starts (target/image-check.log)"
+	@set -m; { \
+	  tools=0; $(MAKE) --no-print-directory setup browser-setup api-tools > target/tools.log 2>&1 || tools=$$?; \
+	  echo $$tools > target/tools.status; [ $$tools -eq 0 ] || exit $$tools; \
+	  IMAGE_NATIVE_FROM=$(CURDIR)/$(NATIVE_DEBUG) nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1; \
+	} & background=$$!; set +m; \
+	trap 'kill -- -$$background 2>/dev/null || true; kill $$(jobs -p) 2>/dev/null || true' EXIT; \
 	$(MAKE) --no-print-directory -j2 --output-sync=target fmt-check fuzz-lock native-debug wasm clippy-wasm \
 	  BUILD_ENV='$(LINTED_BUILD)'; \
 	echo "test: $$(date +%T) formatting, lints (host: in the build), the wasm module and the test binaries done"; \
+	while [ ! -f target/tools.status ]; do sleep 1; done; \
+	sed 's/^/tools: /' target/tools.log; \
+	if [ "$$(cat target/tools.status)" != 0 ]; then echo "test: installing the tools failed (target/tools.log)"; exit 1; fi; \
+	echo "test: $$(date +%T) tools installed"; \
 	$(MAKE) --no-print-directory manifests monitoring-check; \
 	status=0; \
 	echo "test: $$(date +%T) built; the workspace's tests in two streams (target/test-stream-1.log, -2.log; each shown when it ends)"; \
@@ -297,7 +309,7 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	  if [ $$stream_status -ne 0 ]; then status=1; fi; \
 	done; \
 	echo "test: $$(date +%T) waiting for the image check"; \
-	image_status=0; wait $$image || image_status=$$?; trap - EXIT; \
+	image_status=0; wait $$background || image_status=$$?; trap - EXIT; \
 	sed 's/^/image-check: /' target/image-check.log; \
 	if [ $$image_status -ne 0 ]; then echo "test: the image check failed (exit $$image_status)"; status=1; fi; \
 	echo "test: $$(date +%T) done"; \

@@ -17,7 +17,8 @@
 #
 # `scripts/image.sh --check` (make image-check, part of make test) builds the issuer and the
 # native module in the `image-check` profile instead (no optimizer: the check is about the
-# packaging, Cargo.toml says why), runs scripts/check_images.py on the result, and turns
+# packaging, Cargo.toml says why; with IMAGE_NATIVE_FROM set, the native module at that path,
+# built elsewhere, is packed instead), runs scripts/check_images.py on the result, and turns
 # "buildah cannot run here" into a printed skip. Either way this script builds what it packs
 # (the issuer, then the native module, then the wasm module, which `make test` has built by then).
 set -euo pipefail
@@ -63,7 +64,19 @@ for rust_target in "$musl_target" wasm32-wasip1; do
   fi
 done
 cargo build ${CI:+--locked} --profile "$issuer_profile" --target "$musl_target" -p weauth-issuer
-cargo build ${CI:+--locked} --profile "$native_profile" -p weauth-filter --features envoy-native
+if $check && [ -n "${IMAGE_NATIVE_FROM:-}" ]; then
+  # `make test` builds the native module in the dev profile for its suites: packed as it is,
+  # once that build has written it (it may still be under way when this script starts).
+  native=$IMAGE_NATIVE_FROM
+  waited=0
+  until [ -f "$native" ]; do
+    [ $waited -eq 0 ] && echo "image: waiting for $native (make test's build)"
+    [ $waited -lt 1800 ] || { echo "image: $native did not appear within 30 min" >&2; exit 1; }
+    sleep 2; waited=$((waited + 2))
+  done
+else
+  cargo build ${CI:+--locked} --profile "$native_profile" -p weauth-filter --features envoy-native
+fi
 cargo build ${CI:+--locked} --profile wasm-release --target wasm32-wasip1 -p weauth-filter
 if ! ldd "$issuer_bin" 2>&1 | grep -q -E 'statically linked|not a dynamic executable'; then
   echo "image: $issuer_bin is dynamically linked; the image has no libc" >&2
