@@ -112,5 +112,5 @@ build weauth-filter-native deploy/images/filter-native.Containerfile "$ctx/filte
 echo "image: push with e.g. skopeo copy oci:$out/weauth-filter:$version docker://REGISTRY/weauth/filter:$version"
 echo "image: WasmPlugin sha256 (the filter's digest): $(sed 's/^sha256://' "$out/weauth-filter.digest")"
 if $check; then
-  WEAUTH_FILTER_WASM="$root/$wasm" WEAUTH_IMAGE_NATIVE="$root/$native" python3 scripts/check_images.py
+  WEAUTH_FILTER_WASM="$root/$wasm" WEAUTH_IMAGE_NATIVE="$(realpath "$native")" python3 scripts/check_images.py
 fi
