@@ -264,7 +264,9 @@ CARGO_TEST := $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_F
 # once), the image check starts in the same background job, at the lowest CPU priority and in
 # its own process group: its static issuer build (Cargo.toml's `image-check` profile) runs in
 # what the build and the tests leave idle, and it packs the native module the build wrote. Its
-# output is shown at the end, and its failure fails `make test` like any other. It stays in this
+# output is shown at the end, and its failure fails `make test` like any other; when the build
+# fails first, the exit waits for the tools install to end before stopping the job (an apt-get
+# killed half-way leaves dpkg to repair by hand). It stays in this
 # session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
 # sessions, so in a session of its own `nice` would not hold it back.
 test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
@@ -276,7 +278,8 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	  echo $$tools > target/tools.status; [ $$tools -eq 0 ] || exit $$tools; \
 	  IMAGE_NATIVE_FROM=$(CURDIR)/$(NATIVE_DEBUG) nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1; \
 	} & background=$$!; set +m; \
-	trap 'kill -- -$$background 2>/dev/null || true; kill $$(jobs -p) 2>/dev/null || true' EXIT; \
+	trap 'while [ ! -f target/tools.status ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
+	  kill -- -$$background 2>/dev/null || true; kill $$(jobs -p) 2>/dev/null || true' EXIT; \
 	$(MAKE) --no-print-directory -j2 --output-sync=target fmt-check fuzz-lock native-debug wasm clippy-wasm \
 	  BUILD_ENV='$(LINTED_BUILD)'; \
 	echo "test: $$(date +%T) formatting, lints (host: in the build), the wasm module and the test binaries done"; \
