@@ -241,6 +241,11 @@ pub const STAGING_HOLD_MS: u64 = 200;
 /// pages come on a loaded machine rather than a fixed guess.
 pub const STAGING_HOLD_MAX_MS: u64 = 2_000;
 
+/// Whether a feed answer of `entries` entries is a full page, with more behind it.
+pub fn is_full_page(entries: usize) -> bool {
+    entries >= FEED_PAGE_ENTRIES
+}
+
 /// A revocation set being loaded page by page, kept from readers until the load is over —
 /// the same in both builds: while a first load is under way requests are answered as before any
 /// set (503), and during a reload readers keep the set they have, never a part of the new one.
@@ -282,7 +287,7 @@ impl Staging {
         entries: usize,
         page_ms: u64,
     ) -> Option<crate::revocation::RevocationSet> {
-        if entries >= FEED_PAGE_ENTRIES {
+        if is_full_page(entries) {
             self.slowest_page_ms = self.slowest_page_ms.max(page_ms);
             self.set = Some(set);
             None

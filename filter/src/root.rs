@@ -486,27 +486,24 @@ impl Root {
     }
 
     /// Applies an answer to the VM's copy and publishes the shards it changed — or, when the
-    /// answer is a full page or a load is under way, to the staged set, published when the load
-    /// is over (here, or by [`Root::publish_staged_when_idle`]).
+    /// answer is a full page or a load is under way, to the set loaded aside, published whole
+    /// when the load is over (here, or by [`Root::publish_staged_when_idle`]).
     fn apply_feed(&mut self, worker: &Worker, response: FeedPage, elapsed_ms: u64, now_ms: u64) {
         let Ok(mut state) = worker.state.try_borrow_mut() else {
             return;
         };
-        let staged = self.staging.take();
-        let was_staged = staged.is_some();
         let entries = response.entries;
-        let more = entries >= refresh::FEED_PAGE_ENTRIES;
+        let more = refresh::is_full_page(entries);
         // A load starts aside from a copy of the VM's set (sharing its shards).
-        let mut set = match staged {
-            Some(set) => set,
-            None if more => state.replica.set.clone(),
-            None => std::mem::take(&mut state.replica.set),
-        };
-        let held_seq = set.seq;
+        let mut aside = self
+            .staging
+            .take()
+            .or_else(|| more.then(|| state.replica.set.clone()));
         let first = state.replica.meta.is_none();
+        let set = aside.as_mut().unwrap_or(&mut state.replica.set);
+        let held_seq = set.seq;
         let (seq, full) = (response.seq, response.full);
-        let applied = set.apply_page(response, seconds(now_ms));
-        let changed = match applied {
+        let changed = match set.apply_page(response, seconds(now_ms)) {
             Ok(applied) => {
                 if applied.skipped > 0 {
                     self.log(
@@ -534,9 +531,6 @@ impl Root {
             }
             Err(err) => {
                 self.log(Level::Warn, &err.to_string());
-                if !was_staged && !more {
-                    state.replica.set = set; // apply_page left it as it was (its seq reset)
-                }
                 // The issuer lost state: start over from a full set (a load under way is
                 // dropped; the published set stays until the new one is in).
                 self.staging.abandon();
@@ -544,17 +538,28 @@ impl Root {
                 return;
             }
         };
-        let Some(set) = self.staging.page_applied(set, entries, elapsed_ms) else {
-            return;
-        };
-        // A staged load may have changed any shard since the copy it started from.
-        let changed: Vec<usize> = if was_staged {
-            (0..SHARDS).collect()
-        } else {
-            changed
-        };
+        match aside {
+            None => self.publish(worker, &mut state, &changed, now_ms),
+            Some(set) => {
+                if let Some(set) = self.staging.page_applied(set, entries, elapsed_ms) {
+                    self.install_loaded(worker, &mut state, set, now_ms);
+                }
+            }
+        }
+    }
+
+    /// Makes a set loaded aside the VM's copy and publishes every shard (the load may have
+    /// changed any since the copy it started from).
+    fn install_loaded(
+        &self,
+        worker: &Worker,
+        state: &mut VmState,
+        set: RevocationSet,
+        last_ok_ms: u64,
+    ) {
         state.replica.set = set;
-        self.publish(worker, &mut state, &changed, now_ms);
+        let all: Vec<usize> = (0..SHARDS).collect();
+        self.publish(worker, state, &all, last_ok_ms);
     }
 
     /// Writes the `changed` shards of the VM's set and a new meta (fed at `last_ok_ms`).
@@ -576,9 +581,7 @@ impl Root {
         let Ok(mut state) = worker.state.try_borrow_mut() else {
             return;
         };
-        state.replica.set = set;
-        let all: Vec<usize> = (0..SHARDS).collect();
-        self.publish(worker, &mut state, &all, now_ms);
+        self.install_loaded(worker, &mut state, set, now_ms);
     }
 }
 

@@ -194,7 +194,6 @@ struct Backend {
     pub data_key: DataKey,
 }
 
-/// Opens the store, with the local or shared rate limit and announcements that go with it.
 /// The data key of a store shared by replicas (Redis, MySQL): config validation makes
 /// `WEAUTH_DATA_KEY` required there, so no key file is read (the path is unused).
 fn shared_data_key(config: &Config) -> Result<DataKey, StartError> {
@@ -204,6 +203,7 @@ fn shared_data_key(config: &Config) -> Result<DataKey, StartError> {
     )?)
 }
 
+/// Opens the store, with the local or shared rate limit and announcements that go with it.
 async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
     match &config.store {
         StoreUrl::Sqlite(path) => {

@@ -134,6 +134,55 @@ impl RedisServer {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Writes `keys` keys `filler:N` of `value_bytes` bytes each, through `redis-cli --pipe`
+    /// (Redis's mass insertion: every reply is awaited, with no client-side timeout a loaded
+    /// machine could run into) — to push a server past its `maxmemory`.
+    ///
+    /// # Errors
+    /// `redis-cli` could not run, or it reported errors (a `noeviction` server out of memory).
+    pub fn fill(&self, keys: usize, value_bytes: usize) -> Result<(), ServerError> {
+        use std::io::Write;
+        let value = "x".repeat(value_bytes);
+        let mut commands = Vec::with_capacity(keys * (value_bytes + 48));
+        for i in 0..keys {
+            let key = format!("filler:{i}");
+            // RESP: SET key value.
+            let _ = write!(
+                commands,
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            );
+        }
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--pipe"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| io_err("running redis-cli --pipe", e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(&commands)
+                .map_err(|e| io_err("writing to redis-cli --pipe", e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| io_err("waiting for redis-cli --pipe", e))?;
+        let report = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && report.contains("errors: 0,") {
+            Ok(())
+        } else {
+            Err(io_err(
+                "filling redis",
+                std::io::Error::other(format!(
+                    "redis-cli --pipe: {report}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+            ))
+        }
+    }
 }
 
 /// A `redis-sentinel` watching `master` at `127.0.0.1:master_port` (quorum 2, 1 s down-after,

@@ -14,7 +14,7 @@
 //! - **One set in memory, not one per answer.** A feed answer is read straight into rows
 //!   ([`FeedPage`]) and applied to a clone of the published set, which shares every shard with
 //!   it: only the shards the answer touches are copied. A large set arrives as pages of
-//!   [`FEED_PAGE_ENTRIES`] that the issuer sends back to back; while they come, the fetcher
+//!   [`FEED_PAGE_ENTRIES`](refresh::FEED_PAGE_ENTRIES) that the issuer sends back to back; while they come, the fetcher
 //!   applies them in place to a private set and publishes it once ([`Staging`], which the wasm
 //!   build shares) — instead of copying the growing set for every page.
 //! - **The body stays where Envoy put it.** A feed answer is read from the pieces of Envoy's
@@ -37,7 +37,7 @@ use weauth_token::KeySet;
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, Require};
 use crate::host::{IssuerCall, KeyState, Level};
-use crate::refresh::{self, CallOutcome, NextPoll, Schedule, Staging, FEED_PAGE_ENTRIES};
+use crate::refresh::{self, CallOutcome, NextPoll, Schedule, Staging};
 use crate::request::{self, Loaded};
 use crate::revocation::{FeedPage, RevocationSet};
 use crate::verify::{Extracted, Verdict};
@@ -548,7 +548,7 @@ impl Fetcher {
         let held_seq = set.seq;
         let (seq, full) = (response.seq, response.full);
         let entries = response.entries;
-        let more = entries >= FEED_PAGE_ENTRIES;
+        let more = refresh::is_full_page(entries);
         match set.apply_page(response, seconds(now_ms)) {
             Ok(applied) => {
                 if current.is_none() || seq != held_seq {
@@ -670,7 +670,7 @@ mod tests {
 
     use super::*;
     use crate::host::DispatchError;
-    use crate::refresh::STAGING_HOLD_MS;
+    use crate::refresh::{FEED_PAGE_ENTRIES, STAGING_HOLD_MS};
 
     const NOW: u64 = 1_700_000_000_000;
 
