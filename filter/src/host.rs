@@ -12,6 +12,7 @@
 //!   build.
 //! - [`IssuerCall`]: an HTTP call to the issuer through the configured Envoy cluster (so a
 //!   mesh's mTLS, timeouts and outlier detection apply).
+//! - [`Report`]: what the fetchers ([`crate::fetch`]) say — log lines, counters, gauges.
 
 use crate::config::Require;
 use crate::verify::{Extracted, Verdict};
@@ -86,4 +87,12 @@ pub trait IssuerCall {
         headers: &[(&str, &str)],
         timeout_ms: u64,
     ) -> Result<u64, DispatchError>;
+}
+
+/// What the fetchers report through: log lines, counters and gauges (`weauth.*`, by their
+/// names without the prefix).
+pub trait Report {
+    fn log(&self, level: Level, message: &str);
+    fn count(&self, name: &'static str);
+    fn gauge(&self, name: &'static str, value: u64);
 }

@@ -14,6 +14,8 @@
 //! - [`revocation`]: the revocation set (O(1) lookups by jti, sid, sub), feed application and
 //!   its sharded, versioned encoding for Envoy shared data.
 //! - [`refresh`]: the fetchers' timer state machine, the fetcher lease and the JWKS blob.
+//! - [`fetch`]: the JWKS and revocation fetchers, one for both builds, generic over the host
+//!   (where they call, report and publish).
 //! - [`cache`]: the bounded per-VM cache of verified tokens.
 //!
 //! Host glue, compiled only for wasm32:
@@ -36,6 +38,7 @@
 pub mod cache;
 pub mod config;
 pub mod csrf;
+pub mod fetch;
 pub mod headers;
 pub mod host;
 pub mod metrics_names;

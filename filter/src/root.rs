@@ -1,17 +1,15 @@
-//! The root context (one per plugin per worker VM): configuration, the tick, the fetcher
-//! election and the two fetchers. Thin glue over the pure modules, over `worker` (the shared
-//! keys, state and syncs every VM has) and over `metrics`.
+//! The root context (one per plugin per worker VM): configuration, the tick and the fetcher
+//! election. Thin glue over the pure modules, over `worker` (the shared keys, state and syncs
+//! every VM has), over `metrics` and over the fetcher both builds share ([`fetch::Fetcher`]).
 //!
 //! Every 100 ms, in every VM: flush the batched counters; re-read the JWKS blob and the
 //! revocation meta from shared data and decode only what changed (by CAS value and generation;
 //! the `Worker` syncs); refresh the gauges; then take part in the lease election. The VM that
-//! holds the lease dispatches the JWKS fetch (on its period, or sooner when a worker saw an
-//! unknown `kid`) and keeps one long poll to the revocation feed open; it applies each answer
-//! to its copy and publishes the changed shard blobs, then the meta. A set that arrives as
-//! several pages is loaded aside ([`Staging`], as in the native build) and published once, so no
-//! VM — the fetcher's own included — serves with a part of it. The SDK's own wrappers
-//! are avoided where they would panic on an unexpected host status; `proxy_wasm::hostcalls`
-//! results are handled instead.
+//! holds the lease drives the fetcher, which calls the issuer through `dispatch_http_call` and
+//! publishes into shared data ([`SharedData`], its [`Publish`] side here): the JWKS blob, and
+//! the changed revocation shard blobs, then the meta. The SDK's own wrappers are avoided where
+//! they would panic on an unexpected host status; `proxy_wasm::hostcalls` results are handled
+//! instead.
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
@@ -23,11 +21,12 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 use weauth_token::KeySet;
 
-use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
-use crate::host::Level;
+use crate::config::Config;
+use crate::fetch::{self, Publish, Published, StaleWatch};
+use crate::host::{DispatchError, IssuerCall, Level, Report};
 use crate::metrics::Metrics;
-use crate::refresh::{self, CallOutcome, LeaseStep, NextPoll, Schedule, Staging};
-use crate::revocation::{FeedPage, Meta, Publication, RevocationSet, SHARDS};
+use crate::refresh::{self, LeaseStep};
+use crate::revocation::{Meta, RevocationSet};
 use crate::wasm_host::{log, now_ms};
 use crate::worker::{Keys, VmState, Worker};
 
@@ -42,12 +41,8 @@ const FIRST_TICK: Duration = Duration::from_millis(10);
 const FIRST_TICKS_MAX_MS: u64 = 2_000;
 /// The fetcher lease's lifetime; renewed on every tick by its holder.
 const LEASE_MS: u64 = 2_000;
-/// Extra time given to a long poll beyond `wait_seconds` before Envoy times it out.
-const FEED_TIMEOUT_MARGIN_MS: u64 = 5_000;
 /// Largest response body read from the issuer.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// How often the elected VM drops expired revocation entries.
-const PRUNE_EVERY_MS: u64 = 10_000;
 
 /// The root context.
 pub struct Root {
@@ -55,15 +50,10 @@ pub struct Root {
     /// Random per VM (std's RandomState seeds from WASI `random_get`).
     vm_id: u64,
     worker: Option<Rc<Worker>>,
+    /// The fetcher; driven only while this VM holds the lease.
+    fetcher: Option<fetch::Fetcher>,
     leader: bool,
-    jwks_schedule: Option<Schedule>,
-    feed_schedule: Option<Schedule>,
-    last_prune_ms: u64,
-    was_stale: Option<bool>,
-    /// The next poll asks for a full set (`since=0`).
-    full_pending: bool,
-    /// A set being loaded page by page, not yet published (module docs).
-    staging: Staging,
+    stale: StaleWatch,
     /// When the configuration was applied, while the tick is still [`FIRST_TICK`].
     first_ticks_since_ms: Option<u64>,
 }
@@ -77,23 +67,15 @@ impl Root {
             context_id,
             vm_id: hasher.finish(),
             worker: None,
+            fetcher: None,
             leader: false,
-            jwks_schedule: None,
-            feed_schedule: None,
-            last_prune_ms: 0,
-            was_stale: None,
-            full_pending: true,
-            staging: Staging::default(),
+            stale: StaleWatch::default(),
             first_ticks_since_ms: None,
         })
     }
 
     fn log(&self, level: Level, message: &str) {
         log(level, self.context_id, message);
-    }
-
-    fn fetches(&self) -> bool {
-        self.jwks_schedule.is_some() || self.feed_schedule.is_some()
     }
 
     /// Back to the [`TICK`] once this VM holds keys and, with a feed, a revocation set (or
@@ -112,45 +94,6 @@ impl Root {
         }
     }
 
-    fn report_revocation(&mut self, worker: &Worker, state: &VmState, now_ms: u64) {
-        let Some(feed) = &worker.config.revocation else {
-            return;
-        };
-        let age_ms = state
-            .replica
-            .meta
-            .as_ref()
-            .map(|meta| now_ms.saturating_sub(meta.last_ok_ms));
-        worker
-            .metrics
-            .gauge("revocation_entries", state.replica.set.len() as u64);
-        worker
-            .metrics
-            .gauge("revocation_age_seconds", age_ms.map_or(0, |age| age / 1000));
-        let stale = age_ms.is_none_or(|age| age > feed.stale_after_seconds.saturating_mul(1000));
-        if self.was_stale != Some(stale) {
-            if stale && self.was_stale.is_some() {
-                self.log(
-                    Level::Warn,
-                    &format!(
-                        "revocation list is stale (feed not reached for over {} s); stale_mode={:?}",
-                        feed.stale_after_seconds, feed.stale_mode
-                    ),
-                );
-            } else if !stale {
-                self.log(
-                    Level::Info,
-                    &format!(
-                        "revocation list is fresh: seq {}, {} entries",
-                        state.replica.set.seq,
-                        state.replica.set.len()
-                    ),
-                );
-            }
-            self.was_stale = Some(stale);
-        }
-    }
-
     /// One round of the election. Returns whether this VM is the fetcher now.
     fn elect(&self, worker: &Worker, now_ms: u64) -> bool {
         let Ok((bytes, cas)) = hostcalls::get_shared_data(&worker.keys.lease) else {
@@ -166,157 +109,6 @@ impl Root {
                 false
             }
             LeaseStep::Follow => false,
-        }
-    }
-
-    fn drive_jwks(&mut self, worker: &Worker, remote: &RemoteJwks, now_ms: u64) {
-        let Some(schedule) = self.jwks_schedule.as_mut() else {
-            return;
-        };
-        if schedule.expire(now_ms) {
-            worker.metrics.count("jwks_fetch_fail");
-        }
-        if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&worker.keys.jwks_wanted) {
-            let wanted = bytes
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes);
-            if schedule.last_started_ms().is_none_or(|last| wanted > last) {
-                schedule.hurry(now_ms, remote.min_refetch_seconds.saturating_mul(1000));
-            }
-        }
-        if !schedule.due(now_ms) {
-            return;
-        }
-        let headers = vec![
-            (":method", "GET"),
-            (":path", remote.path.as_str()),
-            (":authority", remote.authority.as_str()),
-            ("accept", "application/json"),
-        ];
-        match hostcalls::dispatch_http_call(
-            &remote.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(remote.timeout_ms),
-        ) {
-            Ok(token) => schedule.dispatched(token, now_ms),
-            Err(status) => {
-                schedule.dispatch_failed(now_ms);
-                worker.metrics.count("jwks_fetch_fail");
-                log(
-                    Level::Warn,
-                    self.context_id,
-                    &format!(
-                        "JWKS fetch could not be dispatched to cluster {}: {status:?}",
-                        remote.cluster
-                    ),
-                );
-            }
-        }
-    }
-
-    /// The `since` of the next feed poll: 0 for a new fetcher (it starts from a full set and
-    /// rewrites every shard under a fresh generation, whatever a previous fetcher left
-    /// half-written), else the seq it holds.
-    fn feed_since(&self, worker: &Worker) -> u64 {
-        if self.full_pending {
-            0
-        } else if let Some(seq) = self.staging.seq() {
-            seq
-        } else {
-            worker
-                .state
-                .try_borrow()
-                .map_or(0, |state| state.replica.set.seq)
-        }
-    }
-
-    fn drive_feed(&mut self, worker: &Worker, feed: &RevocationConfig, since: u64, now_ms: u64) {
-        let Some(schedule) = self.feed_schedule.as_mut() else {
-            return;
-        };
-        if schedule.expire(now_ms) {
-            worker.metrics.count("feed_fetch_fail");
-        }
-        if !schedule.due(now_ms) {
-            return;
-        }
-        let path = format!("{}?since={since}&wait={}", feed.path, feed.wait_seconds);
-        let authorization = format!("Bearer {}", feed.credential);
-        let headers = vec![
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", feed.authority.as_str()),
-            ("authorization", authorization.as_str()),
-            ("accept", "application/json"),
-        ];
-        let timeout = feed
-            .wait_seconds
-            .saturating_mul(1000)
-            .saturating_add(FEED_TIMEOUT_MARGIN_MS);
-        match hostcalls::dispatch_http_call(
-            &feed.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(timeout),
-        ) {
-            Ok(token) => schedule.dispatched(token, now_ms),
-            Err(status) => {
-                schedule.dispatch_failed(now_ms);
-                worker.metrics.count("feed_fetch_fail");
-                log(
-                    Level::Warn,
-                    self.context_id,
-                    &format!(
-                        "revocation poll could not be dispatched to cluster {}: {status:?}",
-                        feed.cluster
-                    ),
-                );
-            }
-        }
-    }
-
-    fn prune(&mut self, worker: &Worker, now_ms: u64) {
-        if worker.config.revocation.is_none()
-            || now_ms.saturating_sub(self.last_prune_ms) < PRUNE_EVERY_MS
-        {
-            return;
-        }
-        self.last_prune_ms = now_ms;
-        let Ok(mut state) = worker.state.try_borrow_mut() else {
-            return;
-        };
-        // Only prune a loaded copy; its last_ok time is kept as it is.
-        let Some(last_ok_ms) = state.replica.meta.as_ref().map(|meta| meta.last_ok_ms) else {
-            return;
-        };
-        let changed = state.replica.set.prune(seconds(now_ms));
-        if !changed.is_empty() {
-            self.publish(worker, &mut state, &changed, last_ok_ms);
-        }
-    }
-
-    fn write_publication(&self, worker: &Worker, publication: &Publication, set: &RevocationSet) {
-        for (index, blob) in publication.blobs(set) {
-            if hostcalls::set_shared_data(&worker.keys.shard(index), Some(&blob), None).is_err() {
-                self.log(
-                    Level::Warn,
-                    &format!("could not write revocation shard {index}"),
-                );
-            }
-        }
-        if hostcalls::set_shared_data(&worker.keys.meta, Some(&publication.meta.encode()), None)
-            .is_err()
-        {
-            self.log(Level::Warn, "could not write the revocation meta");
-        }
-        // Only the key's CAS (bumped by the host on every write) carries the version; an empty
-        // value crosses the boundary without a memory callback.
-        if hostcalls::set_shared_data(&worker.keys.meta_version, Some(&[]), None).is_err() {
-            self.log(Level::Warn, "could not write the revocation meta version");
         }
     }
 
@@ -343,259 +135,178 @@ impl Root {
         };
         (status, body)
     }
+}
 
-    fn on_jwks_response(
+/// The fetcher's reports: this VM's metrics and log lines.
+struct RootReport<'a> {
+    metrics: &'a Metrics,
+    context_id: u32,
+}
+
+impl Report for RootReport<'_> {
+    fn log(&self, level: Level, message: &str) {
+        log(level, self.context_id, message);
+    }
+
+    fn count(&self, name: &'static str) {
+        self.metrics.count(name);
+    }
+
+    fn gauge(&self, name: &'static str, value: u64) {
+        self.metrics.gauge(name, value);
+    }
+}
+
+/// The fetcher's calls: `dispatch_http_call` from the root context.
+struct WasmCall;
+
+impl IssuerCall for WasmCall {
+    fn dispatch(
         &mut self,
-        worker: &Worker,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        now_ms: u64,
-    ) {
-        let (status, body) = Root::response_status_and_body(num_headers, body_size);
-        let JwksSource::Remote(remote) = &worker.config.jwks else {
-            return;
-        };
-        let parsed = (status == 200)
-            .then(|| KeySet::from_jwks_json(&body).ok())
-            .flatten()
-            .filter(|(keys, _)| !keys.is_empty());
-        let outcome = match parsed {
-            Some((keys, skipped)) => {
-                worker.metrics.count("jwks_fetch_ok");
-                for (kid, err) in &skipped {
-                    self.log(
-                        Level::Debug,
-                        &format!(
-                            "JWKS key {} skipped: {err}",
-                            kid.as_deref().unwrap_or("(no kid)")
-                        ),
-                    );
-                }
-                self.publish_jwks(worker, &body, keys.len(), now_ms);
-                CallOutcome::Ok {
-                    next_in_ms: remote.refresh_seconds.saturating_mul(1000),
-                }
-            }
-            None => {
-                worker.metrics.count("jwks_fetch_fail");
-                self.log(
-                    Level::Warn,
-                    &format!(
-                        "JWKS fetch from cluster {} failed: HTTP status {status}, {} body bytes, no usable key",
-                        remote.cluster,
-                        body.len()
-                    ),
-                );
-                CallOutcome::Failed
-            }
-        };
-        if let Some(schedule) = self.jwks_schedule.as_mut() {
-            schedule.finish(token, now_ms, outcome);
+        cluster: &str,
+        headers: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> Result<u64, DispatchError> {
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            None,
+            vec![],
+            Duration::from_millis(timeout_ms),
+        )
+        .map(u64::from)
+        .map_err(|status| DispatchError(format!("{status:?}")))
+    }
+}
+
+/// The wasm build's side of [`Publish`]: shared data, which every VM syncs from, and the
+/// fetcher VM's own copy of the set (the one it applies answers to, in place).
+struct SharedData<'a> {
+    worker: &'a Worker,
+    state: &'a mut VmState,
+    context_id: u32,
+}
+
+impl SharedData<'_> {
+    fn warn(&self, message: &str) {
+        log(Level::Warn, self.context_id, message);
+    }
+
+    /// The generation currently published (0 when none), so a new fetcher never reuses one.
+    fn shared_generation(&self) -> u64 {
+        hostcalls::get_shared_data(&self.worker.keys.meta)
+            .ok()
+            .and_then(|(bytes, _)| bytes)
+            .and_then(|bytes| Meta::decode(&bytes).ok())
+            .map_or(0, |meta| meta.generation)
+    }
+}
+
+impl Publish for SharedData<'_> {
+    fn jwks_wanted_ms(&self) -> u64 {
+        match hostcalls::get_shared_data(&self.worker.keys.jwks_wanted) {
+            Ok((Some(bytes), _)) => bytes
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes),
+            _ => 0,
         }
     }
 
-    fn publish_jwks(&self, worker: &Worker, json: &[u8], key_count: usize, now_ms: u64) {
-        let previous = hostcalls::get_shared_data(&worker.keys.jwks)
+    /// Compared with the blob in shared data, so a VM that takes the lease over does not
+    /// republish the JWKS its predecessor published.
+    fn publish_jwks(&mut self, json: &[u8], _keys: KeySet, now_ms: u64) -> Option<u64> {
+        let previous = hostcalls::get_shared_data(&self.worker.keys.jwks)
             .ok()
             .and_then(|(bytes, _)| bytes);
         let previous = previous.as_deref().and_then(refresh::decode_jwks_blob);
         if previous.is_some_and(|blob| blob.json == json) {
-            return; // unchanged: keep the generation, so cached verdicts stay valid
+            return None;
         }
         let generation = previous.map_or(0, |blob| blob.generation).saturating_add(1);
         let blob = refresh::encode_jwks_blob(generation, now_ms, json);
-        if hostcalls::set_shared_data(&worker.keys.jwks, Some(&blob), None).is_err() {
-            self.log(Level::Warn, "could not write the JWKS to shared data");
-        } else {
-            self.log(
-                Level::Info,
-                &format!("JWKS generation {generation} published: {key_count} key(s)"),
-            );
+        if hostcalls::set_shared_data(&self.worker.keys.jwks, Some(&blob), None).is_err() {
+            self.warn("could not write the JWKS to shared data");
+            return None;
         }
+        Some(generation)
     }
 
-    fn on_feed_response(
+    fn published(&self) -> Option<Published> {
+        published(self.state)
+    }
+
+    /// No reader in this VM holds the set apart from its copy: taken out, changed in place.
+    fn take_set(&mut self) -> RevocationSet {
+        std::mem::take(&mut self.state.replica.set)
+    }
+
+    fn copy_set(&self) -> RevocationSet {
+        self.state.replica.set.clone()
+    }
+
+    fn restore_set(&mut self, set: RevocationSet) {
+        self.state.replica.set = set;
+    }
+
+    /// Writes the changed shards, then the meta, then the meta version (the `replica` module's
+    /// publication protocol).
+    fn publish_set(&mut self, set: RevocationSet, changed: &[usize], last_ok_ms: u64) {
+        let floor = self.shared_generation();
+        self.state.replica.set = set;
+        // A first publication creates the meta even with no shard changed; shards never
+        // written keep generation 0 = empty.
+        let publication = self.state.replica.publish(changed, last_ok_ms, floor);
+        for (index, blob) in publication.blobs(&self.state.replica.set) {
+            let key = self.worker.keys.shard(index);
+            if hostcalls::set_shared_data(&key, Some(&blob), None).is_err() {
+                self.warn(&format!("could not write revocation shard {index}"));
+            }
+        }
+        let meta = publication.meta.encode();
+        if hostcalls::set_shared_data(&self.worker.keys.meta, Some(&meta), None).is_err() {
+            self.warn("could not write the revocation meta");
+        }
+        // Only the key's CAS (bumped by the host on every write) carries the version; an empty
+        // value crosses the boundary without a memory callback.
+        if hostcalls::set_shared_data(&self.worker.keys.meta_version, Some(&[]), None).is_err() {
+            self.warn("could not write the revocation meta version");
+        }
+        self.state.forget_meta_cas();
+    }
+}
+
+/// What this VM holds of the published set.
+fn published(state: &VmState) -> Option<Published> {
+    state.replica.meta.as_ref().map(|meta| Published {
+        seq: state.replica.set.seq,
+        entries: state.replica.set.len(),
+        last_ok_ms: meta.last_ok_ms,
+    })
+}
+
+impl Root {
+    /// Runs `f` with the fetcher and what it works through, if this VM's state is free.
+    fn with_fetcher(
         &mut self,
         worker: &Worker,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        now_ms: u64,
+        f: impl FnOnce(&mut fetch::Fetcher, &mut SharedData<'_>, &RootReport<'_>),
     ) {
-        let (status, body) = Root::response_status_and_body(num_headers, body_size);
-        let Some(feed) = &worker.config.revocation else {
+        let (Some(fetcher), Ok(mut state)) = (self.fetcher.as_mut(), worker.state.try_borrow_mut())
+        else {
             return;
         };
-        let parsed = if status == 200 {
-            FeedPage::parse(&body).map_err(|err| format!("unreadable body: {err}"))
-        } else {
-            Err(format!("HTTP status {status}"))
+        let mut publish = SharedData {
+            worker,
+            state: &mut state,
+            context_id: self.context_id,
         };
-        let outcome = match parsed {
-            Ok(response) => {
-                worker.metrics.count("feed_fetch_ok");
-                // What the answered poll asked with, before the answer moves it.
-                let since = self.feed_since(worker);
-                let elapsed_ms = self
-                    .feed_schedule
-                    .as_ref()
-                    .and_then(Schedule::last_started_ms)
-                    .map_or(0, |started| now_ms.saturating_sub(started));
-                self.full_pending = false;
-                let seq = response.seq;
-                self.apply_feed(worker, response, elapsed_ms, now_ms);
-                let next = refresh::next_feed_poll(
-                    since,
-                    seq,
-                    elapsed_ms,
-                    feed.wait_seconds.saturating_mul(1000),
-                    self.vm_id
-                        .wrapping_add(now_ms.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-                );
-                if let NextPoll::Floor(ms) = next {
-                    worker.metrics.count("feed_poll_floored");
-                    self.log(
-                        Level::Debug,
-                        &format!(
-                            "revocation feed answered without news after {elapsed_ms} ms \
-                             (asked to hold {} s): next poll in {ms} ms",
-                            feed.wait_seconds
-                        ),
-                    );
-                }
-                CallOutcome::Ok {
-                    next_in_ms: next.delay_ms(),
-                }
-            }
-            Err(reason) => {
-                worker.metrics.count("feed_fetch_fail");
-                self.log(
-                    Level::Warn,
-                    &format!(
-                        "revocation poll to cluster {} failed: {reason}",
-                        feed.cluster
-                    ),
-                );
-                CallOutcome::Failed
-            }
+        let report = RootReport {
+            metrics: &worker.metrics,
+            context_id: self.context_id,
         };
-        if let Some(schedule) = self.feed_schedule.as_mut() {
-            schedule.finish(token, now_ms, outcome);
-        }
+        f(fetcher, &mut publish, &report);
     }
-
-    /// Applies an answer to the VM's copy and publishes the shards it changed — or, when the
-    /// answer is a full page or a load is under way, to the set loaded aside, published whole
-    /// when the load is over (here, or by [`Root::publish_staged_when_idle`]).
-    fn apply_feed(&mut self, worker: &Worker, response: FeedPage, elapsed_ms: u64, now_ms: u64) {
-        let Ok(mut state) = worker.state.try_borrow_mut() else {
-            return;
-        };
-        let entries = response.entries;
-        let more = refresh::is_full_page(entries);
-        // A load starts aside from a copy of the VM's set (sharing its shards).
-        let mut aside = self
-            .staging
-            .take()
-            .or_else(|| more.then(|| state.replica.set.clone()));
-        let first = state.replica.meta.is_none();
-        let set = aside.as_mut().unwrap_or(&mut state.replica.set);
-        let held_seq = set.seq;
-        let (seq, full) = (response.seq, response.full);
-        let changed = match set.apply_page(response, seconds(now_ms)) {
-            Ok(applied) => {
-                if applied.skipped > 0 {
-                    self.log(
-                        Level::Debug,
-                        &format!(
-                            "{} revocation entries skipped (expired or malformed)",
-                            applied.skipped
-                        ),
-                    );
-                }
-                if first || seq != held_seq {
-                    self.log(
-                        Level::Info,
-                        &format!(
-                            "revocation feed seq {} applied ({}{}): {} entries, {} KiB",
-                            seq,
-                            if full { "full" } else { "delta" },
-                            if more { ", more to come" } else { "" },
-                            set.len(),
-                            set.heap_bytes() / 1024
-                        ),
-                    );
-                }
-                applied.changed
-            }
-            Err(err) => {
-                self.log(Level::Warn, &err.to_string());
-                // The issuer lost state: start over from a full set (a load under way is
-                // dropped; the published set stays until the new one is in).
-                self.staging.abandon();
-                self.full_pending = true;
-                return;
-            }
-        };
-        match aside {
-            None => self.publish(worker, &mut state, &changed, now_ms),
-            Some(set) => {
-                if let Some(set) = self.staging.page_applied(set, entries, elapsed_ms) {
-                    self.install_loaded(worker, &mut state, set, now_ms);
-                }
-            }
-        }
-    }
-
-    /// Makes a set loaded aside the VM's copy and publishes every shard (the load may have
-    /// changed any since the copy it started from).
-    fn install_loaded(
-        &self,
-        worker: &Worker,
-        state: &mut VmState,
-        set: RevocationSet,
-        last_ok_ms: u64,
-    ) {
-        state.replica.set = set;
-        let all: Vec<usize> = (0..SHARDS).collect();
-        self.publish(worker, state, &all, last_ok_ms);
-    }
-
-    /// Writes the `changed` shards of the VM's set and a new meta (fed at `last_ok_ms`).
-    fn publish(&self, worker: &Worker, state: &mut VmState, changed: &[usize], last_ok_ms: u64) {
-        // A full set that left every shard as it was still needs a first meta; publish()
-        // creates it. Shards never written keep generation 0 = empty.
-        let floor = shared_generation(worker);
-        let publication = state.replica.publish(changed, last_ok_ms, floor);
-        self.write_publication(worker, &publication, &state.replica.set);
-        state.forget_meta_cas();
-    }
-
-    /// Publishes a set loaded aside once no page is on its way ([`Staging::finished_by_wait`]).
-    fn publish_staged_when_idle(&mut self, worker: &Worker, now_ms: u64) {
-        let phase = self.feed_schedule.as_ref().map(Schedule::phase);
-        let Some(set) = self.staging.finished_by_wait(phase, now_ms) else {
-            return;
-        };
-        let Ok(mut state) = worker.state.try_borrow_mut() else {
-            return;
-        };
-        self.install_loaded(worker, &mut state, set, now_ms);
-    }
-}
-
-/// The generation currently published (0 when none), so a new fetcher never reuses one.
-fn shared_generation(worker: &Worker) -> u64 {
-    hostcalls::get_shared_data(&worker.keys.meta)
-        .ok()
-        .and_then(|(bytes, _)| bytes)
-        .and_then(|bytes| Meta::decode(&bytes).ok())
-        .map_or(0, |meta| meta.generation)
-}
-
-fn seconds(ms: u64) -> i64 {
-    i64::try_from(ms / 1000).unwrap_or(i64::MAX)
 }
 
 impl Context for Root {
@@ -610,43 +321,25 @@ impl Context for Root {
             return;
         };
         let now = now_ms();
-        let is_jwks = self
-            .jwks_schedule
-            .as_ref()
-            .is_some_and(|s| s.is_current(token_id));
-        let is_feed = self
-            .feed_schedule
-            .as_ref()
-            .is_some_and(|s| s.is_current(token_id));
         if !self.leader {
             // Lost the lease while the call was out: drop it, the new fetcher has its own.
-            for schedule in [self.jwks_schedule.as_mut(), self.feed_schedule.as_mut()]
-                .into_iter()
-                .flatten()
-            {
-                if schedule.is_current(token_id) {
-                    schedule.reset(now);
-                }
+            if let Some(fetcher) = self.fetcher.as_mut() {
+                fetcher.drop_call(u64::from(token_id), now);
             }
             return;
         }
-        if is_jwks {
-            self.on_jwks_response(&worker, token_id, num_headers, body_size, now);
-        } else if is_feed {
-            self.on_feed_response(&worker, token_id, num_headers, body_size, now);
-            // Keep the long poll open without a gap: dispatch the next one now (when the
-            // schedule says it is due, i.e. after a success) rather than on the next tick, so a
-            // revocation made right after this answer is not held back by up to a tick.
-            if let Some(feed) = &worker.config.revocation {
-                let since = self.feed_since(&worker);
-                self.drive_feed(&worker, feed, since, now);
-            }
-        } else {
-            self.log(
-                Level::Debug,
-                &format!("dropping a stale call response (token {token_id})"),
+        let (status, body) = Root::response_status_and_body(num_headers, body_size);
+        self.with_fetcher(&worker, |fetcher, publish, report| {
+            fetcher.on_response(
+                publish,
+                &mut WasmCall,
+                report,
+                u64::from(token_id),
+                status,
+                &[&body],
+                now,
             );
-        }
+        });
     }
 }
 
@@ -670,25 +363,9 @@ impl RootContext for Root {
         };
         let now = now_ms();
         let state = VmState::new(&config);
-        self.jwks_schedule = match &config.jwks {
-            JwksSource::Remote(remote) => Some(Schedule::new(
-                now,
-                1_000,
-                remote.refresh_seconds.saturating_mul(1000).min(30_000),
-                remote.timeout_ms.saturating_add(5_000),
-            )),
-            JwksSource::Inline(_) => None,
-        };
-        self.feed_schedule = config.revocation.as_ref().map(|feed| {
-            Schedule::new(
-                now,
-                500,
-                30_000,
-                feed.wait_seconds
-                    .saturating_mul(1000)
-                    .saturating_add(2 * FEED_TIMEOUT_MARGIN_MS),
-            )
-        });
+        let fetcher = fetch::Fetcher::new(&config, now, self.vm_id);
+        let fetches = fetcher.fetches();
+        self.fetcher = fetches.then_some(fetcher);
         let summary = format!("{}, vm {:016x}", config.summary(), self.vm_id);
         let metrics = Metrics::define();
         if let Some(keys) = &state.keys {
@@ -707,9 +384,9 @@ impl RootContext for Root {
             state: RefCell::new(state),
         }));
         self.leader = false;
-        self.was_stale = None;
+        self.stale = StaleWatch::default();
         // Inline keys and no feed: nothing to sync, no tick needed.
-        if self.fetches() {
+        if fetches {
             if hostcalls::set_tick_period(FIRST_TICK).is_err() {
                 self.log(Level::Error, "could not start the tick");
                 return false;
@@ -729,10 +406,16 @@ impl RootContext for Root {
         if let Ok(mut state) = worker.state.try_borrow_mut() {
             worker.sync_jwks(&mut state, self.context_id);
             let _ = worker.sync_revocation(&mut state, self.context_id);
-            self.report_revocation(&worker, &state, now);
+            if let Some(feed) = &worker.config.revocation {
+                let report = RootReport {
+                    metrics: &worker.metrics,
+                    context_id: self.context_id,
+                };
+                self.stale.observe(feed, published(&state), &report, now);
+            }
             self.end_first_ticks(&worker, &state, now);
         }
-        if !self.fetches() {
+        if self.fetcher.is_none() {
             return;
         }
         let leader = self.elect(&worker, now);
@@ -745,28 +428,16 @@ impl RootContext for Root {
                     "this VM is no longer the fetcher"
                 },
             );
-            for schedule in [self.jwks_schedule.as_mut(), self.feed_schedule.as_mut()]
-                .into_iter()
-                .flatten()
-            {
-                schedule.reset(now);
+            if let Some(fetcher) = self.fetcher.as_mut() {
+                fetcher.restart(now);
             }
             self.leader = leader;
-            self.full_pending = leader;
-            self.staging.abandon();
         }
-        if !leader {
-            return;
+        if leader {
+            self.with_fetcher(&worker, |fetcher, publish, report| {
+                fetcher.tick(publish, &mut WasmCall, report, now);
+            });
         }
-        if let JwksSource::Remote(remote) = &worker.config.jwks {
-            self.drive_jwks(&worker, remote, now);
-        }
-        if let Some(feed) = &worker.config.revocation {
-            let since = self.feed_since(&worker);
-            self.drive_feed(&worker, feed, since, now);
-        }
-        self.publish_staged_when_idle(&worker, now);
-        self.prune(&worker, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -1,0 +1,963 @@
+//! The JWKS and revocation fetchers — one for both builds, generic over the host.
+//!
+//! The fetcher decides when to call the issuer and what an answer means; the host carries the
+//! calls ([`IssuerCall`], through the configured Envoy cluster), the reports ([`Report`]) and
+//! the results ([`Publish`]):
+//! - the native build publishes into the one state every worker thread reads (`native`);
+//! - the wasm build runs it in the VM that holds the fetcher lease and publishes into shared
+//!   data, where every VM syncs from (`root`).
+//!
+//! What it does: dispatch the JWKS fetch on its period, or sooner when a worker saw an unknown
+//! `kid`; keep one long poll to the revocation feed open (the next poll goes out as soon as an
+//! answer is in); apply each answer to the set and publish what changed. A set that arrives as
+//! several pages is loaded aside ([`Staging`]) and published once, so no reader — in either
+//! build — serves with a part of it. Expired entries are pruned every [`PRUNE_EVERY_MS`].
+
+use weauth_token::KeySet;
+
+use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
+use crate::host::{IssuerCall, Level, Report};
+use crate::refresh::{self, CallOutcome, NextPoll, Schedule, Staging};
+use crate::revocation::{FeedPage, RevocationSet, SHARDS};
+
+/// Extra time given to a long poll beyond `wait_seconds` before Envoy times it out.
+pub const FEED_TIMEOUT_MARGIN_MS: u64 = 5_000;
+/// How often expired revocation entries are dropped.
+pub const PRUNE_EVERY_MS: u64 = 10_000;
+
+/// What a reader holds of the published revocation set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The feed seq the set reflects.
+    pub seq: u64,
+    pub entries: usize,
+    /// When the feed last answered (unix ms).
+    pub last_ok_ms: u64,
+}
+
+/// Where the fetcher's results go, and what it reads back of them.
+pub trait Publish {
+    /// When a worker last saw a token with an unknown `kid` (unix ms; 0 = never).
+    fn jwks_wanted_ms(&self) -> u64;
+    /// Publishes a fetched JWKS (`json` as fetched, `keys` parsed from it). A JWKS equal to the
+    /// published one keeps its generation, so cached verdicts stay valid. Returns the new
+    /// generation, or `None` when nothing changed (or it could not be written; the adapter
+    /// logs why).
+    fn publish_jwks(&mut self, json: &[u8], keys: KeySet, now_ms: u64) -> Option<u64>;
+    /// The published revocation set (`None` before the first).
+    fn published(&self) -> Option<Published>;
+    /// The published set, for the fetcher to change and publish again: taken out where no
+    /// reader holds it (the wasm fetcher VM's own copy), else a copy sharing every shard
+    /// (native: readers keep theirs until the next is published). Empty before the first.
+    fn take_set(&mut self) -> RevocationSet;
+    /// A copy of the published set sharing every shard, which the published one keeps (a
+    /// paged load starts from it).
+    fn copy_set(&self) -> RevocationSet;
+    /// Gives back a set from [`Publish::take_set`] unpublished (an answer that could not be
+    /// applied).
+    fn restore_set(&mut self, set: RevocationSet);
+    /// Publishes `set`, of which the shards `changed` differ from the published one (none: only
+    /// its seq and `last_ok_ms` move, the generation stays), fed at `last_ok_ms`.
+    fn publish_set(&mut self, set: RevocationSet, changed: &[usize], last_ok_ms: u64);
+}
+
+/// The JWKS and revocation fetchers of one configuration.
+#[derive(Debug)]
+pub struct Fetcher {
+    jwks: Option<(RemoteJwks, Schedule)>,
+    feed: Option<(RevocationConfig, Schedule)>,
+    /// The next poll asks for a full set (`since=0`).
+    full_pending: bool,
+    last_prune_ms: u64,
+    /// Spreads the floored polls of many Envoys.
+    seed: u64,
+    /// A set being loaded page by page, not yet published (module docs).
+    staging: Staging,
+}
+
+impl Fetcher {
+    /// The fetchers a configuration needs (none for inline keys and no feed). `seed` differs
+    /// per fetcher (the wasm VM id; the native start time).
+    pub fn new(config: &Config, now_ms: u64, seed: u64) -> Fetcher {
+        let jwks = match &config.jwks {
+            JwksSource::Remote(remote) => Some((
+                remote.clone(),
+                Schedule::new(
+                    now_ms,
+                    1_000,
+                    remote.refresh_seconds.saturating_mul(1000).min(30_000),
+                    remote.timeout_ms.saturating_add(5_000),
+                ),
+            )),
+            JwksSource::Inline(_) => None,
+        };
+        let feed = config.revocation.as_ref().map(|feed| {
+            (
+                feed.clone(),
+                Schedule::new(
+                    now_ms,
+                    500,
+                    30_000,
+                    feed.wait_seconds
+                        .saturating_mul(1000)
+                        .saturating_add(2 * FEED_TIMEOUT_MARGIN_MS),
+                ),
+            )
+        });
+        Fetcher {
+            jwks,
+            feed,
+            full_pending: true,
+            last_prune_ms: now_ms,
+            seed,
+            staging: Staging::default(),
+        }
+    }
+
+    /// Whether there is anything to fetch (else no tick is needed).
+    pub fn fetches(&self) -> bool {
+        self.jwks.is_some() || self.feed.is_some()
+    }
+
+    /// Starts over as a new fetcher (the wasm build: this VM took the lease, or lost it): no
+    /// call in flight, the next poll asks for a full set, a load under way is dropped.
+    pub fn restart(&mut self, now_ms: u64) {
+        for schedule in self.schedules() {
+            schedule.reset(now_ms);
+        }
+        self.full_pending = true;
+        self.staging.abandon();
+    }
+
+    /// Forgets the call `id` if it is one of ours, unanswered (the wasm build: the answer came
+    /// after this VM lost the lease; the new fetcher has its own call).
+    pub fn drop_call(&mut self, id: u64, now_ms: u64) {
+        let token = token(id);
+        for schedule in self.schedules() {
+            if schedule.is_current(token) {
+                schedule.reset(now_ms);
+            }
+        }
+    }
+
+    fn schedules(&mut self) -> impl Iterator<Item = &mut Schedule> {
+        let jwks = self.jwks.as_mut().map(|(_, schedule)| schedule);
+        let feed = self.feed.as_mut().map(|(_, schedule)| schedule);
+        jwks.into_iter().chain(feed)
+    }
+
+    /// One tick: expire calls, dispatch what is due, publish a load the feed stopped sending,
+    /// prune.
+    pub fn tick(
+        &mut self,
+        publish: &mut impl Publish,
+        call: &mut impl IssuerCall,
+        report: &impl Report,
+        now_ms: u64,
+    ) {
+        self.drive_jwks(&*publish, call, report, now_ms);
+        self.drive_feed(&*publish, call, report, now_ms);
+        self.publish_staged_when_idle(publish, now_ms);
+        self.prune(publish, now_ms);
+    }
+
+    fn drive_jwks(
+        &mut self,
+        publish: &impl Publish,
+        call: &mut impl IssuerCall,
+        report: &impl Report,
+        now_ms: u64,
+    ) {
+        let Some((remote, schedule)) = self.jwks.as_mut() else {
+            return;
+        };
+        if schedule.expire(now_ms) {
+            report.count("jwks_fetch_fail");
+        }
+        let wanted = publish.jwks_wanted_ms();
+        if wanted > 0 && schedule.last_started_ms().is_none_or(|last| wanted > last) {
+            schedule.hurry(now_ms, remote.min_refetch_seconds.saturating_mul(1000));
+        }
+        if !schedule.due(now_ms) {
+            return;
+        }
+        let headers = [
+            (":method", "GET"),
+            (":path", remote.path.as_str()),
+            (":authority", remote.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        match call.dispatch(&remote.cluster, &headers, remote.timeout_ms) {
+            Ok(id) => schedule.dispatched(token(id), now_ms),
+            Err(err) => {
+                schedule.dispatch_failed(now_ms);
+                report.count("jwks_fetch_fail");
+                report.log(
+                    Level::Warn,
+                    &format!(
+                        "JWKS fetch could not be dispatched to cluster {}: {err}",
+                        remote.cluster
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The `since` of the next feed poll: 0 for a new fetcher (it starts from a full set,
+    /// whatever a previous one left), else the seq of the set being loaded or published.
+    fn since(&self, publish: &impl Publish) -> u64 {
+        if self.full_pending {
+            0
+        } else if let Some(seq) = self.staging.seq() {
+            seq
+        } else {
+            publish.published().map_or(0, |published| published.seq)
+        }
+    }
+
+    fn drive_feed(
+        &mut self,
+        publish: &impl Publish,
+        call: &mut impl IssuerCall,
+        report: &impl Report,
+        now_ms: u64,
+    ) {
+        let since = self.since(publish);
+        let Some((feed, schedule)) = self.feed.as_mut() else {
+            return;
+        };
+        if schedule.expire(now_ms) {
+            report.count("feed_fetch_fail");
+        }
+        if !schedule.due(now_ms) {
+            return;
+        }
+        let path = format!("{}?since={since}&wait={}", feed.path, feed.wait_seconds);
+        let authorization = format!("Bearer {}", feed.credential);
+        let headers = [
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", feed.authority.as_str()),
+            ("authorization", authorization.as_str()),
+            ("accept", "application/json"),
+        ];
+        let timeout = feed
+            .wait_seconds
+            .saturating_mul(1000)
+            .saturating_add(FEED_TIMEOUT_MARGIN_MS);
+        match call.dispatch(&feed.cluster, &headers, timeout) {
+            Ok(id) => schedule.dispatched(token(id), now_ms),
+            Err(err) => {
+                schedule.dispatch_failed(now_ms);
+                report.count("feed_fetch_fail");
+                report.log(
+                    Level::Warn,
+                    &format!(
+                        "revocation poll could not be dispatched to cluster {}: {err}",
+                        feed.cluster
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A call's answer: `status` 0 when the call failed without a response; the body in the
+    /// pieces the host hands over (the chunks of Envoy's buffer in the native build) — a feed
+    /// answer is read from them as they are, without a joined copy (a 50 000-entry page is
+    /// about 4 MB).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_response(
+        &mut self,
+        publish: &mut impl Publish,
+        call: &mut impl IssuerCall,
+        report: &impl Report,
+        id: u64,
+        status: u32,
+        body: &[&[u8]],
+        now_ms: u64,
+    ) {
+        let token = token(id);
+        let is = |fetch: Option<&Schedule>| fetch.is_some_and(|s| s.is_current(token));
+        if is(self.jwks.as_ref().map(|(_, s)| s)) {
+            self.on_jwks_response(publish, report, token, status, &body.concat(), now_ms);
+        } else if is(self.feed.as_ref().map(|(_, s)| s)) {
+            self.on_feed_response(publish, report, token, status, body, now_ms);
+            // Keep the long poll open without a gap: a revocation made right after this answer
+            // is not held back by up to a tick.
+            self.drive_feed(&*publish, call, report, now_ms);
+        } else {
+            report.log(
+                Level::Debug,
+                &format!("dropping a stale call response (id {id})"),
+            );
+        }
+    }
+
+    fn on_jwks_response(
+        &mut self,
+        publish: &mut impl Publish,
+        report: &impl Report,
+        token: u32,
+        status: u32,
+        body: &[u8],
+        now_ms: u64,
+    ) {
+        let Some((remote, schedule)) = self.jwks.as_mut() else {
+            return;
+        };
+        let parsed = (status == 200)
+            .then(|| KeySet::from_jwks_json(body).ok())
+            .flatten()
+            .filter(|(keys, _)| !keys.is_empty());
+        let outcome = match parsed {
+            Some((keys, skipped)) => {
+                report.count("jwks_fetch_ok");
+                report.gauge("jwks_keys", keys.len() as u64);
+                for (kid, err) in &skipped {
+                    report.log(
+                        Level::Debug,
+                        &format!(
+                            "JWKS key {} skipped: {err}",
+                            kid.as_deref().unwrap_or("(no kid)")
+                        ),
+                    );
+                }
+                let count = keys.len();
+                if let Some(generation) = publish.publish_jwks(body, keys, now_ms) {
+                    report.log(
+                        Level::Info,
+                        &format!("JWKS generation {generation} published: {count} key(s)"),
+                    );
+                }
+                CallOutcome::Ok {
+                    next_in_ms: remote.refresh_seconds.saturating_mul(1000),
+                }
+            }
+            None => {
+                report.count("jwks_fetch_fail");
+                report.log(
+                    Level::Warn,
+                    &format!(
+                        "JWKS fetch from cluster {} failed: HTTP status {status}, {} body bytes, no usable key",
+                        remote.cluster,
+                        body.len()
+                    ),
+                );
+                CallOutcome::Failed
+            }
+        };
+        schedule.finish(token, now_ms, outcome);
+    }
+
+    fn on_feed_response(
+        &mut self,
+        publish: &mut impl Publish,
+        report: &impl Report,
+        token: u32,
+        status: u32,
+        body: &[&[u8]],
+        now_ms: u64,
+    ) {
+        let parsed = if status == 200 {
+            match body {
+                [whole] => FeedPage::parse(whole),
+                pieces => FeedPage::parse_chunks(pieces),
+            }
+            .map_err(|err| format!("unreadable body: {err}"))
+        } else {
+            Err(format!("HTTP status {status}"))
+        };
+        // What the answered poll asked with, before the answer moves it.
+        let since = self.since(&*publish);
+        let Some((feed, schedule)) = self.feed.as_ref() else {
+            return;
+        };
+        let (wait_ms, started_ms) = (
+            feed.wait_seconds.saturating_mul(1000),
+            schedule.last_started_ms(),
+        );
+        let outcome = match parsed {
+            Ok(page) => {
+                report.count("feed_fetch_ok");
+                let elapsed_ms = started_ms.map_or(0, |started| now_ms.saturating_sub(started));
+                self.full_pending = false;
+                let seq = page.seq;
+                self.apply(publish, report, page, elapsed_ms, now_ms);
+                self.seed = self
+                    .seed
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(now_ms);
+                let next = refresh::next_feed_poll(since, seq, elapsed_ms, wait_ms, self.seed);
+                if let NextPoll::Floor(ms) = next {
+                    report.count("feed_poll_floored");
+                    report.log(
+                        Level::Debug,
+                        &format!(
+                            "revocation feed answered without news after {elapsed_ms} ms \
+                             (asked to hold {} s): next poll in {ms} ms",
+                            wait_ms / 1000
+                        ),
+                    );
+                }
+                CallOutcome::Ok {
+                    next_in_ms: next.delay_ms(),
+                }
+            }
+            Err(reason) => {
+                report.count("feed_fetch_fail");
+                report.log(
+                    Level::Warn,
+                    &format!(
+                        "revocation poll to cluster {} failed: {reason}",
+                        feed.cluster
+                    ),
+                );
+                CallOutcome::Failed
+            }
+        };
+        if let Some((_, schedule)) = self.feed.as_mut() {
+            schedule.finish(token, now_ms, outcome);
+        }
+    }
+
+    /// Applies a feed answer to the set being loaded or else to the published set, then
+    /// publishes what changed — unless the answer is a full page, after which the set stays
+    /// aside until the load ends (module docs). An answer without news only moves `last_ok_ms`.
+    fn apply(
+        &mut self,
+        publish: &mut impl Publish,
+        report: &impl Report,
+        page: FeedPage,
+        elapsed_ms: u64,
+        now_ms: u64,
+    ) {
+        let first = publish.published().is_none();
+        let entries = page.entries;
+        let more = refresh::is_full_page(entries);
+        // A load starts aside from a copy of the published set; a single answer changes it.
+        let (mut set, aside) = match self.staging.take() {
+            Some(set) => (set, true),
+            None if more => (publish.copy_set(), true),
+            None => (publish.take_set(), false),
+        };
+        let held_seq = set.seq;
+        let (seq, full) = (page.seq, page.full);
+        let applied = match set.apply_page(page, seconds(now_ms)) {
+            Ok(applied) => applied,
+            Err(err) => {
+                report.log(Level::Warn, &err.to_string());
+                if !aside {
+                    publish.restore_set(set);
+                }
+                // The issuer lost state: start over from a full set (a load under way is
+                // dropped; the published set stays until the new one is in).
+                self.staging.abandon();
+                self.full_pending = true;
+                return;
+            }
+        };
+        if applied.skipped > 0 {
+            report.log(
+                Level::Debug,
+                &format!(
+                    "{} revocation entries skipped (expired or malformed)",
+                    applied.skipped
+                ),
+            );
+        }
+        if first || seq != held_seq {
+            report.log(
+                Level::Info,
+                &format!(
+                    "revocation feed seq {seq} applied ({}{}): {} entries, {} KiB",
+                    if full { "full" } else { "delta" },
+                    if more { ", more to come" } else { "" },
+                    set.len(),
+                    set.heap_bytes() / 1024
+                ),
+            );
+        }
+        if !aside {
+            publish.publish_set(set, &applied.changed, now_ms);
+        } else if let Some(set) = self.staging.page_applied(set, entries, elapsed_ms) {
+            publish_loaded(publish, set, now_ms);
+        }
+    }
+
+    /// Publishes a set loaded aside once no page is on its way ([`Staging::finished_by_wait`]).
+    fn publish_staged_when_idle(&mut self, publish: &mut impl Publish, now_ms: u64) {
+        let phase = self.feed.as_ref().map(|(_, schedule)| schedule.phase());
+        if let Some(set) = self.staging.finished_by_wait(phase, now_ms) {
+            publish_loaded(publish, set, now_ms);
+        }
+    }
+
+    fn prune(&mut self, publish: &mut impl Publish, now_ms: u64) {
+        if self.feed.is_none() || now_ms.saturating_sub(self.last_prune_ms) < PRUNE_EVERY_MS {
+            return;
+        }
+        self.last_prune_ms = now_ms;
+        // Only a published set is pruned; its last_ok time is kept as it is.
+        let Some(published) = publish.published() else {
+            return;
+        };
+        // Only a shard with an expired entry is written (and, where shared, copied).
+        let mut set = publish.take_set();
+        let changed = set.prune(seconds(now_ms));
+        if changed.is_empty() {
+            publish.restore_set(set);
+        } else {
+            publish.publish_set(set, &changed, published.last_ok_ms);
+        }
+    }
+}
+
+/// A set loaded aside replaces the published one: every shard may differ from it.
+fn publish_loaded(publish: &mut impl Publish, set: RevocationSet, last_ok_ms: u64) {
+    let all: Vec<usize> = (0..SHARDS).collect();
+    publish.publish_set(set, &all, last_ok_ms);
+}
+
+/// Reports the published set's size and age, and says when it turns stale or fresh again —
+/// kept apart from the fetcher because in the wasm build every VM reports its own copy.
+#[derive(Debug, Default)]
+pub struct StaleWatch {
+    was_stale: Option<bool>,
+}
+
+impl StaleWatch {
+    /// Gauges `revocation_entries` and `revocation_age_seconds`, and one log line per change.
+    pub fn observe(
+        &mut self,
+        feed: &RevocationConfig,
+        published: Option<Published>,
+        report: &impl Report,
+        now_ms: u64,
+    ) {
+        let age_ms = published.map(|p| now_ms.saturating_sub(p.last_ok_ms));
+        report.gauge(
+            "revocation_entries",
+            published.map_or(0, |p| p.entries as u64),
+        );
+        report.gauge("revocation_age_seconds", age_ms.map_or(0, |age| age / 1000));
+        let stale = age_ms.is_none_or(|age| age > feed.stale_after_seconds.saturating_mul(1000));
+        if self.was_stale == Some(stale) {
+            return;
+        }
+        if stale && self.was_stale.is_some() {
+            report.log(
+                Level::Warn,
+                &format!(
+                    "revocation list is stale (feed not reached for over {} s); stale_mode={:?}",
+                    feed.stale_after_seconds, feed.stale_mode
+                ),
+            );
+        } else if let (false, Some(published)) = (stale, published) {
+            report.log(
+                Level::Info,
+                &format!(
+                    "revocation list is fresh: seq {}, {} entries",
+                    published.seq, published.entries
+                ),
+            );
+        }
+        self.was_stale = Some(stale);
+    }
+}
+
+/// A call id as the schedule's token (the wasm build's are u32; the native ABI's count up
+/// from 1 per configuration).
+fn token(id: u64) -> u32 {
+    (id % u64::from(u32::MAX)) as u32
+}
+
+fn seconds(ms: u64) -> i64 {
+    i64::try_from(ms / 1000).unwrap_or(i64::MAX)
+}
+
+/// Test doubles shared with the native build's tests: a scripted issuer, a report that keeps
+/// what it is told, feed answers.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::cell::RefCell;
+
+    use weauth_token::{Algorithm, Jwks, SigningKey};
+
+    use crate::config::Config;
+    use crate::host::{DispatchError, IssuerCall, Level, Report};
+
+    pub const NOW: u64 = 1_700_000_000_000;
+
+    /// Records every call; call ids count from 1.
+    #[derive(Default)]
+    pub struct ScriptedIssuer {
+        pub calls: Vec<(String, Vec<(String, String)>)>,
+    }
+
+    impl IssuerCall for ScriptedIssuer {
+        fn dispatch(
+            &mut self,
+            cluster: &str,
+            headers: &[(&str, &str)],
+            _timeout_ms: u64,
+        ) -> Result<u64, DispatchError> {
+            self.calls.push((
+                cluster.to_string(),
+                headers
+                    .iter()
+                    .map(|(n, v)| ((*n).to_string(), (*v).to_string()))
+                    .collect(),
+            ));
+            Ok(self.calls.len() as u64)
+        }
+    }
+
+    impl ScriptedIssuer {
+        /// The `:path` of call `id`.
+        pub fn path(&self, id: u64) -> String {
+            self.calls[(id - 1) as usize]
+                .1
+                .iter()
+                .find(|(n, _)| n == ":path")
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        }
+    }
+
+    /// Log lines as they are, counters as `count <name>`, gauges as `gauge <name> <value>`.
+    #[derive(Default)]
+    pub struct Log(pub RefCell<Vec<String>>);
+
+    impl Report for Log {
+        fn log(&self, _level: Level, message: &str) {
+            self.0.borrow_mut().push(message.to_string());
+        }
+        fn count(&self, name: &'static str) {
+            self.0.borrow_mut().push(format!("count {name}"));
+        }
+        fn gauge(&self, name: &'static str, value: u64) {
+            self.0.borrow_mut().push(format!("gauge {name} {value}"));
+        }
+    }
+
+    impl Log {
+        pub fn has(&self, line: &str) -> bool {
+            self.0.borrow().iter().any(|l| l == line)
+        }
+    }
+
+    pub fn jwks_json() -> String {
+        let key = SigningKey::from_seed(Algorithm::EdDSA, &[7u8; 32]).unwrap();
+        serde_json::to_string(&Jwks {
+            keys: vec![key.jwk()],
+        })
+        .unwrap()
+    }
+
+    pub fn remote_config() -> Config {
+        Config::parse(
+            br#"{"issuer":"https://issuer","audiences":["weauth"],
+                 "jwks":{"cluster":"weauth_issuer"},
+                 "revocation":{"cluster":"weauth_issuer","credential":"feed-secret"}}"#,
+        )
+        .unwrap()
+    }
+
+    /// A feed answer of `count` jti entries `j{from}`.., ending at seq `from + count - 1`, each
+    /// live until `until` (unix seconds).
+    pub fn page_body_until(from: u64, count: u64, full: bool, until: u64) -> Vec<u8> {
+        let entries: Vec<String> = (from..from + count)
+            .map(|i| format!(r#"{{"seq":{i},"kind":"jti","value":"j{i}","until":{until}}}"#))
+            .collect();
+        format!(
+            r#"{{"seq":{},"full":{full},"now":1700000000,"entries":[{}]}}"#,
+            from + count - 1,
+            entries.join(",")
+        )
+        .into_bytes()
+    }
+
+    /// [`page_body_until`] 15 minutes after [`NOW`].
+    pub fn page_body(from: u64, count: u64, full: bool) -> Vec<u8> {
+        page_body_until(from, count, full, 1_700_000_900)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{page_body, page_body_until, remote_config, Log, ScriptedIssuer, NOW};
+    use super::*;
+    use crate::refresh::FEED_PAGE_ENTRIES;
+
+    /// A store that lends its set out, as the wasm build's does (the fetcher VM's own copy is
+    /// taken, changed in place and put back): a set lent and never given back is lost.
+    #[derive(Default)]
+    struct Lending {
+        set: RevocationSet,
+        last_ok_ms: Option<u64>,
+        lent: bool,
+        /// Each publication: the shards it said changed, and its `last_ok_ms`.
+        publications: Vec<(Vec<usize>, u64)>,
+        wanted_ms: u64,
+    }
+
+    impl Publish for Lending {
+        fn jwks_wanted_ms(&self) -> u64 {
+            self.wanted_ms
+        }
+        fn publish_jwks(&mut self, _json: &[u8], _keys: KeySet, _now_ms: u64) -> Option<u64> {
+            Some(1)
+        }
+        fn published(&self) -> Option<Published> {
+            assert!(!self.lent, "read while the set is lent out");
+            self.last_ok_ms.map(|last_ok_ms| Published {
+                seq: self.set.seq,
+                entries: self.set.len(),
+                last_ok_ms,
+            })
+        }
+        fn take_set(&mut self) -> RevocationSet {
+            assert!(!self.lent, "lent twice");
+            self.lent = true;
+            std::mem::take(&mut self.set)
+        }
+        fn copy_set(&self) -> RevocationSet {
+            self.set.clone()
+        }
+        fn restore_set(&mut self, set: RevocationSet) {
+            assert!(self.lent, "given back unlent");
+            self.lent = false;
+            self.set = set;
+        }
+        fn publish_set(&mut self, set: RevocationSet, changed: &[usize], last_ok_ms: u64) {
+            self.lent = false;
+            self.set = set;
+            self.last_ok_ms = Some(last_ok_ms);
+            self.publications.push((changed.to_vec(), last_ok_ms));
+        }
+    }
+
+    /// A fetcher that asked for a full set (call 2), with its JWKS call (1) out.
+    fn polling() -> (Fetcher, Lending, ScriptedIssuer, Log) {
+        let mut fetcher = Fetcher::new(&remote_config(), NOW, 1);
+        let (mut store, mut issuer, log) = (
+            Lending::default(),
+            ScriptedIssuer::default(),
+            Log::default(),
+        );
+        fetcher.tick(&mut store, &mut issuer, &log, NOW);
+        assert_eq!(issuer.calls.len(), 2);
+        (fetcher, store, issuer, log)
+    }
+
+    fn answer(
+        fetcher: &mut Fetcher,
+        store: &mut Lending,
+        issuer: &mut ScriptedIssuer,
+        log: &Log,
+        body: &[u8],
+        now_ms: u64,
+    ) {
+        let id = issuer.calls.len() as u64;
+        fetcher.on_response(store, issuer, log, id, 200, &[body], now_ms);
+        assert!(!store.lent, "the set was not given back");
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_applied_gives_the_set_back_unpublished() {
+        let (mut fetcher, mut store, mut issuer, log) = polling();
+        answer(
+            &mut fetcher,
+            &mut store,
+            &mut issuer,
+            &log,
+            &page_body(1, 10, true),
+            NOW,
+        );
+        assert_eq!(store.publications.len(), 1);
+        // The issuer went back to seq 3: it lost state.
+        let body = br#"{"seq":3,"full":false,"now":1700000000,"entries":[]}"#;
+        answer(&mut fetcher, &mut store, &mut issuer, &log, body, NOW + 10);
+        assert_eq!(store.set.len(), 10, "the published set is kept");
+        assert_eq!(store.publications.len(), 1, "nothing published");
+        assert!(issuer.path(4).contains("since=0"), "{}", issuer.path(4));
+    }
+
+    #[test]
+    fn a_delta_without_news_publishes_no_shard_but_moves_last_ok() {
+        let (mut fetcher, mut store, mut issuer, log) = polling();
+        answer(
+            &mut fetcher,
+            &mut store,
+            &mut issuer,
+            &log,
+            &page_body(1, 10, true),
+            NOW,
+        );
+        let body = br#"{"seq":10,"full":false,"now":1700000000,"entries":[]}"#;
+        answer(
+            &mut fetcher,
+            &mut store,
+            &mut issuer,
+            &log,
+            body,
+            NOW + 20_000,
+        );
+        assert_eq!(store.publications.last(), Some(&(vec![], NOW + 20_000)));
+        assert!(issuer.path(4).contains("since=10"), "{}", issuer.path(4));
+    }
+
+    #[test]
+    fn a_paged_load_leaves_the_published_set_to_its_readers_until_it_is_whole() {
+        let (mut fetcher, mut store, mut issuer, log) = polling();
+        answer(
+            &mut fetcher,
+            &mut store,
+            &mut issuer,
+            &log,
+            &page_body(1, 1, true),
+            NOW,
+        );
+        // The issuer starts over with a set of more than a page.
+        let page = FEED_PAGE_ENTRIES as u64;
+        let body = page_body(1, page, true);
+        answer(&mut fetcher, &mut store, &mut issuer, &log, &body, NOW + 10);
+        assert_eq!((store.set.len(), store.publications.len()), (1, 1));
+        assert!(issuer.path(4).contains(&format!("since={page}")));
+        let body = page_body(page + 1, 5, false);
+        answer(&mut fetcher, &mut store, &mut issuer, &log, &body, NOW + 20);
+        assert_eq!(store.set.len(), FEED_PAGE_ENTRIES + 5);
+        assert_eq!(
+            store.publications.last(),
+            Some(&((0..SHARDS).collect(), NOW + 20)),
+            "published once, every shard"
+        );
+    }
+
+    #[test]
+    fn prune_publishes_only_the_shards_with_expired_entries_and_keeps_last_ok() {
+        let (mut fetcher, mut store, mut issuer, log) = polling();
+        let soon = NOW / 1000 + 5;
+        answer(
+            &mut fetcher,
+            &mut store,
+            &mut issuer,
+            &log,
+            &page_body_until(1, 1, true, soon),
+            NOW,
+        );
+        let body = page_body(2, 1, false);
+        answer(&mut fetcher, &mut store, &mut issuer, &log, &body, NOW + 1);
+        let published = store.publications.len();
+        fetcher.tick(&mut store, &mut issuer, &log, NOW + 4_000);
+        assert_eq!(store.publications.len(), published, "not due yet");
+        fetcher.tick(&mut store, &mut issuer, &log, NOW + PRUNE_EVERY_MS);
+        assert!(!store.lent);
+        let (changed, last_ok_ms) = store.publications.last().unwrap().clone();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(
+            last_ok_ms,
+            NOW + 1,
+            "a prune is not an answer from the feed"
+        );
+        assert_eq!(store.set.len(), 1);
+        // Nothing more to prune: the set is given back, nothing published.
+        fetcher.tick(&mut store, &mut issuer, &log, NOW + 2 * PRUNE_EVERY_MS);
+        assert!(!store.lent);
+        assert_eq!(store.publications.len(), published + 1);
+    }
+
+    #[test]
+    fn an_unknown_kid_hurries_the_jwks_fetch_no_sooner_than_min_refetch() {
+        let (mut fetcher, mut store, mut issuer, log) = polling();
+        let jwks_calls = |issuer: &ScriptedIssuer| {
+            issuer
+                .calls
+                .iter()
+                .filter(|(_, h)| h.iter().any(|(_, v)| v == "/.well-known/jwks.json"))
+                .count()
+        };
+        fetcher.on_response(
+            &mut store,
+            &mut issuer,
+            &log,
+            1,
+            200,
+            &[super::testing::jwks_json().as_bytes()],
+            NOW,
+        );
+        store.wanted_ms = NOW + 1_000;
+        fetcher.tick(&mut store, &mut issuer, &log, NOW + 1_000);
+        assert_eq!(
+            jwks_calls(&issuer),
+            1,
+            "5 s since the last fetch have not passed"
+        );
+        fetcher.tick(&mut store, &mut issuer, &log, NOW + 5_000);
+        assert_eq!(jwks_calls(&issuer), 2);
+    }
+
+    #[test]
+    fn restart_asks_for_a_full_set_and_drops_the_call_out() {
+        let (mut fetcher, mut store, mut issuer, log) = polling();
+        answer(
+            &mut fetcher,
+            &mut store,
+            &mut issuer,
+            &log,
+            &page_body(1, 10, true),
+            NOW,
+        );
+        fetcher.restart(NOW + 10);
+        fetcher.on_response(
+            &mut store,
+            &mut issuer,
+            &log,
+            3,
+            200,
+            &[&page_body(11, 1, false)],
+            NOW + 20,
+        );
+        assert_eq!(store.set.len(), 10, "the answer to the old call is dropped");
+        fetcher.tick(&mut store, &mut issuer, &log, NOW + 20);
+        assert!(issuer.path(5).contains("since=0"), "{}", issuer.path(5));
+    }
+
+    #[test]
+    fn stale_watch_says_fresh_once_then_stale_once() {
+        let feed = remote_config().revocation.unwrap();
+        let mut watch = StaleWatch::default();
+        let log = Log::default();
+        let published = Some(Published {
+            seq: 7,
+            entries: 3,
+            last_ok_ms: NOW,
+        });
+        watch.observe(&feed, None, &log, NOW);
+        assert!(log.has("gauge revocation_entries 0"));
+        watch.observe(&feed, published, &log, NOW + 1_000);
+        watch.observe(&feed, published, &log, NOW + 2_000);
+        assert!(log.has("gauge revocation_entries 3"));
+        let fresh = log
+            .0
+            .borrow()
+            .iter()
+            .filter(|l| l.contains("is fresh: seq 7, 3 entries"))
+            .count();
+        assert_eq!(fresh, 1);
+        let stale_at = NOW + feed.stale_after_seconds * 1000 + 1;
+        watch.observe(&feed, published, &log, stale_at);
+        watch.observe(&feed, published, &log, stale_at + 1_000);
+        let stale = log
+            .0
+            .borrow()
+            .iter()
+            .filter(|l| l.contains("is stale"))
+            .count();
+        assert_eq!(stale, 1);
+        assert!(log.has(&format!(
+            "gauge revocation_age_seconds {}",
+            feed.stale_after_seconds
+        )));
+    }
+}
