@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use weauth_filter::config::Config;
-use weauth_filter::host::{DispatchError, IssuerCall, Level};
-use weauth_filter::native::{Fetcher, Report, Shared};
+use weauth_filter::host::{DispatchError, IssuerCall, Level, Report};
+use weauth_filter::native::{Fetcher, Shared};
 use weauth_filter::revocation::FeedPage;
 
 struct Counting;

@@ -685,7 +685,9 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{page_body, page_body_until, remote_config, Log, ScriptedIssuer, NOW};
+    use super::testing::{
+        jwks_json, page_body, page_body_until, remote_config, Log, ScriptedIssuer, NOW,
+    };
     use super::*;
     use crate::refresh::FEED_PAGE_ENTRIES;
 
@@ -737,98 +739,108 @@ mod tests {
         }
     }
 
-    /// A fetcher that asked for a full set (call 2), with its JWKS call (1) out.
-    fn polling() -> (Fetcher, Lending, ScriptedIssuer, Log) {
-        let mut fetcher = Fetcher::new(&remote_config(), NOW, 1);
-        let (mut store, mut issuer, log) = (
-            Lending::default(),
-            ScriptedIssuer::default(),
-            Log::default(),
-        );
-        fetcher.tick(&mut store, &mut issuer, &log, NOW);
-        assert_eq!(issuer.calls.len(), 2);
-        (fetcher, store, issuer, log)
+    /// A fetcher with its store, issuer and report.
+    struct Rig {
+        fetcher: Fetcher,
+        store: Lending,
+        issuer: ScriptedIssuer,
+        log: Log,
     }
 
-    fn answer(
-        fetcher: &mut Fetcher,
-        store: &mut Lending,
-        issuer: &mut ScriptedIssuer,
-        log: &Log,
-        body: &[u8],
-        now_ms: u64,
-    ) {
-        let id = issuer.calls.len() as u64;
-        fetcher.on_response(store, issuer, log, id, 200, &[body], now_ms);
-        assert!(!store.lent, "the set was not given back");
+    impl Rig {
+        /// A fetcher that asked for a full set (call 2), with its JWKS call (1) out.
+        fn polling() -> Rig {
+            let mut rig = Rig {
+                fetcher: Fetcher::new(&remote_config(), NOW, 1),
+                store: Lending::default(),
+                issuer: ScriptedIssuer::default(),
+                log: Log::default(),
+            };
+            rig.tick(NOW);
+            assert_eq!(rig.issuer.calls.len(), 2);
+            rig
+        }
+
+        fn tick(&mut self, now_ms: u64) {
+            let Rig {
+                fetcher,
+                store,
+                issuer,
+                log,
+            } = self;
+            fetcher.tick(store, issuer, log, now_ms);
+        }
+
+        /// Answers call `id` with 200 and `body`.
+        fn answer_call(&mut self, id: u64, body: &[u8], now_ms: u64) {
+            let Rig {
+                fetcher,
+                store,
+                issuer,
+                log,
+            } = self;
+            fetcher.on_response(store, issuer, log, id, 200, &[body], now_ms);
+            assert!(!store.lent, "the set was not given back");
+        }
+
+        /// Answers the last call.
+        fn answer(&mut self, body: &[u8], now_ms: u64) {
+            self.answer_call(self.issuer.calls.len() as u64, body, now_ms);
+        }
+
+        fn publications(&self) -> usize {
+            self.store.publications.len()
+        }
     }
 
     #[test]
     fn an_answer_that_cannot_be_applied_gives_the_set_back_unpublished() {
-        let (mut fetcher, mut store, mut issuer, log) = polling();
-        answer(
-            &mut fetcher,
-            &mut store,
-            &mut issuer,
-            &log,
-            &page_body(1, 10, true),
-            NOW,
-        );
-        assert_eq!(store.publications.len(), 1);
+        let mut rig = Rig::polling();
+        rig.answer(&page_body(1, 10, true), NOW);
+        assert_eq!(rig.publications(), 1);
         // The issuer went back to seq 3: it lost state.
-        let body = br#"{"seq":3,"full":false,"now":1700000000,"entries":[]}"#;
-        answer(&mut fetcher, &mut store, &mut issuer, &log, body, NOW + 10);
-        assert_eq!(store.set.len(), 10, "the published set is kept");
-        assert_eq!(store.publications.len(), 1, "nothing published");
-        assert!(issuer.path(4).contains("since=0"), "{}", issuer.path(4));
+        rig.answer(
+            br#"{"seq":3,"full":false,"now":1700000000,"entries":[]}"#,
+            NOW + 10,
+        );
+        assert_eq!(rig.store.set.len(), 10, "the published set is kept");
+        assert_eq!(rig.publications(), 1, "nothing published");
+        assert!(
+            rig.issuer.path(4).contains("since=0"),
+            "{}",
+            rig.issuer.path(4)
+        );
     }
 
     #[test]
     fn a_delta_without_news_publishes_no_shard_but_moves_last_ok() {
-        let (mut fetcher, mut store, mut issuer, log) = polling();
-        answer(
-            &mut fetcher,
-            &mut store,
-            &mut issuer,
-            &log,
-            &page_body(1, 10, true),
-            NOW,
-        );
-        let body = br#"{"seq":10,"full":false,"now":1700000000,"entries":[]}"#;
-        answer(
-            &mut fetcher,
-            &mut store,
-            &mut issuer,
-            &log,
-            body,
+        let mut rig = Rig::polling();
+        rig.answer(&page_body(1, 10, true), NOW);
+        rig.answer(
+            br#"{"seq":10,"full":false,"now":1700000000,"entries":[]}"#,
             NOW + 20_000,
         );
-        assert_eq!(store.publications.last(), Some(&(vec![], NOW + 20_000)));
-        assert!(issuer.path(4).contains("since=10"), "{}", issuer.path(4));
+        assert_eq!(rig.store.publications.last(), Some(&(vec![], NOW + 20_000)));
+        assert!(
+            rig.issuer.path(4).contains("since=10"),
+            "{}",
+            rig.issuer.path(4)
+        );
     }
 
     #[test]
     fn a_paged_load_leaves_the_published_set_to_its_readers_until_it_is_whole() {
-        let (mut fetcher, mut store, mut issuer, log) = polling();
-        answer(
-            &mut fetcher,
-            &mut store,
-            &mut issuer,
-            &log,
-            &page_body(1, 1, true),
-            NOW,
-        );
+        let mut rig = Rig::polling();
+        rig.answer(&page_body(1, 1, true), NOW);
         // The issuer starts over with a set of more than a page.
         let page = FEED_PAGE_ENTRIES as u64;
-        let body = page_body(1, page, true);
-        answer(&mut fetcher, &mut store, &mut issuer, &log, &body, NOW + 10);
-        assert_eq!((store.set.len(), store.publications.len()), (1, 1));
-        assert!(issuer.path(4).contains(&format!("since={page}")));
-        let body = page_body(page + 1, 5, false);
-        answer(&mut fetcher, &mut store, &mut issuer, &log, &body, NOW + 20);
-        assert_eq!(store.set.len(), FEED_PAGE_ENTRIES + 5);
+        rig.answer(&page_body(1, page, true), NOW + 10);
+        assert_eq!((rig.store.set.len(), rig.publications()), (1, 1));
+        assert!(rig.issuer.path(4).contains(&format!("since={page}")));
+        rig.answer(&page_body(page + 1, 5, false), NOW + 20);
+        assert_eq!(rig.store.set.len(), FEED_PAGE_ENTRIES + 5);
         assert_eq!(
-            store.publications.last(),
+            rig.store.publications.last(),
             Some(&((0..SHARDS).collect(), NOW + 20)),
             "published once, every shard"
         );
@@ -836,91 +848,65 @@ mod tests {
 
     #[test]
     fn prune_publishes_only_the_shards_with_expired_entries_and_keeps_last_ok() {
-        let (mut fetcher, mut store, mut issuer, log) = polling();
-        let soon = NOW / 1000 + 5;
-        answer(
-            &mut fetcher,
-            &mut store,
-            &mut issuer,
-            &log,
-            &page_body_until(1, 1, true, soon),
-            NOW,
-        );
-        let body = page_body(2, 1, false);
-        answer(&mut fetcher, &mut store, &mut issuer, &log, &body, NOW + 1);
-        let published = store.publications.len();
-        fetcher.tick(&mut store, &mut issuer, &log, NOW + 4_000);
-        assert_eq!(store.publications.len(), published, "not due yet");
-        fetcher.tick(&mut store, &mut issuer, &log, NOW + PRUNE_EVERY_MS);
-        assert!(!store.lent);
-        let (changed, last_ok_ms) = store.publications.last().unwrap().clone();
+        let mut rig = Rig::polling();
+        rig.answer(&page_body_until(1, 1, true, NOW / 1000 + 5), NOW);
+        rig.answer(&page_body(2, 1, false), NOW + 1);
+        let published = rig.publications();
+        rig.tick(NOW + 4_000);
+        assert_eq!(rig.publications(), published, "not due yet");
+        rig.tick(NOW + PRUNE_EVERY_MS);
+        assert!(!rig.store.lent);
+        let (changed, last_ok_ms) = rig.store.publications.last().unwrap().clone();
         assert_eq!(changed.len(), 1, "{changed:?}");
         assert_eq!(
             last_ok_ms,
             NOW + 1,
             "a prune is not an answer from the feed"
         );
-        assert_eq!(store.set.len(), 1);
+        assert_eq!(rig.store.set.len(), 1);
         // Nothing more to prune: the set is given back, nothing published.
-        fetcher.tick(&mut store, &mut issuer, &log, NOW + 2 * PRUNE_EVERY_MS);
-        assert!(!store.lent);
-        assert_eq!(store.publications.len(), published + 1);
+        rig.tick(NOW + 2 * PRUNE_EVERY_MS);
+        assert!(!rig.store.lent);
+        assert_eq!(rig.publications(), published + 1);
     }
 
     #[test]
     fn an_unknown_kid_hurries_the_jwks_fetch_no_sooner_than_min_refetch() {
-        let (mut fetcher, mut store, mut issuer, log) = polling();
-        let jwks_calls = |issuer: &ScriptedIssuer| {
-            issuer
-                .calls
-                .iter()
-                .filter(|(_, h)| h.iter().any(|(_, v)| v == "/.well-known/jwks.json"))
+        let mut rig = Rig::polling();
+        let jwks_calls = |rig: &Rig| {
+            (1..=rig.issuer.calls.len() as u64)
+                .filter(|&id| rig.issuer.path(id) == "/.well-known/jwks.json")
                 .count()
         };
-        fetcher.on_response(
-            &mut store,
-            &mut issuer,
-            &log,
-            1,
-            200,
-            &[super::testing::jwks_json().as_bytes()],
-            NOW,
-        );
-        store.wanted_ms = NOW + 1_000;
-        fetcher.tick(&mut store, &mut issuer, &log, NOW + 1_000);
+        rig.answer_call(1, jwks_json().as_bytes(), NOW);
+        rig.store.wanted_ms = NOW + 1_000;
+        rig.tick(NOW + 1_000);
         assert_eq!(
-            jwks_calls(&issuer),
+            jwks_calls(&rig),
             1,
             "5 s since the last fetch have not passed"
         );
-        fetcher.tick(&mut store, &mut issuer, &log, NOW + 5_000);
-        assert_eq!(jwks_calls(&issuer), 2);
+        rig.tick(NOW + 5_000);
+        assert_eq!(jwks_calls(&rig), 2);
     }
 
     #[test]
     fn restart_asks_for_a_full_set_and_drops_the_call_out() {
-        let (mut fetcher, mut store, mut issuer, log) = polling();
-        answer(
-            &mut fetcher,
-            &mut store,
-            &mut issuer,
-            &log,
-            &page_body(1, 10, true),
-            NOW,
+        let mut rig = Rig::polling();
+        rig.answer(&page_body(1, 10, true), NOW);
+        rig.fetcher.restart(NOW + 10);
+        rig.answer_call(3, &page_body(11, 1, false), NOW + 20);
+        assert_eq!(
+            rig.store.set.len(),
+            10,
+            "the answer to the old call is dropped"
         );
-        fetcher.restart(NOW + 10);
-        fetcher.on_response(
-            &mut store,
-            &mut issuer,
-            &log,
-            3,
-            200,
-            &[&page_body(11, 1, false)],
-            NOW + 20,
+        rig.tick(NOW + 20);
+        assert!(
+            rig.issuer.path(5).contains("since=0"),
+            "{}",
+            rig.issuer.path(5)
         );
-        assert_eq!(store.set.len(), 10, "the answer to the old call is dropped");
-        fetcher.tick(&mut store, &mut issuer, &log, NOW + 20);
-        assert!(issuer.path(5).contains("since=0"), "{}", issuer.path(5));
     }
 
     #[test]
