@@ -47,7 +47,7 @@ export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
 export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help wasm-target setup browser-setup build wasm native native-debug up down test check lint fmt-check clippy clippy-wasm fuzz-lock docs unit \
+.PHONY: help wasm-target setup browser-setup build wasm native native-debug up down test check lint lint-guard fmt-check clippy clippy-wasm fuzz-lock docs unit \
         client client-test bench fuzz soak api-tools manifests image image-check monitoring-tools \
         monitoring-rules monitoring-check
 
@@ -255,6 +255,21 @@ TEST_REST  := $(filter-out $(TEST_FIRST) wasm_imports,$(sort $(basename $(notdir
 # clippy-driver). The env is given to every cargo run of the recipe that uses target/debug, or
 # cargo would rebuild the workspace's crates without it. `make clippy` is the same check alone.
 LINTED_BUILD := RUSTC_WORKSPACE_WRAPPER=clippy-driver CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+
+# CLIPPY_ARGS's encoding is clippy's own (what `cargo clippy` sets), not a documented interface:
+# should a clippy release read it otherwise, LINTED_BUILD would let warnings through quietly.
+# This checks it in about a second: a clippy lint (`needless_return`) that only warns in a plain
+# clippy-driver build must fail one given LINTED_BUILD's environment.
+lint-guard:
+	@dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
+	printf 'pub fn one() -> u8 {\n    return 1;\n}\n' > "$$dir/lib.rs" && \
+	compile() { env "$$@" clippy-driver rustc --crate-type lib --edition 2021 --emit=metadata \
+	  -o "$$dir/lib.rmeta" "$$dir/lib.rs" 2>"$$dir/err"; } && \
+	if ! compile CLIPPY_ARGS=; then cat "$$dir/err"; echo "lint-guard: clippy-driver failed on its own"; exit 1; fi && \
+	grep -q needless_return "$$dir/err" || { echo "lint-guard: clippy-driver did not lint"; exit 1; } && \
+	if compile $(LINTED_BUILD); then \
+	  echo "lint-guard: a clippy warning passed a build with CLIPPY_ARGS as LINTED_BUILD sets it:"; \
+	  echo "  clippy reads CLIPPY_ARGS otherwise now; update LINTED_BUILD"; exit 1; fi
 CARGO_TEST := $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast
 
 # What runs at once: the tools install (Envoy, the stores, the browser and API tools: mostly
@@ -280,7 +295,7 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	} & background=$$!; set +m; \
 	trap 'while [ ! -f target/tools.status ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
 	  kill -- -$$background 2>/dev/null || true; kill $$(jobs -p) 2>/dev/null || true' EXIT; \
-	$(MAKE) --no-print-directory -j2 --output-sync=target fmt-check fuzz-lock native-debug wasm clippy-wasm \
+	$(MAKE) --no-print-directory -j2 --output-sync=target fmt-check fuzz-lock lint-guard native-debug wasm clippy-wasm \
 	  BUILD_ENV='$(LINTED_BUILD)'; \
 	echo "test: $$(date +%T) formatting, lints (host: in the build), the wasm module and the test binaries done"; \
 	while [ ! -f target/tools.status ]; do sleep 1; done; \
