@@ -7,6 +7,7 @@
 //! a removal only for a header the client actually sent. The claims are shared with the cache
 //! entry, metric ids are resolved once, nothing is formatted on the allow path.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
@@ -14,6 +15,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use crate::config::Require;
+use crate::headers::Header;
 use crate::host::{Host, KeyState, Level};
 use crate::request::{self, Flow, Loaded};
 use crate::verify::{Extracted, Verdict};
@@ -46,22 +48,29 @@ impl Host for WasmRequest {
         log(level, self.context_id, message);
     }
 
-    /// One host call. Envoy joins repeated copies of its inline headers (`authorization`
-    /// among them) with commas; others arrive as separate pairs.
-    fn request_headers(&mut self) -> Vec<(String, String)> {
+    /// One host call, copied into the VM (the proxy-wasm ABI has no views). Envoy joins
+    /// repeated copies of its inline headers (`authorization` among them) with commas; others
+    /// arrive as separate pairs.
+    fn request_headers(&self) -> Vec<Header<'_>> {
         hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
             .unwrap_or_default()
             .into_iter()
             .map(|(name, value)| {
                 let value = String::from_utf8(value)
                     .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
-                (name, value)
+                (Cow::Owned(name), Cow::Owned(value))
             })
             .collect()
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    /// `proxy_add_header_map_value`: Envoy's `addCopy`, without the look for copies to replace
+    /// that a set (`proxy_replace_header_map_value`, `setCopy`) makes.
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
     }
 
     fn remove_request_header(&mut self, name: &str) {
@@ -85,7 +94,7 @@ struct VmView<'a> {
 impl VmView<'_> {
     fn judge_now(
         &mut self,
-        extracted: &Extracted,
+        extracted: &Extracted<'_>,
         require: Require,
         scopes: &[String],
         now_ms: u64,
@@ -113,7 +122,7 @@ impl VmView<'_> {
 impl KeyState for VmView<'_> {
     fn judge(
         &mut self,
-        extracted: &Extracted,
+        extracted: &Extracted<'_>,
         require: Require,
         scopes: &[String],
         now_ms: u64,
