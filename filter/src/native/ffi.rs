@@ -632,12 +632,18 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     }
 }
 
-/// The bytes as text: borrowed when they are UTF-8, a lossy copy when not.
+/// The bytes as text: borrowed when they are UTF-8, a lossy copy when not. `from_utf8` first:
+/// its ASCII fast path is several times quicker than `from_utf8_lossy`'s chunked walk (1 % of
+/// Envoy's CPU on an allowed request when every header went through the latter).
 ///
 /// # Safety
 /// As [`bytes`], for as long as `'a`.
 unsafe fn text<'a>(ptr: *const u8, len: usize) -> Cow<'a, str> {
-    String::from_utf8_lossy(bytes(ptr, len))
+    let bytes = bytes(ptr, len);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// # Safety
