@@ -1,11 +1,13 @@
 //! The HTTP context (one per request) of the proxy-wasm build: the proxy-wasm side of
 //! [`crate::host`]'s traits, around the shared glue [`crate::request::on_request_headers`].
 //!
-//! Per-request cost on an allowed cache hit with the default identity headers: the header map
-//! (one read), the clock, the revocation version (one small shared-data read, so every worker
-//! refuses a revoked token as soon as one does), and one set per identity header with a value;
-//! a removal only for a header the client actually sent. The claims are shared with the cache
-//! entry, metric ids are resolved once, nothing is formatted on the allow path.
+//! Per-request cost on an allowed cache hit: the header map (one read), the clock, the
+//! revocation version (one small shared-data read, so every worker refuses a revoked token as
+//! soon as one does), one add per identity header with a value (a set, which replaces, only
+//! for one the client sent), the token's header removed, and a removal only for another
+//! identity header the client actually sent: six calls with two identity headers. The token is
+//! borrowed from the header map and the claims are shared with the cache entry, metric ids are
+//! resolved once, nothing is formatted on the allow path.
 
 use std::borrow::Cow;
 use std::rc::Rc;

@@ -1,7 +1,8 @@
 //! The per-request glue shared by both builds: thin, host-independent, written against
 //! [`crate::host`]'s traits and unit-tested natively against a mock host.
 //!
-//! 1. Read the request's header map once (everything below reads that copy).
+//! 1. Read the request's header map once (everything below reads it): views into Envoy's own
+//!    map in the native build, a copy in the wasm build.
 //! 2. Let a CORS preflight through when `cors_preflight` is on.
 //! 3. Pick the path rule ([`crate::path`]: refused with 400 when the path is unsafe, never a
 //!    laxer rule than what the upstream may make of it); `none` forwards as is.
@@ -12,11 +13,17 @@
 //!    deny, answer locally with the status, an RFC 6750 `WWW-Authenticate` challenge and a JSON
 //!    body.
 //!
+//! Steps 1–5 only read: they end in owned edits (or a denial), applied once the header map is
+//! no longer read. The native build's views point into Envoy's map, which an edit may change;
+//! [`Host::request_headers`] borrows the host, so the borrow checker keeps it that way.
+//!
 //! Whatever the outcome, no header the client sent under the identity prefix (`x-weauth-`)
 //! nor any configured identity header reaches the upstream ([`crate::headers`]): on allow the
-//! configured headers with a value are set (which replaces the client's copies) and every
-//! other one the client sent is removed; on every other forwarded request each one the client
-//! sent is removed (a client must never assert an identity).
+//! configured headers with a value are written — added when the map read shows the client did
+//! not send them (the common case, and the cheaper call), set (which replaces the client's
+//! copies) when it did — and every other one the client sent is removed; on every other
+//! forwarded request each one the client sent is removed (a client must never assert an
+//! identity).
 
 use std::borrow::Cow;
 use std::rc::Rc;
