@@ -55,7 +55,7 @@ if [ -f "$WEAUTH_FILTER_WASM" ] && [ -f bench-results/results.md ]; then
       echo "## Host calls per allowed request (wasm build)"
       echo
       echo "\`scripts/count-host-calls.sh\` on the module of the weauth rows ($(wc -c < "$WEAUTH_FILTER_WASM") bytes),"
-      echo "configured like them (inline JWKS, revocation feed, identity headers on), curl-like request:"
+      echo "configured like them (inline JWKS, revocation feed, two identity headers), curl-like request:"
       echo
       echo '```'
       echo "$calls"

@@ -3,7 +3,7 @@
 # under Node's V8 with a small counting proxy-wasm host (every `env.proxy_*` import counted; the
 # few the filter needs — buffers, header maps, shared data, clock, metrics, http calls — served
 # from memory), configures it like `make bench`'s weauth rows (inline JWKS, revocation feed,
-# identity headers on), lets it fetch a one-entry revocation set through a simulated feed
+# two identity headers: sub, openid), lets it fetch a one-entry revocation set through a simulated feed
 # response, then sends allowed requests and prints the calls of one cache-miss and one
 # cache-hit request, plus the memory callbacks (`proxy_on_memory_allocate`) the host made to
 # hand data back (and the bytes of a whole-header-map read). The request carries what Envoy
@@ -28,6 +28,8 @@ const config = JSON.stringify({
   revocation: { cluster: "weauth_feed", authority: "feed", path: "/v1/revocations",
     credential: "bench-feed-credential", wait_seconds: 20, stale_after_seconds: 60,
     stale_mode: "deny" },
+  claim_to_headers: [{ claim: "sub", header: "x-weauth-sub" },
+    { claim: "openid", header: "x-weauth-openid" }],
   cache_entries: 10000,
 });
 const feed = JSON.stringify({ seq: 1, full: true, now: 1700000100, entries: [

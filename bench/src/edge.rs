@@ -66,6 +66,11 @@ pub enum Auth {
     Native {
         revoked: usize,
     },
+    /// The native build from another revision (`WEAUTH_BENCH_COMPARE_NATIVE`): a before/after
+    /// measured in the same interleaved rounds.
+    NativeCompare {
+        revoked: usize,
+    },
 }
 
 impl Auth {
@@ -83,7 +88,8 @@ impl Auth {
             Auth::JwtAuthnExtAuthz { revoked }
             | Auth::Weauth { revoked }
             | Auth::WeauthCompare { revoked }
-            | Auth::Native { revoked } => Some(*revoked),
+            | Auth::Native { revoked }
+            | Auth::NativeCompare { revoked } => Some(*revoked),
             _ => None,
         }
     }
@@ -179,6 +185,12 @@ pub fn scenarios_for(settings: &EdgeSettings) -> Vec<Scenario> {
             auth: Auth::WeauthCompare { revoked: 0 },
         });
     }
+    if settings.compare_native.is_some() {
+        all.push(Scenario {
+            name: "comparison native build (WEAUTH_BENCH_COMPARE_NATIVE), 0 revoked".into(),
+            auth: Auth::NativeCompare { revoked: 0 },
+        });
+    }
     all
 }
 
@@ -204,7 +216,8 @@ pub struct Wiring<'a> {
     pub empty_wasm: &'a Path,
 }
 
-/// The weauth plugin configuration for the edge rows (docs/INTERFACES.md).
+/// The weauth plugin configuration for the edge rows (docs/INTERFACES.md): two identity
+/// headers (`sub`, `openid`), as issue 22's wasm target is stated for, not the default six.
 pub fn plugin_config(jwks_json: &str) -> Result<String, serde_json::Error> {
     let jwks: serde_json::Value = serde_json::from_str(jwks_json)?;
     let config = serde_json::json!({
@@ -215,6 +228,8 @@ pub fn plugin_config(jwks_json: &str) -> Result<String, serde_json::Error> {
         "revocation": {"cluster": "weauth_feed", "authority": "feed", "path": "/v1/revocations",
                        "credential": FEED_CREDENTIAL, "wait_seconds": 20,
                        "stale_after_seconds": 60, "stale_mode": "deny"},
+        "claim_to_headers": [{"claim": "sub", "header": "x-weauth-sub"},
+                             {"claim": "openid", "header": "x-weauth-openid"}],
         "cache_entries": 10000
     });
     serde_json::to_string(&config)
@@ -264,7 +279,7 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
                 + &render(template::EXT_AUTHZ, &[])?,
             cluster("revocation_check", w.check_port)?,
         ),
-        Auth::Native { .. } => {
+        Auth::Native { .. } | Auth::NativeCompare { .. } => {
             let plugin = plugin_config(&tokens.jwks_json)
                 .map_err(|e| TemplateError::Leftover(e.to_string()))?;
             (
@@ -308,6 +323,9 @@ pub struct EdgeSettings {
     pub empty_wasm: PathBuf,
     /// Another build of the filter to measure alongside (`WEAUTH_BENCH_COMPARE_WASM`), if any.
     pub compare_wasm: Option<PathBuf>,
+    /// Another native build to measure alongside (`WEAUTH_BENCH_COMPARE_NATIVE`, a
+    /// `libweauth_filter.so`), if any.
+    pub compare_native: Option<PathBuf>,
     pub revocation_check: PathBuf,
     pub work_dir: PathBuf,
     pub rounds: usize,
@@ -401,6 +419,14 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
             continue;
         }
         if matches!(scenario.auth, Auth::Native { .. }) && !settings.native.is_file() {
+            continue;
+        }
+        if matches!(scenario.auth, Auth::NativeCompare { .. })
+            && !settings
+                .compare_native
+                .as_ref()
+                .is_some_and(|p| p.is_file())
+        {
             continue;
         }
         let started = Instant::now();
@@ -689,6 +715,10 @@ fn boot(
         (Auth::WeauthCompare { .. }, Some(other)) => other,
         _ => &settings.wasm,
     };
+    let native = match (&scenario.auth, &settings.compare_native) {
+        (Auth::NativeCompare { .. }, Some(other)) => other,
+        _ => &settings.native,
+    };
     match scenario.auth {
         Auth::Weauth { revoked } | Auth::WeauthCompare { revoked } => {
             if !wasm.is_file() {
@@ -696,11 +726,11 @@ fn boot(
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
         }
-        Auth::Native { revoked } => {
-            if !settings.native.is_file() {
+        Auth::Native { revoked } | Auth::NativeCompare { revoked } => {
+            if !native.is_file() {
                 return Err(format!(
                     "not run: no native module at {} (make native)",
-                    settings.native.display()
+                    native.display()
                 ));
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
@@ -724,7 +754,7 @@ fn boot(
         feed_port: feed,
         check_port: check_port.unwrap_or(0),
         wasm,
-        native: &settings.native,
+        native,
         empty_wasm: &settings.empty_wasm,
     };
     let config = envoy_config(&scenario.auth, tokens, &wiring).map_err(|e| e.to_string())?;
@@ -742,13 +772,14 @@ fn boot(
         "warning".into(),
     ];
     let log = settings.work_dir.join(format!("envoy-{index}.log"));
-    let module_dir = settings
-        .native
+    let module_dir = native
         .parent()
         .map(|dir| dir.display().to_string())
         .unwrap_or_default();
     let envs: Vec<(&str, &str)> = match scenario.auth {
-        Auth::Native { .. } => vec![("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir.as_str())],
+        Auth::Native { .. } | Auth::NativeCompare { .. } => {
+            vec![("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir.as_str())]
+        }
         _ => Vec::new(),
     };
     let envoy = spawn_pinned("0", &settings.envoy, &args, &log, &envs)
@@ -987,7 +1018,7 @@ mod tests {
                     assert!(has("/x/weauth_filter.wasm") && has("port_value: 20003"));
                     assert!(has(FEED_CREDENTIAL));
                 }
-                Auth::Native { .. } => {
+                Auth::Native { .. } | Auth::NativeCompare { .. } => {
                     assert!(has("dynamic_modules.v3.DynamicModuleFilter"));
                     assert!(has("name: weauth_filter") && !has("weauth_filter.wasm"));
                     assert!(has(FEED_CREDENTIAL) && has("port_value: 20003"));

@@ -30,7 +30,7 @@ pub fn is_safe_method(method: &str) -> bool {
 pub fn applies(
     rule_csrf: bool,
     sources: &[TokenSource],
-    extracted: &Extracted,
+    extracted: &Extracted<'_>,
     method: Option<&str>,
 ) -> bool {
     rule_csrf
@@ -195,11 +195,8 @@ mod tests {
         ]
     }
 
-    fn found(source: usize) -> Extracted {
-        Extracted::Found {
-            token: "t".into(),
-            source,
-        }
+    fn found(source: usize) -> Extracted<'static> {
+        Extracted::Found { token: "t", source }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The request's headers as the filter reads them (one read of the whole map per request), and
 //! what it changes in them before forwarding. Pure.
 //!
+//! - [`Field`]: one header as a (name, value) pair of anything that reads as text — the native
+//!   build's views into Envoy's own header map (`Cow::Borrowed`, no copy), the wasm build's
+//!   owned copies, the tests' `(String, String)`.
 //! - [`first`]: one header's first value.
 //! - [`identity_to_remove`]: the filter owns its header namespace (`identity_header_prefix`,
 //!   `x-weauth-` by default): every client header under it is removed from every forwarded
@@ -11,28 +14,54 @@
 //! - [`cookie_without`]: the `Cookie` header without the token's pair (`forward_authorization`
 //!   false with a cookie token source).
 
+use std::borrow::Cow;
+
 use crate::config::ClaimHeader;
 
+/// One request header as the pure code reads it.
+pub trait Field {
+    fn name(&self) -> &str;
+    fn value(&self) -> &str;
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> Field for (N, V) {
+    fn name(&self) -> &str {
+        self.0.as_ref()
+    }
+    fn value(&self) -> &str {
+        self.1.as_ref()
+    }
+}
+
+/// A header as a host hands it over: borrowed from the host's own memory where it can be (the
+/// native build), owned where it was copied out (the wasm build).
+pub type Header<'h> = (Cow<'h, str>, Cow<'h, str>);
+
 /// The first value of header `name` (lower case, as Envoy hands header names over).
-pub fn first<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+pub fn first<'h>(headers: &'h [impl Field], name: &str) -> Option<&'h str> {
     headers
         .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.as_str())
+        .find(|header| header.name() == name)
+        .map(Field::value)
+}
+
+/// Whether the client sent header `name` (lower case).
+pub fn has(headers: &[impl Field], name: &str) -> bool {
+    headers.iter().any(|header| header.name() == name)
 }
 
 /// The client headers to remove before forwarding: those under `prefix` and the configured
 /// claim headers, except the ones in `set` (which the filter sets); each name once, in the
 /// order received.
 pub fn identity_to_remove<'h>(
-    headers: &'h [(String, String)],
+    headers: &'h [impl Field],
     prefix: &str,
     configured: &[ClaimHeader],
     set: &[&str],
 ) -> Vec<&'h str> {
     let mut out: Vec<&'h str> = Vec::new();
-    for (name, _) in headers {
-        let name = name.as_str();
+    for header in headers {
+        let name = header.name();
         let ours = name.starts_with(prefix) || configured.iter().any(|m| m.header == name);
         if ours && !set.contains(&name) && !out.contains(&name) {
             out.push(name);
@@ -54,11 +83,12 @@ pub enum CookieEdit {
 
 /// Removes every `name=value` pair of cookie `name` from the request's `Cookie` headers (all
 /// copies; HTTP/2 may send one per cookie).
-pub fn cookie_without(headers: &[(String, String)], name: &str) -> CookieEdit {
+pub fn cookie_without(headers: &[impl Field], name: &str) -> CookieEdit {
     let mut found = false;
     let mut kept: Vec<&str> = Vec::new();
-    for (_, value) in headers.iter().filter(|(key, _)| key == "cookie") {
-        for pair in value
+    for header in headers.iter().filter(|header| header.name() == "cookie") {
+        for pair in header
+            .value()
             .split(';')
             .map(str::trim)
             .filter(|pair| !pair.is_empty())
@@ -163,6 +193,9 @@ mod tests {
     fn cookie_without_absent_unchanged() {
         let h = headers(&[("cookie", "weauth_atx=1; other=weauth_at")]);
         assert_eq!(cookie_without(&h, "weauth_at"), CookieEdit::Unchanged);
-        assert_eq!(cookie_without(&[], "weauth_at"), CookieEdit::Unchanged);
+        assert_eq!(
+            cookie_without(&headers(&[]), "weauth_at"),
+            CookieEdit::Unchanged
+        );
     }
 }

@@ -5,7 +5,9 @@
 //! against a mock host (Kuadrant wasm-shim's habit).
 //!
 //! - [`Host`]: one request — its header map, header edits, the local reply, the clock and a
-//!   log line.
+//!   log line. The header map is handed out as views where the host allows it (the native
+//!   build: pointers into Envoy's own map, no copy), borrowed from the host so that no edit can
+//!   be made while they are held (an edit may free what they point to).
 //! - [`Stats`]: the filter's counters (the same `weauth.*` names in both builds).
 //! - [`KeyState`]: the keys, the revocation set and the token cache a decision reads — per VM
 //!   (synced from shared data) in the wasm build, one per Envoy (lock-free reads) in the native
@@ -15,6 +17,7 @@
 //! - [`Report`]: what the fetchers ([`crate::fetch`]) say — log lines, counters, gauges.
 
 use crate::config::Require;
+use crate::headers::Header;
 use crate::verify::{Extracted, Verdict};
 
 /// A log level, mapped onto each host's own.
@@ -34,11 +37,18 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// One log line. Never pass tokens, login codes, key material or full openids.
     fn log(&self, level: Level, message: &str);
-    /// The request's header map, read once per request. A value that is not UTF-8 is read
-    /// lossily, so it can only fail verification.
-    fn request_headers(&mut self) -> Vec<(String, String)>;
+    /// The request's header map, read once per request: views into the host's own memory where
+    /// it allows that (native), copies where it does not (wasm). The views borrow the host, so
+    /// they are gone before any header is set or removed. A value that is not UTF-8 is read
+    /// lossily (a copy), so it can only fail verification.
+    fn request_headers(&self) -> Vec<Header<'_>>;
     /// Sets a request header (replacing every copy the client sent).
     fn set_request_header(&mut self, name: &str, value: &str);
+    /// Adds a request header the request does not carry (the glue has checked the map it read):
+    /// the same outcome as [`Host::set_request_header`] without looking for copies to replace.
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        self.set_request_header(name, value);
+    }
     /// Removes every copy of a request header.
     fn remove_request_header(&mut self, name: &str);
     /// Answers the request locally (the request does not reach the upstream).
@@ -64,7 +74,7 @@ pub trait KeyState {
     /// (wasm) looks once more for keys before answering an unknown `kid`.
     fn judge(
         &mut self,
-        extracted: &Extracted,
+        extracted: &Extracted<'_>,
         require: Require,
         scopes: &[String],
         now_ms: u64,

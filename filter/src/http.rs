@@ -1,12 +1,15 @@
 //! The HTTP context (one per request) of the proxy-wasm build: the proxy-wasm side of
 //! [`crate::host`]'s traits, around the shared glue [`crate::request::on_request_headers`].
 //!
-//! Per-request cost on an allowed cache hit with the default identity headers: the header map
-//! (one read), the clock, the revocation version (one small shared-data read, so every worker
-//! refuses a revoked token as soon as one does), and one set per identity header with a value;
-//! a removal only for a header the client actually sent. The claims are shared with the cache
-//! entry, metric ids are resolved once, nothing is formatted on the allow path.
+//! Per-request cost on an allowed cache hit: the header map (one read), the clock, the
+//! revocation version (one small shared-data read, so every worker refuses a revoked token as
+//! soon as one does), one add per identity header with a value (a set, which replaces, only
+//! for one the client sent), the token's header removed, and a removal only for another
+//! identity header the client actually sent: six calls with two identity headers. The token is
+//! borrowed from the header map and the claims are shared with the cache entry, metric ids are
+//! resolved once, nothing is formatted on the allow path.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
@@ -14,6 +17,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use crate::config::Require;
+use crate::headers::Header;
 use crate::host::{Host, KeyState, Level};
 use crate::request::{self, Flow, Loaded};
 use crate::verify::{Extracted, Verdict};
@@ -46,22 +50,29 @@ impl Host for WasmRequest {
         log(level, self.context_id, message);
     }
 
-    /// One host call. Envoy joins repeated copies of its inline headers (`authorization`
-    /// among them) with commas; others arrive as separate pairs.
-    fn request_headers(&mut self) -> Vec<(String, String)> {
+    /// One host call, copied into the VM (the proxy-wasm ABI has no views). Envoy joins
+    /// repeated copies of its inline headers (`authorization` among them) with commas; others
+    /// arrive as separate pairs.
+    fn request_headers(&self) -> Vec<Header<'_>> {
         hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
             .unwrap_or_default()
             .into_iter()
             .map(|(name, value)| {
                 let value = String::from_utf8(value)
                     .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
-                (name, value)
+                (Cow::Owned(name), Cow::Owned(value))
             })
             .collect()
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    /// `proxy_add_header_map_value`: Envoy's `addCopy`, without the look for copies to replace
+    /// that a set (`proxy_replace_header_map_value`, `setCopy`) makes.
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
     }
 
     fn remove_request_header(&mut self, name: &str) {
@@ -85,7 +96,7 @@ struct VmView<'a> {
 impl VmView<'_> {
     fn judge_now(
         &mut self,
-        extracted: &Extracted,
+        extracted: &Extracted<'_>,
         require: Require,
         scopes: &[String],
         now_ms: u64,
@@ -113,7 +124,7 @@ impl VmView<'_> {
 impl KeyState for VmView<'_> {
     fn judge(
         &mut self,
-        extracted: &Extracted,
+        extracted: &Extracted<'_>,
         require: Require,
         scopes: &[String],
         now_ms: u64,

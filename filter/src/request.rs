@@ -1,7 +1,8 @@
 //! The per-request glue shared by both builds: thin, host-independent, written against
 //! [`crate::host`]'s traits and unit-tested natively against a mock host.
 //!
-//! 1. Read the request's header map once (everything below reads that copy).
+//! 1. Read the request's header map once (everything below reads it): views into Envoy's own
+//!    map in the native build, a copy in the wasm build.
 //! 2. Let a CORS preflight through when `cors_preflight` is on.
 //! 3. Pick the path rule ([`crate::path`]: refused with 400 when the path is unsafe, never a
 //!    laxer rule than what the upstream may make of it); `none` forwards as is.
@@ -12,19 +13,26 @@
 //!    deny, answer locally with the status, an RFC 6750 `WWW-Authenticate` challenge and a JSON
 //!    body.
 //!
+//! Steps 1–5 only read: they end in owned edits (or a denial), applied once the header map is
+//! no longer read. The native build's views point into Envoy's map, which an edit may change;
+//! [`Host::request_headers`] borrows the host, so the borrow checker keeps it that way.
+//!
 //! Whatever the outcome, no header the client sent under the identity prefix (`x-weauth-`)
 //! nor any configured identity header reaches the upstream ([`crate::headers`]): on allow the
-//! configured headers with a value are set (which replaces the client's copies) and every
-//! other one the client sent is removed; on every other forwarded request each one the client
-//! sent is removed (a client must never assert an identity).
+//! configured headers with a value are written — added when the map read shows the client did
+//! not send them (the common case, and the cheaper call), set (which replaces the client's
+//! copies) when it did — and every other one the client sent is removed; on every other
+//! forwarded request each one the client sent is removed (a client must never assert an
+//! identity).
 
 use std::borrow::Cow;
+use std::rc::Rc;
 
 use weauth_token::{Claims, KeySet};
 
 use crate::cache::TokenCache;
 use crate::config::{Config, Require, StaleMode, TokenSource};
-use crate::headers::{self, CookieEdit};
+use crate::headers::{self, CookieEdit, Header};
 use crate::host::{Host, KeyState, Level, Stats};
 use crate::revocation::RevocationSet;
 use crate::verify::{
@@ -59,7 +67,7 @@ pub fn judge(
     keys_generation: u64,
     revocation: Option<Loaded<'_>>,
     cache: &mut TokenCache,
-    extracted: &Extracted,
+    extracted: &Extracted<'_>,
     require: Require,
     scopes: &[String],
     now_ms: u64,
@@ -114,6 +122,107 @@ pub fn on_request_headers(
     state: &mut impl KeyState,
     stats: &impl Stats,
 ) -> Flow {
+    // Everything that reads the header map runs first and returns owned edits: the native
+    // build's header views point into Envoy's map, which an edit may change.
+    match decide_request(&*host, config, state, stats) {
+        Next::Forward(edits) => {
+            edits.apply(host, config);
+            Flow::Continue
+        }
+        Next::Deny(denial) => deny(host, stats, &denial),
+    }
+}
+
+/// What becomes of a request, decided on its header map.
+enum Next<'c> {
+    Forward(Edits<'c>),
+    Deny(Denial),
+}
+
+/// The header edits before a request is forwarded, decided while the header map was read and
+/// applied once it no longer is.
+struct Edits<'c> {
+    /// On allow: the claims to set the identity headers from.
+    claims: Option<Rc<Claims>>,
+    /// The client's identity headers to remove (usually none, and then no allocation).
+    strip: Vec<String>,
+    /// The configured identity headers the client sent: set (which replaces the client's
+    /// copies); the others are added.
+    sent: Vec<&'c str>,
+    token: TokenEdit<'c>,
+}
+
+/// What happens to the token before forwarding.
+enum TokenEdit<'c> {
+    Keep,
+    /// Remove this header (the token's header, or `cookie` when the token was its only cookie).
+    Remove(&'c str),
+    /// Replace the `cookie` header with the other cookies.
+    Cookie(String),
+}
+
+impl<'c> Edits<'c> {
+    /// The identity headers the client sent, all to be removed (nothing is set).
+    fn strip_only(config: &Config, headers: &[Header<'_>]) -> Edits<'c> {
+        Edits {
+            claims: None,
+            strip: owned(identity_sent(config, headers)),
+            sent: Vec::new(),
+            token: TokenEdit::Keep,
+        }
+    }
+
+    /// Sets the identity headers from the claims, removes every other identity header the
+    /// client sent, and removes the token as decided. Setting a header replaces every copy the
+    /// client sent; a header whose claim is absent (or unusable) is removed if the client sent
+    /// it.
+    fn apply(self, host: &mut impl Host, config: &Config) {
+        if let Some(claims) = &self.claims {
+            for (i, mapping) in config.claim_to_headers.iter().enumerate() {
+                let value = claim_value(claims, &mapping.claim);
+                let Some(value) = value.as_deref() else {
+                    continue;
+                };
+                if !usable(value) {
+                    // A claim with control characters cannot be a header value; leave it out.
+                    host.log(
+                        Level::Warn,
+                        &format!("claim {} not forwarded: control characters", mapping.claim),
+                    );
+                    continue;
+                }
+                // An earlier mapping to the same header already wrote it: replace, as before.
+                let written = config
+                    .claim_to_headers
+                    .iter()
+                    .take(i)
+                    .any(|earlier| earlier.header == mapping.header);
+                if written || self.sent.contains(&mapping.header.as_str()) {
+                    host.set_request_header(&mapping.header, value);
+                } else {
+                    host.add_request_header(&mapping.header, value);
+                }
+            }
+        }
+        for name in &self.strip {
+            host.remove_request_header(name);
+        }
+        match self.token {
+            TokenEdit::Keep => {}
+            TokenEdit::Remove(name) => host.remove_request_header(name),
+            TokenEdit::Cookie(rest) => host.set_request_header("cookie", &rest),
+        }
+    }
+}
+
+/// Reads the header map once, picks the rule, applies the CSRF rule and decides: the part of
+/// the glue that reads headers. Host calls here only read (the clock, a log line).
+fn decide_request<'c>(
+    host: &impl Host,
+    config: &'c Config,
+    state: &mut impl KeyState,
+    stats: &impl Stats,
+) -> Next<'c> {
     let headers = host.request_headers();
     let method = headers::first(&headers, ":method");
     if config.cors_preflight
@@ -121,29 +230,23 @@ pub fn on_request_headers(
         && headers::first(&headers, "origin").is_some()
         && headers::first(&headers, "access-control-request-method").is_some()
     {
-        strip_identity(host, config, &headers, &[]);
-        return Flow::Continue;
+        return Next::Forward(Edits::strip_only(config, &headers));
     }
     let path = headers::first(&headers, ":path").unwrap_or("/");
     let (require, scopes) = match path::rule_for_path(path, |p| config.rule_for(p)) {
         Ok(rule) => rule,
         Err(err) => {
-            return deny(
-                host,
-                stats,
-                &Denial {
-                    status: 400,
-                    error: "invalid_request",
-                    description: err.to_string(),
-                    reason: "bad_path",
-                    scope: None,
-                },
-            )
+            return Next::Deny(Denial {
+                status: 400,
+                error: "invalid_request",
+                description: err.to_string(),
+                reason: "bad_path",
+                scope: None,
+            })
         }
     };
     if require == Require::None {
-        strip_identity(host, config, &headers, &[]);
-        return Flow::Continue;
+        return Next::Forward(Edits::strip_only(config, &headers));
     }
     let edge = path::edge_for_path(path, |p| config.edge_for(p));
     let extracted = verify::extract_token(&config.token_sources, &headers, path);
@@ -153,7 +256,7 @@ pub fn on_request_headers(
             headers::first(&headers, "origin"),
             &config.csrf_allowed_origins,
         ) {
-            return deny(host, stats, &denial);
+            return Next::Deny(denial);
         }
     }
     let now = host.now_ms();
@@ -179,23 +282,91 @@ pub fn on_request_headers(
     match outcome.decision {
         Decision::Allow { claims } => {
             stats.allowed();
-            forward_identity(
-                host,
-                config,
-                &claims,
-                &extracted,
-                &headers,
-                edge.forward_authorization,
-            );
-            Flow::Continue
+            let token = if edge.forward_authorization {
+                TokenEdit::Keep
+            } else {
+                token_edit(config, &extracted, &headers)
+            };
+            Next::Forward(allow_edits(config, claims, &headers, token))
         }
         Decision::Anonymous => {
             stats.anonymous();
-            strip_identity(host, config, &headers, &[]);
-            Flow::Continue
+            Next::Forward(Edits::strip_only(config, &headers))
         }
-        Decision::Deny(denial) => deny(host, stats, &denial),
+        Decision::Deny(denial) => Next::Deny(denial),
     }
+}
+
+/// The edits of an allowed request: the identity headers set from `claims`; every other
+/// identity header the client sent removed.
+fn allow_edits<'c>(
+    config: &'c Config,
+    claims: Rc<Claims>,
+    headers: &[Header<'_>],
+    token: TokenEdit<'c>,
+) -> Edits<'c> {
+    let mut strip = Vec::new();
+    let mut sent = Vec::new();
+    // Usually the client sent none: no allocation, and every identity header is added.
+    for name in identity_sent(config, headers) {
+        let set = config.claim_to_headers.iter().find(|mapping| {
+            mapping.header == name
+                && claim_value(&claims, &mapping.claim).is_some_and(|value| usable(&value))
+        });
+        match set {
+            // The filter sets it, which replaces the client's copies.
+            Some(mapping) => sent.push(mapping.header.as_str()),
+            None => strip.push(name.to_owned()),
+        }
+    }
+    Edits {
+        claims: Some(claims),
+        strip,
+        sent,
+        token,
+    }
+}
+
+/// How the token leaves the request (`forward_authorization` false): its header removed, or
+/// its cookie taken out of `Cookie`. A query token stays in `:path` (rewriting the path is not
+/// this filter's job).
+fn token_edit<'c>(
+    config: &'c Config,
+    extracted: &Extracted<'_>,
+    headers: &[Header<'_>],
+) -> TokenEdit<'c> {
+    let Extracted::Found { source, .. } = extracted else {
+        return TokenEdit::Keep;
+    };
+    match config.token_sources.get(*source) {
+        Some(TokenSource::Header { name, .. }) => TokenEdit::Remove(name),
+        Some(TokenSource::Cookie(name)) => match headers::cookie_without(headers, name) {
+            CookieEdit::Unchanged => TokenEdit::Keep,
+            CookieEdit::Set(rest) => TokenEdit::Cookie(rest),
+            CookieEdit::Remove => TokenEdit::Remove("cookie"),
+        },
+        Some(TokenSource::Query(_)) | None => TokenEdit::Keep,
+    }
+}
+
+/// The identity headers the client sent ([`headers::identity_to_remove`] with nothing set):
+/// every header under the prefix and every configured one, each name once.
+fn identity_sent<'h>(config: &Config, headers: &'h [Header<'_>]) -> Vec<&'h str> {
+    headers::identity_to_remove(
+        headers,
+        &config.identity_header_prefix,
+        &config.claim_to_headers,
+        &[],
+    )
+}
+
+fn owned(names: Vec<&str>) -> Vec<String> {
+    names.into_iter().map(str::to_owned).collect()
+}
+
+/// Whether a claim's value can be a header value (no control characters).
+fn usable(value: &str) -> bool {
+    !value.chars().any(char::is_control)
 }
 
 /// Runs `hook` (the request glue) so that a panic in it never leaves the hook: the panic is
@@ -245,73 +416,6 @@ pub fn deny(host: &mut impl Host, stats: &impl Stats, denial: &Denial) -> Flow {
     Flow::Stop
 }
 
-/// Sets the identity headers from the claims, removes every other identity header the client
-/// sent, and removes the token unless the rule forwards it. Setting a header replaces every
-/// copy the client sent; a header whose claim is absent (or unusable) is removed if the client
-/// sent it.
-fn forward_identity(
-    host: &mut impl Host,
-    config: &Config,
-    claims: &Claims,
-    extracted: &Extracted,
-    headers: &[(String, String)],
-    forward_authorization: bool,
-) {
-    let mut set: Vec<&str> = Vec::with_capacity(config.claim_to_headers.len());
-    for mapping in &config.claim_to_headers {
-        let value = claim_value(claims, &mapping.claim);
-        // A claim with control characters cannot be a header value; leave it out.
-        let usable = value
-            .as_deref()
-            .filter(|value| !value.chars().any(char::is_control));
-        if value.is_some() && usable.is_none() {
-            host.log(
-                Level::Warn,
-                &format!("claim {} not forwarded: control characters", mapping.claim),
-            );
-        }
-        if let Some(usable) = usable {
-            host.set_request_header(&mapping.header, usable);
-            set.push(&mapping.header);
-        }
-    }
-    strip_identity(host, config, headers, &set);
-    if forward_authorization {
-        return;
-    }
-    let Extracted::Found { source, .. } = extracted else {
-        return;
-    };
-    match config.token_sources.get(*source) {
-        Some(TokenSource::Header { name, .. }) => host.remove_request_header(name),
-        Some(TokenSource::Cookie(name)) => match headers::cookie_without(headers, name) {
-            CookieEdit::Unchanged => {}
-            CookieEdit::Set(rest) => host.set_request_header("cookie", &rest),
-            CookieEdit::Remove => host.remove_request_header("cookie"),
-        },
-        // A query token stays in `:path` (rewriting the path is not this filter's job).
-        Some(TokenSource::Query(_)) | None => {}
-    }
-}
-
-/// Removes the identity headers the client sent, but those in `set` (see
-/// [`headers::identity_to_remove`]): one host call per header actually sent.
-fn strip_identity(
-    host: &mut impl Host,
-    config: &Config,
-    headers: &[(String, String)],
-    set: &[&str],
-) {
-    for name in headers::identity_to_remove(
-        headers,
-        &config.identity_header_prefix,
-        &config.claim_to_headers,
-        set,
-    ) {
-        host.remove_request_header(name);
-    }
-}
-
 /// A claim's value for a header, borrowed when the claim is a string.
 fn claim_value<'c>(claims: &'c Claims, name: &str) -> Option<Cow<'c, str>> {
     let borrowed = match name {
@@ -352,11 +456,14 @@ mod tests {
     #[derive(Default)]
     struct MockHost {
         headers: Vec<(String, String)>,
+        /// Every header written, set or added, in order.
         set: Vec<(String, String)>,
+        /// The names of those written with an add (the request did not carry them).
+        added: Vec<String>,
         removed: Vec<String>,
         reply: Option<Reply>,
         logs: RefCell<Vec<(Level, String)>>,
-        header_reads: usize,
+        header_reads: std::cell::Cell<usize>,
     }
 
     impl MockHost {
@@ -394,12 +501,23 @@ mod tests {
         fn log(&self, level: Level, message: &str) {
             self.logs.borrow_mut().push((level, message.to_string()));
         }
-        fn request_headers(&mut self) -> Vec<(String, String)> {
-            self.header_reads += 1;
-            self.headers.clone()
+        fn request_headers(&self) -> Vec<Header<'_>> {
+            self.header_reads.set(self.header_reads.get() + 1);
+            self.headers
+                .iter()
+                .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str())))
+                .collect()
         }
         fn set_request_header(&mut self, name: &str, value: &str) {
             self.set.push((name.to_string(), value.to_string()));
+        }
+        fn add_request_header(&mut self, name: &str, value: &str) {
+            assert!(
+                !self.headers.iter().any(|(n, _)| n == name),
+                "added {name}, which the request carries"
+            );
+            self.set.push((name.to_string(), value.to_string()));
+            self.added.push(name.to_string());
         }
         fn remove_request_header(&mut self, name: &str) {
             self.removed.push(name.to_string());
@@ -469,7 +587,7 @@ mod tests {
     impl KeyState for MockState<'_> {
         fn judge(
             &mut self,
-            extracted: &Extracted,
+            extracted: &Extracted<'_>,
             require: Require,
             scopes: &[String],
             now_ms: u64,
@@ -603,7 +721,86 @@ mod tests {
         assert!(host.reply.is_none());
         assert_eq!(stats.get("allowed"), 1);
         assert_eq!(stats.get("cache_miss"), 1);
-        assert_eq!(host.header_reads, 1, "the header map is read once");
+        assert_eq!(host.header_reads.get(), 1, "the header map is read once");
+    }
+
+    #[test]
+    fn on_request_headers_clean_request_identity_headers_added_not_set() {
+        let config = config(serde_json::json!({}));
+        let bearer = format!("Bearer {}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        // The request carries none of them: each is added (the mock refuses an add of a
+        // header the request carries).
+        assert_eq!(
+            host.added,
+            [
+                "x-weauth-sub",
+                "x-weauth-openid",
+                "x-weauth-appid",
+                "x-weauth-sid",
+                "x-weauth-scope"
+            ]
+        );
+        assert_eq!(host.removed, ["authorization"]);
+    }
+
+    #[test]
+    fn on_request_headers_forged_identity_header_replaced_by_a_set() {
+        let config = config(serde_json::json!({
+            "claim_to_headers": [{"claim": "sub", "header": "x-user"},
+                                 {"claim": "unionid", "header": "x-weauth-unionid"}]
+        }));
+        let bearer = format!("Bearer {}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+            ("x-user", "admin"),
+            ("x-weauth-unionid", "forged"),
+            ("x-weauth-role", "admin"),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert_eq!(host.set, [("x-user".to_string(), "u1".to_string())]);
+        assert!(
+            host.added.is_empty(),
+            "x-user is set over the client's copy"
+        );
+        // The token has no unionid: the client's copy goes, as does the unconfigured one.
+        assert_eq!(
+            host.removed,
+            ["x-weauth-unionid", "x-weauth-role", "authorization"]
+        );
+    }
+
+    #[test]
+    fn on_request_headers_two_claims_one_header_second_replaces_first() {
+        let config = config(serde_json::json!({
+            "claim_to_headers": [{"claim": "sub", "header": "x-id"},
+                                 {"claim": "openid", "header": "x-id"}]
+        }));
+        let bearer = format!("Bearer {}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert_eq!(host.added, ["x-id"]);
+        assert_eq!(
+            host.set,
+            [
+                ("x-id".to_string(), "u1".to_string()),
+                ("x-id".to_string(), "o1".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -16,15 +16,16 @@ use weauth_token::{Claims, KeySet, Validation, VerifyError};
 
 use crate::cache::TokenCache;
 use crate::config::{Require, StaleMode, TokenSource};
+use crate::headers::Field;
 use crate::revocation::RevocationSet;
 
-/// The token found in a request, if any.
+/// The token found in a request, if any, borrowed from the request's headers (or its path).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Extracted {
+pub enum Extracted<'h> {
     /// No source carried a token.
     Missing,
     /// The token, and the index of the source (in the configured order) it came from.
-    Found { token: String, source: usize },
+    Found { token: &'h str, source: usize },
     /// The source header was sent more than once (RFC 6750 §2: one method, one token).
     Ambiguous,
 }
@@ -32,18 +33,18 @@ pub enum Extracted {
 /// Looks for the token in the configured sources, in order; the first source that carries one
 /// wins. A header whose value does not start with the prefix (say `Basic ...` where `Bearer `
 /// is expected) does not count as carrying one.
-pub fn extract_token(
+pub fn extract_token<'h>(
     sources: &[TokenSource],
-    headers: &[(String, String)],
-    path: &str,
-) -> Extracted {
+    headers: &'h [impl Field],
+    path: &'h str,
+) -> Extracted<'h> {
     for (index, source) in sources.iter().enumerate() {
         let found = match source {
             TokenSource::Header { name, prefix } => {
                 let mut values = headers
                     .iter()
-                    .filter(|(key, _)| key.eq_ignore_ascii_case(name))
-                    .map(|(_, value)| value.as_str());
+                    .filter(|header| header.name().eq_ignore_ascii_case(name))
+                    .map(Field::value);
                 let first = values.next();
                 // Envoy joins a repeated header with commas; a JWS never contains one.
                 if values.next().is_some() || first.is_some_and(|value| value.contains(',')) {
@@ -53,8 +54,8 @@ pub fn extract_token(
             }
             TokenSource::Cookie(name) => headers
                 .iter()
-                .filter(|(key, _)| key.eq_ignore_ascii_case("cookie"))
-                .flat_map(|(_, value)| value.split(';'))
+                .filter(|header| header.name().eq_ignore_ascii_case("cookie"))
+                .flat_map(|header| header.value().split(';'))
                 .filter_map(|pair| pair.trim().split_once('='))
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.trim_matches('"')),
@@ -71,7 +72,7 @@ pub fn extract_token(
         };
         if let Some(token) = found {
             return Extracted::Found {
-                token: token.trim().to_string(),
+                token: token.trim(),
                 source: index,
             };
         }
@@ -229,7 +230,7 @@ fn unauthorized(error: &VerifyError) -> Denial {
 
 /// Judges one request. `scopes` are the scopes the matched rule requires.
 pub fn decide(
-    extracted: &Extracted,
+    extracted: &Extracted<'_>,
     require: Require,
     scopes: &[String],
     validation: &Validation,
@@ -292,7 +293,7 @@ pub fn decide(
             unauthorized(&VerifyError::TooLarge(validation.max_token_bytes)),
         );
     }
-    let key = token.as_str();
+    let key = *token;
     let (claims, checked_generation) = match cache.get(key, now, snapshot.keys_generation) {
         Some(hit) => {
             outcome.cache = CacheUse::Hit;
@@ -439,7 +440,7 @@ mod tests {
         weauth_token::sign(claims, &signing_key()).unwrap()
     }
 
-    fn found(token: String) -> Extracted {
+    fn found(token: &str) -> Extracted<'_> {
         Extracted::Found { token, source: 0 }
     }
 
@@ -507,7 +508,7 @@ mod tests {
             revocation: RevocationView::Disabled,
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &[],
             snapshot,
@@ -551,7 +552,7 @@ mod tests {
             keys_generation: 1,
             revocation: RevocationView::Disabled,
         };
-        let outcome = run(found("garbage".into()), Require::Optional, &[], snapshot);
+        let outcome = run(found("garbage"), Require::Optional, &[], snapshot);
         assert_eq!(denial(&outcome).status, 401);
     }
 
@@ -563,7 +564,7 @@ mod tests {
             revocation: RevocationView::Disabled,
         };
         assert_eq!(
-            run(found("garbage".into()), Require::None, &[], snapshot).decision,
+            run(found("garbage"), Require::None, &[], snapshot).decision,
             Decision::Anonymous
         );
     }
@@ -580,7 +581,7 @@ mod tests {
             keys_generation: 1,
             revocation: RevocationView::Disabled,
         };
-        let outcome = run(found(token_for(&old)), Require::Required, &[], snapshot);
+        let outcome = run(found(&token_for(&old)), Require::Required, &[], snapshot);
         let denial = denial(&outcome);
         assert_eq!(denial.reason, "expired");
         assert_eq!(
@@ -600,7 +601,7 @@ mod tests {
             revocation: RevocationView::Disabled,
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &[],
             snapshot,
@@ -624,7 +625,7 @@ mod tests {
             revocation: RevocationView::Disabled,
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &[],
             snapshot,
@@ -643,7 +644,7 @@ mod tests {
             revocation: ready(&set, false, StaleMode::Deny),
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &[],
             snapshot,
@@ -662,7 +663,7 @@ mod tests {
             revocation: ready(&set, false, StaleMode::Deny),
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &[],
             snapshot,
@@ -680,7 +681,7 @@ mod tests {
             revocation: ready(&set, true, StaleMode::Deny),
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &[],
             snapshot,
@@ -699,7 +700,7 @@ mod tests {
             revocation: ready(&set, true, StaleMode::Allow),
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &[],
             snapshot,
@@ -718,7 +719,7 @@ mod tests {
             revocation: ready(&set, true, StaleMode::Allow),
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &[],
             snapshot,
@@ -737,7 +738,7 @@ mod tests {
             },
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &[],
             snapshot,
@@ -754,7 +755,7 @@ mod tests {
             keys_generation: 1,
             revocation: ready(&set, true, StaleMode::Deny),
         };
-        let outcome = run(found("a.b.c".into()), Require::Required, &[], snapshot);
+        let outcome = run(found("a.b.c"), Require::Required, &[], snapshot);
         assert_eq!(denial(&outcome).status, 401);
     }
 
@@ -766,7 +767,7 @@ mod tests {
             keys_generation: 1,
             revocation: RevocationView::Disabled,
         };
-        let outcome = run(found("a".repeat(9000)), Require::Required, &[], snapshot);
+        let outcome = run(found(&"a".repeat(9000)), Require::Required, &[], snapshot);
         assert_eq!(denial(&outcome).reason, "too_large");
         assert_eq!(outcome.cache, CacheUse::NotUsed);
     }
@@ -780,7 +781,7 @@ mod tests {
             revocation: RevocationView::Disabled,
         };
         let outcome = run(
-            found(token_for(&claims())),
+            found(&token_for(&claims())),
             Require::Required,
             &["admin".into()],
             snapshot,
@@ -819,7 +820,7 @@ mod tests {
         let mut cache = TokenCache::new(10);
         let token = token_for(&claims());
         decide(
-            &found(token.clone()),
+            &found(&token),
             Require::Required,
             &[],
             &validation(),
@@ -828,7 +829,7 @@ mod tests {
             NOW,
         );
         let second = decide(
-            &found(token),
+            &found(&token),
             Require::Required,
             &[],
             &validation(),
@@ -852,7 +853,7 @@ mod tests {
             revocation: ready(&empty, false, StaleMode::Deny),
         };
         decide(
-            &found(token.clone()),
+            &found(&token),
             Require::Required,
             &[],
             &validation(),
@@ -872,7 +873,7 @@ mod tests {
             },
         };
         let outcome = decide(
-            &found(token),
+            &found(&token),
             Require::Required,
             &[],
             &validation(),
@@ -896,7 +897,7 @@ mod tests {
         let mut cache = TokenCache::new(10);
         let token = token_for(&claims());
         decide(
-            &found(token.clone()),
+            &found(&token),
             Require::Required,
             &[],
             &validation(),
@@ -905,7 +906,7 @@ mod tests {
             NOW,
         );
         let later = decide(
-            &found(token),
+            &found(&token),
             Require::Required,
             &[],
             &validation(),
@@ -936,15 +937,12 @@ mod tests {
 
     #[test]
     fn extract_header_prefix_case_insensitive() {
-        let got = extract_token(
-            &sources(),
-            &headers(&[("authorization", "bearer abc")]),
-            "/",
-        );
+        let h = headers(&[("authorization", "bearer abc")]);
+        let got = extract_token(&sources(), &h, "/");
         assert_eq!(
             got,
             Extracted::Found {
-                token: "abc".into(),
+                token: "abc",
                 source: 0
             }
         );
@@ -952,41 +950,33 @@ mod tests {
 
     #[test]
     fn extract_header_other_scheme_ignored() {
-        let got = extract_token(&sources(), &headers(&[("authorization", "Basic abc")]), "/");
+        let h = headers(&[("authorization", "Basic abc")]);
+        let got = extract_token(&sources(), &h, "/");
         assert_eq!(got, Extracted::Missing);
     }
 
     #[test]
     fn extract_header_twice_ambiguous() {
-        let got = extract_token(
-            &sources(),
-            &headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
-            "/",
-        );
+        let h = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        let got = extract_token(&sources(), &h, "/");
         assert_eq!(got, Extracted::Ambiguous);
     }
 
     #[test]
     fn extract_header_comma_joined_ambiguous() {
-        let got = extract_token(
-            &sources(),
-            &headers(&[("authorization", "Bearer a,Bearer b")]),
-            "/",
-        );
+        let h = headers(&[("authorization", "Bearer a,Bearer b")]);
+        let got = extract_token(&sources(), &h, "/");
         assert_eq!(got, Extracted::Ambiguous);
     }
 
     #[test]
     fn extract_cookie_found() {
-        let got = extract_token(
-            &sources(),
-            &headers(&[("cookie", "a=1; weauth_at=tok; b=2")]),
-            "/",
-        );
+        let h = headers(&[("cookie", "a=1; weauth_at=tok; b=2")]);
+        let got = extract_token(&sources(), &h, "/");
         assert_eq!(
             got,
             Extracted::Found {
-                token: "tok".into(),
+                token: "tok",
                 source: 1
             }
         );
@@ -994,11 +984,12 @@ mod tests {
 
     #[test]
     fn extract_query_found() {
-        let got = extract_token(&sources(), &[], "/api/x?foo=1&access_token=tok#frag");
+        let h = headers(&[]);
+        let got = extract_token(&sources(), &h, "/api/x?foo=1&access_token=tok#frag");
         assert_eq!(
             got,
             Extracted::Found {
-                token: "tok".into(),
+                token: "tok",
                 source: 2
             }
         );
@@ -1006,15 +997,12 @@ mod tests {
 
     #[test]
     fn extract_header_wins_over_cookie() {
-        let got = extract_token(
-            &sources(),
-            &headers(&[("cookie", "weauth_at=c"), ("authorization", "Bearer h")]),
-            "/",
-        );
+        let h = headers(&[("cookie", "weauth_at=c"), ("authorization", "Bearer h")]);
+        let got = extract_token(&sources(), &h, "/");
         assert_eq!(
             got,
             Extracted::Found {
-                token: "h".into(),
+                token: "h",
                 source: 0
             }
         );
@@ -1022,11 +1010,12 @@ mod tests {
 
     #[test]
     fn extract_bare_bearer_is_empty_token() {
-        let got = extract_token(&sources(), &headers(&[("authorization", "Bearer")]), "/");
+        let h = headers(&[("authorization", "Bearer")]);
+        let got = extract_token(&sources(), &h, "/");
         assert_eq!(
             got,
             Extracted::Found {
-                token: String::new(),
+                token: "",
                 source: 0
             }
         );

@@ -9,7 +9,8 @@
 //! (default `target/wasm32-wasip1/wasm-release/weauth_filter.wasm`), `WEAUTH_BENCH_EMPTY_WASM`
 //! (default `target/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm`),
 //! `WEAUTH_BENCH_COMPARE_WASM` (optional: another build of the filter, measured as one more
-//! row in the same rounds, for a before/after), and
+//! row in the same rounds, for a before/after), `WEAUTH_BENCH_COMPARE_NATIVE` (the same for
+//! the native build: another `libweauth_filter.so`), and
 //! `weauth-revocation-check` next to this executable.
 
 use std::path::PathBuf;
@@ -131,6 +132,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "target/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm",
         ),
         compare_wasm: std::env::var_os("WEAUTH_BENCH_COMPARE_WASM")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+        compare_native: std::env::var_os("WEAUTH_BENCH_COMPARE_NATIVE")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
         revocation_check: exe_dir.join("weauth-revocation-check"),

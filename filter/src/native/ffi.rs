@@ -22,6 +22,7 @@
 
 #![allow(unsafe_code)]
 
+use std::borrow::Cow;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
+use crate::headers::Header;
 use crate::host::{DispatchError, Host, IssuerCall, Level, Stats};
 use crate::request::{self, Flow};
 
@@ -133,6 +135,12 @@ extern "C" {
         result_headers: *mut EnvoyHttpHeader,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
         filter: FilterEnvoyPtr,
         header_type: u32,
         key: ModuleBuffer,
@@ -508,12 +516,18 @@ impl Host for Request<'_> {
         log(level, message);
     }
 
-    fn request_headers(&mut self) -> Vec<(String, String)> {
-        // SAFETY: inside a request hook; the array is sized by the host's own count, and the
-        // buffers it points to live until the hook returns (copied out below).
+    /// Views into Envoy's own header map: no copy unless a value is not UTF-8.
+    fn request_headers(&self) -> Vec<Header<'_>> {
+        // SAFETY: inside a request hook; the array is sized by the host's own count. The
+        // buffers it points to are Envoy's header map's own: they live until the hook returns
+        // or the map changes. The views borrow `self`, whose edits (and the hook's end) need it
+        // back, so none outlives either.
         unsafe {
             let size =
                 envoy_dynamic_module_callback_http_get_headers_size(self.filter, REQUEST_HEADER);
+            if size == 0 {
+                return Vec::new();
+            }
             let mut raw = vec![
                 EnvoyHttpHeader {
                     key_ptr: std::ptr::null(),
@@ -523,20 +537,18 @@ impl Host for Request<'_> {
                 };
                 size
             ];
-            if size == 0
-                || !envoy_dynamic_module_callback_http_get_headers(
-                    self.filter,
-                    REQUEST_HEADER,
-                    raw.as_mut_ptr(),
-                )
-            {
+            if !envoy_dynamic_module_callback_http_get_headers(
+                self.filter,
+                REQUEST_HEADER,
+                raw.as_mut_ptr(),
+            ) {
                 return Vec::new();
             }
             raw.iter()
                 .map(|h| {
                     (
-                        lossy(h.key_ptr, h.key_length),
-                        lossy(h.value_ptr, h.value_length),
+                        text(h.key_ptr, h.key_length),
+                        text(h.value_ptr, h.value_length),
                     )
                 })
                 .collect()
@@ -545,6 +557,19 @@ impl Host for Request<'_> {
 
     fn set_request_header(&mut self, name: &str, value: &str) {
         self.set(name, ModuleBuffer::of(value.as_bytes()));
+    }
+
+    /// Envoy's `addCopy`: no look for copies to replace, which a set (`setCopy`) makes.
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        // SAFETY: inside a request hook with Envoy's filter pointer; buffers outlive the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.filter,
+                REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            );
+        }
     }
 
     fn remove_request_header(&mut self, name: &str) {
@@ -607,10 +632,18 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     }
 }
 
+/// The bytes as text: borrowed when they are UTF-8, a lossy copy when not. `from_utf8` first:
+/// its ASCII fast path is several times quicker than `from_utf8_lossy`'s chunked walk (1 % of
+/// Envoy's CPU on an allowed request when every header went through the latter).
+///
 /// # Safety
-/// As [`bytes`].
-unsafe fn lossy(ptr: *const u8, len: usize) -> String {
-    String::from_utf8_lossy(bytes(ptr, len)).into_owned()
+/// As [`bytes`], for as long as `'a`.
+unsafe fn text<'a>(ptr: *const u8, len: usize) -> Cow<'a, str> {
+    let bytes = bytes(ptr, len);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// # Safety
