@@ -32,10 +32,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::headers::Header;
-use crate::host::{DispatchError, Host, IssuerCall, Level, Stats};
+use crate::host::{DispatchError, Host, IssuerCall, Level, Report, Stats};
 use crate::request::{self, Flow};
 
-use super::{Fetcher, Report, Shared, View, TICK_MS};
+use super::{Fetcher, Shared, View, TICK_MS};
 
 /// The ABI version this module was written against: Envoy 1.40.0's
 /// `ENVOY_DYNAMIC_MODULES_ABI_VERSION` (found by loading: 1.40.0 matches `v0.2.0`),
