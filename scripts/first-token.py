@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Envoy start → the first valid token answered 200, for wasm modules side by side (issue 22 §5).
 
-Usage, from the workspace root after `make native-debug` (for target/debug/weauth-stack),
-`make wasm` and `make setup` (.tools/bin/envoy):
+Usage, from the workspace root after `make build` (for target/debug/weauth-stack, or
+WEAUTH_STACK_BIN), `make wasm` and `make setup` (.tools/bin/envoy, or WEAUTH_ENVOY_BIN);
+`make bench` runs it on the modules of its rows and appends the result to results.md:
 
     scripts/first-token.py ROUNDS NAME=MODULE.wasm [NAME=MODULE.wasm ...]
 
@@ -24,7 +25,8 @@ An empty filter never logs "configured" nor fetches: its last mark is "workers".
 import json, os, re, signal, socket, statistics, subprocess, sys, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENVOY = os.path.join(ROOT, ".tools/bin/envoy")
+ENVOY = os.environ.get("WEAUTH_ENVOY_BIN") or os.path.join(ROOT, ".tools/bin/envoy")
+STACK = os.environ.get("WEAUTH_STACK_BIN") or os.path.join(ROOT, "target/debug/weauth-stack")
 
 
 def free_port():
@@ -58,7 +60,7 @@ def post(url, body):
 def main():
     rounds = int(sys.argv[1])
     modules = [(name, os.path.abspath(path)) for name, path in (a.split("=", 1) for a in sys.argv[2:])]
-    stack = subprocess.Popen([os.path.join(ROOT, "target/debug/weauth-stack"), "--free-ports", "--json"],
+    stack = subprocess.Popen([STACK, "--free-ports", "--json"],
                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
     try:
