@@ -44,6 +44,9 @@ pub enum Auth {
     /// makes on an allowed cache hit: the floor the proxy-wasm ABI sets for what weauth is
     /// configured to do (see `bench/empty-filter`).
     EmptyWasmHostCalls,
+    /// The same empty filter reading the clock six times: what one crossing of the ABI costs
+    /// (the cheapest host call, no memory callback).
+    EmptyWasmClock,
     JwtAuthn {
         alg: Algorithm,
         cache: bool,
@@ -78,7 +81,7 @@ impl Auth {
     pub fn authenticates(&self) -> bool {
         !matches!(
             self,
-            Auth::None | Auth::EmptyWasm | Auth::EmptyWasmHostCalls
+            Auth::None | Auth::EmptyWasm | Auth::EmptyWasmHostCalls | Auth::EmptyWasmClock
         )
     }
 
@@ -115,6 +118,7 @@ pub fn scenarios() -> Vec<Scenario> {
             "empty wasm filter + weauth's host calls",
             Auth::EmptyWasmHostCalls,
         ),
+        row("empty wasm filter + 6 clock reads", Auth::EmptyWasmClock),
         row(
             "jwt_authn ES256, cache off",
             Auth::JwtAuthn {
@@ -256,17 +260,17 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
     };
     let (filters, clusters) = match auth {
         Auth::None => (String::new(), "[]".to_string()),
-        Auth::EmptyWasm | Auth::EmptyWasmHostCalls => (
+        Auth::EmptyWasm | Auth::EmptyWasmHostCalls | Auth::EmptyWasmClock => (
             render(
                 template::WEAUTH,
                 &[
                     ("WASM_PATH", &w.empty_wasm.display().to_string()),
                     (
                         "PLUGIN_CONFIG",
-                        if *auth == Auth::EmptyWasmHostCalls {
-                            "\"weauth-host-calls\""
-                        } else {
-                            "{}"
+                        match auth {
+                            Auth::EmptyWasmHostCalls => "\"weauth-host-calls\"",
+                            Auth::EmptyWasmClock => "\"clock-reads\"",
+                            _ => "{}",
                         },
                     ),
                 ],
@@ -735,7 +739,9 @@ fn boot(
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
         }
-        Auth::EmptyWasm | Auth::EmptyWasmHostCalls if !settings.empty_wasm.is_file() => {
+        Auth::EmptyWasm | Auth::EmptyWasmHostCalls | Auth::EmptyWasmClock
+            if !settings.empty_wasm.is_file() =>
+        {
             return Err(format!(
                 "not run: no empty filter module at {}",
                 settings.empty_wasm.display()
@@ -1001,10 +1007,11 @@ mod tests {
             let has = |needle: &str| text.contains(needle);
             match s.auth {
                 Auth::None => assert!(!has("jwt_authn") && !has("wasm")),
-                Auth::EmptyWasm | Auth::EmptyWasmHostCalls => {
+                Auth::EmptyWasm | Auth::EmptyWasmHostCalls | Auth::EmptyWasmClock => {
                     assert!(has("/x/empty.wasm") && !has("weauth_filter.wasm"));
                     assert!(!has("jwt_authn") && !has(FEED_CREDENTIAL));
                     assert_eq!(has("weauth-host-calls"), s.auth == Auth::EmptyWasmHostCalls);
+                    assert_eq!(has("clock-reads"), s.auth == Auth::EmptyWasmClock);
                 }
                 Auth::JwtAuthn { cache, .. } => {
                     assert!(has("jwt_authn.v3.JwtAuthentication"));

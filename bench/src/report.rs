@@ -210,6 +210,11 @@ pub fn targets(
     let abi_floor = cpu("empty wasm filter + weauth's host calls");
     let vs_empty_abi = ratio(above(abi_floor), empty_above);
     let own = |v: Option<f64>| Some(v? - abi_floor?);
+    // One crossing of the ABI: the empty filter reading the clock six times, less the empty
+    // filter, over six.
+    let crossing = cpu("empty wasm filter + 6 clock reads")
+        .zip(cpu("empty wasm filter"))
+        .map(|(clock, empty)| (clock - empty) / 6.0);
     let us = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1} µs"));
     let one_worker = memory
         .and_then(|m| m.added_one_worker_kib())
@@ -226,12 +231,14 @@ pub fn targets(
                 "{} with 0 revoked, {} with {largest_name} (weauth − no auth) ÷ (empty filter − \
                  no auth), Envoy CPU per request. The empty filter making weauth's host calls \
                  (the ABI floor of the configuration) is {} by itself; weauth's own computation \
-                 above that floor: {} with 0 revoked, {} with {largest_name}",
+                 above that floor: {} with 0 revoked, {} with {largest_name}. One host call \
+                 with nothing to copy (a clock read) costs {}",
                 times(vs_empty0),
                 times(vs_empty1m),
                 times(vs_empty_abi),
                 us(own(weauth0)),
                 us(own(weauth1m)),
+                us(crossing),
             ),
             met: match (vs_empty0, vs_empty1m) {
                 (Some(a), Some(b)) => {

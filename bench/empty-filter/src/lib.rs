@@ -15,6 +15,10 @@
 //! `forward_authorization` defaults to false). No other removal: a client that sent no
 //! `x-weauth-*` header costs none. That row is the floor the ABI sets for what weauth is
 //! configured to do; weauth above it is its own computation.
+//!
+//! With `"clock-reads"` it reads the clock six times and does nothing else: the cheapest host
+//! call there is (no argument to copy, no memory callback, nothing for Envoy to look up), so
+//! that row less the empty filter's, over six, is what one crossing of the ABI costs.
 
 #[cfg(target_arch = "wasm32")]
 mod glue {
@@ -24,6 +28,18 @@ mod glue {
 
     /// The plugin configuration that turns the host calls on.
     const HOST_CALLS: &[u8] = b"\"weauth-host-calls\"";
+    /// The plugin configuration that reads the clock [`CLOCK_READS`] times per request.
+    const CLOCK: &[u8] = b"\"clock-reads\"";
+    /// How many times `"clock-reads"` reads the clock (as many calls as weauth's floor).
+    const CLOCK_READS: usize = 6;
+
+    /// What the filter does per request.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Pass,
+        HostCalls,
+        Clock,
+    }
 
     /// What weauth adds on an allowed request with the bench's two `claim_to_headers` (values
     /// of the same lengths as the bench's tokens' claims).
@@ -33,12 +49,12 @@ mod glue {
     ];
 
     pub struct Root {
-        host_calls: bool,
+        mode: Mode,
     }
 
     impl Root {
         pub fn new() -> Root {
-            Root { host_calls: false }
+            Root { mode: Mode::Pass }
         }
     }
 
@@ -46,21 +62,24 @@ mod glue {
 
     impl RootContext for Root {
         fn on_configure(&mut self, _size: usize) -> bool {
-            self.host_calls = hostcalls::get_buffer(
+            let config = hostcalls::get_buffer(
                 proxy_wasm::types::BufferType::PluginConfiguration,
                 0,
                 usize::MAX,
             )
             .ok()
             .flatten()
-            .is_some_and(|config| config.trim_ascii() == HOST_CALLS);
+            .unwrap_or_default();
+            self.mode = match config.trim_ascii() {
+                HOST_CALLS => Mode::HostCalls,
+                CLOCK => Mode::Clock,
+                _ => Mode::Pass,
+            };
             true
         }
 
         fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-            Some(Box::new(Pass {
-                host_calls: self.host_calls,
-            }))
+            Some(Box::new(Pass { mode: self.mode }))
         }
 
         fn get_type(&self) -> Option<ContextType> {
@@ -69,14 +88,21 @@ mod glue {
     }
 
     pub struct Pass {
-        host_calls: bool,
+        mode: Mode,
     }
 
     impl Context for Pass {}
 
     impl HttpContext for Pass {
         fn on_http_request_headers(&mut self, _num_headers: usize, _eos: bool) -> Action {
-            if self.host_calls {
+            if self.mode == Mode::Clock {
+                for _ in 0..CLOCK_READS {
+                    if hostcalls::get_current_time().is_err() {
+                        return Action::Continue;
+                    }
+                }
+            }
+            if self.mode == Mode::HostCalls {
                 let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
                 let version = hostcalls::get_shared_data("weauth.rev2.0000000000000000.v");
                 let now = hostcalls::get_current_time();
