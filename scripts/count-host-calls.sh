@@ -127,7 +127,9 @@ function request(id, token) {
   counts = {}; allocs = 0; calls = 0; mapBytes = 0;
   const action = x.proxy_on_request_headers(id, reqHeaders.size, 1);
   const seen = { action, calls, allocs, counts, mapBytes };
-  x.proxy_on_done(id); x.proxy_on_delete(id);
+  // As proxy-wasm-cpp-host does: a callback the module does not export is not called.
+  if (x.proxy_on_done) x.proxy_on_done(id);
+  x.proxy_on_delete(id);
   return seen;
 }
 const show = (label, r) => {
@@ -138,4 +140,11 @@ const show = (label, r) => {
 };
 show("allowed, cache miss", request(2, mint.good));
 show("allowed, cache hit", request(3, mint.good));
+// The calls Envoy makes INTO the VM for a request (about 1 µs of its CPU each, where a host
+// call costs 0.1): the per-request callbacks the module exports (scripts/wasm-link).
+const perRequest = ["proxy_on_context_create", "proxy_on_request_headers", "proxy_on_request_body",
+  "proxy_on_request_trailers", "proxy_on_response_headers", "proxy_on_response_body",
+  "proxy_on_response_trailers", "proxy_on_log", "proxy_on_done", "proxy_on_delete"];
+const into = perRequest.filter((name) => typeof x[name] === "function");
+console.log(`calls into the VM per request (exported callbacks): ${into.length}: ${into.join(", ")}`);
 ' "$WASM" "$MINT"

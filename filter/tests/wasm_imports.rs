@@ -2,7 +2,8 @@
 //! (a JWT crate that pulls in `wasm-bindgen` or `__wbindgen_*` imports would fail to load in
 //! Envoy; see proxy-wasm-rust-sdk#179 and jsonwebtoken#431 — `jsonwebtoken` on
 //! `wasm32-wasip1`, with weauth's crypto provider as with its own `rust_crypto` before,
-//! does not, and this test is what says so).
+//! does not, and this test is what says so), and that it exports only the callbacks the filter
+//! implements (`scripts/wasm-link` leaves the SDK's others out, so Envoy never calls them).
 //!
 //! The import and export sections are read with `wasmparser`. The check on the real artefact
 //! needs the release build first, so it is `#[ignore]`d by default (`make test` runs it):
@@ -131,7 +132,7 @@ fn artefact() -> PathBuf {
 
 #[test]
 #[ignore = "needs `cargo build -p weauth-filter --target wasm32-wasip1 --profile wasm-release`"]
-fn release_module_imports_only_proxy_and_wasi() {
+fn release_module_imports_only_proxy_and_wasi_and_exports_only_its_callbacks() {
     let path = artefact();
     let bytes =
         std::fs::read(&path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
@@ -146,12 +147,28 @@ fn release_module_imports_only_proxy_and_wasi() {
         "foreign imports in {}",
         path.display()
     );
-    // The module must also export the proxy-wasm ABI marker.
-    assert!(
-        found
-            .exports
-            .iter()
-            .any(|name| name == "proxy_abi_version_0_2_1"),
-        "proxy_abi_version_0_2_1 export missing"
+    // The ABI marker and exactly the callbacks the filter implements (plus the SDK's
+    // lifecycle): every other callback is left out at link time (scripts/wasm-link), so that
+    // Envoy never calls into the VM for it. A callback the filter starts implementing must
+    // come off that script's list and onto this one.
+    let mut exports = found.exports.clone();
+    exports.sort();
+    assert_eq!(
+        exports,
+        [
+            "_initialize",
+            "memory",
+            "proxy_abi_version_0_2_1",
+            "proxy_on_configure",
+            "proxy_on_context_create",
+            "proxy_on_delete",
+            "proxy_on_http_call_response",
+            "proxy_on_memory_allocate",
+            "proxy_on_request_headers",
+            "proxy_on_tick",
+            "proxy_on_vm_start",
+        ],
+        "exports of {}",
+        path.display()
     );
 }

@@ -2,9 +2,11 @@
 //! an HTTP context that lets every request through untouched.
 //!
 //! It is the `make bench` row that prices "being a wasm filter at all" (the VM call per
-//! request, context creation and teardown) with the same SDK (`proxy-wasm`), the same release
-//! profile (`wasm-release`: LTO, one codegen unit, `panic = "abort"`) and the same runtime (V8)
-//! as `weauth-filter`. weauth's own cost is reported as a multiple of this one's.
+//! request, context creation and teardown) with the same SDK (`proxy-wasm`), the same linker
+//! (`scripts/wasm-link`: the callbacks no module here implements are not exported, so Envoy
+//! calls this filter for a request's context, its request headers and its deletion only),
+//! the same release profile (`wasm-release`: LTO, one codegen unit, `panic = "abort"`) and
+//! the same runtime (V8) as `weauth-filter`. weauth's own cost is reported as a multiple of this one's.
 //!
 //! With the plugin configuration `"weauth-host-calls"` it also makes, with fixed values and no
 //! logic, exactly the host calls weauth makes on an allowed cache hit configured as the bench's
