@@ -314,7 +314,7 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	{ rc=0; \
 	  $(CARGO_TEST) --lib --bins $(addprefix --test ,$(TEST_REST)) || rc=1; \
 	  $(CARGO_TEST) --doc || rc=1; \
-	  echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*"; \
+	  echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*, and exports only its callbacks"; \
 	  $(CARGO_TEST) --test wasm_imports -- --include-ignored || rc=1; \
 	  echo "test: $$(date +%T) the mini-program client"; \
 	  $(MAKE) --no-print-directory client-test || rc=1; \
