@@ -63,7 +63,7 @@ use crate::ACCESS_TOKEN_TYP;
 /// a member given twice makes the header unreadable (serde's derive refuses it). Other
 /// members are ignored (RFC 7515 §4: a recipient ignores what it does not understand, and
 /// `crit` is refused).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
     pub alg: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

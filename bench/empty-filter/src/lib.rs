@@ -36,7 +36,7 @@ mod glue {
     const CLOCK_READS: usize = 6;
 
     /// What the filter does per request.
-    #[derive(Clone, Copy, PartialEq)]
+    #[derive(Clone, Copy)]
     enum Mode {
         Pass,
         HostCalls,
@@ -97,28 +97,32 @@ mod glue {
 
     impl HttpContext for Pass {
         fn on_http_request_headers(&mut self, _num_headers: usize, _eos: bool) -> Action {
-            if self.mode == Mode::Clock {
-                for _ in 0..CLOCK_READS {
-                    if hostcalls::get_current_time().is_err() {
-                        return Action::Continue;
+            match self.mode {
+                Mode::Pass => {}
+                Mode::Clock => {
+                    for _ in 0..CLOCK_READS {
+                        let _ = hostcalls::get_current_time();
                     }
                 }
-            }
-            if self.mode == Mode::HostCalls {
-                let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
-                let version = hostcalls::get_shared_data("weauth.rev2.0000000000000000.v");
-                let now = hostcalls::get_current_time();
-                // Keep the reads alive (as weauth uses them).
-                if headers.is_err() || version.is_err() || now.is_err() {
-                    return Action::Continue;
-                }
-                for (name, value) in ADD {
-                    let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
-                }
-                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "authorization");
+                Mode::HostCalls => weauth_host_calls(),
             }
             Action::Continue
         }
+    }
+
+    /// The calls weauth makes on an allowed cache hit, with fixed values (module docs).
+    fn weauth_host_calls() {
+        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+        let version = hostcalls::get_shared_data("weauth.rev2.0000000000000000.v");
+        let now = hostcalls::get_current_time();
+        // Keep the reads alive (as weauth uses them).
+        if headers.is_err() || version.is_err() || now.is_err() {
+            return;
+        }
+        for (name, value) in ADD {
+            let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+        }
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "authorization");
     }
 }
 
