@@ -51,6 +51,13 @@ pub trait Host {
     }
     /// Removes every copy of a request header.
     fn remove_request_header(&mut self, name: &str);
+    /// Called once after a forwarded request's header edits (not when there were none). Envoy
+    /// picked the route before the filter ran, matching the headers as the client sent them;
+    /// it must match again against those the upstream will see, so that a route on an
+    /// identity header sees the verified identity, never a client's spoofed copy, and a route
+    /// on `authorization` sees it gone. The native host clears Envoy's route cache here; the
+    /// proxy-wasm host has nothing to do (Envoy's wasm host clears it on every edit).
+    fn headers_edited(&mut self);
     /// Answers the request locally (the request does not reach the upstream).
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
 }

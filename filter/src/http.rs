@@ -79,6 +79,10 @@ impl Host for WasmRequest {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
 
+    /// Nothing to do: Envoy's proxy-wasm host clears the route cache on every edit of the
+    /// request's headers (`Context::onHeadersModified`), so the route is matched again.
+    fn headers_edited(&mut self) {}
+
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         if hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body)).is_err() {
             self.log(Level::Error, "could not send the local reply");

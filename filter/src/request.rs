@@ -126,7 +126,9 @@ pub fn on_request_headers(
     // build's header views point into Envoy's map, which an edit may change.
     match decide_request(&*host, config, state, stats) {
         Next::Forward(edits) => {
-            edits.apply(host, config);
+            if edits.apply(host, config) {
+                host.headers_edited();
+            }
             Flow::Continue
         }
         Next::Deny(denial) => deny(host, stats, &denial),
@@ -175,8 +177,9 @@ impl<'c> Edits<'c> {
     /// Sets the identity headers from the claims, removes every other identity header the
     /// client sent, and removes the token as decided. Setting a header replaces every copy the
     /// client sent; a header whose claim is absent (or unusable) is removed if the client sent
-    /// it.
-    fn apply(self, host: &mut impl Host, config: &Config) {
+    /// it. Returns whether any header was edited.
+    fn apply(self, host: &mut impl Host, config: &Config) -> bool {
+        let mut edited = false;
         if let Some(claims) = &self.claims {
             for (i, mapping) in config.claim_to_headers.iter().enumerate() {
                 let value = claim_value(claims, &mapping.claim);
@@ -202,15 +205,23 @@ impl<'c> Edits<'c> {
                 } else {
                     host.add_request_header(&mapping.header, value);
                 }
+                edited = true;
             }
         }
         for name in &self.strip {
             host.remove_request_header(name);
+            edited = true;
         }
         match self.token {
-            TokenEdit::Keep => {}
-            TokenEdit::Remove(name) => host.remove_request_header(name),
-            TokenEdit::Cookie(rest) => host.set_request_header("cookie", &rest),
+            TokenEdit::Keep => edited,
+            TokenEdit::Remove(name) => {
+                host.remove_request_header(name);
+                true
+            }
+            TokenEdit::Cookie(rest) => {
+                host.set_request_header("cookie", &rest);
+                true
+            }
         }
     }
 }
@@ -464,6 +475,9 @@ mod tests {
         reply: Option<Reply>,
         logs: RefCell<Vec<(Level, String)>>,
         header_reads: std::cell::Cell<usize>,
+        /// Edits made since the last `headers_edited`, and how often it was called.
+        unsignalled_edits: usize,
+        edits_signalled: usize,
     }
 
     impl MockHost {
@@ -510,6 +524,7 @@ mod tests {
         }
         fn set_request_header(&mut self, name: &str, value: &str) {
             self.set.push((name.to_string(), value.to_string()));
+            self.unsignalled_edits += 1;
         }
         fn add_request_header(&mut self, name: &str, value: &str) {
             assert!(
@@ -518,9 +533,16 @@ mod tests {
             );
             self.set.push((name.to_string(), value.to_string()));
             self.added.push(name.to_string());
+            self.unsignalled_edits += 1;
         }
         fn remove_request_header(&mut self, name: &str) {
             self.removed.push(name.to_string());
+            self.unsignalled_edits += 1;
+        }
+        fn headers_edited(&mut self) {
+            assert!(self.unsignalled_edits > 0, "headers_edited with no edit");
+            self.unsignalled_edits = 0;
+            self.edits_signalled += 1;
         }
         fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
             let headers = headers
@@ -722,6 +744,8 @@ mod tests {
         assert_eq!(stats.get("allowed"), 1);
         assert_eq!(stats.get("cache_miss"), 1);
         assert_eq!(host.header_reads.get(), 1, "the header map is read once");
+        assert_eq!(host.edits_signalled, 1, "the route is matched again once");
+        assert_eq!(host.unsignalled_edits, 0, "after the last edit");
     }
 
     #[test]
@@ -854,6 +878,19 @@ mod tests {
         assert!(host.removed.contains(&"x-weauth-sub".to_string()));
         assert!(host.removed.contains(&"x-weauth-other".to_string()));
         assert!(host.set.is_empty());
+        assert_eq!((host.edits_signalled, host.unsignalled_edits), (1, 0));
+    }
+
+    #[test]
+    fn on_request_headers_nothing_edited_route_left_alone() {
+        let config = config(serde_json::json!({
+            "rules": [{"prefix": "/public/", "require": "none"}]
+        }));
+        let mut host = MockHost::with(&[(":method", "GET"), (":path", "/public/x")]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert!(host.set.is_empty() && host.removed.is_empty());
+        assert_eq!(host.edits_signalled, 0);
     }
 
     #[test]
@@ -878,6 +915,7 @@ mod tests {
         assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
         assert_eq!(host.reply.as_ref().map(|r| r.0), Some(400));
         assert_eq!(stats.get("denied.bad_path"), 1);
+        assert_eq!(host.edits_signalled, 0, "a refused request is not routed");
     }
 
     #[test]

@@ -496,6 +496,7 @@ pub struct StackBuilder {
     envoy_feed_env: bool,
     path_normalization: bool,
     upstream_normalizes: bool,
+    routes_first: Vec<Value>,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -562,6 +563,7 @@ impl Default for StackBuilder {
             envoy_feed_env: true,
             path_normalization: true,
             upstream_normalizes: false,
+            routes_first: Vec::new(),
         }
     }
 }
@@ -691,6 +693,13 @@ impl StackBuilder {
     /// defaults, for the path-confusion tests.
     pub fn envoy_path_normalization(mut self, on: bool) -> Self {
         self.path_normalization = on;
+        self
+    }
+
+    /// Envoy routes (JSON `Route`s) placed ahead of the shipped ones in the public listener's
+    /// route table (the weauth builds' bootstrap only).
+    pub fn routes_first(mut self, routes: Vec<Value>) -> Self {
+        self.routes_first = routes;
         self
     }
 
@@ -1024,6 +1033,7 @@ impl Stack {
                         &bins.wasm.to_string_lossy(),
                         &stack.plugin_config,
                     )?;
+                    let yaml = template::with_routes_first(&yaml, &b.routes_first)?;
                     if b.edge == Edge::WeauthNative {
                         template::native_filter(&yaml)?
                     } else {

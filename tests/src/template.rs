@@ -61,6 +61,29 @@ pub fn without_path_normalization(yaml: &str) -> Result<String, TemplateError> {
     Ok(out)
 }
 
+/// A rendered bootstrap with `routes` (each an Envoy `Route` as JSON, which is YAML) placed
+/// first in the public listener's route table, ahead of the shipped routes: how a test routes on
+/// what the filter forwards.
+///
+/// # Errors
+/// [`TemplateError::Unused`] when the bootstrap has no public route table where this expects it.
+pub fn with_routes_first(yaml: &str, routes: &[Value]) -> Result<String, TemplateError> {
+    const TABLE: &str = "                  name: weauth_routes\n";
+    const ROUTES: &str = "                      routes:\n";
+    let table = yaml
+        .find(TABLE)
+        .ok_or_else(|| TemplateError::Unused("weauth_routes".into()))?;
+    let at = yaml[table..]
+        .find(ROUTES)
+        .map(|i| table + i + ROUTES.len())
+        .ok_or_else(|| TemplateError::Unused("weauth_routes' routes".into()))?;
+    let entries: String = routes
+        .iter()
+        .map(|route| format!("                        - {route}\n"))
+        .collect();
+    Ok(format!("{}{entries}{}", &yaml[..at], &yaml[at..]))
+}
+
 /// Replaces every `{{NAME}}` of `template` by its value in `values`.
 ///
 /// # Errors
@@ -412,5 +435,24 @@ mod tests {
             }
         }
         assert!(without_path_normalization("admin: {}").is_err());
+    }
+
+    #[test]
+    fn with_routes_first_puts_them_ahead_of_the_public_routes_only() {
+        let route = json!({"match": {"prefix": "/x/"}, "direct_response": {"status": 418}});
+        let yaml = with_routes_first(ENVOY_TEMPLATE, std::slice::from_ref(&route)).unwrap();
+        let entry = format!("                        - {route}\n");
+        assert_eq!(yaml.matches(&entry).count(), 1);
+        let at = yaml.find(&entry).unwrap();
+        let table = yaml.find("name: weauth_routes\n").unwrap();
+        assert!(table < at, "inside the public route table");
+        let first_shipped = yaml.find("- match: { prefix: \"/v1/admin/\" }").unwrap();
+        assert!(at < first_shipped, "ahead of the shipped routes");
+        assert!(!yaml[..table].contains("/x/"));
+        assert_eq!(
+            with_routes_first(ENVOY_TEMPLATE, &[]).unwrap(),
+            ENVOY_TEMPLATE
+        );
+        assert!(with_routes_first("admin: {}", &[route]).is_err());
     }
 }

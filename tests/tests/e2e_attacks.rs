@@ -1004,3 +1004,92 @@ async fn unconfigured_identity_headers_spoofed_never_reach_upstream() {
         }
     }
 }
+
+/// Envoy picks a request's route before the filter runs, on the headers as the client sent
+/// them. A route on what the filter forwards must be matched on what it forwards: not on a
+/// client's own `x-weauth-sub` (the filter replaces or strips it), not on the token the filter
+/// removes, and a route on the verified identity is taken. Both builds: Envoy's wasm host
+/// clears the route cache on every header edit, the native build once after its edits.
+#[tokio::test]
+async fn routes_are_matched_on_the_request_the_filter_forwards() {
+    let key = test_key();
+    let teapot = |header: serde_json::Value, why: &str| {
+        json!({"match": {"prefix": "/api/", "headers": [header]},
+               "direct_response": {"status": 418, "body": {"inline_string": why}}})
+    };
+    let routes = vec![
+        teapot(
+            json!({"name": "x-weauth-sub", "string_match": {"exact": "root"}}),
+            "routed on the client's own x-weauth-sub",
+        ),
+        teapot(
+            json!({"name": "authorization", "present_match": true}),
+            "routed on a token the filter removes",
+        ),
+        json!({"match": {"prefix": "/api/by-identity/",
+                         "headers": [{"name": "x-weauth-sub", "present_match": true}]},
+               "route": {"cluster": "demo_upstream"},
+               "request_headers_to_add": [{"header": {"key": "x-routed-by", "value": "identity"}}]}),
+        json!({"match": {"prefix": "/api/by-identity/"},
+               "direct_response": {"status": 421,
+                                   "body": {"inline_string": "not routed on the identity"}}}),
+    ];
+    let mut config: Value =
+        serde_json::from_str(weauth_tests::template::PLUGIN_CONFIG_TEMPLATE).unwrap();
+    let mut rules = config["rules"].as_array_mut().unwrap().clone();
+    rules.insert(0, json!({"prefix": "/api/open/", "require": "none"}));
+    config = json!({"rules": rules});
+    let stack = start(
+        Stack::builder()
+            .plugin_config_patch(config)
+            .routes_first(routes),
+        &key,
+    )
+    .await;
+    let token = stack.login("mallory").await.unwrap().access_token;
+    let sub = peek_claims(&token).unwrap().sub;
+    let send = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = stack.request(reqwest::Method::GET, path);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+    };
+    let bearer = format!("Bearer {token}");
+
+    // Control: on a path whose rule checks nothing, the filter leaves the token in place and
+    // edits nothing, so the route on `authorization` is taken: the routes are in place.
+    let (status, body) = send("/api/open/x", &[("authorization", &bearer)]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (418, "routed on a token the filter removes")
+    );
+
+    let echo = |body: &str| -> Value { serde_json::from_str(body).unwrap() };
+    // A valid token with a spoofed x-weauth-sub: the filter sets the verified one and removes
+    // the token; the route is matched on that, so it reaches the upstream.
+    let (status, body) = send(
+        "/api/hello",
+        &[("authorization", &bearer), ("x-weauth-sub", "root")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echo(&body)["headers"]["x-weauth-sub"], sub.as_str());
+    // No token, a spoofed x-weauth-sub, on the open path: stripped, then routed without it.
+    let (status, body) = send("/api/open/x", &[("x-weauth-sub", "root")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        echo(&body)["headers"].get("x-weauth-sub").is_none(),
+        "{body}"
+    );
+    // The route on the verified identity is taken.
+    let (status, body) = send("/api/by-identity/x", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200, "{body}");
+    let headers = &echo(&body)["headers"];
+    assert_eq!(headers["x-routed-by"], "identity", "{body}");
+    assert_eq!(headers["x-weauth-sub"], sub.as_str());
+}

@@ -146,6 +146,7 @@ extern "C" {
         key: ModuleBuffer,
         value: ModuleBuffer,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_clear_route_cache(filter: FilterEnvoyPtr);
     fn envoy_dynamic_module_callback_http_send_response(
         filter: FilterEnvoyPtr,
         status_code: u32,
@@ -575,6 +576,13 @@ impl Host for Request<'_> {
     fn remove_request_header(&mut self, name: &str) {
         // A null value removes the header (abi.h).
         self.set(name, ModuleBuffer::null());
+    }
+
+    /// Envoy's dynamic-module host leaves the route cache alone on a header edit (its wasm
+    /// host clears it on each): cleared once here, after the last edit.
+    fn headers_edited(&mut self) {
+        // SAFETY: inside a request hook with Envoy's filter pointer.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.filter) }
     }
 
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
