@@ -37,16 +37,8 @@ pub const RQ_COUNTER: &str = "http.bench.downstream_rq_total";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Auth {
     None,
-    /// A proxy-wasm filter that does nothing (`bench/empty-filter`): the price of being a
-    /// wasm filter at all, same SDK, profile and runtime as weauth.
-    EmptyWasm,
-    /// The same empty filter making, with fixed values and no logic, the host calls weauth
-    /// makes on an allowed cache hit: the floor the proxy-wasm ABI sets for what weauth is
-    /// configured to do (see `bench/empty-filter`).
-    EmptyWasmHostCalls,
-    /// The same empty filter reading the clock six times: what one crossing of the ABI costs
-    /// (the cheapest host call, no memory callback).
-    EmptyWasmClock,
+    /// The empty proxy-wasm filter (`bench/empty-filter`), making the host calls named.
+    EmptyWasm(EmptyCalls),
     JwtAuthn {
         alg: Algorithm,
         cache: bool,
@@ -76,13 +68,42 @@ pub enum Auth {
     },
 }
 
+/// What the empty wasm filter does per request (its plugin configuration; see
+/// `bench/empty-filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyCalls {
+    /// Nothing: the price of being a wasm filter at all, same SDK, profile and runtime as
+    /// weauth.
+    None,
+    /// With fixed values and no logic, the host calls weauth makes on an allowed cache hit: the
+    /// floor the proxy-wasm ABI sets for what weauth is configured to do.
+    Weauth,
+    /// Only weauth's reads (the header map, the revocation version, the clock).
+    WeauthReads,
+    /// Only weauth's header edits (two adds, one removal).
+    WeauthEdits,
+    /// The clock read six times: what one crossing of the ABI costs (the cheapest host call,
+    /// no memory callback).
+    Clock,
+}
+
+impl EmptyCalls {
+    /// The plugin configuration that selects the mode.
+    pub fn plugin_config(self) -> &'static str {
+        match self {
+            EmptyCalls::None => "{}",
+            EmptyCalls::Weauth => "\"weauth-host-calls\"",
+            EmptyCalls::WeauthReads => "\"weauth-reads\"",
+            EmptyCalls::WeauthEdits => "\"weauth-edits\"",
+            EmptyCalls::Clock => "\"clock-reads\"",
+        }
+    }
+}
+
 impl Auth {
     /// Whether a tampered token must be refused.
     pub fn authenticates(&self) -> bool {
-        !matches!(
-            self,
-            Auth::None | Auth::EmptyWasm | Auth::EmptyWasmHostCalls | Auth::EmptyWasmClock
-        )
+        !matches!(self, Auth::None | Auth::EmptyWasm(_))
     }
 
     /// How many revocations the configuration's feed holds (`None`: no revocation at all).
@@ -113,12 +134,23 @@ pub fn scenarios() -> Vec<Scenario> {
     };
     vec![
         row("no auth", Auth::None),
-        row("empty wasm filter", Auth::EmptyWasm),
+        row("empty wasm filter", Auth::EmptyWasm(EmptyCalls::None)),
         row(
             "empty wasm filter + weauth's host calls",
-            Auth::EmptyWasmHostCalls,
+            Auth::EmptyWasm(EmptyCalls::Weauth),
         ),
-        row("empty wasm filter + 6 clock reads", Auth::EmptyWasmClock),
+        row(
+            "empty wasm filter + weauth's reads only",
+            Auth::EmptyWasm(EmptyCalls::WeauthReads),
+        ),
+        row(
+            "empty wasm filter + weauth's header edits only",
+            Auth::EmptyWasm(EmptyCalls::WeauthEdits),
+        ),
+        row(
+            "empty wasm filter + 6 clock reads",
+            Auth::EmptyWasm(EmptyCalls::Clock),
+        ),
         row(
             "jwt_authn ES256, cache off",
             Auth::JwtAuthn {
@@ -260,19 +292,12 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
     };
     let (filters, clusters) = match auth {
         Auth::None => (String::new(), "[]".to_string()),
-        Auth::EmptyWasm | Auth::EmptyWasmHostCalls | Auth::EmptyWasmClock => (
+        Auth::EmptyWasm(calls) => (
             render(
                 template::WEAUTH,
                 &[
                     ("WASM_PATH", &w.empty_wasm.display().to_string()),
-                    (
-                        "PLUGIN_CONFIG",
-                        match auth {
-                            Auth::EmptyWasmHostCalls => "\"weauth-host-calls\"",
-                            Auth::EmptyWasmClock => "\"clock-reads\"",
-                            _ => "{}",
-                        },
-                    ),
+                    ("PLUGIN_CONFIG", calls.plugin_config()),
                 ],
             )?,
             "[]".to_string(),
@@ -739,9 +764,7 @@ fn boot(
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
         }
-        Auth::EmptyWasm | Auth::EmptyWasmHostCalls | Auth::EmptyWasmClock
-            if !settings.empty_wasm.is_file() =>
-        {
+        Auth::EmptyWasm(_) if !settings.empty_wasm.is_file() => {
             return Err(format!(
                 "not run: no empty filter module at {}",
                 settings.empty_wasm.display()
@@ -1007,11 +1030,14 @@ mod tests {
             let has = |needle: &str| text.contains(needle);
             match s.auth {
                 Auth::None => assert!(!has("jwt_authn") && !has("wasm")),
-                Auth::EmptyWasm | Auth::EmptyWasmHostCalls | Auth::EmptyWasmClock => {
+                Auth::EmptyWasm(calls) => {
                     assert!(has("/x/empty.wasm") && !has("weauth_filter.wasm"));
                     assert!(!has("jwt_authn") && !has(FEED_CREDENTIAL));
-                    assert_eq!(has("weauth-host-calls"), s.auth == Auth::EmptyWasmHostCalls);
-                    assert_eq!(has("clock-reads"), s.auth == Auth::EmptyWasmClock);
+                    assert!(
+                        has(&format!("value: '{}'", calls.plugin_config())),
+                        "{}",
+                        s.name
+                    );
                 }
                 Auth::JwtAuthn { cache, .. } => {
                     assert!(has("jwt_authn.v3.JwtAuthentication"));
@@ -1038,7 +1064,9 @@ mod tests {
     fn scenarios_start_with_baseline_and_cover_issue_rows() {
         let all = scenarios();
         assert_eq!(all[0].auth, Auth::None);
-        assert!(all.iter().any(|s| s.auth == Auth::EmptyWasm));
+        assert!(all
+            .iter()
+            .any(|s| s.auth == Auth::EmptyWasm(EmptyCalls::None)));
         let weauth: Vec<_> = all
             .iter()
             .filter_map(|s| match s.auth {

@@ -18,6 +18,11 @@
 //! `x-weauth-*` header costs none. That row is the floor the ABI sets for what weauth is
 //! configured to do; weauth above it is its own computation.
 //!
+//! `"weauth-reads"` makes only the three reads of those calls (header map, shared data, clock)
+//! and `"weauth-edits"` only the three header edits: the two rows split the floor between what
+//! Envoy hands the VM and what it does for an edit (the proxy-wasm host clears the route cache
+//! on each one, so the router matches the route again).
+//!
 //! With `"clock-reads"` it reads the clock six times and does nothing else: the cheapest host
 //! call there is (no argument to copy, no memory callback, nothing for Envoy to look up), so
 //! that row less the empty filter's, over six, is what one crossing of the ABI costs.
@@ -30,6 +35,10 @@ mod glue {
 
     /// The plugin configuration that turns the host calls on.
     const HOST_CALLS: &[u8] = b"\"weauth-host-calls\"";
+    /// Only the reads of [`HOST_CALLS`].
+    const READS: &[u8] = b"\"weauth-reads\"";
+    /// Only the header edits of [`HOST_CALLS`].
+    const EDITS: &[u8] = b"\"weauth-edits\"";
     /// The plugin configuration that reads the clock [`CLOCK_READS`] times per request.
     const CLOCK: &[u8] = b"\"clock-reads\"";
     /// How many times `"clock-reads"` reads the clock (as many calls as weauth's floor).
@@ -40,6 +49,8 @@ mod glue {
     enum Mode {
         Pass,
         HostCalls,
+        Reads,
+        Edits,
         Clock,
     }
 
@@ -74,6 +85,8 @@ mod glue {
             .unwrap_or_default();
             self.mode = match config.trim_ascii() {
                 HOST_CALLS => Mode::HostCalls,
+                READS => Mode::Reads,
+                EDITS => Mode::Edits,
                 CLOCK => Mode::Clock,
                 _ => Mode::Pass,
             };
@@ -104,21 +117,31 @@ mod glue {
                         let _ = hostcalls::get_current_time();
                     }
                 }
-                Mode::HostCalls => weauth_host_calls(),
+                Mode::HostCalls => {
+                    if weauth_reads() {
+                        weauth_edits();
+                    }
+                }
+                Mode::Reads => {
+                    weauth_reads();
+                }
+                Mode::Edits => weauth_edits(),
             }
             Action::Continue
         }
     }
 
-    /// The calls weauth makes on an allowed cache hit, with fixed values (module docs).
-    fn weauth_host_calls() {
+    /// The reads weauth makes on an allowed cache hit (module docs); whether all succeeded
+    /// (keeps them alive, as weauth uses them).
+    fn weauth_reads() -> bool {
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
         let version = hostcalls::get_shared_data("weauth.rev2.0000000000000000.v");
         let now = hostcalls::get_current_time();
-        // Keep the reads alive (as weauth uses them).
-        if headers.is_err() || version.is_err() || now.is_err() {
-            return;
-        }
+        headers.is_ok() && version.is_ok() && now.is_ok()
+    }
+
+    /// The header edits weauth makes on an allowed cache hit, with fixed values.
+    fn weauth_edits() {
         for (name, value) in ADD {
             let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
         }
