@@ -42,6 +42,10 @@ pub enum Auth {
     JwtAuthn {
         alg: Algorithm,
         cache: bool,
+        /// Doing what weauth does to an allowed request as the bench configures it: the two
+        /// identity headers from the token's claims (`claim_to_headers`), the token removed
+        /// (`forward: false`) and the route matched again (`clear_route_cache`).
+        edits: bool,
     },
     /// jwt_authn (EdDSA, cache on) + HTTP ext_authz to `weauth-revocation-check`.
     JwtAuthnExtAuthz {
@@ -156,6 +160,7 @@ pub fn scenarios() -> Vec<Scenario> {
             Auth::JwtAuthn {
                 alg: Algorithm::ES256,
                 cache: false,
+                edits: false,
             },
         ),
         row(
@@ -163,6 +168,15 @@ pub fn scenarios() -> Vec<Scenario> {
             Auth::JwtAuthn {
                 alg: Algorithm::ES256,
                 cache: true,
+                edits: false,
+            },
+        ),
+        row(
+            "jwt_authn ES256 (cache on) + weauth's header edits",
+            Auth::JwtAuthn {
+                alg: Algorithm::ES256,
+                cache: true,
+                edits: true,
             },
         ),
         row(
@@ -170,6 +184,7 @@ pub fn scenarios() -> Vec<Scenario> {
             Auth::JwtAuthn {
                 alg: Algorithm::EdDSA,
                 cache: false,
+                edits: false,
             },
         ),
         row(
@@ -274,16 +289,27 @@ pub fn plugin_config(jwks_json: &str) -> Result<String, serde_json::Error> {
 /// Renders the Envoy bootstrap of `auth` with the keys of `tokens`.
 pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String, TemplateError> {
     let jwt = |extra: &str| {
+        let forward = if extra.contains("claim_to_headers") {
+            "false"
+        } else {
+            "true"
+        };
         render(
             template::JWT_AUTHN,
             &[
                 ("ISSUER", ISSUER),
                 ("JWKS", &tokens.jwks_json),
+                ("FORWARD", forward),
                 ("PROVIDER_EXTRA", extra),
             ],
         )
     };
     const CACHE: &str = "jwt_cache_config: { jwt_cache_size: 1000 }";
+    // weauth's edits on an allowed request, as jwt_authn says them (with `forward: false`).
+    const JWT_EDITS: &str = "\nclaim_to_headers:\n\
+        - { header_name: x-weauth-sub, claim_name: sub }\n\
+        - { header_name: x-weauth-openid, claim_name: openid }\n\
+        clear_route_cache: true";
     let cluster = |name: &str, port: u16| {
         render(
             template::CLUSTER,
@@ -302,7 +328,13 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
             )?,
             "[]".to_string(),
         ),
-        Auth::JwtAuthn { cache, .. } => (jwt(if *cache { CACHE } else { "" })?, "[]".into()),
+        Auth::JwtAuthn { cache, edits, .. } => {
+            let mut extra = if *cache { CACHE } else { "" }.to_string();
+            if *edits {
+                extra.push_str(JWT_EDITS);
+            }
+            (jwt(&extra)?, "[]".into())
+        }
         Auth::JwtAuthnExtAuthz { .. } => (
             jwt(&format!("{CACHE}\nforward_payload_header: x-jwt-payload"))?
                 + &render(template::EXT_AUTHZ, &[])?,
@@ -1039,9 +1071,19 @@ mod tests {
                         s.name
                     );
                 }
-                Auth::JwtAuthn { cache, .. } => {
+                Auth::JwtAuthn { cache, edits, .. } => {
                     assert!(has("jwt_authn.v3.JwtAuthentication"));
                     assert_eq!(has("jwt_cache_config"), cache, "{}", s.name);
+                    assert_eq!(has(" forward: false\n"), edits, "{}", s.name);
+                    assert_eq!(has(" forward: true\n"), !edits, "{}", s.name);
+                    assert_eq!(has(" claim_to_headers:\n"), edits, "{}", s.name);
+                    assert_eq!(
+                        has("- { header_name: x-weauth-openid, claim_name: openid }\n"),
+                        edits,
+                        "{}",
+                        s.name
+                    );
+                    assert_eq!(has(" clear_route_cache: true\n"), edits, "{}", s.name);
                 }
                 Auth::JwtAuthnExtAuthz { .. } => {
                     assert!(has("ext_authz.v3.ExtAuthz") && has("port_value: 20004"));
