@@ -288,12 +288,9 @@ pub fn plugin_config(jwks_json: &str) -> Result<String, serde_json::Error> {
 
 /// Renders the Envoy bootstrap of `auth` with the keys of `tokens`.
 pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String, TemplateError> {
-    let jwt = |extra: &str| {
-        let forward = if extra.contains("claim_to_headers") {
-            "false"
-        } else {
-            "true"
-        };
+    // `forward`: whether the token stays in the request (jwt_authn's `forward`).
+    let jwt = |extra: &str, forward: bool| {
+        let forward = if forward { "true" } else { "false" };
         render(
             template::JWT_AUTHN,
             &[
@@ -333,11 +330,13 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
             if *edits {
                 extra.push_str(JWT_EDITS);
             }
-            (jwt(&extra)?, "[]".into())
+            (jwt(&extra, !*edits)?, "[]".into())
         }
         Auth::JwtAuthnExtAuthz { .. } => (
-            jwt(&format!("{CACHE}\nforward_payload_header: x-jwt-payload"))?
-                + &render(template::EXT_AUTHZ, &[])?,
+            jwt(
+                &format!("{CACHE}\nforward_payload_header: x-jwt-payload"),
+                true,
+            )? + &render(template::EXT_AUTHZ, &[])?,
             cluster("revocation_check", w.check_port)?,
         ),
         Auth::Native { .. } | Auth::NativeCompare { .. } => {
