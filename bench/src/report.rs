@@ -236,7 +236,8 @@ pub fn targets(
     );
     let ext_floor = ratio(cpu("jwt_authn EdDSA (cache on) + ext_authz"), floor);
     // weauth's own cost (above no-auth) in units of the empty wasm filter's.
-    let empty_above = above(cpu("empty wasm filter"));
+    let empty = cpu("empty wasm filter");
+    let empty_above = above(empty);
     let vs_empty0 = ratio(above(weauth0), empty_above);
     let vs_empty1m = ratio(above(weauth1m), empty_above);
     // The same empty filter making weauth's host calls: what the ABI alone costs for what
@@ -246,11 +247,9 @@ pub fn targets(
     let own = |v: Option<f64>| Some(v? - abi_floor?);
     // One crossing of the ABI: the empty filter reading the clock six times, less the empty
     // filter, over six.
-    let crossing = cpu("empty wasm filter + 6 clock reads")
-        .zip(cpu("empty wasm filter"))
-        .map(|(clock, empty)| (clock - empty) / 6.0);
+    let over_empty = |v: Option<f64>| Some(v? - empty?);
+    let crossing = over_empty(cpu("empty wasm filter + 6 clock reads")).map(|d| d / 6.0);
     // The floor split: weauth's reads alone and its header edits alone, above the empty filter.
-    let over_empty = |v: Option<f64>| Some(v? - cpu("empty wasm filter")?);
     let reads = over_empty(cpu("empty wasm filter + weauth's reads only"));
     let edits = over_empty(cpu("empty wasm filter + weauth's header edits only"));
     let us = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1} µs"));
