@@ -5,7 +5,9 @@
 //! verified before the next starts, so its start-to-ready time is its own: a valid token
 //! passes, a tampered one is refused, a revoked one is refused where a revocation set exists),
 //! then measured in interleaved rounds so that a noisy neighbour hits every row
-//! alike; each metric is the median over rounds. Envoy CPU per request = `/proc/<pid>/stat`
+//! alike, each row on a fresh Envoy (booted and verified again) in every round after the
+//! first, so that no process's layout biases all of a row's rounds; each metric is the median
+//! over rounds. Envoy CPU per request = `/proc/<pid>/stat`
 //! utime+stime over the run divided by Envoy's own `http.bench.downstream_rq_total` delta.
 
 use std::path::{Path, PathBuf};
@@ -60,16 +62,29 @@ pub enum Auth {
     WeauthCompare {
         revoked: usize,
     },
-    /// The weauth filter's native build (an Envoy dynamic module, `make native`), same
-    /// configuration, with a feed of `revoked` entries.
+    /// The weauth filter's native build (an Envoy dynamic module, `make native`), with a feed
+    /// of `revoked` entries, forwarding what `forward` says.
     Native {
         revoked: usize,
+        forward: Forward,
     },
     /// The native build from another revision (`WEAUTH_BENCH_COMPARE_NATIVE`): a before/after
     /// measured in the same interleaved rounds.
     NativeCompare {
         revoked: usize,
     },
+}
+
+/// What a native weauth row forwards on an allowed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// As the wasm rows are configured ([`plugin_config`]): the two identity headers set, the
+    /// token removed (`forward_authorization` defaults to false), the route matched again.
+    Identity,
+    /// The job of the plain jwt_authn rows (`forward: true`, no `claim_to_headers`): the token
+    /// forwarded and no identity header (`"forward_authorization": true`, `"claim_to_headers":
+    /// []`), so the request is not edited and its route not matched again. Revocation stays on.
+    Token,
 }
 
 /// What the empty wasm filter does per request (its plugin configuration; see
@@ -116,7 +131,7 @@ impl Auth {
             Auth::JwtAuthnExtAuthz { revoked }
             | Auth::Weauth { revoked }
             | Auth::WeauthCompare { revoked }
-            | Auth::Native { revoked }
+            | Auth::Native { revoked, .. }
             | Auth::NativeCompare { revoked } => Some(*revoked),
             _ => None,
         }
@@ -209,11 +224,24 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         row(
             "weauth native EdDSA (cache), 0 revoked",
-            Auth::Native { revoked: 0 },
+            Auth::Native {
+                revoked: 0,
+                forward: Forward::Identity,
+            },
         ),
         row(
             "weauth native EdDSA (cache), 1M revoked",
-            Auth::Native { revoked: 1_000_000 },
+            Auth::Native {
+                revoked: 1_000_000,
+                forward: Forward::Identity,
+            },
+        ),
+        row(
+            "weauth native EdDSA (cache) doing plain jwt_authn's job, 1M revoked",
+            Auth::Native {
+                revoked: 1_000_000,
+                forward: Forward::Token,
+            },
         ),
     ]
 }
@@ -268,10 +296,11 @@ pub struct Wiring<'a> {
 }
 
 /// The weauth plugin configuration for the edge rows (docs/INTERFACES.md): two identity
-/// headers (`sub`, `openid`), as issue 22's wasm target is stated for, not the default six.
-pub fn plugin_config(jwks_json: &str) -> Result<String, serde_json::Error> {
+/// headers (`sub`, `openid`), as issue 22's wasm target is stated for, not the default six;
+/// with [`Forward::Token`], none, and the token forwarded.
+pub fn plugin_config(jwks_json: &str, forward: Forward) -> Result<String, serde_json::Error> {
     let jwks: serde_json::Value = serde_json::from_str(jwks_json)?;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "issuer": ISSUER,
         "audiences": ["weauth"],
         "algorithms": ["EdDSA"],
@@ -283,6 +312,10 @@ pub fn plugin_config(jwks_json: &str) -> Result<String, serde_json::Error> {
                              {"claim": "openid", "header": "x-weauth-openid"}],
         "cache_entries": 10000
     });
+    if forward == Forward::Token {
+        config["claim_to_headers"] = serde_json::json!([]);
+        config["forward_authorization"] = serde_json::json!(true);
+    }
     serde_json::to_string(&config)
 }
 
@@ -340,7 +373,11 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
             cluster("revocation_check", w.check_port)?,
         ),
         Auth::Native { .. } | Auth::NativeCompare { .. } => {
-            let plugin = plugin_config(&tokens.jwks_json)
+            let forward = match auth {
+                Auth::Native { forward, .. } => *forward,
+                _ => Forward::Identity,
+            };
+            let plugin = plugin_config(&tokens.jwks_json, forward)
                 .map_err(|e| TemplateError::Leftover(e.to_string()))?;
             (
                 render(template::WEAUTH_NATIVE, &[("PLUGIN_CONFIG", &plugin)])?,
@@ -348,7 +385,7 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
             )
         }
         Auth::Weauth { .. } | Auth::WeauthCompare { .. } => {
-            let plugin = plugin_config(&tokens.jwks_json)
+            let plugin = plugin_config(&tokens.jwks_json, Forward::Identity)
                 .map_err(|e| TemplateError::Leftover(e.to_string()))?;
             (
                 render(
@@ -401,14 +438,88 @@ pub struct EdgeSettings {
 struct Booted {
     scenario: Scenario,
     envoy: Option<Owned>,
-    /// When its Envoy was started (start-to-ready time).
-    started: Instant,
     listen_port: u16,
     admin_port: u16,
     token: String,
     verified: String,
     error: Option<String>,
     samples: Vec<EdgeMeasure>,
+}
+
+impl Booted {
+    /// A row not started yet, with the token its load sends.
+    fn new(scenario: Scenario, es256: &TokenSet, eddsa: &TokenSet) -> Booted {
+        let token = tokens_for(&scenario.auth, es256, eddsa).valid.clone();
+        Booted {
+            scenario,
+            envoy: None,
+            listen_port: 0,
+            admin_port: 0,
+            token,
+            verified: String::new(),
+            error: None,
+            samples: Vec::new(),
+        }
+    }
+}
+
+/// The token set a row's configuration trusts (ES256 for the ES256 jwt_authn rows).
+fn tokens_for<'a>(auth: &Auth, es256: &'a TokenSet, eddsa: &'a TokenSet) -> &'a TokenSet {
+    match auth {
+        Auth::JwtAuthn {
+            alg: Algorithm::ES256,
+            ..
+        } => es256,
+        _ => eddsa,
+    }
+}
+
+/// Starts row `b`'s Envoy (configuration `index`) and verifies it: a valid token passes, a
+/// tampered one is refused, a revoked one is refused where a revocation set exists. Sets its
+/// process, ports and what was verified (with the start-to-ready time), or its error.
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    settings: &EdgeSettings,
+    client: &reqwest::Client,
+    index: usize,
+    b: &mut Booted,
+    es256: &TokenSet,
+    eddsa: &TokenSet,
+    feed_port: &dyn Fn(usize) -> Option<u16>,
+    check_port: Option<u16>,
+) {
+    let tokens = tokens_for(&b.scenario.auth, es256, eddsa);
+    let started = Instant::now();
+    match boot(
+        settings,
+        index,
+        1,
+        &b.scenario,
+        tokens,
+        feed_port,
+        check_port,
+    ) {
+        Ok((envoy, listen, admin)) => {
+            b.envoy = Some(envoy);
+            b.listen_port = listen;
+            b.admin_port = admin;
+        }
+        Err(e) => {
+            b.error = Some(e);
+            return;
+        }
+    }
+    let pid = b.envoy.as_ref().map(Owned::pid);
+    let log = settings.work_dir.join(format!("envoy-{index}.log"));
+    let probe = Probe::of(tokens);
+    let result = verify(client, &b.scenario.auth, b.listen_port, pid, &probe, &log).await;
+    // Start to ready: Envoy started → serving, with its whole revocation set loaded (the
+    // revoked token, the set's last entry, refused).
+    let ready = started.elapsed().as_secs_f64();
+    match result {
+        Ok(text) => b.verified = format!("{text}, ready {ready:.1} s after start"),
+        Err(e) => b.error = Some(e),
+    }
 }
 
 fn now_unix() -> i64 {
@@ -554,63 +665,27 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
     // start-to-ready time is its own: booted all at once, 13 Envoys pinned to one core waited
     // for each other (the native 1M row was ready in 1.5 s alone and in 6.5–19.6 s with the
     // others). The ones already up stay idle (a held feed poll each) while the next boots.
+    let check_port = check.as_ref().map(|c| c.1);
     let mut booted = Vec::new();
     for (i, scenario) in scenarios_for(settings).into_iter().enumerate() {
-        let (tokens, probe) = match scenario.auth {
-            Auth::JwtAuthn {
-                alg: Algorithm::ES256,
-                ..
-            } => (&es256, Probe::of(&es256)),
-            _ => (&eddsa, Probe::of(&eddsa)),
-        };
-        let mut b = Booted {
-            scenario: scenario.clone(),
-            envoy: None,
-            started: Instant::now(),
-            listen_port: 0,
-            admin_port: 0,
-            token: tokens.valid.clone(),
-            verified: String::new(),
-            error: None,
-            samples: Vec::new(),
-        };
-        match boot(
-            settings,
-            i,
-            1,
-            &scenario,
-            tokens,
-            &feed_port,
-            check.as_ref().map(|c| c.1),
-        ) {
-            Ok((envoy, listen, admin)) => {
-                b.envoy = Some(envoy);
-                b.listen_port = listen;
-                b.admin_port = admin;
-            }
-            Err(e) => b.error = Some(e),
-        }
-        if b.error.is_none() {
-            let pid = b.envoy.as_ref().map(Owned::pid);
-            let log = settings.work_dir.join(format!("envoy-{i}.log"));
-            let result = verify(&client, &b.scenario.auth, b.listen_port, pid, &probe, &log).await;
-            // Start to ready: Envoy started → serving, with its whole revocation set loaded
-            // (the revoked token, the set's last entry, refused).
-            let ready = b.started.elapsed().as_secs_f64();
-            match result {
-                Ok(text) => b.verified = format!("{text}, ready {ready:.1} s after start"),
-                Err(e) => b.error = Some(e),
-            }
-            eprintln!(
-                "bench: {}: {}",
-                b.scenario.name,
-                b.error.as_deref().unwrap_or(&b.verified)
-            );
-        }
+        let mut b = Booted::new(scenario, &es256, &eddsa);
+        start(
+            settings, &client, i, &mut b, &es256, &eddsa, &feed_port, check_port,
+        )
+        .await;
+        eprintln!(
+            "bench: {}: {}",
+            b.scenario.name,
+            b.error.as_deref().unwrap_or(&b.verified)
+        );
         booted.push(b);
     }
 
-    // Measure in interleaved rounds.
+    // Measure in interleaved rounds, each row on a fresh Envoy in every round after the first.
+    // Two Envoys with the same configuration and module differed by 0.7 µs a request in every
+    // round of a run (4 December 2026): a process's layout (ASLR) biases all its rounds alike,
+    // by as much as the differences the targets judge. A fresh process per round turns that
+    // bias into noise the median over rounds (and a round-by-round pairing) can average out.
     let hz = clock_ticks_per_second();
     let n = booted.len();
     for round in 0..settings.rounds {
@@ -620,6 +695,20 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
             let Some(b) = booted.get_mut(k).filter(|b| b.error.is_none()) else {
                 continue;
             };
+            if round > 0 {
+                let first = std::mem::take(&mut b.verified);
+                b.envoy = None;
+                start(
+                    settings, &client, k, b, &es256, &eddsa, &feed_port, check_port,
+                )
+                .await;
+                // The row says how its first Envoy started (its start-to-ready time alone).
+                b.verified = first;
+                if let Some(e) = &b.error {
+                    eprintln!("bench: round {} {}: {e}", round + 1, b.scenario.name);
+                    continue;
+                }
+            }
             let check_pid = match (&b.scenario.auth, &check) {
                 (Auth::JwtAuthnExtAuthz { .. }, Some((p, _))) => Some(p.pid()),
                 _ => None,
@@ -680,7 +769,10 @@ async fn memory(
 ) -> Option<MemoryResult> {
     let auth_of = |revoked: usize| {
         if native {
-            Auth::Native { revoked }
+            Auth::Native {
+                revoked,
+                forward: Forward::Identity,
+            }
         } else {
             Auth::Weauth { revoked }
         }
@@ -697,7 +789,10 @@ async fn memory(
         .filter(|b| b.error.is_none())
         .filter_map(|b| match b.scenario.auth {
             Auth::Weauth { revoked } if revoked > 0 && !native => Some((revoked, b)),
-            Auth::Native { revoked } if revoked > 0 && native => Some((revoked, b)),
+            Auth::Native {
+                revoked,
+                forward: Forward::Identity,
+            } if revoked > 0 && native => Some((revoked, b)),
             _ => None,
         })
         .max_by_key(|(n, _)| *n)
@@ -786,7 +881,7 @@ fn boot(
             }
             feed = feed_port(revoked).ok_or("not run: its feed did not start")?;
         }
-        Auth::Native { revoked } | Auth::NativeCompare { revoked } => {
+        Auth::Native { revoked, .. } | Auth::NativeCompare { revoked } => {
             if !native.is_file() {
                 return Err(format!(
                     "not run: no native module at {} (make native)",
@@ -1096,6 +1191,15 @@ mod tests {
                     assert!(has("dynamic_modules.v3.DynamicModuleFilter"));
                     assert!(has("name: weauth_filter") && !has("weauth_filter.wasm"));
                     assert!(has(FEED_CREDENTIAL) && has("port_value: 20003"));
+                    let token = matches!(
+                        s.auth,
+                        Auth::Native {
+                            forward: Forward::Token,
+                            ..
+                        }
+                    );
+                    assert_eq!(has("\"forward_authorization\":true"), token, "{}", s.name);
+                    assert_eq!(has("x-weauth-sub"), !token, "{}", s.name);
                 }
             }
         }
@@ -1141,9 +1245,26 @@ mod tests {
 
     #[test]
     fn plugin_config_inlines_jwks() {
-        let text = plugin_config(r#"{"keys":[{"kty":"OKP"}]}"#).unwrap();
+        let text = plugin_config(r#"{"keys":[{"kty":"OKP"}]}"#, Forward::Identity).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["jwks"]["inline"]["keys"][0]["kty"], "OKP");
+        assert_eq!(v["claim_to_headers"][1]["header"], "x-weauth-openid");
+        assert!(
+            v.get("forward_authorization").is_none(),
+            "the default: false"
+        );
         assert!(!text.contains('\''));
+    }
+
+    #[test]
+    fn plugin_config_forwarding_the_token_edits_nothing() {
+        let text = plugin_config(r#"{"keys":[]}"#, Forward::Token).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["claim_to_headers"], serde_json::json!([]));
+        assert_eq!(v["forward_authorization"], true);
+        assert_eq!(
+            v["revocation"]["cluster"], "weauth_feed",
+            "revocation stays on"
+        );
     }
 }
