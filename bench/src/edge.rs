@@ -446,79 +446,86 @@ struct Booted {
     samples: Vec<EdgeMeasure>,
 }
 
-impl Booted {
+/// What starting a row needs besides the row: the run's settings, keys, feeds and checker.
+struct Starter<'a> {
+    settings: &'a EdgeSettings,
+    client: &'a reqwest::Client,
+    es256: &'a TokenSet,
+    eddsa: &'a TokenSet,
+    feed_port: &'a dyn Fn(usize) -> Option<u16>,
+    check_port: Option<u16>,
+}
+
+impl Starter<'_> {
+    /// The token set a row's configuration trusts (ES256 for the ES256 jwt_authn rows).
+    fn tokens(&self, auth: &Auth) -> &TokenSet {
+        match auth {
+            Auth::JwtAuthn {
+                alg: Algorithm::ES256,
+                ..
+            } => self.es256,
+            _ => self.eddsa,
+        }
+    }
+
     /// A row not started yet, with the token its load sends.
-    fn new(scenario: Scenario, es256: &TokenSet, eddsa: &TokenSet) -> Booted {
-        let token = tokens_for(&scenario.auth, es256, eddsa).valid.clone();
+    fn row(&self, scenario: Scenario) -> Booted {
         Booted {
+            token: self.tokens(&scenario.auth).valid.clone(),
             scenario,
             envoy: None,
             listen_port: 0,
             admin_port: 0,
-            token,
             verified: String::new(),
             error: None,
             samples: Vec::new(),
         }
     }
-}
 
-/// The token set a row's configuration trusts (ES256 for the ES256 jwt_authn rows).
-fn tokens_for<'a>(auth: &Auth, es256: &'a TokenSet, eddsa: &'a TokenSet) -> &'a TokenSet {
-    match auth {
-        Auth::JwtAuthn {
-            alg: Algorithm::ES256,
-            ..
-        } => es256,
-        _ => eddsa,
-    }
-}
-
-/// Starts row `b`'s Envoy (configuration `index`) and verifies it: a valid token passes, a
-/// tampered one is refused, a revoked one is refused where a revocation set exists. Sets its
-/// process, ports and what was verified (with the start-to-ready time), or its error.
-#[allow(clippy::too_many_arguments)]
-async fn start(
-    settings: &EdgeSettings,
-    client: &reqwest::Client,
-    index: usize,
-    b: &mut Booted,
-    es256: &TokenSet,
-    eddsa: &TokenSet,
-    feed_port: &dyn Fn(usize) -> Option<u16>,
-    check_port: Option<u16>,
-) {
-    let tokens = tokens_for(&b.scenario.auth, es256, eddsa);
-    let started = Instant::now();
-    match boot(
-        settings,
-        index,
-        1,
-        &b.scenario,
-        tokens,
-        feed_port,
-        check_port,
-    ) {
-        Ok((envoy, listen, admin)) => {
-            b.envoy = Some(envoy);
-            b.listen_port = listen;
-            b.admin_port = admin;
+    /// Starts row `b`'s Envoy (configuration `index`) and verifies it: a valid token passes, a
+    /// tampered one is refused, a revoked one is refused where a revocation set exists. Sets
+    /// its process, ports and what was verified (with the start-to-ready time), or its error.
+    async fn start(&self, index: usize, b: &mut Booted) {
+        let tokens = self.tokens(&b.scenario.auth);
+        let started = Instant::now();
+        match boot(
+            self.settings,
+            index,
+            1,
+            &b.scenario,
+            tokens,
+            self.feed_port,
+            self.check_port,
+        ) {
+            Ok((envoy, listen, admin)) => {
+                b.envoy = Some(envoy);
+                b.listen_port = listen;
+                b.admin_port = admin;
+            }
+            Err(e) => {
+                b.error = Some(e);
+                return;
+            }
         }
-        Err(e) => {
-            b.error = Some(e);
-            return;
+        let pid = b.envoy.as_ref().map(Owned::pid);
+        let log = self.settings.work_dir.join(format!("envoy-{index}.log"));
+        let probe = Probe::of(tokens);
+        let result = verify(
+            self.client,
+            &b.scenario.auth,
+            b.listen_port,
+            pid,
+            &probe,
+            &log,
+        )
+        .await;
+        // Start to ready: Envoy started → serving, with its whole revocation set loaded (the
+        // revoked token, the set's last entry, refused).
+        let ready = started.elapsed().as_secs_f64();
+        match result {
+            Ok(text) => b.verified = format!("{text}, ready {ready:.1} s after start"),
+            Err(e) => b.error = Some(e),
         }
-    }
-    let pid = b.envoy.as_ref().map(Owned::pid);
-    let log = settings.work_dir.join(format!("envoy-{index}.log"));
-    let probe = Probe::of(tokens);
-    let result = verify(client, &b.scenario.auth, b.listen_port, pid, &probe, &log).await;
-    // Start to ready: Envoy started → serving, with its whole revocation set loaded (the
-    // revoked token, the set's last entry, refused).
-    let ready = started.elapsed().as_secs_f64();
-    match result {
-        Ok(text) => b.verified = format!("{text}, ready {ready:.1} s after start"),
-        Err(e) => b.error = Some(e),
     }
 }
 
@@ -665,14 +672,18 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
     // start-to-ready time is its own: booted all at once, 13 Envoys pinned to one core waited
     // for each other (the native 1M row was ready in 1.5 s alone and in 6.5–19.6 s with the
     // others). The ones already up stay idle (a held feed poll each) while the next boots.
-    let check_port = check.as_ref().map(|c| c.1);
+    let starter = Starter {
+        settings,
+        client: &client,
+        es256: &es256,
+        eddsa: &eddsa,
+        feed_port: &feed_port,
+        check_port: check.as_ref().map(|c| c.1),
+    };
     let mut booted = Vec::new();
     for (i, scenario) in scenarios_for(settings).into_iter().enumerate() {
-        let mut b = Booted::new(scenario, &es256, &eddsa);
-        start(
-            settings, &client, i, &mut b, &es256, &eddsa, &feed_port, check_port,
-        )
-        .await;
+        let mut b = starter.row(scenario);
+        starter.start(i, &mut b).await;
         eprintln!(
             "bench: {}: {}",
             b.scenario.name,
@@ -683,9 +694,10 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
 
     // Measure in interleaved rounds, each row on a fresh Envoy in every round after the first.
     // Two Envoys with the same configuration and module differed by 0.7 µs a request in every
-    // round of a run (4 December 2026): a process's layout (ASLR) biases all its rounds alike,
-    // by as much as the differences the targets judge. A fresh process per round turns that
-    // bias into noise the median over rounds (and a round-by-round pairing) can average out.
+    // round of a run (4 December 2026): something fixed for a process's life (its memory
+    // layout, most likely) biases all its rounds alike, by as much as the differences the
+    // targets judge. A fresh process per round turns that bias into noise that the median over
+    // rounds (and a round-by-round pairing) averages out.
     let hz = clock_ticks_per_second();
     let n = booted.len();
     for round in 0..settings.rounds {
@@ -698,10 +710,7 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
             if round > 0 {
                 let first = std::mem::take(&mut b.verified);
                 b.envoy = None;
-                start(
-                    settings, &client, k, b, &es256, &eddsa, &feed_port, check_port,
-                )
-                .await;
+                starter.start(k, b).await;
                 // The row says how its first Envoy started (its start-to-ready time alone).
                 b.verified = first;
                 if let Some(e) = &b.error {
