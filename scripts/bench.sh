@@ -38,11 +38,15 @@ cargo build -p weauth-tests --bin weauth-stack \
 # The empty proxy-wasm filter (bench/empty-filter): the price of being a wasm filter at all.
 cargo build -p weauth-empty-filter --target wasm32-wasip1 --profile wasm-release \
   || echo "bench: the empty filter did not build: its row will say so"
+# The same crate as an Envoy dynamic module: the price of being a native module at all.
+cargo build -p weauth-empty-filter --profile native \
+  || echo "bench: the empty native module did not build: its rows will say so"
 # What was just built, whatever `make` exported for the debug stack (override with WEAUTH_BENCH_*).
 export WEAUTH_FILTER_WASM="${WEAUTH_BENCH_FILTER_WASM:-$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_filter.wasm}"
 export WEAUTH_FILTER_NATIVE="${WEAUTH_BENCH_FILTER_NATIVE:-$TARGET_DIR/native/libweauth_filter.so}"
 export WEAUTH_ISSUER_BIN="${WEAUTH_BENCH_ISSUER_BIN:-$TARGET_DIR/release/weauth-issuer}"
 export WEAUTH_BENCH_EMPTY_WASM="${WEAUTH_BENCH_EMPTY_WASM:-$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm}"
+export WEAUTH_BENCH_EMPTY_NATIVE="${WEAUTH_BENCH_EMPTY_NATIVE:-$TARGET_DIR/native/libweauth_empty_filter.so}"
 
 mkdir -p bench-results
 "$TARGET_DIR/release/weauth-bench" --mode "$BENCH_MODE" --out bench-results "$@"

@@ -41,6 +41,8 @@ pub enum Auth {
     None,
     /// The empty proxy-wasm filter (`bench/empty-filter`), making the host calls named.
     EmptyWasm(EmptyCalls),
+    /// The same crate built as an Envoy dynamic module, making the ABI calls named.
+    EmptyNative(NativeCalls),
     JwtAuthn {
         alg: Algorithm,
         cache: bool,
@@ -106,6 +108,30 @@ pub enum EmptyCalls {
     Clock,
 }
 
+/// What the empty dynamic module does per request (its filter configuration; see
+/// `bench/empty-filter/src/native.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeCalls {
+    /// Nothing: the price of being a dynamic module at all.
+    None,
+    /// weauth's calls on a request it forwards untouched: the header map read, two counters.
+    Reads,
+    /// Those and weauth's edits on an allowed request as the weauth rows configure it: two
+    /// identity headers added, `authorization` removed, the route cache cleared.
+    Weauth,
+}
+
+impl NativeCalls {
+    /// The filter configuration that selects the mode.
+    pub fn filter_config(self) -> &'static str {
+        match self {
+            NativeCalls::None => "",
+            NativeCalls::Reads => "weauth-reads",
+            NativeCalls::Weauth => "weauth-calls",
+        }
+    }
+}
+
 impl EmptyCalls {
     /// The plugin configuration that selects the mode.
     pub fn plugin_config(self) -> &'static str {
@@ -122,7 +148,7 @@ impl EmptyCalls {
 impl Auth {
     /// Whether a tampered token must be refused.
     pub fn authenticates(&self) -> bool {
-        !matches!(self, Auth::None | Auth::EmptyWasm(_))
+        !matches!(self, Auth::None | Auth::EmptyWasm(_) | Auth::EmptyNative(_))
     }
 
     /// How many revocations the configuration's feed holds (`None`: no revocation at all).
@@ -169,6 +195,15 @@ pub fn scenarios() -> Vec<Scenario> {
         row(
             "empty wasm filter + 6 clock reads",
             Auth::EmptyWasm(EmptyCalls::Clock),
+        ),
+        row("empty native module", Auth::EmptyNative(NativeCalls::None)),
+        row(
+            "empty native module + weauth's reads and counters",
+            Auth::EmptyNative(NativeCalls::Reads),
+        ),
+        row(
+            "empty native module + weauth's ABI calls",
+            Auth::EmptyNative(NativeCalls::Weauth),
         ),
         row(
             "jwt_authn ES256, cache off",
@@ -380,10 +415,23 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
             let plugin = plugin_config(&tokens.jwks_json, forward)
                 .map_err(|e| TemplateError::Leftover(e.to_string()))?;
             (
-                render(template::WEAUTH_NATIVE, &[("PLUGIN_CONFIG", &plugin)])?,
+                render(
+                    template::WEAUTH_NATIVE,
+                    &[("MODULE", "weauth_filter"), ("PLUGIN_CONFIG", &plugin)],
+                )?,
                 cluster("weauth_feed", w.feed_port)?,
             )
         }
+        Auth::EmptyNative(calls) => (
+            render(
+                template::WEAUTH_NATIVE,
+                &[
+                    ("MODULE", "weauth_empty_filter"),
+                    ("PLUGIN_CONFIG", calls.filter_config()),
+                ],
+            )?,
+            "[]".to_string(),
+        ),
         Auth::Weauth { .. } | Auth::WeauthCompare { .. } => {
             let plugin = plugin_config(&tokens.jwks_json, Forward::Identity)
                 .map_err(|e| TemplateError::Leftover(e.to_string()))?;
@@ -416,8 +464,10 @@ pub struct EdgeSettings {
     pub wasm: PathBuf,
     /// The native build (`make native`), the native rows.
     pub native: PathBuf,
-    /// The empty proxy-wasm filter (`bench/empty-filter`), the empty-filter row.
+    /// The empty proxy-wasm filter (`bench/empty-filter`), the empty-filter rows.
     pub empty_wasm: PathBuf,
+    /// The same crate as a dynamic module (`libweauth_empty_filter.so`), the empty-module rows.
+    pub empty_native: PathBuf,
     /// Another build of the filter to measure alongside (`WEAUTH_BENCH_COMPARE_WASM`), if any.
     pub compare_wasm: Option<PathBuf>,
     /// Another native build to measure alongside (`WEAUTH_BENCH_COMPARE_NATIVE`, a
@@ -881,6 +931,7 @@ fn boot(
     };
     let native = match (&scenario.auth, &settings.compare_native) {
         (Auth::NativeCompare { .. }, Some(other)) => other,
+        (Auth::EmptyNative(_), _) => &settings.empty_native,
         _ => &settings.native,
     };
     match scenario.auth {
@@ -903,6 +954,12 @@ fn boot(
             return Err(format!(
                 "not run: no empty filter module at {}",
                 settings.empty_wasm.display()
+            ))
+        }
+        Auth::EmptyNative(_) if !native.is_file() => {
+            return Err(format!(
+                "not run: no empty native module at {}",
+                native.display()
             ))
         }
         Auth::JwtAuthnExtAuthz { .. } if check_port.is_none() => {
@@ -941,7 +998,7 @@ fn boot(
         .map(|dir| dir.display().to_string())
         .unwrap_or_default();
     let envs: Vec<(&str, &str)> = match scenario.auth {
-        Auth::Native { .. } | Auth::NativeCompare { .. } => {
+        Auth::Native { .. } | Auth::NativeCompare { .. } | Auth::EmptyNative(_) => {
             vec![("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir.as_str())]
         }
         _ => Vec::new(),
@@ -1196,9 +1253,15 @@ mod tests {
                     assert!(has("/x/weauth_filter.wasm") && has("port_value: 20003"));
                     assert!(has(FEED_CREDENTIAL));
                 }
+                Auth::EmptyNative(calls) => {
+                    assert!(has("dynamic_module_config: { name: weauth_empty_filter }"));
+                    assert!(has(&format!("value: '{}'", calls.filter_config())));
+                    assert!(!has(FEED_CREDENTIAL) && !has("wasm"), "{}", s.name);
+                }
                 Auth::Native { .. } | Auth::NativeCompare { .. } => {
                     assert!(has("dynamic_modules.v3.DynamicModuleFilter"));
-                    assert!(has("name: weauth_filter") && !has("weauth_filter.wasm"));
+                    assert!(has("dynamic_module_config: { name: weauth_filter }"));
+                    assert!(!has("weauth_filter.wasm"));
                     assert!(has(FEED_CREDENTIAL) && has("port_value: 20003"));
                     let token = matches!(
                         s.auth,

@@ -8,6 +8,7 @@
 //! for a quick look at a few rows. Paths: `WEAUTH_ENVOY_BIN` (default `.tools/bin/envoy`), `WEAUTH_FILTER_WASM`
 //! (default `target/wasm32-wasip1/wasm-release/weauth_filter.wasm`), `WEAUTH_BENCH_EMPTY_WASM`
 //! (default `target/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm`),
+//! `WEAUTH_BENCH_EMPTY_NATIVE` (default `target/native/libweauth_empty_filter.so`),
 //! `WEAUTH_BENCH_COMPARE_WASM` (optional: another build of the filter, measured as one more
 //! row in the same rounds, for a before/after), `WEAUTH_BENCH_COMPARE_NATIVE` (the same for
 //! the native build: another `libweauth_filter.so`), and
@@ -130,6 +131,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         empty_wasm: env_path(
             "WEAUTH_BENCH_EMPTY_WASM",
             "target/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm",
+        ),
+        empty_native: env_path(
+            "WEAUTH_BENCH_EMPTY_NATIVE",
+            "target/native/libweauth_empty_filter.so",
         ),
         compare_wasm: std::env::var_os("WEAUTH_BENCH_COMPARE_WASM")
             .filter(|v| !v.is_empty())
