@@ -26,6 +26,9 @@
 //! With `"clock-reads"` it reads the clock six times and does nothing else: the cheapest host
 //! call there is (no argument to copy, no memory callback, nothing for Envoy to look up), so
 //! that row less the empty filter's, over six, is what one crossing of the ABI costs.
+//!
+//! Built natively (`--profile native`) the crate is the empty **Envoy dynamic module** instead
+//! (`native.rs`): the same baseline for the filter's native build.
 
 // The same baseline as an Envoy dynamic module, built natively (`--profile native`).
 #[cfg(not(target_arch = "wasm32"))]
