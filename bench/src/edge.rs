@@ -381,6 +381,23 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
             &[("NAME", name), ("PORT", &port.to_string())],
         )
     };
+    // The weauth plugin configuration, and the native build's filter with its feed cluster.
+    let plugin = |forward| {
+        plugin_config(&tokens.jwks_json, forward)
+            .map_err(|e| TemplateError::Leftover(e.to_string()))
+    };
+    let native = |forward| -> Result<(String, String), TemplateError> {
+        Ok((
+            render(
+                template::WEAUTH_NATIVE,
+                &[
+                    ("MODULE", "weauth_filter"),
+                    ("PLUGIN_CONFIG", &plugin(forward)?),
+                ],
+            )?,
+            cluster("weauth_feed", w.feed_port)?,
+        ))
+    };
     let (filters, clusters) = match auth {
         Auth::None => (String::new(), "[]".to_string()),
         Auth::EmptyWasm(calls) => (
@@ -407,21 +424,8 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
             )? + &render(template::EXT_AUTHZ, &[])?,
             cluster("revocation_check", w.check_port)?,
         ),
-        Auth::Native { .. } | Auth::NativeCompare { .. } => {
-            let forward = match auth {
-                Auth::Native { forward, .. } => *forward,
-                _ => Forward::Identity,
-            };
-            let plugin = plugin_config(&tokens.jwks_json, forward)
-                .map_err(|e| TemplateError::Leftover(e.to_string()))?;
-            (
-                render(
-                    template::WEAUTH_NATIVE,
-                    &[("MODULE", "weauth_filter"), ("PLUGIN_CONFIG", &plugin)],
-                )?,
-                cluster("weauth_feed", w.feed_port)?,
-            )
-        }
+        Auth::Native { forward, .. } => native(*forward)?,
+        Auth::NativeCompare { .. } => native(Forward::Identity)?,
         Auth::EmptyNative(calls) => (
             render(
                 template::WEAUTH_NATIVE,
@@ -432,20 +436,16 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
             )?,
             "[]".to_string(),
         ),
-        Auth::Weauth { .. } | Auth::WeauthCompare { .. } => {
-            let plugin = plugin_config(&tokens.jwks_json, Forward::Identity)
-                .map_err(|e| TemplateError::Leftover(e.to_string()))?;
-            (
-                render(
-                    template::WEAUTH,
-                    &[
-                        ("WASM_PATH", &w.wasm.display().to_string()),
-                        ("PLUGIN_CONFIG", &plugin),
-                    ],
-                )?,
-                cluster("weauth_feed", w.feed_port)?,
-            )
-        }
+        Auth::Weauth { .. } | Auth::WeauthCompare { .. } => (
+            render(
+                template::WEAUTH,
+                &[
+                    ("WASM_PATH", &w.wasm.display().to_string()),
+                    ("PLUGIN_CONFIG", &plugin(Forward::Identity)?),
+                ],
+            )?,
+            cluster("weauth_feed", w.feed_port)?,
+        ),
     };
     render(
         template::EDGE,

@@ -78,8 +78,10 @@ pub struct Shared {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// Each worker thread's token caches, one per configuration.
-    static CACHES: RefCell<HashMap<u64, TokenCache>> = RefCell::new(HashMap::new());
+    /// Each worker thread's token caches, one per configuration (looked up on every request:
+    /// hashed with `foldhash`, as the caches themselves are).
+    static CACHES: RefCell<HashMap<u64, TokenCache, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::default());
 }
 
 impl Shared {
