@@ -9,6 +9,10 @@
 //! first, so that no process's layout biases all of a row's rounds; each metric is the median
 //! over rounds. Envoy CPU per request = `/proc/<pid>/stat`
 //! utime+stime over the run divided by Envoy's own `http.bench.downstream_rq_total` delta.
+//!
+//! Then the native target's rows again, side by side as listeners of one Envoy (a fresh one per
+//! round): the differences between them are then free of each process's own bias, which the
+//! target's margins are no larger than ([`one_envoy_scenarios`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -284,15 +288,10 @@ pub fn scenarios() -> Vec<Scenario> {
 /// The rows of a run: [`scenarios`] (only the baseline and those named by
 /// [`EdgeSettings::rows`] when it is not empty), plus a comparison build's row when one is given.
 pub fn scenarios_for(settings: &EdgeSettings) -> Vec<Scenario> {
-    let mut all = scenarios();
-    if !settings.rows.is_empty() {
-        all = all
-            .into_iter()
-            .enumerate()
-            .filter(|(i, s)| *i == 0 || settings.rows.iter().any(|w| s.name.contains(w.as_str())))
-            .map(|(_, s)| s)
-            .collect();
-    }
+    let mut all: Vec<Scenario> = scenarios()
+        .into_iter()
+        .filter(|s| settings.keeps(s))
+        .collect();
     if settings.compare_wasm.is_some() {
         all.push(Scenario {
             name: "comparison build (WEAUTH_BENCH_COMPARE_WASM), 0 revoked".into(),
@@ -306,6 +305,44 @@ pub fn scenarios_for(settings: &EdgeSettings) -> Vec<Scenario> {
         });
     }
     all
+}
+
+impl EdgeSettings {
+    /// Whether `--rows` keeps this row (the no-auth baseline always).
+    fn keeps(&self, scenario: &Scenario) -> bool {
+        scenario.auth == Auth::None
+            || self.rows.is_empty()
+            || self.rows.iter().any(|w| scenario.name.contains(w.as_str()))
+    }
+}
+
+/// The native target's rows (the baseline, the empty dynamic module by itself and making
+/// weauth's reads and counters, jwt_authn ES256 cached plain and doing weauth's job, the native
+/// build with 1M revocations doing each job), measured again side by side as listeners of one
+/// Envoy ([`run`]), those `--rows` keeps.
+pub fn one_envoy_scenarios(settings: &EdgeSettings) -> Vec<Scenario> {
+    let jwt = |edits| Auth::JwtAuthn {
+        alg: Algorithm::ES256,
+        cache: true,
+        edits,
+    };
+    let native = |forward| Auth::Native {
+        revoked: 1_000_000,
+        forward,
+    };
+    let wanted = [
+        Auth::None,
+        Auth::EmptyNative(NativeCalls::None),
+        Auth::EmptyNative(NativeCalls::Reads),
+        jwt(false),
+        jwt(true),
+        native(Forward::Token),
+        native(Forward::Identity),
+    ];
+    scenarios()
+        .into_iter()
+        .filter(|s| wanted.contains(&s.auth) && settings.keeps(s))
+        .collect()
 }
 
 /// The order rows are measured in during `round` of `rounds`: all `n` rows, rotated so that
@@ -354,8 +391,59 @@ pub fn plugin_config(jwks_json: &str, forward: Forward) -> Result<String, serde_
     serde_json::to_string(&config)
 }
 
-/// Renders the Envoy bootstrap of `auth` with the keys of `tokens`.
+/// What one configuration puts in front of the router, and the clusters its filters call.
+pub struct Parts {
+    pub filters: String,
+    /// By name: listeners of one Envoy that call the same cluster share it.
+    pub clusters: Vec<(&'static str, String)>,
+}
+
+/// Renders the Envoy bootstrap of `auth` with the keys of `tokens`: one listener, `bench`.
 pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String, TemplateError> {
+    let parts = auth_parts(auth, tokens, w)?;
+    bootstrap(w.admin_port, &[("bench".to_string(), w.listen_port, parts)])
+}
+
+/// The bootstrap with these listeners (name — also its HTTP stat prefix —, port, what is in
+/// front of its router), and the clusters they call, each once.
+pub fn bootstrap(
+    admin_port: u16,
+    listeners: &[(String, u16, Parts)],
+) -> Result<String, TemplateError> {
+    let mut rendered = String::new();
+    let mut clusters: Vec<&(&'static str, String)> = Vec::new();
+    for (name, port, parts) in listeners {
+        rendered.push_str(&render(
+            template::LISTENER,
+            &[
+                ("NAME", name),
+                ("LISTEN_PORT", &port.to_string()),
+                ("HTTP_FILTERS", &parts.filters),
+            ],
+        )?);
+        for cluster in &parts.clusters {
+            if !clusters.iter().any(|c| c.0 == cluster.0) {
+                clusters.push(cluster);
+            }
+        }
+    }
+    let clusters = if clusters.is_empty() {
+        "[]".to_string()
+    } else {
+        clusters.iter().map(|c| c.1.as_str()).collect()
+    };
+    render(
+        template::EDGE,
+        &[
+            ("ADMIN_PORT", &admin_port.to_string()),
+            ("LISTENERS", &rendered),
+            ("CLUSTERS", &clusters),
+        ],
+    )
+}
+
+/// What `auth` puts in front of the router, with the keys of `tokens`.
+pub fn auth_parts(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<Parts, TemplateError> {
     // `forward`: whether the token stays in the request (jwt_authn's `forward`).
     let jwt = |extra: &str, forward: bool| {
         let forward = if forward { "true" } else { "false" };
@@ -375,18 +463,19 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
         - { header_name: x-weauth-sub, claim_name: sub }\n\
         - { header_name: x-weauth-openid, claim_name: openid }\n\
         clear_route_cache: true";
-    let cluster = |name: &str, port: u16| {
+    let cluster = |name: &'static str, port: u16| {
         render(
             template::CLUSTER,
             &[("NAME", name), ("PORT", &port.to_string())],
         )
+        .map(|yaml| vec![(name, yaml)])
     };
     // The weauth plugin configuration, and the native build's filter with its feed cluster.
     let plugin = |forward| {
         plugin_config(&tokens.jwks_json, forward)
             .map_err(|e| TemplateError::Leftover(e.to_string()))
     };
-    let native = |forward| -> Result<(String, String), TemplateError> {
+    let native = |forward| -> Result<(String, Vec<_>), TemplateError> {
         Ok((
             render(
                 template::WEAUTH_NATIVE,
@@ -399,7 +488,7 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
         ))
     };
     let (filters, clusters) = match auth {
-        Auth::None => (String::new(), "[]".to_string()),
+        Auth::None => (String::new(), Vec::new()),
         Auth::EmptyWasm(calls) => (
             render(
                 template::WEAUTH,
@@ -408,14 +497,14 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
                     ("PLUGIN_CONFIG", calls.plugin_config()),
                 ],
             )?,
-            "[]".to_string(),
+            Vec::new(),
         ),
         Auth::JwtAuthn { cache, edits, .. } => {
             let mut extra = if *cache { CACHE } else { "" }.to_string();
             if *edits {
                 extra.push_str(JWT_EDITS);
             }
-            (jwt(&extra, !*edits)?, "[]".into())
+            (jwt(&extra, !*edits)?, Vec::new())
         }
         Auth::JwtAuthnExtAuthz { .. } => (
             jwt(
@@ -434,7 +523,7 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
                     ("PLUGIN_CONFIG", calls.filter_config()),
                 ],
             )?,
-            "[]".to_string(),
+            Vec::new(),
         ),
         Auth::Weauth { .. } | Auth::WeauthCompare { .. } => (
             render(
@@ -447,15 +536,7 @@ pub fn envoy_config(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<String
             cluster("weauth_feed", w.feed_port)?,
         ),
     };
-    render(
-        template::EDGE,
-        &[
-            ("LISTEN_PORT", &w.listen_port.to_string()),
-            ("ADMIN_PORT", &w.admin_port.to_string()),
-            ("HTTP_FILTERS", &filters),
-            ("CLUSTERS", &clusters),
-        ],
-    )
+    Ok(Parts { filters, clusters })
 }
 
 /// Settings of one edge run.
@@ -483,6 +564,10 @@ pub struct EdgeSettings {
     pub base_id: u32,
     /// Words naming the rows to run besides the no-auth baseline (`--rows`; empty: every row).
     pub rows: Vec<String>,
+    /// Rounds of the native target's rows side by side in one Envoy ([`one_envoy_scenarios`];
+    /// 0: not measured), and the seconds each row is measured in a round.
+    pub one_envoy_rounds: usize,
+    pub one_envoy_seconds: u64,
 }
 
 struct Booted {
@@ -610,8 +695,20 @@ async fn admin_get(client: &reqwest::Client, port: u16, path: &str) -> Option<St
         .ok()
 }
 
-/// Boots, verifies and measures every scenario; returns one row each.
-pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
+/// What the edge section measured.
+#[derive(Debug, Default)]
+pub struct EdgeRun {
+    /// One row per scenario, each on its own Envoy.
+    pub rows: Vec<EdgeRow>,
+    /// The native target's rows side by side in one Envoy ([`one_envoy_scenarios`]; empty when
+    /// not measured).
+    pub one_envoy: Vec<EdgeRow>,
+    pub memory: Memory,
+}
+
+/// Boots, verifies and measures every scenario (one row each), then the native target's rows
+/// side by side in one Envoy, then the filters' memory.
+pub async fn run(settings: &EdgeSettings) -> EdgeRun {
     let client = reqwest::Client::new();
     let now = now_unix();
     let (es256, eddsa) = match (
@@ -624,7 +721,10 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
                 .into_iter()
                 .map(|s| EdgeRow::failed(&s.name, &e.to_string()))
                 .collect();
-            return (rows, Memory::default());
+            return EdgeRun {
+                rows,
+                ..EdgeRun::default()
+            };
         }
     };
     let until = now + 4 * 3600;
@@ -632,7 +732,12 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
 
     // Feeds: one per distinct set size (the ext_authz row shares the 10k one).
     let mut feeds: Vec<(usize, FeedHandle)> = Vec::new();
-    for scenario in scenarios_for(settings) {
+    let side_by_side = if settings.one_envoy_rounds > 0 {
+        one_envoy_scenarios(settings)
+    } else {
+        Vec::new()
+    };
+    for scenario in scenarios_for(settings).into_iter().chain(side_by_side) {
         let Some(size) = scenario.auth.revoked() else {
             continue;
         };
@@ -772,7 +877,11 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
                 (Auth::JwtAuthnExtAuthz { .. }, Some((p, _))) => Some(p.pid()),
                 _ => None,
             };
-            match measure(&client, settings, b, check_pid, hz).await {
+            let measured = match b.load(settings) {
+                Ok(load) => measure(&client, settings, &load, check_pid, hz).await,
+                Err(e) => Err(e),
+            };
+            match measured {
                 Ok(m) => {
                     eprintln!(
                         "bench: round {}/{} {}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {:.1} µs/req",
@@ -794,6 +903,7 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
         }
     }
     drop(check);
+    let one_envoy = one_envoy(&starter, hz).await;
     let memory = Memory {
         wasm: memory(settings, &client, &booted, &eddsa, &feed_port, false).await,
         native: memory(settings, &client, &booted, &eddsa, &feed_port, true).await,
@@ -805,7 +915,175 @@ pub async fn run(settings: &EdgeSettings) -> (Vec<EdgeRow>, Memory) {
             _ => EdgeRow::from_samples(&b.scenario.name, &b.verified, &b.samples),
         })
         .collect();
-    (rows, memory)
+    EdgeRun {
+        rows,
+        one_envoy,
+        memory,
+    }
+}
+
+/// Seconds of load on a listener of the one Envoy before each measurement of it.
+pub const ONE_ENVOY_WARMUP_SECONDS: u64 = 1;
+
+/// Measures [`one_envoy_scenarios`] side by side: every row a listener of the same Envoy (one
+/// worker, core 0), a fresh Envoy each round, the listeners loaded one after another in an order
+/// rotated by round. Separate Envoys carry a bias fixed for each process's life (two identical
+/// ones differed by 0.4–2.1 µs a request, 4 December 2026) as large as the differences the
+/// native target judges; listeners of one process share it, so a round's differences between
+/// rows are free of it. A round in which any listener failed its check or its measurement is
+/// left out whole, so that the rows' rounds stay paired.
+async fn one_envoy(starter: &Starter<'_>, hz: u64) -> Vec<EdgeRow> {
+    let settings = starter.settings;
+    let scenarios = one_envoy_scenarios(settings);
+    if settings.one_envoy_rounds == 0 || scenarios.len() < 2 {
+        return Vec::new();
+    }
+    let failed = |why: &str| {
+        scenarios
+            .iter()
+            .map(|s| EdgeRow::failed(&s.name, why))
+            .collect()
+    };
+    if !settings.native.is_file() {
+        return failed("not run: no native module (make native)");
+    }
+    // One search path finds both modules.
+    let empty_rows = scenarios
+        .iter()
+        .any(|s| matches!(s.auth, Auth::EmptyNative(_)));
+    if empty_rows
+        && (!settings.empty_native.is_file()
+            || settings.empty_native.parent() != settings.native.parent())
+    {
+        return failed("not run: the empty native module is not next to the native build");
+    }
+    let Some(feed_port) = (starter.feed_port)(1_000_000) else {
+        return failed("not run: the feed of 1M revocations did not start");
+    };
+    let n = scenarios.len();
+    let mut samples: Vec<Vec<EdgeMeasure>> = vec![Vec::new(); n];
+    let mut verified = vec![String::new(); n];
+    let mut error = String::new();
+    for round in 0..settings.one_envoy_rounds {
+        match one_envoy_round(starter, &scenarios, feed_port, round, hz).await {
+            Ok(measured) => {
+                for (k, (text, m)) in measured.into_iter().enumerate() {
+                    if samples[k].is_empty() {
+                        verified[k] = text;
+                    }
+                    samples[k].push(m);
+                }
+            }
+            Err(e) => {
+                eprintln!("bench: one Envoy, round {}: {e}", round + 1);
+                error = e;
+            }
+        }
+    }
+    scenarios
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            if samples[k].is_empty() {
+                EdgeRow::failed(&s.name, &error)
+            } else {
+                EdgeRow::from_samples(&s.name, &verified[k], &samples[k])
+            }
+        })
+        .collect()
+}
+
+/// One round of [`one_envoy`]: boots the Envoy with a listener per scenario, checks each as a
+/// row's own Envoy is checked, measures each; what each listener's check said and its measure,
+/// in scenario order.
+async fn one_envoy_round(
+    starter: &Starter<'_>,
+    scenarios: &[Scenario],
+    feed_port: u16,
+    round: usize,
+    hz: u64,
+) -> Result<Vec<(String, EdgeMeasure)>, String> {
+    let settings = starter.settings;
+    let admin_port = free_port().map_err(|e| e.to_string())?;
+    let mut listeners = Vec::new();
+    for (k, s) in scenarios.iter().enumerate() {
+        let port = free_port().map_err(|e| e.to_string())?;
+        let wiring = Wiring {
+            listen_port: port,
+            admin_port,
+            feed_port,
+            check_port: 0,
+            wasm: &settings.wasm,
+            native: &settings.native,
+            empty_wasm: &settings.empty_wasm,
+        };
+        let parts =
+            auth_parts(&s.auth, starter.tokens(&s.auth), &wiring).map_err(|e| e.to_string())?;
+        listeners.push((format!("side_{k}"), port, parts));
+    }
+    let config = bootstrap(admin_port, &listeners).map_err(|e| e.to_string())?;
+    let offset = scenarios_for(settings).len() + 4;
+    let envoy = spawn_envoy(
+        settings,
+        "one",
+        offset,
+        1,
+        &config,
+        settings.native.parent(),
+    )?;
+    let log = settings.work_dir.join("envoy-one.log");
+    let started = Instant::now();
+    let mut texts = Vec::new();
+    for (s, (_, port, _)) in scenarios.iter().zip(&listeners) {
+        let probe = Probe::of(starter.tokens(&s.auth));
+        let text = verify(
+            starter.client,
+            &s.auth,
+            *port,
+            Some(envoy.pid()),
+            &probe,
+            &log,
+        )
+        .await
+        .map_err(|e| format!("{}: {e}", s.name))?;
+        texts.push(text);
+    }
+    let ready = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: one Envoy, round {}: {} listeners ready {ready:.1} s after start",
+        round + 1,
+        scenarios.len()
+    );
+    let mut measured: Vec<Option<EdgeMeasure>> = vec![None; scenarios.len()];
+    for k in round_order(scenarios.len(), round, settings.one_envoy_rounds) {
+        let counter = format!("http.{}.downstream_rq_total", listeners[k].0);
+        let tokens = starter.tokens(&scenarios[k].auth);
+        let load = Load {
+            pid: envoy.pid(),
+            port: listeners[k].1,
+            admin_port,
+            counter: &counter,
+            token: &tokens.valid,
+            warmup_seconds: ONE_ENVOY_WARMUP_SECONDS,
+            seconds: settings.one_envoy_seconds,
+        };
+        let m = measure(starter.client, settings, &load, None, hz)
+            .await
+            .map_err(|e| format!("{}: {e}", scenarios[k].name))?;
+        eprintln!(
+            "bench: one Envoy, round {}/{} {}: {:.1} µs/req",
+            round + 1,
+            settings.one_envoy_rounds,
+            scenarios[k].name,
+            m.cpu_us
+        );
+        measured[k] = Some(m);
+    }
+    Ok(texts
+        .into_iter()
+        .zip(measured)
+        .filter_map(|(text, m)| Some((text, m?)))
+        .collect())
 }
 
 /// The filter-memory results of a run, per build.
@@ -979,33 +1257,51 @@ fn boot(
         empty_wasm: &settings.empty_wasm,
     };
     let config = envoy_config(&scenario.auth, tokens, &wiring).map_err(|e| e.to_string())?;
-    let path = settings.work_dir.join(format!("envoy-{index}.yaml"));
+    let module_dir = match scenario.auth {
+        Auth::Native { .. } | Auth::NativeCompare { .. } | Auth::EmptyNative(_) => native.parent(),
+        _ => None,
+    };
+    let label = index.to_string();
+    let envoy = spawn_envoy(settings, &label, index, concurrency, &config, module_dir)?;
+    Ok((envoy, listen_port, admin_port))
+}
+
+/// Writes `config` as `envoy-<label>.yaml` in the run's folder and starts Envoy with it on core
+/// 0 (its log `envoy-<label>.log`; `--base-id` the run's first plus `offset`), finding dynamic
+/// modules in `module_dir`.
+fn spawn_envoy(
+    settings: &EdgeSettings,
+    label: &str,
+    offset: usize,
+    concurrency: u32,
+    config: &str,
+    module_dir: Option<&Path>,
+) -> Result<Owned, String> {
+    let path = settings.work_dir.join(format!("envoy-{label}.yaml"));
     std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base_id = settings.base_id + u32::try_from(offset).unwrap_or(0);
     let args = vec![
         "-c".to_string(),
         path.display().to_string(),
         "--concurrency".into(),
         concurrency.to_string(),
         "--base-id".into(),
-        (settings.base_id + index as u32).to_string(),
+        base_id.to_string(),
         "--disable-hot-restart".into(),
         "-l".into(),
         "warning".into(),
     ];
-    let log = settings.work_dir.join(format!("envoy-{index}.log"));
-    let module_dir = native
-        .parent()
+    let log = settings.work_dir.join(format!("envoy-{label}.log"));
+    let module_dir = module_dir
         .map(|dir| dir.display().to_string())
         .unwrap_or_default();
-    let envs: Vec<(&str, &str)> = match scenario.auth {
-        Auth::Native { .. } | Auth::NativeCompare { .. } | Auth::EmptyNative(_) => {
-            vec![("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir.as_str())]
-        }
-        _ => Vec::new(),
+    let envs: Vec<(&str, &str)> = if module_dir.is_empty() {
+        Vec::new()
+    } else {
+        vec![("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir.as_str())]
     };
-    let envoy = spawn_pinned("0", &settings.envoy, &args, &log, &envs)
-        .map_err(|e| format!("cannot start {}: {e}", settings.envoy.display()))?;
-    Ok((envoy, listen_port, admin_port))
+    spawn_pinned("0", &settings.envoy, &args, &log, &envs)
+        .map_err(|e| format!("cannot start {}: {e}", settings.envoy.display()))
 }
 
 /// The tokens a verification sends, owned so that it can run in its own task.
@@ -1142,32 +1438,62 @@ fn wrk(connections: u32, port: u16, token: &str, seconds: u64) -> Result<String,
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// What one measurement loads: a listener of an Envoy, with the token its load sends.
+struct Load<'a> {
+    pid: u32,
+    port: u16,
+    admin_port: u16,
+    /// The listener's request counter (`http.<stat prefix>.downstream_rq_total`).
+    counter: &'a str,
+    token: &'a str,
+    /// Seconds of load before the measurement, and measured.
+    warmup_seconds: u64,
+    seconds: u64,
+}
+
+impl Booted {
+    /// The load of a row on its own Envoy.
+    fn load(&self, settings: &EdgeSettings) -> Result<Load<'_>, String> {
+        Ok(Load {
+            pid: self.envoy.as_ref().map(|e| e.pid()).ok_or("no Envoy")?,
+            port: self.listen_port,
+            admin_port: self.admin_port,
+            counter: RQ_COUNTER,
+            token: &self.token,
+            warmup_seconds: settings.warmup_seconds,
+            seconds: settings.seconds,
+        })
+    }
+}
+
 async fn measure(
     client: &reqwest::Client,
     settings: &EdgeSettings,
-    b: &Booted,
+    load: &Load<'_>,
     check_pid: Option<u32>,
     hz: u64,
 ) -> Result<EdgeMeasure, String> {
-    let pid = b.envoy.as_ref().map(|e| e.pid()).ok_or("no Envoy")?;
-    if settings.warmup_seconds > 0 {
-        let (port, token) = (b.listen_port, b.token.clone());
-        let secs = settings.warmup_seconds;
+    let pid = load.pid;
+    if load.warmup_seconds > 0 {
+        let (port, token) = (load.port, load.token.to_string());
+        let secs = load.warmup_seconds;
         let conns = settings.connections;
         tokio::task::spawn_blocking(move || wrk(conns, port, &token, secs))
             .await
             .map_err(|e| e.to_string())??;
     }
     let counter = |text: Option<String>| -> Result<u64, String> {
-        envoy_stat(&text.ok_or("admin /stats unreachable")?, RQ_COUNTER).map_err(|e| e.to_string())
+        envoy_stat(&text.ok_or("admin /stats unreachable")?, load.counter)
+            .map_err(|e| e.to_string())
     };
-    let rq0 = counter(admin_get(client, b.admin_port, "/stats?filter=downstream_rq_total").await)?;
+    let rq0 =
+        counter(admin_get(client, load.admin_port, "/stats?filter=downstream_rq_total").await)?;
     let t0 = cpu_ticks(pid).map_err(|e| e.to_string())?;
     let c0 = check_pid
         .map(cpu_ticks)
         .transpose()
         .map_err(|e| e.to_string())?;
-    let (port, token, secs) = (b.listen_port, b.token.clone(), settings.seconds);
+    let (port, token, secs) = (load.port, load.token.to_string(), load.seconds);
     let conns = settings.connections;
     let out = tokio::task::spawn_blocking(move || wrk(conns, port, &token, secs))
         .await
@@ -1177,7 +1503,8 @@ async fn measure(
         .map(cpu_ticks)
         .transpose()
         .map_err(|e| e.to_string())?;
-    let rq1 = counter(admin_get(client, b.admin_port, "/stats?filter=downstream_rq_total").await)?;
+    let rq1 =
+        counter(admin_get(client, load.admin_port, "/stats?filter=downstream_rq_total").await)?;
     let report = wrk_report(&out).map_err(|e| e.to_string())?;
     let requests = rq1.saturating_sub(rq0);
     let cpu_us = cpu_us_per_request(t1.saturating_sub(t0), hz, requests)
@@ -1275,6 +1602,88 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn bootstrap_listeners_side_by_side_share_one_cluster() {
+        let tokens = token_set(Algorithm::EdDSA, 1_700_000_000, 60).unwrap();
+        let wasm = PathBuf::from("/x/weauth_filter.wasm");
+        let settings = settings(Vec::new());
+        let listeners: Vec<_> = one_envoy_scenarios(&settings)
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let parts = auth_parts(&s.auth, &tokens, &wiring(&wasm)).unwrap();
+                (format!("side_{k}"), 30000 + k as u16, parts)
+            })
+            .collect();
+        assert_eq!(listeners.len(), 7);
+        let text = bootstrap(20002, &listeners).unwrap();
+        for k in 0..7 {
+            assert!(text.contains(&format!("    - name: side_{k}\n")), "{text}");
+            assert!(text.contains(&format!("                stat_prefix: side_{k}\n")));
+            assert!(text.contains(&format!("port_value: {} }}", 30000 + k)));
+        }
+        // Two native listeners, one feed cluster.
+        assert_eq!(
+            text.matches("    - name: weauth_feed\n").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("name: weauth_empty_filter }").count(), 2);
+        assert_eq!(text.matches("name: weauth_filter }").count(), 2);
+        assert_eq!(text.matches("jwt_authn.v3.JwtAuthentication").count(), 2);
+    }
+
+    fn settings(rows: Vec<String>) -> EdgeSettings {
+        EdgeSettings {
+            envoy: PathBuf::new(),
+            wasm: PathBuf::new(),
+            native: PathBuf::new(),
+            empty_wasm: PathBuf::new(),
+            empty_native: PathBuf::new(),
+            compare_wasm: None,
+            compare_native: None,
+            revocation_check: PathBuf::new(),
+            work_dir: PathBuf::new(),
+            rounds: 1,
+            seconds: 1,
+            warmup_seconds: 0,
+            connections: 1,
+            base_id: 0,
+            rows,
+            one_envoy_rounds: 1,
+            one_envoy_seconds: 1,
+        }
+    }
+
+    #[test]
+    fn one_envoy_rows_are_the_native_targets_and_follow_rows() {
+        let names: Vec<String> = one_envoy_scenarios(&settings(Vec::new()))
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "no auth",
+                "empty native module",
+                "empty native module + weauth's reads and counters",
+                "jwt_authn ES256, cache on",
+                "jwt_authn ES256 (cache on) + weauth's header edits",
+                "weauth native EdDSA (cache), 1M revoked",
+                "weauth native EdDSA (cache) doing plain jwt_authn's job, 1M revoked",
+            ]
+        );
+        let kept = one_envoy_scenarios(&settings(vec!["plain".into()]));
+        let kept: Vec<&str> = kept.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            kept,
+            [
+                "no auth",
+                "weauth native EdDSA (cache) doing plain jwt_authn's job, 1M revoked"
+            ]
+        );
     }
 
     #[test]

@@ -207,6 +207,7 @@ pub const MEMORY_PER_WORKER_MIB: f64 = 40.0;
 /// the filter-memory section.
 pub fn targets(
     rows: &[EdgeRow],
+    one_envoy: &[EdgeRow],
     delay_p99_ms: Option<f64>,
     memory: Option<&MemoryResult>,
 ) -> Vec<Target> {
@@ -357,20 +358,64 @@ pub fn targets(
             let same_job = above(cpu(JWT_SAME_JOB));
             let (plain, same) = (ratio(plain_job, cached), ratio(native1m, same_job));
             let by_round = |native: &str, jwt: &str| {
-                row(rows, native)
-                    .zip(row(rows, jwt))
+                paired_text(
+                    row(rows, native)
+                        .zip(row(rows, jwt))
+                        .and_then(|(n, j)| paired_cpu(n, j)),
+                )
+            };
+            // The same rows side by side in one Envoy (judged on when measured): each row's
+            // cost above no-auth is the median of its round-by-round differences with the
+            // baseline, all listeners of the same process.
+            let base = one_envoy.first().filter(|r| r.error.is_none());
+            let side = |name: &str| {
+                row(one_envoy, name)
+                    .zip(base)
+                    .and_then(|(r, b)| paired_cpu(r, b))
+                    .map(|p| p.median)
+            };
+            let side_rounds = |native: &str, jwt: &str| {
+                row(one_envoy, native)
+                    .zip(row(one_envoy, jwt))
                     .and_then(|(n, j)| paired_cpu(n, j))
-                    .map_or("–".to_string(), |p| {
-                        format!(
-                            "{:+.1} µs median ({:+.1} to {:+.1}; higher in {} of {} rounds)",
-                            p.median, p.min, p.max, p.higher, p.rounds
-                        )
-                    })
+            };
+            let one_plain = ratio(side(NATIVE_PLAIN_JOB), side("jwt_authn ES256, cache on"));
+            let one_same = ratio(
+                side("weauth native EdDSA (cache), 1M revoked"),
+                side(JWT_SAME_JOB),
+            );
+            let one_text = format!(
+                "**One Envoy, side by side** ({} rounds, a fresh Envoy each, every row a listener \
+                 of it; above no-auth = the median of the round-by-round differences): {} doing \
+                 plain jwt_authn's job ({} against {}; native − jwt_authn round by round {}); \
+                 {} doing weauth's job ({} against {}; round by round {}); the empty native \
+                 module {} by itself, {} making weauth's reads and counters. **Separate \
+                 Envoys**: ",
+                base.map_or(0, |b| b.rounds),
+                times(one_plain),
+                us(side(NATIVE_PLAIN_JOB)),
+                us(side("jwt_authn ES256, cache on")),
+                paired_text(side_rounds(NATIVE_PLAIN_JOB, "jwt_authn ES256, cache on")),
+                times(one_same),
+                us(side("weauth native EdDSA (cache), 1M revoked")),
+                us(side(JWT_SAME_JOB)),
+                paired_text(side_rounds(
+                    "weauth native EdDSA (cache), 1M revoked",
+                    JWT_SAME_JOB
+                )),
+                us(side("empty native module")),
+                us(side("empty native module + weauth's reads and counters")),
+            );
+            // Judged side by side when that ran (it pairs rows within one process), else on
+            // the rows' own Envoys.
+            let (plain, same, one_text) = match (one_plain, one_same) {
+                (Some(a), Some(b)) => (Some(a), Some(b), one_text),
+                _ => (plain, same, String::new()),
             };
             Target {
                 goal: "native: cost above no-auth ≤ jwt_authn cached's (1.0×), revocation on",
                 measured: format!(
-                    "Like for like, 1M revoked, (native − no auth) ÷ (jwt_authn ES256 cached − \
+                    "{one_text}Like for like, 1M revoked, (native − no auth) ÷ (jwt_authn ES256 cached − \
                      no auth): {} doing plain jwt_authn's job (token forwarded, nothing \
                      edited; {} against {}; round by round {}); {} doing weauth's job against \
                      jwt_authn doing it too (two identity headers, token removed, route \
@@ -404,6 +449,16 @@ pub fn targets(
             }
         },
     ]
+}
+
+/// A round-by-round comparison in words.
+fn paired_text(paired: Option<Paired>) -> String {
+    paired.map_or("–".to_string(), |p| {
+        format!(
+            "{:+.1} µs median ({:+.1} to {:+.1}; higher in {} of {} rounds)",
+            p.median, p.min, p.max, p.higher, p.rounds
+        )
+    })
 }
 
 /// The targets as a Markdown table.
@@ -737,7 +792,7 @@ mod tests {
             ] {
                 r.push(EdgeRow::from_samples(name, "ok", &[measure(900.0, cpu)]));
             }
-            targets(&r, None, None).pop().unwrap()
+            targets(&r, &[], None, None).pop().unwrap()
         };
         // Above no-auth (10): jwt_authn cached 10, doing weauth's job 15; native 9 doing
         // plain jwt_authn's job, 10 and 12.5 doing weauth's.
@@ -770,7 +825,70 @@ mod tests {
             "ok",
             &[measure(900.0, 20.0)],
         ));
-        assert_eq!(targets(&r, None, None).pop().unwrap().met, None);
+        assert_eq!(targets(&r, &[], None, None).pop().unwrap().met, None);
+    }
+
+    #[test]
+    fn targets_native_judged_side_by_side_when_measured() {
+        // Separate Envoys: native doing plain jwt_authn's job 1.10× (not met).
+        let mut separate = rows();
+        for (name, cpu) in [
+            ("jwt_authn ES256 (cache on) + weauth's header edits", 25.0),
+            ("weauth native EdDSA (cache), 1M revoked", 20.0),
+            (
+                "weauth native EdDSA (cache) doing plain jwt_authn's job, 1M revoked",
+                21.0,
+            ),
+        ] {
+            separate.push(EdgeRow::from_samples(name, "ok", &[measure(900.0, cpu)]));
+        }
+        assert_eq!(
+            targets(&separate, &[], None, None).pop().unwrap().met,
+            Some(false)
+        );
+        // One Envoy, two rounds; the baseline moved 4 µs between them, and each row's cost
+        // above it is taken round by round: jwt_authn cached 2 and 3 (median 2.5), native plain
+        // 2 and 2 (2.0), jwt_authn doing weauth's job 5 and 5, native doing it 4 and 4.
+        let side = |plain_job: [f64; 2]| {
+            let cpu = |name: &str, v: [f64; 2]| {
+                let samples: Vec<EdgeMeasure> = v.iter().map(|c| measure(1.0, *c)).collect();
+                EdgeRow::from_samples(name, "ok", &samples)
+            };
+            vec![
+                cpu("no auth", [20.0, 24.0]),
+                cpu("jwt_authn ES256, cache on", [22.0, 27.0]),
+                cpu(
+                    "jwt_authn ES256 (cache on) + weauth's header edits",
+                    [25.0, 29.0],
+                ),
+                cpu("weauth native EdDSA (cache), 1M revoked", [24.0, 28.0]),
+                cpu(
+                    "weauth native EdDSA (cache) doing plain jwt_authn's job, 1M revoked",
+                    plain_job,
+                ),
+            ]
+        };
+        let met = targets(&separate, &side([22.0, 26.0]), None, None)
+            .pop()
+            .unwrap();
+        assert_eq!(met.met, Some(true), "{}", met.measured);
+        assert!(
+            met.measured.starts_with(
+                "**One Envoy, side by side** (2 rounds, a fresh Envoy each, every row a \
+                 listener of it; above no-auth = the median of the round-by-round \
+                 differences): 0.80× doing plain jwt_authn's job (2.0 µs against 2.5 µs; \
+                 native − jwt_authn round by round -0.5 µs median (-1.0 to +0.0; higher in 0 \
+                 of 2 rounds)); 0.80× doing weauth's job (4.0 µs against 5.0 µs;"
+            ),
+            "{}",
+            met.measured
+        );
+        assert!(met.measured.contains("**Separate Envoys**: Like for like"));
+        // The judgment follows the side-by-side rows either way.
+        let not_met = targets(&rows(), &side([23.0, 27.5]), None, None)
+            .pop()
+            .unwrap();
+        assert_eq!(not_met.met, Some(false), "{}", not_met.measured);
     }
 
     #[test]
@@ -833,14 +951,14 @@ mod tests {
                 &[measure(900.0, 23.1)],
             ),
         );
-        let t = targets(&r, None, None);
+        let t = targets(&r, &[], None, None);
         assert_eq!(t[5].met, Some(true));
         assert!(t[5].measured.contains("(100k ÷ 0;"), "{}", t[5].measured);
     }
 
     #[test]
     fn targets_judged_from_rows() {
-        let t = targets(&rows(), Some(120.0), None);
+        let t = targets(&rows(), &[], Some(120.0), None);
         // 22 / 20 = 1.1 ≤ 1.2
         assert_eq!(t[2].met, Some(true));
         // 100 / 22 ≈ 4.5 < 5; above the floor of 10: 90 / 12 = 7.5; floor bound 100 / 10.
@@ -907,7 +1025,7 @@ mod tests {
                 [Some(120 * 1024), Some(215 * 1024)],
             ],
         };
-        let t = targets(&r, None, Some(&memory));
+        let t = targets(&r, &[], None, Some(&memory));
         // (22 − 10) ÷ (14 − 10) = 3.0 with 0 revoked; (17 − 10) ÷ 4 = 1.75 with 1M.
         assert_eq!(t[0].met, Some(false));
         assert!(
@@ -938,7 +1056,7 @@ mod tests {
             set_size: 100_000,
             ..memory
         };
-        assert_eq!(targets(&r, None, Some(&small))[1].met, None);
+        assert_eq!(targets(&r, &[], None, Some(&small))[1].met, None);
     }
 
     #[test]

@@ -8,8 +8,10 @@
 
 use thiserror::Error;
 
-/// The bootstrap: listener, direct_response route, `{{HTTP_FILTERS}}`, `{{CLUSTERS}}`.
+/// The bootstrap: admin, `{{LISTENERS}}`, `{{CLUSTERS}}`.
 pub const EDGE: &str = include_str!("../envoy/edge.yaml");
+/// One listener: a direct_response route behind `{{HTTP_FILTERS}}`.
+pub const LISTENER: &str = include_str!("../envoy/listener.yaml");
 /// jwt_authn with inline JWKS.
 pub const JWT_AUTHN: &str = include_str!("../envoy/jwt_authn.yaml");
 /// HTTP ext_authz to the revocation check.
@@ -106,17 +108,27 @@ mod tests {
     #[test]
     fn embedded_edge_template_renders_with_all_names() {
         let cluster = render(CLUSTER, &[("NAME", "feed"), ("PORT", "1")]).unwrap();
+        let listener = render(
+            LISTENER,
+            &[
+                ("NAME", "bench"),
+                ("LISTEN_PORT", "1"),
+                ("HTTP_FILTERS", ""),
+            ],
+        )
+        .unwrap();
         let out = render(
             EDGE,
             &[
-                ("LISTEN_PORT", "1"),
                 ("ADMIN_PORT", "2"),
-                ("HTTP_FILTERS", ""),
+                ("LISTENERS", &listener),
                 ("CLUSTERS", &cluster),
             ],
         )
         .unwrap();
+        assert!(out.contains("    - name: bench\n      address:\n"));
         assert!(out.contains("port_value: 1 }"));
+        assert!(out.contains("                stat_prefix: bench\n"));
         assert!(out.contains("    - name: feed\n      type: STATIC\n"));
     }
 }

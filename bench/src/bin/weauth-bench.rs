@@ -150,6 +150,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         connections: 16,
         base_id: 4100 + (std::process::id() % 500) * 20,
         rows: args.rows.clone(),
+        one_envoy_rounds: if args.full { 8 } else { 2 },
+        one_envoy_seconds: if args.full { 6 } else { 3 },
     };
     let mode = if args.full { "full" } else { "quick" };
     let started = std::time::Instant::now();
@@ -158,11 +160,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let run = |name: &str| args.sections.iter().any(|s| s == name);
-    let (rows, memories) = if run("edge") {
+    let edge_run = if run("edge") {
         rt.block_on(edge::run(&settings))
     } else {
-        (Vec::new(), edge::Memory::default())
+        edge::EdgeRun::default()
     };
+    let (rows, one_envoy, memories) = (edge_run.rows, edge_run.one_envoy, edge_run.memory);
     let memory = memories.wasm;
     let delay = run("delay").then(|| {
         let count = if args.full { 300 } else { 100 };
@@ -227,7 +230,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => None,
     };
     let table = edge_markdown(&rows);
-    let goals = targets_markdown(&targets(&rows, delay_p99, memory.as_ref()));
+    let goals = targets_markdown(&targets(&rows, &one_envoy, delay_p99, memory.as_ref()));
     let title = format!("weauth edge benchmark ({mode} mode)");
     let mut md = String::new();
     md.push_str(&format!("# weauth benchmark ({mode} mode)\n\n"));
@@ -258,6 +261,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if run("edge") {
         md.push_str(&table);
         md.push_str("\n![edge](edge.svg)\n\n");
+        if !one_envoy.is_empty() {
+            md.push_str(&format!(
+                "### The native target's rows side by side in one Envoy\n\n\
+                 The same configurations as listeners of one Envoy (one worker, core 0), a \
+                 fresh Envoy for each of {} rounds, each listener loaded for {} s after a {} s \
+                 warm-up, in an order rotated by round; Envoy CPU per request = the process's \
+                 CPU over a listener's load ÷ that listener's `http.side_<n>.downstream_rq_total` \
+                 delta; medians over rounds. Separate Envoys carry a bias fixed for each \
+                 process's life as large as the differences the native target judges; listeners \
+                 of one process share it, so the target is judged on these rows, each row's cost \
+                 above no-auth taken round by round.\n\n",
+                settings.one_envoy_rounds,
+                settings.one_envoy_seconds,
+                edge::ONE_ENVOY_WARMUP_SECONDS,
+            ));
+            md.push_str(&edge_markdown(&one_envoy));
+            md.push('\n');
+        }
     } else {
         md.push_str("Not run (`--only`).\n\n");
     }
