@@ -60,9 +60,13 @@ pub fn identity_to_remove<'h>(
     set: &[&str],
 ) -> Vec<&'h str> {
     let mut out: Vec<&'h str> = Vec::new();
+    // Usually every configured header is under the prefix (the default mappings are): then a
+    // header outside it is none of them, and each header costs one prefix comparison.
+    let any_outside = configured.iter().any(|m| !m.header.starts_with(prefix));
     for header in headers {
         let name = header.name();
-        let ours = name.starts_with(prefix) || configured.iter().any(|m| m.header == name);
+        let ours = name.starts_with(prefix)
+            || (any_outside && configured.iter().any(|m| m.header == name));
         if ours && !set.contains(&name) && !out.contains(&name) {
             out.push(name);
         }
@@ -162,6 +166,34 @@ mod tests {
         assert_eq!(
             identity_to_remove(&h, "x-weauth-", &configured, &["x-user"]),
             ["x-weauth-sub"]
+        );
+    }
+
+    #[test]
+    fn identity_to_remove_every_configured_header_under_the_prefix() {
+        let h = headers(&[
+            ("x-user", "not configured"),
+            ("x-weauth-sub", "spoof"),
+            ("x-weauth-other", "spoof"),
+            ("accept", "*/*"),
+        ]);
+        let configured = [
+            mapping("sub", "x-weauth-sub"),
+            mapping("sid", "x-weauth-sid"),
+        ];
+        assert_eq!(
+            identity_to_remove(&h, "x-weauth-", &configured, &[]),
+            ["x-weauth-sub", "x-weauth-other"]
+        );
+        assert_eq!(
+            identity_to_remove(&h, "x-weauth-", &configured, &["x-weauth-sub"]),
+            ["x-weauth-other"]
+        );
+        // One mapping outside the prefix: that header is looked for too.
+        let configured = [mapping("sub", "x-weauth-sub"), mapping("openid", "x-user")];
+        assert_eq!(
+            identity_to_remove(&h, "x-weauth-", &configured, &[]),
+            ["x-user", "x-weauth-sub", "x-weauth-other"]
         );
     }
 

@@ -76,10 +76,18 @@ fn is_unreserved(byte: u8) -> bool {
 /// # Errors
 /// The [`PathError`] of the first refused character.
 pub fn check(path: &str) -> Result<(), PathError> {
+    scan(path).map(|_| ())
+}
+
+/// [`check`], and in the same walk over the path whether it is plain — whether it cannot read
+/// differently to an upstream that normalizes: no `//`, `/.`, `%` or `;`.
+fn scan(path: &str) -> Result<bool, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    let mut plain = true;
+    let mut previous = 0u8;
     let mut i = 0;
     while let Some(&byte) = bytes.get(i) {
         match byte {
@@ -101,20 +109,20 @@ pub fn check(path: &str) -> Result<(), PathError> {
                     byte if byte.is_ascii_control() => return Err(PathError::ControlCharacter),
                     _ => {}
                 }
+                // Not plain: whatever follows the escape, `previous` no longer matters.
+                plain = false;
                 i += 3;
                 continue;
             }
+            b';' => plain = false,
+            b'/' | b'.' if previous == b'/' => plain = false,
             byte if byte.is_ascii_control() => return Err(PathError::ControlCharacter),
             _ => {}
         }
+        previous = byte;
         i += 1;
     }
-    Ok(())
-}
-
-/// Whether a checked path may read differently to an upstream that normalizes.
-fn is_plain(path: &str) -> bool {
-    !path.contains("//") && !path.contains("/.") && !path.contains(['%', ';'])
+    Ok(plain)
 }
 
 /// Decodes `%XX` escapes: only unreserved characters when `all` is false, every escape when
@@ -234,6 +242,66 @@ fn at_least_as_strict(a: (Require, &[String]), b: (Require, &[String])) -> bool 
     rank(a.0) >= rank(b.0) && b.1.iter().all(|scope| a.1.contains(scope))
 }
 
+/// A request path that passed step 1 ([`check`]): `:path` without its query, and whether it
+/// is plain (one reading). Checked once per request; its rule ([`CheckedPath::rule`]) and its
+/// edge settings ([`CheckedPath::edge`]) are then looked up without walking it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedPath<'p> {
+    path: &'p str,
+    plain: bool,
+}
+
+impl<'p> CheckedPath<'p> {
+    /// Cuts the query from the request path `raw` (`:path`) and checks the rest (step 1).
+    ///
+    /// # Errors
+    /// [`PathError`] when the path is refused: answer 400.
+    pub fn new(raw: &'p str) -> Result<CheckedPath<'p>, PathError> {
+        let path = without_query(raw);
+        let plain = scan(path)?;
+        Ok(CheckedPath { path, plain })
+    }
+
+    /// Whether the path has one reading only (no dot segment, repeated slash, `%` or `;`).
+    pub fn is_plain(self) -> bool {
+        self.plain
+    }
+
+    /// The rule that applies, given the configuration's lookup `rule_for` (see
+    /// [`rule_for_path`]).
+    ///
+    /// # Errors
+    /// [`PathError::Ambiguous`] when the readings match rules that cannot be ordered: answer
+    /// 400.
+    pub fn rule<'a>(
+        self,
+        rule_for: impl Fn(&str) -> (Require, &'a [String]),
+    ) -> Result<(Require, &'a [String]), PathError> {
+        if self.plain {
+            return Ok(rule_for(self.path));
+        }
+        let rules: Vec<(Require, &'a [String])> = readings(self.path)
+            .iter()
+            .map(|reading| rule_for(reading))
+            .collect();
+        rules
+            .iter()
+            .copied()
+            .find(|candidate| {
+                rules
+                    .iter()
+                    .all(|other| at_least_as_strict(*candidate, *other))
+            })
+            .ok_or(PathError::Ambiguous)
+    }
+
+    /// The CSRF and forwarding settings, given the configuration's lookup `edge_for` (see
+    /// [`edge_for_path`]).
+    pub fn edge(self, edge_for: impl Fn(&str) -> EdgeRule) -> EdgeRule {
+        edge_of(self.path, self.plain, edge_for)
+    }
+}
+
 /// The rule that applies to the request path `raw` (`:path`, query included), given the
 /// configuration's lookup `rule_for` (a path without query → its requirement and scopes).
 ///
@@ -244,24 +312,7 @@ pub fn rule_for_path<'a>(
     raw: &str,
     rule_for: impl Fn(&str) -> (Require, &'a [String]),
 ) -> Result<(Require, &'a [String]), PathError> {
-    let path = without_query(raw);
-    check(path)?;
-    if is_plain(path) {
-        return Ok(rule_for(path));
-    }
-    let rules: Vec<(Require, &'a [String])> = readings(path)
-        .iter()
-        .map(|reading| rule_for(reading))
-        .collect();
-    rules
-        .iter()
-        .copied()
-        .find(|candidate| {
-            rules
-                .iter()
-                .all(|other| at_least_as_strict(*candidate, *other))
-        })
-        .ok_or(PathError::Ambiguous)
+    CheckedPath::new(raw)?.rule(rule_for)
 }
 
 /// The CSRF and forwarding settings ([`EdgeRule`]) for a request path that [`rule_for_path`]
@@ -269,8 +320,14 @@ pub fn rule_for_path<'a>(
 /// token forwarded only if every reading's rule forwards it). A plain path: one lookup.
 pub fn edge_for_path(raw: &str, edge_for: impl Fn(&str) -> EdgeRule) -> EdgeRule {
     let path = without_query(raw);
+    // A refused path (which this is not given) gets every reading's settings.
+    edge_of(path, scan(path).unwrap_or(false), edge_for)
+}
+
+/// [`edge_for_path`] of a path without its query, `plain` as [`scan`] says.
+fn edge_of(path: &str, plain: bool, edge_for: impl Fn(&str) -> EdgeRule) -> EdgeRule {
     let first = edge_for(path);
-    if is_plain(path) {
+    if plain {
         return first;
     }
     readings(path)
@@ -500,6 +557,101 @@ mod tests {
         for path in ["/public/..%3b/private", "/public/..;/private"] {
             let all = readings(path);
             assert!(all.contains(&"/private".to_string()), "{path}: {all:?}");
+        }
+    }
+
+    /// Paths of every kind: plain, ambiguous, refused, non-ASCII.
+    const SAMPLE_PATHS: &[&str] = &[
+        "/",
+        "/api/me",
+        "/api/me?x=1",
+        "/api/me?x=/../a//b%2f;",
+        "/public/page?x=/../admin/",
+        "/a.b/c.d",
+        "/.well-known/x",
+        "/a/.",
+        "/a/..",
+        "//a",
+        "/a//",
+        "/a;b",
+        "/a%41",
+        "/100%25",
+        "/%2e%2e/x",
+        "/a/%2E/b",
+        "/é/ü.x",
+        "/é//x",
+        "/x/é.",
+        "/public\\x",
+        "/a%",
+        "/a%zz",
+        "/a%2f",
+        "/a%252e",
+        "/a#b",
+        "/a\u{0}",
+        "/a%7f",
+        "a/b",
+        "",
+        "?/a",
+    ];
+
+    /// What [`scan`] says of plainness, the obvious way: the oracle of its test.
+    fn is_plain(path: &str) -> bool {
+        !path.contains("//") && !path.contains("/.") && !path.contains(['%', ';'])
+    }
+
+    #[test]
+    fn scan_plain_matches_is_plain_on_every_checked_path() {
+        let attempts = SAMPLE_PATHS.iter().copied().chain([
+            "/public/../private",
+            "/public/./../private",
+            "/public/.%2e/private",
+            "/public/..;/private",
+            "/public;/../private",
+            "//public/../private",
+            "/public//../../private",
+            "/%70ublic/../private",
+        ]);
+        for raw in attempts {
+            let path = without_query(raw);
+            assert_eq!(
+                scan(path).map(|plain| plain == is_plain(path)),
+                check(path).map(|()| true),
+                "{raw:?}"
+            );
+            assert_eq!(
+                CheckedPath::new(raw).map(CheckedPath::is_plain),
+                check(path).map(|()| is_plain(path)),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn checked_path_rule_and_edge_match_the_one_shot_functions() {
+        let rules = rules();
+        let edge_for = |path: &str| EdgeRule {
+            csrf: !path.starts_with("/public/"),
+            forward_authorization: path.starts_with("/public/"),
+        };
+        for raw in SAMPLE_PATHS.iter().copied().chain([
+            "/public/x",
+            "/public/../admin/users",
+            "/admin/../reports/x",
+            "/public/%7Eme",
+        ]) {
+            let checked = CheckedPath::new(raw);
+            assert_eq!(
+                checked.and_then(|checked| checked.rule(lookup(&rules))),
+                rule_for_path(raw, lookup(&rules)),
+                "{raw:?}"
+            );
+            if let Ok(checked) = checked {
+                assert_eq!(
+                    checked.edge(edge_for),
+                    edge_for_path(raw, edge_for),
+                    "{raw:?}"
+                );
+            }
         }
     }
 

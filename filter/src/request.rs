@@ -244,7 +244,10 @@ fn decide_request<'c>(
         return Next::Forward(Edits::strip_only(config, &headers));
     }
     let path = headers::first(&headers, ":path").unwrap_or("/");
-    let (require, scopes) = match path::rule_for_path(path, |p| config.rule_for(p)) {
+    // The path is checked and cut from its query once; the rule and the edge settings reuse it.
+    let rule = path::CheckedPath::new(path)
+        .and_then(|checked| Ok((checked, checked.rule(|p| config.rule_for(p))?)));
+    let (checked, (require, scopes)) = match rule {
         Ok(rule) => rule,
         Err(err) => {
             return Next::Deny(Denial {
@@ -259,7 +262,7 @@ fn decide_request<'c>(
     if require == Require::None {
         return Next::Forward(Edits::strip_only(config, &headers));
     }
-    let edge = path::edge_for_path(path, |p| config.edge_for(p));
+    let edge = checked.edge(|p| config.edge_for(p));
     let extracted = verify::extract_token(&config.token_sources, &headers, path);
     if csrf::applies(edge.csrf, &config.token_sources, &extracted, method) {
         if let Err(denial) = csrf::check(

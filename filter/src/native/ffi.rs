@@ -99,6 +99,20 @@ pub struct EnvoyHttpHeader {
     value_length: usize,
 }
 
+impl EnvoyHttpHeader {
+    /// An entry before Envoy fills it.
+    const EMPTY: EnvoyHttpHeader = EnvoyHttpHeader {
+        key_ptr: std::ptr::null(),
+        key_length: 0,
+        value_ptr: std::ptr::null(),
+        value_length: 0,
+    };
+}
+
+/// How many request headers [`Request::request_headers`] reads into an array on the stack
+/// (1 KiB); a request with more gets a heap array.
+const INLINE_HEADERS: usize = 32;
+
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: u32 = 0;
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status_{Continue,StopIteration}`
@@ -240,32 +254,59 @@ fn now_ms() -> u64 {
 
 /// Counter and gauge ids, defined once in `on_http_filter_config_new` (Envoy freezes stat
 /// creation after it). Names as the wasm build's: `weauth.<name>`, `weauth.denied.<reason>`.
+/// The counters every request may touch are also resolved once into their own fields, so the
+/// request path increments them without a search by name.
 #[derive(Debug, Default)]
 struct Ids {
     counters: Vec<(&'static str, usize)>,
     denied: Vec<(&'static str, usize)>,
     gauges: Vec<(&'static str, usize)>,
+    /// `weauth.allowed`, `weauth.anonymous`, `weauth.cache_hit`, `weauth.cache_miss`: `None`
+    /// when Envoy refused to define it (as a name missing from `counters`).
+    allowed: Option<usize>,
+    anonymous: Option<usize>,
+    cache_hit: Option<usize>,
+    cache_miss: Option<usize>,
 }
 
 impl Ids {
     fn define(config: ConfigEnvoyPtr) -> Ids {
-        let mut ids = Ids::default();
+        let mut counters = Vec::new();
+        let mut denied = Vec::new();
+        let mut gauges = Vec::new();
         for name in crate::metrics_names::COUNTERS {
             if let Some(id) = define(config, &format!("weauth.{name}"), false) {
-                ids.counters.push((name, id));
+                counters.push((*name, id));
             }
         }
         for reason in crate::metrics_names::DENY_REASONS {
             if let Some(id) = define(config, &format!("weauth.denied.{reason}"), false) {
-                ids.denied.push((reason, id));
+                denied.push((*reason, id));
             }
         }
         for name in crate::metrics_names::GAUGES {
             if let Some(id) = define(config, &format!("weauth.{name}"), true) {
-                ids.gauges.push((name, id));
+                gauges.push((*name, id));
             }
         }
-        ids
+        Ids::new(counters, denied, gauges)
+    }
+
+    /// The ids as defined, with the per-request counters looked up once.
+    fn new(
+        counters: Vec<(&'static str, usize)>,
+        denied: Vec<(&'static str, usize)>,
+        gauges: Vec<(&'static str, usize)>,
+    ) -> Ids {
+        Ids {
+            allowed: Ids::find(&counters, "allowed"),
+            anonymous: Ids::find(&counters, "anonymous"),
+            cache_hit: Ids::find(&counters, "cache_hit"),
+            cache_miss: Ids::find(&counters, "cache_miss"),
+            counters,
+            denied,
+            gauges,
+        }
     }
 
     fn find(list: &[(&'static str, usize)], name: &str) -> Option<usize> {
@@ -517,43 +558,33 @@ impl Host for Request<'_> {
         log(level, message);
     }
 
-    /// Views into Envoy's own header map: no copy unless a value is not UTF-8.
+    /// Views into Envoy's own header map: no copy unless a value is not UTF-8. The array Envoy
+    /// fills is on the stack when the request has at most [`INLINE_HEADERS`] headers (nearly
+    /// every request): only the returned views are allocated.
     fn request_headers(&self) -> Vec<Header<'_>> {
-        // SAFETY: inside a request hook; the array is sized by the host's own count. The
-        // buffers it points to are Envoy's header map's own: they live until the hook returns
-        // or the map changes. The views borrow `self`, whose edits (and the hook's end) need it
-        // back, so none outlives either.
-        unsafe {
-            let size =
-                envoy_dynamic_module_callback_http_get_headers_size(self.filter, REQUEST_HEADER);
-            if size == 0 {
-                return Vec::new();
-            }
-            let mut raw = vec![
-                EnvoyHttpHeader {
-                    key_ptr: std::ptr::null(),
-                    key_length: 0,
-                    value_ptr: std::ptr::null(),
-                    value_length: 0,
-                };
-                size
-            ];
-            if !envoy_dynamic_module_callback_http_get_headers(
-                self.filter,
-                REQUEST_HEADER,
-                raw.as_mut_ptr(),
-            ) {
-                return Vec::new();
-            }
-            raw.iter()
-                .map(|h| {
-                    (
-                        text(h.key_ptr, h.key_length),
-                        text(h.value_ptr, h.value_length),
-                    )
-                })
-                .collect()
+        // SAFETY: inside a request hook with Envoy's filter pointer.
+        let size = unsafe {
+            envoy_dynamic_module_callback_http_get_headers_size(self.filter, REQUEST_HEADER)
+        };
+        if size == 0 {
+            return Vec::new();
         }
+        with_header_array(size, |raw| {
+            // SAFETY: inside a request hook; the array holds exactly the host's own count of
+            // entries, which Envoy fills. The buffers they point to are Envoy's header map's
+            // own: they live until the hook returns or the map changes. The views borrow
+            // `self`, whose edits (and the hook's end) need it back, so none outlives either.
+            unsafe {
+                if !envoy_dynamic_module_callback_http_get_headers(
+                    self.filter,
+                    REQUEST_HEADER,
+                    raw.as_mut_ptr(),
+                ) {
+                    return Vec::new();
+                }
+                views(raw)
+            }
+        })
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {
@@ -611,16 +642,16 @@ impl Host for Request<'_> {
 
 impl Stats for Request<'_> {
     fn allowed(&self) {
-        self.increment(Ids::find(&self.ids.counters, "allowed"));
+        self.increment(self.ids.allowed);
     }
     fn anonymous(&self) {
-        self.increment(Ids::find(&self.ids.counters, "anonymous"));
+        self.increment(self.ids.anonymous);
     }
     fn cache_hit(&self) {
-        self.increment(Ids::find(&self.ids.counters, "cache_hit"));
+        self.increment(self.ids.cache_hit);
     }
     fn cache_miss(&self) {
-        self.increment(Ids::find(&self.ids.counters, "cache_miss"));
+        self.increment(self.ids.cache_miss);
     }
     fn denied(&self, reason: &'static str) {
         self.increment(Ids::find(&self.ids.denied, reason));
@@ -638,6 +669,32 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     } else {
         std::slice::from_raw_parts(ptr, len)
     }
+}
+
+/// Runs `fill` on an array of `size` empty header entries: on the stack when `size` is at most
+/// [`INLINE_HEADERS`], on the heap otherwise.
+fn with_header_array<R>(size: usize, fill: impl FnOnce(&mut [EnvoyHttpHeader]) -> R) -> R {
+    let mut inline = [EnvoyHttpHeader::EMPTY; INLINE_HEADERS];
+    match inline.get_mut(..size) {
+        Some(raw) => fill(raw),
+        None => fill(&mut vec![EnvoyHttpHeader::EMPTY; size]),
+    }
+}
+
+/// The headers Envoy wrote into `raw`, as text views (see [`text`]).
+///
+/// # Safety
+/// Every entry's pointers must be null or point to their lengths' readable bytes, for as long
+/// as `'a`.
+unsafe fn views<'a>(raw: &[EnvoyHttpHeader]) -> Vec<Header<'a>> {
+    raw.iter()
+        .map(|h| {
+            (
+                text(h.key_ptr, h.key_length),
+                text(h.value_ptr, h.value_length),
+            )
+        })
+        .collect()
 }
 
 /// The bytes as text: borrowed when they are UTF-8, a lossy copy when not. `from_utf8` first:
@@ -1090,4 +1147,100 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_ne
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
     _config: *const c_void,
 ) {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PER_REQUEST: [&str; 4] = ["allowed", "anonymous", "cache_hit", "cache_miss"];
+
+    fn header(key: &[u8], value: &[u8]) -> EnvoyHttpHeader {
+        EnvoyHttpHeader {
+            key_ptr: key.as_ptr(),
+            key_length: key.len(),
+            value_ptr: value.as_ptr(),
+            value_length: value.len(),
+        }
+    }
+
+    #[test]
+    fn ids_per_request_counters_resolved_from_the_defined_ones() {
+        let ids = Ids::new(
+            vec![
+                ("jwks_fetch_ok", 2),
+                ("cache_miss", 3),
+                ("allowed", 5),
+                ("cache_hit", 7),
+            ],
+            vec![("missing", 11)],
+            vec![("jwks_keys", 13)],
+        );
+        // `anonymous` was not defined (Envoy refused it): not counted, as before.
+        assert_eq!(
+            (ids.allowed, ids.anonymous, ids.cache_hit, ids.cache_miss),
+            (Some(5), None, Some(7), Some(3))
+        );
+        assert_eq!(Ids::find(&ids.counters, "jwks_fetch_ok"), Some(2));
+        assert_eq!(Ids::find(&ids.denied, "missing"), Some(11));
+        assert_eq!(Ids::find(&ids.gauges, "jwks_keys"), Some(13));
+    }
+
+    #[test]
+    fn ids_per_request_counters_are_the_listed_names() {
+        let counters = crate::metrics_names::COUNTERS
+            .iter()
+            .zip(100..)
+            .map(|(name, id)| (*name, id))
+            .collect();
+        let ids = Ids::new(counters, Vec::new(), Vec::new());
+        let fields = [ids.allowed, ids.anonymous, ids.cache_hit, ids.cache_miss];
+        for (name, field) in PER_REQUEST.into_iter().zip(fields) {
+            assert!(field.is_some(), "{name} is not in metrics_names::COUNTERS");
+            assert_eq!(field, Ids::find(&ids.counters, name), "{name}");
+        }
+    }
+
+    #[test]
+    fn with_header_array_exact_size_stack_or_heap() {
+        for size in [
+            1,
+            INLINE_HEADERS - 1,
+            INLINE_HEADERS,
+            INLINE_HEADERS + 1,
+            200,
+        ] {
+            let len = with_header_array(size, |raw| {
+                assert!(raw
+                    .iter()
+                    .all(|h| h.key_ptr.is_null() && h.value_length == 0));
+                raw.len()
+            });
+            assert_eq!(len, size);
+        }
+    }
+
+    #[test]
+    fn views_borrow_utf8_copy_the_rest_lossily() {
+        let raw = [
+            header(b":path", b"/api/me"),
+            header(b"x-bin", b"a\xffb"),
+            EnvoyHttpHeader::EMPTY,
+        ];
+        // SAFETY: every entry points into the byte strings above (or is null), which outlive
+        // the views.
+        let views = unsafe { views(&raw) };
+        assert_eq!(views.len(), 3);
+        assert!(matches!(
+            views.first(),
+            Some((Cow::Borrowed(":path"), Cow::Borrowed("/api/me")))
+        ));
+        assert!(
+            matches!(views.get(1), Some((Cow::Borrowed("x-bin"), Cow::Owned(value))) if value == "a\u{fffd}b")
+        );
+        assert!(matches!(
+            views.get(2),
+            Some((Cow::Borrowed(""), Cow::Borrowed("")))
+        ));
+    }
 }
