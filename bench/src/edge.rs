@@ -299,12 +299,18 @@ pub fn scenarios_for(settings: &EdgeSettings) -> Vec<Scenario> {
         });
     }
     if settings.compare_native.is_some() {
-        all.push(Scenario {
-            name: "comparison native build (WEAUTH_BENCH_COMPARE_NATIVE), 0 revoked".into(),
-            auth: Auth::NativeCompare { revoked: 0 },
-        });
+        all.push(native_compare());
     }
     all
+}
+
+/// The row of the native build from another revision (`WEAUTH_BENCH_COMPARE_NATIVE`), to set
+/// beside "weauth native EdDSA (cache), 1M revoked".
+fn native_compare() -> Scenario {
+    Scenario {
+        name: "comparison native build (WEAUTH_BENCH_COMPARE_NATIVE), 1M revoked".into(),
+        auth: Auth::NativeCompare { revoked: 1_000_000 },
+    }
 }
 
 impl EdgeSettings {
@@ -319,7 +325,8 @@ impl EdgeSettings {
 /// The native target's rows (the baseline, the empty dynamic module by itself and making
 /// weauth's reads and counters, jwt_authn ES256 cached plain and doing weauth's job, the native
 /// build with 1M revocations doing each job), measured again side by side as listeners of one
-/// Envoy ([`run`]), those `--rows` keeps.
+/// Envoy ([`run`]), those `--rows` keeps; and the native build from another revision, when one
+/// is given (two builds in one process: a before/after free of each process's bias).
 pub fn one_envoy_scenarios(settings: &EdgeSettings) -> Vec<Scenario> {
     let jwt = |edits| Auth::JwtAuthn {
         alg: Algorithm::ES256,
@@ -339,10 +346,14 @@ pub fn one_envoy_scenarios(settings: &EdgeSettings) -> Vec<Scenario> {
         native(Forward::Token),
         native(Forward::Identity),
     ];
-    scenarios()
+    let mut rows: Vec<Scenario> = scenarios()
         .into_iter()
         .filter(|s| wanted.contains(&s.auth) && settings.keeps(s))
-        .collect()
+        .collect();
+    if settings.compare_native.is_some() {
+        rows.push(native_compare());
+    }
+    rows
 }
 
 /// The order rows are measured in during `round` of `rounds`: all `n` rows, rotated so that
@@ -361,8 +372,6 @@ pub struct Wiring<'a> {
     /// The revocation check's port (ext_authz row).
     pub check_port: u16,
     pub wasm: &'a Path,
-    /// The native build (native rows).
-    pub native: &'a Path,
     /// The empty filter module (empty-filter row).
     pub empty_wasm: &'a Path,
 }
@@ -389,6 +398,38 @@ pub fn plugin_config(jwks_json: &str, forward: Forward) -> Result<String, serde_
         config["forward_authorization"] = serde_json::json!(true);
     }
     serde_json::to_string(&config)
+}
+
+/// The dynamic modules' names: Envoy loads `lib<name>.so` from [`modules_dir`], where the run
+/// copies the native build, the empty module and the comparison build under these names (two
+/// builds of the filter can then sit in one Envoy).
+pub const NATIVE_MODULE: &str = "weauth_filter";
+pub const EMPTY_MODULE: &str = "weauth_empty_filter";
+pub const COMPARE_MODULE: &str = "weauth_filter_compare";
+
+/// The folder of the run's dynamic modules (Envoy's `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`).
+pub fn modules_dir(settings: &EdgeSettings) -> PathBuf {
+    settings.work_dir.join("modules")
+}
+
+/// Copies the native build, the empty module and the comparison build (those that exist) into
+/// [`modules_dir`] under their module names.
+fn gather_modules(settings: &EdgeSettings) -> std::io::Result<()> {
+    let dir = modules_dir(settings);
+    std::fs::create_dir_all(&dir)?;
+    let builds = [
+        (Some(&settings.native), NATIVE_MODULE),
+        (Some(&settings.empty_native), EMPTY_MODULE),
+        (settings.compare_native.as_ref(), COMPARE_MODULE),
+    ];
+    for (build, name) in builds {
+        let target = dir.join(format!("lib{name}.so"));
+        let _ = std::fs::remove_file(&target);
+        if let Some(build) = build.filter(|b| b.is_file()) {
+            std::fs::copy(build, &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// What one configuration puts in front of the router, and the clusters its filters call.
@@ -475,14 +516,11 @@ pub fn auth_parts(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<Parts, T
         plugin_config(&tokens.jwks_json, forward)
             .map_err(|e| TemplateError::Leftover(e.to_string()))
     };
-    let native = |forward| -> Result<(String, Vec<_>), TemplateError> {
+    let native = |module, forward| -> Result<(String, Vec<_>), TemplateError> {
         Ok((
             render(
                 template::WEAUTH_NATIVE,
-                &[
-                    ("MODULE", "weauth_filter"),
-                    ("PLUGIN_CONFIG", &plugin(forward)?),
-                ],
+                &[("MODULE", module), ("PLUGIN_CONFIG", &plugin(forward)?)],
             )?,
             cluster("weauth_feed", w.feed_port)?,
         ))
@@ -513,13 +551,13 @@ pub fn auth_parts(auth: &Auth, tokens: &TokenSet, w: &Wiring) -> Result<Parts, T
             )? + &render(template::EXT_AUTHZ, &[])?,
             cluster("revocation_check", w.check_port)?,
         ),
-        Auth::Native { forward, .. } => native(*forward)?,
-        Auth::NativeCompare { .. } => native(Forward::Identity)?,
+        Auth::Native { forward, .. } => native(NATIVE_MODULE, *forward)?,
+        Auth::NativeCompare { .. } => native(COMPARE_MODULE, Forward::Identity)?,
         Auth::EmptyNative(calls) => (
             render(
                 template::WEAUTH_NATIVE,
                 &[
-                    ("MODULE", "weauth_empty_filter"),
+                    ("MODULE", EMPTY_MODULE),
                     ("PLUGIN_CONFIG", calls.filter_config()),
                 ],
             )?,
@@ -729,6 +767,9 @@ pub async fn run(settings: &EdgeSettings) -> EdgeRun {
     };
     let until = now + 4 * 3600;
     let wasm_present = settings.wasm.is_file();
+    if let Err(e) = gather_modules(settings) {
+        eprintln!("bench: the dynamic modules could not be copied to the run's folder: {e}");
+    }
 
     // Feeds: one per distinct set size (the ext_authz row shares the 10k one).
     let mut feeds: Vec<(usize, FeedHandle)> = Vec::new();
@@ -947,15 +988,18 @@ async fn one_envoy(starter: &Starter<'_>, hz: u64) -> Vec<EdgeRow> {
     if !settings.native.is_file() {
         return failed("not run: no native module (make native)");
     }
-    // One search path finds both modules.
     let empty_rows = scenarios
         .iter()
         .any(|s| matches!(s.auth, Auth::EmptyNative(_)));
-    if empty_rows
-        && (!settings.empty_native.is_file()
-            || settings.empty_native.parent() != settings.native.parent())
+    if empty_rows && !settings.empty_native.is_file() {
+        return failed("not run: no empty native module");
+    }
+    if settings
+        .compare_native
+        .as_ref()
+        .is_some_and(|build| !build.is_file())
     {
-        return failed("not run: the empty native module is not next to the native build");
+        return failed("not run: no comparison native build at WEAUTH_BENCH_COMPARE_NATIVE");
     }
     let Some(feed_port) = (starter.feed_port)(1_000_000) else {
         return failed("not run: the feed of 1M revocations did not start");
@@ -1014,7 +1058,6 @@ async fn one_envoy_round(
             feed_port,
             check_port: 0,
             wasm: &settings.wasm,
-            native: &settings.native,
             empty_wasm: &settings.empty_wasm,
         };
         let parts =
@@ -1023,14 +1066,8 @@ async fn one_envoy_round(
     }
     let config = bootstrap(admin_port, &listeners).map_err(|e| e.to_string())?;
     let offset = scenarios_for(settings).len() + 4;
-    let envoy = spawn_envoy(
-        settings,
-        "one",
-        offset,
-        1,
-        &config,
-        settings.native.parent(),
-    )?;
+    let modules = modules_dir(settings);
+    let envoy = spawn_envoy(settings, "one", offset, 1, &config, Some(&modules))?;
     let log = settings.work_dir.join("envoy-one.log");
     let started = Instant::now();
     let mut texts = Vec::new();
@@ -1253,12 +1290,14 @@ fn boot(
         feed_port: feed,
         check_port: check_port.unwrap_or(0),
         wasm,
-        native,
         empty_wasm: &settings.empty_wasm,
     };
     let config = envoy_config(&scenario.auth, tokens, &wiring).map_err(|e| e.to_string())?;
+    let modules = modules_dir(settings);
     let module_dir = match scenario.auth {
-        Auth::Native { .. } | Auth::NativeCompare { .. } | Auth::EmptyNative(_) => native.parent(),
+        Auth::Native { .. } | Auth::NativeCompare { .. } | Auth::EmptyNative(_) => {
+            Some(modules.as_path())
+        }
         _ => None,
     };
     let label = index.to_string();
@@ -1534,7 +1573,6 @@ mod tests {
             feed_port: 20003,
             check_port: 20004,
             wasm,
-            native: Path::new("/x/native/libweauth_filter.so"),
             empty_wasm: Path::new("/x/empty.wasm"),
         }
     }
@@ -1624,6 +1662,11 @@ mod tests {
             assert!(text.contains(&format!("                stat_prefix: side_{k}\n")));
             assert!(text.contains(&format!("port_value: {} }}", 30000 + k)));
         }
+        // The comparison build under its own module name.
+        let compare = auth_parts(&native_compare().auth, &tokens, &wiring(&wasm)).unwrap();
+        assert!(compare
+            .filters
+            .contains("dynamic_module_config: { name: weauth_filter_compare }"));
         // Two native listeners, one feed cluster.
         assert_eq!(
             text.matches("    - name: weauth_feed\n").count(),
@@ -1658,6 +1701,36 @@ mod tests {
     }
 
     #[test]
+    fn gather_modules_copies_each_build_under_its_module_name() {
+        let dir = std::env::temp_dir().join(format!("weauth-bench-modules-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let build = |name: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, name).unwrap();
+            path
+        };
+        let mut settings = settings(Vec::new());
+        settings.work_dir = dir.join("run");
+        settings.native = build("native.so");
+        settings.empty_native = build("empty.so");
+        settings.compare_native = Some(build("before.so"));
+        gather_modules(&settings).unwrap();
+        let modules = modules_dir(&settings);
+        let read =
+            |module: &str| std::fs::read_to_string(modules.join(format!("lib{module}.so"))).ok();
+        assert_eq!(read(NATIVE_MODULE).as_deref(), Some("native.so"));
+        assert_eq!(read(EMPTY_MODULE).as_deref(), Some("empty.so"));
+        assert_eq!(read(COMPARE_MODULE).as_deref(), Some("before.so"));
+        // A later run without a comparison build leaves none behind.
+        settings.compare_native = None;
+        gather_modules(&settings).unwrap();
+        assert_eq!(read(COMPARE_MODULE), None);
+        assert_eq!(read(NATIVE_MODULE).as_deref(), Some("native.so"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn one_envoy_rows_are_the_native_targets_and_follow_rows() {
         let names: Vec<String> = one_envoy_scenarios(&settings(Vec::new()))
             .into_iter()
@@ -1675,6 +1748,11 @@ mod tests {
                 "weauth native EdDSA (cache) doing plain jwt_authn's job, 1M revoked",
             ]
         );
+        // A comparison build sits in the same Envoy, beside the native build.
+        let mut with_compare = settings(Vec::new());
+        with_compare.compare_native = Some(PathBuf::from("/x/before/libweauth_filter.so"));
+        let rows = one_envoy_scenarios(&with_compare);
+        assert_eq!(rows.last().map(|s| &s.auth), Some(&native_compare().auth));
         let kept = one_envoy_scenarios(&settings(vec!["plain".into()]));
         let kept: Vec<&str> = kept.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(

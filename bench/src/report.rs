@@ -452,7 +452,7 @@ pub fn targets(
 }
 
 /// A round-by-round comparison in words.
-fn paired_text(paired: Option<Paired>) -> String {
+pub fn paired_text(paired: Option<Paired>) -> String {
     paired.map_or("–".to_string(), |p| {
         format!(
             "{:+.1} µs median ({:+.1} to {:+.1}; higher in {} of {} rounds)",

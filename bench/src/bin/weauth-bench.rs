@@ -11,7 +11,8 @@
 //! `WEAUTH_BENCH_EMPTY_NATIVE` (default `target/native/libweauth_empty_filter.so`),
 //! `WEAUTH_BENCH_COMPARE_WASM` (optional: another build of the filter, measured as one more
 //! row in the same rounds, for a before/after), `WEAUTH_BENCH_COMPARE_NATIVE` (the same for
-//! the native build: another `libweauth_filter.so`), and
+//! the native build: another `libweauth_filter.so`, under any file name; also a listener of the
+//! one Envoy of the native target's rows), and
 //! `weauth-revocation-check` next to this executable.
 
 use std::path::PathBuf;
@@ -21,8 +22,8 @@ use std::time::Duration;
 use weauth_bench::edge::{self, EdgeSettings};
 use weauth_bench::issuer;
 use weauth_bench::report::{
-    delay_markdown, edge_markdown, edge_svg, issuer_markdown, memory_markdown, targets,
-    targets_markdown,
+    delay_markdown, edge_markdown, edge_svg, issuer_markdown, memory_markdown, paired_cpu,
+    paired_text, targets, targets_markdown,
 };
 use weauth_tests::harness::Edge;
 
@@ -277,6 +278,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 edge::ONE_ENVOY_WARMUP_SECONDS,
             ));
             md.push_str(&edge_markdown(&one_envoy));
+            let named = |name: &str| one_envoy.iter().find(|r| r.name.starts_with(name));
+            if let (Some(compare), Some(native)) = (
+                named("comparison native build"),
+                named("weauth native EdDSA (cache), 1M revoked"),
+            ) {
+                md.push_str(&format!(
+                    "\nThe comparison build (`WEAUTH_BENCH_COMPARE_NATIVE`, a listener of the \
+                     same Envoys) less this build, 1M revoked, round by round: {}.\n",
+                    paired_text(paired_cpu(compare, native))
+                ));
+            }
             md.push('\n');
         }
     } else {
