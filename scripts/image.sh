@@ -57,6 +57,17 @@ done
 if ! probe=$(buildah "${store[@]}" images 2>&1); then
   skip "buildah cannot run here as $(id -un) (${probe##*$'\n'}); as a normal user it needs user namespaces and entries in /etc/subuid and /etc/subgid; run make image as root"
 fi
+# Rootless, buildah runs without subordinate ids too (it only warns), but then its user namespace
+# maps nothing beyond the user's own id, and the images' files belong to 65532 (distroless's
+# nonroot): the COPY --chown steps would fail half-way. Say so before building anything.
+if [ "$(id -u)" != 0 ]; then
+  for ids in /etc/subuid /etc/subgid; do
+    if ! awk -F: -v name="$(id -un)" -v id="$(id -u)" \
+      '($1 == name || $1 == id) && $3 > 65532 { found = 1 } END { exit !found }' "$ids" 2>/dev/null; then
+      skip "buildah cannot build these images as $(id -un): $ids gives it no range of more than 65532 subordinate ids (the images' files belong to uid 65532); run make image as root, or give the user a range once (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $(id -un))"
+    fi
+  done
+fi
 for rust_target in "$musl_target" wasm32-wasip1; do
   if ! rustup target list --installed | grep -qx "$rust_target"; then
     echo "image: installing rust target $rust_target"
