@@ -204,7 +204,8 @@ pub const MEMORY_ONE_WORKER_MIB: f64 = 80.0;
 pub const MEMORY_PER_WORKER_MIB: f64 = 40.0;
 
 /// The targets for the weauth filter, judged on `rows`, the revocation delay p99 and
-/// the filter-memory section.
+/// the filter-memory section — the native target on `one_envoy` (its rows side by side in one
+/// Envoy, the no-auth listener first) when that was measured, else on `rows` too.
 pub fn targets(
     rows: &[EdgeRow],
     one_envoy: &[EdgeRow],
