@@ -195,6 +195,13 @@ const NATIVE_PLAIN_JOB: &str = "weauth native EdDSA (cache) doing plain jwt_auth
 /// jwt_authn cached doing weauth's job (two identity headers, the token removed, the route
 /// matched again).
 const JWT_SAME_JOB: &str = "jwt_authn ES256 (cache on) + weauth's header edits";
+/// Plain jwt_authn with its cache: the native target's yardstick.
+const JWT_CACHED: &str = "jwt_authn ES256, cache on";
+/// The native build doing weauth's job with 1 000 000 revocations.
+pub const NATIVE_1M: &str = "weauth native EdDSA (cache), 1M revoked";
+/// The empty dynamic module, and the same making weauth's reads and counters.
+const EMPTY_NATIVE: &str = "empty native module";
+const EMPTY_NATIVE_READS: &str = "empty native module + weauth's reads and counters";
 
 /// weauth's cost above no-auth as a multiple of the empty wasm filter's: at most this.
 pub const EMPTY_FILTER_MULTIPLE: f64 = 1.5;
@@ -229,7 +236,7 @@ pub fn targets(
             .unwrap_or("1M")
             .trim_end_matches(" revoked")
     });
-    let vs_cache = ratio(weauth0, cpu("jwt_authn ES256, cache on"));
+    let vs_cache = ratio(weauth0, cpu(JWT_CACHED));
     let vs_ext = ratio(cpu("jwt_authn EdDSA (cache on) + ext_authz"), weauth0);
     let vs_ext_total = ratio(ext_total, weauth0);
     let flat = ratio(weauth1m, weauth0);
@@ -353,9 +360,9 @@ pub fn targets(
             // edited), and native doing weauth's job against jwt_authn cached doing the same
             // (two identity headers, the token removed, the route matched again).
             let native0 = above(cpu("weauth native EdDSA (cache), 0 revoked"));
-            let native1m = above(cpu("weauth native EdDSA (cache), 1M revoked"));
+            let native1m = above(cpu(NATIVE_1M));
             let plain_job = above(cpu(NATIVE_PLAIN_JOB));
-            let cached = above(cpu("jwt_authn ES256, cache on"));
+            let cached = above(cpu(JWT_CACHED));
             let same_job = above(cpu(JWT_SAME_JOB));
             let (plain, same) = (ratio(plain_job, cached), ratio(native1m, same_job));
             let by_round = |native: &str, jwt: &str| {
@@ -380,11 +387,8 @@ pub fn targets(
                     .zip(row(one_envoy, jwt))
                     .and_then(|(n, j)| paired_cpu(n, j))
             };
-            let one_plain = ratio(side(NATIVE_PLAIN_JOB), side("jwt_authn ES256, cache on"));
-            let one_same = ratio(
-                side("weauth native EdDSA (cache), 1M revoked"),
-                side(JWT_SAME_JOB),
-            );
+            let one_plain = ratio(side(NATIVE_PLAIN_JOB), side(JWT_CACHED));
+            let one_same = ratio(side(NATIVE_1M), side(JWT_SAME_JOB));
             let one_text = format!(
                 "**One Envoy, side by side** ({} rounds, a fresh Envoy each, every row a listener \
                  of it; above no-auth = the median of the round-by-round differences): {} doing \
@@ -395,17 +399,14 @@ pub fn targets(
                 base.map_or(0, |b| b.rounds),
                 times(one_plain),
                 us(side(NATIVE_PLAIN_JOB)),
-                us(side("jwt_authn ES256, cache on")),
-                paired_text(side_rounds(NATIVE_PLAIN_JOB, "jwt_authn ES256, cache on")),
+                us(side(JWT_CACHED)),
+                paired_text(side_rounds(NATIVE_PLAIN_JOB, JWT_CACHED)),
                 times(one_same),
-                us(side("weauth native EdDSA (cache), 1M revoked")),
+                us(side(NATIVE_1M)),
                 us(side(JWT_SAME_JOB)),
-                paired_text(side_rounds(
-                    "weauth native EdDSA (cache), 1M revoked",
-                    JWT_SAME_JOB
-                )),
-                us(side("empty native module")),
-                us(side("empty native module + weauth's reads and counters")),
+                paired_text(side_rounds(NATIVE_1M, JWT_SAME_JOB)),
+                us(side(EMPTY_NATIVE)),
+                us(side(EMPTY_NATIVE_READS)),
             );
             // Judged side by side when that ran (it pairs rows within one process), else on
             // the rows' own Envoys.
@@ -428,18 +429,18 @@ pub fn targets(
                     times(plain),
                     us(plain_job),
                     us(cached),
-                    by_round(NATIVE_PLAIN_JOB, "jwt_authn ES256, cache on"),
+                    by_round(NATIVE_PLAIN_JOB, JWT_CACHED),
                     times(same),
                     us(native1m),
                     us(same_job),
-                    by_round("weauth native EdDSA (cache), 1M revoked", JWT_SAME_JOB),
+                    by_round(NATIVE_1M, JWT_SAME_JOB),
                     times(ratio(native1m, cached)),
                     times(ratio(native0, cached)),
                     us(native1m),
                     us(native0),
-                    us(above(cpu("empty native module"))),
+                    us(above(cpu(EMPTY_NATIVE))),
                     us(above(cpu(
-                        "empty native module + weauth's reads and counters"
+                        EMPTY_NATIVE_READS
                     ))),
                     us(above(cpu("empty native module + weauth's ABI calls"))),
                 ),

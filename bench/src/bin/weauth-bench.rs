@@ -23,7 +23,7 @@ use weauth_bench::edge::{self, EdgeSettings};
 use weauth_bench::issuer;
 use weauth_bench::report::{
     delay_markdown, edge_markdown, edge_svg, issuer_markdown, memory_markdown, paired_cpu,
-    paired_text, targets, targets_markdown,
+    paired_text, targets, targets_markdown, NATIVE_1M,
 };
 use weauth_tests::harness::Edge;
 
@@ -279,10 +279,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ));
             md.push_str(&edge_markdown(&one_envoy));
             let named = |name: &str| one_envoy.iter().find(|r| r.name.starts_with(name));
-            if let (Some(compare), Some(native)) = (
-                named("comparison native build"),
-                named("weauth native EdDSA (cache), 1M revoked"),
-            ) {
+            if let (Some(compare), Some(native)) =
+                (named("comparison native build"), named(NATIVE_1M))
+            {
                 md.push_str(&format!(
                     "\nThe comparison build (`WEAUTH_BENCH_COMPARE_NATIVE`, a listener of the \
                      same Envoys) less this build, 1M revoked, round by round: {}.\n",
