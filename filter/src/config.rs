@@ -154,7 +154,7 @@ pub struct Rule {
 }
 
 /// What a rule says besides the requirement and scopes: the CSRF rule and whether the token
-/// reaches the upstream. For a path with several readings ([`crate::path::edge_for_path`])
+/// reaches the upstream. For a path with several readings ([`crate::path::CheckedPath::edge`])
 /// the strictest of them applies ([`EdgeRule::stricter`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeRule {
