@@ -37,11 +37,12 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// One log line. Never pass tokens, login codes, key material or full openids.
     fn log(&self, level: Level, message: &str);
-    /// The request's header map, read once per request: views into the host's own memory where
-    /// it allows that (native), copies where it does not (wasm). The views borrow the host, so
-    /// they are gone before any header is set or removed. A value that is not UTF-8 is read
-    /// lossily (a copy), so it can only fail verification.
-    fn request_headers(&self) -> Vec<Header<'_>>;
+    /// Runs `read` on the request's header map, read once per request: views into the host's
+    /// own memory where it allows that (native: held on the stack, no allocation for a request
+    /// of up to 32 headers), copies where it does not (wasm). The views live only for the call,
+    /// which borrows the host, so they are gone before any header is set or removed. A value
+    /// that is not UTF-8 is read lossily (a copy), so it can only fail verification.
+    fn with_request_headers<R>(&self, read: impl FnOnce(&[Header<'_>]) -> R) -> R;
     /// Sets a request header (replacing every copy the client sent).
     fn set_request_header(&mut self, name: &str, value: &str);
     /// Adds a request header the request does not carry (the glue has checked the map it read):

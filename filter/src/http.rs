@@ -53,8 +53,8 @@ impl Host for WasmRequest {
     /// One host call, copied into the VM (the proxy-wasm ABI has no views). Envoy joins
     /// repeated copies of its inline headers (`authorization` among them) with commas; others
     /// arrive as separate pairs.
-    fn request_headers(&self) -> Vec<Header<'_>> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+    fn with_request_headers<R>(&self, read: impl FnOnce(&[Header<'_>]) -> R) -> R {
+        let headers: Vec<Header<'_>> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
             .unwrap_or_default()
             .into_iter()
             .map(|(name, value)| {
@@ -62,7 +62,8 @@ impl Host for WasmRequest {
                     .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
                 (Cow::Owned(name), Cow::Owned(value))
             })
-            .collect()
+            .collect();
+        read(&headers)
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) {

@@ -15,7 +15,8 @@
 //!
 //! Steps 1–5 only read: they end in owned edits (or a denial), applied once the header map is
 //! no longer read. The native build's views point into Envoy's map, which an edit may change;
-//! [`Host::request_headers`] borrows the host, so the borrow checker keeps it that way.
+//! they live only inside [`Host::with_request_headers`], which borrows the host, so the borrow
+//! checker keeps it that way.
 //!
 //! Whatever the outcome, no header the client sent under the identity prefix (`x-weauth-`)
 //! nor any configured identity header reaches the upstream ([`crate::headers`]): on allow the
@@ -234,16 +235,26 @@ fn decide_request<'c>(
     state: &mut impl KeyState,
     stats: &impl Stats,
 ) -> Next<'c> {
-    let headers = host.request_headers();
-    let method = headers::first(&headers, ":method");
+    host.with_request_headers(|headers| decide_on(headers, host, config, state, stats))
+}
+
+/// [`decide_request`] on the header map read.
+fn decide_on<'c>(
+    headers: &[Header<'_>],
+    host: &impl Host,
+    config: &'c Config,
+    state: &mut impl KeyState,
+    stats: &impl Stats,
+) -> Next<'c> {
+    let method = headers::first(headers, ":method");
     if config.cors_preflight
         && method == Some("OPTIONS")
-        && headers::first(&headers, "origin").is_some()
-        && headers::first(&headers, "access-control-request-method").is_some()
+        && headers::first(headers, "origin").is_some()
+        && headers::first(headers, "access-control-request-method").is_some()
     {
-        return Next::Forward(Edits::strip_only(config, &headers));
+        return Next::Forward(Edits::strip_only(config, headers));
     }
-    let path = headers::first(&headers, ":path").unwrap_or("/");
+    let path = headers::first(headers, ":path").unwrap_or("/");
     // The path is checked and cut from its query once; the rule and the edge settings reuse it.
     let rule = path::CheckedPath::new(path)
         .and_then(|checked| Ok((checked, checked.rule(|p| config.rule_for(p))?)));
@@ -260,14 +271,14 @@ fn decide_request<'c>(
         }
     };
     if require == Require::None {
-        return Next::Forward(Edits::strip_only(config, &headers));
+        return Next::Forward(Edits::strip_only(config, headers));
     }
     let edge = checked.edge(|p| config.edge_for(p));
-    let extracted = verify::extract_token(&config.token_sources, &headers, path);
+    let extracted = verify::extract_token(&config.token_sources, headers, path);
     if csrf::applies(edge.csrf, &config.token_sources, &extracted, method) {
         if let Err(denial) = csrf::check(
-            headers::first(&headers, "sec-fetch-site"),
-            headers::first(&headers, "origin"),
+            headers::first(headers, "sec-fetch-site"),
+            headers::first(headers, "origin"),
             &config.csrf_allowed_origins,
         ) {
             return Next::Deny(denial);
@@ -299,13 +310,13 @@ fn decide_request<'c>(
             let token = if edge.forward_authorization {
                 TokenEdit::Keep
             } else {
-                token_edit(config, &extracted, &headers)
+                token_edit(config, &extracted, headers)
             };
-            Next::Forward(allow_edits(config, claims, &headers, token))
+            Next::Forward(allow_edits(config, claims, headers, token))
         }
         Decision::Anonymous => {
             stats.anonymous();
-            Next::Forward(Edits::strip_only(config, &headers))
+            Next::Forward(Edits::strip_only(config, headers))
         }
         Decision::Deny(denial) => Next::Deny(denial),
     }
@@ -518,12 +529,14 @@ mod tests {
         fn log(&self, level: Level, message: &str) {
             self.logs.borrow_mut().push((level, message.to_string()));
         }
-        fn request_headers(&self) -> Vec<Header<'_>> {
+        fn with_request_headers<R>(&self, read: impl FnOnce(&[Header<'_>]) -> R) -> R {
             self.header_reads.set(self.header_reads.get() + 1);
-            self.headers
+            let headers: Vec<Header<'_>> = self
+                .headers
                 .iter()
                 .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str())))
-                .collect()
+                .collect();
+            read(&headers)
         }
         fn set_request_header(&mut self, name: &str, value: &str) {
             self.set.push((name.to_string(), value.to_string()));

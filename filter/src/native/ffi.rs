@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use smallvec::SmallVec;
+
 use crate::config::Config;
 use crate::headers::Header;
 use crate::host::{DispatchError, Host, IssuerCall, Level, Report, Stats};
@@ -109,8 +111,8 @@ impl EnvoyHttpHeader {
     };
 }
 
-/// How many request headers [`Request::request_headers`] reads into an array on the stack
-/// (1 KiB); a request with more gets a heap array.
+/// How many request headers [`Request::with_request_headers`] reads into arrays on the stack
+/// (1 KiB for Envoy's entries, 1.5 KiB for their views); a request with more gets heap arrays.
 const INLINE_HEADERS: usize = 32;
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
@@ -559,31 +561,32 @@ impl Host for Request<'_> {
     }
 
     /// Views into Envoy's own header map: no copy unless a value is not UTF-8. The array Envoy
-    /// fills is on the stack when the request has at most [`INLINE_HEADERS`] headers (nearly
-    /// every request): only the returned views are allocated.
-    fn request_headers(&self) -> Vec<Header<'_>> {
+    /// fills and the views are on the stack when the request has at most [`INLINE_HEADERS`]
+    /// headers (nearly every request): nothing is allocated.
+    fn with_request_headers<R>(&self, read: impl FnOnce(&[Header<'_>]) -> R) -> R {
         // SAFETY: inside a request hook with Envoy's filter pointer.
         let size = unsafe {
             envoy_dynamic_module_callback_http_get_headers_size(self.filter, REQUEST_HEADER)
         };
         if size == 0 {
-            return Vec::new();
+            return read(&[]);
         }
         with_header_array(size, |raw| {
             // SAFETY: inside a request hook; the array holds exactly the host's own count of
             // entries, which Envoy fills. The buffers they point to are Envoy's header map's
-            // own: they live until the hook returns or the map changes. The views borrow
-            // `self`, whose edits (and the hook's end) need it back, so none outlives either.
-            unsafe {
+            // own: they live until the hook returns or the map changes. The views live only
+            // for `read`, during which `self` stays borrowed, so no edit can change the map.
+            let views = unsafe {
                 if !envoy_dynamic_module_callback_http_get_headers(
                     self.filter,
                     REQUEST_HEADER,
                     raw.as_mut_ptr(),
                 ) {
-                    return Vec::new();
+                    return read(&[]);
                 }
                 views(raw)
-            }
+            };
+            read(&views)
         })
     }
 
@@ -681,30 +684,42 @@ fn with_header_array<R>(size: usize, fill: impl FnOnce(&mut [EnvoyHttpHeader]) -
     }
 }
 
-/// The headers Envoy wrote into `raw`, as text views (see [`text`]).
+/// The headers Envoy wrote into `raw`, as text views (see [`view`]).
 ///
 /// # Safety
 /// Every entry's pointers must be null or point to their lengths' readable bytes, for as long
 /// as `'a`.
-unsafe fn views<'a>(raw: &[EnvoyHttpHeader]) -> Vec<Header<'a>> {
-    raw.iter()
-        .map(|h| {
-            (
-                text(h.key_ptr, h.key_length),
-                text(h.value_ptr, h.value_length),
-            )
-        })
-        .collect()
+unsafe fn views<'a>(raw: &[EnvoyHttpHeader]) -> SmallVec<[Header<'a>; INLINE_HEADERS]> {
+    raw.iter().map(|h| view(h)).collect()
+}
+
+/// One header as text: borrowed when it is ASCII — nearly every header, checked with
+/// `is_ascii` (inlined, a word at a time) — else through [`text`]. Measured natively on ten
+/// headers with a 590-byte token (the bench's request): 318 ns to build their views when each
+/// name and value went through `from_utf8` (a call each; its ASCII fast path only once its
+/// input is word-aligned), 85 ns with this check first — a third of what the module's own code
+/// cost an allowed request in Envoy (`perf`, 0.67 µs).
+///
+/// # Safety
+/// As [`bytes`], for both of the entry's buffers, for as long as `'a`.
+unsafe fn view<'a>(h: &EnvoyHttpHeader) -> Header<'a> {
+    let name = bytes(h.key_ptr, h.key_length);
+    let value = bytes(h.value_ptr, h.value_length);
+    if name.is_ascii() && value.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        (
+            Cow::Borrowed(std::str::from_utf8_unchecked(name)),
+            Cow::Borrowed(std::str::from_utf8_unchecked(value)),
+        )
+    } else {
+        (text(name), text(value))
+    }
 }
 
 /// The bytes as text: borrowed when they are UTF-8, a lossy copy when not. `from_utf8` first:
 /// its ASCII fast path is several times quicker than `from_utf8_lossy`'s chunked walk (1 % of
 /// Envoy's CPU on an allowed request when every header went through the latter).
-///
-/// # Safety
-/// As [`bytes`], for as long as `'a`.
-unsafe fn text<'a>(ptr: *const u8, len: usize) -> Cow<'a, str> {
-    let bytes = bytes(ptr, len);
+fn text(bytes: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(bytes) {
         Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(bytes),
@@ -1226,11 +1241,12 @@ mod tests {
             header(b":path", b"/api/me"),
             header(b"x-bin", b"a\xffb"),
             EnvoyHttpHeader::EMPTY,
+            header("x-name".as_bytes(), "café".as_bytes()),
         ];
         // SAFETY: every entry points into the byte strings above (or is null), which outlive
         // the views.
         let views = unsafe { views(&raw) };
-        assert_eq!(views.len(), 3);
+        assert_eq!(views.len(), 4);
         assert!(matches!(
             views.first(),
             Some((Cow::Borrowed(":path"), Cow::Borrowed("/api/me")))
@@ -1241,6 +1257,11 @@ mod tests {
         assert!(matches!(
             views.get(2),
             Some((Cow::Borrowed(""), Cow::Borrowed("")))
+        ));
+        // UTF-8 that is not ASCII is borrowed too (the check after the ASCII one).
+        assert!(matches!(
+            views.get(3),
+            Some((Cow::Borrowed("x-name"), Cow::Borrowed("café")))
         ));
     }
 }
