@@ -1,26 +1,25 @@
 //! A bounded per-VM cache of verified tokens, so a client that sends the same token on every
 //! request pays for one signature check, not one per request.
 //!
-//! Keyed by the token text itself, and a hit is an exact match of the whole token: no
-//! cryptographic hash per request (SHA-256 of a 400-byte token was the largest single cost of
-//! a cache hit in V8, see `filter/examples/request_path.rs`). The map hashes with `foldhash`
-//! (seeded per map), not std's SipHash: SipHash of a 400-byte token was the second largest of
-//! the native build's own symbols per request (`perf`, 4 December 2026) and the request path
-//! example measures the hit at a fraction of the time. SipHash's strength against chosen
-//! collisions is not needed here: only a token that verified is ever inserted (the issuer
-//! signed it), so a client cannot fill the map with keys of its choosing; a lookup hashes
-//! whatever token arrives but adds nothing. For the same reason the hash reads only a token's
-//! last [`HASHED_TAIL`] bytes — the end of its signature, which no two verified tokens share
-//! — while a hit still compares the whole text ([`TailHash`]: 40 of the 560 ns the native
-//! module spent on an allowed request hashed the whole 590-byte token). The price is the token text in
-//! the VM's memory while cached (about 0.4 KiB an entry, 4 MiB at the default 10 000) — the
-//! same bytes Envoy already holds in the request's headers; they are never logged. An entry holds
-//! the verified claims, the key-set generation they were verified under, the revocation
-//! generation they were last checked against, and the instant they stop being acceptable
-//! (`exp + leeway`). A lookup misses when the entry has expired or the key set changed (a key
-//! may have been withdrawn); when only the revocation generation moved, the caller re-checks
-//! revocation and records the new generation ([`TokenCache::mark_checked`]).
-//! Eviction is first-in first-out once `capacity` is reached. Pure: time is an argument.
+//! Keyed by the token text itself, and a hit is an exact match of the whole token: no cryptographic
+//! hash per request (SHA-256 of a 400-byte token was the largest single cost of a cache hit in V8,
+//! see `filter/examples/request_path.rs`). The map hashes with `foldhash` (seeded per map), not
+//! std's SipHash: SipHash of a 400-byte token was the second largest of the native build's own
+//! symbols per request (`perf`, 4 December 2026) and the request path example measures the hit at a
+//! fraction of the time. SipHash's strength against chosen collisions is not needed here: only a
+//! token that verified is ever inserted (the issuer signed it), so a client cannot fill the map
+//! with keys of its choosing; a lookup hashes whatever token arrives but adds nothing. For the same
+//! reason the hash reads only a token's last [`HASHED_TAIL`] bytes — the end of its signature,
+//! which no two verified tokens share — while a hit still compares the whole text ([`TailHash`]: 40
+//! of the 560 ns the native module spent on an allowed request hashed the whole 590-byte token).
+//! The price is the token text in the VM's memory while cached (about 0.4 KiB an entry, 4 MiB at
+//! the default 10 000) — the same bytes Envoy already holds in the request's headers; they are
+//! never logged. An entry holds the verified claims, the key-set generation they were verified
+//! under, the revocation generation they were last checked against, and the instant they stop being
+//! acceptable (`exp + leeway`). A lookup misses when the entry has expired or the key set changed
+//! (a key may have been withdrawn); when only the revocation generation moved, the caller re-checks
+//! revocation and records the new generation ([`TokenCache::mark_checked`]). Eviction is first-in
+//! first-out once `capacity` is reached. Pure: time is an argument.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};

@@ -697,8 +697,9 @@ unsafe fn views<'a>(raw: &[EnvoyHttpHeader]) -> SmallVec<[Header<'a>; INLINE_HEA
 /// `is_ascii` (inlined, a word at a time) — else through [`text`]. Measured natively on ten
 /// headers with a 590-byte token (the bench's request): 318 ns to build their views when each
 /// name and value went through `from_utf8` (a call each; its ASCII fast path only once its
-/// input is word-aligned), 85 ns with this check first — a third of what the module's own code
-/// cost an allowed request in Envoy (`perf`, 0.67 µs).
+/// input is word-aligned), 85 ns with this check first. In Envoy (`perf`, with the views on
+/// the stack and the token's `,` search by `memchr`), the module's own code on an allowed
+/// request went from 0.70 to 0.56 µs.
 ///
 /// # Safety
 /// As [`bytes`], for both of the entry's buffers, for as long as `'a`.
