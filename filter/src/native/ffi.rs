@@ -1248,6 +1248,8 @@ mod tests {
         // the views.
         let views = unsafe { views(&raw) };
         assert_eq!(views.len(), 4);
+        // Held inline, on the stack: nothing allocated for a request's views.
+        assert!(!views.spilled());
         assert!(matches!(
             views.first(),
             Some((Cow::Borrowed(":path"), Cow::Borrowed("/api/me")))
