@@ -21,12 +21,14 @@ use sha2::{Digest, Sha256};
 use weauth_filter::cache::TokenCache;
 use weauth_filter::config::{Config, StaleMode};
 use weauth_filter::path::rule_for_path;
-use weauth_filter::revocation::RevocationSet;
 use weauth_filter::verify::{decide, extract_token, RevocationView, Snapshot};
-use weauth_token::revocation::{Entry, EntryKind, FeedResponse};
-use weauth_token::{Audience, Claims, KeySet};
+use weauth_token::KeySet;
 
-const NOW: i64 = 1_700_000_000;
+#[path = "../tests/support/request_fixture.rs"]
+mod fixture;
+use fixture::{revocations, NOW};
+
+const ISSUER: &str = "https://issuer.bench";
 const ROUNDS: u32 = 200_000;
 
 /// The benchmark's plugin configuration shape (bench/src/edge.rs), keys aside.
@@ -36,44 +38,6 @@ const CONFIG: &str = r#"{
            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}},
   "rules": [{"prefix": "/v1/login", "require": "none"}, {"prefix": "/", "require": "required"}]
 }"#;
-
-fn claims() -> Claims {
-    Claims {
-        iss: "https://issuer.bench".into(),
-        aud: Audience::One("weauth".into()),
-        sub: "u_0123456789abcdef".into(),
-        sid: "s_0123456789abcdef".into(),
-        jti: "j_0123456789abcdef".into(),
-        iat: NOW,
-        nbf: NOW,
-        exp: NOW + 3600,
-        openid: "o_0123456789abcdef0123456789".into(),
-        unionid: None,
-        appid: "wx0123456789abcdef".into(),
-        scope: None,
-    }
-}
-
-fn revocations(n: usize) -> RevocationSet {
-    let mut set = RevocationSet::default();
-    let entries = (0..n)
-        .map(|i| Entry {
-            seq: i as u64 + 1,
-            kind: EntryKind::Jti,
-            value: format!("revoked-{i:016x}"),
-            issued_before: None,
-            until: NOW + 3600,
-        })
-        .collect();
-    let feed = FeedResponse {
-        seq: n as u64,
-        full: true,
-        now: NOW,
-        entries,
-    };
-    let _ = set.apply(&feed, NOW);
-    set
-}
 
 /// Best-of-5 nanoseconds per call of `f`.
 fn time(name: &str, mut f: impl FnMut()) {
@@ -142,7 +106,7 @@ fn main() {
             },
         };
         let mut cache = TokenCache::new(10_000);
-        cache.insert(&token, Rc::new(claims()), 60, 1, 1);
+        cache.insert(&token, Rc::new(fixture::claims(ISSUER)), 60, 1, 1);
         time(&format!("decide, cache hit, {n} revoked"), || {
             let outcome = decide(
                 &extracted,
@@ -156,7 +120,7 @@ fn main() {
             black_box(outcome);
         });
         if n > 0 {
-            let probe = claims();
+            let probe = fixture::claims(ISSUER);
             time(&format!("revocation check against {n} entries"), || {
                 black_box(set.check(black_box(&probe)));
             });

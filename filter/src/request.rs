@@ -125,7 +125,10 @@ pub fn on_request_headers(
 ) -> Flow {
     // Everything that reads the header map runs first and returns owned edits: the native
     // build's header views point into Envoy's map, which an edit may change.
-    match decide_request(&*host, config, state, stats) {
+    let reader = &*host;
+    let next = reader
+        .with_request_headers(|headers| decide_request(headers, reader, config, state, stats));
+    match next {
         Next::Forward(edits) => {
             if edits.apply(host, config) {
                 host.headers_edited();
@@ -227,19 +230,9 @@ impl<'c> Edits<'c> {
     }
 }
 
-/// Reads the header map once, picks the rule, applies the CSRF rule and decides: the part of
-/// the glue that reads headers. Host calls here only read (the clock, a log line).
+/// On the header map read once: picks the rule, applies the CSRF rule and decides — the part
+/// of the glue that reads headers. Host calls here only read (the clock, a log line).
 fn decide_request<'c>(
-    host: &impl Host,
-    config: &'c Config,
-    state: &mut impl KeyState,
-    stats: &impl Stats,
-) -> Next<'c> {
-    host.with_request_headers(|headers| decide_on(headers, host, config, state, stats))
-}
-
-/// [`decide_request`] on the header map read.
-fn decide_on<'c>(
     headers: &[Header<'_>],
     host: &impl Host,
     config: &'c Config,

@@ -18,9 +18,11 @@ use weauth_filter::headers::Header;
 use weauth_filter::host::{Host, Level, Stats};
 use weauth_filter::native::{Shared, View};
 use weauth_filter::request::{self, Flow};
-use weauth_filter::revocation::RevocationSet;
-use weauth_token::revocation::{Entry, EntryKind, FeedResponse};
-use weauth_token::{Algorithm, Audience, Claims, Jwks, SigningKey};
+use weauth_token::{Algorithm, Jwks, SigningKey};
+
+#[path = "support/request_fixture.rs"]
+mod fixture;
+use fixture::{revocations, NOW};
 
 thread_local! {
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
@@ -47,7 +49,6 @@ fn allocations() -> usize {
 }
 
 const ISSUER: &str = "https://issuer.test";
-const NOW: i64 = 1_700_000_000;
 
 /// A request as the bench sends it, held in fixed storage (no allocation to read it).
 struct FixedHost {
@@ -127,21 +128,7 @@ fn config(key: &SigningKey, job: serde_json::Value) -> Config {
 }
 
 fn token(key: &SigningKey) -> String {
-    let claims = Claims {
-        iss: ISSUER.into(),
-        aud: Audience::One("weauth".into()),
-        sub: "u_0123456789abcdef".into(),
-        sid: "s_0123456789abcdef".into(),
-        jti: "j_0123456789abcdef".into(),
-        iat: NOW,
-        nbf: NOW,
-        exp: NOW + 3600,
-        openid: "o_0123456789abcdef0123456789".into(),
-        unionid: None,
-        appid: "wx0123456789abcdef".into(),
-        scope: None,
-    };
-    weauth_token::sign(&claims, key).unwrap()
+    weauth_token::sign(&fixture::claims(ISSUER), key).unwrap()
 }
 
 /// Allocations over 100 allowed requests after the token was cached, and the edits made;
@@ -149,26 +136,7 @@ fn token(key: &SigningKey) -> String {
 fn allocations_per_allowed_request(job: serde_json::Value) -> (usize, usize) {
     let key = SigningKey::from_seed(Algorithm::EdDSA, &[7u8; 32]).unwrap();
     let shared = Shared::new(config(&key, job));
-    let entries = (0..1000)
-        .map(|i| Entry {
-            seq: i + 1,
-            kind: EntryKind::Jti,
-            value: format!("revoked-{i:016x}"),
-            issued_before: None,
-            until: NOW + 3600,
-        })
-        .collect();
-    let mut set = RevocationSet::default();
-    set.apply(
-        &FeedResponse {
-            seq: 1000,
-            full: true,
-            now: NOW,
-            entries,
-        },
-        NOW,
-    )
-    .unwrap();
+    let set = revocations(1000);
     let now_ms = u64::try_from(NOW).unwrap() * 1000;
     (&shared).publish_set(set, &[0], now_ms);
     assert!(shared.revocation().is_some_and(|rev| rev.set.len() == 1000));
