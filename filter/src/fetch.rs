@@ -119,6 +119,13 @@ impl Fetcher {
         self.jwks.is_some() || self.feed.is_some()
     }
 
+    /// Polls the feed from the published set's seq rather than for a full set first: the set
+    /// was taken over from another fetcher of the same feed (the native build, a configuration
+    /// update).
+    pub fn resume(&mut self) {
+        self.full_pending = false;
+    }
+
     /// Starts over as a new fetcher (the wasm build: this VM took the lease, or lost it): no
     /// call in flight, the next poll asks for a full set, a load under way is dropped.
     pub fn restart(&mut self, now_ms: u64) {

@@ -462,7 +462,8 @@ impl Ticker {
                 .name("weauth-tick".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Acquire) {
-                        std::thread::sleep(Duration::from_millis(TICK_MS));
+                        // Woken early by the drop (a spurious wake-up only ticks early).
+                        std::thread::park_timeout(Duration::from_millis(TICK_MS));
                         if stop.load(Ordering::Acquire) {
                             break;
                         }
@@ -490,6 +491,8 @@ impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
+            // At once, not after the rest of its sleep: Envoy's main thread waits here.
+            thread.thread().unpark();
             let _ = thread.join();
         }
         // SAFETY: the only other user (the thread) is joined.
@@ -501,7 +504,7 @@ impl Drop for Ticker {
 
 /// The in-module configuration: what `config_new` returns and every hook receives.
 struct Module {
-    shared: Shared,
+    shared: Arc<Shared>,
     ids: Ids,
     /// Main thread only; a mutex to make that checkable rather than assumed.
     fetcher: Mutex<Fetcher>,
@@ -771,7 +774,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         }
         let ids = Ids::define(config_envoy);
         let now = now_ms();
-        let fetcher = Fetcher::new(&config, now);
+        let mut fetcher = Fetcher::new(&config, now);
         let ticker = if fetcher.fetches() {
             match Ticker::start(config_envoy) {
                 Some(ticker) => Some(ticker),
@@ -790,8 +793,25 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 "the main thread is now the JWKS/revocation fetcher (one per Envoy)",
             );
         }
+        let (shared, takeover) = Shared::start(config);
+        if takeover.revocation {
+            fetcher.resume();
+        }
+        if takeover.keys || takeover.revocation {
+            log(
+                Level::Info,
+                &format!(
+                    "started with the {} of a live configuration fetching from the same sources",
+                    match (takeover.keys, takeover.revocation) {
+                        (true, true) => "keys and revocation list",
+                        (true, false) => "keys",
+                        _ => "revocation list",
+                    }
+                ),
+            );
+        }
         Some(Box::new(Module {
-            shared: Shared::new(config),
+            shared,
             ids,
             fetcher: Mutex::new(fetcher),
             ticker: Mutex::new(ticker),
@@ -825,7 +845,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
         if let Ok(mut ticker) = module.ticker.lock() {
             ticker.take();
         }
-        module.shared.forget_thread_cache();
         drop(module);
     }));
 }

@@ -20,6 +20,14 @@
 //!   every page.
 //! - **The body stays where Envoy put it.** A feed answer is read from the pieces of Envoy's
 //!   buffer, not from a joined copy.
+//! - **A configuration update serves at once.** Envoy builds a new filter configuration on
+//!   every update of its listener (Istio pushes them often) and sends new connections to it
+//!   while the old one drains. [`Shared::start`] hands the new configuration the keys and the
+//!   revocation set of the newest live one fetching from the same sources (the same `Arc`s),
+//!   and its fetcher goes on from that set's seq: no 503 while a cold configuration would
+//!   fetch, no full reload of the set per update. (The wasm build gets the same from Envoy:
+//!   a new plugin configuration runs in the same VM, over the same shared data.) A worker's
+//!   token cache for a configuration that is gone is dropped on that worker's next request.
 //!
 //! The fetcher's tests below run it against this build's real [`Shared`] and a scripted issuer.
 
@@ -29,7 +37,7 @@ mod ffi;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arc_swap::ArcSwapOption;
 use weauth_token::KeySet;
@@ -73,15 +81,86 @@ pub struct Shared {
     jwks_wanted_ms: AtomicU64,
     /// Distinguishes this configuration's per-thread cache from another's.
     id: u64,
+    /// Held while the configuration lives: a thread's cache for it holds a `Weak` of it.
+    alive: Arc<()>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How many configurations have gone: a thread that sees it move drops its caches of the
+/// configurations that are gone.
+static RETIRED: AtomicU64 = AtomicU64::new(0);
+
+/// The configurations started by [`Shared::start`] that may still live, oldest first (Envoy
+/// creates and destroys them on its main thread; a dead one is pruned at the next start).
+static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+/// One worker thread's token caches, one per configuration.
+#[derive(Default)]
+struct ThreadCaches {
+    /// [`RETIRED`] when this thread last dropped the caches of configurations that are gone.
+    retired: u64,
+    /// Looked up on every request (hashed with `foldhash`, as the caches themselves are).
+    caches: HashMap<u64, (Weak<()>, TokenCache), foldhash::fast::RandomState>,
+}
+
+impl ThreadCaches {
+    /// This thread's cache for `shared`, after dropping those of configurations that are gone
+    /// (only when one has gone since the last look: one atomic load per request).
+    fn of(&mut self, shared: &Shared) -> &mut TokenCache {
+        let retired = RETIRED.load(Ordering::Acquire);
+        if retired != self.retired {
+            self.caches.retain(|_, (alive, _)| alive.strong_count() > 0);
+            self.retired = retired;
+        }
+        let (_, cache) = self.caches.entry(shared.id).or_insert_with(|| {
+            (
+                Arc::downgrade(&shared.alive),
+                TokenCache::new(shared.config.cache_entries),
+            )
+        });
+        cache
+    }
+}
+
 thread_local! {
-    /// Each worker thread's token caches, one per configuration (looked up on every request:
-    /// hashed with `foldhash`, as the caches themselves are).
-    static CACHES: RefCell<HashMap<u64, TokenCache, foldhash::fast::RandomState>> =
-        RefCell::new(HashMap::default());
+    static CACHES: RefCell<ThreadCaches> = RefCell::new(ThreadCaches::default());
+}
+
+/// What a new configuration took over from a live one (see [`Shared::start`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Takeover {
+    pub keys: bool,
+    pub revocation: bool,
+}
+
+/// Whether two configurations fetch their keys from the same place.
+fn same_jwks(a: &Config, b: &Config) -> bool {
+    match (&a.jwks, &b.jwks) {
+        (JwksSource::Remote(a), JwksSource::Remote(b)) => {
+            (&a.cluster, &a.authority, &a.path) == (&b.cluster, &b.authority, &b.path)
+        }
+        _ => false,
+    }
+}
+
+/// Whether two configurations poll the same revocation feed with the same credential.
+fn same_feed(a: &Config, b: &Config) -> bool {
+    match (&a.revocation, &b.revocation) {
+        (Some(a), Some(b)) => {
+            (&a.cluster, &a.authority, &a.path, &a.credential)
+                == (&b.cluster, &b.authority, &b.path, &b.credential)
+        }
+        _ => false,
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Gone before it is announced, so that a thread that sees the count move finds it gone.
+        drop(std::mem::take(&mut self.alive));
+        RETIRED.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl Shared {
@@ -102,7 +181,37 @@ impl Shared {
             revocation: ArcSwapOption::empty(),
             jwks_wanted_ms: AtomicU64::new(0),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
         }
+    }
+
+    /// A configuration's state as Envoy's configuration hook starts it: registered, and
+    /// starting from the published keys and revocation set of the newest live configuration
+    /// that fetches them from the same sources (the JWKS's cluster, authority and path; the
+    /// feed's and its credential) — what the fetcher of an unchanged source would fetch
+    /// again. What was taken over is returned: the fetcher goes on from a taken-over set's
+    /// seq ([`Fetcher::resume`]).
+    pub fn start(config: Config) -> (Arc<Shared>, Takeover) {
+        let shared = Arc::new(Shared::new(config));
+        let mut takeover = Takeover::default();
+        let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+        live.retain(|other| other.strong_count() > 0);
+        for other in live.iter().rev().filter_map(Weak::upgrade) {
+            if !takeover.keys && same_jwks(&other.config, &shared.config) {
+                if let Some(keys) = other.keys() {
+                    shared.keys.store(Some(keys));
+                    takeover.keys = true;
+                }
+            }
+            if !takeover.revocation && same_feed(&other.config, &shared.config) {
+                if let Some(revocation) = other.revocation() {
+                    shared.revocation.store(Some(revocation));
+                    takeover.revocation = true;
+                }
+            }
+        }
+        live.push(Arc::downgrade(&shared));
+        (shared, takeover)
     }
 
     /// The published keys.
@@ -113,15 +222,6 @@ impl Shared {
     /// The published revocation set.
     pub fn revocation(&self) -> Option<Arc<Revocation>> {
         self.revocation.load_full()
-    }
-
-    /// Drops this configuration's cache on the calling thread (configuration removed).
-    pub fn forget_thread_cache(&self) {
-        let _ = CACHES.try_with(|caches| {
-            if let Ok(mut caches) = caches.try_borrow_mut() {
-                caches.remove(&self.id);
-            }
-        });
     }
 }
 
@@ -161,10 +261,7 @@ impl KeyState for View<'_> {
         };
         let cached = CACHES.try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
-            let cache = caches
-                .entry(shared.id)
-                .or_insert_with(|| TokenCache::new(shared.config.cache_entries));
-            Some(run(cache))
+            Some(run(caches.of(shared)))
         });
         match cached {
             Ok(Some(verdict)) => verdict,
@@ -258,6 +355,12 @@ impl Fetcher {
     /// Whether there is anything to fetch (else no tick is needed).
     pub fn fetches(&self) -> bool {
         self.fetcher.fetches()
+    }
+
+    /// Goes on from the published revocation set's seq (one taken over by [`Shared::start`])
+    /// instead of loading a full set first.
+    pub fn resume(&mut self) {
+        self.fetcher.resume();
     }
 
     /// One tick ([`fetch::Fetcher::tick`]), then the revocation gauges.
@@ -542,5 +645,123 @@ mod tests {
         let mut view = View { shared: &shared };
         view.want_jwks_refetch(NOW);
         assert_eq!(shared.jwks_wanted_ms.load(Ordering::Relaxed), NOW);
+    }
+
+    /// A configuration fetching from sources of its own (`cluster`: [`LIVE`] is shared by the
+    /// tests running at once), with `extra` fields.
+    fn sourced(cluster: &str, extra: &str) -> Config {
+        Config::parse(
+            format!(
+                r#"{{"issuer":"https://issuer","audiences":["weauth"]{extra},
+                    "jwks":{{"cluster":"{cluster}"}},
+                    "revocation":{{"cluster":"{cluster}","credential":"feed-secret"}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// `shared` with keys and a revocation set published, as its fetcher would.
+    fn publish_both(shared: &Shared) {
+        let mut issuer = ScriptedIssuer::default();
+        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let log = Log::default();
+        fetcher.tick(shared, &mut issuer, &log, NOW);
+        let jwks = jwks_json();
+        fetcher.on_response(shared, &mut issuer, &log, 1, 200, jwks.as_bytes(), NOW);
+        fetcher.on_response(
+            shared,
+            &mut issuer,
+            &log,
+            2,
+            200,
+            &page_body(1, 3, false),
+            NOW,
+        );
+        assert!(shared.keys().is_some() && shared.revocation().is_some());
+    }
+
+    #[test]
+    fn start_takes_over_what_a_live_configuration_of_the_same_sources_published() {
+        let (old, takeover) = Shared::start(sourced("takeover_same", ""));
+        assert_eq!(takeover, Takeover::default(), "the first one starts cold");
+        publish_both(&old);
+        // An update of the configuration (another cache size): the same sources.
+        let (new, takeover) = Shared::start(sourced("takeover_same", r#","cache_entries":5"#));
+        assert_eq!(
+            takeover,
+            Takeover {
+                keys: true,
+                revocation: true
+            }
+        );
+        assert!(Arc::ptr_eq(&new.keys().unwrap(), &old.keys().unwrap()));
+        assert!(Arc::ptr_eq(
+            &new.revocation().unwrap(),
+            &old.revocation().unwrap()
+        ));
+        assert_ne!(new.id, old.id, "its own token caches");
+        // Its fetcher, resumed, polls from the set's seq (3), not for a full set.
+        let mut fetcher = Fetcher::new(&new.config, NOW);
+        fetcher.resume();
+        let mut issuer = ScriptedIssuer::default();
+        fetcher.tick(&new, &mut issuer, &Log::default(), NOW);
+        assert!(issuer.path(2).contains("since=3"), "{}", issuer.path(2));
+    }
+
+    #[test]
+    fn start_takes_over_nothing_from_other_sources_or_a_configuration_gone() {
+        let (old, _) = Shared::start(sourced("takeover_other", ""));
+        publish_both(&old);
+        // Another feed credential: the keys only.
+        let other_credential = Config::parse(
+            br#"{"issuer":"https://issuer","audiences":["weauth"],
+                 "jwks":{"cluster":"takeover_other"},
+                 "revocation":{"cluster":"takeover_other","credential":"another"}}"#,
+        )
+        .unwrap();
+        let (_, takeover) = Shared::start(other_credential);
+        assert_eq!(
+            takeover,
+            Takeover {
+                keys: true,
+                revocation: false
+            }
+        );
+        // Another cluster: nothing.
+        let (_, takeover) = Shared::start(sourced("takeover_elsewhere", ""));
+        assert_eq!(takeover, Takeover::default());
+        // The configuration gone (Envoy destroyed it): nothing.
+        let (gone, _) = Shared::start(sourced("takeover_gone", ""));
+        publish_both(&gone);
+        drop(gone);
+        let (_, takeover) = Shared::start(sourced("takeover_gone", ""));
+        assert_eq!(takeover, Takeover::default());
+    }
+
+    /// The configurations this thread holds a token cache for.
+    fn thread_caches() -> Vec<u64> {
+        CACHES.with(|caches| caches.borrow().caches.keys().copied().collect())
+    }
+
+    fn judge_once(shared: &Shared) {
+        let mut view = View { shared };
+        let _ = view.judge(&Extracted::Missing, Require::Required, &[], NOW);
+    }
+
+    #[test]
+    fn a_threads_cache_of_a_configuration_gone_is_dropped_at_its_next_request() {
+        let old = Shared::new(remote_config());
+        let old_id = old.id;
+        judge_once(&old);
+        assert_eq!(thread_caches(), [old_id]);
+        // Envoy destroys the configuration on its main thread; this worker's cache of it goes
+        // at this worker's next request, whichever configuration that is for.
+        std::thread::scope(|s| {
+            s.spawn(move || drop(old));
+        });
+        let new = Shared::new(remote_config());
+        judge_once(&new);
+        assert_eq!(thread_caches(), [new.id]);
     }
 }
