@@ -497,6 +497,7 @@ pub struct StackBuilder {
     path_normalization: bool,
     upstream_normalizes: bool,
     routes_first: Vec<Value>,
+    listeners_from_file: bool,
 }
 
 /// What checks tokens in the stack's Envoy.
@@ -564,6 +565,7 @@ impl Default for StackBuilder {
             path_normalization: true,
             upstream_normalizes: false,
             routes_first: Vec::new(),
+            listeners_from_file: false,
         }
     }
 }
@@ -688,6 +690,16 @@ impl StackBuilder {
         self
     }
 
+    /// Envoy's listeners served by LDS from a file in the run directory (the bootstrap keeps
+    /// the clusters), as Istio and Envoy Gateway serve them over xDS: [`Stack::update_listeners`]
+    /// then changes them while Envoy runs. Envoy drains an updated listener's old filter chains
+    /// for 1 s (`--drain-time-s`), so that what an old filter configuration holds is released
+    /// within a test.
+    pub fn listeners_from_file(mut self) -> Self {
+        self.listeners_from_file = true;
+        self
+    }
+
     /// Envoy's path normalization (`normalize_path`, `merge_slashes`,
     /// `path_with_escaped_slashes_action`), on in every shipped bootstrap; off = Envoy's
     /// defaults, for the path-confusion tests.
@@ -757,6 +769,8 @@ struct EnvoySpec {
     native_dir: Option<PathBuf>,
     /// The feed credential, passed as [`template::FEED_TOKEN_ENV`] (None: not passed).
     feed_token: Option<String>,
+    /// `--drain-time-s` (None: Envoy's default, 600 s).
+    drain_seconds: Option<u32>,
 }
 
 impl EnvoySpec {
@@ -778,8 +792,20 @@ impl EnvoySpec {
             .arg("--disable-hot-restart")
             .arg("-l")
             .arg("info");
+        if let Some(seconds) = self.drain_seconds {
+            cmd.arg("--drain-time-s").arg(seconds.to_string());
+        }
         cmd
     }
+}
+
+/// Writes the LDS file serving `listeners` whole: into a new file, then renamed over `path`
+/// (Envoy watches the file for a move, and never reads half of one).
+fn write_lds(path: &Path, listeners: &[Value]) -> Result<(), HarnessError> {
+    let next = path.with_extension("next");
+    std::fs::write(&next, template::lds_file(listeners))
+        .map_err(io_err(format!("writing {}", next.display())))?;
+    std::fs::rename(&next, path).map_err(io_err(format!("renaming to {}", path.display())))
 }
 
 /// A running stack. Dropping it kills every child process it started.
@@ -810,6 +836,9 @@ pub struct Stack {
     client: reqwest::Client,
     /// A token of [`PROBE_USER`], for the readiness probe (None if that login failed).
     probe_token: Option<String>,
+    /// The listeners Envoy reads from its LDS file, and that file
+    /// ([`StackBuilder::listeners_from_file`]).
+    lds: Option<(Vec<Value>, PathBuf)>,
     dir: RunDir,
 }
 
@@ -1005,6 +1034,7 @@ impl Stack {
             plugin_config,
             client,
             probe_token: None,
+            lds: None,
             dir,
         };
         stack.start_issuer().await?;
@@ -1049,6 +1079,16 @@ impl Stack {
             } else {
                 template::without_path_normalization(&yaml)?
             };
+            let yaml = if b.listeners_from_file {
+                let path = stack.dir.path().join("lds.yaml");
+                let (bootstrap, listeners) =
+                    template::listeners_from_file(&yaml, &path.to_string_lossy())?;
+                write_lds(&path, &listeners)?;
+                stack.lds = Some((listeners, path));
+                bootstrap
+            } else {
+                yaml
+            };
             let config = stack.dir.path().join("envoy.yaml");
             std::fs::write(&config, yaml)
                 .map_err(io_err(format!("writing {}", config.display())))?;
@@ -1062,6 +1102,7 @@ impl Stack {
                     .then(|| bins.native.parent().map(Path::to_path_buf))
                     .flatten(),
                 feed_token: b.envoy_feed_env.then(|| stack.feed_token.clone()),
+                drain_seconds: b.listeners_from_file.then_some(1),
             });
             stack.start_envoy().await?;
         }
@@ -1300,6 +1341,87 @@ impl Stack {
             what: format!("reading {url}"),
             detail: e.to_string(),
         })
+    }
+
+    /// Changes Envoy's listeners while it runs ([`StackBuilder::listeners_from_file`]): `edit`
+    /// gets them, the LDS file is replaced whole (a rename, which Envoy watches), and this
+    /// returns once Envoy has taken the update (`listener_manager.lds.update_success` moved).
+    ///
+    /// # Errors
+    /// [`HarnessError::Http`] when the stack does not serve its listeners from a file, or
+    /// Envoy rejected the update or did not take it within 5 s.
+    pub async fn update_listeners(
+        &mut self,
+        edit: impl FnOnce(&mut [Value]),
+    ) -> Result<(), HarnessError> {
+        const TAKEN: &str = "listener_manager.lds.update_success";
+        const REJECTED: &str = "listener_manager.lds.update_rejected";
+        let Some((listeners, _)) = self.lds.as_mut() else {
+            return Err(HarnessError::Http {
+                what: "updating Envoy's listeners".into(),
+                detail: "this stack was built without listeners_from_file()".into(),
+            });
+        };
+        edit(listeners);
+        let before = self.envoy_stats().await?;
+        let taken = stat_value(&before, TAKEN).unwrap_or(0);
+        let rejected = stat_value(&before, REJECTED).unwrap_or(0);
+        let Some((listeners, path)) = self.lds.as_ref() else {
+            return Ok(());
+        };
+        write_lds(path, listeners)?;
+        let start = Instant::now();
+        loop {
+            let stats = self.envoy_stats().await?;
+            if stat_value(&stats, TAKEN).unwrap_or(0) > taken {
+                return Ok(());
+            }
+            if stat_value(&stats, REJECTED).unwrap_or(0) > rejected
+                || start.elapsed() > Duration::from_secs(5)
+            {
+                let log = std::fs::read_to_string(self.envoy_log()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                return Err(HarnessError::Http {
+                    what: "updating Envoy's listeners".into(),
+                    detail: format!(
+                        "the update was rejected or not taken; Envoy's log ends:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Changes the weauth filter's configuration in every listener that has the filter (an
+    /// RFC 7386 merge `patch` of its JSON), through [`Stack::update_listeners`]: what a new
+    /// plugin configuration pushed by a control plane does.
+    ///
+    /// # Errors
+    /// As [`Stack::update_listeners`].
+    pub async fn update_filter_config(&mut self, patch: &Value) -> Result<(), HarnessError> {
+        self.update_listeners(|listeners| {
+            for config in listeners
+                .iter_mut()
+                .flat_map(template::weauth_filter_configs)
+            {
+                let mut parsed: Value = config
+                    .as_str()
+                    .and_then(|text| serde_json::from_str(text).ok())
+                    .unwrap_or(Value::Null);
+                template::merge_patch(&mut parsed, patch);
+                *config = Value::String(parsed.to_string());
+            }
+        })
+        .await
+    }
+
+    /// The threads of Envoy's process (Linux: `/proc/<pid>/task`).
+    pub fn envoy_threads(&self) -> Option<usize> {
+        let pid = self.envoy_pid()?;
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()
+            .map(Iterator::count)
     }
 
     /// Stops the issuer (SIGTERM, then SIGKILL after 5 s). The database is kept.

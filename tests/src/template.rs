@@ -32,6 +32,9 @@ pub enum TemplateError {
     /// The plugin configuration template is not JSON after rendering.
     #[error("plugin configuration is not valid JSON after rendering: {0}")]
     BadJson(String),
+    /// The rendered bootstrap could not be split into a bootstrap and listeners.
+    #[error("bootstrap listeners cannot be moved to an LDS file: {0}")]
+    Lds(String),
 }
 
 /// The three path-normalization settings every shipped bootstrap sets, and their values
@@ -280,6 +283,89 @@ pub fn native_filter(yaml: &str) -> Result<String, TemplateError> {
     ))
 }
 
+/// The type URL of a listener in an xDS resource list.
+const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+
+/// A rendered bootstrap with its listeners served by LDS from the file `lds_path` instead of
+/// `static_resources`, as Istio and Envoy Gateway serve them (through xDS): a listener can
+/// then be updated while Envoy runs ([`lds_file`], written over `lds_path` by a rename).
+/// Returns the bootstrap (JSON, which Envoy reads as YAML) and the listeners.
+///
+/// # Errors
+/// [`TemplateError::Lds`] when the bootstrap is not YAML or has no static listeners.
+pub fn listeners_from_file(
+    yaml: &str,
+    lds_path: &str,
+) -> Result<(String, Vec<Value>), TemplateError> {
+    let mut bootstrap: Value =
+        serde_yaml_ng::from_str(yaml).map_err(|e| TemplateError::Lds(e.to_string()))?;
+    let listeners = bootstrap
+        .get_mut("static_resources")
+        .and_then(Value::as_object_mut)
+        .and_then(|resources| resources.remove("listeners"))
+        .and_then(|listeners| match listeners {
+            Value::Array(listeners) if !listeners.is_empty() => Some(listeners),
+            _ => None,
+        })
+        .ok_or_else(|| TemplateError::Lds("no static_resources.listeners".into()))?;
+    if bootstrap.get("node").is_none() {
+        // LDS needs the node named.
+        bootstrap["node"] = serde_json::json!({"id": "weauth", "cluster": "weauth"});
+    }
+    bootstrap["dynamic_resources"] = serde_json::json!({
+        "lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": lds_path}
+        }
+    });
+    Ok((bootstrap.to_string(), listeners))
+}
+
+/// The LDS file serving `listeners` (see [`listeners_from_file`]).
+pub fn lds_file(listeners: &[Value]) -> String {
+    let resources: Vec<Value> = listeners
+        .iter()
+        .map(|listener| {
+            let mut resource = listener.clone();
+            if let Some(fields) = resource.as_object_mut() {
+                fields.insert("@type".into(), LISTENER_TYPE.into());
+            }
+            resource
+        })
+        .collect();
+    serde_json::json!({ "resources": resources }).to_string()
+}
+
+/// The weauth filter's configuration string in a listener (the wasm build's plugin
+/// `configuration` or the native build's `filter_config`), for every weauth filter in it.
+pub fn weauth_filter_configs(listener: &mut Value) -> Vec<&mut Value> {
+    let mut out = Vec::new();
+    let chains = listener
+        .get_mut("filter_chains")
+        .and_then(Value::as_array_mut);
+    for chain in chains.into_iter().flatten() {
+        let filters = chain.get_mut("filters").and_then(Value::as_array_mut);
+        for network in filters.into_iter().flatten() {
+            let http = network
+                .pointer_mut("/typed_config/http_filters")
+                .and_then(Value::as_array_mut);
+            for filter in http.into_iter().flatten() {
+                let value = match filter.get("name").and_then(Value::as_str) {
+                    Some("envoy.filters.http.wasm") => {
+                        filter.pointer_mut("/typed_config/config/configuration/value")
+                    }
+                    Some("envoy.filters.http.dynamic_modules") => {
+                        filter.pointer_mut("/typed_config/filter_config/value")
+                    }
+                    _ => None,
+                };
+                out.extend(value);
+            }
+        }
+    }
+    out
+}
+
 /// The runtime layer the native build's bootstrap needs (see [`native_filter`]).
 pub const NATIVE_RUNTIME: &str = "layered_runtime:\n\
   \x20 layers:\n\
@@ -423,6 +509,49 @@ mod tests {
         let literal = line.trim_start().trim_start_matches("value: ");
         let decoded: String = serde_json::from_str(literal).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&decoded).unwrap(), plugin);
+    }
+
+    #[test]
+    fn listeners_move_to_an_lds_file_and_their_filter_configs_are_found_in_either_build() {
+        let ports = EnvoyPorts {
+            envoy: 10000,
+            internal: 10001,
+            admin: 9901,
+            issuer: 8080,
+            upstream: 8081,
+        };
+        let plugin = plugin_config("http://127.0.0.1:8080", "weauth", &[]).unwrap();
+        let wasm = envoy_config(ports, "/x/weauth_filter.wasm", &plugin).unwrap();
+        for yaml in [native_filter(&wasm).unwrap(), wasm] {
+            let (bootstrap, mut listeners) = listeners_from_file(&yaml, "/run/lds.yaml").unwrap();
+            let bootstrap: Value = serde_json::from_str(&bootstrap).unwrap();
+            assert!(bootstrap["static_resources"].get("listeners").is_none());
+            assert!(bootstrap["static_resources"]["clusters"].is_array());
+            assert_eq!(
+                bootstrap["dynamic_resources"]["lds_config"]["path_config_source"]["path"],
+                "/run/lds.yaml"
+            );
+            let names: Vec<&str> = listeners
+                .iter()
+                .map(|l| l["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["weauth_ingress", "weauth_internal"]);
+            let lds: Value = serde_json::from_str(&lds_file(&listeners)).unwrap();
+            let resources = lds["resources"].as_array().unwrap();
+            assert_eq!(resources.len(), 2);
+            assert!(resources.iter().all(|r| r["@type"] == LISTENER_TYPE));
+            assert_eq!(
+                resources[0]["address"]["socket_address"]["port_value"],
+                10000
+            );
+            // The public listener carries the one weauth filter, whichever the build.
+            let configs = weauth_filter_configs(&mut listeners[0]);
+            assert_eq!(configs.len(), 1);
+            let config: Value = serde_json::from_str(configs[0].as_str().unwrap()).unwrap();
+            assert_eq!(config, plugin);
+            assert!(weauth_filter_configs(&mut listeners[1]).is_empty());
+        }
+        assert!(listeners_from_file("admin: {}", "/run/lds.yaml").is_err());
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! target is well under 1 s); a rotated signing key is picked up; an unreachable feed makes the
 //! filter follow its `stale_mode`; of several workers only one polls the issuer; and the feed
 //! credential comes from the VM's environment (`revocation.credential_env`), a missing
-//! variable making Envoy refuse the filter's configuration.
+//! variable making Envoy refuse the filter's configuration; and an update of the filter's
+//! configuration through LDS (what Istio and Envoy Gateway push) serves at once, keeps what was
+//! revoked refused, and leaves nothing of the old configuration behind once it has drained.
 //!
 //! Every check after a revocation uses fresh connections, so the requests are spread over all
 //! workers (each has its own copy of the revocation set). Needs the issuer binary, Envoy and
@@ -495,5 +497,69 @@ async fn feed_answering_at_once_without_news_is_not_polled_in_a_hot_loop() {
     );
     assert!(stat(&stack, "feed_fetch_ok").await >= 3);
     assert_eq!(stat(&stack, "feed_fetch_fail").await, 0);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations() {
+    // A control plane updates the listener (here: the filter's cache size); Envoy builds a new
+    // filter configuration and sends new connections to it while the old one drains (1 s).
+    let mut stack = start(Stack::builder().concurrency(2).listeners_from_file()).await;
+    let alice = stack.login("lds-alice").await.unwrap().access_token;
+    let bob = stack.login("lds-bob").await.unwrap().access_token;
+    wait_for(&stack, &alice, 200, REVOKE_DEADLINE, "before the updates").await;
+    let (status, body) = stack
+        .post_json("/v1/logout", Some(&bob), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 204, "logout: {body}");
+    wait_for(&stack, &bob, 401, REVOKE_DEADLINE, "bob after logout").await;
+    let threads = stack.envoy_threads().unwrap();
+    let client = fresh_client();
+    for round in 0..4u64 {
+        stack
+            .update_filter_config(&json!({"cache_entries": 1000 + round}))
+            .await
+            .unwrap();
+        // At once, on new connections (the new configuration): no 503 while it would fetch
+        // the keys and the revocation list, and what was revoked stays refused.
+        for i in 0..5 {
+            let (status, body) = hello(&stack, &client, &alice).await;
+            assert_eq!(status, 200, "update {round}, request {i}: {body}");
+            let (status, body) = hello(&stack, &client, &bob).await;
+            assert_eq!(status, 401, "update {round}, request {i}: {body}");
+            assert_eq!(body["error_description"], "the token has been revoked");
+        }
+    }
+    // The updated configuration polls the feed on: a logout now reaches the edge.
+    let (status, body) = stack
+        .post_json("/v1/logout", Some(&alice), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 204, "logout: {body}");
+    wait_for(
+        &stack,
+        &alice,
+        401,
+        REVOKE_DEADLINE,
+        "alice after the updates",
+    )
+    .await;
+    assert_refused_everywhere(&stack, &alice, 4, "alice after the updates").await;
+    // Once the old configurations have drained, nothing of theirs is left: one long poll to
+    // the issuer, not one per configuration ever made, and no thread of theirs.
+    let start = Instant::now();
+    loop {
+        let polls = envoy_stat(&stack, "cluster.weauth_issuer.upstream_rq_active").await;
+        let now = stack.envoy_threads().unwrap();
+        if polls == 1 && now == threads {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "after the drain: {polls} requests open to the issuer, {now} threads ({threads} before)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stack.shutdown().await;
 }
