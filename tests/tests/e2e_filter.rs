@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use weauth_tests::harness::{peek_claims, peek_header, Binaries, Stack, StackBuilder};
+use weauth_tests::harness::{peek_claims, peek_header, Binaries, Edge, Stack, StackBuilder};
 use weauth_tests::upstream::INSTANT_FEED_PATH;
 
 /// The revocation deadline the tests enforce (design target: well under 1 s).
@@ -507,6 +507,7 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
     let mut stack = start(Stack::builder().concurrency(2).listeners_from_file()).await;
     let alice = stack.login("lds-alice").await.unwrap().access_token;
     let bob = stack.login("lds-bob").await.unwrap().access_token;
+    let carol = stack.login("lds-carol").await.unwrap().access_token;
     wait_for(&stack, &alice, 200, REVOKE_DEADLINE, "before the updates").await;
     let (status, body) = stack
         .post_json("/v1/logout", Some(&bob), &json!({}))
@@ -531,7 +532,7 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
             assert_eq!(body["error_description"], "the token has been revoked");
         }
     }
-    // The updated configuration polls the feed on: a logout now reaches the edge.
+    // The feed is still polled for the configuration serving now: a logout reaches the edge.
     let (status, body) = stack
         .post_json("/v1/logout", Some(&alice), &json!({}))
         .await
@@ -546,8 +547,9 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
     )
     .await;
     assert_refused_everywhere(&stack, &alice, 4, "alice after the updates").await;
-    // Once the old configurations have drained, nothing of theirs is left: one long poll to
-    // the issuer, not one per configuration ever made, and no thread of theirs.
+    // One long poll to the issuer, not one per configuration (all of them share one state and
+    // its one fetcher; natively the oldest fetches until it goes, then the next one takes
+    // over), and once the old configurations have drained, no thread of theirs is left.
     let start = Instant::now();
     loop {
         let polls = envoy_stat(&stack, "cluster.weauth_issuer.upstream_rq_active").await;
@@ -561,5 +563,24 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if stack.edge() == Edge::WeauthNative {
+        // The oldest configuration fetched for all of them; the one left took over.
+        assert_envoy_logged(&stack, "taking over from a configuration gone").await;
+    }
+    // And the configuration left polls the feed: a logout still reaches the edge.
+    assert_eq!(hello(&stack, &client, &carol).await.0, 200);
+    let (status, body) = stack
+        .post_json("/v1/logout", Some(&carol), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 204, "logout: {body}");
+    wait_for(
+        &stack,
+        &carol,
+        401,
+        REVOKE_DEADLINE,
+        "carol after the drain",
+    )
+    .await;
     stack.shutdown().await;
 }

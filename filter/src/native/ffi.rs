@@ -37,7 +37,7 @@ use crate::headers::Header;
 use crate::host::{DispatchError, Host, IssuerCall, Level, Report, Stats};
 use crate::request::{self, Flow};
 
-use super::{Fetcher, Shared, View, TICK_MS};
+use super::{Fetcher, Shared, Start, View, TICK_MS};
 
 /// The ABI version this module was written against: Envoy 1.40.0's
 /// `ENVOY_DYNAMIC_MODULES_ABI_VERSION` (found by loading: 1.40.0 matches `v0.2.0`),
@@ -787,28 +787,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             None
         };
         log(Level::Info, &format!("{} (native build)", config.summary()));
-        if fetcher.fetches() {
-            log(
-                Level::Info,
-                "the main thread is now the JWKS/revocation fetcher (one per Envoy)",
-            );
-        }
-        let (shared, takeover) = Shared::start(config);
-        if takeover.revocation {
+        let fetches = fetcher.fetches();
+        let (shared, start) = Shared::start(config);
+        if let Start::Own {
+            revocation: true, ..
+        } = start
+        {
             fetcher.resume();
         }
-        if takeover.keys || takeover.revocation {
-            log(
-                Level::Info,
-                &format!(
-                    "started with the {} of a live configuration fetching from the same sources",
-                    match (takeover.keys, takeover.revocation) {
-                        (true, true) => "keys and revocation list",
-                        (true, false) => "keys",
-                        _ => "revocation list",
-                    }
-                ),
-            );
+        if let Some(message) = start.message(fetches) {
+            log(Level::Info, message);
         }
         Some(Box::new(Module {
             shared,

@@ -20,14 +20,19 @@
 //!   every page.
 //! - **The body stays where Envoy put it.** A feed answer is read from the pieces of Envoy's
 //!   buffer, not from a joined copy.
-//! - **A configuration update serves at once.** Envoy builds a new filter configuration on
-//!   every update of its listener (Istio pushes them often) and sends new connections to it
-//!   while the old one drains. [`Shared::start`] hands the new configuration the keys and the
-//!   revocation set of the newest live one fetching from the same sources (the same `Arc`s),
-//!   and its fetcher goes on from that set's seq: no 503 while a cold configuration would
-//!   fetch, no full reload of the set per update. (The wasm build gets the same from Envoy:
-//!   a new plugin configuration runs in the same VM, over the same shared data.) A worker's
-//!   token cache for a configuration that is gone is dropped on that worker's next request.
+//! - **A configuration update serves at once, and adds no fetcher.** Envoy builds a new filter
+//!   configuration on every update of its listener (Istio pushes them often) and sends new
+//!   connections to it while the old one drains. [`Shared::start`] gives the new configuration
+//!   the published state of a live one fetching from the same sources (the JWKS's cluster,
+//!   authority and path; the feed's and its credential): the same keys and revocation set,
+//!   filled by the one fetcher that already fills them — no 503 while a cold configuration
+//!   would fetch, no second long poll per draining configuration, and the draining one's
+//!   connections see every revocation too. When the fetching configuration goes, the next tick
+//!   of another sharing the state takes the fetching over from the set's seq. A configuration
+//!   with sources of its own starts from what a live one fetched from either source. (The wasm
+//!   build gets the same from Envoy: a new plugin configuration runs in the same VM, over the
+//!   same shared data and its one elected fetcher.) A worker's token cache for a configuration
+//!   that is gone is dropped on that worker's next request.
 //!
 //! The fetcher's tests below run it against this build's real [`Shared`] and a scripted issuer.
 
@@ -45,7 +50,7 @@ use weauth_token::KeySet;
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, Require};
 use crate::fetch::{self, Publish, Published, StaleWatch};
-use crate::host::{IssuerCall, KeyState, Report};
+use crate::host::{IssuerCall, KeyState, Level, Report};
 use crate::request::{self, Loaded};
 use crate::revocation::RevocationSet;
 use crate::verify::{Extracted, Verdict};
@@ -71,15 +76,24 @@ pub struct Revocation {
     pub last_ok_ms: u64,
 }
 
-/// One filter configuration's state, shared by every worker thread.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
+/// What the configurations fetching from the same sources share (module docs).
+#[derive(Debug, Default)]
+struct State {
     keys: ArcSwapOption<Keys>,
     revocation: ArcSwapOption<Revocation>,
     /// When a worker last saw an unknown `kid` (unix ms; 0 = never): the fetcher's hint.
     jwks_wanted_ms: AtomicU64,
-    /// Distinguishes this configuration's per-thread cache from another's.
+    /// The configuration whose fetcher fills this state (0: none; the next tick of one of the
+    /// configurations sharing it takes the fetching over).
+    fetcher: AtomicU64,
+}
+
+/// One filter configuration's state, shared by every worker thread.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    state: Arc<State>,
+    /// Distinguishes this configuration's per-thread cache from another's, and its fetcher.
     id: u64,
     /// Held while the configuration lives: a thread's cache for it holds a `Weak` of it.
     alive: Arc<()>,
@@ -127,11 +141,57 @@ thread_local! {
     static CACHES: RefCell<ThreadCaches> = RefCell::new(ThreadCaches::default());
 }
 
-/// What a new configuration took over from a live one (see [`Shared::start`]).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Takeover {
-    pub keys: bool,
-    pub revocation: bool,
+/// How [`Shared::start`] started a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Sharing the state of a live configuration with the same sources, filled by that one's
+    /// fetcher.
+    Joined,
+    /// With a state of its own, which its fetcher fills; starting from what a live
+    /// configuration fetched from the same JWKS (`keys`) or the same feed (`revocation`).
+    Own { keys: bool, revocation: bool },
+}
+
+impl Start {
+    /// What the configuration hook logs of it, for a configuration that `fetches` (None:
+    /// nothing to say).
+    pub fn message(self, fetches: bool) -> Option<&'static str> {
+        match self {
+            Start::Joined => Some(
+                "sharing the keys and revocation list of a live configuration with the same \
+                 sources, which its fetcher fills (no second fetcher)",
+            ),
+            Start::Own { .. } if !fetches => None,
+            Start::Own { keys, revocation } => Some(match (keys, revocation) {
+                (false, false) => {
+                    "the main thread is now the JWKS/revocation fetcher (one per Envoy)"
+                }
+                (true, true) => {
+                    "the main thread is now the JWKS/revocation fetcher (one per Envoy), \
+                     starting from the keys and revocation list of a live configuration"
+                }
+                (true, false) => {
+                    "the main thread is now the JWKS/revocation fetcher (one per Envoy), \
+                     starting from the keys of a live configuration"
+                }
+                (false, true) => {
+                    "the main thread is now the JWKS/revocation fetcher (one per Envoy), \
+                     starting from the revocation list of a live configuration"
+                }
+            }),
+        }
+    }
+}
+
+/// What [`Fetcher::tick`] found of the fetching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// This configuration fetches.
+    Held,
+    /// It does from now: the one that fetched is gone.
+    Taken,
+    /// Another one sharing the state fetches.
+    Other,
 }
 
 /// Whether two configurations fetch their keys from the same place.
@@ -157,6 +217,11 @@ fn same_feed(a: &Config, b: &Config) -> bool {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        // The fetching is left to the next configuration sharing the state to tick.
+        let _ =
+            self.state
+                .fetcher
+                .compare_exchange(self.id, 0, Ordering::AcqRel, Ordering::Acquire);
         // Gone before it is announced, so that a thread that sees the count move finds it gone.
         drop(std::mem::take(&mut self.alive));
         RETIRED.fetch_add(1, Ordering::Release);
@@ -164,9 +229,10 @@ impl Drop for Shared {
 }
 
 impl Shared {
-    /// A configuration's state before its first fetch: the inline keys (generation 1) when the
-    /// JWKS is inline, nothing else.
+    /// A configuration with a state of its own before its first fetch (its fetcher fills it):
+    /// the inline keys (generation 1) when the JWKS is inline, nothing else.
     pub fn new(config: Config) -> Shared {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let keys = match &config.jwks {
             JwksSource::Inline(keys) => Some(Arc::new(Keys {
                 set: keys.clone(),
@@ -175,53 +241,92 @@ impl Shared {
             })),
             JwksSource::Remote(_) => None,
         };
+        let state = State {
+            keys: ArcSwapOption::new(keys),
+            fetcher: AtomicU64::new(id),
+            ..State::default()
+        };
+        Shared::with_state(config, id, Arc::new(state))
+    }
+
+    fn with_state(config: Config, id: u64, state: Arc<State>) -> Shared {
         Shared {
             config,
-            keys: ArcSwapOption::new(keys),
-            revocation: ArcSwapOption::empty(),
-            jwks_wanted_ms: AtomicU64::new(0),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            state,
+            id,
             alive: Arc::new(()),
         }
     }
 
-    /// A configuration's state as Envoy's configuration hook starts it: registered, and
-    /// starting from the published keys and revocation set of the newest live configuration
-    /// that fetches them from the same sources (the JWKS's cluster, authority and path; the
-    /// feed's and its credential) — what the fetcher of an unchanged source would fetch
-    /// again. What was taken over is returned: the fetcher goes on from a taken-over set's
-    /// seq ([`Fetcher::resume`]).
-    pub fn start(config: Config) -> (Arc<Shared>, Takeover) {
-        let shared = Arc::new(Shared::new(config));
-        let mut takeover = Takeover::default();
+    /// A configuration as Envoy's configuration hook starts it, registered (module docs):
+    /// sharing the state of the newest live configuration with the same remote JWKS and the
+    /// same feed (or none), or else with a state of its own that starts from the keys of the
+    /// newest live one with the same remote JWKS and the revocation set of the newest with the
+    /// same feed. Its fetcher goes on from a revocation set it starts from
+    /// ([`Fetcher::resume`]).
+    pub fn start(config: Config) -> (Arc<Shared>, Start) {
         let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
         live.retain(|other| other.strong_count() > 0);
-        for other in live.iter().rev().filter_map(Weak::upgrade) {
-            if !takeover.keys && same_jwks(&other.config, &shared.config) {
-                if let Some(keys) = other.keys() {
-                    shared.keys.store(Some(keys));
-                    takeover.keys = true;
-                }
+        let newest = |same: &dyn Fn(&Config) -> bool| {
+            live.iter()
+                .rev()
+                .filter_map(Weak::upgrade)
+                .find(|other| same(&other.config))
+        };
+        let joined = newest(&|other| {
+            same_jwks(other, &config)
+                && (same_feed(other, &config)
+                    || (other.revocation.is_none() && config.revocation.is_none()))
+        });
+        let (shared, start) = match joined {
+            Some(other) => {
+                let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let state = Arc::clone(&other.state);
+                (Shared::with_state(config, id, state), Start::Joined)
             }
-            if !takeover.revocation && same_feed(&other.config, &shared.config) {
-                if let Some(revocation) = other.revocation() {
-                    shared.revocation.store(Some(revocation));
-                    takeover.revocation = true;
+            None => {
+                let keys = newest(&|other| same_jwks(other, &config)).and_then(|o| o.keys());
+                let revocation =
+                    newest(&|other| same_feed(other, &config)).and_then(|o| o.revocation());
+                let shared = Shared::new(config);
+                let start = Start::Own {
+                    keys: keys.is_some(),
+                    revocation: revocation.is_some(),
+                };
+                if keys.is_some() {
+                    shared.state.keys.store(keys);
                 }
+                shared.state.revocation.store(revocation);
+                (shared, start)
             }
-        }
+        };
+        let shared = Arc::new(shared);
         live.push(Arc::downgrade(&shared));
-        (shared, takeover)
+        (shared, start)
     }
 
     /// The published keys.
     pub fn keys(&self) -> Option<Arc<Keys>> {
-        self.keys.load_full()
+        self.state.keys.load_full()
     }
 
     /// The published revocation set.
     pub fn revocation(&self) -> Option<Arc<Revocation>> {
-        self.revocation.load_full()
+        self.state.revocation.load_full()
+    }
+
+    /// Whether this configuration's fetcher fills the state, taking the fetching over when
+    /// the configuration that did is gone.
+    fn claim(&self) -> Claim {
+        match self
+            .state
+            .fetcher
+            .compare_exchange(0, self.id, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Claim::Taken,
+            Err(fetcher) if fetcher == self.id => Claim::Held,
+            Err(_) => Claim::Other,
+        }
     }
 }
 
@@ -239,8 +344,8 @@ impl KeyState for View<'_> {
         now_ms: u64,
     ) -> Verdict {
         let shared = self.shared;
-        let keys = shared.keys.load();
-        let revocation = shared.revocation.load();
+        let keys = shared.state.keys.load();
+        let revocation = shared.state.revocation.load();
         let loaded = revocation.as_deref().map(|rev| Loaded {
             set: &rev.set,
             generation: rev.generation,
@@ -271,14 +376,17 @@ impl KeyState for View<'_> {
     }
 
     fn want_jwks_refetch(&mut self, now_ms: u64) {
-        self.shared.jwks_wanted_ms.store(now_ms, Ordering::Relaxed);
+        self.shared
+            .state
+            .jwks_wanted_ms
+            .store(now_ms, Ordering::Relaxed);
     }
 }
 
 /// The native build's side of [`Publish`]: the state every worker thread reads.
 impl Publish for &Shared {
     fn jwks_wanted_ms(&self) -> u64 {
-        self.jwks_wanted_ms.load(Ordering::Relaxed)
+        self.state.jwks_wanted_ms.load(Ordering::Relaxed)
     }
 
     fn publish_jwks(&mut self, json: &[u8], keys: KeySet, _now_ms: u64) -> Option<u64> {
@@ -287,7 +395,7 @@ impl Publish for &Shared {
             return None;
         }
         let generation = current.map_or(0, |k| k.generation).saturating_add(1);
-        self.keys.store(Some(Arc::new(Keys {
+        self.state.keys.store(Some(Arc::new(Keys {
             set: keys,
             generation,
             json: json.to_vec(),
@@ -296,11 +404,15 @@ impl Publish for &Shared {
     }
 
     fn published(&self) -> Option<Published> {
-        self.revocation.load().as_deref().map(|rev| Published {
-            seq: rev.set.seq,
-            entries: rev.set.len(),
-            last_ok_ms: rev.last_ok_ms,
-        })
+        self.state
+            .revocation
+            .load()
+            .as_deref()
+            .map(|rev| Published {
+                seq: rev.set.seq,
+                entries: rev.set.len(),
+                last_ok_ms: rev.last_ok_ms,
+            })
     }
 
     /// Readers hold the published set: a copy sharing its shards (only the shards an answer
@@ -310,7 +422,8 @@ impl Publish for &Shared {
     }
 
     fn copy_set(&self) -> RevocationSet {
-        self.revocation
+        self.state
+            .revocation
             .load()
             .as_deref()
             .map_or_else(RevocationSet::default, |rev| (*rev.set).clone())
@@ -327,7 +440,7 @@ impl Publish for &Shared {
                 .map_or(0, |rev| rev.generation)
                 .saturating_add(1),
         };
-        self.revocation.store(Some(Arc::new(Revocation {
+        self.state.revocation.store(Some(Arc::new(Revocation {
             set: Arc::new(set),
             generation,
             last_ok_ms,
@@ -357,13 +470,15 @@ impl Fetcher {
         self.fetcher.fetches()
     }
 
-    /// Goes on from the published revocation set's seq (one taken over by [`Shared::start`])
+    /// Goes on from the published revocation set's seq (one [`Shared::start`] started from)
     /// instead of loading a full set first.
     pub fn resume(&mut self) {
         self.fetcher.resume();
     }
 
-    /// One tick ([`fetch::Fetcher::tick`]), then the revocation gauges.
+    /// One tick ([`fetch::Fetcher::tick`]), then the revocation gauges — when this
+    /// configuration fetches for its state; it takes the fetching over, from the published
+    /// set's seq, when the configuration that did is gone.
     pub fn tick(
         &mut self,
         shared: &Shared,
@@ -371,6 +486,21 @@ impl Fetcher {
         report: &impl Report,
         now_ms: u64,
     ) {
+        match shared.claim() {
+            Claim::Other => return,
+            Claim::Held => {}
+            Claim::Taken => {
+                self.fetcher.restart(now_ms);
+                if shared.revocation().is_some() {
+                    self.fetcher.resume();
+                }
+                report.log(
+                    Level::Info,
+                    "the main thread is now the JWKS/revocation fetcher (one per Envoy), \
+                     taking over from a configuration gone",
+                );
+            }
+        }
         self.fetcher.tick(&mut &*shared, call, report, now_ms);
         if let Some(feed) = &shared.config.revocation {
             self.stale
@@ -644,7 +774,7 @@ mod tests {
         let shared = Shared::new(remote_config());
         let mut view = View { shared: &shared };
         view.want_jwks_refetch(NOW);
-        assert_eq!(shared.jwks_wanted_ms.load(Ordering::Relaxed), NOW);
+        assert_eq!(shared.state.jwks_wanted_ms.load(Ordering::Relaxed), NOW);
     }
 
     /// A configuration fetching from sources of its own (`cluster`: [`LIVE`] is shared by the
@@ -682,61 +812,101 @@ mod tests {
     }
 
     #[test]
-    fn start_takes_over_what_a_live_configuration_of_the_same_sources_published() {
-        let (old, takeover) = Shared::start(sourced("takeover_same", ""));
-        assert_eq!(takeover, Takeover::default(), "the first one starts cold");
-        publish_both(&old);
-        // An update of the configuration (another cache size): the same sources.
-        let (new, takeover) = Shared::start(sourced("takeover_same", r#","cache_entries":5"#));
+    fn start_shares_the_state_and_the_fetcher_of_a_live_configuration_with_the_same_sources() {
+        let (old, start) = Shared::start(sourced("share_same", ""));
         assert_eq!(
-            takeover,
-            Takeover {
-                keys: true,
-                revocation: true
-            }
+            start,
+            Start::Own {
+                keys: false,
+                revocation: false
+            },
+            "the first one starts cold"
         );
-        assert!(Arc::ptr_eq(&new.keys().unwrap(), &old.keys().unwrap()));
-        assert!(Arc::ptr_eq(
-            &new.revocation().unwrap(),
-            &old.revocation().unwrap()
-        ));
-        assert_ne!(new.id, old.id, "its own token caches");
-        // Its fetcher, resumed, polls from the set's seq (3), not for a full set.
-        let mut fetcher = Fetcher::new(&new.config, NOW);
-        fetcher.resume();
+        let mut old_fetcher = Fetcher::new(&old.config, NOW);
         let mut issuer = ScriptedIssuer::default();
-        fetcher.tick(&new, &mut issuer, &Log::default(), NOW);
-        assert!(issuer.path(2).contains("since=3"), "{}", issuer.path(2));
+        let log = Log::default();
+        old_fetcher.tick(&old, &mut issuer, &log, NOW);
+        let jwks = jwks_json();
+        old_fetcher.on_response(&old, &mut issuer, &log, 1, 200, jwks.as_bytes(), NOW);
+        old_fetcher.on_response(
+            &old,
+            &mut issuer,
+            &log,
+            2,
+            200,
+            &page_body(1, 3, false),
+            NOW,
+        );
+        // An update of the configuration (another cache size): the same sources.
+        let (new, start) = Shared::start(sourced("share_same", r#","cache_entries":5"#));
+        assert_eq!(start, Start::Joined);
+        assert!(Arc::ptr_eq(&new.state, &old.state));
+        assert_eq!(new.revocation().unwrap().set.seq, 3);
+        assert_ne!(new.id, old.id, "its own token caches");
+        // Its fetcher stays idle while the old one fetches for both.
+        let mut new_fetcher = Fetcher::new(&new.config, NOW);
+        let mut second = ScriptedIssuer::default();
+        new_fetcher.tick(&new, &mut second, &log, NOW + TICK_MS);
+        assert!(second.calls.is_empty(), "{:?}", second.calls);
+        let page = page_body(4, 1, false);
+        old_fetcher.on_response(&old, &mut issuer, &log, 3, 200, &page, NOW + TICK_MS);
+        assert_eq!(
+            new.revocation().unwrap().set.seq,
+            4,
+            "what the old one fetches"
+        );
+        // The old one goes (drained): the new one's next tick takes the fetching over, from
+        // the set's seq.
+        drop(old);
+        new_fetcher.tick(&new, &mut second, &log, NOW + 2 * TICK_MS);
+        assert_eq!(second.calls.len(), 2, "the JWKS and the feed");
+        assert!(second.path(2).contains("since=4"), "{}", second.path(2));
+        assert_eq!(new.revocation().unwrap().set.seq, 4, "kept meanwhile");
     }
 
     #[test]
-    fn start_takes_over_nothing_from_other_sources_or_a_configuration_gone() {
-        let (old, _) = Shared::start(sourced("takeover_other", ""));
+    fn start_with_sources_of_its_own_starts_from_what_a_live_one_fetched_from_either() {
+        let (old, _) = Shared::start(sourced("own_sources", ""));
         publish_both(&old);
-        // Another feed credential: the keys only.
+        // Another feed credential: a state of its own, starting from the old one's keys.
         let other_credential = Config::parse(
             br#"{"issuer":"https://issuer","audiences":["weauth"],
-                 "jwks":{"cluster":"takeover_other"},
-                 "revocation":{"cluster":"takeover_other","credential":"another"}}"#,
+                 "jwks":{"cluster":"own_sources"},
+                 "revocation":{"cluster":"own_sources","credential":"another"}}"#,
         )
         .unwrap();
-        let (_, takeover) = Shared::start(other_credential);
+        let (new, start) = Shared::start(other_credential);
         assert_eq!(
-            takeover,
-            Takeover {
+            start,
+            Start::Own {
                 keys: true,
                 revocation: false
             }
         );
+        assert!(!Arc::ptr_eq(&new.state, &old.state));
+        assert!(Arc::ptr_eq(&new.keys().unwrap(), &old.keys().unwrap()));
+        assert!(new.revocation().is_none());
         // Another cluster: nothing.
-        let (_, takeover) = Shared::start(sourced("takeover_elsewhere", ""));
-        assert_eq!(takeover, Takeover::default());
+        let (_, start) = Shared::start(sourced("own_elsewhere", ""));
+        assert_eq!(
+            start,
+            Start::Own {
+                keys: false,
+                revocation: false
+            }
+        );
         // The configuration gone (Envoy destroyed it): nothing.
-        let (gone, _) = Shared::start(sourced("takeover_gone", ""));
+        let (gone, _) = Shared::start(sourced("own_gone", ""));
         publish_both(&gone);
         drop(gone);
-        let (_, takeover) = Shared::start(sourced("takeover_gone", ""));
-        assert_eq!(takeover, Takeover::default());
+        let (_, start) = Shared::start(sourced("own_gone", ""));
+        assert_eq!(
+            start,
+            Start::Own {
+                keys: false,
+                revocation: false
+            }
+        );
     }
 
     /// The configurations this thread holds a token cache for.
