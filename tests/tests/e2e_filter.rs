@@ -531,6 +531,8 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
             assert_eq!(status, 401, "update {round}, request {i}: {body}");
             assert_eq!(body["error_description"], "the token has been revoked");
         }
+        // No thread per configuration, draining ones included (natively: one clock thread).
+        assert_eq!(stack.envoy_threads(), Some(threads), "after update {round}");
     }
     // The feed is still polled for the configuration serving now: a logout reaches the edge.
     let (status, body) = stack

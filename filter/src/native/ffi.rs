@@ -26,7 +26,7 @@ use std::borrow::Cow;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -428,22 +428,58 @@ impl Report for ConfigReport<'_> {
     }
 }
 
-/// The scheduler handle, committed to from the ticker thread (Envoy: "safe to call from any
-/// thread").
+/// A configuration's scheduler handle, committed to from the clock thread (Envoy: "safe to
+/// call from any thread").
 struct Scheduler(SchedulerPtr);
 
 // SAFETY: Envoy's configuration scheduler posts to the main dispatcher and may be committed to
-// from any thread; it is deleted only after the ticker thread is joined.
+// from any thread; it is deleted only once the clock no longer holds it.
 unsafe impl Send for Scheduler {}
 // SAFETY: as above (commit takes no exclusive access).
 unsafe impl Sync for Scheduler {}
 
-/// The background thread that only keeps time: every [`TICK_MS`] it asks Envoy to run the
-/// configuration's tick on the main thread (the ABI has no per-configuration timer).
+/// The one thread per Envoy that only keeps time (the ABI has no per-configuration timer):
+/// every [`TICK_MS`] it asks Envoy to run the tick of every configuration that fetches on the
+/// main thread, through each one's scheduler — one thread however many configurations are
+/// draining after updates. Started with the first such configuration, stopped and joined with
+/// the last (so that no thread of the module outlives its configurations).
+struct Clock {
+    schedulers: Vec<Scheduler>,
+    /// The thread, and what tells it to stop.
+    thread: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
+static CLOCK: Mutex<Clock> = Mutex::new(Clock {
+    schedulers: Vec::new(),
+    thread: None,
+});
+
+fn clock() -> std::sync::MutexGuard<'static, Clock> {
+    CLOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The clock thread: commits every registered scheduler, holding the clock's lock (so that a
+/// scheduler removed under it is never committed to again).
+fn keep_time(stop: &AtomicBool) {
+    loop {
+        // Woken early to stop (a spurious wake-up only ticks early).
+        std::thread::park_timeout(Duration::from_millis(TICK_MS));
+        let clock = clock();
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        for scheduler in &clock.schedulers {
+            // SAFETY: registered schedulers are live until removed under this lock.
+            unsafe {
+                envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler.0, 0);
+            }
+        }
+    }
+}
+
+/// A configuration's place on the [`Clock`]: its scheduler, ticked until this is dropped.
 struct Ticker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    scheduler: Arc<Scheduler>,
+    scheduler: Scheduler,
 }
 
 impl Ticker {
@@ -453,49 +489,50 @@ impl Ticker {
         if raw.is_null() {
             return None;
         }
-        let scheduler = Arc::new(Scheduler(raw));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = Arc::clone(&stop);
-            let scheduler = Arc::clone(&scheduler);
-            std::thread::Builder::new()
+        let mut clock = clock();
+        if clock.thread.is_none() {
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&stop);
+            let spawned = std::thread::Builder::new()
                 .name("weauth-tick".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        // Woken early by the drop (a spurious wake-up only ticks early).
-                        std::thread::park_timeout(Duration::from_millis(TICK_MS));
-                        if stop.load(Ordering::Acquire) {
-                            break;
-                        }
-                        // SAFETY: the scheduler lives until this thread is joined.
-                        unsafe {
-                            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
-                                scheduler.0,
-                                0,
-                            );
-                        }
-                    }
-                })
-                .ok()
-        };
-        let ticker = Ticker {
-            stop,
-            thread,
-            scheduler,
-        };
-        ticker.thread.is_some().then_some(ticker)
+                .spawn(move || keep_time(&flag));
+            match spawned {
+                Ok(thread) => clock.thread = Some((thread, stop)),
+                Err(_) => {
+                    drop(clock);
+                    // SAFETY: created above and held by nothing else.
+                    unsafe {
+                        envoy_dynamic_module_callback_http_filter_config_scheduler_delete(raw)
+                    };
+                    return None;
+                }
+            }
+        }
+        clock.schedulers.push(Scheduler(raw));
+        Some(Ticker {
+            scheduler: Scheduler(raw),
+        })
     }
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
+        let last = {
+            let mut clock = clock();
+            clock.schedulers.retain(|s| s.0 != self.scheduler.0);
+            if clock.schedulers.is_empty() {
+                clock.thread.take()
+            } else {
+                None
+            }
+        };
+        if let Some((thread, stop)) = last {
+            stop.store(true, Ordering::Release);
             // At once, not after the rest of its sleep: Envoy's main thread waits here.
             thread.thread().unpark();
             let _ = thread.join();
         }
-        // SAFETY: the only other user (the thread) is joined.
+        // SAFETY: no longer on the clock, which committed to it only under its lock.
         unsafe {
             envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.scheduler.0)
         };
@@ -829,7 +866,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
     }
     let module = Box::from_raw(config.cast::<Module>().cast_mut());
     let _ = catch_unwind(AssertUnwindSafe(move || {
-        // Stop and join the ticker before the module (and its scheduler) goes.
+        // Off the clock (the last configuration on it stops it) before the module goes.
         if let Ok(mut ticker) = module.ticker.lock() {
             ticker.take();
         }
