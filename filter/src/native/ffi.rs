@@ -833,7 +833,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             fetcher.resume();
         }
         if let Some(message) = start.message(fetches) {
-            log(Level::Info, message);
+            log(Level::Info, &message);
         }
         Some(Box::new(Module {
             shared,

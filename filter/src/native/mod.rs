@@ -152,34 +152,32 @@ pub enum Start {
     Own { keys: bool, revocation: bool },
 }
 
+/// What the configuration that fetches logs when it starts or takes the fetching over.
+const FETCHER: &str = "the main thread is now the JWKS/revocation fetcher (one per Envoy)";
+
 impl Start {
     /// What the configuration hook logs of it, for a configuration that `fetches` (None:
     /// nothing to say).
-    pub fn message(self, fetches: bool) -> Option<&'static str> {
-        match self {
-            Start::Joined => Some(
-                "sharing the keys and revocation list of a live configuration with the same \
-                 sources, which its fetcher fills (no second fetcher)",
-            ),
-            Start::Own { .. } if !fetches => None,
-            Start::Own { keys, revocation } => Some(match (keys, revocation) {
-                (false, false) => {
-                    "the main thread is now the JWKS/revocation fetcher (one per Envoy)"
-                }
+    pub fn message(self, fetches: bool) -> Option<String> {
+        let from = match self {
+            Start::Joined => {
+                return Some(
+                    "sharing the keys and revocation list of a live configuration with the \
+                     same sources, which its fetcher fills (no second fetcher)"
+                        .into(),
+                )
+            }
+            Start::Own { .. } if !fetches => return None,
+            Start::Own { keys, revocation } => match (keys, revocation) {
+                (false, false) => "",
                 (true, true) => {
-                    "the main thread is now the JWKS/revocation fetcher (one per Envoy), \
-                     starting from the keys and revocation list of a live configuration"
+                    ", starting from the keys and revocation list of a live configuration"
                 }
-                (true, false) => {
-                    "the main thread is now the JWKS/revocation fetcher (one per Envoy), \
-                     starting from the keys of a live configuration"
-                }
-                (false, true) => {
-                    "the main thread is now the JWKS/revocation fetcher (one per Envoy), \
-                     starting from the revocation list of a live configuration"
-                }
-            }),
-        }
+                (true, false) => ", starting from the keys of a live configuration",
+                (false, true) => ", starting from the revocation list of a live configuration",
+            },
+        };
+        Some(format!("{FETCHER}{from}"))
     }
 }
 
@@ -496,8 +494,7 @@ impl Fetcher {
                 }
                 report.log(
                     Level::Info,
-                    "the main thread is now the JWKS/revocation fetcher (one per Envoy), \
-                     taking over from a configuration gone",
+                    &format!("{FETCHER}, taking over from a configuration gone"),
                 );
             }
         }
