@@ -481,8 +481,8 @@ mod tests {
         assert_eq!(c["clock_skew_seconds"], 0);
     }
 
-    #[test]
-    fn envoy_config_renders_without_leftovers() {
+    /// The ports and the default plugin configuration the rendering tests use.
+    fn example() -> (EnvoyPorts, Value) {
         let ports = EnvoyPorts {
             envoy: 10000,
             internal: 10001,
@@ -491,6 +491,12 @@ mod tests {
             upstream: 8081,
         };
         let plugin = plugin_config("http://127.0.0.1:8080", "weauth", &[]).unwrap();
+        (ports, plugin)
+    }
+
+    #[test]
+    fn envoy_config_renders_without_leftovers() {
+        let (ports, plugin) = example();
         let yaml = envoy_config(ports, "/x/weauth_filter.wasm", &plugin).unwrap();
         assert!(yaml.contains("port_value: 10000"));
         assert!(yaml.contains("port_value: 10001"));
@@ -513,14 +519,7 @@ mod tests {
 
     #[test]
     fn listeners_move_to_an_lds_file_and_their_filter_configs_are_found_in_either_build() {
-        let ports = EnvoyPorts {
-            envoy: 10000,
-            internal: 10001,
-            admin: 9901,
-            issuer: 8080,
-            upstream: 8081,
-        };
-        let plugin = plugin_config("http://127.0.0.1:8080", "weauth", &[]).unwrap();
+        let (ports, plugin) = example();
         let wasm = envoy_config(ports, "/x/weauth_filter.wasm", &plugin).unwrap();
         for yaml in [native_filter(&wasm).unwrap(), wasm] {
             let (bootstrap, mut listeners) = listeners_from_file(&yaml, "/run/lds.yaml").unwrap();

@@ -71,6 +71,17 @@ async fn wait_for(stack: &Stack, token: &str, want: u16, within: Duration, why: 
     }
 }
 
+/// Logs `token`'s session out at the issuer and waits until the edge refuses the token;
+/// returns how long that took.
+async fn logout_reaches_edge(stack: &Stack, token: &str, why: &str) -> Duration {
+    let (status, body) = stack
+        .post_json("/v1/logout", Some(token), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 204, "{why}: logout: {body}");
+    wait_for(stack, token, 401, REVOKE_DEADLINE, why).await
+}
+
 /// Asserts `token` is refused on `n` fresh connections in a row, as revoked.
 async fn assert_refused_everywhere(stack: &Stack, token: &str, n: usize, why: &str) {
     let client = fresh_client();
@@ -153,12 +164,7 @@ async fn logout_refused_by_every_worker_within_deadline() {
         0
     );
 
-    let (status, body) = stack
-        .post_json("/v1/logout", Some(&alice), &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(status, 204, "logout: {body}");
-    let took = wait_for(&stack, &alice, 401, REVOKE_DEADLINE, "after logout").await;
+    let took = logout_reaches_edge(&stack, &alice, "after logout").await;
     eprintln!("logout enforced at the edge after {took:?}");
     assert_refused_everywhere(&stack, &alice, 8, "after logout").await;
 
@@ -383,12 +389,7 @@ async fn several_workers_one_fetcher() {
     // Logout goes through the filter: wait until it holds the revocation set (before the first
     // feed answer, stale_mode deny answers 503).
     wait_for(&stack, &jan, 200, REVOKE_DEADLINE, "before logout").await;
-    let (status, body) = stack
-        .post_json("/v1/logout", Some(&jan), &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(status, 204, "logout: {body}");
-    wait_for(&stack, &jan, 401, REVOKE_DEADLINE, "after logout").await;
+    logout_reaches_edge(&stack, &jan, "after logout").await;
     assert_refused_everywhere(&stack, &jan, 12, "four workers").await;
 
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -426,19 +427,7 @@ async fn feed_credential_from_vm_environment_revocation_reaches_edge() {
     let tokens = stack.login("env-cred-user").await.unwrap();
     let client = fresh_client();
     assert_eq!(hello(&stack, &client, &tokens.access_token).await.0, 200);
-    let (status, body) = stack
-        .post_json("/v1/logout", Some(&tokens.access_token), &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(status, 204, "logout: {body}");
-    wait_for(
-        &stack,
-        &tokens.access_token,
-        401,
-        REVOKE_DEADLINE,
-        "after logout",
-    )
-    .await;
+    logout_reaches_edge(&stack, &tokens.access_token, "after logout").await;
     assert!(stat(&stack, "feed_fetch_ok").await >= 1);
     assert_eq!(stat(&stack, "feed_fetch_fail").await, 0);
     stack.shutdown().await;
@@ -509,12 +498,7 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
     let bob = stack.login("lds-bob").await.unwrap().access_token;
     let carol = stack.login("lds-carol").await.unwrap().access_token;
     wait_for(&stack, &alice, 200, REVOKE_DEADLINE, "before the updates").await;
-    let (status, body) = stack
-        .post_json("/v1/logout", Some(&bob), &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(status, 204, "logout: {body}");
-    wait_for(&stack, &bob, 401, REVOKE_DEADLINE, "bob after logout").await;
+    logout_reaches_edge(&stack, &bob, "bob after logout").await;
     let threads = stack.envoy_threads().unwrap();
     let client = fresh_client();
     for round in 0..4u64 {
@@ -535,19 +519,7 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
         assert_eq!(stack.envoy_threads(), Some(threads), "after update {round}");
     }
     // The feed is still polled for the configuration serving now: a logout reaches the edge.
-    let (status, body) = stack
-        .post_json("/v1/logout", Some(&alice), &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(status, 204, "logout: {body}");
-    wait_for(
-        &stack,
-        &alice,
-        401,
-        REVOKE_DEADLINE,
-        "alice after the updates",
-    )
-    .await;
+    logout_reaches_edge(&stack, &alice, "alice after the updates").await;
     assert_refused_everywhere(&stack, &alice, 4, "alice after the updates").await;
     // One long poll to the issuer, not one per configuration (all of them share one state and
     // its one fetcher; natively the oldest fetches until it goes, then the next one takes
@@ -571,18 +543,6 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
     }
     // And the configuration left polls the feed: a logout still reaches the edge.
     assert_eq!(hello(&stack, &client, &carol).await.0, 200);
-    let (status, body) = stack
-        .post_json("/v1/logout", Some(&carol), &json!({}))
-        .await
-        .unwrap();
-    assert_eq!(status, 204, "logout: {body}");
-    wait_for(
-        &stack,
-        &carol,
-        401,
-        REVOKE_DEADLINE,
-        "carol after the drain",
-    )
-    .await;
+    logout_reaches_edge(&stack, &carol, "carol after the drain").await;
     stack.shutdown().await;
 }
