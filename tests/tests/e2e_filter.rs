@@ -521,19 +521,22 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
     // The feed is still polled for the configuration serving now: a logout reaches the edge.
     logout_reaches_edge(&stack, &alice, "alice after the updates").await;
     assert_refused_everywhere(&stack, &alice, 4, "alice after the updates").await;
-    // One long poll to the issuer, not one per configuration (all of them share one state and
-    // its one fetcher; natively the oldest fetches until it goes, then the next one takes
-    // over), and once the old configurations have drained, no thread of theirs is left.
+    // Once the old configurations have drained (Envoy destroys them then): one long poll to
+    // the issuer, not one per configuration (all of them share one state and its one fetcher;
+    // natively the oldest fetches until it goes, then one left takes over), and no thread of
+    // theirs left.
     let start = Instant::now();
     loop {
+        let draining = envoy_stat(&stack, "listener_manager.total_filter_chains_draining").await;
         let polls = envoy_stat(&stack, "cluster.weauth_issuer.upstream_rq_active").await;
         let now = stack.envoy_threads().unwrap();
-        if polls == 1 && now == threads {
+        if draining == 0 && polls == 1 && now == threads {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "after the drain: {polls} requests open to the issuer, {now} threads ({threads} before)"
+            "{draining} filter chains draining, {polls} requests open to the issuer, \
+             {now} threads ({threads} before)"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
