@@ -799,12 +799,11 @@ impl EnvoySpec {
     }
 }
 
-/// Writes the LDS file serving `listeners` whole: into a new file, then renamed over `path`
-/// (Envoy watches the file for a move, and never reads half of one).
-fn write_lds(path: &Path, listeners: &[Value]) -> Result<(), HarnessError> {
+/// Writes the LDS file (`text`, [`template::lds_file`]) whole: into a new file, then renamed
+/// over `path` (Envoy watches the file for a move, and never reads half of one).
+fn write_lds(path: &Path, text: &str) -> Result<(), HarnessError> {
     let next = path.with_extension("next");
-    std::fs::write(&next, template::lds_file(listeners))
-        .map_err(io_err(format!("writing {}", next.display())))?;
+    std::fs::write(&next, text).map_err(io_err(format!("writing {}", next.display())))?;
     std::fs::rename(&next, path).map_err(io_err(format!("renaming to {}", path.display())))
 }
 
@@ -1083,7 +1082,7 @@ impl Stack {
                 let path = stack.dir.path().join("lds.yaml");
                 let (bootstrap, listeners) =
                     template::listeners_from_file(&yaml, &path.to_string_lossy())?;
-                write_lds(&path, &listeners)?;
+                write_lds(&path, &template::lds_file(&listeners))?;
                 stack.lds = Some((listeners, path));
                 bootstrap
             } else {
@@ -1356,20 +1355,18 @@ impl Stack {
     ) -> Result<(), HarnessError> {
         const TAKEN: &str = "listener_manager.lds.update_success";
         const REJECTED: &str = "listener_manager.lds.update_rejected";
-        let Some((listeners, _)) = self.lds.as_mut() else {
+        let Some((listeners, path)) = self.lds.as_mut() else {
             return Err(HarnessError::Http {
                 what: "updating Envoy's listeners".into(),
                 detail: "this stack was built without listeners_from_file()".into(),
             });
         };
         edit(listeners);
+        let (text, path) = (template::lds_file(listeners), path.clone());
         let before = self.envoy_stats().await?;
         let taken = stat_value(&before, TAKEN).unwrap_or(0);
         let rejected = stat_value(&before, REJECTED).unwrap_or(0);
-        let Some((listeners, path)) = self.lds.as_ref() else {
-            return Ok(());
-        };
-        write_lds(path, listeners)?;
+        write_lds(&path, &text)?;
         let start = Instant::now();
         loop {
             let stats = self.envoy_stats().await?;
