@@ -37,7 +37,7 @@ use crate::headers::Header;
 use crate::host::{DispatchError, Host, IssuerCall, Level, Report, Stats};
 use crate::request::{self, Flow};
 
-use super::{Fetcher, Shared, Start, View, TICK_MS};
+use super::{Fetcher, Shared, View, TICK_MS};
 
 /// The ABI version this module was written against: Envoy 1.40.0's
 /// `ENVOY_DYNAMIC_MODULES_ABI_VERSION` (found by loading: 1.40.0 matches `v0.2.0`),
@@ -545,7 +545,7 @@ struct Module {
     ids: Ids,
     /// Main thread only; a mutex to make that checkable rather than assumed.
     fetcher: Mutex<Fetcher>,
-    ticker: Mutex<Option<Ticker>>,
+    ticker: Option<Ticker>,
 }
 
 // Envoy calls the request hooks of one configuration from every worker thread at once, through
@@ -811,7 +811,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         }
         let ids = Ids::define(config_envoy);
         let now = now_ms();
-        let mut fetcher = Fetcher::new(&config, now);
+        let fetcher = Fetcher::new(&config, now);
         let ticker = if fetcher.fetches() {
             match Ticker::start(config_envoy) {
                 Some(ticker) => Some(ticker),
@@ -826,12 +826,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         log(Level::Info, &format!("{} (native build)", config.summary()));
         let fetches = fetcher.fetches();
         let (shared, start) = Shared::start(config);
-        if let Start::Own {
-            revocation: true, ..
-        } = start
-        {
-            fetcher.resume();
-        }
         if let Some(message) = start.message(fetches) {
             log(Level::Info, &message);
         }
@@ -839,7 +833,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             shared,
             ids,
             fetcher: Mutex::new(fetcher),
-            ticker: Mutex::new(ticker),
+            ticker,
         }))
     }));
     match built {
@@ -864,12 +858,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
     if config.is_null() {
         return;
     }
-    let module = Box::from_raw(config.cast::<Module>().cast_mut());
+    let mut module = Box::from_raw(config.cast::<Module>().cast_mut());
     let _ = catch_unwind(AssertUnwindSafe(move || {
         // Off the clock (the last configuration on it stops it) before the module goes.
-        if let Ok(mut ticker) = module.ticker.lock() {
-            ticker.take();
-        }
+        drop(module.ticker.take());
         drop(module);
     }));
 }
@@ -919,7 +911,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     }
 }
 
-/// The main-thread tick (scheduled by the ticker thread).
+/// The main-thread tick (scheduled by the clock thread).
 ///
 /// # Safety
 /// Called by Envoy on the main thread.

@@ -260,8 +260,7 @@ impl Shared {
     /// sharing the state of the newest live configuration with the same remote JWKS and the
     /// same feed (or none), or else with a state of its own that starts from the keys of the
     /// newest live one with the same remote JWKS and the revocation set of the newest with the
-    /// same feed. Its fetcher goes on from a revocation set it starts from
-    /// ([`Fetcher::resume`]).
+    /// same feed. Its fetcher goes on from a revocation set it starts from ([`Fetcher::tick`]).
     pub fn start(config: Config) -> (Arc<Shared>, Start) {
         let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
         live.retain(|other| other.strong_count() > 0);
@@ -452,6 +451,8 @@ impl Publish for &Shared {
 pub struct Fetcher {
     fetcher: fetch::Fetcher,
     stale: StaleWatch,
+    /// Whether it has ticked for its state yet.
+    started: bool,
 }
 
 impl Fetcher {
@@ -460,6 +461,7 @@ impl Fetcher {
         Fetcher {
             fetcher: fetch::Fetcher::new(config, now_ms, now_ms ^ 0x5EED),
             stale: StaleWatch::default(),
+            started: false,
         }
     }
 
@@ -468,15 +470,11 @@ impl Fetcher {
         self.fetcher.fetches()
     }
 
-    /// Goes on from the published revocation set's seq (one [`Shared::start`] started from)
-    /// instead of loading a full set first.
-    pub fn resume(&mut self) {
-        self.fetcher.resume();
-    }
-
     /// One tick ([`fetch::Fetcher::tick`]), then the revocation gauges — when this
-    /// configuration fetches for its state; it takes the fetching over, from the published
-    /// set's seq, when the configuration that did is gone.
+    /// configuration fetches for its state; it takes the fetching over when the configuration
+    /// that did is gone. A fetcher starting on a state that already holds a revocation set (one
+    /// [`Shared::start`] started from, or one taken over) goes on from the set's seq instead
+    /// of loading a full set first.
     pub fn tick(
         &mut self,
         shared: &Shared,
@@ -489,13 +487,16 @@ impl Fetcher {
             Claim::Held => {}
             Claim::Taken => {
                 self.fetcher.restart(now_ms);
-                if shared.revocation().is_some() {
-                    self.fetcher.resume();
-                }
                 report.log(
                     Level::Info,
                     &format!("{FETCHER}, taking over from a configuration gone"),
                 );
+            }
+        }
+        if !self.started {
+            self.started = true;
+            if shared.revocation().is_some() {
+                self.fetcher.resume();
             }
         }
         self.fetcher.tick(&mut &*shared, call, report, now_ms);
