@@ -243,6 +243,11 @@ check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's un
 # Each stream's output goes to its own log, shown as a block when the stream ends. A new test
 # file joins the second stream by itself (TEST_REST is every */tests/*.rs not named here).
 TEST_FIRST := api_schemathesis e2e_filter e2e_replicas e2e_faults e2e_browser e2e_cluster e2e_login
+# What runs again against the native build: the filter's suites, and every suite whose tests all
+# go through the edge (logins, bans and scopes, replicas' failovers, the README's walkthroughs),
+# then the one edge test of e2e_faults (Envoy restarted: keys and revocations fetched again).
+TEST_NATIVE := e2e_filter e2e_attacks e2e_paths e2e_login e2e_grants e2e_replicas e2e_walkthrough
+TEST_NATIVE_FAULTS := envoy_restart_recovers_keys_and_revocations
 TEST_REST  := $(filter-out $(TEST_FIRST) wasm_imports,$(sort $(basename $(notdir $(wildcard */tests/*.rs)))))
 # `make test` lints the host build as it compiles it: clippy is rustc with more lints, and
 # `cargo clippy` is `cargo check` with clippy-driver as the workspace's compiler (cargo's
@@ -309,7 +314,9 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	  $(CARGO_TEST) $(addprefix --test ,$(TEST_FIRST)) || rc=1; \
 	  echo "test: $$(date +%T) the filter suites again, against the native build (an Envoy dynamic module)"; \
 	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
-	    --test e2e_filter --test e2e_attacks --test e2e_paths || rc=1; \
+	    $(addprefix --test ,$(TEST_NATIVE)) || rc=1; \
+	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
+	    --test e2e_faults -- --exact $(TEST_NATIVE_FAULTS) || rc=1; \
 	  exit $$rc; } > target/test-stream-1.log 2>&1 & first=$$!; \
 	{ rc=0; \
 	  $(CARGO_TEST) --lib --bins $(addprefix --test ,$(TEST_REST)) || rc=1; \
