@@ -381,7 +381,11 @@ impl IssuerCall for EnvoyConfig {
             1 => Err(DispatchError("missing required headers".into())),
             2 => Err(DispatchError("cluster not found".into())),
             3 => Err(DispatchError("duplicate callout id".into())),
-            _ => Err(DispatchError("cannot create the request".into())),
+            // Envoy's async client failed the request at once (its answer, if any, came
+            // inline: no healthy host in the cluster, a circuit breaker open).
+            _ => Err(DispatchError(
+                "Envoy failed the request at once (no healthy host in the cluster?)".into(),
+            )),
         }
     }
 }
@@ -983,6 +987,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             .collect();
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // Held only when Envoy answers inline, inside the fetcher's own dispatch (a request it
+        // fails at once, e.g. no healthy host): that dispatch then returns an error, and the
+        // fetcher counts the failure and backs off, so this answer is not needed.
         let Ok(mut fetcher) = module.fetcher.try_lock() else {
             return;
         };
