@@ -837,7 +837,8 @@ pub struct Stack {
     probe_token: Option<String>,
     /// The listeners Envoy reads from its LDS file, and that file
     /// ([`StackBuilder::listeners_from_file`]).
-    lds: Option<(Vec<Value>, PathBuf)>,
+    /// Behind a lock so that a stack shared between tasks can be updated (the soak).
+    lds: Option<std::sync::Mutex<(Vec<Value>, PathBuf)>>,
     dir: RunDir,
 }
 
@@ -1083,7 +1084,7 @@ impl Stack {
                 let (bootstrap, listeners) =
                     template::listeners_from_file(&yaml, &path.to_string_lossy())?;
                 write_lds(&path, &template::lds_file(&listeners))?;
-                stack.lds = Some((listeners, path));
+                stack.lds = Some(std::sync::Mutex::new((listeners, path)));
                 bootstrap
             } else {
                 yaml
@@ -1350,19 +1351,25 @@ impl Stack {
     /// [`HarnessError::Http`] when the stack does not serve its listeners from a file, or
     /// Envoy rejected the update or did not take it within 5 s.
     pub async fn update_listeners(
-        &mut self,
+        &self,
         edit: impl FnOnce(&mut [Value]),
     ) -> Result<(), HarnessError> {
         const TAKEN: &str = "listener_manager.lds.update_success";
         const REJECTED: &str = "listener_manager.lds.update_rejected";
-        let Some((listeners, path)) = self.lds.as_mut() else {
+        let Some(lds) = self.lds.as_ref() else {
             return Err(HarnessError::Http {
                 what: "updating Envoy's listeners".into(),
                 detail: "this stack was built without listeners_from_file()".into(),
             });
         };
-        edit(listeners);
-        let (text, path) = (template::lds_file(listeners), path.clone());
+        let (text, path) = {
+            let mut lds = lds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (listeners, path) = &mut *lds;
+            edit(listeners);
+            (template::lds_file(listeners), path.clone())
+        };
         let before = self.envoy_stats().await?;
         let taken = stat_value(&before, TAKEN).unwrap_or(0);
         let rejected = stat_value(&before, REJECTED).unwrap_or(0);
@@ -1396,7 +1403,7 @@ impl Stack {
     ///
     /// # Errors
     /// As [`Stack::update_listeners`].
-    pub async fn update_filter_config(&mut self, patch: &Value) -> Result<(), HarnessError> {
+    pub async fn update_filter_config(&self, patch: &Value) -> Result<(), HarnessError> {
         self.update_listeners(|listeners| {
             for config in listeners
                 .iter_mut()

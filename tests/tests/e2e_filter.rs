@@ -493,7 +493,7 @@ async fn feed_answering_at_once_without_news_is_not_polled_in_a_hot_loop() {
 async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations() {
     // A control plane updates the listener (here: the filter's cache size); Envoy builds a new
     // filter configuration and sends new connections to it while the old one drains (1 s).
-    let mut stack = start(Stack::builder().concurrency(2).listeners_from_file()).await;
+    let stack = start(Stack::builder().concurrency(2).listeners_from_file()).await;
     let alice = stack.login("lds-alice").await.unwrap().access_token;
     let bob = stack.login("lds-bob").await.unwrap().access_token;
     let carol = stack.login("lds-carol").await.unwrap().access_token;

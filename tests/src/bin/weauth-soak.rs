@@ -16,8 +16,16 @@
 //! the filter's cache is bounded at 10 000 entries per worker and the revocation set by the
 //! access-token lifetime, so steady load must plateau well below that).
 //!
+//! Meanwhile, every `SOAK_CONFIG_UPDATE_SECONDS` (default 10; 0: never) the filter's
+//! configuration is changed through Envoy's LDS file, as a control plane (Istio, Envoy Gateway)
+//! pushes listener updates: Envoy builds a new filter configuration and the old one drains
+//! (1 s). Every update must be taken, the answers above stay as expected through them, what the
+//! configurations leave behind counts in Envoy's memory bound, and Envoy's thread count at the
+//! end must be what it was after the warm-up.
+//!
 //! Uses the binaries the harness uses (`WEAUTH_ISSUER_BIN`, `WEAUTH_FILTER_WASM`,
-//! `WEAUTH_ENVOY_BIN`, see `weauth_tests::harness`). Loopback only.
+//! `WEAUTH_ENVOY_BIN`; `WEAUTH_FILTER_BUILD=native` for the native build, see
+//! `weauth_tests::harness`). Loopback only.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -86,6 +94,17 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A request's error with its causes ("error sending request" alone does not say why).
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(&format!(": {inner}"));
+        cause = inner.source();
+    }
+    text
+}
+
 async fn api(client: &reqwest::Client, envoy: &str, token: &str) -> Result<u16, String> {
     client
         .get(format!("{envoy}/api/hello"))
@@ -93,7 +112,7 @@ async fn api(client: &reqwest::Client, envoy: &str, token: &str) -> Result<u16, 
         .send()
         .await
         .map(|r| r.status().as_u16())
-        .map_err(|e| e.to_string())
+        .map_err(|e| describe(&e))
 }
 
 /// `GET /api/hello` through Envoy with `token`: `Ok` when it answers `want`, else what came back.
@@ -135,7 +154,7 @@ async fn post(
     if let Some(b) = bearer {
         req = req.bearer_auth(b);
     }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let resp = req.send().await.map_err(|e| describe(&e))?;
     let status = resp.status().as_u16();
     Ok((status, resp.json().await.unwrap_or(serde_json::Value::Null)))
 }
@@ -154,12 +173,25 @@ async fn until_refused(client: &reqwest::Client, envoy: &str, token: &str) -> Re
     }
 }
 
-async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Arc<Mutex<Report>>) {
-    let client = reqwest::Client::builder()
+/// One client's loop until `deadline`. With `reuse` off every request opens its own
+/// connection: while configurations change, a listener's drain closes the connections of the
+/// old one, and a kept-alive connection can be closed just as a request goes out on it ("connection
+/// closed before message completed" — the race of every HTTP/1.1 keep-alive client, which
+/// clients answer by retrying); the soak counts every failure as one, so it does not keep any.
+async fn client_loop(
+    stack: Arc<Stack>,
+    id: usize,
+    deadline: Instant,
+    report: Arc<Mutex<Report>>,
+    reuse: bool,
+) {
+    let mut client = reqwest::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_default();
+        .timeout(Duration::from_secs(30));
+    if !reuse {
+        client = client.pool_max_idle_per_host(0);
+    }
+    let client = client.build().unwrap_or_default();
     let envoy = stack.envoy_url();
     let record = |op, outcome, took, detail| {
         if let Ok(mut r) = report.lock() {
@@ -231,12 +263,12 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
                     t.elapsed(),
                     String::new(),
                 ),
-                other => record(
-                    "refresh reuse",
-                    Verdict::Unexpected,
-                    t.elapsed(),
-                    format!("{other:?}"),
-                ),
+                // Not refused: nothing to wait for at the edge (counted once, here).
+                other => {
+                    let detail = format!("{other:?}");
+                    record("refresh reuse", Verdict::Unexpected, t.elapsed(), detail);
+                    continue;
+                }
             }
             let t = Instant::now();
             match until_refused(&client, &envoy, &access2).await {
@@ -264,12 +296,11 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
             .await
             {
                 Ok((204, _)) => record("logout", Verdict::Ok, t.elapsed(), String::new()),
-                other => record(
-                    "logout",
-                    Verdict::Unexpected,
-                    t.elapsed(),
-                    format!("{other:?}"),
-                ),
+                other => {
+                    let detail = format!("{other:?}");
+                    record("logout", Verdict::Unexpected, t.elapsed(), detail);
+                    continue;
+                }
             }
             let t = Instant::now();
             match until_refused(&client, &envoy, &access2).await {
@@ -290,6 +321,26 @@ async fn client_loop(stack: Arc<Stack>, id: usize, deadline: Instant, report: Ar
     }
 }
 
+/// Changes the filter's configuration every `every` seconds until `deadline` (none when 0):
+/// the updates Envoy took, and what went wrong with the others.
+async fn update_loop(stack: Arc<Stack>, every: u64, deadline: Instant) -> (u64, Vec<String>) {
+    let (mut taken, mut errors) = (0u64, Vec::new());
+    if every == 0 {
+        return (taken, errors);
+    }
+    let every = Duration::from_secs(every);
+    while Instant::now() + every < deadline {
+        tokio::time::sleep(every).await;
+        // A change Envoy must build a new configuration for, and no change of behaviour.
+        let patch = json!({"cache_entries": 10_000 - (taken + errors.len() as u64) % 2});
+        match stack.update_filter_config(&patch).await {
+            Ok(()) => taken += 1,
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (taken, errors)
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -300,15 +351,20 @@ async fn main() -> ExitCode {
     let clients = env_u64("SOAK_CLIENTS", 8) as usize;
     let issuer_bound_mib = env_u64("SOAK_ISSUER_GROWTH_MIB", 32);
     let envoy_bound_mib = env_u64("SOAK_ENVOY_GROWTH_MIB", 64);
+    let update_every = env_u64("SOAK_CONFIG_UPDATE_SECONDS", 10);
     println!("weauth soak: {clients} clients for {seconds} s through Envoy (2 workers), loopback");
-    let stack = match Stack::builder()
+    if update_every > 0 {
+        println!("  the filter's configuration updated through LDS every {update_every} s");
+    }
+    let mut builder = Stack::builder()
         .concurrency(2)
         .issuer_env("WEAUTH_LOGIN_RATE", "0")
         // The scenario replays used refresh tokens at once and expects the session revoked.
-        .issuer_env("WEAUTH_REFRESH_REUSE_GRACE", "0s")
-        .start()
-        .await
-    {
+        .issuer_env("WEAUTH_REFRESH_REUSE_GRACE", "0s");
+    if update_every > 0 {
+        builder = builder.listeners_from_file();
+    }
+    let stack = match builder.start().await {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("cannot start the weauth stack: {e}");
@@ -328,10 +384,21 @@ async fn main() -> ExitCode {
     let warmup = Duration::from_secs((seconds / 4).min(30));
     let report = Arc::new(Mutex::new(Report::default()));
     let tasks: Vec<_> = (0..clients)
-        .map(|id| tokio::spawn(client_loop(stack.clone(), id, deadline, report.clone())))
+        .map(|id| {
+            let reuse = update_every == 0;
+            tokio::spawn(client_loop(
+                stack.clone(),
+                id,
+                deadline,
+                report.clone(),
+                reuse,
+            ))
+        })
         .collect();
+    let updates = tokio::spawn(update_loop(stack.clone(), update_every, deadline));
 
     let mut baseline: Option<(u64, u64)> = None;
+    let mut baseline_threads = None;
     let mut peak = start_rss;
     let mut last = start_rss;
     while Instant::now() < deadline {
@@ -344,6 +411,7 @@ async fn main() -> ExitCode {
         peak = (peak.0.max(i), peak.1.max(e));
         if baseline.is_none() && started.elapsed() >= warmup {
             baseline = Some(last);
+            baseline_threads = stack.envoy_threads();
         }
         let done: u64 = report
             .lock()
@@ -364,6 +432,12 @@ async fn main() -> ExitCode {
     for t in tasks {
         let _ = t.await;
     }
+    let (updated, update_errors) = updates
+        .await
+        .unwrap_or_else(|e| (0, vec![format!("the update task failed: {e}")]));
+    // The last configuration replaced has drained (1 s) before the threads are counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let threads = (baseline_threads, stack.envoy_threads());
     let elapsed = started.elapsed();
     let baseline = baseline.unwrap_or(start_rss);
     let report = match report.lock() {
@@ -398,12 +472,25 @@ async fn main() -> ExitCode {
         total as f64 / elapsed.as_secs_f64()
     );
     for name in ["allowed", "cache_hit", "cache_miss", "revocation_entries"] {
-        if let Some(v) =
-            weauth_tests::harness::stat_value(&stats, &format!("wasmcustom.weauth.{name}"))
-        {
-            println!("envoy wasmcustom.weauth.{name}: {v}");
+        let name = stack.filter_stat(name);
+        if let Some(v) = weauth_tests::harness::stat_value(&stats, &name) {
+            println!("envoy {name}: {v}");
         }
     }
+    if update_every > 0 {
+        println!(
+            "filter configuration updates taken: {updated}, failed: {}",
+            update_errors.len()
+        );
+    }
+    for error in &update_errors {
+        println!("update failed: {error}");
+    }
+    println!(
+        "envoy threads after the warm-up: {}, at the end: {}",
+        threads.0.map_or("?".into(), |n| n.to_string()),
+        threads.1.map_or("?".into(), |n| n.to_string())
+    );
     let growth = (
         last.0 as i64 - baseline.0 as i64,
         last.1 as i64 - baseline.1 as i64,
@@ -412,7 +499,9 @@ async fn main() -> ExitCode {
         "\n{:<8} {:>10} {:>12} {:>10} {:>10} {:>12} {:>10}",
         "process", "start MiB", "baseline MiB", "peak MiB", "end MiB", "growth MiB", "bound MiB"
     );
-    let mut failed = unexpected > 0;
+    let mut failed = unexpected > 0
+        || !update_errors.is_empty()
+        || matches!(threads, (Some(warm), Some(end)) if warm != end);
     for (name, s, b, p, e, g, bound) in [
         (
             "issuer",
