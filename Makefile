@@ -245,10 +245,12 @@ check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's un
 TEST_FIRST := api_schemathesis e2e_filter e2e_replicas e2e_faults e2e_browser e2e_cluster e2e_login
 # What runs again against the native build: the filter's suites, and every suite whose tests all
 # go through the edge (logins, bans and scopes, replicas' failovers, the README's walkthroughs),
-# then the one edge test of e2e_faults (Envoy restarted: keys and revocations fetched again).
-TEST_NATIVE := e2e_filter e2e_attacks e2e_paths e2e_login e2e_grants e2e_replicas e2e_walkthrough
+# the deployment examples of the native build loaded by Envoy with the module (only there), then
+# the one edge test of e2e_faults (Envoy restarted: keys and revocations fetched again).
+TEST_NATIVE := e2e_filter e2e_attacks e2e_paths e2e_login e2e_grants e2e_replicas e2e_walkthrough \
+  deploy_native
 TEST_NATIVE_FAULTS := envoy_restart_recovers_keys_and_revocations
-TEST_REST  := $(filter-out $(TEST_FIRST) wasm_imports,$(sort $(basename $(notdir $(wildcard */tests/*.rs)))))
+TEST_REST  := $(filter-out $(TEST_FIRST) wasm_imports deploy_native,$(sort $(basename $(notdir $(wildcard */tests/*.rs)))))
 # `make test` lints the host build as it compiles it: clippy is rustc with more lints, and
 # `cargo clippy` is `cargo check` with clippy-driver as the workspace's compiler (cargo's
 # RUSTC_WORKSPACE_WRAPPER) and `-D warnings` passed in CLIPPY_ARGS. Running it as a separate
@@ -357,5 +359,5 @@ bench: setup ## weauth vs jwt_authn vs jwt_authn+ext_authz (BENCH_MODE=quick|ful
 fuzz: ## coverage-guided fuzzing of the parsers, FUZZ_SECONDS per target (default 60)
 	scripts/fuzz.sh
 
-soak: build ## bounded soak through Envoy (SOAK_SECONDS=120, SOAK_CLIENTS=8): errors and memory
-	./target/debug/weauth-soak
+soak: build $(if $(filter native,$(EDGE)),native) ## bounded soak through Envoy (SOAK_SECONDS=120, SOAK_CLIENTS=8, the filter's configuration updated every SOAK_CONFIG_UPDATE_SECONDS=10; EDGE=native: the native filter): errors, memory, threads
+	WEAUTH_FILTER_BUILD=$(EDGE) ./target/debug/weauth-soak
