@@ -314,7 +314,7 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	echo "test: $$(date +%T) built; the workspace's tests in two streams (target/test-stream-1.log, -2.log; each shown when it ends)"; \
 	{ rc=0; \
 	  $(CARGO_TEST) $(addprefix --test ,$(TEST_FIRST)) || rc=1; \
-	  echo "test: $$(date +%T) the filter suites again, against the native build (an Envoy dynamic module)"; \
+	  echo "test: $$(date +%T) the suites through the edge again, against the native build (an Envoy dynamic module)"; \
 	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
 	    $(addprefix --test ,$(TEST_NATIVE)) || rc=1; \
 	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
