@@ -254,8 +254,8 @@ fn loads_and_control_refused(name: &str, example: impl Fn(&Path) -> Example) {
         "{name}: Envoy loaded the control without an issuer:\n{log}"
     );
     assert!(
-        log.contains("issuer"),
-        "{name}: the refusal does not name the missing issuer:\n{log}"
+        log.contains("invalid filter configuration: `issuer`"),
+        "{name}: the module did not refuse the missing issuer:\n{log}"
     );
 }
 
