@@ -96,6 +96,19 @@ pub trait KeyState {
 #[error("{0}")]
 pub struct DispatchError(pub String);
 
+impl DispatchError {
+    /// The configured cluster is not in Envoy's configuration (both ABIs say so apart).
+    pub fn no_cluster() -> DispatchError {
+        DispatchError("no cluster of that name in Envoy's configuration".into())
+    }
+
+    /// Envoy's async client failed the request before it went out — its answer, if any, came
+    /// inline —, which is what a cluster with no healthy host does (or a circuit breaker open).
+    pub fn failed_at_once() -> DispatchError {
+        DispatchError("Envoy failed the request at once (no healthy host in the cluster?)".into())
+    }
+}
+
 /// An HTTP call to the issuer through an Envoy cluster. The answer arrives later, through the
 /// adapter's own callback, tagged with the returned id.
 pub trait IssuerCall {

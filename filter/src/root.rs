@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, MapType};
+use proxy_wasm::types::{BufferType, ContextType, MapType, Status};
 use weauth_token::KeySet;
 
 use crate::config::Config;
@@ -175,7 +175,13 @@ impl IssuerCall for WasmCall {
             Duration::from_millis(timeout_ms),
         )
         .map(u64::from)
-        .map_err(|status| DispatchError(format!("{status:?}")))
+        .map_err(|status| match status {
+            // Envoy's `httpCall`: no such cluster (the headers it also checks are always sent).
+            Status::BadArgument => DispatchError::no_cluster(),
+            // The async client returned no request: it failed at once.
+            Status::InternalFailure => DispatchError::failed_at_once(),
+            other => DispatchError(format!("{other:?}")),
+        })
     }
 }
 

@@ -379,13 +379,9 @@ impl IssuerCall for EnvoyConfig {
         match result {
             CALLOUT_SUCCESS => Ok(id),
             1 => Err(DispatchError("missing required headers".into())),
-            2 => Err(DispatchError("cluster not found".into())),
+            2 => Err(DispatchError::no_cluster()),
             3 => Err(DispatchError("duplicate callout id".into())),
-            // Envoy's async client failed the request at once (its answer, if any, came
-            // inline: no healthy host in the cluster, a circuit breaker open).
-            _ => Err(DispatchError(
-                "Envoy failed the request at once (no healthy host in the cluster?)".into(),
-            )),
+            _ => Err(DispatchError::failed_at_once()),
         }
     }
 }
