@@ -455,6 +455,25 @@ async fn feed_credential_env_missing_filter_refuses_its_configuration() {
 }
 
 #[tokio::test]
+async fn feed_cluster_envoy_has_not_got_is_logged_as_that() {
+    // A configuration naming a cluster Envoy has not got (a typo, or a control plane that
+    // names clusters its own way) is accepted — clusters may come later through CDS — but its
+    // polls cannot go out. The log says why, in both builds: not the ABI's status name
+    // (proxy-wasm's `BadArgument`) nor a wrong guess.
+    let stack = start(Stack::builder().listeners_from_file()).await;
+    stack
+        .update_filter_config(&json!({"revocation": {"cluster": "weauth_no_such_cluster"}}))
+        .await
+        .unwrap();
+    assert_envoy_logged(
+        &stack,
+        "revocation poll could not be dispatched to cluster weauth_no_such_cluster: \
+         no cluster of that name in Envoy's configuration",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn feed_answering_at_once_without_news_is_not_polled_in_a_hot_loop() {
     // Issue 19: the feed is a server that answers every poll at once with the same full set
     // at seq 1 (as a proxy that does not hold long polls would). After the first answer, each
