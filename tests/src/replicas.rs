@@ -1,7 +1,10 @@
 //! What the end-to-end tests of several issuer replicas share (`e2e_replicas.rs`,
 //! `e2e_cluster.rs`): a client, the replicas' metrics, the replica holding the filter's feed
-//! long poll, and the calls their load makes through Envoy.
+//! long poll, the calls their load makes through Envoy, the load itself ([`Load`]) and the
+//! check that nothing it was told was done has been lost ([`assert_nothing_acked_lost`]).
 
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -106,4 +109,198 @@ pub async fn post(
         }
         Err(_) => (0, Value::Null),
     }
+}
+
+/// What a [`Load`] was answered with success, to check afterwards that none of it was lost.
+#[derive(Debug, Default)]
+pub struct Acked {
+    /// The latest refresh token each worker got back with a 200 (one live session each).
+    pub refresh: Vec<Option<String>>,
+    /// Access tokens whose logout was answered 204, with the load's phase then.
+    pub logged_out: Vec<(String, u8)>,
+    /// Client-visible failures (status 0 = no answer, or 5xx): operation, status, phase.
+    pub failures: Vec<(String, u16, u8)>,
+    /// Requests answered (or failed), all operations.
+    pub ops: usize,
+}
+
+/// A mixed load through Envoy: `workers` loops, each with at most one request in flight, of
+/// login → (API call, refresh) ×3 → logout every other round, until stopped. A refresh not
+/// answered 200 abandons its session (whether the old token was consumed is unknown). Each
+/// logout and failure is tagged with the phase set by [`Load::set_phase`] (0 at start), so a
+/// test can tell the failures of one fault from another's.
+pub struct Load {
+    acked: Arc<Mutex<Acked>>,
+    phase: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `workers` loops against `stack`'s Envoy.
+    pub fn start(stack: &Stack, workers: usize) -> Load {
+        let acked = Arc::new(Mutex::new(Acked {
+            refresh: vec![None; workers],
+            ..Acked::default()
+        }));
+        let phase = Arc::new(AtomicU8::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..workers)
+            .map(|w| {
+                tokio::spawn(worker(
+                    w,
+                    stack.envoy_url(),
+                    stack.mock_url(),
+                    Arc::clone(&acked),
+                    Arc::clone(&phase),
+                    Arc::clone(&stop),
+                ))
+            })
+            .collect();
+        Load {
+            acked,
+            phase,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Tags what is acknowledged or fails from now on with `phase`.
+    pub fn set_phase(&self, phase: u8) {
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    /// Requests made so far.
+    pub fn ops(&self) -> usize {
+        self.acked.lock().unwrap().ops
+    }
+
+    /// The access tokens whose logout was acknowledged so far in `phase`.
+    pub fn logged_out_in(&self, phase: u8) -> Vec<String> {
+        let acked = self.acked.lock().unwrap();
+        acked
+            .logged_out
+            .iter()
+            .filter(|(_, p)| *p == phase)
+            .map(|(access, _)| access.clone())
+            .collect()
+    }
+
+    /// Stops the workers, waits for their last requests, and returns what was acknowledged.
+    pub async fn stop(self) -> Acked {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// One worker of a [`Load`].
+async fn worker(
+    w: usize,
+    envoy: String,
+    mock: String,
+    acked: Arc<Mutex<Acked>>,
+    phase: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+) {
+    let http = client();
+    let fail = |op: &str, status: u16| {
+        let mut a = acked.lock().unwrap();
+        a.failures
+            .push((op.to_string(), status, phase.load(Ordering::Relaxed)));
+    };
+    let mut round = 0;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        let (status, body) = login(&http, &mock, &envoy, &format!("u{w}-{round}")).await;
+        acked.lock().unwrap().ops += 1;
+        if status != 200 {
+            fail("login", status);
+            continue;
+        }
+        let mut access = body["access_token"].as_str().unwrap().to_string();
+        let mut refresh = body["refresh_token"].as_str().unwrap().to_string();
+        acked.lock().unwrap().refresh[w] = Some(refresh.clone());
+        for _ in 0..3 {
+            let status = hello(&http, &envoy, &access).await;
+            acked.lock().unwrap().ops += 1;
+            if status != 200 {
+                fail("api", status);
+            }
+            let (status, body) = post(
+                &http,
+                &envoy,
+                "/v1/token/refresh",
+                None,
+                &json!({"refresh_token": refresh}),
+            )
+            .await;
+            acked.lock().unwrap().ops += 1;
+            if status == 200 {
+                access = body["access_token"].as_str().unwrap().to_string();
+                refresh = body["refresh_token"].as_str().unwrap().to_string();
+                acked.lock().unwrap().refresh[w] = Some(refresh.clone());
+            } else {
+                // Not acknowledged: the old token may or may not have been consumed; this
+                // session is abandoned.
+                fail("refresh", status);
+                acked.lock().unwrap().refresh[w] = None;
+                break;
+            }
+        }
+        if round % 2 == 0 {
+            let (status, _) = post(&http, &envoy, "/v1/logout", Some(&access), &json!({})).await;
+            acked.lock().unwrap().ops += 1;
+            if status == 204 {
+                let mut a = acked.lock().unwrap();
+                a.logged_out
+                    .push((access.clone(), phase.load(Ordering::Relaxed)));
+                a.refresh[w] = None;
+            } else {
+                fail("logout", status);
+            }
+        }
+    }
+}
+
+/// Every acknowledged refresh token still rotates, and every acknowledged logout is refused at
+/// the edge within `within` from the end of the refresh checks (the promise is "refused at
+/// every sidecar within a second"; the last logouts were acknowledged moments ago, so each
+/// gets that time from now). Returns how long the slowest logout took to be refused.
+pub async fn assert_nothing_acked_lost(stack: &Stack, acked: &Acked, within: Duration) -> Duration {
+    let http = client();
+    let envoy = stack.envoy_url();
+    for token in acked.refresh.iter().flatten() {
+        let (status, body) = post(
+            &http,
+            &envoy,
+            "/v1/token/refresh",
+            None,
+            &json!({"refresh_token": token}),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "an acknowledged refresh token was lost: {body}"
+        );
+    }
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for (access, _) in &acked.logged_out {
+        loop {
+            let status = hello(&http, &envoy, access).await;
+            if status == 401 {
+                break;
+            }
+            assert!(
+                started.elapsed() < within,
+                "an acknowledged logout is not enforced at the edge within {within:?} (status {status})"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
 }

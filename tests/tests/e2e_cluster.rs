@@ -23,13 +23,15 @@
 //! measured numbers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use weauth_tests::harness::{peek_claims, Stack};
-use weauth_tests::replicas::{client, hello, login, metric, poll_holder, post};
+use weauth_tests::replicas::{
+    assert_nothing_acked_lost, client, hello, login, metric, poll_holder, post, Load,
+};
 
 /// The store's prefix: its hash tag `{weauth56793:}` is slot 0, the first slot of its
 /// primary, so `reshard` of one slot moves every key the issuer has (the worst case: the
@@ -49,102 +51,6 @@ const ALONE: u8 = 3;
 /// `weauth_store_replicas` of replica `url`: the replicas its store's primary has online.
 async fn store_replicas(http: &reqwest::Client, url: &str) -> Option<u64> {
     metric(http, url, "weauth_store_replicas").await
-}
-
-/// What the load acknowledged, to check afterwards that none of it was lost.
-#[derive(Default)]
-struct Acked {
-    /// The latest refresh token each worker got back with a 200 (one live session each).
-    refresh: Vec<Option<String>>,
-    /// Access tokens whose logout was answered 204, with the phase it was answered in.
-    logged_out: Vec<(String, u8)>,
-    /// Client-visible failures (status 0 = no answer, or 5xx): operation, status, phase.
-    failures: Vec<(String, u16, u8)>,
-    ops: usize,
-}
-
-/// Runs `WORKERS` loops of login → refresh ×3 with API calls → logout until `stop`.
-fn spawn_load(
-    stack: &Stack,
-    acked: Arc<Mutex<Acked>>,
-    phase: Arc<AtomicU8>,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    acked.lock().unwrap().refresh = vec![None; WORKERS];
-    let (envoy, mock) = (stack.envoy_url(), stack.mock_url());
-    (0..WORKERS)
-        .map(|w| {
-            let (envoy, mock, acked, phase, stop) = (
-                envoy.clone(),
-                mock.clone(),
-                Arc::clone(&acked),
-                Arc::clone(&phase),
-                Arc::clone(&stop),
-            );
-            tokio::spawn(async move {
-                let http = client();
-                let fail = |op: &str, status: u16| {
-                    let mut a = acked.lock().unwrap();
-                    a.failures
-                        .push((op.to_string(), status, phase.load(Ordering::Relaxed)));
-                };
-                let mut round = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    round += 1;
-                    let (status, body) =
-                        login(&http, &mock, &envoy, &format!("u{w}-{round}")).await;
-                    acked.lock().unwrap().ops += 1;
-                    if status != 200 {
-                        fail("login", status);
-                        continue;
-                    }
-                    let mut access = body["access_token"].as_str().unwrap().to_string();
-                    let mut refresh = body["refresh_token"].as_str().unwrap().to_string();
-                    acked.lock().unwrap().refresh[w] = Some(refresh.clone());
-                    for _ in 0..3 {
-                        let status = hello(&http, &envoy, &access).await;
-                        acked.lock().unwrap().ops += 1;
-                        if status != 200 {
-                            fail("api", status);
-                        }
-                        let (status, body) = post(
-                            &http,
-                            &envoy,
-                            "/v1/token/refresh",
-                            None,
-                            &json!({"refresh_token": refresh}),
-                        )
-                        .await;
-                        acked.lock().unwrap().ops += 1;
-                        if status == 200 {
-                            access = body["access_token"].as_str().unwrap().to_string();
-                            refresh = body["refresh_token"].as_str().unwrap().to_string();
-                            acked.lock().unwrap().refresh[w] = Some(refresh.clone());
-                        } else {
-                            // Not acknowledged: the old token may or may not have been
-                            // consumed; this session is abandoned.
-                            fail("refresh", status);
-                            acked.lock().unwrap().refresh[w] = None;
-                            break;
-                        }
-                    }
-                    if round % 2 == 0 {
-                        let (status, _) =
-                            post(&http, &envoy, "/v1/logout", Some(&access), &json!({})).await;
-                        acked.lock().unwrap().ops += 1;
-                        if status == 204 {
-                            let mut a = acked.lock().unwrap();
-                            a.logged_out
-                                .push((access.clone(), phase.load(Ordering::Relaxed)));
-                            a.refresh[w] = None;
-                        } else {
-                            fail("logout", status);
-                        }
-                    }
-                }
-            })
-        })
-        .collect()
 }
 
 /// What a sidecar following the feed was given.
@@ -373,16 +279,8 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
     println!("cluster: logout at replica {writer}, poll held by replica {holder}: refused at the edge after {delay:?}");
 
     // The load and a sidecar.
-    let acked = Arc::new(Mutex::new(Acked::default()));
+    let load = Load::start(&stack, WORKERS);
     let sidecar = Arc::new(Mutex::new(Sidecar::default()));
-    let phase = Arc::new(AtomicU8::new(STEADY));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = spawn_load(
-        &stack,
-        Arc::clone(&acked),
-        Arc::clone(&phase),
-        Arc::clone(&stop),
-    );
     let sidecar_stop = Arc::new(AtomicBool::new(false));
     let follower = spawn_sidecar(&stack, Arc::clone(&sidecar), Arc::clone(&sidecar_stop));
     let load_started = Instant::now();
@@ -399,20 +297,17 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
             .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("port=")))
             .and_then(|p| p.trim().parse::<u16>().ok())
             .expect("the primary has a replica");
-        phase.store(FAILOVER, Ordering::Relaxed);
+        load.set_phase(FAILOVER);
         cluster.kill(victim);
         (victim, replica)
     };
     let killed = Instant::now();
-    let rate_before = acked.lock().unwrap().ops as f64 / load_started.elapsed().as_secs_f64();
+    let rate_before = load.ops() as f64 / load_started.elapsed().as_secs_f64();
     // What was acknowledged before the kill: logouts answered 204 by now.
-    let acked_before: Vec<String> = acked
-        .lock()
-        .unwrap()
-        .logged_out
+    let acked_before: Vec<String> = load
+        .logged_out_in(STEADY)
         .iter()
-        .filter(|(_, p)| *p == STEADY)
-        .map(|(access, _)| peek_claims(access).unwrap().sid)
+        .map(|access| peek_claims(access).unwrap().sid)
         .collect();
     let seqs_before: HashMap<String, u64> = {
         let s = sidecar.lock().unwrap();
@@ -455,7 +350,7 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
 
     // The promoted primary has no replica until the old one returns: writes do not wait for
     // one (they would crawl), and every replica says acknowledged writes are on one machine.
-    phase.store(ALONE, Ordering::Relaxed);
+    load.set_phase(ALONE);
     for i in 0..stack.replica_count() {
         let started = Instant::now();
         while store_replicas(&http, &stack.replica_url(i)).await != Some(0) {
@@ -466,7 +361,7 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let (alone_started, ops_alone) = (Instant::now(), acked.lock().unwrap().ops);
+    let (alone_started, ops_alone) = (Instant::now(), load.ops());
     // For 2 s (two health reads), neither replica takes the alone primary for replicated:
     // that would make every write `WAIT` its whole timeout again, and the issuer crawl.
     while alone_started.elapsed() < Duration::from_secs(2) {
@@ -479,8 +374,7 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rate_alone =
-        (acked.lock().unwrap().ops - ops_alone) as f64 / alone_started.elapsed().as_secs_f64();
+    let rate_alone = (load.ops() - ops_alone) as f64 / alone_started.elapsed().as_secs_f64();
     println!(
         "cluster failover: {rate_before:.0} requests/s before the kill, {rate_alone:.0}/s with \
          the promoted primary alone ({:.0} %)",
@@ -494,11 +388,11 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
         tokio::task::block_in_place(|| cluster.wait_ready(Duration::from_secs(30))).unwrap();
     }
     replicas_ready(&stack).await;
-    phase.store(STEADY, Ordering::Relaxed);
+    load.set_phase(STEADY);
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     // The store's slot moves to another primary under the load.
-    phase.store(RESHARD, Ordering::Relaxed);
+    load.set_phase(RESHARD);
     let reshard_started = Instant::now();
     let to = {
         let cluster = stack.cluster().unwrap();
@@ -520,11 +414,7 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
     };
     primary_becomes(&mut stack, &slot_key, to, "the slot moved").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks.drain(..) {
-        task.await.unwrap();
-    }
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let acked = load.stop().await;
     let count = |p: u8| acked.failures.iter().filter(|f| f.2 == p).count();
     println!(
         "cluster: {} operations; failures: {} in the failover (statuses {:?}), {} with the \
@@ -558,30 +448,7 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
     );
 
     // Nothing acknowledged lost: refresh tokens rotate, logouts are refused at the edge.
-    for token in acked.refresh.iter().flatten() {
-        let (status, body) = post(
-            &http,
-            &envoy,
-            "/v1/token/refresh",
-            None,
-            &json!({"refresh_token": token}),
-        )
-        .await;
-        assert_eq!(
-            status, 200,
-            "an acknowledged refresh token was lost: {body}"
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    for (access, _) in &acked.logged_out {
-        while hello(&http, &envoy, access).await != 401 {
-            assert!(
-                Instant::now() < deadline,
-                "an acknowledged logout is not enforced at the edge"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    assert_nothing_acked_lost(&stack, &acked, Duration::from_secs(2)).await;
     // The sidecar, resuming from its cursor all along, applied every acknowledged logout,
     // nothing twice, and no seq it was given names another entry now.
     let sids: Vec<String> = acked

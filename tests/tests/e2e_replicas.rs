@@ -14,13 +14,13 @@
 //! missing one fails, it is never skipped. Run: `make build && cargo test -p weauth-tests
 //! --test e2e_replicas -- --nocapture` to see the measured numbers.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use weauth_tests::harness::{stat_value, Stack};
-use weauth_tests::replicas::{client, feed_waiters, hello, login, poll_holder, post};
+use weauth_tests::replicas::{
+    assert_nothing_acked_lost, client, feed_waiters, hello, login, poll_holder, post, Acked, Load,
+};
 
 /// Load workers: each has at most one request in flight.
 const WORKERS: usize = 6;
@@ -74,142 +74,14 @@ async fn logout_at_one_replica_refused_at_edge_while_other_holds_the_poll() {
     );
 }
 
-/// What the load acknowledged, to check afterwards that none of it was lost.
-#[derive(Default)]
-struct Acked {
-    /// The latest refresh token each worker got back with a 200 (one live session each).
-    refresh: Vec<Option<String>>,
-    /// Access tokens whose logout was answered 204.
-    logged_out: Vec<String>,
-    /// Client-visible failures (status 0 = no answer, or 5xx), by operation.
-    failures: Vec<(String, u16)>,
-    ops: usize,
-}
-
-/// Runs `WORKERS` loops of login → refresh ×3 with API calls → logout until `stop`.
-fn spawn_load(
-    stack: &Stack,
-    acked: Arc<Mutex<Acked>>,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    acked.lock().unwrap().refresh = vec![None; WORKERS];
-    let (envoy, mock) = (stack.envoy_url(), stack.mock_url());
-    (0..WORKERS)
-        .map(|w| {
-            let (envoy, mock, acked, stop) = (
-                envoy.clone(),
-                mock.clone(),
-                Arc::clone(&acked),
-                Arc::clone(&stop),
-            );
-            tokio::spawn(async move {
-                let http = client();
-                let fail = |op: &str, status: u16| {
-                    let mut a = acked.lock().unwrap();
-                    a.failures.push((op.to_string(), status));
-                };
-                let mut round = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    round += 1;
-                    let (status, body) =
-                        login(&http, &mock, &envoy, &format!("u{w}-{round}")).await;
-                    acked.lock().unwrap().ops += 1;
-                    if status != 200 {
-                        fail("login", status);
-                        continue;
-                    }
-                    let mut access = body["access_token"].as_str().unwrap().to_string();
-                    let mut refresh = body["refresh_token"].as_str().unwrap().to_string();
-                    acked.lock().unwrap().refresh[w] = Some(refresh.clone());
-                    for _ in 0..3 {
-                        let status = hello(&http, &envoy, &access).await;
-                        acked.lock().unwrap().ops += 1;
-                        if status != 200 {
-                            fail("api", status);
-                        }
-                        let (status, body) = post(
-                            &http,
-                            &envoy,
-                            "/v1/token/refresh",
-                            None,
-                            &json!({"refresh_token": refresh}),
-                        )
-                        .await;
-                        acked.lock().unwrap().ops += 1;
-                        if status == 200 {
-                            access = body["access_token"].as_str().unwrap().to_string();
-                            refresh = body["refresh_token"].as_str().unwrap().to_string();
-                            acked.lock().unwrap().refresh[w] = Some(refresh.clone());
-                        } else {
-                            // Not acknowledged: the old token may or may not have been
-                            // consumed; this session is abandoned.
-                            fail("refresh", status);
-                            acked.lock().unwrap().refresh[w] = None;
-                            break;
-                        }
-                    }
-                    if round % 2 == 0 {
-                        let (status, _) =
-                            post(&http, &envoy, "/v1/logout", Some(&access), &json!({})).await;
-                        acked.lock().unwrap().ops += 1;
-                        if status == 204 {
-                            let mut a = acked.lock().unwrap();
-                            a.logged_out.push(access.clone());
-                            a.refresh[w] = None;
-                        } else {
-                            fail("logout", status);
-                        }
-                    }
-                }
-            })
-        })
-        .collect()
-}
-
-/// Every acknowledged refresh token still rotates, every acknowledged logout is refused at
-/// the edge, and a fresh session works end to end.
-async fn assert_nothing_acked_lost(stack: &Stack, acked: &Acked) {
-    let http = client();
-    let envoy = stack.envoy_url();
-    let mut checked = 0;
-    for token in acked.refresh.iter().flatten() {
-        let (status, body) = post(
-            &http,
-            &envoy,
-            "/v1/token/refresh",
-            None,
-            &json!({"refresh_token": token}),
-        )
-        .await;
-        assert_eq!(
-            status, 200,
-            "an acknowledged refresh token was lost: {body}"
-        );
-        checked += 1;
-    }
-    // The promise is "refused at every sidecar within a second" (the issuer wakes the feed's
-    // long polls at most once per `WEAUTH_FEED_COALESCE`, 250 ms): the last logouts were
-    // acknowledged moments ago, so each gets that second from now.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut slowest = Duration::ZERO;
-    let started = Instant::now();
-    for access in &acked.logged_out {
-        loop {
-            let status = hello(&http, &envoy, access).await;
-            if status == 401 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "an acknowledged logout is not enforced at the edge within 1 s (status {status})"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        slowest = slowest.max(started.elapsed());
-    }
+/// Every acknowledged refresh token still rotates and every acknowledged logout is refused at
+/// the edge within 1 s.
+async fn assert_nothing_lost(stack: &Stack, acked: &Acked) {
+    let slowest = assert_nothing_acked_lost(stack, acked, Duration::from_secs(1)).await;
     println!(
-        "checked {checked} acknowledged refresh tokens and {} acknowledged logouts: none lost \
+        "checked {} acknowledged refresh tokens and {} acknowledged logouts: none lost \
          (all logouts refused at the edge {slowest:?} after the refresh checks)",
+        acked.refresh.iter().flatten().count(),
         acked.logged_out.len()
     );
 }
@@ -218,22 +90,16 @@ async fn assert_nothing_acked_lost(stack: &Stack, acked: &Acked) {
 async fn replica_killed_under_load_nothing_acknowledged_lost() {
     let mut stack = start(2).await;
     let http = client();
-    let acked = Arc::new(Mutex::new(Acked::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = spawn_load(&stack, Arc::clone(&acked), Arc::clone(&stop));
+    let load = Load::start(&stack, WORKERS);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Kill the replica that holds the feed's long poll: the feed must resume on the other.
     let victim = poll_holder(&stack, &http).await;
-    let ops_before = acked.lock().unwrap().ops;
+    let ops_before = load.ops();
     stack.kill_replica(victim).await;
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let acked = load.stop().await;
     let survivor = 1 - victim;
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
     println!(
         "replica {victim} SIGKILLed after {ops_before} operations; {} operations in all; client-visible failures: {} {:?}",
         acked.ops,
@@ -250,7 +116,7 @@ async fn replica_killed_under_load_nothing_acknowledged_lost() {
         acked.ops > ops_before + 20,
         "the load went on after the kill"
     );
-    assert_nothing_acked_lost(&stack, &acked).await;
+    assert_nothing_lost(&stack, &acked).await;
     // The sidecar did not go stale, and the feed now runs on the survivor: a new logout at
     // the survivor is enforced at the edge.
     assert!(
@@ -296,9 +162,7 @@ async fn replica_killed_under_load_nothing_acknowledged_lost() {
 async fn redis_killed_and_restarted_under_load_nothing_acknowledged_lost() {
     let mut stack = start(2).await;
     let http = client();
-    let acked = Arc::new(Mutex::new(Acked::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = spawn_load(&stack, Arc::clone(&acked), Arc::clone(&stop));
+    let load = Load::start(&stack, WORKERS);
     let spare = stack.login("spare").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let redis = stack.redis().unwrap();
@@ -353,19 +217,15 @@ async fn redis_killed_and_restarted_under_load_nothing_acknowledged_lost() {
         down_at.elapsed()
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
-    let unavailable = acked.failures.iter().filter(|(_, s)| *s == 503).count();
+    let acked = load.stop().await;
+    let unavailable = acked.failures.iter().filter(|(_, s, _)| *s == 503).count();
     println!(
         "{} operations; failures while Redis was down: {} ({} of them 503)",
         acked.ops,
         acked.failures.len(),
         unavailable
     );
-    assert_nothing_acked_lost(&stack, &acked).await;
+    assert_nothing_lost(&stack, &acked).await;
     assert!(acked.failures.len() < acked.ops, "the load went on");
     // The refresh refused during the outage wrote nothing: the token still rotates once.
     let (status, body) = post(
