@@ -37,7 +37,7 @@ use crate::headers::Header;
 use crate::host::{DispatchError, Host, IssuerCall, Level, Report, Stats};
 use crate::request::{self, Flow};
 
-use super::{Fetcher, Shared, View, TICK_MS};
+use super::{with_fetcher, Fetcher, Shared, View, TICK_MS};
 
 /// The ABI version this module was written against: Envoy 1.40.0's
 /// `ENVOY_DYNAMIC_MODULES_ABI_VERSION` (found by loading: 1.40.0 matches `v0.2.0`),
@@ -925,15 +925,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
         return;
     };
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        let Ok(mut fetcher) = module.fetcher.try_lock() else {
-            return;
-        };
         let mut call = EnvoyConfig(config_envoy);
         let report = ConfigReport {
             config: call,
             ids: &module.ids,
         };
-        fetcher.tick(&module.shared, &mut call, &report, now_ms());
+        let now = now_ms();
+        with_fetcher(&module.fetcher, &report, now, |fetcher| {
+            fetcher.tick(&module.shared, &mut call, &report, now)
+        });
     }));
 }
 
@@ -983,26 +983,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             .collect();
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // Held only when Envoy answers inline, inside the fetcher's own dispatch (a request it
-        // fails at once, e.g. no healthy host): that dispatch then returns an error, and the
-        // fetcher counts the failure and backs off, so this answer is not needed.
-        let Ok(mut fetcher) = module.fetcher.try_lock() else {
-            return;
-        };
         let mut call = EnvoyConfig(config_envoy);
         let report = ConfigReport {
             config: call,
             ids: &module.ids,
         };
-        fetcher.on_response_chunks(
-            &module.shared,
-            &mut call,
-            &report,
-            callout_id,
-            status,
-            &body,
-            now_ms(),
-        );
+        let now = now_ms();
+        with_fetcher(&module.fetcher, &report, now, |fetcher| {
+            fetcher.on_response_chunks(
+                &module.shared,
+                &mut call,
+                &report,
+                callout_id,
+                status,
+                &body,
+                now,
+            )
+        });
     }));
 }
 

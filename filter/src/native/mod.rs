@@ -41,8 +41,9 @@ mod ffi;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, Weak};
 
 use arc_swap::ArcSwapOption;
 use weauth_token::KeySet;
@@ -524,6 +525,44 @@ impl Fetcher {
     }
 }
 
+/// Runs `work` on a configuration's fetcher, for the main thread's hooks (a tick, an answer).
+///
+/// Nothing runs when the fetcher is held: only Envoy answering inline, inside the fetcher's own
+/// dispatch (a request it fails at once, e.g. no healthy host), gets here then — that dispatch
+/// returns an error, and the fetcher counts the failure and backs off, so the answer is not
+/// needed.
+///
+/// A panic in `work` is caught here, while the lock is held, so that it never poisons the lock:
+/// a fetcher left poisoned would stop fetching for good while its configuration lives — no key
+/// refresh, no revocation reaching the edge — and, holding the state's fetching, keep every
+/// configuration sharing it from taking over. The fetcher starts over instead (no call in
+/// flight, a full set next), as a new one would, and says so at error level.
+pub fn with_fetcher(
+    fetcher: &Mutex<Fetcher>,
+    report: &impl Report,
+    now_ms: u64,
+    work: impl FnOnce(&mut Fetcher),
+) {
+    let mut guard = match fetcher.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::WouldBlock) => return,
+        // Not from a panic caught below; from one anywhere else that held the lock.
+        Err(TryLockError::Poisoned(poisoned)) => {
+            let mut guard = poisoned.into_inner();
+            fetcher.clear_poison();
+            guard.fetcher.restart(now_ms);
+            guard
+        }
+    };
+    if catch_unwind(AssertUnwindSafe(|| work(&mut guard))).is_err() {
+        guard.fetcher.restart(now_ms);
+        report.log(
+            Level::Error,
+            "the JWKS/revocation fetcher panicked; it starts over with a full load",
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +663,68 @@ mod tests {
         let log = Log::default();
         fetcher.tick(&shared, &mut issuer, &log, NOW);
         (shared, fetcher, issuer, log)
+    }
+
+    #[test]
+    fn fetcher_panic_caught_unpoisoned_and_fetcher_starts_over() {
+        let (shared, fetcher, mut issuer, log) = polling();
+        let fetcher = Mutex::new(fetcher);
+        let body = br#"{"seq":7,"full":true,"now":1700000000,"entries":[]}"#;
+        with_fetcher(&fetcher, &log, NOW, |f| {
+            f.on_response(&shared, &mut issuer, &log, 2, 200, body, NOW)
+        });
+        assert!(issuer.path(3).contains("since=7"), "{}", issuer.path(3));
+        // A defect panics inside the fetcher (a hook's work, with the lock held).
+        with_fetcher(&fetcher, &log, NOW + 1, |_| {
+            panic!("a defect in the fetcher")
+        });
+        assert!(
+            !fetcher.is_poisoned(),
+            "a later hook would find it poisoned"
+        );
+        assert!(log.has("the JWKS/revocation fetcher panicked; it starts over with a full load"));
+        // The next tick runs, as a new fetcher's first: the keys and a full set asked again
+        // (the calls out before the panic are forgotten).
+        let later = NOW + TICK_MS;
+        with_fetcher(&fetcher, &log, later, |f| {
+            f.tick(&shared, &mut issuer, &log, later)
+        });
+        assert_eq!(issuer.calls.len(), 5);
+        assert!(issuer.path(5).contains("since=0"), "{}", issuer.path(5));
+    }
+
+    #[test]
+    fn fetcher_poisoned_elsewhere_still_fetches_and_starts_over() {
+        let (shared, fetcher, mut issuer, log) = polling();
+        let fetcher = Mutex::new(fetcher);
+        // A panic outside `with_fetcher` while the lock was held.
+        let _ = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _guard = fetcher.lock();
+                panic!("poisons the lock");
+            })
+            .join()
+        });
+        assert!(fetcher.is_poisoned());
+        with_fetcher(&fetcher, &log, NOW + TICK_MS, |f| {
+            f.tick(&shared, &mut issuer, &log, NOW + TICK_MS)
+        });
+        assert!(!fetcher.is_poisoned());
+        assert_eq!(issuer.calls.len(), 4, "the keys and a full set asked again");
+        assert!(issuer.path(4).contains("since=0"), "{}", issuer.path(4));
+    }
+
+    #[test]
+    fn fetcher_held_hook_does_nothing() {
+        let (_, fetcher, _, log) = polling();
+        let fetcher = Mutex::new(fetcher);
+        let _held = fetcher.lock().unwrap();
+        let mut ran = false;
+        with_fetcher(&fetcher, &log, NOW + TICK_MS, |_| ran = true);
+        assert!(
+            !ran,
+            "the answer of a dispatch failed inline is not handled"
+        );
     }
 
     #[test]
