@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use weauth_tests::harness::{peek_claims, peek_header, Binaries, Edge, Stack, StackBuilder};
 use weauth_tests::upstream::INSTANT_FEED_PATH;
+use weauth_token::{Algorithm, SigningKey};
 
 /// The revocation deadline the tests enforce (design target: well under 1 s).
 const REVOKE_DEADLINE: Duration = Duration::from_secs(2);
@@ -452,6 +453,48 @@ async fn feed_credential_env_missing_filter_refuses_its_configuration() {
         err.contains("environment variable `WEAUTH_FEED_TOKEN` is not set"),
         "the refusal does not name the variable: {err}"
     );
+}
+
+#[tokio::test]
+async fn inline_keys_verify_tokens_and_are_counted() {
+    // The signing keys given in the configuration (`jwks.inline`) instead of fetched: tokens
+    // verify against them, and the `jwks_keys` gauge counts them as it counts fetched keys
+    // (operators watch it: docs/RUNBOOK.md). One key more than the issuer publishes, so that
+    // the count cannot be the fetched one's.
+    let stack = start(Stack::builder().listeners_from_file()).await;
+    let alice = stack.login("inline-alice").await.unwrap().access_token;
+    let (status, mut jwks) = stack
+        .get_json("/.well-known/jwks.json", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{jwks}");
+    let extra = SigningKey::from_seed(Algorithm::EdDSA, &[9; 32]).unwrap();
+    jwks["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::to_value(extra.jwk()).unwrap());
+    let keys = jwks["keys"].as_array().unwrap().len() as u64;
+    assert_eq!(stat(&stack, "jwks_keys").await, keys - 1, "fetched");
+    let remote = [
+        "cluster",
+        "authority",
+        "path",
+        "refresh_seconds",
+        "min_refetch_seconds",
+        "timeout_ms",
+    ];
+    let mut patch = json!({"inline": jwks});
+    for field in remote {
+        patch[field] = Value::Null;
+    }
+    stack
+        .update_filter_config(&json!({"jwks": patch}))
+        .await
+        .unwrap();
+    let (status, body) = hello(&stack, &fresh_client(), &alice).await;
+    assert_eq!(status, 200, "a token signed by an inline key: {body}");
+    // Set when the configuration is made (the same stat as the old configuration's).
+    assert_eq!(stat(&stack, "jwks_keys").await, keys, "inline");
 }
 
 #[tokio::test]

@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smallvec::SmallVec;
 
-use crate::config::Config;
+use crate::config::{Config, JwksSource};
 use crate::headers::Header;
 use crate::host::{DispatchError, Host, IssuerCall, Level, Report, Stats};
 use crate::request::{self, Flow};
@@ -810,6 +810,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             log(Level::Warn, &format!("filter configuration: {warning}"));
         }
         let ids = Ids::define(config_envoy);
+        if let JwksSource::Inline(keys) = &config.jwks {
+            // Fetched keys are counted by the fetcher; these, once, here (as the wasm build).
+            let report = ConfigReport {
+                config: EnvoyConfig(config_envoy),
+                ids: &ids,
+            };
+            report.gauge("jwks_keys", keys.len() as u64);
+        }
         let now = now_ms();
         let fetcher = Fetcher::new(&config, now);
         let ticker = if fetcher.fetches() {
