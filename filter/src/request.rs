@@ -434,8 +434,15 @@ pub fn deny(host: &mut impl Host, stats: &impl Stats, denial: &Denial) -> Flow {
     Flow::Stop
 }
 
-/// A claim's value for a header, borrowed when the claim is a string.
+/// A claim's value for a header, borrowed when the claim is a string. An empty value counts
+/// as absent — no header, and the client's copy removed — in both builds: Envoy's
+/// dynamic-module ABI cannot add a header with an empty value (and setting one removes it),
+/// so the wasm build does not send one either.
 fn claim_value<'c>(claims: &'c Claims, name: &str) -> Option<Cow<'c, str>> {
+    claim_text(claims, name).filter(|value| !value.is_empty())
+}
+
+fn claim_text<'c>(claims: &'c Claims, name: &str) -> Option<Cow<'c, str>> {
     let borrowed = match name {
         "sub" => Some(claims.sub.as_str()),
         "sid" => Some(claims.sid.as_str()),
@@ -675,7 +682,11 @@ mod tests {
     }
 
     fn token() -> String {
-        let claims = Claims {
+        weauth_token::sign(&claims(), &signing_key()).unwrap()
+    }
+
+    fn claims() -> Claims {
+        Claims {
             iss: "https://issuer".into(),
             aud: Audience::One("weauth".into()),
             sub: "u1".into(),
@@ -688,8 +699,7 @@ mod tests {
             unionid: None,
             appid: "wx".into(),
             scope: Some("read".into()),
-        };
-        weauth_token::sign(&claims, &signing_key()).unwrap()
+        }
     }
 
     fn run(config: &Config, host: &mut MockHost, stats: &MockStats) -> Flow {
@@ -810,6 +820,36 @@ mod tests {
             host.removed,
             ["x-weauth-unionid", "x-weauth-role", "authorization"]
         );
+    }
+
+    #[test]
+    fn on_request_headers_empty_claim_forwarded_as_absent() {
+        let config = config(serde_json::json!({
+            "claim_to_headers": [{"claim": "sub", "header": "x-weauth-sub"},
+                                 {"claim": "unionid", "header": "x-weauth-unionid"},
+                                 {"claim": "scope", "header": "x-weauth-scope"}]
+        }));
+        let claims = Claims {
+            unionid: Some(String::new()),
+            scope: Some(String::new()),
+            ..claims()
+        };
+        let bearer = format!(
+            "Bearer {}",
+            weauth_token::sign(&claims, &signing_key()).unwrap()
+        );
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+            ("x-weauth-unionid", "forged"),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        // Neither empty claim is written (natively an empty add is refused and an empty set
+        // removes); the client's copy of one goes.
+        assert_eq!(host.set, [("x-weauth-sub".to_string(), "u1".to_string())]);
+        assert_eq!(host.removed, ["x-weauth-unionid", "authorization"]);
     }
 
     #[test]
