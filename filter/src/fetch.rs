@@ -164,7 +164,6 @@ impl Fetcher {
     ) {
         self.drive_jwks(&*publish, call, report, now_ms);
         self.drive_feed(&*publish, call, report, now_ms);
-        self.publish_staged_when_idle(publish, now_ms);
         self.prune(publish, now_ms);
     }
 
@@ -222,6 +221,18 @@ impl Fetcher {
         }
     }
 
+    /// How long the next feed poll asks the issuer to hold it: the configured `wait_seconds`,
+    /// but 0 while a paged set is loading — the issuer then answers at once, with the next page
+    /// or with nothing when the last full page ended the set, so a load always ends on an
+    /// answer and never on a guess ([`Staging`]).
+    fn poll_wait_seconds(&self) -> u64 {
+        match &self.feed {
+            Some(_) if self.staging.is_loading() => 0,
+            Some((feed, _)) => feed.wait_seconds,
+            None => 0,
+        }
+    }
+
     fn drive_feed(
         &mut self,
         publish: &impl Publish,
@@ -230,6 +241,7 @@ impl Fetcher {
         now_ms: u64,
     ) {
         let since = self.since(publish);
+        let wait = self.poll_wait_seconds();
         let Some((feed, schedule)) = self.feed.as_mut() else {
             return;
         };
@@ -239,7 +251,7 @@ impl Fetcher {
         if !schedule.due(now_ms) {
             return;
         }
-        let path = format!("{}?since={since}&wait={}", feed.path, feed.wait_seconds);
+        let path = format!("{}?since={since}&wait={wait}", feed.path);
         let authorization = format!("Bearer {}", feed.credential);
         let headers = [
             (":method", "GET"),
@@ -248,8 +260,7 @@ impl Fetcher {
             ("authorization", authorization.as_str()),
             ("accept", "application/json"),
         ];
-        let timeout = feed
-            .wait_seconds
+        let timeout = wait
             .saturating_mul(1000)
             .saturating_add(FEED_TIMEOUT_MARGIN_MS);
         match call.dispatch(&feed.cluster, &headers, timeout) {
@@ -376,20 +387,18 @@ impl Fetcher {
         };
         // What the answered poll asked with, before the answer moves it.
         let since = self.since(&*publish);
+        let wait_ms = self.poll_wait_seconds().saturating_mul(1000);
         let Some((feed, schedule)) = self.feed.as_ref() else {
             return;
         };
-        let (wait_ms, started_ms) = (
-            feed.wait_seconds.saturating_mul(1000),
-            schedule.last_started_ms(),
-        );
+        let started_ms = schedule.last_started_ms();
         let outcome = match parsed {
             Ok(page) => {
                 report.count("feed_fetch_ok");
                 let elapsed_ms = started_ms.map_or(0, |started| now_ms.saturating_sub(started));
                 self.full_pending = false;
                 let seq = page.seq;
-                self.apply(publish, report, page, elapsed_ms, now_ms);
+                self.apply(publish, report, page, now_ms);
                 self.seed = self
                     .seed
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -435,7 +444,6 @@ impl Fetcher {
         publish: &mut impl Publish,
         report: &impl Report,
         page: FeedPage,
-        elapsed_ms: u64,
         now_ms: u64,
     ) {
         let first = publish.published().is_none();
@@ -486,15 +494,7 @@ impl Fetcher {
         }
         if !aside {
             publish.publish_set(set, &applied.changed, now_ms);
-        } else if let Some(set) = self.staging.page_applied(set, entries, elapsed_ms) {
-            publish_loaded(publish, set, now_ms);
-        }
-    }
-
-    /// Publishes a set loaded aside once no page is on its way ([`Staging::finished_by_wait`]).
-    fn publish_staged_when_idle(&mut self, publish: &mut impl Publish, now_ms: u64) {
-        let phase = self.feed.as_ref().map(|(_, schedule)| schedule.phase());
-        if let Some(set) = self.staging.finished_by_wait(phase, now_ms) {
+        } else if let Some(set) = self.staging.page_applied(set, entries) {
             publish_loaded(publish, set, now_ms);
         }
     }

@@ -232,15 +232,6 @@ pub fn next_feed_poll(
 /// The most entries the issuer puts in one feed answer (docs/INTERFACES.md, "Revocation
 /// feed"): an answer this long has more behind it, asked for at once.
 pub const FEED_PAGE_ENTRIES: usize = 50_000;
-/// How long a set loaded page by page waits for the next page before it is published anyway (a
-/// set of an exact number of pages ends with a full page, and the poll after it is held): twice
-/// the slowest page of the load so far, at least this long...
-pub const STAGING_HOLD_MS: u64 = 200;
-/// ... and at most this long. Publishing in the middle of a load is correct but shows readers a
-/// part of the set (and, in the native build, costs a copy of it), so the hold follows how fast
-/// pages come on a loaded machine rather than a fixed guess.
-pub const STAGING_HOLD_MAX_MS: u64 = 2_000;
-
 /// Whether a feed answer of `entries` entries is a full page, with more behind it.
 pub fn is_full_page(entries: usize) -> bool {
     entries >= FEED_PAGE_ENTRIES
@@ -248,17 +239,18 @@ pub fn is_full_page(entries: usize) -> bool {
 
 /// A revocation set being loaded page by page, kept from readers until the load is over —
 /// the same in both builds: while a first load is under way requests are answered as before any
-/// set (503), and during a reload readers keep the set they have, never a part of the new one.
+/// set (503), and during a reload readers keep the set they have, never a part of the new one
+/// (a full set's first page replaces every shard: a part of it would forget what later pages
+/// revoke).
 ///
 /// A feed answer of [`FEED_PAGE_ENTRIES`] has more behind it; the fetcher keeps applying the
-/// pages to the staged set and publishes it when an answer is shorter
-/// ([`Staging::page_applied`] hands it back), or when the poll after the last full page failed or
-/// has been out for twice the slowest page of the load ([`Staging::finished_by_wait`]).
+/// pages to the staged set, asking for each next one with `wait=0` (the issuer answers at once:
+/// the next page, or nothing when the last full page ended the set), and publishes it when an
+/// answer is shorter ([`Staging::page_applied`] hands it back). A page that is slow, or a poll
+/// that fails, only delays the load: nothing is published until it is whole.
 #[derive(Debug, Default)]
 pub struct Staging {
     set: Option<crate::revocation::RevocationSet>,
-    /// The slowest page of the load so far (ms from its poll to its answer).
-    slowest_page_ms: u64,
 }
 
 impl Staging {
@@ -278,53 +270,25 @@ impl Staging {
         self.set.take()
     }
 
-    /// After an answer of `entries` entries, answered `page_ms` after its poll, was applied to
-    /// `set`: a full page is kept staged (`None`: publish nothing yet); otherwise the load, if
-    /// any, is over and the set comes back to be published.
+    /// After an answer of `entries` entries was applied to `set`: a full page is kept staged
+    /// (`None`: publish nothing yet); otherwise the load, if any, is over and the set comes back
+    /// to be published.
     pub fn page_applied(
         &mut self,
         set: crate::revocation::RevocationSet,
         entries: usize,
-        page_ms: u64,
     ) -> Option<crate::revocation::RevocationSet> {
         if is_full_page(entries) {
-            self.slowest_page_ms = self.slowest_page_ms.max(page_ms);
             self.set = Some(set);
             None
         } else {
-            self.slowest_page_ms = 0;
             Some(set)
         }
-    }
-
-    /// How long the staged set waits for its next page.
-    pub fn hold_ms(&self) -> u64 {
-        self.slowest_page_ms
-            .saturating_mul(2)
-            .clamp(STAGING_HOLD_MS, STAGING_HOLD_MAX_MS)
-    }
-
-    /// The staged set, to publish now, when no page is on its way: the feed's call is not in
-    /// flight (the poll after the last full page failed), or has been out for [`Staging::hold_ms`].
-    pub fn finished_by_wait(
-        &mut self,
-        feed_phase: Option<FetchPhase>,
-        now_ms: u64,
-    ) -> Option<crate::revocation::RevocationSet> {
-        self.set.as_ref()?;
-        if let Some(FetchPhase::InFlight { started_ms, .. }) = feed_phase {
-            if now_ms.saturating_sub(started_ms) < self.hold_ms() {
-                return None;
-            }
-        }
-        self.slowest_page_ms = 0;
-        self.set.take()
     }
 
     /// Drops a load under way (the feed went back, or this VM stopped being the fetcher).
     pub fn abandon(&mut self) {
         self.set = None;
-        self.slowest_page_ms = 0;
     }
 }
 
@@ -682,12 +646,12 @@ mod tests {
         let mut staging = Staging::default();
         assert!(!staging.is_loading());
         // Not a full page, nothing staged: straight back, to publish.
-        let back = staging.page_applied(set_at(5), 10, 30);
+        let back = staging.page_applied(set_at(5), 10);
         assert_eq!(back.map(|set| set.seq), Some(5));
         assert!(!staging.is_loading());
         // A full page: kept, nothing to publish.
         assert!(staging
-            .page_applied(set_at(50_000), FEED_PAGE_ENTRIES, 300)
+            .page_applied(set_at(50_000), FEED_PAGE_ENTRIES)
             .is_none());
         assert!(staging.is_loading());
         assert_eq!(staging.seq(), Some(50_000));
@@ -695,54 +659,17 @@ mod tests {
         let set = staging.take().map(|set| set.seq);
         assert_eq!(set, Some(50_000));
         assert!(!staging.is_loading());
-        // ... and a shorter page ends the load.
-        let back = staging.page_applied(set_at(50_007), 7, 20);
-        assert_eq!(back.map(|set| set.seq), Some(50_007));
-        assert_eq!(
-            staging.hold_ms(),
-            STAGING_HOLD_MS,
-            "the load's slowest page is forgotten"
-        );
+        // ... and a shorter page — an empty one too — ends the load.
+        let back = staging.page_applied(set_at(50_000), 0);
+        assert_eq!(back.map(|set| set.seq), Some(50_000));
     }
 
     #[test]
-    fn staging_published_when_no_page_comes_within_twice_the_slowest() {
+    fn staging_abandon_drops_the_load() {
         let mut staging = Staging::default();
-        assert!(
-            staging.finished_by_wait(None, 0).is_none(),
-            "nothing staged"
-        );
-        staging.page_applied(set_at(1), FEED_PAGE_ENTRIES, 600);
-        assert_eq!(staging.hold_ms(), 1_200);
-        let poll = Some(FetchPhase::InFlight {
-            token: 7,
-            started_ms: 10_000,
-        });
-        assert!(staging.finished_by_wait(poll, 11_199).is_none());
-        assert!(staging.is_loading());
-        assert_eq!(
-            staging.finished_by_wait(poll, 11_200).map(|set| set.seq),
-            Some(1)
-        );
-        assert!(!staging.is_loading());
-        // A poll that is not out (it failed): published at once.
-        staging.page_applied(set_at(2), FEED_PAGE_ENTRIES, 50);
-        let idle = Some(FetchPhase::Idle { next_ms: 20_000 });
-        assert_eq!(
-            staging.finished_by_wait(idle, 10_001).map(|set| set.seq),
-            Some(2)
-        );
-    }
-
-    #[test]
-    fn staging_hold_is_clamped_and_abandon_drops_the_load() {
-        let mut staging = Staging::default();
-        staging.page_applied(set_at(1), FEED_PAGE_ENTRIES, 10);
-        assert_eq!(staging.hold_ms(), STAGING_HOLD_MS);
-        staging.page_applied(set_at(2), FEED_PAGE_ENTRIES, 60_000);
-        assert_eq!(staging.hold_ms(), STAGING_HOLD_MAX_MS);
+        staging.page_applied(set_at(1), FEED_PAGE_ENTRIES);
         staging.abandon();
         assert!(!staging.is_loading());
-        assert_eq!(staging.hold_ms(), STAGING_HOLD_MS);
+        assert_eq!(staging.seq(), None);
     }
 }

@@ -567,7 +567,7 @@ pub fn with_fetcher(
 mod tests {
     use super::*;
     use crate::fetch::testing::{jwks_json, page_body, remote_config, Log, ScriptedIssuer, NOW};
-    use crate::refresh::{FEED_PAGE_ENTRIES, STAGING_HOLD_MS};
+    use crate::refresh::FEED_PAGE_ENTRIES;
 
     impl Fetcher {
         /// An answer with its body in one piece.
@@ -759,7 +759,7 @@ mod tests {
     }
 
     #[test]
-    fn fetcher_staged_set_published_when_the_next_poll_is_held() {
+    fn fetcher_paged_load_asks_without_wait_and_ends_on_the_answer() {
         let (shared, mut fetcher, mut issuer, log) = polling();
         let page = FEED_PAGE_ENTRIES as u64;
         fetcher.on_response(
@@ -771,37 +771,83 @@ mod tests {
             &page_body(1, page, true),
             NOW,
         );
-        // The poll after an exact number of pages is held by the issuer.
-        fetcher.tick(&shared, &mut issuer, &log, NOW + STAGING_HOLD_MS - 1);
-        assert!(shared.revocation().is_none());
-        fetcher.tick(&shared, &mut issuer, &log, NOW + STAGING_HOLD_MS);
+        // The next page asked for at once, not held by the issuer.
+        let next = issuer.path(3);
+        assert!(next.contains(&format!("since={page}&wait=0")), "{next}");
+        // However long that answer takes, no part of the set is published.
+        for t in [100, 2_000, 10_000] {
+            fetcher.tick(&shared, &mut issuer, &log, NOW + t);
+            assert!(shared.revocation().is_none(), "published at +{t} ms");
+        }
+        // The set was an exact number of pages: the issuer answers with nothing at once.
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            3,
+            200,
+            &page_body(page + 1, 0, false),
+            NOW + 10_000,
+        );
         let published = shared.revocation().unwrap();
         assert_eq!(
-            (published.set.len(), published.set.seq),
-            (FEED_PAGE_ENTRIES, page)
+            (published.set.len(), published.set.seq, published.generation),
+            (FEED_PAGE_ENTRIES, page, 1)
         );
-        assert_eq!(issuer.calls.len(), 3, "the held poll is left alone");
+        // Then the long poll as configured.
+        let next = issuer.path(4);
+        assert!(next.contains(&format!("since={page}&wait=20")), "{next}");
     }
 
     #[test]
-    fn fetcher_staging_hold_follows_the_slowest_page() {
+    fn fetcher_reload_keeps_the_whole_old_set_until_the_new_one_is_in() {
         let (shared, mut fetcher, mut issuer, log) = polling();
-        let page = FEED_PAGE_ENTRIES as u64;
-        // The first page took 600 ms to come: wait 1.2 s for the next before publishing.
-        let at = NOW + 600;
         fetcher.on_response(
             &shared,
             &mut issuer,
             &log,
             2,
             200,
-            &page_body(1, page, true),
-            at,
+            &page_body(1, 1000, true),
+            NOW,
         );
-        fetcher.tick(&shared, &mut issuer, &log, at + 1_199);
-        assert!(shared.revocation().is_none());
-        fetcher.tick(&shared, &mut issuer, &log, at + 1_200);
-        assert_eq!(shared.revocation().unwrap().set.len(), FEED_PAGE_ENTRIES);
+        assert_eq!(shared.revocation().unwrap().set.len(), 1000);
+        // The issuer answers the next poll with a new full set, paged (it lost its log, say).
+        let page = FEED_PAGE_ENTRIES as u64;
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            3,
+            200,
+            &page_body(5_001, page, true),
+            NOW + 100,
+        );
+        // The first page replaces every shard of the new set: published, it would forget the
+        // old entries the next page carries again. Readers keep the old set, however slow the
+        // next page, or if its poll fails.
+        fetcher.tick(&shared, &mut issuer, &log, NOW + 10_000);
+        fetcher.on_response(&shared, &mut issuer, &log, 4, 503, b"", NOW + 10_000);
+        fetcher.tick(&shared, &mut issuer, &log, NOW + 60_000);
+        let held = shared.revocation().unwrap();
+        assert_eq!((held.set.len(), held.set.seq), (1000, 1000));
+        // The rest comes: the whole new set, published once.
+        let last = issuer.calls.len() as u64;
+        assert!(issuer
+            .path(last)
+            .contains(&format!("since={}&wait=0", 5_000 + page)));
+        fetcher.on_response(
+            &shared,
+            &mut issuer,
+            &log,
+            last,
+            200,
+            &page_body(5_001 + page, 10, false),
+            NOW + 60_100,
+        );
+        let published = shared.revocation().unwrap();
+        assert_eq!(published.set.len(), FEED_PAGE_ENTRIES + 10);
+        assert_eq!(published.generation, held.generation + 1);
     }
 
     #[test]
