@@ -71,6 +71,11 @@ pub struct Fetcher {
     last_prune_ms: u64,
     /// Spreads the floored polls of many Envoys.
     seed: u64,
+    /// How long an entry is kept past its `until` (s): the clock skew tokens are accepted with
+    /// past their `exp` (`clock_skew_seconds`). The issuer's `until` allows for its own
+    /// leeway only; an entry dropped sooner than the filter stops accepting the token would
+    /// let a revoked token pass again until then.
+    keep_past_until_s: i64,
     /// A set being loaded page by page, not yet published (module docs).
     staging: Staging,
 }
@@ -110,6 +115,7 @@ impl Fetcher {
             full_pending: true,
             last_prune_ms: now_ms,
             seed,
+            keep_past_until_s: config.validation.leeway.max(0),
             staging: Staging::default(),
         }
     }
@@ -457,7 +463,7 @@ impl Fetcher {
         };
         let held_seq = set.seq;
         let (seq, full) = (page.seq, page.full);
-        let applied = match set.apply_page(page, seconds(now_ms)) {
+        let applied = match set.apply_page(page, self.cutoff(now_ms)) {
             Ok(applied) => applied,
             Err(err) => {
                 report.log(Level::Warn, &err.to_string());
@@ -499,6 +505,11 @@ impl Fetcher {
         }
     }
 
+    /// The `now` the set judges entries by: an entry whose `until` is before it is dropped.
+    fn cutoff(&self, now_ms: u64) -> i64 {
+        seconds(now_ms).saturating_sub(self.keep_past_until_s)
+    }
+
     fn prune(&mut self, publish: &mut impl Publish, now_ms: u64) {
         if self.feed.is_none() || now_ms.saturating_sub(self.last_prune_ms) < PRUNE_EVERY_MS {
             return;
@@ -510,7 +521,7 @@ impl Fetcher {
         };
         // Only a shard with an expired entry is written (and, where shared, copied).
         let mut set = publish.take_set();
-        let changed = set.prune(seconds(now_ms));
+        let changed = set.prune(self.cutoff(now_ms));
         if changed.is_empty() {
             publish.restore_set(set);
         } else {
@@ -856,8 +867,10 @@ mod tests {
     #[test]
     fn prune_publishes_only_the_shards_with_expired_entries_and_keeps_last_ok() {
         let mut rig = Rig::polling();
-        rig.answer(&page_body_until(1, 1, true, NOW / 1000 + 5), NOW);
+        // Past its `until` by 55 s: still kept, within the 60 s clock skew.
+        rig.answer(&page_body_until(1, 1, true, NOW / 1000 - 55), NOW);
         rig.answer(&page_body(2, 1, false), NOW + 1);
+        assert_eq!(rig.store.set.len(), 2);
         let published = rig.publications();
         rig.tick(NOW + 4_000);
         assert_eq!(rig.publications(), published, "not due yet");
@@ -875,6 +888,31 @@ mod tests {
         rig.tick(NOW + 2 * PRUNE_EVERY_MS);
         assert!(!rig.store.lent);
         assert_eq!(rig.publications(), published + 1);
+    }
+
+    #[test]
+    fn entries_kept_past_until_for_the_clock_skew_tokens_are_accepted_with() {
+        // remote_config: clock_skew_seconds 60, the default. A token is accepted until its
+        // exp + 60 s; its entry stays as long, whatever `until` the issuer gave it.
+        let mut rig = Rig::polling();
+        let now_s = NOW / 1000;
+        let body = format!(
+            r#"{{"seq":2,"full":true,"now":{now_s},"entries":[
+                {{"seq":1,"kind":"jti","value":"j1","until":{}}},
+                {{"seq":2,"kind":"jti","value":"j2","until":{}}}]}}"#,
+            now_s - 30,
+            now_s - 61
+        );
+        rig.answer(body.as_bytes(), NOW);
+        assert_eq!(
+            rig.store.set.len(),
+            1,
+            "61 s past until is past the skew: skipped"
+        );
+        rig.tick(NOW + PRUNE_EVERY_MS);
+        assert_eq!(rig.store.set.len(), 1, "40 s past until: kept");
+        rig.tick(NOW + 4 * PRUNE_EVERY_MS);
+        assert_eq!(rig.store.set.len(), 0, "70 s past until: pruned");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! fixed, bounded set of keys — one blob per shard plus a meta blob ([`super::codec`]) — and a
 //! feed delta rewrites only the shards it touched.
 //!
-//! Entries are dropped once `until < now` ([`RevocationSet::prune`]). Pure: time is an argument.
+//! Entries are dropped once `until < now` ([`RevocationSet::prune`]). Pure: time is an argument —
+//! the fetcher passes `now` less the clock skew tokens are accepted with (`fetch.rs`).
 
 use std::sync::Arc;
 
