@@ -391,12 +391,14 @@ impl RootContext for Root {
         }));
         self.leader = false;
         self.stale = StaleWatch::default();
-        // Inline keys and no feed: nothing to sync, no tick needed.
+        // Inline keys and no feed: nothing to sync, but the tick still adds the allow path's
+        // counts to Envoy's stats (`Metrics::flush`).
+        let period = if fetches { FIRST_TICK } else { TICK };
+        if hostcalls::set_tick_period(period).is_err() {
+            self.log(Level::Error, "could not start the tick");
+            return false;
+        }
         if fetches {
-            if hostcalls::set_tick_period(FIRST_TICK).is_err() {
-                self.log(Level::Error, "could not start the tick");
-                return false;
-            }
             self.first_ticks_since_ms = Some(now);
         }
         self.log(Level::Info, &summary);

@@ -460,7 +460,7 @@ async fn inline_keys_verify_tokens_and_are_counted() {
     // The signing keys given in the configuration (`jwks.inline`) instead of fetched: tokens
     // verify against them, and the `jwks_keys` gauge counts them as it counts fetched keys
     // (operators watch it: docs/RUNBOOK.md). One key more than the issuer publishes, so that
-    // the count cannot be the fetched one's.
+    // the count cannot be the fetched one's. Then without a feed too: the requests counted.
     let stack = start(Stack::builder().listeners_from_file()).await;
     let alice = stack.login("inline-alice").await.unwrap().access_token;
     let (status, mut jwks) = stack
@@ -495,6 +495,24 @@ async fn inline_keys_verify_tokens_and_are_counted() {
     assert_eq!(status, 200, "a token signed by an inline key: {body}");
     // Set when the configuration is made (the same stat as the old configuration's).
     assert_eq!(stat(&stack, "jwks_keys").await, keys, "inline");
+    // With no feed either, nothing is fetched or synced, and the requests are still counted.
+    stack
+        .update_filter_config(&json!({"revocation": null}))
+        .await
+        .unwrap();
+    let allowed = stat(&stack, "allowed").await;
+    for _ in 0..3 {
+        let (status, body) = hello(&stack, &fresh_client(), &alice).await;
+        assert_eq!(status, 200, "inline keys, no feed: {body}");
+    }
+    let started = Instant::now();
+    while stat(&stack, "allowed").await < allowed + 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the allowed requests were not counted in weauth.allowed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
