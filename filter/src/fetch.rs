@@ -120,6 +120,33 @@ impl Fetcher {
         }
     }
 
+    /// The JWKS fetcher of [`Fetcher::new`] alone, without the feed's (the wasm build elects
+    /// a fetcher per kind of data: `keys`).
+    pub fn jwks_only(config: &Config, now_ms: u64, seed: u64) -> Fetcher {
+        Fetcher {
+            feed: None,
+            ..Fetcher::new(config, now_ms, seed)
+        }
+    }
+
+    /// The feed's fetcher of [`Fetcher::new`] alone, without the JWKS one.
+    pub fn feed_only(config: &Config, now_ms: u64, seed: u64) -> Fetcher {
+        Fetcher {
+            jwks: None,
+            ..Fetcher::new(config, now_ms, seed)
+        }
+    }
+
+    /// Whether call `id` is one this fetcher is waiting for.
+    pub fn owns(&self, id: u64) -> bool {
+        let token = token(id);
+        let jwks = self.jwks.as_ref().map(|(_, schedule)| schedule);
+        let feed = self.feed.as_ref().map(|(_, schedule)| schedule);
+        jwks.into_iter()
+            .chain(feed)
+            .any(|schedule| schedule.is_current(token))
+    }
+
     /// Whether there is anything to fetch (else no tick is needed).
     pub fn fetches(&self) -> bool {
         self.jwks.is_some() || self.feed.is_some()
@@ -888,6 +915,23 @@ mod tests {
         rig.tick(NOW + 2 * PRUNE_EVERY_MS);
         assert!(!rig.store.lent);
         assert_eq!(rig.publications(), published + 1);
+    }
+
+    #[test]
+    fn a_fetcher_per_kind_fetches_only_its_own_and_owns_only_its_calls() {
+        let config = remote_config();
+        let mut issuer = ScriptedIssuer::default();
+        let log = Log::default();
+        let mut store = Lending::default();
+        let mut jwks = Fetcher::jwks_only(&config, NOW, 1);
+        let mut feed = Fetcher::feed_only(&config, NOW, 2);
+        jwks.tick(&mut store, &mut issuer, &log, NOW);
+        feed.tick(&mut store, &mut issuer, &log, NOW);
+        assert_eq!(issuer.calls.len(), 2);
+        assert_eq!(issuer.path(1), "/.well-known/jwks.json");
+        assert!(issuer.path(2).starts_with("/v1/revocations?since=0"));
+        assert!(jwks.owns(1) && !jwks.owns(2));
+        assert!(feed.owns(2) && !feed.owns(1));
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod csrf;
 pub mod fetch;
 pub mod headers;
 pub mod host;
+pub mod keys;
 pub mod metrics_names;
 pub mod path;
 pub mod refresh;

@@ -24,11 +24,12 @@ use weauth_token::KeySet;
 use crate::config::Config;
 use crate::fetch::{self, Publish, Published, StaleWatch};
 use crate::host::{DispatchError, IssuerCall, Level, Report};
+use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::refresh::{self, LeaseStep};
 use crate::revocation::{Meta, RevocationSet};
 use crate::wasm_host::{log, now_ms};
-use crate::worker::{Keys, VmState, Worker};
+use crate::worker::{VmState, Worker};
 
 /// How often every VM syncs from shared data (and the elected VM drives its fetchers).
 const TICK: Duration = Duration::from_millis(100);
@@ -50,12 +51,22 @@ pub struct Root {
     /// Random per VM (std's RandomState seeds from WASI `random_get`).
     vm_id: u64,
     worker: Option<Rc<Worker>>,
-    /// The fetcher; driven only while this VM holds the lease.
-    fetcher: Option<fetch::Fetcher>,
-    leader: bool,
+    /// The fetchers this configuration needs, one per kind of data (the JWKS, the revocation
+    /// set), each driven only while this VM holds that kind's lease (`keys`: one writer per
+    /// key).
+    parts: Vec<Part>,
     stale: StaleWatch,
     /// When the configuration was applied, while the tick is still [`FIRST_TICK`].
     first_ticks_since_ms: Option<u64>,
+}
+
+/// One kind of data this VM may fetch: its lease and its fetcher.
+struct Part {
+    lease: String,
+    fetcher: fetch::Fetcher,
+    /// For the log: "JWKS" or "revocation".
+    what: &'static str,
+    leader: bool,
 }
 
 impl Root {
@@ -67,8 +78,7 @@ impl Root {
             context_id,
             vm_id: hasher.finish(),
             worker: None,
-            fetcher: None,
-            leader: false,
+            parts: Vec::new(),
             stale: StaleWatch::default(),
             first_ticks_since_ms: None,
         })
@@ -94,18 +104,18 @@ impl Root {
         }
     }
 
-    /// One round of the election. Returns whether this VM is the fetcher now.
-    fn elect(&self, worker: &Worker, now_ms: u64) -> bool {
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(&worker.keys.lease) else {
+    /// One round of the election for `lease`. Returns whether this VM holds it now.
+    fn elect(&self, lease: &str, now_ms: u64) -> bool {
+        let Ok((bytes, cas)) = hostcalls::get_shared_data(lease) else {
             return false;
         };
         let current = bytes.as_deref().and_then(refresh::Lease::decode);
         match refresh::lease_step(current, self.vm_id, now_ms, LEASE_MS) {
-            LeaseStep::Renew(lease) => {
-                hostcalls::set_shared_data(&worker.keys.lease, Some(&lease.encode()), cas).is_ok()
+            LeaseStep::Renew(next) => {
+                hostcalls::set_shared_data(lease, Some(&next.encode()), cas).is_ok()
             }
-            LeaseStep::Claim(lease) => {
-                let _ = hostcalls::set_shared_data(&worker.keys.lease, Some(&lease.encode()), cas);
+            LeaseStep::Claim(next) => {
+                let _ = hostcalls::set_shared_data(lease, Some(&next.encode()), cas);
                 false
             }
             LeaseStep::Follow => false,
@@ -292,16 +302,18 @@ fn published(state: &VmState) -> Option<Published> {
 }
 
 impl Root {
-    /// Runs `f` with the fetcher and what it works through, if this VM's state is free.
+    /// Runs `f` with fetcher `part` and what it works through, if this VM's state is free.
     fn with_fetcher(
         &mut self,
         worker: &Worker,
+        part: usize,
         f: impl FnOnce(&mut fetch::Fetcher, &mut SharedData<'_>, &RootReport<'_>),
     ) {
-        let (Some(fetcher), Ok(mut state)) = (self.fetcher.as_mut(), worker.state.try_borrow_mut())
+        let (Some(part), Ok(mut state)) = (self.parts.get_mut(part), worker.state.try_borrow_mut())
         else {
             return;
         };
+        let fetcher = &mut part.fetcher;
         let mut publish = SharedData {
             worker,
             state: &mut state,
@@ -327,15 +339,17 @@ impl Context for Root {
             return;
         };
         let now = now_ms();
-        if !self.leader {
+        let id = u64::from(token_id);
+        let Some(part) = self.parts.iter().position(|part| part.fetcher.owns(id)) else {
+            return;
+        };
+        if let Some(lost) = self.parts.get_mut(part).filter(|part| !part.leader) {
             // Lost the lease while the call was out: drop it, the new fetcher has its own.
-            if let Some(fetcher) = self.fetcher.as_mut() {
-                fetcher.drop_call(u64::from(token_id), now);
-            }
+            lost.fetcher.drop_call(id, now);
             return;
         }
         let (status, body) = Root::response_status_and_body(num_headers, body_size);
-        self.with_fetcher(&worker, |fetcher, publish, report| {
+        self.with_fetcher(&worker, part, |fetcher, publish, report| {
             fetcher.on_response(
                 publish,
                 &mut WasmCall,
@@ -369,15 +383,37 @@ impl RootContext for Root {
         };
         let now = now_ms();
         let state = VmState::new(&config);
-        let fetcher = fetch::Fetcher::new(&config, now, self.vm_id);
-        let fetches = fetcher.fetches();
-        self.fetcher = fetches.then_some(fetcher);
+        let keys = Keys::new(&config);
+        let parts = [
+            (
+                keys.jwks_lease.clone(),
+                fetch::Fetcher::jwks_only(&config, now, self.vm_id),
+                "JWKS",
+            ),
+            (
+                keys.feed_lease.clone(),
+                fetch::Fetcher::feed_only(&config, now, self.vm_id),
+                "revocation",
+            ),
+        ];
+        self.parts = parts
+            .into_iter()
+            .filter_map(|(lease, fetcher, what)| {
+                Some(Part {
+                    lease: lease?,
+                    fetcher,
+                    what,
+                    leader: false,
+                })
+                .filter(|part| part.fetcher.fetches())
+            })
+            .collect();
+        let fetches = !self.parts.is_empty();
         let summary = format!("{}, vm {:016x}", config.summary(), self.vm_id);
         let metrics = Metrics::define();
         if let Some(keys) = &state.keys {
             metrics.gauge("jwks_keys", keys.len() as u64);
         }
-        let keys = Keys::new(&config);
         // Allowed but weakening choices (a rule with the CSRF rule off where a cookie
         // authenticates): said at every load.
         for warning in &config.warnings {
@@ -389,7 +425,6 @@ impl RootContext for Root {
             keys,
             state: RefCell::new(state),
         }));
-        self.leader = false;
         self.stale = StaleWatch::default();
         // Inline keys and no feed: nothing to sync, but the tick still adds the allow path's
         // counts to Envoy's stats (`Metrics::flush`).
@@ -423,28 +458,28 @@ impl RootContext for Root {
             }
             self.end_first_ticks(&worker, &state, now);
         }
-        if self.fetcher.is_none() {
-            return;
-        }
-        let leader = self.elect(&worker, now);
-        if leader != self.leader {
-            self.log(
-                Level::Info,
-                if leader {
-                    "this VM is now the JWKS/revocation fetcher"
+        for index in 0..self.parts.len() {
+            let Some(part) = self.parts.get(index) else {
+                break;
+            };
+            let leader = self.elect(&part.lease, now);
+            if leader != part.leader {
+                let message = if leader {
+                    format!("this VM is now the {} fetcher", part.what)
                 } else {
-                    "this VM is no longer the fetcher"
-                },
-            );
-            if let Some(fetcher) = self.fetcher.as_mut() {
-                fetcher.restart(now);
+                    format!("this VM is no longer the {} fetcher", part.what)
+                };
+                self.log(Level::Info, &message);
+                if let Some(part) = self.parts.get_mut(index) {
+                    part.fetcher.restart(now);
+                    part.leader = leader;
+                }
             }
-            self.leader = leader;
-        }
-        if leader {
-            self.with_fetcher(&worker, |fetcher, publish, report| {
-                fetcher.tick(publish, &mut WasmCall, report, now);
-            });
+            if leader {
+                self.with_fetcher(&worker, index, |fetcher, publish, report| {
+                    fetcher.tick(publish, &mut WasmCall, report, now);
+                });
+            }
         }
     }
 

@@ -12,62 +12,11 @@ use weauth_token::KeySet;
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource};
 use crate::host::Level;
+use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::refresh;
-use crate::revocation::{fnv1a, Meta, Replica};
+use crate::revocation::{Meta, Replica};
 use crate::wasm_host::log;
-
-/// Shared-data key names, namespaced by what is fetched so two plugin configurations with
-/// different issuers in one VM group do not mix.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub lease: String,
-    pub jwks: String,
-    pub jwks_wanted: String,
-    pub meta: String,
-    /// Rewritten (empty: its CAS is the version) after every meta write: what a request reads
-    /// to learn whether the meta moved, instead of copying the whole meta across the boundary.
-    pub meta_version: String,
-    shard_prefix: String,
-}
-
-impl Keys {
-    /// The key names for this configuration's JWKS source and revocation feed.
-    pub fn new(config: &Config) -> Keys {
-        let jwks_ns = match &config.jwks {
-            JwksSource::Remote(remote) => fnv1a(&[
-                remote.cluster.as_bytes(),
-                remote.authority.as_bytes(),
-                remote.path.as_bytes(),
-            ]),
-            JwksSource::Inline(_) => 0,
-        };
-        let feed_ns = config.revocation.as_ref().map_or(0, |feed| {
-            fnv1a(&[
-                feed.cluster.as_bytes(),
-                feed.authority.as_bytes(),
-                feed.path.as_bytes(),
-                feed.credential.as_bytes(),
-            ])
-        });
-        let lease_ns = fnv1a(&[&jwks_ns.to_le_bytes(), &feed_ns.to_le_bytes()]);
-        Keys {
-            lease: format!("weauth.lease.{lease_ns:016x}"),
-            jwks: format!("weauth.jwks.{jwks_ns:016x}"),
-            jwks_wanted: format!("weauth.jwks.{jwks_ns:016x}.wanted"),
-            // `rev2`: the compact shard format (WRS2). A VM of an older build, still running
-            // during a plugin update, keeps to its own keys instead of misreading these.
-            meta: format!("weauth.rev2.{feed_ns:016x}.meta"),
-            meta_version: format!("weauth.rev2.{feed_ns:016x}.v"),
-            shard_prefix: format!("weauth.rev2.{feed_ns:016x}.shard."),
-        }
-    }
-
-    /// The key of revocation shard `index`.
-    pub fn shard(&self, index: usize) -> String {
-        format!("{}{index}", self.shard_prefix)
-    }
-}
 
 /// Per-VM mutable state shared by the root and the HTTP contexts (single-threaded VM). (Not
 /// `refresh::FetchPhase`, where one fetcher is.)

@@ -1352,7 +1352,7 @@ impl Stack {
     /// Envoy rejected the update or did not take it within 5 s.
     pub async fn update_listeners(
         &self,
-        edit: impl FnOnce(&mut [Value]),
+        edit: impl FnOnce(&mut Vec<Value>),
     ) -> Result<(), HarnessError> {
         const TAKEN: &str = "listener_manager.lds.update_success";
         const REJECTED: &str = "listener_manager.lds.update_rejected";

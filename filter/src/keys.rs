@@ -1,0 +1,127 @@
+//! The wasm build's shared-data key names, namespaced by what is fetched so that two plugin
+//! configurations with different issuers in one VM group do not mix (pure, so that the
+//! namespacing is tested natively; the wasm adapter's `worker` and `root` use it).
+//!
+//! **One writer per key.** Each kind of data has its own fetcher lease, namespaced exactly as
+//! the data it writes: the JWKS by its source, the revocation set by its feed. Two
+//! configurations with the same feed but different JWKS sources (two listeners, or a
+//! configuration update that changes only `jwks` while the old one drains) so elect one
+//! revocation writer between them, not two: the set's publication protocol
+//! (`revocation::replica`) assumes a single writer, and two writing the same shards and meta
+//! can leave every reader on a torn set — no new revocation applied — until the shard is
+//! written again.
+
+use crate::config::{Config, JwksSource};
+use crate::revocation::fnv1a;
+
+/// Shared-data key names for one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// The lease of the VM that fetches the JWKS (`None`: the keys are inline).
+    pub jwks_lease: Option<String>,
+    /// The lease of the VM that follows the revocation feed (`None`: no feed).
+    pub feed_lease: Option<String>,
+    pub jwks: String,
+    pub jwks_wanted: String,
+    pub meta: String,
+    /// Rewritten (empty: its CAS is the version) after every meta write: what a request reads
+    /// to learn whether the meta moved, instead of copying the whole meta across the boundary.
+    pub meta_version: String,
+    shard_prefix: String,
+}
+
+impl Keys {
+    /// The key names for this configuration's JWKS source and revocation feed.
+    pub fn new(config: &Config) -> Keys {
+        let jwks_ns = match &config.jwks {
+            JwksSource::Remote(remote) => fnv1a(&[
+                remote.cluster.as_bytes(),
+                remote.authority.as_bytes(),
+                remote.path.as_bytes(),
+            ]),
+            JwksSource::Inline(_) => 0,
+        };
+        let feed_ns = config.revocation.as_ref().map_or(0, |feed| {
+            fnv1a(&[
+                feed.cluster.as_bytes(),
+                feed.authority.as_bytes(),
+                feed.path.as_bytes(),
+                feed.credential.as_bytes(),
+            ])
+        });
+        Keys {
+            jwks_lease: matches!(config.jwks, JwksSource::Remote(_))
+                .then(|| format!("weauth.lease.jwks.{jwks_ns:016x}")),
+            feed_lease: config
+                .revocation
+                .is_some()
+                .then(|| format!("weauth.lease.rev2.{feed_ns:016x}")),
+            jwks: format!("weauth.jwks.{jwks_ns:016x}"),
+            jwks_wanted: format!("weauth.jwks.{jwks_ns:016x}.wanted"),
+            // `rev2`: the compact shard format (WRS2). A VM of an older build, still running
+            // during a plugin update, keeps to its own keys instead of misreading these.
+            meta: format!("weauth.rev2.{feed_ns:016x}.meta"),
+            meta_version: format!("weauth.rev2.{feed_ns:016x}.v"),
+            shard_prefix: format!("weauth.rev2.{feed_ns:016x}.shard."),
+        }
+    }
+
+    /// The key of revocation shard `index`.
+    pub fn shard(&self, index: usize) -> String {
+        format!("{}{index}", self.shard_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(patch: serde_json::Value) -> Keys {
+        let mut json = serde_json::json!({
+            "issuer": "https://issuer", "audiences": ["weauth"],
+            "jwks": {"cluster": "weauth_issuer"},
+            "revocation": {"cluster": "weauth_issuer", "credential": "feed-secret"}
+        });
+        if let (Some(base), Some(patch)) = (json.as_object_mut(), patch.as_object()) {
+            for (name, value) in patch {
+                base.insert(name.clone(), value.clone());
+            }
+        }
+        Keys::new(&Config::parse(json.to_string().as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn each_lease_is_namespaced_as_the_data_it_writes() {
+        let base = keys(serde_json::json!({}));
+        // Another JWKS source, the same feed: one revocation writer between them.
+        let other_jwks = keys(serde_json::json!({"jwks": {"cluster": "weauth_issuer",
+                                                          "path": "/keys"}}));
+        assert_eq!(other_jwks.feed_lease, base.feed_lease);
+        assert_eq!(other_jwks.meta, base.meta);
+        assert_ne!(other_jwks.jwks_lease, base.jwks_lease);
+        assert_ne!(other_jwks.jwks, base.jwks);
+        // Another feed, the same JWKS source: one JWKS writer.
+        let other_feed = keys(
+            serde_json::json!({"revocation": {"cluster": "weauth_issuer",
+                                                               "credential": "another-secret"}}),
+        );
+        assert_eq!(other_feed.jwks_lease, base.jwks_lease);
+        assert_eq!(other_feed.jwks, base.jwks);
+        assert_ne!(other_feed.feed_lease, base.feed_lease);
+        assert_ne!(other_feed.meta, base.meta);
+        assert_ne!(base.jwks_lease, base.feed_lease);
+    }
+
+    #[test]
+    fn nothing_fetched_no_lease() {
+        let jwk = serde_json::to_value(
+            weauth_token::SigningKey::from_seed(weauth_token::Algorithm::EdDSA, &[7; 32])
+                .unwrap()
+                .jwk(),
+        )
+        .unwrap();
+        let inline = keys(serde_json::json!({"jwks": {"inline": {"keys": [jwk]}},
+                                             "revocation": null}));
+        assert_eq!((inline.jwks_lease, inline.feed_lease), (None, None));
+    }
+}
