@@ -35,6 +35,8 @@ use crate::config::{EdgeRule, Require};
 /// Why a request's path is refused (400 `invalid_request`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    #[error("the request has no path")]
+    Missing,
     #[error("the request path does not start with '/'")]
     NotAbsolute,
     #[error("the request path contains a control character")]

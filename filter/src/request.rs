@@ -247,9 +247,13 @@ fn decide_request<'c>(
     {
         return Next::Forward(Edits::strip_only(config, headers));
     }
-    let path = headers::first(headers, ":path").unwrap_or("/");
+    // No `:path` (a CONNECT, where a route allows one): no rule can be judged for it, so it is
+    // refused rather than taken for `/`, which is often public.
+    let path = headers::first(headers, ":path");
     // The path is checked and cut from its query once; the rule and the edge settings reuse it.
-    let rule = path::CheckedPath::new(path)
+    let rule = path
+        .ok_or(path::PathError::Missing)
+        .and_then(path::CheckedPath::new)
         .and_then(|checked| Ok((checked, checked.rule(|p| config.rule_for(p))?)));
     let (checked, (require, scopes)) = match rule {
         Ok(rule) => rule,
@@ -266,6 +270,8 @@ fn decide_request<'c>(
     if require == Require::None {
         return Next::Forward(Edits::strip_only(config, headers));
     }
+    // Checked above: there is one.
+    let path = path.unwrap_or_default();
     let edge = checked.edge(|p| config.edge_for(p));
     let extracted = verify::extract_token(&config.token_sources, headers, path);
     if csrf::applies(edge.csrf, &config.token_sources, &extracted, method) {
@@ -965,6 +971,21 @@ mod tests {
         assert_eq!(host.reply.as_ref().map(|r| r.0), Some(400));
         assert_eq!(stats.get("denied.bad_path"), 1);
         assert_eq!(host.edits_signalled, 0, "a refused request is not routed");
+    }
+
+    #[test]
+    fn on_request_headers_no_path_400_even_where_slash_is_public() {
+        // A CONNECT carries no `:path`; it is not judged as `/`, public here.
+        let config = config(serde_json::json!({
+            "rules": [{"exact": "/", "require": "none"}]
+        }));
+        let mut host = MockHost::with(&[(":method", "CONNECT"), (":authority", "db:5432")]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
+        let (status, _, body) = host.reply.clone().unwrap();
+        assert_eq!(status, 400);
+        assert!(body.contains("the request has no path"), "{body}");
+        assert_eq!(stats.get("denied.bad_path"), 1);
     }
 
     #[test]
