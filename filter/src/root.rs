@@ -4,12 +4,17 @@
 //!
 //! Every 100 ms, in every VM: flush the batched counters; re-read the JWKS blob and the
 //! revocation meta from shared data and decode only what changed (by CAS value and generation;
-//! the `Worker` syncs); refresh the gauges; then take part in the lease election. The VM that
-//! holds the lease drives the fetcher, which calls the issuer through `dispatch_http_call` and
-//! publishes into shared data ([`SharedData`], its [`Publish`] side here): the JWKS blob, and
-//! the changed revocation shard blobs, then the meta. The SDK's own wrappers are avoided where
-//! they would panic on an unexpected host status; `proxy_wasm::hostcalls` results are handled
-//! instead.
+//! the `Worker` syncs); refresh the gauges; then take part in the lease elections, one per kind
+//! of data (`keys`). The VM that holds a lease drives that kind's fetcher, which calls the issuer
+//! through `dispatch_http_call` and publishes into shared data ([`SharedData`], its [`Publish`]
+//! side here): the JWKS blob, or the changed revocation shard blobs, then the meta.
+//!
+//! Host calls go through `proxy_wasm::hostcalls`, whose results are handled. Note that the SDK
+//! (0.2.5) returns an error only for the statuses a call documents and panics — aborting the
+//! VM — on any other, and that `get_map_bytes` panics on a header name that is not UTF-8; Envoy
+//! returns only documented statuses and its codecs refuse such names, so neither is reachable
+//! from a client. Where the SDK's trait wrappers would panic on a documented status (a missing
+//! header map), the raw results are read instead ([`Root::response_status_and_body`]).
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
