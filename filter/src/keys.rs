@@ -9,7 +9,9 @@
 //! revocation writer between them, not two: the set's publication protocol
 //! (`revocation::replica`) assumes a single writer, and two writing the same shards and meta
 //! can leave every reader on a torn set — no new revocation applied — until the shard is
-//! written again.
+//! written again. (A VM of the build before, with one lease per pair of sources, may still
+//! write alongside during a plugin update; the writer rewrites every shard once it sees the
+//! meta written by another VM: `root`'s `SharedData::publish_set`.)
 
 use crate::config::{Config, JwksSource};
 use crate::revocation::fnv1a;

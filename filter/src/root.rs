@@ -32,7 +32,7 @@ use crate::host::{DispatchError, IssuerCall, Level, Report};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::refresh::{self, LeaseStep};
-use crate::revocation::{Meta, RevocationSet};
+use crate::revocation::{Meta, RevocationSet, SHARDS};
 use crate::wasm_host::{log, now_ms};
 use crate::worker::{VmState, Worker};
 
@@ -213,13 +213,16 @@ impl SharedData<'_> {
         log(Level::Warn, self.context_id, message);
     }
 
-    /// The generation currently published (0 when none), so a new fetcher never reuses one.
-    fn shared_generation(&self) -> u64 {
-        hostcalls::get_shared_data(&self.worker.keys.meta)
-            .ok()
-            .and_then(|(bytes, _)| bytes)
+    /// The generation currently published (0 when none), so a new fetcher never reuses one,
+    /// and the meta's CAS.
+    fn shared_meta(&self) -> (u64, Option<u32>) {
+        let Ok((bytes, cas)) = hostcalls::get_shared_data(&self.worker.keys.meta) else {
+            return (0, None);
+        };
+        let generation = bytes
             .and_then(|bytes| Meta::decode(&bytes).ok())
-            .map_or(0, |meta| meta.generation)
+            .map_or(0, |meta| meta.generation);
+        (generation, cas)
     }
 }
 
@@ -273,8 +276,18 @@ impl Publish for SharedData<'_> {
     /// Writes the changed shards, then the meta, then the meta version (the `replica` module's
     /// publication protocol).
     fn publish_set(&mut self, set: RevocationSet, changed: &[usize], last_ok_ms: u64) {
-        let floor = self.shared_generation();
+        let (floor, cas) = self.shared_meta();
         self.state.replica.set = set;
+        // The meta was written by another VM since this one last wrote it (a writer of an older
+        // build during a plugin update, or one that held the lease before): every shard is
+        // written again, so that no reader is left with a mix of its shards and ours — even
+        // when both wrote the same generation number, which the floor cannot tell apart.
+        let all: Vec<usize> = (0..SHARDS).collect();
+        let foreign = self
+            .state
+            .written_meta_cas
+            .is_some_and(|written| cas != Some(written));
+        let changed = if foreign { &all[..] } else { changed };
         // A first publication creates the meta even with no shard changed; shards never
         // written keep generation 0 = empty.
         let publication = self.state.replica.publish(changed, last_ok_ms, floor);
@@ -288,6 +301,7 @@ impl Publish for SharedData<'_> {
         if hostcalls::set_shared_data(&self.worker.keys.meta, Some(&meta), None).is_err() {
             self.warn("could not write the revocation meta");
         }
+        self.state.written_meta_cas = self.shared_meta().1;
         // Only the key's CAS (bumped by the host on every write) carries the version; an empty
         // value crosses the boundary without a memory callback.
         if hostcalls::set_shared_data(&self.worker.keys.meta_version, Some(&[]), None).is_err() {

@@ -34,6 +34,9 @@ pub struct VmState {
     pub cache: TokenCache,
     /// When this VM last asked the fetcher for a JWKS refetch.
     refetch_asked_ms: u64,
+    /// As the revocation writer: the meta's CAS right after this VM's last write of it. Any
+    /// other writer's meta write changes it (see `root`'s `SharedData::publish_set`).
+    pub written_meta_cas: Option<u32>,
 }
 
 impl VmState {
