@@ -65,6 +65,10 @@ pub struct Root {
     first_ticks_since_ms: Option<u64>,
 }
 
+/// The kinds of data, for [`Part::what`].
+const JWKS: &str = "JWKS";
+const REVOCATION: &str = "revocation";
+
 /// One kind of data this VM may fetch: its lease and its fetcher.
 struct Part {
     lease: String,
@@ -407,12 +411,12 @@ impl RootContext for Root {
             (
                 keys.jwks_lease.clone(),
                 fetch::Fetcher::jwks_only(&config, now, self.vm_id),
-                "JWKS",
+                JWKS,
             ),
             (
                 keys.feed_lease.clone(),
                 fetch::Fetcher::feed_only(&config, now, self.vm_id),
-                "revocation",
+                REVOCATION,
             ),
         ];
         self.parts = parts
@@ -465,9 +469,14 @@ impl RootContext for Root {
         };
         let now = now_ms();
         worker.metrics.flush();
+        // The seq of the revocation set this VM holds whole and as published (`None`: none, or
+        // not in sync): where a VM that takes the feed over goes on from.
+        let mut current_seq = None;
         if let Ok(mut state) = worker.state.try_borrow_mut() {
             worker.sync_jwks(&mut state, self.context_id);
-            let _ = worker.sync_revocation(&mut state, self.context_id);
+            if worker.sync_revocation(&mut state, self.context_id) {
+                current_seq = state.replica.meta.as_ref().map(|meta| meta.seq);
+            }
             if let Some(feed) = &worker.config.revocation {
                 let report = RootReport {
                     metrics: &worker.metrics,
@@ -483,14 +492,23 @@ impl RootContext for Root {
             };
             let leader = self.elect(&part.lease, now);
             if leader != part.leader {
-                let message = if leader {
-                    format!("this VM is now the {} fetcher", part.what)
-                } else {
-                    format!("this VM is no longer the {} fetcher", part.what)
+                // Taking the feed over with the published set in hand (the configuration that
+                // fetched has gone, after a configuration update's drain): go on from its seq,
+                // as the native build does, rather than load the whole set again.
+                let resume = current_seq.filter(|_| leader && part.what == REVOCATION);
+                let message = match (leader, resume) {
+                    (true, Some(seq)) => {
+                        format!("this VM is now the {} fetcher, from seq {seq}", part.what)
+                    }
+                    (true, None) => format!("this VM is now the {} fetcher", part.what),
+                    (false, _) => format!("this VM is no longer the {} fetcher", part.what),
                 };
                 self.log(Level::Info, &message);
                 if let Some(part) = self.parts.get_mut(index) {
                     part.fetcher.restart(now);
+                    if resume.is_some() {
+                        part.fetcher.resume();
+                    }
                     part.leader = leader;
                 }
             }

@@ -686,6 +686,10 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
     if stack.edge() == Edge::WeauthNative {
         // The oldest configuration fetched for all of them; the one left took over.
         assert_envoy_logged(&stack, "taking over from a configuration gone").await;
+    } else {
+        // The lease passed to a VM of the configuration left, which goes on from the set it
+        // holds instead of loading the whole set again.
+        assert_envoy_logged(&stack, "is now the revocation fetcher, from seq").await;
     }
     // And the configuration left polls the feed: a logout still reaches the edge.
     assert_eq!(hello(&stack, &client, &carol).await.0, 200);
