@@ -18,6 +18,48 @@ use std::borrow::Cow;
 
 use crate::config::ClaimHeader;
 
+/// A header map as proxy-wasm's `proxy_get_header_map_pairs` serializes it — a `u32` count,
+/// then a `u32` name length and a `u32` value length per pair, then each name and each value
+/// followed by a NUL, all little endian — as headers borrowed from the buffer: text where the
+/// bytes are UTF-8 (nearly always), a lossy copy where not. `None` when the buffer is not such
+/// a map (truncated, lengths past its end).
+///
+/// Hand-written because the SDK's reader (`hostcalls::get_map_bytes`) copies every name and
+/// value into a vector of its own — two allocations a header on every request — and aborts
+/// the VM on a name that is not UTF-8.
+pub fn parse_map_pairs(bytes: &[u8]) -> Option<Vec<Header<'_>>> {
+    fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
+        let word = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes(word.try_into().ok()?) as usize)
+    }
+    fn text(bytes: &[u8]) -> Cow<'_, str> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => Cow::Owned(String::from_utf8_lossy(bytes).into_owned()),
+        }
+    }
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = u32_at(bytes, 0)?;
+    // Each pair takes 8 bytes of sizes and 2 of NULs at least: a count past that is a lie.
+    if count > bytes.len() / 10 {
+        return None;
+    }
+    let mut headers = Vec::with_capacity(count);
+    let mut at = count.checked_mul(8)?.checked_add(4)?;
+    for pair in 0..count {
+        let sizes = 4 + pair * 8;
+        let (name_len, value_len) = (u32_at(bytes, sizes)?, u32_at(bytes, sizes + 4)?);
+        let name = bytes.get(at..at.checked_add(name_len)?)?;
+        at = at.checked_add(name_len)?.checked_add(1)?;
+        let value = bytes.get(at..at.checked_add(value_len)?)?;
+        at = at.checked_add(value_len)?.checked_add(1)?;
+        headers.push((text(name), text(value)));
+    }
+    Some(headers)
+}
+
 /// One request header as the pure code reads it.
 pub trait Field {
     fn name(&self) -> &str;
@@ -229,5 +271,57 @@ mod tests {
             cookie_without(&headers(&[]), "weauth_at"),
             CookieEdit::Unchanged
         );
+    }
+
+    /// `pairs` as `proxy_get_header_map_pairs` writes them.
+    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (name, value) in pairs {
+            out.extend((name.len() as u32).to_le_bytes());
+            out.extend((value.len() as u32).to_le_bytes());
+        }
+        for (name, value) in pairs {
+            out.extend(*name);
+            out.push(0);
+            out.extend(*value);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn map_pairs_read_borrowed_and_lossy_where_not_utf8() {
+        let bytes = serialize(&[
+            (b":path", b"/api/me"),
+            (b"authorization", b"Bearer abc"),
+            (b"x-\xff", b"caf\xc3\xa9"),
+            (b"empty", b""),
+        ]);
+        let headers = parse_map_pairs(&bytes).unwrap();
+        assert_eq!(headers.len(), 4);
+        assert_eq!(first(&headers, "authorization"), Some("Bearer abc"));
+        assert!(matches!(headers[0].0, Cow::Borrowed(":path")));
+        assert_eq!(
+            headers[2].0, "x-\u{fffd}",
+            "a name that is not UTF-8 does not abort"
+        );
+        assert_eq!(headers[2].1, "café");
+        assert_eq!(headers[3].1, "");
+        assert_eq!(parse_map_pairs(&[]).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn map_pairs_malformed_refused_without_panic() {
+        let bytes = serialize(&[(b"authorization", b"Bearer abc"), (b"host", b"h")]);
+        for cut in 0..bytes.len() {
+            let _ = parse_map_pairs(&bytes[..cut]);
+        }
+        assert!(parse_map_pairs(&bytes[..bytes.len() - 3]).is_none());
+        let mut lying = bytes.clone();
+        lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_map_pairs(&lying).is_none());
+        let mut long = bytes;
+        long[4..8].copy_from_slice(&1_000_000u32.to_le_bytes());
+        assert!(parse_map_pairs(&long).is_none());
     }
 }

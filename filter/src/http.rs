@@ -9,7 +9,6 @@
 //! borrowed from the header map and the claims are shared with the cache entry, metric ids are
 //! resolved once, nothing is formatted on the allow path.
 
-use std::borrow::Cow;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
@@ -17,11 +16,11 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use crate::config::Require;
-use crate::headers::Header;
+use crate::headers::{self, Header};
 use crate::host::{Host, KeyState, Level};
 use crate::request::{self, Flow, Loaded};
 use crate::verify::{Extracted, Verdict};
-use crate::wasm_host::{log, now_ms};
+use crate::wasm_host::{log, now_ms, request_header_map};
 use crate::worker::{VmState, Worker};
 
 /// One request.
@@ -50,19 +49,13 @@ impl Host for WasmRequest {
         log(level, self.context_id, message);
     }
 
-    /// One host call, copied into the VM (the proxy-wasm ABI has no views). Envoy joins
-    /// repeated copies of its inline headers (`authorization` among them) with commas; others
-    /// arrive as separate pairs.
+    /// One host call, copied into the VM in one buffer (the proxy-wasm ABI has no views), read
+    /// borrowing from it. Envoy joins repeated copies of its inline headers (`authorization`
+    /// among them) with commas; others arrive as separate pairs. A map the host refuses, or
+    /// one that does not read, counts as no headers (a protected path then answers 401).
     fn with_request_headers<R>(&self, read: impl FnOnce(&[Header<'_>]) -> R) -> R {
-        let headers: Vec<Header<'_>> = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(name, value)| {
-                let value = String::from_utf8(value)
-                    .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
-                (Cow::Owned(name), Cow::Owned(value))
-            })
-            .collect();
+        let map = request_header_map().unwrap_or_default();
+        let headers = headers::parse_map_pairs(&map).unwrap_or_default();
         read(&headers)
     }
 

@@ -1,11 +1,12 @@
-//! The two proxy-wasm host services every context uses besides its own work: a log line tagged
-//! with the context id, and the host clock. Apart from `root`, `worker` and `http` so that none
-//! of them imports another only for these.
+//! The proxy-wasm host services every context uses besides its own work: a log line tagged
+//! with the context id, the host clock, and the request's header map read raw. Apart from
+//! `root`, `worker` and `http` so that none of them imports another only for these. The raw
+//! read is the wasm build's one `unsafe` (the native build's are all in `native::ffi`).
 
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
+use proxy_wasm::types::{LogLevel, MapType};
 
 use crate::host::Level;
 
@@ -29,4 +30,38 @@ pub fn now_ms() -> u64 {
         .map_or(0, |elapsed| {
             u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
         })
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    /// The proxy-wasm ABI's `proxy_get_header_map_pairs` (declared by the SDK too, privately:
+    /// one import). `map_type` a `MapType`, the result a `Status` (0 = Ok).
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+/// The request's header map, serialized as the host writes it (`headers::parse_map_pairs`
+/// reads it, borrowing). The SDK's reader would copy every name and value into vectors of its
+/// own: measured under V8 (`scripts/profile-request-path.sh`, the bench's ten headers), 669 ns
+/// a request against 244 for this and the borrowed reading. `None` when the host refuses.
+pub fn request_header_map() -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and a length into the two locations given.
+    let status = unsafe {
+        proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size)
+    };
+    if status != 0 {
+        return None;
+    }
+    if data.is_null() {
+        return Some(Vec::new());
+    }
+    // SAFETY: the host wrote `size` bytes into a buffer it allocated in this VM through the
+    // SDK's `proxy_on_memory_allocate(size)` — a boxed slice of exactly `size` bytes, given
+    // up — so the buffer is ours to own and free, as the SDK's own reader takes it.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
 }

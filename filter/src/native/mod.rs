@@ -1,5 +1,5 @@
 //! The native build's state and fetchers (Envoy's dynamic-module ABI; the FFI itself is
-//! `ffi`, behind the `envoy-native` feature, and holds every `unsafe` of the crate).
+//! `ffi`, behind the `envoy-native` feature, and holds every `unsafe` of this build).
 //!
 //! What native makes possible over proxy-wasm, and what this module does with it:
 //! - **One state per Envoy, not per worker.** A filter configuration is one [`Shared`] value
