@@ -11,10 +11,11 @@
 //!
 //! Host calls go through `proxy_wasm::hostcalls`, whose results are handled. Note that the SDK
 //! (0.2.5) returns an error only for the statuses a call documents and panics — aborting the
-//! VM — on any other, and that `get_map_bytes` panics on a header name that is not UTF-8; Envoy
-//! returns only documented statuses and its codecs refuse such names, so neither is reachable
-//! from a client. Where the SDK's trait wrappers would panic on a documented status (a missing
-//! header map), the raw results are read instead ([`Root::response_status_and_body`]).
+//! VM — on any other; Envoy returns only documented statuses, so that is not reachable from a
+//! client. Where the SDK's trait wrappers would panic on a documented status (a missing header
+//! map), the raw results are read instead ([`Root::response_status_and_body`]); the request's
+//! header map is read raw (`wasm_host::request_header_map`), since the SDK's reader also aborts
+//! on a header name that is not UTF-8.
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
