@@ -171,7 +171,12 @@ fn main() {
 /// name and per value — and then the wasm glue did, text per pair: the reading
 /// `headers::parse_map_pairs` replaced, for comparison.
 fn sdk_style_map(bytes: &[u8]) -> Vec<(String, String)> {
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|word| <[u8; 4]>::try_from(word).ok())
+            .map_or(0, |word| u32::from_le_bytes(word) as usize)
+    };
     let count = word(0);
     let mut map = Vec::with_capacity(count);
     let mut p = 4 + count * 8;
@@ -183,7 +188,7 @@ fn sdk_style_map(bytes: &[u8]) -> Vec<(String, String)> {
         let size = word(s + 4);
         let value = bytes[p..p + size].to_vec();
         p += size + 1;
-        map.push((String::from_utf8(key).unwrap(), value));
+        map.push((String::from_utf8(key).unwrap_or_default(), value));
     }
     map.into_iter()
         .map(|(name, value)| {
