@@ -287,12 +287,17 @@ impl Publish for SharedData<'_> {
         // build during a plugin update, or one that held the lease before): every shard is
         // written again, so that no reader is left with a mix of its shards and ours — even
         // when both wrote the same generation number, which the floor cannot tell apart.
-        let all: Vec<usize> = (0..SHARDS).collect();
         let foreign = self
             .state
             .written_meta_cas
             .is_some_and(|written| cas != Some(written));
-        let changed = if foreign { &all[..] } else { changed };
+        let all: Vec<usize>;
+        let changed = if foreign {
+            all = (0..SHARDS).collect();
+            &all[..]
+        } else {
+            changed
+        };
         // A first publication creates the meta even with no shard changed; shards never
         // written keep generation 0 = empty.
         let publication = self.state.replica.publish(changed, last_ok_ms, floor);
@@ -306,7 +311,10 @@ impl Publish for SharedData<'_> {
         if hostcalls::set_shared_data(&self.worker.keys.meta, Some(&meta), None).is_err() {
             self.warn("could not write the revocation meta");
         }
-        self.state.written_meta_cas = self.shared_meta().1;
+        // Only the CAS: the meta just written needs no decoding.
+        self.state.written_meta_cas = hostcalls::get_shared_data(&self.worker.keys.meta)
+            .ok()
+            .and_then(|(_, cas)| cas);
         // Only the key's CAS (bumped by the host on every write) carries the version; an empty
         // value crosses the boundary without a memory callback.
         if hostcalls::set_shared_data(&self.worker.keys.meta_version, Some(&[]), None).is_err() {
