@@ -295,7 +295,7 @@ impl Staging {
 /// The fetcher lease kept in shared data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
-    /// The holder's VM id (unique per VM, allocated from a shared counter).
+    /// The holder's id: random per root context (one per configuration in each VM).
     pub holder: u64,
     /// Host time (ms) after which anyone may take the lease.
     pub expires_ms: u64,
@@ -346,6 +346,19 @@ pub fn lease_step(current: Option<Lease>, me: u64, now_ms: u64, duration_ms: u64
         Some(lease) if lease.expires_ms > now_ms => LeaseStep::Follow,
         _ => LeaseStep::Claim(next),
     }
+}
+
+/// The lease VM `me` writes as its configuration goes (`proxy_on_done`): expired at once, so
+/// that a VM of a configuration left claims it on its next tick instead of waiting out the
+/// [`Lease::expires_ms`] of the last renewal. `None` when `me` does not hold it (nothing to
+/// hand on; someone else's lease is left alone).
+pub fn lease_release(current: Option<Lease>, me: u64) -> Option<Lease> {
+    current
+        .filter(|lease| lease.holder == me)
+        .map(|lease| Lease {
+            holder: lease.holder,
+            expires_ms: 0,
+        })
 }
 
 /// The JWKS blob in shared data: `WJK1`, generation u64 LE, fetched-at (host ms) u64 LE, then
@@ -607,6 +620,40 @@ mod tests {
                 expires_ms: 2_400
             })
         );
+    }
+
+    #[test]
+    fn lease_released_by_its_holder_is_claimed_by_the_next() {
+        let held = Lease {
+            holder: 3,
+            expires_ms: 2_400,
+        };
+        let released = lease_release(Some(held), 3);
+        assert_eq!(
+            released,
+            Some(Lease {
+                holder: 3,
+                expires_ms: 0
+            })
+        );
+        // Another VM claims it on its next tick, long before 2 400.
+        assert_eq!(
+            lease_step(released, 5, 500, 2_000),
+            LeaseStep::Claim(Lease {
+                holder: 5,
+                expires_ms: 2_500
+            })
+        );
+    }
+
+    #[test]
+    fn lease_of_another_or_none_is_not_released() {
+        let held = Lease {
+            holder: 1,
+            expires_ms: 2_400,
+        };
+        assert_eq!(lease_release(Some(held), 3), None);
+        assert_eq!(lease_release(None, 3), None);
     }
 
     #[test]

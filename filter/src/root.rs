@@ -8,6 +8,8 @@
 //! of data (`keys`). The VM that holds a lease drives that kind's fetcher, which calls the issuer
 //! through `dispatch_http_call` and publishes into shared data ([`SharedData`], its [`Publish`]
 //! side here): the JWKS blob, or the changed revocation shard blobs, then the meta.
+//! When its configuration goes, a VM hands on the leases it holds (the root's `Drop`), so the
+//! fetching passes to a configuration left within a tick.
 //!
 //! Host calls go through `proxy_wasm::hostcalls`, whose results are handled. Note that the SDK
 //! (0.2.5) returns an error only for the statuses a call documents and panics — aborting the
@@ -356,6 +358,32 @@ impl Root {
             context_id: self.context_id,
         };
         f(fetcher, &mut publish, &report);
+    }
+}
+
+/// The configuration is going (Envoy destroys it once an update's drain ends, and
+/// `proxy_on_delete` drops its root context): hand on the leases this VM holds, so that a VM of
+/// the configuration left takes the fetching over on its next tick rather than after the last
+/// renewal's [`LEASE_MS`] — revocations would otherwise stop reaching the edge for up to 2 s
+/// after every configuration update. Here and not in `on_done`: the module does not export
+/// `proxy_on_done` (scripts/wasm-link), which Envoy would call into the VM on every request.
+impl Drop for Root {
+    fn drop(&mut self) {
+        for part in &self.parts {
+            let Ok((bytes, cas)) = hostcalls::get_shared_data(&part.lease) else {
+                continue;
+            };
+            let current = bytes.as_deref().and_then(refresh::Lease::decode);
+            let Some(released) = refresh::lease_release(current, self.vm_id) else {
+                continue;
+            };
+            if hostcalls::set_shared_data(&part.lease, Some(&released.encode()), cas).is_ok() {
+                self.log(
+                    Level::Info,
+                    &format!("configuration gone: handed the {} lease on", part.what),
+                );
+            }
+        }
     }
 }
 

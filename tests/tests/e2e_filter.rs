@@ -155,6 +155,45 @@ async fn assert_envoy_logged(stack: &Stack, text: &str) {
     }
 }
 
+/// The time of day of one of Envoy's log lines (`[2026-12-06 00:30:00.123][…`), in ms.
+fn envoy_log_line_ms(line: &str) -> Option<u64> {
+    let time = line.get(12..24)?;
+    let field = |range: std::ops::Range<usize>| time.get(range)?.parse::<u64>().ok();
+    Some(((field(0..2)? * 60 + field(3..5)?) * 60 + field(6..8)?) * 1000 + field(9..12)?)
+}
+
+/// The wasm build: every configuration that went while it held the revocation lease handed it
+/// on, and a VM of a configuration left took the fetching over within `within` (not after the
+/// 2 s lease ran out).
+fn assert_revocation_lease_handed_on(stack: &Stack, within: Duration) {
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let log = std::fs::read_to_string(stack.envoy_log()).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let mut handed = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if !line.contains("configuration gone: handed the revocation lease on") {
+            continue;
+        }
+        handed += 1;
+        let taken = lines[i + 1..]
+            .iter()
+            .find(|later| later.contains("is now the revocation fetcher"))
+            .unwrap_or_else(|| panic!("nobody took the lease over after {line:?}"));
+        let (Some(from), Some(to)) = (envoy_log_line_ms(line), envoy_log_line_ms(taken)) else {
+            panic!("no time in Envoy's log lines {line:?} / {taken:?}");
+        };
+        let gap = Duration::from_millis((to + DAY_MS - from) % DAY_MS);
+        assert!(
+            gap < within,
+            "the lease was taken over {gap:?} after it was handed on: {line:?} / {taken:?}"
+        );
+    }
+    assert!(
+        handed > 0,
+        "no configuration gone handed the revocation lease on"
+    );
+}
+
 #[tokio::test]
 async fn logout_refused_by_every_worker_within_deadline() {
     let stack = start(Stack::builder().concurrency(2)).await;
@@ -690,6 +729,8 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
         // The lease passed to a VM of the configuration left, which goes on from the set it
         // holds instead of loading the whole set again.
         assert_envoy_logged(&stack, "is now the revocation fetcher, from seq").await;
+        // Handed on as each configuration went, not waited out: sooner than the lease's 2 s.
+        assert_revocation_lease_handed_on(&stack, Duration::from_millis(1_500));
     }
     // And the configuration left polls the feed: a logout still reaches the edge.
     assert_eq!(hello(&stack, &client, &carol).await.0, 200);
