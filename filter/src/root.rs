@@ -35,7 +35,7 @@ use crate::host::{DispatchError, IssuerCall, Level, Report};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::refresh::{self, LeaseStep};
-use crate::revocation::{Meta, RevocationSet, SHARDS};
+use crate::revocation::{InShared, Meta, RevocationSet};
 use crate::wasm_host::{log, now_ms};
 use crate::worker::{VmState, Worker};
 
@@ -220,16 +220,21 @@ impl SharedData<'_> {
         log(Level::Warn, self.context_id, message);
     }
 
-    /// The generation currently published (0 when none), so a new fetcher never reuses one,
-    /// and the meta's CAS.
-    fn shared_meta(&self) -> (u64, Option<u32>) {
+    /// The meta in shared data as the writer sees it: its generation (0 when none), and
+    /// whether another VM wrote it since this one last did (its CAS moved).
+    fn in_shared(&self) -> InShared {
         let Ok((bytes, cas)) = hostcalls::get_shared_data(&self.worker.keys.meta) else {
-            return (0, None);
+            return InShared::default();
         };
-        let generation = bytes
-            .and_then(|bytes| Meta::decode(&bytes).ok())
-            .map_or(0, |meta| meta.generation);
-        (generation, cas)
+        InShared {
+            generation: bytes
+                .and_then(|bytes| Meta::decode(&bytes).ok())
+                .map_or(0, |meta| meta.generation),
+            foreign: self
+                .state
+                .written_meta_cas
+                .is_some_and(|written| cas != Some(written)),
+        }
     }
 }
 
@@ -283,26 +288,11 @@ impl Publish for SharedData<'_> {
     /// Writes the changed shards, then the meta, then the meta version (the `replica` module's
     /// publication protocol).
     fn publish_set(&mut self, set: RevocationSet, changed: &[usize], last_ok_ms: u64) {
-        let (floor, cas) = self.shared_meta();
+        let shared = self.in_shared();
         self.state.replica.set = set;
-        // The meta was written by another VM since this one last wrote it (a writer of an older
-        // build during a plugin update, or one that held the lease before): every shard is
-        // written again, so that no reader is left with a mix of its shards and ours — even
-        // when both wrote the same generation number, which the floor cannot tell apart.
-        let foreign = self
-            .state
-            .written_meta_cas
-            .is_some_and(|written| cas != Some(written));
-        let all: Vec<usize>;
-        let changed = if foreign {
-            all = (0..SHARDS).collect();
-            &all[..]
-        } else {
-            changed
-        };
         // A first publication creates the meta even with no shard changed; shards never
         // written keep generation 0 = empty.
-        let publication = self.state.replica.publish(changed, last_ok_ms, floor);
+        let publication = self.state.replica.publish(changed, last_ok_ms, shared);
         for (index, blob) in publication.blobs(&self.state.replica.set) {
             let key = self.worker.keys.shard(index);
             if hostcalls::set_shared_data(&key, Some(&blob), None).is_err() {

@@ -22,7 +22,7 @@ pub mod set;
 
 pub use codec::{decode_shard, DecodeError, Meta, ShardBlob};
 pub use page::FeedPage;
-pub use replica::{Publication, Replica, SyncError};
+pub use replica::{InShared, Publication, Replica, SyncError};
 pub use set::{
     entry_hash, fnv1a, Applied, ApplyError, Changed, RevocationSet, Revoked, Shard,
     MAX_VALUE_BYTES, SHARDS,

@@ -96,9 +96,10 @@ impl Replica {
 
     /// For the writer: the shards and meta that publish the `changed` shards of `self.set` (the
     /// caller already mutated it) at `last_ok_ms`. Updates `self.meta` to the new meta.
-    /// A new generation is above both ours and `floor` (the generation currently in shared
-    /// data), so it is never reused. With nothing changed only `seq` and `last_ok_ms` move.
-    pub fn publish(&mut self, changed: &[usize], last_ok_ms: u64, floor: u64) -> Publication {
+    /// A new generation is above both ours and the one in shared data, so it is never reused.
+    /// With nothing changed only `seq` and `last_ok_ms` move. Every shard is written again when
+    /// shared data holds what another writer published (see [`InShared`]).
+    pub fn publish(&mut self, changed: &[usize], last_ok_ms: u64, shared: InShared) -> Publication {
         let previous = self.meta.clone().unwrap_or(Meta {
             generation: 0,
             seq: 0,
@@ -108,21 +109,21 @@ impl Replica {
         });
         let mut meta = previous.clone();
         let mut shards = Vec::new();
-        // Someone else published a generation we never installed: rewrite every shard so that
-        // no reader is left with a mix of their shards and ours.
-        let all: Vec<usize> = (0..SHARDS).collect();
-        let changed = if floor > previous.generation {
-            &all[..]
-        } else {
-            changed
-        };
-        if !changed.is_empty() || self.meta.is_none() {
-            meta.generation = previous.generation.max(floor).saturating_add(1);
-            for &index in changed {
+        // Someone else published since we did: rewrite every shard so that no reader is left
+        // with a mix of their shards and ours.
+        let rewrite_all = shared.foreign || shared.generation > previous.generation;
+        if rewrite_all || !changed.is_empty() || self.meta.is_none() {
+            meta.generation = previous.generation.max(shared.generation).saturating_add(1);
+            let mut mark = |index: usize| {
                 if let Some(slot) = meta.shard_generations.get_mut(index) {
                     *slot = meta.generation;
                     shards.push(index);
                 }
+            };
+            if rewrite_all {
+                (0..SHARDS).for_each(&mut mark);
+            } else {
+                changed.iter().copied().for_each(&mut mark);
             }
         }
         meta.seq = self.set.seq;
@@ -131,6 +132,18 @@ impl Replica {
         self.meta = Some(meta.clone());
         Publication { shards, meta }
     }
+}
+
+/// What the writer knows of the meta in shared data as it publishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InShared {
+    /// The generation published there (0 when none).
+    pub generation: u64,
+    /// Another writer wrote the meta since this one last did (wasm: its CAS moved) — a writer
+    /// of an older build during a plugin update, or one that held the lease before. Shards
+    /// are then all written again even when both wrote the same generation number, which the
+    /// generation alone cannot tell apart.
+    pub foreign: bool,
 }
 
 /// What the writer puts in shared data: the shard blobs first, then the meta.
@@ -179,7 +192,7 @@ mod tests {
             .set
             .apply(&feed(seq, full, vec![entry]), NOW)
             .unwrap();
-        writer.publish(&applied.changed, seq, 0)
+        writer.publish(&applied.changed, seq, InShared::default())
     }
 
     /// Where the sync tests start: a writer that published jti `a` at seq 1, the store holding
@@ -253,8 +266,8 @@ mod tests {
     #[test]
     fn publish_without_change_keeps_generation() {
         let mut writer = Replica::default();
-        let first = writer.publish(&[], 1, 0);
-        let second = writer.publish(&[], 2, 0);
+        let first = writer.publish(&[], 1, InShared::default());
+        let second = writer.publish(&[], 2, InShared::default());
         assert_eq!(first.meta.generation, second.meta.generation);
         assert_eq!(second.meta.last_ok_ms, 2);
         assert!(second.shards.is_empty());
@@ -263,10 +276,41 @@ mod tests {
     #[test]
     fn publish_generation_above_floor() {
         let mut writer = Replica::default();
-        let publication = writer.publish(&[3], 1, 41);
+        let shared = InShared {
+            generation: 41,
+            foreign: false,
+        };
+        let publication = writer.publish(&[3], 1, shared);
         assert_eq!(publication.meta.generation, 42);
         assert_eq!(publication.meta.shard_generations[3], 42);
         // A foreign generation was seen: every shard is rewritten.
         assert_eq!(publication.shards.len(), SHARDS);
+    }
+
+    #[test]
+    fn publish_over_another_writer_of_the_same_generation_rewrites_every_shard() {
+        let mut writer = Replica::default();
+        let first = writer.publish(&[3], 1, InShared::default());
+        assert_eq!(first.shards, vec![3]);
+        // Another writer published generation 1 too (its own shard 5): the generation cannot
+        // tell, the meta's CAS did.
+        let shared = InShared {
+            generation: 1,
+            foreign: true,
+        };
+        let second = writer.publish(&[4], 2, shared);
+        assert_eq!(second.meta.generation, 2);
+        assert_eq!(second.shards, (0..SHARDS).collect::<Vec<_>>());
+        assert!(second.meta.shard_generations.iter().all(|&g| g == 2));
+        // Once ours again: only what changed.
+        let third = writer.publish(
+            &[4],
+            3,
+            InShared {
+                generation: 2,
+                foreign: false,
+            },
+        );
+        assert_eq!(third.shards, vec![4]);
     }
 }
