@@ -193,6 +193,17 @@ pub(super) async fn read_evicted(conn: &mut Link) -> Option<u64> {
 
 /// Replication (the group-committed `WAIT`) and the periodic health read.
 impl RedisStore {
+    /// The link epoch to give [`Self::replicate`]: read before a write is sent.
+    pub(super) fn link_epoch(&self) -> u64 {
+        self.inner.link_epoch.load(Ordering::Acquire)
+    }
+
+    /// `WAIT`s for the configured replicas after a write sent in link epoch `epoch`, asking
+    /// for no more than the primary last reported online and skipping the `WAIT` while it
+    /// reports none (see the module docs). A shortfall (the `WAIT` timed out) is logged and
+    /// counted, not failed: the write is on the primary, and refusing now would make the
+    /// client retry a done change; it makes the store re-read the primary's replicas.
+    ///
     /// Group commit: one `WAIT` at a time per connection. A `WAIT` covers every write made
     /// on its connection before it was sent, so a write that finds one in flight waits for
     /// it to end and then shares the next one with every write that arrived meanwhile. Redis
@@ -201,30 +212,47 @@ impl RedisStore {
     /// one `WEAUTH_REDIS_WAIT_TIMEOUT` (the `WAIT` in flight, then the re-read of the replicas
     /// stops the next), however many are in flight (one `WAIT` each made it their number times
     /// the timeout).
-    pub(super) async fn replicate(&self) {
+    ///
+    /// # Errors
+    /// `Unavailable` when the write cannot be confirmed: its `WAIT` failed (the primary went
+    /// away — the write may be lost with it), or the connection changed since the write was
+    /// sent (a `WAIT` on the new one would not cover it). The client gets no success for a
+    /// write a failover may lose; retrying is safe (the module docs).
+    pub(super) async fn replicate(&self, epoch: u64) -> Result<(), StoreError> {
         let wanted = self.inner.options.wait_replicas;
         if wanted == 0 {
-            return;
+            return Ok(());
         }
         let waits = &self.inner.waits;
         let mut done = waits.done.subscribe();
         // Any WAIT sent from now on covers this write (its reply has arrived).
         let needed = match waits.state.lock() {
             Ok(state) => state.sent + 1,
-            Err(_) => return,
+            Err(_) => return Err(StoreError::backend("the WAIT lock is poisoned")),
         };
         loop {
+            if self.link_epoch() != epoch {
+                return Err(unconfirmed("the connection changed since the write"));
+            }
             let replicas = redis_checks::wait_target(wanted, self.online_replicas());
             if replicas == 0 {
                 self.count_unreplicated();
-                return;
+                return Ok(());
             }
             let finished = *done.borrow_and_update();
             if finished.generation >= needed {
-                if finished.acked.is_some_and(|acked| acked < finished.target) {
-                    self.count_unreplicated();
-                }
-                return;
+                return match finished.acked {
+                    None => Err(unconfirmed("its WAIT failed")),
+                    Some(_) if finished.epoch != epoch => {
+                        Err(unconfirmed("the connection changed since the write"))
+                    }
+                    Some(acked) => {
+                        if acked < finished.target {
+                            self.count_unreplicated();
+                        }
+                        Ok(())
+                    }
+                };
             }
             let lead = match waits.state.lock() {
                 Ok(mut state) if !state.in_flight => {
@@ -233,13 +261,13 @@ impl RedisStore {
                     Some(state.sent)
                 }
                 Ok(_) => None,
-                Err(_) => return,
+                Err(_) => return Err(StoreError::backend("the WAIT lock is poisoned")),
             };
             match lead {
-                Some(generation) => return self.lead_wait(generation, replicas).await,
+                Some(generation) => return self.lead_wait(generation, replicas, epoch).await,
                 None => {
                     if done.changed().await.is_err() {
-                        return;
+                        return Err(unconfirmed("the store is closing"));
                     }
                 }
             }
@@ -247,8 +275,14 @@ impl RedisStore {
     }
 
     /// Sends the `WAIT` of generation `generation` for `replicas` and publishes its outcome
-    /// to the writes sharing it (see [`Self::replicate`]).
-    pub(super) async fn lead_wait(&self, generation: u64, replicas: usize) {
+    /// to the writes sharing it (see [`Self::replicate`]); answers for the leading write, sent
+    /// in link epoch `epoch`.
+    pub(super) async fn lead_wait(
+        &self,
+        generation: u64,
+        replicas: usize,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
         /// Ends the lead even when the request is dropped mid-`WAIT`: the writes waiting on it
         /// wake up and one of them sends the next.
         struct Lead<'a> {
@@ -266,6 +300,8 @@ impl RedisStore {
             waits: &self.inner.waits,
         };
         let millis = u64::try_from(self.inner.options.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+        // The WAIT covers the writes of the connection it goes out on: the one of this epoch.
+        let sent_in = self.link_epoch();
         // On a cluster the client sends a `WAIT` to every primary and answers the fewest
         // replicas any acknowledged: writes go to the shard of their slot (the directory and
         // the feed on one, sessions spread by family), and each primary's `WAIT` covers what
@@ -287,6 +323,7 @@ impl RedisStore {
                 generation,
                 acked: acked.as_ref().ok().copied(),
                 target: replicas,
+                epoch: sent_in,
             }
         });
         drop(lead);
@@ -304,8 +341,15 @@ impl RedisStore {
                 );
             }
             Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "WAIT failed after a write"),
+            Err(err) => {
+                tracing::warn!(error = %err, "WAIT failed after a write: the writes it covered are answered as failed");
+                return Err(unconfirmed("its WAIT failed"));
+            }
         }
+        if sent_in != epoch {
+            return Err(unconfirmed("the connection changed since the write"));
+        }
+        Ok(())
     }
 
     /// [`read_replication`] on the health connection; on a cluster, should the node it asked
@@ -469,4 +513,9 @@ impl RedisStore {
             unreplicated_writes: health.unreplicated_writes.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A write whose replication cannot be confirmed (see [`RedisStore::replicate`]).
+fn unconfirmed(why: &str) -> StoreError {
+    StoreError::Unavailable(format!("the write could not be confirmed on a replica: {why}").into())
 }

@@ -130,7 +130,8 @@
 //! replicas any of them reached: each primary's `WAIT` covers the writes made on the
 //! client's one connection to it), every write is acknowledged to the client only after that many replicas have it, or after
 //! `WEAUTH_REDIS_WAIT_TIMEOUT` (then a warning is logged and counted: that write could be lost
-//! by a failover in the next moment). `WAIT` asks for no more replicas than the primary last
+//! by a failover in the next moment). A write whose `WAIT` fails, or whose connection was
+//! replaced before its `WAIT` was sent ([`Inner::link_epoch`]), is answered as unavailable. `WAIT` asks for no more replicas than the primary last
 //! reported online (on a cluster: the fewest any primary reports), and is skipped while it
 //! reports none (after a failover that left the promoted primary alone; on a cluster this
 //! skips it for every shard until that one has a replica again — loud in the log and the
@@ -249,6 +250,11 @@ struct Inner {
     scripts: Scripts,
     health: Health,
     waits: WaitGroup,
+    /// Bumped whenever the connection a write went out on may have been replaced (a lost
+    /// connection, which the client reconnects; a Sentinel switch; a demoted primary): a
+    /// `WAIT` covers only the writes of the connection it is sent on, so a write whose
+    /// epoch is not its `WAIT`'s is not confirmed by it ([`RedisStore::replicate`]).
+    link_epoch: AtomicU64,
 }
 
 /// The `WAIT` group commit ([`RedisStore::replicate`]).
@@ -274,6 +280,8 @@ struct WaitDone {
     acked: Option<usize>,
     /// Replicas it asked for.
     target: usize,
+    /// The link epoch it was sent in.
+    epoch: u64,
 }
 
 /// What the health reads found, shared by the write path and the periodic check.
@@ -336,6 +344,21 @@ pub fn redis_err(err: RedisError) -> StoreError {
     } else {
         StoreError::Backend(Box::new(err))
     }
+}
+
+/// Whether the connection `err` came on may be gone or now lead elsewhere (the client
+/// reconnects by itself; a primary demoted under it answers READONLY): see
+/// [`Inner::link_epoch`].
+fn connection_lost(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || matches!(
+            err.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+                | ErrorKind::ClusterConnectionNotFound
+        )
 }
 
 fn is_readonly(err: &StoreError) -> bool {
@@ -473,6 +496,7 @@ impl RedisStore {
                     state: Mutex::new(WaitState::default()),
                     done: tokio::sync::watch::channel(WaitDone::default()).0,
                 },
+                link_epoch: AtomicU64::new(0),
             }),
         };
         store.note_replication(read_replication(&mut health).await);
@@ -593,6 +617,7 @@ impl RedisStore {
                     conn.health = health;
                     conn.resolved_at = Instant::now();
                 }
+                self.inner.link_epoch.fetch_add(1, Ordering::AcqRel);
                 tracing::info!("reconnected to the Redis primary named by Sentinel");
             }
             Ok(Err(err)) => {
@@ -619,11 +644,22 @@ impl RedisStore {
         match f(manager).await {
             Ok(value) => Ok(value),
             Err(err) => {
+                if connection_lost(&err) {
+                    self.inner.link_epoch.fetch_add(1, Ordering::AcqRel);
+                }
                 let err = redis_err(err);
                 self.after_failure(&err).await;
                 Err(err)
             }
         }
+    }
+
+    /// A write: one script call ([`Self::eval`]), answered once [`Self::replicate`] confirms it.
+    async fn write<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        let epoch = self.link_epoch();
+        let value = self.eval(call).await?;
+        self.replicate(epoch).await?;
+        Ok(value)
     }
 
     /// Runs one Lua script call, its keys and arguments already set: the one place a script
@@ -633,12 +669,6 @@ impl RedisStore {
             .await
     }
 
-    /// `WAIT`s for the configured replicas after a write, asking for no more than the primary
-    /// last reported online and skipping the `WAIT` while it reports none (see the module
-    /// docs); a shortfall is logged and counted, not failed (the write is on the primary;
-    /// refusing now would make the client retry a done change), and makes the store re-read
-    /// the primary's replicas.
-    ///
     /// Takes one login token for `client` from the shared bucket (`per_minute`, `burst`), at
     /// `now` (Unix seconds, fractional). Returns the seconds to wait when refused.
     ///
@@ -683,6 +713,7 @@ impl RedisStore {
         for key in &keys {
             call.key(key);
         }
+        let epoch = self.link_epoch();
         call.arg(rotate.now)
             .arg(new_expires)
             .arg(ttl(new_expires, rotate.now))
@@ -692,7 +723,7 @@ impl RedisStore {
         let Some(fields) = session else {
             return Ok(None);
         };
-        self.replicate().await;
+        self.replicate(epoch).await?;
         Ok(Some(RotateResult::Rotated {
             session: session_from(&fields)?,
             refresh_expires: new_expires,
@@ -785,6 +816,7 @@ impl RedisStore {
         now: i64,
         guard: bool,
     ) -> Result<Option<Entry>, StoreError> {
+        let epoch = self.link_epoch();
         let mut marked = HashSet::new();
         match kind {
             EntryKind::Sid => {
@@ -821,7 +853,7 @@ impl RedisStore {
             self.mark_user_sessions(value, now, issued_before, &mut marked)
                 .await?;
         }
-        self.replicate().await;
+        self.replicate(epoch).await?;
         parse_entry(&json).map(Some)
     }
 

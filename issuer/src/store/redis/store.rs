@@ -18,8 +18,7 @@ impl RedisStore {
         for (name, value) in &fields {
             call.arg(*name).arg(value);
         }
-        let changed: i64 = self.eval(&call).await?;
-        self.replicate().await;
+        let changed: i64 = self.write(&call).await?;
         Ok(changed == 1)
     }
 }
@@ -146,8 +145,7 @@ impl Store for RedisStore {
             .unwrap_or_default();
         let mut call = self.inner.scripts.insert_key.prepare_invoke();
         call.key(hash).arg(kid).arg(json).arg(only);
-        let inserted: i64 = self.eval(&call).await?;
-        self.replicate().await;
+        let inserted: i64 = self.write(&call).await?;
         Ok(inserted == 1)
     }
 
@@ -170,6 +168,8 @@ impl Store for RedisStore {
     async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError> {
         let identity = self.key(&keys::identity(&login.appid, &login.openid));
         let unionid_key = self.key(&keys::unionid(login.unionid.as_deref().unwrap_or_default()));
+        // Both halves' writes are confirmed by the one WAIT after the second.
+        let epoch = self.link_epoch();
         for _ in 0..CAS_ATTEMPTS {
             // The candidates, then the pure decision, then a guarded apply.
             let (id_key, un_key) = (identity.clone(), unionid_key.clone());
@@ -259,7 +259,7 @@ impl Store for RedisStore {
                 .arg(refresh_ttl)
                 .arg(&login.refresh_hash);
             let _: i64 = self.eval(&call).await?;
-            self.replicate().await;
+            self.replicate(epoch).await?;
             return Ok(LoginResult::Created {
                 sub: link.sub,
                 new_user: link.create_user,
@@ -380,8 +380,7 @@ impl Store for RedisStore {
             .arg(if phone.is_some() { "1" } else { "0" })
             .arg(phone.unwrap_or_default())
             .arg(now);
-        let changed: i64 = self.eval(&call).await?;
-        self.replicate().await;
+        let changed: i64 = self.write(&call).await?;
         Ok(changed == 1)
     }
 
@@ -436,8 +435,7 @@ impl Store for RedisStore {
             .arg(token.expires_at)
             .arg(token.refresh_at)
             .arg(holder);
-        let _: i64 = self.eval(&call).await?;
-        self.replicate().await;
+        let _: i64 = self.write(&call).await?;
         Ok(())
     }
 
@@ -575,8 +573,7 @@ impl Store for RedisStore {
             .arg(value)
             .arg(expires_at)
             .arg(member);
-        let _: i64 = self.eval(&call).await?;
-        self.replicate().await;
+        let _: i64 = self.write(&call).await?;
         Ok(())
     }
 
@@ -585,8 +582,7 @@ impl Store for RedisStore {
         let member = key.to_string();
         let mut call = self.inner.scripts.take_ephemeral.prepare_invoke();
         call.key(name).key(index).arg(now).arg(member);
-        let value: Option<Vec<u8>> = self.eval(&call).await?;
-        self.replicate().await;
+        let value: Option<Vec<u8>> = self.write(&call).await?;
         Ok(value)
     }
 

@@ -178,28 +178,19 @@ async fn redis_killed_then_restarted_reconnects_keeping_acknowledged_writes() {
     assert_eq!(again.seq, next.seq + 1, "one jump per primary change");
 }
 
-/// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls
-/// short makes the store re-read the primary's replicas, so the next writes skip it too;
-/// concurrent writes share one `WAIT` (group commit), so a replica's death costs them one
-/// timeout together, not one each.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_wait_follows_the_replicas_online() {
-    const WRITERS: usize = 16;
-    let dir = tempfile::tempdir().unwrap();
+/// A primary and its replica in `dir`, and a store that `WAIT`s for one replica (500 ms),
+/// once the primary reports the replica online.
+async fn primary_with_replica(dir: &std::path::Path) -> (TestRedis, RedisServer, RedisStore) {
     // No 5 s wait before the replica's first copy.
     let primary = TestRedis {
-        server: RedisServer::start_in(
-            &dir.path().join("primary"),
-            &["--repl-diskless-sync-delay", "0"],
-        )
-        .await
-        .unwrap(),
+        server: RedisServer::start_in(&dir.join("primary"), &["--repl-diskless-sync-delay", "0"])
+            .await
+            .unwrap(),
     };
     let replica_of = format!("127.0.0.1 {}", primary.server.port());
-    let mut replica =
-        RedisServer::start_in(&dir.path().join("replica"), &["--replicaof", &replica_of])
-            .await
-            .unwrap();
+    let replica = RedisServer::start_in(&dir.join("replica"), &["--replicaof", &replica_of])
+        .await
+        .unwrap();
     let mut options = primary.options();
     options.wait_replicas = 1;
     options.wait_timeout = Duration::from_millis(500);
@@ -213,6 +204,95 @@ async fn redis_wait_follows_the_replicas_online() {
         health = store.check_health().await;
     }
     assert_eq!(health.replicas, Some(1), "the replica never came online");
+    (primary, replica, store)
+}
+
+/// A plain connection to `redis`, for the tests' own commands.
+async fn side_connection(redis: &TestRedis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.server.url(0))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A write whose `WAIT` fails (here refused by an ACL; in production the primary going away
+/// under it) is not acknowledged: the client gets a 503 to retry, not a success a failover
+/// may lose. It was answered as a success and not even counted as unreplicated.
+#[tokio::test]
+async fn redis_write_whose_wait_fails_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, _replica, store) = primary_with_replica(dir.path()).await;
+    let mut side = side_connection(&primary).await;
+    let acl = |change: &'static str| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("default").arg(change);
+        cmd
+    };
+    let _: () = acl("-wait").query_async(&mut side).await.unwrap();
+    let err = store
+        .revoke(&Revoke::Jti("j1".into()), 10, 20)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("could not be confirmed"), "{err}");
+    let _: () = acl("+wait").query_async(&mut side).await.unwrap();
+    store
+        .revoke(&Revoke::Jti("j2".into()), 10, 20)
+        .await
+        .unwrap();
+}
+
+/// A `WAIT` covers only the writes of the connection it is sent on: a write made before the
+/// store's connection was lost (the client reconnects by itself) is not confirmed by a `WAIT`
+/// on the new one.
+#[tokio::test]
+async fn redis_write_before_a_lost_connection_is_not_confirmed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, _replica, store) = primary_with_replica(dir.path()).await;
+    let before = store.link_epoch();
+    store
+        .revoke(&Revoke::Jti("j1".into()), 10, 20)
+        .await
+        .unwrap();
+    // The server drops every client connection (as a primary that restarts would).
+    let mut side = side_connection(&primary).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    // The store meets the lost connection on its next command, which fails (the client
+    // reconnects for the one after).
+    let failed = store.session("s-none").await;
+    assert!(failed.is_err(), "no command met the lost connection");
+    assert_ne!(
+        store.link_epoch(),
+        before,
+        "the lost connection was not noted"
+    );
+    let err = store.replicate(before).await.unwrap_err();
+    assert!(err.to_string().contains("the connection changed"), "{err}");
+    // Writes on the new connection are confirmed as before.
+    store
+        .revoke(&Revoke::Jti("j2".into()), 10, 20)
+        .await
+        .unwrap();
+}
+
+/// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls
+/// short makes the store re-read the primary's replicas, so the next writes skip it too;
+/// concurrent writes share one `WAIT` (group commit), so a replica's death costs them one
+/// timeout together, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_wait_follows_the_replicas_online() {
+    const WRITERS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let (_primary, mut replica, store) = primary_with_replica(dir.path()).await;
     let concurrent = |tag: &'static str| {
         let tasks: Vec<_> = (0..WRITERS)
             .map(|i| {
