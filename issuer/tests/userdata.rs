@@ -388,6 +388,33 @@ async fn phone_stored_sealed_and_shown_by_me_code_reuse_refused() {
     assert_eq!(stack.mock.calls("stable_token"), 1);
 }
 
+/// `getPhoneNumber`'s `e.detail` as WeChat hands it over — `errMsg`, `code`,
+/// `encryptedData`, `iv`, `cloudID` — posted whole to either route, as the client does and
+/// API.md allows: both used to refuse it as having an unknown field (`iv` on the phone route,
+/// `code` on decrypt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_phone_number_e_detail_posted_whole_to_either_route() {
+    let stack = Stack::start(&[]).await;
+    let (token, encrypted, iv) =
+        login_and_encrypt(&stack, "ivan", json!({"phoneNumber": "13700000007"})).await;
+    let code = stack.mock.phone_code("ivan", "13700000007");
+    let detail = json!({
+        "errMsg": "getPhoneNumber:ok",
+        "code": code,
+        "encryptedData": encrypted,
+        "iv": iv,
+        "cloudID": "cloud-id",
+    });
+    let (status, body, _) = stack
+        .post_auth("/v1/me/phone", &token, Some(detail.clone()))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phoneNumber"], "13700000007");
+    let (status, body) = decrypt(&stack, &token, detail).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["phoneNumber"], "13700000007");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_code_of_another_user_refused_nothing_stored() {
     // The issuer sends the caller's openid with the code, so WeChat refuses a phone code

@@ -35,6 +35,9 @@ struct DecryptRequest {
     _err_msg: Option<serde::de::IgnoredAny>,
     #[serde(rename = "userInfo", default)]
     _user_info: Option<serde::de::IgnoredAny>,
+    /// `getPhoneNumber`'s `e.detail` also carries the phone code (see `/v1/me/phone`).
+    #[serde(rename = "code", default)]
+    _code: Option<serde::de::IgnoredAny>,
 }
 
 /// `POST /v1/me/phone`: the code from `getPhoneNumber` (the rest of its `e.detail` is
@@ -49,7 +52,7 @@ struct PhoneRequest {
     _err_msg: Option<serde::de::IgnoredAny>,
     #[serde(rename = "encryptedData", default)]
     _encrypted_data: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
+    #[serde(rename = "iv", default)]
     _iv: Option<serde::de::IgnoredAny>,
 }
 
