@@ -10,6 +10,7 @@ use super::extract::{read_json, Admin, Now};
 use super::{json, Resp};
 use crate::app::App;
 use crate::error::ApiError;
+use crate::service::admin::check_claim;
 use crate::store::Revoke;
 
 #[derive(Deserialize)]
@@ -60,9 +61,16 @@ pub async fn revoke(
     let body: RevokeRequest = read_json(request, &app.config).await?;
     let now = now.secs();
     let revoke = match (body.jti, body.sid, body.sub, body.issued_before) {
-        (Some(jti), None, None, None) if !jti.is_empty() => Revoke::Jti(jti),
-        (None, Some(sid), None, None) if !sid.is_empty() => Revoke::Sid(sid),
-        (None, None, Some(sub), issued_before) if !sub.is_empty() => {
+        (Some(jti), None, None, None) => {
+            check_claim("jti", &jti)?;
+            Revoke::Jti(jti)
+        }
+        (None, Some(sid), None, None) => {
+            check_claim("sid", &sid)?;
+            Revoke::Sid(sid)
+        }
+        (None, None, Some(sub), issued_before) => {
+            check_claim("sub", &sub)?;
             // Default: every token issued up to and including this second.
             let issued_before = issued_before.unwrap_or(now + 1);
             if issued_before > now + 1 {

@@ -24,10 +24,20 @@ pub struct Admin {
 }
 
 fn check_sub(sub: &str) -> Result<(), ApiError> {
-    if sub.is_empty() || sub.len() > 128 || !sub.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::InvalidRequest(
-            "`sub` must be a user id as found in a token's `sub` claim".into(),
-        ));
+    check_claim("sub", sub)
+}
+
+/// What the admin API accepts as a `jti`, `sid` or `sub`: a claim's value as the issuer
+/// mints them (printable ASCII, at most 128 bytes) — within every store's column (MySQL's
+/// `VARCHAR(191)`), so an over-long value is a 400, not a store error.
+///
+/// # Errors
+/// `invalid_request` naming the claim.
+pub fn check_claim(claim: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > 128 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::InvalidRequest(format!(
+            "`{claim}` must be a value as found in a token's `{claim}` claim (printable ASCII, at most 128 bytes)"
+        )));
     }
     Ok(())
 }
