@@ -92,7 +92,7 @@ macro_rules! contract_tests {
 }
 pub(crate) use contract_tests;
 
-fn login(code: &str, openid: &str, unionid: Option<&str>, now: i64) -> NewLogin {
+pub(crate) fn login(code: &str, openid: &str, unionid: Option<&str>, now: i64) -> NewLogin {
     NewLogin {
         appid: "wx1".into(),
         openid: openid.into(),
@@ -114,7 +114,7 @@ fn rotate(old: &str, new: &str, now: i64, grace: i64) -> Rotate {
 }
 
 /// A rotation of a token of session `sid` (a sharded store finds it by the session's family).
-fn rotate_of(sid: &str, old: &str, new: &str, now: i64, grace: i64) -> Rotate {
+pub(crate) fn rotate_of(sid: &str, old: &str, new: &str, now: i64, grace: i64) -> Rotate {
     Rotate {
         family: family(sid).into(),
         presented_hash: old.into(),

@@ -61,8 +61,10 @@
 //!   wrote is what the purge removes when the never-opened session's end comes.
 //! - *A revocation*: the sessions it covers marked revoked in their slots (MARK_SESSION;
 //!   for a `sub`, the user's set read, then read again after the entry for sessions that
-//!   joined meanwhile), then the entry appended to the feed (REVOKE), then `WAIT`: see
-//!   [`RedisStore::revoke_entry`].
+//!   joined meanwhile; for a `sid`, its entry noted as pending in the session), then the
+//!   entry appended to the feed (REVOKE), then the pending note cleared, then `WAIT`: see
+//!   [`RedisStore::revoke_entry`]. A reader that finds a note left by a revocation cut short
+//!   writes the entry.
 //! - *The purge*: ended sessions found in the expiry index, dropped with their refresh tokens
 //!   in their slots (DROP_SESSION), then taken off the user's set, the code and, last, the
 //!   index (FORGET_SESSIONS): a purge cut short is finished by the next.
@@ -734,12 +736,13 @@ impl RedisStore {
     /// The token and its session, read together: the token's sid first, then the script
     /// with both keys declared (it answers `retry` if the sid changed in between). A token
     /// whose session is not of the family it was found under is unknown (the issuer never
-    /// makes one; on a cluster the two would be in different slots).
+    /// makes one; on a cluster the two would be in different slots). With the `until` of the
+    /// session's `sid` entry when it is still pending ([`Self::revoke_entry`]).
     async fn read_refresh(
         &self,
         family: &str,
         hash: &str,
-    ) -> Result<Option<RefreshRow>, StoreError> {
+    ) -> Result<Option<(RefreshRow, Option<i64>)>, StoreError> {
         let key = self.refresh_key(family, hash);
         let mut row = None;
         for _ in 0..CAS_ATTEMPTS {
@@ -787,13 +790,16 @@ impl RedisStore {
             }
         };
         match row.as_slice() {
-            [sid, expires, used, session_expires, revoked] => Ok(Some(RefreshRow {
-                sid: sid.clone(),
-                expires_at: num(expires)?,
-                used_at: opt(used)?,
-                session_expires_at: num(session_expires)?,
-                session_revoked_at: opt(revoked)?,
-            })),
+            [sid, expires, used, session_expires, revoked, pending] => Ok(Some((
+                RefreshRow {
+                    sid: sid.clone(),
+                    expires_at: num(expires)?,
+                    used_at: opt(used)?,
+                    session_expires_at: num(session_expires)?,
+                    session_revoked_at: opt(revoked)?,
+                },
+                opt(pending)?,
+            ))),
             _ => Err(StoreError::Corrupt("refresh token read".into())),
         }
     }
@@ -802,11 +808,20 @@ impl RedisStore {
     /// (MARK_SESSION; for a `sub`, the user's sessions created before `issued_before`), then
     /// the entry is appended to the feed (REVOKE), then the user's set is read again and
     /// sessions that joined it meanwhile are marked too. Every step is idempotent, and the
-    /// revocation is acknowledged only after the last: one cut short (a crash, a lost
-    /// connection) answers an error and may leave a session marked without its entry — its
-    /// refresh token is dead, its access tokens live to their `exp` as before the revocation
-    /// — and a retry completes it. `guard` (the reuse verdict): only while the session
-    /// `value` is live; `None` when it no longer is (decide again).
+    /// revocation is acknowledged only after the last and its `WAIT`.
+    ///
+    /// One cut short (a crash, a lost connection, the feed's primary failing over) answers an
+    /// error and may leave a session marked without its entry: its refresh token is dead at
+    /// once, its access tokens would pass the edge to their `exp`. A `sub` revocation is
+    /// completed by its retry (the admin's call). A `sid` one — a logout, a refresh token's
+    /// reuse — cannot count on one: the client's retry finds the session revoked (a 401, an
+    /// `invalid_grant`) before any revocation. So its mark also notes the entry as pending
+    /// (`pending_until`, the entry's `until`), cleared once the entry is written; whoever reads
+    /// the session and finds it still pending — the retried logout's bearer check, any call
+    /// with one of its tokens, the retried refresh — writes the entry first
+    /// ([`Self::publish_pending`]). (Two may both write it: the edge applies a `sid` twice
+    /// as once.) `guard` (the reuse verdict): only while the session `value` is live; `None`
+    /// when it no longer is (decide again).
     async fn revoke_entry(
         &self,
         kind: EntryKind,
@@ -820,7 +835,11 @@ impl RedisStore {
         let mut marked = HashSet::new();
         match kind {
             EntryKind::Sid => {
-                if !self.mark_session(value, now, guard, None).await? && guard {
+                if !self
+                    .mark_session(value, now, guard, None, Some(until))
+                    .await?
+                    && guard
+                {
                     return Ok(None);
                 }
             }
@@ -849,28 +868,53 @@ impl RedisStore {
             .arg(self.channel())
             .arg(SEQ_GAP);
         let json: String = self.eval(&call).await?;
-        if kind == EntryKind::Sub {
-            self.mark_user_sessions(value, now, issued_before, &mut marked)
+        match kind {
+            EntryKind::Sub => {
+                self.mark_user_sessions(value, now, issued_before, &mut marked)
+                    .await?;
+            }
+            EntryKind::Sid => {
+                let session = self.session_key(value);
+                self.op(
+                    |mut conn| async move { conn.hdel::<_, _, ()>(session, "pending_until").await },
+                )
                 .await?;
+            }
+            EntryKind::Jti => {}
         }
         self.replicate(epoch).await?;
         parse_entry(&json).map(Some)
     }
 
+    /// Writes the `sid` entry a revocation cut short left pending on session `sid` (see
+    /// [`Self::revoke_entry`]), with the `until` it was to have.
+    async fn publish_pending(&self, sid: &str, until: i64, now: i64) -> Result<(), StoreError> {
+        tracing::warn!(
+            sid = %sid,
+            "a revocation of this session was cut short before its entry reached the feed: publishing it now"
+        );
+        self.revoke_entry(EntryKind::Sid, sid, None, until, now, false)
+            .await
+            .map(|_| ())
+    }
+
     /// MARK_SESSION on one session: false when `guard` failed (the session is gone or
-    /// already revoked).
+    /// already revoked). `pending_until`: a `sid` revocation's, whose entry is written next.
     async fn mark_session(
         &self,
         sid: &str,
         now: i64,
         guard: bool,
         issued_before: Option<i64>,
+        pending_until: Option<i64>,
     ) -> Result<bool, StoreError> {
         let mut call = self.inner.scripts.mark_session.prepare_invoke();
+        let text = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
         call.key(self.session_key(sid))
             .arg(now)
             .arg(if guard { "1" } else { "0" })
-            .arg(issued_before.map(|v| v.to_string()).unwrap_or_default());
+            .arg(text(issued_before))
+            .arg(text(pending_until));
         let done: i64 = self.eval(&call).await?;
         Ok(done == 1)
     }
@@ -894,7 +938,7 @@ impl RedisStore {
         for chunk in fresh.chunks(CONCURRENT_SLOTS) {
             let mut marks = Vec::with_capacity(chunk.len());
             for sid in chunk {
-                marks.push(self.mark_session(sid, now, false, issued_before));
+                marks.push(self.mark_session(sid, now, false, issued_before, None));
             }
             futures_util::future::try_join_all(marks).await?;
         }

@@ -272,9 +272,18 @@ impl Store for RedisStore {
 
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
         for _ in 0..CAS_ATTEMPTS {
-            let row = self
+            let read = self
                 .read_refresh(&rotate.family, &rotate.presented_hash)
                 .await?;
+            let row = match read {
+                Some((row, Some(until))) => {
+                    // Its session's revocation was cut short: publish it before answering.
+                    self.publish_pending(&row.sid, until, rotate.now).await?;
+                    Some(row)
+                }
+                Some((row, None)) => Some(row),
+                None => None,
+            };
             match rules::decide_refresh(
                 row.as_ref(),
                 rotate.now,
@@ -499,14 +508,29 @@ impl Store for RedisStore {
                 .query_async(&mut conn)
                 .await
         });
-        let mark = self.op(|mut conn| async move { conn.hexists(session, "revoked_at").await });
-        let ((jti, sid, top), session_revoked): ((bool, bool, Vec<(String, f64)>), bool) =
-            tokio::try_join!(feed, mark)?;
+        let mark = self.op(|mut conn| async move {
+            redis::cmd("HMGET")
+                .arg(session)
+                .arg("revoked_at")
+                .arg("pending_until")
+                .query_async(&mut conn)
+                .await
+        });
+        type Mark = (Option<i64>, Option<i64>);
+        let ((jti, mut sid_entry, top), (revoked_at, pending)): (
+            (bool, bool, Vec<(String, f64)>),
+            Mark,
+        ) = tokio::try_join!(feed, mark)?;
+        if let (Some(until), Some(at)) = (pending, revoked_at) {
+            // Its revocation was cut short: publish it before answering (see revoke_entry).
+            self.publish_pending(sid, until, at).await?;
+            sid_entry = true;
+        }
         Ok(RevocationFacts {
             jti,
-            sid,
+            sid: sid_entry,
             sub_issued_before: top.first().map(|(_, score)| *score as i64),
-            session_revoked,
+            session_revoked: revoked_at.is_some(),
         })
     }
 

@@ -284,6 +284,90 @@ async fn redis_write_before_a_lost_connection_is_not_confirmed_after_it() {
         .unwrap();
 }
 
+/// The feed's seq broken (`INCR` then fails inside REVOKE, as the script fails when the feed's
+/// primary fails over between the session's slot and the feed's), or repaired at `seq`.
+async fn set_feed_seq(side: &mut redis::aio::MultiplexedConnection, seq: &str) {
+    let _: () = redis::cmd("SET")
+        .arg("t:seq")
+        .arg(seq)
+        .query_async(side)
+        .await
+        .unwrap();
+}
+
+/// A `sid` revocation cut between the session's mark and the feed's entry — a refresh token's
+/// reuse, a logout — is published by whoever reads the session next: the retried refresh,
+/// the retried logout's bearer check. Their retries find the session revoked and never got
+/// to a revocation, so the entry never reached the feed and the session's access tokens
+/// passed the edge to their `exp`.
+#[tokio::test]
+async fn redis_sid_revocation_cut_short_is_published_by_the_next_reader() {
+    use crate::store::contract::{login, rotate_of};
+    let redis = TestRedis::new().await;
+    let store = redis.handle().await;
+    let mut side = side_connection(&redis).await;
+    let sid_entries = |feed: &weauth_token::revocation::FeedResponse, sid: &str| {
+        feed.entries
+            .iter()
+            .filter(|entry| entry.value == sid)
+            .count()
+    };
+
+    // A reuse: r-c1 rotated, then presented again while the feed is broken.
+    store.login(&login("c1", "o1", None, 10)).await.unwrap();
+    let rotated = store
+        .rotate_refresh(&rotate_of("s-c1", "r-c1", "r-2", 20, 0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(rotated, RotateResult::Rotated { .. }),
+        "{rotated:?}"
+    );
+    set_feed_seq(&mut side, "broken").await;
+    assert!(store
+        .rotate_refresh(&rotate_of("s-c1", "r-c1", "r-3", 40, 0))
+        .await
+        .is_err());
+    set_feed_seq(&mut side, "100").await;
+    let retried = store
+        .rotate_refresh(&rotate_of("s-c1", "r-c1", "r-4", 41, 0))
+        .await
+        .unwrap();
+    assert!(matches!(retried, RotateResult::Invalid(_)), "{retried:?}");
+    let feed = crate::feed::revocation::read(store.as_ref(), 0, 41, 100)
+        .await
+        .unwrap();
+    assert_eq!(sid_entries(&feed, "s-c1"), 1, "{:?}", feed.entries);
+    // With the `until` of the reuse's revocation (40 + 960).
+    assert!(feed.entries.iter().any(|entry| entry.until == 1000));
+
+    // A logout: the session revoked while the feed is broken, then its token checked.
+    store.login(&login("c2", "o2", None, 50)).await.unwrap();
+    set_feed_seq(&mut side, "broken").await;
+    assert!(store
+        .revoke(&Revoke::Sid("s-c2".into()), 60, 999)
+        .await
+        .is_err());
+    set_feed_seq(&mut side, "200").await;
+    let facts = store.revocation_facts("j", "s-c2", "u-c2").await.unwrap();
+    assert!(facts.sid && facts.session_revoked, "{facts:?}");
+    let feed = crate::feed::revocation::read(store.as_ref(), 0, 61, 100)
+        .await
+        .unwrap();
+    assert_eq!(sid_entries(&feed, "s-c2"), 1, "{:?}", feed.entries);
+
+    // Published once: later reads find nothing pending.
+    store.revocation_facts("j", "s-c2", "u-c2").await.unwrap();
+    store
+        .rotate_refresh(&rotate_of("s-c1", "r-c1", "r-5", 42, 0))
+        .await
+        .unwrap();
+    let feed = crate::feed::revocation::read(store.as_ref(), 0, 62, 100)
+        .await
+        .unwrap();
+    assert_eq!(feed.entries.len(), 2, "{:?}", feed.entries);
+}
+
 /// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls
 /// short makes the store re-read the primary's replicas, so the next writes skip it too;
 /// concurrent writes share one `WAIT` (group commit), so a replica's death costs them one

@@ -1,9 +1,12 @@
 -- KEYS: a session
 -- ARGV: now, guard ('1': only a live session — the reuse verdict), issued_before ('': the
 --       session whatever its age; else only one created before it:
---       rules::sub_revocation_covers)
--- Marks the session revoked (idempotent: the first mark stays). Returns 0 when the guard
--- fails (decide again), else 1.
+--       rules::sub_revocation_covers), pending_until ('': none; else the `until` of the
+--       session's own `sid` entry, which the feed's slot is written next)
+-- Marks the session revoked (idempotent: the first mark stays) and, for a `sid` revocation,
+-- notes its entry as pending until RedisStore::revoke_entry clears it: a reader that finds it
+-- still set publishes the entry (the revocation was cut between the two slots). Returns 0 when
+-- the guard fails (decide again), else 1.
 local s = KEYS[1]
 if redis.call('EXISTS', s) == 0 then
   if ARGV[2] == '1' then return 0 end
@@ -15,4 +18,5 @@ if ARGV[3] ~= '' then
   if not (created and tonumber(created) < tonumber(ARGV[3])) then return 1 end
 end
 redis.call('HSETNX', s, 'revoked_at', ARGV[1])
+if ARGV[4] ~= '' then redis.call('HSET', s, 'pending_until', ARGV[4]) end
 return 1
