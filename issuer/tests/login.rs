@@ -174,8 +174,13 @@ async fn login_wechat_errcodes_map_to_http_and_write_nothing() {
     assert_eq!(stack.count("sessions"), 0);
     assert_eq!(stack.count("users"), 0);
     assert_eq!(stack.count("refresh_tokens"), 0);
-    // Misconfiguration must be logged for the operator.
-    stack.issuer.log_with(&["WEAUTH_WECHAT_SECRET"]).await;
+    // Misconfiguration must be logged for the operator, naming the app.
+    let log = stack.issuer.log_with(&["WEAUTH_WECHAT_SECRET"]).await;
+    assert!(
+        log.lines()
+            .any(|line| line.contains("misconfigured") && line.contains(APPID)),
+        "{log}"
+    );
     let (_, metrics, _) = stack.get("/metrics", None).await;
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(

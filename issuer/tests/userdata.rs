@@ -511,6 +511,47 @@ async fn phone_token_endpoint_down_503_with_clear_error() {
     assert_eq!(stack.mock.calls("getuserphonenumber"), 0);
 }
 
+/// WeChat refusing the issuer's token request for good — its IP not in the app's whitelist
+/// (40164), the daily quota spent (45009) — is a 502 without `Retry-After`, not "503, retry in
+/// a second", and does not hand the client WeChat's errmsg (which names the issuer's own
+/// address); the log names the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_token_endpoint_refusal_502_without_wechat_errmsg() {
+    let stack = Stack::process(&[]).await;
+    let token = token(&stack.login("judy").await);
+    for errcode in [40164, 45009] {
+        stack.mock.inject(
+            "stable_token",
+            Fault::Errcode {
+                errcode,
+                errmsg: mockwechat_errmsg(errcode),
+            },
+            1,
+        );
+        let code = stack.mock.phone_code("judy", "13700000008");
+        let (status, body, headers) = stack
+            .post_auth("/v1/me/phone", &token, Some(json!({ "code": code })))
+            .await;
+        assert_eq!(status, 502, "{errcode}: {body}");
+        assert_eq!(body["error"], "upstream_error", "{body}");
+        assert!(headers.get("retry-after").is_none(), "{headers:?}");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains(&errcode.to_string()), "{body}");
+        assert!(!description.contains("203.0.113.7"), "{body}");
+    }
+    let log = stack.issuer.log_text();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("cannot get a WeChat access token") && line.contains(APPID)),
+        "{log}"
+    );
+    assert_eq!(stack.mock.calls("getuserphonenumber"), 0);
+}
+
+fn mockwechat_errmsg(errcode: i64) -> String {
+    weauth_mock_wechat::state::default_errmsg(errcode).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_issuers_one_store_concurrent_phone_no_40001_one_stable_token() {
     // Zero overlap: a token replaced by anyone would fail at once with 40001.

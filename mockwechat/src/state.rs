@@ -496,6 +496,9 @@ pub fn default_errmsg(errcode: i64) -> &'static str {
         42002 => "refresh_token expired",
         42003 => "code expired",
         45011 => "api minute-quota reach limit  mustslower  retry next minute",
+        // The caller's address is not in the app's IP whitelist (stable_token); WeChat names it.
+        40164 => "invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist",
+        45009 => "reach max api daily quota limit",
         48001 => "api unauthorized",
         47001 => "data format error",
         87009 => "invalid signature",

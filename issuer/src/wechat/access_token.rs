@@ -59,16 +59,24 @@ pub enum TokenError {
 }
 
 /// No app access token: WeChat's token endpoint down or busy → 503 `temporarily_unavailable`
-/// (with `Retry-After`); WeChat refusing the appid/secret → 502 `upstream_error`; a store or
-/// sealing failure → as any store failure.
+/// (with `Retry-After`); WeChat refusing the request — the appid/secret, the issuer's IP not
+/// in the app's whitelist (40164), the daily quota spent (45009) — → 502 `upstream_error`,
+/// which retrying in a second does not mend; a store or sealing failure → as any store
+/// failure. The client is told the errcode only: WeChat's `errmsg` can carry the issuer's own
+/// address (40164), and is in the issuer's log.
 impl From<TokenError> for ApiError {
     fn from(err: TokenError) -> Self {
         match err {
             TokenError::Fetch(WechatError::Misconfigured { .. }) => ApiError::BadGateway(
                 "WeChat refused the issuer's appid/secret for an access token".into(),
             ),
-            TokenError::Fetch(inner) => ApiError::Unavailable(format!(
-                "cannot get a WeChat access token ({inner}); retry shortly"
+            TokenError::Fetch(inner) if inner.is_retryable() => ApiError::Unavailable(format!(
+                "cannot get a WeChat access token (WeChat: {}); retry shortly",
+                inner.metric_label()
+            )),
+            TokenError::Fetch(inner) => ApiError::BadGateway(format!(
+                "WeChat refused the issuer's access token request (WeChat: {}); see the issuer's log",
+                inner.metric_label()
             )),
             TokenError::LeaseTimeout => ApiError::Unavailable(
                 "the WeChat access token is being refreshed by another replica; retry shortly"
@@ -270,7 +278,7 @@ impl AccessTokens {
                     return self.open(appid, &token);
                 }
                 self.metrics.wechat_token_refresh("failed");
-                tracing::warn!(error = %err, "cannot get a WeChat access token");
+                tracing::warn!(appid = %appid, error = %err, "cannot get a WeChat access token");
                 Err(TokenError::Fetch(err))
             }
         }

@@ -324,7 +324,7 @@ impl Wechat for HttpWechat {
                 })
                 .await;
             if let Err(err @ WechatError::Misconfigured { .. }) = &result {
-                tracing::error!(error = %err, "WeChat refused the app credentials for stable_token");
+                tracing::error!(appid = %self.config.appid, error = %err, "WeChat refused the app credentials for stable_token");
             }
             result
         })
@@ -462,7 +462,7 @@ impl Wechat for HttpWechat {
                     }
                     Err(err) => {
                         if let WechatError::Misconfigured { .. } = err {
-                            tracing::error!(error = %err, "WeChat login is misconfigured");
+                            tracing::error!(appid = %self.config.appid, error = %err, "WeChat login is misconfigured");
                         }
                         return Err(err);
                     }

@@ -66,7 +66,7 @@ pub enum WechatError {
     #[error("WeChat flagged the user as high-risk (errcode 40226)")]
     HighRisk,
     #[error(
-        "WeChat refused our credentials (errcode {errcode}: {errmsg}); check WEAUTH_WECHAT_APPID and WEAUTH_WECHAT_SECRET"
+        "WeChat refused the app's credentials (errcode {errcode}: {errmsg}); check its appid and secret (WEAUTH_WECHAT_APPID and WEAUTH_WECHAT_SECRET, or its entry in WEAUTH_APPS_FILE)"
     )]
     Misconfigured { errcode: i64, errmsg: String },
     #[error("WeChat is busy (errcode -1)")]
