@@ -651,3 +651,60 @@ async fn feed_read_after_revoke_sees_it_on_redis() {
     .await;
     revoke_then_read_at_once_sees_the_revocation(&stack).await;
 }
+
+/// "Log out everywhere" (a `sub` revocation) while a login is in flight — its WeChat exchange
+/// under way, its session not yet written, so not marked — ends that login too: it is refused
+/// (`invalid_grant`: log in again) rather than handing out an access token the edge refuses
+/// and a refresh token that lives on, minting tokens after the revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_revocation_during_a_login_in_flight_ends_that_login() {
+    // Room for the exchange held 2 s at WeChat within one attempt.
+    let stack = Stack::start(&[("WEAUTH_WECHAT_TIMEOUT", "10s")]).await;
+    let first = stack.login("leo").await;
+    let sub = payload(first["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The next login waits 2 s at WeChat.
+    stack.mock.inject(
+        "jscode2session",
+        weauth_mock_wechat::Fault::Delay(Duration::from_secs(2)),
+        1,
+    );
+    let code = stack.mock.login("leo").code;
+    let login = {
+        let (http, url) = (stack.http.clone(), stack.url("/v1/login"));
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, entry, _) = stack
+        .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sub": sub })))
+        .await;
+    assert_eq!(status, 200, "{entry}");
+    let (status, body) = login.await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("in progress"),
+        "{body}"
+    );
+    // Once the revocation's second has passed, a login is a login.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = stack.login("leo").await;
+    let (status, _, _) = stack
+        .get("/v1/me", Some(again["access_token"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200);
+}

@@ -336,6 +336,20 @@ impl Sessions {
         // exists: the refresh token is dropped here unseen, so the session can never be used
         // and expires.
         let grants = self.grants_for_token(&sub, now).await?;
+        // A revocation of every session of the user ("log out everywhere") between this
+        // login's start (its `now`, the session's `created_at` and the tokens' `iat`) and its
+        // commit found no session to mark, yet covers this one: its access token would be
+        // refused at the edge and its refresh token live on. Nothing has been handed out:
+        // refuse the login as the ban does (the client logs in again, after the revocation).
+        // A revocation after this read marks the session itself.
+        let facts = self.store.revocation_facts("", &sid, &sub).await?;
+        if rules::is_revoked(&facts, now) {
+            tracing::info!(sub = %sub, sid = %sid, "login refused: the user's sessions were revoked while it was in progress");
+            return Err(ApiError::InvalidGrant(
+                "the user's sessions were ended while this login was in progress; log in again"
+                    .into(),
+            ));
+        }
         let subject = Subject {
             sub,
             sid,
