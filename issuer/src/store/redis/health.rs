@@ -327,9 +327,12 @@ impl RedisStore {
             }
         });
         drop(lead);
+        let ours = sent_in == epoch;
         match acked {
             Ok(n) if short => {
-                self.count_unreplicated();
+                if ours {
+                    self.count_unreplicated();
+                }
                 self.inner
                     .health
                     .short_waits
@@ -346,7 +349,7 @@ impl RedisStore {
                 return Err(unconfirmed("its WAIT failed"));
             }
         }
-        if sent_in != epoch {
+        if !ours {
             return Err(unconfirmed("the connection changed since the write"));
         }
         Ok(())
