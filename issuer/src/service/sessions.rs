@@ -334,7 +334,8 @@ impl Sessions {
         // Only now is the user known (linking happens inside the store's login). A banned
         // user's exchange has spent the code and left a session row, but no token for it
         // exists: the refresh token is dropped here unseen, so the session can never be used
-        // and expires.
+        // and expires. So does a login refused below, or failed by the store from here on
+        // (a 503): no token of its session ever leaves the issuer.
         let grants = self.grants_for_token(&sub, now).await?;
         // A revocation of every session of the user ("log out everywhere") between this
         // login's start (its `now`, the session's `created_at` and the tokens' `iat`) and its
