@@ -112,7 +112,12 @@ export interface WeauthClient {
    * answer came (`network`) or no token could be had.
    */
   request<T = unknown>(options: RequestOptions): Promise<Response<T>>;
-  /** `POST /v1/logout`, then the stored tokens are removed (also when the call fails). */
+  /**
+   * The stored tokens removed, then `POST /v1/logout` (an expired access token renewed once
+   * for it, so that the session ends at the issuer too); the tokens are gone also when the
+   * call fails. A refresh or login in flight rejects with `logged_out` and ends the session
+   * it got.
+   */
   logout(): Promise<void>;
   /** Posts the phone button's `e.detail` to `/v1/me/phone`; resolves with the number. */
   getPhoneNumber(detail: PhoneNumberDetail): Promise<PhoneNumber>;
@@ -123,6 +128,14 @@ export interface WeauthClient {
 }
 
 type FlightKind = "refresh" | "login";
+
+/**
+ * How long a refresh waits for its answer. Well under the issuer's reuse grace
+ * (`WEAUTH_REFRESH_REUSE_GRACE`, 10 s): an answer lost on the way is then retried with the
+ * same refresh token while the issuer still answers a sibling pair, not a theft verdict that
+ * revokes the session (`wx.request` otherwise waits `networkTimeout.request`, 60 s).
+ */
+const REFRESH_TIMEOUT_MS = 5000;
 
 function defaultWx(): WxApi {
   // `typeof` is safe on an undeclared global (Node, tests); `globalThis` is not in every
@@ -151,8 +164,14 @@ export function createClient(options: ClientOptions): WeauthClient {
 
   // The tokens in memory mirror storage; `undefined` = not loaded yet, `null` = none.
   let tokens: TokenPair | null | undefined;
+  // False while storage failed to take the tokens in memory (they are then the only copy).
+  let persisted = true;
   // Bumped by logout(): a refresh or login that started before it must not store its result.
   let epoch = 0;
+  // The epoch the flight in progress started in.
+  let flightEpoch = 0;
+  // Logins completed (a `relogin` answer needs one after the request it came for was sent).
+  let logins = 0;
 
   function current(): TokenPair | null {
     if (tokens === undefined) {
@@ -167,6 +186,26 @@ export function createClient(options: ClientOptions): WeauthClient {
     return tokens;
   }
 
+  /**
+   * The tokens as storage has them now: another client on the same storage (a copy of this
+   * package in an independent sub-package) may have refreshed since this one read them, and
+   * the refresh token in memory is then spent — presenting it again would read as theft and
+   * end the session. Memory wins while storage could not take its tokens.
+   */
+  function reload(): TokenPair | null {
+    if (!persisted) {
+      return current();
+    }
+    let stored: unknown;
+    try {
+      stored = wxApi.getStorageSync(storageKey);
+    } catch {
+      return current();
+    }
+    tokens = parseStored(stored) ?? null;
+    return tokens;
+  }
+
   function store(pair: TokenPair | null): void {
     tokens = pair;
     try {
@@ -175,17 +214,72 @@ export function createClient(options: ClientOptions): WeauthClient {
       } else {
         wxApi.removeStorageSync(storageKey);
       }
+      persisted = true;
     } catch {
       // Storage full or unavailable: the tokens still work from memory for this run.
+      persisted = false;
     }
   }
 
-  function postJson(path: string, data: Record<string, unknown>, bearer?: string): Promise<Sent> {
+  function postJson(
+    path: string,
+    data: Record<string, unknown>,
+    bearer?: string,
+    timeout?: number,
+  ): Promise<Sent> {
     const header: Record<string, string> = { "content-type": "application/json" };
     if (bearer !== undefined) {
       header.authorization = `Bearer ${bearer}`;
     }
-    return send(wxApi, { url: `${baseUrl}${path}`, method: "POST", data, header });
+    const options: WechatMiniprogram.RequestOption = {
+      url: `${baseUrl}${path}`,
+      method: "POST",
+      data,
+      header,
+    };
+    if (timeout !== undefined) {
+      options.timeout = timeout;
+    }
+    return send(wxApi, options);
+  }
+
+  function postRefresh(refreshToken: string): Promise<Sent> {
+    return postJson("/v1/token/refresh", { refresh_token: refreshToken }, undefined, REFRESH_TIMEOUT_MS);
+  }
+
+  /**
+   * Ends `pair`'s session at the issuer, best effort (every failure is ignored). An access
+   * token that has expired meanwhile (401) is renewed once with the pair's refresh token
+   * first: the logout has to reach the issuer, else the session lives on there until its
+   * refresh token expires.
+   */
+  async function endSession(pair: TokenPair): Promise<void> {
+    const sent = await postJson("/v1/logout", {}, pair.accessToken);
+    if (!sent.ok || sent.response.statusCode !== 401) {
+      return;
+    }
+    const renewed = await postRefresh(pair.refreshToken);
+    const fresh =
+      renewed.ok && renewed.response.statusCode === 200
+        ? parseTokenResponse(renewed.response.data)
+        : undefined;
+    if (fresh) {
+      await postJson("/v1/logout", {}, fresh.accessToken);
+    }
+  }
+
+  /** Starts (or joins) the flight, noting the epoch a new one starts in. */
+  function fly(kind: FlightKind, fn: (startEpoch: number) => Promise<TokenPair>): Promise<TokenPair> {
+    if (!flight.promise) {
+      flightEpoch = epoch;
+    }
+    const startEpoch = epoch;
+    return flight.run(kind, () => fn(startEpoch));
+  }
+
+  /** The flight in progress, if it started in this epoch (one from before a logout ends in `logged_out`). */
+  function currentFlight(): Promise<TokenPair> | undefined {
+    return flightEpoch === epoch ? flight.promise : undefined;
   }
 
   /** The login itself (always inside the flight). */
@@ -215,9 +309,12 @@ export function createClient(options: ClientOptions): WeauthClient {
       );
     }
     if (epoch !== startEpoch) {
+      // The session exists at the issuer now: end it, or nobody could.
+      await endSession(pair);
       throw new WeauthError("logged_out", "logout() was called during the login");
     }
     store(pair);
+    logins++;
     return pair;
   }
 
@@ -229,8 +326,16 @@ export function createClient(options: ClientOptions): WeauthClient {
    */
   async function doRefresh(pair: TokenPair, startEpoch: number): Promise<TokenPair> {
     for (let attempt = 1; ; attempt++) {
-      const sent = await postJson("/v1/token/refresh", { refresh_token: pair.refreshToken });
+      const sent = await postRefresh(pair.refreshToken);
       if (epoch !== startEpoch) {
+        const fresh =
+          sent.ok && sent.response.statusCode === 200
+            ? parseTokenResponse(sent.response.data)
+            : undefined;
+        if (fresh) {
+          // The rotated pair is the session's only live one: end the session with it.
+          await endSession(fresh);
+        }
         throw new WeauthError("logged_out", "logout() was called during the refresh");
       }
       let wait: number | undefined;
@@ -271,46 +376,59 @@ export function createClient(options: ClientOptions): WeauthClient {
   }
 
   /**
-   * New tokens because `stale` was refused with `verdict`. Joins whatever is in flight; if
-   * nothing is and the tokens have already moved on from `stale`, just uses the current
-   * ones; otherwise starts the refresh (or login).
+   * A login shared with any login in flight of this epoch (after any refresh in flight, or
+   * any flight from before a logout, has settled).
    */
-  /** A login shared with any login in flight (after any refresh in flight has settled). */
   async function loginShared(): Promise<TokenPair> {
     for (;;) {
       const inFlight = flight.promise;
       if (!inFlight) {
-        const startEpoch = epoch;
-        return flight.run("login", () => doLogin(startEpoch));
+        return fly("login", doLogin);
       }
-      if (flight.kind === "login") {
+      if (flight.kind === "login" && currentFlight()) {
         return inFlight;
       }
       await inFlight.catch(() => undefined);
     }
   }
 
-  async function renew(stale: TokenPair | null, verdict: "refresh" | "relogin"): Promise<TokenPair> {
+  /**
+   * New tokens because `stale` was refused with `verdict`, for a request sent after
+   * `loginsBefore` logins. Joins what is in flight (of this epoch); if nothing is and the
+   * tokens have already moved on from `stale` — any new pair for a refresh, a new login for
+   * a `relogin` (a refreshed pair keeps the old session_key) — uses the current ones;
+   * otherwise starts the refresh (or login).
+   */
+  async function renew(
+    stale: TokenPair | null,
+    verdict: "refresh" | "relogin",
+    loginsBefore: number,
+  ): Promise<TokenPair> {
     for (;;) {
       const inFlight = flight.promise;
       if (inFlight) {
-        if (verdict === "relogin" && flight.kind === "refresh") {
-          // A refresh keeps the old session_key: wait for it, then decide again.
+        if (!currentFlight() || (verdict === "relogin" && flight.kind === "refresh")) {
+          // From before a logout; or a refresh, which keeps the old session_key: wait for
+          // it, then decide again.
           await inFlight.catch(() => undefined);
-          stale = current();
           continue;
         }
         return inFlight;
       }
-      const now = current();
-      if (now && (!stale || now.accessToken !== stale.accessToken)) {
+      const inMemory = tokens;
+      const now = reload();
+      // Storage moved on behind this client: another one refreshed (its access token may be
+      // as old as ours, and our refresh token is spent).
+      const elsewhere = !!now && !!inMemory && now.accessToken !== inMemory.accessToken;
+      const movedOn =
+        !stale || (verdict === "relogin" ? logins > loginsBefore : now?.accessToken !== stale.accessToken);
+      if (now && movedOn && !(verdict === "refresh" && elsewhere)) {
         return now;
       }
-      const startEpoch = epoch;
       if (verdict === "refresh" && now) {
-        return flight.run("refresh", () => doRefresh(now, startEpoch));
+        return fly("refresh", (startEpoch) => doRefresh(now, startEpoch));
       }
-      return flight.run("login", () => doLogin(startEpoch));
+      return fly("login", doLogin);
     }
   }
 
@@ -345,14 +463,15 @@ export function createClient(options: ClientOptions): WeauthClient {
     }
     let pair = current();
     if (!pair) {
-      pair = await renew(null, "relogin");
+      pair = await renew(null, "relogin", logins);
     }
+    const loginsBefore = logins;
     const first = answer<T>(await sendWithToken(options, target.url, pair));
     const verdict = classify(first.statusCode, first.data, first.header);
     if (verdict === "done") {
       return first;
     }
-    const fresh = await renew(pair, verdict);
+    const fresh = await renew(pair, verdict, loginsBefore);
     return answer<T>(await sendWithToken(options, target.url, fresh));
   }
 
@@ -382,13 +501,14 @@ export function createClient(options: ClientOptions): WeauthClient {
     request,
 
     async logout() {
-      const pair = current();
+      const pair = reload();
       epoch++;
       store(null);
       if (pair) {
         // Best effort: the tokens are gone from the device whatever the answer; a session the
-        // issuer could not be told about ends when its refresh token expires.
-        await postJson("/v1/logout", {}, pair.accessToken);
+        // issuer could not be told about ends when its refresh token expires. A refresh or
+        // login in flight ends the session it gets itself.
+        await endSession(pair);
       }
     },
 

@@ -343,6 +343,112 @@ test("logout_during_refresh_refreshed_tokens_not_stored", async () => {
   assert.equal((err as WeauthError).code, "logged_out");
   assert.equal(wx.storage.has("weauth.tokens"), false);
   assert.equal(client.isLoggedIn(), false);
+  assert.equal(issuer.revokedSessions.size, 1, "the session ends at the issuer");
+});
+
+test("logout_after_the_access_token_expired_still_ends_the_session", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  // The app idle past the access token's lifetime: the logout's bearer is refused (401).
+  issuer.expireAccessTokens();
+  await client.logout();
+  assert.equal(issuer.revokedSessions.size, 1, "the session must end at the issuer");
+  assert.equal(wx.count("/v1/logout"), 2, "refused once, then sent with a renewed token");
+  assert.equal(issuer.reuses, 0);
+  assert.equal(client.isLoggedIn(), false);
+});
+
+test("logout_during_a_login_ends_the_session_that_login_got", async () => {
+  const { issuer, wx, client } = setup();
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  wx.hold = (req) => (req.path === "/v1/login" ? gate : undefined);
+  const launch = client.login().then(
+    () => "ok",
+    (e: unknown) => (e as WeauthError).code,
+  );
+  while (wx.count("/v1/login") === 0) {
+    await tick();
+  }
+  await client.logout();
+  release();
+  assert.equal(await launch, "logged_out");
+  assert.equal(issuer.logins, 1);
+  assert.equal(issuer.revokedSessions.size, 1, "the session the login got must end too");
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+});
+
+test("login_after_logout_does_not_join_the_login_from_before_it", async () => {
+  const { wx, client } = setup();
+  const launch = client.login().catch((e: unknown) => e); // App.onLaunch's silent login
+  await client.logout(); // the user taps "log out" before it finished
+  const again = await client.login().then(
+    () => "ok",
+    (e: unknown) => (e as WeauthError).code,
+  );
+  await launch;
+  assert.equal(again, "ok");
+  assert.equal(client.isLoggedIn(), true);
+  assert.equal(wx.wxLogins, 2);
+});
+
+test("two_clients_on_one_storage_never_present_a_rotated_refresh_token", async () => {
+  // E.g. a copy of the package in an independent sub-package, on the same storage key.
+  const { issuer, wx, client: a } = setup();
+  const b = createClient({ baseUrl: BASE, wx, sleep: async () => tick(), random: () => 0.5 });
+  await a.login();
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200); // b reads the tokens
+  issuer.expireAccessTokens();
+  assert.equal((await a.request({ url: "/api/x" })).statusCode, 200); // a rotates and stores
+  issuer.expireAccessTokens();
+  // b's tokens in memory are a's old ones: it must take the stored pair, not reuse its own.
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(issuer.reuses, 0, "b presented the refresh token a had rotated");
+  assert.equal(issuer.revokedSessions.size, 0);
+  assert.equal(issuer.logins, 1);
+});
+
+test("refresh_waits_at_most_5s_for_its_answer_well_within_the_reuse_grace", async () => {
+  const { issuer, wx, client } = setup();
+  const timeouts: Array<number | undefined> = [];
+  const request = wx.request.bind(wx);
+  wx.request = (option: WechatMiniprogram.RequestOption) => {
+    if (option.url.endsWith("/v1/token/refresh")) {
+      timeouts.push(option.timeout);
+    }
+    request(option);
+  };
+  await client.login();
+  issuer.expireAccessTokens();
+  await client.request({ url: "/api/x" });
+  // Without it wx.request waits networkTimeout.request (60 s) for a lost answer, and the
+  // retry comes after the issuer's 10 s grace: read as theft, the session is revoked.
+  assert.deepEqual(timeouts, [5000]);
+});
+
+test("relogin_answer_is_not_satisfied_by_a_refresh_of_the_same_session", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  let first = true;
+  wx.faults.push((req) => {
+    if (req.path === "/v1/me/decrypt" && first) {
+      first = false;
+      return { statusCode: 400, data: { error: "session_key_mismatch", relogin: true } };
+    }
+    return undefined;
+  });
+  wx.hold = (req) =>
+    req.path === "/v1/me/decrypt" && wx.count("/v1/me/decrypt") === 1 ? gate : undefined;
+  const decrypt = client.request({ url: "/v1/me/decrypt", method: "POST", data: {} });
+  await tick();
+  // Meanwhile another request finds the access token expired and refreshes (same session).
+  issuer.expireAccessTokens();
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  release();
+  assert.equal((await decrypt).statusCode, 200);
+  assert.equal(wx.wxLogins, 2, "a relogin needs a new wx.login (a new session_key)");
 });
 
 test("getPhoneNumber_denied_detail_rejects_without_request", async () => {
