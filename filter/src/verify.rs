@@ -26,7 +26,8 @@ pub enum Extracted<'h> {
     Missing,
     /// The token, and the index of the source (in the configured order) it came from.
     Found { token: &'h str, source: usize },
-    /// The source header was sent more than once (RFC 6750 §2: one method, one token).
+    /// The source was sent more than once — a header, a cookie, a query parameter (RFC 6750
+    /// §2: one method, one token).
     Ambiguous,
 }
 
@@ -55,23 +56,40 @@ pub fn extract_token<'h>(
                 }
                 first.and_then(|value| strip_prefix_ignore_case(value.trim(), prefix))
             }
-            TokenSource::Cookie(name) => headers
-                .iter()
-                .filter(|header| header.name().eq_ignore_ascii_case("cookie"))
-                .flat_map(|header| header.value().split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.trim_matches('"')),
-            TokenSource::Query(name) => path
-                .split_once('?')
-                .map(|(_, query)| query.split_once('#').map_or(query, |(q, _)| q))
-                .and_then(|query| {
-                    query
-                        .split('&')
-                        .filter_map(|pair| pair.split_once('='))
-                        .find(|(key, _)| key == name)
-                        .map(|(_, value)| value)
-                }),
+            // Twice: a cookie planted from a sibling host (`Domain=` the parent, a longer
+            // `Path`, so browsers send it first) beside the user's own — taking either would
+            // let a planted token act for the user. Refused as a repeated header is.
+            TokenSource::Cookie(name) => {
+                let mut values = headers
+                    .iter()
+                    .filter(|header| header.name().eq_ignore_ascii_case("cookie"))
+                    .flat_map(|header| header.value().split(';'))
+                    .filter_map(|pair| pair.trim().split_once('='))
+                    .filter(|(key, _)| key == name)
+                    .map(|(_, value)| value.trim_matches('"'));
+                let first = values.next();
+                if values.next().is_some() {
+                    return Extracted::Ambiguous;
+                }
+                first
+            }
+            // Twice: as for a cookie.
+            TokenSource::Query(name) => {
+                let query = path
+                    .split_once('?')
+                    .map(|(_, query)| query.split_once('#').map_or(query, |(q, _)| q));
+                let mut values = query
+                    .into_iter()
+                    .flat_map(|query| query.split('&'))
+                    .filter_map(|pair| pair.split_once('='))
+                    .filter(|(key, _)| key == name)
+                    .map(|(_, value)| value);
+                let first = values.next();
+                if values.next().is_some() {
+                    return Extracted::Ambiguous;
+                }
+                first
+            }
         };
         if let Some(token) = found {
             return Extracted::Found {
@@ -983,6 +1001,34 @@ mod tests {
                 source: 1
             }
         );
+    }
+
+    #[test]
+    fn extract_cookie_twice_ambiguous() {
+        // A token planted from a sibling host (sent first) beside the user's own; in one
+        // header or in two (HTTP/2 may split the cookie header).
+        for h in [
+            headers(&[("cookie", "weauth_at=planted; a=1; weauth_at=own")]),
+            headers(&[("cookie", "weauth_at=planted"), ("cookie", "weauth_at=own")]),
+        ] {
+            assert_eq!(extract_token(&sources(), &h, "/"), Extracted::Ambiguous);
+        }
+        // Another cookie whose name merely contains it is not a second one.
+        let h = headers(&[("cookie", "xweauth_at=other; weauth_at=own")]);
+        assert_eq!(
+            extract_token(&sources(), &h, "/"),
+            Extracted::Found {
+                token: "own",
+                source: 1
+            }
+        );
+    }
+
+    #[test]
+    fn extract_query_twice_ambiguous() {
+        let h = headers(&[]);
+        let got = extract_token(&sources(), &h, "/api/x?access_token=a&access_token=b");
+        assert_eq!(got, Extracted::Ambiguous);
     }
 
     #[test]

@@ -940,6 +940,33 @@ async fn cookie_csrf_refused_at_edge_legitimate_requests_pass() {
         log.contains("rules[0] (prefix /api/hooks/) turns the CSRF rule off"),
         "the csrf: false rule is said at load"
     );
+    // Cookie tossing: a sibling host plants its own user's token (`Domain=` the parent and a
+    // longer `Path`, so the browser sends it first) beside this user's. Taking either would
+    // let the planted one act for this user (the CSRF rule passes a same-origin request):
+    // refused as ambiguous, as a repeated Authorization header is, and nothing upstream.
+    let planted = stack.login("mallory").await.unwrap().access_token;
+    let before = stack.upstream.requests();
+    let resp = http
+        .post(format!("{site}/api/transfer"))
+        .header(
+            "cookie",
+            format!("weauth_at={planted}; theme=dark; weauth_at={token}"),
+        )
+        .header("sec-fetch-site", "same-origin")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("to=mallory&amount=100")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 400, "two weauth_at cookies: {body}");
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    assert_eq!(
+        stack.upstream.requests(),
+        before,
+        "nothing reached the upstream"
+    );
 }
 
 /// Identity headers the configuration does not set are still the filter's: with
