@@ -419,6 +419,45 @@ async fn callback_state_missing_malformed_forged_used_or_other_browser_400_nothi
     assert_eq!(stack.count("sessions"), 1);
 }
 
+/// Two tabs: the second authorize replaces the first's binding cookie, so the first tab's
+/// callback is refused (WEB-LOGIN.md) — and leaves the cookie to the second tab's login, which
+/// completes. The refusal used to delete it, failing both; so could any cross-site link to the
+/// callback with a made-up state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_tabs_refused_callback_leaves_the_second_tabs_login_alone() {
+    let stack = start(&[]).await;
+    let first = start_login(&stack, &oa().appid, BACK, None).await;
+    let second = start_login(&stack, &oa().appid, BACK, None).await;
+    let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
+    // The browser holds the second tab's cookie only.
+    let (status, body, headers) =
+        callback(&stack, Some(&code), &first.state, Some(&second.binding)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        !set_cookies(&headers).contains_key("weauth_oauth"),
+        "the refusal must not touch the second tab's binding cookie: {headers:?}"
+    );
+    let (status, _, headers) = callback(
+        &stack,
+        Some(&code),
+        "Forged0123456789abcdefABCDEF0123",
+        Some(&second.binding),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(!set_cookies(&headers).contains_key("weauth_oauth"));
+    let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
+    let (status, body, headers) =
+        callback(&stack, Some(&code), &second.state, Some(&second.binding)).await;
+    assert_eq!(status, 302, "{body}");
+    let cookies = set_cookies(&headers);
+    assert!(cookies.contains_key("weauth_at"));
+    assert!(
+        cookies["weauth_oauth"].contains("Max-Age=0"),
+        "used: cleared"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callback_without_code_is_refused_consent_400() {
     let stack = start(&[]).await;

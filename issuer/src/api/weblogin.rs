@@ -114,31 +114,35 @@ pub async fn authorize(
     Ok(response)
 }
 
-/// `GET /v1/web/callback?code=&state=`. Every failure is a JSON 400/403 (never a redirect),
-/// and the state cookie goes.
+/// `GET /v1/web/callback?code=&state=`. Every failure is a JSON 400/403 (never a redirect).
+/// The state cookie goes once it has been matched to the state, whatever follows; a callback
+/// refused before (no state, a state unknown or of another login) leaves it to the login it
+/// belongs to — another tab's, which would otherwise fail too.
 pub async fn callback(State(app): State<Arc<App>>, now: Now, uri: Uri, headers: HeaderMap) -> Resp {
-    match complete(&app, &uri, &headers, now.secs()).await {
+    let now = now.secs();
+    let bound = match bind(&app, &uri, &headers, now).await {
+        Ok(bound) => bound,
+        Err(err) => return err.response(),
+    };
+    let mut response = match complete(&app, bound, now).await {
         Ok(response) => response,
-        Err(err) => {
-            let mut response = err.response();
-            set_cookies(
-                &mut response,
-                &[web::state_cookie("", 0, app.config.cookie_secure)],
-            );
-            response
-        }
-    }
+        Err(err) => err.response(),
+    };
+    set_cookies(
+        &mut response,
+        &[web::state_cookie("", 0, app.config.cookie_secure)],
+    );
+    response
 }
 
-/// Takes the state once, checks the browser binding, exchanges the code (the login-method
-/// boundary), establishes the session and redirects to the app's redirect URI with the
-/// session cookies.
-async fn complete(
-    app: &Arc<App>,
-    uri: &Uri,
-    headers: &HeaderMap,
-    now: i64,
-) -> Result<Resp, ApiError> {
+/// A callback whose state was taken and matched this browser's binding cookie.
+struct Bound {
+    pending: web::PendingLogin,
+    code: Option<String>,
+}
+
+/// Takes the state once and checks the browser binding.
+async fn bind(app: &Arc<App>, uri: &Uri, headers: &HeaderMap, now: i64) -> Result<Bound, ApiError> {
     let query = query_pairs(uri);
     let state = query_param(&query, "state")?
         .filter(|s| !s.is_empty())
@@ -157,6 +161,13 @@ async fn complete(
         app.metrics.login("web_state_refused");
         web_error(err)
     })?;
+    Ok(Bound { pending, code })
+}
+
+/// Exchanges the code (the login-method boundary), establishes the session and redirects to
+/// the app's redirect URI with the session cookies.
+async fn complete(app: &Arc<App>, bound: Bound, now: i64) -> Result<Resp, ApiError> {
+    let Bound { pending, code } = bound;
     let code = match code.filter(|c| !c.is_empty()) {
         Some(code) => code,
         None => {
@@ -193,8 +204,6 @@ async fn complete(
         }
     };
     let mut response = redirect(&pending.redirect_uri)?;
-    let secure = app.config.cookie_secure;
-    set_session_cookies(&mut response, &tokens, secure);
-    set_cookies(&mut response, &[web::state_cookie("", 0, secure)]);
+    set_session_cookies(&mut response, &tokens, app.config.cookie_secure);
     Ok(response)
 }
