@@ -458,6 +458,34 @@ async fn first_tabs_refused_callback_leaves_the_second_tabs_login_alone() {
     );
 }
 
+/// The login rate limit keeps one bucket per IPv6 /64 (one host's or subscriber's prefix):
+/// cycling through the addresses of one's own /64 used to get a fresh bucket for each (and a
+/// pending login stored per call on `/v1/web/authorize`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_rate_limit_one_bucket_per_ipv6_64() {
+    let stack = start(&[
+        ("WEAUTH_LOGIN_RATE", "1"),
+        ("WEAUTH_LOGIN_BURST", "1"),
+        ("WEAUTH_TRUSTED_PROXIES", "127.0.0.1/32,::1/128"),
+    ])
+    .await;
+    let authorize = |client: String| {
+        let request = stack
+            .http
+            .get(stack.url("/v1/web/authorize"))
+            .query(&[("appid", oa().appid.as_str()), ("redirect_uri", BACK)])
+            .header("x-forwarded-for", client);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let mut statuses = Vec::new();
+    for i in 1..=4 {
+        statuses.push(authorize(format!("2001:db8:1:2::{i:x}")).await);
+    }
+    assert_eq!(statuses, vec![302, 429, 429, 429], "one /64, one client");
+    // Another /64 is another client.
+    assert_eq!(authorize("2001:db8:1:3::1".into()).await, 302);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callback_without_code_is_refused_consent_400() {
     let stack = start(&[]).await;

@@ -250,7 +250,7 @@ async fn check_rate(
     headers: &HeaderMap,
     now: Now,
 ) -> Result<(), ApiError> {
-    let client = extract::client_ip(app, peer, headers);
+    let client = crate::domain::ratelimit::client_key(extract::client_ip(app, peer, headers));
     let allowed = app.limiter.take(client, now.ms as f64 / 1000.0).await;
     allowed.map_err(|retry| ApiError::RateLimited {
         retry_after: retry.0,

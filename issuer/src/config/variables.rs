@@ -197,7 +197,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_LOGIN_RATE",
         "60",
-        "logins per minute per client IP (0: off)",
+        "logins per minute per client IP (IPv6: per /64; 0: off)",
     ),
     var("WEAUTH_LOGIN_BURST", "20", "login burst allowance"),
     var(

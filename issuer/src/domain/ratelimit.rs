@@ -25,6 +25,22 @@ pub struct RateLimiter {
     buckets: HashMap<IpAddr, Bucket>,
 }
 
+/// The client a rate-limit bucket is kept for: an IPv4 address, or an IPv6 address's /64 — the
+/// prefix one host or subscriber line is given (RFC 6177), so cycling through the addresses
+/// of one's own /64 does not give a fresh bucket per address (nor, by filling the table,
+/// reset everyone else's). An IPv4-mapped IPv6 address is its IPv4 address.
+pub fn client_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 /// A refusal: retry after this many whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAfter(pub u64);
@@ -155,6 +171,18 @@ mod tests {
             limiter.check(addr, f64::from(i) * 0.001).unwrap();
         }
         assert!(limiter.tracked() <= 16);
+    }
+
+    #[test]
+    fn client_key_is_an_ipv6_address_s_64() {
+        assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_key(ip("2001:db8:1:2::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(client_key(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
     }
 
     #[test]
