@@ -486,6 +486,36 @@ async fn login_rate_limit_one_bucket_per_ipv6_64() {
     assert_eq!(authorize("2001:db8:1:3::1".into()).await, 302);
 }
 
+/// `X-Forwarded-For` in two lines — the client's own, then the line a trusted proxy appended
+/// for the hop it saw — is read as one list (RFC 9110 §5.3): the client is the proxy's hop,
+/// whatever the client wrote. Only the first line was read, so a client varying its own line
+/// escaped the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_lines_read_as_one_list() {
+    let stack = start(&[
+        ("WEAUTH_LOGIN_RATE", "1"),
+        ("WEAUTH_LOGIN_BURST", "1"),
+        ("WEAUTH_TRUSTED_PROXIES", "127.0.0.1/32,::1/128"),
+    ])
+    .await;
+    let mut statuses = Vec::new();
+    for i in 1..=3 {
+        let status = stack
+            .http
+            .get(stack.url("/v1/web/authorize"))
+            .query(&[("appid", oa().appid.as_str()), ("redirect_uri", BACK)])
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        statuses.push(status);
+    }
+    assert_eq!(statuses, vec![302, 429, 429], "one client: 203.0.113.9");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callback_without_code_is_refused_consent_400() {
     let stack = start(&[]).await;

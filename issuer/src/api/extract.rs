@@ -198,12 +198,24 @@ pub fn check_csrf(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// The real client's address: the trusted `X-Forwarded-For` hop behind Envoy
-/// (`WEAUTH_TRUSTED_PROXIES`), else the peer.
+/// (`WEAUTH_TRUSTED_PROXIES`), else the peer. Every `X-Forwarded-For` line counts, in order
+/// (RFC 9110 §5.3: the same as one line joined with commas): a proxy that appends its hop as
+/// a line of its own after the client's must not leave the client's line to be read alone.
 pub fn client_ip(app: &App, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    let forwarded = header_str(
-        headers,
-        hyper::header::HeaderName::from_static("x-forwarded-for"),
-    );
+    let lines: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    let joined;
+    let forwarded = match lines.as_slice() {
+        [] => None,
+        [one] => Some(*one),
+        many => {
+            joined = many.join(",");
+            Some(joined.as_str())
+        }
+    };
     ratelimit::client_ip(peer.ip(), forwarded, &app.config.trusted_proxies)
 }
 
