@@ -145,9 +145,14 @@ pub fn scope_for(kind: AppKind, requested: Option<&str>) -> Result<&'static str,
     }
 }
 
-/// Whether the web login reads `sns/userinfo` (profile and unionid) for this scope.
+/// Whether the web login reads `sns/userinfo` (profile and unionid) for the `scope` WeChat's
+/// token answer names. WeChat documents that field as comma-separated and has been seen to
+/// answer `snsapi_userinfo,` (a trailing comma): read as a list.
 pub fn reads_userinfo(scope: &str) -> bool {
-    scope == "snsapi_userinfo" || scope == "snsapi_login"
+    scope
+        .split(',')
+        .map(str::trim)
+        .any(|one| one == "snsapi_userinfo" || one == "snsapi_login")
 }
 
 fn encode_component(value: &str) -> String {
@@ -524,6 +529,21 @@ mod tests {
             rt.starts_with("weauth_rt=; Path=/v1/token/refresh; Max-Age=0"),
             "{rt}"
         );
+    }
+
+    #[test]
+    fn userinfo_read_for_a_scope_list_with_it() {
+        for scope in [
+            "snsapi_userinfo",
+            "snsapi_login",
+            "snsapi_userinfo,",
+            "snsapi_base,snsapi_userinfo",
+        ] {
+            assert!(reads_userinfo(scope), "{scope}");
+        }
+        for scope in ["snsapi_base", "", "snsapi_userinfox", "snsapi_base,"] {
+            assert!(!reads_userinfo(scope), "{scope}");
+        }
     }
 
     #[test]
