@@ -21,6 +21,9 @@ const BACK: &str = "https://h5.example.com/after-login";
 const WEB_BACK: &str = "https://www.example.com/";
 const H5_ORIGIN: &str = "https://h5.example.com";
 
+/// The browser-binding cookie of the tests' issuer, whose cookies are `Secure` (the default).
+const STATE_COOKIE: &str = "__Host-weauth_oauth";
+
 fn oa() -> MockApp {
     MockApp::official_account()
 }
@@ -141,7 +144,13 @@ async fn start_login(stack: &Stack, appid: &str, redirect: &str, scope: Option<&
         .1
         .into_owned();
     let cookies = set_cookies(&headers);
-    let binding = cookie_value(&cookies["weauth_oauth"]);
+    // Over plain http (`WEAUTH_COOKIE_SECURE=false`) it is `weauth_oauth`.
+    let binding = cookie_value(
+        cookies
+            .get(STATE_COOKIE)
+            .or_else(|| cookies.get("weauth_oauth"))
+            .unwrap(),
+    );
     Started {
         state,
         binding,
@@ -161,7 +170,11 @@ async fn callback(
     }
     let mut request = stack.http.get(stack.url("/v1/web/callback")).query(&query);
     if let Some(binding) = binding {
-        request = request.header("cookie", format!("weauth_oauth={binding}"));
+        // Under both names: the issuer reads the one its `WEAUTH_COOKIE_SECURE` gives.
+        request = request.header(
+            "cookie",
+            format!("{STATE_COOKIE}={binding}; weauth_oauth={binding}"),
+        );
     }
     split(request.send().await.unwrap()).await
 }
@@ -204,8 +217,11 @@ async fn authorize_official_account_redirects_to_wechat_with_state_and_binding_c
     assert_ne!(started.binding, started.state);
     let (_, _, headers) =
         authorize(&stack, &[("appid", &oa().appid), ("redirect_uri", BACK)]).await;
-    let cookie = &set_cookies(&headers)["weauth_oauth"];
-    assert!(cookie.contains("Path=/v1/web/callback"), "{cookie}");
+    // `__Host-`: only this host can set it (no cookie tossing from a sibling host), which
+    // needs `Path=/`, `Secure` and no `Domain`.
+    let cookie = &set_cookies(&headers)[STATE_COOKIE];
+    assert!(cookie.contains("; Path=/;"), "{cookie}");
+    assert!(!cookie.to_ascii_lowercase().contains("domain="), "{cookie}");
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("Secure") && cookie.contains("SameSite=Lax"),
         "{cookie}"
@@ -330,7 +346,7 @@ async fn callback_sets_session_cookies_and_redirects_to_the_app() {
         "{rt}"
     );
     assert!(
-        cookies["weauth_oauth"].contains("Max-Age=0"),
+        cookies[STATE_COOKIE].contains("Max-Age=0"),
         "the state cookie is cleared"
     );
     let claims = payload(&access_of(&cookies));
@@ -419,6 +435,34 @@ async fn callback_state_missing_malformed_forged_used_or_other_browser_400_nothi
     assert_eq!(stack.count("sessions"), 1);
 }
 
+/// With `Secure` cookies the binding is read only as `__Host-weauth_oauth`, which a browser
+/// takes only from this host: the same value under the plain name — all a sibling host can
+/// plant (`Domain=` the parent) — is another browser's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_under_a_name_a_sibling_host_can_set_is_not_read() {
+    let stack = start(&[]).await;
+    let started = start_login(&stack, &oa().appid, BACK, None).await;
+    let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
+    let response = stack
+        .http
+        .get(stack.url("/v1/web/callback"))
+        .query(&[("state", started.state.as_str()), ("code", code.as_str())])
+        .header("cookie", format!("weauth_oauth={}", started.binding))
+        .send()
+        .await
+        .unwrap();
+    let (status, body, _) = split(response).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("another browser"),
+        "{body}"
+    );
+    assert_eq!(stack.count("sessions"), 0);
+}
+
 /// Two tabs: the second authorize replaces the first's binding cookie, so the first tab's
 /// callback is refused (WEB-LOGIN.md) — and leaves the cookie to the second tab's login, which
 /// completes. The refusal used to delete it, failing both; so could any cross-site link to the
@@ -434,7 +478,7 @@ async fn first_tabs_refused_callback_leaves_the_second_tabs_login_alone() {
         callback(&stack, Some(&code), &first.state, Some(&second.binding)).await;
     assert_eq!(status, 400, "{body}");
     assert!(
-        !set_cookies(&headers).contains_key("weauth_oauth"),
+        !set_cookies(&headers).contains_key(STATE_COOKIE),
         "the refusal must not touch the second tab's binding cookie: {headers:?}"
     );
     let (status, _, headers) = callback(
@@ -445,17 +489,14 @@ async fn first_tabs_refused_callback_leaves_the_second_tabs_login_alone() {
     )
     .await;
     assert_eq!(status, 400);
-    assert!(!set_cookies(&headers).contains_key("weauth_oauth"));
+    assert!(!set_cookies(&headers).contains_key(STATE_COOKIE));
     let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
     let (status, body, headers) =
         callback(&stack, Some(&code), &second.state, Some(&second.binding)).await;
     assert_eq!(status, 302, "{body}");
     let cookies = set_cookies(&headers);
     assert!(cookies.contains_key("weauth_at"));
-    assert!(
-        cookies["weauth_oauth"].contains("Max-Age=0"),
-        "used: cleared"
-    );
+    assert!(cookies[STATE_COOKIE].contains("Max-Age=0"), "used: cleared");
 }
 
 /// The login rate limit keeps one bucket per IPv6 /64 (one host's or subscriber's prefix):

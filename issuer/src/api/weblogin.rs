@@ -151,7 +151,8 @@ async fn bind(app: &Arc<App>, uri: &Uri, headers: &HeaderMap, now: i64) -> Resul
     if !web::valid_state_format(&state) {
         return Err(web_error(WebError::StateMalformed));
     }
-    let binding = cookie(headers, web::STATE_COOKIE)?.map(str::to_string);
+    let name = web::state_cookie_name(app.config.cookie_secure);
+    let binding = cookie(headers, name)?.map(str::to_string);
     let taken = app
         .store
         .take_ephemeral(&web::state_key(&state), now)

@@ -6,8 +6,10 @@
 //! - **state**: 32 characters of `[A-Za-z0-9]` (≈190 random bits; WeChat allows ≤ 128 bytes of
 //!   that alphabet). It is kept server-side for [`STATE_TTL`] (10 minutes) under its SHA-256
 //!   ([`state_key`]), with the app, the redirect URI, the scope and the hash of a browser
-//!   binding: a second random value (256 bits) set as the `weauth_oauth` cookie on the
-//!   authorize response (`HttpOnly; SameSite=Lax; Path=/v1/web/callback; Max-Age=600`). The
+//!   binding: a second random value (256 bits) set as a cookie on the authorize response
+//!   (`HttpOnly; SameSite=Lax; Max-Age=600`): `__Host-weauth_oauth` (`Path=/`, which the
+//!   prefix requires) when cookies are `Secure`, so that no sibling host can plant one;
+//!   `weauth_oauth` (`Path=/v1/web/callback`) over plain http for development. The
 //!   callback takes the state once (a replay finds nothing) and requires the cookie to match
 //!   ([`check_callback`]), so a state or code captured from a URL cannot be completed in
 //!   another browser (login CSRF). One login at a time per browser: a second authorize
@@ -35,8 +37,13 @@ use crate::secrets::sha256_hex;
 pub const STATE_TTL: i64 = 600;
 /// Length of a state: 32 characters of `[A-Za-z0-9]`.
 pub const STATE_LEN: usize = 32;
-/// The browser-binding cookie of a pending web login.
+/// The browser-binding cookie of a pending web login, over plain http (development).
 pub const STATE_COOKIE: &str = "weauth_oauth";
+/// The same cookie when cookies are `Secure` (production): with the `__Host-` prefix a browser
+/// takes it only from this very host with `Path=/` and no `Domain`, so a sibling host cannot
+/// plant its own binding (cookie tossing) and walk the browser through a callback of the
+/// attacker's login — which would log the user in as the attacker.
+pub const STATE_COOKIE_HOST: &str = "__Host-weauth_oauth";
 /// The access-token cookie.
 pub const ACCESS_COOKIE: &str = "weauth_at";
 /// The refresh-token cookie.
@@ -271,12 +278,22 @@ pub fn clear_session_cookies(secure: bool) -> [String; 2] {
     ]
 }
 
-/// The browser-binding cookie of a pending login (`binding` empty and `max_age` 0 deletes it).
+/// The name of the browser-binding cookie: [`STATE_COOKIE_HOST`] when cookies are `Secure`.
+pub fn state_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        STATE_COOKIE_HOST
+    } else {
+        STATE_COOKIE
+    }
+}
+
+/// The browser-binding cookie of a pending login (`binding` empty and `max_age` 0 deletes it):
+/// scoped to the callback, or, `Secure`, `__Host-` with the `Path=/` the prefix requires.
 pub fn state_cookie(binding: &str, max_age: i64, secure: bool) -> String {
     set_cookie(
-        STATE_COOKIE,
+        state_cookie_name(secure),
         binding,
-        CALLBACK_PATH,
+        if secure { "/" } else { CALLBACK_PATH },
         SameSite::Lax,
         max_age,
         secure,
@@ -547,10 +564,14 @@ mod tests {
     }
 
     #[test]
-    fn state_cookie_scoped_to_callback() {
+    fn state_cookie_host_only_when_secure_else_scoped_to_callback() {
         assert_eq!(
             state_cookie("B", 600, true),
-            "weauth_oauth=B; Path=/v1/web/callback; Max-Age=600; HttpOnly; Secure; SameSite=Lax"
+            "__Host-weauth_oauth=B; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=Lax"
+        );
+        assert_eq!(
+            state_cookie("B", 600, false),
+            "weauth_oauth=B; Path=/v1/web/callback; Max-Age=600; HttpOnly; SameSite=Lax"
         );
     }
 
