@@ -499,32 +499,45 @@ async fn first_tabs_refused_callback_leaves_the_second_tabs_login_alone() {
     assert!(cookies[STATE_COOKIE].contains("Max-Age=0"), "used: cleared");
 }
 
+/// An issuer behind a trusted proxy on loopback, allowing one login per minute per client.
+async fn one_login_a_minute_behind_a_proxy() -> Stack {
+    start(&[
+        ("WEAUTH_LOGIN_RATE", "1"),
+        ("WEAUTH_LOGIN_BURST", "1"),
+        ("WEAUTH_TRUSTED_PROXIES", "127.0.0.1/32,::1/128"),
+    ])
+    .await
+}
+
+/// `/v1/web/authorize`'s status for a request whose `X-Forwarded-For` has these lines.
+async fn authorize_forwarded_for(stack: &Stack, lines: &[&str]) -> u16 {
+    let mut request = stack
+        .http
+        .get(stack.url("/v1/web/authorize"))
+        .query(&[("appid", oa().appid.as_str()), ("redirect_uri", BACK)]);
+    for line in lines {
+        request = request.header("x-forwarded-for", *line);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
 /// The login rate limit keeps one bucket per IPv6 /64 (one host's or subscriber's prefix):
 /// cycling through the addresses of one's own /64 used to get a fresh bucket for each (and a
 /// pending login stored per call on `/v1/web/authorize`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_rate_limit_one_bucket_per_ipv6_64() {
-    let stack = start(&[
-        ("WEAUTH_LOGIN_RATE", "1"),
-        ("WEAUTH_LOGIN_BURST", "1"),
-        ("WEAUTH_TRUSTED_PROXIES", "127.0.0.1/32,::1/128"),
-    ])
-    .await;
-    let authorize = |client: String| {
-        let request = stack
-            .http
-            .get(stack.url("/v1/web/authorize"))
-            .query(&[("appid", oa().appid.as_str()), ("redirect_uri", BACK)])
-            .header("x-forwarded-for", client);
-        async move { request.send().await.unwrap().status().as_u16() }
-    };
+    let stack = one_login_a_minute_behind_a_proxy().await;
     let mut statuses = Vec::new();
     for i in 1..=4 {
-        statuses.push(authorize(format!("2001:db8:1:2::{i:x}")).await);
+        let client = format!("2001:db8:1:2::{i:x}");
+        statuses.push(authorize_forwarded_for(&stack, &[&client]).await);
     }
     assert_eq!(statuses, vec![302, 429, 429, 429], "one /64, one client");
     // Another /64 is another client.
-    assert_eq!(authorize("2001:db8:1:3::1".into()).await, 302);
+    assert_eq!(
+        authorize_forwarded_for(&stack, &["2001:db8:1:3::1"]).await,
+        302
+    );
 }
 
 /// `X-Forwarded-For` in two lines — the client's own, then the line a trusted proxy appended
@@ -533,26 +546,11 @@ async fn login_rate_limit_one_bucket_per_ipv6_64() {
 /// escaped the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_lines_read_as_one_list() {
-    let stack = start(&[
-        ("WEAUTH_LOGIN_RATE", "1"),
-        ("WEAUTH_LOGIN_BURST", "1"),
-        ("WEAUTH_TRUSTED_PROXIES", "127.0.0.1/32,::1/128"),
-    ])
-    .await;
+    let stack = one_login_a_minute_behind_a_proxy().await;
     let mut statuses = Vec::new();
     for i in 1..=3 {
-        let status = stack
-            .http
-            .get(stack.url("/v1/web/authorize"))
-            .query(&[("appid", oa().appid.as_str()), ("redirect_uri", BACK)])
-            .header("x-forwarded-for", format!("198.51.100.{i}"))
-            .header("x-forwarded-for", "203.0.113.9")
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        statuses.push(status);
+        let own = format!("198.51.100.{i}");
+        statuses.push(authorize_forwarded_for(&stack, &[&own, "203.0.113.9"]).await);
     }
     assert_eq!(statuses, vec![302, 429, 429], "one client: 203.0.113.9");
 }
