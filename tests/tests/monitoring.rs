@@ -37,6 +37,30 @@ fn alert_rules() -> Vec<Value> {
         .collect()
 }
 
+/// The issuer's readiness in deploy/kubernetes/issuer.yaml does not follow the store, which
+/// every replica shares: `/readyz` (the store reachable) as the readiness probe took every
+/// replica out of the mesh's endpoints during a store outage, and with them the revocation
+/// feed and the JWKS that a replica serves from memory — the sidecars' filters then refused
+/// every token once their set went stale (`stale_mode: deny`).
+#[test]
+fn issuer_readiness_does_not_follow_the_store() {
+    let path = workspace_root().join("deploy/kubernetes/issuer.yaml");
+    let text = read(&path);
+    let deployment = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("issuer.yaml parses"))
+        .find(|doc: &Value| doc["kind"] == "Deployment")
+        .expect("issuer.yaml has a Deployment");
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    let issuer = containers
+        .iter()
+        .find(|c| c["name"] == "issuer")
+        .expect("the issuer container");
+    let path = issuer["readinessProbe"]["httpGet"]["path"].as_str();
+    assert_eq!(path, Some("/healthz"), "readiness probe: {path:?}");
+}
+
 /// GitHub's anchor for a Markdown heading: lower case, spaces to `-`, punctuation dropped.
 fn anchor(heading: &str) -> String {
     heading
