@@ -568,10 +568,15 @@ fn publish_loaded(publish: &mut impl Publish, set: RevocationSet, last_ok_ms: u6
 #[derive(Debug, Default)]
 pub struct StaleWatch {
     was_stale: Option<bool>,
+    /// When this configuration first reported (its start).
+    since_ms: Option<u64>,
 }
 
 impl StaleWatch {
     /// Gauges `revocation_entries` and `revocation_age_seconds`, and one log line per change.
+    /// With no set yet the age counts from the configuration's start: an edge that never
+    /// reached the feed (a wrong credential, a cluster it cannot reach) reports its growing
+    /// age, which the staleness alerts see, not 0 — "fresh".
     pub fn observe(
         &mut self,
         feed: &RevocationConfig,
@@ -579,12 +584,14 @@ impl StaleWatch {
         report: &impl Report,
         now_ms: u64,
     ) {
+        let since_ms = *self.since_ms.get_or_insert(now_ms);
         let age_ms = published.map(|p| now_ms.saturating_sub(p.last_ok_ms));
         report.gauge(
             "revocation_entries",
             published.map_or(0, |p| p.entries as u64),
         );
-        report.gauge("revocation_age_seconds", age_ms.map_or(0, |age| age / 1000));
+        let reported_ms = age_ms.unwrap_or_else(|| now_ms.saturating_sub(since_ms));
+        report.gauge("revocation_age_seconds", reported_ms / 1000);
         let stale = age_ms.is_none_or(|age| age > feed.stale_after_seconds.saturating_mul(1000));
         if self.was_stale == Some(stale) {
             return;
@@ -1010,6 +1017,9 @@ mod tests {
         });
         watch.observe(&feed, None, &log, NOW);
         assert!(log.has("gauge revocation_entries 0"));
+        // Never reached: the age counts from the start, not 0.
+        watch.observe(&feed, None, &log, NOW + 90_000);
+        assert!(log.has("gauge revocation_age_seconds 90"));
         watch.observe(&feed, published, &log, NOW + 1_000);
         watch.observe(&feed, published, &log, NOW + 2_000);
         assert!(log.has("gauge revocation_entries 3"));
