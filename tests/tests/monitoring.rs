@@ -214,11 +214,11 @@ fn adapter_query() -> String {
     assert!(rule["seriesQuery"]
         .as_str()
         .unwrap()
-        .starts_with("weauth_http_requests_total{"));
+        .starts_with("weauth_http_request_duration_seconds_count{"));
     rule["metricsQuery"]
         .as_str()
         .unwrap()
-        .replace("<<.Series>>", "weauth_http_requests_total")
+        .replace("<<.Series>>", "weauth_http_request_duration_seconds_count")
         .replace("<<.LabelMatchers>>", "job=\"weauth-issuer\"")
         .replace("<<.GroupBy>>", "instance")
 }
