@@ -348,8 +348,9 @@ pub fn lease_step(current: Option<Lease>, me: u64, now_ms: u64, duration_ms: u64
     }
 }
 
-/// The lease VM `me` writes as its configuration goes (`proxy_on_done`): expired at once, so
-/// that a VM of a configuration left claims it on its next tick instead of waiting out the
+/// The lease VM `me` writes as its configuration goes (its root context dropped on
+/// `proxy_on_delete`): expired at once, so that a VM of a configuration left claims it on its
+/// next tick instead of waiting out the
 /// [`Lease::expires_ms`] of the last renewal. `None` when `me` does not hold it (nothing to
 /// hand on; someone else's lease is left alone).
 pub fn lease_release(current: Option<Lease>, me: u64) -> Option<Lease> {

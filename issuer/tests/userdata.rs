@@ -539,6 +539,25 @@ async fn phone_token_endpoint_refusal_502_without_wechat_errmsg() {
         assert!(description.contains(&errcode.to_string()), "{body}");
         assert!(!description.contains("203.0.113.7"), "{body}");
     }
+    // WeChat's rate limit on the token endpoint (45011, "retry next minute"): 429 with
+    // Retry-After 60, not a 502 (nor "503, retry in 1 s").
+    stack.mock.inject(
+        "stable_token",
+        Fault::Errcode {
+            errcode: 45011,
+            errmsg: mockwechat_errmsg(45011),
+        },
+        1,
+    );
+    let code = stack.mock.phone_code("judy", "13700000008");
+    let (status, body, headers) = stack
+        .post_auth("/v1/me/phone", &token, Some(json!({ "code": code })))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("60")
+    );
     let log = stack.issuer.log_text();
     assert!(
         log.lines()

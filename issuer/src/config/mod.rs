@@ -700,7 +700,20 @@ impl Config {
             usize::from(sentinel)
         };
         let redis_wait_timeout = errs.or(
-            src.duration("WEAUTH_REDIS_WAIT_TIMEOUT", Duration::from_millis(1)),
+            src.duration("WEAUTH_REDIS_WAIT_TIMEOUT", Duration::from_millis(1))
+                .and_then(|wait| {
+                    // Under the client's response timeout (3 s), or a WAIT that runs its course
+                    // would end as a failed command — every write behind it refused — rather
+                    // than as a shortfall.
+                    if wait >= Duration::from_millis(2500) {
+                        Err(bad(
+                            "WEAUTH_REDIS_WAIT_TIMEOUT",
+                            "must be under 2.5s (the Redis client gives up on a command after 3 s)",
+                        ))
+                    } else {
+                        Ok(wait)
+                    }
+                }),
             Duration::from_millis(500),
         );
         let redis_allow_eviction = match src.text("WEAUTH_REDIS_ALLOW_EVICTION").trim() {

@@ -245,6 +245,8 @@ fn config_bad_values_name_their_variable() {
         ("WEAUTH_ACCESS_TTL", "8d"),
         ("WEAUTH_LEEWAY", "1h"),
         ("WEAUTH_MAX_BODY", "10"),
+        // At the Redis client's 3 s response timeout a WAIT would end as a failed command.
+        ("WEAUTH_REDIS_WAIT_TIMEOUT", "3s"),
     ] {
         let err = load(&with(&[(var, value)])).unwrap_err();
         assert_eq!(err.vars(), [var], "{var}={value}: {err}");

@@ -59,7 +59,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_REDIS_WAIT_TIMEOUT",
         "500ms",
-        "the longest such WAIT",
+        "the longest such WAIT (under 2.5s)",
     ),
     var(
         "WEAUTH_REDIS_ALLOW_EVICTION",

@@ -314,20 +314,28 @@ impl RedisStore {
             })
             .await;
         let short = matches!(acked, Ok(n) if n < replicas);
-        if short {
-            // Before the writes queued behind this WAIT decide whether to send the next one.
+        if short || acked.is_err() {
+            // Before the writes queued behind this WAIT decide whether to send the next one
+            // (a replica gone: the next writes skip the WAIT rather than fail on it too).
             self.reread_replication().await;
         }
+        // A reconnect that began before the WAIT picked its connection shows by now: such a
+        // WAIT confirms nothing (`u64::MAX`: no write's epoch).
+        let confirmed_in = if self.link_epoch() == sent_in {
+            sent_in
+        } else {
+            u64::MAX
+        };
         self.inner.waits.done.send_modify(|finished| {
             *finished = WaitDone {
                 generation,
                 acked: acked.as_ref().ok().copied(),
                 target: replicas,
-                epoch: sent_in,
+                epoch: confirmed_in,
             }
         });
         drop(lead);
-        let ours = sent_in == epoch;
+        let ours = confirmed_in == epoch;
         match acked {
             Ok(n) if short => {
                 if ours {

@@ -274,6 +274,17 @@ struct WaitState {
     in_flight: bool,
 }
 
+/// What MARK_SESSION did to one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Marked (or already marked, or not covered by the `sub` revocation's `issued_before`).
+    Done,
+    /// No such session.
+    Missing,
+    /// The reuse verdict's guard failed: the session is gone or already revoked.
+    GuardFailed,
+}
+
 /// How a `WAIT` ended.
 #[derive(Debug, Clone, Copy, Default)]
 struct WaitDone {
@@ -352,10 +363,11 @@ pub fn redis_err(err: RedisError) -> StoreError {
 /// reconnects by itself; a primary demoted under it answers READONLY): see
 /// [`Inner::link_epoch`].
 fn connection_lost(err: &RedisError) -> bool {
+    // Not a response timeout: the connection stays (a late answer is dropped), and counting
+    // it would fail every write in flight for one slow command.
     err.is_io_error()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
-        || err.is_timeout()
         || matches!(
             err.kind(),
             ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
@@ -835,11 +847,10 @@ impl RedisStore {
         let mut marked = HashSet::new();
         match kind {
             EntryKind::Sid => {
-                if !self
+                let mark = self
                     .mark_session(value, now, guard, None, Some(until))
-                    .await?
-                    && guard
-                {
+                    .await?;
+                if mark == Mark::GuardFailed {
                     return Ok(None);
                 }
             }
@@ -887,8 +898,28 @@ impl RedisStore {
     }
 
     /// Writes the `sid` entry a revocation cut short left pending on session `sid` (see
-    /// [`Self::revoke_entry`]), with the `until` it was to have.
-    async fn publish_pending(&self, sid: &str, until: i64, now: i64) -> Result<(), StoreError> {
+    /// [`Self::revoke_entry`]), with the `until` it was to have — unless the feed has it
+    /// already (`entry_known`, else read here): the note also shows during a revocation's
+    /// own short window between its entry and clearing the note, and readers then must not
+    /// add entries of their own.
+    async fn publish_pending(
+        &self,
+        sid: &str,
+        until: i64,
+        now: i64,
+        entry_known: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let exists = match entry_known {
+            Some(known) => known,
+            None => {
+                let key = self.key(&keys::revoked(EntryKind::Sid.name(), sid));
+                self.op(|mut conn| async move { conn.exists(key).await })
+                    .await?
+            }
+        };
+        if exists {
+            return Ok(());
+        }
         tracing::warn!(
             sid = %sid,
             "a revocation of this session was cut short before its entry reached the feed: publishing it now"
@@ -898,8 +929,8 @@ impl RedisStore {
             .map(|_| ())
     }
 
-    /// MARK_SESSION on one session: false when `guard` failed (the session is gone or
-    /// already revoked). `pending_until`: a `sid` revocation's, whose entry is written next.
+    /// MARK_SESSION on one session. `pending_until`: a `sid` revocation's, whose entry is
+    /// written next.
     async fn mark_session(
         &self,
         sid: &str,
@@ -907,7 +938,7 @@ impl RedisStore {
         guard: bool,
         issued_before: Option<i64>,
         pending_until: Option<i64>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Mark, StoreError> {
         let mut call = self.inner.scripts.mark_session.prepare_invoke();
         let text = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
         call.key(self.session_key(sid))
@@ -916,7 +947,11 @@ impl RedisStore {
             .arg(text(issued_before))
             .arg(text(pending_until));
         let done: i64 = self.eval(&call).await?;
-        Ok(done == 1)
+        Ok(match done {
+            0 => Mark::GuardFailed,
+            2 => Mark::Missing,
+            _ => Mark::Done,
+        })
     }
 
     /// Marks the sessions of `sub` not in `marked` (which it extends), concurrently.
@@ -940,9 +975,15 @@ impl RedisStore {
             for sid in chunk {
                 marks.push(self.mark_session(sid, now, false, issued_before, None));
             }
-            futures_util::future::try_join_all(marks).await?;
+            let outcomes = futures_util::future::try_join_all(marks).await?;
+            // A session listed but not written yet (a login between its two scripts) is not
+            // marked: the second pass, after the entry, looks at it again.
+            for (sid, outcome) in chunk.iter().zip(outcomes) {
+                if outcome != Mark::Missing {
+                    marked.insert(sid.clone());
+                }
+            }
         }
-        marked.extend(fresh);
         Ok(())
     }
 

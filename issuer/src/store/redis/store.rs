@@ -278,7 +278,8 @@ impl Store for RedisStore {
             let row = match read {
                 Some((row, Some(until))) => {
                     // Its session's revocation was cut short: publish it before answering.
-                    self.publish_pending(&row.sid, until, rotate.now).await?;
+                    self.publish_pending(&row.sid, until, rotate.now, None)
+                        .await?;
                     Some(row)
                 }
                 Some((row, None)) => Some(row),
@@ -523,7 +524,8 @@ impl Store for RedisStore {
         ) = tokio::try_join!(feed, mark)?;
         if let (Some(until), Some(at)) = (pending, revoked_at) {
             // Its revocation was cut short: publish it before answering (see revoke_entry).
-            self.publish_pending(sid, until, at).await?;
+            self.publish_pending(sid, until, at, Some(sid_entry))
+                .await?;
             sid_entry = true;
         }
         Ok(RevocationFacts {

@@ -358,6 +358,16 @@ async fn redis_sid_revocation_cut_short_is_published_by_the_next_reader() {
 
     // Published once: later reads find nothing pending.
     store.revocation_facts("j", "s-c2", "u-c2").await.unwrap();
+    // A note left beside an entry that was written (a crash between the entry and clearing
+    // the note; or a revocation's own short window) adds no entry of a reader's.
+    let _: () = redis::cmd("HSET")
+        .arg("t:session:s-c2")
+        .arg("pending_until")
+        .arg(999)
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    store.revocation_facts("j", "s-c2", "u-c2").await.unwrap();
     store
         .rotate_refresh(&rotate_of("s-c1", "r-c1", "r-5", 42, 0))
         .await
@@ -366,6 +376,72 @@ async fn redis_sid_revocation_cut_short_is_published_by_the_next_reader() {
         .await
         .unwrap();
     assert_eq!(feed.entries.len(), 2, "{:?}", feed.entries);
+}
+
+/// A `sub` revocation's first pass can find a session listed in the user's set that a login
+/// has not written yet (its LOGIN half done, its OPEN_SESSION not); the login's own check
+/// after its commit can come before the revocation's entry. The second pass, after the entry,
+/// must then mark it — it skipped every listed session as marked, so the session lived on.
+/// The revocation's steps, in that order.
+#[tokio::test]
+async fn redis_sub_revocation_marks_a_session_opened_between_its_passes() {
+    use crate::store::contract::{login, rotate_of};
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    let mut side = side_connection(&redis).await;
+    let (sub, sid, now, issued_before) = ("u-c5", "s-c5", 50_i64, 61_i64);
+    // The login's first half: the sid listed in the user's set, the session not written.
+    let _: () = redis::cmd("SADD")
+        .arg(store.key(&keys::sub_sessions(sub)))
+        .arg(sid)
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    // The revocation's first pass: nothing to mark yet.
+    let mut marked = HashSet::new();
+    store
+        .mark_user_sessions(sub, 60, Some(issued_before), &mut marked)
+        .await
+        .unwrap();
+    // The login completes; its check finds no entry yet.
+    store.login(&login("c5", "o5", None, now)).await.unwrap();
+    let facts = store.revocation_facts("", sid, sub).await.unwrap();
+    assert!(!rules::is_revoked(&facts, now));
+    // The revocation's entry, then its second pass.
+    let keys = [
+        store.key(keys::SEQ),
+        store.key(keys::REV_ENTRIES),
+        store.key(keys::REV_BY_SEQ),
+        store.key(keys::REV_BY_UNTIL),
+        store.key(&keys::revoked("sub", sub)),
+        store.key(keys::SEQ_EPOCH),
+    ];
+    let mut call = store.inner.scripts.revoke.prepare_invoke();
+    for key in &keys {
+        call.key(key);
+    }
+    call.arg("sub")
+        .arg(sub)
+        .arg(issued_before.to_string())
+        .arg(2000)
+        .arg(store.channel())
+        .arg(SEQ_GAP);
+    let _: String = store.eval(&call).await.unwrap();
+    store
+        .mark_user_sessions(sub, 60, Some(issued_before), &mut marked)
+        .await
+        .unwrap();
+    // Created at 50, before issued_before 61: covered, so marked, so no refresh.
+    let session = store.session(sid).await.unwrap().unwrap();
+    assert!(
+        session.revoked_at.is_some(),
+        "the covered session was never marked"
+    );
+    let rotated = store
+        .rotate_refresh(&rotate_of(sid, "r-c5", "r-c5b", 70, 0))
+        .await
+        .unwrap();
+    assert!(matches!(rotated, RotateResult::Invalid(_)), "{rotated:?}");
 }
 
 /// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls

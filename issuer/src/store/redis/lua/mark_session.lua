@@ -6,11 +6,12 @@
 -- Marks the session revoked (idempotent: the first mark stays) and, for a `sid` revocation,
 -- notes its entry as pending until RedisStore::revoke_entry clears it: a reader that finds it
 -- still set publishes the entry (the revocation was cut between the two slots). Returns 0 when
--- the guard fails (decide again), else 1.
+-- the guard fails (decide again), 2 when there is no such session (yet: a login's session is
+-- listed in its user's set before it is written), else 1.
 local s = KEYS[1]
 if redis.call('EXISTS', s) == 0 then
   if ARGV[2] == '1' then return 0 end
-  return 1
+  return 2
 end
 if ARGV[2] == '1' and redis.call('HEXISTS', s, 'revoked_at') == 1 then return 0 end
 if ARGV[3] ~= '' then
