@@ -133,7 +133,11 @@
 //! client's one connection to it), every write is acknowledged to the client only after that many replicas have it, or after
 //! `WEAUTH_REDIS_WAIT_TIMEOUT` (then a warning is logged and counted: that write could be lost
 //! by a failover in the next moment). A write whose `WAIT` fails, or whose connection was
-//! replaced before its `WAIT` was sent ([`Inner::link_epoch`]), is answered as unavailable. `WAIT` asks for no more replicas than the primary last
+//! replaced before its `WAIT` was sent ([`Inner::link_epoch`]), is answered as unavailable —
+//! as far as the store can tell: a replacement it sees is a failed command or a Sentinel
+//! switch. The cluster client reconnects to a node by itself, so on a cluster a node
+//! connection replaced in the background with no command failing still passes its `WAIT`
+//! as a confirmation of the writes the old one carried. `WAIT` asks for no more replicas than the primary last
 //! reported online (on a cluster: the fewest any primary reports), and is skipped while it
 //! reports none (after a failover that left the promoted primary alone; on a cluster this
 //! skips it for every shard until that one has a replica again — loud in the log and the
