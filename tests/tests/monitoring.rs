@@ -223,6 +223,59 @@ fn adapter_query() -> String {
         .replace("<<.GroupBy>>", "instance")
 }
 
+/// The job of [`with_podmonitor_job`].
+const PODMONITOR_JOB: &str = "podmonitor-relabelling";
+
+/// `config` with one more job: deploy/monitoring/podmonitor.yaml's relabelling as Prometheus
+/// applies it, over a target labelled as Kubernetes discovery labels the issuer container of
+/// a pod without a sidecar (its `prometheus.io` annotations naming the issuer's own port and
+/// /metrics; with Istio's metrics merging the injector rewrites them to :15020
+/// /stats/prometheus, which the same rules follow). The target's own address leads nowhere:
+/// the scrape reaches the issuer only if the relabelling builds its address from the labels.
+fn with_podmonitor_job(config: &str, issuer: &str) -> String {
+    let monitor = yaml(&monitoring("podmonitor.yaml"));
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    let relabel: Vec<Value> = endpoint["relabelings"]
+        .as_array()
+        .expect("podmonitor.yaml: relabelings")
+        .iter()
+        .map(|rule| {
+            let fields = rule
+                .as_object()
+                .expect("a relabeling")
+                .iter()
+                .map(|(k, v)| {
+                    let key = match k.as_str() {
+                        "sourceLabels" => "source_labels",
+                        "targetLabel" => "target_label",
+                        other => other,
+                    };
+                    (key.to_string(), v.clone())
+                });
+            Value::Object(fields.collect())
+        })
+        .collect();
+    let (host, port) = issuer.rsplit_once(':').expect("host:port");
+    let mut cfg: Value = serde_yaml_ng::from_str(config).expect("the test's prometheus.yml");
+    cfg["scrape_configs"]
+        .as_array_mut()
+        .expect("scrape_configs")
+        .push(json!({
+            "job_name": PODMONITOR_JOB,
+            "relabel_configs": relabel,
+            "static_configs": [{
+                "targets": ["discovered.invalid:1"],
+                "labels": {
+                    "__meta_kubernetes_pod_container_name": "issuer",
+                    "__meta_kubernetes_pod_annotation_prometheus_io_port": port,
+                    "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
+                    "__meta_kubernetes_pod_ip": host,
+                },
+            }],
+        }));
+    serde_yaml_ng::to_string(&cfg).expect("prometheus.yml")
+}
+
 /// The outcome of one instant query.
 enum Answer {
     /// Rejected by the parser or the engine (the text says why).
@@ -309,6 +362,7 @@ async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
     };
     let config = prometheus::config(&shipped, &targets, &monitoring("alerts.yaml"), Some("1s"))
         .unwrap_or_else(|e| panic!("{e}"));
+    let config = with_podmonitor_job(&config, &targets.issuers[0]);
     let port = free_port().unwrap();
     let prom = Prometheus::start(dir.path(), port, &config)
         .await
@@ -322,6 +376,11 @@ async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
         panel: "prometheus-adapter rule (deploy/kubernetes/prometheus-adapter.yaml)".into(),
         ref_id: "metricsQuery".into(),
         expr: adapter_query(),
+    });
+    queries.push(Query {
+        panel: "PodMonitor relabelling (deploy/monitoring/podmonitor.yaml)".into(),
+        ref_id: "issuer series through it".into(),
+        expr: format!("weauth_store_up{{job=\"{PODMONITOR_JOB}\"}}"),
     });
     let may_be_empty = |panel: &str| MAY_BE_EMPTY.iter().any(|(p, _)| *p == panel);
     let mut round = 0;
