@@ -1,0 +1,189 @@
+//! Revocations on Redis: the sessions a revocation covers marked in their slots, its entry
+//! appended to the feed, and the `sid` entry a revocation cut short between the two left
+//! pending, published by the next reader of the session ([`RedisStore::revoke_entry`]).
+
+use super::*;
+
+/// What MARK_SESSION did to one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mark {
+    /// Marked (or already marked, or not covered by the `sub` revocation's `issued_before`).
+    Done,
+    /// No such session.
+    Missing,
+    /// The reuse verdict's guard failed: the session is gone or already revoked.
+    GuardFailed,
+}
+
+impl RedisStore {
+    /// A revocation: first the sessions it covers are marked, each in its family's slot
+    /// (MARK_SESSION; for a `sub`, the user's sessions created before `issued_before`), then
+    /// the entry is appended to the feed (REVOKE), then the user's set is read again and
+    /// sessions that joined it meanwhile are marked too. Every step is idempotent, and the
+    /// revocation is acknowledged only after the last and its `WAIT`.
+    ///
+    /// One cut short (a crash, a lost connection, the feed's primary failing over) answers an
+    /// error and may leave a session marked without its entry: its refresh token is dead at
+    /// once, its access tokens would pass the edge to their `exp`. A `sub` revocation is
+    /// completed by its retry (the admin's call). A `sid` one — a logout, a refresh token's
+    /// reuse — cannot count on one: the client's retry finds the session revoked (a 401, an
+    /// `invalid_grant`) before any revocation. So its mark also notes the entry as pending
+    /// (`pending_until`, the entry's `until`), cleared once the entry is written; whoever reads
+    /// the session and finds it still pending — the retried logout's bearer check, any call
+    /// with one of its tokens, the retried refresh — writes the entry first
+    /// ([`Self::publish_pending`]). (Two may both write it: the edge applies a `sid` twice
+    /// as once.) `guard` (the reuse verdict): only while the session `value` is live; `None`
+    /// when it no longer is (decide again).
+    pub(super) async fn revoke_entry(
+        &self,
+        kind: EntryKind,
+        value: &str,
+        issued_before: Option<i64>,
+        until: i64,
+        now: i64,
+        guard: bool,
+    ) -> Result<Option<Entry>, StoreError> {
+        let epoch = self.link_epoch();
+        let mut marked = HashSet::new();
+        match kind {
+            EntryKind::Sid => {
+                let mark = self
+                    .mark_session(value, now, guard, None, Some(until))
+                    .await?;
+                if mark == Mark::GuardFailed {
+                    return Ok(None);
+                }
+            }
+            EntryKind::Sub => {
+                self.mark_user_sessions(value, now, issued_before, &mut marked)
+                    .await?;
+            }
+            EntryKind::Jti => {}
+        }
+        let keys = [
+            self.key(keys::SEQ),
+            self.key(keys::REV_ENTRIES),
+            self.key(keys::REV_BY_SEQ),
+            self.key(keys::REV_BY_UNTIL),
+            self.key(&keys::revoked(kind.name(), value)),
+            self.key(keys::SEQ_EPOCH),
+        ];
+        let mut call = self.inner.scripts.revoke.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(kind.name())
+            .arg(value)
+            .arg(issued_before.map(|v| v.to_string()).unwrap_or_default())
+            .arg(until)
+            .arg(self.channel())
+            .arg(SEQ_GAP);
+        let json: String = self.eval(&call).await?;
+        match kind {
+            EntryKind::Sub => {
+                self.mark_user_sessions(value, now, issued_before, &mut marked)
+                    .await?;
+            }
+            EntryKind::Sid => {
+                let session = self.session_key(value);
+                self.op(
+                    |mut conn| async move { conn.hdel::<_, _, ()>(session, "pending_until").await },
+                )
+                .await?;
+            }
+            EntryKind::Jti => {}
+        }
+        self.replicate(epoch).await?;
+        parse_entry(&json).map(Some)
+    }
+
+    /// Writes the `sid` entry a revocation cut short left pending on session `sid` (see
+    /// [`Self::revoke_entry`]), with the `until` it was to have — unless the feed has it
+    /// already (`entry_known`, else read here): the note also shows during a revocation's
+    /// own short window between its entry and clearing the note, and readers then must not
+    /// add entries of their own.
+    pub(super) async fn publish_pending(
+        &self,
+        sid: &str,
+        until: i64,
+        now: i64,
+        entry_known: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let exists = match entry_known {
+            Some(known) => known,
+            None => {
+                let key = self.key(&keys::revoked(EntryKind::Sid.name(), sid));
+                self.op(|mut conn| async move { conn.exists(key).await })
+                    .await?
+            }
+        };
+        if exists {
+            return Ok(());
+        }
+        tracing::warn!(
+            sid = %sid,
+            "a revocation of this session was cut short before its entry reached the feed: publishing it now"
+        );
+        self.revoke_entry(EntryKind::Sid, sid, None, until, now, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// MARK_SESSION on one session. `pending_until`: a `sid` revocation's, whose entry is
+    /// written next.
+    pub(super) async fn mark_session(
+        &self,
+        sid: &str,
+        now: i64,
+        guard: bool,
+        issued_before: Option<i64>,
+        pending_until: Option<i64>,
+    ) -> Result<Mark, StoreError> {
+        let mut call = self.inner.scripts.mark_session.prepare_invoke();
+        let text = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
+        call.key(self.session_key(sid))
+            .arg(now)
+            .arg(if guard { "1" } else { "0" })
+            .arg(text(issued_before))
+            .arg(text(pending_until));
+        let done: i64 = self.eval(&call).await?;
+        Ok(match done {
+            0 => Mark::GuardFailed,
+            2 => Mark::Missing,
+            _ => Mark::Done,
+        })
+    }
+
+    /// Marks the sessions of `sub` not in `marked` (which it extends), concurrently.
+    pub(super) async fn mark_user_sessions(
+        &self,
+        sub: &str,
+        now: i64,
+        issued_before: Option<i64>,
+        marked: &mut HashSet<String>,
+    ) -> Result<(), StoreError> {
+        let set = self.key(&keys::sub_sessions(sub));
+        let sids: Vec<String> = self
+            .op(|mut conn| async move { conn.smembers(set).await })
+            .await?;
+        let fresh: Vec<String> = sids
+            .into_iter()
+            .filter(|sid| !marked.contains(sid))
+            .collect();
+        for chunk in fresh.chunks(CONCURRENT_SLOTS) {
+            let mut marks = Vec::with_capacity(chunk.len());
+            for sid in chunk {
+                marks.push(self.mark_session(sid, now, false, issued_before, None));
+            }
+            let outcomes = futures_util::future::try_join_all(marks).await?;
+            // A session listed but not written yet (a login between its two scripts) is not
+            // marked: the second pass, after the entry, looks at it again.
+            for (sid, outcome) in chunk.iter().zip(outcomes) {
+                if outcome != Mark::Missing {
+                    marked.insert(sid.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
