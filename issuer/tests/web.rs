@@ -164,17 +164,25 @@ async fn callback(
     state: &str,
     binding: Option<&str>,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
+    // Under both names: the issuer reads the one its `WEAUTH_COOKIE_SECURE` gives.
+    let cookie = binding.map(|b| format!("{STATE_COOKIE}={b}; weauth_oauth={b}"));
+    callback_with_cookie(stack, code, state, cookie.as_deref()).await
+}
+
+/// The callback with exactly this `Cookie` header (or none).
+async fn callback_with_cookie(
+    stack: &Stack,
+    code: Option<&str>,
+    state: &str,
+    cookie: Option<&str>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
     let mut query = vec![("state", state)];
     if let Some(code) = code {
         query.push(("code", code));
     }
     let mut request = stack.http.get(stack.url("/v1/web/callback")).query(&query);
-    if let Some(binding) = binding {
-        // Under both names: the issuer reads the one its `WEAUTH_COOKIE_SECURE` gives.
-        request = request.header(
-            "cookie",
-            format!("{STATE_COOKIE}={binding}; weauth_oauth={binding}"),
-        );
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
     }
     split(request.send().await.unwrap()).await
 }
@@ -443,15 +451,9 @@ async fn binding_under_a_name_a_sibling_host_can_set_is_not_read() {
     let stack = start(&[]).await;
     let started = start_login(&stack, &oa().appid, BACK, None).await;
     let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
-    let response = stack
-        .http
-        .get(stack.url("/v1/web/callback"))
-        .query(&[("state", started.state.as_str()), ("code", code.as_str())])
-        .header("cookie", format!("weauth_oauth={}", started.binding))
-        .send()
-        .await
-        .unwrap();
-    let (status, body, _) = split(response).await;
+    let planted = format!("weauth_oauth={}", started.binding);
+    let (status, body, _) =
+        callback_with_cookie(&stack, Some(&code), &started.state, Some(&planted)).await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error_description"]
