@@ -18,6 +18,17 @@ use std::borrow::Cow;
 
 use crate::config::ClaimHeader;
 
+/// The bytes of a header name or value as text: borrowed when they are UTF-8, a lossy copy
+/// when not (a value that is not UTF-8 can then only fail verification). `from_utf8` first:
+/// its ASCII fast path is several times quicker than `from_utf8_lossy`'s chunked walk (1 % of
+/// Envoy's CPU on an allowed request when every header went through the latter).
+pub fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// A header map as proxy-wasm's `proxy_get_header_map_pairs` serializes it — a `u32` count,
 /// then a `u32` name length and a `u32` value length per pair, then each name and each value
 /// followed by a NUL, all little endian — as headers borrowed from the buffer: text where the
@@ -31,12 +42,6 @@ pub fn parse_map_pairs(bytes: &[u8]) -> Option<Vec<Header<'_>>> {
     fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
         let word = bytes.get(at..at.checked_add(4)?)?;
         Some(u32::from_le_bytes(word.try_into().ok()?) as usize)
-    }
-    fn text(bytes: &[u8]) -> Cow<'_, str> {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => Cow::Owned(String::from_utf8_lossy(bytes).into_owned()),
-        }
     }
     if bytes.is_empty() {
         return Some(Vec::new());

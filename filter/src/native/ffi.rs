@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use smallvec::SmallVec;
 
 use crate::config::{Config, JwksSource};
-use crate::headers::Header;
+use crate::headers::{text, Header};
 use crate::host::{DispatchError, Host, IssuerCall, Level, Report, Stats};
 use crate::request::{self, Flow};
 
@@ -754,16 +754,6 @@ unsafe fn view<'a>(h: &EnvoyHttpHeader) -> Header<'a> {
         )
     } else {
         (text(name), text(value))
-    }
-}
-
-/// The bytes as text: borrowed when they are UTF-8, a lossy copy when not. `from_utf8` first:
-/// its ASCII fast path is several times quicker than `from_utf8_lossy`'s chunked walk (1 % of
-/// Envoy's CPU on an allowed request when every header went through the latter).
-fn text(bytes: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
