@@ -132,12 +132,22 @@ pub(super) async fn cluster_link(target: &RedisTarget) -> Result<Link, RedisErro
     Ok(Link::Cluster(client.get_async_connection().await?))
 }
 
-/// The main and the health connections.
-pub(super) async fn connect_links(target: &RedisTarget) -> Result<(Link, Link), RedisError> {
+/// The primary's address (a cluster's: empty), the main and the health connections.
+pub(super) async fn connect_links(
+    target: &RedisTarget,
+) -> Result<(String, Link, Link), RedisError> {
     if matches!(target, RedisTarget::Cluster { .. }) {
-        return Ok((cluster_link(target).await?, cluster_link(target).await?));
+        let (main, health) = (cluster_link(target).await?, cluster_link(target).await?);
+        return Ok((String::new(), main, health));
     }
     let client = primary_client(target).await?;
+    let primary = client.get_connection_info().addr().to_string();
+    let (manager, health) = links_to(client).await?;
+    Ok((primary, manager, health))
+}
+
+/// The main and the health connections to one server.
+pub(super) async fn links_to(client: redis::Client) -> Result<(Link, Link), RedisError> {
     let manager = connect_manager(client.clone()).await?;
     let health = connect_manager(client).await?;
     Ok((Link::Single(manager), Link::Single(health)))

@@ -239,6 +239,12 @@ struct Conn {
     health: Link,
     /// When the primary was last re-resolved through Sentinel.
     resolved_at: Instant,
+    /// The primary's address (`host:port`) these connections lead to: a Sentinel answer
+    /// naming the same one is no switch.
+    primary: String,
+    /// Switches to another primary so far. A command's failure on a connection switched away
+    /// from says nothing of the current one ([`RedisStore::op`]).
+    switches: u64,
 }
 
 /// The Redis implementation of [`Store`]. Cheap to clone.
@@ -260,7 +266,9 @@ struct Inner {
     /// Bumped whenever the connection a write went out on may have been replaced (a lost
     /// connection, which the client reconnects; a Sentinel switch; a demoted primary): a
     /// `WAIT` covers only the writes of the connection it is sent on, so a write whose
-    /// epoch is not its `WAIT`'s is not confirmed by it ([`RedisStore::replicate`]).
+    /// epoch is not its `WAIT`'s is not confirmed by it ([`RedisStore::replicate`]). Not
+    /// moved by a failure on a connection already switched away from, nor by a Sentinel
+    /// answer naming the primary the store is on.
     link_epoch: AtomicU64,
 }
 
@@ -452,7 +460,7 @@ impl RedisStore {
                 reason
             }
         };
-        let (mut manager, mut health) =
+        let (primary, mut manager, mut health) =
             tokio::time::timeout(Duration::from_secs(5), connect_links(&options.target))
                 .await
                 .map_err(|_| fail("no answer within 5 s".into()))?
@@ -487,6 +495,8 @@ impl RedisStore {
                     manager,
                     health: health.clone(),
                     resolved_at: Instant::now(),
+                    primary,
+                    switches: 0,
                 }),
                 resolving: tokio::sync::Mutex::new(()),
                 scripts: Scripts::new(),
@@ -578,11 +588,25 @@ impl RedisStore {
     }
 
     fn manager(&self) -> Result<Link, StoreError> {
+        self.current().map(|(manager, _)| manager)
+    }
+
+    /// The main connection and the switch it belongs to ([`Conn::switches`]).
+    fn current(&self) -> Result<(Link, u64), StoreError> {
         self.inner
             .conn
             .lock()
-            .map(|conn| conn.manager.clone())
+            .map(|conn| (conn.manager.clone(), conn.switches))
             .map_err(|_| StoreError::backend("the Redis connection lock is poisoned"))
+    }
+
+    /// Switches so far ([`Conn::switches`]).
+    fn switches(&self) -> u64 {
+        self.inner
+            .conn
+            .lock()
+            .map(|conn| conn.switches)
+            .unwrap_or(u64::MAX)
     }
 
     /// After a connection failure behind Sentinel, asks the sentinels for the primary again
@@ -609,9 +633,33 @@ impl RedisStore {
         if recent {
             return;
         }
-        let resolved = connect_links(&self.inner.options.target);
+        let current = self
+            .inner
+            .conn
+            .lock()
+            .map(|conn| conn.primary.clone())
+            .unwrap_or_default();
+        let resolved = async {
+            let client = primary_client(&self.inner.options.target).await?;
+            let primary = client.get_connection_info().addr().to_string();
+            if primary == current {
+                // Sentinel still names this primary (not failed over yet, or the failure was
+                // not the primary's): keep the connections, which reconnect by themselves
+                // (a lost connection has moved the link epoch already). Replacing them would
+                // fail every write in flight for nothing.
+                return Ok(None);
+            }
+            links_to(client)
+                .await
+                .map(|(manager, health)| Some((primary, manager, health)))
+        };
         match tokio::time::timeout(Duration::from_secs(3), resolved).await {
-            Ok(Ok((manager, mut health))) => {
+            Ok(Ok(None)) => {
+                if let Ok(mut conn) = self.inner.conn.lock() {
+                    conn.resolved_at = Instant::now();
+                }
+            }
+            Ok(Ok(Some((primary, manager, mut health)))) => {
                 // Before any write reaches the new primary: does it have a replica to WAIT
                 // for (a promoted replica usually has none until the old primary returns)?
                 self.note_replication(read_replication(&mut health).await);
@@ -624,6 +672,8 @@ impl RedisStore {
                     conn.manager = manager;
                     conn.health = health;
                     conn.resolved_at = Instant::now();
+                    conn.primary = primary;
+                    conn.switches += 1;
                 }
                 self.inner.link_epoch.fetch_add(1, Ordering::AcqRel);
                 tracing::info!("reconnected to the Redis primary named by Sentinel");
@@ -648,14 +698,21 @@ impl RedisStore {
         F: FnOnce(Link) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
-        let manager = self.manager()?;
+        let (manager, switch) = self.current()?;
         match f(manager).await {
             Ok(value) => Ok(value),
             Err(err) => {
-                if connection_lost(&err) {
+                let lost = connection_lost(&err);
+                let err = redis_err(err);
+                // A connection the store has switched away from (a command sent to the old
+                // primary before a Sentinel switch, failing only now): its failure is no news
+                // of the current connection, whose writes in flight it must not fail.
+                if self.switches() != switch {
+                    return Err(err);
+                }
+                if lost {
                     self.inner.link_epoch.fetch_add(1, Ordering::AcqRel);
                 }
-                let err = redis_err(err);
                 self.after_failure(&err).await;
                 Err(err)
             }

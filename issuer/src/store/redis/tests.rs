@@ -284,6 +284,118 @@ async fn redis_write_before_a_lost_connection_is_not_confirmed_after_it() {
         .unwrap();
 }
 
+/// Behind Sentinel, a failed command switches connections only when Sentinel names another
+/// primary; and a command sent to the old primary before the switch, failing only after it
+/// (its client still reconnecting to the dead server), is no news of the new connection: a
+/// write made there meanwhile is confirmed as usual. Both replaced or voided the new
+/// connection, failing every write in flight (a login failed a second after a failover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_switches_only_to_another_primary_and_ignores_the_old_ones_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = weauth_servers::redis::SentinelSetup::start(dir.path())
+        .await
+        .unwrap();
+    let sentinels = setup
+        .sentinels
+        .iter()
+        .map(|s| ("127.0.0.1".to_string(), s.port()))
+        .collect();
+    let store = RedisStore::connect(RedisOptions {
+        target: RedisTarget::Sentinel {
+            sentinels,
+            master: setup.master.clone(),
+            db: 0,
+            username: None,
+            password: None,
+        },
+        display: setup.url(),
+        prefix: "t:".into(),
+        wait_replicas: 1,
+        wait_timeout: Duration::from_millis(500),
+        allow_eviction: false,
+    })
+    .await
+    .unwrap();
+    // The primary drops the store's connections: the next command fails, Sentinel names the
+    // same primary, and the store keeps its connections (which reconnect by themselves).
+    let mut side = redis::Client::open(setup.primary.url(0))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before = store.link_epoch();
+    // Past the store's pacing of Sentinel questions (one per 250 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert!(
+        store.session("s-none").await.is_err(),
+        "no command met the lost connection"
+    );
+    assert_eq!(store.switches(), 0, "switched to the primary it was on");
+    assert_eq!(
+        store.link_epoch(),
+        before + 1,
+        "one lost connection, no switch"
+    );
+    store
+        .revoke(&Revoke::Jti("j1".into()), 10, 20)
+        .await
+        .unwrap();
+
+    // A command on the primary's connection, held until after the switch.
+    let (release, held) = tokio::sync::oneshot::channel::<()>();
+    let late = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .op(|mut conn| async move {
+                    let _ = held.await;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    setup.primary.kill().await;
+    let promoted = setup.replica.port();
+    let started = Instant::now();
+    while setup.current_primary_port() != Some(promoted) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while store.switches() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the store never switched"
+        );
+        let _ = store.session("s-none").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.session("s-none").await.unwrap();
+    // A write on the new connection, then the old connection's command fails.
+    let epoch = store.link_epoch();
+    let mut call = store.inner.scripts.rate_limit.prepare_invoke();
+    call.key("t:rl:x").arg(1).arg(1.0).arg(1.0).arg(2);
+    let _: u64 = store.eval(&call).await.unwrap();
+    release.send(()).unwrap();
+    assert!(late.await.unwrap().is_err(), "the old primary is dead");
+    assert_eq!(
+        store.link_epoch(),
+        epoch,
+        "the old connection's failure voided the new one"
+    );
+    store.replicate(epoch).await.unwrap();
+    assert_eq!(store.switches(), 1);
+}
+
 /// The feed's seq broken (`INCR` then fails inside REVOKE, as the script fails when the feed's
 /// primary fails over between the session's slot and the feed's), or repaired at `seq`.
 async fn set_feed_seq(side: &mut redis::aio::MultiplexedConnection, seq: &str) {
