@@ -172,8 +172,13 @@ impl ApiError {
             "error": self.code(),
             "error_description": self.description(),
         });
-        if let ApiError::UserData { relogin: true, .. } = &self {
-            body["relogin"] = serde_json::Value::Bool(true);
+        match &self {
+            ApiError::UserData { relogin: true, .. } => {
+                body["relogin"] = serde_json::Value::Bool(true);
+            }
+            // When the ban ends, for a client to hold its logins until then (API.md).
+            ApiError::Banned { until: Some(until) } => body["until"] = (*until).into(),
+            _ => {}
         }
         let mut response = json_response(status, &body);
         let headers = response.headers_mut();
@@ -515,6 +520,19 @@ mod tests {
         assert_eq!(err.status(), StatusCode::FORBIDDEN);
         assert_eq!(err.code(), "user_banned");
         assert!(err.description().contains("1234"));
+        let body = |err: ApiError| -> serde_json::Value {
+            let body = err.response().into_body();
+            let bytes =
+                futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(body))
+                    .expect("a full body is ready")
+                    .expect("infallible")
+                    .to_bytes();
+            serde_json::from_slice(&bytes).expect("JSON")
+        };
+        assert_eq!(body(err)["until"], 1234);
+        assert!(body(ApiError::Banned { until: None })
+            .get("until")
+            .is_none());
         assert_eq!(
             ApiError::UnknownUser("u".into()).status(),
             StatusCode::NOT_FOUND

@@ -67,6 +67,7 @@ async fn ban_refuses_login_and_refresh_revokes_tokens_survives_restart_then_unba
         .as_str()
         .unwrap()
         .contains("4000000000"));
+    assert_eq!(body["until"], 4_000_000_000i64, "{body}");
 
     // Kept as durably as a revocation: still banned after a restart.
     stack.restart().await;

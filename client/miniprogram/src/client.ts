@@ -18,6 +18,7 @@ import {
   RetryPolicy,
   TokenPair,
   backoffDelay,
+  banOf,
   classify,
   isTransient,
   issuerError,
@@ -55,6 +56,8 @@ export interface ClientOptions {
   sleep?: (ms: number) => Promise<void>;
   /** A number in [0, 1) for backoff jitter (default `Math.random`). */
   random?: () => number;
+  /** The time in milliseconds (default `Date.now`), for a ban's end; tests pass a fake. */
+  now?: () => number;
 }
 
 /**
@@ -109,7 +112,8 @@ export interface WeauthClient {
    * 401 `invalid_token`: one refresh shared by every waiting request, then one retry; on
    * `invalid_grant` from the refresh or `"relogin": true`: one shared login, then one retry.
    * Resolves with the answer (whatever its status); rejects with {@link WeauthError} when no
-   * answer came (`network`) or no token could be had.
+   * answer came (`network`) or no token could be had — at once, with no `wx.login`, while a
+   * ban the issuer answered a login with holds (`login_failed`, `error` `user_banned`).
    */
   request<T = unknown>(options: RequestOptions): Promise<Response<T>>;
   /**
@@ -160,6 +164,7 @@ export function createClient(options: ClientOptions): WeauthClient {
   const sleep =
     options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
   const random = options.random ?? Math.random;
+  const now = options.now ?? Date.now;
   const flight = new SingleFlight<TokenPair, FlightKind>();
 
   // The tokens in memory mirror storage; `undefined` = not loaded yet, `null` = none.
@@ -172,6 +177,26 @@ export function createClient(options: ClientOptions): WeauthClient {
   let flightEpoch = 0;
   // Logins completed (a `relogin` answer needs one after the request it came for was sent).
   let logins = 0;
+  // The ban the last login was refused for (`until`: ms; absent: until lifted). Until it ends,
+  // the logins `request()` would start fail at once: each would spend a `wx.login` code (and
+  // leave a session row at the issuer) on an answer known in advance. `login()` asks again.
+  let ban: { until?: number } | undefined;
+
+  /** The error a login the client starts by itself fails with while a ban holds. */
+  function heldByBan(): WeauthError | undefined {
+    if (ban?.until !== undefined && now() >= ban.until) {
+      ban = undefined;
+    }
+    if (!ban) {
+      return undefined;
+    }
+    const end = ban.until === undefined ? "until lifted" : `until ${new Date(ban.until).toISOString()}`;
+    return new WeauthError(
+      "login_failed",
+      `login refused: 403 user_banned (the issuer's answer to the last login, held ${end}; login() asks again)`,
+      { statusCode: 403, error: "user_banned" },
+    );
+  }
 
   function current(): TokenPair | null {
     if (tokens === undefined) {
@@ -302,6 +327,7 @@ export function createClient(options: ClientOptions): WeauthClient {
       sent.response.statusCode === 200 ? parseTokenResponse(sent.response.data) : undefined;
     if (!pair) {
       const err = issuerError(sent.response.data);
+      ban = banOf(sent.response.statusCode, sent.response.data) ?? ban;
       throw new WeauthError(
         "login_failed",
         `login refused: ${sent.response.statusCode} ${err.error ?? ""} ${err.description ?? ""}`.trim(),
@@ -313,6 +339,7 @@ export function createClient(options: ClientOptions): WeauthClient {
       await endSession(pair);
       throw new WeauthError("logged_out", "logout() was called during the login");
     }
+    ban = undefined;
     store(pair);
     logins++;
     return pair;
@@ -416,17 +443,22 @@ export function createClient(options: ClientOptions): WeauthClient {
         return inFlight;
       }
       const inMemory = tokens;
-      const now = reload();
+      const stored = reload();
       // Storage moved on behind this client: another one refreshed (its access token may be
       // as old as ours, and our refresh token is spent).
-      const elsewhere = !!now && !!inMemory && now.accessToken !== inMemory.accessToken;
+      const elsewhere = !!stored && !!inMemory && stored.accessToken !== inMemory.accessToken;
       const movedOn =
-        !stale || (verdict === "relogin" ? logins > loginsBefore : now?.accessToken !== stale.accessToken);
-      if (now && movedOn && !(verdict === "refresh" && elsewhere)) {
-        return now;
+        !stale ||
+        (verdict === "relogin" ? logins > loginsBefore : stored?.accessToken !== stale.accessToken);
+      if (stored && movedOn && !(verdict === "refresh" && elsewhere)) {
+        return stored;
       }
-      if (verdict === "refresh" && now) {
-        return fly("refresh", (startEpoch) => doRefresh(now, startEpoch));
+      if (verdict === "refresh" && stored) {
+        return fly("refresh", (startEpoch) => doRefresh(stored, startEpoch));
+      }
+      const held = heldByBan();
+      if (held) {
+        throw held;
       }
       return fly("login", doLogin);
     }

@@ -88,6 +88,27 @@ export function classify(statusCode: number, data: unknown, header: unknown): Ve
   return "done";
 }
 
+/**
+ * The ban a login's answer tells of: 403 `user_banned`, with `until` (unix seconds) when the
+ * ban ends — returned in milliseconds — or without it (until lifted). Anything else:
+ * `undefined`.
+ */
+export function banOf(statusCode: number, data: unknown): { until?: number } | undefined {
+  if (statusCode !== 403 || issuerError(data).error !== "user_banned") {
+    return undefined;
+  }
+  let body: unknown = data;
+  if (typeof body === "string") {
+    try {
+      body = JSON.parse(body);
+    } catch {
+      return {};
+    }
+  }
+  const until = (body as Record<string, unknown>).until;
+  return typeof until === "number" && Number.isFinite(until) ? { until: until * 1000 } : {};
+}
+
 /** The token pair of a 200 answer to `/v1/login` or `/v1/token/refresh`, if well formed. */
 export function parseTokenResponse(data: unknown): TokenPair | undefined {
   let body: unknown = data;

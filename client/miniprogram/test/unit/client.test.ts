@@ -288,6 +288,63 @@ test("request_login_refused_rejects_login_failed_with_status", async () => {
   assert.equal(client.isLoggedIn(), false);
 });
 
+test("request_after_a_ban_fails_at_once_until_it_ends_login_asks_again", async () => {
+  let clock = Date.UTC(2026, 11, 6);
+  const { issuer, wx, client } = setup({ now: () => clock });
+  const until = clock / 1000 + 3600;
+  let banned = true;
+  wx.faults.push((req) =>
+    req.path === "/v1/login" && banned
+      ? { statusCode: 403, data: { error: "user_banned", error_description: "banned", until } }
+      : undefined,
+  );
+  const refused = { code: "login_failed", statusCode: 403, error: "user_banned" };
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  assert.equal(wx.wxLogins, 1);
+  // Further requests do not spend a wx.login code on the answer known in advance.
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  await assert.rejects(client.request({ url: "/api/y" }), refused);
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(wx.requests.filter((r) => r.path === "/v1/login").length, 1);
+  // An explicit login() asks again (the ban may have been lifted).
+  await assert.rejects(client.login(), refused);
+  assert.equal(wx.wxLogins, 2);
+  // Once the ban's end has passed, a request logs in again.
+  banned = false;
+  clock = until * 1000;
+  const res = await client.request({ url: "/api/x" });
+  assert.equal(res.statusCode, 200);
+  assert.equal(wx.wxLogins, 3);
+  assert.equal(issuer.logins, 1);
+});
+
+test("request_after_a_ban_without_end_held_until_login_succeeds", async () => {
+  const { wx, client } = setup();
+  let banned = true;
+  wx.faults.push((req) =>
+    req.path === "/v1/login" && banned
+      ? { statusCode: 403, data: '{"error":"user_banned","error_description":"banned"}' }
+      : undefined,
+  );
+  await assert.rejects(client.request({ url: "/api/x" }), { error: "user_banned" });
+  await assert.rejects(client.request({ url: "/api/x" }), { error: "user_banned" });
+  assert.equal(wx.wxLogins, 1);
+  banned = false;
+  await client.login();
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(wx.wxLogins, 2);
+});
+
+test("request_after_another_refusal_logs_in_again", async () => {
+  const { wx, client } = setup();
+  wx.faults.push((req) =>
+    req.path === "/v1/login" ? { statusCode: 403, data: { error: "access_denied" } } : undefined,
+  );
+  await assert.rejects(client.request({ url: "/api/x" }), { error: "access_denied" });
+  await assert.rejects(client.request({ url: "/api/x" }), { error: "access_denied" });
+  assert.equal(wx.wxLogins, 2);
+});
+
 test("login_wx_login_fails_rejects_wx_login_failed", async () => {
   const { wx, client } = setup();
   wx.loginFailure = "login:fail network";

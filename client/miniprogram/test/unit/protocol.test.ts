@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import {
   DEFAULT_RETRY,
   backoffDelay,
+  banOf,
   classify,
   headerValue,
   isTransient,
@@ -46,6 +47,16 @@ test("classify_200_403_500_done", () => {
   assert.equal(classify(200, { ok: true }, {}), "done");
   assert.equal(classify(403, { error: "insufficient_scope" }, bearerChallenge), "done");
   assert.equal(classify(500, "oops", {}), "done");
+});
+
+test("banOf_403_user_banned_with_or_without_until_else_undefined", () => {
+  assert.deepEqual(banOf(403, { error: "user_banned", until: 1700000000 }), { until: 1700000000000 });
+  assert.deepEqual(banOf(403, '{"error":"user_banned","until":5}'), { until: 5000 });
+  assert.deepEqual(banOf(403, { error: "user_banned" }), {});
+  assert.deepEqual(banOf(403, { error: "user_banned", until: "soon" }), {});
+  assert.equal(banOf(403, { error: "access_denied", until: 5 }), undefined);
+  assert.equal(banOf(400, { error: "user_banned", until: 5 }), undefined);
+  assert.equal(banOf(403, "<html>"), undefined);
 });
 
 test("issuerError_text_json_array_null_parsed_or_empty", () => {
