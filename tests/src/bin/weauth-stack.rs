@@ -155,9 +155,14 @@ fn check_ports_free(ports: StackPorts, monitor: bool) -> Result<(), String> {
     }
     for (role, port) in wanted {
         if let Err(e) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            let hint = if port == PROMETHEUS_PORT {
+                " (or Debian's prometheus service holds it: `sudo systemctl disable --now prometheus`)"
+            } else {
+                ""
+            };
             return Err(format!(
                 "port {port} ({role}) is not available: {e}. Is the stack already running? \
-                 Stop it with `make down`."
+                 Stop it with `make down`{hint}."
             ));
         }
     }
