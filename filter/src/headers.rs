@@ -99,7 +99,10 @@ pub fn has(headers: &[impl Field], name: &str) -> bool {
 
 /// The client headers to remove before forwarding: those under `prefix` and the configured
 /// claim headers, except the ones in `set` (which the filter sets); each name once, in the
-/// order received.
+/// order received. A `_` in a name reads as `-`: Envoy passes names with underscores by
+/// default (`headers_with_underscores_action: ALLOW`), and a CGI-style upstream (Rack, WSGI,
+/// uWSGI) reads `x_weauth_sub` as `x-weauth-sub` — the client's copy would stand in for the
+/// header the filter leaves out (a claim the token lacks, a request with no token).
 pub fn identity_to_remove<'h>(
     headers: &'h [impl Field],
     prefix: &str,
@@ -109,16 +112,31 @@ pub fn identity_to_remove<'h>(
     let mut out: Vec<&'h str> = Vec::new();
     // Usually every configured header is under the prefix (the default mappings are): then a
     // header outside it is none of them, and each header costs one prefix comparison.
-    let any_outside = configured.iter().any(|m| !m.header.starts_with(prefix));
+    let any_outside = configured
+        .iter()
+        .any(|m| !starts_with_folded(&m.header, prefix));
     for header in headers {
         let name = header.name();
-        let ours = name.starts_with(prefix)
-            || (any_outside && configured.iter().any(|m| m.header == name));
+        let ours = starts_with_folded(name, prefix)
+            || (any_outside
+                && configured
+                    .iter()
+                    .any(|m| m.header.len() == name.len() && starts_with_folded(name, &m.header)));
         if ours && !set.contains(&name) && !out.contains(&name) {
             out.push(name);
         }
     }
     out
+}
+
+/// `name.starts_with(prefix)`, with `_` and `-` read alike (see [`identity_to_remove`]).
+fn starts_with_folded(name: &str, prefix: &str) -> bool {
+    let fold = |b: u8| if b == b'_' { b'-' } else { b };
+    name.len() >= prefix.len()
+        && name
+            .bytes()
+            .zip(prefix.bytes())
+            .all(|(a, b)| fold(a) == fold(b))
 }
 
 /// What to do with the `Cookie` header so that the cookie `name` does not reach the upstream.
@@ -241,6 +259,22 @@ mod tests {
         assert_eq!(
             identity_to_remove(&h, "x-weauth-", &configured, &[]),
             ["x-user", "x-weauth-sub", "x-weauth-other"]
+        );
+    }
+
+    #[test]
+    fn identity_to_remove_underscore_spellings_removed_too() {
+        let h = headers(&[
+            ("x_weauth_sub", "spoof"),
+            ("x-weauth_unionid", "spoof"),
+            ("x_user", "spoof"),
+            ("x-weauth-sub", "spoof"),
+            ("x_weauthx", "kept"),
+        ]);
+        let configured = [mapping("sub", "x-weauth-sub"), mapping("openid", "x-user")];
+        assert_eq!(
+            identity_to_remove(&h, "x-weauth-", &configured, &["x-weauth-sub"]),
+            ["x_weauth_sub", "x-weauth_unionid", "x_user"]
         );
     }
 

@@ -973,6 +973,8 @@ async fn cookie_csrf_refused_at_edge_legitimate_requests_pass() {
 /// `claim_to_headers` naming only `sub` and `openid`, a client's own `x-weauth-scope: admin`,
 /// `x-weauth-sid`, `X-Weauth-Role` never reach the upstream — on an allowed request, an
 /// anonymous one (`optional` without a token) and one whose rule checks nothing (`none`).
+/// Nor do their underscore spellings (`x_weauth_unionid`), which Envoy passes by default and a
+/// CGI-style upstream reads as the dashed header.
 #[tokio::test]
 async fn unconfigured_identity_headers_spoofed_never_reach_upstream() {
     let key = test_key();
@@ -993,6 +995,8 @@ async fn unconfigured_identity_headers_spoofed_never_reach_upstream() {
         ("x-weauth-sid", "spoof"),
         ("X-Weauth-Role", "admin"),
         ("x-weauth-scope", "second copy"),
+        ("x_weauth_unionid", "victim"),
+        ("X_Weauth_Sub", "root"),
     ];
     for (path, bearer) in [
         ("/api/hello", true),
@@ -1012,7 +1016,7 @@ async fn unconfigured_identity_headers_spoofed_never_reach_upstream() {
         let headers = echo["headers"].as_object().unwrap();
         let ours: Vec<_> = headers
             .iter()
-            .filter(|(name, _)| name.starts_with("x-weauth-"))
+            .filter(|(name, _)| name.replace('_', "-").starts_with("x-weauth-"))
             .collect();
         if bearer {
             assert_eq!(
