@@ -4,7 +4,7 @@
 //! post, `fetch` with credentials); `SameSite=Lax` keeps it off cross-site POSTs but not off
 //! requests from a sibling subdomain or another port of the same site. So a request that a
 //! cookie token source authenticated and whose method is unsafe (anything but `GET`, `HEAD`,
-//! `OPTIONS`) passes only when the browser says it came from the same origin
+//! `OPTIONS`) or that asks for a protocol `Upgrade` (a WebSocket handshake) passes only when the browser says it came from the same origin
 //! (`Sec-Fetch-Site: same-origin`), from the user (`Sec-Fetch-Site: none`: typed URL,
 //! bookmark), or from an origin the configuration lists (`csrf_allowed_origins`, compared with
 //! `Origin`). Anything else — `cross-site`, `same-site`, `Origin: null`, neither header — is
@@ -26,17 +26,21 @@ pub fn is_safe_method(method: &str) -> bool {
 }
 
 /// Whether the CSRF rule applies: the rule has it on, the token came from a cookie source, and
-/// the method is unsafe (a missing `:method` counts as unsafe).
+/// the method is unsafe (a missing `:method` counts as unsafe) or the request asks for a
+/// protocol `upgrade` (asked only then): a WebSocket handshake is a `GET` that opens a
+/// two-way channel, sent with the cookie from a sibling subdomain's page, and no CORS rule
+/// stands between that page and what the socket answers.
 pub fn applies(
     rule_csrf: bool,
     sources: &[TokenSource],
     extracted: &Extracted<'_>,
     method: Option<&str>,
+    upgrade: impl FnOnce() -> bool,
 ) -> bool {
     rule_csrf
         && matches!(extracted, Extracted::Found { source, .. }
             if matches!(sources.get(*source), Some(TokenSource::Cookie(_))))
-        && !method.is_some_and(is_safe_method)
+        && (!method.is_some_and(is_safe_method) || upgrade())
 }
 
 /// The CSRF rule on a request it applies to ([`applies`]): `Ok` when `Sec-Fetch-Site` is
@@ -201,19 +205,23 @@ mod tests {
 
     #[test]
     fn applies_cookie_post_yes() {
-        assert!(applies(true, &sources(), &found(1), Some("POST")));
-        assert!(applies(true, &sources(), &found(1), Some("DELETE")));
-        assert!(applies(true, &sources(), &found(1), Some("PUT")));
-        assert!(applies(true, &sources(), &found(1), Some("PATCH")));
-        assert!(applies(true, &sources(), &found(1), Some("get")));
-        assert!(applies(true, &sources(), &found(1), None));
+        assert!(applies(true, &sources(), &found(1), Some("POST"), || false));
+        assert!(applies(true, &sources(), &found(1), Some("DELETE"), || {
+            false
+        }));
+        assert!(applies(true, &sources(), &found(1), Some("PUT"), || false));
+        assert!(applies(true, &sources(), &found(1), Some("PATCH"), || {
+            false
+        }));
+        assert!(applies(true, &sources(), &found(1), Some("get"), || false));
+        assert!(applies(true, &sources(), &found(1), None, || false));
     }
 
     #[test]
     fn applies_safe_methods_no() {
         for method in ["GET", "HEAD", "OPTIONS"] {
             assert!(
-                !applies(true, &sources(), &found(1), Some(method)),
+                !applies(true, &sources(), &found(1), Some(method), || false),
                 "{method}"
             );
         }
@@ -221,7 +229,9 @@ mod tests {
 
     #[test]
     fn applies_header_token_no() {
-        assert!(!applies(true, &sources(), &found(0), Some("POST")));
+        assert!(!applies(true, &sources(), &found(0), Some("POST"), || {
+            false
+        }));
     }
 
     #[test]
@@ -230,19 +240,30 @@ mod tests {
             true,
             &sources(),
             &Extracted::Missing,
-            Some("POST")
+            Some("POST"),
+            || false
         ));
         assert!(!applies(
             true,
             &sources(),
             &Extracted::Ambiguous,
-            Some("POST")
+            Some("POST"),
+            || false
         ));
     }
 
     #[test]
+    fn applies_safe_method_asking_for_an_upgrade_yes() {
+        assert!(applies(true, &sources(), &found(1), Some("GET"), || true));
+        assert!(!applies(true, &sources(), &found(0), Some("GET"), || true));
+        assert!(!applies(false, &sources(), &found(1), Some("GET"), || true));
+    }
+
+    #[test]
     fn applies_rule_off_no() {
-        assert!(!applies(false, &sources(), &found(1), Some("POST")));
+        assert!(!applies(false, &sources(), &found(1), Some("POST"), || {
+            false
+        }));
     }
 
     #[test]

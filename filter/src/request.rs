@@ -274,7 +274,9 @@ fn decide_request<'c>(
     let path = path.unwrap_or_default();
     let edge = checked.edge(|p| config.edge_for(p));
     let extracted = verify::extract_token(&config.token_sources, headers, path);
-    if csrf::applies(edge.csrf, &config.token_sources, &extracted, method) {
+    if csrf::applies(edge.csrf, &config.token_sources, &extracted, method, || {
+        headers::has(headers, "upgrade")
+    }) {
         if let Err(denial) = csrf::check(
             headers::first(headers, "sec-fetch-site"),
             headers::first(headers, "origin"),
@@ -1007,6 +1009,33 @@ mod tests {
         assert_eq!(host.reply.as_ref().map(|r| r.0), Some(403));
         assert_eq!(stats.get("denied.csrf"), 1);
         assert_eq!(stats.get("cache_miss"), 0, "refused before verification");
+    }
+
+    #[test]
+    fn on_request_headers_cookie_websocket_handshake_from_a_sibling_site_403() {
+        let config = config(serde_json::json!({"token_sources": [{"cookie": "weauth_at"}]}));
+        let cookie = format!("weauth_at={}", token());
+        let handshake = |site: &'static str| {
+            let mut host = MockHost::with(&[
+                (":method", "GET"),
+                (":path", "/api/ws"),
+                ("cookie", &cookie),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-fetch-site", site),
+                ("origin", "https://forum.example.com"),
+            ]);
+            let stats = MockStats::default();
+            let flow = run(&config, &mut host, &stats);
+            (
+                flow,
+                host.reply.as_ref().map(|r| r.0),
+                stats.get("denied.csrf"),
+            )
+        };
+        assert_eq!(handshake("same-site"), (Flow::Stop, Some(403), 1));
+        // The app's own page opening its socket passes.
+        assert_eq!(handshake("same-origin"), (Flow::Continue, None, 0));
     }
 
     #[test]
