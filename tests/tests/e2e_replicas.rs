@@ -2,7 +2,8 @@
 //! weauth filter at the edge (docs/OPERATIONS.md).
 //!
 //! - a logout written through replica A is refused at the edge while the filter's feed long
-//!   poll is held by replica B (pub/sub wakes B), within 1 s;
+//!   poll is held by replica B (pub/sub wakes B): in several rounds, each within 3 s of the
+//!   logout's answer and the fastest within 1 s;
 //! - SIGKILL a replica under a mixed load of logins, refreshes, API calls and logouts: no
 //!   acknowledged refresh token or revocation is lost, the feed resumes on the survivor, the
 //!   sidecar never goes stale; the client-visible failures are counted and bounded by the
@@ -38,39 +39,65 @@ async fn start(replicas: usize) -> Stack {
     }
 }
 
+/// Rounds of the cross-replica logout check, back to back.
+const ROUNDS: usize = 3;
+/// Each round's bound, from the logout's 204 to the edge's 401: a loaded CI machine's margin
+/// over the milliseconds pub/sub takes.
+const ROUND_BOUND: Duration = Duration::from_secs(3);
+/// The fastest round's bound: the pub/sub wake-up itself (DESIGN.md: "within a second").
+const FASTEST_BOUND: Duration = Duration::from_secs(1);
+
+/// A logout at one replica is refused at the edge while the filter's feed poll is held by the
+/// other replica: the writer's pub/sub announcement wakes the holder's poll. Each of
+/// [`ROUNDS`] rounds (back to back: login, find the poll's holder, log out at the other
+/// replica) must take under [`ROUND_BOUND`] from the logout's 204, and the fastest under
+/// [`FASTEST_BOUND`]. The issuer's safety net, a `seq` re-read every 5 s, cannot pass that:
+/// a round after one the re-read ended starts just after a re-read, so it would wait about
+/// 5 s for the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_at_one_replica_refused_at_edge_while_other_holds_the_poll() {
     let stack = start(2).await;
     let http = client();
-    let tokens = stack.login("ann").await.unwrap();
-    assert_eq!(
-        hello(&http, &stack.envoy_url(), &tokens.access_token).await,
-        200
-    );
-    let holder = poll_holder(&stack, &http).await;
-    let writer = 1 - holder;
-    let started = Instant::now();
-    let (status, _) = post(
-        &http,
-        &stack.replica_url(writer),
-        "/v1/logout",
-        Some(&tokens.access_token),
-        &json!({}),
-    )
-    .await;
-    assert_eq!(status, 204, "logout at replica {writer}");
-    let delay = loop {
-        if hello(&http, &stack.envoy_url(), &tokens.access_token).await == 401 {
-            break started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "the logout at replica {writer} was not enforced at the edge within 1 s (poll held by replica {holder})"
+    let mut delays = Vec::new();
+    for round in 0..ROUNDS {
+        let tokens = stack.login(&format!("ann{round}")).await.unwrap();
+        assert_eq!(
+            hello(&http, &stack.envoy_url(), &tokens.access_token).await,
+            200
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    println!(
-        "logout at replica {writer}, feed poll held by replica {holder}: refused at the edge after {delay:?}"
+        let holder = poll_holder(&stack, &http).await;
+        let writer = 1 - holder;
+        let (status, _) = post(
+            &http,
+            &stack.replica_url(writer),
+            "/v1/logout",
+            Some(&tokens.access_token),
+            &json!({}),
+        )
+        .await;
+        assert_eq!(status, 204, "logout at replica {writer}");
+        let logged_out = Instant::now();
+        let delay = loop {
+            if hello(&http, &stack.envoy_url(), &tokens.access_token).await == 401 {
+                break logged_out.elapsed();
+            }
+            assert!(
+                logged_out.elapsed() < ROUND_BOUND,
+                "round {round}: the logout at replica {writer} was not enforced at the edge within \
+                 {ROUND_BOUND:?} of its 204 (poll held by replica {holder}; earlier rounds: {delays:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        println!(
+            "round {round}: logout at replica {writer}, feed poll held by replica {holder}: \
+             refused at the edge {delay:?} after the 204"
+        );
+        delays.push(delay);
+    }
+    let fastest = delays.iter().min().copied().unwrap();
+    assert!(
+        fastest < FASTEST_BOUND,
+        "no round's logout reached the edge within {FASTEST_BOUND:?} of its 204: {delays:?}"
     );
 }
 
