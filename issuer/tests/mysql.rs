@@ -117,10 +117,11 @@ async fn mysql_admin_revocation_of_an_over_long_value_is_a_400() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Two replicas on one database: a long poll held at B is woken by a logout at A within the
-/// stated bound (B re-reads the seq every 250 ms; asserted under 1 s).
+/// Two replicas on one database: a long poll held at B (asking for 30 s) is woken by a logout
+/// at A — B re-reads the seq every 250 ms; asserted under 2 s from the logout's 204, a loaded
+/// CI machine's margin that is still far below the poll's 30 s (the delay is printed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_logout_at_one_replica_wakes_long_poll_at_the_other_within_a_second() {
+async fn mysql_logout_at_one_replica_wakes_long_poll_at_the_other_within_two_seconds() {
     let server = mariadb::shared().unwrap();
     let url = server.url(&server.create_database().unwrap());
     let a = stack_on(&url, &[]).await;
@@ -158,15 +159,15 @@ async fn mysql_logout_at_one_replica_wakes_long_poll_at_the_other_within_a_secon
         }
     })
     .await;
-    let logged_out_at = Instant::now();
     let (status, _, _) = a.post_auth("/v1/logout", &token, None).await;
     assert_eq!(status, 204);
+    let logged_out_at = Instant::now();
     let (answered_at, body) = poll.await.unwrap();
     let latency = answered_at.saturating_duration_since(logged_out_at);
-    println!("mysql: logout at A woke B's long poll after {latency:?}");
+    println!("mysql: B's long poll woke {latency:?} after the 204 of the logout at A");
     assert!(
-        latency < Duration::from_secs(1),
-        "B's long poll woke after {latency:?}"
+        latency < Duration::from_secs(2),
+        "B's long poll woke {latency:?} after the logout's 204"
     );
     let entries = body["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{body}");
