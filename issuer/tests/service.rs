@@ -405,11 +405,94 @@ async fn hs256_from_secret_file_not_published() {
     weauth_token::verify(token, &keys, &validation, now).unwrap();
 }
 
+/// The wall clock in Unix seconds (fractional): what the issuer's `iat` and `activate_at`
+/// count in.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The kids the JWKS publishes.
+async fn published_kids(stack: &Stack) -> Vec<String> {
+    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls the JWKS (up to 10 s) until it publishes `count` keys; returns their kids.
+async fn until_published(stack: &Stack, count: usize) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let kids = published_kids(stack).await;
+        if kids.len() == count {
+            return kids;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the JWKS never published {count} keys: {kids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Logs in (`user` with a number) every 100 ms until a token's header `field` is `new`, up to
+/// 10 s past `activate_at` (whole seconds: the key ring is rebuilt on each key reload, so the
+/// switch comes up to a reload after it). Asserts of every token: `new` only if issued
+/// (`iat`) at or after `activate_at`, `old` otherwise. Returns the tokens issued with `old`,
+/// and the first with `new`.
+async fn logins_until_switch(
+    stack: &Stack,
+    user: &str,
+    field: &str,
+    (old, new): (&str, &str),
+    activate_at: i64,
+) -> (Vec<String>, String) {
+    let mut before = Vec::new();
+    for i in 0.. {
+        let login = stack.login(&format!("{user}{i}")).await;
+        let token = login["access_token"].as_str().unwrap().to_string();
+        let value = common::header(&token)[field].as_str().unwrap().to_string();
+        let iat = payload(&token)["iat"].as_i64().unwrap();
+        if value == new {
+            assert!(
+                iat >= activate_at,
+                "a token issued at {iat} carries {field} {new}, which signs only from {activate_at}"
+            );
+            println!(
+                "{field} {new} signs from {activate_at}: first seen on a token issued at {iat} \
+                 ({} earlier logins with {old})",
+                before.len()
+            );
+            return (before, token);
+        }
+        assert_eq!(value, old, "{field} of a token issued at {iat}");
+        assert!(
+            unix_now() < (activate_at + 10) as f64,
+            "still {field} {old} 10 s after {activate_at}, when {new} signs"
+        );
+        before.push(token);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+/// `keys rotate` publishes the new key at once and makes it sign only from its `activate_at`
+/// (`WEAUTH_KEY_PUBLISH_DELAY` later, in whole seconds): the JWKS has both keys before any
+/// token carries the new kid, tokens issued before `activate_at` carry the old kid, then the
+/// new kid signs and the old key stays published (its tokens still verify).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
     let stack = Stack::process(&[
-        ("WEAUTH_KEY_PUBLISH_DELAY", "2s"),
+        ("WEAUTH_KEY_PUBLISH_DELAY", "5s"),
         ("WEAUTH_KEY_RELOAD", "200ms"),
+        // The switch is found by logging in every 100 ms.
+        ("WEAUTH_LOGIN_RATE", "0"),
     ])
     .await;
     let before = stack.login("xena").await;
@@ -432,31 +515,31 @@ async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
     );
     let printed = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(printed.contains("published"), "{printed}");
+    let activate_at: i64 = printed
+        .split("signs from ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|at| at.parse().ok())
+        .unwrap_or_else(|| panic!("no activation time in {printed:?}"));
 
     // Published (JWKS has both) before it signs.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
-    let kids: Vec<String> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(kids.len(), 2, "{jwks}");
+    let kids = until_published(&stack, 2).await;
+    let published_at = unix_now();
+    assert!(
+        published_at < activate_at as f64,
+        "the new key was first seen in the JWKS at {published_at:.3}, not before it signs \
+         ({activate_at})"
+    );
     let new_kid = kids.iter().find(|k| **k != old_kid).unwrap().clone();
-    let early = stack.login("xena").await;
-    assert_eq!(
-        common::header(early["access_token"].as_str().unwrap())["kid"],
-        old_kid.as_str()
+    let (early, late) =
+        logins_until_switch(&stack, "xena", "kid", (&old_kid, &new_kid), activate_at).await;
+    assert!(
+        !early.is_empty(),
+        "no token was signed by the old key while the new one was published and not signing"
     );
 
-    // After the delay, the new key signs; the old token still verifies.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
-    let late = stack.login("xena").await;
-    assert_eq!(
-        common::header(late["access_token"].as_str().unwrap())["kid"],
-        new_kid.as_str()
-    );
+    // The new key signs; the old token still verifies.
+    assert_eq!(common::header(&late)["kid"], new_kid.as_str());
     assert_eq!(stack.get("/v1/me", Some(&old_token)).await.0, 200);
     let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
     assert_eq!(
@@ -574,11 +657,16 @@ fn second_issuer_on_same_db_shares_keys() {
     });
 }
 
+/// A restart with another `WEAUTH_SIGNING_ALG` publishes a key of that algorithm at once and
+/// signs with it only from its `activate_at` (`WEAUTH_KEY_PUBLISH_DELAY` later): tokens issued
+/// before carry the old algorithm, and the old key's tokens still verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_signing_alg_published_before_it_signs() {
     let mut stack = Stack::process(&[
-        ("WEAUTH_KEY_PUBLISH_DELAY", "2s"),
+        ("WEAUTH_KEY_PUBLISH_DELAY", "5s"),
         ("WEAUTH_KEY_RELOAD", "200ms"),
+        // The switch is found by logging in every 100 ms.
+        ("WEAUTH_LOGIN_RATE", "0"),
     ])
     .await;
     let before = stack.login("zoe").await;
@@ -593,6 +681,7 @@ async fn changed_signing_alg_published_before_it_signs() {
     stack.restart().await;
     // Published at once, not signing yet.
     let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
+    let published_at = unix_now();
     let ktys: Vec<&str> = jwks["keys"]
         .as_array()
         .unwrap()
@@ -600,16 +689,30 @@ async fn changed_signing_alg_published_before_it_signs() {
         .map(|k| k["kty"].as_str().unwrap())
         .collect();
     assert!(ktys.contains(&"OKP") && ktys.contains(&"EC"), "{jwks}");
-    let early = stack.login("zoe").await;
-    assert_eq!(
-        common::header(early["access_token"].as_str().unwrap())["alg"],
-        "EdDSA"
+    // The ES256 key's activation time, as `keys list` shows it.
+    let output = Command::new(common::bin())
+        .env_clear()
+        .envs(stack.issuer.env())
+        .args(["keys", "list"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&output.stdout).to_string();
+    let activate_at: i64 = listed
+        .lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .find(|fields| fields.get(1) == Some(&"ES256"))
+        .and_then(|fields| fields.get(3).and_then(|at| at.parse().ok()))
+        .unwrap_or_else(|| panic!("no ES256 key with an activation time in {listed:?}"));
+    assert!(
+        published_at < activate_at as f64,
+        "the ES256 key was first seen in the JWKS at {published_at:.3}, not before it signs \
+         ({activate_at})"
     );
-    tokio::time::sleep(Duration::from_millis(3200)).await;
-    let late = stack.login("zoe").await;
-    assert_eq!(
-        common::header(late["access_token"].as_str().unwrap())["alg"],
-        "ES256"
+    let (early, _) =
+        logins_until_switch(&stack, "zoe", "alg", ("EdDSA", "ES256"), activate_at).await;
+    assert!(
+        !early.is_empty(),
+        "no token was signed by the EdDSA key while the ES256 one was published and not signing"
     );
     assert_eq!(
         stack.get("/v1/me", before["access_token"].as_str()).await.0,
