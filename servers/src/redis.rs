@@ -505,18 +505,18 @@ impl RedisCluster {
         for i in 0..6 {
             let dir = root.join(format!("node{i}"));
             std::fs::create_dir_all(&dir).map_err(|e| io_err("creating redis dir", e))?;
-            // The cluster bus listens on port + 10000: take ports whose bus port is free too.
-            let port = loop {
-                let port = free_port().map_err(|e| io_err("finding a free port", e))?;
-                if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-                    break port;
-                }
-            };
+            // The cluster bus gets its own port from the harness's range too (`cluster-port`,
+            // Redis 7): by default it is port + 10000, inside the ephemeral range, where an
+            // outgoing connection can take it while a killed node is down and fail its restart.
+            let port = free_port().map_err(|e| io_err("finding a free port", e))?;
+            let bus_port = free_port().map_err(|e| io_err("finding a free port", e))?;
             let args: Vec<String> = [
                 "--bind",
                 "127.0.0.1",
                 "--port",
                 &port.to_string(),
+                "--cluster-port",
+                &bus_port.to_string(),
                 "--dir",
                 &dir.to_string_lossy(),
                 "--cluster-enabled",
