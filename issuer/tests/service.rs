@@ -588,15 +588,43 @@ async fn retired_key_dropped_after_its_tokens_expire() {
         .output()
         .unwrap();
     assert!(output.status.success());
-    tokio::time::sleep(Duration::from_millis(4500)).await;
-    let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
-    let keys = jwks["keys"].as_array().unwrap();
-    assert_eq!(keys.len(), 1, "{jwks}");
-    assert_ne!(keys[0]["kid"], old_kid.as_str());
-    assert_eq!(
-        stack.count("signing_keys"),
-        1,
-        "dropped key deleted from the store"
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    let activate_at: i64 = printed
+        .split("signs from ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|at| at.parse().ok())
+        .unwrap_or_else(|| panic!("no activation time in {printed:?}"));
+    // The old key's last tokens expire 1 s (WEAUTH_ACCESS_TTL) after the new key signs; the
+    // next key reload drops it from the JWKS and deletes it from the store.
+    let started = Instant::now();
+    let dropped_at = loop {
+        let kids = published_kids(&stack).await;
+        let seen = unix_now();
+        if kids.len() == 1 && stack.count("signing_keys") == 1 {
+            assert_ne!(kids[0], old_kid, "the new key was dropped");
+            break seen;
+        }
+        assert!(
+            !kids.is_empty() && kids.len() <= 2,
+            "the JWKS publishes {kids:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the retired key {old_kid} is still published or stored 15 s after the rotation \
+             (its tokens expired 1 s after {activate_at}): JWKS {kids:?}, {} stored",
+            stack.count("signing_keys")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "retired key dropped (JWKS and store) by {dropped_at:.3}; its successor signs from \
+         {activate_at}"
+    );
+    assert!(
+        dropped_at >= (activate_at + 1) as f64,
+        "the retired key was dropped at {dropped_at:.3}, before its last tokens expired \
+         ({activate_at} + 1 s)"
     );
 }
 
