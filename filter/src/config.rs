@@ -138,6 +138,86 @@ pub enum PathMatch {
     Exact(String),
 }
 
+/// How a path is compared with a rule's path: ignoring ASCII case or not, with a `/` added
+/// at its end or not ([`PathMatch::matches_lax`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Reading {
+    fold_case: bool,
+    add_slash: bool,
+}
+
+impl PathMatch {
+    /// Whether `path` matches, compared as written.
+    pub fn matches(&self, path: &str) -> bool {
+        self.matches_as(path, Reading::default())
+    }
+
+    /// Whether `path` matches as an upstream lax about it reads it: ignoring ASCII case
+    /// (ASP.NET, Express by default), and with its trailing `/` cut or one added (Express,
+    /// Spring: `/a` and `/a/` are one route). No allocation.
+    pub fn matches_lax(&self, path: &str) -> bool {
+        let trimmed = path.strip_suffix('/').filter(|head| !head.is_empty());
+        [false, true].into_iter().any(|fold_case| {
+            self.matches_as(
+                path,
+                Reading {
+                    fold_case,
+                    add_slash: false,
+                },
+            ) || match trimmed {
+                Some(head) => self.matches_as(
+                    head,
+                    Reading {
+                        fold_case,
+                        add_slash: false,
+                    },
+                ),
+                None => self.matches_as(
+                    path,
+                    Reading {
+                        fold_case,
+                        add_slash: true,
+                    },
+                ),
+            }
+        })
+    }
+
+    /// Whether `path` (read as `how` says) matches.
+    fn matches_as(&self, path: &str, how: Reading) -> bool {
+        let same = |a: &[u8], b: &[u8]| {
+            if how.fold_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        let path = path.as_bytes();
+        // `path` + "/" equals `full`: `full` is one longer and ends with the added slash.
+        let with_slash = |full: &[u8]| {
+            full.len() == path.len() + 1
+                && full.last() == Some(&b'/')
+                && full.get(..path.len()).is_some_and(|head| same(path, head))
+        };
+        match self {
+            PathMatch::Prefix(prefix) => {
+                let prefix = prefix.as_bytes();
+                path.get(..prefix.len())
+                    .is_some_and(|head| same(head, prefix))
+                    || (how.add_slash && with_slash(prefix))
+            }
+            PathMatch::Exact(exact) => {
+                let exact = exact.as_bytes();
+                if how.add_slash {
+                    with_slash(exact)
+                } else {
+                    same(path, exact)
+                }
+            }
+        }
+    }
+}
+
 /// One path rule; the first matching rule wins, else `default_require` with no scopes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -600,40 +680,49 @@ impl Config {
     /// The CSRF and forwarding settings for a request path (query string already removed):
     /// the first matching rule's, else CSRF on and the top-level `forward_authorization`.
     pub fn edge_for(&self, path: &str) -> EdgeRule {
-        let default = EdgeRule {
-            csrf: true,
-            forward_authorization: self.forward_authorization,
-        };
-        self.rules
-            .iter()
-            .find(|rule| rule.matches(path))
-            .map_or(default, |rule| EdgeRule {
+        self.edge_for_as(path, false)
+    }
+
+    /// [`Self::edge_for`], the rules matched as written or, with `lax`, as a lax upstream
+    /// reads the path ([`PathMatch::matches_lax`]).
+    pub fn edge_for_as(&self, path: &str, lax: bool) -> EdgeRule {
+        self.first_match(path, lax).map_or(
+            EdgeRule {
+                csrf: true,
+                forward_authorization: self.forward_authorization,
+            },
+            |rule| EdgeRule {
                 csrf: rule.csrf,
                 forward_authorization: rule
                     .forward_authorization
                     .unwrap_or(self.forward_authorization),
-            })
+            },
+        )
     }
 
     /// The rule for a request path (query string already removed): the first match, else the
     /// default requirement with no scopes.
     pub fn rule_for(&self, path: &str) -> (Require, &[String]) {
-        self.rules
-            .iter()
-            .find(|rule| rule.matches(path))
-            .map_or((self.default_require, &[][..]), |rule| {
+        self.rule_for_as(path, false)
+    }
+
+    /// [`Self::rule_for`], the rules matched as written or, with `lax`, as a lax upstream
+    /// reads the path ([`PathMatch::matches_lax`]).
+    pub fn rule_for_as(&self, path: &str, lax: bool) -> (Require, &[String]) {
+        self.first_match(path, lax)
+            .map_or((self.default_require, &[]), |rule| {
                 (rule.require, rule.scopes.as_slice())
             })
     }
-}
 
-impl Rule {
-    /// Whether the rule matches a path (query string already removed).
-    fn matches(&self, path: &str) -> bool {
-        match &self.path {
-            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            PathMatch::Exact(exact) => path == exact,
-        }
+    fn first_match(&self, path: &str, lax: bool) -> Option<&Rule> {
+        self.rules.iter().find(|rule| {
+            if lax {
+                rule.path.matches_lax(path)
+            } else {
+                rule.path.matches(path)
+            }
+        })
     }
 }
 

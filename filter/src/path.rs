@@ -24,8 +24,16 @@
 //!    include the other's); when no single rule is the strictest (say, two different scope
 //!    sets), the request is refused with 400.
 //!
-//! The `:path` forwarded upstream is not rewritten. A path without any of those characters
-//! takes a fast path: one rule lookup on the raw path, no allocation.
+//! 4. **Lax upstreams.** Many frameworks route without regard to ASCII case (ASP.NET, Express
+//!    by default) or to a trailing `/` (Express, Spring). So each reading's rule is looked up
+//!    twice: with the rules' paths compared as written, and compared as such an upstream
+//!    would (case-folded, the trailing `/` cut or added: the first rule any of those
+//!    matches); the stricter applies, as in step 3. `/api/Admin/x` gets the `/api/admin/`
+//!    rule's scopes, `/api/admin/stats/` the exact `/api/admin/stats` rule's; `/Public/x` keeps
+//!    the default a case-sensitive upstream would serve it under.
+//!
+//! The `:path` forwarded upstream is not rewritten. A path without any of the characters of
+//! step 3 takes a fast path: its rule lookups on the raw path, no allocation.
 //!
 //! With Envoy's normalization on (every config this project ships sets it) steps 2 and 3 find
 //! nothing to do.
@@ -239,6 +247,19 @@ fn rank(require: Require) -> u8 {
     }
 }
 
+/// The strictest of `rules` ([`at_least_as_strict`] of every other), if one is.
+fn strictest<'a>(rules: &[(Require, &'a [String])]) -> Result<(Require, &'a [String]), PathError> {
+    rules
+        .iter()
+        .copied()
+        .find(|candidate| {
+            rules
+                .iter()
+                .all(|other| at_least_as_strict(*candidate, *other))
+        })
+        .ok_or(PathError::Ambiguous)
+}
+
 /// Whether rule `a` is at least as strict as rule `b`.
 fn at_least_as_strict(a: (Require, &[String]), b: (Require, &[String])) -> bool {
     rank(a.0) >= rank(b.0) && b.1.iter().all(|scope| a.1.contains(scope))
@@ -269,57 +290,52 @@ impl<'p> CheckedPath<'p> {
         self.plain
     }
 
-    /// The rule that applies, given the configuration's lookup `rule_for` (see
-    /// [`rule_for_path`]).
+    /// The rule that applies, given the configuration's lookup `rule_for` (a path without
+    /// query → its requirement and scopes, the rules' paths compared as written or, with
+    /// `true`, as a lax upstream reads them; see the module docs, steps 3 and 4).
     ///
     /// # Errors
     /// [`PathError::Ambiguous`] when the readings match rules that cannot be ordered: answer
     /// 400.
     pub fn rule<'a>(
         self,
-        rule_for: impl Fn(&str) -> (Require, &'a [String]),
+        rule_for: impl Fn(&str, bool) -> (Require, &'a [String]),
     ) -> Result<(Require, &'a [String]), PathError> {
         if self.plain {
-            return Ok(rule_for(self.path));
+            return strictest(&[rule_for(self.path, false), rule_for(self.path, true)]);
         }
-        let rules: Vec<(Require, &'a [String])> = readings(self.path)
+        let found: Vec<(Require, &'a [String])> = readings(self.path)
             .iter()
-            .map(|reading| rule_for(reading))
+            .flat_map(|reading| [rule_for(reading, false), rule_for(reading, true)])
             .collect();
-        rules
-            .iter()
-            .copied()
-            .find(|candidate| {
-                rules
-                    .iter()
-                    .all(|other| at_least_as_strict(*candidate, *other))
-            })
-            .ok_or(PathError::Ambiguous)
+        strictest(&found)
     }
 
     /// The CSRF and forwarding settings ([`EdgeRule`]), given the configuration's lookup
-    /// `edge_for`: the strictest over every reading (CSRF on if any reading's rule has it on,
-    /// the token forwarded only if every reading's rule forwards it). A plain path: one lookup.
-    pub fn edge(self, edge_for: impl Fn(&str) -> EdgeRule) -> EdgeRule {
-        let first = edge_for(self.path);
+    /// `edge_for` (as for [`Self::rule`]): the strictest over every reading, each looked up
+    /// both ways (CSRF on if any one's rule has it on, the token forwarded only if every
+    /// one's rule forwards it).
+    pub fn edge(self, edge_for: impl Fn(&str, bool) -> EdgeRule) -> EdgeRule {
+        let both = |reading: &str| edge_for(reading, false).stricter(edge_for(reading, true));
+        let first = both(self.path);
         if self.plain {
             return first;
         }
         readings(self.path)
             .iter()
-            .fold(first, |edge, reading| edge.stricter(edge_for(reading)))
+            .fold(first, |edge, reading| edge.stricter(both(reading)))
     }
 }
 
 /// The rule that applies to the request path `raw` (`:path`, query included), given the
-/// configuration's lookup `rule_for` (a path without query → its requirement and scopes).
+/// configuration's lookup `rule_for` ([`CheckedPath::rule`]).
 ///
 /// # Errors
 /// [`PathError`] when the path is refused (step 1) or its readings match rules that cannot
-/// be ordered (step 3): answer 400.
+/// be ordered (steps 3, 4): answer 400.
 pub fn rule_for_path<'a>(
     raw: &str,
-    rule_for: impl Fn(&str) -> (Require, &'a [String]),
+    rule_for: impl Fn(&str, bool) -> (Require, &'a [String]),
 ) -> Result<(Require, &'a [String]), PathError> {
     CheckedPath::new(raw)?.rule(rule_for)
 }
@@ -344,6 +360,32 @@ mod tests {
             rule("/admin/", Require::Required, &["admin"]),
             rule("/reports/", Require::Required, &["reports"]),
         ]
+    }
+
+    /// The configuration's lookup over `rules`: the first match (compared as written or, with
+    /// `lax`, as a lax upstream reads the path), else a token required.
+    fn matching<'r>(rules: &'r [Rule]) -> impl Fn(&str, bool) -> (Require, &'r [String]) + 'r {
+        move |path, lax| {
+            rules
+                .iter()
+                .find(|rule| {
+                    if lax {
+                        rule.path.matches_lax(path)
+                    } else {
+                        rule.path.matches(path)
+                    }
+                })
+                .map_or(DEFAULT, |rule| (rule.require, rule.scopes.as_slice()))
+        }
+    }
+
+    /// Where no rule matches.
+    const DEFAULT: (Require, &[String]) = (Require::Required, &[]);
+
+    /// [`matching`] as it was before lax readings (step 4): the path as written only.
+    fn exact_only<'r>(rules: &'r [Rule]) -> impl Fn(&str, bool) -> (Require, &'r [String]) + 'r {
+        let matching = matching(rules);
+        move |path, _| matching(path, false)
     }
 
     fn lookup<'r>(rules: &'r [Rule]) -> impl Fn(&str) -> (Require, &'r [String]) + 'r {
@@ -392,7 +434,7 @@ mod tests {
 
     fn require_of(raw: &str) -> Result<Require, PathError> {
         let rules = rules();
-        rule_for_path(raw, lookup(&rules)).map(|(require, _)| require)
+        rule_for_path(raw, matching(&rules)).map(|(require, _)| require)
     }
 
     #[test]
@@ -524,7 +566,7 @@ mod tests {
     #[test]
     fn dot_segment_into_scoped_rule_gets_its_scopes() {
         let rules = rules();
-        let (require, scopes) = rule_for_path("/public/../admin/users", lookup(&rules)).unwrap();
+        let (require, scopes) = rule_for_path("/public/../admin/users", matching(&rules)).unwrap();
         assert_eq!(require, Require::Required);
         assert_eq!(scopes, ["admin".to_string()]);
     }
@@ -585,7 +627,7 @@ mod tests {
 
     /// The edge settings of an accepted request path.
     fn edge_of(raw: &str, edge_for: impl Fn(&str) -> EdgeRule) -> EdgeRule {
-        CheckedPath::new(raw).unwrap().edge(edge_for)
+        CheckedPath::new(raw).unwrap().edge(|p, _| edge_for(p))
     }
 
     /// What [`scan`] says of plainness, the obvious way: the oracle of its test.
@@ -650,7 +692,7 @@ mod tests {
             });
             let checked = CheckedPath::new(raw);
             assert_eq!(
-                checked.and_then(|checked| checked.rule(lookup(&rules))),
+                checked.and_then(|checked| checked.rule(exact_only(&rules))),
                 before_rule,
                 "{raw:?}"
             );
@@ -659,9 +701,95 @@ mod tests {
                     .iter()
                     .filter(|_| !is_plain(path))
                     .fold(edge_for(path), |e, r| e.stricter(edge_for(r)));
-                assert_eq!(checked.edge(edge_for), before_edge, "{raw:?}");
+                assert_eq!(checked.edge(|p, _| edge_for(p)), before_edge, "{raw:?}");
             }
         }
+    }
+
+    #[test]
+    fn lax_upstream_readings_get_the_rule_they_match() {
+        let mut rules = rules();
+        rules.push(Rule {
+            path: PathMatch::Exact("/stats".into()),
+            require: Require::Required,
+            scopes: vec!["admin".into()],
+            csrf: true,
+            forward_authorization: None,
+        });
+        let rule = |raw: &str| rule_for_path(raw, matching(&rules)).unwrap();
+        let admin = (Require::Required, &["admin".to_string()][..]);
+        // Case-insensitive routing (ASP.NET, Express): the scoped rule, not the default.
+        assert_eq!(rule("/ADMIN/users"), admin);
+        assert_eq!(rule("/Admin/users?x=1"), admin);
+        assert_eq!(rule("/aDmin/../Admin/x"), admin);
+        // A trailing slash cut or added (Express, Spring).
+        assert_eq!(rule("/stats/"), admin);
+        assert_eq!(rule("/STATS/"), admin);
+        assert_eq!(rule("/admin"), admin);
+        // Lax readings only ever tighten: an upper-case spelling of a public path gets the
+        // default a case-sensitive upstream would serve it under.
+        assert_eq!(rule("/Public/x"), DEFAULT);
+        // The open prefix's own index stays open.
+        assert_eq!(rule("/public/"), (Require::None, &[][..]));
+        assert_eq!(rule("/public/x"), (Require::None, &[][..]));
+        assert_eq!(rule("/"), DEFAULT);
+    }
+
+    #[test]
+    fn matches_lax_folds_case_and_the_trailing_slash() {
+        let prefix = PathMatch::Prefix("/api/admin/".into());
+        let exact = PathMatch::Exact("/api/stats".into());
+        for path in [
+            "/api/admin/x",
+            "/API/Admin/x",
+            "/api/admin",
+            "/Api/Admin",
+            "/api/admin/",
+        ] {
+            assert!(prefix.matches_lax(path), "{path}");
+        }
+        for path in ["/api/adminx", "/api/", "/api/admi", "/"] {
+            assert!(!prefix.matches_lax(path), "{path}");
+        }
+        for path in ["/api/stats", "/api/stats/", "/API/STATS", "/Api/Stats/"] {
+            assert!(exact.matches_lax(path), "{path}");
+        }
+        for path in ["/api/stats/x", "/api/stat", "/api/statsx", "/api/stats//"] {
+            assert!(!exact.matches_lax(path), "{path}");
+        }
+        // As written: neither case nor slash bends.
+        assert!(!prefix.matches("/API/admin/x") && !prefix.matches("/api/admin"));
+        assert!(!exact.matches("/api/stats/"));
+    }
+
+    #[test]
+    fn lax_readings_tighten_the_edge_settings() {
+        let open = PathMatch::Prefix("/open/".into());
+        let lax = EdgeRule {
+            csrf: false,
+            forward_authorization: true,
+        };
+        let strict = EdgeRule {
+            csrf: true,
+            forward_authorization: false,
+        };
+        let edge = |raw: &str| {
+            CheckedPath::new(raw).unwrap().edge(|p, lax_reading| {
+                let matched = if lax_reading {
+                    open.matches_lax(p)
+                } else {
+                    open.matches(p)
+                };
+                if matched {
+                    lax
+                } else {
+                    strict
+                }
+            })
+        };
+        assert_eq!(edge("/open/x"), lax);
+        assert_eq!(edge("/OPEN/x"), strict);
+        assert_eq!(edge("/open/"), lax);
     }
 
     #[test]

@@ -254,7 +254,10 @@ fn decide_request<'c>(
     let rule = path
         .ok_or(path::PathError::Missing)
         .and_then(path::CheckedPath::new)
-        .and_then(|checked| Ok((checked, checked.rule(|p| config.rule_for(p))?)));
+        .and_then(|checked| {
+            let rule = checked.rule(|p, lax| config.rule_for_as(p, lax))?;
+            Ok((checked, rule))
+        });
     let (checked, (require, scopes)) = match rule {
         Ok(rule) => rule,
         Err(err) => {
@@ -272,7 +275,7 @@ fn decide_request<'c>(
     }
     // Checked above: there is one.
     let path = path.unwrap_or_default();
-    let edge = checked.edge(|p| config.edge_for(p));
+    let edge = checked.edge(|p, lax| config.edge_for_as(p, lax));
     let extracted = verify::extract_token(&config.token_sources, headers, path);
     if csrf::applies(edge.csrf, &config.token_sources, &extracted, method, || {
         headers::has(headers, "upgrade")

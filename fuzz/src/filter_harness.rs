@@ -71,7 +71,7 @@ pub fn filter_config(data: &[u8]) -> bool {
                 "?",
                 "/é/%2e",
             ] {
-                let _ = rule_for_path(path, |p| config.rule_for(p));
+                let _ = rule_for_path(path, |p, lax| config.rule_for_as(p, lax));
                 let _ = extract_token(&config.token_sources, &headers, path);
             }
             true
@@ -234,7 +234,7 @@ pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
     let extracted = extract_token(&config.token_sources, &headers, &path);
     // The path rule: a refused path (400) ends the request here. An accepted one is never
     // laxer than the rule of its normalized form (what a normalizing upstream serves).
-    let Ok((require, scopes)) = rule_for_path(&path, |p| config.rule_for(p)) else {
+    let Ok((require, scopes)) = rule_for_path(&path, |p, lax| config.rule_for_as(p, lax)) else {
         return false;
     };
     let (normal_require, normal_scopes) = config.rule_for(&normalize(without_query(&path)));

@@ -194,3 +194,56 @@ async fn path_walk_into_private_with_token_gets_private_rule() {
     let (status, body) = raw_get(port, "/api/private/../public/x", None).await;
     assert_eq!(status, 401, "{body}");
 }
+
+/// Upstreams that route without regard to ASCII case or to a trailing slash (ASP.NET,
+/// Express by default, Spring) serve `/api/Admin/users`, `/api/admin` and
+/// `/api/admin/stats/` as the scoped routes `/api/admin/…`: the filter gives them that rule's
+/// scopes — a token without `admin` is refused 403 — and keeps an open prefix open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_and_trailing_slash_spellings_get_the_scoped_rule() {
+    let rules = json!({"rules": [
+        {"prefix": "/api/public/", "require": "none"},
+        {"exact": "/v1/login", "require": "none"},
+        {"exact": "/v1/token/refresh", "require": "none"},
+        {"prefix": "/.well-known/", "require": "none"},
+        {"exact": "/healthz", "require": "none"},
+        {"exact": "/api/stats", "require": "required", "scopes": ["admin"]},
+        {"prefix": "/api/admin/", "require": "required", "scopes": ["admin"]},
+        {"prefix": "/api/", "require": "required"}
+    ]});
+    let stack = Stack::builder()
+        .envoy_path_normalization(false)
+        .upstream_normalizes(true)
+        .plugin_config_patch(rules)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the weauth stack: {e}"));
+    let port = stack.ports().envoy;
+    let token = stack.login("case-walker").await.unwrap().access_token;
+    let (status, body) = raw_get(port, "/api/orders", Some(&token)).await;
+    assert_eq!(status, 200, "the token is good: {body}");
+    for spelling in [
+        "/api/admin/users",
+        "/api/Admin/users",
+        "/API/ADMIN/users",
+        "/api/admin",
+        "/api/stats",
+        "/api/stats/",
+        "/api/Stats",
+    ] {
+        let before = stack.upstream.requests();
+        let (status, body) = raw_get(port, spelling, Some(&token)).await;
+        assert_eq!(status, 403, "{spelling}: {body}");
+        assert_eq!(json_of(&body)["error"], "insufficient_scope", "{spelling}");
+        assert_eq!(
+            stack.upstream.requests(),
+            before,
+            "{spelling} reached the upstream"
+        );
+    }
+    // The open prefix stays open, its index too.
+    for open in ["/api/public/", "/api/public/page"] {
+        let (status, body) = raw_get(port, open, None).await;
+        assert_eq!(status, 200, "{open}: {body}");
+    }
+}
