@@ -3,9 +3,12 @@
  * real weauth-issuer and the real Envoy with the weauth filter, started by the project's
  * harness (`weauth-stack --free-ports --json`), and `wx.login` codes from the mock WeChat.
  *
- * The issuer runs with `WEAUTH_ACCESS_TTL=2s` and no leeway, and the filter with no clock
+ * The issuer runs with `WEAUTH_ACCESS_TTL=4s` and no leeway, and the filter with no clock
  * skew, so an access token really expires within a test; a test that needs an expired
- * token waits for its `exp` and first checks that Envoy refuses it. Refreshes and logins are
+ * token waits for its `exp` and first checks that Envoy refuses it. A token is refused once
+ * the whole second of its `exp` is reached, so it lives (TTL - 1 s, TTL]: 4 s leaves more
+ * than 3 s for a test that needs its tokens valid (a login, then requests), on a loaded
+ * machine too. Refreshes and logins are
  * counted twice: by the shim (what the client sent) and by the issuer (`/metrics`).
  */
 import { after, before, test } from "node:test";
@@ -23,7 +26,7 @@ before(async () => {
   deadPort = await closedPort();
   stack = await startStack(
     {
-      WEAUTH_ACCESS_TTL: "2s",
+      WEAUTH_ACCESS_TTL: "4s",
       WEAUTH_LEEWAY: "0s",
       WEAUTH_LOGIN_RATE: "0",
     },
