@@ -43,12 +43,17 @@ impl Keys {
             ]),
             JwksSource::Inline(_) => 0,
         };
+        // The clock skew too: the fetcher drops an entry that long past its `until`, so a set
+        // kept for a smaller skew lacks entries a larger one still needs (a revoked token would
+        // pass again until its `exp` plus the larger skew).
+        let skew = config.validation.leeway.to_le_bytes();
         let feed_ns = config.revocation.as_ref().map_or(0, |feed| {
             fnv1a(&[
                 feed.cluster.as_bytes(),
                 feed.authority.as_bytes(),
                 feed.path.as_bytes(),
                 feed.credential.as_bytes(),
+                &skew,
             ])
         });
         Keys {
@@ -112,6 +117,12 @@ mod tests {
         assert_ne!(other_feed.feed_lease, base.feed_lease);
         assert_ne!(other_feed.meta, base.meta);
         assert_ne!(base.jwks_lease, base.feed_lease);
+        // Another clock skew: the fetcher keeps entries that long past their `until`, so
+        // not one set between them.
+        let wider = keys(serde_json::json!({"clock_skew_seconds": 300}));
+        assert_ne!(wider.feed_lease, base.feed_lease);
+        assert_ne!(wider.meta, base.meta);
+        assert_eq!(wider.jwks_lease, base.jwks_lease);
     }
 
     #[test]

@@ -203,12 +203,24 @@ fn same_jwks(a: &Config, b: &Config) -> bool {
     }
 }
 
-/// Whether two configurations poll the same revocation feed with the same credential.
+/// Whether two configurations poll the same revocation feed with the same credential and keep
+/// its entries alike: the fetcher drops an entry its clock skew past its `until`, so a set
+/// kept for a smaller skew lacks entries a larger one still needs (a revoked token would pass
+/// again until its `exp` plus the larger skew).
 fn same_feed(a: &Config, b: &Config) -> bool {
     match (&a.revocation, &b.revocation) {
-        (Some(a), Some(b)) => {
-            (&a.cluster, &a.authority, &a.path, &a.credential)
-                == (&b.cluster, &b.authority, &b.path, &b.credential)
+        (Some(feed_a), Some(feed_b)) => {
+            (
+                &feed_a.cluster,
+                &feed_a.authority,
+                &feed_a.path,
+                &feed_a.credential,
+            ) == (
+                &feed_b.cluster,
+                &feed_b.authority,
+                &feed_b.path,
+                &feed_b.credential,
+            ) && a.validation.leeway == b.validation.leeway
         }
         _ => false,
     }
@@ -1031,6 +1043,17 @@ mod tests {
         assert!(!Arc::ptr_eq(&new.state, &old.state));
         assert!(Arc::ptr_eq(&new.keys().unwrap(), &old.keys().unwrap()));
         assert!(new.revocation().is_none());
+        // Another clock skew: its own set, not one pruned for the old skew (an entry dropped
+        // at `until` + 60 s would let a token accepted until `exp` + 300 s pass again).
+        let (wider, start) = Shared::start(sourced("own_sources", r#","clock_skew_seconds":300"#));
+        assert_eq!(
+            start,
+            Start::Own {
+                keys: true,
+                revocation: false
+            }
+        );
+        assert!(!Arc::ptr_eq(&wider.state, &old.state));
         // Another cluster: nothing.
         let (_, start) = Shared::start(sourced("own_elsewhere", ""));
         assert_eq!(
