@@ -18,6 +18,45 @@ use common::{payload, Issuer, Stack, ADMIN, FEED};
 use serde_json::json;
 use weauth_mock_wechat::Fault;
 
+/// Waits (up to 10 s) until the mock WeChat has received `count` calls of `route`: a request
+/// the issuer makes there is in flight.
+async fn until_calls(mock: &weauth_mock_wechat::MockWechat, route: &str, count: u64) {
+    let started = Instant::now();
+    while mock.calls(route) < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{route} was called {} times, not {count}, within 10 s",
+            mock.calls(route)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (up to 10 s) until the issuer at `metrics_url` (its `/metrics`) holds `count` feed
+/// long polls (`weauth_feed_waiters`).
+async fn until_feed_waiters(http: &reqwest::Client, metrics_url: &str, count: u64) {
+    let line = format!("weauth_feed_waiters {count}");
+    let started = Instant::now();
+    loop {
+        let text = http
+            .get(metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no `{line}` within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_tokens_revocations_and_seq() {
     let mut stack = Stack::process(&[]).await;
@@ -74,6 +113,7 @@ async fn restart_keeps_tokens_revocations_and_seq() {
 async fn graceful_shutdown_finishes_in_flight_login() {
     let mut stack = Stack::process(&[("WEAUTH_SHUTDOWN_GRACE", "10s")]).await;
     let code = stack.mock.login("tom").code;
+    let calls = stack.mock.calls("jscode2session");
     stack.mock.inject(
         "jscode2session",
         Fault::Delay(Duration::from_millis(800)),
@@ -90,7 +130,8 @@ async fn graceful_shutdown_finishes_in_flight_login() {
             .unwrap();
         response.status().as_u16()
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The login is in flight: its code exchange is held at WeChat.
+    until_calls(&stack.mock, "jscode2session", calls + 1).await;
     let started = Instant::now();
     let status =
         tokio::task::block_in_place(|| stack.issuer.process().terminate(Duration::from_secs(10)));
@@ -115,7 +156,7 @@ async fn graceful_shutdown_ends_long_polls_promptly() {
             .await
             .map(|r| r.status().as_u16())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_feed_waiters(&stack.http, &stack.url("/metrics"), 1).await;
     let started = Instant::now();
     let status =
         tokio::task::block_in_place(|| stack.issuer.process().terminate(Duration::from_secs(10)));
@@ -664,7 +705,6 @@ fn second_issuer_on_same_db_shares_keys() {
         let http = stack.http.clone();
         let url = other.url(&format!("/v1/revocations?since={seq}&wait=10"));
         let poll = tokio::spawn(async move {
-            let started = Instant::now();
             let body: serde_json::Value = http
                 .get(url)
                 .bearer_auth(FEED)
@@ -674,14 +714,22 @@ fn second_issuer_on_same_db_shares_keys() {
                 .json()
                 .await
                 .unwrap();
-            (started.elapsed(), body)
+            (Instant::now(), body)
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The other replica holds the poll (it asked for 10 s), then the logout: the other
+        // hears of it by its seq re-read (every 250 ms).
+        until_feed_waiters(&stack.http, &other.url("/metrics"), 1).await;
         let (status, _, _) = stack.post_auth("/v1/logout", token, None).await;
         assert_eq!(status, 204);
-        let (elapsed, body) = poll.await.unwrap();
+        let logged_out = Instant::now();
+        let (answered, body) = poll.await.unwrap();
         assert_eq!(body["entries"].as_array().unwrap().len(), 1, "{body}");
-        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+        let elapsed = answered.saturating_duration_since(logged_out);
+        println!("the other replica's long poll answered {elapsed:?} after the logout's 204");
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "{elapsed:?} after the 204"
+        );
     });
 }
 

@@ -666,6 +666,7 @@ async fn sub_revocation_during_a_login_in_flight_ends_that_login() {
         .unwrap()
         .to_string();
     // The next login waits 2 s at WeChat.
+    let calls = stack.mock.calls("jscode2session");
     stack.mock.inject(
         "jscode2session",
         weauth_mock_wechat::Fault::Delay(Duration::from_secs(2)),
@@ -685,7 +686,15 @@ async fn sub_revocation_during_a_login_in_flight_ends_that_login() {
             (status, response.json::<serde_json::Value>().await.unwrap())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The login is in flight: its code exchange is held at WeChat.
+    let started = Instant::now();
+    while stack.mock.calls("jscode2session") <= calls {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the login did not reach WeChat within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (status, entry, _) = stack
         .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sub": sub })))
         .await;
