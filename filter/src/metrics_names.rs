@@ -44,4 +44,5 @@ pub const DENY_REASONS: &[&str] = &[
     "revocation_stale",
     "bad_path",
     "csrf",
+    "internal",
 ];

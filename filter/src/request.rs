@@ -111,7 +111,8 @@ pub fn unavailable() -> Denial {
         status: 503,
         error: "temporarily_unavailable",
         description: "the filter is busy; retry shortly".into(),
-        reason: "jwks_unavailable",
+        // Its own counter: a fault of the filter, not an outage of the keys.
+        reason: "internal",
         scope: None,
     }
 }
@@ -445,6 +446,28 @@ pub fn deny(host: &mut impl Host, stats: &impl Stats, denial: &Denial) -> Flow {
     Flow::Stop
 }
 
+/// Whether a request's `content-type` makes it gRPC, as Envoy decides it
+/// (`Grpc::Common::hasGrpcContentType`): `application/grpc`, alone or followed by `+` or `;`.
+pub fn is_grpc(content_type: &str) -> bool {
+    content_type
+        .strip_prefix("application/grpc")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+}
+
+/// The gRPC status Envoy gives a local reply of HTTP status `http` to a gRPC request
+/// (`Grpc::Utility::httpToGrpcStatus`). The native build sets it itself: Envoy's
+/// dynamic-module ABI passes a literal 0 (OK) for it, which a gRPC client reads as success.
+pub fn grpc_status(http: u16) -> &'static str {
+    match http {
+        400 => "13",
+        401 => "16",
+        403 => "7",
+        404 => "12",
+        429 | 502..=504 => "14",
+        _ => "2",
+    }
+}
+
 /// A claim's value for a header, borrowed when the claim is a string. An empty value counts
 /// as absent — no header, and the client's copy removed — in both builds: Envoy's
 /// dynamic-module ABI cannot add a header with an empty value (and setting one removes it),
@@ -733,7 +756,8 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["error"], "temporarily_unavailable");
         assert_eq!(host.reply_header("retry-after"), Some("1"));
-        assert_eq!(stats.get("denied.jwks_unavailable"), 1);
+        assert_eq!(stats.get("denied.internal"), 1);
+        assert_eq!(stats.get("denied.jwks_unavailable"), 0, "not a keys outage");
         assert!(host
             .logs
             .borrow()
@@ -1039,6 +1063,33 @@ mod tests {
         assert_eq!(handshake("same-site"), (Flow::Stop, Some(403), 1));
         // The app's own page opening its socket passes.
         assert_eq!(handshake("same-origin"), (Flow::Continue, None, 0));
+    }
+
+    #[test]
+    fn grpc_content_types_and_statuses_as_envoy_maps_them() {
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;x=1",
+        ] {
+            assert!(is_grpc(grpc), "{grpc}");
+        }
+        for other in [
+            "application/grpcx",
+            "application/json",
+            "application/grpc-web",
+            "",
+        ] {
+            assert!(!is_grpc(other), "{other}");
+        }
+        let statuses: Vec<_> = [400, 401, 403, 404, 429, 502, 503, 504, 500]
+            .into_iter()
+            .map(grpc_status)
+            .collect();
+        assert_eq!(
+            statuses,
+            ["13", "16", "7", "12", "14", "14", "14", "14", "2"]
+        );
     }
 
     #[test]

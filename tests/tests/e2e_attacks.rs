@@ -1124,3 +1124,49 @@ async fn routes_are_matched_on_the_request_the_filter_forwards() {
     assert_eq!(headers["x-routed-by"], "identity", "{body}");
     assert_eq!(headers["x-weauth-sub"], sub.as_str());
 }
+
+/// A gRPC client refused at the edge gets a gRPC status that says why — 16 UNAUTHENTICATED
+/// without a token, 7 PERMISSION_DENIED for a missing scope — in a trailers-only answer, as
+/// Envoy writes a local reply to a gRPC request. Never 0 (OK), which a streaming client reads
+/// as an empty success: the native build passed Envoy's dynamic-module ABI a literal 0.
+#[tokio::test]
+async fn grpc_requests_refused_with_the_grpc_status_of_the_denial() {
+    let key = test_key();
+    let mut config: Value =
+        serde_json::from_str(weauth_tests::template::PLUGIN_CONFIG_TEMPLATE).unwrap();
+    let mut rules = config["rules"].as_array_mut().unwrap().clone();
+    rules.insert(
+        0,
+        json!({"prefix": "/admin.Service/", "require": "required", "scopes": ["admin"]}),
+    );
+    config = json!({"rules": rules});
+    let stack = start(Stack::builder().plugin_config_patch(config), &key).await;
+    let token = stack.login("grpc-caller").await.unwrap().access_token;
+    let grpc = |path: &str, bearer: Option<&str>| {
+        let mut req = stack
+            .request(reqwest::Method::POST, path)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(vec![0u8, 0, 0, 0, 0]);
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    for (path, bearer, want) in [
+        ("/demo.Service/Call", None, "16"),
+        ("/admin.Service/Call", Some(token.as_str()), "7"),
+    ] {
+        let resp = grpc(path, bearer).await.unwrap();
+        let status = resp
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        assert_eq!(
+            status.as_deref(),
+            Some(want),
+            "{path}: {:?}",
+            resp.headers()
+        );
+    }
+}

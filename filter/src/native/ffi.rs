@@ -660,8 +660,15 @@ impl Host for Request<'_> {
     }
 
     fn send_local_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        // Envoy writes a gRPC request's local reply as a gRPC answer, with the grpc-status
+        // this ABI passes as a literal 0 (OK) unless the reply carries its own.
+        let grpc = self.with_request_headers(|request| {
+            crate::headers::first(request, "content-type").is_some_and(crate::request::is_grpc)
+        });
+        let grpc_status = [("grpc-status", crate::request::grpc_status(status))];
         let mut raw: Vec<ModuleHttpHeader> = headers
             .iter()
+            .chain(grpc_status.iter().filter(|_| grpc))
             .map(|(name, value)| ModuleHttpHeader {
                 key_ptr: name.as_ptr(),
                 key_length: name.len(),
@@ -887,7 +894,22 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     _end_of_stream: bool,
 ) -> u32 {
     let Some(module) = module(filter_module) else {
-        return STATUS_CONTINUE;
+        // Not reachable (a filter's pointer is its configuration's): refused all the same,
+        // never passed unchecked.
+        let body = request::unavailable().body();
+        // SAFETY: inside a request hook with Envoy's filter pointer; the buffers outlive the
+        // call.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                filter_envoy,
+                503,
+                std::ptr::null_mut(),
+                0,
+                ModuleBuffer::of(body.as_bytes()),
+                ModuleBuffer::of(b"weauth_denied"),
+            );
+        }
+        return STATUS_STOP_ITERATION;
     };
     let mut host = Request {
         filter: filter_envoy,
