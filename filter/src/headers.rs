@@ -150,9 +150,9 @@ pub enum CookieEdit {
     Remove,
 }
 
-/// Removes every `name=value` pair of cookie `name` from the request's `Cookie` headers (all
-/// copies; HTTP/2 may send one per cookie).
-pub fn cookie_without(headers: &[impl Field], name: &str) -> CookieEdit {
+/// Removes every `name=value` pair of the cookies `is_token` names from the request's `Cookie`
+/// headers (all copies; HTTP/2 may send one per cookie).
+pub fn cookie_without(headers: &[impl Field], is_token: impl Fn(&str) -> bool) -> CookieEdit {
     let mut found = false;
     let mut kept: Vec<&str> = Vec::new();
     for header in headers.iter().filter(|header| header.name() == "cookie") {
@@ -163,7 +163,7 @@ pub fn cookie_without(headers: &[impl Field], name: &str) -> CookieEdit {
             .filter(|pair| !pair.is_empty())
         {
             let key = pair.split_once('=').map_or(pair, |(key, _)| key).trim();
-            if key == name {
+            if is_token(key) {
                 found = true;
             } else {
                 kept.push(pair);
@@ -291,7 +291,7 @@ mod tests {
             ("cookie", "weauth_at=t2;b=2"),
         ]);
         assert_eq!(
-            cookie_without(&h, "weauth_at"),
+            cookie_without(&h, |name| name == "weauth_at"),
             CookieEdit::Set("a=1; b=2".into())
         );
     }
@@ -299,15 +299,21 @@ mod tests {
     #[test]
     fn cookie_without_only_cookie_removes_header() {
         let h = headers(&[("cookie", "weauth_at=t")]);
-        assert_eq!(cookie_without(&h, "weauth_at"), CookieEdit::Remove);
+        assert_eq!(
+            cookie_without(&h, |name| name == "weauth_at"),
+            CookieEdit::Remove
+        );
     }
 
     #[test]
     fn cookie_without_absent_unchanged() {
         let h = headers(&[("cookie", "weauth_atx=1; other=weauth_at")]);
-        assert_eq!(cookie_without(&h, "weauth_at"), CookieEdit::Unchanged);
         assert_eq!(
-            cookie_without(&headers(&[]), "weauth_at"),
+            cookie_without(&h, |name| name == "weauth_at"),
+            CookieEdit::Unchanged
+        );
+        assert_eq!(
+            cookie_without(&headers(&[]), |name| name == "weauth_at"),
             CookieEdit::Unchanged
         );
     }

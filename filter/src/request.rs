@@ -160,12 +160,18 @@ struct Edits<'c> {
 }
 
 /// What happens to the token before forwarding.
-enum TokenEdit<'c> {
-    Keep,
-    /// Remove this header (the token's header, or `cookie` when the token was its only cookie).
-    Remove(&'c str),
-    /// Replace the `cookie` header with the other cookies.
-    Cookie(String),
+struct TokenEdit<'c> {
+    /// Remove this header (the token's).
+    header: Option<&'c str>,
+    /// What to do with `Cookie` (the token cookies taken out).
+    cookie: CookieEdit,
+}
+
+impl TokenEdit<'_> {
+    const KEEP: TokenEdit<'static> = TokenEdit {
+        header: None,
+        cookie: CookieEdit::Unchanged,
+    };
 }
 
 impl<'c> Edits<'c> {
@@ -175,7 +181,7 @@ impl<'c> Edits<'c> {
             claims: None,
             strip: owned(identity_sent(config, headers)),
             sent: Vec::new(),
-            token: TokenEdit::Keep,
+            token: TokenEdit::KEEP,
         }
     }
 
@@ -217,14 +223,18 @@ impl<'c> Edits<'c> {
             host.remove_request_header(name);
             edited = true;
         }
-        match self.token {
-            TokenEdit::Keep => edited,
-            TokenEdit::Remove(name) => {
-                host.remove_request_header(name);
+        if let Some(name) = self.token.header {
+            host.remove_request_header(name);
+            edited = true;
+        }
+        match self.token.cookie {
+            CookieEdit::Unchanged => edited,
+            CookieEdit::Set(rest) => {
+                host.set_request_header("cookie", &rest);
                 true
             }
-            TokenEdit::Cookie(rest) => {
-                host.set_request_header("cookie", &rest);
+            CookieEdit::Remove => {
+                host.remove_request_header("cookie");
                 true
             }
         }
@@ -313,7 +323,7 @@ fn decide_request<'c>(
         Decision::Allow { claims } => {
             stats.allowed();
             let token = if edge.forward_authorization {
-                TokenEdit::Keep
+                TokenEdit::KEEP
             } else {
                 token_edit(config, &extracted, headers)
             };
@@ -357,26 +367,33 @@ fn allow_edits<'c>(
     }
 }
 
-/// How the token leaves the request (`forward_authorization` false): its header removed, or
-/// its cookie taken out of `Cookie`. A query token stays in `:path` (rewriting the path is not
-/// this filter's job).
+/// How the token leaves the request (`forward_authorization` false): its header removed, and
+/// every token cookie taken out of `Cookie` — a browser sends the cookie along with a script's
+/// `Authorization`, and the header's token winning must not leave the cookie's going
+/// upstream. A query token stays in `:path` (rewriting the path is not this filter's job).
 fn token_edit<'c>(
     config: &'c Config,
     extracted: &Extracted<'_>,
     headers: &[Header<'_>],
 ) -> TokenEdit<'c> {
     let Extracted::Found { source, .. } = extracted else {
-        return TokenEdit::Keep;
+        return TokenEdit::KEEP;
     };
-    match config.token_sources.get(*source) {
-        Some(TokenSource::Header { name, .. }) => TokenEdit::Remove(name),
-        Some(TokenSource::Cookie(name)) => match headers::cookie_without(headers, name) {
-            CookieEdit::Unchanged => TokenEdit::Keep,
-            CookieEdit::Set(rest) => TokenEdit::Cookie(rest),
-            CookieEdit::Remove => TokenEdit::Remove("cookie"),
-        },
-        Some(TokenSource::Query(_)) | None => TokenEdit::Keep,
-    }
+    let header = match config.token_sources.get(*source) {
+        Some(TokenSource::Header { name, .. }) => Some(name.as_str()),
+        _ => None,
+    };
+    let cookie = if config.cookie_source() {
+        headers::cookie_without(headers, |name| {
+            config
+                .token_sources
+                .iter()
+                .any(|source| matches!(source, TokenSource::Cookie(cookie) if cookie == name))
+        })
+    } else {
+        CookieEdit::Unchanged
+    };
+    TokenEdit { header, cookie }
 }
 
 /// The identity headers the client sent ([`headers::identity_to_remove`] with nothing set):
@@ -1090,6 +1107,25 @@ mod tests {
             statuses,
             ["13", "16", "7", "12", "14", "14", "14", "14", "2"]
         );
+    }
+
+    #[test]
+    fn on_request_headers_header_token_wins_and_the_cookie_token_is_not_forwarded_either() {
+        let config = config(serde_json::json!({"token_sources": [
+            {"header": "authorization", "prefix": "Bearer "}, {"cookie": "weauth_at"}
+        ]}));
+        let bearer = format!("Bearer {}", token());
+        let cookie = format!("a=1; weauth_at={}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+            ("cookie", &cookie),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert!(host.removed.contains(&"authorization".to_string()));
+        assert_eq!(host.set_value("cookie"), Some("a=1"));
     }
 
     #[test]
