@@ -132,15 +132,21 @@ test('login through the mock authorize page gives cookies that reach the upstrea
   // Logout clears the cookies and revokes the session: the next fetch is 401, and the old
   // token, replayed as a bearer, is refused at the edge too.
   assert.equal(await withTimeout(page.evaluate(() => window.weauthDemo.logout()), 'logout'), 204);
+  const loggedOut = Date.now();
   assert.equal(await cookie(context, 'weauth_at'), undefined);
   assert.equal((await callApi(page)).status, 401);
+  // Within 5 s of the logout's answer (a loaded CI machine's bound, far below the feed poll's
+  // 20 s hold); the measured delay is printed.
   let replay;
-  for (let i = 0; i < 40; i++) {
+  let took;
+  for (;;) {
     replay = await fetch(`${ENVOY}/api/hello`, { headers: { authorization: `Bearer ${at2.value}` } });
-    if (replay.status === 401) break;
+    took = Date.now() - loggedOut;
+    if (replay.status === 401 || took > 5000) break;
     await new Promise((r) => setTimeout(r, 50));
   }
-  assert.equal(replay.status, 401, 'the logged-out token is revoked at the edge');
+  assert.equal(replay.status, 401, `the logged-out token is revoked at the edge (still ${replay.status} after ${took} ms)`);
+  console.log(`the logged-out token was refused at the edge ${took} ms after the logout's answer`);
   await context.close();
 });
 

@@ -23,8 +23,11 @@ use weauth_tests::harness::{
 use weauth_tests::upstream::INSTANT_FEED_PATH;
 use weauth_token::{Algorithm, SigningKey};
 
-/// The revocation deadline the tests enforce (design target: well under 1 s).
-const REVOKE_DEADLINE: Duration = Duration::from_secs(2);
+/// The revocation deadline the tests enforce: a loaded CI machine's bound (2 cores, two test
+/// streams), far below the 20 s the filter asks the issuer to hold a feed poll (so only the
+/// woken poll passes it). The design target is well under 1 s: the measured delays are
+/// printed (`-- --nocapture`).
+const REVOKE_DEADLINE: Duration = Duration::from_secs(5);
 
 async fn start(builder: StackBuilder) -> Stack {
     match builder.start().await {
@@ -63,7 +66,9 @@ async fn wait_for(stack: &Stack, token: &str, want: u16, within: Duration, why: 
     loop {
         let (status, body) = hello(stack, &client, token).await;
         if status == want {
-            return start.elapsed();
+            let took = start.elapsed();
+            eprintln!("{why}: {want} after {took:?}");
+            return took;
         }
         assert!(
             start.elapsed() < within,
@@ -199,12 +204,13 @@ async fn logout_refused_by_every_worker_within_deadline() {
     let stack = start(Stack::builder().concurrency(2)).await;
     let alice = stack.login("alice").await.unwrap().access_token;
     let bob = stack.login("bob").await.unwrap().access_token;
-    assert_eq!(
-        wait_for(&stack, &alice, 200, REVOKE_DEADLINE, "before logout")
-            .await
-            .as_secs(),
-        0
-    );
+    // The stack is ready (every worker holds the keys and the revocation list): the new
+    // token passes at once, on every worker.
+    let client = fresh_client();
+    for i in 0..4 {
+        let (status, body) = hello(&stack, &client, &alice).await;
+        assert_eq!(status, 200, "before logout, request {i}: {body}");
+    }
 
     let took = logout_reaches_edge(&stack, &alice, "after logout").await;
     eprintln!("logout enforced at the edge after {took:?}");
@@ -546,6 +552,10 @@ async fn listeners_sharing_a_feed_with_different_jwks_sources_apply_every_revoca
                 .map(|r| r.status().as_u16())
                 .unwrap_or(0);
             if status == 401 {
+                eprintln!(
+                    "round {round}: listener b refuses after {:?}",
+                    started.elapsed()
+                );
                 break;
             }
             assert!(

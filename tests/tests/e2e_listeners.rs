@@ -177,12 +177,18 @@ async fn admin_and_feed_public_listener_unreachable_internal_listener_serves_the
                 body["error_description"], "the token has been revoked",
                 "{body}"
             );
+            eprintln!(
+                "the revocation made on the internal listener refused at the public edge {:?} \
+                 after the feed showed it",
+                start.elapsed()
+            );
             break;
         }
         assert_eq!(status, 200, "{body}");
+        // A loaded CI machine's bound, far below the feed poll's 20 s hold.
         assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "revocation not enforced"
+            start.elapsed() < Duration::from_secs(5),
+            "revocation not enforced within 5 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
