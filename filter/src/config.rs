@@ -611,7 +611,8 @@ impl Config {
                     .map_err(|reason| field_error(format!("csrf_allowed_origins[{i}]"), reason))
             })
             .collect::<Result<_, _>>()?;
-        let warnings = csrf_warnings(&rules, &token_sources);
+        let mut warnings = csrf_warnings(&rules, &token_sources);
+        warnings.extend(feed_warnings(revocation.as_ref()));
         Ok(Config {
             validation,
             jwks,
@@ -766,6 +767,35 @@ fn validate_prefix(prefix: String, sources: &[TokenSource]) -> Result<String, Co
 }
 
 /// One warning per rule that turns the CSRF rule off where a cookie can authenticate.
+/// What a load says of the feed's settings, accepted though they weaken the edge: no feed at
+/// all (a logout, a ban or a refresh token's reuse is not enforced here until the tokens
+/// expire), or a staleness limit so close to the long poll's wait that an answer held its
+/// whole wait and a little late ages the set past it (requests then flap to 503 or pass
+/// unchecked, by `stale_mode`).
+fn feed_warnings(feed: Option<&RevocationConfig>) -> Vec<String> {
+    match feed {
+        None => vec![
+            "no `revocation` feed: logouts, bans and refresh-token reuse are not enforced at \
+             this edge, only the tokens' expiry"
+                .into(),
+        ],
+        Some(feed) if feed.stale_after_seconds < feed.wait_seconds.saturating_add(7) => {
+            vec![format!(
+                "`revocation.stale_after_seconds` ({}) leaves less than 7 s over \
+                 `wait_seconds` ({}): a poll held its whole wait and answered a little late \
+                 makes the set stale (stale_mode {}); 60 with a wait of 20 is the default",
+                feed.stale_after_seconds,
+                feed.wait_seconds,
+                match feed.stale_mode {
+                    StaleMode::Deny => "deny: 503s",
+                    StaleMode::Allow => "allow: requests unchecked",
+                }
+            )]
+        }
+        Some(_) => Vec::new(),
+    }
+}
+
 fn csrf_warnings(rules: &[Rule], sources: &[TokenSource]) -> Vec<String> {
     let Some(cookie) = sources.iter().find_map(|source| match source {
         TokenSource::Cookie(name) => Some(name.as_str()),
@@ -1180,9 +1210,11 @@ mod tests {
         assert!(!config.forward_authorization);
         assert!(config.csrf_allowed_origins.is_empty());
         assert_eq!(config.identity_header_prefix, "x-weauth-");
-        assert!(config.warnings.is_empty());
         assert!(!config.cors_preflight);
         assert!(config.revocation.is_none());
+        // Without a feed, the load says what is not enforced.
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].starts_with("no `revocation` feed"));
         assert_eq!(config.default_require, Require::Required);
         assert_eq!(
             config.token_sources,
@@ -1631,9 +1663,14 @@ mod tests {
                       {"prefix": "/public/", "require": "none", "csrf": false},
                       {"prefix": "/api/", "require": "required"}]})))
         .unwrap();
-        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
-        assert!(config.warnings[0].starts_with("rules[0] (prefix /api/hooks/)"));
-        assert!(config.warnings[0].contains("weauth_at"));
+        let csrf: Vec<_> = config
+            .warnings
+            .iter()
+            .filter(|w| w.starts_with("rules["))
+            .collect();
+        assert_eq!(csrf.len(), 1, "{:?}", config.warnings);
+        assert!(csrf[0].starts_with("rules[0] (prefix /api/hooks/)"));
+        assert!(csrf[0].contains("weauth_at"));
         assert!(!config.rules[0].csrf);
         assert!(config.rules[2].csrf);
     }
@@ -1643,7 +1680,27 @@ mod tests {
         let config = parse(&config_with(serde_json::json!({
             "rules": [{"prefix": "/api/", "require": "required", "csrf": false}]})))
         .unwrap();
-        assert!(config.warnings.is_empty());
+        assert!(
+            !config.warnings.iter().any(|w| w.starts_with("rules[")),
+            "{:?}",
+            config.warnings
+        );
+    }
+
+    #[test]
+    fn parse_feed_settings_that_weaken_the_edge_warn() {
+        let feed = |wait: u64, stale: u64| {
+            parse(&config_with(serde_json::json!({"revocation": {
+                "cluster": "weauth_issuer", "credential": "feed-secret",
+                "wait_seconds": wait, "stale_after_seconds": stale}})))
+            .unwrap()
+            .warnings
+        };
+        assert!(feed(20, 60).is_empty());
+        assert!(feed(20, 27).is_empty());
+        let close = feed(20, 26);
+        assert_eq!(close.len(), 1, "{close:?}");
+        assert!(close[0].contains("less than 7 s"), "{close:?}");
     }
 
     #[test]

@@ -421,6 +421,7 @@ impl Fetcher {
         // What the answered poll asked with, before the answer moves it.
         let since = self.since(&*publish);
         let wait_ms = self.poll_wait_seconds().saturating_mul(1000);
+        let paging = self.staging.is_loading();
         let Some((feed, schedule)) = self.feed.as_ref() else {
             return;
         };
@@ -436,7 +437,13 @@ impl Fetcher {
                     .seed
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     .wrapping_add(now_ms);
-                let next = refresh::next_feed_poll(since, seq, elapsed_ms, wait_ms, self.seed);
+                let next = refresh::next_feed_poll(
+                    since,
+                    seq,
+                    elapsed_ms,
+                    (!paging).then_some(wait_ms),
+                    self.seed,
+                );
                 if let NextPoll::Floor(ms) = next {
                     report.count("feed_poll_floored");
                     report.log(
