@@ -357,7 +357,7 @@ impl Fetcher {
             return;
         };
         let parsed = (status == 200)
-            .then(|| KeySet::from_jwks_json(body).ok())
+            .then(|| KeySet::public_from_jwks_json(body).ok())
             .flatten()
             .filter(|(keys, _)| !keys.is_empty());
         let outcome = match parsed {

@@ -95,7 +95,7 @@ impl Worker {
         if blob.generation == state.keys_generation && state.keys.is_some() {
             return false;
         }
-        match KeySet::from_jwks_json(blob.json) {
+        match KeySet::public_from_jwks_json(blob.json) {
             Ok((keys, _)) if !keys.is_empty() => {
                 self.metrics.gauge("jwks_keys", keys.len() as u64);
                 log(

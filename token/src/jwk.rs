@@ -328,6 +328,30 @@ impl KeySet {
         Ok(KeySet::from_jwks(&jwks))
     }
 
+    /// [`KeySet::from_jwks_json`] for a JWKS fetched from where anyone may read it: a
+    /// symmetric (`oct`) key there is a secret published by mistake, or planted — trusting it
+    /// would let whoever read it sign tokens — so it is skipped.
+    ///
+    /// # Errors
+    /// The JSON error when the text is not a JWKS.
+    pub fn public_from_jwks_json(text: &[u8]) -> Result<(KeySet, Skipped), serde_json::Error> {
+        let mut jwks: Jwks = serde_json::from_slice(text)?;
+        let mut skipped = Vec::new();
+        jwks.keys.retain(|jwk| {
+            let public = jwk.kty != "oct";
+            if !public {
+                skipped.push((
+                    jwk.kid.clone(),
+                    JwkError::Invalid("a symmetric key in a published JWKS is never trusted"),
+                ));
+            }
+            public
+        });
+        let (set, mut rest) = KeySet::from_jwks(&jwks);
+        skipped.append(&mut rest);
+        Ok((set, skipped))
+    }
+
     /// Adds (or replaces) a key.
     pub fn insert(&mut self, kid: String, key: VerifyingKey) {
         self.entries.retain(|entry| entry.kid != kid);
@@ -457,6 +481,18 @@ mod tests {
             jwk.to_verifying_key(),
             Err(JwkError::NotForSignatures(_))
         ));
+    }
+
+    #[test]
+    fn public_from_jwks_skips_symmetric_keys() {
+        let text = br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"},
+            {"kty":"OKP","crv":"Ed25519","kid":"e","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        let (all, _) = KeySet::from_jwks_json(text).unwrap();
+        assert_eq!(all.len(), 2, "an inline JWKS may hold the HS256 secret");
+        let (public, skipped) = KeySet::public_from_jwks_json(text).unwrap();
+        assert_eq!(public.kids().collect::<Vec<_>>(), ["e"]);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].0.as_deref(), Some("h"));
     }
 
     #[test]
