@@ -169,6 +169,17 @@ impl Fetcher {
         self.staging.abandon();
     }
 
+    /// Starts over after a fault of its own (a panic caught while it worked): as
+    /// [`Self::restart`], but each call waits its backoff, counted as one more failure — a
+    /// fault that repeats on the same answer must not become a full load on every tick.
+    pub fn restart_after_fault(&mut self, now_ms: u64) {
+        for schedule in self.schedules() {
+            schedule.give_up(now_ms);
+        }
+        self.full_pending = true;
+        self.staging.abandon();
+    }
+
     /// Forgets the call `id` if it is one of ours, unanswered (the wasm build: the answer came
     /// after this VM lost the lease; the new fetcher has its own call).
     pub fn drop_call(&mut self, id: u64, now_ms: u64) {

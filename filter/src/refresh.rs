@@ -161,6 +161,12 @@ impl Schedule {
         self.last_started_ms
     }
 
+    /// Forgets any call in flight and counts a failure: the next call waits its backoff
+    /// (after a fault of the fetcher itself).
+    pub fn give_up(&mut self, now_ms: u64) {
+        self.fail(now_ms);
+    }
+
     /// Forgets any call in flight and makes the schedule due now (when this VM becomes the
     /// fetcher, or stops being it).
     pub fn reset(&mut self, now_ms: u64) {

@@ -548,7 +548,8 @@ impl Fetcher {
 /// a fetcher left poisoned would stop fetching for good while its configuration lives — no key
 /// refresh, no revocation reaching the edge — and, holding the state's fetching, keep every
 /// configuration sharing it from taking over. The fetcher starts over instead (no call in
-/// flight, a full set next), as a new one would, and says so at error level.
+/// flight, a full set next, after the backoff of a failed call: a fault that repeats must not
+/// ask for the whole set on every tick), and says so at error level.
 pub fn with_fetcher(
     fetcher: &Mutex<Fetcher>,
     report: &impl Report,
@@ -567,7 +568,7 @@ pub fn with_fetcher(
         }
     };
     if catch_unwind(AssertUnwindSafe(|| work(&mut guard))).is_err() {
-        guard.fetcher.restart(now_ms);
+        guard.fetcher.restart_after_fault(now_ms);
         report.log(
             Level::Error,
             "the JWKS/revocation fetcher panicked; it starts over with a full load",
@@ -695,14 +696,36 @@ mod tests {
             "a later hook would find it poisoned"
         );
         assert!(log.has("the JWKS/revocation fetcher panicked; it starts over with a full load"));
-        // The next tick runs, as a new fetcher's first: the keys and a full set asked again
-        // (the calls out before the panic are forgotten).
-        let later = NOW + TICK_MS;
+        // The next ticks run; after a failed call's backoff, as a new fetcher's first: the
+        // keys and a full set asked again (the calls out before the panic are forgotten).
+        let soon = NOW + TICK_MS;
+        with_fetcher(&fetcher, &log, soon, |f| {
+            f.tick(&shared, &mut issuer, &log, soon)
+        });
+        assert_eq!(issuer.calls.len(), 3, "backing off");
+        let later = NOW + 1 + 1_000;
         with_fetcher(&fetcher, &log, later, |f| {
             f.tick(&shared, &mut issuer, &log, later)
         });
         assert_eq!(issuer.calls.len(), 5);
         assert!(issuer.path(5).contains("since=0"), "{}", issuer.path(5));
+    }
+
+    #[test]
+    fn fetcher_panicking_on_every_tick_backs_off() {
+        let (shared, fetcher, mut issuer, log) = polling();
+        let fetcher = Mutex::new(fetcher);
+        // A defect that strikes on every tick, after the tick asked for what was due.
+        for i in 1..=20 {
+            let now = NOW + i * TICK_MS;
+            with_fetcher(&fetcher, &log, now, |f| {
+                f.tick(&shared, &mut issuer, &log, now);
+                panic!("a defect in the fetcher");
+            });
+        }
+        // Two seconds of ticks: the backoff doubles (500 ms, 1 s for the feed; 1 s for the
+        // keys), not two full loads per tick.
+        assert!(issuer.calls.len() <= 6, "{} calls", issuer.calls.len());
     }
 
     #[test]
