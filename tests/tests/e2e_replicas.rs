@@ -102,9 +102,10 @@ async fn logout_at_one_replica_refused_at_edge_while_other_holds_the_poll() {
 }
 
 /// Every acknowledged refresh token still rotates and every acknowledged logout is refused at
-/// the edge within 1 s.
+/// the edge (within 5 s of the checks' start: a loaded machine's bound; the measured time is
+/// printed — a logout lost by the failover is never refused, and fails it).
 async fn assert_nothing_lost(stack: &Stack, acked: &Acked) {
-    let slowest = assert_nothing_acked_lost(stack, acked, Duration::from_secs(1)).await;
+    let slowest = assert_nothing_acked_lost(stack, acked, Duration::from_secs(5)).await;
     println!(
         "checked {} acknowledged refresh tokens and {} acknowledged logouts: none lost \
          (all logouts refused at the edge {slowest:?} after the refresh checks)",
