@@ -394,6 +394,28 @@ impl KeySet {
     pub fn kids(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|entry| entry.kid.as_str())
     }
+
+    /// Whether `other` holds the same keys under the same `kid`s, in the same order.
+    pub fn same_keys(&self, other: &KeySet) -> bool {
+        self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|(a, b)| a.kid == b.kid && a.key.same_material(&b.key))
+    }
+}
+
+impl VerifyingKey {
+    /// Whether `other` is the same key (type and material).
+    fn same_material(&self, other: &VerifyingKey) -> bool {
+        match (self, other) {
+            (VerifyingKey::Ed25519(a), VerifyingKey::Ed25519(b)) => a.as_bytes() == b.as_bytes(),
+            (VerifyingKey::P256(a), VerifyingKey::P256(b)) => a == b,
+            (VerifyingKey::Hmac(a), VerifyingKey::Hmac(b)) => a.as_slice() == b.as_slice(),
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -481,6 +503,25 @@ mod tests {
             jwk.to_verifying_key(),
             Err(JwkError::NotForSignatures(_))
         ));
+    }
+
+    #[test]
+    fn same_keys_compares_kids_and_material() {
+        let jwks = |seeds: &[u8]| {
+            let keys = seeds
+                .iter()
+                .map(|seed| {
+                    crate::SigningKey::from_seed(crate::Algorithm::EdDSA, &[*seed; 32])
+                        .unwrap()
+                        .jwk()
+                })
+                .collect();
+            KeySet::from_jwks(&Jwks { keys }).0
+        };
+        assert!(jwks(&[1, 2]).same_keys(&jwks(&[1, 2])));
+        assert!(!jwks(&[1, 2]).same_keys(&jwks(&[1, 3])));
+        assert!(!jwks(&[1, 2]).same_keys(&jwks(&[2, 1])));
+        assert!(!jwks(&[1]).same_keys(&jwks(&[1, 2])));
     }
 
     #[test]

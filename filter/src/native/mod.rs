@@ -193,12 +193,15 @@ enum Claim {
     Other,
 }
 
-/// Whether two configurations fetch their keys from the same place.
+/// Whether two configurations have the same keys: fetched from the same place, or the same
+/// inline keys (then a configuration update with the same feed joins the state, and its feed's
+/// long poll, instead of opening one more per configuration draining).
 fn same_jwks(a: &Config, b: &Config) -> bool {
     match (&a.jwks, &b.jwks) {
         (JwksSource::Remote(a), JwksSource::Remote(b)) => {
             (&a.cluster, &a.authority, &a.path) == (&b.cluster, &b.authority, &b.path)
         }
+        (JwksSource::Inline(a), JwksSource::Inline(b)) => a.same_keys(b),
         _ => false,
     }
 }
@@ -1042,6 +1045,45 @@ mod tests {
         assert_eq!(second.calls.len(), 2, "the JWKS and the feed");
         assert!(second.path(2).contains("since=4"), "{}", second.path(2));
         assert_eq!(new.revocation().unwrap().set.seq, 4, "kept meanwhile");
+    }
+
+    #[test]
+    fn start_with_the_same_inline_keys_and_feed_joins() {
+        let jwk = serde_json::from_str::<serde_json::Value>(&jwks_json()).unwrap();
+        let config = |cluster: &str, extra: &str| {
+            Config::parse(
+                format!(
+                    r#"{{"issuer":"https://issuer","audiences":["weauth"]{extra},
+                        "jwks":{{"inline":{jwk}}},
+                        "revocation":{{"cluster":"{cluster}","credential":"feed-secret"}}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let (old, _) = Shared::start(config("inline_same", ""));
+        let (new, start) = Shared::start(config("inline_same", r#","cache_entries":5"#));
+        assert_eq!(start, Start::Joined, "one state, one long poll");
+        assert!(Arc::ptr_eq(&new.state, &old.state));
+        // Other inline keys: a state of its own.
+        let other = weauth_token::SigningKey::from_seed(weauth_token::Algorithm::EdDSA, &[9u8; 32])
+            .unwrap();
+        let other = serde_json::to_string(&weauth_token::Jwks {
+            keys: vec![other.jwk()],
+        })
+        .unwrap();
+        let (_, start) = Shared::start(
+            Config::parse(
+                format!(
+                    r#"{{"issuer":"https://issuer","audiences":["weauth"],
+                        "jwks":{{"inline":{other}}},
+                        "revocation":{{"cluster":"inline_same","credential":"feed-secret"}}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap(),
+        );
+        assert!(matches!(start, Start::Own { .. }), "{start:?}");
     }
 
     #[test]
