@@ -379,6 +379,16 @@ mod tests {
         }
     }
 
+    /// A rule's edge settings that let a request through with its token, and the default's.
+    const LAX_EDGE: EdgeRule = EdgeRule {
+        csrf: false,
+        forward_authorization: true,
+    };
+    const STRICT_EDGE: EdgeRule = EdgeRule {
+        csrf: true,
+        forward_authorization: false,
+    };
+
     /// Where no rule matches.
     const DEFAULT: (Require, &[String]) = (Require::Required, &[]);
 
@@ -418,14 +428,7 @@ mod tests {
                 }
             }
         };
-        let lax = EdgeRule {
-            csrf: false,
-            forward_authorization: true,
-        };
-        let strict = EdgeRule {
-            csrf: true,
-            forward_authorization: false,
-        };
+        let (lax, strict) = (LAX_EDGE, STRICT_EDGE);
         assert_eq!(edge_of("/open/x?q=1", edge_for), lax);
         assert_eq!(edge_of("/open/../api/x", edge_for), strict);
         assert_eq!(edge_of("/open/%2e%2e/api", edge_for), strict);
@@ -765,14 +768,7 @@ mod tests {
     #[test]
     fn lax_readings_tighten_the_edge_settings() {
         let open = PathMatch::Prefix("/open/".into());
-        let lax = EdgeRule {
-            csrf: false,
-            forward_authorization: true,
-        };
-        let strict = EdgeRule {
-            csrf: true,
-            forward_authorization: false,
-        };
+        let (lax, strict) = (LAX_EDGE, STRICT_EDGE);
         let edge = |raw: &str| {
             CheckedPath::new(raw).unwrap().edge(|p, lax_reading| {
                 let matched = if lax_reading {

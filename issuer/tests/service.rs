@@ -543,12 +543,7 @@ async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
         .unwrap()
         .to_string();
 
-    let output = Command::new(common::bin())
-        .env_clear()
-        .envs(stack.issuer.env())
-        .args(["keys", "rotate"])
-        .output()
-        .unwrap();
+    let output = keys_cli(&stack, "rotate");
     assert!(
         output.status.success(),
         "{}",
@@ -589,12 +584,7 @@ async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
         "old key stays until its tokens expire"
     );
 
-    let output = Command::new(common::bin())
-        .env_clear()
-        .envs(stack.issuer.env())
-        .args(["keys", "list"])
-        .output()
-        .unwrap();
+    let output = keys_cli(&stack, "list");
     let listed = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(listed.contains(&format!("{new_kid}\tEdDSA")), "{listed}");
     assert!(
@@ -622,12 +612,7 @@ async fn retired_key_dropped_after_its_tokens_expire() {
     .await;
     let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
     let old_kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
-    let output = Command::new(common::bin())
-        .env_clear()
-        .envs(stack.issuer.env())
-        .args(["keys", "rotate"])
-        .output()
-        .unwrap();
+    let output = keys_cli(&stack, "rotate");
     assert!(output.status.success());
     let printed = String::from_utf8_lossy(&output.stdout).to_string();
     let activate_at: i64 = printed
@@ -766,12 +751,7 @@ async fn changed_signing_alg_published_before_it_signs() {
         .collect();
     assert!(ktys.contains(&"OKP") && ktys.contains(&"EC"), "{jwks}");
     // The ES256 key's activation time, as `keys list` shows it.
-    let output = Command::new(common::bin())
-        .env_clear()
-        .envs(stack.issuer.env())
-        .args(["keys", "list"])
-        .output()
-        .unwrap();
+    let output = keys_cli(&stack, "list");
     let listed = String::from_utf8_lossy(&output.stdout).to_string();
     let activate_at: i64 = listed
         .lines()
@@ -1005,6 +985,16 @@ fn login_load(
             })
         })
         .collect()
+}
+
+/// `weauth-issuer keys <command>` with the issuer's environment: its output.
+fn keys_cli(stack: &Stack, command: &str) -> std::process::Output {
+    Command::new(common::bin())
+        .env_clear()
+        .envs(stack.issuer.env())
+        .args(["keys", command])
+        .output()
+        .unwrap()
 }
 
 /// Successful logins that ended in `[from, to)`, per second.

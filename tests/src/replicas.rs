@@ -111,6 +111,65 @@ pub async fn post(
     }
 }
 
+/// Rounds of the cross-replica logout check, back to back.
+pub const LOGOUT_ROUNDS: usize = 3;
+/// Each round's bound, from the logout's 204 to the edge's 401: a loaded CI machine's margin
+/// over the milliseconds the announcement takes.
+pub const LOGOUT_ROUND_BOUND: Duration = Duration::from_secs(3);
+/// The fastest round's bound: the pub/sub wake-up itself (DESIGN.md: "within a second").
+pub const LOGOUT_FASTEST_BOUND: Duration = Duration::from_secs(1);
+
+/// A logout at one replica refused at the edge while the filter's feed poll is held by the
+/// other replica (the writer's announcement wakes the holder's poll): [`LOGOUT_ROUNDS`]
+/// rounds back to back (log `user{round}` in, find the poll's holder, log out at the other
+/// replica), each under [`LOGOUT_ROUND_BOUND`] from the logout's 204 and the fastest under
+/// [`LOGOUT_FASTEST_BOUND`]. The issuer's safety net, a `seq` re-read every 5 s, cannot pass
+/// that: a round after one the re-read ended starts just after a re-read, so it would wait
+/// about 5 s for the next. Each round's delay is printed under `label`.
+pub async fn cross_replica_logout_rounds(stack: &Stack, http: &reqwest::Client, label: &str) {
+    let envoy = stack.envoy_url();
+    let mut delays = Vec::new();
+    for round in 0..LOGOUT_ROUNDS {
+        let tokens = stack.login(&format!("ann{round}")).await.unwrap();
+        assert_eq!(hello(http, &envoy, &tokens.access_token).await, 200);
+        let holder = poll_holder(stack, http).await;
+        let writer = 1 - holder;
+        let (status, _) = post(
+            http,
+            &stack.replica_url(writer),
+            "/v1/logout",
+            Some(&tokens.access_token),
+            &json!({}),
+        )
+        .await;
+        assert_eq!(status, 204, "logout at replica {writer}");
+        let logged_out = Instant::now();
+        let delay = loop {
+            if hello(http, &envoy, &tokens.access_token).await == 401 {
+                break logged_out.elapsed();
+            }
+            assert!(
+                logged_out.elapsed() < LOGOUT_ROUND_BOUND,
+                "{label} round {round}: the logout at replica {writer} was not enforced at the \
+                 edge within {LOGOUT_ROUND_BOUND:?} of its 204 (poll held by replica {holder}; \
+                 earlier rounds: {delays:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        println!(
+            "{label} round {round}: logout at replica {writer}, feed poll held by replica \
+             {holder}: refused at the edge {delay:?} after the 204"
+        );
+        delays.push(delay);
+    }
+    let fastest = delays.iter().min().copied().unwrap_or(Duration::MAX);
+    assert!(
+        fastest < LOGOUT_FASTEST_BOUND,
+        "{label}: no round's logout reached the edge within {LOGOUT_FASTEST_BOUND:?} of its \
+         204: {delays:?}"
+    );
+}
+
 /// What a [`Load`] was answered with success, to check afterwards that none of it was lost.
 #[derive(Debug, Default)]
 pub struct Acked {

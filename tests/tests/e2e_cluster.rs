@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use weauth_tests::harness::{peek_claims, Stack};
 use weauth_tests::replicas::{
-    assert_nothing_acked_lost, client, hello, login, metric, poll_holder, post, Load,
+    assert_nothing_acked_lost, client, cross_replica_logout_rounds, login, metric, post, Load,
 };
 
 /// The store's prefix: its hash tag `{weauth56793:}` is slot 0, the first slot of its
@@ -48,14 +48,6 @@ const FAILOVER: u8 = 1;
 const RESHARD: u8 = 2;
 /// After the failover, the promoted primary still without a replica.
 const ALONE: u8 = 3;
-
-/// Rounds of the cross-replica logout check, back to back.
-const ROUNDS: usize = 3;
-/// Each round's bound, from the logout's 204 to the edge's 401: a loaded CI machine's margin
-/// over the milliseconds the announcement takes across the cluster.
-const ROUND_BOUND: Duration = Duration::from_secs(3);
-/// The fastest round's bound: the pub/sub wake-up itself (DESIGN.md: "within a second").
-const FASTEST_BOUND: Duration = Duration::from_secs(1);
 
 /// `weauth_store_replicas` of replica `url`: the replicas its store's primary has online.
 async fn store_replicas(http: &reqwest::Client, url: &str) -> Option<u64> {
@@ -260,49 +252,8 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
         );
     }
 
-    // Cross-replica wake-up: a logout at one replica, the poll held by the other; in rounds
-    // back to back, each within ROUND_BOUND of the logout's 204 and the fastest within
-    // FASTEST_BOUND. The issuer's 5 s `seq` re-read cannot pass that: a round after one it
-    // ended starts just after a re-read and would wait about 5 s for the next.
-    let mut delays = Vec::new();
-    for round in 0..ROUNDS {
-        let tokens = stack.login(&format!("ann{round}")).await.unwrap();
-        assert_eq!(hello(&http, &envoy, &tokens.access_token).await, 200);
-        let holder = poll_holder(&stack, &http).await;
-        let writer = 1 - holder;
-        let (status, _) = post(
-            &http,
-            &stack.replica_url(writer),
-            "/v1/logout",
-            Some(&tokens.access_token),
-            &json!({}),
-        )
-        .await;
-        assert_eq!(status, 204, "logout at replica {writer}");
-        let logged_out = Instant::now();
-        let delay = loop {
-            if hello(&http, &envoy, &tokens.access_token).await == 401 {
-                break logged_out.elapsed();
-            }
-            assert!(
-                logged_out.elapsed() < ROUND_BOUND,
-                "round {round}: the logout at replica {writer} was not enforced at the edge \
-                 within {ROUND_BOUND:?} of its 204 (poll held by replica {holder}; earlier \
-                 rounds: {delays:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        println!(
-            "cluster round {round}: logout at replica {writer}, poll held by replica {holder}: \
-             refused at the edge {delay:?} after the 204"
-        );
-        delays.push(delay);
-    }
-    let fastest = delays.iter().min().copied().unwrap();
-    assert!(
-        fastest < FASTEST_BOUND,
-        "no round's logout reached the edge within {FASTEST_BOUND:?} of its 204: {delays:?}"
-    );
+    // Cross-replica wake-up: a logout at one replica, the poll held by the other.
+    cross_replica_logout_rounds(&stack, &http, "cluster").await;
 
     // The load and a sidecar.
     let load = Load::start(&stack, WORKERS);

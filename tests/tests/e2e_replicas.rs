@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use weauth_tests::harness::{stat_value, Stack};
 use weauth_tests::replicas::{
-    assert_nothing_acked_lost, client, feed_waiters, hello, login, poll_holder, post, Acked, Load,
+    assert_nothing_acked_lost, client, cross_replica_logout_rounds, feed_waiters, hello, login,
+    poll_holder, post, Acked, Load,
 };
 
 /// Load workers: each has at most one request in flight.
@@ -39,66 +40,14 @@ async fn start(replicas: usize) -> Stack {
     }
 }
 
-/// Rounds of the cross-replica logout check, back to back.
-const ROUNDS: usize = 3;
-/// Each round's bound, from the logout's 204 to the edge's 401: a loaded CI machine's margin
-/// over the milliseconds pub/sub takes.
-const ROUND_BOUND: Duration = Duration::from_secs(3);
-/// The fastest round's bound: the pub/sub wake-up itself (DESIGN.md: "within a second").
-const FASTEST_BOUND: Duration = Duration::from_secs(1);
-
 /// A logout at one replica is refused at the edge while the filter's feed poll is held by the
-/// other replica: the writer's pub/sub announcement wakes the holder's poll. Each of
-/// [`ROUNDS`] rounds (back to back: login, find the poll's holder, log out at the other
-/// replica) must take under [`ROUND_BOUND`] from the logout's 204, and the fastest under
-/// [`FASTEST_BOUND`]. The issuer's safety net, a `seq` re-read every 5 s, cannot pass that:
-/// a round after one the re-read ended starts just after a re-read, so it would wait about
-/// 5 s for the next.
+/// other replica: the writer's pub/sub announcement wakes the holder's poll
+/// ([`cross_replica_logout_rounds`]: in rounds, each within seconds of the logout's 204 and
+/// the fastest within a second, which the issuer's 5 s `seq` re-read cannot pass).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_at_one_replica_refused_at_edge_while_other_holds_the_poll() {
     let stack = start(2).await;
-    let http = client();
-    let mut delays = Vec::new();
-    for round in 0..ROUNDS {
-        let tokens = stack.login(&format!("ann{round}")).await.unwrap();
-        assert_eq!(
-            hello(&http, &stack.envoy_url(), &tokens.access_token).await,
-            200
-        );
-        let holder = poll_holder(&stack, &http).await;
-        let writer = 1 - holder;
-        let (status, _) = post(
-            &http,
-            &stack.replica_url(writer),
-            "/v1/logout",
-            Some(&tokens.access_token),
-            &json!({}),
-        )
-        .await;
-        assert_eq!(status, 204, "logout at replica {writer}");
-        let logged_out = Instant::now();
-        let delay = loop {
-            if hello(&http, &stack.envoy_url(), &tokens.access_token).await == 401 {
-                break logged_out.elapsed();
-            }
-            assert!(
-                logged_out.elapsed() < ROUND_BOUND,
-                "round {round}: the logout at replica {writer} was not enforced at the edge within \
-                 {ROUND_BOUND:?} of its 204 (poll held by replica {holder}; earlier rounds: {delays:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        println!(
-            "round {round}: logout at replica {writer}, feed poll held by replica {holder}: \
-             refused at the edge {delay:?} after the 204"
-        );
-        delays.push(delay);
-    }
-    let fastest = delays.iter().min().copied().unwrap();
-    assert!(
-        fastest < FASTEST_BOUND,
-        "no round's logout reached the edge within {FASTEST_BOUND:?} of its 204: {delays:?}"
-    );
+    cross_replica_logout_rounds(&stack, &client(), "replicas").await;
 }
 
 /// Every acknowledged refresh token still rotates and every acknowledged logout is refused at

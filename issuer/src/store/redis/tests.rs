@@ -216,6 +216,20 @@ async fn side_connection(redis: &TestRedis) -> redis::aio::MultiplexedConnection
         .unwrap()
 }
 
+/// The server `side` is connected to drops every other client connection (as a primary that
+/// restarts would).
+async fn drop_client_connections(side: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(side)
+        .await
+        .unwrap();
+}
+
 /// A write whose `WAIT` fails (here refused by an ACL; in production the primary going away
 /// under it) is not acknowledged: the client gets a 503 to retry, not a success a failover
 /// may lose. It was answered as a success and not even counted as unreplicated.
@@ -257,15 +271,7 @@ async fn redis_write_before_a_lost_connection_is_not_confirmed_after_it() {
         .unwrap();
     // The server drops every client connection (as a primary that restarts would).
     let mut side = side_connection(&primary).await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(&mut side)
-        .await
-        .unwrap();
+    drop_client_connections(&mut side).await;
     // The store meets the lost connection on its next command, which fails (the client
     // reconnects for the one after).
     let failed = store.session("s-none").await;
@@ -326,15 +332,7 @@ async fn redis_sentinel_switches_only_to_another_primary_and_ignores_the_old_one
     let before = store.link_epoch();
     // Past the store's pacing of Sentinel questions (one per 250 ms).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(&mut side)
-        .await
-        .unwrap();
+    drop_client_connections(&mut side).await;
     assert!(
         store.session("s-none").await.is_err(),
         "no command met the lost connection"
