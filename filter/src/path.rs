@@ -28,15 +28,19 @@
 //!    by default) or to a trailing `/` (Express, Spring). So each reading's rule is looked up
 //!    twice: with the rules' paths compared as written, and compared as such an upstream
 //!    would (case-folded, the trailing `/` cut or added: the first rule any of those
-//!    matches); the stricter applies, as in step 3. `/api/Admin/x` gets the `/api/admin/`
-//!    rule's scopes, `/api/admin/stats/` the exact `/api/admin/stats` rule's; `/Public/x` keeps
-//!    the default a case-sensitive upstream would serve it under.
+//!    matches); the stricter applies — or, when neither is (two different scope sets), both at
+//!    once: the higher requirement and the scopes of both (a path an upstream may serve either
+//!    way needs what either rule asks). `/api/Admin/x` gets the `/api/admin/` rule's scopes,
+//!    `/api/admin/stats/` the exact `/api/admin/stats` rule's; `/Public/x` keeps the default a
+//!    case-sensitive upstream would serve it under.
 //!
 //! The `:path` forwarded upstream is not rewritten. A path without any of the characters of
 //! step 3 takes a fast path: its rule lookups on the raw path, no allocation.
 //!
 //! With Envoy's normalization on (every config this project ships sets it) steps 2 and 3 find
 //! nothing to do.
+
+use std::borrow::Cow;
 
 use crate::config::{EdgeRule, Require};
 
@@ -260,6 +264,29 @@ fn strictest<'a>(rules: &[(Require, &'a [String])]) -> Result<(Require, &'a [Str
         .ok_or(PathError::Ambiguous)
 }
 
+/// A rule's requirement and scopes: borrowed from the configuration, owned only when two rules
+/// had to be combined ([`combined`]).
+pub type PathRule<'a> = (Require, Cow<'a, [String]>);
+
+/// The stricter of `a` and `b`, or — when neither is — both at once: the higher requirement
+/// and the scopes of both (allocating only then).
+fn combined<'a>(a: PathRule<'a>, b: (Require, &'a [String])) -> PathRule<'a> {
+    if at_least_as_strict((a.0, &a.1), b) {
+        return a;
+    }
+    if at_least_as_strict(b, (a.0, &a.1)) {
+        return (b.0, Cow::Borrowed(b.1));
+    }
+    let require = if rank(b.0) > rank(a.0) { b.0 } else { a.0 };
+    let mut scopes = a.1.into_owned();
+    for scope in b.1 {
+        if !scopes.contains(scope) {
+            scopes.push(scope.clone());
+        }
+    }
+    (require, Cow::Owned(scopes))
+}
+
 /// Whether rule `a` is at least as strict as rule `b`.
 fn at_least_as_strict(a: (Require, &[String]), b: (Require, &[String])) -> bool {
     rank(a.0) >= rank(b.0) && b.1.iter().all(|scope| a.1.contains(scope))
@@ -295,20 +322,30 @@ impl<'p> CheckedPath<'p> {
     /// `true`, as a lax upstream reads them; see the module docs, steps 3 and 4).
     ///
     /// # Errors
-    /// [`PathError::Ambiguous`] when the readings match rules that cannot be ordered: answer
-    /// 400.
+    /// [`PathError::Ambiguous`] when the readings of step 3 match rules that cannot be
+    /// ordered: answer 400.
     pub fn rule<'a>(
         self,
         rule_for: impl Fn(&str, bool) -> (Require, &'a [String]),
-    ) -> Result<(Require, &'a [String]), PathError> {
+    ) -> Result<PathRule<'a>, PathError> {
         if self.plain {
-            return strictest(&[rule_for(self.path, false), rule_for(self.path, true)]);
+            let (require, scopes) = rule_for(self.path, false);
+            return Ok(combined(
+                (require, Cow::Borrowed(scopes)),
+                rule_for(self.path, true),
+            ));
         }
-        let found: Vec<(Require, &'a [String])> = readings(self.path)
+        let readings = readings(self.path);
+        let written: Vec<(Require, &'a [String])> = readings
             .iter()
-            .flat_map(|reading| [rule_for(reading, false), rule_for(reading, true)])
+            .map(|reading| rule_for(reading, false))
             .collect();
-        strictest(&found)
+        let (require, scopes) = strictest(&written)?;
+        Ok(readings
+            .iter()
+            .fold((require, Cow::Borrowed(scopes)), |rule, reading| {
+                combined(rule, rule_for(reading, true))
+            }))
     }
 
     /// The CSRF and forwarding settings ([`EdgeRule`]), given the configuration's lookup
@@ -336,7 +373,7 @@ impl<'p> CheckedPath<'p> {
 pub fn rule_for_path<'a>(
     raw: &str,
     rule_for: impl Fn(&str, bool) -> (Require, &'a [String]),
-) -> Result<(Require, &'a [String]), PathError> {
+) -> Result<PathRule<'a>, PathError> {
     CheckedPath::new(raw)?.rule(rule_for)
 }
 
@@ -571,7 +608,7 @@ mod tests {
         let rules = rules();
         let (require, scopes) = rule_for_path("/public/../admin/users", matching(&rules)).unwrap();
         assert_eq!(require, Require::Required);
-        assert_eq!(scopes, ["admin".to_string()]);
+        assert_eq!(scopes.as_ref(), ["admin".to_string()]);
     }
 
     #[test]
@@ -681,21 +718,25 @@ mod tests {
             // What the request path did before one walk served both: cut the query and check
             // for each, judge plainness by separate scans, then look up every reading.
             let path = without_query(raw);
-            let before_rule = check(path).and_then(|()| {
-                if is_plain(path) {
-                    return Ok(lookup(&rules)(path));
-                }
-                let found: Vec<(Require, &[String])> =
-                    readings(path).iter().map(|r| lookup(&rules)(r)).collect();
-                found
-                    .iter()
-                    .copied()
-                    .find(|c| found.iter().all(|o| at_least_as_strict(*c, *o)))
-                    .ok_or(PathError::Ambiguous)
-            });
+            let before_rule = check(path)
+                .and_then(|()| {
+                    if is_plain(path) {
+                        return Ok(lookup(&rules)(path));
+                    }
+                    let found: Vec<(Require, &[String])> =
+                        readings(path).iter().map(|r| lookup(&rules)(r)).collect();
+                    found
+                        .iter()
+                        .copied()
+                        .find(|c| found.iter().all(|o| at_least_as_strict(*c, *o)))
+                        .ok_or(PathError::Ambiguous)
+                })
+                .map(|(require, scopes)| (require, scopes.to_vec()));
             let checked = CheckedPath::new(raw);
             assert_eq!(
-                checked.and_then(|checked| checked.rule(exact_only(&rules))),
+                checked.and_then(|checked| checked
+                    .rule(exact_only(&rules))
+                    .map(|(require, scopes)| (require, scopes.into_owned()))),
                 before_rule,
                 "{raw:?}"
             );
@@ -719,8 +760,13 @@ mod tests {
             csrf: true,
             forward_authorization: None,
         });
-        let rule = |raw: &str| rule_for_path(raw, matching(&rules)).unwrap();
-        let admin = (Require::Required, &["admin".to_string()][..]);
+        let rule = |raw: &str| {
+            let (require, scopes) = rule_for_path(raw, matching(&rules)).unwrap();
+            (require, scopes.into_owned())
+        };
+        let admin = (Require::Required, vec!["admin".to_string()]);
+        let none = (Require::None, vec![]);
+        let default = (DEFAULT.0, DEFAULT.1.to_vec());
         // Case-insensitive routing (ASP.NET, Express): the scoped rule, not the default.
         assert_eq!(rule("/ADMIN/users"), admin);
         assert_eq!(rule("/Admin/users?x=1"), admin);
@@ -731,11 +777,39 @@ mod tests {
         assert_eq!(rule("/admin"), admin);
         // Lax readings only ever tighten: an upper-case spelling of a public path gets the
         // default a case-sensitive upstream would serve it under.
-        assert_eq!(rule("/Public/x"), DEFAULT);
+        assert_eq!(rule("/Public/x"), default);
         // The open prefix's own index stays open.
-        assert_eq!(rule("/public/"), (Require::None, &[][..]));
-        assert_eq!(rule("/public/x"), (Require::None, &[][..]));
-        assert_eq!(rule("/"), DEFAULT);
+        assert_eq!(rule("/public/"), none);
+        assert_eq!(rule("/public/x"), none);
+        assert_eq!(rule("/"), default);
+    }
+
+    #[test]
+    fn lax_reading_of_a_rule_with_other_scopes_needs_both() {
+        // `/api/admin/` needs `admin`, the rest of `/api/` needs `api`: `/api/admin` is the
+        // `/api/` rule's as written and the admin rule's to a lax upstream — both, not a 400.
+        let rule = |prefix: &str, scope: &str| Rule {
+            path: PathMatch::Prefix(prefix.into()),
+            require: Require::Required,
+            scopes: vec![scope.into()],
+            csrf: true,
+            forward_authorization: None,
+        };
+        let rules = [rule("/api/admin/", "admin"), rule("/api/", "api")];
+        let (require, scopes) = rule_for_path("/api/admin", matching(&rules)).unwrap();
+        assert_eq!(
+            (require, scopes.as_ref()),
+            (
+                Require::Required,
+                &["api".to_string(), "admin".to_string()][..]
+            )
+        );
+        // As written on both sides: one rule, borrowed.
+        let (_, scopes) = rule_for_path("/api/admin/x", matching(&rules)).unwrap();
+        assert!(matches!(scopes, Cow::Borrowed(_)));
+        assert_eq!(scopes.as_ref(), ["admin".to_string()]);
+        let (_, scopes) = rule_for_path("/api/x/../admin", matching(&rules)).unwrap();
+        assert_eq!(scopes.as_ref(), ["api".to_string(), "admin".to_string()]);
     }
 
     #[test]

@@ -300,7 +300,7 @@ fn decide_request<'c>(
         }
     }
     let now = host.now_ms();
-    let outcome = state.judge(&extracted, require, scopes, now);
+    let outcome = state.judge(&extracted, require, &scopes, now);
     match outcome.cache {
         CacheUse::Hit => stats.cache_hit(),
         CacheUse::Miss => stats.cache_miss(),

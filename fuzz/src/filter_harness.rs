@@ -269,7 +269,7 @@ pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
     let first = decide(
         &extracted,
         require,
-        scopes,
+        &scopes,
         &fx.validation,
         &snapshot,
         &mut cache,
@@ -278,7 +278,7 @@ pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
     let second = decide(
         &extracted,
         require,
-        scopes,
+        &scopes,
         &fx.validation,
         &snapshot,
         &mut cache,
