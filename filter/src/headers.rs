@@ -130,7 +130,7 @@ pub fn identity_to_remove<'h>(
 }
 
 /// `name.starts_with(prefix)`, with `_` and `-` read alike (see [`identity_to_remove`]).
-fn starts_with_folded(name: &str, prefix: &str) -> bool {
+pub(crate) fn starts_with_folded(name: &str, prefix: &str) -> bool {
     let fold = |b: u8| if b == b'_' { b'-' } else { b };
     name.len() >= prefix.len()
         && name
@@ -153,27 +153,26 @@ pub enum CookieEdit {
 /// Removes every `name=value` pair of the cookies `is_token` names from the request's `Cookie`
 /// headers (all copies; HTTP/2 may send one per cookie).
 pub fn cookie_without(headers: &[impl Field], is_token: impl Fn(&str) -> bool) -> CookieEdit {
-    let mut found = false;
-    let mut kept: Vec<&str> = Vec::new();
-    for header in headers.iter().filter(|header| header.name() == "cookie") {
-        for pair in header
-            .value()
-            .split(';')
+    let pairs = || {
+        headers
+            .iter()
+            .filter(|header| header.name() == "cookie")
+            .flat_map(|header| header.value().split(';'))
             .map(str::trim)
             .filter(|pair| !pair.is_empty())
-        {
-            let key = pair.split_once('=').map_or(pair, |(key, _)| key).trim();
-            if is_token(key) {
-                found = true;
-            } else {
-                kept.push(pair);
-            }
-        }
+    };
+    fn key(pair: &str) -> &str {
+        pair.split_once('=').map_or(pair, |(key, _)| key).trim()
     }
-    match (found, kept.is_empty()) {
-        (false, _) => CookieEdit::Unchanged,
-        (true, true) => CookieEdit::Remove,
-        (true, false) => CookieEdit::Set(kept.join("; ")),
+    // Most requests carry no token cookie to take out: looked for first, without allocating.
+    if !pairs().any(|pair| is_token(key(pair))) {
+        return CookieEdit::Unchanged;
+    }
+    let kept: Vec<&str> = pairs().filter(|pair| !is_token(key(pair))).collect();
+    if kept.is_empty() {
+        CookieEdit::Remove
+    } else {
+        CookieEdit::Set(kept.join("; "))
     }
 }
 

@@ -63,7 +63,7 @@ impl Host for FixedHost {
     }
     fn log(&self, _level: Level, _message: &str) {}
     fn with_request_headers<R>(&self, read: impl FnOnce(&[Header<'_>]) -> R) -> R {
-        let headers: [Header<'_>; 7] = [
+        let headers: [Header<'_>; 8] = [
             (Cow::Borrowed(":method"), Cow::Borrowed("GET")),
             (Cow::Borrowed(":path"), Cow::Borrowed("/api/me")),
             (
@@ -77,6 +77,11 @@ impl Host for FixedHost {
                 Cow::Borrowed(self.authorization.as_str()),
             ),
             (Cow::Borrowed("accept"), Cow::Borrowed("*/*")),
+            // A browser's other cookies (no token among them).
+            (
+                Cow::Borrowed("cookie"),
+                Cow::Borrowed("_ga=GA1.2.3; theme=dark"),
+            ),
         ];
         read(&headers)
     }
@@ -172,4 +177,17 @@ fn allowed_cached_request_setting_identity_headers_allocates_nothing() {
         {"claim": "openid", "header": "x-weauth-openid"},
     ]});
     assert_eq!(allocations_per_allowed_request(identity), (0, 300));
+}
+
+#[test]
+fn allowed_cached_request_with_a_cookie_source_and_other_cookies_allocates_nothing() {
+    // The token cookie is looked for to take it out too (forward_authorization off): the
+    // request's other cookies are read, not copied.
+    let cookie_source = serde_json::json!({"token_sources": [
+        {"header": "authorization", "prefix": "Bearer "}, {"cookie": "weauth_at"}
+    ], "claim_to_headers": [
+        {"claim": "sub", "header": "x-weauth-sub"},
+        {"claim": "openid", "header": "x-weauth-openid"},
+    ]});
+    assert_eq!(allocations_per_allowed_request(cookie_source), (0, 300));
 }
