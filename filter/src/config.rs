@@ -596,7 +596,7 @@ impl Config {
             .enumerate()
             .map(|(i, rule)| validate_rule(i, rule))
             .collect::<Result<_, _>>()?;
-        check_no_shadowed_rule(&rules)?;
+        let shadowed = check_no_shadowed_rule(&rules)?;
         let identity_header_prefix = validate_prefix(
             raw.identity_header_prefix
                 .unwrap_or_else(|| DEFAULT_IDENTITY_PREFIX.into()),
@@ -611,7 +611,8 @@ impl Config {
                     .map_err(|reason| field_error(format!("csrf_allowed_origins[{i}]"), reason))
             })
             .collect::<Result<_, _>>()?;
-        let mut warnings = csrf_warnings(&rules, &token_sources);
+        let mut warnings = shadowed;
+        warnings.extend(csrf_warnings(&rules, &token_sources));
         warnings.extend(feed_warnings(revocation.as_ref()));
         Ok(Config {
             validation,
@@ -756,7 +757,8 @@ fn validate_prefix(prefix: String, sources: &[TokenSource]) -> Result<String, Co
         .iter()
         .copied()
         .chain(token_headers)
-        .find(|name| name.starts_with(prefix.as_str()))
+        // As the filter strips them: `_` read as `-` (`content_` covers `content-length`).
+        .find(|name| crate::headers::starts_with_folded(name, &prefix))
     {
         return Err(field_error(
             "identity_header_prefix",
@@ -766,7 +768,6 @@ fn validate_prefix(prefix: String, sources: &[TokenSource]) -> Result<String, Co
     Ok(prefix)
 }
 
-/// One warning per rule that turns the CSRF rule off where a cookie can authenticate.
 /// What a load says of the feed's settings, accepted though they weaken the edge: no feed at
 /// all (a logout, a ban or a refresh token's reuse is not enforced here until the tokens
 /// expire), or a staleness limit so close to the long poll's wait that an answer held its
@@ -796,6 +797,7 @@ fn feed_warnings(feed: Option<&RevocationConfig>) -> Vec<String> {
     }
 }
 
+/// One warning per rule that turns the CSRF rule off where a cookie can authenticate.
 fn csrf_warnings(rules: &[Rule], sources: &[TokenSource]) -> Vec<String> {
     let Some(cookie) = sources.iter().find_map(|source| match source {
         TokenSource::Cookie(name) => Some(name.as_str()),
@@ -1054,7 +1056,11 @@ fn validate_claim_header(i: usize, raw: RawClaimHeader) -> Result<ClaimHeader, C
         "content-length",
         "transfer-encoding",
     ];
-    if !is_header_name(&header) || reserved.contains(&header.as_str()) {
+    // As the filter strips them: `_` read as `-` (`content_length` is `content-length`).
+    let is_reserved = reserved.iter().any(|name| {
+        name.len() == header.len() && crate::headers::starts_with_folded(name, &header)
+    });
+    if !is_header_name(&header) || is_reserved {
         return Err(field_error(
             format!("claim_to_headers[{i}].header"),
             "must be a header name other than host, authorization, cookie, content-length, transfer-encoding",
@@ -1105,9 +1111,12 @@ fn validate_rule(i: usize, raw: RawRule) -> Result<Rule, ConfigError> {
 }
 
 /// The first matching rule wins, so a rule every path of which an earlier rule already
-/// matches never applies: refused, naming both (an `exact` login route listed after the
-/// `prefix` that covers it would otherwise be silently required to carry a token).
-fn check_no_shadowed_rule(rules: &[Rule]) -> Result<(), ConfigError> {
+/// matches never applies: refused, naming both, when it says something else (an `exact` login
+/// route listed after the `prefix` that covers it would otherwise be silently required to
+/// carry a token); only warned of when it says the same (a configuration that loaded before
+/// keeps loading). Returns the warnings.
+fn check_no_shadowed_rule(rules: &[Rule]) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let (field, path) = match &rule.path {
             PathMatch::Prefix(prefix) => ("prefix", prefix),
@@ -1117,17 +1126,38 @@ fn check_no_shadowed_rule(rules: &[Rule]) -> Result<(), ConfigError> {
             PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
             PathMatch::Exact(exact) => matches!(rule.path, PathMatch::Exact(_)) && exact == path,
         });
-        if let Some(j) = earlier {
-            return Err(field_error(
-                format!("rules[{i}].{field}"),
-                format!(
-                    "never applies: `rules[{j}]` matches every path it does (the first matching \
-                     rule wins; list the more specific rule first)"
-                ),
+        let Some(j) = earlier else {
+            continue;
+        };
+        let same = rules.get(j).is_some_and(|before| {
+            (
+                before.require,
+                &before.scopes,
+                before.csrf,
+                before.forward_authorization,
+            ) == (
+                rule.require,
+                &rule.scopes,
+                rule.csrf,
+                rule.forward_authorization,
+            )
+        });
+        if same {
+            warnings.push(format!(
+                "rules[{i}] ({field} {path}) never applies: rules[{j}] matches every path it \
+                 does, to the same effect; remove it"
             ));
+            continue;
         }
+        return Err(field_error(
+            format!("rules[{i}].{field}"),
+            format!(
+                "never applies: `rules[{j}]` matches every path it does (the first matching \
+                 rule wins; list the more specific rule first)"
+            ),
+        ));
     }
-    Ok(())
+    Ok(warnings)
 }
 
 #[cfg(test)]
@@ -1333,11 +1363,23 @@ mod tests {
         .unwrap_err();
         assert_eq!(field_of(err.clone()), "rules[1].exact");
         assert!(err.to_string().contains("`rules[0]`"), "{err}");
-        let err =
-            rules(serde_json::json!([{"prefix": "/api"}, {"prefix": "/api/hooks/"}])).unwrap_err();
+        let err = rules(serde_json::json!([
+            {"prefix": "/api"}, {"prefix": "/api/hooks/", "csrf": false}
+        ]))
+        .unwrap_err();
         assert_eq!(field_of(err), "rules[1].prefix");
-        let err = rules(serde_json::json!([{"exact": "/a"}, {"exact": "/a"}])).unwrap_err();
+        let err = rules(serde_json::json!([{"exact": "/a"}, {"exact": "/a", "require": "none"}]))
+            .unwrap_err();
         assert_eq!(field_of(err), "rules[1].exact");
+        // Covered to the same effect: loads (as it did), with a warning.
+        let same = rules(serde_json::json!([{"prefix": "/api/"}, {"prefix": "/api/v2/"}])).unwrap();
+        assert!(
+            same.warnings
+                .iter()
+                .any(|w| w.starts_with("rules[1] (prefix /api/v2/) never applies")),
+            "{:?}",
+            same.warnings
+        );
         // The specific rule first is what was meant; a prefix after an exact path is not
         // covered by it, nor are prefixes of each other the other way round.
         let ok = rules(serde_json::json!([
@@ -1561,6 +1603,12 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(field_of(err), "claim_to_headers[0].header");
+        // The underscore spelling names the same header to the filter (and to many upstreams).
+        let err = parse(&config_with(
+            serde_json::json!({"claim_to_headers": [{"claim": "sub", "header": "content_length"}]}),
+        ))
+        .unwrap_err();
+        assert_eq!(field_of(err), "claim_to_headers[0].header");
     }
 
     #[test]
@@ -1639,7 +1687,8 @@ mod tests {
 
     #[test]
     fn parse_identity_prefix_covering_needed_headers_refused() {
-        for bad in ["", "x", "a", "co", "x y", "auth"] {
+        // `content_` covers `content-length` as the filter strips (`_` read as `-`).
+        for bad in ["", "x", "a", "co", "x y", "auth", "content_", "sec_fetch"] {
             let err = parse(&config_with(
                 serde_json::json!({"identity_header_prefix": bad}),
             ))
