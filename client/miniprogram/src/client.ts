@@ -18,8 +18,10 @@ import {
   RetryPolicy,
   TokenPair,
   backoffDelay,
+  banHoldUntil,
   banOf,
   classify,
+  headerValue,
   isTransient,
   issuerError,
   normalizeBaseUrl,
@@ -56,7 +58,7 @@ export interface ClientOptions {
   sleep?: (ms: number) => Promise<void>;
   /** A number in [0, 1) for backoff jitter (default `Math.random`). */
   random?: () => number;
-  /** The time in milliseconds (default `Date.now`), for a ban's end; tests pass a fake. */
+  /** The time in milliseconds (default `Date.now`), for how long a ban is held; tests pass a fake. */
   now?: () => number;
 }
 
@@ -177,23 +179,21 @@ export function createClient(options: ClientOptions): WeauthClient {
   let flightEpoch = 0;
   // Logins completed (a `relogin` answer needs one after the request it came for was sent).
   let logins = 0;
-  // The ban the last login was refused for (`until`: ms; absent: until lifted). Until it ends,
-  // the logins `request()` would start fail at once: each would spend a `wx.login` code (and
+  // The device time until which the logins `request()` would start fail at once, after the
+  // last login was refused for a ban (`banHoldUntil`): each would spend a `wx.login` code (and
   // leave a session row at the issuer) on an answer known in advance. `login()` asks again.
-  let ban: { until?: number } | undefined;
+  let bannedUntil: number | undefined;
 
   /** The error a login the client starts by itself fails with while a ban holds. */
   function heldByBan(): WeauthError | undefined {
-    if (ban?.until !== undefined && now() >= ban.until) {
-      ban = undefined;
-    }
-    if (!ban) {
+    if (bannedUntil === undefined || now() >= bannedUntil) {
+      bannedUntil = undefined;
       return undefined;
     }
-    const end = ban.until === undefined ? "until lifted" : `until ${new Date(ban.until).toISOString()}`;
+    const left = Math.ceil((bannedUntil - now()) / 1000);
     return new WeauthError(
       "login_failed",
-      `login refused: 403 user_banned (the issuer's answer to the last login, held ${end}; login() asks again)`,
+      `login refused: 403 user_banned (the issuer's answer to the last login, held ${left} s more; login() asks again)`,
       { statusCode: 403, error: "user_banned" },
     );
   }
@@ -327,7 +327,10 @@ export function createClient(options: ClientOptions): WeauthClient {
       sent.response.statusCode === 200 ? parseTokenResponse(sent.response.data) : undefined;
     if (!pair) {
       const err = issuerError(sent.response.data);
-      ban = banOf(sent.response.statusCode, sent.response.data) ?? ban;
+      const ban = banOf(sent.response.statusCode, sent.response.data);
+      if (ban) {
+        bannedUntil = banHoldUntil(ban, headerValue(sent.response.header, "date"), now());
+      }
       throw new WeauthError(
         "login_failed",
         `login refused: ${sent.response.statusCode} ${err.error ?? ""} ${err.description ?? ""}`.trim(),
@@ -339,7 +342,7 @@ export function createClient(options: ClientOptions): WeauthClient {
       await endSession(pair);
       throw new WeauthError("logged_out", "logout() was called during the login");
     }
-    ban = undefined;
+    bannedUntil = undefined;
     store(pair);
     logins++;
     return pair;

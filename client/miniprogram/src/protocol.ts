@@ -109,6 +109,26 @@ export function banOf(statusCode: number, data: unknown): { until?: number } | u
   return typeof until === "number" && Number.isFinite(until) ? { until: until * 1000 } : {};
 }
 
+/**
+ * How long the client holds the logins it would start itself after a ban: until the ban's end
+ * as the issuer counts time (its answer's `Date`; the device's clock when there is none), and
+ * at most {@link BAN_RECHECK_MS} — a ban lifted early, or without an end, is asked about again
+ * then. Returns the device time (ms) the hold ends at.
+ */
+export function banHoldUntil(
+  ban: { until?: number },
+  serverDate: string | undefined,
+  deviceNow: number,
+): number {
+  const server = serverDate === undefined ? Number.NaN : Date.parse(serverDate);
+  const serverNow = Number.isFinite(server) ? server : deviceNow;
+  const left = ban.until === undefined ? BAN_RECHECK_MS : Math.min(ban.until - serverNow, BAN_RECHECK_MS);
+  return deviceNow + Math.max(0, left);
+}
+
+/** The longest the client holds its logins after a ban before asking the issuer again. */
+export const BAN_RECHECK_MS = 10 * 60 * 1000;
+
 /** The token pair of a 200 answer to `/v1/login` or `/v1/token/refresh`, if well formed. */
 export function parseTokenResponse(data: unknown): TokenPair | undefined {
   let body: unknown = data;

@@ -309,12 +309,19 @@ test("request_after_a_ban_fails_at_once_until_it_ends_login_asks_again", async (
   // An explicit login() asks again (the ban may have been lifted).
   await assert.rejects(client.login(), refused);
   assert.equal(wx.wxLogins, 2);
+  // At most ten minutes held (a ban lifted early is noticed): then a request asks again.
+  clock += 10 * 60 * 1000 - 1;
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  assert.equal(wx.wxLogins, 2);
+  clock += 1;
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  assert.equal(wx.wxLogins, 3);
   // Once the ban's end has passed, a request logs in again.
   banned = false;
   clock = until * 1000;
   const res = await client.request({ url: "/api/x" });
   assert.equal(res.statusCode, 200);
-  assert.equal(wx.wxLogins, 3);
+  assert.equal(wx.wxLogins, 4);
   assert.equal(issuer.logins, 1);
 });
 

@@ -6,6 +6,8 @@ import assert from "node:assert/strict";
 import {
   DEFAULT_RETRY,
   backoffDelay,
+  BAN_RECHECK_MS,
+  banHoldUntil,
   banOf,
   classify,
   headerValue,
@@ -57,6 +59,21 @@ test("banOf_403_user_banned_with_or_without_until_else_undefined", () => {
   assert.equal(banOf(403, { error: "access_denied", until: 5 }), undefined);
   assert.equal(banOf(400, { error: "user_banned", until: 5 }), undefined);
   assert.equal(banOf(403, "<html>"), undefined);
+});
+
+test("banHoldUntil_by_the_issuers_clock_capped_at_the_recheck", () => {
+  const device = 1_000_000;
+  // The issuer's clock a day ahead of the device's: the hold is the ban's time left, not a day more.
+  const serverDate = new Date(device + 86_400_000).toUTCString();
+  const serverNow = Date.parse(serverDate);
+  assert.equal(banHoldUntil({ until: serverNow + 60_000 }, serverDate, device), device + 60_000);
+  // Capped: a long ban is asked about again after BAN_RECHECK_MS; so is one without an end.
+  assert.equal(banHoldUntil({ until: serverNow + 86_400_000 }, serverDate, device), device + BAN_RECHECK_MS);
+  assert.equal(banHoldUntil({}, serverDate, device), device + BAN_RECHECK_MS);
+  // No (or no readable) Date: the device's clock; an end already past holds nothing.
+  assert.equal(banHoldUntil({ until: device + 5_000 }, undefined, device), device + 5_000);
+  assert.equal(banHoldUntil({ until: device + 5_000 }, "soon", device), device + 5_000);
+  assert.equal(banHoldUntil({ until: device - 5_000 }, undefined, device), device);
 });
 
 test("issuerError_text_json_array_null_parsed_or_empty", () => {
