@@ -83,8 +83,9 @@ pub fn check(
         status: 403,
         error: "access_denied",
         description: format!(
-            "cross-site request refused: a request authenticated by a cookie with an unsafe \
-             method must come from the same origin or an allowed one (Sec-Fetch-Site: {}, \
+            "cross-site request refused: a request authenticated by a cookie that can change \
+             state (an unsafe method, or an Upgrade) must come from the same origin or an \
+             allowed one (Sec-Fetch-Site: {}, \
              Origin: {}); send the token in the Authorization header instead",
             said(sec_fetch_site),
             said(origin)

@@ -666,27 +666,12 @@ impl Host for Request<'_> {
             crate::headers::first(request, "content-type").is_some_and(crate::request::is_grpc)
         });
         let grpc_status = [("grpc-status", crate::request::grpc_status(status))];
-        let mut raw: Vec<ModuleHttpHeader> = headers
+        let all: Vec<(&str, &str)> = headers
             .iter()
             .chain(grpc_status.iter().filter(|_| grpc))
-            .map(|(name, value)| ModuleHttpHeader {
-                key_ptr: name.as_ptr(),
-                key_length: name.len(),
-                value_ptr: value.as_ptr(),
-                value_length: value.len(),
-            })
+            .copied()
             .collect();
-        // SAFETY: inside a request hook; every buffer outlives the call.
-        unsafe {
-            envoy_dynamic_module_callback_http_send_response(
-                self.filter,
-                u32::from(status),
-                raw.as_mut_ptr(),
-                raw.len(),
-                ModuleBuffer::of(body),
-                ModuleBuffer::of(b"weauth_denied"),
-            );
-        }
+        send_response(self.filter, status, &all, body);
     }
 }
 
@@ -883,6 +868,31 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config
 }
 
+/// Answers the request with a local reply (its details `weauth_denied`).
+fn send_response(filter: FilterEnvoyPtr, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+    let mut raw: Vec<ModuleHttpHeader> = headers
+        .iter()
+        .map(|(name, value)| ModuleHttpHeader {
+            key_ptr: name.as_ptr(),
+            key_length: name.len(),
+            value_ptr: value.as_ptr(),
+            value_length: value.len(),
+        })
+        .collect();
+    // SAFETY: called inside a request hook with Envoy's filter pointer; every buffer outlives
+    // the call.
+    unsafe {
+        envoy_dynamic_module_callback_http_send_response(
+            filter,
+            u32::from(status),
+            raw.as_mut_ptr(),
+            raw.len(),
+            ModuleBuffer::of(body),
+            ModuleBuffer::of(b"weauth_denied"),
+        );
+    }
+}
+
 /// Runs the shared request glue. A panic answers 503 (fail closed).
 ///
 /// # Safety
@@ -895,20 +905,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 ) -> u32 {
     let Some(module) = module(filter_module) else {
         // Not reachable (a filter's pointer is its configuration's): refused all the same,
-        // never passed unchecked.
+        // never passed unchecked — with the reply's usual headers, and a gRPC status (14,
+        // UNAVAILABLE: this ABI would otherwise send 0) whatever the request.
         let body = request::unavailable().body();
-        // SAFETY: inside a request hook with Envoy's filter pointer; the buffers outlive the
-        // call.
-        unsafe {
-            envoy_dynamic_module_callback_http_send_response(
-                filter_envoy,
-                503,
-                std::ptr::null_mut(),
-                0,
-                ModuleBuffer::of(body.as_bytes()),
-                ModuleBuffer::of(b"weauth_denied"),
-            );
-        }
+        let headers = [
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+            ("retry-after", "1"),
+            ("grpc-status", request::grpc_status(503)),
+        ];
+        send_response(filter_envoy, 503, &headers, body.as_bytes());
         return STATUS_STOP_ITERATION;
     };
     let mut host = Request {

@@ -24,7 +24,8 @@
 //!   configuration on every update of its listener (Istio pushes them often) and sends new
 //!   connections to it while the old one drains. [`Shared::start`] gives the new configuration
 //!   the published state of a live one fetching from the same sources (the JWKS's cluster,
-//!   authority and path; the feed's and its credential): the same keys and revocation set,
+//!   authority and path, or the same inline keys; the feed's and its credential, with the same
+//!   clock skew, which decides how long an entry is kept): the same keys and revocation set,
 //!   filled by the one fetcher that already fills them — no 503 while a cold configuration
 //!   would fetch, no second long poll per draining configuration, and the draining one's
 //!   connections see every revocation too. When the fetching configuration goes, the next tick
@@ -273,10 +274,10 @@ impl Shared {
     }
 
     /// A configuration as Envoy's configuration hook starts it, registered (module docs):
-    /// sharing the state of the newest live configuration with the same remote JWKS and the
-    /// same feed (or none), or else with a state of its own that starts from the keys of the
-    /// newest live one with the same remote JWKS and the revocation set of the newest with the
-    /// same feed. Its fetcher goes on from a revocation set it starts from ([`Fetcher::tick`]).
+    /// sharing the state of the newest live configuration with the same keys ([`same_jwks`])
+    /// and the same feed ([`same_feed`], or none), or else with a state of its own that starts
+    /// from the keys of the newest live one with the same keys and the revocation set of the
+    /// newest with the same feed. Its fetcher goes on from a revocation set it starts from ([`Fetcher::tick`]).
     pub fn start(config: Config) -> (Arc<Shared>, Start) {
         let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
         live.retain(|other| other.strong_count() > 0);
