@@ -42,7 +42,87 @@
 
 use std::borrow::Cow;
 
-use crate::config::{EdgeRule, Require};
+use crate::config::{EdgeRule, PathMatch, Require};
+
+/// How a path is compared with a rule's path: ignoring ASCII case or not, with a `/` added
+/// at its end or not ([`PathMatch::matches_lax`]; step 4 of the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Reading {
+    fold_case: bool,
+    add_slash: bool,
+}
+
+impl PathMatch {
+    /// Whether `path` matches, compared as written.
+    pub fn matches(&self, path: &str) -> bool {
+        self.matches_as(path, Reading::default())
+    }
+
+    /// Whether `path` matches as an upstream lax about it reads it: ignoring ASCII case
+    /// (ASP.NET, Express by default), and with its trailing `/` cut or one added (Express,
+    /// Spring: `/a` and `/a/` are one route). No allocation.
+    pub fn matches_lax(&self, path: &str) -> bool {
+        let trimmed = path.strip_suffix('/').filter(|head| !head.is_empty());
+        [false, true].into_iter().any(|fold_case| {
+            self.matches_as(
+                path,
+                Reading {
+                    fold_case,
+                    add_slash: false,
+                },
+            ) || match trimmed {
+                Some(head) => self.matches_as(
+                    head,
+                    Reading {
+                        fold_case,
+                        add_slash: false,
+                    },
+                ),
+                None => self.matches_as(
+                    path,
+                    Reading {
+                        fold_case,
+                        add_slash: true,
+                    },
+                ),
+            }
+        })
+    }
+
+    /// Whether `path` (read as `how` says) matches.
+    fn matches_as(&self, path: &str, how: Reading) -> bool {
+        let same = |a: &[u8], b: &[u8]| {
+            if how.fold_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        let path = path.as_bytes();
+        // `path` + "/" equals `full`: `full` is one longer and ends with the added slash.
+        let with_slash = |full: &[u8]| {
+            full.len() == path.len() + 1
+                && full.last() == Some(&b'/')
+                && full.get(..path.len()).is_some_and(|head| same(path, head))
+        };
+        match self {
+            PathMatch::Prefix(prefix) => {
+                let prefix = prefix.as_bytes();
+                path.get(..prefix.len())
+                    .is_some_and(|head| same(head, prefix))
+                    || (how.add_slash && with_slash(prefix))
+            }
+            PathMatch::Exact(exact) => {
+                let exact = exact.as_bytes();
+                if how.add_slash {
+                    with_slash(exact)
+                } else {
+                    same(path, exact)
+                }
+            }
+        }
+    }
+}
 
 /// Why a request's path is refused (400 `invalid_request`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -380,7 +460,7 @@ pub fn rule_for_path<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{PathMatch, Rule};
+    use crate::config::Rule;
 
     /// `/public/` needs nothing, `/admin/` needs scope `admin`, `/reports/` scope `reports`,
     /// everything else a token.
