@@ -546,6 +546,9 @@ struct Module {
     /// Main thread only; a mutex to make that checkable rather than assumed.
     fetcher: Mutex<Fetcher>,
     ticker: Option<Ticker>,
+    /// The thread that made it (Envoy's main thread), which the module assumes also destroys
+    /// it: a fetch answer, delivered on the main thread, then cannot race its teardown.
+    made_on: std::thread::ThreadId,
 }
 
 // Envoy calls the request hooks of one configuration from every worker thread at once, through
@@ -824,6 +827,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             ids,
             fetcher: Mutex::new(fetcher),
             ticker,
+            made_on: std::thread::current().id(),
         }))
     }));
     match built {
@@ -850,6 +854,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
     }
     let mut module = Box::from_raw(config.cast::<Module>().cast_mut());
     let _ = catch_unwind(AssertUnwindSafe(move || {
+        if std::thread::current().id() != module.made_on {
+            // Checked rather than assumed: say so if an Envoy ever does it.
+            log(
+                Level::Error,
+                "a filter configuration was destroyed on another thread than Envoy's main \
+                 thread, which made it: a fetch answer could race its teardown; please report \
+                 this with Envoy's version",
+            );
+        }
         // Off the clock (the last configuration on it stops it) before the module goes.
         drop(module.ticker.take());
         drop(module);
