@@ -353,15 +353,7 @@ impl IssuerCall for EnvoyConfig {
         headers: &[(&str, &str)],
         timeout_ms: u64,
     ) -> Result<u64, DispatchError> {
-        let mut raw: Vec<ModuleHttpHeader> = headers
-            .iter()
-            .map(|(name, value)| ModuleHttpHeader {
-                key_ptr: name.as_ptr(),
-                key_length: name.len(),
-                value_ptr: value.as_ptr(),
-                value_length: value.len(),
-            })
-            .collect();
+        let mut raw = module_headers(headers);
         let mut id = 0u64;
         // SAFETY: main thread, inside a hook that received this pointer; every buffer outlives
         // the call (Envoy copies them into its request).
@@ -881,9 +873,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config
 }
 
-/// Answers the request with a local reply (its details `weauth_denied`).
-fn send_response(filter: FilterEnvoyPtr, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-    let mut raw: Vec<ModuleHttpHeader> = headers
+/// `headers` as the ABI's header array (pointing into them: valid while they are).
+fn module_headers(headers: &[(&str, &str)]) -> Vec<ModuleHttpHeader> {
+    headers
         .iter()
         .map(|(name, value)| ModuleHttpHeader {
             key_ptr: name.as_ptr(),
@@ -891,7 +883,12 @@ fn send_response(filter: FilterEnvoyPtr, status: u16, headers: &[(&str, &str)], 
             value_ptr: value.as_ptr(),
             value_length: value.len(),
         })
-        .collect();
+        .collect()
+}
+
+/// Answers the request with a local reply (its details `weauth_denied`).
+fn send_response(filter: FilterEnvoyPtr, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+    let mut raw = module_headers(headers);
     // SAFETY: called inside a request hook with Envoy's filter pointer; every buffer outlives
     // the call.
     unsafe {
