@@ -406,15 +406,7 @@ async fn start_with_risk(risk: serde_json::Value, extra: &[(&str, &str)]) -> Sta
 }
 
 async fn metrics(stack: &Stack) -> String {
-    stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    common::metrics_text(&stack.http, &stack.url("/metrics")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

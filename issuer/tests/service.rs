@@ -38,14 +38,7 @@ async fn until_feed_waiters(http: &reqwest::Client, metrics_url: &str, count: u6
     let line = format!("weauth_feed_waiters {count}");
     let started = Instant::now();
     loop {
-        let text = http
-            .get(metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::metrics_text(http, metrics_url).await;
         if text.lines().any(|l| l == line) {
             return;
         }
@@ -867,15 +860,7 @@ async fn redis_evicting_policy_accepted_warns_then_counts_evictions() {
     redis.fill(6_000, 1024).unwrap();
     let started = Instant::now();
     loop {
-        let text = stack
-            .http
-            .get(stack.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::metrics_text(&stack.http, &stack.url("/metrics")).await;
         let evicted = text
             .lines()
             .find_map(|line| line.strip_prefix("weauth_store_evicted_keys_total "))

@@ -624,15 +624,7 @@ async fn two_issuers_one_store_concurrent_phone_no_40001_one_stable_token() {
         (stack.url("/metrics"), stack.issuer.log_text()),
         (second.url("/metrics"), second.log_text()),
     ] {
-        let text = stack
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::metrics_text(&stack.http, &url).await;
         assert!(
             text.contains("weauth_phone_total{outcome=\"ok\"} 10"),
             "{text}"

@@ -541,6 +541,11 @@ pub async fn split(response: reqwest::Response) -> (u16, Value, reqwest::header:
     (status, body, headers)
 }
 
+/// The Prometheus text of the issuer's `/metrics` at `url`.
+pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// The decoded payload of a JWT (no verification).
 pub fn payload(token: &str) -> Value {
     let part = token.split('.').nth(1).unwrap();
