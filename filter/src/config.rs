@@ -608,18 +608,7 @@ impl Config {
     /// [`Self::edge_for`], the rules matched as written or, with `lax`, as a lax upstream
     /// reads the path ([`PathMatch::matches_lax`]).
     pub fn edge_for_as(&self, path: &str, lax: bool) -> EdgeRule {
-        self.first_match(path, lax).map_or(
-            EdgeRule {
-                csrf: true,
-                forward_authorization: self.forward_authorization,
-            },
-            |rule| EdgeRule {
-                csrf: rule.csrf,
-                forward_authorization: rule
-                    .forward_authorization
-                    .unwrap_or(self.forward_authorization),
-            },
-        )
+        self.rule_and_edge_for_as(path, lax).1
     }
 
     /// The rule for a request path (query string already removed): the first match, else the
@@ -631,10 +620,29 @@ impl Config {
     /// [`Self::rule_for`], the rules matched as written or, with `lax`, as a lax upstream
     /// reads the path ([`PathMatch::matches_lax`]).
     pub fn rule_for_as(&self, path: &str, lax: bool) -> (Require, &[String]) {
-        self.first_match(path, lax)
-            .map_or((self.default_require, &[]), |rule| {
-                (rule.require, rule.scopes.as_slice())
-            })
+        self.rule_and_edge_for_as(path, lax).0
+    }
+
+    /// [`Self::rule_for_as`] and [`Self::edge_for_as`] from one walk of the rules.
+    pub fn rule_and_edge_for_as(&self, path: &str, lax: bool) -> ((Require, &[String]), EdgeRule) {
+        match self.first_match(path, lax) {
+            Some(rule) => (
+                (rule.require, rule.scopes.as_slice()),
+                EdgeRule {
+                    csrf: rule.csrf,
+                    forward_authorization: rule
+                        .forward_authorization
+                        .unwrap_or(self.forward_authorization),
+                },
+            ),
+            None => (
+                (self.default_require, &[]),
+                EdgeRule {
+                    csrf: true,
+                    forward_authorization: self.forward_authorization,
+                },
+            ),
+        }
     }
 
     fn first_match(&self, path: &str, lax: bool) -> Option<&Rule> {

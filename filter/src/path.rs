@@ -344,6 +344,12 @@ fn strictest<'a>(rules: &[(Require, &'a [String])]) -> Result<(Require, &'a [Str
         .ok_or(PathError::Ambiguous)
 }
 
+/// The strictest edge settings: CSRF on, the token not forwarded.
+const STRICTEST_EDGE: EdgeRule = EdgeRule {
+    csrf: true,
+    forward_authorization: false,
+};
+
 /// A rule's requirement and scopes: borrowed from the configuration, owned only when two rules
 /// had to be combined ([`combined`]).
 pub type PathRule<'a> = (Require, Cow<'a, [String]>);
@@ -397,50 +403,66 @@ impl<'p> CheckedPath<'p> {
         self.plain
     }
 
-    /// The rule that applies, given the configuration's lookup `rule_for` (a path without
-    /// query → its requirement and scopes, the rules' paths compared as written or, with
-    /// `true`, as a lax upstream reads them; see the module docs, steps 3 and 4).
+    /// The rule that applies and its CSRF and forwarding settings ([`EdgeRule`]), given the
+    /// configuration's lookup `lookup` (a path without query → its rule's requirement, scopes
+    /// and edge settings, the rules' paths compared as written or, with `true`, as a lax
+    /// upstream reads them; see the module docs, steps 3 and 4), each reading looked up once
+    /// each way for both. The rule: the strictest, lax readings combined; the edge settings:
+    /// the strictest over every lookup (CSRF on if any one's rule has it on, the token
+    /// forwarded only if every one's rule forwards it).
     ///
     /// # Errors
     /// [`PathError::Ambiguous`] when the readings of step 3 match rules that cannot be
     /// ordered: answer 400.
+    pub fn rule_and_edge<'a>(
+        self,
+        lookup: impl Fn(&str, bool) -> ((Require, &'a [String]), EdgeRule),
+    ) -> Result<(PathRule<'a>, EdgeRule), PathError> {
+        if self.plain {
+            let ((require, scopes), edge) = lookup(self.path, false);
+            let (lax_rule, lax_edge) = lookup(self.path, true);
+            return Ok((
+                combined((require, Cow::Borrowed(scopes)), lax_rule),
+                edge.stricter(lax_edge),
+            ));
+        }
+        let readings = readings(self.path);
+        let mut written = Vec::with_capacity(readings.len());
+        let mut edge: Option<EdgeRule> = None;
+        for reading in &readings {
+            let (rule, reading_edge) = lookup(reading, false);
+            written.push(rule);
+            edge = Some(edge.map_or(reading_edge, |edge| edge.stricter(reading_edge)));
+        }
+        let (require, scopes) = strictest(&written)?;
+        let mut rule = (require, Cow::Borrowed(scopes));
+        // `readings` always holds the path itself: `edge` is set.
+        let mut edge = edge.unwrap_or(STRICTEST_EDGE);
+        for reading in &readings {
+            let (lax_rule, lax_edge) = lookup(reading, true);
+            rule = combined(rule, lax_rule);
+            edge = edge.stricter(lax_edge);
+        }
+        Ok((rule, edge))
+    }
+
+    /// The rule alone ([`Self::rule_and_edge`] with `rule_for` as the lookup).
+    ///
+    /// # Errors
+    /// As [`Self::rule_and_edge`].
     pub fn rule<'a>(
         self,
         rule_for: impl Fn(&str, bool) -> (Require, &'a [String]),
     ) -> Result<PathRule<'a>, PathError> {
-        if self.plain {
-            let (require, scopes) = rule_for(self.path, false);
-            return Ok(combined(
-                (require, Cow::Borrowed(scopes)),
-                rule_for(self.path, true),
-            ));
-        }
-        let readings = readings(self.path);
-        let written: Vec<(Require, &'a [String])> = readings
-            .iter()
-            .map(|reading| rule_for(reading, false))
-            .collect();
-        let (require, scopes) = strictest(&written)?;
-        Ok(readings
-            .iter()
-            .fold((require, Cow::Borrowed(scopes)), |rule, reading| {
-                combined(rule, rule_for(reading, true))
-            }))
+        self.rule_and_edge(|path, lax| (rule_for(path, lax), STRICTEST_EDGE))
+            .map(|(rule, _)| rule)
     }
 
-    /// The CSRF and forwarding settings ([`EdgeRule`]), given the configuration's lookup
-    /// `edge_for` (as for [`Self::rule`]): the strictest over every reading, each looked up
-    /// both ways (CSRF on if any one's rule has it on, the token forwarded only if every
-    /// one's rule forwards it).
+    /// The edge settings alone ([`Self::rule_and_edge`] with `edge_for` as the lookup).
     pub fn edge(self, edge_for: impl Fn(&str, bool) -> EdgeRule) -> EdgeRule {
-        let both = |reading: &str| edge_for(reading, false).stricter(edge_for(reading, true));
-        let first = both(self.path);
-        if self.plain {
-            return first;
-        }
-        readings(self.path)
-            .iter()
-            .fold(first, |edge, reading| edge.stricter(both(reading)))
+        // Rules that require nothing are always ordered: no error to meet.
+        self.rule_and_edge(|path, lax| ((Require::None, &[]), edge_for(path, lax)))
+            .map_or(STRICTEST_EDGE, |(_, edge)| edge)
     }
 }
 

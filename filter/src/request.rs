@@ -261,15 +261,13 @@ fn decide_request<'c>(
     // No `:path` (a CONNECT, where a route allows one): no rule can be judged for it, so it is
     // refused rather than taken for `/`, which is often public.
     let path = headers::first(headers, ":path");
-    // The path is checked and cut from its query once; the rule and the edge settings reuse it.
+    // The path is checked and cut from its query once; the rule and the edge settings come
+    // from one lookup per reading.
     let rule = path
         .ok_or(path::PathError::Missing)
         .and_then(path::CheckedPath::new)
-        .and_then(|checked| {
-            let rule = checked.rule(|p, lax| config.rule_for_as(p, lax))?;
-            Ok((checked, rule))
-        });
-    let (checked, (require, scopes)) = match rule {
+        .and_then(|checked| checked.rule_and_edge(|p, lax| config.rule_and_edge_for_as(p, lax)));
+    let ((require, scopes), edge) = match rule {
         Ok(rule) => rule,
         Err(err) => {
             return Next::Deny(Denial {
@@ -286,7 +284,6 @@ fn decide_request<'c>(
     }
     // Checked above: there is one.
     let path = path.unwrap_or_default();
-    let edge = checked.edge(|p, lax| config.edge_for_as(p, lax));
     let extracted = verify::extract_token(&config.token_sources, headers, path);
     if csrf::applies(edge.csrf, &config.token_sources, &extracted, method, || {
         headers::has(headers, "upgrade")
