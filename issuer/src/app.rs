@@ -11,7 +11,7 @@
 //! (default 60 s). All of them end when the shutdown `watch` flips.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::config::StoreUrl;
 use crate::domain::keys::{self, KeyError, KeyRing, KeyRingCell};
 use crate::domain::tokens::TokenPolicy;
-use crate::feed::{FeedCache, KnownSeq};
+use crate::feed::{revocation, FeedCache, KnownSeq};
 use crate::secrets::{DataKey, SecretError};
 use crate::service::admin::Admin;
 use crate::service::identity::Identity;
@@ -370,7 +370,10 @@ impl App {
             known_seq: Arc::clone(&known_seq),
             identity: Arc::clone(&identity),
             inflight_codes: Mutex::new(HashSet::new()),
+            longest_ttl: AtomicI64::new(policy.access_ttl),
         });
+        // Before the first token: revocations made anywhere from now on cover this replica's.
+        sessions.report_access_ttl(now).await?;
         let userdata = UserData {
             store: Arc::clone(&store),
             config: Arc::clone(&config),
@@ -535,6 +538,19 @@ impl App {
                 }
             }
         }));
+        let app = Arc::clone(self);
+        tasks.push(periodic(
+            shutdown.clone(),
+            revocation::TTL_REPORT_EVERY,
+            move || {
+                let app = Arc::clone(&app);
+                async move {
+                    if let Err(err) = app.sessions.report_access_ttl(app.now()).await {
+                        tracing::warn!(error = %err, "access-token lifetime report failed");
+                    }
+                }
+            },
+        ));
         let app = Arc::clone(self);
         tasks.push(periodic(shutdown, self.config.purge_interval, move || {
             let app = Arc::clone(&app);

@@ -726,3 +726,92 @@ async fn sub_revocation_during_a_login_in_flight_ends_that_login() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// `WEAUTH_ACCESS_TTL` lowered from 15 min to 5 min and the issuer restarted: the tokens issued
+/// before still verify for 15 min, so every revocation made meanwhile — a logout, an admin
+/// `sub` revocation, a refresh-token reuse — is kept at the edge until they expire, not for
+/// the new 5 min (a revoked token would pass again). Once the old lifetime's last token can no
+/// longer verify, revocations are kept for the new lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_after_the_access_ttl_is_lowered_outlive_the_longer_tokens() {
+    let (mut stack, clock) = Stack::start_clocked(&[
+        ("WEAUTH_LEEWAY", "0s"),
+        ("WEAUTH_REFRESH_REUSE_GRACE", "0s"),
+    ])
+    .await;
+    let (lin, max, ned) = (
+        stack.login("lin").await,
+        stack.login("max").await,
+        stack.login("ned").await,
+    );
+    let token = |login: &serde_json::Value| login["access_token"].as_str().unwrap().to_string();
+    let exp = |login: &serde_json::Value| payload(&token(login))["exp"].as_i64().unwrap();
+    let started = payload(&token(&lin))["iat"].as_i64().unwrap();
+    assert_eq!(exp(&lin) - started, 900, "the default lifetime");
+
+    clock.advance_secs(10);
+    stack
+        .issuer
+        .env_mut()
+        .insert("WEAUTH_ACCESS_TTL".into(), "5m".into());
+    stack.restart().await;
+    let fresh = stack.login("kai").await;
+    assert_eq!(
+        exp(&fresh) - payload(&token(&fresh))["iat"].as_i64().unwrap(),
+        300,
+        "the lowered lifetime"
+    );
+    let entries = |feed: serde_json::Value| feed["entries"].as_array().unwrap().clone();
+
+    // A logout with a token of the old lifetime.
+    let (status, _, _) = stack.post_auth("/v1/logout", &token(&lin), None).await;
+    assert_eq!(status, 204);
+    // An admin revocation of a user logged in before.
+    let sub = payload(&token(&max))["sub"].as_str().unwrap().to_string();
+    let (status, _, _) = stack
+        .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sub": sub })))
+        .await;
+    assert_eq!(status, 200);
+    // A refresh token of a session opened before, used twice.
+    let ned_refresh = ned["refresh_token"].as_str().unwrap();
+    let (status, _, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": ned_refresh }))
+        .await;
+    assert_eq!(status, 200);
+    let (status, reused, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": ned_refresh }))
+        .await;
+    assert_eq!(status, 400, "{reused}");
+
+    let feed = entries(stack.feed(0, 0).await);
+    let until_of = |kind: &str, value: &str| {
+        feed.iter()
+            .find(|entry| entry["kind"] == kind && entry["value"] == value)
+            .unwrap_or_else(|| panic!("no {kind} entry in {feed:?}"))["until"]
+            .as_i64()
+            .unwrap()
+    };
+    let lin_sid = payload(&token(&lin))["sid"].as_str().unwrap().to_string();
+    let ned_sid = payload(&token(&ned))["sid"].as_str().unwrap().to_string();
+    assert!(until_of("sid", &lin_sid) >= exp(&lin), "{feed:?}");
+    assert!(until_of("sub", &sub) >= exp(&max), "{feed:?}");
+    assert!(until_of("sid", &ned_sid) >= exp(&ned), "{feed:?}");
+
+    // Past the old lifetime's last possible token (its last report + two report periods +
+    // 15 min), a revocation is kept for the new lifetime.
+    clock.advance_secs(900 + 60);
+    let later = stack.login("liv").await;
+    let (status, _, _) = stack.post_auth("/v1/logout", &token(&later), None).await;
+    assert_eq!(status, 204);
+    let feed = entries(stack.feed(0, 0).await);
+    let later_sid = payload(&token(&later))["sid"].as_str().unwrap().to_string();
+    let entry = feed
+        .iter()
+        .find(|entry| entry["kind"] == "sid" && entry["value"] == later_sid.as_str())
+        .unwrap();
+    assert_eq!(
+        entry["until"].as_i64().unwrap(),
+        payload(&token(&later))["iat"].as_i64().unwrap() + 300,
+        "{entry}"
+    );
+}

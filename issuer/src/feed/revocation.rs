@@ -9,13 +9,46 @@ use std::time::Duration;
 
 use weauth_token::revocation::FeedResponse;
 
-use crate::store::{FeedSnapshot, Store, StoreError};
+use crate::config::MAX_ACCESS_TTL;
+use crate::store::{FeedSnapshot, ReportedTtl, Store, StoreError};
 
 /// Longest `wait` honoured on `GET /v1/revocations` (longer requests are capped).
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// How often each replica reports the access-token lifetime it issues to the store, and
+/// reads back what every replica reported ([`Store::report_access_ttl`]).
+pub const TTL_REPORT_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a report is kept in the store: past the longest lifetime the configuration allows
+/// and two report periods, no token of that report can still verify.
+pub const TTL_REPORT_KEPT: i64 = (MAX_ACCESS_TTL.as_secs() + 2 * TTL_REPORT_EVERY.as_secs()) as i64;
+
+/// The longest access-token lifetime a token still verifying at `now` may have been issued
+/// with: this replica's own, or a longer one a replica reported (before `WEAUTH_ACCESS_TTL`
+/// was lowered, or another replica of a rolling update). A report at `reported_at` counts
+/// while a token of its lifetime issued before the replica's next report was due — with one
+/// period to spare, for a late or lost report — can still verify: until
+/// `reported_at + 2 × TTL_REPORT_EVERY + access_ttl`.
+pub fn longest_lifetime(own_ttl: i64, reported: &[ReportedTtl], now: i64) -> i64 {
+    let spare = 2 * TTL_REPORT_EVERY.as_secs() as i64;
+    reported
+        .iter()
+        .filter(|report| {
+            report
+                .reported_at
+                .saturating_add(spare)
+                .saturating_add(report.access_ttl)
+                > now
+        })
+        .map(|report| report.access_ttl)
+        .fold(own_ttl, i64::max)
+}
+
 /// The `until` of an entry written at `now` that revokes tokens issued up to `now`: the last
 /// moment such a token can still be accepted, i.e. its latest `exp` plus the verifiers' leeway.
+/// `access_ttl` is the longest lifetime such a token may have ([`longest_lifetime`]): a
+/// revocation kept only for this replica's lifetime would lapse while tokens of a longer one
+/// still verify.
 pub fn until(now: i64, access_ttl: i64, leeway: i64) -> i64 {
     now.saturating_add(access_ttl).saturating_add(leeway)
 }
@@ -99,6 +132,51 @@ mod tests {
     fn until_for_sub_tracks_issued_before() {
         // A token with iat = 999 expires at 1899; with leeway 60 it matters until 1959.
         assert_eq!(until_for_sub(1000, 900, 60), 1959);
+    }
+
+    fn report(access_ttl: i64, reported_at: i64) -> ReportedTtl {
+        ReportedTtl {
+            access_ttl,
+            reported_at,
+        }
+    }
+
+    #[test]
+    fn a_lowered_lifetime_still_counts_the_longer_one_while_its_tokens_can_verify() {
+        // Lowered from 900 s to 300 s: the last report of 900 s came at 1000; a token of it
+        // issued up to 1000 + 60 (a report late by a period) verifies until 1960.
+        let reported = [report(900, 1000), report(300, 1010)];
+        assert_eq!(longest_lifetime(300, &reported, 1010), 900);
+        assert_eq!(longest_lifetime(300, &reported, 1959), 900);
+        assert_eq!(longest_lifetime(300, &reported, 1960), 300);
+        // A revocation at 1010 covers tokens issued up to 1010, of either lifetime: kept until
+        // 1010 + 900 (+ leeway), not 1010 + 300.
+        assert_eq!(
+            until(1010, longest_lifetime(300, &reported, 1010), 60),
+            1970
+        );
+    }
+
+    #[test]
+    fn a_shorter_report_never_shortens_the_own_lifetime() {
+        assert_eq!(longest_lifetime(900, &[report(300, 1000)], 1000), 900);
+        assert_eq!(longest_lifetime(900, &[], 1000), 900);
+        // a longer one of another replica, running now
+        assert_eq!(longest_lifetime(300, &[report(3600, 995)], 1000), 3600);
+    }
+
+    #[test]
+    fn a_report_is_kept_as_long_as_it_can_count() {
+        let longest = MAX_ACCESS_TTL.as_secs() as i64;
+        let reported_at = 1000;
+        let now = reported_at + TTL_REPORT_KEPT;
+        // At the longest lifetime the configuration allows, a report kept until then has just
+        // stopped counting: forgetting it changes nothing.
+        assert_eq!(
+            longest_lifetime(1, &[report(longest, reported_at)], now - 1),
+            longest
+        );
+        assert_eq!(longest_lifetime(1, &[report(longest, reported_at)], now), 1);
     }
 
     #[test]

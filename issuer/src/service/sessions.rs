@@ -7,6 +7,7 @@
 //! between HTTP handlers, WeChat and the store; every method takes the request's `now`.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -23,7 +24,9 @@ use crate::feed::{revocation, KnownSeq};
 use crate::secrets::{self, DataKey};
 use crate::service::identity::{Credential, ExternalIdentity, Identity};
 use crate::service::userdata;
-use crate::store::{LoginResult, NewLogin, Revoke, Rotate, RotateResult, SessionRecord, Store};
+use crate::store::{
+    LoginResult, NewLogin, Revoke, Rotate, RotateResult, SessionRecord, Store, StoreError,
+};
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::access_token::CallError;
 
@@ -43,6 +46,10 @@ pub struct Sessions {
     pub identity: Arc<Identity>,
     /// Hashes of the login codes being exchanged now (a second exchange of one is refused).
     pub inflight_codes: Mutex<HashSet<String>>,
+    /// The longest access-token lifetime a token still verifying may have
+    /// ([`revocation::longest_lifetime`]), as this replica last read the reports: what a
+    /// refresh-token reuse's revocation is kept for.
+    pub longest_ttl: AtomicI64,
 }
 
 /// An RFC 6749 §5.1 token response (plus `refresh_expires_in`).
@@ -395,7 +402,13 @@ impl Sessions {
             now,
             refresh_ttl: crate::config::secs(self.config.refresh_ttl),
             reuse_grace: crate::config::secs(self.config.refresh_reuse_grace),
-            revocation_until: revocation::until(now, self.policy.access_ttl, self.policy.leeway),
+            // As last read (at most one report period old): a refresh should not wait for a
+            // store call that only its rare reuse outcome needs.
+            revocation_until: revocation::until(
+                now,
+                self.longest_ttl.load(Ordering::Acquire),
+                self.policy.leeway,
+            ),
         };
         match self.store.rotate_refresh(&rotate).await? {
             RotateResult::Rotated {
@@ -467,12 +480,32 @@ impl Sessions {
         Ok(claims)
     }
 
+    /// Reports the access-token lifetime this replica issues as of `now` to the store, and
+    /// keeps (and returns) the longest one a token still verifying may have
+    /// ([`revocation::longest_lifetime`]). Run before this replica issues its first token and
+    /// every [`revocation::TTL_REPORT_EVERY`] after.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn report_access_ttl(&self, now: i64) -> Result<i64, StoreError> {
+        let own = self.policy.access_ttl;
+        let reported = self
+            .store
+            .report_access_ttl(own, now, now.saturating_sub(revocation::TTL_REPORT_KEPT))
+            .await?;
+        let longest = revocation::longest_lifetime(own, &reported, now);
+        self.longest_ttl.store(longest, Ordering::Release);
+        Ok(longest)
+    }
+
     /// Records a revocation, counts it and wakes the feed's long polls.
     ///
     /// # Errors
     /// Store failures.
     pub async fn revoke(&self, revoke: Revoke, now: i64) -> Result<Entry, ApiError> {
-        let (ttl, leeway) = (self.policy.access_ttl, self.policy.leeway);
+        // Read fresh (a revocation is rare): a replica of a longer lifetime that started since
+        // the last report counts at once.
+        let (ttl, leeway) = (self.report_access_ttl(now).await?, self.policy.leeway);
         let until = match &revoke {
             Revoke::Sub { issued_before, .. } => {
                 revocation::until_for_sub(*issued_before, ttl, leeway)

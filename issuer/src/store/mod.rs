@@ -178,6 +178,34 @@ pub enum RotateResult {
     Invalid(&'static str),
 }
 
+/// An access-token lifetime some replica reported ([`Store::report_access_ttl`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportedTtl {
+    /// Seconds.
+    pub access_ttl: i64,
+    /// When a replica last reported issuing tokens of this lifetime (unix seconds).
+    pub reported_at: i64,
+}
+
+impl ReportedTtl {
+    /// How the SQL stores name a lifetime's row in their key-value table
+    /// (`access_ttl:<seconds>`, valued when last reported).
+    pub(crate) const ROW_PREFIX: &'static str = "access_ttl:";
+
+    pub(crate) fn row_name(access_ttl: i64) -> String {
+        format!("{}{access_ttl}", Self::ROW_PREFIX)
+    }
+
+    /// The lifetime a row names; `None` for a row of another kind.
+    pub(crate) fn from_row(name: &str, reported_at: i64) -> Option<ReportedTtl> {
+        let access_ttl = name.strip_prefix(Self::ROW_PREFIX)?.parse().ok()?;
+        Some(ReportedTtl {
+            access_ttl,
+            reported_at,
+        })
+    }
+}
+
 /// A revocation to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revoke {
@@ -325,6 +353,17 @@ pub trait Store: Send + Sync {
     /// The highest revocation seq ever assigned (at least 1 on a fresh store, see
     /// `docs/INTERFACES.md`).
     async fn current_seq(&self) -> Result<u64, StoreError>;
+    /// Records that a replica issues access tokens of `access_ttl` seconds as of `now` (per
+    /// lifetime, the latest report is kept: an earlier `now` never replaces a later one),
+    /// forgets the lifetimes last reported before `forget_before`, and returns every lifetime
+    /// still recorded, in any order. Which of them may still have tokens out is the domain's
+    /// decision ([`crate::feed::revocation::longest_lifetime`]).
+    async fn report_access_ttl(
+        &self,
+        access_ttl: i64,
+        now: i64,
+        forget_before: i64,
+    ) -> Result<Vec<ReportedTtl>, StoreError>;
     /// Stores `value` under `key` until `expires_at` (unix seconds), replacing any value
     /// already there. Short-lived server-side state such as a pending web login
     /// ([`crate::domain::web::PendingLogin`], key [`crate::domain::web::state_key`]).

@@ -181,6 +181,18 @@ impl Store for TracedStore {
         self.0.current_seq().instrument(span("current_seq")).await
     }
 
+    async fn report_access_ttl(
+        &self,
+        access_ttl: i64,
+        now: i64,
+        forget_before: i64,
+    ) -> Result<Vec<ReportedTtl>, StoreError> {
+        self.0
+            .report_access_ttl(access_ttl, now, forget_before)
+            .instrument(span("report_access_ttl"))
+            .await
+    }
+
     async fn put_ephemeral(
         &self,
         key: &str,

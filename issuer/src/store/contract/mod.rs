@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use weauth_token::revocation::EntryKind;
 
 use super::{
-    Ban, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, Revoke, RiskFact, Rotate,
-    RotateResult, Store,
+    Ban, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, ReportedTtl, Revoke, RiskFact,
+    Rotate, RotateResult, Store,
 };
 use crate::domain::rules;
 use crate::feed::revocation;
@@ -56,6 +56,7 @@ macro_rules! contract_tests {
             revoke_sid_ends_session_and_is_revoked,
             revoke_sub_ends_older_sessions_only,
             revoke_jti_revokes_only_that_token,
+            access_ttl_reports_keep_the_latest_per_lifetime,
             feed_paged_then_continued_by_since,
             feed_full_semantics_zero_future_and_purged,
             feed_excludes_expired_entries,
@@ -173,6 +174,41 @@ pub async fn fresh_store_seq_starts_at_one(backend: &dyn Backend) {
         .await
         .unwrap();
     assert_eq!(entry.seq, 2);
+}
+
+/// Access-token lifetime reports: per lifetime the latest report is kept (an earlier one
+/// never replaces it), reports older than `forget_before` are forgotten, every handle reads
+/// the same, and concurrent reports keep the latest.
+pub async fn access_ttl_reports_keep_the_latest_per_lifetime(backend: &dyn Backend) {
+    let (a, b) = (backend.handle().await, backend.handle().await);
+    let sorted = |mut reports: Vec<ReportedTtl>| {
+        reports.sort_by_key(|report| report.access_ttl);
+        reports
+            .iter()
+            .map(|report| (report.access_ttl, report.reported_at))
+            .collect::<Vec<_>>()
+    };
+    let reports = a.report_access_ttl(900, 1_000, 0).await.unwrap();
+    assert_eq!(sorted(reports), [(900, 1_000)]);
+    let reports = b.report_access_ttl(300, 1_010, 0).await.unwrap();
+    assert_eq!(sorted(reports), [(300, 1_010), (900, 1_000)]);
+    // A late report of an earlier time does not move the latest back.
+    let reports = a.report_access_ttl(900, 990, 0).await.unwrap();
+    assert_eq!(sorted(reports), [(300, 1_010), (900, 1_000)]);
+    let reports = a.report_access_ttl(900, 1_030, 0).await.unwrap();
+    assert_eq!(sorted(reports), [(300, 1_010), (900, 1_030)]);
+    // Forgotten once older than forget_before; the report itself is kept.
+    let reports = b.report_access_ttl(300, 1_040, 1_031).await.unwrap();
+    assert_eq!(sorted(reports), [(300, 1_040)]);
+    let reports = (0..16i64).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move { store.report_access_ttl(60, 2_000 + i * 7 % 16, 0).await })
+    });
+    for report in futures_util::future::join_all(reports).await {
+        assert!(report.unwrap().unwrap().len() == 2);
+    }
+    let reports = b.report_access_ttl(300, 1_040, 0).await.unwrap();
+    assert_eq!(sorted(reports), [(60, 2_015), (300, 1_040)]);
 }
 
 pub async fn login_same_code_twice_one_session(backend: &dyn Backend) {

@@ -38,8 +38,8 @@ use sqlx::{Executor as _, Row as _};
 use weauth_token::revocation::Entry;
 
 use super::{
-    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
-    RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
+    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, ReportedTtl,
+    Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
 use crate::domain::grants;
 use crate::domain::rules::RevocationFacts;
@@ -538,6 +538,15 @@ impl Store for MysqlStore {
 
     async fn current_seq(&self) -> Result<u64, StoreError> {
         retry(|| ops::current_seq(&self.pool)).await
+    }
+
+    async fn report_access_ttl(
+        &self,
+        access_ttl: i64,
+        now: i64,
+        forget_before: i64,
+    ) -> Result<Vec<ReportedTtl>, StoreError> {
+        retry(|| ops::report_access_ttl(&self.pool, access_ttl, now, forget_before)).await
     }
 
     async fn put_ephemeral(

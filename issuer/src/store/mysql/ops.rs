@@ -7,8 +7,8 @@ use sqlx::{Row as _, Transaction};
 use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
-    RiskFact, Rotate, RotateResult, SessionRecord, UserRecord,
+    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, ReportedTtl,
+    Revoke, RiskFact, Rotate, RotateResult, SessionRecord, UserRecord,
 };
 use crate::domain::grants;
 use crate::domain::rules::{
@@ -829,6 +829,42 @@ pub(super) async fn feed_snapshot(
 pub(super) async fn current_seq(pool: &MySqlPool) -> Result<u64> {
     let mut conn = pool.acquire().await?;
     Ok(to_u64(counter(&mut conn, "revocation_seq").await?))
+}
+
+/// The lifetimes are rows of `counters` named `access_ttl:<seconds>`, valued when last
+/// reported. Each statement stands alone (a report is idempotent and only ever raises a row).
+pub(super) async fn report_access_ttl(
+    pool: &MySqlPool,
+    access_ttl: i64,
+    now: i64,
+    forget_before: i64,
+) -> Result<Vec<ReportedTtl>> {
+    let prefix = ReportedTtl::ROW_PREFIX;
+    sqlx::query(
+        "INSERT INTO counters (name, value) VALUES (?, ?) \
+         ON DUPLICATE KEY UPDATE value = GREATEST(value, ?)",
+    )
+    .bind(ReportedTtl::row_name(access_ttl))
+    .bind(now)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    sqlx::query("DELETE FROM counters WHERE LEFT(name, ?) = ? AND value < ?")
+        .bind(prefix.len() as u64)
+        .bind(prefix)
+        .bind(forget_before)
+        .execute(pool)
+        .await?;
+    let rows = sqlx::query("SELECT name, value FROM counters WHERE LEFT(name, ?) = ?")
+        .bind(prefix.len() as u64)
+        .bind(prefix)
+        .fetch_all(pool)
+        .await?;
+    let mut reported = Vec::new();
+    for row in &rows {
+        reported.extend(ReportedTtl::from_row(&text(row, 0)?, row.try_get(1)?));
+    }
+    Ok(reported)
 }
 
 pub(super) async fn put_ephemeral(

@@ -11,6 +11,8 @@ pub const SEQ: &str = "seq";
 pub const SEQ_EPOCH: &str = "seq_epoch";
 /// Entries with `seq <= purged_through` may be gone.
 pub const PURGED_THROUGH: &str = "purged_through";
+/// The access-token lifetimes replicas reported (hash: seconds → when last reported).
+pub const ACCESS_TTLS: &str = "access_ttls";
 /// The signing keys (hash: kid → JSON).
 pub const KEYS: &str = "keys";
 /// Revocation entries by seq (hash), and their indexes by seq and by `until` (sorted sets).

@@ -34,6 +34,7 @@
 //! | `P rev:<kind>:<value>` | `{P}…` | zset | seq → issued_before: revocation facts by claim |
 //! | `P seq_epoch` | `{P}…` | string | replication id of the primary the last revocation was written on |
 //! | `P purged_through` | `{P}…` | string | purge watermark |
+//! | `P access_ttls` | `{P}…` | hash | access-token lifetime (s) → when a replica last reported issuing it |
 //! | `P keys` | `{P}…` | hash | kid → signing key record JSON |
 //! | `P eph:<name>`, `P eph_exp` | `{P}…` | string, zset | web-login state and its expiry index |
 //! | `P wx:<appid>` | `P{wx:<appid>}` | hash | WeChat app token and its refresh lease |
@@ -174,8 +175,8 @@ use weauth_token::revocation::{Entry, EntryKind};
 
 use super::redis_checks::{self, Eviction, EvictionWatch, Replication};
 use super::{
-    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, Revoke, RiskFact, Rotate,
-    RotateResult, SessionRecord, Store, StoreError, UserRecord,
+    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, ReportedTtl, Revoke,
+    RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
 use crate::domain::grants::{self, Ban, Grants};
 use crate::domain::rules::{

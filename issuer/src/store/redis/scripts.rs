@@ -26,6 +26,7 @@ pub(super) struct Scripts {
     pub(super) put_ephemeral: Script,
     pub(super) take_ephemeral: Script,
     pub(super) purge_ephemeral: Script,
+    pub(super) report_ttl: Script,
 }
 
 impl Scripts {
@@ -52,6 +53,7 @@ impl Scripts {
             put_ephemeral: Script::new(include_str!("lua/put_ephemeral.lua")),
             take_ephemeral: Script::new(include_str!("lua/take_ephemeral.lua")),
             purge_ephemeral: Script::new(include_str!("lua/purge_ephemeral.lua")),
+            report_ttl: Script::new(include_str!("lua/report_ttl.lua")),
         }
     }
 }

@@ -585,6 +585,29 @@ impl Store for RedisStore {
         Ok(seq.unwrap_or(1).max(1))
     }
 
+    /// Not `WAIT`ed for: a failover may lose the latest report, which the replicas' next
+    /// reports restore (a report stays in force for two report periods and a lifetime).
+    async fn report_access_ttl(
+        &self,
+        access_ttl: i64,
+        now: i64,
+        forget_before: i64,
+    ) -> Result<Vec<ReportedTtl>, StoreError> {
+        let mut call = self.inner.scripts.report_ttl.prepare_invoke();
+        call.key(self.key(keys::ACCESS_TTLS))
+            .arg(access_ttl)
+            .arg(now)
+            .arg(forget_before);
+        let flat: Vec<i64> = self.eval(&call).await?;
+        Ok(flat
+            .chunks_exact(2)
+            .map(|pair| ReportedTtl {
+                access_ttl: pair[0],
+                reported_at: pair[1],
+            })
+            .collect())
+    }
+
     async fn put_ephemeral(
         &self,
         key: &str,

@@ -24,8 +24,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, Revoke,
-    RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
+    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, ReportedTtl,
+    Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
 };
 use crate::domain::grants;
 use crate::domain::rules::{
@@ -373,6 +373,16 @@ impl Store for SqliteStore {
 
     async fn current_seq(&self) -> Result<u64, StoreError> {
         self.run(ops::current_seq).await
+    }
+
+    async fn report_access_ttl(
+        &self,
+        access_ttl: i64,
+        now: i64,
+        forget_before: i64,
+    ) -> Result<Vec<ReportedTtl>, StoreError> {
+        self.run(move |c| ops::report_access_ttl(c, access_ttl, now, forget_before))
+            .await
     }
 
     async fn put_ephemeral(

@@ -680,6 +680,48 @@ pub(super) fn current_seq(conn: &mut Connection) -> Result<u64, StoreError> {
     read_current_seq(conn)
 }
 
+/// The lifetimes are rows of `meta` named `access_ttl:<seconds>`, valued when last reported.
+pub(super) fn report_access_ttl(
+    conn: &mut Connection,
+    access_ttl: i64,
+    now: i64,
+    forget_before: i64,
+) -> Result<Vec<ReportedTtl>, StoreError> {
+    let prefix = ReportedTtl::ROW_PREFIX;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+        params![ReportedTtl::row_name(access_ttl), now],
+    )
+    .map_err(db_err)?;
+    tx.execute(
+        "DELETE FROM meta WHERE substr(key, 1, ?1) = ?2 AND value < ?3",
+        params![prefix.len(), prefix, forget_before],
+    )
+    .map_err(db_err)?;
+    let reported = {
+        let mut statement = tx
+            .prepare("SELECT key, value FROM meta WHERE substr(key, 1, ?1) = ?2")
+            .map_err(db_err)?;
+        let rows = statement
+            .query_map(params![prefix.len(), prefix], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(db_err)?;
+        let mut reported = Vec::new();
+        for row in rows {
+            let (name, reported_at) = row.map_err(db_err)?;
+            reported.extend(ReportedTtl::from_row(&name, reported_at));
+        }
+        reported
+    };
+    tx.commit().map_err(db_err)?;
+    Ok(reported)
+}
+
 pub(super) fn purge(conn: &mut Connection, now: i64) -> Result<Purged, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
