@@ -333,7 +333,12 @@ impl App {
         };
         let now = clock.now();
         bootstrap_keys(store.as_ref(), &config, &data_key, now).await?;
-        let retain = config.access_ttl_secs() + config.leeway_secs();
+        // Before the first token: revocations made anywhere from now on cover this replica's
+        // tokens, and keys are kept for the longest lifetime any replica issued (this one's
+        // may have been lowered since).
+        let longest_ttl =
+            revocation::report_lifetime(store.as_ref(), config.access_ttl_secs(), now).await?;
+        let retain = longest_ttl + config.leeway_secs();
         let ring = keys::ring(&store.keys().await?, &data_key, now, retain)?;
         let seq = store.current_seq().await?;
         metrics.store_check(true);
@@ -370,10 +375,8 @@ impl App {
             known_seq: Arc::clone(&known_seq),
             identity: Arc::clone(&identity),
             inflight_codes: Mutex::new(HashSet::new()),
-            longest_ttl: AtomicI64::new(policy.access_ttl),
+            longest_ttl: AtomicI64::new(longest_ttl),
         });
-        // Before the first token: revocations made anywhere from now on cover this replica's.
-        sessions.report_access_ttl(now).await?;
         let userdata = UserData {
             store: Arc::clone(&store),
             config: Arc::clone(&config),
@@ -422,7 +425,9 @@ impl App {
     /// Store or key failures; the previous ring stays in place.
     pub async fn reload_keys(&self) -> Result<(), StartError> {
         let records = self.store.keys().await?;
-        let retain = self.policy.access_ttl + self.policy.leeway;
+        // Not only this replica's lifetime: a retired key stays until the last token it signed
+        // under any replica's (or an earlier, longer) lifetime has expired.
+        let retain = self.sessions.longest_ttl.load(Ordering::Acquire) + self.policy.leeway;
         let ring = keys::ring(&records, &self.data_key, self.now(), retain)?;
         let dropped = ring.dropped.clone();
         self.metrics.signing_keys(ring.signing_since, ring.next);

@@ -647,6 +647,54 @@ async fn retired_key_dropped_after_its_tokens_expire() {
     );
 }
 
+/// A key retired while tokens of a 15 min lifetime are out, then `WEAUTH_ACCESS_TTL` lowered
+/// to 5 min and the issuer restarted: the retired key stays published (and its tokens verify)
+/// until those tokens expire, not for the new 5 min; then it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_key_outlives_a_lowered_access_ttl_until_its_tokens_expire() {
+    let (mut stack, clock) = Stack::start_clocked(&[
+        ("WEAUTH_KEY_PUBLISH_DELAY", "0s"),
+        ("WEAUTH_KEY_RELOAD", "100ms"),
+        ("WEAUTH_LEEWAY", "0s"),
+    ])
+    .await;
+    let before = stack.login("uma").await;
+    let old_token = before["access_token"].as_str().unwrap().to_string();
+    let old_kid = common::header(&old_token)["kid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let output = keys_cli(&stack, "rotate");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stack
+        .issuer
+        .env_mut()
+        .insert("WEAUTH_ACCESS_TTL".into(), "5m".into());
+    stack.restart().await;
+    // Past the new lifetime, within the old one; several key reloads (every 100 ms) later.
+    clock.advance_secs(400);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        published_kids(&stack).await.contains(&old_kid),
+        "the retired key was dropped while its tokens still verify"
+    );
+    assert_eq!(stack.get("/v1/me", Some(&old_token)).await.0, 200);
+    // Past the old lifetime's last token: dropped.
+    clock.advance_secs(900);
+    let started = Instant::now();
+    while published_kids(&stack).await.contains(&old_kid) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the retired key {old_kid} is still published after its tokens expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn second_issuer_on_same_db_shares_keys() {
     let rt = tokio::runtime::Builder::new_multi_thread()

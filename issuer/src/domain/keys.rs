@@ -4,9 +4,10 @@
 //! replica reading the same rows agrees (clock skew aside) without coordinating:
 //! - the signing key is the one with the latest `activate_at <= now`;
 //! - keys with `activate_at > now` are "next": published in the JWKS, not signing yet;
-//! - an older key stays published until `retain` seconds (access TTL + leeway) after its
-//!   successor began signing, i.e. until the last token it signed has expired; then it is
-//!   dropped (and deleted from the store by the periodic purge).
+//! - an older key stays published until `retain` seconds (the longest access-token lifetime a
+//!   token still verifying may have, + leeway) after its successor began signing, i.e. until
+//!   the last token it signed has expired; then it is dropped (and deleted from the store by
+//!   the periodic purge).
 //!
 //! `weauth-issuer keys rotate` inserts a key with `activate_at = now + publish delay`.
 

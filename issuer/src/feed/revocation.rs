@@ -44,6 +44,18 @@ pub fn longest_lifetime(own_ttl: i64, reported: &[ReportedTtl], now: i64) -> i64
         .fold(own_ttl, i64::max)
 }
 
+/// Reports `own_ttl` as the lifetime this replica issues as of `now` and returns the longest
+/// lifetime a token still verifying may have ([`longest_lifetime`]) from every replica's
+/// reports: the one composition of that rule over [`Store::report_access_ttl`].
+///
+/// # Errors
+/// Store failures.
+pub async fn report_lifetime(store: &dyn Store, own_ttl: i64, now: i64) -> Result<i64, StoreError> {
+    let forget_before = now.saturating_sub(TTL_REPORT_KEPT);
+    let reported = store.report_access_ttl(own_ttl, now, forget_before).await?;
+    Ok(longest_lifetime(own_ttl, &reported, now))
+}
+
 /// The `until` of an entry written at `now` that revokes tokens issued up to `now`: the last
 /// moment such a token can still be accepted, i.e. its latest `exp` plus the verifiers' leeway.
 /// `access_ttl` is the longest lifetime such a token may have ([`longest_lifetime`]): a

@@ -48,7 +48,7 @@ pub struct Sessions {
     pub inflight_codes: Mutex<HashSet<String>>,
     /// The longest access-token lifetime a token still verifying may have
     /// ([`revocation::longest_lifetime`]), as this replica last read the reports: what a
-    /// refresh-token reuse's revocation is kept for.
+    /// refresh-token reuse's revocation is kept for, and a retired signing key published for.
     pub longest_ttl: AtomicI64,
 }
 
@@ -488,12 +488,8 @@ impl Sessions {
     /// # Errors
     /// Store failures.
     pub async fn report_access_ttl(&self, now: i64) -> Result<i64, StoreError> {
-        let own = self.policy.access_ttl;
-        let reported = self
-            .store
-            .report_access_ttl(own, now, now.saturating_sub(revocation::TTL_REPORT_KEPT))
-            .await?;
-        let longest = revocation::longest_lifetime(own, &reported, now);
+        let longest =
+            revocation::report_lifetime(self.store.as_ref(), self.policy.access_ttl, now).await?;
         self.longest_ttl.store(longest, Ordering::Release);
         Ok(longest)
     }
