@@ -68,6 +68,7 @@ dict_for() {
     jws_* | jwks_*) echo "$FUZZ_DIR/dicts/jose.dict" ;;
     feed_*) echo "$FUZZ_DIR/dicts/feed.dict" ;;
     wxdata_*) echo "$FUZZ_DIR/dicts/wxdata.dict" ;;
+    filter_glue) echo "$FUZZ_DIR/dicts/glue.dict" ;;
     *) echo "" ;;
   esac
 }
