@@ -33,7 +33,7 @@ use weauth_token::{Claims, KeySet};
 
 use crate::cache::TokenCache;
 use crate::config::{Config, Require, StaleMode, TokenSource};
-use crate::headers::{self, CookieEdit, Header};
+use crate::headers::{self, CookieEdit, Field, Header};
 use crate::host::{Host, KeyState, Level, Stats};
 use crate::revocation::RevocationSet;
 use crate::verify::{
@@ -163,6 +163,9 @@ struct Edits<'c> {
 struct TokenEdit<'c> {
     /// Remove this header (the token's).
     header: Option<&'c str>,
+    /// Remove these too: the other header sources that carry a token (rare: usually empty, and
+    /// then no allocation).
+    other_headers: Vec<&'c str>,
     /// What to do with `Cookie` (the token cookies taken out).
     cookie: CookieEdit,
 }
@@ -170,6 +173,7 @@ struct TokenEdit<'c> {
 impl TokenEdit<'_> {
     const KEEP: TokenEdit<'static> = TokenEdit {
         header: None,
+        other_headers: Vec::new(),
         cookie: CookieEdit::Unchanged,
     };
 }
@@ -223,7 +227,7 @@ impl<'c> Edits<'c> {
             host.remove_request_header(name);
             edited = true;
         }
-        if let Some(name) = self.token.header {
+        for name in self.token.header.iter().chain(&self.token.other_headers) {
             host.remove_request_header(name);
             edited = true;
         }
@@ -365,9 +369,12 @@ fn allow_edits<'c>(
 }
 
 /// How the token leaves the request (`forward_authorization` false): its header removed, and
-/// every token cookie taken out of `Cookie` — a browser sends the cookie along with a script's
-/// `Authorization`, and the header's token winning must not leave the cookie's going
-/// upstream. A query token stays in `:path` (rewriting the path is not this filter's job).
+/// every other token the request carries for a header or cookie source — a browser sends the
+/// cookie along with a script's `Authorization`, and whichever source wins, the other's token
+/// must not go upstream: every token cookie is taken out of `Cookie`, and another header
+/// source's header is removed when its value carries that source's prefix (a header without
+/// it, `Authorization: Basic …` under a `Bearer ` source, is no token and stays). A query
+/// token stays in `:path` (rewriting the path is not this filter's job).
 fn token_edit<'c>(
     config: &'c Config,
     extracted: &Extracted<'_>,
@@ -380,6 +387,21 @@ fn token_edit<'c>(
         Some(TokenSource::Header { name, .. }) => Some(name.as_str()),
         _ => None,
     };
+    let mut other_headers = Vec::new();
+    for (index, token_source) in config.token_sources.iter().enumerate() {
+        if let TokenSource::Header { name, prefix } = token_source {
+            if index != *source
+                && Some(name.as_str()) != header
+                && !other_headers.contains(&name.as_str())
+                && headers.iter().any(|header| {
+                    header.name().eq_ignore_ascii_case(name)
+                        && verify::carries_token(header.value(), prefix)
+                })
+            {
+                other_headers.push(name.as_str());
+            }
+        }
+    }
     let cookie = if config.cookie_source() {
         headers::cookie_without(headers, |name| {
             config
@@ -390,7 +412,11 @@ fn token_edit<'c>(
     } else {
         CookieEdit::Unchanged
     };
-    TokenEdit { header, cookie }
+    TokenEdit {
+        header,
+        other_headers,
+        cookie,
+    }
 }
 
 /// The identity headers the client sent ([`headers::identity_to_remove`] with nothing set):
@@ -1123,6 +1149,39 @@ mod tests {
         assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
         assert!(host.removed.contains(&"authorization".to_string()));
         assert_eq!(host.set_value("cookie"), Some("a=1"));
+    }
+
+    #[test]
+    fn on_request_headers_cookie_token_wins_and_the_header_token_is_not_forwarded_either() {
+        // Found by the filter_glue fuzz target: with the cookie first, a token in
+        // `Authorization` went upstream although the rule does not forward tokens.
+        let config = config(serde_json::json!({"token_sources": [
+            {"cookie": "weauth_at"}, {"header": "authorization", "prefix": "Bearer "},
+            {"header": "x-token", "prefix": ""}
+        ]}));
+        let bearer = format!("bearer {}", token());
+        let cookie = format!("weauth_at={}", token());
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("cookie", &cookie),
+            ("authorization", &bearer),
+            ("x-token", "anything"),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert!(host.removed.contains(&"authorization".to_string()));
+        assert!(host.removed.contains(&"x-token".to_string()));
+        assert!(host.removed.contains(&"cookie".to_string()));
+        // Another scheme under the same header is no token of the source: it stays.
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("cookie", &cookie),
+            ("authorization", "Basic dXNlcjpwYXNz"),
+        ]);
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert!(!host.removed.contains(&"authorization".to_string()));
     }
 
     #[test]

@@ -101,6 +101,12 @@ pub fn extract_token<'h>(
     Extracted::Missing
 }
 
+/// Whether a header source's value carries a token (one [`extract_token`] would read, empty
+/// included): its prefix, in any case.
+pub fn carries_token(value: &str, prefix: &str) -> bool {
+    strip_prefix_ignore_case(value.trim(), prefix).is_some()
+}
+
 fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
     if value
         .get(..prefix.len())

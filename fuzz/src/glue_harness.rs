@@ -596,11 +596,11 @@ pub fn filter_glue(gx: &GlueFixture, data: &[u8]) -> Outcome {
 /// says when one no longer shows its bug). Once the fix is in, remove the entry: the oracle
 /// is whole again, and the inputs must then pass it.
 ///
-/// - `token-header-after-cookie`: with `forward_authorization` off, a token read from a cookie
-///   source listed before a header source leaves that header — `Authorization: Bearer <the
-///   same token, or another>` — going upstream (`request::token_edit` removed only the header
-///   of the source the token was read from).
-pub const KNOWN_BUGS: &[&str] = &["token-header-after-cookie"];
+/// None now. Fixed: `token-header-after-cookie` (with `forward_authorization` off, a token read
+/// from a cookie source listed before a header source left that header — `Authorization:
+/// Bearer <the same token, or another>` — going upstream; its inputs are
+/// `fixed-token-header-after-cookie-*`).
+pub const KNOWN_BUGS: &[&str] = &[];
 
 /// [`filter_glue`], also naming the [`KNOWN_BUGS`] the input showed.
 pub fn filter_glue_report(gx: &GlueFixture, data: &[u8]) -> (Outcome, Vec<&'static str>) {
