@@ -18,8 +18,8 @@ mod replay;
 use glue_harness::{filter_glue_report, GlueFixture, Outcome, KNOWN_BUGS, TOKEN_MARK};
 use replay::{count, inputs, run_all, Origin};
 
-/// Byte 0 of an input: configuration `config` (0-3) in key state `state` (0 fresh, 2 stale
-/// revocation set, 3 no keys).
+/// Byte 0 of an input: configuration `config` (0-3) in key state `state` (0 fresh, 1 no
+/// revocation set loaded, 2 a stale one, 3 no keys).
 const fn mode(config: u8, state: u8) -> u8 {
     config | (state << 2)
 }
@@ -334,6 +334,22 @@ fn seeds() -> Vec<(&'static str, Vec<u8>, Outcome)> {
                 &with(get("/api/me"), &[("authorization", "Bearer {T0}")]),
             ),
             Refused(503),
+        ),
+        (
+            "c0-revocation-not-loaded-503",
+            input(
+                mode(0, 1),
+                &with(get("/api/me"), &[("authorization", "Bearer {T0}")]),
+            ),
+            Refused(503),
+        ),
+        (
+            "c2-not-loaded-allow-mode-nothing-revoked",
+            input(
+                mode(2, 1),
+                &with(get("/api/me"), &[("cookie", "weauth_at={T1}")]),
+            ),
+            Allowed,
         ),
         (
             "c0-no-keys-503",
