@@ -536,20 +536,7 @@ async fn keys_rotate_publishes_then_promotes_and_keeps_old_key() {
         .unwrap()
         .to_string();
 
-    let output = keys_cli(&stack, "rotate");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(printed.contains("published"), "{printed}");
-    let activate_at: i64 = printed
-        .split("signs from ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|at| at.parse().ok())
-        .unwrap_or_else(|| panic!("no activation time in {printed:?}"));
+    let activate_at = rotate_keys(&stack);
 
     // Published (JWKS has both) before it signs.
     let kids = until_published(&stack, 2).await;
@@ -605,15 +592,7 @@ async fn retired_key_dropped_after_its_tokens_expire() {
     .await;
     let (_, jwks, _) = stack.get("/.well-known/jwks.json", None).await;
     let old_kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
-    let output = keys_cli(&stack, "rotate");
-    assert!(output.status.success());
-    let printed = String::from_utf8_lossy(&output.stdout).to_string();
-    let activate_at: i64 = printed
-        .split("signs from ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|at| at.parse().ok())
-        .unwrap_or_else(|| panic!("no activation time in {printed:?}"));
+    let activate_at = rotate_keys(&stack);
     // The old key's last tokens expire 1 s (WEAUTH_ACCESS_TTL) after the new key signs; the
     // next key reload drops it from the JWKS and deletes it from the store.
     let started = Instant::now();
@@ -664,12 +643,7 @@ async fn a_retired_key_outlives_a_lowered_access_ttl_until_its_tokens_expire() {
         .as_str()
         .unwrap()
         .to_string();
-    let output = keys_cli(&stack, "rotate");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    rotate_keys(&stack);
     stack
         .issuer
         .env_mut()
@@ -1021,6 +995,25 @@ fn login_load(
 }
 
 /// `weauth-issuer keys <command>` with the issuer's environment: its output.
+/// `keys rotate` through the CLI; asserts it succeeded. Returns the time the new key signs
+/// from (its printed `activate_at`).
+fn rotate_keys(stack: &Stack) -> i64 {
+    let output = keys_cli(stack, "rotate");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(printed.contains("published"), "{printed}");
+    printed
+        .split("signs from ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|at| at.parse().ok())
+        .unwrap_or_else(|| panic!("no activation time in {printed:?}"))
+}
+
 fn keys_cli(stack: &Stack, command: &str) -> std::process::Output {
     Command::new(common::bin())
         .env_clear()
