@@ -56,6 +56,15 @@ pub async fn report_lifetime(store: &dyn Store, own_ttl: i64, now: i64) -> Resul
     Ok(longest_lifetime(own_ttl, &reported, now))
 }
 
+/// [`longest_lifetime`] from the reports as they stand, without reporting (a revocation's read).
+///
+/// # Errors
+/// Store failures.
+pub async fn read_lifetime(store: &dyn Store, own_ttl: i64, now: i64) -> Result<i64, StoreError> {
+    let reported = store.access_ttls().await?;
+    Ok(longest_lifetime(own_ttl, &reported, now))
+}
+
 /// The `until` of an entry written at `now` that revokes tokens issued up to `now`: the last
 /// moment such a token can still be accepted, i.e. its latest `exp` plus the verifiers' leeway.
 /// `access_ttl` is the longest lifetime such a token may have ([`longest_lifetime`]): a

@@ -499,9 +499,11 @@ impl Sessions {
     /// # Errors
     /// Store failures.
     pub async fn revoke(&self, revoke: Revoke, now: i64) -> Result<Entry, ApiError> {
-        // Read fresh (a revocation is rare): a replica of a longer lifetime that started since
-        // the last report counts at once.
-        let (ttl, leeway) = (self.report_access_ttl(now).await?, self.policy.leeway);
+        // Read fresh (a revocation is rare; a read, no write): a replica of a longer lifetime
+        // that started since this one last read the reports counts at once.
+        let ttl =
+            revocation::read_lifetime(self.store.as_ref(), self.policy.access_ttl, now).await?;
+        let leeway = self.policy.leeway;
         let until = match &revoke {
             Revoke::Sub { issued_before, .. } => {
                 revocation::until_for_sub(*issued_before, ttl, leeway)

@@ -364,6 +364,9 @@ pub trait Store: Send + Sync {
         now: i64,
         forget_before: i64,
     ) -> Result<Vec<ReportedTtl>, StoreError>;
+    /// The lifetimes [`Store::report_access_ttl`] returns, read without reporting one (a
+    /// revocation reads them fresh; only the replicas' periodic reports write).
+    async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError>;
     /// Stores `value` under `key` until `expires_at` (unix seconds), replacing any value
     /// already there. Short-lived server-side state such as a pending web login
     /// ([`crate::domain::web::PendingLogin`], key [`crate::domain::web::state_key`]).

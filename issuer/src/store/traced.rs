@@ -193,6 +193,10 @@ impl Store for TracedStore {
             .await
     }
 
+    async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError> {
+        self.0.access_ttls().instrument(span("access_ttls")).await
+    }
+
     async fn put_ephemeral(
         &self,
         key: &str,

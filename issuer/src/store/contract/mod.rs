@@ -181,6 +181,7 @@ pub async fn fresh_store_seq_starts_at_one(backend: &dyn Backend) {
 /// the same, and concurrent reports keep the latest.
 pub async fn access_ttl_reports_keep_the_latest_per_lifetime(backend: &dyn Backend) {
     let (a, b) = (backend.handle().await, backend.handle().await);
+    assert!(a.access_ttls().await.unwrap().is_empty());
     let sorted = |mut reports: Vec<ReportedTtl>| {
         reports.sort_by_key(|report| report.access_ttl);
         reports
@@ -209,6 +210,15 @@ pub async fn access_ttl_reports_keep_the_latest_per_lifetime(backend: &dyn Backe
     }
     let reports = b.report_access_ttl(300, 1_040, 0).await.unwrap();
     assert_eq!(sorted(reports), [(60, 2_015), (300, 1_040)]);
+    // Read without reporting: the same, and nothing changes.
+    assert_eq!(
+        sorted(a.access_ttls().await.unwrap()),
+        [(60, 2_015), (300, 1_040)]
+    );
+    assert_eq!(
+        sorted(b.access_ttls().await.unwrap()),
+        [(60, 2_015), (300, 1_040)]
+    );
 }
 
 pub async fn login_same_code_twice_one_session(backend: &dyn Backend) {

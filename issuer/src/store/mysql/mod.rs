@@ -549,6 +549,10 @@ impl Store for MysqlStore {
         retry(|| ops::report_access_ttl(&self.pool, access_ttl, now, forget_before)).await
     }
 
+    async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError> {
+        retry(|| ops::access_ttls(&self.pool)).await
+    }
+
     async fn put_ephemeral(
         &self,
         key: &str,

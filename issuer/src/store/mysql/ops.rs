@@ -855,6 +855,12 @@ pub(super) async fn report_access_ttl(
         .bind(forget_before)
         .execute(pool)
         .await?;
+    access_ttls(pool).await
+}
+
+/// The lifetimes reported ([`report_access_ttl`]).
+pub(super) async fn access_ttls(pool: &MySqlPool) -> Result<Vec<ReportedTtl>> {
+    let prefix = ReportedTtl::ROW_PREFIX;
     let rows = sqlx::query("SELECT name, value FROM counters WHERE LEFT(name, ?) = ?")
         .bind(prefix.len() as u64)
         .bind(prefix)

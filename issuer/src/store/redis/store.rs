@@ -608,6 +608,20 @@ impl Store for RedisStore {
             .collect())
     }
 
+    async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError> {
+        let key = self.key(keys::ACCESS_TTLS);
+        let all: Vec<(i64, i64)> = self
+            .op(|mut conn| async move { conn.hgetall(key).await })
+            .await?;
+        Ok(all
+            .into_iter()
+            .map(|(access_ttl, reported_at)| ReportedTtl {
+                access_ttl,
+                reported_at,
+            })
+            .collect())
+    }
+
     async fn put_ephemeral(
         &self,
         key: &str,

@@ -385,6 +385,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError> {
+        self.run(|c| ops::access_ttls(c)).await
+    }
+
     async fn put_ephemeral(
         &self,
         key: &str,

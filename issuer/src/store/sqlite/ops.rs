@@ -702,23 +702,28 @@ pub(super) fn report_access_ttl(
         params![prefix.len(), prefix, forget_before],
     )
     .map_err(db_err)?;
-    let reported = {
-        let mut statement = tx
-            .prepare("SELECT key, value FROM meta WHERE substr(key, 1, ?1) = ?2")
-            .map_err(db_err)?;
-        let rows = statement
-            .query_map(params![prefix.len(), prefix], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })
-            .map_err(db_err)?;
-        let mut reported = Vec::new();
-        for row in rows {
-            let (name, reported_at) = row.map_err(db_err)?;
-            reported.extend(ReportedTtl::from_row(&name, reported_at));
-        }
-        reported
-    };
+    let reported = access_ttls(&tx)?;
     tx.commit().map_err(db_err)?;
+    Ok(reported)
+}
+
+/// The lifetimes reported ([`report_access_ttl`]); a read, in its own implicit transaction
+/// when `conn` is not in one.
+pub(super) fn access_ttls(conn: &Connection) -> Result<Vec<ReportedTtl>, StoreError> {
+    let prefix = ReportedTtl::ROW_PREFIX;
+    let mut statement = conn
+        .prepare("SELECT key, value FROM meta WHERE substr(key, 1, ?1) = ?2")
+        .map_err(db_err)?;
+    let rows = statement
+        .query_map(params![prefix.len(), prefix], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })
+        .map_err(db_err)?;
+    let mut reported = Vec::new();
+    for row in rows {
+        let (name, reported_at) = row.map_err(db_err)?;
+        reported.extend(ReportedTtl::from_row(&name, reported_at));
+    }
     Ok(reported)
 }
 
