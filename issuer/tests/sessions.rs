@@ -815,3 +815,48 @@ async fn revocations_after_the_access_ttl_is_lowered_outlive_the_longer_tokens()
         "{entry}"
     );
 }
+
+/// A refresh-token reuse right after a replica of a longer lifetime started (its report in the
+/// store, this replica's last read of the reports older): the session is revoked for the longer
+/// lifetime too, not only for the one this replica last read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reuse_revocation_covers_a_longer_lifetime_reported_since_the_last_read() {
+    let stack = Stack::start(&[
+        ("WEAUTH_ACCESS_TTL", "5m"),
+        ("WEAUTH_LEEWAY", "0s"),
+        ("WEAUTH_REFRESH_REUSE_GRACE", "0s"),
+    ])
+    .await;
+    let login = stack.login("ada").await;
+    let token = login["access_token"].as_str().unwrap();
+    let issued = payload(token)["iat"].as_i64().unwrap();
+    // Another replica issuing 15-minute tokens reports, as it does before its first token.
+    rusqlite::Connection::open(stack.db_path())
+        .unwrap()
+        .execute(
+            "INSERT INTO meta (key, value) VALUES ('access_ttl:900', ?1)",
+            [issued],
+        )
+        .unwrap();
+    let refresh = login["refresh_token"].as_str().unwrap();
+    for want in [200, 400] {
+        let (status, body, _) = stack
+            .post("/v1/token/refresh", json!({ "refresh_token": refresh }))
+            .await;
+        assert_eq!(status, want, "{body}");
+    }
+    let sid = payload(token)["sid"].as_str().unwrap().to_string();
+    let feed = stack.feed(0, 0).await;
+    let until = feed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["kind"] == "sid" && entry["value"] == sid.as_str())
+        .filter_map(|entry| entry["until"].as_i64())
+        .max()
+        .unwrap_or_else(|| panic!("no sid entry in {feed}"));
+    assert!(
+        until >= issued + 900,
+        "until {until}, issued {issued}: {feed}"
+    );
+}

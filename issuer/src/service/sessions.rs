@@ -395,6 +395,7 @@ impl Sessions {
             None => Grants::default(),
         };
         let (refresh_token, new_hash) = tokens::new_refresh_token(&family);
+        let cached_ttl = self.longest_ttl.load(Ordering::Acquire);
         let rotate = Rotate {
             family,
             presented_hash,
@@ -403,12 +404,8 @@ impl Sessions {
             refresh_ttl: crate::config::secs(self.config.refresh_ttl),
             reuse_grace: crate::config::secs(self.config.refresh_reuse_grace),
             // As last read (at most one report period old): a refresh should not wait for a
-            // store call that only its rare reuse outcome needs.
-            revocation_until: revocation::until(
-                now,
-                self.longest_ttl.load(Ordering::Acquire),
-                self.policy.leeway,
-            ),
+            // store call that only its rare reuse outcome needs (which reads it fresh, below).
+            revocation_until: revocation::until(now, cached_ttl, self.policy.leeway),
         };
         match self.store.rotate_refresh(&rotate).await? {
             RotateResult::Rotated {
@@ -437,6 +434,22 @@ impl Sessions {
                 self.metrics.revocation("sid");
                 self.known_seq.advance(entry.seq);
                 tracing::warn!(sid = %sid, seq = entry.seq, "refresh token reuse: session revoked");
+                // The entry is kept for the lifetime as last read; a longer one reported since
+                // (a replica started within the last report period) gets the session revoked
+                // again, for that one. The session stays revoked whatever happens here.
+                match revocation::read_lifetime(self.store.as_ref(), self.policy.access_ttl, now)
+                    .await
+                {
+                    Ok(fresh) if fresh > cached_ttl => {
+                        if let Err(err) = self.revoke(Revoke::Sid(sid), now).await {
+                            tracing::warn!(error = %err, "the reuse revocation could not be lengthened for a longer access-token lifetime");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "lifetime reports unreadable after a refresh-token reuse");
+                    }
+                }
                 Err(ApiError::InvalidGrant(
                     "the refresh token was already used; the session has been revoked".into(),
                 ))
