@@ -302,8 +302,12 @@ impl SentinelSetup {
     /// # Errors
     /// A process did not start, or the set-up was not ready within 20 s.
     pub async fn start(dir: &Path) -> Result<SentinelSetup, ServerError> {
-        let master = "weauth".to_string();
         let primary = RedisServer::start_in(&dir.join("primary"), &[]).await?;
+        // A name of its own: sentinels find each other through hello messages on the
+        // primary's channel, naming the master. A sentinel of another set-up (another test
+        // process, whose port picks are its own) watching a reused port would otherwise join
+        // this one and, dead or not, count in the majority a failover needs.
+        let master = format!("weauth-{}", primary.port());
         let replica_of = format!("127.0.0.1 {}", primary.port());
         let replica =
             RedisServer::start_in(&dir.join("replica"), &["--replicaof", &replica_of]).await?;
