@@ -60,33 +60,18 @@ impl PathMatch {
 
     /// Whether `path` matches as an upstream lax about it reads it: ignoring ASCII case
     /// (ASP.NET, Express by default), and with its trailing `/` cut or one added (Express,
-    /// Spring: `/a` and `/a/` are one route). No allocation.
+    /// Spring: `/a` and `/a/` are one route). No allocation. A match ignoring case includes
+    /// the match in the same case, so each reading is compared once, folded.
     pub fn matches_lax(&self, path: &str) -> bool {
-        let trimmed = path.strip_suffix('/').filter(|head| !head.is_empty());
-        [false, true].into_iter().any(|fold_case| {
-            self.matches_as(
-                path,
-                Reading {
-                    fold_case,
-                    add_slash: false,
-                },
-            ) || match trimmed {
-                Some(head) => self.matches_as(
-                    head,
-                    Reading {
-                        fold_case,
-                        add_slash: false,
-                    },
-                ),
-                None => self.matches_as(
-                    path,
-                    Reading {
-                        fold_case,
-                        add_slash: true,
-                    },
-                ),
+        let folded = |add_slash| Reading {
+            fold_case: true,
+            add_slash,
+        };
+        self.matches_as(path, folded(false))
+            || match path.strip_suffix('/').filter(|head| !head.is_empty()) {
+                Some(head) => self.matches_as(head, folded(false)),
+                None => self.matches_as(path, folded(true)),
             }
-        })
     }
 
     /// Whether `path` (read as `how` says) matches.
