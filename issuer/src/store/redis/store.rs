@@ -598,14 +598,8 @@ impl Store for RedisStore {
             .arg(access_ttl)
             .arg(now)
             .arg(forget_before);
-        let flat: Vec<i64> = self.eval(&call).await?;
-        Ok(flat
-            .chunks_exact(2)
-            .map(|pair| ReportedTtl {
-                access_ttl: pair[0],
-                reported_at: pair[1],
-            })
-            .collect())
+        let _: i64 = self.eval(&call).await?;
+        self.access_ttls().await
     }
 
     async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError> {
