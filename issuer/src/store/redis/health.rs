@@ -274,6 +274,40 @@ impl RedisStore {
         }
     }
 
+    /// Reads which connection the client has now to each primary and moves the link epoch
+    /// when any is not the one the last read saw (or cannot be read). The cluster client
+    /// replaces a node's connection by itself — a command meeting a closed connection is
+    /// retried on a new one, a topology refresh replaces one failing its check — with no
+    /// command of the store failing, and a `WAIT` on the new connection covers none of the
+    /// old one's writes. Read after every `WAIT` (one at a time), a replacement at any moment
+    /// moves the epoch by the end of the first `WAIT` sent after it, so a write that went
+    /// out on the replaced connection (its epoch read before) is not confirmed, whichever
+    /// connection its `WAIT` took. A new primary (a failover) counts as a replacement.
+    async fn note_connections(&self) {
+        let ids = self
+            .op(|mut conn| async move { conn.connection_ids().await })
+            .await;
+        self.note_connection_ids(ids.ok(), false);
+    }
+
+    /// Notes the connections `ids` read (`None`: could not be read) as the last seen, moving
+    /// the link epoch once if `replaced` (the store saw a connection lost or switched) or they
+    /// are not the ones seen before. Reads racing each other may move it twice, never miss a
+    /// change: the first read to find a replaced connection compares with an earlier one.
+    pub(super) fn note_connection_ids(&self, ids: Option<Vec<(String, i64)>>, replaced: bool) {
+        let same = match (ids, self.inner.connections.lock()) {
+            (Some(ids), Ok(mut seen)) => {
+                let same = *seen == ids;
+                *seen = ids;
+                same
+            }
+            _ => false,
+        };
+        if replaced || !same {
+            self.inner.link_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// Sends the `WAIT` of generation `generation` for `replicas` and publishes its outcome
     /// to the writes sharing it (see [`Self::replicate`]); answers for the leading write, sent
     /// in link epoch `epoch`.
@@ -319,6 +353,8 @@ impl RedisStore {
             // (a replica gone: the next writes skip the WAIT rather than fail on it too).
             self.reread_replication().await;
         }
+        // A connection the client replaced by itself shows now, whenever it was replaced.
+        self.note_connections().await;
         // A reconnect that began before the WAIT picked its connection shows by now: such a
         // WAIT confirms nothing (`u64::MAX`: no write's epoch).
         let confirmed_in = if self.link_epoch() == sent_in {

@@ -4,7 +4,8 @@
 //! a [`redis::aio::ConnectionLike`], so every command and script of the store is written
 //! once; the health reads that must reach every node (`INFO stats`, `CONFIG GET`) go
 //! through [`Link::on_every_node`]. (`WAIT` needs nothing of the kind: the cluster client
-//! sends it to every primary and answers the minimum.)
+//! sends it to every primary and answers the minimum.) [`Link::connection_ids`] names the
+//! connection the client has to each primary now, which it may replace by itself.
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
@@ -42,6 +43,39 @@ impl Link {
                         .collect(),
                     other => Ok(vec![redis::from_redis_value(other)?]),
                 }
+            }
+        }
+    }
+}
+
+impl Link {
+    /// The server's id (`CLIENT ID`) of the connection the client has now to each primary
+    /// (the one server: one, named `""`), sorted by the primary's address. A server numbers
+    /// its connections upwards and never again the same while it runs, so two reads giving
+    /// the same id for a node went out on one connection and it was not replaced in between.
+    pub(super) async fn connection_ids(&mut self) -> RedisResult<Vec<(String, i64)>> {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("ID");
+        match self {
+            Link::Single(conn) => Ok(vec![(String::new(), cmd.query_async(conn).await?)]),
+            Link::Cluster(conn) => {
+                let value = conn
+                    .route_command(
+                        cmd,
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                let mut ids = match value {
+                    Value::Map(answers) => answers
+                        .into_iter()
+                        .map(|(node, id)| {
+                            Ok((redis::from_redis_value(node)?, redis::from_redis_value(id)?))
+                        })
+                        .collect::<RedisResult<Vec<_>>>()?,
+                    one => vec![(String::new(), redis::from_redis_value(one)?)],
+                };
+                ids.sort();
+                Ok(ids)
             }
         }
     }

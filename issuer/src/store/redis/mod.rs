@@ -134,11 +134,13 @@
 //! client's one connection to it), every write is acknowledged to the client only after that many replicas have it, or after
 //! `WEAUTH_REDIS_WAIT_TIMEOUT` (then a warning is logged and counted: that write could be lost
 //! by a failover in the next moment). A write whose `WAIT` fails, or whose connection was
-//! replaced before its `WAIT` was sent ([`Inner::link_epoch`]), is answered as unavailable —
-//! as far as the store can tell: a replacement it sees is a failed command or a Sentinel
-//! switch. The cluster client reconnects to a node by itself, so on a cluster a node
-//! connection replaced in the background with no command failing still passes its `WAIT`
-//! as a confirmation of the writes the old one carried. `WAIT` asks for no more replicas than the primary last
+//! replaced before its `WAIT` was sent ([`Inner::link_epoch`]), is answered as unavailable:
+//! the store sees a replacement as a failed command, a Sentinel switch, or — the client
+//! reconnecting by itself with no command failing (the cluster client retries a command that
+//! met a closed connection on a new one) — a connection id (`CLIENT ID`, read on each primary
+//! after every `WAIT`, [`RedisStore::note_connections`]) not the one read before. Hence with
+//! `WAIT` on, the issuer's Redis user needs `CLIENT ID` (ACL `+client|id`; refused at start
+//! without it). `WAIT` asks for no more replicas than the primary last
 //! reported online (on a cluster: the fewest any primary reports), and is skipped while it
 //! reports none (after a failover that left the promoted primary alone; on a cluster this
 //! skips it for every shard until that one has a replica again — loud in the log and the
@@ -269,8 +271,13 @@ struct Inner {
     /// `WAIT` covers only the writes of the connection it is sent on, so a write whose
     /// epoch is not its `WAIT`'s is not confirmed by it ([`RedisStore::replicate`]). Not
     /// moved by a failure on a connection already switched away from, nor by a Sentinel
-    /// answer naming the primary the store is on.
+    /// answer naming the primary the store is on. Nor by the client replacing a connection by
+    /// itself with no command failing (the cluster client retries a command that met a
+    /// closed connection on a new one): [`RedisStore::note_connections`] moves it for that.
     link_epoch: AtomicU64,
+    /// The connection the client had to each primary when last read
+    /// ([`RedisStore::note_connections`]).
+    connections: Mutex<Vec<(String, i64)>>,
 }
 
 /// The `WAIT` group commit ([`RedisStore::replicate`]).
@@ -516,8 +523,25 @@ impl RedisStore {
                     done: tokio::sync::watch::channel(WaitDone::default()).0,
                 },
                 link_epoch: AtomicU64::new(0),
+                connections: Mutex::new(Vec::new()),
             }),
         };
+        if store.inner.options.wait_replicas > 0 {
+            // Before the first write: the connections each later read is compared with.
+            let mut link = store.current()?.0;
+            match link.connection_ids().await {
+                Ok(ids) => {
+                    if let Ok(mut seen) = store.inner.connections.lock() {
+                        *seen = ids;
+                    }
+                }
+                Err(err) => {
+                    return Err(fail(format!(
+                        "CLIENT ID failed, which WEAUTH_REDIS_WAIT_REPLICAS needs to tell which connection a WAIT covers (an ACL must allow +client|id): {err}"
+                    )));
+                }
+            }
+        }
         store.note_replication(read_replication(&mut health).await);
         if let Some(evicted) = read_evicted(&mut health).await {
             store.note_evicted(evicted);
@@ -669,6 +693,8 @@ impl RedisStore {
                 }
                 let policy = check_eviction(&mut health, self.inner.options.allow_eviction).await;
                 self.note_policy(&policy);
+                let mut link = manager.clone();
+                let ids = link.connection_ids().await;
                 if let Ok(mut conn) = self.inner.conn.lock() {
                     conn.manager = manager;
                     conn.health = health;
@@ -676,7 +702,7 @@ impl RedisStore {
                     conn.primary = primary;
                     conn.switches += 1;
                 }
-                self.inner.link_epoch.fetch_add(1, Ordering::AcqRel);
+                self.note_connection_ids(ids.ok(), true);
                 tracing::info!("reconnected to the Redis primary named by Sentinel");
             }
             Ok(Err(err)) => {
@@ -700,6 +726,7 @@ impl RedisStore {
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let (manager, switch) = self.current()?;
+        let mut link = manager.clone();
         match f(manager).await {
             Ok(value) => Ok(value),
             Err(err) => {
@@ -712,7 +739,15 @@ impl RedisStore {
                     return Err(err);
                 }
                 if lost {
-                    self.inner.link_epoch.fetch_add(1, Ordering::AcqRel);
+                    // The connection the client makes now carries the writes from here on:
+                    // noted now, the next WAIT confirms them (noted only at that WAIT, it
+                    // would be found new and confirm none).
+                    let ids = if self.inner.options.wait_replicas > 0 {
+                        link.connection_ids().await.ok()
+                    } else {
+                        None
+                    };
+                    self.note_connection_ids(ids, true);
                 }
                 self.after_failure(&err).await;
                 Err(err)

@@ -257,6 +257,31 @@ async fn redis_write_whose_wait_fails_is_not_acknowledged() {
         .unwrap();
 }
 
+/// With `WAIT` on, the store tells which connection a `WAIT` covers by `CLIENT ID`
+/// ([`RedisStore::note_connections`]): a user an ACL refuses it is refused at start, saying
+/// what to allow — not answered 503 on every write. Without `WAIT` it is not needed.
+#[tokio::test]
+async fn redis_user_refused_client_id_is_refused_at_start_when_writes_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, _replica, _store) = primary_with_replica(dir.path()).await;
+    let mut side = side_connection(&primary).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-client|id")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    let mut options = primary.options();
+    options.wait_replicas = 1;
+    let Err(err) = RedisStore::connect(options.clone()).await else {
+        panic!("started without CLIENT ID")
+    };
+    assert!(err.to_string().contains("+client|id"), "{err}");
+    options.wait_replicas = 0;
+    RedisStore::connect(options).await.unwrap();
+}
+
 /// A `WAIT` covers only the writes of the connection it is sent on: a write made before the
 /// store's connection was lost (the client reconnects by itself) is not confirmed by a `WAIT`
 /// on the new one.

@@ -236,3 +236,55 @@ async fn cluster_url_naming_no_reachable_node_refused_at_start() {
         "{text}"
     );
 }
+
+/// The cluster client replaces a node's connection by itself: a command that meets a closed
+/// connection is retried on a new one, and none of the store's commands fails. A `WAIT` then
+/// goes out on the new connection and covers none of the writes the old one carried, so such
+/// a write is not confirmed by it (it was: a failover in the next moment could lose an
+/// acknowledged refresh token or revocation). Writes after it are confirmed as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_write_on_a_connection_the_client_replaced_by_itself_is_not_confirmed() {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let test = TestCluster::new().await;
+    let store = RedisStore::connect(cluster_options(&test.prefix))
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        if store.check_health().await.replicas == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = store.key("replaced");
+    let cluster = RedisCluster::shared();
+    let port = cluster.primary_of(&key).unwrap();
+    // A write, its WAIT not sent yet.
+    let epoch = store.link_epoch();
+    let set_key = key.clone();
+    store
+        .op(|mut conn| async move { conn.set::<_, _, ()>(set_key, "1").await })
+        .await
+        .unwrap();
+    // The node closes the store's connection to it (a proxy's idle timeout, a network blip):
+    // the store's id on that node, asked through the store's own connection.
+    let (Link::Cluster(mut conn), _) = store.current().unwrap() else {
+        panic!("not a cluster link")
+    };
+    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+        &key,
+        SlotAddr::Master,
+    )));
+    let id = conn
+        .route_command(redis::cmd("CLIENT").arg("ID").clone(), route)
+        .await
+        .unwrap();
+    let id: i64 = redis::from_redis_value(id).unwrap();
+    let killed = cluster.cli(port, &["CLIENT", "KILL", "ID", &id.to_string()]);
+    assert_eq!(killed.trim(), "1", "{killed}");
+    let err = store.replicate(epoch).await.unwrap_err();
+    assert!(err.to_string().contains("the connection changed"), "{err}");
+    store
+        .revoke(&Revoke::Jti("after".into()), 10, 20)
+        .await
+        .unwrap();
+}
