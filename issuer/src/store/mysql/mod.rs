@@ -107,14 +107,27 @@ pub(crate) fn db_err(err: sqlx::Error) -> StoreError {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => StoreError::Unavailable(Box::new(err)),
-        sqlx::Error::Database(_) => match error_number(&err) {
+        sqlx::Error::Database(db) => match error_number(&err) {
             Some(1205 | 1213) => StoreError::Busy(Box::new(err)),
+            // A unique key still taken after the retries (a race lost every time): contention.
+            // MySQL's message quotes the key's value — an openid, a unionid, a code's hash —
+            // which must not reach a log: only the key's name is kept.
+            Some(1062) => StoreError::Busy(duplicate_key(db.message()).into()),
             // Too many connections, server shutdown, connection killed, read-only server.
             Some(1040 | 1053 | 1927 | 1290 | 1836) => StoreError::Unavailable(Box::new(err)),
             _ => StoreError::Backend(Box::new(err)),
         },
         _ => StoreError::Backend(Box::new(err)),
     }
+}
+
+/// What is said of a duplicate-key error (1062): MySQL's `Duplicate entry '<value>' for key
+/// '<name>'` without the value.
+fn duplicate_key(message: &str) -> String {
+    let key = message
+        .rsplit_once(" for key ")
+        .map_or("(not named)", |(_, key)| key);
+    format!("a unique key stayed taken through {RETRIES} retries (MySQL 1062, key {key})")
 }
 
 /// Whether a failed transaction is run again: it was rolled back by a deadlock, or lost a

@@ -290,3 +290,28 @@ async fn mysql_concurrent_first_logins_all_created() {
         deadlocks() - before
     );
 }
+
+/// A unique key still taken after the retries is contention (503, retry), and what is said of
+/// it names the key, never its value: MySQL's message quotes the value — an openid or a
+/// unionid — and the error reaches the issuer's log. It was logged whole.
+#[tokio::test]
+async fn mysql_duplicate_key_after_the_retries_is_busy_and_names_no_value() {
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&db.options()).await.unwrap();
+    let insert = || {
+        sqlx::query("INSERT INTO users (sub, unionid, created_at, updated_at) VALUES (?, ?, 1, 1)")
+            .bind(crate::secrets::random_id("u_"))
+            .bind("union-secret-42")
+            .execute(&store.pool)
+    };
+    retry(insert).await.unwrap();
+    let err = retry(insert).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let said = err.to_string();
+    assert!(!said.contains("union-secret-42"), "{said}");
+    assert!(said.contains("unionid"), "{said}");
+    assert_eq!(
+        duplicate_key("Duplicate entry 'wx1-o123' for key 'identities.PRIMARY'"),
+        "a unique key stayed taken through 5 retries (MySQL 1062, key 'identities.PRIMARY')"
+    );
+}
