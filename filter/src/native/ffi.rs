@@ -25,7 +25,7 @@
 use std::borrow::Cow;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -420,29 +420,97 @@ impl Report for ConfigReport<'_> {
     }
 }
 
-/// A configuration's scheduler handle, committed to from the clock thread (Envoy: "safe to
-/// call from any thread").
-struct Scheduler(SchedulerPtr);
+/// A configuration's scheduler on the [`Clock`]. The clock thread commits to it holding no
+/// lock: Envoy's commit holds a strong reference to the configuration for the call, so when
+/// Envoy's main thread drops its own meanwhile, the commit's is the last one and the
+/// configuration is destroyed *on the clock thread, inside the commit* — and that destroy
+/// removes this scheduler from the clock. (Committing under the clock's lock, as before, then
+/// locked it twice on one thread: the clock thread hung, and with it Envoy's main thread at
+/// the next configuration's start or end.) So who deletes the scheduler is decided by its
+/// state: removed while idle, the remover deletes it; removed during a commit, the committing
+/// thread does once the commit returns; never committed to after either.
+struct Slot {
+    raw: SchedulerPtr,
+    state: AtomicU8,
+}
+
+/// [`Slot::state`]: on the clock, not being committed to.
+const IDLE: u8 = 0;
+/// On the clock, a commit in progress.
+const COMMITTING: u8 = 1;
+/// Removed from the clock; deleted, or to be deleted by the thread whose commit is in progress.
+const REMOVED: u8 = 2;
 
 // SAFETY: Envoy's configuration scheduler posts to the main dispatcher and may be committed to
-// from any thread; it is deleted only once the clock no longer holds it.
-unsafe impl Send for Scheduler {}
-// SAFETY: as above (commit takes no exclusive access).
-unsafe impl Sync for Scheduler {}
+// from any thread ("safe to call from any thread"); the state decides which one thread deletes
+// it, after any commit to it has returned.
+unsafe impl Send for Slot {}
+// SAFETY: as above (commit takes no exclusive access; the state is atomic).
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    /// Commits unless removed; deletes it when it was removed during the commit.
+    fn tick(&self) {
+        self.tick_with(
+            // SAFETY: not removed (the state says so), hence not deleted.
+            || unsafe {
+                envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.raw, 0)
+            },
+            // SAFETY: removed during the commit, which has returned: no one else deletes it.
+            || unsafe {
+                envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.raw)
+            },
+        );
+    }
+
+    fn tick_with(&self, commit: impl FnOnce(), delete: impl FnOnce()) {
+        if self
+            .state
+            .compare_exchange(IDLE, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        commit();
+        if self
+            .state
+            .compare_exchange(COMMITTING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            delete();
+        }
+    }
+
+    /// Once off the clock's list: deletes it, or leaves that to the commit in progress.
+    fn remove(&self) {
+        // SAFETY: idle until now, so no commit is in progress or will start: no one else
+        // deletes it.
+        self.remove_with(|| unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.raw)
+        });
+    }
+
+    fn remove_with(&self, delete: impl FnOnce()) {
+        if self.state.swap(REMOVED, Ordering::AcqRel) == IDLE {
+            delete();
+        }
+    }
+}
 
 /// The one thread per Envoy that only keeps time (the ABI has no per-configuration timer):
 /// every [`TICK_MS`] it asks Envoy to run the tick of every configuration that fetches on the
 /// main thread, through each one's scheduler — one thread however many configurations are
-/// draining after updates. Started with the first such configuration, stopped and joined with
-/// the last (so that no thread of the module outlives its configurations).
+/// draining after updates. Started with the first such configuration, stopped with the last
+/// (and joined, unless the last is destroyed on the clock thread itself: see [`Slot`]; the
+/// module is then kept loaded, [`pin_module`], so that the thread can return into it).
 struct Clock {
-    schedulers: Vec<Scheduler>,
+    slots: Vec<Arc<Slot>>,
     /// The thread, and what tells it to stop.
     thread: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
 }
 
 static CLOCK: Mutex<Clock> = Mutex::new(Clock {
-    schedulers: Vec::new(),
+    slots: Vec::new(),
     thread: None,
 });
 
@@ -450,28 +518,57 @@ fn clock() -> std::sync::MutexGuard<'static, Clock> {
     CLOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The clock thread: commits every registered scheduler, holding the clock's lock (so that a
-/// scheduler removed under it is never committed to again).
+/// The clock thread: commits every scheduler on the clock, the clock's lock held only to copy
+/// the list (see [`Slot`]).
 fn keep_time(stop: &AtomicBool) {
     loop {
         // Woken early to stop (a spurious wake-up only ticks early).
         std::thread::park_timeout(Duration::from_millis(TICK_MS));
-        let clock = clock();
-        if stop.load(Ordering::Acquire) {
-            return;
-        }
-        for scheduler in &clock.schedulers {
-            // SAFETY: registered schedulers are live until removed under this lock.
-            unsafe {
-                envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler.0, 0);
+        let slots = {
+            let clock = clock();
+            if stop.load(Ordering::Acquire) {
+                return;
             }
+            clock.slots.clone()
+        };
+        for slot in &slots {
+            slot.tick();
         }
     }
 }
 
+/// Keeps this library loaded until Envoy exits, whatever configurations come and go: Envoy
+/// unloads a module with its last configuration unless `do_not_close` is set, and a
+/// configuration destroyed on the clock thread (inside a commit) returns from the destroy into
+/// the clock thread's code. The `RTLD_NODELETE` reference Envoy's `do_not_close` would take,
+/// taken by the module itself, once.
+fn pin_module() {
+    static PINNED: std::sync::Once = std::sync::Once::new();
+    PINNED.call_once(|| {
+        let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+        let here = pin_module as fn() as *const c_void;
+        // SAFETY: dladdr fills `info` for an address in a loaded object (this function); on
+        // success `dli_fname` is that object's path, NUL-terminated, valid while it is loaded.
+        let pinned = unsafe {
+            libc::dladdr(here, info.as_mut_ptr()) != 0 && {
+                let path = info.assume_init().dli_fname;
+                !path.is_null()
+                    && !libc::dlopen(path, libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE)
+                        .is_null()
+            }
+        };
+        if !pinned {
+            log(
+                Level::Warn,
+                "could not keep the module loaded (dladdr/dlopen RTLD_NODELETE): set                  `do_not_close: true` in its dynamic_module_config",
+            );
+        }
+    });
+}
+
 /// A configuration's place on the [`Clock`]: its scheduler, ticked until this is dropped.
 struct Ticker {
-    scheduler: Scheduler,
+    slot: Arc<Slot>,
 }
 
 impl Ticker {
@@ -481,6 +578,7 @@ impl Ticker {
         if raw.is_null() {
             return None;
         }
+        pin_module();
         let mut clock = clock();
         if clock.thread.is_none() {
             let stop = Arc::new(AtomicBool::new(false));
@@ -500,10 +598,12 @@ impl Ticker {
                 }
             }
         }
-        clock.schedulers.push(Scheduler(raw));
-        Some(Ticker {
-            scheduler: Scheduler(raw),
-        })
+        let slot = Arc::new(Slot {
+            raw,
+            state: AtomicU8::new(IDLE),
+        });
+        clock.slots.push(Arc::clone(&slot));
+        Some(Ticker { slot })
     }
 }
 
@@ -511,23 +611,25 @@ impl Drop for Ticker {
     fn drop(&mut self) {
         let last = {
             let mut clock = clock();
-            clock.schedulers.retain(|s| s.0 != self.scheduler.0);
-            if clock.schedulers.is_empty() {
+            clock.slots.retain(|slot| !Arc::ptr_eq(slot, &self.slot));
+            if clock.slots.is_empty() {
                 clock.thread.take()
             } else {
                 None
             }
         };
+        self.slot.remove();
         if let Some((thread, stop)) = last {
             stop.store(true, Ordering::Release);
+            if thread.thread().id() == std::thread::current().id() {
+                // Destroyed inside the clock's own commit: it stops at its next turn (no
+                // thread joins itself; the module stays loaded, `pin_module`).
+                return;
+            }
             // At once, not after the rest of its sleep: Envoy's main thread waits here.
             thread.thread().unpark();
             let _ = thread.join();
         }
-        // SAFETY: no longer on the clock, which committed to it only under its lock.
-        unsafe {
-            envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.scheduler.0)
-        };
     }
 }
 
@@ -855,7 +957,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
                  this with Envoy's version",
             );
         }
-        // Off the clock (the last configuration on it stops it) before the module goes.
+        // Off the clock (the last configuration on it stops it) before the module goes. On
+        // the clock thread itself when a commit held the last reference (see `Slot`).
         drop(module.ticker.take());
         drop(module);
     }));
@@ -1249,6 +1352,100 @@ mod tests {
             key_length: key.len(),
             value_ptr: value.as_ptr(),
             value_length: value.len(),
+        }
+    }
+
+    fn slot() -> Slot {
+        Slot {
+            raw: std::ptr::null_mut(),
+            state: AtomicU8::new(IDLE),
+        }
+    }
+
+    #[test]
+    fn slot_on_the_clock_committed_at_every_tick() {
+        let slot = slot();
+        let commits = std::cell::Cell::new(0);
+        for _ in 0..3 {
+            slot.tick_with(|| commits.set(commits.get() + 1), || panic!("deleted"));
+        }
+        assert_eq!(commits.get(), 3);
+    }
+
+    #[test]
+    fn slot_removed_while_idle_deleted_by_the_remover_and_never_committed_again() {
+        let slot = slot();
+        let deletes = std::cell::Cell::new(0);
+        slot.remove_with(|| deletes.set(deletes.get() + 1));
+        assert_eq!(deletes.get(), 1);
+        slot.tick_with(
+            || panic!("committed after removal"),
+            || panic!("deleted twice"),
+        );
+    }
+
+    /// As when a commit held the configuration's last reference: the configuration's destroy,
+    /// inside the commit on the clock thread, removes the slot (and must neither delete the
+    /// scheduler under the commit nor wait for it). The committer deletes it once the commit
+    /// returns, and never commits to it again.
+    #[test]
+    fn slot_removed_during_its_commit_deleted_by_the_committer_after_the_commit() {
+        let slot = slot();
+        let deletes = std::cell::Cell::new(0);
+        let committed = std::cell::Cell::new(false);
+        slot.tick_with(
+            || {
+                slot.remove_with(|| panic!("deleted during the commit"));
+                committed.set(true);
+            },
+            || {
+                assert!(committed.get(), "deleted before the commit returned");
+                deletes.set(deletes.get() + 1);
+            },
+        );
+        assert_eq!(deletes.get(), 1);
+        slot.tick_with(
+            || panic!("committed after removal"),
+            || panic!("deleted twice"),
+        );
+    }
+
+    /// The same from another thread: a removal racing commits deletes the scheduler exactly
+    /// once, after the last commit that began.
+    #[test]
+    fn slot_removed_from_another_thread_deleted_once_after_the_last_commit() {
+        use std::sync::atomic::AtomicUsize;
+        for _ in 0..200 {
+            let slot = Arc::new(slot());
+            let deletes = Arc::new(AtomicUsize::new(0));
+            let committing = Arc::new(AtomicBool::new(false));
+            let ticker = {
+                let (slot, deletes, committing) = (
+                    Arc::clone(&slot),
+                    Arc::clone(&deletes),
+                    Arc::clone(&committing),
+                );
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        slot.tick_with(
+                            || {
+                                committing.store(true, Ordering::SeqCst);
+                                std::hint::spin_loop();
+                                committing.store(false, Ordering::SeqCst);
+                            },
+                            || {
+                                deletes.fetch_add(1, Ordering::SeqCst);
+                            },
+                        );
+                    }
+                })
+            };
+            slot.remove_with(|| {
+                assert!(!committing.load(Ordering::SeqCst), "deleted under a commit");
+                deletes.fetch_add(1, Ordering::SeqCst);
+            });
+            ticker.join().unwrap();
+            assert_eq!(deletes.load(Ordering::SeqCst), 1);
         }
     }
 
