@@ -738,6 +738,10 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
     if stack.edge() == Edge::WeauthNative {
         // The oldest configuration fetched for all of them; the one left took over.
         assert_envoy_logged(&stack, "taking over from a configuration gone").await;
+        // The module kept itself loaded (`pin_module`: its clock thread may outlive the
+        // configuration destroyed on it).
+        let log = std::fs::read_to_string(stack.envoy_log()).unwrap_or_default();
+        assert!(!log.contains("could not keep the module loaded"), "{log}");
     } else {
         // The lease passed to a VM of the configuration left, which goes on from the set it
         // holds instead of loading the whole set again.
