@@ -282,7 +282,8 @@ impl RedisStore {
     /// old one's writes. Read after every `WAIT` (one at a time), a replacement at any moment
     /// moves the epoch by the end of the first `WAIT` sent after it, so a write that went
     /// out on the replaced connection (its epoch read before) is not confirmed, whichever
-    /// connection its `WAIT` took. A new primary (a failover) counts as a replacement.
+    /// connection its `WAIT` took. A new primary (a failover) counts as a replacement. Also
+    /// read by every health check (reads may race: see [`Self::note_connection_ids`]).
     async fn note_connections(&self) {
         let ids = self
             .op(|mut conn| async move { conn.connection_ids().await })
@@ -549,6 +550,13 @@ impl RedisStore {
                 }
                 let policy = check_eviction(&mut conn, self.inner.options.allow_eviction).await;
                 self.note_policy(&policy);
+                // Also while no WAIT is sent (the primary alone after a failover): the first
+                // WAIT after would otherwise compare with connections from before the failover
+                // and confirm none of the writes sharing it. Last, on the main connection:
+                // behind a WAIT in flight it waits for it, and delays none of the reads above.
+                if self.inner.options.wait_replicas > 0 {
+                    self.note_connections().await;
+                }
             };
             let _ = tokio::time::timeout(Duration::from_secs(3), reads).await;
         }
