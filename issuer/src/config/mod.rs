@@ -532,9 +532,9 @@ impl Config {
             errs.push(bad("WEAUTH_AUDIENCE", "needs at least one audience"));
         }
         let second = Duration::from_secs(1);
-        let access_ttl = errs.ok(src.duration("WEAUTH_ACCESS_TTL", second));
-        let refresh_ttl = errs.ok(src.duration("WEAUTH_REFRESH_TTL", second));
-        let session_max = errs.ok(src.duration("WEAUTH_SESSION_MAX", second));
+        let access_ttl = errs.ok(src.seconds("WEAUTH_ACCESS_TTL", second));
+        let refresh_ttl = errs.ok(src.seconds("WEAUTH_REFRESH_TTL", second));
+        let session_max = errs.ok(src.seconds("WEAUTH_SESSION_MAX", second));
         // Lifetimes that make no sense together.
         if let Some(access) = access_ttl {
             if access > MAX_ACCESS_TTL {
@@ -560,10 +560,7 @@ impl Config {
                 ));
             }
         }
-        let leeway = errs.or(
-            src.duration("WEAUTH_LEEWAY", Duration::ZERO),
-            Duration::ZERO,
-        );
+        let leeway = errs.or(src.seconds("WEAUTH_LEEWAY", Duration::ZERO), Duration::ZERO);
         if leeway > MAX_LEEWAY {
             errs.push(bad(
                 "WEAUTH_LEEWAY",
@@ -571,7 +568,7 @@ impl Config {
             ));
         }
         let refresh_reuse_grace = errs.or(
-            src.duration("WEAUTH_REFRESH_REUSE_GRACE", Duration::ZERO),
+            src.seconds("WEAUTH_REFRESH_REUSE_GRACE", Duration::ZERO),
             Duration::ZERO,
         );
         if refresh_reuse_grace > Duration::from_secs(60) {
@@ -602,7 +599,7 @@ impl Config {
         );
         let signing_key_file = src.get("WEAUTH_SIGNING_KEY_FILE").map(PathBuf::from);
         let key_publish_delay = errs.or(
-            src.duration("WEAUTH_KEY_PUBLISH_DELAY", Duration::ZERO),
+            src.seconds("WEAUTH_KEY_PUBLISH_DELAY", Duration::ZERO),
             Duration::ZERO,
         );
         let key_reload = errs.or(
@@ -663,7 +660,7 @@ impl Config {
         {
             None
         } else {
-            errs.ok(src.duration("WEAUTH_DECRYPT_MAX_AGE", Duration::from_secs(1)))
+            errs.ok(src.seconds("WEAUTH_DECRYPT_MAX_AGE", Duration::from_secs(1)))
         };
         let log = errs.or(
             parse_log(&src.text("WEAUTH_LOG")).map_err(|reason| bad("WEAUTH_LOG", reason)),

@@ -82,6 +82,24 @@ impl Source<'_> {
         Ok(value)
     }
 
+    /// A duration the issuer counts in whole seconds (JWT `exp`/`iat`/`nbf` and the stores'
+    /// times are seconds): a value with a fraction of a second is refused rather than cut
+    /// (`1500ms` read as 1 s, a `500ms` grace as none at all).
+    pub(super) fn seconds(&self, var: &str, min: Duration) -> Result<Duration, ConfigError> {
+        let value = self.duration(var, min)?;
+        if value.subsec_nanos() != 0 {
+            return Err(bad(
+                var,
+                format!(
+                    "`{}` is not a whole number of seconds, which the issuer counts in (tokens' \
+                     times are seconds)",
+                    self.text(var).trim()
+                ),
+            ));
+        }
+        Ok(value)
+    }
+
     pub(super) fn number<T: std::str::FromStr>(&self, var: &str) -> Result<T, ConfigError> {
         let text = self.text(var);
         text.trim()

@@ -247,6 +247,14 @@ fn config_bad_values_name_their_variable() {
         ("WEAUTH_MAX_BODY", "10"),
         // At the Redis client's 3 s response timeout a WAIT would end as a failed command.
         ("WEAUTH_REDIS_WAIT_TIMEOUT", "3s"),
+        // Counted in whole seconds: a fraction is refused, not cut (a 500ms grace was none).
+        ("WEAUTH_REFRESH_REUSE_GRACE", "500ms"),
+        ("WEAUTH_ACCESS_TTL", "1500ms"),
+        ("WEAUTH_REFRESH_TTL", "86400001ms"),
+        ("WEAUTH_SESSION_MAX", "2500ms"),
+        ("WEAUTH_LEEWAY", "100ms"),
+        ("WEAUTH_KEY_PUBLISH_DELAY", "10ms"),
+        ("WEAUTH_DECRYPT_MAX_AGE", "90500ms"),
     ] {
         let err = load(&with(&[(var, value)])).unwrap_err();
         assert_eq!(err.vars(), [var], "{var}={value}: {err}");
@@ -601,4 +609,17 @@ fn config_redis_cluster_url_without_node_or_with_db_refused() {
         assert!(text.contains("WEAUTH_STORE"), "{text}");
         assert!(!text.contains("pw@"), "password masked: {text}");
     }
+}
+
+#[test]
+fn config_seconds_in_milliseconds_taken_when_whole() {
+    let config = load(&with(&[
+        ("WEAUTH_REFRESH_REUSE_GRACE", "2000ms"),
+        ("WEAUTH_ACCESS_TTL", "600000ms"),
+    ]))
+    .unwrap();
+    assert_eq!(config.refresh_reuse_grace, Duration::from_secs(2));
+    assert_eq!(config.access_ttl, Duration::from_secs(600));
+    let err = load(&with(&[("WEAUTH_REFRESH_REUSE_GRACE", "500ms")])).unwrap_err();
+    assert!(err.to_string().contains("whole number of seconds"), "{err}");
 }
