@@ -257,6 +257,49 @@ async fn redis_write_whose_wait_fails_is_not_acknowledged() {
         .unwrap();
 }
 
+/// The cluster client sends a command again on a new connection when the first one's reply
+/// was lost, so a script can run twice for one call. The login's and the rotation's answer as
+/// their first run did: a login's second run found its own code spent ("code already used"
+/// for a login that was made, and no session opened); a rotation's second run found its own
+/// rotation a second use of the token (with a grace of 0 the session was then revoked).
+#[tokio::test]
+async fn redis_login_and_rotation_scripts_run_twice_answer_as_the_first_run() {
+    use crate::store::contract::{login, rotate_of};
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    let made = login("twice", "o-twice", None, 10);
+    for run in ["first", "second"] {
+        let result = store.login(&made).await.unwrap();
+        assert!(
+            matches!(&result, LoginResult::Created { sub, .. } if sub == "u-twice"),
+            "{run} run: {result:?}"
+        );
+    }
+    assert!(store.session("s-twice").await.unwrap().is_some());
+    let rotation = rotate_of("s-twice", "r-twice", "r-next", 11, 0);
+    for run in ["first", "second"] {
+        let rotated = store
+            .rotate_cas(&rotation, "s-twice", 111, None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(rotated, Some(RotateResult::Rotated { sibling: false, .. })),
+            "{run} run: {rotated:?}"
+        );
+    }
+    // Another call presenting the used token is still a second use.
+    let other = rotate_of("s-twice", "r-twice", "r-other", 12, 0);
+    assert_eq!(
+        store
+            .rotate_cas(&other, "s-twice", 112, None)
+            .await
+            .unwrap(),
+        None
+    );
+    let session = store.session("s-twice").await.unwrap().unwrap();
+    assert!(session.revoked_at.is_none(), "{session:?}");
+}
+
 /// With `WAIT` on, the store tells which connection a `WAIT` covers by `CLIENT ID`
 /// ([`RedisStore::note_connections`]): a user an ACL refuses it is refused at start, saying
 /// what to allow — not answered 503 on every write. Without `WAIT` it is not needed.

@@ -4,7 +4,14 @@
 -- The directory's half of a login (the session and its first refresh token are written next,
 -- in the session family's slot, by OPEN_SESSION). Guards first: nothing is written unless
 -- every fact the decision used still holds.
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'used' end
+-- The code spent: by this very call when it names this login's sid (the cluster client sends
+-- a command again on a new connection when the first one's reply was lost; every write below
+-- was made by the first run), else by another login.
+local spent_by = redis.call('GET', KEYS[1])
+if spent_by then
+  if spent_by == ARGV[9] then return 'ok' end
+  return 'used'
+end
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 'conflict' end
 local unionid = ARGV[2]
 if unionid ~= '' and (redis.call('GET', KEYS[3]) or '') ~= ARGV[3] then return 'conflict' end
