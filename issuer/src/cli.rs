@@ -13,6 +13,7 @@ use crate::app::open_store;
 use crate::clock::{Clock as _, SystemClock};
 use crate::config::Config;
 use crate::domain::keys::{self, Role};
+use crate::feed::revocation;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -95,7 +96,7 @@ pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
 /// # Errors
 /// A missing database, store failures, as text.
 pub async fn list(config: &Arc<Config>) -> Result<String, String> {
-    let records = match config.sqlite_path() {
+    let store: Arc<dyn Store> = match config.sqlite_path() {
         Some(path) => {
             let path = path.to_path_buf();
             if !path.exists() {
@@ -108,15 +109,18 @@ pub async fn list(config: &Arc<Config>) -> Result<String, String> {
                 .await
                 .map_err(|err| err.to_string())?
                 .map_err(|err| err.to_string())?;
-            store.keys().await.map_err(|err| err.to_string())?
+            Arc::new(store)
         }
-        None => {
-            let (store, _) = open_store(config).await.map_err(|err| err.to_string())?;
-            store.keys().await.map_err(|err| err.to_string())?
-        }
+        None => open_store(config).await.map_err(|err| err.to_string())?.0,
     };
+    let records = store.keys().await.map_err(|err| err.to_string())?;
     let now = SystemClock.now();
-    let retain = config.access_ttl_secs() + config.leeway_secs();
+    // Retired keys are kept as the replicas keep them: for the longest lifetime any of them
+    // reports issuing, not only this configuration's.
+    let lifetime = revocation::read_lifetime(store.as_ref(), config.access_ttl_secs(), now)
+        .await
+        .map_err(|err| err.to_string())?;
+    let retain = lifetime + config.leeway_secs();
     let pairs: Vec<(&str, i64)> = records
         .iter()
         .map(|r| (r.kid.as_str(), r.activate_at))
@@ -156,5 +160,63 @@ mod tests {
         assert_eq!(parse(&args(&["--help"])), Ok(Command::Help));
         assert!(parse(&args(&["keys"])).is_err());
         assert!(parse(&args(&["bogus"])).is_err());
+    }
+
+    /// A key retired 400 s ago, this configuration's lifetime 5 min, a replica reporting
+    /// 15 min a moment ago: the key is still retiring (the replicas keep it: its tokens may
+    /// still verify), not dropped as this configuration's lifetime alone would say.
+    #[tokio::test]
+    async fn list_keeps_a_retired_key_for_the_longest_reported_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weauth.db");
+        let now = SystemClock.now();
+        let store = SqliteStore::open(&path).unwrap();
+        for (kid, activate_at) in [("old", now - 2000), ("new", now - 400)] {
+            let key = crate::store::KeyRecord {
+                kid: kid.into(),
+                alg: "EdDSA".into(),
+                sealed: vec![7],
+                created_at: activate_at,
+                activate_at,
+            };
+            store.insert_key(&key, None).await.unwrap();
+        }
+        let url = format!("sqlite://{}", path.display());
+        let vars = [
+            ("WEAUTH_STORE", url.as_str()),
+            ("WEAUTH_ACCESS_TTL", "5m"),
+            ("WEAUTH_LEEWAY", "0s"),
+        ];
+        let lookup = |name: &str| {
+            vars.iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| value.to_string())
+        };
+        let config = Arc::new(
+            Config::load(
+                &crate::config::Source {
+                    lookup: &lookup,
+                    read_file: &|_| Err(std::io::ErrorKind::NotFound.into()),
+                },
+                crate::config::Mode::Keys,
+            )
+            .unwrap(),
+        );
+        let role_of_old = |listed: &str| {
+            listed
+                .lines()
+                .find(|line| line.starts_with("old\t"))
+                .and_then(|line| line.rsplit('\t').next())
+                .map(String::from)
+        };
+        let listed = list(&config).await.unwrap();
+        assert_eq!(role_of_old(&listed).as_deref(), Some("dropped"), "{listed}");
+        store.report_access_ttl(900, now - 10, 0).await.unwrap();
+        let listed = list(&config).await.unwrap();
+        assert_eq!(
+            role_of_old(&listed).as_deref(),
+            Some("retiring"),
+            "{listed}"
+        );
     }
 }
