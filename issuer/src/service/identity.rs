@@ -61,8 +61,9 @@ impl std::fmt::Debug for ExternalIdentity {
     }
 }
 
-/// A WeChat credential, with the app it was issued for.
-#[derive(Debug, Clone, Copy)]
+/// A WeChat credential, with the app it was issued for. Its `Debug` names the kind and the
+/// app, never the code.
+#[derive(Clone, Copy)]
 pub enum Credential<'a> {
     /// A `wx.login` code of a mini-program.
     MiniProgram { app: &'a apps::App, code: &'a str },
@@ -70,6 +71,19 @@ pub enum Credential<'a> {
     Plugin { app: &'a apps::App, code: &'a str },
     /// A web OAuth2 code (official account or website), its state already checked.
     Web { app: &'a apps::App, code: &'a str },
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, app) = match self {
+            Credential::MiniProgram { app, .. } => ("MiniProgram", app),
+            Credential::Plugin { app, .. } => ("Plugin", app),
+            Credential::Web { app, .. } => ("Web", app),
+        };
+        f.debug_struct(kind)
+            .field("app", app)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Identity {

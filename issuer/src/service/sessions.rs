@@ -53,13 +53,24 @@ pub struct Sessions {
 }
 
 /// An RFC 6749 §5.1 token response (plus `refresh_expires_in`).
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: i64,
     pub refresh_token: String,
     pub refresh_expires_in: i64,
+}
+
+/// Without the tokens: a `{:?}` of a response in a log line must not carry them.
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_expires_in", &self.refresh_expires_in)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Removes a code hash from the in-flight set when the exchange ends, however it ends.
@@ -579,5 +590,22 @@ mod tests {
         assert!(!valid_code(""));
         assert!(!valid_code("has space"));
         assert!(!valid_code(&"a".repeat(257)));
+    }
+
+    #[test]
+    fn token_response_debug_carries_no_token() {
+        let response = TokenResponse {
+            access_token: "eyJ.access.sig".into(),
+            token_type: "Bearer",
+            expires_in: 900,
+            refresh_token: "rt_secret".into(),
+            refresh_expires_in: 86400,
+        };
+        let shown = format!("{response:?}");
+        assert!(
+            !shown.contains("eyJ") && !shown.contains("rt_secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("expires_in: 900"), "{shown}");
     }
 }
