@@ -369,6 +369,14 @@ pub fn redis_err(err: RedisError) -> StoreError {
     }
 }
 
+/// The connections `link` has now ([`Link::connection_ids`]), if read within 250 ms.
+async fn read_connection_ids(mut link: Link) -> Option<Vec<(String, i64)>> {
+    tokio::time::timeout(Duration::from_millis(250), link.connection_ids())
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
 /// Whether the connection `err` came on may be gone or now lead elsewhere (the client
 /// reconnects by itself; a primary demoted under it answers READONLY): see
 /// [`Inner::link_epoch`].
@@ -693,8 +701,7 @@ impl RedisStore {
                 }
                 let policy = check_eviction(&mut health, self.inner.options.allow_eviction).await;
                 self.note_policy(&policy);
-                let mut link = manager.clone();
-                let ids = link.connection_ids().await;
+                let ids = read_connection_ids(manager.clone()).await;
                 if let Ok(mut conn) = self.inner.conn.lock() {
                     conn.manager = manager;
                     conn.health = health;
@@ -702,7 +709,7 @@ impl RedisStore {
                     conn.primary = primary;
                     conn.switches += 1;
                 }
-                self.note_connection_ids(ids.ok(), true);
+                self.note_connection_ids(ids, true);
                 tracing::info!("reconnected to the Redis primary named by Sentinel");
             }
             Ok(Err(err)) => {
@@ -726,7 +733,6 @@ impl RedisStore {
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let (manager, switch) = self.current()?;
-        let mut link = manager.clone();
         match f(manager).await {
             Ok(value) => Ok(value),
             Err(err) => {
@@ -738,18 +744,21 @@ impl RedisStore {
                 if self.switches() != switch {
                     return Err(err);
                 }
-                if lost {
-                    // The connection the client makes now carries the writes from here on:
-                    // noted now, the next WAIT confirms them (noted only at that WAIT, it
-                    // would be found new and confirm none).
-                    let ids = if self.inner.options.wait_replicas > 0 {
-                        link.connection_ids().await.ok()
-                    } else {
-                        None
+                self.after_failure(&err).await;
+                // Unless a Sentinel switch noted the new connections already: the connection
+                // the client makes now carries the writes from here on, noted now so that the
+                // next WAIT confirms them (noted only at that WAIT, it would be found new and
+                // confirm none). Read after the switch a failure may bring, and briefly: a
+                // server still down answers nothing, and the error waits for the read.
+                if lost && self.switches() == switch {
+                    let ids = match self.current() {
+                        Ok((link, _)) if self.inner.options.wait_replicas > 0 => {
+                            read_connection_ids(link).await
+                        }
+                        _ => None,
                     };
                     self.note_connection_ids(ids, true);
                 }
-                self.after_failure(&err).await;
                 Err(err)
             }
         }
