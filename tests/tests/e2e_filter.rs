@@ -754,3 +754,38 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
     logout_reaches_edge(&stack, &carol, "carol after the drain").await;
     stack.shutdown().await;
 }
+
+/// Envoy's access log (`envoy/envoy.yaml`) leaves out the query string: a web login's
+/// callback carries WeChat's code there, and a client may send a token there. Both were in
+/// every access line (Envoy's default format logs the path with its query).
+#[tokio::test]
+async fn access_log_carries_no_query_string() {
+    let stack = start(Stack::builder()).await;
+    let token = stack.login("log-query").await.unwrap().access_token;
+    let resp = fresh_client()
+        .get(format!(
+            "{}/api/hello?access_token={token}&code=081secretcode",
+            stack.envoy_url()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // Envoy writes its access log out every 10 s (`--file-flush-interval-msec`).
+    let start_wait = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(stack.envoy_log()).unwrap_or_default();
+        if log.contains("\"GET /api/hello") {
+            break log;
+        }
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(20),
+            "no access line for the request:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!log.contains("081secretcode"), "{log}");
+    assert!(!log.contains(&token), "a token in Envoy's log");
+    stack.shutdown().await;
+}
