@@ -55,6 +55,7 @@ macro_rules! contract_tests {
             revoke_seq_strictly_increasing_under_two_writers,
             revoke_sid_ends_session_and_is_revoked,
             revoke_sub_ends_older_sessions_only,
+            revoke_sub_racing_a_login_misses_it_neither_way,
             revoke_jti_revokes_only_that_token,
             access_ttl_reports_keep_the_latest_per_lifetime,
             feed_paged_then_continued_by_since,

@@ -707,6 +707,15 @@ pub(super) async fn revoke(
             insert_revocation(&mut tx, EntryKind::Sid, sid, None, until, now).await?
         }
         Revoke::Sub { sub, issued_before } => {
+            // The user's row first: a login of this user locks it (its identity or unionid
+            // read), so the two serialize — under READ COMMITTED the sessions read below takes
+            // no gap lock, and a login inserting its session after that read and committing
+            // before this entry would be in neither (its check after commit sees no entry
+            // yet; this revocation sees no session).
+            sqlx::query("SELECT 1 FROM users WHERE sub = ? FOR UPDATE")
+                .bind(sub)
+                .fetch_optional(&mut *tx)
+                .await?;
             let live = sqlx::query(
                 "SELECT sid, created_at FROM sessions WHERE sub = ? AND revoked_at IS NULL \
                  FOR UPDATE",
