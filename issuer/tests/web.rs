@@ -867,6 +867,47 @@ async fn cookie_logout_needs_allowed_origin_then_clears_cookies_and_revokes() {
     assert_eq!(status, 401, "revoked");
 }
 
+/// The access cookie lapses with its token (its `Max-Age`) while the refresh cookie, scoped
+/// to the refresh route, stays: "log out" from a page of the site then has nothing to revoke
+/// (401) but clears both cookies, so that no one at the machine gets the session back through
+/// the refresh route. It answered 401 and left the refresh cookie. From another origin, or
+/// with a bearer header, nothing is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_logout_after_the_access_cookie_lapsed_clears_both_cookies() {
+    let stack = start(&[]).await;
+    web_login(&stack, &oa(), BACK, "snsapi_base", "gina").await;
+    let (status, body, headers) = cookie_post(&stack, "/v1/logout", "", Some(H5_ORIGIN)).await;
+    assert_eq!(status, 401, "{body}");
+    let cleared = set_cookies(&headers);
+    assert!(
+        cleared["weauth_rt"].contains("Path=/v1/token/refresh")
+            && cleared["weauth_rt"].contains("Max-Age=0"),
+        "{cleared:?}"
+    );
+    assert!(cleared["weauth_at"].contains("Max-Age=0"), "{cleared:?}");
+    let (status, _, headers) =
+        cookie_post(&stack, "/v1/logout", "", Some("https://evil.example")).await;
+    assert_eq!(status, 401);
+    assert!(
+        set_cookies(&headers).is_empty(),
+        "cleared from another origin"
+    );
+    let response = stack
+        .http
+        .post(stack.url("/v1/logout"))
+        .header("origin", H5_ORIGIN)
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, headers) = split(response).await;
+    assert_eq!(status, 401);
+    assert!(
+        set_cookies(&headers).is_empty(),
+        "cleared for a bearer client"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_refresh_rotates_both_cookies_and_reuse_clears_them() {
     // No reuse grace: the old cookie's second use is theft at once.

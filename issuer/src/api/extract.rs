@@ -186,7 +186,7 @@ pub fn header_str(headers: &HeaderMap, name: hyper::header::HeaderName) -> Optio
 pub fn check_csrf(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let origin = header_str(headers, ORIGIN);
     let referer = header_str(headers, REFERER);
-    if web::same_origin_request(origin, referer, &app.allowed_origins) {
+    if same_origin(app, headers) {
         Ok(())
     } else {
         app.metrics.bearer_rejected("csrf");
@@ -195,6 +195,16 @@ pub fn check_csrf(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
             origin.or(referer).unwrap_or("none")
         )))
     }
+}
+
+/// Whether the request comes from a page of this site: its `Origin` (else `Referer`) is the
+/// issuer's or an app's redirect origin (the cookie CSRF rule, [`check_csrf`]).
+pub fn same_origin(app: &App, headers: &HeaderMap) -> bool {
+    web::same_origin_request(
+        header_str(headers, ORIGIN),
+        header_str(headers, REFERER),
+        &app.allowed_origins,
+    )
 }
 
 /// The real client's address: the trusted `X-Forwarded-For` hop behind Envoy

@@ -8,7 +8,7 @@ use hyper::header::CONTENT_TYPE;
 use hyper::StatusCode;
 use serde::Deserialize;
 
-use super::extract::{check_csrf, client_ip, cookie, read_json, Now, Peer, User};
+use super::extract::{check_csrf, client_ip, cookie, read_json, same_origin, Now, Peer, User};
 use super::{check_rate, json, no_content, set_cookies, set_session_cookies, Resp};
 use crate::app::App;
 use crate::domain::web;
@@ -111,7 +111,35 @@ async fn cookie_refresh(
 }
 
 /// `POST /v1/logout`: revokes the caller's session; a cookie session's cookies are cleared.
-pub async fn logout(State(app): State<Arc<App>>, now: Now, user: User) -> Result<Resp, ApiError> {
+///
+/// Without a live credential there is nothing to revoke (401) — but a browser whose access
+/// cookie lapsed with its token still holds the refresh cookie (scoped to the refresh route,
+/// never sent here), which would bring the session back: when the request has no
+/// `Authorization` header and passes the cookie CSRF rule (a page of this site), both cookies
+/// are cleared with the 401, so that "log out" on a shared machine leaves no way back in. The
+/// session itself then ends with its refresh token.
+pub async fn logout(
+    State(app): State<Arc<App>>,
+    now: Now,
+    headers: hyper::HeaderMap,
+    user: Result<User, ApiError>,
+) -> Result<Resp, ApiError> {
+    let user = match user {
+        Ok(user) => user,
+        Err(err)
+            if err.status() == StatusCode::UNAUTHORIZED
+                && !headers.contains_key(hyper::header::AUTHORIZATION)
+                && same_origin(&app, &headers) =>
+        {
+            let mut response = err.response();
+            set_cookies(
+                &mut response,
+                &web::clear_session_cookies(app.config.cookie_secure),
+            );
+            return Ok(response);
+        }
+        Err(err) => return Err(err),
+    };
     app.sessions
         .revoke(Revoke::Sid(user.claims.sid), now.secs())
         .await?;
