@@ -205,8 +205,11 @@ async fn web_login(
     set_cookies(&headers)
 }
 
+/// The access cookie's name with `Secure` cookies (the tests' default).
+const AT: &str = "__Host-weauth_at";
+
 fn access_of(cookies: &HashMap<String, String>) -> String {
-    cookie_value(&cookies["weauth_at"])
+    cookie_value(&cookies[AT])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +340,7 @@ async fn authorize_bad_input_400_never_redirects_and_stores_nothing() {
 async fn callback_sets_session_cookies_and_redirects_to_the_app() {
     let stack = start_process(&[]).await;
     let cookies = web_login(&stack, &oa(), BACK, "snsapi_userinfo", "alice").await;
-    let at = &cookies["weauth_at"];
+    let at = &cookies[AT];
     assert!(
         at.contains("Path=/;")
             && at.contains("HttpOnly")
@@ -352,6 +355,11 @@ async fn callback_sets_session_cookies_and_redirects_to_the_app() {
             && rt.contains("SameSite=Strict")
             && rt.contains("HttpOnly"),
         "{rt}"
+    );
+    let rb = &cookies["__Host-weauth_rb"];
+    assert!(
+        rb.contains("Path=/;") && rb.contains("Secure") && rb.contains("SameSite=Strict"),
+        "{rb}"
     );
     assert!(
         cookies[STATE_COOKIE].contains("Max-Age=0"),
@@ -438,7 +446,7 @@ async fn callback_state_missing_malformed_forged_used_or_other_browser_400_nothi
     let (status, body, headers) =
         callback(&stack, Some(&code), &third.state, Some(&third.binding)).await;
     assert_eq!(status, 400, "{body}");
-    assert!(!set_cookies(&headers).contains_key("weauth_at"));
+    assert!(!set_cookies(&headers).contains_key(AT));
     assert_eq!(stack.count("sessions"), sessions, "nothing written");
     assert_eq!(stack.count("sessions"), 1);
 }
@@ -497,7 +505,7 @@ async fn first_tabs_refused_callback_leaves_the_second_tabs_login_alone() {
         callback(&stack, Some(&code), &second.state, Some(&second.binding)).await;
     assert_eq!(status, 302, "{body}");
     let cookies = set_cookies(&headers);
-    assert!(cookies.contains_key("weauth_at"));
+    assert!(cookies.contains_key(AT));
     assert!(cookies[STATE_COOKIE].contains("Max-Age=0"), "used: cleared");
 }
 
@@ -681,7 +689,7 @@ async fn callback_wechat_errors_mapped_and_nothing_written() {
         assert_eq!(status, status_expected, "{route} {fault:?}: {body}");
         assert_eq!(body["error"], code_expected, "{route} {fault:?}: {body}");
         assert!(headers.get("location").is_none());
-        assert!(!set_cookies(&headers).contains_key("weauth_at"));
+        assert!(!set_cookies(&headers).contains_key(AT));
         assert_eq!(
             stack.count("sessions"),
             0,
@@ -811,7 +819,7 @@ async fn web_session_mini_program_routes_400_and_me_by_cookie() {
     let response = stack
         .http
         .get(stack.url("/v1/me"))
-        .header("cookie", format!("weauth_at={token}"))
+        .header("cookie", format!("{AT}={token}"))
         .send()
         .await
         .unwrap();
@@ -838,7 +846,7 @@ async fn cookie_logout_needs_allowed_origin_then_clears_cookies_and_revokes() {
     let stack = start(&[]).await;
     let cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "erin").await;
     let token = access_of(&cookies);
-    let cookie = format!("weauth_at={token}");
+    let cookie = format!("{AT}={token}");
     for origin in [
         None,
         Some("https://evil.example"),
@@ -855,10 +863,7 @@ async fn cookie_logout_needs_allowed_origin_then_clears_cookies_and_revokes() {
     let (status, _, headers) = cookie_post(&stack, "/v1/logout", &cookie, Some(H5_ORIGIN)).await;
     assert_eq!(status, 204);
     let cleared = set_cookies(&headers);
-    assert!(
-        cleared["weauth_at"].starts_with("weauth_at=;")
-            && cleared["weauth_at"].contains("Max-Age=0")
-    );
+    assert!(cleared[AT].starts_with("__Host-weauth_at=;") && cleared[AT].contains("Max-Age=0"));
     assert!(
         cleared["weauth_rt"].contains("Path=/v1/token/refresh")
             && cleared["weauth_rt"].contains("Max-Age=0")
@@ -884,7 +889,11 @@ async fn cookie_logout_after_the_access_cookie_lapsed_clears_both_cookies() {
             && cleared["weauth_rt"].contains("Max-Age=0"),
         "{cleared:?}"
     );
-    assert!(cleared["weauth_at"].contains("Max-Age=0"), "{cleared:?}");
+    assert!(cleared[AT].contains("Max-Age=0"), "{cleared:?}");
+    assert!(
+        cleared["__Host-weauth_rb"].contains("Max-Age=0"),
+        "{cleared:?}"
+    );
     let (status, _, headers) =
         cookie_post(&stack, "/v1/logout", "", Some("https://evil.example")).await;
     assert_eq!(status, 401);
@@ -914,7 +923,8 @@ async fn cookie_refresh_rotates_both_cookies_and_reuse_clears_them() {
     let stack = start(&[("WEAUTH_REFRESH_REUSE_GRACE", "0s")]).await;
     let cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "frank").await;
     let rt = cookie_value(&cookies["weauth_rt"]);
-    let cookie = format!("weauth_rt={rt}");
+    let binding = cookie_value(&cookies["__Host-weauth_rb"]);
+    let cookie = format!("weauth_rt={rt}; __Host-weauth_rb={binding}");
     let (status, body, _) = cookie_post(
         &stack,
         "/v1/token/refresh",
@@ -923,6 +933,24 @@ async fn cookie_refresh_rotates_both_cookies_and_reuse_clears_them() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // The refresh cookie without its binding, as a sibling host plants one (it cannot set a
+    // `__Host-` cookie) to walk the browser into its own user's session: refused before the
+    // store sees it, the session untouched.
+    for unbound in [
+        format!("weauth_rt={rt}"),
+        format!("weauth_rt={rt}; __Host-weauth_rb={}", "0".repeat(64)),
+    ] {
+        let (status, body, _) =
+            cookie_post(&stack, "/v1/token/refresh", &unbound, Some(H5_ORIGIN)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("not bound"),
+            "{body}"
+        );
+    }
     let (status, body, headers) =
         cookie_post(&stack, "/v1/token/refresh", &cookie, Some(H5_ORIGIN)).await;
     assert_eq!(status, 204, "{body}");
@@ -938,7 +966,7 @@ async fn cookie_refresh_rotates_both_cookies_and_reuse_clears_them() {
         cookie_post(&stack, "/v1/token/refresh", &cookie, Some(H5_ORIGIN)).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_grant");
-    assert!(set_cookies(&headers)["weauth_at"].contains("Max-Age=0"));
+    assert!(set_cookies(&headers)[AT].contains("Max-Age=0"));
     let (status, _, _) = stack.get("/v1/me", Some(&access_of(&rotated))).await;
     assert_eq!(status, 401, "reuse revoked the session");
 }

@@ -68,7 +68,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Now {
 }
 
 /// The caller of a user route, authenticated: the access token from the `Authorization`
-/// header, else from the `weauth_at` cookie. A request that is not a GET (it changes state)
+/// header, else from the access cookie (`__Host-weauth_at`; `weauth_at` over plain http). A request that is not a GET (it changes state)
 /// authenticated only by the cookie must pass the CSRF rule ([`check_csrf`]).
 pub struct User {
     pub claims: Claims,
@@ -82,7 +82,10 @@ impl FromRequestParts<Arc<App>> for User {
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let (header, via_cookie) = match authorization(&parts.headers)? {
             Some(header) => (Some(header.to_string()), false),
-            None => match cookie(&parts.headers, web::ACCESS_COOKIE)? {
+            None => match cookie(
+                &parts.headers,
+                web::access_cookie_name(app.config.cookie_secure),
+            )? {
                 Some(token) => {
                     if parts.method != Method::GET {
                         check_csrf(app, &parts.headers)?;

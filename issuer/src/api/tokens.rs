@@ -63,7 +63,7 @@ pub async fn login(
 }
 
 /// `POST /v1/token/refresh`: with a JSON body, the new pair as JSON; with no body and the
-/// `weauth_rt` cookie, both cookies set again (204).
+/// `weauth_rt` cookie (and its binding), the cookies set again (204).
 pub async fn refresh(
     State(app): State<Arc<App>>,
     now: Now,
@@ -83,8 +83,10 @@ pub async fn refresh(
     json(StatusCode::OK, &tokens)
 }
 
-/// The cookie form of the refresh: rotates, and sets both cookies again (204). A refused
-/// refresh clears them; a CSRF refusal leaves them alone.
+/// The cookie form of the refresh: rotates, and sets the cookies again (204). A refused
+/// refresh clears them; a CSRF refusal leaves them alone. A refresh cookie without its
+/// binding (`Secure`: one a sibling host planted, to walk the browser into its own user's
+/// session) is refused as unknown, before any store access.
 async fn cookie_refresh(
     app: &Arc<App>,
     headers: &hyper::HeaderMap,
@@ -93,7 +95,20 @@ async fn cookie_refresh(
 ) -> Result<Resp, ApiError> {
     let secure = app.config.cookie_secure;
     check_csrf(app, headers)?;
-    match app.sessions.refresh(&presented, now.secs()).await {
+    let binding = if secure {
+        cookie(headers, web::REFRESH_BINDING_COOKIE)?
+    } else {
+        None
+    };
+    let refreshed = if web::refresh_cookie_bound(&presented, binding, secure) {
+        app.sessions.refresh(&presented, now.secs()).await
+    } else {
+        Err(ApiError::InvalidGrant(
+            "the refresh cookie is not bound to this browser (no __Host-weauth_rb beside it); log in again"
+                .into(),
+        ))
+    };
+    match refreshed {
         Ok(tokens) => {
             let mut response = no_content();
             set_session_cookies(&mut response, &tokens, secure);

@@ -14,11 +14,16 @@
 //!   ([`check_callback`]), so a state or code captured from a URL cannot be completed in
 //!   another browser (login CSRF). One login at a time per browser: a second authorize
 //!   replaces the cookie and the first tab's callback is refused.
-//! - **cookies**: `weauth_at` = the access token (`HttpOnly; Secure; SameSite=Lax; Path=/`,
-//!   `Max-Age` = its lifetime), `weauth_rt` = the refresh token (`HttpOnly; Secure;
-//!   SameSite=Strict; Path=/v1/token/refresh`). `WEAUTH_COOKIE_SECURE=false` drops `Secure`
-//!   for plain-http development. A cookie name sent twice (cookie tossing from a sibling
-//!   domain) is refused, not guessed.
+//! - **cookies**: `__Host-weauth_at` = the access token (`HttpOnly; Secure; SameSite=Lax;
+//!   Path=/`, `Max-Age` = its lifetime), `weauth_rt` = the refresh token (`HttpOnly; Secure;
+//!   SameSite=Strict; Path=/v1/token/refresh`) with `__Host-weauth_rb`, its binding (the
+//!   refresh token's SHA-256; `Path=/`, the same lifetime), which a cookie refresh requires.
+//!   The `__Host-` prefix makes a browser take a cookie only from this very host, so a sibling
+//!   host cannot plant its own user's session (cookie tossing: the victim would act as the
+//!   attacker); the refresh cookie cannot carry the prefix (it needs `Path=/`, and the refresh
+//!   token must not travel with every request), hence the binding beside it.
+//!   `WEAUTH_COOKIE_SECURE=false` drops `Secure` for plain-http development, and with it the
+//!   prefix (`weauth_at`) and the binding. A cookie name sent twice is refused, not guessed.
 //! - **CSRF**: SameSite plus an `Origin` check. A state-changing request (POST) authenticated
 //!   only by a cookie must carry an `Origin` (or, when a browser omits it, a `Referer`) whose
 //!   origin is the issuer's or one of the configured redirect URIs' ([`allowed_origins`]);
@@ -44,10 +49,16 @@ pub const STATE_COOKIE: &str = "weauth_oauth";
 /// plant its own binding (cookie tossing) and walk the browser through a callback of the
 /// attacker's login — which would log the user in as the attacker.
 pub const STATE_COOKIE_HOST: &str = "__Host-weauth_oauth";
-/// The access-token cookie.
+/// The access-token cookie over plain http (development).
 pub const ACCESS_COOKIE: &str = "weauth_at";
-/// The refresh-token cookie.
+/// The access-token cookie when cookies are `Secure` (production): `__Host-`, as
+/// [`STATE_COOKIE_HOST`], so that no sibling host can plant one.
+pub const ACCESS_COOKIE_HOST: &str = "__Host-weauth_at";
+/// The refresh-token cookie (scoped to the refresh route, so without the prefix).
 pub const REFRESH_COOKIE: &str = "weauth_rt";
+/// The refresh cookie's binding when cookies are `Secure`: the refresh token's SHA-256 under a
+/// `__Host-` name, which a sibling host cannot set — a refresh cookie it planted has none.
+pub const REFRESH_BINDING_COOKIE: &str = "__Host-weauth_rb";
 /// Where the callback lives (and the state cookie's path).
 pub const CALLBACK_PATH: &str = "/v1/web/callback";
 /// The refresh route (and the refresh cookie's path).
@@ -235,17 +246,51 @@ pub fn set_cookie(
     )
 }
 
-/// The two session cookies after a web login or a cookie refresh.
+/// The name of the access-token cookie: [`ACCESS_COOKIE_HOST`] when cookies are `Secure`.
+pub fn access_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        ACCESS_COOKIE_HOST
+    } else {
+        ACCESS_COOKIE
+    }
+}
+
+/// The session cookies after a web login or a cookie refresh: the access token's, the refresh
+/// token's and, `Secure`, the refresh token's binding.
 pub fn session_cookies(
     access_token: &str,
     access_ttl: i64,
     refresh_token: &str,
     refresh_ttl: i64,
     secure: bool,
-) -> [String; 2] {
-    [
+) -> Vec<String> {
+    let binding = secure.then(|| sha256_hex(refresh_token.as_bytes()));
+    session_cookie_values(
+        access_token,
+        access_ttl,
+        refresh_token,
+        refresh_ttl,
+        binding.as_deref(),
+        secure,
+    )
+}
+
+/// Cookies that delete the session cookies (logout, refused cookie refresh).
+pub fn clear_session_cookies(secure: bool) -> Vec<String> {
+    session_cookie_values("", 0, "", 0, secure.then_some(""), secure)
+}
+
+fn session_cookie_values(
+    access_token: &str,
+    access_ttl: i64,
+    refresh_token: &str,
+    refresh_ttl: i64,
+    binding: Option<&str>,
+    secure: bool,
+) -> Vec<String> {
+    let mut cookies = vec![
         set_cookie(
-            ACCESS_COOKIE,
+            access_cookie_name(secure),
             access_token,
             "/",
             SameSite::Lax,
@@ -260,22 +305,29 @@ pub fn session_cookies(
             refresh_ttl,
             secure,
         ),
-    ]
+    ];
+    if let Some(binding) = binding {
+        cookies.push(set_cookie(
+            REFRESH_BINDING_COOKIE,
+            binding,
+            "/",
+            SameSite::Strict,
+            refresh_ttl,
+            secure,
+        ));
+    }
+    cookies
 }
 
-/// Cookies that delete both session cookies (logout, failed cookie refresh).
-pub fn clear_session_cookies(secure: bool) -> [String; 2] {
-    [
-        set_cookie(ACCESS_COOKIE, "", "/", SameSite::Lax, 0, secure),
-        set_cookie(
-            REFRESH_COOKIE,
-            "",
-            REFRESH_PATH,
-            SameSite::Strict,
-            0,
-            secure,
-        ),
-    ]
+/// Whether a refresh cookie may be used: `Secure`, only with its binding cookie (the refresh
+/// token's SHA-256, set by this host beside it); over plain http there is none.
+pub fn refresh_cookie_bound(refresh_token: &str, binding: Option<&str>, secure: bool) -> bool {
+    if !secure {
+        return true;
+    }
+    binding.is_some_and(|binding| {
+        crate::secrets::credential_matches(&sha256_hex(refresh_token.as_bytes()), binding)
+    })
 }
 
 /// The name of the browser-binding cookie: [`STATE_COOKIE_HOST`] when cookies are `Secure`.
@@ -525,27 +577,54 @@ mod tests {
 
     #[test]
     fn session_cookies_attributes() {
-        let [at, rt] = session_cookies("AT", 900, "RT", 604_800, true);
+        let cookies = session_cookies("AT", 900, "RT", 604_800, true);
         assert_eq!(
-            at,
-            "weauth_at=AT; Path=/; Max-Age=900; HttpOnly; Secure; SameSite=Lax"
+            cookies,
+            [
+                "__Host-weauth_at=AT; Path=/; Max-Age=900; HttpOnly; Secure; SameSite=Lax".to_string(),
+                "weauth_rt=RT; Path=/v1/token/refresh; Max-Age=604800; HttpOnly; Secure; SameSite=Strict".to_string(),
+                format!(
+                    "__Host-weauth_rb={}; Path=/; Max-Age=604800; HttpOnly; Secure; SameSite=Strict",
+                    sha256_hex(b"RT")
+                ),
+            ]
         );
-        assert_eq!(
-            rt,
-            "weauth_rt=RT; Path=/v1/token/refresh; Max-Age=604800; HttpOnly; Secure; SameSite=Strict"
-        );
-        let [at, _] = session_cookies("AT", 900, "RT", 1, false);
-        assert!(!at.contains("Secure"), "{at}");
+        // Plain http (development): no prefix (a browser refuses it without Secure), no binding.
+        let cookies = session_cookies("AT", 900, "RT", 1, false);
+        assert_eq!(cookies.len(), 2);
+        assert!(cookies[0].starts_with("weauth_at=AT;"), "{cookies:?}");
+        assert!(!cookies[0].contains("Secure"), "{cookies:?}");
     }
 
     #[test]
-    fn clear_session_cookies_expire_both_paths() {
-        let [at, rt] = clear_session_cookies(false);
-        assert_eq!(at, "weauth_at=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax");
-        assert!(
-            rt.starts_with("weauth_rt=; Path=/v1/token/refresh; Max-Age=0"),
-            "{rt}"
+    fn clear_session_cookies_expire_every_one_at_its_path() {
+        let cookies = clear_session_cookies(false);
+        assert_eq!(
+            cookies[0],
+            "weauth_at=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
         );
+        assert!(
+            cookies[1].starts_with("weauth_rt=; Path=/v1/token/refresh; Max-Age=0"),
+            "{cookies:?}"
+        );
+        assert_eq!(cookies.len(), 2);
+        let cookies = clear_session_cookies(true);
+        assert!(cookies[0].starts_with("__Host-weauth_at=; Path=/; Max-Age=0"));
+        assert!(cookies[2].starts_with("__Host-weauth_rb=; Path=/; Max-Age=0"));
+    }
+
+    #[test]
+    fn refresh_cookie_bound_only_with_its_own_binding() {
+        let binding = sha256_hex(b"RT");
+        assert!(refresh_cookie_bound("RT", Some(&binding), true));
+        // A refresh cookie planted by a sibling host: no binding, or another token's.
+        assert!(!refresh_cookie_bound("RT", None, true));
+        assert!(!refresh_cookie_bound(
+            "RT",
+            Some(&sha256_hex(b"other")),
+            true
+        ));
+        assert!(refresh_cookie_bound("RT", None, false));
     }
 
     #[test]
