@@ -542,9 +542,34 @@ impl RedisStore {
     /// changes: an evicting policy set while running is an error in the log, not an exit).
     /// Runs on the health connection, so a `WAIT` on the main one does not delay it.
     pub async fn check_health(&self) -> RedisHealth {
+        // An idle replica follows a Sentinel failover from here rather than at its next
+        // request, which would fail doing so: when the last check could not read the primary,
+        // ask Sentinel first (paced, and switching only to another primary, as after any
+        // failure).
+        if self
+            .inner
+            .health
+            .primary_unread
+            .swap(false, Ordering::AcqRel)
+        {
+            self.after_failure(&StoreError::Unavailable(
+                "the health check could not read the primary".into(),
+            ))
+            .await;
+        }
         if let Ok(mut conn) = self.health_manager() {
+            // Until read (the reads below may be cut short by their timeout).
+            self.inner
+                .health
+                .primary_unread
+                .store(true, Ordering::Release);
             let reads = async {
-                self.note_replication(self.read_replication().await);
+                let replication = self.read_replication().await;
+                self.inner
+                    .health
+                    .primary_unread
+                    .store(replication.is_none(), Ordering::Release);
+                self.note_replication(replication);
                 if let Some(evicted) = read_evicted(&mut conn).await {
                     self.note_evicted(evicted);
                 }

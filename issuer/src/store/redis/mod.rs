@@ -322,6 +322,9 @@ struct Health {
     policy_seen: Mutex<Option<String>>,
     /// `WAIT`s that fell short (each shared by the writes of its group).
     short_waits: AtomicU64,
+    /// The last health check could not read the primary's replication (it may be gone: the
+    /// next check asks Sentinel first).
+    primary_unread: AtomicBool,
     /// One replication re-read at a time after a `WAIT` fell short, at most every 250 ms.
     rereading: AtomicBool,
     reread_at: Mutex<Option<Instant>>,
@@ -523,6 +526,7 @@ impl RedisStore {
                     short_waits: AtomicU64::new(0),
                     evictions: Mutex::new(EvictionWatch::default()),
                     policy_seen: Mutex::new(Some(policy.seen())),
+                    primary_unread: AtomicBool::new(false),
                     rereading: AtomicBool::new(false),
                     reread_at: Mutex::new(None),
                 },
@@ -543,10 +547,15 @@ impl RedisStore {
                         *seen = ids;
                     }
                 }
-                Err(err) => {
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => {
                     return Err(fail(format!(
-                        "CLIENT ID failed, which WEAUTH_REDIS_WAIT_REPLICAS needs to tell which connection a WAIT covers (an ACL must allow +client|id): {err}"
+                        "CLIENT ID is refused, which WEAUTH_REDIS_WAIT_REPLICAS needs to tell which connection a WAIT covers (an ACL must allow +client|id): {err}"
                     )));
+                }
+                // A node not answering yet: the first WAIT reads them (and confirms none of
+                // the writes sharing it).
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not read the Redis connections' ids at start");
                 }
             }
         }

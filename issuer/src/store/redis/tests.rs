@@ -462,6 +462,58 @@ async fn redis_sentinel_switches_only_to_another_primary_and_ignores_the_old_one
     assert_eq!(store.switches(), 1);
 }
 
+/// An idle store — no request of its own since the primary died — follows a Sentinel
+/// failover through its health checks alone (every second in the issuer), so that its next
+/// request goes to the new primary. It switched only at that next request, which failed doing
+/// so (a replica of two behind Envoy answered a refresh 503 after the other had written on the
+/// new primary). Without `WAIT`, so that no other read drives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_failover_followed_by_the_health_checks_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = weauth_servers::redis::SentinelSetup::start(dir.path())
+        .await
+        .unwrap();
+    let sentinels = setup
+        .sentinels
+        .iter()
+        .map(|s| ("127.0.0.1".to_string(), s.port()))
+        .collect();
+    let store = RedisStore::connect(RedisOptions {
+        target: RedisTarget::Sentinel {
+            sentinels,
+            master: setup.master.clone(),
+            db: 0,
+            username: None,
+            password: None,
+        },
+        display: setup.url(),
+        prefix: "t:".into(),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_millis(500),
+        allow_eviction: false,
+    })
+    .await
+    .unwrap();
+    store.check_health().await;
+    setup.primary.kill().await;
+    let promoted = setup.replica.port();
+    let started = Instant::now();
+    while setup.current_primary_port() != Some(promoted) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let followed = Instant::now();
+    while store.switches() == 0 {
+        assert!(
+            followed.elapsed() < Duration::from_secs(15),
+            "the health checks never followed the failover"
+        );
+        store.check_health().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.session("s-none").await.unwrap();
+}
+
 /// The feed's seq broken (`INCR` then fails inside REVOKE, as the script fails when the feed's
 /// primary fails over between the session's slot and the feed's), or repaired at `seq`.
 async fn set_feed_seq(side: &mut redis::aio::MultiplexedConnection, seq: &str) {
