@@ -16,8 +16,8 @@
 //!   replaces the cookie and the first tab's callback is refused.
 //! - **cookies**: `__Host-weauth_at` = the access token (`HttpOnly; Secure; SameSite=Lax;
 //!   Path=/`, `Max-Age` = its lifetime), `weauth_rt` = the refresh token (`HttpOnly; Secure;
-//!   SameSite=Strict; Path=/v1/token/refresh`) with `__Host-weauth_rb`, its binding (the
-//!   refresh token's SHA-256; `Path=/`, the same lifetime), which a cookie refresh requires.
+//!   SameSite=Strict; Path=/v1/token/refresh`) with `__Host-weauth_rb`, its binding (a labelled
+//!   SHA-256 of the refresh token; `Path=/`, the same lifetime), which a cookie refresh requires.
 //!   The `__Host-` prefix makes a browser take a cookie only from this very host, so a sibling
 //!   host cannot plant its own user's session (cookie tossing: the victim would act as the
 //!   attacker); the refresh cookie cannot carry the prefix (it needs `Path=/`, and the refresh
@@ -56,7 +56,7 @@ pub const ACCESS_COOKIE: &str = "weauth_at";
 pub const ACCESS_COOKIE_HOST: &str = "__Host-weauth_at";
 /// The refresh-token cookie (scoped to the refresh route, so without the prefix).
 pub const REFRESH_COOKIE: &str = "weauth_rt";
-/// The refresh cookie's binding when cookies are `Secure`: the refresh token's SHA-256 under a
+/// The refresh cookie's binding when cookies are `Secure`: a hash of the refresh token under a
 /// `__Host-` name, which a sibling host cannot set — a refresh cookie it planted has none.
 pub const REFRESH_BINDING_COOKIE: &str = "__Host-weauth_rb";
 /// Where the callback lives (and the state cookie's path).
@@ -264,7 +264,7 @@ pub fn session_cookies(
     refresh_ttl: i64,
     secure: bool,
 ) -> Vec<String> {
-    let binding = secure.then(|| sha256_hex(refresh_token.as_bytes()));
+    let binding = secure.then(|| refresh_binding(refresh_token));
     session_cookie_values(
         access_token,
         access_ttl,
@@ -319,14 +319,20 @@ fn session_cookie_values(
     cookies
 }
 
-/// Whether a refresh cookie may be used: `Secure`, only with its binding cookie (the refresh
-/// token's SHA-256, set by this host beside it); over plain http there is none.
+/// The binding of a refresh token: a SHA-256 of it under a label of its own, so that the cookie
+/// (sent with every request to the host) is not the hash the store keys the token by.
+fn refresh_binding(refresh_token: &str) -> String {
+    sha256_hex(format!("weauth refresh binding:{refresh_token}").as_bytes())
+}
+
+/// Whether a refresh cookie may be used: `Secure`, only with its binding cookie (a hash of the
+/// refresh token, set by this host beside it); over plain http there is none.
 pub fn refresh_cookie_bound(refresh_token: &str, binding: Option<&str>, secure: bool) -> bool {
     if !secure {
         return true;
     }
     binding.is_some_and(|binding| {
-        crate::secrets::credential_matches(&sha256_hex(refresh_token.as_bytes()), binding)
+        crate::secrets::credential_matches(&refresh_binding(refresh_token), binding)
     })
 }
 
@@ -585,7 +591,7 @@ mod tests {
                 "weauth_rt=RT; Path=/v1/token/refresh; Max-Age=604800; HttpOnly; Secure; SameSite=Strict".to_string(),
                 format!(
                     "__Host-weauth_rb={}; Path=/; Max-Age=604800; HttpOnly; Secure; SameSite=Strict",
-                    sha256_hex(b"RT")
+                    refresh_binding("RT")
                 ),
             ]
         );
@@ -615,7 +621,9 @@ mod tests {
 
     #[test]
     fn refresh_cookie_bound_only_with_its_own_binding() {
-        let binding = sha256_hex(b"RT");
+        let binding = refresh_binding("RT");
+        // Not the hash the store keys the token by (the cookie goes with every request).
+        assert_ne!(binding, sha256_hex(b"RT"));
         assert!(refresh_cookie_bound("RT", Some(&binding), true));
         // A refresh cookie planted by a sibling host: no binding, or another token's.
         assert!(!refresh_cookie_bound("RT", None, true));
