@@ -358,15 +358,13 @@ async fn redis_write_before_a_lost_connection_is_not_confirmed_after_it() {
         .unwrap();
 }
 
-/// Behind Sentinel, a failed command switches connections only when Sentinel names another
-/// primary; and a command sent to the old primary before the switch, failing only after it
-/// (its client still reconnecting to the dead server), is no news of the new connection: a
-/// write made there meanwhile is confirmed as usual. Both replaced or voided the new
-/// connection, failing every write in flight (a login failed a second after a failover).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_sentinel_switches_only_to_another_primary_and_ignores_the_old_ones_failures() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut setup = weauth_servers::redis::SentinelSetup::start(dir.path())
+/// A primary, its replica and three sentinels in `dir`, and a store behind them writing with
+/// `wait_replicas`.
+async fn behind_sentinel(
+    dir: &std::path::Path,
+    wait_replicas: usize,
+) -> (weauth_servers::redis::SentinelSetup, RedisStore) {
+    let setup = weauth_servers::redis::SentinelSetup::start(dir)
         .await
         .unwrap();
     let sentinels = setup
@@ -384,12 +382,24 @@ async fn redis_sentinel_switches_only_to_another_primary_and_ignores_the_old_one
         },
         display: setup.url(),
         prefix: "t:".into(),
-        wait_replicas: 1,
+        wait_replicas,
         wait_timeout: Duration::from_millis(500),
         allow_eviction: false,
     })
     .await
     .unwrap();
+    (setup, store)
+}
+
+/// Behind Sentinel, a failed command switches connections only when Sentinel names another
+/// primary; and a command sent to the old primary before the switch, failing only after it
+/// (its client still reconnecting to the dead server), is no news of the new connection: a
+/// write made there meanwhile is confirmed as usual. Both replaced or voided the new
+/// connection, failing every write in flight (a login failed a second after a failover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_switches_only_to_another_primary_and_ignores_the_old_ones_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut setup, store) = behind_sentinel(dir.path(), 1).await;
     // The primary drops the store's connections: the next command fails, Sentinel names the
     // same primary, and the store keeps its connections (which reconnect by themselves).
     let mut side = redis::Client::open(setup.primary.url(0))
@@ -470,30 +480,7 @@ async fn redis_sentinel_switches_only_to_another_primary_and_ignores_the_old_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sentinel_failover_followed_by_the_health_checks_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut setup = weauth_servers::redis::SentinelSetup::start(dir.path())
-        .await
-        .unwrap();
-    let sentinels = setup
-        .sentinels
-        .iter()
-        .map(|s| ("127.0.0.1".to_string(), s.port()))
-        .collect();
-    let store = RedisStore::connect(RedisOptions {
-        target: RedisTarget::Sentinel {
-            sentinels,
-            master: setup.master.clone(),
-            db: 0,
-            username: None,
-            password: None,
-        },
-        display: setup.url(),
-        prefix: "t:".into(),
-        wait_replicas: 0,
-        wait_timeout: Duration::from_millis(500),
-        allow_eviction: false,
-    })
-    .await
-    .unwrap();
+    let (mut setup, store) = behind_sentinel(dir.path(), 0).await;
     store.check_health().await;
     setup.primary.kill().await;
     let promoted = setup.replica.port();
