@@ -391,6 +391,19 @@ async fn behind_sentinel(
     (setup, store)
 }
 
+/// SIGKILLs the primary and waits (30 s at most) for Sentinel to name its replica; returns
+/// when the kill was.
+async fn kill_primary_until_promoted(setup: &mut weauth_servers::redis::SentinelSetup) -> Instant {
+    setup.primary.kill().await;
+    let promoted = setup.replica.port();
+    let started = Instant::now();
+    while setup.current_primary_port() != Some(promoted) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started
+}
+
 /// Behind Sentinel, a failed command switches connections only when Sentinel names another
 /// primary; and a command sent to the old primary before the switch, failing only after it
 /// (its client still reconnecting to the dead server), is no news of the new connection: a
@@ -440,13 +453,7 @@ async fn redis_sentinel_switches_only_to_another_primary_and_ignores_the_old_one
         }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    setup.primary.kill().await;
-    let promoted = setup.replica.port();
-    let started = Instant::now();
-    while setup.current_primary_port() != Some(promoted) {
-        assert!(started.elapsed() < Duration::from_secs(30), "no failover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let started = kill_primary_until_promoted(&mut setup).await;
     while store.switches() == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(40),
@@ -482,13 +489,7 @@ async fn redis_sentinel_failover_followed_by_the_health_checks_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (mut setup, store) = behind_sentinel(dir.path(), 0).await;
     store.check_health().await;
-    setup.primary.kill().await;
-    let promoted = setup.replica.port();
-    let started = Instant::now();
-    while setup.current_primary_port() != Some(promoted) {
-        assert!(started.elapsed() < Duration::from_secs(30), "no failover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    kill_primary_until_promoted(&mut setup).await;
     let followed = Instant::now();
     while store.switches() == 0 {
         assert!(
