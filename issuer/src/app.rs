@@ -449,6 +449,33 @@ impl App {
         self.known_seq.advance(seq);
     }
 
+    /// The store holds revocations only up to `stored`, below the `heard` this replica knew
+    /// of (a seq announced, then lost with its primary before it replicated; a store restored
+    /// from a backup): the known seq and the polls' wake go back to `stored`, unless a later
+    /// seq came meanwhile — else every poll would read the store again for `heard`, and the
+    /// store's next revocations, at or below `heard`, would wake no poll until one passed it.
+    /// (One written between that read and this, at or below `heard`, wakes no poll: they
+    /// answer it at their next wake or at the end of their wait.)
+    pub fn forget_unstored_seq(&self, heard: u64, stored: u64) {
+        if stored >= heard {
+            return;
+        }
+        if self.known_seq.set_back(heard, stored) {
+            tracing::warn!(
+                heard,
+                stored,
+                "the revocation feed heard of a seq the store does not have (lost in a failover, or the store restored from a backup): following the store"
+            );
+            self.wake.send_if_modified(|wake| {
+                let back = *wake > stored && *wake <= heard;
+                if back {
+                    *wake = stored;
+                }
+                back
+            });
+        }
+    }
+
     /// The highest revocation seq this replica knows of.
     pub fn known_seq(&self) -> u64 {
         self.known_seq.get()

@@ -156,6 +156,49 @@ async fn me_returns_profile_and_requires_valid_bearer() {
     assert_eq!(status, 401);
 }
 
+/// A seq this replica heard of but the store does not have (announced, then lost with its
+/// primary before it replicated; a store restored from a backup): a poll at the store's seq is
+/// held for its wait, reading the store a few times — it was woken again every millisecond,
+/// reading the store each time, for its whole wait — and a later revocation still reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_held_calmly_past_a_seq_the_store_does_not_have() {
+    let stack = Stack::start(&[]).await;
+    let common::Runner::InProcess(issuer) = &stack.issuer else {
+        panic!("not in process")
+    };
+    let app = std::sync::Arc::clone(&issuer.app);
+    let seq = stack.feed(0, 0).await["seq"].as_u64().unwrap();
+    app.notify_seq(seq + 5);
+    let reads = app.feed.reloads();
+    let started = Instant::now();
+    let held = stack.feed(seq, 2).await;
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    assert_eq!(held["seq"].as_u64().unwrap(), seq, "{held}");
+    let read = app.feed.reloads() - reads;
+    assert!(
+        read <= 6,
+        "the held poll read the store {read} times in 2 s"
+    );
+    // The replica follows the store from there: its next revocation (at a seq below the one
+    // heard of) wakes a held poll at once.
+    let http = stack.http.clone();
+    let url = stack.url(&format!("/v1/revocations?since={seq}&wait=30"));
+    let poll = tokio::spawn(async move {
+        let response = http.get(url).bearer_auth(FEED).send().await.unwrap();
+        response.json::<serde_json::Value>().await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let revoked_at = Instant::now();
+    let (status, _, _) = stack
+        .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "jti": "after" })))
+        .await;
+    assert_eq!(status, 200);
+    let answered = poll.await.unwrap();
+    assert_eq!(answered["seq"].as_u64().unwrap(), seq + 1, "{answered}");
+    // Woken by it, not by the end of its 30 s wait (bound for a loaded machine).
+    assert!(revoked_at.elapsed() < Duration::from_secs(5));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_revokes_session_and_wakes_long_poll_fast() {
     let stack = Stack::start(&[]).await;

@@ -44,6 +44,9 @@ pub async fn poll(State(app): State<Arc<App>>, _: FeedReader, uri: Uri) -> Resul
     let _waiting = app.feed_waiter();
     let mut woken = false;
     loop {
+        // The wake this round answers for, read before the store: a wake that moves while
+        // the answer is made wakes the poll again at once.
+        let woken_at = *wake.borrow_and_update();
         // Read again after every wait: a poll may be held for its whole `wait`, and what has
         // expired is judged at the time of the answer.
         let at = app.now();
@@ -54,8 +57,10 @@ pub async fn poll(State(app): State<Arc<App>>, _: FeedReader, uri: Uri) -> Resul
         // delays waking held polls, never what a caller who asks is told (issue 19). A `since`
         // ahead of that may come from another replica that is ahead: catch up to it before
         // calling it "from the future".
-        let known = app.known_seq().max(since);
+        let heard = app.known_seq();
+        let known = heard.max(since);
         app.feed.catch_up(app.store.as_ref(), known, at).await?;
+        app.forget_unstored_seq(heard, app.feed.current());
         let answer = match app
             .feed
             .answer_body(since, at, revocation::FEED_PAGE_ENTRIES)
@@ -78,8 +83,12 @@ pub async fn poll(State(app): State<Arc<App>>, _: FeedReader, uri: Uri) -> Resul
             // the store ever disagree (not on the common path, where a wake has news).
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // Woken for a seq the store does not have (announced, then lost with its primary
+        // before it replicated; a store restored from a backup): wait for a later one, not
+        // again at once — that spun, reading the store every millisecond for the whole wait.
+        let quiet_at = since.max(woken_at);
         tokio::select! {
-            () = async { let _ = wake.wait_for(|current| *current > since).await; } => {}
+            () = async { let _ = wake.wait_for(|current| *current > quiet_at).await; } => {}
             () = tokio::time::sleep_until(deadline) => {}
             () = async { let _ = draining.wait_for(|d| *d).await; } => {}
         }

@@ -94,6 +94,8 @@ pub struct FeedCache {
     refresh: tokio::sync::Mutex<()>,
     /// Recent serialized answers, newest last (with the copy each was made from).
     bodies: Mutex<Vec<(BodyKey, Arc<Copy>, Answer)>>,
+    /// Reads of the store so far (each [`Self::reload`]).
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 impl FeedCache {
@@ -140,7 +142,14 @@ impl FeedCache {
         self.reload(store, now).await
     }
 
+    /// How many times the copy has read the store.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn reload(&self, store: &dyn Store, now: i64) -> Result<(), StoreError> {
+        self.reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let old = self.snapshot();
         let mut cursor = old.current;
         let mut entries: Vec<Entry> = old
@@ -278,9 +287,10 @@ pub async fn pace(
     // flight (answered, not yet back), and counting only those held would shrink the window.
     let mut held_at_wake = 0;
     loop {
-        let woken = *wake.borrow();
+        // The wake as it is at each change of `known`, not as it was when this wait began: it
+        // may have been set back meanwhile ([`crate::app::App::forget_unstored_seq`]).
         tokio::select! {
-            changed = known.wait_for(|seq| *seq > woken) => if changed.is_err() { return },
+            changed = known.wait_for(|seq| *seq > *wake.borrow()) => if changed.is_err() { return },
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
         }
         let window = pacing.window(held.load(Ordering::Relaxed).max(held_at_wake));
@@ -325,6 +335,18 @@ impl KnownSeq {
                 false
             }
         });
+    }
+
+    /// Moves the high-water mark back from `from` to `to` (the store's own seq, below it),
+    /// unless it moved meanwhile; whether it did.
+    pub fn set_back(&self, from: u64, to: u64) -> bool {
+        self.0.send_if_modified(|current| {
+            let back = *current == from && to < from;
+            if back {
+                *current = to;
+            }
+            back
+        })
     }
 
     /// The current high-water mark.
