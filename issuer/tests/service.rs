@@ -733,6 +733,56 @@ fn second_issuer_on_same_db_shares_keys() {
     });
 }
 
+/// A full answer (`since=0`: an edge starting, or starting over after its `since` went back)
+/// holds every revocation the store has, not only those this replica heard of: a replica hears
+/// of another's by re-reading the seq every 250 ms, and a full answer from its copy lagged by
+/// that much — an edge starting over then dropped revocations it already enforced.
+#[test]
+fn a_full_feed_answer_holds_what_another_replica_just_wrote() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stack = Stack::process(&[]).await;
+        let env = stack.issuer.env().clone();
+        let other = tokio::task::spawn_blocking(move || Issuer::start(&env))
+            .await
+            .unwrap();
+        let full = |url: String, http: reqwest::Client| async move {
+            http.get(url)
+                .bearer_auth(FEED)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        };
+        // The other replica's copy, loaded.
+        full(other.url("/v1/revocations?since=0"), stack.http.clone()).await;
+        let (status, _, _) = stack
+            .post_auth(
+                "/v1/admin/revoke",
+                ADMIN,
+                Some(json!({ "jti": "just-written" })),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let body = full(other.url("/v1/revocations?since=0"), stack.http.clone()).await;
+        assert_eq!(body["full"], true);
+        assert!(
+            body["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["value"] == "just-written"),
+            "{body}"
+        );
+    });
+}
+
 /// A restart with another `WEAUTH_SIGNING_ALG` publishes a key of that algorithm at once and
 /// signs with it only from its `activate_at` (`WEAUTH_KEY_PUBLISH_DELAY` later): tokens issued
 /// before carry the old algorithm, and the old key's tokens still verify.

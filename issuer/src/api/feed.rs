@@ -59,6 +59,12 @@ pub async fn poll(State(app): State<Arc<App>>, _: FeedReader, uri: Uri) -> Resul
         // calling it "from the future".
         let heard = app.known_seq();
         let known = heard.max(since);
+        if since == 0 {
+            // A full answer (an edge starting, or starting over) holds every revocation the
+            // store has: the known seq lags another replica's writes by up to its seq re-read
+            // (250 ms on the SQL stores), and an edge starting over replaces its whole set.
+            app.feed.refresh(app.store.as_ref(), at).await?;
+        }
         app.feed.catch_up(app.store.as_ref(), known, at).await?;
         app.forget_unstored_seq(heard, app.feed.current());
         let answer = match app
