@@ -669,8 +669,13 @@ async fn a_retired_key_outlives_a_lowered_access_ttl_until_its_tokens_expire() {
     }
 }
 
-#[test]
-fn second_issuer_on_same_db_shares_keys() {
+/// The stack's issuer (a process) and a second issuer process on the same database, on a
+/// runtime of two workers (each `Issuer::start` blocks while the process comes up).
+fn with_second_replica<F, Fut>(test: F)
+where
+    F: FnOnce(Stack, Issuer) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -682,6 +687,25 @@ fn second_issuer_on_same_db_shares_keys() {
         let other = tokio::task::spawn_blocking(move || Issuer::start(&env))
             .await
             .unwrap();
+        test(stack, other).await;
+    });
+}
+
+/// `GET url` with the feed credential, as JSON.
+async fn feed_at(http: &reqwest::Client, url: String) -> serde_json::Value {
+    http.get(url)
+        .bearer_auth(FEED)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[test]
+fn second_issuer_on_same_db_shares_keys() {
+    with_second_replica(|stack, other| async move {
         let login = stack.login("yan").await;
         let token = login["access_token"].as_str().unwrap();
         let response = stack
@@ -705,15 +729,7 @@ fn second_issuer_on_same_db_shares_keys() {
         let http = stack.http.clone();
         let url = other.url(&format!("/v1/revocations?since={seq}&wait=10"));
         let poll = tokio::spawn(async move {
-            let body: serde_json::Value = http
-                .get(url)
-                .bearer_auth(FEED)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body = feed_at(&http, url).await;
             (Instant::now(), body)
         });
         // The other replica holds the poll (it asked for 10 s), then the logout: the other
@@ -739,29 +755,9 @@ fn second_issuer_on_same_db_shares_keys() {
 /// that much — an edge starting over then dropped revocations it already enforced.
 #[test]
 fn a_full_feed_answer_holds_what_another_replica_just_wrote() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let stack = Stack::process(&[]).await;
-        let env = stack.issuer.env().clone();
-        let other = tokio::task::spawn_blocking(move || Issuer::start(&env))
-            .await
-            .unwrap();
-        let full = |url: String, http: reqwest::Client| async move {
-            http.get(url)
-                .bearer_auth(FEED)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        };
+    with_second_replica(|stack, other| async move {
         // The other replica's copy, loaded.
-        full(other.url("/v1/revocations?since=0"), stack.http.clone()).await;
+        feed_at(&stack.http, other.url("/v1/revocations?since=0")).await;
         let (status, _, _) = stack
             .post_auth(
                 "/v1/admin/revoke",
@@ -770,7 +766,7 @@ fn a_full_feed_answer_holds_what_another_replica_just_wrote() {
             )
             .await;
         assert_eq!(status, 200);
-        let body = full(other.url("/v1/revocations?since=0"), stack.http.clone()).await;
+        let body = feed_at(&stack.http, other.url("/v1/revocations?since=0")).await;
         assert_eq!(body["full"], true);
         assert!(
             body["entries"]
