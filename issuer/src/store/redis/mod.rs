@@ -542,11 +542,7 @@ impl RedisStore {
             // Before the first write: the connections each later read is compared with.
             let mut link = store.current()?.0;
             match link.connection_ids().await {
-                Ok(ids) => {
-                    if let Ok(mut seen) = store.inner.connections.lock() {
-                        *seen = ids;
-                    }
-                }
+                Ok(ids) => store.note_connection_ids(Some(ids), false),
                 Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => {
                     return Err(fail(format!(
                         "CLIENT ID is refused, which WEAUTH_REDIS_WAIT_REPLICAS needs to tell which connection a WAIT covers (an ACL must allow +client|id): {err}"
