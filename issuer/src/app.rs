@@ -11,6 +11,7 @@
 //! (default 60 s). All of them end when the shutdown `watch` flips.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,9 +33,9 @@ use crate::service::identity::Identity;
 use crate::service::sessions::Sessions;
 use crate::service::userdata::UserData;
 use crate::store::mysql::{MysqlOptions, MysqlStore};
-use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::redis::{RedisOptions, RedisStore, LOGIN_BUCKETS, USER_BUCKETS};
 use crate::store::shared::{
-    Announcements, HealthCheck, LocalLimiter, LoginLimiter, Polling, RedisAnnouncements,
+    Announcements, HealthCheck, Limiter, LocalLimiter, Polling, RedisAnnouncements,
     RedisHealthCheck, RedisLimiter,
 };
 use crate::store::sqlite::SqliteStore;
@@ -65,8 +66,9 @@ pub struct App {
     /// The wall clock ([`crate::clock`]): the system's, or a test's manual one.
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn Store>,
-    /// The login rate limit: this process's, or shared by the replicas of a shared store.
-    pub limiter: Arc<dyn LoginLimiter>,
+    /// The login rate limit, per client address: this process's, or shared by the replicas of
+    /// a shared store.
+    pub login_limiter: Arc<dyn Limiter<IpAddr>>,
     /// How this replica hears of revocations other replicas write.
     announcements: Arc<dyn Announcements>,
     /// The shared store's own health checks, where it has any (Redis: replicas online,
@@ -188,7 +190,9 @@ pub async fn open_store(config: &Arc<Config>) -> Result<(Arc<dyn Store>, DataKey
 /// The store and what the replicas on it share ([`crate::store::shared`]).
 struct Backend {
     store: Arc<dyn Store>,
-    limiter: Arc<dyn LoginLimiter>,
+    login_limiter: Arc<dyn Limiter<IpAddr>>,
+    /// The WeChat calls per user ([`UserData::user_limiter`]).
+    user_limiter: Arc<dyn Limiter<String>>,
     announcements: Arc<dyn Announcements>,
     health: Option<Arc<dyn HealthCheck>>,
     pub data_key: DataKey,
@@ -203,7 +207,23 @@ fn shared_data_key(config: &Config) -> Result<DataKey, StartError> {
     )?)
 }
 
-/// Opens the store, with the local or shared rate limit and announcements that go with it.
+/// The login rate limit of this process alone.
+fn local_login_limiter(config: &Config) -> Arc<dyn Limiter<IpAddr>> {
+    Arc::new(LocalLimiter::new(
+        config.login_rate_per_min,
+        config.login_burst,
+    ))
+}
+
+/// The WeChat calls per user of this process alone.
+fn local_user_limiter(config: &Config) -> Arc<dyn Limiter<String>> {
+    Arc::new(LocalLimiter::new(
+        config.user_wechat_rate_per_min,
+        config.user_wechat_burst,
+    ))
+}
+
+/// Opens the store, with the local or shared rate limits and announcements that go with it.
 async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
     match &config.store {
         StoreUrl::Sqlite(path) => {
@@ -217,10 +237,8 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
             .map_err(|err| StartError::Join(err.to_string()))??;
             Ok(Backend {
                 store,
-                limiter: Arc::new(LocalLimiter::new(
-                    config.login_rate_per_min,
-                    config.login_burst,
-                )),
+                login_limiter: local_login_limiter(config),
+                user_limiter: local_user_limiter(config),
                 announcements: Arc::new(Polling),
                 health: None,
                 data_key,
@@ -239,10 +257,17 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
             let data_key = shared_data_key(config)?;
             Ok(Backend {
                 store: Arc::new(redis.clone()),
-                limiter: Arc::new(RedisLimiter::new(
+                login_limiter: Arc::new(RedisLimiter::new(
                     redis.clone(),
+                    LOGIN_BUCKETS,
                     config.login_rate_per_min,
                     config.login_burst,
+                )),
+                user_limiter: Arc::new(RedisLimiter::new(
+                    redis.clone(),
+                    USER_BUCKETS,
+                    config.user_wechat_rate_per_min,
+                    config.user_wechat_burst,
                 )),
                 announcements: Arc::new(RedisAnnouncements(redis.clone())),
                 health: Some(Arc::new(RedisHealthCheck(redis))),
@@ -263,10 +288,9 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
                 // Per replica: a shared bucket would be one more row write (and row lock)
                 // per login on the database every login already writes to; the limit guards
                 // against one client's burst, which a load balancer spreads over replicas.
-                limiter: Arc::new(LocalLimiter::new(
-                    config.login_rate_per_min,
-                    config.login_burst,
-                )),
+                // The same for the WeChat calls per user.
+                login_limiter: local_login_limiter(config),
+                user_limiter: local_user_limiter(config),
                 // Cross-replica wake-ups: the seq is one primary-key read, re-read every
                 // 250 ms by each replica (the bound on hearing another replica's revocation).
                 announcements: Arc::new(Polling),
@@ -319,7 +343,8 @@ impl App {
         let allowed_origins = crate::domain::web::allowed_origins(&config.issuer, &config.apps);
         let Backend {
             store,
-            limiter,
+            login_limiter,
+            user_limiter,
             announcements,
             health,
             data_key,
@@ -384,13 +409,14 @@ impl App {
             metrics: Arc::clone(&metrics),
             wechat,
             access_tokens,
+            user_limiter,
         };
         let admin = Admin {
             store: Arc::clone(&store),
             sessions: Arc::clone(&sessions),
         };
         Ok(Arc::new(App {
-            limiter,
+            login_limiter,
             announcements,
             health,
             config,

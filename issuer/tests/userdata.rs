@@ -675,3 +675,59 @@ async fn decrypt_session_key_of_wrong_length_invalid_key_length_relogin() {
     .await;
     assert_refused(status, &body, "invalid_key_length", true);
 }
+
+/// The calls to WeChat one user can make the issuer do are limited per user
+/// (`WEAUTH_USER_WECHAT_RATE`), one bucket across the three routes that make one: past it a
+/// route answers 429 with `Retry-After` before any call to WeChat. Another user, and a
+/// decryption that does not ask WeChat, are not limited; the bucket refills with time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechat_calls_limited_per_user_across_routes() {
+    let (stack, clock) = Stack::start_clocked(&[
+        ("WEAUTH_USER_WECHAT_RATE", "1"),
+        ("WEAUTH_USER_WECHAT_BURST", "3"),
+    ])
+    .await;
+    let (mallory, encrypted, iv) =
+        login_and_encrypt(&stack, "mallory", json!({"phoneNumber": "13800000001"})).await;
+    let verify = json!({"encryptedData": encrypted, "iv": iv, "verify_with_wechat": true});
+    let (status, body, _) = stack.get("/v1/me/session", Some(&mallory)).await;
+    assert_eq!(status, 200, "{body}");
+    let code = stack.mock.phone_code("mallory", "13800000001");
+    assert_eq!(phone(&stack, None, &mallory, &code).await.0, 200);
+    let (status, body) = decrypt(&stack, &mallory, verify.clone()).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body, headers) = stack.get("/v1/me/session", Some(&mallory)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    assert_eq!(headers["retry-after"], "60");
+    let code = stack.mock.phone_code("mallory", "13800000002");
+    let (status, body) = phone(&stack, None, &mallory, &code).await;
+    assert_eq!(status, 429, "{body}");
+    let (status, body) = decrypt(&stack, &mallory, verify.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    let wechat_calls = || {
+        ["checksession", "getuserphonenumber", "checkencryptedmsg"].map(|api| stack.mock.calls(api))
+    };
+    assert_eq!(
+        wechat_calls(),
+        [1, 1, 1],
+        "no call to WeChat past the limit"
+    );
+
+    let (status, body) = decrypt(
+        &stack,
+        &mallory,
+        json!({"encryptedData": encrypted, "iv": iv}),
+    )
+    .await;
+    assert_eq!(status, 200, "decryption alone calls no one: {body}");
+    let other = token(&stack.login("olivia").await);
+    let (status, body, _) = stack.get("/v1/me/session", Some(&other)).await;
+    assert_eq!(status, 200, "another user's bucket: {body}");
+
+    clock.advance_secs(60);
+    let (status, body, _) = stack.get("/v1/me/session", Some(&mallory)).await;
+    assert_eq!(status, 200, "refilled: {body}");
+    assert_eq!(wechat_calls(), [3, 1, 1]);
+}

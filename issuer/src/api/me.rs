@@ -97,7 +97,7 @@ pub async fn phone(
     )
 }
 
-pub async fn session(State(app): State<Arc<App>>, user: User) -> Result<Resp, ApiError> {
-    let valid = app.userdata.check_session(&user.claims).await?;
+pub async fn session(State(app): State<Arc<App>>, now: Now, user: User) -> Result<Resp, ApiError> {
+    let valid = app.userdata.check_session(&user.claims, now.secs()).await?;
     Ok(json_response(StatusCode::OK, &value!({ "valid": valid })))
 }

@@ -251,7 +251,10 @@ async fn check_rate(
     now: Now,
 ) -> Result<(), ApiError> {
     let client = crate::domain::ratelimit::client_key(extract::client_ip(app, peer, headers));
-    let allowed = app.limiter.take(client, now.ms as f64 / 1000.0).await;
+    let allowed = app
+        .login_limiter
+        .take(&client, now.ms as f64 / 1000.0)
+        .await;
     allowed.map_err(|retry| ApiError::RateLimited {
         retry_after: retry.0,
         description: "too many logins from this client; retry later".into(),

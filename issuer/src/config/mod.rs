@@ -310,6 +310,13 @@ pub struct Config {
     pub login_rate_per_min: u32,
     /// `WEAUTH_LOGIN_BURST`: burst allowance, default 20.
     pub login_burst: u32,
+    /// `WEAUTH_USER_WECHAT_RATE`: calls to WeChat per minute per user (`sub`) from the routes
+    /// that make one — `GET /v1/me/session`, `POST /v1/me/phone`, `POST /v1/me/decrypt` with
+    /// `verify_with_wechat` — default 10; 0 disables. WeChat counts those APIs per app and
+    /// day, so without it one logged-in user could spend the quota every user shares.
+    pub user_wechat_rate_per_min: u32,
+    /// `WEAUTH_USER_WECHAT_BURST`: burst allowance, default 10.
+    pub user_wechat_burst: u32,
     /// `WEAUTH_MAX_BODY`: request body cap in bytes, default 16384.
     pub max_body: usize,
     /// `WEAUTH_HEADER_TIMEOUT`, default `10s`: time allowed to send request headers.
@@ -641,6 +648,8 @@ impl Config {
         }
         let login_rate_per_min = errs.or(src.number("WEAUTH_LOGIN_RATE"), 0);
         let login_burst = errs.or(src.number("WEAUTH_LOGIN_BURST"), 0);
+        let user_wechat_rate_per_min = errs.or(src.number("WEAUTH_USER_WECHAT_RATE"), 0);
+        let user_wechat_burst = errs.or(src.number("WEAUTH_USER_WECHAT_BURST"), 0);
         let max_body: usize = errs.or(src.number("WEAUTH_MAX_BODY"), 0);
         if max_body < 256 && src.number::<usize>("WEAUTH_MAX_BODY").is_ok() {
             errs.push(bad("WEAUTH_MAX_BODY", "must be at least 256 bytes"));
@@ -792,6 +801,8 @@ impl Config {
             trusted_proxies,
             login_rate_per_min,
             login_burst,
+            user_wechat_rate_per_min,
+            user_wechat_burst,
             max_body,
             header_timeout,
             shutdown_grace,

@@ -91,6 +91,8 @@ fn config_minimal_defaults_ok() {
     assert_eq!(config.key_publish_delay, Duration::from_secs(600));
     assert!(config.feed_token.is_none());
     assert_eq!(config.login_rate_per_min, 60);
+    assert_eq!(config.user_wechat_rate_per_min, 10);
+    assert_eq!(config.user_wechat_burst, 10);
 }
 
 #[test]
@@ -228,6 +230,8 @@ fn config_bad_values_name_their_variable() {
         ("WEAUTH_DATA_KEY", "c2hvcnQ="),
         ("WEAUTH_TRUSTED_PROXIES", "10.0.0.0/33"),
         ("WEAUTH_LOGIN_RATE", "many"),
+        ("WEAUTH_USER_WECHAT_RATE", "-1"),
+        ("WEAUTH_USER_WECHAT_BURST", "ten"),
         ("WEAUTH_ISSUER", "ftp://x"),
         ("WEAUTH_WECHAT_API_BASE", "not a url"),
         ("WEAUTH_AUDIENCE", " , "),

@@ -201,6 +201,12 @@ pub const VARIABLES: &[Var] = &[
     ),
     var("WEAUTH_LOGIN_BURST", "20", "login burst allowance"),
     var(
+        "WEAUTH_USER_WECHAT_RATE",
+        "10",
+        "WeChat calls per minute per user from the /v1/me routes that make one (0: off)",
+    ),
+    var("WEAUTH_USER_WECHAT_BURST", "10", "burst allowance of those calls"),
+    var(
         "WEAUTH_TRUSTED_PROXIES",
         "",
         "IPs/CIDRs whose X-Forwarded-For is believed, comma-separated",

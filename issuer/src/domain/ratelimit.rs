@@ -1,11 +1,13 @@
-//! Per-client login rate limiting (pure: time is an argument), and client-address
-//! resolution behind trusted proxies.
+//! Rate limiting (pure: time is an argument) — logins per client address, WeChat calls per
+//! user — and client-address resolution behind trusted proxies.
 //!
-//! A token bucket per client IP: `burst` tokens, refilled at `per_minute`. The table is
-//! bounded: when full, buckets that have refilled completely (indistinguishable from new
-//! ones) are dropped, and if none has, the oldest-touched half goes.
+//! A token bucket per key (a client's address, a user's `sub`): `burst` tokens, refilled at
+//! `per_minute`. The table is bounded: when full, buckets that have refilled completely
+//! (indistinguishable from new ones) are dropped, and if none has, the oldest-touched half
+//! goes.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 
 use crate::config::IpNet;
@@ -16,13 +18,13 @@ struct Bucket {
     updated: f64,
 }
 
-/// The limiter.
+/// The limiter, one bucket per key `K`.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = IpAddr> {
     per_second: f64,
     burst: f64,
     max_clients: usize,
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: HashMap<K, Bucket>,
 }
 
 /// The client a rate-limit bucket is kept for: an IPv4 address, or an IPv6 address's /64 — the
@@ -45,9 +47,9 @@ pub fn client_key(client: IpAddr) -> IpAddr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAfter(pub u64);
 
-impl RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// `per_minute` = 0 disables limiting.
-    pub fn new(per_minute: u32, burst: u32, max_clients: usize) -> RateLimiter {
+    pub fn new(per_minute: u32, burst: u32, max_clients: usize) -> RateLimiter<K> {
         RateLimiter {
             per_second: f64::from(per_minute) / 60.0,
             burst: f64::from(burst.max(1)),
@@ -60,15 +62,15 @@ impl RateLimiter {
     ///
     /// # Errors
     /// [`RetryAfter`] when the bucket is empty.
-    pub fn check(&mut self, client: IpAddr, now: f64) -> Result<(), RetryAfter> {
+    pub fn check(&mut self, client: &K, now: f64) -> Result<(), RetryAfter> {
         if self.per_second <= 0.0 {
             return Ok(());
         }
-        if self.buckets.len() >= self.max_clients && !self.buckets.contains_key(&client) {
+        if self.buckets.len() >= self.max_clients && !self.buckets.contains_key(client) {
             self.evict(now);
         }
         let (per_second, burst) = (self.per_second, self.burst);
-        let bucket = self.buckets.entry(client).or_insert(Bucket {
+        let bucket = self.buckets.entry(client.clone()).or_insert(Bucket {
             tokens: burst,
             updated: now,
         });
@@ -141,26 +143,37 @@ mod tests {
     fn limiter_burst_then_refused_with_retry_after() {
         let mut limiter = RateLimiter::new(60, 3, 100);
         for _ in 0..3 {
-            assert!(limiter.check(ip("1.1.1.1"), 0.0).is_ok());
+            assert!(limiter.check(&ip("1.1.1.1"), 0.0).is_ok());
         }
-        assert_eq!(limiter.check(ip("1.1.1.1"), 0.0), Err(RetryAfter(1)));
-        assert!(limiter.check(ip("2.2.2.2"), 0.0).is_ok());
+        assert_eq!(limiter.check(&ip("1.1.1.1"), 0.0), Err(RetryAfter(1)));
+        assert!(limiter.check(&ip("2.2.2.2"), 0.0).is_ok());
     }
 
     #[test]
     fn limiter_refills_over_time() {
         let mut limiter = RateLimiter::new(6, 1, 100);
-        assert!(limiter.check(ip("1.1.1.1"), 0.0).is_ok());
-        assert_eq!(limiter.check(ip("1.1.1.1"), 1.0), Err(RetryAfter(9)));
-        assert!(limiter.check(ip("1.1.1.1"), 10.5).is_ok());
+        assert!(limiter.check(&ip("1.1.1.1"), 0.0).is_ok());
+        assert_eq!(limiter.check(&ip("1.1.1.1"), 1.0), Err(RetryAfter(9)));
+        assert!(limiter.check(&ip("1.1.1.1"), 10.5).is_ok());
     }
 
     #[test]
     fn limiter_zero_rate_disabled() {
         let mut limiter = RateLimiter::new(0, 1, 100);
         for _ in 0..100 {
-            assert!(limiter.check(ip("1.1.1.1"), 0.0).is_ok());
+            assert!(limiter.check(&ip("1.1.1.1"), 0.0).is_ok());
         }
+    }
+
+    #[test]
+    fn limiter_keyed_by_user() {
+        let mut limiter: RateLimiter<String> = RateLimiter::new(60, 2, 100);
+        let (alice, bob) = ("u_alice".to_string(), "u_bob".to_string());
+        assert!(limiter.check(&alice, 0.0).is_ok());
+        assert!(limiter.check(&alice, 0.0).is_ok());
+        assert_eq!(limiter.check(&alice, 0.5), Err(RetryAfter(1)));
+        assert!(limiter.check(&bob, 0.5).is_ok(), "another user's bucket");
+        assert!(limiter.check(&alice, 1.0).is_ok(), "refilled");
     }
 
     #[test]
@@ -168,7 +181,7 @@ mod tests {
         let mut limiter = RateLimiter::new(60, 5, 16);
         for i in 0..200u32 {
             let addr = IpAddr::from(i.to_be_bytes());
-            limiter.check(addr, f64::from(i) * 0.001).unwrap();
+            limiter.check(&addr, f64::from(i) * 0.001).unwrap();
         }
         assert!(limiter.tracked() <= 16);
     }

@@ -43,6 +43,7 @@ use crate::config::apps::Apps;
 use crate::config::Config;
 use crate::error::{phone_error, ApiError};
 use crate::secrets::DataKey;
+use crate::store::shared::Limiter;
 use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::access_token::{AccessTokens, CallError};
@@ -57,6 +58,9 @@ pub struct UserData {
     pub metrics: Arc<Metrics>,
     pub wechat: Arc<WechatClients>,
     pub access_tokens: Arc<AccessTokens>,
+    /// The WeChat calls each user may make the issuer do (`WEAUTH_USER_WECHAT_RATE`): one
+    /// token per `checksession`, `getuserphonenumber` or `checkencryptedmsg` a route asks for.
+    pub user_limiter: Arc<dyn Limiter<String>>,
 }
 
 /// The user data a mini-program posts to `/v1/me/decrypt`.
@@ -151,6 +155,7 @@ impl UserData {
             }
         }
         let wechat_check = if input.verify_with_wechat {
+            self.spend_wechat_call(claims, now).await?;
             let hash = encrypted_msg_hash(input.encrypted_data);
             let wechat = self.wechat.for_appid(&claims.appid)?;
             let hash = hash.as_str();
@@ -259,6 +264,7 @@ impl UserData {
         }
         require_miniprogram(&self.config.apps, claims, "/v1/me/phone")?;
         let wechat = self.wechat.for_appid(&claims.appid)?;
+        self.spend_wechat_call(claims, now).await?;
         let info = self
             .access_tokens
             .call_for(&claims.appid, |token| async move {
@@ -291,22 +297,24 @@ impl UserData {
     ///
     /// # Errors
     /// `invalid_token` when the session is gone; 503/502 when WeChat or its token endpoint fails.
-    pub async fn check_session(&self, claims: &Claims) -> Result<bool, ApiError> {
-        let result = self.check_session_inner(claims).await;
+    pub async fn check_session(&self, claims: &Claims, now: i64) -> Result<bool, ApiError> {
+        let result = self.check_session_inner(claims, now).await;
         self.metrics.checksession(match &result {
             Ok(true) => "valid",
             Ok(false) => "invalid",
+            Err(ApiError::RateLimited { .. }) => "rate_limited",
             Err(_) => "error",
         });
         result
     }
 
-    async fn check_session_inner(&self, claims: &Claims) -> Result<bool, ApiError> {
+    async fn check_session_inner(&self, claims: &Claims, now: i64) -> Result<bool, ApiError> {
         require_miniprogram(&self.config.apps, claims, "/v1/me/session")?;
         let session_key = self.session_key(&claims.sid).await?;
         let signature = weauth_wxdata::checksession_signature(&session_key);
         let (openid, signature) = (claims.openid.as_str(), signature.as_str());
         let wechat = self.wechat.for_appid(&claims.appid)?;
+        self.spend_wechat_call(claims, now).await?;
         self.access_tokens
             .call_for(&claims.appid, |token| async move {
                 wechat.check_session(&token, openid, signature).await
@@ -317,6 +325,20 @@ impl UserData {
                 CallError::Api(api) => ApiError::from(api),
             })
     }
+    /// Takes one of the caller's WeChat calls (`WEAUTH_USER_WECHAT_RATE`), just before the call.
+    ///
+    /// # Errors
+    /// 429 `rate_limited` with `Retry-After` when the user has none left.
+    async fn spend_wechat_call(&self, claims: &Claims, now: i64) -> Result<(), ApiError> {
+        self.user_limiter
+            .take(&claims.sub, now as f64)
+            .await
+            .map_err(|retry| ApiError::RateLimited {
+                retry_after: retry.0,
+                description: "too many calls to WeChat for this user; retry later".into(),
+            })
+    }
+
     /// The decrypted `session_key` (base64 text, as WeChat sent it) of a session, for
     /// `/v1/me/decrypt` and `/v1/me/session` (see `userdata`).
     ///

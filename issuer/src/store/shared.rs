@@ -3,16 +3,17 @@
 //! meet only in its tables), use the local ones. Nothing else in the issuer knows which store
 //! it has.
 //!
-//! - [`LoginLimiter`]: the per-client login rate limit ([`LocalLimiter`] per process;
-//!   [`RedisLimiter`] one bucket per client for every replica, the local one deciding while
-//!   Redis cannot answer).
+//! - [`Limiter`]: the rate limits — logins per client, WeChat calls per user
+//!   ([`LocalLimiter`] per process; [`RedisLimiter`] one bucket per key for every replica, the
+//!   local one deciding while Redis cannot answer).
 //! - [`Announcements`]: hearing of revocations other replicas wrote ([`Polling`]: none, the
 //!   seq is re-read every 250 ms — SQLite and MySQL; [`RedisAnnouncements`]: pub/sub, with a
 //!   slow re-read as a safety net).
 //! - [`HealthCheck`]: what the shared store itself cannot promise, read periodically
 //!   ([`RedisHealthCheck`]: replicas online, evicted keys, the eviction policy).
 
-use std::net::IpAddr;
+use std::fmt::Display;
+use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,24 +24,26 @@ use crate::store::redis::{redis_err, RedisStore};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::Metrics;
 
-/// How many clients the local limiter tracks before it evicts full buckets.
+/// How many clients (or users) a local limiter tracks before it evicts full buckets.
 const LOCAL_CLIENTS: usize = 100_000;
 
-/// The login rate limit (`WEAUTH_LOGIN_RATE`, `WEAUTH_LOGIN_BURST`).
+/// A rate limit with one bucket per key: logins per client address (`WEAUTH_LOGIN_RATE`,
+/// `WEAUTH_LOGIN_BURST`), WeChat calls per user (`WEAUTH_USER_WECHAT_RATE`,
+/// `WEAUTH_USER_WECHAT_BURST`).
 #[async_trait]
-pub trait LoginLimiter: Send + Sync {
-    /// Takes one login token for `client` at `now` (Unix seconds, fractional).
+pub trait Limiter<K>: Send + Sync {
+    /// Takes one token for `key` at `now` (Unix seconds, fractional).
     ///
     /// # Errors
-    /// [`RetryAfter`] when the client's bucket is empty.
-    async fn take(&self, client: IpAddr, now: f64) -> Result<(), RetryAfter>;
+    /// [`RetryAfter`] when the key's bucket is empty.
+    async fn take(&self, key: &K, now: f64) -> Result<(), RetryAfter>;
 }
 
-/// One token bucket per client in this process.
-pub struct LocalLimiter(Mutex<RateLimiter>);
+/// One token bucket per key in this process.
+pub struct LocalLimiter<K>(Mutex<RateLimiter<K>>);
 
-impl LocalLimiter {
-    pub fn new(per_minute: u32, burst: u32) -> LocalLimiter {
+impl<K: Hash + Eq + Clone> LocalLimiter<K> {
+    pub fn new(per_minute: u32, burst: u32) -> LocalLimiter<K> {
         LocalLimiter(Mutex::new(RateLimiter::new(
             per_minute,
             burst,
@@ -48,36 +51,41 @@ impl LocalLimiter {
         )))
     }
 
-    fn take_now(&self, client: IpAddr, now: f64) -> Result<(), RetryAfter> {
+    fn take_now(&self, key: &K, now: f64) -> Result<(), RetryAfter> {
         // A panic while holding the lock cannot leave the buckets inconsistent (each update
-        // is a few float assignments): keep limiting rather than fail every login.
+        // is a few float assignments): keep limiting rather than fail every call.
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .check(client, now)
+            .check(key, now)
     }
 }
 
 #[async_trait]
-impl LoginLimiter for LocalLimiter {
-    async fn take(&self, client: IpAddr, now: f64) -> Result<(), RetryAfter> {
-        self.take_now(client, now)
+impl<K: Hash + Eq + Clone + Send + Sync> Limiter<K> for LocalLimiter<K> {
+    async fn take(&self, key: &K, now: f64) -> Result<(), RetryAfter> {
+        self.take_now(key, now)
     }
 }
 
-/// One bucket per client shared by every replica on the Redis store.
-pub struct RedisLimiter {
+/// One bucket per key shared by every replica on the Redis store, under `rl:<key>` (logins,
+/// per client address) or `ru:<key>` (WeChat calls, per user).
+pub struct RedisLimiter<K> {
     redis: RedisStore,
+    /// The buckets' key space: [`crate::store::redis::LOGIN_BUCKETS`] or
+    /// [`crate::store::redis::USER_BUCKETS`].
+    space: &'static str,
     per_minute: u32,
     burst: u32,
-    /// Decides while Redis cannot answer (the login itself meets the same outage).
-    local: LocalLimiter,
+    /// Decides while Redis cannot answer (the call itself meets the same outage).
+    local: LocalLimiter<K>,
 }
 
-impl RedisLimiter {
-    pub fn new(redis: RedisStore, per_minute: u32, burst: u32) -> RedisLimiter {
+impl<K: Hash + Eq + Clone> RedisLimiter<K> {
+    pub fn new(redis: RedisStore, space: &'static str, per_minute: u32, burst: u32) -> Self {
         RedisLimiter {
             redis,
+            space,
             per_minute,
             burst,
             local: LocalLimiter::new(per_minute, burst),
@@ -86,17 +94,17 @@ impl RedisLimiter {
 }
 
 #[async_trait]
-impl LoginLimiter for RedisLimiter {
-    async fn take(&self, client: IpAddr, now: f64) -> Result<(), RetryAfter> {
+impl<K: Hash + Eq + Clone + Display + Send + Sync> Limiter<K> for RedisLimiter<K> {
+    async fn take(&self, key: &K, now: f64) -> Result<(), RetryAfter> {
         match self
             .redis
-            .rate_limit(&client.to_string(), self.per_minute, self.burst, now)
+            .rate_limit(self.space, key, self.per_minute, self.burst, now)
             .await
         {
             Ok(verdict) => verdict.map_or(Ok(()), |secs| Err(RetryAfter(secs))),
             Err(err) => {
                 tracing::debug!(error = %err, "shared rate limit unavailable; using the local one");
-                self.local.take_now(client, now)
+                self.local.take_now(key, now)
             }
         }
     }
@@ -201,16 +209,18 @@ impl HealthCheck for RedisHealthCheck {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     #[tokio::test]
     async fn local_limiter_refuses_past_the_burst_per_client() {
         let limiter = LocalLimiter::new(60, 2);
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        assert_eq!(limiter.take(a, 100.0).await, Ok(()));
-        assert_eq!(limiter.take(a, 100.0).await, Ok(()));
-        assert_eq!(limiter.take(a, 100.0).await, Err(RetryAfter(1)));
-        assert_eq!(limiter.take(b, 100.0).await, Ok(()), "another client");
-        assert_eq!(limiter.take(a, 101.0).await, Ok(()), "refilled");
+        assert_eq!(limiter.take(&a, 100.0).await, Ok(()));
+        assert_eq!(limiter.take(&a, 100.0).await, Ok(()));
+        assert_eq!(limiter.take(&a, 100.0).await, Err(RetryAfter(1)));
+        assert_eq!(limiter.take(&b, 100.0).await, Ok(()), "another client");
+        assert_eq!(limiter.take(&a, 101.0).await, Ok(()), "refilled");
     }
 }

@@ -72,9 +72,15 @@ pub fn wechat_token(appid: impl Display) -> String {
     format!("wx:{appid}")
 }
 
-/// A login rate-limit bucket.
-pub fn rate_limit(client: impl Display) -> String {
-    format!("rl:{client}")
+/// The key space of the login rate limit's buckets (one per client address).
+pub const LOGIN_BUCKETS: &str = "rl";
+
+/// The key space of the per-user WeChat-call rate limit's buckets (one per `sub`).
+pub const USER_BUCKETS: &str = "ru";
+
+/// A rate-limit bucket: `space` ([`LOGIN_BUCKETS`], [`USER_BUCKETS`]) and the key in it.
+pub fn rate_limit(space: &str, key: impl Display) -> String {
+    format!("{space}:{key}")
 }
 
 /// An ephemeral value (web-login state).

@@ -39,6 +39,7 @@
 //! | `P eph:<name>`, `P eph_exp` | `{P}…` | string, zset | web-login state and its expiry index |
 //! | `P wx:<appid>` | `P{wx:<appid>}` | hash | WeChat app token and its refresh lease |
 //! | `P rl:<ip>` | `P{rl:<ip>}` | hash | login rate-limit bucket (TTL: refill time) |
+//! | `P ru:<sub>` | `P{ru:<sub>}` | hash | a user's WeChat-call rate-limit bucket (TTL: refill time) |
 //!
 //! The TTLs are a safety net with one day of slack; the purge removes expired items on time,
 //! using the operations' `now` (so the store's behaviour follows the domain's clock). A
@@ -78,7 +79,7 @@
 //! per access-token lifetime — reads and writes only its session's slot, so refreshes, and
 //! the reads of sessions (`/v1/me`, the bearer check), scale with the primaries; a login
 //! writes the directory's slot once and its session's slot once; a revocation writes the
-//! covered sessions' slots and the feed's. The rate-limit buckets `P{rl:<ip>}` and the apps'
+//! covered sessions' slots and the feed's. The rate-limit buckets `P{rl:<ip>}`, `P{ru:<sub>}` and the apps'
 //! WeChat tokens `P{wx:<appid>}` have tags of their own. What stays on one primary: the
 //! directory's writes (one per login) and the feed (one per revocation) — the feed on purpose
 //! (below). Resharding moves slots key by key (`MIGRATE`); a script meeting a slot half moved
@@ -159,6 +160,7 @@
 //! answers and, when that node goes, on the next).
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -191,6 +193,7 @@ use crate::domain::tokens;
 mod connect;
 mod health;
 mod keys;
+pub use keys::{LOGIN_BUCKETS, USER_BUCKETS};
 mod link;
 mod revoke;
 mod scripts;
@@ -784,14 +787,16 @@ impl RedisStore {
             .await
     }
 
-    /// Takes one login token for `client` from the shared bucket (`per_minute`, `burst`), at
-    /// `now` (Unix seconds, fractional). Returns the seconds to wait when refused.
+    /// Takes one token for `key` from the shared bucket in `space` ([`LOGIN_BUCKETS`],
+    /// [`USER_BUCKETS`]; `per_minute`, `burst`), at `now` (Unix seconds, fractional). Returns
+    /// the seconds to wait when refused.
     ///
     /// # Errors
     /// Redis failures (the caller falls back to its local limiter).
     pub async fn rate_limit(
         &self,
-        client: &str,
+        space: &str,
+        key: impl Display,
         per_minute: u32,
         burst: u32,
         now: f64,
@@ -802,7 +807,7 @@ impl RedisStore {
         }
         let burst = f64::from(burst.max(1));
         let ttl = ((burst / per_second).ceil() as i64).max(1) + 1;
-        let key = self.key_apart(&keys::rate_limit(client));
+        let key = self.key_apart(&keys::rate_limit(space, key));
         let mut call = self.inner.scripts.rate_limit.prepare_invoke();
         call.key(key).arg(now).arg(per_second).arg(burst).arg(ttl);
         let retry: u64 = self.eval(&call).await?;

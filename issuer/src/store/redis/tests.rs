@@ -87,14 +87,20 @@ async fn redis_rate_limit_shared_between_handles() {
     let redis = TestRedis::new().await;
     let a = RedisStore::connect(redis.options()).await.unwrap();
     let b = RedisStore::connect(redis.options()).await.unwrap();
-    assert_eq!(a.rate_limit("1.2.3.4", 60, 2, 100.0).await.unwrap(), None);
-    assert_eq!(b.rate_limit("1.2.3.4", 60, 2, 100.0).await.unwrap(), None);
+    let take = |store: &RedisStore, space, key, now| {
+        let store = store.clone();
+        async move { store.rate_limit(space, key, 60, 2, now).await.unwrap() }
+    };
+    assert_eq!(take(&a, LOGIN_BUCKETS, "1.2.3.4", 100.0).await, None);
+    assert_eq!(take(&b, LOGIN_BUCKETS, "1.2.3.4", 100.0).await, None);
+    assert_eq!(take(&a, LOGIN_BUCKETS, "1.2.3.4", 100.0).await, Some(1));
+    assert_eq!(take(&b, LOGIN_BUCKETS, "5.6.7.8", 100.0).await, None);
     assert_eq!(
-        a.rate_limit("1.2.3.4", 60, 2, 100.0).await.unwrap(),
-        Some(1)
+        take(&b, USER_BUCKETS, "1.2.3.4", 100.0).await,
+        None,
+        "a user's bucket is not the client address's of the same name"
     );
-    assert_eq!(b.rate_limit("5.6.7.8", 60, 2, 100.0).await.unwrap(), None);
-    assert_eq!(b.rate_limit("1.2.3.4", 60, 2, 101.5).await.unwrap(), None);
+    assert_eq!(take(&b, LOGIN_BUCKETS, "1.2.3.4", 101.5).await, None);
 }
 
 /// The replicas' shared abilities on Redis (`crate::store::shared`): two replicas' limiters take
@@ -102,17 +108,27 @@ async fn redis_rate_limit_shared_between_handles() {
 /// through one handle is announced to a follower.
 #[tokio::test]
 async fn redis_shared_limiter_and_announcements() {
-    use crate::store::shared::{Announcements, LoginLimiter, RedisAnnouncements, RedisLimiter};
+    use crate::store::shared::{Announcements, Limiter, RedisAnnouncements, RedisLimiter};
     let mut redis = TestRedis::new().await;
     let handle = || async { RedisStore::connect(redis.options()).await.unwrap() };
     let (a, b) = (
-        RedisLimiter::new(handle().await, 60, 2),
-        RedisLimiter::new(handle().await, 60, 2),
+        RedisLimiter::new(handle().await, LOGIN_BUCKETS, 60, 2),
+        RedisLimiter::new(handle().await, LOGIN_BUCKETS, 60, 2),
     );
-    let client = "192.0.2.7".parse().unwrap();
-    assert!(a.take(client, 100.0).await.is_ok());
-    assert!(b.take(client, 100.0).await.is_ok());
-    assert!(a.take(client, 100.0).await.is_err(), "one bucket for both");
+    let client: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    assert!(a.take(&client, 100.0).await.is_ok());
+    assert!(b.take(&client, 100.0).await.is_ok());
+    assert!(a.take(&client, 100.0).await.is_err(), "one bucket for both");
+    let (alice, bob) = (
+        RedisLimiter::new(handle().await, USER_BUCKETS, 60, 1),
+        RedisLimiter::new(handle().await, USER_BUCKETS, 60, 1),
+    );
+    let sub = "u_alice".to_string();
+    assert!(alice.take(&sub, 100.0).await.is_ok());
+    assert!(
+        bob.take(&sub, 100.0).await.is_err(),
+        "one user bucket for both"
+    );
 
     let announcements = RedisAnnouncements(handle().await);
     let writer = handle().await;
@@ -134,7 +150,7 @@ async fn redis_shared_limiter_and_announcements() {
 
     redis.server.kill().await;
     assert!(
-        a.take("192.0.2.8".parse().unwrap(), 100.0).await.is_ok(),
+        a.take(&"192.0.2.8".parse().unwrap(), 100.0).await.is_ok(),
         "Redis down: the local bucket decides"
     );
 }

@@ -151,7 +151,7 @@ async fn cluster_keys_by_slot_and_writes_reach_a_replica() {
         "30 sessions, each on the primary of its family's slot, reach every primary"
     );
     let apart: std::collections::HashSet<_> = (0..20)
-        .map(|i| slot(&store.key_apart(&keys::rate_limit(format!("10.0.0.{i}")))))
+        .map(|i| slot(&store.key_apart(&keys::rate_limit(LOGIN_BUCKETS, format!("10.0.0.{i}")))))
         .collect();
     assert!(apart.len() > 1, "rate-limit buckets spread over slots");
     let mut health = store.check_health().await;
