@@ -11,7 +11,8 @@
 //!   `--help` and `docs/CONFIGURATION.md`), and the apps file (`config::apps`);
 //! - `domain/`: pure rules, time as an argument — refresh verdicts and user linking
 //!   (`rules`), grants and bans, the web-login decisions and cookies (`web`), token minting
-//!   and checks (`tokens`), the signing-key schedule (`keys`), the rate limiter (logins per client, WeChat calls per user);
+//!   and checks (`tokens`), the signing-key schedule (`keys`), the rate limiter (logins per
+//!   client, WeChat calls per user);
 //! - `telemetry/`: metrics, the W3C trace context, the OTLP exporter;
 //! - `store/`: the `Store` trait and its records (semantics fixed by `store::contract`), the
 //!   SQLite, Redis and MySQL backends, and what replicas share besides records (`store::shared`:
