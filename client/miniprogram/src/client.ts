@@ -112,7 +112,8 @@ export interface WeauthClient {
   /**
    * `wx.request` with `Authorization: Bearer`; logs in first when there are no tokens. On a
    * 401 `invalid_token`: one refresh shared by every waiting request, then one retry; on
-   * `invalid_grant` from the refresh or `"relogin": true`: one shared login, then one retry.
+   * `invalid_grant` from the refresh or an error answer (4xx, 5xx) with `"relogin": true`:
+   * one shared login, then one retry.
    * Resolves with the answer (whatever its status); rejects with {@link WeauthError} when no
    * answer came (`network`) or no token could be had — at once, with no `wx.login`, while a
    * ban the issuer answered a login with holds (`login_failed`, `error` `user_banned`).

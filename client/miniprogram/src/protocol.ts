@@ -70,13 +70,14 @@ export function headerValue(header: unknown, name: string): string | undefined {
  *
  * - 401 whose body says `invalid_token`, or whose `WWW-Authenticate` is a Bearer challenge
  *   (the issuer and the weauth filter send both) → `refresh`;
- * - any answer with `"relogin": true` → `relogin`;
- * - everything else (including a 401 from some other scheme, and 403
- *   `insufficient_scope`, which a new token would not fix) → `done`.
+ * - an error answer (4xx, 5xx) with `"relogin": true` → `relogin`;
+ * - everything else (including a 401 from some other scheme, 403 `insufficient_scope`,
+ *   which a new token would not fix, and a 2xx whatever its body holds: the request was
+ *   served, and an app's own `relogin` member is none of ours) → `done`.
  */
 export function classify(statusCode: number, data: unknown, header: unknown): Verdict {
   const err = issuerError(data);
-  if (err.relogin) {
+  if (err.relogin && statusCode >= 400) {
     return "relogin";
   }
   if (statusCode === 401) {

@@ -36,9 +36,17 @@ test("classify_401_other_scheme_done", () => {
   assert.equal(classify(401, { error: "nope" }, { "www-authenticate": "Basic realm=x" }), "done");
 });
 
-test("classify_relogin_true_any_status_relogin", () => {
+test("classify_relogin_true_error_status_relogin", () => {
   assert.equal(classify(400, { error: "session_key_mismatch", relogin: true }, {}), "relogin");
   assert.equal(classify(400, JSON.stringify({ error: "x", relogin: true }), {}), "relogin");
+  assert.equal(classify(500, { error: "x", relogin: true }, {}), "relogin");
+});
+
+test("classify_relogin_true_2xx_3xx_done", () => {
+  // A served request whose body (the app's own data) happens to hold `"relogin": true`.
+  assert.equal(classify(200, { relogin: true }, {}), "done");
+  assert.equal(classify(204, '{"relogin":true}', {}), "done");
+  assert.equal(classify(304, { relogin: true }, {}), "done");
 });
 
 test("classify_relogin_not_exactly_true_done", () => {
