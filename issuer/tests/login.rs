@@ -226,6 +226,55 @@ async fn login_wechat_transient_failures_retried_then_5xx() {
     assert_eq!(stack.count("sessions"), 1);
 }
 
+/// WeChat spends a login code when it serves the call, whether or not its answer arrives: a
+/// retry after a lost answer meets "code already used". That is the lost answer's echo — the
+/// client gets the failure being retried (502/503: retry), not 400 `invalid_grant` (a bad
+/// code), and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_retry_after_a_lost_answer_is_not_a_bad_code() {
+    let stack = Stack::start(&[
+        ("WEAUTH_LOGIN_RATE", "0"),
+        ("WEAUTH_WECHAT_RETRIES", "2"),
+        ("WEAUTH_WECHAT_TIMEOUT", "300ms"),
+    ])
+    .await;
+    for (lost, want, error) in [
+        (Fault::Status(502), 502, "upstream_error"),
+        (Fault::Garbage, 502, "upstream_error"),
+        (Fault::Hang, 503, "temporarily_unavailable"),
+    ] {
+        let before = stack.mock.calls("jscode2session");
+        let fault = Fault::ServedThen(Box::new(lost.clone()));
+        let (status, body, _) = login_with_fault(&stack, fault, 1).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (want, Some(error)),
+            "{lost:?}: {body}"
+        );
+        assert_eq!(
+            stack.mock.calls("jscode2session") - before,
+            2,
+            "{lost:?}: retried once, then the code was found spent"
+        );
+    }
+    assert_eq!(stack.count("sessions"), 0);
+    // A code refused at the first attempt is still a bad code.
+    let (status, body, _) = login_with_fault(
+        &stack,
+        Fault::Errcode {
+            errcode: 40163,
+            errmsg: "code been used".into(),
+        },
+        1,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_wechat_hang_times_out_with_503() {
     let stack = Stack::start(&[

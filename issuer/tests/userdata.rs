@@ -731,3 +731,25 @@ async fn wechat_calls_limited_per_user_across_routes() {
     assert_eq!(status, 200, "refilled: {body}");
     assert_eq!(wechat_calls(), [3, 1, 1]);
 }
+
+/// A phone code is spent when WeChat serves the call: a retry after a lost answer meets "code
+/// already used", which is answered as the lost answer's failure (502: retry), not 400
+/// `invalid_grant` (`wechat::http::with_retry`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_retry_after_a_lost_answer_is_not_a_bad_code() {
+    let stack = Stack::start(&[("WEAUTH_WECHAT_RETRIES", "1")]).await;
+    let token = token(&stack.login("nina").await);
+    let code = stack.mock.phone_code("nina", "13800000009");
+    stack.mock.inject(
+        "getuserphonenumber",
+        Fault::ServedThen(Box::new(Fault::Status(502))),
+        1,
+    );
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("upstream_error")),
+        "{body}"
+    );
+    assert_eq!(stack.mock.calls("getuserphonenumber"), 2);
+}

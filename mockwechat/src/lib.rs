@@ -85,7 +85,8 @@
 //! `POST /mock/encrypt {"user","data":{…}}` → `{"encryptedData","iv","rawData","signature"}`
 //! with the user's CURRENT session_key; `POST /mock/faults {"route","times","fault"}` where
 //! `fault` is `{"errcode":N[,"errmsg":"…"]}`, `{"status":502}`, `{"body":"…"}`, `"garbage"`, `"html"`,
-//! `{"delay_ms":N}` or `"hang"`; `GET /mock/stats` → `{"<route>": calls, …}`;
+//! `{"delay_ms":N}`, `"hang"`, or `{"served_then":F}` (the call is served — its code spent —
+//! and then answered with fault F instead); `GET /mock/stats` → `{"<route>": calls, …}`;
 //! `POST /mock/apisec {"answer":"good|bad_signature|wrong_serial|stale|bad_encryption|rotating|unsigned"}`
 //! sets how verified secured calls are answered;
 //! `POST /mock/reset` clears faults and counters (and the API security answer mode) (`?all=1` also forgets codes, tokens and
@@ -1405,34 +1406,57 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
         return respond(413, "text/plain", "request body too large or unreadable");
     };
     if let Some(route) = route_of(&method, &path) {
-        match shared.begin_call(route) {
-            None => {}
-            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-            Some(Fault::Hang) => return std::future::pending::<Response>().await,
-            Some(Fault::Status(status)) => {
-                return respond(status, "text/html", html_page(status));
+        let fault = shared.begin_call(route);
+        let (served_first, fault) = match fault {
+            Some(Fault::ServedThen(after)) => (true, Some(*after)),
+            other => (false, other),
+        };
+        let serve = || async {
+            if apisec_headers.any() && apisec::SECURED_ROUTES.contains(&route) {
+                shared
+                    .secured(route, &apisec_headers, &urlpath, &q, &body, &cookies)
+                    .await
+            } else {
+                shared.api(route, &q, &body, &cookies)
             }
-            Some(Fault::Html) => return respond(200, "text/html", html_page(200)),
-            Some(Fault::Garbage) => {
-                return respond(
-                    200,
-                    content_type(route),
-                    Bytes::from_static(b"\x00<<garbage>>{\"errcode"),
-                );
-            }
-            Some(Fault::Errcode { errcode, errmsg }) => {
-                return shared.error(route, errcode, &errmsg);
-            }
-            Some(Fault::Body(body)) => return respond(200, content_type(route), body),
+        };
+        let served = if served_first {
+            Some(serve().await)
+        } else {
+            None
+        };
+        if let Some(answer) = fault_answer(&shared, route, fault).await {
+            return answer;
         }
-        if apisec_headers.any() && apisec::SECURED_ROUTES.contains(&route) {
-            return shared
-                .secured(route, &apisec_headers, &urlpath, &q, &body, &cookies)
-                .await;
-        }
-        return shared.api(route, &q, &body, &cookies);
+        return match served {
+            Some(answer) => answer,
+            None => serve().await,
+        };
     }
     control(&shared, &method, &path, &q, &body)
+}
+
+/// What a fault answers instead of the call's own answer; `None` to answer normally (after a
+/// [`Fault::Delay`]'s wait).
+async fn fault_answer(shared: &Shared, route: &str, fault: Option<Fault>) -> Option<Response> {
+    match fault? {
+        Fault::Delay(d) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        Fault::Hang => std::future::pending::<Option<Response>>().await,
+        Fault::Status(status) => Some(respond(status, "text/html", html_page(status))),
+        Fault::Html => Some(respond(200, "text/html", html_page(200))),
+        Fault::Garbage => Some(respond(
+            200,
+            content_type(route),
+            Bytes::from_static(b"\x00<<garbage>>{\"errcode"),
+        )),
+        Fault::Errcode { errcode, errmsg } => Some(shared.error(route, errcode, &errmsg)),
+        Fault::Body(body) => Some(respond(200, content_type(route), body)),
+        // Served once already: what is left is the answer's loss.
+        Fault::ServedThen(after) => Box::pin(fault_answer(shared, route, Some(*after))).await,
+    }
 }
 
 fn bad_request(message: &str) -> Response {
@@ -1553,7 +1577,7 @@ fn control(
 
 /// Parses `POST /mock/faults`: `{"route":"jscode2session","times":2,"fault":F}` where F is
 /// `{"errcode":N[,"errmsg":"…"]}`, `{"status":N}`, `{"delay_ms":N}`, `{"body":"…"}`,
-/// `"garbage"`, `"html"` or `"hang"`. `route` defaults to `*`, `times` to 1.
+/// `"garbage"`, `"html"`, `"hang"` or `{"served_then":F}`. `route` defaults to `*`, `times` to 1.
 pub fn parse_fault_request(body: &[u8]) -> Result<(String, Fault, u32), String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let route = v
@@ -1575,6 +1599,11 @@ pub fn parse_fault_request(body: &[u8]) -> Result<(String, Fault, u32), String> 
             .ok_or("times must be a non-negative integer")?,
     };
     let f = v.get("fault").ok_or("missing \"fault\"")?;
+    Ok((route, parse_fault(f)?, times))
+}
+
+/// One fault of `POST /mock/faults`; `{"served_then": F}` serves the call, then answers F.
+fn parse_fault(f: &Value) -> Result<Fault, String> {
     let fault = match f {
         Value::String(s) if s == "garbage" => Fault::Garbage,
         Value::String(s) if s == "html" => Fault::Html,
@@ -1604,14 +1633,17 @@ pub fn parse_fault_request(body: &[u8]) -> Result<(String, Fault, u32), String> 
             let ms = o["delay_ms"].as_u64().ok_or("delay_ms must be an integer")?;
             Fault::Delay(Duration::from_millis(ms))
         }
+        Value::Object(o) if o.contains_key("served_then") => {
+            Fault::ServedThen(Box::new(parse_fault(&o["served_then"])?))
+        }
         _ => {
             return Err(
-                "fault must be {\"errcode\":N}, {\"status\":N}, {\"delay_ms\":N}, {\"body\":\"...\"}, \"garbage\", \"html\" or \"hang\""
+                "fault must be {\"errcode\":N}, {\"status\":N}, {\"delay_ms\":N}, {\"body\":\"...\"}, {\"served_then\":F}, \"garbage\", \"html\" or \"hang\""
                     .to_string(),
             )
         }
     };
-    Ok((route, fault, times))
+    Ok(fault)
 }
 
 #[cfg(test)]
@@ -1638,6 +1670,16 @@ mod tests {
     fn parse_fault_request_body_parsed() {
         let (_, f, _) = parse_fault_request(br#"{"fault":{"body":"{\"openid\":\"o\"}"}}"#).unwrap();
         assert_eq!(f, Fault::Body(r#"{"openid":"o"}"#.to_string()));
+    }
+
+    #[test]
+    fn parse_fault_request_served_then_nests() {
+        let (_, f, _) = parse_fault_request(
+            br#"{"route":"jscode2session","fault":{"served_then":{"status":502}}}"#,
+        )
+        .unwrap();
+        assert_eq!(f, Fault::ServedThen(Box::new(Fault::Status(502))));
+        assert!(parse_fault_request(br#"{"fault":{"served_then":"soon"}}"#).is_err());
     }
 
     #[test]

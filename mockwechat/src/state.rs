@@ -203,6 +203,10 @@ pub enum Fault {
     /// well-formed answer the mock would not give by itself, e.g. a `jscode2session` success
     /// whose `session_key` is not 16 bytes.
     Body(String),
+    /// Serve the call — a code it carries is spent, as at WeChat — then lose its answer: the
+    /// caller gets the inner fault instead (a gateway's 502 between WeChat's back end and the
+    /// caller, a connection that hangs past the caller's timeout, a cut body).
+    ServedThen(Box<Fault>),
 }
 
 /// Why a code could not be redeemed.

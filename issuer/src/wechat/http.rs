@@ -124,6 +124,13 @@ pub(crate) async fn traced_attempt<T>(
 
 /// Runs `call` with the bounded, jittered retry of transient failures (at most `retries`
 /// retries), recording each attempt in the metrics under `appid` and `api`.
+///
+/// A call carrying a single-use code (`jscode2session`, `getuserphonenumber`,
+/// `getpluginopenpid`, the web login's `oauth2/access_token`) may have spent it at WeChat in an
+/// attempt whose answer never arrived whole (a timeout, a reset, a gateway's 5xx, a cut body):
+/// the retry then meets "code already used" (40163) or "invalid code" (40029). That refusal is
+/// the first failure's echo, not a bad code: the caller gets the failure it was retrying (a 502
+/// or 503, "retry"), not 400 `invalid_grant` ("log in again with a new code").
 pub(crate) async fn with_retry<T, F, Fut>(
     metrics: &Metrics,
     appid: &str,
@@ -136,6 +143,7 @@ where
     Fut: Future<Output = Result<T, WechatError>>,
 {
     let mut attempt = 0u32;
+    let mut retried: Option<WechatError> = None;
     loop {
         let started = Instant::now();
         let result = traced_attempt(api, appid, attempt, call()).await;
@@ -151,7 +159,17 @@ where
                     rand::random::<f64>(),
                 );
                 tracing::info!(api, appid, error = %err, attempt, wait_ms = wait.as_millis() as u64, "retrying WeChat call");
+                retried = Some(err);
                 tokio::time::sleep(wait).await;
+            }
+            Err(err @ WechatError::InvalidCode { .. }) => {
+                return Err(match retried {
+                    Some(first) => {
+                        tracing::info!(api, appid, error = %first, refusal = %err, "the retry found the code spent by an attempt whose answer was lost");
+                        first
+                    }
+                    None => err,
+                })
             }
             other => return other,
         }
@@ -430,44 +448,13 @@ impl Wechat for HttpWechat {
         code: &'a str,
     ) -> BoxFuture<'a, Result<Code2Session, WechatError>> {
         Box::pin(async move {
-            let mut attempt = 0u32;
-            loop {
-                let started = Instant::now();
-                let result = traced_attempt(
-                    "jscode2session",
-                    &self.config.appid,
-                    attempt,
-                    self.attempt(code),
-                )
+            let result = self
+                .with_retry("jscode2session", || self.attempt(code))
                 .await;
-                let failed = result.as_ref().err().map(WechatError::metric_label);
-                self.metrics.wechat_app_call(
-                    &self.config.appid,
-                    "jscode2session",
-                    started.elapsed(),
-                    failed.as_deref(),
-                );
-                match result {
-                    Ok(session) => return Ok(session),
-                    Err(err) if err.is_retryable() && attempt < self.config.retries => {
-                        attempt += 1;
-                        let wait = backoff(
-                            attempt,
-                            Duration::from_millis(100),
-                            Duration::from_secs(1),
-                            rand::random::<f64>(),
-                        );
-                        tracing::info!(error = %err, attempt, wait_ms = wait.as_millis() as u64, "retrying jscode2session");
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(err) => {
-                        if let WechatError::Misconfigured { .. } = err {
-                            tracing::error!(appid = %self.config.appid, error = %err, "WeChat login is misconfigured");
-                        }
-                        return Err(err);
-                    }
-                }
+            if let Err(err @ WechatError::Misconfigured { .. }) = &result {
+                tracing::error!(appid = %self.config.appid, error = %err, "WeChat login is misconfigured");
             }
+            result
         })
     }
 }
