@@ -52,7 +52,7 @@ export interface ClientOptions {
   plugin?: boolean;
   /** The `wx` object (default: the global `wx`). Tests pass a stub. */
   wx?: WxApi;
-  /** How a refresh that fails on the network or with 5xx/429 is retried. */
+  /** How a refresh that fails on the network or with 408, 429 or 5xx is retried. */
   retry?: Partial<RetryPolicy>;
   /** Waits `ms` (default `setTimeout`); tests pass a fake. */
   sleep?: (ms: number) => Promise<void>;
@@ -181,8 +181,9 @@ export function createClient(options: ClientOptions): WeauthClient {
   // Logins completed (a `relogin` answer needs one after the request it came for was sent).
   let logins = 0;
   // The device time until which the logins `request()` would start fail at once, after the
-  // last login was refused for a ban (`banHoldUntil`): each would spend a `wx.login` code (and
-  // leave a session row at the issuer) on an answer known in advance. `login()` asks again.
+  // last login or refresh was refused for a ban (`banHoldUntil`): each would spend a
+  // `wx.login` code (and leave a session row at the issuer) on an answer known in advance.
+  // `login()` asks again.
   let bannedUntil: number | undefined;
 
   /** The error a login the client starts by itself fails with while a ban holds. */
@@ -194,7 +195,7 @@ export function createClient(options: ClientOptions): WeauthClient {
     const left = Math.ceil((bannedUntil - now()) / 1000);
     return new WeauthError(
       "login_failed",
-      `login refused: 403 user_banned (the issuer's answer to the last login, held ${left} s more; login() asks again)`,
+      `login refused: 403 user_banned (the issuer's answer to the last login or refresh, held ${left} s more; login() asks again)`,
       { statusCode: 403, error: "user_banned" },
     );
   }
@@ -350,10 +351,12 @@ export function createClient(options: ClientOptions): WeauthClient {
   }
 
   /**
-   * The refresh itself (always inside the flight). Network failures and 5xx/429 are retried
-   * with backoff and, when they persist, rejected as such with the tokens kept. A refused
-   * refresh token (`invalid_grant`, or any other 4xx) means the session is gone: the tokens
-   * are dropped and a login follows in the same flight.
+   * The refresh itself (always inside the flight). Network failures and 408, 429 and 5xx are
+   * retried with backoff and, when they persist, rejected as such with the tokens kept. 403
+   * `user_banned` drops the tokens, holds the logins as a login's ban does and rejects
+   * (`refresh_failed`): a login now would be refused too. Any other refusal (`invalid_grant`,
+   * or another 4xx) means the session is gone: the tokens are dropped and a login follows in
+   * the same flight.
    */
   async function doRefresh(pair: TokenPair, startEpoch: number): Promise<TokenPair> {
     for (let attempt = 1; ; attempt++) {
@@ -391,8 +394,20 @@ export function createClient(options: ClientOptions): WeauthClient {
         );
         wait = retryAfterMs(sent.response.header, retry.maxDelayMs);
       } else {
-        // 400 invalid_grant (used, unknown, expired or revoked): log in again.
         store(null);
+        const ban = banOf(sent.response.statusCode, sent.response.data);
+        if (ban) {
+          // The issuer refuses the user's logins as well while the ban lasts (docs/API.md): a
+          // login now would spend a wx.login code, and leave a session row, on that refusal.
+          bannedUntil = banHoldUntil(ban, headerValue(sent.response.header, "date"), now());
+          const err = issuerError(sent.response.data);
+          throw new WeauthError(
+            "refresh_failed",
+            `refresh refused: 403 user_banned ${err.description ?? ""}`.trim(),
+            { statusCode: 403, error: "user_banned" },
+          );
+        }
+        // 400 invalid_grant (used, unknown, expired or revoked): log in again.
         flight.relabel("login");
         return doLogin(startEpoch);
       }

@@ -12,7 +12,9 @@
  *   stored tokens are KEPT: a network failure never logs the user out.
  * - `wx_login_failed`: `wx.login` failed (its `errMsg` is the message).
  * - `login_failed`: `POST /v1/login` did not give tokens; `statusCode` and `error` say why.
- * - `refresh_failed`: `POST /v1/token/refresh` kept answering a transient error (5xx, 429).
+ * - `refresh_failed`: `POST /v1/token/refresh` kept answering a transient error (408, 429,
+ *   5xx; the tokens are kept), or refused it for a ban (403, `error` `user_banned`: the tokens
+ *   are dropped, and the logins a request would start are held as after a login's ban).
  * - `logged_out`: `logout()` was called while this call was waiting for a refresh or login.
  * - `user_denied`: the button's `e.detail` holds no data (the user tapped "deny").
  * - `request_failed`: `getPhoneNumber` / `decrypt` got a non-2xx answer; `statusCode`,

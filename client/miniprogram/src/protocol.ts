@@ -197,7 +197,7 @@ export function resolveUrl(baseUrl: string, url: string): { url: string; withTok
   return { url: `${baseUrl}${path}`, withToken: true };
 }
 
-/** How a refresh that fails on the network (or with 5xx/429) is retried. */
+/** How a refresh that fails on the network (or with 408, 429 or 5xx) is retried. */
 export interface RetryPolicy {
   /** Attempts in all, first one included (default 5). */
   attempts: number;
@@ -230,7 +230,11 @@ export function retryAfterMs(header: unknown, capMs: number): number | undefined
   return Math.min(Number(value) * 1000, capMs);
 }
 
-/** True for answers to a refresh that are worth retrying: 5xx and 429. */
+/**
+ * True for answers to a refresh that are worth retrying: 5xx, 429, and 408 (the request was
+ * cut off before the issuer read it, e.g. a body too slow on a weak network: the refresh token
+ * is unspent).
+ */
 export function isTransient(statusCode: number): boolean {
-  return statusCode >= 500 || statusCode === 429;
+  return statusCode >= 500 || statusCode === 429 || statusCode === 408;
 }

@@ -342,6 +342,53 @@ test("request_after_a_ban_without_end_held_until_login_succeeds", async () => {
   assert.equal(wx.wxLogins, 2);
 });
 
+test("request_refresh_refused_for_a_ban_no_login_tokens_dropped_logins_held", async () => {
+  let clock = Date.UTC(2026, 11, 6);
+  const { issuer, wx, client } = setup({ now: () => clock });
+  await client.login();
+  issuer.expireAccessTokens();
+  const until = clock / 1000 + 3600;
+  let banned = true;
+  const refusal = { statusCode: 403, data: { error: "user_banned", error_description: "banned", until } };
+  wx.faults.push((req) =>
+    banned && (req.path === "/v1/token/refresh" || req.path === "/v1/login") ? refusal : undefined,
+  );
+  await assert.rejects(client.request({ url: "/api/x" }), {
+    code: "refresh_failed",
+    statusCode: 403,
+    error: "user_banned",
+  });
+  assert.equal(wx.wxLogins, 1, "no wx.login code spent on a login the ban refuses too");
+  assert.equal(wx.count("/v1/login"), 1);
+  assert.equal(client.isLoggedIn(), false);
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+  // The logins a request would start are held as after a login's ban.
+  await assert.rejects(client.request({ url: "/api/x" }), { code: "login_failed", error: "user_banned" });
+  assert.equal(wx.wxLogins, 1);
+  // Once the ban has ended, a request logs in again.
+  banned = false;
+  clock = until * 1000;
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(wx.wxLogins, 2);
+});
+
+test("request_refresh_408_retried_without_a_login", async () => {
+  const { issuer, wx, client, sleeps } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  let slow = 1;
+  wx.faults.push((req) =>
+    req.path === "/v1/token/refresh" && slow-- > 0
+      ? { statusCode: 408, data: { error: "request_timeout" } }
+      : undefined,
+  );
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(wx.count("/v1/token/refresh"), 2);
+  assert.deepEqual(sleeps, [375]);
+  assert.equal(wx.wxLogins, 1, "the refresh token was not spent: a 408 is no reason to log in");
+  assert.equal(issuer.logins, 1);
+});
+
 test("request_after_another_refusal_logs_in_again", async () => {
   const { wx, client } = setup();
   wx.faults.push((req) =>

@@ -179,10 +179,12 @@ test("retryAfterMs_seconds_capped_date_ignored", () => {
   assert.equal(retryAfterMs({}, 8000), undefined);
 });
 
-test("isTransient_5xx_and_429_only", () => {
+test("isTransient_408_429_and_5xx_only", () => {
   assert.equal(isTransient(503), true);
   assert.equal(isTransient(502), true);
   assert.equal(isTransient(429), true);
+  assert.equal(isTransient(408), true);
   assert.equal(isTransient(400), false);
   assert.equal(isTransient(401), false);
+  assert.equal(isTransient(403), false);
 });
