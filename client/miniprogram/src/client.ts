@@ -123,7 +123,9 @@ export interface WeauthClient {
    * The stored tokens removed, then `POST /v1/logout` (an expired access token renewed once
    * for it, so that the session ends at the issuer too); the tokens are gone also when the
    * call fails. A refresh or login in flight rejects with `logged_out` and ends the session
-   * it got.
+   * it got; so does every `request()` under way that needs tokens after it (waiting for the
+   * flight, or answered 401 or `relogin`): none logs the user back in. A `request()` called
+   * after `logout()` logs in as usual.
    */
   logout(): Promise<void>;
   /** Posts the phone button's `e.detail` to `/v1/me/phone`; resolves with the number. */
@@ -439,18 +441,32 @@ export function createClient(options: ClientOptions): WeauthClient {
   }
 
   /**
-   * New tokens because `stale` was refused with `verdict`, for a request sent after
-   * `loginsBefore` logins. Joins what is in flight (of this epoch); if nothing is and the
-   * tokens have already moved on from `stale` — any new pair for a refresh, a new login for
-   * a `relogin` (a refreshed pair keeps the old session_key) — uses the current ones;
-   * otherwise starts the refresh (or login).
+   * Throws `logged_out` when `logout()` was called since `requestEpoch`: a request that
+   * started before it must not log the user back in (nor go out with the tokens of a login
+   * after it).
+   */
+  function checkNotLoggedOut(requestEpoch: number): void {
+    if (epoch !== requestEpoch) {
+      throw new WeauthError("logged_out", "logout() was called while this request was under way");
+    }
+  }
+
+  /**
+   * New tokens because `stale` was refused with `verdict`, for a request started in
+   * `requestEpoch` and sent after `loginsBefore` logins. Joins what is in flight (of this
+   * epoch); if nothing is and the tokens have already moved on from `stale` — any new pair
+   * for a refresh, a new login for a `relogin` (a refreshed pair keeps the old session_key) —
+   * uses the current ones; otherwise starts the refresh (or login). Rejects with `logged_out`,
+   * starting nothing, once `logout()` has been called since the request started.
    */
   async function renew(
     stale: TokenPair | null,
     verdict: "refresh" | "relogin",
     loginsBefore: number,
+    requestEpoch: number,
   ): Promise<TokenPair> {
     for (;;) {
+      checkNotLoggedOut(requestEpoch);
       const inFlight = flight.promise;
       if (inFlight) {
         if (!currentFlight() || (verdict === "relogin" && flight.kind === "refresh")) {
@@ -508,13 +524,15 @@ export function createClient(options: ClientOptions): WeauthClient {
     if (!target.withToken) {
       return answer<T>(await sendWithToken(options, target.url, null));
     }
+    const requestEpoch = epoch;
     if (flight.promise) {
       // A refresh or login is under way: its tokens are the ones to send (no doomed 401).
       await flight.promise.catch(() => undefined);
+      checkNotLoggedOut(requestEpoch);
     }
     let pair = current();
     if (!pair) {
-      pair = await renew(null, "relogin", logins);
+      pair = await renew(null, "relogin", logins, requestEpoch);
     }
     const loginsBefore = logins;
     const first = answer<T>(await sendWithToken(options, target.url, pair));
@@ -522,7 +540,7 @@ export function createClient(options: ClientOptions): WeauthClient {
     if (verdict === "done") {
       return first;
     }
-    const fresh = await renew(pair, verdict, loginsBefore);
+    const fresh = await renew(pair, verdict, loginsBefore, requestEpoch);
     return answer<T>(await sendWithToken(options, target.url, fresh));
   }
 

@@ -457,6 +457,91 @@ test("logout_during_refresh_refreshed_tokens_not_stored", async () => {
   assert.equal(issuer.revokedSessions.size, 1, "the session ends at the issuer");
 });
 
+test("logout_while_a_request_waits_for_the_refresh_rejects_it_logged_out_no_login", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  wx.hold = (req) => (req.path === "/v1/token/refresh" && wx.count("/v1/token/refresh") === 1 ? gate : undefined);
+  const code = (e: unknown) => (e as WeauthError).code;
+  const first = client.request({ url: "/api/first" }).then(() => "ok", code);
+  while (wx.count("/v1/token/refresh") === 0) {
+    await tick();
+  }
+  // Waits at the top of request() for the refresh in flight.
+  const waiting = client.request({ url: "/api/waiting" }).then(() => "ok", code);
+  await tick();
+  await client.logout();
+  release();
+  assert.equal(await first, "logged_out");
+  assert.equal(await waiting, "logged_out");
+  assert.equal(wx.wxLogins, 1, "a request from before the logout must not log the user back in");
+  assert.equal(wx.count("/v1/login"), 1);
+  assert.equal(wx.count("/api/waiting"), 0);
+  assert.equal(client.isLoggedIn(), false);
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+});
+
+test("logout_before_a_requests_401_arrives_rejects_it_logged_out_no_login", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  wx.hold = (req) => (req.path === "/api/x" ? gate : undefined);
+  const pending = client.request({ url: "/api/x" }).then(
+    () => "ok",
+    (e: unknown) => (e as WeauthError).code,
+  );
+  while (wx.count("/api/x") === 0) {
+    await tick();
+  }
+  await client.logout();
+  release(); // the 401 of the token sent before the logout
+  assert.equal(await pending, "logged_out");
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(wx.count("/v1/login"), 1);
+  assert.equal(wx.count("/v1/token/refresh"), 1, "only the logout's own renewal");
+  assert.equal(client.isLoggedIn(), false);
+});
+
+test("logout_while_a_relogin_waits_for_a_refresh_rejects_it_logged_out_no_login", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  let releaseDecrypt!: () => void;
+  const decryptGate = new Promise<void>((resolve) => (releaseDecrypt = resolve));
+  let releaseRefresh!: () => void;
+  const refreshGate = new Promise<void>((resolve) => (releaseRefresh = resolve));
+  wx.faults.push((req) =>
+    req.path === "/v1/me/decrypt" ? { statusCode: 400, data: { error: "session_key_mismatch", relogin: true } } : undefined,
+  );
+  wx.hold = (req) =>
+    req.path === "/v1/me/decrypt"
+      ? decryptGate
+      : req.path === "/v1/token/refresh" && wx.count("/v1/token/refresh") === 1
+        ? refreshGate
+        : undefined;
+  const code = (e: unknown) => (e as WeauthError).code;
+  const decrypt = client.request({ url: "/v1/me/decrypt", method: "POST", data: {} }).then(() => "ok", code);
+  while (wx.count("/v1/me/decrypt") === 0) {
+    await tick();
+  }
+  issuer.expireAccessTokens();
+  const other = client.request({ url: "/api/x" }).then(() => "ok", code);
+  while (wx.count("/v1/token/refresh") === 0) {
+    await tick();
+  }
+  releaseDecrypt(); // its relogin waits for the refresh (which keeps the old session_key)
+  await tick();
+  await client.logout();
+  releaseRefresh();
+  assert.equal(await other, "logged_out");
+  assert.equal(await decrypt, "logged_out");
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(client.isLoggedIn(), false);
+});
+
 test("logout_after_the_access_token_expired_still_ends_the_session", async () => {
   const { issuer, wx, client } = setup();
   await client.login();
