@@ -123,9 +123,9 @@ export interface WeauthClient {
    * The stored tokens removed, then `POST /v1/logout` (an expired access token renewed once
    * for it, so that the session ends at the issuer too); the tokens are gone also when the
    * call fails. A refresh or login in flight rejects with `logged_out` and ends the session
-   * it got; so does every `request()` under way that needs tokens after it (waiting for the
-   * flight, or answered 401 or `relogin`): none logs the user back in. A `request()` called
-   * after `logout()` logs in as usual.
+   * it got; so do a `login()` waiting for a refresh to settle and every `request()` under way
+   * that needs tokens after it (waiting for the flight, or answered 401 or `relogin`): none
+   * logs the user back in. A `request()` called after `logout()` logs in as usual.
    */
   logout(): Promise<void>;
   /** Posts the phone button's `e.detail` to `/v1/me/phone`; resolves with the number. */
@@ -425,10 +425,13 @@ export function createClient(options: ClientOptions): WeauthClient {
 
   /**
    * A login shared with any login in flight of this epoch (after any refresh in flight, or
-   * any flight from before a logout, has settled).
+   * any flight from before a logout, has settled). Rejects with `logged_out` when `logout()`
+   * is called while it waits.
    */
   async function loginShared(): Promise<TokenPair> {
+    const callEpoch = epoch;
     for (;;) {
+      checkNotLoggedOut(callEpoch);
       const inFlight = flight.promise;
       if (!inFlight) {
         return fly("login", doLogin);
@@ -441,13 +444,13 @@ export function createClient(options: ClientOptions): WeauthClient {
   }
 
   /**
-   * Throws `logged_out` when `logout()` was called since `requestEpoch`: a request that
-   * started before it must not log the user back in (nor go out with the tokens of a login
+   * Throws `logged_out` when `logout()` was called since `callEpoch`: a call that started
+   * before it must not log the user back in (nor a request go out with the tokens of a login
    * after it).
    */
-  function checkNotLoggedOut(requestEpoch: number): void {
-    if (epoch !== requestEpoch) {
-      throw new WeauthError("logged_out", "logout() was called while this request was under way");
+  function checkNotLoggedOut(callEpoch: number): void {
+    if (epoch !== callEpoch) {
+      throw new WeauthError("logged_out", "logout() was called while this call was under way");
     }
   }
 

@@ -542,6 +542,28 @@ test("logout_while_a_relogin_waits_for_a_refresh_rejects_it_logged_out_no_login"
   assert.equal(client.isLoggedIn(), false);
 });
 
+test("logout_while_login_waits_for_a_refresh_rejects_it_logged_out_no_login", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  wx.hold = (req) => (req.path === "/v1/token/refresh" && wx.count("/v1/token/refresh") === 1 ? gate : undefined);
+  const code = (e: unknown) => (e as WeauthError).code;
+  const pending = client.request({ url: "/api/x" }).then(() => "ok", code);
+  while (wx.count("/v1/token/refresh") === 0) {
+    await tick();
+  }
+  const login = client.login().then(() => "ok", code); // waits for the refresh to settle
+  await tick();
+  await client.logout();
+  release();
+  assert.equal(await pending, "logged_out");
+  assert.equal(await login, "logged_out");
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(client.isLoggedIn(), false);
+});
+
 test("logout_after_the_access_token_expired_still_ends_the_session", async () => {
   const { issuer, wx, client } = setup();
   await client.login();
