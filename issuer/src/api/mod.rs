@@ -178,7 +178,7 @@ async fn observe(
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
-    app.metrics.http(status);
+    app.metrics.http(route, status);
     app.metrics.http_duration(route, started.elapsed());
     span.in_scope(|| {
         tracing::debug!(%method, %path, status, ms = started.elapsed().as_millis() as u64, "request");

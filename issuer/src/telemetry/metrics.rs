@@ -3,14 +3,15 @@
 //!
 //! Series: `weauth_logins_total{outcome}`, `weauth_refreshes_total{outcome}`,
 //! `weauth_revocations_total{kind}`, `weauth_wechat_errors_total{api,errcode}`,
-//! `weauth_wechat_call_seconds{api}` (histogram), `weauth_http_requests_total{status}`,
+//! `weauth_wechat_call_seconds{api}` (histogram), `weauth_http_requests_total{route,status}`,
 //! `weauth_bearer_rejections_total{reason}`, `weauth_wechat_token_refreshes_total{outcome}`,
 //! `weauth_wechat_token_invalidations_total{errcode}`, `weauth_decrypt_total{outcome}`,
 //! `weauth_phone_total{outcome}`, `weauth_checksession_total{outcome}`,
 //! `weauth_login_risk_total{appid,outcome,rank}`,
 //! `weauth_wechat_app_calls_total{appid,api,outcome}` (per configured app: `ok` or the
 //! errcode/failure class), `weauth_http_request_duration_seconds{route}` (histogram; `route`
-//! is one of a fixed set, see [`route_label`]), `weauth_store_check_failures_total`; on Redis,
+//! here and in `weauth_http_requests_total` is one of a fixed set, see [`route_label`]),
+//! `weauth_store_check_failures_total`; on Redis,
 //! from the store's health check, `weauth_store_evicted_keys_total` and
 //! `weauth_store_unreplicated_writes_total`; gauges set by the background tasks
 //! (`weauth_store_up`, `weauth_signing_key_activated_timestamp_seconds`,
@@ -96,8 +97,9 @@ const GAUGES: [(&str, &str); 5] = [
     ),
 ];
 
-/// The `route` label of `weauth_http_request_duration_seconds` for a request path: the API's
-/// routes by name, everything else `other` (so a scanner's paths cannot grow the series).
+/// The `route` label of `weauth_http_request_duration_seconds` and `weauth_http_requests_total`
+/// for a request path: the API's routes by name, everything else `other` (so a scanner's paths
+/// cannot grow the series).
 pub fn route_label(path: &str) -> &'static str {
     match path {
         "/v1/login" => "login",
@@ -189,7 +191,7 @@ const HELP: [(&str, &str, &str); 16] = [
     (
         "weauth_http_requests_total",
         "counter",
-        "HTTP responses by status.",
+        "HTTP responses by route and status (revocations: the feed's long-poll answers; probe: health checks and scrapes).",
     ),
     (
         "weauth_bearer_rejections_total",
@@ -300,9 +302,14 @@ impl Metrics {
         );
     }
 
-    /// Counts an HTTP response.
-    pub fn http(&self, status: u16) {
-        self.add("weauth_http_requests_total", format!("status=\"{status}\""));
+    /// Counts an HTTP response to a request on `route` (see [`route_label`]). The route lets
+    /// an error ratio leave out the feed's long polls, the probes and the JWKS, which answer
+    /// from memory and would dilute an outage of the API.
+    pub fn http(&self, route: &str, status: u16) {
+        self.add(
+            "weauth_http_requests_total",
+            format!("route=\"{}\",status=\"{status}\"", escape(route)),
+        );
     }
 
     /// [`Metrics::wechat_call`], also counted per app in
@@ -550,6 +557,23 @@ mod tests {
         assert!(text.contains(&format!("{name}_bucket{{route=\"login\",le=\"0.05\"}} 2\n")));
         assert!(text.contains(&format!("{name}_bucket{{route=\"login\",le=\"+Inf\"}} 2\n")));
         assert!(text.contains(&format!("{name}_count{{route=\"other\"}} 1\n")));
+    }
+
+    #[test]
+    fn http_requests_counted_by_route_and_status() {
+        let metrics = Metrics::default();
+        metrics.http(route_label("/v1/login"), 503);
+        metrics.http(route_label("/v1/login"), 503);
+        metrics.http(route_label("/v1/revocations"), 200);
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("weauth_http_requests_total{route=\"login\",status=\"503\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weauth_http_requests_total{route=\"revocations\",status=\"200\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]
