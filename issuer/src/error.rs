@@ -71,6 +71,14 @@ pub enum ApiError {
     /// 502 `upstream_error`: WeChat answered something we cannot use.
     #[error("bad gateway: {0}")]
     BadGateway(String),
+    /// 502 `upstream_error` for a WeChat failure the client is told only `description` of:
+    /// the failure itself (its errcode and errmsg, an HTTP status, a transport error — nothing
+    /// the call carried) goes to the issuer's log with the request's 5xx line.
+    #[error("bad gateway: {description} ({cause})")]
+    Upstream {
+        description: &'static str,
+        cause: WechatError,
+    },
     /// 503 `temporarily_unavailable` (WeChat busy or timing out, store down, route disabled).
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -109,7 +117,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::BadGateway(_) | ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -131,7 +139,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::BadGateway(_) => "upstream_error",
+            ApiError::BadGateway(_) | ApiError::Upstream { .. } => "upstream_error",
             ApiError::Unavailable(_) => "temporarily_unavailable",
             ApiError::UserData { code, .. } => code,
             ApiError::Internal(_) => "server_error",
@@ -158,6 +166,7 @@ impl ApiError {
             | ApiError::Unavailable(d)
             | ApiError::RateLimited { description: d, .. }
             | ApiError::UserData { description: d, .. } => d.clone(),
+            ApiError::Upstream { description, .. } => (*description).to_string(),
             other => other.to_string(),
         }
     }
@@ -267,24 +276,26 @@ impl From<WechatError> for ApiError {
             WechatError::Busy | WechatError::Timeout => {
                 ApiError::Unavailable("WeChat is busy or not answering; retry shortly".into())
             }
-            WechatError::ApiSecurity(crate::wechat::apisec::ApiSecError::Refused { .. }) => {
-                ApiError::BadGateway(
-                    "WeChat refused the issuer's signed call (check the app's api_security keys)"
-                        .into(),
-                )
-            }
-            WechatError::ApiSecurity(_) => ApiError::BadGateway(
-                "WeChat's answer failed the API security check (signature, certificate number, \
-                 timestamp or decryption) and was not used"
-                    .into(),
-            ),
-            WechatError::Status(_)
+            cause @ WechatError::ApiSecurity(crate::wechat::apisec::ApiSecError::Refused {
+                ..
+            }) => ApiError::Upstream {
+                description:
+                    "WeChat refused the issuer's signed call (check the app's api_security keys)",
+                cause,
+            },
+            cause @ WechatError::ApiSecurity(_) => ApiError::Upstream {
+                description: "WeChat's answer failed the API security check (signature, \
+                              certificate number, timestamp or decryption) and was not used",
+                cause,
+            },
+            cause @ (WechatError::Status(_)
             | WechatError::Unreadable(_)
             | WechatError::Transport(_)
             | WechatError::InvalidAccessToken { .. }
-            | WechatError::Other { .. } => {
-                ApiError::BadGateway("WeChat returned an unusable answer".into())
-            }
+            | WechatError::Other { .. }) => ApiError::Upstream {
+                description: "WeChat returned an unusable answer",
+                cause,
+            },
         }
     }
 }
@@ -354,6 +365,24 @@ mod tests {
         let response = ApiError::from(WechatError::RateLimited).response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[RETRY_AFTER], "60");
+    }
+
+    /// The client is told WeChat's answer was unusable; the log line of the 5xx (the error's
+    /// Display, see `response`) says what it was.
+    #[test]
+    fn wechat_unusable_answer_502_detail_for_the_log_only() {
+        let err = ApiError::from(WechatError::Other {
+            errcode: 61010,
+            errmsg: "user access expired".into(),
+        });
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(err.code(), "upstream_error");
+        assert_eq!(err.description(), "WeChat returned an unusable answer");
+        let logged = err.to_string();
+        assert!(
+            logged.contains("61010") && logged.contains("user access expired"),
+            "{logged}"
+        );
     }
 
     #[test]

@@ -753,3 +753,28 @@ async fn phone_retry_after_a_lost_answer_is_not_a_bad_code() {
     );
     assert_eq!(stack.mock.calls("getuserphonenumber"), 2);
 }
+
+/// An errcode the issuer has no meaning for is a 502 "unusable answer" to the client, and the
+/// issuer's log line of it names the errcode (it said only "unusable answer").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_unknown_errcode_502_named_in_the_log() {
+    let stack = Stack::process(&[]).await;
+    let token = token(&stack.login("oscar").await);
+    let code = stack.mock.phone_code("oscar", "13800000010");
+    stack.mock.inject(
+        "getuserphonenumber",
+        Fault::Errcode {
+            errcode: 40097,
+            errmsg: "invalid args".into(),
+        },
+        1,
+    );
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("upstream_error")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("40097"), "{body}");
+    stack.issuer.log_with(&["request failed", "40097"]).await;
+}

@@ -137,11 +137,14 @@ pub fn classify_json(status: u16, body: &[u8]) -> Result<serde_json::Value, Wech
     if !value.is_object() {
         return Err(WechatError::Unreadable("JSON that is not an object".into()));
     }
-    if let Some(errcode) = value
-        .get("errcode")
-        .and_then(serde_json::Value::as_i64)
-        .filter(|code| *code != 0)
-    {
+    let errcode =
+        match value.get("errcode") {
+            None => None,
+            Some(code) => Some(code.as_i64().ok_or_else(|| {
+                WechatError::Unreadable("an errcode that is not an integer".into())
+            })?),
+        };
+    if let Some(errcode) = errcode.filter(|code| *code != 0) {
         let errmsg = value
             .get("errmsg")
             .and_then(serde_json::Value::as_str)
@@ -189,14 +192,21 @@ pub fn classify_phone(status: u16, body: &[u8]) -> Result<PhoneInfo, WechatError
         .map_err(|_| WechatError::Unreadable("phone_info without a phone number".into()))
 }
 
-/// Interprets a `checksession` answer: `Ok(true)` valid, `Ok(false)` for 87009 (the signature,
-/// i.e. the session_key, is not the user's current one).
+/// Interprets a `checksession` answer: `Ok(true)` valid — only for an explicit `errcode` 0, as
+/// WeChat always sends (`{"errcode":0,"errmsg":"ok"}`): an answer without one vouches for
+/// nothing — `Ok(false)` for 87009 (the signature, i.e. the session_key, is not the user's
+/// current one).
 ///
 /// # Errors
-/// Any other failure, see [`classify_json`].
+/// Any other failure, see [`classify_json`]; no `errcode` is [`WechatError::Unreadable`].
 pub fn classify_checksession(status: u16, body: &[u8]) -> Result<bool, WechatError> {
     match classify_json(status, body) {
-        Ok(_) => Ok(true),
+        Ok(answer) if answer.get("errcode").and_then(serde_json::Value::as_i64) == Some(0) => {
+            Ok(true)
+        }
+        Ok(_) => Err(WechatError::Unreadable(
+            "checksession without errcode 0".into(),
+        )),
         Err(WechatError::Other { errcode: 87009, .. }) => Ok(false),
         Err(err) => Err(err),
     }

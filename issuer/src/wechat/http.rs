@@ -54,10 +54,39 @@ impl HttpWechat {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(transport_error)?;
+        let (status, body) = read_answer(response).await?;
         classify(status, &body)
     }
+}
+
+/// The most of a WeChat answer read. WeChat's answers are a few hundred bytes (the largest, a
+/// signed and encrypted one, a few KiB); anything longer is a proxy's page or worse, and read
+/// whole it would cost memory for nothing until the total timeout.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// A WeChat answer's status and body, the body read up to [`MAX_ANSWER`] bytes.
+///
+/// # Errors
+/// A longer body is [`WechatError::Unreadable`]; a failed read as [`transport_error`].
+pub(crate) async fn read_answer(
+    mut response: reqwest::Response,
+) -> Result<(u16, bytes::Bytes), WechatError> {
+    let status = response.status().as_u16();
+    let too_long = || WechatError::Unreadable(format!("an answer longer than {MAX_ANSWER} bytes"));
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_ANSWER as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body.freeze()))
 }
 
 /// The HTTP client of every WeChat API client: connect and total timeouts, no redirects (an
@@ -208,9 +237,7 @@ impl HttpWechat {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(transport_error)?;
-        Ok((status, body))
+        read_answer(response).await
     }
 
     /// A token-taking `POST` API (`path?access_token=…` with a JSON body), retried as
@@ -279,7 +306,6 @@ impl HttpWechat {
             builder = builder.header(name, value);
         }
         let response = builder.send().await.map_err(transport_error)?;
-        let status = response.status().as_u16();
         let headers = apisec::AnswerHeaders::read(|name| {
             response
                 .headers()
@@ -287,7 +313,7 @@ impl HttpWechat {
                 .and_then(|value| value.to_str().ok())
                 .map(String::from)
         });
-        let bytes = response.bytes().await.map_err(transport_error)?;
+        let (status, bytes) = read_answer(response).await?;
         if !(200..300).contains(&status) {
             return Err(WechatError::Status(status));
         }
@@ -435,8 +461,7 @@ impl Wechat for HttpWechat {
                     .send()
                     .await
                     .map_err(transport_error)?;
-                let status = response.status().as_u16();
-                let bytes = response.bytes().await.map_err(transport_error)?;
+                let (status, bytes) = read_answer(response).await?;
                 classify_checksession(status, &bytes)
             })
             .await

@@ -217,6 +217,21 @@ fn classify_checksession_87009_is_invalid_not_error() {
         Ok(false)
     );
     assert!(classify_checksession(200, br#"{"errcode":40001,"errmsg":"x"}"#).is_err());
+    // Only an explicit errcode 0 vouches for the session_key.
+    for body in [
+        &br#"{}"#[..],
+        br#"{"errmsg":"ok"}"#,
+        br#"{"errcode":"87009"}"#,
+    ] {
+        assert!(
+            matches!(
+                classify_checksession(200, body),
+                Err(WechatError::Unreadable(_))
+            ),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
 }
 
 #[test]

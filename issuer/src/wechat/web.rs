@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::config::apps::App;
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::{
-    classify_json, http_client, transport_error, with_retry, BoxFuture, WechatError,
+    classify_json, http_client, read_answer, transport_error, with_retry, BoxFuture, WechatError,
 };
 
 /// What `sns/oauth2/access_token` yields.
@@ -171,9 +171,7 @@ impl HttpWechatWeb {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(transport_error)?;
-        Ok((status, body))
+        read_answer(response).await
     }
 
     /// [`with_retry`] under `appid`; a refused appid/secret is logged for the operator.
