@@ -223,6 +223,26 @@ fn adapter_query() -> String {
         .replace("<<.GroupBy>>", "instance")
 }
 
+/// The dashboard's per-pod request rate is the HPA's metric, as issuer.yaml's HPA tells to tune
+/// its target from it: prometheus-adapter's query (the same series, the feed's answers, JWKS
+/// fetches and probes left out, the same window), grouped by instance.
+#[test]
+fn dashboard_per_pod_request_rate_is_the_hpa_query() {
+    let title = "Requests per second per pod";
+    let queries: Vec<Query> = dashboard_queries()
+        .into_iter()
+        .filter(|q| q.panel == title)
+        .collect();
+    let [panel] = &queries[..] else {
+        panic!("dashboard.json: one query expected in panel {title:?}");
+    };
+    assert_eq!(
+        panel.expr,
+        adapter_query(),
+        "panel {title:?} is not prometheus-adapter's metricsQuery"
+    );
+}
+
 /// The job of [`with_podmonitor_job`].
 const PODMONITOR_JOB: &str = "podmonitor-relabelling";
 
