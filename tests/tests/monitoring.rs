@@ -44,21 +44,37 @@ fn alert_rules() -> Vec<Value> {
 /// every token once their set went stale (`stale_mode: deny`).
 #[test]
 fn issuer_readiness_does_not_follow_the_store() {
-    let path = workspace_root().join("deploy/kubernetes/issuer.yaml");
-    let text = read(&path);
-    let deployment = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| serde::Deserialize::deserialize(doc).expect("issuer.yaml parses"))
-        .find(|doc: &Value| doc["kind"] == "Deployment")
-        .expect("issuer.yaml has a Deployment");
-    let containers = deployment["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .expect("containers");
+    let spec = issuer_pod_spec();
+    let containers = spec["containers"].as_array().expect("containers");
     let issuer = containers
         .iter()
         .find(|c| c["name"] == "issuer")
         .expect("the issuer container");
     let path = issuer["readinessProbe"]["httpGet"]["path"].as_str();
     assert_eq!(path, Some("/healthz"), "readiness probe: {path:?}");
+}
+
+/// The pod template's spec of the Deployment in deploy/kubernetes/issuer.yaml.
+fn issuer_pod_spec() -> Value {
+    let path = workspace_root().join("deploy/kubernetes/issuer.yaml");
+    let text = read(&path);
+    let deployment = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("issuer.yaml parses"))
+        .find(|doc: &Value| doc["kind"] == "Deployment")
+        .expect("issuer.yaml has a Deployment");
+    deployment["spec"]["template"]["spec"].clone()
+}
+
+/// Service links would put `WEAUTH_ISSUER_SERVICE_HOST`, `WEAUTH_REDIS_PORT`… (the namespace's
+/// Services) in the issuer's environment, and the issuer warns at start of every `WEAUTH_*`
+/// variable it does not read.
+#[test]
+fn issuer_pods_get_no_service_links() {
+    let spec = issuer_pod_spec();
+    assert_eq!(
+        spec["enableServiceLinks"], false,
+        "issuer.yaml: enableServiceLinks"
+    );
 }
 
 /// GitHub's anchor for a Markdown heading: lower case, spaces to `-`, punctuation dropped.
