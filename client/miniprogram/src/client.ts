@@ -245,8 +245,16 @@ export function createClient(options: ClientOptions): WeauthClient {
       }
       persisted = true;
     } catch {
-      // Storage full or unavailable: the tokens still work from memory for this run.
+      // Storage full or unavailable: the tokens still work from memory for this run. What
+      // storage still holds is older, and after a refresh its refresh token is spent: the next
+      // launch would present it, and the issuer would take that for reuse (theft) and revoke
+      // the session. Removed, best effort, so that launch logs in cleanly instead.
       persisted = false;
+      try {
+        wxApi.removeStorageSync(storageKey);
+      } catch {
+        // Nothing more to do: that launch recovers with one login after the revocation.
+      }
     }
   }
 

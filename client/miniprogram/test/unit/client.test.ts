@@ -415,6 +415,39 @@ test("tokens_persisted_new_client_on_same_storage_uses_them", async () => {
   assert.equal(issuer.logins, 1);
 });
 
+test("storage_refusing_the_refreshed_pair_removes_the_spent_one_next_launch_logs_in_cleanly", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  wx.setStorageFailure = "setStorageSync:fail exceed storage max size";
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  assert.equal(wx.storage.has("weauth.tokens"), false, "the pair with the spent refresh token is gone");
+  // This run goes on with the tokens in memory.
+  assert.equal(client.isLoggedIn(), true);
+  assert.equal((await client.request({ url: "/api/y" })).statusCode, 200);
+  // The next launch (storage working again, the access tokens it might hold expired).
+  wx.setStorageFailure = undefined;
+  issuer.expireAccessTokens();
+  const relaunched = createClient({ baseUrl: BASE, wx });
+  assert.equal((await relaunched.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(issuer.reuses, 0, "the spent refresh token must not be presented");
+  assert.equal(issuer.revokedSessions.size, 0);
+  assert.equal(issuer.logins, 2, "a clean login instead");
+});
+
+test("storage_refusing_both_write_and_removal_request_still_served_from_memory", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  wx.setStorageFailure = "setStorageSync:fail";
+  wx.removeStorageFailure = "removeStorageSync:fail";
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal((await client.request({ url: "/api/y" })).statusCode, 200);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  assert.equal(issuer.reuses, 0);
+});
+
 test("logout_posts_bearer_and_clears_storage", async () => {
   const { issuer, wx, client } = setup();
   await client.login();

@@ -141,6 +141,10 @@ export class WxStub implements WxApi {
   loginFailure: string | undefined;
   /** Hooks consulted before the handler; the first to return an answer wins. */
   readonly faults: Array<(req: SeenRequest) => StubAnswer | undefined> = [];
+  /** When set, `setStorageSync` throws an Error with this message and stores nothing (storage full). */
+  setStorageFailure: string | undefined;
+  /** When set, `removeStorageSync` throws an Error with this message and removes nothing. */
+  removeStorageFailure: string | undefined;
   /** When it returns a promise, the answer (decided when the request was sent) waits for it. */
   hold: (req: SeenRequest) => Promise<void> | undefined = () => undefined;
 
@@ -215,10 +219,16 @@ export class WxStub implements WxApi {
   }
 
   setStorageSync(key: string, data: unknown): void {
+    if (this.setStorageFailure !== undefined) {
+      throw new Error(this.setStorageFailure);
+    }
     this.storage.set(key, JSON.stringify(data));
   }
 
   removeStorageSync(key: string): void {
+    if (this.removeStorageFailure !== undefined) {
+      throw new Error(this.removeStorageFailure);
+    }
     this.storage.delete(key);
   }
 }
