@@ -77,6 +77,41 @@ fn issuer_pods_get_no_service_links() {
     );
 }
 
+/// The issuer keeps serving for a `preStop` pause while its endpoint is removed (it stops
+/// accepting at SIGTERM), then drains for `WEAUTH_SHUTDOWN_GRACE`: both within the pod's
+/// `terminationGracePeriodSeconds`, or the kubelet kills it mid-drain.
+#[test]
+fn issuer_pre_stop_pause_and_drain_fit_the_grace_period() {
+    let spec = issuer_pod_spec();
+    let containers = spec["containers"].as_array().expect("containers");
+    let issuer = containers
+        .iter()
+        .find(|c| c["name"] == "issuer")
+        .expect("the issuer container");
+    let pause = issuer["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64();
+    assert!(
+        pause.is_some_and(|s| s >= 1),
+        "issuer.yaml: preStop sleep {pause:?}"
+    );
+    let path = workspace_root().join("deploy/kubernetes/issuer-configmap.yaml");
+    let text = read(&path);
+    let configmap = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("issuer-configmap.yaml parses"))
+        .find(|doc: &Value| doc["metadata"]["name"] == "weauth-issuer")
+        .expect("issuer-configmap.yaml has the ConfigMap weauth-issuer");
+    let grace = configmap["data"]["WEAUTH_SHUTDOWN_GRACE"].as_str();
+    let drain: u64 = grace
+        .and_then(|g| g.strip_suffix('s'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("WEAUTH_SHUTDOWN_GRACE {grace:?}: whole seconds expected"));
+    let period = spec["terminationGracePeriodSeconds"].as_u64();
+    assert!(
+        period.is_some_and(|p| p > pause.unwrap_or_default() + drain),
+        "terminationGracePeriodSeconds {period:?} does not cover the preStop pause \
+         ({pause:?} s) and the drain ({drain} s)"
+    );
+}
+
 /// GitHub's anchor for a Markdown heading: lower case, spaces to `-`, punctuation dropped.
 fn anchor(heading: &str) -> String {
     heading
