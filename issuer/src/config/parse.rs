@@ -174,11 +174,13 @@ fn parse_hosts(
         Some((userinfo, hosts)) => (Some(userinfo), hosts),
         None => (None, authority),
     };
+    // Percent-decoding as a URL's userinfo is decoded (RFC 3986; what the redis crate does
+    // with a `redis://` URL): `+` stays `+`, `%2B` is `+`, `%40` is `@`. (Form decoding, used
+    // before, turned a password's `+` into a space and cut it at `&`.)
     let decode = |text: &str| {
-        url::form_urlencoded::parse(format!("x={text}").as_bytes())
-            .next()
-            .map(|(_, value)| value.into_owned())
-            .unwrap_or_default()
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
     };
     let (username, password) = match userinfo {
         None => (None, None),

@@ -553,6 +553,48 @@ fn config_mysql_needs_data_key_and_a_valid_pool() {
     );
 }
 
+/// A Sentinel or Cluster URL's user and password are percent-decoded as a `redis://` URL's
+/// are: a base64 password's `+` is kept (form decoding made it a space, and `&` cut it), `%XX`
+/// escapes decoded.
+#[test]
+fn config_redis_cluster_and_sentinel_passwords_percent_decoded() {
+    for (url, want) in [
+        ("redis+cluster://:a+b%2Fc=@n1:7000/", "a+b/c="),
+        ("redis+cluster://:a%2Bb%40c%3Ad&e@n1:7000/", "a+b@c:d&e"),
+    ] {
+        let config = load(&with(&[("WEAUTH_STORE", url), KEY])).unwrap();
+        let StoreUrl::Redis {
+            target: RedisTarget::Cluster { password, .. },
+            ..
+        } = &config.store
+        else {
+            panic!("expected a cluster");
+        };
+        assert_eq!(password.as_deref(), Some(want), "{url}");
+    }
+    let config = load(&with(&[
+        (
+            "WEAUTH_STORE",
+            "redis+sentinel://u%2B1:p+w@s1:26379/mymaster",
+        ),
+        KEY,
+    ]))
+    .unwrap();
+    let StoreUrl::Redis {
+        target: RedisTarget::Sentinel {
+            username, password, ..
+        },
+        ..
+    } = &config.store
+    else {
+        panic!("expected sentinel");
+    };
+    assert_eq!(
+        (username.as_deref(), password.as_deref()),
+        (Some("u+1"), Some("p+w"))
+    );
+}
+
 #[test]
 fn config_redis_cluster_url_parsed_seeds_and_password_masked() {
     let config = load(&with(&[
