@@ -8,7 +8,9 @@
 //! 1. **Refused with 400** ([`PathError`]), because upstreams disagree on what they mean: a NUL
 //!    or other control character (raw or `%00`–`%1F`, `%7F`), a raw `\`, an encoded `/` or `\`
 //!    (`%2F`, `%5C`; Envoy's own `path_with_escaped_slashes_action: REJECT_REQUEST` does the
-//!    same), a double-encoded escape (`%25` followed by two hex digits, so an upstream that
+//!    same), an encoded `?` or `#` (`%3F`, `%23`: an upstream that decodes the path and splits
+//!    it again serves `/api/stats%3F` as `/api/stats`, which no reading here would see), a
+//!    double-encoded escape (`%25` followed by two hex digits, so an upstream that
 //!    decodes twice cannot be walked either), a raw `#`, a malformed `%` escape, and a path that
 //!    does not start with `/`.
 //! 2. **Normalized** ([`normalize`]): percent-encoded unreserved characters (RFC 3986 §2.3:
@@ -122,6 +124,8 @@ pub enum PathError {
     Backslash,
     #[error("the request path contains an encoded '/' or '\\'")]
     EncodedSlash,
+    #[error("the request path contains an encoded '?' or '#'")]
+    EncodedDelimiter,
     #[error("the request path contains a malformed percent-escape")]
     BadEscape,
     #[error("the request path contains a fragment")]
@@ -184,6 +188,7 @@ fn scan(path: &str) -> Result<bool, PathError> {
                     && bytes.get(i + 4).copied().and_then(hex).is_some();
                 match decoded {
                     b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                    b'?' | b'#' => return Err(PathError::EncodedDelimiter),
                     b'%' if double => return Err(PathError::DoubleEncoded),
                     byte if byte.is_ascii_control() => return Err(PathError::ControlCharacter),
                     _ => {}
@@ -651,6 +656,20 @@ mod tests {
             Err(PathError::EncodedSlash)
         );
         assert_eq!(require_of("/public/%5c"), Err(PathError::EncodedSlash));
+    }
+
+    /// `/api/stats%3F` is `/api/stats` to an upstream that decodes the path and then splits off
+    /// a query (or fragment) again: none of the filter's readings would be the exact rule.
+    #[test]
+    fn encoded_query_or_fragment_delimiter_refused() {
+        for path in [
+            "/api/stats%3F",
+            "/api/stats%3fx=1",
+            "/api/stats%23",
+            "/public/%3F/../x",
+        ] {
+            assert_eq!(require_of(path), Err(PathError::EncodedDelimiter), "{path}");
+        }
     }
 
     #[test]

@@ -152,8 +152,9 @@ fn echo(req: Request, normalizes: bool) -> Response {
 }
 
 /// A path as the laxest common server reads it: every `%XX` decoded once (`%2F` and `%5C`
-/// included), `\` taken as `/`, `;parameters` cut from each segment, repeated slashes merged,
-/// dot segments removed.
+/// included), then cut at a decoded `?` or `#` (a server that splits the query off again),
+/// `\` taken as `/`, `;parameters` cut from each segment, repeated slashes merged, dot segments
+/// removed.
 pub fn lax_normalize(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -170,7 +171,12 @@ pub fn lax_normalize(path: &str) -> String {
         decoded.push(bytes[i]);
         i += 1;
     }
-    let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let text = String::from_utf8_lossy(&decoded);
+    let text = text
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .replace('\\', "/");
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing = false;
     let parts: Vec<&str> = text.split('/').collect();
@@ -225,6 +231,8 @@ mod tests {
             ("/api/public/..;/private", "/api/private"),
             ("//api//private/", "/api/private/"),
             ("/api/./x", "/api/x"),
+            ("/api/stats%3Fx=1", "/api/stats"),
+            ("/api/stats%23", "/api/stats"),
             ("/", "/"),
         ] {
             assert_eq!(lax_normalize(raw), want, "{raw}");

@@ -241,6 +241,24 @@ async fn case_and_trailing_slash_spellings_get_the_scoped_rule() {
             "{spelling} reached the upstream"
         );
     }
+    // An encoded `?` or `#` ends the path for an upstream that decodes and splits again:
+    // `/api/stats%3F` is `/api/stats` there. Refused, token or not, before the upstream.
+    for spelling in [
+        "/api/stats%3F",
+        "/api/stats%3Fx=1",
+        "/api/stats%23",
+        "/api/admin%3F/x",
+    ] {
+        let before = stack.upstream.requests();
+        let (status, body) = raw_get(port, spelling, Some(&token)).await;
+        assert_eq!(status, 400, "{spelling}: {body}");
+        assert_eq!(json_of(&body)["error"], "invalid_request", "{spelling}");
+        assert_eq!(
+            stack.upstream.requests(),
+            before,
+            "{spelling} reached the upstream"
+        );
+    }
     // The open prefix stays open, its index too.
     for open in ["/api/public/", "/api/public/page"] {
         let (status, body) = raw_get(port, open, None).await;
