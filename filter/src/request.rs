@@ -3,9 +3,9 @@
 //!
 //! 1. Read the request's header map once (everything below reads it): views into Envoy's own
 //!    map in the native build, a copy in the wasm build.
-//! 2. Let a CORS preflight through when `cors_preflight` is on.
-//! 3. Pick the path rule ([`crate::path`]: refused with 400 when the path is unsafe, never a
+//! 2. Pick the path rule ([`crate::path`]: refused with 400 when the path is unsafe, never a
 //!    laxer rule than what the upstream may make of it); `none` forwards as is.
+//! 3. Let a CORS preflight through when `cors_preflight` is on and it carries no token.
 //! 4. A token from a cookie on an unsafe method must pass the CSRF rule ([`crate::csrf`]),
 //!    else 403 before any verification.
 //! 5. Decide ([`KeyState::judge`] → [`crate::verify::decide`]); on allow, set the identity
@@ -255,13 +255,6 @@ fn decide_request<'c>(
     stats: &impl Stats,
 ) -> Next<'c> {
     let method = headers::first(headers, ":method");
-    if config.cors_preflight
-        && method == Some("OPTIONS")
-        && headers::first(headers, "origin").is_some()
-        && headers::first(headers, "access-control-request-method").is_some()
-    {
-        return Next::Forward(Edits::strip_only(config, headers));
-    }
     // No `:path` (a CONNECT, where a route allows one): no rule can be judged for it, so it is
     // refused rather than taken for `/`, which is often public.
     let path = headers::first(headers, ":path");
@@ -289,6 +282,18 @@ fn decide_request<'c>(
     // Checked above: there is one.
     let path = path.unwrap_or_default();
     let extracted = verify::extract_token(&config.token_sources, headers, path);
+    // A CORS preflight (`cors_preflight`) goes through unauthenticated — a browser never sends
+    // credentials with one — but only a credential-less one on a path judged like any other: a
+    // crafted "preflight" carrying a token is judged as a request (its token is not forwarded
+    // unchecked), one with an unsafe path is refused above.
+    if config.cors_preflight
+        && matches!(extracted, Extracted::Missing)
+        && method == Some("OPTIONS")
+        && headers::first(headers, "origin").is_some()
+        && headers::first(headers, "access-control-request-method").is_some()
+    {
+        return Next::Forward(Edits::strip_only(config, headers));
+    }
     if csrf::applies(edge.csrf, &config.token_sources, &extracted, method, || {
         headers::has(headers, "upgrade")
     }) {
@@ -1029,6 +1034,35 @@ mod tests {
         assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
         assert_eq!(host.removed, vec!["x-weauth-sub".to_string()]);
         assert_eq!(stats.get("anonymous"), 1);
+    }
+
+    /// `cors_preflight`: a credential-less preflight goes through; one carrying a token is
+    /// judged as a request (a bad token refused, not forwarded), one on an unsafe path refused.
+    #[test]
+    fn on_request_headers_cors_preflight_only_without_a_token_and_on_a_safe_path() {
+        let config = config(serde_json::json!({"cors_preflight": true}));
+        let preflight = |path: &'static str, extra: &[(&'static str, &'static str)]| {
+            let mut headers = vec![
+                (":method", "OPTIONS"),
+                (":path", path),
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "DELETE"),
+            ];
+            headers.extend_from_slice(extra);
+            MockHost::with(&headers)
+        };
+        let stats = MockStats::default();
+        let mut host = preflight("/api/admin/x", &[]);
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert!(host.reply.is_none());
+
+        let mut host = preflight("/api/admin/x", &[("authorization", "Bearer forged")]);
+        assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
+        assert_eq!(host.reply.as_ref().map(|r| r.0), Some(401));
+
+        let mut host = preflight("/api/a%2fb", &[]);
+        assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
+        assert_eq!(host.reply.as_ref().map(|r| r.0), Some(400));
     }
 
     #[test]
