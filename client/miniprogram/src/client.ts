@@ -1,7 +1,8 @@
 /**
  * @file `createClient`: the glue that keeps the tokens and drives `wx.login` / `wx.request`
  * by the rules of `protocol.ts`, with one shared refresh-or-login in flight at a time
- * (`flight.ts`).
+ * (`flight.ts`) per storage key — shared also with the other clients on that key in the JS
+ * context, copies of this package included.
  *
  * Why single flight matters: refresh tokens are single use and the issuer treats a second
  * use as theft (RFC 9700 §4.14), revoking the whole session. When twenty requests see the
@@ -12,7 +13,7 @@
  * Nothing here logs anything, so no token, code or session_key can end up in a log.
  */
 import { WeauthError } from "./errors.js";
-import { SingleFlight } from "./flight.js";
+import { sharedFlight } from "./flight.js";
 import {
   DEFAULT_RETRY,
   RetryPolicy,
@@ -170,7 +171,9 @@ export function createClient(options: ClientOptions): WeauthClient {
     options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
-  const flight = new SingleFlight<TokenPair, FlightKind>();
+  // Every client on this storage key (of this `wx`) in the JS context shares it, copies of
+  // this package included: they share the tokens.
+  const flight = sharedFlight<TokenPair, FlightKind>(wxApi, storageKey);
 
   // The tokens in memory mirror storage; `undefined` = not loaded yet, `null` = none.
   let tokens: TokenPair | null | undefined;
@@ -314,6 +317,21 @@ export function createClient(options: ClientOptions): WeauthClient {
     return flight.run(kind, () => fn(startEpoch));
   }
 
+  /**
+   * `inFlight`, whose pair this client takes as its own when it settles (unless `logout()`
+   * came first): the flight may be another client's on this storage key (a copy of this
+   * package elsewhere in the app), whose pair this client's memory does not hold yet.
+   */
+  function join(inFlight: Promise<TokenPair>): Promise<TokenPair> {
+    const joinEpoch = epoch;
+    return inFlight.then((pair) => {
+      if (epoch === joinEpoch) {
+        tokens = pair;
+      }
+      return pair;
+    });
+  }
+
   /** The flight in progress, if it started in this epoch (one from before a logout ends in `logged_out`). */
   function currentFlight(): Promise<TokenPair> | undefined {
     return flightEpoch === epoch ? flight.promise : undefined;
@@ -445,7 +463,7 @@ export function createClient(options: ClientOptions): WeauthClient {
         return fly("login", doLogin);
       }
       if (flight.kind === "login" && currentFlight()) {
-        return inFlight;
+        return join(inFlight);
       }
       await inFlight.catch(() => undefined);
     }
@@ -486,7 +504,7 @@ export function createClient(options: ClientOptions): WeauthClient {
           await inFlight.catch(() => undefined);
           continue;
         }
-        return inFlight;
+        return join(inFlight);
       }
       const inMemory = tokens;
       const stored = reload();
@@ -538,7 +556,7 @@ export function createClient(options: ClientOptions): WeauthClient {
     const requestEpoch = epoch;
     if (flight.promise) {
       // A refresh or login is under way: its tokens are the ones to send (no doomed 401).
-      await flight.promise.catch(() => undefined);
+      await join(flight.promise).catch(() => undefined);
       checkNotLoggedOut(requestEpoch);
     }
     let pair = current();

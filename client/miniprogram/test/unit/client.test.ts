@@ -5,11 +5,37 @@
  */
 import { afterEach, beforeEach, test } from "node:test";
 import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import path from "node:path";
 import { createClient, WeauthError } from "../../src/index.js";
 import type { ClientOptions, WeauthClient } from "../../src/index.js";
 import { FakeIssuer, SeenRequest, WxStub, tick } from "./fake.js";
 
 const BASE = "https://api.example.test";
+
+/**
+ * Another copy of the package, with its own module state (and its own `SingleFlight` class),
+ * as a copy in an independent sub-package is: the compiled modules loaded again.
+ */
+function secondCopy(): typeof import("../../src/index.js") {
+  // Node's `require` (the mini-program typings declare one of their own).
+  const load = createRequire(__filename);
+  const src = path.resolve(__dirname, "../../src") + path.sep;
+  const first = new Map<string, NodeJS.Module>();
+  for (const [file, mod] of Object.entries(load.cache)) {
+    if (file.startsWith(src) && mod) {
+      first.set(file, mod);
+      delete load.cache[file];
+    }
+  }
+  try {
+    return load(path.join(src, "index.js")) as typeof import("../../src/index.js");
+  } finally {
+    for (const [file, mod] of first) {
+      load.cache[file] = mod;
+    }
+  }
+}
 
 interface Setup {
   issuer: FakeIssuer;
@@ -657,6 +683,47 @@ test("two_clients_on_one_storage_never_present_a_rotated_refresh_token", async (
   assert.equal(issuer.reuses, 0, "b presented the refresh token a had rotated");
   assert.equal(issuer.revokedSessions.size, 0);
   assert.equal(issuer.logins, 1);
+});
+
+test("two_copies_of_the_package_on_one_storage_refreshing_at_once_share_one_refresh", async () => {
+  // The stand-in issuer has no reuse grace (WEAUTH_REFRESH_REUSE_GRACE=0s): a refresh token
+  // presented twice revokes the session at once.
+  const { issuer, wx, client: a } = setup();
+  const copy = secondCopy();
+  assert.notEqual(copy.createClient, createClient, "a second copy of the package");
+  const b = copy.createClient({ baseUrl: BASE, wx, sleep: async () => tick(), random: () => 0.5 });
+  await a.login();
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200); // b reads the tokens
+  issuer.expireAccessTokens();
+  const all = await Promise.all([
+    a.request({ url: "/api/a1" }),
+    b.request({ url: "/api/b1" }),
+    a.request({ url: "/api/a2" }),
+    b.request({ url: "/api/b2" }),
+  ]);
+  assert.deepEqual(
+    all.map((r) => r.statusCode),
+    [200, 200, 200, 200],
+  );
+  assert.equal(wx.count("/v1/token/refresh"), 1, "one refresh for both copies");
+  assert.equal(issuer.reuses, 0);
+  assert.equal(issuer.revokedSessions.size, 0);
+  assert.equal(issuer.logins, 1);
+});
+
+test("client_that_joined_another_clients_refresh_keeps_its_pair", async () => {
+  const { issuer, wx, client: a } = setup();
+  const b = createClient({ baseUrl: BASE, wx, sleep: async () => tick(), random: () => 0.5 });
+  await a.login();
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200);
+  issuer.expireAccessTokens();
+  await Promise.all([a.request({ url: "/api/a" }), b.request({ url: "/api/b" })]);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  // b's next request goes out with the pair a's refresh got, not with its expired token.
+  assert.equal((await b.request({ url: "/api/next" })).statusCode, 200);
+  assert.equal(wx.count("/api/next"), 1);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  assert.equal(bearer(wx.requests.find((r) => r.path === "/api/next")!), `Bearer ${JSON.parse(wx.storage.get("weauth.tokens")!).accessToken}`);
 });
 
 test("refresh_waits_at_most_5s_for_its_answer_well_within_the_reuse_grace", async () => {

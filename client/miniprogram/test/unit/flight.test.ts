@@ -3,7 +3,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { SingleFlight } from "../../src/flight.js";
+import { SHARED_FLIGHTS_KEY, SingleFlight, sharedFlight } from "../../src/flight.js";
 
 function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void; reject: (e: unknown) => void } {
   let resolve!: (v: T) => void;
@@ -70,4 +70,30 @@ test("relabel_in_flight_changes_kind_idle_noop", async () => {
   assert.equal(flight.kind, "login");
   gate.resolve(1);
   await p;
+});
+
+test("sharedFlight_one_per_storage_and_key_kept_on_the_global_object", () => {
+  const wx = {};
+  const a = sharedFlight<number, "refresh">(wx, "flight-test.a");
+  assert.ok(a instanceof SingleFlight);
+  assert.equal(sharedFlight<number, "refresh">(wx, "flight-test.a"), a);
+  assert.notEqual(sharedFlight<number, "refresh">(wx, "flight-test.b"), a);
+  assert.notEqual(sharedFlight<number, "refresh">({}, "flight-test.a"), a, "another storage");
+  // Where another copy of the package finds it (Symbol.for: the same key in every copy).
+  const registry = (globalThis as unknown as Record<symbol, unknown>)[Symbol.for("weauth-miniprogram.flights.v1")];
+  assert.equal(registry, (globalThis as unknown as Record<symbol, unknown>)[SHARED_FLIGHTS_KEY]);
+  assert.ok(registry instanceof WeakMap);
+  assert.equal(registry.get(wx)?.get("flight-test.a"), a);
+  // Hidden from enumeration, and fixed: no copy replaces the registry the others use.
+  const own = Object.getOwnPropertyDescriptor(globalThis, SHARED_FLIGHTS_KEY);
+  assert.deepEqual([own?.enumerable, own?.writable, own?.configurable], [false, false, false]);
+});
+
+test("sharedFlight_uses_the_flight_another_copy_registered", () => {
+  const wx = {};
+  sharedFlight(wx, "flight-test.any"); // the registry and wx's entry exist from here on
+  const registry = (globalThis as unknown as Record<symbol, WeakMap<object, Map<string, unknown>>>)[SHARED_FLIGHTS_KEY];
+  const theirs = new SingleFlight<number, "refresh">();
+  registry.get(wx)!.set("flight-test.theirs", theirs);
+  assert.equal(sharedFlight<number, "refresh">(wx, "flight-test.theirs"), theirs);
 });
