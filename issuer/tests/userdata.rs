@@ -440,7 +440,7 @@ async fn phone_code_of_another_user_refused_nothing_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_40001_on_cached_token_invalidated_refetched_retried_once() {
-    let stack = Stack::start(&[]).await;
+    let (stack, clock) = Stack::start_clocked(&[]).await;
     let token = token(&stack.login("heidi").await);
     let code = stack.mock.phone_code("heidi", "13900000001");
     assert_eq!(phone(&stack, None, &token, &code).await.0, 200);
@@ -475,24 +475,57 @@ async fn phone_40001_on_cached_token_invalidated_refetched_retried_once() {
     assert_eq!(phone(&stack, None, &token, &code).await.0, 200);
     assert_eq!(stack.mock.calls("stable_token"), 3);
 
-    // Refused twice in a row: retried once only, then an error (not a loop).
-    stack.mock.inject(
-        "getuserphonenumber",
-        Fault::Errcode {
-            errcode: 40001,
-            errmsg: "invalid credential".into(),
-        },
-        2,
-    );
+    // Refused again at once: stable_token still answers that token, and a refresh was forced
+    // moments ago — no second force (WeChat allows 20 a day): an error, not a loop.
+    let refuse = |times| {
+        stack.mock.inject(
+            "getuserphonenumber",
+            Fault::Errcode {
+                errcode: 40001,
+                errmsg: "invalid credential".into(),
+            },
+            times,
+        );
+    };
+    refuse(1);
     let code = stack.mock.phone_code("heidi", "13900000004");
     let (status, body) = phone(&stack, None, &token, &code).await;
     assert_eq!(status, 502, "{body}");
-    assert_eq!(stack.mock.calls("getuserphonenumber"), 6);
+    assert_eq!(stack.mock.calls("getuserphonenumber"), 5);
+    assert_eq!(stack.mock.calls("stable_token"), 4, "asked, not forced");
     let (_, metrics, _) = stack.get("/metrics", None).await;
-    assert!(metrics
-        .as_str()
-        .unwrap()
-        .contains("weauth_wechat_token_invalidations_total{errcode=\"40001\"} 2"));
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(metrics.contains("weauth_wechat_token_invalidations_total{errcode=\"40001\"} 2"));
+    assert!(metrics.contains("weauth_wechat_token_refreshes_total{outcome=\"force_withheld\"} 1"));
+
+    // Five minutes later (the issuer's clock) it forces again, but WeChat's clock says the last
+    // force was seconds ago, and a force within 30 s answers the same token: not stored.
+    clock.advance_secs(301);
+    refuse(1);
+    let code = stack.mock.phone_code("heidi", "13900000005");
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(status, 502, "{body}");
+    // The invalidated token is fetched again (not known refused yet), refused, then asked for
+    // once more and forced.
+    assert_eq!(
+        stack.mock.calls("stable_token"),
+        7,
+        "fetched, asked, then forced"
+    );
+    assert_eq!(
+        hash(&db),
+        None,
+        "the forced answer was the refused token: not stored"
+    );
+
+    // Once WeChat's 30 s have passed too, a force refreshes and the call goes through.
+    stack.mock.advance_clock(Duration::from_secs(31));
+    clock.advance_secs(301);
+    refuse(1);
+    let code = stack.mock.phone_code("heidi", "13900000006");
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(hash(&db).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

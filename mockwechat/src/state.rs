@@ -319,14 +319,21 @@ struct TokenEntry {
 /// `GET /cgi-bin/token` always mints a new token; the previous one keeps working for the
 /// overlap (5 minutes at WeChat), then answers 40001. `stable_token` returns the current
 /// stable token while more than [`STABLE_RENEWAL_MS`] of it is left, unless `force_refresh`
-/// asks for a new one; a new stable token replaces the old one with the same overlap.
+/// asks for a new one; a new stable token replaces the old one with the same overlap. As at
+/// WeChat, a forced refresh within [`FORCE_INTERVAL_MS`] of the previous one does not
+/// refresh: it answers the current token.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
     tokens: HashMap<String, TokenEntry>,
     current_plain: Option<String>,
     current_stable: Option<String>,
     overlap_ms: u64,
+    last_forced_ms: Option<u64>,
 }
+
+/// The least time between two forced `stable_token` refreshes (WeChat: 30 s); a second force
+/// within it answers the current token.
+pub const FORCE_INTERVAL_MS: u64 = 30_000;
 
 impl TokenStore {
     /// An empty store; replaced tokens stay valid for `overlap`.
@@ -336,6 +343,7 @@ impl TokenStore {
             current_plain: None,
             current_stable: None,
             overlap_ms: u64::try_from(overlap.as_millis()).unwrap_or(u64::MAX),
+            last_forced_ms: None,
         }
     }
 
@@ -350,7 +358,13 @@ impl TokenStore {
     /// when there is none, it is in its last [`STABLE_RENEWAL_MS`], or `force_refresh` is set,
     /// `fresh` replacing it.
     pub fn stable(&mut self, fresh: String, force_refresh: bool, now_ms: u64) -> (String, u64) {
-        if !force_refresh {
+        let too_soon = self
+            .last_forced_ms
+            .is_some_and(|at| now_ms < at.saturating_add(FORCE_INTERVAL_MS));
+        if force_refresh && !too_soon {
+            self.last_forced_ms = Some(now_ms);
+        }
+        if !force_refresh || too_soon {
             if let Some(cur) = &self.current_stable {
                 if let Some(e) = self.tokens.get(cur) {
                     if e.expires_ms > now_ms.saturating_add(STABLE_RENEWAL_MS) {
@@ -762,6 +776,15 @@ mod tests {
         assert_eq!(t, "b");
         assert_eq!(s.check("a", 1_000 + 299_000), TokenCheck::Valid);
         assert_eq!(s.check("a", 1_000 + 300_000), TokenCheck::Invalid);
+    }
+
+    #[test]
+    fn token_stable_second_force_within_30_s_answers_the_current_token() {
+        let mut s = TokenStore::new(Duration::from_secs(300));
+        s.stable("a".into(), false, 0);
+        assert_eq!(s.stable("b".into(), true, 1_000).0, "b");
+        assert_eq!(s.stable("c".into(), true, 30_999).0, "b", "too soon");
+        assert_eq!(s.stable("d".into(), true, 31_000).0, "d");
     }
 
     #[test]

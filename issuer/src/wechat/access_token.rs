@@ -12,7 +12,11 @@
 //!   holder's answer when there is none (up to the lease length plus 2 s, then 503).
 //! - A fetch asks `stable_token` WITHOUT `force_refresh`, which hands every caller the same
 //!   token. Only when WeChat refused a token (40001, 42001, 40014) and `stable_token` still
-//!   returns that very token is `force_refresh` used.
+//!   returns that very token is `force_refresh` used — at most once per [`FORCE_INTERVAL`] per
+//!   app in a replica (WeChat allows 20 a day, and a second one within 30 s does not refresh),
+//!   and a forced answer that is still the refused token is an error, never stored. Past it the
+//!   call fails (502) rather than spending the day's forced refreshes on a token WeChat keeps
+//!   refusing.
 //! - When WeChat answers 40001/42001/40014 to an API call, the cached token is invalidated
 //!   (only if it is still the refused one: a newer one written by another replica stays), a
 //!   token is obtained again and the call is retried once ([`AccessTokens::call_for`]).
@@ -44,6 +48,8 @@ pub const REFRESH_MARGIN: i64 = 300;
 pub const EXPIRY_SAFETY: i64 = 30;
 /// How often a replica waiting for another's refresh re-reads the store.
 const WAIT_POLL: Duration = Duration::from_millis(50);
+/// The least time between two forced `stable_token` refreshes of one app by one replica.
+pub const FORCE_INTERVAL: i64 = 300;
 
 /// Why no access token could be had.
 #[derive(Debug, thiserror::Error)]
@@ -137,10 +143,11 @@ pub fn refresh_at(now: i64, expires_in: i64) -> i64 {
     now + (expires_in - REFRESH_MARGIN).max(expires_in / 2)
 }
 
-/// The lease length: long enough for a `stable_token` call with all its retries.
+/// The lease length: long enough for a fetch — two `stable_token` calls (the second forced)
+/// with all their retries.
 pub fn lease_secs(timeout: Duration, retries: u32) -> i64 {
-    let call = timeout.as_secs_f64() * f64::from(retries + 1) + 2.0;
-    (call.ceil() as i64).max(10)
+    let fetch = 2.0 * timeout.as_secs_f64() * f64::from(retries + 1) + 2.0;
+    (fetch.ceil() as i64).max(10)
 }
 
 fn aad(appid: &str) -> String {
@@ -159,6 +166,8 @@ pub struct AccessTokens {
     replica_id: String,
     /// [`lease_secs`] of the configured WeChat timeout and retries.
     lease: i64,
+    /// When this replica last forced a refresh, per appid ([`FORCE_INTERVAL`]).
+    forced_at: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl AccessTokens {
@@ -179,6 +188,7 @@ impl AccessTokens {
             clock,
             replica_id: secrets::random_id("r_"),
             lease,
+            forced_at: std::sync::Mutex::default(),
         }
     }
 
@@ -303,14 +313,37 @@ impl AccessTokens {
     ) -> Result<crate::wechat::AccessToken, WechatError> {
         let wechat = self.clients.for_token(appid);
         let token = wechat.stable_token(false).await?;
-        if refused.is_some_and(|r| r == token.token.as_str()) {
-            self.metrics.wechat_token_refresh("forced");
-            tracing::warn!(
-                "stable_token returned the token WeChat just refused; forcing a new one"
-            );
-            return wechat.stable_token(true).await;
+        let Some(refused) = refused.filter(|r| *r == token.token.as_str()) else {
+            return Ok(token);
+        };
+        let now = self.clock.now();
+        let last = {
+            let mut forced_at = self
+                .forced_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let last = forced_at.get(appid).copied();
+            if last.is_none_or(|at| now >= at + FORCE_INTERVAL) {
+                forced_at.insert(appid.to_string(), now);
+            }
+            last
+        };
+        if let Some(at) = last.filter(|at| now < at + FORCE_INTERVAL) {
+            self.metrics.wechat_token_refresh("force_withheld");
+            tracing::warn!(appid = %appid, seconds_ago = now - at, "stable_token returned the token WeChat refused again; not forcing another refresh so soon");
+            return Err(WechatError::InvalidAccessToken { errcode: 40001 });
         }
-        Ok(token)
+        self.metrics.wechat_token_refresh("forced");
+        tracing::warn!(
+            appid = %appid,
+            "stable_token returned the token WeChat just refused; forcing a new one"
+        );
+        let forced = wechat.stable_token(true).await?;
+        if forced.token.as_str() == refused {
+            tracing::warn!(appid = %appid, "a forced stable_token refresh returned the refused token");
+            return Err(WechatError::InvalidAccessToken { errcode: 40001 });
+        }
+        Ok(forced)
     }
 
     /// Runs a WeChat API call with the app access token of mini-program `appid`; when WeChat
@@ -404,7 +437,8 @@ mod tests {
 
     #[test]
     fn lease_secs_covers_retries_with_floor() {
-        assert_eq!(lease_secs(Duration::from_secs(3), 2), 11);
+        // Two calls (the second forced) of three attempts of 3 s, and 2 s.
+        assert_eq!(lease_secs(Duration::from_secs(3), 2), 20);
         assert_eq!(lease_secs(Duration::from_secs(1), 0), 10);
     }
 }
