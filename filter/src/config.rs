@@ -533,6 +533,7 @@ impl Config {
             .collect::<Result<_, _>>()?;
         let mut warnings = shadowed;
         warnings.extend(csrf_warnings(&rules, &token_sources));
+        warnings.extend(open_prefix_warnings(&rules));
         warnings.extend(feed_warnings(revocation.as_ref()));
         Ok(Config {
             validation,
@@ -723,6 +724,24 @@ fn feed_warnings(feed: Option<&RevocationConfig>) -> Vec<String> {
         }
         Some(_) => Vec::new(),
     }
+}
+
+/// One warning per token-free prefix rule whose prefix does not end in `/`: a prefix is
+/// compared as a string (as Envoy's route `prefix` is), so `/healthz` also opens `/healthzX`,
+/// `/healthz.json` and `/healthz-admin/…`.
+fn open_prefix_warnings(rules: &[Rule]) -> Vec<String> {
+    rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rule)| match &rule.path {
+            PathMatch::Prefix(prefix) if rule.require == Require::None && !prefix.ends_with('/') => {
+                Some(format!(
+                    "rules[{i}] (prefix {prefix}) needs no token on every path that starts with                      `{prefix}` — `{prefix}X` and `{prefix}.json` too: use `exact`, or end the                      prefix with `/`"
+                ))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// One warning per rule that turns the CSRF rule off where a cookie can authenticate.
@@ -1650,6 +1669,28 @@ mod tests {
         assert!(csrf[0].contains("weauth_at"));
         assert!(!config.rules[0].csrf);
         assert!(config.rules[2].csrf);
+    }
+
+    #[test]
+    fn parse_token_free_prefix_without_a_trailing_slash_warns() {
+        let config = parse(&config_with(serde_json::json!({
+            "rules": [{"prefix": "/healthz", "require": "none"},
+                      {"prefix": "/public/", "require": "none"},
+                      {"exact": "/ready", "require": "none"},
+                      {"prefix": "/api", "require": "required"}]})))
+        .unwrap();
+        let open: Vec<_> = config
+            .warnings
+            .iter()
+            .filter(|w| w.starts_with("rules["))
+            .collect();
+        assert_eq!(open.len(), 1, "{:?}", config.warnings);
+        assert!(
+            open[0].starts_with("rules[0] (prefix /healthz)"),
+            "{}",
+            open[0]
+        );
+        assert!(open[0].contains("`/healthzX`"), "{}", open[0]);
     }
 
     #[test]
