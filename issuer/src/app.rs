@@ -130,7 +130,14 @@ pub async fn bootstrap_keys(
     };
     if let Some(path) = &config.signing_key_file {
         let key = keys::from_file(path, config.signing_alg)?;
-        if !records.iter().any(|record| record.kid == key.kid()) {
+        let known = records.iter().find(|record| record.kid == key.kid());
+        if known.is_some_and(|record| record.sealed.is_empty()) {
+            tracing::warn!(
+                kid = %key.kid(),
+                "the key in WEAUTH_SIGNING_KEY_FILE was retired (`keys rotate`, or a newer key file) and is not brought back; the current key keeps signing — put a new key in the file, or unset it"
+            );
+        }
+        if known.is_none() {
             let activate_at = keys::next_activation(&records, now, delay);
             store
                 .insert_key(&keys::seal(&key, data_key, now, activate_at)?, None)
@@ -463,8 +470,8 @@ impl App {
         }
         self.keys.replace(ring);
         if !dropped.is_empty() {
-            tracing::info!(kids = ?dropped, "dropping retired signing keys");
-            self.store.delete_keys(&dropped).await?;
+            tracing::info!(kids = ?dropped, "erasing retired signing keys");
+            self.store.erase_keys(&dropped).await?;
         }
         Ok(())
     }

@@ -74,8 +74,31 @@ pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
     let now = SystemClock.now();
     let delay = crate::config::secs(config.key_publish_delay);
     let existing = store.keys().await.map_err(|err| err.to_string())?;
+    // The replicas must be able to open what is added: refused here, a key sealed with
+    // another data key would stop every replica's key reloads and then its restarts.
+    let retain = config.access_ttl_secs() + config.leeway_secs();
+    let ring = keys::ring(&existing, &data_key, now, retain).map_err(|err| match err {
+        keys::KeyError::NoSigningKey => "the store holds no signing key yet: an issuer makes \
+                                         its first one when it starts"
+            .to_string(),
+        other => format!(
+            "the store's signing keys cannot be read with this WEAUTH_DATA_KEY ({other}); run \
+             `keys rotate` with the replicas' WEAUTH_STORE and WEAUTH_DATA_KEY"
+        ),
+    })?;
+    // The algorithm the replicas sign with, not this shell's WEAUTH_SIGNING_ALG (changing
+    // it is done on the replicas: they publish a key of the new algorithm themselves).
+    let alg = ring.signing.algorithm();
+    if alg == weauth_token::Algorithm::HS256 {
+        return Err(
+            "an HS256 secret is never published, so no verifier could learn a \
+                    generated one: rotate it by putting the new secret in \
+                    WEAUTH_SIGNING_KEY_FILE"
+                .into(),
+        );
+    }
     let activate_at = keys::next_activation(&existing, now, delay);
-    let key = keys::generate(config.signing_alg);
+    let key = keys::generate(alg);
     let record = keys::seal(&key, &data_key, now, activate_at).map_err(|err| err.to_string())?;
     store
         .insert_key(&record, None)
@@ -83,7 +106,7 @@ pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
         .map_err(|err| err.to_string())?;
     Ok(format!(
         "new {} key {} published; it signs from {} (in {}s)\n",
-        config.signing_alg,
+        alg,
         key.kid(),
         activate_at,
         activate_at - now

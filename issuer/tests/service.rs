@@ -594,12 +594,13 @@ async fn retired_key_dropped_after_its_tokens_expire() {
     let old_kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
     let activate_at = rotate_keys(&stack);
     // The old key's last tokens expire 1 s (WEAUTH_ACCESS_TTL) after the new key signs; the
-    // next key reload drops it from the JWKS and deletes it from the store.
+    // next key reload drops it from the JWKS and erases its material from the store (its
+    // record stays: a retired key is never brought back).
     let started = Instant::now();
     let dropped_at = loop {
         let kids = published_kids(&stack).await;
         let seen = unix_now();
-        if kids.len() == 1 && stack.count("signing_keys") == 1 {
+        if kids.len() == 1 && stack.count(WITH_MATERIAL) == 1 {
             assert_ne!(kids[0], old_kid, "the new key was dropped");
             break seen;
         }
@@ -610,8 +611,8 @@ async fn retired_key_dropped_after_its_tokens_expire() {
         assert!(
             started.elapsed() < Duration::from_secs(15),
             "the retired key {old_kid} is still published or stored 15 s after the rotation \
-             (its tokens expired 1 s after {activate_at}): JWKS {kids:?}, {} stored",
-            stack.count("signing_keys")
+             (its tokens expired 1 s after {activate_at}): JWKS {kids:?}, {} with material",
+            stack.count(WITH_MATERIAL)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -624,6 +625,65 @@ async fn retired_key_dropped_after_its_tokens_expire() {
         "the retired key was dropped at {dropped_at:.3}, before its last tokens expired \
          ({activate_at} + 1 s)"
     );
+    assert_eq!(
+        stack.count("signing_keys"),
+        2,
+        "the retired key's record stays"
+    );
+}
+
+/// The signing keys whose material is still in the store (a retired key's is erased).
+const WITH_MATERIAL: &str = "signing_keys WHERE length(sealed) > 0";
+
+/// A key from `WEAUTH_SIGNING_KEY_FILE`, rotated away with `keys rotate` and retired, is not
+/// brought back when an issuer restarts with the same file (it was: the retired key was
+/// deleted, so the file's key looked new and was imported to sign again — a leaked key
+/// rotated away came back at the next restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_key_file_key_is_not_brought_back_by_a_restart() {
+    let dir = common::temp_dir("keyfile");
+    let pem = dir.path().join("signing.pem");
+    std::fs::write(
+        &pem,
+        weauth_token::SigningKey::from_seed(weauth_token::Algorithm::EdDSA, &[7; 32])
+            .unwrap()
+            .to_pkcs8_pem()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let pem = pem.display().to_string();
+    let mut stack = Stack::process(&[
+        ("WEAUTH_SIGNING_KEY_FILE", &pem),
+        ("WEAUTH_KEY_PUBLISH_DELAY", "0s"),
+        ("WEAUTH_KEY_RELOAD", "100ms"),
+        ("WEAUTH_ACCESS_TTL", "1s"),
+        ("WEAUTH_LEEWAY", "0s"),
+    ])
+    .await;
+    let file_kid = published_kids(&stack).await[0].clone();
+    rotate_keys(&stack);
+    let started = Instant::now();
+    while stack.count(WITH_MATERIAL) != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the file's key was not retired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_kid = published_kids(&stack).await[0].clone();
+    assert_ne!(new_kid, file_kid);
+
+    stack.restart().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let token = stack.login("vic").await;
+    let kid = common::header(token["access_token"].as_str().unwrap())["kid"].clone();
+    assert_eq!(kid, new_kid.as_str(), "the retired file key signs again");
+    assert_eq!(published_kids(&stack).await, vec![new_kid]);
+    stack
+        .issuer
+        .log_with(&["the key in WEAUTH_SIGNING_KEY_FILE was retired"])
+        .await;
 }
 
 /// A key retired while tokens of a 15 min lifetime are out, then `WEAUTH_ACCESS_TTL` lowered
@@ -1061,12 +1121,55 @@ fn rotate_keys(stack: &Stack) -> i64 {
 }
 
 fn keys_cli(stack: &Stack, command: &str) -> std::process::Output {
+    keys_cli_with(stack, command, &[])
+}
+
+/// [`keys_cli`] with `extra` variables set over the issuer's.
+fn keys_cli_with(stack: &Stack, command: &str, extra: &[(&str, &str)]) -> std::process::Output {
     Command::new(common::bin())
         .env_clear()
         .envs(stack.issuer.env())
+        .envs(extra.iter().copied())
         .args(["keys", command])
         .output()
         .unwrap()
+}
+
+/// `keys rotate` adds nothing the replicas could not use: not a key sealed with another data
+/// key (every replica's key reloads, then restarts, would fail on it), not an HS256 secret
+/// (never published: no verifier could learn it); and it rotates to the algorithm the
+/// replicas sign with, not the one in the operator's shell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_refuses_what_the_replicas_could_not_use() {
+    let stack = Stack::process(&[("WEAUTH_SIGNING_ALG", "ES256")]).await;
+    let other_data_key = (
+        "WEAUTH_DATA_KEY",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    );
+    let output = keys_cli_with(&stack, "rotate", &[other_data_key]);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("WEAUTH_DATA_KEY"), "{stderr}");
+    assert_eq!(stack.count("signing_keys"), 1);
+    let output = keys_cli_with(&stack, "rotate", &[("WEAUTH_SIGNING_ALG", "EdDSA")]);
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(printed.starts_with("new ES256 key"), "{printed}");
+    assert_eq!(stack.count("signing_keys"), 2);
+
+    let dir = common::temp_dir("hs-rotate");
+    let secret = dir.path().join("hs.key");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef-shared").unwrap();
+    let secret = secret.display().to_string();
+    let hs = Stack::process(&[
+        ("WEAUTH_SIGNING_ALG", "HS256"),
+        ("WEAUTH_SIGNING_KEY_FILE", &secret),
+    ])
+    .await;
+    let output = keys_cli(&hs, "rotate");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("WEAUTH_SIGNING_KEY_FILE"), "{stderr}");
+    assert_eq!(hs.count("signing_keys"), 1);
 }
 
 /// Successful logins that ended in `[from, to)`, per second.

@@ -605,6 +605,14 @@ impl Config {
             Algorithm::EdDSA,
         );
         let signing_key_file = src.get("WEAUTH_SIGNING_KEY_FILE").map(PathBuf::from);
+        if signing_alg == Algorithm::HS256 && signing_key_file.is_none() {
+            errs.push(bad(
+                "WEAUTH_SIGNING_KEY_FILE",
+                "is required with WEAUTH_SIGNING_ALG=HS256: an HS256 secret is never published, \
+                 so every verifier must be given it — a secret the issuer generated could reach \
+                 none",
+            ));
+        }
         let key_publish_delay = errs.or(
             src.seconds("WEAUTH_KEY_PUBLISH_DELAY", Duration::ZERO),
             Duration::ZERO,

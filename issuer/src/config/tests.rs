@@ -669,3 +669,19 @@ fn config_seconds_in_milliseconds_taken_when_whole() {
     let err = load(&with(&[("WEAUTH_REFRESH_REUSE_GRACE", "500ms")])).unwrap_err();
     assert!(err.to_string().contains("whole number of seconds"), "{err}");
 }
+
+/// An HS256 secret is never published: a secret the issuer generated could reach no verifier,
+/// so HS256 needs the secret from `WEAUTH_SIGNING_KEY_FILE`.
+#[test]
+fn config_hs256_requires_a_key_file() {
+    let Err(errors) = load(&with(&[("WEAUTH_SIGNING_ALG", "HS256")])) else {
+        panic!("HS256 without a key file loaded");
+    };
+    assert_eq!(errors.vars(), ["WEAUTH_SIGNING_KEY_FILE"], "{errors}");
+    let config = load(&with(&[
+        ("WEAUTH_SIGNING_ALG", "HS256"),
+        ("WEAUTH_SIGNING_KEY_FILE", "/run/secrets/hs"),
+    ]))
+    .unwrap();
+    assert_eq!(config.signing_alg, Algorithm::HS256);
+}

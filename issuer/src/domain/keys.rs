@@ -158,7 +158,7 @@ pub enum Role {
     Signing,
     /// Superseded, published until its tokens have expired.
     Retiring,
-    /// Superseded long enough: not published, deletable.
+    /// Superseded long enough: not published, its key material erased.
     Dropped,
 }
 
@@ -198,7 +198,8 @@ pub struct KeyRing {
     pub verify: KeySet,
     /// The JWKS document (public keys only; HS256 secrets are never published).
     pub jwks: Jwks,
-    /// Kids no longer needed (safe to delete from the store).
+    /// Kids no longer needed whose key material is still in the store (to erase: see
+    /// [`crate::store::Store::erase_keys`]).
     pub dropped: Vec<String>,
     /// When the signing key began signing (unix seconds): its age, for the
     /// `weauth_signing_key_activated_timestamp_seconds` gauge.
@@ -230,6 +231,11 @@ pub fn ring(
     let mut signing_since = 0;
     let mut next = 0;
     for (record, role) in records.iter().zip(roles) {
+        // An erased key stays out whatever its role now says (a longer retention than when it
+        // was erased could make it "retiring" again): there is nothing left to publish.
+        if record.sealed.is_empty() {
+            continue;
+        }
         if role == Role::Dropped {
             dropped.push(record.kid.clone());
             continue;
@@ -393,6 +399,22 @@ mod tests {
         assert_eq!(after.signing.kid(), new.kid());
         assert_eq!(after.jwks.keys.len(), 1);
         assert_eq!(after.dropped, vec![old.kid()]);
+        // Erased: no longer to erase, and out of the ring even if a longer retention would
+        // make it "retiring" again.
+        let erased = [
+            KeyRecord {
+                sealed: Vec::new(),
+                ..records[0].clone()
+            },
+            records[1].clone(),
+        ];
+        assert!(ring(&erased, &data_key, 200, 100)
+            .unwrap()
+            .dropped
+            .is_empty());
+        let longer = ring(&erased, &data_key, 200, 1_000).unwrap();
+        assert_eq!(longer.jwks.keys.len(), 1);
+        assert_eq!(longer.signing.kid(), new.kid());
     }
 
     #[test]

@@ -268,8 +268,11 @@ pub trait Store: Send + Sync {
         key: &KeyRecord,
         only_if_none_active_at: Option<i64>,
     ) -> Result<bool, StoreError>;
-    /// Deletes keys by kid.
-    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError>;
+    /// Erases the key material of retired keys by kid (`sealed` emptied): the record — kid,
+    /// algorithm, times — stays, so a retired key is never brought back (a
+    /// `WEAUTH_SIGNING_KEY_FILE` still naming it is not imported again) and keeps its place
+    /// in the schedule.
+    async fn erase_keys(&self, kids: &[String]) -> Result<(), StoreError>;
 
     /// Whether a session was already made from this code.
     async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError>;

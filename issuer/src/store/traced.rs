@@ -37,11 +37,8 @@ impl Store for TracedStore {
             .await
     }
 
-    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError> {
-        self.0
-            .delete_keys(kids)
-            .instrument(span("delete_keys"))
-            .await
+    async fn erase_keys(&self, kids: &[String]) -> Result<(), StoreError> {
+        self.0.erase_keys(kids).instrument(span("erase_keys")).await
     }
 
     async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {

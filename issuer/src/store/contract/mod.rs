@@ -68,7 +68,7 @@ macro_rules! contract_tests {
             wechat_put_token_releases_holder_lease_and_is_read_back,
             wechat_invalidate_only_matching_hash,
             keys_two_first_starts_agree_on_one_key,
-            keys_insert_existing_kid_ignored_and_delete,
+            keys_insert_existing_kid_ignored_and_erase,
             set_phone_unknown_user_false,
             risk_fact_kept_with_the_user,
             grants_unknown_user_none_and_writes_refused,

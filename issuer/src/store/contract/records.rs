@@ -121,7 +121,9 @@ pub async fn keys_two_first_starts_agree_on_one_key(backend: &dyn Backend) {
     );
 }
 
-pub async fn keys_insert_existing_kid_ignored_and_delete(backend: &dyn Backend) {
+/// An erased (retired) key keeps its record without its material, and its kid cannot be
+/// inserted again: a retired key never comes back.
+pub async fn keys_insert_existing_kid_ignored_and_erase(backend: &dyn Backend) {
     let store = backend.handle().await;
     assert!(store.insert_key(&key("k2", 200), None).await.unwrap());
     // A key that only activates later does not count as active.
@@ -133,8 +135,21 @@ pub async fn keys_insert_existing_kid_ignored_and_delete(backend: &dyn Backend) 
         vec![key("k1", 100), key("k2", 200)],
         "ordered by activate_at"
     );
-    store.delete_keys(&["k1".to_string()]).await.unwrap();
-    assert_eq!(store.keys().await.unwrap(), vec![key("k2", 200)]);
+    store.erase_keys(&["k1".to_string()]).await.unwrap();
+    let erased = KeyRecord {
+        sealed: Vec::new(),
+        ..key("k1", 100)
+    };
+    assert_eq!(
+        store.keys().await.unwrap(),
+        vec![erased.clone(), key("k2", 200)]
+    );
+    assert!(!store.insert_key(&key("k1", 300), None).await.unwrap());
+    store
+        .erase_keys(&["k1".to_string(), "gone".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(store.keys().await.unwrap(), vec![erased, key("k2", 200)]);
 }
 
 pub async fn set_phone_unknown_user_false(backend: &dyn Backend) {

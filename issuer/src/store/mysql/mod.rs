@@ -449,8 +449,8 @@ impl Store for MysqlStore {
         retry(|| ops::insert_key(&self.pool, key, only_if_none_active_at)).await
     }
 
-    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError> {
-        retry(|| ops::delete_keys(&self.pool, kids)).await
+    async fn erase_keys(&self, kids: &[String]) -> Result<(), StoreError> {
+        retry(|| ops::erase_keys(&self.pool, kids)).await
     }
 
     async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {

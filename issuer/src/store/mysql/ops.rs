@@ -110,10 +110,11 @@ pub(super) async fn insert_key(
     Ok(true)
 }
 
-pub(super) async fn delete_keys(pool: &MySqlPool, kids: &[String]) -> Result<()> {
+pub(super) async fn erase_keys(pool: &MySqlPool, kids: &[String]) -> Result<()> {
     let mut tx = pool.begin().await?;
     for kid in kids {
-        sqlx::query("DELETE FROM signing_keys WHERE kid = ?")
+        sqlx::query("UPDATE signing_keys SET sealed = ? WHERE kid = ?")
+            .bind(Vec::<u8>::new())
             .bind(kid)
             .execute(&mut *tx)
             .await?;

@@ -149,13 +149,23 @@ impl Store for RedisStore {
         Ok(inserted == 1)
     }
 
-    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError> {
-        if kids.is_empty() {
-            return Ok(());
+    async fn erase_keys(&self, kids: &[String]) -> Result<(), StoreError> {
+        let hash = self.key(keys::KEYS);
+        for kid in kids {
+            let (h, k) = (hash.clone(), kid.clone());
+            let value: Option<String> = self
+                .op(|mut conn| async move { conn.hget(h, k).await })
+                .await?;
+            let Some(value) = value else { continue };
+            let mut stored: StoredKey = serde_json::from_str(&value)
+                .map_err(|err| StoreError::Corrupt(format!("signing key record: {err}")))?;
+            stored.sealed = String::new();
+            let json = serde_json::to_string(&stored)
+                .map_err(|err| StoreError::backend(err.to_string()))?;
+            let (h, k) = (hash.clone(), kid.clone());
+            self.op(|mut conn| async move { conn.hset::<_, _, _, i64>(h, k, json).await })
+                .await?;
         }
-        let (hash, kids) = (self.key(keys::KEYS), kids.to_vec());
-        self.op(|mut conn| async move { conn.hdel::<_, _, i64>(hash, kids).await })
-            .await?;
         Ok(())
     }
 

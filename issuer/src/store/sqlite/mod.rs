@@ -250,9 +250,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn delete_keys(&self, kids: &[String]) -> Result<(), StoreError> {
+    async fn erase_keys(&self, kids: &[String]) -> Result<(), StoreError> {
         let kids = kids.to_vec();
-        self.run(move |c| ops::delete_keys(c, &kids)).await
+        self.run(move |c| ops::erase_keys(c, &kids)).await
     }
 
     async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {

@@ -85,11 +85,14 @@ pub(super) fn insert_key(
     Ok(inserted == 1)
 }
 
-pub(super) fn delete_keys(conn: &mut Connection, kids: &[String]) -> Result<(), StoreError> {
+pub(super) fn erase_keys(conn: &mut Connection, kids: &[String]) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(db_err)?;
     for kid in kids {
-        tx.execute("DELETE FROM signing_keys WHERE kid = ?1", [kid])
-            .map_err(db_err)?;
+        tx.execute(
+            "UPDATE signing_keys SET sealed = ?1 WHERE kid = ?2",
+            params![Vec::<u8>::new(), kid],
+        )
+        .map_err(db_err)?;
     }
     tx.commit().map_err(db_err)
 }
