@@ -123,6 +123,13 @@ async fn refresh_capped_by_session_max() {
         (1..=2).contains(&left),
         "sliding but capped by the 3 s session: {left}"
     );
+    // The access token ends with the session too (it outlived it by up to WEAUTH_ACCESS_TTL).
+    assert_eq!(body["expires_in"].as_i64(), Some(left), "{body}");
+    let claims = common::payload(body["access_token"].as_str().unwrap());
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        left
+    );
     clock.advance_ms(2600);
     let (status, body, _) = stack
         .post(

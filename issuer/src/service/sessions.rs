@@ -132,6 +132,9 @@ impl Sessions {
     ) -> Result<TokenResponse, ApiError> {
         let mut claims =
             tokens::access_claims(&self.policy, subject, secrets::random_id("t_"), now);
+        // Not past the session's end (`WEAUTH_SESSION_MAX`), which caps the refresh token: a
+        // refresh near it got a token outliving the session by up to WEAUTH_ACCESS_TTL.
+        claims.exp = claims.exp.min(refresh_expires);
         claims.scope = grants.scope_claim();
         let ring = self.keys.current();
         let access_token = tokens::mint(&claims, &ring.signing)
