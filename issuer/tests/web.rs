@@ -971,6 +971,38 @@ async fn cookie_refresh_rotates_both_cookies_and_reuse_clears_them() {
     assert_eq!(status, 401, "reuse revoked the session");
 }
 
+/// A cookie refresh refused because the user is banned clears the cookies, as every refused
+/// refresh does (they kept the refresh cookie of a session the ban revoked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_refresh_of_a_banned_user_clears_the_cookies() {
+    let stack = start(&[]).await;
+    let cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "gwen").await;
+    let sub = payload(&access_of(&cookies))["sub"].clone();
+    let (status, body, _) = stack
+        .post_auth(
+            "/v1/admin/ban",
+            common::ADMIN,
+            Some(json!({"sub": sub, "until": 4_000_000_000i64})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let cookie = format!(
+        "weauth_rt={}; __Host-weauth_rb={}",
+        cookie_value(&cookies["weauth_rt"]),
+        cookie_value(&cookies["__Host-weauth_rb"])
+    );
+    let (status, body, headers) =
+        cookie_post(&stack, "/v1/token/refresh", &cookie, Some(H5_ORIGIN)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("user_banned")),
+        "{body}"
+    );
+    let cleared = set_cookies(&headers);
+    assert!(cleared[AT].contains("Max-Age=0"), "{cleared:?}");
+    assert!(cleared["weauth_rt"].contains("Max-Age=0"), "{cleared:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_appid_optional_with_one_miniprogram_refused_for_other_kinds() {
     let stack = start(&[]).await;

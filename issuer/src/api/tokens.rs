@@ -84,7 +84,8 @@ pub async fn refresh(
 }
 
 /// The cookie form of the refresh: rotates, and sets the cookies again (204). A refused
-/// refresh clears them; a CSRF refusal leaves them alone. A refresh cookie without its
+/// refresh (an unknown, used or expired token; a banned user) clears them; a CSRF refusal, a
+/// rate limit or a store failure leaves them alone. A refresh cookie without its
 /// binding (`Secure`: one a sibling host planted, to walk the browser into its own user's
 /// session) is refused as unknown, before any store access.
 async fn cookie_refresh(
@@ -115,7 +116,7 @@ async fn cookie_refresh(
             Ok(response)
         }
         Err(err) => {
-            let clear = matches!(err, ApiError::InvalidGrant(_));
+            let clear = matches!(err, ApiError::InvalidGrant(_) | ApiError::Banned { .. });
             let mut response = err.response();
             if clear {
                 set_cookies(&mut response, &web::clear_session_cookies(secure));
