@@ -221,3 +221,45 @@ async fn scope_granted_reaches_next_token_and_passes_the_edge_rule() {
         403
     );
 }
+
+/// A `sub` revocation with `issued_before` in the past (the moment a credential leaked, say)
+/// ends the user's sessions created before it, and the edge refuses the tokens those sessions
+/// issued since, which the `sub` entry's `iat < issued_before` does not cover: each session it
+/// ends gets a `sid` entry of its own. Sessions created after `issued_before` live on.
+#[tokio::test]
+async fn sub_revocation_in_the_past_refuses_the_newer_tokens_of_the_sessions_it_ends() {
+    let stack = stack().await;
+    let old = stack.login("leaked").await.unwrap();
+    let claims = peek_claims(&old.access_token).unwrap();
+    // A second later: a refreshed token of the old session, and a session of its own.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, refreshed) = refresh(&stack, &old.refresh_token).await;
+    assert_eq!(status, 200, "{refreshed}");
+    let newer = refreshed["access_token"].as_str().unwrap().to_string();
+    assert!(peek_claims(&newer).unwrap().iat > claims.iat);
+    let later = stack.login("leaked").await.unwrap();
+    assert!(peek_claims(&later.access_token).unwrap().iat > claims.iat);
+    assert_eq!(
+        edge_status_becomes(&stack, "/api/hello", &newer, 200).await,
+        200
+    );
+
+    let (status, body) = admin(
+        &stack,
+        reqwest::Method::POST,
+        "/v1/admin/revoke",
+        Some(json!({"sub": claims.sub, "issued_before": claims.iat + 1})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        edge_status_becomes(&stack, "/api/hello", &newer, 401).await,
+        401,
+        "a token the ended session issued after issued_before still passes the edge"
+    );
+    assert_eq!(
+        edge_status_becomes(&stack, "/api/hello", &later.access_token, 200).await,
+        200,
+        "a session created after issued_before lives on"
+    );
+}

@@ -350,16 +350,15 @@ impl RevocationSet {
             .is_some_and(|column| column.find(hash).is_some())
     }
 
-    /// Whether the token is revoked, checking `jti`, then `sid`, then `sub`/`issued_before`.
+    /// Whether the token is revoked, checking `jti`, then `sub`/`issued_before`, then `sid`:
+    /// a token a ban or "log out everywhere" covers is counted as `revoked_sub`, though the
+    /// issuer also writes a `sid` entry for each session such a revocation ends.
     pub fn check(&self, claims: &Claims) -> Option<Revoked> {
         if self.is_empty() {
             return None;
         }
         if self.contains(EntryKind::Jti, &claims.jti) {
             return Some(Revoked::Jti);
-        }
-        if self.contains(EntryKind::Sid, &claims.sid) {
-            return Some(Revoked::Sid);
         }
         let hash = entry_hash(EntryKind::Sub, &claims.sub);
         let banned = self.column(EntryKind::Sub, hash).is_some_and(|column| {
@@ -368,7 +367,11 @@ impl RevocationSet {
                 .and_then(|i| column.issued_before.get(i))
                 .is_some_and(|issued_before| claims.iat < *issued_before)
         });
-        banned.then_some(Revoked::Sub)
+        if banned {
+            return Some(Revoked::Sub);
+        }
+        self.contains(EntryKind::Sid, &claims.sid)
+            .then_some(Revoked::Sid)
     }
 
     /// Applies a feed response at local time `now`: [`RevocationSet::apply_page`] of its rows.
@@ -539,6 +542,21 @@ pub(crate) mod tests {
         // A revoked sid "x" does not revoke a token whose jti is "x".
         let set = set_with(vec![entry(1, EntryKind::Sid, "x", NOW + 100)]);
         assert_eq!(set.check(&claims("x", "s", "x", NOW - 1)), None);
+    }
+
+    /// A `sub` revocation writes a `sid` entry for each session it ends: a token both cover is
+    /// counted as the `sub` revocation's; a newer one of such a session as the `sid`'s.
+    #[test]
+    fn check_sub_before_sid() {
+        let set = set_with(vec![
+            entry(1, EntryKind::Sid, "s1", NOW + 100),
+            entry(2, EntryKind::Sub, "u1", NOW + 100),
+        ]);
+        assert_eq!(
+            set.check(&claims("j", "s1", "u1", NOW - 1)),
+            Some(Revoked::Sub)
+        );
+        assert_eq!(set.check(&claims("j", "s1", "u1", NOW)), Some(Revoked::Sid));
     }
 
     #[test]

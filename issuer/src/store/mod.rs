@@ -337,6 +337,11 @@ pub trait Store: Send + Sync {
 
     /// Records a revocation with the next seq and, atomically, ends the sessions it covers (a
     /// `sid`: that session; a `sub`: the sessions [`crate::domain::rules::sub_revocation_covers`]).
+    /// A `sub` revocation also writes a `sid` entry (same `until`) for each live session it
+    /// ends, before its own entry, which is the one returned: the edge refuses a `sub` entry's
+    /// tokens by `iat < issued_before`, and a session created before `issued_before` may hold
+    /// newer ones (refreshed since, when `issued_before` is in the past; minted on a replica
+    /// whose clock runs ahead).
     async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError>;
     /// The facts [`crate::domain::rules::is_revoked`] judges, for a token with these claims.
     async fn revocation_facts(

@@ -157,6 +157,44 @@ pub async fn revoke_sub_ends_older_sessions_only(backend: &dyn Backend) {
     assert!(revoked(store.as_ref(), "j", "s-x", "u-c1", 19).await);
     assert!(!revoked(store.as_ref(), "j", "s-c2", "u-c1", 20).await);
     assert!(!revoked(store.as_ref(), "j", "s-x", "u-other", 19).await);
+    // The session it ended has its own entry, before the `sub` one: it may hold tokens issued
+    // at or after `issued_before` (refreshed since), which the edge's `sub` check lets pass.
+    let feed = |store: Arc<dyn Store>| async move {
+        let snapshot = store.feed_snapshot(0, 25, 100).await.unwrap();
+        snapshot
+            .entries
+            .iter()
+            .map(|e| (e.kind, e.value.clone(), e.until))
+            .collect::<Vec<_>>()
+    };
+    let sub_entry = (EntryKind::Sub, "u-c1".to_string(), 1000);
+    let sid_entry = (EntryKind::Sid, "s-c1".to_string(), 1000);
+    assert_eq!(
+        feed(Arc::clone(&store)).await,
+        vec![sid_entry.clone(), sub_entry.clone()]
+    );
+    let last = store.feed_snapshot(0, 25, 100).await.unwrap().entries;
+    assert_eq!(
+        last.last().map(|e| e.seq),
+        Some(entry.seq),
+        "the `sub` entry is the last"
+    );
+    // Again: the session is already ended, no second entry for it.
+    store
+        .revoke(
+            &Revoke::Sub {
+                sub: "u-c1".into(),
+                issued_before: 20,
+            },
+            26,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        feed(Arc::clone(&store)).await,
+        vec![sid_entry, sub_entry.clone(), sub_entry]
+    );
 }
 
 pub async fn revoke_jti_revokes_only_that_token(backend: &dyn Backend) {

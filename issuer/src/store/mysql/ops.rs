@@ -733,6 +733,9 @@ pub(super) async fn revoke(
                         .bind(&sid)
                         .execute(&mut *tx)
                         .await?;
+                    // Its own entry too (see `Store::revoke`): the session may hold tokens
+                    // issued at or after `issued_before`, which the `sub` entry does not cover.
+                    insert_revocation(&mut tx, EntryKind::Sid, &sid, None, until, now).await?;
                 }
             }
             insert_revocation(

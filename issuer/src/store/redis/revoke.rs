@@ -7,7 +7,10 @@ use super::*;
 /// What MARK_SESSION did to one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mark {
-    /// Marked (or already marked, or not covered by the `sub` revocation's `issued_before`).
+    /// Revoked by this call.
+    Revoked,
+    /// Left as it was: already revoked, or not covered by the `sub` revocation's
+    /// `issued_before`.
     Done,
     /// No such session.
     Missing,
@@ -55,11 +58,46 @@ impl RedisStore {
                 }
             }
             EntryKind::Sub => {
-                self.mark_user_sessions(value, now, issued_before, &mut marked)
+                // Each session this revokes gets its own `sid` entry first (`Store::revoke`):
+                // it may hold tokens issued at or after `issued_before`. A retry after a cut
+                // finds those sessions already revoked and writes no entry for them: only the
+                // `sub` one, which covers what they issued before `issued_before`.
+                let revoked = self
+                    .mark_user_sessions(value, now, issued_before, &mut marked)
                     .await?;
+                for sid in revoked {
+                    self.append_entry(EntryKind::Sid, &sid, None, until).await?;
+                }
             }
             EntryKind::Jti => {}
         }
+        let json = self.append_entry(kind, value, issued_before, until).await?;
+        match kind {
+            EntryKind::Sub => {
+                self.mark_user_sessions(value, now, issued_before, &mut marked)
+                    .await?;
+            }
+            EntryKind::Sid => {
+                let session = self.session_key(value);
+                self.op(
+                    |mut conn| async move { conn.hdel::<_, _, ()>(session, "pending_until").await },
+                )
+                .await?;
+            }
+            EntryKind::Jti => {}
+        }
+        self.replicate(epoch).await?;
+        parse_entry(&json).map(Some)
+    }
+
+    /// Appends one entry to the feed (REVOKE): its answer, the entry's JSON.
+    async fn append_entry(
+        &self,
+        kind: EntryKind,
+        value: &str,
+        issued_before: Option<i64>,
+        until: i64,
+    ) -> Result<String, StoreError> {
         let keys = [
             self.key(keys::SEQ),
             self.key(keys::REV_ENTRIES),
@@ -78,23 +116,7 @@ impl RedisStore {
             .arg(until)
             .arg(self.channel())
             .arg(SEQ_GAP);
-        let json: String = self.eval(&call).await?;
-        match kind {
-            EntryKind::Sub => {
-                self.mark_user_sessions(value, now, issued_before, &mut marked)
-                    .await?;
-            }
-            EntryKind::Sid => {
-                let session = self.session_key(value);
-                self.op(
-                    |mut conn| async move { conn.hdel::<_, _, ()>(session, "pending_until").await },
-                )
-                .await?;
-            }
-            EntryKind::Jti => {}
-        }
-        self.replicate(epoch).await?;
-        parse_entry(&json).map(Some)
+        self.eval(&call).await
     }
 
     /// Writes the `sid` entry a revocation cut short left pending on session `sid` (see
@@ -150,18 +172,21 @@ impl RedisStore {
         Ok(match done {
             0 => Mark::GuardFailed,
             2 => Mark::Missing,
+            3 => Mark::Revoked,
             _ => Mark::Done,
         })
     }
 
-    /// Marks the sessions of `sub` not in `marked` (which it extends), concurrently.
+    /// Marks the sessions of `sub` not in `marked` (which it extends), concurrently; returns
+    /// those this call revoked.
     pub(super) async fn mark_user_sessions(
         &self,
         sub: &str,
         now: i64,
         issued_before: Option<i64>,
         marked: &mut HashSet<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
+        let mut revoked = Vec::new();
         let set = self.key(&keys::sub_sessions(sub));
         let sids: Vec<String> = self
             .op(|mut conn| async move { conn.smembers(set).await })
@@ -182,8 +207,11 @@ impl RedisStore {
                 if outcome != Mark::Missing {
                     marked.insert(sid.clone());
                 }
+                if outcome == Mark::Revoked {
+                    revoked.push(sid.clone());
+                }
             }
         }
-        Ok(())
+        Ok(revoked)
     }
 }

@@ -588,6 +588,9 @@ pub(super) fn revoke(
                         params![sid, now],
                     )
                     .map_err(db_err)?;
+                    // Its own entry too (see `Store::revoke`): the session may hold tokens
+                    // issued at or after `issued_before`, which the `sub` entry does not cover.
+                    insert_revocation(&tx, EntryKind::Sid, &sid, None, until, now)?;
                 }
             }
             insert_revocation(&tx, EntryKind::Sub, sub, Some(*issued_before), until, now)?
