@@ -826,10 +826,11 @@ fn validate_jwks(raw: Option<RawJwks>) -> Result<JwksSource, ConfigError> {
                     1,
                     86_400,
                 )?,
+                // At least 1: an unknown kid refetches at most once a second per Envoy.
                 min_refetch_seconds: in_range(
                     "jwks.min_refetch_seconds",
                     raw.min_refetch_seconds.unwrap_or(5),
-                    0,
+                    1,
                     3_600,
                 )?,
                 timeout_ms: in_range("jwks.timeout_ms", raw.timeout_ms.unwrap_or(2000), 1, 60_000)?,
@@ -1389,6 +1390,12 @@ mod tests {
         assert_eq!(remote.refresh_seconds, 300);
         assert_eq!(remote.min_refetch_seconds, 5);
         assert_eq!(remote.timeout_ms, 2000);
+        // 0 would let a stream of unknown kids refetch the JWKS at every clock tick.
+        let err = parse(&config_with(serde_json::json!(
+            {"jwks": {"cluster": "issuer_c", "min_refetch_seconds": 0}}
+        )))
+        .unwrap_err();
+        assert_eq!(field_of(err), "jwks.min_refetch_seconds");
     }
 
     #[test]

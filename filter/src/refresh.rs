@@ -143,11 +143,16 @@ impl Schedule {
     /// Brings an idle schedule forward to now, unless the last call started less than
     /// `min_interval_ms` ago (then to that point). Used to refetch the JWKS on an unknown
     /// `kid` without letting a stream of bad tokens hammer the issuer. Returns the new due
-    /// time, or `None` when a call is in flight.
+    /// time, or `None` when a call is in flight. After a failed call the backoff stands: a
+    /// stream of tokens with made-up kids (the kid is looked up before the signature) must not
+    /// turn an issuer outage's backoff into a fetch every `min_interval_ms`.
     pub fn hurry(&mut self, now_ms: u64, min_interval_ms: u64) -> Option<u64> {
         let FetchPhase::Idle { next_ms } = self.phase else {
             return None;
         };
+        if self.failures > 0 {
+            return Some(next_ms);
+        }
         let earliest = self.last_started_ms.map_or(now_ms, |last| {
             last.saturating_add(min_interval_ms).max(now_ms)
         });
@@ -591,6 +596,16 @@ mod tests {
     fn hurry_never_delays() {
         let mut s = schedule();
         assert_eq!(s.hurry(1_000, 5_000), Some(1_000));
+    }
+
+    #[test]
+    fn hurry_keeps_a_failure_backoff() {
+        let mut s = schedule();
+        s.dispatched(1, 1_000);
+        s.finish(1, 1_100, CallOutcome::Failed);
+        let backoff = s.hurry(1_100, 0).unwrap();
+        assert!(backoff > 1_100, "{backoff}");
+        assert_eq!(s.hurry(1_200, 0), Some(backoff));
     }
 
     #[test]
