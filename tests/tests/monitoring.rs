@@ -56,13 +56,18 @@ fn issuer_readiness_does_not_follow_the_store() {
 
 /// The pod template's spec of the Deployment in deploy/kubernetes/issuer.yaml.
 fn issuer_pod_spec() -> Value {
+    issuer_pod_template()["spec"].clone()
+}
+
+/// The issuer Deployment's pod template (metadata and spec).
+fn issuer_pod_template() -> Value {
     let path = workspace_root().join("deploy/kubernetes/issuer.yaml");
     let text = read(&path);
     let deployment = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).expect("issuer.yaml parses"))
         .find(|doc: &Value| doc["kind"] == "Deployment")
         .expect("issuer.yaml has a Deployment");
-    deployment["spec"]["template"]["spec"].clone()
+    deployment["spec"]["template"].clone()
 }
 
 /// Service links would put `WEAUTH_ISSUER_SERVICE_HOST`, `WEAUTH_REDIS_PORT`… (the namespace's
@@ -109,6 +114,23 @@ fn issuer_pre_stop_pause_and_drain_fit_the_grace_period() {
         period.is_some_and(|p| p > pause.unwrap_or_default() + drain),
         "terminationGracePeriodSeconds {period:?} does not cover the preStop pause \
          ({pause:?} s) and the drain ({drain} s)"
+    );
+    // The Istio sidecar gets SIGTERM with the issuer: it must keep proxying (to Redis) for the
+    // pause and the drain, and be done within the grace period.
+    let proxy = issuer_pod_template()["metadata"]["annotations"]["proxy.istio.io/config"]
+        .as_str()
+        .map(|text| serde_yaml_ng::from_str::<Value>(text).expect("proxy.istio.io/config parses"))
+        .expect("issuer.yaml: the proxy.istio.io/config annotation");
+    let sidecar: u64 = proxy["terminationDrainDuration"]
+        .as_str()
+        .and_then(|d| d.strip_suffix('s'))
+        .and_then(|n| n.parse().ok())
+        .expect("issuer.yaml: terminationDrainDuration in whole seconds");
+    assert!(
+        sidecar >= pause.unwrap_or_default() + drain && period.is_some_and(|p| sidecar < p),
+        "the sidecar's terminationDrainDuration ({sidecar} s) must cover the preStop pause \
+         ({pause:?} s) and the drain ({drain} s), within terminationGracePeriodSeconds \
+         ({period:?})"
     );
 }
 
