@@ -948,3 +948,42 @@ fn api_security_bad_keys_refused_at_start_naming_app_and_field() {
         assert!(!err.contains("-----BEGIN") && !err.contains("MII"), "{err}");
     }
 }
+
+/// A request whose client goes away before the answer (Envoy's route timeout, a phone losing
+/// its network) is still counted: status 499 with its time, not missing from the request
+/// counts and the latency histogram — the slowest requests of an incident are those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_abandoned_by_its_client_is_counted_as_499() {
+    let stack = Stack::start(&[("WEAUTH_LOGIN_RATE", "0")]).await;
+    let code = stack.mock.login("quinn").code;
+    stack
+        .mock
+        .inject("jscode2session", Fault::Delay(Duration::from_secs(3)), 1);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let abandoned = impatient
+        .post(stack.url("/v1/login"))
+        .json(&json!({ "code": code }))
+        .send()
+        .await;
+    assert!(abandoned.is_err(), "the client gave up");
+    let started = Instant::now();
+    loop {
+        let (_, metrics, _) = stack.get("/metrics", None).await;
+        let text = metrics.as_str().unwrap().to_string();
+        if text.contains("weauth_http_requests_total{route=\"login\",status=\"499\"} 1") {
+            assert!(
+                text.contains("weauth_http_request_duration_seconds_count{route=\"login\"} 1"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the abandoned login was not counted as 499:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

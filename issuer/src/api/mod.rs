@@ -175,7 +175,15 @@ async fn observe(
     let path = request.uri().path().to_string();
     let route = crate::telemetry::metrics::route_label(&path);
     let span = request_span(request.headers(), method.as_str(), route);
+    let mut unanswered = Unanswered {
+        app: &app,
+        route,
+        started,
+        span: span.clone(),
+        answered: false,
+    };
     let response = next.run(request).instrument(span.clone()).await;
+    unanswered.answered = true;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     app.metrics.http(route, status);
@@ -185,6 +193,33 @@ async fn observe(
     });
     response
 }
+
+/// A request whose handler is dropped before it answers — the client went away, Envoy's
+/// route timeout gave up on it, the shutdown deadline passed — is still counted, as 499 (the
+/// "client closed request" of nginx and Envoy's logs), with its time: else the slowest requests
+/// of an incident vanished from the request counts and the latency histogram.
+struct Unanswered<'a> {
+    app: &'a App,
+    route: &'static str,
+    started: tokio::time::Instant,
+    span: tracing::Span,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.span.record("http.response.status_code", CLIENT_CLOSED);
+            self.app.metrics.http(self.route, CLIENT_CLOSED);
+            self.app
+                .metrics
+                .http_duration(self.route, self.started.elapsed());
+        }
+    }
+}
+
+/// The status a request is counted under when it was never answered ([`Unanswered`]).
+const CLIENT_CLOSED: u16 = 499;
 
 /// The span a request is handled in. At ERROR level because a span's level decides whether it
 /// is recorded at all: the ids then stay on every line any `WEAUTH_LOG` filter lets through,

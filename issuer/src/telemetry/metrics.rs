@@ -191,7 +191,7 @@ const HELP: [(&str, &str, &str); 16] = [
     (
         "weauth_http_requests_total",
         "counter",
-        "HTTP responses by route and status (revocations: the feed's long-poll answers; probe: health checks and scrapes).",
+        "HTTP responses by route and status (revocations: the feed's long-poll answers; probe: health checks and scrapes; 499: the client went away before the answer).",
     ),
     (
         "weauth_bearer_rejections_total",
