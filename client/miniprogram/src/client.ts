@@ -2,7 +2,8 @@
  * @file `createClient`: the glue that keeps the tokens and drives `wx.login` / `wx.request`
  * by the rules of `protocol.ts`, with one shared refresh-or-login in flight at a time
  * (`flight.ts`) per storage key — shared also with the other clients on that key in the JS
- * context, copies of this package included.
+ * context, copies of this package included, as is the logout epoch that stops what a
+ * `logout()` by any of them overtook.
  *
  * Why single flight matters: refresh tokens are single use and the issuer treats a second
  * use as theft (RFC 9700 §4.14), revoking the whole session. When twenty requests see the
@@ -126,7 +127,9 @@ export interface WeauthClient {
    * call fails. A refresh or login in flight rejects with `logged_out` and ends the session
    * it got; so do a `login()` waiting for a refresh to settle and every `request()` under way
    * that needs tokens after it (waiting for the flight, or answered 401 or `relogin`): none
-   * logs the user back in. A `request()` called after `logout()` logs in as usual.
+   * logs the user back in. The same holds for every client on this storage key (another copy
+   * of this package included), whichever of them logs out; the others forget the tokens they
+   * held. A `request()` called after `logout()` logs in as usual.
    */
   logout(): Promise<void>;
   /** Posts the phone button's `e.detail` to `/v1/me/phone`; resolves with the number. */
@@ -172,17 +175,18 @@ export function createClient(options: ClientOptions): WeauthClient {
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
   // Every client on this storage key (of this `wx`) in the JS context shares it, copies of
-  // this package included: they share the tokens.
+  // this package included: they share the tokens. With it they share the logout epoch:
+  // `flight.epoch`, bumped by any one's logout() (a refresh or login that started before it
+  // must not store its result, whichever client started it), and `flight.flightEpoch`, the
+  // epoch the flight in progress started in.
   const flight = sharedFlight<TokenPair, FlightKind>(wxApi, storageKey);
 
   // The tokens in memory mirror storage; `undefined` = not loaded yet, `null` = none.
   let tokens: TokenPair | null | undefined;
+  // The epoch the tokens in memory were had in: after a logout (by any client) they are gone.
+  let tokensEpoch = flight.epoch;
   // False while storage failed to take the tokens in memory (they are then the only copy).
   let persisted = true;
-  // Bumped by logout(): a refresh or login that started before it must not store its result.
-  let epoch = 0;
-  // The epoch the flight in progress started in.
-  let flightEpoch = 0;
   // Logins completed (a `relogin` answer needs one after the request it came for was sent).
   let logins = 0;
   // The device time until which the logins `request()` would start fail at once, after the
@@ -205,7 +209,23 @@ export function createClient(options: ClientOptions): WeauthClient {
     );
   }
 
+  /** Keeps `pair` in memory as this epoch's tokens. */
+  function keep(pair: TokenPair | null): TokenPair | null {
+    tokens = pair;
+    tokensEpoch = flight.epoch;
+    return pair;
+  }
+
+  /**
+   * The tokens in memory, read from storage when there are none yet — or when a client on
+   * this storage (another copy of this package, say) has logged out since they were had: they
+   * are of a session that logout ended, and storage, which it emptied, is read again.
+   */
   function current(): TokenPair | null {
+    if (tokensEpoch !== flight.epoch) {
+      tokens = undefined;
+      persisted = true;
+    }
     if (tokens === undefined) {
       let stored: unknown;
       try {
@@ -213,9 +233,9 @@ export function createClient(options: ClientOptions): WeauthClient {
       } catch {
         stored = undefined;
       }
-      tokens = parseStored(stored) ?? null;
+      keep(parseStored(stored) ?? null);
     }
-    return tokens;
+    return tokens ?? null;
   }
 
   /**
@@ -234,12 +254,11 @@ export function createClient(options: ClientOptions): WeauthClient {
     } catch {
       return current();
     }
-    tokens = parseStored(stored) ?? null;
-    return tokens;
+    return keep(parseStored(stored) ?? null);
   }
 
   function store(pair: TokenPair | null): void {
-    tokens = pair;
+    keep(pair);
     try {
       if (pair) {
         wxApi.setStorageSync(storageKey, { ...pair });
@@ -311,22 +330,23 @@ export function createClient(options: ClientOptions): WeauthClient {
   /** Starts (or joins) the flight, noting the epoch a new one starts in. */
   function fly(kind: FlightKind, fn: (startEpoch: number) => Promise<TokenPair>): Promise<TokenPair> {
     if (!flight.promise) {
-      flightEpoch = epoch;
+      flight.flightEpoch = flight.epoch;
     }
-    const startEpoch = epoch;
+    const startEpoch = flight.epoch;
     return flight.run(kind, () => fn(startEpoch));
   }
 
   /**
-   * `inFlight`, whose pair this client takes as its own when it settles (unless `logout()`
-   * came first): the flight may be another client's on this storage key (a copy of this
-   * package elsewhere in the app), whose pair this client's memory does not hold yet.
+   * `inFlight`, whose pair this client takes as its own when it settles (unless a `logout()`
+   * came first, this client's or another's on this storage): the flight may be another
+   * client's on this storage key (a copy of this package elsewhere in the app), whose pair
+   * this client's memory does not hold yet.
    */
   function join(inFlight: Promise<TokenPair>): Promise<TokenPair> {
-    const joinEpoch = epoch;
+    const joinEpoch = flight.epoch;
     return inFlight.then((pair) => {
-      if (epoch === joinEpoch) {
-        tokens = pair;
+      if (flight.epoch === joinEpoch) {
+        keep(pair);
       }
       return pair;
     });
@@ -334,7 +354,7 @@ export function createClient(options: ClientOptions): WeauthClient {
 
   /** The flight in progress, if it started in this epoch (one from before a logout ends in `logged_out`). */
   function currentFlight(): Promise<TokenPair> | undefined {
-    return flightEpoch === epoch ? flight.promise : undefined;
+    return flight.flightEpoch === flight.epoch ? flight.promise : undefined;
   }
 
   /** The login itself (always inside the flight). */
@@ -367,7 +387,7 @@ export function createClient(options: ClientOptions): WeauthClient {
         { statusCode: sent.response.statusCode, error: err.error },
       );
     }
-    if (epoch !== startEpoch) {
+    if (flight.epoch !== startEpoch) {
       // The session exists at the issuer now: end it, or nobody could.
       await endSession(pair);
       throw new WeauthError("logged_out", "logout() was called during the login");
@@ -389,7 +409,7 @@ export function createClient(options: ClientOptions): WeauthClient {
   async function doRefresh(pair: TokenPair, startEpoch: number): Promise<TokenPair> {
     for (let attempt = 1; ; attempt++) {
       const sent = await postRefresh(pair.refreshToken);
-      if (epoch !== startEpoch) {
+      if (flight.epoch !== startEpoch) {
         const fresh =
           sent.ok && sent.response.statusCode === 200
             ? parseTokenResponse(sent.response.data)
@@ -443,7 +463,7 @@ export function createClient(options: ClientOptions): WeauthClient {
         throw failure;
       }
       await sleep(wait ?? backoffDelay(attempt, retry, random()));
-      if (epoch !== startEpoch) {
+      if (flight.epoch !== startEpoch) {
         throw new WeauthError("logged_out", "logout() was called during the refresh");
       }
     }
@@ -455,7 +475,7 @@ export function createClient(options: ClientOptions): WeauthClient {
    * is called while it waits.
    */
   async function loginShared(): Promise<TokenPair> {
-    const callEpoch = epoch;
+    const callEpoch = flight.epoch;
     for (;;) {
       checkNotLoggedOut(callEpoch);
       const inFlight = flight.promise;
@@ -470,12 +490,12 @@ export function createClient(options: ClientOptions): WeauthClient {
   }
 
   /**
-   * Throws `logged_out` when `logout()` was called since `callEpoch`: a call that started
-   * before it must not log the user back in (nor a request go out with the tokens of a login
-   * after it).
+   * Throws `logged_out` when `logout()` was called since `callEpoch`, by this client or
+   * another on this storage: a call that started before it must not log the user back in
+   * (nor a request go out with the tokens of a login after it).
    */
   function checkNotLoggedOut(callEpoch: number): void {
-    if (epoch !== callEpoch) {
+    if (flight.epoch !== callEpoch) {
       throw new WeauthError("logged_out", "logout() was called while this call was under way");
     }
   }
@@ -553,7 +573,7 @@ export function createClient(options: ClientOptions): WeauthClient {
     if (!target.withToken) {
       return answer<T>(await sendWithToken(options, target.url, null));
     }
-    const requestEpoch = epoch;
+    const requestEpoch = flight.epoch;
     if (flight.promise) {
       // A refresh or login is under way: its tokens are the ones to send (no doomed 401).
       await join(flight.promise).catch(() => undefined);
@@ -600,7 +620,7 @@ export function createClient(options: ClientOptions): WeauthClient {
 
     async logout() {
       const pair = reload();
-      epoch++;
+      flight.epoch++;
       store(null);
       if (pair) {
         // Best effort: the tokens are gone from the device whatever the answer; a session the

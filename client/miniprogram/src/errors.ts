@@ -15,8 +15,9 @@
  * - `refresh_failed`: `POST /v1/token/refresh` kept answering a transient error (408, 429,
  *   5xx; the tokens are kept), or refused it for a ban (403, `error` `user_banned`: the tokens
  *   are dropped, and the logins a request would start are held as after a login's ban).
- * - `logged_out`: `logout()` was called while this call was waiting for a refresh or login,
- *   or before a `request()` under way needed new tokens (it does not log the user back in).
+ * - `logged_out`: `logout()` was called (on this client or another on its storage key) while
+ *   this call was waiting for a refresh or login, or before a `request()` under way needed
+ *   new tokens (it does not log the user back in).
  * - `user_denied`: the button's `e.detail` holds no data (the user tapped "deny").
  * - `request_failed`: `getPhoneNumber` / `decrypt` got a non-2xx answer; `statusCode`,
  *   `error` (the issuer's code) and `relogin` are set.

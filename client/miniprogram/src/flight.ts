@@ -1,7 +1,8 @@
 /**
  * @file Single flight: concurrent callers of {@link SingleFlight.run} share one running
  * promise instead of each starting their own; and {@link sharedFlight}, which hands every
- * client on one storage key in a JS context the same one. No `wx`, unit-tested on its own.
+ * client on one storage key in a JS context the same one, with the logout epoch they share.
+ * No `wx`, unit-tested on its own.
  */
 
 /** One shared in-flight operation, labelled with what it is doing. */
@@ -47,10 +48,31 @@ export class SingleFlight<T, K extends string = string> {
 }
 
 /**
+ * What the clients on one storage share besides the operation in flight: the logout epoch.
+ * Plain numbers on the flight's own object (see {@link SharedFlight}), managed by the clients.
+ */
+export interface Epochs {
+  /**
+   * Logouts on this storage so far, by any client on it (whichever copy of the package):
+   * work begun in an earlier epoch (a refresh, a login, a request waiting for either) keeps
+   * nothing it gets and rejects.
+   */
+  epoch: number;
+  /** The epoch the operation in flight (or the last one) started in; set by whoever starts one. */
+  flightEpoch: number;
+}
+
+/** A {@link SingleFlight} as {@link sharedFlight} hands it out: the flight and its {@link Epochs}. */
+export type SharedFlight<T, K extends string = string> = SingleFlight<T, K> & Epochs;
+
+/**
  * Where {@link sharedFlight} keeps the flights, on the JS context's global object. `Symbol.for`
  * gives every copy of this package the same key; the version in it changes whenever what is
  * kept there stops being something an older copy can use (a `WeakMap` of storage owner → `Map`
- * of storage key → `SingleFlight` with `kind`, `promise`, `run` and `relabel`).
+ * of storage key → `SingleFlight` with `kind`, `promise`, `run` and `relabel`, and the numbers
+ * `epoch` and `flightEpoch` of {@link Epochs}). The epochs were added without a new version: a
+ * copy from before them still uses the flight (it neither reads nor bumps the epoch), and a
+ * copy that finds an entry without them adds them to it.
  */
 export const SHARED_FLIGHTS_KEY = Symbol.for("weauth-miniprogram.flights.v1");
 
@@ -95,14 +117,17 @@ function flightRegistry(): WeakMap<object, Flights> {
  * client in this JS context, whichever copy of the package created it. Copies of the package
  * (one in an independent sub-package, say) share the storage, so they must share the flight
  * too: two refreshes at once would present one refresh token twice, which the issuer takes for
- * theft. Keyed by the `wx` object as well because storage belongs to it: clients on different
- * storage (the tests' stubs, each a device) share nothing.
+ * theft. For the same reason they share the logout epoch ({@link Epochs}): a logout by any of
+ * them must end what the others have under way, or one of them stores the pair its refresh or
+ * login got after the logout and the user is logged back in. Keyed by the `wx` object as well
+ * because storage belongs to it: clients on different storage (the tests' stubs, each a
+ * device) share nothing.
  *
  * This is the package's one global, against the "no globals" habit on purpose: copies share no
  * module state, only the JS context's global object (and the storage the flight protects). When
  * that object cannot be reached or extended, the flight is shared within this copy only.
  */
-export function sharedFlight<T, K extends string>(storage: object, storageKey: string): SingleFlight<T, K> {
+export function sharedFlight<T, K extends string>(storage: object, storageKey: string): SharedFlight<T, K> {
   const registry = flightRegistry();
   let flights = registry.get(storage);
   if (!flights) {
@@ -114,5 +139,14 @@ export function sharedFlight<T, K extends string>(storage: object, storageKey: s
     flight = new SingleFlight<unknown, string>();
     flights.set(storageKey, flight);
   }
-  return flight as unknown as SingleFlight<T, K>;
+  // A new entry, or one an older copy registered: the epochs go on the object itself, so
+  // that it stays the one every client on the storage uses.
+  const shared = flight as SingleFlight<unknown, string> & Partial<Epochs>;
+  if (typeof shared.epoch !== "number") {
+    shared.epoch = 0;
+  }
+  if (typeof shared.flightEpoch !== "number") {
+    shared.flightEpoch = shared.epoch;
+  }
+  return shared as unknown as SharedFlight<T, K>;
 }

@@ -726,6 +726,109 @@ test("client_that_joined_another_clients_refresh_keeps_its_pair", async () => {
   assert.equal(bearer(wx.requests.find((r) => r.path === "/api/next")!), `Bearer ${JSON.parse(wx.storage.get("weauth.tokens")!).accessToken}`);
 });
 
+/** A client of another copy of the package (as in an independent sub-package) on `wx`'s storage. */
+function clientOfSecondCopy(wx: WxStub): WeauthClient {
+  const copy = secondCopy();
+  assert.notEqual(copy.createClient, createClient, "a second copy of the package");
+  return copy.createClient({ baseUrl: BASE, wx, sleep: async () => tick(), random: () => 0.5 });
+}
+
+test("logout_in_another_copy_during_a_refresh_rejects_it_logged_out_nothing_stored", async () => {
+  const { issuer, wx, client: a } = setup();
+  const b = clientOfSecondCopy(wx);
+  await a.login();
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200); // b reads the tokens
+  // b's next request is refused (its access token revoked at the edge, say): b refreshes,
+  // a waits for that refresh, and a logs out before its answer arrives.
+  wx.faults.push((req) =>
+    req.path === "/api/b" && wx.count("/api/b") === 1
+      ? { statusCode: 401, data: { error: "invalid_token" }, header: { "WWW-Authenticate": "Bearer" } }
+      : undefined,
+  );
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  wx.hold = (req) => (req.path === "/v1/token/refresh" && wx.count("/v1/token/refresh") === 1 ? gate : undefined);
+  const code = (e: unknown) => (e as WeauthError).code;
+  const refreshing = b.request({ url: "/api/b" }).then(() => "ok", code);
+  while (wx.count("/v1/token/refresh") === 0) {
+    await tick();
+  }
+  const waiting = a.request({ url: "/api/a" }).then(() => "ok", code);
+  await tick();
+  await a.logout();
+  release();
+  assert.equal(await refreshing, "logged_out", "b's refresh was overtaken by a's logout");
+  assert.equal(await waiting, "logged_out");
+  assert.equal(wx.storage.has("weauth.tokens"), false, "the pair b's refresh got must not be stored");
+  assert.equal(a.isLoggedIn(), false);
+  assert.equal(b.isLoggedIn(), false);
+  assert.equal(wx.wxLogins, 1, "nobody logs the user back in");
+  assert.equal(wx.count("/api/a"), 0);
+  assert.equal(issuer.revokedSessions.size, 1);
+});
+
+test("logout_in_another_copy_during_a_login_rejects_it_logged_out_session_ended", async () => {
+  const { issuer, wx, client: a } = setup();
+  const b = clientOfSecondCopy(wx);
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  wx.hold = (req) => (req.path === "/v1/login" ? gate : undefined);
+  const launch = b.login().then(
+    () => "ok",
+    (e: unknown) => (e as WeauthError).code,
+  );
+  while (wx.count("/v1/login") === 0) {
+    await tick();
+  }
+  await a.logout();
+  release();
+  assert.equal(await launch, "logged_out");
+  assert.equal(wx.storage.has("weauth.tokens"), false, "b's login must not log the user back in");
+  assert.equal(b.isLoggedIn(), false);
+  assert.equal(issuer.logins, 1);
+  assert.equal(issuer.revokedSessions.size, 1, "the session b's login got must end too");
+});
+
+test("logout_in_another_copy_before_a_requests_401_arrives_rejects_it_logged_out_no_login", async () => {
+  const { issuer, wx, client: a } = setup();
+  const b = clientOfSecondCopy(wx);
+  await a.login();
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200);
+  issuer.expireAccessTokens();
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  wx.hold = (req) => (req.path === "/api/b" ? gate : undefined);
+  const pending = b.request({ url: "/api/b" }).then(
+    () => "ok",
+    (e: unknown) => (e as WeauthError).code,
+  );
+  while (wx.count("/api/b") === 0) {
+    await tick();
+  }
+  await a.logout();
+  release(); // the 401 of the token b sent before a's logout
+  assert.equal(await pending, "logged_out");
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(wx.count("/v1/login"), 1);
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+  assert.equal(b.isLoggedIn(), false);
+});
+
+test("logout_in_another_copy_forgets_the_tokens_this_client_held", async () => {
+  const { issuer, wx, client: a } = setup();
+  const b = clientOfSecondCopy(wx);
+  await a.login();
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200); // b holds them in memory
+  await a.logout();
+  assert.equal(issuer.revokedSessions.size, 1);
+  assert.equal(b.isLoggedIn(), false, "b still held the tokens of the session a's logout ended");
+  // A request b makes after the logout logs in as usual, without first sending the ended
+  // session's access token.
+  assert.equal((await b.request({ url: "/api/next" })).statusCode, 200);
+  assert.equal(wx.count("/api/next"), 1);
+  assert.equal(wx.wxLogins, 2);
+});
+
 test("refresh_waits_at_most_5s_for_its_answer_well_within_the_reuse_grace", async () => {
   const { issuer, wx, client } = setup();
   const timeouts: Array<number | undefined> = [];

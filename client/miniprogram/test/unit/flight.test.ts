@@ -97,3 +97,19 @@ test("sharedFlight_uses_the_flight_another_copy_registered", () => {
   registry.get(wx)!.set("flight-test.theirs", theirs);
   assert.equal(sharedFlight<number, "refresh">(wx, "flight-test.theirs"), theirs);
 });
+
+test("sharedFlight_epochs_shared_and_added_to_an_older_copys_entry", () => {
+  const wx = {};
+  const a = sharedFlight<number, "refresh">(wx, "flight-test.epochs");
+  assert.deepEqual([a.epoch, a.flightEpoch], [0, 0]);
+  a.epoch++; // a logout by one client on the storage
+  assert.equal(sharedFlight<number, "refresh">(wx, "flight-test.epochs").epoch, 1, "seen by every other");
+  // An entry registered by a copy from before the epochs: a bare SingleFlight, given them in
+  // place, so it stays the one object every copy uses.
+  const registry = (globalThis as unknown as Record<symbol, WeakMap<object, Map<string, unknown>>>)[SHARED_FLIGHTS_KEY];
+  const older = new SingleFlight<number, "refresh">();
+  registry.get(wx)!.set("flight-test.older", older);
+  const upgraded = sharedFlight<number, "refresh">(wx, "flight-test.older");
+  assert.equal(upgraded, older);
+  assert.deepEqual([upgraded.epoch, upgraded.flightEpoch], [0, 0]);
+});
