@@ -29,6 +29,7 @@ import {
   normalizeBaseUrl,
   parseStored,
   parseTokenResponse,
+  refreshTokenRefused,
   resolveUrl,
   retryAfterMs,
 } from "./protocol.js";
@@ -114,11 +115,13 @@ export interface WeauthClient {
   /**
    * `wx.request` with `Authorization: Bearer`; logs in first when there are no tokens. On a
    * 401 `invalid_token`: one refresh shared by every waiting request, then one retry; on
-   * `invalid_grant` from the refresh or an error answer (4xx, 5xx) with `"relogin": true`:
-   * one shared login, then one retry.
+   * `invalid_grant` (or `"relogin": true`) from the refresh, or an error answer (4xx, 5xx)
+   * with `"relogin": true`: one shared login, then one retry.
    * Resolves with the answer (whatever its status); rejects with {@link WeauthError} when no
    * answer came (`network`) or no token could be had — at once, with no `wx.login`, while a
-   * ban the issuer answered a login with holds (`login_failed`, `error` `user_banned`).
+   * ban the issuer answered a login with holds (`login_failed`, `error` `user_banned`); a
+   * refresh refused otherwise (a proxy's 404, 400 `invalid_request`, …) rejects with
+   * `refresh_failed`, the tokens kept.
    */
   request<T = unknown>(options: RequestOptions): Promise<Response<T>>;
   /**
@@ -402,9 +405,12 @@ export function createClient(options: ClientOptions): WeauthClient {
    * The refresh itself (always inside the flight). Network failures and 408, 429 and 5xx are
    * retried with backoff and, when they persist, rejected as such with the tokens kept. 403
    * `user_banned` drops the tokens, holds the logins as a login's ban does and rejects
-   * (`refresh_failed`): a login now would be refused too. Any other refusal (`invalid_grant`,
-   * or another 4xx) means the session is gone: the tokens are dropped and a login follows in
-   * the same flight.
+   * (`refresh_failed`): a login now would be refused too. A refusal that says the refresh
+   * token is no good (`invalid_grant`, `"relogin": true`: `refreshTokenRefused`) means the
+   * session is gone: the tokens are dropped and a login follows in the same flight. Any other
+   * refusal (a proxy's 404 or 413, 400 `invalid_request`, a 403 that is no ban) rejects
+   * (`refresh_failed`) with the tokens kept and no login: it says nothing about the refresh
+   * token, and a login would spend a `wx.login` code and log the user out of a live session.
    */
   async function doRefresh(pair: TokenPair, startEpoch: number): Promise<TokenPair> {
     for (let attempt = 1; ; attempt++) {
@@ -442,22 +448,33 @@ export function createClient(options: ClientOptions): WeauthClient {
         );
         wait = retryAfterMs(sent.response.header, retry.maxDelayMs);
       } else {
-        store(null);
+        const err = issuerError(sent.response.data);
         const ban = banOf(sent.response.statusCode, sent.response.data);
         if (ban) {
+          store(null);
           // The issuer refuses the user's logins as well while the ban lasts (docs/API.md): a
           // login now would spend a wx.login code, and leave a session row, on that refusal.
           bannedUntil = banHoldUntil(ban, headerValue(sent.response.header, "date"), now());
-          const err = issuerError(sent.response.data);
           throw new WeauthError(
             "refresh_failed",
             `refresh refused: 403 user_banned ${err.description ?? ""}`.trim(),
             { statusCode: 403, error: "user_banned" },
           );
         }
-        // 400 invalid_grant (used, unknown, expired or revoked): log in again.
-        flight.relabel("login");
-        return doLogin(startEpoch);
+        if (refreshTokenRefused(sent.response.statusCode, sent.response.data)) {
+          // 400 invalid_grant (used, unknown, expired or revoked), or relogin: log in again.
+          store(null);
+          flight.relabel("login");
+          return doLogin(startEpoch);
+        }
+        // Not about the refresh token (a proxy's 404 or 413, 400 invalid_request, a 403 that
+        // is no ban): retrying would meet it again, and a login would end a session that may
+        // be live. The tokens are kept; a later request tries the refresh again.
+        throw new WeauthError(
+          "refresh_failed",
+          `refresh refused: ${sent.response.statusCode} ${err.error ?? ""} ${err.description ?? ""}`.trim(),
+          { statusCode: sent.response.statusCode, error: err.error },
+        );
       }
       if (attempt >= retry.attempts) {
         throw failure;

@@ -14,7 +14,11 @@
  * - `login_failed`: `POST /v1/login` did not give tokens; `statusCode` and `error` say why.
  * - `refresh_failed`: `POST /v1/token/refresh` kept answering a transient error (408, 429,
  *   5xx; the tokens are kept), or refused it for a ban (403, `error` `user_banned`: the tokens
- *   are dropped, and the logins a request would start are held as after a login's ban).
+ *   are dropped, and the logins a request would start are held as after a login's ban), or
+ *   refused it for a reason that is not about the refresh token (any other answer but
+ *   `invalid_grant` or `"relogin": true`, which lead to a login: a proxy's 404 or 413, 400
+ *   `invalid_request`, another 403; the tokens are kept, no `wx.login` is spent).
+ *   `statusCode` and `error` say which.
  * - `logged_out`: `logout()` was called (on this client or another on its storage key) while
  *   this call was waiting for a refresh or login, or before a `request()` under way needed
  *   new tokens (it does not log the user back in).

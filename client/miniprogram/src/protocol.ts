@@ -238,3 +238,19 @@ export function retryAfterMs(header: unknown, capMs: number): number | undefined
 export function isTransient(statusCode: number): boolean {
   return statusCode >= 500 || statusCode === 429 || statusCode === 408;
 }
+
+/**
+ * True when a refused refresh says the refresh token is no good, so only a new login helps:
+ * 400 `invalid_grant` (unknown, used, expired, or its session revoked: docs/API.md; 401 with
+ * it too, as some OAuth servers answer), or an error answer with `"relogin": true`. Anything
+ * else — 400 `invalid_request`, a 403 that is not about the token, a proxy's 404 or 413, a 401
+ * without `invalid_grant` — says nothing about the refresh token, which may well be live: the
+ * client keeps it and spends no `wx.login` code. (A ban, 403 `user_banned`, is {@link banOf}'s.)
+ */
+export function refreshTokenRefused(statusCode: number, data: unknown): boolean {
+  const err = issuerError(data);
+  if (err.relogin && statusCode >= 400) {
+    return true;
+  }
+  return err.error === "invalid_grant" && (statusCode === 400 || statusCode === 401);
+}

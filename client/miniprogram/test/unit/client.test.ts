@@ -415,6 +415,65 @@ test("request_refresh_408_retried_without_a_login", async () => {
   assert.equal(issuer.logins, 1);
 });
 
+test("request_refresh_refused_404_by_a_proxy_rejects_refresh_failed_tokens_kept_no_login", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  const before = wx.storage.get("weauth.tokens");
+  issuer.expireAccessTokens();
+  let misrouted = true;
+  wx.faults.push((req) =>
+    req.path === "/v1/token/refresh" && misrouted
+      ? { statusCode: 404, data: "<html><body>404 Not Found</body></html>" }
+      : undefined,
+  );
+  await assert.rejects(client.request({ url: "/api/x" }), { code: "refresh_failed", statusCode: 404 });
+  assert.equal(wx.count("/v1/token/refresh"), 1, "a 404 is not retried");
+  assert.equal(wx.wxLogins, 1, "no wx.login code spent on a proxy's answer");
+  assert.equal(wx.storage.get("weauth.tokens"), before, "the tokens are kept: not a logout");
+  assert.equal(client.isLoggedIn(), true);
+  // The proxy mended: the same refresh token still works, and the session goes on.
+  misrouted = false;
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(issuer.logins, 1);
+  assert.equal(issuer.reuses, 0);
+});
+
+test("request_refresh_refused_not_about_the_token_rejects_refresh_failed_with_its_error_no_login", async () => {
+  const refusals = [
+    { statusCode: 400, data: { error: "invalid_request", error_description: "malformed JSON" } },
+    { statusCode: 403, data: { error: "access_denied", error_description: "not from here" } },
+    { statusCode: 413, data: { error: "payload_too_large" } },
+    { statusCode: 401, data: "", header: { "WWW-Authenticate": 'Basic realm="proxy"' } },
+  ];
+  for (const refusal of refusals) {
+    const { issuer, wx, client } = setup();
+    await client.login();
+    const before = wx.storage.get("weauth.tokens");
+    issuer.expireAccessTokens();
+    wx.faults.push((req) => (req.path === "/v1/token/refresh" ? refusal : undefined));
+    const error = typeof refusal.data === "object" ? refusal.data.error : undefined;
+    await assert.rejects(client.request({ url: "/api/x" }), { code: "refresh_failed", statusCode: refusal.statusCode, error });
+    assert.equal(wx.wxLogins, 1, `${refusal.statusCode}: no login`);
+    assert.equal(wx.storage.get("weauth.tokens"), before, `${refusal.statusCode}: tokens kept`);
+  }
+});
+
+test("request_refresh_refused_with_relogin_true_logs_in_once", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  let refused = 1;
+  wx.faults.push((req) =>
+    req.path === "/v1/token/refresh" && refused-- > 0
+      ? { statusCode: 400, data: { error: "session_gone", relogin: true } }
+      : undefined,
+  );
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(wx.wxLogins, 2);
+  assert.equal(issuer.logins, 2);
+});
+
 test("request_after_another_refusal_logs_in_again", async () => {
   const { wx, client } = setup();
   wx.faults.push((req) =>

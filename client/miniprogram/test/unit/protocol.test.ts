@@ -17,6 +17,7 @@ import {
   originOf,
   parseStored,
   parseTokenResponse,
+  refreshTokenRefused,
   resolveUrl,
   retryAfterMs,
 } from "../../src/protocol.js";
@@ -187,4 +188,21 @@ test("isTransient_408_429_and_5xx_only", () => {
   assert.equal(isTransient(400), false);
   assert.equal(isTransient(401), false);
   assert.equal(isTransient(403), false);
+});
+
+test("refreshTokenRefused_invalid_grant_or_relogin_only", () => {
+  assert.equal(refreshTokenRefused(400, { error: "invalid_grant", error_description: "unknown" }), true);
+  assert.equal(refreshTokenRefused(400, '{"error":"invalid_grant"}'), true);
+  assert.equal(refreshTokenRefused(401, { error: "invalid_grant" }), true);
+  assert.equal(refreshTokenRefused(400, { error: "session_key_mismatch", relogin: true }), true);
+  // Nothing said about the refresh token.
+  assert.equal(refreshTokenRefused(400, { error: "invalid_request" }), false);
+  assert.equal(refreshTokenRefused(401, ""), false, "a 401 without invalid_grant (a proxy's)");
+  assert.equal(refreshTokenRefused(403, { error: "access_denied" }), false);
+  assert.equal(refreshTokenRefused(403, { error: "user_banned" }), false, "a ban is banOf's");
+  assert.equal(refreshTokenRefused(404, "<html>Not Found</html>"), false);
+  assert.equal(refreshTokenRefused(404, { error: "not_found" }), false);
+  assert.equal(refreshTokenRefused(413, { error: "payload_too_large" }), false);
+  assert.equal(refreshTokenRefused(404, { error: "invalid_grant" }), false, "not the issuer's status for it");
+  assert.equal(refreshTokenRefused(200, { relogin: true }), false);
 });
