@@ -76,10 +76,16 @@ fn main() -> ExitCode {
     } else {
         logs.with_filter(filter).boxed()
     };
-    let otlp = otel::OtlpConfig::from_env(|name| std::env::var(name).ok());
+    let otlp = match otel::OtlpConfig::from_env(|name| std::env::var(name).ok()) {
+        Ok(otlp) => otlp,
+        Err(err) => {
+            eprintln!("weauth-issuer: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let (traces, spans) = match &otlp {
-        Some(_) => {
-            let (layer, spans) = otel::layer();
+        Some(otlp) => {
+            let (layer, spans) = otel::layer(otlp.sampler);
             let exported = tracing_subscriber::filter::filter_fn(|meta| {
                 meta.is_span()
                     && meta.target().starts_with("weauth_issuer")

@@ -705,6 +705,18 @@ async fn otlp_spans_join_the_callers_trace() {
     let client = reqwest::Client::new();
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let caller = "b7ad6b7169203331";
+    // A trace the caller did not sample (flags 00: the mesh's 99 %) is not exported: sent
+    // first, its spans would be in the batches that bring the sampled ones below.
+    let unsampled = "2af7651916cd43dd8448eb211c80319c";
+    let code = stack.mock.login("unsampled").code;
+    let resp = client
+        .post(format!("{}/v1/login", stack.issuer_url()))
+        .header("traceparent", format!("00-{unsampled}-{caller}-00"))
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let code = stack.mock.login("traced").code;
     let resp = client
         .post(format!("{}/v1/login", stack.issuer_url()))
@@ -787,6 +799,11 @@ async fn otlp_spans_join_the_callers_trace() {
         "40029"
     );
     assert_eq!(refused[0]["status"]["code"], 2, "ERROR: {}", refused[0]);
+    assert_eq!(
+        of_trace(unsampled),
+        Vec::<Value>::new(),
+        "an unsampled trace was exported"
+    );
     let everything = serde_json::to_string(&*spans.lock().unwrap()).unwrap();
     assert!(!everything.contains(bad_code), "a login code was exported");
     assert!(!everything.contains(&code), "a login code was exported");

@@ -234,6 +234,8 @@ fn request_span(headers: &HeaderMap, method: &str, route: &str) -> tracing::Span
         trace_id = %ctx.trace_id_hex(),
         span_id = %ctx.span_id_hex(),
         parent_id = %ctx.parent_id_hex(),
+        // For the exporter's sampler (`telemetry::otel`): the caller's `sampled` flag.
+        caller_sampled = ctx.caller_sampled.map(|s| if s { "yes" } else { "no" }),
         http.request.method = method,
         http.route = route,
         http.response.status_code = tracing::field::Empty,

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::clock::SystemClock;
+use crate::telemetry::tracecontext::{Sampler, TraceContext};
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -38,30 +39,41 @@ const QUEUE: usize = 8192;
 const BATCH: usize = 512;
 
 /// Where and as what to export.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OtlpConfig {
     /// The full URL spans are posted to.
     pub traces_url: String,
     /// `service.name`.
     pub service_name: String,
+    /// Which requests' spans are exported (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+    pub sampler: Sampler,
 }
 
 impl OtlpConfig {
     /// From the standard variables (`get` reads one), or `None` when no endpoint is set.
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Option<OtlpConfig> {
+    ///
+    /// # Errors
+    /// A sampler setting that is not one ([`Sampler::from_env`]).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpConfig>, String> {
         let set = |name: &str| {
             get(name)
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let traces_url = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+        let Some(traces_url) = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
             set("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
-        })?;
-        Some(OtlpConfig {
+        }) else {
+            return Ok(None);
+        };
+        Ok(Some(OtlpConfig {
             traces_url,
             service_name: set("OTEL_SERVICE_NAME").unwrap_or_else(|| "weauth-issuer".into()),
-        })
+            sampler: Sampler::from_env(
+                set("OTEL_TRACES_SAMPLER").as_deref(),
+                set("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+            )?,
+        }))
     }
 }
 
@@ -172,15 +184,16 @@ impl SpanData {
 /// The tracing layer: records the exported spans and hands them, finished, to the exporter.
 pub struct OtlpLayer {
     tx: mpsc::Sender<Value>,
+    sampler: Sampler,
 }
 
 /// The finished spans, in OTLP JSON, on their way to [`export`].
 pub type SpanReceiver = mpsc::Receiver<Value>;
 
 /// The layer and the receiving end its exporter ([`export`]) reads.
-pub fn layer() -> (OtlpLayer, SpanReceiver) {
+pub fn layer(sampler: Sampler) -> (OtlpLayer, SpanReceiver) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (OtlpLayer { tx }, rx)
+    (OtlpLayer { tx, sampler }, rx)
 }
 
 impl<S> Layer<S> for OtlpLayer
@@ -201,13 +214,27 @@ where
             fields.take_string("trace_id"),
             fields.take_string("span_id"),
         ) {
-            // The request span: its ids are its fields (server.rs).
+            // The request span: its ids are its fields (api/mod.rs), and whether it is
+            // exported — with its children — the sampler's decision.
             (Some(trace), Some(own)) => {
                 let parent = fields
                     .take_string("parent_id")
                     .and_then(|p| hex_id::<8>(&p));
+                let caller_sampled = match fields.take_string("caller_sampled").as_deref() {
+                    Some("yes") => Some(true),
+                    Some("no") => Some(false),
+                    _ => None,
+                };
                 hex_id::<16>(&trace)
                     .zip(hex_id::<8>(&own))
+                    .filter(|(trace_id, span_id)| {
+                        self.sampler.sampled(&TraceContext {
+                            trace_id: *trace_id,
+                            parent_id: parent,
+                            span_id: *span_id,
+                            caller_sampled,
+                        })
+                    })
                     .map(|(t, s)| (t, s, parent))
             }
             // Inside a request: a child of the closest exported ancestor.
@@ -322,19 +349,21 @@ mod tests {
 
     #[test]
     fn from_env_unset_none() {
-        assert_eq!(OtlpConfig::from_env(env(&[])), None);
+        assert_eq!(OtlpConfig::from_env(env(&[])), Ok(None));
         assert_eq!(
             OtlpConfig::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])),
-            None
+            Ok(None)
         );
     }
 
     #[test]
     fn from_env_base_endpoint_gets_v1_traces() {
         let cfg = OtlpConfig::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]))
+            .unwrap()
             .unwrap();
         assert_eq!(cfg.traces_url, "http://c:4318/v1/traces");
         assert_eq!(cfg.service_name, "weauth-issuer");
+        assert_eq!(cfg.sampler, Sampler::default());
     }
 
     #[test]
@@ -343,10 +372,26 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4318/x"),
             ("OTEL_SERVICE_NAME", "auth"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
         ]))
+        .unwrap()
         .unwrap();
         assert_eq!(cfg.traces_url, "http://t:4318/x");
         assert_eq!(cfg.service_name, "auth");
+        assert_eq!(
+            cfg.sampler,
+            Sampler {
+                parent_based: true,
+                ratio: 0.25
+            }
+        );
+        let err = OtlpConfig::from_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("OTEL_TRACES_SAMPLER"), "{err}");
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! in text they prefix the line (`request{trace_id=… span_id=…}:`).
 //!
 //! Pure: the parser takes the header value, the ids are passed in (see [`TraceContext::child_of`]).
-//! The spans are not exported (no OpenTelemetry exporter yet); the ids join the issuer's log
-//! lines to the trace the mesh records.
+//! The ids join the issuer's log lines to the trace the mesh records; whether the request's
+//! spans are exported is [`Sampler`]'s decision (`crate::telemetry::otel`).
 
 /// One request's place in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +18,95 @@ pub struct TraceContext {
     pub parent_id: Option<[u8; 8]>,
     /// This request's span, never all zero.
     pub span_id: [u8; 8],
+    /// The caller's `sampled` flag, when there was a caller's trace.
+    pub caller_sampled: Option<bool>,
 }
 
-/// The `trace-id` and `parent-id` of a valid `traceparent` value, or `None`.
+/// Which requests' spans are exported: OpenTelemetry's `OTEL_TRACES_SAMPLER` (`always_on`,
+/// `always_off`, `traceidratio`, and `parentbased_` each: the default is
+/// `parentbased_always_on`) with `OTEL_TRACES_SAMPLER_ARG` (the ratio, 0 to 1, default 1).
+/// Parent-based: a caller's trace is exported exactly when the caller sampled it (the mesh's
+/// 1 % stays 1 %); a trace the issuer starts by the ratio, decided on the trace id as
+/// OpenTelemetry SDKs do, so every replica decides alike.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampler {
+    pub parent_based: bool,
+    /// The share of traces the issuer starts (or of every trace, not parent-based) exported.
+    pub ratio: f64,
+}
+
+impl Default for Sampler {
+    fn default() -> Sampler {
+        Sampler {
+            parent_based: true,
+            ratio: 1.0,
+        }
+    }
+}
+
+impl Sampler {
+    /// From the variables' values (`None`: unset).
+    ///
+    /// # Errors
+    /// An unknown sampler or a ratio that is not a number from 0 to 1, named.
+    pub fn from_env(sampler: Option<&str>, arg: Option<&str>) -> Result<Sampler, String> {
+        let ratio = match arg.map(str::trim).filter(|a| !a.is_empty()) {
+            None => 1.0,
+            Some(text) => text
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    format!("OTEL_TRACES_SAMPLER_ARG `{text}` is not a ratio from 0 to 1")
+                })?,
+        };
+        let name = sampler.map(str::trim).filter(|s| !s.is_empty());
+        let (parent_based, ratio) = match name.unwrap_or("parentbased_always_on") {
+            "always_on" => (false, 1.0),
+            "always_off" => (false, 0.0),
+            "traceidratio" => (false, ratio),
+            "parentbased_always_on" => (true, 1.0),
+            "parentbased_always_off" => (true, 0.0),
+            "parentbased_traceidratio" => (true, ratio),
+            other => {
+                return Err(format!(
+                    "OTEL_TRACES_SAMPLER `{other}` is not one of always_on, always_off, \
+                     traceidratio, parentbased_always_on, parentbased_always_off, \
+                     parentbased_traceidratio"
+                ))
+            }
+        };
+        Ok(Sampler {
+            parent_based,
+            ratio,
+        })
+    }
+
+    /// Whether a request with this context is exported.
+    pub fn sampled(&self, ctx: &TraceContext) -> bool {
+        match ctx.caller_sampled {
+            Some(sampled) if self.parent_based => sampled,
+            _ => {
+                // The trace id's last 8 bytes, shifted to 63 bits (OpenTelemetry's
+                // TraceIdRatioBased), against the ratio of 2^63.
+                if self.ratio >= 1.0 {
+                    return true;
+                }
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&ctx.trace_id[8..]);
+                let x = u64::from_be_bytes(low) >> 1;
+                x < (self.ratio * 2f64.powi(63)) as u64
+            }
+        }
+    }
+}
+
+/// The `trace-id`, `parent-id` and `sampled` flag of a valid `traceparent` value, or `None`.
 ///
 /// Accepts version `00` exactly (`00-<32 hex>-<16 hex>-<2 hex>`), and a later version's first
 /// four fields when the value goes on with `-` (the spec's forward compatibility); refuses
 /// version `ff`, upper-case hex, and all-zero ids, as the spec says to.
-pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8])> {
+pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     let value = value.trim();
     let bytes = value.as_bytes();
     if bytes.len() < 55 {
@@ -52,7 +133,8 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8])> {
     if trace_id == [0; 16] || parent_id == [0; 8] {
         return None;
     }
-    Some((trace_id, parent_id))
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((trace_id, parent_id, flags & 1 == 1))
 }
 
 fn is_lower_hex(s: &str) -> bool {
@@ -70,10 +152,11 @@ impl TraceContext {
             span_id
         };
         match header.and_then(parse_traceparent) {
-            Some((trace_id, parent)) => TraceContext {
+            Some((trace_id, parent, sampled)) => TraceContext {
                 trace_id,
                 parent_id: Some(parent),
                 span_id,
+                caller_sampled: Some(sampled),
             },
             None => TraceContext {
                 trace_id: if fresh_trace == [0; 16] {
@@ -83,6 +166,7 @@ impl TraceContext {
                 },
                 parent_id: None,
                 span_id,
+                caller_sampled: None,
             },
         }
     }
@@ -111,9 +195,46 @@ mod tests {
 
     #[test]
     fn parse_traceparent_spec_example() {
-        let (trace, parent) = parse_traceparent(SPEC_EXAMPLE).unwrap();
+        let (trace, parent, sampled) = parse_traceparent(SPEC_EXAMPLE).unwrap();
         assert_eq!(hex::encode(trace), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hex::encode(parent), "00f067aa0ba902b7");
+        assert!(sampled);
+        let unsampled = SPEC_EXAMPLE.replace("-01", "-00");
+        assert_eq!(parse_traceparent(&unsampled).map(|p| p.2), Some(false));
+    }
+
+    #[test]
+    fn sampler_parent_based_follows_the_caller_ratio_decides_the_rest() {
+        let default = Sampler::from_env(None, None).unwrap();
+        assert_eq!(default, Sampler::default());
+        let sampled = TraceContext::child_of(Some(SPEC_EXAMPLE), [7; 16], [9; 8]);
+        let unsampled =
+            TraceContext::child_of(Some(&SPEC_EXAMPLE.replace("-01", "-00")), [7; 16], [9; 8]);
+        let low = TraceContext::child_of(None, [0; 16], [9; 8]);
+        let high = TraceContext::child_of(None, [0xff; 16], [9; 8]);
+        assert!(default.sampled(&sampled) && !default.sampled(&unsampled));
+        assert!(default.sampled(&low) && default.sampled(&high));
+        let tenth = Sampler::from_env(Some("parentbased_traceidratio"), Some("0.1")).unwrap();
+        assert!(tenth.sampled(&sampled) && !tenth.sampled(&unsampled));
+        assert!(tenth.sampled(&low) && !tenth.sampled(&high));
+        let ratio = Sampler::from_env(Some("traceidratio"), Some("0.1")).unwrap();
+        assert!(
+            !ratio.sampled(&sampled) || ratio.sampled(&unsampled),
+            "the caller ignored"
+        );
+        let off = Sampler::from_env(Some("always_off"), None).unwrap();
+        assert!(!off.sampled(&sampled) && !off.sampled(&low));
+        // About the ratio over random trace ids.
+        let kept = (0..10_000u32)
+            .filter(|i| {
+                let mut id = [0u8; 16];
+                id[8..12].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+                tenth.sampled(&TraceContext::child_of(None, id, [9; 8]))
+            })
+            .count();
+        assert!((800..1200).contains(&kept), "{kept}");
+        assert!(Sampler::from_env(Some("sometimes"), None).is_err());
+        assert!(Sampler::from_env(None, Some("1.5")).is_err());
     }
 
     #[test]
