@@ -182,47 +182,73 @@ fn statements(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// The schema version recorded in the database (0 when there is no record yet).
+async fn schema_version(conn: &mut sqlx::MySqlConnection) -> Result<usize, String> {
+    let exists: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'weauth_schema'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|err| describe(&err))?;
+    if exists == 0 {
+        return Ok(0);
+    }
+    let version: Option<i32> = sqlx::query_scalar("SELECT version FROM weauth_schema WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|err| describe(&err))?;
+    Ok(usize::try_from(version.unwrap_or(0)).unwrap_or(0))
+}
+
+/// Refuses a database from a newer issuer; `Ok(true)` when the schema is current.
+fn check_version(version: usize) -> Result<bool, String> {
+    let latest = MIGRATIONS.len();
+    if version > latest {
+        return Err(format!(
+            "the database has schema version {version}, written by a newer weauth-issuer; this one knows up to {latest}"
+        ));
+    }
+    Ok(version == latest)
+}
+
 /// Applies the migrations the database lacks, holding `GET_LOCK` so that replicas starting
-/// together migrate one at a time; refuses a database from a newer issuer.
+/// together migrate one at a time; refuses a database from a newer issuer. A current schema is
+/// seen without the lock (every start but the first after an upgrade), and where `GET_LOCK`
+/// is refused — MariaDB Galera (error 1235: it has no cluster-wide lock) — the migration runs
+/// without it (every statement of a migration may run twice).
 async fn migrate(pool: &MySqlPool) -> Result<(), String> {
     let mut conn = pool.acquire().await.map_err(|err| describe(&err))?;
-    let locked: Option<i64> =
+    if check_version(schema_version(&mut conn).await?)? {
+        return Ok(());
+    }
+    let locked: Result<Option<i64>, sqlx::Error> =
         sqlx::query_scalar("SELECT GET_LOCK(CONCAT('weauth_migrate.', DATABASE()), 60)")
             .fetch_one(&mut *conn)
-            .await
-            .map_err(|err| describe(&err))?;
-    if locked != Some(1) {
-        return Err("another replica held the migration lock for 60 s".into());
-    }
+            .await;
+    let locked = match locked {
+        Ok(Some(1)) => true,
+        Ok(_) => return Err("another replica held the migration lock for 60 s".into()),
+        Err(err) if error_number(&err) == Some(1235) => {
+            tracing::warn!(error = %err, "GET_LOCK is not supported here (MariaDB Galera): migrating without the lock");
+            false
+        }
+        Err(err) => return Err(describe(&err)),
+    };
     let result = async {
         // Created only when missing: a user with the data privileges alone (a DBA ran the
         // migrations) can start once the schema is current.
-        let exists: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.TABLES \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'weauth_schema'",
-        )
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|err| describe(&err))?;
-        if exists == 0 {
+        let version = schema_version(&mut conn).await?;
+        if check_version(version)? {
+            return Ok(());
+        }
+        if version == 0 {
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS weauth_schema (id TINYINT NOT NULL PRIMARY KEY, \
                  version INT NOT NULL) ENGINE=InnoDB",
             )
             .await
             .map_err(|err| format!("creating the schema table: {}", describe(&err)))?;
-        }
-        let version: Option<i32> =
-            sqlx::query_scalar("SELECT version FROM weauth_schema WHERE id = 1")
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|err| describe(&err))?;
-        let version = usize::try_from(version.unwrap_or(0)).unwrap_or(0);
-        let latest = MIGRATIONS.len();
-        if version > latest {
-            return Err(format!(
-                "the database has schema version {version}, written by a newer weauth-issuer; this one knows up to {latest}"
-            ));
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             for statement in statements(sql) {
@@ -248,9 +274,11 @@ async fn migrate(pool: &MySqlPool) -> Result<(), String> {
         Ok(())
     }
     .await;
-    let _ = conn
-        .execute("DO RELEASE_LOCK(CONCAT('weauth_migrate.', DATABASE()))")
-        .await;
+    if locked {
+        let _ = conn
+            .execute("DO RELEASE_LOCK(CONCAT('weauth_migrate.', DATABASE()))")
+            .await;
+    }
     result
 }
 

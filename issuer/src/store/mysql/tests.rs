@@ -120,6 +120,29 @@ async fn mysql_replicas_starting_together_migrate_once() {
     }
 }
 
+/// A start on a current schema takes no migration lock: it does not wait for one held
+/// elsewhere, and works where `GET_LOCK` is refused (MariaDB Galera). Shown by holding the
+/// lock from another connection: the start waited for it, past its own timeout, before.
+#[tokio::test]
+async fn mysql_start_on_a_current_schema_takes_no_migration_lock() {
+    let db = TestDb::new().await;
+    drop(db.handle().await);
+    let holder = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let mut conn = holder.acquire().await.unwrap();
+    let held: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('weauth_migrate.', DATABASE()), 0)")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(held, Some(1));
+    // It starts (it waited for the lock before, past the start's timeout).
+    drop(db.handle().await);
+}
+
 #[tokio::test]
 async fn mysql_database_from_newer_issuer_refused_naming_version() {
     let db = TestDb::new().await;
