@@ -16,6 +16,8 @@
 //! batches every second.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::SystemClock;
@@ -185,15 +187,29 @@ impl SpanData {
 pub struct OtlpLayer {
     tx: mpsc::Sender<Value>,
     sampler: Sampler,
+    /// Spans dropped because the queue was full (the exporter reports them).
+    dropped: Arc<AtomicU64>,
 }
 
-/// The finished spans, in OTLP JSON, on their way to [`export`].
-pub type SpanReceiver = mpsc::Receiver<Value>;
+/// The finished spans, in OTLP JSON, on their way to [`export`], and how many were dropped
+/// on the way (a full queue: the collector is behind).
+pub struct SpanReceiver {
+    rx: mpsc::Receiver<Value>,
+    dropped: Arc<AtomicU64>,
+}
 
 /// The layer and the receiving end its exporter ([`export`]) reads.
 pub fn layer(sampler: Sampler) -> (OtlpLayer, SpanReceiver) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (OtlpLayer { tx, sampler }, rx)
+    let dropped = Arc::new(AtomicU64::new(0));
+    (
+        OtlpLayer {
+            tx,
+            sampler,
+            dropped: Arc::clone(&dropped),
+        },
+        SpanReceiver { rx, dropped },
+    )
 }
 
 impl<S> Layer<S> for OtlpLayer
@@ -271,8 +287,15 @@ where
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(&id) {
             if let Some(data) = span.extensions_mut().remove::<SpanData>() {
-                // Full queue: the collector is behind; the span is dropped ([`export`] says so).
-                let _ = self.tx.try_send(data.to_otlp(SystemClock.now_nanos()));
+                // Full queue: the collector is behind; the span is dropped, and counted for
+                // [`export`] to say so.
+                if self
+                    .tx
+                    .try_send(data.to_otlp(SystemClock.now_nanos()))
+                    .is_err()
+                {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -301,11 +324,21 @@ pub fn body(service_name: &str, spans: Vec<Value>) -> Value {
 }
 
 /// Posts the finished spans to the collector every second (or as soon as a batch is full),
-/// until `rx` closes. A failed post is logged (at most once a minute) and its spans dropped.
-pub async fn export(config: OtlpConfig, mut rx: SpanReceiver) {
+/// until `rx` closes. A failed post is logged (at most once a minute) and its spans dropped;
+/// so, as often, are the spans the queue had no room for (a collector too slow to keep up).
+pub async fn export(config: OtlpConfig, receiver: SpanReceiver) {
+    let SpanReceiver { mut rx, dropped } = receiver;
     let client = reqwest::Client::new();
     let mut last_warning: Option<tokio::time::Instant> = None;
+    let mut last_drop_report = tokio::time::Instant::now();
     loop {
+        if last_drop_report.elapsed() >= Duration::from_secs(60) {
+            last_drop_report = tokio::time::Instant::now();
+            let lost = dropped.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                tracing::warn!(url = %config.traces_url, dropped = lost, "OTLP export: spans dropped in the last minute, the queue was full (the collector does not keep up: raise its capacity, or sample fewer traces with OTEL_TRACES_SAMPLER_ARG)");
+            }
+        }
         let mut spans = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while spans.len() < BATCH {
@@ -392,6 +425,31 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.contains("OTEL_TRACES_SAMPLER"), "{err}");
+    }
+
+    /// A span the full queue has no room for is counted (the exporter's warning reports it),
+    /// not dropped unseen; an unsampled request leaves no span at all.
+    #[test]
+    fn full_queue_drops_are_counted_unsampled_requests_skipped() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let (layer, receiver) = super::layer(Sampler::default());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            for sampled in ["no", "yes"] {
+                for _ in 0..QUEUE + 3 {
+                    let _span = tracing::error_span!(
+                        "request",
+                        trace_id = "0af7651916cd43dd8448eb211c80319c",
+                        span_id = "b7ad6b7169203331",
+                        parent_id = "00f067aa0ba902b7",
+                        caller_sampled = sampled,
+                    )
+                    .entered();
+                }
+            }
+        });
+        assert_eq!(receiver.rx.len(), QUEUE);
+        assert_eq!(receiver.dropped.load(Ordering::Relaxed), 3);
     }
 
     #[test]
