@@ -182,6 +182,9 @@ fn statements(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// How long a start waits for the schema migrations (another replica's included).
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The schema version recorded in the database (0 when there is no record yet).
 async fn schema_version(conn: &mut sqlx::MySqlConnection) -> Result<usize, String> {
     let exists: i64 = sqlx::query_scalar(
@@ -418,17 +421,32 @@ impl MysqlStore {
                 .fetch_one(&pool)
                 .await
                 .map_err(|err| describe(&err))?;
-            migrate(&pool).await?;
-            check_engines(&pool).await?;
-            check_privileges(&pool).await?;
             Ok::<_, String>(version)
         };
-        let version = tokio::time::timeout(
-            options.acquire_timeout.max(Duration::from_secs(5)) * 3,
-            opened,
-        )
+        let answer = options.acquire_timeout.max(Duration::from_secs(5)) * 3;
+        let no_answer = || fail("no answer from the server".into());
+        let version = tokio::time::timeout(answer, opened)
+            .await
+            .map_err(|_| no_answer())?
+            .map_err(fail)?;
+        // Not under the connection's timeout: a migration may wait a minute for another
+        // replica's, and one on a large table (an index) may run for minutes — cut at every
+        // start, its committed DDL would be re-run and fail.
+        tokio::time::timeout(MIGRATION_TIMEOUT, migrate(&pool))
+            .await
+            .map_err(|_| {
+                fail(format!(
+                    "the schema migration did not finish within {} minutes",
+                    MIGRATION_TIMEOUT.as_secs() / 60
+                ))
+            })?
+            .map_err(fail)?;
+        tokio::time::timeout(answer, async {
+            check_engines(&pool).await?;
+            check_privileges(&pool).await
+        })
         .await
-        .map_err(|_| fail("no answer from the server".into()))?
+        .map_err(|_| no_answer())?
         .map_err(fail)?;
         match read_durability(&pool).await {
             Ok(durability) => {
