@@ -172,10 +172,11 @@ fn serve(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        if let Some((otlp, spans)) = traces {
+        let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();
+        let exporter = traces.map(|(otlp, spans)| {
             tracing::info!(url = %otlp.traces_url, "exporting traces over OTLP");
-            tokio::spawn(otel::export(otlp, spans));
-        }
+            tokio::spawn(otel::export(otlp, spans, flush_rx))
+        });
         let listen = config.listen;
         // Bind and check the key material first: nothing (database, data key, signing key)
         // is created by a start that cannot serve.
@@ -191,6 +192,11 @@ fn serve(
         let _ = stop_tx.send(true);
         for task in tasks {
             let _ = task.await;
+        }
+        // The spans of the last second and of the drain: posted before the process ends.
+        if let Some(exporter) = exporter {
+            let _ = flush_tx.send(());
+            let _ = tokio::time::timeout(otel::FLUSH_TIMEOUT, exporter).await;
         }
         Ok(())
     })

@@ -810,3 +810,38 @@ async fn otlp_spans_join_the_callers_trace() {
     stack.shutdown().await;
     receiver.shutdown().await;
 }
+
+/// The spans of a stopping issuer's last moment are posted before it exits: the exporter is
+/// told to flush after the drain (they were lost — the export task died with the runtime,
+/// batches go out once a second).
+#[tokio::test]
+async fn otlp_spans_of_the_last_moment_are_posted_at_shutdown() {
+    let (receiver, spans) = otlp_receiver().await;
+    let stack = Stack::builder()
+        .without_envoy()
+        .issuer_env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", receiver.addr()),
+        )
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the issuer: {e}"));
+    let trace = "3af7651916cd43dd8448eb211c80319c";
+    let code = stack.mock.login("last-moment").code;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/login", stack.issuer_url()))
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    stack.shutdown().await;
+    let exported = spans
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s["traceId"] == trace && s["name"] == "request");
+    assert!(exported, "the last login's spans were lost at shutdown");
+    receiver.shutdown().await;
+}

@@ -323,11 +323,21 @@ pub fn body(service_name: &str, spans: Vec<Value>) -> Value {
     }]})
 }
 
+/// How long a stopping issuer waits for its last spans to be posted.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Posts the finished spans to the collector every second (or as soon as a batch is full),
-/// until `rx` closes. A failed post is logged (at most once a minute) and its spans dropped;
-/// so, as often, are the spans the queue had no room for (a collector too slow to keep up).
-pub async fn export(config: OtlpConfig, receiver: SpanReceiver) {
+/// until `rx` closes or `flush` fires (the issuer stopping: what is queued is posted, then it
+/// returns). A failed post is logged (at most once a minute) and its spans dropped; so, as
+/// often, are the spans the queue had no room for (a collector too slow to keep up).
+pub async fn export(
+    config: OtlpConfig,
+    receiver: SpanReceiver,
+    flush: tokio::sync::oneshot::Receiver<()>,
+) {
     let SpanReceiver { mut rx, dropped } = receiver;
+    let mut flush = std::pin::pin!(flush);
+    let mut stopping = false;
     let client = reqwest::Client::new();
     let mut last_warning: Option<tokio::time::Instant> = None;
     let mut last_drop_report = tokio::time::Instant::now();
@@ -340,12 +350,31 @@ pub async fn export(config: OtlpConfig, receiver: SpanReceiver) {
             }
         }
         let mut spans = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        while spans.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => spans.push(span),
-                Ok(None) if spans.is_empty() => return,
-                Ok(None) | Err(_) => break,
+        if stopping {
+            // What is queued, without waiting for more: the issuer is going.
+            while spans.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(span) => spans.push(span),
+                    Err(_) => break,
+                }
+            }
+            if spans.is_empty() {
+                return;
+            }
+        } else {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while spans.len() < BATCH {
+                tokio::select! {
+                    _ = &mut flush => {
+                        stopping = true;
+                        break;
+                    }
+                    got = tokio::time::timeout_at(deadline, rx.recv()) => match got {
+                        Ok(Some(span)) => spans.push(span),
+                        Ok(None) if spans.is_empty() => return,
+                        Ok(None) | Err(_) => break,
+                    },
+                }
             }
         }
         if spans.is_empty() {
@@ -354,7 +383,11 @@ pub async fn export(config: OtlpConfig, receiver: SpanReceiver) {
         let count = spans.len();
         let result = client
             .post(&config.traces_url)
-            .timeout(Duration::from_secs(5))
+            .timeout(if stopping {
+                FLUSH_TIMEOUT / 2
+            } else {
+                Duration::from_secs(5)
+            })
             .json(&body(&config.service_name, spans))
             .send()
             .await
