@@ -44,12 +44,7 @@ fn alert_rules() -> Vec<Value> {
 /// every token once their set went stale (`stale_mode: deny`).
 #[test]
 fn issuer_readiness_does_not_follow_the_store() {
-    let spec = issuer_pod_spec();
-    let containers = spec["containers"].as_array().expect("containers");
-    let issuer = containers
-        .iter()
-        .find(|c| c["name"] == "issuer")
-        .expect("the issuer container");
+    let issuer = issuer_container();
     let path = issuer["readinessProbe"]["httpGet"]["path"].as_str();
     assert_eq!(path, Some("/healthz"), "readiness probe: {path:?}");
 }
@@ -57,6 +52,17 @@ fn issuer_readiness_does_not_follow_the_store() {
 /// The pod template's spec of the Deployment in deploy/kubernetes/issuer.yaml.
 fn issuer_pod_spec() -> Value {
     issuer_pod_template()["spec"].clone()
+}
+
+/// The issuer container of the issuer Deployment.
+fn issuer_container() -> Value {
+    issuer_pod_spec()["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == "issuer")
+        .expect("the issuer container")
+        .clone()
 }
 
 /// The issuer Deployment's pod template (metadata and spec).
@@ -88,11 +94,7 @@ fn issuer_pods_get_no_service_links() {
 #[test]
 fn issuer_pre_stop_pause_and_drain_fit_the_grace_period() {
     let spec = issuer_pod_spec();
-    let containers = spec["containers"].as_array().expect("containers");
-    let issuer = containers
-        .iter()
-        .find(|c| c["name"] == "issuer")
-        .expect("the issuer container");
+    let issuer = issuer_container();
     let pause = issuer["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64();
     assert!(
         pause.is_some_and(|s| s >= 1),
@@ -690,10 +692,9 @@ fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|a| &a["value"])
 }
 
-#[tokio::test]
-async fn otlp_spans_join_the_callers_trace() {
-    let (receiver, spans) = otlp_receiver().await;
-    let stack = Stack::builder()
+/// An issuer (no Envoy) exporting its traces to `receiver`.
+async fn traced_issuer(receiver: &weauth_tests::serve::ServerHandle) -> Stack {
+    Stack::builder()
         .without_envoy()
         .issuer_env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -701,42 +702,42 @@ async fn otlp_spans_join_the_callers_trace() {
         )
         .start()
         .await
-        .unwrap_or_else(|e| panic!("cannot start the issuer: {e}"));
-    let client = reqwest::Client::new();
+        .unwrap_or_else(|e| panic!("cannot start the issuer: {e}"))
+}
+
+/// `POST /v1/login` with `code` under the `traceparent` `header`: the status.
+async fn traced_login(stack: &Stack, code: &str, header: String) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/v1/login", stack.issuer_url()))
+        .header("traceparent", header)
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn otlp_spans_join_the_callers_trace() {
+    let (receiver, spans) = otlp_receiver().await;
+    let stack = traced_issuer(&receiver).await;
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let caller = "b7ad6b7169203331";
     // A trace the caller did not sample (flags 00: the mesh's 99 %) is not exported: sent
     // first, its spans would be in the batches that bring the sampled ones below.
     let unsampled = "2af7651916cd43dd8448eb211c80319c";
     let code = stack.mock.login("unsampled").code;
-    let resp = client
-        .post(format!("{}/v1/login", stack.issuer_url()))
-        .header("traceparent", format!("00-{unsampled}-{caller}-00"))
-        .json(&json!({ "code": code }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let header = format!("00-{unsampled}-{caller}-00");
+    assert_eq!(traced_login(&stack, &code, header).await, 200);
     let code = stack.mock.login("traced").code;
-    let resp = client
-        .post(format!("{}/v1/login", stack.issuer_url()))
-        .header("traceparent", format!("00-{trace}-{caller}-01"))
-        .json(&json!({ "code": code }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let header = format!("00-{trace}-{caller}-01");
+    assert_eq!(traced_login(&stack, &code, header).await, 200);
     // A code WeChat refuses (40029): the WeChat span says so, and never carries the code.
     let bad_code = "no-such-code-4711";
     let bad_trace = "1af7651916cd43dd8448eb211c80319c";
-    let resp = client
-        .post(format!("{}/v1/login", stack.issuer_url()))
-        .header("traceparent", format!("00-{bad_trace}-{caller}-01"))
-        .json(&json!({ "code": bad_code }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    let header = format!("00-{bad_trace}-{caller}-01");
+    assert_eq!(traced_login(&stack, bad_code, header).await, 400);
 
     // Exported in batches every second.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -817,25 +818,11 @@ async fn otlp_spans_join_the_callers_trace() {
 #[tokio::test]
 async fn otlp_spans_of_the_last_moment_are_posted_at_shutdown() {
     let (receiver, spans) = otlp_receiver().await;
-    let stack = Stack::builder()
-        .without_envoy()
-        .issuer_env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{}", receiver.addr()),
-        )
-        .start()
-        .await
-        .unwrap_or_else(|e| panic!("cannot start the issuer: {e}"));
+    let stack = traced_issuer(&receiver).await;
     let trace = "3af7651916cd43dd8448eb211c80319c";
     let code = stack.mock.login("last-moment").code;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/login", stack.issuer_url()))
-        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
-        .json(&json!({ "code": code }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let header = format!("00-{trace}-b7ad6b7169203331-01");
+    assert_eq!(traced_login(&stack, &code, header).await, 200);
     stack.shutdown().await;
     let exported = spans
         .lock()
