@@ -734,9 +734,13 @@ fn open_prefix_warnings(rules: &[Rule]) -> Vec<String> {
         .iter()
         .enumerate()
         .filter_map(|(i, rule)| match &rule.path {
-            PathMatch::Prefix(prefix) if rule.require == Require::None && !prefix.ends_with('/') => {
+            PathMatch::Prefix(prefix)
+                if rule.require == Require::None && !prefix.ends_with('/') =>
+            {
                 Some(format!(
-                    "rules[{i}] (prefix {prefix}) needs no token on every path that starts with                      `{prefix}` — `{prefix}X` and `{prefix}.json` too: use `exact`, or end the                      prefix with `/`"
+                    "rules[{i}] (prefix {prefix}) needs no token on every path that starts with \
+                     `{prefix}` — `{prefix}X` and `{prefix}.json` too: use `exact`, or end the \
+                     prefix with `/`"
                 ))
             }
             _ => None,
@@ -1697,7 +1701,12 @@ mod tests {
             "{}",
             open[0]
         );
-        assert!(open[0].contains("`/healthzX`"), "{}", open[0]);
+        assert!(
+            open[0].contains("starts with `/healthz` — `/healthzX`"),
+            "{}",
+            open[0]
+        );
+        assert!(!open[0].contains("  "), "{}", open[0]);
     }
 
     #[test]

@@ -285,9 +285,20 @@ fn decide_request<'c>(
     // A CORS preflight (`cors_preflight`) goes through unauthenticated — a browser never sends
     // credentials with one — but only a credential-less one on a path judged like any other: a
     // crafted "preflight" carrying a token is judged as a request (its token is not forwarded
-    // unchecked), one with an unsafe path is refused above.
+    // unchecked), one with an unsafe path is refused above. A token in the query is the one
+    // exception: the preflight goes to the request's URL, query included.
+    let credential_less = match &extracted {
+        Extracted::Missing => true,
+        Extracted::Found { source, .. } => {
+            matches!(
+                config.token_sources.get(*source),
+                Some(TokenSource::Query(_))
+            )
+        }
+        Extracted::Ambiguous => false,
+    };
     if config.cors_preflight
-        && matches!(extracted, Extracted::Missing)
+        && credential_less
         && method == Some("OPTIONS")
         && headers::first(headers, "origin").is_some()
         && headers::first(headers, "access-control-request-method").is_some()
@@ -1063,6 +1074,21 @@ mod tests {
         let mut host = preflight("/api/a%2fb", &[]);
         assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
         assert_eq!(host.reply.as_ref().map(|r| r.0), Some(400));
+
+        // A token in the query travels with the preflight (it goes to the request's URL): not
+        // a credential of the preflight's.
+        let config = config_with_query_source();
+        let mut host = preflight("/api/admin/x?access_token=expired", &[]);
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert!(host.reply.is_none());
+    }
+
+    fn config_with_query_source() -> Config {
+        config(serde_json::json!({
+            "cors_preflight": true,
+            "token_sources": [{"header": "authorization", "prefix": "Bearer "},
+                              {"query": "access_token"}]
+        }))
     }
 
     #[test]

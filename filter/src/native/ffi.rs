@@ -553,14 +553,18 @@ fn pin_module() {
             libc::dladdr(here, info.as_mut_ptr()) != 0 && {
                 let path = info.assume_init().dli_fname;
                 !path.is_null()
-                    && !libc::dlopen(path, libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE)
-                        .is_null()
+                    && !libc::dlopen(
+                        path,
+                        libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+                    )
+                    .is_null()
             }
         };
         if !pinned {
             log(
                 Level::Warn,
-                "could not keep the module loaded (dladdr/dlopen RTLD_NODELETE): set                  `do_not_close: true` in its dynamic_module_config",
+                "could not keep the module loaded (dladdr/dlopen RTLD_NODELETE): set \
+                 `do_not_close: true` in its dynamic_module_config",
             );
         }
     });

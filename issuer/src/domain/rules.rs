@@ -156,6 +156,14 @@ pub fn sub_revocation_covers(issued_before: i64, session_created_at: i64) -> boo
     session_created_at < issued_before
 }
 
+/// The `until` of the `sid` entry a `sub` revocation at `now` writes for a session it ends,
+/// from the `sub` entry's `until`: that one covers tokens issued before `issued_before`
+/// (`issued_before - 1 + lifetime + leeway`); the session's own may have been issued up to
+/// `now`, so the `sid` entry lasts `now + 1 - issued_before` longer (never less).
+pub fn session_until_of_sub(until: i64, issued_before: i64, now: i64) -> i64 {
+    until.saturating_add(now.saturating_add(1).saturating_sub(issued_before).max(0))
+}
+
 /// What the store knows about a token's revocation, looked up by its claims.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RevocationFacts {
@@ -186,6 +194,17 @@ pub fn next_watermark(current: u64, highest_purged: Option<u64>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_until_of_sub_covers_tokens_issued_up_to_now() {
+        // issued_before an hour ago, lifetime + leeway 960: the sub entry ends 960 s after
+        // issued_before - 1; a session's token issued at now ends 960 s after now.
+        let (now, issued_before) = (10_000, 6_400);
+        let until = issued_before - 1 + 960;
+        assert_eq!(session_until_of_sub(until, issued_before, now), now + 960);
+        // The default issued_before (now + 1): the same until.
+        assert_eq!(session_until_of_sub(until, now + 1, now), until);
+    }
 
     fn row(
         used: Option<i64>,

@@ -337,8 +337,9 @@ pub trait Store: Send + Sync {
 
     /// Records a revocation with the next seq and, atomically, ends the sessions it covers (a
     /// `sid`: that session; a `sub`: the sessions [`crate::domain::rules::sub_revocation_covers`]).
-    /// A `sub` revocation also writes a `sid` entry (same `until`) for each live session it
-    /// ends, before its own entry, which is the one returned: the edge refuses a `sub` entry's
+    /// A `sub` revocation also writes a `sid` entry for each live session it ends (its `until`:
+    /// [`crate::domain::rules::session_until_of_sub`]), before its own entry, which is the one
+    /// returned: the edge refuses a `sub` entry's
     /// tokens by `iat < issued_before`, and a session created before `issued_before` may hold
     /// newer ones (refreshed since, when `issued_before` is in the past; minted on a replica
     /// whose clock runs ahead).

@@ -218,9 +218,17 @@ mod tests {
         assert!(tenth.sampled(&sampled) && !tenth.sampled(&unsampled));
         assert!(tenth.sampled(&low) && !tenth.sampled(&high));
         let ratio = Sampler::from_env(Some("traceidratio"), Some("0.1")).unwrap();
+        let sampled_high = TraceContext {
+            caller_sampled: Some(true),
+            ..high
+        };
         assert!(
-            !ratio.sampled(&sampled) || ratio.sampled(&unsampled),
-            "the caller ignored"
+            !ratio.sampled(&sampled_high),
+            "not parent-based: the caller's flag ignored"
+        );
+        assert!(
+            tenth.sampled(&sampled_high),
+            "parent-based: the caller's flag followed"
         );
         let off = Sampler::from_env(Some("always_off"), None).unwrap();
         assert!(!off.sampled(&sampled) && !off.sampled(&low));

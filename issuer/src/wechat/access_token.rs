@@ -317,17 +317,12 @@ impl AccessTokens {
             return Ok(token);
         };
         let now = self.clock.now();
-        let last = {
-            let mut forced_at = self
-                .forced_at
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let last = forced_at.get(appid).copied();
-            if last.is_none_or(|at| now >= at + FORCE_INTERVAL) {
-                forced_at.insert(appid.to_string(), now);
-            }
-            last
-        };
+        let last = self
+            .forced_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(appid)
+            .copied();
         if let Some(at) = last.filter(|at| now < at + FORCE_INTERVAL) {
             self.metrics.wechat_token_refresh("force_withheld");
             tracing::warn!(appid = %appid, seconds_ago = now - at, "stable_token returned the token WeChat refused again; not forcing another refresh so soon");
@@ -339,6 +334,12 @@ impl AccessTokens {
             "stable_token returned the token WeChat just refused; forcing a new one"
         );
         let forced = wechat.stable_token(true).await?;
+        // Counted once WeChat answered it (a force that timed out may not have counted there;
+        // the store's lease keeps replicas from forcing at once).
+        self.forced_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(appid.to_string(), now);
         if forced.token.as_str() == refused {
             tracing::warn!(appid = %appid, "a forced stable_token refresh returned the refused token");
             return Err(WechatError::InvalidAccessToken { errcode: 40001 });

@@ -168,7 +168,9 @@ pub async fn revoke_sub_ends_older_sessions_only(backend: &dyn Backend) {
             .collect::<Vec<_>>()
     };
     let sub_entry = (EntryKind::Sub, "u-c1".to_string(), 1000);
-    let sid_entry = (EntryKind::Sid, "s-c1".to_string(), 1000);
+    // Its tokens may have been issued up to the revocation (25), not only before 20: its
+    // entry lasts 25 + 1 - 20 = 6 s longer (rules::session_until_of_sub).
+    let sid_entry = (EntryKind::Sid, "s-c1".to_string(), 1006);
     assert_eq!(
         feed(Arc::clone(&store)).await,
         vec![sid_entry.clone(), sub_entry.clone()]

@@ -735,7 +735,9 @@ pub(super) async fn revoke(
                         .await?;
                     // Its own entry too (see `Store::revoke`): the session may hold tokens
                     // issued at or after `issued_before`, which the `sub` entry does not cover.
-                    insert_revocation(&mut tx, EntryKind::Sid, &sid, None, until, now).await?;
+                    let session_until = rules::session_until_of_sub(until, *issued_before, now);
+                    insert_revocation(&mut tx, EntryKind::Sid, &sid, None, session_until, now)
+                        .await?;
                 }
             }
             insert_revocation(

@@ -65,8 +65,11 @@ impl RedisStore {
                 let revoked = self
                     .mark_user_sessions(value, now, issued_before, &mut marked)
                     .await?;
+                let session_until =
+                    rules::session_until_of_sub(until, issued_before.unwrap_or(now + 1), now);
                 for sid in revoked {
-                    self.append_entry(EntryKind::Sid, &sid, None, until).await?;
+                    self.append_entry(EntryKind::Sid, &sid, None, session_until)
+                        .await?;
                 }
             }
             EntryKind::Jti => {}

@@ -590,7 +590,8 @@ pub(super) fn revoke(
                     .map_err(db_err)?;
                     // Its own entry too (see `Store::revoke`): the session may hold tokens
                     // issued at or after `issued_before`, which the `sub` entry does not cover.
-                    insert_revocation(&tx, EntryKind::Sid, &sid, None, until, now)?;
+                    let session_until = rules::session_until_of_sub(until, *issued_before, now);
+                    insert_revocation(&tx, EntryKind::Sid, &sid, None, session_until, now)?;
                 }
             }
             insert_revocation(&tx, EntryKind::Sub, sub, Some(*issued_before), until, now)?
