@@ -214,20 +214,20 @@ fn shared_data_key(config: &Config) -> Result<DataKey, StartError> {
     )?)
 }
 
-/// The login rate limit of this process alone.
-fn local_login_limiter(config: &Config) -> Arc<dyn Limiter<IpAddr>> {
-    Arc::new(LocalLimiter::new(
-        config.login_rate_per_min,
-        config.login_burst,
-    ))
-}
+/// The rate limits of this process alone: logins per client, WeChat calls per user.
+type Limiters = (Arc<dyn Limiter<IpAddr>>, Arc<dyn Limiter<String>>);
 
-/// The WeChat calls per user of this process alone.
-fn local_user_limiter(config: &Config) -> Arc<dyn Limiter<String>> {
-    Arc::new(LocalLimiter::new(
-        config.user_wechat_rate_per_min,
-        config.user_wechat_burst,
-    ))
+fn local_limiters(config: &Config) -> Limiters {
+    (
+        Arc::new(LocalLimiter::new(
+            config.login_rate_per_min,
+            config.login_burst,
+        )),
+        Arc::new(LocalLimiter::new(
+            config.user_wechat_rate_per_min,
+            config.user_wechat_burst,
+        )),
+    )
 }
 
 /// Opens the store, with the local or shared rate limits and announcements that go with it.
@@ -242,10 +242,11 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
             })
             .await
             .map_err(|err| StartError::Join(err.to_string()))??;
+            let (login_limiter, user_limiter) = local_limiters(config);
             Ok(Backend {
                 store,
-                login_limiter: local_login_limiter(config),
-                user_limiter: local_user_limiter(config),
+                login_limiter,
+                user_limiter,
                 announcements: Arc::new(Polling),
                 health: None,
                 data_key,
@@ -290,14 +291,15 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
             })
             .await?;
             let data_key = shared_data_key(config)?;
+            let (login_limiter, user_limiter) = local_limiters(config);
             Ok(Backend {
                 store: Arc::new(store),
                 // Per replica: a shared bucket would be one more row write (and row lock)
                 // per login on the database every login already writes to; the limit guards
                 // against one client's burst, which a load balancer spreads over replicas.
                 // The same for the WeChat calls per user.
-                login_limiter: local_login_limiter(config),
-                user_limiter: local_user_limiter(config),
+                login_limiter,
+                user_limiter,
                 // Cross-replica wake-ups: the seq is one primary-key read, re-read every
                 // 250 ms by each replica (the bound on hearing another replica's revocation).
                 announcements: Arc::new(Polling),
