@@ -9,6 +9,9 @@ use super::*;
 pub(super) enum Mark {
     /// Revoked by this call.
     Revoked,
+    /// Covered by a `sub` revocation, and revoked before (by a logout, a reuse, or an
+    /// earlier attempt of this revocation cut short).
+    RevokedBefore,
     /// Left as it was: already revoked, or not covered by the `sub` revocation's
     /// `issued_before`.
     Done,
@@ -59,12 +62,22 @@ impl RedisStore {
             }
             EntryKind::Sub => {
                 // Each session this revokes gets its own `sid` entry first (`Store::revoke`):
-                // it may hold tokens issued at or after `issued_before`. A retry after a cut
-                // finds those sessions already revoked and writes no entry for them: only the
-                // `sub` one, which covers what they issued before `issued_before`.
-                let revoked = self
+                // it may hold tokens issued at or after `issued_before`. So does one it covers
+                // that was revoked before without a `sid` entry in the feed — an earlier attempt
+                // of this revocation cut between its marks and their entries, which the
+                // admin's retry completes here.
+                let (mut revoked, before) = self
                     .mark_user_sessions(value, now, issued_before, &mut marked)
                     .await?;
+                for sid in before {
+                    let index = self.key(&keys::revoked(EntryKind::Sid.name(), &sid));
+                    let listed: bool = self
+                        .op(|mut conn| async move { conn.exists(index).await })
+                        .await?;
+                    if !listed {
+                        revoked.push(sid);
+                    }
+                }
                 let session_until =
                     rules::session_until_of_sub(until, issued_before.unwrap_or(now + 1), now);
                 for sid in revoked {
@@ -176,20 +189,21 @@ impl RedisStore {
             0 => Mark::GuardFailed,
             2 => Mark::Missing,
             3 => Mark::Revoked,
+            4 => Mark::RevokedBefore,
             _ => Mark::Done,
         })
     }
 
     /// Marks the sessions of `sub` not in `marked` (which it extends), concurrently; returns
-    /// those this call revoked.
+    /// those this call revoked and those it covers that were revoked before.
     pub(super) async fn mark_user_sessions(
         &self,
         sub: &str,
         now: i64,
         issued_before: Option<i64>,
         marked: &mut HashSet<String>,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut revoked = Vec::new();
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let (mut revoked, mut before) = (Vec::new(), Vec::new());
         let set = self.key(&keys::sub_sessions(sub));
         let sids: Vec<String> = self
             .op(|mut conn| async move { conn.smembers(set).await })
@@ -210,11 +224,13 @@ impl RedisStore {
                 if outcome != Mark::Missing {
                     marked.insert(sid.clone());
                 }
-                if outcome == Mark::Revoked {
-                    revoked.push(sid.clone());
+                match outcome {
+                    Mark::Revoked => revoked.push(sid.clone()),
+                    Mark::RevokedBefore => before.push(sid.clone()),
+                    _ => {}
                 }
             }
         }
-        Ok(revoked)
+        Ok((revoked, before))
     }
 }

@@ -795,3 +795,72 @@ async fn redis_check_health_counts_evictions() {
 
 /// The same store on a real 6-node Redis Cluster.
 mod cluster;
+
+/// A `sub` revocation cut short between its marks and its sessions' `sid` entries (a crash, a
+/// failover), then retried by the admin: the retry finds the sessions already revoked and
+/// still writes their `sid` entries (it wrote only the `sub` one, leaving the sessions' newer
+/// tokens to pass the edge).
+#[tokio::test]
+async fn redis_sub_revocation_retried_after_a_cut_writes_the_sessions_entries() {
+    use crate::store::contract::login;
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    assert!(matches!(
+        store.login(&login("cut", "o-cut", None, 10)).await.unwrap(),
+        LoginResult::Created { .. }
+    ));
+    // The cut attempt: its first pass marked the session, then nothing.
+    let mark = store
+        .mark_session("s-cut", 30, false, Some(20), None)
+        .await
+        .unwrap();
+    assert_eq!(mark, super::revoke::Mark::Revoked);
+    // The retry.
+    store
+        .revoke(
+            &Revoke::Sub {
+                sub: "u-cut".into(),
+                issued_before: 20,
+            },
+            31,
+            1000,
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<(EntryKind, String)> = store
+        .feed_snapshot(0, 31, 100)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| (e.kind, e.value))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EntryKind::Sid, "s-cut".to_string()),
+            (EntryKind::Sub, "u-cut".to_string())
+        ]
+    );
+    // Again: the session's entry is in the feed now, no second one.
+    store
+        .revoke(
+            &Revoke::Sub {
+                sub: "u-cut".into(),
+                issued_before: 20,
+            },
+            32,
+            1000,
+        )
+        .await
+        .unwrap();
+    let sids = store
+        .feed_snapshot(0, 32, 100)
+        .await
+        .unwrap()
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Sid)
+        .count();
+    assert_eq!(sids, 1);
+}

@@ -7,8 +7,9 @@
 -- notes its entry as pending until RedisStore::revoke_entry clears it: a reader that finds it
 -- still set publishes the entry (the revocation was cut between the two slots). Returns 0 when
 -- the guard fails (decide again), 2 when there is no such session (yet: a login's session is
--- listed in its user's set before it is written), 3 when this call revoked it, else 1 (not
--- covered by issued_before, or revoked before).
+-- listed in its user's set before it is written), 3 when this call revoked it, 4 when a `sub`
+-- revocation covers it and it was revoked before, else 1 (not covered by issued_before; a
+-- `sid` revocation of a session revoked before).
 local s = KEYS[1]
 if redis.call('EXISTS', s) == 0 then
   if ARGV[2] == '1' then return 0 end
@@ -22,4 +23,5 @@ end
 local now_revoked = redis.call('HSETNX', s, 'revoked_at', ARGV[1])
 if ARGV[4] ~= '' then redis.call('HSET', s, 'pending_until', ARGV[4]) end
 if now_revoked == 1 then return 3 end
+if ARGV[3] ~= '' then return 4 end
 return 1
