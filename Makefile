@@ -68,7 +68,7 @@ wasm-target:
 	  echo "setup: installing rust target $(WASM_TARGET)"; rustup target add $(WASM_TARGET); \
 	fi
 
-setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, python3-pip, redis-server, redis-sentinel and mariadb-server if missing (idempotent)
+setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, python3-pip, redis-server, redis-sentinel, mariadb-server, sqlite3 and procps if missing (idempotent)
 	@if command -v curl >/dev/null 2>&1; then \
 	  echo "setup: curl already installed"; \
 	else \
@@ -97,8 +97,10 @@ setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, 
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
 	{ [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null 2>&1; } || missing="$$missing mariadb-server"; \
+	command -v sqlite3 >/dev/null 2>&1 || missing="$$missing sqlite3"; \
+	{ [ -x /bin/kill ] || [ -x /usr/bin/kill ]; } || missing="$$missing procps"; \
 	if [ -z "$$missing" ]; then \
-	  echo "setup: redis-server, redis-sentinel and mariadb-server already installed"; \
+	  echo "setup: redis-server, redis-sentinel, mariadb-server, sqlite3 and procps already installed"; \
 	else \
 	  echo "setup: installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
