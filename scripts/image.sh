@@ -43,16 +43,21 @@ native=target/$native_profile/libweauth_filter.so
 out=target/oci
 store=(--root "$root/target/buildah/root" --runroot "$root/target/buildah/run" --storage-driver vfs)
 
-apt=(apt-get -o DPkg::Lock::Timeout=300)
-[ "$(id -u)" = 0 ] || apt=(sudo -n apt-get -o DPkg::Lock::Timeout=300)
+# DEBIAN_FRONTEND after sudo, which resets the environment.
+apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300)
+[ "$(id -u)" = 0 ] || apt=(sudo -n "${apt[@]}")
 for pkg in buildah musl-tools ca-certificates; do
   if dpkg -s "$pkg" >/dev/null 2>&1; then
     continue
   fi
   echo "image: installing the Debian package $pkg"
-  if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y "$pkg"; then
-    skip "cannot install the Debian package $pkg as $(id -un) (no root, no passwordless sudo)"
+  if "${apt[@]}" install -y "$pkg" || { "${apt[@]}" update && "${apt[@]}" install -y "$pkg"; }; then
+    continue
   fi
+  # Root can install: a failure there is a failure (a mirror down, a held lock), not a skip
+  # that would let `make test` pass without its image check.
+  [ "$(id -u)" = 0 ] && { echo "image: cannot install the Debian package $pkg" >&2; exit 3; }
+  skip "cannot install the Debian package $pkg as $(id -un) (no root, no passwordless sudo)"
 done
 if ! probe=$(buildah "${store[@]}" images 2>&1); then
   skip "buildah cannot run here as $(id -un) (${probe##*$'\n'}); as a normal user it needs user namespaces and entries in /etc/subuid and /etc/subgid; run make image as root"
