@@ -179,7 +179,7 @@ async fn observe(
         app: &app,
         route,
         started,
-        span: span.clone(),
+        span: &span,
         answered: false,
     };
     let response = next.run(request).instrument(span.clone()).await;
@@ -202,7 +202,7 @@ struct Unanswered<'a> {
     app: &'a App,
     route: &'static str,
     started: tokio::time::Instant,
-    span: tracing::Span,
+    span: &'a tracing::Span,
     answered: bool,
 }
 
