@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -30,10 +31,12 @@ pub enum SecretError {
     KeyFile { path: PathBuf, reason: String },
 }
 
-/// The AES-256-GCM key for data at rest.
+/// The AES-256-GCM key for data at rest, and a MAC key derived from it for values every
+/// replica must compute alike ([`DataKey::derive`]).
 #[derive(Clone)]
 pub struct DataKey {
     cipher: Aes256Gcm,
+    derive: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -45,9 +48,25 @@ impl std::fmt::Debug for DataKey {
 impl DataKey {
     /// A key from 32 bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> DataKey {
+        // The MAC key is HMAC(data key, label): never the AES key itself.
+        let mut label = hmac_of(bytes);
+        label.update(b"weauth derived values v1");
+        let derived = Zeroizing::new(<[u8; 32]>::from(label.finalize().into_bytes()));
         DataKey {
             cipher: Aes256Gcm::new(bytes.into()),
+            derive: hmac_of(&derived),
         }
+    }
+
+    /// 32 bytes that only a holder of this key can compute from `input`, the same on every
+    /// replica sharing it: HMAC-SHA256 under a key derived from the data key, `purpose`
+    /// separating the uses (a value derived for one purpose says nothing about another).
+    pub fn derive(&self, purpose: &str, input: &[u8]) -> [u8; 32] {
+        let mut mac = self.derive.clone();
+        mac.update(&(purpose.len() as u64).to_be_bytes());
+        mac.update(purpose.as_bytes());
+        mac.update(input);
+        mac.finalize().into_bytes().into()
     }
 
     /// Encrypts `plaintext`, bound to `aad`.
@@ -144,6 +163,14 @@ impl DataKey {
     }
 }
 
+/// HMAC-SHA256 keyed with 32 bytes: the key zero-padded to SHA-256's 64-byte block, as HMAC
+/// does with a short key (RFC 2104) — `new_from_slice` would do the same behind a `Result`.
+fn hmac_of(key: &[u8; 32]) -> Hmac<Sha256> {
+    let mut block = Zeroizing::new([0u8; 64]);
+    block[..32].copy_from_slice(key);
+    <Hmac<Sha256> as KeyInit>::new(&(*block).into())
+}
+
 /// `<dir of db>/<db file name>.datakey`.
 pub fn key_file_path(db_path: &Path) -> PathBuf {
     let mut name = db_path
@@ -222,6 +249,35 @@ mod tests {
         assert!(DataKey::from_bytes(&[8u8; 32])
             .open(&sealed, "session_key:s1")
             .is_err());
+    }
+
+    #[test]
+    fn hmac_of_a_32_byte_key_is_hmac() {
+        // The same MAC as `new_from_slice` gives for that key.
+        let key = [0x0bu8; 32];
+        let mut ours = hmac_of(&key);
+        ours.update(b"what do ya want for nothing?");
+        let mut theirs = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
+        theirs.update(b"what do ya want for nothing?");
+        assert_eq!(ours.finalize().into_bytes(), theirs.finalize().into_bytes());
+    }
+
+    #[test]
+    fn derive_is_keyed_deterministic_and_separates_purposes() {
+        let key = DataKey::from_bytes(&[7u8; 32]);
+        let value = key.derive("refresh successor", b"token");
+        assert_eq!(value, key.derive("refresh successor", b"token"));
+        assert_eq!(
+            value,
+            DataKey::from_bytes(&[7u8; 32]).derive("refresh successor", b"token"),
+            "every replica with the key computes the same"
+        );
+        assert_ne!(value, key.derive("refresh successor", b"token2"));
+        assert_ne!(value, key.derive("other", b"token"));
+        assert_ne!(
+            value,
+            DataKey::from_bytes(&[8u8; 32]).derive("refresh successor", b"token")
+        );
     }
 
     #[test]

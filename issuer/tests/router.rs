@@ -234,10 +234,10 @@ async fn manual_clock_drives_the_reuse_grace_and_token_expiry() {
     let (_, login) = call(&app, post_json("/v1/login", json!({"code": "good-kim"}))).await;
     let (status, _) = call(&app, refresh(&login["refresh_token"])).await;
     assert_eq!(status, 200);
-    // Within the default 10 s grace: a sibling pair.
+    // Within the default 10 s grace: the same refresh token, a new access token.
     clock.advance_secs(10);
-    let (status, sibling) = call(&app, refresh(&login["refresh_token"])).await;
-    assert_eq!(status, 200, "{sibling}");
+    let (status, repeat) = call(&app, refresh(&login["refresh_token"])).await;
+    assert_eq!(status, 200, "{repeat}");
     // One second later the grace is over: reuse, the session is revoked.
     clock.advance_secs(1);
     let (status, body) = call(&app, refresh(&login["refresh_token"])).await;
@@ -245,7 +245,7 @@ async fn manual_clock_drives_the_reuse_grace_and_token_expiry() {
         (status, body["error"].as_str()),
         (400, Some("invalid_grant"))
     );
-    let (status, _) = call(&app, me(sibling["access_token"].as_str().unwrap())).await;
+    let (status, _) = call(&app, me(repeat["access_token"].as_str().unwrap())).await;
     assert_eq!(status, 401, "revoked with its session");
 
     // A fresh session's access token expires after WEAUTH_ACCESS_TTL (15 min) + leeway (60 s).

@@ -489,10 +489,11 @@ async fn metric(stack: &Stack, series: &str) -> u64 {
         .map_or(0, |value| value.parse().unwrap())
 }
 
-/// Issue 24 §6: a retry after a lost answer (or a second tab) within the default grace gets a
-/// working pair in the same session, and nothing is revoked.
+/// Issue 24 §6: a retry after a lost answer (or a second tab) within the default grace gets
+/// the refresh token the first use got, with an access token of its own, and nothing is
+/// revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_retried_within_the_default_grace_gets_a_sibling_pair() {
+async fn refresh_retried_within_the_default_grace_gets_the_same_refresh_token() {
     let stack = Stack::start(&[]).await;
     let login = stack.login("rosa").await;
     let rt1 = login["refresh_token"].as_str().unwrap();
@@ -508,24 +509,28 @@ async fn refresh_retried_within_the_default_grace_gets_a_sibling_pair() {
         status, 200,
         "a retry within the grace is not a theft: {retry}"
     );
-    assert_ne!(retry["refresh_token"], first["refresh_token"], "a sibling");
+    assert_eq!(
+        retry["refresh_token"], first["refresh_token"],
+        "one successor"
+    );
+    assert_eq!(retry["refresh_expires_in"], first["refresh_expires_in"]);
     assert_eq!(
         payload(retry["access_token"].as_str().unwrap())["sid"],
         payload(first["access_token"].as_str().unwrap())["sid"],
         "the same session"
     );
-    // Both pairs work, and both refresh tokens rotate on.
+    // Both access tokens work; the refresh token rotates on.
     for pair in [&first, &retry] {
         let (status, _, _) = stack.get("/v1/me", pair["access_token"].as_str()).await;
         assert_eq!(status, 200);
-        let (status, body, _) = stack
-            .post(
-                "/v1/token/refresh",
-                json!({ "refresh_token": pair["refresh_token"] }),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
     }
+    let (status, body, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": retry["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(
         stack.feed(0, 0).await["entries"],
         json!([]),
@@ -537,10 +542,11 @@ async fn refresh_retried_within_the_default_grace_gets_a_sibling_pair() {
     );
     assert_eq!(
         metric(&stack, "weauth_refreshes_total{outcome=\"ok\"}").await,
-        3
+        2
     );
 
-    // Two tabs at once: every request gets a pair, the session lives on.
+    // Two tabs at once: every request gets a pair, all with the one successor, and the
+    // session lives on.
     let login = stack.login("tabs").await;
     let answers = concurrent_refreshes(&stack, &login, 6).await;
     assert!(
@@ -548,9 +554,66 @@ async fn refresh_retried_within_the_default_grace_gets_a_sibling_pair() {
         "{answers:?}"
     );
     for (_, pair) in &answers {
+        assert_eq!(pair["refresh_token"], answers[0].1["refresh_token"]);
         let (status, _, _) = stack.get("/v1/me", pair["access_token"].as_str()).await;
         assert_eq!(status, 200);
     }
+}
+
+/// A thief replaying a refresh token within the grace gets the owner's next token, not a
+/// chain of its own: as soon as one of the two uses it after the other's grace, the session
+/// ends (a sibling token of its own rotated on beside the owner's, undetected, until the
+/// session's end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_replayed_within_the_grace_gets_no_chain_of_its_own() {
+    let (stack, clock) = Stack::start_clocked(&[("WEAUTH_REFRESH_REUSE_GRACE", "2s")]).await;
+    let login = stack.login("victim").await;
+    let rt1 = login["refresh_token"].as_str().unwrap();
+    let (status, owner, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
+        .await;
+    assert_eq!(status, 200, "{owner}");
+    // The thief replays the stolen rt1 within the grace.
+    let (status, thief, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
+        .await;
+    assert_eq!(status, 200, "{thief}");
+    // The owner rotates on; later the thief uses what it got.
+    let (status, owner_next, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": owner["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{owner_next}");
+    clock.advance_secs(3);
+    let (status, body, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": thief["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "the thief's chain is the owner's: its use after the grace is reuse: {body}"
+    );
+    // The session is over for both: the owner logs in again, the thief has nothing.
+    let (status, _, _) = stack
+        .get("/v1/me", owner_next["access_token"].as_str())
+        .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": owner_next["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        metric(&stack, "weauth_refreshes_total{outcome=\"reuse\"}").await,
+        1
+    );
 }
 
 /// Issue 24 §6: a replay after the grace is reuse (RFC 9700): the session ends, the pairs
@@ -564,10 +627,10 @@ async fn refresh_replayed_after_the_grace_revokes_the_session() {
         .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
         .await;
     assert_eq!(status, 200);
-    let (status, sibling, _) = stack
+    let (status, repeat, _) = stack
         .post("/v1/token/refresh", json!({ "refresh_token": rt1 }))
         .await;
-    assert_eq!(status, 200, "{sibling}");
+    assert_eq!(status, 200, "{repeat}");
     // Three seconds later the rotation is past the 2 s grace.
     clock.advance_secs(3);
     let (status, body, _) = stack
@@ -578,7 +641,7 @@ async fn refresh_replayed_after_the_grace_revokes_the_session() {
         (400, Some("invalid_grant")),
         "{body}"
     );
-    for pair in [&first, &sibling] {
+    for pair in [&first, &repeat] {
         let (status, _, _) = stack.get("/v1/me", pair["access_token"].as_str()).await;
         assert_eq!(status, 401, "the family is revoked");
         let (status, _, _) = stack

@@ -173,7 +173,8 @@ test('two tabs refreshing with the same cookie at once both get new cookies; the
   await context.unroute(`${ENVOY}/v1/token/refresh`);
   assert.equal(held.length, 2);
   assert.equal(held[0], held[1], 'both tabs presented the same refresh cookie');
-  // Within WEAUTH_REFRESH_REUSE_GRACE the second use is not a theft: both get a pair.
+  // Within WEAUTH_REFRESH_REUSE_GRACE the second use is not a theft: both get a pair (the
+  // same refresh cookie, each its own access cookie).
   assert.deepEqual(statuses, [204, 204]);
   for (const page of [first, second]) assert.equal((await callApi(page)).status, 200);
   // The session lives on: the cookie the browser kept refreshes again.

@@ -315,7 +315,8 @@ async fn sigkill_mid_logins_and_refreshes_loses_nothing() {
     }
     // A refresh cut by the crash either never committed (the token still works), or committed
     // and the client never saw the answer: presenting the old token again within the reuse
-    // grace gets a sibling pair (200), after it is reuse (400, RFC 9700).
+    // grace gets the refresh token the cut rotation wrote (200), after it is reuse (400, RFC
+    // 9700).
     let mut reused = 0;
     for refresh in &ledger.in_flight {
         let (status, body) = post(

@@ -148,8 +148,9 @@ type FlightKind = "refresh" | "login";
 /**
  * How long a refresh waits for its answer. Well under the issuer's reuse grace
  * (`WEAUTH_REFRESH_REUSE_GRACE`, 10 s): an answer lost on the way is then retried with the
- * same refresh token while the issuer still answers a sibling pair, not a theft verdict that
- * revokes the session (`wx.request` otherwise waits `networkTimeout.request`, 60 s).
+ * same refresh token while the issuer still answers with the token it rotated to, not a theft
+ * verdict that revokes the session (`wx.request` otherwise waits `networkTimeout.request`,
+ * 60 s).
  */
 const REFRESH_TIMEOUT_MS = 5000;
 

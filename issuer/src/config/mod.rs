@@ -267,8 +267,9 @@ pub struct Config {
     /// `WEAUTH_SESSION_MAX`, default `30d`: absolute cap of a login session.
     pub session_max: Duration,
     /// `WEAUTH_REFRESH_REUSE_GRACE`, default `10s`: a refresh token presented again within
-    /// this time after its rotation gets a sibling pair in the same session (a retry after a
-    /// lost answer on a weak mobile network, a second browser tab); a later use is reuse and
+    /// this time after its rotation gets the refresh token its rotation gave, with an access
+    /// token of its own (a retry after a lost answer on a weak mobile network, a second
+    /// browser tab); a later use is reuse and
     /// revokes the session (RFC 9700 §4.14.2). 0 = every second use revokes. Ten seconds covers
     /// an immediate retry and two tabs waking together while keeping a replay window short.
     pub refresh_reuse_grace: Duration,

@@ -144,7 +144,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_REFRESH_REUSE_GRACE",
         "10s",
-        "a refresh token presented again this soon after its rotation gets a sibling pair instead of revoking the session (<= 60s; 0s: every reuse revokes)",
+        "a refresh token presented again this soon after its rotation gets the refresh token its first use got instead of revoking the session (<= 60s; 0s: every reuse revokes)",
     ),
     var(
         "WEAUTH_LEEWAY",

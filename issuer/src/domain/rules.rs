@@ -25,10 +25,10 @@ pub struct RefreshRow {
 pub enum RefreshDecision {
     /// Consume it and issue a new one expiring at `new_expires`.
     Rotate { sid: String, new_expires: i64 },
-    /// It was rotated at `used_at`, within the reuse grace: issue a sibling in the same
-    /// family (session) expiring at `new_expires`, leaving the token as used as it was. The
-    /// store applies it only while `used_at` is still what it read.
-    Sibling {
+    /// It was rotated at `used_at`, within the reuse grace: hand out its successor again
+    /// (written at `new_expires` if the store does not hold it), leaving the token as used as
+    /// it was. The store applies it only while `used_at` is still what it read.
+    Repeat {
         sid: String,
         new_expires: i64,
         used_at: i64,
@@ -42,11 +42,12 @@ pub enum RefreshDecision {
 /// Judges a presented refresh token at `now`. The new token's lifetime slides
 /// (`now + refresh_ttl`) but never passes the session's absolute end.
 ///
-/// A token rotated at most `reuse_grace` seconds ago gets a sibling: a retry after a lost
-/// answer, or a second tab, must not end the session (the grace periods of Okta and Ory
+/// A token rotated at most `reuse_grace` seconds ago gets its successor again: a retry after
+/// a lost answer, or a second tab, must not end the session (the grace periods of Okta and Ory
 /// Hydra). Every later use is reuse and revokes the session (RFC 9700 §4.14.2);
 /// `reuse_grace = 0` treats every second use as theft. The grace runs from the token's one
-/// rotation, so siblings never extend it.
+/// rotation, so repeats never extend it. The successor is one token whoever asks
+/// ([`crate::domain::tokens::successor_refresh_token`]), so a session stays one chain.
 pub fn decide_refresh(
     row: Option<&RefreshRow>,
     now: i64,
@@ -64,7 +65,7 @@ pub fn decide_refresh(
             if row.session_expires_at <= now {
                 return RefreshDecision::Invalid("the session has reached its maximum lifetime");
             }
-            return RefreshDecision::Sibling {
+            return RefreshDecision::Repeat {
                 sid: row.sid.clone(),
                 new_expires: now.saturating_add(refresh_ttl).min(row.session_expires_at),
                 used_at,
@@ -268,11 +269,11 @@ mod tests {
     }
 
     #[test]
-    fn decide_refresh_second_use_within_grace_gets_a_sibling_after_it_is_reuse() {
+    fn decide_refresh_second_use_within_grace_is_a_repeat_after_it_is_reuse() {
         let used = row(Some(8), None, 50, 1000);
         assert_eq!(
             decide_refresh(Some(&used), 10, 100, 2),
-            RefreshDecision::Sibling {
+            RefreshDecision::Repeat {
                 sid: "s1".into(),
                 new_expires: 110,
                 used_at: 8
@@ -287,10 +288,10 @@ mod tests {
             decide_refresh(Some(&row(Some(8), None, 50, 10)), 10, 100, 2),
             RefreshDecision::Invalid(_)
         ));
-        // A sibling never outlives the session either.
+        // A repeat never outlives the session either.
         assert_eq!(
             decide_refresh(Some(&row(Some(8), None, 50, 60)), 10, 100, 5),
-            RefreshDecision::Sibling {
+            RefreshDecision::Repeat {
                 sid: "s1".into(),
                 new_expires: 60,
                 used_at: 8

@@ -6,7 +6,7 @@
 
 use weauth_token::{Audience, Claims, KeySet, SigningKey, Validation, VerifyError};
 
-use crate::secrets;
+use crate::secrets::{self, DataKey};
 
 /// What the issuer stamps into tokens.
 #[derive(Debug, Clone)]
@@ -125,9 +125,31 @@ fn head(text: &str) -> &str {
 /// characters, as [`family_of_sid`] gives for every sid the issuer makes), the other 26 are
 /// random.
 pub fn new_refresh_token(family: &str) -> (String, String) {
-    let mut bytes = secrets::random_bytes(32);
+    refresh_token_of(family, secrets::random_bytes(32))
+}
+
+/// The one successor of the refresh token `presented` ([`new_refresh_token`]'s shape, in
+/// `presented`'s family): derived from it under the data key, so every rotation of
+/// `presented` — the first, a retry after a lost answer, a second use within the reuse grace,
+/// on any replica — hands out the same token. A session is one chain of tokens: whoever
+/// replays a token within its grace gets the token its owner got, and the first of the two to
+/// use it after the other's grace ends the session as reuse, where a sibling of its own let a
+/// replayed token's chain live on undetected. Nobody without the data key can compute it.
+pub fn successor_refresh_token(data_key: &DataKey, presented: &str) -> (String, String) {
+    refresh_token_of(
+        family_of_refresh(presented),
+        data_key
+            .derive("refresh token successor", presented.as_bytes())
+            .to_vec(),
+    )
+}
+
+/// 32 bytes as a refresh token of `family`: its first 6 bytes replaced by the family's (when
+/// `family` is 8 base64url characters, as [`family_of_sid`] gives for every sid the issuer
+/// makes), the other 26 kept.
+fn refresh_token_of(family: &str, mut bytes: Vec<u8>) -> (String, String) {
     if let Ok(head) = weauth_token::b64::decode(family) {
-        if head.len() == 6 && family.len() == FAMILY_LEN {
+        if head.len() == 6 && family.len() == FAMILY_LEN && bytes.len() == 32 {
             bytes[..6].copy_from_slice(&head);
         }
     }
@@ -256,6 +278,29 @@ mod tests {
         // Another session, another family (6 random bytes each).
         let other = secrets::random_id("s_");
         assert_ne!(family_of_sid(&other), family);
+    }
+
+    #[test]
+    fn a_token_has_one_successor_under_a_data_key() {
+        let key = DataKey::from_bytes(&[3u8; 32]);
+        let (first, _) = new_refresh_token(family_of_sid(&secrets::random_id("s_")));
+        let (next, hash) = successor_refresh_token(&key, &first);
+        assert!(refresh_token_well_formed(&next));
+        assert_eq!(hash, refresh_hash(&next));
+        assert_eq!(family_of_refresh(&next), family_of_refresh(&first));
+        assert_ne!(next[FAMILY_LEN..], first[FAMILY_LEN..]);
+        // Every rotation of `first`, on any replica with the key: the same token.
+        assert_eq!(
+            successor_refresh_token(&DataKey::from_bytes(&[3u8; 32]), &first),
+            (next.clone(), hash)
+        );
+        // Another data key, another token: nobody without it computes the successor.
+        assert_ne!(
+            successor_refresh_token(&DataKey::from_bytes(&[4u8; 32]), &first).0,
+            next
+        );
+        // And the chain goes on: the successor's successor is another token.
+        assert_ne!(successor_refresh_token(&key, &next).0, next);
     }
 
     #[test]

@@ -384,7 +384,8 @@ impl Sessions {
     }
 
     /// `POST /v1/token/refresh`: single-use rotation; a second use within
-    /// `WEAUTH_REFRESH_REUSE_GRACE` gets a sibling pair, a later one revokes the session.
+    /// `WEAUTH_REFRESH_REUSE_GRACE` gets the first use's refresh token again (with an access
+    /// token of its own), a later one revokes the session.
     ///
     /// # Errors
     /// `invalid_grant` for unknown, expired, used or revoked tokens; 5xx on store failure.
@@ -408,7 +409,9 @@ impl Sessions {
             },
             None => Grants::default(),
         };
-        let (refresh_token, new_hash) = tokens::new_refresh_token(&family);
+        // The presented token's one successor: a retry or a second use within the grace gets
+        // the token the first use got (`tokens::successor_refresh_token`).
+        let (refresh_token, new_hash) = tokens::successor_refresh_token(&self.data_key, presented);
         let cached_ttl = self.longest_ttl.load(Ordering::Acquire);
         let rotate = Rotate {
             family,
@@ -425,7 +428,7 @@ impl Sessions {
             RotateResult::Rotated {
                 session,
                 refresh_expires,
-                sibling,
+                repeat,
             } => {
                 let grants = if owner.as_deref() == Some(session.sub.as_str()) {
                     grants
@@ -433,8 +436,8 @@ impl Sessions {
                     self.grants_for_token(&session.sub, now).await?
                 };
                 // A second use within the reuse grace (a retry after a lost answer, a second
-                // tab) got a sibling in the same session: counted apart from first uses.
-                self.metrics.refresh(if sibling { "grace" } else { "ok" });
+                // tab) got the first use's successor again: counted apart from first uses.
+                self.metrics.refresh(if repeat { "grace" } else { "ok" });
                 self.issue(
                     &subject_of(&session),
                     &grants,

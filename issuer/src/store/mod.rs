@@ -150,11 +150,13 @@ pub struct Rotate {
     /// where a sharded store keeps the token's session; the other stores ignore it.
     pub family: String,
     pub presented_hash: String,
+    /// The presented token's successor: one token whichever use asks
+    /// ([`crate::domain::tokens::successor_refresh_token`]).
     pub new_hash: String,
     pub now: i64,
     /// Sliding lifetime of the new refresh token, seconds (capped by the session's end).
     pub refresh_ttl: i64,
-    /// Seconds after a rotation during which a second use gets a sibling token instead of
+    /// Seconds after a rotation during which a second use gets the successor again instead of
     /// revoking the session ([`crate::domain::rules::decide_refresh`]).
     pub reuse_grace: i64,
     /// `until` of the sid revocation written when reuse is detected.
@@ -164,13 +166,13 @@ pub struct Rotate {
 /// The outcome of [`Store::rotate_refresh`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotateResult {
-    /// The presented token is consumed; the new one expires at `refresh_expires`. `sibling`:
-    /// the presented token had been rotated within the reuse grace, and the new one is a
-    /// sibling of its successor in the same session.
+    /// The presented token is consumed; its successor (`new_hash`) expires at
+    /// `refresh_expires`. `repeat`: the presented token had been rotated within the reuse
+    /// grace, and its successor is handed out again.
     Rotated {
         session: SessionRecord,
         refresh_expires: i64,
-        sibling: bool,
+        repeat: bool,
     },
     /// The token had already been used: the session is now revoked (entry written).
     Reused { sid: String, entry: Entry },

@@ -219,7 +219,7 @@ test("e2e_refresh_network_down_rejects_network_keeps_tokens_then_recovers", asyn
 test("e2e_refresh_answer_lost_retry_within_grace_recovers_without_login", async () => {
   // The refresh reached the issuer (the token rotated) but its answer was lost: the retry
   // presents the just-rotated refresh token within the issuer's reuse grace
-  // (WEAUTH_REFRESH_REUSE_GRACE, 10 s by default) and gets a sibling pair in the same session,
+  // (WEAUTH_REFRESH_REUSE_GRACE, 10 s by default) and gets the refresh token it rotated to,
   // so the user is not sent through wx.login again.
   const { wx, client } = device();
   await client.login();

@@ -48,8 +48,8 @@ macro_rules! contract_tests {
             login_without_session_key_stores_none,
             rotate_concurrently_exactly_one_winner,
             rotate_then_reuse_revokes_session_and_writes_entry,
-            rotate_within_grace_gets_a_sibling_after_it_is_reuse,
-            rotate_concurrently_with_grace_one_rotation_and_siblings,
+            rotate_within_grace_repeats_the_successor_after_it_is_reuse,
+            rotate_concurrently_with_grace_one_rotation_and_repeats,
             rotate_unknown_or_expired_invalid,
             rotate_capped_by_session_end,
             revoke_seq_strictly_increasing_under_two_writers,
@@ -401,7 +401,7 @@ pub async fn rotate_then_reuse_revokes_session_and_writes_entry(backend: &dyn Ba
     let RotateResult::Rotated {
         session,
         refresh_expires,
-        sibling: false,
+        repeat: false,
     } = rotated
     else {
         panic!("expected a rotation, got {rotated:?}");
@@ -442,7 +442,7 @@ pub async fn rotate_then_reuse_revokes_session_and_writes_entry(backend: &dyn Ba
     assert_eq!(feed.entries, vec![entry]);
 }
 
-pub async fn rotate_within_grace_gets_a_sibling_after_it_is_reuse(backend: &dyn Backend) {
+pub async fn rotate_within_grace_repeats_the_successor_after_it_is_reuse(backend: &dyn Backend) {
     let store = backend.handle().await;
     created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
     assert!(matches!(
@@ -450,36 +450,79 @@ pub async fn rotate_within_grace_gets_a_sibling_after_it_is_reuse(backend: &dyn 
             .rotate_refresh(&rotate("r-c1", "r2", 20, 5))
             .await
             .unwrap(),
-        RotateResult::Rotated { sibling: false, .. }
+        RotateResult::Rotated {
+            repeat: false,
+            refresh_expires: 120,
+            ..
+        }
     ));
     let seq = store.current_seq().await.unwrap();
-    // A retry of r-c1 within the grace: a sibling of r2, live in the same session.
+    // A retry of r-c1 within the grace names the same successor (the service derives it from
+    // the token): r2 again, as written at 20 — not a token of its own expiring at 122.
     let again = store
-        .rotate_refresh(&rotate("r-c1", "r3", 22, 5))
+        .rotate_refresh(&rotate("r-c1", "r2", 22, 5))
         .await
         .unwrap();
     let RotateResult::Rotated {
         session,
         refresh_expires,
-        sibling: true,
+        repeat: true,
     } = again
     else {
-        panic!("expected a sibling, got {again:?}");
+        panic!("expected a repeat, got {again:?}");
     };
-    assert_eq!((session.sid.as_str(), refresh_expires), ("s-c1", 122));
+    assert_eq!((session.sid.as_str(), refresh_expires), ("s-c1", 120));
     assert_eq!(store.current_seq().await.unwrap(), seq, "nothing revoked");
+    // r2 is one token, however many times it was handed out: it rotates once.
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r2", "r3", 23, 0))
+            .await
+            .unwrap(),
+        RotateResult::Rotated { repeat: false, .. }
+    ));
+    // Still within r-c1's grace, after r2 was used: r2 again, used as it is — whoever holds
+    // it cannot start a chain of its own.
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r-c1", "r2", 24, 5))
+            .await
+            .unwrap(),
+        RotateResult::Rotated {
+            repeat: true,
+            refresh_expires: 120,
+            ..
+        }
+    ));
+    // A successor the store does not hold (r-c1 rotated by a release that drew successors at
+    // random, or under another data key): written, and live in the same session.
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r-c1", "r-drawn", 24, 5))
+            .await
+            .unwrap(),
+        RotateResult::Rotated {
+            repeat: true,
+            refresh_expires: 124,
+            ..
+        }
+    ));
     assert_eq!(
-        store.refresh_owner(family("s-c1"), "r3").await.unwrap(),
+        store
+            .refresh_owner(family("s-c1"), "r-drawn")
+            .await
+            .unwrap(),
         Some("u-c1".to_string())
     );
-    // The grace runs from the rotation at 20, not from the sibling at 22: at 26 it is over.
+    assert_eq!(store.current_seq().await.unwrap(), seq, "nothing revoked");
+    // The grace runs from the rotation at 20, not from the repeats: at 26 it is over.
     let reused = store
-        .rotate_refresh(&rotate("r-c1", "r4", 26, 5))
+        .rotate_refresh(&rotate("r-c1", "r2", 26, 5))
         .await
         .unwrap();
     assert!(matches!(reused, RotateResult::Reused { .. }), "{reused:?}");
-    // Reuse after the grace ends the family: the successor and the sibling die with it.
-    for live in ["r2", "r3"] {
+    // Reuse after the grace ends the family: every token of it dies with it.
+    for live in ["r2", "r3", "r-drawn"] {
         assert!(matches!(
             store
                 .rotate_refresh(&rotate(live, "r5", 27, 5))
@@ -490,7 +533,7 @@ pub async fn rotate_within_grace_gets_a_sibling_after_it_is_reuse(backend: &dyn 
     }
 }
 
-pub async fn rotate_concurrently_with_grace_one_rotation_and_siblings(backend: &dyn Backend) {
+pub async fn rotate_concurrently_with_grace_one_rotation_and_repeats(backend: &dyn Backend) {
     let handles = [backend.handle().await, backend.handle().await];
     created(
         &handles[0]
@@ -502,34 +545,48 @@ pub async fn rotate_concurrently_with_grace_one_rotation_and_siblings(backend: &
     for i in 0..8 {
         let store = Arc::clone(&handles[i % 2]);
         tasks.push(tokio::spawn(async move {
-            let result = store
-                .rotate_refresh(&rotate("r-c1", &format!("n{i}"), 20, 5))
+            store
+                .rotate_refresh(&rotate("r-c1", "n", 20, 5))
                 .await
-                .unwrap();
-            (format!("n{i}"), result)
+                .unwrap()
         }));
     }
-    let (mut first_uses, mut siblings) = (0, Vec::new());
+    let (mut first_uses, mut repeats) = (0, 0);
     for task in tasks {
         match task.await.unwrap() {
-            (_, RotateResult::Rotated { sibling: false, .. }) => first_uses += 1,
-            (new, RotateResult::Rotated { sibling: true, .. }) => siblings.push(new),
-            (_, other) => panic!("within the grace every use gets a pair, got {other:?}"),
+            RotateResult::Rotated {
+                repeat,
+                refresh_expires: 120,
+                ..
+            } => {
+                if repeat {
+                    repeats += 1;
+                } else {
+                    first_uses += 1;
+                }
+            }
+            other => panic!("within the grace every use gets the successor, got {other:?}"),
         }
     }
-    assert_eq!((first_uses, siblings.len()), (1, 7));
+    assert_eq!((first_uses, repeats), (1, 7));
     let session = handles[1].session("s-c1").await.unwrap().unwrap();
     assert_eq!(session.revoked_at, None, "two tabs are not a theft");
-    // Every sibling is a working refresh token of its own.
-    for new in &siblings {
-        assert!(matches!(
-            handles[0]
-                .rotate_refresh(&rotate(new, &format!("{new}-next"), 21, 5))
-                .await
-                .unwrap(),
-            RotateResult::Rotated { sibling: false, .. }
-        ));
-    }
+    // The successor is one token: it rotates once, and its second use after its own grace
+    // is reuse.
+    assert!(matches!(
+        handles[0]
+            .rotate_refresh(&rotate("n", "n-next", 21, 0))
+            .await
+            .unwrap(),
+        RotateResult::Rotated { repeat: false, .. }
+    ));
+    assert!(matches!(
+        handles[1]
+            .rotate_refresh(&rotate("n", "n-next", 22, 0))
+            .await
+            .unwrap(),
+        RotateResult::Reused { .. }
+    ));
 }
 
 pub async fn rotate_unknown_or_expired_invalid(backend: &dyn Backend) {

@@ -287,22 +287,41 @@ async fn insert_revocation(
     })
 }
 
+/// Writes the successor of a rotation and commits (the presented row is locked). A repeat
+/// hands out the successor the first use wrote, as it was written, and writes it only if this
+/// store does not hold it (the first use was rotated by a release that drew successors at
+/// random).
 async fn issue_successor(
     mut tx: Tx,
     rotate: &Rotate,
     sid: &str,
     new_expires: i64,
-    sibling: bool,
+    repeat: bool,
 ) -> Result<RotateResult> {
-    sqlx::query(
-        "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) VALUES (?, ?, ?, ?)",
-    )
-    .bind(&rotate.new_hash)
-    .bind(sid)
-    .bind(rotate.now)
-    .bind(new_expires)
-    .execute(&mut *tx)
-    .await?;
+    let held: Option<i64> = if repeat {
+        sqlx::query_scalar("SELECT expires_at FROM refresh_tokens WHERE hash = ?")
+            .bind(&rotate.new_hash)
+            .fetch_optional(&mut *tx)
+            .await?
+    } else {
+        None
+    };
+    let refresh_expires = match held {
+        Some(expires_at) => expires_at,
+        None => {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) \
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(&rotate.new_hash)
+            .bind(sid)
+            .bind(rotate.now)
+            .bind(new_expires)
+            .execute(&mut *tx)
+            .await?;
+            new_expires
+        }
+    };
     let row = sqlx::query(&format!("{SESSION_COLUMNS} WHERE sid = ?"))
         .bind(sid)
         .fetch_optional(&mut *tx)
@@ -312,8 +331,8 @@ async fn issue_successor(
     tx.commit().await?;
     Ok(RotateResult::Rotated {
         session,
-        refresh_expires: new_expires,
-        sibling,
+        refresh_expires,
+        repeat,
     })
 }
 
@@ -378,7 +397,7 @@ pub(super) async fn rotate_refresh(pool: &MySqlPool, rotate: &Rotate) -> Result<
             issue_successor(tx, rotate, &sid, new_expires, false).await
         }
         // The presented token stays as used as it was: its grace never slides.
-        RefreshDecision::Sibling {
+        RefreshDecision::Repeat {
             sid, new_expires, ..
         } => issue_successor(tx, rotate, &sid, new_expires, true).await,
     }

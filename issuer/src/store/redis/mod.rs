@@ -25,7 +25,7 @@
 //! | `P sub_sessions:<sub>` | `{P}…` | set | sids of a user (TTL: latest session end + 1 day) |
 //! | `P sessions_exp` | `{P}…` | zset | sid → session end, for the purge |
 //! | `P session:<sid>` | `P{s:F}session:<sid>` | hash | the session (TTL: its end + 1 day) |
-//! | `P refresh:<hash>` | `P{s:F}refresh:<hash>` | hash | sid, created_at, expires_at, used_at (TTL: expiry + 1 day) |
+//! | `P refresh:<hash>` | `P{s:F}refresh:<hash>` | hash | sid, created_at, expires_at, used_at, rotated_by (the rotating call's id; TTL: expiry + 1 day) |
 //! | `P family:<sid>` | `P{s:F}family:<sid>` | set | the session's refresh-token hashes, removed with it |
 //! | `P refresh_exp` | `{P}…` | zset | expiry index of refresh tokens written before families (purged, no longer written) |
 //! | `P seq` | `{P}…` | string | highest revocation seq (INCR; never decreases) |
@@ -814,14 +814,16 @@ impl RedisStore {
         Ok((retry > 0).then_some(retry))
     }
 
-    /// Applies a Rotate (`used_at` None) or Sibling verdict with the ROTATE script: `None` when
-    /// the token or its session changed since it was read (decide again).
+    /// Applies a Rotate (`used_at` None) or Repeat verdict with the ROTATE script: `None` when
+    /// the token or its session changed since it was read (decide again). `call_id` names this
+    /// rotation (the script tells its own resent run from another use by it).
     async fn rotate_cas(
         &self,
         rotate: &Rotate,
         sid: &str,
         new_expires: i64,
         used_at: Option<i64>,
+        call_id: &str,
     ) -> Result<Option<RotateResult>, StoreError> {
         let keys = [
             self.refresh_key(&rotate.family, &rotate.presented_hash),
@@ -838,16 +840,17 @@ impl RedisStore {
             .arg(new_expires)
             .arg(ttl(new_expires, rotate.now))
             .arg(&rotate.new_hash)
-            .arg(used_at.map(|at| at.to_string()).unwrap_or_default());
-        let session: Option<HashMap<String, Vec<u8>>> = self.eval(&call).await?;
-        let Some(fields) = session else {
+            .arg(used_at.map(|at| at.to_string()).unwrap_or_default())
+            .arg(call_id);
+        let answer: Option<(i64, HashMap<String, Vec<u8>>)> = self.eval(&call).await?;
+        let Some((refresh_expires, fields)) = answer else {
             return Ok(None);
         };
         self.replicate(epoch).await?;
         Ok(Some(RotateResult::Rotated {
             session: session_from(&fields)?,
-            refresh_expires: new_expires,
-            sibling: used_at.is_some(),
+            refresh_expires,
+            repeat: used_at.is_some(),
         }))
     }
 

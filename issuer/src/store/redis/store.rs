@@ -281,6 +281,8 @@ impl Store for RedisStore {
     }
 
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
+        // This rotation's id, kept on the token it consumes ([`RedisStore::rotate_cas`]).
+        let call_id = crate::secrets::random_b64(12);
         for _ in 0..CAS_ATTEMPTS {
             let read = self
                 .read_refresh(&rotate.family, &rotate.presented_hash)
@@ -319,17 +321,20 @@ impl Store for RedisStore {
                     }
                 }
                 RefreshDecision::Rotate { sid, new_expires } => {
-                    if let Some(done) = self.rotate_cas(rotate, &sid, new_expires, None).await? {
+                    if let Some(done) = self
+                        .rotate_cas(rotate, &sid, new_expires, None, &call_id)
+                        .await?
+                    {
                         return Ok(done);
                     }
                 }
-                RefreshDecision::Sibling {
+                RefreshDecision::Repeat {
                     sid,
                     new_expires,
                     used_at,
                 } => {
                     if let Some(done) = self
-                        .rotate_cas(rotate, &sid, new_expires, Some(used_at))
+                        .rotate_cas(rotate, &sid, new_expires, Some(used_at), &call_id)
                         .await?
                     {
                         return Ok(done);

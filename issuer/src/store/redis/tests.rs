@@ -295,19 +295,27 @@ async fn redis_login_and_rotation_scripts_run_twice_answer_as_the_first_run() {
     let rotation = rotate_of("s-twice", "r-twice", "r-next", 11, 0);
     for run in ["first", "second"] {
         let rotated = store
-            .rotate_cas(&rotation, "s-twice", 111, None)
+            .rotate_cas(&rotation, "s-twice", 111, None, "call-1")
             .await
             .unwrap();
         assert!(
-            matches!(rotated, Some(RotateResult::Rotated { sibling: false, .. })),
+            matches!(
+                rotated,
+                Some(RotateResult::Rotated {
+                    repeat: false,
+                    refresh_expires: 111,
+                    ..
+                })
+            ),
             "{run} run: {rotated:?}"
         );
     }
-    // Another call presenting the used token is still a second use.
-    let other = rotate_of("s-twice", "r-twice", "r-other", 12, 0);
+    // Another call presenting the used token is still a second use, though it names the
+    // same successor (every rotation of a token does).
+    let other = rotate_of("s-twice", "r-twice", "r-next", 12, 0);
     assert_eq!(
         store
-            .rotate_cas(&other, "s-twice", 112, None)
+            .rotate_cas(&other, "s-twice", 112, None, "call-2")
             .await
             .unwrap(),
         None

@@ -124,27 +124,47 @@ fn insert_revocation(
     })
 }
 
-/// Writes the new refresh token of a rotation (or a sibling) and commits: the presented row
-/// was read joined to its session in this transaction.
+/// Writes the successor of a rotation and commits: the presented row was read joined to its
+/// session in this transaction. A repeat hands out the successor the first use wrote, as it
+/// was written, and writes it only if this store does not hold it (the first use was rotated
+/// by a release that drew successors at random).
 fn issue_successor(
     tx: rusqlite::Transaction<'_>,
     rotate: &Rotate,
     sid: &str,
     new_expires: i64,
-    sibling: bool,
+    repeat: bool,
 ) -> Result<RotateResult, StoreError> {
-    tx.execute(
-        "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        params![rotate.new_hash, sid, rotate.now, new_expires],
-    )
-    .map_err(db_err)?;
+    let held: Option<i64> = if repeat {
+        tx.query_row(
+            "SELECT expires_at FROM refresh_tokens WHERE hash = ?1",
+            [&rotate.new_hash],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db_err)?
+    } else {
+        None
+    };
+    let refresh_expires = match held {
+        Some(expires_at) => expires_at,
+        None => {
+            tx.execute(
+                "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![rotate.new_hash, sid, rotate.now, new_expires],
+            )
+            .map_err(db_err)?;
+            new_expires
+        }
+    };
     let session = read_session(&tx, sid)?
         .ok_or_else(|| StoreError::Corrupt("the rotated token's session is missing".into()))?;
     tx.commit().map_err(db_err)?;
     Ok(RotateResult::Rotated {
         session,
-        refresh_expires: new_expires,
-        sibling,
+        refresh_expires,
+        repeat,
     })
 }
 

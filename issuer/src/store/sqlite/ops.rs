@@ -267,7 +267,7 @@ pub(super) fn rotate_refresh(
             issue_successor(tx, rotate, &sid, new_expires, false)
         }
         // The presented token stays as used as it was: its grace never slides.
-        RefreshDecision::Sibling {
+        RefreshDecision::Repeat {
             sid, new_expires, ..
         } => issue_successor(tx, rotate, &sid, new_expires, true),
     }
