@@ -287,7 +287,9 @@ pub struct Config {
     /// `WEAUTH_LOG_FORMAT`: `text` (default) or `json` (one JSON object per line).
     pub log_json: bool,
     /// `WEAUTH_DATA_KEY` / `_FILE`: base64 of 32 bytes encrypting session keys and signing
-    /// keys at rest. Unset: a key file next to the database is used (created on first start).
+    /// keys at rest, and deriving each refresh token's one successor
+    /// ([`crate::domain::tokens::successor_refresh_token`]). Unset: a key file next to the
+    /// database is used (created on first start).
     pub data_key: Option<Zeroizing<Vec<u8>>>,
     /// `WEAUTH_SIGNING_ALG`: `EdDSA` (default), `ES256` or `HS256`.
     pub signing_alg: Algorithm,

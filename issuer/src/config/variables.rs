@@ -161,7 +161,7 @@ pub const VARIABLES: &[Var] = &[
     ),
     secret(
         "WEAUTH_DATA_KEY",
-        "base64 of 32 bytes encrypting secrets at rest (unset: <db>.datakey, created 0600)",
+        "base64 of 32 bytes encrypting secrets at rest and deriving each refresh token's successor (unset: <db>.datakey, created 0600)",
     ),
     var("WEAUTH_SIGNING_ALG", "EdDSA", "EdDSA, ES256 or HS256"),
     var(
