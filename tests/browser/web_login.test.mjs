@@ -150,6 +150,25 @@ test('login through the mock authorize page gives cookies that reach the upstrea
   await context.close();
 });
 
+test('logout after the access cookie lapsed clears the refresh cookie through the edge', TEST, async () => {
+  // The access cookie lapses with its token (its Max-Age) while the refresh cookie stays: a
+  // logout must still reach the issuer, which clears it — else whoever uses this browser
+  // next gets the session back through the refresh route. The edge answered 401 itself (a
+  // token required under /v1/) and nothing was cleared.
+  const context = await newContext('lapsed');
+  const page = await context.newPage();
+  await logIn(page);
+  await context.clearCookies({ name: 'weauth_at' });
+  const refreshCookie = async () =>
+    (await context.cookies(`${ENVOY}/v1/token/refresh`)).find((c) => c.name === 'weauth_rt');
+  assert.ok(await refreshCookie(), 'weauth_rt set by the login');
+  assert.equal(await withTimeout(page.evaluate(() => window.weauthDemo.logout()), 'logout'), 401);
+  assert.equal(await refreshCookie(), undefined, 'the logout cleared the refresh cookie');
+  assert.notEqual(await withTimeout(page.evaluate(() => window.weauthDemo.refresh()), 'refresh'), 204);
+  assert.equal(await cookie(context, 'weauth_at'), undefined, 'no session came back');
+  await context.close();
+});
+
 test('two tabs refreshing with the same cookie at once both get new cookies; the session survives', TEST, async () => {
   const context = await newContext('tabitha');
   const first = await context.newPage();

@@ -89,8 +89,8 @@ async fn web_login_in_chromium_through_envoy() {
     );
     // Node's runner reports its counts: make sure tests actually ran.
     assert!(
-        stdout.contains("ℹ pass 8"),
-        "expected 8 passing browser tests:\n{stdout}"
+        stdout.contains("ℹ pass 9"),
+        "expected 9 passing browser tests:\n{stdout}"
     );
     stack.shutdown().await;
 }
