@@ -46,6 +46,10 @@ impl Keys {
         // The clock skew too: the fetcher drops an entry that long past its `until`, so a set
         // kept for a smaller skew lacks entries a larger one still needs (a revoked token would
         // pass again until its `exp` plus the larger skew).
+        // And the long-poll wait: a set is as fresh as its writer's polls keep it, so one kept
+        // by a writer waiting 50 s was older than a 20 s `stale_after_seconds` allows for most
+        // of each wait (a 503 under `stale_mode: deny`) — a configuration update changing
+        // both, while the old one drained.
         let skew = config.validation.leeway.to_le_bytes();
         let feed_ns = config.revocation.as_ref().map_or(0, |feed| {
             fnv1a(&[
@@ -54,6 +58,7 @@ impl Keys {
                 feed.path.as_bytes(),
                 feed.credential.as_bytes(),
                 &skew,
+                &feed.wait_seconds.to_le_bytes(),
             ])
         });
         Keys {
@@ -123,6 +128,14 @@ mod tests {
         assert_ne!(wider.feed_lease, base.feed_lease);
         assert_ne!(wider.meta, base.meta);
         assert_eq!(wider.jwks_lease, base.jwks_lease);
+        // Another long-poll wait: not one set either (its freshness is the writer's wait).
+        let quicker = keys(
+            serde_json::json!({"revocation": {"cluster": "weauth_issuer",
+            "credential": "feed-secret", "wait_seconds": 5, "stale_after_seconds": 10}}),
+        );
+        assert_ne!(quicker.feed_lease, base.feed_lease);
+        assert_ne!(quicker.meta, base.meta);
+        assert_eq!(quicker.jwks_lease, base.jwks_lease);
     }
 
     #[test]

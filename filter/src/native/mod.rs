@@ -230,6 +230,25 @@ fn same_feed(a: &Config, b: &Config) -> bool {
     }
 }
 
+/// Whether a configuration may join another's state, and with it that one's fetcher: the same
+/// keys and feed ([`same_jwks`], [`same_feed`]) fetched on the same schedule. A joiner's set
+/// is as fresh as the other's fetcher keeps it: polling with a longer `wait_seconds`, it left
+/// the set older than the joiner's own `stale_after_seconds` allows for most of each wait
+/// (a 503 under `stale_mode: deny`), and the JWKS on another refresh period. Sources alike on
+/// another schedule still start from what the other fetched.
+fn fetched_alike(a: &Config, b: &Config) -> bool {
+    let jwks = match (&a.jwks, &b.jwks) {
+        (JwksSource::Remote(x), JwksSource::Remote(y)) => x == y,
+        _ => same_jwks(a, b),
+    };
+    let feed = match (&a.revocation, &b.revocation) {
+        (None, None) => true,
+        (Some(x), Some(y)) => same_feed(a, b) && x.wait_seconds == y.wait_seconds,
+        _ => false,
+    };
+    jwks && feed
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         // The fetching is left to the next configuration sharing the state to tick.
@@ -274,8 +293,8 @@ impl Shared {
     }
 
     /// A configuration as Envoy's configuration hook starts it, registered (module docs):
-    /// sharing the state of the newest live configuration with the same keys ([`same_jwks`])
-    /// and the same feed ([`same_feed`], or none), or else with a state of its own that starts
+    /// sharing the state of the newest live configuration fetching alike ([`fetched_alike`]),
+    /// or else with a state of its own that starts
     /// from the keys of the newest live one with the same keys and the revocation set of the
     /// newest with the same feed. Its fetcher goes on from a revocation set it starts from ([`Fetcher::tick`]).
     pub fn start(config: Config) -> (Arc<Shared>, Start) {
@@ -287,11 +306,7 @@ impl Shared {
                 .filter_map(Weak::upgrade)
                 .find(|other| same(&other.config))
         };
-        let joined = newest(&|other| {
-            same_jwks(other, &config)
-                && (same_feed(other, &config)
-                    || (other.revocation.is_none() && config.revocation.is_none()))
-        });
+        let joined = newest(&|other| fetched_alike(other, &config));
         let (shared, start) = match joined {
             Some(other) => {
                 let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -1120,6 +1135,41 @@ mod tests {
             }
         );
         assert!(!Arc::ptr_eq(&wider.state, &old.state));
+        // Another long-poll wait: its own state and fetcher, starting from the old one's keys
+        // and set. (Joined, its set was as old as the old fetcher's 50 s polls left it, past
+        // its own 20 s `stale_after_seconds` for most of each wait.)
+        let scheduled = |jwks: &str, feed: &str| {
+            Config::parse(
+                format!(
+                    r#"{{"issuer":"https://issuer","audiences":["weauth"],
+                        "jwks":{{"cluster":"own_wait"{jwks}}},
+                        "revocation":{{"cluster":"own_wait","credential":"feed-secret"{feed}}}}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let slow = r#","wait_seconds":50,"stale_after_seconds":60"#;
+        let (slower, _) = Shared::start(scheduled("", slow));
+        publish_both(&slower);
+        let (quicker, start) = Shared::start(scheduled(
+            "",
+            r#","wait_seconds":10,"stale_after_seconds":20"#,
+        ));
+        assert_eq!(
+            start,
+            Start::Own {
+                keys: true,
+                revocation: true
+            }
+        );
+        assert!(!Arc::ptr_eq(&quicker.state, &slower.state));
+        // Another JWKS refresh period: the same.
+        let (_, start) = Shared::start(scheduled(r#","refresh_seconds":60"#, slow));
+        assert!(matches!(start, Start::Own { keys: true, .. }), "{start:?}");
+        // The same schedule: joined.
+        let (_, start) = Shared::start(scheduled("", slow));
+        assert_eq!(start, Start::Joined);
         // Another cluster: nothing.
         let (_, start) = Shared::start(sourced("own_elsewhere", ""));
         assert_eq!(
