@@ -471,6 +471,16 @@ pub fn valid_appid(appid: &str) -> bool {
 /// A reason for the operator.
 pub fn check_redirect_uri(uri: &str) -> Result<(), String> {
     let url = url::Url::parse(uri).map_err(|err| format!("redirect URI `{uri}`: {err}"))?;
+    // The configured text is what a request's `redirect_uri` is compared with and what the
+    // callback's `Location` carries, and a header value is visible ASCII: a non-ASCII host or
+    // path (which the URL parser accepts, as it drops tabs and newlines) passed here, then
+    // failed every callback with a 500 after WeChat's code was spent and a session written.
+    if !uri.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "redirect URI `{}` must be written in ASCII, as browsers send it: `{url}`",
+            uri.escape_debug()
+        ));
+    }
     if url.fragment().is_some() {
         return Err(format!("redirect URI `{uri}` must not have a #fragment"));
     }
@@ -723,6 +733,16 @@ mod tests {
         assert!(check_redirect_uri("/relative").is_err());
         assert!(check_redirect_uri("javascript:alert(1)").is_err());
         assert!(check_redirect_uri("http://localhost.evil.example/").is_err());
+        // Not a header value: refused at start, naming the form to write.
+        let err = check_redirect_uri("https://h5.example.com/登录").unwrap_err();
+        assert!(
+            err.contains("`https://h5.example.com/%E7%99%BB%E5%BD%95`"),
+            "{err}"
+        );
+        let err = check_redirect_uri("https://例え.jp/cb").unwrap_err();
+        assert!(err.contains("`https://xn--r8jz45g.jp/cb`"), "{err}");
+        assert!(check_redirect_uri("https://a.example/c\tb").is_err());
+        assert!(check_redirect_uri("https://a.example/cb ").is_err());
     }
 
     #[test]
