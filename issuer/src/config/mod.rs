@@ -246,7 +246,8 @@ pub struct Config {
     /// sent to authorize a web login (the mock's URL in tests).
     pub wechat_open_base: String,
     /// `WEAUTH_COOKIE_SECURE`, default `true`: whether the session cookies of a web login
-    /// carry `Secure`. `false` is for plain-http development only.
+    /// carry `Secure`. `false` is for plain-http development only: refused with an
+    /// `https://` `WEAUTH_ISSUER`.
     pub cookie_secure: bool,
     /// `WEAUTH_WECHAT_API_BASE`, default `https://api.weixin.qq.com` (no trailing slash kept).
     pub wechat_api_base: String,
@@ -532,6 +533,15 @@ impl Config {
             parse_base_url("WEAUTH_ISSUER", &src.text("WEAUTH_ISSUER")),
             String::new(),
         );
+        // Without `Secure` the cookies lose their `__Host-` names and the refresh cookie its
+        // binding, so a sibling host could plant the state or a refresh cookie (login CSRF):
+        // over https there is no reason to give that up.
+        if !cookie_secure && issuer.starts_with("https://") {
+            errs.push(bad(
+                "WEAUTH_COOKIE_SECURE",
+                "`false` is for a plain-http WEAUTH_ISSUER only (it drops the cookies' __Host- names and the refresh cookie's binding)",
+            ));
+        }
         let audiences: Vec<String> = src
             .text("WEAUTH_AUDIENCE")
             .split(',')

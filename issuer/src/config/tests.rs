@@ -330,8 +330,19 @@ fn config_shortcut_is_one_miniprogram_and_web_defaults() {
     );
     assert!(config.cookie_secure);
     assert_eq!(config.wechat_open_base, "https://open.weixin.qq.com");
-    let config = load(&with(&[("WEAUTH_COOKIE_SECURE", "false")])).unwrap();
+    let config = load(&with(&[
+        ("WEAUTH_COOKIE_SECURE", "false"),
+        ("WEAUTH_ISSUER", "http://127.0.0.1:8080"),
+    ]))
+    .unwrap();
     assert!(!config.cookie_secure);
+    // Over https there is no reason to drop the cookies' defences.
+    let err = load(&with(&[
+        ("WEAUTH_COOKIE_SECURE", "false"),
+        ("WEAUTH_ISSUER", "https://issuer.example.com"),
+    ]))
+    .unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_COOKIE_SECURE"], "{err}");
     for (var, value) in [
         ("WEAUTH_COOKIE_SECURE", "maybe"),
         ("WEAUTH_WECHAT_OPEN_BASE", "open.weixin.qq.com"),

@@ -98,7 +98,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_COOKIE_SECURE",
         "true",
-        "Secure and `__Host-` on the web-login cookies, and the refresh cookie's binding (false: plain-http development only)",
+        "Secure and `__Host-` on the web-login cookies, and the refresh cookie's binding (false: plain-http development only; refused with an https WEAUTH_ISSUER)",
     ),
     var(
         "WEAUTH_WECHAT_API_BASE",
