@@ -423,6 +423,7 @@ impl App {
         let admin = Admin {
             store: Arc::clone(&store),
             sessions: Arc::clone(&sessions),
+            clock: Arc::clone(&clock),
         };
         Ok(Arc::new(App {
             login_limiter,

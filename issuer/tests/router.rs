@@ -34,7 +34,11 @@ impl Wechat for FakeWechat {
     ) -> BoxFuture<'a, Result<Code2Session, WechatError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
-            match code.strip_prefix("good-") {
+            // `good-<user>`, or `good-<user>#<n>` for another code of the same user.
+            match code
+                .strip_prefix("good-")
+                .and_then(|user| user.split('#').next())
+            {
                 Some(user) => Ok(Code2Session {
                     openid: format!("o-{user}"),
                     session_key: Zeroizing::new("a2V5a2V5a2V5a2V5a2V5aw==".into()),
@@ -214,6 +218,61 @@ async fn router_error_shapes() {
     assert_eq!(
         (status, body["error"].as_str()),
         (503, Some("temporarily_unavailable"))
+    );
+}
+
+/// A ban whose request arrived before a login but was written after the login read the user's
+/// grants (the ban's body slow, its write queued behind a lock) still ends that login's
+/// session and refuses its token: its revocation covers what was issued until the ban was in
+/// force, not until its request arrived.
+#[tokio::test]
+async fn a_ban_written_after_a_racing_login_still_ends_its_session() {
+    let dir = common::temp_dir("router");
+    let clock = Arc::new(ManualClock::starting_now());
+    let (app, _) = app_on(&dir, clock.clone()).await;
+    let me = |access: &Value| {
+        Request::get("/v1/me")
+            .header(
+                "authorization",
+                format!("Bearer {}", access.as_str().unwrap()),
+            )
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let (status, first) = call(&app, post_json("/v1/login", json!({"code": "good-ban"}))).await;
+    assert_eq!(status, 200, "{first}");
+    let sub = common::payload(first["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The ban request arrives; two seconds later, before it is written, the user logs in.
+    let arrived = clock.now();
+    clock.advance_secs(2);
+    let (status, racing) = call(&app, post_json("/v1/login", json!({"code": "good-ban#2"}))).await;
+    assert_eq!(status, 200, "no ban yet: {racing}");
+    let banned = app.admin.ban(sub, None, None, arrived).await.unwrap();
+    assert_eq!(banned.revocation.issued_before, Some(arrived + 3));
+    for pair in [&first, &racing] {
+        let (status, body) = call(&app, me(&pair["access_token"])).await;
+        assert_eq!(status, 401, "{body}");
+        let (status, body) = call(
+            &app,
+            post_json(
+                "/v1/token/refresh",
+                json!({"refresh_token": pair["refresh_token"]}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+    }
+    let sid = common::payload(racing["access_token"].as_str().unwrap())["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let session = app.store.session(&sid).await.unwrap().unwrap();
+    assert!(
+        session.revoked_at.is_some(),
+        "the racing login's session ended"
     );
 }
 

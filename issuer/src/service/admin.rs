@@ -6,12 +6,19 @@
 //! token), then a `sub` revocation of everything issued so far (existing tokens refused at
 //! the edge, sessions ended). If the second fails the call answers 5xx with the ban already in
 //! force; calling it again is safe (the ban is replaced, one more revocation entry written).
+//!
+//! "So far" is until the ban was in force, read from the clock once it is written, not the
+//! request's arrival: a login that arrived after the ban request but read the user's grants
+//! before the ban was written (the ban's body slow, its write queued behind a lock) got a
+//! session and a token dated after the arrival, which a revocation dated by the arrival
+//! missed — a banned user with a working token and a session that outlived the ban.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use weauth_token::revocation::Entry;
 
+use crate::clock::Clock;
 use crate::domain::grants::{self, Ban};
 use crate::error::ApiError;
 use crate::service::sessions::Sessions;
@@ -21,6 +28,8 @@ use crate::store::{Revoke, Store};
 pub struct Admin {
     pub store: Arc<dyn Store>,
     pub sessions: Arc<Sessions>,
+    /// Read again once a ban is written (module docs).
+    pub clock: Arc<dyn Clock>,
 }
 
 fn check_sub(sub: &str) -> Result<(), ApiError> {
@@ -117,11 +126,12 @@ impl Admin {
             return Err(ApiError::UnknownUser(sub));
         }
         tracing::info!(sub = %sub, until = ?ban.until, "user banned");
+        let in_force = self.clock.now().max(now);
         let revoke = Revoke::Sub {
             sub: sub.clone(),
-            issued_before: now + 1,
+            issued_before: in_force + 1,
         };
-        let revocation = self.sessions.revoke(revoke, now).await?;
+        let revocation = self.sessions.revoke(revoke, in_force).await?;
         Ok(Banned {
             sub,
             ban,
@@ -131,8 +141,8 @@ impl Admin {
 
     /// Lifts `sub`'s ban: the user may log in again. Tokens and sessions the ban revoked stay
     /// revoked. The ban's revocation covers every token issued before the second after the ban
-    /// (`issued_before` = ban time + 1 s), so an unban within that second waits for it to pass
-    /// before lifting: a login right after the answer must not be refused at the edge.
+    /// was in force (its `issued_before`), so an unban before then waits for it to pass before
+    /// lifting: a login right after the answer must not be refused at the edge.
     ///
     /// # Errors
     /// 400 for a bad `sub`; 404 for an unknown user; store failures.
@@ -143,7 +153,12 @@ impl Admin {
             return Err(ApiError::UnknownUser(sub));
         };
         if let Some(ban) = &current.ban {
-            wait_until_second(ban.created_at + 1, now_ms).await;
+            let revoked_until = self
+                .store
+                .revocation_facts("", "", &sub)
+                .await?
+                .sub_issued_before;
+            wait_until_second(revoked_until.unwrap_or(0).max(ban.created_at + 1), now_ms).await;
         }
         if !self
             .store
