@@ -152,6 +152,19 @@ impl Fetcher {
         self.jwks.is_some() || self.feed.is_some()
     }
 
+    /// When a tick next has a call to dispatch or give up ([`Schedule::next_tick_ms`]);
+    /// `u64::MAX` when it fetches nothing. (An answer, and an unknown `kid` seen, call for one
+    /// sooner; pruning and the gauges wait for any tick.)
+    pub fn next_tick_ms(&self) -> u64 {
+        let jwks = self.jwks.as_ref().map(|(_, schedule)| schedule);
+        let feed = self.feed.as_ref().map(|(_, schedule)| schedule);
+        jwks.into_iter()
+            .chain(feed)
+            .map(Schedule::next_tick_ms)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     /// Polls the feed from the published set's seq rather than for a full set first: the set
     /// was taken over from another fetcher of the same feed (the native build, a configuration
     /// update).

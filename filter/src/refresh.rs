@@ -74,6 +74,17 @@ impl Schedule {
         matches!(self.phase, FetchPhase::Idle { next_ms } if now_ms >= next_ms)
     }
 
+    /// When a tick next has something to do: the due time, or when the call in flight is
+    /// given up ([`Self::expire`]).
+    pub fn next_tick_ms(&self) -> u64 {
+        match self.phase {
+            FetchPhase::Idle { next_ms } => next_ms,
+            FetchPhase::InFlight { started_ms, .. } => {
+                started_ms.saturating_add(self.give_up_ms).saturating_add(1)
+            }
+        }
+    }
+
     /// Records a dispatched call.
     pub fn dispatched(&mut self, token: u32, now_ms: u64) {
         self.phase = FetchPhase::InFlight {

@@ -25,7 +25,7 @@
 use std::borrow::Cow;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -432,6 +432,9 @@ impl Report for ConfigReport<'_> {
 struct Slot {
     raw: SchedulerPtr,
     state: AtomicU8,
+    /// When its configuration next needs a tick (its state's `next_tick_ms`): the clock asks
+    /// Envoy only then.
+    due: Arc<AtomicU64>,
 }
 
 /// [`Slot::state`]: on the clock, not being committed to.
@@ -449,9 +452,11 @@ unsafe impl Send for Slot {}
 unsafe impl Sync for Slot {}
 
 impl Slot {
-    /// Commits unless removed; deletes it when it was removed during the commit.
-    fn tick(&self) {
+    /// Commits when a tick is due at `now_ms`, unless removed; deletes it when it was removed
+    /// during the commit.
+    fn tick(&self, now_ms: u64) {
         self.tick_with(
+            now_ms,
             // SAFETY: not removed (the state says so), hence not deleted.
             || unsafe {
                 envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.raw, 0)
@@ -463,7 +468,10 @@ impl Slot {
         );
     }
 
-    fn tick_with(&self, commit: impl FnOnce(), delete: impl FnOnce()) {
+    fn tick_with(&self, now_ms: u64, commit: impl FnOnce(), delete: impl FnOnce()) {
+        if now_ms < self.due.load(Ordering::Acquire) {
+            return;
+        }
         if self
             .state
             .compare_exchange(IDLE, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
@@ -518,8 +526,8 @@ fn clock() -> std::sync::MutexGuard<'static, Clock> {
     CLOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The clock thread: commits every scheduler on the clock, the clock's lock held only to copy
-/// the list (see [`Slot`]).
+/// The clock thread: commits every scheduler on the clock whose tick is due, the clock's lock
+/// held only to copy the list (see [`Slot`]).
 fn keep_time(stop: &AtomicBool) {
     loop {
         // Woken early to stop (a spurious wake-up only ticks early).
@@ -531,8 +539,9 @@ fn keep_time(stop: &AtomicBool) {
             }
             clock.slots.clone()
         };
+        let now = now_ms();
         for slot in &slots {
-            slot.tick();
+            slot.tick(now);
         }
     }
 }
@@ -576,7 +585,7 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(config: ConfigEnvoyPtr) -> Option<Ticker> {
+    fn start(config: ConfigEnvoyPtr, due: Arc<AtomicU64>) -> Option<Ticker> {
         // SAFETY: inside `config_new`, with the pointer Envoy passed.
         let raw = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
         if raw.is_null() {
@@ -605,6 +614,7 @@ impl Ticker {
         let slot = Arc::new(Slot {
             raw,
             state: AtomicU8::new(IDLE),
+            due,
         });
         clock.slots.push(Arc::clone(&slot));
         Some(Ticker { slot })
@@ -903,8 +913,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         }
         let now = now_ms();
         let fetcher = Fetcher::new(&config, now);
-        let ticker = if fetcher.fetches() {
-            match Ticker::start(config_envoy) {
+        let fetches = fetcher.fetches();
+        let summary = config.summary();
+        let (shared, start) = Shared::start(config);
+        let ticker = if fetches {
+            match Ticker::start(config_envoy, Arc::clone(&shared.state.next_tick_ms)) {
                 Some(ticker) => Some(ticker),
                 None => {
                     log(Level::Error, "could not start the fetchers' tick");
@@ -914,9 +927,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         } else {
             None
         };
-        log(Level::Info, &format!("{} (native build)", config.summary()));
-        let fetches = fetcher.fetches();
-        let (shared, start) = Shared::start(config);
+        log(Level::Info, &format!("{summary} (native build)"));
         if let Some(message) = start.message(fetches) {
             log(Level::Info, &message);
         }
@@ -1133,7 +1144,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
         };
         let now = now_ms();
         with_fetcher(&module.fetcher, &report, now, |fetcher| {
-            fetcher.on_response_chunks(
+            fetcher.on_answer(
                 &module.shared,
                 &mut call,
                 &report,
@@ -1359,19 +1370,41 @@ mod tests {
         }
     }
 
+    const NOW: u64 = 1_700_000_000_000;
+
     fn slot() -> Slot {
         Slot {
             raw: std::ptr::null_mut(),
             state: AtomicU8::new(IDLE),
+            due: Arc::new(AtomicU64::new(0)),
         }
     }
 
+    /// The clock asks for a tick only once its configuration needs one: each ask is a window
+    /// in which Envoy can destroy the configuration on the clock thread.
     #[test]
-    fn slot_on_the_clock_committed_at_every_tick() {
+    fn slot_committed_only_when_its_tick_is_due() {
+        let slot = slot();
+        slot.due.store(NOW + 5_000, Ordering::Release);
+        let commits = std::cell::Cell::new(0);
+        for now in [NOW, NOW + 100, NOW + 4_999] {
+            slot.tick_with(now, || commits.set(commits.get() + 1), || panic!("deleted"));
+        }
+        assert_eq!(commits.get(), 0, "not due");
+        slot.tick_with(
+            NOW + 5_000,
+            || commits.set(commits.get() + 1),
+            || panic!("deleted"),
+        );
+        assert_eq!(commits.get(), 1);
+    }
+
+    #[test]
+    fn slot_on_the_clock_committed_at_every_tick_due() {
         let slot = slot();
         let commits = std::cell::Cell::new(0);
         for _ in 0..3 {
-            slot.tick_with(|| commits.set(commits.get() + 1), || panic!("deleted"));
+            slot.tick_with(NOW, || commits.set(commits.get() + 1), || panic!("deleted"));
         }
         assert_eq!(commits.get(), 3);
     }
@@ -1383,6 +1416,7 @@ mod tests {
         slot.remove_with(|| deletes.set(deletes.get() + 1));
         assert_eq!(deletes.get(), 1);
         slot.tick_with(
+            NOW,
             || panic!("committed after removal"),
             || panic!("deleted twice"),
         );
@@ -1398,6 +1432,7 @@ mod tests {
         let deletes = std::cell::Cell::new(0);
         let committed = std::cell::Cell::new(false);
         slot.tick_with(
+            NOW,
             || {
                 slot.remove_with(|| panic!("deleted during the commit"));
                 committed.set(true);
@@ -1409,6 +1444,7 @@ mod tests {
         );
         assert_eq!(deletes.get(), 1);
         slot.tick_with(
+            NOW,
             || panic!("committed after removal"),
             || panic!("deleted twice"),
         );
@@ -1432,6 +1468,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..50 {
                         slot.tick_with(
+                            NOW,
                             || {
                                 committing.store(true, Ordering::SeqCst);
                                 std::hint::spin_loop();

@@ -8,8 +8,8 @@
 //!   them whole. Only the token cache stays per worker thread (a thread-local map keyed by the
 //!   configuration), because it is written on every miss.
 //! - **Fetched once per Envoy.** The fetcher both builds share ([`fetch::Fetcher`]) runs on
-//!   Envoy's main thread only (driven by the ABI's per-configuration scheduler, ticked every
-//!   100 ms) and calls the issuer through the configured cluster with the ABI's
+//!   Envoy's main thread only (driven by the ABI's per-configuration scheduler, asked for a
+//!   tick when one has work — [`State::next_tick_ms`] — and after every answer) and calls the issuer through the configured cluster with the ABI's
 //!   per-configuration HTTP callout, as the wasm build does through `dispatch_http_call`. No
 //!   lease and no shared-data shards are needed: it publishes straight into [`Shared`] (its
 //!   [`Publish`] side, below).
@@ -57,8 +57,13 @@ use crate::request::{self, Loaded};
 use crate::revocation::RevocationSet;
 use crate::verify::{Extracted, Verdict};
 
-/// How often the main thread drives the fetchers.
+/// How often the clock thread looks for a configuration whose tick is due
+/// ([`State::next_tick_ms`]).
 pub const TICK_MS: u64 = 100;
+
+/// The longest a fetching configuration goes without a tick (pruning expired entries, the
+/// staleness gauge and log): its calls' answers and due times bring ticks sooner.
+pub const IDLE_TICK_MS: u64 = 10_000;
 
 /// The published keys.
 #[derive(Debug)]
@@ -88,6 +93,13 @@ struct State {
     /// The configuration whose fetcher fills this state (0: none; the next tick of one of the
     /// configurations sharing it takes the fetching over).
     fetcher: AtomicU64,
+    /// When the configurations sharing this state next need a tick (unix ms; 0 = at once),
+    /// read by the clock thread before it asks Envoy for one. Each ask is a window in which a
+    /// configuration can be destroyed on the clock thread (Envoy's commit holds a reference
+    /// for the call: `ffi::Slot`), so the clock asks only when a tick has work — a call due
+    /// or to give up, an unknown `kid` seen, the fetching left — or [`IDLE_TICK_MS`] passed,
+    /// not every [`TICK_MS`]; an answer is followed by its tick on the main thread directly.
+    next_tick_ms: Arc<AtomicU64>,
 }
 
 /// One filter configuration's state, shared by every worker thread.
@@ -251,11 +263,15 @@ fn fetched_alike(a: &Config, b: &Config) -> bool {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // The fetching is left to the next configuration sharing the state to tick.
-        let _ =
-            self.state
-                .fetcher
-                .compare_exchange(self.id, 0, Ordering::AcqRel, Ordering::Acquire);
+        // The fetching is left to the next configuration sharing the state to tick, at once.
+        if self
+            .state
+            .fetcher
+            .compare_exchange(self.id, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.state.next_tick_ms.store(0, Ordering::Release);
+        }
         // Gone before it is announced, so that a thread that sees the count move finds it gone.
         drop(std::mem::take(&mut self.alive));
         RETIRED.fetch_add(1, Ordering::Release);
@@ -405,10 +421,9 @@ impl KeyState for View<'_> {
     }
 
     fn want_jwks_refetch(&mut self, now_ms: u64) {
-        self.shared
-            .state
-            .jwks_wanted_ms
-            .store(now_ms, Ordering::Relaxed);
+        let state = &self.shared.state;
+        state.jwks_wanted_ms.store(now_ms, Ordering::Relaxed);
+        state.next_tick_ms.store(0, Ordering::Release);
     }
 }
 
@@ -536,6 +551,28 @@ impl Fetcher {
             self.stale
                 .observe(feed, (&shared).published(), report, now_ms);
         }
+        let next = self
+            .fetcher
+            .next_tick_ms()
+            .min(now_ms.saturating_add(IDLE_TICK_MS));
+        shared.state.next_tick_ms.store(next, Ordering::Release);
+    }
+
+    /// An answer, then the tick it calls for (the next poll, a page, a retry's schedule), on
+    /// the main thread at once instead of at the clock's next ask.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_answer(
+        &mut self,
+        shared: &Shared,
+        call: &mut impl IssuerCall,
+        report: &impl Report,
+        id: u64,
+        status: u32,
+        body: &[&[u8]],
+        now_ms: u64,
+    ) {
+        self.on_response_chunks(shared, call, report, id, status, body, now_ms);
+        self.tick(shared, call, report, now_ms);
     }
 
     /// A call's answer ([`fetch::Fetcher::on_response`]), its body in the pieces of Envoy's
@@ -636,6 +673,55 @@ mod tests {
             .iter()
             .all(|(cluster, _)| cluster == "weauth_issuer"));
         assert!(issuer.path(2).contains("since=0"), "{}", issuer.path(2));
+    }
+
+    /// The clock asks Envoy for a tick only when one has work (each ask is a window for a
+    /// configuration's destruction on the clock thread): a tick says when the next one is
+    /// due, and an answer is followed by its own tick, dispatching the next poll at once.
+    #[test]
+    fn a_tick_says_when_the_next_is_due_and_an_answer_ticks_at_once() {
+        let shared = Shared::new(remote_config());
+        let due = || shared.state.next_tick_ms.load(Ordering::Acquire);
+        assert_eq!(due(), 0, "a new state is ticked at once");
+        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let mut issuer = ScriptedIssuer::default();
+        let log = Log::default();
+        fetcher.tick(&shared, &mut issuer, &log, NOW);
+        assert_eq!(issuer.calls.len(), 2);
+        // Both calls in flight: nothing to do before one is given up, or the idle tick.
+        assert!(
+            due() > NOW + TICK_MS && due() <= NOW + IDLE_TICK_MS,
+            "{}",
+            due()
+        );
+        // The JWKS answered: due again after its refresh period (300 s), later than the idle
+        // tick.
+        let jwks = jwks_json();
+        fetcher.on_answer(
+            &shared,
+            &mut issuer,
+            &log,
+            1,
+            200,
+            &[jwks.as_bytes()],
+            NOW + 10,
+        );
+        assert_eq!(issuer.calls.len(), 2);
+        assert_eq!(due(), NOW + 10 + IDLE_TICK_MS);
+        // The poll answered: the next one goes out within the answer's own tick.
+        let page = page_body(1, 3, false);
+        fetcher.on_answer(&shared, &mut issuer, &log, 2, 200, &[&page], NOW + 20);
+        assert_eq!(issuer.calls.len(), 3, "{:?}", issuer.calls);
+        assert!(issuer.path(3).contains("since=3"), "{}", issuer.path(3));
+        // A failed poll: due at its backoff, sooner than the idle tick.
+        fetcher.on_answer(&shared, &mut issuer, &log, 3, 0, &[], NOW + 30);
+        assert!(
+            due() > NOW + 30 && due() < NOW + 30 + IDLE_TICK_MS,
+            "{}",
+            due()
+        );
+        fetcher.tick(&shared, &mut issuer, &log, due());
+        assert_eq!(issuer.calls.len(), 4, "the retry, when it was due");
     }
 
     #[test]
@@ -972,8 +1058,17 @@ mod tests {
     fn view_unknown_kid_hint_reaches_the_fetcher() {
         let shared = Shared::new(remote_config());
         let mut view = View { shared: &shared };
+        shared
+            .state
+            .next_tick_ms
+            .store(NOW + 5_000, Ordering::Release);
         view.want_jwks_refetch(NOW);
         assert_eq!(shared.state.jwks_wanted_ms.load(Ordering::Relaxed), NOW);
+        assert_eq!(
+            shared.state.next_tick_ms.load(Ordering::Acquire),
+            0,
+            "the clock asks for a tick at once"
+        );
     }
 
     /// A configuration fetching from sources of its own (`cluster`: [`LIVE`] is shared by the
@@ -1055,8 +1150,10 @@ mod tests {
             "what the old one fetches"
         );
         // The old one goes (drained): the new one's next tick takes the fetching over, from
-        // the set's seq.
+        // the set's seq — asked for at once.
+        new.state.next_tick_ms.store(NOW + 5_000, Ordering::Release);
         drop(old);
+        assert_eq!(new.state.next_tick_ms.load(Ordering::Acquire), 0);
         new_fetcher.tick(&new, &mut second, &log, NOW + 2 * TICK_MS);
         assert_eq!(second.calls.len(), 2, "the JWKS and the feed");
         assert!(second.path(2).contains("since=4"), "{}", second.path(2));
