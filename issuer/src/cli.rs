@@ -70,6 +70,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 /// # Errors
 /// Store, key or sealing failures, as text.
 pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
+    // Run without the replicas' WEAUTH_STORE, it made a database (and a data key file) where
+    // the shell stood, then failed on it.
+    no_database_made(
+        config,
+        "nothing to rotate: an issuer makes its first key when it starts",
+    )?;
     let (store, data_key) = open_store(config).await.map_err(|err| err.to_string())?;
     let now = SystemClock.now();
     let delay = crate::config::secs(config.key_publish_delay);
@@ -113,21 +119,28 @@ pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
     ))
 }
 
+/// An operator command on an SQLite store refuses a database that does not exist rather than
+/// create one: `why` says what it would have done.
+fn no_database_made(config: &Config, why: &str) -> Result<(), String> {
+    match config.sqlite_path() {
+        Some(path) if !path.exists() => Err(format!(
+            "no database at {} (WEAUTH_STORE): {why}",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `keys list`: one line per key: kid, alg, created, activates, role. Reads the store only
 /// (no data key needed) and creates nothing: a missing database is an error.
 ///
 /// # Errors
 /// A missing database, store failures, as text.
 pub async fn list(config: &Arc<Config>) -> Result<String, String> {
+    no_database_made(config, "nothing to list")?;
     let store: Arc<dyn Store> = match config.sqlite_path() {
         Some(path) => {
             let path = path.to_path_buf();
-            if !path.exists() {
-                return Err(format!(
-                    "no database at {} (WEAUTH_STORE): nothing to list",
-                    path.display()
-                ));
-            }
             let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
                 .await
                 .map_err(|err| err.to_string())?

@@ -170,17 +170,25 @@ async fn keys_list_needs_no_wechat_credentials() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// Run without the replicas' `WEAUTH_STORE`, a `keys` command made a database and a data key
+/// file where the shell stood (`rotate` did, then failed on the empty store).
 #[test]
-fn keys_list_without_database_creates_nothing() {
-    let dir = common::temp_dir("list-empty");
-    let output = run(dir.path(), &[], &["keys", "list"]);
-    assert!(!output.status.success());
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("no database"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+fn keys_commands_without_database_create_nothing() {
+    for command in ["list", "rotate"] {
+        let dir = common::temp_dir("keys-empty");
+        let output = run(dir.path(), &[], &["keys", command]);
+        assert!(!output.status.success(), "keys {command}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("no database"),
+            "keys {command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            listing(dir.path()).is_empty(),
+            "keys {command}: {:?}",
+            listing(dir.path())
+        );
+    }
 }
 
 #[test]
