@@ -17,7 +17,7 @@ use weauth_token::KeySet;
 
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
 use crate::host::{IssuerCall, Level, Report};
-use crate::refresh::{self, CallOutcome, NextPoll, Schedule, Staging};
+use crate::refresh::{self, CallOutcome, FetchPhase, NextPoll, Schedule, Staging};
 use crate::revocation::{FeedPage, RevocationSet, SHARDS};
 
 /// Extra time given to a long poll beyond `wait_seconds` before Envoy times it out.
@@ -78,6 +78,8 @@ pub struct Fetcher {
     keep_past_until_s: i64,
     /// A set being loaded page by page, not yet published (module docs).
     staging: Staging,
+    /// A worker saw an unknown `kid` since the last JWKS fetch started (as of the last tick).
+    jwks_wanted: bool,
 }
 
 impl Fetcher {
@@ -117,6 +119,7 @@ impl Fetcher {
             seed,
             keep_past_until_s: config.validation.leeway.max(0),
             staging: Staging::default(),
+            jwks_wanted: false,
         }
     }
 
@@ -152,12 +155,43 @@ impl Fetcher {
         self.jwks.is_some() || self.feed.is_some()
     }
 
+    /// The earliest a JWKS refetch an unknown `kid` asks for can go out
+    /// ([`Schedule::hurry`]): `min_refetch_seconds` after the last fetch started, or a failed
+    /// fetch's backoff; `u64::MAX` while a fetch is out (its answer brings a tick) or the keys
+    /// are inline.
+    pub fn jwks_refetch_not_before_ms(&self) -> u64 {
+        let Some((remote, schedule)) = self.jwks.as_ref() else {
+            return u64::MAX;
+        };
+        match schedule.phase() {
+            FetchPhase::InFlight { .. } => u64::MAX,
+            FetchPhase::Idle { next_ms } if schedule.failures() > 0 => next_ms,
+            FetchPhase::Idle { next_ms } => {
+                next_ms.min(schedule.last_started_ms().map_or(0, |last| {
+                    last.saturating_add(remote.min_refetch_seconds.saturating_mul(1000))
+                }))
+            }
+        }
+    }
+
     /// When a tick next has a call to dispatch or give up ([`Schedule::next_tick_ms`]);
-    /// `u64::MAX` when it fetches nothing. (An answer, and an unknown `kid` seen, call for one
-    /// sooner; pruning and the gauges wait for any tick.)
+    /// `u64::MAX` when it fetches nothing. While a feed poll is out, its answer brings a tick
+    /// within the feed's wait, so a JWKS refresh falling due meanwhile is left to that tick
+    /// (a refetch an unknown `kid` asked for is not): with the feed healthy, nothing calls
+    /// for a tick of its own. (Pruning and the gauges wait for any tick.)
     pub fn next_tick_ms(&self) -> u64 {
-        let jwks = self.jwks.as_ref().map(|(_, schedule)| schedule);
         let feed = self.feed.as_ref().map(|(_, schedule)| schedule);
+        let polling =
+            feed.is_some_and(|schedule| matches!(schedule.phase(), FetchPhase::InFlight { .. }));
+        let jwks = self
+            .jwks
+            .as_ref()
+            .map(|(_, schedule)| schedule)
+            .filter(|schedule| {
+                !(polling
+                    && !self.jwks_wanted
+                    && matches!(schedule.phase(), FetchPhase::Idle { .. }))
+            });
         jwks.into_iter()
             .chain(feed)
             .map(Schedule::next_tick_ms)
@@ -238,9 +272,13 @@ impl Fetcher {
             report.count("jwks_fetch_fail");
         }
         let wanted = publish.jwks_wanted_ms();
-        if wanted > 0 && schedule.last_started_ms().is_none_or(|last| wanted > last) {
+        let unanswered = |schedule: &Schedule| {
+            wanted > 0 && schedule.last_started_ms().is_none_or(|last| wanted > last)
+        };
+        if unanswered(schedule) {
             schedule.hurry(now_ms, remote.min_refetch_seconds.saturating_mul(1000));
         }
+        self.jwks_wanted = unanswered(schedule) && !schedule.due(now_ms);
         if !schedule.due(now_ms) {
             return;
         }

@@ -25,7 +25,7 @@
 use std::borrow::Cow;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +37,7 @@ use crate::headers::{text, Header};
 use crate::host::{DispatchError, Host, IssuerCall, Level, Report, Stats};
 use crate::request::{self, Flow};
 
-use super::{with_fetcher, Fetcher, Shared, View, TICK_MS};
+use super::{with_fetcher, Fetcher, Shared, TickGate, View, TICK_MS};
 
 /// The ABI version this module was written against: Envoy 1.40.0's
 /// `ENVOY_DYNAMIC_MODULES_ABI_VERSION` (found by loading: 1.40.0 matches `v0.2.0`),
@@ -432,9 +432,8 @@ impl Report for ConfigReport<'_> {
 struct Slot {
     raw: SchedulerPtr,
     state: AtomicU8,
-    /// When its configuration next needs a tick (its state's `next_tick_ms`): the clock asks
-    /// Envoy only then.
-    due: Arc<AtomicU64>,
+    /// Whether its configuration needs a tick: the clock asks Envoy only then.
+    gate: TickGate,
 }
 
 /// [`Slot::state`]: on the clock, not being committed to.
@@ -469,7 +468,7 @@ impl Slot {
     }
 
     fn tick_with(&self, now_ms: u64, commit: impl FnOnce(), delete: impl FnOnce()) {
-        if now_ms < self.due.load(Ordering::Acquire) {
+        if !self.gate.due(now_ms) {
             return;
         }
         if self
@@ -585,7 +584,7 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(config: ConfigEnvoyPtr, due: Arc<AtomicU64>) -> Option<Ticker> {
+    fn start(config: ConfigEnvoyPtr, gate: TickGate) -> Option<Ticker> {
         // SAFETY: inside `config_new`, with the pointer Envoy passed.
         let raw = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
         if raw.is_null() {
@@ -614,7 +613,7 @@ impl Ticker {
         let slot = Arc::new(Slot {
             raw,
             state: AtomicU8::new(IDLE),
-            due,
+            gate,
         });
         clock.slots.push(Arc::clone(&slot));
         Some(Ticker { slot })
@@ -917,7 +916,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         let summary = config.summary();
         let (shared, start) = Shared::start(config);
         let ticker = if fetches {
-            match Ticker::start(config_envoy, Arc::clone(&shared.state.next_tick_ms)) {
+            match Ticker::start(config_envoy, shared.tick_gate()) {
                 Some(ticker) => Some(ticker),
                 None => {
                     log(Level::Error, "could not start the fetchers' tick");
@@ -1372,20 +1371,32 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000_000;
 
-    fn slot() -> Slot {
+    fn slot_of(shared: &Shared) -> Slot {
         Slot {
             raw: std::ptr::null_mut(),
             state: AtomicU8::new(IDLE),
-            due: Arc::new(AtomicU64::new(0)),
+            gate: shared.tick_gate(),
         }
     }
 
-    /// The clock asks for a tick only once its configuration needs one: each ask is a window
-    /// in which Envoy can destroy the configuration on the clock thread.
+    /// A slot whose configuration is due at every tick (a new state's first tick is due at
+    /// once, and nothing here ticks it).
+    fn slot() -> Slot {
+        slot_of(&Shared::new(crate::fetch::testing::remote_config()))
+    }
+
+    /// The clock asks for a tick only once its configuration needs one, and only the
+    /// configuration fetching for its state: each ask is a window in which Envoy can destroy
+    /// the configuration on the clock thread.
     #[test]
     fn slot_committed_only_when_its_tick_is_due() {
-        let slot = slot();
-        slot.due.store(NOW + 5_000, Ordering::Release);
+        let (fetching, _) = Shared::start(crate::fetch::testing::remote_config());
+        let (joined, _) = Shared::start(crate::fetch::testing::remote_config());
+        let (slot, other) = (slot_of(&fetching), slot_of(&joined));
+        fetching
+            .state
+            .next_tick_ms
+            .store(NOW + 5_000, Ordering::Release);
         let commits = std::cell::Cell::new(0);
         for now in [NOW, NOW + 100, NOW + 4_999] {
             slot.tick_with(now, || commits.set(commits.get() + 1), || panic!("deleted"));
@@ -1397,6 +1408,13 @@ mod tests {
             || panic!("deleted"),
         );
         assert_eq!(commits.get(), 1);
+        // The configuration that joined its state is not asked while the other fetches...
+        other.tick_with(NOW + 5_000, || panic!("asked"), || panic!("deleted"));
+        // ...and is, at once, when the other has gone (it takes the fetching over).
+        drop(slot);
+        drop(fetching);
+        other.tick_with(NOW, || commits.set(commits.get() + 1), || panic!("deleted"));
+        assert_eq!(commits.get(), 2);
     }
 
     #[test]

@@ -61,9 +61,10 @@ use crate::verify::{Extracted, Verdict};
 /// ([`State::next_tick_ms`]).
 pub const TICK_MS: u64 = 100;
 
-/// The longest a fetching configuration goes without a tick (pruning expired entries, the
-/// staleness gauge and log): its calls' answers and due times bring ticks sooner.
-pub const IDLE_TICK_MS: u64 = 10_000;
+/// The longest a fetching configuration goes without a tick, a safety net above the longest
+/// feed poll (60 s wait and its margins): its calls' answers and due times bring every tick
+/// it needs ([`fetch::Fetcher::next_tick_ms`]).
+pub const IDLE_TICK_MS: u64 = 120_000;
 
 /// The published keys.
 #[derive(Debug)]
@@ -93,13 +94,46 @@ struct State {
     /// The configuration whose fetcher fills this state (0: none; the next tick of one of the
     /// configurations sharing it takes the fetching over).
     fetcher: AtomicU64,
-    /// When the configurations sharing this state next need a tick (unix ms; 0 = at once),
-    /// read by the clock thread before it asks Envoy for one. Each ask is a window in which a
-    /// configuration can be destroyed on the clock thread (Envoy's commit holds a reference
-    /// for the call: `ffi::Slot`), so the clock asks only when a tick has work — a call due
-    /// or to give up, an unknown `kid` seen, the fetching left — or [`IDLE_TICK_MS`] passed,
-    /// not every [`TICK_MS`]; an answer is followed by its tick on the main thread directly.
-    next_tick_ms: Arc<AtomicU64>,
+    /// When the fetching configuration next needs a tick (unix ms; 0 = at once), read by the
+    /// clock thread before it asks Envoy for one ([`TickGate`]).
+    next_tick_ms: AtomicU64,
+    /// The earliest a JWKS refetch for an unknown `kid` can go out, as of the last tick
+    /// ([`fetch::Fetcher::jwks_refetch_not_before_ms`]): a worker that sees one brings the
+    /// next tick no sooner (a stream of made-up kids must not bring a tick, each a window
+    /// for a configuration's destruction on the clock thread, every [`TICK_MS`]).
+    jwks_not_before_ms: AtomicU64,
+}
+
+impl State {
+    /// Brings the next tick to when a JWKS refetch for an unknown `kid` can go out, if sooner.
+    fn wake_for_jwks(&self, now_ms: u64) {
+        let when = now_ms.max(self.jwks_not_before_ms.load(Ordering::Acquire));
+        self.next_tick_ms.fetch_min(when, Ordering::AcqRel);
+    }
+}
+
+/// What the clock thread reads to decide whether to ask Envoy for a configuration's tick.
+///
+/// Each ask is a window in which the configuration can be destroyed on the clock thread
+/// (Envoy's commit holds a reference for the call: `ffi::Slot`), where Envoy then cancels its
+/// callouts off the main thread. So the clock asks only the configuration fetching for its
+/// state (or any sharing it while none does: one of them takes the fetching over), and only
+/// when a tick has work — a call due or to give up, an unknown `kid` seen, the fetching left
+/// ([`State::next_tick_ms`]) — not every [`TICK_MS`]; an answer is followed by its tick on
+/// the main thread directly. With the feed healthy the clock asks nothing at all: each answer
+/// ticks, and the ticks dispatch the next poll and any JWKS refresh due.
+pub struct TickGate {
+    state: Arc<State>,
+    id: u64,
+}
+
+impl TickGate {
+    /// Whether the configuration needs a tick at `now_ms`.
+    pub fn due(&self, now_ms: u64) -> bool {
+        let fetcher = self.state.fetcher.load(Ordering::Acquire);
+        (fetcher == self.id || fetcher == 0)
+            && now_ms >= self.state.next_tick_ms.load(Ordering::Acquire)
+    }
 }
 
 /// One filter configuration's state, shared by every worker thread.
@@ -350,6 +384,14 @@ impl Shared {
         (shared, start)
     }
 
+    /// What the clock thread reads for this configuration ([`TickGate`]).
+    pub fn tick_gate(&self) -> TickGate {
+        TickGate {
+            state: Arc::clone(&self.state),
+            id: self.id,
+        }
+    }
+
     /// The published keys.
     pub fn keys(&self) -> Option<Arc<Keys>> {
         self.state.keys.load_full()
@@ -422,8 +464,8 @@ impl KeyState for View<'_> {
 
     fn want_jwks_refetch(&mut self, now_ms: u64) {
         let state = &self.shared.state;
-        state.jwks_wanted_ms.store(now_ms, Ordering::Relaxed);
-        state.next_tick_ms.store(0, Ordering::Release);
+        state.jwks_wanted_ms.store(now_ms, Ordering::Release);
+        state.wake_for_jwks(now_ms);
     }
 }
 
@@ -546,16 +588,25 @@ impl Fetcher {
                 self.fetcher.resume();
             }
         }
+        let state = &shared.state;
+        let wanted = state.jwks_wanted_ms.load(Ordering::Acquire);
         self.fetcher.tick(&mut &*shared, call, report, now_ms);
         if let Some(feed) = &shared.config.revocation {
             self.stale
                 .observe(feed, (&shared).published(), report, now_ms);
         }
+        state
+            .jwks_not_before_ms
+            .store(self.fetcher.jwks_refetch_not_before_ms(), Ordering::Release);
         let next = self
             .fetcher
             .next_tick_ms()
             .min(now_ms.saturating_add(IDLE_TICK_MS));
-        shared.state.next_tick_ms.store(next, Ordering::Release);
+        state.next_tick_ms.store(next, Ordering::Release);
+        // A worker's unknown kid since this tick read them would be lost under the store.
+        if state.jwks_wanted_ms.load(Ordering::Acquire) != wanted {
+            state.wake_for_jwks(now_ms);
+        }
     }
 
     /// An answer, then the tick it calls for (the next poll, a page, a retry's schedule), on
@@ -678,6 +729,7 @@ mod tests {
     /// The clock asks Envoy for a tick only when one has work (each ask is a window for a
     /// configuration's destruction on the clock thread): a tick says when the next one is
     /// due, and an answer is followed by its own tick, dispatching the next poll at once.
+    /// With the feed healthy, nothing is due before the poll out would be given up.
     #[test]
     fn a_tick_says_when_the_next_is_due_and_an_answer_ticks_at_once() {
         let shared = Shared::new(remote_config());
@@ -688,14 +740,10 @@ mod tests {
         let log = Log::default();
         fetcher.tick(&shared, &mut issuer, &log, NOW);
         assert_eq!(issuer.calls.len(), 2);
-        // Both calls in flight: nothing to do before one is given up, or the idle tick.
-        assert!(
-            due() > NOW + TICK_MS && due() <= NOW + IDLE_TICK_MS,
-            "{}",
-            due()
-        );
-        // The JWKS answered: due again after its refresh period (300 s), later than the idle
-        // tick.
+        // Both calls out: due when the first would be given up (the JWKS's, 2 s + 5 s).
+        assert_eq!(due(), NOW + 7_001);
+        // The JWKS answered: its refresh in 300 s is left to a poll's answer; the poll out is
+        // given up 20 s + 2 × 5 s after it went.
         let jwks = jwks_json();
         fetcher.on_answer(
             &shared,
@@ -707,21 +755,43 @@ mod tests {
             NOW + 10,
         );
         assert_eq!(issuer.calls.len(), 2);
-        assert_eq!(due(), NOW + 10 + IDLE_TICK_MS);
+        assert_eq!(due(), NOW + 30_001);
         // The poll answered: the next one goes out within the answer's own tick.
         let page = page_body(1, 3, false);
         fetcher.on_answer(&shared, &mut issuer, &log, 2, 200, &[&page], NOW + 20);
         assert_eq!(issuer.calls.len(), 3, "{:?}", issuer.calls);
         assert!(issuer.path(3).contains("since=3"), "{}", issuer.path(3));
-        // A failed poll: due at its backoff, sooner than the idle tick.
-        fetcher.on_answer(&shared, &mut issuer, &log, 3, 0, &[], NOW + 30);
+        assert_eq!(due(), NOW + 20 + 30_001);
+        // A worker saw an unknown kid: a tick when the refetch can go out, no sooner than
+        // `min_refetch_seconds` (5 s) after the last fetch — without waiting for the poll,
+        // and however many more are seen meanwhile.
+        for at in [NOW + 30, NOW + 40, NOW + 4_000] {
+            View { shared: &shared }.want_jwks_refetch(at);
+            assert_eq!(due(), NOW + 5_000);
+        }
+        fetcher.tick(&shared, &mut issuer, &log, due());
+        assert_eq!(issuer.calls.len(), 4, "the refetch, when it was due");
+        // While it is out, more unknown kids bring no tick sooner: its answer will.
+        View { shared: &shared }.want_jwks_refetch(NOW + 5_005);
+        assert_eq!(due(), NOW + 5_000 + 7_001);
+        fetcher.on_answer(
+            &shared,
+            &mut issuer,
+            &log,
+            4,
+            200,
+            &[jwks.as_bytes()],
+            NOW + 5_010,
+        );
+        // A failed poll: due at its backoff.
+        fetcher.on_answer(&shared, &mut issuer, &log, 3, 0, &[], NOW + 5_020);
         assert!(
-            due() > NOW + 30 && due() < NOW + 30 + IDLE_TICK_MS,
+            due() > NOW + 5_020 && due() <= NOW + 5_020 + 1_000,
             "{}",
             due()
         );
         fetcher.tick(&shared, &mut issuer, &log, due());
-        assert_eq!(issuer.calls.len(), 4, "the retry, when it was due");
+        assert_eq!(issuer.calls.len(), 5, "the retry, when it was due");
     }
 
     #[test]
@@ -1066,8 +1136,8 @@ mod tests {
         assert_eq!(shared.state.jwks_wanted_ms.load(Ordering::Relaxed), NOW);
         assert_eq!(
             shared.state.next_tick_ms.load(Ordering::Acquire),
-            0,
-            "the clock asks for a tick at once"
+            NOW,
+            "no fetch yet: the clock asks for a tick at once"
         );
     }
 
