@@ -79,9 +79,14 @@ pub enum ApiError {
         description: &'static str,
         cause: WechatError,
     },
-    /// 503 `temporarily_unavailable` (WeChat busy or timing out, store down, route disabled).
+    /// 503 `temporarily_unavailable` (WeChat busy or timing out, route disabled).
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// 503 `temporarily_unavailable`, the store busy or unreachable: the client is told only
+    /// that; the store's error (a driver's text can name internal hosts, a `MOVED` slot's
+    /// node, a certificate's names) goes to the issuer's log with the request's 5xx line.
+    #[error("temporarily unavailable: the store: {cause}")]
+    StoreUnavailable { cause: String },
     /// 400 with a specific stable `error` code for refused user data (`/v1/me/decrypt`):
     /// `invalid_base64`, `invalid_key_length`, `invalid_iv_length`,
     /// `invalid_encrypted_data_length`, `session_key_mismatch`, `not_json`, `watermark_missing`,
@@ -118,7 +123,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) | ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -140,7 +147,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BadGateway(_) | ApiError::Upstream { .. } => "upstream_error",
-            ApiError::Unavailable(_) => "temporarily_unavailable",
+            ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. } => {
+                "temporarily_unavailable"
+            }
             ApiError::UserData { code, .. } => code,
             ApiError::Internal(_) => "server_error",
         }
@@ -167,6 +176,9 @@ impl ApiError {
             | ApiError::RateLimited { description: d, .. }
             | ApiError::UserData { description: d, .. } => d.clone(),
             ApiError::Upstream { description, .. } => (*description).to_string(),
+            ApiError::StoreUnavailable { .. } => {
+                "the issuer's store is busy or unreachable; retry shortly".to_string()
+            }
             other => other.to_string(),
         }
     }
@@ -212,7 +224,7 @@ impl ApiError {
             ApiError::MissingToken(_) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -330,7 +342,9 @@ impl From<StoreError> for ApiError {
         // Busy or unreachable: 503 `temporarily_unavailable` with Retry-After (a client may
         // retry; nothing was half-written). Anything else is a 500.
         if err.is_transient() {
-            ApiError::Unavailable(err.to_string())
+            ApiError::StoreUnavailable {
+                cause: err.to_string(),
+            }
         } else {
             ApiError::Internal(err.to_string())
         }
@@ -341,12 +355,30 @@ impl From<StoreError> for ApiError {
 mod tests {
     use super::*;
 
+    fn body_json(response: Response<Full<Bytes>>) -> serde_json::Value {
+        let bytes = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+            response.into_body(),
+        ))
+        .expect("a full body is ready")
+        .expect("infallible")
+        .to_bytes();
+        serde_json::from_slice(&bytes).expect("JSON")
+    }
+
     #[test]
-    fn store_unreachable_maps_to_503_with_retry_after() {
-        let err = StoreError::Unavailable("connection refused".into());
-        let response = ApiError::from(err).response();
+    fn store_unreachable_maps_to_503_with_retry_after_and_no_detail() {
+        let err = StoreError::Unavailable("Moved: 3999 10.2.3.4:6379".into());
+        let api = ApiError::from(err);
+        assert!(api.to_string().contains("10.2.3.4:6379"), "logged: {api}");
+        let response = api.response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let body = body_json(response);
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert!(
+            !body.to_string().contains("10.2.3.4"),
+            "the store's error reached the client: {body}"
+        );
         let internal = ApiError::from(StoreError::Corrupt("x".into()));
         assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
@@ -549,15 +581,7 @@ mod tests {
         assert_eq!(err.status(), StatusCode::FORBIDDEN);
         assert_eq!(err.code(), "user_banned");
         assert!(err.description().contains("1234"));
-        let body = |err: ApiError| -> serde_json::Value {
-            let body = err.response().into_body();
-            let bytes =
-                futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(body))
-                    .expect("a full body is ready")
-                    .expect("infallible")
-                    .to_bytes();
-            serde_json::from_slice(&bytes).expect("JSON")
-        };
+        let body = |err: ApiError| body_json(err.response());
         assert_eq!(body(err)["until"], 1234);
         assert!(body(ApiError::Banned { until: None })
             .get("until")

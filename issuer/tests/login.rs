@@ -468,6 +468,34 @@ async fn metrics(stack: &Stack) -> String {
     common::metrics_text(&stack.http, &stack.url("/metrics")).await
 }
 
+/// A proxy appends its hop to the client's `X-Forwarded-For` line: a byte that is not ASCII in
+/// the client's part must not make the issuer drop the line (the address then was the
+/// proxy's, for the rate limit and for WeChat's risk check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_line_with_a_non_ascii_byte_still_names_the_client() {
+    let stack = start_with_risk(
+        json!({"max_rank": 2}),
+        &[("WEAUTH_TRUSTED_PROXIES", "127.0.0.1/32")],
+    )
+    .await;
+    let code = stack.mock.login("rene").code;
+    let response = stack
+        .http
+        .post(stack.url("/v1/login"))
+        .header(
+            "x-forwarded-for",
+            reqwest::header::HeaderValue::from_bytes(b"\xe9t\xe9, 203.0.113.8").unwrap(),
+        )
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body, _) = common::split(response).await;
+    assert_eq!(status, 200, "{body}");
+    let query = stack.mock.last_risk_query().unwrap();
+    assert_eq!(query["client_ip"], "203.0.113.8", "{query}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn risk_rank_above_max_refused_403_nothing_written_real_client_ip_sent() {
     let stack = start_with_risk(

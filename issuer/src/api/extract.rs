@@ -214,16 +214,20 @@ pub fn same_origin(app: &App, headers: &HeaderMap) -> bool {
 /// (`WEAUTH_TRUSTED_PROXIES`), else the peer. Every `X-Forwarded-For` line counts, in order
 /// (RFC 9110 §5.3: the same as one line joined with commas): a proxy that appends its hop as
 /// a line of its own after the client's must not leave the client's line to be read alone.
+/// A line is read whatever bytes the client put in it (a byte that is not visible ASCII
+/// becomes U+FFFD): a proxy appends its hop to the client's line, and dropping a line with
+/// such a byte dropped the hop the proxy appended — every such request then counted as the
+/// proxy's own address.
 pub fn client_ip(app: &App, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    let lines: Vec<&str> = headers
+    let lines: Vec<std::borrow::Cow<'_, str>> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|value| value.to_str().ok())
+        .map(|value| String::from_utf8_lossy(value.as_bytes()))
         .collect();
     let joined;
     let forwarded = match lines.as_slice() {
         [] => None,
-        [one] => Some(*one),
+        [one] => Some(one.as_ref()),
         many => {
             joined = many.join(",");
             Some(joined.as_str())

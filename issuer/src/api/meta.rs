@@ -73,7 +73,9 @@ pub async fn healthz() -> Resp {
 pub async fn readyz(State(app): State<Arc<App>>) -> Result<Resp, ApiError> {
     match app.store.ping().await {
         Ok(()) => Ok(json_response(StatusCode::OK, &value!({"status": "ready"}))),
-        Err(err) => Err(ApiError::Unavailable(format!("store unreachable: {err}"))),
+        Err(err) => Err(ApiError::StoreUnavailable {
+            cause: err.to_string(),
+        }),
     }
 }
 
