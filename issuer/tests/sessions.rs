@@ -513,7 +513,15 @@ async fn refresh_retried_within_the_default_grace_gets_the_same_refresh_token() 
         retry["refresh_token"], first["refresh_token"],
         "one successor"
     );
-    assert_eq!(retry["refresh_expires_in"], first["refresh_expires_in"]);
+    // The same expiry (the repeat's answer may come a second later: one second less).
+    let (first_left, retry_left) = (
+        first["refresh_expires_in"].as_i64().unwrap(),
+        retry["refresh_expires_in"].as_i64().unwrap(),
+    );
+    assert!(
+        (0..=1).contains(&(first_left - retry_left)),
+        "{first_left} {retry_left}"
+    );
     assert_eq!(
         payload(retry["access_token"].as_str().unwrap())["sid"],
         payload(first["access_token"].as_str().unwrap())["sid"],

@@ -2,7 +2,7 @@
 //! `weauth.postman_environment.json`) run by `newman` — a real client, as backend developers
 //! use it — against the whole stack on free ports: a mock `wx.login` code → login through Envoy
 //! → the token kept by a test script → `/api` call → refresh → the spent refresh token again
-//! within the reuse grace (a sibling pair) → user data decrypted and confirmed with WeChat →
+//! within the reuse grace (the same refresh token again) → user data decrypted and confirmed with WeChat →
 //! logout → 401, with assertions in every step.
 //!
 //! newman comes from npm, locked by `tests/postman/package-lock.json` and installed with

@@ -536,7 +536,8 @@ impl Config {
         // Without `Secure` the cookies lose their `__Host-` names and the refresh cookie its
         // binding, so a sibling host could plant the state or a refresh cookie (login CSRF):
         // over https there is no reason to give that up.
-        if !cookie_secure && issuer.starts_with("https://") {
+        let https = url::Url::parse(&issuer).is_ok_and(|url| url.scheme() == "https");
+        if !cookie_secure && https {
             errs.push(bad(
                 "WEAUTH_COOKIE_SECURE",
                 "`false` is for a plain-http WEAUTH_ISSUER only (it drops the cookies' __Host- names and the refresh cookie's binding)",

@@ -337,12 +337,14 @@ fn config_shortcut_is_one_miniprogram_and_web_defaults() {
     .unwrap();
     assert!(!config.cookie_secure);
     // Over https there is no reason to drop the cookies' defences.
-    let err = load(&with(&[
-        ("WEAUTH_COOKIE_SECURE", "false"),
-        ("WEAUTH_ISSUER", "https://issuer.example.com"),
-    ]))
-    .unwrap_err();
-    assert_eq!(err.vars(), ["WEAUTH_COOKIE_SECURE"], "{err}");
+    for issuer in ["https://issuer.example.com", "HTTPS://issuer.example.com"] {
+        let err = load(&with(&[
+            ("WEAUTH_COOKIE_SECURE", "false"),
+            ("WEAUTH_ISSUER", issuer),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_COOKIE_SECURE"], "{issuer}: {err}");
+    }
     for (var, value) in [
         ("WEAUTH_COOKIE_SECURE", "maybe"),
         ("WEAUTH_WECHAT_OPEN_BASE", "open.weixin.qq.com"),
