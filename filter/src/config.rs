@@ -1250,13 +1250,15 @@ mod tests {
         assert_eq!(revocation.wait_seconds, 20);
         assert_eq!(revocation.stale_mode, StaleMode::Deny);
         assert_eq!(config.token_sources.len(), 3);
-        assert_eq!(config.rules.len(), 5);
+        assert_eq!(config.rules.len(), 6);
         assert_eq!(config.csrf_allowed_origins, ["https://h5.example.com"]);
         assert!(config.edge_for("/v1/me").forward_authorization);
         assert!(!config.edge_for("/api/x").forward_authorization);
         // Logging in and refreshing need no token; the rest of /v1/ does.
         assert_eq!(config.rule_for("/v1/login").0, Require::None);
         assert_eq!(config.rule_for("/v1/token/refresh").0, Require::None);
+        // A logout reaches the issuer with whatever credential it has (a lapsed cookie: none).
+        assert_eq!(config.rule_for("/v1/logout").0, Require::None);
         assert_eq!(config.rule_for("/v1/me").0, Require::Required);
         // The hook rule's `csrf: false` is said at load.
         assert_eq!(config.warnings.len(), 1);
