@@ -108,13 +108,18 @@ pub(crate) fn db_err(err: sqlx::Error) -> StoreError {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => StoreError::Unavailable(Box::new(err)),
         sqlx::Error::Database(db) => match error_number(&err) {
-            Some(1205 | 1213) => StoreError::Busy(Box::new(err)),
+            // 3101: Group Replication's conflict at commit (multi-primary), as Galera's 1213.
+            Some(1205 | 1213 | 3101) => StoreError::Busy(Box::new(err)),
             // A unique key still taken after the retries (a race lost every time): contention.
             // MySQL's message quotes the key's value — an openid, a unionid, a code's hash —
             // which must not reach a log: only the key's name is kept.
             Some(1062) => StoreError::Busy(duplicate_key(db.message()).into()),
-            // Too many connections, server shutdown, connection killed, read-only server.
-            Some(1040 | 1053 | 1927 | 1290 | 1836) => StoreError::Unavailable(Box::new(err)),
+            // Too many connections, server shutdown, connection killed, read-only server, a
+            // Galera node out of the primary component (1047), Group Replication refusing
+            // writes (3100).
+            Some(1040 | 1047 | 1053 | 1927 | 1290 | 1836 | 3100) => {
+                StoreError::Unavailable(Box::new(err))
+            }
             _ => StoreError::Backend(Box::new(err)),
         },
         _ => StoreError::Backend(Box::new(err)),
@@ -130,10 +135,11 @@ fn duplicate_key(message: &str) -> String {
     format!("a unique key stayed taken through {RETRIES} retries (MySQL 1062, key {key})")
 }
 
-/// Whether a failed transaction is run again: it was rolled back by a deadlock, or lost a
-/// race on a unique key (it will find the winner's row the second time).
+/// Whether a failed transaction is run again: it was rolled back by a deadlock (or a
+/// multi-primary cluster's certification conflict, Galera's 1213 or Group Replication's 3101),
+/// or lost a race on a unique key (it will find the winner's row the second time).
 fn retryable(err: &sqlx::Error) -> bool {
-    matches!(error_number(err), Some(1213 | 1062))
+    matches!(error_number(err), Some(1213 | 1062 | 3101))
 }
 
 /// Runs `attempt` again while it fails with a [`retryable`] error, at most [`RETRIES`] times.

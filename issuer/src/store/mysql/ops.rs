@@ -883,21 +883,34 @@ pub(super) async fn report_access_ttl(
     .bind(now)
     .execute(pool)
     .await?;
-    sqlx::query("DELETE FROM counters WHERE LEFT(name, ?) = ? AND value < ?")
-        .bind(prefix.len() as u64)
+    // A range of the primary key, so that only the reports are read and locked (a scan of the
+    // whole table waited on `purged_through`, which a purge holds).
+    sqlx::query("DELETE FROM counters WHERE name >= ? AND name < ? AND value < ?")
         .bind(prefix)
+        .bind(prefix_end(prefix))
         .bind(forget_before)
         .execute(pool)
         .await?;
     access_ttls(pool).await
 }
 
+/// The first name after every name that starts with `prefix` (an ASCII prefix; the column's
+/// collation compares bytes): `name >= prefix AND name < prefix_end(prefix)` is a range of the
+/// primary key.
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.to_string();
+    if let Some(last) = end.pop() {
+        end.push(char::from_u32(u32::from(last) + 1).unwrap_or(char::MAX));
+    }
+    end
+}
+
 /// The lifetimes reported ([`report_access_ttl`]).
 pub(super) async fn access_ttls(pool: &MySqlPool) -> Result<Vec<ReportedTtl>> {
     let prefix = ReportedTtl::ROW_PREFIX;
-    let rows = sqlx::query("SELECT name, value FROM counters WHERE LEFT(name, ?) = ?")
-        .bind(prefix.len() as u64)
+    let rows = sqlx::query("SELECT name, value FROM counters WHERE name >= ? AND name < ?")
         .bind(prefix)
+        .bind(prefix_end(prefix))
         .fetch_all(pool)
         .await?;
     let mut reported = Vec::new();
@@ -953,6 +966,9 @@ pub(super) async fn take_ephemeral(
     Ok((expires_at > now).then_some(value))
 }
 
+/// The purge's delete of expired refresh tokens (its one argument: now).
+pub(super) const PURGE_REFRESH_TOKENS: &str = "DELETE FROM refresh_tokens WHERE expires_at < ?";
+
 pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
     let mut tx = pool.begin().await?;
     let highest: Option<i64> =
@@ -981,28 +997,31 @@ pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
             .execute(&mut *tx)
             .await?;
     }
+    // The watermark's row is held only this long: a replica's lifetime report waits on it.
+    tx.commit().await?;
+    // Each on its own, by its expiry index, locking only the rows it removes. (A refresh token
+    // never outlives its session — its expiry is capped by the session's end — so an expired
+    // session's tokens have expired too: no join with `sessions`. Joined, the delete read and
+    // locked every refresh token until it committed, and every rotation waited on its token's
+    // row, past the lock wait timeout into a 503, at each replica's purge.)
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     purged.sessions = count(
         sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
             .bind(now)
-            .execute(&mut *tx)
+            .execute(pool)
             .await?
             .rows_affected(),
     );
     purged.refresh_tokens = count(
-        sqlx::query(
-            "DELETE r FROM refresh_tokens r LEFT JOIN sessions s ON s.sid = r.sid \
-             WHERE r.expires_at < ? OR s.sid IS NULL",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected(),
+        sqlx::query(PURGE_REFRESH_TOKENS)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected(),
     );
     sqlx::query("DELETE FROM ephemeral WHERE expires_at <= ?")
         .bind(now)
-        .execute(&mut *tx)
+        .execute(pool)
         .await?;
-    tx.commit().await?;
     Ok(purged)
 }

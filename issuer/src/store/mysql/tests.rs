@@ -81,6 +81,57 @@ fn mysql_durability_warns_on_lax_flush_and_unsynced_binlog_only() {
     assert!(warnings[1].contains("sync_binlog is 0"));
 }
 
+/// A purge under way locks only the refresh tokens it removes: a rotation of a live one does
+/// not wait for it. (Joined with `sessions` under an `OR`, the delete read and locked every
+/// row of the table until it committed: rotations waited past the lock wait timeout into a
+/// 503, at every replica's purge.)
+#[tokio::test]
+async fn mysql_purge_under_way_leaves_live_refresh_tokens_unlocked() {
+    use crate::store::contract::login;
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&db.options()).await.unwrap();
+    // r-old expires at 110, r-live at 1100.
+    store.login(&login("old", "o-old", None, 10)).await.unwrap();
+    store
+        .login(&login("live", "o-live", None, 1000))
+        .await
+        .unwrap();
+    // A table of live tokens, as in production (the index is then the way to the expired).
+    for i in 0..50 {
+        let other = login(&format!("l{i}"), &format!("o-l{i}"), None, 1000 + i);
+        store.login(&other).await.unwrap();
+    }
+    sqlx::query("ANALYZE TABLE refresh_tokens")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let mut purging = store.pool.begin().await.unwrap();
+    let removed = sqlx::query(ops::PURGE_REFRESH_TOKENS)
+        .bind(500)
+        .execute(&mut *purging)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(removed, 1);
+    let mut rotating = store.pool.acquire().await.unwrap();
+    sqlx::query("SET SESSION innodb_lock_wait_timeout = 1")
+        .execute(&mut *rotating)
+        .await
+        .unwrap();
+    let mut rotation = sqlx::Connection::begin(&mut *rotating).await.unwrap();
+    // What `rotate_refresh` reads first, under the purge.
+    let locked = sqlx::query("SELECT sid FROM refresh_tokens WHERE hash = ? FOR UPDATE")
+        .bind("r-live")
+        .fetch_optional(&mut *rotation)
+        .await;
+    assert!(
+        matches!(locked, Ok(Some(_))),
+        "the live token's row waited on the purge: {locked:?}"
+    );
+    rotation.rollback().await.unwrap();
+    purging.rollback().await.unwrap();
+}
+
 #[tokio::test]
 async fn mysql_second_start_finds_schema_and_seq_kept_after_purge() {
     let db = TestDb::new().await;
