@@ -230,10 +230,14 @@ impl SharedData<'_> {
             generation: bytes
                 .and_then(|bytes| Meta::decode(&bytes).ok())
                 .map_or(0, |meta| meta.generation),
-            foreign: self
-                .state
-                .written_meta_cas
-                .is_some_and(|written| cas != Some(written)),
+            // A VM that has just taken the feed over rewrites every shard: the VM before may
+            // have written shards under the generation this one picks and stopped before its
+            // meta (a trap mid-publication), leaving blobs no meta lists.
+            foreign: self.state.taking_over
+                || self
+                    .state
+                    .written_meta_cas
+                    .is_some_and(|written| cas != Some(written)),
         }
     }
 }
@@ -312,6 +316,7 @@ impl Publish for SharedData<'_> {
         if hostcalls::set_shared_data(&self.worker.keys.meta_version, Some(&[]), None).is_err() {
             self.warn("could not write the revocation meta version");
         }
+        self.state.taking_over = false;
         self.state.forget_meta_cas();
     }
 }
@@ -393,9 +398,30 @@ impl Context for Root {
         let Some(part) = self.parts.iter().position(|part| part.fetcher.owns(id)) else {
             return;
         };
-        if let Some(lost) = self.parts.get_mut(part).filter(|part| !part.leader) {
-            // Lost the lease while the call was out: drop it, the new fetcher has its own.
-            lost.fetcher.drop_call(id, now);
+        // Still the fetcher? This VM learns it lost the lease at its next tick, and an answer
+        // can come first (its thread stalled past the lease while another VM took the
+        // fetching over; the event loop runs the answer before the timer): applied, it
+        // published a set older than the new fetcher's over it — revocations gone from every
+        // worker until the next publication. So the lease is renewed here, or the answer
+        // dropped.
+        let holds = self
+            .parts
+            .get(part)
+            .is_some_and(|p| p.leader && self.elect(&p.lease, now));
+        if !holds {
+            if let Some(lost) = self.parts.get_mut(part) {
+                // Lost the lease while the call was out: drop it, the new fetcher has its own.
+                lost.fetcher.drop_call(id, now);
+                if lost.leader {
+                    lost.leader = false;
+                    lost.fetcher.restart(now);
+                    let what = lost.what;
+                    self.log(
+                        Level::Info,
+                        &format!("this VM is no longer the {what} fetcher"),
+                    );
+                }
+            }
             return;
         }
         let (status, body) = Root::response_status_and_body(num_headers, body_size);
@@ -518,6 +544,7 @@ impl RootContext for Root {
                 break;
             };
             let leader = self.elect(&part.lease, now);
+            let part_is_feed = part.what == REVOCATION;
             if leader != part.leader {
                 // Taking the feed over with the published set in hand (the configuration that
                 // fetched has gone, after a configuration update's drain): go on from its seq,
@@ -537,6 +564,11 @@ impl RootContext for Root {
                         part.fetcher.resume();
                     }
                     part.leader = leader;
+                }
+                if leader && part_is_feed {
+                    if let Ok(mut state) = worker.state.try_borrow_mut() {
+                        state.taking_over = true;
+                    }
                 }
             }
             if leader {

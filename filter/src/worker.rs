@@ -37,6 +37,9 @@ pub struct VmState {
     /// As the revocation writer: the meta's CAS right after this VM's last write of it. Any
     /// other writer's meta write changes it (see `root`'s `SharedData::publish_set`).
     pub written_meta_cas: Option<u32>,
+    /// As the revocation writer: this VM has just taken the feed over, and its next
+    /// publication rewrites every shard (see `root`'s `SharedData::in_shared`).
+    pub taking_over: bool,
 }
 
 impl VmState {
