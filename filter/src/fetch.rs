@@ -187,9 +187,12 @@ impl Fetcher {
             .jwks
             .as_ref()
             .map(|(_, schedule)| schedule)
+            // Only a healthy refresh waits: a retry after a failed fetch (the keys may not be
+            // loaded at all: every token refused meanwhile) keeps its backoff.
             .filter(|schedule| {
                 !(polling
                     && !self.jwks_wanted
+                    && schedule.failures() == 0
                     && matches!(schedule.phase(), FetchPhase::Idle { .. }))
             });
         jwks.into_iter()

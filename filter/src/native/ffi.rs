@@ -1084,7 +1084,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
             ids: &module.ids,
         };
         let now = now_ms();
-        with_fetcher(&module.fetcher, &report, now, |fetcher| {
+        with_fetcher(&module.fetcher, &module.shared, &report, now, |fetcher| {
             fetcher.tick(&module.shared, &mut call, &report, now)
         });
     }));
@@ -1142,7 +1142,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             ids: &module.ids,
         };
         let now = now_ms();
-        with_fetcher(&module.fetcher, &report, now, |fetcher| {
+        with_fetcher(&module.fetcher, &module.shared, &report, now, |fetcher| {
             fetcher.on_answer(
                 &module.shared,
                 &mut call,

@@ -106,9 +106,18 @@ struct State {
 
 impl State {
     /// Brings the next tick to when a JWKS refetch for an unknown `kid` can go out, if sooner.
+    /// (SeqCst with the tick's store and re-read of `jwks_wanted_ms`: of a worker's hint and a
+    /// tick's store, one sees the other.)
     fn wake_for_jwks(&self, now_ms: u64) {
-        let when = now_ms.max(self.jwks_not_before_ms.load(Ordering::Acquire));
-        self.next_tick_ms.fetch_min(when, Ordering::AcqRel);
+        let when = now_ms.max(self.jwks_not_before_ms.load(Ordering::SeqCst));
+        self.next_tick_ms.fetch_min(when, Ordering::SeqCst);
+    }
+
+    /// A tick at the clock's next look, the hint's bound forgotten (the fetcher started over:
+    /// its next tick stores both again).
+    fn tick_soon(&self) {
+        self.jwks_not_before_ms.store(0, Ordering::SeqCst);
+        self.next_tick_ms.store(0, Ordering::SeqCst);
     }
 }
 
@@ -464,7 +473,7 @@ impl KeyState for View<'_> {
 
     fn want_jwks_refetch(&mut self, now_ms: u64) {
         let state = &self.shared.state;
-        state.jwks_wanted_ms.store(now_ms, Ordering::Release);
+        state.jwks_wanted_ms.store(now_ms, Ordering::SeqCst);
         state.wake_for_jwks(now_ms);
     }
 }
@@ -589,7 +598,7 @@ impl Fetcher {
             }
         }
         let state = &shared.state;
-        let wanted = state.jwks_wanted_ms.load(Ordering::Acquire);
+        let wanted = state.jwks_wanted_ms.load(Ordering::SeqCst);
         self.fetcher.tick(&mut &*shared, call, report, now_ms);
         if let Some(feed) = &shared.config.revocation {
             self.stale
@@ -602,9 +611,9 @@ impl Fetcher {
             .fetcher
             .next_tick_ms()
             .min(now_ms.saturating_add(IDLE_TICK_MS));
-        state.next_tick_ms.store(next, Ordering::Release);
+        state.next_tick_ms.store(next, Ordering::SeqCst);
         // A worker's unknown kid since this tick read them would be lost under the store.
-        if state.jwks_wanted_ms.load(Ordering::Acquire) != wanted {
+        if state.jwks_wanted_ms.load(Ordering::SeqCst) != wanted {
             state.wake_for_jwks(now_ms);
         }
     }
@@ -659,6 +668,7 @@ impl Fetcher {
 /// ask for the whole set on every tick), and says so at error level.
 pub fn with_fetcher(
     fetcher: &Mutex<Fetcher>,
+    shared: &Shared,
     report: &impl Report,
     now_ms: u64,
     work: impl FnOnce(&mut Fetcher),
@@ -671,11 +681,14 @@ pub fn with_fetcher(
             let mut guard = poisoned.into_inner();
             fetcher.clear_poison();
             guard.fetcher.restart(now_ms);
+            shared.state.tick_soon();
             guard
         }
     };
     if catch_unwind(AssertUnwindSafe(|| work(&mut guard))).is_err() {
         guard.fetcher.restart_after_fault(now_ms);
+        // The tick times stored are the fetcher's from before: its restart's are sooner.
+        shared.state.tick_soon();
         report.log(
             Level::Error,
             "the JWKS/revocation fetcher panicked; it starts over with a full load",
@@ -794,6 +807,22 @@ mod tests {
         assert_eq!(issuer.calls.len(), 5, "the retry, when it was due");
     }
 
+    /// A failed JWKS fetch is retried at its backoff, not left to the feed's next answer: the
+    /// keys may not be loaded at all (every token refused meanwhile).
+    #[test]
+    fn a_failed_jwks_fetch_is_retried_at_its_backoff_while_a_poll_is_out() {
+        let (shared, mut fetcher, mut issuer, log) = polling();
+        let due = || shared.state.next_tick_ms.load(Ordering::SeqCst);
+        let full = page_body(1, 3, true);
+        fetcher.on_answer(&shared, &mut issuer, &log, 2, 200, &[&full], NOW + 10);
+        assert_eq!(issuer.calls.len(), 3, "the long poll is out");
+        fetcher.on_answer(&shared, &mut issuer, &log, 1, 503, &[], NOW + 20);
+        assert!(shared.keys().is_none());
+        assert_eq!(due(), NOW + 20 + 1_000, "the JWKS's first backoff");
+        fetcher.tick(&shared, &mut issuer, &log, due());
+        assert_eq!(issuer.calls.len(), 4, "the JWKS again");
+    }
+
     #[test]
     fn fetcher_jwks_answer_publishes_keys_to_every_reader() {
         let shared = Shared::new(remote_config());
@@ -858,28 +887,37 @@ mod tests {
         let (shared, fetcher, mut issuer, log) = polling();
         let fetcher = Mutex::new(fetcher);
         let body = br#"{"seq":7,"full":true,"now":1700000000,"entries":[]}"#;
-        with_fetcher(&fetcher, &log, NOW, |f| {
+        with_fetcher(&fetcher, &shared, &log, NOW, |f| {
             f.on_response(&shared, &mut issuer, &log, 2, 200, body, NOW)
         });
         assert!(issuer.path(3).contains("since=7"), "{}", issuer.path(3));
         // A defect panics inside the fetcher (a hook's work, with the lock held).
-        with_fetcher(&fetcher, &log, NOW + 1, |_| {
+        shared
+            .state
+            .next_tick_ms
+            .store(NOW + 30_000, Ordering::SeqCst);
+        with_fetcher(&fetcher, &shared, &log, NOW + 1, |_| {
             panic!("a defect in the fetcher")
         });
         assert!(
             !fetcher.is_poisoned(),
             "a later hook would find it poisoned"
         );
+        assert_eq!(
+            shared.state.next_tick_ms.load(Ordering::SeqCst),
+            0,
+            "the tick stored before the panic is not waited for"
+        );
         assert!(log.has("the JWKS/revocation fetcher panicked; it starts over with a full load"));
         // The next ticks run; after a failed call's backoff, as a new fetcher's first: the
         // keys and a full set asked again (the calls out before the panic are forgotten).
         let soon = NOW + TICK_MS;
-        with_fetcher(&fetcher, &log, soon, |f| {
+        with_fetcher(&fetcher, &shared, &log, soon, |f| {
             f.tick(&shared, &mut issuer, &log, soon)
         });
         assert_eq!(issuer.calls.len(), 3, "backing off");
         let later = NOW + 1 + 1_000;
-        with_fetcher(&fetcher, &log, later, |f| {
+        with_fetcher(&fetcher, &shared, &log, later, |f| {
             f.tick(&shared, &mut issuer, &log, later)
         });
         assert_eq!(issuer.calls.len(), 5);
@@ -893,7 +931,7 @@ mod tests {
         // A defect that strikes on every tick, after the tick asked for what was due.
         for i in 1..=20 {
             let now = NOW + i * TICK_MS;
-            with_fetcher(&fetcher, &log, now, |f| {
+            with_fetcher(&fetcher, &shared, &log, now, |f| {
                 f.tick(&shared, &mut issuer, &log, now);
                 panic!("a defect in the fetcher");
             });
@@ -916,7 +954,7 @@ mod tests {
             .join()
         });
         assert!(fetcher.is_poisoned());
-        with_fetcher(&fetcher, &log, NOW + TICK_MS, |f| {
+        with_fetcher(&fetcher, &shared, &log, NOW + TICK_MS, |f| {
             f.tick(&shared, &mut issuer, &log, NOW + TICK_MS)
         });
         assert!(!fetcher.is_poisoned());
@@ -926,11 +964,11 @@ mod tests {
 
     #[test]
     fn fetcher_held_hook_does_nothing() {
-        let (_, fetcher, _, log) = polling();
+        let (shared, fetcher, _, log) = polling();
         let fetcher = Mutex::new(fetcher);
         let _held = fetcher.lock().unwrap();
         let mut ran = false;
-        with_fetcher(&fetcher, &log, NOW + TICK_MS, |_| ran = true);
+        with_fetcher(&fetcher, &shared, &log, NOW + TICK_MS, |_| ran = true);
         assert!(
             !ran,
             "the answer of a dispatch failed inline is not handled"
