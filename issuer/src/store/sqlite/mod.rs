@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/v3.sql"),
     include_str!("migrations/v4.sql"),
     include_str!("migrations/v5.sql"),
+    include_str!("migrations/v6.sql"),
 ];
 
 /// Applies the migrations the file lacks; refuses a file from a newer issuer.
@@ -425,8 +426,28 @@ impl Store for SqliteStore {
         self.run(move |c| ops::take_ephemeral(c, &key, now)).await
     }
 
+    /// The revocations and the watermark in one transaction, then the expired sessions,
+    /// refresh tokens and pending web logins in batches of [`ops::PURGE_BATCH`] rows, each its
+    /// own transaction and its own turn on the connection: every other call waits for the
+    /// connection, so one delete of a day's expired rows held them all for as long.
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
-        self.run(move |c| ops::purge(c, now)).await
+        let mut purged = self.run(move |c| ops::purge_revocations(c, now)).await?;
+        for table in ops::PURGED_BY_EXPIRY {
+            loop {
+                let removed = self
+                    .run(move |c| ops::purge_expired_batch(c, table, now))
+                    .await?;
+                match table {
+                    ops::ExpiringTable::Sessions => purged.sessions += removed,
+                    ops::ExpiringTable::RefreshTokens => purged.refresh_tokens += removed,
+                    ops::ExpiringTable::Ephemeral => {}
+                }
+                if removed < ops::PURGE_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
     }
 
     async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {

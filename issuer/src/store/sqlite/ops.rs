@@ -734,22 +734,73 @@ pub(super) fn access_ttls(conn: &Connection) -> Result<Vec<ReportedTtl>, StoreEr
     Ok(reported)
 }
 
-pub(super) fn purge(conn: &mut Connection, now: i64) -> Result<Purged, StoreError> {
+/// The rows a purge removes in one transaction from a table of [`PURGED_BY_EXPIRY`].
+pub(super) const PURGE_BATCH: usize = 5_000;
+
+/// A table the purge empties of expired rows, batch by batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ExpiringTable {
+    Sessions,
+    RefreshTokens,
+    Ephemeral,
+}
+
+/// In this order. (A refresh token never outlives its session — its expiry is capped by the
+/// session's end — so an expired session's tokens have expired too.)
+pub(super) const PURGED_BY_EXPIRY: [ExpiringTable; 3] = [
+    ExpiringTable::Sessions,
+    ExpiringTable::RefreshTokens,
+    ExpiringTable::Ephemeral,
+];
+
+impl ExpiringTable {
+    /// Deletes up to `?2` rows expired at `?1`, found by the table's expiry index.
+    pub(super) fn delete_batch(self) -> &'static str {
+        match self {
+            ExpiringTable::Sessions => {
+                "DELETE FROM sessions WHERE sid IN \
+                 (SELECT sid FROM sessions WHERE expires_at < ?1 LIMIT ?2)"
+            }
+            ExpiringTable::RefreshTokens => {
+                "DELETE FROM refresh_tokens WHERE hash IN \
+                 (SELECT hash FROM refresh_tokens WHERE expires_at < ?1 LIMIT ?2)"
+            }
+            ExpiringTable::Ephemeral => {
+                "DELETE FROM ephemeral WHERE key IN \
+                 (SELECT key FROM ephemeral WHERE expires_at <= ?1 LIMIT ?2)"
+            }
+        }
+    }
+}
+
+/// One batch of the purge's expired rows of `table` ([`PURGE_BATCH`] at most): how many.
+pub(super) fn purge_expired_batch(
+    conn: &mut Connection,
+    table: ExpiringTable,
+    now: i64,
+) -> Result<usize, StoreError> {
+    conn.execute(table.delete_batch(), params![now, PURGE_BATCH as i64])
+        .map_err(db_err)
+}
+
+/// The highest seq of the revocations expired at `?1`: by the expiry index (by the seq, the
+/// newest first, it read every live entry before the first expired one).
+pub(super) const PURGE_REVOCATIONS_HIGHEST: &str =
+    "SELECT MAX(seq) FROM revocations INDEXED BY revocations_until WHERE until < ?1";
+/// The revocations expired at `?1`.
+pub(super) const PURGE_REVOCATIONS: &str = "DELETE FROM revocations WHERE until < ?1";
+
+/// The expired revocations, and the watermark readers compare `since` with, together.
+pub(super) fn purge_revocations(conn: &mut Connection, now: i64) -> Result<Purged, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
     let highest: Option<i64> = tx
-        .query_row(
-            "SELECT MAX(seq) FROM revocations WHERE until < ?1",
-            [now],
-            |row| row.get(0),
-        )
+        .query_row(PURGE_REVOCATIONS_HIGHEST, [now], |row| row.get(0))
         .map_err(db_err)?;
     let mut purged = Purged::default();
     if let Some(highest) = highest {
-        purged.revocations = tx
-            .execute("DELETE FROM revocations WHERE until < ?1", [now])
-            .map_err(db_err)?;
+        purged.revocations = tx.execute(PURGE_REVOCATIONS, [now]).map_err(db_err)?;
         let current: i64 = tx
             .query_row(
                 "SELECT COALESCE((SELECT value FROM meta WHERE key = 'purged_through'), 0)",
@@ -765,17 +816,6 @@ pub(super) fn purge(conn: &mut Connection, now: i64) -> Result<Purged, StoreErro
         )
         .map_err(db_err)?;
     }
-    purged.sessions = tx
-        .execute("DELETE FROM sessions WHERE expires_at < ?1", [now])
-        .map_err(db_err)?;
-    purged.refresh_tokens = tx
-        .execute(
-            "DELETE FROM refresh_tokens WHERE expires_at < ?1 OR sid NOT IN (SELECT sid FROM sessions)",
-            [now],
-        )
-        .map_err(db_err)?;
-    tx.execute("DELETE FROM ephemeral WHERE expires_at <= ?1", [now])
-        .map_err(db_err)?;
     tx.commit().map_err(db_err)?;
     Ok(purged)
 }
