@@ -67,9 +67,10 @@
 //!   entry appended to the feed (REVOKE), then the pending note cleared, then `WAIT`: see
 //!   [`RedisStore::revoke_entry`]. A reader that finds a note left by a revocation cut short
 //!   writes the entry.
-//! - *The purge*: ended sessions found in the expiry index, dropped with their refresh tokens
-//!   in their slots (DROP_SESSION), then taken off the user's set, the code and, last, the
-//!   index (FORGET_SESSIONS): a purge cut short is finished by the next.
+//! - *The purge*: ended sessions found in the expiry index, dropped in their slots
+//!   (DROP_SESSION: their refresh tokens, unknown without them, are left to their TTLs), then
+//!   taken off the user's set, the code and, last, the index (FORGET_SESSIONS): a purge cut
+//!   short is finished by the next.
 //!
 //! Redis Cluster. A script's keys must all be in one hash slot. The directory (users,
 //! identities, unionids, codes, users' session sets), the revocation feed, the key ring and
@@ -346,9 +347,9 @@ pub struct RedisHealth {
     pub unreplicated_writes: u64,
 }
 
-/// Maps a client error: lost connections, timeouts, a read-only replica (failover under way)
-/// and a loading server are [`StoreError::Unavailable`] (503, retry); the rest are backend
-/// errors.
+/// Maps a client error: lost connections, timeouts, a read-only replica (failover under way),
+/// a loading server, and a server out of memory, busy with a script or short of replicas are
+/// [`StoreError::Unavailable`] (503, retry); the rest are backend errors.
 pub fn redis_err(err: RedisError) -> StoreError {
     let transient = err.is_io_error()
         || err.is_connection_dropped()
@@ -368,7 +369,11 @@ pub fn redis_err(err: RedisError) -> StoreError {
         );
     // A script reaching a key of a slot being migrated (resharding): retry shortly.
     let migrating = err.to_string().contains("non local key");
-    if transient || migrating {
+    // Codes the client does not name: out of memory under `noeviction` (writes refused until
+    // the purge or an operator frees some), a script running past `busy-reply-threshold`,
+    // fewer replicas than `min-replicas-to-write`. Each passes; none is the request's fault.
+    let refusing = matches!(err.code(), Some("OOM" | "BUSY" | "NOREPLICAS"));
+    if transient || migrating || refusing {
         StoreError::Unavailable(Box::new(err))
     } else {
         StoreError::Backend(Box::new(err))
@@ -925,13 +930,12 @@ impl RedisStore {
         }
     }
 
-    /// DROP_SESSION on one ended session: (its sub, its code hash, refresh tokens removed).
+    /// DROP_SESSION on one ended session: (its sub, its code hash, refresh tokens it was
+    /// given — left to their TTLs).
     async fn drop_session(&self, sid: &str) -> Result<(String, String, usize), StoreError> {
-        let family = tokens::family_of_sid(sid);
         let mut call = self.inner.scripts.drop_session.prepare_invoke();
         call.key(self.session_key(sid))
-            .key(self.family_set_key(sid))
-            .arg(self.family_key(family, &keys::refresh("")));
+            .key(self.family_set_key(sid));
         self.eval(&call).await
     }
 }

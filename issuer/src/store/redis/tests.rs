@@ -872,3 +872,32 @@ async fn redis_sub_revocation_retried_after_a_cut_writes_the_sessions_entries() 
         .count();
     assert_eq!(sids, 1);
 }
+
+/// A Redis out of memory under `noeviction` refuses writes with `OOM`, a code the client does
+/// not name: a 503 (retry), not a 500 with no `Retry-After` (OPERATIONS.md).
+#[tokio::test]
+async fn redis_out_of_memory_is_unavailable() {
+    use crate::store::contract::login;
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    let mut side = side_connection(&redis).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    let err = store
+        .login(&login("oom", "o-oom", None, 10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+}
