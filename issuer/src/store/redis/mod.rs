@@ -212,8 +212,16 @@ const CAS_ATTEMPTS: usize = 8;
 /// last one (a failover or a restart): more than the revocations a primary can have
 /// acknowledged without a replica when it dies (see "The feed" in the module docs).
 const SEQ_GAP: i64 = 1_000_000;
-/// Items removed per kind per purge call.
+/// Items removed per kind per purge round.
 const PURGE_BATCH: usize = 10_000;
+/// Rounds per purge while a round comes back full, a pause between them (each round's scripts
+/// hold the directory's server for up to ~90 ms at a full batch): up to 100 000 items of each
+/// kind per `WEAUTH_PURGE_INTERVAL`. One round a purge capped the purge at 10 000 a minute
+/// (about 167 a second): past that rate of ended sessions, revocations or abandoned web logins
+/// the indexes grew without bound, with them the feed's reload time, until `noeviction`
+/// refused every write.
+const PURGE_ROUNDS: usize = 10;
+const PURGE_PAUSE: Duration = Duration::from_millis(20);
 /// Scripts in flight at once where one change spans many slots (a user's sessions, a purge).
 const CONCURRENT_SLOTS: usize = 32;
 

@@ -659,10 +659,36 @@ impl Store for RedisStore {
     }
 
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
+        self.purge_rounds(now, PURGE_BATCH).await
+    }
+}
+
+impl RedisStore {
+    /// [`Store::purge`] in rounds of `batch` items of each kind, while a round comes back full
+    /// (at most [`PURGE_ROUNDS`], [`PURGE_PAUSE`] apart).
+    pub(super) async fn purge_rounds(&self, now: i64, batch: usize) -> Result<Purged, StoreError> {
+        let mut total = Purged::default();
+        for round in 0..PURGE_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(PURGE_PAUSE).await;
+            }
+            let (purged, full) = self.purge_round(now, batch).await?;
+            total.revocations += purged.revocations;
+            total.sessions += purged.sessions;
+            total.refresh_tokens += purged.refresh_tokens;
+            if !full {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// One round: what it removed, and whether a kind filled its batch (more may be left).
+    async fn purge_round(&self, now: i64, batch: usize) -> Result<(Purged, bool), StoreError> {
         let (index, prefix) = (self.key(keys::EPH_EXP), self.prefix().to_string());
         let mut call = self.inner.scripts.purge_ephemeral.prepare_invoke();
-        call.key(index).arg(prefix).arg(now).arg(PURGE_BATCH);
-        let _: i64 = self.eval(&call).await?;
+        call.key(index).arg(prefix).arg(now).arg(batch);
+        let ephemeral: i64 = self.eval(&call).await?;
         let keys = [
             self.key(keys::REV_BY_UNTIL),
             self.key(keys::REV_ENTRIES),
@@ -676,7 +702,7 @@ impl Store for RedisStore {
         for key in &keys {
             call.key(key);
         }
-        call.arg(&prefix).arg(now).arg(PURGE_BATCH);
+        call.arg(&prefix).arg(now).arg(batch);
         let raw: Vec<redis::Value> = self.eval(&call).await?;
         let mut raw = raw.into_iter().map(String::from_redis_value);
         let mut count = || -> Result<usize, StoreError> {
@@ -708,10 +734,20 @@ impl Store for RedisStore {
             let _: i64 = self.eval(&call).await?;
         }
         let sessions = dropped.len();
-        Ok(Purged {
+        let full = [
+            usize::try_from(ephemeral).unwrap_or(0),
             revocations,
             sessions,
-            refresh_tokens,
-        })
+        ]
+        .iter()
+        .any(|&removed| removed >= batch);
+        Ok((
+            Purged {
+                revocations,
+                sessions,
+                refresh_tokens,
+            },
+            full,
+        ))
     }
 }

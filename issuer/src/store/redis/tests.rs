@@ -901,3 +901,24 @@ async fn redis_out_of_memory_is_unavailable() {
         .await
         .unwrap();
 }
+
+/// A purge goes on while its rounds come back full: one round a purge capped it at a batch a
+/// `WEAUTH_PURGE_INTERVAL`, and past that rate the indexes grew without bound.
+#[tokio::test]
+async fn redis_purge_goes_on_while_its_rounds_come_back_full() {
+    use crate::store::contract::login;
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    for i in 0..8 {
+        store
+            .login(&login(&format!("p{i}"), &format!("o-p{i}"), None, 10))
+            .await
+            .unwrap();
+    }
+    // The sessions end at 1010.
+    let purged = store.purge_rounds(2_000, 3).await.unwrap();
+    assert_eq!(purged.sessions, 8, "{purged:?}");
+    for i in 0..8 {
+        assert!(store.session(&format!("s-p{i}")).await.unwrap().is_none());
+    }
+}
