@@ -238,6 +238,7 @@ pub struct CachedToken {
 pub struct Purged {
     pub revocations: usize,
     pub sessions: usize,
+    /// Removed, or unusable with their session gone (Redis leaves their keys to their TTLs).
     pub refresh_tokens: usize,
 }
 

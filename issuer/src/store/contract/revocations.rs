@@ -342,6 +342,18 @@ pub async fn purge_removes_ended_sessions_and_their_tokens(backend: &dyn Backend
     assert!(purged.refresh_tokens >= 1);
     assert!(store.session("s-c1").await.unwrap().is_none());
     assert!(store.session("s-c2").await.unwrap().is_some());
+    // The ended session's token is gone, or (Redis: left to its TTL) unknown without it.
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate_of("s-c1", "r-c1", "r4", 1012, 0))
+            .await
+            .unwrap(),
+        RotateResult::Invalid(_)
+    ));
+    assert_eq!(
+        store.refresh_owner(family("s-c1"), "r-c1").await.unwrap(),
+        None
+    );
     assert!(matches!(
         store
             .rotate_refresh(&rotate_of("s-c2", "r-c2", "r3", 1012, 0))

@@ -355,9 +355,10 @@ pub struct RedisHealth {
     pub unreplicated_writes: u64,
 }
 
-/// Maps a client error: lost connections, timeouts, a read-only replica (failover under way),
-/// a loading server, and a server out of memory, busy with a script or short of replicas are
-/// [`StoreError::Unavailable`] (503, retry); the rest are backend errors.
+/// Maps a client error: lost connections, timeouts, a read-only replica (failover under way)
+/// and a loading server are [`StoreError::Unavailable`] (503, retry); a server out of memory,
+/// busy with a script or short of replicas is [`StoreError::Busy`] (503 too); the rest are
+/// backend errors.
 pub fn redis_err(err: RedisError) -> StoreError {
     let transient = err.is_io_error()
         || err.is_connection_dropped()
@@ -379,10 +380,14 @@ pub fn redis_err(err: RedisError) -> StoreError {
     let migrating = err.to_string().contains("non local key");
     // Codes the client does not name: out of memory under `noeviction` (writes refused until
     // the purge or an operator frees some), a script running past `busy-reply-threshold`,
-    // fewer replicas than `min-replicas-to-write`. Each passes; none is the request's fault.
+    // fewer replicas than `min-replicas-to-write`. Each passes; none is the request's fault,
+    // and none says the primary moved (as `Unavailable` would: a Sentinel lookup or a replica
+    // count re-read within the request).
     let refusing = matches!(err.code(), Some("OOM" | "BUSY" | "NOREPLICAS"));
-    if transient || migrating || refusing {
+    if transient || migrating {
         StoreError::Unavailable(Box::new(err))
+    } else if refusing {
+        StoreError::Busy(Box::new(err))
     } else {
         StoreError::Backend(Box::new(err))
     }

@@ -874,7 +874,8 @@ async fn redis_sub_revocation_retried_after_a_cut_writes_the_sessions_entries() 
 }
 
 /// A Redis out of memory under `noeviction` refuses writes with `OOM`, a code the client does
-/// not name: a 503 (retry), not a 500 with no `Retry-After` (OPERATIONS.md).
+/// not name: a 503 (retry), not a 500 with no `Retry-After` (OPERATIONS.md) — and not taken
+/// for a primary gone (no failover handling within the request).
 #[tokio::test]
 async fn redis_out_of_memory_is_unavailable() {
     use crate::store::contract::login;
@@ -892,7 +893,8 @@ async fn redis_out_of_memory_is_unavailable() {
         .login(&login("oom", "o-oom", None, 10))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(matches!(err, StoreError::Busy(_)), "{err}");
+    assert!(err.is_transient());
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory")
