@@ -7,8 +7,8 @@
 //! a cheap `max(seq)` poll every 250 ms; either re-read sets the `weauth_store_up` gauge); on
 //! Redis, the store's health read every second (replicas online, evicted keys, the eviction
 //! policy; the `weauth_store_replicas*` and `weauth_store_evicted_keys_total` series); and
-//! a purge of expired revocations, sessions and refresh tokens every `WEAUTH_PURGE_INTERVAL`
-//! (default 60 s). All of them end when the shutdown `watch` flips.
+//! a purge of expired revocations, sessions and refresh tokens (on Redis left to their TTLs)
+//! every `WEAUTH_PURGE_INTERVAL` (default 60 s). All of them end when the shutdown `watch` flips.
 
 use std::collections::HashSet;
 use std::net::IpAddr;

@@ -505,9 +505,10 @@ impl Slot {
 }
 
 /// The one thread per Envoy that only keeps time (the ABI has no per-configuration timer):
-/// every [`TICK_MS`] it asks Envoy to run the tick of every configuration that fetches on the
-/// main thread, through each one's scheduler — one thread however many configurations are
-/// draining after updates. Started with the first such configuration, stopped with the last
+/// every [`TICK_MS`] it looks for a configuration whose tick is due ([`TickGate`]: the one
+/// fetching for its state, when a tick has work the answers do not bring — with the feed
+/// healthy, none) and asks Envoy to run that one's tick on the main thread, through its
+/// scheduler — one thread however many configurations are draining after updates. Started with the first such configuration, stopped with the last
 /// (and joined, unless the last is destroyed on the clock thread itself: see [`Slot`]; the
 /// module is then kept loaded, [`pin_module`], so that the thread can return into it).
 struct Clock {

@@ -23,9 +23,10 @@
 //! - **A configuration update serves at once, and adds no fetcher.** Envoy builds a new filter
 //!   configuration on every update of its listener (Istio pushes them often) and sends new
 //!   connections to it while the old one drains. [`Shared::start`] gives the new configuration
-//!   the published state of a live one fetching from the same sources (the JWKS's cluster,
-//!   authority and path, or the same inline keys; the feed's and its credential, with the same
-//!   clock skew, which decides how long an entry is kept): the same keys and revocation set,
+//!   the published state of a live one fetching from the same sources alike (the JWKS's
+//!   cluster, authority and path on the same schedule, or the same inline keys; the feed's and
+//!   its credential polled with the same wait, with the same clock skew, which decides how long
+//!   an entry is kept: [`fetched_alike`]): the same keys and revocation set,
 //!   filled by the one fetcher that already fills them — no 503 while a cold configuration
 //!   would fetch, no second long poll per draining configuration, and the draining one's
 //!   connections see every revocation too. When the fetching configuration goes, the next tick

@@ -303,7 +303,7 @@ pub struct Config {
     /// `WEAUTH_KEY_RELOAD`, default `2s`: how often keys are re-read from the store.
     pub key_reload: Duration,
     /// `WEAUTH_PURGE_INTERVAL`, default `60s`: how often expired revocations, sessions and
-    /// refresh tokens are deleted.
+    /// refresh tokens are deleted (on Redis, refresh tokens are left to their TTLs).
     pub purge_interval: Duration,
     /// `WEAUTH_FEED_COALESCE` (default `250ms`, `0`: no pacing) and `WEAUTH_FEED_ANSWER_RATE`
     /// (default 10 000): how the feed's long polls are woken (see [`crate::feed`]).

@@ -4,9 +4,10 @@
 //! Atomicity is InnoDB's: every read-modify-write is one transaction whose facts are read
 //! with `SELECT … FOR UPDATE` (the rows it decides on are locked until commit, so two
 //! replicas racing on one refresh token, code or lease serialize), at READ COMMITTED (no gap
-//! locks: a row that is not there yet is guarded by its unique key instead). A deadlock or a duplicate
-//! key between two such transactions (two first logins of one openid) rolls one back; it is
-//! run again from the start ([`RETRIES`] times), and then finds what the other wrote.
+//! locks: a row that is not there yet is guarded by its unique key instead). A deadlock (or a
+//! multi-primary cluster's certification conflict) or a duplicate key between two such
+//! transactions (two first logins of one openid) rolls one back; it is run again from the
+//! start ([`RETRIES`] times), and then finds what the other wrote.
 //!
 //! The revocation `seq` is not an `AUTO_INCREMENT`: InnoDB hands those out at insert, not at
 //! commit, so a reader could see seq 6 committed before 5 and skip 5 for good. It is the
@@ -50,7 +51,8 @@ mod ops;
 /// `weauth_schema`). Append only; never edit a published one.
 pub const MIGRATIONS: &[&str] = &[include_str!("migrations/v1.sql")];
 
-/// How many times a transaction rolled back by a deadlock or a duplicate key is run again.
+/// How many times a transaction rolled back by a deadlock, a certification conflict or a
+/// duplicate key is run again.
 const RETRIES: usize = 5;
 
 /// The tables the issuer owns (checked for their engine at start).

@@ -42,9 +42,9 @@
 //! | `P ru:<sub>` | `P{ru:<sub>}` | hash | a user's WeChat-call rate-limit bucket (TTL: refill time) |
 //!
 //! The TTLs are a safety net with one day of slack; the purge removes expired items on time,
-//! using the operations' `now` (so the store's behaviour follows the domain's clock). A
-//! refresh token rotated away stays until its session ends (the reuse check needs it) or its
-//! TTL runs out.
+//! using the operations' `now` (so the store's behaviour follows the domain's clock), except
+//! refresh tokens: a token (rotated away or not) stays until its TTL runs out (the reuse
+//! check needs it while its session lives; once the session is purged it reads as unknown).
 //!
 //! Atomicity: every change within one slot is one Lua script. Where the domain decides
 //! ([`rules::decide_refresh`], [`rules::link_user`]), the store reads the facts, calls the
@@ -189,8 +189,8 @@ use crate::domain::rules::{
 };
 use crate::domain::tokens;
 
-/// Slack added to every natural-end TTL: the purge removes items first; the TTL only bounds
-/// what a purge that never runs would leave behind.
+/// Slack added to every natural-end TTL: the purge removes items first (refresh tokens are
+/// left to their TTLs); the TTL bounds what a purge that never runs would leave behind.
 mod connect;
 mod health;
 mod keys;

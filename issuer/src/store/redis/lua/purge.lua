@@ -2,8 +2,8 @@
 --       and the feed's slot)
 -- ARGV: prefix, now, batch
 -- Removes expired revocation entries (moving the purge watermark) and the refresh tokens of
--- the expiry index older versions kept (refresh_exp; tokens are now removed with their
--- session), and returns the sessions that ended: {entries removed, tokens removed, sid...}.
+-- the expiry index older versions kept (refresh_exp; tokens are now left to their TTLs), and
+-- returns the sessions that ended: {entries removed, tokens removed, sid...}.
 -- Each ended session is then dropped in its family's slot (DROP_SESSION) and forgotten here
 -- (FORGET_SESSIONS), which takes it off sessions_exp last: a purge cut short is finished by
 -- the next one.
