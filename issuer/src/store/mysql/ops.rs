@@ -966,8 +966,9 @@ pub(super) async fn take_ephemeral(
     Ok((expires_at > now).then_some(value))
 }
 
-/// The purge's delete of expired refresh tokens (its one argument: now).
-pub(super) const PURGE_REFRESH_TOKENS: &str = "DELETE FROM refresh_tokens WHERE expires_at < ?";
+/// The purge's delete of expired refresh tokens (its arguments: now, a row limit).
+pub(super) const PURGE_REFRESH_TOKENS: &str =
+    "DELETE FROM refresh_tokens WHERE expires_at < ? LIMIT ?";
 
 pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
     let mut tx = pool.begin().await?;
@@ -1004,24 +1005,32 @@ pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
     // session's tokens have expired too: no join with `sessions`. Joined, the delete read and
     // locked every refresh token until it committed, and every rotation waited on its token's
     // row, past the lock wait timeout into a 503, at each replica's purge.)
-    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    purged.sessions = count(
-        sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
-            .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-    );
-    purged.refresh_tokens = count(
-        sqlx::query(PURGE_REFRESH_TOKENS)
-            .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-    );
-    sqlx::query("DELETE FROM ephemeral WHERE expires_at <= ?")
-        .bind(now)
-        .execute(pool)
-        .await?;
+    // In batches, each its own transaction: a day's expired rows in one delete made one long
+    // transaction (its undo, one binlog event replicas apply for as long).
+    purged.sessions = delete_in_batches(pool, PURGE_SESSIONS, now).await?;
+    purged.refresh_tokens = delete_in_batches(pool, PURGE_REFRESH_TOKENS, now).await?;
+    delete_in_batches(pool, PURGE_EPHEMERAL, now).await?;
     Ok(purged)
+}
+
+/// Rows a purge removes per statement ([`delete_in_batches`]).
+const PURGE_BATCH: u64 = 5_000;
+const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at < ? LIMIT ?";
+const PURGE_EPHEMERAL: &str = "DELETE FROM ephemeral WHERE expires_at <= ? LIMIT ?";
+
+/// Runs `delete` (its arguments: now, a row limit) until it removes fewer than a batch.
+async fn delete_in_batches(pool: &MySqlPool, delete: &str, now: i64) -> Result<usize> {
+    let mut removed = 0u64;
+    loop {
+        let batch = sqlx::query(delete)
+            .bind(now)
+            .bind(PURGE_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        removed = removed.saturating_add(batch);
+        if batch < PURGE_BATCH {
+            return Ok(usize::try_from(removed).unwrap_or(usize::MAX));
+        }
+    }
 }

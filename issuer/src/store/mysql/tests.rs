@@ -108,6 +108,7 @@ async fn mysql_purge_under_way_leaves_live_refresh_tokens_unlocked() {
     let mut purging = store.pool.begin().await.unwrap();
     let removed = sqlx::query(ops::PURGE_REFRESH_TOKENS)
         .bind(500)
+        .bind(1_000)
         .execute(&mut *purging)
         .await
         .unwrap()
@@ -388,4 +389,36 @@ async fn mysql_duplicate_key_after_the_retries_is_busy_and_names_no_value() {
         duplicate_key("Duplicate entry 'wx1-o123' for key 'identities.PRIMARY'"),
         "a unique key stayed taken through 5 retries (MySQL 1062, key 'identities.PRIMARY')"
     );
+}
+
+/// The purge removes every expired row, in batches (each its own transaction), and no live
+/// one.
+#[tokio::test]
+async fn mysql_purge_goes_through_every_batch() {
+    use crate::store::contract::login;
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&db.options()).await.unwrap();
+    store
+        .login(&login("live", "o-live", None, 1000))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) \
+         WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000), \
+         m (j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM m WHERE j < 11) \
+         SELECT CONCAT('h', i, '-', j), 's-gone', 1, 50 FROM n, m LIMIT 10007",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    let purged = store.purge(100).await.unwrap();
+    assert_eq!(purged.refresh_tokens, 10_007);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM refresh_tokens WHERE hash = 'r-live' \
+         AND (SELECT COUNT(*) FROM refresh_tokens) = 1",
+    )
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 1, "the live token alone is left");
 }
