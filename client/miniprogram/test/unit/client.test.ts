@@ -65,6 +65,20 @@ function bearer(req: SeenRequest): string {
   return String(req.header.authorization ?? "");
 }
 
+/**
+ * Holds back the answer to the first request to `path` (with `"every"`, to each request to
+ * it) until the returned function is called, so a test can act while that request is in
+ * flight. Earlier holds on `wx` stay in force for the other paths.
+ */
+function holdAnswers(wx: WxStub, path: string, which: "first" | "every" = "first"): () => void {
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const before = wx.hold;
+  wx.hold = (req) =>
+    req.path === path && (which === "every" || wx.count(path) === 1) ? gate : before(req);
+  return release;
+}
+
 test("request_without_tokens_logs_in_once_then_sends_bearer", async () => {
   const { issuer, wx, client } = setup();
   const res = await client.request<{ ok: boolean }>({ url: "/api/hello" });
@@ -137,9 +151,7 @@ test("request_401_after_refresh_finished_retries_without_refreshing", async () =
   issuer.expireAccessTokens();
   // The first /api/slow is refused like the others, but its 401 is held back until the
   // refresh triggered by /api/fast is done.
-  let release: () => void = () => undefined;
-  const held = new Promise<void>((resolve) => (release = resolve));
-  wx.hold = (req) => (req.path === "/api/slow" && wx.count("/api/slow") === 1 ? held : undefined);
+  const release = holdAnswers(wx, "/api/slow");
   const slow = client.request({ url: "/api/slow" });
   await tick();
   const fast = await client.request({ url: "/api/fast" });
@@ -579,9 +591,7 @@ test("logout_while_a_request_waits_for_the_refresh_rejects_it_logged_out_no_logi
   const { issuer, wx, client } = setup();
   await client.login();
   issuer.expireAccessTokens();
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => (release = resolve));
-  wx.hold = (req) => (req.path === "/v1/token/refresh" && wx.count("/v1/token/refresh") === 1 ? gate : undefined);
+  const release = holdAnswers(wx, "/v1/token/refresh");
   const code = (e: unknown) => (e as WeauthError).code;
   const first = client.request({ url: "/api/first" }).then(() => "ok", code);
   while (wx.count("/v1/token/refresh") === 0) {
@@ -605,9 +615,7 @@ test("logout_before_a_requests_401_arrives_rejects_it_logged_out_no_login", asyn
   const { issuer, wx, client } = setup();
   await client.login();
   issuer.expireAccessTokens();
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => (release = resolve));
-  wx.hold = (req) => (req.path === "/api/x" ? gate : undefined);
+  const release = holdAnswers(wx, "/api/x", "every");
   const pending = client.request({ url: "/api/x" }).then(
     () => "ok",
     (e: unknown) => (e as WeauthError).code,
@@ -627,19 +635,11 @@ test("logout_before_a_requests_401_arrives_rejects_it_logged_out_no_login", asyn
 test("logout_while_a_relogin_waits_for_a_refresh_rejects_it_logged_out_no_login", async () => {
   const { issuer, wx, client } = setup();
   await client.login();
-  let releaseDecrypt!: () => void;
-  const decryptGate = new Promise<void>((resolve) => (releaseDecrypt = resolve));
-  let releaseRefresh!: () => void;
-  const refreshGate = new Promise<void>((resolve) => (releaseRefresh = resolve));
+  const releaseDecrypt = holdAnswers(wx, "/v1/me/decrypt", "every");
+  const releaseRefresh = holdAnswers(wx, "/v1/token/refresh");
   wx.faults.push((req) =>
     req.path === "/v1/me/decrypt" ? { statusCode: 400, data: { error: "session_key_mismatch", relogin: true } } : undefined,
   );
-  wx.hold = (req) =>
-    req.path === "/v1/me/decrypt"
-      ? decryptGate
-      : req.path === "/v1/token/refresh" && wx.count("/v1/token/refresh") === 1
-        ? refreshGate
-        : undefined;
   const code = (e: unknown) => (e as WeauthError).code;
   const decrypt = client.request({ url: "/v1/me/decrypt", method: "POST", data: {} }).then(() => "ok", code);
   while (wx.count("/v1/me/decrypt") === 0) {
@@ -664,9 +664,7 @@ test("logout_while_login_waits_for_a_refresh_rejects_it_logged_out_no_login", as
   const { issuer, wx, client } = setup();
   await client.login();
   issuer.expireAccessTokens();
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => (release = resolve));
-  wx.hold = (req) => (req.path === "/v1/token/refresh" && wx.count("/v1/token/refresh") === 1 ? gate : undefined);
+  const release = holdAnswers(wx, "/v1/token/refresh");
   const code = (e: unknown) => (e as WeauthError).code;
   const pending = client.request({ url: "/api/x" }).then(() => "ok", code);
   while (wx.count("/v1/token/refresh") === 0) {
@@ -696,9 +694,7 @@ test("logout_after_the_access_token_expired_still_ends_the_session", async () =>
 
 test("logout_during_a_login_ends_the_session_that_login_got", async () => {
   const { issuer, wx, client } = setup();
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => (release = resolve));
-  wx.hold = (req) => (req.path === "/v1/login" ? gate : undefined);
+  const release = holdAnswers(wx, "/v1/login", "every");
   const launch = client.login().then(
     () => "ok",
     (e: unknown) => (e as WeauthError).code,
@@ -804,9 +800,7 @@ test("logout_in_another_copy_during_a_refresh_rejects_it_logged_out_nothing_stor
       ? { statusCode: 401, data: { error: "invalid_token" }, header: { "WWW-Authenticate": "Bearer" } }
       : undefined,
   );
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => (release = resolve));
-  wx.hold = (req) => (req.path === "/v1/token/refresh" && wx.count("/v1/token/refresh") === 1 ? gate : undefined);
+  const release = holdAnswers(wx, "/v1/token/refresh");
   const code = (e: unknown) => (e as WeauthError).code;
   const refreshing = b.request({ url: "/api/b" }).then(() => "ok", code);
   while (wx.count("/v1/token/refresh") === 0) {
@@ -829,9 +823,7 @@ test("logout_in_another_copy_during_a_refresh_rejects_it_logged_out_nothing_stor
 test("logout_in_another_copy_during_a_login_rejects_it_logged_out_session_ended", async () => {
   const { issuer, wx, client: a } = setup();
   const b = clientOfSecondCopy(wx);
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => (release = resolve));
-  wx.hold = (req) => (req.path === "/v1/login" ? gate : undefined);
+  const release = holdAnswers(wx, "/v1/login", "every");
   const launch = b.login().then(
     () => "ok",
     (e: unknown) => (e as WeauthError).code,
@@ -854,9 +846,7 @@ test("logout_in_another_copy_before_a_requests_401_arrives_rejects_it_logged_out
   await a.login();
   assert.equal((await b.request({ url: "/api/x" })).statusCode, 200);
   issuer.expireAccessTokens();
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => (release = resolve));
-  wx.hold = (req) => (req.path === "/api/b" ? gate : undefined);
+  const release = holdAnswers(wx, "/api/b", "every");
   const pending = b.request({ url: "/api/b" }).then(
     () => "ok",
     (e: unknown) => (e as WeauthError).code,
@@ -909,8 +899,7 @@ test("refresh_waits_at_most_5s_for_its_answer_well_within_the_reuse_grace", asyn
 test("relogin_answer_is_not_satisfied_by_a_refresh_of_the_same_session", async () => {
   const { issuer, wx, client } = setup();
   await client.login();
-  let release!: () => void;
-  const gate = new Promise<void>((resolve) => (release = resolve));
+  const release = holdAnswers(wx, "/v1/me/decrypt");
   let first = true;
   wx.faults.push((req) => {
     if (req.path === "/v1/me/decrypt" && first) {
@@ -919,8 +908,6 @@ test("relogin_answer_is_not_satisfied_by_a_refresh_of_the_same_session", async (
     }
     return undefined;
   });
-  wx.hold = (req) =>
-    req.path === "/v1/me/decrypt" && wx.count("/v1/me/decrypt") === 1 ? gate : undefined;
   const decrypt = client.request({ url: "/v1/me/decrypt", method: "POST", data: {} });
   await tick();
   // Meanwhile another request finds the access token expired and refreshes (same session).
