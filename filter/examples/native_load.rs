@@ -157,11 +157,12 @@ fn main() {
     let started = Instant::now();
     fetcher.tick(&shared, &mut calls, &Quiet, NOW_MS);
     for (i, wire) in bodies.iter().enumerate() {
-        // As the ABI glue does: the answer handed over in the pieces of Envoy's buffer.
+        // As the ABI glue does: the answer handed over in the pieces of Envoy's buffer, then
+        // its tick.
         let chunks: Vec<&[u8]> = wire.chunks(16 * 1024).collect();
         let now = NOW_MS + i as u64;
         let id = calls.0;
-        fetcher.on_response_chunks(&shared, &mut calls, &Quiet, id, 200, &chunks, now);
+        fetcher.on_answer(&shared, &mut calls, &Quiet, id, 200, &chunks, now);
         let set = shared.revocation();
         println!(
             "answer {:>2}: published {:>8} entries, set {:6.1} MiB, live {:6.1} MiB, peak {:6.1} MiB",

@@ -619,8 +619,9 @@ impl Fetcher {
         }
     }
 
-    /// An answer, then the tick it calls for (the next poll, a page, a retry's schedule), on
-    /// the main thread at once instead of at the clock's next ask.
+    /// A call's answer ([`fetch::Fetcher::on_response`], its body in the pieces of Envoy's
+    /// buffer), then the tick it calls for (the next poll, a page, a retry's schedule), on the
+    /// main thread at once instead of at the clock's next ask.
     #[allow(clippy::too_many_arguments)]
     pub fn on_answer(
         &mut self,
@@ -632,25 +633,9 @@ impl Fetcher {
         body: &[&[u8]],
         now_ms: u64,
     ) {
-        self.on_response_chunks(shared, call, report, id, status, body, now_ms);
-        self.tick(shared, call, report, now_ms);
-    }
-
-    /// A call's answer ([`fetch::Fetcher::on_response`]), its body in the pieces of Envoy's
-    /// buffer.
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_response_chunks(
-        &mut self,
-        shared: &Shared,
-        call: &mut impl IssuerCall,
-        report: &impl Report,
-        id: u64,
-        status: u32,
-        body: &[&[u8]],
-        now_ms: u64,
-    ) {
         self.fetcher
             .on_response(&mut &*shared, call, report, id, status, body, now_ms);
+        self.tick(shared, call, report, now_ms);
     }
 }
 
@@ -716,7 +701,8 @@ mod tests {
             body: &[u8],
             now_ms: u64,
         ) {
-            self.on_response_chunks(shared, call, report, id, status, &[body], now_ms);
+            self.fetcher
+                .on_response(&mut &*shared, call, report, id, status, &[body], now_ms);
         }
     }
 

@@ -46,6 +46,7 @@ use crate::domain::grants;
 use crate::domain::rules::RevocationFacts;
 
 mod ops;
+mod upkeep;
 
 /// The migrations, in order: the schema version of a database is the number applied (table
 /// `weauth_schema`). Append only; never edit a published one.
@@ -613,11 +614,11 @@ impl Store for MysqlStore {
         now: i64,
         forget_before: i64,
     ) -> Result<Vec<ReportedTtl>, StoreError> {
-        retry(|| ops::report_access_ttl(&self.pool, access_ttl, now, forget_before)).await
+        retry(|| upkeep::report_access_ttl(&self.pool, access_ttl, now, forget_before)).await
     }
 
     async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError> {
-        retry(|| ops::access_ttls(&self.pool)).await
+        retry(|| upkeep::access_ttls(&self.pool)).await
     }
 
     async fn put_ephemeral(
@@ -634,7 +635,7 @@ impl Store for MysqlStore {
     }
 
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
-        retry(|| ops::purge(&self.pool, now)).await
+        retry(|| upkeep::purge(&self.pool, now)).await
     }
 
     async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {

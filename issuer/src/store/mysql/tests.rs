@@ -106,7 +106,7 @@ async fn mysql_purge_under_way_leaves_live_refresh_tokens_unlocked() {
         .await
         .unwrap();
     let mut purging = store.pool.begin().await.unwrap();
-    let removed = sqlx::query(ops::PURGE_REFRESH_TOKENS)
+    let removed = sqlx::query(upkeep::PURGE_REFRESH_TOKENS)
         .bind(500)
         .bind(1_000)
         .execute(&mut *purging)

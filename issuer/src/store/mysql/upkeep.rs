@@ -1,0 +1,134 @@
+//! The store's upkeep on MySQL: the purge of what expired (revocations and the watermark, then
+//! sessions, refresh tokens and pending web logins in batches) and the replicas' reports of
+//! their access-token lifetimes. Apart from `ops.rs`, which answers the requests.
+
+use sqlx::mysql::MySqlPool;
+use sqlx::Row as _;
+
+use super::ops::{text, to_i64, to_u64, Result};
+use super::{Purged, ReportedTtl};
+use crate::domain::rules;
+
+/// The lifetimes are rows of `counters` named `access_ttl:<seconds>`, valued when last
+/// reported. Each statement stands alone (a report is idempotent and only ever raises a row).
+pub(super) async fn report_access_ttl(
+    pool: &MySqlPool,
+    access_ttl: i64,
+    now: i64,
+    forget_before: i64,
+) -> Result<Vec<ReportedTtl>> {
+    let prefix = ReportedTtl::ROW_PREFIX;
+    sqlx::query(
+        "INSERT INTO counters (name, value) VALUES (?, ?) \
+         ON DUPLICATE KEY UPDATE value = GREATEST(value, ?)",
+    )
+    .bind(ReportedTtl::row_name(access_ttl))
+    .bind(now)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    // A range of the primary key, so that only the reports are read and locked (a scan of the
+    // whole table waited on `purged_through`, which a purge holds).
+    sqlx::query("DELETE FROM counters WHERE name >= ? AND name < ? AND value < ?")
+        .bind(prefix)
+        .bind(prefix_end(prefix))
+        .bind(forget_before)
+        .execute(pool)
+        .await?;
+    access_ttls(pool).await
+}
+
+/// The first name after every name that starts with `prefix` (an ASCII prefix; the column's
+/// collation compares bytes): `name >= prefix AND name < prefix_end(prefix)` is a range of the
+/// primary key.
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.to_string();
+    if let Some(last) = end.pop() {
+        end.push(char::from_u32(u32::from(last) + 1).unwrap_or(char::MAX));
+    }
+    end
+}
+
+/// The lifetimes reported ([`report_access_ttl`]).
+pub(super) async fn access_ttls(pool: &MySqlPool) -> Result<Vec<ReportedTtl>> {
+    let prefix = ReportedTtl::ROW_PREFIX;
+    let rows = sqlx::query("SELECT name, value FROM counters WHERE name >= ? AND name < ?")
+        .bind(prefix)
+        .bind(prefix_end(prefix))
+        .fetch_all(pool)
+        .await?;
+    let mut reported = Vec::new();
+    for row in &rows {
+        reported.extend(ReportedTtl::from_row(&text(row, 0)?, row.try_get(1)?));
+    }
+    Ok(reported)
+}
+
+/// The purge's delete of expired refresh tokens (its arguments: now, a row limit).
+pub(super) const PURGE_REFRESH_TOKENS: &str =
+    "DELETE FROM refresh_tokens WHERE expires_at < ? LIMIT ?";
+
+pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
+    let mut tx = pool.begin().await?;
+    let highest: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(seq) FROM revocations WHERE until < ?")
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut purged = Purged::default();
+    if let Some(highest) = highest {
+        purged.revocations = usize::try_from(
+            sqlx::query("DELETE FROM revocations WHERE until < ?")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+        )
+        .unwrap_or(usize::MAX);
+        let current: i64 = sqlx::query_scalar(
+            "SELECT value FROM counters WHERE name = 'purged_through' FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let watermark = rules::next_watermark(to_u64(current), Some(to_u64(highest)));
+        sqlx::query("UPDATE counters SET value = ? WHERE name = 'purged_through'")
+            .bind(to_i64(watermark))
+            .execute(&mut *tx)
+            .await?;
+    }
+    // The watermark's row is held only this long: a replica's lifetime report waits on it.
+    tx.commit().await?;
+    // Each on its own, by its expiry index, locking only the rows it removes. (A refresh token
+    // never outlives its session — its expiry is capped by the session's end — so an expired
+    // session's tokens have expired too: no join with `sessions`. Joined, the delete read and
+    // locked every refresh token until it committed, and every rotation waited on its token's
+    // row, past the lock wait timeout into a 503, at each replica's purge.)
+    // In batches, each its own transaction: a day's expired rows in one delete made one long
+    // transaction (its undo, one binlog event replicas apply for as long).
+    purged.sessions = delete_in_batches(pool, PURGE_SESSIONS, now).await?;
+    purged.refresh_tokens = delete_in_batches(pool, PURGE_REFRESH_TOKENS, now).await?;
+    delete_in_batches(pool, PURGE_EPHEMERAL, now).await?;
+    Ok(purged)
+}
+
+/// Rows a purge removes per statement ([`delete_in_batches`]).
+const PURGE_BATCH: u64 = 5_000;
+const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at < ? LIMIT ?";
+const PURGE_EPHEMERAL: &str = "DELETE FROM ephemeral WHERE expires_at <= ? LIMIT ?";
+
+/// Runs `delete` (its arguments: now, a row limit) until it removes fewer than a batch.
+async fn delete_in_batches(pool: &MySqlPool, delete: &str, now: i64) -> Result<usize> {
+    let mut removed = 0u64;
+    loop {
+        let batch = sqlx::query(delete)
+            .bind(now)
+            .bind(PURGE_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        removed = removed.saturating_add(batch);
+        if batch < PURGE_BATCH {
+            return Ok(usize::try_from(removed).unwrap_or(usize::MAX));
+        }
+    }
+}
