@@ -294,21 +294,24 @@ CARGO_TEST := $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_F
 # What runs at once: the tools install (Envoy, the stores, the browser and API tools: mostly
 # downloads) while the build runs — formatting, the test binaries (linted: LINTED_BUILD), the
 # wasm module and the wasm lints, side by side (`-j2`: the wasm module's link-time optimization
-# leaves a core idle); the tests wait for both. After the tools (so that no two apt-get run at
-# once), the image check starts in the same background job, at the lowest CPU priority and in
-# its own process group: its static issuer build (Cargo.toml's `image-check` profile) runs in
-# what the build and the tests leave idle, and it packs the native module the build wrote. Its
-# output is shown at the end, and its failure fails `make test` like any other; when the build
-# fails first, the exit waits for the tools install to end before stopping the job (an apt-get
-# killed half-way leaves dpkg to repair by hand). It stays in this
-# session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
+# leaves a core idle); the tests wait for both. That one job installs every Debian package of the
+# run, one apt-get after another: prometheus for monitoring-check and buildah for the image check
+# too (monitoring-check's own apt-get could meet the image check's; a failed build stops the image
+# check, which must not be in an apt-get then). After the tools, the image check starts in the
+# same background job, at the lowest CPU priority and in its own process group: its static
+# issuer build (Cargo.toml's `image-check` profile) runs in what the build and the tests leave
+# idle, and it packs the native module the build wrote. Its output is shown at the end, and its
+# failure fails `make test` like any other; when the build fails first, the exit waits for the
+# tools install to end before stopping the job (an apt-get killed half-way leaves dpkg to repair
+# by hand). It stays in this session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
 # sessions, so in a session of its own `nice` would not hold it back.
 test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
 	@mkdir -p target && rm -f $(NATIVE_DEBUG) target/tools.status
 	@$(MAKE) --no-print-directory wasm-target
 	@echo "test: $$(date +%T) the tools install in the background (target/tools.log), then the image check starts (target/image-check.log)"
 	@set -m; { \
-	  tools=0; $(MAKE) --no-print-directory setup browser-setup api-tools > target/tools.log 2>&1 || tools=$$?; \
+	  tools=0; $(MAKE) --no-print-directory setup browser-setup api-tools monitoring-tools > target/tools.log 2>&1 && \
+	    scripts/image.sh --tools >> target/tools.log 2>&1 || tools=$$?; \
 	  echo $$tools > target/tools.status; [ $$tools -eq 0 ] || exit $$tools; \
 	  IMAGE_NATIVE_FROM=$(CURDIR)/$(NATIVE_DEBUG) nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1; \
 	} & background=$$!; set +m; \

@@ -15,8 +15,8 @@ if ((${#need[@]})); then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then sudo=(sudo -n); fi
   echo "client: installing ${need[*]} with apt-get"
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
+  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${need[@]}"
 fi
 
 major=$(node -p 'process.versions.node.split(".")[0]')

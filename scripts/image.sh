@@ -21,9 +21,16 @@
 # built elsewhere, is packed instead), runs scripts/check_images.py on the result, and turns
 # "buildah cannot run here" into a printed skip. Either way this script builds what it packs
 # (the issuer, then the native module, then the wasm module, which `make test` has built by then).
+#
+# `scripts/image.sh --tools` only installs the Debian packages (with --check's skip): `make test`
+# runs it in its tools job, so that every apt-get of the run comes one after another there, and
+# none is left to the image check, which a failed build may stop half-way.
 set -euo pipefail
-check=false
-[ "${1:-}" = "--check" ] && check=true
+check=false tools_only=false
+case "${1:-}" in
+  --check) check=true ;;
+  --tools) check=true tools_only=true ;;
+esac
 skip() { # reason
   if $check; then
     echo "image: SKIPPED (the image checks did not run): $1"
@@ -59,6 +66,7 @@ for pkg in buildah musl-tools ca-certificates; do
   [ "$(id -u)" = 0 ] && { echo "image: cannot install the Debian package $pkg" >&2; exit 3; }
   skip "cannot install the Debian package $pkg as $(id -un) (no root, no passwordless sudo)"
 done
+$tools_only && exit 0
 if ! probe=$(buildah "${store[@]}" images 2>&1); then
   skip "buildah cannot run here as $(id -un) (${probe##*$'\n'}); as a normal user it needs user namespaces and entries in /etc/subuid and /etc/subgid; run make image as root"
 fi
