@@ -189,7 +189,7 @@ pub async fn bootstrap_keys(
 /// # Errors
 /// The store cannot be opened, or the data key cannot be read or created.
 pub async fn open_store(config: &Arc<Config>) -> Result<(Arc<dyn Store>, DataKey), StartError> {
-    open_backend(config)
+    open_backend(config, false)
         .await
         .map(|backend| (backend.store, backend.data_key))
 }
@@ -231,12 +231,18 @@ fn local_limiters(config: &Config) -> Limiters {
 }
 
 /// Opens the store, with the local or shared rate limits and announcements that go with it.
-async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
+/// `serving`: for the issuer's start (not a `keys` command), which moves a SQL store's
+/// revocation seq past any a restored backup lacks ([`SqliteStore::move_seq_past_possible_loss`]).
+async fn open_backend(config: &Arc<Config>, serving: bool) -> Result<Backend, StartError> {
     match &config.store {
         StoreUrl::Sqlite(path) => {
             let (path, key) = (path.clone(), config.data_key.clone());
             let (store, data_key) = tokio::task::spawn_blocking(move || {
-                let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path)?);
+                let store = SqliteStore::open(&path)?;
+                if serving {
+                    store.move_seq_past_possible_loss()?;
+                }
+                let store: Arc<dyn Store> = Arc::new(store);
                 let data_key = DataKey::load(key.as_deref().map(|k| k.as_slice()), &path)?;
                 Ok::<_, StartError>((store, data_key))
             })
@@ -290,6 +296,9 @@ async fn open_backend(config: &Arc<Config>) -> Result<Backend, StartError> {
                 acquire_timeout: config.mysql_acquire_timeout,
             })
             .await?;
+            if serving {
+                store.move_seq_past_possible_loss().await?;
+            }
             let data_key = shared_data_key(config)?;
             let (login_limiter, user_limiter) = local_limiters(config);
             Ok(Backend {
@@ -357,7 +366,7 @@ impl App {
             announcements,
             health,
             data_key,
-        } = open_backend(&config).await?;
+        } = open_backend(&config, true).await?;
         // A `store` span per operation only when something records it (traces exported, or
         // debug logs): otherwise the store is used as is, at no cost.
         let store: Arc<dyn Store> = if tracing::debug_span!("store", op = "probe").is_disabled() {

@@ -192,9 +192,37 @@ pub fn next_watermark(current: u64, highest_purged: Option<u64>) -> u64 {
     highest_purged.map_or(current, |highest| highest.max(current))
 }
 
+/// How far a store moves the revocation seq on when it may have lost revocations it had
+/// numbered and a sidecar may already hold (its `since` past the store's seq): a restored
+/// backup, a failover to a copy that lacked the last writes. Without the move the next
+/// revocations would be given those seqs again, and a sidecar past them never asks for them.
+/// A million: far more revocations than a backup's age or a failover's lag can hold at the
+/// rates one store takes (the filter treats gaps in the seq as nothing missing).
+pub const SEQ_GAP: u64 = 1_000_000;
+
+/// The seq a store continues from when it may have lost some of its latest revocations
+/// (`current` is the seq it holds): moved on by [`SEQ_GAP`], unless it never revoked anything
+/// (the feed's seq starts at 1) — a store that never numbered an entry has none to lose, and
+/// a fresh one keeps its seqs small.
+pub fn seq_after_possible_loss(current: u64) -> u64 {
+    if current > 1 {
+        current.saturating_add(SEQ_GAP)
+    } else {
+        current
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_moves_on_after_a_possible_loss_unless_nothing_was_ever_revoked() {
+        assert_eq!(seq_after_possible_loss(1), 1);
+        assert_eq!(seq_after_possible_loss(0), 0);
+        assert_eq!(seq_after_possible_loss(7), 7 + SEQ_GAP);
+        assert_eq!(seq_after_possible_loss(u64::MAX - 1), u64::MAX);
+    }
 
     #[test]
     fn session_until_of_sub_covers_tokens_issued_up_to_now() {

@@ -432,17 +432,24 @@ impl Stack {
     /// Stops the issuer (as on SIGTERM; the process must exit cleanly) and starts it again on
     /// the same database.
     pub async fn restart(&mut self) {
+        self.restart_after(|| {}).await;
+    }
+
+    /// Stops the issuer, runs `stopped` (an operator's work on its files), starts it again.
+    pub async fn restart_after(&mut self, stopped: impl FnOnce()) {
         let env = self.issuer.env().clone();
         match std::mem::replace(&mut self.issuer, Runner::Restarting) {
             Runner::InProcess(issuer) => {
                 let clock = Arc::clone(&issuer.clock);
                 issuer.stop().await;
+                stopped();
                 self.issuer = Runner::InProcess(InProcess::start(&env, clock).await);
             }
             Runner::Process(mut issuer) => {
                 let status =
                     tokio::task::block_in_place(|| issuer.terminate(Duration::from_secs(15)));
                 assert!(status.success(), "issuer exit status {status:?}");
+                stopped();
                 self.issuer = Runner::Process(
                     tokio::task::spawn_blocking(move || Issuer::start(&env))
                         .await

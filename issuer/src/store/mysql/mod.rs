@@ -13,7 +13,10 @@
 //! commit, so a reader could see seq 6 committed before 5 and skip 5 for good. It is the
 //! `counters` row `revocation_seq`, incremented inside the revoking transaction and locked by
 //! it until commit: seqs become visible in order, never reused, never decreasing (the row
-//! survives purges and restarts), starting at 1.
+//! survives purges and restarts), starting at 1. Past a loss too: each start of an issuer moves
+//! it on by [`crate::domain::rules::SEQ_GAP`] (a restored backup lacks revocations whose seqs sidecars hold),
+//! and so does the first revocation written on another server than the last one (a failover's
+//! new primary may lack the old one's latest).
 //!
 //! The schema is versioned: [`MIGRATIONS`] (`migrations/vN.sql`) are applied in order at
 //! start, one replica at a time (a `GET_LOCK` named after the database is held around
@@ -479,6 +482,19 @@ impl MysqlStore {
     /// The server cannot be read.
     pub async fn durability(&self) -> Result<Durability, StoreError> {
         read_durability(&self.pool).await.map_err(db_err)
+    }
+
+    /// Moves the revocation seq on by [`crate::domain::rules::SEQ_GAP`]
+    /// ([`crate::domain::rules::seq_after_possible_loss`]) and returns the seq it continues from. The issuer
+    /// calls it at every start: after a backup restored with the issuers stopped (the restore
+    /// procedure, OPERATIONS.md), the next revocations are not given the seqs of the ones
+    /// the backup lacked, which sidecars may hold. A failover to another server is covered
+    /// at the first revocation written on it (`revocation_server`).
+    ///
+    /// # Errors
+    /// The database cannot be written.
+    pub async fn move_seq_past_possible_loss(&self) -> Result<u64, StoreError> {
+        retry(|| ops::move_seq_past_possible_loss(&self.pool)).await
     }
 }
 

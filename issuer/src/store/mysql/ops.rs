@@ -247,14 +247,65 @@ const SESSION_COLUMNS: &str =
     "SELECT sid, sub, appid, openid, unionid, created_at, expires_at, revoked_at FROM sessions";
 
 /// The seq of a new revocation: the `revocation_seq` row, incremented and so locked until
-/// this transaction ends (seqs become visible in order).
+/// this transaction ends (seqs become visible in order). The `revocation_server` row names the
+/// server (`@@server_id`) the last revocation was written on: written on another one — a
+/// failover, whose new primary may lack the old one's latest revocations, which sidecars
+/// may hold — the seq first moves past them ([`rules::seq_after_possible_loss`]).
 async fn next_seq(tx: &mut Tx) -> Result<i64> {
-    sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'revocation_seq'")
+    // Both rows locked in one read, `revocation_seq` first (the primary key's order): two
+    // revocations serialize on it before either reads the server row.
+    let rows = sqlx::query(
+        "SELECT name, value, CAST(@@server_id AS SIGNED) FROM counters \
+         WHERE name IN ('revocation_seq', 'revocation_server') FOR UPDATE",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let (mut current, mut last_server, mut server) = (None, None, 0);
+    for row in &rows {
+        let value: i64 = row.try_get(1)?;
+        server = row.try_get(2)?;
+        match text(row, 0)?.as_str() {
+            "revocation_seq" => current = Some(value),
+            _ => last_server = Some(value),
+        }
+    }
+    let current = to_u64(current.ok_or(sqlx::Error::RowNotFound)?);
+    let seq = if last_server == Some(server) {
+        current
+    } else {
+        sqlx::query(
+            "INSERT INTO counters (name, value) VALUES ('revocation_server', ?) \
+             ON DUPLICATE KEY UPDATE value = VALUES(value)",
+        )
+        .bind(server)
         .execute(&mut **tx)
         .await?;
-    sqlx::query_scalar("SELECT value FROM counters WHERE name = 'revocation_seq'")
-        .fetch_one(&mut **tx)
-        .await
+        rules::seq_after_possible_loss(current)
+    }
+    .saturating_add(1);
+    let seq = to_i64(seq);
+    sqlx::query("UPDATE counters SET value = ? WHERE name = 'revocation_seq'")
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+    Ok(seq)
+}
+
+/// Moves the revocation seq past any the database may have numbered and lost (a restored
+/// backup), at the issuer's start: see [`super::MysqlStore::move_seq_past_possible_loss`].
+pub(super) async fn move_seq_past_possible_loss(pool: &MySqlPool) -> Result<u64> {
+    let mut tx = pool.begin().await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT value FROM counters WHERE name = 'revocation_seq' FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+    let moved = rules::seq_after_possible_loss(to_u64(current));
+    sqlx::query("UPDATE counters SET value = ? WHERE name = 'revocation_seq'")
+        .bind(to_i64(moved))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(moved)
 }
 
 async fn insert_revocation(

@@ -422,3 +422,86 @@ async fn mysql_purge_goes_through_every_batch() {
     .unwrap();
     assert_eq!(left, 1, "the live token alone is left");
 }
+
+/// A backup restored with the issuers stopped lacks the last revocations, whose seqs a sidecar
+/// may hold as its `since`: the start after it moves the seq past them, so the next
+/// revocation is not given one of those seqs (a sidecar past it would never ask for it).
+#[tokio::test]
+async fn mysql_start_after_a_restored_backup_hands_out_no_seq_a_sidecar_holds() {
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&db.options()).await.unwrap();
+    let a = store
+        .revoke(&Revoke::Jti("a".into()), 10, 20)
+        .await
+        .unwrap();
+    let b = store
+        .revoke(&Revoke::Jti("b".into()), 10, 20)
+        .await
+        .unwrap();
+    // The backup, taken before b.
+    sqlx::query("UPDATE counters SET value = ? WHERE name = 'revocation_seq'")
+        .bind(ops::to_i64(a.seq))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM revocations WHERE seq > ?")
+        .bind(ops::to_i64(a.seq))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    drop(store);
+    let store = MysqlStore::connect(&db.options()).await.unwrap();
+    let from = store.move_seq_past_possible_loss().await.unwrap();
+    assert_eq!(from, a.seq + crate::domain::rules::SEQ_GAP);
+    let c = store
+        .revoke(&Revoke::Jti("c".into()), 10, 20)
+        .await
+        .unwrap();
+    assert!(c.seq > b.seq, "{} reuses a seq up to {}", c.seq, b.seq);
+    let past_b = store.feed_snapshot(b.seq, 10, 10).await.unwrap();
+    assert_eq!(past_b.entries, vec![c]);
+}
+
+/// A failover to a server that lacked the old primary's last revocation: the first
+/// revocation written on the new server moves the seq past it; the next ones follow on.
+#[tokio::test]
+async fn mysql_first_revocation_on_another_server_moves_the_seq_past_a_lost_one() {
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&db.options()).await.unwrap();
+    let a = store
+        .revoke(&Revoke::Jti("a".into()), 10, 20)
+        .await
+        .unwrap();
+    let b = store
+        .revoke(&Revoke::Jti("b".into()), 10, 20)
+        .await
+        .unwrap();
+    assert_eq!(b.seq, a.seq + 1, "one server: no move");
+    // The copy the new primary had: without b, and written last by another server.
+    sqlx::query(
+        "UPDATE counters SET value = CASE name WHEN 'revocation_seq' THEN ? \
+         ELSE CAST(@@server_id AS SIGNED) + 1 END \
+         WHERE name IN ('revocation_seq', 'revocation_server')",
+    )
+    .bind(ops::to_i64(a.seq))
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM revocations WHERE seq > ?")
+        .bind(ops::to_i64(a.seq))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let c = store
+        .revoke(&Revoke::Jti("c".into()), 10, 20)
+        .await
+        .unwrap();
+    assert_eq!(c.seq, a.seq + crate::domain::rules::SEQ_GAP + 1);
+    let d = store
+        .revoke(&Revoke::Jti("d".into()), 10, 20)
+        .await
+        .unwrap();
+    assert_eq!(d.seq, c.seq + 1);
+    let past_b = store.feed_snapshot(b.seq, 10, 10).await.unwrap();
+    assert_eq!(past_b.entries, vec![c, d]);
+}

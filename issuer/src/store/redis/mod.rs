@@ -210,8 +210,9 @@ const TTL_SLACK: i64 = 86_400;
 const CAS_ATTEMPTS: usize = 8;
 /// How far the revocation seq jumps when a revocation is written on another primary than the
 /// last one (a failover or a restart): more than the revocations a primary can have
-/// acknowledged without a replica when it dies (see "The feed" in the module docs).
-const SEQ_GAP: i64 = 1_000_000;
+/// acknowledged without a replica when it dies (see "The feed" in the module docs). The
+/// SQL stores move theirs by as much (at each start; MySQL also on another server).
+const SEQ_GAP: i64 = crate::domain::rules::SEQ_GAP as i64;
 /// Items removed per kind per purge round.
 const PURGE_BATCH: usize = 10_000;
 /// Rounds per purge while a round comes back full, a pause between them (each round's scripts

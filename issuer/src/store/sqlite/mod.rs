@@ -4,7 +4,9 @@
 //! busy timeout so several processes may share the file, and `BEGIN IMMEDIATE` for every
 //! read-modify-write so two writers (threads or processes) serialize instead of racing.
 //! Revocation `seq` is an `AUTOINCREMENT` rowid: never reused, never decreasing, across
-//! restarts and purges (SQLite keeps the high-water mark in `sqlite_sequence`).
+//! restarts and purges (SQLite keeps the high-water mark in `sqlite_sequence`), and past a
+//! backup restored over the file: each start of the issuer moves it on by [`crate::domain::rules::SEQ_GAP`]
+//! ([`SqliteStore::move_seq_past_possible_loss`]).
 //!
 //! The schema is versioned: [`MIGRATIONS`] are applied in order from the file's `user_version`
 //! (each in its own transaction, re-checked under the write lock so two processes starting
@@ -231,6 +233,22 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// Moves the revocation seq on by [`crate::domain::rules::SEQ_GAP`]
+    /// ([`crate::domain::rules::seq_after_possible_loss`]) and returns the seq it continues from. The issuer
+    /// calls it at every start, from a blocking thread: a backup restored over the file (with
+    /// the issuer stopped: a file cannot be replaced under a running one) lacks revocations
+    /// whose seqs sidecars may hold, and the next revocations must not be given them.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn move_seq_past_possible_loss(&self) -> Result<u64, StoreError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::backend("the SQLite connection mutex is poisoned"))?;
+        ops::move_seq_past_possible_loss(&mut conn)
     }
 
     /// Runs `op` on the connection in tokio's blocking pool.

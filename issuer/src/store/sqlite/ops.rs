@@ -687,6 +687,21 @@ pub(super) fn current_seq(conn: &mut Connection) -> Result<u64, StoreError> {
     read_current_seq(conn)
 }
 
+pub(super) fn move_seq_past_possible_loss(conn: &mut Connection) -> Result<u64, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let current = read_current_seq(&tx)?;
+    let moved = rules::seq_after_possible_loss(current);
+    tx.execute(
+        "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'revocations'",
+        params![to_i64(moved)],
+    )
+    .map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok(moved)
+}
+
 /// The lifetimes are rows of `meta` named `access_ttl:<seconds>`, valued when last reported.
 pub(super) fn report_access_ttl(
     conn: &mut Connection,
