@@ -16,12 +16,16 @@
 //! 2. **Normalized** ([`normalize`]): percent-encoded unreserved characters (RFC 3986 §2.3:
 //!    `A-Z a-z 0-9 - . _ ~`, so `%2E` too) are decoded, repeated slashes are merged, and dot
 //!    segments are removed (RFC 3986 §5.2.4) — what Envoy's `normalize_path` +
-//!    `merge_slashes` produce.
+//!    `merge_slashes` produce, but for a `..` after a `//`, which Envoy (removing dots
+//!    first) and RFC 3986 read as climbing out of the empty segment: step 3 reads it that
+//!    way too.
 //! 3. **Ambiguous paths never get a laxer rule.** When the raw path could be read more than one
 //!    way — it has dot segments, repeated slashes, `%` escapes or `;` — the rule is looked up
 //!    for every reading an upstream may take: the raw path as written, the normalized path, the
-//!    normalized path with `;` parameters cut from each segment (Tomcat, Spring, Jetty), and the
-//!    same after decoding every escape. The strictest of those rules applies (a rule is at
+//!    same with the empty segments of a `//` kept while removing dots, the normalized path with
+//!    `;` parameters cut from each segment (Tomcat, Spring, Jetty) after removing the dots and
+//!    before (Tomcat cuts first: `/public/.;/../admin` is `/admin` to it), and all of these
+//!    after decoding every escape ([`readings`]). The strictest of those rules applies (a rule is at
 //!    least as strict as another when its requirement is at least as strict and its scopes
 //!    include the other's); when no single rule is the strictest (say, two different scope
 //!    sets), the request is refused with 400.
@@ -249,13 +253,22 @@ fn decode(path: &str, all: bool) -> String {
 /// Merges repeated slashes and removes dot segments (RFC 3986 §5.2.4; `..` never climbs
 /// above the root). The input starts with `/`; so does the output.
 fn merge_and_remove_dots(path: &str) -> String {
+    remove_dots(path, true)
+}
+
+/// Removes dot segments (RFC 3986 §5.2.4; `..` never climbs above the root), with repeated
+/// slashes merged first, or kept as empty segments that a `..` removes like any other (RFC
+/// 3986, a WHATWG URL parser, and Envoy, whose `merge_slashes` comes after `normalize_path`):
+/// `/p/../q//../r` is `/r` the first way, `/q/r` the second. The input starts with `/`; so
+/// does the output.
+fn remove_dots(path: &str, merge_slashes: bool) -> String {
     let mut segments: Vec<&str> = Vec::new();
     let mut parts = path.split('/').skip(1).peekable();
     let mut trailing_slash = false;
     while let Some(segment) = parts.next() {
         let last = parts.peek().is_none();
         match segment {
-            "" => trailing_slash = last,
+            "" if merge_slashes || last => trailing_slash = last,
             "." => trailing_slash = last,
             ".." => {
                 segments.pop();
@@ -292,23 +305,43 @@ pub fn normalize(path: &str) -> String {
     merge_and_remove_dots(&decode(path, false))
 }
 
-/// Every reading an upstream may take of a checked path (see the module docs, step 3).
+/// Every reading an upstream may take of a checked path (see the module docs, step 3): the
+/// path as written, then for each decoding (unreserved escapes; every escape, when there is
+/// one): dot segments removed with slashes merged and, when there are `//`, kept; with `;`
+/// parameters, those cut from each segment after removing the dots (Envoy normalizes, the
+/// upstream cuts) and before (Tomcat cuts, then resolves: `/public/.;/../admin` is
+/// `/admin` to it, while `.;` is an ordinary segment to a `..` resolved first).
 pub fn readings(path: &str) -> Vec<String> {
-    let normalized = normalize(path);
     let mut out = vec![path.to_string()];
     let mut add = |reading: String| {
         if !out.contains(&reading) {
             out.push(reading);
         }
     };
-    add(normalized.clone());
-    if path.contains(';') {
-        add(merge_and_remove_dots(&strip_parameters(&normalized)));
-    }
-    if path.contains('%') {
-        let decoded = merge_and_remove_dots(&decode(path, true));
-        add(decoded.clone());
-        add(merge_and_remove_dots(&strip_parameters(&decoded)));
+    let decodings: &[bool] = if path.contains('%') {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let slashes: &[bool] = if path.contains("//") {
+        &[true, false]
+    } else {
+        &[true]
+    };
+    for &all in decodings {
+        let decoded = decode(path, all);
+        for &merge in slashes {
+            let resolved = remove_dots(&decoded, merge);
+            if decoded.contains(';') {
+                add(remove_dots(&strip_parameters(&resolved), merge));
+                add(remove_dots(&strip_parameters(&decoded), merge));
+            }
+            if !merge {
+                // Envoy's reading: the dots removed, then the slashes merged.
+                add(merge_and_remove_dots(&resolved));
+            }
+            add(resolved);
+        }
     }
     out
 }
@@ -638,6 +671,15 @@ mod tests {
             "/public/%252e%252e/private",
             "public/../private",
             "/%70ublic/../private",
+            // `;` segments a `..` removes before their parameters are cut, and slashes a
+            // `..` consumes before they are merged (found by a review; each a walk out).
+            "/public/.;/../private",
+            "/public/;x/../private",
+            "/public/..;/../private",
+            "/public/%2e;/../private",
+            "/public/../admin//../public/x",
+            "/public/../private//../public/x",
+            "/public/a/..//../../private",
             "/public/../../../../private",
             "/public/../admin/%2e%2e/reports/x",
         ];

@@ -45,6 +45,8 @@ const WALKS: &[&str] = &[
     "//api/public/../private",
     "/api/public/../private?x=1",
     "/api/public/../private#frag",
+    "/api/public/.;/../private",
+    "/api/public/;x/../private",
 ];
 
 /// One raw HTTP/1.1 request: status (0 when the connection gave no status line) and body.
