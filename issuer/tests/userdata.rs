@@ -787,6 +787,40 @@ async fn phone_retry_after_a_lost_answer_is_not_a_bad_code() {
     assert_eq!(stack.mock.calls("getuserphonenumber"), 2);
 }
 
+/// The same when the retry after the lost answer meets a refused access token: the round with
+/// a new token (`call_for`) finds the code spent, still the lost answer's echo (it answered
+/// 400 `invalid_grant`: "this code is bad").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_retry_after_a_lost_answer_and_a_refused_token_is_not_a_bad_code() {
+    let stack = Stack::start(&[("WEAUTH_WECHAT_RETRIES", "1")]).await;
+    let token = token(&stack.login("nora").await);
+    let code = stack.mock.phone_code("nora", "13800000019");
+    stack.mock.inject(
+        "getuserphonenumber",
+        Fault::ServedThen(Box::new(Fault::Status(502))),
+        1,
+    );
+    stack.mock.inject(
+        "getuserphonenumber",
+        Fault::Errcode {
+            errcode: 40001,
+            errmsg: "invalid credential, access_token is invalid or not latest".into(),
+        },
+        1,
+    );
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("upstream_error")),
+        "{body}"
+    );
+    assert_eq!(
+        stack.mock.calls("getuserphonenumber"),
+        3,
+        "lost, refused token, then the code found spent with a new token"
+    );
+}
+
 /// An errcode the issuer has no meaning for is a 502 "unusable answer" to the client, and the
 /// issuer's log line of it names the errcode (it said only "unusable answer").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -326,7 +326,10 @@ impl AccessTokens {
         if let Some(at) = last.filter(|at| now < at + FORCE_INTERVAL) {
             self.metrics.wechat_token_refresh("force_withheld");
             tracing::warn!(appid = %appid, seconds_ago = now - at, "stable_token returned the token WeChat refused again; not forcing another refresh so soon");
-            return Err(WechatError::InvalidAccessToken { errcode: 40001 });
+            return Err(WechatError::InvalidAccessToken {
+                errcode: 40001,
+                after_lost: None,
+            });
         }
         self.metrics.wechat_token_refresh("forced");
         tracing::warn!(
@@ -342,7 +345,10 @@ impl AccessTokens {
             .insert(appid.to_string(), now);
         if forced.token.as_str() == refused {
             tracing::warn!(appid = %appid, "a forced stable_token refresh returned the refused token");
-            return Err(WechatError::InvalidAccessToken { errcode: 40001 });
+            return Err(WechatError::InvalidAccessToken {
+                errcode: 40001,
+                after_lost: None,
+            });
         }
         Ok(forced)
     }
@@ -360,7 +366,10 @@ impl AccessTokens {
     {
         let token = self.get_for(appid, None).await?;
         match api(token.clone()).await {
-            Err(WechatError::InvalidAccessToken { errcode }) => {
+            Err(WechatError::InvalidAccessToken {
+                errcode,
+                after_lost,
+            }) => {
                 self.metrics.wechat_token_invalidated(errcode);
                 tracing::warn!(
                     errcode,
@@ -372,7 +381,21 @@ impl AccessTokens {
                     .await
                     .map_err(TokenError::from)?;
                 let fresh = self.get_for(appid, Some(token.as_str())).await?;
-                api(fresh).await.map_err(CallError::Api)
+                match api(fresh).await {
+                    // The code this call carries was spent by the first round's attempt
+                    // whose answer was lost: that failure is the answer (a 502/503, "retry"),
+                    // as within one round (`with_retry`), not 400 `invalid_grant`.
+                    Err(refusal @ WechatError::InvalidCode { .. }) => {
+                        Err(CallError::Api(match after_lost {
+                            Some(first) => {
+                                tracing::info!(appid, error = %first, refusal = %refusal, "the retry with a new access token found the code spent by an attempt whose answer was lost");
+                                *first
+                            }
+                            None => refusal,
+                        }))
+                    }
+                    other => other.map_err(CallError::Api),
+                }
             }
             other => other.map_err(CallError::Api),
         }

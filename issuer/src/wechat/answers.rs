@@ -26,7 +26,10 @@ pub fn errcode_error(errcode: i64, errmsg: &str) -> WechatError {
         48001 => WechatError::ScopeUnauthorized,
         45011 => WechatError::RateLimited,
         40226 => WechatError::HighRisk,
-        40001 | 42001 | 40014 => WechatError::InvalidAccessToken { errcode },
+        40001 | 42001 | 40014 => WechatError::InvalidAccessToken {
+            errcode,
+            after_lost: None,
+        },
         40013 | 40125 => WechatError::Misconfigured {
             errcode,
             errmsg: errmsg.to_string(),

@@ -191,6 +191,14 @@ where
                 retried = Some(err);
                 tokio::time::sleep(wait).await;
             }
+            // A new access token is fetched and the call made again by `call_for`: carry the
+            // lost answer there, which may have spent the code this call carries.
+            Err(WechatError::InvalidAccessToken { errcode, .. }) => {
+                return Err(WechatError::InvalidAccessToken {
+                    errcode,
+                    after_lost: retried.map(Box::new),
+                })
+            }
             Err(err @ WechatError::InvalidCode { .. }) => {
                 return Err(match retried {
                     Some(first) => {

@@ -80,9 +80,15 @@ pub enum WechatError {
     #[error("cannot reach WeChat: {0}")]
     Transport(String),
     /// 40001 (invalid or replaced), 42001 (expired) or 40014 (malformed) access token: the
-    /// caller invalidates its cached token and retries once with a new one.
+    /// caller invalidates its cached token and retries once with a new one. `after_lost`: the
+    /// failure of an earlier attempt of the same call, whose answer may have been lost after
+    /// WeChat spent the code it carried (`wechat::http::with_retry`): the retry with a new
+    /// token then meets "code already used", the echo of that failure, not a bad code.
     #[error("WeChat refused the app access token (errcode {errcode})")]
-    InvalidAccessToken { errcode: i64 },
+    InvalidAccessToken {
+        errcode: i64,
+        after_lost: Option<Box<WechatError>>,
+    },
     /// 48001: the user token's scope does not allow this API (e.g. `sns/userinfo` with
     /// `snsapi_base`).
     #[error("WeChat refused the call for the granted scope (errcode 48001)")]
@@ -118,7 +124,7 @@ impl WechatError {
             WechatError::ScopeUnauthorized => "48001".into(),
             WechatError::Misconfigured { errcode, .. }
             | WechatError::Other { errcode, .. }
-            | WechatError::InvalidAccessToken { errcode } => errcode.to_string(),
+            | WechatError::InvalidAccessToken { errcode, .. } => errcode.to_string(),
             WechatError::Busy => "-1".into(),
             WechatError::Timeout => "timeout".into(),
             WechatError::Status(status) => format!("http_{status}"),

@@ -100,7 +100,10 @@ fn classify_json_token_errcodes_invalid_access_token() {
         let body = format!(r#"{{"errcode":{errcode},"errmsg":"x, rid: 1"}}"#);
         assert_eq!(
             classify_json(200, body.as_bytes()).unwrap_err(),
-            WechatError::InvalidAccessToken { errcode }
+            WechatError::InvalidAccessToken {
+                errcode,
+                after_lost: None
+            }
         );
     }
 }
