@@ -76,16 +76,22 @@ pub struct Header {
     pub x5t: Option<String>,
     #[serde(default, rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
     pub x5t_s256: Option<String>,
-    #[serde(default, skip_serializing)]
-    crit: Option<IgnoredAny>,
-    #[serde(default, skip_serializing)]
-    jku: Option<IgnoredAny>,
-    #[serde(default, skip_serializing)]
-    x5u: Option<IgnoredAny>,
-    #[serde(default, skip_serializing)]
-    x5c: Option<IgnoredAny>,
-    #[serde(default, skip_serializing)]
-    jwk: Option<IgnoredAny>,
+    #[serde(default, skip_serializing, deserialize_with = "present")]
+    crit: bool,
+    #[serde(default, skip_serializing, deserialize_with = "present")]
+    jku: bool,
+    #[serde(default, skip_serializing, deserialize_with = "present")]
+    x5u: bool,
+    #[serde(default, skip_serializing, deserialize_with = "present")]
+    x5c: bool,
+    #[serde(default, skip_serializing, deserialize_with = "present")]
+    jwk: bool,
+}
+
+/// A member that is there, whatever its value — `null` too, which an `Option` would read as
+/// absent (`"crit": null` passed as no `crit`).
+fn present<'de, D: serde::Deserializer<'de>>(member: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(member).map(|_| true)
 }
 
 /// A private (or, for HS256, shared) signing key (feature `sign`).
@@ -445,11 +451,11 @@ fn check_header(header: &Header, allowed: &[Algorithm]) -> Result<Algorithm, Ver
         .filter(|alg| allowed.contains(alg))
         .ok_or(VerifyError::AlgorithmNotAllowed)?;
     let forbidden = [
-        ("crit", header.crit.is_some()),
-        ("jku", header.jku.is_some()),
-        ("x5u", header.x5u.is_some()),
-        ("x5c", header.x5c.is_some()),
-        ("jwk", header.jwk.is_some()),
+        ("crit", header.crit),
+        ("jku", header.jku),
+        ("x5u", header.x5u),
+        ("x5c", header.x5c),
+        ("jwk", header.jwk),
     ];
     if let Some((name, _)) = forbidden.iter().find(|(_, present)| *present) {
         return Err(VerifyError::ForbiddenHeader(name));
@@ -658,16 +664,19 @@ mod tests {
         let (keys, validation) = setup(&key);
         let payload = serde_json::to_string(&sample(NOW)).unwrap();
         for member in ["crit", "jku", "x5u", "x5c", "jwk"] {
-            let header = format!(
-                r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}","{member}":["x"]}}"#,
-                key.kid()
-            );
-            let token = resign(&key, &header, &payload);
-            assert_eq!(
-                verify(&token, &keys, &validation, NOW),
-                Err(VerifyError::ForbiddenHeader(member)),
-                "{member}"
-            );
+            // Any value, `null` included: the member is there.
+            for value in [r#"["x"]"#, "null", "{}", "0"] {
+                let header = format!(
+                    r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}","{member}":{value}}}"#,
+                    key.kid()
+                );
+                let token = resign(&key, &header, &payload);
+                assert_eq!(
+                    verify(&token, &keys, &validation, NOW),
+                    Err(VerifyError::ForbiddenHeader(member)),
+                    "{member}: {value}"
+                );
+            }
         }
     }
 
