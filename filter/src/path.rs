@@ -307,10 +307,11 @@ pub fn normalize(path: &str) -> String {
 
 /// Every reading an upstream may take of a checked path (see the module docs, step 3): the
 /// path as written, then for each decoding (unreserved escapes; every escape, when there is
-/// one): dot segments removed with slashes merged and, when there are `//`, kept; with `;`
-/// parameters, those cut from each segment after removing the dots (Envoy normalizes, the
-/// upstream cuts) and before (Tomcat cuts, then resolves: `/public/.;/../admin` is
-/// `/admin` to it, while `.;` is an ordinary segment to a `..` resolved first).
+/// one): dot segments removed, with slashes merged first and with the empty segments of a
+/// `//` kept (then merged, as Envoy does); with `;` parameters, those cut from each segment
+/// after removing the dots (Envoy normalizes, the upstream cuts) and before (Tomcat cuts,
+/// then resolves: `/public/.;/../admin` is `/admin` to it, while `.;` is an ordinary segment
+/// to a `..` resolved first; and cutting `/;a/` leaves a `//`).
 pub fn readings(path: &str) -> Vec<String> {
     let mut out = vec![path.to_string()];
     let mut add = |reading: String| {
@@ -323,18 +324,18 @@ pub fn readings(path: &str) -> Vec<String> {
     } else {
         &[false]
     };
-    let slashes: &[bool] = if path.contains("//") {
-        &[true, false]
-    } else {
-        &[true]
-    };
     for &all in decodings {
         let decoded = decode(path, all);
-        for &merge in slashes {
+        let cut = decoded.contains(';').then(|| strip_parameters(&decoded));
+        for &merge in &[true, false] {
             let resolved = remove_dots(&decoded, merge);
-            if decoded.contains(';') {
+            if let Some(cut) = &cut {
                 add(remove_dots(&strip_parameters(&resolved), merge));
-                add(remove_dots(&strip_parameters(&decoded), merge));
+                let cut_first = remove_dots(cut, merge);
+                if !merge {
+                    add(merge_and_remove_dots(&cut_first));
+                }
+                add(cut_first);
             }
             if !merge {
                 // Envoy's reading: the dots removed, then the slashes merged.
@@ -680,6 +681,8 @@ mod tests {
             "/public/../admin//../public/x",
             "/public/../private//../public/x",
             "/public/a/..//../../private",
+            "/public/;a/..;/../private",
+            "/public/;a/../../private",
             "/public/../../../../private",
             "/public/../admin/%2e%2e/reports/x",
         ];
@@ -776,6 +779,16 @@ mod tests {
         for path in ["/public/..%3b/private", "/public/..;/private"] {
             let all = readings(path);
             assert!(all.contains(&"/private".to_string()), "{path}: {all:?}");
+        }
+    }
+
+    /// Cutting `;a` leaves an empty segment, which a `..` then removes when an upstream keeps
+    /// empty segments (Jetty-like): `/api//../admin` is `/api/admin` to it, `/admin` merged.
+    #[test]
+    fn readings_keep_the_empty_segment_a_cut_parameter_leaves() {
+        for path in ["/api/;a/..;/admin", "/api/;a/../admin"] {
+            let all = readings(path);
+            assert!(all.contains(&"/api/admin".to_string()), "{path}: {all:?}");
         }
     }
 

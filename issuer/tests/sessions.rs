@@ -221,8 +221,9 @@ async fn logout_revokes_session_and_wakes_long_poll_fast() {
         .await;
     assert_eq!(status, 200);
     let seq = stack.feed(0, 0).await["seq"].as_u64().unwrap();
-    // The sequence starts at 1 on a new store; the first entry is 2.
-    assert_eq!(seq, 2);
+    // The sequence starts at 1 on a new store, and the issuer's start moved it on (past any
+    // seq a restored backup would lack): the first entry is past that.
+    assert_eq!(seq, 2 + 1_000_000);
     // A poll with nothing new waits...
     let started = Instant::now();
     let idle = stack.feed(seq, 1).await;
@@ -412,16 +413,21 @@ async fn feed_requires_credential_and_handles_since() {
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_request", "{body}");
     let empty = stack.feed(0, 0).await;
-    assert_eq!(empty["seq"], 1, "a new store's sequence starts at 1");
+    assert_eq!(
+        empty["seq"],
+        1 + 1_000_000,
+        "a new store's sequence starts at 1, moved on at the issuer's start"
+    );
     assert_eq!(empty["full"], true);
     assert_eq!(empty["entries"].as_array().unwrap().len(), 0);
     // So a consumer can long-poll from its first answer on, even before any revocation.
+    let first_seq = empty["seq"].as_u64().unwrap();
     let started = Instant::now();
-    let idle = stack.feed(1, 1).await;
+    let idle = stack.feed(first_seq, 1).await;
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert_eq!(
         (idle["seq"].as_u64(), idle["full"].as_bool()),
-        (Some(1), Some(false))
+        (Some(first_seq), Some(false))
     );
     for user in ["pia", "quin"] {
         let login = stack.login(user).await;

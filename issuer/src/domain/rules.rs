@@ -201,15 +201,14 @@ pub fn next_watermark(current: u64, highest_purged: Option<u64>) -> u64 {
 pub const SEQ_GAP: u64 = 1_000_000;
 
 /// The seq a store continues from when it may have lost some of its latest revocations
-/// (`current` is the seq it holds): moved on by [`SEQ_GAP`], unless it never revoked anything
-/// (the feed's seq starts at 1) — a store that never numbered an entry has none to lose, and
-/// a fresh one keeps its seqs small.
+/// (`current` is the seq it holds): moved on by [`SEQ_GAP`] — also from 1, the seq of a store
+/// that never revoked anything, which may be a copy taken before revocations it has lost.
+///
+/// A loss of more than [`SEQ_GAP`] revocations leaves the sidecars that read them ahead of
+/// the store: their next poll's `since` is past its seq and gets the full set (the feed's
+/// rule), unless the store numbered that many new ones before it.
 pub fn seq_after_possible_loss(current: u64) -> u64 {
-    if current > 1 {
-        current.saturating_add(SEQ_GAP)
-    } else {
-        current
-    }
+    current.saturating_add(SEQ_GAP)
 }
 
 #[cfg(test)]
@@ -217,9 +216,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seq_moves_on_after_a_possible_loss_unless_nothing_was_ever_revoked() {
-        assert_eq!(seq_after_possible_loss(1), 1);
-        assert_eq!(seq_after_possible_loss(0), 0);
+    fn seq_moves_on_after_a_possible_loss() {
+        // From 1 too: a backup taken before the first revocation lacks it.
+        assert_eq!(seq_after_possible_loss(1), 1 + SEQ_GAP);
         assert_eq!(seq_after_possible_loss(7), 7 + SEQ_GAP);
         assert_eq!(seq_after_possible_loss(u64::MAX - 1), u64::MAX);
     }

@@ -174,7 +174,9 @@ pub async fn fresh_store_seq_starts_at_one(backend: &dyn Backend) {
         .revoke(&Revoke::Jti("j".into()), 10, 20)
         .await
         .unwrap();
-    assert_eq!(entry.seq, 2);
+    // Past 1: 2, or past a jump (`rules::seq_after_possible_loss`: a MySQL store's first
+    // revocation on a server, a Redis store's on a primary).
+    assert!(entry.seq > 1, "{entry:?}");
 }
 
 /// Access-token lifetime reports: per lifetime the latest report is kept (an earlier one

@@ -252,31 +252,27 @@ const SESSION_COLUMNS: &str =
 /// failover, whose new primary may lack the old one's latest revocations, which sidecars
 /// may hold — the seq first moves past them ([`rules::seq_after_possible_loss`]).
 async fn next_seq(tx: &mut Tx) -> Result<i64> {
-    // Both rows locked in one read, `revocation_seq` first (the primary key's order): two
-    // revocations serialize on it before either reads the server row.
-    let rows = sqlx::query(
-        "SELECT name, value, CAST(@@server_id AS SIGNED) FROM counters \
-         WHERE name IN ('revocation_seq', 'revocation_server') FOR UPDATE",
+    // `revocation_seq` locked first, alone: two revocations serialize on it before either
+    // reads the server row (which only this function touches, under that lock).
+    let (current, server): (i64, i64) = sqlx::query_as(
+        "SELECT value, CAST(@@server_id AS SIGNED) FROM counters \
+         WHERE name = 'revocation_seq' FOR UPDATE",
     )
-    .fetch_all(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    let (mut current, mut last_server, mut server) = (None, None, 0);
-    for row in &rows {
-        let value: i64 = row.try_get(1)?;
-        server = row.try_get(2)?;
-        match text(row, 0)?.as_str() {
-            "revocation_seq" => current = Some(value),
-            _ => last_server = Some(value),
-        }
-    }
-    let current = to_u64(current.ok_or(sqlx::Error::RowNotFound)?);
+    let last_server: Option<i64> =
+        sqlx::query_scalar("SELECT value FROM counters WHERE name = 'revocation_server'")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let current = to_u64(current);
     let seq = if last_server == Some(server) {
         current
     } else {
         sqlx::query(
             "INSERT INTO counters (name, value) VALUES ('revocation_server', ?) \
-             ON DUPLICATE KEY UPDATE value = VALUES(value)",
+             ON DUPLICATE KEY UPDATE value = ?",
         )
+        .bind(server)
         .bind(server)
         .execute(&mut **tx)
         .await?;

