@@ -21,8 +21,9 @@
 //! - `POST /wxa/getpluginopenpid?access_token` `{"code"}` [`getpluginopenpid`] →
 //!   `{"errcode":0,"errmsg":"ok","openpid"}` for a `wx.pluginLogin` code
 //!   ([`MockWechat::plugin_login`]) with a token of that plugin ([`MockConfig::plugins`]; a
-//!   plugin gets its own tokens from `stable_token` with its appid and secret); 40029 for an
-//!   unknown, used or other plugin's code, 41008 without one, 40001 for any other token.
+//!   plugin gets its own tokens from `stable_token` with its appid and secret); this API's own
+//!   errcodes, as its page lists them: 1007 for an unknown, expired or used code, 1005 for
+//!   another plugin's, 1001 without one; 40001 for any other token.
 //! - `POST /wxa/getuserriskrank?access_token` `{"appid","openid","scene","client_ip"}`
 //!   [`getuserriskrank`] → `{"errcode":0,"errmsg":"getuserriskrank succ","risk_rank",
 //!   "unoin_id"}` (WeChat's spelling; the rank set by [`MockWechat::set_risk_rank`], default
@@ -1131,7 +1132,9 @@ impl Shared {
                 "phone_info": {
                     "phoneNumber": phone_number,
                     "purePhoneNumber": grant.phone,
-                    "countryCode": grant.country,
+                    // A number, as in the API page's example answer (its table says
+                    // string: the issuer reads both).
+                    "countryCode": grant.country.parse::<u64>().map_or_else(|_| json!(grant.country), |n| json!(n)),
                     "watermark": {"timestamp": now / 1000, "appid": self.cfg.appid},
                 }
             }),
@@ -1179,17 +1182,19 @@ impl Shared {
             .filter(|c| !c.is_empty())
         else {
             drop(inner);
-            return self.error(R, 41008, "missing code");
+            return self.error(R, 1001, "invalid parameter");
         };
         let grant = inner.plugin_codes.redeem(code, now);
         drop(inner);
-        // Unknown, expired, used, or another plugin's code: an invalid code.
+        // This API's own errcodes (its API page): 1007 for a code with no data (unknown,
+        // expired, used), 1005 for another plugin's.
         match grant {
             Ok((of, name)) if of == plugin => {
                 let openpid = state::openid_for(&plugin, &format!("plugin:{name}"));
                 self.ok(R, json!({"errcode": 0, "errmsg": "ok", "openpid": openpid}))
             }
-            _ => self.error(R, 40029, "invalid code"),
+            Ok(_) => self.error(R, 1005, "plugin appid does not match the data"),
+            Err(_) => self.error(R, 1007, "openpid data not exist"),
         }
     }
 

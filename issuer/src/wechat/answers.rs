@@ -231,10 +231,27 @@ pub fn classify_risk_rank(status: u16, body: &[u8]) -> Result<u8, WechatError> {
 
 /// Interprets a `getpluginopenpid` answer: the user's `openpid` in the plugin.
 ///
+/// Its API page lists errcodes of its own rather than the common ones: 1007 (no data for the
+/// code: unknown, used or expired), 1001 (invalid parameters: a malformed code) and 1005 (the
+/// code is another plugin's) are [`WechatError::InvalidCode`] — 400 `invalid_grant`, and a
+/// retry that meets them after a lost answer is that answer's echo (`with_retry`); 1000
+/// (system error) is [`WechatError::Busy`], retried; 1003 (too frequent) is
+/// [`WechatError::RateLimited`]. The common codes (40029, 40001, …) mean what they mean
+/// elsewhere.
+///
 /// # Errors
 /// See [`classify_json`]; a success without an `openpid` is [`WechatError::Unreadable`].
 pub fn classify_openpid(status: u16, body: &[u8]) -> Result<String, WechatError> {
-    classify_json(status, body)?
+    classify_json(status, body)
+        .map_err(|err| match err {
+            WechatError::Other { errcode, .. } => match errcode {
+                1001 | 1005 | 1007 => WechatError::InvalidCode { errcode },
+                1000 => WechatError::Busy,
+                1003 => WechatError::RateLimited,
+                _ => err,
+            },
+            other => other,
+        })?
         .get("openpid")
         .and_then(serde_json::Value::as_str)
         .filter(|openpid| !openpid.is_empty())

@@ -191,6 +191,31 @@ fn classify_encrypted_check_errcode_1_is_not_genuine_not_an_error() {
     ));
 }
 
+/// The API page's example answer has `countryCode` as a number (its table says string).
+#[test]
+fn classify_phone_reads_a_numeric_country_code() {
+    let body = br#"{"errcode":0,"errmsg":"ok","phone_info":{"phoneNumber":"13800138000","purePhoneNumber":"13800138000","countryCode":86,"watermark":{"timestamp":1,"appid":"wx1"}}}"#;
+    assert_eq!(classify_phone(200, body).unwrap().country_code, "86");
+}
+
+/// getpluginopenpid's own errcodes, from its API page.
+#[test]
+fn classify_openpid_maps_the_plugin_errcodes() {
+    let answer = |errcode: i64| {
+        let body = format!(r#"{{"errcode":{errcode},"errmsg":"x"}}"#);
+        classify_openpid(200, body.as_bytes()).unwrap_err()
+    };
+    for errcode in [1001, 1005, 1007, 40029] {
+        assert_eq!(answer(errcode), WechatError::InvalidCode { errcode });
+    }
+    assert_eq!(answer(1000), WechatError::Busy);
+    assert_eq!(answer(1003), WechatError::RateLimited);
+    assert!(matches!(
+        answer(1022),
+        WechatError::Other { errcode: 1022, .. }
+    ));
+}
+
 #[test]
 fn classify_phone_success_reads_phone_info() {
     let body = br#"{"errcode":0,"errmsg":"ok","phone_info":{"phoneNumber":"13800138000","purePhoneNumber":"13800138000","countryCode":"86","watermark":{"timestamp":1,"appid":"wx1"}}}"#;
