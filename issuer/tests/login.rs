@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use common::{payload, Stack, APPID};
 use ed25519_dalek::Verifier;
 use serde_json::json;
-use weauth_mock_wechat::{apisec, ApiSecAnswer, Fault, MockApiSecurity, MockConfig, MockPlugin};
+use weauth_mock_wechat::{
+    apisec, ApiSecAnswer, Fault, MockApiSecurity, MockConfig, MockMiniProgram, MockPlugin,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_returns_token_pair_verifiable_with_ed25519_dalek() {
@@ -687,6 +689,84 @@ async fn plugin_login_exchanges_a_plugin_code_for_an_openpid_user_of_its_own() {
     // was refused before WeChat.
     assert_eq!(stack.mock.calls("getpluginopenpid"), 2);
     assert!(!stack.issuer.log_text().contains(&openpid));
+}
+
+/// Two mini-programs of one Open Platform account: each exchanges its own codes with its own
+/// credentials and calls WeChat with its own access token; one person (one unionid) is one
+/// user across them; a code of one presented as the other's is a bad code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mini_programs_one_person_each_with_its_own_codes_and_tokens() {
+    let second = MockMiniProgram::second();
+    let cfg = MockConfig {
+        unionid: true,
+        mini_programs: vec![second.clone()],
+        ..Default::default()
+    };
+    let (second_appid, second_secret) = (second.appid.clone(), second.secret.clone());
+    let stack = Stack::start_prepared(
+        cfg,
+        move |_, dir, env| {
+            let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
+            let appid = env.remove("WEAUTH_WECHAT_APPID").unwrap();
+            let apps = json!({"apps": [
+                {"appid": appid, "secret": secret, "kind": "miniprogram"},
+                {"appid": second_appid, "secret": second_secret, "kind": "miniprogram"},
+            ]});
+            let path = dir.join("apps.json");
+            std::fs::write(&path, apps.to_string()).unwrap();
+            env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+        },
+        &[],
+    )
+    .await;
+    let login = |code: String, appid: &str| json!({"code": code, "appid": appid});
+    let first = stack.mock.login("ann").code;
+    let (status, main, _) = stack.post("/v1/login", login(first, APPID)).await;
+    assert_eq!(status, 200, "{main}");
+    let via_second = stack.mock.login_to(&second.appid, "ann");
+    let (status, other, _) = stack
+        .post("/v1/login", login(via_second.code, &second.appid))
+        .await;
+    assert_eq!(status, 200, "{other}");
+    let (main, other) = (
+        payload(main["access_token"].as_str().unwrap()),
+        payload(other["access_token"].as_str().unwrap()),
+    );
+    assert_eq!(main["sub"], other["sub"], "one person by unionid");
+    assert_eq!(other["appid"], second.appid.as_str());
+    assert_eq!(other["openid"], via_second.openid.as_str());
+    assert_ne!(main["openid"], other["openid"], "an openid per app");
+    // The main app's code with the second app's credentials: WeChat's 40029.
+    let code = stack.mock.login("ann").code;
+    let (status, body, _) = stack.post("/v1/login", login(code, &second.appid)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    // A phone number through the second app: its own access token, which the main app's
+    // code does not fit.
+    let code = stack.mock.login_to(&second.appid, "ann").code;
+    let (status, session, _) = stack.post("/v1/login", login(code, &second.appid)).await;
+    assert_eq!(status, 200, "{session}");
+    let token = session["access_token"].as_str().unwrap();
+    let phone = |code: String| json!({ "code": code });
+    let code = stack
+        .mock
+        .phone_code_for(&second.appid, "ann", "13800000021");
+    let (status, body, _) = stack
+        .post_auth("/v1/me/phone", token, Some(phone(code)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let code = stack.mock.phone_code("ann", "13800000022");
+    let (status, body, _) = stack
+        .post_auth("/v1/me/phone", token, Some(phone(code)))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
 }
 
 #[test]

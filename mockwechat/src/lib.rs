@@ -8,6 +8,8 @@
 //!   as `Content-Type: text/plain`. Codes are single-use (40163 `code been used`) and expire
 //!   after 5 minutes (40029 `invalid code`); 40013 bad appid, 40125 bad secret, 40002 bad
 //!   grant_type, 41008 missing code. `unionid` only when [`MockConfig::unionid`] is set.
+//!   Several mini-programs ([`MockConfig::mini_programs`]): each its own codes, openids and
+//!   tokens; a code presented with another app's credentials is 40029.
 //! - `POST /cgi-bin/stable_token` `{"grant_type":"client_credential","appid","secret",
 //!   "force_refresh"}` [`stable_token`] and `GET /cgi-bin/token?grant_type&appid&secret`
 //!   [`token`] → `{"access_token","expires_in"}`. A new token replaces the previous one of the
@@ -80,9 +82,9 @@
 //! `sns/auth`), like `jscode2session`.
 //!
 //! Control routes (not counted): `GET /mock/oauth/code?appid&user&scope[&snapshot=1]` →
-//! `{"code","openid"}` (an approved authorization without a browser); `GET /mock/login?user=NAME` → `{"code","openid"}` (a fresh
+//! `{"code","openid"}` (an approved authorization without a browser); `GET /mock/login?user=NAME[&appid]` → `{"code","openid"}` (a fresh
 //! code and a NEW session_key, like `wx.login`; the openid is stable per NAME);
-//! `GET /mock/phonecode?user=NAME&phone=DIGITS[&country=86]` → `{"code"}`;
+//! `GET /mock/phonecode?user=NAME&phone=DIGITS[&country=86][&appid]` → `{"code"}`;
 //! `POST /mock/encrypt {"user","data":{…}}` → `{"encryptedData","iv","rawData","signature"}`
 //! with the user's CURRENT session_key; `POST /mock/faults {"route","times","fault"}` where
 //! `fault` is `{"errcode":N[,"errmsg":"…"]}`, `{"status":502}`, `{"body":"…"}`, `"garbage"`, `"html"`,
@@ -167,6 +169,23 @@ pub struct MockPlugin {
     pub secret: String,
 }
 
+/// A mini-program the mock accepts besides [`MockConfig::appid`].
+#[derive(Debug, Clone)]
+pub struct MockMiniProgram {
+    pub appid: String,
+    pub secret: String,
+}
+
+impl MockMiniProgram {
+    /// The second mini-program of the tests: `wx00000000000000b2`, secret `mock-mp2-secret`.
+    pub fn second() -> MockMiniProgram {
+        MockMiniProgram {
+            appid: "wx00000000000000b2".into(),
+            secret: "mock-mp2-secret".into(),
+        }
+    }
+}
+
 impl MockPlugin {
     /// The plugin of the tests: `wx00000000000000c3`, secret `mock-plugin-secret`.
     pub fn test_plugin() -> MockPlugin {
@@ -195,6 +214,11 @@ pub struct MockConfig {
     pub web_apps: Vec<MockApp>,
     /// Mini-program plugins (default none).
     pub plugins: Vec<MockPlugin>,
+    /// More mini-programs besides `appid` (default none), each with its own secret, login
+    /// and phone codes, openids and access tokens; a user's unionid is the same in all
+    /// ([`MockWechat::login_to`], [`MockWechat::phone_code_for`]). A code presented with
+    /// another app's credentials is an invalid code (40029), as at WeChat.
+    pub mini_programs: Vec<MockMiniProgram>,
     /// Apps with server API security keys (default none): their secured calls are verified
     /// and answered encrypted and signed.
     pub api_security: Vec<MockApiSecurity>,
@@ -210,6 +234,7 @@ impl Default for MockConfig {
             token_overlap: Duration::from_secs(300),
             web_apps: Vec::new(),
             plugins: Vec::new(),
+            mini_programs: Vec::new(),
             api_security: Vec::new(),
         }
     }
@@ -260,7 +285,13 @@ impl MockWechat {
 
     /// Like `GET /mock/login?user=NAME`: a fresh code for `user`, and a new session_key.
     pub fn login(&self, user: &str) -> MockLogin {
-        self.shared.login(user)
+        self.shared.login(&self.shared.cfg.appid, user)
+    }
+
+    /// Like [`MockWechat::login`] in mini-program `appid` (the main one or one of
+    /// [`MockConfig::mini_programs`]): the code is that app's, the openid the user's in it.
+    pub fn login_to(&self, appid: &str, user: &str) -> MockLogin {
+        self.shared.login(appid, user)
     }
 
     /// What `wx.pluginLogin` gives a plugin: a single-use code of `plugin` (one of
@@ -282,7 +313,14 @@ impl MockWechat {
 
     /// Like `GET /mock/phonecode`: a single-use code for `phone` (country code 86).
     pub fn phone_code(&self, user: &str, phone: &str) -> String {
-        self.shared.phone_code(user, phone, "86")
+        self.shared
+            .phone_code(&self.shared.cfg.appid, user, phone, "86")
+    }
+
+    /// Like [`MockWechat::phone_code`] in mini-program `appid`: redeemed only with that app's
+    /// access token.
+    pub fn phone_code_for(&self, appid: &str, user: &str, phone: &str) -> String {
+        self.shared.phone_code(appid, user, phone, "86")
     }
 
     /// The user's current session_key (the one of their latest login), by openid.
@@ -413,7 +451,9 @@ const ENCRYPTED_KEPT_S: u64 = 3 * 86_400;
 struct PhoneGrant {
     phone: String,
     country: String,
-    /// The openid (in this app) of the user the code was issued to.
+    /// The mini-program the code was issued in.
+    appid: String,
+    /// The openid (in that app) of the user the code was issued to.
     openid: String,
 }
 
@@ -422,8 +462,8 @@ struct Inner {
     users: HashMap<String, User>,
     /// openid → current session_key.
     session_keys: HashMap<String, String>,
-    /// code → (openid, session_key issued with the code).
-    login_codes: CodeStore<(String, String)>,
+    /// code → (the mini-program's appid, openid, session_key issued with the code).
+    login_codes: CodeStore<(String, String, String)>,
     phone_codes: CodeStore<PhoneGrant>,
     /// hex(SHA-256(encryptedData)) → when the mock generated it (unix seconds), for
     /// `checkencryptedmsg`.
@@ -437,6 +477,9 @@ struct Inner {
     clock_offset_ms: u64,
     /// Each plugin's access tokens, by plugin appid.
     plugin_tokens: HashMap<String, TokenStore>,
+    /// The access tokens of [`MockConfig::mini_programs`], by appid (the main app's are
+    /// `tokens`).
+    app_tokens: HashMap<String, TokenStore>,
     /// `wx.pluginLogin` codes → (plugin appid, user name).
     plugin_codes: CodeStore<(String, String)>,
     /// openid → risk rank (`getuserriskrank`; 0 when not set).
@@ -479,6 +522,7 @@ impl Shared {
                 calls: HashMap::new(),
                 risk_ranks: HashMap::new(),
                 plugin_tokens: HashMap::new(),
+                app_tokens: HashMap::new(),
                 plugin_codes: CodeStore::new(CODE_TTL_MS),
                 last_risk_query: None,
                 apisec_answer: ApiSecAnswer::Good,
@@ -501,24 +545,26 @@ impl Shared {
         real.saturating_add(inner.clock_offset_ms)
     }
 
-    fn login(&self, name: &str) -> MockLogin {
+    fn login(&self, appid: &str, name: &str) -> MockLogin {
         let mut rng = rand::thread_rng();
-        let user = User::new(&self.cfg.appid, name);
+        let user = User::new(appid, name);
         let code = state::new_code(&mut rng);
         let key = state::new_session_key(&mut rng);
         let mut inner = self.lock();
         let now = Self::now_ms(&inner);
         inner.session_keys.insert(user.openid.clone(), key.clone());
-        inner
-            .login_codes
-            .insert(code.clone(), (user.openid.clone(), key), now);
+        inner.login_codes.insert(
+            code.clone(),
+            (appid.to_string(), user.openid.clone(), key),
+            now,
+        );
         let openid = user.openid.clone();
         inner.users.insert(openid.clone(), user);
         MockLogin { code, openid }
     }
 
-    fn phone_code(&self, name: &str, phone: &str, country: &str) -> String {
-        let openid = state::openid_for(&self.cfg.appid, name);
+    fn phone_code(&self, appid: &str, name: &str, phone: &str, country: &str) -> String {
+        let openid = state::openid_for(appid, name);
         let code = state::new_code(&mut rand::thread_rng());
         let mut inner = self.lock();
         let now = Self::now_ms(&inner);
@@ -527,6 +573,7 @@ impl Shared {
             PhoneGrant {
                 phone: phone.to_string(),
                 country: country.to_string(),
+                appid: appid.to_string(),
                 openid,
             },
             now,
@@ -584,7 +631,46 @@ impl Shared {
             inner.oauth_codes = CodeStore::new(CODE_TTL_MS);
             inner.user_tokens = UserTokens::default();
             inner.tokens = TokenStore::new(self.cfg.token_overlap);
+            inner.app_tokens.clear();
         }
+    }
+
+    /// The access tokens of mini-program `appid` (the main one or one of
+    /// [`MockConfig::mini_programs`]; `check_app` has vouched for it).
+    fn tokens_of<'i>(&self, inner: &'i mut Inner, appid: &str) -> &'i mut TokenStore {
+        if appid == self.cfg.appid {
+            &mut inner.tokens
+        } else {
+            let overlap = self.cfg.token_overlap;
+            inner
+                .app_tokens
+                .entry(appid.to_string())
+                .or_insert_with(|| TokenStore::new(overlap))
+        }
+    }
+
+    /// The mini-program (main or other) whose access token `token` is, and how it checks.
+    fn mini_program_token(
+        inner: &Inner,
+        main: &str,
+        token: &str,
+        now: u64,
+    ) -> (TokenCheck, Option<String>) {
+        let mut seen = TokenCheck::Invalid;
+        let stores = std::iter::once((main, &inner.tokens)).chain(
+            inner
+                .app_tokens
+                .iter()
+                .map(|(appid, store)| (appid.as_str(), store)),
+        );
+        for (appid, store) in stores {
+            match store.check(token, now) {
+                TokenCheck::Valid => return (TokenCheck::Valid, Some(appid.to_string())),
+                TokenCheck::Expired => seen = TokenCheck::Expired,
+                TokenCheck::Invalid => {}
+            }
+        }
+        (seen, None)
     }
 
     /// Counts a call of `route` and takes the fault queued for it, if any.
@@ -612,19 +698,29 @@ impl Shared {
         appid: Option<&str>,
         secret: Option<&str>,
     ) -> Option<Response> {
-        if appid != Some(self.cfg.appid.as_str()) {
-            return Some(self.error(route, 40013, "invalid appid"));
+        let known = std::iter::once((&self.cfg.appid, &self.cfg.secret))
+            .chain(
+                self.cfg
+                    .mini_programs
+                    .iter()
+                    .map(|app| (&app.appid, &app.secret)),
+            )
+            .find(|(known, _)| Some(known.as_str()) == appid);
+        match known {
+            None => Some(self.error(route, 40013, "invalid appid")),
+            Some((_, known)) if secret != Some(known.as_str()) => {
+                Some(self.error(route, 40125, "invalid appsecret"))
+            }
+            Some(_) => None,
         }
-        if secret != Some(self.cfg.secret.as_str()) {
-            return Some(self.error(route, 40125, "invalid appsecret"));
-        }
-        None
     }
 
     fn check_token(&self, route: &str, token: Option<&str>) -> Option<Response> {
         let inner = self.lock();
         let now = Self::now_ms(&inner);
-        let check = token.map_or(TokenCheck::Invalid, |t| inner.tokens.check(t, now));
+        let check = token.map_or(TokenCheck::Invalid, |t| {
+            Self::mini_program_token(&inner, &self.cfg.appid, t, now).0
+        });
         drop(inner);
         match check {
             TokenCheck::Valid => None,
@@ -645,6 +741,13 @@ impl Shared {
         let known = |check: TokenCheck| !matches!(check, TokenCheck::Invalid);
         if known(inner.tokens.check(token, now)) {
             return Some(self.cfg.appid.clone());
+        }
+        if let Some((appid, _)) = inner
+            .app_tokens
+            .iter()
+            .find(|(_, tokens)| known(tokens.check(token, now)))
+        {
+            return Some(appid.clone());
         }
         inner
             .plugin_tokens
@@ -1017,10 +1120,14 @@ impl Shared {
         let user = redeemed
             .as_ref()
             .ok()
-            .and_then(|(openid, _)| inner.users.get(openid).cloned());
+            .and_then(|(_, openid, _)| inner.users.get(openid).cloned());
         drop(inner);
         match (redeemed, user) {
-            (Ok((openid, session_key)), Some(user)) => {
+            // Another mini-program's code: invalid with these credentials (and spent).
+            (Ok((of, _, _)), _) if Some(of.as_str()) != param(q, "appid") => {
+                self.error(R, 40029, "invalid code")
+            }
+            (Ok((_, openid, session_key)), Some(user)) => {
                 let mut body = json!({"session_key": session_key, "openid": openid});
                 if self.cfg.unionid {
                     body["unionid"] = Value::String(user.unionid);
@@ -1070,7 +1177,7 @@ impl Shared {
                 .plugin_tokens
                 .entry(plugin.appid.clone())
                 .or_insert_with(|| TokenStore::new(overlap)),
-            None => &mut inner.tokens,
+            None => self.tokens_of(&mut inner, req.appid.as_deref().unwrap_or("")),
         };
         let (token, expires_in) = tokens.stable(fresh, req.force_refresh, now);
         drop(inner);
@@ -1088,7 +1195,10 @@ impl Shared {
         let token = state::new_access_token(&mut rand::thread_rng());
         let mut inner = self.lock();
         let now = Self::now_ms(&inner);
-        let expires_in = inner.tokens.issue_plain(token.clone(), now);
+        let appid = param(q, "appid").unwrap_or("");
+        let expires_in = self
+            .tokens_of(&mut inner, appid)
+            .issue_plain(token.clone(), now);
         drop(inner);
         self.ok(R, json!({"access_token": token, "expires_in": expires_in}))
     }
@@ -1112,6 +1222,10 @@ impl Shared {
         let Ok(grant) = grant else {
             return self.error(R, 40029, "invalid code");
         };
+        // Another mini-program's code (its token is not this app's): invalid, and spent.
+        if self.token_app(param(q, "access_token")).as_deref() != Some(grant.appid.as_str()) {
+            return self.error(R, 40029, "invalid code");
+        }
         // The optional `openid` binds the code to the caller: WeChat checks the binding and
         // refuses a code issued to another user as an invalid code (the code is spent).
         if let Some(openid) = req.get("openid") {
@@ -1135,7 +1249,7 @@ impl Shared {
                     // A number, as in the API page's example answer (its table says
                     // string: the issuer reads both).
                     "countryCode": grant.country.parse::<u64>().map_or_else(|_| json!(grant.country), |n| json!(n)),
-                    "watermark": {"timestamp": now / 1000, "appid": self.cfg.appid},
+                    "watermark": {"timestamp": now / 1000, "appid": grant.appid},
                 }
             }),
         )
@@ -1480,7 +1594,8 @@ fn control(
         ("GET", "/healthz") => respond(200, "text/plain", "ok"),
         ("GET", "/mock/login") => match param(q, "user").filter(|u| !u.is_empty()) {
             Some(user) => {
-                let login = shared.login(user);
+                let appid = param(q, "appid").unwrap_or(&shared.cfg.appid);
+                let login = shared.login(appid, user);
                 serve::json(200, &json!({"code": login.code, "openid": login.openid}))
             }
             None => bad_request("missing ?user=NAME"),
@@ -1507,7 +1622,8 @@ fn control(
             let country = param(q, "country").unwrap_or("86");
             match (user, phone) {
                 (Some(user), Some(phone)) => {
-                    let code = shared.phone_code(user, phone, country);
+                    let appid = param(q, "appid").unwrap_or(&shared.cfg.appid);
+                    let code = shared.phone_code(appid, user, phone, country);
                     serve::json(200, &json!({"code": code}))
                 }
                 _ => bad_request("need ?user=NAME&phone=DIGITS[&country=86]"),

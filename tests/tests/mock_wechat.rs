@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
 use serde_json::{json, Value};
-use weauth_tests::mock_wechat::{Fault, MockConfig, MockWechat};
+use weauth_tests::mock_wechat::{Fault, MockConfig, MockMiniProgram, MockWechat};
 
 const APPID: &str = "wx0123456789abcdef";
 const SECRET: &str = "mock-secret";
@@ -282,9 +282,59 @@ async fn getuserphonenumber_single_use_with_watermark() {
     let v = phone(&mock, &client, &token, &code).await;
     assert_eq!(v["phone_info"]["purePhoneNumber"], "13800138000");
     assert_eq!(v["phone_info"]["phoneNumber"], "13800138000");
-    assert_eq!(v["phone_info"]["countryCode"], "86");
+    // A number, as in the API page's example answer.
+    assert_eq!(v["phone_info"]["countryCode"], 86);
     assert_eq!(v["phone_info"]["watermark"]["appid"], APPID);
     assert_errcode(&phone(&mock, &client, &token, &code).await, 40029);
+}
+
+/// Two mini-programs: each its own credentials, codes, openids and tokens; another app's code
+/// is invalid (40029), the unionid is one.
+#[tokio::test]
+async fn several_mini_programs_each_their_own_codes_and_tokens() {
+    let second = MockMiniProgram::second();
+    let cfg = MockConfig {
+        unionid: true,
+        mini_programs: vec![second.clone()],
+        ..MockConfig::default()
+    };
+    let (mock, client) = start(cfg).await;
+    let exchange = |appid: String, secret: String, code: String| {
+        let url = format!(
+            "{}/sns/jscode2session?appid={appid}&secret={secret}&js_code={code}&grant_type=authorization_code",
+            mock.base_url()
+        );
+        let client = client.clone();
+        async move {
+            let body = client.get(url).send().await.unwrap().text().await.unwrap();
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+    let main = mock.login("ann");
+    let other = mock.login_to(&second.appid, "ann");
+    assert_ne!(main.openid, other.openid);
+    let a = exchange(APPID.into(), "mock-secret".into(), main.code).await;
+    let b = exchange(second.appid.clone(), second.secret.clone(), other.code).await;
+    assert_eq!(a["openid"], main.openid.as_str());
+    assert_eq!(b["openid"], other.openid.as_str());
+    assert_eq!(a["unionid"], b["unionid"]);
+    let crossed = mock.login("ann").code;
+    let answer = exchange(second.appid.clone(), second.secret.clone(), crossed).await;
+    assert_errcode(&answer, 40029);
+    let wrong = exchange(
+        second.appid.clone(),
+        "mock-secret".into(),
+        mock.login("ann").code,
+    )
+    .await;
+    assert_errcode(&wrong, 40125);
+    // A phone code is redeemed only with its own app's token.
+    let main_token = stable_token(&mock, &client, false).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let code = mock.phone_code_for(&second.appid, "ann", "13800138001");
+    assert_errcode(&phone(&mock, &client, &main_token, &code).await, 40029);
 }
 
 #[tokio::test]
