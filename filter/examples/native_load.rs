@@ -3,7 +3,8 @@
 //!
 //! It drives [`weauth_filter::native::Fetcher`] as Envoy's main thread does — the first poll,
 //! then each answer the bench's driver feed would send (`since=0` → a first page of 50 000
-//! `jti` entries with 22-character values, `full: true`, then deltas of 50 000), each body
+//! `jti` entries with 22-character values, `full: true`, then deltas of 50 000, and an empty
+//! one after a last page that is full: the set is published at the first short answer), each body
 //! handed over in 16 KiB pieces as the ABI glue does — and counts the allocator's live bytes
 //! through a wrapping global allocator. It prints, per answer and at the end: the set's own
 //! size (`heap_bytes`), the live bytes after the answer (what the set and the fetcher keep),
@@ -81,6 +82,7 @@ fn mib(bytes: usize) -> f64 {
 /// The driver feed's answer for entries `from..=to`, as JSON.
 fn body(from: u64, to: u64, full: bool, state: &mut u64) -> Vec<u8> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    // `from > to`: no entries, at seq `to`.
     let mut out = format!(r#"{{"seq":{to},"full":{full},"now":1700000000,"entries":["#);
     for seq in from..=to {
         let mut value = String::with_capacity(22);
@@ -114,6 +116,11 @@ fn main() {
         let to = (from + PAGE - 1).min(entries);
         bodies.push(body(from, to, from == 1, &mut state));
         from = to + 1;
+    }
+    // The fetcher publishes a set once an answer is shorter than a page: after a last page
+    // that is full, the issuer's next answer (asked with `wait=0`) is an empty one.
+    if entries % PAGE == 0 {
+        bodies.push(body(entries + 1, entries, entries == 0, &mut state));
     }
     let json_bytes: usize = bodies.iter().map(Vec::len).sum();
     let config = Config::parse(
@@ -173,8 +180,6 @@ fn main() {
             mib(PEAK.load(Ordering::Relaxed) - start_live),
         );
     }
-    // The poll after the last page is held: the tick publishes what was loaded.
-    fetcher.tick(&shared, &mut calls, &Quiet, NOW_MS + 1_000);
     let elapsed = started.elapsed();
     let set = shared.revocation();
     println!(
