@@ -119,7 +119,7 @@ fn main() {
     }
     // The fetcher publishes a set once an answer is shorter than a page: after a last page
     // that is full, the issuer's next answer (asked with `wait=0`) is an empty one.
-    if entries % PAGE == 0 {
+    if entries.is_multiple_of(PAGE) {
         bodies.push(body(entries + 1, entries, entries == 0, &mut state));
     }
     let json_bytes: usize = bodies.iter().map(Vec::len).sum();
