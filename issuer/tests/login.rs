@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{payload, Stack, APPID};
@@ -606,6 +608,20 @@ fn risk_out_of_range_refused_at_start_naming_app_and_field() {
     );
 }
 
+/// The issuer's environment with an apps file in `dir` instead of the one mini-program's
+/// variables: that mini-program, then `other`.
+fn with_apps_file(dir: &Path, env: &mut HashMap<String, String>, other: serde_json::Value) {
+    let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
+    let appid = env.remove("WEAUTH_WECHAT_APPID").unwrap();
+    let apps = json!({"apps": [
+        {"appid": appid, "secret": secret, "kind": "miniprogram"},
+        other,
+    ]});
+    let path = dir.join("apps.json");
+    std::fs::write(&path, apps.to_string()).unwrap();
+    env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_login_exchanges_a_plugin_code_for_an_openpid_user_of_its_own() {
     let plugin = MockPlugin::test_plugin();
@@ -617,15 +633,8 @@ async fn plugin_login_exchanges_a_plugin_code_for_an_openpid_user_of_its_own() {
     let stack = Stack::process_prepared(
         cfg,
         move |_, dir, env| {
-            let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
-            let appid = env.remove("WEAUTH_WECHAT_APPID").unwrap();
-            let apps = json!({"apps": [
-                {"appid": appid, "secret": secret, "kind": "miniprogram"},
-                {"appid": plugin_appid, "secret": plugin_secret, "kind": "plugin"},
-            ]});
-            let path = dir.join("apps.json");
-            std::fs::write(&path, apps.to_string()).unwrap();
-            env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+            let plugin = json!({"appid": plugin_appid, "secret": plugin_secret, "kind": "plugin"});
+            with_apps_file(dir, env, plugin);
             env.insert("WEAUTH_WECHAT_RETRIES".into(), "0".into());
         },
         &[],
@@ -706,15 +715,9 @@ async fn two_mini_programs_one_person_each_with_its_own_codes_and_tokens() {
     let stack = Stack::start_prepared(
         cfg,
         move |_, dir, env| {
-            let secret = env.remove("WEAUTH_WECHAT_SECRET").unwrap();
-            let appid = env.remove("WEAUTH_WECHAT_APPID").unwrap();
-            let apps = json!({"apps": [
-                {"appid": appid, "secret": secret, "kind": "miniprogram"},
-                {"appid": second_appid, "secret": second_secret, "kind": "miniprogram"},
-            ]});
-            let path = dir.join("apps.json");
-            std::fs::write(&path, apps.to_string()).unwrap();
-            env.insert("WEAUTH_APPS_FILE".into(), path.display().to_string());
+            let app =
+                json!({"appid": second_appid, "secret": second_secret, "kind": "miniprogram"});
+            with_apps_file(dir, env, app);
         },
         &[],
     )

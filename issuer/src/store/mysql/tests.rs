@@ -423,6 +423,41 @@ async fn mysql_purge_goes_through_every_batch() {
     assert_eq!(left, 1, "the live token alone is left");
 }
 
+/// Two revocations, then the database made the copy that lost the second (its seq set back to
+/// the first's, the second's row gone) and, with `another_server`, last written by another
+/// server than this one.
+async fn two_revocations_then_a_copy_without_the_second(
+    store: &MysqlStore,
+    another_server: bool,
+) -> (Entry, Entry) {
+    let mut entries = Vec::new();
+    for jti in ["a", "b"] {
+        let entry = store
+            .revoke(&Revoke::Jti(jti.into()), 10, 20)
+            .await
+            .unwrap();
+        entries.push(entry);
+    }
+    let (a, b) = (entries[0].clone(), entries[1].clone());
+    assert_eq!(b.seq, a.seq + 1, "one server: no move");
+    sqlx::query(
+        "UPDATE counters SET value = CASE name WHEN 'revocation_seq' THEN ? \
+         ELSE CAST(@@server_id AS SIGNED) + ? END \
+         WHERE name IN ('revocation_seq', 'revocation_server')",
+    )
+    .bind(ops::to_i64(a.seq))
+    .bind(i64::from(another_server))
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM revocations WHERE seq > ?")
+        .bind(ops::to_i64(a.seq))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    (a, b)
+}
+
 /// A backup restored with the issuers stopped lacks the last revocations, whose seqs a sidecar
 /// may hold as its `since`: the start after it moves the seq past them, so the next
 /// revocation is not given one of those seqs (a sidecar past it would never ask for it).
@@ -430,25 +465,7 @@ async fn mysql_purge_goes_through_every_batch() {
 async fn mysql_start_after_a_restored_backup_hands_out_no_seq_a_sidecar_holds() {
     let db = TestDb::new().await;
     let store = MysqlStore::connect(&db.options()).await.unwrap();
-    let a = store
-        .revoke(&Revoke::Jti("a".into()), 10, 20)
-        .await
-        .unwrap();
-    let b = store
-        .revoke(&Revoke::Jti("b".into()), 10, 20)
-        .await
-        .unwrap();
-    // The backup, taken before b.
-    sqlx::query("UPDATE counters SET value = ? WHERE name = 'revocation_seq'")
-        .bind(ops::to_i64(a.seq))
-        .execute(&store.pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM revocations WHERE seq > ?")
-        .bind(ops::to_i64(a.seq))
-        .execute(&store.pool)
-        .await
-        .unwrap();
+    let (a, b) = two_revocations_then_a_copy_without_the_second(&store, false).await;
     drop(store);
     let store = MysqlStore::connect(&db.options()).await.unwrap();
     let from = store.move_seq_past_possible_loss().await.unwrap();
@@ -468,30 +485,8 @@ async fn mysql_start_after_a_restored_backup_hands_out_no_seq_a_sidecar_holds() 
 async fn mysql_first_revocation_on_another_server_moves_the_seq_past_a_lost_one() {
     let db = TestDb::new().await;
     let store = MysqlStore::connect(&db.options()).await.unwrap();
-    let a = store
-        .revoke(&Revoke::Jti("a".into()), 10, 20)
-        .await
-        .unwrap();
-    let b = store
-        .revoke(&Revoke::Jti("b".into()), 10, 20)
-        .await
-        .unwrap();
-    assert_eq!(b.seq, a.seq + 1, "one server: no move");
     // The copy the new primary had: without b, and written last by another server.
-    sqlx::query(
-        "UPDATE counters SET value = CASE name WHEN 'revocation_seq' THEN ? \
-         ELSE CAST(@@server_id AS SIGNED) + 1 END \
-         WHERE name IN ('revocation_seq', 'revocation_server')",
-    )
-    .bind(ops::to_i64(a.seq))
-    .execute(&store.pool)
-    .await
-    .unwrap();
-    sqlx::query("DELETE FROM revocations WHERE seq > ?")
-        .bind(ops::to_i64(a.seq))
-        .execute(&store.pool)
-        .await
-        .unwrap();
+    let (a, b) = two_revocations_then_a_copy_without_the_second(&store, true).await;
     let c = store
         .revoke(&Revoke::Jti("c".into()), 10, 20)
         .await
