@@ -291,6 +291,10 @@ impl MockWechat {
     /// Like [`MockWechat::login`] in mini-program `appid` (the main one or one of
     /// [`MockConfig::mini_programs`]): the code is that app's, the openid the user's in it.
     pub fn login_to(&self, appid: &str, user: &str) -> MockLogin {
+        assert!(
+            self.shared.is_mini_program(appid),
+            "{appid} is none of the mock's mini-programs"
+        );
         self.shared.login(appid, user)
     }
 
@@ -320,6 +324,10 @@ impl MockWechat {
     /// Like [`MockWechat::phone_code`] in mini-program `appid`: redeemed only with that app's
     /// access token.
     pub fn phone_code_for(&self, appid: &str, user: &str, phone: &str) -> String {
+        assert!(
+            self.shared.is_mini_program(appid),
+            "{appid} is none of the mock's mini-programs"
+        );
         self.shared.phone_code(appid, user, phone, "86")
     }
 
@@ -633,6 +641,11 @@ impl Shared {
             inner.tokens = TokenStore::new(self.cfg.token_overlap);
             inner.app_tokens.clear();
         }
+    }
+
+    /// Whether `appid` is one of the mock's mini-programs.
+    fn is_mini_program(&self, appid: &str) -> bool {
+        appid == self.cfg.appid || self.cfg.mini_programs.iter().any(|app| app.appid == appid)
     }
 
     /// The access tokens of mini-program `appid` (the main one or one of
@@ -1337,10 +1350,17 @@ impl Shared {
         if !matches!(scene.as_u64(), Some(0 | 1)) {
             return self.error(R, 40129, "invalid scene");
         }
-        if appid != self.cfg.appid {
+        // The appid must be the token's app, and the openid a user of it.
+        let token_app = self.token_app(param(q, "access_token"));
+        let inner = self.lock();
+        let of_app = inner
+            .users
+            .get(openid)
+            .is_some_and(|user| state::openid_for(appid, &user.name) == openid);
+        if token_app.as_deref() != Some(appid) || (inner.users.contains_key(openid) && !of_app) {
+            drop(inner);
             return self.error(R, 43104, "appid not match openid");
         }
-        let inner = self.lock();
         if !inner.users.contains_key(openid) {
             // WeChat only ranks users who used the mini-program in the last two hours.
             drop(inner);
@@ -1393,7 +1413,16 @@ impl Shared {
         if param(q, "sig_method") != Some("hmac_sha256") {
             return self.error(R, 87009, "invalid signature method");
         }
-        let key = param(q, "openid").and_then(|o| self.lock().session_keys.get(o).cloned());
+        // The session_key of the openid, a user of the token's app (another app's user has
+        // none there).
+        let token_app = self.token_app(param(q, "access_token")).unwrap_or_default();
+        let key = param(q, "openid").and_then(|openid| {
+            let inner = self.lock();
+            let user = inner.users.get(openid)?;
+            (state::openid_for(&token_app, &user.name) == openid)
+                .then(|| inner.session_keys.get(openid).cloned())
+                .flatten()
+        });
         let good = key.is_some_and(|k| {
             Some(weauth_wxdata::checksession_signature(&k).as_str()) == param(q, "signature")
         });
@@ -1595,6 +1624,9 @@ fn control(
         ("GET", "/mock/login") => match param(q, "user").filter(|u| !u.is_empty()) {
             Some(user) => {
                 let appid = param(q, "appid").unwrap_or(&shared.cfg.appid);
+                if !shared.is_mini_program(appid) {
+                    return bad_request("appid is none of the mock's mini-programs");
+                }
                 let login = shared.login(appid, user);
                 serve::json(200, &json!({"code": login.code, "openid": login.openid}))
             }
@@ -1623,6 +1655,9 @@ fn control(
             match (user, phone) {
                 (Some(user), Some(phone)) => {
                     let appid = param(q, "appid").unwrap_or(&shared.cfg.appid);
+                    if !shared.is_mini_program(appid) {
+                        return bad_request("appid is none of the mock's mini-programs");
+                    }
                     let code = shared.phone_code(appid, user, phone, country);
                     serve::json(200, &json!({"code": code}))
                 }

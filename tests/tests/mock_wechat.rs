@@ -335,6 +335,32 @@ async fn several_mini_programs_each_their_own_codes_and_tokens() {
         .to_string();
     let code = mock.phone_code_for(&second.appid, "ann", "13800138001");
     assert_errcode(&phone(&mock, &client, &main_token, &code).await, 40029);
+    // The risk rank of a user of the second app: with that app's token and appid only.
+    let body =
+        json!({"grant_type": "client_credential", "appid": second.appid, "secret": second.secret});
+    let second_token = client
+        .post(format!("{}/cgi-bin/stable_token", mock.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(second_token, main_token, "an access token per app");
+    let risk = |token: String, appid: String| {
+        let body =
+            json!({"appid": appid, "openid": other.openid, "scene": 0, "client_ip": "203.0.113.9"});
+        let (mock, client) = (&mock, &client);
+        async move { api_post(mock, client, "/wxa/getuserriskrank", &token, body).await }
+    };
+    let ranked = risk(second_token.clone(), second.appid.clone()).await;
+    assert_eq!(ranked["errcode"], 0, "{ranked}");
+    assert_errcode(&risk(main_token.clone(), APPID.into()).await, 43104);
+    assert_errcode(&risk(main_token, second.appid.clone()).await, 43104);
 }
 
 #[tokio::test]

@@ -222,8 +222,9 @@ impl SqliteStore {
         let mut conn = conn;
         migrate(&mut conn).map_err(fail)?;
         // The feed's sequence starts at 1, not 0: `since=0` always means "send the full set",
-        // so a consumer of a store that never revoked anything gets `seq: 1` and can long-poll
-        // with `since=1` from its first answer on, instead of polling.
+        // so a consumer of a store that never revoked anything gets a `seq` of 1 or more (the
+        // issuer's start moves it on: `move_seq_past_possible_loss`) and can long-poll with
+        // it from its first answer on, instead of polling.
         conn.execute(
             "INSERT INTO sqlite_sequence (name, seq) SELECT 'revocations', 1 \
              WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'revocations')",
