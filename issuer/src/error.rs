@@ -13,7 +13,8 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTIC
 use hyper::{Response, StatusCode};
 
 use crate::store::StoreError;
-use crate::wechat::WechatError;
+use crate::wechat::access_token::TokenError;
+use crate::wechat::{UnknownApp, WechatError};
 
 /// A failure answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -288,7 +289,7 @@ impl From<WechatError> for ApiError {
             WechatError::Busy | WechatError::Timeout => {
                 ApiError::Unavailable("WeChat is busy or not answering; retry shortly".into())
             }
-            cause @ WechatError::ApiSecurity(crate::wechat::apisec::ApiSecError::Refused {
+            cause @ WechatError::ApiSecurity(crate::apisec::ApiSecError::Refused {
                 ..
             }) => ApiError::Upstream {
                 description:
@@ -348,6 +349,49 @@ impl From<StoreError> for ApiError {
         } else {
             ApiError::Internal(err.to_string())
         }
+    }
+}
+
+/// No app access token: WeChat's token endpoint down or busy → 503 `temporarily_unavailable`
+/// (with `Retry-After`); WeChat refusing the request — the appid/secret, the issuer's IP not
+/// in the app's whitelist (40164), the daily quota spent (45009) — → 502 `upstream_error`,
+/// which retrying in a second does not mend; WeChat's rate limit (45011) → 429 with
+/// `Retry-After: 60`; a store or sealing failure → as any store failure. The client is told the errcode only: WeChat's `errmsg` can carry the issuer's own
+/// address (40164), and is in the issuer's log.
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::Fetch(WechatError::Misconfigured { .. }) => ApiError::BadGateway(
+                "WeChat refused the issuer's appid/secret for an access token".into(),
+            ),
+            // 45011: WeChat limits the issuer's token requests ("retry next minute").
+            TokenError::Fetch(WechatError::RateLimited) => ApiError::RateLimited {
+                retry_after: 60,
+                description: "WeChat is rate-limiting the issuer's access token requests; retry in a minute"
+                    .into(),
+            },
+            TokenError::Fetch(inner) if inner.is_retryable() => ApiError::Unavailable(format!(
+                "cannot get a WeChat access token (WeChat: {}); retry shortly",
+                inner.metric_label()
+            )),
+            TokenError::Fetch(inner) => ApiError::BadGateway(format!(
+                "WeChat refused the issuer's access token request (WeChat: {}); see the issuer's log",
+                inner.metric_label()
+            )),
+            TokenError::LeaseTimeout => ApiError::Unavailable(
+                "the WeChat access token is being refreshed by another replica; retry shortly"
+                    .into(),
+            ),
+            TokenError::Store(store) => store.into(),
+            TokenError::Seal(seal) => ApiError::Internal(seal.to_string()),
+        }
+    }
+}
+
+/// An appid that is not a configured mini-program → 400 `invalid_request`.
+impl From<UnknownApp> for ApiError {
+    fn from(err: UnknownApp) -> Self {
+        ApiError::InvalidRequest(err.to_string())
     }
 }
 
@@ -436,7 +480,7 @@ mod tests {
 
     #[test]
     fn wechat_api_security_failures_map_to_502_not_retried() {
-        use crate::wechat::apisec::ApiSecError;
+        use crate::apisec::ApiSecError;
         for err in [
             ApiSecError::BadSignature,
             ApiSecError::WrongSerial {

@@ -2,11 +2,11 @@
 //! plugins) exchanged for short-lived EdDSA access tokens (JWT) and rotating refresh tokens,
 //! and the revocation feed the edge filter follows.
 //!
-//! Layout, imports one way (a folder imports only from the ones listed before it; the tool
-//! `check_layers.py` finds no cycle and no wall-clock read outside `clock`):
-//! - `clock`, `secrets`, `error`: leaves — the one wall clock (system or manual), the data key
-//!   and hashing helpers, and the one service-error type ([`error::ApiError`]) with its HTTP
-//!   mapping;
+//! Layout, imports one way (a folder imports only from the ones listed before it, or its own:
+//! `issuer/tests/layers.rs` checks it; the wall clock is read in `clock` only):
+//! - `clock`, `secrets`, `apisec`: leaves — the one wall clock (system or manual), the data
+//!   key and hashing helpers, WeChat's server API security (pure: its keys, the encryption and
+//!   signing of calls and the checks of answers; the apps file reads its keys);
 //! - `config/`: the variable table, parsing and validation (`config::VARIABLES` also makes
 //!   `--help` and `docs/CONFIGURATION.md`), and the apps file (`config::apps`);
 //! - `domain/`: pure rules, time as an argument — refresh verdicts and user linking
@@ -17,9 +17,11 @@
 //! - `store/`: the `Store` trait and its records (semantics fixed by `store::contract`), the
 //!   SQLite, Redis and MySQL backends, and what replicas share besides records (`store::shared`:
 //!   the rate limiters, revocation announcements, health checks);
-//! - `wechat/`: the mini-program client (`wechat`), web OAuth2 (`wechat::web`), the server
-//!   API security (`wechat::apisec`) and the app access token shared by replicas
-//!   (`wechat::access_token`);
+//! - `wechat/`: the mini-program client (`wechat`), web OAuth2 (`wechat::web`), the calls
+//!   made with API security (`apisec` re-exported as `wechat::apisec`) and the app access
+//!   token shared by replicas (`wechat::access_token`);
+//! - `error`: the one service-error type ([`error::ApiError`]) with its HTTP mapping, and the
+//!   conversions of the lower layers' errors into it (the store's, WeChat's, the app token's);
 //! - `feed/`: the revocation feed's replica copy and long-poll pacing, and its reads;
 //! - `service/`: the use cases, each a struct holding only what it uses (none sees `App`) —
 //!   login, sessions and refresh (`sessions`), the login-method boundary (`identity`: every
@@ -31,6 +33,7 @@
 //! - `server` (the accept loop and graceful shutdown) and `cli` (`weauth-issuer keys ...`).
 
 pub mod api;
+pub mod apisec;
 pub mod app;
 pub mod cli;
 pub mod clock;

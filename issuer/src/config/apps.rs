@@ -30,7 +30,7 @@
 //! - a `miniprogram` or `plugin` may carry `"api_security"`: the keys of WeChat's server API
 //!   security (服务端API安全鉴权, the console's "API security" page). With them, the calls that
 //!   support it are sent encrypted and signed and their answers verified
-//!   ([`crate::wechat::apisec`]). Each key comes from a file (`*_file`) or an environment
+//!   ([`crate::apisec`]). Each key comes from a file (`*_file`) or an environment
 //!   variable (`*_env`), never inline; each has its number from the console (`*_sn`):
 //!
 //!   ```json
@@ -56,7 +56,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::wechat::apisec::ApiSecurityKeys;
+use crate::apisec::ApiSecurityKeys;
 
 /// What kind of WeChat app an appid is; decides which login routes it may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -445,7 +445,7 @@ fn api_security(
         raw.platform_cert_env.as_deref(),
         sources,
     )?;
-    use crate::wechat::apisec::KeyError;
+    use crate::apisec::KeyError;
     ApiSecurityKeys::from_pem(&sym, sym_sn, &private, private_key_sn, &cert, platform_sn).map_err(
         |err| {
             let origin = match err {

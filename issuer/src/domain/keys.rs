@@ -17,7 +17,17 @@ use weauth_token::{Algorithm, Jwks, KeySet, SigningKey};
 use zeroize::Zeroizing;
 
 use crate::secrets::{DataKey, SecretError};
-use crate::store::KeyRecord;
+
+/// A stored signing key (material sealed with the data key): what the store keeps of the
+/// schedule this module decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub alg: String,
+    pub sealed: Vec<u8>,
+    pub created_at: i64,
+    pub activate_at: i64,
+}
 
 /// Why a key could not be made or read.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use weauth_token::revocation::Entry;
 
 pub use crate::domain::grants::{Ban, Grants};
+pub use crate::domain::keys::KeyRecord;
 pub use crate::domain::rules::RefreshRow;
 
 /// The underlying error of a store failure, kept as the source.
@@ -68,16 +69,6 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Busy(_) | StoreError::Unavailable(_))
     }
-}
-
-/// A stored signing key (material sealed with the data key).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRecord {
-    pub kid: String,
-    pub alg: String,
-    pub sealed: Vec<u8>,
-    pub created_at: i64,
-    pub activate_at: i64,
 }
 
 /// Everything a successful login writes, prepared by the caller.

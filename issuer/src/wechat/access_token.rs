@@ -35,7 +35,6 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
-use crate::error::ApiError;
 use crate::secrets::{self, DataKey, SecretError};
 use crate::store::{CachedToken, Store, StoreError};
 use crate::telemetry::metrics::Metrics;
@@ -62,42 +61,6 @@ pub enum TokenError {
     Seal(#[from] SecretError),
     #[error("another replica is fetching the WeChat access token and has not finished")]
     LeaseTimeout,
-}
-
-/// No app access token: WeChat's token endpoint down or busy → 503 `temporarily_unavailable`
-/// (with `Retry-After`); WeChat refusing the request — the appid/secret, the issuer's IP not
-/// in the app's whitelist (40164), the daily quota spent (45009) — → 502 `upstream_error`,
-/// which retrying in a second does not mend; WeChat's rate limit (45011) → 429 with
-/// `Retry-After: 60`; a store or sealing failure → as any store failure. The client is told the errcode only: WeChat's `errmsg` can carry the issuer's own
-/// address (40164), and is in the issuer's log.
-impl From<TokenError> for ApiError {
-    fn from(err: TokenError) -> Self {
-        match err {
-            TokenError::Fetch(WechatError::Misconfigured { .. }) => ApiError::BadGateway(
-                "WeChat refused the issuer's appid/secret for an access token".into(),
-            ),
-            // 45011: WeChat limits the issuer's token requests ("retry next minute").
-            TokenError::Fetch(WechatError::RateLimited) => ApiError::RateLimited {
-                retry_after: 60,
-                description: "WeChat is rate-limiting the issuer's access token requests; retry in a minute"
-                    .into(),
-            },
-            TokenError::Fetch(inner) if inner.is_retryable() => ApiError::Unavailable(format!(
-                "cannot get a WeChat access token (WeChat: {}); retry shortly",
-                inner.metric_label()
-            )),
-            TokenError::Fetch(inner) => ApiError::BadGateway(format!(
-                "WeChat refused the issuer's access token request (WeChat: {}); see the issuer's log",
-                inner.metric_label()
-            )),
-            TokenError::LeaseTimeout => ApiError::Unavailable(
-                "the WeChat access token is being refreshed by another replica; retry shortly"
-                    .into(),
-            ),
-            TokenError::Store(store) => store.into(),
-            TokenError::Seal(seal) => ApiError::Internal(seal.to_string()),
-        }
-    }
 }
 
 /// Why a WeChat API call with the access token failed.

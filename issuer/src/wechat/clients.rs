@@ -7,7 +7,6 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::apps::AppKind;
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::{HttpWechat, HttpWechatConfig, Wechat};
 
@@ -18,6 +17,11 @@ pub struct WechatClients {
     default: Arc<dyn Wechat>,
     by_appid: HashMap<String, Arc<dyn Wechat>>,
 }
+
+/// An appid that is not a configured mini-program (or plugin).
+#[derive(Debug, thiserror::Error)]
+#[error("appid `{0}` is not a configured mini-program")]
+pub struct UnknownApp(pub String);
 
 impl WechatClients {
     /// A client per mini-program and plugin of the apps file; `given` (a test's double)
@@ -71,11 +75,11 @@ impl WechatClients {
     /// The client of mini-program (or plugin) `appid`.
     ///
     /// # Errors
-    /// 400 `invalid_request` when `appid` is not a configured mini-program.
-    pub fn for_appid(&self, appid: &str) -> Result<&Arc<dyn Wechat>, ApiError> {
-        self.by_appid.get(appid).ok_or_else(|| {
-            ApiError::InvalidRequest(format!("appid `{appid}` is not a configured mini-program"))
-        })
+    /// [`UnknownApp`] (400 `invalid_request`) when `appid` is not a configured mini-program.
+    pub fn for_appid(&self, appid: &str) -> Result<&Arc<dyn Wechat>, UnknownApp> {
+        self.by_appid
+            .get(appid)
+            .ok_or_else(|| UnknownApp(appid.to_string()))
     }
 
     /// The client that fetches `appid`'s app access token: its own, else the default one.

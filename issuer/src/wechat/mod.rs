@@ -16,13 +16,14 @@
 
 pub mod access_token;
 mod answers;
-pub mod apisec;
+/// The API security protocol, a leaf of its own (the apps file reads its keys).
+pub use crate::apisec;
 mod clients;
 mod http;
 pub mod web;
 
 pub use self::answers::*;
-pub use self::clients::WechatClients;
+pub use self::clients::{UnknownApp, WechatClients};
 pub use self::http::*;
 
 use std::future::Future;
