@@ -328,8 +328,8 @@ pub struct Config {
     /// `WEAUTH_SHUTDOWN_GRACE`, default `10s`: drain deadline on SIGTERM/Ctrl-C.
     pub shutdown_grace: Duration,
     /// `WEAUTH_DECRYPT_MAX_AGE`, default unset (`off`): when set (e.g. `10m`), `POST
-    /// /v1/me/decrypt` refuses data whose `watermark.timestamp` is older than this (400
-    /// `invalid_request`, `error_code` `watermark_expired`). Off by default because WeChat's
+    /// /v1/me/decrypt` refuses data whose `watermark.timestamp` is older than this (400,
+    /// `"error": "watermark_expired"`). Off by default because WeChat's
     /// timestamp is when the data was produced, and clients may legitimately cache it.
     pub decrypt_max_age: Option<Duration>,
 }

@@ -150,7 +150,7 @@ const HELP: [(&str, &str, &str); 16] = [
     (
         "weauth_wechat_token_refreshes_total",
         "counter",
-        "WeChat app access token fetches by this replica, by outcome (ok, forced, failed, failed_kept_old).",
+        "WeChat app access token fetches by this replica, by outcome (ok, forced, force_withheld, failed, failed_kept_old).",
     ),
     (
         "weauth_wechat_token_invalidations_total",
