@@ -476,9 +476,19 @@ fn wait_port_blocking(port: u16, log: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// `cluster-node-timeout` of a cluster whose tests fail a node over: a failover within
+/// about two seconds of a kill.
+const FAILOVER_NODE_TIMEOUT_MS: u64 = 1000;
+
+/// `cluster-node-timeout` of the cluster a test binary shares ([`RedisCluster::shared`]),
+/// whose tests never fail a node over: at 1 s, a node starved of the CPU for a second on a
+/// loaded machine was marked failed by the others, and every command answered `ClusterDown`
+/// until it came back (a contract test failed so, once, in a full run as a normal user).
+const SHARED_NODE_TIMEOUT_MS: u64 = 5000;
+
 /// A real Redis Cluster: 6 `redis-server`s on free loopback ports (3 primaries, 3 replicas),
 /// each with its own data directory, AOF with `appendfsync always`, `cluster-node-timeout
-/// 1000`, formed with `redis-cli --cluster create`. Blocking (std processes and sleeps), so
+/// 1000` (5000 for the shared one), formed with `redis-cli --cluster create`. Blocking (std processes and sleeps), so
 /// one can be shared by every test of a binary ([`RedisCluster::shared`]); nodes are killed
 /// when it is dropped or the test process ends.
 pub struct RedisCluster {
@@ -494,8 +504,13 @@ impl RedisCluster {
     /// A node did not start, `redis-cli --cluster create` failed, or the cluster was not ready
     /// within 30 s.
     pub fn start() -> Result<RedisCluster, ServerError> {
+        RedisCluster::start_with_node_timeout(FAILOVER_NODE_TIMEOUT_MS)
+    }
+
+    /// As [`RedisCluster::start`], with `cluster-node-timeout` `node_timeout_ms`.
+    fn start_with_node_timeout(node_timeout_ms: u64) -> Result<RedisCluster, ServerError> {
         let temp = temp_dir("weauth-redis-cluster").map_err(|e| io_err("creating temp dir", e))?;
-        let mut cluster = RedisCluster::start_in(temp.path())?;
+        let mut cluster = RedisCluster::start_nodes(temp.path(), node_timeout_ms)?;
         cluster._temp = Some(temp);
         Ok(cluster)
     }
@@ -505,6 +520,10 @@ impl RedisCluster {
     /// # Errors
     /// As [`RedisCluster::start`].
     pub fn start_in(root: &Path) -> Result<RedisCluster, ServerError> {
+        RedisCluster::start_nodes(root, FAILOVER_NODE_TIMEOUT_MS)
+    }
+
+    fn start_nodes(root: &Path, node_timeout_ms: u64) -> Result<RedisCluster, ServerError> {
         let mut nodes = Vec::new();
         for i in 0..6 {
             let dir = root.join(format!("node{i}"));
@@ -528,7 +547,7 @@ impl RedisCluster {
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
-                "1000",
+                &node_timeout_ms.to_string(),
                 "--appendonly",
                 "yes",
                 "--appendfsync",
@@ -591,7 +610,10 @@ impl RedisCluster {
     pub fn shared() -> &'static RedisCluster {
         use std::sync::OnceLock;
         static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
-        match SHARED.get_or_init(|| RedisCluster::start().map_err(|e| e.to_string())) {
+        let start = || {
+            RedisCluster::start_with_node_timeout(SHARED_NODE_TIMEOUT_MS).map_err(|e| e.to_string())
+        };
+        match SHARED.get_or_init(start) {
             Ok(cluster) => cluster,
             Err(err) => panic!("starting the shared Redis Cluster: {err}"),
         }
