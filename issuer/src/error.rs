@@ -13,7 +13,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTIC
 use hyper::{Response, StatusCode};
 
 use crate::store::StoreError;
-use crate::wechat::access_token::TokenError;
+use crate::wechat::access_token::{CallError, TokenError};
 use crate::wechat::{UnknownApp, WechatError};
 
 /// A failure answered to the client.
@@ -384,6 +384,16 @@ impl From<TokenError> for ApiError {
             ),
             TokenError::Store(store) => store.into(),
             TokenError::Seal(seal) => ApiError::Internal(seal.to_string()),
+        }
+    }
+}
+
+/// A call made with the app access token: the token's failure, or the API's.
+impl From<CallError> for ApiError {
+    fn from(err: CallError) -> Self {
+        match err {
+            CallError::Token(token) => token.into(),
+            CallError::Api(api) => api.into(),
         }
     }
 }

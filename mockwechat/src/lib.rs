@@ -643,9 +643,31 @@ impl Shared {
         }
     }
 
+    /// The secret of mini-program `appid` (the main one or one of
+    /// [`MockConfig::mini_programs`]), if the mock has it.
+    fn mini_program_secret(&self, appid: &str) -> Option<&str> {
+        std::iter::once((&self.cfg.appid, &self.cfg.secret))
+            .chain(
+                self.cfg
+                    .mini_programs
+                    .iter()
+                    .map(|app| (&app.appid, &app.secret)),
+            )
+            .find(|(known, _)| known.as_str() == appid)
+            .map(|(_, secret)| secret.as_str())
+    }
+
     /// Whether `appid` is one of the mock's mini-programs.
     fn is_mini_program(&self, appid: &str) -> bool {
-        appid == self.cfg.appid || self.cfg.mini_programs.iter().any(|app| app.appid == appid)
+        self.mini_program_secret(appid).is_some()
+    }
+
+    /// Whether `openid` is a user of mini-program `appid` the mock knows.
+    fn user_of_app(inner: &Inner, appid: &str, openid: &str) -> bool {
+        inner
+            .users
+            .get(openid)
+            .is_some_and(|user| state::openid_for(appid, &user.name) == openid)
     }
 
     /// The access tokens of mini-program `appid` (the main one or one of
@@ -711,17 +733,9 @@ impl Shared {
         appid: Option<&str>,
         secret: Option<&str>,
     ) -> Option<Response> {
-        let known = std::iter::once((&self.cfg.appid, &self.cfg.secret))
-            .chain(
-                self.cfg
-                    .mini_programs
-                    .iter()
-                    .map(|app| (&app.appid, &app.secret)),
-            )
-            .find(|(known, _)| Some(known.as_str()) == appid);
-        match known {
+        match appid.and_then(|appid| self.mini_program_secret(appid)) {
             None => Some(self.error(route, 40013, "invalid appid")),
-            Some((_, known)) if secret != Some(known.as_str()) => {
+            Some(known) if secret != Some(known) => {
                 Some(self.error(route, 40125, "invalid appsecret"))
             }
             Some(_) => None,
@@ -1353,10 +1367,7 @@ impl Shared {
         // The appid must be the token's app, and the openid a user of it.
         let token_app = self.token_app(param(q, "access_token"));
         let inner = self.lock();
-        let of_app = inner
-            .users
-            .get(openid)
-            .is_some_and(|user| state::openid_for(appid, &user.name) == openid);
+        let of_app = Self::user_of_app(&inner, appid, openid);
         if token_app.as_deref() != Some(appid) || (inner.users.contains_key(openid) && !of_app) {
             drop(inner);
             return self.error(R, 43104, "appid not match openid");
@@ -1418,8 +1429,7 @@ impl Shared {
         let token_app = self.token_app(param(q, "access_token")).unwrap_or_default();
         let key = param(q, "openid").and_then(|openid| {
             let inner = self.lock();
-            let user = inner.users.get(openid)?;
-            (state::openid_for(&token_app, &user.name) == openid)
+            Self::user_of_app(&inner, &token_app, openid)
                 .then(|| inner.session_keys.get(openid).cloned())
                 .flatten()
         });

@@ -1540,7 +1540,7 @@ impl Stack {
                 return Err(proc.exited_error(status));
             }
             // A stack started with a very short WEAUTH_ACCESS_TTL (the mini-program client's
-            // tests use 2 s) can outlive the probe token while Envoy starts: log in again.
+            // tests use 4 s) can outlive the probe token while Envoy starts: log in again.
             if want_200 && probe_expired(&token) {
                 if let Some(t) = self.probe_login().await {
                     token = t;

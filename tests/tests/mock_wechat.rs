@@ -60,10 +60,21 @@ fn assert_errcode(v: &Value, errcode: i64) {
 }
 
 async fn stable_token(mock: &MockWechat, client: &reqwest::Client, force: bool) -> Value {
+    stable_token_of(mock, client, APPID, SECRET, force).await
+}
+
+/// `stable_token` of the mini-program `appid`.
+async fn stable_token_of(
+    mock: &MockWechat,
+    client: &reqwest::Client,
+    appid: &str,
+    secret: &str,
+    force: bool,
+) -> Value {
     client
         .post(format!("{}/cgi-bin/stable_token", mock.base_url()))
         .json(
-            &json!({"grant_type": "client_credential", "appid": APPID, "secret": SECRET,
+            &json!({"grant_type": "client_credential", "appid": appid, "secret": secret,
                       "force_refresh": force}),
         )
         .send()
@@ -299,34 +310,23 @@ async fn several_mini_programs_each_their_own_codes_and_tokens() {
         ..MockConfig::default()
     };
     let (mock, client) = start(cfg).await;
-    let exchange = |appid: String, secret: String, code: String| {
-        let url = format!(
-            "{}/sns/jscode2session?appid={appid}&secret={secret}&js_code={code}&grant_type=authorization_code",
-            mock.base_url()
-        );
-        let client = client.clone();
-        async move {
-            let body = client.get(url).send().await.unwrap().text().await.unwrap();
-            serde_json::from_str::<Value>(&body).unwrap()
-        }
+    let exchange = |appid: &str, secret: &str, code: String| {
+        let (mock, client) = (&mock, &client);
+        let (appid, secret) = (appid.to_string(), secret.to_string());
+        async move { jscode2session(mock, client, &appid, &secret, &code).await.1 }
     };
     let main = mock.login("ann");
     let other = mock.login_to(&second.appid, "ann");
     assert_ne!(main.openid, other.openid);
-    let a = exchange(APPID.into(), "mock-secret".into(), main.code).await;
-    let b = exchange(second.appid.clone(), second.secret.clone(), other.code).await;
+    let a = exchange(APPID, SECRET, main.code).await;
+    let b = exchange(&second.appid, &second.secret, other.code).await;
     assert_eq!(a["openid"], main.openid.as_str());
     assert_eq!(b["openid"], other.openid.as_str());
     assert_eq!(a["unionid"], b["unionid"]);
     let crossed = mock.login("ann").code;
-    let answer = exchange(second.appid.clone(), second.secret.clone(), crossed).await;
+    let answer = exchange(&second.appid, &second.secret, crossed).await;
     assert_errcode(&answer, 40029);
-    let wrong = exchange(
-        second.appid.clone(),
-        "mock-secret".into(),
-        mock.login("ann").code,
-    )
-    .await;
+    let wrong = exchange(&second.appid, SECRET, mock.login("ann").code).await;
     assert_errcode(&wrong, 40125);
     // A phone code is redeemed only with its own app's token.
     let main_token = stable_token(&mock, &client, false).await["access_token"]
@@ -336,17 +336,8 @@ async fn several_mini_programs_each_their_own_codes_and_tokens() {
     let code = mock.phone_code_for(&second.appid, "ann", "13800138001");
     assert_errcode(&phone(&mock, &client, &main_token, &code).await, 40029);
     // The risk rank of a user of the second app: with that app's token and appid only.
-    let body =
-        json!({"grant_type": "client_credential", "appid": second.appid, "secret": second.secret});
-    let second_token = client
-        .post(format!("{}/cgi-bin/stable_token", mock.base_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["access_token"]
+    let second_token = stable_token_of(&mock, &client, &second.appid, &second.secret, false).await
+        ["access_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -360,7 +351,32 @@ async fn several_mini_programs_each_their_own_codes_and_tokens() {
     let ranked = risk(second_token.clone(), second.appid.clone()).await;
     assert_eq!(ranked["errcode"], 0, "{ranked}");
     assert_errcode(&risk(main_token.clone(), APPID.into()).await, 43104);
-    assert_errcode(&risk(main_token, second.appid.clone()).await, 43104);
+    assert_errcode(&risk(main_token.clone(), second.appid.clone()).await, 43104);
+    // checksession knows the session_key of the token's app's users only.
+    let key = mock.session_key(&other.openid).unwrap();
+    let signature = weauth_wxdata::checksession_signature(&key);
+    let check = |token: String| {
+        let url = format!("{}/wxa/checksession", mock.base_url());
+        let query = [
+            ("access_token", token),
+            ("openid", other.openid.clone()),
+            ("signature", signature.clone()),
+            ("sig_method", "hmac_sha256".to_string()),
+        ];
+        let client = client.clone();
+        async move {
+            let answer = client.get(url).query(&query).send().await.unwrap();
+            answer.json::<Value>().await.unwrap()
+        }
+    };
+    assert_eq!(check(second_token).await["errcode"], 0);
+    assert_errcode(&check(main_token).await, 87009);
+    // The control routes refuse an app the mock does not have.
+    for route in ["/mock/login?user=ann", "/mock/phonecode?user=ann&phone=138"] {
+        let url = format!("{}{route}&appid=wx00000000000000ff", mock.base_url());
+        let status = client.get(url).send().await.unwrap().status();
+        assert_eq!(status, 400, "{route}");
+    }
 }
 
 #[tokio::test]

@@ -28,7 +28,6 @@ use crate::store::{
     LoginResult, NewLogin, Revoke, Rotate, RotateResult, SessionRecord, Store, StoreError,
 };
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::access_token::CallError;
 
 /// The session use cases, with what they use and nothing else. Every method takes the
 /// request's time (`now`, unix seconds), read once per request from the clock.
@@ -279,10 +278,7 @@ impl Sessions {
                 Err(ApiError::UserRisky { rank })
             }
             Err(err) => {
-                let err = match err {
-                    CallError::Token(token) => ApiError::from(token),
-                    CallError::Api(api) => ApiError::from(api),
-                };
+                let err = ApiError::from(err);
                 match risk.on_error {
                     crate::config::apps::RiskOnError::Allow => {
                         self.metrics.login_risk(&entry.appid, "error_allowed", None);

@@ -164,11 +164,7 @@ impl UserData {
                     .call_for(&claims.appid, |token| async move {
                         wechat.check_encrypted_data(&token, hash).await
                     })
-                    .await
-                    .map_err(|err| match err {
-                        CallError::Token(token) => ApiError::from(token),
-                        CallError::Api(api) => ApiError::from(api),
-                    })?,
+                    .await?,
             )
         } else {
             None
@@ -320,10 +316,7 @@ impl UserData {
                 wechat.check_session(&token, openid, signature).await
             })
             .await
-            .map_err(|err| match err {
-                CallError::Token(token) => ApiError::from(token),
-                CallError::Api(api) => ApiError::from(api),
-            })
+            .map_err(ApiError::from)
     }
     /// Takes one of the caller's WeChat calls (`WEAUTH_USER_WECHAT_RATE`), just before the call.
     ///
