@@ -25,22 +25,32 @@ echo "bench: building (release) the driver, the revocation check, the issuer, th
 cargo build --release -p weauth-bench --bins
 # The issuer (release) is used for the revocation-delay and issuer sections (the mock WeChat
 # runs inside the driver); the filter for the weauth rows. A part that does not build is
-# reported as not measured, not as a failure of the whole run.
-cargo build --release -p weauth-issuer --bins || echo "bench: the issuer did not build: its sections will say so"
-cargo build -p weauth-filter --target wasm32-wasip1 --profile wasm-release \
-  || echo "bench: the filter did not build: its rows will say so"
+# reported as not measured, not as a failure of the whole run — and its artefact from an
+# earlier build is removed, so that no row measures an older binary under today's name.
+build_or_drop() { # ARTEFACT MESSAGE CARGO-ARGS...
+  local artefact=$1 message=$2
+  shift 2
+  cargo build "$@" || { rm -f "$artefact"; echo "bench: $message"; }
+}
+build_or_drop "$TARGET_DIR/release/weauth-issuer" "the issuer did not build: its sections will say so" \
+  --release -p weauth-issuer --bins
+build_or_drop "$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_filter.wasm" \
+  "the filter did not build: its rows will say so" \
+  -p weauth-filter --target wasm32-wasip1 --profile wasm-release
 # The native build (an Envoy dynamic module): the "weauth native" rows.
-cargo build -p weauth-filter --features envoy-native --profile native \
-  || echo "bench: the native filter did not build: its rows will say so"
+build_or_drop "$TARGET_DIR/native/libweauth_filter.so" "the native filter did not build: its rows will say so" \
+  -p weauth-filter --features envoy-native --profile native
 # The local stack (debug, as `make build` makes it) for the first-token measurement below.
-cargo build -p weauth-tests --bin weauth-stack \
-  || echo "bench: weauth-stack did not build: the first token will not be measured"
+build_or_drop "$TARGET_DIR/debug/weauth-stack" "weauth-stack did not build: the first token will not be measured" \
+  -p weauth-tests --bin weauth-stack
 # The empty proxy-wasm filter (bench/empty-filter): the price of being a wasm filter at all.
-cargo build -p weauth-empty-filter --target wasm32-wasip1 --profile wasm-release \
-  || echo "bench: the empty filter did not build: its row will say so"
+build_or_drop "$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_empty_filter.wasm" \
+  "the empty filter did not build: its row will say so" \
+  -p weauth-empty-filter --target wasm32-wasip1 --profile wasm-release
 # The same crate as an Envoy dynamic module: the price of being a native module at all.
-cargo build -p weauth-empty-filter --profile native \
-  || echo "bench: the empty native module did not build: its rows will say so"
+build_or_drop "$TARGET_DIR/native/libweauth_empty_filter.so" \
+  "the empty native module did not build: its rows will say so" \
+  -p weauth-empty-filter --profile native
 # What was just built, whatever `make` exported for the debug stack (override with WEAUTH_BENCH_*).
 export WEAUTH_FILTER_WASM="${WEAUTH_BENCH_FILTER_WASM:-$TARGET_DIR/wasm32-wasip1/wasm-release/weauth_filter.wasm}"
 export WEAUTH_FILTER_NATIVE="${WEAUTH_BENCH_FILTER_NATIVE:-$TARGET_DIR/native/libweauth_filter.so}"

@@ -28,8 +28,10 @@ pub fn sign_raw(fx: &Fixture, index: usize, header: &[u8], payload: &[u8]) -> St
     let signature: Vec<u8> = match &fx.signing[index] {
         SigningKey::Ed25519(key) => key.sign(input).to_bytes().to_vec(),
         SigningKey::P256(key) => {
+            // Low-S, as weauth signs and as `verify` requires (a high-S signature is refused
+            // before any claim is read: half the ES256 inputs never reached the claims).
             let sig: p256::ecdsa::Signature = key.sign(input);
-            sig.to_bytes().to_vec()
+            sig.normalize_s().unwrap_or(sig).to_bytes().to_vec()
         }
         SigningKey::Hmac(secret) => {
             let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
