@@ -297,7 +297,10 @@ pub struct SentinelSetup {
 
 impl SentinelSetup {
     /// Starts everything under `dir` and waits until the replica is in sync and every
-    /// sentinel knows the two others (so a failover can be elected).
+    /// sentinel knows the two others (so a failover can be elected) and the replica (so it
+    /// has one to promote: a sentinel learns of replicas from the primary's `INFO`, which it
+    /// reads every 10 s — a primary killed before a sentinel has seen its replica in it is
+    /// never failed over, and a test waiting for the failover waited in vain).
     ///
     /// # Errors
     /// A process did not start, or the set-up was not ready within 20 s.
@@ -336,13 +339,17 @@ impl SentinelSetup {
             let known = setup.sentinels.iter().all(|s| {
                 let out = cli(s.port(), &["SENTINEL", "master", &setup.master]);
                 let mut lines = out.lines();
-                let mut others = None;
+                let (mut others, mut replicas) = (None, None);
                 while let Some(line) = lines.next() {
-                    if line.trim() == "num-other-sentinels" {
-                        others = lines.next().map(|v| v.trim().to_string());
+                    match line.trim() {
+                        "num-other-sentinels" => {
+                            others = lines.next().map(|v| v.trim().to_string());
+                        }
+                        "num-slaves" => replicas = lines.next().map(|v| v.trim().to_string()),
+                        _ => {}
                     }
                 }
-                others.as_deref() == Some("2")
+                others.as_deref() == Some("2") && replicas.as_deref() == Some("1")
             });
             if synced && known {
                 return Ok(setup);
@@ -350,7 +357,7 @@ impl SentinelSetup {
             if started.elapsed() > Duration::from_secs(20) {
                 return Err(ServerError {
                     what: format!(
-                        "sentinel set-up not ready after 20 s (replica synced: {synced}, sentinels know each other: {known})"
+                        "sentinel set-up not ready after 20 s (replica synced: {synced}, sentinels know each other and the replica: {known})"
                     ),
                     source: std::io::Error::other("timeout"),
                 });
