@@ -326,23 +326,32 @@ pub fn readings(path: &str) -> Vec<String> {
     };
     for &all in decodings {
         let decoded = decode(path, all);
-        let cut = decoded.contains(';').then(|| strip_parameters(&decoded));
-        for &merge in &[true, false] {
-            let resolved = remove_dots(&decoded, merge);
-            if let Some(cut) = &cut {
-                add(remove_dots(&strip_parameters(&resolved), merge));
-                let cut_first = remove_dots(cut, merge);
-                if !merge {
-                    add(merge_and_remove_dots(&cut_first));
-                }
-                add(cut_first);
+        let resolved = resolutions(&decoded);
+        if decoded.contains(';') {
+            // Cut after the dots are removed, and before.
+            for reading in &resolved {
+                resolutions(&strip_parameters(reading))
+                    .into_iter()
+                    .for_each(&mut add);
             }
-            if !merge {
-                // Envoy's reading: the dots removed, then the slashes merged.
-                add(merge_and_remove_dots(&resolved));
-            }
-            add(resolved);
+            resolutions(&strip_parameters(&decoded))
+                .into_iter()
+                .for_each(&mut add);
         }
+        resolved.into_iter().for_each(&mut add);
+    }
+    out
+}
+
+/// `text` with its dot segments removed, the slashes merged first; and, when it has a `//`,
+/// with its empty segments kept, then that merged too (Envoy's reading). Without a `//` the
+/// ways agree: one reading.
+fn resolutions(text: &str) -> Vec<String> {
+    let mut out = vec![merge_and_remove_dots(text)];
+    if text.contains("//") {
+        let kept = remove_dots(text, false);
+        out.push(merge_and_remove_dots(&kept));
+        out.push(kept);
     }
     out
 }

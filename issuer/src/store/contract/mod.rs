@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use weauth_token::revocation::EntryKind;
+use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
     Ban, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, ReportedTtl, Revoke, RiskFact,
@@ -162,6 +162,23 @@ fn created(result: &LoginResult) -> (String, bool) {
         LoginResult::Created { sub, new_user } => (sub.clone(), *new_user),
         LoginResult::CodeAlreadyUsed => panic!("expected a created login, got {result:?}"),
     }
+}
+
+/// After a store lost revocation `lost` (a restored backup, a failover): the next revocation
+/// gets a seq past it, so a sidecar whose `since` is `lost.seq` is given it.
+pub async fn revoke_past_a_lost_one(store: &dyn Store, lost: &Entry) {
+    let next = store
+        .revoke(&Revoke::Jti("after-the-loss".into()), 10, 20)
+        .await
+        .unwrap();
+    assert!(
+        next.seq > lost.seq,
+        "{} reuses a seq up to {}",
+        next.seq,
+        lost.seq
+    );
+    let past_lost = store.feed_snapshot(lost.seq, 10, 10).await.unwrap();
+    assert_eq!(past_lost.entries, vec![next]);
 }
 
 pub async fn fresh_store_seq_starts_at_one(backend: &dyn Backend) {

@@ -211,11 +211,5 @@ async fn sqlite_start_after_a_restored_backup_hands_out_no_seq_a_sidecar_holds()
     );
     let from = store.move_seq_past_possible_loss().unwrap();
     assert_eq!(from, 1 + rules::SEQ_GAP);
-    let c = store
-        .revoke(&Revoke::Jti("c".into()), 10, 20)
-        .await
-        .unwrap();
-    assert!(c.seq > b.seq, "{} reuses a seq up to {}", c.seq, b.seq);
-    let past_b = store.feed_snapshot(b.seq, 10, 10).await.unwrap();
-    assert_eq!(past_b.entries, vec![c]);
+    crate::store::contract::revoke_past_a_lost_one(&store, &b).await;
 }
