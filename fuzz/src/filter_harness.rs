@@ -4,8 +4,9 @@
 //!
 //! The filter runs inside Envoy, where a panic kills the VM serving every request, so each
 //! target feeds hostile bytes to the pure functions the glue calls: the plugin-config parser
-//! (`Config::parse`), the revocation set (feed `apply`, `check`, the shared-data shard and meta
-//! codecs, `Replica::sync`) and the per-request path (`extract_token`, `rule_for_path`, `decide`).
+//! (`Config::parse`), the revocation set (feed `apply`, `FeedPage::parse` and `parse_chunks`,
+//! `check`, the shared-data shard and meta codecs, `Replica::sync`) and the per-request path
+//! (`extract_token`, `rule_for_path`, `decide`).
 
 // This is test code (a fuzz harness): a broken property must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -162,6 +163,20 @@ pub fn filter_revocation(data: &[u8]) -> usize {
     let mut applied = 0;
     for chunk in data.split(|&b| b == 0xff).take(4) {
         let page = FeedPage::parse(chunk);
+        // The same answer as the fetcher reads a callout's body: in pieces (Envoy's buffer
+        // chunks), cut where the answer's first byte says, and one byte a piece.
+        let cut = usize::from(chunk.first().copied().unwrap_or(0)) * chunk.len() / 256;
+        let bytes: Vec<&[u8]> = chunk.chunks(1).collect();
+        for pieces in [
+            FeedPage::parse_chunks(&[&chunk[..cut], &chunk[cut..]]),
+            FeedPage::parse_chunks(&bytes),
+        ] {
+            assert_eq!(
+                pieces.as_ref().ok(),
+                page.as_ref().ok(),
+                "FeedPage::parse_chunks read the answer otherwise"
+            );
+        }
         let Ok(feed) = serde_json::from_slice::<FeedResponse>(chunk) else {
             assert!(
                 page.is_err(),
@@ -211,6 +226,94 @@ pub fn filter_revocation(data: &[u8]) -> usize {
     applied
 }
 
+/// Every reading of `path` (query cut, step 1 passed) that `weauth_filter::path` promises to
+/// cover, written independently of it: the path as written; and, for the path as written and
+/// with every escape decoded, with `;` parameters cut before resolving or not, the dot segments
+/// removed with repeated slashes merged first or kept as empty segments, then merged — with
+/// the parameters cut afterwards or not.
+fn upstream_views(path: &str) -> Vec<String> {
+    let mut views = vec![path.to_owned()];
+    for text in [path.to_owned(), decode_every_escape(path)] {
+        for text in [cut_parameters(&text), text] {
+            for merge_first in [true, false] {
+                let resolved = merge_slashes(&remove_dot_segments(&text, merge_first));
+                views.push(cut_parameters(&resolved));
+                views.push(resolved);
+            }
+        }
+    }
+    views.sort();
+    views.dedup();
+    views
+}
+
+/// `%XX` escapes decoded (invalid UTF-8 replaced), a malformed one left as written.
+fn decode_every_escape(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes
+            .get(i + 1..i + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escape {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Each segment cut at its first `;`.
+fn cut_parameters(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Runs of `/` as one.
+fn merge_slashes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// RFC 3986 §5.2.4 on a path starting with `/`, with a stack of segments: `.` dropped, `..`
+/// pops one (never above the root), a last `.` or `..` leaves a trailing `/`; empty segments
+/// (from `//`) dropped first when `merge_first`, else kept like any other.
+fn remove_dot_segments(path: &str, merge_first: bool) -> String {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut out: Vec<&str> = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "" if merge_first && !last => {}
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+        if last && (*segment == "." || *segment == "..") {
+            out.push("");
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
 /// Target `filter_request`: the input is `path 0xFF header 0xFF header ...`, each header
 /// `name:value`. The request goes through what the HTTP context does: `extract_token` with the
 /// [`CONFIG`]'s sources, `rule_for_path`, then `decide` against the fixture's keys and a revocation
@@ -237,16 +340,29 @@ pub fn filter_request(fx: &Fixture, config: &Config, data: &[u8]) -> bool {
     let Ok((require, scopes)) = rule_for_path(&path, |p, lax| config.rule_for_as(p, lax)) else {
         return false;
     };
-    let (normal_require, normal_scopes) = config.rule_for(&normalize(without_query(&path)));
     let rank = |r: Require| match r {
         Require::None => 0,
         Require::Optional => 1,
         Require::Required => 2,
     };
+    let (normal_require, normal_scopes) = config.rule_for(&normalize(without_query(&path)));
     assert!(
         rank(require) >= rank(normal_require) && normal_scopes.iter().all(|s| scopes.contains(s)),
         "path {path:?} got a laxer rule than its normalized form"
     );
+    // And never laxer than the rule of any reading the module docs promise to cover, modelled
+    // here on its own (not with the filter's `readings`), each compared as written and as a
+    // lax upstream compares it.
+    for view in upstream_views(without_query(&path)) {
+        for lax in [false, true] {
+            let (view_require, view_scopes) = config.rule_for_as(&view, lax);
+            assert!(
+                rank(require) >= rank(view_require)
+                    && view_scopes.iter().all(|s| scopes.contains(s)),
+                "path {path:?} got a laxer rule than its reading {view:?} (lax {lax})"
+            );
+        }
+    }
     let mut revoked = RevocationSet::default();
     let feed = format!(
         r#"{{"seq":1,"full":true,"now":{NOW},"entries":[{{"seq":1,"kind":"jti","value":"{REVOKED_JTI}","until":{}}}]}}"#,

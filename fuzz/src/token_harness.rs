@@ -136,7 +136,8 @@ pub fn jws_verify_mutated(fx: &Fixture, data: &[u8]) -> bool {
 /// usual header.
 ///
 /// Oracle: whatever verifies satisfies the validation (allow-listed `alg` matching the key,
-/// `typ` at+jwt, no forbidden members, time claims within leeway, issuer and audience).
+/// the signing key's own `kid`, no member given twice, `typ` at+jwt, no forbidden members, time
+/// claims within leeway, issuer and audience).
 /// Returns whether it verified.
 pub fn jws_signed(fx: &Fixture, data: &[u8]) -> bool {
     let Some((&pick, rest)) = data.split_first() else {
@@ -157,6 +158,20 @@ pub fn jws_signed(fx: &Fixture, data: &[u8]) -> bool {
                 value["alg"].as_str(),
                 Some(fx.signing[index].algorithm().as_str()),
                 "accepted alg is the key's own"
+            );
+            assert_eq!(
+                value["kid"].as_str(),
+                Some(fx.signing[index].kid().as_str()),
+                "accepted under another key's kid"
+            );
+            let members = member_names(header);
+            let mut unique = members.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                members.len(),
+                "accepted a header with a repeated member: {members:?}"
             );
             let typ = value["typ"].as_str().unwrap_or("").to_ascii_lowercase();
             assert!(typ == "at+jwt" || typ == "application/at+jwt", "typ {typ}");
@@ -191,6 +206,38 @@ pub fn jws_signed(fx: &Fixture, data: &[u8]) -> bool {
             false
         }
     }
+}
+
+/// The names of a JSON object's members in the order written, repeats kept (`serde_json::Value`
+/// keeps only the last of a repeated member, so it cannot show one).
+pub fn member_names(json: &[u8]) -> Vec<String> {
+    struct Names(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Names {
+        fn deserialize<D: serde::Deserializer<'de>>(input: D) -> Result<Names, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Names;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Names, A::Error> {
+                    let mut names = Vec::new();
+                    while let Some(name) = map.next_key::<String>()? {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        names.push(name);
+                    }
+                    Ok(Names(names))
+                }
+            }
+            input.deserialize_map(Visitor)
+        }
+    }
+    serde_json::from_slice::<Names>(json)
+        .map(|names| names.0)
+        .unwrap_or_default()
 }
 
 /// Target `jwks_parse`: the input as a JWKS document (`KeySet::from_jwks_json`, as the filter

@@ -66,9 +66,39 @@ fn jws_signed_inputs_accepted_only_when_valid() {
             accepted += 1;
         }
     });
-    // The seeds hold a few well-formed claims sets (one per key), so acceptance is reachable
-    // and its oracle ran; everything else is hostile and refused.
-    assert!(accepted >= 3, "only {accepted} signed seeds verified");
+    // The seeds hold a few well-formed claims sets (one per key, under the issuer's header and
+    // under a header of their own), so acceptance is reachable and its oracle ran; everything
+    // else is hostile and refused.
+    assert!(accepted >= 6, "only {accepted} signed seeds verified");
+    let file = |input: &replay::Input| {
+        let path = std::path::Path::new(&input.name);
+        let name = path.file_name().and_then(|name| name.to_str());
+        name.unwrap_or_default().to_string()
+    };
+    for input in &all {
+        let expected = if file(input).starts_with("header-kid-extra-members-") {
+            Some(true)
+        } else if file(input).starts_with("header-kid-") {
+            Some(false)
+        } else {
+            None
+        };
+        if let Some(expected) = expected {
+            assert_eq!(
+                harness::jws_signed(&fx, &input.data),
+                expected,
+                "{}",
+                input.name
+            );
+        }
+    }
+    assert_eq!(
+        all.iter()
+            .filter(|i| file(i).starts_with("header-kid-"))
+            .count(),
+        12,
+        "the headers-with-a-kid seeds are missing: run write_generated_seeds"
+    );
     assert!(
         accepted < all.len() / 2,
         "{accepted} of {} verified",
@@ -145,6 +175,37 @@ fn write_generated_seeds() {
         let mut data = vec![i as u8];
         data.extend_from_slice(&claims);
         write("jws_signed", &format!("valid-claims-{}", algs[i]), &data);
+        // Headers of their own under the key's kid (without it, any other header ends at
+        // `UnknownKey`: the fixture has three keys): accepted with extra members and the
+        // long typ, refused with a forbidden member set to null or a member given twice.
+        let kid = fx.signing[i].kid();
+        let alg = fx.signing[i].algorithm();
+        for (name, header) in [
+            (
+                "header-kid-extra-members",
+                format!(
+                    r#"{{"alg":"{alg}","typ":"Application/AT+JWT","kid":"{kid}","cty":"JWT","x-extra":{{"a":[1,null]}}}}"#
+                ),
+            ),
+            (
+                "header-kid-crit-null",
+                format!(r#"{{"alg":"{alg}","typ":"at+jwt","kid":"{kid}","crit":null}}"#),
+            ),
+            (
+                "header-kid-repeated-kid",
+                format!(r#"{{"alg":"{alg}","typ":"at+jwt","kid":"other","kid":"{kid}"}}"#),
+            ),
+            (
+                "header-kid-repeated-alg",
+                format!(r#"{{"alg":"{alg}","typ":"at+jwt","kid":"{kid}","alg":"{alg}"}}"#),
+            ),
+        ] {
+            let mut data = vec![i as u8];
+            data.extend_from_slice(header.as_bytes());
+            data.push(0xff);
+            data.extend_from_slice(&claims);
+            write("jws_signed", &format!("{name}-{}", algs[i]), &data);
+        }
     }
     write("jwks_parse", "fixture-jwks.json", &fx.jwks_json());
     // Algorithm confusion: HS256 "signed" with the EdDSA key's public bytes as the secret.
