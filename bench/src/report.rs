@@ -149,7 +149,11 @@ pub fn edge_markdown(rows: &[EdgeRow]) -> String {
         let b = |f: fn(&EdgeRow) -> Option<f64>| ratio(f(row), base.and_then(f));
         let mut checked = row.verified.clone();
         if row.non_2xx > 0 {
-            let _ = write!(checked, "; {} non-2xx/errors during load", row.non_2xx);
+            let _ = write!(
+                checked,
+                "; {} non-2xx/errors during load: not judged against the targets",
+                row.non_2xx
+            );
         }
         let _ = writeln!(
             out,
@@ -180,14 +184,21 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
-/// The row named `prefix` (its name may go on, as "… (957 633 bytes)"), if measured: of the
-/// rows whose names start so, the shortest — "empty wasm filter" is not "empty wasm filter +
-/// weauth's host calls" — and never another one when that row failed.
+/// Whether a row's figures may be judged against the targets: it was measured, and every
+/// request under load was answered 2xx (a row answering 401s or dropping connections measured
+/// something else than what its name says, usually cheaper).
+fn judged(row: &EdgeRow) -> bool {
+    row.error.is_none() && row.non_2xx == 0
+}
+
+/// The row named `prefix` (its name may go on, as "… (957 633 bytes)"), if measured and
+/// [`judged`]: of the rows whose names start so, the shortest — "empty wasm filter" is not
+/// "empty wasm filter + weauth's host calls" — and never another one when that row failed.
 fn row<'a>(rows: &'a [EdgeRow], prefix: &str) -> Option<&'a EdgeRow> {
     rows.iter()
         .filter(|r| r.name.starts_with(prefix))
         .min_by_key(|r| r.name.len())
-        .filter(|r| r.error.is_none())
+        .filter(|r| judged(r))
 }
 
 /// Tolerance for "no change between 0 and 1 000 000 entries": within ±10 %, about the
@@ -231,7 +242,7 @@ pub fn targets(
     // 1M if it was measured, else the largest set that was.
     let largest = rows
         .iter()
-        .filter(|r| r.name.starts_with("weauth EdDSA") && r.error.is_none())
+        .filter(|r| r.name.starts_with("weauth EdDSA") && judged(r))
         .rfind(|r| !r.name.ends_with(", 0 revoked"));
     let weauth1m = largest.and_then(|r| r.cpu_us);
     let largest_name = largest.map_or("1M", |r| {
@@ -246,10 +257,7 @@ pub fn targets(
     let vs_ext_total = ratio(ext_total, weauth0);
     let flat = ratio(weauth1m, weauth0);
     // The same comparison on the cost above the no-auth floor (HTTP handling alone).
-    let floor = rows
-        .first()
-        .filter(|r| r.error.is_none())
-        .and_then(|r| r.cpu_us);
+    let floor = rows.first().filter(|r| judged(r)).and_then(|r| r.cpu_us);
     let above = |v: Option<f64>| Some(v? - floor?);
     let vs_ext_above = ratio(
         above(cpu("jwt_authn EdDSA (cache on) + ext_authz")),
@@ -386,7 +394,7 @@ pub fn targets(
             // The same rows side by side in one Envoy (judged on when measured): each row's
             // cost above no-auth is the median of its round-by-round differences with the
             // baseline, all listeners of the same process.
-            let base = one_envoy.first().filter(|r| r.error.is_none());
+            let base = one_envoy.first().filter(|r| judged(r));
             let side = |name: &str| {
                 row(one_envoy, name)
                     .zip(base)
@@ -481,7 +489,7 @@ pub fn targets_markdown(targets: &[Target]) -> String {
         let met = match t.met {
             Some(true) => "yes",
             Some(false) => "**no**",
-            None => "not measured",
+            None => "not measured (or a row not judged: see the edge table)",
         };
         let _ = writeln!(out, "| {} | {} | {} |", t.goal, t.measured, met);
     }
@@ -1016,6 +1024,39 @@ mod tests {
         );
         let t = targets(&r, &[], None, None);
         assert_eq!(t[0].met, None, "{}", t[0].measured);
+    }
+
+    /// A row that answered non-2xx under load (a token refused, connections dropped) measured
+    /// something else: no target is judged on it, and the table says so.
+    #[test]
+    fn targets_not_judged_on_a_row_with_non_2xx() {
+        let mut r = rows();
+        r[1] = EdgeRow::from_samples(
+            "jwt_authn ES256, cache on",
+            "ok",
+            &[EdgeMeasure {
+                non_2xx: 12,
+                ..measure(800.0, 20.0)
+            }],
+        );
+        let t = targets(&r, &[], None, None);
+        let cache = t
+            .iter()
+            .find(|t| t.goal.contains("jwt_authn with its cache on"))
+            .unwrap();
+        assert_eq!(cache.met, None, "{}", cache.measured);
+        assert!(
+            edge_markdown(&r).contains("12 non-2xx/errors during load: not judged"),
+            "{}",
+            edge_markdown(&r)
+        );
+        // Without the errors, the same row is judged.
+        let t = targets(&rows(), &[], None, None);
+        let cache = t
+            .iter()
+            .find(|t| t.goal.contains("jwt_authn with its cache on"))
+            .unwrap();
+        assert!(cache.met.is_some(), "{}", cache.measured);
     }
 
     /// Logouts that timed out: the delay target is not met, and says why.
