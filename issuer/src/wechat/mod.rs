@@ -116,7 +116,9 @@ impl WechatError {
         }
     }
 
-    /// A label for metrics: the errcode when WeChat gave one, else the failure class.
+    /// A label for metrics: the errcode when WeChat gave one, else the failure class. A rate
+    /// limit is 45011 and a busy WeChat -1 whichever API said so (`getpluginopenpid`'s 1003 and
+    /// 1000 too: one alert per meaning; RUNBOOK.md says so).
     pub fn metric_label(&self) -> String {
         match self {
             WechatError::InvalidCode { errcode } => errcode.to_string(),

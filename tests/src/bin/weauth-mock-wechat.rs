@@ -2,7 +2,9 @@
 //! `weauth_tests::mock_wechat` for the routes).
 //!
 //! Usage: `weauth-mock-wechat [--listen 127.0.0.1:8090] [--appid ID] [--secret S] [--unionid]
-//! [--token-overlap-secs N] [--web-app KIND:APPID:SECRET]...` where KIND is
+//! [--token-overlap-secs N] [--mini-program APPID:SECRET]... [--web-app KIND:APPID:SECRET]...`
+//! where `--mini-program` adds a mini-program of the same Open Platform account beside
+//! `--appid`'s (its own codes, openids and access tokens, one unionid per person) and KIND is
 //! `official_account` or `website` (bound to the Open Platform, so `unionid` is returned for
 //! `snsapi_userinfo`/`snsapi_login`); `--web-apps` adds the default official account and
 //! website (`MockApp::official_account()`, `MockApp::website()`); `--api-security` gives the
@@ -12,10 +14,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weauth_tests::mock_wechat::{MockApiSecurity, MockApp, MockAppKind, MockConfig, MockWechat};
+use weauth_tests::mock_wechat::{
+    MockApiSecurity, MockApp, MockAppKind, MockConfig, MockMiniProgram, MockWechat,
+};
 
 const USAGE: &str = "usage: weauth-mock-wechat [--listen 127.0.0.1:8090] [--appid ID] \
-[--secret S] [--unionid] [--token-overlap-secs N] [--web-app KIND:APPID:SECRET]... [--web-apps] \
+[--secret S] [--unionid] [--token-overlap-secs N] [--mini-program APPID:SECRET]... \
+[--web-app KIND:APPID:SECRET]... [--web-apps] \
 [--api-security]";
 
 fn web_app(spec: &str) -> Result<MockApp, String> {
@@ -36,6 +41,16 @@ fn web_app(spec: &str) -> Result<MockApp, String> {
     })
 }
 
+fn mini_program(spec: &str) -> Result<MockMiniProgram, String> {
+    match spec.split_once(':') {
+        Some((appid, secret)) if !appid.is_empty() && !secret.is_empty() => Ok(MockMiniProgram {
+            appid: appid.to_string(),
+            secret: secret.to_string(),
+        }),
+        _ => Err(format!("--mini-program {spec:?}: expected APPID:SECRET")),
+    }
+}
+
 fn parse(args: impl Iterator<Item = String>) -> Result<MockConfig, String> {
     let mut cfg = MockConfig {
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 8090))),
@@ -53,6 +68,9 @@ fn parse(args: impl Iterator<Item = String>) -> Result<MockConfig, String> {
             "--appid" => cfg.appid = value("--appid")?,
             "--secret" => cfg.secret = value("--secret")?,
             "--unionid" => cfg.unionid = true,
+            "--mini-program" => cfg
+                .mini_programs
+                .push(mini_program(&value("--mini-program")?)?),
             "--web-app" => cfg.web_apps.push(web_app(&value("--web-app")?)?),
             "--web-apps" => {
                 cfg.web_apps.push(MockApp::official_account());
@@ -148,6 +166,26 @@ mod tests {
         assert_eq!(cfg.web_apps[0].secret, "s:x");
         assert!(parse(args(&["--web-app", "mini:wx:s"])).is_err());
         assert!(parse(args(&["--web-app", "website:wx"])).is_err());
+    }
+
+    #[test]
+    fn parse_mini_program_flags() {
+        let cfg = parse(args(&[
+            "--mini-program",
+            "wxB:s:x",
+            "--mini-program",
+            "wxC:t",
+        ]))
+        .unwrap();
+        let apps: Vec<_> = cfg
+            .mini_programs
+            .iter()
+            .map(|app| (app.appid.as_str(), app.secret.as_str()))
+            .collect();
+        assert_eq!(apps, [("wxB", "s:x"), ("wxC", "t")]);
+        for bad in ["wxB", ":s", "wxB:"] {
+            assert!(parse(args(&["--mini-program", bad])).is_err(), "{bad}");
+        }
     }
 
     #[test]
