@@ -61,36 +61,15 @@ impl RedisStore {
                 }
             }
             EntryKind::Sub => {
-                // Each session this revokes gets its own `sid` entry first (`Store::revoke`):
-                // it may hold tokens issued at or after `issued_before`. So does one it covers
-                // that was revoked before without a `sid` entry in the feed — an earlier attempt
-                // of this revocation cut between its marks and their entries, which the
-                // admin's retry completes here.
-                let (mut revoked, before) = self
-                    .mark_user_sessions(value, now, issued_before, &mut marked)
+                self.revoke_user_sessions(value, now, issued_before, until, &mut marked, true)
                     .await?;
-                for sid in before {
-                    let index = self.key(&keys::revoked(EntryKind::Sid.name(), &sid));
-                    let listed: bool = self
-                        .op(|mut conn| async move { conn.exists(index).await })
-                        .await?;
-                    if !listed {
-                        revoked.push(sid);
-                    }
-                }
-                let session_until =
-                    rules::session_until_of_sub(until, issued_before.unwrap_or(now + 1), now);
-                for sid in revoked {
-                    self.append_entry(EntryKind::Sid, &sid, None, session_until)
-                        .await?;
-                }
             }
             EntryKind::Jti => {}
         }
         let json = self.append_entry(kind, value, issued_before, until).await?;
         match kind {
             EntryKind::Sub => {
-                self.mark_user_sessions(value, now, issued_before, &mut marked)
+                self.revoke_user_sessions(value, now, issued_before, until, &mut marked, false)
                     .await?;
             }
             EntryKind::Sid => {
@@ -104,6 +83,46 @@ impl RedisStore {
         }
         self.replicate(epoch).await?;
         parse_entry(&json).map(Some)
+    }
+
+    /// One pass of a `sub` revocation over user `sub`'s sessions (`marked`: those a pass
+    /// marked already): each it revokes gets its own `sid` entry (`Store::revoke`), as it may
+    /// hold tokens issued at or after `issued_before` — in the second pass too, after the
+    /// `sub` entry: a session it finds was opened meanwhile and may have been refreshed since
+    /// `issued_before`, a token the `sub` entry does not cover. With `complete_earlier` (the
+    /// first pass), also each it covers that was revoked before without a `sid` entry in the
+    /// feed — an earlier attempt of this revocation cut between its marks and their entries,
+    /// which the admin's retry completes here.
+    pub(super) async fn revoke_user_sessions(
+        &self,
+        sub: &str,
+        now: i64,
+        issued_before: Option<i64>,
+        until: i64,
+        marked: &mut HashSet<String>,
+        complete_earlier: bool,
+    ) -> Result<(), StoreError> {
+        let (mut revoked, before) = self
+            .mark_user_sessions(sub, now, issued_before, marked)
+            .await?;
+        if complete_earlier {
+            for sid in before {
+                let index = self.key(&keys::revoked(EntryKind::Sid.name(), &sid));
+                let listed: bool = self
+                    .op(|mut conn| async move { conn.exists(index).await })
+                    .await?;
+                if !listed {
+                    revoked.push(sid);
+                }
+            }
+        }
+        let session_until =
+            rules::session_until_of_sub(until, issued_before.unwrap_or(now + 1), now);
+        for sid in revoked {
+            self.append_entry(EntryKind::Sid, &sid, None, session_until)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Appends one entry to the feed (REVOKE): its answer, the entry's JSON.

@@ -629,8 +629,9 @@ async fn redis_sid_revocation_cut_short_is_published_by_the_next_reader() {
 /// A `sub` revocation's first pass can find a session listed in the user's set that a login
 /// has not written yet (its LOGIN half done, its OPEN_SESSION not); the login's own check
 /// after its commit can come before the revocation's entry. The second pass, after the entry,
-/// must then mark it — it skipped every listed session as marked, so the session lived on.
-/// The revocation's steps, in that order.
+/// must then mark it — it skipped every listed session as marked, so the session lived on —
+/// and write its `sid` entry: refreshed in between, it holds a token the `sub` entry does not
+/// cover. The revocation's steps, in that order.
 #[tokio::test]
 async fn redis_sub_revocation_marks_a_session_opened_between_its_passes() {
     use crate::store::contract::{login, rotate_of};
@@ -675,8 +676,18 @@ async fn redis_sub_revocation_marks_a_session_opened_between_its_passes() {
         .arg(store.channel())
         .arg(SEQ_GAP);
     let _: String = store.eval(&call).await.unwrap();
+    // Refreshed meanwhile: an access token issued at 70, which the `sub` entry (issued before
+    // 61) does not cover.
+    let rotated = store
+        .rotate_refresh(&rotate_of(sid, "r-c5", "r-c5b", 70, 0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(rotated, RotateResult::Rotated { .. }),
+        "{rotated:?}"
+    );
     store
-        .mark_user_sessions(sub, 60, Some(issued_before), &mut marked)
+        .revoke_user_sessions(sub, 60, Some(issued_before), 2000, &mut marked, false)
         .await
         .unwrap();
     // Created at 50, before issued_before 61: covered, so marked, so no refresh.
@@ -686,10 +697,21 @@ async fn redis_sub_revocation_marks_a_session_opened_between_its_passes() {
         "the covered session was never marked"
     );
     let rotated = store
-        .rotate_refresh(&rotate_of(sid, "r-c5", "r-c5b", 70, 0))
+        .rotate_refresh(&rotate_of(sid, "r-c5b", "r-c5c", 71, 0))
         .await
         .unwrap();
     assert!(matches!(rotated, RotateResult::Invalid(_)), "{rotated:?}");
+    // And its own `sid` entry is in the feed, for the token issued at 70.
+    let feed = crate::feed::revocation::read(&store, 0, 71, 100)
+        .await
+        .unwrap();
+    assert!(
+        feed.entries
+            .iter()
+            .any(|entry| entry.kind == EntryKind::Sid && entry.value == sid),
+        "no sid entry for the session the second pass revoked: {:?}",
+        feed.entries
+    );
 }
 
 /// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls
@@ -761,6 +783,42 @@ async fn redis_wait_follows_the_replicas_online() {
         short,
         "no WAIT is sent while no replica is online"
     );
+}
+
+/// A refresh token presented again within the reuse grace gets the successor another
+/// connection wrote (another issuer replica, say, whose answer the client lost). `WAIT`
+/// covers the writes of its own connection only: since Redis 7.2 a connection's `WAIT`
+/// offset moves only when one of its commands propagated something (`call()`: "right after
+/// its last command that resulted in propagation"; 7.0, which this machine runs, moves it at
+/// every command), so a repeat that wrote nothing was confirmed at once, the successor maybe
+/// on the primary alone — a failover then loses the token the client now holds, its
+/// predecessor thrown away. The repeat writes (`repeated_at` on the presented token), so its
+/// `WAIT` covers the successor, written before it in the one replication stream.
+#[tokio::test]
+async fn redis_repeat_within_the_grace_writes_so_its_wait_covers_the_successor() {
+    use crate::store::contract::{login, rotate_of};
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    let mut side = side_connection(&redis).await;
+    store.login(&login("c1", "o1", None, 10)).await.unwrap();
+    for (now, repeat) in [(20, false), (21, true)] {
+        let rotated = store
+            .rotate_refresh(&rotate_of("s-c1", "r-c1", "r-2", now, 10))
+            .await
+            .unwrap();
+        assert!(
+            matches!(rotated, RotateResult::Rotated { repeat: r, .. } if r == repeat),
+            "{rotated:?}"
+        );
+    }
+    let token = store.refresh_key(&rotate_of("s-c1", "r-c1", "r-2", 0, 0).family, "r-c1");
+    let repeated_at: Option<i64> = redis::cmd("HGET")
+        .arg(&token)
+        .arg("repeated_at")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert_eq!(repeated_at, Some(21), "the repeat wrote nothing");
 }
 
 /// Issue 23 §7: a running check sees `evicted_keys` grow (the start check is covered

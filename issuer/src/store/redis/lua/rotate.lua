@@ -16,7 +16,15 @@ if ARGV[5] == '' then
   if used_at and redis.call('HGET', KEYS[1], 'rotated_by') ~= ARGV[6] then return false end
 elseif used_at ~= ARGV[5] then return false end
 if redis.call('EXISTS', KEYS[3]) == 0 or redis.call('HEXISTS', KEYS[3], 'revoked_at') == 1 then return false end
-if not used_at then redis.call('HSET', KEYS[1], 'used_at', ARGV[1], 'rotated_by', ARGV[6]) end
+if not used_at then
+  redis.call('HSET', KEYS[1], 'used_at', ARGV[1], 'rotated_by', ARGV[6])
+else
+  -- A repeat (or this call's resend) writes too: WAIT covers what its own connection
+  -- propagated (Redis 7.2+ moves a connection's offset only then), and the successor handed
+  -- out may have been written on another connection; a write of ours after it makes our WAIT
+  -- cover it (one replication stream).
+  redis.call('HSET', KEYS[1], 'repeated_at', ARGV[1])
+end
 local expires_at = redis.call('HGET', KEYS[2], 'expires_at')
 if not expires_at then
   local sid = redis.call('HGET', KEYS[1], 'sid')
