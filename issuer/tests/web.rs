@@ -971,6 +971,49 @@ async fn cookie_refresh_rotates_both_cookies_and_reuse_clears_them() {
     assert_eq!(status, 401, "reuse revoked the session");
 }
 
+/// A sibling host can plant its own `weauth_rt` under `Domain=` the parent domain, which the
+/// issuer's host-only clears never remove; the browser then sends both. The refresh uses the
+/// one the `__Host-` binding names (refusing both ended the browser's refreshes until the
+/// planted cookie expired: a denial of service by any sibling host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_refresh_takes_the_bound_cookie_beside_a_planted_one() {
+    let stack = start(&[]).await;
+    let mut cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "hank").await;
+    let planted = "P".repeat(43);
+    for planted_first in [true, false] {
+        let rt = cookie_value(&cookies["weauth_rt"]);
+        let binding = cookie_value(&cookies["__Host-weauth_rb"]);
+        let both = if planted_first {
+            format!("weauth_rt={planted}; weauth_rt={rt}; __Host-weauth_rb={binding}")
+        } else {
+            format!("__Host-weauth_rb={binding}; weauth_rt={rt}; weauth_rt={planted}")
+        };
+        let (status, body, headers) =
+            cookie_post(&stack, "/v1/token/refresh", &both, Some(H5_ORIGIN)).await;
+        assert_eq!(status, 204, "{body}");
+        let rotated = set_cookies(&headers);
+        assert_ne!(cookie_value(&rotated["weauth_rt"]), rt);
+        cookies = rotated;
+    }
+    // Two and no binding: which one is ours cannot be told.
+    let rt = cookie_value(&cookies["weauth_rt"]);
+    let (status, body, _) = cookie_post(
+        &stack,
+        "/v1/token/refresh",
+        &format!("weauth_rt={planted}; weauth_rt={rt}"),
+        Some(H5_ORIGIN),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("more than once"),
+        "{body}"
+    );
+}
+
 /// A cookie refresh refused because the user is banned clears the cookies, as every refused
 /// refresh does (they kept the refresh cookie of a session the ban revoked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,7 +70,7 @@ pub async fn refresh(
     request: Request,
 ) -> Result<Resp, ApiError> {
     if !request.headers().contains_key(CONTENT_TYPE) {
-        if let Some(presented) = cookie(request.headers(), web::REFRESH_COOKIE)? {
+        if let Some(presented) = refresh_cookie(&app, request.headers())? {
             let presented = presented.to_string();
             return cookie_refresh(&app, request.headers(), presented, now).await;
         }
@@ -81,6 +81,32 @@ pub async fn refresh(
         .refresh(&body.refresh_token, now.secs())
         .await?;
     json(StatusCode::OK, &tokens)
+}
+
+/// The request's refresh cookie ([`web::chosen_refresh_cookie`]: of several, the bound one).
+fn refresh_cookie<'a>(
+    app: &App,
+    headers: &'a hyper::HeaderMap,
+) -> Result<Option<&'a str>, ApiError> {
+    let values = web::cookie_values(
+        headers
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok()),
+        web::REFRESH_COOKIE,
+    );
+    let secure = app.config.cookie_secure;
+    let binding = if secure && values.len() > 1 {
+        cookie(headers, web::REFRESH_BINDING_COOKIE)?
+    } else {
+        None
+    };
+    web::chosen_refresh_cookie(&values, binding, secure).map_err(|()| {
+        ApiError::InvalidRequest(format!(
+            "the cookie `{}` is sent more than once, and not exactly one of them is bound to this browser",
+            web::REFRESH_COOKIE
+        ))
+    })
 }
 
 /// The cookie form of the refresh: rotates, and sets the cookies again (204). A refused

@@ -369,21 +369,55 @@ pub enum CookieLookup<'a> {
 
 /// Finds cookie `name` in the `Cookie` header values.
 pub fn find_cookie<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -> CookieLookup<'a> {
-    let mut found = CookieLookup::Absent;
+    match cookie_values(headers, name).as_slice() {
+        [] => CookieLookup::Absent,
+        [value] => CookieLookup::One(value),
+        _ => CookieLookup::Several,
+    }
+}
+
+/// Every value of cookie `name` in the `Cookie` header values, in the order sent.
+pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -> Vec<&'a str> {
+    let mut values = Vec::new();
     for header in headers {
         for pair in header.split(';') {
-            let Some((key, value)) = pair.split_once('=') else {
-                continue;
-            };
-            if key.trim() == name {
-                found = match found {
-                    CookieLookup::Absent => CookieLookup::One(value.trim()),
-                    _ => CookieLookup::Several,
-                };
+            if let Some((key, value)) = pair.split_once('=') {
+                if key.trim() == name {
+                    values.push(value.trim());
+                }
             }
         }
     }
-    found
+    values
+}
+
+/// The refresh cookie to use among the `weauth_rt` values sent (`values`), `Ok(None)` when
+/// none is. One is used as it is ([`refresh_cookie_bound`] judges it). Several are what a
+/// sibling host makes by planting its own under `Domain=` — which the issuer's host-only
+/// clears never remove, so refusing them all would end the browser's refreshes for as long
+/// as the attacker likes: with `Secure` cookies, the one its binding cookie names is used
+/// (the binding is `__Host-`, which no other host can set). `Err` when several are sent and
+/// not exactly one is bound.
+pub fn chosen_refresh_cookie<'a>(
+    values: &[&'a str],
+    binding: Option<&str>,
+    secure: bool,
+) -> Result<Option<&'a str>, ()> {
+    let sent: Vec<&str> = values.iter().copied().filter(|v| !v.is_empty()).collect();
+    match sent.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        several if secure => {
+            let mut bound = several
+                .iter()
+                .filter(|value| refresh_cookie_bound(value, binding, secure));
+            match (bound.next(), bound.next()) {
+                (Some(value), None) => Ok(Some(value)),
+                _ => Err(()),
+            }
+        }
+        _ => Err(()),
+    }
 }
 
 /// The origin (`scheme://host[:port]`) of an absolute URL, or `None`.
@@ -659,6 +693,41 @@ mod tests {
         assert_eq!(
             state_cookie("B", 600, false),
             "weauth_oauth=B; Path=/v1/web/callback; Max-Age=600; HttpOnly; SameSite=Lax"
+        );
+    }
+
+    #[test]
+    fn chosen_refresh_cookie_takes_the_bound_one_of_several() {
+        let binding = refresh_binding("RT");
+        // One, bound or not (the caller judges it), or none.
+        assert_eq!(chosen_refresh_cookie(&["RT"], None, true), Ok(Some("RT")));
+        assert_eq!(
+            chosen_refresh_cookie(&["", "RT"], None, true),
+            Ok(Some("RT"))
+        );
+        assert_eq!(chosen_refresh_cookie(&[], Some(&binding), true), Ok(None));
+        assert_eq!(chosen_refresh_cookie(&[""], None, true), Ok(None));
+        // A planted one beside ours, in either order: ours, by its binding.
+        for values in [["PLANTED", "RT"], ["RT", "PLANTED"]] {
+            assert_eq!(
+                chosen_refresh_cookie(&values, Some(&binding), true),
+                Ok(Some("RT"))
+            );
+        }
+        // No binding, a binding of neither, the same one twice, or plain http: refused.
+        assert_eq!(chosen_refresh_cookie(&["A", "RT"], None, true), Err(()));
+        let other = refresh_binding("OTHER");
+        assert_eq!(
+            chosen_refresh_cookie(&["A", "RT"], Some(&other), true),
+            Err(())
+        );
+        assert_eq!(
+            chosen_refresh_cookie(&["RT", "RT"], Some(&binding), true),
+            Err(())
+        );
+        assert_eq!(
+            chosen_refresh_cookie(&["A", "RT"], Some(&binding), false),
+            Err(())
         );
     }
 
