@@ -791,6 +791,29 @@ async fn first_seen_without_unionid_then_with_it_linked_not_duplicated() {
     assert_eq!(stack.count("users"), 1);
 }
 
+/// The linking conflict: an identity first seen without a unionid (the official account's
+/// `snsapi_base`), the same person then logging in to the mini-program (a second user, with
+/// the unionid), then granting `snsapi_userinfo` to the official account. The login goes to the
+/// first user and the unionid stays with the second (WEB-LOGIN.md) — so the first user's token
+/// and `/v1/me` do not carry it: two users asserting one unionid at the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linking_conflict_the_unionid_stays_with_its_user_in_tokens_too() {
+    let stack = start(&[]).await;
+    let base = web_login(&stack, &oa(), BACK, "snsapi_base", "carl").await;
+    let first = payload(&access_of(&base))["sub"].clone();
+    let mini = stack.login("carl").await;
+    let second = payload(mini["access_token"].as_str().unwrap());
+    assert_ne!(second["sub"], first);
+    assert!(second["unionid"].is_string(), "{second}");
+    let info = web_login(&stack, &oa(), BACK, "snsapi_userinfo", "carl").await;
+    let claims = payload(&access_of(&info));
+    assert_eq!(claims["sub"], first);
+    assert!(claims.get("unionid").is_none(), "{claims}");
+    let (status, me, _) = stack.get("/v1/me", Some(&access_of(&info))).await;
+    assert_eq!(status, 200, "{me}");
+    assert!(me.get("unionid").is_none(), "{me}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_session_mini_program_routes_400_and_me_by_cookie() {
     let stack = start(&[]).await;

@@ -115,6 +115,12 @@ pub struct LinkDecision {
     pub create_identity: bool,
     /// Attach the login's unionid to the existing user `sub` (first time WeChat reveals it).
     pub attach_unionid: bool,
+    /// The unionid `sub` carries once this login is written: the session's and its tokens'.
+    /// Not the login's when another user carries that one (the conflict of WEB-LOGIN.md, "One
+    /// person across apps": the login goes to the identity's user, the unionid stays with the
+    /// other — two users asserting one unionid would merge them at any upstream keyed by it),
+    /// nor when the user carries another already.
+    pub unionid: Option<String>,
 }
 
 /// Links a login to a user:
@@ -129,23 +135,33 @@ pub fn link_user(
     new_sub: &str,
 ) -> LinkDecision {
     match (&candidates.by_identity, &candidates.by_unionid) {
-        (Some(user), by_union) => LinkDecision {
-            sub: user.sub.clone(),
-            create_user: false,
-            create_identity: false,
-            attach_unionid: unionid.is_some() && user.unionid.is_none() && by_union.is_none(),
-        },
+        (Some(user), by_union) => {
+            let attach_unionid = unionid.is_some() && user.unionid.is_none() && by_union.is_none();
+            LinkDecision {
+                sub: user.sub.clone(),
+                create_user: false,
+                create_identity: false,
+                attach_unionid,
+                unionid: match &user.unionid {
+                    Some(own) => Some(own.clone()),
+                    None if attach_unionid => unionid.map(String::from),
+                    None => None,
+                },
+            }
+        }
         (None, Some(sub)) if unionid.is_some() => LinkDecision {
             sub: sub.clone(),
             create_user: false,
             create_identity: true,
             attach_unionid: false,
+            unionid: unionid.map(String::from),
         },
         (None, _) => LinkDecision {
             sub: new_sub.to_string(),
             create_user: true,
             create_identity: true,
             attach_unionid: false,
+            unionid: unionid.map(String::from),
         },
     }
 }
@@ -354,7 +370,8 @@ mod tests {
                 sub: "u-new".into(),
                 create_user: true,
                 create_identity: true,
-                attach_unionid: false
+                attach_unionid: false,
+                unionid: Some("un".into()),
             }
         );
     }
@@ -376,7 +393,9 @@ mod tests {
             by_identity: Some(found("u1", None)),
             by_unionid: None,
         };
-        assert!(link_user(&candidates, Some("un"), "u-new").attach_unionid);
+        let decision = link_user(&candidates, Some("un"), "u-new");
+        assert!(decision.attach_unionid);
+        assert_eq!(decision.unionid.as_deref(), Some("un"));
     }
 
     #[test]
@@ -388,6 +407,8 @@ mod tests {
         let decision = link_user(&candidates, Some("un"), "u-new");
         assert_eq!(decision.sub, "u1");
         assert!(!decision.attach_unionid);
+        // u1's session does not claim u2's unionid.
+        assert_eq!(decision.unionid, None);
     }
 
     #[test]
@@ -396,7 +417,9 @@ mod tests {
             by_identity: Some(found("u1", Some("old"))),
             by_unionid: None,
         };
-        assert!(!link_user(&candidates, Some("un"), "u-new").attach_unionid);
+        let decision = link_user(&candidates, Some("un"), "u-new");
+        assert!(!decision.attach_unionid);
+        assert_eq!(decision.unionid.as_deref(), Some("old"));
     }
 
     #[test]
@@ -411,7 +434,8 @@ mod tests {
                 sub: "u1".into(),
                 create_user: false,
                 create_identity: true,
-                attach_unionid: false
+                attach_unionid: false,
+                unionid: Some("un".into()),
             }
         );
     }

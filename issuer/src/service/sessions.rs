@@ -337,10 +337,14 @@ impl Sessions {
             refresh_hash,
             refresh_expires,
         };
-        let sub = match self.store.login(&record).await? {
-            LoginResult::Created { sub, new_user } => {
+        let (sub, unionid) = match self.store.login(&record).await? {
+            LoginResult::Created {
+                sub,
+                new_user,
+                unionid,
+            } => {
                 tracing::info!(sub = %sub, sid = %sid, appid = %identity.appid, openid = %crate::short_hash(&identity.openid), new_user, web = identity.session_key.is_none(), "login");
-                sub
+                (sub, unionid)
             }
             LoginResult::CodeAlreadyUsed => {
                 return Err(ApiError::InvalidGrant(
@@ -372,7 +376,7 @@ impl Sessions {
             sub,
             sid,
             openid: identity.openid,
-            unionid: identity.unionid,
+            unionid,
             appid: identity.appid,
         };
         let tokens = self.issue(&subject, &grants, refresh_token, refresh_expires, now)?;

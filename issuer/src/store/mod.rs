@@ -95,8 +95,13 @@ pub struct NewLogin {
 /// The outcome of [`Store::login`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginResult {
-    /// Written. `sub` is the user's (possibly pre-existing) id.
-    Created { sub: String, new_user: bool },
+    /// Written. `sub` is the user's (possibly pre-existing) id; `unionid` the one the session
+    /// carries ([`crate::domain::rules::LinkDecision::unionid`]).
+    Created {
+        sub: String,
+        new_user: bool,
+        unionid: Option<String>,
+    },
     /// A session for this code already exists: nothing written.
     CodeAlreadyUsed,
 }

@@ -45,6 +45,7 @@ macro_rules! contract_tests {
             login_same_openid_same_sub_new_session,
             login_linked_by_unionid_across_openids,
             login_unionid_revealed_later_attached_then_linked,
+            login_unionid_of_another_user_not_carried,
             login_without_session_key_stores_none,
             rotate_concurrently_exactly_one_winner,
             rotate_then_reuse_revokes_session_and_writes_entry,
@@ -159,7 +160,7 @@ async fn revoked(store: &dyn Store, jti: &str, sid: &str, sub: &str, iat: i64) -
 
 fn created(result: &LoginResult) -> (String, bool) {
     match result {
-        LoginResult::Created { sub, new_user } => (sub.clone(), *new_user),
+        LoginResult::Created { sub, new_user, .. } => (sub.clone(), *new_user),
         LoginResult::CodeAlreadyUsed => panic!("expected a created login, got {result:?}"),
     }
 }
@@ -358,6 +359,51 @@ pub async fn login_unionid_revealed_later_attached_then_linked(backend: &dyn Bac
     assert_eq!(
         created(&store.login(&other_app).await.unwrap()),
         ("u-c1".into(), false)
+    );
+}
+
+/// The linking conflict (WEB-LOGIN.md, "One person across apps"): an identity first seen
+/// without a unionid (user u-c1), the unionid then carried by another user (u-c2, another
+/// app), then the first identity with it. The login goes to u-c1 and the unionid stays with
+/// u-c2 — so u-c1's session, and its tokens, do not carry it either (two users asserting one
+/// unionid at the edge would be merged by an upstream keyed by it).
+pub async fn login_unionid_of_another_user_not_carried(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    let mut other_app = login("c2", "o2", Some("un1"), 20);
+    other_app.appid = "wx2".into();
+    created(&store.login(&other_app).await.unwrap());
+    let made = store
+        .login(&login("c3", "o1", Some("un1"), 30))
+        .await
+        .unwrap();
+    assert_eq!(
+        made,
+        LoginResult::Created {
+            sub: "u-c1".into(),
+            new_user: false,
+            unionid: None,
+        }
+    );
+    assert_eq!(store.session("s-c3").await.unwrap().unwrap().unionid, None);
+    assert_eq!(store.user("u-c1").await.unwrap().unwrap().unionid, None);
+    // The user that carries it: its sessions carry it.
+    let mut again = login("c4", "o2", Some("un1"), 40);
+    again.appid = "wx2".into();
+    let made = store.login(&again).await.unwrap();
+    assert!(
+        matches!(&made, LoginResult::Created { sub, unionid: Some(u), .. } if sub == "u-c2" && u == "un1"),
+        "{made:?}"
+    );
+    assert_eq!(
+        store
+            .session("s-c4")
+            .await
+            .unwrap()
+            .unwrap()
+            .unionid
+            .as_deref(),
+        Some("un1")
     );
 }
 

@@ -207,7 +207,7 @@ pub(super) async fn login(pool: &MySqlPool, login: &NewLogin) -> Result<LoginRes
     .bind(&link.sub)
     .bind(&login.appid)
     .bind(&login.openid)
-    .bind(&login.unionid)
+    .bind(&link.unionid)
     .bind(&login.code_hash)
     .bind(&login.session_key_sealed)
     .bind(login.now)
@@ -227,6 +227,7 @@ pub(super) async fn login(pool: &MySqlPool, login: &NewLogin) -> Result<LoginRes
     Ok(LoginResult::Created {
         sub: link.sub,
         new_user: link.create_user,
+        unionid: link.unionid,
     })
 }
 

@@ -258,7 +258,7 @@ impl Store for RedisStore {
                 .arg(&link.sub)
                 .arg(&login.appid)
                 .arg(&login.openid)
-                .arg(login.unionid.clone().unwrap_or_default())
+                .arg(link.unionid.clone().unwrap_or_default())
                 .arg(login.session_key_sealed.clone().unwrap_or_default())
                 .arg(flag(login.session_key_sealed.is_some()))
                 .arg(&login.code_hash)
@@ -273,6 +273,7 @@ impl Store for RedisStore {
             return Ok(LoginResult::Created {
                 sub: link.sub,
                 new_user: link.create_user,
+                unionid: link.unionid,
             });
         }
         Err(StoreError::Busy(

@@ -179,7 +179,7 @@ pub(super) fn login(conn: &mut Connection, login: &NewLogin) -> Result<LoginResu
             link.sub,
             login.appid,
             login.openid,
-            login.unionid,
+            link.unionid,
             login.code_hash,
             login.session_key_sealed,
             login.now,
@@ -201,6 +201,7 @@ pub(super) fn login(conn: &mut Connection, login: &NewLogin) -> Result<LoginResu
     Ok(LoginResult::Created {
         sub: link.sub,
         new_user: link.create_user,
+        unionid: link.unionid,
     })
 }
 
