@@ -1,7 +1,8 @@
 //! The native build (`--features envoy-native`) is linked with `-z now`: every Envoy callback
 //! the module declares is resolved when Envoy `dlopen`s it, so a callback missing from the
 //! Envoy binary (another ABI) refuses the configuration at load instead of aborting at the
-//! first call.
+//! first call. (Only a missing one: an Envoy exporting the same names with another meaning
+//! loads it, with a warning about the ABI version — the module is built for one Envoy minor.)
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

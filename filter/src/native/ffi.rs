@@ -11,10 +11,12 @@
 //! header's `v0.1.0` "deprecated").
 //!
 //! Load-time checks: [`envoy_dynamic_module_on_program_init`] returns [`ABI_VERSION`], which
-//! Envoy compares with its own (a mismatch is logged as "deprecated"); and the library is
-//! linked with `-z now` (`filter/build.rs`), so a callback this module declares that the Envoy
-//! binary does not export fails the `dlopen`, and Envoy refuses the configuration instead of
-//! aborting at the first call.
+//! Envoy compares with its own — a mismatch is only warned of (as "deprecated") and the module
+//! is loaded all the same; and the library is linked with `-z now` (`filter/build.rs`), so a
+//! callback this module declares that the Envoy binary does not export fails the `dlopen`, and
+//! Envoy refuses the configuration instead of aborting at the first call. An Envoy that
+//! exports every one of them with another meaning or layout passes both: the module is built
+//! for one Envoy minor (docs/DEPLOY.md).
 //!
 //! Panics never cross the boundary: every hook runs its body under `catch_unwind`; a panic in
 //! the request hook answers 503 (fail closed), one in the configuration hook refuses the
@@ -23,11 +25,12 @@
 #![allow(unsafe_code)]
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smallvec::SmallVec;
@@ -517,6 +520,9 @@ struct Clock {
     thread: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
 }
 
+/// The clock thread's name.
+const CLOCK_THREAD: &str = "weauth-tick";
+
 static CLOCK: Mutex<Clock> = Mutex::new(Clock {
     slots: Vec::new(),
     thread: None,
@@ -597,7 +603,7 @@ impl Ticker {
             let stop = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&stop);
             let spawned = std::thread::Builder::new()
-                .name("weauth-tick".into())
+                .name(CLOCK_THREAD.into())
                 .spawn(move || keep_time(&flag));
             match spawned {
                 Ok(thread) => clock.thread = Some((thread, stop)),
@@ -653,10 +659,12 @@ struct Module {
     ids: Ids,
     /// Main thread only; a mutex to make that checkable rather than assumed.
     fetcher: Mutex<Fetcher>,
-    ticker: Option<Ticker>,
-    /// The thread that made it (Envoy's main thread), which the module assumes also destroys
-    /// it: a fetch answer, delivered on the main thread, then cannot race its teardown.
-    made_on: std::thread::ThreadId,
+    /// Taken by the destroy hook, on whatever thread that runs, while a fetch answer on the
+    /// main thread may still be reading the rest (see [`Grave`]): hence behind a lock.
+    ticker: Mutex<Option<Ticker>>,
+    /// The thread that made it: Envoy's main thread, where its fetch answers and ticks run.
+    /// A destroy elsewhere cannot free it at once ([`Grave`]).
+    made_on: ThreadId,
 }
 
 // Envoy calls the request hooks of one configuration from every worker thread at once, through
@@ -666,6 +674,110 @@ const _: fn() = || {
     fn shareable<T: Send + Sync>() {}
     shareable::<Module>();
 };
+
+/// A configuration Envoy destroyed where it could not be freed at once, freed by the next
+/// hook of the main thread (the thread that made it) that is not one of its own.
+///
+/// Envoy 1.40 runs a configuration's destructor wherever its last reference goes, and that can
+/// be off the main thread: on the clock thread, when Envoy's scheduler commit held the last
+/// reference ([`Slot`]) — or on a worker, should a stream there hold the last one. The destructor
+/// calls the destroy hook *before* it clears its pointer to the module's configuration and
+/// cancels its callouts, and a callout's answer holds no reference to the configuration: on
+/// the main thread, an answer that found the pointer still set may be inside the callout hook,
+/// using the module, while the destroy hook runs on the other thread. Freed there, the module
+/// would be freed under it. So it is only retired there (its fetching handed over,
+/// [`Shared::retire`], and its ticker stopped) and buried; the main thread's hooks run one
+/// after the other, so at the start of the next one none is still using it — save the hook
+/// called for that very configuration, which the same window of Envoy's destructor lets in
+/// (its pointer not yet cleared): that one spares it, for the hook after. Envoy's own object
+/// is freed by the destructor all the same; what an answer in that window does with it is
+/// Envoy's to fix (an answer holds a plain reference to it), and rare: the clock asks for a
+/// tick only when one has work ([`TickGate`]).
+struct Grave {
+    module: *const Module,
+    made_on: ThreadId,
+}
+
+// SAFETY: a `Module` is `Send + Sync` (checked above); the pointer is turned back into its box
+// once, on `made_on`, by the hook that takes it out of the graveyard.
+unsafe impl Send for Grave {}
+
+static GRAVEYARD: Mutex<Vec<Grave>> = Mutex::new(Vec::new());
+
+fn graveyard() -> std::sync::MutexGuard<'static, Vec<Grave>> {
+    GRAVEYARD.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+thread_local! {
+    /// How many of the main thread's hooks are in progress on this thread: more than one when
+    /// Envoy calls one back from inside another (a fetch it fails at once, inside the
+    /// fetcher's own dispatch, answers inline). Only the outermost may free the graveyard.
+    static MAIN_HOOKS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One of the main thread's hooks in progress (a configuration made, ticked, answered or
+/// destroyed there), from its start to its end.
+struct MainHook;
+
+impl MainHook {
+    /// At the start of a main-thread hook called for `current` (null: none yet): the
+    /// outermost frees the configurations this thread made that were buried, except
+    /// `current`'s.
+    fn enter(current: ConfigModulePtr) -> MainHook {
+        let outermost = MAIN_HOOKS
+            .try_with(|hooks| {
+                hooks.set(hooks.get().saturating_add(1));
+                hooks.get() == 1
+            })
+            .unwrap_or(false);
+        if outermost {
+            free_buried(current);
+        }
+        MainHook
+    }
+
+    /// Whether none of the main thread's hooks is in progress on this thread.
+    fn idle() -> bool {
+        MAIN_HOOKS
+            .try_with(|hooks| hooks.get() == 0)
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for MainHook {
+    fn drop(&mut self) {
+        let _ = MAIN_HOOKS.try_with(|hooks| hooks.set(hooks.get().saturating_sub(1)));
+    }
+}
+
+/// Buries a configuration Envoy destroyed, to be freed by a later hook on `made_on`.
+fn bury(module: *const Module, made_on: ThreadId) {
+    graveyard().push(Grave { module, made_on });
+}
+
+/// Frees the buried configurations made on this thread, but `spare`'s (see [`Grave`]).
+fn free_buried(spare: ConfigModulePtr) {
+    let here = std::thread::current().id();
+    let due: Vec<Grave> = {
+        let mut graves = graveyard();
+        if graves.is_empty() {
+            return;
+        }
+        let (due, kept) = std::mem::take(&mut *graves)
+            .into_iter()
+            .partition(|grave| grave.made_on == here && !std::ptr::eq(grave.module.cast(), spare));
+        *graves = kept;
+        due
+    };
+    // Outside the lock: a configuration's drop may take others (the clock's).
+    for grave in due {
+        // SAFETY: the box `config_new` made, which Envoy destroyed and the destroy hook
+        // buried; taken out of the graveyard here, once. On the thread that made it, at the
+        // start of the outermost of its hooks, and not the one called for it: no hook is
+        // using it, and Envoy calls none for it any more.
+        drop(unsafe { Box::from_raw(grave.module.cast_mut()) });
+    }
+}
 
 /// One request's host: the filter pointer Envoy passed to the hook.
 struct Request<'a> {
@@ -889,6 +1001,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 ) -> ConfigModulePtr {
     let raw = bytes(config.ptr, config.length);
     let built = catch_unwind(AssertUnwindSafe(|| {
+        let _hook = MainHook::enter(std::ptr::null());
         let config = match Config::parse_with_env(raw, &|name| std::env::var(name).ok()) {
             Ok(config) => config,
             Err(err) => {
@@ -935,7 +1048,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             shared,
             ids,
             fetcher: Mutex::new(fetcher),
-            ticker,
+            ticker: Mutex::new(ticker),
             made_on: std::thread::current().id(),
         }))
     }));
@@ -952,30 +1065,54 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     }
 }
 
+/// Frees the configuration at once on the thread that made it (Envoy's main thread), with
+/// none of that thread's hooks in progress; else retires and buries it ([`Grave`]).
+///
 /// # Safety
-/// `config` is what `config_new` returned.
+/// `config` is what `config_new` returned, not destroyed before.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
     config: ConfigModulePtr,
 ) {
-    if config.is_null() {
-        return;
-    }
-    let mut module = Box::from_raw(config.cast::<Module>().cast_mut());
-    let _ = catch_unwind(AssertUnwindSafe(move || {
-        if std::thread::current().id() != module.made_on {
-            // Checked rather than assumed: say so if an Envoy ever does it.
-            log(
-                Level::Error,
-                "a filter configuration was destroyed on another thread than Envoy's main \
-                 thread, which made it: a fetch answer could race its teardown; please report \
-                 this with Envoy's version",
-            );
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let Some(module) = module(config) else {
+            return;
+        };
+        // Off the clock (the last configuration on it stops it) before anything else, on
+        // whatever thread this is: on the clock thread itself when a commit held the last
+        // reference (see `Slot`).
+        let ticker = module
+            .ticker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(ticker);
+        let made_on = module.made_on;
+        let here = std::thread::current();
+        if here.id() == made_on && MainHook::idle() {
+            let _hook = MainHook::enter(config);
+            // SAFETY: the box `config_new` made, destroyed once; on the main thread with none
+            // of its hooks in progress, so none is using it. `module` is not used past here.
+            drop(Box::from_raw(config.cast::<Module>().cast_mut()));
+            return;
         }
-        // Off the clock (the last configuration on it stops it) before the module goes. On
-        // the clock thread itself when a commit held the last reference (see `Slot`).
-        drop(module.ticker.take());
-        drop(module);
+        module.shared.retire();
+        bury(config.cast(), made_on);
+        // Expected of Envoy 1.40 (see `Grave`): told at debug level from the clock thread, at
+        // info from any other (a worker, should a stream there hold the last reference; a
+        // destroy Envoy called back from inside another hook on the main thread).
+        let (level, thread) = match here.name() {
+            Some(CLOCK_THREAD) => (Level::Debug, CLOCK_THREAD),
+            Some(name) => (Level::Info, name),
+            None => (Level::Info, "unnamed"),
+        };
+        log(
+            level,
+            &format!(
+                "a filter configuration was destroyed off Envoy's main thread (on {thread}): \
+                 retired there, freed at the main thread's next hook"
+            ),
+        );
     }));
 }
 
@@ -1079,6 +1216,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
         return;
     };
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        let _hook = MainHook::enter(config);
         let mut call = EnvoyConfig(config_envoy);
         let report = ConfigReport {
             config: call,
@@ -1137,6 +1275,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             .collect();
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        let _hook = MainHook::enter(config);
         let mut call = EnvoyConfig(config_envoy);
         let report = ConfigReport {
             config: call,
@@ -1507,6 +1646,205 @@ mod tests {
             ticker.join().unwrap();
             assert_eq!(deletes.load(Ordering::SeqCst), 1);
         }
+    }
+
+    // Envoy's callbacks that the hooks tested below reach, for this test binary: Envoy's
+    // binary defines them. Log lines are kept, with their level.
+    static LOGGED: Mutex<Vec<(u32, String)>> = Mutex::new(Vec::new());
+
+    /// Not poisoned by a failed test: a panic in a callback would abort them all.
+    fn logged() -> std::sync::MutexGuard<'static, Vec<(u32, String)>> {
+        LOGGED.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_log_enabled(_level: u32) -> bool {
+        true
+    }
+
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer) {
+        // SAFETY: the module's buffer, valid for the call.
+        let line = unsafe { bytes(message.ptr, message.length) };
+        let line = String::from_utf8_lossy(line).into_owned();
+        logged().push((level, line));
+    }
+
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        _config: ConfigEnvoyPtr,
+        _callout_id: *mut u64,
+        _cluster_name: ModuleBuffer,
+        _headers: *mut ModuleHttpHeader,
+        _headers_size: usize,
+        _body: ModuleBuffer,
+        _timeout_milliseconds: u64,
+    ) -> u32 {
+        2 // ClusterNotFound
+    }
+
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        _config: ConfigEnvoyPtr,
+        _id: usize,
+        _label_values: *mut ModuleBuffer,
+        _label_values_length: usize,
+        _value: u64,
+    ) -> u32 {
+        METRICS_SUCCESS
+    }
+
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        _config: ConfigEnvoyPtr,
+        _id: usize,
+        _label_values: *mut ModuleBuffer,
+        _label_values_length: usize,
+        _value: u64,
+    ) -> u32 {
+        METRICS_SUCCESS
+    }
+
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        _scheduler: SchedulerPtr,
+    ) {
+    }
+
+    /// A configuration as `config_new` makes it, on this thread (as on Envoy's main thread),
+    /// with a state of its own; and what tells whether it is still there (its state is held
+    /// by it alone).
+    fn module_here(cluster: &str) -> (ConfigModulePtr, std::sync::Weak<Shared>) {
+        let config = Config::parse(
+            format!(
+                r#"{{"issuer":"https://issuer","audiences":["weauth"],
+                    "jwks":{{"cluster":"{cluster}"}},
+                    "revocation":{{"cluster":"{cluster}","credential":"feed-secret"}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let fetcher = Fetcher::new(&config, NOW);
+        let shared = Arc::new(Shared::new(config));
+        let alive = Arc::downgrade(&shared);
+        let module = Box::new(Module {
+            shared,
+            ids: Ids::default(),
+            fetcher: Mutex::new(fetcher),
+            ticker: Mutex::new(None),
+            made_on: std::thread::current().id(),
+        });
+        (Box::into_raw(module).cast_const().cast(), alive)
+    }
+
+    fn destroy(config: ConfigModulePtr) {
+        // SAFETY: a configuration `module_here` made, destroyed once.
+        unsafe { envoy_dynamic_module_on_http_filter_config_destroy(config) }
+    }
+
+    /// Destroyed on a thread of that name, as Envoy destroys a configuration whose last
+    /// reference goes there.
+    fn destroy_on(thread: &str, config: ConfigModulePtr) {
+        let config = config as usize;
+        std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(move || destroy(config as ConfigModulePtr))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// A fetch's answer (a reset) on this thread, as Envoy's main thread delivers it.
+    fn answer(config: ConfigModulePtr) {
+        // SAFETY: a configuration `module_here` made, not freed; no headers, no body.
+        unsafe {
+            envoy_dynamic_module_on_http_filter_config_http_callout_done(
+                std::ptr::null_mut(),
+                config,
+                1,
+                1,
+                std::ptr::null(),
+                0,
+                std::ptr::null(),
+                0,
+            );
+        }
+    }
+
+    /// Envoy 1.40 destroys a configuration on the clock thread when its scheduler commit held
+    /// the last reference, and calls the destroy hook before it stops delivering that
+    /// configuration's fetch answers on the main thread: one may be using the module then. It
+    /// is kept (retired: its fetching handed over) until the main thread's next hook — but
+    /// not by the answer of its own that the same window lets through — and the destroy is
+    /// said at debug level, not as an error.
+    #[test]
+    fn a_configuration_destroyed_off_the_main_thread_is_freed_at_the_main_threads_next_hook() {
+        let (config, alive) = module_here("grave_clock");
+        let (other, other_alive) = module_here("grave_clock_other");
+        destroy_on(CLOCK_THREAD, config);
+        let shared = alive.upgrade().expect("freed on the clock thread");
+        assert!(shared.retired.load(Ordering::SeqCst), "retired there");
+        drop(shared);
+        // Another configuration's thread does not free it.
+        std::thread::spawn(|| drop(MainHook::enter(std::ptr::null())))
+            .join()
+            .unwrap();
+        assert!(alive.upgrade().is_some(), "freed on another thread");
+        // The answer of its own, in the window of Envoy's destructor, spares it...
+        answer(config);
+        assert!(alive.upgrade().is_some(), "freed by its own answer");
+        // ...the next hook on the main thread frees it.
+        answer(other);
+        assert!(alive.upgrade().is_none(), "still kept");
+        assert!(other_alive.upgrade().is_some());
+        destroy(other);
+        assert!(other_alive.upgrade().is_none());
+        let logged = logged();
+        let said: Vec<_> = logged
+            .iter()
+            .filter(|(_, line)| line.contains("destroyed off Envoy's main thread (on weauth-tick)"))
+            .collect();
+        assert!(!said.is_empty(), "{logged:?}");
+        assert!(
+            said.iter().all(|(level, _)| *level == LOG_DEBUG),
+            "{said:?}"
+        );
+    }
+
+    /// Destroyed on the main thread, with none of its hooks in progress: freed at once. Inside
+    /// one of them (a hook Envoy called back from inside another), buried until the next.
+    #[test]
+    fn a_configuration_destroyed_on_the_main_thread_is_freed_at_once_unless_inside_a_hook() {
+        let (config, alive) = module_here("grave_main");
+        destroy(config);
+        assert!(alive.upgrade().is_none(), "kept");
+
+        let (config, alive) = module_here("grave_nested");
+        let hook = MainHook::enter(std::ptr::null());
+        destroy(config);
+        assert!(alive.upgrade().is_some(), "freed under a hook in progress");
+        drop(MainHook::enter(std::ptr::null()));
+        assert!(alive.upgrade().is_some(), "freed by a nested hook");
+        drop(hook);
+        drop(MainHook::enter(std::ptr::null()));
+        assert!(alive.upgrade().is_none(), "kept past the next hook");
+    }
+
+    /// Destroyed on a worker thread (its last stream held the last reference): kept as well,
+    /// and said at info level.
+    #[test]
+    fn a_configuration_destroyed_on_a_worker_is_kept_and_said_at_info() {
+        let (config, alive) = module_here("grave_worker");
+        destroy_on("wrk:worker_0", config);
+        assert!(alive.upgrade().is_some(), "freed on the worker");
+        drop(MainHook::enter(std::ptr::null()));
+        assert!(alive.upgrade().is_none());
+        let logged = logged();
+        assert!(
+            logged.iter().any(|(level, line)| *level == LOG_INFO
+                && line.contains("destroyed off Envoy's main thread (on wrk:worker_0)")),
+            "{logged:?}"
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ mod ffi;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError, Weak};
 
 use arc_swap::ArcSwapOption;
@@ -155,6 +155,11 @@ pub struct Shared {
     id: u64,
     /// Held while the configuration lives: a thread's cache for it holds a `Weak` of it.
     alive: Arc<()>,
+    /// Envoy destroyed the configuration on another thread than its main one, and the module
+    /// keeps its memory until the main thread's next hook (`ffi`'s graveyard, as a fetch answer
+    /// may still be using it): it fetches no more, and has handed the fetching over
+    /// ([`Shared::retire`]).
+    retired: AtomicBool,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -307,15 +312,7 @@ fn fetched_alike(a: &Config, b: &Config) -> bool {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // The fetching is left to the next configuration sharing the state to tick, at once.
-        if self
-            .state
-            .fetcher
-            .compare_exchange(self.id, 0, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.state.next_tick_ms.store(0, Ordering::Release);
-        }
+        self.hand_over();
         // Gone before it is announced, so that a thread that sees the count move finds it gone.
         drop(std::mem::take(&mut self.alive));
         RETIRED.fetch_add(1, Ordering::Release);
@@ -349,6 +346,33 @@ impl Shared {
             state,
             id,
             alive: Arc::new(()),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// For a configuration Envoy has destroyed whose memory is kept a while (`ffi`'s
+    /// graveyard), from any thread: it claims the fetching no more, and hands it over now, not
+    /// when it is dropped — until then the state's other configurations would wait for a tick
+    /// that never comes (their clock asks for none while this one holds the fetching, and
+    /// Envoy has cancelled this one's calls), and with them the graveyard for a main-thread
+    /// hook to empty it. A tick of this configuration in progress on the main thread meanwhile
+    /// hands it over again when it ends ([`Fetcher::tick`]). SeqCst, as the claim and the
+    /// tick's end: of this flag and a claim, one sees the other.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.hand_over();
+    }
+
+    /// Leaves the fetching, if this configuration holds it, to the next configuration sharing
+    /// the state to tick, at once.
+    fn hand_over(&self) {
+        if self
+            .state
+            .fetcher
+            .compare_exchange(self.id, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.state.next_tick_ms.store(0, Ordering::SeqCst);
         }
     }
 
@@ -415,10 +439,13 @@ impl Shared {
     /// Whether this configuration's fetcher fills the state, taking the fetching over when
     /// the configuration that did is gone.
     fn claim(&self) -> Claim {
+        if self.retired.load(Ordering::SeqCst) {
+            return Claim::Other;
+        }
         match self
             .state
             .fetcher
-            .compare_exchange(0, self.id, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(0, self.id, Ordering::SeqCst, Ordering::SeqCst)
         {
             Ok(_) => Claim::Taken,
             Err(fetcher) if fetcher == self.id => Claim::Held,
@@ -617,6 +644,15 @@ impl Fetcher {
         if state.jwks_wanted_ms.load(Ordering::SeqCst) != wanted {
             state.wake_for_jwks(now_ms);
         }
+        // Retired during this tick (destroyed on another thread: `Shared::retire`): its
+        // hand-over may have come before the store above, which put the next tick off. Handed
+        // over again, at once (no other configuration claims meanwhile: claims are made on
+        // this thread). Retired after this load instead, `retire`'s own hand-over comes after
+        // the store.
+        if shared.retired.load(Ordering::SeqCst) {
+            shared.hand_over();
+            state.next_tick_ms.store(0, Ordering::SeqCst);
+        }
     }
 
     /// A call's answer ([`fetch::Fetcher::on_response`], its body in the pieces of Envoy's
@@ -633,6 +669,13 @@ impl Fetcher {
         body: &[&[u8]],
         now_ms: u64,
     ) {
+        // Retired ([`Shared::retire`]: Envoy is destroying its configuration on another
+        // thread): the answer is dropped, for a feed answer dispatches the next poll, on a
+        // configuration whose callouts Envoy is cancelling — one that would outlive it. The
+        // configuration taking the fetching over asks again.
+        if shared.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.fetcher
             .on_response(&mut &*shared, call, report, id, status, body, now_ms);
         self.tick(shared, call, report, now_ms);
@@ -1253,6 +1296,83 @@ mod tests {
         assert_eq!(second.calls.len(), 2, "the JWKS and the feed");
         assert!(second.path(2).contains("since=4"), "{}", second.path(2));
         assert_eq!(new.revocation().unwrap().set.seq, 4, "kept meanwhile");
+    }
+
+    /// Two configurations sharing a state, the first fetching for it (its first tick done).
+    fn fetching_and_joined(cluster: &str) -> (Arc<Shared>, Fetcher, Arc<Shared>, Fetcher) {
+        let (old, _) = Shared::start(sourced(cluster, ""));
+        let mut old_fetcher = Fetcher::new(&old.config, NOW);
+        old_fetcher.tick(&old, &mut ScriptedIssuer::default(), &Log::default(), NOW);
+        let (new, start) = Shared::start(sourced(cluster, r#","cache_entries":5"#));
+        assert_eq!(start, Start::Joined);
+        let new_fetcher = Fetcher::new(&new.config, NOW);
+        (old, old_fetcher, new, new_fetcher)
+    }
+
+    /// A configuration Envoy destroyed on another thread is kept until the main thread's next
+    /// hook (`ffi`'s graveyard); the state's other configurations must not wait for that hook
+    /// to fetch — while it held the fetching, their clock would ask for no tick, and no hook
+    /// would come.
+    #[test]
+    fn a_retired_configuration_hands_the_fetching_over_at_once_and_fetches_no_more() {
+        let (old, mut old_fetcher, new, mut new_fetcher) = fetching_and_joined("retire_idle");
+        let (gate, now) = (new.tick_gate(), NOW + TICK_MS);
+        assert!(!gate.due(now), "the old one fetches");
+        old.retire();
+        assert!(gate.due(now), "the new one's tick is asked for at once");
+        let mut calls = ScriptedIssuer::default();
+        let log = Log::default();
+        old_fetcher.tick(&old, &mut calls, &log, now);
+        old_fetcher.on_answer(
+            &old,
+            &mut calls,
+            &log,
+            2,
+            200,
+            &[&page_body(1, 1, false)],
+            now,
+        );
+        assert!(calls.calls.is_empty(), "retired, it fetches no more");
+        assert_eq!(old.state.fetcher.load(Ordering::SeqCst), 0);
+        new_fetcher.tick(&new, &mut calls, &log, now);
+        assert_eq!(
+            calls.calls.len(),
+            2,
+            "the new one took over: the JWKS and the feed"
+        );
+    }
+
+    /// Retired during its own tick on the main thread (the destroy on the clock thread races
+    /// a fetch answer's tick): the tick's closing store of when its next tick is due must not
+    /// put the hand-over off until then.
+    #[test]
+    fn a_configuration_retired_during_its_tick_hands_the_fetching_over_when_it_ends() {
+        struct RetiredOnCall<'a>(&'a Shared, ScriptedIssuer);
+        impl IssuerCall for RetiredOnCall<'_> {
+            fn dispatch(
+                &mut self,
+                cluster: &str,
+                headers: &[(&str, &str)],
+                timeout_ms: u64,
+            ) -> Result<u64, crate::host::DispatchError> {
+                self.0.retire();
+                self.1.dispatch(cluster, headers, timeout_ms)
+            }
+        }
+        let (old, _) = Shared::start(sourced("retire_in_tick", ""));
+        let mut old_fetcher = Fetcher::new(&old.config, NOW);
+        let (new, start) = Shared::start(sourced("retire_in_tick", r#","cache_entries":5"#));
+        assert_eq!(start, Start::Joined);
+        // Its first tick: the JWKS and the feed dispatched, retired at the first.
+        let mut call = RetiredOnCall(&old, ScriptedIssuer::default());
+        old_fetcher.tick(&old, &mut call, &Log::default(), NOW);
+        assert_eq!(call.1.calls.len(), 2);
+        assert_eq!(old.state.fetcher.load(Ordering::SeqCst), 0);
+        assert!(
+            new.tick_gate().due(NOW + 10),
+            "due at once, not when the old one's next tick would have been ({})",
+            old.state.next_tick_ms.load(Ordering::SeqCst)
+        );
     }
 
     #[test]
