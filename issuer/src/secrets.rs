@@ -31,6 +31,32 @@ pub enum SecretError {
     KeyFile { path: PathBuf, reason: String },
 }
 
+/// A secret held in memory (an app secret, a credential, a key's bytes): zeroed when dropped,
+/// as `Zeroizing`, and shown by `Debug` as `[redacted]` — `Zeroizing`'s own `Debug` prints the
+/// contents, so a `{:?}` of a struct holding one (the configuration, an app entry, the WeChat
+/// client's settings) would have logged it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret<T: zeroize::Zeroize>(Zeroizing<T>);
+
+impl<T: zeroize::Zeroize> Secret<T> {
+    pub fn new(value: T) -> Secret<T> {
+        Secret(Zeroizing::new(value))
+    }
+}
+
+impl<T: zeroize::Zeroize> std::ops::Deref for Secret<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: zeroize::Zeroize> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// The AES-256-GCM key for data at rest, and a MAC key derived from it for values every
 /// replica must compute alike ([`DataKey::derive`]).
 #[derive(Clone)]

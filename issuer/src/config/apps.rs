@@ -53,8 +53,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::secrets::Secret;
 use serde::Deserialize;
-use zeroize::Zeroizing;
 
 use crate::apisec::ApiSecurityKeys;
 
@@ -154,7 +154,7 @@ pub struct App {
     /// The WeChat appid (`wx…`).
     pub appid: String,
     /// The app secret. Never logged (see the `Debug` impl).
-    pub secret: Zeroizing<String>,
+    pub secret: Secret<String>,
     pub kind: AppKind,
     /// Exact redirect targets after a web login (empty for a mini-program).
     pub redirect_uris: Vec<String>,
@@ -211,7 +211,7 @@ impl Apps {
     }
 
     /// The one-app shortcut: a single mini-program.
-    pub fn single(appid: String, secret: Zeroizing<String>) -> Apps {
+    pub fn single(appid: String, secret: Secret<String>) -> Apps {
         Apps {
             apps: vec![App {
                 appid,
@@ -367,7 +367,7 @@ fn api_key_text(
     file: Option<&str>,
     env: Option<&str>,
     sources: &SecretSources<'_>,
-) -> Result<(Zeroizing<String>, String), String> {
+) -> Result<(Secret<String>, String), String> {
     if inline.is_some() {
         return Err(format!(
             "api_security.{name}: keys are never written in the apps file; \
@@ -399,7 +399,7 @@ fn api_key_text(
             format!("api_security.{name}_env `{var}`"),
         ),
     };
-    Ok((Zeroizing::new(text), origin))
+    Ok((Secret::new(text), origin))
 }
 
 /// A key number (`*_sn`): required, non-empty, printable ASCII without spaces (it goes into
@@ -527,11 +527,11 @@ pub fn parse_apps_file(text: &str, sources: &SecretSources<'_>) -> Result<Apps, 
                 ))
             }
             (None, None) => return Err(format!("{name}: secret or secret_file is required")),
-            (Some(secret), None) => Zeroizing::new(secret),
+            (Some(secret), None) => Secret::new(secret),
             (None, Some(path)) => {
                 let text = read_file(&path)
                     .map_err(|err| format!("{name}: cannot read secret_file `{path}`: {err}"))?;
-                Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string())
+                Secret::new(text.trim_end_matches(['\n', '\r']).to_string())
             }
         };
         if secret.is_empty() {

@@ -23,8 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::secrets::Secret;
 use weauth_token::Algorithm;
-use zeroize::Zeroizing;
 
 use self::apps::Apps;
 use self::parse::{parse_base_url, parse_data_key, parse_store};
@@ -241,7 +241,7 @@ pub struct Config {
     /// The first app's appid (with the shortcut: `WEAUTH_WECHAT_APPID`); empty without apps.
     pub wechat_appid: String,
     /// The first app's secret.
-    pub wechat_secret: Zeroizing<String>,
+    pub wechat_secret: Secret<String>,
     /// `WEAUTH_WECHAT_OPEN_BASE`, default `https://open.weixin.qq.com`: where browsers are
     /// sent to authorize a web login (the mock's URL in tests).
     pub wechat_open_base: String,
@@ -279,10 +279,10 @@ pub struct Config {
     pub leeway: Duration,
     /// `WEAUTH_FEED_TOKEN` / `_FILE`: credential of `GET /v1/revocations` (route disabled
     /// with 503 when unset).
-    pub feed_token: Option<Zeroizing<String>>,
+    pub feed_token: Option<Secret<String>>,
     /// `WEAUTH_ADMIN_TOKEN` / `_FILE`: credential of `POST /v1/admin/revoke` (disabled when
     /// unset).
-    pub admin_token: Option<Zeroizing<String>>,
+    pub admin_token: Option<Secret<String>>,
     /// `WEAUTH_LOG`, default `info` (a `tracing` env-filter directive).
     pub log: String,
     /// `WEAUTH_LOG_FORMAT`: `text` (default) or `json` (one JSON object per line).
@@ -291,7 +291,7 @@ pub struct Config {
     /// keys at rest, and deriving each refresh token's one successor
     /// ([`crate::domain::tokens::successor_refresh_token`]). Unset: a key file next to the
     /// database is used (created on first start).
-    pub data_key: Option<Zeroizing<Vec<u8>>>,
+    pub data_key: Option<Secret<Vec<u8>>>,
     /// `WEAUTH_SIGNING_ALG`: `EdDSA` (default), `ES256` or `HS256`.
     pub signing_alg: Algorithm,
     /// `WEAUTH_SIGNING_KEY_FILE`: PKCS#8 PEM (EdDSA, ES256) or the raw HS256 secret
@@ -490,7 +490,7 @@ impl Config {
         };
         let (wechat_appid, wechat_secret) = match apps.all().first() {
             Some(first) => (first.appid.clone(), first.secret.clone()),
-            None => (String::new(), Zeroizing::new(String::new())),
+            None => (String::new(), Secret::new(String::new())),
         };
         let wechat_open_base = errs.or(
             parse_base_url(

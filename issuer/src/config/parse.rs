@@ -53,14 +53,14 @@ impl Source<'_> {
         self.get(var).unwrap_or_else(|| default_of(var).to_string())
     }
 
-    pub(super) fn secret(&self, var: &str) -> Result<Option<Zeroizing<String>>, ConfigError> {
+    pub(super) fn secret(&self, var: &str) -> Result<Option<Secret<String>>, ConfigError> {
         let file_var = format!("{var}_FILE");
         match (self.get(var), self.get(&file_var)) {
             (Some(_), Some(_)) => Err(bad(
                 var,
                 format!("set either {var} or {file_var}, not both"),
             )),
-            (Some(value), None) => Ok(Some(Zeroizing::new(value))),
+            (Some(value), None) => Ok(Some(Secret::new(value))),
             (None, Some(path)) => {
                 let text = (self.read_file)(&path)
                     .map_err(|err| bad(&file_var, format!("cannot read `{path}`: {err}")))?;
@@ -68,7 +68,7 @@ impl Source<'_> {
                 if trimmed.is_empty() {
                     return Err(bad(&file_var, format!("`{path}` is empty")));
                 }
-                Ok(Some(Zeroizing::new(trimmed)))
+                Ok(Some(Secret::new(trimmed)))
             }
             (None, None) => Ok(None),
         }
@@ -380,7 +380,7 @@ pub(super) fn parse_base_url(var: &str, text: &str) -> Result<String, ConfigErro
     Ok(text.trim_end_matches('/').to_string())
 }
 
-pub(super) fn parse_data_key(text: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+pub(super) fn parse_data_key(text: &str) -> Result<Secret<Vec<u8>>, ConfigError> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
@@ -392,5 +392,5 @@ pub(super) fn parse_data_key(text: &str) -> Result<Zeroizing<Vec<u8>>, ConfigErr
             format!("must decode to 32 bytes, got {}", bytes.len()),
         ));
     }
-    Ok(Zeroizing::new(bytes))
+    Ok(Secret::new(bytes))
 }

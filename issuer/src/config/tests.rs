@@ -698,3 +698,35 @@ fn config_hs256_requires_a_key_file() {
     .unwrap();
     assert_eq!(config.signing_alg, Algorithm::HS256);
 }
+
+/// A `{:?}` of the configuration (or of an app entry in it) shows no secret: the app secrets,
+/// the feed and admin credentials, the data key (`Zeroizing`'s own `Debug` printed them).
+#[test]
+fn debug_shows_no_secret() {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let mut vars = BASE.to_vec();
+    vars.extend([
+        ("WEAUTH_FEED_TOKEN", "feed-credential-xyz"),
+        ("WEAUTH_ADMIN_TOKEN", "admin-credential-xyz"),
+        ("WEAUTH_DATA_KEY", key.as_str()),
+    ]);
+    let config = load(&vars).unwrap();
+    let shown = format!("{config:?}");
+    for secret in [
+        "mock-secret",
+        "feed-credential-xyz",
+        "admin-credential-xyz",
+        key.as_str(),
+        "7, 7, 7",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown");
+    }
+    assert!(shown.contains("[redacted]"));
+    let apps = load(&[("WEAUTH_APPS_FILE", "/etc/weauth/apps.json")]).unwrap();
+    let shown = format!("{apps:?}");
+    assert!(
+        !shown.contains("file-secret") && !shown.contains("oa-secret"),
+        "{shown}"
+    );
+}

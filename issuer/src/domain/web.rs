@@ -462,12 +462,11 @@ pub fn same_origin_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zeroize::Zeroizing;
 
     fn app(kind: AppKind) -> App {
         App {
             appid: "wx00000000000000a1".into(),
-            secret: Zeroizing::new("s".into()),
+            secret: crate::secrets::Secret::new("s".into()),
             kind,
             redirect_uris: vec!["https://h5.example.com/after-login".into()],
             risk: None,

@@ -36,7 +36,7 @@ impl WechatClients {
         clock: &Arc<dyn Clock>,
     ) -> Result<WechatClients, String> {
         let http = |appid: &str,
-                    secret: &zeroize::Zeroizing<String>,
+                    secret: &crate::secrets::Secret<String>,
                     api_security|
          -> Result<Arc<dyn Wechat>, String> {
             Ok(Arc::new(HttpWechat::new(

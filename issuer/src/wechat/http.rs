@@ -2,13 +2,14 @@
 //! backoff, the app access token, the server API security, a trace span per attempt.
 
 use super::*;
+use crate::secrets::Secret;
 
 /// Settings of [`HttpWechat`].
 #[derive(Debug, Clone)]
 pub struct HttpWechatConfig {
     pub api_base: String,
     pub appid: String,
-    pub secret: Zeroizing<String>,
+    pub secret: Secret<String>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub retries: u32,
