@@ -340,8 +340,10 @@ pub fn phone_error(err: WechatError) -> ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        // Busy or unreachable: 503 `temporarily_unavailable` with Retry-After (a client may
-        // retry; nothing was half-written). Anything else is a 500.
+        // Busy or unreachable: 503 `temporarily_unavailable` with Retry-After. A client may
+        // retry: every write is safe to repeat (a rotation repeated within the reuse grace
+        // gets the same successor, a revocation or logout is applied again, a login code
+        // already spent is refused). Anything else is a 500.
         if err.is_transient() {
             ApiError::StoreUnavailable {
                 cause: err.to_string(),
