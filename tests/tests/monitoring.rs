@@ -1,13 +1,17 @@
 //! `deploy/monitoring/`: the alert rules' shape (every alert has a severity, a summary, a
 //! description and a runbook section in docs/RUNBOOK.md, and is exercised by
-//! `alerts_test.yaml`), the PrometheusRule carrying the same groups, and the Grafana dashboard
-//! against a real Prometheus scraping the test stack.
+//! `alerts_test.yaml`), the PrometheusRule carrying the same groups, the issuer alerts counting
+//! the issuer once when a mesh-wide job scrapes its pods too (promtool), and the Grafana
+//! dashboard and prometheus-adapter's rule against a real Prometheus scraping the test stack.
+//! Also the issuer's Deployment and autoscaler in `deploy/kubernetes/` as the monitoring and
+//! the HPA's metrics need them.
 //!
 //! What the rules evaluate to is `promtool test rules` (`make monitoring-check`); these tests
 //! check what promtool does not.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -136,6 +140,137 @@ fn issuer_pre_stop_pause_and_drain_fit_the_grace_period() {
     );
 }
 
+/// Every document of the YAML files in deploy/kubernetes/ and one level below, with its file.
+fn kubernetes_documents() -> Vec<(String, Value)> {
+    let root = workspace_root().join("deploy/kubernetes");
+    let mut files = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() && dir == root {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+        .iter()
+        .flat_map(|path| {
+            let text = read(path);
+            let name = path
+                .strip_prefix(workspace_root())
+                .unwrap_or(path)
+                .display()
+                .to_string();
+            serde_yaml_ng::Deserializer::from_str(&text)
+                .map(|doc| {
+                    let doc: Value = serde::Deserialize::deserialize(doc)
+                        .unwrap_or_else(|e| panic!("{name}: not YAML: {e}"));
+                    (name.clone(), doc)
+                })
+                .filter(|(_, doc)| !doc.is_null())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A Deployment an HPA scales has no `replicas`: `kubectl apply` of the manifest would set the
+/// Deployment back to it at every apply, whatever the HPA had scaled it to (down from six to
+/// two in the middle of a login burst, until the HPA scales up again).
+#[test]
+fn deployments_an_hpa_scales_set_no_replicas() {
+    let docs = kubernetes_documents();
+    let hpas: Vec<&(String, Value)> = docs
+        .iter()
+        .filter(|(_, doc)| doc["kind"] == "HorizontalPodAutoscaler")
+        .collect();
+    assert!(
+        !hpas.is_empty(),
+        "deploy/kubernetes/: no HorizontalPodAutoscaler"
+    );
+    for (file, hpa) in hpas {
+        let target = &hpa["spec"]["scaleTargetRef"];
+        assert_eq!(target["kind"], "Deployment", "{file}: {target}");
+        let scaled: Vec<&(String, Value)> = docs
+            .iter()
+            .filter(|(_, doc)| {
+                doc["kind"] == "Deployment"
+                    && doc["metadata"]["name"] == target["name"]
+                    && doc["metadata"]["namespace"] == hpa["metadata"]["namespace"]
+            })
+            .collect();
+        assert!(
+            !scaled.is_empty(),
+            "{file}: the HPA scales {target}, which is not shipped"
+        );
+        for (file, deployment) in scaled {
+            assert!(
+                deployment["spec"].get("replicas").is_none(),
+                "{file}: Deployment {} sets replicas, which an HPA scales: every `kubectl \
+                 apply` would reset its scale",
+                deployment["metadata"]["name"]
+            );
+        }
+    }
+}
+
+/// The issuer's HPA in deploy/kubernetes/issuer.yaml: its CPU target is the issuer
+/// container's own (a `Resource` metric averages over the pod's containers' requests, the
+/// Istio sidecar's included, which its comment's arithmetic does not count), and it scales
+/// down more slowly than Kubernetes's default (a 300 s window, then down to the
+/// recommendation at once), as its comment says: each replica removed answers its sidecars'
+/// long polls, which all move to the others at once.
+#[test]
+fn issuer_hpa_watches_the_issuers_own_cpu_and_scales_down_one_pod_at_a_time() {
+    let hpa = kubernetes_documents()
+        .into_iter()
+        .find(|(file, doc)| {
+            file.ends_with("issuer.yaml") && doc["kind"] == "HorizontalPodAutoscaler"
+        })
+        .map(|(_, doc)| doc)
+        .expect("issuer.yaml: the HorizontalPodAutoscaler");
+    let metrics = hpa["spec"]["metrics"].as_array().expect("metrics");
+    assert!(
+        !metrics
+            .iter()
+            .any(|m| m["type"] == "Resource" && m["resource"]["name"] == "cpu"),
+        "issuer.yaml: a `Resource` CPU metric counts the sidecar's CPU and request too"
+    );
+    let cpu = metrics
+        .iter()
+        .find(|m| m["type"] == "ContainerResource" && m["containerResource"]["name"] == "cpu")
+        .expect("issuer.yaml: a ContainerResource CPU metric");
+    let container = &cpu["containerResource"]["container"];
+    assert_eq!(container, "issuer", "issuer.yaml: CPU of {container}");
+    assert!(
+        issuer_pod_spec()["containers"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|c| c["name"] == *container)),
+        "issuer.yaml: the pod has no container {container}"
+    );
+
+    let down = &hpa["spec"]["behavior"]["scaleDown"];
+    let window = down["stabilizationWindowSeconds"].as_u64().unwrap_or(300);
+    assert!(
+        window > 300,
+        "issuer.yaml: scale-down window {window} s, the default is 300"
+    );
+    let policies = down["policies"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !policies.is_empty()
+            && policies.iter().all(|p| {
+                p["type"] == "Pods"
+                    && p["value"] == 1
+                    && p["periodSeconds"].as_u64().is_some_and(|s| s >= 60)
+            }),
+        "issuer.yaml: scale-down policies {policies:?}: one pod at a time expected"
+    );
+}
+
 /// GitHub's anchor for a Markdown heading: lower case, spaces to `-`, punctuation dropped.
 fn anchor(heading: &str) -> String {
     heading
@@ -209,6 +344,76 @@ fn every_alert_is_exercised_by_the_promtool_tests() {
     }
 }
 
+/// A job other than the issuer's that scrapes the issuer's pods too: a mesh-wide scrape — Istio's
+/// `envoy-stats` PodMonitor, its Prometheus add-on's `kubernetes-pods` job — takes every pod
+/// annotated `prometheus.io/scrape`, as issuer.yaml's are, from the same merged-metrics port: the
+/// issuer's series then arrive twice, under two job names, with the same `namespace` and `pod`.
+const MESH_JOB: &str = "envoy-stats";
+
+/// `promtool`: next to `WEAUTH_PROMETHEUS_BIN` when that names a path, else on the PATH
+/// (Debian's `prometheus` package has both).
+fn promtool() -> PathBuf {
+    match prometheus::bin().parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join("promtool"),
+        _ => PathBuf::from("promtool"),
+    }
+}
+
+/// The issuer alerts select `job="weauth-issuer"`: alerts_test.yaml's promtool tests, with
+/// every series of the issuer's job given again under [`MESH_JOB`], expect the very same
+/// alerts. Without the matcher each alert fired once more for the mesh job's copy, and a
+/// ratio summed over both jobs.
+#[test]
+fn issuer_alerts_fire_once_when_a_mesh_wide_job_scrapes_the_issuer_too() {
+    let mut tests = yaml(&monitoring("alerts_test.yaml"));
+    let issuer = r#"job="weauth-issuer""#;
+    let mut copies = 0;
+    for test in tests["tests"]
+        .as_array_mut()
+        .expect("alerts_test.yaml: tests")
+    {
+        let inputs = test["input_series"].as_array_mut().expect("input_series");
+        let again: Vec<Value> = inputs
+            .iter()
+            .filter_map(|input| {
+                let series = input["series"].as_str()?;
+                series.contains(issuer).then(|| {
+                    let mut copy = input.clone();
+                    copy["series"] = json!(series.replace(issuer, &format!("job=\"{MESH_JOB}\"")));
+                    copy
+                })
+            })
+            .collect();
+        copies += again.len();
+        inputs.extend(again);
+    }
+    assert!(
+        copies >= 10,
+        "alerts_test.yaml: {copies} series of the issuer's job"
+    );
+    tests["rule_files"] = json!([monitoring("alerts.yaml").display().to_string()]);
+    let dir = temp_dir("weauth-promtool").unwrap();
+    let file = dir.path().join("alerts_test_mesh_job.yaml");
+    std::fs::write(&file, serde_yaml_ng::to_string(&tests).unwrap()).unwrap();
+    let output = Command::new(promtool())
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run `make monitoring-tools`, or set WEAUTH_PROMETHEUS_BIN)",
+                promtool().display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "with the issuer's series also under job {MESH_JOB}, the issuer alerts fire otherwise \
+         (an alert without a job matcher counts the mesh job's copy):\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn prometheusrule_carries_the_same_groups() {
     let rules = yaml(&monitoring("alerts.yaml"));
@@ -227,10 +432,12 @@ fn prometheusrule_carries_the_same_groups() {
 /// 10 s rate window they do within about 15 s; the rest is room for a loaded 2-core machine.
 const DATA_DEADLINE: Duration = Duration::from_secs(120);
 
-/// What Grafana would put in place of the dashboard's variables.
+/// What Grafana would put in place of the dashboard's variables (`$sidecar_scrape_interval`:
+/// this test's scrape interval).
 fn grafana_expand(expr: &str) -> String {
     expr.replace("$__rate_interval", "10s")
         .replace("$issuer_job", "weauth-issuer")
+        .replace("$sidecar_scrape_interval", "1s")
 }
 
 /// Panels that may stay empty after this test's traffic, and why.
@@ -277,9 +484,14 @@ fn dashboard_queries() -> Vec<Query> {
     queries
 }
 
-/// prometheus-adapter's `metricsQuery`, with the placeholders filled in as the adapter would
-/// for the issuer's pods (here: the local job, grouped by instance instead of pod).
-fn adapter_query() -> String {
+/// The namespace and the pod the test's Prometheus labels the issuer's target with, as
+/// Kubernetes service discovery labels a pod's.
+const TEST_NAMESPACE: &str = "weauth";
+const TEST_POD: &str = "weauth-issuer-7d9f8-x2x5k";
+
+/// prometheus-adapter's `metricsQuery` with `<<.Series>>` filled in and `<<.LabelMatchers>>`
+/// and `<<.GroupBy>>` as given.
+fn adapter_metrics_query(label_matchers: &str, group_by: &str) -> String {
     let path = workspace_root().join("deploy/kubernetes/prometheus-adapter.yaml");
     let configmap = yaml(&path);
     let config: Value = serde_yaml_ng::from_str(configmap["data"]["config.yaml"].as_str().unwrap())
@@ -294,13 +506,33 @@ fn adapter_query() -> String {
         .as_str()
         .unwrap()
         .replace("<<.Series>>", "weauth_http_request_duration_seconds_count")
-        .replace("<<.LabelMatchers>>", "job=\"weauth-issuer\"")
-        .replace("<<.GroupBy>>", "instance")
+        .replace("<<.LabelMatchers>>", label_matchers)
+        .replace("<<.GroupBy>>", group_by)
+}
+
+/// What the adapter puts in `<<.LabelMatchers>>` when the HPA asks for the issuer's pods: their
+/// namespace and their names — no job, which so must come from the rule itself.
+fn adapter_label_matchers() -> String {
+    format!("namespace=\"{TEST_NAMESPACE}\",pod=~\"{TEST_POD}\"")
+}
+
+/// The adapter's query as it runs for the HPA (by pod).
+fn adapter_query() -> String {
+    adapter_metrics_query(&adapter_label_matchers(), "pod")
+}
+
+/// The adapter's query over every pod, as a dashboard panel shows it: the adapter's
+/// `<<.LabelMatchers>>` (the pods the HPA asks about) left out, by instance.
+fn adapter_query_every_pod() -> String {
+    adapter_metrics_query("", "instance")
+        .replace("{,", "{")
+        .replace(",,", ",")
+        .replace(",}", "}")
 }
 
 /// The dashboard's per-pod request rate is the HPA's metric, as issuer.yaml's HPA tells to tune
-/// its target from it: prometheus-adapter's query (the same series, the feed's answers, JWKS
-/// fetches and probes left out, the same window), grouped by instance.
+/// its target from it: prometheus-adapter's query (the same series and job, the feed's answers,
+/// JWKS fetches and probes left out, the same window), grouped by instance.
 #[test]
 fn dashboard_per_pod_request_rate_is_the_hpa_query() {
     let title = "Requests per second per pod";
@@ -313,9 +545,51 @@ fn dashboard_per_pod_request_rate_is_the_hpa_query() {
     };
     assert_eq!(
         panel.expr,
-        adapter_query(),
+        adapter_query_every_pod(),
         "panel {title:?} is not prometheus-adapter's metricsQuery"
     );
+}
+
+/// Every subquery of the dashboard has a step: without one (`[5m:]`) Prometheus evaluates it
+/// at its global `evaluation_interval` (1m by default), which leaves a `rate` over a
+/// `$__rate_interval` of a minute or two one point or none. (The panels' data, below, is
+/// looked at with a 1 s evaluation interval, which hides this.)
+#[test]
+fn dashboard_subqueries_have_a_step() {
+    for q in dashboard_queries() {
+        assert!(
+            !q.expr.contains(":]"),
+            "panel {:?} query {}: a subquery without a step: `{}`",
+            q.panel,
+            q.ref_id,
+            q.expr
+        );
+    }
+}
+
+/// `config` with the issuer's target labelled with a `namespace` and a `pod`, as Kubernetes
+/// service discovery labels a pod's, and scraped a second time, with the same labels, by
+/// [`MESH_JOB`].
+fn with_pod_labels_and_a_mesh_job(config: &str, issuer: &str) -> String {
+    let mut cfg: Value = serde_yaml_ng::from_str(config).expect("the test's prometheus.yml");
+    let jobs = cfg["scrape_configs"]
+        .as_array_mut()
+        .expect("scrape_configs");
+    let targets = json!([{
+        "targets": [issuer],
+        "labels": {"namespace": TEST_NAMESPACE, "pod": TEST_POD},
+    }]);
+    let job = jobs
+        .iter_mut()
+        .find(|job| job["job_name"] == "weauth-issuer")
+        .expect("the job weauth-issuer");
+    job["static_configs"] = targets.clone();
+    jobs.push(json!({
+        "job_name": MESH_JOB,
+        "metrics_path": "/metrics",
+        "static_configs": targets,
+    }));
+    serde_yaml_ng::to_string(&cfg).expect("prometheus.yml")
 }
 
 /// The job of [`with_podmonitor_job`].
@@ -458,6 +732,7 @@ async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
     let config = prometheus::config(&shipped, &targets, &monitoring("alerts.yaml"), Some("1s"))
         .unwrap_or_else(|e| panic!("{e}"));
     let config = with_podmonitor_job(&config, &targets.issuers[0]);
+    let config = with_pod_labels_and_a_mesh_job(&config, &targets.issuers[0]);
     let port = free_port().unwrap();
     let prom = Prometheus::start(dir.path(), port, &config)
         .await
@@ -511,6 +786,32 @@ async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
         started_traffic.elapsed(),
         missing.join("\n"),
         prom.log().display()
+    );
+
+    // prometheus-adapter's rule counts the issuer once although MESH_JOB scrapes it too: the
+    // adapter's matchers (namespace, pod) select both jobs' series, so the rule's own job
+    // matcher is what keeps the HPA's request rate from doubling. Against the same query with
+    // the issuer's job added, the ratio is 1 (about 2 without the rule's matcher).
+    let single = adapter_metrics_query(
+        &format!("job=\"weauth-issuer\",{}", adapter_label_matchers()),
+        "pod",
+    );
+    let ratio = format!("({}) / on (pod) ({single})", adapter_query());
+    let mut ratios = Vec::new();
+    for _ in 0..20 {
+        match instant(&client, &url, &ratio).await {
+            Answer::Refused(why) => panic!("Prometheus refuses `{ratio}`: {why}"),
+            Answer::Values(values) if !values.is_empty() => {
+                ratios = values;
+                break;
+            }
+            Answer::Values(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    assert!(
+        ratios.len() == 1 && (ratios[0] - 1.0).abs() < 0.25,
+        "prometheus-adapter's rate for pod {TEST_POD}, scraped by weauth-issuer and by \
+         {MESH_JOB}, over the issuer job's alone: {ratios:?} (`{ratio}`)"
     );
 
     // The alert rules loaded next to the dashboard evaluate without error against the real
