@@ -31,8 +31,8 @@ use self::parse::{parse_base_url, parse_data_key, parse_store};
 pub use self::parse::{parse_duration, parse_log, Source};
 pub use self::variables::{default_of, help_text, unknown_variables, UnknownVar, Var, VARIABLES};
 
-/// Where the Redis primary is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the Redis primary is. `Debug` shows no password ([`StoreUrl`]'s).
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// `redis://` or `rediss://`: one server.
     Direct(String),
@@ -138,8 +138,9 @@ impl Errors {
     }
 }
 
-/// Where state lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where state lives. `Debug` shows the URLs with their passwords masked (a `{:?}` of the
+/// configuration would have printed them).
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `sqlite://PATH` (relative or absolute path; `sqlite:///abs/path` also accepted).
     Sqlite(PathBuf),
@@ -160,6 +161,59 @@ pub enum StoreUrl {
         /// The URL with its password masked, for messages and logs.
         display: String,
     },
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |password: &Option<String>| password.as_ref().map(|_| "[redacted]");
+        match self {
+            // The URL as given, password and all: `StoreUrl::Redis::display` is its masked form.
+            RedisTarget::Direct(_) => f.write_str("Direct([redacted])"),
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                db,
+                username,
+                password,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", sentinels)
+                .field("master", master)
+                .field("db", db)
+                .field("username", username)
+                .field("password", &masked(password))
+                .finish(),
+            RedisTarget::Cluster {
+                nodes,
+                tls,
+                username,
+                password,
+            } => f
+                .debug_struct("Cluster")
+                .field("nodes", nodes)
+                .field("tls", tls)
+                .field("username", username)
+                .field("password", &masked(password))
+                .finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            StoreUrl::Redis { target, display } => f
+                .debug_struct("Redis")
+                .field("target", target)
+                .field("display", display)
+                .finish(),
+            StoreUrl::Mysql { display, .. } => f
+                .debug_struct("Mysql")
+                .field("display", display)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// One trusted proxy network (`10.0.0.0/8`, `::1`, `127.0.0.1/32`).

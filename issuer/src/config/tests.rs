@@ -729,4 +729,18 @@ fn debug_shows_no_secret() {
         !shown.contains("file-secret") && !shown.contains("oa-secret"),
         "{shown}"
     );
+    // The stores' passwords, in every URL form.
+    for url in [
+        "mysql://weauth:store-pw-xyz@db:3306/weauth",
+        "redis://:store-pw-xyz@redis:6379/0",
+        "redis+sentinel://weauth:store-pw-xyz@s1:26379,s2:26379/mymaster/0",
+        "redis+cluster://weauth:store-pw-xyz@n1:7000,n2:7000/",
+    ] {
+        let mut vars = BASE.to_vec();
+        vars.extend([("WEAUTH_STORE", url), ("WEAUTH_DATA_KEY", key.as_str())]);
+        let config = load(&vars).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("store-pw-xyz"), "{url}: {shown}");
+        assert!(shown.contains("weauth"), "{shown}");
+    }
 }
