@@ -57,11 +57,19 @@ async fn ban_refuses_login_and_refresh_revokes_tokens_survives_restart_then_unba
     );
     assert!(!body.to_string().contains("chargebacks"), "{body}");
     let code = stack.mock.login("mallory").code;
+    let (sessions, refresh_tokens) = (stack.count("sessions"), stack.count("refresh_tokens"));
     let (status, body, _) = stack.post("/v1/login", json!({"code": code})).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("user_banned")),
         "{body}"
+    );
+    // A failed login leaves no session (the ban is known only after the store linked the
+    // login to its user: the session it made is discarded).
+    assert_eq!(
+        (stack.count("sessions"), stack.count("refresh_tokens")),
+        (sessions, refresh_tokens),
+        "the refused login left a session"
     );
     assert!(body["error_description"]
         .as_str()

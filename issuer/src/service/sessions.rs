@@ -162,6 +162,26 @@ impl Sessions {
         Ok(grants)
     }
 
+    /// The grants a login's tokens carry, read after its commit: refused for a banned user,
+    /// and for one whose sessions were all revoked while the login was in progress — a
+    /// revocation of every session of the user ("log out everywhere") between this login's
+    /// start (its `now`, the session's `created_at` and the tokens' `iat`) and its commit
+    /// found no session to mark, yet covers this one: its access token would be refused at
+    /// the edge and its refresh token live on (the client logs in again, after the
+    /// revocation). A revocation after this read marks the session itself.
+    async fn grants_after_login(&self, sub: &str, sid: &str, now: i64) -> Result<Grants, ApiError> {
+        let grants = self.grants_for_token(sub, now).await?;
+        let facts = self.store.revocation_facts("", sid, sub).await?;
+        if rules::is_revoked(&facts, now) {
+            tracing::info!(sub = %sub, sid = %sid, "login refused: the user's sessions were revoked while it was in progress");
+            return Err(ApiError::InvalidGrant(
+                "the user's sessions were ended while this login was in progress; log in again"
+                    .into(),
+            ));
+        }
+        Ok(grants)
+    }
+
     /// `POST /v1/login`: code → WeChat → user → session → token pair, for the mini-program
     /// `appid` (or the only one configured). A failure writes nothing; a code already
     /// exchanged (or being exchanged) is `invalid_grant`.
@@ -352,26 +372,21 @@ impl Sessions {
                 ));
             }
         };
-        // Only now is the user known (linking happens inside the store's login). A banned
-        // user's exchange has spent the code and left a session row, but no token for it
-        // exists: the refresh token is dropped here unseen, so the session can never be used
-        // and expires. So does a login refused below, or failed by the store from here on
-        // (a 503): no token of its session ever leaves the issuer.
-        let grants = self.grants_for_token(&sub, now).await?;
-        // A revocation of every session of the user ("log out everywhere") between this
-        // login's start (its `now`, the session's `created_at` and the tokens' `iat`) and its
-        // commit found no session to mark, yet covers this one: its access token would be
-        // refused at the edge and its refresh token live on. Nothing has been handed out:
-        // refuse the login as the ban does (the client logs in again, after the revocation).
-        // A revocation after this read marks the session itself.
-        let facts = self.store.revocation_facts("", &sid, &sub).await?;
-        if rules::is_revoked(&facts, now) {
-            tracing::info!(sub = %sub, sid = %sid, "login refused: the user's sessions were revoked while it was in progress");
-            return Err(ApiError::InvalidGrant(
-                "the user's sessions were ended while this login was in progress; log in again"
-                    .into(),
-            ));
-        }
+        // Only now is the user known (linking happens inside the store's login). A login
+        // refused from here on — the user banned, a "log out everywhere" that came meanwhile,
+        // a store failure (a 503) — has spent its code and made a session, whose tokens never
+        // leave the issuer: the session is discarded, so that a failed login leaves none
+        // (should the store fail that too, the session can never be used — its refresh token
+        // is dropped here unseen — and expires).
+        let grants = match self.grants_after_login(&sub, &sid, now).await {
+            Ok(grants) => grants,
+            Err(err) => {
+                if let Err(discard) = self.store.discard_session(&sid).await {
+                    tracing::warn!(sid = %sid, error = %discard, "a refused login's session could not be discarded: it expires unused");
+                }
+                return Err(err);
+            }
+        };
         let subject = Subject {
             sub,
             sid,

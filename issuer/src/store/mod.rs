@@ -279,6 +279,11 @@ pub trait Store: Send + Sync {
     /// links with [`crate::domain::rules::link_user`] and writes what it decided (user, identity,
     /// unionid), the session and its first refresh token.
     async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError>;
+    /// Removes session `sid` and its refresh tokens (its code's single-use mark with it): a
+    /// login refused after its commit — the user banned, or a "log out everywhere" that came
+    /// meanwhile — whose tokens never left the issuer, so that a failed login leaves no
+    /// session. The user and identity it linked stay: they describe the person, not the login.
+    async fn discard_session(&self, sid: &str) -> Result<(), StoreError>;
 
     /// Single-use rotation with reuse detection: reads the [`RefreshRow`], judges it with
     /// [`crate::domain::rules::decide_refresh`] and applies the verdict atomically (a rotation consumes

@@ -52,6 +52,13 @@ impl Store for TracedStore {
         self.0.login(login).instrument(span("login")).await
     }
 
+    async fn discard_session(&self, sid: &str) -> Result<(), StoreError> {
+        self.0
+            .discard_session(sid)
+            .instrument(span("discard_session"))
+            .await
+    }
+
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
         self.0
             .rotate_refresh(rotate)

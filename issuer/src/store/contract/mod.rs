@@ -47,6 +47,7 @@ macro_rules! contract_tests {
             login_unionid_revealed_later_attached_then_linked,
             login_unionid_of_another_user_not_carried,
             login_without_session_key_stores_none,
+            discard_session_leaves_no_session_and_keeps_the_user,
             rotate_concurrently_exactly_one_winner,
             rotate_then_reuse_revokes_session_and_writes_entry,
             rotate_within_grace_repeats_the_successor_after_it_is_reuse,
@@ -405,6 +406,38 @@ pub async fn login_unionid_of_another_user_not_carried(backend: &dyn Backend) {
             .as_deref(),
         Some("un1")
     );
+}
+
+/// A login refused after its commit (a ban, a "log out everywhere" meanwhile) is discarded:
+/// no session, no usable refresh token; its user and identity stay, and the next login of
+/// the same identity finds them.
+pub async fn discard_session_leaves_no_session_and_keeps_the_user(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(
+        &store
+            .login(&login("c1", "o1", Some("un1"), 10))
+            .await
+            .unwrap(),
+    );
+    store.discard_session("s-c1").await.unwrap();
+    assert_eq!(store.session("s-c1").await.unwrap(), None);
+    let rotated = store
+        .rotate_refresh(&rotate("r-c1", "r-2", 20, 0))
+        .await
+        .unwrap();
+    assert!(matches!(rotated, RotateResult::Invalid(_)), "{rotated:?}");
+    assert!(store.user("u-c1").await.unwrap().is_some());
+    assert_eq!(
+        created(
+            &store
+                .login(&login("c2", "o1", Some("un1"), 30))
+                .await
+                .unwrap()
+        ),
+        ("u-c1".into(), false)
+    );
+    // Discarding a session that is not there (again) is no error.
+    store.discard_session("s-c1").await.unwrap();
 }
 
 pub async fn login_without_session_key_stores_none(backend: &dyn Backend) {

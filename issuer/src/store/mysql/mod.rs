@@ -532,6 +532,10 @@ impl Store for MysqlStore {
         retry(|| ops::login(&self.pool, login)).await
     }
 
+    async fn discard_session(&self, sid: &str) -> Result<(), StoreError> {
+        retry(|| ops::discard_session(&self.pool, sid)).await
+    }
+
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
         retry(|| ops::rotate_refresh(&self.pool, rotate)).await
     }

@@ -130,6 +130,19 @@ pub(super) async fn code_used(pool: &MySqlPool, code_hash: &str) -> Result<bool>
         .is_some())
 }
 
+pub(super) async fn discard_session(pool: &MySqlPool, sid: &str) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM refresh_tokens WHERE sid = ?")
+        .bind(sid)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM sessions WHERE sid = ?")
+        .bind(sid)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
 pub(super) async fn login(pool: &MySqlPool, login: &NewLogin) -> Result<LoginResult> {
     let mut tx = pool.begin().await?;
     // Locking reads: a racing login with the same code or openid waits here, or deadlocks

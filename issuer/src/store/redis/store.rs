@@ -281,6 +281,21 @@ impl Store for RedisStore {
         ))
     }
 
+    async fn discard_session(&self, sid: &str) -> Result<(), StoreError> {
+        // As the purge drops an ended session: the session and its family set in their slot
+        // (its refresh tokens left to their TTLs read as unknown without it), then the
+        // directory forgets it.
+        let (sub, code_hash, _) = self.drop_session(sid).await?;
+        let mut call = self.inner.scripts.forget_sessions.prepare_invoke();
+        call.key(self.key(keys::SESSIONS_EXP))
+            .arg(self.prefix())
+            .arg(sid)
+            .arg(sub)
+            .arg(code_hash);
+        let _: i64 = self.eval(&call).await?;
+        Ok(())
+    }
+
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
         // This rotation's id, kept on the token it consumes ([`RedisStore::rotate_cas`]).
         let call_id = crate::secrets::random_b64(12);

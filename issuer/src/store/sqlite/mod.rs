@@ -305,6 +305,11 @@ impl Store for SqliteStore {
         self.run(move |c| ops::login(c, &login)).await
     }
 
+    async fn discard_session(&self, sid: &str) -> Result<(), StoreError> {
+        let sid = sid.to_string();
+        self.run(move |c| ops::discard_session(c, &sid)).await
+    }
+
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
         let rotate = rotate.clone();
         self.run(move |c| ops::rotate_refresh(c, &rotate)).await

@@ -205,6 +205,17 @@ pub(super) fn login(conn: &mut Connection, login: &NewLogin) -> Result<LoginResu
     })
 }
 
+pub(super) fn discard_session(conn: &mut Connection, sid: &str) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    tx.execute("DELETE FROM refresh_tokens WHERE sid = ?1", [sid])
+        .map_err(db_err)?;
+    tx.execute("DELETE FROM sessions WHERE sid = ?1", [sid])
+        .map_err(db_err)?;
+    tx.commit().map_err(db_err)
+}
+
 pub(super) fn rotate_refresh(
     conn: &mut Connection,
     rotate: &Rotate,
