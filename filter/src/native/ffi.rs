@@ -31,7 +31,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use smallvec::SmallVec;
 
@@ -459,9 +459,15 @@ impl Slot {
     fn tick(&self, now_ms: u64) {
         self.tick_with(
             now_ms,
-            // SAFETY: not removed (the state says so), hence not deleted.
-            || unsafe {
-                envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.raw, 0)
+            || {
+                committing(|| {
+                    // SAFETY: not removed (the state says so), hence not deleted.
+                    unsafe {
+                        envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                            self.raw, 0,
+                        )
+                    }
+                })
             },
             // SAFETY: removed during the commit, which has returned: no one else deletes it.
             || unsafe {
@@ -689,14 +695,28 @@ const _: fn() = || {
 /// [`Shared::retire`], and its ticker stopped) and buried; the main thread's hooks run one
 /// after the other, so at the start of the next one none is still using it — save the hook
 /// called for that very configuration, which the same window of Envoy's destructor lets in
-/// (its pointer not yet cleared): that one spares it, for the hook after. Envoy's own object
-/// is freed by the destructor all the same; what an answer in that window does with it is
-/// Envoy's to fix (an answer holds a plain reference to it), and rare: the clock asks for a
-/// tick only when one has work ([`TickGate`]).
+/// (its pointer not yet cleared): that one spares it, for the hook after. And only once
+/// Envoy's destructor is over on the other thread (`free_after`): until it has cleared the
+/// pointer, an answer for the configuration may still come in on the main thread, after any
+/// number of other hooks. On the clock thread the destructor runs inside the commit, so the
+/// grave is settled when the commit returns ([`committing`]); on a worker (no commit to wait
+/// for) after [`WORKER_MARGIN`] — the few statements left of the destructor, with a margin for
+/// a descheduled thread, not a proof. Envoy's own object is freed by the destructor all the
+/// same; what an answer in that window does with it is Envoy's to fix (an answer holds a plain
+/// reference to it), and rare: the clock asks for a tick only when one has work
+/// ([`TickGate`]). A grave is freed only by a later main-thread hook: with none (the last
+/// configuration gone), it is kept until the next configuration is made.
 struct Grave {
     module: *const Module,
     made_on: ThreadId,
+    /// The thread whose destroy buried it.
+    buried_on: ThreadId,
+    /// From when it may be freed; `None` while the commit it was destroyed in has not returned.
+    free_after: Option<Instant>,
 }
+
+/// How long after a destroy on a worker its module is kept at least (see [`Grave`]).
+const WORKER_MARGIN: Duration = Duration::from_secs(1);
 
 // SAFETY: a `Module` is `Send + Sync` (checked above); the pointer is turned back into its box
 // once, on `made_on`, by the hook that takes it out of the graveyard.
@@ -713,6 +733,24 @@ thread_local! {
     /// Envoy calls one back from inside another (a fetch it fails at once, inside the
     /// fetcher's own dispatch, answers inline). Only the outermost may free the graveyard.
     static MAIN_HOOKS: Cell<usize> = const { Cell::new(0) };
+    /// Whether this thread (the clock thread) is inside a scheduler commit ([`committing`]).
+    static IN_COMMIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `commit` (the clock thread's scheduler commit) and then settles the graves of the
+/// configurations Envoy destroyed inside it: the commit held the last reference, so Envoy's
+/// destructor has run to its end by the time it returns (see [`Grave`]).
+fn committing(commit: impl FnOnce()) {
+    let _ = IN_COMMIT.try_with(|flag| flag.set(true));
+    commit();
+    let _ = IN_COMMIT.try_with(|flag| flag.set(false));
+    let here = std::thread::current().id();
+    let now = Instant::now();
+    for grave in graveyard().iter_mut() {
+        if grave.buried_on == here && grave.free_after.is_none() {
+            grave.free_after = Some(now);
+        }
+    }
 }
 
 /// One of the main thread's hooks in progress (a configuration made, ticked, answered or
@@ -731,7 +769,7 @@ impl MainHook {
             })
             .unwrap_or(false);
         if outermost {
-            free_buried(current);
+            free_buried(current, Instant::now());
         }
         MainHook
     }
@@ -750,22 +788,41 @@ impl Drop for MainHook {
     }
 }
 
-/// Buries a configuration Envoy destroyed, to be freed by a later hook on `made_on`.
+/// Buries a configuration Envoy destroyed, to be freed by a later hook on `made_on` once
+/// Envoy's destructor is over ([`Grave`]).
 fn bury(module: *const Module, made_on: ThreadId) {
-    graveyard().push(Grave { module, made_on });
+    let here = std::thread::current().id();
+    let now = Instant::now();
+    let free_after = if IN_COMMIT.try_with(Cell::get).unwrap_or(false) {
+        None
+    } else if here == made_on {
+        // Called back from inside another of its hooks: the destructor ends before that does.
+        Some(now)
+    } else {
+        Some(now + WORKER_MARGIN)
+    };
+    graveyard().push(Grave {
+        module,
+        made_on,
+        buried_on: here,
+        free_after,
+    });
 }
 
-/// Frees the buried configurations made on this thread, but `spare`'s (see [`Grave`]).
-fn free_buried(spare: ConfigModulePtr) {
+/// Frees the buried configurations made on this thread that are settled at `now`, but
+/// `spare`'s (see [`Grave`]).
+fn free_buried(spare: ConfigModulePtr, now: Instant) {
     let here = std::thread::current().id();
     let due: Vec<Grave> = {
         let mut graves = graveyard();
         if graves.is_empty() {
             return;
         }
-        let (due, kept) = std::mem::take(&mut *graves)
-            .into_iter()
-            .partition(|grave| grave.made_on == here && !std::ptr::eq(grave.module.cast(), spare));
+        let (due, kept) = std::mem::take(&mut *graves).into_iter().partition(|grave| {
+            grave.made_on == here
+                && !std::ptr::eq(grave.module.cast(), spare)
+                && grave.free_after.is_some_and(|after| after <= now)
+        });
         *graves = kept;
         due
     };
@@ -773,8 +830,8 @@ fn free_buried(spare: ConfigModulePtr) {
     for grave in due {
         // SAFETY: the box `config_new` made, which Envoy destroyed and the destroy hook
         // buried; taken out of the graveyard here, once. On the thread that made it, at the
-        // start of the outermost of its hooks, and not the one called for it: no hook is
-        // using it, and Envoy calls none for it any more.
+        // start of the outermost of its hooks, and not the one called for it, after Envoy's
+        // destructor is over: no hook is using it, and Envoy calls none for it any more.
         drop(unsafe { Box::from_raw(grave.module.cast_mut()) });
     }
 }
@@ -1101,6 +1158,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
         // Expected of Envoy 1.40 (see `Grave`): told at debug level from the clock thread, at
         // info from any other (a worker, should a stream there hold the last reference; a
         // destroy Envoy called back from inside another hook on the main thread).
+        if here.id() == made_on {
+            log(
+                Level::Debug,
+                "a filter configuration was destroyed inside another of the main thread's \
+                 hooks: freed at its next one",
+            );
+            return;
+        }
         let (level, thread) = match here.name() {
             Some(CLOCK_THREAD) => (Level::Debug, CLOCK_THREAD),
             Some(name) => (Level::Info, name),
@@ -1781,10 +1846,34 @@ mod tests {
     fn a_configuration_destroyed_off_the_main_thread_is_freed_at_the_main_threads_next_hook() {
         let (config, alive) = module_here("grave_clock");
         let (other, other_alive) = module_here("grave_clock_other");
-        destroy_on(CLOCK_THREAD, config);
+        // Destroyed inside a commit on the clock thread, as Envoy does when the commit holds
+        // the last reference; the commit returns only when the test says so.
+        let (destroyed, until_destroyed) = std::sync::mpsc::channel();
+        let (finish, until_finished) = std::sync::mpsc::channel::<()>();
+        let raw = config as usize;
+        let clock = std::thread::Builder::new()
+            .name(CLOCK_THREAD.into())
+            .spawn(move || {
+                committing(|| {
+                    destroy(raw as ConfigModulePtr);
+                    destroyed.send(()).unwrap();
+                    until_finished.recv().unwrap();
+                });
+            })
+            .unwrap();
+        until_destroyed.recv().unwrap();
         let shared = alive.upgrade().expect("freed on the clock thread");
         assert!(shared.retired.load(Ordering::SeqCst), "retired there");
         drop(shared);
+        // Envoy's destructor not over (the commit has not returned): another configuration's
+        // hook on the main thread does not free it — an answer of its own may still come.
+        answer(other);
+        assert!(
+            alive.upgrade().is_some(),
+            "freed before the commit returned"
+        );
+        finish.send(()).unwrap();
+        clock.join().unwrap();
         // Another configuration's thread does not free it.
         std::thread::spawn(|| drop(MainHook::enter(std::ptr::null())))
             .join()
@@ -1835,9 +1924,14 @@ mod tests {
     #[test]
     fn a_configuration_destroyed_on_a_worker_is_kept_and_said_at_info() {
         let (config, alive) = module_here("grave_worker");
+        let before = Instant::now();
         destroy_on("wrk:worker_0", config);
         assert!(alive.upgrade().is_some(), "freed on the worker");
-        drop(MainHook::enter(std::ptr::null()));
+        // Kept for the margin (no commit tells when Envoy's destructor is over there)...
+        free_buried(std::ptr::null(), before + WORKER_MARGIN / 2);
+        assert!(alive.upgrade().is_some(), "freed within the margin");
+        // ...then freed by the main thread's next hook.
+        free_buried(std::ptr::null(), Instant::now() + WORKER_MARGIN);
         assert!(alive.upgrade().is_none());
         let logged = logged();
         assert!(

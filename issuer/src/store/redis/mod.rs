@@ -25,7 +25,7 @@
 //! | `P sub_sessions:<sub>` | `{P}…` | set | sids of a user (TTL: latest session end + 1 day) |
 //! | `P sessions_exp` | `{P}…` | zset | sid → session end, for the purge |
 //! | `P session:<sid>` | `P{s:F}session:<sid>` | hash | the session (TTL: its end + 1 day) |
-//! | `P refresh:<hash>` | `P{s:F}refresh:<hash>` | hash | sid, created_at, expires_at, used_at, rotated_by (the rotating call's id; TTL: expiry + 1 day) |
+//! | `P refresh:<hash>` | `P{s:F}refresh:<hash>` | hash | sid, created_at, expires_at, used_at, rotated_by (the rotating call's id), repeated_at (a repeat within the grace writes it, for its `WAIT`; under `noeviction` with the memory full that write is refused like any other); TTL: expiry + 1 day |
 //! | `P family:<sid>` | `P{s:F}family:<sid>` | set | the session's refresh-token hashes, removed with it |
 //! | `P refresh_exp` | `{P}…` | zset | expiry index of refresh tokens written before families (purged, no longer written) |
 //! | `P seq` | `{P}…` | string | highest revocation seq (INCR; never decreases) |
