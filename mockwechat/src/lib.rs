@@ -177,10 +177,12 @@ pub struct MockMiniProgram {
 }
 
 impl MockMiniProgram {
-    /// The second mini-program of the tests: `wx00000000000000b2`, secret `mock-mp2-secret`.
+    /// The second mini-program of the tests: `wx00000000000000d4`, secret `mock-mp2-secret`
+    /// (an appid of its own: not the website's `wx00000000000000b2`, as it was — a mock with
+    /// both would have mixed their codes and tokens up).
     pub fn second() -> MockMiniProgram {
         MockMiniProgram {
-            appid: "wx00000000000000b2".into(),
+            appid: "wx00000000000000d4".into(),
             secret: "mock-mp2-secret".into(),
         }
     }
@@ -224,6 +226,30 @@ pub struct MockConfig {
     pub api_security: Vec<MockApiSecurity>,
 }
 
+impl MockConfig {
+    /// Every app of the mock has an appid of its own (WeChat's are unique): two apps under one
+    /// would share codes, users and access tokens, and a test of one would pass on the other.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the appid given twice.
+    pub fn check_appids(&self) -> io::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        let appids = std::iter::once(&self.appid)
+            .chain(self.mini_programs.iter().map(|app| &app.appid))
+            .chain(self.web_apps.iter().map(|app| &app.appid))
+            .chain(self.plugins.iter().map(|app| &app.appid));
+        for appid in appids {
+            if !seen.insert(appid) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("the mock's apps share the appid {appid}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for MockConfig {
     fn default() -> MockConfig {
         MockConfig {
@@ -258,6 +284,7 @@ pub struct MockWechat {
 impl MockWechat {
     /// Starts the mock on `cfg.listen` (default 127.0.0.1:0) in the current tokio runtime.
     pub async fn start(cfg: MockConfig) -> io::Result<MockWechat> {
+        cfg.check_appids()?;
         let listen = cfg
             .listen
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));

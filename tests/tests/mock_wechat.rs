@@ -1066,3 +1066,18 @@ async fn checkencryptedmsg_vouches_for_what_it_generated_for_3_days() {
         .to_string();
     assert_errcode(&check(token, json!({"encrypted_msg_hash": hash})).await, 1);
 }
+
+/// Two apps of the mock under one appid are refused at start: they would share codes, users
+/// and access tokens (the second mini-program once had the website's appid).
+#[tokio::test]
+async fn mock_apps_each_have_an_appid_of_their_own() {
+    let mut cfg = web_cfg();
+    cfg.mini_programs = vec![MockMiniProgram::second()];
+    assert!(MockWechat::start(cfg.clone()).await.is_ok());
+    cfg.mini_programs.push(MockMiniProgram {
+        appid: MockApp::website().appid,
+        secret: "s".into(),
+    });
+    let err = MockWechat::start(cfg).await.err().expect("started");
+    assert!(err.to_string().contains(&MockApp::website().appid), "{err}");
+}
