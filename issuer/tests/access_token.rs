@@ -33,6 +33,8 @@ const APPID: &str = "wx1";
 /// Hands out `T1`, `T2`, ... (7200 s), or HTTP 502 while `down`.
 struct FakeWechat {
     calls: AtomicU32,
+    /// Every `stable_token` call, answered or failed.
+    attempts: AtomicU32,
     down: AtomicBool,
 }
 
@@ -47,6 +49,7 @@ impl Wechat for FakeWechat {
     fn stable_token(&self, _force: bool) -> BoxFuture<'_, Result<AccessToken, WechatError>> {
         Box::pin(async move {
             // Slow enough that concurrent callers overlap.
+            self.attempts.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
             if self.down.load(Ordering::SeqCst) {
                 return Err(WechatError::Status(502));
@@ -78,6 +81,7 @@ async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
     .unwrap();
     let fake = Arc::new(FakeWechat {
         calls: AtomicU32::new(0),
+        attempts: AtomicU32::new(0),
         down: AtomicBool::new(false),
     });
     let app = App::build(config, Some(fake.clone() as Arc<dyn Wechat>))
@@ -204,6 +208,41 @@ async fn get_no_token_endpoint_down_503() {
         "{err}"
     );
     assert_eq!(ApiError::from(err).status().as_u16(), 503);
+}
+
+/// WeChat's token endpoint down and no token: the requests waiting meanwhile, and those that
+/// come within `FAILURE_HOLD` after, get the failure at once — each asked again in turn (a
+/// whole round of retries each), the others polling the store meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_after_a_failed_fetch_fails_at_once_without_asking_again() {
+    let dir = common::temp_dir("at");
+    let (app, fake) = app(&dir).await;
+    fake.down.store(true, Ordering::SeqCst);
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.identity.access_tokens.get_for(APPID, None).await })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, TokenError::Fetch(WechatError::Status(502))),
+            "{err}"
+        );
+    }
+    let err = app
+        .identity
+        .access_tokens
+        .get_for(APPID, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::Fetch(_)), "{err}");
+    assert_eq!(
+        fake.attempts.load(Ordering::SeqCst),
+        1,
+        "WeChat asked again within the hold"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

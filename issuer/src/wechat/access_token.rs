@@ -22,7 +22,10 @@
 //!   token is obtained again and the call is retried once ([`AccessTokens::call_for`]).
 //! - WeChat's token endpoint down: if the cached token is still valid it keeps being used (and
 //!   the failure is counted and logged); otherwise the request fails with 503
-//!   `temporarily_unavailable` (502 `upstream_error` when WeChat refuses the appid/secret).
+//!   `temporarily_unavailable` (502 `upstream_error` when WeChat refuses the appid/secret); a
+//!   busy, slow or unreachable WeChat fails the replica's requests for the next
+//!   [`FAILURE_HOLD`] seconds too, at once, without asking again (each waited for a fetch of
+//!   its own in turn, up to the lease).
 //!
 //! [`plan`] is the pure decision; the rest is glue. The token is never logged.
 
@@ -49,6 +52,11 @@ pub const EXPIRY_SAFETY: i64 = 30;
 const WAIT_POLL: Duration = Duration::from_millis(50);
 /// The least time between two forced `stable_token` refreshes of one app by one replica.
 pub const FORCE_INTERVAL: i64 = 300;
+/// How long a replica answers with its last failure to get a token — WeChat busy, slow or
+/// unreachable ([`WechatError::is_retryable`]), and no token usable — before it asks WeChat
+/// again ([`AccessTokens::get_for`]). A refusal (an IP not allowed, the quota spent, the rate
+/// limit) comes back at once: it is asked again each time.
+pub const FAILURE_HOLD: i64 = 5;
 
 /// Why no access token could be had.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +139,9 @@ pub struct AccessTokens {
     lease: i64,
     /// When this replica last forced a refresh, per appid ([`FORCE_INTERVAL`]).
     forced_at: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// This replica's last failure to get a token, per appid, and until when it is answered
+    /// without asking WeChat again ([`FAILURE_HOLD`]).
+    failed: std::sync::Mutex<std::collections::HashMap<String, (i64, WechatError)>>,
 }
 
 impl AccessTokens {
@@ -152,7 +163,31 @@ impl AccessTokens {
             replica_id: secrets::random_id("r_"),
             lease,
             forced_at: std::sync::Mutex::default(),
+            failed: std::sync::Mutex::default(),
         }
+    }
+
+    /// The failure to get `appid`'s token this replica met less than [`FAILURE_HOLD`] ago.
+    fn recent_failure(&self, appid: &str, now: i64) -> Option<WechatError> {
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        failed
+            .get(appid)
+            .filter(|(until, _)| now < *until)
+            .map(|(_, err)| err.clone())
+    }
+
+    fn note_fetch(&self, appid: &str, failure: Option<(i64, &WechatError)>) {
+        let mut failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failure {
+            Some((now, err)) => failed.insert(appid.to_string(), (now + FAILURE_HOLD, err.clone())),
+            None => failed.remove(appid),
+        };
     }
 
     fn open(&self, appid: &str, token: &CachedToken) -> Result<Zeroizing<String>, TokenError> {
@@ -166,6 +201,11 @@ impl AccessTokens {
     /// the module docs): the token, its cache and its lease are keyed by appid, so apps never
     /// overwrite each other's token. `refused`: a token WeChat just refused, which must not
     /// be returned again.
+    ///
+    /// With none usable, a failure to get one that this replica met less than
+    /// [`FAILURE_HOLD`] ago is answered at once: while WeChat's token endpoint is down or slow,
+    /// each request needing the token waited for a fetch of its own in turn (a whole round of
+    /// retries each, up to the lease), and the waiters polled the store meanwhile.
     ///
     /// # Errors
     /// [`TokenError`].
@@ -186,6 +226,11 @@ impl AccessTokens {
             if decision == Plan::Use {
                 if let Some(token) = &cached {
                     return self.open(appid, token);
+                }
+            }
+            if decision == Plan::Fetch {
+                if let Some(err) = self.recent_failure(appid, at) {
+                    return Err(TokenError::Fetch(err));
                 }
             }
             let leased = self
@@ -238,6 +283,7 @@ impl AccessTokens {
                     refresh_at: refresh_at(at, token.expires_in),
                 };
                 self.store.put_wechat_token(appid, &record, holder).await?;
+                self.note_fetch(appid, None);
                 self.metrics.wechat_token_refresh("ok");
                 tracing::info!(
                     appid = %appid,
@@ -247,10 +293,14 @@ impl AccessTokens {
                 Ok(token.token)
             }
             Err(err) => {
-                self.release(appid, holder).await;
-                // Still valid (just due for refresh)? Keep serving with it.
+                // Still valid (just due for refresh)? Keep serving with it. Else the failure is
+                // noted before the lease goes, so that no waiter takes it to ask again.
                 let now = self.clock.now();
                 let usable = cached.filter(|c| plan(Some(c), now, refused_hash) != Plan::Fetch);
+                if usable.is_none() && err.is_retryable() {
+                    self.note_fetch(appid, Some((now, &err)));
+                }
+                self.release(appid, holder).await;
                 if let Some(token) = usable {
                     self.metrics.wechat_token_refresh("failed_kept_old");
                     tracing::warn!(appid = %appid, error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");
