@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{payload, split, Stack, APPID};
 use serde_json::{json, Value};
-use weauth_mock_wechat::{Fault, MockApp, MockConfig};
+use weauth_mock_wechat::{Fault, MockApp, MockAppKind, MockConfig};
 
 const BACK: &str = "https://h5.example.com/after-login";
 const WEB_BACK: &str = "https://www.example.com/";
@@ -32,6 +32,17 @@ fn website() -> MockApp {
     MockApp::website()
 }
 
+/// An official account not bound to the Open Platform account: WeChat gives no unionid for
+/// its users, in the token answer or in `sns/userinfo`.
+fn unbound_oa() -> MockApp {
+    MockApp {
+        appid: "wx00000000000000e5".into(),
+        secret: "mock-oa2-secret".into(),
+        kind: MockAppKind::OfficialAccount,
+        unionid: false,
+    }
+}
+
 fn apps_file() -> Value {
     json!({"apps": [
         {"appid": APPID, "secret": "mock-secret", "kind": "miniprogram"},
@@ -39,6 +50,8 @@ fn apps_file() -> Value {
          "redirect_uris": [BACK]},
         {"appid": website().appid, "secret": website().secret, "kind": "website",
          "redirect_uris": [WEB_BACK]},
+        {"appid": unbound_oa().appid, "secret": unbound_oa().secret,
+         "kind": "official_account", "redirect_uris": [BACK]},
     ]})
 }
 
@@ -56,7 +69,7 @@ async fn start_process(extra: &[(&str, &str)]) -> Stack {
 async fn start_as(process: bool, extra: &[(&str, &str)]) -> Stack {
     let cfg = MockConfig {
         unionid: true,
-        web_apps: vec![oa(), website()],
+        web_apps: vec![oa(), website(), unbound_oa()],
         ..Default::default()
     };
     let mut stack = Stack::launch(
@@ -659,6 +672,8 @@ async fn callback_wechat_errors_mapped_and_nothing_written() {
         ),
         ("oauth2_access_token", Fault::Garbage, 502, "upstream_error"),
         ("oauth2_access_token", Fault::Html, 502, "upstream_error"),
+        // `sns/userinfo` is asked only for a unionid the token answer lacks: the unbound
+        // account's (the profile itself is not kept).
         (
             "userinfo",
             Fault::Errcode {
@@ -679,10 +694,15 @@ async fn callback_wechat_errors_mapped_and_nothing_written() {
         ),
     ];
     for (route, fault, status_expected, code_expected) in cases {
-        let started = start_login(&stack, &oa().appid, BACK, Some("snsapi_userinfo")).await;
+        let app = if route == "userinfo" {
+            unbound_oa()
+        } else {
+            oa()
+        };
+        let started = start_login(&stack, &app.appid, BACK, Some("snsapi_userinfo")).await;
         let code = stack
             .mock
-            .oauth_code(&oa().appid, "alice", "snsapi_userinfo");
+            .oauth_code(&app.appid, "alice", "snsapi_userinfo");
         stack.mock.inject(route, fault.clone(), 1);
         let (status, body, headers) =
             callback(&stack, Some(&code), &started.state, Some(&started.binding)).await;
@@ -696,8 +716,30 @@ async fn callback_wechat_errors_mapped_and_nothing_written() {
             "{route} {fault:?}: nothing written"
         );
     }
+    // A bound account's token answer carries the unionid: `sns/userinfo` is not asked, so its
+    // failure does not fail the login (an outage of it blocked every web login for a profile
+    // that was thrown away).
+    let started = start_login(&stack, &oa().appid, BACK, Some("snsapi_userinfo")).await;
+    let code = stack
+        .mock
+        .oauth_code(&oa().appid, "alice", "snsapi_userinfo");
+    stack.mock.inject(
+        "userinfo",
+        Fault::Errcode {
+            errcode: -1,
+            errmsg: "system error".into(),
+        },
+        1,
+    );
+    let (status, body, headers) =
+        callback(&stack, Some(&code), &started.state, Some(&started.binding)).await;
+    assert_eq!(status, 302, "{body}");
+    let cookies = set_cookies(&headers);
+    assert!(payload(&access_of(&cookies))["unionid"].is_string());
+    assert_eq!(stack.count("sessions"), 1);
     // Real (not injected) WeChat refusals: a website's code posted for the official account,
     // and a code used twice.
+    let sessions = stack.count("sessions");
     let started = start_login(&stack, &oa().appid, BACK, None).await;
     let foreign = stack
         .mock
@@ -714,7 +756,7 @@ async fn callback_wechat_errors_mapped_and_nothing_written() {
         (400, Some("invalid_grant")),
         "{body}"
     );
-    assert_eq!(stack.count("sessions"), 0);
+    assert_eq!(stack.count("sessions"), sessions);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

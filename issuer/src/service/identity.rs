@@ -154,7 +154,12 @@ impl Identity {
                         crate::domain::web::WebError::SnapshotUser.to_string(),
                     ));
                 }
-                let profile = if crate::domain::web::reads_userinfo(&token.scope) {
+                // `sns/userinfo` only for a unionid the token answer lacks (the profile itself
+                // is not kept): a bound account's answer carries it, so an outage of userinfo
+                // does not fail those logins.
+                let profile = if token.unionid.is_none()
+                    && crate::domain::web::reads_userinfo(&token.scope)
+                {
                     Some(self.web.userinfo(entry, &token).await?)
                 } else {
                     None
