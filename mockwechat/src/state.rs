@@ -350,13 +350,15 @@ impl TokenStore {
     /// `GET /cgi-bin/token`: a new token (`token`, minted by the caller) replacing the previous
     /// plain one. Returns `expires_in` seconds.
     pub fn issue_plain(&mut self, token: String, now_ms: u64) -> u64 {
-        self.replace(TokenKind::Plain, token, now_ms);
+        self.replace(TokenKind::Plain, token, now_ms, self.overlap_ms);
         TOKEN_TTL_MS / 1000
     }
 
     /// `POST /cgi-bin/stable_token`: the current stable token and its remaining seconds, or,
     /// when there is none, it is in its last [`STABLE_RENEWAL_MS`], or `force_refresh` is set,
-    /// `fresh` replacing it.
+    /// `fresh` replacing it. A forced refresh ends the previous token at once (WeChat's API
+    /// page: "强制刷新模式,会导致上次获取的 access_token 失效"); the overlap of both being valid is
+    /// for a renewal in the normal mode.
     pub fn stable(&mut self, fresh: String, force_refresh: bool, now_ms: u64) -> (String, u64) {
         let too_soon = self
             .last_forced_ms
@@ -373,18 +375,23 @@ impl TokenStore {
                 }
             }
         }
-        self.replace(TokenKind::Stable, fresh.clone(), now_ms);
+        let overlap_ms = if force_refresh && !too_soon {
+            0
+        } else {
+            self.overlap_ms
+        };
+        self.replace(TokenKind::Stable, fresh.clone(), now_ms, overlap_ms);
         (fresh, TOKEN_TTL_MS / 1000)
     }
 
-    fn replace(&mut self, kind: TokenKind, token: String, now_ms: u64) {
+    fn replace(&mut self, kind: TokenKind, token: String, now_ms: u64, overlap_ms: u64) {
         let slot = match kind {
             TokenKind::Plain => &mut self.current_plain,
             TokenKind::Stable => &mut self.current_stable,
         };
         if let Some(old) = slot.replace(token.clone()) {
             if let Some(e) = self.tokens.get_mut(&old) {
-                e.invalid_after_ms = Some(now_ms.saturating_add(self.overlap_ms));
+                e.invalid_after_ms = Some(now_ms.saturating_add(overlap_ms));
             }
         }
         self.tokens.insert(
@@ -769,13 +776,13 @@ mod tests {
     }
 
     #[test]
-    fn token_stable_force_refresh_replaces_with_overlap() {
+    fn token_stable_force_refresh_ends_the_previous_token_at_once() {
         let mut s = TokenStore::new(Duration::from_secs(300));
         s.stable("a".into(), false, 0);
         let (t, _) = s.stable("b".into(), true, 1_000);
         assert_eq!(t, "b");
-        assert_eq!(s.check("a", 1_000 + 299_000), TokenCheck::Valid);
-        assert_eq!(s.check("a", 1_000 + 300_000), TokenCheck::Invalid);
+        assert_eq!(s.check("a", 1_000), TokenCheck::Invalid);
+        assert_eq!(s.check("b", 1_000), TokenCheck::Valid);
     }
 
     #[test]
