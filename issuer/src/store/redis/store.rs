@@ -150,21 +150,40 @@ impl Store for RedisStore {
     }
 
     async fn erase_keys(&self, kids: &[String]) -> Result<(), StoreError> {
+        // Each record read, then written back erased only over what was read (ERASE_KEY: a
+        // replica changing it meanwhile makes this one read again) and through `write`, so
+        // that the erasure is replicated before it is acknowledged: a failover must not bring
+        // an erased private key back.
         let hash = self.key(keys::KEYS);
         for kid in kids {
-            let (h, k) = (hash.clone(), kid.clone());
-            let value: Option<String> = self
-                .op(|mut conn| async move { conn.hget(h, k).await })
-                .await?;
-            let Some(value) = value else { continue };
-            let mut stored: StoredKey = serde_json::from_str(&value)
-                .map_err(|err| StoreError::Corrupt(format!("signing key record: {err}")))?;
-            stored.sealed = String::new();
-            let json = serde_json::to_string(&stored)
-                .map_err(|err| StoreError::backend(err.to_string()))?;
-            let (h, k) = (hash.clone(), kid.clone());
-            self.op(|mut conn| async move { conn.hset::<_, _, _, i64>(h, k, json).await })
-                .await?;
+            let mut erased = false;
+            for _ in 0..CAS_ATTEMPTS {
+                let (h, k) = (hash.clone(), kid.clone());
+                let value: Option<String> = self
+                    .op(|mut conn| async move { conn.hget(h, k).await })
+                    .await?;
+                let Some(value) = value else {
+                    erased = true;
+                    break;
+                };
+                let mut stored: StoredKey = serde_json::from_str(&value)
+                    .map_err(|err| StoreError::Corrupt(format!("signing key record: {err}")))?;
+                stored.sealed = String::new();
+                let json = serde_json::to_string(&stored)
+                    .map_err(|err| StoreError::backend(err.to_string()))?;
+                let mut call = self.inner.scripts.erase_key.prepare_invoke();
+                call.key(&hash).arg(kid).arg(&value).arg(&json);
+                let written: i64 = self.write(&call).await?;
+                if written != 0 {
+                    erased = true;
+                    break;
+                }
+            }
+            if !erased {
+                return Err(StoreError::Busy(
+                    "erase_keys: the key record keeps changing".into(),
+                ));
+            }
         }
         Ok(())
     }
