@@ -144,7 +144,7 @@ fn cached(hash: &str) -> CachedToken {
     }
 }
 
-fn key(kid: &str, activate_at: i64) -> KeyRecord {
+pub(crate) fn key(kid: &str, activate_at: i64) -> KeyRecord {
     KeyRecord {
         kid: kid.into(),
         alg: "EdDSA".into(),

@@ -821,6 +821,32 @@ async fn redis_repeat_within_the_grace_writes_so_its_wait_covers_the_successor()
     assert_eq!(repeated_at, Some(21), "the repeat wrote nothing");
 }
 
+/// Erasing a retired signing key is WAITed for like every other write (a failover before the
+/// replica had it would bring the private key back): with the replica gone, the erasure is
+/// counted as unreplicated (it was a plain HSET, never WAITed for nor counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_key_erasure_is_replicated_like_any_write() {
+    use crate::store::contract::key;
+    let dir = tempfile::tempdir().unwrap();
+    let (_primary, mut replica, store) = primary_with_replica(dir.path()).await;
+    assert!(store.insert_key(&key("k1", 100), None).await.unwrap());
+    replica.kill().await;
+    let before = store
+        .inner
+        .health
+        .unreplicated_writes
+        .load(Ordering::Relaxed);
+    store.erase_keys(&["k1".to_string()]).await.unwrap();
+    let after = store
+        .inner
+        .health
+        .unreplicated_writes
+        .load(Ordering::Relaxed);
+    assert_eq!(after, before + 1, "the erasure was not WAITed for");
+    let keys = store.keys().await.unwrap();
+    assert!(keys.iter().all(|k| k.kid != "k1" || k.sealed.is_empty()));
+}
+
 /// Issue 23 §7: a running check sees `evicted_keys` grow (the start check is covered
 /// through the binary in issuer/tests/service.rs).
 #[tokio::test]
