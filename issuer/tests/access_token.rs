@@ -36,6 +36,9 @@ struct FakeWechat {
     /// Every `stable_token` call, answered or failed.
     attempts: AtomicU32,
     down: AtomicBool,
+    /// While set, each call waits for a permit of `gate` (a WeChat that has not answered yet).
+    held: AtomicBool,
+    gate: tokio::sync::Semaphore,
 }
 
 impl Wechat for FakeWechat {
@@ -50,6 +53,11 @@ impl Wechat for FakeWechat {
         Box::pin(async move {
             // Slow enough that concurrent callers overlap.
             self.attempts.fetch_add(1, Ordering::SeqCst);
+            if self.held.load(Ordering::SeqCst) {
+                if let Ok(permit) = self.gate.acquire().await {
+                    permit.forget();
+                }
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
             if self.down.load(Ordering::SeqCst) {
                 return Err(WechatError::Status(502));
@@ -83,6 +91,8 @@ async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
         calls: AtomicU32::new(0),
         attempts: AtomicU32::new(0),
         down: AtomicBool::new(false),
+        held: AtomicBool::new(false),
+        gate: tokio::sync::Semaphore::new(0),
     });
     let app = App::build(config, Some(fake.clone() as Arc<dyn Wechat>))
         .await
@@ -153,6 +163,22 @@ async fn get_due_token_refreshed_ahead_of_expiry() {
     let (app, fake) = app(&dir).await;
     let at = now();
     put(&app, "OLD", at + 200, at - 1, "other").await;
+    // Still valid: the request that took the lease is answered with it at once, the refresh
+    // runs in the background.
+    // (WeChat held: a request waiting for the refresh would never end.)
+    fake.held.store(true, Ordering::SeqCst);
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        app.identity.access_tokens.get_for(APPID, None),
+    )
+    .await
+    .expect("the request waited for WeChat's answer");
+    assert_eq!(answered.unwrap().as_str(), "OLD");
+    assert!(!metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"ok\"} 1"));
+    fake.gate.add_permits(1);
+    eventually(|| metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"ok\"} 1"))
+        .await;
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     assert_eq!(
         app.identity
             .access_tokens
@@ -162,8 +188,17 @@ async fn get_due_token_refreshed_ahead_of_expiry() {
             .as_str(),
         "T1"
     );
-    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
-    assert!(metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"ok\"} 1"));
+}
+
+/// Waits (10 s at most) until `done` holds.
+async fn eventually(done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within 10 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,8 +217,10 @@ async fn get_refresh_fails_still_valid_token_kept() {
             .as_str(),
         "OLD"
     );
-    assert!(metrics(&app)
-        .contains("weauth_wechat_token_refreshes_total{outcome=\"failed_kept_old\"} 1"));
+    eventually(|| {
+        metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"failed_kept_old\"} 1")
+    })
+    .await;
     // The lease was released: the next caller may try again at once.
     assert!(app
         .store

@@ -7,9 +7,11 @@
 //! - It is refreshed ahead of expiry: from `refresh_at` = fetch time + `max(expires_in −
 //!   REFRESH_MARGIN, expires_in / 2)` (with WeChat's 7200 s that is 5 minutes before expiry).
 //!   Only the holder of a lease in the store ([`Store::lease_wechat_token`], held for
-//!   [`lease_secs`], released when the new token is written or the fetch fails) calls WeChat;
-//!   the others keep using the current token while it is still valid, or wait for the
-//!   holder's answer when there is none (up to the lease length plus 2 s, then 503).
+//!   [`lease_secs`], released when the new token is written or the fetch fails) calls WeChat
+//!   — in the background while the current token is still valid, the request that took the
+//!   lease answered with it at once; the others keep using the current token while it is
+//!   still valid, or wait for the holder's answer when there is none (up to the lease length
+//!   plus 2 s, then 503).
 //! - A fetch asks `stable_token` WITHOUT `force_refresh`, which hands every caller the same
 //!   token. Only when WeChat refused a token (40001, 42001, 40014) and `stable_token` still
 //!   returns that very token is `force_refresh` used — at most once per [`FORCE_INTERVAL`] per
@@ -210,7 +212,7 @@ impl AccessTokens {
     /// # Errors
     /// [`TokenError`].
     pub async fn get_for(
-        &self,
+        self: &Arc<Self>,
         appid: &str,
         refused: Option<&str>,
     ) -> Result<Zeroizing<String>, TokenError> {
@@ -238,6 +240,14 @@ impl AccessTokens {
                 .lease_wechat_token(appid, &holder, at, at + self.lease)
                 .await?;
             if leased {
+                if decision == Plan::Refresh {
+                    if let Some(token) = &cached {
+                        // Still good: refreshed in the background, this request answered now
+                        // (a WeChat slow to answer held it for a whole round of retries).
+                        self.refresh_in_background(appid, holder, refused, cached.clone());
+                        return self.open(appid, token);
+                    }
+                }
                 return self
                     .fetch_as_holder(appid, &holder, refused, refused_hash.as_deref(), cached)
                     .await;
@@ -252,6 +262,27 @@ impl AccessTokens {
             }
             tokio::time::sleep(WAIT_POLL).await;
         }
+    }
+
+    /// [`Self::fetch_as_holder`] on a task of its own, for a token due for refresh but still
+    /// valid; its outcome is in the store, the metrics and the log.
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        appid: &str,
+        holder: String,
+        refused: Option<&str>,
+        cached: Option<CachedToken>,
+    ) {
+        let this = Arc::clone(self);
+        let appid = appid.to_string();
+        let refused = refused.map(|r| Zeroizing::new(r.to_string()));
+        tokio::spawn(async move {
+            let refused = refused.as_ref().map(|r| r.as_str());
+            let refused_hash = refused.map(|t| secrets::sha256_hex(t.as_bytes()));
+            let _ = this
+                .fetch_as_holder(&appid, &holder, refused, refused_hash.as_deref(), cached)
+                .await;
+        });
     }
 
     async fn fetch_as_holder(
@@ -372,7 +403,7 @@ impl AccessTokens {
     /// # Errors
     /// [`CallError::Token`] when no token could be had, [`CallError::Api`] when the call
     /// failed.
-    pub async fn call_for<T, F, Fut>(&self, appid: &str, api: F) -> Result<T, CallError>
+    pub async fn call_for<T, F, Fut>(self: &Arc<Self>, appid: &str, api: F) -> Result<T, CallError>
     where
         F: Fn(Zeroizing<String>) -> Fut,
         Fut: Future<Output = Result<T, WechatError>>,
