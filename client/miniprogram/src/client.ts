@@ -17,6 +17,7 @@ import { WeauthError } from "./errors.js";
 import { sharedFlight } from "./flight.js";
 import {
   DEFAULT_RETRY,
+  RETRY_AFTER_MAX_HOLD_MS,
   RetryPolicy,
   TokenPair,
   backoffDelay,
@@ -55,7 +56,11 @@ export interface ClientOptions {
   plugin?: boolean;
   /** The `wx` object (default: the global `wx`). Tests pass a stub. */
   wx?: WxApi;
-  /** How a refresh that fails on the network or with 408, 429 or 5xx is retried. */
+  /**
+   * How a refresh or a login that fails on the network or with 408, 429 or 5xx is retried (a
+   * login with a new `wx.login` code each time). A `Retry-After` up to `maxDelayMs` is waited
+   * instead of the backoff; a longer one ends the retries at once.
+   */
   retry?: Partial<RetryPolicy>;
   /** Waits `ms` (default `setTimeout`); tests pass a fake. */
   sleep?: (ms: number) => Promise<void>;
@@ -108,8 +113,11 @@ export interface Decrypted<T = Record<string, unknown>> {
 /** What {@link createClient} returns. */
 export interface WeauthClient {
   /**
-   * `wx.login` → `POST /v1/login` → tokens stored. Concurrent calls (and requests that need
-   * a login at that moment) share one login. Rejects with {@link WeauthError}.
+   * `wx.login` → `POST /v1/login` → tokens stored; the session of the tokens it replaces is
+   * ended at the issuer, best effort. Concurrent calls (and requests that need a login at that
+   * moment) share one login. A network failure, 408, 429 or 5xx is retried as a refresh is,
+   * with a new `wx.login` code for each attempt. Rejects with {@link WeauthError}; at once,
+   * with no `wx.login`, while the `Retry-After` of the issuer's last answer to a login holds.
    */
   login(): Promise<void>;
   /**
@@ -119,8 +127,10 @@ export interface WeauthClient {
    * with `"relogin": true`: one shared login, then one retry.
    * Resolves with the answer (whatever its status); rejects with {@link WeauthError} when no
    * answer came (`network`) or no token could be had — at once, with no `wx.login`, while a
-   * ban the issuer answered a login with holds (`login_failed`, `error` `user_banned`); a
-   * refresh refused otherwise (a proxy's 404, 400 `invalid_request`, …) rejects with
+   * ban the issuer answered a login with holds (`login_failed`, `error` `user_banned`), or the
+   * `Retry-After` of its last answer to a login (`login_failed`, with that answer's
+   * `statusCode` and `error`) or to a refresh (`refresh_failed`, the tokens kept); a refresh
+   * refused otherwise (a proxy's 404, 400 `invalid_request`, …) rejects with
    * `refresh_failed`, the tokens kept.
    */
   request<T = unknown>(options: RequestOptions): Promise<Response<T>>;
@@ -198,6 +208,12 @@ export function createClient(options: ClientOptions): WeauthClient {
   // `wx.login` code (and leave a session row at the issuer) on an answer known in advance.
   // `login()` asks again.
   let bannedUntil: number | undefined;
+  // What the issuer asked not to be asked again before a time (device time), by the kind of
+  // the flight it answered: a login or a refresh answered 429 or 503 (any transient answer)
+  // with a `Retry-After` the flight gave up on — longer than the retry policy waits, or on its
+  // last attempt. Asking within it would meet the same answer and weigh on an issuer that is
+  // shedding load (a login spends a `wx.login` code on it too); `login()` waits it out too.
+  const retryAfterHolds: { [kind in FlightKind]?: { until: number; statusCode: number; error?: string } } = {};
 
   /** The error a login the client starts by itself fails with while a ban holds. */
   function heldByBan(): WeauthError | undefined {
@@ -211,6 +227,53 @@ export function createClient(options: ClientOptions): WeauthClient {
       `login refused: 403 user_banned (the issuer's answer to the last login or refresh, held ${left} s more; login() asks again)`,
       { statusCode: 403, error: "user_banned" },
     );
+  }
+
+  /** The error a login or refresh fails with while the issuer's `Retry-After` for it holds. */
+  function heldByRetryAfter(kind: FlightKind): WeauthError | undefined {
+    const hold = retryAfterHolds[kind];
+    if (hold === undefined || now() >= hold.until) {
+      delete retryAfterHolds[kind];
+      return undefined;
+    }
+    const left = Math.ceil((hold.until - now()) / 1000);
+    return new WeauthError(
+      kind === "login" ? "login_failed" : "refresh_failed",
+      `${kind} refused: ${hold.statusCode}${hold.error ? ` ${hold.error}` : ""} (the issuer's answer to the last ${kind}, whose Retry-After holds ${left} s more)`,
+      { statusCode: hold.statusCode, error: hold.error },
+    );
+  }
+
+  /**
+   * The delay before attempt `attempt + 1` of a login or refresh whose attempt `attempt` met
+   * `failure`, a network failure or a transient `answer` (408, 429, 5xx); undefined to give up.
+   * The answer's `Retry-After` is waited instead of the backoff when it is no longer than
+   * `maxDelayMs`. A longer one — or one on the last attempt — ends the retries, and the logins
+   * (or refreshes) are held until it has passed, at most {@link RETRY_AFTER_MAX_HOLD_MS}: a
+   * retry within the issuer's window would be refused again (or, capped to our delay as it
+   * once was, add to the load it asked to be spared).
+   */
+  function retryDelay(
+    kind: FlightKind,
+    attempt: number,
+    answer: Response | undefined,
+    failure: WeauthError,
+  ): number | undefined {
+    const wait = answer ? retryAfterMs(answer.header, now()) : undefined;
+    if (wait === undefined) {
+      return attempt >= retry.attempts ? undefined : backoffDelay(attempt, retry, random());
+    }
+    if (attempt >= retry.attempts || wait > retry.maxDelayMs) {
+      if (wait > 0) {
+        retryAfterHolds[kind] = {
+          until: now() + Math.min(wait, RETRY_AFTER_MAX_HOLD_MS),
+          statusCode: failure.statusCode ?? 0,
+          error: failure.error,
+        };
+      }
+      return undefined;
+    }
+    return wait;
   }
 
   /** Keeps `pair` in memory as this epoch's tokens. */
@@ -314,11 +377,14 @@ export function createClient(options: ClientOptions): WeauthClient {
    * Ends `pair`'s session at the issuer, best effort (every failure is ignored). An access
    * token that has expired meanwhile (401) is renewed once with the pair's refresh token
    * first: the logout has to reach the issuer, else the session lives on there until its
-   * refresh token expires.
+   * refresh token expires. Not with `renew` false: a refresh in flight has presented that
+   * refresh token, and a second presentation is reuse to the issuer once its grace is over
+   * (at once with `WEAUTH_REFRESH_REUSE_GRACE=0s`) — a false theft signal; that refresh ends
+   * the session with the pair it gets instead.
    */
-  async function endSession(pair: TokenPair): Promise<void> {
+  async function endSession(pair: TokenPair, renew = true): Promise<void> {
     const sent = await postJson("/v1/logout", {}, pair.accessToken);
-    if (!sent.ok || sent.response.statusCode !== 401) {
+    if (!renew || !sent.ok || sent.response.statusCode !== 401) {
       return;
     }
     const renewed = await postRefresh(pair.refreshToken);
@@ -361,45 +427,85 @@ export function createClient(options: ClientOptions): WeauthClient {
     return flight.flightEpoch === flight.epoch ? flight.promise : undefined;
   }
 
-  /** The login itself (always inside the flight). */
+  /**
+   * The login itself (always inside the flight). A network failure, 408, 429 or 5xx is retried
+   * as a refresh is (`retryDelay`), each attempt with a code of its own from a new `wx.login`:
+   * a code is single use, and one whose post got no answer, or a 5xx, may have reached the
+   * issuer and been spent there — posted again it would be refused as `invalid_grant`, which
+   * says nothing of what went wrong. A `wx.login` that fails is not retried (it is local).
+   */
   async function doLogin(startEpoch: number): Promise<TokenPair> {
-    let code: string;
-    try {
-      code = plugin ? await wxPluginLogin(wxApi) : await wxLogin(wxApi);
-    } catch (e) {
-      throw new WeauthError("wx_login_failed", e instanceof Error ? e.message : String(e));
-    }
-    const body: Record<string, unknown> = { code };
-    if (appid !== undefined) {
-      body.appid = appid;
-    }
-    const sent = await postJson("/v1/login", body);
-    if (!sent.ok) {
-      throw new WeauthError("network", `login: ${sent.errMsg}`);
-    }
-    const pair =
-      sent.response.statusCode === 200 ? parseTokenResponse(sent.response.data) : undefined;
-    if (!pair) {
-      const err = issuerError(sent.response.data);
-      const ban = banOf(sent.response.statusCode, sent.response.data);
-      if (ban) {
-        bannedUntil = banHoldUntil(ban, headerValue(sent.response.header, "date"), now());
+    for (let attempt = 1; ; attempt++) {
+      const held = heldByRetryAfter("login");
+      if (held) {
+        throw held;
       }
-      throw new WeauthError(
-        "login_failed",
-        `login refused: ${sent.response.statusCode} ${err.error ?? ""} ${err.description ?? ""}`.trim(),
-        { statusCode: sent.response.statusCode, error: err.error },
-      );
+      let code: string;
+      try {
+        code = plugin ? await wxPluginLogin(wxApi) : await wxLogin(wxApi);
+      } catch (e) {
+        throw new WeauthError("wx_login_failed", e instanceof Error ? e.message : String(e));
+      }
+      const body: Record<string, unknown> = { code };
+      if (appid !== undefined) {
+        body.appid = appid;
+      }
+      const sent = await postJson("/v1/login", body);
+      const pair =
+        sent.ok && sent.response.statusCode === 200 ? parseTokenResponse(sent.response.data) : undefined;
+      if (pair) {
+        if (flight.epoch !== startEpoch) {
+          // The session exists at the issuer now: end it, or nobody could.
+          await endSession(pair);
+          throw new WeauthError("logged_out", "logout() was called during the login");
+        }
+        bannedUntil = undefined;
+        const replaced = reload();
+        store(pair);
+        logins++;
+        if (replaced && replaced.refreshToken !== pair.refreshToken) {
+          // A re-login (`relogin`), or login() while logged in: the old session is nobody's
+          // now, and its refresh token would stay good for days. Ended best effort, as
+          // logout() does, without holding up the requests that wait for this login. (No
+          // refresh is in flight to have presented its refresh token: this login is the flight.)
+          void endSession(replaced);
+        }
+        return pair;
+      }
+      let failure: WeauthError;
+      let answer: Response | undefined;
+      if (!sent.ok) {
+        failure = new WeauthError("network", `login: ${sent.errMsg}`);
+      } else {
+        const { statusCode, data, header } = sent.response;
+        const err = issuerError(data);
+        failure = new WeauthError(
+          "login_failed",
+          `login refused: ${statusCode} ${err.error ?? ""} ${err.description ?? ""}`.trim(),
+          { statusCode, error: err.error },
+        );
+        if (!isTransient(statusCode)) {
+          const ban = banOf(statusCode, data);
+          if (ban) {
+            bannedUntil = banHoldUntil(ban, headerValue(header, "date"), now());
+          }
+          throw failure;
+        }
+        answer = sent.response;
+      }
+      const delay = retryDelay("login", attempt, answer, failure);
+      if (delay === undefined) {
+        throw failure;
+      }
+      // No new attempt (nor wait for one) once logout() has been called: it would log the user
+      // back in, or end the session it got at best.
+      if (flight.epoch === startEpoch) {
+        await sleep(delay);
+      }
+      if (flight.epoch !== startEpoch) {
+        throw new WeauthError("logged_out", "logout() was called during the login");
+      }
     }
-    if (flight.epoch !== startEpoch) {
-      // The session exists at the issuer now: end it, or nobody could.
-      await endSession(pair);
-      throw new WeauthError("logged_out", "logout() was called during the login");
-    }
-    bannedUntil = undefined;
-    store(pair);
-    logins++;
-    return pair;
   }
 
   /**
@@ -414,6 +520,11 @@ export function createClient(options: ClientOptions): WeauthClient {
    * token, and a login would spend a `wx.login` code and log the user out of a live session.
    */
   async function doRefresh(pair: TokenPair, startEpoch: number): Promise<TokenPair> {
+    const held = heldByRetryAfter("refresh");
+    if (held) {
+      // The tokens are kept: the refresh is tried again once the issuer's window has passed.
+      throw held;
+    }
     for (let attempt = 1; ; attempt++) {
       const sent = await postRefresh(pair.refreshToken);
       if (flight.epoch !== startEpoch) {
@@ -427,8 +538,9 @@ export function createClient(options: ClientOptions): WeauthClient {
         }
         throw new WeauthError("logged_out", "logout() was called during the refresh");
       }
-      let wait: number | undefined;
       let failure: WeauthError;
+      // A transient answer, whose `Retry-After` is heeded.
+      let answer: Response | undefined;
       if (!sent.ok) {
         failure = new WeauthError("network", `refresh: ${sent.errMsg}`);
       } else if (sent.response.statusCode === 200) {
@@ -447,7 +559,7 @@ export function createClient(options: ClientOptions): WeauthClient {
           `refresh: ${sent.response.statusCode} ${err.error ?? ""}`.trim(),
           { statusCode: sent.response.statusCode, error: err.error },
         );
-        wait = retryAfterMs(sent.response.header, retry.maxDelayMs);
+        answer = sent.response;
       } else {
         const err = issuerError(sent.response.data);
         const ban = banOf(sent.response.statusCode, sent.response.data);
@@ -477,13 +589,15 @@ export function createClient(options: ClientOptions): WeauthClient {
           { statusCode: sent.response.statusCode, error: err.error },
         );
       }
-      if (attempt >= retry.attempts) {
+      const delay = retryDelay("refresh", attempt, answer, failure);
+      if (delay === undefined) {
         throw failure;
       }
-      await sleep(wait ?? backoffDelay(attempt, retry, random()));
-      if (flight.epoch !== startEpoch) {
-        throw new WeauthError("logged_out", "logout() was called during the refresh");
-      }
+      await sleep(delay);
+      // A logout() during the wait goes on to the attempt all the same, and that attempt ends
+      // in `logged_out` at the top of the loop, ending the session with the pair it gets:
+      // logout() left the refresh token to this refresh, which has presented it (a second
+      // presenter could be taken for a thief), so only this refresh can still end the session.
     }
   }
 
@@ -566,16 +680,18 @@ export function createClient(options: ClientOptions): WeauthClient {
     }
   }
 
-  function sendWithToken(options: RequestOptions, url: string, pair: TokenPair | null): Promise<Sent> {
+  /**
+   * A request to `baseUrl`'s origin with `pair`'s access token: the caller's own
+   * `Authorization` (whatever the case of its name) gives way to it, so that one goes out.
+   */
+  function sendWithToken(options: RequestOptions, url: string, pair: TokenPair): Promise<Sent> {
     const header: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(options.header ?? {})) {
       if (k.toLowerCase() !== "authorization") {
         header[k] = v;
       }
     }
-    if (pair) {
-      header.authorization = `Bearer ${pair.accessToken}`;
-    }
+    header.authorization = `Bearer ${pair.accessToken}`;
     return send(wxApi, { ...options, url, header });
   }
 
@@ -589,7 +705,9 @@ export function createClient(options: ClientOptions): WeauthClient {
   async function request<T>(options: RequestOptions): Promise<Response<T>> {
     const target = resolveUrl(baseUrl, options.url);
     if (!target.withToken) {
-      return answer<T>(await sendWithToken(options, target.url, null));
+      // Another origin: no token of ours goes there, so the caller's headers go as they are —
+      // its own `Authorization` (a partner API's key) included.
+      return answer<T>(await send(wxApi, { ...options, url: target.url }));
     }
     const requestEpoch = flight.epoch;
     if (flight.promise) {
@@ -638,13 +756,18 @@ export function createClient(options: ClientOptions): WeauthClient {
 
     async logout() {
       const pair = reload();
+      // A refresh in flight (this client's or another's on this storage) has presented the
+      // stored refresh token — storage takes no other pair while it runs — or is about to: it
+      // ends the session itself with the pair it gets, and that refresh token is not presented
+      // a second time here.
+      const refreshing = flight.promise !== undefined && flight.kind === "refresh";
       flight.epoch++;
       store(null);
       if (pair) {
         // Best effort: the tokens are gone from the device whatever the answer; a session the
         // issuer could not be told about ends when its refresh token expires. A refresh or
         // login in flight ends the session it gets itself.
-        await endSession(pair);
+        await endSession(pair, !refreshing);
       }
     },
 

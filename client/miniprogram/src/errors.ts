@@ -8,12 +8,16 @@
 
 /**
  * Why a call failed. `code` is stable:
- * - `network`: `wx.request` failed (no answer); for a refresh only after its retries. The
- *   stored tokens are KEPT: a network failure never logs the user out.
- * - `wx_login_failed`: `wx.login` failed (its `errMsg` is the message).
- * - `login_failed`: `POST /v1/login` did not give tokens; `statusCode` and `error` say why.
+ * - `network`: `wx.request` failed (no answer); for a login or refresh only after its retries.
+ *   The stored tokens are KEPT: a network failure never logs the user out.
+ * - `wx_login_failed`: `wx.login` (or `wx.pluginLogin`) failed or gave no code within 10 s
+ *   (its `errMsg` is the message).
+ * - `login_failed`: `POST /v1/login` did not give tokens (a transient error, 408, 429 or 5xx,
+ *   after its retries); `statusCode` and `error` say why. Also at once, with nothing sent, while
+ *   a ban or the `Retry-After` of the issuer's last answer to a login holds.
  * - `refresh_failed`: `POST /v1/token/refresh` kept answering a transient error (408, 429,
- *   5xx; the tokens are kept), or refused it for a ban (403, `error` `user_banned`: the tokens
+ *   5xx; the tokens are kept; at once, with nothing sent, while the `Retry-After` of its last
+ *   such answer holds), or refused it for a ban (403, `error` `user_banned`: the tokens
  *   are dropped, and the logins a request would start are held as after a login's ban), or
  *   refused it for a reason that is not about the refresh token (any other answer but
  *   `invalid_grant` or `"relogin": true`, which lead to a login: a proxy's 404 or 413, 400

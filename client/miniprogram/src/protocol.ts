@@ -197,17 +197,23 @@ export function resolveUrl(baseUrl: string, url: string): { url: string; withTok
   return { url: `${baseUrl}${path}`, withToken: true };
 }
 
-/** How a refresh that fails on the network (or with 408, 429 or 5xx) is retried. */
+/** How a refresh or a login that fails on the network (or with 408, 429 or 5xx) is retried. */
 export interface RetryPolicy {
   /** Attempts in all, first one included (default 5). */
   attempts: number;
   /** Delay before the first retry, in ms (default 500); doubles each time. */
   baseDelayMs: number;
-  /** Longest delay, in ms (default 8000). */
+  /**
+   * Longest delay, in ms (default 8000); also the longest `Retry-After` waited before a retry
+   * (a longer one ends the retries: see {@link retryAfterMs}).
+   */
   maxDelayMs: number;
 }
 
-/** The defaults of {@link RetryPolicy}: about 7.5 s of retrying before giving up. */
+/**
+ * The defaults of {@link RetryPolicy}: at most 7.5 s of backoff in all between the 5 attempts
+ * (a refresh waits up to 5 s for each answer besides: about 32.5 s in the worst case).
+ */
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 5, baseDelayMs: 500, maxDelayMs: 8000 };
 
 /**
@@ -221,19 +227,42 @@ export function backoffDelay(retry: number, policy: RetryPolicy, random: number)
   return Math.round(capped / 2 + (capped / 2) * Math.min(Math.max(random, 0), 1));
 }
 
-/** `Retry-After` in seconds as ms, capped at `capMs`; undefined when absent or a date. */
-export function retryAfterMs(header: unknown, capMs: number): number | undefined {
+/**
+ * `Retry-After` as ms from now, in either form: delay-seconds, or an HTTP-date counted from the
+ * answer's `Date` (the server's clock, as {@link banHoldUntil} does; the device's, `deviceNow`,
+ * when there is none) — a date already past is 0. Undefined when absent or unreadable. Not
+ * capped: a wait longer than the client would make is the server's window all the same, and
+ * the client does not retry within it (it gives up and holds, {@link RETRY_AFTER_MAX_HOLD_MS}).
+ */
+export function retryAfterMs(header: unknown, deviceNow: number): number | undefined {
   const value = headerValue(header, "retry-after");
-  if (value === undefined || !/^\s*\d+\s*$/.test(value)) {
+  if (value === undefined) {
     return undefined;
   }
-  return Math.min(Number(value) * 1000, capMs);
+  if (/^\s*\d+\s*$/.test(value)) {
+    return Number(value) * 1000;
+  }
+  const at = Date.parse(value);
+  if (!Number.isFinite(at)) {
+    return undefined;
+  }
+  const serverDate = headerValue(header, "date");
+  const server = serverDate === undefined ? Number.NaN : Date.parse(serverDate);
+  const serverNow = Number.isFinite(server) ? server : deviceNow;
+  return Math.max(0, at - serverNow);
 }
 
 /**
- * True for answers to a refresh that are worth retrying: 5xx, 429, and 408 (the request was
- * cut off before the issuer read it, e.g. a body too slow on a weak network: the refresh token
- * is unspent).
+ * The longest the client holds its logins (or refreshes) after the issuer answered one with a
+ * `Retry-After` it would not wait for in a retry: one longer than that (a proxy's, say) is
+ * asked about again then, as a ban is after {@link BAN_RECHECK_MS}.
+ */
+export const RETRY_AFTER_MAX_HOLD_MS = 10 * 60 * 1000;
+
+/**
+ * True for answers to a refresh or a login that are worth retrying: 5xx, 429, and 408 (the
+ * request was cut off before the issuer read it, e.g. a body too slow on a weak network: the
+ * refresh token is unspent).
  */
 export function isTransient(statusCode: number): boolean {
   return statusCode >= 500 || statusCode === 429 || statusCode === 408;

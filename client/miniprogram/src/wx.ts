@@ -4,16 +4,16 @@
  */
 /// <reference types="miniprogram-api-typings" />
 
-/**
- * What the client needs from `wx`. The real global `wx` satisfies it (checked at compile
- * time in `test/unit/types.test.ts`); tests pass a stub or a shim over `fetch`.
- */
 /** The options of `wx.pluginLogin` (inside a plugin) the client uses. */
 export interface PluginLoginOption {
   success?: (res: { code?: string; errMsg?: string }) => void;
   fail?: (err: { errMsg?: string }) => void;
 }
 
+/**
+ * What the client needs from `wx`. The real global `wx` satisfies it (checked at compile
+ * time in `test/types/wx-compat.ts`); tests pass a stub or a shim over `fetch`.
+ */
 export interface WxApi {
   login(option: WechatMiniprogram.LoginOption): unknown;
   /** Only inside a mini-program plugin (see `ClientOptions.plugin`). */
@@ -61,14 +61,20 @@ export function send(wx: WxApi, options: WechatMiniprogram.RequestOption): Promi
 }
 
 /**
+ * How long `wx.login` and `wx.pluginLogin` may take to give a code: a login that never answers
+ * must not hold the shared flight (and every request waiting for it) forever.
+ */
+export const WX_LOGIN_TIMEOUT_MS = 10000;
+
+/**
  * `wx.login` as a promise of the code (rejects with WeChat's errMsg). Bounded by WeChat's own
- * `timeout` (10 s here), so a login that never answers cannot hold the shared flight forever.
+ * `timeout` ({@link WX_LOGIN_TIMEOUT_MS}).
  */
 export function wxLogin(wx: WxApi): Promise<string> {
   return new Promise((resolve, reject) => {
     try {
       wx.login({
-        timeout: 10000,
+        timeout: WX_LOGIN_TIMEOUT_MS,
         success: (res) =>
           res && typeof res.code === "string" && res.code !== ""
             ? resolve(res.code)
@@ -81,9 +87,25 @@ export function wxLogin(wx: WxApi): Promise<string> {
   });
 }
 
-/** `wx.pluginLogin` as a promise of its code (inside a plugin). */
+/**
+ * `wx.pluginLogin` as a promise of its code (inside a plugin). It takes no `timeout`, so a
+ * timer of our own gives it the same bound as `wx.login` ({@link WX_LOGIN_TIMEOUT_MS}); a
+ * callback after it is ignored.
+ */
 export function wxPluginLogin(wx: WxApi): Promise<string> {
   return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`pluginLogin:fail timeout (no answer in ${WX_LOGIN_TIMEOUT_MS / 1000} s)`)),
+      WX_LOGIN_TIMEOUT_MS,
+    );
+    const settle = (e: Error | undefined, code?: string): void => {
+      clearTimeout(timer);
+      if (e) {
+        reject(e);
+      } else {
+        resolve(code as string);
+      }
+    };
     try {
       if (typeof wx.pluginLogin !== "function") {
         throw new Error("wx.pluginLogin is not available: this code is not running in a plugin");
@@ -91,12 +113,12 @@ export function wxPluginLogin(wx: WxApi): Promise<string> {
       wx.pluginLogin({
         success: (res) =>
           res && typeof res.code === "string" && res.code !== ""
-            ? resolve(res.code)
-            : reject(new Error(`wx.pluginLogin gave no code (${res?.errMsg ?? "no errMsg"})`)),
-        fail: (err) => reject(new Error(err?.errMsg ?? "pluginLogin:fail")),
+            ? settle(undefined, res.code)
+            : settle(new Error(`wx.pluginLogin gave no code (${res?.errMsg ?? "no errMsg"})`)),
+        fail: (err) => settle(new Error(err?.errMsg ?? "pluginLogin:fail")),
       });
     } catch (e) {
-      reject(e instanceof Error ? e : new Error(String(e)));
+      settle(e instanceof Error ? e : new Error(String(e)));
     }
   });
 }

@@ -3,13 +3,13 @@
  * `fake.ts`: single flight, retry once, backoff on network failure, logout, the button
  * details, and that nothing is ever logged.
  */
-import { afterEach, beforeEach, test } from "node:test";
+import { afterEach, beforeEach, mock, test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { createClient, WeauthError } from "../../src/index.js";
 import type { ClientOptions, WeauthClient } from "../../src/index.js";
-import { FakeIssuer, SeenRequest, WxStub, tick } from "./fake.js";
+import { FakeIssuer, SeenRequest, StubAnswer, WxStub, tick } from "./fake.js";
 
 const BASE = "https://api.example.test";
 
@@ -65,6 +65,19 @@ function bearer(req: SeenRequest): string {
   return String(req.header.authorization ?? "");
 }
 
+/** Waits (a few macrotasks at most) for what the client does without being awaited. */
+async function eventually(what: string, done: () => boolean): Promise<void> {
+  for (let i = 0; i < 50 && !done(); i++) {
+    await tick();
+  }
+  assert.ok(done(), what);
+}
+
+/** The pair in `wx`'s storage. */
+function storedPair(wx: WxStub): { accessToken: string; refreshToken: string } {
+  return JSON.parse(wx.storage.get("weauth.tokens")!);
+}
+
 /**
  * Holds back the answer to the first request to `path` (with `"every"`, to each request to
  * it) until the returned function is called, so a test can act while that request is in
@@ -115,6 +128,51 @@ test("login_when_logged_in_logs_in_again", async () => {
   await client.login();
   await client.login();
   assert.equal(issuer.logins, 2);
+});
+
+test("login_when_logged_in_ends_the_old_session_once_the_new_pair_is_stored", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  const old = storedPair(wx);
+  const oldSession = issuer.access.get(old.accessToken)!;
+  await client.login();
+  const fresh = storedPair(wx);
+  assert.notEqual(fresh.refreshToken, old.refreshToken);
+  // Its refresh token would otherwise stay good for days, with nobody to use or end it.
+  await eventually("the old session is ended", () => issuer.revokedSessions.has(oldSession));
+  assert.equal(bearer(wx.requests.find((r) => r.path === "/v1/logout")!), `Bearer ${old.accessToken}`);
+  assert.equal(issuer.revokedSessions.size, 1, "the new session lives on");
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(wx.count("/v1/token/refresh"), 0);
+});
+
+test("relogin_answer_ends_the_old_session_its_expired_access_token_renewed_for_it", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  const old = storedPair(wx);
+  const oldSession = issuer.access.get(old.accessToken)!;
+  let stale = 1;
+  wx.faults.push((req) =>
+    req.path === "/v1/me/decrypt" && stale-- > 0
+      ? { statusCode: 400, data: { error: "session_key_mismatch", relogin: true } }
+      : undefined,
+  );
+  // The access token expires while the request is out: the old session's logout is refused
+  // (401) and renewed once with its refresh token, as logout() does.
+  wx.hold = (req) => {
+    if (req.path === "/v1/me/decrypt" && stale === 0) {
+      issuer.expireAccessTokens();
+    }
+    return undefined;
+  };
+  assert.equal((await client.request({ url: "/v1/me/decrypt", method: "POST", data: {} })).statusCode, 200);
+  assert.equal(wx.wxLogins, 2);
+  await eventually("the old session is ended", () => issuer.revokedSessions.has(oldSession));
+  assert.equal(wx.count("/v1/logout"), 2, "refused once, then sent with a renewed token");
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  assert.equal(issuer.revokedSessions.size, 1);
+  assert.equal(issuer.reuses, 0);
+  assert.notEqual(storedPair(wx).refreshToken, old.refreshToken);
 });
 
 test("login_with_appid_sends_appid_without_sends_code_only", async () => {
@@ -243,6 +301,55 @@ test("request_refresh_503_retried_honouring_retry_after", async () => {
   assert.deepEqual(sleeps, [2000]);
 });
 
+test("request_refresh_503_retry_after_as_http_date_waited_by_the_servers_clock", async () => {
+  // The device's clock is an hour fast: the date counts from the answer's Date.
+  const clock = Date.UTC(2026, 11, 6, 13, 0, 0);
+  const { issuer, wx, client, sleeps } = setup({ now: () => clock });
+  await client.login();
+  issuer.expireAccessTokens();
+  let busy = 1;
+  wx.faults.push((req) =>
+    req.path === "/v1/token/refresh" && busy-- > 0
+      ? {
+          statusCode: 503,
+          data: { error: "temporarily_unavailable" },
+          header: { "Retry-After": "Sun, 06 Dec 2026 12:00:03 GMT", Date: "Sun, 06 Dec 2026 12:00:00 GMT" },
+        }
+      : undefined,
+  );
+  assert.equal((await client.request({ url: "/api/a" })).statusCode, 200);
+  assert.deepEqual(sleeps, [3000]);
+});
+
+test("request_refresh_retry_after_beyond_the_longest_delay_rejects_at_once_tokens_kept_refreshes_held", async () => {
+  let clock = Date.UTC(2026, 11, 6);
+  const { issuer, wx, client, sleeps } = setup({ now: () => clock });
+  await client.login();
+  const before = wx.storage.get("weauth.tokens");
+  issuer.expireAccessTokens();
+  wx.faults.push((req) =>
+    req.path === "/v1/token/refresh" && clock < Date.UTC(2026, 11, 6) + 30_000
+      ? { statusCode: 503, data: { error: "temporarily_unavailable" }, header: { "Retry-After": "30" } }
+      : undefined,
+  );
+  const refused = { code: "refresh_failed", statusCode: 503, error: "temporarily_unavailable" };
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  // 30 s is more than a retry waits (8 s): no retry within the issuer's window, capped early.
+  assert.deepEqual(sleeps, []);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  assert.equal(wx.storage.get("weauth.tokens"), before, "the tokens are kept");
+  // Within the window a request's refresh fails at once, without asking.
+  clock += 29_999;
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  // Once it has passed, the same refresh token is presented.
+  clock += 1;
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(wx.count("/v1/token/refresh"), 2);
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(issuer.reuses, 0);
+});
+
 test("request_retry_still_401_returned_not_looping", async () => {
   const { wx, client } = setup();
   await client.login();
@@ -311,6 +418,20 @@ test("request_caller_authorization_header_replaced_others_kept", async () => {
   assert.equal(sent.header.Authorization, undefined);
   assert.match(bearer(sent), /^Bearer at-/);
   assert.equal(sent.header["x-trace"], "1");
+});
+
+test("request_other_origin_keeps_the_callers_own_authorization", async () => {
+  const { wx, client } = setup();
+  await client.login();
+  wx.faults.push((req) => (req.url.startsWith("https://partner.other.test/") ? { statusCode: 200, data: "partner" } : undefined));
+  const res = await client.request({
+    url: "https://partner.other.test/v2/orders",
+    header: { Authorization: "Key partner-api-key", "x-trace": "1" },
+  });
+  assert.equal(res.data, "partner");
+  const sent = wx.requests.find((r) => r.url.startsWith("https://partner.other.test/"))!;
+  // Not ours to authenticate: the partner's key goes as it was given, and no token of ours.
+  assert.deepEqual(sent.header, { Authorization: "Key partner-api-key", "x-trace": "1" });
 });
 
 test("request_login_refused_rejects_login_failed_with_status", async () => {
@@ -503,6 +624,129 @@ test("login_wx_login_fails_rejects_wx_login_failed", async () => {
   assert.equal(wx.requests.length, 0);
 });
 
+test("login_network_failure_5xx_and_408_retried_with_backoff_each_attempt_a_new_code", async () => {
+  const { issuer, wx, client, sleeps } = setup();
+  const failures: StubAnswer[] = [
+    { fail: "request:fail timeout" },
+    { statusCode: 502, data: { error: "upstream_error" } },
+    { statusCode: 408, data: { error: "request_timeout" } },
+  ];
+  wx.faults.push((req) => (req.path === "/v1/login" ? failures.shift() : undefined));
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(wx.count("/v1/login"), 4);
+  assert.deepEqual(sleeps, [375, 750, 1500], "the refresh's backoff");
+  // A code is single use, and one posted without an answer may have been spent: never twice.
+  assert.equal(wx.wxLogins, 4);
+  const codes = wx.requests.filter((r) => r.path === "/v1/login").map((r) => (r.data as Record<string, unknown>).code);
+  assert.equal(new Set(codes).size, 4);
+  assert.equal(issuer.logins, 1);
+});
+
+test("login_failing_on_every_attempt_rejects_with_the_last_failure_then_asks_again", async () => {
+  const { wx, client, sleeps } = setup({ retry: { attempts: 3 } });
+  let busy = true;
+  wx.faults.push((req) =>
+    req.path === "/v1/login" && busy ? { statusCode: 503, data: { error: "temporarily_unavailable" } } : undefined,
+  );
+  await assert.rejects(client.login(), { code: "login_failed", statusCode: 503, error: "temporarily_unavailable" });
+  assert.equal(wx.wxLogins, 3);
+  assert.equal(sleeps.length, 2);
+  // No Retry-After: nothing held.
+  busy = false;
+  await client.login();
+  assert.equal(client.isLoggedIn(), true);
+});
+
+test("login_503_with_a_short_retry_after_waits_it_then_retries_with_a_new_code", async () => {
+  const { issuer, wx, client, sleeps } = setup();
+  let busy = 1;
+  wx.faults.push((req) =>
+    req.path === "/v1/login" && busy-- > 0
+      ? { statusCode: 503, data: { error: "temporarily_unavailable" }, header: { "Retry-After": "1" } }
+      : undefined,
+  );
+  await client.login();
+  assert.deepEqual(sleeps, [1000]);
+  assert.equal(wx.wxLogins, 2);
+  assert.equal(issuer.logins, 1);
+});
+
+const retryAfterRefusals: Array<[string, { statusCode: number; data: { error: string; error_description?: string }; header: Record<string, string> }]> = [
+  [
+    "429_rate_limited",
+    { statusCode: 429, data: { error: "rate_limited", error_description: "too many logins" }, header: { "Retry-After": "60" } },
+  ],
+  [
+    "503_with_an_http_date",
+    {
+      statusCode: 503,
+      data: { error: "temporarily_unavailable" },
+      header: { "Retry-After": "Sun, 06 Dec 2026 00:01:00 GMT", Date: "Sun, 06 Dec 2026 00:00:00 GMT" },
+    },
+  ],
+];
+for (const [name, answer] of retryAfterRefusals) {
+  test(`login_${name}_retry_after_holds_every_login_until_it_has_passed`, async () => {
+    let clock = Date.UTC(2026, 11, 6);
+    const { issuer, wx, client, sleeps } = setup({ now: () => clock });
+    let limited = true;
+    wx.faults.push((req) => (req.path === "/v1/login" && limited ? answer : undefined));
+    const refused = { code: "login_failed", statusCode: answer.statusCode, error: answer.data.error };
+    await assert.rejects(client.request({ url: "/api/x" }), refused);
+    assert.deepEqual(sleeps, [], "60 s is more than a retry waits: not retried");
+    assert.equal(wx.wxLogins, 1);
+    // The issuer would answer now, but it asked not to be asked for 60 s: every login fails at
+    // once, a request's and login()'s, without a wx.login or a post.
+    limited = false;
+    await assert.rejects(client.request({ url: "/api/x" }), refused);
+    await assert.rejects(client.login(), refused);
+    clock += 59_999;
+    await assert.rejects(client.request({ url: "/api/y" }), refused);
+    assert.equal(wx.wxLogins, 1);
+    assert.equal(wx.count("/v1/login"), 1);
+    clock += 1;
+    assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+    assert.equal(wx.wxLogins, 2);
+    assert.equal(issuer.logins, 1);
+  });
+}
+
+test("login_retry_after_of_an_hour_holds_the_logins_ten_minutes_at_most", async () => {
+  let clock = Date.UTC(2026, 11, 6);
+  const { wx, client } = setup({ now: () => clock });
+  let limited = true;
+  wx.faults.push((req) =>
+    req.path === "/v1/login" && limited ? { statusCode: 429, data: { error: "rate_limited" }, header: { "Retry-After": "3600" } } : undefined,
+  );
+  await assert.rejects(client.login(), { statusCode: 429 });
+  limited = false;
+  clock += 10 * 60 * 1000 - 1;
+  await assert.rejects(client.login(), { statusCode: 429 });
+  assert.equal(wx.wxLogins, 1);
+  clock += 1;
+  await client.login();
+  assert.equal(wx.wxLogins, 2);
+});
+
+test("logout_during_a_logins_backoff_rejects_it_logged_out_no_more_wx_login", async () => {
+  let during: (() => Promise<void>) | undefined;
+  const { wx, client } = setup({
+    sleep: async () => {
+      await during?.();
+      await tick();
+    },
+  });
+  wx.faults.push((req) => (req.path === "/v1/login" ? { fail: "request:fail timeout" } : undefined));
+  during = () => client.logout();
+  const outcome = await client.login().then(
+    () => "ok",
+    (e: unknown) => (e as WeauthError).code,
+  );
+  assert.equal(outcome, "logged_out");
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(wx.count("/v1/login"), 1);
+});
+
 test("tokens_persisted_new_client_on_same_storage_uses_them", async () => {
   const { issuer, wx, client } = setup();
   await client.login();
@@ -585,6 +829,9 @@ test("logout_during_refresh_refreshed_tokens_not_stored", async () => {
   assert.equal(wx.storage.has("weauth.tokens"), false);
   assert.equal(client.isLoggedIn(), false);
   assert.equal(issuer.revokedSessions.size, 1, "the session ends at the issuer");
+  // The logout's renewal must not present the refresh token the refresh in flight presented
+  // (the stand-in issuer has no reuse grace, as with WEAUTH_REFRESH_REUSE_GRACE=0s).
+  assert.equal(issuer.reuses, 0);
 });
 
 test("logout_while_a_request_waits_for_the_refresh_rejects_it_logged_out_no_login", async () => {
@@ -609,6 +856,7 @@ test("logout_while_a_request_waits_for_the_refresh_rejects_it_logged_out_no_logi
   assert.equal(wx.count("/api/waiting"), 0);
   assert.equal(client.isLoggedIn(), false);
   assert.equal(wx.storage.has("weauth.tokens"), false);
+  assert.equal(issuer.reuses, 0);
 });
 
 test("logout_before_a_requests_401_arrives_rejects_it_logged_out_no_login", async () => {
@@ -658,6 +906,7 @@ test("logout_while_a_relogin_waits_for_a_refresh_rejects_it_logged_out_no_login"
   assert.equal(await decrypt, "logged_out");
   assert.equal(wx.wxLogins, 1);
   assert.equal(client.isLoggedIn(), false);
+  assert.equal(issuer.reuses, 0);
 });
 
 test("logout_while_login_waits_for_a_refresh_rejects_it_logged_out_no_login", async () => {
@@ -678,6 +927,36 @@ test("logout_while_login_waits_for_a_refresh_rejects_it_logged_out_no_login", as
   assert.equal(await login, "logged_out");
   assert.equal(wx.wxLogins, 1);
   assert.equal(client.isLoggedIn(), false);
+  assert.equal(issuer.reuses, 0);
+});
+
+test("logout_during_a_refreshs_backoff_leaves_the_renewal_to_it_session_ended_no_reuse", async () => {
+  let during: (() => Promise<void>) | undefined;
+  const { issuer, wx, client } = setup({
+    sleep: async () => {
+      const act = during;
+      during = undefined;
+      await act?.();
+      await tick();
+    },
+  });
+  await client.login();
+  issuer.expireAccessTokens();
+  let lost = 1;
+  wx.faults.push((req) => (req.path === "/v1/token/refresh" && lost-- > 0 ? { fail: "request:fail timeout" } : undefined));
+  during = () => client.logout(); // its /v1/logout is refused: the access token has expired
+  const outcome = await client.request({ url: "/api/x" }).then(
+    () => "ok",
+    (e: unknown) => (e as WeauthError).code,
+  );
+  assert.equal(outcome, "logged_out");
+  // The refresh token was presented once by the refresh (whose answer was lost), then by its
+  // own retry — whose pair ends the session — and by nobody else.
+  assert.equal(wx.count("/v1/token/refresh"), 2);
+  assert.equal(issuer.reuses, 0);
+  assert.equal(issuer.revokedSessions.size, 1, "the session ends at the issuer");
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+  assert.equal(wx.wxLogins, 1);
 });
 
 test("logout_after_the_access_token_expired_still_ends_the_session", async () => {
@@ -1006,7 +1285,9 @@ test("client_full_scenario_logs_nothing_errors_carry_no_secrets", async () => {
   await client.logout();
   assert.equal(consoleCalls.length, 0, "the client must not log");
   assert.equal(errors.length, 2);
-  const secrets = [...issuer.access.keys(), ...issuer.refresh.keys()];
+  // Every token minted, not the ones the issuer still accepts: expireAccessTokens() and
+  // revokeAll() above forgot the first login's and the first refresh's.
+  const secrets = [...issuer.minted];
   for (const req of wx.requests) {
     const d = req.data as Record<string, unknown> | undefined;
     if (typeof d?.code === "string") {
@@ -1030,6 +1311,43 @@ test("plugin_login_uses_wx_pluginLogin_and_posts_the_plugin_appid", async () => 
   assert.equal(issuer.logins, 1);
   const login = wx.requests.find((r) => r.path === "/v1/login");
   assert.equal((login!.data as Record<string, unknown>).appid, "wxplugin");
+});
+
+test("plugin_login_that_never_answers_rejects_after_10_s_and_frees_the_flight", { timeout: 5000 }, async () => {
+  const { wx, client } = setup({ plugin: true, appid: "wxplugin" });
+  const answering = wx.pluginLogin.bind(wx);
+  let silent = true;
+  wx.pluginLogin = (option) => {
+    if (silent) {
+      wx.pluginLogins++; // a callback that never fires
+      return;
+    }
+    answering(option);
+  };
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    let outcome: string | undefined;
+    const launch = client.login().then(
+      () => (outcome = "ok"),
+      (e: unknown) => (outcome = `${(e as WeauthError).code}: ${(e as WeauthError).message}`),
+    );
+    while (wx.pluginLogins === 0) {
+      await tick();
+    }
+    mock.timers.tick(9999);
+    await tick();
+    assert.equal(outcome, undefined, "wx.login's bound: 10 s");
+    mock.timers.tick(1);
+    await launch;
+    assert.match(outcome!, /^wx_login_failed: pluginLogin:fail timeout/);
+  } finally {
+    mock.timers.reset();
+  }
+  // The shared flight is free again: the next login starts one of its own.
+  silent = false;
+  await client.login();
+  assert.equal(client.isLoggedIn(), true);
+  assert.equal(wx.pluginLogins, 2);
 });
 
 test("plugin_without_appid_refused_at_creation", () => {

@@ -42,6 +42,11 @@ export class FakeIssuer {
   reuses = 0;
   /** Codes handed out by the stub's wx.login, each usable once. */
   readonly codes = new Set<string>();
+  /**
+   * Every token ever minted, access and refresh, also after `expireAccessTokens()` or
+   * `revokeAll()` forgot them (for the tests that check no secret reaches an error text).
+   */
+  readonly minted = new Set<string>();
 
   newCode(): string {
     const code = `code-${++this.n}`;
@@ -54,6 +59,7 @@ export class FakeIssuer {
     const refresh = `rt-${++this.n}`;
     this.access.set(access, sid);
     this.refresh.set(refresh, { sid, used: false });
+    this.minted.add(access).add(refresh);
     return { access_token: access, refresh_token: refresh };
   }
 

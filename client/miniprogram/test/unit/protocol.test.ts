@@ -173,11 +173,19 @@ test("backoffDelay_defaults_total_under_ten_seconds", () => {
   assert.equal(total, 500 + 1000 + 2000 + 4000);
 });
 
-test("retryAfterMs_seconds_capped_date_ignored", () => {
-  assert.equal(retryAfterMs({ "retry-after": "2" }, 8000), 2000);
-  assert.equal(retryAfterMs({ "Retry-After": "60" }, 8000), 8000);
-  assert.equal(retryAfterMs({ "retry-after": "Wed, 21 Oct 2015 07:28:00 GMT" }, 8000), undefined);
-  assert.equal(retryAfterMs({}, 8000), undefined);
+test("retryAfterMs_seconds_or_http_date_against_the_servers_date_not_capped", () => {
+  const device = Date.UTC(2026, 11, 6, 12, 0, 0);
+  assert.equal(retryAfterMs({ "retry-after": "2" }, device), 2000);
+  // Not capped at the retry policy's longest delay: the caller must not retry within it.
+  assert.equal(retryAfterMs({ "Retry-After": "60" }, device), 60000);
+  // An HTTP-date counts from the answer's Date (the server's clock), not the device's…
+  const date = "Sun, 06 Dec 2026 13:00:00 GMT";
+  assert.equal(retryAfterMs({ "retry-after": "Sun, 06 Dec 2026 13:00:30 GMT", Date: date }, device), 30000);
+  // …which is used when the answer has none; a date already past is 0.
+  assert.equal(retryAfterMs({ "retry-after": "Sun, 06 Dec 2026 12:00:45 GMT" }, device), 45000);
+  assert.equal(retryAfterMs({ "retry-after": "Wed, 21 Oct 2015 07:28:00 GMT" }, device), 0);
+  assert.equal(retryAfterMs({ "retry-after": "soon" }, device), undefined);
+  assert.equal(retryAfterMs({}, device), undefined);
 });
 
 test("isTransient_408_429_and_5xx_only", () => {
