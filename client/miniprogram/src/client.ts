@@ -57,9 +57,10 @@ export interface ClientOptions {
   /** The `wx` object (default: the global `wx`). Tests pass a stub. */
   wx?: WxApi;
   /**
-   * How a refresh or a login that fails on the network or with 408, 429 or 5xx is retried (a
-   * login with a new `wx.login` code each time). A `Retry-After` up to `maxDelayMs` is waited
-   * instead of the backoff; a longer one ends the retries at once.
+   * How a refresh (failing on the network or with 408, 429 or 5xx) or a login (the network,
+   * 408, 429, 503 or 504) is retried, a login with a new `wx.login` code each time. A
+   * `Retry-After` up to `maxDelayMs` is waited instead of the backoff; a longer one ends the
+   * retries at once.
    */
   retry?: Partial<RetryPolicy>;
   /** Waits `ms` (default `setTimeout`); tests pass a fake. */
@@ -115,7 +116,7 @@ export interface WeauthClient {
   /**
    * `wx.login` → `POST /v1/login` → tokens stored; the session of the tokens it replaces is
    * ended at the issuer, best effort. Concurrent calls (and requests that need a login at that
-   * moment) share one login. A network failure, 408, 429 or 5xx is retried as a refresh is,
+   * moment) share one login. A network failure, 408, 429, 503 or 504 is retried as a refresh is,
    * with a new `wx.login` code for each attempt. Rejects with {@link WeauthError}; at once,
    * with no `wx.login`, while the `Retry-After` of the issuer's last answer to a login holds.
    */
@@ -163,6 +164,24 @@ type FlightKind = "refresh" | "login";
  * 60 s).
  */
 const REFRESH_TIMEOUT_MS = 5000;
+
+/**
+ * How long a login waits for its answer: above the issuer's longest WeChat round (its code
+ * exchange, retried: 3 attempts of 5 s), so that a slow login that works is not cut short with
+ * its code spent; and bounded, so that a login retried on timeouts cannot hold the requests
+ * waiting for it for the minutes `wx.request`'s own 60 s would add up to.
+ */
+const LOGIN_TIMEOUT_MS = 20000;
+
+/**
+ * Whether a login answered `statusCode` is worth another attempt (with a new code): the
+ * network, 408, 429, 503 and 504 — not 500, nor the issuer's 502, which it answers after its
+ * own retries of WeChat, or when WeChat refuses the app (docs/API.md: "retrying does not mend
+ * those"); each attempt spends a `wx.login` code and a WeChat exchange.
+ */
+function loginRetryable(statusCode: number): boolean {
+  return statusCode === 408 || statusCode === 429 || statusCode === 503 || statusCode === 504;
+}
 
 function defaultWx(): WxApi {
   // `typeof` is safe on an undeclared global (Node, tests); `globalThis` is not in every
@@ -428,7 +447,7 @@ export function createClient(options: ClientOptions): WeauthClient {
   }
 
   /**
-   * The login itself (always inside the flight). A network failure, 408, 429 or 5xx is retried
+   * The login itself (always inside the flight). A network failure, 408, 429, 503 or 504 is retried
    * as a refresh is (`retryDelay`), each attempt with a code of its own from a new `wx.login`:
    * a code is single use, and one whose post got no answer, or a 5xx, may have reached the
    * issuer and been spent there — posted again it would be refused as `invalid_grant`, which
@@ -450,7 +469,7 @@ export function createClient(options: ClientOptions): WeauthClient {
       if (appid !== undefined) {
         body.appid = appid;
       }
-      const sent = await postJson("/v1/login", body);
+      const sent = await postJson("/v1/login", body, undefined, LOGIN_TIMEOUT_MS);
       const pair =
         sent.ok && sent.response.statusCode === 200 ? parseTokenResponse(sent.response.data) : undefined;
       if (pair) {
@@ -484,7 +503,7 @@ export function createClient(options: ClientOptions): WeauthClient {
           `login refused: ${statusCode} ${err.error ?? ""} ${err.description ?? ""}`.trim(),
           { statusCode, error: err.error },
         );
-        if (!isTransient(statusCode)) {
+        if (!loginRetryable(statusCode)) {
           const ban = banOf(statusCode, data);
           if (ban) {
             bannedUntil = banHoldUntil(ban, headerValue(header, "date"), now());

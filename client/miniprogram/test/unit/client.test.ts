@@ -624,11 +624,11 @@ test("login_wx_login_fails_rejects_wx_login_failed", async () => {
   assert.equal(wx.requests.length, 0);
 });
 
-test("login_network_failure_5xx_and_408_retried_with_backoff_each_attempt_a_new_code", async () => {
+test("login_network_failure_503_and_408_retried_with_backoff_each_attempt_a_new_code", async () => {
   const { issuer, wx, client, sleeps } = setup();
   const failures: StubAnswer[] = [
     { fail: "request:fail timeout" },
-    { statusCode: 502, data: { error: "upstream_error" } },
+    { statusCode: 503, data: { error: "temporarily_unavailable" } },
     { statusCode: 408, data: { error: "request_timeout" } },
   ];
   wx.faults.push((req) => (req.path === "/v1/login" ? failures.shift() : undefined));
@@ -640,6 +640,37 @@ test("login_network_failure_5xx_and_408_retried_with_backoff_each_attempt_a_new_
   const codes = wx.requests.filter((r) => r.path === "/v1/login").map((r) => (r.data as Record<string, unknown>).code);
   assert.equal(new Set(codes).size, 4);
   assert.equal(issuer.logins, 1);
+});
+
+test("login_answered_500_or_the_issuers_502_is_not_retried", async () => {
+  // The issuer answers 502 after its own retries of WeChat, or when WeChat refuses the app:
+  // another attempt would spend a code (and a WeChat exchange) for the same answer.
+  for (const [statusCode, error] of [
+    [500, "server_error"],
+    [502, "upstream_error"],
+  ] as const) {
+    const { wx, client, sleeps } = setup();
+    wx.faults.push((req) => (req.path === "/v1/login" ? { statusCode, data: { error } } : undefined));
+    await assert.rejects(client.login(), { code: "login_failed", statusCode, error });
+    assert.equal(wx.wxLogins, 1, `${statusCode}`);
+    assert.deepEqual(sleeps, []);
+  }
+});
+
+test("login_waits_at_most_20s_for_its_answer", async () => {
+  const { wx, client } = setup();
+  const timeouts: Array<number | undefined> = [];
+  const request = wx.request.bind(wx);
+  wx.request = (option: WechatMiniprogram.RequestOption) => {
+    if (option.url.endsWith("/v1/login")) {
+      timeouts.push(option.timeout);
+    }
+    request(option);
+  };
+  await client.login();
+  // Without it wx.request waits networkTimeout.request (60 s), five times over when the
+  // login is retried on timeouts, with every request that needs the login waiting on it.
+  assert.deepEqual(timeouts, [20000]);
 });
 
 test("login_failing_on_every_attempt_rejects_with_the_last_failure_then_asks_again", async () => {
