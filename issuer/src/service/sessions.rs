@@ -374,19 +374,10 @@ impl Sessions {
         };
         // Only now is the user known (linking happens inside the store's login). A login
         // refused from here on — the user banned, a "log out everywhere" that came meanwhile,
-        // a store failure (a 503) — has spent its code and made a session, whose tokens never
-        // leave the issuer: the session is discarded, so that a failed login leaves none
-        // (should the store fail that too, the session can never be used — its refresh token
-        // is dropped here unseen — and expires).
-        let grants = match self.grants_after_login(&sub, &sid, now).await {
-            Ok(grants) => grants,
-            Err(err) => {
-                if let Err(discard) = self.store.discard_session(&sid).await {
-                    tracing::warn!(sid = %sid, error = %discard, "a refused login's session could not be discarded: it expires unused");
-                }
-                return Err(err);
-            }
-        };
+        // signing failing — has spent its code and made a session, whose tokens never leave
+        // the issuer: the session is discarded, so that a failed login leaves none. Should the
+        // store fail (a 503 here, or the discard), the session can never be used — its refresh
+        // token is dropped here unseen — and expires.
         let subject = Subject {
             sub,
             sid,
@@ -394,7 +385,26 @@ impl Sessions {
             unionid,
             appid: identity.appid,
         };
-        let tokens = self.issue(&subject, &grants, refresh_token, refresh_expires, now)?;
+        let issued = match self
+            .grants_after_login(&subject.sub, &subject.sid, now)
+            .await
+        {
+            Ok(grants) => self.issue(&subject, &grants, refresh_token, refresh_expires, now),
+            Err(err) => Err(err),
+        };
+        let tokens = match issued {
+            Ok(tokens) => tokens,
+            Err(err) => {
+                // Not when the store itself failed: the discard would only wait for it again
+                // before the answer (the session expires unused).
+                if !matches!(err, ApiError::StoreUnavailable { .. }) {
+                    if let Err(discard) = self.store.discard_session(&subject.sid).await {
+                        tracing::warn!(sid = %subject.sid, error = %discard, "a refused login's session could not be discarded: it expires unused");
+                    }
+                }
+                return Err(err);
+            }
+        };
         Ok((tokens, subject))
     }
 

@@ -240,6 +240,14 @@ impl AccessTokens {
                 .lease_wechat_token(appid, &holder, at, at + self.lease)
                 .await?;
             if leased {
+                // A fetch that failed between our check above and this lease (its failure
+                // noted, its lease released): answered with it, not asked again.
+                if decision == Plan::Fetch {
+                    if let Some(err) = self.recent_failure(appid, self.clock.now()) {
+                        self.release(appid, &holder).await;
+                        return Err(TokenError::Fetch(err));
+                    }
+                }
                 if decision == Plan::Refresh {
                     if let Some(token) = &cached {
                         // Still good: refreshed in the background, this request answered now
@@ -265,7 +273,9 @@ impl AccessTokens {
     }
 
     /// [`Self::fetch_as_holder`] on a task of its own, for a token due for refresh but still
-    /// valid; its outcome is in the store, the metrics and the log.
+    /// valid. WeChat's answer is counted and logged there (a failure keeps the current token);
+    /// a store or sealing failure is logged here, and the lease released. Not awaited at
+    /// shutdown: a refresh cut short leaves the lease to expire (one lease length).
     fn refresh_in_background(
         self: &Arc<Self>,
         appid: &str,
@@ -279,9 +289,13 @@ impl AccessTokens {
         tokio::spawn(async move {
             let refused = refused.as_ref().map(|r| r.as_str());
             let refused_hash = refused.map(|t| secrets::sha256_hex(t.as_bytes()));
-            let _ = this
+            if let Err(err) = this
                 .fetch_as_holder(&appid, &holder, refused, refused_hash.as_deref(), cached)
-                .await;
+                .await
+            {
+                tracing::warn!(appid = %appid, error = %err, "the background refresh of the WeChat access token failed; the current token stays in use");
+                this.release(&appid, &holder).await;
+            }
         });
     }
 

@@ -944,6 +944,30 @@ impl RedisStore {
         }
     }
 
+    /// Removes sessions `sids` (ended, or discarded): each in its family's slot
+    /// ([`Self::drop_session`], a few slots at a time), then the directory forgets them
+    /// (FORGET_SESSIONS: their user's set, their code's mark, the expiry index). Their refresh
+    /// tokens are left to their TTLs, unknown without the session. Returns how many refresh
+    /// tokens they had been given.
+    pub(super) async fn drop_sessions(&self, sids: &[String]) -> Result<usize, StoreError> {
+        let mut dropped = Vec::with_capacity(sids.len());
+        for chunk in sids.chunks(CONCURRENT_SLOTS) {
+            let drops = chunk.iter().map(|sid| self.drop_session(sid));
+            dropped.extend(futures_util::future::try_join_all(drops).await?);
+        }
+        let mut tokens = 0;
+        if !dropped.is_empty() {
+            let mut call = self.inner.scripts.forget_sessions.prepare_invoke();
+            call.key(self.key(keys::SESSIONS_EXP)).arg(self.prefix());
+            for (sid, (sub, code_hash, given)) in sids.iter().zip(&dropped) {
+                call.arg(sid).arg(sub).arg(code_hash);
+                tokens += given;
+            }
+            let _: i64 = self.eval(&call).await?;
+        }
+        Ok(tokens)
+    }
+
     /// DROP_SESSION on one ended session: (its sub, its code hash, refresh tokens it was
     /// given — left to their TTLs).
     async fn drop_session(&self, sid: &str) -> Result<(String, String, usize), StoreError> {

@@ -301,18 +301,8 @@ impl Store for RedisStore {
     }
 
     async fn discard_session(&self, sid: &str) -> Result<(), StoreError> {
-        // As the purge drops an ended session: the session and its family set in their slot
-        // (its refresh tokens left to their TTLs read as unknown without it), then the
-        // directory forgets it.
-        let (sub, code_hash, _) = self.drop_session(sid).await?;
-        let mut call = self.inner.scripts.forget_sessions.prepare_invoke();
-        call.key(self.key(keys::SESSIONS_EXP))
-            .arg(self.prefix())
-            .arg(sid)
-            .arg(sub)
-            .arg(code_hash);
-        let _: i64 = self.eval(&call).await?;
-        Ok(())
+        // As the purge drops an ended session.
+        self.drop_sessions(&[sid.to_string()]).await.map(|_| ())
     }
 
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
@@ -750,25 +740,8 @@ impl RedisStore {
         let ended: Vec<String> = raw
             .collect::<Result<_, _>>()
             .map_err(|_| StoreError::Corrupt("purge: bad answer".into()))?;
-        // Each ended session in its family's slot, then the directory forgets them.
-        let mut dropped = Vec::with_capacity(ended.len());
-        for chunk in ended.chunks(CONCURRENT_SLOTS) {
-            let mut drops = Vec::with_capacity(chunk.len());
-            for sid in chunk {
-                drops.push(self.drop_session(sid));
-            }
-            dropped.extend(futures_util::future::try_join_all(drops).await?);
-        }
-        if !dropped.is_empty() {
-            let mut call = self.inner.scripts.forget_sessions.prepare_invoke();
-            call.key(self.key(keys::SESSIONS_EXP)).arg(&prefix);
-            for (sid, (sub, code_hash, tokens)) in ended.iter().zip(&dropped) {
-                call.arg(sid).arg(sub).arg(code_hash);
-                refresh_tokens += tokens;
-            }
-            let _: i64 = self.eval(&call).await?;
-        }
-        let sessions = dropped.len();
+        refresh_tokens += self.drop_sessions(&ended).await?;
+        let sessions = ended.len();
         let full = [
             usize::try_from(ephemeral).unwrap_or(0),
             revocations,
