@@ -13,7 +13,8 @@
 //! - `POST /cgi-bin/stable_token` `{"grant_type":"client_credential","appid","secret",
 //!   "force_refresh"}` [`stable_token`] and `GET /cgi-bin/token?grant_type&appid&secret`
 //!   [`token`] → `{"access_token","expires_in"}`. A new token replaces the previous one of the
-//!   same kind, which keeps working for [`MockConfig::token_overlap`] and then gets 40001;
+//!   same kind, which keeps working for [`MockConfig::token_overlap`] and then gets 40001 (a
+//!   forced `stable_token` refresh ends it at once, as WeChat's page says);
 //!   `stable_token` without `force_refresh` returns the current stable token (the same one to
 //!   every caller) until its last 5 minutes, when it hands out a new one, like WeChat.
 //! - `POST /wxa/business/getuserphonenumber?access_token` `{"code"[,"openid"]}`

@@ -319,7 +319,8 @@ struct TokenEntry {
 /// `GET /cgi-bin/token` always mints a new token; the previous one keeps working for the
 /// overlap (5 minutes at WeChat), then answers 40001. `stable_token` returns the current
 /// stable token while more than [`STABLE_RENEWAL_MS`] of it is left, unless `force_refresh`
-/// asks for a new one; a new stable token replaces the old one with the same overlap. As at
+/// asks for a new one; a new stable token replaces the old one with the same overlap — a
+/// forced one ends it at once ("会导致上次获取的 access_token 失效"). As at
 /// WeChat, a forced refresh within [`FORCE_INTERVAL_MS`] of the previous one does not
 /// refresh: it answers the current token.
 #[derive(Debug, Clone)]

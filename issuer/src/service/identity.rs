@@ -45,7 +45,8 @@ pub struct ExternalIdentity {
     pub unionid: Option<String>,
     /// Mini-program logins only. Never logged (see the `Debug` impl).
     pub session_key: Option<Zeroizing<String>>,
-    /// Web logins with `snsapi_userinfo` / `snsapi_login`.
+    /// Web logins with `snsapi_userinfo` / `snsapi_login` whose token answer had no unionid
+    /// (`sns/userinfo` is asked only then, for its unionid).
     pub profile: Option<WebProfile>,
 }
 
