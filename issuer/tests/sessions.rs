@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{payload, Stack, ADMIN, FEED};
@@ -732,6 +734,92 @@ async fn expired_revocations_purged_and_old_since_starts_over() {
 /// paced, but a read after an acknowledged revocation on the same replica must see it: the
 /// answer's `seq` is at least the revocation's and its entry is there. A poll held by another
 /// caller keeps the pacing window open, as in production.
+/// Revocations coming faster than a sidecar's round trip: its long poll, coming back for more
+/// at once after each answer, is answered once per pacing window, not once per revocation
+/// that landed during its round trip (which bypassed the pacing: every sidecar looped at the
+/// revocation rate). Each answer still holds everything known when it is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_long_poll_coming_back_is_paced_whatever_the_revocation_rate() {
+    // A window of 250 ms whatever the polls held (one answer a second aimed at).
+    let stack = Stack::start(&[
+        ("WEAUTH_FEED_COALESCE", "250ms"),
+        ("WEAUTH_FEED_ANSWER_RATE", "1"),
+    ])
+    .await;
+    let mut since = stack.feed(0, 0).await["seq"].as_u64().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let revoker = {
+        let (http, url, stop) = (
+            stack.http.clone(),
+            stack.url("/v1/admin/revoke"),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut revoked = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let response = http
+                    .post(&url)
+                    .bearer_auth(ADMIN)
+                    .json(&json!({ "jti": format!("burst-{revoked}") }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                revoked += 1;
+            }
+            revoked
+        })
+    };
+    let started = Instant::now();
+    let mut answers = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        let answer = stack.feed(since, 30).await;
+        since = answer["seq"].as_u64().unwrap();
+        answers += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let revoked = revoker.await.unwrap();
+    // About 2 s / 250 ms (+1: the first change after a quiet window goes out at once); a
+    // slower machine answers fewer, never more. Without the pacing of returning polls: one per
+    // round trip while revocations keep coming (27 in a debug build here).
+    assert!(
+        answers <= 14,
+        "{answers} answers in 2 s to one sidecar for {revoked} revocations"
+    );
+    assert!(
+        revoked > 2 * answers,
+        "too few revocations ({revoked}) to tell"
+    );
+    // Nothing is lost by it: a revocation after the burst reaches the poll.
+    let (status, body, _) = stack
+        .post_auth(
+            "/v1/admin/revoke",
+            ADMIN,
+            Some(json!({ "jti": "after-burst" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut seq = since;
+    let mut seen = false;
+    for _ in 0..10 {
+        let answer = stack.feed(seq, 5).await;
+        seq = answer["seq"].as_u64().unwrap();
+        if answer["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["value"] == "after-burst")
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(
+        seen,
+        "the revocation after the burst never reached the poll"
+    );
+}
+
 async fn revoke_then_read_at_once_sees_the_revocation(stack: &Stack) {
     let held_url = stack.url("/v1/revocations?since=0&wait=0");
     let held_seq = stack

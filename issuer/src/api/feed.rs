@@ -34,8 +34,8 @@ fn feed_params(query: Option<&str>) -> Result<(u64, Duration), ApiError> {
     Ok((since, revocation::capped_wait(wait)))
 }
 
-/// Answers at once when the caller is behind (or must start over), else holds the poll until
-/// a newer seq is known, the wait ends, or the issuer drains.
+/// Answers at once when the caller is behind the paced wake (or must start over, or does not
+/// wait), else holds the poll until the next wake, the wait ends, or the issuer drains.
 pub async fn poll(State(app): State<Arc<App>>, _: FeedReader, uri: Uri) -> Result<Resp, ApiError> {
     let (since, wait) = feed_params(uri.query())?;
     let deadline = tokio::time::Instant::now() + wait;
@@ -78,9 +78,17 @@ pub async fn poll(State(app): State<Arc<App>>, _: FeedReader, uri: Uri) -> Resul
             ),
         };
         // Answer when anything changed (even if the new entries already expired), when the
-        // caller must start over, or when the wait is over.
+        // caller must start over, or when the wait is over. But a long poll coming back for
+        // more — its `since` at or past the wake it was last answered by — waits for the next
+        // wake even when this replica knows of more already: answered at once, a sidecar
+        // loops at the revocation rate (each revocation landing during its round trip answers
+        // its next poll), and the pacing's bound on answers per window fails once revocations
+        // come faster than a round trip. When woken it is told everything known then; a
+        // request that does not wait (`wait=0`), or that is behind the wake, is answered at
+        // once (issue 19: a read after an acknowledged revocation sees it).
         let changed = answer.full || answer.seq != since || answer.has_entries;
-        if changed || tokio::time::Instant::now() >= deadline || *draining.borrow() {
+        let paced = !wait.is_zero() && !answer.full && since >= woken_at;
+        if (changed && !paced) || tokio::time::Instant::now() >= deadline || *draining.borrow() {
             app.notify_seq(answer.seq);
             return Ok(json_bytes_response(StatusCode::OK, answer.body));
         }

@@ -18,9 +18,13 @@
 //! replica sends at most about `WEAUTH_FEED_ANSWER_RATE` answers per second whatever the
 //! revocation rate (more only when the cap cuts the window short), a few held polls are
 //! answered at once (a window of microseconds), and a revocation waits at most
-//! `WEAUTH_FEED_COALESCE` for its wake. A request whose `since` is behind the seq this replica
-//! knows of is still answered at once, from a copy caught up to that seq: pacing delays wakes,
-//! never what a caller has not been told (a read after an acknowledged revocation sees it).
+//! `WEAUTH_FEED_COALESCE` for its wake. A request that does not wait (`wait=0`), or whose
+//! `since` is behind the last wake, is answered at once; a long poll coming back at the wake it
+//! was answered by waits for the next one, even when the replica knows of more already (else a
+//! sidecar would loop at the revocation rate, one answer per revocation landing during its
+//! round trip). Either way the answer comes from a copy caught up to every seq the replica
+//! knows of: pacing delays answers, never what they say (a read after an acknowledged
+//! revocation sees it).
 
 pub mod revocation;
 
