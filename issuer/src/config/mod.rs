@@ -658,6 +658,14 @@ impl Config {
         };
         let feed_token = token("WEAUTH_FEED_TOKEN");
         let admin_token = token("WEAUTH_ADMIN_TOKEN");
+        // The feed credential sits in every sidecar's configuration; the admin one revokes,
+        // bans and shows users: one that reads a sidecar's configuration must not get both.
+        if feed_token.is_some() && feed_token == admin_token {
+            errs.push(bad(
+                "WEAUTH_ADMIN_TOKEN",
+                "must differ from WEAUTH_FEED_TOKEN (the feed credential is in every sidecar's configuration)",
+            ));
+        }
         let data_key = match errs.or(src.secret("WEAUTH_DATA_KEY"), None) {
             None => None,
             Some(text) => errs.ok(parse_data_key(&text)),

@@ -744,3 +744,20 @@ fn debug_shows_no_secret() {
         assert!(shown.contains("weauth"), "{shown}");
     }
 }
+
+/// The admin credential equal to the feed's (which every sidecar's configuration holds) is
+/// refused, naming the admin one.
+#[test]
+fn admin_token_equal_to_the_feed_token_refused() {
+    let err = load(&with(&[
+        ("WEAUTH_FEED_TOKEN", "same-secret-1"),
+        ("WEAUTH_ADMIN_TOKEN", "same-secret-1"),
+    ]))
+    .unwrap_err();
+    assert_eq!(err.vars(), ["WEAUTH_ADMIN_TOKEN"], "{err}");
+    assert!(load(&with(&[
+        ("WEAUTH_FEED_TOKEN", "feed-secret-1"),
+        ("WEAUTH_ADMIN_TOKEN", "admin-secret-1"),
+    ]))
+    .is_ok());
+}
