@@ -157,7 +157,7 @@ pub const VARIABLES: &[Var] = &[
     ),
     secret(
         "WEAUTH_ADMIN_TOKEN",
-        "credential of /v1/admin/* (unset: 503), >= 8 characters",
+        "credential of /v1/admin/* (unset: 503), >= 8 characters, not WEAUTH_FEED_TOKEN's (which every sidecar's configuration holds)",
     ),
     secret(
         "WEAUTH_DATA_KEY",
