@@ -268,3 +268,46 @@ async fn admin_grant_routes_refuse_bad_input_and_unknown_users() {
     );
     assert_eq!(user["scopes"], json!([]));
 }
+
+/// The admin API's audit trail: every admin request is logged with the client's address (the
+/// use case then logs what it did), and a request refused for a wrong or missing admin or feed
+/// credential is logged too — someone guessing, or a tool or sidecar with a stale credential,
+/// shows in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_and_refused_credentials_are_logged_with_the_client() {
+    let stack = Stack::process(&[]).await;
+    let (status, _, _) = stack
+        .get("/v1/admin/user?sub=u_nobody", Some("wrong-credential"))
+        .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = stack
+        .get("/v1/revocations?since=0", Some("wrong-credential"))
+        .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = stack.get("/v1/admin/user?sub=u_nobody", Some(ADMIN)).await;
+    assert_eq!(status, 404);
+    let logged = |needle: &str, also: &str| {
+        let log = stack.issuer.log_text();
+        log.lines()
+            .any(|line| line.contains(needle) && line.contains(also) && line.contains("127.0.0.1"))
+    };
+    for _ in 0..100 {
+        if logged("admin request", "/v1/admin/user") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        logged("admin request", "/v1/admin/user"),
+        "{}",
+        stack.issuer.log_text()
+    );
+    for which in ["admin", "feed"] {
+        assert!(
+            logged("wrong or missing credential", which),
+            "{which}: {}",
+            stack.issuer.log_text()
+        );
+    }
+    assert!(!stack.issuer.log_text().contains("wrong-credential"));
+}

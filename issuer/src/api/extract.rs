@@ -117,7 +117,10 @@ impl FromRequestParts<Arc<App>> for Admin {
                 "the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)".into(),
             )
         })?;
-        check_credential(authorization(&parts.headers)?, expected)?;
+        credential_checked(app, parts, expected, "admin")?;
+        // The audit trail's who and what (the use case logs what it did): every admin request,
+        // lookups included, with the client's address.
+        tracing::info!(client = %client_of(app, parts), method = %parts.method, path = %parts.uri.path(), "admin request");
         Ok(Admin)
     }
 }
@@ -135,9 +138,31 @@ impl FromRequestParts<Arc<App>> for FeedReader {
                 "the revocation feed is disabled (WEAUTH_FEED_TOKEN is not set)".into(),
             )
         })?;
-        check_credential(authorization(&parts.headers)?, expected)?;
+        credential_checked(app, parts, expected, "feed")?;
         Ok(FeedReader)
     }
+}
+
+/// [`check_credential`] for the admin or feed credential (`which`), a refusal logged with the
+/// client's address: someone guessing, or a sidecar or tool configured with a stale credential,
+/// shows in the log, not only in `weauth_http_requests_total{status="401"}`.
+fn credential_checked(
+    app: &App,
+    parts: &Parts,
+    expected: &str,
+    which: &'static str,
+) -> Result<(), ApiError> {
+    check_credential(authorization(&parts.headers)?, expected).inspect_err(|_| {
+        tracing::warn!(credential = which, client = %client_of(app, parts), path = %parts.uri.path(), "a request with a wrong or missing credential was refused");
+    })
+}
+
+/// The client's address as [`client_ip`] reads it, or `unknown` without a peer.
+fn client_of(app: &App, parts: &Parts) -> String {
+    parts.extensions.get::<Peer>().map_or_else(
+        || "unknown".to_string(),
+        |Peer(peer)| client_ip(app, *peer, &parts.headers).to_string(),
+    )
 }
 
 /// The request's `Authorization` value. Several `Authorization` headers are ambiguous (which
