@@ -47,23 +47,30 @@ const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
 /// Taken from [`PORT_RANGE`], below the ephemeral range, never twice in one test process: a
 /// port the kernel picked for `bind(0)` is an ephemeral port, which any outgoing connection
 /// (a test client, Envoy's upstream pool) may take before the child binds it, and then the
-/// child fails with "Address already in use" (seen on a loaded machine). Each process starts at
-/// a random point of the range, so two test processes seldom meet; a port found busy is
-/// skipped.
+/// child fails with "Address already in use" (seen on a loaded machine). Each pick is random in
+/// the range, so the test processes running side by side (`make test` runs two streams) seldom
+/// pick the same port before its child binds it: they once each walked the range from a
+/// random start, and two walks that met went on meeting (Envoy's admin port taken by another
+/// binary's child, seen in a full run). A port found busy is skipped.
 ///
 /// # Errors
 /// No port of the range could be bound.
 pub fn free_port() -> io::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::OnceLock;
-    static START: OnceLock<u32> = OnceLock::new();
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
-    let start = *START.get_or_init(|| rand::thread_rng().gen_range(0..span));
-    for _ in 0..span {
-        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        let port = PORT_RANGE.start + u16::try_from(offset).unwrap_or(0);
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let given = given.get_or_insert_with(HashSet::new);
+    let mut rng = rand::thread_rng();
+    for _ in 0..4 * usize::from(PORT_RANGE.end - PORT_RANGE.start) {
+        let port = rng.gen_range(PORT_RANGE);
+        if given.contains(&port) {
+            continue;
+        }
         if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            given.insert(port);
             return Ok(port);
         }
     }
