@@ -121,14 +121,22 @@ export function banHoldUntil(
   serverDate: string | undefined,
   deviceNow: number,
 ): number {
-  const server = serverDate === undefined ? Number.NaN : Date.parse(serverDate);
-  const serverNow = Number.isFinite(server) ? server : deviceNow;
+  const serverNow = serverNowOf(serverDate, deviceNow);
   const left = ban.until === undefined ? BAN_RECHECK_MS : Math.min(ban.until - serverNow, BAN_RECHECK_MS);
   return deviceNow + Math.max(0, left);
 }
 
 /** The longest the client holds its logins after a ban before asking the issuer again. */
 export const BAN_RECHECK_MS = 10 * 60 * 1000;
+
+/**
+ * The server's time of an answer (ms), from its `Date` header, else the device's: waits the
+ * issuer states as a time are counted against its clock, whatever the device's says.
+ */
+function serverNowOf(serverDate: string | undefined, deviceNow: number): number {
+  const server = serverDate === undefined ? Number.NaN : Date.parse(serverDate);
+  return Number.isFinite(server) ? server : deviceNow;
+}
 
 /** The token pair of a 200 answer to `/v1/login` or `/v1/token/refresh`, if well formed. */
 export function parseTokenResponse(data: unknown): TokenPair | undefined {
@@ -246,10 +254,7 @@ export function retryAfterMs(header: unknown, deviceNow: number): number | undef
   if (!Number.isFinite(at)) {
     return undefined;
   }
-  const serverDate = headerValue(header, "date");
-  const server = serverDate === undefined ? Number.NaN : Date.parse(serverDate);
-  const serverNow = Number.isFinite(server) ? server : deviceNow;
-  return Math.max(0, at - serverNow);
+  return Math.max(0, at - serverNowOf(headerValue(header, "date"), deviceNow));
 }
 
 /**
@@ -257,7 +262,7 @@ export function retryAfterMs(header: unknown, deviceNow: number): number | undef
  * `Retry-After` it would not wait for in a retry: one longer than that (a proxy's, say) is
  * asked about again then, as a ban is after {@link BAN_RECHECK_MS}.
  */
-export const RETRY_AFTER_MAX_HOLD_MS = 10 * 60 * 1000;
+export const RETRY_AFTER_MAX_HOLD_MS = BAN_RECHECK_MS;
 
 /**
  * True for answers to a refresh or a login that are worth retrying: 5xx, 429, and 408 (the

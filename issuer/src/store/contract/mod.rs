@@ -112,6 +112,14 @@ pub(crate) fn login(code: &str, openid: &str, unionid: Option<&str>, now: i64) -
     }
 }
 
+/// [`login`] to the suite's second app (`wx2`).
+fn login_in_other_app(code: &str, openid: &str, unionid: Option<&str>, now: i64) -> NewLogin {
+    NewLogin {
+        appid: "wx2".into(),
+        ..login(code, openid, unionid, now)
+    }
+}
+
 /// A rotation of a token of the suite's usual session, `s-c1`.
 fn rotate(old: &str, new: &str, now: i64, grace: i64) -> Rotate {
     rotate_of("s-c1", old, new, now, grace)
@@ -321,8 +329,7 @@ pub async fn login_linked_by_unionid_across_openids(backend: &dyn Backend) {
             .await
             .unwrap(),
     );
-    let mut other_app = login("c2", "o2", Some("un1"), 20);
-    other_app.appid = "wx2".into();
+    let other_app = login_in_other_app("c2", "o2", Some("un1"), 20);
     assert_eq!(
         created(&store.login(&other_app).await.unwrap()),
         ("u-c1".into(), false)
@@ -355,8 +362,7 @@ pub async fn login_unionid_revealed_later_attached_then_linked(backend: &dyn Bac
             .as_deref(),
         Some("un1")
     );
-    let mut other_app = login("c3", "o9", Some("un1"), 30);
-    other_app.appid = "wx2".into();
+    let other_app = login_in_other_app("c3", "o9", Some("un1"), 30);
     assert_eq!(
         created(&store.login(&other_app).await.unwrap()),
         ("u-c1".into(), false)
@@ -371,8 +377,7 @@ pub async fn login_unionid_revealed_later_attached_then_linked(backend: &dyn Bac
 pub async fn login_unionid_of_another_user_not_carried(backend: &dyn Backend) {
     let store = backend.handle().await;
     created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
-    let mut other_app = login("c2", "o2", Some("un1"), 20);
-    other_app.appid = "wx2".into();
+    let other_app = login_in_other_app("c2", "o2", Some("un1"), 20);
     created(&store.login(&other_app).await.unwrap());
     let made = store
         .login(&login("c3", "o1", Some("un1"), 30))
@@ -389,8 +394,7 @@ pub async fn login_unionid_of_another_user_not_carried(backend: &dyn Backend) {
     assert_eq!(store.session("s-c3").await.unwrap().unwrap().unionid, None);
     assert_eq!(store.user("u-c1").await.unwrap().unwrap().unionid, None);
     // The user that carries it: its sessions carry it.
-    let mut again = login("c4", "o2", Some("un1"), 40);
-    again.appid = "wx2".into();
+    let again = login_in_other_app("c4", "o2", Some("un1"), 40);
     let made = store.login(&again).await.unwrap();
     assert!(
         matches!(&made, LoginResult::Created { sub, unionid: Some(u), .. } if sub == "u-c2" && u == "un1"),
