@@ -27,7 +27,7 @@ use crate::secrets::Secret;
 use weauth_token::Algorithm;
 
 use self::apps::Apps;
-use self::parse::{parse_base_url, parse_data_key, parse_store};
+use self::parse::{parse_base_url, parse_canonical_base_url, parse_data_key, parse_store};
 pub use self::parse::{parse_duration, parse_log, Source};
 pub use self::variables::{default_of, help_text, unknown_variables, UnknownVar, Var, VARIABLES};
 
@@ -547,7 +547,7 @@ impl Config {
             None => (String::new(), Secret::new(String::new())),
         };
         let wechat_open_base = errs.or(
-            parse_base_url(
+            parse_canonical_base_url(
                 "WEAUTH_WECHAT_OPEN_BASE",
                 &src.text("WEAUTH_WECHAT_OPEN_BASE"),
             ),
@@ -565,7 +565,7 @@ impl Config {
             }
         };
         let wechat_api_base = errs.or(
-            parse_base_url(
+            parse_canonical_base_url(
                 "WEAUTH_WECHAT_API_BASE",
                 &src.text("WEAUTH_WECHAT_API_BASE"),
             ),

@@ -380,6 +380,16 @@ pub(super) fn parse_base_url(var: &str, text: &str) -> Result<String, ConfigErro
     Ok(text.trim_end_matches('/').to_string())
 }
 
+/// [`parse_base_url`] in the URL's canonical form (the host in lower case, no default port):
+/// for WeChat's bases, whose text API security signs (`urlpath`, [`crate::apisec::urlpath`]) —
+/// `https://API.weixin.qq.com:443` reaches WeChat, but its text is not what WeChat checks the
+/// signature against. (Not for `WEAUTH_ISSUER`, which is the tokens' `iss` as written.)
+pub(super) fn parse_canonical_base_url(var: &str, text: &str) -> Result<String, ConfigError> {
+    let base = parse_base_url(var, text)?;
+    let url = url::Url::parse(&base).map_err(|err| bad(var, format!("`{text}`: {err}")))?;
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
 pub(super) fn parse_data_key(text: &str) -> Result<Secret<Vec<u8>>, ConfigError> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD

@@ -76,6 +76,29 @@ fn parse_duration_garbage_refused() {
     assert!(parse_duration("99999999999999999999d").is_err());
 }
 
+/// WeChat's bases are kept in their canonical form: API security signs the URL's text, and
+/// WeChat checks it against its own (lower-case host, no default port). The issuer's URL, the
+/// tokens' `iss`, stays as written.
+#[test]
+fn config_wechat_bases_canonical_issuer_as_written() {
+    let config = load(&with(&[
+        ("WEAUTH_WECHAT_API_BASE", "https://API.Weixin.qq.com:443/"),
+        ("WEAUTH_WECHAT_OPEN_BASE", "HTTPS://Open.weixin.qq.com:443"),
+        ("WEAUTH_ISSUER", "https://Auth.Example.com"),
+    ]))
+    .unwrap();
+    assert_eq!(config.wechat_api_base, "https://api.weixin.qq.com");
+    assert_eq!(config.wechat_open_base, "https://open.weixin.qq.com");
+    assert_eq!(config.issuer, "https://Auth.Example.com");
+    // A mock's port and path prefix are kept.
+    let config = load(&with(&[(
+        "WEAUTH_WECHAT_API_BASE",
+        "http://127.0.0.1:8090/wechat/",
+    )]))
+    .unwrap();
+    assert_eq!(config.wechat_api_base, "http://127.0.0.1:8090/wechat");
+}
+
 #[test]
 fn config_minimal_defaults_ok() {
     let config = load(&BASE).unwrap();
