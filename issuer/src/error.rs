@@ -83,6 +83,14 @@ pub enum ApiError {
     /// 503 `temporarily_unavailable` (WeChat busy or timing out, route disabled).
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// 503 `temporarily_unavailable` with `Retry-After` seconds: a failure the issuer answers
+    /// without asking again for that long (WeChat's token endpoint down, see
+    /// [`crate::wechat::access_token::FAILURE_HOLD`]).
+    #[error("temporarily unavailable: {description}")]
+    UnavailableFor {
+        retry_after: u64,
+        description: String,
+    },
     /// 503 `temporarily_unavailable`, the store busy or unreachable: the client is told only
     /// that; the store's error (a driver's text can name internal hosts, a `MOVED` slot's
     /// node, a certificate's names) goes to the issuer's log with the request's 5xx line.
@@ -124,9 +132,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) | ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::UnavailableFor { .. }
+            | ApiError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,9 +156,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BadGateway(_) | ApiError::Upstream { .. } => "upstream_error",
-            ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. } => {
-                "temporarily_unavailable"
-            }
+            ApiError::Unavailable(_)
+            | ApiError::UnavailableFor { .. }
+            | ApiError::StoreUnavailable { .. } => "temporarily_unavailable",
             ApiError::UserData { code, .. } => code,
             ApiError::Internal(_) => "server_error",
         }
@@ -175,6 +183,7 @@ impl ApiError {
             | ApiError::BadGateway(d)
             | ApiError::Unavailable(d)
             | ApiError::RateLimited { description: d, .. }
+            | ApiError::UnavailableFor { description: d, .. }
             | ApiError::UserData { description: d, .. } => d.clone(),
             ApiError::Upstream { description, .. } => (*description).to_string(),
             ApiError::StoreUnavailable { .. } => {
@@ -208,7 +217,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(allow) => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::RateLimited { retry_after, .. } => {
+            ApiError::RateLimited { retry_after, .. }
+            | ApiError::UnavailableFor { retry_after, .. } => {
                 if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
                     headers.insert(RETRY_AFTER, value);
                 }
@@ -304,6 +314,7 @@ impl From<WechatError> for ApiError {
             cause @ (WechatError::Status(_)
             | WechatError::Unreadable(_)
             | WechatError::Transport(_)
+            | WechatError::Unreachable(_)
             | WechatError::InvalidAccessToken { .. }
             | WechatError::Other { .. }) => ApiError::Upstream {
                 description: "WeChat returned an unusable answer",
@@ -380,6 +391,21 @@ impl From<TokenError> for ApiError {
                 "WeChat refused the issuer's access token request (WeChat: {}); see the issuer's log",
                 inner.metric_label()
             )),
+            // Answered from this replica's hold: the client is told when the hold ends.
+            TokenError::Held { cause, retry_after } => {
+                let retry_after = retry_after.max(1);
+                match TokenError::Fetch(cause).into() {
+                    ApiError::RateLimited { description, .. } => ApiError::RateLimited {
+                        retry_after,
+                        description,
+                    },
+                    ApiError::Unavailable(description) => ApiError::UnavailableFor {
+                        retry_after,
+                        description,
+                    },
+                    other => other,
+                }
+            }
             TokenError::LeaseTimeout => ApiError::Unavailable(
                 "the WeChat access token is being refreshed by another replica; retry shortly"
                     .into(),
@@ -437,6 +463,34 @@ mod tests {
         );
         let internal = ApiError::from(StoreError::Corrupt("x".into()));
         assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// A token failure answered from the replica's hold tells the client when the hold ends.
+    #[test]
+    fn held_token_failures_say_when_the_hold_ends() {
+        use crate::wechat::access_token::TokenError;
+        let busy = ApiError::from(TokenError::Held {
+            cause: WechatError::Timeout,
+            retry_after: 4,
+        })
+        .response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[RETRY_AFTER], "4");
+        assert_eq!(body_json(busy)["error"], "temporarily_unavailable");
+        let limited = ApiError::from(TokenError::Held {
+            cause: WechatError::RateLimited,
+            retry_after: 37,
+        })
+        .response();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()[RETRY_AFTER], "37");
+        // Never 0: a hold ending this second still asks the client to wait one.
+        let ending = ApiError::from(TokenError::Held {
+            cause: WechatError::Busy,
+            retry_after: 0,
+        })
+        .response();
+        assert_eq!(ending.headers()[RETRY_AFTER], "1");
     }
 
     #[test]

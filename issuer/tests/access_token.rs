@@ -30,9 +30,14 @@ fn now() -> i64 {
 
 const APPID: &str = "wx1";
 
-/// Hands out `T1`, `T2`, ... (7200 s), or HTTP 502 while `down`.
+/// Hands out `T1`, `T2`, ... (7200 s), or HTTP 502 while `down`, or 45011 while `limited`;
+/// while `stuck` is set, that token to every call (forced or not; a WeChat that keeps one).
 struct FakeWechat {
     calls: AtomicU32,
+    /// `stable_token` calls with `force_refresh`.
+    forced: AtomicU32,
+    limited: AtomicBool,
+    stuck: std::sync::Mutex<Option<String>>,
     /// Every `stable_token` call, answered or failed.
     attempts: AtomicU32,
     down: AtomicBool,
@@ -49,10 +54,13 @@ impl Wechat for FakeWechat {
         Box::pin(async { Err(WechatError::InvalidCode { errcode: 40029 }) })
     }
 
-    fn stable_token(&self, _force: bool) -> BoxFuture<'_, Result<AccessToken, WechatError>> {
+    fn stable_token(&self, force: bool) -> BoxFuture<'_, Result<AccessToken, WechatError>> {
         Box::pin(async move {
             // Slow enough that concurrent callers overlap.
             self.attempts.fetch_add(1, Ordering::SeqCst);
+            if force {
+                self.forced.fetch_add(1, Ordering::SeqCst);
+            }
             if self.held.load(Ordering::SeqCst) {
                 if let Ok(permit) = self.gate.acquire().await {
                     permit.forget();
@@ -61,6 +69,15 @@ impl Wechat for FakeWechat {
             tokio::time::sleep(Duration::from_millis(50)).await;
             if self.down.load(Ordering::SeqCst) {
                 return Err(WechatError::Status(502));
+            }
+            if self.limited.load(Ordering::SeqCst) {
+                return Err(WechatError::RateLimited);
+            }
+            if let Some(token) = self.stuck.lock().unwrap().clone() {
+                return Ok(AccessToken {
+                    token: Zeroizing::new(token),
+                    expires_in: 7200,
+                });
             }
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             Ok(AccessToken {
@@ -72,6 +89,21 @@ impl Wechat for FakeWechat {
 }
 
 async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
+    let fake = Arc::new(FakeWechat {
+        calls: AtomicU32::new(0),
+        forced: AtomicU32::new(0),
+        limited: AtomicBool::new(false),
+        stuck: std::sync::Mutex::new(None),
+        attempts: AtomicU32::new(0),
+        down: AtomicBool::new(false),
+        held: AtomicBool::new(false),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    (replica(dir, &fake).await, fake)
+}
+
+/// An issuer replica on the store in `dir`, asking `fake`.
+async fn replica(dir: &common::TempDir, fake: &Arc<FakeWechat>) -> Arc<App> {
     let vars: HashMap<&str, String> = HashMap::from([
         ("WEAUTH_WECHAT_APPID", APPID.to_string()),
         ("WEAUTH_WECHAT_SECRET", "s".to_string()),
@@ -87,20 +119,12 @@ async fn app(dir: &common::TempDir) -> (Arc<App>, Arc<FakeWechat>) {
         read_file: &read_file,
     })
     .unwrap();
-    let fake = Arc::new(FakeWechat {
-        calls: AtomicU32::new(0),
-        attempts: AtomicU32::new(0),
-        down: AtomicBool::new(false),
-        held: AtomicBool::new(false),
-        gate: tokio::sync::Semaphore::new(0),
-    });
-    let app = App::build(config, Some(fake.clone() as Arc<dyn Wechat>))
+    App::build(config, Some(fake.clone() as Arc<dyn Wechat>))
         .await
-        .unwrap();
-    (app, fake)
+        .unwrap()
 }
 
-/// Writes `token` to the store as another replica would.
+/// Writes `token` to the store as another replica would: as the lease's holder.
 async fn put(app: &App, token: &str, expires_at: i64, refresh_at: i64, holder: &str) {
     let record = CachedToken {
         sealed: app
@@ -111,10 +135,17 @@ async fn put(app: &App, token: &str, expires_at: i64, refresh_at: i64, holder: &
         expires_at,
         refresh_at,
     };
-    app.store
+    let at = now();
+    assert!(app
+        .store
+        .lease_wechat_token(APPID, holder, at, at + 60)
+        .await
+        .unwrap());
+    assert!(app
+        .store
         .put_wechat_token(APPID, &record, holder)
         .await
-        .unwrap();
+        .unwrap());
 }
 
 fn metrics(app: &App) -> String {
@@ -264,7 +295,14 @@ async fn get_after_a_failed_fetch_fails_at_once_without_asking_again() {
     for task in tasks {
         let err = task.await.unwrap().unwrap_err();
         assert!(
-            matches!(err, TokenError::Fetch(WechatError::Status(502))),
+            matches!(
+                err,
+                TokenError::Fetch(WechatError::Status(502))
+                    | TokenError::Held {
+                        cause: WechatError::Status(502),
+                        ..
+                    }
+            ),
             "{err}"
         );
     }
@@ -274,12 +312,76 @@ async fn get_after_a_failed_fetch_fails_at_once_without_asking_again() {
         .get_for(APPID, None)
         .await
         .unwrap_err();
-    assert!(matches!(err, TokenError::Fetch(_)), "{err}");
+    // The client is told when the hold ends, not "1" for a hold of 5 s.
+    let TokenError::Held { retry_after, .. } = err else {
+        panic!("not held: {err}");
+    };
+    assert!((1..=5).contains(&retry_after), "{retry_after}");
     assert_eq!(
         fake.attempts.load(Ordering::SeqCst),
         1,
         "WeChat asked again within the hold"
     );
+}
+
+/// WeChat's rate limit on `stable_token` (45011, "retry next minute") is held for a minute:
+/// asking again on every request kept the limit reached. The client is told how long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_rate_limited_held_for_a_minute() {
+    let dir = common::temp_dir("at");
+    let (app, fake) = app(&dir).await;
+    fake.limited.store(true, Ordering::SeqCst);
+    let tokens = &app.identity.access_tokens;
+    let err = tokens.get_for(APPID, None).await.unwrap_err();
+    assert!(
+        matches!(err, TokenError::Fetch(WechatError::RateLimited)),
+        "{err}"
+    );
+    for _ in 0..5 {
+        let err = tokens.get_for(APPID, None).await.unwrap_err();
+        let response = ApiError::from(err).response();
+        assert_eq!(response.status().as_u16(), 429);
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((55..=60).contains(&retry_after), "{retry_after}");
+    }
+    assert_eq!(
+        fake.attempts.load(Ordering::SeqCst),
+        1,
+        "WeChat asked again within the rate limit's hold"
+    );
+}
+
+/// WeChat allows 20 forced refreshes a day: the interval between two is kept across the
+/// replicas on one store, not by each (K replicas facing a token WeChat keeps refusing spent K
+/// per interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_refresh_interval_shared_by_replicas() {
+    let dir = common::temp_dir("at");
+    let (first, fake) = app(&dir).await;
+    let second = replica(&dir, &fake).await;
+    *fake.stuck.lock().unwrap() = Some("BAD".into());
+    for replica in [&first, &second, &first] {
+        let err = replica
+            .identity
+            .access_tokens
+            .get_for(APPID, Some("BAD"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TokenError::Fetch(WechatError::InvalidAccessToken { .. })
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(fake.forced.load(Ordering::SeqCst), 1, "forced again");
+    assert!(metrics(&second)
+        .contains("weauth_wechat_token_refreshes_total{outcome=\"force_withheld\"} 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

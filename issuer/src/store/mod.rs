@@ -322,13 +322,16 @@ pub trait Store: Send + Sync {
         now: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError>;
-    /// Stores a freshly fetched token and releases `holder`'s lease, atomically.
+    /// Stores a freshly fetched token and releases `holder`'s lease, atomically — only while
+    /// `holder` still holds the lease (lapsed or not): a holder whose lease lapsed and was
+    /// taken by another must not write over what the new holder fetched (an older token, which
+    /// a forced refresh may have ended). Returns whether it was written.
     async fn put_wechat_token(
         &self,
         appid: &str,
         token: &CachedToken,
         holder: &str,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// Releases `holder`'s lease (after a failed fetch).
     async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError>;
     /// Forgets the cached token if it is still the one whose hash is `token_hash` (a newer one

@@ -125,7 +125,7 @@ impl Store for TracedStore {
         appid: &str,
         token: &CachedToken,
         holder: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.0
             .put_wechat_token(appid, token, holder)
             .instrument(span("put_wechat_token"))

@@ -22,12 +22,21 @@
 //! - When WeChat answers 40001/42001/40014 to an API call, the cached token is invalidated
 //!   (only if it is still the refused one: a newer one written by another replica stays), a
 //!   token is obtained again and the call is retried once ([`AccessTokens::call_for`]).
+//! - The forced refreshes are counted in the store, across replicas: forcing takes a lease on
+//!   the app's forcing key ([`force_key`]) for [`FORCE_INTERVAL`], never released (K replicas
+//!   facing a token WeChat keeps refusing spent K of the day's 20 per interval when each
+//!   counted its own). A store that cannot be asked means no force.
+//! - A fetched token is written only while its fetcher still holds the lease
+//!   ([`Store::put_wechat_token`]): a fetcher whose lease lapsed and was taken answers its
+//!   own request with the token but does not write over the new holder's.
 //! - WeChat's token endpoint down: if the cached token is still valid it keeps being used (and
 //!   the failure is counted and logged); otherwise the request fails with 503
 //!   `temporarily_unavailable` (502 `upstream_error` when WeChat refuses the appid/secret); a
 //!   busy, slow or unreachable WeChat fails the replica's requests for the next
 //!   [`FAILURE_HOLD`] seconds too, at once, without asking again (each waited for a fetch of
-//!   its own in turn, up to the lease).
+//!   its own in turn, up to the lease), and WeChat's rate limit (45011) for
+//!   [`RATE_LIMIT_HOLD`] seconds (asking again each time kept the limit reached); the client is
+//!   told when the hold ends (`Retry-After`).
 //!
 //! [`plan`] is the pure decision; the rest is glue. The token is never logged.
 
@@ -52,19 +61,47 @@ pub const REFRESH_MARGIN: i64 = 300;
 pub const EXPIRY_SAFETY: i64 = 30;
 /// How often a replica waiting for another's refresh re-reads the store.
 const WAIT_POLL: Duration = Duration::from_millis(50);
-/// The least time between two forced `stable_token` refreshes of one app by one replica.
+/// The least time between two forced `stable_token` refreshes of one app, across the
+/// replicas on one store.
 pub const FORCE_INTERVAL: i64 = 300;
 /// How long a replica answers with its last failure to get a token — WeChat busy, slow or
 /// unreachable ([`WechatError::is_retryable`]), and no token usable — before it asks WeChat
 /// again ([`AccessTokens::get_for`]). A refusal (an IP not allowed, the quota spent, the rate
 /// limit) comes back at once: it is asked again each time.
 pub const FAILURE_HOLD: i64 = 5;
+/// How long a replica answers WeChat's rate limit on `stable_token` (45011, "retry next
+/// minute") before asking again.
+pub const RATE_LIMIT_HOLD: i64 = 60;
+
+/// How long a failure to get a token is answered without asking WeChat again, if at all.
+fn hold_of(err: &WechatError) -> Option<i64> {
+    match err {
+        WechatError::RateLimited => Some(RATE_LIMIT_HOLD),
+        err if err.is_retryable() => Some(FAILURE_HOLD),
+        _ => None,
+    }
+}
+
+/// The store key of `appid`'s forced-refresh budget: a lease on it, taken for
+/// [`FORCE_INTERVAL`] and never released, allows one forced refresh per interval across every
+/// replica on the store. `#` is in no appid.
+pub fn force_key(appid: &str) -> String {
+    format!("{appid}#force")
+}
 
 /// Why no access token could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("cannot get a WeChat access token: {0}")]
     Fetch(WechatError),
+    /// A failure this replica met less than its hold ago ([`FAILURE_HOLD`],
+    /// [`RATE_LIMIT_HOLD`]), answered again without asking WeChat: `retry_after` seconds are
+    /// left of the hold.
+    #[error("cannot get a WeChat access token (answered again for {retry_after} s): {cause}")]
+    Held {
+        cause: WechatError,
+        retry_after: u64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the cached WeChat access token cannot be unsealed or sealed: {0}")]
@@ -139,10 +176,8 @@ pub struct AccessTokens {
     replica_id: String,
     /// [`lease_secs`] of the configured WeChat timeout and retries.
     lease: i64,
-    /// When this replica last forced a refresh, per appid ([`FORCE_INTERVAL`]).
-    forced_at: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// This replica's last failure to get a token, per appid, and until when it is answered
-    /// without asking WeChat again ([`FAILURE_HOLD`]).
+    /// without asking WeChat again ([`hold_of`]).
     failed: std::sync::Mutex<std::collections::HashMap<String, (i64, WechatError)>>,
 }
 
@@ -164,13 +199,13 @@ impl AccessTokens {
             clock,
             replica_id: secrets::random_id("r_"),
             lease,
-            forced_at: std::sync::Mutex::default(),
             failed: std::sync::Mutex::default(),
         }
     }
 
-    /// The failure to get `appid`'s token this replica met less than [`FAILURE_HOLD`] ago.
-    fn recent_failure(&self, appid: &str, now: i64) -> Option<WechatError> {
+    /// The failure to get `appid`'s token this replica met less than its hold ago, as the
+    /// answer to give again ([`TokenError::Held`]).
+    fn recent_failure(&self, appid: &str, now: i64) -> Option<TokenError> {
         let failed = self
             .failed
             .lock()
@@ -178,18 +213,29 @@ impl AccessTokens {
         failed
             .get(appid)
             .filter(|(until, _)| now < *until)
-            .map(|(_, err)| err.clone())
+            .map(|(until, err)| TokenError::Held {
+                cause: err.clone(),
+                retry_after: (until - now).unsigned_abs(),
+            })
     }
 
+    /// Notes the outcome of a fetch: a failure worth holding ([`hold_of`]) is held, a success
+    /// ends any hold.
     fn note_fetch(&self, appid: &str, failure: Option<(i64, &WechatError)>) {
         let mut failed = self
             .failed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match failure {
-            Some((now, err)) => failed.insert(appid.to_string(), (now + FAILURE_HOLD, err.clone())),
-            None => failed.remove(appid),
-        };
+            Some((now, err)) => {
+                if let Some(hold) = hold_of(err) {
+                    failed.insert(appid.to_string(), (now + hold, err.clone()));
+                }
+            }
+            None => {
+                failed.remove(appid);
+            }
+        }
     }
 
     fn open(&self, appid: &str, token: &CachedToken) -> Result<Zeroizing<String>, TokenError> {
@@ -231,8 +277,8 @@ impl AccessTokens {
                 }
             }
             if decision == Plan::Fetch {
-                if let Some(err) = self.recent_failure(appid, at) {
-                    return Err(TokenError::Fetch(err));
+                if let Some(held) = self.recent_failure(appid, at) {
+                    return Err(held);
                 }
             }
             let leased = self
@@ -243,9 +289,9 @@ impl AccessTokens {
                 // A fetch that failed between our check above and this lease (its failure
                 // noted, its lease released): answered with it, not asked again.
                 if decision == Plan::Fetch {
-                    if let Some(err) = self.recent_failure(appid, self.clock.now()) {
+                    if let Some(held) = self.recent_failure(appid, self.clock.now()) {
                         self.release(appid, &holder).await;
-                        return Err(TokenError::Fetch(err));
+                        return Err(held);
                     }
                 }
                 if decision == Plan::Refresh {
@@ -315,7 +361,7 @@ impl AccessTokens {
                 return self.open(appid, token);
             }
         }
-        match self.fetch(appid, refused).await {
+        match self.fetch(appid, holder, refused).await {
             Ok(token) => {
                 let at = self.clock.now();
                 let record = CachedToken {
@@ -327,7 +373,9 @@ impl AccessTokens {
                     expires_at: at + token.expires_in,
                     refresh_at: refresh_at(at, token.expires_in),
                 };
-                self.store.put_wechat_token(appid, &record, holder).await?;
+                if !self.store.put_wechat_token(appid, &record, holder).await? {
+                    tracing::info!(appid = %appid, "the WeChat access token lease lapsed and another replica took it; the token fetched here answers this request but is not stored");
+                }
                 self.note_fetch(appid, None);
                 self.metrics.wechat_token_refresh("ok");
                 tracing::info!(
@@ -342,7 +390,7 @@ impl AccessTokens {
                 // noted before the lease goes, so that no waiter takes it to ask again.
                 let now = self.clock.now();
                 let usable = cached.filter(|c| plan(Some(c), now, refused_hash) != Plan::Fetch);
-                if usable.is_none() && err.is_retryable() {
+                if usable.is_none() {
                     self.note_fetch(appid, Some((now, &err)));
                 }
                 self.release(appid, holder).await;
@@ -367,6 +415,7 @@ impl AccessTokens {
     async fn fetch(
         &self,
         appid: &str,
+        holder: &str,
         refused: Option<&str>,
     ) -> Result<crate::wechat::AccessToken, WechatError> {
         let wechat = self.clients.for_token(appid);
@@ -374,16 +423,20 @@ impl AccessTokens {
         let Some(refused) = refused.filter(|r| *r == token.token.as_str()) else {
             return Ok(token);
         };
+        // Taken before asking, so a force that timed out (it may have counted at WeChat)
+        // counts here too.
         let now = self.clock.now();
-        let last = self
-            .forced_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(appid)
-            .copied();
-        if let Some(at) = last.filter(|at| now < at + FORCE_INTERVAL) {
+        let allowed = self
+            .store
+            .lease_wechat_token(&force_key(appid), holder, now, now + FORCE_INTERVAL)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(appid = %appid, error = %err, "cannot ask the store whether a forced refresh of the WeChat access token is allowed; not forcing");
+                false
+            });
+        if !allowed {
             self.metrics.wechat_token_refresh("force_withheld");
-            tracing::warn!(appid = %appid, seconds_ago = now - at, "stable_token returned the token WeChat refused again; not forcing another refresh so soon");
+            tracing::warn!(appid = %appid, interval_s = FORCE_INTERVAL, "stable_token returned the token WeChat refused again; a refresh was forced less than the interval ago (by this or another replica), not forcing another");
             return Err(WechatError::InvalidAccessToken {
                 errcode: 40001,
                 after_lost: None,
@@ -395,12 +448,6 @@ impl AccessTokens {
             "stable_token returned the token WeChat just refused; forcing a new one"
         );
         let forced = wechat.stable_token(true).await?;
-        // Counted once WeChat answered it (a force that timed out may not have counted there;
-        // the store's lease keeps replicas from forcing at once).
-        self.forced_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(appid.to_string(), now);
         if forced.token.as_str() == refused {
             tracing::warn!(appid = %appid, "a forced stable_token refresh returned the refused token");
             return Err(WechatError::InvalidAccessToken {

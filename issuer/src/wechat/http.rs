@@ -112,7 +112,10 @@ pub(crate) fn http_client(
 /// stripped before the error goes anywhere.
 pub(crate) fn transport_error(err: reqwest::Error) -> WechatError {
     let err = err.without_url();
-    if err.is_timeout() {
+    // Before the timeout: a connect timeout is both, and its request was never sent.
+    if err.is_connect() {
+        WechatError::Unreachable(err.to_string())
+    } else if err.is_timeout() {
         WechatError::Timeout
     } else if err.is_decode() || err.is_body() {
         WechatError::Unreadable(err.to_string())
@@ -160,7 +163,9 @@ pub(crate) async fn traced_attempt<T>(
 /// attempt whose answer never arrived whole (a timeout, a reset, a gateway's 5xx, a cut body):
 /// the retry then meets "code already used" (40163) or "invalid code" (40029). That refusal is
 /// the first failure's echo, not a bad code: the caller gets the failure it was retrying (a 502
-/// or 503, "retry"), not 400 `invalid_grant` ("log in again with a new code").
+/// or 503, "retry"), not 400 `invalid_grant` ("log in again with a new code"). An attempt that
+/// could not connect ([`WechatError::Unreachable`]) sent nothing: a refusal after it is the
+/// code's own.
 pub(crate) async fn with_retry<T, F, Fut>(
     metrics: &Metrics,
     appid: &str,
@@ -189,7 +194,11 @@ where
                     rand::random::<f64>(),
                 );
                 tracing::info!(api, appid, error = %err, attempt, wait_ms = wait.as_millis() as u64, "retrying WeChat call");
-                retried = Some(err);
+                // A request never sent spent nothing: only a failure that may have reached
+                // WeChat makes a later "code already used" its echo.
+                if !matches!(err, WechatError::Unreachable(_)) {
+                    retried = Some(err);
+                }
                 tokio::time::sleep(wait).await;
             }
             // A new access token is fetched and the call made again by `call_for`: carry the

@@ -80,6 +80,11 @@ pub enum WechatError {
     Unreadable(String),
     #[error("cannot reach WeChat: {0}")]
     Transport(String),
+    /// No connection could be made (DNS, TCP connect, TLS handshake, a connect timeout): the
+    /// request was never sent, so a code it carried is not spent (`wechat::http::with_retry`).
+    /// Counted as `transport` in the metrics.
+    #[error("cannot connect to WeChat: {0}")]
+    Unreachable(String),
     /// 40001 (invalid or replaced), 42001 (expired) or 40014 (malformed) access token: the
     /// caller invalidates its cached token and retries once with a new one. `after_lost`: the
     /// failure of an earlier attempt of the same call, whose answer may have been lost after
@@ -110,7 +115,8 @@ impl WechatError {
             WechatError::Busy
             | WechatError::Timeout
             | WechatError::Unreadable(_)
-            | WechatError::Transport(_) => true,
+            | WechatError::Transport(_)
+            | WechatError::Unreachable(_) => true,
             WechatError::Status(status) => *status >= 500,
             _ => false,
         }
@@ -132,7 +138,7 @@ impl WechatError {
             WechatError::Timeout => "timeout".into(),
             WechatError::Status(status) => format!("http_{status}"),
             WechatError::Unreadable(_) => "unreadable".into(),
-            WechatError::Transport(_) => "transport".into(),
+            WechatError::Transport(_) | WechatError::Unreachable(_) => "transport".into(),
             WechatError::ApiSecurity(crate::wechat::apisec::ApiSecError::Refused {
                 errcode,
                 ..

@@ -269,3 +269,66 @@ fn debug_hides_session_key_and_openid() {
     assert!(!text.contains("oSECRETOPENID"));
     assert!(!text.contains("SK\""));
 }
+
+/// Runs `with_retry` over `answers`, one per attempt (two retries).
+fn retried(answers: Vec<Result<u8, WechatError>>) -> Result<u8, WechatError> {
+    let answers = std::sync::Mutex::new(answers.into_iter());
+    let metrics = Metrics::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(with_retry(&metrics, "wx1", 2, "jscode2session", || {
+        let next = answers.lock().unwrap().next().unwrap();
+        async move { next }
+    }))
+}
+
+/// A refusal of the code after an attempt that could not connect is the code's own (400
+/// `invalid_grant`): nothing was sent. After a lost answer it is that answer's echo.
+#[test]
+fn with_retry_code_refused_after_a_failed_connect_is_the_codes_own() {
+    let refused = WechatError::InvalidCode { errcode: 40163 };
+    let unreachable = WechatError::Unreachable("connection refused".into());
+    assert_eq!(
+        retried(vec![Err(unreachable.clone()), Err(refused.clone())]),
+        Err(refused.clone())
+    );
+    assert_eq!(
+        retried(vec![Err(WechatError::Timeout), Err(refused.clone())]),
+        Err(WechatError::Timeout)
+    );
+    // A lost answer stays the echo's cause through a later failed connect.
+    assert_eq!(
+        retried(vec![
+            Err(WechatError::Timeout),
+            Err(unreachable),
+            Err(refused)
+        ]),
+        Err(WechatError::Timeout)
+    );
+}
+
+/// A connection refused (nothing listening) is `Unreachable`, counted as `transport`.
+#[test]
+fn transport_error_connect_refused_is_unreachable() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = runtime
+        .block_on(
+            reqwest::Client::new()
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send(),
+        )
+        .unwrap_err();
+    let err = transport_error(err);
+    assert!(matches!(err, WechatError::Unreachable(_)), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(err.metric_label(), "transport");
+}

@@ -73,23 +73,45 @@ pub async fn wechat_put_token_releases_holder_lease_and_is_read_back(backend: &d
         .lease_wechat_token("wx1", "b", 101, 111)
         .await
         .unwrap());
-    // A put by a non-holder keeps the current holder's lease.
-    store
+    // A put by a holder whose lease was taken writes nothing (the new holder's token is not
+    // overwritten by an older one) and keeps the current holder's lease.
+    assert!(!store
         .put_wechat_token("wx1", &cached("h2"), "a")
         .await
-        .unwrap();
+        .unwrap());
+    assert_eq!(store.wechat_token("wx1").await.unwrap(), Some(cached("h1")));
     assert!(!store
         .lease_wechat_token("wx1", "c", 102, 112)
         .await
         .unwrap());
+    assert!(store
+        .put_wechat_token("wx1", &cached("h3"), "b")
+        .await
+        .unwrap());
+    assert_eq!(store.wechat_token("wx1").await.unwrap(), Some(cached("h3")));
+    // Released by that put: another may take the lease at once.
+    assert!(store
+        .lease_wechat_token("wx1", "c", 102, 112)
+        .await
+        .unwrap());
+    // The holder writes, its lease lapsed or not (nobody took it since).
+    assert!(store
+        .put_wechat_token("wx1", &cached("h4"), "c")
+        .await
+        .unwrap());
+    assert_eq!(store.wechat_token("wx1").await.unwrap(), Some(cached("h4")));
 }
 
 pub async fn wechat_invalidate_only_matching_hash(backend: &dyn Backend) {
     let store = backend.handle().await;
-    store
+    assert!(store
+        .lease_wechat_token("wx1", "a", 100, 110)
+        .await
+        .unwrap());
+    assert!(store
         .put_wechat_token("wx1", &cached("h2"), "a")
         .await
-        .unwrap();
+        .unwrap());
     assert!(!store.invalidate_wechat_token("wx1", "h1").await.unwrap());
     assert!(store.wechat_token("wx1").await.unwrap().is_some());
     assert!(store.invalidate_wechat_token("wx1", "h2").await.unwrap());

@@ -584,7 +584,7 @@ impl Store for MysqlStore {
         appid: &str,
         token: &CachedToken,
         holder: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         retry(|| ops::put_wechat_token(&self.pool, appid, token, holder)).await
     }
 

@@ -709,30 +709,22 @@ pub(super) async fn put_wechat_token(
     appid: &str,
     token: &CachedToken,
     holder: &str,
-) -> Result<()> {
-    // MySQL applies the assignments left to right, each seeing the ones before: the lease's
-    // end is reset before its holder is cleared.
-    sqlx::query(
-        "INSERT INTO wechat_tokens (appid, sealed, hash, expires_at, refresh_at) \
-         VALUES (?, ?, ?, ?, ?) \
-         ON DUPLICATE KEY UPDATE sealed = ?, hash = ?, expires_at = ?, refresh_at = ?, \
-         lease_until = IF(lease_holder <=> ?, 0, lease_until), \
-         lease_holder = IF(lease_holder <=> ?, NULL, lease_holder)",
+) -> Result<bool> {
+    let written = sqlx::query(
+        "UPDATE wechat_tokens SET sealed = ?, hash = ?, expires_at = ?, refresh_at = ?, \
+         lease_holder = NULL, lease_until = 0 \
+         WHERE appid = ? AND lease_holder = ?",
     )
+    .bind(&token.sealed)
+    .bind(&token.hash)
+    .bind(token.expires_at)
+    .bind(token.refresh_at)
     .bind(appid)
-    .bind(&token.sealed)
-    .bind(&token.hash)
-    .bind(token.expires_at)
-    .bind(token.refresh_at)
-    .bind(&token.sealed)
-    .bind(&token.hash)
-    .bind(token.expires_at)
-    .bind(token.refresh_at)
-    .bind(holder)
     .bind(holder)
     .execute(pool)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(written > 0)
 }
 
 pub(super) async fn release_wechat_lease(

@@ -472,7 +472,7 @@ impl Store for RedisStore {
         appid: &str,
         token: &CachedToken,
         holder: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (key, token, holder) = (
             self.key_apart(&keys::wechat_token(appid)),
             token.clone(),
@@ -485,8 +485,8 @@ impl Store for RedisStore {
             .arg(token.expires_at)
             .arg(token.refresh_at)
             .arg(holder);
-        let _: i64 = self.write(&call).await?;
-        Ok(())
+        let written: i64 = self.write(&call).await?;
+        Ok(written == 1)
     }
 
     async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {

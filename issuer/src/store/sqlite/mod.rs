@@ -368,7 +368,7 @@ impl Store for SqliteStore {
         appid: &str,
         token: &CachedToken,
         holder: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (appid, token, holder) = (appid.to_string(), token.clone(), holder.to_string());
         self.run(move |c| ops::put_wechat_token(c, &appid, &token, &holder))
             .await

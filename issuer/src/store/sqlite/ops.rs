@@ -512,25 +512,23 @@ pub(super) fn put_wechat_token(
     appid: &str,
     token: &CachedToken,
     holder: &str,
-) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO wechat_tokens (appid, sealed, hash, expires_at, refresh_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (appid) DO UPDATE SET sealed = ?2, hash = ?3, expires_at = ?4, \
-             refresh_at = ?5, \
-             lease_holder = CASE WHEN lease_holder = ?6 THEN NULL ELSE lease_holder END, \
-             lease_until = CASE WHEN lease_holder = ?6 THEN 0 ELSE lease_until END",
-        params![
-            appid,
-            token.sealed,
-            token.hash,
-            token.expires_at,
-            token.refresh_at,
-            holder
-        ],
-    )
-    .map_err(db_err)?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    let written = conn
+        .execute(
+            "UPDATE wechat_tokens SET sealed = ?2, hash = ?3, expires_at = ?4, refresh_at = ?5, \
+             lease_holder = NULL, lease_until = 0 \
+             WHERE appid = ?1 AND lease_holder = ?6",
+            params![
+                appid,
+                token.sealed,
+                token.hash,
+                token.expires_at,
+                token.refresh_at,
+                holder
+            ],
+        )
+        .map_err(db_err)?;
+    Ok(written > 0)
 }
 
 pub(super) fn release_wechat_lease(
