@@ -40,7 +40,7 @@ pub mod clock;
 pub mod config;
 mod domain;
 pub mod error;
-mod feed;
+pub mod feed;
 pub mod secrets;
 pub mod server;
 pub mod service;

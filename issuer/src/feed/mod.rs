@@ -3,8 +3,9 @@
 //! poll woken by it), and [`FeedCache::answer`] serves every subscriber from it with the same
 //! paging and `full` rules as [`crate::feed::revocation::read`].
 //!
-//! The copy holds the live entries (`until >= now` at the last refresh), the store's current
-//! seq and its purge watermark. A refresh is serialized: when 10 000 long polls wake for one
+//! The copy ([`copy::FeedCopy`]) holds the live entries in shared chunks (a new seq costs
+//! what its delta costs; expired entries are dropped at most a minute late, never answered),
+//! the store's current seq and its purge watermark. A refresh is serialized: when 10 000 long polls wake for one
 //! revocation, the first reads the delta and the others find the copy already fresh; and the
 //! serialized answer is kept ([`FeedCache::answer_body`]), so the polls woken together, which
 //! ask with the same `since`, share one body.
@@ -26,6 +27,7 @@
 //! knows of: pacing delays answers, never what they say (a read after an acknowledged
 //! revocation sees it).
 
+pub mod copy;
 pub mod revocation;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,19 +37,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use weauth_token::revocation::{Entry, FeedResponse};
+use weauth_token::revocation::FeedResponse;
 
+use self::copy::{Delta, FeedCopy};
 use self::revocation::{feed_is_full, FEED_PAGE_ENTRIES};
-use crate::store::{FeedSnapshot, Store, StoreError};
+use crate::store::{Store, StoreError};
 
-#[derive(Debug, Default)]
-struct Copy {
-    /// Highest seq the copy has caught up with (0: never loaded).
-    current: u64,
-    purged_through: u64,
-    /// Live entries in seq order.
-    entries: Vec<Entry>,
-}
+type Copy = FeedCopy;
 
 /// What [`FeedCache::answer_body`] depends on: two calls with the same key give the same body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,34 +152,31 @@ impl FeedCache {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let old = self.snapshot();
         let mut cursor = old.current;
-        let mut entries: Vec<Entry> = old
-            .entries
-            .iter()
-            .filter(|e| e.until >= now)
-            .cloned()
-            .collect();
-        let (current, purged_through) = loop {
+        let mut delta = Delta::default();
+        loop {
             let snap = store.feed_snapshot(cursor, now, FEED_PAGE_ENTRIES).await?;
             if cursor != 0 && feed_is_full(cursor, snap.current, snap.purged_through) {
                 // Purged past the copy, or another store: start over.
                 cursor = 0;
-                entries.clear();
+                delta = Delta {
+                    restart: true,
+                    ..Delta::default()
+                };
                 continue;
             }
             let page_full = snap.entries.len() >= FEED_PAGE_ENTRIES;
             if let Some(last) = snap.entries.last() {
                 cursor = last.seq;
             }
-            entries.extend(snap.entries);
+            delta.entries.extend(snap.entries);
             if !page_full {
-                break (snap.current, snap.purged_through);
+                (delta.current, delta.purged_through) = (snap.current, snap.purged_through);
+                break;
             }
-        };
-        let fresh = Arc::new(Copy {
-            current,
-            purged_through,
-            entries,
-        });
+        }
+        // A copy never loaded starts from the whole set.
+        delta.restart |= old.current == 0;
+        let fresh = Arc::new(old.caught_up(delta, now));
         match self.copy.write() {
             Ok(mut guard) => *guard = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
@@ -232,25 +225,7 @@ impl FeedCache {
     }
 
     fn answer_from(copy: &Copy, since: u64, now: i64, limit: usize) -> FeedResponse {
-        let full = feed_is_full(since, copy.current, copy.purged_through);
-        let after = if full { 0 } else { since };
-        let start = copy.entries.partition_point(|e| e.seq <= after);
-        let entries: Vec<Entry> = copy.entries[start..]
-            .iter()
-            .filter(|e| e.until >= now)
-            .take(limit)
-            .cloned()
-            .collect();
-        revocation::page(
-            FeedSnapshot {
-                current: copy.current,
-                purged_through: copy.purged_through,
-                entries,
-            },
-            full,
-            limit,
-            now,
-        )
+        copy.answer(since, now, limit)
     }
 }
 
