@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use weauth_filter::config::Config;
-use weauth_filter::host::{DispatchError, IssuerCall, Level, Report};
+use weauth_filter::host::{DispatchError, IssuerCall, Level, Now, Report};
 use weauth_filter::native::{Fetcher, Shared};
 use weauth_filter::revocation::FeedPage;
 
@@ -136,7 +136,7 @@ fn main() {
         }
     };
     let shared = Shared::new(config);
-    let mut fetcher = Fetcher::new(&shared.config, NOW_MS);
+    let mut fetcher = Fetcher::new(&shared.config, Now::wall(NOW_MS));
     let mut calls = Calls(0);
     // Reading a body whole (`parse`) against reading it in Envoy's pieces (`parse_chunks`).
     let mut parse_ns = [0u128; 2];
@@ -162,12 +162,12 @@ fn main() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
     let start_live = LIVE.load(Ordering::Relaxed);
     let started = Instant::now();
-    fetcher.tick(&shared, &mut calls, &Quiet, NOW_MS);
+    fetcher.tick(&shared, &mut calls, &Quiet, Now::wall(NOW_MS));
     for (i, wire) in bodies.iter().enumerate() {
         // As the ABI glue does: the answer handed over in the pieces of Envoy's buffer, then
         // its tick.
         let chunks: Vec<&[u8]> = wire.chunks(16 * 1024).collect();
-        let now = NOW_MS + i as u64;
+        let now = Now::wall(NOW_MS + i as u64);
         let id = calls.0;
         fetcher.on_answer(&shared, &mut calls, &Quiet, id, 200, &chunks, now);
         let set = shared.revocation();

@@ -12,11 +12,16 @@
 //! answer is in); apply each answer to the set and publish what changed. A set that arrives as
 //! several pages is loaded aside ([`Staging`]) and published once, so no reader — in either
 //! build — serves with a part of it. Expired entries are pruned every [`PRUNE_EVERY_MS`].
+//!
+//! Time: every `now_ms` here is the fetcher's clock ([`Now::mono_ms`]: one that never steps,
+//! in the native build), on which every schedule, backoff, give-up and age is reckoned —
+//! `last_ok_ms` included. Only the entries' cutoff (their `until`, Unix seconds, against the
+//! time tokens are judged by) reads the wall clock ([`Now::unix_ms`]).
 
 use weauth_token::KeySet;
 
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
-use crate::host::{IssuerCall, Level, Report};
+use crate::host::{IssuerCall, Level, Now, Report};
 use crate::refresh::{self, CallOutcome, FetchPhase, NextPoll, Schedule, Staging};
 use crate::revocation::{FeedPage, RevocationSet, SHARDS};
 
@@ -31,13 +36,14 @@ pub struct Published {
     /// The feed seq the set reflects.
     pub seq: u64,
     pub entries: usize,
-    /// When the feed last answered (unix ms).
+    /// When the feed last answered (on the fetcher's clock: module docs).
     pub last_ok_ms: u64,
 }
 
 /// Where the fetcher's results go, and what it reads back of them.
 pub trait Publish {
-    /// When a worker last saw a token with an unknown `kid` (unix ms; 0 = never).
+    /// When a worker last saw a token with an unknown `kid` (on the fetcher's clock; 0 =
+    /// never).
     fn jwks_wanted_ms(&self) -> u64;
     /// Publishes a fetched JWKS (`json` as fetched, `keys` parsed from it). A JWKS equal to the
     /// published one keeps its generation, so cached verdicts stay valid. Returns the new
@@ -83,8 +89,9 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// The fetchers a configuration needs (none for inline keys and no feed). `seed` differs
-    /// per fetcher (the wasm VM id; the native start time).
+    /// The fetchers a configuration needs (none for inline keys and no feed), first due at
+    /// `now_ms` (the fetcher's clock). `seed` differs per fetcher (the wasm VM id; the native
+    /// start time, by the wall clock).
     pub fn new(config: &Config, now_ms: u64, seed: u64) -> Fetcher {
         let jwks = match &config.jwks {
             JwksSource::Remote(remote) => Some((
@@ -254,11 +261,11 @@ impl Fetcher {
         publish: &mut impl Publish,
         call: &mut impl IssuerCall,
         report: &impl Report,
-        now_ms: u64,
+        now: Now,
     ) {
-        self.drive_jwks(&*publish, call, report, now_ms);
-        self.drive_feed(&*publish, call, report, now_ms);
-        self.prune(publish, now_ms);
+        self.drive_jwks(&*publish, call, report, now.mono_ms);
+        self.drive_feed(&*publish, call, report, now.mono_ms);
+        self.prune(publish, now);
     }
 
     fn drive_jwks(
@@ -390,17 +397,17 @@ impl Fetcher {
         id: u64,
         status: u32,
         body: &[&[u8]],
-        now_ms: u64,
+        now: Now,
     ) {
         let token = token(id);
         let is = |fetch: Option<&Schedule>| fetch.is_some_and(|s| s.is_current(token));
         if is(self.jwks.as_ref().map(|(_, s)| s)) {
-            self.on_jwks_response(publish, report, token, status, &body.concat(), now_ms);
+            self.on_jwks_response(publish, report, token, status, &body.concat(), now.mono_ms);
         } else if is(self.feed.as_ref().map(|(_, s)| s)) {
-            self.on_feed_response(publish, report, token, status, body, now_ms);
+            self.on_feed_response(publish, report, token, status, body, now);
             // Keep the long poll open without a gap: a revocation made right after this answer
             // is not held back by up to a tick.
-            self.drive_feed(&*publish, call, report, now_ms);
+            self.drive_feed(&*publish, call, report, now.mono_ms);
         } else {
             report.log(
                 Level::Debug,
@@ -472,8 +479,9 @@ impl Fetcher {
         token: u32,
         status: u32,
         body: &[&[u8]],
-        now_ms: u64,
+        now: Now,
     ) {
+        let now_ms = now.mono_ms;
         let parsed = if status == 200 {
             match body {
                 [whole] => FeedPage::parse(whole),
@@ -497,11 +505,11 @@ impl Fetcher {
                 let elapsed_ms = started_ms.map_or(0, |started| now_ms.saturating_sub(started));
                 self.full_pending = false;
                 let seq = page.seq;
-                self.apply(publish, report, page, now_ms);
+                self.apply(publish, report, page, now);
                 self.seed = self
                     .seed
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    .wrapping_add(now_ms);
+                    .wrapping_add(now.unix_ms);
                 let next = refresh::next_feed_poll(
                     since,
                     seq,
@@ -549,7 +557,7 @@ impl Fetcher {
         publish: &mut impl Publish,
         report: &impl Report,
         page: FeedPage,
-        now_ms: u64,
+        now: Now,
     ) {
         let first = publish.published().is_none();
         let entries = page.entries;
@@ -562,7 +570,7 @@ impl Fetcher {
         };
         let held_seq = set.seq;
         let (seq, full) = (page.seq, page.full);
-        let applied = match set.apply_page(page, self.cutoff(now_ms)) {
+        let applied = match set.apply_page(page, self.cutoff(now.unix_ms)) {
             Ok(applied) => applied,
             Err(err) => {
                 report.log(Level::Warn, &err.to_string());
@@ -598,18 +606,22 @@ impl Fetcher {
             );
         }
         if !aside {
-            publish.publish_set(set, &applied.changed, now_ms);
+            publish.publish_set(set, &applied.changed, now.mono_ms);
         } else if let Some(set) = self.staging.page_applied(set, entries) {
-            publish_loaded(publish, set, now_ms);
+            publish_loaded(publish, set, now.mono_ms);
         }
     }
 
-    /// The `now` the set judges entries by: an entry whose `until` is before it is dropped.
-    fn cutoff(&self, now_ms: u64) -> i64 {
-        seconds(now_ms).saturating_sub(self.keep_past_until_s)
+    /// The `now` the set judges entries by, from the wall clock tokens are judged by
+    /// (`unix_ms`): an entry whose `until` is before it is dropped.
+    fn cutoff(&self, unix_ms: u64) -> i64 {
+        seconds(unix_ms).saturating_sub(self.keep_past_until_s)
     }
 
-    fn prune(&mut self, publish: &mut impl Publish, now_ms: u64) {
+    /// Every [`PRUNE_EVERY_MS`] on the fetcher's clock, drops the entries expired by the wall
+    /// clock.
+    fn prune(&mut self, publish: &mut impl Publish, now: Now) {
+        let now_ms = now.mono_ms;
         if self.feed.is_none() || now_ms.saturating_sub(self.last_prune_ms) < PRUNE_EVERY_MS {
             return;
         }
@@ -620,7 +632,7 @@ impl Fetcher {
         };
         // Only a shard with an expired entry is written (and, where shared, copied).
         let mut set = publish.take_set();
-        let changed = set.prune(self.cutoff(now_ms));
+        let changed = set.prune(self.cutoff(now.unix_ms));
         if changed.is_empty() {
             publish.restore_set(set);
         } else {
@@ -645,7 +657,8 @@ pub struct StaleWatch {
 }
 
 impl StaleWatch {
-    /// Gauges `revocation_entries` and `revocation_age_seconds`, and one log line per change.
+    /// Gauges `revocation_entries` and `revocation_age_seconds`, and one log line per change,
+    /// at `now_ms` on the fetcher's clock (module docs).
     /// With no set yet the age counts from the configuration's start: an edge that never
     /// reached the feed (a wrong credential, a cluster it cannot reach) reports its growing
     /// age, which the staleness alerts see, not 0 — "fresh".
@@ -708,9 +721,15 @@ pub(crate) mod testing {
     use weauth_token::{Algorithm, Jwks, SigningKey};
 
     use crate::config::Config;
-    use crate::host::{DispatchError, IssuerCall, Level, Report};
+    use crate::host::{DispatchError, IssuerCall, Level, Now, Report};
 
     pub const NOW: u64 = 1_700_000_000_000;
+
+    /// Both clocks at `ms` (as the wasm build reads them: [`Now::wall`]); a test of a step of
+    /// the wall clock builds its own [`Now`].
+    pub fn at(ms: u64) -> Now {
+        Now::wall(ms)
+    }
 
     /// Records every call; call ids count from 1.
     #[derive(Default)]
@@ -810,7 +829,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::testing::{
-        jwks_json, page_body, page_body_until, remote_config, Log, ScriptedIssuer, NOW,
+        at, jwks_json, page_body, page_body_until, remote_config, Log, ScriptedIssuer, NOW,
     };
     use super::*;
     use crate::refresh::FEED_PAGE_ENTRIES;
@@ -886,24 +905,32 @@ mod tests {
         }
 
         fn tick(&mut self, now_ms: u64) {
+            self.tick_at(at(now_ms));
+        }
+
+        fn tick_at(&mut self, now: Now) {
             let Rig {
                 fetcher,
                 store,
                 issuer,
                 log,
             } = self;
-            fetcher.tick(store, issuer, log, now_ms);
+            fetcher.tick(store, issuer, log, now);
         }
 
         /// Answers call `id` with 200 and `body`.
         fn answer_call(&mut self, id: u64, body: &[u8], now_ms: u64) {
+            self.answer_call_at(id, body, at(now_ms));
+        }
+
+        fn answer_call_at(&mut self, id: u64, body: &[u8], now: Now) {
             let Rig {
                 fetcher,
                 store,
                 issuer,
                 log,
             } = self;
-            fetcher.on_response(store, issuer, log, id, 200, &[body], now_ms);
+            fetcher.on_response(store, issuer, log, id, 200, &[body], now);
             assert!(!store.lent, "the set was not given back");
         }
 
@@ -1004,8 +1031,8 @@ mod tests {
         let mut store = Lending::default();
         let mut jwks = Fetcher::jwks_only(&config, NOW, 1);
         let mut feed = Fetcher::feed_only(&config, NOW, 2);
-        jwks.tick(&mut store, &mut issuer, &log, NOW);
-        feed.tick(&mut store, &mut issuer, &log, NOW);
+        jwks.tick(&mut store, &mut issuer, &log, at(NOW));
+        feed.tick(&mut store, &mut issuer, &log, at(NOW));
         assert_eq!(issuer.calls.len(), 2);
         assert_eq!(issuer.path(1), "/.well-known/jwks.json");
         assert!(issuer.path(2).starts_with("/v1/revocations?since=0"));
@@ -1036,6 +1063,27 @@ mod tests {
         assert_eq!(rig.store.set.len(), 1, "40 s past until: kept");
         rig.tick(NOW + 4 * PRUNE_EVERY_MS);
         assert_eq!(rig.store.set.len(), 0, "70 s past until: pruned");
+    }
+
+    /// Pruning runs every [`PRUNE_EVERY_MS`] on the fetcher's clock, and drops what the wall
+    /// clock says has expired: a forward step of the wall clock prunes no sooner, and the
+    /// entries go by the time tokens are judged by (kept longer, a revoked token would pass).
+    #[test]
+    fn prune_on_the_fetchers_schedule_by_the_wall_clocks_cutoff() {
+        let mut rig = Rig::polling();
+        // Live 10 minutes by the wall clock.
+        rig.answer(&page_body_until(1, 1, true, NOW / 1000 + 600), NOW);
+        let published = rig.publications();
+        let stepped = |mono_ms: u64| Now {
+            unix_ms: mono_ms + 3_600_000,
+            mono_ms,
+        };
+        rig.tick_at(stepped(NOW + 4_000));
+        assert_eq!(rig.publications(), published, "not due yet");
+        rig.tick_at(stepped(NOW + PRUNE_EVERY_MS));
+        assert_eq!(rig.store.set.len(), 0, "expired by the wall clock: pruned");
+        let (_, last_ok_ms) = rig.store.publications.last().unwrap().clone();
+        assert_eq!(last_ok_ms, NOW, "on the fetcher's clock");
     }
 
     #[test]

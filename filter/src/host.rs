@@ -4,10 +4,10 @@
 //! the glue in [`crate::request`] is written against these traits and unit-tested natively
 //! against a mock host (Kuadrant wasm-shim's habit).
 //!
-//! - [`Host`]: one request — its header map, header edits, the local reply, the clock and a
-//!   log line. The header map is handed out as views where the host allows it (the native
-//!   build: pointers into Envoy's own map, no copy), borrowed from the host so that no edit can
-//!   be made while they are held (an edit may free what they point to).
+//! - [`Host`]: one request — its header map, header edits, the local reply, the clocks
+//!   ([`Now`]) and a log line. The header map is handed out as views where the host allows it
+//!   (the native build: pointers into Envoy's own map, no copy), borrowed from the host so that
+//!   no edit can be made while they are held (an edit may free what they point to).
 //! - [`Stats`]: the filter's counters (the same `weauth.*` names in both builds).
 //! - [`KeyState`]: the keys, the revocation set and the token cache a decision reads — per VM
 //!   (synced from shared data) in the wasm build, one per Envoy (lock-free reads) in the native
@@ -30,11 +30,46 @@ pub enum Level {
     Error,
 }
 
+/// One reading of the host's clocks, taken once at the edge (a request, a tick, a fetch's
+/// answer) and passed down.
+///
+/// Two clocks, because a step of the wall clock (NTP setting a VM's clock at boot, an
+/// operator's `date -s`) must not move a schedule: stepped back, a fetch due "later" would
+/// wait out the step too — no key refresh and no revocation reaching the edge for that long;
+/// stepped forward, the revocation set would look stale at once. So every schedule and age
+/// (a fetch due or given up, a backoff, when the feed last answered and how long ago that
+/// was) is reckoned on [`Now::mono_ms`], and only what is compared with times written in a
+/// token or by the issuer (`exp`, `nbf`, `iat`; a revocation entry's `until`) reads
+/// [`Now::unix_ms`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Unix milliseconds (0 if the host cannot say).
+    pub unix_ms: u64,
+    /// Milliseconds on a clock that never steps, from an arbitrary start: only differences
+    /// between two readings mean anything. The native build's counts from a process-wide
+    /// epoch (`std::time::Instant`).
+    pub mono_ms: u64,
+}
+
+impl Now {
+    /// One wall-clock reading as both clocks: the proxy-wasm build's. The proxy-wasm ABI has
+    /// no monotonic clock call (`proxy_get_current_time` is the wall clock), and its schedules
+    /// and ages cross VMs in shared data (a lease's expiry, the set's `last_ok_ms`), where
+    /// only the wall clock is common to every VM: that build keeps the wall clock for both.
+    pub const fn wall(unix_ms: u64) -> Now {
+        Now {
+            unix_ms,
+            mono_ms: unix_ms,
+        }
+    }
+}
+
 /// The request-scoped host services. Every method is infallible from the glue's point of view:
 /// a host call that fails is logged by the adapter (or ignored where the wasm build ignored it).
 pub trait Host {
-    /// Host time in unix milliseconds (0 if the host cannot say, which makes everything stale).
-    fn now_ms(&self) -> u64;
+    /// The clocks, read once per request (the wall clock 0 if the host cannot say: every token
+    /// is then refused as not yet valid).
+    fn now(&self) -> Now;
     /// One log line. Never pass tokens, login codes, key material or full openids.
     fn log(&self, level: Level, message: &str);
     /// Runs `read` on the request's header map, read once per request: views into the host's
@@ -85,10 +120,11 @@ pub trait KeyState {
         extracted: &Extracted<'_>,
         require: Require,
         scopes: &[String],
-        now_ms: u64,
+        now: Now,
     ) -> Verdict;
-    /// A token named a `kid` no key has: ask for a JWKS refetch (rate limited by the adapter).
-    fn want_jwks_refetch(&mut self, now_ms: u64);
+    /// A token named a `kid` no key has: ask for a JWKS refetch (rate limited by the adapter,
+    /// on the fetcher's clock: [`Now::mono_ms`]).
+    fn want_jwks_refetch(&mut self, now: Now);
 }
 
 /// Why a call to the issuer could not be dispatched.

@@ -17,7 +17,7 @@ use proxy_wasm::types::{Action, MapType};
 
 use crate::config::Require;
 use crate::headers::{self, Header};
-use crate::host::{Host, KeyState, Level};
+use crate::host::{Host, KeyState, Level, Now};
 use crate::request::{self, Flow, Loaded};
 use crate::verify::{Extracted, Verdict};
 use crate::wasm_host::{log, now_ms, request_header_map};
@@ -41,8 +41,9 @@ struct WasmRequest {
 }
 
 impl Host for WasmRequest {
-    fn now_ms(&self) -> u64 {
-        now_ms()
+    /// One host call, as both clocks: proxy-wasm has no monotonic clock ([`Now::wall`]).
+    fn now(&self) -> Now {
+        Now::wall(now_ms())
     }
 
     fn log(&self, level: Level, message: &str) {
@@ -97,7 +98,7 @@ impl VmView<'_> {
         extracted: &Extracted<'_>,
         require: Require,
         scopes: &[String],
-        now_ms: u64,
+        now: Now,
     ) -> Verdict {
         let state = &mut *self.state;
         let revocation = state.replica.meta.as_ref().map(|meta| Loaded {
@@ -114,7 +115,7 @@ impl VmView<'_> {
             extracted,
             require,
             scopes,
-            now_ms,
+            now,
         )
     }
 }
@@ -125,7 +126,7 @@ impl KeyState for VmView<'_> {
         extracted: &Extracted<'_>,
         require: Require,
         scopes: &[String],
-        now_ms: u64,
+        now: Now,
     ) -> Verdict {
         // Pick up a revocation the fetcher published since the last tick (one read of an empty
         // value's CAS; kept on every request so that once one worker refuses a revoked token,
@@ -137,17 +138,17 @@ impl KeyState for VmView<'_> {
         if self.state.keys.is_none() {
             self.worker.sync_jwks(self.state, self.context_id);
         }
-        let outcome = self.judge_now(extracted, require, scopes, now_ms);
+        let outcome = self.judge_now(extracted, require, scopes, now);
         // An unknown `kid` may be a key the fetcher published since this VM's last tick: look
         // once more before refusing (cheap: only on this path).
         if outcome.unknown_key && self.worker.sync_jwks(self.state, self.context_id) {
-            return self.judge_now(extracted, require, scopes, now_ms);
+            return self.judge_now(extracted, require, scopes, now);
         }
         outcome
     }
 
-    fn want_jwks_refetch(&mut self, now_ms: u64) {
-        self.worker.want_jwks_refetch(self.state, now_ms);
+    fn want_jwks_refetch(&mut self, now: Now) {
+        self.worker.want_jwks_refetch(self.state, now.mono_ms);
     }
 }
 

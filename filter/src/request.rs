@@ -34,7 +34,7 @@ use weauth_token::{Claims, KeySet};
 use crate::cache::TokenCache;
 use crate::config::{Config, Require, StaleMode, TokenSource};
 use crate::headers::{self, CookieEdit, Field, Header};
-use crate::host::{Host, KeyState, Level, Stats};
+use crate::host::{Host, KeyState, Level, Now, Stats};
 use crate::revocation::RevocationSet;
 use crate::verify::{
     self, CacheUse, Decision, Denial, Extracted, RevocationView, Snapshot, Verdict,
@@ -51,7 +51,7 @@ pub enum Flow {
 }
 
 /// The revocation set as a decision sees it: the set, its generation and when the feed last
-/// answered (unix ms). `None` while nothing is loaded.
+/// answered (on the fetcher's clock, [`Now::mono_ms`]). `None` while nothing is loaded.
 #[derive(Debug, Clone, Copy)]
 pub struct Loaded<'a> {
     pub set: &'a RevocationSet,
@@ -60,7 +60,9 @@ pub struct Loaded<'a> {
 }
 
 /// Builds the [`Snapshot`] from a build's state and decides. Pure: both builds' [`KeyState`]
-/// call it with what they hold.
+/// call it with what they hold. The set's age is reckoned on `now.mono_ms`, the token's times
+/// on `now.unix_ms` ([`Now`]: a step of the wall clock neither ages the set nor, stepped back,
+/// keeps it fresh).
 #[allow(clippy::too_many_arguments)]
 pub fn judge(
     config: &Config,
@@ -71,7 +73,7 @@ pub fn judge(
     extracted: &Extracted<'_>,
     require: Require,
     scopes: &[String],
-    now_ms: u64,
+    now: Now,
 ) -> Verdict {
     let view = match &config.revocation {
         None => RevocationView::Disabled,
@@ -82,7 +84,7 @@ pub fn judge(
             Some(loaded) => RevocationView::Ready {
                 set: loaded.set,
                 generation: loaded.generation,
-                stale: now_ms.saturating_sub(loaded.last_ok_ms)
+                stale: now.mono_ms.saturating_sub(loaded.last_ok_ms)
                     > feed.stale_after_seconds.saturating_mul(1000),
                 mode: feed.stale_mode,
             },
@@ -100,7 +102,7 @@ pub fn judge(
         &config.validation,
         &snapshot,
         cache,
-        i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+        i64::try_from(now.unix_ms / 1000).unwrap_or(i64::MAX),
     )
 }
 
@@ -317,7 +319,7 @@ fn decide_request<'c>(
             return Next::Deny(denial);
         }
     }
-    let now = host.now_ms();
+    let now = host.now();
     let outcome = state.judge(&extracted, require, &scopes, now);
     match outcome.cache {
         CacheUse::Hit => stats.cache_hit(),
@@ -614,8 +616,8 @@ mod tests {
     }
 
     impl Host for MockHost {
-        fn now_ms(&self) -> u64 {
-            NOW_MS
+        fn now(&self) -> Now {
+            Now::wall(NOW_MS)
         }
         fn log(&self, level: Level, message: &str) {
             self.logs.borrow_mut().push((level, message.to_string()));
@@ -719,12 +721,12 @@ mod tests {
             extracted: &Extracted<'_>,
             require: Require,
             scopes: &[String],
-            now_ms: u64,
+            now: Now,
         ) -> Verdict {
             let revocation = self.revoked.as_ref().map(|set| Loaded {
                 set,
                 generation: 1,
-                last_ok_ms: now_ms,
+                last_ok_ms: now.mono_ms,
             });
             judge(
                 self.config,
@@ -735,11 +737,11 @@ mod tests {
                 extracted,
                 require,
                 scopes,
-                now_ms,
+                now,
             )
         }
-        fn want_jwks_refetch(&mut self, now_ms: u64) {
-            self.refetch_asked.push(now_ms);
+        fn want_jwks_refetch(&mut self, now: Now) {
+            self.refetch_asked.push(now.mono_ms);
         }
     }
 
@@ -1310,6 +1312,61 @@ mod tests {
         assert_eq!(flow, Flow::Stop);
         assert_eq!(host.reply.as_ref().map(|r| r.0), Some(401));
         assert_eq!(stats.get("denied.revoked_jti"), 1);
+    }
+
+    /// The set's age is reckoned on the fetcher's clock and the token's times on the wall
+    /// clock: a forward step of the wall clock (NTP at boot, `date -s`) does not make a set the
+    /// feed answered a second ago stale (`stale_mode: deny` would refuse every request), and a
+    /// backward one does not keep an old set fresh; the token still expires by the wall clock.
+    #[test]
+    fn judge_set_age_on_the_fetchers_clock_token_times_on_the_wall_clock() {
+        let config = config(serde_json::json!({
+            "revocation": {"cluster": "issuer", "credential": "c", "stale_mode": "deny",
+                           "stale_after_seconds": 60}
+        }));
+        let keys = keys();
+        let set = RevocationSet::default();
+        // The feed answered at 5 s on the fetcher's clock, at NOW_MS on the wall clock.
+        let loaded = Loaded {
+            set: &set,
+            generation: 1,
+            last_ok_ms: 5_000,
+        };
+        let token = token();
+        let extracted = Extracted::Found {
+            token: &token,
+            source: 0,
+        };
+        let judge_at = |unix_ms: u64, mono_ms: u64| {
+            let now = Now { unix_ms, mono_ms };
+            let verdict = judge(
+                &config,
+                Some(&keys),
+                1,
+                Some(loaded),
+                &mut TokenCache::new(0),
+                &extracted,
+                Require::Required,
+                &[],
+                now,
+            );
+            match verdict.decision {
+                Decision::Allow { .. } => "allow",
+                Decision::Deny(denial) => denial.reason,
+                Decision::Anonymous => "anonymous",
+            }
+        };
+        assert_eq!(judge_at(NOW_MS + 1_000, 6_000), "allow");
+        // The wall clock stepped an hour forward a second later: the set is a second old, and
+        // the token (valid 900 s) has expired by the wall clock.
+        assert_eq!(judge_at(NOW_MS + 3_601_000, 6_000), "expired");
+        // Stepped back ten minutes instead: the token is not yet valid (`nbf`, beyond the 60 s
+        // skew), the set still a second old.
+        assert_eq!(judge_at(NOW_MS - 599_000, 6_000), "not_yet_valid");
+        // The feed unreached for 61 s by the fetcher's clock: stale, though the wall clock
+        // stepped 50 s back meanwhile (the token still valid, within the skew).
+        assert_eq!(judge_at(NOW_MS - 50_000, 66_001), "revocation_stale");
+        assert_eq!(judge_at(NOW_MS + 61_000, 66_001), "revocation_stale");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use weauth_token::KeySet;
 
 use crate::config::Config;
 use crate::fetch::{self, Publish, Published, StaleWatch};
-use crate::host::{DispatchError, IssuerCall, Level, Report};
+use crate::host::{DispatchError, IssuerCall, Level, Now, Report};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::refresh::{self, LeaseStep};
@@ -433,7 +433,7 @@ impl Context for Root {
                 u64::from(token_id),
                 status,
                 &[&body],
-                now,
+                Now::wall(now),
             );
         });
     }
@@ -573,7 +573,7 @@ impl RootContext for Root {
             }
             if leader {
                 self.with_fetcher(&worker, index, |fetcher, publish, report| {
-                    fetcher.tick(publish, &mut WasmCall, report, now);
+                    fetcher.tick(publish, &mut WasmCall, report, Now::wall(now));
                 });
             }
         }

@@ -15,7 +15,7 @@ use std::cell::Cell;
 use weauth_filter::config::Config;
 use weauth_filter::fetch::Publish;
 use weauth_filter::headers::Header;
-use weauth_filter::host::{Host, Level, Stats};
+use weauth_filter::host::{Host, Level, Now, Stats};
 use weauth_filter::native::{Shared, View};
 use weauth_filter::request::{self, Flow};
 use weauth_token::{Algorithm, Jwks, SigningKey};
@@ -58,8 +58,8 @@ struct FixedHost {
 }
 
 impl Host for FixedHost {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(NOW).unwrap() * 1000
+    fn now(&self) -> Now {
+        Now::wall(u64::try_from(NOW).unwrap() * 1000)
     }
     fn log(&self, _level: Level, _message: &str) {}
     fn with_request_headers<R>(&self, read: impl FnOnce(&[Header<'_>]) -> R) -> R {

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use weauth_filter::cache::TokenCache;
 use weauth_filter::config::{Config, Require, StaleMode, TokenSource};
 use weauth_filter::headers::Header;
-use weauth_filter::host::{Host, KeyState, Level, Stats};
+use weauth_filter::host::{Host, KeyState, Level, Now, Stats};
 use weauth_filter::path::{check, readings, without_query};
 use weauth_filter::request::{self, Flow, Loaded};
 use weauth_filter::revocation::RevocationSet;
@@ -341,8 +341,8 @@ struct GlueHost {
 }
 
 impl Host for GlueHost {
-    fn now_ms(&self) -> u64 {
-        NOW_MS
+    fn now(&self) -> Now {
+        Now::wall(NOW_MS)
     }
     fn log(&self, _level: Level, message: &str) {
         self.logs.borrow_mut().push(message.to_owned());
@@ -465,12 +465,12 @@ impl KeyState for GlueState<'_> {
         extracted: &Extracted<'_>,
         require: Require,
         scopes: &[String],
-        now_ms: u64,
+        now: Now,
     ) -> Verdict {
         let keys = (self.state != State::NoKeys).then_some(&self.gx.fx.keys);
         let last_ok_ms = match self.state {
-            State::Stale => now_ms - 120_000,
-            _ => now_ms,
+            State::Stale => now.mono_ms - 120_000,
+            _ => now.mono_ms,
         };
         let revocation = (self.state != State::NotLoaded).then_some(Loaded {
             set: &self.gx.revoked,
@@ -486,7 +486,7 @@ impl KeyState for GlueState<'_> {
             extracted,
             require,
             scopes,
-            now_ms,
+            now,
         );
         let judged = match extracted {
             Extracted::Missing => Judged::Missing,
@@ -499,7 +499,7 @@ impl KeyState for GlueState<'_> {
         self.calls.push((judged, verdict.clone()));
         verdict
     }
-    fn want_jwks_refetch(&mut self, _now_ms: u64) {
+    fn want_jwks_refetch(&mut self, _now: Now) {
         self.refetches += 1;
     }
 }

@@ -29,7 +29,7 @@ use std::cell::Cell;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 use crate::config::{Config, JwksSource};
 use crate::headers::{text, Header};
-use crate::host::{DispatchError, Host, IssuerCall, Level, Report, Stats};
+use crate::host::{DispatchError, Host, IssuerCall, Level, Now, Report, Stats};
 use crate::request::{self, Flow};
 
 use super::{with_fetcher, Fetcher, Shared, TickGate, View, TICK_MS};
@@ -251,10 +251,35 @@ fn log(level: Level, message: &str) {
     }
 }
 
-fn now_ms() -> u64 {
+/// The wall clock in Unix milliseconds (0 if it reads before 1970): what a token's `exp`,
+/// `nbf` and `iat`, and a revocation entry's `until`, are judged by — nothing is scheduled on
+/// it ([`mono_ms`]).
+fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds on `Instant` (Linux: `CLOCK_MONOTONIC`, which NTP may slew but never steps,
+/// nor does `date -s`), counted from 1 at the first reading in the process: every schedule
+/// and age of this build is reckoned on it ([`Now::mono_ms`]). One epoch per process, not per
+/// configuration, because the readings meet across threads and configurations (a worker's
+/// unknown-`kid` hint, the clock thread's look at a tick due, a state a new configuration
+/// joins). From 1, since 0 means "never" or "at once" in the state's atomics.
+fn mono_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+/// Both clocks, read once at a hook's edge.
+fn clocks() -> Now {
+    Now {
+        unix_ms: unix_ms(),
+        mono_ms: mono_ms(),
+    }
 }
 
 /// Counter and gauge ids, defined once in `on_http_filter_config_new` (Envoy freezes stat
@@ -454,8 +479,8 @@ unsafe impl Send for Slot {}
 unsafe impl Sync for Slot {}
 
 impl Slot {
-    /// Commits when a tick is due at `now_ms`, unless removed; deletes it when it was removed
-    /// during the commit.
+    /// Commits when a tick is due at `now_ms` ([`mono_ms`]), unless removed; deletes it when
+    /// it was removed during the commit.
     fn tick(&self, now_ms: u64) {
         self.tick_with(
             now_ms,
@@ -551,7 +576,7 @@ fn keep_time(stop: &AtomicBool) {
             }
             clock.slots.clone()
         };
-        let now = now_ms();
+        let now = mono_ms();
         for slot in &slots {
             slot.tick(now);
         }
@@ -872,8 +897,8 @@ impl Request<'_> {
 }
 
 impl Host for Request<'_> {
-    fn now_ms(&self) -> u64 {
-        now_ms()
+    fn now(&self) -> Now {
+        clocks()
     }
 
     fn log(&self, level: Level, message: &str) {
@@ -1081,8 +1106,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             };
             report.gauge("jwks_keys", keys.len() as u64);
         }
-        let now = now_ms();
-        let fetcher = Fetcher::new(&config, now);
+        let fetcher = Fetcher::new(&config, clocks());
         let fetches = fetcher.fetches();
         let summary = config.summary();
         let (shared, start) = Shared::start(config);
@@ -1287,10 +1311,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
             config: call,
             ids: &module.ids,
         };
-        let now = now_ms();
-        with_fetcher(&module.fetcher, &module.shared, &report, now, |fetcher| {
-            fetcher.tick(&module.shared, &mut call, &report, now)
-        });
+        let now = clocks();
+        with_fetcher(
+            &module.fetcher,
+            &module.shared,
+            &report,
+            now.mono_ms,
+            |fetcher| fetcher.tick(&module.shared, &mut call, &report, now),
+        );
     }));
 }
 
@@ -1346,18 +1374,24 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             config: call,
             ids: &module.ids,
         };
-        let now = now_ms();
-        with_fetcher(&module.fetcher, &module.shared, &report, now, |fetcher| {
-            fetcher.on_answer(
-                &module.shared,
-                &mut call,
-                &report,
-                callout_id,
-                status,
-                &body,
-                now,
-            )
-        });
+        let now = clocks();
+        with_fetcher(
+            &module.fetcher,
+            &module.shared,
+            &report,
+            now.mono_ms,
+            |fetcher| {
+                fetcher.on_answer(
+                    &module.shared,
+                    &mut call,
+                    &report,
+                    callout_id,
+                    status,
+                    &body,
+                    now,
+                )
+            },
+        );
     }));
 }
 
@@ -1622,6 +1656,18 @@ mod tests {
         assert_eq!(commits.get(), 2);
     }
 
+    /// The schedules' clock counts from 1 (0 means "never" or "at once" in the state) and never
+    /// goes back; the wall clock is Unix time.
+    #[test]
+    fn clocks_monotonic_from_one_wall_in_unix_time() {
+        let first = clocks();
+        assert!(first.mono_ms >= 1);
+        assert!(first.unix_ms > NOW, "{}", first.unix_ms);
+        std::thread::sleep(Duration::from_millis(5));
+        let second = clocks();
+        assert!(second.mono_ms >= first.mono_ms + 5, "{first:?} {second:?}");
+    }
+
     #[test]
     fn slot_on_the_clock_committed_at_every_tick_due() {
         let slot = slot();
@@ -1789,7 +1835,7 @@ mod tests {
             .as_bytes(),
         )
         .unwrap();
-        let fetcher = Fetcher::new(&config, NOW);
+        let fetcher = Fetcher::new(&config, Now::wall(NOW));
         let shared = Arc::new(Shared::new(config));
         let alive = Arc::downgrade(&shared);
         let module = Box::new(Module {

@@ -36,6 +36,14 @@
 //!   same shared data and its one elected fetcher.) A worker's token cache for a configuration
 //!   that is gone is dropped on that worker's next request.
 //!
+//! - **A clock that never steps for the schedules.** Every tick time, backoff, give-up and age
+//!   here ([`State::next_tick_ms`], [`Revocation::last_ok_ms`], ...) is on [`Now::mono_ms`],
+//!   which `ffi` reads from `std::time::Instant` (milliseconds since a process-wide epoch): a
+//!   step of the wall clock — NTP at a VM's boot, `date -s` — neither stalls the fetching for
+//!   as long as it steps back nor makes the set stale at once when it steps forward. A token's
+//!   `exp`, `nbf` and `iat`, and a revocation entry's `until`, are judged by [`Now::unix_ms`].
+//!   (The wasm build has only the wall clock: [`Now::wall`].)
+//!
 //! The fetcher's tests below run it against this build's real [`Shared`] and a scripted issuer.
 
 #[cfg(feature = "envoy-native")]
@@ -53,13 +61,13 @@ use weauth_token::KeySet;
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, Require};
 use crate::fetch::{self, Publish, Published, StaleWatch};
-use crate::host::{IssuerCall, KeyState, Level, Report};
+use crate::host::{IssuerCall, KeyState, Level, Now, Report};
 use crate::request::{self, Loaded};
 use crate::revocation::RevocationSet;
 use crate::verify::{Extracted, Verdict};
 
 /// How often the clock thread looks for a configuration whose tick is due
-/// ([`State::next_tick_ms`]).
+/// ([`State::next_tick_ms`]), on the monotonic clock ([`Now::mono_ms`]).
 pub const TICK_MS: u64 = 100;
 
 /// The longest a fetching configuration goes without a tick, a safety net above the longest
@@ -81,7 +89,7 @@ pub struct Keys {
 pub struct Revocation {
     pub set: Arc<RevocationSet>,
     pub generation: u64,
-    /// When the feed last answered (unix ms).
+    /// When the feed last answered ([`Now::mono_ms`]: only its age means anything).
     pub last_ok_ms: u64,
 }
 
@@ -90,13 +98,14 @@ pub struct Revocation {
 struct State {
     keys: ArcSwapOption<Keys>,
     revocation: ArcSwapOption<Revocation>,
-    /// When a worker last saw an unknown `kid` (unix ms; 0 = never): the fetcher's hint.
+    /// When a worker last saw an unknown `kid` ([`Now::mono_ms`]; 0 = never): the fetcher's
+    /// hint.
     jwks_wanted_ms: AtomicU64,
     /// The configuration whose fetcher fills this state (0: none; the next tick of one of the
     /// configurations sharing it takes the fetching over).
     fetcher: AtomicU64,
-    /// When the fetching configuration next needs a tick (unix ms; 0 = at once), read by the
-    /// clock thread before it asks Envoy for one ([`TickGate`]).
+    /// When the fetching configuration next needs a tick ([`Now::mono_ms`]; 0 = at once), read
+    /// by the clock thread before it asks Envoy for one ([`TickGate`]).
     next_tick_ms: AtomicU64,
     /// The earliest a JWKS refetch for an unknown `kid` can go out, as of the last tick
     /// ([`fetch::Fetcher::jwks_refetch_not_before_ms`]): a worker that sees one brings the
@@ -138,7 +147,7 @@ pub struct TickGate {
 }
 
 impl TickGate {
-    /// Whether the configuration needs a tick at `now_ms`.
+    /// Whether the configuration needs a tick at `now_ms` ([`Now::mono_ms`]).
     pub fn due(&self, now_ms: u64) -> bool {
         let fetcher = self.state.fetcher.load(Ordering::Acquire);
         (fetcher == self.id || fetcher == 0)
@@ -465,7 +474,7 @@ impl KeyState for View<'_> {
         extracted: &Extracted,
         require: Require,
         scopes: &[String],
-        now_ms: u64,
+        now: Now,
     ) -> Verdict {
         let shared = self.shared;
         let keys = shared.state.keys.load();
@@ -485,7 +494,7 @@ impl KeyState for View<'_> {
                 extracted,
                 require,
                 scopes,
-                now_ms,
+                now,
             )
         };
         let cached = CACHES.try_with(|caches| {
@@ -499,10 +508,10 @@ impl KeyState for View<'_> {
         }
     }
 
-    fn want_jwks_refetch(&mut self, now_ms: u64) {
+    fn want_jwks_refetch(&mut self, now: Now) {
         let state = &self.shared.state;
-        state.jwks_wanted_ms.store(now_ms, Ordering::SeqCst);
-        state.wake_for_jwks(now_ms);
+        state.jwks_wanted_ms.store(now.mono_ms, Ordering::SeqCst);
+        state.wake_for_jwks(now.mono_ms);
     }
 }
 
@@ -582,10 +591,11 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// The fetchers a configuration needs (none for inline keys and no feed).
-    pub fn new(config: &Config, now_ms: u64) -> Fetcher {
+    /// The fetchers a configuration needs (none for inline keys and no feed). Seeded with the
+    /// wall clock: every Envoy's monotonic clock starts near the same value.
+    pub fn new(config: &Config, now: Now) -> Fetcher {
         Fetcher {
-            fetcher: fetch::Fetcher::new(config, now_ms, now_ms ^ 0x5EED),
+            fetcher: fetch::Fetcher::new(config, now.mono_ms, now.unix_ms ^ 0x5EED),
             stale: StaleWatch::default(),
             started: false,
         }
@@ -606,8 +616,9 @@ impl Fetcher {
         shared: &Shared,
         call: &mut impl IssuerCall,
         report: &impl Report,
-        now_ms: u64,
+        now: Now,
     ) {
+        let now_ms = now.mono_ms;
         match shared.claim() {
             Claim::Other => return,
             Claim::Held => {}
@@ -627,7 +638,7 @@ impl Fetcher {
         }
         let state = &shared.state;
         let wanted = state.jwks_wanted_ms.load(Ordering::SeqCst);
-        self.fetcher.tick(&mut &*shared, call, report, now_ms);
+        self.fetcher.tick(&mut &*shared, call, report, now);
         if let Some(feed) = &shared.config.revocation {
             self.stale
                 .observe(feed, (&shared).published(), report, now_ms);
@@ -667,7 +678,7 @@ impl Fetcher {
         id: u64,
         status: u32,
         body: &[&[u8]],
-        now_ms: u64,
+        now: Now,
     ) {
         // Retired ([`Shared::retire`]: Envoy is destroying its configuration on another
         // thread): the answer is dropped, for a feed answer dispatches the next poll, on a
@@ -677,12 +688,13 @@ impl Fetcher {
             return;
         }
         self.fetcher
-            .on_response(&mut &*shared, call, report, id, status, body, now_ms);
-        self.tick(shared, call, report, now_ms);
+            .on_response(&mut &*shared, call, report, id, status, body, now);
+        self.tick(shared, call, report, now);
     }
 }
 
-/// Runs `work` on a configuration's fetcher, for the main thread's hooks (a tick, an answer).
+/// Runs `work` on a configuration's fetcher, for the main thread's hooks (a tick, an answer),
+/// at `now_ms` ([`Now::mono_ms`]).
 ///
 /// Nothing runs when the fetcher is held: only Envoy answering inline, inside the fetcher's own
 /// dispatch (a request it fails at once, e.g. no healthy host), gets here then — that dispatch
@@ -728,7 +740,9 @@ pub fn with_fetcher(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::testing::{jwks_json, page_body, remote_config, Log, ScriptedIssuer, NOW};
+    use crate::fetch::testing::{
+        at, jwks_json, page_body, remote_config, Log, ScriptedIssuer, NOW,
+    };
     use crate::refresh::FEED_PAGE_ENTRIES;
 
     impl Fetcher {
@@ -742,21 +756,21 @@ mod tests {
             id: u64,
             status: u32,
             body: &[u8],
-            now_ms: u64,
+            now: Now,
         ) {
             self.fetcher
-                .on_response(&mut &*shared, call, report, id, status, &[body], now_ms);
+                .on_response(&mut &*shared, call, report, id, status, &[body], now);
         }
     }
 
     #[test]
     fn fetcher_first_tick_dispatches_jwks_and_feed_once() {
         let shared = Shared::new(remote_config());
-        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let mut fetcher = Fetcher::new(&shared.config, at(NOW));
         let mut issuer = ScriptedIssuer::default();
         let log = Log::default();
-        fetcher.tick(&shared, &mut issuer, &log, NOW);
-        fetcher.tick(&shared, &mut issuer, &log, NOW + TICK_MS);
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW));
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW + TICK_MS));
         assert_eq!(
             issuer.calls.len(),
             2,
@@ -778,10 +792,10 @@ mod tests {
         let shared = Shared::new(remote_config());
         let due = || shared.state.next_tick_ms.load(Ordering::Acquire);
         assert_eq!(due(), 0, "a new state is ticked at once");
-        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let mut fetcher = Fetcher::new(&shared.config, at(NOW));
         let mut issuer = ScriptedIssuer::default();
         let log = Log::default();
-        fetcher.tick(&shared, &mut issuer, &log, NOW);
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW));
         assert_eq!(issuer.calls.len(), 2);
         // Both calls out: due when the first would be given up (the JWKS's, 2 s + 5 s).
         assert_eq!(due(), NOW + 7_001);
@@ -795,27 +809,27 @@ mod tests {
             1,
             200,
             &[jwks.as_bytes()],
-            NOW + 10,
+            at(NOW + 10),
         );
         assert_eq!(issuer.calls.len(), 2);
         assert_eq!(due(), NOW + 30_001);
         // The poll answered: the next one goes out within the answer's own tick.
         let page = page_body(1, 3, false);
-        fetcher.on_answer(&shared, &mut issuer, &log, 2, 200, &[&page], NOW + 20);
+        fetcher.on_answer(&shared, &mut issuer, &log, 2, 200, &[&page], at(NOW + 20));
         assert_eq!(issuer.calls.len(), 3, "{:?}", issuer.calls);
         assert!(issuer.path(3).contains("since=3"), "{}", issuer.path(3));
         assert_eq!(due(), NOW + 20 + 30_001);
         // A worker saw an unknown kid: a tick when the refetch can go out, no sooner than
         // `min_refetch_seconds` (5 s) after the last fetch — without waiting for the poll,
         // and however many more are seen meanwhile.
-        for at in [NOW + 30, NOW + 40, NOW + 4_000] {
-            View { shared: &shared }.want_jwks_refetch(at);
+        for when in [NOW + 30, NOW + 40, NOW + 4_000] {
+            View { shared: &shared }.want_jwks_refetch(at(when));
             assert_eq!(due(), NOW + 5_000);
         }
-        fetcher.tick(&shared, &mut issuer, &log, due());
+        fetcher.tick(&shared, &mut issuer, &log, at(due()));
         assert_eq!(issuer.calls.len(), 4, "the refetch, when it was due");
         // While it is out, more unknown kids bring no tick sooner: its answer will.
-        View { shared: &shared }.want_jwks_refetch(NOW + 5_005);
+        View { shared: &shared }.want_jwks_refetch(at(NOW + 5_005));
         assert_eq!(due(), NOW + 5_000 + 7_001);
         fetcher.on_answer(
             &shared,
@@ -824,16 +838,16 @@ mod tests {
             4,
             200,
             &[jwks.as_bytes()],
-            NOW + 5_010,
+            at(NOW + 5_010),
         );
         // A failed poll: due at its backoff.
-        fetcher.on_answer(&shared, &mut issuer, &log, 3, 0, &[], NOW + 5_020);
+        fetcher.on_answer(&shared, &mut issuer, &log, 3, 0, &[], at(NOW + 5_020));
         assert!(
             due() > NOW + 5_020 && due() <= NOW + 5_020 + 1_000,
             "{}",
             due()
         );
-        fetcher.tick(&shared, &mut issuer, &log, due());
+        fetcher.tick(&shared, &mut issuer, &log, at(due()));
         assert_eq!(issuer.calls.len(), 5, "the retry, when it was due");
     }
 
@@ -844,22 +858,22 @@ mod tests {
         let (shared, mut fetcher, mut issuer, log) = polling();
         let due = || shared.state.next_tick_ms.load(Ordering::SeqCst);
         let full = page_body(1, 3, true);
-        fetcher.on_answer(&shared, &mut issuer, &log, 2, 200, &[&full], NOW + 10);
+        fetcher.on_answer(&shared, &mut issuer, &log, 2, 200, &[&full], at(NOW + 10));
         assert_eq!(issuer.calls.len(), 3, "the long poll is out");
-        fetcher.on_answer(&shared, &mut issuer, &log, 1, 503, &[], NOW + 20);
+        fetcher.on_answer(&shared, &mut issuer, &log, 1, 503, &[], at(NOW + 20));
         assert!(shared.keys().is_none());
         assert_eq!(due(), NOW + 20 + 1_000, "the JWKS's first backoff");
-        fetcher.tick(&shared, &mut issuer, &log, due());
+        fetcher.tick(&shared, &mut issuer, &log, at(due()));
         assert_eq!(issuer.calls.len(), 4, "the JWKS again");
     }
 
     #[test]
     fn fetcher_jwks_answer_publishes_keys_to_every_reader() {
         let shared = Shared::new(remote_config());
-        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let mut fetcher = Fetcher::new(&shared.config, at(NOW));
         let mut issuer = ScriptedIssuer::default();
         let log = Log::default();
-        fetcher.tick(&shared, &mut issuer, &log, NOW);
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW));
         assert!(shared.keys().is_none());
         fetcher.on_response(
             &shared,
@@ -868,7 +882,7 @@ mod tests {
             1,
             200,
             jwks_json().as_bytes(),
-            NOW,
+            at(NOW),
         );
         let keys = shared.keys().unwrap();
         assert_eq!((keys.set.len(), keys.generation), (1, 1));
@@ -880,7 +894,7 @@ mod tests {
             1,
             200,
             jwks_json().as_bytes(),
-            NOW,
+            at(NOW),
         );
         assert_eq!(shared.keys().unwrap().generation, 1);
     }
@@ -888,13 +902,13 @@ mod tests {
     #[test]
     fn fetcher_feed_answer_publishes_set_and_polls_again_from_its_seq() {
         let shared = Shared::new(remote_config());
-        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let mut fetcher = Fetcher::new(&shared.config, at(NOW));
         let mut issuer = ScriptedIssuer::default();
         let log = Log::default();
-        fetcher.tick(&shared, &mut issuer, &log, NOW);
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW));
         let body = br#"{"seq":7,"full":true,"now":1700000000,"entries":[
             {"seq":7,"kind":"jti","value":"j1","until":1700000900}]}"#;
-        fetcher.on_response(&shared, &mut issuer, &log, 2, 200, body, NOW + 50);
+        fetcher.on_response(&shared, &mut issuer, &log, 2, 200, body, at(NOW + 50));
         let published = shared.revocation().unwrap();
         assert_eq!((published.set.len(), published.set.seq), (1, 7));
         assert_eq!(published.last_ok_ms, NOW + 50);
@@ -905,10 +919,10 @@ mod tests {
     /// A fetcher that asked for a full set (call 2), with its JWKS call (1) out.
     fn polling() -> (Shared, Fetcher, ScriptedIssuer, Log) {
         let shared = Shared::new(remote_config());
-        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let mut fetcher = Fetcher::new(&shared.config, at(NOW));
         let mut issuer = ScriptedIssuer::default();
         let log = Log::default();
-        fetcher.tick(&shared, &mut issuer, &log, NOW);
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW));
         (shared, fetcher, issuer, log)
     }
 
@@ -918,7 +932,7 @@ mod tests {
         let fetcher = Mutex::new(fetcher);
         let body = br#"{"seq":7,"full":true,"now":1700000000,"entries":[]}"#;
         with_fetcher(&fetcher, &shared, &log, NOW, |f| {
-            f.on_response(&shared, &mut issuer, &log, 2, 200, body, NOW)
+            f.on_response(&shared, &mut issuer, &log, 2, 200, body, at(NOW))
         });
         assert!(issuer.path(3).contains("since=7"), "{}", issuer.path(3));
         // A defect panics inside the fetcher (a hook's work, with the lock held).
@@ -943,12 +957,12 @@ mod tests {
         // keys and a full set asked again (the calls out before the panic are forgotten).
         let soon = NOW + TICK_MS;
         with_fetcher(&fetcher, &shared, &log, soon, |f| {
-            f.tick(&shared, &mut issuer, &log, soon)
+            f.tick(&shared, &mut issuer, &log, at(soon))
         });
         assert_eq!(issuer.calls.len(), 3, "backing off");
         let later = NOW + 1 + 1_000;
         with_fetcher(&fetcher, &shared, &log, later, |f| {
-            f.tick(&shared, &mut issuer, &log, later)
+            f.tick(&shared, &mut issuer, &log, at(later))
         });
         assert_eq!(issuer.calls.len(), 5);
         assert!(issuer.path(5).contains("since=0"), "{}", issuer.path(5));
@@ -962,7 +976,7 @@ mod tests {
         for i in 1..=20 {
             let now = NOW + i * TICK_MS;
             with_fetcher(&fetcher, &shared, &log, now, |f| {
-                f.tick(&shared, &mut issuer, &log, now);
+                f.tick(&shared, &mut issuer, &log, at(now));
                 panic!("a defect in the fetcher");
             });
         }
@@ -985,7 +999,7 @@ mod tests {
         });
         assert!(fetcher.is_poisoned());
         with_fetcher(&fetcher, &shared, &log, NOW + TICK_MS, |f| {
-            f.tick(&shared, &mut issuer, &log, NOW + TICK_MS)
+            f.tick(&shared, &mut issuer, &log, at(NOW + TICK_MS))
         });
         assert!(!fetcher.is_poisoned());
         assert_eq!(issuer.calls.len(), 4, "the keys and a full set asked again");
@@ -1016,7 +1030,7 @@ mod tests {
             2,
             200,
             &page_body(1, page, true),
-            NOW,
+            at(NOW),
         );
         assert!(
             shared.revocation().is_none(),
@@ -1028,7 +1042,7 @@ mod tests {
             issuer.path(3)
         );
         let body = page_body(page + 1, 10, false);
-        fetcher.on_response(&shared, &mut issuer, &log, 3, 200, &body, NOW + 10);
+        fetcher.on_response(&shared, &mut issuer, &log, 3, 200, &body, at(NOW + 10));
         let published = shared.revocation().unwrap();
         assert_eq!(published.set.len(), FEED_PAGE_ENTRIES + 10);
         assert_eq!(published.set.seq, page + 10);
@@ -1047,14 +1061,14 @@ mod tests {
             2,
             200,
             &page_body(1, page, true),
-            NOW,
+            at(NOW),
         );
         // The next page asked for at once, not held by the issuer.
         let next = issuer.path(3);
         assert!(next.contains(&format!("since={page}&wait=0")), "{next}");
         // However long that answer takes, no part of the set is published.
         for t in [100, 2_000, 10_000] {
-            fetcher.tick(&shared, &mut issuer, &log, NOW + t);
+            fetcher.tick(&shared, &mut issuer, &log, at(NOW + t));
             assert!(shared.revocation().is_none(), "published at +{t} ms");
         }
         // The set was an exact number of pages: the issuer answers with nothing at once.
@@ -1065,7 +1079,7 @@ mod tests {
             3,
             200,
             &page_body(page + 1, 0, false),
-            NOW + 10_000,
+            at(NOW + 10_000),
         );
         let published = shared.revocation().unwrap();
         assert_eq!(
@@ -1087,7 +1101,7 @@ mod tests {
             2,
             200,
             &page_body(1, 1000, true),
-            NOW,
+            at(NOW),
         );
         assert_eq!(shared.revocation().unwrap().set.len(), 1000);
         // The issuer answers the next poll with a new full set, paged (it lost its log, say).
@@ -1099,14 +1113,14 @@ mod tests {
             3,
             200,
             &page_body(5_001, page, true),
-            NOW + 100,
+            at(NOW + 100),
         );
         // The first page replaces every shard of the new set: published, it would forget the
         // old entries the next page carries again. Readers keep the old set, however slow the
         // next page, or if its poll fails.
-        fetcher.tick(&shared, &mut issuer, &log, NOW + 10_000);
-        fetcher.on_response(&shared, &mut issuer, &log, 4, 503, b"", NOW + 10_000);
-        fetcher.tick(&shared, &mut issuer, &log, NOW + 60_000);
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW + 10_000));
+        fetcher.on_response(&shared, &mut issuer, &log, 4, 503, b"", at(NOW + 10_000));
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW + 60_000));
         let held = shared.revocation().unwrap();
         assert_eq!((held.set.len(), held.set.seq), (1000, 1000));
         // The rest comes: the whole new set, published once.
@@ -1121,7 +1135,7 @@ mod tests {
             last,
             200,
             &page_body(5_001 + page, 10, false),
-            NOW + 60_100,
+            at(NOW + 60_100),
         );
         let published = shared.revocation().unwrap();
         assert_eq!(published.set.len(), FEED_PAGE_ENTRIES + 10);
@@ -1138,7 +1152,7 @@ mod tests {
             2,
             200,
             &page_body(1, 1000, true),
-            NOW,
+            at(NOW),
         );
         let before = shared.revocation().unwrap();
         fetcher.on_response(
@@ -1148,7 +1162,7 @@ mod tests {
             3,
             200,
             &page_body(1001, 1, false),
-            NOW,
+            at(NOW),
         );
         let after = shared.revocation().unwrap();
         assert_eq!((after.set.len(), after.generation), (1001, 2));
@@ -1168,10 +1182,10 @@ mod tests {
             2,
             200,
             &page_body(1, 10, true),
-            NOW,
+            at(NOW),
         );
         let body = br#"{"seq":3,"full":false,"now":1700000000,"entries":[]}"#;
-        fetcher.on_response(&shared, &mut issuer, &log, 3, 200, body, NOW + 10);
+        fetcher.on_response(&shared, &mut issuer, &log, 3, 200, body, at(NOW + 10));
         assert_eq!(
             shared.revocation().unwrap().set.len(),
             10,
@@ -1183,13 +1197,165 @@ mod tests {
     #[test]
     fn fetcher_failed_poll_counted_and_nothing_published() {
         let shared = Shared::new(remote_config());
-        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let mut fetcher = Fetcher::new(&shared.config, at(NOW));
         let mut issuer = ScriptedIssuer::default();
         let log = Log::default();
-        fetcher.tick(&shared, &mut issuer, &log, NOW);
-        fetcher.on_response(&shared, &mut issuer, &log, 2, 0, b"", NOW + 50);
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW));
+        fetcher.on_response(&shared, &mut issuer, &log, 2, 0, b"", at(NOW + 50));
         assert!(shared.revocation().is_none());
         assert!(log.0.borrow().iter().any(|l| l == "count feed_fetch_fail"));
+    }
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    /// The clock thread's looks from `from` to `to` on the monotonic clock, every [`TICK_MS`],
+    /// each asking for the tick when the gate says one is due, as `ffi::keep_time` does; the
+    /// wall clock read with each look is `wall(mono_ms)`.
+    fn clock_looks(
+        (shared, fetcher, issuer, log): (&Shared, &mut Fetcher, &mut ScriptedIssuer, &Log),
+        from: u64,
+        to: u64,
+        wall: impl Fn(u64) -> u64,
+    ) {
+        let gate = shared.tick_gate();
+        for mono_ms in (from..=to).step_by(TICK_MS as usize) {
+            if gate.due(mono_ms) {
+                let now = Now {
+                    unix_ms: wall(mono_ms),
+                    mono_ms,
+                };
+                fetcher.tick(shared, issuer, log, now);
+            }
+        }
+    }
+
+    fn feed_polls(issuer: &ScriptedIssuer) -> usize {
+        (1..=issuer.calls.len() as u64)
+            .filter(|&id| issuer.path(id).starts_with("/v1/revocations"))
+            .count()
+    }
+
+    /// The wall clock stepped an hour back (NTP setting a VM's clock at boot, `date -s`) while
+    /// the feed was backing off after a failed poll: the retry still goes out after its
+    /// backoff, a worker's unknown `kid` still brings a JWKS refetch, and a poll lost without
+    /// an answer is still given up and retried on time — not an hour later, with no
+    /// revocation reaching the edge meanwhile.
+    #[test]
+    fn fetching_wall_clock_stepped_back_keeps_retries_refetches_and_give_ups_on_schedule() {
+        let shared = Shared::new(remote_config());
+        let mut fetcher = Fetcher::new(&shared.config, at(NOW));
+        let mut issuer = ScriptedIssuer::default();
+        let log = Log::default();
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW));
+        let jwks = jwks_json();
+        fetcher.on_answer(
+            &shared,
+            &mut issuer,
+            &log,
+            1,
+            200,
+            &[jwks.as_bytes()],
+            at(NOW + 10),
+        );
+        // The issuer is down: the poll fails, the next is due after a 500 ms backoff.
+        fetcher.on_answer(&shared, &mut issuer, &log, 2, 503, &[], at(NOW + 20));
+        assert_eq!(issuer.calls.len(), 2);
+        // From here the wall clock reads an hour behind.
+        let back = |mono_ms: u64| mono_ms - HOUR_MS;
+        let rig = (&shared, &mut fetcher, &mut issuer, &log);
+        clock_looks(rig, NOW + 100, NOW + 1_000, back);
+        assert_eq!(feed_polls(&issuer), 2, "the retry, after its backoff");
+        assert!(issuer.path(3).contains("since=0"), "{}", issuer.path(3));
+        // A worker sees a token with an unknown `kid`: a refetch, 5 s after the last.
+        let hint = Now {
+            unix_ms: back(NOW + 6_000),
+            mono_ms: NOW + 6_000,
+        };
+        View { shared: &shared }.want_jwks_refetch(hint);
+        let rig = (&shared, &mut fetcher, &mut issuer, &log);
+        clock_looks(rig, NOW + 6_000, NOW + 6_200, back);
+        assert_eq!(issuer.calls.len(), 4, "the refetch");
+        assert_eq!(issuer.path(4), "/.well-known/jwks.json");
+        // The retried poll (out since NOW + 600) is never answered: given up 30 s later, and
+        // polled again after the backoff.
+        let rig = (&shared, &mut fetcher, &mut issuer, &log);
+        clock_looks(rig, NOW + 6_300, NOW + 32_000, back);
+        let failed = log
+            .0
+            .borrow()
+            .iter()
+            .filter(|l| *l == "count feed_fetch_fail")
+            .count();
+        assert_eq!(failed, 2, "the 503 and the poll given up");
+        assert_eq!(feed_polls(&issuer), 3);
+    }
+
+    /// The wall clock stepped an hour forward a second after the feed answered: the set is a
+    /// second old, not an hour — no "stale" warning, no 503 under `stale_mode: deny` — and the
+    /// poll out is not given up as an hour old.
+    #[test]
+    fn revocation_wall_clock_stepped_forward_not_stale_and_the_poll_out_kept() {
+        let shared = Shared::new(remote_config());
+        let mut fetcher = Fetcher::new(&shared.config, at(NOW));
+        let mut issuer = ScriptedIssuer::default();
+        let log = Log::default();
+        fetcher.tick(&shared, &mut issuer, &log, at(NOW));
+        let jwks = jwks_json();
+        fetcher.on_answer(
+            &shared,
+            &mut issuer,
+            &log,
+            1,
+            200,
+            &[jwks.as_bytes()],
+            at(NOW + 10),
+        );
+        let page = page_body(1, 3, false);
+        fetcher.on_answer(&shared, &mut issuer, &log, 2, 200, &[&page], at(NOW + 20));
+        assert_eq!(shared.revocation().unwrap().set.seq, 3);
+        assert_eq!(issuer.calls.len(), 3, "the next poll out");
+        let now = Now {
+            unix_ms: NOW + 1_000 + HOUR_MS,
+            mono_ms: NOW + 1_000,
+        };
+        fetcher.tick(&shared, &mut issuer, &log, now);
+        assert!(log.has("gauge revocation_age_seconds 0"));
+        assert!(
+            !log.0.borrow().iter().any(|l| l.contains("is stale")),
+            "{:?}",
+            log.0.borrow()
+        );
+        assert!(!log.has("count feed_fetch_fail"), "the poll out kept");
+        assert_eq!(issuer.calls.len(), 3);
+        // A token issued by the wall clock (as the issuer's is) is allowed: the set is fresh.
+        let issued = i64::try_from(now.unix_ms / 1000).unwrap();
+        let claims = weauth_token::Claims {
+            iss: "https://issuer".into(),
+            aud: weauth_token::Audience::One("weauth".into()),
+            sub: "u1".into(),
+            sid: "s1".into(),
+            jti: "j-fresh".into(),
+            iat: issued,
+            nbf: issued,
+            exp: issued + 900,
+            openid: "o1".into(),
+            unionid: None,
+            appid: "wx".into(),
+            scope: None,
+        };
+        let key = weauth_token::SigningKey::from_seed(weauth_token::Algorithm::EdDSA, &[7u8; 32])
+            .unwrap();
+        let token = weauth_token::sign(&claims, &key).unwrap();
+        let found = Extracted::Found {
+            token: &token,
+            source: 0,
+        };
+        let verdict = View { shared: &shared }.judge(&found, Require::Required, &[], now);
+        assert!(
+            matches!(verdict.decision, crate::verify::Decision::Allow { .. }),
+            "{:?}",
+            verdict.decision
+        );
     }
 
     #[test]
@@ -1200,7 +1366,7 @@ mod tests {
             .state
             .next_tick_ms
             .store(NOW + 5_000, Ordering::Release);
-        view.want_jwks_refetch(NOW);
+        view.want_jwks_refetch(at(NOW));
         assert_eq!(shared.state.jwks_wanted_ms.load(Ordering::Relaxed), NOW);
         assert_eq!(
             shared.state.next_tick_ms.load(Ordering::Acquire),
@@ -1226,11 +1392,11 @@ mod tests {
     /// `shared` with keys and a revocation set published, as its fetcher would.
     fn publish_both(shared: &Shared) {
         let mut issuer = ScriptedIssuer::default();
-        let mut fetcher = Fetcher::new(&shared.config, NOW);
+        let mut fetcher = Fetcher::new(&shared.config, at(NOW));
         let log = Log::default();
-        fetcher.tick(shared, &mut issuer, &log, NOW);
+        fetcher.tick(shared, &mut issuer, &log, at(NOW));
         let jwks = jwks_json();
-        fetcher.on_response(shared, &mut issuer, &log, 1, 200, jwks.as_bytes(), NOW);
+        fetcher.on_response(shared, &mut issuer, &log, 1, 200, jwks.as_bytes(), at(NOW));
         fetcher.on_response(
             shared,
             &mut issuer,
@@ -1238,7 +1404,7 @@ mod tests {
             2,
             200,
             &page_body(1, 3, false),
-            NOW,
+            at(NOW),
         );
         assert!(shared.keys().is_some() && shared.revocation().is_some());
     }
@@ -1254,12 +1420,12 @@ mod tests {
             },
             "the first one starts cold"
         );
-        let mut old_fetcher = Fetcher::new(&old.config, NOW);
+        let mut old_fetcher = Fetcher::new(&old.config, at(NOW));
         let mut issuer = ScriptedIssuer::default();
         let log = Log::default();
-        old_fetcher.tick(&old, &mut issuer, &log, NOW);
+        old_fetcher.tick(&old, &mut issuer, &log, at(NOW));
         let jwks = jwks_json();
-        old_fetcher.on_response(&old, &mut issuer, &log, 1, 200, jwks.as_bytes(), NOW);
+        old_fetcher.on_response(&old, &mut issuer, &log, 1, 200, jwks.as_bytes(), at(NOW));
         old_fetcher.on_response(
             &old,
             &mut issuer,
@@ -1267,7 +1433,7 @@ mod tests {
             2,
             200,
             &page_body(1, 3, false),
-            NOW,
+            at(NOW),
         );
         // An update of the configuration (another cache size): the same sources.
         let (new, start) = Shared::start(sourced("share_same", r#","cache_entries":5"#));
@@ -1276,12 +1442,12 @@ mod tests {
         assert_eq!(new.revocation().unwrap().set.seq, 3);
         assert_ne!(new.id, old.id, "its own token caches");
         // Its fetcher stays idle while the old one fetches for both.
-        let mut new_fetcher = Fetcher::new(&new.config, NOW);
+        let mut new_fetcher = Fetcher::new(&new.config, at(NOW));
         let mut second = ScriptedIssuer::default();
-        new_fetcher.tick(&new, &mut second, &log, NOW + TICK_MS);
+        new_fetcher.tick(&new, &mut second, &log, at(NOW + TICK_MS));
         assert!(second.calls.is_empty(), "{:?}", second.calls);
         let page = page_body(4, 1, false);
-        old_fetcher.on_response(&old, &mut issuer, &log, 3, 200, &page, NOW + TICK_MS);
+        old_fetcher.on_response(&old, &mut issuer, &log, 3, 200, &page, at(NOW + TICK_MS));
         assert_eq!(
             new.revocation().unwrap().set.seq,
             4,
@@ -1292,7 +1458,7 @@ mod tests {
         new.state.next_tick_ms.store(NOW + 5_000, Ordering::Release);
         drop(old);
         assert_eq!(new.state.next_tick_ms.load(Ordering::Acquire), 0);
-        new_fetcher.tick(&new, &mut second, &log, NOW + 2 * TICK_MS);
+        new_fetcher.tick(&new, &mut second, &log, at(NOW + 2 * TICK_MS));
         assert_eq!(second.calls.len(), 2, "the JWKS and the feed");
         assert!(second.path(2).contains("since=4"), "{}", second.path(2));
         assert_eq!(new.revocation().unwrap().set.seq, 4, "kept meanwhile");
@@ -1301,11 +1467,16 @@ mod tests {
     /// Two configurations sharing a state, the first fetching for it (its first tick done).
     fn fetching_and_joined(cluster: &str) -> (Arc<Shared>, Fetcher, Arc<Shared>, Fetcher) {
         let (old, _) = Shared::start(sourced(cluster, ""));
-        let mut old_fetcher = Fetcher::new(&old.config, NOW);
-        old_fetcher.tick(&old, &mut ScriptedIssuer::default(), &Log::default(), NOW);
+        let mut old_fetcher = Fetcher::new(&old.config, at(NOW));
+        old_fetcher.tick(
+            &old,
+            &mut ScriptedIssuer::default(),
+            &Log::default(),
+            at(NOW),
+        );
         let (new, start) = Shared::start(sourced(cluster, r#","cache_entries":5"#));
         assert_eq!(start, Start::Joined);
-        let new_fetcher = Fetcher::new(&new.config, NOW);
+        let new_fetcher = Fetcher::new(&new.config, at(NOW));
         (old, old_fetcher, new, new_fetcher)
     }
 
@@ -1322,7 +1493,7 @@ mod tests {
         assert!(gate.due(now), "the new one's tick is asked for at once");
         let mut calls = ScriptedIssuer::default();
         let log = Log::default();
-        old_fetcher.tick(&old, &mut calls, &log, now);
+        old_fetcher.tick(&old, &mut calls, &log, at(now));
         old_fetcher.on_answer(
             &old,
             &mut calls,
@@ -1330,11 +1501,11 @@ mod tests {
             2,
             200,
             &[&page_body(1, 1, false)],
-            now,
+            at(now),
         );
         assert!(calls.calls.is_empty(), "retired, it fetches no more");
         assert_eq!(old.state.fetcher.load(Ordering::SeqCst), 0);
-        new_fetcher.tick(&new, &mut calls, &log, now);
+        new_fetcher.tick(&new, &mut calls, &log, at(now));
         assert_eq!(
             calls.calls.len(),
             2,
@@ -1360,12 +1531,12 @@ mod tests {
             }
         }
         let (old, _) = Shared::start(sourced("retire_in_tick", ""));
-        let mut old_fetcher = Fetcher::new(&old.config, NOW);
+        let mut old_fetcher = Fetcher::new(&old.config, at(NOW));
         let (new, start) = Shared::start(sourced("retire_in_tick", r#","cache_entries":5"#));
         assert_eq!(start, Start::Joined);
         // Its first tick: the JWKS and the feed dispatched, retired at the first.
         let mut call = RetiredOnCall(&old, ScriptedIssuer::default());
-        old_fetcher.tick(&old, &mut call, &Log::default(), NOW);
+        old_fetcher.tick(&old, &mut call, &Log::default(), at(NOW));
         assert_eq!(call.1.calls.len(), 2);
         assert_eq!(old.state.fetcher.load(Ordering::SeqCst), 0);
         assert!(
@@ -1512,7 +1683,7 @@ mod tests {
 
     fn judge_once(shared: &Shared) {
         let mut view = View { shared };
-        let _ = view.judge(&Extracted::Missing, Require::Required, &[], NOW);
+        let _ = view.judge(&Extracted::Missing, Require::Required, &[], at(NOW));
     }
 
     #[test]
