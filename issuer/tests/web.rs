@@ -182,6 +182,12 @@ async fn callback(
     callback_with_cookie(stack, code, state, cookie.as_deref()).await
 }
 
+/// A `Cookie` header of these bytes as they are (a browser sends a cookie set with a raw
+/// UTF-8 value so; `HeaderValue::from_str` takes visible ASCII only).
+fn cookie_header(cookie: &str) -> reqwest::header::HeaderValue {
+    reqwest::header::HeaderValue::from_bytes(cookie.as_bytes()).unwrap()
+}
+
 /// The callback with exactly this `Cookie` header (or none).
 async fn callback_with_cookie(
     stack: &Stack,
@@ -195,7 +201,7 @@ async fn callback_with_cookie(
     }
     let mut request = stack.http.get(stack.url("/v1/web/callback")).query(&query);
     if let Some(cookie) = cookie {
-        request = request.header("cookie", cookie);
+        request = request.header("cookie", cookie_header(cookie));
     }
     split(request.send().await.unwrap()).await
 }
@@ -899,7 +905,10 @@ async fn cookie_post(
     cookie: &str,
     origin: Option<&str>,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
-    let mut request = stack.http.post(stack.url(path)).header("cookie", cookie);
+    let mut request = stack
+        .http
+        .post(stack.url(path))
+        .header("cookie", cookie_header(cookie));
     if let Some(origin) = origin {
         request = request.header("origin", origin);
     }
@@ -980,6 +989,41 @@ async fn cookie_logout_after_the_access_cookie_lapsed_clears_both_cookies() {
         set_cookies(&headers).is_empty(),
         "cleared for a bearer client"
     );
+}
+
+/// A cookie the site's pages set with a raw UTF-8 value (`city=北京`, sent by the browser as
+/// it is, in the one `Cookie` header with ours): the callback, the cookie's authentication and
+/// the cookie refresh still find ours. The whole header was dropped (it is not visible ASCII):
+/// 400 "started in another browser", 401, and 415.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_beside_a_raw_utf8_cookie_are_read() {
+    let stack = start(&[]).await;
+    let started = start_login(&stack, &oa().appid, BACK, Some("snsapi_base")).await;
+    let code = stack.mock.oauth_code(&oa().appid, "hana", "snsapi_base");
+    let cookie = format!("city=北京; {STATE_COOKIE}={}", started.binding);
+    let (status, body, headers) =
+        callback_with_cookie(&stack, Some(&code), &started.state, Some(&cookie)).await;
+    assert_eq!(status, 302, "{body}");
+    let cookies = set_cookies(&headers);
+    let me = stack
+        .http
+        .get(stack.url("/v1/me"))
+        .header(
+            "cookie",
+            cookie_header(&format!("{AT}={}; lang=中文", access_of(&cookies))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let refresh = format!(
+        "weauth_rt={}; city=北京; __Host-weauth_rb={}",
+        cookie_value(&cookies["weauth_rt"]),
+        cookie_value(&cookies["__Host-weauth_rb"])
+    );
+    let (status, body, _) =
+        cookie_post(&stack, "/v1/token/refresh", &refresh, Some(H5_ORIGIN)).await;
+    assert_eq!(status, 204, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

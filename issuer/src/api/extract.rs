@@ -193,10 +193,7 @@ pub fn check_credential(header: Option<&str>, expected: &str) -> Result<(), ApiE
 
 /// A cookie of the request; a name sent twice is refused (400).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    let values = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok());
+    let values = headers.get_all(COOKIE).iter().map(|value| value.as_bytes());
     match web::find_cookie(values, name) {
         CookieLookup::Absent | CookieLookup::One("") => Ok(None),
         CookieLookup::One(value) => Ok(Some(value)),

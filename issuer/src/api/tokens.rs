@@ -92,7 +92,7 @@ fn refresh_cookie<'a>(
         headers
             .get_all(hyper::header::COOKIE)
             .iter()
-            .filter_map(|value| value.to_str().ok()),
+            .map(|value| value.as_bytes()),
         web::REFRESH_COOKIE,
     );
     let secure = app.config.cookie_secure;

@@ -367,8 +367,11 @@ pub enum CookieLookup<'a> {
     Several,
 }
 
-/// Finds cookie `name` in the `Cookie` header values.
-pub fn find_cookie<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -> CookieLookup<'a> {
+/// Finds cookie `name` in the `Cookie` header values (their bytes, see [`cookie_values`]).
+pub fn find_cookie<'a>(
+    headers: impl IntoIterator<Item = &'a [u8]>,
+    name: &str,
+) -> CookieLookup<'a> {
     match cookie_values(headers, name).as_slice() {
         [] => CookieLookup::Absent,
         [value] => CookieLookup::One(value),
@@ -376,11 +379,19 @@ pub fn find_cookie<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -
     }
 }
 
-/// Every value of cookie `name` in the `Cookie` header values, in the order sent.
-pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -> Vec<&'a str> {
+/// Every value of cookie `name` in the `Cookie` header values, in the order sent. The headers
+/// are read as bytes and each pair as text on its own: browsers send a cookie set with a raw
+/// UTF-8 value (a page's `city=北京`, or a sibling host's `Domain=` cookie) as it is, in the
+/// one `Cookie` header with ours — read as a whole (`HeaderValue::to_str` takes visible ASCII
+/// only), such a header was dropped with every cookie of ours in it: no web login, no cookie
+/// authentication or refresh in that browser. A pair that is not UTF-8 is not ours.
+pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Vec<&'a str> {
     let mut values = Vec::new();
     for header in headers {
-        for pair in header.split(';') {
+        let pairs = header
+            .split(|byte| *byte == b';')
+            .filter_map(|pair| std::str::from_utf8(pair).ok());
+        for pair in pairs {
             if let Some((key, value)) = pair.split_once('=') {
                 if key.trim() == name {
                     values.push(value.trim());
@@ -732,23 +743,33 @@ mod tests {
 
     #[test]
     fn find_cookie_cases() {
+        fn find(headers: &[&'static str], name: &str) -> CookieLookup<'static> {
+            find_cookie(headers.iter().map(|h| h.as_bytes()), name)
+        }
         assert_eq!(
-            find_cookie(["a=1; weauth_at=T; b=2"], "weauth_at"),
+            find(&["a=1; weauth_at=T; b=2"], "weauth_at"),
             CookieLookup::One("T")
         );
         assert_eq!(
-            find_cookie(["a=1", "weauth_at=T"], "weauth_at"),
+            find(&["a=1", "weauth_at=T"], "weauth_at"),
             CookieLookup::One("T")
         );
-        assert_eq!(find_cookie(["a=1"], "weauth_at"), CookieLookup::Absent);
+        assert_eq!(find(&["a=1"], "weauth_at"), CookieLookup::Absent);
         assert_eq!(
-            find_cookie(["weauth_at=T1; weauth_at=T2"], "weauth_at"),
+            find(&["weauth_at=T1; weauth_at=T2"], "weauth_at"),
             CookieLookup::Several
         );
-        assert_eq!(
-            find_cookie(["xweauth_at=T"], "weauth_at"),
-            CookieLookup::Absent
-        );
+        assert_eq!(find(&["xweauth_at=T"], "weauth_at"), CookieLookup::Absent);
+    }
+
+    /// Another cookie's value in raw UTF-8, or not UTF-8 at all, in the same header does not
+    /// hide ours.
+    #[test]
+    fn find_cookie_beside_non_ascii_cookies() {
+        let utf8 = "city=北京; weauth_at=T; lang=中文".as_bytes();
+        assert_eq!(find_cookie([utf8], "weauth_at"), CookieLookup::One("T"));
+        let latin1: &[u8] = b"name=Jos\xe9; weauth_at=T";
+        assert_eq!(find_cookie([latin1], "weauth_at"), CookieLookup::One("T"));
     }
 
     #[test]
