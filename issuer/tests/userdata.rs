@@ -170,6 +170,32 @@ async fn decrypt_raw_data_signature_good_verified_bad_refused() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_request");
+
+    // The genuine rawData and signature with the first block rewritten through the iv
+    // (`{"nickName":"Bob` is exactly 16 bytes): it decrypts to "Eve", which rawData does not
+    // say — refused, not answered as verified.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut forged = b64.decode(iv.as_str()).unwrap();
+    for (i, (bob, eve)) in b"Bob".iter().zip(b"Eve").enumerate() {
+        forged[13 + i] ^= bob ^ eve;
+    }
+    let forged = b64.encode(forged);
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": forged}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["nickName"], "Eve", "the forgery took: {body}");
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": forged, "rawData": raw, "signature": signature}),
+    )
+    .await;
+    assert_refused(status, &body, "invalid_signature", false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

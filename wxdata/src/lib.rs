@@ -16,5 +16,7 @@
 pub mod signature;
 pub mod userdata;
 
-pub use signature::{check_raw_data_signature, checksession_signature, raw_data_signature};
+pub use signature::{
+    check_raw_data_signature, checksession_signature, raw_data_agrees, raw_data_signature,
+};
 pub use userdata::{decrypt, encrypt, DecryptError, EncryptError, Field, IV_LEN, KEY_LEN};

@@ -38,6 +38,21 @@ pub fn check_raw_data_signature(raw_data: &str, session_key: &str, signature_hex
         .into()
 }
 
+/// Whether `raw_data` (a JSON object, as WeChat sends it with `getUserProfile` /
+/// `getUserInfo`) says what `decrypted` (the same call's `encryptedData`, decrypted) says:
+/// every member of `raw_data` is in `decrypted` with an equal value. The signature covers
+/// `rawData` only and the decryption has no integrity (the client chooses the iv, which
+/// rewrites the first block), so a good signature vouches for the decrypted data only when
+/// they agree; a `rawData` that is not a JSON object agrees with nothing.
+pub fn raw_data_agrees(raw_data: &str, decrypted: &serde_json::Value) -> bool {
+    match serde_json::from_str::<serde_json::Value>(raw_data) {
+        Ok(serde_json::Value::Object(members)) => members
+            .iter()
+            .all(|(name, value)| decrypted.get(name) == Some(value)),
+        _ => false,
+    }
+}
+
 fn raw_data_digest(raw_data: &str, session_key: &str) -> [u8; SHA1_LEN] {
     Sha1::new()
         .chain_update(raw_data.as_bytes())
@@ -179,5 +194,27 @@ mod tests {
                 secret.len()
             );
         }
+    }
+
+    #[test]
+    fn raw_data_agrees_only_when_every_member_matches() {
+        let decrypted = serde_json::json!({
+            "nickName": "Bob", "gender": 0, "avatarUrl": "https://x/a.png",
+            "watermark": {"appid": "wx1", "timestamp": 1}
+        });
+        let raw = r#"{"nickName":"Bob","gender":0,"avatarUrl":"https://x/a.png"}"#;
+        assert!(raw_data_agrees(raw, &decrypted));
+        // A first block rewritten through the iv: the name differs.
+        let eve =
+            serde_json::json!({"nickName": "Eve", "gender": 0, "avatarUrl": "https://x/a.png"});
+        assert!(!raw_data_agrees(raw, &eve));
+        // A member the decrypted data lacks, another type, not an object.
+        assert!(!raw_data_agrees(
+            r#"{"nickName":"Bob","city":"X"}"#,
+            &decrypted
+        ));
+        assert!(!raw_data_agrees(r#"{"gender":"0"}"#, &decrypted));
+        assert!(!raw_data_agrees("[1]", &decrypted));
+        assert!(!raw_data_agrees("not json", &decrypted));
     }
 }

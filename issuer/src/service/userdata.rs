@@ -79,7 +79,8 @@ pub struct DecryptInput<'a> {
 pub struct Decrypted {
     /// The decrypted JSON object, watermark included.
     pub data: serde_json::Value,
-    /// Whether `rawData` + `signature` were given and matched.
+    /// Whether `rawData` + `signature` were given, the signature is the session's and every
+    /// member of `rawData` is in `data` with the same value.
     pub raw_data_verified: bool,
     /// WeChat's verdict on the data, when asked (`verify_with_wechat`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +150,18 @@ impl UserData {
                     code: "invalid_signature",
                     description: "signature is not hex(sha1(rawData + session_key)) for this \
                               session: rawData was altered, or it was signed for another session"
+                        .into(),
+                    relogin: false,
+                });
+            }
+            // The signature covers rawData, not the decrypted data (whose first block the
+            // client can rewrite through the iv): `raw_data_verified` vouches for `data` only
+            // when they say the same.
+            if !weauth_wxdata::raw_data_agrees(raw, &data) {
+                return Err(ApiError::UserData {
+                    code: "invalid_signature",
+                    description: "rawData is signed but does not match the decrypted data: \
+                                  encryptedData or iv was altered, or they come from another call"
                         .into(),
                     relogin: false,
                 });
