@@ -76,7 +76,9 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         });
         let elapsed = (now - bucket.updated).max(0.0);
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(burst);
-        bucket.updated = now;
+        // Never moved back (a backward step of the clock): the next reading would refill the
+        // step again.
+        bucket.updated = bucket.updated.max(now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
@@ -155,6 +157,20 @@ mod tests {
         assert!(limiter.check(&ip("1.1.1.1"), 0.0).is_ok());
         assert_eq!(limiter.check(&ip("1.1.1.1"), 1.0), Err(RetryAfter(9)));
         assert!(limiter.check(&ip("1.1.1.1"), 10.5).is_ok());
+    }
+
+    /// A clock going back and forth (a backward step, then the time again) refills only the
+    /// time that really passed.
+    #[test]
+    fn limiter_clock_back_and_forth_refills_once() {
+        let mut limiter = RateLimiter::new(10, 1, 100);
+        let allowed = (0..10)
+            .filter(|round| {
+                let now = if round % 2 == 0 { 1000.0 } else { 1006.0 };
+                limiter.check(&ip("1.1.1.1"), now).is_ok()
+            })
+            .count();
+        assert_eq!(allowed, 2);
     }
 
     #[test]

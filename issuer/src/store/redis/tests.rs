@@ -103,6 +103,32 @@ async fn redis_rate_limit_shared_between_handles() {
     assert_eq!(take(&b, LOGIN_BUCKETS, "1.2.3.4", 101.5).await, None);
 }
 
+/// Replicas whose clocks differ share one bucket without refilling it: a replica behind
+/// (1000) alternating with one 6 s ahead moved the bucket's time back at every call, and the
+/// one ahead refilled 6 s — at 10 a minute, a token — each time.
+#[tokio::test]
+async fn redis_rate_limit_replicas_clocks_apart_do_not_refill() {
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    let mut allowed = 0;
+    for round in 0..10 {
+        let now = if round % 2 == 0 { 1000.0 } else { 1006.0 };
+        if store
+            .rate_limit(USER_BUCKETS, "u_skew", 10, 1, now)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            allowed += 1;
+        }
+    }
+    // The burst, and the 6 s the clock ahead is ahead of the first call: one token.
+    assert_eq!(
+        allowed, 2,
+        "the clocks' difference was refilled at every call"
+    );
+}
+
 /// The replicas' shared abilities on Redis (`crate::store::shared`): two replicas' limiters take
 /// from one bucket, and the local one decides while Redis is down; a revocation written
 /// through one handle is announced to a follower.
