@@ -34,8 +34,9 @@
 //!   appid, 61010 for a user who never logged in (WeChat ranks recent visitors only).
 //! - `POST /wxa/business/checkencryptedmsg?access_token` `{"encrypted_msg_hash"}`
 //!   [`checkencryptedmsg`]: hex(SHA-256(encryptedData text)) of data the mock generated
-//!   ([`MockWechat::encrypt`], `/mock/encrypt`) within 3 days → `{"errcode":0,"errmsg":"ok",
-//!   "vaild":true,"create_time"}` (WeChat's spelling); anything else errcode 1 ("data not
+//!   ([`MockWechat::encrypt`], `/mock/encrypt`) within 3 days, asked with the token of the app
+//!   it was generated for → `{"errcode":0,"errmsg":"ok", "vaild":true,"create_time"}`
+//!   (WeChat's spelling); anything else (another app's token too) errcode 1 ("data not
 //!   exist"); 44002 for a missing or empty hash, 40097 for one that is not 64 hex digits.
 //! - `GET /wxa/checksession?access_token&openid&signature&sig_method=hmac_sha256`
 //!   [`checksession`]: signature = hex(HMAC-SHA256(key = session_key text, "")); 87009 when
@@ -503,7 +504,7 @@ struct Inner {
     phone_codes: CodeStore<PhoneGrant>,
     /// hex(SHA-256(encryptedData)) → when the mock generated it (unix seconds), for
     /// `checkencryptedmsg`.
-    encrypted: HashMap<String, u64>,
+    encrypted: HashMap<String, (u64, String)>,
     /// Web OAuth2 codes (`connect/*` approvals).
     oauth_codes: CodeStore<OauthGrant>,
     user_tokens: UserTokens,
@@ -639,11 +640,14 @@ impl Shared {
         // The key was made by new_session_key, so it is always 16 bytes of base64.
         let (encrypted_data, iv) = state::encrypt_user_data(&key, iv, &self.cfg.appid, now_s, data)
             .unwrap_or_else(|e| unreachable!("mock session_key is well-formed: {e}"));
-        // Remembered for checkencryptedmsg, by hex(SHA-256(the base64 text)).
+        // Remembered for checkencryptedmsg, by hex(SHA-256(the base64 text)), with the app it
+        // was generated for (the watermark's).
         let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
             encrypted_data.as_bytes(),
         ));
-        self.lock().encrypted.insert(hash, now_s);
+        self.lock()
+            .encrypted
+            .insert(hash, (now_s, self.cfg.appid.clone()));
         Encrypted {
             encrypted_data,
             iv,
@@ -1430,16 +1434,23 @@ impl Shared {
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return self.error(R, 40097, "invalid args");
         }
+        let token_app = self.token_app(param(q, "access_token")).unwrap_or_default();
         let inner = self.lock();
         let now_s = Self::now_ms(&inner) / 1000;
-        let created = inner.encrypted.get(&hash).copied();
+        let created = inner.encrypted.get(&hash).cloned();
         drop(inner);
-        // WeChat keeps what it generated for 3 days; anything else is "data not exist".
+        // WeChat keeps what it generated for 3 days, and vouches for it to the app it was
+        // generated for only (checked with that app's token); anything else is "data not
+        // exist".
         match created {
-            Some(created) if now_s.saturating_sub(created) <= ENCRYPTED_KEPT_S => self.ok(
-                R,
-                json!({"errcode": 0, "errmsg": "ok", "vaild": true, "create_time": created}),
-            ),
+            Some((created, appid))
+                if now_s.saturating_sub(created) <= ENCRYPTED_KEPT_S && appid == token_app =>
+            {
+                self.ok(
+                    R,
+                    json!({"errcode": 0, "errmsg": "ok", "vaild": true, "create_time": created}),
+                )
+            }
             _ => self.error(R, 1, "data not exist"),
         }
     }

@@ -1028,7 +1028,12 @@ async fn mock_oauth_code_control_route() {
 
 #[tokio::test]
 async fn checkencryptedmsg_vouches_for_what_it_generated_for_3_days() {
-    let (mock, client) = start(MockConfig::default()).await;
+    let second = MockMiniProgram::second();
+    let (mock, client) = start(MockConfig {
+        mini_programs: vec![second.clone()],
+        ..MockConfig::default()
+    })
+    .await;
     let token = stable_token(&mock, &client, false).await["access_token"]
         .as_str()
         .unwrap()
@@ -1052,6 +1057,16 @@ async fn checkencryptedmsg_vouches_for_what_it_generated_for_3_days() {
     assert_eq!(v["errcode"], 0, "{v}");
     assert_eq!(v["vaild"], true, "WeChat's spelling: {v}");
     assert!(v["create_time"].as_u64().unwrap() > 0);
+    // Vouched for to the app it was generated for only: another app's token does not see it.
+    let others = stable_token_of(&mock, &client, &second.appid, &second.secret, false).await
+        ["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_errcode(
+        &check(others, json!({"encrypted_msg_hash": hash.clone()})).await,
+        1,
+    );
     // Not generated here, malformed, missing.
     let other = json!({"encrypted_msg_hash": "ab".repeat(32)});
     assert_errcode(&check(token.clone(), other).await, 1);
