@@ -241,3 +241,48 @@ async fn login_rate_limit_through_envoy_counts_each_client_apart() {
     assert_eq!(login_status(&stack, &second, "u6", None).await, 200);
     stack.shutdown().await;
 }
+
+/// The issuer closes a keep-alive connection left idle for `WEAUTH_HEADER_TIMEOUT` (10 s: hyper
+/// times the next request's headers from the end of the last answer). Envoy closes its idle
+/// connections to the issuer first (`envoy/envoy.yaml`, 5 s), so it never sends a request on a
+/// connection the issuer is closing: a 503 "connection termination" that no retry policy may
+/// retry, the request having been sent. Without the cluster's idle timeout Envoy kept them an
+/// hour and the issuer closed them (`upstream_cx_destroy_remote`).
+#[tokio::test]
+async fn envoy_closes_idle_issuer_connections_before_the_issuer_does() {
+    let stack = start(Stack::builder()).await;
+    let resp = stack
+        .client()
+        .get(format!("{}/healthz", stack.envoy_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(9);
+    let stats = loop {
+        let stats = stack.envoy_stats().await.unwrap();
+        let idle = weauth_tests::harness::stat_value(
+            &stats,
+            "cluster.weauth_issuer.upstream_cx_idle_timeout",
+        );
+        if idle.unwrap_or(0) >= 1 || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stat = |name: &str| weauth_tests::harness::stat_value(&stats, name).unwrap_or(0);
+    assert!(
+        stat("cluster.weauth_issuer.upstream_cx_idle_timeout") >= 1,
+        "Envoy did not close an idle connection to the issuer within 9 s"
+    );
+    assert_eq!(
+        stat("cluster.weauth_issuer.upstream_cx_destroy_remote"),
+        0,
+        "the issuer closed a connection Envoy still pooled"
+    );
+    // The idle timeout counts only connections with no request: the filter's feed long poll
+    // (20 s) held through it is not cut.
+    assert_eq!(stat(&stack.filter_stat("feed_fetch_fail")), 0);
+    assert!(stat("cluster.weauth_issuer.upstream_rq_active") >= 1, "no long poll held");
+    stack.shutdown().await;
+}

@@ -219,7 +219,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_HEADER_TIMEOUT",
         "10s",
-        "time allowed to send request headers, and the body",
+        "time allowed to send request headers, and the body; also how long a keep-alive connection may stay idle (a proxy in front must close its idle connections to the issuer sooner: envoy/envoy.yaml's 5 s)",
     ),
     var(
         "WEAUTH_SHUTDOWN_GRACE",
