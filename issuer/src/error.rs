@@ -80,9 +80,14 @@ pub enum ApiError {
         description: &'static str,
         cause: WechatError,
     },
-    /// 503 `temporarily_unavailable` (WeChat busy or timing out, route disabled).
+    /// 503 `temporarily_unavailable` (WeChat busy or timing out), with `Retry-After: 1`.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// 503 `temporarily_unavailable` for a route this issuer's configuration turns off (the
+    /// admin API, the feed): no `Retry-After`, which would have clients ask every second for
+    /// what only a new configuration brings.
+    #[error("route disabled: {0}")]
+    Disabled(&'static str),
     /// 503 `temporarily_unavailable` with `Retry-After` seconds: a failure the issuer answers
     /// without asking again for that long (WeChat's token endpoint down, see
     /// [`crate::wechat::access_token::FAILURE_HOLD`]).
@@ -134,6 +139,7 @@ impl ApiError {
             ApiError::BadGateway(_) | ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_)
             | ApiError::UnavailableFor { .. }
+            | ApiError::Disabled(_)
             | ApiError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -158,6 +164,7 @@ impl ApiError {
             ApiError::BadGateway(_) | ApiError::Upstream { .. } => "upstream_error",
             ApiError::Unavailable(_)
             | ApiError::UnavailableFor { .. }
+            | ApiError::Disabled(_)
             | ApiError::StoreUnavailable { .. } => "temporarily_unavailable",
             ApiError::UserData { code, .. } => code,
             ApiError::Internal(_) => "server_error",
@@ -185,7 +192,9 @@ impl ApiError {
             | ApiError::RateLimited { description: d, .. }
             | ApiError::UnavailableFor { description: d, .. }
             | ApiError::UserData { description: d, .. } => d.clone(),
-            ApiError::Upstream { description, .. } => (*description).to_string(),
+            ApiError::Upstream { description, .. } | ApiError::Disabled(description) => {
+                (*description).to_string()
+            }
             ApiError::StoreUnavailable { .. } => {
                 "the issuer's store is busy or unreachable; retry shortly".to_string()
             }
@@ -491,6 +500,16 @@ mod tests {
         })
         .response();
         assert_eq!(ending.headers()[RETRY_AFTER], "1");
+    }
+
+    /// A route the configuration turns off says so without `Retry-After` (clients honouring
+    /// it asked every second, forever).
+    #[test]
+    fn disabled_route_503_without_retry_after() {
+        let response = ApiError::Disabled("the admin API is disabled").response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().get(RETRY_AFTER).is_none());
+        assert_eq!(body_json(response)["error"], "temporarily_unavailable");
     }
 
     #[test]

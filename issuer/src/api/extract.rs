@@ -113,9 +113,7 @@ impl FromRequestParts<Arc<App>> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let expected = app.config.admin_token.as_ref().ok_or_else(|| {
-            ApiError::Unavailable(
-                "the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)".into(),
-            )
+            ApiError::Disabled("the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)")
         })?;
         credential_checked(app, parts, expected, "admin")?;
         // The audit trail's who and what (the use case logs what it did): every admin request,
@@ -134,9 +132,7 @@ impl FromRequestParts<Arc<App>> for FeedReader {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let expected = app.config.feed_token.as_ref().ok_or_else(|| {
-            ApiError::Unavailable(
-                "the revocation feed is disabled (WEAUTH_FEED_TOKEN is not set)".into(),
-            )
+            ApiError::Disabled("the revocation feed is disabled (WEAUTH_FEED_TOKEN is not set)")
         })?;
         credential_checked(app, parts, expected, "feed")?;
         Ok(FeedReader)

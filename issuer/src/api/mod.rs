@@ -305,6 +305,20 @@ mod tests {
     /// The committed OpenAPI description and the router agree: every route the router knows is
     /// described with its method, and nothing else is. A failure names what to add or remove
     /// in `issuer/openapi.json`.
+    /// The request bodies as the handlers read them: the login's `appid` (several apps, a
+    /// plugin) is described (a schema-driven client or gateway refused it), and the refresh's
+    /// body is optional (the cookie form sends none).
+    #[test]
+    fn openapi_request_bodies_as_the_handlers_read_them() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let body = |path: &str| doc["paths"][path]["post"]["requestBody"].clone();
+        let login = &body("/v1/login")["content"]["application/json"]["schema"];
+        let members: Vec<&String> = login["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(members, ["appid", "code"]);
+        assert_eq!(login["required"], serde_json::json!(["code"]));
+        assert_eq!(body("/v1/token/refresh")["required"], false);
+    }
+
     #[test]
     fn openapi_paths_equal_router_routes() {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
