@@ -112,9 +112,9 @@ impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let expected = app.config.admin_token.as_ref().ok_or_else(|| {
-            ApiError::Disabled("the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)")
-        })?;
+        let expected = app.config.admin_token.as_ref().ok_or(ApiError::Disabled(
+            "the admin API is disabled (WEAUTH_ADMIN_TOKEN is not set)",
+        ))?;
         credential_checked(app, parts, expected, "admin")?;
         // The audit trail's who and what (the use case logs what it did): every admin request,
         // lookups included, with the client's address.
@@ -131,9 +131,9 @@ impl FromRequestParts<Arc<App>> for FeedReader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let expected = app.config.feed_token.as_ref().ok_or_else(|| {
-            ApiError::Disabled("the revocation feed is disabled (WEAUTH_FEED_TOKEN is not set)")
-        })?;
+        let expected = app.config.feed_token.as_ref().ok_or(ApiError::Disabled(
+            "the revocation feed is disabled (WEAUTH_FEED_TOKEN is not set)",
+        ))?;
         credential_checked(app, parts, expected, "feed")?;
         Ok(FeedReader)
     }
