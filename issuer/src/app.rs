@@ -359,6 +359,11 @@ impl App {
             .map_err(StartError::Wechat)?,
         );
         let allowed_origins = crate::domain::web::allowed_origins(&config.issuer, &config.apps);
+        for (appid, uri) in
+            crate::domain::web::redirects_off_the_issuer_host(&config.issuer, &config.apps)
+        {
+            tracing::warn!(appid = %appid, redirect_uri = %uri, issuer = %config.issuer, "a web login's redirect URI is on another host than WEAUTH_ISSUER: the session cookies are set on the issuer's host, so pages there get no cookie of their own (their requests must go to the issuer's host with credentials) — put the issuer on the pages' host (docs/WEB-LOGIN.md)");
+        }
         let Backend {
             store,
             login_limiter,

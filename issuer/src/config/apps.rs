@@ -8,7 +8,7 @@
 //! {"apps": [
 //!   {"appid": "wx…", "secret_file": "/run/secrets/mini", "kind": "miniprogram"},
 //!   {"appid": "wx…", "secret": "…", "kind": "official_account",
-//!    "redirect_uris": ["https://h5.example.com/after-login"]},
+//!    "redirect_uris": ["https://www.example.com/h5/after-login"]},
 //!   {"appid": "wx…", "secret": "…", "kind": "website", "redirect_uris": ["https://www.example.com/"]},
 //!   {"appid": "wx…", "secret_file": "/run/secrets/plugin", "kind": "plugin"}
 //! ]}

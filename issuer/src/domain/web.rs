@@ -456,6 +456,26 @@ pub fn allowed_origins(issuer: &str, apps: &Apps) -> Vec<String> {
     origins
 }
 
+/// The web apps' redirect URIs on another host than the issuer's (appid, URI): the session
+/// cookies the callback sets are host-only on the issuer's host (`__Host-`; ports do not
+/// count), so pages there do not send them to their own host — the access cookie reaches the
+/// issuer's host only (a cross-origin request with credentials, CORS in front). Logged as a
+/// warning at start (WEB-LOGIN.md: the issuer on the host of the pages).
+pub fn redirects_off_the_issuer_host(issuer: &str, apps: &Apps) -> Vec<(String, String)> {
+    let host = |url: &str| {
+        url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+    };
+    let issuer_host = host(issuer);
+    apps.all()
+        .iter()
+        .flat_map(|app| app.redirect_uris.iter().map(move |uri| (app, uri)))
+        .filter(|(_, uri)| host(uri) != issuer_host)
+        .map(|(app, uri)| (app.appid.clone(), uri.clone()))
+        .collect()
+}
+
 /// The CSRF rule for a cookie-authenticated state-changing request: `Origin` (or, without
 /// it, `Referer`) must be one of `allowed`. Neither header, or `Origin: null`, is refused.
 pub fn same_origin_request(
@@ -770,6 +790,24 @@ mod tests {
         assert_eq!(find_cookie([utf8], "weauth_at"), CookieLookup::One("T"));
         let latin1: &[u8] = b"name=Jos\xe9; weauth_at=T";
         assert_eq!(find_cookie([latin1], "weauth_at"), CookieLookup::One("T"));
+    }
+
+    #[test]
+    fn redirects_off_the_issuer_host_named() {
+        let apps = Apps::new(vec![app(AppKind::OfficialAccount)]);
+        let uris: Vec<String> = apps.all()[0].redirect_uris.clone();
+        assert!(!uris.is_empty());
+        let same = url::Url::parse(&uris[0]).unwrap();
+        // The issuer on the pages' host (another port too): nothing to say.
+        let issuer = format!("{}://{}:8443", same.scheme(), same.host_str().unwrap());
+        let on_host: Vec<_> = redirects_off_the_issuer_host(&issuer, &apps)
+            .into_iter()
+            .filter(|(_, uri)| *uri == uris[0])
+            .collect();
+        assert!(on_host.is_empty(), "{on_host:?}");
+        let off = redirects_off_the_issuer_host("https://auth.elsewhere.example", &apps);
+        assert_eq!(off.len(), uris.len());
+        assert_eq!(off[0].0, apps.all()[0].appid);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!   a plugin user is a user of their own, never linked to the host mini-program's;
 //! - an official account's or a website's OAuth2 code (after `/v1/web/callback` checked the
 //!   state) → `sns/oauth2/access_token` → openid, unionid?; for `snsapi_userinfo` and
-//!   `snsapi_login` also `sns/userinfo` → nickname, avatar, unionid. There is no session_key.
+//!   `snsapi_login`, when that answer has no unionid, also `sns/userinfo` → unionid (its
+//!   profile is not kept). There is no session_key.
 //!   A snapshot-mode virtual account (`is_snapshotuser: 1`) is refused here (403): it is a
 //!   preview of the page, not a WeChat user. WeChat's user access token is dropped as soon as
 //!   the profile is read; it is never stored, logged or sent to the browser.
