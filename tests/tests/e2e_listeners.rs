@@ -283,6 +283,9 @@ async fn envoy_closes_idle_issuer_connections_before_the_issuer_does() {
     // The idle timeout counts only connections with no request: the filter's feed long poll
     // (20 s) held through it is not cut.
     assert_eq!(stat(&stack.filter_stat("feed_fetch_fail")), 0);
-    assert!(stat("cluster.weauth_issuer.upstream_rq_active") >= 1, "no long poll held");
+    assert!(
+        stat("cluster.weauth_issuer.upstream_rq_active") >= 1,
+        "no long poll held"
+    );
     stack.shutdown().await;
 }
