@@ -85,7 +85,6 @@ pub struct App {
     pub allowed_origins: Vec<String>,
     pub metrics: Arc<Metrics>,
     pub data_key: DataKey,
-    policy: TokenPolicy,
     keys: Arc<KeyRingCell>,
     /// The highest revocation seq this replica knows of.
     known_seq: Arc<KnownSeq>,
@@ -120,9 +119,17 @@ pub async fn bootstrap_keys(
     data_key: &DataKey,
     now: i64,
 ) -> Result<(), StartError> {
-    let retain = config.access_ttl_secs() + config.leeway_secs();
+    let retain = config.key_retain_secs(config.access_ttl_secs());
     let records = store.keys().await?;
-    let current = keys::ring(&records, data_key, now, retain).ok();
+    // No active key is a first start; a stored key this replica cannot open (a wrong
+    // WEAUTH_DATA_KEY) is refused here, before anything is written: a key file's key imported
+    // under the wrong data key signed at once and stopped every other replica's key reloads,
+    // then their restarts.
+    let current = match keys::ring(&records, data_key, now, retain) {
+        Ok(ring) => Some(ring),
+        Err(KeyError::NoSigningKey) => None,
+        Err(err) => return Err(err.into()),
+    };
     let delay = if current.is_some() {
         crate::config::secs(config.key_publish_delay)
     } else {
@@ -386,7 +393,7 @@ impl App {
         // may have been lowered since).
         let longest_ttl =
             revocation::report_lifetime(store.as_ref(), config.access_ttl_secs(), now).await?;
-        let retain = longest_ttl + config.leeway_secs();
+        let retain = config.key_retain_secs(longest_ttl);
         let ring = keys::ring(&store.keys().await?, &data_key, now, retain)?;
         let seq = store.current_seq().await?;
         metrics.store_check(true);
@@ -416,7 +423,7 @@ impl App {
         let sessions = Arc::new(Sessions {
             store: Arc::clone(&store),
             config: Arc::clone(&config),
-            policy: policy.clone(),
+            policy,
             keys: Arc::clone(&keys),
             data_key: data_key.clone(),
             metrics: Arc::clone(&metrics),
@@ -454,7 +461,6 @@ impl App {
             allowed_origins,
             metrics,
             data_key,
-            policy,
             keys,
             known_seq,
             wake: watch::channel(seq).0,
@@ -477,7 +483,9 @@ impl App {
         let records = self.store.keys().await?;
         // Not only this replica's lifetime: a retired key stays until the last token it signed
         // under any replica's (or an earlier, longer) lifetime has expired.
-        let retain = self.sessions.longest_ttl.load(Ordering::Acquire) + self.policy.leeway;
+        let retain = self
+            .config
+            .key_retain_secs(self.sessions.longest_ttl.load(Ordering::Acquire));
         let ring = keys::ring(&records, &self.data_key, self.now(), retain)?;
         let dropped = ring.dropped.clone();
         self.metrics.signing_keys(ring.signing_since, ring.next);

@@ -82,7 +82,7 @@ pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
     let existing = store.keys().await.map_err(|err| err.to_string())?;
     // The replicas must be able to open what is added: refused here, a key sealed with
     // another data key would stop every replica's key reloads and then its restarts.
-    let retain = config.access_ttl_secs() + config.leeway_secs();
+    let retain = config.key_retain_secs(config.access_ttl_secs());
     let ring = keys::ring(&existing, &data_key, now, retain).map_err(|err| match err {
         keys::KeyError::NoSigningKey => "the store holds no signing key yet: an issuer makes \
                                          its first one when it starts"
@@ -92,9 +92,16 @@ pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
              `keys rotate` with the replicas' WEAUTH_STORE and WEAUTH_DATA_KEY"
         ),
     })?;
-    // The algorithm the replicas sign with, not this shell's WEAUTH_SIGNING_ALG (changing
-    // it is done on the replicas: they publish a key of the new algorithm themselves).
-    let alg = ring.signing.algorithm();
+    // The algorithm the replicas will sign with, not this shell's WEAUTH_SIGNING_ALG (changing
+    // it is done on the replicas: they publish a key of the new algorithm themselves): the
+    // latest scheduled key's — during a change of algorithm that key is the new algorithm's,
+    // not yet signing, and a key of the signing one scheduled after it undid the change.
+    let alg = existing
+        .iter()
+        .filter(|record| !record.sealed.is_empty())
+        .max_by(|a, b| (a.activate_at, &a.kid).cmp(&(b.activate_at, &b.kid)))
+        .and_then(|latest| weauth_token::Algorithm::from_name(&latest.alg))
+        .unwrap_or_else(|| ring.signing.algorithm());
     if alg == weauth_token::Algorithm::HS256 {
         return Err(
             "an HS256 secret is never published, so no verifier could learn a \
@@ -156,7 +163,7 @@ pub async fn list(config: &Arc<Config>) -> Result<String, String> {
     let lifetime = revocation::read_lifetime(store.as_ref(), config.access_ttl_secs(), now)
         .await
         .map_err(|err| err.to_string())?;
-    let retain = lifetime + config.leeway_secs();
+    let retain = config.key_retain_secs(lifetime);
     let pairs: Vec<(&str, i64)> = records
         .iter()
         .map(|r| (r.kid.as_str(), r.activate_at))

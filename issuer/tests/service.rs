@@ -1400,3 +1400,111 @@ async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
         "writes acknowledged on one machine are counted"
     );
 }
+
+/// A configuration of the library (no process) on the SQLite store `db` with `data_key`.
+fn library_config(
+    db: &str,
+    data_key: &str,
+    extra: &[(&'static str, &str)],
+) -> Arc<weauth_issuer::config::Config> {
+    use weauth_issuer::config::{Config, Source};
+    let mut vars: std::collections::HashMap<&str, String> = std::collections::HashMap::from([
+        ("WEAUTH_WECHAT_APPID", "wx1".to_string()),
+        ("WEAUTH_WECHAT_SECRET", "s".to_string()),
+        ("WEAUTH_STORE", db.to_string()),
+        ("WEAUTH_DATA_KEY", data_key.to_string()),
+    ]);
+    for (name, value) in extra {
+        vars.insert(name, value.to_string());
+    }
+    let lookup = move |name: &str| vars.get(name).cloned();
+    let read_file = |_: &str| Err(std::io::Error::other("no files"));
+    Arc::new(
+        Config::from_source(&Source {
+            lookup: &lookup,
+            read_file: &read_file,
+        })
+        .unwrap(),
+    )
+}
+
+/// A data key (base64 of 32 bytes) for the library tests: `A…` or `B…`.
+fn data_key_of(letter: char) -> String {
+    format!("{}A", letter.to_string().repeat(42))
+}
+
+/// A replica started with a wrong `WEAUTH_DATA_KEY` and a new `WEAUTH_SIGNING_KEY_FILE` is
+/// refused before it writes anything: it imported the file's key — sealed under its wrong data
+/// key, signing at once — and only then failed, and every replica with the right data key
+/// stopped reloading its keys and could no longer restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_data_key_with_a_new_key_file_writes_no_key() {
+    use weauth_issuer::app::{bootstrap_keys, open_store};
+    let dir = common::temp_dir("datakey");
+    let pem = dir.path().join("new.pem");
+    std::fs::write(
+        &pem,
+        weauth_token::SigningKey::from_seed(weauth_token::Algorithm::EdDSA, &[9; 32])
+            .unwrap()
+            .to_pkcs8_pem()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let db = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let now = unix_now() as i64;
+    let right = library_config(&db, &data_key_of('A'), &[]);
+    let (store, data_key) = open_store(&right).await.unwrap();
+    bootstrap_keys(store.as_ref(), &right, &data_key, now)
+        .await
+        .unwrap();
+    let before = store.keys().await.unwrap();
+    assert_eq!(before.len(), 1);
+    let pem = pem.display().to_string();
+    let wrong = library_config(
+        &db,
+        &data_key_of('B'),
+        &[("WEAUTH_SIGNING_KEY_FILE", pem.as_str())],
+    );
+    let (other, wrong_key) = open_store(&wrong).await.unwrap();
+    let err = bootstrap_keys(other.as_ref(), &wrong, &wrong_key, now)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("signing key"), "{err}");
+    assert_eq!(store.keys().await.unwrap(), before, "a key was written");
+    // The right replica starts as before.
+    bootstrap_keys(store.as_ref(), &right, &data_key, now)
+        .await
+        .unwrap();
+}
+
+/// `keys rotate` while a change of `WEAUTH_SIGNING_ALG` is pending (its key published, not
+/// signing yet) adds a key of the new algorithm: it took the signing key's, scheduled after
+/// the pending one, and so undid the change a second later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_during_an_algorithm_change_keeps_the_new_algorithm() {
+    use weauth_issuer::app::{bootstrap_keys, open_store};
+    let dir = common::temp_dir("algchange");
+    let db = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let now = unix_now() as i64;
+    let ed = library_config(&db, &data_key_of('A'), &[]);
+    let (store, data_key) = open_store(&ed).await.unwrap();
+    bootstrap_keys(store.as_ref(), &ed, &data_key, now)
+        .await
+        .unwrap();
+    let es = library_config(&db, &data_key_of('A'), &[("WEAUTH_SIGNING_ALG", "ES256")]);
+    bootstrap_keys(store.as_ref(), &es, &data_key, now)
+        .await
+        .unwrap();
+    // The operator's shell, with the old setting.
+    weauth_issuer::cli::rotate(&ed).await.unwrap();
+    let records = store.keys().await.unwrap();
+    let latest = records.iter().max_by_key(|r| r.activate_at).unwrap();
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        latest.alg,
+        "ES256",
+        "{:?}",
+        records.iter().map(|r| &r.alg).collect::<Vec<_>>()
+    );
+}

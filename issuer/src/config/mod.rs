@@ -697,6 +697,14 @@ impl Config {
             src.duration("WEAUTH_KEY_RELOAD", Duration::from_millis(100)),
             Duration::ZERO,
         );
+        // A replica learns of a new key only at a reload: every replica must publish it well
+        // before any signs with it (and the edge fetch it), or the edge refuses the new tokens.
+        if !key_publish_delay.is_zero() && key_reload * 2 > key_publish_delay {
+            errs.push(bad(
+                "WEAUTH_KEY_RELOAD",
+                "must be at most half of WEAUTH_KEY_PUBLISH_DELAY (a replica publishes a new key only at its next reload, and must do so well before any replica signs with it)",
+            ));
+        }
         let purge_interval = errs.or(
             src.duration("WEAUTH_PURGE_INTERVAL", Duration::from_millis(100)),
             Duration::ZERO,
@@ -902,6 +910,16 @@ impl Config {
     /// The leeway in seconds.
     pub fn leeway_secs(&self) -> i64 {
         secs(self.leeway)
+    }
+
+    /// How long a superseded signing key stays published after its successor's `activate_at`,
+    /// for tokens of lifetime `ttl` (seconds): their lifetime and the leeway, and one key reload
+    /// (`WEAUTH_KEY_RELOAD`, rounded up) — a replica promotes the successor only at its next
+    /// reload, and signs with the old key until then.
+    pub fn key_retain_secs(&self, ttl: i64) -> i64 {
+        let reload = i64::try_from(self.key_reload.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
+        ttl.saturating_add(self.leeway_secs())
+            .saturating_add(reload)
     }
 
     /// The SQLite path, when the store is SQLite.

@@ -99,6 +99,34 @@ fn config_wechat_bases_canonical_issuer_as_written() {
     assert_eq!(config.wechat_api_base, "http://127.0.0.1:8090/wechat");
 }
 
+/// A key reload longer than half the publish delay is refused (a replica publishes a new key
+/// only at its reload: with a longer reload, one replica signed with a key another did not
+/// publish yet); with no publish delay (tests, one replica) any reload goes. A superseded key
+/// stays published one reload longer (a replica signs with it until its next reload).
+#[test]
+fn config_key_reload_at_most_half_the_publish_delay() {
+    let err = load(&with(&[
+        ("WEAUTH_KEY_PUBLISH_DELAY", "10m"),
+        ("WEAUTH_KEY_RELOAD", "15m"),
+    ]))
+    .unwrap_err();
+    assert!(err.to_string().contains("WEAUTH_KEY_RELOAD"), "{err}");
+    let config = load(&with(&[
+        ("WEAUTH_KEY_PUBLISH_DELAY", "10m"),
+        ("WEAUTH_KEY_RELOAD", "5m"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        config.key_retain_secs(900),
+        900 + config.leeway_secs() + 300
+    );
+    assert!(load(&with(&[
+        ("WEAUTH_KEY_PUBLISH_DELAY", "0s"),
+        ("WEAUTH_KEY_RELOAD", "15m"),
+    ]))
+    .is_ok());
+}
+
 #[test]
 fn config_minimal_defaults_ok() {
     let config = load(&BASE).unwrap();

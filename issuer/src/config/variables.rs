@@ -177,7 +177,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_KEY_RELOAD",
         "2s",
-        "how often keys are re-read from the store",
+        "how often keys are re-read from the store (at most half of WEAUTH_KEY_PUBLISH_DELAY)",
     ),
     var(
         "WEAUTH_PURGE_INTERVAL",
