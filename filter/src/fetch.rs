@@ -18,7 +18,7 @@
 //! `last_ok_ms` included. Only the entries' cutoff (their `until`, Unix seconds, against the
 //! time tokens are judged by) reads the wall clock ([`Now::unix_ms`]).
 
-use weauth_token::KeySet;
+use weauth_token::{Algorithm, KeySet};
 
 use crate::config::{Config, JwksSource, RemoteJwks, RevocationConfig};
 use crate::host::{IssuerCall, Level, Now, Report};
@@ -86,6 +86,8 @@ pub struct Fetcher {
     staging: Staging,
     /// A worker saw an unknown `kid` since the last JWKS fetch started (as of the last tick).
     jwks_wanted: bool,
+    /// The configuration's `algorithms`: a published key outside them is warned of.
+    algorithms: Vec<Algorithm>,
 }
 
 impl Fetcher {
@@ -127,6 +129,7 @@ impl Fetcher {
             keep_past_until_s: config.validation.leeway.max(0),
             staging: Staging::default(),
             jwks_wanted: false,
+            algorithms: config.validation.algorithms.clone(),
         }
     }
 
@@ -446,11 +449,24 @@ impl Fetcher {
                     );
                 }
                 let count = keys.len();
+                let refused = keys_outside(&keys, &self.algorithms);
                 if let Some(generation) = publish.publish_jwks(body, keys, now_ms) {
                     report.log(
                         Level::Info,
                         &format!("JWKS generation {generation} published: {count} key(s)"),
                     );
+                    // The issuer publishes a key for WEAUTH_KEY_PUBLISH_DELAY before it signs:
+                    // said now, before its tokens start being refused (a change of the
+                    // issuer's algorithm the configuration does not follow).
+                    if !refused.is_empty() {
+                        report.log(
+                            Level::Warn,
+                            &format!(
+                                "JWKS key(s) {} of an algorithm `algorithms` does not allow: every token they sign will be refused (alg_not_allowed); add the algorithm before the issuer signs with them",
+                                refused.join(", ")
+                            ),
+                        );
+                    }
                 }
                 CallOutcome::Ok {
                     next_in_ms: remote.refresh_seconds.saturating_mul(1000),
@@ -639,6 +655,16 @@ impl Fetcher {
             publish.publish_set(set, &changed, published.last_ok_ms);
         }
     }
+}
+
+/// The keys of `keys` whose algorithm is not in `allowed`, as `kid (alg)`.
+fn keys_outside(keys: &KeySet, allowed: &[Algorithm]) -> Vec<String> {
+    keys.kids()
+        .filter_map(|kid| {
+            let alg = keys.get(kid)?.algorithm();
+            (!allowed.contains(&alg)).then(|| format!("{kid} ({})", alg.as_str()))
+        })
+        .collect()
 }
 
 /// A set loaded aside replaces the published one: every shard may differ from it.
@@ -833,6 +859,7 @@ mod tests {
     };
     use super::*;
     use crate::refresh::FEED_PAGE_ENTRIES;
+    use weauth_token::{Jwks, SigningKey};
 
     /// A store that lends its set out, as the wasm build's does (the fetcher VM's own copy is
     /// taken, changed in place and put back): a set lent and never given back is lost.
@@ -1084,6 +1111,44 @@ mod tests {
         assert_eq!(rig.store.set.len(), 0, "expired by the wall clock: pruned");
         let (_, last_ok_ms) = rig.store.publications.last().unwrap().clone();
         assert_eq!(last_ok_ms, NOW, "on the fetcher's clock");
+    }
+
+    /// A published key of an algorithm the configuration does not allow (the issuer changing
+    /// `WEAUTH_SIGNING_ALG`, published before it signs) is warned of with its kid: its tokens
+    /// would be refused as `alg_not_allowed` with nothing said before.
+    #[test]
+    fn a_published_key_outside_algorithms_is_warned_of() {
+        let mut rig = Rig::polling();
+        let es = SigningKey::from_seed(Algorithm::ES256, &[8u8; 32]).unwrap();
+        let ed = SigningKey::from_seed(Algorithm::EdDSA, &[7u8; 32]).unwrap();
+        let body = serde_json::to_string(&Jwks {
+            keys: vec![ed.jwk(), es.jwk()],
+        })
+        .unwrap();
+        rig.answer_call(1, body.as_bytes(), NOW);
+        let warned: Vec<String> = rig
+            .log
+            .0
+            .borrow()
+            .iter()
+            .filter(|line| line.contains("alg_not_allowed"))
+            .cloned()
+            .collect();
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].contains(&format!("{} (ES256)", es.kid())),
+            "{warned:?}"
+        );
+        assert!(!warned[0].contains(&ed.kid()), "{warned:?}");
+        // The configuration's own algorithm only: nothing to say.
+        let mut quiet = Rig::polling();
+        quiet.answer_call(1, jwks_json().as_bytes(), NOW);
+        assert!(!quiet
+            .log
+            .0
+            .borrow()
+            .iter()
+            .any(|line| line.contains("alg_not_allowed")));
     }
 
     #[test]
