@@ -383,6 +383,17 @@ impl MockWechat {
         (out.encrypted_data, out.iv)
     }
 
+    /// [`MockWechat::encrypt`] in mini-program `appid` (one of [`MockConfig::mini_programs`], or
+    /// the main one): the user's session_key there and `appid` in the watermark.
+    pub fn encrypt_in(&self, appid: &str, user: &str, data: Value) -> (String, String) {
+        assert!(
+            self.shared.is_mini_program(appid),
+            "{appid} is none of the mock's mini-programs"
+        );
+        let out = self.shared.encrypt_in(appid, user, data);
+        (out.encrypted_data, out.iv)
+    }
+
     /// `rawData`'s `signature` for `user`'s current session_key: hex(sha1(raw + session_key)).
     pub fn sign_raw_data(&self, user: &str, raw_data: &str) -> String {
         let key = self.shared.current_session_key(user);
@@ -618,9 +629,16 @@ impl Shared {
         code
     }
 
-    /// The user's current session_key, creating one if the user never logged in.
+    /// The user's current session_key in the main mini-program, creating one if the user
+    /// never logged in.
     fn current_session_key(&self, name: &str) -> String {
-        let user = User::new(&self.cfg.appid, name);
+        self.current_session_key_in(&self.cfg.appid, name)
+    }
+
+    /// The user's current session_key in mini-program `appid` (a session_key is per openid,
+    /// an openid per app), creating one if the user never logged in there.
+    fn current_session_key_in(&self, appid: &str, name: &str) -> String {
+        let user = User::new(appid, name);
         let mut inner = self.lock();
         if let Some(k) = inner.session_keys.get(&user.openid) {
             return k.clone();
@@ -632,13 +650,19 @@ impl Shared {
     }
 
     fn encrypt(&self, name: &str, data: Value) -> Encrypted {
-        let key = self.current_session_key(name);
+        self.encrypt_in(&self.cfg.appid, name, data)
+    }
+
+    /// [`Self::encrypt`] for the user's session in mini-program `appid` (its session_key, its
+    /// appid in the watermark).
+    fn encrypt_in(&self, appid: &str, name: &str, data: Value) -> Encrypted {
+        let key = self.current_session_key_in(appid, name);
         let raw_data = data.to_string();
         let mut iv = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut iv);
         let now_s = Self::now_ms(&self.lock()) / 1000;
         // The key was made by new_session_key, so it is always 16 bytes of base64.
-        let (encrypted_data, iv) = state::encrypt_user_data(&key, iv, &self.cfg.appid, now_s, data)
+        let (encrypted_data, iv) = state::encrypt_user_data(&key, iv, appid, now_s, data)
             .unwrap_or_else(|e| unreachable!("mock session_key is well-formed: {e}"));
         // Remembered for checkencryptedmsg, by hex(SHA-256(the base64 text)), with the app it
         // was generated for (the watermark's).
@@ -647,7 +671,7 @@ impl Shared {
         ));
         self.lock()
             .encrypted
-            .insert(hash, (now_s, self.cfg.appid.clone()));
+            .insert(hash, (now_s, appid.to_string()));
         Encrypted {
             encrypted_data,
             iv,
