@@ -285,6 +285,26 @@ fn random_data_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// The shared store's data key: random per stack, but kept in a fixed run directory
+/// (`make up`: `.run/data-key`), whose Redis and MariaDB data outlive the stack — a new key at
+/// each `make up STORE=redis|mysql` could not open the signing key the last one stored, and
+/// the issuer refused to start.
+fn data_key_in(dir: &RunDir) -> Result<String, HarnessError> {
+    let RunDir::Fixed(dir) = dir else {
+        return Ok(random_data_key());
+    };
+    let path = dir.join("data-key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_string()),
+        _ => {
+            let key = random_data_key();
+            std::fs::write(&path, format!("{key}\n"))
+                .map_err(io_err(format!("writing {}", path.display())))?;
+            Ok(key)
+        }
+    }
+}
+
 fn random_secret(prefix: &str) -> String {
     let tail: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
@@ -980,7 +1000,7 @@ impl Stack {
         if let Some(url) = shared_store {
             env.retain(|(name, _)| name != "WEAUTH_STORE");
             env.push(("WEAUTH_STORE".into(), url));
-            env.push(("WEAUTH_DATA_KEY".into(), random_data_key()));
+            env.push(("WEAUTH_DATA_KEY".into(), data_key_in(&dir)?));
         }
         if b.web_login {
             let apps = web_apps_file(&mock_cfg, ports.envoy);

@@ -157,3 +157,40 @@ async fn mysql_replicas_share_one_mariadb() {
         .unwrap();
     assert_eq!(refreshed.status(), 200, "{login}");
 }
+
+/// `make up STORE=redis` a second time: its run directory keeps Redis's data, and now the data
+/// key the signing key was sealed with too — a new random data key at each start could not
+/// open the stored key, and the second stack's issuer refused to start. The session of the
+/// first start refreshes on the second (same store, same key).
+#[tokio::test]
+async fn a_fixed_run_dir_on_redis_starts_again_with_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let builder = || {
+        Stack::builder()
+            .run_dir(dir.path())
+            .redis_replicas(1)
+            .without_envoy()
+    };
+    let first = stack(builder()).await;
+    let http = reqwest::Client::new();
+    let code = first.mock.login("rhea").code;
+    let login: serde_json::Value = http
+        .post(format!("{}/v1/login", first.replica_url(0)))
+        .json(&json!({ "code": code }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    first.shutdown().await;
+    let second = stack(builder()).await;
+    let refreshed = http
+        .post(format!("{}/v1/token/refresh", second.replica_url(0)))
+        .json(&json!({ "refresh_token": login["refresh_token"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200, "{login}");
+    second.shutdown().await;
+}
