@@ -9,6 +9,9 @@ SHELL := /bin/bash
 ENVOY_VERSION := 1.40.0
 TOOLS         := $(CURDIR)/.tools
 ENVOY         := $(TOOLS)/bin/envoy
+# Node.js from PyPI when the machine has none of 20 or newer (scripts/ensure-node.sh); absent,
+# this changes nothing.
+export PATH   := $(TOOLS)/node/bin:$(PATH)
 WASM_TARGET   := wasm32-wasip1
 WASM          := target/$(WASM_TARGET)/wasm-release/weauth_filter.wasm
 NATIVE        := target/native/libweauth_filter.so
