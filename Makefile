@@ -155,7 +155,7 @@ up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),moni
 
 down: ## stop a stack started by `make up` (only the processes it started)
 	@pid=$$(cat .run/stack.pid 2>/dev/null || true); \
-	if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
+	if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null && [ "$$(cat /proc/$$pid/comm 2>/dev/null)" = weauth-stack ]; then \
 	  echo "down: stopping weauth-stack (pid $$pid)"; kill -TERM "$$pid"; \
 	  for i in $$(seq 100); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \
 	else \
@@ -323,8 +323,9 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	$(MAKE) --no-print-directory -j2 --output-sync=target fmt-check fuzz-lock lint-guard native-debug wasm clippy-wasm \
 	  BUILD_ENV='$(LINTED_BUILD)'; \
 	echo "test: $$(date +%T) formatting, lints (host: in the build), the wasm module and the test binaries done"; \
-	while [ ! -f target/tools.status ]; do sleep 1; done; \
+	while [ ! -f target/tools.status ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
 	sed 's/^/tools: /' target/tools.log; \
+	if [ ! -f target/tools.status ]; then echo "test: the tools install stopped without saying how (target/tools.log)"; exit 1; fi; \
 	if [ "$$(cat target/tools.status)" != 0 ]; then echo "test: installing the tools failed (target/tools.log)"; exit 1; fi; \
 	echo "test: $$(date +%T) tools installed"; \
 	$(MAKE) --no-print-directory manifests monitoring-check; \

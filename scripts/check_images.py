@@ -106,7 +106,7 @@ def wait_healthz(proc, log_path, deadline_s=HEALTHZ_DEADLINE_S):
         with open(log_path, errors="replace") as f:
             return f.read()
 
-    deadline = time.time() + deadline_s
+    deadline = time.monotonic() + deadline_s
     addr = None
     while True:
         if proc.poll() is not None:
@@ -122,7 +122,7 @@ def wait_healthz(proc, log_path, deadline_s=HEALTHZ_DEADLINE_S):
                     return addr
             except OSError:
                 pass
-        if time.time() > deadline:
+        if time.monotonic() > deadline:
             where = f"listening on {addr}" if addr else "no 'listening on' line"
             raise AssertionError(f"no answer on /healthz within {deadline_s} s ({where}):\n{log_text()}")
         time.sleep(0.1)
