@@ -48,6 +48,10 @@ pub enum ApiError {
     /// 404 `not_found` for an admin call naming a user that does not exist.
     #[error("no such user: {0}")]
     UnknownUser(String),
+    /// 404 `not_found` for an admin call naming a session that does not exist (or ended and
+    /// was purged).
+    #[error("no such session: {0}")]
+    UnknownSession(String),
     /// 404 `not_found`.
     #[error("no such route")]
     NotFound,
@@ -129,7 +133,7 @@ impl ApiError {
             ApiError::AccessDenied(_) | ApiError::Banned { .. } | ApiError::UserRisky { .. } => {
                 StatusCode::FORBIDDEN
             }
-            ApiError::UnknownUser(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownUser(_) | ApiError::UnknownSession(_) => StatusCode::NOT_FOUND,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -154,7 +158,7 @@ impl ApiError {
             ApiError::AccessDenied(_) => "access_denied",
             ApiError::Banned { .. } => "user_banned",
             ApiError::UserRisky { .. } => "user_risky",
-            ApiError::UnknownUser(_) => "not_found",
+            ApiError::UnknownUser(_) | ApiError::UnknownSession(_) => "not_found",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "request_too_large",
@@ -182,6 +186,9 @@ impl ApiError {
                 "WeChat's risk control does not let this user log in to this app".to_string()
             }
             ApiError::UnknownUser(sub) => format!("no user `{sub}`"),
+            ApiError::UnknownSession(sid) => {
+                format!("no session `{sid}` (or it ended and was purged)")
+            }
             ApiError::InvalidRequest(d)
             | ApiError::InvalidGrant(d)
             | ApiError::InvalidToken(d)

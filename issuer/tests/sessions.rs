@@ -387,6 +387,18 @@ async fn admin_revoke_jti_sid_and_sub() {
         .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_request", "{body}");
+    // An unknown session or user is a typo: 404, nothing written (a 200 passed it for done
+    // and sent it to every edge); a jti cannot be checked.
+    for unknown in [json!({ "sid": "s_typo" }), json!({ "sub": "u_typo" })] {
+        let (status, body, _) = stack
+            .post_auth("/v1/admin/revoke", ADMIN, Some(unknown.clone()))
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{unknown}: {body}"
+        );
+    }
     let feed = stack.feed(0, 0).await;
     let kinds: Vec<&str> = feed["entries"]
         .as_array()
@@ -838,9 +850,10 @@ async fn revoke_then_read_at_once_sees_the_revocation(stack: &Stack) {
         let _ = http.get(hold).bearer_auth(FEED).send().await;
     });
     for round in 0..40 {
+        // A jti: not checked against the store (an unknown sid or sub is a 404).
         let sid = format!("read-after-write-{round}");
         let (status, entry, _) = stack
-            .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sid": sid })))
+            .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "jti": sid })))
             .await;
         assert_eq!(status, 200, "round {round}: {entry}");
         let acked = entry["seq"].as_u64().unwrap();

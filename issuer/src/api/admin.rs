@@ -85,7 +85,7 @@ pub async fn revoke(
                 .into(),
         )),
     };
-    json(StatusCode::OK, &app.sessions.revoke(revoke, now).await?)
+    json(StatusCode::OK, &app.admin.revoke(revoke, now).await?)
 }
 
 pub async fn ban(

@@ -108,6 +108,31 @@ pub struct UserView {
 }
 
 impl Admin {
+    /// Records the operator's revocation. An unknown `sid` or `sub` is refused (404) and
+    /// nothing is written: sessions and users are the store's own, so an unknown one is a
+    /// typo, which a 200 let pass for done (and sent to every edge). A `jti` cannot be checked
+    /// (tokens are not stored); a session ended and purged since is unknown too (its tokens
+    /// expired before it was purged).
+    ///
+    /// # Errors
+    /// 404 for an unknown session or user; store failures.
+    pub async fn revoke(
+        &self,
+        revoke: Revoke,
+        now: i64,
+    ) -> Result<weauth_token::revocation::Entry, ApiError> {
+        match &revoke {
+            Revoke::Sid(sid) if self.store.session(sid).await?.is_none() => {
+                return Err(ApiError::UnknownSession(sid.clone()));
+            }
+            Revoke::Sub { sub, .. } if self.store.user(sub).await?.is_none() => {
+                return Err(ApiError::UnknownUser(sub.clone()));
+            }
+            _ => {}
+        }
+        self.sessions.revoke(revoke, now).await
+    }
+
     /// Bans `sub` (until `until`, unix seconds, or until lifted) and revokes every token and
     /// session the user has.
     ///
