@@ -14,7 +14,7 @@
 //! build — serves with a part of it. Expired entries are pruned every [`PRUNE_EVERY_MS`].
 //!
 //! Time: every `now_ms` here is the fetcher's clock ([`Now::mono_ms`]: one that never steps,
-//! in the native build), on which every schedule, backoff, give-up and age is reckoned —
+//! in both builds), on which every schedule, backoff, give-up and age is reckoned —
 //! `last_ok_ms` included. Only the entries' cutoff (their `until`, Unix seconds, against the
 //! time tokens are judged by) reads the wall clock ([`Now::unix_ms`]).
 
@@ -751,8 +751,8 @@ pub(crate) mod testing {
 
     pub const NOW: u64 = 1_700_000_000_000;
 
-    /// Both clocks at `ms` (as the wasm build reads them: [`Now::wall`]); a test of a step of
-    /// the wall clock builds its own [`Now`].
+    /// Both clocks at `ms` ([`Now::wall`]); a test of a step of the wall clock builds its own
+    /// [`Now`] (or reads a [`crate::host::WasmClock`]).
     pub fn at(ms: u64) -> Now {
         Now::wall(ms)
     }
@@ -858,6 +858,7 @@ mod tests {
         at, jwks_json, page_body, page_body_until, remote_config, Log, ScriptedIssuer, NOW,
     };
     use super::*;
+    use crate::host::WasmClock;
     use crate::refresh::FEED_PAGE_ENTRIES;
     use weauth_token::{Jwks, SigningKey};
 
@@ -1229,5 +1230,241 @@ mod tests {
             "gauge revocation_age_seconds {}",
             feed.stale_after_seconds
         )));
+    }
+
+    /// The host's two clocks as a wasm VM reads them: the wall clock, which NTP or an operator
+    /// may step, and Envoy's steady clock (ns since the host's boot), which never steps.
+    struct Machine {
+        unix_ms: u64,
+        mono_ns: u64,
+    }
+
+    impl Machine {
+        fn pass(&mut self, ms: u64) {
+            self.unix_ms += ms;
+            self.mono_ns += ms * 1_000_000;
+        }
+
+        fn step_wall(&mut self, by_ms: i64) {
+            self.unix_ms = self.unix_ms.saturating_add_signed(by_ms);
+        }
+    }
+
+    /// One wasm VM's root context as `root::Root` drives it (that glue is wasm32-only; this
+    /// mirrors it over the pure parts it calls): both clocks read at each hook into its
+    /// [`WasmClock`] (`Worker::read_clocks`), one round of [`refresh::lease_step`] per tick on
+    /// a lease the VMs share (`Root::elect`), and a request's reading from the wall clock
+    /// alone (`http`).
+    struct WasmVm {
+        id: u64,
+        clock: WasmClock,
+        asks: refresh::RefetchAsks,
+    }
+
+    impl WasmVm {
+        fn configure(id: u64, machine: &Machine) -> WasmVm {
+            WasmVm {
+                id,
+                clock: WasmClock::start(machine.unix_ms, Some(machine.mono_ns)),
+                asks: refresh::RefetchAsks::default(),
+            }
+        }
+
+        /// A tick or an issuer's answer.
+        fn hook(&mut self, machine: &Machine) -> Now {
+            self.clock.hook(machine.unix_ms, Some(machine.mono_ns))
+        }
+
+        /// `Root::elect` on the hook's reading.
+        fn elect(&self, lease: &mut Option<refresh::Lease>, now: Now) -> bool {
+            match refresh::lease_step(*lease, self.id, now.mono_ms, refresh::LEASE_MS) {
+                refresh::LeaseStep::Renew(next) => {
+                    *lease = Some(next);
+                    true
+                }
+                refresh::LeaseStep::Claim(next) => {
+                    *lease = Some(next);
+                    false
+                }
+                refresh::LeaseStep::Follow => false,
+            }
+        }
+    }
+
+    /// Two wasm VMs of one Envoy, a day after the host's boot: `a` elected and fetching, `b`
+    /// following.
+    struct TwoVms {
+        machine: Machine,
+        a: WasmVm,
+        b: WasmVm,
+        lease: Option<refresh::Lease>,
+        rig: Rig,
+    }
+
+    impl TwoVms {
+        /// Configured with the wall clock `wall_off_ms` off the true time; two ticks (`a`
+        /// claims, then takes up and dispatches call 1), and call 1 answered with `body`.
+        fn elected(
+            wall_off_ms: i64,
+            fetcher: fn(&Config, u64, u64) -> Fetcher,
+            body: &[u8],
+        ) -> TwoVms {
+            let machine = Machine {
+                unix_ms: NOW.saturating_add_signed(wall_off_ms),
+                mono_ns: 86_400_000 * 1_000_000,
+            };
+            let a = WasmVm::configure(1, &machine);
+            let b = WasmVm::configure(2, &machine);
+            let rig = Rig {
+                fetcher: fetcher(&remote_config(), a.clock.now().mono_ms, a.id),
+                store: Lending::default(),
+                issuer: ScriptedIssuer::default(),
+                log: Log::default(),
+            };
+            let mut vms = TwoVms {
+                machine,
+                a,
+                b,
+                lease: None,
+                rig,
+            };
+            vms.tick();
+            vms.tick();
+            assert_eq!(vms.rig.issuer.calls.len(), 1, "the leader fetches");
+            vms.machine.pass(40);
+            vms.answer(1, body);
+            vms
+        }
+
+        /// 100 ms on, a tick of both VMs: the follower must not take the lease, the leader
+        /// drives its fetcher.
+        fn tick(&mut self) {
+            self.machine.pass(100);
+            let at_a = self.a.hook(&self.machine);
+            let at_b = self.b.hook(&self.machine);
+            let leader = self.a.elect(&mut self.lease, at_a);
+            assert!(
+                !self.b.elect(&mut self.lease, at_b),
+                "the follower took a live lease"
+            );
+            if leader {
+                self.rig.tick_at(at_a);
+            }
+        }
+
+        /// The leader's answer to call `id` (its clocks read at the hook).
+        fn answer(&mut self, id: u64, body: &[u8]) {
+            let now = self.a.hook(&self.machine);
+            self.rig.answer_call_at(id, body, now);
+        }
+
+        /// A request on the follower met an unknown `kid` (`http`'s `want_jwks_refetch`,
+        /// `Worker::want_jwks_refetch`): the hint written to shared data, if its limit let it.
+        fn unknown_kid_on_b(&mut self) {
+            let now = self.b.clock.request(self.machine.unix_ms);
+            if self.b.asks.ask(now.mono_ms, 5_000) {
+                self.rig.store.wanted_ms = now.mono_ms;
+            }
+        }
+
+        fn jwks_calls(&self) -> usize {
+            (1..=self.rig.issuer.calls.len() as u64)
+                .filter(|&id| self.rig.issuer.path(id) == "/.well-known/jwks.json")
+                .count()
+        }
+    }
+
+    /// A wasm VM's wall clock steps an hour forward between two ticks (it booted an hour
+    /// behind; NTP set it right): the follower finds the fetcher's lease live, and the fetcher
+    /// renews it. On the wall clock every follower found it expired at once and took it.
+    #[test]
+    fn wasm_vms_wall_clock_forward_an_hour_the_lease_holder_stays_the_holder() {
+        let mut vms = TwoVms::elected(-3_600_000, Fetcher::feed_only, &page_body(1, 1, true));
+        vms.machine.pass(60);
+        vms.machine.step_wall(3_600_000);
+        let at_a = vms.a.hook(&vms.machine);
+        let at_b = vms.b.hook(&vms.machine);
+        // The follower first: ticks come in any order.
+        assert!(!vms.b.elect(&mut vms.lease, at_b), "claimed a live lease");
+        assert!(
+            vms.a.elect(&mut vms.lease, at_a),
+            "the holder lost its lease"
+        );
+        // The leader's poll goes on from where it was.
+        vms.rig.tick_at(at_a);
+        assert!(vms.rig.issuer.path(2).contains("since=1"));
+    }
+
+    /// The same step: the set published a moment ago is fresh in every VM, not an hour old
+    /// (`stale_mode: deny` would answer every protected request 503 until the feed's next
+    /// answer, up to `wait_seconds`).
+    #[test]
+    fn wasm_vms_wall_clock_forward_an_hour_the_set_is_not_stale() {
+        let mut vms = TwoVms::elected(-3_600_000, Fetcher::feed_only, &page_body(1, 1, true));
+        let feed = remote_config().revocation.unwrap();
+        vms.machine.pass(60);
+        vms.machine.step_wall(3_600_000);
+        for vm in [&mut vms.a, &mut vms.b] {
+            let log = Log::default();
+            let now = vm.hook(&vms.machine);
+            StaleWatch::default().observe(&feed, vms.rig.store.published(), &log, now.mono_ms);
+            assert!(log.has("gauge revocation_age_seconds 0"), "{:?}", log.0);
+            assert!(!log.0.borrow().iter().any(|l| l.contains("is stale")));
+        }
+    }
+
+    /// A wasm VM's wall clock steps an hour back: the JWKS refresh keeps its period (300 s).
+    /// On the wall clock it waited the hour too.
+    #[test]
+    fn wasm_vms_wall_clock_back_an_hour_the_jwks_refresh_keeps_its_period() {
+        let mut vms = TwoVms::elected(3_600_000, Fetcher::jwks_only, jwks_json().as_bytes());
+        vms.machine.step_wall(-3_600_000);
+        // Answered at 240 ms: due at 300.24 s, the 3000th tick from then.
+        for _ in 0..2_999 {
+            vms.tick();
+        }
+        assert_eq!(vms.jwks_calls(), 1, "sooner than refresh_seconds");
+        vms.tick();
+        assert_eq!(vms.jwks_calls(), 2, "the refresh did not keep its period");
+    }
+
+    /// The same step: a token with an unknown `kid`, met by another VM just after, still
+    /// brings a refetch `min_refetch_seconds` (5 s) after the last fetch started. On the wall
+    /// clock the hint lay an hour before that fetch, taken as answered by it.
+    #[test]
+    fn wasm_vms_wall_clock_back_an_hour_an_unknown_kid_still_brings_a_refetch() {
+        let mut vms = TwoVms::elected(3_600_000, Fetcher::jwks_only, jwks_json().as_bytes());
+        vms.machine.step_wall(-3_600_000);
+        vms.tick();
+        vms.machine.pass(10);
+        vms.unknown_kid_on_b();
+        // The fetch started at 200 ms: the refetch is due at 5.2 s, the tick at 5.25 s.
+        for _ in 0..48 {
+            vms.tick();
+        }
+        assert_eq!(vms.jwks_calls(), 1, "sooner than min_refetch_seconds");
+        vms.tick();
+        assert_eq!(vms.jwks_calls(), 2, "no refetch for the unknown kid");
+    }
+
+    /// The same step with a leader that stops ticking (a trapped VM): the follower takes the
+    /// fetching over after the lease's 2 s. On the wall clock the lease stayed "live" for the
+    /// hour — no key refresh nor revocation reaching the edge meanwhile.
+    #[test]
+    fn wasm_vms_wall_clock_back_an_hour_a_trapped_leaders_lease_expires_on_time() {
+        let mut vms = TwoVms::elected(3_600_000, Fetcher::feed_only, &page_body(1, 1, true));
+        vms.tick();
+        vms.machine.step_wall(-3_600_000);
+        let mut took_over_ms = None;
+        for ticks in 1..=30u64 {
+            vms.machine.pass(100);
+            let at_b = vms.b.hook(&vms.machine);
+            if vms.b.elect(&mut vms.lease, at_b) {
+                took_over_ms = Some(ticks * 100);
+                break;
+            }
+        }
+        // Claimed at the lease's expiry, taken up on the tick after.
+        assert_eq!(took_over_ms, Some(refresh::LEASE_MS + 100));
     }
 }

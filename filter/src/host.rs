@@ -15,6 +15,9 @@
 //! - [`IssuerCall`]: an HTTP call to the issuer through the configured Envoy cluster (so a
 //!   mesh's mTLS, timeouts and outlier detection apply).
 //! - [`Report`]: what the fetchers ([`crate::fetch`]) say — log lines, counters, gauges.
+//! - [`WasmClock`]: how the proxy-wasm build reads the two clocks of [`Now`] — both at a root
+//!   context's hook, the monotonic one derived from the wall clock per request (pure, so that
+//!   it is tested natively).
 
 use crate::config::Require;
 use crate::headers::Header;
@@ -37,31 +40,120 @@ pub enum Level {
 /// operator's `date -s`) must not move a schedule: stepped back, a fetch due "later" would
 /// wait out the step too — no key refresh and no revocation reaching the edge for that long;
 /// stepped forward, the revocation set would look stale at once. So every schedule and age
-/// (a fetch due or given up, a backoff, when the feed last answered and how long ago that
-/// was) is reckoned on [`Now::mono_ms`], and only what is compared with times written in a
-/// token or by the issuer (`exp`, `nbf`, `iat`; a revocation entry's `until`) reads
-/// [`Now::unix_ms`].
+/// (a fetch due or given up, a backoff, a fetcher lease's expiry, when the feed last answered
+/// and how long ago that was) is reckoned on [`Now::mono_ms`], and only what is compared with
+/// times written in a token or by the issuer (`exp`, `nbf`, `iat`; a revocation entry's
+/// `until`) reads [`Now::unix_ms`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
     /// Unix milliseconds (0 if the host cannot say).
     pub unix_ms: u64,
     /// Milliseconds on a clock that never steps, from an arbitrary start: only differences
-    /// between two readings mean anything. The native build's counts from a process-wide
-    /// epoch (`std::time::Instant`).
+    /// between two readings mean anything. Never 0 (0 means "never" or "at once" in the
+    /// state). The native build's counts from 1 at a process-wide epoch
+    /// (`std::time::Instant`); the proxy-wasm build's is Envoy's process-wide steady clock
+    /// ([`WasmClock`]), so its readings compare across the VMs of one Envoy, as shared data
+    /// needs.
     pub mono_ms: u64,
 }
 
 impl Now {
-    /// One wall-clock reading as both clocks: the proxy-wasm build's. The proxy-wasm ABI has
-    /// no monotonic clock call (`proxy_get_current_time` is the wall clock), and its schedules
-    /// and ages cross VMs in shared data (a lease's expiry, the set's `last_ok_ms`), where
-    /// only the wall clock is common to every VM: that build keeps the wall clock for both.
+    /// One reading as both clocks: for tests, examples and harnesses where the wall clock
+    /// does not step. Neither build reads its clocks so any more ([`WasmClock`]; the native
+    /// build's `ffi::clocks`).
     pub const fn wall(unix_ms: u64) -> Now {
         Now {
             unix_ms,
             mono_ms: unix_ms,
         }
     }
+}
+
+/// How far a request's reading of the monotonic clock may run ahead of its VM's last hook
+/// reading ([`WasmClock::request`]): ten ticks. A tick comes every 100 ms, so a request is
+/// rarely more than a tick past the last reading; the cap only bites when the wall clock
+/// stepped forward since.
+pub const REQUEST_LEAD_MAX_MS: u64 = 1_000;
+
+/// The proxy-wasm build's clocks, kept per VM (in the VM's `Worker`).
+///
+/// The proxy-wasm ABI's own clock call (`proxy_get_current_time_nanoseconds`) is the wall
+/// clock; the monotonic clock is WASI's `clock_time_get` with clock id 1, which
+/// proxy-wasm-cpp-host answers from the host's `getMonotonicTimeNanoseconds` — in Envoy its
+/// process-wide steady clock, one for every VM of the process, as shared data is (a lease's
+/// expiry, the set's `last_ok_ms`, an unknown-`kid` hint written by one VM are compared by
+/// another).
+///
+/// Both clocks are read at each root-context hook (the configuration, a tick, an issuer's
+/// answer: [`WasmClock::hook`]). A request reads only the wall clock — its one clock call, as
+/// before: the per-request host calls are a cost target — and reckons the monotonic time as
+/// the VM's last hook reading plus the wall clock's progress since, between 0 and
+/// [`REQUEST_LEAD_MAX_MS`] ([`WasmClock::request`]). Without a step that is the monotonic time
+/// to within the wall clock's slew over a tick. A step of the wall clock misleads a request
+/// by at most [`REQUEST_LEAD_MAX_MS`] ahead, never behind the last hook, and only until the
+/// next tick reads both clocks again: stepped forward an hour, the set does not look an hour
+/// older (a 503 for every protected request under `stale_mode: deny`), nor does an
+/// unknown-`kid` hint or this VM's own limit on them lie an hour ahead (a JWKS refetch every
+/// `min_refetch_seconds` for an hour; no hint from this VM for an hour); stepped back, no
+/// hint goes back before the last tick. The cap's cost: a VM whose ticks stall for longer
+/// than it (a busy event loop) under-reckons the set's age by the stall's excess until its
+/// next tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WasmClock {
+    /// The last hook's reading.
+    last: Now,
+}
+
+impl WasmClock {
+    /// The first reading (the configuration's): the wall clock in Unix milliseconds and the
+    /// monotonic clock in nanoseconds (`None` if the host refused it: then the wall clock
+    /// stands in, as in the builds before, and [`WasmClock::hook`] carries it on).
+    pub fn start(unix_ms: u64, mono_ns: Option<u64>) -> WasmClock {
+        WasmClock {
+            last: Now {
+                unix_ms,
+                mono_ms: mono_ns.map_or(unix_ms.max(1), mono_ms),
+            },
+        }
+    }
+
+    /// The last hook's reading.
+    pub fn now(&self) -> Now {
+        self.last
+    }
+
+    /// A root-context hook's reading of both clocks, kept for the requests that follow. A
+    /// monotonic reading the host refused (proxy-wasm-cpp-host answers it always; this is a
+    /// guard) goes on from the last one by the wall clock's progress, never back.
+    pub fn hook(&mut self, unix_ms: u64, mono_ns: Option<u64>) -> Now {
+        let mono_ms = match mono_ns {
+            Some(ns) => mono_ms(ns),
+            None => self
+                .last
+                .mono_ms
+                .saturating_add(unix_ms.saturating_sub(self.last.unix_ms)),
+        };
+        self.last = Now { unix_ms, mono_ms };
+        self.last
+    }
+
+    /// A request's reading from the wall clock alone (type docs).
+    pub fn request(&self, unix_ms: u64) -> Now {
+        let lead = unix_ms
+            .saturating_sub(self.last.unix_ms)
+            .min(REQUEST_LEAD_MAX_MS);
+        Now {
+            unix_ms,
+            mono_ms: self.last.mono_ms.saturating_add(lead),
+        }
+    }
+}
+
+/// Monotonic nanoseconds as [`Now::mono_ms`]: counted from 1, since 0 means "never" in the
+/// state (Envoy's steady clock counts from the host's boot, and could read under a
+/// millisecond only in a test host).
+fn mono_ms(ns: u64) -> u64 {
+    (ns / 1_000_000).saturating_add(1)
 }
 
 /// The request-scoped host services. Every method is infallible from the glue's point of view:
@@ -162,4 +254,78 @@ pub trait Report {
     fn log(&self, level: Level, message: &str);
     fn count(&self, name: &'static str);
     fn gauge(&self, name: &'static str, value: u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WALL: u64 = 1_700_000_000_000;
+    /// A day after the host's boot, in nanoseconds (Envoy's steady clock).
+    const BOOT_NS: u64 = 86_400_000 * 1_000_000;
+    const BOOT_MS: u64 = 86_400_000 + 1;
+
+    fn ns(ms: u64) -> u64 {
+        ms * 1_000_000
+    }
+
+    #[test]
+    fn wasm_clock_hook_reads_the_monotonic_clock_and_requests_follow_it_by_the_wall_clock() {
+        let mut clock = WasmClock::start(WALL, Some(BOOT_NS));
+        assert_eq!(
+            clock.now(),
+            Now {
+                unix_ms: WALL,
+                mono_ms: BOOT_MS
+            }
+        );
+        let tick = clock.hook(WALL + 100, Some(BOOT_NS + ns(100)));
+        assert_eq!(tick.mono_ms, BOOT_MS + 100);
+        let request = clock.request(WALL + 140);
+        assert_eq!(
+            request,
+            Now {
+                unix_ms: WALL + 140,
+                mono_ms: BOOT_MS + 140
+            }
+        );
+    }
+
+    /// Stepped an hour forward between two ticks: a request's monotonic time runs ahead of
+    /// the last tick by at most the cap, and the next hook reads the true one.
+    #[test]
+    fn wasm_clock_wall_step_forward_moves_a_request_at_most_the_cap_and_a_hook_not_at_all() {
+        let mut clock = WasmClock::start(WALL, Some(BOOT_NS));
+        let request = clock.request(WALL + 3_600_040);
+        assert_eq!(request.unix_ms, WALL + 3_600_040, "tokens: the wall clock");
+        assert_eq!(request.mono_ms, BOOT_MS + REQUEST_LEAD_MAX_MS);
+        let tick = clock.hook(WALL + 3_600_100, Some(BOOT_NS + ns(100)));
+        assert_eq!(tick.mono_ms, BOOT_MS + 100);
+        assert_eq!(clock.request(WALL + 3_600_130).mono_ms, BOOT_MS + 130);
+    }
+
+    /// Stepped an hour back: a request never reckons before the last tick (an unknown-`kid`
+    /// hint an hour in the past would be taken as answered), and the hooks go on.
+    #[test]
+    fn wasm_clock_wall_step_back_keeps_a_request_at_the_last_tick_and_hooks_on_time() {
+        let mut clock = WasmClock::start(WALL, Some(BOOT_NS));
+        clock.hook(WALL + 100, Some(BOOT_NS + ns(100)));
+        let request = clock.request(WALL + 120 - 3_600_000);
+        assert_eq!(request.unix_ms, WALL + 120 - 3_600_000);
+        assert_eq!(request.mono_ms, BOOT_MS + 100);
+        let tick = clock.hook(WALL + 200 - 3_600_000, Some(BOOT_NS + ns(200)));
+        assert_eq!(tick.mono_ms, BOOT_MS + 200);
+        assert_eq!(clock.request(WALL + 250 - 3_600_000).mono_ms, BOOT_MS + 250);
+    }
+
+    /// A monotonic reading is never 0 ("never" in the state), and one the host refused goes
+    /// on from the last by the wall clock's progress, never back.
+    #[test]
+    fn wasm_clock_reading_never_zero_and_a_refused_one_carries_on() {
+        let mut clock = WasmClock::start(WALL, Some(0));
+        assert_eq!(clock.now().mono_ms, 1);
+        assert_eq!(clock.hook(WALL + 100, None).mono_ms, 101);
+        assert_eq!(clock.hook(WALL - 5_000, None).mono_ms, 101, "stepped back");
+        assert_eq!(WasmClock::start(0, None).now().mono_ms, 1);
+    }
 }

@@ -1,8 +1,9 @@
 //! The HTTP context (one per request) of the proxy-wasm build: the proxy-wasm side of
 //! [`crate::host`]'s traits, around the shared glue [`crate::request::on_request_headers`].
 //!
-//! Per-request cost on an allowed cache hit: the header map (one read), the clock, the
-//! revocation version (one small shared-data read, so every worker refuses a revoked token as
+//! Per-request cost on an allowed cache hit: the header map (one read), the clock (the wall
+//! clock only: the monotonic time is reckoned from the VM's last tick, [`WasmClock::request`]),
+//! the revocation version (one small shared-data read, so every worker refuses a revoked token as
 //! soon as one does), one add per identity header with a value (a set, which replaces, only
 //! for one the client sent), the token's header removed, and a removal only for another
 //! identity header the client actually sent: six calls with two identity headers. The token is
@@ -17,10 +18,10 @@ use proxy_wasm::types::{Action, MapType};
 
 use crate::config::Require;
 use crate::headers::{self, Header};
-use crate::host::{Host, KeyState, Level, Now};
+use crate::host::{Host, KeyState, Level, Now, WasmClock};
 use crate::request::{self, Flow, Loaded};
 use crate::verify::{Extracted, Verdict};
-use crate::wasm_host::{log, now_ms, request_header_map};
+use crate::wasm_host::{log, request_header_map, unix_ms};
 use crate::worker::{VmState, Worker};
 
 /// One request.
@@ -38,12 +39,17 @@ impl Filter {
 /// The proxy-wasm request host: header map calls on the current HTTP context.
 struct WasmRequest {
     context_id: u32,
+    /// The VM's clocks as its root context last read them.
+    clock: WasmClock,
 }
 
 impl Host for WasmRequest {
-    /// One host call, as both clocks: proxy-wasm has no monotonic clock ([`Now::wall`]).
+    /// One host call, the wall clock; the monotonic time is the VM's last hook reading carried
+    /// on by the wall clock's progress since, at most [`crate::host::REQUEST_LEAD_MAX_MS`]
+    /// ([`WasmClock::request`]): a step of the wall clock misleads a request's schedules and
+    /// ages by no more than that, and only until the VM's next tick.
     fn now(&self) -> Now {
-        Now::wall(now_ms())
+        self.clock.request(unix_ms())
     }
 
     fn log(&self, level: Level, message: &str) {
@@ -156,10 +162,11 @@ impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let worker = &*self.worker;
         let mut host = WasmRequest {
             context_id: self.context_id,
+            clock: worker.clock.get(),
         };
-        let worker = &*self.worker;
         let Ok(mut state) = worker.state.try_borrow_mut() else {
             // Cannot happen in a single-threaded VM; fail closed rather than panic.
             request::deny(&mut host, &worker.metrics, &request::unavailable());

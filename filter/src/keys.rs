@@ -12,6 +12,20 @@
 //! written again. (A VM of the build before, with one lease per pair of sources, may still
 //! write alongside during a plugin update; the writer rewrites every shard once it sees the
 //! meta written by another VM: `root`'s `SharedData::publish_set`.)
+//!
+//! **A change of meaning renames the keys.** Envoy runs the VMs of the old module next to the
+//! new one while a configuration update pointing to a new `.wasm` drains the old, and shared
+//! data (per `vm_id`, process-wide) is common to both: a key whose value the new build reads
+//! otherwise than the old gets a new name, so that neither misreads the other's. So `rev2`
+//! came with the compact shard format, and `jwks2` and `rev3` with the monotonic clock
+//! (`host::WasmClock`): the builds before wrote the wall clock into the leases' expiries, the
+//! JWKS blob's fetch time, the unknown-`kid` hint and the meta's `last_ok_ms`, where this one
+//! writes Envoy's steady clock (milliseconds since the host's boot). Read across, an old VM
+//! would find every new lease expired and take it (two writers of one set), and a new one
+//! every old lease live for decades and the old set's age 0 (never stale). Every key of a
+//! kind goes together — lease, data and hint — since the data is written only under its
+//! lease (one writer per key). During the drain each build so fetches and publishes on its
+//! own (twice the fetches, one set more in shared data), as with `rev2`.
 
 use crate::config::{Config, JwksSource};
 use crate::revocation::fnv1a;
@@ -63,18 +77,20 @@ impl Keys {
         });
         Keys {
             jwks_lease: matches!(config.jwks, JwksSource::Remote(_))
-                .then(|| format!("weauth.lease.jwks.{jwks_ns:016x}")),
+                .then(|| format!("weauth.lease.jwks2.{jwks_ns:016x}")),
             feed_lease: config
                 .revocation
                 .is_some()
-                .then(|| format!("weauth.lease.rev2.{feed_ns:016x}")),
-            jwks: format!("weauth.jwks.{jwks_ns:016x}"),
-            jwks_wanted: format!("weauth.jwks.{jwks_ns:016x}.wanted"),
-            // `rev2`: the compact shard format (WRS2). A VM of an older build, still running
-            // during a plugin update, keeps to its own keys instead of misreading these.
-            meta: format!("weauth.rev2.{feed_ns:016x}.meta"),
-            meta_version: format!("weauth.rev2.{feed_ns:016x}.v"),
-            shard_prefix: format!("weauth.rev2.{feed_ns:016x}.shard."),
+                .then(|| format!("weauth.lease.rev3.{feed_ns:016x}")),
+            // `jwks2`: the blob's fetch time and the hint on the monotonic clock (module docs).
+            jwks: format!("weauth.jwks2.{jwks_ns:016x}"),
+            jwks_wanted: format!("weauth.jwks2.{jwks_ns:016x}.wanted"),
+            // `rev3`: the compact shard format (WRS2, since `rev2`) and the meta's `last_ok_ms`
+            // on the monotonic clock. A VM of an older build, still running during a plugin
+            // update, keeps to its own keys instead of misreading these.
+            meta: format!("weauth.rev3.{feed_ns:016x}.meta"),
+            meta_version: format!("weauth.rev3.{feed_ns:016x}.v"),
+            shard_prefix: format!("weauth.rev3.{feed_ns:016x}.shard."),
         }
     }
 
@@ -136,6 +152,39 @@ mod tests {
         assert_ne!(quicker.feed_lease, base.feed_lease);
         assert_ne!(quicker.meta, base.meta);
         assert_eq!(quicker.jwks_lease, base.jwks_lease);
+    }
+
+    /// The builds before wrote wall-clock times into these keys (module docs): not one name
+    /// in common with them.
+    #[test]
+    fn keys_with_times_on_the_monotonic_clock_share_no_name_with_the_wall_clock_builds() {
+        let base = keys(serde_json::json!({}));
+        let names = [
+            base.jwks_lease.clone().unwrap(),
+            base.feed_lease.clone().unwrap(),
+            base.jwks.clone(),
+            base.jwks_wanted.clone(),
+            base.meta.clone(),
+            base.meta_version.clone(),
+            base.shard(0),
+        ];
+        let namespace = |name: &str| name.rsplit('.').next().unwrap_or_default().to_string();
+        let jwks_ns = namespace(base.jwks_lease.as_deref().unwrap());
+        let feed_ns = namespace(base.feed_lease.as_deref().unwrap());
+        let before = [
+            format!("weauth.lease.jwks.{jwks_ns}"),
+            format!("weauth.lease.rev2.{feed_ns}"),
+            format!("weauth.jwks.{jwks_ns}"),
+            format!("weauth.jwks.{jwks_ns}.wanted"),
+            format!("weauth.rev2.{feed_ns}.meta"),
+            format!("weauth.rev2.{feed_ns}.v"),
+            format!("weauth.rev2.{feed_ns}.shard.0"),
+        ];
+        for name in &names {
+            assert!(!before.contains(name), "{name} is a wall-clock build's key");
+        }
+        assert_eq!(base.jwks, format!("weauth.jwks2.{jwks_ns}"));
+        assert_eq!(base.meta, format!("weauth.rev3.{feed_ns}.meta"));
     }
 
     #[test]

@@ -26,7 +26,8 @@
 //!   names, the decoded keys, the revocation replica and the cache, and the syncs from shared
 //!   data run on the tick and per request);
 //! - `metrics` (metric ids defined once per VM; the allow path's counters batched per tick);
-//! - `host` (the context-tagged log line and the host clock);
+//! - `wasm_host` (the context-tagged log line, the host's wall and monotonic clocks, the raw
+//!   header map read; [`host::WasmClock`] says how the clocks are read);
 //! - `http` (one per request: read the header map once, pick the rule, apply the CSRF rule,
 //!   call [`verify::decide`], then forward with identity headers — every client header under
 //!   the identity prefix removed — or answer 400/401/403/503).

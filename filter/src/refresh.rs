@@ -9,7 +9,10 @@
 //!
 //! [`Lease`] is the election: `on_tick` fires in every worker VM, so a lease (holder id, expiry)
 //! is CAS-written to shared data and only its holder fetches. Pure: every time is an argument
-//! (host milliseconds).
+//! (host milliseconds). Every one here is on the fetcher's clock ([`crate::host::Now::mono_ms`]),
+//! the wall clock playing no part: in the wasm build the lease's expiry, the JWKS blob's
+//! fetch time and an unknown-`kid` hint are written to shared data by one VM and read by
+//! another, on Envoy's process-wide monotonic clock ([`crate::host::WasmClock`]).
 
 /// Where a fetcher is. (Named apart from `worker::VmState`, the per-VM data, and `CallOutcome`
 /// apart from `verify::Verdict`, the verdict on a request, so neither pair can be confused.)
@@ -318,12 +321,16 @@ impl Staging {
     }
 }
 
+/// The wasm build's fetcher lease's lifetime (on the monotonic clock); renewed on every tick by
+/// its holder.
+pub const LEASE_MS: u64 = 2_000;
+
 /// The fetcher lease kept in shared data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     /// The holder's id: random per root context (one per configuration in each VM).
     pub holder: u64,
-    /// Host time (ms) after which anyone may take the lease.
+    /// When (ms, on the monotonic clock) anyone may take the lease; 0 when handed on.
     pub expires_ms: u64,
 }
 
@@ -388,8 +395,33 @@ pub fn lease_release(current: Option<Lease>, me: u64) -> Option<Lease> {
         })
 }
 
-/// The JWKS blob in shared data: `WJK1`, generation u64 LE, fetched-at (host ms) u64 LE, then
-/// the JWKS JSON exactly as the issuer served it.
+/// A VM's own limit on asking the fetcher for a JWKS refetch (a token named an unknown
+/// `kid`): one ask per interval, so a stream of such tokens costs one shared-data write per
+/// interval, not one per request. The first ask goes out whatever the clock reads (the
+/// monotonic clock counts from the host's boot: "0 = never" would hold back the asks of an
+/// Envoy started less than an interval after it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RefetchAsks {
+    last_ms: Option<u64>,
+}
+
+impl RefetchAsks {
+    /// Whether to ask at `now_ms` (the monotonic clock): not within `min_interval_ms` of the
+    /// last ask. Records the ask.
+    pub fn ask(&mut self, now_ms: u64, min_interval_ms: u64) -> bool {
+        if self
+            .last_ms
+            .is_some_and(|last| now_ms.saturating_sub(last) < min_interval_ms)
+        {
+            return false;
+        }
+        self.last_ms = Some(now_ms);
+        true
+    }
+}
+
+/// The JWKS blob in shared data: `WJK1`, generation u64 LE, fetched-at (ms on the monotonic
+/// clock) u64 LE, then the JWKS JSON exactly as the issuer served it.
 pub fn encode_jwks_blob(generation: u64, fetched_ms: u64, json: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(20 + json.len());
     out.extend_from_slice(b"WJK1");
@@ -422,6 +454,16 @@ pub fn decode_jwks_blob(bytes: &[u8]) -> Option<JwksBlob<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The monotonic clock counts from the host's boot: an Envoy started 2 s after it still
+    /// asks at once (with 0 as "never", not before 5 s after the boot).
+    #[test]
+    fn refetch_asks_first_ask_goes_out_whatever_the_clock_reads_then_one_per_interval() {
+        let mut asks = RefetchAsks::default();
+        assert!(asks.ask(2_001, 5_000));
+        assert!(!asks.ask(7_000, 5_000));
+        assert!(asks.ask(7_001, 5_000));
+    }
 
     #[test]
     fn next_feed_poll_news_polls_at_once() {

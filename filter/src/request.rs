@@ -1369,6 +1369,57 @@ mod tests {
         assert_eq!(judge_at(NOW_MS + 61_000, 66_001), "revocation_stale");
     }
 
+    /// The wasm build's request reading ([`crate::host::WasmClock::request`]) after the wall
+    /// clock stepped an hour forward since the VM's last tick (it booted an hour behind; NTP
+    /// set it right): the set's age is its age at that tick plus at most the lead cap, not an
+    /// hour — no 503 for every protected request until the next tick — while the token is
+    /// judged by the corrected wall clock.
+    #[test]
+    fn judge_a_wasm_requests_reading_after_a_forward_step_keeps_the_set_fresh() {
+        let config = config(serde_json::json!({
+            "revocation": {"cluster": "issuer", "credential": "c", "stale_mode": "deny",
+                           "stale_after_seconds": 60}
+        }));
+        let keys = keys();
+        let set = RevocationSet::default();
+        // A day after the host's boot, by Envoy's steady clock.
+        let boot_ns = 86_400_000 * 1_000_000;
+        let mut clock = crate::host::WasmClock::start(NOW_MS - 3_600_000, Some(boot_ns));
+        let tick = clock.hook(NOW_MS - 3_599_900, Some(boot_ns + 100_000_000));
+        // The feed last answered 30 s before that tick.
+        let loaded = Loaded {
+            set: &set,
+            generation: 1,
+            last_ok_ms: tick.mono_ms - 30_000,
+        };
+        let token = token();
+        let extracted = Extracted::Found {
+            token: &token,
+            source: 0,
+        };
+        let now = clock.request(NOW_MS + 50);
+        assert_eq!(now.unix_ms, NOW_MS + 50);
+        let verdict = judge(
+            &config,
+            Some(&keys),
+            1,
+            Some(loaded),
+            &mut TokenCache::new(0),
+            &extracted,
+            Require::Required,
+            &[],
+            now,
+        );
+        assert!(
+            matches!(verdict.decision, Decision::Allow { .. }),
+            "{:?}",
+            match verdict.decision {
+                Decision::Deny(denial) => denial.reason,
+                _ => "anonymous",
+            }
+        );
+    }
+
     #[test]
     fn on_request_headers_revocation_not_loaded_503_retry_after() {
         let config = config(serde_json::json!({

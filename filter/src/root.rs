@@ -11,6 +11,16 @@
 //! When its configuration goes, a VM hands on the leases it holds (the root's `Drop`), so the
 //! fetching passes to a configuration left within a tick.
 //!
+//! Time: each hook (the configuration, a tick, an issuer's answer) reads both clocks once
+//! (`Worker::read_clocks`, [`WasmClock`]) and keeps the reading for the VM's requests. Every
+//! schedule, lease expiry and age — the first ticks, the elections, the fetchers, the set's
+//! `last_ok_ms` and staleness — runs on the monotonic clock, which is Envoy's process-wide
+//! steady clock and so compares across VMs (a lease written by one VM is judged live or
+//! expired by another); only the revocation entries' cutoff reads the wall clock. A step of
+//! the wall clock so neither makes every VM's set stale and every lease look expired at once
+//! (forward) nor holds back the JWKS refresh, the unknown-`kid` refetch and a trapped
+//! leader's successor for the step's length (back).
+//!
 //! Host calls go through `proxy_wasm::hostcalls`, whose results are handled. Note that the SDK
 //! (0.2.5) returns an error only for the statuses a call documents and panics — aborting the
 //! VM — on any other; Envoy returns only documented statuses, so that is not reachable from a
@@ -19,7 +29,7 @@
 //! header map is read raw (`wasm_host::request_header_map`), since the SDK's reader also aborts
 //! on a header name that is not UTF-8.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
@@ -31,12 +41,12 @@ use weauth_token::KeySet;
 
 use crate::config::Config;
 use crate::fetch::{self, Publish, Published, StaleWatch};
-use crate::host::{DispatchError, IssuerCall, Level, Now, Report};
+use crate::host::{DispatchError, IssuerCall, Level, Report, WasmClock};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use crate::refresh::{self, LeaseStep};
+use crate::refresh::{self, LeaseStep, LEASE_MS};
 use crate::revocation::{InShared, Meta, RevocationSet};
-use crate::wasm_host::{log, now_ms};
+use crate::wasm_host::{log, monotonic_ns, unix_ms};
 use crate::worker::{VmState, Worker};
 
 /// How often every VM syncs from shared data (and the elected VM drives its fetchers).
@@ -48,8 +58,6 @@ const FIRST_TICK: Duration = Duration::from_millis(10);
 /// The fast first ticks end at the latest this long after the configuration (an issuer that
 /// cannot be reached is retried on the fetchers' own backoff, not every 10 ms).
 const FIRST_TICKS_MAX_MS: u64 = 2_000;
-/// The fetcher lease's lifetime; renewed on every tick by its holder.
-const LEASE_MS: u64 = 2_000;
 /// Largest response body read from the issuer.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -64,7 +72,8 @@ pub struct Root {
     /// key).
     parts: Vec<Part>,
     stale: StaleWatch,
-    /// When the configuration was applied, while the tick is still [`FIRST_TICK`].
+    /// When the configuration was applied (on the monotonic clock), while the tick is still
+    /// [`FIRST_TICK`].
     first_ticks_since_ms: Option<u64>,
 }
 
@@ -116,7 +125,8 @@ impl Root {
         }
     }
 
-    /// One round of the election for `lease`. Returns whether this VM holds it now.
+    /// One round of the election for `lease` at `now_ms` on the monotonic clock (the lease's
+    /// expiry is compared by every VM: module docs). Returns whether this VM holds it now.
     fn elect(&self, lease: &str, now_ms: u64) -> bool {
         let Ok((bytes, cas)) = hostcalls::get_shared_data(lease) else {
             return false;
@@ -393,7 +403,7 @@ impl Context for Root {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let now = now_ms();
+        let now = worker.read_clocks();
         let id = u64::from(token_id);
         let Some(part) = self.parts.iter().position(|part| part.fetcher.owns(id)) else {
             return;
@@ -407,14 +417,14 @@ impl Context for Root {
         let holds = self
             .parts
             .get(part)
-            .is_some_and(|p| p.leader && self.elect(&p.lease, now));
+            .is_some_and(|p| p.leader && self.elect(&p.lease, now.mono_ms));
         if !holds {
             if let Some(lost) = self.parts.get_mut(part) {
                 // Lost the lease while the call was out: drop it, the new fetcher has its own.
-                lost.fetcher.drop_call(id, now);
+                lost.fetcher.drop_call(id, now.mono_ms);
                 if lost.leader {
                     lost.leader = false;
-                    lost.fetcher.restart(now);
+                    lost.fetcher.restart(now.mono_ms);
                     let what = lost.what;
                     self.log(
                         Level::Info,
@@ -433,7 +443,7 @@ impl Context for Root {
                 u64::from(token_id),
                 status,
                 &[&body],
-                Now::wall(now),
+                now,
             );
         });
     }
@@ -457,7 +467,17 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let now = now_ms();
+        let mono_ns = monotonic_ns();
+        if mono_ns.is_none() {
+            // proxy-wasm-cpp-host (Envoy's) always answers it: another host's gap.
+            self.log(
+                Level::Warn,
+                "the host gives no monotonic clock (WASI clock_time_get): schedules, leases and \
+                 the set's age go on the wall clock's progress instead",
+            );
+        }
+        let clock = WasmClock::start(unix_ms(), mono_ns);
+        let now = clock.now().mono_ms;
         let state = VmState::new(&config);
         let keys = Keys::new(&config);
         let parts = [
@@ -500,6 +520,7 @@ impl RootContext for Root {
             metrics,
             keys,
             state: RefCell::new(state),
+            clock: Cell::new(clock),
         }));
         self.stale = StaleWatch::default();
         // Inline keys and no feed: nothing to sync, but the tick still adds the allow path's
@@ -520,7 +541,7 @@ impl RootContext for Root {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let now = now_ms();
+        let now = worker.read_clocks();
         worker.metrics.flush();
         // The seq of the revocation set this VM holds whole and as published (`None`: none, or
         // not in sync): where a VM that takes the feed over goes on from.
@@ -535,15 +556,16 @@ impl RootContext for Root {
                     metrics: &worker.metrics,
                     context_id: self.context_id,
                 };
-                self.stale.observe(feed, published(&state), &report, now);
+                self.stale
+                    .observe(feed, published(&state), &report, now.mono_ms);
             }
-            self.end_first_ticks(&worker, &state, now);
+            self.end_first_ticks(&worker, &state, now.mono_ms);
         }
         for index in 0..self.parts.len() {
             let Some(part) = self.parts.get(index) else {
                 break;
             };
-            let leader = self.elect(&part.lease, now);
+            let leader = self.elect(&part.lease, now.mono_ms);
             let part_is_feed = part.what == REVOCATION;
             if leader != part.leader {
                 // Taking the feed over with the published set in hand (the configuration that
@@ -559,7 +581,7 @@ impl RootContext for Root {
                 };
                 self.log(Level::Info, &message);
                 if let Some(part) = self.parts.get_mut(index) {
-                    part.fetcher.restart(now);
+                    part.fetcher.restart(now.mono_ms);
                     if resume.is_some() {
                         part.fetcher.resume();
                     }
@@ -573,7 +595,7 @@ impl RootContext for Root {
             }
             if leader {
                 self.with_fetcher(&worker, index, |fetcher, publish, report| {
-                    fetcher.tick(publish, &mut WasmCall, report, Now::wall(now));
+                    fetcher.tick(publish, &mut WasmCall, report, now);
                 });
             }
         }

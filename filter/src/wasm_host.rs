@@ -1,7 +1,8 @@
 //! The proxy-wasm host services every context uses besides its own work: a log line tagged
-//! with the context id, the host clock, and the request's header map read raw. Apart from
-//! `root`, `worker` and `http` so that none of them imports another only for these. The raw
-//! read is the wasm build's one `unsafe` (the native build's are all in `native::ffi`).
+//! with the context id, the host's two clocks, and the request's header map read raw. Apart
+//! from `root`, `worker` and `http` so that none of them imports another only for these. The
+//! raw header read and the monotonic clock's WASI call are the wasm build's only `unsafe` (the
+//! native build's are all in `native::ffi`).
 
 use std::time::UNIX_EPOCH;
 
@@ -22,14 +23,40 @@ pub fn log(level: Level, context_id: u32, message: &str) {
     let _ = hostcalls::log(level, &format!("weauth[{context_id}] {message}"));
 }
 
-/// Host time in unix milliseconds (0 if the host cannot say, which makes everything stale).
-pub fn now_ms() -> u64 {
+/// The wall clock in Unix milliseconds (0 if the host cannot say: every token is then refused
+/// as not yet valid). One host call (`proxy_get_current_time_nanoseconds`): a request's only
+/// clock call ([`crate::host::WasmClock::request`]).
+pub fn unix_ms() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |elapsed| {
             u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
         })
+}
+
+/// WASI's monotonic clock (`CLOCKID_MONOTONIC`).
+const CLOCK_MONOTONIC: u32 = 1;
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    /// WASI preview 1's `clock_time_get(id, precision, *time) -> errno`. std imports it too
+    /// (for `SystemTime` and `Instant`, whose readings are opaque and per VM), so the module
+    /// gains no import; declared with the wasm types std's binding lowers to:
+    /// (i32, i64, i32) -> i32.
+    fn clock_time_get(id: u32, precision: u64, time: *mut u64) -> u32;
+}
+
+/// The monotonic clock in nanoseconds, `None` if the host refuses it. proxy-wasm-cpp-host
+/// answers clock id 1 with the host's `getMonotonicTimeNanoseconds` — Envoy's process-wide
+/// steady clock, so readings compare across the VMs of one Envoy ([`crate::host::WasmClock`]).
+/// Read only in the root context's hooks, never per request.
+pub fn monotonic_ns() -> Option<u64> {
+    let mut time: u64 = 0;
+    // SAFETY: the host writes one u64 (a WASI timestamp) at the address given, a live local
+    // of this frame, and nothing else; `precision` is only a hint.
+    let errno = unsafe { clock_time_get(CLOCK_MONOTONIC, 1, &mut time) };
+    (errno == 0).then_some(time)
 }
 
 #[link(wasm_import_module = "env")]

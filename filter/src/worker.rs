@@ -4,19 +4,19 @@
 //! and writes shared data: this side only reads it (save the JWKS refetch request), and it is
 //! all an HTTP context sees.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use proxy_wasm::hostcalls;
 use weauth_token::KeySet;
 
 use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource};
-use crate::host::Level;
+use crate::host::{Level, Now, WasmClock};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
-use crate::refresh;
+use crate::refresh::{self, RefetchAsks};
 use crate::revocation::{Meta, Replica};
-use crate::wasm_host::log;
+use crate::wasm_host::{log, monotonic_ns, unix_ms};
 
 /// Per-VM mutable state shared by the root and the HTTP contexts (single-threaded VM). (Not
 /// `refresh::FetchPhase`, where one fetcher is.)
@@ -32,8 +32,8 @@ pub struct VmState {
     /// [`Worker::sync_revocation_if_moved`]).
     meta_version_cas: Option<u32>,
     pub cache: TokenCache,
-    /// When this VM last asked the fetcher for a JWKS refetch.
-    refetch_asked_ms: u64,
+    /// When this VM last asked the fetcher for a JWKS refetch (on the monotonic clock).
+    refetch_asks: RefetchAsks,
     /// As the revocation writer: the meta's CAS right after this VM's last write of it. Any
     /// other writer's meta write changes it (see `root`'s `SharedData::publish_set`).
     pub written_meta_cas: Option<u32>,
@@ -71,9 +71,21 @@ pub struct Worker {
     pub metrics: Metrics,
     pub keys: Keys,
     pub state: RefCell<VmState>,
+    /// This VM's clocks as its root context last read them: what a request reckons the
+    /// monotonic time from ([`WasmClock`]).
+    pub clock: Cell<WasmClock>,
 }
 
 impl Worker {
+    /// Reads both clocks at a root-context hook (a tick, an issuer's answer) and keeps the
+    /// reading for the requests that follow: two host calls, never made per request.
+    pub fn read_clocks(&self) -> Now {
+        let mut clock = self.clock.get();
+        let now = clock.hook(unix_ms(), monotonic_ns());
+        self.clock.set(clock);
+        now
+    }
+
     /// Re-reads the JWKS blob when its CAS moved; decodes only a new generation. Returns
     /// whether the keys changed.
     pub fn sync_jwks(&self, state: &mut VmState, context_id: u32) -> bool {
@@ -196,18 +208,17 @@ impl Worker {
         }
     }
 
-    /// Asks the elected fetcher for a JWKS refetch (a token named an unknown `kid`). Rate
+    /// Asks the elected fetcher for a JWKS refetch (a token named an unknown `kid`), at `now_ms`
+    /// on the monotonic clock (the fetcher compares it with when its last fetch started). Rate
     /// limited per VM to one write per `min_refetch_seconds`.
     pub fn want_jwks_refetch(&self, state: &mut VmState, now_ms: u64) {
         let JwksSource::Remote(remote) = &self.config.jwks else {
             return;
         };
-        if now_ms.saturating_sub(state.refetch_asked_ms)
-            < remote.min_refetch_seconds.saturating_mul(1000).max(1000)
-        {
+        let min_interval_ms = remote.min_refetch_seconds.saturating_mul(1000).max(1000);
+        if !state.refetch_asks.ask(now_ms, min_interval_ms) {
             return;
         }
-        state.refetch_asked_ms = now_ms;
         let _ =
             hostcalls::set_shared_data(&self.keys.jwks_wanted, Some(&now_ms.to_le_bytes()), None);
     }

@@ -142,7 +142,7 @@ mod glue {
     /// (keeps them alive, as weauth uses them).
     fn weauth_reads() -> bool {
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
-        let version = hostcalls::get_shared_data("weauth.rev2.0000000000000000.v");
+        let version = hostcalls::get_shared_data("weauth.rev3.0000000000000000.v");
         let now = hostcalls::get_current_time();
         headers.is_ok() && version.is_ok() && now.is_ok()
     }

@@ -42,7 +42,8 @@
 //!   step of the wall clock — NTP at a VM's boot, `date -s` — neither stalls the fetching for
 //!   as long as it steps back nor makes the set stale at once when it steps forward. A token's
 //!   `exp`, `nbf` and `iat`, and a revocation entry's `until`, are judged by [`Now::unix_ms`].
-//!   (The wasm build has only the wall clock: [`Now::wall`].)
+//!   (The wasm build reads the same two clocks, its monotonic one Envoy's steady clock:
+//!   [`crate::host::WasmClock`].)
 //!
 //! The fetcher's tests below run it against this build's real [`Shared`] and a scripted issuer.
 

@@ -194,7 +194,9 @@ pub struct Meta {
     pub generation: u64,
     /// Feed `seq` of the published set.
     pub seq: u64,
-    /// Host time (unix ms) of the last successful feed response.
+    /// When the feed last answered, on the fetcher's monotonic clock (ms): in the wasm build
+    /// Envoy's process-wide steady clock, which every VM reading the meta shares
+    /// (`host::WasmClock`; before the `rev3` keys, the wall clock).
     pub last_ok_ms: u64,
     /// Generation of each shard (0 = never written, empty).
     pub shard_generations: Vec<u64>,
