@@ -66,8 +66,8 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
 pub const FORCE_INTERVAL: i64 = 300;
 /// How long a replica answers with its last failure to get a token — WeChat busy, slow or
 /// unreachable ([`WechatError::is_retryable`]), and no token usable — before it asks WeChat
-/// again ([`AccessTokens::get_for`]). A refusal (an IP not allowed, the quota spent, the rate
-/// limit) comes back at once: it is asked again each time.
+/// again ([`AccessTokens::get_for`]). A refusal (an IP not allowed, the quota spent) comes
+/// back at once: it is asked again each time; the rate limit is held for [`RATE_LIMIT_HOLD`].
 pub const FAILURE_HOLD: i64 = 5;
 /// How long a replica answers WeChat's rate limit on `stable_token` (45011, "retry next
 /// minute") before asking again.
