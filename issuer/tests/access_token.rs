@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use weauth_issuer::app::App;
 use weauth_issuer::clock::{Clock as _, SystemClock};
-use weauth_issuer::config::{Config, Source};
 use weauth_issuer::error::ApiError;
 use weauth_issuer::secrets::sha256_hex;
 use weauth_issuer::store::CachedToken;
@@ -112,16 +111,12 @@ async fn replica(dir: &common::TempDir, fake: &Arc<FakeWechat>) -> Arc<App> {
             format!("sqlite://{}", dir.path().join("t.db").display()),
         ),
     ]);
-    let lookup = move |name: &str| vars.get(name).cloned();
-    let read_file = |_: &str| Err(std::io::Error::other("no files"));
-    let config = Config::from_source(&Source {
-        lookup: &lookup,
-        read_file: &read_file,
-    })
-    .unwrap();
-    App::build(config, Some(fake.clone() as Arc<dyn Wechat>))
-        .await
-        .unwrap()
+    App::build(
+        common::config_of(&vars),
+        Some(fake.clone() as Arc<dyn Wechat>),
+    )
+    .await
+    .unwrap()
 }
 
 /// Writes `token` to the store as another replica would: as the lease's holder.

@@ -1407,7 +1407,6 @@ fn library_config(
     data_key: &str,
     extra: &[(&'static str, &str)],
 ) -> Arc<weauth_issuer::config::Config> {
-    use weauth_issuer::config::{Config, Source};
     let mut vars: std::collections::HashMap<&str, String> = std::collections::HashMap::from([
         ("WEAUTH_WECHAT_APPID", "wx1".to_string()),
         ("WEAUTH_WECHAT_SECRET", "s".to_string()),
@@ -1417,15 +1416,7 @@ fn library_config(
     for (name, value) in extra {
         vars.insert(name, value.to_string());
     }
-    let lookup = move |name: &str| vars.get(name).cloned();
-    let read_file = |_: &str| Err(std::io::Error::other("no files"));
-    Arc::new(
-        Config::from_source(&Source {
-            lookup: &lookup,
-            read_file: &read_file,
-        })
-        .unwrap(),
-    )
+    Arc::new(common::config_of(&vars))
 }
 
 /// A data key (base64 of 32 bytes) for the library tests: `A…` or `B…`.

@@ -43,8 +43,6 @@ use self::copy::{Delta, FeedCopy};
 use self::revocation::{feed_is_full, FEED_PAGE_ENTRIES};
 use crate::store::{Store, StoreError};
 
-type Copy = FeedCopy;
-
 /// What [`FeedCache::answer_body`] depends on: two calls with the same key give the same body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BodyKey {
@@ -90,10 +88,10 @@ const BODIES: usize = 4;
 /// The replica's copy of the feed.
 #[derive(Default)]
 pub struct FeedCache {
-    copy: RwLock<Arc<Copy>>,
+    copy: RwLock<Arc<FeedCopy>>,
     refresh: tokio::sync::Mutex<()>,
     /// Recent serialized answers, newest last (with the copy each was made from).
-    bodies: Mutex<Vec<(BodyKey, Arc<Copy>, Answer)>>,
+    bodies: Mutex<Vec<(BodyKey, Arc<FeedCopy>, Answer)>>,
     /// Reads of the store so far (each [`Self::reload`]).
     reloads: std::sync::atomic::AtomicU64,
 }
@@ -104,7 +102,7 @@ impl FeedCache {
         FeedCache::default()
     }
 
-    fn snapshot(&self) -> Arc<Copy> {
+    fn snapshot(&self) -> Arc<FeedCopy> {
         match self.copy.read() {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -191,7 +189,7 @@ impl FeedCache {
         if copy.current == 0 {
             return None;
         }
-        Some(Self::answer_from(&copy, since, now, limit))
+        Some(copy.answer(since, now, limit))
     }
 
     /// [`FeedCache::answer`], serialized; the polls woken together, asking with the same
@@ -216,16 +214,12 @@ impl FeedCache {
         if let Some((_, _, answer)) = bodies.iter().rev().find(|(k, _, _)| *k == key) {
             return Some(answer.clone());
         }
-        let answer = Answer::of(&Self::answer_from(&copy, since, now, limit));
+        let answer = Answer::of(&copy.answer(since, now, limit));
         if bodies.len() >= BODIES {
             bodies.remove(0);
         }
         bodies.push((key, copy, answer.clone()));
         Some(answer)
-    }
-
-    fn answer_from(copy: &Copy, since: u64, now: i64, limit: usize) -> FeedResponse {
-        copy.answer(since, now, limit)
     }
 }
 

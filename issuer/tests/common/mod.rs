@@ -196,6 +196,18 @@ pub struct InProcess {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The configuration of exactly `vars`, no files readable (the library tests' replicas).
+#[allow(dead_code)]
+pub fn config_of(vars: &HashMap<&str, String>) -> Config {
+    let lookup = |name: &str| vars.get(name).cloned();
+    let read_file = |_: &str| Err(std::io::Error::other("no files"));
+    Config::from_source(&Source {
+        lookup: &lookup,
+        read_file: &read_file,
+    })
+    .unwrap_or_else(|err| panic!("invalid configuration: {err}"))
+}
+
 impl InProcess {
     /// What `weauth-issuer` does at start with exactly `env`, in this process, on `clock`.
     pub async fn start(env: &HashMap<String, String>, clock: Arc<dyn Clock>) -> InProcess {
