@@ -80,6 +80,54 @@ pub fn free_port() -> io::Result<u16> {
     ))
 }
 
+/// A server process under a guard `sh`: the guard SIGKILLs the server (and reaps it) once its
+/// stdin — a pipe from this process — reaches end of file, which happens when
+/// [`Guard::kill`] closes it, when the guard is dropped, or when the test process ends in any
+/// way at all (a `static` server is never dropped; a Ctrl-C or SIGTERM runs no destructor). The
+/// guard ignores SIGINT, SIGTERM and SIGHUP, so the Ctrl-C of `make test`, which reaches the
+/// whole process group, cannot end it before it has killed its server: the server would
+/// outlive the run (`mariadbd` ignores SIGINT, and a non-interactive shell starts a background
+/// job with SIGINT ignored).
+pub(crate) struct Guard {
+    child: std::process::Child,
+}
+
+impl Guard {
+    /// Starts `bin args` in `dir` under a guard (`bin` without a `/` is looked up in `PATH`).
+    pub(crate) fn spawn(bin: &Path, args: &[String], dir: &Path) -> io::Result<Guard> {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(GUARD_SCRIPT)
+            .arg(bin)
+            .args(args)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Ok(Guard {
+            child: command.spawn()?,
+        })
+    }
+
+    /// SIGKILLs the server and waits until it is gone (its port and files released).
+    pub(crate) fn kill(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Closing the pipe is the signal; the guard kills and reaps the server by itself.
+        drop(self.child.stdin.take());
+    }
+}
+
+/// The guard: `$0` is the server's binary, `"$@"` its arguments.
+const GUARD_SCRIPT: &str =
+    "trap '' INT TERM HUP; \"$0\" \"$@\" & pid=$!; cat >/dev/null; kill -9 $pid; wait $pid";
+
 /// The last `n` lines of `text`, each cut to [`TAIL_LINE_CHARS`] characters.
 pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -147,6 +195,74 @@ mod tests {
         drop(dir);
         if std::env::var_os("WEAUTH_KEEP_TMP").is_none() {
             assert!(!path.exists());
+        }
+    }
+
+    /// The child side of [`a_guarded_server_dies_with_the_test_process_on_ctrl_c`]: a server
+    /// under a guard, then sleeps until a signal ends this process.
+    fn guard_child(dir: &Path) {
+        let server = [
+            "-c".to_string(),
+            "echo $$ > server.pid; exec sleep 600".to_string(),
+        ];
+        let _guard = Guard::spawn(Path::new("sh"), &server, dir).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
+
+    /// A Ctrl-C of `make test` reaches the whole process group; the server (here `sleep`,
+    /// started as a background job, so with SIGINT ignored as `mariadbd` ignores it) must still
+    /// be gone once the test process is.
+    #[test]
+    fn a_guarded_server_dies_with_the_test_process_on_ctrl_c() {
+        use std::os::unix::process::CommandExt;
+        use std::time::{Duration, Instant};
+        const CHILD: &str = "WEAUTH_GUARD_TEST_CHILD";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            return guard_child(Path::new(&dir));
+        }
+        let dir = temp_dir("weauth-guard").unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::a_guarded_server_dies_with_the_test_process_on_ctrl_c",
+                "--nocapture",
+            ])
+            .env(CHILD, dir.path())
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid_file = dir.path().join("server.pid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let server = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the child started no server");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let alive = || Path::new(&format!("/proc/{server}")).exists();
+        assert!(alive());
+        // Ctrl-C: SIGINT to the child's whole process group.
+        let status = std::process::Command::new("kill")
+            .args(["-INT", "--", &format!("-{}", child.id())])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive() {
+            if Instant::now() > deadline {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &server.to_string()])
+                    .status();
+                panic!("the server (pid {server}) outlived the test process");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

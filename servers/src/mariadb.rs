@@ -18,9 +18,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use tokio::process::{Child, Command};
 
-use crate::{free_port, tail_file, temp_dir, ServerError};
+use crate::{free_port, tail_file, temp_dir, Guard, ServerError};
 
 /// The user every test server has (all privileges, from 127.0.0.1).
 pub const USER: &str = "weauth";
@@ -164,7 +163,7 @@ fn client_sql(port: u16, sql: &str) -> Result<String, ServerError> {
 
 /// One `mariadbd` with its own data directory.
 pub struct MariaDb {
-    child: Option<Child>,
+    guard: Option<Guard>,
     port: u16,
     dir: PathBuf,
     args: Vec<String>,
@@ -204,7 +203,7 @@ impl MariaDb {
         std::fs::create_dir_all(dir.join("tmp")).map_err(|e| io_err("creating the tmpdir", e))?;
         let port = free_port().map_err(|e| io_err("finding a free port", e))?;
         let mut server = MariaDb {
-            child: None,
+            guard: None,
             port,
             args: server_args(&dir, port, extra),
             dir,
@@ -219,27 +218,21 @@ impl MariaDb {
     /// # Errors
     /// As [`MariaDb::start`].
     pub async fn restart(&mut self) -> Result<(), ServerError> {
-        let child = Command::new(server_bin())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                io_err(
-                    "starting mariadbd (install it with `make setup`, Debian package mariadb-server)",
-                    e,
-                )
-            })?;
-        self.child = Some(child);
+        let guard = Guard::spawn(&server_bin(), &self.args, &self.dir).map_err(|e| {
+            io_err(
+                "starting mariadbd (install it with `make setup`, Debian package mariadb-server)",
+                e,
+            )
+        })?;
+        self.guard = Some(guard);
         wait_ready(self.port, &self.dir).await
     }
 
-    /// SIGKILL: nothing flushed beyond what InnoDB's redo log already holds.
+    /// SIGKILL: nothing flushed beyond what InnoDB's redo log already holds. Returns once the
+    /// process is gone (a restart can take its data directory's locks).
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
+        if let Some(guard) = self.guard.take() {
+            guard.kill();
         }
     }
 
@@ -331,7 +324,9 @@ fn start_shared() -> Result<Shared, ServerError> {
     let dir = temp.keep();
     install(&dir)?;
     let port = free_port().map_err(|e| io_err("finding a free port", e))?;
-    let mut script = String::from("\"$0\" \"$@\" & server=$!; ");
+    // SIGINT, SIGTERM and SIGHUP ignored: as for a [`Guard`], the Ctrl-C that ends the test
+    // process must leave the watchdog to kill the server (`mariadbd` ignores SIGINT).
+    let mut script = String::from("trap '' INT TERM HUP; \"$0\" \"$@\" & server=$!; ");
     // Poll the test process (our parent's pid, passed in) every 200 ms; when it is gone (or
     // the server died), SIGKILL the server and remove the directory.
     script.push_str(&format!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::{free_port, tail_file, temp_dir, ServerError};
+use crate::{free_port, tail_file, temp_dir, Guard, ServerError};
 use tempfile::TempDir;
 
 /// The `redis-server` binary: `WEAUTH_REDIS_SERVER_BIN`, else `redis-server` on the PATH.
@@ -386,60 +386,31 @@ impl SentinelSetup {
     }
 }
 
-/// One node of a [`RedisCluster`]: `redis-server` under a `sh` that SIGKILLs it when the
-/// test process goes away (its stdin, a pipe from this process, reaches end of file), so a
-/// cluster shared by a whole test binary through a `static` never outlives it.
+/// One node of a [`RedisCluster`]: `redis-server` under a [`Guard`], so a cluster shared by a
+/// whole test binary through a `static` never outlives it.
 struct ClusterNode {
     port: u16,
     dir: PathBuf,
     args: Vec<String>,
-    guard: Option<std::process::Child>,
+    guard: Option<Guard>,
 }
 
 impl ClusterNode {
     fn spawn(&mut self) -> Result<(), ServerError> {
-        let _ = std::fs::remove_file(self.dir.join("redis.pid"));
-        let script =
-            "redis-server \"$@\" & pid=$!; echo $pid > redis.pid; cat >/dev/null; kill -9 $pid";
-        let child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .args(&self.args)
-            .current_dir(&self.dir)
-            .env("PATH", path_with_server_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                io_err(
-                    "starting redis-server (install it with `make setup`, Debian package redis-server)",
-                    e,
-                )
-            })?;
-        self.guard = Some(child);
+        let guard = Guard::spawn(&server_bin(), &self.args, &self.dir).map_err(|e| {
+            io_err(
+                "starting redis-server (install it with `make setup`, Debian package redis-server)",
+                e,
+            )
+        })?;
+        self.guard = Some(guard);
         wait_port_blocking(self.port, &self.dir.join("redis.log"))
     }
 
-    fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.join("redis.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
+    /// SIGKILL, waiting until the process is gone.
     fn kill(&mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
-        }
-        if let Some(mut guard) = self.guard.take() {
-            // Closing its stdin ends the guard shell.
-            drop(guard.stdin.take());
-            let _ = guard.wait();
+        if let Some(guard) = self.guard.take() {
+            guard.kill();
         }
     }
 }
@@ -447,22 +418,6 @@ impl ClusterNode {
 impl Drop for ClusterNode {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// `PATH` with the directory of [`server_bin`] first (the guard shell runs `redis-server`).
-fn path_with_server_dir() -> std::ffi::OsString {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    match server_bin()
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-    {
-        Some(dir) => {
-            let mut dirs = vec![dir.to_path_buf()];
-            dirs.extend(std::env::split_paths(&path));
-            std::env::join_paths(dirs).unwrap_or(path)
-        }
-        None => path,
     }
 }
 
