@@ -17,6 +17,7 @@
 //! - [`fetch`]: the JWKS and revocation fetchers, one for both builds, generic over the host
 //!   (where they call, report and publish).
 //! - [`cache`]: the bounded per-VM cache of verified tokens.
+//! - [`gauges`]: what a gauge shows when several configurations report it (the worst value).
 //!
 //! Host glue, compiled only for wasm32:
 //! - `root` (one per VM: configuration, the 100 ms tick, the lease election and — on the
@@ -40,6 +41,7 @@ pub mod cache;
 pub mod config;
 pub mod csrf;
 pub mod fetch;
+pub mod gauges;
 pub mod headers;
 pub mod host;
 pub mod keys;

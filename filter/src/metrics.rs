@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+use crate::gauges::{self, Reporter};
 use crate::host::Stats;
 use crate::metrics_names::{COUNTERS, DENY_REASONS, GAUGES};
 
@@ -45,6 +46,8 @@ impl Counter {
 /// crosses the host boundary to count.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// This configuration on the VM's gauge board.
+    reporter: Reporter,
     ids: HashMap<&'static str, u32>,
     denied: HashMap<&'static str, u32>,
     pub allowed: Counter,
@@ -57,7 +60,16 @@ impl Metrics {
     /// Defines every metric with the host (once per VM, in `on_configure`). A metric the host
     /// refuses is left out, and counting it does nothing.
     pub fn define() -> Metrics {
-        let mut metrics = Metrics::default();
+        // Field by field: a `Drop` type cannot be built from `..Metrics::default()`.
+        let mut metrics = Metrics {
+            reporter: Reporter::next(),
+            ids: HashMap::new(),
+            denied: HashMap::new(),
+            allowed: Counter::default(),
+            anonymous: Counter::default(),
+            cache_hit: Counter::default(),
+            cache_miss: Counter::default(),
+        };
         for name in COUNTERS {
             if let Ok(id) = hostcalls::define_metric(MetricType::Counter, &format!("weauth.{name}"))
             {
@@ -113,10 +125,23 @@ impl Metrics {
         }
     }
 
-    /// Sets a gauge.
-    pub fn gauge(&self, name: &str, value: u64) {
+    /// Sets this configuration's value of a gauge; the stat shows the worst of the VM's
+    /// configurations ([`crate::gauges`]).
+    pub fn gauge(&self, name: &'static str, value: u64) {
         if let Some(id) = self.ids.get(name) {
-            let _ = hostcalls::record_metric(*id, value);
+            let shown = gauges::board().set(self.reporter, name, value);
+            let _ = hostcalls::record_metric(*id, shown);
+        }
+    }
+}
+
+/// A configuration gone (its worker dropped): the stats show the worst of the others.
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        for (name, shown) in gauges::board().remove(self.reporter) {
+            if let Some(id) = self.ids.get(name) {
+                let _ = hostcalls::record_metric(*id, shown);
+            }
         }
     }
 }

@@ -571,6 +571,56 @@ async fn listeners_sharing_a_feed_with_different_jwks_sources_apply_every_revoca
 }
 
 #[tokio::test]
+async fn a_stale_feed_age_is_not_hidden_by_a_fresh_listener() {
+    // Two listeners on two feeds in one Envoy: listener a's is answered, listener b's never
+    // (its path is one the issuer does not serve). The age gauge is one stat per process; each
+    // configuration writing its own made it alternate, so that a's fresh answers hid b's
+    // growing age from the staleness alert between scrapes. It must show the older set's age
+    // however often a's feed answers.
+    let stack = start(Stack::builder().concurrency(2).listeners_from_file()).await;
+    let port = free_port().unwrap();
+    stack
+        .update_listeners(|listeners| {
+            let mut second = listeners
+                .iter()
+                .find(|l| l["name"] == "weauth_ingress")
+                .cloned()
+                .expect("the public listener");
+            second["name"] = json!("weauth_ingress_b");
+            second["address"]["socket_address"]["port_value"] = json!(port);
+            for config in weauth_tests::template::weauth_filter_configs(&mut second) {
+                let mut parsed: Value = serde_json::from_str(config.as_str().unwrap()).unwrap();
+                parsed["revocation"]["path"] = json!("/v1/revocations-of-nobody");
+                *config = Value::String(parsed.to_string());
+            }
+            listeners.push(second);
+        })
+        .await
+        .unwrap();
+    // b's fetcher has failed four times (at about 0, 0.5, 1.5 and 3.5 s): whichever build,
+    // it has reported an age of 3 s or more since it started.
+    let started = Instant::now();
+    while stat(&stack, "feed_fetch_fail").await < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "listener b's feed did not fail four times"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let age = stack.filter_stat("revocation_age_seconds");
+    for round in 0..10 {
+        // A revocation: a's long poll answers at once, and a reports an age of 0.
+        admin_revoke(&stack, json!({"jti": format!("gauge-round-{round}")})).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let shown = envoy_stat(&stack, &age).await;
+        assert!(
+            shown >= 2,
+            "round {round}: {age} is {shown}, a fresh feed's age over the stale one's"
+        );
+    }
+}
+
+#[tokio::test]
 async fn inline_keys_verify_tokens_and_are_counted() {
     // The signing keys given in the configuration (`jwks.inline`) instead of fetched: tokens
     // verify against them, and the `jwks_keys` gauge counts them as it counts fetched keys

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use smallvec::SmallVec;
 
 use crate::config::{Config, JwksSource};
+use crate::gauges::{self, Reporter};
 use crate::headers::{text, Header};
 use crate::host::{DispatchError, Host, IssuerCall, Level, Now, Report, Stats};
 use crate::request::{self, Flow};
@@ -288,6 +289,8 @@ fn clocks() -> Now {
 /// request path increments them without a search by name.
 #[derive(Debug, Default)]
 struct Ids {
+    /// This configuration on the process's gauge board ([`crate::gauges`]).
+    reporter: Reporter,
     counters: Vec<(&'static str, usize)>,
     denied: Vec<(&'static str, usize)>,
     gauges: Vec<(&'static str, usize)>,
@@ -329,6 +332,7 @@ impl Ids {
         gauges: Vec<(&'static str, usize)>,
     ) -> Ids {
         Ids {
+            reporter: Reporter::next(),
             allowed: Ids::find(&counters, "allowed"),
             anonymous: Ids::find(&counters, "anonymous"),
             cache_hit: Ids::find(&counters, "cache_hit"),
@@ -341,6 +345,16 @@ impl Ids {
 
     fn find(list: &[(&'static str, usize)], name: &str) -> Option<usize> {
         list.iter().find(|(n, _)| *n == name).map(|(_, id)| *id)
+    }
+}
+
+/// A configuration gone: off the gauge board. The stats show the worst of the others at their
+/// next report (their fetcher's next tick: an answer, a retry, at the latest
+/// [`super::IDLE_TICK_MS`]): the configuration's Envoy pointer, which a write now would need,
+/// is being destroyed, possibly on another thread.
+impl Drop for Ids {
+    fn drop(&mut self) {
+        gauges::board().remove(self.reporter);
     }
 }
 
@@ -432,8 +446,11 @@ impl Report for ConfigReport<'_> {
         }
     }
 
+    /// Sets this configuration's value; the stat shows the worst of the process's
+    /// configurations ([`crate::gauges`]).
     fn gauge(&self, name: &'static str, value: u64) {
         if let Some(id) = Ids::find(&self.ids.gauges, name) {
+            let shown = gauges::board().set(self.ids.reporter, name, value);
             // SAFETY: as above.
             unsafe {
                 envoy_dynamic_module_callback_http_filter_config_set_gauge(
@@ -441,7 +458,7 @@ impl Report for ConfigReport<'_> {
                     id,
                     std::ptr::null_mut(),
                     0,
-                    value,
+                    shown,
                 );
             }
         }
