@@ -16,6 +16,7 @@
 import { WeauthError } from "./errors.js";
 import { sharedFlight } from "./flight.js";
 import {
+  DEFAULT_REFRESH_REUSE_GRACE_MS,
   DEFAULT_RETRY,
   RETRY_AFTER_MAX_HOLD_MS,
   RetryPolicy,
@@ -30,6 +31,7 @@ import {
   normalizeBaseUrl,
   parseStored,
   parseTokenResponse,
+  refreshPresentableUntil,
   refreshTokenRefused,
   resolveUrl,
   retryAfterMs,
@@ -63,11 +65,31 @@ export interface ClientOptions {
    * retries at once.
    */
   retry?: Partial<RetryPolicy>;
+  /**
+   * The issuer's refresh-token reuse grace in ms: its `WEAUTH_REFRESH_REUSE_GRACE` (default
+   * 10000, the issuer's default; `0` for `0s`). Set it when the issuer runs with another one.
+   *
+   * Why: a refresh attempt that gets no answer (a timeout, the network), a 5xx (a proxy's,
+   * say) or a 200 without a pair may have rotated the refresh token at the issuer all the same.
+   * Presented again within the grace of that rotation, the token gets the refresh token it was
+   * rotated to; presented later, it is taken for a theft: the issuer revokes the whole session
+   * (`weauth_refreshes_total{outcome="reuse"}`, a false alarm) and the user has to log in
+   * anyway. So after such an attempt the client presents that refresh token again — a retry,
+   * or a later request's refresh — only until this grace less 2 s (`REFRESH_REUSE_MARGIN_MS`,
+   * for the retry's trip to the issuer) has passed since the token's first presentation (no
+   * later than its rotation); then it drops the tokens and logs in instead, one login shared
+   * as after `invalid_grant`, without waiting out a backoff whose attempt could not be made.
+   * Timeouts and backoff are otherwise as `retry` says.
+   */
+  refreshReuseGraceMs?: number;
   /** Waits `ms` (default `setTimeout`); tests pass a fake. */
   sleep?: (ms: number) => Promise<void>;
   /** A number in [0, 1) for backoff jitter (default `Math.random`). */
   random?: () => number;
-  /** The time in milliseconds (default `Date.now`), for how long a ban is held; tests pass a fake. */
+  /**
+   * The time in milliseconds (default `Date.now`), for how long a ban or a `Retry-After` is
+   * held and a refresh token may be presented again (`refreshReuseGraceMs`); tests pass a fake.
+   */
   now?: () => number;
 }
 
@@ -161,7 +183,8 @@ type FlightKind = "refresh" | "login";
  * (`WEAUTH_REFRESH_REUSE_GRACE`, 10 s): an answer lost on the way is then retried with the
  * same refresh token while the issuer still answers with the token it rotated to, not a theft
  * verdict that revokes the session (`wx.request` otherwise waits `networkTimeout.request`,
- * 60 s).
+ * 60 s). The retries of such a refresh stop before the grace is over, whatever the retry
+ * policy (`ClientOptions.refreshReuseGraceMs`).
  */
 const REFRESH_TIMEOUT_MS = 5000;
 
@@ -203,6 +226,10 @@ export function createClient(options: ClientOptions): WeauthClient {
   }
   const wxApi = options.wx ?? defaultWx();
   const retry: RetryPolicy = { ...DEFAULT_RETRY, ...options.retry };
+  const reuseGraceMs = options.refreshReuseGraceMs ?? DEFAULT_REFRESH_REUSE_GRACE_MS;
+  if (typeof reuseGraceMs !== "number" || !(reuseGraceMs >= 0) || !Number.isFinite(reuseGraceMs)) {
+    throw new TypeError("weauth: `refreshReuseGraceMs` must be a number of milliseconds, 0 or more");
+  }
   const sleep =
     options.sleep ?? ((ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)));
   const random = options.random ?? Math.random;
@@ -260,6 +287,42 @@ export function createClient(options: ClientOptions): WeauthClient {
       kind === "login" ? "login_failed" : "refresh_failed",
       `${kind} refused: ${hold.statusCode}${hold.error ? ` ${hold.error}` : ""} (the issuer's answer to the last ${kind}, whose Retry-After holds ${left} s more)`,
       { statusCode: hold.statusCode, error: hold.error },
+    );
+  }
+
+  /**
+   * Notes that a refresh presents `refreshToken` now, in the flight every client on this
+   * storage shares (they share the token): its first presentation is the one kept.
+   */
+  function notePresented(refreshToken: string): void {
+    if (flight.presented?.refreshToken !== refreshToken) {
+      flight.presented = { refreshToken, firstAt: now(), unsettled: false };
+    }
+  }
+
+  /**
+   * Notes that an attempt that presented `refreshToken` ended without saying what the issuer
+   * did with it (no answer, a 5xx, a 200 without a pair): it may have been rotated.
+   */
+  function noteUnsettled(refreshToken: string): void {
+    if (flight.presented?.refreshToken === refreshToken) {
+      flight.presented.unsettled = true;
+    }
+  }
+
+  /**
+   * Whether `refreshToken`, which an attempt may have rotated unseen, may no longer be
+   * presented at device time `at`: its issuer's reuse grace (less a margin) has passed since
+   * its first presentation, and a presentation then would be taken for a theft, revoking the
+   * session. A token no attempt left unsettled may be presented at any time.
+   */
+  function pastReuseGrace(refreshToken: string, at: number): boolean {
+    const seen = flight.presented;
+    return (
+      seen !== undefined &&
+      seen.refreshToken === refreshToken &&
+      seen.unsettled &&
+      at >= refreshPresentableUntil(seen.firstAt, reuseGraceMs)
     );
   }
 
@@ -399,11 +462,13 @@ export function createClient(options: ClientOptions): WeauthClient {
    * refresh token expires. Not with `renew` false: a refresh in flight has presented that
    * refresh token, and a second presentation is reuse to the issuer once its grace is over
    * (at once with `WEAUTH_REFRESH_REUSE_GRACE=0s`) — a false theft signal; that refresh ends
-   * the session with the pair it gets instead.
+   * the session with the pair it gets instead. Nor when a refresh attempt may have rotated it
+   * unseen and its grace is over (`pastReuseGrace`), for the same reason: the session then
+   * expires at the issuer.
    */
   async function endSession(pair: TokenPair, renew = true): Promise<void> {
     const sent = await postJson("/v1/logout", {}, pair.accessToken);
-    if (!renew || !sent.ok || sent.response.statusCode !== 401) {
+    if (!renew || !sent.ok || sent.response.statusCode !== 401 || pastReuseGrace(pair.refreshToken, now())) {
       return;
     }
     const renewed = await postRefresh(pair.refreshToken);
@@ -545,7 +610,15 @@ export function createClient(options: ClientOptions): WeauthClient {
       throw held;
     }
     for (let attempt = 1; ; attempt++) {
+      if (pastReuseGrace(pair.refreshToken, now())) {
+        return refreshTokenLapsed(startEpoch);
+      }
+      notePresented(pair.refreshToken);
       const sent = await postRefresh(pair.refreshToken);
+      if (!sent.ok || sent.response.statusCode >= 500) {
+        // The request may have reached the issuer and rotated the token, its answer lost.
+        noteUnsettled(pair.refreshToken);
+      }
       if (flight.epoch !== startEpoch) {
         const fresh =
           sent.ok && sent.response.statusCode === 200
@@ -568,6 +641,8 @@ export function createClient(options: ClientOptions): WeauthClient {
           store(fresh);
           return fresh;
         }
+        // The issuer answered, so it most likely rotated the token: its pair was lost.
+        noteUnsettled(pair.refreshToken);
         failure = new WeauthError("refresh_failed", "refresh: 200 without a token pair", {
           statusCode: 200,
         });
@@ -610,14 +685,39 @@ export function createClient(options: ClientOptions): WeauthClient {
       }
       const delay = retryDelay("refresh", attempt, answer, failure);
       if (delay === undefined) {
+        // The tokens are kept: the next refresh presents the refresh token again, while its
+        // grace lasts (`pastReuseGrace`), or logs in.
         throw failure;
+      }
+      if (pastReuseGrace(pair.refreshToken, now() + delay)) {
+        // The attempt after the wait could not present the token: no wait for it.
+        return refreshTokenLapsed(startEpoch);
       }
       await sleep(delay);
       // A logout() during the wait goes on to the attempt all the same, and that attempt ends
       // in `logged_out` at the top of the loop, ending the session with the pair it gets:
       // logout() left the refresh token to this refresh, which has presented it (a second
-      // presenter could be taken for a thief), so only this refresh can still end the session.
+      // presenter could be taken for a thief), so only this refresh can still end the session
+      // — unless the wait outlasted the token's grace (a suspended timer), which leaves the
+      // session to expire at the issuer.
     }
+  }
+
+  /**
+   * The refresh token of the refresh in flight may have been rotated by an attempt whose
+   * answer was lost, and its reuse grace is (nearly) over: presented again, it would be taken
+   * for a theft and the session revoked (a false alarm at the issuer, and a login all the
+   * same). The tokens are dropped and a login follows in the same flight, as after
+   * `invalid_grant`; the old session, which nothing here can reach any more, expires at the
+   * issuer. After a `logout()` (the flight's result is not wanted): `logged_out`, nothing sent.
+   */
+  async function refreshTokenLapsed(startEpoch: number): Promise<TokenPair> {
+    if (flight.epoch !== startEpoch) {
+      throw new WeauthError("logged_out", "logout() was called during the refresh");
+    }
+    store(null);
+    flight.relabel("login");
+    return doLogin(startEpoch);
   }
 
   /**

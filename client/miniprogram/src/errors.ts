@@ -9,7 +9,9 @@
 /**
  * Why a call failed. `code` is stable:
  * - `network`: `wx.request` failed (no answer); for a login or refresh only after its retries.
- *   The stored tokens are KEPT: a network failure never logs the user out.
+ *   The stored tokens are KEPT: a network failure never logs the user out. (A later refresh
+ *   past the refresh token's reuse grace logs in silently instead of presenting it again:
+ *   `ClientOptions.refreshReuseGraceMs`.)
  * - `wx_login_failed`: `wx.login` (or `wx.pluginLogin`) failed or gave no code within 10 s
  *   (its `errMsg` is the message).
  * - `login_failed`: `POST /v1/login` did not give tokens (a transient error, 408, 429 or 5xx,

@@ -62,17 +62,48 @@ export interface Epochs {
   flightEpoch: number;
 }
 
-/** A {@link SingleFlight} as {@link sharedFlight} hands it out: the flight and its {@link Epochs}. */
-export type SharedFlight<T, K extends string = string> = SingleFlight<T, K> & Epochs;
+/**
+ * The refresh token the last refresh on a storage presented, as the clients on it (copies of
+ * the package included) must all know it: they share the token, and the issuer's reuse grace
+ * for it runs from its rotation, which an attempt whose answer was lost may have made unseen.
+ * After such an attempt the token may be presented again only until
+ * `refreshPresentableUntil(firstAt, grace)` (`protocol.ts`), by whichever client refreshes
+ * next; after that a second presentation would be taken for a theft and revoke the session.
+ */
+export interface Presented {
+  /** The refresh token. */
+  refreshToken: string;
+  /** When it was first presented (device time, ms; the presenting client's `now`). */
+  firstAt: number;
+  /**
+   * An attempt that presented it ended without saying what the issuer did — no answer, a 5xx,
+   * a 200 without a pair — so the issuer may have rotated it then.
+   */
+  unsettled: boolean;
+}
+
+/** What a {@link SharedFlight} keeps of the refresh token presented last. */
+export interface Presentations {
+  /** The refresh token the last refresh presented (none yet: undefined). Set by the clients. */
+  presented?: Presented;
+}
+
+/**
+ * A {@link SingleFlight} as {@link sharedFlight} hands it out: the flight, its {@link Epochs}
+ * and the refresh token presented last ({@link Presentations}).
+ */
+export type SharedFlight<T, K extends string = string> = SingleFlight<T, K> & Epochs & Presentations;
 
 /**
  * Where {@link sharedFlight} keeps the flights, on the JS context's global object. `Symbol.for`
  * gives every copy of this package the same key; the version in it changes whenever what is
  * kept there stops being something an older copy can use (a `WeakMap` of storage owner → `Map`
  * of storage key → `SingleFlight` with `kind`, `promise`, `run` and `relabel`, and the numbers
- * `epoch` and `flightEpoch` of {@link Epochs}). The epochs were added without a new version: a
- * copy from before them still uses the flight (it neither reads nor bumps the epoch), and a
- * copy that finds an entry without them adds them to it.
+ * `epoch` and `flightEpoch` of {@link Epochs}, and `presented` of {@link Presentations}). The
+ * epochs were added without a new version: a copy from before them still uses the flight (it
+ * neither reads nor bumps the epoch), and a copy that finds an entry without them adds them to
+ * it. So was `presented`, optional: a copy from before it neither notes its presentations nor
+ * heeds them (it may present a token past its grace, as all copies did before).
  */
 export const SHARED_FLIGHTS_KEY = Symbol.for("weauth-miniprogram.flights.v1");
 

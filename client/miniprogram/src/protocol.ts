@@ -220,7 +220,9 @@ export interface RetryPolicy {
 
 /**
  * The defaults of {@link RetryPolicy}: at most 7.5 s of backoff in all between the 5 attempts
- * (a refresh waits up to 5 s for each answer besides: about 32.5 s in the worst case).
+ * (a refresh waits up to 5 s for each answer besides: about 32.5 s in the worst case; when
+ * answers are lost, the refresh token's reuse grace ends it sooner,
+ * {@link refreshPresentableUntil}).
  */
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 5, baseDelayMs: 500, maxDelayMs: 8000 };
 
@@ -287,4 +289,33 @@ export function refreshTokenRefused(statusCode: number, data: unknown): boolean 
     return true;
   }
   return err.error === "invalid_grant" && (statusCode === 400 || statusCode === 401);
+}
+
+/**
+ * The issuer's refresh-token reuse grace by default (`WEAUTH_REFRESH_REUSE_GRACE`, 10 s): a
+ * refresh token presented again within it of its rotation gets the refresh token it was
+ * rotated to; presented later, it is taken for a theft (RFC 9700 §4.14.2) and the session is
+ * revoked (`weauth_refreshes_total{outcome="reuse"}`).
+ */
+export const DEFAULT_REFRESH_REUSE_GRACE_MS = 10_000;
+
+/**
+ * How much sooner than the issuer's grace the client stops presenting a refresh token that may
+ * have been rotated unseen: the grace runs at the issuer from its arrival there, the client's
+ * count from the token's sending, and a retry may take longer to arrive than the first
+ * presentation did (a weak uplink). The issuer counts whole seconds, which only lengthens it.
+ */
+export const REFRESH_REUSE_MARGIN_MS = 2000;
+
+/**
+ * Until when (device time, ms; not included) a refresh token first presented at
+ * `firstPresentedAt` may be presented again after an attempt whose outcome is unknown (no
+ * answer, a 5xx, a 200 without a pair: the issuer may have rotated it): `graceMs`, the
+ * issuer's reuse grace, less {@link REFRESH_REUSE_MARGIN_MS}, from that first presentation —
+ * the rotation came no sooner, so the grace at the issuer ends no sooner. With a grace of at
+ * most the margin (`0s`, every second use a theft), never: the result is not after
+ * `firstPresentedAt`.
+ */
+export function refreshPresentableUntil(firstPresentedAt: number, graceMs: number): number {
+  return firstPresentedAt + graceMs - REFRESH_REUSE_MARGIN_MS;
 }

@@ -327,12 +327,14 @@ test("request_refresh_retry_after_beyond_the_longest_delay_rejects_at_once_token
   await client.login();
   const before = wx.storage.get("weauth.tokens");
   issuer.expireAccessTokens();
+  // A 429: the refresh token was not taken (after a 5xx, which may come after a rotation, the
+  // token is not presented past its reuse grace: see the `..._past_the_reuse_grace_...` tests).
   wx.faults.push((req) =>
     req.path === "/v1/token/refresh" && clock < Date.UTC(2026, 11, 6) + 30_000
-      ? { statusCode: 503, data: { error: "temporarily_unavailable" }, header: { "Retry-After": "30" } }
+      ? { statusCode: 429, data: { error: "rate_limited" }, header: { "Retry-After": "30" } }
       : undefined,
   );
-  const refused = { code: "refresh_failed", statusCode: 503, error: "temporarily_unavailable" };
+  const refused = { code: "refresh_failed", statusCode: 429, error: "rate_limited" };
   await assert.rejects(client.request({ url: "/api/x" }), refused);
   // 30 s is more than a retry waits (8 s): no retry within the issuer's window, capped early.
   assert.deepEqual(sleeps, []);
@@ -1204,6 +1206,211 @@ test("refresh_waits_at_most_5s_for_its_answer_well_within_the_reuse_grace", asyn
   // Without it wx.request waits networkTimeout.request (60 s) for a lost answer, and the
   // retry comes after the issuer's 10 s grace: read as theft, the session is revoked.
   assert.deepEqual(timeouts, [5000]);
+});
+
+/**
+ * A client and the stand-in issuer on one fake clock, the issuer with its default reuse grace
+ * (10 s); waits move the clock. `presented()` lists the refresh tokens the refreshes presented.
+ */
+function graceSetup(extra: Partial<ClientOptions> = {}) {
+  let clock = Date.UTC(2026, 11, 6);
+  const sleeps: number[] = [];
+  const s = setup({
+    now: () => clock,
+    sleep: async (ms) => {
+      sleeps.push(ms);
+      clock += ms;
+      await tick();
+    },
+    ...extra,
+  });
+  s.issuer.reuseGraceMs = 10_000;
+  s.issuer.clock = () => clock;
+  return {
+    ...s,
+    sleeps,
+    now: () => clock,
+    advance: (ms: number) => {
+      clock += ms;
+    },
+    presented: () =>
+      s.wx.requests
+        .filter((r) => r.path === "/v1/token/refresh")
+        .map((r) => (r.data as { refresh_token: string }).refresh_token),
+  };
+}
+
+/**
+ * The answers to the next `count` refreshes are lost after the issuer has handled them (a first
+ * use rotates the token): after `afterMs` (the clock moved on) the client sees a timeout, or a
+ * proxy's 503.
+ */
+function loseRefreshAnswers(
+  g: ReturnType<typeof graceSetup>,
+  count: number,
+  how: "timeout" | "503",
+  afterMs = 5000,
+): void {
+  g.wx.faults.push((req) => {
+    if (req.path !== "/v1/token/refresh" || count <= 0) {
+      return undefined;
+    }
+    count--;
+    g.issuer.handle(req);
+    g.advance(afterMs);
+    return how === "timeout"
+      ? { fail: "request:fail timeout" }
+      : { statusCode: 503, data: "upstream connect error or disconnect/reset before headers" };
+  });
+}
+
+for (const how of ["timeout", "503"] as const) {
+  test(`refresh_answers_lost_${how}_until_past_the_reuse_grace_logs_in_instead_of_presenting_the_token_again`, async () => {
+    const g = graceSetup();
+    const { issuer, wx, client } = g;
+    await client.login();
+    const old = storedPair(wx);
+    issuer.expireAccessTokens();
+    loseRefreshAnswers(g, 2, how);
+    assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+    // 0 s: rotated, lost (5 s); 5.375 s: the grace's repeat, lost (10.375 s). A third attempt
+    // (11.125 s) would be past the issuer's grace: a theft, the session revoked.
+    assert.deepEqual(g.presented(), [old.refreshToken, old.refreshToken]);
+    assert.deepEqual(g.sleeps, [375], "no backoff for an attempt that cannot be made");
+    assert.equal(issuer.reuses, 0, "no false theft signal");
+    assert.equal(issuer.revokedSessions.size, 0);
+    assert.equal(wx.wxLogins, 2, "one login instead");
+    assert.equal(issuer.logins, 2);
+    assert.notEqual(storedPair(wx).refreshToken, old.refreshToken);
+  });
+}
+
+test("refresh_retry_presents_the_token_until_the_grace_less_2s_after_its_first_presentation", async () => {
+  // The first answer lost after 7624 ms: the retry (375 ms of backoff later) at 7999 ms.
+  const within = graceSetup();
+  await within.client.login();
+  const old = storedPair(within.wx);
+  within.issuer.expireAccessTokens();
+  loseRefreshAnswers(within, 1, "timeout", 7624);
+  assert.equal((await within.client.request({ url: "/api/x" })).statusCode, 200);
+  assert.deepEqual(within.presented(), [old.refreshToken, old.refreshToken]);
+  assert.equal(within.issuer.repeats, 1, "the issuer's grace answered the retry");
+  assert.equal(within.issuer.reuses, 0);
+  assert.equal(within.wx.wxLogins, 1, "no login");
+  // Lost after 7625 ms: the retry would be at 8000 ms, 2 s short of the grace: a login instead.
+  const past = graceSetup();
+  await past.client.login();
+  const pastOld = storedPair(past.wx);
+  past.issuer.expireAccessTokens();
+  loseRefreshAnswers(past, 1, "timeout", 7625);
+  assert.equal((await past.client.request({ url: "/api/x" })).statusCode, 200);
+  assert.deepEqual(past.presented(), [pastOld.refreshToken]);
+  assert.deepEqual(past.sleeps, []);
+  assert.equal(past.wx.wxLogins, 2);
+  assert.equal(past.issuer.reuses, 0);
+});
+
+test("refresh_reuse_grace_option_0s_no_retry_after_a_lost_answer_a_login", async () => {
+  // WEAUTH_REFRESH_REUSE_GRACE=0s: every second presentation is a theft.
+  const g = graceSetup({ refreshReuseGraceMs: 0 });
+  g.issuer.reuseGraceMs = 0;
+  await g.client.login();
+  g.issuer.expireAccessTokens();
+  loseRefreshAnswers(g, 1, "timeout", 100);
+  assert.equal((await g.client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(g.presented().length, 1);
+  assert.equal(g.issuer.reuses, 0);
+  assert.equal(g.wx.wxLogins, 2);
+  // A longer grace lets the retries go on.
+  const long = graceSetup({ refreshReuseGraceMs: 30_000 });
+  long.issuer.reuseGraceMs = 30_000;
+  await long.client.login();
+  long.issuer.expireAccessTokens();
+  loseRefreshAnswers(long, 2, "timeout");
+  assert.equal((await long.client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(long.presented().length, 3);
+  assert.equal(long.issuer.repeats, 2);
+  assert.equal(long.wx.wxLogins, 1);
+});
+
+test("refresh_reuse_grace_option_refused_unless_a_number_of_ms", () => {
+  for (const bad of [-1, Number.NaN, Number.POSITIVE_INFINITY, "10s" as unknown as number]) {
+    assert.throws(() => setup({ refreshReuseGraceMs: bad }), TypeError);
+  }
+});
+
+test("refresh_given_up_with_its_answers_lost_next_refresh_past_the_grace_logs_in_without_presenting", async () => {
+  const g = graceSetup({ retry: { attempts: 2 } });
+  const { issuer, wx, client } = g;
+  await client.login();
+  const old = storedPair(wx);
+  issuer.expireAccessTokens();
+  loseRefreshAnswers(g, 2, "timeout");
+  await assert.rejects(client.request({ url: "/api/x" }), { code: "network" });
+  assert.deepEqual(storedPair(wx), old, "the tokens are kept");
+  g.advance(60_000);
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(g.presented().length, 2, "not presented a third time");
+  assert.equal(issuer.reuses, 0);
+  assert.equal(wx.wxLogins, 2);
+});
+
+test("another_copy_refreshing_past_the_grace_of_a_token_left_unsettled_logs_in_without_presenting", async () => {
+  const g = graceSetup({ retry: { attempts: 2 } });
+  const { issuer, wx, client } = g;
+  await client.login();
+  issuer.expireAccessTokens();
+  loseRefreshAnswers(g, 2, "503");
+  await assert.rejects(client.request({ url: "/api/x" }), { code: "refresh_failed", statusCode: 503 });
+  g.advance(60_000);
+  // A copy of the package in an independent sub-package, on the same storage.
+  const other = secondCopy().createClient({ baseUrl: BASE, wx, now: g.now });
+  assert.equal((await other.request({ url: "/api/y" })).statusCode, 200);
+  assert.equal(g.presented().length, 2, "the other copy did not present it");
+  assert.equal(issuer.reuses, 0);
+  assert.equal(wx.wxLogins, 2);
+});
+
+test("logout_past_the_grace_of_a_token_left_unsettled_does_not_present_it", async () => {
+  const g = graceSetup({ retry: { attempts: 2 } });
+  const { issuer, wx, client } = g;
+  await client.login();
+  issuer.expireAccessTokens();
+  loseRefreshAnswers(g, 2, "timeout");
+  await assert.rejects(client.request({ url: "/api/x" }), { code: "network" });
+  g.advance(60_000);
+  await client.logout(); // its /v1/logout is refused: the access token has expired
+  assert.equal(wx.count("/v1/logout"), 1);
+  assert.equal(g.presented().length, 2, "no renewal with the spent refresh token");
+  assert.equal(issuer.reuses, 0);
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+});
+
+test("refresh_503_retry_after_held_past_the_grace_then_a_login_not_the_token_again", async () => {
+  const g = graceSetup();
+  const { issuer, wx, client } = g;
+  await client.login();
+  const before = wx.storage.get("weauth.tokens");
+  issuer.expireAccessTokens();
+  // A proxy's 503 after the issuer had rotated the token.
+  let busy = 1;
+  wx.faults.push((req) => {
+    if (req.path !== "/v1/token/refresh" || busy-- <= 0) {
+      return undefined;
+    }
+    issuer.handle(req);
+    return { statusCode: 503, data: "", header: { "Retry-After": "30" } };
+  });
+  const refused = { code: "refresh_failed", statusCode: 503 };
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  assert.equal(wx.storage.get("weauth.tokens"), before, "the tokens are kept");
+  g.advance(29_999);
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  g.advance(1);
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(g.presented().length, 1);
+  assert.equal(issuer.reuses, 0);
+  assert.equal(wx.wxLogins, 2);
 });
 
 test("relogin_answer_is_not_satisfied_by_a_refresh_of_the_same_session", async () => {

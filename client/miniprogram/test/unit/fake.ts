@@ -1,9 +1,10 @@
 /**
  * @file A `wx` stub for the unit tests, and a small in-memory stand-in for the issuer behind
  * it that keeps the rules the client depends on: single-use refresh tokens whose reuse
- * revokes the session, 401 `invalid_token` (with a Bearer challenge) for an expired or
- * revoked access token, 400 `invalid_grant` for a refused refresh token. Every answer is
- * delivered on a later macrotask, so concurrent requests really interleave.
+ * revokes the session (after an optional reuse grace, `reuseGraceMs`), 401 `invalid_token`
+ * (with a Bearer challenge) for an expired or revoked access token, 400 `invalid_grant` for a
+ * refused refresh token. Every answer is delivered on a later macrotask, so concurrent requests
+ * really interleave.
  */
 import type { WxApi } from "../../src/wx.js";
 
@@ -34,12 +35,22 @@ export class FakeIssuer {
   private n = 0;
   /** access token → session id, for tokens still accepted. */
   readonly access = new Map<string, number>();
-  /** refresh token → { session, used }. */
-  readonly refresh = new Map<string, { sid: number; used: boolean }>();
+  /** refresh token → { session, used, and when it was rotated to which refresh token }. */
+  readonly refresh = new Map<string, { sid: number; used: boolean; usedAt?: number; successor?: string }>();
   readonly revokedSessions = new Set<number>();
   logins = 0;
   refreshes = 0;
   reuses = 0;
+  /** Second uses within the reuse grace (`weauth_refreshes_total{outcome="grace"}`). */
+  repeats = 0;
+  /**
+   * The issuer's `WEAUTH_REFRESH_REUSE_GRACE` in ms: a used refresh token presented again at
+   * most this long after its rotation (by `clock`) gets the refresh token it was rotated to and
+   * a new access token. 0 (the default here): every second use is reuse.
+   */
+  reuseGraceMs = 0;
+  /** The issuer's clock (ms), for the reuse grace. */
+  clock: () => number = Date.now;
   /** Codes handed out by the stub's wx.login, each usable once. */
   readonly codes = new Set<string>();
   /**
@@ -112,12 +123,22 @@ export class FakeIssuer {
         return { statusCode: 400, data: { error: "invalid_grant", error_description: "unknown" } };
       }
       if (entry.used) {
+        if (this.reuseGraceMs > 0 && this.clock() - entry.usedAt! <= this.reuseGraceMs) {
+          this.repeats++;
+          const access = `at-${++this.n}`;
+          this.access.set(access, entry.sid);
+          this.minted.add(access);
+          return { statusCode: 200, data: { access_token: access, refresh_token: entry.successor } };
+        }
         this.reuses++;
         this.revokedSessions.add(entry.sid);
         return { statusCode: 400, data: { error: "invalid_grant", error_description: "reused" } };
       }
       entry.used = true;
-      return { statusCode: 200, data: this.pair(entry.sid) };
+      entry.usedAt = this.clock();
+      const pair = this.pair(entry.sid);
+      entry.successor = pair.refresh_token;
+      return { statusCode: 200, data: pair };
     }
     if (req.method === "POST" && req.path === "/v1/logout") {
       const sid = this.bearer(req);

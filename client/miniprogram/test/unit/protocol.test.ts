@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  DEFAULT_REFRESH_REUSE_GRACE_MS,
   DEFAULT_RETRY,
   backoffDelay,
   BAN_RECHECK_MS,
@@ -17,6 +18,8 @@ import {
   originOf,
   parseStored,
   parseTokenResponse,
+  REFRESH_REUSE_MARGIN_MS,
+  refreshPresentableUntil,
   refreshTokenRefused,
   resolveUrl,
   retryAfterMs,
@@ -213,4 +216,14 @@ test("refreshTokenRefused_invalid_grant_or_relogin_only", () => {
   assert.equal(refreshTokenRefused(413, { error: "payload_too_large" }), false);
   assert.equal(refreshTokenRefused(404, { error: "invalid_grant" }), false, "not the issuer's status for it");
   assert.equal(refreshTokenRefused(200, { relogin: true }), false);
+});
+
+test("refreshPresentableUntil_the_issuers_grace_less_2s_from_the_first_presentation", () => {
+  assert.equal(DEFAULT_REFRESH_REUSE_GRACE_MS, 10_000, "WEAUTH_REFRESH_REUSE_GRACE's default");
+  assert.equal(REFRESH_REUSE_MARGIN_MS, 2000);
+  assert.equal(refreshPresentableUntil(1_000_000, DEFAULT_REFRESH_REUSE_GRACE_MS), 1_008_000);
+  // A retry after one lost answer (5 s, then at most 0.5 s of backoff) still comes within.
+  assert.ok(refreshPresentableUntil(0, DEFAULT_REFRESH_REUSE_GRACE_MS) > 5000 + DEFAULT_RETRY.baseDelayMs);
+  // A grace of 0 s (every second use a theft): never again.
+  assert.ok(refreshPresentableUntil(1_000_000, 0) <= 1_000_000);
 });
