@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -93,6 +94,10 @@ pub struct App {
     draining: watch::Sender<bool>,
     started: Instant,
     feed_waiters: Arc<AtomicUsize>,
+    /// The requests' handlers, run apart from their connections ([`crate::api`]'s layer) so
+    /// that a client going away cannot stop a handler between two writes; the drain waits
+    /// for them.
+    pub handlers: TaskTracker,
 }
 
 /// Counts one open feed request while alive.
@@ -467,6 +472,7 @@ impl App {
             draining: watch::channel(false).0,
             started: Instant::now(),
             feed_waiters: Arc::new(AtomicUsize::new(0)),
+            handlers: TaskTracker::new(),
         }))
     }
 

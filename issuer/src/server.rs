@@ -66,8 +66,15 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining in-flight requests"
     );
+    // The handlers run apart from their connections (`api::router`): those of connections
+    // gone are waited for too.
+    app.handlers.close();
+    let drained = async {
+        graceful.shutdown().await;
+        app.handlers.wait().await;
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = drained => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("drain deadline reached; closing remaining connections"),
     }
 }

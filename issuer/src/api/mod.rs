@@ -182,7 +182,22 @@ async fn observe(
         span: &span,
         answered: false,
     };
-    let response = next.run(request).instrument(span.clone()).await;
+    let handler = next.run(request).instrument(span.clone());
+    let response = if route == "revocations" {
+        // A long poll writes nothing: a client gone ends it at once.
+        handler.await
+    } else {
+        // Apart from this future, which the connection drops when the client goes away (or
+        // Envoy's route timeout gives up): a ban between its ban and its revocation, or a
+        // logout between marking its session and publishing it, would be left half-written.
+        match app.handlers.spawn(handler).await {
+            Ok(response) => response,
+            Err(err) => {
+                span.in_scope(|| tracing::error!(error = %err, "the request's handler failed"));
+                ApiError::Internal("the request's handler failed".into()).into_response()
+            }
+        }
+    };
     unanswered.answered = true;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
@@ -194,8 +209,8 @@ async fn observe(
     response
 }
 
-/// A request whose handler is dropped before it answers — the client went away, Envoy's
-/// route timeout gave up on it, the shutdown deadline passed — is still counted, as 499 (the
+/// A request never answered — the client went away, Envoy's route timeout gave up on it, the
+/// shutdown deadline passed; its handler still runs to its end — is still counted, as 499 (the
 /// "client closed request" of nginx and Envoy's logs), with its time: else the slowest requests
 /// of an incident vanished from the request counts and the latency histogram.
 struct Unanswered<'a> {
