@@ -156,8 +156,11 @@ fn mono_ms(ns: u64) -> u64 {
     (ns / 1_000_000).saturating_add(1)
 }
 
-/// The request-scoped host services. Every method is infallible from the glue's point of view:
-/// a host call that fails is logged by the adapter (or ignored where the wasm build ignored it).
+/// The request-scoped host services. Every method but the header edits is infallible from the
+/// glue's point of view: a host call that fails is logged by the adapter (or ignored where the
+/// wasm build ignored it). A header edit says whether the host made it: a request whose
+/// identity headers or token could not be edited is refused, not forwarded with a client's
+/// spoofed identity or with the token.
 pub trait Host {
     /// The clocks, read once per request (the wall clock 0 if the host cannot say: every token
     /// is then refused as not yet valid).
@@ -170,15 +173,16 @@ pub trait Host {
     /// which borrows the host, so they are gone before any header is set or removed. A value
     /// that is not UTF-8 is read lossily (a copy), so it can only fail verification.
     fn with_request_headers<R>(&self, read: impl FnOnce(&[Header<'_>]) -> R) -> R;
-    /// Sets a request header (replacing every copy the client sent).
-    fn set_request_header(&mut self, name: &str, value: &str);
+    /// Sets a request header (replacing every copy the client sent); whether it was set.
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool;
     /// Adds a request header the request does not carry (the glue has checked the map it read):
     /// the same outcome as [`Host::set_request_header`] without looking for copies to replace.
-    fn add_request_header(&mut self, name: &str, value: &str) {
-        self.set_request_header(name, value);
+    fn add_request_header(&mut self, name: &str, value: &str) -> bool {
+        self.set_request_header(name, value)
     }
-    /// Removes every copy of a request header.
-    fn remove_request_header(&mut self, name: &str);
+    /// Removes every copy of a request header; whether the host could (a header the request
+    /// does not carry is removed all the same).
+    fn remove_request_header(&mut self, name: &str) -> bool;
     /// Called once after a forwarded request's header edits (not when there were none). Envoy
     /// picked the route before the filter ran, matching the headers as the client sent them;
     /// it must match again against those the upstream will see, so that a route on an

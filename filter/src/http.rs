@@ -66,18 +66,18 @@ impl Host for WasmRequest {
         read(&headers)
     }
 
-    fn set_request_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool {
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
     }
 
     /// `proxy_add_header_map_value`: Envoy's `addCopy`, without the look for copies to replace
     /// that a set (`proxy_replace_header_map_value`, `setCopy`) makes.
-    fn add_request_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+    fn add_request_header(&mut self, name: &str, value: &str) -> bool {
+        hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value).is_ok()
     }
 
-    fn remove_request_header(&mut self, name: &str) {
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    fn remove_request_header(&mut self, name: &str) -> bool {
+        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok()
     }
 
     /// Nothing to do: Envoy's proxy-wasm host clears the route cache on every edit of the

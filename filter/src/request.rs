@@ -132,12 +132,23 @@ pub fn on_request_headers(
     let next = reader
         .with_request_headers(|headers| decide_request(headers, reader, config, state, stats));
     match next {
-        Next::Forward(edits) => {
-            if edits.apply(host, config) {
-                host.headers_edited();
+        Next::Forward(edits) => match edits.apply(host, config) {
+            Ok(edited) => {
+                if edited {
+                    host.headers_edited();
+                }
+                Flow::Continue
             }
-            Flow::Continue
-        }
+            Err(header) => {
+                // Forwarded unedited, it would carry a client's copy of an identity header or
+                // the token the upstream must not see.
+                host.log(
+                    Level::Error,
+                    &format!("the host refused to edit request header {header}; refused (503)"),
+                );
+                deny(host, stats, &unavailable())
+            }
+        },
         Next::Deny(denial) => deny(host, stats, &denial),
     }
 }
@@ -194,8 +205,9 @@ impl<'c> Edits<'c> {
     /// Sets the identity headers from the claims, removes every other identity header the
     /// client sent, and removes the token as decided. Setting a header replaces every copy the
     /// client sent; a header whose claim is absent (or unusable) is removed if the client sent
-    /// it. Returns whether any header was edited.
-    fn apply(self, host: &mut impl Host, config: &Config) -> bool {
+    /// it. Returns whether any header was edited, or the first header the host refused to edit
+    /// (the edits stop there).
+    fn apply(self, host: &mut impl Host, config: &Config) -> Result<bool, String> {
         let mut edited = false;
         if let Some(claims) = &self.claims {
             for (i, mapping) in config.claim_to_headers.iter().enumerate() {
@@ -217,32 +229,38 @@ impl<'c> Edits<'c> {
                     .iter()
                     .take(i)
                     .any(|earlier| earlier.header == mapping.header);
-                if written || self.sent.contains(&mapping.header.as_str()) {
-                    host.set_request_header(&mapping.header, value);
+                let done = if written || self.sent.contains(&mapping.header.as_str()) {
+                    host.set_request_header(&mapping.header, value)
                 } else {
-                    host.add_request_header(&mapping.header, value);
+                    host.add_request_header(&mapping.header, value)
+                };
+                if !done {
+                    return Err(mapping.header.clone());
                 }
                 edited = true;
             }
         }
-        for name in &self.strip {
-            host.remove_request_header(name);
+        for name in self.strip {
+            if !host.remove_request_header(&name) {
+                return Err(name);
+            }
             edited = true;
         }
         for name in self.token.header.iter().chain(&self.token.other_headers) {
-            host.remove_request_header(name);
+            if !host.remove_request_header(name) {
+                return Err((*name).to_string());
+            }
             edited = true;
         }
-        match self.token.cookie {
-            CookieEdit::Unchanged => edited,
-            CookieEdit::Set(rest) => {
-                host.set_request_header("cookie", &rest);
-                true
-            }
-            CookieEdit::Remove => {
-                host.remove_request_header("cookie");
-                true
-            }
+        let done = match self.token.cookie {
+            CookieEdit::Unchanged => return Ok(edited),
+            CookieEdit::Set(rest) => host.set_request_header("cookie", &rest),
+            CookieEdit::Remove => host.remove_request_header("cookie"),
+        };
+        if done {
+            Ok(true)
+        } else {
+            Err("cookie".into())
         }
     }
 }
@@ -585,6 +603,8 @@ mod tests {
         /// Edits made since the last `headers_edited`, and how often it was called.
         unsignalled_edits: usize,
         edits_signalled: usize,
+        /// A header whose every edit the host refuses (as Envoy without a header map).
+        refused: Option<&'static str>,
     }
 
     impl MockHost {
@@ -631,22 +651,34 @@ mod tests {
                 .collect();
             read(&headers)
         }
-        fn set_request_header(&mut self, name: &str, value: &str) {
+        fn set_request_header(&mut self, name: &str, value: &str) -> bool {
+            if self.refused == Some(name) {
+                return false;
+            }
             self.set.push((name.to_string(), value.to_string()));
             self.unsignalled_edits += 1;
+            true
         }
-        fn add_request_header(&mut self, name: &str, value: &str) {
+        fn add_request_header(&mut self, name: &str, value: &str) -> bool {
             assert!(
                 !self.headers.iter().any(|(n, _)| n == name),
                 "added {name}, which the request carries"
             );
+            if self.refused == Some(name) {
+                return false;
+            }
             self.set.push((name.to_string(), value.to_string()));
             self.added.push(name.to_string());
             self.unsignalled_edits += 1;
+            true
         }
-        fn remove_request_header(&mut self, name: &str) {
+        fn remove_request_header(&mut self, name: &str) -> bool {
+            if self.refused == Some(name) {
+                return false;
+            }
             self.removed.push(name.to_string());
             self.unsignalled_edits += 1;
+            true
         }
         fn headers_edited(&mut self) {
             assert!(self.unsignalled_edits > 0, "headers_edited with no edit");
@@ -1022,6 +1054,75 @@ mod tests {
         assert!(host.removed.contains(&"x-weauth-other".to_string()));
         assert!(host.set.is_empty());
         assert_eq!((host.edits_signalled, host.unsignalled_edits), (1, 0));
+    }
+
+    /// An edit the host refuses — a client's identity header, the token, an identity header
+    /// to set — refuses the request (503, counted as the filter's own fault), for forwarded
+    /// unedited it would carry a spoofed identity or the token upstream.
+    #[test]
+    fn on_request_headers_an_edit_the_host_refuses_is_a_503_not_a_forward() {
+        let public = config(serde_json::json!({
+            "rules": [{"prefix": "/public/", "require": "none"}]
+        }));
+        let protected = config(serde_json::json!({}));
+        let bearer = format!("Bearer {}", token());
+        type Case<'a> = (&'a Config, &'a [(&'a str, &'a str)], &'static str);
+        let cases: [Case<'_>; 4] = [
+            (
+                &public,
+                &[
+                    (":method", "GET"),
+                    (":path", "/public/x"),
+                    ("x-weauth-sub", "admin"),
+                ],
+                "x-weauth-sub",
+            ),
+            (
+                &protected,
+                &[
+                    (":method", "GET"),
+                    (":path", "/api/me"),
+                    ("authorization", &bearer),
+                ],
+                "authorization",
+            ),
+            (
+                &protected,
+                &[
+                    (":method", "GET"),
+                    (":path", "/api/me"),
+                    ("authorization", &bearer),
+                ],
+                "x-weauth-openid",
+            ),
+            (
+                &protected,
+                &[
+                    (":method", "GET"),
+                    (":path", "/api/me"),
+                    ("authorization", &bearer),
+                    ("x-weauth-sub", "admin"),
+                ],
+                "x-weauth-sub",
+            ),
+        ];
+        for (config, headers, refused) in cases {
+            let mut host = MockHost::with(headers);
+            host.refused = Some(refused);
+            let stats = MockStats::default();
+            assert_eq!(run(config, &mut host, &stats), Flow::Stop, "{refused}");
+            assert_eq!(host.reply.as_ref().map(|r| r.0), Some(503), "{refused}");
+            assert_eq!(stats.get("denied.internal"), 1, "{refused}");
+            assert_eq!(host.edits_signalled, 0, "{refused}");
+            assert!(
+                host.logs
+                    .borrow()
+                    .iter()
+                    .any(|(level, line)| *level == Level::Error && line.contains(refused)),
+                "{refused}: {:?}",
+                host.logs.borrow()
+            );
+        }
     }
 
     #[test]

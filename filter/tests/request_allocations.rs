@@ -85,14 +85,17 @@ impl Host for FixedHost {
         ];
         read(&headers)
     }
-    fn set_request_header(&mut self, _name: &str, _value: &str) {
+    fn set_request_header(&mut self, _name: &str, _value: &str) -> bool {
         self.edits += 1;
+        true
     }
-    fn add_request_header(&mut self, _name: &str, _value: &str) {
+    fn add_request_header(&mut self, _name: &str, _value: &str) -> bool {
         self.edits += 1;
+        true
     }
-    fn remove_request_header(&mut self, _name: &str) {
+    fn remove_request_header(&mut self, _name: &str) -> bool {
         self.edits += 1;
+        true
     }
     fn headers_edited(&mut self) {}
     fn send_local_reply(&mut self, status: u16, _headers: &[(&str, &str)], _body: &[u8]) {

@@ -356,14 +356,15 @@ impl Host for GlueHost {
             .collect();
         read(&views)
     }
-    fn set_request_header(&mut self, name: &str, value: &str) {
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool {
         self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         self.headers
             .push((name.to_ascii_lowercase(), value.to_owned()));
         self.edits += 1;
         self.unsignalled += 1;
+        true
     }
-    fn add_request_header(&mut self, name: &str, value: &str) {
+    fn add_request_header(&mut self, name: &str, value: &str) -> bool {
         if self
             .headers
             .iter()
@@ -375,11 +376,13 @@ impl Host for GlueHost {
             .push((name.to_ascii_lowercase(), value.to_owned()));
         self.edits += 1;
         self.unsignalled += 1;
+        true
     }
-    fn remove_request_header(&mut self, name: &str) {
+    fn remove_request_header(&mut self, name: &str) -> bool {
         self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         self.edits += 1;
         self.unsignalled += 1;
+        true
     }
     fn headers_edited(&mut self) {
         self.unsignalled = 0;

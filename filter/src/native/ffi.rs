@@ -24,6 +24,11 @@
 
 #![allow(unsafe_code)]
 
+// `catch_unwind` catches nothing when panics abort: a bug would then take Envoy down instead of
+// failing one request with 503 (the `wasm-release` profile aborts; this build must not).
+#[cfg(panic = "abort")]
+compile_error!("the Envoy dynamic module must be built with panic = \"unwind\"");
+
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -885,7 +890,9 @@ struct Request<'a> {
 }
 
 impl Request<'_> {
-    fn set(&self, name: &str, value: ModuleBuffer) {
+    /// Envoy's `setCopy`, or its `remove` for a null value: true unless Envoy had no request
+    /// header map to edit.
+    fn set(&self, name: &str, value: ModuleBuffer) -> bool {
         // SAFETY: inside a request hook with Envoy's filter pointer; buffers outlive the call.
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
@@ -893,7 +900,7 @@ impl Request<'_> {
                 REQUEST_HEADER,
                 ModuleBuffer::of(name.as_bytes()),
                 value,
-            );
+            )
         }
     }
 
@@ -952,12 +959,13 @@ impl Host for Request<'_> {
         })
     }
 
-    fn set_request_header(&mut self, name: &str, value: &str) {
-        self.set(name, ModuleBuffer::of(value.as_bytes()));
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool {
+        self.set(name, ModuleBuffer::of(value.as_bytes()))
     }
 
-    /// Envoy's `addCopy`: no look for copies to replace, which a set (`setCopy`) makes.
-    fn add_request_header(&mut self, name: &str, value: &str) {
+    /// Envoy's `addCopy`: no look for copies to replace, which a set (`setCopy`) makes. False
+    /// also for an empty value (the glue sends none).
+    fn add_request_header(&mut self, name: &str, value: &str) -> bool {
         // SAFETY: inside a request hook with Envoy's filter pointer; buffers outlive the call.
         unsafe {
             envoy_dynamic_module_callback_http_add_header(
@@ -965,13 +973,13 @@ impl Host for Request<'_> {
                 REQUEST_HEADER,
                 ModuleBuffer::of(name.as_bytes()),
                 ModuleBuffer::of(value.as_bytes()),
-            );
+            )
         }
     }
 
-    fn remove_request_header(&mut self, name: &str) {
+    fn remove_request_header(&mut self, name: &str) -> bool {
         // A null value removes the header (abi.h).
-        self.set(name, ModuleBuffer::null());
+        self.set(name, ModuleBuffer::null())
     }
 
     /// Envoy's dynamic-module host leaves the route cache alone on a header edit (its wasm
@@ -1195,6 +1203,20 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
             return;
         }
         module.shared.retire();
+        if here.id() != made_on {
+            // A hook of this configuration on the main thread may be past its `retired` check
+            // and dispatching a call now. Envoy cancels the configuration's calls once this
+            // returns, and one dispatched after that would outlive it, its answer calling into
+            // a configuration freed. Waiting for the fetcher closes the window: every hook
+            // after this one sees `retired` and dispatches nothing. (Not on the main thread:
+            // there the holder could be the hook this destroy was called back from.)
+            drop(
+                module
+                    .fetcher
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
         bury(config.cast(), made_on);
         // Expected of Envoy 1.40 (see `Grave`): told at debug level from the clock thread, at
         // info from any other (a worker, should a stream there hold the last reference; a
@@ -1961,6 +1983,40 @@ mod tests {
             said.iter().all(|(level, _)| *level == LOG_DEBUG),
             "{said:?}"
         );
+    }
+
+    /// Destroyed off the main thread while a hook of its own on the main thread holds the
+    /// fetcher (past its `retired` check, dispatching a call): the destroy returns only once that
+    /// hook is done, so that Envoy's cancelling of the configuration's calls, which follows it,
+    /// cannot miss the call the hook dispatched.
+    #[test]
+    fn a_destroy_off_the_main_thread_waits_for_the_fetcher_in_use() {
+        let (config, alive) = module_here("grave_busy");
+        // SAFETY: made by `module_here`, not freed until the end of this test.
+        let module = unsafe { &*config.cast::<Module>() };
+        let busy = module.fetcher.lock().unwrap();
+        let raw = config as usize;
+        let clock = std::thread::Builder::new()
+            .name(CLOCK_THREAD.into())
+            .spawn(move || committing(|| destroy(raw as ConfigModulePtr)))
+            .unwrap();
+        let retired = Instant::now();
+        while !module.shared.retired.load(Ordering::SeqCst) {
+            assert!(retired.elapsed() < Duration::from_secs(10), "never retired");
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !clock.is_finished(),
+            "returned while the fetcher was in use"
+        );
+        drop(busy);
+        clock.join().unwrap();
+        // Freed at the main thread's next hook, as any configuration destroyed off it.
+        let (other, _) = module_here("grave_busy_other");
+        answer(other);
+        assert!(alive.upgrade().is_none(), "still kept");
+        destroy(other);
     }
 
     /// Destroyed on the main thread, with none of its hooks in progress: freed at once. Inside
