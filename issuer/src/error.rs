@@ -312,6 +312,10 @@ impl From<WechatError> for ApiError {
             WechatError::Misconfigured { .. } => {
                 ApiError::BadGateway("the issuer's WeChat credentials were refused".into())
             }
+            cause @ WechatError::ApiUnauthorized { .. } => ApiError::Upstream {
+                description: "WeChat has not granted the issuer's app this API",
+                cause,
+            },
             WechatError::Busy | WechatError::Timeout => {
                 ApiError::Unavailable("WeChat is busy or not answering; retry shortly".into())
             }

@@ -522,7 +522,9 @@ async fn phone_40001_on_cached_token_invalidated_refetched_retried_once() {
     let (_, metrics, _) = stack.get("/metrics", None).await;
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(metrics.contains("weauth_wechat_token_invalidations_total{errcode=\"40001\"} 2"));
-    assert!(metrics.contains("weauth_wechat_token_refreshes_total{outcome=\"force_withheld\"} 1"));
+    assert!(metrics.contains(&format!(
+        "weauth_wechat_token_refreshes_total{{appid=\"{APPID}\",outcome=\"force_withheld\"}} 1"
+    )));
 
     // Five minutes later (the issuer's clock) it forces again, but WeChat's clock says the last
     // force was seconds ago, and a force within 30 s answers the same token: not stored.
@@ -624,6 +626,42 @@ async fn phone_token_endpoint_refusal_502_without_wechat_errmsg() {
         "{log}"
     );
     assert_eq!(stack.mock.calls("getuserphonenumber"), 0);
+}
+
+/// 48001 from `getuserphonenumber` is the app lacking the API (WeChat's "api unauthorized":
+/// not enabled for the app, or its type does not allow it), not the user refusing a scope: a
+/// 502 `upstream_error` naming the API as not granted, logged, not a 403 blaming the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_api_not_granted_to_the_app_is_502_not_a_users_refusal() {
+    let stack = Stack::process(&[]).await;
+    let token = token(&stack.login("kyle").await);
+    stack.mock.inject(
+        "getuserphonenumber",
+        Fault::Errcode {
+            errcode: 48001,
+            errmsg: mockwechat_errmsg(48001),
+        },
+        1,
+    );
+    let code = stack.mock.phone_code("kyle", "13700000009");
+    let (status, body, _) = stack
+        .post_auth("/v1/me/phone", &token, Some(json!({ "code": code })))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "upstream_error", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not granted the issuer's app this API"),
+        "{body}"
+    );
+    let log = stack.issuer.log_text();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("48001") && line.contains("console")),
+        "{log}"
+    );
 }
 
 fn mockwechat_errmsg(errcode: i64) -> String {

@@ -23,7 +23,11 @@ pub fn errcode_error(errcode: i64, errmsg: &str) -> WechatError {
         -1 => WechatError::Busy,
         // 42003: an expired web OAuth2 code.
         40029 | 40163 | 42003 => WechatError::InvalidCode { errcode },
-        48001 => WechatError::ScopeUnauthorized,
+        // The app lacks the API; `sns/userinfo` reads it as the user's scope instead
+        // (`web::classify_userinfo`).
+        48001 => WechatError::ApiUnauthorized {
+            errmsg: errmsg.to_string(),
+        },
         45011 => WechatError::RateLimited,
         40226 => WechatError::HighRisk,
         40001 | 42001 | 40014 => WechatError::InvalidAccessToken {

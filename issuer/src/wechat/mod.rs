@@ -95,10 +95,16 @@ pub enum WechatError {
         errcode: i64,
         after_lost: Option<Box<WechatError>>,
     },
-    /// 48001: the user token's scope does not allow this API (e.g. `sns/userinfo` with
-    /// `snsapi_base`).
+    /// 48001 from `sns/userinfo`: the user token's scope does not allow it (`snsapi_base`).
     #[error("WeChat refused the call for the granted scope (errcode 48001)")]
     ScopeUnauthorized,
+    /// 48001 from any other API: the app has not been granted it (not enabled for the app in
+    /// WeChat's console, or the app's type or verification does not allow it) — the operator's
+    /// to fix, not the user's.
+    #[error(
+        "WeChat has not granted the app this API (errcode 48001: {errmsg}); enable it for the app in WeChat's console"
+    )]
+    ApiUnauthorized { errmsg: String },
     /// WeChat's server API security failed: an answer whose signature, certificate number,
     /// timestamp or encryption does not check out (never accepted), or WeChat refusing our
     /// signed call (errcodes 40230–40240: the app's keys or clock are wrong).
@@ -130,7 +136,7 @@ impl WechatError {
             WechatError::InvalidCode { errcode } => errcode.to_string(),
             WechatError::RateLimited => "45011".into(),
             WechatError::HighRisk => "40226".into(),
-            WechatError::ScopeUnauthorized => "48001".into(),
+            WechatError::ScopeUnauthorized | WechatError::ApiUnauthorized { .. } => "48001".into(),
             WechatError::Misconfigured { errcode, .. }
             | WechatError::Other { errcode, .. }
             | WechatError::InvalidAccessToken { errcode, .. } => errcode.to_string(),

@@ -99,7 +99,11 @@ pub fn classify_userinfo(
     body: &[u8],
     openid: &str,
 ) -> Result<WebProfile, WechatError> {
-    let value = classify_json(status, body)?;
+    // 48001 here is the user token's scope (`snsapi_base`), not an API the app lacks.
+    let value = classify_json(status, body).map_err(|err| match err {
+        WechatError::ApiUnauthorized { .. } => WechatError::ScopeUnauthorized,
+        other => other,
+    })?;
     if text(&value, "openid").as_deref() != Some(openid) {
         return Err(WechatError::Unreadable(
             "userinfo answer about another openid".into(),
