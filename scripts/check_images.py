@@ -6,7 +6,9 @@
   holding exactly one file, `plugin.wasm`, byte-equal to the module `make wasm` built.
 - image_native_filter_layer_holds_exactly_the_module: target/oci/weauth-filter-native has one
   layer holding exactly one file, `lib/libweauth_filter.so`, byte-equal to the native module the
-  image was built from (WEAUTH_IMAGE_NATIVE), and no entrypoint (it is mounted, never run).
+  image was built from (WEAUTH_IMAGE_NATIVE), no entrypoint (it is mounted, never run), and
+  labels naming the Envoy version and dynamic-module ABI it was built for (the Makefile's
+  ENVOY_VERSION, the module's ABI_VERSION).
 - image_issuer_entrypoint_unpacked_answers_healthz: target/oci/weauth-issuer unpacked into a
   root filesystem; its user is not root, it carries the CA certificates, and its entrypoint,
   run inside that root filesystem (chroot: nothing from the host), answers GET /healthz.
@@ -81,10 +83,26 @@ def image_filter_layer_holds_exactly_the_wasm_module():
     single_file_layer(doc, layout, "plugin.wasm", WASM)
 
 
+def built_for():
+    """The Envoy version the Makefile installs and the dynamic-module ABI the module names."""
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        envoy = re.search(r"^ENVOY_VERSION := (\S+)$", f.read(), re.M).group(1)
+    with open(os.path.join(ROOT, "filter", "src", "native", "ffi.rs")) as f:
+        abi = re.search(r'pub const ABI_VERSION: &\[u8\] = b"([^"\\]+)\\0";', f.read()).group(1)
+    return envoy, abi
+
+
 def image_native_filter_layer_holds_exactly_the_module():
     layout, doc, config = manifest("weauth-filter-native")
     single_file_layer(doc, layout, "lib/libweauth_filter.so", NATIVE)
     assert not config.get("config", {}).get("Entrypoint"), "the native image is mounted, not run"
+    # The Envoy it was built for, for a deployment to check against its proxy (the module
+    # loads into that Envoy minor only).
+    envoy, abi = built_for()
+    labels = config.get("config", {}).get("Labels") or {}
+    want = {"io.weauth.envoy.version": envoy, "io.weauth.envoy.dynamic-module-abi": abi}
+    got = {name: labels.get(name) for name in want}
+    assert got == want, f"the native image's labels {got} are not {want}"
 
 
 # The issuer binds WEAUTH_LISTEN=127.0.0.1:0 itself and logs the address it got (text or JSON
