@@ -200,10 +200,14 @@ async fn get_due_token_refreshed_ahead_of_expiry() {
     .await
     .expect("the request waited for WeChat's answer");
     assert_eq!(answered.unwrap().as_str(), "OLD");
-    assert!(!metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"ok\"} 1"));
+    assert!(!metrics(&app)
+        .contains("weauth_wechat_token_refreshes_total{appid=\"wx1\",outcome=\"ok\"} 1"));
     fake.gate.add_permits(1);
-    eventually(|| metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"ok\"} 1"))
-        .await;
+    eventually(|| {
+        metrics(&app)
+            .contains("weauth_wechat_token_refreshes_total{appid=\"wx1\",outcome=\"ok\"} 1")
+    })
+    .await;
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     assert_eq!(
         app.identity
@@ -244,7 +248,9 @@ async fn get_refresh_fails_still_valid_token_kept() {
         "OLD"
     );
     eventually(|| {
-        metrics(&app).contains("weauth_wechat_token_refreshes_total{outcome=\"failed_kept_old\"} 1")
+        metrics(&app).contains(
+            "weauth_wechat_token_refreshes_total{appid=\"wx1\",outcome=\"failed_kept_old\"} 1",
+        )
     })
     .await;
     // The lease was released: the next caller may try again at once.
@@ -375,8 +381,9 @@ async fn forced_refresh_interval_shared_by_replicas() {
         );
     }
     assert_eq!(fake.forced.load(Ordering::SeqCst), 1, "forced again");
-    assert!(metrics(&second)
-        .contains("weauth_wechat_token_refreshes_total{outcome=\"force_withheld\"} 1"));
+    assert!(metrics(&second).contains(
+        "weauth_wechat_token_refreshes_total{appid=\"wx1\",outcome=\"force_withheld\"} 1"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -645,6 +645,39 @@ fn with_podmonitor_job(config: &str, issuer: &str) -> String {
     serde_yaml_ng::to_string(&cfg).expect("prometheus.yml")
 }
 
+/// The job of [`with_edge_podmonitor_job`].
+const EDGE_PODMONITOR_JOB: &str = "podmonitor-edge";
+
+/// `config` with one more job: deploy/monitoring/podmonitor-edge.yaml's endpoint (its path and
+/// its metric relabelling) scraping the test stack's Envoy, as it scrapes a sidecar.
+fn with_edge_podmonitor_job(config: &str, envoy_admin: &str) -> String {
+    let monitor = yaml(&monitoring("podmonitor-edge.yaml"));
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    let keep: Vec<Value> = endpoint["metricRelabelings"]
+        .as_array()
+        .expect("podmonitor-edge.yaml: metricRelabelings")
+        .iter()
+        .map(|rule| {
+            json!({
+                "action": rule["action"],
+                "source_labels": rule["sourceLabels"],
+                "regex": rule["regex"],
+            })
+        })
+        .collect();
+    let mut cfg: Value = serde_yaml_ng::from_str(config).expect("the test's prometheus.yml");
+    cfg["scrape_configs"]
+        .as_array_mut()
+        .expect("scrape_configs")
+        .push(json!({
+            "job_name": EDGE_PODMONITOR_JOB,
+            "metrics_path": endpoint["path"],
+            "metric_relabel_configs": keep,
+            "static_configs": [{"targets": [envoy_admin]}],
+        }));
+    serde_yaml_ng::to_string(&cfg).expect("prometheus.yml")
+}
+
 /// The outcome of one instant query.
 enum Answer {
     /// Rejected by the parser or the engine (the text says why).
@@ -733,6 +766,7 @@ async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
         .unwrap_or_else(|e| panic!("{e}"));
     let config = with_podmonitor_job(&config, &targets.issuers[0]);
     let config = with_pod_labels_and_a_mesh_job(&config, &targets.issuers[0]);
+    let config = with_edge_podmonitor_job(&config, &targets.envoy_admin);
     let port = free_port().unwrap();
     let prom = Prometheus::start(dir.path(), port, &config)
         .await
@@ -751,6 +785,11 @@ async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
         panel: "PodMonitor relabelling (deploy/monitoring/podmonitor.yaml)".into(),
         ref_id: "issuer series through it".into(),
         expr: format!("weauth_store_up{{job=\"{PODMONITOR_JOB}\"}}"),
+    });
+    queries.push(Query {
+        panel: "PodMonitor of the edge (deploy/monitoring/podmonitor-edge.yaml)".into(),
+        ref_id: "filter series through it".into(),
+        expr: format!("weauth_revocation_age_seconds{{job=\"{EDGE_PODMONITOR_JOB}\"}}"),
     });
     let may_be_empty = |panel: &str| MAY_BE_EMPTY.iter().any(|(p, _)| *p == panel);
     let mut round = 0;
@@ -787,6 +826,14 @@ async fn dashboard_queries_parse_and_panels_show_data_after_traffic() {
         missing.join("\n"),
         prom.log().display()
     );
+    // The edge's PodMonitor keeps weauth's series alone of Envoy's thousands (Prometheus's own
+    // `up` and `scrape_*` series of the job aside).
+    let others =
+        format!("count({{job=\"{EDGE_PODMONITOR_JOB}\",__name__!~\"weauth_.*|up|scrape_.*\"}})");
+    match instant(&client, &url, &others).await {
+        Answer::Values(values) => assert!(values.is_empty(), "{others} → {values:?}"),
+        Answer::Refused(why) => panic!("{others}: {why}"),
+    }
 
     // prometheus-adapter's rule counts the issuer once although MESH_JOB scrapes it too: the
     // adapter's matchers (namespace, pod) select both jobs' series, so the rule's own job

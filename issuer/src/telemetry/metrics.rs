@@ -4,7 +4,7 @@
 //! Series: `weauth_logins_total{outcome}`, `weauth_refreshes_total{outcome}`,
 //! `weauth_revocations_total{kind}`, `weauth_wechat_errors_total{api,errcode}`,
 //! `weauth_wechat_call_seconds{api}` (histogram), `weauth_http_requests_total{route,status}`,
-//! `weauth_bearer_rejections_total{reason}`, `weauth_wechat_token_refreshes_total{outcome}`,
+//! `weauth_bearer_rejections_total{reason}`, `weauth_wechat_token_refreshes_total{appid,outcome}`,
 //! `weauth_wechat_token_invalidations_total{errcode}`, `weauth_decrypt_total{outcome}`,
 //! `weauth_phone_total{outcome}`, `weauth_checksession_total{outcome}`,
 //! `weauth_login_risk_total{appid,outcome,rank}`,
@@ -150,7 +150,7 @@ const HELP: [(&str, &str, &str); 16] = [
     (
         "weauth_wechat_token_refreshes_total",
         "counter",
-        "WeChat app access token fetches by this replica, by outcome (ok, forced, force_withheld, failed, failed_kept_old).",
+        "WeChat app access token fetches by this replica, by app and outcome (ok, forced, force_withheld, failed, failed_kept_old).",
     ),
     (
         "weauth_wechat_token_invalidations_total",
@@ -247,11 +247,17 @@ impl Metrics {
         );
     }
 
-    /// Counts a WeChat access-token fetch by outcome.
-    pub fn wechat_token_refresh(&self, outcome: &str) {
+    /// Counts a WeChat access-token fetch for `appid` by outcome (the app, so that the alert on
+    /// a token that cannot be had names it, and a success of one app does not hide another's
+    /// failures).
+    pub fn wechat_token_refresh(&self, appid: &str, outcome: &str) {
         self.add(
             "weauth_wechat_token_refreshes_total",
-            format!("outcome=\"{}\"", escape(outcome)),
+            format!(
+                "appid=\"{}\",outcome=\"{}\"",
+                escape(appid),
+                escape(outcome)
+            ),
         );
     }
 

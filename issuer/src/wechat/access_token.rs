@@ -377,7 +377,7 @@ impl AccessTokens {
                     tracing::info!(appid = %appid, "the WeChat access token lease lapsed and another replica took it; the token fetched here answers this request but is not stored");
                 }
                 self.note_fetch(appid, None);
-                self.metrics.wechat_token_refresh("ok");
+                self.metrics.wechat_token_refresh(appid, "ok");
                 tracing::info!(
                     appid = %appid,
                     expires_in = token.expires_in,
@@ -395,11 +395,11 @@ impl AccessTokens {
                 }
                 self.release(appid, holder).await;
                 if let Some(token) = usable {
-                    self.metrics.wechat_token_refresh("failed_kept_old");
+                    self.metrics.wechat_token_refresh(appid, "failed_kept_old");
                     tracing::warn!(appid = %appid, error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");
                     return self.open(appid, &token);
                 }
-                self.metrics.wechat_token_refresh("failed");
+                self.metrics.wechat_token_refresh(appid, "failed");
                 tracing::warn!(appid = %appid, error = %err, "cannot get a WeChat access token");
                 Err(TokenError::Fetch(err))
             }
@@ -435,14 +435,14 @@ impl AccessTokens {
                 false
             });
         if !allowed {
-            self.metrics.wechat_token_refresh("force_withheld");
+            self.metrics.wechat_token_refresh(appid, "force_withheld");
             tracing::warn!(appid = %appid, interval_s = FORCE_INTERVAL, "stable_token returned the token WeChat refused again; a refresh was forced less than the interval ago (by this or another replica), not forcing another");
             return Err(WechatError::InvalidAccessToken {
                 errcode: 40001,
                 after_lost: None,
             });
         }
-        self.metrics.wechat_token_refresh("forced");
+        self.metrics.wechat_token_refresh(appid, "forced");
         tracing::warn!(
             appid = %appid,
             "stable_token returned the token WeChat just refused; forcing a new one"
