@@ -58,6 +58,10 @@ pub enum ApiError {
     /// 405 `method_not_allowed`, with the allowed methods.
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
+    /// 409 `conflict`: an admin change made on what the issuer read, which changed before it
+    /// could be written (the description says what to read again).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// 413 `request_too_large`.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -135,6 +139,7 @@ impl ApiError {
             }
             ApiError::UnknownUser(_) | ApiError::UnknownSession(_) => StatusCode::NOT_FOUND,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -160,6 +165,7 @@ impl ApiError {
             ApiError::UserRisky { .. } => "user_risky",
             ApiError::UnknownUser(_) | ApiError::UnknownSession(_) => "not_found",
             ApiError::NotFound => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "request_too_large",
             ApiError::BodyTimeout(_) => "request_timeout",
@@ -194,6 +200,7 @@ impl ApiError {
             | ApiError::InvalidToken(d)
             | ApiError::MissingToken(d)
             | ApiError::AccessDenied(d)
+            | ApiError::Conflict(d)
             | ApiError::BadGateway(d)
             | ApiError::Unavailable(d)
             | ApiError::RateLimited { description: d, .. }

@@ -1123,7 +1123,7 @@ async fn a_request_abandoned_by_its_client_still_runs_to_its_end() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(4),
+            started.elapsed() < Duration::from_secs(10),
             "the abandoned unban never lifted the ban: {user}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -11,7 +11,7 @@ use super::{json, Resp};
 use crate::app::App;
 use crate::error::ApiError;
 use crate::service::admin::check_claim;
-use crate::store::Revoke;
+use crate::store::{Revoke, SubSessions};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +78,13 @@ pub async fn revoke(
                     "`issued_before` must not be in the future".into(),
                 ));
             }
-            Revoke::Sub { sub, issued_before }
+            // "Log out everywhere": the sessions created before `issued_before`
+            // (`SubSessions::CreatedBefore` says why not every one, as a ban's).
+            Revoke::Sub {
+                sub,
+                issued_before,
+                sessions: SubSessions::CreatedBefore,
+            }
         }
         _ => return Err(ApiError::InvalidRequest(
             "give exactly one of `jti`, `sid` or `sub` (with optional `issued_before` for `sub`)"

@@ -108,6 +108,18 @@ pub fn normalize_scopes(scopes: &[String]) -> Result<Vec<String>, String> {
     Ok(set.into_iter().collect())
 }
 
+/// Whether lifting `ban` at `now` must first wait for the ban's own `sub` revocation to be
+/// recorded, given the latest `issued_before` of the user's `sub` entries: a ban is written
+/// first and its revocation right after, dated once the ban is in force, so its
+/// `issued_before` is after the ban's `created_at`. Lifted in between, the user could log in
+/// at once, and the late revocation would then end that login and refuse its tokens. A `sub`
+/// revocation written after the ban's creation by anyone else counts too: it covers every
+/// token the ban's would up to then. A ban no longer in force refuses nothing, so lifting it
+/// waits for nothing.
+pub fn lift_waits_for_revocation(ban: &Ban, sub_issued_before: Option<i64>, now: i64) -> bool {
+    ban.active(now) && sub_issued_before.is_none_or(|before| before <= ban.created_at)
+}
+
 /// Checks an admin's ban request at `now` and builds the ban.
 ///
 /// # Errors
@@ -163,6 +175,19 @@ mod tests {
         };
         assert!(grants.active_ban(150).is_some());
         assert!(grants.active_ban(250).is_none());
+    }
+
+    #[test]
+    fn lift_waits_for_the_revocation_of_a_ban_in_force() {
+        let ban = new_ban(Some(200), None, 100).unwrap();
+        // No `sub` entry yet, or only older ones: the ban's own is still to come.
+        assert!(lift_waits_for_revocation(&ban, None, 100));
+        assert!(lift_waits_for_revocation(&ban, Some(50), 100));
+        assert!(lift_waits_for_revocation(&ban, Some(100), 100));
+        // Its revocation (dated once the ban was in force, so after it) is recorded.
+        assert!(!lift_waits_for_revocation(&ban, Some(101), 100));
+        // Lapsed: nothing to wait for.
+        assert!(!lift_waits_for_revocation(&ban, None, 200));
     }
 
     #[test]

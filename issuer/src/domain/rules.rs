@@ -1,7 +1,8 @@
 //! The domain's decisions about stored state, as pure functions (no I/O, time as an argument):
 //! what a presented refresh token is worth ([`decide_refresh`]), which user a login belongs to
-//! ([`link_user`]), which sessions a `sub` revocation ends ([`sub_revocation_covers`]), whether
-//! a token is revoked ([`is_revoked`]) and where the purge watermark goes ([`next_watermark`]).
+//! ([`link_user`]), which sessions a `sub` revocation ends ([`sub_revocation_covers`],
+//! [`SubSessions`]), whether a token is revoked ([`is_revoked`]) and where the purge watermark
+//! goes ([`next_watermark`]).
 //!
 //! A store never decides: it finds the facts these functions take, inside its own atomic unit
 //! (an SQLite transaction; a Redis read followed by a compare-and-set script), calls the
@@ -166,11 +167,56 @@ pub fn link_user(
     }
 }
 
-/// Whether a `sub` revocation with `issued_before` ends a session of that user created at
-/// `session_created_at` (its tokens all have `iat >= created_at`, so a session created at or
-/// after `issued_before` keeps working).
-pub fn sub_revocation_covers(issued_before: i64, session_created_at: i64) -> bool {
-    session_created_at < issued_before
+/// Which of a user's live sessions a `sub` revocation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubSessions {
+    /// Those created before the entry's `issued_before`: "log out everywhere" (the admin's
+    /// `POST /v1/admin/revoke {"sub"}`). A session created at or after it keeps working: its
+    /// tokens all have `iat >= created_at`, which the entry does not cover either, and it is
+    /// a login the revocation did not mean — one after an explicit `issued_before` in the past
+    /// ("everything issued before the leak"), or one racing the request, which is as
+    /// legitimate as a login a moment later (nothing stops the user logging in again; the
+    /// login in flight that the entry does cover is refused by its own check after its
+    /// commit). Ending it too would log out a user who has just logged in, for a skew of the
+    /// replicas' clocks.
+    CreatedBefore,
+    /// Every live session, whatever its `created_at`: a ban. `created_at` is the login
+    /// replica's clock and `issued_before` the banning replica's, so a session opened before
+    /// the ban on a replica whose clock runs ahead looks created after it, and would keep
+    /// working — its tokens too, their `iat` as far ahead — while the user is banned. No
+    /// session may outlive a ban: a login while it is in force is refused anyway, so every
+    /// live session is one from before it.
+    All,
+}
+
+/// Whether a `sub` revocation with `issued_before` ending `sessions` ends a session of that
+/// user created at `session_created_at`.
+pub fn sub_revocation_covers(
+    issued_before: i64,
+    sessions: SubSessions,
+    session_created_at: i64,
+) -> bool {
+    match sessions {
+        SubSessions::All => true,
+        SubSessions::CreatedBefore => session_created_at < issued_before,
+    }
+}
+
+/// Whether a `sub` revocation (`issued_before`, `until`) at `now` still needs a `sid` entry
+/// for a session of the user revoked earlier, at `revoked_at`, whose own entry is not in the
+/// feed (Redis: an earlier attempt of the revocation cut between its marks and their entries;
+/// or a logout long ago whose entry the purge has removed since). The session's tokens were
+/// all issued by `revoked_at` and stop verifying a lifetime and the leeway later — the span
+/// the `sub` entry's `until` carries past `issued_before - 1`; after that an entry would
+/// refuse nothing (and be re-sent to every edge by each later ban).
+pub fn revoked_session_needs_entry(
+    until: i64,
+    issued_before: i64,
+    revoked_at: i64,
+    now: i64,
+) -> bool {
+    let span = until.saturating_sub(issued_before.saturating_sub(1));
+    revoked_at.saturating_add(span) >= now
 }
 
 /// The `until` of the `sid` entry a `sub` revocation at `now` writes for a session it ends,
@@ -442,9 +488,28 @@ mod tests {
 
     #[test]
     fn sub_revocation_covers_only_older_sessions() {
-        assert!(sub_revocation_covers(20, 19));
-        assert!(!sub_revocation_covers(20, 20));
-        assert!(!sub_revocation_covers(20, 30));
+        assert!(sub_revocation_covers(20, SubSessions::CreatedBefore, 19));
+        assert!(!sub_revocation_covers(20, SubSessions::CreatedBefore, 20));
+        assert!(!sub_revocation_covers(20, SubSessions::CreatedBefore, 30));
+    }
+
+    #[test]
+    fn sub_revocation_of_a_ban_covers_every_session() {
+        for created_at in [19, 20, 30] {
+            assert!(sub_revocation_covers(20, SubSessions::All, created_at));
+        }
+    }
+
+    #[test]
+    fn revoked_session_needs_entry_while_its_tokens_may_verify() {
+        // Lifetime + leeway 960: the `sub` entry (issued before 1001) lasts to 1960.
+        let (issued_before, until, now) = (1001, 1960, 1000);
+        // Revoked a moment ago (an attempt cut short): its tokens verify to 999 + 960.
+        assert!(revoked_session_needs_entry(until, issued_before, 999, now));
+        assert!(revoked_session_needs_entry(until, issued_before, 40, now));
+        // Logged out long ago: its tokens expired.
+        assert!(!revoked_session_needs_entry(until, issued_before, 39, now));
+        assert!(!revoked_session_needs_entry(until, issued_before, 20, now));
     }
 
     #[test]

@@ -11,9 +11,19 @@
 //! request's arrival: a login that arrived after the ban request but read the user's grants
 //! before the ban was written (the ban's body slow, its write queued behind a lock) got a
 //! session and a token dated after the arrival, which a revocation dated by the arrival
-//! missed — a banned user with a working token and a session that outlived the ban.
+//! missed — a banned user with a working token and a session that outlived the ban. And the
+//! revocation ends every live session of the user, not only those created before its
+//! `issued_before` ([`SubSessions::All`]): a session's `created_at` is its login replica's
+//! clock, which may run ahead of this one's.
+//!
+//! An unban lifts the ban it read, and only once that ban's revocation is recorded
+//! ([`grants::lift_waits_for_revocation`], waited for up to [`REVOCATION_WAIT`]); the store
+//! lifts it only if it is still that ban ([`Store::set_ban_if`]). Otherwise it answers 409
+//! `conflict` and lifts nothing: a ban set again while the unban was under way stays in force,
+//! and a ban is never lifted between its own two writes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use weauth_token::revocation::Entry;
@@ -22,7 +32,13 @@ use crate::clock::Clock;
 use crate::domain::grants::{self, Ban};
 use crate::error::ApiError;
 use crate::service::sessions::Sessions;
-use crate::store::{Revoke, Store};
+use crate::store::{BanWrite, Revoke, Store, SubSessions};
+
+/// How long an unban waits for its ban's revocation to be recorded (the ban writes it right
+/// after the ban itself) before answering 409.
+pub const REVOCATION_WAIT: Duration = Duration::from_secs(2);
+/// How often the unban looks for it meanwhile.
+const REVOCATION_POLL: Duration = Duration::from_millis(50);
 
 /// The admin use cases, with what they use: the store, and the sessions' revocation.
 pub struct Admin {
@@ -155,6 +171,7 @@ impl Admin {
         let revoke = Revoke::Sub {
             sub: sub.clone(),
             issued_before: in_force + 1,
+            sessions: SubSessions::All,
         };
         let revocation = self.sessions.revoke(revoke, in_force).await?;
         Ok(Banned {
@@ -169,34 +186,86 @@ impl Admin {
     /// was in force (its `issued_before`), so an unban before then waits for it to pass before
     /// lifting: a login right after the answer must not be refused at the edge.
     ///
+    /// The ban lifted is the one read here, once its revocation is recorded (module docs).
+    /// Without a ban there is nothing to write (`was_banned: false`).
+    ///
     /// # Errors
-    /// 400 for a bad `sub`; 404 for an unknown user; store failures.
+    /// 400 for a bad `sub`; 404 for an unknown user; 409 when the ban changed meanwhile (set
+    /// again, replaced or lifted) or its revocation is not recorded within
+    /// [`REVOCATION_WAIT`]; store failures.
     /// `now_ms` is the request's time in milliseconds.
     pub async fn unban(&self, sub: String, now_ms: i64) -> Result<Unbanned, ApiError> {
         check_sub(&sub)?;
         let Some(current) = self.store.grants(&sub).await? else {
             return Err(ApiError::UnknownUser(sub));
         };
-        if let Some(ban) = &current.ban {
-            let revoked_until = self
-                .store
-                .revocation_facts("", "", &sub)
-                .await?
-                .sub_issued_before;
-            wait_until_second(revoked_until.unwrap_or(0).max(ban.created_at + 1), now_ms).await;
-        }
-        if !self
+        let Some(ban) = current.ban else {
+            return Ok(Unbanned {
+                sub,
+                was_banned: false,
+            });
+        };
+        let revoked_until = self.ban_revocation(&sub, &ban, now_ms).await?;
+        let now_ms = self.clock.now_ms().max(now_ms);
+        wait_until_second(revoked_until.unwrap_or(0).max(ban.created_at + 1), now_ms).await;
+        match self
             .store
-            .set_ban(&sub, None, now_ms.div_euclid(1000))
+            .set_ban_if(&sub, Some(&ban), None, now_ms.div_euclid(1000))
             .await?
         {
-            return Err(ApiError::UnknownUser(sub));
+            BanWrite::Written => {}
+            BanWrite::UnknownUser => return Err(ApiError::UnknownUser(sub)),
+            BanWrite::Changed => {
+                tracing::info!(sub = %sub, "unban refused: the ban changed meanwhile");
+                return Err(ApiError::Conflict(
+                    "the user's ban changed while this unban was under way (banned again, \
+                     replaced or lifted): nothing was lifted; read it again \
+                     (GET /v1/admin/user) and unban again if still meant"
+                        .into(),
+                ));
+            }
         }
         tracing::info!(sub = %sub, "user unbanned");
         Ok(Unbanned {
             sub,
-            was_banned: current.ban.is_some(),
+            was_banned: true,
         })
+    }
+
+    /// The latest `issued_before` of `sub`'s revocations once `ban`'s own is recorded, read
+    /// again every [`REVOCATION_POLL`] for up to [`REVOCATION_WAIT`]
+    /// ([`grants::lift_waits_for_revocation`]).
+    ///
+    /// # Errors
+    /// 409 when it is not recorded by then; store failures.
+    async fn ban_revocation(
+        &self,
+        sub: &str,
+        ban: &Ban,
+        now_ms: i64,
+    ) -> Result<Option<i64>, ApiError> {
+        let deadline = tokio::time::Instant::now() + REVOCATION_WAIT;
+        loop {
+            let issued_before = self
+                .store
+                .revocation_facts("", "", sub)
+                .await?
+                .sub_issued_before;
+            if !grants::lift_waits_for_revocation(ban, issued_before, now_ms.div_euclid(1000)) {
+                return Ok(issued_before);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(sub = %sub, "unban refused: the ban's revocation is not recorded");
+                return Err(ApiError::Conflict(format!(
+                    "the ban's revocation is not recorded yet (the ban is still being written, \
+                     or its revocation failed): nothing was lifted; try again, or first revoke \
+                     the user (POST /v1/admin/revoke {{\"sub\"}}) if the ban's call failed; \
+                     waited {}s",
+                    REVOCATION_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(REVOCATION_POLL).await;
+        }
     }
 
     /// Replaces `sub`'s scopes (empty clears). They are carried by the user's next token.

@@ -30,7 +30,7 @@ use weauth_token::revocation::Entry;
 
 pub use crate::domain::grants::{Ban, Grants};
 pub use crate::domain::keys::KeyRecord;
-pub use crate::domain::rules::RefreshRow;
+pub use crate::domain::rules::{RefreshRow, SubSessions};
 
 /// The underlying error of a store failure, kept as the source.
 pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -209,11 +209,25 @@ impl ReportedTtl {
 pub enum Revoke {
     Jti(String),
     Sid(String),
-    /// Every token of `sub` with `iat < issued_before`; sessions created before then end too.
+    /// Every token of `sub` with `iat < issued_before`; the user's live sessions end too, those
+    /// created before `issued_before` or all of them ([`SubSessions`]).
     Sub {
         sub: String,
         issued_before: i64,
+        sessions: SubSessions,
     },
+}
+
+/// The outcome of [`Store::set_ban_if`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanWrite {
+    /// The ban was as expected, and is now the one given.
+    Written,
+    /// The user's ban was not the one expected (set, replaced or lifted since it was read):
+    /// nothing written.
+    Changed,
+    /// No such user: nothing written.
+    UnknownUser,
 }
 
 /// The WeChat app access token shared by every replica (see [`crate::wechat::access_token`]).
@@ -343,7 +357,8 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Records a revocation with the next seq and, atomically, ends the sessions it covers (a
-    /// `sid`: that session; a `sub`: the sessions [`crate::domain::rules::sub_revocation_covers`]).
+    /// `sid`: that session; a `sub`: the live sessions
+    /// [`crate::domain::rules::sub_revocation_covers`], by the revocation's [`SubSessions`]).
     /// A `sub` revocation also writes a `sid` entry for each live session it ends (its `until`:
     /// [`crate::domain::rules::session_until_of_sub`]), before its own entry, which is the one
     /// returned: the edge refuses a `sub` entry's
@@ -413,6 +428,16 @@ pub trait Store: Send + Sync {
     /// Sets (`Some`, replacing any previous one) or lifts (`None`) the user's ban. Returns
     /// false when the user does not exist.
     async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError>;
+    /// [`Store::set_ban`], atomically only while the user's ban is still `expected` (`None`:
+    /// no ban), every field equal: an unban lifts the ban it read and judged, never one set
+    /// meanwhile by another call or replica.
+    async fn set_ban_if(
+        &self,
+        sub: &str,
+        expected: Option<&Ban>,
+        ban: Option<&Ban>,
+        now: i64,
+    ) -> Result<BanWrite, StoreError>;
     /// The `sub` whose session a refresh token (used or not, expired or not) belongs to;
     /// `None` for an unknown token. Read-only: lets a refresh be refused for a banned user
     /// before anything is consumed. `family` as in [`Rotate::family`].

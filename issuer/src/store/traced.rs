@@ -242,6 +242,19 @@ impl Store for TracedStore {
             .await
     }
 
+    async fn set_ban_if(
+        &self,
+        sub: &str,
+        expected: Option<&Ban>,
+        ban: Option<&Ban>,
+        now: i64,
+    ) -> Result<BanWrite, StoreError> {
+        self.0
+            .set_ban_if(sub, expected, ban, now)
+            .instrument(span("set_ban_if"))
+            .await
+    }
+
     async fn refresh_owner(
         &self,
         family: &str,

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    Ban, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, ReportedTtl, Revoke, RiskFact,
-    Rotate, RotateResult, Store,
+    Ban, BanWrite, CachedToken, Grants, KeyRecord, LoginResult, NewLogin, ReportedTtl, Revoke,
+    RiskFact, Rotate, RotateResult, Store, SubSessions,
 };
 use crate::domain::rules;
 use crate::feed::revocation;
@@ -58,6 +58,8 @@ macro_rules! contract_tests {
             revoke_sid_ends_session_and_is_revoked,
             revoke_sub_ends_older_sessions_only,
             revoke_sub_racing_a_login_misses_it_neither_way,
+            revoke_sub_of_a_ban_ends_every_live_session,
+            revoke_sub_writes_no_entry_for_a_session_logged_out_long_ago,
             revoke_jti_revokes_only_that_token,
             access_ttl_reports_keep_the_latest_per_lifetime,
             feed_paged_then_continued_by_since,
@@ -76,6 +78,8 @@ macro_rules! contract_tests {
             grants_unknown_user_none_and_writes_refused,
             grants_scopes_replaced_and_cleared_ban_kept,
             grants_ban_read_back_replaced_and_lifted_scopes_kept,
+            grants_ban_set_if_only_while_it_is_the_one_expected,
+            grants_ban_lift_racing_a_new_ban_never_lifts_it,
             grants_survive_a_new_handle,
             refresh_owner_of_unused_used_and_unknown_tokens,
             ephemeral_taken_once,

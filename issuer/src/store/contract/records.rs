@@ -301,6 +301,108 @@ pub async fn grants_ban_read_back_replaced_and_lifted_scopes_kept(backend: &dyn 
     );
 }
 
+/// An unban lifts the ban it read, never another: the write is conditional on every field of
+/// the ban, and a ban set, replaced or lifted since is left as it is.
+pub async fn grants_ban_set_if_only_while_it_is_the_one_expected(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    assert_eq!(
+        store
+            .set_ban_if("nobody", None, Some(&ban(1, None, None)), 1)
+            .await
+            .unwrap(),
+        BanWrite::UnknownUser
+    );
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    assert!(store.set_scopes("u-c1", &scopes(&["x"]), 11).await.unwrap());
+    let first = ban(12, Some(99), Some("first"));
+    assert!(store.set_ban("u-c1", Some(&first), 12).await.unwrap());
+    // Another ban than the one there, by any field, or none: nothing written.
+    for other in [
+        Some(ban(13, Some(99), Some("first"))),
+        Some(ban(12, None, Some("first"))),
+        Some(ban(12, Some(98), Some("first"))),
+        Some(ban(12, Some(99), None)),
+        Some(ban(12, Some(99), Some("second"))),
+        None,
+    ] {
+        assert_eq!(
+            store
+                .set_ban_if("u-c1", other.as_ref(), None, 14)
+                .await
+                .unwrap(),
+            BanWrite::Changed,
+            "{other:?}"
+        );
+        assert_eq!(
+            store.grants("u-c1").await.unwrap().unwrap().ban,
+            Some(first.clone())
+        );
+    }
+    assert_eq!(
+        store
+            .set_ban_if("u-c1", Some(&first), None, 15)
+            .await
+            .unwrap(),
+        BanWrite::Written
+    );
+    let grants = store.grants("u-c1").await.unwrap().unwrap();
+    assert_eq!((grants.ban, grants.scopes), (None, scopes(&["x"])));
+    // Lifted already: the same lift again is a change, not a success.
+    assert_eq!(
+        store
+            .set_ban_if("u-c1", Some(&first), None, 16)
+            .await
+            .unwrap(),
+        BanWrite::Changed
+    );
+    // From no ban, a ban (and no ban expected with one there: refused).
+    let second = ban(17, None, None);
+    assert_eq!(
+        store
+            .set_ban_if("u-c1", None, Some(&second), 17)
+            .await
+            .unwrap(),
+        BanWrite::Written
+    );
+    assert_eq!(
+        store.grants("u-c1").await.unwrap().unwrap().ban,
+        Some(second)
+    );
+}
+
+/// An unban's conditional lift racing a new ban from another replica: whichever comes first,
+/// the new ban is what stays (the lift either came first, then the ban replaced nothing, or
+/// found the new ban and left it).
+pub async fn grants_ban_lift_racing_a_new_ban_never_lifts_it(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    for i in 0..50 {
+        let (old, new) = (
+            ban(100 + i, None, Some("old")),
+            ban(100 + i, None, Some("new")),
+        );
+        assert!(store.set_ban("u-c1", Some(&old), 100 + i).await.unwrap());
+        let (a, b) = (Arc::clone(&store), backend.handle().await);
+        let banning = {
+            let new = new.clone();
+            tokio::spawn(async move { a.set_ban("u-c1", Some(&new), 100 + i).await.unwrap() })
+        };
+        let lifting = tokio::spawn(async move {
+            b.set_ban_if("u-c1", Some(&old), None, 100 + i)
+                .await
+                .unwrap()
+        });
+        let (banned, lift) = (banning.await.unwrap(), lifting.await.unwrap());
+        assert!(banned);
+        assert_ne!(lift, BanWrite::UnknownUser);
+        assert_eq!(
+            store.grants("u-c1").await.unwrap().unwrap().ban,
+            Some(new),
+            "round {i}: the new ban was lifted ({lift:?})"
+        );
+    }
+}
+
 pub async fn grants_survive_a_new_handle(backend: &dyn Backend) {
     let store = backend.handle().await;
     created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());

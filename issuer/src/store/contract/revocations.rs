@@ -105,6 +105,7 @@ pub async fn revoke_sub_racing_a_login_misses_it_neither_way(backend: &dyn Backe
             let everywhere = Revoke::Sub {
                 sub: "u-race0".into(),
                 issued_before: now + 1,
+                sessions: SubSessions::CreatedBefore,
             };
             b.revoke(&everywhere, now, now + 1000).await.unwrap()
         });
@@ -130,6 +131,7 @@ pub async fn revoke_sub_ends_older_sessions_only(backend: &dyn Backend) {
             &Revoke::Sub {
                 sub: "u-c1".into(),
                 issued_before: 20,
+                sessions: SubSessions::CreatedBefore,
             },
             25,
             1000,
@@ -187,6 +189,7 @@ pub async fn revoke_sub_ends_older_sessions_only(backend: &dyn Backend) {
             &Revoke::Sub {
                 sub: "u-c1".into(),
                 issued_before: 20,
+                sessions: SubSessions::CreatedBefore,
             },
             26,
             1000,
@@ -196,6 +199,105 @@ pub async fn revoke_sub_ends_older_sessions_only(backend: &dyn Backend) {
     assert_eq!(
         feed(Arc::clone(&store)).await,
         vec![sid_entry, sub_entry.clone(), sub_entry]
+    );
+}
+
+/// A ban's `sub` revocation ends every live session of the user, also one created at or after
+/// its `issued_before` — on a replica whose clock runs ahead, before the ban — with a `sid`
+/// entry for it (its tokens' `iat` is as far ahead, not covered by the `sub` entry).
+pub async fn revoke_sub_of_a_ban_ends_every_live_session(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap());
+    // Dated after the ban's issued_before (20) by its replica's clock.
+    created(&store.login(&login("c2", "o1", None, 21)).await.unwrap());
+    created(&store.login(&login("c3", "o1", None, 22)).await.unwrap());
+    store
+        .revoke(&Revoke::Sid("s-c3".into()), 22, 500)
+        .await
+        .unwrap();
+    let entry = store
+        .revoke(
+            &Revoke::Sub {
+                sub: "u-c1".into(),
+                issued_before: 20,
+                sessions: SubSessions::All,
+            },
+            19,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (entry.kind, entry.issued_before),
+        (EntryKind::Sub, Some(20)),
+        "the entry's own issued_before is unchanged"
+    );
+    for sid in ["s-c1", "s-c2"] {
+        let session = store.session(sid).await.unwrap().unwrap();
+        assert_eq!(session.revoked_at, Some(19), "{sid}");
+        // A token of the session issued by the replica ahead (iat 21) is refused.
+        assert!(revoked(store.as_ref(), "j", sid, "u-c1", 21).await, "{sid}");
+    }
+    let sids: Vec<String> = store
+        .feed_snapshot(0, 19, 100)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Sid)
+        .map(|e| e.value)
+        .collect();
+    let mut sorted = sids.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["s-c1", "s-c2", "s-c3"],
+        "one entry each; none again for the session revoked before: {sids:?}"
+    );
+}
+
+/// A `sub` revocation writes no `sid` entry for a session revoked long ago (a logout whose
+/// entry the purge removed, the session kept to its end): its tokens have expired, and every
+/// later ban would send it to every edge again.
+pub async fn revoke_sub_writes_no_entry_for_a_session_logged_out_long_ago(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap()); // ends at 1010
+    created(&store.login(&login("c2", "o1", None, 480)).await.unwrap());
+    store
+        .revoke(&Revoke::Sid("s-c1".into()), 20, 120)
+        .await
+        .unwrap();
+    store.purge(500).await.unwrap();
+    assert!(store.session("s-c1").await.unwrap().is_some());
+    for (now, sessions) in [
+        (500, SubSessions::All),
+        (501, SubSessions::CreatedBefore),
+        (502, SubSessions::All),
+    ] {
+        let revoke = Revoke::Sub {
+            sub: "u-c1".into(),
+            issued_before: now + 1,
+            sessions,
+        };
+        store.revoke(&revoke, now, now + 100).await.unwrap();
+    }
+    let entries: Vec<(EntryKind, String)> = store
+        .feed_snapshot(0, 502, 100)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| (e.kind, e.value))
+        .collect();
+    let sub = (EntryKind::Sub, "u-c1".to_string());
+    assert_eq!(
+        entries,
+        vec![
+            (EntryKind::Sid, "s-c2".to_string()),
+            sub.clone(),
+            sub.clone(),
+            sub
+        ]
     );
 }
 

@@ -29,8 +29,8 @@
 //! log is on without `sync_binlog=1` (a crash of the server could then lose acknowledged
 //! writes).
 //!
-//! The decisions come from [`crate::domain::rules`], as in the SQLite store (`ops.rs` mirrors
-//! `sqlite/ops.rs`). A lost server is [`StoreError::Unavailable`] (503); the pool tests each
+//! The decisions come from [`crate::domain::rules`], as in the SQLite store (`ops.rs` and
+//! `user_grants.rs` mirror `sqlite/ops.rs`). A lost server is [`StoreError::Unavailable`] (503); the pool tests each
 //! connection before handing it out and opens new ones by itself once the server is back.
 
 use std::str::FromStr;
@@ -42,14 +42,16 @@ use sqlx::{Executor as _, Row as _};
 use weauth_token::revocation::Entry;
 
 use super::{
-    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, ReportedTtl,
-    Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
+    Ban, BanWrite, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged,
+    ReportedTtl, Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError,
+    UserRecord,
 };
 use crate::domain::grants;
 use crate::domain::rules::RevocationFacts;
 
 mod ops;
 mod upkeep;
+mod user_grants;
 
 /// The migrations, in order: the schema version of a database is the number applied (table
 /// `weauth_schema`). Append only; never edit a published one.
@@ -659,16 +661,26 @@ impl Store for MysqlStore {
     }
 
     async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {
-        retry(|| ops::grants(&self.pool, sub)).await
+        retry(|| user_grants::grants(&self.pool, sub)).await
     }
 
     async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
         let scopes = grants::stored_scopes(scopes);
-        retry(|| ops::set_scopes(&self.pool, sub, &scopes, now)).await
+        retry(|| user_grants::set_scopes(&self.pool, sub, &scopes, now)).await
     }
 
     async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
-        retry(|| ops::set_ban(&self.pool, sub, ban, now)).await
+        retry(|| user_grants::set_ban(&self.pool, sub, ban, now)).await
+    }
+
+    async fn set_ban_if(
+        &self,
+        sub: &str,
+        expected: Option<&Ban>,
+        ban: Option<&Ban>,
+        now: i64,
+    ) -> Result<BanWrite, StoreError> {
+        retry(|| user_grants::set_ban_if(&self.pool, sub, expected, ban, now)).await
     }
 
     async fn refresh_owner(

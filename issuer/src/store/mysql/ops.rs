@@ -7,15 +7,14 @@ use sqlx::{Row as _, Transaction};
 use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Revoke, RiskFact,
-    Rotate, RotateResult, SessionRecord, UserRecord,
+    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Revoke, RiskFact, Rotate,
+    RotateResult, SessionRecord, UserRecord,
 };
-use crate::domain::grants;
 use crate::domain::rules::{
     self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
 };
 
-type Tx = Transaction<'static, MySql>;
+pub(super) type Tx = Transaction<'static, MySql>;
 pub(super) type Result<T> = std::result::Result<T, sqlx::Error>;
 
 pub(super) fn to_u64(value: i64) -> u64 {
@@ -41,7 +40,7 @@ pub(super) fn text(row: &MySqlRow, index: usize) -> Result<String> {
     utf8(row.try_get(index)?)
 }
 
-fn opt_text(row: &MySqlRow, index: usize) -> Result<Option<String>> {
+pub(super) fn opt_text(row: &MySqlRow, index: usize) -> Result<Option<String>> {
     row.try_get::<Option<Vec<u8>>, _>(index)?
         .map(utf8)
         .transpose()
@@ -515,100 +514,6 @@ pub(super) async fn user(pool: &MySqlPool, sub: &str) -> Result<Option<UserRecor
     }))
 }
 
-pub(super) async fn grants(pool: &MySqlPool, sub: &str) -> Result<Option<Grants>> {
-    let Some(row) = sqlx::query(
-        "SELECT g.scopes, g.ban_created_at, g.ban_until, g.ban_reason \
-         FROM users u LEFT JOIN user_grants g ON g.sub = u.sub WHERE u.sub = ?",
-    )
-    .bind(sub)
-    .fetch_optional(pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let scopes = opt_text(&row, 0)?;
-    let ban_created_at: Option<i64> = row.try_get(1)?;
-    Ok(Some(Grants {
-        scopes: grants::scopes_from_stored(scopes.as_deref()),
-        ban: match ban_created_at {
-            Some(created_at) => Some(Ban {
-                created_at,
-                until: row.try_get(2)?,
-                reason: opt_text(&row, 3)?,
-            }),
-            None => None,
-        },
-    }))
-}
-
-/// Locks the user's row; false when there is none (the transaction is then dropped).
-async fn lock_user(tx: &mut Tx, sub: &str) -> Result<bool> {
-    Ok(sqlx::query("SELECT 1 FROM users WHERE sub = ? FOR UPDATE")
-        .bind(sub)
-        .fetch_optional(&mut **tx)
-        .await?
-        .is_some())
-}
-
-pub(super) async fn set_scopes(
-    pool: &MySqlPool,
-    sub: &str,
-    scopes: &str,
-    now: i64,
-) -> Result<bool> {
-    let mut tx = pool.begin().await?;
-    if !lock_user(&mut tx, sub).await? {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO user_grants (sub, scopes, updated_at) VALUES (?, ?, ?) \
-         ON DUPLICATE KEY UPDATE scopes = ?, updated_at = ?",
-    )
-    .bind(sub)
-    .bind(scopes)
-    .bind(now)
-    .bind(scopes)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
-pub(super) async fn set_ban(
-    pool: &MySqlPool,
-    sub: &str,
-    ban: Option<&Ban>,
-    now: i64,
-) -> Result<bool> {
-    let (created_at, until, reason) = match ban {
-        Some(ban) => (Some(ban.created_at), ban.until, ban.reason.clone()),
-        None => (None, None, None),
-    };
-    let mut tx = pool.begin().await?;
-    if !lock_user(&mut tx, sub).await? {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO user_grants (sub, scopes, ban_created_at, ban_until, ban_reason, updated_at) \
-         VALUES (?, '', ?, ?, ?, ?) \
-         ON DUPLICATE KEY UPDATE ban_created_at = ?, ban_until = ?, ban_reason = ?, updated_at = ?",
-    )
-    .bind(sub)
-    .bind(created_at)
-    .bind(until)
-    .bind(&reason)
-    .bind(now)
-    .bind(created_at)
-    .bind(until)
-    .bind(&reason)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
 pub(super) async fn refresh_owner(pool: &MySqlPool, hash: &str) -> Result<Option<String>> {
     sqlx::query_scalar::<_, Vec<u8>>(
         "SELECT s.sub FROM refresh_tokens r JOIN sessions s ON s.sid = r.sid WHERE r.hash = ?",
@@ -779,7 +684,11 @@ pub(super) async fn revoke(
                 .await?;
             insert_revocation(&mut tx, EntryKind::Sid, sid, None, until, now).await?
         }
-        Revoke::Sub { sub, issued_before } => {
+        Revoke::Sub {
+            sub,
+            issued_before,
+            sessions,
+        } => {
             // The user's row first: a login of this user locks it (its identity or unionid
             // read), so the two serialize — under READ COMMITTED the sessions read below takes
             // no gap lock, and a login inserting its session after that read and committing
@@ -799,7 +708,7 @@ pub(super) async fn revoke(
             for row in live {
                 let sid = text(&row, 0)?;
                 let created_at: i64 = row.try_get(1)?;
-                if rules::sub_revocation_covers(*issued_before, created_at) {
+                if rules::sub_revocation_covers(*issued_before, *sessions, created_at) {
                     sqlx::query("UPDATE sessions SET revoked_at = ? WHERE sid = ?")
                         .bind(now)
                         .bind(&sid)

@@ -180,8 +180,9 @@ use weauth_token::revocation::{Entry, EntryKind};
 
 use super::redis_checks::{self, Eviction, EvictionWatch, Replication};
 use super::{
-    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, ReportedTtl, Revoke,
-    RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
+    BanWrite, CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Purged, ReportedTtl,
+    Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, SubSessions,
+    UserRecord,
 };
 use crate::domain::grants::{self, Ban, Grants};
 use crate::domain::rules::{
@@ -203,6 +204,7 @@ mod store;
 use self::connect::*;
 use self::health::*;
 use self::link::Link;
+use self::revoke::SubReach;
 use self::scripts::Scripts;
 
 const TTL_SLACK: i64 = 86_400;

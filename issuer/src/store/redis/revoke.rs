@@ -4,16 +4,41 @@
 
 use super::*;
 
+/// What a `sub` revocation reaches: the tokens issued before its `issued_before`, and the
+/// user's sessions [`SubSessions`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SubReach {
+    pub(super) issued_before: i64,
+    pub(super) sessions: SubSessions,
+}
+
+impl SubReach {
+    /// MARK_SESSION's `reach` argument.
+    fn argument(reach: Option<SubReach>) -> String {
+        match reach {
+            None => String::new(),
+            Some(SubReach {
+                sessions: SubSessions::All,
+                ..
+            }) => "all".into(),
+            Some(SubReach {
+                issued_before,
+                sessions: SubSessions::CreatedBefore,
+            }) => issued_before.to_string(),
+        }
+    }
+}
+
 /// What MARK_SESSION did to one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mark {
     /// Revoked by this call.
     Revoked,
-    /// Covered by a `sub` revocation, and revoked before (by a logout, a reuse, or an
-    /// earlier attempt of this revocation cut short).
-    RevokedBefore,
-    /// Left as it was: already revoked, or not covered by the `sub` revocation's
-    /// `issued_before`.
+    /// Covered by a `sub` revocation, and revoked before, at the time given (by a logout, a
+    /// reuse, or an earlier attempt of this revocation cut short).
+    RevokedBefore(i64),
+    /// Left as it was: already revoked by a `sid` revocation, or not covered by the `sub`
+    /// revocation.
     Done,
     /// No such session.
     Missing,
@@ -23,7 +48,7 @@ pub(super) enum Mark {
 
 impl RedisStore {
     /// A revocation: first the sessions it covers are marked, each in its family's slot
-    /// (MARK_SESSION; for a `sub`, the user's sessions created before `issued_before`), then
+    /// (MARK_SESSION; for a `sub`, the user's sessions its [`SubReach`] names), then
     /// the entry is appended to the feed (REVOKE), then the user's set is read again and
     /// sessions that joined it meanwhile are marked too. Every step is idempotent, and the
     /// revocation is acknowledged only after the last and its `WAIT`.
@@ -44,11 +69,12 @@ impl RedisStore {
         &self,
         kind: EntryKind,
         value: &str,
-        issued_before: Option<i64>,
+        reach: Option<SubReach>,
         until: i64,
         now: i64,
         guard: bool,
     ) -> Result<Option<Entry>, StoreError> {
+        let issued_before = reach.map(|reach| reach.issued_before);
         let epoch = self.link_epoch();
         let mut marked = HashSet::new();
         match kind {
@@ -61,16 +87,20 @@ impl RedisStore {
                 }
             }
             EntryKind::Sub => {
-                self.revoke_user_sessions(value, now, issued_before, until, &mut marked, true)
-                    .await?;
+                if let Some(reach) = reach {
+                    self.revoke_user_sessions(value, now, reach, until, &mut marked, true)
+                        .await?;
+                }
             }
             EntryKind::Jti => {}
         }
         let json = self.append_entry(kind, value, issued_before, until).await?;
         match kind {
             EntryKind::Sub => {
-                self.revoke_user_sessions(value, now, issued_before, until, &mut marked, false)
-                    .await?;
+                if let Some(reach) = reach {
+                    self.revoke_user_sessions(value, now, reach, until, &mut marked, false)
+                        .await?;
+                }
             }
             EntryKind::Sid => {
                 let session = self.session_key(value);
@@ -92,21 +122,26 @@ impl RedisStore {
     /// `issued_before`, a token the `sub` entry does not cover. With `complete_earlier` (the
     /// first pass), also each it covers that was revoked before without a `sid` entry in the
     /// feed — an earlier attempt of this revocation cut between its marks and their entries,
-    /// which the admin's retry completes here.
+    /// which the admin's retry completes here. Not for one revoked so long ago that its tokens
+    /// have all expired ([`rules::revoked_session_needs_entry`]): a logout of last month, whose
+    /// entry the purge removed while the session stays listed to its end, is not sent to every
+    /// edge again by each later ban (the SQL stores write none for a session revoked before).
     pub(super) async fn revoke_user_sessions(
         &self,
         sub: &str,
         now: i64,
-        issued_before: Option<i64>,
+        reach: SubReach,
         until: i64,
         marked: &mut HashSet<String>,
         complete_earlier: bool,
     ) -> Result<(), StoreError> {
-        let (mut revoked, before) = self
-            .mark_user_sessions(sub, now, issued_before, marked)
-            .await?;
+        let (mut revoked, before) = self.mark_user_sessions(sub, now, reach, marked).await?;
         if complete_earlier {
-            for sid in before {
+            for (sid, revoked_at) in before {
+                if !rules::revoked_session_needs_entry(until, reach.issued_before, revoked_at, now)
+                {
+                    continue;
+                }
                 let index = self.key(&keys::revoked(EntryKind::Sid.name(), &sid));
                 let listed: bool = self
                     .op(|mut conn| async move { conn.exists(index).await })
@@ -116,8 +151,7 @@ impl RedisStore {
                 }
             }
         }
-        let session_until =
-            rules::session_until_of_sub(until, issued_before.unwrap_or(now + 1), now);
+        let session_until = rules::session_until_of_sub(until, reach.issued_before, now);
         for sid in revoked {
             self.append_entry(EntryKind::Sid, &sid, None, session_until)
                 .await?;
@@ -186,14 +220,14 @@ impl RedisStore {
             .map(|_| ())
     }
 
-    /// MARK_SESSION on one session. `pending_until`: a `sid` revocation's, whose entry is
-    /// written next.
+    /// MARK_SESSION on one session, for a `sid` revocation (`reach`: `None`) or a `sub` one.
+    /// `pending_until`: a `sid` revocation's, whose entry is written next.
     pub(super) async fn mark_session(
         &self,
         sid: &str,
         now: i64,
         guard: bool,
-        issued_before: Option<i64>,
+        reach: Option<SubReach>,
         pending_until: Option<i64>,
     ) -> Result<Mark, StoreError> {
         let mut call = self.inner.scripts.mark_session.prepare_invoke();
@@ -201,27 +235,27 @@ impl RedisStore {
         call.key(self.session_key(sid))
             .arg(now)
             .arg(if guard { "1" } else { "0" })
-            .arg(text(issued_before))
+            .arg(SubReach::argument(reach))
             .arg(text(pending_until));
-        let done: i64 = self.eval(&call).await?;
+        let (done, revoked_at): (i64, i64) = self.eval(&call).await?;
         Ok(match done {
             0 => Mark::GuardFailed,
             2 => Mark::Missing,
             3 => Mark::Revoked,
-            4 => Mark::RevokedBefore,
+            4 => Mark::RevokedBefore(revoked_at),
             _ => Mark::Done,
         })
     }
 
     /// Marks the sessions of `sub` not in `marked` (which it extends), concurrently; returns
-    /// those this call revoked and those it covers that were revoked before.
+    /// those this call revoked and those it covers that were revoked before (with when).
     pub(super) async fn mark_user_sessions(
         &self,
         sub: &str,
         now: i64,
-        issued_before: Option<i64>,
+        reach: SubReach,
         marked: &mut HashSet<String>,
-    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    ) -> Result<(Vec<String>, Vec<(String, i64)>), StoreError> {
         let (mut revoked, mut before) = (Vec::new(), Vec::new());
         let set = self.key(&keys::sub_sessions(sub));
         let sids: Vec<String> = self
@@ -234,7 +268,7 @@ impl RedisStore {
         for chunk in fresh.chunks(CONCURRENT_SLOTS) {
             let mut marks = Vec::with_capacity(chunk.len());
             for sid in chunk {
-                marks.push(self.mark_session(sid, now, false, issued_before, None));
+                marks.push(self.mark_session(sid, now, false, Some(reach), None));
             }
             let outcomes = futures_util::future::try_join_all(marks).await?;
             // A session listed but not written yet (a login between its two scripts) is not
@@ -245,7 +279,7 @@ impl RedisStore {
                 }
                 match outcome {
                     Mark::Revoked => revoked.push(sid.clone()),
-                    Mark::RevokedBefore => before.push(sid.clone()),
+                    Mark::RevokedBefore(at) => before.push((sid.clone(), at)),
                     _ => {}
                 }
             }

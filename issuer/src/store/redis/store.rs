@@ -12,14 +12,50 @@ impl RedisStore {
         now: i64,
         fields: Vec<(&'static str, String)>,
     ) -> Result<bool, StoreError> {
+        let changed = self.set_user_fields_if(sub, now, &[], &fields).await?;
+        Ok(changed == BanWrite::Written)
+    }
+
+    /// [`Self::set_user_fields`] only while each field of `expected` holds its value (`""`:
+    /// absent), compared inside the script.
+    async fn set_user_fields_if(
+        &self,
+        sub: &str,
+        now: i64,
+        expected: &[(&'static str, String)],
+        fields: &[(&'static str, String)],
+    ) -> Result<BanWrite, StoreError> {
         let key = self.key(&keys::user(sub));
         let mut call = self.inner.scripts.set_user_fields.prepare_invoke();
-        call.key(key).arg(now);
-        for (name, value) in &fields {
+        call.key(key).arg(now).arg(expected.len());
+        for (name, value) in expected.iter().chain(fields) {
             call.arg(*name).arg(value);
         }
         let changed: i64 = self.write(&call).await?;
-        Ok(changed == 1)
+        Ok(match changed {
+            0 => BanWrite::UnknownUser,
+            1 => BanWrite::Written,
+            _ => BanWrite::Changed,
+        })
+    }
+}
+
+/// A ban as the user's hash keeps it (`""`: the field absent; every field empty: no ban).
+fn ban_fields(ban: Option<&Ban>) -> Vec<(&'static str, String)> {
+    match ban {
+        Some(ban) => vec![
+            ("ban_created_at", ban.created_at.to_string()),
+            (
+                "ban_until",
+                ban.until.map(|u| u.to_string()).unwrap_or_default(),
+            ),
+            ("ban_reason", ban.reason.clone().unwrap_or_default()),
+        ],
+        None => vec![
+            ("ban_created_at", String::new()),
+            ("ban_until", String::new()),
+            ("ban_reason", String::new()),
+        ],
     }
 }
 
@@ -62,22 +98,18 @@ impl Store for RedisStore {
     }
 
     async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
-        let fields = match ban {
-            Some(ban) => vec![
-                ("ban_created_at", ban.created_at.to_string()),
-                (
-                    "ban_until",
-                    ban.until.map(|u| u.to_string()).unwrap_or_default(),
-                ),
-                ("ban_reason", ban.reason.clone().unwrap_or_default()),
-            ],
-            None => vec![
-                ("ban_created_at", String::new()),
-                ("ban_until", String::new()),
-                ("ban_reason", String::new()),
-            ],
-        };
-        self.set_user_fields(sub, now, fields).await
+        self.set_user_fields(sub, now, ban_fields(ban)).await
+    }
+
+    async fn set_ban_if(
+        &self,
+        sub: &str,
+        expected: Option<&Ban>,
+        ban: Option<&Ban>,
+        now: i64,
+    ) -> Result<BanWrite, StoreError> {
+        self.set_user_fields_if(sub, now, &ban_fields(expected), &ban_fields(ban))
+            .await
     }
 
     async fn refresh_owner(
@@ -516,14 +548,23 @@ impl Store for RedisStore {
     }
 
     async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError> {
-        let (kind, value, issued_before) = match revoke {
+        let (kind, value, reach) = match revoke {
             Revoke::Jti(jti) => (EntryKind::Jti, jti.as_str(), None),
             Revoke::Sid(sid) => (EntryKind::Sid, sid.as_str(), None),
-            Revoke::Sub { sub, issued_before } => {
-                (EntryKind::Sub, sub.as_str(), Some(*issued_before))
-            }
+            Revoke::Sub {
+                sub,
+                issued_before,
+                sessions,
+            } => (
+                EntryKind::Sub,
+                sub.as_str(),
+                Some(SubReach {
+                    issued_before: *issued_before,
+                    sessions: *sessions,
+                }),
+            ),
         };
-        self.revoke_entry(kind, value, issued_before, until, now, false)
+        self.revoke_entry(kind, value, reach, until, now, false)
             .await?
             .ok_or_else(|| StoreError::Corrupt("the revoke script wrote nothing".into()))
     }

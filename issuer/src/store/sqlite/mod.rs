@@ -26,8 +26,9 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    Ban, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged, ReportedTtl,
-    Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError, UserRecord,
+    Ban, BanWrite, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged,
+    ReportedTtl, Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError,
+    UserRecord,
 };
 use crate::domain::grants;
 use crate::domain::rules::{
@@ -488,6 +489,18 @@ impl Store for SqliteStore {
     async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
         let (sub, ban) = (sub.to_string(), ban.cloned());
         self.run(move |c| ops::set_ban(c, &sub, ban.as_ref(), now))
+            .await
+    }
+
+    async fn set_ban_if(
+        &self,
+        sub: &str,
+        expected: Option<&Ban>,
+        ban: Option<&Ban>,
+        now: i64,
+    ) -> Result<BanWrite, StoreError> {
+        let (sub, expected, ban) = (sub.to_string(), expected.cloned(), ban.cloned());
+        self.run(move |c| ops::set_ban_if(c, &sub, expected.as_ref(), ban.as_ref(), now))
             .await
     }
 

@@ -334,6 +334,11 @@ pub(super) fn user(conn: &mut Connection, sub: &str) -> Result<Option<UserRecord
 }
 
 pub(super) fn grants(conn: &mut Connection, sub: &str) -> Result<Option<Grants>, StoreError> {
+    read_grants(conn, sub)
+}
+
+/// The user's grants, read on `conn` (inside the caller's transaction, if any).
+fn read_grants(conn: &Connection, sub: &str) -> Result<Option<Grants>, StoreError> {
     conn.query_row(
         "SELECT g.scopes, g.ban_created_at, g.ban_until, g.ban_reason \
          FROM users u LEFT JOIN user_grants g ON g.sub = u.sub WHERE u.sub = ?1",
@@ -401,20 +406,51 @@ pub(super) fn set_ban(
     ban: Option<&Ban>,
     now: i64,
 ) -> Result<bool, StoreError> {
+    with_user(conn, sub, |tx| write_ban(tx, sub, ban, now))
+}
+
+/// Writes the user's ban (`None` lifts it); the caller knows the user exists.
+fn write_ban(
+    tx: &rusqlite::Transaction<'_>,
+    sub: &str,
+    ban: Option<&Ban>,
+    now: i64,
+) -> rusqlite::Result<usize> {
     let (created_at, until, reason) = match ban {
         Some(ban) => (Some(ban.created_at), ban.until, ban.reason.clone()),
         None => (None, None, None),
     };
-    with_user(conn, sub, |tx| {
-        tx.execute(
-            "INSERT INTO user_grants (sub, ban_created_at, ban_until, ban_reason, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (sub) DO UPDATE SET ban_created_at = excluded.ban_created_at, \
-             ban_until = excluded.ban_until, ban_reason = excluded.ban_reason, \
-             updated_at = excluded.updated_at",
-            params![sub, created_at, until, reason, now],
-        )
-    })
+    tx.execute(
+        "INSERT INTO user_grants (sub, ban_created_at, ban_until, ban_reason, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (sub) DO UPDATE SET ban_created_at = excluded.ban_created_at, \
+         ban_until = excluded.ban_until, ban_reason = excluded.ban_reason, \
+         updated_at = excluded.updated_at",
+        params![sub, created_at, until, reason, now],
+    )
+}
+
+/// The ban read and compared with `expected` under the write lock (`BEGIN IMMEDIATE`), then
+/// written: no other writer comes between.
+pub(super) fn set_ban_if(
+    conn: &mut Connection,
+    sub: &str,
+    expected: Option<&Ban>,
+    ban: Option<&Ban>,
+    now: i64,
+) -> Result<BanWrite, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let Some(current) = read_grants(&tx, sub)? else {
+        return Ok(BanWrite::UnknownUser);
+    };
+    if current.ban.as_ref() != expected {
+        return Ok(BanWrite::Changed);
+    }
+    write_ban(&tx, sub, ban, now).map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok(BanWrite::Written)
 }
 
 pub(super) fn refresh_owner(
@@ -579,7 +615,11 @@ pub(super) fn revoke(
             .map_err(db_err)?;
             insert_revocation(&tx, EntryKind::Sid, sid, None, until, now)?
         }
-        Revoke::Sub { sub, issued_before } => {
+        Revoke::Sub {
+            sub,
+            issued_before,
+            sessions,
+        } => {
             let live: Vec<(String, i64)> = {
                 let mut stmt = tx
                     .prepare_cached(
@@ -592,7 +632,7 @@ pub(super) fn revoke(
                 rows.collect::<Result<_, _>>().map_err(db_err)?
             };
             for (sid, created_at) in live {
-                if rules::sub_revocation_covers(*issued_before, created_at) {
+                if rules::sub_revocation_covers(*issued_before, *sessions, created_at) {
                     tx.execute(
                         "UPDATE sessions SET revoked_at = ?2 WHERE sid = ?1",
                         params![sid, now],

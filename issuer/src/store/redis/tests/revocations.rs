@@ -110,6 +110,10 @@ async fn redis_sub_revocation_marks_a_session_opened_between_its_passes() {
     let store = RedisStore::connect(redis.options()).await.unwrap();
     let mut side = side_connection(&redis).await;
     let (sub, sid, now, issued_before) = ("u-c5", "s-c5", 50_i64, 61_i64);
+    let reach = SubReach {
+        issued_before,
+        sessions: SubSessions::CreatedBefore,
+    };
     // The login's first half: the sid listed in the user's set, the session not written.
     let _: () = redis::cmd("SADD")
         .arg(store.key(&keys::sub_sessions(sub)))
@@ -120,7 +124,7 @@ async fn redis_sub_revocation_marks_a_session_opened_between_its_passes() {
     // The revocation's first pass: nothing to mark yet.
     let mut marked = HashSet::new();
     store
-        .mark_user_sessions(sub, 60, Some(issued_before), &mut marked)
+        .mark_user_sessions(sub, 60, reach, &mut marked)
         .await
         .unwrap();
     // The login completes; its check finds no entry yet.
@@ -158,7 +162,7 @@ async fn redis_sub_revocation_marks_a_session_opened_between_its_passes() {
         "{rotated:?}"
     );
     store
-        .revoke_user_sessions(sub, 60, Some(issued_before), 2000, &mut marked, false)
+        .revoke_user_sessions(sub, 60, reach, 2000, &mut marked, false)
         .await
         .unwrap();
     // Created at 50, before issued_before 61: covered, so marked, so no refresh.
@@ -200,7 +204,16 @@ async fn redis_sub_revocation_retried_after_a_cut_writes_the_sessions_entries() 
     ));
     // The cut attempt: its first pass marked the session, then nothing.
     let mark = store
-        .mark_session("s-cut", 30, false, Some(20), None)
+        .mark_session(
+            "s-cut",
+            30,
+            false,
+            Some(SubReach {
+                issued_before: 20,
+                sessions: SubSessions::CreatedBefore,
+            }),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(mark, super::revoke::Mark::Revoked);
@@ -210,6 +223,7 @@ async fn redis_sub_revocation_retried_after_a_cut_writes_the_sessions_entries() 
             &Revoke::Sub {
                 sub: "u-cut".into(),
                 issued_before: 20,
+                sessions: SubSessions::CreatedBefore,
             },
             31,
             1000,
@@ -237,6 +251,7 @@ async fn redis_sub_revocation_retried_after_a_cut_writes_the_sessions_entries() 
             &Revoke::Sub {
                 sub: "u-cut".into(),
                 issued_before: 20,
+                sessions: SubSessions::CreatedBefore,
             },
             32,
             1000,
