@@ -381,8 +381,11 @@ async fn an_unban_racing_a_new_ban_lifts_nothing_and_answers_409() {
         }
     };
     ban("first").await;
+    // A second back: the unban waits two seconds (its cap) for the ban's revocation second
+    // to pass, room on a loaded machine for it to read the first ban and for the second.
+    clock.advance_ms(-1000);
     let unban = unban_under_way(&stack, &sub);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!unban.is_finished(), "the unban waits out its ban's second");
     ban("second").await;
     let (status, body) = unban.await.unwrap();
@@ -406,6 +409,40 @@ async fn an_unban_racing_a_new_ban_lifts_nothing_and_answers_409() {
         (403, Some("user_banned")),
         "{body}"
     );
+}
+
+/// A ban set long ago — its revocation purged since, once the tokens it covered expired — is
+/// lifted at once: the unban looks for the ban's revocation only while it may still be on its
+/// way (`grants::BAN_WRITE_WINDOW`), not answering 409 for every ban older than the purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unban_of_a_ban_whose_revocation_was_purged_lifts_it() {
+    let (stack, clock) = Stack::start_clocked(&[("WEAUTH_PURGE_INTERVAL", "200ms")]).await;
+    let login = stack.login("petra").await;
+    let sub = payload(login["access_token"].as_str().unwrap())["sub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body, _) = stack
+        .post_auth("/v1/admin/ban", ADMIN, Some(json!({ "sub": sub })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    clock.advance_secs(2 * 3600);
+    let started = std::time::Instant::now();
+    while stack.count("revocations") > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the ban's revocation was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body, _) = stack
+        .post_auth("/v1/admin/unban", ADMIN, Some(json!({ "sub": sub })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["was_banned"], true, "{body}");
+    let code = stack.mock.login("petra").code;
+    let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// A ban is two writes, the ban then its revocation. An unban between them waits for the

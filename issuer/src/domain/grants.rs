@@ -115,10 +115,19 @@ pub fn normalize_scopes(scopes: &[String]) -> Result<Vec<String>, String> {
 /// at once, and the late revocation would then end that login and refuse its tokens. A `sub`
 /// revocation written after the ban's creation by anyone else counts too: it covers every
 /// token the ban's would up to then. A ban no longer in force refuses nothing, so lifting it
-/// waits for nothing.
+/// waits for nothing; nor does one set more than [`BAN_WRITE_WINDOW`] ago: its revocation
+/// was written then, and the purge has removed it since (an entry lasts the access tokens'
+/// lifetime and the leeway, about 16 minutes) — or the ban's call failed before writing it,
+/// which a lift need not wait for either.
 pub fn lift_waits_for_revocation(ban: &Ban, sub_issued_before: Option<i64>, now: i64) -> bool {
-    ban.active(now) && sub_issued_before.is_none_or(|before| before <= ban.created_at)
+    ban.active(now)
+        && now < ban.created_at.saturating_add(BAN_WRITE_WINDOW)
+        && sub_issued_before.is_none_or(|before| before <= ban.created_at)
 }
+
+/// How long after a ban is set its revocation may still be on its way (seconds): the ban's
+/// call writes it right after the ban, within its store calls' timeouts.
+pub const BAN_WRITE_WINDOW: i64 = 60;
 
 /// Checks an admin's ban request at `now` and builds the ban.
 ///
@@ -188,6 +197,20 @@ mod tests {
         assert!(!lift_waits_for_revocation(&ban, Some(101), 100));
         // Lapsed: nothing to wait for.
         assert!(!lift_waits_for_revocation(&ban, None, 200));
+        // Set long ago, its revocation purged since (no `sub` entry left): lifted at once, not
+        // refused as if the ban were still being written.
+        let open = new_ban(None, None, 100).unwrap();
+        assert!(lift_waits_for_revocation(
+            &open,
+            None,
+            100 + BAN_WRITE_WINDOW - 1
+        ));
+        assert!(!lift_waits_for_revocation(
+            &open,
+            None,
+            100 + BAN_WRITE_WINDOW
+        ));
+        assert!(!lift_waits_for_revocation(&open, None, 100 + 3600));
     }
 
     #[test]

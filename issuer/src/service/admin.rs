@@ -258,9 +258,10 @@ impl Admin {
                 tracing::warn!(sub = %sub, "unban refused: the ban's revocation is not recorded");
                 return Err(ApiError::Conflict(format!(
                     "the ban's revocation is not recorded yet (the ban is still being written, \
-                     or its revocation failed): nothing was lifted; try again, or first revoke \
-                     the user (POST /v1/admin/revoke {{\"sub\"}}) if the ban's call failed; \
-                     waited {}s",
+                     or its revocation failed): nothing was lifted; try again — a ban set over \
+                     {}s ago is lifted without it — or first revoke the user \
+                     (POST /v1/admin/revoke {{\"sub\"}}) if the ban's call failed; waited {}s",
+                    grants::BAN_WRITE_WINDOW,
                     REVOCATION_WAIT.as_secs()
                 )));
             }
