@@ -40,28 +40,26 @@ pub fn check_raw_data_signature(raw_data: &str, session_key: &str, signature_hex
 
 /// Whether `raw_data` (a JSON object, as WeChat sends it with `getUserProfile` /
 /// `getUserInfo`) says what `decrypted` (the same call's `encryptedData`, decrypted) says: every
-/// member of `raw_data` that `decrypted` also has is equal there, and there is at least one. The
+/// member of `raw_data` is in `decrypted` with an equal value, but for [`RAW_DATA_ONLY`]. The
 /// signature covers `rawData` only and the decryption has no integrity (the client chooses the
 /// iv, which rewrites the first block), so a good signature vouches for the decrypted data only
-/// when they agree. A member of `raw_data` alone is not compared: WeChat documents the signature
-/// and nothing of which members the two share (`userInfo`, which `rawData` serializes, lists
-/// `language`, the documented decrypted data does not), so requiring it would refuse every
-/// signed call the day WeChat adds one. A `rawData` that is not a JSON object, or shares no
-/// member with the data, agrees with nothing.
+/// when they agree; a `rawData` that is not a JSON object agrees with nothing. Every member
+/// counts, not only the shared ones: a first block rewritten to rename its member (`nickName`
+/// into `unionId`) would otherwise drop the member from the comparison and pass.
 pub fn raw_data_agrees(raw_data: &str, decrypted: &serde_json::Value) -> bool {
-    let Ok(serde_json::Value::Object(members)) = serde_json::from_str(raw_data) else {
-        return false;
-    };
-    let mut shared = 0;
-    for (name, value) in &members {
-        match decrypted.get(name) {
-            Some(same) if same == value => shared += 1,
-            Some(_) => return false,
-            None => {}
-        }
+    match serde_json::from_str::<serde_json::Value>(raw_data) {
+        Ok(serde_json::Value::Object(members)) => members.iter().all(|(name, value)| {
+            decrypted.get(name) == Some(value)
+                || (RAW_DATA_ONLY.contains(&name.as_str()) && decrypted.get(name).is_none())
+        }),
+        _ => false,
     }
-    shared > 0
 }
+
+/// Members of `userInfo` (which `rawData` serializes) that the decrypted data may lack: WeChat
+/// documents `language` in `userInfo` and not in the decrypted data. Absent there, they are
+/// not compared; present, they must be equal.
+pub const RAW_DATA_ONLY: &[&str] = &["language"];
 
 fn raw_data_digest(raw_data: &str, session_key: &str) -> [u8; SHA1_LEN] {
     Sha1::new()
@@ -207,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn raw_data_agrees_when_every_shared_member_matches() {
+    fn raw_data_agrees_only_when_every_member_matches() {
         let decrypted = serde_json::json!({
             "nickName": "Bob", "gender": 0, "avatarUrl": "https://x/a.png",
             "watermark": {"appid": "wx1", "timestamp": 1}
@@ -218,14 +216,22 @@ mod tests {
         let eve =
             serde_json::json!({"nickName": "Eve", "gender": 0, "avatarUrl": "https://x/a.png"});
         assert!(!raw_data_agrees(raw, &eve));
-        // A member only rawData has (userInfo's `language`) is not compared...
-        assert!(raw_data_agrees(
-            r#"{"nickName":"Bob","gender":0,"language":"zh_CN"}"#,
+        // ...or the member renamed (`{"nickName":"Bob` → `{"unionId":"XYZW`): nickName missing.
+        let renamed =
+            serde_json::json!({"unionId": "XYZW", "gender": 0, "avatarUrl": "https://x/a.png"});
+        assert!(!raw_data_agrees(raw, &renamed));
+        // userInfo's `language`, which the decrypted data may lack, is not compared then...
+        let with_language = r#"{"nickName":"Bob","gender":0,"language":"zh_CN"}"#;
+        assert!(raw_data_agrees(with_language, &decrypted));
+        // ...but compared when there.
+        let mut english = decrypted.clone();
+        english["language"] = "en".into();
+        assert!(!raw_data_agrees(with_language, &english));
+        // A member the decrypted data lacks, another type, not an object.
+        assert!(!raw_data_agrees(
+            r#"{"nickName":"Bob","city":"X"}"#,
             &decrypted
         ));
-        // ...but a rawData sharing no member vouches for nothing; another type, not an object.
-        assert!(!raw_data_agrees(r#"{"language":"zh_CN"}"#, &decrypted));
-        assert!(!raw_data_agrees("{}", &decrypted));
         assert!(!raw_data_agrees(r#"{"gender":"0"}"#, &decrypted));
         assert!(!raw_data_agrees("[1]", &decrypted));
         assert!(!raw_data_agrees("not json", &decrypted));
