@@ -94,9 +94,9 @@ pub struct App {
     draining: watch::Sender<bool>,
     started: Instant,
     feed_waiters: Arc<AtomicUsize>,
-    /// The requests' handlers, run apart from their connections ([`crate::api`]'s layer) so
-    /// that a client going away cannot stop a handler between two writes; the drain waits
-    /// for them.
+    /// The handlers of the routes that write in several steps, run apart from their
+    /// connections ([`crate::api`]'s layer) so that a client going away cannot stop one
+    /// between two writes; the drain waits for them.
     pub handlers: TaskTracker,
 }
 

@@ -183,8 +183,7 @@ async fn observe(
         answered: false,
     };
     let handler = next.run(request).instrument(span.clone());
-    let response = if route == "revocations" {
-        // A long poll writes nothing: a client gone ends it at once.
+    let response = if !RUN_TO_THE_END.contains(&route) {
         handler.await
     } else {
         // Apart from this future, which the connection drops when the client goes away (or
@@ -210,7 +209,8 @@ async fn observe(
 }
 
 /// A request never answered — the client went away, Envoy's route timeout gave up on it, the
-/// shutdown deadline passed; its handler still runs to its end — is still counted, as 499 (the
+/// shutdown deadline passed; the handler of one of [`RUN_TO_THE_END`] still runs to its end —
+/// is still counted, as 499 (the
 /// "client closed request" of nginx and Envoy's logs), with its time: else the slowest requests
 /// of an incident vanished from the request counts and the latency histogram.
 struct Unanswered<'a> {
@@ -232,6 +232,16 @@ impl Drop for Unanswered<'_> {
         }
     }
 }
+
+/// The routes (metrics labels) whose handlers run to their end when their client goes away,
+/// on [`App::handlers`]: those that write in more than one step — a ban (the ban, then its
+/// revocation), an unban, a revocation, a logout (Redis: the session marked, then its entry
+/// published). A 499 on them may have been carried out. The others stop with their client,
+/// as before: a login or a phone number asked of WeChat for a client that has given up (and
+/// retries with a new code) would spend WeChat's quota and leave a session nobody receives;
+/// their writes are one atomic store call each, a refresh's rotation included (a retry within
+/// the reuse grace gets the same successor).
+const RUN_TO_THE_END: [&str; 2] = ["admin", "logout"];
 
 /// The status a request is counted under when it was never answered ([`Unanswered`]).
 const CLIENT_CLOSED: u16 = 499;
