@@ -140,21 +140,22 @@ pub fn parse_log(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// The URL with the password (if any) replaced by `***`.
+/// The URL with the password (if any) replaced by `***`. The user information ends at the
+/// last `@`, wherever it is: a password with a raw `/`, `?` or `#` in it (which should be
+/// percent-encoded, and then fails to parse) is still hidden, not read as the start of the
+/// path and printed whole in the error that follows. (A path with an `@` of its own is masked
+/// up to it: too much hidden in a message, never too little.)
 pub(super) fn mask_password(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
         return text.to_string();
     };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_string()
+    match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
+            let masked = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
             };
-            format!("{scheme}://{masked}@{hosts}/{path}")
+            format!("{scheme}://{masked}@{after}")
         }
         None => text.to_string(),
     }
@@ -284,6 +285,24 @@ pub(super) fn parse_cluster(
 }
 
 pub(super) fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
+    // A raw `/`, `?` or `#` before the last `@` is a password (or user) not percent-encoded:
+    // each parser below would take it for the start of the path, query or fragment and could
+    // echo a piece of the password in its error. Said here, with the password masked.
+    if let Some((userinfo, _)) = text
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+    {
+        if userinfo.contains(['/', '?', '#']) {
+            return Err(bad(
+                "WEAUTH_STORE",
+                format!(
+                    "`{}`: the user or password holds a raw `/`, `?` or `#`; percent-encode it \
+                     (%2F, %3F, %23)",
+                    mask_password(text)
+                ),
+            ));
+        }
+    }
     if let Some(rest) = text.strip_prefix("redis+sentinel://") {
         return parse_sentinel(rest, mask_password(text));
     }
