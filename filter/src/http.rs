@@ -14,14 +14,14 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::Action;
 
 use crate::config::Require;
 use crate::headers::{self, Header};
 use crate::host::{Host, KeyState, Level, Now, WasmClock};
 use crate::request::{self, Flow, Loaded};
 use crate::verify::{Extracted, Verdict};
-use crate::wasm_host::{log, request_header_map, unix_ms};
+use crate::wasm_host::{self, log, request_header_map, unix_ms, Edit};
 use crate::worker::{VmState, Worker};
 
 /// One request.
@@ -67,17 +67,17 @@ impl Host for WasmRequest {
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) -> bool {
-        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
+        wasm_host::edit_request_header(name, Edit::Set(value))
     }
 
     /// `proxy_add_header_map_value`: Envoy's `addCopy`, without the look for copies to replace
     /// that a set (`proxy_replace_header_map_value`, `setCopy`) makes.
     fn add_request_header(&mut self, name: &str, value: &str) -> bool {
-        hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value).is_ok()
+        wasm_host::edit_request_header(name, Edit::Add(value))
     }
 
     fn remove_request_header(&mut self, name: &str) -> bool {
-        hostcalls::remove_map_value(MapType::HttpRequestHeaders, name).is_ok()
+        wasm_host::edit_request_header(name, Edit::Remove)
     }
 
     /// Nothing to do: Envoy's proxy-wasm host clears the route cache on every edit of the

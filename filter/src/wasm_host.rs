@@ -68,6 +68,55 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> u32;
+    /// The ABI's header edits, declared here for their `Status`: the SDK's wrappers
+    /// (`hostcalls::set_map_value` and its kin) panic on any status but Ok, which aborts the
+    /// VM serving every request of its worker, where a refused edit must answer that one
+    /// request 503 (`request::on_request_headers`). The same imports as the SDK's.
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+}
+
+/// What a request-header edit does ([`edit_request_header`]).
+pub enum Edit<'a> {
+    /// Sets the header, replacing every copy.
+    Set(&'a str),
+    /// Adds a copy.
+    Add(&'a str),
+    /// Removes every copy.
+    Remove,
+}
+
+/// Edits request header `name`; whether the host made the edit (its `Status` was Ok).
+pub fn edit_request_header(name: &str, edit: Edit<'_>) -> bool {
+    let map = MapType::HttpRequestHeaders as u32;
+    let (key, key_size) = (name.as_ptr(), name.len());
+    // SAFETY: every pointer is to a live buffer of the given size, which the host only reads
+    // during the call.
+    let status = unsafe {
+        match edit {
+            Edit::Set(value) => {
+                proxy_replace_header_map_value(map, key, key_size, value.as_ptr(), value.len())
+            }
+            Edit::Add(value) => {
+                proxy_add_header_map_value(map, key, key_size, value.as_ptr(), value.len())
+            }
+            Edit::Remove => proxy_remove_header_map_value(map, key, key_size),
+        }
+    };
+    status == 0
 }
 
 /// The request's header map, serialized as the host writes it (`headers::parse_map_pairs`

@@ -1209,13 +1209,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
             // returns, and one dispatched after that would outlive it, its answer calling into
             // a configuration freed. Waiting for the fetcher closes the window: every hook
             // after this one sees `retired` and dispatches nothing. (Not on the main thread:
-            // there the holder could be the hook this destroy was called back from.)
-            drop(
-                module
-                    .fetcher
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
+            // there the holder could be the hook this destroy was called back from.) Bounded:
+            // the main thread could be waiting for this thread meanwhile (a destroy of the
+            // clock's last configuration, called back inside that hook, joins the clock
+            // thread), and a hook outlasting the bound is not one dispatching now.
+            wait_for_fetcher(&module.fetcher, FETCHER_WAIT);
         }
         bury(config.cast(), made_on);
         // Expected of Envoy 1.40 (see `Grave`): told at debug level from the clock thread, at
@@ -1242,6 +1240,22 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
             ),
         );
     }));
+}
+
+/// How long a destroy off the main thread waits for a hook of the configuration there.
+const FETCHER_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until `fetcher` is free or `bound` has passed.
+fn wait_for_fetcher(fetcher: &Mutex<Fetcher>, bound: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < bound {
+        match fetcher.try_lock() {
+            Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => return,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
 }
 
 /// The per-stream filter needs no state of its own: the configuration pointer is returned.
@@ -2017,6 +2031,28 @@ mod tests {
         answer(other);
         assert!(alive.upgrade().is_none(), "still kept");
         destroy(other);
+    }
+
+    /// The destroy's wait for a hook in progress ends at its bound: the main thread could be
+    /// waiting for the destroying thread meanwhile (a nested destroy joining the clock thread).
+    #[test]
+    fn the_wait_for_a_fetcher_in_use_is_bounded() {
+        let (config, alive) = module_here("grave_bounded");
+        // SAFETY: made by `module_here`, freed by the destroy below.
+        let module = unsafe { &*config.cast::<Module>() };
+        let busy = module.fetcher.lock().unwrap();
+        let started = Instant::now();
+        wait_for_fetcher(&module.fetcher, Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        drop(busy);
+        let started = Instant::now();
+        wait_for_fetcher(&module.fetcher, Duration::from_secs(10));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a free fetcher waited"
+        );
+        destroy(config);
+        assert!(alive.upgrade().is_none());
     }
 
     /// Destroyed on the main thread, with none of its hooks in progress: freed at once. Inside
