@@ -31,6 +31,7 @@ import {
   normalizeBaseUrl,
   parseStored,
   parseTokenResponse,
+  refreshOutcomeUnsettled,
   refreshPresentableUntil,
   refreshTokenRefused,
   resolveUrl,
@@ -69,17 +70,20 @@ export interface ClientOptions {
    * The issuer's refresh-token reuse grace in ms: its `WEAUTH_REFRESH_REUSE_GRACE` (default
    * 10000, the issuer's default; `0` for `0s`). Set it when the issuer runs with another one.
    *
-   * Why: a refresh attempt that gets no answer (a timeout, the network), a 5xx (a proxy's,
-   * say) or a 200 without a pair may have rotated the refresh token at the issuer all the same.
-   * Presented again within the grace of that rotation, the token gets the refresh token it was
-   * rotated to; presented later, it is taken for a theft: the issuer revokes the whole session
-   * (`weauth_refreshes_total{outcome="reuse"}`, a false alarm) and the user has to log in
-   * anyway. So after such an attempt the client presents that refresh token again — a retry,
-   * or a later request's refresh — only until this grace less 2 s (`REFRESH_REUSE_MARGIN_MS`,
-   * for the retry's trip to the issuer) has passed since the token's first presentation (no
-   * later than its rotation); then it drops the tokens and logs in instead, one login shared
-   * as after `invalid_grant`, without waiting out a backoff whose attempt could not be made.
-   * Timeouts and backoff are otherwise as `retry` says.
+   * Why: a refresh attempt whose outcome is unsettled — no answer (a timeout, the network), a
+   * 5xx (a proxy's, say) other than the issuer's own 503 `temporarily_unavailable`, or a 200
+   * without a pair (`refreshOutcomeUnsettled`) — may have rotated the refresh token at the
+   * issuer all the same. Presented again within the grace of that rotation, the token gets the
+   * refresh token it was rotated to; presented later, it is taken for a theft: the issuer
+   * revokes the whole session (`weauth_refreshes_total{outcome="reuse"}`, a false alarm) and
+   * the user has to log in anyway. So after such an attempt the client presents that refresh
+   * token again — a retry, or a later request's refresh — only until this grace less 2 s
+   * (`REFRESH_REUSE_MARGIN_MS`, for the retry's trip to the issuer) has passed since the
+   * sending of the first attempt that left it unsettled (no later than its rotation; attempts
+   * refused before it, a 429 or the issuer's 503, rotated nothing); then it drops the tokens
+   * and logs in instead, one login shared as after `invalid_grant`, without waiting out a
+   * backoff whose attempt could not be made. Timeouts and backoff are otherwise as `retry`
+   * says.
    */
   refreshReuseGraceMs?: number;
   /** Waits `ms` (default `setTimeout`); tests pass a fake. */
@@ -301,20 +305,27 @@ export function createClient(options: ClientOptions): WeauthClient {
   }
 
   /**
-   * Notes that an attempt that presented `refreshToken` ended without saying what the issuer
-   * did with it (no answer, a 5xx, a 200 without a pair): it may have been rotated.
+   * Notes that an attempt that presented `refreshToken`, sent at device time `sentAt`, ended
+   * without saying what the issuer did with it (`refreshOutcomeUnsettled`): it may have been
+   * rotated then, no sooner than `sentAt`. The grace window runs from the sending of the first
+   * such attempt (the earliest, should copies of the package overlap); one from a copy from
+   * before `unsettledAt` runs from `firstAt`.
    */
-  function noteUnsettled(refreshToken: string): void {
-    if (flight.presented?.refreshToken === refreshToken) {
-      flight.presented.unsettled = true;
+  function noteUnsettled(refreshToken: string, sentAt: number): void {
+    const seen = flight.presented;
+    if (seen?.refreshToken !== refreshToken) {
+      return;
     }
+    seen.unsettledAt = seen.unsettled ? Math.min(seen.unsettledAt ?? seen.firstAt, sentAt) : sentAt;
+    seen.unsettled = true;
   }
 
   /**
    * Whether `refreshToken`, which an attempt may have rotated unseen, may no longer be
    * presented at device time `at`: its issuer's reuse grace (less a margin) has passed since
-   * its first presentation, and a presentation then would be taken for a theft, revoking the
-   * session. A token no attempt left unsettled may be presented at any time.
+   * the sending of the first attempt that left it unsettled, and a presentation then would be
+   * taken for a theft, revoking the session. A token no attempt left unsettled (refused with
+   * a 429 or the issuer's 503, say) may be presented at any time.
    */
   function pastReuseGrace(refreshToken: string, at: number): boolean {
     const seen = flight.presented;
@@ -322,7 +333,7 @@ export function createClient(options: ClientOptions): WeauthClient {
       seen !== undefined &&
       seen.refreshToken === refreshToken &&
       seen.unsettled &&
-      at >= refreshPresentableUntil(seen.firstAt, reuseGraceMs)
+      at >= refreshPresentableUntil(seen.unsettledAt ?? seen.firstAt, reuseGraceMs)
     );
   }
 
@@ -614,10 +625,17 @@ export function createClient(options: ClientOptions): WeauthClient {
         return refreshTokenLapsed(startEpoch);
       }
       notePresented(pair.refreshToken);
+      const sentAt = now();
       const sent = await postRefresh(pair.refreshToken);
-      if (!sent.ok || sent.response.statusCode >= 500) {
-        // The request may have reached the issuer and rotated the token, its answer lost.
-        noteUnsettled(pair.refreshToken);
+      // No answer, a 5xx that is not the issuer's own 503, a 200 without a pair: the request
+      // may have reached the issuer and rotated the token, its answer lost. A failure with no
+      // answer counts so whatever its errMsg: none reliably says nothing was sent.
+      if (
+        sent.ok
+          ? refreshOutcomeUnsettled(sent.response.statusCode, sent.response.data)
+          : refreshOutcomeUnsettled(undefined, undefined)
+      ) {
+        noteUnsettled(pair.refreshToken, sentAt);
       }
       if (flight.epoch !== startEpoch) {
         const fresh =
@@ -641,8 +659,8 @@ export function createClient(options: ClientOptions): WeauthClient {
           store(fresh);
           return fresh;
         }
-        // The issuer answered, so it most likely rotated the token: its pair was lost.
-        noteUnsettled(pair.refreshToken);
+        // The issuer answered, so it most likely rotated the token: its pair was lost (noted
+        // unsettled above).
         failure = new WeauthError("refresh_failed", "refresh: 200 without a token pair", {
           statusCode: 200,
         });

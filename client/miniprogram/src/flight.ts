@@ -65,21 +65,34 @@ export interface Epochs {
 /**
  * The refresh token the last refresh on a storage presented, as the clients on it (copies of
  * the package included) must all know it: they share the token, and the issuer's reuse grace
- * for it runs from its rotation, which an attempt whose answer was lost may have made unseen.
- * After such an attempt the token may be presented again only until
- * `refreshPresentableUntil(firstAt, grace)` (`protocol.ts`), by whichever client refreshes
+ * for it runs from its rotation, which an attempt whose outcome is unsettled (no answer, a
+ * 5xx that is not the issuer's own 503, a 200 without a pair: `refreshOutcomeUnsettled` in
+ * `protocol.ts`) may have made unseen. After such an attempt the token may be presented again
+ * only until `refreshPresentableUntil(unsettledAt, grace)`, by whichever client refreshes
  * next; after that a second presentation would be taken for a theft and revoke the session.
  */
 export interface Presented {
   /** The refresh token. */
   refreshToken: string;
-  /** When it was first presented (device time, ms; the presenting client's `now`). */
+  /**
+   * When it was first presented (device time, ms; the presenting client's `now`). Not the
+   * start of the grace window any more (`unsettledAt` is): kept for copies of the package
+   * from before `unsettledAt`, which count the window from it — sooner, so never too late.
+   */
   firstAt: number;
   /**
-   * An attempt that presented it ended without saying what the issuer did — no answer, a 5xx,
-   * a 200 without a pair — so the issuer may have rotated it then.
+   * An attempt that presented it ended without saying what the issuer did — no answer, a 5xx
+   * that is not the issuer's own 503, a 200 without a pair — so the issuer may have rotated it
+   * then.
    */
   unsettled: boolean;
+  /**
+   * When the first attempt that left it unsettled was sent (device time, ms): a rotation came
+   * no sooner, and the grace window runs from it. Attempts answered with a settled refusal
+   * before it (a 429, the issuer's 503) rotated nothing and do not count. Absent while
+   * `unsettled` is false, and when a copy from before it set `unsettled`: `firstAt` then.
+   */
+  unsettledAt?: number;
 }
 
 /** What a {@link SharedFlight} keeps of the refresh token presented last. */
@@ -103,7 +116,9 @@ export type SharedFlight<T, K extends string = string> = SingleFlight<T, K> & Ep
  * epochs were added without a new version: a copy from before them still uses the flight (it
  * neither reads nor bumps the epoch), and a copy that finds an entry without them adds them to
  * it. So was `presented`, optional: a copy from before it neither notes its presentations nor
- * heeds them (it may present a token past its grace, as all copies did before).
+ * heeds them (it may present a token past its grace, as all copies did before); and so was its
+ * `unsettledAt`: a copy from before it counts the window from `firstAt`, sooner (and takes the
+ * issuer's own 503 for an unsettled outcome).
  */
 export const SHARED_FLIGHTS_KEY = Symbol.for("weauth-miniprogram.flights.v1");
 

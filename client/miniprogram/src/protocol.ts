@@ -308,14 +308,55 @@ export const DEFAULT_REFRESH_REUSE_GRACE_MS = 10_000;
 export const REFRESH_REUSE_MARGIN_MS = 2000;
 
 /**
- * Until when (device time, ms; not included) a refresh token first presented at
- * `firstPresentedAt` may be presented again after an attempt whose outcome is unknown (no
- * answer, a 5xx, a 200 without a pair: the issuer may have rotated it): `graceMs`, the
- * issuer's reuse grace, less {@link REFRESH_REUSE_MARGIN_MS}, from that first presentation —
- * the rotation came no sooner, so the grace at the issuer ends no sooner. With a grace of at
- * most the margin (`0s`, every second use a theft), never: the result is not after
- * `firstPresentedAt`.
+ * Until when (device time, ms; not included) a refresh token may be presented again once an
+ * attempt left it unsettled ({@link refreshOutcomeUnsettled}: the issuer may have rotated it
+ * unseen), `unsettledSentAt` being the sending time of the first such attempt: `graceMs`, the
+ * issuer's reuse grace, less {@link REFRESH_REUSE_MARGIN_MS}, from that sending — a rotation
+ * by that attempt (or a later one) came no sooner, so the grace at the issuer ends no sooner.
+ * An earlier attempt answered with a settled refusal (a 429, the issuer's 503) rotated nothing
+ * and does not count. With a grace of at most the margin (`0s`, every second use a theft),
+ * never: the result is not after `unsettledSentAt`.
  */
-export function refreshPresentableUntil(firstPresentedAt: number, graceMs: number): number {
-  return firstPresentedAt + graceMs - REFRESH_REUSE_MARGIN_MS;
+export function refreshPresentableUntil(unsettledSentAt: number, graceMs: number): number {
+  return unsettledSentAt + graceMs - REFRESH_REUSE_MARGIN_MS;
+}
+
+/**
+ * Whether a refresh attempt answered `statusCode` (`undefined`: no answer came) with `data`
+ * leaves its refresh token unsettled — the issuer may have rotated it without the client
+ * getting the successor, so the token may be presented again only within the reuse grace
+ * ({@link refreshPresentableUntil}):
+ *
+ * - no answer (a timeout, a reset, no network): the request may have reached the issuer and
+ *   its answer been lost. Whatever `wx.request`'s fail callback says: its `errMsg` is only
+ *   carried into the error's message (`wx.ts`'s `send`), and WeChat documents no `errMsg`
+ *   that tells, on every platform, a request that never left the device from one whose answer
+ *   was lost; so no failure is taken for "nothing sent";
+ * - a 200 without a token pair: the issuer answered, so it most likely rotated the token;
+ * - a 5xx other than the one below: a proxy's 502, 503 or 504 page may come after the issuer
+ *   answered, and a 500 `server_error` is the issuer failing at any step, the rotation's
+ *   included.
+ *
+ * Settled — the token not taken, no window started: every 4xx (408, 429 and the refusals
+ * {@link refreshTokenRefused} reads), a 200 with a pair, and a 503 whose JSON body's `error`
+ * is `temporarily_unavailable` (docs/API.md's error body). That one is the issuer's or the
+ * weauth edge filter's own refusal: the filter answers it before the request reaches the
+ * issuer, the issuer when its store (or WeChat) is unavailable — during an outage, every
+ * attempt; counting those would drop the tokens and send the user to a `wx.login` (itself
+ * refused then) for every refresh. Known exception: a store that took the rotation but could
+ * not confirm it (a Redis write whose replication `WAIT` failed, a reply lost after the
+ * write) makes the issuer answer the same 503; a presentation past the grace is then taken
+ * for a reuse (the session revoked, one login, a false `reuse` count at the issuer).
+ */
+export function refreshOutcomeUnsettled(statusCode: number | undefined, data: unknown): boolean {
+  if (statusCode === undefined) {
+    return true;
+  }
+  if (statusCode === 200) {
+    return parseTokenResponse(data) === undefined;
+  }
+  if (statusCode === 503 && issuerError(data).error === "temporarily_unavailable") {
+    return false;
+  }
+  return statusCode >= 500;
 }

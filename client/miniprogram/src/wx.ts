@@ -34,7 +34,12 @@ export interface Response<T = unknown> {
   header: Record<string, string>;
 }
 
-/** The outcome of one `wx.request`: an answer, or a network failure with WeChat's errMsg. */
+/**
+ * The outcome of one `wx.request`: an answer, or a network failure with WeChat's errMsg (also
+ * for a synchronous throw). The errMsg is for messages only: its texts vary by platform and
+ * base library, and none is documented to mean the request never left the device, so a
+ * failure is never taken for "nothing sent" (`refreshOutcomeUnsettled` in `protocol.ts`).
+ */
 export type Sent = { ok: true; response: Response } | { ok: false; errMsg: string };
 
 /** `wx.request` as a promise that never rejects: a failure is a value. */

@@ -1413,6 +1413,116 @@ test("refresh_503_retry_after_held_past_the_grace_then_a_login_not_the_token_aga
   assert.equal(wx.wxLogins, 2);
 });
 
+/**
+ * The refreshes answered, in turn, as `plan` says: a 429 (`Retry-After: 5`, the token not
+ * taken); the issuer's own 503 `temporarily_unavailable` after 3 s (its store down: nothing
+ * rotated); or an answer lost 5 s after the issuer handled the request (a timeout). Past the
+ * plan the issuer answers. `times()` lists when each refresh was sent, from the start.
+ */
+function planRefreshAnswers(g: ReturnType<typeof graceSetup>, plan: Array<"429" | "503" | "lost">) {
+  const start = g.now();
+  const sentAt: number[] = [];
+  g.wx.faults.push((req) => {
+    if (req.path !== "/v1/token/refresh") {
+      return undefined;
+    }
+    sentAt.push(g.now() - start);
+    switch (plan.shift()) {
+      case "429":
+        return { statusCode: 429, data: { error: "rate_limited" }, header: { "Retry-After": "5" } };
+      case "503":
+        g.advance(3000);
+        return {
+          statusCode: 503,
+          data: { error: "temporarily_unavailable", error_description: "the store is unavailable; retry" },
+        };
+      case "lost":
+        g.issuer.handle(req);
+        g.advance(5000);
+        return { fail: "request:fail timeout" };
+      default:
+        return undefined;
+    }
+  });
+  return { times: () => sentAt };
+}
+
+test("refresh_grace_window_runs_from_the_first_unsettled_attempt_not_from_a_429_before_it", async () => {
+  const g = graceSetup();
+  const { issuer, wx, client } = g;
+  await client.login();
+  const old = storedPair(wx);
+  issuer.expireAccessTokens();
+  const plan = planRefreshAnswers(g, ["429", "lost"]);
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  // 0 s: 429, not taken; 5 s: rotated, its answer lost (10 s); the retry at 10.75 s is within
+  // the grace of that rotation (the window runs from 5 s to 13 s), not past one from 0 s.
+  assert.deepEqual(plan.times(), [0, 5000, 10_750]);
+  assert.deepEqual(g.presented(), [old.refreshToken, old.refreshToken, old.refreshToken]);
+  assert.deepEqual(g.sleeps, [5000, 750]);
+  assert.equal(issuer.repeats, 1, "the issuer's grace answered the retry");
+  assert.equal(issuer.reuses, 0);
+  assert.equal(wx.wxLogins, 1, "no login");
+  assert.notEqual(storedPair(wx).refreshToken, old.refreshToken);
+});
+
+test("refresh_grace_window_from_the_first_unsettled_attempt_still_ends", async () => {
+  const g = graceSetup();
+  const { issuer, wx, client } = g;
+  await client.login();
+  const old = storedPair(wx);
+  issuer.expireAccessTokens();
+  const plan = planRefreshAnswers(g, ["429", "lost", "lost"]);
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  // The window from 5 s ends at 13 s: the retry after the second lost answer (15.75 s, then
+  // 1.5 s of backoff) would come past it, so a login instead.
+  assert.deepEqual(plan.times(), [0, 5000, 10_750]);
+  assert.deepEqual(g.sleeps, [5000, 750]);
+  assert.equal(issuer.reuses, 0);
+  assert.equal(wx.wxLogins, 2);
+  assert.notEqual(storedPair(wx).refreshToken, old.refreshToken);
+});
+
+test("refresh_answered_the_issuers_503_temporarily_unavailable_starts_no_window_no_login", async () => {
+  const g = graceSetup();
+  const { issuer, wx, client } = g;
+  await client.login();
+  const old = storedPair(wx);
+  issuer.expireAccessTokens();
+  // The issuer's store is down: every attempt is refused with its own JSON 503, over 17 s.
+  const plan = planRefreshAnswers(g, ["503", "503", "503", "503", "503"]);
+  const refused = { code: "refresh_failed", statusCode: 503, error: "temporarily_unavailable" };
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  assert.deepEqual(plan.times(), [0, 3375, 7125, 11_625, 17_625]);
+  assert.equal(wx.wxLogins, 1, "no login during the outage");
+  assert.deepEqual(storedPair(wx), old, "the tokens are kept");
+  // Over: the same refresh token is presented, and rotated as usual.
+  g.advance(60_000);
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(g.presented().length, 6);
+  assert.ok(g.presented().every((t) => t === old.refreshToken));
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(issuer.reuses, 0);
+  assert.notEqual(storedPair(wx).refreshToken, old.refreshToken);
+});
+
+test("refresh_issuers_503_then_a_lost_answer_window_from_the_lost_ones_sending", async () => {
+  const g = graceSetup();
+  const { issuer, wx, client } = g;
+  await client.login();
+  const old = storedPair(wx);
+  issuer.expireAccessTokens();
+  const plan = planRefreshAnswers(g, ["503", "503", "lost"]);
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  // 0 s and 3.375 s: the issuer's 503; 7.125 s: rotated, lost (12.125 s); the retry at
+  // 13.625 s is within the window from 7.125 s (to 15.125 s).
+  assert.deepEqual(plan.times(), [0, 3375, 7125, 13_625]);
+  assert.equal(issuer.repeats, 1);
+  assert.equal(issuer.reuses, 0);
+  assert.equal(wx.wxLogins, 1);
+  assert.notEqual(storedPair(wx).refreshToken, old.refreshToken);
+});
+
 test("relogin_answer_is_not_satisfied_by_a_refresh_of_the_same_session", async () => {
   const { issuer, wx, client } = setup();
   await client.login();

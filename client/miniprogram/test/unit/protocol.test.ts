@@ -19,6 +19,7 @@ import {
   parseStored,
   parseTokenResponse,
   REFRESH_REUSE_MARGIN_MS,
+  refreshOutcomeUnsettled,
   refreshPresentableUntil,
   refreshTokenRefused,
   resolveUrl,
@@ -218,7 +219,7 @@ test("refreshTokenRefused_invalid_grant_or_relogin_only", () => {
   assert.equal(refreshTokenRefused(200, { relogin: true }), false);
 });
 
-test("refreshPresentableUntil_the_issuers_grace_less_2s_from_the_first_presentation", () => {
+test("refreshPresentableUntil_the_issuers_grace_less_2s_from_the_first_unsettled_attempts_sending", () => {
   assert.equal(DEFAULT_REFRESH_REUSE_GRACE_MS, 10_000, "WEAUTH_REFRESH_REUSE_GRACE's default");
   assert.equal(REFRESH_REUSE_MARGIN_MS, 2000);
   assert.equal(refreshPresentableUntil(1_000_000, DEFAULT_REFRESH_REUSE_GRACE_MS), 1_008_000);
@@ -226,4 +227,27 @@ test("refreshPresentableUntil_the_issuers_grace_less_2s_from_the_first_presentat
   assert.ok(refreshPresentableUntil(0, DEFAULT_REFRESH_REUSE_GRACE_MS) > 5000 + DEFAULT_RETRY.baseDelayMs);
   // A grace of 0 s (every second use a theft): never again.
   assert.ok(refreshPresentableUntil(1_000_000, 0) <= 1_000_000);
+});
+
+test("refreshOutcomeUnsettled_no_answer_a_5xx_but_the_issuers_503_or_a_200_without_a_pair", () => {
+  const pair = { access_token: "at", refresh_token: "rt" };
+  const unavailable = { error: "temporarily_unavailable", error_description: "the store is unavailable" };
+  // Unsettled: the issuer may have rotated the token.
+  assert.equal(refreshOutcomeUnsettled(undefined, undefined), true, "no answer");
+  assert.equal(refreshOutcomeUnsettled(200, {}), true, "a 200 without a pair");
+  assert.equal(refreshOutcomeUnsettled(200, "<html>"), true);
+  assert.equal(refreshOutcomeUnsettled(503, "upstream connect error or disconnect/reset before headers"), true);
+  assert.equal(refreshOutcomeUnsettled(503, ""), true, "a proxy's 503 without a body");
+  assert.equal(refreshOutcomeUnsettled(502, "<html>Bad Gateway</html>"), true);
+  assert.equal(refreshOutcomeUnsettled(504, undefined), true);
+  assert.equal(refreshOutcomeUnsettled(500, { error: "server_error" }), true);
+  assert.equal(refreshOutcomeUnsettled(502, unavailable), true, "only a 503 is the issuer's refusal");
+  // Settled: nothing was rotated.
+  assert.equal(refreshOutcomeUnsettled(503, unavailable), false, "the issuer's (or the filter's) own 503");
+  assert.equal(refreshOutcomeUnsettled(503, JSON.stringify(unavailable)), false, "as text");
+  assert.equal(refreshOutcomeUnsettled(200, pair), false);
+  assert.equal(refreshOutcomeUnsettled(429, { error: "rate_limited" }), false);
+  assert.equal(refreshOutcomeUnsettled(408, { error: "request_timeout" }), false);
+  assert.equal(refreshOutcomeUnsettled(400, { error: "invalid_grant" }), false);
+  assert.equal(refreshOutcomeUnsettled(404, "not found"), false);
 });
