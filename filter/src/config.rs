@@ -90,8 +90,8 @@ pub struct RemoteJwks {
     pub timeout_ms: u64,
 }
 
-/// The revocation feed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The revocation feed. `Debug` by hand: the credential is never printed.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RevocationConfig {
     pub cluster: String,
     /// Default: the cluster name.
@@ -109,6 +109,21 @@ pub struct RevocationConfig {
     pub stale_after_seconds: u64,
     /// Default [`StaleMode::Deny`].
     pub stale_mode: StaleMode,
+}
+
+impl std::fmt::Debug for RevocationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationConfig")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("credential", &"[redacted]")
+            .field("credential_env", &self.credential_env)
+            .field("wait_seconds", &self.wait_seconds)
+            .field("stale_after_seconds", &self.stale_after_seconds)
+            .field("stale_mode", &self.stale_mode)
+            .finish()
+    }
 }
 
 /// Where a token is looked for.
@@ -1440,6 +1455,10 @@ mod tests {
             &env_with("WEAUTH_FEED_TOKEN", "feed-s3cret"),
         )
         .unwrap();
+        // Never in a `{:?}` of the configuration (a log line, a panic message).
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("feed-s3cret"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
         let revocation = config.revocation.unwrap();
         assert_eq!(revocation.credential, "feed-s3cret");
         assert_eq!(

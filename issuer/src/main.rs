@@ -174,7 +174,7 @@ fn serve(
     runtime.block_on(async {
         let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();
         let exporter = traces.map(|(otlp, spans)| {
-            tracing::info!(url = %otlp.traces_url, "exporting traces over OTLP");
+            tracing::info!(url = %otlp.endpoint_for_log(), "exporting traces over OTLP");
             tokio::spawn(otel::export(otlp, spans, flush_rx))
         });
         let listen = config.listen;

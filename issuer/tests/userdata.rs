@@ -656,12 +656,22 @@ async fn phone_api_not_granted_to_the_app_is_502_not_a_users_refusal() {
             .contains("not granted the issuer's app this API"),
         "{body}"
     );
-    let log = stack.issuer.log_text();
-    assert!(
-        log.lines()
-            .any(|line| line.contains("48001") && line.contains("console")),
-        "{log}"
-    );
+    // The issuer's log is written apart from the answer: read until the line is there.
+    let started = std::time::Instant::now();
+    loop {
+        let log = stack.issuer.log_text();
+        if log
+            .lines()
+            .any(|line| line.contains("48001") && line.contains("console"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no log line names the API as not granted:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn mockwechat_errmsg(errcode: i64) -> String {

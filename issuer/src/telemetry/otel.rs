@@ -52,6 +52,20 @@ pub struct OtlpConfig {
 }
 
 impl OtlpConfig {
+    /// The endpoint as logged: scheme, host, port and path, without a user, password or
+    /// query, where a collector's credential would be (the issuer sends no
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, so an authenticated collector's key may well be there).
+    pub fn endpoint_for_log(&self) -> String {
+        match url::Url::parse(&self.traces_url) {
+            Ok(url) => {
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let host = url.host_str().unwrap_or("");
+                format!("{}://{host}{port}{}", url.scheme(), url.path())
+            }
+            Err(_) => "(not a URL)".into(),
+        }
+    }
+
     /// From the standard variables (`get` reads one), or `None` when no endpoint is set.
     ///
     /// # Errors
@@ -346,7 +360,7 @@ pub async fn export(
             last_drop_report = tokio::time::Instant::now();
             let lost = dropped.swap(0, Ordering::Relaxed);
             if lost > 0 {
-                tracing::warn!(url = %config.traces_url, dropped = lost, "OTLP export: spans dropped in the last minute, the queue was full (the collector does not keep up: raise its capacity, or sample fewer traces with OTEL_TRACES_SAMPLER_ARG)");
+                tracing::warn!(url = %config.endpoint_for_log(), dropped = lost, "OTLP export: spans dropped in the last minute, the queue was full (the collector does not keep up: raise its capacity, or sample fewer traces with OTEL_TRACES_SAMPLER_ARG)");
             }
         }
         let mut spans = Vec::new();
@@ -395,7 +409,8 @@ pub async fn export(
         if let Err(err) = result {
             if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 last_warning = Some(tokio::time::Instant::now());
-                tracing::warn!(url = %config.traces_url, error = %err, dropped = count, "OTLP export failed");
+                let err = err.without_url();
+                tracing::warn!(url = %config.endpoint_for_log(), error = %err, dropped = count, "OTLP export failed");
             }
         }
     }
@@ -506,5 +521,19 @@ mod tests {
         assert_eq!(span["endTimeUnixNano"], "1500000000");
         assert_eq!(span["status"]["code"], 2);
         assert_eq!(span["attributes"][0]["key"], "outcome");
+    }
+
+    #[test]
+    fn the_endpoint_is_logged_without_a_credential() {
+        let cfg = OtlpConfig::from_env(|name| {
+            (name == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").then(|| {
+                "https://user:s3cret@collector.example:4318/v1/traces?api-key=s3cret".into()
+            })
+        })
+        .unwrap()
+        .unwrap();
+        let shown = cfg.endpoint_for_log();
+        assert_eq!(shown, "https://collector.example:4318/v1/traces");
+        assert!(!shown.contains("s3cret"));
     }
 }

@@ -17,8 +17,20 @@ struct RawCode2Session {
     errmsg: Option<String>,
 }
 
-/// Maps an errcode to an error (`errcode` 0 is not an error and is not passed here).
+/// How much of WeChat's `errmsg` an error keeps (and so the log lines that print it).
+const ERRMSG_CHARS: usize = 200;
+
+/// Maps an errcode to an error (`errcode` 0 is not an error and is not passed here). WeChat's
+/// `errmsg` is kept cut to [`ERRMSG_CHARS`] characters, control characters blanked: it is text
+/// from outside (a proxy at `WEAUTH_WECHAT_API_BASE` could echo a request back), logged as it
+/// is kept.
 pub fn errcode_error(errcode: i64, errmsg: &str) -> WechatError {
+    let errmsg: String = errmsg
+        .chars()
+        .take(ERRMSG_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let errmsg = errmsg.as_str();
     match errcode {
         -1 => WechatError::Busy,
         // 42003: an expired web OAuth2 code.

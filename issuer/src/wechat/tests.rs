@@ -11,6 +11,17 @@ fn classify_success_without_errcode_ok() {
 }
 
 #[test]
+fn wechat_errmsg_kept_short_and_on_one_line() {
+    let echoed = format!("bad request\n{}", "x".repeat(5000));
+    let WechatError::Other { errmsg, .. } = errcode_error(47001, &echoed) else {
+        panic!("an Other error");
+    };
+    assert_eq!(errmsg.chars().count(), 200);
+    assert!(!errmsg.contains('\n'), "{errmsg}");
+    assert!(errmsg.starts_with("bad request "), "{errmsg}");
+}
+
+#[test]
 fn classify_errcode_zero_is_success() {
     let body = br#"{"openid":"o1","session_key":"k","errcode":0,"errmsg":"ok"}"#;
     let session = classify(200, body).unwrap();
