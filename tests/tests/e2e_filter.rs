@@ -509,13 +509,9 @@ async fn feed_credential_env_missing_filter_refuses_its_configuration() {
     );
 }
 
-#[tokio::test]
-async fn listeners_sharing_a_feed_with_different_jwks_sources_apply_every_revocation() {
-    // A second listener whose filter fetches its keys under another authority from the same
-    // issuer but follows the same feed: the revocation set in shared data (wasm) must still have one
-    // writer — two, publishing the same shards at once on every feed answer, left readers on a
-    // torn set, applying no revocation. Both listeners refuse every logout within the deadline.
-    let stack = start(Stack::builder().concurrency(2).listeners_from_file()).await;
+/// Adds a second public listener to `stack`'s Envoy, a copy of the first on a port of its own
+/// whose weauth filter configuration `patch` changes; returns the port.
+async fn add_second_listener(stack: &Stack, patch: impl Fn(&mut Value)) -> u16 {
     let port = free_port().unwrap();
     stack
         .update_listeners(|listeners| {
@@ -528,13 +524,27 @@ async fn listeners_sharing_a_feed_with_different_jwks_sources_apply_every_revoca
             second["address"]["socket_address"]["port_value"] = json!(port);
             for config in weauth_tests::template::weauth_filter_configs(&mut second) {
                 let mut parsed: Value = serde_json::from_str(config.as_str().unwrap()).unwrap();
-                parsed["jwks"]["authority"] = json!("issuer-b.internal");
+                patch(&mut parsed);
                 *config = Value::String(parsed.to_string());
             }
             listeners.push(second);
         })
         .await
         .unwrap();
+    port
+}
+
+#[tokio::test]
+async fn listeners_sharing_a_feed_with_different_jwks_sources_apply_every_revocation() {
+    // A second listener whose filter fetches its keys under another authority from the same
+    // issuer but follows the same feed: the revocation set in shared data (wasm) must still have one
+    // writer — two, publishing the same shards at once on every feed answer, left readers on a
+    // torn set, applying no revocation. Both listeners refuse every logout within the deadline.
+    let stack = start(Stack::builder().concurrency(2).listeners_from_file()).await;
+    let port = add_second_listener(&stack, |config| {
+        config["jwks"]["authority"] = json!("issuer-b.internal");
+    })
+    .await;
     let second = format!("http://127.0.0.1:{port}");
     for round in 0..6 {
         let token = stack
@@ -578,25 +588,10 @@ async fn a_stale_feed_age_is_not_hidden_by_a_fresh_listener() {
     // growing age from the staleness alert between scrapes. It must show the older set's age
     // however often a's feed answers.
     let stack = start(Stack::builder().concurrency(2).listeners_from_file()).await;
-    let port = free_port().unwrap();
-    stack
-        .update_listeners(|listeners| {
-            let mut second = listeners
-                .iter()
-                .find(|l| l["name"] == "weauth_ingress")
-                .cloned()
-                .expect("the public listener");
-            second["name"] = json!("weauth_ingress_b");
-            second["address"]["socket_address"]["port_value"] = json!(port);
-            for config in weauth_tests::template::weauth_filter_configs(&mut second) {
-                let mut parsed: Value = serde_json::from_str(config.as_str().unwrap()).unwrap();
-                parsed["revocation"]["path"] = json!("/v1/revocations-of-nobody");
-                *config = Value::String(parsed.to_string());
-            }
-            listeners.push(second);
-        })
-        .await
-        .unwrap();
+    add_second_listener(&stack, |config| {
+        config["revocation"]["path"] = json!("/v1/revocations-of-nobody");
+    })
+    .await;
     // b's fetcher has failed four times (at about 0, 0.5, 1.5 and 3.5 s): whichever build,
     // it has reported an age of 3 s or more since it started.
     let started = Instant::now();
