@@ -774,16 +774,19 @@ async fn two_mini_programs_one_person_each_with_its_own_codes_and_tokens() {
     // the second app's, and vouched for by WeChat to the second app's token; the main app's
     // data is not this session's.
     let decrypt = |encrypted: String, iv: String| json!({"encryptedData": encrypted, "iv": iv, "verify_with_wechat": true});
-    let (encrypted, iv) = stack
-        .mock
-        .encrypt_in(&second.appid, "ann", json!({"nickName": "Ann"}));
+    let (encrypted, iv) =
+        stack
+            .mock
+            .encrypt_in(&second.appid, "ann", json!({"phoneNumber": "13800138000"}));
     let (status, body, _) = stack
         .post_auth("/v1/me/decrypt", token, Some(decrypt(encrypted, iv)))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["watermark"]["appid"], second.appid.as_str());
     assert_eq!(body["wechat_check"]["valid"], true, "{body}");
-    let (encrypted, iv) = stack.mock.encrypt("ann", json!({"nickName": "Ann"}));
+    let (encrypted, iv) = stack
+        .mock
+        .encrypt("ann", json!({"phoneNumber": "13800138000"}));
     let (status, body, _) = stack
         .post_auth("/v1/me/decrypt", token, Some(decrypt(encrypted, iv)))
         .await;

@@ -33,7 +33,8 @@
 //!   0); 44002 for a missing field, 40129 for a scene other than 0/1, 43104 for another app's
 //!   appid, 61010 for a user who never logged in (WeChat ranks recent visitors only).
 //! - `POST /wxa/business/checkencryptedmsg?access_token` `{"encrypted_msg_hash"}`
-//!   [`checkencryptedmsg`]: hex(SHA-256(encryptedData text)) of data the mock generated
+//!   [`checkencryptedmsg`]: hex(SHA-256(encryptedData text)) of phone-number data (a
+//!   `phoneNumber` member: WeChat checks no other) the mock generated
 //!   ([`MockWechat::encrypt`], `/mock/encrypt`) within 3 days, asked with the token of the app
 //!   it was generated for → `{"errcode":0,"errmsg":"ok", "vaild":true,"create_time"}`
 //!   (WeChat's spelling); anything else (another app's token too) errcode 1 ("data not
@@ -658,6 +659,7 @@ impl Shared {
     fn encrypt_in(&self, appid: &str, name: &str, data: Value) -> Encrypted {
         let key = self.current_session_key_in(appid, name);
         let raw_data = data.to_string();
+        let data_has_phone_number = data.get("phoneNumber").is_some();
         let mut iv = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut iv);
         let now_s = Self::now_ms(&self.lock()) / 1000;
@@ -665,13 +667,17 @@ impl Shared {
         let (encrypted_data, iv) = state::encrypt_user_data(&key, iv, appid, now_s, data)
             .unwrap_or_else(|e| unreachable!("mock session_key is well-formed: {e}"));
         // Remembered for checkencryptedmsg, by hex(SHA-256(the base64 text)), with the app it
-        // was generated for (the watermark's).
-        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-            encrypted_data.as_bytes(),
-        ));
-        self.lock()
-            .encrypted
-            .insert(hash, (now_s, appid.to_string()));
+        // was generated for (the watermark's) — phone-number data only: WeChat's
+        // checkencryptedmsg "currently supports phone-number encrypted data only"
+        // (auth.checkEncryptedData), and answers any other as not existing.
+        if data_has_phone_number {
+            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                encrypted_data.as_bytes(),
+            ));
+            self.lock()
+                .encrypted
+                .insert(hash, (now_s, appid.to_string()));
+        }
         Encrypted {
             encrypted_data,
             iv,

@@ -1070,6 +1070,13 @@ async fn checkencryptedmsg_vouches_for_what_it_generated_for_3_days() {
     // Not generated here, malformed, missing.
     let other = json!({"encrypted_msg_hash": "ab".repeat(32)});
     assert_errcode(&check(token.clone(), other).await, 1);
+    // Generated here, but not phone-number data: WeChat checks no other.
+    let (profile, _iv) = mock.encrypt("alice", json!({"nickName": "Alice"}));
+    let profile = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(profile.as_bytes()));
+    assert_errcode(
+        &check(token.clone(), json!({"encrypted_msg_hash": profile})).await,
+        1,
+    );
     let malformed = json!({"encrypted_msg_hash": "xyz"});
     assert_errcode(&check(token.clone(), malformed).await, 40097);
     assert_errcode(&check(token, json!({})).await, 44002);
