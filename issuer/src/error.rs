@@ -107,8 +107,12 @@ pub enum ApiError {
     /// 503 `temporarily_unavailable`, the store busy or unreachable: the client is told only
     /// that; the store's error (a driver's text can name internal hosts, a `MOVED` slot's
     /// node, a certificate's names) goes to the issuer's log with the request's 5xx line.
+    /// `unconfirmed`: the store was unreachable rather than busy, so a write the request made
+    /// may have been applied (a Redis write whose replication `WAIT` failed, an answer lost
+    /// after a commit): said in the answer (`"write_unconfirmed": true`), for a refresh's
+    /// client to retry within the reuse grace or not present that refresh token again.
     #[error("temporarily unavailable: the store: {cause}")]
-    StoreUnavailable { cause: String },
+    StoreUnavailable { cause: String, unconfirmed: bool },
     /// 400 with a specific stable `error` code for refused user data (`/v1/me/decrypt`):
     /// `invalid_base64`, `invalid_key_length`, `invalid_iv_length`,
     /// `invalid_encrypted_data_length`, `session_key_mismatch`, `not_json`, `watermark_missing`,
@@ -232,6 +236,9 @@ impl ApiError {
             }
             // When the ban ends, for a client to hold its logins until then (API.md).
             ApiError::Banned { until: Some(until) } => body["until"] = (*until).into(),
+            ApiError::StoreUnavailable {
+                unconfirmed: true, ..
+            } => body["write_unconfirmed"] = serde_json::Value::Bool(true),
             _ => {}
         }
         let mut response = json_response(status, &body);
@@ -384,6 +391,7 @@ impl From<StoreError> for ApiError {
         // already spent is refused). Anything else is a 500.
         if err.is_transient() {
             ApiError::StoreUnavailable {
+                unconfirmed: matches!(err, StoreError::Unavailable(_)),
                 cause: err.to_string(),
             }
         } else {
@@ -490,6 +498,20 @@ mod tests {
         );
         let internal = ApiError::from(StoreError::Corrupt("x".into()));
         assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// Unreachable, a write may have been applied (a refresh's rotation whose replication
+    /// could not be confirmed): the answer says so, for the client's reuse-grace window. Busy,
+    /// nothing was written: it does not.
+    #[test]
+    fn store_unreachable_answer_says_a_write_may_have_been_applied_busy_does_not() {
+        let unreachable = ApiError::from(StoreError::Unavailable("WAIT failed".into()));
+        let body = body_json(unreachable.response());
+        assert_eq!(body["write_unconfirmed"], true, "{body}");
+        let busy = ApiError::from(StoreError::Busy("database is locked".into()));
+        let body = body_json(busy.response());
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert!(body.get("write_unconfirmed").is_none(), "{body}");
     }
 
     /// A token failure answered from the replica's hold tells the client when the hold ends.

@@ -30,6 +30,27 @@ export interface IssuerError {
 }
 
 /** The issuer's error members of `data` (wx.request gives JSON already parsed, or text). */
+/**
+ * Whether an issuer's 503 says its store was unreachable rather than busy, so that the write
+ * the request made may have been applied (`"write_unconfirmed": true`, docs/API.md): a
+ * refresh's rotation whose replication could not be confirmed.
+ */
+function writeUnconfirmed(data: unknown): boolean {
+  let body: unknown = data;
+  if (typeof body === "string") {
+    try {
+      body = JSON.parse(body);
+    } catch {
+      return false;
+    }
+  }
+  return (
+    body !== null &&
+    typeof body === "object" &&
+    (body as Record<string, unknown>).write_unconfirmed === true
+  );
+}
+
 export function issuerError(data: unknown): IssuerError {
   let body: unknown = data;
   if (typeof body === "string") {
@@ -343,10 +364,9 @@ export function refreshPresentableUntil(unsettledSentAt: number, graceMs: number
  * weauth edge filter's own refusal: the filter answers it before the request reaches the
  * issuer, the issuer when its store (or WeChat) is unavailable — during an outage, every
  * attempt; counting those would drop the tokens and send the user to a `wx.login` (itself
- * refused then) for every refresh. Known exception: a store that took the rotation but could
- * not confirm it (a Redis write whose replication `WAIT` failed, a reply lost after the
- * write) makes the issuer answer the same 503; a presentation past the grace is then taken
- * for a reuse (the session revoked, one login, a false `reuse` count at the issuer).
+ * refused then) for every refresh. Unless it carries `"write_unconfirmed": true`: the store
+ * was unreachable, and may have taken the rotation without confirming it (a Redis write whose
+ * replication `WAIT` failed, a reply lost after the write) — unsettled, then.
  */
 export function refreshOutcomeUnsettled(statusCode: number | undefined, data: unknown): boolean {
   if (statusCode === undefined) {
@@ -356,7 +376,7 @@ export function refreshOutcomeUnsettled(statusCode: number | undefined, data: un
     return parseTokenResponse(data) === undefined;
   }
   if (statusCode === 503 && issuerError(data).error === "temporarily_unavailable") {
-    return false;
+    return writeUnconfirmed(data);
   }
   return statusCode >= 500;
 }

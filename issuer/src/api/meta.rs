@@ -73,8 +73,10 @@ pub async fn healthz() -> Resp {
 pub async fn readyz(State(app): State<Arc<App>>) -> Result<Resp, ApiError> {
     match app.store.ping().await {
         Ok(()) => Ok(json_response(StatusCode::OK, &value!({"status": "ready"}))),
+        // A read: nothing to confirm.
         Err(err) => Err(ApiError::StoreUnavailable {
             cause: err.to_string(),
+            unconfirmed: false,
         }),
     }
 }

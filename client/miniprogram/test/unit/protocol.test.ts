@@ -242,6 +242,10 @@ test("refreshOutcomeUnsettled_no_answer_a_5xx_but_the_issuers_503_or_a_200_witho
   assert.equal(refreshOutcomeUnsettled(504, undefined), true);
   assert.equal(refreshOutcomeUnsettled(500, { error: "server_error" }), true);
   assert.equal(refreshOutcomeUnsettled(502, unavailable), true, "only a 503 is the issuer's refusal");
+  // The store unreachable: the rotation may have been applied without being confirmed.
+  const unconfirmed = { ...unavailable, write_unconfirmed: true };
+  assert.equal(refreshOutcomeUnsettled(503, unconfirmed), true, "a write that may have been applied");
+  assert.equal(refreshOutcomeUnsettled(503, JSON.stringify(unconfirmed)), true, "as text");
   // Settled: nothing was rotated.
   assert.equal(refreshOutcomeUnsettled(503, unavailable), false, "the issuer's (or the filter's) own 503");
   assert.equal(refreshOutcomeUnsettled(503, JSON.stringify(unavailable)), false, "as text");
