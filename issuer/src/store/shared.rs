@@ -144,6 +144,11 @@ impl Announcements for Polling {
     }
 }
 
+/// How often the revocation subscription checks that its server still answers.
+pub const SUBSCRIPTION_PING_EVERY: Duration = Duration::from_secs(5);
+/// How long that check waits for the answer.
+pub const SUBSCRIPTION_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Redis pub/sub on the store's revocation channel (the REVOKE script publishes each new seq),
 /// woken within milliseconds; the seq is re-read every 5 s for a message lost while the
 /// subscription was reconnecting.
@@ -164,10 +169,35 @@ impl Announcements for RedisAnnouncements {
         // Messages published before the subscription are gone: read the seq once now.
         heard(self.0.current_seq().await?);
         tracing::debug!(channel = %channel, "following revocations");
-        let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
-            if let Ok(seq) = message.get_payload::<u64>() {
-                heard(seq);
+        let (mut sink, mut messages) = pubsub.split();
+        let mut ping = tokio::time::interval(SUBSCRIPTION_PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => {
+                        if let Ok(seq) = message.get_payload::<u64>() {
+                            heard(seq);
+                        }
+                    }
+                    None => break,
+                },
+                // A server gone without closing the connection (its host lost, a partition)
+                // ends nothing by itself: no message ever comes again, and the long polls
+                // would wake on the 5 s re-read only, for good. An unanswered PING ends the
+                // subscription; the caller subscribes again, to the primary of the moment.
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(
+                        SUBSCRIPTION_PING_TIMEOUT,
+                        sink.ping::<redis::Value>(),
+                    )
+                    .await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        return Err(StoreError::Unavailable(
+                            "the revocation subscription's server did not answer a PING".into(),
+                        ));
+                    }
+                }
             }
         }
         Err(StoreError::Unavailable(

@@ -181,6 +181,33 @@ async fn redis_shared_limiter_and_announcements() {
     );
 }
 
+/// A server that stops answering without closing its connections (its host lost, a
+/// partition: here SIGSTOP) ends the revocation subscription within the PING's bound, for the
+/// caller to subscribe again: else no message ever came again, and long polls woke on the
+/// 5 s re-read only, until the process restarted.
+#[tokio::test]
+async fn a_revocation_subscription_whose_server_stops_answering_ends() {
+    use crate::store::shared::{
+        Announcements, RedisAnnouncements, SUBSCRIPTION_PING_EVERY, SUBSCRIPTION_PING_TIMEOUT,
+    };
+    let redis = TestRedis::new().await;
+    let announcements = RedisAnnouncements(RedisStore::connect(redis.options()).await.unwrap());
+    let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        let heard = move |seq: u64| {
+            let _ = heard_tx.send(seq);
+        };
+        announcements.follow(&heard).await
+    });
+    assert_eq!(heard_rx.recv().await, Some(1), "subscribed");
+    redis.server.pause();
+    let bound = SUBSCRIPTION_PING_EVERY + SUBSCRIPTION_PING_TIMEOUT + Duration::from_secs(10);
+    let ended = tokio::time::timeout(bound, follower).await;
+    redis.server.resume();
+    let ended = ended.expect("the subscription outlived its silent server");
+    assert!(ended.unwrap().is_err(), "ended as lost");
+}
+
 #[tokio::test]
 async fn redis_killed_then_restarted_reconnects_keeping_acknowledged_writes() {
     let mut redis = TestRedis::new().await;
