@@ -101,7 +101,7 @@ pub struct ApiSecurityKeys {
     signing_key: rsa::pss::BlindedSigningKey<Sha256>,
     /// The number of the app's key pair, sent as `Wechatmp-Serial`.
     pub private_key_sn: String,
-    platform_key: rsa::pss::VerifyingKey<Sha256>,
+    platform_key: PlatformKey,
     /// The platform certificate's number (from the console, not the certificate's serial).
     pub platform_sn: String,
 }
@@ -157,9 +157,36 @@ impl ApiSecurityKeys {
             sym_sn,
             signing_key: rsa::pss::BlindedSigningKey::new_with_salt_len(private, SALT_LEN),
             private_key_sn,
-            platform_key: rsa::pss::VerifyingKey::new_with_salt_len(platform, SALT_LEN),
+            platform_key: PlatformKey::new(platform),
             platform_sn,
         })
+    }
+}
+
+/// WeChat's platform key, verifying its answers' RSASSA-PSS signatures (SHA-256). The guide
+/// fixes the salt at 32 bytes for requests and says only that answers are PSS "with no salt
+/// length to name, usually" (§4.1.2): the two lengths signers use by default are accepted —
+/// the digest's (32, as the guide's worked example) and the maximum the key allows (OpenSSL's
+/// default) — either one a sound PSS verification.
+struct PlatformKey {
+    digest_salt: rsa::pss::VerifyingKey<Sha256>,
+    max_salt: rsa::pss::VerifyingKey<Sha256>,
+}
+
+impl PlatformKey {
+    fn new(key: RsaPublicKey) -> PlatformKey {
+        // emLen − hLen − 2, emLen the key's size in bytes (its modulus bits less one, rounded up).
+        let em_len = (rsa::traits::PublicKeyParts::n(&key).bits() - 1).div_ceil(8);
+        let max = em_len.saturating_sub(SALT_LEN + 2);
+        PlatformKey {
+            digest_salt: rsa::pss::VerifyingKey::new_with_salt_len(key.clone(), SALT_LEN),
+            max_salt: rsa::pss::VerifyingKey::new_with_salt_len(key, max),
+        }
+    }
+
+    fn verify(&self, message: &[u8], signature: &rsa::pss::Signature) -> bool {
+        self.digest_salt.verify(message, signature).is_ok()
+            || self.max_salt.verify(message, signature).is_ok()
     }
 }
 
@@ -528,12 +555,12 @@ pub fn open_answer(
         .ok()
         .and_then(|bytes| rsa::pss::Signature::try_from(bytes.as_slice()).ok())
         .ok_or(ApiSecError::BadSignature)?;
-    keys.platform_key
-        .verify(
-            signing_string(urlpath, appid, timestamp, body_text).as_bytes(),
-            &signature,
-        )
-        .map_err(|_| ApiSecError::BadSignature)?;
+    if !keys.platform_key.verify(
+        signing_string(urlpath, appid, timestamp, body_text).as_bytes(),
+        &signature,
+    ) {
+        return Err(ApiSecError::BadSignature);
+    }
     let envelope: Envelope = serde_json::from_str(body_text).map_err(|_| ApiSecError::Envelope)?;
     let plaintext = Zeroizing::new(open(
         &keys.sym_key,
@@ -664,6 +691,29 @@ mod tests {
         let bytes = STANDARD.decode(signature_b64).unwrap();
         let signature = rsa::pss::Signature::try_from(bytes.as_slice()).unwrap();
         verifier.verify(message.as_bytes(), &signature).is_ok()
+    }
+
+    /// An answer signed with the maximum PSS salt (OpenSSL's default) verifies as one signed
+    /// with the digest's 32 bytes (the guide's example) does; a third length, or another
+    /// message, does not.
+    #[test]
+    fn platform_signatures_with_the_digest_or_the_maximum_salt_verify() {
+        let private = parse_private_key(APP_KEY).unwrap();
+        let platform = PlatformKey::new(RsaPublicKey::from(&private));
+        let key_bytes = rsa::traits::PublicKeyParts::size(&private);
+        let sign = |salt: usize, message: &str| {
+            rsa::pss::BlindedSigningKey::<Sha256>::new_with_salt_len(private.clone(), salt)
+                .sign_with_rng(&mut rand::thread_rng(), message.as_bytes())
+        };
+        let message = "/wxa/x\nwx1\n1700000000\n{}";
+        for salt in [32, key_bytes - 32 - 2] {
+            assert!(
+                platform.verify(message.as_bytes(), &sign(salt, message)),
+                "salt {salt}"
+            );
+        }
+        assert!(!platform.verify(message.as_bytes(), &sign(20, message)));
+        assert!(!platform.verify(b"another", &sign(32, message)));
     }
 
     #[test]
