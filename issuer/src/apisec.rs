@@ -693,9 +693,8 @@ mod tests {
         verifier.verify(message.as_bytes(), &signature).is_ok()
     }
 
-    /// An answer signed with the maximum PSS salt (OpenSSL's default) verifies as one signed
-    /// with the digest's 32 bytes (the guide's example) does; a third length, or another
-    /// message, does not.
+    /// Signed with the maximum PSS salt or the digest's 32 bytes: verified; another length,
+    /// or another message, not.
     #[test]
     fn platform_signatures_with_the_digest_or_the_maximum_salt_verify() {
         let private = parse_private_key(APP_KEY).unwrap();

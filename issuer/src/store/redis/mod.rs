@@ -109,6 +109,12 @@
 //!   a primary gets a fresh one at every start (only a replica restores its id from disk), so
 //!   every way the serving copy can have lost a suffix of the sequence changes the id. A
 //!   resharding moves the slot to a primary with another id: one harmless jump.
+//!   On a change of primary (not at the store's first revocation) the jump goes at least to
+//!   the primary's time in microseconds: a gap from its own seq does not clear the seqs
+//!   another promoted primary numbered past its copy (two failovers in a row, the second to a
+//!   copy lagging the first), and times grow between primaries whose clocks agree to the
+//!   length of a failover (below 2^53 for centuries; written as digits, never through Lua's
+//!   14-digit number formatting).
 //!   Meanwhile a cursor past the new seq gets the full list (the feed's "future `since`" rule)
 //!   and applies it again. Seqs only grow, with gaps, and are never reused.
 //! - *A resharding* moves the slot key by key (`MIGRATE`). Every key a script touches is

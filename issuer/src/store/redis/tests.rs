@@ -234,12 +234,22 @@ async fn redis_killed_then_restarted_reconnects_keeping_acknowledged_writes() {
         "the handle reconnects and the AOF kept the write"
     );
     // A restarted primary has a new replication id: the next seq jumps past any a lost
-    // revocation could have been served with.
+    // revocation could have been served with — and past any another primary could have
+    // numbered since: to the primary's time in microseconds at least.
+    use crate::clock::Clock as _;
+    let before = u64::try_from(crate::clock::SystemClock.now_ms()).unwrap() * 1000;
     let next = store
         .revoke(&Revoke::Jti("after".into()), 10, 100)
         .await
         .unwrap();
-    assert_eq!(next.seq, entry.seq + SEQ_GAP as u64 + 1);
+    assert!(
+        next.seq > entry.seq + SEQ_GAP as u64,
+        "{} {}",
+        next.seq,
+        entry.seq
+    );
+    assert!(next.seq > before, "{} not past the time {before}", next.seq);
+    assert!(next.seq < 1 << 53, "exact in a double");
     let again = store
         .revoke(&Revoke::Jti("again".into()), 10, 100)
         .await

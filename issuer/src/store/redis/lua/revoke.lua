@@ -12,10 +12,25 @@ local epoch = redis.call('GET', KEYS[6])
 -- before revocations the old one numbered.
 if epoch ~= replid then
   redis.call('INCRBY', KEYS[1], ARGV[6])
+  -- On a change of primary (not the store's first revocation), at least to this primary's
+  -- time in microseconds: a gap from the seq it holds is not enough when it lags another
+  -- promoted primary that numbered revocations past its copy (two failovers in a row), and
+  -- times only grow between primaries whose clocks agree to the length of a failover.
+  -- Below 2^53 for centuries: exact in JSON and in a double.
+  if epoch then
+    local now = redis.call('TIME')
+    local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+    if tonumber(redis.call('GET', KEYS[1])) < floor then
+      redis.call('SET', KEYS[1], string.format('%d', floor))
+    end
+  end
   redis.call('SET', KEYS[6], replid)
 end
 local seq = redis.call('INCR', KEYS[1])
 if seq == 1 then seq = redis.call('INCR', KEYS[1]) end
+-- As digits: Lua's own conversion of a number keeps 14 significant digits, which a seq past
+-- a failover's time floor has more of.
+seq = string.format('%d', seq)
 local json = '{"seq":' .. seq .. ',"kind":"' .. kind .. '","value":' .. cjson.encode(value)
 if ARGV[3] ~= '' then json = json .. ',"issued_before":' .. ARGV[3] end
 json = json .. ',"until":' .. ARGV[4] .. '}'

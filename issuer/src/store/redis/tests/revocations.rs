@@ -14,6 +14,63 @@ async fn set_feed_seq(side: &mut redis::aio::MultiplexedConnection, seq: &str) {
         .unwrap();
 }
 
+/// Two failovers in a row, the second to a copy that lags the first promoted primary: that
+/// primary (B) numbered revocations past the seq its predecessor (A) had, edges took them as
+/// their cursor, then B was lost and a copy of A's data (C) promoted. C's jump must take its
+/// seqs past B's: a gap from its own seq did not (it numbered C's first entry as B's first,
+/// and an edge whose cursor was past it never read C's revocations). Simulated on one server
+/// by the epoch key (a replication id other than the server's is a change of primary) and the
+/// seq set back to A's.
+#[tokio::test]
+async fn redis_seq_never_reused_after_two_failovers_to_a_lagging_copy() {
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    let mut side = side_connection(&redis).await;
+    let set = |key: String, value: String| {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        cmd
+    };
+    let a = store
+        .revoke(&Revoke::Jti("a".into()), 10, 100)
+        .await
+        .unwrap();
+    // B promoted (another replication id than the one A's entries were written under).
+    let _: () = set(store.key(keys::SEQ_EPOCH), "a-replid".into())
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    let b1 = store
+        .revoke(&Revoke::Jti("b1".into()), 10, 100)
+        .await
+        .unwrap();
+    let b2 = store
+        .revoke(&Revoke::Jti("b2".into()), 10, 100)
+        .await
+        .unwrap();
+    // B lost; C promoted with A's copy: A's seq and A's epoch.
+    for (key, value) in [
+        (keys::SEQ, a.seq.to_string()),
+        (keys::SEQ_EPOCH, "a-replid".to_string()),
+    ] {
+        let _: () = set(store.key(key), value)
+            .query_async(&mut side)
+            .await
+            .unwrap();
+    }
+    let c1 = store
+        .revoke(&Revoke::Jti("c1".into()), 10, 100)
+        .await
+        .unwrap();
+    assert!(
+        c1.seq > b2.seq,
+        "C numbered {} at or below B's {} (B's first {})",
+        c1.seq,
+        b2.seq,
+        b1.seq
+    );
+}
+
 /// A `sid` revocation cut between the session's mark and the feed's entry — a refresh token's
 /// reuse, a logout — is published by whoever reads the session next: the retried refresh,
 /// the retried logout's bearer check. Their retries find the session revoked and never got
