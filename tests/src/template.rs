@@ -399,6 +399,7 @@ pub fn jwt_authn_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize as _;
     use serde_json::json;
 
     #[test]
@@ -492,6 +493,74 @@ mod tests {
         };
         let plugin = plugin_config("http://127.0.0.1:8080", "weauth", &[]).unwrap();
         (ports, plugin)
+    }
+
+    /// The longest a login's WeChat call takes with the issuer's defaults before it answers:
+    /// `1 + WEAUTH_WECHAT_RETRIES` (2) attempts of `WEAUTH_WECHAT_TIMEOUT` (5 s) and a backoff
+    /// of at most 1 s before each retry (`issuer/src/wechat/http.rs`), risk control not counted.
+    const LOGIN_WORST_SECONDS: u64 = 3 * 5 + 2;
+
+    /// `"30s"` as seconds.
+    fn seconds(duration: &Value) -> u64 {
+        let text = duration
+            .as_str()
+            .unwrap_or_else(|| panic!("no duration: {duration}"));
+        text.strip_suffix('s')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not whole seconds: {text}"))
+    }
+
+    /// The routes to the issuer's login outlast its WeChat retries: cut sooner (plain Envoy's
+    /// and Envoy Gateway's default is 15 s), a login that would succeed answers 504 with its
+    /// `wx.login` code spent.
+    #[test]
+    fn issuer_routes_outlast_a_logins_wechat_retries() {
+        let (ports, plugin) = example();
+        let bootstraps = [
+            (
+                "envoy/envoy.yaml",
+                envoy_config(ports, "/x/w.wasm", &plugin).unwrap(),
+            ),
+            (
+                "envoy/jwt-authn.yaml",
+                jwt_authn_config(ports, "http://127.0.0.1:8080", "weauth").unwrap(),
+            ),
+        ];
+        for (path, yaml) in bootstraps {
+            let bootstrap: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+            let listeners = bootstrap["static_resources"]["listeners"]
+                .as_array()
+                .unwrap();
+            let mut checked = 0;
+            for listener in listeners {
+                let manager = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+                for host in manager["route_config"]["virtual_hosts"].as_array().unwrap() {
+                    for route in host["routes"].as_array().unwrap() {
+                        if route["match"]["prefix"] == "/v1/" {
+                            let timeout = seconds(&route["route"]["timeout"]);
+                            assert!(timeout > LOGIN_WORST_SECONDS, "{path}: /v1/ {timeout} s");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+            assert_eq!(checked, 1, "{path}: one /v1/ route expected");
+        }
+        let path = "deploy/native/envoy-gateway-extensionpolicy.yaml";
+        let text = std::fs::read_to_string(crate::harness::workspace_root().join(path)).unwrap();
+        let route = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|doc| serde_json::to_value(serde_yaml_ng::Value::deserialize(doc).unwrap()))
+            .map(Result::unwrap)
+            .find(|doc| doc["kind"] == "HTTPRoute")
+            .unwrap();
+        let rule = &route["spec"]["rules"][0];
+        assert!(rule["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["path"]["value"] == "/v1/login"));
+        let timeout = seconds(&rule["timeouts"]["request"]);
+        assert!(timeout > LOGIN_WORST_SECONDS, "{path}: {timeout} s");
     }
 
     #[test]

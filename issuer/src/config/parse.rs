@@ -146,11 +146,8 @@ pub fn parse_log(text: &str) -> Result<String, String> {
 /// path and printed whole in the error that follows. (A path with an `@` of its own is masked
 /// up to it: too much hidden in a message, never too little.)
 pub(super) fn mask_password(text: &str) -> String {
-    let Some((scheme, rest)) = text.split_once("://") else {
-        return text.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, after)) => {
+    match userinfo(text) {
+        Some((scheme, userinfo, after)) => {
             let masked = match userinfo.split_once(':') {
                 Some((user, _)) => format!("{user}:***"),
                 None => "***".to_string(),
@@ -159,6 +156,13 @@ pub(super) fn mask_password(text: &str) -> String {
         }
         None => text.to_string(),
     }
+}
+
+/// A URL's scheme, user information (up to the last `@`) and the rest, when it has some.
+fn userinfo(text: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = text.split_once("://")?;
+    let (userinfo, after) = rest.rsplit_once('@')?;
+    Some((scheme, userinfo, after))
 }
 
 /// A URL's user, password and `host:port` list.
@@ -288,10 +292,7 @@ pub(super) fn parse_store(text: &str) -> Result<StoreUrl, ConfigError> {
     // A raw `/`, `?` or `#` before the last `@` is a password (or user) not percent-encoded:
     // each parser below would take it for the start of the path, query or fragment and could
     // echo a piece of the password in its error. Said here, with the password masked.
-    if let Some((userinfo, _)) = text
-        .split_once("://")
-        .and_then(|(_, rest)| rest.rsplit_once('@'))
-    {
+    if let Some((_, userinfo, _)) = userinfo(text) {
         if userinfo.contains(['/', '?', '#']) {
             return Err(bad(
                 "WEAUTH_STORE",
