@@ -132,10 +132,16 @@ pub fn on_request_headers(
     let next = reader
         .with_request_headers(|headers| decide_request(headers, reader, config, state, stats));
     match next {
-        Next::Forward(edits) => match edits.apply(host, config) {
+        Next::Forward(edits, judged) => match edits.apply(host, config) {
             Ok(edited) => {
                 if edited {
                     host.headers_edited();
+                }
+                // Counted once forwarded: a request refused below is a denial only.
+                match judged {
+                    Judged::Allowed => stats.allowed(),
+                    Judged::Anonymous => stats.anonymous(),
+                    Judged::Not => {}
                 }
                 Flow::Continue
             }
@@ -155,8 +161,16 @@ pub fn on_request_headers(
 
 /// What becomes of a request, decided on its header map.
 enum Next<'c> {
-    Forward(Edits<'c>),
+    Forward(Edits<'c>, Judged),
     Deny(Denial),
+}
+
+/// What a forwarded request counts as, once its edits are made.
+enum Judged {
+    Allowed,
+    Anonymous,
+    /// Not judged: a public path, a CORS preflight.
+    Not,
 }
 
 /// The header edits before a request is forwarded, decided while the header map was read and
@@ -297,7 +311,7 @@ fn decide_request<'c>(
         }
     };
     if require == Require::None {
-        return Next::Forward(Edits::strip_only(config, headers));
+        return Next::Forward(Edits::strip_only(config, headers), Judged::Not);
     }
     // Checked above: there is one.
     let path = path.unwrap_or_default();
@@ -324,7 +338,7 @@ fn decide_request<'c>(
         && headers::first(headers, "origin").is_some()
         && headers::first(headers, "access-control-request-method").is_some()
     {
-        return Next::Forward(Edits::strip_only(config, headers));
+        return Next::Forward(Edits::strip_only(config, headers), Judged::Not);
     }
     if csrf::applies(edge.csrf, &config.token_sources, &extracted, method, || {
         headers::has(headers, "upgrade")
@@ -359,18 +373,14 @@ fn decide_request<'c>(
     }
     match outcome.decision {
         Decision::Allow { claims } => {
-            stats.allowed();
             let token = if edge.forward_authorization {
                 TokenEdit::KEEP
             } else {
                 token_edit(config, &extracted, headers)
             };
-            Next::Forward(allow_edits(config, claims, headers, token))
+            Next::Forward(allow_edits(config, claims, headers, token), Judged::Allowed)
         }
-        Decision::Anonymous => {
-            stats.anonymous();
-            Next::Forward(Edits::strip_only(config, headers))
-        }
+        Decision::Anonymous => Next::Forward(Edits::strip_only(config, headers), Judged::Anonymous),
         Decision::Deny(denial) => Next::Deny(denial),
     }
 }
@@ -1057,8 +1067,9 @@ mod tests {
     }
 
     /// An edit the host refuses — a client's identity header, the token, an identity header
-    /// to set — refuses the request (503, counted as the filter's own fault), for forwarded
-    /// unedited it would carry a spoofed identity or the token upstream.
+    /// to set — refuses the request (503, counted as the filter's own fault and not as
+    /// allowed), for forwarded unedited it would carry a spoofed identity or the token
+    /// upstream.
     #[test]
     fn on_request_headers_an_edit_the_host_refuses_is_a_503_not_a_forward() {
         let public = config(serde_json::json!({
@@ -1113,6 +1124,8 @@ mod tests {
             assert_eq!(run(config, &mut host, &stats), Flow::Stop, "{refused}");
             assert_eq!(host.reply.as_ref().map(|r| r.0), Some(503), "{refused}");
             assert_eq!(stats.get("denied.internal"), 1, "{refused}");
+            // A denial only: not also counted as the allowed request it was about to be.
+            assert_eq!(stats.get("allowed"), 0, "{refused}");
             assert_eq!(host.edits_signalled, 0, "{refused}");
             assert!(
                 host.logs

@@ -324,7 +324,18 @@ impl SentinelSetup {
     /// # Errors
     /// A process did not start, or the set-up was not ready within 20 s.
     pub async fn start(dir: &Path) -> Result<SentinelSetup, ServerError> {
-        let primary = RedisServer::start_in(&dir.join("primary"), &[]).await?;
+        SentinelSetup::start_with(dir, &[]).await
+    }
+
+    /// [`Self::start`], the primary started with `primary_args` too.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_with(
+        dir: &Path,
+        primary_args: &[&str],
+    ) -> Result<SentinelSetup, ServerError> {
+        let primary = RedisServer::start_in(&dir.join("primary"), primary_args).await?;
         // A name of its own: sentinels find each other through hello messages on the
         // primary's channel, naming the master. A sentinel of another set-up (another test
         // process, whose port picks are its own) watching a reused port would otherwise join
@@ -393,6 +404,34 @@ impl SentinelSetup {
             .map(|s| format!("127.0.0.1:{}", s.port()))
             .collect();
         format!("redis+sentinel://{}/{}/0", hosts.join(","), self.master)
+    }
+
+    /// Fails the primary over to the replica with `SENTINEL FAILOVER` (the primary left
+    /// running, as an operator's switch for maintenance does) and waits, 60 s at most, until
+    /// the sentinels name the replica.
+    ///
+    /// # Errors
+    /// The sentinels named no other primary within 60 s.
+    pub async fn fail_over(&self) -> Result<(), ServerError> {
+        let promoted = self.replica.port();
+        let started = Instant::now();
+        while self.current_primary_port() != Some(promoted) {
+            if let Some(sentinel) = self.sentinels.first() {
+                // Refused while a failover is in progress: asked again until one is done.
+                cli(sentinel.port(), &["SENTINEL", "FAILOVER", &self.master]);
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err(ServerError {
+                    what: format!(
+                        "no failover in 60 s: the sentinels name {:?}, the replica is :{promoted}",
+                        self.current_primary_port()
+                    ),
+                    source: std::io::Error::other("timeout"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
     }
 
     /// The port the sentinels currently name as primary.

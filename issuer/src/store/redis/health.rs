@@ -552,10 +552,7 @@ impl RedisStore {
             .primary_unread
             .swap(false, Ordering::AcqRel)
         {
-            self.after_failure(&StoreError::Unavailable(
-                "the health check could not read the primary".into(),
-            ))
-            .await;
+            self.after_failure(true).await;
         }
         if let Ok(mut conn) = self.health_manager() {
             // Until read (the reads below may be cut short by their timeout).

@@ -369,6 +369,21 @@ pub struct RedisHealth {
 /// busy with a script or short of replicas is [`StoreError::Busy`] (503 too); the rest are
 /// backend errors.
 pub fn redis_err(err: RedisError) -> StoreError {
+    match class(&err) {
+        ErrorClass::Unavailable => StoreError::Unavailable(Box::new(err)),
+        ErrorClass::Busy => StoreError::Busy(Box::new(err)),
+        ErrorClass::Backend => StoreError::Backend(Box::new(err)),
+    }
+}
+
+/// The [`StoreError`] a client error becomes ([`redis_err`]).
+enum ErrorClass {
+    Unavailable,
+    Busy,
+    Backend,
+}
+
+fn class(err: &RedisError) -> ErrorClass {
     let transient = err.is_io_error()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
@@ -389,16 +404,15 @@ pub fn redis_err(err: RedisError) -> StoreError {
     let migrating = err.to_string().contains("non local key");
     // Codes the client does not name: out of memory under `noeviction` (writes refused until
     // the purge or an operator frees some), a script running past `busy-reply-threshold`,
-    // fewer replicas than `min-replicas-to-write`. Each passes; none is the request's fault,
-    // and none says the primary moved (as `Unavailable` would: a Sentinel lookup or a replica
-    // count re-read within the request).
+    // fewer replicas than `min-replicas-to-write`. Each passes; none is the request's fault.
+    // (`NOREPLICAS` may also mean the primary is being replaced: [`may_have_moved`].)
     let refusing = matches!(err.code(), Some("OOM" | "BUSY" | "NOREPLICAS"));
     if transient || migrating {
-        StoreError::Unavailable(Box::new(err))
+        ErrorClass::Unavailable
     } else if refusing {
-        StoreError::Busy(Box::new(err))
+        ErrorClass::Busy
     } else {
-        StoreError::Backend(Box::new(err))
+        ErrorClass::Backend
     }
 }
 
@@ -426,8 +440,14 @@ fn connection_lost(err: &RedisError) -> bool {
         )
 }
 
-fn is_readonly(err: &StoreError) -> bool {
-    matches!(err, StoreError::Unavailable(_))
+/// Whether `err` may mean that the primary moved: anything [`redis_err`] calls unavailable
+/// (a lost connection, a read-only replica, …), and `NOREPLICAS` — a primary under
+/// `min-replicas-to-write` cut off from its replicas, which is what a primary partitioned
+/// away from Sentinel and its replicas answers while Sentinel promotes one of them (it
+/// refuses writes until the partition heals, then becomes a replica). A store still reaching
+/// it follows Sentinel to the new primary instead of answering 503 for the partition's length.
+fn may_have_moved(err: &RedisError) -> bool {
+    err.code() == Some("NOREPLICAS") || matches!(class(err), ErrorClass::Unavailable)
 }
 
 /// A sealed key record as stored (JSON, material in base64).
@@ -677,16 +697,21 @@ impl RedisStore {
             .unwrap_or(u64::MAX)
     }
 
-    /// After a connection failure behind Sentinel, asks the sentinels for the primary again
-    /// (at most every 250 ms) and switches to it. A direct connection reconnects by itself.
-    async fn after_failure(&self, err: &StoreError) {
-        if is_readonly(err) && matches!(self.inner.options.target, RedisTarget::Cluster { .. }) {
+    /// After a failure that says the primary may have moved (`moved`: a lost connection, a
+    /// read-only answer, a primary refusing writes for want of replicas — see
+    /// [`may_have_moved`]), behind Sentinel asks the sentinels for the primary again (at most
+    /// every 250 ms) and switches to it. A direct connection reconnects by itself.
+    async fn after_failure(&self, moved: bool) {
+        if !moved {
+            return;
+        }
+        if matches!(self.inner.options.target, RedisTarget::Cluster { .. }) {
             // The client follows the new topology by itself; the slot's primary may be a
             // promoted replica with none of its own: re-read before the next WAIT.
             self.reread_replication().await;
             return;
         }
-        if !is_readonly(err) || !matches!(self.inner.options.target, RedisTarget::Sentinel { .. }) {
+        if !matches!(self.inner.options.target, RedisTarget::Sentinel { .. }) {
             return;
         }
         let Ok(_guard) = self.inner.resolving.try_lock() else {
@@ -772,6 +797,7 @@ impl RedisStore {
             Ok(value) => Ok(value),
             Err(err) => {
                 let lost = connection_lost(&err);
+                let moved = may_have_moved(&err);
                 let err = redis_err(err);
                 // A connection the store has switched away from (a command sent to the old
                 // primary before a Sentinel switch, failing only now): its failure is no news
@@ -779,7 +805,7 @@ impl RedisStore {
                 if self.switches() != switch {
                     return Err(err);
                 }
-                self.after_failure(&err).await;
+                self.after_failure(moved).await;
                 // Unless a Sentinel switch noted the new connections already: the connection
                 // the client makes now carries the writes from here on, noted now so that the
                 // next WAIT confirms them (noted only at that WAIT, it would be found new and

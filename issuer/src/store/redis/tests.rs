@@ -451,7 +451,16 @@ async fn behind_sentinel(
     dir: &std::path::Path,
     wait_replicas: usize,
 ) -> (weauth_servers::redis::SentinelSetup, RedisStore) {
-    let setup = weauth_servers::redis::SentinelSetup::start(dir)
+    behind_sentinel_with(dir, wait_replicas, &[]).await
+}
+
+/// [`behind_sentinel`], the primary started with `primary_args` too.
+async fn behind_sentinel_with(
+    dir: &std::path::Path,
+    wait_replicas: usize,
+    primary_args: &[&str],
+) -> (weauth_servers::redis::SentinelSetup, RedisStore) {
+    let setup = weauth_servers::redis::SentinelSetup::start_with(dir, primary_args)
         .await
         .unwrap();
     let sentinels = setup
@@ -593,6 +602,70 @@ async fn redis_sentinel_failover_followed_by_the_health_checks_alone() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     store.session("s-none").await.unwrap();
+}
+
+/// A primary cut off from Sentinel and its replicas while one of them is promoted refuses
+/// writes with `NOREPLICAS` (`min-replicas-to-write`) until the partition heals; a store still
+/// reaching it follows Sentinel to the new primary on that answer. Taken as a busy server,
+/// every write answered 503 for as long as the partition lasted. The partition is played by
+/// a primary that refuses to be demoted (its `REPLICAOF` renamed), failed over with
+/// `SENTINEL FAILOVER`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_primary_refusing_writes_for_want_of_replicas_is_left_for_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--min-replicas-to-write",
+        "1",
+        "--min-replicas-max-lag",
+        "1",
+        "--rename-command",
+        "REPLICAOF",
+        "weauth-test-replicaof",
+        "--rename-command",
+        "SLAVEOF",
+        "weauth-test-slaveof",
+    ];
+    let (setup, store) = behind_sentinel_with(dir.path(), 0, &args).await;
+    store
+        .revoke(&Revoke::Jti("j1".into()), 10, 20)
+        .await
+        .unwrap();
+    setup.fail_over().await.unwrap();
+    // The old primary, still one, has lost its replica: it refuses writes.
+    let mut old = redis::Client::open(setup.primary.url(0))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let refused = Instant::now();
+    loop {
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg("x")
+            .arg(1)
+            .query_async(&mut old)
+            .await;
+        match set {
+            Err(err) if err.code() == Some("NOREPLICAS") => break,
+            _ => {}
+        }
+        assert!(
+            refused.elapsed() < Duration::from_secs(15),
+            "the old primary never refused a write"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let followed = Instant::now();
+    loop {
+        match store.revoke(&Revoke::Jti("j2".into()), 10, 20).await {
+            Ok(_) => break,
+            Err(err) => assert!(
+                followed.elapsed() < Duration::from_secs(15),
+                "writes still refused 15 s after the failover: {err}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.switches(), 1);
 }
 
 /// Issue 23 §8: a `WAIT` for a replica that is not there is skipped, and one that falls
