@@ -64,8 +64,11 @@ pub fn extract_token<'h>(
                     .iter()
                     .filter(|header| header.name().eq_ignore_ascii_case("cookie"))
                     .flat_map(|header| header.value().split(';'))
-                    .filter_map(|pair| pair.trim().split_once('='))
-                    .filter(|(key, _)| key == name)
+                    // Spaces and tabs only, as browsers trim a name: a name ours only once a
+                    // Unicode space is trimmed is another cookie, which any host may set
+                    // (to a browser it does not begin with `__Host-`).
+                    .filter_map(|pair| pair.split_once('='))
+                    .filter(|(key, _)| key.trim_matches([' ', '\t']) == name)
                     .map(|(_, value)| value.trim_matches('"'));
                 let first = values.next();
                 if values.next().is_some() {
@@ -1002,6 +1005,33 @@ mod tests {
         let got = extract_token(&sources(), &h, "/");
         assert_eq!(
             got,
+            Extracted::Found {
+                token: "tok",
+                source: 1
+            }
+        );
+    }
+
+    /// A cookie whose name is the token's only once a Unicode space is trimmed is not the
+    /// token (a sibling host can set `\u{2000}__Host-weauth_at`: to a browser it lacks the
+    /// prefix); spaces and tabs around the name are trimmed, as browsers do.
+    #[test]
+    fn extract_cookie_name_trimmed_of_spaces_and_tabs_only() {
+        for planted in [
+            "\u{2000}weauth_at=tok",
+            "a=1;\u{a0}weauth_at=tok",
+            "weauth_at\u{3000}=tok",
+        ] {
+            let h = headers(&[("cookie", planted)]);
+            assert_eq!(
+                extract_token(&sources(), &h, "/"),
+                Extracted::Missing,
+                "{planted:?}"
+            );
+        }
+        let h = headers(&[("cookie", "a=1;\t weauth_at =tok")]);
+        assert_eq!(
+            extract_token(&sources(), &h, "/"),
             Extracted::Found {
                 token: "tok",
                 source: 1

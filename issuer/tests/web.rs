@@ -492,6 +492,23 @@ async fn binding_under_a_name_a_sibling_host_can_set_is_not_read() {
     assert_eq!(stack.count("sessions"), 0);
 }
 
+/// Nor under our binding cookie's name behind a Unicode space: a sibling host may set
+/// `\u{2000}__Host-weauth_oauth` with `Domain=` (to a browser it lacks the `__Host-` prefix),
+/// and read as ours it bound an attacker's WeChat approval to the victim's browser (login
+/// CSRF).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_behind_a_unicode_space_is_not_read() {
+    let stack = start(&[]).await;
+    let started = start_login(&stack, &oa().appid, BACK, None).await;
+    let code = stack.mock.oauth_code(&oa().appid, "mallory", "snsapi_base");
+    let planted = format!("\u{2000}__Host-weauth_oauth={}", started.binding);
+    let (status, body, headers) =
+        callback_with_cookie(&stack, Some(&code), &started.state, Some(&planted)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(headers.get("location").is_none());
+    assert_eq!(stack.count("sessions"), 0);
+}
+
 /// Two tabs: the second authorize replaces the first's binding cookie, so the first tab's
 /// callback is refused (WEB-LOGIN.md) — and leaves the cookie to the second tab's login, which
 /// completes. The refusal used to delete it, failing both; so could any cross-site link to the

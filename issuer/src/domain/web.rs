@@ -379,12 +379,21 @@ pub fn find_cookie<'a>(
     }
 }
 
+/// What browsers trim around a cookie's name and value: spaces and tabs, nothing else.
+const COOKIE_SPACE: [char; 2] = [' ', '\t'];
+
 /// Every value of cookie `name` in the `Cookie` header values, in the order sent. The headers
 /// are read as bytes and each pair as text on its own: browsers send a cookie set with a raw
 /// UTF-8 value (a page's `city=北京`, or a sibling host's `Domain=` cookie) as it is, in the
 /// one `Cookie` header with ours — read as a whole (`HeaderValue::to_str` takes visible ASCII
 /// only), such a header was dropped with every cookie of ours in it: no web login, no cookie
 /// authentication or refresh in that browser. A pair that is not UTF-8 is not ours.
+///
+/// Names and values are trimmed of spaces and tabs only, as browsers trim them (RFC 6265bis
+/// §5.6): trimmed of every Unicode space (`str::trim`), a cookie a sibling host sets as
+/// `\u{2000}__Host-weauth_oauth` with `Domain=` — allowed, since to a browser its name does not
+/// begin with `__Host-` — was read as ours, defeating the prefix that keeps our cookies from
+/// being planted.
 pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Vec<&'a str> {
     let mut values = Vec::new();
     for header in headers {
@@ -393,8 +402,8 @@ pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str
             .filter_map(|pair| std::str::from_utf8(pair).ok());
         for pair in pairs {
             if let Some((key, value)) = pair.split_once('=') {
-                if key.trim() == name {
-                    values.push(value.trim());
+                if key.trim_matches(COOKIE_SPACE) == name {
+                    values.push(value.trim_matches(COOKIE_SPACE));
                 }
             }
         }
@@ -780,6 +789,32 @@ mod tests {
             CookieLookup::Several
         );
         assert_eq!(find(&["xweauth_at=T"], "weauth_at"), CookieLookup::Absent);
+    }
+
+    /// A name that only a Unicode space before or after makes ours is another cookie (a
+    /// browser lets any host set it: to it the name does not begin with `__Host-`); spaces
+    /// and tabs around a name or value are trimmed, as browsers do.
+    #[test]
+    fn find_cookie_names_trimmed_of_spaces_and_tabs_only() {
+        for planted in [
+            "\u{2000}__Host-weauth_oauth=B",
+            "\u{00a0}__Host-weauth_oauth=B",
+            "__Host-weauth_oauth\u{3000}=B",
+            "a=1;\u{2028}__Host-weauth_oauth=B",
+        ] {
+            assert_eq!(
+                find_cookie([planted.as_bytes()], "__Host-weauth_oauth"),
+                CookieLookup::Absent,
+                "{planted:?}"
+            );
+        }
+        assert_eq!(
+            find_cookie(
+                [b"a=1;\t__Host-weauth_oauth = B \t".as_slice()],
+                "__Host-weauth_oauth"
+            ),
+            CookieLookup::One("B")
+        );
     }
 
     /// Another cookie's value in raw UTF-8, or not UTF-8 at all, in the same header does not
