@@ -891,6 +891,83 @@ async fn feed_read_after_revoke_sees_it_on_redis() {
     revoke_then_read_at_once_sees_the_revocation(&stack).await;
 }
 
+/// A refresh its client gives up on runs to its end (a refresh token's reuse is two writes
+/// on Redis: the session marked revoked, then its `sid` entry published). Shown with a reuse
+/// presented while the Redis server is stopped (SIGSTOP) and its client giving up before the
+/// server is resumed: the session is revoked and the entry reaches the feed. Stopped with its
+/// client, the refresh was dropped wherever it stood — between the two writes, the session
+/// revoked and the edge never told while the thief's access token lived. Whether the server
+/// took the request before the client gave up is read from its 499.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reuse_abandoned_by_its_client_still_reaches_the_feed() {
+    let redis = weauth_servers::redis::RedisServer::start().await.unwrap();
+    let url = redis.url(0);
+    let data_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let stack = Stack::start(&[
+        ("WEAUTH_STORE", url.as_str()),
+        ("WEAUTH_DATA_KEY", data_key),
+        ("WEAUTH_REFRESH_REUSE_GRACE", "0s"),
+        ("WEAUTH_LOGIN_RATE", "0"),
+    ])
+    .await;
+    let tokens = stack.login("quinn").await;
+    let sid = payload(tokens["access_token"].as_str().unwrap())["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first = tokens["refresh_token"].as_str().unwrap().to_string();
+    let (status, body, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh_token": first }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1000))
+        .build()
+        .unwrap();
+    let abandoned = "weauth_http_requests_total{route=\"refresh\",status=\"499\"}";
+    let mut taken = false;
+    redis.pause();
+    for _ in 0..3 {
+        let answer = impatient
+            .post(stack.url("/v1/token/refresh"))
+            .json(&json!({ "refresh_token": first }))
+            .send()
+            .await;
+        assert!(answer.is_err(), "the client gave up: {answer:?}");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(2) && !taken {
+            let (_, metrics, _) = stack.get("/metrics", None).await;
+            taken = metrics.as_str().unwrap_or_default().contains(abandoned);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if taken {
+            break;
+        }
+    }
+    redis.resume();
+    assert!(
+        taken,
+        "the server never took the refresh before its client gave up"
+    );
+    let started = Instant::now();
+    loop {
+        let feed = stack.feed(0, 0).await;
+        let published = feed["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "sid" && e["value"] == sid.as_str());
+        if published {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the abandoned reuse never reached the feed: {feed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// "Log out everywhere" (a `sub` revocation) while a login is in flight — its WeChat exchange
 /// under way, its session not yet written, so not marked — ends that login too: it is refused
 /// (`invalid_grant`: log in again) rather than handing out an access token the edge refuses

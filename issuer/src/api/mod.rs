@@ -235,13 +235,15 @@ impl Drop for Unanswered<'_> {
 
 /// The routes (metrics labels) whose handlers run to their end when their client goes away,
 /// on [`App::handlers`]: those that write in more than one step — a ban (the ban, then its
-/// revocation), an unban, a revocation, a logout (Redis: the session marked, then its entry
-/// published). A 499 on them may have been carried out. The others stop with their client,
-/// as before: a login or a phone number asked of WeChat for a client that has given up (and
-/// retries with a new code) would spend WeChat's quota and leave a session nobody receives;
-/// their writes are one atomic store call each, a refresh's rotation included (a retry within
-/// the reuse grace gets the same successor).
-const RUN_TO_THE_END: [&str; 2] = ["admin", "logout"];
+/// revocation), an unban, a revocation, a logout and a refresh token's reuse (Redis: the
+/// session marked, then its entry published; cut between the two, the edge would learn of
+/// the revocation only when someone next presented one of the session's tokens to the
+/// issuer). A 499 on them may have been carried out; a refresh rotated for a client that
+/// left is harmless (its retry within the reuse grace gets the same successor). The others
+/// stop with their client, as before: a login or a phone number asked of WeChat for a client
+/// that has given up (and retries with a new code) would spend WeChat's quota and leave a
+/// session nobody receives.
+const RUN_TO_THE_END: [&str; 3] = ["admin", "logout", "refresh"];
 
 /// The status a request is counted under when it was never answered ([`Unanswered`]).
 const CLIENT_CLOSED: u16 = 499;
