@@ -125,9 +125,10 @@ impl Root {
         }
     }
 
-    /// One round of the election for `lease` at `now_ms` on the monotonic clock (the lease's
-    /// expiry is compared by every VM: module docs). Returns whether this VM holds it now.
-    fn elect(&self, lease: &str, now_ms: u64) -> bool {
+    /// One round of the election for the lease of `what` (named `lease`) at `now_ms` on the
+    /// monotonic clock (the lease's expiry is compared by every VM: module docs). Returns
+    /// whether this VM holds it now.
+    fn elect(&self, lease: &str, what: &str, now_ms: u64) -> bool {
         let Ok((bytes, cas)) = hostcalls::get_shared_data(lease) else {
             return false;
         };
@@ -137,7 +138,14 @@ impl Root {
                 hostcalls::set_shared_data(lease, Some(&next.encode()), cas).is_ok()
             }
             LeaseStep::Claim(next) => {
-                let _ = hostcalls::set_shared_data(lease, Some(&next.encode()), cas);
+                let claimed = hostcalls::set_shared_data(lease, Some(&next.encode()), cas).is_ok();
+                if claimed && current.is_some_and(|lease| lease.expires_ms == 0) {
+                    // Said apart from a lease waited out (`refresh::lease_release`).
+                    self.log(
+                        Level::Info,
+                        &format!("claimed the {what} lease a configuration gone handed on"),
+                    );
+                }
                 false
             }
             LeaseStep::Follow => false,
@@ -417,7 +425,7 @@ impl Context for Root {
         let holds = self
             .parts
             .get(part)
-            .is_some_and(|p| p.leader && self.elect(&p.lease, now.mono_ms));
+            .is_some_and(|p| p.leader && self.elect(&p.lease, p.what, now.mono_ms));
         if !holds {
             if let Some(lost) = self.parts.get_mut(part) {
                 // Lost the lease while the call was out: drop it, the new fetcher has its own.
@@ -565,7 +573,7 @@ impl RootContext for Root {
             let Some(part) = self.parts.get(index) else {
                 break;
             };
-            let leader = self.elect(&part.lease, now.mono_ms);
+            let leader = self.elect(&part.lease, part.what, now.mono_ms);
             let part_is_feed = part.what == REVOCATION;
             if leader != part.leader {
                 // Taking the feed over with the published set in hand (the configuration that

@@ -847,8 +847,9 @@ fn second_issuer_on_same_db_shares_keys() {
         assert_eq!(body["entries"].as_array().unwrap().len(), 1, "{body}");
         let elapsed = answered.saturating_duration_since(logged_out);
         println!("the other replica's long poll answered {elapsed:?} after the logout's 204");
+        // Under the 10 s the poll asked for, with a loaded machine's margin.
         assert!(
-            elapsed < Duration::from_secs(2),
+            elapsed < Duration::from_secs(5),
             "{elapsed:?} after the 204"
         );
     });
@@ -1266,6 +1267,10 @@ async fn metric_becomes(stack: &Stack, name: &str, value: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
     const CLIENTS: usize = 16;
+    // Logins begun this long after the first one to succeed after the kill must all succeed:
+    // the issuer's health read (every second) and a `WAIT` timeout, with a loaded machine's
+    // margin, for every replica of the issuer to have followed the failover.
+    const SETTLE: Duration = Duration::from_secs(3);
     let phase = |var: &str, default: u64| {
         Duration::from_secs(
             std::env::var(var)
@@ -1331,7 +1336,7 @@ async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
     let after_rate = rate(&attempts, window_end, measured_to);
     let failed_later: Vec<String> = attempts
         .iter()
-        .filter(|a| !a.ok && a.start >= window_end + Duration::from_secs(1))
+        .filter(|a| !a.ok && a.start >= window_end + SETTLE)
         .map(|a| {
             format!(
                 "{:.2?} after the kill: {}",
@@ -1381,7 +1386,7 @@ async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
     }
     assert!(
         failed_later.is_empty(),
-        "logins failed more than 1 s after writes resumed ({window:.2?} after the kill):\n{}\n--- the issuer's log:\n{}",
+        "logins failed more than {SETTLE:?} after writes resumed ({window:.2?} after the kill):\n{}\n--- the issuer's log:\n{}",
         failed_later.join("\n"),
         stack.issuer.log_text()
     );

@@ -974,18 +974,18 @@ async fn a_reuse_abandoned_by_its_client_still_reaches_the_feed() {
 /// and a refresh token that lives on, minting tokens after the revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_revocation_during_a_login_in_flight_ends_that_login() {
-    // Room for the exchange held 2 s at WeChat within one attempt.
-    let stack = Stack::start(&[("WEAUTH_WECHAT_TIMEOUT", "10s")]).await;
+    // Room for the exchange held at WeChat within one attempt.
+    let stack = Stack::start(&[("WEAUTH_WECHAT_TIMEOUT", "30s")]).await;
     let first = stack.login("leo").await;
     let sub = payload(first["access_token"].as_str().unwrap())["sub"]
         .as_str()
         .unwrap()
         .to_string();
-    // The next login waits 2 s at WeChat.
+    // The next login is held at WeChat until the revocation is done.
     let calls = stack.mock.calls("jscode2session");
     stack.mock.inject(
         "jscode2session",
-        weauth_mock_wechat::Fault::Delay(Duration::from_secs(2)),
+        weauth_mock_wechat::Fault::Held("revoked".into()),
         1,
     );
     let code = stack.mock.login("leo").code;
@@ -1015,6 +1015,7 @@ async fn sub_revocation_during_a_login_in_flight_ends_that_login() {
         .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sub": sub })))
         .await;
     assert_eq!(status, 200, "{entry}");
+    stack.mock.release("revoked");
     let (status, body) = login.await.unwrap();
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "invalid_grant", "{body}");

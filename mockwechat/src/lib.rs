@@ -432,6 +432,11 @@ impl MockWechat {
         self.shared.lock().faults.push(route, fault, times);
     }
 
+    /// Releases the calls held by [`Fault::Held`] with this gate, and every later one.
+    pub fn release(&self, gate: &str) {
+        self.shared.gate(gate).send_replace(true);
+    }
+
     /// How many calls `route` received (faulted ones included); `*` = all WeChat routes.
     pub fn calls(&self, route: &str) -> u64 {
         let inner = self.shared.lock();
@@ -544,6 +549,8 @@ struct Inner {
 struct Shared {
     cfg: MockConfig,
     inner: Mutex<Inner>,
+    /// The gates of [`Fault::Held`], by name: `true` once released.
+    gates: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
 }
 
 struct Encrypted {
@@ -554,10 +561,23 @@ struct Encrypted {
 }
 
 impl Shared {
+    /// The gate named `name` ([`Fault::Held`]), made closed on first use.
+    fn gate(&self, name: &str) -> tokio::sync::watch::Sender<bool> {
+        let mut gates = self
+            .gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        gates
+            .entry(name.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(false).0)
+            .clone()
+    }
+
     fn new(cfg: MockConfig) -> Shared {
         let overlap = cfg.token_overlap;
         Shared {
             cfg,
+            gates: Mutex::new(HashMap::new()),
             inner: Mutex::new(Inner {
                 users: HashMap::new(),
                 session_keys: HashMap::new(),
@@ -1672,6 +1692,12 @@ async fn fault_answer(shared: &Shared, route: &str, fault: Option<Fault>) -> Opt
             None
         }
         Fault::Hang => std::future::pending::<Option<Response>>().await,
+        Fault::Held(gate) => {
+            let mut released = shared.gate(&gate).subscribe();
+            // An error: the mock is going away; answer all the same.
+            let _ = released.wait_for(|open| *open).await;
+            None
+        }
         Fault::Status(status) => Some(respond(status, "text/html", html_page(status))),
         Fault::Html => Some(respond(200, "text/html", html_page(200))),
         Fault::Garbage => Some(respond(

