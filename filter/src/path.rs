@@ -10,9 +10,10 @@
 //!    (`%2F`, `%5C`; Envoy's own `path_with_escaped_slashes_action: REJECT_REQUEST` does the
 //!    same), an encoded `?` or `#` (`%3F`, `%23`: an upstream that decodes the path and splits
 //!    it again serves `/api/stats%3F` as `/api/stats`, which no reading here would see), a
-//!    double-encoded escape (`%25` followed by two hex digits, so an upstream that
-//!    decodes twice cannot be walked either), a raw `#`, a malformed `%` escape, and a path that
-//!    does not start with `/`.
+//!    double-encoded escape (`%25` followed by two hex digits, each written as itself or
+//!    encoded — `%25%32e` is `%2e` once decoded — so an upstream that decodes twice cannot be
+//!    walked either), a raw `#`, a malformed `%` escape, and a path that does not start with
+//!    `/`.
 //! 2. **Normalized** ([`normalize`]): percent-encoded unreserved characters (RFC 3986 §2.3:
 //!    `A-Z a-z 0-9 - . _ ~`, so `%2E` too) are decoded, repeated slashes are merged, and dot
 //!    segments are removed (RFC 3986 §5.2.4) — what Envoy's `normalize_path` +
@@ -154,6 +155,19 @@ fn hex(byte: u8) -> Option<u8> {
     }
 }
 
+/// Where the path goes on after a hex digit written at `at`, as itself (`e`) or as an escape
+/// (`%65`); `None` when no hex digit is written there.
+fn hex_digit_at(bytes: &[u8], at: usize) -> Option<usize> {
+    match bytes.get(at).copied()? {
+        b'%' => {
+            let high = hex(bytes.get(at + 1).copied()?)?;
+            let low = hex(bytes.get(at + 2).copied()?)?;
+            hex(high * 16 + low).map(|_| at + 3)
+        }
+        byte => hex(byte).map(|_| at + 1),
+    }
+}
+
 fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
@@ -188,8 +202,11 @@ fn scan(path: &str) -> Result<bool, PathError> {
                     },
                     _ => return Err(PathError::BadEscape),
                 };
-                let double = bytes.get(i + 3).copied().and_then(hex).is_some()
-                    && bytes.get(i + 4).copied().and_then(hex).is_some();
+                // Two hex digits after it once decoded, each raw or itself an escape: the
+                // digits of `%25%32e` decode to those of `%2e` as surely as those of `%252e`.
+                let double = hex_digit_at(bytes, i + 3)
+                    .and_then(|next| hex_digit_at(bytes, next))
+                    .is_some();
                 match decoded {
                     b'/' | b'\\' => return Err(PathError::EncodedSlash),
                     b'?' | b'#' => return Err(PathError::EncodedDelimiter),
@@ -694,6 +711,15 @@ mod tests {
             "/public/;a/../../private",
             "/public/../../../../private",
             "/public/../admin/%2e%2e/reports/x",
+            // Double encoding whose hex digits are themselves encoded: `%25%32e` is `%2e` to
+            // an upstream that decodes once, `.` to one that decodes twice (review).
+            "/public/%25%32e%25%32e/private",
+            "/public/%25%32E%25%32E/private",
+            "/public/%252%65%252%65/private",
+            "/public/..%25%32Fprivate",
+            "/public/..%25%35Cprivate",
+            "/public/%25%33F/../private",
+            "/public/%25%30%30/../private",
         ];
         for attempt in attempts {
             match require_of(attempt) {
@@ -754,8 +780,20 @@ mod tests {
     #[test]
     fn double_encoding_refused() {
         assert_eq!(require_of("/a/%252e"), Err(PathError::DoubleEncoded));
-        // A literal percent sign not followed by an escape is fine.
-        assert_eq!(require_of("/public/100%25"), Ok(Require::None));
+        // The hex digits after `%25` written as escapes, one or both.
+        for path in ["/a/%25%32e", "/a/%252%65", "/a/%25%32%65", "/a/%25%32%45"] {
+            assert_eq!(require_of(path), Err(PathError::DoubleEncoded), "{path}");
+        }
+        // A literal percent sign not followed by an escape is fine, nor is one followed by a
+        // single hex digit, or by an escape of something else.
+        for path in [
+            "/public/100%25",
+            "/public/100%25e",
+            "/public/100%25%7E",
+            "/public/%25%32",
+        ] {
+            assert_eq!(require_of(path), Ok(Require::None), "{path}");
+        }
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!
 //! In normalizing mode ([`Upstream::start_with`]) the echo also carries `normalized_path`: the
 //! path as the laxest common server reads it ([`lax_normalize`]), which is what it would
-//! serve. The path-confusion tests use it to show that no request reaches a protected path
-//! without a token.
+//! serve, and `normalized_path_twice`: the same read by a server that decodes twice. The
+//! path-confusion tests use them to show that no request reaches a protected path without a
+//! token.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -146,7 +147,11 @@ fn echo(req: Request, normalizes: bool) -> Response {
         req.headers(),
     );
     if normalizes {
-        v["normalized_path"] = Value::String(lax_normalize(req.uri().path()));
+        let once = lax_normalize(req.uri().path());
+        // As a server that decodes twice (a decoding proxy in front of an app that decodes
+        // again) reads it.
+        v["normalized_path_twice"] = Value::String(lax_normalize(&once));
+        v["normalized_path"] = Value::String(once);
     }
     serve::json(200, &v)
 }

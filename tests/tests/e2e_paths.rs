@@ -47,6 +47,9 @@ const WALKS: &[&str] = &[
     "/api/public/../private#frag",
     "/api/public/.;/../private",
     "/api/public/;x/../private",
+    // The hex digits of a double encoding encoded themselves: `..` to a server decoding twice.
+    "/api/public/%25%32e%25%32e/private",
+    "/api/public/%252%65%252%65/private",
 ];
 
 /// One raw HTTP/1.1 request: status (0 when the connection gave no status line) and body.
@@ -141,11 +144,13 @@ async fn path_walks_out_of_public_prefix_never_reach_private_without_token() {
         let echo = json_of(&body);
         match status {
             200 => {
-                let seen = echo["normalized_path"].as_str().unwrap_or("");
-                assert!(
-                    seen.starts_with("/api/public/"),
-                    "{walk:?} reached the upstream without a token as {seen:?}"
-                );
+                for reading in ["normalized_path", "normalized_path_twice"] {
+                    let seen = echo[reading].as_str().unwrap_or("");
+                    assert!(
+                        seen.starts_with("/api/public/"),
+                        "{walk:?} reached the upstream without a token as {seen:?} ({reading})"
+                    );
+                }
             }
             400 | 401 => {
                 assert!(!reached, "{walk:?} was refused after reaching the upstream");
