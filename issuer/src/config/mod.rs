@@ -646,8 +646,12 @@ impl Config {
             src.seconds("WEAUTH_REFRESH_REUSE_GRACE", Duration::ZERO),
             Duration::ZERO,
         );
-        if refresh_reuse_grace > Duration::from_secs(60) {
-            errs.push(bad("WEAUTH_REFRESH_REUSE_GRACE", "must be at most 60s"));
+        let max_grace = crate::domain::rules::MAX_REUSE_GRACE;
+        if refresh_reuse_grace > Duration::from_secs(max_grace.unsigned_abs()) {
+            errs.push(bad(
+                "WEAUTH_REFRESH_REUSE_GRACE",
+                format!("must be at most {max_grace}s"),
+            ));
         }
         let mut token = |var: &str| {
             let token = errs.or(src.secret(var), None);

@@ -67,6 +67,7 @@ macro_rules! contract_tests {
             feed_excludes_expired_entries,
             purge_removes_expired_and_keeps_seq_monotonic,
             purge_removes_ended_sessions_and_their_tokens,
+            purge_keeps_a_used_token_for_a_retry_within_the_grace,
             wechat_lease_held_by_one_holder_at_a_time,
             wechat_lease_concurrent_exactly_one_holder,
             wechat_put_token_releases_holder_lease_and_is_read_back,

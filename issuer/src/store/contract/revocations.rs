@@ -432,6 +432,43 @@ pub async fn purge_removes_expired_and_keeps_seq_monotonic(backend: &dyn Backend
     assert_eq!(answer.entries, vec![d]);
 }
 
+/// A token rotated in its last seconds, its answer lost: the retry within the reuse grace,
+/// after the token's expiry, gets the successor again — the purge keeps a used token the
+/// longest grace after its use (the SQL stores deleted it at its expiry: "unknown refresh
+/// token", a login again). Once that has passed, the purge removes it.
+pub async fn purge_keeps_a_used_token_for_a_retry_within_the_grace(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    created(&store.login(&login("c1", "o1", None, 10)).await.unwrap()); // r-c1 ends at 110
+    assert!(matches!(
+        store
+            .rotate_refresh(&rotate("r-c1", "r2", 108, 10))
+            .await
+            .unwrap(),
+        RotateResult::Rotated { repeat: false, .. }
+    ));
+    store.purge(111).await.unwrap();
+    let again = store
+        .rotate_refresh(&rotate("r-c1", "r2", 112, 10))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, RotateResult::Rotated { repeat: true, .. }),
+        "{again:?}"
+    );
+    // Past the longest grace after its use the purge removes it (Redis leaves it to its TTL,
+    // where a use past the grace is a reuse): never a repeat again.
+    let after = 108 + rules::MAX_REUSE_GRACE + 1;
+    store.purge(after).await.unwrap();
+    let late = store
+        .rotate_refresh(&rotate("r-c1", "r2", after + 1, rules::MAX_REUSE_GRACE))
+        .await
+        .unwrap();
+    assert!(
+        matches!(late, RotateResult::Invalid(_) | RotateResult::Reused { .. }),
+        "{late:?}"
+    );
+}
+
 pub async fn purge_removes_ended_sessions_and_their_tokens(backend: &dyn Backend) {
     let store = backend.handle().await;
     created(&store.login(&login("c1", "o1", None, 10)).await.unwrap()); // ends at 1010

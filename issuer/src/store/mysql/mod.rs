@@ -124,8 +124,10 @@ pub(crate) fn db_err(err: sqlx::Error) -> StoreError {
             Some(1062) => StoreError::Busy(duplicate_key(db.message()).into()),
             // Too many connections, server shutdown, connection killed, read-only server, a
             // Galera node out of the primary component (1047), Group Replication refusing
-            // writes (3100).
-            Some(1040 | 1047 | 1053 | 1927 | 1290 | 1836 | 3100) => {
+            // writes (3100), ProxySQL with no server in the writer hostgroup (9001, "Max
+            // connect timeout reached while reaching hostgroup": the failover docs/OPERATIONS.md
+            // puts it in front of).
+            Some(1040 | 1047 | 1053 | 1927 | 1290 | 1836 | 3100 | 9001) => {
                 StoreError::Unavailable(Box::new(err))
             }
             _ => StoreError::Backend(Box::new(err)),
@@ -229,6 +231,12 @@ fn check_version(version: usize) -> Result<bool, String> {
     Ok(version == latest)
 }
 
+/// The name of the migration lock, named after the database: MySQL refuses a lock name over
+/// 64 characters (error 3057), so a database name over 49 is hashed (MariaDB has no limit;
+/// shorter names keep the name earlier versions used).
+pub(super) const MIGRATION_LOCK: &str = "IF(CHAR_LENGTH(DATABASE()) <= 49, \
+     CONCAT('weauth_migrate.', DATABASE()), CONCAT('weauth_migrate.', SHA1(DATABASE())))";
+
 /// Applies the migrations the database lacks, holding `GET_LOCK` so that replicas starting
 /// together migrate one at a time; refuses a database from a newer issuer. A current schema is
 /// seen without the lock (every start but the first after an upgrade), and where `GET_LOCK`
@@ -240,7 +248,7 @@ async fn migrate(pool: &MySqlPool) -> Result<(), String> {
         return Ok(());
     }
     let locked: Result<Option<i64>, sqlx::Error> =
-        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('weauth_migrate.', DATABASE()), 60)")
+        sqlx::query_scalar(&format!("SELECT GET_LOCK({MIGRATION_LOCK}, 60)"))
             .fetch_one(&mut *conn)
             .await;
     let locked = match locked {
@@ -293,7 +301,7 @@ async fn migrate(pool: &MySqlPool) -> Result<(), String> {
     .await;
     if locked {
         let _ = conn
-            .execute("DO RELEASE_LOCK(CONCAT('weauth_migrate.', DATABASE()))")
+            .execute(format!("DO RELEASE_LOCK({MIGRATION_LOCK})").as_str())
             .await;
     }
     result
@@ -350,7 +358,8 @@ impl Durability {
     /// the server (empty when there are none).
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.flush_log_at_trx_commit != 1 {
+        // 3: MariaDB's group commit, which syncs at every commit as 1 does.
+        if !matches!(self.flush_log_at_trx_commit, 1 | 3) {
             warnings.push(format!(
                 "innodb_flush_log_at_trx_commit is {} (not 1): a crash of the MySQL server can lose up to a second of acknowledged logins and revocations",
                 self.flush_log_at_trx_commit

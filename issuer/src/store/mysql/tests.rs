@@ -70,6 +70,12 @@ fn mysql_durability_warns_on_lax_flush_and_unsynced_binlog_only() {
         sync_binlog: 0,
     };
     assert!(safe.warnings().is_empty());
+    // MariaDB's 3 syncs at every commit too.
+    let group_commit = Durability {
+        flush_log_at_trx_commit: 3,
+        ..safe
+    };
+    assert!(group_commit.warnings().is_empty());
     let lax = Durability {
         flush_log_at_trx_commit: 2,
         log_bin: true,
@@ -108,6 +114,7 @@ async fn mysql_purge_under_way_leaves_live_refresh_tokens_unlocked() {
     let mut purging = store.pool.begin().await.unwrap();
     let removed = sqlx::query(upkeep::PURGE_REFRESH_TOKENS)
         .bind(500)
+        .bind(440)
         .bind(1_000)
         .execute(&mut *purging)
         .await
@@ -186,7 +193,7 @@ async fn mysql_start_on_a_current_schema_takes_no_migration_lock() {
         .unwrap();
     let mut conn = holder.acquire().await.unwrap();
     let held: Option<i64> =
-        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('weauth_migrate.', DATABASE()), 0)")
+        sqlx::query_scalar(&format!("SELECT GET_LOCK({}, 0)", super::MIGRATION_LOCK))
             .fetch_one(&mut *conn)
             .await
             .unwrap();
@@ -296,6 +303,22 @@ fn mysql_errors_map_lost_server_to_unavailable() {
         ))),
         StoreError::Unavailable(_)
     ));
+}
+
+/// ProxySQL's answer while its writer hostgroup is empty during a failover (error 9001),
+/// raised by a real server: a 503 to retry, not a 500.
+#[tokio::test]
+async fn mysql_proxysql_without_a_writer_is_unavailable() {
+    let db = TestDb::new().await;
+    let store = MysqlStore::connect(&db.options()).await.unwrap();
+    let err = sqlx::query(
+        "BEGIN NOT ATOMIC SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 9001, \
+         MESSAGE_TEXT = 'Max connect timeout reached while reaching hostgroup 10 after 10000ms'; END",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap_err();
+    assert!(matches!(db_err(err), StoreError::Unavailable(_)));
 }
 
 #[tokio::test]

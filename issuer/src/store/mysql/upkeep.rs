@@ -64,9 +64,12 @@ pub(super) async fn access_ttls(pool: &MySqlPool) -> Result<Vec<ReportedTtl>> {
     Ok(reported)
 }
 
-/// The purge's delete of expired refresh tokens (its arguments: now, a row limit).
+/// The purge's delete of expired refresh tokens (its arguments: now, now less
+/// [`rules::MAX_REUSE_GRACE`], a row limit): a used one stays the longest grace after its use,
+/// for a retry within the grace (deleted, the retry of a rotation made in the token's last
+/// seconds read it as unknown: `invalid_grant`, a login again).
 pub(super) const PURGE_REFRESH_TOKENS: &str =
-    "DELETE FROM refresh_tokens WHERE expires_at < ? LIMIT ?";
+    "DELETE FROM refresh_tokens WHERE expires_at < ? AND (used_at IS NULL OR used_at < ?) LIMIT ?";
 
 pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
     let mut tx = pool.begin().await?;
@@ -105,9 +108,11 @@ pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
     // row, past the lock wait timeout into a 503, at each replica's purge.)
     // In batches, each its own transaction: a day's expired rows in one delete made one long
     // transaction (its undo, one binlog event replicas apply for as long).
-    purged.sessions = delete_in_batches(pool, PURGE_SESSIONS, now).await?;
-    purged.refresh_tokens = delete_in_batches(pool, PURGE_REFRESH_TOKENS, now).await?;
-    delete_in_batches(pool, PURGE_EPHEMERAL, now).await?;
+    purged.sessions = delete_in_batches(pool, PURGE_SESSIONS, &[now]).await?;
+    let used_before = now.saturating_sub(rules::MAX_REUSE_GRACE);
+    purged.refresh_tokens =
+        delete_in_batches(pool, PURGE_REFRESH_TOKENS, &[now, used_before]).await?;
+    delete_in_batches(pool, PURGE_EPHEMERAL, &[now]).await?;
     Ok(purged)
 }
 
@@ -116,16 +121,15 @@ const PURGE_BATCH: u64 = 5_000;
 const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at < ? LIMIT ?";
 const PURGE_EPHEMERAL: &str = "DELETE FROM ephemeral WHERE expires_at <= ? LIMIT ?";
 
-/// Runs `delete` (its arguments: now, a row limit) until it removes fewer than a batch.
-async fn delete_in_batches(pool: &MySqlPool, delete: &str, now: i64) -> Result<usize> {
+/// Runs `delete` (its arguments: `args`, then a row limit) until it removes fewer than a batch.
+async fn delete_in_batches(pool: &MySqlPool, delete: &str, args: &[i64]) -> Result<usize> {
     let mut removed = 0u64;
     loop {
-        let batch = sqlx::query(delete)
-            .bind(now)
-            .bind(PURGE_BATCH)
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let mut query = sqlx::query(delete);
+        for arg in args {
+            query = query.bind(*arg);
+        }
+        let batch = query.bind(PURGE_BATCH).execute(pool).await?.rows_affected();
         removed = removed.saturating_add(batch);
         if batch < PURGE_BATCH {
             return Ok(usize::try_from(removed).unwrap_or(usize::MAX));

@@ -826,9 +826,12 @@ impl ExpiringTable {
                 "DELETE FROM sessions WHERE sid IN \
                  (SELECT sid FROM sessions WHERE expires_at < ?1 LIMIT ?2)"
             }
+            // A used one stays the longest reuse grace (`rules::MAX_REUSE_GRACE`, 60 s) after
+            // its use, for a retry within the grace of a rotation in the token's last seconds.
             ExpiringTable::RefreshTokens => {
                 "DELETE FROM refresh_tokens WHERE hash IN \
-                 (SELECT hash FROM refresh_tokens WHERE expires_at < ?1 LIMIT ?2)"
+                 (SELECT hash FROM refresh_tokens WHERE expires_at < ?1 \
+                  AND (used_at IS NULL OR used_at < ?1 - 60) LIMIT ?2)"
             }
             ExpiringTable::Ephemeral => {
                 "DELETE FROM ephemeral WHERE key IN \

@@ -126,6 +126,10 @@ fn sqlite_purge_deletes_find_rows_by_their_expiry_index() {
             .unwrap();
         rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
     };
+    // The grace a used refresh token is kept for, written into the SQL as a number.
+    assert!(ops::ExpiringTable::RefreshTokens
+        .delete_batch()
+        .contains(&format!("?1 - {}", crate::domain::rules::MAX_REUSE_GRACE)));
     for table in ops::PURGED_BY_EXPIRY {
         let sql = table.delete_batch();
         let plan = plan(sql);
