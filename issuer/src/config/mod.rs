@@ -64,6 +64,12 @@ pub struct Pacing {
     pub answers_per_sec: u32,
 }
 
+/// The longest reuse grace (`WEAUTH_REFRESH_REUSE_GRACE`), in seconds; also how long a store
+/// keeps a used refresh token past its own expiry, for a retry within the grace after a
+/// rotation in its last seconds (`rules::decide_refresh` judges a used token by its use, not
+/// its expiry).
+pub const MAX_REUSE_GRACE: i64 = 60;
+
 /// One refused variable. The `Display` names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}: {reason}")]
@@ -646,7 +652,7 @@ impl Config {
             src.seconds("WEAUTH_REFRESH_REUSE_GRACE", Duration::ZERO),
             Duration::ZERO,
         );
-        let max_grace = crate::domain::rules::MAX_REUSE_GRACE;
+        let max_grace = MAX_REUSE_GRACE;
         if refresh_reuse_grace > Duration::from_secs(max_grace.unsigned_abs()) {
             errs.push(bad(
                 "WEAUTH_REFRESH_REUSE_GRACE",

@@ -40,11 +40,6 @@ pub enum RefreshDecision {
     Invalid(&'static str),
 }
 
-/// The longest reuse grace (`WEAUTH_REFRESH_REUSE_GRACE`), in seconds: how long a store keeps
-/// a used refresh token past its own expiry, for a retry within the grace after a rotation in
-/// its last seconds ([`decide_refresh`] judges a used token by its use, not its expiry).
-pub const MAX_REUSE_GRACE: i64 = 60;
-
 /// Judges a presented refresh token at `now`. The new token's lifetime slides
 /// (`now + refresh_ttl`) but never passes the session's absolute end.
 ///

@@ -457,10 +457,15 @@ pub async fn purge_keeps_a_used_token_for_a_retry_within_the_grace(backend: &dyn
     );
     // Past the longest grace after its use the purge removes it (Redis leaves it to its TTL,
     // where a use past the grace is a reuse): never a repeat again.
-    let after = 108 + rules::MAX_REUSE_GRACE + 1;
+    let after = 108 + crate::config::MAX_REUSE_GRACE + 1;
     store.purge(after).await.unwrap();
     let late = store
-        .rotate_refresh(&rotate("r-c1", "r2", after + 1, rules::MAX_REUSE_GRACE))
+        .rotate_refresh(&rotate(
+            "r-c1",
+            "r2",
+            after + 1,
+            crate::config::MAX_REUSE_GRACE,
+        ))
         .await
         .unwrap();
     assert!(

@@ -65,7 +65,7 @@ pub(super) async fn access_ttls(pool: &MySqlPool) -> Result<Vec<ReportedTtl>> {
 }
 
 /// The purge's delete of expired refresh tokens (its arguments: now, now less
-/// [`rules::MAX_REUSE_GRACE`], a row limit): a used one stays the longest grace after its use,
+/// [`crate::config::MAX_REUSE_GRACE`], a row limit): a used one stays the longest grace after its use,
 /// for a retry within the grace (deleted, the retry of a rotation made in the token's last
 /// seconds read it as unknown: `invalid_grant`, a login again).
 pub(super) const PURGE_REFRESH_TOKENS: &str =
@@ -109,7 +109,7 @@ pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
     // In batches, each its own transaction: a day's expired rows in one delete made one long
     // transaction (its undo, one binlog event replicas apply for as long).
     purged.sessions = delete_in_batches(pool, PURGE_SESSIONS, &[now]).await?;
-    let used_before = now.saturating_sub(rules::MAX_REUSE_GRACE);
+    let used_before = now.saturating_sub(crate::config::MAX_REUSE_GRACE);
     purged.refresh_tokens =
         delete_in_batches(pool, PURGE_REFRESH_TOKENS, &[now, used_before]).await?;
     delete_in_batches(pool, PURGE_EPHEMERAL, &[now]).await?;

@@ -199,6 +199,7 @@ use crate::domain::tokens;
 /// Slack added to every natural-end TTL: the purge removes items first (refresh tokens are
 /// left to their TTLs); the TTL bounds what a purge that never runs would leave behind.
 mod connect;
+mod errors;
 mod health;
 mod keys;
 pub use keys::{LOGIN_BUCKETS, USER_BUCKETS};
@@ -208,6 +209,8 @@ mod scripts;
 mod store;
 
 use self::connect::*;
+pub use self::errors::redis_err;
+use self::errors::{connection_lost, may_have_moved};
 use self::health::*;
 use self::link::Link;
 use self::revoke::SubReach;
@@ -364,90 +367,12 @@ pub struct RedisHealth {
     pub unreplicated_writes: u64,
 }
 
-/// Maps a client error: lost connections, timeouts, a read-only replica (failover under way)
-/// and a loading server are [`StoreError::Unavailable`] (503, retry); a server out of memory,
-/// busy with a script or short of replicas is [`StoreError::Busy`] (503 too); the rest are
-/// backend errors.
-pub fn redis_err(err: RedisError) -> StoreError {
-    match class(&err) {
-        ErrorClass::Unavailable => StoreError::Unavailable(Box::new(err)),
-        ErrorClass::Busy => StoreError::Busy(Box::new(err)),
-        ErrorClass::Backend => StoreError::Backend(Box::new(err)),
-    }
-}
-
-/// The [`StoreError`] a client error becomes ([`redis_err`]).
-enum ErrorClass {
-    Unavailable,
-    Busy,
-    Backend,
-}
-
-fn class(err: &RedisError) -> ErrorClass {
-    let transient = err.is_io_error()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || err.is_timeout()
-        || matches!(
-            err.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::ReadOnly
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::BusyLoading
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::ClusterDown
-                    | ServerErrorKind::Moved
-                    | ServerErrorKind::Ask
-            ) | ErrorKind::ClusterConnectionNotFound
-        );
-    // A script reaching a key of a slot being migrated (resharding): retry shortly.
-    let migrating = err.to_string().contains("non local key");
-    // Codes the client does not name: out of memory under `noeviction` (writes refused until
-    // the purge or an operator frees some), a script running past `busy-reply-threshold`,
-    // fewer replicas than `min-replicas-to-write`. Each passes; none is the request's fault.
-    // (`NOREPLICAS` may also mean the primary is being replaced: [`may_have_moved`].)
-    let refusing = matches!(err.code(), Some("OOM" | "BUSY" | "NOREPLICAS"));
-    if transient || migrating {
-        ErrorClass::Unavailable
-    } else if refusing {
-        ErrorClass::Busy
-    } else {
-        ErrorClass::Backend
-    }
-}
-
 /// The connections `link` has now ([`Link::connection_ids`]), if read within 250 ms.
 async fn read_connection_ids(mut link: Link) -> Option<Vec<(String, i64)>> {
     tokio::time::timeout(Duration::from_millis(250), link.connection_ids())
         .await
         .ok()
         .and_then(Result::ok)
-}
-
-/// Whether the connection `err` came on may be gone or now lead elsewhere (the client
-/// reconnects by itself; a primary demoted under it answers READONLY): see
-/// [`Inner::link_epoch`].
-fn connection_lost(err: &RedisError) -> bool {
-    // Not a response timeout: the connection stays (a late answer is dropped), and counting
-    // it would fail every write in flight for one slow command.
-    err.is_io_error()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || matches!(
-            err.kind(),
-            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
-                | ErrorKind::ClusterConnectionNotFound
-        )
-}
-
-/// Whether `err` may mean that the primary moved: anything [`redis_err`] calls unavailable
-/// (a lost connection, a read-only replica, …), and `NOREPLICAS` — a primary under
-/// `min-replicas-to-write` cut off from its replicas, which is what a primary partitioned
-/// away from Sentinel and its replicas answers while Sentinel promotes one of them (it
-/// refuses writes until the partition heals, then becomes a replica). A store still reaching
-/// it follows Sentinel to the new primary instead of answering 503 for the partition's length.
-fn may_have_moved(err: &RedisError) -> bool {
-    err.code() == Some("NOREPLICAS") || matches!(class(err), ErrorClass::Unavailable)
 }
 
 /// A sealed key record as stored (JSON, material in base64).

@@ -826,7 +826,7 @@ impl ExpiringTable {
                 "DELETE FROM sessions WHERE sid IN \
                  (SELECT sid FROM sessions WHERE expires_at < ?1 LIMIT ?2)"
             }
-            // A used one stays the longest reuse grace (`rules::MAX_REUSE_GRACE`, 60 s) after
+            // A used one stays the longest reuse grace (`config::MAX_REUSE_GRACE`, 60 s) after
             // its use, for a retry within the grace of a rotation in the token's last seconds.
             ExpiringTable::RefreshTokens => {
                 "DELETE FROM refresh_tokens WHERE hash IN \

@@ -129,7 +129,7 @@ fn sqlite_purge_deletes_find_rows_by_their_expiry_index() {
     // The grace a used refresh token is kept for, written into the SQL as a number.
     assert!(ops::ExpiringTable::RefreshTokens
         .delete_batch()
-        .contains(&format!("?1 - {}", crate::domain::rules::MAX_REUSE_GRACE)));
+        .contains(&format!("?1 - {}", crate::config::MAX_REUSE_GRACE)));
     for table in ops::PURGED_BY_EXPIRY {
         let sql = table.delete_batch();
         let plan = plan(sql);
