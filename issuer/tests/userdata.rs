@@ -839,6 +839,56 @@ async fn wechat_calls_limited_per_user_across_routes() {
     assert_eq!(wechat_calls(), [3, 1, 1]);
 }
 
+/// A decryption refused on its plaintext — its padding, its JSON, its watermark — says
+/// something of it under an iv the client chose: unlimited, such answers are a padding oracle
+/// that forges any data. They spend the user's allowance (`WEAUTH_USER_WECHAT_RATE`); past it
+/// the answer is 429, without the refusal's code. Refusals decided on the input alone (base64,
+/// lengths), genuine data and another user are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_refusals_on_the_plaintext_limited_per_user() {
+    let stack = Stack::start(&[
+        ("WEAUTH_USER_WECHAT_RATE", "1"),
+        ("WEAUTH_USER_WECHAT_BURST", "3"),
+    ])
+    .await;
+    let (token, encrypted, iv) =
+        login_and_encrypt(&stack, "trudy", json!({"nickName": "Trudy"})).await;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let chosen = |n: u8| json!({"encryptedData": b64(&[n; 32]), "iv": b64(&[n ^ 0x5a; 16])});
+    let on_plaintext = [
+        "session_key_mismatch",
+        "not_json",
+        "watermark_missing",
+        "watermark_appid_mismatch",
+    ];
+    for n in 0..3 {
+        let (status, body) = decrypt(&stack, &token, chosen(n)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            on_plaintext.contains(&body["error"].as_str().unwrap_or("")),
+            "{body}"
+        );
+    }
+    let (status, body) = decrypt(&stack, &token, chosen(3)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    let (status, body) = decrypt(&stack, &token, json!({"encryptedData": "%%%", "iv": iv})).await;
+    assert_refused(status, &body, "invalid_base64", false);
+    let (status, body) = decrypt(
+        &stack,
+        &token,
+        json!({"encryptedData": encrypted, "iv": iv}),
+    )
+    .await;
+    assert_eq!(status, 200, "genuine data: {body}");
+    let (other, _, _) = login_and_encrypt(&stack, "uma", json!({"nickName": "Uma"})).await;
+    let (status, body) = decrypt(&stack, &other, chosen(4)).await;
+    assert_eq!(status, 400, "another user's allowance: {body}");
+}
+
 /// A phone code is spent when WeChat serves the call: a retry after a lost answer meets "code
 /// already used", which is answered as the lost answer's failure (502: retry), not 400
 /// `invalid_grant` (`wechat::http::with_retry`).

@@ -133,6 +133,22 @@ impl DecryptError {
         }
     }
 
+    /// True when the refusal was decided on the plaintext (its padding, its JSON, its
+    /// watermark), so says something of it: under an `iv` the caller chooses, enough such
+    /// answers are a padding oracle that decrypts or forges any block (CBC without integrity).
+    /// A caller of [`decrypt`] serving untrusted clients limits them; the others (base64,
+    /// lengths) are decided on the input alone.
+    pub fn reveals_plaintext(&self) -> bool {
+        matches!(
+            self,
+            DecryptError::SessionKeyMismatch
+                | DecryptError::NotJson
+                | DecryptError::WatermarkMissing { .. }
+                | DecryptError::WrongApp { .. }
+                | DecryptError::StaleWatermark { .. }
+        )
+    }
+
     /// True when the fix is for the client to call `wx.login` and log in again: the data was
     /// encrypted under another session_key, or the session's own session_key is unusable.
     pub fn relogin_required(&self) -> bool {

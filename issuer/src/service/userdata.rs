@@ -136,14 +136,27 @@ impl UserData {
         require_miniprogram(&self.config.apps, claims, "/v1/me/decrypt")?;
         let session_key = self.session_key(&claims.sid).await?;
         let max_age = self.config.decrypt_max_age.map(|d| d.as_secs());
-        let data = weauth_wxdata::decrypt(
+        let data = match weauth_wxdata::decrypt(
             &session_key,
             input.encrypted_data,
             input.iv,
             &claims.appid,
             now,
             max_age,
-        )?;
+        ) {
+            Ok(data) => data,
+            Err(err) => {
+                if err.reveals_plaintext() {
+                    // Each such refusal says something of the plaintext under an iv the
+                    // caller chose: unlimited, they are a padding oracle that forges any data
+                    // (millions of requests). They spend the user's allowance; past it the
+                    // answer is the limit's 429, which says nothing.
+                    self.take_allowance(claims, now, "too many refused decryptions for this user")
+                        .await?;
+                }
+                return Err(err.into());
+            }
+        };
         if let Some((raw, signature)) = raw {
             if !weauth_wxdata::check_raw_data_signature(raw, &session_key, signature) {
                 return Err(ApiError::UserData {
@@ -336,12 +349,19 @@ impl UserData {
     /// # Errors
     /// 429 `rate_limited` with `Retry-After` when the user has none left.
     async fn spend_wechat_call(&self, claims: &Claims, now: i64) -> Result<(), ApiError> {
+        self.take_allowance(claims, now, "too many calls to WeChat for this user")
+            .await
+    }
+
+    /// Takes one from the user's allowance (`WEAUTH_USER_WECHAT_RATE`); past it, 429 saying
+    /// `what`.
+    async fn take_allowance(&self, claims: &Claims, now: i64, what: &str) -> Result<(), ApiError> {
         self.user_limiter
             .take(&claims.sub, now as f64)
             .await
             .map_err(|retry| ApiError::RateLimited {
                 retry_after: retry.0,
-                description: "too many calls to WeChat for this user; retry later".into(),
+                description: format!("{what}; retry later"),
             })
     }
 
