@@ -74,6 +74,9 @@ pub struct Fetcher {
     feed: Option<(RevocationConfig, Schedule)>,
     /// The next poll asks for a full set (`since=0`).
     full_pending: bool,
+    /// The set was taken over ([`Self::resume`]) and no poll has been answered since: the
+    /// next asks without wait.
+    resumed: bool,
     last_prune_ms: u64,
     /// Spreads the floored polls of many Envoys.
     seed: u64,
@@ -124,6 +127,7 @@ impl Fetcher {
             jwks,
             feed,
             full_pending: true,
+            resumed: false,
             last_prune_ms: now_ms,
             seed,
             keep_past_until_s: config.validation.leeway.max(0),
@@ -214,9 +218,13 @@ impl Fetcher {
 
     /// Polls the feed from the published set's seq rather than for a full set first: the set
     /// was taken over from another fetcher of the same feed (the native build, a configuration
-    /// update).
+    /// update). The first poll asks without wait: the set's age runs from the last answer the
+    /// fetcher before got, up to a whole wait ago, and a held poll would add another (up to
+    /// twice `wait_seconds` in all, past a `stale_after_seconds` the configuration allows:
+    /// every request 503 `revocation_stale` meanwhile); its answer, at once, renews the age.
     pub fn resume(&mut self) {
         self.full_pending = false;
+        self.resumed = true;
     }
 
     /// Starts over as a new fetcher (the wasm build: this VM took the lease, or lost it): no
@@ -226,6 +234,7 @@ impl Fetcher {
             schedule.reset(now_ms);
         }
         self.full_pending = true;
+        self.resumed = false;
         self.staging.abandon();
     }
 
@@ -332,10 +341,11 @@ impl Fetcher {
     /// How long the next feed poll asks the issuer to hold it: the configured `wait_seconds`,
     /// but 0 while a paged set is loading — the issuer then answers at once, with the next page
     /// or with nothing when the last full page ended the set, so a load always ends on an
-    /// answer and never on a guess ([`Staging`]).
+    /// answer and never on a guess ([`Staging`]) — and for the first poll after a take-over
+    /// ([`Self::resume`]).
     fn poll_wait_seconds(&self) -> u64 {
         match &self.feed {
-            Some(_) if self.staging.is_loading() => 0,
+            Some(_) if self.staging.is_loading() || self.resumed => 0,
             Some((feed, _)) => feed.wait_seconds,
             None => 0,
         }
@@ -510,7 +520,8 @@ impl Fetcher {
         // What the answered poll asked with, before the answer moves it.
         let since = self.since(&*publish);
         let wait_ms = self.poll_wait_seconds().saturating_mul(1000);
-        let paging = self.staging.is_loading();
+        // Asked without wait, as a page is: the held poll follows its answer at once.
+        let prompt = self.staging.is_loading() || self.resumed;
         let Some((feed, schedule)) = self.feed.as_ref() else {
             return;
         };
@@ -520,6 +531,7 @@ impl Fetcher {
                 report.count("feed_fetch_ok");
                 let elapsed_ms = started_ms.map_or(0, |started| now_ms.saturating_sub(started));
                 self.full_pending = false;
+                self.resumed = false;
                 let seq = page.seq;
                 self.apply(publish, report, page, now);
                 self.seed = self
@@ -530,7 +542,7 @@ impl Fetcher {
                     since,
                     seq,
                     elapsed_ms,
-                    (!paging).then_some(wait_ms),
+                    (!prompt).then_some(wait_ms),
                     self.seed,
                 );
                 if let NextPoll::Floor(ms) = next {
@@ -989,6 +1001,49 @@ mod tests {
             "{}",
             rig.issuer.path(4)
         );
+    }
+
+    /// A fetcher taking over a published set (a configuration update, the wasm lease handed
+    /// on) asks first without wait: held for its whole wait, the poll's answer came up to twice
+    /// `wait_seconds` after the last the fetcher before got, and the set went stale meanwhile.
+    /// Its answer moves the set's age at once, and the held polls follow.
+    #[test]
+    fn a_set_taken_over_is_polled_without_wait_first() {
+        let mut rig = Rig::polling();
+        rig.answer(&page_body(1, 10, true), NOW);
+        let mut taker = Fetcher::new(&remote_config(), NOW + 15_000, 2);
+        taker.resume();
+        rig.fetcher = taker;
+        let feed_calls = |rig: &Rig| -> Vec<u64> {
+            (1..=rig.issuer.calls.len() as u64)
+                .filter(|&id| rig.issuer.path(id).starts_with("/v1/revocations"))
+                .collect()
+        };
+        let before = feed_calls(&rig).len();
+        rig.tick(NOW + 15_000);
+        let calls = feed_calls(&rig);
+        assert_eq!(calls.len(), before + 1);
+        let first = *calls.last().unwrap();
+        assert!(
+            rig.issuer.path(first).ends_with("since=10&wait=0"),
+            "{}",
+            rig.issuer.path(first)
+        );
+        rig.answer_call(
+            first,
+            br#"{"seq":10,"full":false,"now":1700000015,"entries":[]}"#,
+            NOW + 15_050,
+        );
+        assert_eq!(rig.store.publications.last(), Some(&(vec![], NOW + 15_050)));
+        rig.tick(NOW + 15_100);
+        let next = *feed_calls(&rig).last().unwrap();
+        assert_ne!(next, first, "the held poll follows at once");
+        let path = rig.issuer.path(next);
+        assert!(
+            path.contains("since=10&wait=") && !path.ends_with("wait=0"),
+            "{path}"
+        );
+        assert!(!rig.log.has("count feed_poll_floored"));
     }
 
     #[test]
