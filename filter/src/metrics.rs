@@ -11,7 +11,22 @@ use proxy_wasm::types::MetricType;
 
 use crate::gauges::{self, Reporter};
 use crate::host::Stats;
-use crate::metrics_names::{COUNTERS, DENY_REASONS, GAUGES};
+use crate::metrics_names::{DefinedIds, COUNTERS, DENY_REASONS, GAUGES};
+
+thread_local! {
+    /// The VM's metric ids ([`DefinedIds`]: each stat defined with Envoy once per VM, not
+    /// once per configuration).
+    static DEFINED: std::cell::RefCell<DefinedIds> = std::cell::RefCell::new(DefinedIds::default());
+}
+
+/// The id of stat `name` of type `kind`, defined with the host on its first use in this VM.
+fn define(kind: MetricType, name: &str) -> Option<u32> {
+    DEFINED.with(|defined| {
+        defined
+            .borrow_mut()
+            .get_or_define(name, || hostcalls::define_metric(kind, name).ok())
+    })
+}
 
 /// A counter of the allow path, counted in the VM and added to Envoy's stat on the tick
 /// ([`Metrics::flush`]): one host call per counter per 100 ms instead of one per request. Envoy's
@@ -57,8 +72,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Defines every metric with the host (once per VM, in `on_configure`). A metric the host
-    /// refuses is left out, and counting it does nothing.
+    /// The ids of every metric, defined with the host on their first use in this VM (each
+    /// configuration's `on_configure` asks). A metric the host refuses is left out, and
+    /// counting it does nothing.
     pub fn define() -> Metrics {
         // Field by field: a `Drop` type cannot be built from `..Metrics::default()`.
         let mut metrics = Metrics {
@@ -71,13 +87,12 @@ impl Metrics {
             cache_miss: Counter::default(),
         };
         for name in COUNTERS {
-            if let Ok(id) = hostcalls::define_metric(MetricType::Counter, &format!("weauth.{name}"))
-            {
+            if let Some(id) = define(MetricType::Counter, &format!("weauth.{name}")) {
                 metrics.ids.insert(name, id);
             }
         }
         for name in GAUGES {
-            if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, &format!("weauth.{name}")) {
+            if let Some(id) = define(MetricType::Gauge, &format!("weauth.{name}")) {
                 metrics.ids.insert(name, id);
             }
         }
@@ -86,9 +101,7 @@ impl Metrics {
         metrics.cache_hit = Counter::new(metrics.ids.get("cache_hit").copied());
         metrics.cache_miss = Counter::new(metrics.ids.get("cache_miss").copied());
         for reason in DENY_REASONS {
-            if let Ok(id) =
-                hostcalls::define_metric(MetricType::Counter, &format!("weauth.denied.{reason}"))
-            {
+            if let Some(id) = define(MetricType::Counter, &format!("weauth.denied.{reason}")) {
                 metrics.denied.insert(reason, id);
             }
         }
