@@ -72,6 +72,12 @@ wasm-target:
 	else \
 	  echo "setup: installing rust target $(WASM_TARGET)"; rustup target add $(WASM_TARGET); \
 	fi
+	@# A toolchain installed with rustup's minimal profile (the official rust images) lacks them.
+	@for component in rustfmt clippy; do \
+	  if ! rustup component list --installed | grep -q "^$$component"; then \
+	    echo "setup: installing rust component $$component"; rustup component add $$component; \
+	  fi; \
+	done
 
 setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, python3-pip, redis-server, redis-sentinel, mariadb-server, sqlite3 and procps if missing (idempotent)
 	@if command -v curl >/dev/null 2>&1; then \
@@ -292,7 +298,7 @@ lint-guard:
 	if compile $(LINTED_BUILD); then \
 	  echo "lint-guard: a clippy warning passed a build with CLIPPY_ARGS as LINTED_BUILD sets it:"; \
 	  echo "  clippy reads CLIPPY_ARGS otherwise now; update LINTED_BUILD"; exit 1; fi
-CARGO_TEST := $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast
+CARGO_TEST := WEAUTH_SKIPPED_LOG=$(CURDIR)/target/skipped-tests.txt $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast
 
 # What runs at once: the tools install (Envoy, the stores, the browser and API tools: mostly
 # downloads) while the build runs — formatting, the test binaries (linted: LINTED_BUILD), the
@@ -307,9 +313,13 @@ CARGO_TEST := $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_F
 # failure fails `make test` like any other; when the build fails first, the exit waits for the
 # tools install to end before stopping the job (an apt-get killed half-way leaves dpkg to repair
 # by hand). It stays in this session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
-# sessions, so in a session of its own `nice` would not hold it back.
+# sessions, so in a session of its own `nice` would not hold it back. The two test streams run
+# in process groups of their own too (stdin from /dev/null), which the exit kills whole: a
+# background stream's shell ignores SIGINT, so a Ctrl-C stopped only the step running and the
+# stream went on to its next. A test that cannot run here (tests' `report_skip`) is listed at
+# the end, from target/skipped-tests.txt: cargo shows no output of a test that passed.
 test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
-	@mkdir -p target && rm -f $(NATIVE_DEBUG) target/tools.status
+	@mkdir -p target && rm -f $(NATIVE_DEBUG) target/tools.status target/skipped-tests.txt
 	@$(MAKE) --no-print-directory wasm-target
 	@echo "test: $$(date +%T) the tools install in the background (target/tools.log), then the image check starts (target/image-check.log)"
 	@set -m; { \
@@ -331,14 +341,14 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	$(MAKE) --no-print-directory manifests monitoring-check; \
 	status=0; \
 	echo "test: $$(date +%T) built; the workspace's tests in two streams (target/test-stream-1.log, -2.log; each shown when it ends)"; \
-	{ rc=0; \
+	set -m; { rc=0; \
 	  $(CARGO_TEST) $(addprefix --test ,$(TEST_FIRST)) || rc=1; \
 	  echo "test: $$(date +%T) the suites through the edge again, against the native build (an Envoy dynamic module)"; \
 	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
 	    $(addprefix --test ,$(TEST_NATIVE)) || rc=1; \
 	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
 	    --test e2e_faults -- --exact $(TEST_NATIVE_FAULTS) || rc=1; \
-	  exit $$rc; } > target/test-stream-1.log 2>&1 & first=$$!; \
+	  exit $$rc; } < /dev/null > target/test-stream-1.log 2>&1 & first=$$!; \
 	{ rc=0; \
 	  $(CARGO_TEST) --lib --bins $(addprefix --test ,$(TEST_REST)) || rc=1; \
 	  $(CARGO_TEST) --doc || rc=1; \
@@ -346,7 +356,10 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	  $(CARGO_TEST) --test wasm_imports -- --include-ignored || rc=1; \
 	  echo "test: $$(date +%T) the mini-program client"; \
 	  $(MAKE) --no-print-directory client-test || rc=1; \
-	  exit $$rc; } > target/test-stream-2.log 2>&1 & second=$$!; \
+	  exit $$rc; } < /dev/null > target/test-stream-2.log 2>&1 & second=$$!; set +m; \
+	trap 'kill -- -$$first -$$second 2>/dev/null || true; \
+	  while [ ! -f target/tools.status ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
+	  kill -- -$$background 2>/dev/null || true' EXIT; \
 	for stream in 1 2; do \
 	  if [ $$stream = 1 ]; then pid=$$first; else pid=$$second; fi; \
 	  stream_status=0; wait $$pid || stream_status=$$?; \
@@ -358,6 +371,7 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	image_status=0; wait $$background || image_status=$$?; trap - EXIT; \
 	sed 's/^/image-check: /' target/image-check.log; \
 	if [ $$image_status -ne 0 ]; then echo "test: the image check failed (exit $$image_status)"; status=1; fi; \
+	if [ -s target/skipped-tests.txt ]; then echo "test: skipped here, with the reason:"; sed 's/^/  /' target/skipped-tests.txt; fi; \
 	echo "test: $$(date +%T) done"; \
 	exit $$status
 

@@ -394,17 +394,17 @@ fn mount_place(test: &str) -> MountPlace {
     match probe {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
-            println!(
-                "SKIPPED {test}: cannot mount a tmpfs as this user, and the kernel refuses it in an \
+            weauth_tests::report_skip(&format!(
+                "{test}: cannot mount a tmpfs as this user, and the kernel refuses it in an \
                  unprivileged user+mount namespace too ({}); run as root to include this test",
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            ));
             return MountPlace::Done;
         }
         Err(e) => {
-            println!(
-                "SKIPPED {test}: cannot mount a tmpfs as this user, and `unshare` cannot run ({e})"
-            );
+            weauth_tests::report_skip(&format!(
+                "{test}: cannot mount a tmpfs as this user, and `unshare` cannot run ({e})"
+            ));
             return MountPlace::Done;
         }
     }
