@@ -49,17 +49,11 @@ pub struct Keys {
 impl Keys {
     /// The key names for this configuration's JWKS source and revocation feed.
     pub fn new(config: &Config) -> Keys {
-        // The fetch schedule too, as the native build shares a fetcher only between equal
-        // `RemoteJwks`: a listener refreshing every 30 s had its keys refreshed every 300 s by
-        // another that held the lease (a withdrawn key kept verifying that long).
         let jwks_ns = match &config.jwks {
             JwksSource::Remote(remote) => fnv1a(&[
                 remote.cluster.as_bytes(),
                 remote.authority.as_bytes(),
                 remote.path.as_bytes(),
-                &remote.refresh_seconds.to_le_bytes(),
-                &remote.min_refetch_seconds.to_le_bytes(),
-                &remote.timeout_ms.to_le_bytes(),
             ]),
             JwksSource::Inline(_) => 0,
         };
@@ -158,21 +152,6 @@ mod tests {
         assert_ne!(quicker.feed_lease, base.feed_lease);
         assert_ne!(quicker.meta, base.meta);
         assert_eq!(quicker.jwks_lease, base.jwks_lease);
-        // Another JWKS schedule: a fetcher of its own (as natively), the same feed.
-        for schedule in [
-            serde_json::json!({"refresh_seconds": 30}),
-            serde_json::json!({"min_refetch_seconds": 1}),
-            serde_json::json!({"timeout_ms": 500}),
-        ] {
-            let mut jwks = serde_json::json!({"cluster": "weauth_issuer"});
-            if let (Some(jwks), Some(schedule)) = (jwks.as_object_mut(), schedule.as_object()) {
-                jwks.extend(schedule.clone());
-            }
-            let other = keys(serde_json::json!({ "jwks": jwks }));
-            assert_ne!(other.jwks_lease, base.jwks_lease, "{schedule}");
-            assert_ne!(other.jwks, base.jwks, "{schedule}");
-            assert_eq!(other.feed_lease, base.feed_lease, "{schedule}");
-        }
     }
 
     /// The builds before wrote wall-clock times into these keys (module docs): not one name
