@@ -67,14 +67,16 @@ help: ## list the targets
 # The wasm target alone: what the builds need before any other tool (`make test` builds while
 # the rest of setup installs).
 wasm-target:
-	@if rustup target list --installed | grep -qx '$(WASM_TARGET)'; then \
+	@# Read whole before grep: under pipefail, `grep -q` leaving early could fail rustup on a
+	@# closed pipe, and the check with it.
+	@if installed=$$(rustup target list --installed) && grep -qx '$(WASM_TARGET)' <<<"$$installed"; then \
 	  echo "setup: rust target $(WASM_TARGET) already installed"; \
 	else \
 	  echo "setup: installing rust target $(WASM_TARGET)"; rustup target add $(WASM_TARGET); \
 	fi
 	@# A toolchain installed with rustup's minimal profile (the official rust images) lacks them.
-	@for component in rustfmt clippy; do \
-	  if ! rustup component list --installed | grep -q "^$$component"; then \
+	@installed=$$(rustup component list --installed); for component in rustfmt clippy; do \
+	  if ! grep -q "^$$component" <<<"$$installed"; then \
 	    echo "setup: installing rust component $$component"; rustup component add $$component; \
 	  fi; \
 	done

@@ -390,10 +390,16 @@ impl Drop for Root {
             let Some(released) = refresh::lease_release(current, self.vm_id) else {
                 continue;
             };
-            if hostcalls::set_shared_data(&part.lease, Some(&released.encode()), cas).is_ok() {
+            // Said before the write: another VM may claim the lease the moment it is written,
+            // and its line must come after this one in the log.
+            self.log(
+                Level::Info,
+                &format!("configuration gone: handing the {} lease on", part.what),
+            );
+            if hostcalls::set_shared_data(&part.lease, Some(&released.encode()), cas).is_err() {
                 self.log(
                     Level::Info,
-                    &format!("configuration gone: handed the {} lease on", part.what),
+                    &format!("the {} lease changed meanwhile: not handed on", part.what),
                 );
             }
         }

@@ -180,7 +180,7 @@ fn assert_revocation_lease_handed_on(stack: &Stack) {
     let lines: Vec<&str> = log.lines().collect();
     let mut handed = 0;
     for (i, line) in lines.iter().enumerate() {
-        if !line.contains("configuration gone: handed the revocation lease on") {
+        if !line.contains("configuration gone: handing the revocation lease on") {
             continue;
         }
         handed += 1;

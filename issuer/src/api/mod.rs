@@ -239,7 +239,8 @@ impl Drop for Unanswered<'_> {
 /// session marked, then its entry published; cut between the two, the edge would learn of
 /// the revocation only when someone next presented one of the session's tokens to the
 /// issuer). A 499 on them may have been carried out; a refresh rotated for a client that
-/// left is harmless (its retry within the reuse grace gets the same successor). The others
+/// left gives its retry within the reuse grace the same successor (past the grace, or with a
+/// grace of 0, the retry is a reuse, as after any lost answer: docs/API.md). The others
 /// stop with their client, as before: a login or a phone number asked of WeChat for a client
 /// that has given up (and retries with a new code) would spend WeChat's quota and leave a
 /// session nobody receives.

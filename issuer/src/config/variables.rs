@@ -203,7 +203,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_USER_WECHAT_RATE",
         "10",
-        "WeChat calls per minute per user from the /v1/me routes that make one (0: off)",
+        "WeChat calls per minute per user from the /v1/me routes that make one, and refused decryptions (0: off)",
     ),
     var("WEAUTH_USER_WECHAT_BURST", "10", "burst allowance of those calls"),
     var(

@@ -61,7 +61,7 @@ fn class(err: &RedisError) -> ErrorClass {
 
 /// Whether the connection `err` came on may be gone or now lead elsewhere (the client
 /// reconnects by itself; a primary demoted under it answers READONLY): see
-/// [`Inner::link_epoch`].
+/// [`super::Inner::link_epoch`].
 pub(super) fn connection_lost(err: &RedisError) -> bool {
     // Not a response timeout: the connection stays (a late answer is dropped), and counting
     // it would fail every write in flight for one slow command.
