@@ -16,8 +16,9 @@
 import { WeauthError } from "./errors.js";
 import { sharedFlight } from "./flight.js";
 import {
+  BAN_RECHECK_MS,
   DEFAULT_REFRESH_REUSE_GRACE_MS,
-  DEFAULT_RETRY,
+  LOGIN_REFUSAL_HOLD_MS,
   RETRY_AFTER_MAX_HOLD_MS,
   RetryPolicy,
   TokenPair,
@@ -26,16 +27,19 @@ import {
   banOf,
   classify,
   headerValue,
+  holdOver,
   isTransient,
   issuerError,
+  loginRefusalOf,
   normalizeBaseUrl,
   parseStored,
   parseTokenResponse,
   refreshOutcomeUnsettled,
-  refreshPresentableUntil,
+  refreshPastGrace,
   refreshTokenRefused,
   resolveUrl,
   retryAfterMs,
+  retryPolicyOf,
 } from "./protocol.js";
 import { RequestOptions, Response, Sent, WxApi, send, wxLogin, wxPluginLogin } from "./wx.js";
 
@@ -63,7 +67,8 @@ export interface ClientOptions {
    * How a refresh (failing on the network or with 408, 429 or 5xx) or a login (the network,
    * 408, 429, 503 or 504) is retried, a login with a new `wx.login` code each time. A
    * `Retry-After` up to `maxDelayMs` is waited instead of the backoff; a longer one ends the
-   * retries at once.
+   * retries at once. A member left out (or `undefined`) takes its default; one that is not a
+   * finite number, 0 or more, makes `createClient` throw a `TypeError`.
    */
   retry?: Partial<RetryPolicy>;
   /**
@@ -91,8 +96,10 @@ export interface ClientOptions {
   /** A number in [0, 1) for backoff jitter (default `Math.random`). */
   random?: () => number;
   /**
-   * The time in milliseconds (default `Date.now`), for how long a ban or a `Retry-After` is
-   * held and a refresh token may be presented again (`refreshReuseGraceMs`); tests pass a fake.
+   * The time in milliseconds (default `Date.now`), for how long a ban, a login refusal or a
+   * `Retry-After` is held and a refresh token may be presented again (`refreshReuseGraceMs`);
+   * tests pass a fake. It may be set back (the user changes the device clock): a hold is then
+   * never longer than its cap, and a refresh token left unsettled is not presented again.
    */
   now?: () => number;
 }
@@ -154,7 +161,9 @@ export interface WeauthClient {
    * with `"relogin": true`: one shared login, then one retry.
    * Resolves with the answer (whatever its status); rejects with {@link WeauthError} when no
    * answer came (`network`) or no token could be had — at once, with no `wx.login`, while a
-   * ban the issuer answered a login with holds (`login_failed`, `error` `user_banned`), or the
+   * ban the issuer answered a login with holds (`login_failed`, `error` `user_banned`), for 60 s
+   * after a login refused for the user's risk (`login_failed`, `error` `user_risky` or
+   * `access_denied`: `LOGIN_REFUSAL_HOLD_MS`), or the
    * `Retry-After` of its last answer to a login (`login_failed`, with that answer's
    * `statusCode` and `error`) or to a refresh (`refresh_failed`, the tokens kept); a refresh
    * refused otherwise (a proxy's 404, 400 `invalid_request`, …) rejects with
@@ -163,13 +172,14 @@ export interface WeauthClient {
   request<T = unknown>(options: RequestOptions): Promise<Response<T>>;
   /**
    * The stored tokens removed, then `POST /v1/logout` (an expired access token renewed once
-   * for it, so that the session ends at the issuer too); the tokens are gone also when the
-   * call fails. A refresh or login in flight rejects with `logged_out` and ends the session
-   * it got; so do a `login()` waiting for a refresh to settle and every `request()` under way
-   * that needs tokens after it (waiting for the flight, or answered 401 or `relogin`): none
-   * logs the user back in. The same holds for every client on this storage key (another copy
-   * of this package included), whichever of them logs out; the others forget the tokens they
-   * held. A `request()` called after `logout()` logs in as usual.
+   * for it, so that the session ends at the issuer too; each post waits at most 5 s for its
+   * answer); the tokens are gone also when the call fails. A refresh or login in flight rejects
+   * with `logged_out` and ends the session it got, in the background (a `login()` after the
+   * logout does not wait for that); so do a `login()` waiting for a refresh to settle and every
+   * `request()` under way that needs tokens after it (waiting for the flight, or answered 401
+   * or `relogin`): none logs the user back in. The same holds for every client on this
+   * storage key (another copy of this package included), whichever of them logs out; the
+   * others forget the tokens they held. A `request()` called after `logout()` logs in as usual.
    */
   logout(): Promise<void>;
   /** Posts the phone button's `e.detail` to `/v1/me/phone`; resolves with the number. */
@@ -191,6 +201,16 @@ type FlightKind = "refresh" | "login";
  * policy (`ClientOptions.refreshReuseGraceMs`).
  */
 const REFRESH_TIMEOUT_MS = 5000;
+
+/**
+ * How long a `POST /v1/logout` waits for its answer. Ending a session is best effort (the tokens
+ * are gone from the device whatever the answer, and a session the issuer was not told about
+ * ends when its refresh token expires), so it is not worth `wx.request`'s default of 60 s: the
+ * app awaits `logout()` — up to three posts, with the renewal of an expired access token — and
+ * a logout that hangs on a dead network would hold its "log out" button for minutes. 5 s is
+ * ample for the issuer's one revocation write.
+ */
+const LOGOUT_TIMEOUT_MS = 5000;
 
 /**
  * How long a login waits for its answer: above the issuer's longest WeChat round (its code
@@ -229,7 +249,7 @@ export function createClient(options: ClientOptions): WeauthClient {
     throw new TypeError("weauth: `plugin: true` needs `appid`, the plugin's appid");
   }
   const wxApi = options.wx ?? defaultWx();
-  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...options.retry };
+  const retry: RetryPolicy = retryPolicyOf(options.retry);
   const reuseGraceMs = options.refreshReuseGraceMs ?? DEFAULT_REFRESH_REUSE_GRACE_MS;
   if (typeof reuseGraceMs !== "number" || !(reuseGraceMs >= 0) || !Number.isFinite(reuseGraceMs)) {
     throw new TypeError("weauth: `refreshReuseGraceMs` must be a number of milliseconds, 0 or more");
@@ -253,11 +273,14 @@ export function createClient(options: ClientOptions): WeauthClient {
   let persisted = true;
   // Logins completed (a `relogin` answer needs one after the request it came for was sent).
   let logins = 0;
-  // The device time until which the logins `request()` would start fail at once, after the
-  // last login or refresh was refused for a ban (`banHoldUntil`): each would spend a
-  // `wx.login` code (and leave a session row at the issuer) on an answer known in advance.
-  // `login()` asks again.
-  let bannedUntil: number | undefined;
+  // The answer the logins `request()` would start fail with at once until device time `until`
+  // (at most `capMs` from when it was set), after the last login or refresh was refused for a
+  // ban (`banHoldUntil`, capped at `BAN_RECHECK_MS`), or the last login for the user's risk
+  // (403 `user_risky` or `access_denied`: `LOGIN_REFUSAL_HOLD_MS`): each would spend a
+  // `wx.login` code (and, for a ban, leave a session row at the issuer) on an answer known in
+  // advance. `login()` asks again: the app calls it when the user acts, and the answer may
+  // have changed (a ban lifted early, the user verified in WeChat).
+  let loginHold: { until: number; capMs: number; statusCode: number; error: string } | undefined;
   // What the issuer asked not to be asked again before a time (device time), by the kind of
   // the flight it answered: a login or a refresh answered 429 or 503 (any transient answer)
   // with a `Retry-After` the flight gave up on — longer than the retry policy waits, or on its
@@ -265,28 +288,44 @@ export function createClient(options: ClientOptions): WeauthClient {
   // shedding load (a login spends a `wx.login` code on it too); `login()` waits it out too.
   const retryAfterHolds: { [kind in FlightKind]?: { until: number; statusCode: number; error?: string } } = {};
 
-  /** The error a login the client starts by itself fails with while a ban holds. */
-  function heldByBan(): WeauthError | undefined {
-    if (bannedUntil === undefined || now() >= bannedUntil) {
-      bannedUntil = undefined;
+  /**
+   * The error a login the client starts by itself fails with while a ban or a refusal for the
+   * user's risk holds (`loginHold`). A hold with more left than its cap is over: only a device
+   * clock set back can make one, and it must not stretch the hold (`holdOver`).
+   */
+  function heldLogin(): WeauthError | undefined {
+    const hold = loginHold;
+    const at = now();
+    if (hold === undefined || holdOver(hold.until, hold.capMs, at)) {
+      loginHold = undefined;
       return undefined;
     }
-    const left = Math.ceil((bannedUntil - now()) / 1000);
+    const left = Math.ceil((hold.until - at) / 1000);
     return new WeauthError(
       "login_failed",
-      `login refused: 403 user_banned (the issuer's answer to the last login or refresh, held ${left} s more; login() asks again)`,
-      { statusCode: 403, error: "user_banned" },
+      `login refused: ${hold.statusCode} ${hold.error} (the issuer's answer to the last login${hold.error === "user_banned" ? " or refresh" : ""}, held ${left} s more; login() asks again)`,
+      { statusCode: hold.statusCode, error: hold.error },
     );
   }
 
-  /** The error a login or refresh fails with while the issuer's `Retry-After` for it holds. */
+  /** Holds the logins `request()` would start after a ban, until `banHoldUntil`'s end. */
+  function holdForBan(until: number): void {
+    loginHold = { until, capMs: BAN_RECHECK_MS, statusCode: 403, error: "user_banned" };
+  }
+
+  /**
+   * The error a login or refresh fails with while the issuer's `Retry-After` for it holds; a
+   * hold with more left than its cap (`RETRY_AFTER_MAX_HOLD_MS`: the device clock was set back
+   * since) is over.
+   */
   function heldByRetryAfter(kind: FlightKind): WeauthError | undefined {
     const hold = retryAfterHolds[kind];
-    if (hold === undefined || now() >= hold.until) {
+    const at = now();
+    if (hold === undefined || holdOver(hold.until, RETRY_AFTER_MAX_HOLD_MS, at)) {
       delete retryAfterHolds[kind];
       return undefined;
     }
-    const left = Math.ceil((hold.until - now()) / 1000);
+    const left = Math.ceil((hold.until - at) / 1000);
     return new WeauthError(
       kind === "login" ? "login_failed" : "refresh_failed",
       `${kind} refused: ${hold.statusCode}${hold.error ? ` ${hold.error}` : ""} (the issuer's answer to the last ${kind}, whose Retry-After holds ${left} s more)`,
@@ -324,8 +363,10 @@ export function createClient(options: ClientOptions): WeauthClient {
    * Whether `refreshToken`, which an attempt may have rotated unseen, may no longer be
    * presented at device time `at`: its issuer's reuse grace (less a margin) has passed since
    * the sending of the first attempt that left it unsettled, and a presentation then would be
-   * taken for a theft, revoking the session. A token no attempt left unsettled (refused with
-   * a 429 or the issuer's 503, say) may be presented at any time.
+   * taken for a theft, revoking the session. So does a device time before that sending (the
+   * clock was set back: how long the grace has run is unknown, `refreshPastGrace`). A token no
+   * attempt left unsettled (refused with a 429 or the issuer's 503, say) may be presented at
+   * any time.
    */
   function pastReuseGrace(refreshToken: string, at: number): boolean {
     const seen = flight.presented;
@@ -333,7 +374,7 @@ export function createClient(options: ClientOptions): WeauthClient {
       seen !== undefined &&
       seen.refreshToken === refreshToken &&
       seen.unsettled &&
-      at >= refreshPresentableUntil(seen.unsettledAt ?? seen.firstAt, reuseGraceMs)
+      refreshPastGrace(seen.unsettledAt ?? seen.firstAt, reuseGraceMs, at)
     );
   }
 
@@ -475,10 +516,11 @@ export function createClient(options: ClientOptions): WeauthClient {
    * (at once with `WEAUTH_REFRESH_REUSE_GRACE=0s`) — a false theft signal; that refresh ends
    * the session with the pair it gets instead. Nor when a refresh attempt may have rotated it
    * unseen and its grace is over (`pastReuseGrace`), for the same reason: the session then
-   * expires at the issuer.
+   * expires at the issuer. Each post waits at most `LOGOUT_TIMEOUT_MS` for its answer (the
+   * renewal `REFRESH_TIMEOUT_MS`), so `logout()` settles within 15 s whatever the network does.
    */
   async function endSession(pair: TokenPair, renew = true): Promise<void> {
-    const sent = await postJson("/v1/logout", {}, pair.accessToken);
+    const sent = await postJson("/v1/logout", {}, pair.accessToken, LOGOUT_TIMEOUT_MS);
     if (!renew || !sent.ok || sent.response.statusCode !== 401 || pastReuseGrace(pair.refreshToken, now())) {
       return;
     }
@@ -488,8 +530,20 @@ export function createClient(options: ClientOptions): WeauthClient {
         ? parseTokenResponse(renewed.response.data)
         : undefined;
     if (fresh) {
-      await postJson("/v1/logout", {}, fresh.accessToken);
+      await postJson("/v1/logout", {}, fresh.accessToken, LOGOUT_TIMEOUT_MS);
     }
+  }
+
+  /**
+   * Ends `pair`'s session as `endSession` does, without waiting for it: called from inside the
+   * flight (a refresh or login overtaken by a `logout()`, a login that replaced a pair), where
+   * awaiting it would keep the flight unsettled — and every `login()` or `request()` started
+   * after the logout waiting for it — for as long as the issuer takes to answer the logout.
+   * Nothing can come of a failure (it is best effort), so none reaches the caller or surfaces
+   * as an unhandled rejection.
+   */
+  function endSessionInBackground(pair: TokenPair): void {
+    endSession(pair).catch(() => undefined);
   }
 
   /** Starts (or joins) the flight, noting the epoch a new one starts in. */
@@ -550,11 +604,13 @@ export function createClient(options: ClientOptions): WeauthClient {
         sent.ok && sent.response.statusCode === 200 ? parseTokenResponse(sent.response.data) : undefined;
       if (pair) {
         if (flight.epoch !== startEpoch) {
-          // The session exists at the issuer now: end it, or nobody could.
-          await endSession(pair);
+          // The session exists at the issuer now: end it, or nobody could — in the
+          // background, so that the flight settles now and a login() after the logout does
+          // not wait for the issuer's answer to it.
+          endSessionInBackground(pair);
           throw new WeauthError("logged_out", "logout() was called during the login");
         }
-        bannedUntil = undefined;
+        loginHold = undefined;
         const replaced = reload();
         store(pair);
         logins++;
@@ -563,7 +619,7 @@ export function createClient(options: ClientOptions): WeauthClient {
           // now, and its refresh token would stay good for days. Ended best effort, as
           // logout() does, without holding up the requests that wait for this login. (No
           // refresh is in flight to have presented its refresh token: this login is the flight.)
-          void endSession(replaced);
+          endSessionInBackground(replaced);
         }
         return pair;
       }
@@ -581,8 +637,18 @@ export function createClient(options: ClientOptions): WeauthClient {
         );
         if (!loginRetryable(statusCode)) {
           const ban = banOf(statusCode, data);
+          const refusal = loginRefusalOf(statusCode, data);
           if (ban) {
-            bannedUntil = banHoldUntil(ban, headerValue(header, "date"), now());
+            holdForBan(banHoldUntil(ban, headerValue(header, "date"), now()));
+          } else if (refusal) {
+            // The user's risk, judged by WeChat: another code now would meet the same answer.
+            // Held for a short, fixed time, since the issuer states no end for it.
+            loginHold = {
+              until: now() + LOGIN_REFUSAL_HOLD_MS,
+              capMs: LOGIN_REFUSAL_HOLD_MS,
+              statusCode,
+              error: refusal,
+            };
           }
           throw failure;
         }
@@ -643,8 +709,9 @@ export function createClient(options: ClientOptions): WeauthClient {
             ? parseTokenResponse(sent.response.data)
             : undefined;
         if (fresh) {
-          // The rotated pair is the session's only live one: end the session with it.
-          await endSession(fresh);
+          // The rotated pair is the session's only live one: end the session with it — in
+          // the background, so that the flight settles now (`endSessionInBackground`).
+          endSessionInBackground(fresh);
         }
         throw new WeauthError("logged_out", "logout() was called during the refresh");
       }
@@ -679,7 +746,7 @@ export function createClient(options: ClientOptions): WeauthClient {
           store(null);
           // The issuer refuses the user's logins as well while the ban lasts (docs/API.md): a
           // login now would spend a wx.login code, and leave a session row, on that refusal.
-          bannedUntil = banHoldUntil(ban, headerValue(sent.response.header, "date"), now());
+          holdForBan(banHoldUntil(ban, headerValue(sent.response.header, "date"), now()));
           throw new WeauthError(
             "refresh_failed",
             `refresh refused: 403 user_banned ${err.description ?? ""}`.trim(),
@@ -809,7 +876,7 @@ export function createClient(options: ClientOptions): WeauthClient {
       if (verdict === "refresh" && stored) {
         return fly("refresh", (startEpoch) => doRefresh(stored, startEpoch));
       }
-      const held = heldByBan();
+      const held = heldLogin();
       if (held) {
         throw held;
       }

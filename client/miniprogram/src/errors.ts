@@ -16,7 +16,8 @@
  *   (its `errMsg` is the message).
  * - `login_failed`: `POST /v1/login` did not give tokens (a transient error, 408, 429 or 5xx,
  *   after its retries); `statusCode` and `error` say why. Also at once, with nothing sent, while
- *   a ban or the `Retry-After` of the issuer's last answer to a login holds.
+ *   a ban or the `Retry-After` of the issuer's last answer to a login holds, or (for the logins
+ *   `request()` starts) for 60 s after a login refused 403 `user_risky` or `access_denied`.
  * - `refresh_failed`: `POST /v1/token/refresh` kept answering a transient error (408, 429,
  *   5xx; the tokens are kept; at once, with nothing sent, while the `Retry-After` of its last
  *   such answer holds), or refused it for a ban (403, `error` `user_banned`: the tokens

@@ -151,6 +151,48 @@ export function banHoldUntil(
 export const BAN_RECHECK_MS = 10 * 60 * 1000;
 
 /**
+ * How long the client holds the logins it would start itself after the issuer refused one
+ * about the user ({@link loginRefusalOf}): 60 s. Asking again at once would spend a `wx.login`
+ * code, a WeChat code exchange (and, for `user_risky`, a `getuserriskrank` call, counted per
+ * app and day) on an answer known in advance, for every request the app makes meanwhile. The
+ * hold is far shorter than a ban's ({@link BAN_RECHECK_MS}) because such a refusal has no end
+ * the issuer can state: WeChat's verdict on the user may change once they have verified
+ * themselves, and a user who did should not wait minutes; a minute also matches the issuer's
+ * own hold of WeChat's rate limit.
+ */
+export const LOGIN_REFUSAL_HOLD_MS = 60 * 1000;
+
+/**
+ * The error of a login refusal that is about the user, not the attempt, so that the client
+ * holds its own logins after it for {@link LOGIN_REFUSAL_HOLD_MS}: 403 `user_risky` (WeChat's
+ * risk control ranked the user above the app's `max_rank`) and 403 `access_denied` (WeChat
+ * flagged the user as high-risk, errcode 40226, or refused the account: docs/API.md). Another
+ * code would meet the same answer. Anything else — a ban is {@link banOf}'s — `undefined`.
+ */
+export function loginRefusalOf(
+  statusCode: number,
+  data: unknown,
+): "user_risky" | "access_denied" | undefined {
+  if (statusCode !== 403) {
+    return undefined;
+  }
+  const error = issuerError(data).error;
+  return error === "user_risky" || error === "access_denied" ? error : undefined;
+}
+
+/**
+ * Whether a hold the client set to end at device time `until`, for at most `capMs`, is over at
+ * device time `deviceNow`: its end has come, or more than `capMs` is left — which only a
+ * device clock set back since the hold began can make, and which must not stretch the hold past
+ * the cap it was set with (a clock set back an hour would otherwise hold a 60 s `Retry-After`
+ * for an hour and a minute). Such a hold is taken for over: the issuer is asked again, and
+ * answers again if its reason still stands.
+ */
+export function holdOver(until: number, capMs: number, deviceNow: number): boolean {
+  return deviceNow >= until || until - deviceNow > capMs;
+}
+
+/**
  * The server's time of an answer (ms), from its `Date` header, else the device's: waits the
  * issuer states as a time are counted against its clock, whatever the device's says.
  */
@@ -248,6 +290,31 @@ export interface RetryPolicy {
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 5, baseDelayMs: 500, maxDelayMs: 8000 };
 
 /**
+ * The retry policy of `createClient`'s `retry` option: {@link DEFAULT_RETRY} with the members
+ * given. A member left out or `undefined` takes the default — spread over the defaults as it
+ * is, an explicit `undefined` would replace it, making `attempts` undefined (no attempt is then
+ * the last: a login or refresh retried forever) or `maxDelayMs` undefined (a `NaN` backoff,
+ * and any `Retry-After`, an hour's too, waited). Throws a `TypeError` for a member that is not
+ * a finite number, 0 or more (`attempts` 0 makes one attempt, as 1 does).
+ */
+export function retryPolicyOf(given: Partial<RetryPolicy> | undefined): RetryPolicy {
+  const policy: RetryPolicy = { ...DEFAULT_RETRY };
+  for (const key of ["attempts", "baseDelayMs", "maxDelayMs"] as const) {
+    const value: unknown = given?.[key];
+    if (value === undefined) {
+      continue;
+    }
+    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+      throw new TypeError(
+        `weauth: \`retry.${key}\` must be a finite number, 0 or more (left out: ${DEFAULT_RETRY[key]})`,
+      );
+    }
+    policy[key] = value;
+  }
+  return policy;
+}
+
+/**
  * The delay before retry number `retry` (1 = the first retry): exponential, capped, with
  * "equal jitter" (between half and all of it) so many devices that lost the network at once
  * do not come back in step. `random` is in [0, 1).
@@ -340,6 +407,17 @@ export const REFRESH_REUSE_MARGIN_MS = 2000;
  */
 export function refreshPresentableUntil(unsettledSentAt: number, graceMs: number): number {
   return unsettledSentAt + graceMs - REFRESH_REUSE_MARGIN_MS;
+}
+
+/**
+ * Whether a refresh token left unsettled by an attempt sent at device time `unsettledSentAt`
+ * may no longer be presented at device time `at`: at or after {@link refreshPresentableUntil},
+ * or before `unsettledSentAt` — a device clock set back since that sending, which leaves the
+ * time the issuer's grace has run unknown. Taken for past the grace then, so the client logs in
+ * instead of presenting a token the issuer may judge a reuse, which revokes the session.
+ */
+export function refreshPastGrace(unsettledSentAt: number, graceMs: number, at: number): boolean {
+  return at < unsettledSentAt || at >= refreshPresentableUntil(unsettledSentAt, graceMs);
 }
 
 /**

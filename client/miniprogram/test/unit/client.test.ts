@@ -610,14 +610,45 @@ test("request_refresh_refused_with_relogin_true_logs_in_once", async () => {
 });
 
 test("request_after_another_refusal_logs_in_again", async () => {
+  // A code refused (WeChat's 40029, say) says nothing of the next one: not held.
   const { wx, client } = setup();
   wx.faults.push((req) =>
-    req.path === "/v1/login" ? { statusCode: 403, data: { error: "access_denied" } } : undefined,
+    req.path === "/v1/login" ? { statusCode: 400, data: { error: "invalid_grant" } } : undefined,
   );
-  await assert.rejects(client.request({ url: "/api/x" }), { error: "access_denied" });
-  await assert.rejects(client.request({ url: "/api/x" }), { error: "access_denied" });
+  await assert.rejects(client.request({ url: "/api/x" }), { error: "invalid_grant" });
+  await assert.rejects(client.request({ url: "/api/x" }), { error: "invalid_grant" });
   assert.equal(wx.wxLogins, 2);
 });
+
+for (const error of ["user_risky", "access_denied"] as const) {
+  test(`request_after_a_login_refused_${error}_fails_at_once_for_60s_login_asks_again`, async () => {
+    let clock = Date.UTC(2026, 11, 6);
+    const { issuer, wx, client } = setup({ now: () => clock });
+    let refusing = true;
+    wx.faults.push((req) =>
+      req.path === "/v1/login" && refusing
+        ? { statusCode: 403, data: { error, error_description: "refused by WeChat's risk control" } }
+        : undefined,
+    );
+    const refused = { code: "login_failed", statusCode: 403, error };
+    await assert.rejects(client.request({ url: "/api/x" }), refused);
+    await assert.rejects(client.request({ url: "/api/y" }), refused);
+    assert.equal(wx.wxLogins, 1, "no wx.login code spent on the answer known in advance");
+    assert.equal(wx.count("/v1/login"), 1);
+    // An explicit login() asks again (the user may have verified themselves in WeChat).
+    await assert.rejects(client.login(), refused);
+    assert.equal(wx.wxLogins, 2);
+    clock += 60_000 - 1;
+    await assert.rejects(client.request({ url: "/api/x" }), refused);
+    assert.equal(wx.wxLogins, 2);
+    // After 60 s a request asks again.
+    clock += 1;
+    refusing = false;
+    assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+    assert.equal(wx.wxLogins, 3);
+    assert.equal(issuer.logins, 1);
+  });
+}
 
 test("login_wx_login_fails_rejects_wx_login_failed", async () => {
   const { wx, client } = setup();
@@ -1036,6 +1067,90 @@ test("login_after_logout_does_not_join_the_login_from_before_it", async () => {
   assert.equal(wx.wxLogins, 2);
 });
 
+test("login_after_a_logout_during_a_refresh_settles_while_the_issuer_holds_the_logouts", async () => {
+  const { issuer, wx, client } = setup();
+  await client.login();
+  issuer.expireAccessTokens();
+  const code = (e: unknown) => (e as WeauthError).code;
+  let before: string | undefined;
+  void client
+    .request({ url: "/api/x" })
+    .then(() => "ok", code)
+    .then((outcome) => (before = outcome));
+  while (wx.count("/v1/token/refresh") === 0) {
+    await tick();
+  }
+  // The issuer (or a dead network) never answers a logout: wx.request's own wait is 60 s.
+  holdAnswers(wx, "/v1/logout", "every");
+  void client.logout();
+  let after: string | undefined;
+  void client
+    .login()
+    .then(() => "ok", code)
+    .then((outcome) => (after = outcome));
+  await eventually("the request from before the logout settles", () => before !== undefined);
+  await eventually("login() after the logout settles", () => after !== undefined);
+  assert.equal(before, "logged_out");
+  assert.equal(after, "ok");
+  assert.equal(client.isLoggedIn(), true);
+  // The session the overtaken refresh got is ended all the same, in the background.
+  assert.equal(wx.count("/v1/logout"), 2, "logout()'s own, and the refreshed pair's");
+  assert.equal(issuer.reuses, 0);
+});
+
+test("login_after_a_logout_during_a_login_settles_while_the_issuer_holds_the_logouts", async () => {
+  const { issuer, wx, client } = setup();
+  const release = holdAnswers(wx, "/v1/login");
+  const code = (e: unknown) => (e as WeauthError).code;
+  let launch: string | undefined;
+  void client
+    .login()
+    .then(() => "ok", code)
+    .then((outcome) => (launch = outcome));
+  while (wx.count("/v1/login") === 0) {
+    await tick();
+  }
+  holdAnswers(wx, "/v1/logout", "every");
+  void client.logout();
+  let again: string | undefined;
+  void client
+    .login()
+    .then(() => "ok", code)
+    .then((outcome) => (again = outcome));
+  release();
+  await eventually("the login from before the logout settles", () => launch !== undefined);
+  await eventually("login() after the logout settles", () => again !== undefined);
+  assert.equal(launch, "logged_out");
+  assert.equal(again, "ok");
+  assert.equal(client.isLoggedIn(), true);
+  assert.equal(issuer.logins, 2);
+  assert.equal(wx.count("/v1/logout"), 1, "the overtaken login's session is being ended");
+});
+
+test("logout_posts_wait_at_most_5s_for_their_answers", async () => {
+  const { issuer, wx, client } = setup();
+  const timeouts: Array<[string, number | undefined]> = [];
+  const request = wx.request.bind(wx);
+  wx.request = (option: WechatMiniprogram.RequestOption) => {
+    const path = option.url.slice(BASE.length);
+    if (path === "/v1/logout" || path === "/v1/token/refresh") {
+      timeouts.push([path, option.timeout]);
+    }
+    request(option);
+  };
+  await client.login();
+  issuer.expireAccessTokens();
+  await client.logout();
+  // The refused logout, the renewal and the logout with the renewed token: none waits
+  // wx.request's default 60 s, which logout()'s caller would wait three times over.
+  assert.deepEqual(timeouts, [
+    ["/v1/logout", 5000],
+    ["/v1/token/refresh", 5000],
+    ["/v1/logout", 5000],
+  ]);
+  assert.equal(issuer.revokedSessions.size, 1);
+});
+
 test("two_clients_on_one_storage_never_present_a_rotated_refresh_token", async () => {
   // E.g. a copy of the package in an independent sub-package, on the same storage key.
   const { issuer, wx, client: a } = setup();
@@ -1339,6 +1454,42 @@ test("refresh_reuse_grace_option_refused_unless_a_number_of_ms", () => {
   }
 });
 
+test("retry_option_members_given_as_undefined_take_the_defaults", async () => {
+  const { wx, client, sleeps } = setup({
+    retry: { attempts: undefined, baseDelayMs: undefined, maxDelayMs: undefined },
+  });
+  // More failures than the default 5 attempts (and a bound, should the attempts be lost).
+  let failing = 10;
+  wx.faults.push((req) => (req.path === "/v1/login" && failing-- > 0 ? { fail: "request:fail timeout" } : undefined));
+  await assert.rejects(client.login(), { code: "network" });
+  assert.equal(wx.wxLogins, 5);
+  assert.deepEqual(sleeps, [375, 750, 1500, 3000]);
+  // `maxDelayMs` kept: an hour's Retry-After is not waited, but held.
+  const long = setup({ retry: { maxDelayMs: undefined } });
+  let limited = 1;
+  long.wx.faults.push((req) =>
+    req.path === "/v1/login" && limited-- > 0
+      ? { statusCode: 429, data: { error: "rate_limited" }, header: { "Retry-After": "3600" } }
+      : undefined,
+  );
+  await assert.rejects(long.client.login(), { code: "login_failed", statusCode: 429 });
+  assert.deepEqual(long.sleeps, []);
+  assert.equal(long.wx.wxLogins, 1);
+});
+
+test("retry_option_refused_unless_finite_numbers_of_0_or_more", () => {
+  for (const key of ["attempts", "baseDelayMs", "maxDelayMs"] as const) {
+    for (const bad of [-1, Number.NaN, Number.POSITIVE_INFINITY, "5" as unknown as number]) {
+      assert.throws(
+        () => setup({ retry: { [key]: bad } }),
+        (e: unknown) => e instanceof TypeError && e.message.includes(`retry.${key}`),
+        `${key}: ${String(bad)}`,
+      );
+    }
+  }
+  setup({ retry: { attempts: 0, baseDelayMs: 0, maxDelayMs: 0 } });
+});
+
 test("refresh_given_up_with_its_answers_lost_next_refresh_past_the_grace_logs_in_without_presenting", async () => {
   const g = graceSetup({ retry: { attempts: 2 } });
   const { issuer, wx, client } = g;
@@ -1354,6 +1505,62 @@ test("refresh_given_up_with_its_answers_lost_next_refresh_past_the_grace_logs_in
   assert.equal(issuer.reuses, 0);
   assert.equal(wx.wxLogins, 2);
 });
+
+test("refresh_token_left_unsettled_not_presented_again_once_the_device_clock_is_set_back", async () => {
+  const g = graceSetup({ retry: { attempts: 2 } });
+  const { issuer, wx, client } = g;
+  await client.login();
+  const old = storedPair(wx);
+  issuer.expireAccessTokens();
+  loseRefreshAnswers(g, 2, "timeout");
+  await assert.rejects(client.request({ url: "/api/x" }), { code: "network" });
+  assert.deepEqual(storedPair(wx), old, "the tokens are kept");
+  // A minute on, the user sets the device clock back an hour: by the device's time the grace
+  // has not even begun, but at the issuer it is long over.
+  const issuerNow = g.now() + 60_000;
+  issuer.clock = () => issuerNow;
+  g.advance(60_000 - 3_600_000);
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(g.presented().length, 2, "not presented a third time");
+  assert.equal(issuer.reuses, 0, "no false theft signal");
+  assert.equal(issuer.revokedSessions.size, 0);
+  assert.equal(wx.wxLogins, 2, "one login instead");
+});
+
+const heldLogins: Array<[string, (clock: number) => StubAnswer, { code: string; statusCode: number; error: string }]> = [
+  [
+    "retry_after",
+    () => ({ statusCode: 429, data: { error: "rate_limited" }, header: { "Retry-After": "60" } }),
+    { code: "login_failed", statusCode: 429, error: "rate_limited" },
+  ],
+  [
+    "ban",
+    (clock) => ({ statusCode: 403, data: { error: "user_banned", until: clock / 1000 + 3600 } }),
+    { code: "login_failed", statusCode: 403, error: "user_banned" },
+  ],
+  [
+    "user_risky",
+    () => ({ statusCode: 403, data: { error: "user_risky" } }),
+    { code: "login_failed", statusCode: 403, error: "user_risky" },
+  ],
+];
+for (const [name, refusal, refused] of heldLogins) {
+  test(`login_hold_${name}_no_longer_than_its_cap_when_the_device_clock_is_set_back`, async () => {
+    let clock = Date.UTC(2026, 11, 6);
+    const { wx, client } = setup({ now: () => clock });
+    let refusing = true;
+    wx.faults.push((req) => (req.path === "/v1/login" && refusing ? refusal(clock) : undefined));
+    await assert.rejects(client.request({ url: "/api/x" }), refused);
+    await assert.rejects(client.request({ url: "/api/x" }), refused);
+    assert.equal(wx.wxLogins, 1, "held");
+    // The user sets the device clock back an hour: the hold's end is now further away than
+    // the hold could ever last (10 minutes; 60 s for user_risky), so it is over.
+    clock -= 3_600_000;
+    refusing = false;
+    assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+    assert.equal(wx.wxLogins, 2);
+  });
+}
 
 test("another_copy_refreshing_past_the_grace_of_a_token_left_unsettled_logs_in_without_presenting", async () => {
   const g = graceSetup({ retry: { attempts: 2 } });

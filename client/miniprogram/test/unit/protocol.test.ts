@@ -6,24 +6,29 @@ import assert from "node:assert/strict";
 import {
   DEFAULT_REFRESH_REUSE_GRACE_MS,
   DEFAULT_RETRY,
+  LOGIN_REFUSAL_HOLD_MS,
   backoffDelay,
   BAN_RECHECK_MS,
   banHoldUntil,
   banOf,
   classify,
   headerValue,
+  holdOver,
   isTransient,
   issuerError,
+  loginRefusalOf,
   normalizeBaseUrl,
   originOf,
   parseStored,
   parseTokenResponse,
   REFRESH_REUSE_MARGIN_MS,
   refreshOutcomeUnsettled,
+  refreshPastGrace,
   refreshPresentableUntil,
   refreshTokenRefused,
   resolveUrl,
   retryAfterMs,
+  retryPolicyOf,
 } from "../../src/protocol.js";
 
 const bearerChallenge = { "WWW-Authenticate": 'Bearer error="invalid_token"' };
@@ -254,4 +259,41 @@ test("refreshOutcomeUnsettled_no_answer_a_5xx_but_the_issuers_503_or_a_200_witho
   assert.equal(refreshOutcomeUnsettled(408, { error: "request_timeout" }), false);
   assert.equal(refreshOutcomeUnsettled(400, { error: "invalid_grant" }), false);
   assert.equal(refreshOutcomeUnsettled(404, "not found"), false);
+});
+
+test("retryPolicyOf_undefined_members_take_the_defaults_bad_ones_throw", () => {
+  assert.deepEqual(retryPolicyOf(undefined), DEFAULT_RETRY);
+  assert.deepEqual(retryPolicyOf({ attempts: undefined, maxDelayMs: undefined }), DEFAULT_RETRY);
+  assert.deepEqual(retryPolicyOf({ attempts: 2, baseDelayMs: 0 }), { ...DEFAULT_RETRY, attempts: 2, baseDelayMs: 0 });
+  for (const bad of [-1, Number.NaN, Number.POSITIVE_INFINITY, null, "8000"]) {
+    assert.throws(() => retryPolicyOf({ maxDelayMs: bad as unknown as number }), /retry\.maxDelayMs/);
+  }
+});
+
+test("loginRefusalOf_403_user_risky_or_access_denied_only", () => {
+  assert.equal(loginRefusalOf(403, { error: "user_risky" }), "user_risky");
+  assert.equal(loginRefusalOf(403, '{"error":"access_denied"}'), "access_denied");
+  assert.equal(loginRefusalOf(403, { error: "user_banned" }), undefined);
+  assert.equal(loginRefusalOf(400, { error: "access_denied" }), undefined);
+  assert.equal(loginRefusalOf(403, "forbidden"), undefined);
+  assert.equal(LOGIN_REFUSAL_HOLD_MS, 60_000);
+});
+
+test("holdOver_at_its_end_or_with_more_left_than_its_cap", () => {
+  const cap = 60_000;
+  assert.equal(holdOver(1_000_000, cap, 1_000_000 - 1), false);
+  assert.equal(holdOver(1_000_000, cap, 1_000_000), true);
+  assert.equal(holdOver(1_000_000, cap, 1_000_000 - cap), false);
+  // Only a clock set back leaves more than the cap.
+  assert.equal(holdOver(1_000_000, cap, 1_000_000 - cap - 1), true);
+});
+
+test("refreshPastGrace_from_the_grace_less_the_margin_or_before_the_sending", () => {
+  const sent = 1_000_000;
+  const until = refreshPresentableUntil(sent, DEFAULT_REFRESH_REUSE_GRACE_MS);
+  assert.equal(refreshPastGrace(sent, DEFAULT_REFRESH_REUSE_GRACE_MS, sent), false);
+  assert.equal(refreshPastGrace(sent, DEFAULT_REFRESH_REUSE_GRACE_MS, until - 1), false);
+  assert.equal(refreshPastGrace(sent, DEFAULT_REFRESH_REUSE_GRACE_MS, until), true);
+  // A device clock set back since the sending.
+  assert.equal(refreshPastGrace(sent, DEFAULT_REFRESH_REUSE_GRACE_MS, sent - 1), true);
 });
