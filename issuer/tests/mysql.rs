@@ -22,14 +22,11 @@ use serde_json::{json, Value};
 use weauth_mock_wechat::MockConfig;
 use weauth_servers::mariadb::{self, MariaDb};
 
-/// Any 32 bytes, base64: a MySQL store requires a data key shared by the replicas.
-const DATA_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
 /// An issuer (and its mock WeChat) on the MySQL database at `url`, login rate limit off.
 async fn stack_on(url: &str, extra: &[(&str, &str)]) -> Stack {
     let mut env = vec![
         ("WEAUTH_STORE", url),
-        ("WEAUTH_DATA_KEY", DATA_KEY),
+        ("WEAUTH_DATA_KEY", common::SHARED_DATA_KEY),
         ("WEAUTH_LOGIN_RATE", "0"),
     ];
     env.extend_from_slice(extra);
@@ -64,7 +61,7 @@ fn mysql_unreachable_at_start_exits_2_naming_weauth_store_with_password_masked()
             "WEAUTH_STORE",
             format!("mysql://weauth:hunter2@127.0.0.1:{port}/weauth"),
         )
-        .env("WEAUTH_DATA_KEY", DATA_KEY)
+        .env("WEAUTH_DATA_KEY", common::SHARED_DATA_KEY)
         .env("WEAUTH_MYSQL_ACQUIRE_TIMEOUT", "1s")
         .stdin(Stdio::null())
         .output()

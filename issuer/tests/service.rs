@@ -948,9 +948,6 @@ async fn changed_signing_alg_published_before_it_signs() {
 
 // --- Redis: the eviction policy (issue 23 §7) -------------------------------------------------
 
-/// Any 32 bytes, base64: a Redis store requires a data key shared by the replicas.
-const REDIS_DATA_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
 /// A real `redis-server` with `extra` settings, in its own temp directory.
 async fn redis_with(extra: &[&str]) -> (weauth_servers::redis::RedisServer, common::TempDir) {
     let dir = common::temp_dir("redis");
@@ -982,7 +979,7 @@ async fn redis_evicting_policy_refused_at_start_naming_the_setting() {
             .env("WEAUTH_WECHAT_APPID", "wx1")
             .env("WEAUTH_WECHAT_SECRET", "s")
             .env("WEAUTH_STORE", redis.url(0))
-            .env("WEAUTH_DATA_KEY", REDIS_DATA_KEY)
+            .env("WEAUTH_DATA_KEY", common::SHARED_DATA_KEY)
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -1008,8 +1005,11 @@ async fn redis_noeviction_passes_the_policy_check() {
     // The harness's redis-server runs Redis's default policy, noeviction.
     let (redis, _dir) = redis_with(&[]).await;
     let url = redis.url(0);
-    let stack =
-        Stack::process(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
+    let stack = Stack::process(&[
+        ("WEAUTH_STORE", &url),
+        ("WEAUTH_DATA_KEY", common::SHARED_DATA_KEY),
+    ])
+    .await;
     log_shows(&stack.issuer, "maxmemory-policy: noeviction").await;
     stack.login("noeviction").await;
 }
@@ -1021,7 +1021,7 @@ async fn redis_evicting_policy_accepted_warns_then_counts_evictions() {
     let url = redis.url(0);
     let stack = Stack::process(&[
         ("WEAUTH_STORE", &url),
-        ("WEAUTH_DATA_KEY", REDIS_DATA_KEY),
+        ("WEAUTH_DATA_KEY", common::SHARED_DATA_KEY),
         ("WEAUTH_REDIS_ALLOW_EVICTION", "true"),
     ])
     .await;
@@ -1064,8 +1064,11 @@ async fn redis_config_refused_warns_it_could_not_check_and_starts() {
     ])
     .await;
     let url = redis.url(0);
-    let stack =
-        Stack::process(&[("WEAUTH_STORE", &url), ("WEAUTH_DATA_KEY", REDIS_DATA_KEY)]).await;
+    let stack = Stack::process(&[
+        ("WEAUTH_STORE", &url),
+        ("WEAUTH_DATA_KEY", common::SHARED_DATA_KEY),
+    ])
+    .await;
     log_shows(
         &stack.issuer,
         "could not check that Redis never evicts weauth's keys",
@@ -1290,7 +1293,7 @@ async fn redis_sentinel_failover_without_replica_keeps_serving_and_says_so() {
     let url = sentinel.url();
     let stack = Stack::process(&[
         ("WEAUTH_STORE", &url),
-        ("WEAUTH_DATA_KEY", REDIS_DATA_KEY),
+        ("WEAUTH_DATA_KEY", common::SHARED_DATA_KEY),
         ("WEAUTH_LOGIN_RATE", "0"),
     ])
     .await;

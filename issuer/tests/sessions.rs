@@ -880,15 +880,19 @@ async fn feed_read_after_revoke_sees_it_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_read_after_revoke_sees_it_on_redis() {
     let redis = weauth_servers::redis::RedisServer::start().await.unwrap();
-    let url = redis.url(0);
-    // Any 32 bytes, base64: a Redis store requires a data key shared by the replicas.
-    let data_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-    let stack = Stack::start(&[
-        ("WEAUTH_STORE", url.as_str()),
-        ("WEAUTH_DATA_KEY", data_key),
-    ])
-    .await;
+    let stack = on_redis(&redis, &[]).await;
     revoke_then_read_at_once_sees_the_revocation(&stack).await;
+}
+
+/// An issuer on `redis` (database 0), with `extra` settings.
+async fn on_redis(redis: &weauth_servers::redis::RedisServer, extra: &[(&str, &str)]) -> Stack {
+    let url = redis.url(0);
+    let mut env = vec![
+        ("WEAUTH_STORE", url.as_str()),
+        ("WEAUTH_DATA_KEY", common::SHARED_DATA_KEY),
+    ];
+    env.extend_from_slice(extra);
+    Stack::start(&env).await
 }
 
 /// A refresh its client gives up on runs to its end (a refresh token's reuse is two writes
@@ -901,14 +905,13 @@ async fn feed_read_after_revoke_sees_it_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reuse_abandoned_by_its_client_still_reaches_the_feed() {
     let redis = weauth_servers::redis::RedisServer::start().await.unwrap();
-    let url = redis.url(0);
-    let data_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-    let stack = Stack::start(&[
-        ("WEAUTH_STORE", url.as_str()),
-        ("WEAUTH_DATA_KEY", data_key),
-        ("WEAUTH_REFRESH_REUSE_GRACE", "0s"),
-        ("WEAUTH_LOGIN_RATE", "0"),
-    ])
+    let stack = on_redis(
+        &redis,
+        &[
+            ("WEAUTH_REFRESH_REUSE_GRACE", "0s"),
+            ("WEAUTH_LOGIN_RATE", "0"),
+        ],
+    )
     .await;
     let tokens = stack.login("quinn").await;
     let sid = payload(tokens["access_token"].as_str().unwrap())["sid"]

@@ -26,6 +26,9 @@ use weauth_mock_wechat::{MockConfig, MockWechat};
 pub const APPID: &str = "wx0123456789abcdef";
 pub const FEED: &str = "test-feed-token";
 pub const ADMIN: &str = "test-admin-token";
+/// Any 32 bytes, base64: the data key a shared store (Redis, MySQL) requires of its replicas.
+#[allow(dead_code)]
+pub const SHARED_DATA_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// A temp directory removed on drop.
 pub type TempDir = tempfile::TempDir;
