@@ -69,7 +69,7 @@ pub fn extract_token<'h>(
                     // (to a browser it does not begin with `__Host-`).
                     .filter_map(|pair| pair.split_once('='))
                     .filter(|(key, _)| key.trim_matches([' ', '\t']) == name)
-                    .map(|(_, value)| value.trim_matches('"'));
+                    .map(|(_, value)| value.trim_matches([' ', '\t']).trim_matches('"'));
                 let first = values.next();
                 if values.next().is_some() {
                     return Extracted::Ambiguous;
@@ -1029,7 +1029,7 @@ mod tests {
                 "{planted:?}"
             );
         }
-        let h = headers(&[("cookie", "a=1;\t weauth_at =tok")]);
+        let h = headers(&[("cookie", "a=1;\t weauth_at = \"tok\" ; b=2")]);
         assert_eq!(
             extract_token(&sources(), &h, "/"),
             Extracted::Found {
