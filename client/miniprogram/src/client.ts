@@ -182,9 +182,16 @@ export interface WeauthClient {
    * others forget the tokens they held. A `request()` called after `logout()` logs in as usual.
    */
   logout(): Promise<void>;
-  /** Posts the phone button's `e.detail` to `/v1/me/phone`; resolves with the number. */
+  /**
+   * Posts the phone button's `e.detail` to `/v1/me/phone`; resolves with the number. A non-2xx
+   * answer rejects with `request_failed`, its `retryAfterMs` set from a `Retry-After` (429
+   * `rate_limited`: the user's allowance of WeChat calls is spent for now).
+   */
   getPhoneNumber(detail: PhoneNumberDetail): Promise<PhoneNumber>;
-  /** Posts an encrypted `e.detail` to `/v1/me/decrypt`; resolves with the decrypted data. */
+  /**
+   * Posts an encrypted `e.detail` to `/v1/me/decrypt`; resolves with the decrypted data. A
+   * non-2xx answer rejects with `request_failed`, its `retryAfterMs` set as `getPhoneNumber`'s.
+   */
   decrypt<T = Record<string, unknown>>(detail: EncryptedDetail): Promise<Decrypted<T>>;
   /** True when tokens are stored (they may still be expired or revoked). */
   isLoggedIn(): boolean;
@@ -675,7 +682,8 @@ export function createClient(options: ClientOptions): WeauthClient {
    * `user_banned` drops the tokens, holds the logins as a login's ban does and rejects
    * (`refresh_failed`): a login now would be refused too. A refusal that says the refresh
    * token is no good (`invalid_grant`, `"relogin": true`: `refreshTokenRefused`) means the
-   * session is gone: the tokens are dropped and a login follows in the same flight. Any other
+   * session is gone: the tokens are dropped and a login follows in the same flight — unless a
+   * ban or a refusal for the user's risk holds the logins (`loginAfterRefresh`). Any other
    * refusal (a proxy's 404 or 413, 400 `invalid_request`, a 403 that is no ban) rejects
    * (`refresh_failed`) with the tokens kept and no login: it says nothing about the refresh
    * token, and a login would spend a `wx.login` code and log the user out of a live session.
@@ -755,9 +763,7 @@ export function createClient(options: ClientOptions): WeauthClient {
         }
         if (refreshTokenRefused(sent.response.statusCode, sent.response.data)) {
           // 400 invalid_grant (used, unknown, expired or revoked), or relogin: log in again.
-          store(null);
-          flight.relabel("login");
-          return doLogin(startEpoch);
+          return loginAfterRefresh(startEpoch);
         }
         // Not about the refresh token (a proxy's 404 or 413, 400 invalid_request, a 403 that
         // is no ban): retrying would meet it again, and a login would end a session that may
@@ -800,7 +806,26 @@ export function createClient(options: ClientOptions): WeauthClient {
     if (flight.epoch !== startEpoch) {
       throw new WeauthError("logged_out", "logout() was called during the refresh");
     }
+    return loginAfterRefresh(startEpoch);
+  }
+
+  /**
+   * The login a refresh turns into, in the same flight, once its refresh token is no good
+   * (refused, `refreshTokenRefused`; or past its reuse grace, `refreshTokenLapsed`). The tokens
+   * are dropped whatever follows: the refresh token can no longer be presented. While a ban or a
+   * refusal for the user's risk holds (`heldLogin`), the flight rejects with that answer at
+   * once, without a `wx.login`, as `renew` does before a login of its own: this login was not
+   * asked for by the app either, and it would spend a code (and, for a ban, leave a session row
+   * at the issuer) on an answer known in advance. A refresh flight is only ever started by
+   * `request()` (`renew`): `login()` waits for it to settle and then starts a login of its own,
+   * which asks the issuer again whatever the hold.
+   */
+  async function loginAfterRefresh(startEpoch: number): Promise<TokenPair> {
     store(null);
+    const held = heldLogin();
+    if (held) {
+      throw held;
+    }
     flight.relabel("login");
     return doLogin(startEpoch);
   }
@@ -944,10 +969,18 @@ export function createClient(options: ClientOptions): WeauthClient {
       return res.data;
     }
     const err = issuerError(res.data);
+    // The issuer's per-user allowance of WeChat calls answers 429 `rate_limited` with a
+    // `Retry-After` (docs/API.md): passed on, so that the app can tell the user when to try
+    // again instead of letting them tap into the same refusal.
     throw new WeauthError(
       "request_failed",
       `${path}: ${res.statusCode} ${err.error ?? ""} ${err.description ?? ""}`.trim(),
-      { statusCode: res.statusCode, error: err.error, relogin: err.relogin },
+      {
+        statusCode: res.statusCode,
+        error: err.error,
+        relogin: err.relogin,
+        retryAfterMs: retryAfterMs(res.header, now()),
+      },
     );
   }
 

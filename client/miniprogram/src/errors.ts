@@ -31,7 +31,9 @@
  *   new tokens (it does not log the user back in).
  * - `user_denied`: the button's `e.detail` holds no data (the user tapped "deny").
  * - `request_failed`: `getPhoneNumber` / `decrypt` got a non-2xx answer; `statusCode`,
- *   `error` (the issuer's code) and `relogin` are set.
+ *   `error` (the issuer's code) and `relogin` are set, and `retryAfterMs` when the answer had a
+ *   `Retry-After`: 429 `rate_limited` once the user's allowance of WeChat calls is spent
+ *   (docs/API.md), so the app can tell the user when to try again.
  */
 export type WeauthErrorCode =
   | "network"
@@ -52,11 +54,18 @@ export class WeauthError extends Error {
   readonly error?: string;
   /** True when the issuer asked for a new login (`"relogin": true`). */
   readonly relogin: boolean;
+  /**
+   * How long the issuer asked to wait before asking again, in milliseconds: its answer's
+   * `Retry-After`, in seconds or as an HTTP-date (counted from the answer's `Date`, so a wrong
+   * device clock does not skew it). Set on a `request_failed` whose answer carried one — 429
+   * `rate_limited` past the user's allowance of WeChat calls, say — and undefined otherwise.
+   */
+  readonly retryAfterMs?: number;
 
   constructor(
     code: WeauthErrorCode,
     message: string,
-    extra: { statusCode?: number; error?: string; relogin?: boolean } = {},
+    extra: { statusCode?: number; error?: string; relogin?: boolean; retryAfterMs?: number } = {},
   ) {
     super(message);
     this.name = "WeauthError";
@@ -64,5 +73,6 @@ export class WeauthError extends Error {
     this.statusCode = extra.statusCode;
     this.error = extra.error;
     this.relogin = extra.relogin === true;
+    this.retryAfterMs = extra.retryAfterMs;
   }
 }

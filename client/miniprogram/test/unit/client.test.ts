@@ -533,6 +533,64 @@ test("request_refresh_refused_for_a_ban_no_login_tokens_dropped_logins_held", as
   assert.equal(wx.wxLogins, 2);
 });
 
+test("request_during_a_ban_hold_refresh_refused_invalid_grant_rejects_held_no_wx_login", async () => {
+  let clock = Date.UTC(2026, 11, 6);
+  const { issuer, wx, client } = setup({ now: () => clock });
+  const until = clock / 1000 + 3600;
+  let banned = true;
+  wx.faults.push((req) =>
+    req.path === "/v1/login" && banned
+      ? { statusCode: 403, data: { error: "user_banned", error_description: "banned", until } }
+      : undefined,
+  );
+  const refused = { code: "login_failed", statusCode: 403, error: "user_banned" };
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  assert.equal(wx.wxLogins, 1);
+  // Tokens the stand-in issuer does not know land in storage (another client on it, say):
+  // their access token is refused 401 invalid_token, their refresh token 400 invalid_grant.
+  wx.storage.set("weauth.tokens", JSON.stringify({ accessToken: "at-stale", refreshToken: "rt-stale" }));
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  assert.equal(wx.count("/v1/token/refresh"), 1, "the refresh was tried");
+  assert.equal(wx.wxLogins, 1, "the login the refresh fell back to is held too: no code spent");
+  assert.equal(wx.count("/v1/login"), 1);
+  assert.equal(wx.storage.has("weauth.tokens"), false, "the refused tokens are dropped");
+  // An explicit login() asks again, and ends the hold once it succeeds.
+  banned = false;
+  await client.login();
+  assert.equal(wx.wxLogins, 2);
+  assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
+  assert.equal(issuer.logins, 1);
+});
+
+test("request_during_a_ban_hold_refresh_token_past_its_grace_rejects_held_no_wx_login", async () => {
+  const g = graceSetup({ retry: { attempts: 2 } });
+  const { issuer, wx, client } = g;
+  await client.login();
+  const old = storedPair(wx);
+  issuer.expireAccessTokens();
+  loseRefreshAnswers(g, 2, "timeout");
+  await assert.rejects(client.request({ url: "/api/x" }), { code: "network" });
+  assert.deepEqual(storedPair(wx), old, "the tokens are kept");
+  // An explicit login() refused for a ban holds the logins requests start; the tokens stay.
+  const until = g.now() / 1000 + 3600;
+  wx.faults.unshift((req) =>
+    req.path === "/v1/login"
+      ? { statusCode: 403, data: { error: "user_banned", error_description: "banned", until } }
+      : undefined,
+  );
+  const refused = { code: "login_failed", statusCode: 403, error: "user_banned" };
+  await assert.rejects(client.login(), refused);
+  assert.equal(wx.wxLogins, 2);
+  assert.deepEqual(storedPair(wx), old);
+  // Past the refresh token's grace the refresh turns into a login, which the ban holds.
+  g.advance(60_000);
+  await assert.rejects(client.request({ url: "/api/x" }), refused);
+  assert.equal(g.presented().length, 2, "the lapsed refresh token is not presented again");
+  assert.equal(wx.wxLogins, 2, "no wx.login code spent on the answer known in advance");
+  assert.equal(wx.storage.has("weauth.tokens"), false);
+  assert.equal(issuer.reuses, 0);
+});
+
 test("request_refresh_408_retried_without_a_login", async () => {
   const { issuer, wx, client, sleeps } = setup();
   await client.login();
@@ -1771,6 +1829,61 @@ test("getPhoneNumber_detail_posted_whole_resolves_with_data", async () => {
   const phone = await client.getPhoneNumber(detail);
   assert.equal(phone.purePhoneNumber, "13800138000");
   assert.deepEqual(wx.requests.find((r) => r.path === "/v1/me/phone")!.data, detail);
+});
+
+test("getPhoneNumber_rate_limited_rejects_with_retry_after_ms_undefined_without_it", async () => {
+  const { wx, client } = setup();
+  let retryAfter: string | undefined = "30";
+  wx.faults.push((req): StubAnswer | undefined =>
+    req.path === "/v1/me/phone"
+      ? {
+          statusCode: 429,
+          data: { error: "rate_limited", error_description: "too many WeChat calls for this user" },
+          header: retryAfter === undefined ? {} : { "Retry-After": retryAfter },
+        }
+      : undefined,
+  );
+  const detail = { code: "phone-code", errMsg: "getPhoneNumber:ok" };
+  await assert.rejects(client.getPhoneNumber(detail), (e: unknown) => {
+    assert.ok(e instanceof WeauthError);
+    assert.equal(e.code, "request_failed");
+    assert.equal(e.statusCode, 429);
+    assert.equal(e.error, "rate_limited");
+    assert.equal(e.retryAfterMs, 30_000);
+    return true;
+  });
+  retryAfter = undefined;
+  await assert.rejects(client.getPhoneNumber(detail), (e: unknown) => {
+    assert.ok(e instanceof WeauthError);
+    assert.equal(e.code, "request_failed");
+    assert.equal(e.statusCode, 429);
+    assert.equal(e.retryAfterMs, undefined);
+    return true;
+  });
+});
+
+test("decrypt_rate_limited_retry_after_as_http_date_counted_from_the_answers_date", async () => {
+  // The device clock is an hour fast: the wait is counted from the issuer's `Date`.
+  const server = Date.UTC(2026, 11, 6, 12, 0, 0);
+  const { wx, client } = setup({ now: () => server + 3600_000 });
+  wx.faults.push((req) =>
+    req.path === "/v1/me/decrypt"
+      ? {
+          statusCode: 429,
+          data: { error: "rate_limited" },
+          header: {
+            Date: new Date(server).toUTCString(),
+            "Retry-After": new Date(server + 45_000).toUTCString(),
+          },
+        }
+      : undefined,
+  );
+  await assert.rejects(client.decrypt({ encryptedData: "x", iv: "y" }), {
+    code: "request_failed",
+    statusCode: 429,
+    error: "rate_limited",
+    retryAfterMs: 45_000,
+  });
 });
 
 test("decrypt_refused_rejects_request_failed_with_code", async () => {
