@@ -3,7 +3,7 @@
  * real weauth-issuer and the real Envoy with the weauth filter, started by the project's
  * harness (`weauth-stack --free-ports --json`), and `wx.login` codes from the mock WeChat.
  *
- * The issuer runs with `WEAUTH_ACCESS_TTL=4s` and no leeway, and the filter with no clock
+ * The issuer runs with `WEAUTH_ACCESS_TTL=6s` and no leeway, and the filter with no clock
  * skew, so an access token really expires within a test; a test that needs an expired
  * token waits for its `exp` and first checks that Envoy refuses it. A token is refused once
  * the whole second of its `exp` is reached, so it lives (TTL - 1 s, TTL]: 6 s leaves more
