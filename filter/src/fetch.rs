@@ -345,10 +345,17 @@ impl Fetcher {
     /// ([`Self::resume`]).
     fn poll_wait_seconds(&self) -> u64 {
         match &self.feed {
-            Some(_) if self.staging.is_loading() || self.resumed => 0,
+            Some(_) if self.prompt() => 0,
             Some((feed, _)) => feed.wait_seconds,
             None => 0,
         }
+    }
+
+    /// Whether the next feed poll asks without wait ([`Self::poll_wait_seconds`]) — a page of
+    /// a load, or the first poll after a take-over — so that the held poll follows its answer
+    /// at once.
+    fn prompt(&self) -> bool {
+        self.staging.is_loading() || self.resumed
     }
 
     fn drive_feed(
@@ -520,8 +527,7 @@ impl Fetcher {
         // What the answered poll asked with, before the answer moves it.
         let since = self.since(&*publish);
         let wait_ms = self.poll_wait_seconds().saturating_mul(1000);
-        // Asked without wait, as a page is: the held poll follows its answer at once.
-        let prompt = self.staging.is_loading() || self.resumed;
+        let prompt = self.prompt();
         let Some((feed, schedule)) = self.feed.as_ref() else {
             return;
         };

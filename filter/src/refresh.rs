@@ -366,6 +366,12 @@ impl Lease {
             expires_ms: u64::from_le_bytes(expires),
         })
     }
+
+    /// Whether its holder handed it on as its configuration went ([`lease_release`]) rather
+    /// than letting it run out.
+    pub fn handed_on(&self) -> bool {
+        self.expires_ms == 0
+    }
 }
 
 /// Decides the lease step for VM `me` at `now_ms`, given the current lease (if readable).

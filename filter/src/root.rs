@@ -139,7 +139,7 @@ impl Root {
             }
             LeaseStep::Claim(next) => {
                 let claimed = hostcalls::set_shared_data(lease, Some(&next.encode()), cas).is_ok();
-                if claimed && current.is_some_and(|lease| lease.expires_ms == 0) {
+                if claimed && current.is_some_and(|lease| lease.handed_on()) {
                     // Said apart from a lease waited out (`refresh::lease_release`).
                     self.log(
                         Level::Info,

@@ -101,6 +101,18 @@ macro_rules! contract_tests {
 }
 pub(crate) use contract_tests;
 
+/// The feed's entries at `now` from the start (up to 100), as `(kind, value)` pairs.
+pub(crate) async fn feed_pairs(store: &dyn Store, now: i64) -> Vec<(EntryKind, String)> {
+    store
+        .feed_snapshot(0, now, 100)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| (e.kind, e.value))
+        .collect()
+}
+
 pub(crate) fn login(code: &str, openid: &str, unionid: Option<&str>, now: i64) -> NewLogin {
     NewLogin {
         appid: "wx1".into(),

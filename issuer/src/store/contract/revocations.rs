@@ -281,14 +281,7 @@ pub async fn revoke_sub_writes_no_entry_for_a_session_logged_out_long_ago(backen
         };
         store.revoke(&revoke, now, now + 100).await.unwrap();
     }
-    let entries: Vec<(EntryKind, String)> = store
-        .feed_snapshot(0, 502, 100)
-        .await
-        .unwrap()
-        .entries
-        .into_iter()
-        .map(|e| (e.kind, e.value))
-        .collect();
+    let entries = feed_pairs(store.as_ref(), 502).await;
     let sub = (EntryKind::Sub, "u-c1".to_string());
     assert_eq!(
         entries,

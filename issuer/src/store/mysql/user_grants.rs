@@ -22,17 +22,22 @@ pub(super) async fn grants(pool: &MySqlPool, sub: &str) -> Result<Option<Grants>
         return Ok(None);
     };
     let scopes = opt_text(&row, 0)?;
-    let ban_created_at: Option<i64> = row.try_get(1)?;
     Ok(Some(Grants {
         scopes: grants::scopes_from_stored(scopes.as_deref()),
-        ban: match ban_created_at {
-            Some(created_at) => Some(Ban {
-                created_at,
-                until: row.try_get(2)?,
-                reason: opt_text(&row, 3)?,
-            }),
-            None => None,
-        },
+        ban: ban_at(&row, 1)?,
+    }))
+}
+
+/// The ban in `row`'s columns `first` (`ban_created_at`), `first + 1` (`ban_until`) and
+/// `first + 2` (`ban_reason`); none without a `ban_created_at`.
+fn ban_at(row: &sqlx::mysql::MySqlRow, first: usize) -> Result<Option<Ban>> {
+    let Some(created_at) = row.try_get::<Option<i64>, _>(first)? else {
+        return Ok(None);
+    };
+    Ok(Some(Ban {
+        created_at,
+        until: row.try_get(first + 1)?,
+        reason: opt_text(row, first + 2)?,
     }))
 }
 
@@ -106,14 +111,7 @@ pub(super) async fn set_ban_if(
     .fetch_optional(&mut *tx)
     .await?;
     let current = match &row {
-        Some(row) => match row.try_get::<Option<i64>, _>(0)? {
-            Some(created_at) => Some(Ban {
-                created_at,
-                until: row.try_get(1)?,
-                reason: opt_text(row, 2)?,
-            }),
-            None => None,
-        },
+        Some(row) => ban_at(row, 0)?,
         None => None,
     };
     if current.as_ref() != expected {

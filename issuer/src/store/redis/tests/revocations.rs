@@ -287,14 +287,7 @@ async fn redis_sub_revocation_retried_after_a_cut_writes_the_sessions_entries() 
         )
         .await
         .unwrap();
-    let kinds: Vec<(EntryKind, String)> = store
-        .feed_snapshot(0, 31, 100)
-        .await
-        .unwrap()
-        .entries
-        .into_iter()
-        .map(|e| (e.kind, e.value))
-        .collect();
+    let kinds = crate::store::contract::feed_pairs(&store, 31).await;
     assert_eq!(
         kinds,
         vec![
