@@ -449,16 +449,29 @@ test("request_login_refused_rejects_login_failed_with_status", async () => {
   assert.equal(client.isLoggedIn(), false);
 });
 
-test("request_after_a_ban_fails_at_once_until_it_ends_login_asks_again", async () => {
-  let clock = Date.UTC(2026, 11, 6);
-  const { issuer, wx, client } = setup({ now: () => clock });
-  const until = clock / 1000 + 3600;
+/**
+ * Makes the stand-in issuer refuse every login 403 `user_banned` (a ban until `until`, Unix
+ * seconds) until `lift()`.
+ */
+function banLogins(wx: WxStub, until: number): { lift(): void } {
   let banned = true;
   wx.faults.push((req) =>
     req.path === "/v1/login" && banned
       ? { statusCode: 403, data: { error: "user_banned", error_description: "banned", until } }
       : undefined,
   );
+  return {
+    lift: () => {
+      banned = false;
+    },
+  };
+}
+
+test("request_after_a_ban_fails_at_once_until_it_ends_login_asks_again", async () => {
+  let clock = Date.UTC(2026, 11, 6);
+  const { issuer, wx, client } = setup({ now: () => clock });
+  const until = clock / 1000 + 3600;
+  const ban = banLogins(wx, until);
   const refused = { code: "login_failed", statusCode: 403, error: "user_banned" };
   await assert.rejects(client.request({ url: "/api/x" }), refused);
   assert.equal(wx.wxLogins, 1);
@@ -478,7 +491,7 @@ test("request_after_a_ban_fails_at_once_until_it_ends_login_asks_again", async (
   await assert.rejects(client.request({ url: "/api/x" }), refused);
   assert.equal(wx.wxLogins, 3);
   // Once the ban's end has passed, a request logs in again.
-  banned = false;
+  ban.lift();
   clock = until * 1000;
   const res = await client.request({ url: "/api/x" });
   assert.equal(res.statusCode, 200);
@@ -537,12 +550,7 @@ test("request_during_a_ban_hold_refresh_refused_invalid_grant_rejects_held_no_wx
   let clock = Date.UTC(2026, 11, 6);
   const { issuer, wx, client } = setup({ now: () => clock });
   const until = clock / 1000 + 3600;
-  let banned = true;
-  wx.faults.push((req) =>
-    req.path === "/v1/login" && banned
-      ? { statusCode: 403, data: { error: "user_banned", error_description: "banned", until } }
-      : undefined,
-  );
+  const ban = banLogins(wx, until);
   const refused = { code: "login_failed", statusCode: 403, error: "user_banned" };
   await assert.rejects(client.request({ url: "/api/x" }), refused);
   assert.equal(wx.wxLogins, 1);
@@ -555,7 +563,7 @@ test("request_during_a_ban_hold_refresh_refused_invalid_grant_rejects_held_no_wx
   assert.equal(wx.count("/v1/login"), 1);
   assert.equal(wx.storage.has("weauth.tokens"), false, "the refused tokens are dropped");
   // An explicit login() asks again, and ends the hold once it succeeds.
-  banned = false;
+  ban.lift();
   await client.login();
   assert.equal(wx.wxLogins, 2);
   assert.equal((await client.request({ url: "/api/x" })).statusCode, 200);
