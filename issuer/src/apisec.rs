@@ -44,6 +44,12 @@
 //! 5. the plaintext's `_appid` and `_timestamp` equal the headers'; `_n`, `_appid` and
 //!    `_timestamp` are removed and the rest is the API's ordinary answer.
 //!
+//! Nothing binds an answer to its request: the answer's `_n` is WeChat's own (the guide's
+//! example answers `_n` `ShYZpqdVgY+yQVAxNSWhYg` to `o89QaPVsRu1yppIZzvSZc4`), so answers of two
+//! calls of one API within [`MAX_SKEW_S`] could be swapped by a party on the path, and a store of
+//! answers seen would not stop one that withholds the first delivery; docs/CONFIGURATION.md says
+//! so, and that TLS is what stands there.
+//!
 //! An answer without `Wechatmp-Signature` can only be an error: WeChat answers the refusals
 //! of the security layer itself (40230–40240) in clear. Such a body with a non-zero
 //! `errcode` is reported as that errcode; anything else unsigned is refused.
