@@ -272,7 +272,7 @@ TEST_FIRST := api_schemathesis e2e_filter e2e_replicas e2e_faults e2e_browser e2
 # the one edge test of e2e_faults (Envoy restarted: keys and revocations fetched again).
 TEST_NATIVE := e2e_filter e2e_attacks e2e_paths e2e_login e2e_grants e2e_replicas e2e_walkthrough \
   deploy_native
-TEST_NATIVE_FAULTS := envoy_restart_recovers_keys_and_revocations
+TEST_NATIVE_FAULTS := envoy_restart_recovers_keys_and_revocations edge_keeps_a_revocation_the_store_lost_to_a_restored_backup
 TEST_REST  := $(filter-out $(TEST_FIRST) wasm_imports deploy_native,$(sort $(basename $(notdir $(wildcard */tests/*.rs)))))
 # `make test` lints the host build as it compiles it: clippy is rustc with more lints, and
 # `cargo clippy` is `cargo check` with clippy-driver as the workspace's compiler (cargo's

@@ -268,9 +268,9 @@ pub fn is_full_page(entries: usize) -> bool {
 
 /// A revocation set being loaded page by page, kept from readers until the load is over —
 /// the same in both builds: while a first load is under way requests are answered as before any
-/// set (503), and during a reload readers keep the set they have, never a part of the new one
-/// (a full set's first page replaces every shard: a part of it would forget what later pages
-/// revoke).
+/// set (503: a part of a first set would let through what its later pages revoke), and during
+/// a reload readers keep the set they have until the new one is whole, published once (a full
+/// set is added to the one held: `RevocationSet::apply_page`).
 ///
 /// A feed answer of [`FEED_PAGE_ENTRIES`] has more behind it; the fetcher keeps applying the
 /// pages to the staged set, asking for each next one with `wait=0` (the issuer answers at once:

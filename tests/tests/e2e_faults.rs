@@ -18,6 +18,9 @@
 //!   garbage request line), each a 4xx, the issuer healthy afterwards.
 //! - `envoy_restart_recovers_keys_and_revocations`: a revocation made before, and one made
 //!   while, Envoy was down are both enforced after it restarts.
+//! - `edge_keeps_a_revocation_the_store_lost_to_a_restored_backup`: the issuer's database put
+//!   back as it was before a logout (the issuer no longer knows of it, and its seq is now behind
+//!   the edge's, so the edge loads the whole set again): the edge still refuses the token.
 //!
 //! WeChat faults (timeouts, 5xx, garbage, HTML, -1 busy) are covered by `issuer/tests/login.rs`
 //! (`login_wechat_transient_failures_retried_then_5xx`, `login_wechat_hang_times_out_with_503`,
@@ -1067,6 +1070,93 @@ async fn envoy_restart_recovers_keys_and_revocations() {
             assert_eq!(status, want, "after the Envoy restart");
         }
     }
+}
+
+/// A restored backup loses the revocations made since it was taken. The edge that read one
+/// keeps it until its `until`: the issuer's next answer to it is a full set (the edge's `since`
+/// is past the restored store's seq), which the edge adds to what it holds — nothing lifts a
+/// revocation — rather than putting in its place.
+#[tokio::test]
+async fn edge_keeps_a_revocation_the_store_lost_to_a_restored_backup() {
+    let mut stack = start(Stack::builder()).await;
+    let token = stack.login("restored").await.unwrap().access_token;
+    let files = ["weauth.db", "weauth.db-wal", "weauth.db-shm"];
+    let backup = temp_dir("weauth-backup").unwrap();
+    stack.stop_issuer().await;
+    for file in files {
+        let from = stack.dir().join(file);
+        if from.exists() {
+            std::fs::copy(&from, backup.path().join(file)).unwrap();
+        }
+    }
+    stack.start_issuer().await.unwrap();
+    let (status, _) = stack
+        .post_json("/v1/logout", Some(&token), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    let (client, url) = (
+        stack.client().clone(),
+        format!("{}/api/hello", stack.envoy_url()),
+    );
+    let edge = |token: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let resp = client.get(url).bearer_auth(token).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+    };
+    let start = Instant::now();
+    while edge(token.clone()).await.0 != 401 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never revoked at the edge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let full_loads = |stack: &Stack| {
+        std::fs::read_to_string(stack.envoy_log())
+            .unwrap_or_default()
+            .matches("applied (full")
+            .count()
+    };
+    let loaded = full_loads(&stack);
+
+    // The backup put back: the issuer has never heard of the logout.
+    stack.stop_issuer().await;
+    for file in files {
+        let _ = std::fs::remove_file(stack.dir().join(file));
+        let from = backup.path().join(file);
+        if from.exists() {
+            std::fs::copy(&from, stack.dir().join(file)).unwrap();
+        }
+    }
+    stack.start_issuer().await.unwrap();
+    let (status, body) = me(&http(), &stack.issuer_url(), &token).await;
+    assert_eq!(
+        status, 200,
+        "the restored store still knew of the logout: {body}"
+    );
+    let start = Instant::now();
+    while full_loads(&stack) == loaded {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the edge never loaded the restored store's whole set"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Loaded (and published: a set shorter than a page is published with its answer).
+    for _ in 0..8 {
+        let (status, body) = edge(token.clone()).await;
+        assert_eq!(
+            status, 401,
+            "a revocation the store lost passed the edge: {body}"
+        );
+        assert!(body.contains("revoked"), "{body}");
+    }
+    let fresh = stack.login("after-restore").await.unwrap().access_token;
+    assert_eq!(edge(fresh).await.0, 200);
 }
 
 /// The store's filesystem turned read-only between two runs (as root, `chmod` would not stop

@@ -1116,9 +1116,8 @@ mod tests {
             &page_body(5_001, page, true),
             at(NOW + 100),
         );
-        // The first page replaces every shard of the new set: published, it would forget the
-        // old entries the next page carries again. Readers keep the old set, however slow the
-        // next page, or if its poll fails.
+        // The set is loaded aside and published once: readers keep the old set, however slow
+        // the next page, or if its poll fails.
         fetcher.tick(&shared, &mut issuer, &log, at(NOW + 10_000));
         fetcher.on_response(&shared, &mut issuer, &log, 4, 503, b"", at(NOW + 10_000));
         fetcher.tick(&shared, &mut issuer, &log, at(NOW + 60_000));
@@ -1138,8 +1137,9 @@ mod tests {
             &page_body(5_001 + page, 10, false),
             at(NOW + 60_100),
         );
+        // The old entries stay with it until their `until`: nothing lifts a revocation.
         let published = shared.revocation().unwrap();
-        assert_eq!(published.set.len(), FEED_PAGE_ENTRIES + 10);
+        assert_eq!(published.set.len(), 1000 + FEED_PAGE_ENTRIES + 10);
         assert_eq!(published.generation, held.generation + 1);
     }
 

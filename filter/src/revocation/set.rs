@@ -382,8 +382,9 @@ impl RevocationSet {
         self.apply_page(FeedPage::of(feed), now)
     }
 
-    /// Applies a feed answer ([`FeedPage::parse`]) at local time `now`: a full answer replaces
-    /// the set, a delta adds to it. Entries already past `until`, `sub` entries without
+    /// Applies a feed answer ([`FeedPage::parse`]) at local time `now`: its entries are added
+    /// to the set, a full answer's as a delta's — the entries held and not in a full answer
+    /// stay until their `until`, since nothing lifts a revocation. Entries already past `until`, `sub` entries without
     /// `issued_before` and values empty or longer than [`MAX_VALUE_BYTES`] are skipped (counted
     /// in the result). Then prunes. Only the shards the answer changes are written (and, when
     /// shared with a clone, copied).
@@ -412,14 +413,20 @@ impl RevocationSet {
             }
             let touched = !(jti.is_empty() && sid.is_empty() && sub.is_empty());
             if page.full {
-                let fresh = Shard {
-                    jti: Column::from_rows(jti, false),
-                    sid: Column::from_rows(sid, false),
-                    sub: Column::from_rows(sub, true),
-                };
-                if **shard != fresh {
-                    *shard = Arc::new(fresh);
-                    changed[index] = true;
+                // The issuer's whole live set is added to ours, not put in its place: a
+                // revocation is never lifted, and an entry held here that the answer lacks is
+                // one past its `until` on the issuer's clock that is kept here for the clock
+                // skew, or one the issuer lost (a restored backup, a failover) — either is
+                // still a revoked token until its own `until` (`prune`).
+                if touched {
+                    let mut merged = Shard::clone(shard);
+                    merged.jti.merge(jti, false);
+                    merged.sid.merge(sid, false);
+                    merged.sub.merge(sub, true);
+                    if **shard != merged {
+                        *shard = Arc::new(merged);
+                        changed[index] = true;
+                    }
                 }
             } else if touched {
                 let shard = Arc::make_mut(shard);
@@ -602,18 +609,43 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn apply_full_replaces_set() {
-        let mut set = set_with(vec![entry(1, EntryKind::Jti, "old", NOW + 100)]);
+    fn apply_full_adds_to_the_set_and_keeps_what_it_lacks_until_its_until() {
+        // "kept" is past its until on the issuer's clock (NOW + 1 ≥ NOW - skew here: the
+        // fetcher's `now` is its clock less the skew), or lost by the issuer: a full answer
+        // without it does not lift it.
+        let mut set = set_with(vec![
+            entry(1, EntryKind::Jti, "kept", NOW + 1),
+            entry(2, EntryKind::Sid, "both", NOW + 100),
+        ]);
         let applied = set
             .apply(
-                &feed(20, true, vec![entry(2, EntryKind::Jti, "new", NOW + 100)]),
+                &feed(
+                    20,
+                    true,
+                    vec![
+                        entry(2, EntryKind::Sid, "both", NOW + 100),
+                        entry(3, EntryKind::Jti, "new", NOW + 100),
+                    ],
+                ),
                 NOW,
             )
             .unwrap();
-        assert_eq!(set.check(&claims("old", "s", "u", NOW)), None);
+        assert_eq!(
+            set.check(&claims("kept", "s", "u", NOW)),
+            Some(Revoked::Jti)
+        );
         assert_eq!(set.check(&claims("new", "s", "u", NOW)), Some(Revoked::Jti));
+        assert_eq!(
+            set.check(&claims("j", "both", "u", NOW)),
+            Some(Revoked::Sid)
+        );
+        assert_eq!(set.len(), 3);
         assert_eq!(set.seq, 20);
-        assert!(!applied.changed.is_empty());
+        assert_eq!(applied.changed, vec![shard_of(EntryKind::Jti, "new")]);
+        // Then dropped at its own until, as any entry.
+        set.prune(NOW + 2);
+        assert_eq!(set.check(&claims("kept", "s", "u", NOW)), None);
+        assert_eq!(set.len(), 2);
     }
 
     #[test]
