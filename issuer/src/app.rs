@@ -306,6 +306,7 @@ async fn open_backend(config: &Arc<Config>, serving: bool) -> Result<Backend, St
                 display: display.clone(),
                 pool_max: config.mysql_pool_max,
                 acquire_timeout: config.mysql_acquire_timeout,
+                query_timeout: config.mysql_query_timeout,
             })
             .await?;
             if serving {

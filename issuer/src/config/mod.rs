@@ -293,6 +293,11 @@ pub struct Config {
     /// `WEAUTH_MYSQL_ACQUIRE_TIMEOUT`, default `2s`: how long an operation waits for a pooled
     /// connection (or a new one to be opened) before it is answered 503.
     pub mysql_acquire_timeout: Duration,
+    /// `WEAUTH_MYSQL_QUERY_TIMEOUT`, default `10s`: how long one store operation (one
+    /// transaction, each retry of it counted afresh) may wait for MySQL before it is given up
+    /// (503; its connection is dropped, so an uncommitted transaction is rolled back by the
+    /// server).
+    pub mysql_query_timeout: Duration,
     /// The WeChat apps served: `WEAUTH_APPS_FILE` (see [`crate::config::apps`]), or the one-app
     /// shortcut `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET` (`_FILE`), a single
     /// mini-program. One of the two forms is required to serve; both is an error. Empty for
@@ -843,6 +848,10 @@ impl Config {
             src.duration("WEAUTH_MYSQL_ACQUIRE_TIMEOUT", Duration::from_millis(10)),
             Duration::from_secs(2),
         );
+        let mysql_query_timeout = errs.or(
+            src.duration("WEAUTH_MYSQL_QUERY_TIMEOUT", Duration::from_millis(100)),
+            Duration::from_secs(10),
+        );
         if matches!(store, StoreUrl::Redis { .. } | StoreUrl::Mysql { .. })
             && data_key.is_none()
             && errs.0.iter().all(|e| !e.var.starts_with("WEAUTH_DATA_KEY"))
@@ -873,6 +882,7 @@ impl Config {
             redis_allow_eviction,
             mysql_pool_max,
             mysql_acquire_timeout,
+            mysql_query_timeout,
             apps,
             wechat_appid,
             wechat_secret,

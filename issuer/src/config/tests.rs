@@ -610,6 +610,7 @@ fn config_mysql_url_parsed_with_password_masked_and_pool_defaults() {
     assert_eq!(display, "mysql://weauth:***@db.internal:3307/weauth");
     assert_eq!(config.mysql_pool_max, 16);
     assert_eq!(config.mysql_acquire_timeout, Duration::from_secs(2));
+    assert_eq!(config.mysql_query_timeout, Duration::from_secs(10));
     assert_eq!(config.sqlite_path(), None);
 }
 
@@ -643,11 +644,16 @@ fn config_mysql_needs_data_key_and_a_valid_pool() {
         KEY,
         ("WEAUTH_MYSQL_POOL_MAX", "0"),
         ("WEAUTH_MYSQL_ACQUIRE_TIMEOUT", "soon"),
+        ("WEAUTH_MYSQL_QUERY_TIMEOUT", "10ms"),
     ]))
     .unwrap_err();
     assert_eq!(
         errors.vars(),
-        ["WEAUTH_MYSQL_POOL_MAX", "WEAUTH_MYSQL_ACQUIRE_TIMEOUT"]
+        [
+            "WEAUTH_MYSQL_POOL_MAX",
+            "WEAUTH_MYSQL_ACQUIRE_TIMEOUT",
+            "WEAUTH_MYSQL_QUERY_TIMEOUT"
+        ]
     );
 }
 

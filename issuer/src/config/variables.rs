@@ -77,6 +77,11 @@ pub const VARIABLES: &[Var] = &[
         "how long an operation waits for a MySQL connection before it is answered 503",
     ),
     var(
+        "WEAUTH_MYSQL_QUERY_TIMEOUT",
+        "10s",
+        "how long one store operation (a transaction, from its first statement to its commit) may wait for MySQL before it is given up and answered 503: a server lost without closing its connections (a blackholed failover) would otherwise hold them for TCP's 15 minutes",
+    ),
+    var(
         "WEAUTH_APPS_FILE",
         "",
         "JSON file of the apps served (miniprogram, official_account, website); or the one-app shortcut below",

@@ -86,12 +86,15 @@ pub struct MysqlOptions {
     pub pool_max: u32,
     /// `WEAUTH_MYSQL_ACQUIRE_TIMEOUT`.
     pub acquire_timeout: Duration,
+    /// `WEAUTH_MYSQL_QUERY_TIMEOUT`: one attempt of an operation ([`MysqlStore::retry`]).
+    pub query_timeout: Duration,
 }
 
 /// The MySQL implementation of [`Store`]. Cheap to clone (one shared pool).
 #[derive(Clone)]
 pub struct MysqlStore {
     pool: MySqlPool,
+    query_timeout: Duration,
 }
 
 /// MySQL's error number of a database error (`ER_LOCK_DEADLOCK` is 1213, …).
@@ -152,15 +155,27 @@ fn retryable(err: &sqlx::Error) -> bool {
     matches!(error_number(err), Some(1213 | 1062 | 3101))
 }
 
-/// Runs `attempt` again while it fails with a [`retryable`] error, at most [`RETRIES`] times.
-async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+/// Runs `attempt` again while it fails with a [`retryable`] error, at most [`RETRIES`] times;
+/// an attempt without an answer within `timeout` is given up (dropped: its connection closes,
+/// so the server rolls back whatever it had not committed) as [`StoreError::Unavailable`].
+/// Without it, a server lost without closing its connections — a blackholed failover, a
+/// moved address, a dead host behind ProxySQL — held each operation under way until TCP gave
+/// up (about 15 minutes), and with them the pool: the pool's own timeout covers only waiting
+/// for a connection.
+async fn retry<T, F, Fut>(timeout: Duration, mut attempt: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
     let mut tries = 0;
     loop {
-        match attempt().await {
+        let Ok(result) = tokio::time::timeout(timeout, attempt()).await else {
+            return Err(StoreError::Unavailable(
+                format!("MySQL did not answer within {timeout:?} (WEAUTH_MYSQL_QUERY_TIMEOUT)")
+                    .into(),
+            ));
+        };
+        match result {
             Err(err) if retryable(&err) && tries < RETRIES => {
                 tries += 1;
                 // A short, growing pause lets the winner commit.
@@ -484,7 +499,10 @@ impl MysqlStore {
             ),
         }
         tracing::info!(store = %options.display, version = %version, "MySQL store ready");
-        Ok(MysqlStore { pool })
+        Ok(MysqlStore {
+            pool,
+            query_timeout: options.query_timeout,
+        })
     }
 
     /// The server's durability settings (for tests and the start-up warning).
@@ -505,7 +523,10 @@ impl MysqlStore {
     /// # Errors
     /// The database cannot be written.
     pub async fn move_seq_past_possible_loss(&self) -> Result<u64, StoreError> {
-        retry(|| ops::move_seq_past_possible_loss(&self.pool)).await
+        retry(self.query_timeout, || {
+            ops::move_seq_past_possible_loss(&self.pool)
+        })
+        .await
     }
 }
 
@@ -520,7 +541,7 @@ impl Store for MysqlStore {
     }
 
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        retry(|| ops::keys(&self.pool)).await
+        retry(self.query_timeout, || ops::keys(&self.pool)).await
     }
 
     async fn insert_key(
@@ -528,39 +549,48 @@ impl Store for MysqlStore {
         key: &KeyRecord,
         only_if_none_active_at: Option<i64>,
     ) -> Result<bool, StoreError> {
-        retry(|| ops::insert_key(&self.pool, key, only_if_none_active_at)).await
+        retry(self.query_timeout, || {
+            ops::insert_key(&self.pool, key, only_if_none_active_at)
+        })
+        .await
     }
 
     async fn erase_keys(&self, kids: &[String]) -> Result<(), StoreError> {
-        retry(|| ops::erase_keys(&self.pool, kids)).await
+        retry(self.query_timeout, || ops::erase_keys(&self.pool, kids)).await
     }
 
     async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {
-        retry(|| ops::code_used(&self.pool, code_hash)).await
+        retry(self.query_timeout, || ops::code_used(&self.pool, code_hash)).await
     }
 
     async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError> {
-        retry(|| ops::login(&self.pool, login)).await
+        retry(self.query_timeout, || ops::login(&self.pool, login)).await
     }
 
     async fn discard_session(&self, sid: &str) -> Result<(), StoreError> {
-        retry(|| ops::discard_session(&self.pool, sid)).await
+        retry(self.query_timeout, || ops::discard_session(&self.pool, sid)).await
     }
 
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
-        retry(|| ops::rotate_refresh(&self.pool, rotate)).await
+        retry(self.query_timeout, || {
+            ops::rotate_refresh(&self.pool, rotate)
+        })
+        .await
     }
 
     async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
-        retry(|| ops::session(&self.pool, sid)).await
+        retry(self.query_timeout, || ops::session(&self.pool, sid)).await
     }
 
     async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        retry(|| ops::session_key_sealed(&self.pool, sid)).await
+        retry(self.query_timeout, || {
+            ops::session_key_sealed(&self.pool, sid)
+        })
+        .await
     }
 
     async fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
-        retry(|| ops::user(&self.pool, sub)).await
+        retry(self.query_timeout, || ops::user(&self.pool, sub)).await
     }
 
     async fn set_phone(
@@ -569,15 +599,18 @@ impl Store for MysqlStore {
         sealed_phone: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        retry(|| ops::set_phone(&self.pool, sub, sealed_phone, now)).await
+        retry(self.query_timeout, || {
+            ops::set_phone(&self.pool, sub, sealed_phone, now)
+        })
+        .await
     }
 
     async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError> {
-        retry(|| ops::set_risk(&self.pool, sub, fact)).await
+        retry(self.query_timeout, || ops::set_risk(&self.pool, sub, fact)).await
     }
 
     async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
-        retry(|| ops::wechat_token(&self.pool, appid)).await
+        retry(self.query_timeout, || ops::wechat_token(&self.pool, appid)).await
     }
 
     async fn lease_wechat_token(
@@ -587,7 +620,10 @@ impl Store for MysqlStore {
         now: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError> {
-        retry(|| ops::lease_wechat_token(&self.pool, appid, holder, now, lease_until)).await
+        retry(self.query_timeout, || {
+            ops::lease_wechat_token(&self.pool, appid, holder, now, lease_until)
+        })
+        .await
     }
 
     async fn put_wechat_token(
@@ -596,11 +632,17 @@ impl Store for MysqlStore {
         token: &CachedToken,
         holder: &str,
     ) -> Result<bool, StoreError> {
-        retry(|| ops::put_wechat_token(&self.pool, appid, token, holder)).await
+        retry(self.query_timeout, || {
+            ops::put_wechat_token(&self.pool, appid, token, holder)
+        })
+        .await
     }
 
     async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
-        retry(|| ops::release_wechat_lease(&self.pool, appid, holder)).await
+        retry(self.query_timeout, || {
+            ops::release_wechat_lease(&self.pool, appid, holder)
+        })
+        .await
     }
 
     async fn invalidate_wechat_token(
@@ -608,11 +650,17 @@ impl Store for MysqlStore {
         appid: &str,
         token_hash: &str,
     ) -> Result<bool, StoreError> {
-        retry(|| ops::invalidate_wechat_token(&self.pool, appid, token_hash)).await
+        retry(self.query_timeout, || {
+            ops::invalidate_wechat_token(&self.pool, appid, token_hash)
+        })
+        .await
     }
 
     async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError> {
-        retry(|| ops::revoke(&self.pool, revoke, now, until)).await
+        retry(self.query_timeout, || {
+            ops::revoke(&self.pool, revoke, now, until)
+        })
+        .await
     }
 
     async fn revocation_facts(
@@ -621,7 +669,10 @@ impl Store for MysqlStore {
         sid: &str,
         sub: &str,
     ) -> Result<RevocationFacts, StoreError> {
-        retry(|| ops::revocation_facts(&self.pool, jti, sid, sub)).await
+        retry(self.query_timeout, || {
+            ops::revocation_facts(&self.pool, jti, sid, sub)
+        })
+        .await
     }
 
     async fn feed_snapshot(
@@ -630,13 +681,15 @@ impl Store for MysqlStore {
         now: i64,
         limit: usize,
     ) -> Result<FeedSnapshot, StoreError> {
-        retry(|| ops::feed_snapshot(&self.pool, after, now, limit))
-            .await?
-            .map_err(StoreError::Corrupt)
+        retry(self.query_timeout, || {
+            ops::feed_snapshot(&self.pool, after, now, limit)
+        })
+        .await?
+        .map_err(StoreError::Corrupt)
     }
 
     async fn current_seq(&self) -> Result<u64, StoreError> {
-        retry(|| ops::current_seq(&self.pool)).await
+        retry(self.query_timeout, || ops::current_seq(&self.pool)).await
     }
 
     async fn report_access_ttl(
@@ -645,11 +698,14 @@ impl Store for MysqlStore {
         now: i64,
         forget_before: i64,
     ) -> Result<Vec<ReportedTtl>, StoreError> {
-        retry(|| upkeep::report_access_ttl(&self.pool, access_ttl, now, forget_before)).await
+        retry(self.query_timeout, || {
+            upkeep::report_access_ttl(&self.pool, access_ttl, now, forget_before)
+        })
+        .await
     }
 
     async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError> {
-        retry(|| upkeep::access_ttls(&self.pool)).await
+        retry(self.query_timeout, || upkeep::access_ttls(&self.pool)).await
     }
 
     async fn put_ephemeral(
@@ -658,28 +714,40 @@ impl Store for MysqlStore {
         value: &[u8],
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        retry(|| ops::put_ephemeral(&self.pool, key, value, expires_at)).await
+        retry(self.query_timeout, || {
+            ops::put_ephemeral(&self.pool, key, value, expires_at)
+        })
+        .await
     }
 
     async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        retry(|| ops::take_ephemeral(&self.pool, key, now)).await
+        retry(self.query_timeout, || {
+            ops::take_ephemeral(&self.pool, key, now)
+        })
+        .await
     }
 
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
-        retry(|| upkeep::purge(&self.pool, now)).await
+        retry(self.query_timeout, || upkeep::purge(&self.pool, now)).await
     }
 
     async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {
-        retry(|| user_grants::grants(&self.pool, sub)).await
+        retry(self.query_timeout, || user_grants::grants(&self.pool, sub)).await
     }
 
     async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
         let scopes = grants::stored_scopes(scopes);
-        retry(|| user_grants::set_scopes(&self.pool, sub, &scopes, now)).await
+        retry(self.query_timeout, || {
+            user_grants::set_scopes(&self.pool, sub, &scopes, now)
+        })
+        .await
     }
 
     async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
-        retry(|| user_grants::set_ban(&self.pool, sub, ban, now)).await
+        retry(self.query_timeout, || {
+            user_grants::set_ban(&self.pool, sub, ban, now)
+        })
+        .await
     }
 
     async fn set_ban_if(
@@ -689,7 +757,10 @@ impl Store for MysqlStore {
         ban: Option<&Ban>,
         now: i64,
     ) -> Result<BanWrite, StoreError> {
-        retry(|| user_grants::set_ban_if(&self.pool, sub, expected, ban, now)).await
+        retry(self.query_timeout, || {
+            user_grants::set_ban_if(&self.pool, sub, expected, ban, now)
+        })
+        .await
     }
 
     async fn refresh_owner(
@@ -697,7 +768,10 @@ impl Store for MysqlStore {
         _family: &str,
         refresh_hash: &str,
     ) -> Result<Option<String>, StoreError> {
-        retry(|| ops::refresh_owner(&self.pool, refresh_hash)).await
+        retry(self.query_timeout, || {
+            ops::refresh_owner(&self.pool, refresh_hash)
+        })
+        .await
     }
 }
 

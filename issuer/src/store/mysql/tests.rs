@@ -27,6 +27,7 @@ impl TestDb {
             display: self.url.replace(mariadb::PASSWORD, "***"),
             pool_max: 8,
             acquire_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -223,6 +224,7 @@ async fn mysql_unreachable_at_start_names_weauth_store_without_password() {
         display: format!("mysql://weauth:***@127.0.0.1:{port}/weauth"),
         pool_max: 2,
         acquire_timeout: Duration::from_secs(1),
+        query_timeout: Duration::from_secs(10),
     };
     let err = open_error(MysqlStore::connect(&options).await);
     assert!(
@@ -251,6 +253,7 @@ async fn mysql_user_without_write_privileges_refused_with_the_reason() {
         url,
         pool_max: 2,
         acquire_timeout: Duration::from_secs(5),
+        query_timeout: Duration::from_secs(10),
     };
     let err = open_error(MysqlStore::connect(&options).await);
     assert!(err.contains("lacks a privilege"), "{err}");
@@ -402,8 +405,8 @@ async fn mysql_duplicate_key_after_the_retries_is_busy_and_names_no_value() {
             .bind("union-secret-42")
             .execute(&store.pool)
     };
-    retry(insert).await.unwrap();
-    let err = retry(insert).await.unwrap_err();
+    retry(Duration::from_secs(10), insert).await.unwrap();
+    let err = retry(Duration::from_secs(10), insert).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
     let said = err.to_string();
     assert!(!said.contains("union-secret-42"), "{said}");
@@ -414,10 +417,10 @@ async fn mysql_duplicate_key_after_the_retries_is_busy_and_names_no_value() {
     );
 }
 
-/// The purge removes every expired row, in batches (each its own transaction), and no live
-/// one.
+/// The purge removes the expired rows in batches (each its own transaction), at most ten a
+/// run — a backlog drains over the next runs, each within the query timeout — and no live one.
 #[tokio::test]
-async fn mysql_purge_goes_through_every_batch() {
+async fn mysql_purge_goes_through_ten_batches_a_run() {
     use crate::store::contract::login;
     let db = TestDb::new().await;
     let store = MysqlStore::connect(&db.options()).await.unwrap();
@@ -428,14 +431,16 @@ async fn mysql_purge_goes_through_every_batch() {
     sqlx::query(
         "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) \
          WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000), \
-         m (j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM m WHERE j < 11) \
-         SELECT CONCAT('h', i, '-', j), 's-gone', 1, 50 FROM n, m LIMIT 10007",
+         m (j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM m WHERE j < 51) \
+         SELECT CONCAT('h', i, '-', j), 's-gone', 1, 50 FROM n, m LIMIT 50007",
     )
     .execute(&store.pool)
     .await
     .unwrap();
     let purged = store.purge(100).await.unwrap();
-    assert_eq!(purged.refresh_tokens, 10_007);
+    assert_eq!(purged.refresh_tokens, 50_000);
+    let purged = store.purge(100).await.unwrap();
+    assert_eq!(purged.refresh_tokens, 7);
     let left: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM refresh_tokens WHERE hash = 'r-live' \
          AND (SELECT COUNT(*) FROM refresh_tokens) = 1",
@@ -516,4 +521,65 @@ async fn mysql_first_revocation_on_another_server_moves_the_seq_past_a_lost_one(
     assert_eq!(d.seq, c.seq + 1);
     let past_b = store.feed_snapshot(b.seq, 10, 10).await.unwrap();
     assert_eq!(past_b.entries, vec![c, d]);
+}
+
+/// A server lost without closing its connections (SIGSTOP: its kernel keeps them open and
+/// answers nothing, as a blackholed failover or a dead host behind ProxySQL looks): an
+/// operation under way is given up after `WEAUTH_MYSQL_QUERY_TIMEOUT` as unavailable (503),
+/// not held until TCP gives up, about 15 minutes on; and the store works again once the server
+/// is back. The operation is caught under way by a row lock another connection holds.
+#[tokio::test]
+async fn mysql_server_gone_silent_gives_up_within_the_query_timeout() {
+    use sqlx::Connection as _;
+    let server = mariadb::MariaDb::start(&[]).await.unwrap();
+    let db = server.create_database().unwrap();
+    let url = server.url(&db);
+    let store = MysqlStore::connect(&MysqlOptions {
+        display: url.replace(mariadb::PASSWORD, "***"),
+        url: url.clone(),
+        pool_max: 4,
+        acquire_timeout: Duration::from_secs(1),
+        query_timeout: Duration::from_secs(1),
+    })
+    .await
+    .unwrap();
+    let seq = store.current_seq().await.unwrap();
+    let mut holder = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT value FROM counters WHERE name = 'revocation_seq' FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.move_seq_past_possible_loss().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the operation was not held by the lock"
+    );
+    server.pause();
+    let given_up = tokio::time::timeout(Duration::from_secs(20), waiting).await;
+    server.resume();
+    let result = given_up
+        .expect("an operation under way was held by a silent server past 20 s")
+        .unwrap();
+    assert!(
+        matches!(&result, Err(StoreError::Unavailable(why)) if why.to_string().contains("WEAUTH_MYSQL_QUERY_TIMEOUT")),
+        "{result:?}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    // Back: the store answers again, and the operation given up left nothing.
+    let start = std::time::Instant::now();
+    let now = loop {
+        match store.current_seq().await {
+            Ok(now) => break now,
+            Err(err) => {
+                assert!(start.elapsed() < Duration::from_secs(15), "{err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(now, seq);
 }

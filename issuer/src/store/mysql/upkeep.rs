@@ -121,10 +121,17 @@ const PURGE_BATCH: u64 = 5_000;
 const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at < ? LIMIT ?";
 const PURGE_EPHEMERAL: &str = "DELETE FROM ephemeral WHERE expires_at <= ? LIMIT ?";
 
-/// Runs `delete` (its arguments: `args`, then a row limit) until it removes fewer than a batch.
+/// Batches one purge runs per table at most: a backlog (the purge stopped for a while) drains
+/// over the next purges, each well within `WEAUTH_MYSQL_QUERY_TIMEOUT` — one purge clearing it
+/// all was given up at that timeout and warned of as failed at every run (the Redis store's
+/// purge is capped alike).
+const PURGE_ROUNDS: u32 = 10;
+
+/// Runs `delete` (its arguments: `args`, then a row limit) until it removes fewer than a batch,
+/// at most [`PURGE_ROUNDS`] times.
 async fn delete_in_batches(pool: &MySqlPool, delete: &str, args: &[i64]) -> Result<usize> {
     let mut removed = 0u64;
-    loop {
+    for _ in 0..PURGE_ROUNDS {
         let mut query = sqlx::query(delete);
         for arg in args {
             query = query.bind(*arg);
@@ -132,7 +139,8 @@ async fn delete_in_batches(pool: &MySqlPool, delete: &str, args: &[i64]) -> Resu
         let batch = query.bind(PURGE_BATCH).execute(pool).await?.rows_affected();
         removed = removed.saturating_add(batch);
         if batch < PURGE_BATCH {
-            return Ok(usize::try_from(removed).unwrap_or(usize::MAX));
+            break;
         }
     }
+    Ok(usize::try_from(removed).unwrap_or(usize::MAX))
 }
