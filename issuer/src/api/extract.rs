@@ -298,6 +298,13 @@ pub async fn read_json<T: DeserializeOwned>(
                 }
             })?
             .to_bytes();
+    // Every body the issuer reads is an object, and serde reads a struct from a JSON array as
+    // well (its members in order): `["…"]` passed as `{"refresh_token": "…"}`.
+    if !bytes.is_empty() && bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(
+            "invalid JSON body: it must be an object".into(),
+        ));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|err| ApiError::InvalidRequest(format!("invalid JSON body: {err}")))
 }
