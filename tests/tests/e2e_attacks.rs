@@ -169,13 +169,21 @@ async fn run_case(stack: &Stack, http: &reqwest::Client, case: &Case) -> (u16, u
             envoy_body.chars().take(200).collect::<String>()
         ));
     }
-    if case.envoy == 401 && envoy_status == 401 && !case.authorization.is_empty() {
+    // A token was presented (a `Bearer` header with something in it): its refusal must be
+    // the filter's judgement of that token — not the refusal of a request without one, which
+    // every forged case would also get if the filter never read the header.
+    let presented = matches!(case.authorization.as_slice(),
+        [one] if one.strip_prefix("Bearer ").is_some_and(|token| !token.trim().is_empty()));
+    if case.envoy == 401 && envoy_status == 401 {
         let body: Value = serde_json::from_str(&envoy_body).unwrap_or(Value::Null);
         if body["error"] != "invalid_token" && body["error"] != "invalid_request" {
-            // A missing token (e.g. wrong scheme) is a plain 401 without an error code.
-            if !envoy_body.is_empty() && body["error"].is_string() {
-                problems.push(format!("{}: Envoy 401 body {envoy_body}", case.name));
-            }
+            problems.push(format!("{}: Envoy 401 body {envoy_body}", case.name));
+        }
+        if presented && body["error_description"] == "an access token is required" {
+            problems.push(format!(
+                "{}: Envoy refused it as a request without a token: {envoy_body}",
+                case.name
+            ));
         }
     }
     let after = stack.upstream.requests();
@@ -190,12 +198,18 @@ async fn run_case(stack: &Stack, http: &reqwest::Client, case: &Case) -> (u16, u
     for value in &case.authorization {
         req = req.header("authorization", value);
     }
-    let (issuer_status, issuer_body) = match req.send().await {
+    let (issuer_status, issuer_challenge, issuer_body) = match req.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            (status, resp.text().await.unwrap_or_default())
+            let challenge = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            (status, challenge, resp.text().await.unwrap_or_default())
         }
-        Err(e) => (0, e.to_string()),
+        Err(e) => (0, String::new(), e.to_string()),
     };
     if case.issuer.is_some_and(|want| want != issuer_status) {
         problems.push(format!(
@@ -203,6 +217,13 @@ async fn run_case(stack: &Stack, http: &reqwest::Client, case: &Case) -> (u16, u
             case.name,
             case.issuer,
             issuer_body.chars().take(200).collect::<String>()
+        ));
+    }
+    // RFC 6750: the challenge to a request without a token has no error code.
+    if presented && issuer_status == 401 && !issuer_challenge.contains("error=\"invalid_token\"") {
+        problems.push(format!(
+            "{}: the issuer refused it as a request without a token ({issuer_challenge}): {issuer_body}",
+            case.name
         ));
     }
     (envoy_status, issuer_status, problems)

@@ -32,6 +32,11 @@ use crate::feed::revocation;
 pub trait Backend: Send + Sync {
     /// A new handle (connection, client) on the same backing store.
     async fn handle(&self) -> Arc<dyn Store>;
+    /// Whether [`Store::purge`] deletes expired rows itself (the SQL stores); Redis leaves
+    /// them to their keys' TTL.
+    fn purge_deletes(&self) -> bool {
+        true
+    }
 }
 
 /// Generates one `#[tokio::test]` per contract function, each on a fresh backend produced by

@@ -30,6 +30,10 @@ impl TestRedis {
 
 #[async_trait]
 impl Backend for TestRedis {
+    fn purge_deletes(&self) -> bool {
+        false
+    }
+
     async fn handle(&self) -> Arc<dyn Store> {
         Arc::new(RedisStore::connect(self.options()).await.unwrap())
     }

@@ -49,6 +49,10 @@ impl TestCluster {
 
 #[async_trait]
 impl Backend for TestCluster {
+    fn purge_deletes(&self) -> bool {
+        false
+    }
+
     async fn handle(&self) -> Arc<dyn Store> {
         Arc::new(
             RedisStore::connect(cluster_options(&self.prefix))
