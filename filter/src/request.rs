@@ -1549,6 +1549,8 @@ mod tests {
         assert_eq!(run(&config, &mut host, &stats), Flow::Stop);
         assert_eq!(host.reply.as_ref().map(|r| r.0), Some(503));
         assert_eq!(host.reply_header("retry-after"), Some("1"));
+        assert_eq!(stats.get("denied.revocation_unavailable"), 1);
+        assert_eq!(stats.get("denied.internal"), 0);
     }
 
     #[test]

@@ -774,6 +774,7 @@ mod tests {
             snapshot,
         );
         assert_eq!(denial(&outcome).status, 503);
+        assert_eq!(denial(&outcome).reason, "revocation_unavailable");
     }
 
     #[test]

@@ -71,20 +71,37 @@ async fn refresh_rotates_then_reuse_revokes_the_session() {
 async fn refresh_concurrent_same_token_exactly_one_wins() {
     let stack = Stack::start(&[("WEAUTH_REFRESH_REUSE_GRACE", "0s")]).await;
     let login = stack.login("jack").await;
-    let statuses: Vec<u16> = concurrent_refreshes(&stack, &login, 12)
-        .await
-        .iter()
-        .map(|(status, _)| *status)
-        .collect();
+    let answers = concurrent_refreshes(&stack, &login, 12).await;
+    let winners: Vec<_> = answers.iter().filter(|(s, _)| *s == 200).collect();
+    assert_eq!(winners.len(), 1, "{answers:?}");
     assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 400).count(),
+        answers
+            .iter()
+            .filter(|(s, body)| *s == 400 && body["error"] == "invalid_grant")
+            .count(),
         11,
-        "{statuses:?}"
+        "{answers:?}"
+    );
+    // With no grace the losers' presentations were reuse: the session ended, and with it
+    // the winner's tokens.
+    let won = &winners[0].1;
+    let (status, body, _) = stack
+        .post(
+            "/v1/token/refresh",
+            json!({ "refresh_token": won["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    let access = won["access_token"].as_str().unwrap();
+    let (status, body, _) = stack.get("/v1/me", Some(access)).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        body["error_description"], "the token has been revoked",
+        "{body}"
     );
 }
 

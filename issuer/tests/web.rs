@@ -454,8 +454,15 @@ async fn callback_state_missing_malformed_forged_used_or_other_browser_400_nothi
         "{body}"
     );
     let second = start_login(&stack, &oa().appid, BACK, None).await;
-    let (status, _, _) = callback(&stack, Some(&code), &second.state, None).await;
-    assert_eq!(status, 400);
+    let (status, body, _) = callback(&stack, Some(&code), &second.state, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("another browser"),
+        "{body}"
+    );
     // Used: a completed login replayed.
     let third = start_login(&stack, &oa().appid, BACK, None).await;
     let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
@@ -505,6 +512,14 @@ async fn binding_behind_a_unicode_space_is_not_read() {
     let (status, body, headers) =
         callback_with_cookie(&stack, Some(&code), &started.state, Some(&planted)).await;
     assert_eq!(status, 400, "{body}");
+    // Refused as a browser without the binding, not for the header's bytes.
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("another browser"),
+        "{body}"
+    );
     assert!(headers.get("location").is_none());
     assert_eq!(stack.count("sessions"), 0);
 }

@@ -47,16 +47,21 @@ async fn admin(
 
 /// Waits (at most 5 s: a loaded CI machine's bound, far below the feed poll's 20 s hold) until
 /// the edge answers `want` for `path` with `token`; prints how long that took.
+/// Polls `path` at the edge with `token` until it answers `want` (up to 5 s); a 401 must be
+/// the revocation's (what these tests wait for), not another refusal.
 async fn edge_status_becomes(stack: &Stack, path: &str, token: &str, want: u16) -> u16 {
     let started = Instant::now();
     loop {
-        let status = stack
-            .get(path, Some(token))
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        let response = stack.get(path, Some(token)).await.unwrap();
+        let status = response.status().as_u16();
         if status == want {
+            if want == 401 {
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                assert_eq!(
+                    body["error_description"], "the token has been revoked",
+                    "{path}: {body}"
+                );
+            }
             eprintln!("{path}: {want} after {:?}", started.elapsed());
             return status;
         }

@@ -113,6 +113,12 @@ async fn admin_and_feed_public_listener_unreachable_internal_listener_serves_the
             "{method} {path} on the public listener: {body}"
         );
         assert!(!body.contains("\"seq\""), "{path} leaked the feed: {body}");
+        // Envoy's own 404 (no route: an empty body), not the issuer's JSON `not_found` — a
+        // variant the router normalised into the `/v1/` route would reach the issuer.
+        assert!(
+            body.is_empty(),
+            "{method} {path} reached the issuer: {body}"
+        );
     }
     // Nothing was revoked by any of that, and alice is still served.
     let before = feed(&stack).await;

@@ -82,7 +82,7 @@ async fn concurrency_two_every_worker_verifies() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    for _ in 0..10 {
+    for _ in 0..40 {
         let r = fresh
             .get(format!("{}/api/hello", stack.envoy_url()))
             .bearer_auth(&token)
@@ -92,6 +92,29 @@ async fn concurrency_two_every_worker_verifies() {
         let status = r.status();
         let body = r.text().await.unwrap();
         assert_eq!(status, 200, "{body}");
+    }
+    // Both workers took some of them (Envoy's per-worker listener counters; all 40 on one
+    // worker is a chance of 2^-39), so both verified a token.
+    let port = stack.envoy_url().rsplit(':').next().unwrap().to_string();
+    let stats = stack.envoy_stats().await.unwrap();
+    for worker in ["worker_0", "worker_1"] {
+        let taken: u64 = stats
+            .lines()
+            .filter(|l| {
+                l.starts_with("listener.")
+                    && l.contains(&format!("_{port}.{worker}.downstream_cx_total:"))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert!(
+            taken > 0,
+            "{worker} took no connection:\n{}",
+            stats
+                .lines()
+                .filter(|l| l.contains("downstream_cx_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 }
 

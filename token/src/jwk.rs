@@ -438,18 +438,27 @@ mod tests {
     }
 
     #[test]
-    fn thumbprint_rfc7638_oct_like_ordering() {
-        // Ordering is lexicographic whatever order the members were given in.
+    fn thumbprint_ec_p256_matches_a_vector_computed_outside() {
+        // RFC 7515 Appendix A.3's P-256 public key. Its thumbprint, the SHA-256 of
+        // `{"crv":"P-256","kty":"EC","x":"…","y":"…"}` (RFC 7638: the required members only,
+        // in lexicographic order, no whitespace), computed with Python's hashlib; `kid` and
+        // `alg` are not part of it.
         let a = Jwk {
             kty: "EC".into(),
             crv: Some("P-256".into()),
-            x: Some("AA".into()),
-            y: Some("AQ".into()),
+            x: Some("f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU".into()),
+            y: Some("x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0".into()),
             kid: Some("ignored".into()),
+            alg: Some("ES256".into()),
             ..Jwk::default()
         };
+        assert_eq!(
+            a.thumbprint().unwrap(),
+            "oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U"
+        );
         let mut b = a.clone();
         b.kid = None;
+        b.alg = None;
         assert_eq!(a.thumbprint().unwrap(), b.thumbprint().unwrap());
     }
 

@@ -195,8 +195,10 @@ mod tests {
         assert!(lift_waits_for_revocation(&ban, Some(100), 100));
         // Its revocation (dated once the ban was in force, so after it) is recorded.
         assert!(!lift_waits_for_revocation(&ban, Some(101), 100));
-        // Lapsed: nothing to wait for.
-        assert!(!lift_waits_for_revocation(&ban, None, 200));
+        // Lapsed: nothing to wait for — inside the write window too.
+        let short = new_ban(Some(120), None, 100).unwrap();
+        assert!(lift_waits_for_revocation(&short, None, 119));
+        assert!(!lift_waits_for_revocation(&short, None, 120));
         // Set long ago, its revocation purged since (no `sub` entry left): lifted at once, not
         // refused as if the ban were still being written.
         let open = new_ban(None, None, 100).unwrap();
