@@ -98,7 +98,13 @@ pub struct App {
     /// connections ([`crate::api`]'s layer) so that a client going away cannot stop one
     /// between two writes; the drain waits for them.
     pub handlers: TaskTracker,
+    /// `WEAUTH_MAX_IN_FLIGHT`'s permits (`None`: no limit), see [`App::admit`].
+    in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
+
+/// Every place of `WEAUTH_MAX_IN_FLIGHT` is taken ([`App::admit`]).
+#[derive(Debug)]
+pub struct NoPlace;
 
 /// Counts one open feed request while alive.
 pub struct FeedWaiter(Arc<AtomicUsize>);
@@ -452,6 +458,8 @@ impl App {
             sessions: Arc::clone(&sessions),
             clock: Arc::clone(&clock),
         };
+        let in_flight = (config.max_in_flight > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)));
         Ok(Arc::new(App {
             login_limiter,
             announcements,
@@ -474,7 +482,20 @@ impl App {
             started: Instant::now(),
             feed_waiters: Arc::new(AtomicUsize::new(0)),
             handlers: TaskTracker::new(),
+            in_flight,
         }))
+    }
+
+    /// A place among the client requests under way (`WEAUTH_MAX_IN_FLIGHT`), held until it is
+    /// dropped; `Err` when every place is taken. `Ok(None)` without a limit.
+    pub fn admit(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, NoPlace> {
+        match &self.in_flight {
+            None => Ok(None),
+            Some(places) => Arc::clone(places)
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| NoPlace),
+        }
     }
 
     /// The current key ring.

@@ -1190,3 +1190,76 @@ async fn a_request_abandoned_by_its_client_is_counted_as_499() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `WEAUTH_MAX_IN_FLIGHT`: with every place taken by logins held at a slow WeChat, the next
+/// login is answered 503 with `Retry-After` at once — without a WeChat call — instead of piling
+/// up; a logout and the probes are not held back; once the held ones finish, logins go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_past_max_in_flight_answered_503_at_once() {
+    let stack = Stack::start(&[
+        ("WEAUTH_MAX_IN_FLIGHT", "2"),
+        ("WEAUTH_LOGIN_RATE", "0"),
+        ("WEAUTH_WECHAT_TIMEOUT", "30s"),
+    ])
+    .await;
+    let earlier = stack.login("earlier").await;
+    let calls = stack.mock.calls("jscode2session");
+    stack.mock.inject(
+        "jscode2session",
+        weauth_mock_wechat::Fault::Held("peak".into()),
+        2,
+    );
+    let held: Vec<_> = ["held-1", "held-2"]
+        .into_iter()
+        .map(|user| {
+            let code = stack.mock.login(user).code;
+            let (http, url) = (stack.http.clone(), stack.url("/v1/login"));
+            tokio::spawn(async move {
+                let response = http
+                    .post(url)
+                    .json(&json!({ "code": code }))
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while stack.mock.calls("jscode2session") < calls + 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the logins did not reach WeChat within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let code = stack.mock.login("turned-away").code;
+    let (status, body, headers) = stack.post("/v1/login", json!({ "code": code })).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(
+        stack.mock.calls("jscode2session"),
+        calls + 2,
+        "it asked WeChat"
+    );
+    // Not held back: the probes, and a logout (a revocation refused under load would leave its
+    // tokens working).
+    let (status, _, _) = stack.get("/healthz", None).await;
+    assert_eq!(status, 200);
+    let (status, body, _) = stack
+        .post_auth(
+            "/v1/logout",
+            earlier["access_token"].as_str().unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+
+    stack.mock.release("peak");
+    for login in held {
+        assert_eq!(login.await.unwrap(), 200);
+    }
+    let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
+    assert_eq!(status, 200, "the refused code was not spent: {body}");
+}

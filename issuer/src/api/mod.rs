@@ -182,13 +182,36 @@ async fn observe(
         span: &span,
         answered: false,
     };
+    let admitted = if SHED.contains(&route) {
+        app.admit()
+    } else {
+        Ok(None)
+    };
     let handler = next.run(request).instrument(span.clone());
-    let response = if !RUN_TO_THE_END.contains(&route) {
+    let response = if admitted.is_err() {
+        span.in_scope(|| {
+            tracing::debug!(
+                route,
+                "refused: WEAUTH_MAX_IN_FLIGHT requests already under way"
+            );
+        });
+        ApiError::UnavailableFor {
+            retry_after: 1,
+            description: "the issuer has too many requests under way; retry shortly".into(),
+        }
+        .into_response()
+    } else if !RUN_TO_THE_END.contains(&route) {
+        let _place = admitted;
         handler.await
     } else {
         // Apart from this future, which the connection drops when the client goes away (or
         // Envoy's route timeout gives up): a ban between its ban and its revocation, or a
         // logout between marking its session and publishing it, would be left half-written.
+        // Its place among the requests under way goes with it.
+        let handler = async move {
+            let _place = admitted;
+            handler.await
+        };
         match app.handlers.spawn(handler).await {
             Ok(response) => response,
             Err(err) => {
@@ -245,6 +268,13 @@ impl Drop for Unanswered<'_> {
 /// that has given up (and retries with a new code) would spend WeChat's quota and leave a
 /// session nobody receives.
 const RUN_TO_THE_END: [&str; 3] = ["admin", "logout", "refresh"];
+
+/// The routes (metrics labels) of the client requests that hold a place of
+/// `WEAUTH_MAX_IN_FLIGHT` while under way, and are answered 503 at once when none is left: those
+/// any client can send many of that wait on WeChat or the store. Not the probes, the JWKS, the
+/// feed (its long polls are held by design, one per sidecar, and cheap), nor a logout or the
+/// admin API: a revocation refused under load would leave its tokens working.
+const SHED: [&str; 4] = ["login", "refresh", "me", "web"];
 
 /// The status a request is counted under when it was never answered ([`Unanswered`]).
 const CLIENT_CLOSED: u16 = 499;

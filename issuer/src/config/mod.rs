@@ -386,6 +386,13 @@ pub struct Config {
     pub user_wechat_rate_per_min: u32,
     /// `WEAUTH_USER_WECHAT_BURST`: burst allowance, default 10.
     pub user_wechat_burst: u32,
+    /// `WEAUTH_MAX_IN_FLIGHT`, default 512 (0: no limit): the most client requests (the
+    /// routes of [`crate::api`]'s `SHED`: logins, refreshes, `/v1/me`, the web login) one
+    /// replica works on at once; past it they are answered 503 at once. A slow WeChat (a call
+    /// may take its timeout three times over) or store at a login peak otherwise piles up
+    /// requests, each with its connections and buffers, until the pod's memory limit ends them
+    /// all.
+    pub max_in_flight: usize,
     /// `WEAUTH_MAX_BODY`: request body cap in bytes, default 16384.
     pub max_body: usize,
     /// `WEAUTH_HEADER_TIMEOUT`, default `10s`: time allowed to send request headers.
@@ -757,6 +764,7 @@ impl Config {
         let login_burst = errs.or(src.number("WEAUTH_LOGIN_BURST"), 0);
         let user_wechat_rate_per_min = errs.or(src.number("WEAUTH_USER_WECHAT_RATE"), 0);
         let user_wechat_burst = errs.or(src.number("WEAUTH_USER_WECHAT_BURST"), 0);
+        let max_in_flight: usize = errs.or(src.number("WEAUTH_MAX_IN_FLIGHT"), 0);
         let max_body: usize = errs.or(src.number("WEAUTH_MAX_BODY"), 0);
         if max_body < 256 && src.number::<usize>("WEAUTH_MAX_BODY").is_ok() {
             errs.push(bad("WEAUTH_MAX_BODY", "must be at least 256 bytes"));
@@ -915,6 +923,7 @@ impl Config {
             login_burst,
             user_wechat_rate_per_min,
             user_wechat_burst,
+            max_in_flight,
             max_body,
             header_timeout,
             shutdown_grace,

@@ -217,6 +217,11 @@ pub const VARIABLES: &[Var] = &[
         "IPs/CIDRs whose X-Forwarded-For is believed, comma-separated",
     ),
     var(
+        "WEAUTH_MAX_IN_FLIGHT",
+        "512",
+        "the most requests one replica works on at once for clients (logins, refreshes, /v1/me, the web login); past it they are answered 503 with Retry-After at once, rather than piling up in memory while WeChat or the store is slow (0: no limit)",
+    ),
+    var(
         "WEAUTH_MAX_BODY",
         "16384",
         "request body cap in bytes (>= 256)",

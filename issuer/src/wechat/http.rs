@@ -103,6 +103,9 @@ pub(crate) fn http_client(
         .connect_timeout(connect_timeout)
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // A peak of calls leaves as many connections open (HTTP/1.1, each with its TLS
+        // session) for the idle timeout; keep enough for the steady rate, not the peak.
+        .pool_max_idle_per_host(64)
         .user_agent(concat!("weauth-issuer/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|err| err.without_url().to_string())
