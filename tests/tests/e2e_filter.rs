@@ -584,11 +584,19 @@ async fn listeners_sharing_a_feed_with_different_jwks_sources_apply_every_revoca
                 Err(_) => (0, Value::Null),
             }
         };
-        let (status, body) = at_b().await;
-        assert_eq!(
-            status, 200,
-            "round {round}: listener b before the logout: {body}"
-        );
+        // (Its keys are fetched once it is added: up to 15 s for the first round's.)
+        let started = Instant::now();
+        loop {
+            let (status, body) = at_b().await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "round {round}: listener b before the logout: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         logout_reaches_edge(&stack, &token, "a logout, listener a").await;
         assert_refused_everywhere(&stack, &token, 4, "listener a").await;
         let started = Instant::now();
