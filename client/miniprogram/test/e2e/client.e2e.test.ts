@@ -3,17 +3,30 @@
  * real weauth-issuer and the real Envoy with the weauth filter, started by the project's
  * harness (`weauth-stack --free-ports --json`), and `wx.login` codes from the mock WeChat.
  *
- * The issuer runs with `WEAUTH_ACCESS_TTL=6s` and no leeway, and the filter with no clock
- * skew, so an access token really expires within a test; a test that needs an expired
- * token waits for its `exp` and first checks that Envoy refuses it. A token is refused once
- * the whole second of its `exp` is reached, so it lives (TTL - 1 s, TTL]: 6 s leaves more
- * than 5 s for a test that needs its tokens valid (a login or a refresh, then requests whose
- * refreshes are counted exactly), on a loaded machine too (4 s left 3, which twenty requests
- * through Envoy on a starved machine could outlast, and a second refresh failed the count). Refreshes and logins are
- * counted twice: by the shim (what the client sent) and by the issuer (`/metrics`).
+ * No test waits for a token to expire, and none depends on how fast the machine is: the
+ * issuer's access tokens live an hour (`WEAUTH_ACCESS_TTL=1h`), so every token a login or a
+ * refresh gets stays valid for the whole run, and the exact counts of refreshes and logins
+ * cannot be pushed up by a second expiry under load (a 4 s, then 6 s lifetime could be
+ * outlasted by twenty requests through Envoy on a starved 2-core machine). A test that needs
+ * an expired access token makes one, at the point it needs it (`withExpiredAccess`): the
+ * issuer signs with a key this file generates (`WEAUTH_SIGNING_KEY_FILE`), so the test signs
+ * a copy of the session's access token whose `exp` is an hour past — beyond any leeway or
+ * clock skew — checks that Envoy refuses it as expired (after verifying its signature: the
+ * filter reads the claims only then), and puts it in storage with the session's real refresh
+ * token, as an app reopened an hour later finds them. The long lifetime also means a token
+ * refused at the edge after a revocation or a logout (`waitRefused`) was refused for that,
+ * not because it ran out meanwhile. The refresh-token reuse grace is the issuer's longest,
+ * 60 s (`WEAUTH_REFRESH_REUSE_GRACE`, the client told with `refreshReuseGraceMs`), so a refresh
+ * retried after a lost or refused attempt is inside it however slow the run. Refreshes and
+ * logins are counted twice: by the shim (what the client sent) and by the issuer
+ * (`/metrics`).
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { KeyObject, generateKeyPairSync, sign } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
 import { createClient, WeauthError } from "../../src/index.js";
 import type { WeauthClient } from "../../src/index.js";
 import { Stack, startStack } from "./stack.js";
@@ -22,21 +35,35 @@ import { FetchWx, closedPort } from "./wx-shim.js";
 let stack: Stack;
 let deadPort: number;
 let users = 0;
+/** The issuer's signing key (Ed25519, its default algorithm), generated here. */
+let signingKey: KeyObject;
+let keyDir: string | undefined;
+
+/** The issuer's access-token lifetime: longer than any run, so no token expires by itself. */
+const ACCESS_TTL_S = 3600;
+/** The issuer's refresh-token reuse grace: its longest. */
+const REUSE_GRACE_S = 60;
 
 before(async () => {
   deadPort = await closedPort();
-  stack = await startStack(
-    {
-      WEAUTH_ACCESS_TTL: "6s",
-      WEAUTH_LEEWAY: "0s",
-      WEAUTH_LOGIN_RATE: "0",
-    },
-    [{ clock_skew_seconds: 0 }],
-  );
+  const { privateKey } = generateKeyPairSync("ed25519");
+  signingKey = privateKey;
+  keyDir = mkdtempSync(path.join(tmpdir(), "weauth-client-e2e-"));
+  const keyFile = path.join(keyDir, "signing.pem");
+  writeFileSync(keyFile, privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
+  stack = await startStack({
+    WEAUTH_ACCESS_TTL: `${ACCESS_TTL_S}s`,
+    WEAUTH_SIGNING_KEY_FILE: keyFile,
+    WEAUTH_REFRESH_REUSE_GRACE: `${REUSE_GRACE_S}s`,
+    WEAUTH_LOGIN_RATE: "0",
+  });
 });
 
 after(async () => {
   await stack?.stop();
+  if (keyDir) {
+    rmSync(keyDir, { recursive: true, force: true });
+  }
 });
 
 interface Device {
@@ -44,15 +71,20 @@ interface Device {
   client: WeauthClient;
 }
 
-/** A new user on a new device: a client through Envoy, quick backoff for the tests. */
-function device(): Device {
-  const wx = new FetchWx(stack.info.mock, `e2e-user-${process.pid}-${++users}`, deadPort);
-  const client = createClient({
+/** A client through Envoy on `wx`, quick backoff for the tests. */
+function clientOn(wx: FetchWx): WeauthClient {
+  return createClient({
     baseUrl: stack.info.envoy,
     wx,
     retry: { attempts: 5, baseDelayMs: 100, maxDelayMs: 400 },
+    refreshReuseGraceMs: REUSE_GRACE_S * 1000,
   });
-  return { wx, client };
+}
+
+/** A new user on a new device. */
+function device(): Device {
+  const wx = new FetchWx(stack.info.mock, `e2e-user-${process.pid}-${++users}`, deadPort);
+  return { wx, client: clientOn(wx) };
 }
 
 function stored(wx: FetchWx): { accessToken: string; refreshToken: string } {
@@ -61,6 +93,20 @@ function stored(wx: FetchWx): { accessToken: string; refreshToken: string } {
 
 function claims(jwt: string): { exp: number; sid: string; sub: string } {
   return JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString("utf8"));
+}
+
+/**
+ * `jwt` (an access token the issuer signed) as it would be an hour after its lifetime ended:
+ * the same header (key id, algorithm, type) and claims (session, subject, jti, audience),
+ * the times moved back, signed with the issuer's key.
+ */
+function expiredCopy(jwt: string): string {
+  const [header, payload] = jwt.split(".");
+  const c = JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as Record<string, unknown>;
+  const exp = Math.floor(Date.now() / 1000) - 3600;
+  const moved = { ...c, iat: exp - ACCESS_TTL_S, nbf: exp - ACCESS_TTL_S, exp };
+  const input = `${header}.${Buffer.from(JSON.stringify(moved)).toString("base64url")}`;
+  return `${input}.${sign(null, Buffer.from(input), signingKey).toString("base64url")}`;
 }
 
 /** The issuer's Prometheus counters, `name{labels}` → value. */
@@ -88,20 +134,33 @@ function delta(before: Map<string, number>, after: Map<string, number>): Record<
   return d;
 }
 
-/** Status of `GET /api/hello` through Envoy with `token`, straight with fetch. */
-async function edgeStatus(token: string): Promise<number> {
+/** Status and challenge of `GET /api/hello` through Envoy with `token`, straight with fetch. */
+async function edge(token: string): Promise<{ status: number; challenge: string }> {
   const res = await fetch(`${stack.info.envoy}/api/hello`, { headers: { authorization: `Bearer ${token}` } });
   await res.arrayBuffer();
-  return res.status;
+  return { status: res.status, challenge: res.headers.get("www-authenticate") ?? "" };
 }
 
-/** Waits until the access token's `exp` has passed, then checks Envoy refuses it. */
-async function waitExpired(token: string): Promise<void> {
-  const ms = claims(token).exp * 1000 - Date.now() + 50;
-  if (ms > 0) {
-    await new Promise((resolve) => setTimeout(resolve, ms));
-  }
-  assert.equal(await edgeStatus(token), 401, "precondition: Envoy refuses the expired token");
+/** Status of `GET /api/hello` through Envoy with `token`. */
+async function edgeStatus(token: string): Promise<number> {
+  return (await edge(token)).status;
+}
+
+/**
+ * The device after its logged-in session's access token has expired: storage holds an
+ * expired copy of it (`expiredCopy`) and the session's refresh token, and a new client on
+ * it is the app reopened. Checks first that Envoy accepts the real token and refuses the
+ * copy as expired — a copy it refused for its signature would say so instead.
+ */
+async function withExpiredAccess({ wx }: Device): Promise<Device> {
+  const pair = stored(wx);
+  const expired = expiredCopy(pair.accessToken);
+  assert.equal(await edgeStatus(pair.accessToken), 200, "precondition: Envoy accepts the session's token");
+  const { status, challenge } = await edge(expired);
+  assert.equal(status, 401, "precondition: Envoy refuses the expired token");
+  assert.match(challenge, /error="invalid_token".*has expired/, "precondition: refused as expired");
+  wx.storage.set("weauth.tokens", JSON.stringify({ ...pair, accessToken: expired }));
+  return { wx, client: clientOn(wx) };
 }
 
 /** Polls (bounded) until Envoy refuses `token`: the revocation reached the edge. */
@@ -123,10 +182,10 @@ test("e2e_login_then_request_identity_reaches_upstream", async () => {
 });
 
 test("e2e_expired_access_20_concurrent_requests_one_refresh_all_succeed", async () => {
-  const { wx, client } = device();
-  await client.login();
-  const old = stored(wx);
-  await waitExpired(old.accessToken);
+  const dev = device();
+  await dev.client.login();
+  const old = stored(dev.wx);
+  const { wx, client } = await withExpiredAccess(dev);
   const before = await metrics();
   const answers = await Promise.all(
     Array.from({ length: 20 }, (_, i) => client.request({ url: `/api/hello?n=${i}` })),
@@ -182,9 +241,9 @@ for (const how of ["admin revoke", "logout elsewhere"] as const) {
 }
 
 test("e2e_refresh_refused_connection_retried_with_backoff_recovers_without_logout", async () => {
-  const { wx, client } = device();
-  await client.login();
-  await waitExpired(stored(wx).accessToken);
+  const dev = device();
+  await dev.client.login();
+  const { wx, client } = await withExpiredAccess(dev);
   let refusals = 2;
   wx.faults.push((method, path) =>
     method === "POST" && path === "/v1/token/refresh" && refusals-- > 0 ? "refuse" : undefined,
@@ -199,9 +258,9 @@ test("e2e_refresh_refused_connection_retried_with_backoff_recovers_without_logou
 });
 
 test("e2e_refresh_network_down_rejects_network_keeps_tokens_then_recovers", async () => {
-  const { wx, client } = device();
-  await client.login();
-  await waitExpired(stored(wx).accessToken);
+  const dev = device();
+  await dev.client.login();
+  const { wx, client } = await withExpiredAccess(dev);
   const tokens = wx.storage.get("weauth.tokens");
   let down = true;
   wx.faults.push((_method, path) => (down && path === "/v1/token/refresh" ? "refuse" : undefined));
@@ -220,11 +279,11 @@ test("e2e_refresh_network_down_rejects_network_keeps_tokens_then_recovers", asyn
 test("e2e_refresh_answer_lost_retry_within_grace_recovers_without_login", async () => {
   // The refresh reached the issuer (the token rotated) but its answer was lost: the retry
   // presents the just-rotated refresh token within the issuer's reuse grace
-  // (WEAUTH_REFRESH_REUSE_GRACE, 10 s by default) and gets the refresh token it rotated to,
+  // (WEAUTH_REFRESH_REUSE_GRACE, 60 s here) and gets the refresh token it rotated to,
   // so the user is not sent through wx.login again.
-  const { wx, client } = device();
-  await client.login();
-  await waitExpired(stored(wx).accessToken);
+  const dev = device();
+  await dev.client.login();
+  const { wx, client } = await withExpiredAccess(dev);
   let lose = 1;
   wx.faults.push((method, path) =>
     method === "POST" && path === "/v1/token/refresh" && lose-- > 0 ? "lose-answer" : undefined,

@@ -405,11 +405,32 @@ test("request_network_failure_rejects_network_without_refresh", async () => {
 
 test("request_other_origin_no_token_no_login", async () => {
   const { wx, client } = setup();
-  wx.faults.push(() => ({ statusCode: 200, data: "elsewhere" }));
-  const res = await client.request({ url: "https://cdn.other.test/a.json" });
+  const other = (req: SeenRequest) => req.url.startsWith("https://cdn.other.test/");
+  wx.faults.push((req) => (other(req) ? { statusCode: 200, data: "elsewhere" } : undefined));
+  // Without tokens: a request to our origin would log in first; one to another origin does not.
+  const before = await client.request({ url: "https://cdn.other.test/a.json" });
+  assert.equal(before.data, "elsewhere");
+  assert.equal(wx.wxLogins, 0, "no login for another origin");
+  // Logged in, with a token to leak: it stays home.
+  await client.login();
+  const { accessToken } = storedPair(wx);
+  const res = await client.request({ url: "https://cdn.other.test/b.json", header: { "x-trace": "1" } });
   assert.equal(res.data, "elsewhere");
-  assert.equal(wx.wxLogins, 0);
-  assert.equal(wx.requests[0].header.authorization, undefined);
+  assert.equal(wx.wxLogins, 1, "the one login() only: none for the request");
+  assert.equal(wx.count("/v1/login"), 1);
+  const sent = wx.requests.filter(other);
+  assert.equal(sent.length, 2);
+  for (const req of sent) {
+    for (const [name, value] of Object.entries(req.header)) {
+      assert.doesNotMatch(String(value), /bearer/i, `no Bearer credential in ${name}`);
+      assert.ok(!String(value).includes(accessToken), `no access token in ${name}`);
+    }
+  }
+  // The caller's headers go as given, and nothing of ours is added.
+  assert.deepEqual(sent[1].header, { "x-trace": "1" });
+  // The token is there to send: our own origin gets it.
+  await client.request({ url: "/api/x" });
+  assert.equal(bearer(wx.requests.find((r) => r.path === "/api/x")!), `Bearer ${accessToken}`);
 });
 
 test("request_caller_authorization_header_replaced_others_kept", async () => {
