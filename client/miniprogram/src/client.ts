@@ -280,14 +280,17 @@ export function createClient(options: ClientOptions): WeauthClient {
   let persisted = true;
   // Logins completed (a `relogin` answer needs one after the request it came for was sent).
   let logins = 0;
-  // The answer the logins `request()` would start fail with at once until device time `until`
-  // (at most `capMs` from when it was set), after the last login or refresh was refused for a
-  // ban (`banHoldUntil`, capped at `BAN_RECHECK_MS`), or the last login for the user's risk
-  // (403 `user_risky` or `access_denied`: `LOGIN_REFUSAL_HOLD_MS`): each would spend a
-  // `wx.login` code (and, for a ban, leave a session row at the issuer) on an answer known in
-  // advance. `login()` asks again: the app calls it when the user acts, and the answer may
-  // have changed (a ban lifted early, the user verified in WeChat).
-  let loginHold: { until: number; capMs: number; statusCode: number; error: string } | undefined;
+  // `flight.loginHold`: the answer the logins `request()` would start fail with at once until
+  // device time `until` (at most `capMs` from when it was set), after the last login or
+  // refresh was refused for a ban (`banHoldUntil`, capped at `BAN_RECHECK_MS`), or the last
+  // login for the user's risk (403 `user_risky` or `access_denied`: `LOGIN_REFUSAL_HOLD_MS`):
+  // each would spend a `wx.login` code (and, for a ban, leave a session row at the issuer) on
+  // an answer known in advance. `login()` asks again: the app calls it when the user acts, and
+  // the answer may have changed (a ban lifted early, the user verified in WeChat). Kept on the
+  // shared flight, not in this client: the answer is about the user, whom every client on this
+  // storage logs in, and a refresh this client's request joins may be another client's, whose
+  // login (`loginAfterRefresh`) must heed a hold this client set.
+
   // What the issuer asked not to be asked again before a time (device time), by the kind of
   // the flight it answered: a login or a refresh answered 429 or 503 (any transient answer)
   // with a `Retry-After` the flight gave up on — longer than the retry policy waits, or on its
@@ -297,14 +300,15 @@ export function createClient(options: ClientOptions): WeauthClient {
 
   /**
    * The error a login the client starts by itself fails with while a ban or a refusal for the
-   * user's risk holds (`loginHold`). A hold with more left than its cap is over: only a device
-   * clock set back can make one, and it must not stretch the hold (`holdOver`).
+   * user's risk holds (`flight.loginHold`, whichever client on this storage set it). A hold
+   * with more left than its cap is over: only a device clock set back can make one, and it
+   * must not stretch the hold (`holdOver`).
    */
   function heldLogin(): WeauthError | undefined {
-    const hold = loginHold;
+    const hold = flight.loginHold;
     const at = now();
     if (hold === undefined || holdOver(hold.until, hold.capMs, at)) {
-      loginHold = undefined;
+      flight.loginHold = undefined;
       return undefined;
     }
     const left = Math.ceil((hold.until - at) / 1000);
@@ -317,7 +321,7 @@ export function createClient(options: ClientOptions): WeauthClient {
 
   /** Holds the logins `request()` would start after a ban, until `banHoldUntil`'s end. */
   function holdForBan(until: number): void {
-    loginHold = { until, capMs: BAN_RECHECK_MS, statusCode: 403, error: "user_banned" };
+    flight.loginHold = { until, capMs: BAN_RECHECK_MS, statusCode: 403, error: "user_banned" };
   }
 
   /**
@@ -617,7 +621,7 @@ export function createClient(options: ClientOptions): WeauthClient {
           endSessionInBackground(pair);
           throw new WeauthError("logged_out", "logout() was called during the login");
         }
-        loginHold = undefined;
+        flight.loginHold = undefined;
         const replaced = reload();
         store(pair);
         logins++;
@@ -650,7 +654,7 @@ export function createClient(options: ClientOptions): WeauthClient {
           } else if (refusal) {
             // The user's risk, judged by WeChat: another code now would meet the same answer.
             // Held for a short, fixed time, since the issuer states no end for it.
-            loginHold = {
+            flight.loginHold = {
               until: now() + LOGIN_REFUSAL_HOLD_MS,
               capMs: LOGIN_REFUSAL_HOLD_MS,
               statusCode,
@@ -816,7 +820,9 @@ export function createClient(options: ClientOptions): WeauthClient {
    * refusal for the user's risk holds (`heldLogin`), the flight rejects with that answer at
    * once, without a `wx.login`, as `renew` does before a login of its own: this login was not
    * asked for by the app either, and it would spend a code (and, for a ban, leave a session row
-   * at the issuer) on an answer known in advance. A refresh flight is only ever started by
+   * at the issuer) on an answer known in advance. The hold is the one every client on this
+   * storage shares: the requests waiting for this flight may be other clients' (copies of the
+   * package), one of which may have set it. A refresh flight is only ever started by
    * `request()` (`renew`): `login()` waits for it to settle and then starts a login of its own,
    * which asks the issuer again whatever the hold.
    */

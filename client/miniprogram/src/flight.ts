@@ -102,23 +102,54 @@ export interface Presentations {
 }
 
 /**
- * A {@link SingleFlight} as {@link sharedFlight} hands it out: the flight, its {@link Epochs}
- * and the refresh token presented last ({@link Presentations}).
+ * The hold on the logins the clients on a storage start by themselves (a `request()`'s, or
+ * the login a refresh turns into) after the issuer refused a login (or a refresh) for a ban or
+ * for the user's risk: an answer about the user, who is the same for every client on the
+ * storage. Until device time `until` (at most `capMs` from when it was set) such a login
+ * fails at once with `statusCode` and `error`.
  */
-export type SharedFlight<T, K extends string = string> = SingleFlight<T, K> & Epochs & Presentations;
+export interface LoginHold {
+  until: number;
+  capMs: number;
+  statusCode: number;
+  error: string;
+}
+
+/** What a {@link SharedFlight} keeps of the logins' hold. */
+export interface LoginHolds {
+  /**
+   * The hold in force (none: undefined). Set and cleared by the clients: the one whose login
+   * or refresh is refused sets it, and any one's login that succeeds ends it. Kept here so
+   * that a login run in a flight another client started (a refresh it joined that turns into
+   * a login) heeds it as that client's own would.
+   */
+  loginHold?: LoginHold;
+}
+
+/**
+ * A {@link SingleFlight} as {@link sharedFlight} hands it out: the flight, its {@link Epochs},
+ * the refresh token presented last ({@link Presentations}) and the logins' hold
+ * ({@link LoginHolds}).
+ */
+export type SharedFlight<T, K extends string = string> = SingleFlight<T, K> &
+  Epochs &
+  Presentations &
+  LoginHolds;
 
 /**
  * Where {@link sharedFlight} keeps the flights, on the JS context's global object. `Symbol.for`
  * gives every copy of this package the same key; the version in it changes whenever what is
  * kept there stops being something an older copy can use (a `WeakMap` of storage owner → `Map`
  * of storage key → `SingleFlight` with `kind`, `promise`, `run` and `relabel`, and the numbers
- * `epoch` and `flightEpoch` of {@link Epochs}, and `presented` of {@link Presentations}). The
- * epochs were added without a new version: a copy from before them still uses the flight (it
- * neither reads nor bumps the epoch), and a copy that finds an entry without them adds them to
- * it. So was `presented`, optional: a copy from before it neither notes its presentations nor
- * heeds them (it may present a token past its grace, as all copies did before); and so was its
- * `unsettledAt`: a copy from before it counts the window from `firstAt`, sooner (and takes the
- * issuer's own 503 for an unsettled outcome).
+ * `epoch` and `flightEpoch` of {@link Epochs}, `presented` of {@link Presentations}, and
+ * `loginHold` of {@link LoginHolds}). The epochs were added without a new version: a copy from
+ * before them still uses the flight (it neither reads nor bumps the epoch), and a copy that
+ * finds an entry without them adds them to it. So was `presented`, optional: a copy from
+ * before it neither notes its presentations nor heeds them (it may present a token past its
+ * grace, as all copies did before); and so was its `unsettledAt`: a copy from before it counts
+ * the window from `firstAt`, sooner (and takes the issuer's own 503 for an unsettled outcome).
+ * So was `loginHold`, optional: a copy from before it keeps its hold to itself and heeds no
+ * other's (as all copies did before).
  */
 export const SHARED_FLIGHTS_KEY = Symbol.for("weauth-miniprogram.flights.v1");
 

@@ -620,6 +620,44 @@ test("request_during_a_ban_hold_refresh_token_past_its_grace_rejects_held_no_wx_
   assert.equal(issuer.reuses, 0);
 });
 
+test("request_joining_another_clients_refresh_during_a_login_hold_no_wx_login", async () => {
+  // b, a copy of the package in an independent sub-package, on a's storage.
+  const { issuer, wx, client: a } = setup();
+  const b = clientOfSecondCopy(wx);
+  await a.login();
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200); // b reads the tokens
+  // b's login() (the user tapped "log in") is refused for the user's risk: the logins the
+  // requests on this storage would start are held; the tokens stay.
+  let refusing = true;
+  wx.faults.push((req) =>
+    req.path === "/v1/login" && refusing ? { statusCode: 403, data: { error: "user_risky" } } : undefined,
+  );
+  const refused = { code: "login_failed", statusCode: 403, error: "user_risky" };
+  await assert.rejects(b.login(), refused);
+  assert.equal(wx.wxLogins, 2);
+  // The session is revoked (elsewhere): a's refresh is refused invalid_grant, and b's request
+  // waits for a's refresh, in whose flight the login it turns into would run.
+  issuer.revokeAll();
+  const release = holdAnswers(wx, "/v1/token/refresh");
+  const fromA = a.request({ url: "/api/a" });
+  await eventually("a's refresh is sent", () => wx.count("/v1/token/refresh") === 1);
+  const fromB = b.request({ url: "/api/b" });
+  release();
+  await assert.rejects(fromA, refused);
+  await assert.rejects(fromB, refused);
+  assert.equal(wx.count("/v1/token/refresh"), 1, "one refresh, b waited for a's");
+  assert.equal(wx.wxLogins, 2, "no wx.login code spent on the answer known in advance");
+  assert.equal(wx.count("/v1/login"), 2);
+  assert.equal(wx.storage.has("weauth.tokens"), false, "the refused tokens are dropped");
+  // login() asks again, on either copy; once it succeeds the hold is over for both.
+  refusing = false;
+  await b.login();
+  assert.equal(wx.wxLogins, 3);
+  assert.equal((await a.request({ url: "/api/a" })).statusCode, 200);
+  assert.equal(wx.wxLogins, 3);
+  assert.equal(issuer.reuses, 0);
+});
+
 test("request_refresh_408_retried_without_a_login", async () => {
   const { issuer, wx, client, sleeps } = setup();
   await client.login();
