@@ -269,10 +269,11 @@ TEST_FIRST := api_schemathesis e2e_filter e2e_replicas e2e_faults e2e_browser e2
 # What runs again against the native build: the filter's suites, and every suite whose tests all
 # go through the edge (logins, bans and scopes, replicas' failovers, the README's walkthroughs),
 # the deployment examples of the native build loaded by Envoy with the module (only there), then
-# the one edge test of e2e_faults (Envoy restarted: keys and revocations fetched again).
+# the two edge tests of e2e_faults (Envoy restarted: keys and revocations fetched again; the
+# issuer's store restored from a backup).
 TEST_NATIVE := e2e_filter e2e_attacks e2e_paths e2e_login e2e_grants e2e_replicas e2e_walkthrough \
   deploy_native
-TEST_NATIVE_FAULTS := envoy_restart_recovers_keys_and_revocations edge_keeps_a_revocation_the_store_lost_to_a_restored_backup
+TEST_NATIVE_FAULTS := envoy_restart_recovers_keys_and_revocations edge_after_a_restored_backup_keeps_what_it_read_and_gets_what_follows
 TEST_REST  := $(filter-out $(TEST_FIRST) wasm_imports deploy_native,$(sort $(basename $(notdir $(wildcard */tests/*.rs)))))
 # `make test` lints the host build as it compiles it: clippy is rustc with more lints, and
 # `cargo clippy` is `cargo check` with clippy-driver as the workspace's compiler (cargo's

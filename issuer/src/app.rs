@@ -207,7 +207,7 @@ pub async fn bootstrap_keys(
 /// # Errors
 /// The store cannot be opened, or the data key cannot be read or created.
 pub async fn open_store(config: &Arc<Config>) -> Result<(Arc<dyn Store>, DataKey), StartError> {
-    open_backend(config, false)
+    open_backend(config, None)
         .await
         .map(|backend| (backend.store, backend.data_key))
 }
@@ -249,16 +249,20 @@ fn local_limiters(config: &Config) -> Limiters {
 }
 
 /// Opens the store, with the local or shared rate limits and announcements that go with it.
-/// `serving`: for the issuer's start (not a `keys` command), which moves a SQL store's
-/// revocation seq past any a restored backup lacks ([`SqliteStore::move_seq_past_possible_loss`]).
-async fn open_backend(config: &Arc<Config>, serving: bool) -> Result<Backend, StartError> {
+/// `serving_at`: the time (ms) of the issuer's start (`None` for a `keys` command), at which
+/// a SQL store's revocation seq moves past any a restored backup lacks
+/// ([`SqliteStore::move_seq_past_possible_loss`]).
+async fn open_backend(
+    config: &Arc<Config>,
+    serving_at: Option<i64>,
+) -> Result<Backend, StartError> {
     match &config.store {
         StoreUrl::Sqlite(path) => {
             let (path, key) = (path.clone(), config.data_key.clone());
             let (store, data_key) = tokio::task::spawn_blocking(move || {
                 let store = SqliteStore::open(&path)?;
-                if serving {
-                    store.move_seq_past_possible_loss()?;
+                if let Some(now_ms) = serving_at {
+                    store.move_seq_past_possible_loss(now_ms)?;
                 }
                 let store: Arc<dyn Store> = Arc::new(store);
                 let data_key = DataKey::load(key.as_deref().map(|k| k.as_slice()), &path)?;
@@ -315,8 +319,17 @@ async fn open_backend(config: &Arc<Config>, serving: bool) -> Result<Backend, St
                 query_timeout: config.mysql_query_timeout,
             })
             .await?;
-            if serving {
-                store.move_seq_past_possible_loss().await?;
+            if let Some(now_ms) = serving_at {
+                store.move_seq_past_possible_loss(now_ms).await?;
+                if config.mysql_query_timeout >= config.refresh_reuse_grace
+                    && !config.refresh_reuse_grace.is_zero()
+                {
+                    tracing::warn!(
+                        query_timeout_ms = config.mysql_query_timeout.as_millis() as u64,
+                        grace_ms = config.refresh_reuse_grace.as_millis() as u64,
+                        "WEAUTH_MYSQL_QUERY_TIMEOUT is not under WEAUTH_REFRESH_REUSE_GRACE: a refresh whose commit was given up (its outcome unknown) and retried arrives past the grace, as a reuse that ends its session"
+                    );
+                }
             }
             let data_key = shared_data_key(config)?;
             let (login_limiter, user_limiter) = local_limiters(config);
@@ -390,7 +403,7 @@ impl App {
             announcements,
             health,
             data_key,
-        } = open_backend(&config, true).await?;
+        } = open_backend(&config, Some(clock.now_ms())).await?;
         // A `store` span per operation only when something records it (traces exported, or
         // debug logs): otherwise the store is used as is, at no cost.
         let store: Arc<dyn Store> = if tracing::debug_span!("store", op = "probe").is_disabled() {

@@ -1,5 +1,6 @@
 //! Real servers for tests, on free loopback ports with their own data directories, killed
-//! on drop: [`redis`] (`redis-server`, Sentinel) and [`mariadb`] (`mariadbd`). Never a fake:
+//! on drop: [`redis`] (`redis-server`, Sentinel) and [`mariadb`] (`mariadbd`), and a TCP
+//! [`relay`] whose connections can be made to go silent. Never a fake:
 //! a test that claims to test a store runs it on the real server. `make setup` installs the
 //! Debian packages when missing.
 //!
@@ -15,6 +16,7 @@ use tempfile::TempDir;
 
 pub mod mariadb;
 pub mod redis;
+pub mod relay;
 
 /// A server could not be started or did not become ready: what was being done, and why.
 #[derive(Debug, thiserror::Error)]

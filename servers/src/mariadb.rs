@@ -236,34 +236,6 @@ impl MariaDb {
         }
     }
 
-    /// SIGSTOP: the server stops answering and keeps its connections open, as a host lost
-    /// without closing them (a blackholed failover) looks to its clients. [`MariaDb::resume`]
-    /// undoes it.
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// SIGCONT after [`MariaDb::pause`].
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = std::fs::read_to_string(self.dir.join("mysqld.pid")).unwrap_or_default();
-        let pid = pid.trim();
-        assert!(
-            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()),
-            "mariadbd's pid file names no process: {pid:?}"
-        );
-        let status = std::process::Command::new("kill")
-            .args([signal, pid])
-            .status();
-        assert!(
-            status.is_ok_and(|s| s.success()),
-            "kill {signal} {pid} failed"
-        );
-    }
-
     /// The port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

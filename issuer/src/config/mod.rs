@@ -293,10 +293,10 @@ pub struct Config {
     /// `WEAUTH_MYSQL_ACQUIRE_TIMEOUT`, default `2s`: how long an operation waits for a pooled
     /// connection (or a new one to be opened) before it is answered 503.
     pub mysql_acquire_timeout: Duration,
-    /// `WEAUTH_MYSQL_QUERY_TIMEOUT`, default `10s`: how long one store operation (one
-    /// transaction, each retry of it counted afresh) may wait for MySQL before it is given up
-    /// (503; its connection is dropped, so an uncommitted transaction is rolled back by the
-    /// server).
+    /// `WEAUTH_MYSQL_QUERY_TIMEOUT`, default `5s`: how long one store operation (one
+    /// transaction, its wait for a connection included, each retry of it counted afresh) may
+    /// wait for MySQL before it is given up (503; its transaction rolled back, its connection
+    /// closed if it does not answer either).
     pub mysql_query_timeout: Duration,
     /// The WeChat apps served: `WEAUTH_APPS_FILE` (see [`crate::config::apps`]), or the one-app
     /// shortcut `WEAUTH_WECHAT_APPID` + `WEAUTH_WECHAT_SECRET` (`_FILE`), a single
@@ -858,7 +858,7 @@ impl Config {
         );
         let mysql_query_timeout = errs.or(
             src.duration("WEAUTH_MYSQL_QUERY_TIMEOUT", Duration::from_millis(100)),
-            Duration::from_secs(10),
+            Duration::from_secs(5),
         );
         if matches!(store, StoreUrl::Redis { .. } | StoreUrl::Mysql { .. })
             && data_key.is_none()

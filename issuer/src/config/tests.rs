@@ -610,7 +610,7 @@ fn config_mysql_url_parsed_with_password_masked_and_pool_defaults() {
     assert_eq!(display, "mysql://weauth:***@db.internal:3307/weauth");
     assert_eq!(config.mysql_pool_max, 16);
     assert_eq!(config.mysql_acquire_timeout, Duration::from_secs(2));
-    assert_eq!(config.mysql_query_timeout, Duration::from_secs(10));
+    assert_eq!(config.mysql_query_timeout, Duration::from_secs(5));
     assert_eq!(config.sqlite_path(), None);
 }
 

@@ -78,8 +78,8 @@ pub const VARIABLES: &[Var] = &[
     ),
     var(
         "WEAUTH_MYSQL_QUERY_TIMEOUT",
-        "10s",
-        "how long one store operation (a transaction, from its first statement to its commit) may wait for MySQL before it is given up and answered 503: a server lost without closing its connections (a blackholed failover) would otherwise hold them for TCP's 15 minutes",
+        "5s",
+        "how long one store operation (a transaction, its wait for a connection included) may wait for MySQL before it is given up and answered 503: a server lost without closing its connections (a blackholed failover) would otherwise hold them for TCP's 15 minutes; keep it under WEAUTH_REFRESH_REUSE_GRACE, so a refresh retried after one given up is still within the grace",
     ),
     var(
         "WEAUTH_APPS_FILE",

@@ -263,14 +263,21 @@ pub fn next_watermark(current: u64, highest_purged: Option<u64>) -> u64 {
 pub const SEQ_GAP: u64 = 1_000_000;
 
 /// The seq a store continues from when it may have lost some of its latest revocations
-/// (`current` is the seq it holds): moved on by [`SEQ_GAP`] — also from 1, the seq of a store
-/// that never revoked anything, which may be a copy taken before revocations it has lost.
+/// (`current` is the seq it holds), at `now_ms`: moved on by [`SEQ_GAP`] — also from 1, the
+/// seq of a store that never revoked anything, which may be a copy taken before revocations
+/// it has lost — and at least to the time in microseconds, as the Redis store does on a new
+/// primary. The gap alone is not enough after a restored backup: the backup's seq moved on by
+/// a gap is the seq the start after the backup moved to already, so the revocations numbered
+/// since that start — which sidecars hold — would be numbered again. Times only grow, and a
+/// store never numbers a million revocations a second: a seq handed out before `now` is below
+/// it. Below 2^53 for centuries: exact in JSON and in a double.
 ///
 /// A loss of more than [`SEQ_GAP`] revocations leaves the sidecars that read them ahead of
-/// the store: their next poll's `since` is past its seq and gets the full set (the feed's
-/// rule), unless the store numbered that many new ones before it.
-pub fn seq_after_possible_loss(current: u64) -> u64 {
-    current.saturating_add(SEQ_GAP)
+/// the store (or a clock set back): their next poll's `since` is past its seq and gets the
+/// full set (the feed's rule), unless the store numbered that many new ones before it.
+pub fn seq_after_possible_loss(current: u64, now_ms: i64) -> u64 {
+    let floor = u64::try_from(now_ms).unwrap_or(0).saturating_mul(1000);
+    current.saturating_add(SEQ_GAP).max(floor)
 }
 
 #[cfg(test)]
@@ -280,9 +287,28 @@ mod tests {
     #[test]
     fn seq_moves_on_after_a_possible_loss() {
         // From 1 too: a backup taken before the first revocation lacks it.
-        assert_eq!(seq_after_possible_loss(1), 1 + SEQ_GAP);
-        assert_eq!(seq_after_possible_loss(7), 7 + SEQ_GAP);
-        assert_eq!(seq_after_possible_loss(u64::MAX - 1), u64::MAX);
+        assert_eq!(seq_after_possible_loss(1, 0), 1 + SEQ_GAP);
+        assert_eq!(seq_after_possible_loss(7, -5), 7 + SEQ_GAP);
+        assert_eq!(seq_after_possible_loss(u64::MAX - 1, 0), u64::MAX);
+        // At least the time in microseconds.
+        let now_ms = 1_796_600_000_000;
+        assert_eq!(seq_after_possible_loss(1, now_ms), 1_796_600_000_000_000);
+        assert!(seq_after_possible_loss(1, now_ms) < 1 << 53);
+        let ahead = 1_796_600_000_000_000 + 5;
+        assert_eq!(seq_after_possible_loss(ahead, now_ms), ahead + SEQ_GAP);
+    }
+
+    /// A backup taken after one start, restored after another: the gap alone moved the
+    /// restored seq to where the second start had moved it, and the revocations numbered since
+    /// (which sidecars hold) were numbered again; the time does not come back.
+    #[test]
+    fn seq_after_a_restored_backup_passes_every_seq_handed_out_since() {
+        let first_start = seq_after_possible_loss(1, 1_000_000);
+        let backup = first_start + 10;
+        let second_start = seq_after_possible_loss(backup, 1_000_000 + 3_600_000);
+        let handed_out = second_start + 500;
+        let restored = seq_after_possible_loss(backup, 1_000_000 + 7_200_000);
+        assert!(restored + 1 > handed_out, "{restored} ≤ {handed_out}");
     }
 
     #[test]

@@ -598,3 +598,13 @@ pub fn start_error(file: &str) -> String {
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// The wall clock's milliseconds, in microseconds: what a start moves a new SQL store's
+/// revocation seq to at least (`rules::seq_after_possible_loss`, from the issuer's clock in
+/// milliseconds).
+pub fn now_us() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(since.as_millis()).unwrap() * 1000
+}

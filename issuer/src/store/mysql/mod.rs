@@ -148,6 +148,10 @@ fn duplicate_key(message: &str) -> String {
     format!("a unique key stayed taken through {RETRIES} retries (MySQL 1062, key {key})")
 }
 
+/// How long one purge ([`upkeep::purge`]) may take: a background task, in batches of which
+/// each commits on its own (`WEAUTH_MYSQL_QUERY_TIMEOUT` bounds a request's operation).
+const PURGE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Whether a failed transaction is run again: it was rolled back by a deadlock (or a
 /// multi-primary cluster's certification conflict, Galera's 1213 or Group Replication's 3101),
 /// or lost a race on a unique key (it will find the winner's row the second time).
@@ -156,8 +160,10 @@ fn retryable(err: &sqlx::Error) -> bool {
 }
 
 /// Runs `attempt` again while it fails with a [`retryable`] error, at most [`RETRIES`] times;
-/// an attempt without an answer within `timeout` is given up (dropped: its connection closes,
-/// so the server rolls back whatever it had not committed) as [`StoreError::Unavailable`].
+/// an attempt without an answer within `timeout` is given up as [`StoreError::Unavailable`]:
+/// dropped, its transaction is rolled back on the way back to the pool (a statement the server
+/// runs already finishes there; a COMMIT sent may have landed), and a connection that does not
+/// answer then is closed (`after_release` in [`MysqlStore::connect`]).
 /// Without it, a server lost without closing its connections — a blackholed failover, a
 /// moved address, a dead host behind ProxySQL — held each operation under way until TCP gave
 /// up (about 15 minutes), and with them the pool: the pool's own timeout covers only waiting
@@ -424,6 +430,23 @@ impl MysqlStore {
             .min_connections(0)
             .acquire_timeout(options.acquire_timeout)
             .test_before_acquire(true)
+            // A connection comes back to the pool through a ping of sqlx's own, without a
+            // timeout: one whose operation was given up (`retry`'s timeout) on a server gone
+            // silent held its place in the pool until TCP gave up (~15 minutes), so after as
+            // many timeouts as the pool has places every operation was refused, the new
+            // server answering or not. The same ping first, bounded: no answer in time closes
+            // the connection (sqlx then skips its own).
+            .after_release({
+                let timeout = options.query_timeout;
+                move |conn, _| {
+                    Box::pin(async move {
+                        match tokio::time::timeout(timeout, sqlx::Connection::ping(conn)).await {
+                            Ok(pinged) => pinged.map(|()| true),
+                            Err(_) => Err(sqlx::Error::PoolTimedOut),
+                        }
+                    })
+                }
+            })
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // Strict: a value too long is an error, never a silent truncation; a
@@ -513,20 +536,27 @@ impl MysqlStore {
         read_durability(&self.pool).await.map_err(db_err)
     }
 
-    /// Moves the revocation seq on by [`crate::domain::rules::SEQ_GAP`]
-    /// ([`crate::domain::rules::seq_after_possible_loss`]) and returns the seq it continues from. The issuer
-    /// calls it at every start: after a backup restored with the issuers stopped (the restore
+    /// [`retry`] under `WEAUTH_MYSQL_QUERY_TIMEOUT`: a request's store operation.
+    async fn retry<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        retry(self.query_timeout, attempt).await
+    }
+
+    /// Moves the revocation seq on by [`crate::domain::rules::SEQ_GAP`], and at least to
+    /// `now_ms` in microseconds ([`crate::domain::rules::seq_after_possible_loss`]), and
+    /// returns the seq it continues from. The issuer calls it at every start: after a backup restored with the issuers stopped (the restore
     /// procedure, OPERATIONS.md), the next revocations are not given the seqs of the ones
     /// the backup lacked, which sidecars may hold. A failover to another server is covered
     /// at the first revocation written on it (`revocation_server`).
     ///
     /// # Errors
     /// The database cannot be written.
-    pub async fn move_seq_past_possible_loss(&self) -> Result<u64, StoreError> {
-        retry(self.query_timeout, || {
-            ops::move_seq_past_possible_loss(&self.pool)
-        })
-        .await
+    pub async fn move_seq_past_possible_loss(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.retry(|| ops::move_seq_past_possible_loss(&self.pool, now_ms))
+            .await
     }
 }
 
@@ -541,7 +571,7 @@ impl Store for MysqlStore {
     }
 
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        retry(self.query_timeout, || ops::keys(&self.pool)).await
+        self.retry(|| ops::keys(&self.pool)).await
     }
 
     async fn insert_key(
@@ -549,48 +579,41 @@ impl Store for MysqlStore {
         key: &KeyRecord,
         only_if_none_active_at: Option<i64>,
     ) -> Result<bool, StoreError> {
-        retry(self.query_timeout, || {
-            ops::insert_key(&self.pool, key, only_if_none_active_at)
-        })
-        .await
+        self.retry(|| ops::insert_key(&self.pool, key, only_if_none_active_at))
+            .await
     }
 
     async fn erase_keys(&self, kids: &[String]) -> Result<(), StoreError> {
-        retry(self.query_timeout, || ops::erase_keys(&self.pool, kids)).await
+        self.retry(|| ops::erase_keys(&self.pool, kids)).await
     }
 
     async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {
-        retry(self.query_timeout, || ops::code_used(&self.pool, code_hash)).await
+        self.retry(|| ops::code_used(&self.pool, code_hash)).await
     }
 
     async fn login(&self, login: &NewLogin) -> Result<LoginResult, StoreError> {
-        retry(self.query_timeout, || ops::login(&self.pool, login)).await
+        self.retry(|| ops::login(&self.pool, login)).await
     }
 
     async fn discard_session(&self, sid: &str) -> Result<(), StoreError> {
-        retry(self.query_timeout, || ops::discard_session(&self.pool, sid)).await
+        self.retry(|| ops::discard_session(&self.pool, sid)).await
     }
 
     async fn rotate_refresh(&self, rotate: &Rotate) -> Result<RotateResult, StoreError> {
-        retry(self.query_timeout, || {
-            ops::rotate_refresh(&self.pool, rotate)
-        })
-        .await
+        self.retry(|| ops::rotate_refresh(&self.pool, rotate)).await
     }
 
     async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
-        retry(self.query_timeout, || ops::session(&self.pool, sid)).await
+        self.retry(|| ops::session(&self.pool, sid)).await
     }
 
     async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        retry(self.query_timeout, || {
-            ops::session_key_sealed(&self.pool, sid)
-        })
-        .await
+        self.retry(|| ops::session_key_sealed(&self.pool, sid))
+            .await
     }
 
     async fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
-        retry(self.query_timeout, || ops::user(&self.pool, sub)).await
+        self.retry(|| ops::user(&self.pool, sub)).await
     }
 
     async fn set_phone(
@@ -599,18 +622,16 @@ impl Store for MysqlStore {
         sealed_phone: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        retry(self.query_timeout, || {
-            ops::set_phone(&self.pool, sub, sealed_phone, now)
-        })
-        .await
+        self.retry(|| ops::set_phone(&self.pool, sub, sealed_phone, now))
+            .await
     }
 
     async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError> {
-        retry(self.query_timeout, || ops::set_risk(&self.pool, sub, fact)).await
+        self.retry(|| ops::set_risk(&self.pool, sub, fact)).await
     }
 
     async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
-        retry(self.query_timeout, || ops::wechat_token(&self.pool, appid)).await
+        self.retry(|| ops::wechat_token(&self.pool, appid)).await
     }
 
     async fn lease_wechat_token(
@@ -620,10 +641,8 @@ impl Store for MysqlStore {
         now: i64,
         lease_until: i64,
     ) -> Result<bool, StoreError> {
-        retry(self.query_timeout, || {
-            ops::lease_wechat_token(&self.pool, appid, holder, now, lease_until)
-        })
-        .await
+        self.retry(|| ops::lease_wechat_token(&self.pool, appid, holder, now, lease_until))
+            .await
     }
 
     async fn put_wechat_token(
@@ -632,17 +651,13 @@ impl Store for MysqlStore {
         token: &CachedToken,
         holder: &str,
     ) -> Result<bool, StoreError> {
-        retry(self.query_timeout, || {
-            ops::put_wechat_token(&self.pool, appid, token, holder)
-        })
-        .await
+        self.retry(|| ops::put_wechat_token(&self.pool, appid, token, holder))
+            .await
     }
 
     async fn release_wechat_lease(&self, appid: &str, holder: &str) -> Result<(), StoreError> {
-        retry(self.query_timeout, || {
-            ops::release_wechat_lease(&self.pool, appid, holder)
-        })
-        .await
+        self.retry(|| ops::release_wechat_lease(&self.pool, appid, holder))
+            .await
     }
 
     async fn invalidate_wechat_token(
@@ -650,17 +665,13 @@ impl Store for MysqlStore {
         appid: &str,
         token_hash: &str,
     ) -> Result<bool, StoreError> {
-        retry(self.query_timeout, || {
-            ops::invalidate_wechat_token(&self.pool, appid, token_hash)
-        })
-        .await
+        self.retry(|| ops::invalidate_wechat_token(&self.pool, appid, token_hash))
+            .await
     }
 
     async fn revoke(&self, revoke: &Revoke, now: i64, until: i64) -> Result<Entry, StoreError> {
-        retry(self.query_timeout, || {
-            ops::revoke(&self.pool, revoke, now, until)
-        })
-        .await
+        self.retry(|| ops::revoke(&self.pool, revoke, now, until))
+            .await
     }
 
     async fn revocation_facts(
@@ -669,10 +680,8 @@ impl Store for MysqlStore {
         sid: &str,
         sub: &str,
     ) -> Result<RevocationFacts, StoreError> {
-        retry(self.query_timeout, || {
-            ops::revocation_facts(&self.pool, jti, sid, sub)
-        })
-        .await
+        self.retry(|| ops::revocation_facts(&self.pool, jti, sid, sub))
+            .await
     }
 
     async fn feed_snapshot(
@@ -681,15 +690,13 @@ impl Store for MysqlStore {
         now: i64,
         limit: usize,
     ) -> Result<FeedSnapshot, StoreError> {
-        retry(self.query_timeout, || {
-            ops::feed_snapshot(&self.pool, after, now, limit)
-        })
-        .await?
-        .map_err(StoreError::Corrupt)
+        self.retry(|| ops::feed_snapshot(&self.pool, after, now, limit))
+            .await?
+            .map_err(StoreError::Corrupt)
     }
 
     async fn current_seq(&self) -> Result<u64, StoreError> {
-        retry(self.query_timeout, || ops::current_seq(&self.pool)).await
+        self.retry(|| ops::current_seq(&self.pool)).await
     }
 
     async fn report_access_ttl(
@@ -698,14 +705,12 @@ impl Store for MysqlStore {
         now: i64,
         forget_before: i64,
     ) -> Result<Vec<ReportedTtl>, StoreError> {
-        retry(self.query_timeout, || {
-            upkeep::report_access_ttl(&self.pool, access_ttl, now, forget_before)
-        })
-        .await
+        self.retry(|| upkeep::report_access_ttl(&self.pool, access_ttl, now, forget_before))
+            .await
     }
 
     async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError> {
-        retry(self.query_timeout, || upkeep::access_ttls(&self.pool)).await
+        self.retry(|| upkeep::access_ttls(&self.pool)).await
     }
 
     async fn put_ephemeral(
@@ -714,40 +719,34 @@ impl Store for MysqlStore {
         value: &[u8],
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        retry(self.query_timeout, || {
-            ops::put_ephemeral(&self.pool, key, value, expires_at)
-        })
-        .await
+        self.retry(|| ops::put_ephemeral(&self.pool, key, value, expires_at))
+            .await
     }
 
     async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        retry(self.query_timeout, || {
-            ops::take_ephemeral(&self.pool, key, now)
-        })
-        .await
+        self.retry(|| ops::take_ephemeral(&self.pool, key, now))
+            .await
     }
 
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {
-        retry(self.query_timeout, || upkeep::purge(&self.pool, now)).await
+        // Its own bound: up to forty batches, each its own transaction (what was
+        // committed stays when it is cut short).
+        retry(PURGE_TIMEOUT, || upkeep::purge(&self.pool, now)).await
     }
 
     async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {
-        retry(self.query_timeout, || user_grants::grants(&self.pool, sub)).await
+        self.retry(|| user_grants::grants(&self.pool, sub)).await
     }
 
     async fn set_scopes(&self, sub: &str, scopes: &[String], now: i64) -> Result<bool, StoreError> {
         let scopes = grants::stored_scopes(scopes);
-        retry(self.query_timeout, || {
-            user_grants::set_scopes(&self.pool, sub, &scopes, now)
-        })
-        .await
+        self.retry(|| user_grants::set_scopes(&self.pool, sub, &scopes, now))
+            .await
     }
 
     async fn set_ban(&self, sub: &str, ban: Option<&Ban>, now: i64) -> Result<bool, StoreError> {
-        retry(self.query_timeout, || {
-            user_grants::set_ban(&self.pool, sub, ban, now)
-        })
-        .await
+        self.retry(|| user_grants::set_ban(&self.pool, sub, ban, now))
+            .await
     }
 
     async fn set_ban_if(
@@ -757,10 +756,8 @@ impl Store for MysqlStore {
         ban: Option<&Ban>,
         now: i64,
     ) -> Result<BanWrite, StoreError> {
-        retry(self.query_timeout, || {
-            user_grants::set_ban_if(&self.pool, sub, expected, ban, now)
-        })
-        .await
+        self.retry(|| user_grants::set_ban_if(&self.pool, sub, expected, ban, now))
+            .await
     }
 
     async fn refresh_owner(
@@ -768,10 +765,8 @@ impl Store for MysqlStore {
         _family: &str,
         refresh_hash: &str,
     ) -> Result<Option<String>, StoreError> {
-        retry(self.query_timeout, || {
-            ops::refresh_owner(&self.pool, refresh_hash)
-        })
-        .await
+        self.retry(|| ops::refresh_owner(&self.pool, refresh_hash))
+            .await
     }
 }
 

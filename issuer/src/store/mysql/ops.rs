@@ -264,7 +264,7 @@ const SESSION_COLUMNS: &str =
 /// server (`@@server_id`) the last revocation was written on: written on another one — a
 /// failover, whose new primary may lack the old one's latest revocations, which sidecars
 /// may hold — the seq first moves past them ([`rules::seq_after_possible_loss`]).
-async fn next_seq(tx: &mut Tx) -> Result<i64> {
+async fn next_seq(tx: &mut Tx, now: i64) -> Result<i64> {
     // `revocation_seq` locked first, alone: two revocations serialize on it before either
     // reads the server row (which only this function touches, under that lock).
     let (current, server): (i64, i64) = sqlx::query_as(
@@ -289,7 +289,7 @@ async fn next_seq(tx: &mut Tx) -> Result<i64> {
         .bind(server)
         .execute(&mut **tx)
         .await?;
-        rules::seq_after_possible_loss(current)
+        rules::seq_after_possible_loss(current, now.saturating_mul(1000))
     }
     .saturating_add(1);
     let seq = to_i64(seq);
@@ -302,13 +302,13 @@ async fn next_seq(tx: &mut Tx) -> Result<i64> {
 
 /// Moves the revocation seq past any the database may have numbered and lost (a restored
 /// backup), at the issuer's start: see [`super::MysqlStore::move_seq_past_possible_loss`].
-pub(super) async fn move_seq_past_possible_loss(pool: &MySqlPool) -> Result<u64> {
+pub(super) async fn move_seq_past_possible_loss(pool: &MySqlPool, now_ms: i64) -> Result<u64> {
     let mut tx = pool.begin().await?;
     let current: i64 =
         sqlx::query_scalar("SELECT value FROM counters WHERE name = 'revocation_seq' FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
-    let moved = rules::seq_after_possible_loss(to_u64(current));
+    let moved = rules::seq_after_possible_loss(to_u64(current), now_ms);
     sqlx::query("UPDATE counters SET value = ? WHERE name = 'revocation_seq'")
         .bind(to_i64(moved))
         .execute(&mut *tx)
@@ -325,7 +325,7 @@ async fn insert_revocation(
     until: i64,
     now: i64,
 ) -> Result<Entry> {
-    let seq = next_seq(tx).await?;
+    let seq = next_seq(tx, now).await?;
     sqlx::query(
         "INSERT INTO revocations (seq, kind, value, issued_before, until, created_at) \
          VALUES (?, ?, ?, ?, ?, ?)",

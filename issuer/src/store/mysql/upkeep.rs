@@ -72,35 +72,15 @@ pub(super) const PURGE_REFRESH_TOKENS: &str =
     "DELETE FROM refresh_tokens WHERE expires_at < ? AND (used_at IS NULL OR used_at < ?) LIMIT ?";
 
 pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
-    let mut tx = pool.begin().await?;
-    let highest: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(seq) FROM revocations WHERE until < ?")
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
     let mut purged = Purged::default();
-    if let Some(highest) = highest {
-        purged.revocations = usize::try_from(
-            sqlx::query("DELETE FROM revocations WHERE until < ?")
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-        )
-        .unwrap_or(usize::MAX);
-        let current: i64 = sqlx::query_scalar(
-            "SELECT value FROM counters WHERE name = 'purged_through' FOR UPDATE",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let watermark = rules::next_watermark(to_u64(current), Some(to_u64(highest)));
-        sqlx::query("UPDATE counters SET value = ? WHERE name = 'purged_through'")
-            .bind(to_i64(watermark))
-            .execute(&mut *tx)
-            .await?;
+    // In batches too, each with its watermark: one delete of a backlog ran past any bound.
+    for _ in 0..PURGE_ROUNDS {
+        let removed = purge_revocations(pool, now).await?;
+        purged.revocations = purged.revocations.saturating_add(removed);
+        if removed < PURGE_BATCH as usize {
+            break;
+        }
     }
-    // The watermark's row is held only this long: a replica's lifetime report waits on it.
-    tx.commit().await?;
     // Each on its own, by its expiry index, locking only the rows it removes. (A refresh token
     // never outlives its session — its expiry is capped by the session's end — so an expired
     // session's tokens have expired too: no join with `sessions`. Joined, the delete read and
@@ -114,6 +94,40 @@ pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
         delete_in_batches(pool, PURGE_REFRESH_TOKENS, &[now, used_before]).await?;
     delete_in_batches(pool, PURGE_EPHEMERAL, &[now]).await?;
     Ok(purged)
+}
+
+/// One batch of expired revocations — the [`PURGE_BATCH`] lowest seqs among them — and the
+/// watermark readers compare `since` with, together. Returns how many were removed.
+async fn purge_revocations(pool: &MySqlPool, now: i64) -> Result<usize> {
+    let mut tx = pool.begin().await?;
+    let highest: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(seq) FROM (SELECT seq FROM revocations WHERE until < ? ORDER BY seq LIMIT ?) b",
+    )
+    .bind(now)
+    .bind(PURGE_BATCH)
+    .fetch_one(&mut *tx)
+    .await?;
+    let Some(highest) = highest else {
+        return Ok(0);
+    };
+    let removed = sqlx::query("DELETE FROM revocations WHERE until < ? AND seq <= ?")
+        .bind(now)
+        .bind(highest)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let current: i64 =
+        sqlx::query_scalar("SELECT value FROM counters WHERE name = 'purged_through' FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+    let watermark = rules::next_watermark(to_u64(current), Some(to_u64(highest)));
+    sqlx::query("UPDATE counters SET value = ? WHERE name = 'purged_through'")
+        .bind(to_i64(watermark))
+        .execute(&mut *tx)
+        .await?;
+    // The watermark's row is held only this long: a replica's lifetime report waits on it.
+    tx.commit().await?;
+    Ok(usize::try_from(removed).unwrap_or(usize::MAX))
 }
 
 /// Rows a purge removes per statement ([`delete_in_batches`]).

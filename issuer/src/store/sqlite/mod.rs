@@ -237,20 +237,21 @@ impl SqliteStore {
         })
     }
 
-    /// Moves the revocation seq on by [`crate::domain::rules::SEQ_GAP`]
-    /// ([`crate::domain::rules::seq_after_possible_loss`]) and returns the seq it continues from. The issuer
-    /// calls it at every start, from a blocking thread: a backup restored over the file (with
+    /// Moves the revocation seq on by [`crate::domain::rules::SEQ_GAP`], and at least to
+    /// `now_ms` in microseconds ([`crate::domain::rules::seq_after_possible_loss`]), and
+    /// returns the seq it continues from. The issuer calls it at every start, from a blocking
+    /// thread: a backup restored over the file (with
     /// the issuer stopped: a file cannot be replaced under a running one) lacks revocations
     /// whose seqs sidecars may hold, and the next revocations must not be given them.
     ///
     /// # Errors
     /// The file cannot be written.
-    pub fn move_seq_past_possible_loss(&self) -> Result<u64, StoreError> {
+    pub fn move_seq_past_possible_loss(&self, now_ms: i64) -> Result<u64, StoreError> {
         let mut conn = self
             .conn
             .lock()
             .map_err(|_| StoreError::backend("the SQLite connection mutex is poisoned"))?;
-        ops::move_seq_past_possible_loss(&mut conn)
+        ops::move_seq_past_possible_loss(&mut conn, now_ms)
     }
 
     /// Runs `op` on the connection in tokio's blocking pool.

@@ -737,12 +737,15 @@ pub(super) fn current_seq(conn: &mut Connection) -> Result<u64, StoreError> {
     read_current_seq(conn)
 }
 
-pub(super) fn move_seq_past_possible_loss(conn: &mut Connection) -> Result<u64, StoreError> {
+pub(super) fn move_seq_past_possible_loss(
+    conn: &mut Connection,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
     let current = read_current_seq(&tx)?;
-    let moved = rules::seq_after_possible_loss(current);
+    let moved = rules::seq_after_possible_loss(current, now_ms);
     tx.execute(
         "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'revocations'",
         params![to_i64(moved)],
