@@ -1243,6 +1243,13 @@ async fn logins_past_max_in_flight_answered_503_at_once() {
         calls + 2,
         "it asked WeChat"
     );
+    let metrics = common::metrics_text(&stack.http, &stack.url("/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"weauth_http_shed_total{route="login"} 1"#),
+        "{metrics}"
+    );
     // Not held back: the probes, and a logout (a revocation refused under load would leave its
     // tokens working).
     let (status, _, _) = stack.get("/healthz", None).await;
@@ -1262,4 +1269,34 @@ async fn logins_past_max_in_flight_answered_503_at_once() {
     }
     let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
     assert_eq!(status, 200, "the refused code was not spent: {body}");
+}
+
+/// A request with a body takes its place among those under way once the body is read: a
+/// client sending its body slowly (up to `WEAUTH_HEADER_TIMEOUT`) holds none meanwhile, or a
+/// few such clients kept every place from everyone else at no cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_slowly_holds_no_place_among_the_requests_under_way() {
+    use tokio::io::AsyncWriteExt as _;
+    let stack = Stack::start(&[("WEAUTH_MAX_IN_FLIGHT", "1"), ("WEAUTH_LOGIN_RATE", "0")]).await;
+    let url = stack.url("");
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/token/refresh HTTP/1.1\r\nHost: issuer\r\nContent-Type: application/json\r\n\
+          Content-Length: 64\r\n\r\n{\"refresh_token\":",
+    )
+    .await
+    .unwrap();
+    // The request is under way (its head read, its handler waiting for the body).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let code = stack.mock.login("meanwhile").code;
+    let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
+    assert_eq!(
+        status, 200,
+        "a login turned away by a body still on its way: {body}"
+    );
+    drop(slow);
 }

@@ -187,6 +187,55 @@ pub fn check_credential(header: Option<&str>, expected: &str) -> Result<(), ApiE
     }
 }
 
+/// The place among the client requests under way (`WEAUTH_MAX_IN_FLIGHT`) of a request that
+/// takes it once its body is read ([`read_json`]); until then it holds none, so a client
+/// sending its body slowly — up to `WEAUTH_HEADER_TIMEOUT` — cannot keep places from others
+/// at no cost. Held as long as a clone of it lives (the request's layer keeps one).
+#[derive(Clone)]
+pub struct Admission {
+    app: Arc<App>,
+    /// The route's metrics label.
+    route: &'static str,
+    place: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+}
+
+impl Admission {
+    pub fn new(app: Arc<App>, route: &'static str) -> Admission {
+        Admission {
+            app,
+            route,
+            place: Arc::default(),
+        }
+    }
+
+    /// Takes a place now; every place taken is a 503 to retry shortly.
+    ///
+    /// # Errors
+    /// [`ApiError::UnavailableFor`] when every place is taken.
+    pub fn take(&self) -> Result<(), ApiError> {
+        let place = self.app.admit().map_err(|_| {
+            self.app.metrics.http_shed(self.route);
+            tracing::debug!(
+                route = self.route,
+                "refused: WEAUTH_MAX_IN_FLIGHT requests already under way"
+            );
+            full()
+        })?;
+        if let Ok(mut slot) = self.place.lock() {
+            *slot = place;
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a client request past `WEAUTH_MAX_IN_FLIGHT`.
+fn full() -> ApiError {
+    ApiError::UnavailableFor {
+        retry_after: 1,
+        description: "the issuer has too many requests under way; retry shortly".into(),
+    }
+}
+
 /// A cookie of the request; a name sent twice is refused (400).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     let values = headers.get_all(COOKIE).iter().map(|value| value.as_bytes());
@@ -265,6 +314,7 @@ pub async fn read_json<T: DeserializeOwned>(
     request: axum::extract::Request,
     config: &crate::config::Config,
 ) -> Result<T, ApiError> {
+    let admission = request.extensions().get::<Admission>().cloned();
     let json = header_str(request.headers(), CONTENT_TYPE)
         .and_then(|value| value.split(';').next())
         .is_some_and(|mime| {
@@ -298,6 +348,11 @@ pub async fn read_json<T: DeserializeOwned>(
                 }
             })?
             .to_bytes();
+    // The body is in: the request now takes its place among those under way (a client
+    // dribbling its body held none meanwhile).
+    if let Some(admission) = admission {
+        admission.take()?;
+    }
     // Every body the issuer reads is an object, and serde reads a struct from a JSON array as
     // well (its members in order): `["…"]` passed as `{"refresh_token": "…"}`.
     if !bytes.is_empty() && bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {

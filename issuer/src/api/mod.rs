@@ -182,26 +182,24 @@ async fn observe(
         span: &span,
         answered: false,
     };
-    let admitted = if SHED.contains(&route) {
-        app.admit()
-    } else {
-        Ok(None)
+    // A place among the requests under way: taken now, or — a request with a body — once its
+    // body is read (`extract::Admission`).
+    let admission = SHED
+        .contains(&route)
+        .then(|| extract::Admission::new(Arc::clone(&app), route));
+    let admitted = match &admission {
+        Some(admission) if request.method() == hyper::Method::POST => {
+            request.extensions_mut().insert(admission.clone());
+            Ok(())
+        }
+        Some(admission) => admission.take(),
+        None => Ok(()),
     };
     let handler = next.run(request).instrument(span.clone());
-    let response = if admitted.is_err() {
-        span.in_scope(|| {
-            tracing::debug!(
-                route,
-                "refused: WEAUTH_MAX_IN_FLIGHT requests already under way"
-            );
-        });
-        ApiError::UnavailableFor {
-            retry_after: 1,
-            description: "the issuer has too many requests under way; retry shortly".into(),
-        }
-        .into_response()
+    let response = if let Err(full) = admitted {
+        full.into_response()
     } else if !RUN_TO_THE_END.contains(&route) {
-        let _place = admitted;
+        let _place = admission;
         handler.await
     } else {
         // Apart from this future, which the connection drops when the client goes away (or
@@ -209,7 +207,7 @@ async fn observe(
         // logout between marking its session and publishing it, would be left half-written.
         // Its place among the requests under way goes with it.
         let handler = async move {
-            let _place = admitted;
+            let _place = admission;
             handler.await
         };
         match app.handlers.spawn(handler).await {

@@ -121,7 +121,12 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-const HELP: [(&str, &str, &str); 16] = [
+const HELP: [(&str, &str, &str); 17] = [
+    (
+        "weauth_http_shed_total",
+        "counter",
+        "Client requests answered 503 at once, by route, because WEAUTH_MAX_IN_FLIGHT requests were under way on this replica.",
+    ),
     (
         "weauth_login_risk_total",
         "counter",
@@ -311,6 +316,14 @@ impl Metrics {
     /// Counts an HTTP response to a request on `route` (see [`route_label`]). The route lets
     /// an error ratio leave out the feed's long polls, the probes and the JWKS, which answer
     /// from memory and would dilute an outage of the API.
+    /// A client request answered 503 at once: every place of `WEAUTH_MAX_IN_FLIGHT` taken.
+    pub fn http_shed(&self, route: &str) {
+        self.add(
+            "weauth_http_shed_total",
+            format!("route=\"{}\"", escape(route)),
+        );
+    }
+
     pub fn http(&self, route: &str, status: u16) {
         self.add(
             "weauth_http_requests_total",
