@@ -46,8 +46,7 @@ async fn admin(
 }
 
 /// Waits (at most 5 s: a loaded CI machine's bound, far below the feed poll's 20 s hold) until
-/// the edge answers `want` for `path` with `token`; prints how long that took.
-/// Polls `path` at the edge with `token` until it answers `want` (up to 5 s); a 401 must be
+/// the edge answers `want` for `path` with `token`; prints how long that took. A 401 must be
 /// the revocation's (what these tests wait for), not another refusal.
 async fn edge_status_becomes(stack: &Stack, path: &str, token: &str, want: u16) -> u16 {
     let started = Instant::now();

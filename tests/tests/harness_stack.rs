@@ -76,6 +76,19 @@ async fn envoy_restart_verifies_again_and_counts_in_stats() {
 async fn concurrency_two_every_worker_verifies() {
     let stack = stack(Stack::builder().concurrency(2)).await;
     let token = stack.login("carol").await.unwrap().access_token;
+    // Connections each worker of the public listener took (Envoy's per-worker counters).
+    let port = stack.envoy_url().rsplit(':').next().unwrap().to_string();
+    let taken = |stats: &str, worker: &str| -> u64 {
+        stats
+            .lines()
+            .filter(|l| {
+                l.starts_with("listener.")
+                    && l.contains(&format!("_{port}.{worker}.downstream_cx_total:"))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = stack.envoy_stats().await.unwrap();
     // Fresh connections are spread over both workers.
     let fresh = reqwest::Client::builder()
         .no_proxy()
@@ -93,28 +106,12 @@ async fn concurrency_two_every_worker_verifies() {
         let body = r.text().await.unwrap();
         assert_eq!(status, 200, "{body}");
     }
-    // Both workers took some of them (Envoy's per-worker listener counters; all 40 on one
-    // worker is a chance of 2^-39), so both verified a token.
-    let port = stack.envoy_url().rsplit(':').next().unwrap().to_string();
-    let stats = stack.envoy_stats().await.unwrap();
+    // Both workers took some of these 40 (all on one worker is a chance of 2^-39; the login's
+    // and the probes' connections before are not counted), so both verified a token.
+    let after = stack.envoy_stats().await.unwrap();
     for worker in ["worker_0", "worker_1"] {
-        let taken: u64 = stats
-            .lines()
-            .filter(|l| {
-                l.starts_with("listener.")
-                    && l.contains(&format!("_{port}.{worker}.downstream_cx_total:"))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        assert!(
-            taken > 0,
-            "{worker} took no connection:\n{}",
-            stats
-                .lines()
-                .filter(|l| l.contains("downstream_cx_total"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        let took = taken(&after, worker) - taken(&before, worker);
+        assert!(took > 0, "{worker} took none of the 40 connections");
     }
 }
 

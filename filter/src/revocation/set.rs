@@ -223,6 +223,20 @@ impl Column {
         *self = merged;
     }
 
+    /// Whether every row is held already, with an `until` and an `issued_before` at least its
+    /// own (merging it would change nothing).
+    fn covers(&self, rows: &[Row]) -> bool {
+        rows.iter().all(|(hash, until, issued_before)| {
+            self.find(*hash).is_some_and(|i| {
+                self.until.get(i).is_some_and(|held| held >= until)
+                    && self
+                        .issued_before
+                        .get(i)
+                        .is_none_or(|held| held >= issued_before)
+            })
+        })
+    }
+
     /// Whether an entry is past its `until` at `now`.
     fn has_expired(&self, now: i64) -> bool {
         self.until.iter().any(|until| i64::from(*until) < now)
@@ -411,24 +425,15 @@ impl RevocationSet {
                 rows.retain(|row| live(row.1));
                 skipped += before - rows.len();
             }
-            let touched = !(jti.is_empty() && sid.is_empty() && sub.is_empty());
-            if page.full {
-                // The issuer's whole live set is added to ours, not put in its place: a
-                // revocation is never lifted, and an entry held here that the answer lacks is
-                // one past its `until` on the issuer's clock that is kept here for the clock
-                // skew, or one the issuer lost (a restored backup, a failover) — either is
-                // still a revoked token until its own `until` (`prune`).
-                if touched {
-                    let mut merged = Shard::clone(shard);
-                    merged.jti.merge(jti, false);
-                    merged.sid.merge(sid, false);
-                    merged.sub.merge(sub, true);
-                    if **shard != merged {
-                        *shard = Arc::new(merged);
-                        changed[index] = true;
-                    }
-                }
-            } else if touched {
+            // A full answer's entries are added like a delta's, not put in place of ours: a
+            // revocation is never lifted, and an entry held here that the answer lacks is one
+            // past its `until` on the issuer's clock that is kept here for the clock skew, or
+            // one the issuer lost (a restored backup, a failover) — either is still a revoked
+            // token until its own `until` (`prune`). Rows the shard has already (a full set
+            // repeating it) change nothing: the shard is neither copied nor rewritten.
+            let covered =
+                shard.jti.covers(&jti) && shard.sid.covers(&sid) && shard.sub.covers(&sub);
+            if !covered {
                 let shard = Arc::make_mut(shard);
                 shard.jti.merge(jti, false);
                 shard.sid.merge(sid, false);
@@ -801,6 +806,20 @@ pub(crate) mod tests {
         assert_eq!(
             set.check(&claims("j", "s", "u", NOW - 10)),
             Some(Revoked::Sub)
+        );
+    }
+
+    #[test]
+    fn apply_entries_held_already_change_no_shard() {
+        let mut set = set_with(vec![entry(1, EntryKind::Jti, "a", NOW + 100)]);
+        let again = feed(10, false, vec![entry(1, EntryKind::Jti, "a", NOW + 50)]);
+        assert!(set.apply(&again, NOW).unwrap().changed.is_empty());
+        assert_eq!(set.seq, 10);
+        // A later until is news.
+        let later = feed(11, false, vec![entry(11, EntryKind::Jti, "a", NOW + 200)]);
+        assert_eq!(
+            set.apply(&later, NOW).unwrap().changed,
+            vec![shard_of(EntryKind::Jti, "a")]
         );
     }
 
