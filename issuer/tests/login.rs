@@ -1250,6 +1250,13 @@ async fn logins_past_max_in_flight_answered_503_at_once() {
             .any(|l| l == r#"weauth_http_shed_total{route="login"} 1"#),
         "{metrics}"
     );
+    // The others exist from the start, at 0 (a rate over a missing series is no data).
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"weauth_http_shed_total{route="refresh"} 0"#),
+        "{metrics}"
+    );
     // Not held back: the probes, and a logout (a revocation refused under load would leave its
     // tokens working).
     let (status, _, _) = stack.get("/healthz", None).await;

@@ -113,6 +113,7 @@ where
 
 /// The issuer's router: the route table, the JSON 404/405 fallbacks, and the observing layer.
 pub fn router(app: Arc<App>) -> Router {
+    app.metrics.http_shed_ready(&SHED);
     table()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

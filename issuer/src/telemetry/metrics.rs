@@ -316,6 +316,20 @@ impl Metrics {
     /// Counts an HTTP response to a request on `route` (see [`route_label`]). The route lets
     /// an error ratio leave out the feed's long polls, the probes and the JWKS, which answer
     /// from memory and would dilute an outage of the API.
+    /// [`Metrics::http_shed`]'s series of `routes` at 0, so that they exist before the first
+    /// request turned away (a rate over a series that is not there is no data, not 0).
+    pub fn http_shed_ready(&self, routes: &[&str]) {
+        if let Ok(mut inner) = self.inner.lock() {
+            for route in routes {
+                let labels = format!("route=\"{}\"", escape(route));
+                inner
+                    .counters
+                    .entry(("weauth_http_shed_total", labels))
+                    .or_insert(0);
+            }
+        }
+    }
+
     /// A client request answered 503 at once: every place of `WEAUTH_MAX_IN_FLIGHT` taken.
     pub fn http_shed(&self, route: &str) {
         self.add(
