@@ -231,6 +231,19 @@ fn access_of(cookies: &HashMap<String, String>) -> String {
     cookie_value(&cookies[AT])
 }
 
+/// A callback refused 400 as one from another browser than the login's (its binding cookie
+/// missing or not the login's), not for another reason.
+fn assert_another_browser(status: u16, body: &serde_json::Value) {
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another browser"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorize_official_account_redirects_to_wechat_with_state_and_binding_cookie() {
     let stack = start(&[]).await;
@@ -434,14 +447,7 @@ async fn callback_state_missing_malformed_forged_used_or_other_browser_400_nothi
     // Another browser: no binding cookie, or someone else's.
     let (status, body, _) =
         callback(&stack, Some(&code), &started.state, Some("someone-elses")).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("another browser"),
-        "{body}"
-    );
+    assert_another_browser(status, &body);
     // That attempt consumed the state: even the right browser cannot use it now.
     let (status, body, _) =
         callback(&stack, Some(&code), &started.state, Some(&started.binding)).await;
@@ -455,14 +461,7 @@ async fn callback_state_missing_malformed_forged_used_or_other_browser_400_nothi
     );
     let second = start_login(&stack, &oa().appid, BACK, None).await;
     let (status, body, _) = callback(&stack, Some(&code), &second.state, None).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("another browser"),
-        "{body}"
-    );
+    assert_another_browser(status, &body);
     // Used: a completed login replayed.
     let third = start_login(&stack, &oa().appid, BACK, None).await;
     let code = stack.mock.oauth_code(&oa().appid, "alice", "snsapi_base");
@@ -488,14 +487,7 @@ async fn binding_under_a_name_a_sibling_host_can_set_is_not_read() {
     let planted = format!("weauth_oauth={}", started.binding);
     let (status, body, _) =
         callback_with_cookie(&stack, Some(&code), &started.state, Some(&planted)).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("another browser"),
-        "{body}"
-    );
+    assert_another_browser(status, &body);
     assert_eq!(stack.count("sessions"), 0);
 }
 
@@ -511,15 +503,8 @@ async fn binding_behind_a_unicode_space_is_not_read() {
     let planted = format!("\u{2000}__Host-weauth_oauth={}", started.binding);
     let (status, body, headers) =
         callback_with_cookie(&stack, Some(&code), &started.state, Some(&planted)).await;
-    assert_eq!(status, 400, "{body}");
     // Refused as a browser without the binding, not for the header's bytes.
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("another browser"),
-        "{body}"
-    );
+    assert_another_browser(status, &body);
     assert!(headers.get("location").is_none());
     assert_eq!(stack.count("sessions"), 0);
 }

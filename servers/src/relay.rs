@@ -75,41 +75,32 @@ impl Drop for Relay {
 
 async fn relay(client: TcpStream, server: TcpStream, born: u64, silenced_before: Arc<AtomicU64>) {
     let silent = move || born < silenced_before.load(Ordering::SeqCst);
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
-    let up = {
-        let silent = silent.clone();
-        async move {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match client_read.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if silent() {
-                    // Swallowed, the connection held open: a host that no longer answers.
-                    std::future::pending::<()>().await;
-                }
-                if server_write.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    tokio::join!(
+        pipe(client_read, server_write, silent.clone()),
+        pipe(server_read, client_write, silent)
+    );
+}
+
+/// Copies `from` to `to` until either ends; once `silent()`, swallows what comes and holds both
+/// open: a host that no longer answers.
+async fn pipe(
+    mut from: impl AsyncReadExt + Unpin,
+    mut to: impl AsyncWriteExt + Unpin,
+    silent: impl Fn() -> bool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if silent() {
+            std::future::pending::<()>().await;
         }
-    };
-    let down = async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match server_read.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if silent() {
-                std::future::pending::<()>().await;
-            }
-            if client_write.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
         }
-    };
-    tokio::join!(up, down);
+    }
 }

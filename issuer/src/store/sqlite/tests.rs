@@ -179,6 +179,23 @@ async fn sqlite_purge_goes_through_every_batch() {
     assert_eq!(left, ["live"]);
 }
 
+/// A copy of the store's file, as a backup is taken.
+fn back_up(store: &SqliteStore, backup: &std::path::Path) {
+    let conn = store.conn.lock().unwrap();
+    conn.execute("VACUUM INTO ?1", params![backup.to_str().unwrap()])
+        .unwrap();
+}
+
+/// The backup put back over the file, with the issuer stopped (`store` closed first).
+fn restore(store: SqliteStore, db: &TempDb, backup: &std::path::Path) -> SqliteStore {
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.path().display()));
+    }
+    std::fs::copy(backup, db.path()).unwrap();
+    SqliteStore::open(&db.path()).unwrap()
+}
+
 /// A backup restored over the file with the issuer stopped lacks the last revocations, whose
 /// seqs a sidecar may hold as its `since`: the start after it moves the seq past them, so the
 /// next revocation is not given one of those seqs (a sidecar past it would never ask for it).
@@ -189,11 +206,7 @@ async fn sqlite_start_after_a_restored_backup_hands_out_no_seq_a_sidecar_holds()
     let db = TempDb::new().await;
     let backup = db.dir.path().join("backup.db");
     let store = SqliteStore::open(&db.path()).unwrap();
-    {
-        let conn = store.conn.lock().unwrap();
-        conn.execute("VACUUM INTO ?1", params![backup.to_str().unwrap()])
-            .unwrap();
-    }
+    back_up(&store, &backup);
     store
         .revoke(&Revoke::Jti("a".into()), 10, 20)
         .await
@@ -202,12 +215,7 @@ async fn sqlite_start_after_a_restored_backup_hands_out_no_seq_a_sidecar_holds()
         .revoke(&Revoke::Jti("b".into()), 10, 20)
         .await
         .unwrap();
-    drop(store);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.path().display()));
-    }
-    std::fs::copy(&backup, db.path()).unwrap();
-    let store = SqliteStore::open(&db.path()).unwrap();
+    let store = restore(store, &db, &backup);
     assert_eq!(
         store.current_seq().await.unwrap(),
         1,
@@ -228,22 +236,13 @@ async fn sqlite_backup_from_before_the_last_start_restored_hands_out_no_seq_agai
     let backup = db.dir.path().join("backup.db");
     let store = SqliteStore::open(&db.path()).unwrap();
     store.move_seq_past_possible_loss(1_000_000).unwrap();
-    {
-        let conn = store.conn.lock().unwrap();
-        conn.execute("VACUUM INTO ?1", params![backup.to_str().unwrap()])
-            .unwrap();
-    }
+    back_up(&store, &backup);
     store.move_seq_past_possible_loss(2_000_000).unwrap();
     let lost = store
         .revoke(&Revoke::Jti("lost".into()), 10, 20)
         .await
         .unwrap();
-    drop(store);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.path().display()));
-    }
-    std::fs::copy(&backup, db.path()).unwrap();
-    let store = SqliteStore::open(&db.path()).unwrap();
+    let store = restore(store, &db, &backup);
     store.move_seq_past_possible_loss(3_000_000).unwrap();
     crate::store::contract::revoke_past_a_lost_one(&store, &lost).await;
 }
