@@ -1662,6 +1662,29 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(config.identity_header_prefix, "x-auth-");
+        // Two characters are enough, as the error says.
+        let config = parse(&config_with(
+            serde_json::json!({"identity_header_prefix": "x-"}),
+        ))
+        .unwrap();
+        assert_eq!(config.identity_header_prefix, "x-");
+    }
+
+    /// A rule's scope must be one token of RFC 6750's `scope` syntax: not empty, no space, no
+    /// `"` (a scope `"a b"` never matches, and every request on its rule would be refused).
+    #[test]
+    fn parse_rule_scopes_empty_spaced_or_quoted_refused() {
+        for bad in ["", "a b", "a\tb", "a\"b"] {
+            let err = parse(&config_with(serde_json::json!({"rules": [
+                {"prefix": "/a", "scopes": [bad]}
+            ]})))
+            .unwrap_err();
+            assert_eq!(field_of(err), "rules[0].scopes", "{bad:?}");
+        }
+        assert!(parse(&config_with(serde_json::json!({"rules": [
+            {"prefix": "/a", "scopes": ["read:all"]}
+        ]})))
+        .is_ok());
     }
 
     #[test]

@@ -1075,4 +1075,50 @@ mod tests {
         assert_eq!(without_query("/a?b=/c"), "/a");
         assert_eq!(without_query("/a"), "/a");
     }
+
+    /// A reserved escape kept as it is, wherever it stands: its two digits are its own.
+    #[test]
+    fn normalize_keeps_a_reserved_escape_after_other_bytes() {
+        assert_eq!(normalize("/ab%3bc"), "/ab%3Bc");
+        assert_eq!(normalize("/abcd%2fe"), "/abcd%2Fe");
+    }
+
+    /// `%25` followed by a literal hex digit and a byte that is not one: a legal `%` in a name.
+    #[test]
+    fn percent_escape_before_a_lone_hex_digit_is_not_double_encoding() {
+        assert_eq!(require_of("/public/%25%3Ae"), Ok(Require::None));
+    }
+
+    /// The lax reading's rule requires more (a token) with other scopes than the rule as
+    /// written: the stricter requirement and both scopes.
+    #[test]
+    fn combined_rule_takes_the_lax_readings_stricter_requirement_and_both_scopes() {
+        let rule = |prefix: &str, require, scope: &str| Rule {
+            path: PathMatch::Prefix(prefix.into()),
+            require,
+            scopes: vec![scope.into()],
+            csrf: true,
+            forward_authorization: None,
+        };
+        let rules = [
+            rule("/api/admin/", Require::Required, "admin"),
+            rule("/api/", Require::Optional, "api"),
+        ];
+        let (require, scopes) = rule_for_path("/api/admin", matching(&rules)).unwrap();
+        assert_eq!(require, Require::Required);
+        assert_eq!(scopes.as_ref(), ["api".to_string(), "admin".to_string()]);
+    }
+
+    /// An escape refused right after one accepted: the scan goes on from the next byte.
+    #[test]
+    fn refused_escape_right_after_an_accepted_one_is_refused() {
+        assert_eq!(
+            check("/public/%41%5c..%5cadmin"),
+            Err(PathError::EncodedSlash)
+        );
+        assert_eq!(
+            require_of("/public/%41%5c..%5cadmin"),
+            Err(PathError::EncodedSlash)
+        );
+    }
 }

@@ -988,6 +988,37 @@ mod tests {
         assert_eq!(host.removed, ["x-weauth-unionid", "authorization"]);
     }
 
+    /// A claim with a control character cannot be a header value: not written, and the
+    /// client's copy of the header goes all the same; the request goes on.
+    #[test]
+    fn on_request_headers_claim_with_a_control_character_not_written() {
+        let config = config(serde_json::json!({
+            "claim_to_headers": [{"claim": "sub", "header": "x-weauth-sub"},
+                                 {"claim": "openid", "header": "x-weauth-openid"}]
+        }));
+        let claims = Claims {
+            sub: "u\u{1}1".into(),
+            ..claims()
+        };
+        let bearer = format!(
+            "Bearer {}",
+            weauth_token::sign(&claims, &signing_key()).unwrap()
+        );
+        let mut host = MockHost::with(&[
+            (":method", "GET"),
+            (":path", "/api/me"),
+            ("authorization", &bearer),
+            ("x-weauth-sub", "forged"),
+        ]);
+        let stats = MockStats::default();
+        assert_eq!(run(&config, &mut host, &stats), Flow::Continue);
+        assert_eq!(
+            host.set,
+            [("x-weauth-openid".to_string(), "o1".to_string())]
+        );
+        assert_eq!(host.removed, ["x-weauth-sub", "authorization"]);
+    }
+
     #[test]
     fn on_request_headers_two_claims_one_header_second_replaces_first() {
         let config = config(serde_json::json!({
@@ -1471,6 +1502,8 @@ mod tests {
             }
         };
         assert_eq!(judge_at(NOW_MS + 1_000, 6_000), "allow");
+        // Exactly `stale_after_seconds` old: not stale yet.
+        assert_eq!(judge_at(NOW_MS + 1_000, 65_000), "allow");
         // The wall clock stepped an hour forward a second later: the set is a second old, and
         // the token (valid 900 s) has expired by the wall clock.
         assert_eq!(judge_at(NOW_MS + 3_601_000, 6_000), "expired");

@@ -1107,6 +1107,55 @@ mod tests {
         );
     }
 
+    /// A token of exactly `max_token_bytes` is verified; one byte over the limit is too large.
+    #[test]
+    fn decide_token_of_exactly_the_size_limit_verified() {
+        let keys = keys();
+        let token = token_for(&claims());
+        let snapshot = || Snapshot {
+            keys: Some(&keys),
+            keys_generation: 1,
+            revocation: RevocationView::Disabled,
+        };
+        let mut validation = validation();
+        validation.max_token_bytes = token.len();
+        let mut cache = TokenCache::new(10);
+        let at_limit = decide(
+            &found(&token),
+            Require::Required,
+            &[],
+            &validation,
+            &snapshot(),
+            &mut cache,
+            NOW,
+        );
+        assert!(
+            matches!(at_limit.decision, Decision::Allow { .. }),
+            "{at_limit:?}"
+        );
+        validation.max_token_bytes = token.len() - 1;
+        let over = decide(
+            &found(&token),
+            Require::Required,
+            &[],
+            &validation,
+            &snapshot(),
+            &mut TokenCache::new(10),
+            NOW,
+        );
+        assert_eq!(denial(&over).reason, "too_large");
+    }
+
+    /// A CSRF refusal is no token's fault: no `Bearer` challenge; and a challenge carries
+    /// printable ASCII only (RFC 6750), whatever the text it quotes.
+    #[test]
+    fn www_authenticate_none_for_csrf_and_printable_ascii_only() {
+        let csrf = crate::csrf::check(Some("cross-site"), None, &[]).unwrap_err();
+        assert_eq!(csrf.status, 403);
+        assert_eq!(csrf.www_authenticate(), None);
+        assert_eq!(quoted_safe("a\u{1}é\"\\~"), "a  ''~");
+    }
+
     #[test]
     fn www_authenticate_description_quotes_replaced() {
         let denial = Denial::new(401, "invalid_token", "x", "a \"quoted\" \\ text");

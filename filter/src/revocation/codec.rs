@@ -367,6 +367,9 @@ mod tests {
             entries: 5,
         };
         assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
+        let mut longer = meta.encode();
+        longer.push(0);
+        assert_eq!(Meta::decode(&longer), Err(DecodeError::Trailing));
     }
 
     #[test]

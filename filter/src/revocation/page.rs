@@ -275,6 +275,18 @@ mod tests {
         assert!(FeedPage::parse_chunks(&[text, b"x"]).is_err());
     }
 
+    /// A value of exactly [`MAX_VALUE_BYTES`] is kept (one byte more is skipped, below).
+    #[test]
+    fn value_of_exactly_the_longest_length_kept() {
+        let longest = "x".repeat(MAX_VALUE_BYTES);
+        let text = format!(
+            r#"{{"seq":1,"full":true,"now":1,"entries":[
+            {{"seq":1,"kind":"jti","value":"{longest}","until":9}}]}}"#
+        );
+        let page = FeedPage::parse(text.as_bytes()).unwrap();
+        assert_eq!((page.entries, page.skipped), (1, 0));
+    }
+
     #[test]
     fn parse_skips_malformed_entries_as_apply_does() {
         let long = "x".repeat(MAX_VALUE_BYTES + 1);

@@ -263,6 +263,37 @@ mod tests {
         );
     }
 
+    /// The shard's blob there, but of the generation before (the new one not yet written):
+    /// torn, not installed as the new generation.
+    #[test]
+    fn replica_sync_old_blob_of_a_changed_shard_is_torn() {
+        let (mut writer, store, mut reader, first) = writer_store_reader();
+        let target = shard_index(EntryKind::Jti, "a");
+        let same_shard = (0..)
+            .map(|i| format!("b{i}"))
+            .find(|v| shard_index(EntryKind::Jti, v) == target)
+            .unwrap();
+        let second = apply_and_publish(
+            &mut writer,
+            2,
+            false,
+            entry(2, EntryKind::Jti, &same_shard, NOW + 100),
+        );
+        let err = reader
+            .sync(second.meta.clone(), |i| store.get(&i).cloned())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            SyncError::Torn {
+                index: target,
+                found: first.meta.generation,
+                wanted: second.meta.generation
+            }
+        );
+        assert_eq!(reader.generation(), first.meta.generation);
+        assert_eq!(Replica::default().generation(), 0);
+    }
+
     #[test]
     fn publish_without_change_keeps_generation() {
         let mut writer = Replica::default();

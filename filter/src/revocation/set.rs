@@ -841,4 +841,32 @@ pub(crate) mod tests {
         );
         assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
     }
+
+    /// Pruning a `sub` column keeps the `issued_before` of the entries that stay.
+    #[test]
+    fn prune_keeps_the_cutoff_of_a_surviving_sub() {
+        let a = "u0".to_string();
+        let target = shard_of(EntryKind::Sub, &a);
+        let b = (1..)
+            .map(|i| format!("u{i}"))
+            .find(|v| shard_of(EntryKind::Sub, v) == target)
+            .unwrap();
+        let mut set = set_with(vec![
+            entry(1, EntryKind::Sub, &a, NOW + 10),
+            entry(2, EntryKind::Sub, &b, NOW + 1000),
+        ]);
+        assert_eq!(set.prune(NOW + 11), vec![target]);
+        assert_eq!(
+            set.check(&claims("j", "s", &b, NOW - 1)),
+            Some(Revoked::Sub)
+        );
+    }
+
+    /// A shard whose only expired entry is a `sid` is pruned, and said changed.
+    #[test]
+    fn prune_of_an_expired_sid_alone() {
+        let mut set = set_with(vec![entry(1, EntryKind::Sid, "old", NOW + 10)]);
+        assert_eq!(set.prune(NOW + 11), vec![shard_of(EntryKind::Sid, "old")]);
+        assert!(set.is_empty());
+    }
 }
