@@ -745,7 +745,15 @@ where
         interval.tick().await;
         loop {
             tokio::select! {
-                _ = interval.tick() => tick().await,
+                _ = interval.tick() => {}
+                () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+            }
+            // A tick under way is cut short by the shutdown too (each tick's writes are whole
+            // on their own: the purge's batches, a report): a purge of a backlog or a store
+            // that does not answer held the process past its drain, into Kubernetes' SIGKILL,
+            // and the last spans were never sent.
+            tokio::select! {
+                () = tick() => {}
                 () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
             }
         }
@@ -770,4 +778,29 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tick under way when the shutdown comes is cut short: the task ends at once.
+    #[tokio::test]
+    async fn periodic_task_ends_at_shutdown_even_in_a_tick() {
+        let (stop, shutdown) = watch::channel(false);
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let started_tx = std::sync::Mutex::new(Some(started_tx));
+        let task = periodic(shutdown, Duration::from_millis(10), move || {
+            if let Some(tx) = started_tx.lock().ok().and_then(|mut tx| tx.take()) {
+                let _ = tx.send(());
+            }
+            std::future::pending::<()>()
+        });
+        started.await.unwrap();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task waited for its tick to end")
+            .unwrap();
+    }
 }
