@@ -291,12 +291,16 @@ export function createClient(options: ClientOptions): WeauthClient {
   // storage logs in, and a refresh this client's request joins may be another client's, whose
   // login (`loginAfterRefresh`) must heed a hold this client set.
 
-  // What the issuer asked not to be asked again before a time (device time), by the kind of
-  // the flight it answered: a login or a refresh answered 429 or 503 (any transient answer)
-  // with a `Retry-After` the flight gave up on — longer than the retry policy waits, or on its
-  // last attempt. Asking within it would meet the same answer and weigh on an issuer that is
+  // `flight.retryAfterHolds`: what the issuer asked not to be asked again before a time
+  // (device time, at most `RETRY_AFTER_MAX_HOLD_MS` from when it was set), by the kind of the
+  // flight it answered: a login or a refresh answered 429 or 503 (any transient answer) with a
+  // `Retry-After` the flight gave up on — longer than the retry policy waits, or on its last
+  // attempt. Asking within it would meet the same answer and weigh on an issuer that is
   // shedding load (a login spends a `wx.login` code on it too); `login()` waits it out too.
-  const retryAfterHolds: { [kind in FlightKind]?: { until: number; statusCode: number; error?: string } } = {};
+  // Kept on the shared flight, not in this client, as `flight.loginHold` is: the issuer asked
+  // the device, whose tokens every client on this storage shares, and a refresh this client's
+  // request joins may be another client's, whose login (`loginAfterRefresh`) must heed a
+  // `Retry-After` this client received.
 
   /**
    * The error a login the client starts by itself fails with while a ban or a refusal for the
@@ -325,15 +329,18 @@ export function createClient(options: ClientOptions): WeauthClient {
   }
 
   /**
-   * The error a login or refresh fails with while the issuer's `Retry-After` for it holds; a
-   * hold with more left than its cap (`RETRY_AFTER_MAX_HOLD_MS`: the device clock was set back
-   * since) is over.
+   * The error a login or refresh fails with while the issuer's `Retry-After` for it holds
+   * (`flight.retryAfterHolds`, whichever client on this storage received it); a hold with more
+   * left than its cap (`RETRY_AFTER_MAX_HOLD_MS`: the device clock was set back since) is over.
    */
   function heldByRetryAfter(kind: FlightKind): WeauthError | undefined {
-    const hold = retryAfterHolds[kind];
+    const holds = flight.retryAfterHolds;
+    const hold = holds?.[kind];
     const at = now();
-    if (hold === undefined || holdOver(hold.until, RETRY_AFTER_MAX_HOLD_MS, at)) {
-      delete retryAfterHolds[kind];
+    if (hold === undefined || holdOver(hold.until, hold.capMs, at)) {
+      if (holds) {
+        delete holds[kind];
+      }
       return undefined;
     }
     const left = Math.ceil((hold.until - at) / 1000);
@@ -394,9 +401,9 @@ export function createClient(options: ClientOptions): WeauthClient {
    * `failure`, a network failure or a transient `answer` (408, 429, 5xx); undefined to give up.
    * The answer's `Retry-After` is waited instead of the backoff when it is no longer than
    * `maxDelayMs`. A longer one — or one on the last attempt — ends the retries, and the logins
-   * (or refreshes) are held until it has passed, at most {@link RETRY_AFTER_MAX_HOLD_MS}: a
-   * retry within the issuer's window would be refused again (or, capped to our delay as it
-   * once was, add to the load it asked to be spared).
+   * (or refreshes) of every client on this storage are held until it has passed, at most
+   * {@link RETRY_AFTER_MAX_HOLD_MS}: a retry within the issuer's window would be refused again
+   * (or, capped to our delay as it once was, add to the load it asked to be spared).
    */
   function retryDelay(
     kind: FlightKind,
@@ -410,8 +417,11 @@ export function createClient(options: ClientOptions): WeauthClient {
     }
     if (attempt >= retry.attempts || wait > retry.maxDelayMs) {
       if (wait > 0) {
-        retryAfterHolds[kind] = {
+        // On the flight every client on this storage shares: all of them heed it.
+        const holds = flight.retryAfterHolds ?? (flight.retryAfterHolds = {});
+        holds[kind] = {
           until: now() + Math.min(wait, RETRY_AFTER_MAX_HOLD_MS),
+          capMs: RETRY_AFTER_MAX_HOLD_MS,
           statusCode: failure.statusCode ?? 0,
           error: failure.error,
         };

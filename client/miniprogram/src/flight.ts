@@ -127,29 +127,59 @@ export interface LoginHolds {
 }
 
 /**
+ * What the issuer asked not to be asked again before a time: the `Retry-After` of a transient
+ * answer (a 429, a 503) to a login or a refresh that the flight gave up on (longer than its
+ * retries wait, or on its last attempt). Until device time `until` (at most `capMs` from when
+ * it was set) a login (or a refresh) fails at once with `statusCode` and `error`.
+ */
+export interface RetryAfterHold {
+  until: number;
+  capMs: number;
+  statusCode: number;
+  error?: string;
+}
+
+/** What a {@link SharedFlight} keeps of the issuer's `Retry-After`s, by the kind of flight. */
+export interface RetryAfterHolds<K extends string = string> {
+  /**
+   * The hold in force for the flights of each kind (none: absent or undefined). Set by the
+   * clients: the one whose login or refresh gave up on a `Retry-After` sets it for that kind;
+   * it ends when its time has passed. Kept here so that every client on the storage heeds it:
+   * the issuer asked the device, not one client, and a login or refresh run in a flight
+   * another client started (a refresh it joined that turns into a login, say) must heed it
+   * as that client's own would.
+   */
+  retryAfterHolds?: { [kind in K]?: RetryAfterHold };
+}
+
+/**
  * A {@link SingleFlight} as {@link sharedFlight} hands it out: the flight, its {@link Epochs},
- * the refresh token presented last ({@link Presentations}) and the logins' hold
- * ({@link LoginHolds}).
+ * the refresh token presented last ({@link Presentations}), the logins' hold
+ * ({@link LoginHolds}) and the issuer's `Retry-After` holds ({@link RetryAfterHolds}).
  */
 export type SharedFlight<T, K extends string = string> = SingleFlight<T, K> &
   Epochs &
   Presentations &
-  LoginHolds;
+  LoginHolds &
+  RetryAfterHolds<K>;
 
 /**
  * Where {@link sharedFlight} keeps the flights, on the JS context's global object. `Symbol.for`
  * gives every copy of this package the same key; the version in it changes whenever what is
  * kept there stops being something an older copy can use (a `WeakMap` of storage owner → `Map`
  * of storage key → `SingleFlight` with `kind`, `promise`, `run` and `relabel`, and the numbers
- * `epoch` and `flightEpoch` of {@link Epochs}, `presented` of {@link Presentations}, and
- * `loginHold` of {@link LoginHolds}). The epochs were added without a new version: a copy from
- * before them still uses the flight (it neither reads nor bumps the epoch), and a copy that
- * finds an entry without them adds them to it. So was `presented`, optional: a copy from
- * before it neither notes its presentations nor heeds them (it may present a token past its
- * grace, as all copies did before); and so was its `unsettledAt`: a copy from before it counts
- * the window from `firstAt`, sooner (and takes the issuer's own 503 for an unsettled outcome).
+ * `epoch` and `flightEpoch` of {@link Epochs}, `presented` of {@link Presentations},
+ * `loginHold` of {@link LoginHolds}, and `retryAfterHolds` of {@link RetryAfterHolds}). The
+ * epochs were added without a new version: a copy from before them still uses the flight (it
+ * neither reads nor bumps the epoch), and a copy that finds an entry without them adds them to
+ * it. So was `presented`, optional: a copy from before it neither notes its presentations nor
+ * heeds them (it may present a token past its grace, as all copies did before); and so was its
+ * `unsettledAt`: a copy from before it counts the window from `firstAt`, sooner (and takes the
+ * issuer's own 503 for an unsettled outcome).
  * So was `loginHold`, optional: a copy from before it keeps its hold to itself and heeds no
- * other's (as all copies did before).
+ * other's (as all copies did before); and so was `retryAfterHolds`, optional: a copy from
+ * before it keeps its `Retry-After` holds to itself and heeds no other's (as all copies did
+ * before).
  */
 export const SHARED_FLIGHTS_KEY = Symbol.for("weauth-miniprogram.flights.v1");
 

@@ -917,6 +917,84 @@ test("login_retry_after_of_an_hour_holds_the_logins_ten_minutes_at_most", async 
   assert.equal(wx.wxLogins, 2);
 });
 
+test("login_retry_after_received_by_another_copy_holds_this_ones_logins_a_refresh_turned_login_too", async () => {
+  let clock = Date.UTC(2026, 11, 6);
+  // b, a copy of the package in an independent sub-package, on a's storage.
+  const { issuer, wx, client: a } = setup({ now: () => clock });
+  const b = clientOfSecondCopy(wx, { now: () => clock });
+  await a.login();
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200); // b reads the tokens
+  // b's login() (the user tapped "log in") is answered 429 with a Retry-After of 60 s, longer
+  // than a retry waits: given up on, and held.
+  let limited = true;
+  wx.faults.push((req) =>
+    req.path === "/v1/login" && limited
+      ? { statusCode: 429, data: { error: "rate_limited" }, header: { "Retry-After": "60" } }
+      : undefined,
+  );
+  const refused = { code: "login_failed", statusCode: 429, error: "rate_limited" };
+  await assert.rejects(b.login(), refused);
+  assert.equal(wx.wxLogins, 2);
+  // The issuer would answer now, but it asked the device not to ask for 60 s. The session is
+  // revoked (elsewhere): a's refresh is refused invalid_grant and turns into a login in a's
+  // flight, which b's request joins; that login heeds the Retry-After b received.
+  limited = false;
+  issuer.revokeAll();
+  const release = holdAnswers(wx, "/v1/token/refresh");
+  const fromA = a.request({ url: "/api/a" });
+  await eventually("a's refresh is sent", () => wx.count("/v1/token/refresh") === 1);
+  const fromB = b.request({ url: "/api/b" });
+  release();
+  await assert.rejects(fromA, refused);
+  await assert.rejects(fromB, refused);
+  assert.equal(wx.count("/v1/token/refresh"), 1, "one refresh, b waited for a's");
+  assert.equal(wx.wxLogins, 2, "no wx.login code spent within the issuer's window");
+  assert.equal(wx.count("/v1/login"), 2);
+  // a's own logins are held as well, a request's and login()'s.
+  await assert.rejects(a.request({ url: "/api/a" }), refused);
+  await assert.rejects(a.login(), refused);
+  clock += 59_999;
+  await assert.rejects(a.request({ url: "/api/a" }), refused);
+  assert.equal(wx.wxLogins, 2);
+  // Once it has passed, either copy logs in.
+  clock += 1;
+  assert.equal((await a.request({ url: "/api/a" })).statusCode, 200);
+  assert.equal(wx.wxLogins, 3);
+  assert.equal((await b.request({ url: "/api/b" })).statusCode, 200);
+  assert.equal(wx.wxLogins, 3);
+  assert.equal(issuer.reuses, 0);
+});
+
+test("refresh_retry_after_received_by_another_copy_holds_this_ones_refreshes_tokens_kept", async () => {
+  let clock = Date.UTC(2026, 11, 6);
+  const { issuer, wx, client: a } = setup({ now: () => clock });
+  const b = clientOfSecondCopy(wx, { now: () => clock });
+  await a.login();
+  assert.equal((await b.request({ url: "/api/x" })).statusCode, 200); // b reads the tokens
+  const before = wx.storage.get("weauth.tokens");
+  issuer.expireAccessTokens();
+  // b's refresh is answered 429 with a Retry-After of 30 s (the token not taken): given up on.
+  wx.faults.push((req) =>
+    req.path === "/v1/token/refresh" && clock < Date.UTC(2026, 11, 6) + 30_000
+      ? { statusCode: 429, data: { error: "rate_limited" }, header: { "Retry-After": "30" } }
+      : undefined,
+  );
+  const refused = { code: "refresh_failed", statusCode: 429, error: "rate_limited" };
+  await assert.rejects(b.request({ url: "/api/b" }), refused);
+  assert.equal(wx.count("/v1/token/refresh"), 1);
+  // Within the window a's refresh fails at once too, without asking; the tokens are kept.
+  clock += 29_999;
+  await assert.rejects(a.request({ url: "/api/a" }), refused);
+  assert.equal(wx.count("/v1/token/refresh"), 1, "a heeds the Retry-After b received");
+  assert.equal(wx.storage.get("weauth.tokens"), before, "the tokens are kept");
+  // Once it has passed, the same refresh token is presented, once.
+  clock += 1;
+  assert.equal((await a.request({ url: "/api/a" })).statusCode, 200);
+  assert.equal(wx.count("/v1/token/refresh"), 2);
+  assert.equal(wx.wxLogins, 1);
+  assert.equal(issuer.reuses, 0);
+});
+
 test("logout_during_a_logins_backoff_rejects_it_logged_out_no_more_wx_login", async () => {
   let during: (() => Promise<void>) | undefined;
   const { wx, client } = setup({
@@ -1334,10 +1412,10 @@ test("client_that_joined_another_clients_refresh_keeps_its_pair", async () => {
 });
 
 /** A client of another copy of the package (as in an independent sub-package) on `wx`'s storage. */
-function clientOfSecondCopy(wx: WxStub): WeauthClient {
+function clientOfSecondCopy(wx: WxStub, extra: Partial<ClientOptions> = {}): WeauthClient {
   const copy = secondCopy();
   assert.notEqual(copy.createClient, createClient, "a second copy of the package");
-  return copy.createClient({ baseUrl: BASE, wx, sleep: async () => tick(), random: () => 0.5 });
+  return copy.createClient({ baseUrl: BASE, wx, sleep: async () => tick(), random: () => 0.5, ...extra });
 }
 
 test("logout_in_another_copy_during_a_refresh_rejects_it_logged_out_nothing_stored", async () => {
