@@ -248,6 +248,29 @@ mod tests {
         assert!(normalize_scopes(&names(&["api:read", "orders.write", "a-b_c~!"])).is_ok());
     }
 
+    /// The scope limits are inclusive: a name of exactly `MAX_SCOPE_LEN` bytes and exactly
+    /// `MAX_SCOPES` names are accepted.
+    #[test]
+    fn scopes_at_the_limits_accepted() {
+        let longest = "a".repeat(MAX_SCOPE_LEN);
+        assert_eq!(
+            normalize_scopes(std::slice::from_ref(&longest)),
+            Ok(vec![longest])
+        );
+        let most: Vec<String> = (0..MAX_SCOPES).map(|i| format!("s{i:02}")).collect();
+        assert_eq!(normalize_scopes(&most), Ok(most.clone()));
+    }
+
+    /// A reason of exactly `MAX_REASON_LEN` characters (multi-byte ones too) is kept.
+    #[test]
+    fn ban_reason_of_the_longest_length_kept() {
+        let reason = "é".repeat(MAX_REASON_LEN);
+        assert_eq!(
+            new_ban(None, Some(reason.clone()), 1).map(|ban| ban.reason),
+            Ok(Some(reason))
+        );
+    }
+
     #[test]
     fn scope_claim_space_separated_or_none() {
         let grants = Grants {

@@ -202,6 +202,62 @@ mod tests {
         assert!(limiter.tracked() <= 16);
     }
 
+    /// When the table is full, a newcomer drops the buckets that have refilled completely and
+    /// keeps a client still limited: its tokens are not reset to a fresh burst.
+    #[test]
+    fn limiter_full_table_drops_refilled_buckets_not_a_limited_one() {
+        let mut limiter = RateLimiter::new(30, 3, 16);
+        let limited = ip("10.0.0.1");
+        for _ in 0..3 {
+            limiter.check(&limited, 10.0).unwrap();
+        }
+        for i in 0..15u32 {
+            let other = IpAddr::from((0x0b00_0000 + i).to_be_bytes());
+            limiter.check(&other, 11.0).unwrap();
+        }
+        assert_eq!(limiter.tracked(), 16);
+        // At 13.5 the others hold 2 + 1.25 tokens (full: dropped), the limited one 1.75.
+        limiter.check(&ip("12.0.0.1"), 13.5).unwrap();
+        assert_eq!(limiter.tracked(), 2);
+        let allowed = (0..3)
+            .filter(|_| limiter.check(&limited, 13.5).is_ok())
+            .count();
+        assert_eq!(allowed, 1);
+    }
+
+    /// A full table of limited clients drops its oldest-touched half for a newcomer, keeping
+    /// the most recently touched buckets — also when every bucket has the same time.
+    #[test]
+    fn limiter_full_table_of_limited_clients_drops_the_oldest_half() {
+        let client = |i: u32| IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+        let mut limiter = RateLimiter::new(60, 1, 16);
+        for i in 0..16u32 {
+            limiter.check(&client(i), f64::from(i) * 0.01).unwrap();
+        }
+        limiter.check(&client(16), 0.2).unwrap();
+        assert!(limiter.tracked() <= 9, "{}", limiter.tracked());
+        assert_eq!(limiter.check(&client(15), 0.2), Err(RetryAfter(1)));
+        let mut limiter = RateLimiter::new(60, 1, 16);
+        for i in 0..100u32 {
+            limiter.check(&client(i), 5.0).unwrap();
+        }
+        assert!(limiter.tracked() <= 16, "{}", limiter.tracked());
+    }
+
+    /// A tracked client asking again while the table is full evicts nothing: its own empty
+    /// bucket is not dropped and replaced by a fresh one.
+    #[test]
+    fn limiter_full_table_keeps_the_bucket_of_a_returning_client() {
+        let mut limiter = RateLimiter::new(60, 1, 16);
+        let client = |i: u32| IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+        for i in 0..16u32 {
+            limiter.check(&client(i), f64::from(i) * 0.01).unwrap();
+        }
+        // The oldest-touched client, nothing refilled yet: refused, the table untouched.
+        assert_eq!(limiter.check(&client(0), 0.2), Err(RetryAfter(1)));
+        assert_eq!(limiter.tracked(), 16);
+    }
+
     #[test]
     fn client_key_is_an_ipv6_address_s_64() {
         assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));

@@ -414,6 +414,16 @@ mod tests {
         );
     }
 
+    /// With `reuse_grace = 0` a second use in the very second of the rotation is reuse (the
+    /// session is revoked), not a repeat handing out the successor again.
+    #[test]
+    fn decide_refresh_without_grace_a_second_use_in_the_same_second_is_reuse() {
+        assert_eq!(
+            decide_refresh(Some(&row(Some(10), None, 50, 1000)), 10, 100, 0),
+            RefreshDecision::Reuse { sid: "s1".into() }
+        );
+    }
+
     #[test]
     fn decide_refresh_expired_invalid() {
         assert!(matches!(

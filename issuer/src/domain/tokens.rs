@@ -315,5 +315,11 @@ mod tests {
         assert!(refresh_token_well_formed(&token));
         let (token, _) = new_refresh_token("s-1");
         assert!(refresh_token_well_formed(&token));
+        // Valid base64url of another length than 6 bytes (4 and 12 characters): decoded, then
+        // left out, not copied over the token's first bytes.
+        for family in ["abcd", "AAAAAAAAAAAA"] {
+            let (token, _) = new_refresh_token(family);
+            assert!(refresh_token_well_formed(&token), "{family}");
+        }
     }
 }

@@ -552,6 +552,17 @@ mod tests {
         assert_eq!(key, state_key("abc"));
     }
 
+    /// Each state has its own store key, `web_state:` and the state's SHA-256: two logins in
+    /// flight never share (or overwrite) one pending entry.
+    #[test]
+    fn state_key_is_the_hash_of_that_state() {
+        assert_eq!(
+            state_key("abc"),
+            format!("web_state:{}", sha256_hex(b"abc"))
+        );
+        assert_ne!(state_key("abc"), state_key("abd"));
+    }
+
     #[test]
     fn scope_for_kinds() {
         assert_eq!(scope_for(AppKind::OfficialAccount, None), Ok("snsapi_base"));
