@@ -817,7 +817,11 @@ mod tests {
     }
 
     fn token() -> String {
-        weauth_token::sign(&claims(), &signing_key()).unwrap()
+        token_of(&claims())
+    }
+
+    fn token_of(claims: &Claims) -> String {
+        weauth_token::sign(claims, &signing_key()).unwrap()
     }
 
     fn claims() -> Claims {
@@ -970,10 +974,7 @@ mod tests {
             scope: Some(String::new()),
             ..claims()
         };
-        let bearer = format!(
-            "Bearer {}",
-            weauth_token::sign(&claims, &signing_key()).unwrap()
-        );
+        let bearer = format!("Bearer {}", token_of(&claims));
         let mut host = MockHost::with(&[
             (":method", "GET"),
             (":path", "/api/me"),
@@ -1000,10 +1001,7 @@ mod tests {
             sub: "u\u{1}1".into(),
             ..claims()
         };
-        let bearer = format!(
-            "Bearer {}",
-            weauth_token::sign(&claims, &signing_key()).unwrap()
-        );
+        let bearer = format!("Bearer {}", token_of(&claims));
         let mut host = MockHost::with(&[
             (":method", "GET"),
             (":path", "/api/me"),

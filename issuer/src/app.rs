@@ -98,13 +98,10 @@ pub struct App {
     /// connections ([`crate::api`]'s layer) so that a client going away cannot stop one
     /// between two writes; the drain waits for them.
     pub handlers: TaskTracker,
-    /// `WEAUTH_MAX_IN_FLIGHT`'s permits (`None`: no limit), see [`App::admit`].
-    in_flight: Option<Arc<tokio::sync::Semaphore>>,
+    /// `WEAUTH_MAX_IN_FLIGHT`'s places (`None`: no limit), taken by [`crate::api`]'s
+    /// admission of client requests.
+    pub(crate) in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
-
-/// Every place of `WEAUTH_MAX_IN_FLIGHT` is taken ([`App::admit`]).
-#[derive(Debug)]
-pub struct NoPlace;
 
 /// Counts one open feed request while alive.
 pub struct FeedWaiter(Arc<AtomicUsize>);
@@ -497,18 +494,6 @@ impl App {
             handlers: TaskTracker::new(),
             in_flight,
         }))
-    }
-
-    /// A place among the client requests under way (`WEAUTH_MAX_IN_FLIGHT`), held until it is
-    /// dropped; `Err` when every place is taken. `Ok(None)` without a limit.
-    pub fn admit(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, NoPlace> {
-        match &self.in_flight {
-            None => Ok(None),
-            Some(places) => Arc::clone(places)
-                .try_acquire_owned()
-                .map(Some)
-                .map_err(|_| NoPlace),
-        }
     }
 
     /// The current key ring.

@@ -398,9 +398,9 @@ impl RevocationSet {
 
     /// Applies a feed answer ([`FeedPage::parse`]) at local time `now`: its entries are added
     /// to the set, a full answer's as a delta's — the entries held and not in a full answer
-    /// stay until their `until`, since nothing lifts a revocation. Entries already past `until`, `sub` entries without
-    /// `issued_before` and values empty or longer than [`MAX_VALUE_BYTES`] are skipped (counted
-    /// in the result). Then prunes. Only the shards the answer changes are written (and, when
+    /// stay until their `until`, since nothing lifts a revocation. Entries already past
+    /// `until`, `sub` entries without `issued_before` and values empty or longer than
+    /// [`MAX_VALUE_BYTES`] are skipped (counted in the result). Then prunes. Only the shards the answer changes are written (and, when
     /// shared with a clone, copied).
     ///
     /// # Errors

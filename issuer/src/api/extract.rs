@@ -213,7 +213,10 @@ impl Admission {
     /// # Errors
     /// [`ApiError::UnavailableFor`] when every place is taken.
     pub fn take(&self) -> Result<(), ApiError> {
-        let place = self.app.admit().map_err(|_| {
+        let Some(places) = &self.app.in_flight else {
+            return Ok(());
+        };
+        let place = Arc::clone(places).try_acquire_owned().map_err(|_| {
             self.app.metrics.http_shed(self.route);
             tracing::debug!(
                 route = self.route,
@@ -222,7 +225,7 @@ impl Admission {
             full()
         })?;
         if let Ok(mut slot) = self.place.lock() {
-            *slot = place;
+            *slot = Some(place);
         }
         Ok(())
     }

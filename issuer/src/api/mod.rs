@@ -185,8 +185,7 @@ async fn observe(
     };
     // A place among the requests under way: taken now, or — a request with a body — once its
     // body is read (`extract::Admission`).
-    let admission = SHED
-        .contains(&route)
+    let admission = (app.in_flight.is_some() && SHED.contains(&route))
         .then(|| extract::Admission::new(Arc::clone(&app), route));
     let admitted = match &admission {
         Some(admission) if request.method() == hyper::Method::POST => {

@@ -260,77 +260,44 @@ fn a_validly_signed_answer_that_does_not_decrypt_is_refused() {
     };
     let now = 1_700_000_000i64;
     let ts = now.to_string();
-    // The guide's answer body, signed by us at another time: its AAD carries the guide's
-    // timestamp, so decryption fails.
-    assert_eq!(
-        open_answer(
-            &keys,
-            APPID,
-            URLPATH,
-            &sign(ANS_BODY, &ts),
-            ANS_BODY.as_bytes(),
-            now
-        )
-        .unwrap_err(),
-        ApiSecError::Decrypt
-    );
-    // Not an envelope.
-    let body = r#"{"errcode":0,"risk_rank":0}"#;
-    assert_eq!(
+    let open = |body: &str| {
         open_answer(
             &keys,
             APPID,
             URLPATH,
             &sign(body, &ts),
             body.as_bytes(),
-            now
+            now,
         )
-        .unwrap_err(),
+    };
+    // The guide's answer body, signed by us at another time: its AAD carries the guide's
+    // timestamp, so decryption fails.
+    assert_eq!(open(ANS_BODY).unwrap_err(), ApiSecError::Decrypt);
+    // Not an envelope.
+    assert_eq!(
+        open(r#"{"errcode":0,"risk_rank":0}"#).unwrap_err(),
         ApiSecError::Envelope
     );
-    // Decrypts, but the plaintext's _timestamp is not the header's.
+    // An envelope of `plain` that decrypts at this timestamp.
     let key = parse_sym_key(SYM_KEY).unwrap();
-    let plain = format!(r#"{{"_n":"x","_appid":"{APPID}","_timestamp":1,"errcode":0}}"#);
-    let body = seal(
-        &key,
-        &[7; 12],
-        &aad(URLPATH, APPID, &ts, SYM_SN),
-        plain.as_bytes(),
-    )
-    .to_json();
-    assert_eq!(
-        open_answer(
-            &keys,
-            APPID,
-            URLPATH,
-            &sign(&body, &ts),
-            body.as_bytes(),
-            now
+    let sealed = |plain: &str| {
+        seal(
+            &key,
+            &[7; 12],
+            &aad(URLPATH, APPID, &ts, SYM_SN),
+            plain.as_bytes(),
         )
-        .unwrap_err(),
+        .to_json()
+    };
+    // Decrypts, but the plaintext's _timestamp is not the header's.
+    let plain = format!(r#"{{"_n":"x","_appid":"{APPID}","_timestamp":1,"errcode":0}}"#);
+    assert_eq!(
+        open(&sealed(&plain)).unwrap_err(),
         ApiSecError::Mismatch("_timestamp")
     );
     // And the same with everything right is accepted, security fields removed.
     let plain = format!(r#"{{"_n":"x","_appid":"{APPID}","_timestamp":{now},"errcode":0}}"#);
-    let body = seal(
-        &key,
-        &[7; 12],
-        &aad(URLPATH, APPID, &ts, SYM_SN),
-        plain.as_bytes(),
-    )
-    .to_json();
-    assert_eq!(
-        open_answer(
-            &keys,
-            APPID,
-            URLPATH,
-            &sign(&body, &ts),
-            body.as_bytes(),
-            now
-        )
-        .unwrap(),
-        r#"{"errcode":0}"#
-    );
+    assert_eq!(open(&sealed(&plain)).unwrap(), r#"{"errcode":0}"#);
 }
 
 #[test]

@@ -73,6 +73,21 @@ async function eventually(what: string, done: () => boolean): Promise<void> {
   assert.ok(done(), what);
 }
 
+/** What `promise` settles to: "ok", or the code of the `WeauthError` it rejects with. */
+function settled(promise: Promise<unknown>): Promise<string> {
+  return promise.then(
+    () => "ok",
+    (e: unknown) => (e as WeauthError).code,
+  );
+}
+
+/** {@link settled}, read as `.value` once it has settled (undefined until then). */
+function watched(promise: Promise<unknown>): { value?: string } {
+  const box: { value?: string } = {};
+  void settled(promise).then((value) => (box.value = value));
+  return box;
+}
+
 /** The pair in `wx`'s storage. */
 function storedPair(wx: WxStub): { accessToken: string; refreshToken: string } {
   return JSON.parse(wx.storage.get("weauth.tokens")!);
@@ -1005,10 +1020,7 @@ test("logout_during_a_logins_backoff_rejects_it_logged_out_no_more_wx_login", as
   });
   wx.faults.push((req) => (req.path === "/v1/login" ? { fail: "request:fail timeout" } : undefined));
   during = () => client.logout();
-  const outcome = await client.login().then(
-    () => "ok",
-    (e: unknown) => (e as WeauthError).code,
-  );
+  const outcome = await settled(client.login());
   assert.equal(outcome, "logged_out");
   assert.equal(wx.wxLogins, 1);
   assert.equal(wx.count("/v1/login"), 1);
@@ -1106,13 +1118,12 @@ test("logout_while_a_request_waits_for_the_refresh_rejects_it_logged_out_no_logi
   await client.login();
   issuer.expireAccessTokens();
   const release = holdAnswers(wx, "/v1/token/refresh");
-  const code = (e: unknown) => (e as WeauthError).code;
-  const first = client.request({ url: "/api/first" }).then(() => "ok", code);
+  const first = settled(client.request({ url: "/api/first" }));
   while (wx.count("/v1/token/refresh") === 0) {
     await tick();
   }
   // Waits at the top of request() for the refresh in flight.
-  const waiting = client.request({ url: "/api/waiting" }).then(() => "ok", code);
+  const waiting = settled(client.request({ url: "/api/waiting" }));
   await tick();
   await client.logout();
   release();
@@ -1131,10 +1142,7 @@ test("logout_before_a_requests_401_arrives_rejects_it_logged_out_no_login", asyn
   await client.login();
   issuer.expireAccessTokens();
   const release = holdAnswers(wx, "/api/x", "every");
-  const pending = client.request({ url: "/api/x" }).then(
-    () => "ok",
-    (e: unknown) => (e as WeauthError).code,
-  );
+  const pending = settled(client.request({ url: "/api/x" }));
   while (wx.count("/api/x") === 0) {
     await tick();
   }
@@ -1155,13 +1163,12 @@ test("logout_while_a_relogin_waits_for_a_refresh_rejects_it_logged_out_no_login"
   wx.faults.push((req) =>
     req.path === "/v1/me/decrypt" ? { statusCode: 400, data: { error: "session_key_mismatch", relogin: true } } : undefined,
   );
-  const code = (e: unknown) => (e as WeauthError).code;
-  const decrypt = client.request({ url: "/v1/me/decrypt", method: "POST", data: {} }).then(() => "ok", code);
+  const decrypt = settled(client.request({ url: "/v1/me/decrypt", method: "POST", data: {} }));
   while (wx.count("/v1/me/decrypt") === 0) {
     await tick();
   }
   issuer.expireAccessTokens();
-  const other = client.request({ url: "/api/x" }).then(() => "ok", code);
+  const other = settled(client.request({ url: "/api/x" }));
   while (wx.count("/v1/token/refresh") === 0) {
     await tick();
   }
@@ -1181,12 +1188,11 @@ test("logout_while_login_waits_for_a_refresh_rejects_it_logged_out_no_login", as
   await client.login();
   issuer.expireAccessTokens();
   const release = holdAnswers(wx, "/v1/token/refresh");
-  const code = (e: unknown) => (e as WeauthError).code;
-  const pending = client.request({ url: "/api/x" }).then(() => "ok", code);
+  const pending = settled(client.request({ url: "/api/x" }));
   while (wx.count("/v1/token/refresh") === 0) {
     await tick();
   }
-  const login = client.login().then(() => "ok", code); // waits for the refresh to settle
+  const login = settled(client.login()); // waits for the refresh to settle
   await tick();
   await client.logout();
   release();
@@ -1212,10 +1218,7 @@ test("logout_during_a_refreshs_backoff_leaves_the_renewal_to_it_session_ended_no
   let lost = 1;
   wx.faults.push((req) => (req.path === "/v1/token/refresh" && lost-- > 0 ? { fail: "request:fail timeout" } : undefined));
   during = () => client.logout(); // its /v1/logout is refused: the access token has expired
-  const outcome = await client.request({ url: "/api/x" }).then(
-    () => "ok",
-    (e: unknown) => (e as WeauthError).code,
-  );
+  const outcome = await settled(client.request({ url: "/api/x" }));
   assert.equal(outcome, "logged_out");
   // The refresh token was presented once by the refresh (whose answer was lost), then by its
   // own retry — whose pair ends the session — and by nobody else.
@@ -1241,10 +1244,7 @@ test("logout_after_the_access_token_expired_still_ends_the_session", async () =>
 test("logout_during_a_login_ends_the_session_that_login_got", async () => {
   const { issuer, wx, client } = setup();
   const release = holdAnswers(wx, "/v1/login", "every");
-  const launch = client.login().then(
-    () => "ok",
-    (e: unknown) => (e as WeauthError).code,
-  );
+  const launch = settled(client.login());
   while (wx.count("/v1/login") === 0) {
     await tick();
   }
@@ -1260,10 +1260,7 @@ test("login_after_logout_does_not_join_the_login_from_before_it", async () => {
   const { wx, client } = setup();
   const launch = client.login().catch((e: unknown) => e); // App.onLaunch's silent login
   await client.logout(); // the user taps "log out" before it finished
-  const again = await client.login().then(
-    () => "ok",
-    (e: unknown) => (e as WeauthError).code,
-  );
+  const again = await settled(client.login());
   await launch;
   assert.equal(again, "ok");
   assert.equal(client.isLoggedIn(), true);
@@ -1274,27 +1271,18 @@ test("login_after_a_logout_during_a_refresh_settles_while_the_issuer_holds_the_l
   const { issuer, wx, client } = setup();
   await client.login();
   issuer.expireAccessTokens();
-  const code = (e: unknown) => (e as WeauthError).code;
-  let before: string | undefined;
-  void client
-    .request({ url: "/api/x" })
-    .then(() => "ok", code)
-    .then((outcome) => (before = outcome));
+  const before = watched(client.request({ url: "/api/x" }));
   while (wx.count("/v1/token/refresh") === 0) {
     await tick();
   }
   // The issuer (or a dead network) never answers a logout: wx.request's own wait is 60 s.
   holdAnswers(wx, "/v1/logout", "every");
   void client.logout();
-  let after: string | undefined;
-  void client
-    .login()
-    .then(() => "ok", code)
-    .then((outcome) => (after = outcome));
-  await eventually("the request from before the logout settles", () => before !== undefined);
-  await eventually("login() after the logout settles", () => after !== undefined);
-  assert.equal(before, "logged_out");
-  assert.equal(after, "ok");
+  const after = watched(client.login());
+  await eventually("the request from before the logout settles", () => before.value !== undefined);
+  await eventually("login() after the logout settles", () => after.value !== undefined);
+  assert.equal(before.value, "logged_out");
+  assert.equal(after.value, "ok");
   assert.equal(client.isLoggedIn(), true);
   // The session the overtaken refresh got is ended all the same, in the background.
   assert.equal(wx.count("/v1/logout"), 2, "logout()'s own, and the refreshed pair's");
@@ -1304,27 +1292,18 @@ test("login_after_a_logout_during_a_refresh_settles_while_the_issuer_holds_the_l
 test("login_after_a_logout_during_a_login_settles_while_the_issuer_holds_the_logouts", async () => {
   const { issuer, wx, client } = setup();
   const release = holdAnswers(wx, "/v1/login");
-  const code = (e: unknown) => (e as WeauthError).code;
-  let launch: string | undefined;
-  void client
-    .login()
-    .then(() => "ok", code)
-    .then((outcome) => (launch = outcome));
+  const launch = watched(client.login());
   while (wx.count("/v1/login") === 0) {
     await tick();
   }
   holdAnswers(wx, "/v1/logout", "every");
   void client.logout();
-  let again: string | undefined;
-  void client
-    .login()
-    .then(() => "ok", code)
-    .then((outcome) => (again = outcome));
+  const again = watched(client.login());
   release();
-  await eventually("the login from before the logout settles", () => launch !== undefined);
-  await eventually("login() after the logout settles", () => again !== undefined);
-  assert.equal(launch, "logged_out");
-  assert.equal(again, "ok");
+  await eventually("the login from before the logout settles", () => launch.value !== undefined);
+  await eventually("login() after the logout settles", () => again.value !== undefined);
+  assert.equal(launch.value, "logged_out");
+  assert.equal(again.value, "ok");
   assert.equal(client.isLoggedIn(), true);
   assert.equal(issuer.logins, 2);
   assert.equal(wx.count("/v1/logout"), 1, "the overtaken login's session is being ended");
@@ -1431,12 +1410,11 @@ test("logout_in_another_copy_during_a_refresh_rejects_it_logged_out_nothing_stor
       : undefined,
   );
   const release = holdAnswers(wx, "/v1/token/refresh");
-  const code = (e: unknown) => (e as WeauthError).code;
-  const refreshing = b.request({ url: "/api/b" }).then(() => "ok", code);
+  const refreshing = settled(b.request({ url: "/api/b" }));
   while (wx.count("/v1/token/refresh") === 0) {
     await tick();
   }
-  const waiting = a.request({ url: "/api/a" }).then(() => "ok", code);
+  const waiting = settled(a.request({ url: "/api/a" }));
   await tick();
   await a.logout();
   release();
@@ -1454,10 +1432,7 @@ test("logout_in_another_copy_during_a_login_rejects_it_logged_out_session_ended"
   const { issuer, wx, client: a } = setup();
   const b = clientOfSecondCopy(wx);
   const release = holdAnswers(wx, "/v1/login", "every");
-  const launch = b.login().then(
-    () => "ok",
-    (e: unknown) => (e as WeauthError).code,
-  );
+  const launch = settled(b.login());
   while (wx.count("/v1/login") === 0) {
     await tick();
   }
@@ -1477,10 +1452,7 @@ test("logout_in_another_copy_before_a_requests_401_arrives_rejects_it_logged_out
   assert.equal((await b.request({ url: "/api/x" })).statusCode, 200);
   issuer.expireAccessTokens();
   const release = holdAnswers(wx, "/api/b", "every");
-  const pending = b.request({ url: "/api/b" }).then(
-    () => "ok",
-    (e: unknown) => (e as WeauthError).code,
-  );
+  const pending = settled(b.request({ url: "/api/b" }));
   while (wx.count("/api/b") === 0) {
     await tick();
   }

@@ -547,9 +547,10 @@ impl MysqlStore {
 
     /// Moves the revocation seq on by [`crate::domain::rules::SEQ_GAP`], and at least to
     /// `now_ms` in microseconds ([`crate::domain::rules::seq_after_possible_loss`]), and
-    /// returns the seq it continues from. The issuer calls it at every start: after a backup restored with the issuers stopped (the restore
-    /// procedure, OPERATIONS.md), the next revocations are not given the seqs of the ones
-    /// the backup lacked, which sidecars may hold. A failover to another server is covered
+    /// returns the seq it continues from. The issuer calls it at every start: after a backup
+    /// restored with the issuers stopped (the restore procedure, OPERATIONS.md), the next
+    /// revocations are not given the seqs of the ones the backup lacked, which sidecars may
+    /// hold. A failover to another server is covered
     /// at the first revocation written on it (`revocation_server`).
     ///
     /// # Errors

@@ -72,15 +72,8 @@ pub(super) const PURGE_REFRESH_TOKENS: &str =
     "DELETE FROM refresh_tokens WHERE expires_at < ? AND (used_at IS NULL OR used_at < ?) LIMIT ?";
 
 pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
-    let mut purged = Purged::default();
     // In batches too, each with its watermark: one delete of a backlog ran past any bound.
-    for _ in 0..PURGE_ROUNDS {
-        let removed = purge_revocations(pool, now).await?;
-        purged.revocations = purged.revocations.saturating_add(removed);
-        if removed < PURGE_BATCH as usize {
-            break;
-        }
-    }
+    let revocations = in_batches(|| purge_revocations(pool, now)).await?;
     // Each on its own, by its expiry index, locking only the rows it removes. (A refresh token
     // never outlives its session — its expiry is capped by the session's end — so an expired
     // session's tokens have expired too: no join with `sessions`. Joined, the delete read and
@@ -88,17 +81,20 @@ pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
     // row, past the lock wait timeout into a 503, at each replica's purge.)
     // In batches, each its own transaction: a day's expired rows in one delete made one long
     // transaction (its undo, one binlog event replicas apply for as long).
-    purged.sessions = delete_in_batches(pool, PURGE_SESSIONS, &[now]).await?;
+    let sessions = delete_in_batches(pool, PURGE_SESSIONS, &[now]).await?;
     let used_before = now.saturating_sub(crate::config::MAX_REUSE_GRACE);
-    purged.refresh_tokens =
-        delete_in_batches(pool, PURGE_REFRESH_TOKENS, &[now, used_before]).await?;
+    let refresh_tokens = delete_in_batches(pool, PURGE_REFRESH_TOKENS, &[now, used_before]).await?;
     delete_in_batches(pool, PURGE_EPHEMERAL, &[now]).await?;
-    Ok(purged)
+    Ok(Purged {
+        revocations,
+        sessions,
+        refresh_tokens,
+    })
 }
 
 /// One batch of expired revocations — the [`PURGE_BATCH`] lowest seqs among them — and the
 /// watermark readers compare `since` with, together. Returns how many were removed.
-async fn purge_revocations(pool: &MySqlPool, now: i64) -> Result<usize> {
+async fn purge_revocations(pool: &MySqlPool, now: i64) -> Result<u64> {
     let mut tx = pool.begin().await?;
     let highest: Option<i64> = sqlx::query_scalar(
         "SELECT MAX(seq) FROM (SELECT seq FROM revocations WHERE until < ? ORDER BY seq LIMIT ?) b",
@@ -127,7 +123,7 @@ async fn purge_revocations(pool: &MySqlPool, now: i64) -> Result<usize> {
         .await?;
     // The watermark's row is held only this long: a replica's lifetime report waits on it.
     tx.commit().await?;
-    Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+    Ok(removed)
 }
 
 /// Rows a purge removes per statement ([`delete_in_batches`]).
@@ -136,25 +132,37 @@ const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at < ? LIMIT ?"
 const PURGE_EPHEMERAL: &str = "DELETE FROM ephemeral WHERE expires_at <= ? LIMIT ?";
 
 /// Batches one purge runs per table at most: a backlog (the purge stopped for a while) drains
-/// over the next purges, each well within `WEAUTH_MYSQL_QUERY_TIMEOUT` — one purge clearing it
-/// all was given up at that timeout and warned of as failed at every run (the Redis store's
+/// over the next purges, each within the purge's bound (`PURGE_TIMEOUT`) — one purge clearing
+/// it all was cut short at that bound and warned of as failed at every run (the Redis store's
 /// purge is capped alike).
 const PURGE_ROUNDS: u32 = 10;
 
-/// Runs `delete` (its arguments: `args`, then a row limit) until it removes fewer than a batch,
-/// at most [`PURGE_ROUNDS`] times.
-async fn delete_in_batches(pool: &MySqlPool, delete: &str, args: &[i64]) -> Result<usize> {
+/// Runs `batch` (its own transaction, returning the rows it removed) until it removes fewer
+/// than [`PURGE_BATCH`], at most [`PURGE_ROUNDS`] times; the rows removed in all.
+async fn in_batches<F, Fut>(mut batch: F) -> Result<usize>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
     let mut removed = 0u64;
     for _ in 0..PURGE_ROUNDS {
-        let mut query = sqlx::query(delete);
-        for arg in args {
-            query = query.bind(*arg);
-        }
-        let batch = query.bind(PURGE_BATCH).execute(pool).await?.rows_affected();
-        removed = removed.saturating_add(batch);
-        if batch < PURGE_BATCH {
+        let rows = batch().await?;
+        removed = removed.saturating_add(rows);
+        if rows < PURGE_BATCH {
             break;
         }
     }
     Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+}
+
+/// [`in_batches`] of `delete` (its arguments: `args`, then a row limit).
+async fn delete_in_batches(pool: &MySqlPool, delete: &str, args: &[i64]) -> Result<usize> {
+    in_batches(|| async {
+        let mut query = sqlx::query(delete);
+        for arg in args {
+            query = query.bind(*arg);
+        }
+        Ok(query.bind(PURGE_BATCH).execute(pool).await?.rows_affected())
+    })
+    .await
 }

@@ -240,9 +240,9 @@ impl SqliteStore {
     /// Moves the revocation seq on by [`crate::domain::rules::SEQ_GAP`], and at least to
     /// `now_ms` in microseconds ([`crate::domain::rules::seq_after_possible_loss`]), and
     /// returns the seq it continues from. The issuer calls it at every start, from a blocking
-    /// thread: a backup restored over the file (with
-    /// the issuer stopped: a file cannot be replaced under a running one) lacks revocations
-    /// whose seqs sidecars may hold, and the next revocations must not be given them.
+    /// thread: a backup restored over the file (with the issuer stopped: a file cannot be
+    /// replaced under a running one) lacks revocations whose seqs sidecars may hold, and the
+    /// next revocations must not be given them.
     ///
     /// # Errors
     /// The file cannot be written.
