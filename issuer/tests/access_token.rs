@@ -454,3 +454,92 @@ async fn get_refused_token_never_returned_again() {
     );
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
 }
+
+/// Counts the store operations by name, from the `store` spans `App::build` wraps the store in
+/// when they are recorded (`store::traced`).
+#[derive(Clone, Default)]
+struct StoreOps(Arc<std::sync::Mutex<HashMap<String, usize>>>);
+
+impl StoreOps {
+    fn of(&self, op: &str) -> usize {
+        self.0.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StoreOps {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Op(Option<String>);
+        impl tracing::field::Visit for Op {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "op" {
+                    self.0 = Some(value.to_string());
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        if attrs.metadata().name() == "store" {
+            let mut op = Op(None);
+            attrs.record(&mut op);
+            if let Some(op) = op.0 {
+                *self.0.lock().unwrap().entry(op).or_default() += 1;
+            }
+        }
+    }
+}
+
+// One thread: the subscriber counting the store's operations is this thread's.
+#[tokio::test(flavor = "current_thread")]
+async fn get_waiters_of_one_replica_poll_the_store_one_at_a_time() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let ops = StoreOps::default();
+    let _counting =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(ops.clone()));
+    let dir = common::temp_dir("at");
+    let (app, fake) = app(&dir).await;
+    let at = now();
+    assert!(app
+        .store
+        .lease_wechat_token(APPID, "other", at, at + 60)
+        .await
+        .unwrap());
+    let before = (ops.of("wechat_token"), ops.of("lease_wechat_token"));
+    const WAITERS: usize = 20;
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                app.identity
+                    .access_tokens
+                    .get_for(APPID, None)
+                    .await
+                    .unwrap()
+                    .to_string()
+            })
+        })
+        .collect();
+    // A second of waiting: 20 polls of 50 ms.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(waiters.iter().all(|w| !w.is_finished()));
+    put(&app, "THEIRS", at + 7200, at + 6900, "other").await;
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap(), "THEIRS");
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    // One waiter polls (a read and a lease attempt each 50 ms, at most 21 in the second); the
+    // others read and try the lease once before queueing and read again when their turn
+    // comes. Each polling on its own made about 20 × 21 of each.
+    let reads = ops.of("wechat_token") - before.0;
+    let leases = ops.of("lease_wechat_token") - before.1;
+    let bound = 22 + 3 * WAITERS;
+    assert!(reads <= bound, "{reads} reads of the token while waiting");
+    assert!(leases <= bound, "{leases} lease attempts while waiting");
+    assert!(
+        reads >= WAITERS,
+        "{reads}: the store spans were not counted"
+    );
+}

@@ -11,7 +11,8 @@
 //!   — in the background while the current token is still valid, the request that took the
 //!   lease answered with it at once; the others keep using the current token while it is
 //!   still valid, or wait for the holder's answer when there is none (up to the lease length
-//!   plus 2 s, then 503).
+//!   plus 2 s, then 503); of the requests of one replica waiting so, one polls the store at a
+//!   time.
 //! - A fetch asks `stable_token` WITHOUT `force_refresh`, which hands every caller the same
 //!   token. Only when WeChat refused a token (40001, 42001, 40014) and `stable_token` still
 //!   returns that very token is `force_refresh` used — at most once per [`FORCE_INTERVAL`] per
@@ -179,6 +180,10 @@ pub struct AccessTokens {
     /// This replica's last failure to get a token, per appid, and until when it is answered
     /// without asking WeChat again ([`hold_of`]).
     failed: std::sync::Mutex<std::collections::HashMap<String, (i64, WechatError)>>,
+    /// Per appid, the turn to poll the store while another holder fetches the token: one
+    /// waiter of this replica polls, the others queue for its turn ([`Self::get_for`]).
+    /// Keyed by the configured appids only.
+    turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl AccessTokens {
@@ -200,7 +205,17 @@ impl AccessTokens {
             replica_id: secrets::random_id("r_"),
             lease,
             failed: std::sync::Mutex::default(),
+            turns: std::sync::Mutex::default(),
         }
+    }
+
+    /// `appid`'s turn to poll the store for another holder's token.
+    fn turn(&self, appid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self
+            .turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(turns.entry(appid.to_string()).or_default())
     }
 
     /// The failure to get `appid`'s token this replica met less than its hold ago, as the
@@ -267,6 +282,8 @@ impl AccessTokens {
         // One holder name per attempt, not per process: concurrent requests of one replica
         // must not share the lease either.
         let holder = format!("{}.{}", self.replica_id, secrets::random_b64(6));
+        // Held while this request polls for another holder's token (below).
+        let mut turn = None;
         loop {
             let at = self.clock.now();
             let cached = self.store.wechat_token(appid).await?;
@@ -313,6 +330,24 @@ impl AccessTokens {
             }
             if Instant::now() > deadline {
                 return Err(TokenError::LeaseTimeout);
+            }
+            // Waiting for another holder's token: one waiter of this replica polls the store,
+            // the others queue for its turn and read the store once it has gone. Each waiter
+            // read the store and tried the lease every poll: at a login peak while WeChat was
+            // slow to answer a first fetch, thousands of store operations a second per replica.
+            if turn.is_none() {
+                let queue = self.turn(appid);
+                match Arc::clone(&queue).try_lock_owned() {
+                    Ok(mine) => turn = Some(mine),
+                    Err(_) => {
+                        let mine = tokio::time::timeout_at(deadline, queue.lock_owned())
+                            .await
+                            .map_err(|_| TokenError::LeaseTimeout)?;
+                        turn = Some(mine);
+                        // The waiter before has gone: the token is likely there now.
+                        continue;
+                    }
+                }
             }
             tokio::time::sleep(WAIT_POLL).await;
         }
