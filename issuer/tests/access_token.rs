@@ -496,6 +496,11 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StoreOps {
 #[tokio::test(flavor = "current_thread")]
 async fn get_waiters_of_one_replica_poll_the_store_one_at_a_time() {
     use tracing_subscriber::layer::SubscriberExt as _;
+    // With no global subscriber and this one the only one, a span's callsite first reached on
+    // another test's thread caches that thread's view, "no one records it": `App::build` would
+    // not wrap the store in its spans and nothing would be counted. With a second one (that
+    // records nothing) every callsite asks them both.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let ops = StoreOps::default();
     let _counting =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(ops.clone()));
