@@ -13,6 +13,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTIC
 use hyper::{Response, StatusCode};
 
 use crate::store::StoreError;
+use crate::telemetry::throttle::{self, Throttle};
 use crate::wechat::access_token::{CallError, TokenError};
 use crate::wechat::{UnknownApp, WechatError};
 
@@ -220,11 +221,20 @@ impl ApiError {
         }
     }
 
-    /// The response. 5xx errors are logged here with their detail.
+    /// The response. 5xx errors are logged here with their detail, one line per kind and
+    /// [`throttle::INTERVAL`] (the metrics count each); those answered from a hold are
+    /// logged at debug only: a shed request (`weauth_http_shed_total`) or a WeChat token
+    /// failure answered again (logged when it was met).
     pub fn response(self) -> Response<Full<Bytes>> {
+        static FAILED: Throttle<std::mem::Discriminant<ApiError>> =
+            Throttle::new(throttle::INTERVAL);
         let status = self.status();
         if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+            if let ApiError::UnavailableFor { .. } = self {
+                tracing::debug!(status = status.as_u16(), error = %self, "request failed");
+            } else if let Some(held_back) = FAILED.admit(std::mem::discriminant(&self)) {
+                tracing::warn!(status = status.as_u16(), error = %self, held_back, "request failed");
+            }
         }
         let mut body = serde_json::json!({
             "error": self.code(),

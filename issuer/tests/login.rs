@@ -1278,6 +1278,79 @@ async fn logins_past_max_in_flight_answered_503_at_once() {
     assert_eq!(status, 200, "the refused code was not spent: {body}");
 }
 
+/// A failure every request meets is logged once per kind and interval, not once per request:
+/// WeChat refusing the app's secret wrote an ERROR and a WARN per login, and each request shed
+/// at `WEAUTH_MAX_IN_FLIGHT` a WARN — as many lines a second as requests at a peak. The metrics
+/// count every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_every_request_meets_is_logged_once_not_per_request() {
+    let stack = Stack::process(&[
+        ("WEAUTH_MAX_IN_FLIGHT", "1"),
+        ("WEAUTH_LOGIN_RATE", "0"),
+        ("WEAUTH_WECHAT_TIMEOUT", "30s"),
+    ])
+    .await;
+    const TIMES: usize = 10;
+    stack.mock.inject(
+        "jscode2session",
+        Fault::Errcode {
+            errcode: 40125,
+            errmsg: "invalid appsecret".into(),
+        },
+        TIMES as u32,
+    );
+    for n in 0..TIMES {
+        let code = stack.mock.login(&format!("refused-{n}")).code;
+        let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
+        assert_eq!(status, 502, "{body}");
+    }
+    let calls = stack.mock.calls("jscode2session");
+    stack
+        .mock
+        .inject("jscode2session", Fault::Held("peak".into()), 1);
+    let held = {
+        let code = stack.mock.login("held").code;
+        let (http, url) = (stack.http.clone(), stack.url("/v1/login"));
+        tokio::spawn(async move {
+            let response = http.post(url).json(&json!({ "code": code }));
+            response.send().await.unwrap().status().as_u16()
+        })
+    };
+    let started = Instant::now();
+    while stack.mock.calls("jscode2session") == calls {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the login did not reach WeChat within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..TIMES {
+        let code = stack.mock.login("shed").code;
+        let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
+        assert_eq!(status, 503, "{body}");
+    }
+    stack.mock.release("peak");
+    assert_eq!(held.await.unwrap(), 200);
+    let metrics = common::metrics_text(&stack.http, &stack.url("/metrics")).await;
+    let shed = format!(r#"weauth_http_shed_total{{route="login"}} {TIMES}"#);
+    assert!(metrics.lines().any(|l| l == shed), "{metrics}");
+    let log = stack
+        .issuer
+        .log_with(&["WeChat login is misconfigured"])
+        .await;
+    let lines = |needles: &[&str]| {
+        log.lines()
+            .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+            .count()
+    };
+    // One each, or two if the refusals straddled the 10 s interval on a slow machine.
+    let misconfigured = lines(&["WeChat login is misconfigured"]);
+    let failed = lines(&["request failed", "status=502"]);
+    assert!(misconfigured <= 2, "{misconfigured} lines:\n{log}");
+    assert!((1..=2).contains(&failed), "{failed} lines:\n{log}");
+    assert_eq!(lines(&["request failed", "status=503"]), 0, "{log}");
+}
+
 /// A request with a body takes its place among those under way once the body is read: a
 /// client sending its body slowly (up to `WEAUTH_HEADER_TIMEOUT`) holds none meanwhile, or a
 /// few such clients kept every place from everyone else at no cost.

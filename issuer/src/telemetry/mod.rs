@@ -3,4 +3,5 @@
 
 pub mod metrics;
 pub mod otel;
+pub mod throttle;
 pub mod tracecontext;

@@ -351,7 +351,9 @@ impl HttpWechat {
             Err(ApiSecError::Refused { errcode, errmsg }) => {
                 let err = errcode_error(errcode, &errmsg);
                 if let WechatError::ApiSecurity(_) = err {
-                    tracing::error!(api, appid, error = %err, hint = apisec::describe_errcode(errcode).unwrap_or(""), "WeChat refused the signed call");
+                    if let Some(held_back) = log_misconfigured(appid, api) {
+                        tracing::error!(api, appid, error = %err, hint = apisec::describe_errcode(errcode).unwrap_or(""), held_back, "WeChat refused the signed call");
+                    }
                 }
                 Err(err)
             }
@@ -389,7 +391,9 @@ impl Wechat for HttpWechat {
                 })
                 .await;
             if let Err(err @ WechatError::Misconfigured { .. }) = &result {
-                tracing::error!(appid = %self.config.appid, error = %err, "WeChat refused the app credentials for stable_token");
+                if let Some(held_back) = log_misconfigured(&self.config.appid, "stable_token") {
+                    tracing::error!(appid = %self.config.appid, error = %err, held_back, "WeChat refused the app credentials for stable_token");
+                }
             }
             result
         })
@@ -498,7 +502,9 @@ impl Wechat for HttpWechat {
                 .with_retry("jscode2session", || self.attempt(code))
                 .await;
             if let Err(err @ WechatError::Misconfigured { .. }) = &result {
-                tracing::error!(appid = %self.config.appid, error = %err, "WeChat login is misconfigured");
+                if let Some(held_back) = log_misconfigured(&self.config.appid, "jscode2session") {
+                    tracing::error!(appid = %self.config.appid, error = %err, held_back, "WeChat login is misconfigured");
+                }
             }
             result
         })

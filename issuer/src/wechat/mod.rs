@@ -38,6 +38,7 @@ use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::throttle::{self, Throttle};
 
 /// What `jscode2session` yields.
 #[derive(Clone)]
@@ -267,6 +268,15 @@ pub trait Wechat: Send + Sync {
             ))
         })
     }
+}
+
+/// Whether to log WeChat's refusal of app `appid`'s configuration (its secret, its IP
+/// allow-list, its API-security key) at `api` now: `Some(held_back)` once per app, API and
+/// [`throttle::INTERVAL`] — every call met it until the configuration is mended, and each is
+/// counted (`weauth_wechat_errors_total`, alerted by `WeauthWechatBadCredentials`).
+fn log_misconfigured(appid: &str, api: &'static str) -> Option<u64> {
+    static MISCONFIGURED: Throttle<(String, &'static str)> = Throttle::new(throttle::INTERVAL);
+    MISCONFIGURED.admit((appid.to_string(), api))
 }
 
 #[cfg(test)]

@@ -191,7 +191,9 @@ impl HttpWechatWeb {
     {
         let result = with_retry(&self.metrics, appid, self.config.retries, api, call).await;
         if let Err(err @ WechatError::Misconfigured { .. }) = &result {
-            tracing::error!(api, appid, error = %err, "WeChat refused this app's appid/secret: check its entry in WEAUTH_APPS_FILE");
+            if let Some(held_back) = super::log_misconfigured(appid, api) {
+                tracing::error!(api, appid, error = %err, held_back, "WeChat refused this app's appid/secret: check its entry in WEAUTH_APPS_FILE");
+            }
         }
         result
     }
