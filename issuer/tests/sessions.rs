@@ -533,6 +533,52 @@ async fn metric(stack: &Stack, series: &str) -> u64 {
         .map_or(0, |value| value.parse().unwrap())
 }
 
+/// Every refresh is counted once by its outcome: one refused before it reaches the session
+/// logic (a body that is not a refresh request), one the store failed (its write lock held by
+/// another connection past the issuer's 5 s busy timeout: 503) — a store outage showed as
+/// refreshes falling, not failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refresh_is_counted_by_its_outcome_a_store_failure_too() {
+    let stack = Stack::start(&[]).await;
+    let pair = stack.login("counted").await;
+    let (status, body, _) = stack
+        .post("/v1/token/refresh", json!({ "refresh": "no such field" }))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        metric(
+            &stack,
+            "weauth_refreshes_total{outcome=\"invalid_request\"}"
+        )
+        .await,
+        1
+    );
+    let db = rusqlite::Connection::open(stack.dir.path().join("weauth.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let presented = json!({ "refresh_token": pair["refresh_token"] });
+    let (status, body, _) = stack.post("/v1/token/refresh", presented.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{body}"
+    );
+    db.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        metric(
+            &stack,
+            "weauth_refreshes_total{outcome=\"temporarily_unavailable\"}"
+        )
+        .await,
+        1
+    );
+    let (status, body, _) = stack.post("/v1/token/refresh", presented).await;
+    assert_eq!(status, 200, "the failed refresh spent the token: {body}");
+    assert_eq!(
+        metric(&stack, "weauth_refreshes_total{outcome=\"ok\"}").await,
+        1
+    );
+}
+
 /// Issue 24 §6: a retry after a lost answer (or a second tab) within the default grace gets
 /// the refresh token the first use got, with an access token of its own, and nothing is
 /// revoked.

@@ -69,13 +69,19 @@ pub async fn refresh(
     now: Now,
     request: Request,
 ) -> Result<Resp, ApiError> {
+    // A refresh refused before it reaches the service is counted here, as the service counts
+    // each of its own outcomes (`weauth_refreshes_total`).
+    let refused = |err: ApiError| {
+        app.metrics.refresh(err.code());
+        err
+    };
     if !request.headers().contains_key(CONTENT_TYPE) {
-        if let Some(presented) = refresh_cookie(&app, request.headers())? {
+        if let Some(presented) = refresh_cookie(&app, request.headers()).map_err(refused)? {
             let presented = presented.to_string();
             return cookie_refresh(&app, request.headers(), presented, now).await;
         }
     }
-    let body: RefreshRequest = read_json(request, &app.config).await?;
+    let body: RefreshRequest = read_json(request, &app.config).await.map_err(refused)?;
     let tokens = app
         .sessions
         .refresh(&body.refresh_token, now.secs())
@@ -121,19 +127,23 @@ async fn cookie_refresh(
     now: Now,
 ) -> Result<Resp, ApiError> {
     let secure = app.config.cookie_secure;
-    check_csrf(app, headers)?;
+    let refused = |err: ApiError| {
+        app.metrics.refresh(err.code());
+        err
+    };
+    check_csrf(app, headers).map_err(refused)?;
     let binding = if secure {
-        cookie(headers, web::REFRESH_BINDING_COOKIE)?
+        cookie(headers, web::REFRESH_BINDING_COOKIE).map_err(refused)?
     } else {
         None
     };
     let refreshed = if web::refresh_cookie_bound(&presented, binding, secure) {
         app.sessions.refresh(&presented, now.secs()).await
     } else {
-        Err(ApiError::InvalidGrant(
+        Err(refused(ApiError::InvalidGrant(
             "the refresh cookie is not bound to this browser (no __Host-weauth_rb beside it); log in again"
                 .into(),
-        ))
+        )))
     };
     match refreshed {
         Ok(tokens) => {

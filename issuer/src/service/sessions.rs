@@ -415,8 +415,27 @@ impl Sessions {
     /// # Errors
     /// `invalid_grant` for unknown, expired, used or revoked tokens; 5xx on store failure.
     pub async fn refresh(&self, presented: &str, now: i64) -> Result<TokenResponse, ApiError> {
+        let mut outcome = None;
+        let result = self.rotate(presented, now, &mut outcome).await;
+        // Every outcome counted once, a store failure's too (it is the rise an outage shows).
+        self.metrics.refresh(match (&result, outcome) {
+            (Err(_), Some("reuse")) => "reuse",
+            (Err(err), _) => err.code(),
+            (Ok(_), Some(outcome)) => outcome,
+            (Ok(_), None) => "ok",
+        });
+        result
+    }
+
+    /// [`Self::refresh`] but the count; `outcome` is set where the answer's code does not say
+    /// it (`grace`, `reuse`).
+    async fn rotate(
+        &self,
+        presented: &str,
+        now: i64,
+        outcome: &mut Option<&'static str>,
+    ) -> Result<TokenResponse, ApiError> {
         if !tokens::refresh_token_well_formed(presented) {
-            self.metrics.refresh("invalid_grant");
             return Err(ApiError::InvalidGrant("unknown refresh token".into()));
         }
         let presented_hash = tokens::refresh_hash(presented);
@@ -425,13 +444,7 @@ impl Sessions {
         let family = tokens::family_of_refresh(presented).to_string();
         let owner = self.store.refresh_owner(&family, &presented_hash).await?;
         let grants = match &owner {
-            Some(sub) => match self.grants_for_token(sub, now).await {
-                Ok(grants) => grants,
-                Err(err) => {
-                    self.metrics.refresh(err.code());
-                    return Err(err);
-                }
-            },
+            Some(sub) => self.grants_for_token(sub, now).await?,
             None => Grants::default(),
         };
         // The presented token's one successor: a retry or a second use within the grace gets
@@ -462,7 +475,9 @@ impl Sessions {
                 };
                 // A second use within the reuse grace (a retry after a lost answer, a second
                 // tab) got the first use's successor again: counted apart from first uses.
-                self.metrics.refresh(if repeat { "grace" } else { "ok" });
+                if repeat {
+                    *outcome = Some("grace");
+                }
                 self.issue(
                     &subject_of(&session),
                     &grants,
@@ -472,7 +487,7 @@ impl Sessions {
                 )
             }
             RotateResult::Reused { sid, entry } => {
-                self.metrics.refresh("reuse");
+                *outcome = Some("reuse");
                 self.metrics.revocation("sid");
                 self.known_seq.advance(entry.seq);
                 tracing::warn!(sid = %sid, seq = entry.seq, "refresh token reuse: session revoked");
@@ -496,10 +511,7 @@ impl Sessions {
                     "the refresh token was already used; the session has been revoked".into(),
                 ))
             }
-            RotateResult::Invalid(reason) => {
-                self.metrics.refresh("invalid_grant");
-                Err(ApiError::InvalidGrant(reason.into()))
-            }
+            RotateResult::Invalid(reason) => Err(ApiError::InvalidGrant(reason.into())),
         }
     }
 
