@@ -990,6 +990,33 @@ async fn cookie_csrf_refused_at_edge_legitimate_requests_pass() {
     );
 }
 
+/// A client's W3C trace context stops at the public listener (`envoy/envoy.yaml`): passed on,
+/// it let a client outside the mesh pick its requests' trace ids and have every one exported
+/// by the issuer (its parent-based sampler follows the caller's flag; a ratio is judged on the
+/// trace id), filling the span exporter's queue.
+#[tokio::test]
+async fn a_clients_trace_context_is_not_passed_on() {
+    let key = test_key();
+    let stack = start(Stack::builder(), &key).await;
+    let token = stack.login("tracer").await.unwrap().access_token;
+    let resp = stack
+        .request(reqwest::Method::GET, "/api/hello")
+        .bearer_auth(&token)
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c800000-b7ad6b7169203331-01",
+        )
+        .header("tracestate", "vendor=chosen")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.unwrap();
+    let headers = echo["headers"].as_object().unwrap();
+    assert!(headers.get("traceparent").is_none(), "{headers:?}");
+    assert!(headers.get("tracestate").is_none(), "{headers:?}");
+}
+
 /// Identity headers the configuration does not set are still the filter's: with
 /// `claim_to_headers` naming only `sub` and `openid`, a client's own `x-weauth-scope: admin`,
 /// `x-weauth-sid`, `X-Weauth-Role` never reach the upstream — on an allowed request, an
