@@ -419,7 +419,7 @@ impl App {
         let ring = keys::ring(&store.keys().await?, &data_key, now, retain)?;
         let seq = store.current_seq().await?;
         metrics.store_check(true);
-        metrics.signing_keys(ring.signing_since, ring.next);
+        metrics.signing_keys(ring.signing_since, ring.next, now);
         tracing::info!(kid = %ring.signing.kid(), alg = %ring.signing.algorithm(), published = ring.jwks.keys.len(), "signing keys loaded");
         let policy = TokenPolicy {
             issuer: config.issuer.clone(),
@@ -512,9 +512,11 @@ impl App {
         let retain = self
             .config
             .key_retain_secs(self.sessions.longest_ttl.load(Ordering::Acquire));
-        let ring = keys::ring(&records, &self.data_key, self.now(), retain)?;
+        let now = self.now();
+        let ring = keys::ring(&records, &self.data_key, now, retain)?;
         let dropped = ring.dropped.clone();
-        self.metrics.signing_keys(ring.signing_since, ring.next);
+        self.metrics
+            .signing_keys(ring.signing_since, ring.next, now);
         let previous = self.keys();
         if previous.signing.kid() != ring.signing.kid() {
             tracing::info!(kid = %ring.signing.kid(), previous = %previous.signing.kid(), "signing key promoted");

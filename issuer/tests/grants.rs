@@ -13,9 +13,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{payload, InProcess, Runner, Stack, ADMIN};
+use common::{payload, InProcess, Stack, ADMIN};
 use serde_json::{json, Value};
-use weauth_issuer::app::App;
 use weauth_issuer::clock::{Clock, ManualClock};
 use weauth_issuer::store::{Ban, Revoke, SubSessions};
 
@@ -319,14 +318,6 @@ async fn admin_requests_and_refused_credentials_are_logged_with_the_client() {
     assert!(!stack.issuer.log_text().contains("wrong-credential"));
 }
 
-/// The in-process issuer of `stack` (started with [`Stack::start_clocked`]).
-fn app_of(stack: &Stack) -> Arc<App> {
-    match &stack.issuer {
-        Runner::InProcess(issuer) => Arc::clone(&issuer.app),
-        _ => panic!("an in-process issuer"),
-    }
-}
-
 /// Moves `clock` to the start of its next second: an unban then waits a whole second for its
 /// ban's revocation's `issued_before` (the ban's second + 1).
 fn to_next_second(clock: &ManualClock) {
@@ -451,7 +442,7 @@ async fn an_unban_of_a_ban_whose_revocation_was_purged_lifts_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unban_waits_for_the_bans_revocation_else_answers_409() {
     let (stack, clock) = Stack::start_clocked(&[]).await;
-    let app = app_of(&stack);
+    let app = stack.app();
     let login = stack.login("olga").await;
     let sub = payload(login["access_token"].as_str().unwrap())["sub"]
         .as_str()
@@ -568,7 +559,7 @@ async fn a_ban_ends_a_session_opened_on_a_replica_whose_clock_runs_ahead() {
     );
     let (status, body, _) = stack.get("/v1/me", Some(token)).await;
     assert_eq!(status, 401, "the banned user's session lives on: {body}");
-    let ended = app_of(&stack).store.session(&sid).await.unwrap().unwrap();
+    let ended = stack.app().store.session(&sid).await.unwrap().unwrap();
     assert!(ended.revoked_at.is_some());
     let feed = stack.feed(0, 0).await;
     assert!(

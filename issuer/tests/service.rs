@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{payload, Issuer, Stack, ADMIN, FEED};
 use serde_json::{json, Value};
+use weauth_issuer::clock::Clock as _;
 use weauth_mock_wechat::Fault;
 
 /// Waits (up to 10 s) until the mock WeChat has received `count` calls of `route`: a request
@@ -1232,6 +1233,29 @@ fn rate(attempts: &[Attempt], from: Instant, to: Instant) -> f64 {
         .filter(|a| a.ok && a.end >= from && a.end < to)
         .count();
     ok as f64 / (to - from).as_secs_f64()
+}
+
+/// A replica whose key reload fails keeps the keys it has and says when it last read them
+/// (`weauth_signing_keys_loaded_timestamp_seconds`, alerted by WeauthSigningKeysNotReloaded):
+/// a failing reload was a warning line and nothing else, and a replica stuck on an old ring
+/// looked like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_key_reload_leaves_when_the_keys_were_last_read() {
+    let (stack, clock) = Stack::start_clocked(&[]).await;
+    let app = stack.app();
+    let name = "weauth_signing_keys_loaded_timestamp_seconds";
+    clock.advance_secs(60);
+    app.reload_keys().await.unwrap();
+    let read_at = clock.now() as f64;
+    assert_eq!(metric(&stack, name).await, Some(read_at));
+    let db = rusqlite::Connection::open(stack.dir.path().join("weauth.db")).unwrap();
+    db.execute("UPDATE signing_keys SET sealed = x'00ff'", [])
+        .unwrap();
+    clock.advance_secs(60);
+    assert!(app.reload_keys().await.is_err(), "a key it cannot open");
+    assert_eq!(metric(&stack, name).await, Some(read_at));
+    let (status, _, _) = stack.get("/.well-known/jwks.json", None).await;
+    assert_eq!(status, 200, "the keys it holds are still published");
 }
 
 async fn metric(stack: &Stack, name: &str) -> Option<f64> {

@@ -15,7 +15,7 @@
 //! from the store's health check, `weauth_store_evicted_keys_total` and
 //! `weauth_store_unreplicated_writes_total`; gauges set by the background tasks
 //! (`weauth_store_up`, `weauth_signing_key_activated_timestamp_seconds`,
-//! `weauth_signing_keys_next`, and on Redis `weauth_store_replicas`,
+//! `weauth_signing_keys_next`, `weauth_signing_keys_loaded_timestamp_seconds`, and on Redis `weauth_store_replicas`,
 //! `weauth_store_replicas_wanted`) and gauges passed in at scrape time by the caller
 //! (`weauth_revocation_seq`, `weauth_signing_keys_published`, `weauth_feed_waiters`).
 //!
@@ -74,7 +74,7 @@ struct Inner {
 }
 
 /// The gauges set by [`Metrics`] methods: (name, help).
-const GAUGES: [(&str, &str); 5] = [
+const GAUGES: [(&str, &str); 6] = [
     (
         "weauth_store_up",
         "1 when the last background store check (the revocation seq read) succeeded, else 0.",
@@ -86,6 +86,10 @@ const GAUGES: [(&str, &str); 5] = [
     (
         "weauth_signing_keys_next",
         "Keys published in the JWKS that do not sign yet (a successor in waiting).",
+    ),
+    (
+        "weauth_signing_keys_loaded_timestamp_seconds",
+        "When this replica last read its signing keys from the store (unix seconds); a reload that fails leaves it, and the keys it holds.",
     ),
     (
         "weauth_store_replicas",
@@ -457,8 +461,12 @@ impl Metrics {
 
     /// Records the key ring in use: when its signing key began signing (unix seconds) and how
     /// many published keys wait to sign.
-    pub fn signing_keys(&self, signing_since: i64, next: usize) {
+    pub fn signing_keys(&self, signing_since: i64, next: usize, loaded_at: i64) {
         if let Ok(mut inner) = self.inner.lock() {
+            inner.gauges.insert(
+                "weauth_signing_keys_loaded_timestamp_seconds",
+                loaded_at as f64,
+            );
             inner.gauges.insert(
                 "weauth_signing_key_activated_timestamp_seconds",
                 signing_since as f64,
@@ -668,7 +676,7 @@ mod tests {
     #[test]
     fn signing_keys_gauges_rendered() {
         let metrics = Metrics::default();
-        metrics.signing_keys(1_700_000_000, 1);
+        metrics.signing_keys(1_700_000_000, 1, 1_700_000_100);
         let text = metrics.render(&[]);
         assert!(
             text.contains("weauth_signing_key_activated_timestamp_seconds 1700000000\n"),
@@ -676,6 +684,10 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE weauth_signing_keys_next gauge\nweauth_signing_keys_next 1\n")
+        );
+        assert!(
+            text.contains("weauth_signing_keys_loaded_timestamp_seconds 1700000100\n"),
+            "{text}"
         );
     }
 }

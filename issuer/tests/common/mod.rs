@@ -479,6 +479,14 @@ impl Stack {
         self.issuer.url(path)
     }
 
+    /// The in-process issuer's `App` (a stack started with [`Stack::start`] and its kin).
+    pub fn app(&self) -> Arc<App> {
+        match &self.issuer {
+            Runner::InProcess(issuer) => Arc::clone(&issuer.app),
+            _ => panic!("an in-process issuer"),
+        }
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("weauth.db")
     }
