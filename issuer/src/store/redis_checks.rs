@@ -171,6 +171,26 @@ pub fn cluster_replication(nodes: &str) -> Option<Replication> {
     })
 }
 
+/// A cluster's [`cluster_replication`] bounded by what its primaries say of their own
+/// replicas: `infos` are the `INFO replication` answers of the nodes the client reaches (the
+/// replicas' own, `role:slave`, left out; [`replication`]). A replica in its first full sync —
+/// a primary back after a failover always makes one — is `connected` in the cluster's view
+/// but acknowledges no `WAIT` until its copy is loaded (`state=online`): counted, every `WAIT`
+/// ran its whole timeout on every primary's connection, with the reads queued behind it, for
+/// as long as the sync took. With no answer, the view alone.
+pub fn cluster_online(view: Replication, infos: &[String]) -> Replication {
+    let own = infos
+        .iter()
+        .filter_map(|text| replication(text))
+        .filter(|own| own.primary)
+        .map(|own| own.online)
+        .min();
+    Replication {
+        primary: view.primary,
+        online: own.map_or(view.online, |own| own.min(view.online)),
+    }
+}
+
 /// Parses `evicted_keys` out of `INFO stats`.
 pub fn evicted_keys(text: &str) -> Option<u64> {
     info_fields(text).get("evicted_keys")?.trim().parse().ok()
@@ -317,6 +337,31 @@ b1 127.0.0.1:7004@17004 slave a1 0 1700000000000 1 connected
 b2 127.0.0.1:7005@17005 slave a2 0 1700000000000 2 connected
 b3 127.0.0.1:7006@17006 slave a3 0 1700000000000 3 connected
 ";
+
+    /// A replica the cluster's view counts (its bus link `connected`) but that is still in its
+    /// first full sync is not counted; the replicas' own answers are left out; with none
+    /// readable the view stands.
+    #[test]
+    fn cluster_online_leaves_out_a_replica_still_in_its_first_sync() {
+        let view = cluster_replication(NODES).unwrap();
+        let primary = |state: &str| {
+            format!("# Replication\r\nrole:master\r\nconnected_slaves:1\r\nslave0:ip=127.0.0.1,port=7004,state={state},offset=0,lag=0\r\n")
+        };
+        let replica = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\n".to_string();
+        let healthy = vec![primary("online"), primary("online"), replica.clone()];
+        assert_eq!(cluster_online(view, &healthy).online, 1);
+        let syncing = vec![primary("online"), primary("wait_bgsave"), replica.clone()];
+        assert_eq!(cluster_online(view, &syncing).online, 0);
+        let loading = vec![primary("send_bulk"), primary("online")];
+        assert_eq!(cluster_online(view, &loading).online, 0);
+        assert_eq!(cluster_online(view, &[]).online, 1);
+        assert_eq!(cluster_online(view, &[replica]).online, 1);
+        // Never more than the cluster's view (a shard the client's map has not caught up with).
+        let after =
+            cluster_replication(&NODES.replace(" 1 connected\n", " 1 disconnected\n")).unwrap();
+        assert_eq!(after.online, 0);
+        assert_eq!(cluster_online(after, &healthy).online, 0);
+    }
 
     #[test]
     fn cluster_replication_is_the_poorest_shards() {

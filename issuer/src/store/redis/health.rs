@@ -158,7 +158,8 @@ pub(super) async fn check_eviction(conn: &mut Link, allow: bool) -> PolicyCheck 
 /// How many replicas a write's `WAIT` can get, parsed; `None` when it could not be read. On
 /// one server its `INFO replication`; on a cluster the cluster's own view, `CLUSTER NODES`
 /// (the fewest healthy replicas of any primary: [`redis_checks::cluster_replication`]), as
-/// the client's map of primaries can lag a failover.
+/// the client's map of primaries can lag a failover, bounded by the primaries' own `INFO
+/// replication` (a replica in its first full sync: [`redis_checks::cluster_online`]).
 pub(super) async fn read_replication(conn: &mut Link) -> Option<Replication> {
     match conn {
         Link::Cluster(_) => {
@@ -167,7 +168,12 @@ pub(super) async fn read_replication(conn: &mut Link) -> Option<Replication> {
                 .query_async(conn)
                 .await
                 .ok()?;
-            redis_checks::cluster_replication(&text)
+            let view = redis_checks::cluster_replication(&text)?;
+            let mut info = redis::cmd("INFO");
+            info.arg("replication");
+            // A node that does not answer (one failing over): the cluster's view alone.
+            let infos: Vec<String> = conn.on_every_node(&info).await.unwrap_or_default();
+            Some(redis_checks::cluster_online(view, &infos))
         }
         Link::Single(_) => {
             let text: String = redis::cmd("INFO")

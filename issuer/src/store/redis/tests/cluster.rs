@@ -294,3 +294,76 @@ async fn cluster_write_on_a_connection_the_client_replaced_by_itself_is_not_conf
         .await
         .unwrap();
 }
+
+/// A replica back without its data makes a full sync, and while its primary holds the
+/// transfer (`repl-diskless-sync-delay`) the cluster's view already shows it `connected`: it
+/// acknowledges no `WAIT` until its copy is loaded, so it is not counted — counted, each `WAIT`
+/// ran its whole timeout on every primary's connection for as long as the sync took, the reads
+/// queued behind it. Once online it counts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_replica_in_its_first_full_sync_is_not_counted() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().to_path_buf();
+    let mut cluster = tokio::task::spawn_blocking(move || RedisCluster::start_in(&path))
+        .await
+        .unwrap()
+        .unwrap();
+    let store = RedisStore::connect(RedisOptions {
+        target: cluster_target(&cluster.ports(), None),
+        display: cluster.url(),
+        prefix: "sync:".into(),
+        wait_replicas: 1,
+        wait_timeout: Duration::from_millis(500),
+        allow_eviction: false,
+    })
+    .await
+    .unwrap();
+    let replicas_become = |want: Option<usize>| {
+        let store = &store;
+        async move {
+            for _ in 0..200 {
+                if store.check_health().await.replicas == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("replicas never {want:?}: {:?}", store.check_health().await);
+        }
+    };
+    replicas_become(Some(1)).await;
+    let primary = cluster.primaries()[0];
+    let (index, replica) = cluster
+        .ports()
+        .into_iter()
+        .enumerate()
+        .find(|(_, port)| {
+            let info = cluster.cli(*port, &["info", "replication"]);
+            info.contains("role:slave") && info.contains(&format!("master_port:{primary}"))
+        })
+        .unwrap();
+    cluster.cli(primary, &["config", "set", "repl-diskless-sync-delay", "5"]);
+    cluster.kill(replica);
+    let dir = root.path().join(format!("node{index}"));
+    let _ = std::fs::remove_dir_all(dir.join("appendonlydir"));
+    let _ = std::fs::remove_file(dir.join("dump.rdb"));
+    cluster.restart(replica).unwrap();
+    // Waiting for its transfer: `connected` in the cluster's view, not yet online at its
+    // primary.
+    let address = format!("127.0.0.1:{replica}@");
+    let mut syncing = false;
+    for _ in 0..80 {
+        let nodes = cluster.cli(primary, &["cluster", "nodes"]);
+        let linked = nodes
+            .lines()
+            .any(|line| line.contains(&address) && line.ends_with(" connected"));
+        let info = cluster.cli(primary, &["info", "replication"]);
+        if linked && info.contains(&format!("port={replica},state=wait_bgsave")) {
+            syncing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(syncing, "the replica never waited for its full sync");
+    assert_eq!(store.check_health().await.replicas, Some(0));
+    replicas_become(Some(1)).await;
+}
