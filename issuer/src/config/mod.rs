@@ -802,10 +802,16 @@ impl Config {
             }
         };
         let redis_prefix = src.text("WEAUTH_REDIS_PREFIX");
-        if redis_prefix.len() > 64 || redis_prefix.chars().any(char::is_whitespace) {
+        // No braces: on a Redis Cluster the prefix is the directory's hash tag (`{P}`) and
+        // precedes the sessions' (`P{s:F}`); a brace in it would end or start a tag of its own.
+        if redis_prefix.len() > 64
+            || redis_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
             errs.push(bad(
                 "WEAUTH_REDIS_PREFIX",
-                "must be at most 64 characters without spaces",
+                "must be at most 64 characters without spaces or braces",
             ));
         }
         let sentinel = matches!(

@@ -310,6 +310,11 @@ fn config_bad_values_name_their_variable() {
         ("WEAUTH_LEEWAY", "100ms"),
         ("WEAUTH_KEY_PUBLISH_DELAY", "10ms"),
         ("WEAUTH_DECRYPT_MAX_AGE", "90500ms"),
+        // A brace would end or start a Redis Cluster hash tag inside the prefix: the
+        // directory's keys and the sessions' would fall into other slots than the scripts
+        // name together.
+        ("WEAUTH_REDIS_PREFIX", "weauth{a}:"),
+        ("WEAUTH_REDIS_PREFIX", "we}auth:"),
     ] {
         let err = load(&with(&[(var, value)])).unwrap_err();
         assert_eq!(err.vars(), [var], "{var}={value}: {err}");

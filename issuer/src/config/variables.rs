@@ -49,7 +49,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_REDIS_PREFIX",
         "weauth:",
-        "prefix of every Redis key",
+        "prefix of every Redis key (at most 64 characters; no spaces or braces)",
     ),
     var(
         "WEAUTH_REDIS_WAIT_REPLICAS",
