@@ -67,10 +67,11 @@
 //!   entry appended to the feed (REVOKE), then the pending note cleared, then `WAIT`: see
 //!   [`RedisStore::revoke_entry`]. A reader that finds a note left by a revocation cut short
 //!   writes the entry.
-//! - *The purge*: ended sessions found in the expiry index, dropped in their slots
-//!   (DROP_SESSION: their refresh tokens, unknown without them, are left to their TTLs), then
-//!   taken off the user's set, the code and, last, the index (FORGET_SESSIONS): a purge cut
-//!   short is finished by the next.
+//! - *The purge*: ended sessions found in the expiry index, their owners read, taken off the
+//!   user's set, the code and, last, the index (FORGET_SESSIONS), then dropped in their slots
+//!   (DROP_SESSION: their refresh tokens, unknown without them, are left to their TTLs): a
+//!   purge cut short before the directory forgot is done again by the next; after, the
+//!   sessions' keys end with their TTLs.
 //!
 //! Redis Cluster. A script's keys must all be in one hash slot. The directory (users,
 //! identities, unionids, codes, users' session sets), the revocation feed, the key ring and
@@ -903,33 +904,68 @@ impl RedisStore {
         }
     }
 
-    /// Removes sessions `sids` (ended, or discarded): each in its family's slot
-    /// ([`Self::drop_session`], a few slots at a time), then the directory forgets them
-    /// (FORGET_SESSIONS: their user's set, their code's mark, the expiry index). Their refresh
-    /// tokens are left to their TTLs, unknown without the session. Returns how many refresh
-    /// tokens they had been given.
+    /// Removes sessions `sids` (ended, or discarded): their owners read in their families'
+    /// slots, the directory made to forget them (FORGET_SESSIONS: their user's set, their
+    /// code's mark, the expiry index), then each dropped in its slot ([`Self::drop_session`]),
+    /// a few slots at a time. Their refresh tokens are left to their TTLs, unknown without the
+    /// session. Returns how many refresh tokens they had been given.
+    ///
+    /// The directory forgets first: cut short after it, a session's keys are left to their
+    /// TTLs (its end and a day), out of every index; dropped first, the sessions' owners were
+    /// gone with them, and the next purge, finding them in the index still, could no longer
+    /// take them off their users' sets — there for good, each met again by every later ban
+    /// and "log out everywhere" of the user.
     pub(super) async fn drop_sessions(&self, sids: &[String]) -> Result<usize, StoreError> {
-        let mut dropped = Vec::with_capacity(sids.len());
+        if sids.is_empty() {
+            return Ok(0);
+        }
+        let mut owners = Vec::with_capacity(sids.len());
+        for chunk in sids.chunks(CONCURRENT_SLOTS) {
+            let reads = chunk.iter().map(|sid| self.session_owner(sid));
+            owners.extend(futures_util::future::try_join_all(reads).await?);
+        }
+        let mut call = self.inner.scripts.forget_sessions.prepare_invoke();
+        call.key(self.key(keys::SESSIONS_EXP)).arg(self.prefix());
+        for (sid, (sub, code_hash)) in sids.iter().zip(&owners) {
+            call.arg(sid).arg(sub).arg(code_hash);
+        }
+        let _: i64 = self.eval(&call).await?;
+        let mut tokens = 0;
         for chunk in sids.chunks(CONCURRENT_SLOTS) {
             let drops = chunk.iter().map(|sid| self.drop_session(sid));
-            dropped.extend(futures_util::future::try_join_all(drops).await?);
-        }
-        let mut tokens = 0;
-        if !dropped.is_empty() {
-            let mut call = self.inner.scripts.forget_sessions.prepare_invoke();
-            call.key(self.key(keys::SESSIONS_EXP)).arg(self.prefix());
-            for (sid, (sub, code_hash, given)) in sids.iter().zip(&dropped) {
-                call.arg(sid).arg(sub).arg(code_hash);
-                tokens += given;
-            }
-            let _: i64 = self.eval(&call).await?;
+            tokens += futures_util::future::try_join_all(drops)
+                .await?
+                .into_iter()
+                .sum::<usize>();
         }
         Ok(tokens)
     }
 
-    /// DROP_SESSION on one ended session: (its sub, its code hash, refresh tokens it was
-    /// given — left to their TTLs).
-    async fn drop_session(&self, sid: &str) -> Result<(String, String, usize), StoreError> {
+    /// A session's sub and code hash (`""` for what it does not have, or a session gone).
+    async fn session_owner(&self, sid: &str) -> Result<(String, String), StoreError> {
+        let fields: Vec<Option<String>> = self
+            .op(|mut conn| {
+                let key = self.session_key(sid);
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg("sub")
+                        .arg("code_hash")
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        let mut fields = fields.into_iter().map(Option::unwrap_or_default);
+        Ok((
+            fields.next().unwrap_or_default(),
+            fields.next().unwrap_or_default(),
+        ))
+    }
+
+    /// DROP_SESSION on one ended session: the refresh tokens it was given (left to their
+    /// TTLs).
+    async fn drop_session(&self, sid: &str) -> Result<usize, StoreError> {
         let mut call = self.inner.scripts.drop_session.prepare_invoke();
         call.key(self.session_key(sid))
             .key(self.family_set_key(sid));

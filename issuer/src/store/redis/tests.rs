@@ -898,3 +898,43 @@ async fn redis_purge_goes_on_while_its_rounds_come_back_full() {
         assert!(store.session(&format!("s-p{i}")).await.unwrap().is_none());
     }
 }
+
+/// A purge cut short between the directory's script and the session's leaves no session in
+/// its user's set: the directory forgets a session before its keys go. Dropped first, a purge
+/// whose FORGET_SESSIONS failed left the sid in the user's set for good — the next purge found
+/// the session gone and its owner with it — met again by every later ban and "log out
+/// everywhere" of the user.
+#[tokio::test]
+async fn redis_purge_cut_short_leaves_no_session_in_its_users_set() {
+    use crate::store::contract::login;
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    store.login(&login("cut", "o-cut", None, 10)).await.unwrap();
+    let set = store.key(&keys::sub_sessions("u-cut"));
+    let mut side = side_connection(&redis).await;
+    // The user's set made a string: FORGET_SESSIONS fails on it (WRONGTYPE), where a purge
+    // could be cut short (the issuer stopped, the directory's server failing over).
+    let _: () = redis::pipe()
+        .del(&set)
+        .set(&set, "not a set")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert!(store.purge_rounds(2_000, 10).await.is_err());
+    let _: () = redis::pipe()
+        .del(&set)
+        .sadd(&set, "s-cut")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    let purged = store.purge_rounds(2_000, 10).await.unwrap();
+    assert_eq!(purged.sessions, 1, "{purged:?}");
+    let member: bool = redis::cmd("SISMEMBER")
+        .arg(&set)
+        .arg("s-cut")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert!(!member, "the ended session is left in its user's set");
+    assert!(store.session("s-cut").await.unwrap().is_none());
+}

@@ -1,12 +1,11 @@
 -- KEYS: session, its family set (one slot: the family's)
--- Removes an ended session and the set of the refresh tokens it was given. Returns {sub or '',
--- code_hash or '', tokens it was given}. The tokens themselves are left to their TTLs (their
+-- Removes an ended session (the directory has forgotten it: FORGET_SESSIONS) and the set of
+-- the refresh tokens it was given. Returns how many tokens it was given. The tokens themselves are left to their TTLs (their
 -- expiry + 1 day, never past the session's end + 1 day): a token whose session is gone reads
 -- as unknown. Deleting each in this script made its run grow with the session's rotations —
 -- a session refreshed every second for 30 days held the server for seconds (past
 -- `busy-reply-threshold`: every client answered BUSY) — and UNLINK frees the set off the
 -- server's main thread.
-local fields = redis.call('HMGET', KEYS[1], 'sub', 'code_hash')
 local given = redis.call('SCARD', KEYS[2])
 redis.call('UNLINK', KEYS[2], KEYS[1])
-return {fields[1] or '', fields[2] or '', given}
+return given

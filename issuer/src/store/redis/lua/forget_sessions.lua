@@ -1,5 +1,5 @@
 -- KEYS: sessions_exp (the directory's slot)
--- ARGV: prefix, then (sid, sub, code_hash) for each session DROP_SESSION removed
+-- ARGV: prefix, then (sid, sub, code_hash) for each session to remove (DROP_SESSION follows)
 -- Takes the dropped sessions off their user's set, their code's single-use mark and, last,
 -- the expiry index.
 local prefix = ARGV[1]
