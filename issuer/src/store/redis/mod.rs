@@ -531,6 +531,20 @@ impl RedisStore {
                 }
             }
         }
+        // Every revocation's script reads the primary's replication id (`INFO replication`,
+        // the seq's jump after a failover): refused by an ACL, every revocation failed.
+        let mut link = store.current()?.0;
+        let info: redis::RedisResult<redis::Value> = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut link)
+            .await;
+        if let Err(err) = info {
+            if err.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) {
+                return Err(fail(format!(
+                    "INFO is refused, which every revocation needs to read the primary's replication id (an ACL must allow +info): {err}"
+                )));
+            }
+        }
         store.note_replication(read_replication(&mut health).await);
         if let Some(evicted) = read_evicted(&mut health).await {
             store.note_evicted(evicted);

@@ -416,6 +416,31 @@ async fn redis_user_refused_client_id_is_refused_at_start_when_writes_wait() {
     RedisStore::connect(options).await.unwrap();
 }
 
+/// Every revocation reads the primary's replication id (`INFO replication` in REVOKE): a user
+/// an ACL refuses `INFO` is refused at start, saying what to allow — every revocation failed
+/// with `NOPERM` (the issuer started, and no logout, ban or reuse reached the edges).
+#[tokio::test]
+async fn redis_user_refused_info_is_refused_at_start() {
+    let redis = TestRedis::new().await;
+    let mut side = side_connection(&redis).await;
+    let acl = |change: &'static str| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("default").arg(change);
+        cmd
+    };
+    let _: () = acl("-info").query_async(&mut side).await.unwrap();
+    let Err(err) = RedisStore::connect(redis.options()).await else {
+        panic!("started without INFO")
+    };
+    assert!(err.to_string().contains("+info"), "{err}");
+    let _: () = acl("+info").query_async(&mut side).await.unwrap();
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    store
+        .revoke(&Revoke::Jti("j-info".into()), 10, 20)
+        .await
+        .unwrap();
+}
+
 /// A `WAIT` covers only the writes of the connection it is sent on: a write made before the
 /// store's connection was lost (the client reconnects by itself) is not confirmed by a `WAIT`
 /// on the new one.
