@@ -148,6 +148,9 @@ fn duplicate_key(message: &str) -> String {
     format!("a unique key stayed taken through {RETRIES} retries (MySQL 1062, key {key})")
 }
 
+/// How long a pooled connection may have been idle and still be used without a ping first.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 /// How long one purge ([`upkeep::purge`]) may take: a background task, in batches of which
 /// each commits on its own (`WEAUTH_MYSQL_QUERY_TIMEOUT` bounds a request's operation).
 const PURGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -429,13 +432,35 @@ impl MysqlStore {
             .max_connections(options.pool_max)
             .min_connections(0)
             .acquire_timeout(options.acquire_timeout)
-            .test_before_acquire(true)
+            // A connection idle a while is pinged before use (bounded: one to a silent server
+            // is closed); one back from an operation within the last second is not — it
+            // answered then, and was pinged on its way back (below). A ping on every checkout
+            // was a round trip before every operation on the request path: 4 of a login's 14,
+            // 3 of a refresh's 11. One that died since (the server restarted this second)
+            // fails its first statement before anything is written: 503, as the restart's
+            // other requests.
+            .test_before_acquire(false)
+            .before_acquire({
+                let timeout = options.query_timeout;
+                move |conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for < IDLE_BEFORE_PING {
+                            return Ok(true);
+                        }
+                        match tokio::time::timeout(timeout, sqlx::Connection::ping(conn)).await {
+                            Ok(pinged) => pinged.map(|()| true),
+                            Err(_) => Err(sqlx::Error::PoolTimedOut),
+                        }
+                    })
+                }
+            })
             // A connection comes back to the pool through a ping of sqlx's own, without a
             // timeout: one whose operation was given up (`retry`'s timeout) on a server gone
             // silent held its place in the pool until TCP gave up (~15 minutes), so after as
             // many timeouts as the pool has places every operation was refused, the new
             // server answering or not. The same ping first, bounded: no answer in time closes
-            // the connection (sqlx then skips its own).
+            // the connection before sqlx's own ping is sent (sqlx 0.8 sends that one after this
+            // hook whatever it did: two pings on each return while the server answers).
             .after_release({
                 let timeout = options.query_timeout;
                 move |conn, _| {

@@ -613,3 +613,49 @@ async fn mysql_server_gone_silent_gives_up_within_the_query_timeout() {
     .expect("the pool's place stayed held by the silent connection");
     assert_eq!(now, seq);
 }
+
+/// A pooled connection back from an operation within the last second is used without a ping:
+/// a ping on every checkout was a round trip before every store operation on the request path.
+/// One idle longer is pinged first, and one that died meanwhile (killed here) is replaced, not
+/// handed to the operation.
+#[tokio::test]
+async fn mysql_a_connection_just_used_is_not_pinged_again_one_idle_is() {
+    let server = mariadb::MariaDb::start(&[]).await.unwrap();
+    let db = server.create_database().unwrap();
+    let url = server.url(&db);
+    let store = MysqlStore::connect(&MysqlOptions {
+        display: url.replace(mariadb::PASSWORD, "***"),
+        url,
+        pool_max: 1,
+        acquire_timeout: Duration::from_secs(5),
+        query_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    store.current_seq().await.unwrap();
+    // COM_PING is counted among the server's admin commands.
+    let pings = || -> u64 {
+        let row = server
+            .sql("SHOW GLOBAL STATUS LIKE 'Com_admin_commands'")
+            .unwrap();
+        row.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let before = pings();
+    for _ in 0..40 {
+        store.current_seq().await.unwrap();
+    }
+    let made = pings() - before;
+    // Two on each return (the bounded one, then sqlx's own), none on checkout: 80; with one on
+    // every checkout, 120.
+    assert!((40..=85).contains(&made), "{made} pings for 40 operations");
+    let ids = server
+        .sql(&format!(
+            "SELECT id FROM information_schema.processlist WHERE db = '{db}'"
+        ))
+        .unwrap();
+    for id in ids.split_whitespace() {
+        server.sql(&format!("KILL {id}")).unwrap();
+    }
+    tokio::time::sleep(IDLE_BEFORE_PING + Duration::from_millis(200)).await;
+    store.current_seq().await.unwrap();
+}
