@@ -92,8 +92,10 @@ pub struct FeedCache {
     refresh: tokio::sync::Mutex<()>,
     /// Recent serialized answers, newest last (with the copy each was made from).
     bodies: Mutex<Vec<(BodyKey, Arc<FeedCopy>, Answer)>>,
-    /// Reads of the store so far (each [`Self::reload`]).
+    /// Reads of the store begun so far (each [`Self::reload`]).
     reloads: std::sync::atomic::AtomicU64,
+    /// The number (in [`Self::reloads`]) of the last read that succeeded.
+    reloaded: std::sync::atomic::AtomicU64,
 }
 
 impl FeedCache {
@@ -130,13 +132,23 @@ impl FeedCache {
         self.reload(store, now).await
     }
 
-    /// Reads the delta (and the purge watermark) now, whatever the copy's seq: after this
-    /// replica purged, so readers below the new watermark start over as the store says.
+    /// Reads the delta (and the purge watermark) from the store, whatever the copy's seq — or
+    /// lets a read begun after this call do: a full answer (an edge starting) must hold every
+    /// revocation acknowledged before it was asked for, and after this replica purged, readers
+    /// below the new watermark start over as the store says. The calls that arrive together
+    /// share the reads: a fleet of edges starting at once made a read of the store, a new copy
+    /// and a serialization of the whole set for each edge, one after another under the lock.
     ///
     /// # Errors
     /// Store failures (the copy stays as it was).
     pub async fn refresh(&self, store: &dyn Store, now: i64) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let arrived = self.reloads.load(SeqCst);
         let _refreshing = self.refresh.lock().await;
+        // Numbered past `arrived`: begun after this call, and done (the lock is ours).
+        if self.reloaded.load(SeqCst) > arrived {
+            return Ok(());
+        }
         self.reload(store, now).await
     }
 
@@ -145,9 +157,11 @@ impl FeedCache {
         self.reloads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// One read of the store, under [`Self::refresh`]'s lock.
     async fn reload(&self, store: &dyn Store, now: i64) -> Result<(), StoreError> {
-        self.reloads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let number = 1 + self
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let old = self.snapshot();
         let mut cursor = old.current;
         let mut delta = Delta::default();
@@ -179,6 +193,8 @@ impl FeedCache {
             Ok(mut guard) => *guard = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
+        self.reloaded
+            .store(number, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
@@ -429,6 +445,39 @@ mod tests {
                 "since={since}"
             );
         }
+    }
+
+    /// Full reads arriving together share the store's reads: each needs one begun after it
+    /// arrived, not one of its own (a fleet of edges starting at once made a read, a copy and
+    /// a serialization of the whole set per edge); a read after an acknowledged revocation
+    /// still sees it.
+    #[tokio::test]
+    async fn refreshes_arriving_together_share_the_store_reads() {
+        let db = db();
+        let store = db.handle().await;
+        let cache = FeedCache::new();
+        for i in 0..3 {
+            store
+                .revoke(&Revoke::Jti(format!("j{i}")), 10, 20)
+                .await
+                .unwrap();
+        }
+        cache.refresh(store.as_ref(), 10).await.unwrap();
+        let before = cache.reloads();
+        let together =
+            futures_util::future::join_all((0..100).map(|_| cache.refresh(store.as_ref(), 10)))
+                .await;
+        assert!(together.iter().all(Result::is_ok));
+        let reads = cache.reloads() - before;
+        assert!((1..=2).contains(&reads), "{reads} reads for 100 refreshes");
+        let late = store
+            .revoke(&Revoke::Jti("late".into()), 10, 20)
+            .await
+            .unwrap();
+        cache.refresh(store.as_ref(), 10).await.unwrap();
+        assert_eq!(cache.current(), late.seq);
+        // Alone, a call makes its own read.
+        assert_eq!(cache.reloads() - before, reads + 1);
     }
 
     #[tokio::test]
