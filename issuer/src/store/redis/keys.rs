@@ -47,7 +47,8 @@ pub fn session(sid: impl Display) -> String {
     format!("session:{sid}")
 }
 
-/// The refresh-token hashes of a session (set), which the purge removes with it.
+/// The refresh-token hashes of a session (set), as releases before its `given` count kept them;
+/// the purge counts and removes it with the session.
 pub fn family(sid: impl Display) -> String {
     format!("family:{sid}")
 }

@@ -26,7 +26,7 @@
 //! | `P sessions_exp` | `{P}…` | zset | sid → session end, for the purge |
 //! | `P session:<sid>` | `P{s:F}session:<sid>` | hash | the session (TTL: its end + 1 day) |
 //! | `P refresh:<hash>` | `P{s:F}refresh:<hash>` | hash | sid, created_at, expires_at, used_at, rotated_by (the rotating call's id), repeated_at (a repeat within the grace writes it, for its `WAIT`; under `noeviction` with the memory full that write is refused like any other); TTL: expiry + 1 day |
-//! | `P family:<sid>` | `P{s:F}family:<sid>` | set | the session's refresh-token hashes, removed with it |
+//! | `P family:<sid>` | `P{s:F}family:<sid>` | set | a session's refresh-token hashes, as releases before its `given` count kept them; removed with it |
 //! | `P refresh_exp` | `{P}…` | zset | expiry index of refresh tokens written before families (purged, no longer written) |
 //! | `P seq` | `{P}…` | string | highest revocation seq (INCR; never decreases) |
 //! | `P rev:entries` | `{P}…` | hash | seq → entry JSON (wire format) |
@@ -600,7 +600,8 @@ impl RedisStore {
         self.family_key(family, &keys::refresh(hash))
     }
 
-    /// The set of a session's refresh-token hashes.
+    /// The set of a session's refresh-token hashes that releases before its `given` count
+    /// kept (DROP_SESSION counts and removes it).
     fn family_set_key(&self, sid: &str) -> String {
         self.family_key(tokens::family_of_sid(sid), &keys::family(sid))
     }
@@ -822,7 +823,6 @@ impl RedisStore {
             self.refresh_key(&rotate.family, &rotate.presented_hash),
             self.refresh_key(&rotate.family, &rotate.new_hash),
             self.session_key(sid),
-            self.family_set_key(sid),
         ];
         let mut call = self.inner.scripts.rotate.prepare_invoke();
         for key in &keys {
@@ -832,7 +832,6 @@ impl RedisStore {
         call.arg(rotate.now)
             .arg(new_expires)
             .arg(ttl(new_expires, rotate.now))
-            .arg(&rotate.new_hash)
             .arg(used_at.map(|at| at.to_string()).unwrap_or_default())
             .arg(call_id);
         let answer: Option<(i64, HashMap<String, Vec<u8>>)> = self.eval(&call).await?;

@@ -304,7 +304,6 @@ impl Store for RedisStore {
             let mut call = self.inner.scripts.open_session.prepare_invoke();
             call.key(self.session_key(&login.sid))
                 .key(self.refresh_key(family, &login.refresh_hash))
-                .key(self.family_set_key(&login.sid))
                 .arg(&login.sid)
                 .arg(&link.sub)
                 .arg(&login.appid)
@@ -317,8 +316,7 @@ impl Store for RedisStore {
                 .arg(login.session_expires)
                 .arg(session_ttl)
                 .arg(login.refresh_expires)
-                .arg(refresh_ttl)
-                .arg(&login.refresh_hash);
+                .arg(refresh_ttl);
             let _: i64 = self.eval(&call).await?;
             self.replicate(epoch).await?;
             return Ok(LoginResult::Created {

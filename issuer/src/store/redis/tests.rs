@@ -963,3 +963,65 @@ async fn redis_purge_cut_short_leaves_no_session_in_its_users_set() {
     assert!(!member, "the ended session is left in its user's set");
     assert!(store.session("s-cut").await.unwrap().is_none());
 }
+
+/// A session counts the refresh tokens it is given (`given`) instead of keeping each one's hash
+/// in a set to its end — about 250 KB for a session refreshed every 15 minutes for 30 days, only
+/// ever counted — and the purge still counts them, a set a release before left included.
+#[tokio::test]
+async fn redis_a_session_counts_its_refresh_tokens_without_keeping_their_hashes() {
+    use crate::store::contract::{login, rotate_of};
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    store
+        .login(&login("given", "o-given", None, 10))
+        .await
+        .unwrap();
+    let mut presented = "r-given".to_string();
+    for i in 0..3 {
+        let next = format!("r-given-{i}");
+        let rotated = store
+            .rotate_refresh(&rotate_of("s-given", &presented, &next, 11 + i, 0))
+            .await
+            .unwrap();
+        assert!(
+            matches!(rotated, RotateResult::Rotated { .. }),
+            "{rotated:?}"
+        );
+        presented = next;
+    }
+    let mut side = side_connection(&redis).await;
+    let set = store.family_set_key("s-given");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&set)
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert!(!exists, "a set of the session's token hashes");
+    let given: i64 = redis::cmd("HGET")
+        .arg(store.session_key("s-given"))
+        .arg("given")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert_eq!(given, 4);
+    // As a release before wrote it: two hashes in the set.
+    let _: () = redis::cmd("SADD")
+        .arg(&set)
+        .arg("old-1")
+        .arg("old-2")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    let purged = store.purge_rounds(2_000, 10).await.unwrap();
+    assert_eq!(
+        (purged.sessions, purged.refresh_tokens),
+        (1, 6),
+        "{purged:?}"
+    );
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&set)
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert!(!exists, "the set left behind");
+}
