@@ -263,7 +263,8 @@ pub const ALLOW_EVICTION_VAR: &str = "WEAUTH_REDIS_ALLOW_EVICTION";
 struct Conn {
     manager: Link,
     /// A second connection to the same primary (or cluster) for the health reads (`INFO`,
-    /// `CONFIG GET`), so they are never queued behind a `WAIT` on the main one.
+    /// `CONFIG GET`) and the store's reads ([`RedisStore::read`]), so they are never queued
+    /// behind a `WAIT` on the main one.
     health: Link,
     /// When the primary was last re-resolved through Sentinel.
     resolved_at: Instant,
@@ -622,10 +623,19 @@ impl RedisStore {
 
     /// The main connection and the switch it belongs to ([`Conn::switches`]).
     fn current(&self) -> Result<(Link, u64), StoreError> {
+        self.link(false)
+    }
+
+    /// The main connection, or with `reads` the one that carries no `WAIT` ([`Conn::health`]),
+    /// and the switches so far.
+    fn link(&self, reads: bool) -> Result<(Link, u64), StoreError> {
         self.inner
             .conn
             .lock()
-            .map(|conn| (conn.manager.clone(), conn.switches))
+            .map(|conn| {
+                let link = if reads { &conn.health } else { &conn.manager };
+                (link.clone(), conn.switches)
+            })
             .map_err(|_| StoreError::backend("the Redis connection lock is poisoned"))
     }
 
@@ -733,7 +743,30 @@ impl RedisStore {
         F: FnOnce(Link) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
-        let (manager, switch) = self.current()?;
+        self.op_on(false, f).await
+    }
+
+    /// [`Self::op`] for a read, on the connection that carries no `WAIT` ([`Conn::health`]).
+    /// Redis runs a connection's commands in order and holds the rest behind a `WAIT`: on the
+    /// main connection, where writes keep one in flight, every read of a request waited for a
+    /// replica's acknowledgement of others' writes — up to `WEAUTH_REDIS_WAIT_TIMEOUT` while a
+    /// replica stalled. A write whose reply has come is seen by any later command on any
+    /// connection (a server runs one command at a time), so a request still reads its own
+    /// writes, and every acknowledged one.
+    async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Link) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        self.op_on(true, f).await
+    }
+
+    async fn op_on<T, F, Fut>(&self, reads: bool, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Link) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let (manager, switch) = self.link(reads)?;
         match f(manager).await {
             Ok(value) => Ok(value),
             Err(err) => {
@@ -752,7 +785,8 @@ impl RedisStore {
                 // next WAIT confirms them (noted only at that WAIT, it would be found new and
                 // confirm none). Read after the switch a failure may bring, and briefly: a
                 // server still down answers nothing, and the error waits for the read.
-                if lost && self.switches() == switch {
+                // (A read's connection carries no write a `WAIT` must confirm.)
+                if lost && !reads && self.switches() == switch {
                     let ids = match self.current() {
                         Ok((link, _)) if self.inner.options.wait_replicas > 0 => {
                             read_connection_ids(link).await
@@ -861,7 +895,7 @@ impl RedisStore {
         for _ in 0..CAS_ATTEMPTS {
             let token = key.clone();
             let sid: Option<String> = self
-                .op(|mut conn| async move { conn.hget(token, "sid").await })
+                .read(|mut conn| async move { conn.hget(token, "sid").await })
                 .await?;
             let Some(sid) = sid else {
                 return Ok(None);

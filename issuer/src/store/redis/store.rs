@@ -64,7 +64,7 @@ impl Store for RedisStore {
     async fn grants(&self, sub: &str) -> Result<Option<Grants>, StoreError> {
         let key = self.key(&keys::user(sub));
         let fields: HashMap<String, Vec<u8>> = self
-            .op(|mut conn| async move { conn.hgetall(key).await })
+            .read(|mut conn| async move { conn.hgetall(key).await })
             .await?;
         if fields.is_empty() {
             return Ok(None);
@@ -119,13 +119,13 @@ impl Store for RedisStore {
     ) -> Result<Option<String>, StoreError> {
         let key = self.refresh_key(family, refresh_hash);
         let sid: Option<String> = self
-            .op(|mut conn| async move { conn.hget(key, "sid").await })
+            .read(|mut conn| async move { conn.hget(key, "sid").await })
             .await?;
         let Some(sid) = sid else {
             return Ok(None);
         };
         let key = self.session_key(&sid);
-        self.op(|mut conn| async move { conn.hget(key, "sub").await })
+        self.read(|mut conn| async move { conn.hget(key, "sub").await })
             .await
     }
 
@@ -138,7 +138,7 @@ impl Store for RedisStore {
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let key = self.key(keys::KEYS);
         let values: Vec<String> = self
-            .op(|mut conn| async move { conn.hvals(key).await })
+            .read(|mut conn| async move { conn.hvals(key).await })
             .await?;
         let mut records = Vec::with_capacity(values.len());
         for value in values {
@@ -222,7 +222,7 @@ impl Store for RedisStore {
 
     async fn code_used(&self, code_hash: &str) -> Result<bool, StoreError> {
         let key = self.key(&keys::code(code_hash));
-        self.op(|mut conn| async move { conn.exists(key).await })
+        self.read(|mut conn| async move { conn.exists(key).await })
             .await
     }
 
@@ -236,7 +236,7 @@ impl Store for RedisStore {
             let (id_key, un_key) = (identity.clone(), unionid_key.clone());
             let has_unionid = login.unionid.is_some();
             let (by_identity, by_unionid): (Option<String>, Option<String>) = self
-                .op(|mut conn| async move {
+                .read(|mut conn| async move {
                     let by_identity: Option<String> = conn.get(&id_key).await?;
                     let by_unionid: Option<String> = if has_unionid {
                         conn.get(&un_key).await?
@@ -250,7 +250,7 @@ impl Store for RedisStore {
                 Some(sub) => {
                     let user_key = self.key(&keys::user(sub));
                     let unionid: Option<String> = self
-                        .op(|mut conn| async move { conn.hget(user_key, "unionid").await })
+                        .read(|mut conn| async move { conn.hget(user_key, "unionid").await })
                         .await?;
                     Some(FoundUser {
                         sub: sub.clone(),
@@ -405,7 +405,7 @@ impl Store for RedisStore {
     async fn session(&self, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
         let key = self.session_key(sid);
         let fields: HashMap<String, Vec<u8>> = self
-            .op(|mut conn| async move { conn.hgetall(key).await })
+            .read(|mut conn| async move { conn.hgetall(key).await })
             .await?;
         if fields.is_empty() {
             return Ok(None);
@@ -415,14 +415,14 @@ impl Store for RedisStore {
 
     async fn session_key_sealed(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.session_key(sid);
-        self.op(|mut conn| async move { conn.hget(key, "session_key").await })
+        self.read(|mut conn| async move { conn.hget(key, "session_key").await })
             .await
     }
 
     async fn user(&self, sub: &str) -> Result<Option<UserRecord>, StoreError> {
         let key = self.key(&keys::user(sub));
         let fields: HashMap<String, Vec<u8>> = self
-            .op(|mut conn| async move { conn.hgetall(key).await })
+            .read(|mut conn| async move { conn.hgetall(key).await })
             .await?;
         if fields.is_empty() {
             return Ok(None);
@@ -467,7 +467,7 @@ impl Store for RedisStore {
     async fn wechat_token(&self, appid: &str) -> Result<Option<CachedToken>, StoreError> {
         let key = self.key_apart(&keys::wechat_token(appid));
         let fields: HashMap<String, Vec<u8>> = self
-            .op(|mut conn| async move { conn.hgetall(key).await })
+            .read(|mut conn| async move { conn.hgetall(key).await })
             .await?;
         let (Some(sealed), Some(hash)) = (fields.get("sealed"), text(&fields, "hash")) else {
             return Ok(None);
@@ -580,7 +580,7 @@ impl Store for RedisStore {
             self.key(&keys::revoked("sub", sub)),
         );
         let session = self.session_key(sid);
-        let feed = self.op(|mut conn| async move {
+        let feed = self.read(|mut conn| async move {
             redis::pipe()
                 .exists(keys.0)
                 .exists(keys.1)
@@ -588,7 +588,7 @@ impl Store for RedisStore {
                 .query_async(&mut conn)
                 .await
         });
-        let mark = self.op(|mut conn| async move {
+        let mark = self.read(|mut conn| async move {
             redis::cmd("HMGET")
                 .arg(session)
                 .arg("revoked_at")
@@ -659,7 +659,7 @@ impl Store for RedisStore {
     async fn current_seq(&self) -> Result<u64, StoreError> {
         let key = self.key(keys::SEQ);
         let seq: Option<u64> = self
-            .op(|mut conn| async move { conn.get(key).await })
+            .read(|mut conn| async move { conn.get(key).await })
             .await?;
         Ok(seq.unwrap_or(1).max(1))
     }
@@ -684,7 +684,7 @@ impl Store for RedisStore {
     async fn access_ttls(&self) -> Result<Vec<ReportedTtl>, StoreError> {
         let key = self.key(keys::ACCESS_TTLS);
         let all: Vec<(i64, i64)> = self
-            .op(|mut conn| async move { conn.hgetall(key).await })
+            .read(|mut conn| async move { conn.hgetall(key).await })
             .await?;
         Ok(all
             .into_iter()

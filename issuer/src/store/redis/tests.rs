@@ -224,11 +224,14 @@ async fn redis_killed_then_restarted_reconnects_keeping_acknowledged_writes() {
     let err = store.current_seq().await.unwrap_err();
     assert!(err.is_transient(), "{err}");
     redis.server.restart().await.unwrap();
+    // Both connections meet the restart (the reads' and the writes'), and reconnect.
     let mut seq = None;
     for _ in 0..50 {
-        if let Ok(current) = store.current_seq().await {
-            seq = Some(current);
-            break;
+        if store.ping().await.is_ok() {
+            if let Ok(current) = store.current_seq().await {
+                seq = Some(current);
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -456,9 +459,9 @@ async fn redis_write_before_a_lost_connection_is_not_confirmed_after_it() {
     // The server drops every client connection (as a primary that restarts would).
     let mut side = side_connection(&primary).await;
     drop_client_connections(&mut side).await;
-    // The store meets the lost connection on its next command, which fails (the client
-    // reconnects for the one after).
-    let failed = store.session("s-none").await;
+    // The store meets the lost connection on its next command there, which fails (the
+    // client reconnects for the one after); reads go on another connection.
+    let failed = store.ping().await;
     assert!(failed.is_err(), "no command met the lost connection");
     assert_ne!(
         store.link_epoch(),
@@ -556,7 +559,7 @@ async fn redis_sentinel_switches_only_to_another_primary_and_ignores_the_old_one
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop_client_connections(&mut side).await;
     assert!(
-        store.session("s-none").await.is_err(),
+        store.ping().await.is_err(),
         "no command met the lost connection"
     );
     assert_eq!(store.switches(), 0, "switched to the primary it was on");
@@ -1024,4 +1027,50 @@ async fn redis_a_session_counts_its_refresh_tokens_without_keeping_their_hashes(
         .await
         .unwrap();
     assert!(!exists, "the set left behind");
+}
+
+/// A read does not wait behind a write's `WAIT`: reads go on the connection that carries no
+/// `WAIT`. On the main connection, where writes keep one in flight, every read of a request
+/// waited for a replica's acknowledgement of others' writes — up to the `WAIT` timeout while
+/// the replica stalled (paused here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_read_does_not_wait_behind_a_writes_wait() {
+    use crate::store::contract::login;
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, replica, _) = primary_with_replica(dir.path()).await;
+    let mut options = primary.options();
+    options.wait_replicas = 1;
+    options.wait_timeout = Duration::from_millis(2_900);
+    let store = RedisStore::connect(options).await.unwrap();
+    store
+        .login(&login("reader", "o-reader", None, 10))
+        .await
+        .unwrap();
+    replica.pause();
+    let writing = {
+        let store = store.clone();
+        tokio::spawn(async move { store.revoke(&Revoke::Jti("j-w".into()), 10, 20).await })
+    };
+    let waiting = || async {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut side_connection(&primary).await)
+            .await
+            .unwrap();
+        clients.lines().any(|client| client.contains("cmd=wait"))
+    };
+    let mut tries = 0;
+    while !waiting().await {
+        tries += 1;
+        assert!(tries < 100, "the write never reached its WAIT");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let session = store.session("s-reader").await.unwrap();
+    assert!(session.is_some());
+    assert!(
+        waiting().await,
+        "the read was answered only once the WAIT had ended"
+    );
+    replica.resume();
+    writing.await.unwrap().unwrap();
 }
