@@ -98,6 +98,34 @@ fn parse_kind(text: &str) -> Result<EntryKind, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("revocation kind `{text}`")))
 }
 
+/// `execute` and `query_row` through the connection's statement cache: rusqlite's own prepare
+/// the statement anew at every call (parse and plan it), on the one connection every request
+/// of the replica waits for.
+trait Cached {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Statements kept prepared: every one the store runs, with room.
+const STATEMENT_CACHE: usize = 96;
+
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
@@ -114,7 +142,7 @@ fn insert_revocation(
     until: i64,
     now: i64,
 ) -> Result<Entry, StoreError> {
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO revocations (kind, value, issued_before, until, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![kind.name(), value, issued_before, until, now],
     )
@@ -140,7 +168,7 @@ fn issue_successor(
     repeat: bool,
 ) -> Result<RotateResult, StoreError> {
     let held: Option<i64> = if repeat {
-        tx.query_row(
+        tx.query_row_cached(
             "SELECT expires_at FROM refresh_tokens WHERE hash = ?1",
             [&rotate.new_hash],
             |row| row.get(0),
@@ -153,7 +181,7 @@ fn issue_successor(
     let refresh_expires = match held {
         Some(expires_at) => expires_at,
         None => {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) \
                  VALUES (?1, ?2, ?3, ?4)",
                 params![rotate.new_hash, sid, rotate.now, new_expires],
@@ -175,7 +203,7 @@ fn issue_successor(
 /// The session `sid`: the one read of a session row, shared by the lookup and by a rotation
 /// (inside its transaction, which passes itself as the connection).
 fn read_session(conn: &Connection, sid: &str) -> Result<Option<SessionRecord>, StoreError> {
-    conn.query_row(
+    conn.query_row_cached(
         "SELECT sid, sub, appid, openid, unionid, created_at, expires_at, revoked_at \
          FROM sessions WHERE sid = ?1",
         [sid],
@@ -212,6 +240,7 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(|err| fail(err.to_string()))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|err| fail(err.to_string()))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
             .map_err(|err| fail(err.to_string()))?;
@@ -517,7 +546,7 @@ impl Store for SqliteStore {
 
 fn read_current_seq(conn: &Connection) -> Result<u64, StoreError> {
     let seq: Option<i64> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT seq FROM sqlite_sequence WHERE name = 'revocations'",
             [],
             |row| row.get(0),

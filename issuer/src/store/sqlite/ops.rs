@@ -7,7 +7,7 @@ pub(super) fn put_ephemeral(
     value: &[u8],
     expires_at: i64,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO ephemeral (key, value, expires_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
         params![key, value, expires_at],
@@ -23,7 +23,7 @@ pub(super) fn take_ephemeral(
 ) -> Result<Option<Vec<u8>>, StoreError> {
     // DELETE … RETURNING is one statement: of two takers exactly one gets the row.
     let taken: Option<(Vec<u8>, i64)> = conn
-        .query_row(
+        .query_row_cached(
             "DELETE FROM ephemeral WHERE key = ?1 RETURNING value, expires_at",
             [key],
             |row| Ok((row.get(0)?, row.get(1)?)),
@@ -34,7 +34,8 @@ pub(super) fn take_ephemeral(
 }
 
 pub(super) fn ping(conn: &mut Connection) -> Result<(), StoreError> {
-    conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)
+    conn.query_row_cached("SELECT 1", [], |_| Ok(()))
+        .map_err(db_err)
 }
 
 pub(super) fn keys(conn: &mut Connection) -> Result<Vec<KeyRecord>, StoreError> {
@@ -65,7 +66,7 @@ pub(super) fn insert_key(
         .map_err(db_err)?;
     if let Some(now) = only_if_none_active_at {
         let active: i64 = tx
-            .query_row(
+            .query_row_cached(
                 "SELECT COUNT(*) FROM signing_keys WHERE activate_at <= ?1",
                 [now],
                 |row| row.get(0),
@@ -76,7 +77,7 @@ pub(super) fn insert_key(
         }
     }
     let inserted = tx
-        .execute(
+        .execute_cached(
             "INSERT OR IGNORE INTO signing_keys (kid, alg, sealed, created_at, activate_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![key.kid, key.alg, key.sealed, key.created_at, key.activate_at],
         )
@@ -88,7 +89,7 @@ pub(super) fn insert_key(
 pub(super) fn erase_keys(conn: &mut Connection, kids: &[String]) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(db_err)?;
     for kid in kids {
-        tx.execute(
+        tx.execute_cached(
             "UPDATE signing_keys SET sealed = ?1 WHERE kid = ?2",
             params![Vec::<u8>::new(), kid],
         )
@@ -98,7 +99,7 @@ pub(super) fn erase_keys(conn: &mut Connection, kids: &[String]) -> Result<(), S
 }
 
 pub(super) fn code_used(conn: &mut Connection, code_hash: &str) -> Result<bool, StoreError> {
-    conn.query_row(
+    conn.query_row_cached(
         "SELECT EXISTS (SELECT 1 FROM sessions WHERE code_hash = ?1)",
         [code_hash],
         |row| row.get(0),
@@ -111,7 +112,7 @@ pub(super) fn login(conn: &mut Connection, login: &NewLogin) -> Result<LoginResu
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
     let used: bool = tx
-        .query_row(
+        .query_row_cached(
             "SELECT EXISTS (SELECT 1 FROM sessions WHERE code_hash = ?1)",
             [&login.code_hash],
             |row| row.get(0),
@@ -121,7 +122,7 @@ pub(super) fn login(conn: &mut Connection, login: &NewLogin) -> Result<LoginResu
         return Ok(LoginResult::CodeAlreadyUsed);
     }
     let by_identity = tx
-        .query_row(
+        .query_row_cached(
             "SELECT u.sub, u.unionid FROM identities i JOIN users u ON u.sub = i.sub \
              WHERE i.appid = ?1 AND i.openid = ?2",
             params![login.appid, login.openid],
@@ -136,7 +137,7 @@ pub(super) fn login(conn: &mut Connection, login: &NewLogin) -> Result<LoginResu
         .map_err(db_err)?;
     let by_unionid: Option<String> = match &login.unionid {
         Some(unionid) => tx
-            .query_row(
+            .query_row_cached(
                 "SELECT sub FROM users WHERE unionid = ?1",
                 [unionid],
                 |row| row.get(0),
@@ -151,27 +152,27 @@ pub(super) fn login(conn: &mut Connection, login: &NewLogin) -> Result<LoginResu
     };
     let link = rules::link_user(&candidates, login.unionid.as_deref(), &login.new_sub);
     if link.create_user {
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO users (sub, unionid, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
             params![link.sub, login.unionid, login.now],
         )
         .map_err(db_err)?;
     }
     if link.attach_unionid {
-        tx.execute(
+        tx.execute_cached(
             "UPDATE users SET unionid = ?1, updated_at = ?3 WHERE sub = ?2",
             params![login.unionid, link.sub, login.now],
         )
         .map_err(db_err)?;
     }
     if link.create_identity {
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO identities (appid, openid, sub, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![login.appid, login.openid, link.sub, login.now],
         )
         .map_err(db_err)?;
     }
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO sessions (sid, sub, appid, openid, unionid, code_hash, session_key, created_at, expires_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
@@ -187,7 +188,7 @@ pub(super) fn login(conn: &mut Connection, login: &NewLogin) -> Result<LoginResu
         ],
     )
     .map_err(db_err)?;
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO refresh_tokens (hash, sid, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
         params![
             login.refresh_hash,
@@ -209,9 +210,9 @@ pub(super) fn discard_session(conn: &mut Connection, sid: &str) -> Result<(), St
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    tx.execute("DELETE FROM refresh_tokens WHERE sid = ?1", [sid])
+    tx.execute_cached("DELETE FROM refresh_tokens WHERE sid = ?1", [sid])
         .map_err(db_err)?;
-    tx.execute("DELETE FROM sessions WHERE sid = ?1", [sid])
+    tx.execute_cached("DELETE FROM sessions WHERE sid = ?1", [sid])
         .map_err(db_err)?;
     tx.commit().map_err(db_err)
 }
@@ -224,7 +225,7 @@ pub(super) fn rotate_refresh(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
     let row: Option<RefreshRow> = tx
-        .query_row(
+        .query_row_cached(
             "SELECT r.sid, r.expires_at, r.used_at, s.expires_at, s.revoked_at \
              FROM refresh_tokens r JOIN sessions s ON s.sid = r.sid WHERE r.hash = ?1",
             [&rotate.presented_hash],
@@ -248,7 +249,7 @@ pub(super) fn rotate_refresh(
     ) {
         RefreshDecision::Invalid(reason) => Ok(RotateResult::Invalid(reason)),
         RefreshDecision::Reuse { sid } => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE sessions SET revoked_at = ?2 WHERE sid = ?1 AND revoked_at IS NULL",
                 params![sid, rotate.now],
             )
@@ -268,7 +269,7 @@ pub(super) fn rotate_refresh(
             // Conditional: only an unused token is consumed. Under BEGIN IMMEDIATE this
             // cannot miss, but it keeps the single-use rule in the statement itself.
             let consumed = tx
-                .execute(
+                .execute_cached(
                     "UPDATE refresh_tokens SET used_at = ?2 WHERE hash = ?1 AND used_at IS NULL",
                     params![rotate.presented_hash, rotate.now],
                 )
@@ -296,7 +297,7 @@ pub(super) fn session_key_sealed(
     conn: &mut Connection,
     sid: &str,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    conn.query_row(
+    conn.query_row_cached(
         "SELECT session_key FROM sessions WHERE sid = ?1",
         [sid],
         |row| row.get::<_, Option<Vec<u8>>>(0),
@@ -307,7 +308,7 @@ pub(super) fn session_key_sealed(
 }
 
 pub(super) fn user(conn: &mut Connection, sub: &str) -> Result<Option<UserRecord>, StoreError> {
-    conn.query_row(
+    conn.query_row_cached(
         "SELECT sub, unionid, phone, created_at, risk_appid, risk_rank, risk_at \
          FROM users WHERE sub = ?1",
         [sub],
@@ -339,7 +340,7 @@ pub(super) fn grants(conn: &mut Connection, sub: &str) -> Result<Option<Grants>,
 
 /// The user's grants, read on `conn` (inside the caller's transaction, if any).
 fn read_grants(conn: &Connection, sub: &str) -> Result<Option<Grants>, StoreError> {
-    conn.query_row(
+    conn.query_row_cached(
         "SELECT g.scopes, g.ban_created_at, g.ban_until, g.ban_reason \
          FROM users u LEFT JOIN user_grants g ON g.sub = u.sub WHERE u.sub = ?1",
         [sub],
@@ -374,7 +375,7 @@ fn with_user(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
     let exists = tx
-        .query_row("SELECT 1 FROM users WHERE sub = ?1", [sub], |_| Ok(()))
+        .query_row_cached("SELECT 1 FROM users WHERE sub = ?1", [sub], |_| Ok(()))
         .optional()
         .map_err(db_err)?
         .is_some();
@@ -392,7 +393,7 @@ pub(super) fn set_scopes(
     now: i64,
 ) -> Result<bool, StoreError> {
     with_user(conn, sub, |tx| {
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO user_grants (sub, scopes, updated_at) VALUES (?1, ?2, ?3) \
              ON CONFLICT (sub) DO UPDATE SET scopes = excluded.scopes, updated_at = excluded.updated_at",
             params![sub, scopes, now],
@@ -420,7 +421,7 @@ fn write_ban(
         Some(ban) => (Some(ban.created_at), ban.until, ban.reason.clone()),
         None => (None, None, None),
     };
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO user_grants (sub, ban_created_at, ban_until, ban_reason, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (sub) DO UPDATE SET ban_created_at = excluded.ban_created_at, \
@@ -457,7 +458,7 @@ pub(super) fn refresh_owner(
     conn: &mut Connection,
     hash: &str,
 ) -> Result<Option<String>, StoreError> {
-    conn.query_row(
+    conn.query_row_cached(
         "SELECT s.sub FROM refresh_tokens r JOIN sessions s ON s.sid = r.sid WHERE r.hash = ?1",
         [hash],
         |row| row.get(0),
@@ -473,7 +474,7 @@ pub(super) fn set_phone(
     now: i64,
 ) -> Result<bool, StoreError> {
     let changed = conn
-        .execute(
+        .execute_cached(
             "UPDATE users SET phone = ?2, updated_at = ?3 WHERE sub = ?1",
             params![sub, sealed_phone, now],
         )
@@ -487,7 +488,7 @@ pub(super) fn set_risk(
     fact: &RiskFact,
 ) -> Result<bool, StoreError> {
     let changed = conn
-        .execute(
+        .execute_cached(
             "UPDATE users SET risk_appid = ?2, risk_rank = ?3, risk_at = ?4, updated_at = ?4 \
              WHERE sub = ?1",
             params![sub, fact.appid, fact.rank, fact.at],
@@ -500,7 +501,7 @@ pub(super) fn wechat_token(
     conn: &mut Connection,
     appid: &str,
 ) -> Result<Option<CachedToken>, StoreError> {
-    conn.query_row(
+    conn.query_row_cached(
         "SELECT sealed, hash, expires_at, refresh_at FROM wechat_tokens \
              WHERE appid = ?1 AND sealed IS NOT NULL AND hash IS NOT NULL",
         [appid],
@@ -527,13 +528,13 @@ pub(super) fn lease_wechat_token(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    tx.execute(
+    tx.execute_cached(
         "INSERT OR IGNORE INTO wechat_tokens (appid) VALUES (?1)",
         [appid],
     )
     .map_err(db_err)?;
     let taken = tx
-        .execute(
+        .execute_cached(
             "UPDATE wechat_tokens SET lease_holder = ?2, lease_until = ?4 \
              WHERE appid = ?1 AND (lease_holder IS NULL OR lease_holder = ?2 OR lease_until <= ?3)",
             params![appid, holder, now, lease_until],
@@ -550,7 +551,7 @@ pub(super) fn put_wechat_token(
     holder: &str,
 ) -> Result<bool, StoreError> {
     let written = conn
-        .execute(
+        .execute_cached(
             "UPDATE wechat_tokens SET sealed = ?2, hash = ?3, expires_at = ?4, refresh_at = ?5, \
              lease_holder = NULL, lease_until = 0 \
              WHERE appid = ?1 AND lease_holder = ?6",
@@ -572,7 +573,7 @@ pub(super) fn release_wechat_lease(
     appid: &str,
     holder: &str,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE wechat_tokens SET lease_holder = NULL, lease_until = 0 \
              WHERE appid = ?1 AND lease_holder = ?2",
         params![appid, holder],
@@ -587,7 +588,7 @@ pub(super) fn invalidate_wechat_token(
     token_hash: &str,
 ) -> Result<bool, StoreError> {
     let changed = conn
-        .execute(
+        .execute_cached(
             "UPDATE wechat_tokens SET sealed = NULL, hash = NULL, expires_at = 0, refresh_at = 0 \
              WHERE appid = ?1 AND hash = ?2",
             params![appid, token_hash],
@@ -608,7 +609,7 @@ pub(super) fn revoke(
     let entry = match revoke {
         Revoke::Jti(jti) => insert_revocation(&tx, EntryKind::Jti, jti, None, until, now)?,
         Revoke::Sid(sid) => {
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE sessions SET revoked_at = ?2 WHERE sid = ?1 AND revoked_at IS NULL",
                 params![sid, now],
             )
@@ -633,7 +634,7 @@ pub(super) fn revoke(
             };
             for (sid, created_at) in live {
                 if rules::sub_revocation_covers(*issued_before, *sessions, created_at) {
-                    tx.execute(
+                    tx.execute_cached(
                         "UPDATE sessions SET revoked_at = ?2 WHERE sid = ?1",
                         params![sid, now],
                     )
@@ -657,7 +658,7 @@ pub(super) fn revocation_facts(
     sid: &str,
     sub: &str,
 ) -> Result<RevocationFacts, StoreError> {
-    conn.query_row(
+    conn.query_row_cached(
         "SELECT EXISTS (SELECT 1 FROM revocations WHERE value = ?1 AND kind = 'jti'), \
          EXISTS (SELECT 1 FROM revocations WHERE value = ?2 AND kind = 'sid'), \
          (SELECT MAX(issued_before) FROM revocations WHERE value = ?3 AND kind = 'sub'), \
@@ -685,7 +686,7 @@ pub(super) fn feed_snapshot(
     let tx = conn.transaction().map_err(db_err)?;
     let current = read_current_seq(&tx)?;
     let watermark: i64 = tx
-        .query_row(
+        .query_row_cached(
             "SELECT COALESCE((SELECT value FROM meta WHERE key = 'purged_through'), 0)",
             [],
             |row| row.get(0),
@@ -746,7 +747,7 @@ pub(super) fn move_seq_past_possible_loss(
         .map_err(db_err)?;
     let current = read_current_seq(&tx)?;
     let moved = rules::seq_after_possible_loss(current, now_ms);
-    tx.execute(
+    tx.execute_cached(
         "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'revocations'",
         params![to_i64(moved)],
     )
@@ -766,13 +767,13 @@ pub(super) fn report_access_ttl(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
         params![ReportedTtl::row_name(access_ttl), now],
     )
     .map_err(db_err)?;
-    tx.execute(
+    tx.execute_cached(
         "DELETE FROM meta WHERE substr(key, 1, ?1) = ?2 AND value < ?3",
         params![prefix.len(), prefix, forget_before],
     )
@@ -850,7 +851,7 @@ pub(super) fn purge_expired_batch(
     table: ExpiringTable,
     now: i64,
 ) -> Result<usize, StoreError> {
-    conn.execute(table.delete_batch(), params![now, PURGE_BATCH as i64])
+    conn.execute_cached(table.delete_batch(), params![now, PURGE_BATCH as i64])
         .map_err(db_err)
 }
 
@@ -867,20 +868,22 @@ pub(super) fn purge_revocations(conn: &mut Connection, now: i64) -> Result<Purge
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
     let highest: Option<i64> = tx
-        .query_row(PURGE_REVOCATIONS_HIGHEST, [now], |row| row.get(0))
+        .query_row_cached(PURGE_REVOCATIONS_HIGHEST, [now], |row| row.get(0))
         .map_err(db_err)?;
     let mut purged = Purged::default();
     if let Some(highest) = highest {
-        purged.revocations = tx.execute(PURGE_REVOCATIONS, [now]).map_err(db_err)?;
+        purged.revocations = tx
+            .execute_cached(PURGE_REVOCATIONS, [now])
+            .map_err(db_err)?;
         let current: i64 = tx
-            .query_row(
+            .query_row_cached(
                 "SELECT COALESCE((SELECT value FROM meta WHERE key = 'purged_through'), 0)",
                 [],
                 |row| row.get(0),
             )
             .map_err(db_err)?;
         let watermark = rules::next_watermark(to_u64(current), Some(to_u64(highest)));
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO meta (key, value) VALUES ('purged_through', ?1) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [to_i64(watermark)],
