@@ -620,26 +620,10 @@ async fn mysql_server_gone_silent_gives_up_within_the_query_timeout() {
 /// handed to the operation.
 #[tokio::test]
 async fn mysql_a_connection_just_used_is_not_pinged_again_one_idle_is() {
-    let server = mariadb::MariaDb::start(&[]).await.unwrap();
-    let db = server.create_database().unwrap();
-    let url = server.url(&db);
-    let store = MysqlStore::connect(&MysqlOptions {
-        display: url.replace(mariadb::PASSWORD, "***"),
-        url,
-        pool_max: 1,
-        acquire_timeout: Duration::from_secs(5),
-        query_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let (server, db, store) = store_on_a_server_of_its_own().await;
     store.current_seq().await.unwrap();
     // COM_PING is counted among the server's admin commands.
-    let pings = || -> u64 {
-        let row = server
-            .sql("SHOW GLOBAL STATUS LIKE 'Com_admin_commands'")
-            .unwrap();
-        row.split_whitespace().last().unwrap().parse().unwrap()
-    };
+    let pings = || status(&server, "Com_admin_commands");
     let before = pings();
     for _ in 0..40 {
         store.current_seq().await.unwrap();
@@ -658,4 +642,51 @@ async fn mysql_a_connection_just_used_is_not_pinged_again_one_idle_is() {
     }
     tokio::time::sleep(IDLE_BEFORE_PING + Duration::from_millis(200)).await;
     store.current_seq().await.unwrap();
+}
+
+/// A store on a server of its own, one pooled connection: the server's global counters are
+/// then this store's.
+async fn store_on_a_server_of_its_own() -> (mariadb::MariaDb, String, MysqlStore) {
+    let server = mariadb::MariaDb::start(&[]).await.unwrap();
+    let db = server.create_database().unwrap();
+    let url = server.url(&db);
+    let store = MysqlStore::connect(&MysqlOptions {
+        display: url.replace(mariadb::PASSWORD, "***"),
+        url,
+        pool_max: 1,
+        acquire_timeout: Duration::from_secs(5),
+        query_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    (server, db, store)
+}
+
+/// One of the server's global status counters (`SHOW GLOBAL STATUS`).
+fn status(server: &mariadb::MariaDb, name: &str) -> u64 {
+    let row = server
+        .sql(&format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+        .unwrap();
+    row.split_whitespace().last().unwrap().parse().unwrap()
+}
+
+/// A feed read is one statement — the counters and the rows in the one read view InnoDB gives
+/// a statement — not a REPEATABLE READ transaction of six round trips (whose caller, gone
+/// between its `SET TRANSACTION` and its `BEGIN`, left that level to the connection's next
+/// transaction); and it answers as before, counters and rows.
+#[tokio::test]
+async fn mysql_a_feed_read_is_one_statement() {
+    let (server, _db, store) = store_on_a_server_of_its_own().await;
+    let entry = store
+        .revoke(&Revoke::Jti("j-one".into()), 10, 100)
+        .await
+        .unwrap();
+    let (begins, selects) = (status(&server, "Com_begin"), status(&server, "Com_select"));
+    let snapshot = store.feed_snapshot(0, 10, 100).await.unwrap();
+    assert_eq!(status(&server, "Com_begin"), begins, "a transaction");
+    assert_eq!(status(&server, "Com_select") - selects, 1);
+    assert_eq!(snapshot.current, entry.seq);
+    assert_eq!(snapshot.entries, vec![entry.clone()]);
+    let empty = store.feed_snapshot(entry.seq, 10, 100).await.unwrap();
+    assert_eq!((empty.current, empty.entries.len()), (entry.seq, 0));
 }
