@@ -119,6 +119,15 @@ async fn replica(dir: &common::TempDir, fake: &Arc<FakeWechat>) -> Arc<App> {
     .unwrap()
 }
 
+/// The token's lease taken at `at` by another replica (`other`), fetching.
+async fn lease_to_another_replica(app: &App, at: i64) {
+    assert!(app
+        .store
+        .lease_wechat_token(APPID, "other", at, at + 60)
+        .await
+        .unwrap());
+}
+
 /// Writes `token` to the store as another replica would: as the lease's holder.
 async fn put(app: &App, token: &str, expires_at: i64, refresh_at: i64, holder: &str) {
     let record = CachedToken {
@@ -414,11 +423,7 @@ async fn get_other_holder_fetching_no_token_waits_for_its_write() {
     let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     let at = now();
-    assert!(app
-        .store
-        .lease_wechat_token(APPID, "other", at, at + 60)
-        .await
-        .unwrap());
+    lease_to_another_replica(&app, at).await;
     let waiter = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -507,11 +512,7 @@ async fn get_waiters_of_one_replica_poll_the_store_one_at_a_time() {
     let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
     let at = now();
-    assert!(app
-        .store
-        .lease_wechat_token(APPID, "other", at, at + 60)
-        .await
-        .unwrap());
+    lease_to_another_replica(&app, at).await;
     let before = (ops.of("wechat_token"), ops.of("lease_wechat_token"));
     const WAITERS: usize = 20;
     let waiters: Vec<_> = (0..WAITERS)

@@ -293,6 +293,13 @@ async fn primary_with_replica(dir: &std::path::Path) -> (TestRedis, RedisServer,
     (primary, replica, store)
 }
 
+/// `ACL SETUSER default <change>`: what the store's user may run.
+fn acl_default(change: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg("default").arg(change);
+    cmd
+}
+
 /// A plain connection to `redis`, for the tests' own commands.
 async fn side_connection(redis: &TestRedis) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis.server.url(0))
@@ -324,19 +331,14 @@ async fn redis_write_whose_wait_fails_is_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let (primary, _replica, store) = primary_with_replica(dir.path()).await;
     let mut side = side_connection(&primary).await;
-    let acl = |change: &'static str| {
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER").arg("default").arg(change);
-        cmd
-    };
-    let _: () = acl("-wait").query_async(&mut side).await.unwrap();
+    let _: () = acl_default("-wait").query_async(&mut side).await.unwrap();
     let err = store
         .revoke(&Revoke::Jti("j1".into()), 10, 20)
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().contains("could not be confirmed"), "{err}");
-    let _: () = acl("+wait").query_async(&mut side).await.unwrap();
+    let _: () = acl_default("+wait").query_async(&mut side).await.unwrap();
     store
         .revoke(&Revoke::Jti("j2".into()), 10, 20)
         .await
@@ -402,10 +404,7 @@ async fn redis_user_refused_client_id_is_refused_at_start_when_writes_wait() {
     let dir = tempfile::tempdir().unwrap();
     let (primary, _replica, _store) = primary_with_replica(dir.path()).await;
     let mut side = side_connection(&primary).await;
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("default")
-        .arg("-client|id")
+    let _: () = acl_default("-client|id")
         .query_async(&mut side)
         .await
         .unwrap();
@@ -426,17 +425,12 @@ async fn redis_user_refused_client_id_is_refused_at_start_when_writes_wait() {
 async fn redis_user_refused_info_is_refused_at_start() {
     let redis = TestRedis::new().await;
     let mut side = side_connection(&redis).await;
-    let acl = |change: &'static str| {
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER").arg("default").arg(change);
-        cmd
-    };
-    let _: () = acl("-info").query_async(&mut side).await.unwrap();
+    let _: () = acl_default("-info").query_async(&mut side).await.unwrap();
     let Err(err) = RedisStore::connect(redis.options()).await else {
         panic!("started without INFO")
     };
     assert!(err.to_string().contains("+info"), "{err}");
-    let _: () = acl("+info").query_async(&mut side).await.unwrap();
+    let _: () = acl_default("+info").query_async(&mut side).await.unwrap();
     let store = RedisStore::connect(redis.options()).await.unwrap();
     store
         .revoke(&Revoke::Jti("j-info".into()), 10, 20)
