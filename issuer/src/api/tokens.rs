@@ -69,12 +69,7 @@ pub async fn refresh(
     now: Now,
     request: Request,
 ) -> Result<Resp, ApiError> {
-    // A refresh refused before it reaches the service is counted here, as the service counts
-    // each of its own outcomes (`weauth_refreshes_total`).
-    let refused = |err: ApiError| {
-        app.metrics.refresh(err.code());
-        err
-    };
+    let refused = refused_refresh(&app);
     if !request.headers().contains_key(CONTENT_TYPE) {
         if let Some(presented) = refresh_cookie(&app, request.headers()).map_err(refused)? {
             let presented = presented.to_string();
@@ -87,6 +82,15 @@ pub async fn refresh(
         .refresh(&body.refresh_token, now.secs())
         .await?;
     json(StatusCode::OK, &tokens)
+}
+
+/// Counts a refresh refused before it reaches the service (`weauth_refreshes_total`, which
+/// the service counts for each of its own outcomes), and hands the refusal on.
+fn refused_refresh(app: &App) -> impl Fn(ApiError) -> ApiError + Copy + '_ {
+    |err| {
+        app.metrics.refresh(err.code());
+        err
+    }
 }
 
 /// The request's refresh cookie ([`web::chosen_refresh_cookie`]: of several, the bound one).
@@ -127,10 +131,7 @@ async fn cookie_refresh(
     now: Now,
 ) -> Result<Resp, ApiError> {
     let secure = app.config.cookie_secure;
-    let refused = |err: ApiError| {
-        app.metrics.refresh(err.code());
-        err
-    };
+    let refused = refused_refresh(app);
     check_csrf(app, headers).map_err(refused)?;
     let binding = if secure {
         cookie(headers, web::REFRESH_BINDING_COOKIE).map_err(refused)?
