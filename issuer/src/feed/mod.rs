@@ -455,14 +455,13 @@ mod tests {
     async fn refreshes_arriving_together_share_the_store_reads() {
         let db = db();
         let store = db.handle().await;
-        let cache = FeedCache::new();
+        let cache = Arc::new(FeedCache::new());
         for i in 0..3 {
             store
                 .revoke(&Revoke::Jti(format!("j{i}")), 10, 20)
                 .await
                 .unwrap();
         }
-        let cache = Arc::new(cache);
         cache.refresh(store.as_ref(), 10).await.unwrap();
         let before = cache.reloads();
         // A read under way (its lock held) while the 100 arrive: each waits for the lock.
