@@ -164,4 +164,38 @@ pub(crate) mod tests {
         assert_eq!(claims.get("unionid"), None);
         assert_eq!(claims.get("nope"), None);
     }
+
+    #[test]
+    fn get_each_documented_claim_by_name() {
+        // The filter forwards claims to upstreams by these names (header injection): each name
+        // must reach its own claim, never another's and never nothing.
+        let mut claims = sample(5);
+        claims.unionid = Some("un_1".into());
+        claims.aud = Audience::Many(vec!["a1".into(), "a2".into()]);
+        let expected = [
+            ("iss", "https://issuer.example"),
+            ("sub", "u_1"),
+            ("sid", "s_1"),
+            ("jti", "j_1"),
+            ("openid", "oABC"),
+            ("unionid", "un_1"),
+            ("appid", "wx1"),
+            ("scope", "read write"),
+            ("aud", "a1 a2"),
+            ("iat", "5"),
+            ("nbf", "5"),
+            ("exp", "905"),
+        ];
+        for (name, value) in expected {
+            assert_eq!(claims.get(name).as_deref(), Some(value), "{name}");
+        }
+        // The optional claims are absent, not empty, when the token has none.
+        let bare = sample(5);
+        assert_eq!(bare.get("unionid"), None);
+        let no_scope = Claims {
+            scope: None,
+            ..sample(5)
+        };
+        assert_eq!(no_scope.get("scope"), None);
+    }
 }

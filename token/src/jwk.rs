@@ -534,6 +534,59 @@ mod tests {
     }
 
     #[test]
+    fn same_keys_sees_new_material_under_the_same_kid() {
+        // Keys configured under fixed kids (an inline JWKS, a rotated HS256 secret): new
+        // material under an unchanged kid is a different key set, or a reload keeping the old
+        // set would go on trusting the replaced key. Each key type's material counts.
+        let ed = |seed: u8| {
+            crate::SigningKey::from_seed(Algorithm::EdDSA, &[seed; 32])
+                .unwrap()
+                .verifying_key()
+        };
+        let ec = |seed: u8| {
+            crate::SigningKey::from_seed(Algorithm::ES256, &[seed; 32])
+                .unwrap()
+                .verifying_key()
+        };
+        let hs = |seed: u8| VerifyingKey::Hmac(zeroize::Zeroizing::new(vec![seed; 32]));
+        let set = |key: VerifyingKey| {
+            let mut set = KeySet::default();
+            set.insert("main".into(), key);
+            set
+        };
+        for (one, same, other) in [
+            (ed(1), ed(1), ed(2)),
+            (ec(1), ec(1), ec(2)),
+            (hs(1), hs(1), hs(2)),
+        ] {
+            let kind = format!("{one:?}");
+            assert!(set(one.clone()).same_keys(&set(same)), "{kind}: same key");
+            assert!(!set(one).same_keys(&set(other)), "{kind}: new material");
+        }
+        // The same secret bytes as another type of key are not the same key.
+        assert!(!set(hs(1)).same_keys(&set(ed(1))));
+    }
+
+    #[test]
+    fn sole_and_is_empty_follow_the_key_count() {
+        // A token without `kid` is checked against the sole key only; a set with no usable
+        // key is what the filter refuses to load.
+        let key = |seed: u8| VerifyingKey::Hmac(zeroize::Zeroizing::new(vec![seed; 32]));
+        let mut set = KeySet::default();
+        assert!(set.is_empty());
+        assert!(set.sole().is_none());
+        set.insert("a".into(), key(1));
+        assert!(!set.is_empty());
+        assert!(set.sole().is_some_and(|sole| sole.same_material(&key(1))));
+        set.insert("b".into(), key(2));
+        assert!(set.sole().is_none());
+        // Re-inserting a kid replaces its key rather than adding one.
+        set.insert("b".into(), key(3));
+        assert_eq!(set.len(), 2);
+        assert!(set.get("b").is_some_and(|b| b.same_material(&key(3))));
+    }
+
+    #[test]
     fn public_from_jwks_skips_symmetric_keys() {
         let text = br#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"},
             {"kty":"OKP","crv":"Ed25519","kid":"e","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
@@ -543,6 +596,31 @@ mod tests {
         assert_eq!(public.kids().collect::<Vec<_>>(), ["e"]);
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].0.as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn debug_names_the_key_type_never_the_secret() {
+        // Key sets are logged (the filter's and the issuer's reloads): the output says which
+        // kind of key and which kid, and an HMAC secret never appears in it.
+        let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+        let hmac = VerifyingKey::Hmac(zeroize::Zeroizing::new(secret.clone()));
+        assert_eq!(format!("{hmac:?}"), "VerifyingKey::Hmac");
+        let ed = Jwk {
+            kty: "OKP".into(),
+            crv: Some("Ed25519".into()),
+            x: Some("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into()),
+            ..Jwk::default()
+        }
+        .to_verifying_key()
+        .unwrap();
+        assert_eq!(format!("{ed:?}"), "VerifyingKey::Ed25519");
+        let mut set = KeySet::default();
+        set.insert("k-hmac".into(), hmac);
+        let text = format!("{set:?}");
+        assert!(text.contains("k-hmac"), "{text}");
+        assert!(text.contains("VerifyingKey::Hmac"), "{text}");
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        assert!(!text.contains(&format!("{secret:?}")), "{text}");
     }
 
     #[test]

@@ -1152,6 +1152,88 @@ mod tests {
     }
 
     #[test]
+    fn verify_token_of_exactly_max_bytes_accepted() {
+        // `max_token_bytes` is the longest token accepted: the cap itself is allowed.
+        let key = ed_key();
+        let (keys, mut validation) = setup(&key);
+        let token = sign(&sample(NOW), &key).unwrap();
+        validation.max_token_bytes = token.len();
+        assert!(verify(&token, &keys, &validation, NOW).is_ok());
+        validation.max_token_bytes = token.len() - 1;
+        assert_eq!(
+            verify(&token, &keys, &validation, NOW),
+            Err(VerifyError::TooLarge(token.len() - 1))
+        );
+    }
+
+    #[test]
+    fn verify_iat_within_leeway_accepted_past_it_refused() {
+        // A token issued by a clock up to `leeway` ahead is accepted (iat = now + leeway), one
+        // second more is not. nbf is kept at `now` so that only iat decides.
+        let key = ed_key();
+        let (keys, validation) = setup(&key);
+        for (ahead, accepted) in [(validation.leeway, true), (validation.leeway + 1, false)] {
+            let claims = Claims {
+                iat: NOW + ahead,
+                nbf: NOW,
+                ..sample(NOW)
+            };
+            let token = sign(&claims, &key).unwrap();
+            let result = verify(&token, &keys, &validation, NOW);
+            if accepted {
+                assert_eq!(result, Ok(claims), "iat {ahead} s ahead");
+            } else {
+                assert_eq!(
+                    result,
+                    Err(VerifyError::IssuedInFuture),
+                    "iat {ahead} s ahead"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn verify_error_reasons_are_the_stable_metric_labels() {
+        // Metrics and logs are keyed by these names (dashboards, alerts): pinned one by one.
+        let reasons = [
+            (VerifyError::TooLarge(1), "too_large"),
+            (VerifyError::Malformed("x"), "malformed"),
+            (VerifyError::AlgorithmNotAllowed, "alg_not_allowed"),
+            (VerifyError::ForbiddenHeader("crit"), "forbidden_header"),
+            (VerifyError::UnknownKey, "unknown_kid"),
+            (VerifyError::KeyAlgorithmMismatch, "key_alg_mismatch"),
+            (VerifyError::BadSignature, "bad_signature"),
+            (VerifyError::WrongType, "wrong_type"),
+            (VerifyError::Expired, "expired"),
+            (VerifyError::NotYetValid, "not_yet_valid"),
+            (VerifyError::IssuedInFuture, "issued_in_future"),
+            (VerifyError::WrongIssuer, "wrong_issuer"),
+            (VerifyError::WrongAudience, "wrong_audience"),
+        ];
+        for (error, reason) in reasons {
+            assert_eq!(error.reason(), reason, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn hmac_secret_of_32_bytes_accepted_shorter_refused() {
+        assert_eq!(
+            SigningKey::hmac(&[7u8; 31]).unwrap_err(),
+            KeyError::ShortSecret
+        );
+        let key = SigningKey::hmac(&[7u8; 32]).unwrap();
+        assert_eq!(key.algorithm(), Algorithm::HS256);
+        assert!(SigningKey::hmac(&[7u8; 64]).is_ok());
+    }
+
+    #[test]
+    fn signing_key_debug_names_the_algorithm_never_the_secret() {
+        let key = SigningKey::hmac(b"0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(format!("{key:?}"), "SigningKey::HS256");
+        assert_eq!(format!("{:?}", ed_key()), "SigningKey::EdDSA");
+    }
+
+    #[test]
     fn pem_roundtrip_keeps_kid() {
         for alg in [Algorithm::EdDSA, Algorithm::ES256] {
             let key = SigningKey::from_seed(alg, &[9u8; 32]).unwrap();

@@ -754,6 +754,68 @@ mod tests {
     }
 
     #[test]
+    fn reveals_plaintext_only_for_refusals_decided_on_the_plaintext() {
+        // The issuer rate-limits the refusals that say something of the plaintext (a padding
+        // oracle under a client-chosen iv); those decided on the input alone are not limited.
+        // Each kind of refusal, produced by `decrypt` itself.
+        let revealing = [
+            decrypt(&key_b64([0xA5; KEY_LEN]), &sample(), IV, APPID, NOW, None),
+            decrypt(KEY, &encrypt_bytes(KEY, IV, b"text"), IV, APPID, NOW, None),
+            decrypt(KEY, &encrypt_bytes(KEY, IV, b"{}"), IV, APPID, NOW, None),
+            decrypt(KEY, &sample(), IV, "wxother", NOW, None),
+            decrypt(KEY, &sample(), IV, APPID, NOW + 100, Some(10)),
+        ];
+        let codes: Vec<_> = revealing
+            .into_iter()
+            .map(|result| result.unwrap_err())
+            .inspect(|err| assert!(err.reveals_plaintext(), "{err:?}"))
+            .map(|err| err.code())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "session_key_mismatch",
+                "not_json",
+                "watermark_missing",
+                "watermark_appid_mismatch",
+                "watermark_expired"
+            ]
+        );
+        let silent = [
+            decrypt("%%%", &sample(), IV, APPID, NOW, None),
+            decrypt(KEY, &sample(), "%%%", APPID, NOW, None),
+            decrypt(KEY, "%%%", IV, APPID, NOW, None),
+            decrypt(&STANDARD.encode([7u8; 15]), &sample(), IV, APPID, NOW, None),
+            decrypt(
+                KEY,
+                &sample(),
+                &STANDARD.encode([1u8; 12]),
+                APPID,
+                NOW,
+                None,
+            ),
+            decrypt(KEY, "", IV, APPID, NOW, None),
+        ];
+        let codes: Vec<_> = silent
+            .into_iter()
+            .map(|result| result.unwrap_err())
+            .inspect(|err| assert!(!err.reveals_plaintext(), "{err:?}"))
+            .map(|err| err.code())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "invalid_base64",
+                "invalid_base64",
+                "invalid_base64",
+                "invalid_key_length",
+                "invalid_iv_length",
+                "invalid_encrypted_data_length"
+            ]
+        );
+    }
+
+    #[test]
     fn decrypt_error_codes_are_distinct() {
         let errors = [
             DecryptError::Base64 {

@@ -321,6 +321,23 @@ fn config_bad_values_name_their_variable() {
     }
 }
 
+/// A base URL is extended with paths (`{WEAUTH_ISSUER}/.well-known/…`, WeChat's API paths):
+/// a query or a fragment, either one alone, would end up in the middle of every URL built
+/// from it, so each is refused.
+#[test]
+fn config_base_url_with_query_or_fragment_alone_refused() {
+    for (var, value) in [
+        ("WEAUTH_ISSUER", "https://issuer.example?tenant=a"),
+        ("WEAUTH_ISSUER", "https://issuer.example/#top"),
+        ("WEAUTH_WECHAT_API_BASE", "https://api.weixin.qq.com/?x=1"),
+        ("WEAUTH_WECHAT_OPEN_BASE", "https://open.weixin.qq.com#frag"),
+    ] {
+        let err = load(&with(&[(var, value)])).unwrap_err();
+        assert_eq!(err.vars(), [var], "{var}={value}: {err}");
+        assert!(err.to_string().contains("query or fragment"), "{err}");
+    }
+}
+
 #[test]
 fn config_several_bad_values_all_reported_at_once() {
     let err = load(&[
@@ -636,6 +653,17 @@ fn config_mysql_bad_urls_refused_naming_store_without_password() {
         assert_eq!(errors.vars(), ["WEAUTH_STORE"], "{url}");
         assert!(text.contains(reason), "{url}: {text}");
         assert!(!text.contains("s3cret"), "{url}: {text}");
+    }
+}
+
+/// MySQL database names the issuer accepts: letters, digits, `_` and `$` (what an unquoted
+/// identifier may hold), so `weauth_prod` and `app$weauth` work as written.
+#[test]
+fn config_mysql_database_names_with_underscore_and_dollar_accepted() {
+    for db in ["weauth_prod", "app$weauth", "_x$1"] {
+        let url = format!("mysql://weauth:s3cret@db:3306/{db}");
+        let config = load(&[BASE[0], BASE[1], ("WEAUTH_STORE", url.as_str()), KEY]).unwrap();
+        assert!(matches!(config.store, StoreUrl::Mysql { .. }), "{db}");
     }
 }
 

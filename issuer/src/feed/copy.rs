@@ -197,6 +197,17 @@ mod tests {
         assert_eq!(more.chunks[3].len(), CHUNK);
     }
 
+    /// A last chunk of a single entry is filled up to CHUNK, never past it (the next catch-up
+    /// copies at most CHUNK entries).
+    #[test]
+    fn one_entry_last_chunk_filled_to_chunk_not_past_it() {
+        let one = FeedCopy::default().caught_up(delta(1..=1, |_| 1000), 10);
+        let next = one.caught_up(delta(2..=CHUNK as u64 + 1, |_| 1000), 11);
+        let sizes: Vec<usize> = next.chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [CHUNK, 1]);
+        assert_eq!(seqs(&next), (1..=CHUNK as u64 + 1).collect::<Vec<_>>());
+    }
+
     /// Expired entries are dropped by the compaction, at most COMPACT_EVERY after they expire;
     /// answers never carry them.
     #[test]

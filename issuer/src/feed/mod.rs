@@ -378,6 +378,29 @@ mod tests {
         Db(dir)
     }
 
+    /// The lifetime a replica keeps its keys and revocations for comes from every replica's
+    /// reports: its own lifetime when longest, another's while that one's tokens can verify.
+    /// A read (a revocation's) counts the reports without adding one of its own.
+    #[tokio::test]
+    async fn report_and_read_lifetime_return_the_longest_reported() {
+        let db = db();
+        let store = db.handle().await;
+        let store = store.as_ref();
+        let report = |ttl, now| revocation::report_lifetime(store, ttl, now);
+        let read = |ttl, now| revocation::read_lifetime(store, ttl, now);
+        // A replica issuing 3600 s tokens reports at 1000; this one issues 900 s tokens.
+        assert_eq!(report(3600, 1000).await.unwrap(), 3600);
+        assert_eq!(report(900, 1010).await.unwrap(), 3600);
+        assert_eq!(read(300, 1010).await.unwrap(), 3600);
+        // A longer own lifetime wins, and a read does not record it.
+        assert_eq!(read(7200, 1010).await.unwrap(), 7200);
+        assert_eq!(read(300, 1010).await.unwrap(), 3600);
+        // Once the 3600 s tokens of the last report (plus a late report's period) are past.
+        let past = 1000 + 2 * revocation::TTL_REPORT_EVERY.as_secs() as i64 + 3600;
+        assert_eq!(report(900, past).await.unwrap(), 900);
+        assert_eq!(read(300, past).await.unwrap(), 900);
+    }
+
     #[tokio::test]
     async fn feed_cache_answers_like_the_store() {
         let db = db();

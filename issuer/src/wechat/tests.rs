@@ -343,3 +343,37 @@ fn transport_error_connect_refused_is_unreachable() {
     assert!(err.is_retryable());
     assert_eq!(err.metric_label(), "transport");
 }
+
+/// A token WeChat says is valid for 0 seconds (or less) would be cached as already expired
+/// and asked for again at every call: refused as unreadable, while 1 s is a token.
+#[test]
+fn classify_stable_token_expiry_must_be_positive() {
+    for expires_in in [0, -5] {
+        let body = format!(r#"{{"access_token":"AT","expires_in":{expires_in}}}"#);
+        assert!(
+            matches!(
+                classify_stable_token(200, body.as_bytes()),
+                Err(WechatError::Unreadable(_))
+            ),
+            "expires_in {expires_in}"
+        );
+    }
+    let token = classify_stable_token(200, br#"{"access_token":"AT","expires_in":1}"#).unwrap();
+    assert_eq!(token.expires_in, 1);
+}
+
+/// What the logs may show of an app access token and a phone number: the lifetime and the
+/// country code, never the token or the number.
+#[test]
+fn debug_shows_expiry_and_country_code_only() {
+    let token =
+        classify_stable_token(200, br#"{"access_token":"ATSECRET","expires_in":7200}"#).unwrap();
+    let text = format!("{token:?}");
+    assert!(text.contains("expires_in: 7200"), "{text}");
+    assert!(!text.contains("ATSECRET"), "{text}");
+    let body = br#"{"errcode":0,"errmsg":"ok","phone_info":{"phoneNumber":"+15550001111","purePhoneNumber":"5550001111","countryCode":"1"}}"#;
+    let info = classify_phone(200, body).unwrap();
+    let text = format!("{info:?}");
+    assert!(text.contains(r#"country_code: "1""#), "{text}");
+    assert!(!text.contains("5550001111"), "{text}");
+}

@@ -45,6 +45,24 @@ fn risk_parsed_with_defaults_and_ranges_checked() {
     );
 }
 
+/// The top of each range is valid: `max_rank` 4 (every rank admitted: risk control that only
+/// counts) and `scene` 1 (marketing), as WeChat defines them.
+#[test]
+fn risk_range_tops_accepted() {
+    let file = r#"{"apps": [{"appid": "wxa", "secret": "s", "kind": "miniprogram",
+        "risk": {"max_rank": 4, "scene": 1, "on_error": "deny"}}]}"#;
+    let risk = parse(file).unwrap().get("wxa").unwrap().risk.unwrap();
+    assert_eq!(
+        risk,
+        Risk {
+            max_rank: 4,
+            scene: 1,
+            on_error: RiskOnError::Deny
+        }
+    );
+    assert!(risk.admits(4));
+}
+
 fn no_files(path: &str) -> std::io::Result<String> {
     if path == "/run/secrets/mini" {
         Ok("file-secret\n".into())
@@ -152,6 +170,19 @@ fn check_redirect_uri_cases() {
     assert!(err.contains("`https://xn--r8jz45g.jp/cb`"), "{err}");
     assert!(check_redirect_uri("https://a.example/c\tb").is_err());
     assert!(check_redirect_uri("https://a.example/cb ").is_err());
+}
+
+/// User information alone, a user or a password, is refused as `user:password` is: a
+/// redirect such as `https://app.example@evil.example/` reads as the app's and is not.
+#[test]
+fn check_redirect_uri_user_or_password_alone_refused() {
+    for uri in [
+        "https://app.example@evil.example/cb",
+        "https://:secret@a.example/cb",
+    ] {
+        let err = check_redirect_uri(uri).unwrap_err();
+        assert!(err.contains("must not carry user info"), "{uri}: {err}");
+    }
 }
 
 #[test]
@@ -313,6 +344,24 @@ fn api_security_from_files_and_env() {
     let public =
         good_api_security().replace(&fixture("platform_cert.pem"), &fixture("app_public.pem"));
     assert!(parse_with_env(&with_api_security("miniprogram", &public), &sym_env()).is_ok());
+}
+
+/// A key number is joined with `|` into the data WeChat's API security authenticates
+/// (`urlpath|appid|timestamp|sym_sn`) and sent in a header: one holding a `|`, a space, a
+/// control or a non-ASCII character is refused at start, not sent.
+#[test]
+fn key_number_printable_ascii_without_space_or_bar() {
+    assert_eq!(
+        key_number("sym_sn", Some("fa05fe1e")),
+        Ok("fa05fe1e".to_string())
+    );
+    for bad in ["fa05 fe1e", "fa05|fe1e", "fa05\tfe1e", "fa05\u{e9}"] {
+        let err = key_number("sym_sn", Some(bad)).unwrap_err();
+        assert!(
+            err.starts_with("api_security.sym_sn must be"),
+            "{bad:?}: {err}"
+        );
+    }
 }
 
 #[test]
