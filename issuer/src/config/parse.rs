@@ -240,6 +240,9 @@ pub(super) fn parse_sentinel(rest: &str, display: String) -> Result<StoreUrl, Co
             .parse::<i64>()
             .map_err(|_| fail(&format!("`{db}` is not a database index")))?,
     };
+    if parts.any(|part| !part.is_empty()) {
+        return Err(fail("more path after the database index"));
+    }
     Ok(StoreUrl::Redis {
         target: RedisTarget::Sentinel {
             sentinels,

@@ -272,6 +272,8 @@ fn config_bad_values_name_their_variable() {
         ("WEAUTH_LISTEN", "localhost"),
         ("WEAUTH_STORE", "postgres://x"),
         ("WEAUTH_STORE", "redis+sentinel:///mymaster"),
+        // More path than the master and the database was ignored.
+        ("WEAUTH_STORE", "redis+sentinel://s1:26379/mymaster/0/junk"),
         ("WEAUTH_STORE", "redis://127.0.0.1:6379/db"),
         ("WEAUTH_ACCESS_TTL", "soon"),
         ("WEAUTH_ACCESS_TTL", "0s"),

@@ -80,15 +80,16 @@ pub fn until_for_sub(issued_before: i64, access_ttl: i64, leeway: i64) -> i64 {
     until(issued_before.saturating_sub(1), access_ttl, leeway)
 }
 
-/// Whether a reader at `since` gets the full live set instead of a delta: `since = 0`, a
-/// `since` at or below the purge watermark (entries after it may be gone), or a `since` from
-/// the future (another database, or a restored backup).
 /// The most entries one feed answer carries. A larger set is sent in pages: each answer's `seq`
 /// is that of its last entry, so the caller's next `since` fetches the rest at once (the first
 /// page of a full set has `full: true`, the rest are deltas). At about 75 bytes an entry a page
 /// stays near 4 MB, well under the filter's 16 MiB body cap and Envoy's async-client buffer.
 pub const FEED_PAGE_ENTRIES: usize = 50_000;
 
+/// Whether a reader at `since` gets the full live set instead of a delta: `since = 0`, a
+/// `since` below the purge watermark (entries after it may be gone: `seq <= purged_through`
+/// may have been purged, so a reader at the watermark itself misses nothing), or a `since`
+/// from the future (another database, or a restored backup).
 pub fn feed_is_full(since: u64, current: u64, purged_through: u64) -> bool {
     since == 0 || since > current || since < purged_through
 }
