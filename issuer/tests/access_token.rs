@@ -119,6 +119,19 @@ async fn replica(dir: &common::TempDir, fake: &Arc<FakeWechat>) -> Arc<App> {
     .unwrap()
 }
 
+/// A request for the app's token on a task of its own; the token it gets (it must get one).
+fn spawn_get(app: &Arc<App>) -> tokio::task::JoinHandle<String> {
+    let app = Arc::clone(app);
+    tokio::spawn(async move {
+        app.identity
+            .access_tokens
+            .get_for(APPID, None)
+            .await
+            .unwrap()
+            .to_string()
+    })
+}
+
 /// The token's lease taken at `at` by another replica (`other`), fetching.
 async fn lease_to_another_replica(app: &App, at: i64) {
     assert!(app
@@ -160,18 +173,7 @@ fn metrics(app: &App) -> String {
 async fn get_concurrent_callers_one_fetch_same_token() {
     let dir = common::temp_dir("at");
     let (app, fake) = app(&dir).await;
-    let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let app = app.clone();
-        tasks.push(tokio::spawn(async move {
-            app.identity
-                .access_tokens
-                .get_for(APPID, None)
-                .await
-                .unwrap()
-                .to_string()
-        }));
-    }
+    let tasks: Vec<_> = (0..10).map(|_| spawn_get(&app)).collect();
     for task in tasks {
         assert_eq!(task.await.unwrap(), "T1");
     }
@@ -424,17 +426,7 @@ async fn get_other_holder_fetching_no_token_waits_for_its_write() {
     let (app, fake) = app(&dir).await;
     let at = now();
     lease_to_another_replica(&app, at).await;
-    let waiter = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            app.identity
-                .access_tokens
-                .get_for(APPID, None)
-                .await
-                .unwrap()
-                .to_string()
-        })
-    };
+    let waiter = spawn_get(&app);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished());
     put(&app, "THEIRS", at + 7200, at + 6900, "other").await;
@@ -515,19 +507,7 @@ async fn get_waiters_of_one_replica_poll_the_store_one_at_a_time() {
     lease_to_another_replica(&app, at).await;
     let before = (ops.of("wechat_token"), ops.of("lease_wechat_token"));
     const WAITERS: usize = 20;
-    let waiters: Vec<_> = (0..WAITERS)
-        .map(|_| {
-            let app = app.clone();
-            tokio::spawn(async move {
-                app.identity
-                    .access_tokens
-                    .get_for(APPID, None)
-                    .await
-                    .unwrap()
-                    .to_string()
-            })
-        })
-        .collect();
+    let waiters: Vec<_> = (0..WAITERS).map(|_| spawn_get(&app)).collect();
     // A second of waiting: 20 polls of 50 ms.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(waiters.iter().all(|w| !w.is_finished()));

@@ -635,6 +635,29 @@ test("request_during_a_ban_hold_refresh_token_past_its_grace_rejects_held_no_wx_
   assert.equal(issuer.reuses, 0);
 });
 
+/**
+ * The session revoked elsewhere: `a`'s refresh is refused and turns into a login in `a`'s
+ * flight, which `b`'s request joins while the refresh is held; both end refused as `refused`,
+ * after one refresh.
+ */
+async function refreshTurnedLoginRefused(
+  issuer: FakeIssuer,
+  wx: WxStub,
+  a: WeauthClient,
+  b: WeauthClient,
+  refused: object,
+): Promise<void> {
+  issuer.revokeAll();
+  const release = holdAnswers(wx, "/v1/token/refresh");
+  const fromA = a.request({ url: "/api/a" });
+  await eventually("a's refresh is sent", () => wx.count("/v1/token/refresh") === 1);
+  const fromB = b.request({ url: "/api/b" });
+  release();
+  await assert.rejects(fromA, refused);
+  await assert.rejects(fromB, refused);
+  assert.equal(wx.count("/v1/token/refresh"), 1, "one refresh, b waited for a's");
+}
+
 test("request_joining_another_clients_refresh_during_a_login_hold_no_wx_login", async () => {
   // b, a copy of the package in an independent sub-package, on a's storage.
   const { issuer, wx, client: a } = setup();
@@ -652,15 +675,7 @@ test("request_joining_another_clients_refresh_during_a_login_hold_no_wx_login", 
   assert.equal(wx.wxLogins, 2);
   // The session is revoked (elsewhere): a's refresh is refused invalid_grant, and b's request
   // waits for a's refresh, in whose flight the login it turns into would run.
-  issuer.revokeAll();
-  const release = holdAnswers(wx, "/v1/token/refresh");
-  const fromA = a.request({ url: "/api/a" });
-  await eventually("a's refresh is sent", () => wx.count("/v1/token/refresh") === 1);
-  const fromB = b.request({ url: "/api/b" });
-  release();
-  await assert.rejects(fromA, refused);
-  await assert.rejects(fromB, refused);
-  assert.equal(wx.count("/v1/token/refresh"), 1, "one refresh, b waited for a's");
+  await refreshTurnedLoginRefused(issuer, wx, a, b, refused);
   assert.equal(wx.wxLogins, 2, "no wx.login code spent on the answer known in advance");
   assert.equal(wx.count("/v1/login"), 2);
   assert.equal(wx.storage.has("weauth.tokens"), false, "the refused tokens are dropped");
@@ -954,15 +969,7 @@ test("login_retry_after_received_by_another_copy_holds_this_ones_logins_a_refres
   // revoked (elsewhere): a's refresh is refused invalid_grant and turns into a login in a's
   // flight, which b's request joins; that login heeds the Retry-After b received.
   limited = false;
-  issuer.revokeAll();
-  const release = holdAnswers(wx, "/v1/token/refresh");
-  const fromA = a.request({ url: "/api/a" });
-  await eventually("a's refresh is sent", () => wx.count("/v1/token/refresh") === 1);
-  const fromB = b.request({ url: "/api/b" });
-  release();
-  await assert.rejects(fromA, refused);
-  await assert.rejects(fromB, refused);
-  assert.equal(wx.count("/v1/token/refresh"), 1, "one refresh, b waited for a's");
+  await refreshTurnedLoginRefused(issuer, wx, a, b, refused);
   assert.equal(wx.wxLogins, 2, "no wx.login code spent within the issuer's window");
   assert.equal(wx.count("/v1/login"), 2);
   // a's own logins are held as well, a request's and login()'s.
