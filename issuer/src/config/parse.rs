@@ -169,7 +169,9 @@ fn userinfo(text: &str) -> Option<(&str, &str, &str)> {
 type Hosts = (Option<String>, Option<String>, Vec<(String, u16)>);
 
 /// `[user:password@]host[:port][,host[:port]…]` → (user, password, hosts), `default_port`
-/// where a host has none.
+/// where a host has none. An IPv6 address is written in brackets (`[::1]`, `[fd00::7]:7000`,
+/// as in any URL) and kept without them; one without brackets is refused, since its last
+/// group would read as a port.
 fn parse_hosts(
     authority: &str,
     default_port: u16,
@@ -198,14 +200,34 @@ fn parse_hosts(
         },
     };
     let mut parsed = Vec::new();
+    let port_of = |port: &str| {
+        port.parse::<u16>()
+            .map_err(|_| fail(&format!("`{port}` is not a port")))
+    };
     for host in hosts.split(',').filter(|h| !h.trim().is_empty()) {
-        let (name, port) = match host.rsplit_once(':') {
-            Some((name, port)) => (
-                name,
-                port.parse::<u16>()
-                    .map_err(|_| fail(&format!("`{port}` is not a port")))?,
-            ),
-            None => (host, default_port),
+        let (name, port) = if let Some(bracketed) = host.strip_prefix('[') {
+            let (address, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| fail(&format!("`{host}` has no `]` closing its IPv6 address")))?;
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(fail(&format!("`[{address}]` is not an IPv6 address")));
+            }
+            let port = match after {
+                "" => default_port,
+                _ => port_of(after.strip_prefix(':').ok_or_else(|| {
+                    fail(&format!("`{after}` after `[{address}]` is not `:port`"))
+                })?)?,
+            };
+            (address, port)
+        } else if host.matches(':').count() > 1 {
+            return Err(fail(&format!(
+                "`{host}`: an IPv6 address is written in brackets, `[{host}]` or `[address]:port`"
+            )));
+        } else {
+            match host.rsplit_once(':') {
+                Some((name, port)) => (name, port_of(port)?),
+                None => (host, default_port),
+            }
         };
         if name.is_empty() {
             return Err(fail("empty host"));

@@ -780,6 +780,63 @@ fn config_redis_cluster_url_parsed_seeds_and_password_masked() {
 }
 
 #[test]
+fn config_redis_ipv6_hosts_in_brackets_read_without_them() {
+    let nodes = |url: &'static str| match load(&with(&[("WEAUTH_STORE", url), KEY])) {
+        Ok(Config {
+            store:
+                StoreUrl::Redis {
+                    target: RedisTarget::Cluster { nodes, .. },
+                    ..
+                },
+            ..
+        }) => nodes,
+        Ok(Config {
+            store:
+                StoreUrl::Redis {
+                    target: RedisTarget::Sentinel { sentinels, .. },
+                    ..
+                },
+            ..
+        }) => sentinels,
+        other => panic!("{url}: {other:?}"),
+    };
+    assert_eq!(
+        nodes("redis+cluster://[fd00::7]:7000,[::1],n3/"),
+        [
+            ("fd00::7".to_string(), 7000),
+            ("::1".to_string(), 6379),
+            ("n3".to_string(), 6379)
+        ]
+    );
+    assert_eq!(
+        nodes("redis+sentinel://:pw@[::1]:26380,[fd00::2]/mymaster"),
+        [("::1".to_string(), 26380), ("fd00::2".to_string(), 26379)]
+    );
+    // Without brackets the last group read as a port (`::1` was host `:` port 1); a bracket
+    // left open, a non-address, or junk after `]` is refused.
+    for (url, says) in [
+        ("redis+cluster://::1:7000/", "written in brackets"),
+        ("redis+cluster://fd00::7/", "written in brackets"),
+        ("redis+sentinel://[::1:26379/mymaster", "no `]`"),
+        (
+            "redis+sentinel://[s1]:26379/mymaster",
+            "not an IPv6 address",
+        ),
+        ("redis+cluster://[::1]7000/", "is not `:port`"),
+        ("redis+cluster://[::1]:x/", "`x` is not a port"),
+    ] {
+        let Err(errors) = load(&with(&[("WEAUTH_STORE", url), KEY])) else {
+            panic!("{url} must be refused");
+        };
+        let text = errors.to_string();
+        assert!(
+            text.contains("WEAUTH_STORE") && text.contains(says),
+            "{url}: {text}"
+        );
+    }
+}
+
+#[test]
 fn config_redis_cluster_url_without_node_or_with_db_refused() {
     for url in [
         "redis+cluster:///",

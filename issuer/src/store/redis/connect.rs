@@ -77,7 +77,8 @@ pub(super) async fn primary_client(target: &RedisTarget) -> Result<redis::Client
     }
 }
 
-/// `redis[s]://[user:password@]host:port/` for one cluster node.
+/// `redis[s]://[user:password@]host:port/` for one cluster node (an IPv6 address, kept
+/// without brackets by the configuration, in brackets here).
 pub(super) fn node_url(
     host: &str,
     port: u16,
@@ -86,6 +87,13 @@ pub(super) fn node_url(
     password: &Option<String>,
 ) -> String {
     let scheme = if tls { "rediss" } else { "redis" };
+    let bracketed;
+    let host = if host.contains(':') {
+        bracketed = format!("[{host}]");
+        bracketed.as_str()
+    } else {
+        host
+    };
     let Ok(mut url) = url::Url::parse(&format!("{scheme}://{host}:{port}/")) else {
         return format!("{scheme}://{host}:{port}/");
     };

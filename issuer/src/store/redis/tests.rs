@@ -74,6 +74,44 @@ async fn redis_unreachable_at_start_names_weauth_store() {
     assert!(text.contains("cannot connect"), "{text}");
 }
 
+/// An IPv6 host of a Sentinel or Cluster URL (the configuration keeps it without brackets) is
+/// reached: a Sentinel's address is used as it is, a cluster node's URL brackets it.
+#[tokio::test]
+async fn redis_ipv6_hosts_reached() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback (::1)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start_in(dir.path(), &["--bind", "127.0.0.1 ::1"])
+        .await
+        .unwrap();
+    let port = server.port();
+    // The password goes where a URL's goes; the server has none, so connect without it.
+    assert_eq!(
+        connect::node_url("::1", port, true, &None, &Some("pw".into())),
+        format!("rediss://:pw@[::1]:{port}/")
+    );
+    let sentinel_style = redis::IntoConnectionInfo::into_connection_info(
+        redis::ConnectionAddr::Tcp("::1".into(), port),
+    )
+    .unwrap();
+    let cluster_style = redis::IntoConnectionInfo::into_connection_info(
+        connect::node_url("::1", port, false, &None, &None).as_str(),
+    )
+    .unwrap();
+    for info in [sentinel_style, cluster_style] {
+        let client = redis::Client::open(info).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let addr: String = redis::cmd("CLIENT")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(addr.contains("laddr=[::1]:"), "{addr}");
+    }
+}
+
 #[tokio::test]
 async fn redis_wrong_db_index_refused_clearly() {
     let redis = TestRedis::new().await;
