@@ -196,34 +196,42 @@ pub fn evicted_keys(text: &str) -> Option<u64> {
     info_fields(text).get("evicted_keys")?.trim().parse().ok()
 }
 
-/// Follows the server's `evicted_keys` (a counter since the server started) and yields what
-/// grew since the last reading. The first reading is the baseline (evictions before this
-/// replica watched are not counted again); a reading below the last one means the server
-/// restarted: whatever it holds counts as new (those evictions happened since the restart,
-/// where our writes went). After a Sentinel re-resolution the store calls
-/// [`EvictionWatch::rebase`]: the primary may be the same server (a reconnect) or another one,
-/// so its next reading is a new baseline (a promoted replica has evicted nothing itself:
-/// replicas ignore `maxmemory` by default).
+/// Follows each node's `evicted_keys` (a counter since that node started) and yields what
+/// grew since the last reading. A node's first reading is its baseline (evictions before this
+/// replica watched it are not counted again — a node added to a cluster brings its history); a
+/// reading below its last one means that node restarted: whatever it holds counts as new
+/// (those evictions happened since the restart, where our writes went). Each node is followed
+/// apart: summed, one node of a cluster restarting lowered the total, and the next reading
+/// counted the other nodes' unchanged evictions as new. After a Sentinel re-resolution the
+/// store calls [`EvictionWatch::rebase`]: the primary may be the same server (a reconnect) or
+/// another one, so its next reading is a new baseline (a promoted replica has evicted nothing
+/// itself: replicas ignore `maxmemory` by default).
 #[derive(Debug, Default, Clone)]
 pub struct EvictionWatch {
-    last: Option<u64>,
+    /// Each node's last reading, by its address; a node that left the readings is forgotten.
+    last: HashMap<String, u64>,
 }
 
 impl EvictionWatch {
-    /// The keys evicted since the previous reading.
-    pub fn observe(&mut self, evicted: u64) -> u64 {
-        let grown = match self.last {
-            None => 0,
-            Some(last) if evicted >= last => evicted - last,
-            Some(_) => evicted,
-        };
-        self.last = Some(evicted);
+    /// The keys evicted since the previous reading, over the nodes read (`(address, count)`).
+    pub fn observe(&mut self, readings: &[(String, u64)]) -> u64 {
+        let mut grown = 0u64;
+        let mut next = HashMap::with_capacity(readings.len());
+        for (node, evicted) in readings {
+            grown = grown.saturating_add(match self.last.get(node) {
+                None => 0,
+                Some(&last) if *evicted >= last => evicted - last,
+                Some(_) => *evicted,
+            });
+            next.insert(node.clone(), *evicted);
+        }
+        self.last = next;
         grown
     }
 
-    /// Forgets the baseline: the next reading becomes it.
+    /// Forgets the baselines: the next reading becomes them.
     pub fn rebase(&mut self) {
-        self.last = None;
+        self.last.clear();
     }
 }
 
@@ -420,31 +428,60 @@ b3 127.0.0.1:7006@17006 slave a3 0 1700000000000 3 connected
         assert_eq!(evicted_keys("# Stats\r\n"), None);
     }
 
+    /// One server's readings (the address of a single server is `""`).
+    fn one(evicted: u64) -> [(String, u64); 1] {
+        [(String::new(), evicted)]
+    }
+
     #[test]
     fn eviction_watch_first_reading_is_baseline() {
         let mut watch = EvictionWatch::default();
-        assert_eq!(watch.observe(100), 0);
-        assert_eq!(watch.observe(100), 0);
-        assert_eq!(watch.observe(130), 30);
+        assert_eq!(watch.observe(&one(100)), 0);
+        assert_eq!(watch.observe(&one(100)), 0);
+        assert_eq!(watch.observe(&one(130)), 30);
     }
 
     #[test]
     fn eviction_watch_counter_reset_counts_from_zero_rebase_does_not() {
         let mut watch = EvictionWatch::default();
-        watch.observe(500);
+        watch.observe(&one(500));
         assert_eq!(
-            watch.observe(7),
+            watch.observe(&one(7)),
             7,
             "a restarted server's evictions are new"
         );
-        assert_eq!(watch.observe(9), 2);
+        assert_eq!(watch.observe(&one(9)), 2);
         watch.rebase();
         assert_eq!(
-            watch.observe(5_000),
+            watch.observe(&one(5_000)),
             0,
             "a re-resolved primary's history is not new"
         );
-        assert_eq!(watch.observe(5_003), 3);
+        assert_eq!(watch.observe(&one(5_003)), 3);
+    }
+
+    #[test]
+    fn eviction_watch_follows_each_node_of_a_cluster() {
+        let nodes = |a: u64, b: u64| [("n1:7000".to_string(), a), ("n2:7001".to_string(), b)];
+        let mut watch = EvictionWatch::default();
+        assert_eq!(watch.observe(&nodes(500, 300)), 0);
+        // n1 restarts having evicted 4 since: only those are new (summed, 804 fell below 800
+        // and became 804 "new" evictions; or, had n1 evicted nothing, 300 of n2's old ones).
+        assert_eq!(watch.observe(&nodes(4, 300)), 4);
+        assert_eq!(watch.observe(&nodes(4, 310)), 10);
+        // A node joining brings its history; one leaving takes its baseline with it.
+        let three = [
+            ("n1:7000".to_string(), 4),
+            ("n2:7001".to_string(), 310),
+            ("n3:7002".to_string(), 9_000),
+        ];
+        assert_eq!(watch.observe(&three), 0);
+        assert_eq!(watch.observe(&nodes(6, 311)), 3);
+        assert_eq!(
+            watch.observe(&[("n1:7000".to_string(), 6), ("n3:7002".to_string(), 9_500)]),
+            0,
+            "n3 left and came back: a baseline again"
+        );
     }
 
     #[test]

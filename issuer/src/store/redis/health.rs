@@ -186,15 +186,16 @@ pub(super) async fn read_replication(conn: &mut Link) -> Option<Replication> {
     }
 }
 
-/// `evicted_keys` from `INFO stats`, summed over the nodes.
-pub(super) async fn read_evicted(conn: &mut Link) -> Option<u64> {
+/// `evicted_keys` from `INFO stats` of each node, by its address (each node counts since it
+/// started: one restarting lowers only its own count).
+pub(super) async fn read_evicted(conn: &mut Link) -> Option<Vec<(String, u64)>> {
     let mut info = redis::cmd("INFO");
     info.arg("stats");
-    let texts: Vec<String> = conn.on_every_node(&info).await.ok()?;
+    let texts: Vec<(String, String)> = conn.on_every_node_named(&info).await.ok()?;
     texts
-        .iter()
-        .map(|text| redis_checks::evicted_keys(text))
-        .sum::<Option<u64>>()
+        .into_iter()
+        .map(|(node, text)| Some((node, redis_checks::evicted_keys(&text)?)))
+        .collect()
 }
 
 /// Replication (the group-committed `WAIT`) and the periodic health read.
@@ -503,8 +504,8 @@ impl RedisStore {
         }
     }
 
-    /// Records an `evicted_keys` reading, logging what grew.
-    pub(super) fn note_evicted(&self, evicted: u64) {
+    /// Records the nodes' `evicted_keys` readings, logging what grew.
+    pub(super) fn note_evicted(&self, evicted: &[(String, u64)]) {
         let grown = match self.inner.health.evictions.lock() {
             Ok(mut watch) => watch.observe(evicted),
             Err(_) => 0,
@@ -574,7 +575,7 @@ impl RedisStore {
                     .store(replication.is_none(), Ordering::Release);
                 self.note_replication(replication);
                 if let Some(evicted) = read_evicted(&mut conn).await {
-                    self.note_evicted(evicted);
+                    self.note_evicted(&evicted);
                 }
                 let policy = check_eviction(&mut conn, self.inner.options.allow_eviction).await;
                 self.note_policy(&policy);

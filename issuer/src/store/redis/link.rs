@@ -26,8 +26,22 @@ impl Link {
         &mut self,
         cmd: &Cmd,
     ) -> RedisResult<Vec<T>> {
+        Ok(self
+            .on_every_node_named(cmd)
+            .await?
+            .into_iter()
+            .map(|(_, answer)| answer)
+            .collect())
+    }
+
+    /// [`Link::on_every_node`], each answer with its node's address (`host:port` in a
+    /// cluster; `""` for the one server).
+    pub(super) async fn on_every_node_named<T: FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+    ) -> RedisResult<Vec<(String, T)>> {
         match self {
-            Link::Single(conn) => Ok(vec![cmd.query_async(conn).await?]),
+            Link::Single(conn) => Ok(vec![(String::new(), cmd.query_async(conn).await?)]),
             Link::Cluster(conn) => {
                 let value = conn
                     .route_command(
@@ -39,9 +53,14 @@ impl Link {
                     // One answer per node address.
                     Value::Map(answers) => answers
                         .into_iter()
-                        .map(|(_, answer)| redis::from_redis_value(answer).map_err(Into::into))
+                        .map(|(node, answer)| {
+                            Ok((
+                                redis::from_redis_value(node)?,
+                                redis::from_redis_value(answer)?,
+                            ))
+                        })
                         .collect(),
-                    other => Ok(vec![redis::from_redis_value(other)?]),
+                    other => Ok(vec![(String::new(), redis::from_redis_value(other)?)]),
                 }
             }
         }

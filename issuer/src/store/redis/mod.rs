@@ -549,7 +549,7 @@ impl RedisStore {
         }
         store.note_replication(read_replication(&mut health).await);
         if let Some(evicted) = read_evicted(&mut health).await {
-            store.note_evicted(evicted);
+            store.note_evicted(&evicted);
         }
         Ok(store)
     }
