@@ -12,7 +12,7 @@ impl RedisStore {
         now: i64,
         fields: Vec<(&'static str, String)>,
     ) -> Result<bool, StoreError> {
-        let changed = self.set_user_fields_if(sub, now, &[], &fields).await?;
+        let changed = self.set_user_fields_as(sub, now, &[], &fields, "").await?;
         Ok(changed == BanWrite::Written)
     }
 
@@ -25,9 +25,23 @@ impl RedisStore {
         expected: &[(&'static str, String)],
         fields: &[(&'static str, String)],
     ) -> Result<BanWrite, StoreError> {
+        self.set_user_fields_as(sub, now, expected, fields, &crate::secrets::random_b64(12))
+            .await
+    }
+
+    /// [`Self::set_user_fields_if`] as the call `call_id` (a guarded write's run sent again
+    /// with the same id answers as its first run did).
+    pub(super) async fn set_user_fields_as(
+        &self,
+        sub: &str,
+        now: i64,
+        expected: &[(&'static str, String)],
+        fields: &[(&'static str, String)],
+        call_id: &str,
+    ) -> Result<BanWrite, StoreError> {
         let key = self.key(&keys::user(sub));
         let mut call = self.inner.scripts.set_user_fields.prepare_invoke();
-        call.key(key).arg(now).arg(expected.len());
+        call.key(key).arg(now).arg(call_id).arg(expected.len());
         for (name, value) in expected.iter().chain(fields) {
             call.arg(*name).arg(value);
         }
@@ -38,10 +52,26 @@ impl RedisStore {
             _ => BanWrite::Changed,
         })
     }
+
+    /// [`Store::take_ephemeral`] as the taker `taker` (its run sent again with the same id gets
+    /// the value its first run took).
+    pub(super) async fn take_ephemeral_as(
+        &self,
+        key: &str,
+        now: i64,
+        taker: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (name, index) = (self.key(&keys::ephemeral(key)), self.key(keys::EPH_EXP));
+        let member = key.to_string();
+        let mut call = self.inner.scripts.take_ephemeral.prepare_invoke();
+        call.key(name).key(index).arg(now).arg(member).arg(taker);
+        let value: Option<Vec<u8>> = self.write(&call).await?;
+        Ok(value)
+    }
 }
 
 /// A ban as the user's hash keeps it (`""`: the field absent; every field empty: no ban).
-fn ban_fields(ban: Option<&Ban>) -> Vec<(&'static str, String)> {
+pub(super) fn ban_fields(ban: Option<&Ban>) -> Vec<(&'static str, String)> {
     match ban {
         Some(ban) => vec![
             ("ban_created_at", ban.created_at.to_string()),
@@ -714,12 +744,8 @@ impl Store for RedisStore {
     }
 
     async fn take_ephemeral(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        let (name, index) = (self.key(&keys::ephemeral(key)), self.key(keys::EPH_EXP));
-        let member = key.to_string();
-        let mut call = self.inner.scripts.take_ephemeral.prepare_invoke();
-        call.key(name).key(index).arg(now).arg(member);
-        let value: Option<Vec<u8>> = self.write(&call).await?;
-        Ok(value)
+        self.take_ephemeral_as(key, now, &crate::secrets::random_b64(12))
+            .await
     }
 
     async fn purge(&self, now: i64) -> Result<Purged, StoreError> {

@@ -434,6 +434,69 @@ async fn redis_login_and_rotation_scripts_run_twice_answer_as_the_first_run() {
     assert!(session.revoked_at.is_none(), "{session:?}");
 }
 
+/// As above for the two other scripts whose second run answered otherwise: a web login's
+/// state taken (the second run found it gone: the callback failed 400 with the login made
+/// nowhere) and an unban's guarded lift (the second run found its own lift a changed ban:
+/// 409 for an unban applied). Another call still gets nothing, or `Changed`.
+#[tokio::test]
+async fn redis_take_and_guarded_write_scripts_run_twice_answer_as_the_first_run() {
+    use super::store::ban_fields;
+    use crate::store::contract::login;
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    store.put_ephemeral("st", b"pending", 200).await.unwrap();
+    for run in ["first", "second"] {
+        assert_eq!(
+            store.take_ephemeral_as("st", 100, "take-1").await.unwrap(),
+            Some(b"pending".to_vec()),
+            "{run} run"
+        );
+    }
+    assert_eq!(
+        store.take_ephemeral_as("st", 100, "take-2").await.unwrap(),
+        None
+    );
+    assert_eq!(store.take_ephemeral("st", 100).await.unwrap(), None);
+    // Put again after a take: a new value, taken once.
+    store.put_ephemeral("st", b"again", 200).await.unwrap();
+    assert_eq!(
+        store.take_ephemeral("st", 100).await.unwrap(),
+        Some(b"again".to_vec())
+    );
+    assert_eq!(store.take_ephemeral("st", 100).await.unwrap(), None);
+
+    assert!(matches!(
+        store.login(&login("gw", "o-gw", None, 10)).await.unwrap(),
+        LoginResult::Created { .. }
+    ));
+    let ban = Ban {
+        created_at: 11,
+        until: None,
+        reason: Some("r".into()),
+    };
+    assert!(store.set_ban("u-gw", Some(&ban), 11).await.unwrap());
+    let (expected, lifted) = (ban_fields(Some(&ban)), ban_fields(None));
+    for run in ["first", "second"] {
+        assert_eq!(
+            store
+                .set_user_fields_as("u-gw", 12, &expected, &lifted, "unban-1")
+                .await
+                .unwrap(),
+            BanWrite::Written,
+            "{run} run"
+        );
+    }
+    assert_eq!(
+        store
+            .set_user_fields_as("u-gw", 13, &expected, &lifted, "unban-2")
+            .await
+            .unwrap(),
+        BanWrite::Changed,
+        "another unban of the lifted ban"
+    );
+    assert_eq!(store.grants("u-gw").await.unwrap().unwrap().ban, None);
+}
+
 /// With `WAIT` on, the store tells which connection a `WAIT` covers by `CLIENT ID`
 /// ([`RedisStore::note_connections`]): a user an ACL refuses it is refused at start, saying
 /// what to allow — not answered 503 on every write. Without `WAIT` it is not needed.
