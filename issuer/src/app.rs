@@ -287,6 +287,7 @@ async fn open_backend(
                 allow_eviction: config.redis_allow_eviction,
             })
             .await?;
+            redis.check_failover_time(config.refresh_reuse_grace).await;
             let data_key = shared_data_key(config)?;
             Ok(Backend {
                 store: Arc::new(redis.clone()),

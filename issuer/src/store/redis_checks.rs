@@ -22,6 +22,7 @@
 //!   machine; the store says so in its log and in `weauth_store_replicas`.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// The eviction policy that never evicts.
 pub const NOEVICTION: &str = "noeviction";
@@ -235,6 +236,13 @@ impl EvictionWatch {
     }
 }
 
+/// Whether a Redis Cluster failing a primary over (`cluster-node-timeout` of `node_timeout_ms`,
+/// then the election, about a second) can outlast the refresh reuse grace: a timeout of more
+/// than half the grace leaves too little margin for the election and a client's retry.
+pub fn failover_outlasts_grace(node_timeout_ms: u64, grace: Duration) -> bool {
+    u128::from(node_timeout_ms) * 2 > grace.as_millis()
+}
+
 /// How many replicas a write's `WAIT` asks for: `wanted` (`WEAUTH_REDIS_WAIT_REPLICAS`)
 /// capped by the replicas the primary last reported online; 0 means skip the `WAIT`. With no
 /// report yet (`None`), `wanted`.
@@ -431,6 +439,18 @@ b3 127.0.0.1:7006@17006 slave a3 0 1700000000000 3 connected
     /// One server's readings (the address of a single server is `""`).
     fn one(evicted: u64) -> [(String, u64); 1] {
         [(String::new(), evicted)]
+    }
+
+    #[test]
+    fn failover_outlasting_the_grace_is_a_node_timeout_over_half_of_it() {
+        let grace = Duration::from_secs(10);
+        assert!(!failover_outlasts_grace(5_000, grace), "the advised 5 s");
+        assert!(failover_outlasts_grace(5_001, grace));
+        assert!(
+            failover_outlasts_grace(15_000, grace),
+            "Redis's default against the default grace"
+        );
+        assert!(failover_outlasts_grace(1, Duration::ZERO));
     }
 
     #[test]

@@ -112,6 +112,37 @@ async fn config_get_all(conn: &mut Link, name: &str) -> Result<Vec<Option<String
     Ok(pairs.into_iter().map(|pair| pair.get(1).cloned()).collect())
 }
 
+/// Reads a Redis Cluster's `cluster-node-timeout` on every node and logs a warning when the
+/// longest is more than half of `grace` (`WEAUTH_REFRESH_REUSE_GRACE`): while a primary is
+/// down — `cluster-node-timeout` and the election — writes on the surviving shards are applied
+/// and then answered 503 (their `WAIT` fails), and a refresh retried only after the grace is
+/// taken for reuse, ending its session (docs/OPERATIONS.md, "Redis Cluster"). Returns the
+/// longest timeout read (milliseconds); `None` when not a cluster or not readable (logged).
+pub(super) async fn check_node_timeout(conn: &mut Link, grace: Duration) -> Option<u64> {
+    if !matches!(conn, Link::Cluster(_)) {
+        return None;
+    }
+    let longest = match config_get_all(conn, "cluster-node-timeout").await {
+        Ok(values) => values
+            .iter()
+            .flatten()
+            .filter_map(|value| value.trim().parse::<u64>().ok())
+            .max(),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the Redis Cluster's cluster-node-timeout (CONFIG GET refused): keep it under half of WEAUTH_REFRESH_REUSE_GRACE, or refreshes retried across a failover end their sessions");
+            return None;
+        }
+    }?;
+    if redis_checks::failover_outlasts_grace(longest, grace) {
+        tracing::warn!(
+            cluster_node_timeout_ms = longest,
+            reuse_grace_s = grace.as_secs(),
+            "the Redis Cluster's cluster-node-timeout is more than half of WEAUTH_REFRESH_REUSE_GRACE: while a primary fails over, refreshes are applied then answered 503, and one retried after the grace is taken for reuse and ends its session; lower cluster-node-timeout (or raise the grace)"
+        );
+    }
+    Some(longest)
+}
+
 /// `CONFIG GET name`: the first node's value that `worse` picks out, else the first value
 /// (`None` when the server has no such setting).
 async fn config_get(
@@ -200,6 +231,14 @@ pub(super) async fn read_evicted(conn: &mut Link) -> Option<Vec<(String, u64)>> 
 
 /// Replication (the group-committed `WAIT`) and the periodic health read.
 impl RedisStore {
+    /// On a Redis Cluster, warns when a failover can outlast the refresh reuse grace
+    /// ([`check_node_timeout`]); called once at start. Returns the longest
+    /// `cluster-node-timeout` read (milliseconds).
+    pub async fn check_failover_time(&self, grace: Duration) -> Option<u64> {
+        let mut link = self.link(true).ok()?.0;
+        check_node_timeout(&mut link, grace).await
+    }
+
     /// The link epoch to give [`Self::replicate`]: read before a write is sent.
     pub(super) fn link_epoch(&self) -> u64 {
         self.inner.link_epoch.load(Ordering::Acquire)

@@ -183,6 +183,47 @@ async fn cluster_keys_by_slot_and_writes_reach_a_replica() {
 }
 
 /// Revocations are heard by a follower on another handle (PUBLISH reaches every node).
+/// The start check reads every node's `cluster-node-timeout` (the shared cluster's 5 s):
+/// against the default 10 s grace it is fine, against 6 s it warns.
+#[tokio::test]
+async fn cluster_node_timeout_read_against_the_reuse_grace() {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    // This test's thread only (a current-thread runtime polls the check here).
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::WARN)
+            .finish(),
+    );
+    let warned = || {
+        String::from_utf8_lossy(&lines.0.lock().unwrap())
+            .contains("cluster-node-timeout is more than half")
+    };
+    let store = RedisStore::connect(cluster_options("nt:")).await.unwrap();
+    assert_eq!(
+        store.check_failover_time(Duration::from_secs(10)).await,
+        Some(5_000)
+    );
+    assert!(!warned());
+    assert_eq!(
+        store.check_failover_time(Duration::from_secs(6)).await,
+        Some(5_000)
+    );
+    assert!(warned());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_announcements_reach_another_handle() {
     use crate::store::shared::{Announcements, RedisAnnouncements};
