@@ -173,6 +173,7 @@ fn serve(
         .build()?;
     runtime.block_on(async {
         let (flush_tx, flush_rx) = tokio::sync::oneshot::channel();
+        let span_counts = traces.as_ref().map(|(_, spans)| spans.counts());
         let exporter = traces.map(|(otlp, spans)| {
             tracing::info!(url = %otlp.endpoint_for_log(), "exporting traces over OTLP");
             tokio::spawn(otel::export(otlp, spans, flush_rx))
@@ -185,6 +186,9 @@ fn serve(
             .map_err(|err| format!("WEAUTH_LISTEN {listen}: cannot bind: {err}"))?;
         app::preflight(&config)?;
         let app = App::build(config, None).await?;
+        if let Some(counts) = span_counts {
+            app.metrics.watch_spans(counts);
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let tasks = app.spawn_background(stop_rx);
         tracing::info!("listening on {}", listener.local_addr()?);

@@ -1156,6 +1156,31 @@ async fn otlp_spans_join_the_callers_trace() {
     let everything = serde_json::to_string(&*spans.lock().unwrap()).unwrap();
     assert!(!everything.contains(bad_code), "a login code was exported");
     assert!(!everything.contains(&code), "a login code was exported");
+    // What the collector accepted is counted (every post here was answered 200), once its
+    // answer is back: read until it shows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = reqwest::get(format!("{}/metrics", stack.issuer_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let exported: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weauth_otlp_spans_total{outcome=\"exported\"} "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exported count: {metrics}"));
+        if exported >= 3 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        metrics.contains("weauth_otlp_spans_total{outcome=\"export_failed\"} 0"),
+        "{metrics}"
+    );
     stack.shutdown().await;
     receiver.shutdown().await;
 }

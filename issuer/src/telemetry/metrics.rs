@@ -17,15 +17,19 @@
 //! (`weauth_store_up`, `weauth_signing_key_activated_timestamp_seconds`,
 //! `weauth_signing_keys_next`, `weauth_signing_keys_loaded_timestamp_seconds`, and on Redis `weauth_store_replicas`,
 //! `weauth_store_replicas_wanted`) and gauges passed in at scrape time by the caller
-//! (`weauth_revocation_seq`, `weauth_signing_keys_published`, `weauth_feed_waiters`).
+//! (`weauth_revocation_seq`, `weauth_signing_keys_published`, `weauth_feed_waiters`); with
+//! traces exported, `weauth_otlp_spans_total{outcome}` from the exporter's totals.
 //!
 //! The alerts and the dashboard built on these series are in `deploy/monitoring/`
 //! (docs/RUNBOOK.md explains each alert).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::telemetry::otel::SpanCounts;
 
 /// Upper bounds of the WeChat latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -123,6 +127,8 @@ pub fn route_label(path: &str) -> &'static str {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// The OTLP exporter's totals, when traces are exported ([`Metrics::watch_spans`]).
+    spans: std::sync::OnceLock<Arc<SpanCounts>>,
 }
 
 const HELP: [(&str, &str, &str); 17] = [
@@ -475,6 +481,12 @@ impl Metrics {
         }
     }
 
+    /// Renders `weauth_otlp_spans_total{outcome}` from the trace exporter's totals (`exported`,
+    /// `queue_full`, `export_failed`); absent when traces are not exported.
+    pub fn watch_spans(&self, counts: Arc<SpanCounts>) {
+        let _ = self.spans.set(counts);
+    }
+
     /// The text exposition (format 0.0.4), with `gauges` (name, help, value) appended.
     pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
@@ -505,6 +517,21 @@ impl Metrics {
                         let _ = writeln!(out, "{name}{{{labels}}} {value}");
                     }
                 }
+            }
+        }
+        if let Some(spans) = self.spans.get() {
+            let name = "weauth_otlp_spans_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Finished trace spans by what became of them: exported (accepted by the collector), queue_full (dropped: the exporter's queue was full), export_failed (dropped with a post that failed).\n# TYPE {name} counter"
+            );
+            for (outcome, count) in [
+                ("exported", &spans.exported),
+                ("queue_full", &spans.queue_full),
+                ("export_failed", &spans.export_failed),
+            ] {
+                let count = count.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {count}");
             }
         }
         for (name, help, bounds) in HISTOGRAMS {
@@ -671,6 +698,28 @@ mod tests {
         );
         metrics.redis_health(None, 1, 12, 3);
         assert!(!metrics.render(&[]).contains("weauth_store_replicas "));
+    }
+
+    #[test]
+    fn otlp_span_totals_rendered_once_watched() {
+        let metrics = Metrics::default();
+        assert!(!metrics.render(&[]).contains("weauth_otlp_spans_total"));
+        let counts = Arc::new(SpanCounts::default());
+        metrics.watch_spans(Arc::clone(&counts));
+        counts.exported.fetch_add(7, Ordering::Relaxed);
+        counts.export_failed.fetch_add(2, Ordering::Relaxed);
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains("# TYPE weauth_otlp_spans_total counter"),
+            "{text}"
+        );
+        for line in [
+            "weauth_otlp_spans_total{outcome=\"exported\"} 7",
+            "weauth_otlp_spans_total{outcome=\"queue_full\"} 0",
+            "weauth_otlp_spans_total{outcome=\"export_failed\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! A small hand-written exporter rather than the `opentelemetry` crates: three span names, one
 //! encoding, no extra dependency. Finished spans go through a bounded channel (dropped, and
 //! counted in a warning, when the collector cannot keep up) to a task that posts them in
-//! batches every second.
+//! batches every second; what became of them is counted ([`SpanCounts`]) for the metrics.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,6 +203,7 @@ pub struct OtlpLayer {
     sampler: Sampler,
     /// Spans dropped because the queue was full (the exporter reports them).
     dropped: Arc<AtomicU64>,
+    counts: Arc<SpanCounts>,
 }
 
 /// The finished spans, in OTLP JSON, on their way to [`export`], and how many were dropped
@@ -210,19 +211,44 @@ pub struct OtlpLayer {
 pub struct SpanReceiver {
     rx: mpsc::Receiver<Value>,
     dropped: Arc<AtomicU64>,
+    counts: Arc<SpanCounts>,
+}
+
+impl SpanReceiver {
+    /// The running totals of what became of the spans, for the metrics
+    /// (`weauth_otlp_spans_total`, [`crate::telemetry::metrics::Metrics::watch_spans`]).
+    pub fn counts(&self) -> Arc<SpanCounts> {
+        Arc::clone(&self.counts)
+    }
+}
+
+/// What became of the finished spans since the start: posted to the collector (accepted),
+/// dropped for a full queue (the collector or the network slower than the spans), or dropped
+/// with a post that failed. The log says so once a minute; these are for alerts and graphs.
+#[derive(Debug, Default)]
+pub struct SpanCounts {
+    pub exported: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub export_failed: AtomicU64,
 }
 
 /// The layer and the receiving end its exporter ([`export`]) reads.
 pub fn layer(sampler: Sampler) -> (OtlpLayer, SpanReceiver) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(SpanCounts::default());
     (
         OtlpLayer {
             tx,
             sampler,
             dropped: Arc::clone(&dropped),
+            counts: Arc::clone(&counts),
         },
-        SpanReceiver { rx, dropped },
+        SpanReceiver {
+            rx,
+            dropped,
+            counts,
+        },
     )
 }
 
@@ -309,6 +335,7 @@ where
                     .is_err()
                 {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.counts.queue_full.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -349,7 +376,11 @@ pub async fn export(
     receiver: SpanReceiver,
     flush: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let SpanReceiver { mut rx, dropped } = receiver;
+    let SpanReceiver {
+        mut rx,
+        dropped,
+        counts,
+    } = receiver;
     let mut flush = std::pin::pin!(flush);
     let mut stopping = false;
     let client = reqwest::Client::new();
@@ -406,6 +437,11 @@ pub async fn export(
             .send()
             .await
             .and_then(reqwest::Response::error_for_status);
+        let outcome = match &result {
+            Ok(_) => &counts.exported,
+            Err(_) => &counts.export_failed,
+        };
+        outcome.fetch_add(count as u64, Ordering::Relaxed);
         if let Err(err) = result {
             if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 last_warning = Some(tokio::time::Instant::now());
@@ -498,6 +534,33 @@ mod tests {
         });
         assert_eq!(receiver.rx.len(), QUEUE);
         assert_eq!(receiver.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(receiver.counts().queue_full.load(Ordering::Relaxed), 3);
+    }
+
+    /// Spans posted to a collector that is not there are counted as `export_failed` (the
+    /// accepted ones as `exported`: the monitoring suite, through the binary).
+    #[tokio::test]
+    async fn spans_lost_with_a_failed_post_are_counted() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let (layer, receiver) = super::layer(Sampler::default());
+        let counts = receiver.counts();
+        for _ in 0..2 {
+            layer.tx.try_send(json!({"name": "request"})).unwrap();
+        }
+        drop(layer);
+        let config = OtlpConfig {
+            traces_url: format!("http://127.0.0.1:{port}/v1/traces"),
+            service_name: "t".into(),
+            sampler: Sampler::default(),
+        };
+        let (_flush, flush) = tokio::sync::oneshot::channel();
+        tokio::time::timeout(Duration::from_secs(30), export(config, receiver, flush))
+            .await
+            .unwrap();
+        assert_eq!(counts.export_failed.load(Ordering::Relaxed), 2);
+        assert_eq!(counts.exported.load(Ordering::Relaxed), 0);
     }
 
     #[test]
