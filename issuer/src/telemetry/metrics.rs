@@ -75,6 +75,35 @@ struct Inner {
     counters: BTreeMap<(&'static str, String), u64>,
     histograms: BTreeMap<(&'static str, String), Histogram>,
     gauges: BTreeMap<&'static str, f64>,
+    /// Series per counter name, for [`MAX_SERIES`].
+    series: BTreeMap<&'static str, usize>,
+    /// Increments of a series refused for [`MAX_SERIES`].
+    series_refused: u64,
+}
+
+/// The most series one counter keeps. Label values taken from outside — WeChat's errcodes and
+/// HTTP statuses, as received from whatever answers at `WEAUTH_WECHAT_API_BASE` — could
+/// otherwise grow the registry, and every Prometheus scraping it, without end; WeChat's
+/// catalogue per app and API is a few dozen codes. Past it a new series is not made and the
+/// increment is counted in `weauth_metrics_series_refused_total`.
+const MAX_SERIES: usize = 1000;
+
+impl Inner {
+    /// Adds one to the counter `name{labels}`, made if it has fewer than [`MAX_SERIES`].
+    fn bump(&mut self, name: &'static str, labels: String) {
+        let key = (name, labels);
+        if let Some(count) = self.counters.get_mut(&key) {
+            *count += 1;
+            return;
+        }
+        let series = self.series.entry(name).or_default();
+        if *series >= MAX_SERIES {
+            self.series_refused += 1;
+            return;
+        }
+        *series += 1;
+        self.counters.insert(key, 1);
+    }
 }
 
 /// The gauges set by [`Metrics`] methods: (name, help).
@@ -226,7 +255,7 @@ fn escape(value: &str) -> String {
 impl Metrics {
     fn add(&self, name: &'static str, labels: String) {
         if let Ok(mut inner) = self.inner.lock() {
-            *inner.counters.entry((name, labels)).or_default() += 1;
+            inner.bump(name, labels);
         }
     }
 
@@ -385,10 +414,7 @@ impl Metrics {
         );
         if let Some(err) = error {
             let labels = format!("api=\"{}\",errcode=\"{}\"", escape(api), escape(err));
-            *inner
-                .counters
-                .entry(("weauth_wechat_errors_total", labels))
-                .or_default() += 1;
+            inner.bump("weauth_wechat_errors_total", labels);
         }
     }
 
@@ -519,6 +545,12 @@ impl Metrics {
                 }
             }
         }
+        let name = "weauth_metrics_series_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Counter increments not recorded because their counter already had {MAX_SERIES} series (label values from outside, such as WeChat's errcodes, growing without end).\n# TYPE {name} counter\n{name} {}",
+            inner.series_refused
+        );
         if let Some(spans) = self.spans.get() {
             let name = "weauth_otlp_spans_total";
             let _ = writeln!(
@@ -698,6 +730,43 @@ mod tests {
         );
         metrics.redis_health(None, 1, 12, 3);
         assert!(!metrics.render(&[]).contains("weauth_store_replicas "));
+    }
+
+    #[test]
+    fn a_counter_keeps_at_most_max_series_and_counts_the_rest() {
+        let metrics = Metrics::default();
+        for errcode in 0..MAX_SERIES + 5 {
+            metrics.wechat_call(
+                "getuserphonenumber",
+                Duration::ZERO,
+                Some(&errcode.to_string()),
+            );
+        }
+        // Series made before the cap still count.
+        metrics.wechat_call("getuserphonenumber", Duration::ZERO, Some("0"));
+        let text = metrics.render(&[]);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("weauth_wechat_errors_total{"))
+            .count();
+        assert_eq!(series, MAX_SERIES);
+        assert!(
+            text.contains("weauth_wechat_errors_total{api=\"getuserphonenumber\",errcode=\"0\"} 2")
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "weauth_metrics_series_refused_total 5"),
+            "{}",
+            text.lines()
+                .filter(|l| l.contains("refused"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        // Another counter has its own budget.
+        metrics.login("ok");
+        assert!(metrics
+            .render(&[])
+            .contains("weauth_logins_total{outcome=\"ok\"} 1"));
     }
 
     #[test]
