@@ -539,6 +539,7 @@ impl Fetcher {
                 self.full_pending = false;
                 self.resumed = false;
                 let seq = page.seq;
+                let full_page = refresh::is_full_page(page.entries);
                 self.apply(publish, report, page, now);
                 self.seed = self
                     .seed
@@ -550,6 +551,7 @@ impl Fetcher {
                     elapsed_ms,
                     (!prompt).then_some(wait_ms),
                     self.seed,
+                    full_page,
                 );
                 if let NextPoll::Floor(ms) = next {
                     report.count("feed_poll_floored");
@@ -1083,6 +1085,35 @@ mod tests {
             rig.store.publications.last(),
             Some(&((0..SHARDS).collect(), NOW + 20)),
             "published once, every shard"
+        );
+    }
+
+    /// An issuer that answers a load's next page with its first page again (its purge
+    /// watermark past the page's end: the set starts over) is not asked again at once: each
+    /// ask is a page of 50 000 entries fetched and parsed, and it would be asked for ever.
+    #[test]
+    fn a_full_page_sent_again_is_not_asked_for_again_at_once() {
+        let mut rig = Rig::polling();
+        let page = FEED_PAGE_ENTRIES as u64;
+        rig.answer(&page_body(1, page, true), NOW);
+        let calls = rig.issuer.calls.len();
+        assert!(rig
+            .issuer
+            .path(calls as u64)
+            .contains(&format!("since={page}")));
+        rig.answer(&page_body(1, page, true), NOW + 10);
+        assert_eq!(rig.issuer.calls.len(), calls, "asked again at once");
+        rig.tick(NOW + 10 + refresh::FEED_FLOOR_MS - 1);
+        assert_eq!(
+            rig.issuer.calls.len(),
+            calls,
+            "asked again within the floor"
+        );
+        rig.tick(NOW + 10 + refresh::FEED_FLOOR_MS + refresh::FEED_FLOOR_JITTER_MS);
+        assert_eq!(
+            rig.issuer.calls.len(),
+            calls + 1,
+            "asked again after the floor"
         );
     }
 

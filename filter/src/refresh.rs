@@ -231,8 +231,9 @@ impl NextPoll {
 
 /// Decides when to poll the feed again after answer `seq` to a poll with `since` that was
 /// dispatched `elapsed_ms` ago asking to be held `wait_ms` (`None`: a page of a load, asked
-/// for without wait — the long poll follows its answer at once). `entropy` is any per-VM
-/// varying number (it picks the jitter).
+/// for without wait — the long poll follows its answer at once); `full_page`: the answer was a
+/// full page ([`is_full_page`], more announced). `entropy` is any per-VM varying number (it
+/// picks the jitter).
 ///
 /// News is a change of seq: the issuer's answers carry the seq of their last entry (a page
 /// with more to follow ends below the current seq), so an answer with the caller's own seq has
@@ -243,11 +244,17 @@ pub fn next_feed_poll(
     elapsed_ms: u64,
     wait_ms: Option<u64>,
     entropy: u64,
+    full_page: bool,
 ) -> NextPoll {
     if seq != since {
         NextPoll::Now
     } else if seq == 0 {
         NextPoll::Empty(EMPTY_FEED_POLL_MS)
+    } else if full_page {
+        // A full page that ends where the caller already was: the issuer sent a page it had
+        // sent before (a full set restarting below the caller's place, again and again). Asked
+        // for at once it would be fetched and parsed in a loop; the floor paces it.
+        NextPoll::Floor(FEED_FLOOR_MS + entropy % FEED_FLOOR_JITTER_MS)
     } else if wait_ms.is_none_or(|wait| wait > 0 && elapsed_ms >= wait) {
         // The issuer held the poll its whole wait, or a load's last page came: poll again at
         // once. (With `wait_seconds` 0 nothing is held: the floor below keeps that from
@@ -473,15 +480,21 @@ mod tests {
 
     #[test]
     fn next_feed_poll_news_polls_at_once() {
-        assert_eq!(next_feed_poll(5, 6, 3, Some(20_000), 7), NextPoll::Now);
+        assert_eq!(
+            next_feed_poll(5, 6, 3, Some(20_000), 7, false),
+            NextPoll::Now
+        );
         // A new full set at another seq (after a purge, or the first since=0) is news too.
-        assert_eq!(next_feed_poll(0, 4, 3, Some(20_000), 7), NextPoll::Now);
+        assert_eq!(
+            next_feed_poll(0, 4, 3, Some(20_000), 7, false),
+            NextPoll::Now
+        );
     }
 
     #[test]
     fn next_feed_poll_empty_issuer_polls_at_the_empty_period() {
         assert_eq!(
-            next_feed_poll(0, 0, 2, Some(20_000), 7),
+            next_feed_poll(0, 0, 2, Some(20_000), 7, false),
             NextPoll::Empty(EMPTY_FEED_POLL_MS)
         );
     }
@@ -489,27 +502,27 @@ mod tests {
     #[test]
     fn next_feed_poll_held_for_the_wait_polls_at_once() {
         assert_eq!(
-            next_feed_poll(9, 9, 20_000, Some(20_000), 7),
+            next_feed_poll(9, 9, 20_000, Some(20_000), 7, false),
             NextPoll::Held
         );
         assert_eq!(NextPoll::Held.delay_ms(), 0);
         // `wait_seconds: 0` holds nothing: floored, not a poll per round trip.
         assert!(matches!(
-            next_feed_poll(9, 9, 0, Some(0), 7),
+            next_feed_poll(9, 9, 0, Some(0), 7, false),
             NextPoll::Floor(_)
         ));
         assert!(matches!(
-            next_feed_poll(9, 9, 30, Some(0), 7),
+            next_feed_poll(9, 9, 30, Some(0), 7, false),
             NextPoll::Floor(_)
         ));
         // A load's last page (asked without wait): the long poll at once.
-        assert_eq!(next_feed_poll(9, 9, 0, None, 7), NextPoll::Held);
+        assert_eq!(next_feed_poll(9, 9, 0, None, 7, false), NextPoll::Held);
     }
 
     #[test]
     fn next_feed_poll_early_answer_without_news_waits_the_jittered_floor() {
         for entropy in [0, 1, 499, 500, u64::MAX] {
-            let next = next_feed_poll(9, 9, 5, Some(20_000), entropy);
+            let next = next_feed_poll(9, 9, 5, Some(20_000), entropy, false);
             assert!(matches!(next, NextPoll::Floor(_)), "{next:?}");
             let delay = next.delay_ms();
             assert!(
@@ -518,8 +531,8 @@ mod tests {
             );
         }
         assert_ne!(
-            next_feed_poll(9, 9, 5, Some(20_000), 1).delay_ms(),
-            next_feed_poll(9, 9, 5, Some(20_000), 2).delay_ms()
+            next_feed_poll(9, 9, 5, Some(20_000), 1, false).delay_ms(),
+            next_feed_poll(9, 9, 5, Some(20_000), 2, false).delay_ms()
         );
     }
 
@@ -527,9 +540,22 @@ mod tests {
     fn next_feed_poll_repeated_full_set_at_the_same_seq_is_floored() {
         // A server at seq 1 that answers every poll with its full set.
         assert!(matches!(
-            next_feed_poll(1, 1, 0, Some(20_000), 3),
+            next_feed_poll(1, 1, 0, Some(20_000), 3, false),
             NextPoll::Floor(_)
         ));
+    }
+
+    #[test]
+    fn next_feed_poll_a_full_page_repeated_during_a_load_is_floored() {
+        // A load's pages are asked for at once (no wait): the next page, or the last.
+        assert_eq!(next_feed_poll(9, 12, 0, None, 3, true), NextPoll::Now);
+        assert_eq!(next_feed_poll(9, 9, 0, None, 3, false), NextPoll::Held);
+        // A full page ending at the caller's own seq moved nothing: an issuer sending the
+        // first page of its set again (a since below its purge watermark) is paced, not asked
+        // again at once for ever.
+        let next = next_feed_poll(9, 9, 0, None, 3, true);
+        assert!(matches!(next, NextPoll::Floor(_)), "{next:?}");
+        assert!(next.delay_ms() >= FEED_FLOOR_MS);
     }
 
     fn schedule() -> Schedule {

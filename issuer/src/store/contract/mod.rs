@@ -70,6 +70,7 @@ macro_rules! contract_tests {
             feed_paged_then_continued_by_since,
             feed_full_semantics_zero_future_and_purged,
             feed_excludes_expired_entries,
+            purge_keeps_the_watermark_below_every_live_entry,
             purge_removes_expired_and_keeps_seq_monotonic,
             purge_removes_ended_sessions_and_their_tokens,
             purge_keeps_a_used_token_for_a_retry_within_the_grace,

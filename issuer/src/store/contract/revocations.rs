@@ -374,6 +374,47 @@ pub async fn feed_full_semantics_zero_future_and_purged(backend: &dyn Backend) {
     assert_eq!(delta.entries, vec![b]);
 }
 
+/// An entry's `until` does not grow with its seq (replicas knowing other lifetimes, a `sub`
+/// revocation of tokens issued before a past time, clocks apart). The purge removes only the
+/// expired entries below the first live one, so the watermark stays below every live entry: a
+/// reader loading the set in pages continues from a live entry's seq with the rest, where it
+/// was sent the first page again (its `since` below the watermark), and again.
+pub async fn purge_keeps_the_watermark_below_every_live_entry(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    let revoke = |jti: &'static str, until: i64| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .revoke(&Revoke::Jti(jti.into()), 10, until)
+                .await
+                .unwrap()
+        }
+    };
+    let long = revoke("j1", 1000).await;
+    let short = revoke("j2", 100).await;
+    let later = revoke("j3", 1000).await;
+    assert_eq!(
+        store.purge(200).await.unwrap().revocations,
+        0,
+        "{short:?} waits behind the live {long:?}"
+    );
+    // A load in pages of one entry: the first ends at `long`, the next continues after it.
+    let first = revocation::read(store.as_ref(), 0, 200, 1).await.unwrap();
+    assert!(first.full);
+    assert_eq!((first.entries, first.seq), (vec![long.clone()], long.seq));
+    let next = revocation::read(store.as_ref(), long.seq, 200, 1)
+        .await
+        .unwrap();
+    assert!(!next.full, "a live entry's seq is above the watermark");
+    assert_eq!(next.entries, vec![later.clone()]);
+    // The first live entry gone, the ones behind it go too.
+    assert_eq!(store.purge(1500).await.unwrap().revocations, 3);
+    let caught_up = revocation::read(store.as_ref(), later.seq, 1500, 100)
+        .await
+        .unwrap();
+    assert!(!caught_up.full && caught_up.entries.is_empty());
+}
+
 pub async fn feed_excludes_expired_entries(backend: &dyn Backend) {
     let store = backend.handle().await;
     let old = store

@@ -92,22 +92,33 @@ pub(super) async fn purge(pool: &MySqlPool, now: i64) -> Result<Purged> {
     })
 }
 
-/// One batch of expired revocations — the [`PURGE_BATCH`] lowest seqs among them — and the
-/// watermark readers compare `since` with, together. Returns how many were removed.
+/// One batch of expired revocations — up to [`PURGE_BATCH`] of the lowest seqs, stopping at
+/// the first live entry — and the watermark readers compare `since` with, together. Returns
+/// how many were removed.
+///
+/// Only the expired entries below the first live one: the watermark then stays below every
+/// live entry. An entry's `until` does not grow with its seq (replicas knowing other
+/// lifetimes, a `sub` revocation of tokens issued before a past time, clocks apart): purging
+/// every expired entry moved the watermark past live ones, and a reader loading the set in
+/// pages, whose next `since` is a live entry's seq below it, was sent the first page again,
+/// and again. The expired entries kept behind a live one are not served (the feed leaves out
+/// what has expired) and go with it.
 async fn purge_revocations(pool: &MySqlPool, now: i64) -> Result<u64> {
     let mut tx = pool.begin().await?;
-    let highest: Option<i64> = sqlx::query_scalar(
-        "SELECT MAX(seq) FROM (SELECT seq FROM revocations WHERE until < ? ORDER BY seq LIMIT ?) b",
-    )
-    .bind(now)
-    .bind(PURGE_BATCH)
-    .fetch_one(&mut *tx)
-    .await?;
-    let Some(highest) = highest else {
+    let lowest: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT seq, until FROM revocations ORDER BY seq LIMIT ?")
+            .bind(PURGE_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+    let Some(highest) = lowest
+        .iter()
+        .take_while(|(_, until)| *until < now)
+        .map(|(seq, _)| *seq)
+        .last()
+    else {
         return Ok(0);
     };
-    let removed = sqlx::query("DELETE FROM revocations WHERE until < ? AND seq <= ?")
-        .bind(now)
+    let removed = sqlx::query("DELETE FROM revocations WHERE seq <= ?")
         .bind(highest)
         .execute(&mut *tx)
         .await?

@@ -855,25 +855,41 @@ pub(super) fn purge_expired_batch(
         .map_err(db_err)
 }
 
-/// The highest seq of the revocations expired at `?1`: by the expiry index (by the seq, the
-/// newest first, it read every live entry before the first expired one).
+/// The lowest seq of the revocations live at `?1` (`until` not passed): read in seq order, it
+/// stops at the first live entry, having visited only the expired ones before it — the ones
+/// the purge removes. (The expiry index would visit every live entry.)
+pub(super) const PURGE_REVOCATIONS_FIRST_LIVE: &str =
+    "SELECT seq FROM revocations NOT INDEXED WHERE until >= ?1 ORDER BY seq LIMIT 1";
+/// The highest seq below `?1`.
 pub(super) const PURGE_REVOCATIONS_HIGHEST: &str =
-    "SELECT MAX(seq) FROM revocations INDEXED BY revocations_until WHERE until < ?1";
-/// The revocations expired at `?1`.
-pub(super) const PURGE_REVOCATIONS: &str = "DELETE FROM revocations WHERE until < ?1";
+    "SELECT MAX(seq) FROM revocations WHERE seq < ?1";
+/// The revocations below `?1` (all expired: `?1` is the first live one).
+pub(super) const PURGE_REVOCATIONS: &str = "DELETE FROM revocations WHERE seq < ?1";
 
 /// The expired revocations, and the watermark readers compare `since` with, together.
 pub(super) fn purge_revocations(conn: &mut Connection, now: i64) -> Result<Purged, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
+    // Only the expired entries below the first live one, in seq order: the watermark then
+    // stays below every live entry. An entry's `until` does not grow with its seq (replicas
+    // knowing other lifetimes, a `sub` revocation of tokens issued before a past time, clocks
+    // apart): purging every expired entry moved the watermark past live ones, and a reader
+    // loading the set in pages, whose next `since` is a live entry's seq below it, was sent
+    // the first page again, and again. The expired entries kept behind a live one are not
+    // served (the feed leaves out what has expired) and go with it.
+    let first_live: Option<i64> = tx
+        .query_row_cached(PURGE_REVOCATIONS_FIRST_LIVE, [now], |row| row.get(0))
+        .optional()
+        .map_err(db_err)?;
+    let bound = first_live.unwrap_or(i64::MAX);
     let highest: Option<i64> = tx
-        .query_row_cached(PURGE_REVOCATIONS_HIGHEST, [now], |row| row.get(0))
+        .query_row_cached(PURGE_REVOCATIONS_HIGHEST, [bound], |row| row.get(0))
         .map_err(db_err)?;
     let mut purged = Purged::default();
     if let Some(highest) = highest {
         purged.revocations = tx
-            .execute_cached(PURGE_REVOCATIONS, [now])
+            .execute_cached(PURGE_REVOCATIONS, [bound])
             .map_err(db_err)?;
         let current: i64 = tx
             .query_row_cached(

@@ -139,9 +139,13 @@ fn sqlite_purge_deletes_find_rows_by_their_expiry_index() {
     for sql in [ops::PURGE_REVOCATIONS_HIGHEST, ops::PURGE_REVOCATIONS] {
         // Bound like the others (the plan's parameters are two).
         let plan = plan(&format!("{sql} AND ?2 > 0"));
-        assert!(plan.contains("revocations_until"), "{sql}: {plan}");
+        assert!(plan.contains("PRIMARY KEY"), "{sql}: {plan}");
         assert!(!plan.contains("SCAN"), "{sql}: {plan}");
     }
+    // The first live entry: in seq order, no sort, so it stops at the first live row.
+    let sql = ops::PURGE_REVOCATIONS_FIRST_LIVE;
+    let plan = plan(&sql.replace("ORDER BY", "AND ?2 > 0 ORDER BY"));
+    assert_eq!(plan, "SCAN revocations", "{sql}");
 }
 
 /// A purge removes every expired row, however many batches that takes, and no live one.
