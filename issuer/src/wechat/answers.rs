@@ -173,11 +173,17 @@ pub fn classify_json(status: u16, body: &[u8]) -> Result<serde_json::Value, Wech
     Ok(value)
 }
 
+/// The longest an app access token is taken to live, whatever `expires_in` says (WeChat's
+/// is 7200 s): a larger number — up to `i64::MAX` from whatever answers at
+/// `WEAUTH_WECHAT_API_BASE` — overflowed the expiry's arithmetic (a panic in a debug build, in
+/// release a token expired at once and fetched again at every call).
+pub const MAX_TOKEN_LIFETIME_S: i64 = 86_400;
+
 /// Interprets a `stable_token` answer.
 ///
 /// # Errors
 /// See [`classify_json`]; a success without `access_token` or a positive `expires_in` is
-/// [`WechatError::Unreadable`].
+/// [`WechatError::Unreadable`]. An `expires_in` over [`MAX_TOKEN_LIFETIME_S`] is taken as that.
 pub fn classify_stable_token(status: u16, body: &[u8]) -> Result<AccessToken, WechatError> {
     let value = classify_json(status, body)?;
     let token = value
@@ -189,7 +195,8 @@ pub fn classify_stable_token(status: u16, body: &[u8]) -> Result<AccessToken, We
         .get("expires_in")
         .and_then(serde_json::Value::as_i64)
         .filter(|e| *e > 0)
-        .ok_or_else(|| WechatError::Unreadable("stable_token without expires_in".into()))?;
+        .ok_or_else(|| WechatError::Unreadable("stable_token without expires_in".into()))?
+        .min(MAX_TOKEN_LIFETIME_S);
     Ok(AccessToken {
         token: Zeroizing::new(token.to_string()),
         expires_in,

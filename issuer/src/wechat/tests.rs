@@ -360,6 +360,13 @@ fn classify_stable_token_expiry_must_be_positive() {
     }
     let token = classify_stable_token(200, br#"{"access_token":"AT","expires_in":1}"#).unwrap();
     assert_eq!(token.expires_in, 1);
+    // A lifetime past a day (i64::MAX overflowed the expiry) is taken as a day.
+    let body = format!(r#"{{"access_token":"AT","expires_in":{}}}"#, i64::MAX);
+    let token = classify_stable_token(200, body.as_bytes()).unwrap();
+    assert_eq!(token.expires_in, answers::MAX_TOKEN_LIFETIME_S);
+    assert!(
+        crate::wechat::access_token::refresh_at(1_700_000_000, token.expires_in) > 1_700_000_000
+    );
 }
 
 /// What the logs may show of an app access token and a phone number: the lifetime and the
