@@ -105,6 +105,9 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The largest `WEAUTH_MAX_IN_FLIGHT` taken.
+pub const MAX_IN_FLIGHT_LIMIT: usize = 1_000_000;
+
 fn bad(var: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         var: var.to_string(),
@@ -765,6 +768,14 @@ impl Config {
         let user_wechat_rate_per_min = errs.or(src.number("WEAUTH_USER_WECHAT_RATE"), 0);
         let user_wechat_burst = errs.or(src.number("WEAUTH_USER_WECHAT_BURST"), 0);
         let max_in_flight: usize = errs.or(src.number("WEAUTH_MAX_IN_FLIGHT"), 0);
+        // A semaphore's permits are bounded (tokio panics above `usize::MAX >> 3`); a limit
+        // past a million is no limit in practice: say 0.
+        if max_in_flight > MAX_IN_FLIGHT_LIMIT {
+            errs.push(bad(
+                "WEAUTH_MAX_IN_FLIGHT",
+                format!("at most {MAX_IN_FLIGHT_LIMIT} (0: no limit)"),
+            ));
+        }
         let max_body: usize = errs.or(src.number("WEAUTH_MAX_BODY"), 0);
         if max_body < 256 && src.number::<usize>("WEAUTH_MAX_BODY").is_ok() {
             errs.push(bad("WEAUTH_MAX_BODY", "must be at least 256 bytes"));

@@ -290,6 +290,9 @@ fn config_bad_values_name_their_variable() {
         ("WEAUTH_AUDIENCE", " , "),
         ("WEAUTH_FEED_TOKEN", "short"),
         ("WEAUTH_WECHAT_RETRIES", "9"),
+        // tokio's semaphore panicked at start above 2^61 permits.
+        ("WEAUTH_MAX_IN_FLIGHT", "2305843009213693952"),
+        ("WEAUTH_MAX_IN_FLIGHT", "1000001"),
         ("WEAUTH_REFRESH_REUSE_GRACE", "5m"),
         ("WEAUTH_LOG_FORMAT", "xml"),
         ("WEAUTH_DECRYPT_MAX_AGE", "later"),

@@ -219,7 +219,7 @@ pub const VARIABLES: &[Var] = &[
     var(
         "WEAUTH_MAX_IN_FLIGHT",
         "512",
-        "the most requests one replica works on at once for clients (logins, refreshes, /v1/me, the web login); past it they are answered 503 with Retry-After at once, rather than piling up in memory while WeChat or the store is slow (0: no limit)",
+        "the most requests one replica works on at once for clients (logins, refreshes, /v1/me, the web login); past it they are answered 503 with Retry-After at once, rather than piling up in memory while WeChat or the store is slow (0: no limit; at most 1000000)",
     ),
     var(
         "WEAUTH_MAX_BODY",
