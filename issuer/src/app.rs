@@ -407,7 +407,10 @@ impl App {
         let store: Arc<dyn Store> = if tracing::debug_span!("store", op = "probe").is_disabled() {
             store
         } else {
-            Arc::new(crate::store::traced::TracedStore(store))
+            Arc::new(crate::store::traced::Wrapped(
+                store,
+                crate::store::traced::Spans,
+            ))
         };
         let now = clock.now();
         bootstrap_keys(store.as_ref(), &config, &data_key, now).await?;

@@ -298,10 +298,20 @@ impl AccessTokens {
                     return Err(held);
                 }
             }
-            let leased = self
+            let leased = match self
                 .store
                 .lease_wechat_token(appid, &holder, at, at + self.lease)
-                .await?;
+                .await
+            {
+                Ok(leased) => leased,
+                Err(err) => {
+                    // The lease may be written all the same (an answer lost, a write not
+                    // confirmed): left, every request of every replica would wait for a token
+                    // nobody fetches until it lapsed (a lease length, about half a minute).
+                    self.release(appid, &holder).await;
+                    return Err(err.into());
+                }
+            };
             if leased {
                 // A fetch that failed between our check above and this lease (its failure
                 // noted, its lease released): answered with it, not asked again.
@@ -375,12 +385,32 @@ impl AccessTokens {
                 .await
             {
                 tracing::warn!(appid = %appid, error = %err, "the background refresh of the WeChat access token failed; the current token stays in use");
-                this.release(&appid, &holder).await;
             }
         });
     }
 
+    /// [`Self::fetch_holding`], the lease released when it fails: a store or sealing failure
+    /// left it held by a request that had given up (every request of every replica then waited
+    /// for a token nobody fetched, a lease length). Releasing is holder-guarded: a lease the
+    /// token's write already released, or another holder took, is left as it is.
     async fn fetch_as_holder(
+        &self,
+        appid: &str,
+        holder: &str,
+        refused: Option<&str>,
+        refused_hash: Option<&str>,
+        cached: Option<CachedToken>,
+    ) -> Result<Zeroizing<String>, TokenError> {
+        let result = self
+            .fetch_holding(appid, holder, refused, refused_hash, cached)
+            .await;
+        if result.is_err() {
+            self.release(appid, holder).await;
+        }
+        result
+    }
+
+    async fn fetch_holding(
         &self,
         appid: &str,
         holder: &str,
@@ -428,14 +458,15 @@ impl AccessTokens {
                 if usable.is_none() {
                     self.note_fetch(appid, Some((now, &err)));
                 }
-                self.release(appid, holder).await;
                 if let Some(token) = usable {
+                    self.release(appid, holder).await;
                     self.metrics.wechat_token_refresh(appid, "failed_kept_old");
                     tracing::warn!(appid = %appid, error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");
                     return self.open(appid, &token);
                 }
                 self.metrics.wechat_token_refresh(appid, "failed");
                 tracing::warn!(appid = %appid, error = %err, "cannot get a WeChat access token");
+                // The lease goes in `fetch_as_holder`, after the failure was noted here.
                 Err(TokenError::Fetch(err))
             }
         }
@@ -597,6 +628,98 @@ mod tests {
     fn refresh_at_five_minutes_before_expiry_or_half_life() {
         assert_eq!(refresh_at(1000, 7200), 1000 + 6900);
         assert_eq!(refresh_at(1000, 200), 1000 + 100);
+    }
+
+    /// A WeChat double handing out one token (7200 s).
+    struct OneToken;
+
+    impl crate::wechat::Wechat for OneToken {
+        fn code2session<'a>(
+            &'a self,
+            _code: &'a str,
+        ) -> crate::wechat::BoxFuture<'a, Result<crate::wechat::Code2Session, WechatError>>
+        {
+            Box::pin(async { Err(WechatError::InvalidCode { errcode: 40029 }) })
+        }
+
+        fn stable_token(
+            &self,
+            _force: bool,
+        ) -> crate::wechat::BoxFuture<'_, Result<crate::wechat::AccessToken, WechatError>> {
+            Box::pin(async {
+                Ok(crate::wechat::AccessToken {
+                    token: Zeroizing::new("T1".into()),
+                    expires_in: 7200,
+                })
+            })
+        }
+    }
+
+    /// Tokens of app `wx1` on a SQLite store in `dir` whose operations run through `faults`,
+    /// fetched from [`OneToken`]; and the store itself.
+    fn tokens_over(
+        dir: &std::path::Path,
+        faults: crate::store::traced::Faults,
+    ) -> (Arc<AccessTokens>, Arc<dyn Store>) {
+        let sqlite: Arc<dyn Store> =
+            Arc::new(crate::store::sqlite::SqliteStore::open(&dir.join("t.db")).unwrap());
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::traced::Wrapped(Arc::clone(&sqlite), faults));
+        let vars = std::collections::HashMap::from([
+            ("WEAUTH_WECHAT_APPID", "wx1"),
+            ("WEAUTH_WECHAT_SECRET", "s"),
+        ]);
+        let config = crate::config::Config::from_source(&crate::config::Source {
+            lookup: &|name| vars.get(name).map(|v| v.to_string()),
+            read_file: &|path| Err(std::io::Error::other(path.to_string())),
+        })
+        .unwrap();
+        let (metrics, clock) = (
+            Arc::new(Metrics::default()),
+            Arc::new(crate::clock::SystemClock) as Arc<dyn Clock>,
+        );
+        let clients =
+            WechatClients::build(&config, Some(Arc::new(OneToken)), &metrics, &clock).unwrap();
+        let tokens = AccessTokens::new(
+            store,
+            DataKey::from_bytes(&[7; 32]),
+            Arc::new(clients),
+            metrics,
+            clock,
+            30,
+        );
+        (Arc::new(tokens), sqlite)
+    }
+
+    /// A lease written whose answer was lost (a connection cut, a timeout after the commit),
+    /// or a token fetched whose write failed, is released by the request that gave up: left,
+    /// every request of every replica waited for a token nobody fetched until the lease lapsed
+    /// (about half a minute).
+    #[tokio::test]
+    async fn a_lease_taken_by_a_request_that_failed_is_released() {
+        for (op, lost) in [("lease_wechat_token", true), ("put_wechat_token", false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = crate::store::traced::Faults::default();
+            if lost {
+                faults.lose_answer_of(op);
+            } else {
+                faults.refuse(op);
+            }
+            let (tokens, store) = tokens_over(dir.path(), faults);
+            let failed = tokens.get_for("wx1", None).await;
+            assert!(
+                matches!(failed, Err(TokenError::Store(_))),
+                "{op}: {failed:?}"
+            );
+            let now = crate::clock::SystemClock.now();
+            assert!(
+                store
+                    .lease_wechat_token("wx1", "another", now, now + 30)
+                    .await
+                    .unwrap(),
+                "{op}: the lease is still held by the request that gave up"
+            );
+        }
     }
 
     #[test]
