@@ -79,8 +79,10 @@ impl RedisStore {
         let mut marked = HashSet::new();
         match kind {
             EntryKind::Sid => {
+                // The guard's call id: a run of the script sent again finds its own mark.
+                let guard = guard.then(|| crate::secrets::random_b64(12));
                 let mark = self
-                    .mark_session(value, now, guard, None, Some(until))
+                    .mark_session(value, now, guard.as_deref(), None, Some(until))
                     .await?;
                 if mark == Mark::GuardFailed {
                     return Ok(None);
@@ -226,7 +228,7 @@ impl RedisStore {
         &self,
         sid: &str,
         now: i64,
-        guard: bool,
+        guard: Option<&str>,
         reach: Option<SubReach>,
         pending_until: Option<i64>,
     ) -> Result<Mark, StoreError> {
@@ -234,7 +236,7 @@ impl RedisStore {
         let text = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
         call.key(self.session_key(sid))
             .arg(now)
-            .arg(if guard { "1" } else { "0" })
+            .arg(guard.unwrap_or_default())
             .arg(SubReach::argument(reach))
             .arg(text(pending_until));
         let (done, revoked_at): (i64, i64) = self.eval(&call).await?;
@@ -268,7 +270,7 @@ impl RedisStore {
         for chunk in fresh.chunks(CONCURRENT_SLOTS) {
             let mut marks = Vec::with_capacity(chunk.len());
             for sid in chunk {
-                marks.push(self.mark_session(sid, now, false, Some(reach), None));
+                marks.push(self.mark_session(sid, now, None, Some(reach), None));
             }
             let outcomes = futures_util::future::try_join_all(marks).await?;
             // A session listed but not written yet (a login between its two scripts) is not

@@ -434,12 +434,13 @@ async fn redis_login_and_rotation_scripts_run_twice_answer_as_the_first_run() {
     assert!(session.revoked_at.is_none(), "{session:?}");
 }
 
-/// As above for the two other scripts whose second run answered otherwise: a web login's
-/// state taken (the second run found it gone: the callback failed 400 with the login made
-/// nowhere) and an unban's guarded lift (the second run found its own lift a changed ban:
-/// 409 for an unban applied). Another call still gets nothing, or `Changed`.
+/// As above for the other scripts whose second run answered otherwise: a web login's state
+/// taken (the second run found it gone: the callback failed 400 with the login made nowhere),
+/// an unban's guarded lift (the second run found its own lift a changed ban: 409 for an unban
+/// applied) and a reuse's guarded mark. Another call still gets nothing, `Changed`, or a
+/// failed guard.
 #[tokio::test]
-async fn redis_take_and_guarded_write_scripts_run_twice_answer_as_the_first_run() {
+async fn redis_take_guarded_write_and_mark_scripts_run_twice_answer_as_the_first_run() {
     use super::store::ban_fields;
     use crate::store::contract::login;
     let redis = TestRedis::new().await;
@@ -495,6 +496,28 @@ async fn redis_take_and_guarded_write_scripts_run_twice_answer_as_the_first_run(
         "another unban of the lifted ban"
     );
     assert_eq!(store.grants("u-gw").await.unwrap().unwrap().ban, None);
+
+    // A reuse's guarded mark: its second run finds its own mark, not a session revoked before
+    // (which made the reuse go uncounted and unlogged, answered as an ended session).
+    use super::revoke::Mark;
+    for run in ["first", "second"] {
+        assert_eq!(
+            store
+                .mark_session("s-gw", 14, Some("reuse-1"), None, Some(100))
+                .await
+                .unwrap(),
+            Mark::Revoked,
+            "{run} run"
+        );
+    }
+    assert_eq!(
+        store
+            .mark_session("s-gw", 15, Some("reuse-2"), None, Some(100))
+            .await
+            .unwrap(),
+        Mark::GuardFailed,
+        "another call's guard"
+    );
 }
 
 /// With `WAIT` on, the store tells which connection a `WAIT` covers by `CLIENT ID`

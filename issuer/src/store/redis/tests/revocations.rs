@@ -264,7 +264,7 @@ async fn redis_sub_revocation_retried_after_a_cut_writes_the_sessions_entries() 
         .mark_session(
             "s-cut",
             30,
-            false,
+            None,
             Some(SubReach {
                 issued_before: 20,
                 sessions: SubSessions::CreatedBefore,
