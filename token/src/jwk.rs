@@ -291,6 +291,9 @@ impl std::fmt::Debug for KeyEntry {
     }
 }
 
+/// The most keys a [`KeySet`] takes from one JWKS.
+pub const MAX_KEYS: usize = 64;
+
 /// The keys a verifier trusts, by `kid`.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
@@ -303,10 +306,25 @@ impl KeySet {
     /// A key without `kid` gets its RFC 7638 thumbprint as `kid`. A JWKS from a standard
     /// issuer may carry keys weauth does not support (RSA, say); they are skipped, not fatal,
     /// and returned with the reason so the caller can log them.
+    ///
+    /// At most [`MAX_KEYS`] keys are kept; past them the JWKS's other keys are neither parsed
+    /// nor trusted, reported as one skipped entry. A key is looked up by `kid` in a list on
+    /// every request and added in turn: a JWKS of a hundred thousand keys (a misconfigured
+    /// source, or a hostile one) made every request scan them and its load quadratic, where an
+    /// issuer publishes two or three.
     pub fn from_jwks(jwks: &Jwks) -> (KeySet, Skipped) {
         let mut set = KeySet::default();
         let mut skipped = Vec::new();
         for jwk in &jwks.keys {
+            if set.entries.len() >= MAX_KEYS {
+                skipped.push((
+                    None,
+                    JwkError::Invalid(
+                        "more keys than MAX_KEYS (64) in one JWKS: the rest are left out",
+                    ),
+                ));
+                break;
+            }
             let kid = match &jwk.kid {
                 Some(kid) => Ok(kid.clone()),
                 None => jwk.thumbprint(),
@@ -460,6 +478,30 @@ mod tests {
         b.kid = None;
         b.alg = None;
         assert_eq!(a.thumbprint().unwrap(), b.thumbprint().unwrap());
+    }
+
+    #[test]
+    fn from_jwks_keeps_at_most_max_keys() {
+        let jwk = |n: usize| Jwk {
+            kty: "oct".into(),
+            k: Some(b64::encode([n as u8; 32])),
+            kid: Some(format!("k{n}")),
+            ..Jwk::default()
+        };
+        let jwks = Jwks {
+            keys: (0..MAX_KEYS + 1000).map(jwk).collect(),
+        };
+        let (set, skipped) = KeySet::from_jwks(&jwks);
+        assert_eq!(set.kids().count(), MAX_KEYS);
+        assert!(set.get("k0").is_some() && set.get(&format!("k{}", MAX_KEYS - 1)).is_some());
+        assert!(set.get(&format!("k{MAX_KEYS}")).is_none());
+        assert_eq!(skipped.len(), 1, "one entry for the rest: {skipped:?}");
+        // A kid repeated replaces its key: the count is of distinct keys.
+        let repeated = Jwks {
+            keys: (0..MAX_KEYS + 10).map(|n| jwk(n % 3)).collect(),
+        };
+        let (set, skipped) = KeySet::from_jwks(&repeated);
+        assert_eq!((set.kids().count(), skipped.len()), (3, 0));
     }
 
     #[test]
