@@ -990,7 +990,7 @@ async fn cookie_csrf_refused_at_edge_legitimate_requests_pass() {
     );
 }
 
-/// A client's W3C trace context stops at the public listener (`envoy/envoy.yaml`): passed on,
+/// A client's trace context (W3C's and B3's) stops at the public listener (`envoy/envoy.yaml`): passed on,
 /// it let a client outside the mesh pick its requests' trace ids and have every one exported
 /// by the issuer (its parent-based sampler follows the caller's flag; a ratio is judged on the
 /// trace id), filling the span exporter's queue.
@@ -1007,14 +1007,30 @@ async fn a_clients_trace_context_is_not_passed_on() {
             "00-0af7651916cd43dd8448eb211c800000-b7ad6b7169203331-01",
         )
         .header("tracestate", "vendor=chosen")
+        .header("b3", "0af7651916cd43dd8448eb211c800000-b7ad6b7169203331-1")
+        .header("x-b3-traceid", "0af7651916cd43dd8448eb211c800000")
+        .header("x-b3-spanid", "b7ad6b7169203331")
+        .header("x-b3-parentspanid", "b7ad6b7169203330")
+        .header("x-b3-sampled", "1")
+        .header("x-b3-flags", "1")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
     let echo: Value = resp.json().await.unwrap();
     let headers = echo["headers"].as_object().unwrap();
-    assert!(headers.get("traceparent").is_none(), "{headers:?}");
-    assert!(headers.get("tracestate").is_none(), "{headers:?}");
+    for name in [
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+    ] {
+        assert!(headers.get(name).is_none(), "{name}: {headers:?}");
+    }
 }
 
 /// Identity headers the configuration does not set are still the filter's: with

@@ -1022,17 +1022,31 @@ async fn json_log_lines_carry_the_callers_trace_id() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // B3 only (Envoy's Zipkin tracer): the caller's trace too.
+    let b3_trace = "463ac35c9f6413ad48485a3953bb6124";
+    let b3_span = "a2fb4a1d1a96d312";
+    let resp = client
+        .get(format!(
+            "{}/.well-known/openid-configuration",
+            stack.issuer_url()
+        ))
+        .header("b3", format!("{b3_trace}-{b3_span}-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 
     // The line is written before the answer is sent; allow for a slow file system anyway.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (login, jwks) = loop {
+    let (login, jwks, b3) = loop {
         let log = std::fs::read_to_string(stack.issuer_log()).unwrap_or_default();
-        let (login, jwks) = (
+        let (login, jwks, b3) = (
             request_lines(&log, "/v1/login"),
             request_lines(&log, "/.well-known/jwks.json"),
+            request_lines(&log, "/.well-known/openid-configuration"),
         );
-        if (!login.is_empty() && !jwks.is_empty()) || Instant::now() > deadline {
-            break (login, jwks);
+        if (!login.is_empty() && !jwks.is_empty() && !b3.is_empty()) || Instant::now() > deadline {
+            break (login, jwks, b3);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -1052,6 +1066,12 @@ async fn json_log_lines_carry_the_callers_trace_id() {
     let fresh = jwks["span"]["trace_id"].as_str().unwrap_or_default();
     assert!(is_hex(fresh, 32) && fresh != trace, "{jwks}");
     assert_eq!(jwks["span"]["parent_id"], "", "{jwks}");
+
+    let [b3] = &b3[..] else {
+        panic!("one discovery request line expected in the issuer's log, got {b3:?}");
+    };
+    assert_eq!(b3["span"]["trace_id"], b3_trace, "{b3}");
+    assert_eq!(b3["span"]["parent_id"], b3_span, "{b3}");
     stack.shutdown().await;
 }
 

@@ -281,9 +281,7 @@ const CLIENT_CLOSED: u16 = 499;
 /// is recorded at all: the ids then stay on every line any `WEAUTH_LOG` filter lets through,
 /// `warn` included.
 fn request_span(headers: &HeaderMap, method: &str, route: &str) -> tracing::Span {
-    let header = headers
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok());
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let ctx = TraceContext::child_of(header, rand::random(), rand::random());
     tracing::error_span!(
         "request",

@@ -1,7 +1,8 @@
-//! W3C Trace Context (`traceparent`) for the issuer's logs: every request runs in a `request`
-//! span carrying `trace_id` (the caller's, from the `traceparent` header Envoy or an Istio
-//! sidecar sends when tracing is on; a fresh one otherwise) and `span_id` (this request's own,
-//! child of the caller's `parent_id`). With `WEAUTH_LOG_FORMAT=json`, every line logged while
+//! W3C Trace Context (`traceparent`) and B3 for the issuer's logs: every request runs in a
+//! `request` span carrying `trace_id` (the caller's, from the `traceparent` header Envoy or an
+//! Istio sidecar sends when tracing is on — or, failing that, B3's `b3` or `X-B3-*` headers,
+//! which Envoy's Zipkin tracer, Istio's long-time default, sends instead; a fresh one
+//! otherwise) and `span_id` (this request's own, child of the caller's `parent_id`). With `WEAUTH_LOG_FORMAT=json`, every line logged while
 //! the request is handled carries them under `span` (`{"span":{"trace_id":…,"span_id":…}}`);
 //! in text they prefix the line (`request{trace_id=… span_id=…}:`).
 //!
@@ -137,26 +138,90 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     Some((trace_id, parent_id, flags & 1 == 1))
 }
 
+/// The trace id, span id and sampled flag of B3 propagation (openzipkin/b3-propagation): the
+/// single `b3` header (`{trace}-{span}[-{sampling}[-{parent}]]`), else the `X-B3-TraceId`,
+/// `X-B3-SpanId`, `X-B3-Sampled` and `X-B3-Flags` headers, read by `header` (a name in lower
+/// case). A 16-digit trace id is the low half of a 128-bit one; lower-case hex only, as the
+/// specification says; sampling `1` or `d` (debug) is sampled, `0` not, none undecided.
+/// `None` without a valid pair of ids (a lone `b3: 0` only says "do not sample").
+pub fn parse_b3<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+) -> Option<([u8; 16], [u8; 8], Option<bool>)> {
+    let (trace, span, sampled) = match header("b3").map(str::trim) {
+        Some(single) => {
+            let mut parts = single.split('-');
+            let (trace, span) = (parts.next()?, parts.next()?);
+            let sampled = match parts.next() {
+                None => None,
+                Some("1" | "d") => Some(true),
+                Some("0") => Some(false),
+                Some(_) => return None,
+            };
+            if parts
+                .next()
+                .is_some_and(|parent| parent.len() != 16 || !is_lower_hex(parent))
+                || parts.next().is_some()
+            {
+                return None;
+            }
+            (trace, span, sampled)
+        }
+        None => {
+            let sampled = match (header("x-b3-flags"), header("x-b3-sampled")) {
+                (Some("1"), _) => Some(true),
+                (_, Some("1" | "true")) => Some(true),
+                (_, Some("0" | "false")) => Some(false),
+                _ => None,
+            };
+            (header("x-b3-traceid")?, header("x-b3-spanid")?, sampled)
+        }
+    };
+    let mut trace_id = [0u8; 16];
+    match trace.len() {
+        32 if is_lower_hex(trace) => hex::decode_to_slice(trace, &mut trace_id).ok()?,
+        16 if is_lower_hex(trace) => hex::decode_to_slice(trace, &mut trace_id[8..]).ok()?,
+        _ => return None,
+    }
+    let mut span_id = [0u8; 8];
+    if span.len() != 16 || !is_lower_hex(span) {
+        return None;
+    }
+    hex::decode_to_slice(span, &mut span_id).ok()?;
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some((trace_id, span_id, sampled))
+}
+
 fn is_lower_hex(s: &str) -> bool {
     s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl TraceContext {
-    /// The context of a request whose `traceparent` header is `header`: the caller's trace
-    /// continued when the header is valid, else a new trace `fresh_trace`. `span_id` is the
-    /// request's own span. Zero ids (one chance in 2^64 or 2^128) are replaced by 1.
-    pub fn child_of(header: Option<&str>, fresh_trace: [u8; 16], span_id: [u8; 8]) -> TraceContext {
+    /// The context of a request whose headers `header` reads (a name in lower case): the
+    /// caller's trace continued from a valid `traceparent`, else from valid B3 headers
+    /// ([`parse_b3`]), else a new trace `fresh_trace`. `span_id` is the request's own span.
+    /// Zero ids (one chance in 2^64 or 2^128) are replaced by 1.
+    pub fn child_of<'a>(
+        header: impl Fn(&str) -> Option<&'a str>,
+        fresh_trace: [u8; 16],
+        span_id: [u8; 8],
+    ) -> TraceContext {
         let span_id = if span_id == [0; 8] {
             [0, 0, 0, 0, 0, 0, 0, 1]
         } else {
             span_id
         };
-        match header.and_then(parse_traceparent) {
+        let caller = header("traceparent")
+            .and_then(parse_traceparent)
+            .map(|(trace, parent, sampled)| (trace, parent, Some(sampled)))
+            .or_else(|| parse_b3(&header));
+        match caller {
             Some((trace_id, parent, sampled)) => TraceContext {
                 trace_id,
                 parent_id: Some(parent),
                 span_id,
-                caller_sampled: Some(sampled),
+                caller_sampled: sampled,
             },
             None => TraceContext {
                 trace_id: if fresh_trace == [0; 16] {
@@ -193,6 +258,92 @@ mod tests {
 
     const SPEC_EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+    /// A request's headers holding only `traceparent`, when given.
+    fn only_traceparent<'a>(value: Option<&'a str>) -> impl Fn(&str) -> Option<&'a str> + 'a {
+        move |name| value.filter(|_| name == "traceparent")
+    }
+
+    /// A request's headers from `pairs` (names in lower case).
+    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
+        move |name| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn b3_single_and_multi_headers_continue_the_trace() {
+        let trace = "463ac35c9f6413ad48485a3953bb6124";
+        let span = "a2fb4a1d1a96d312";
+        for (pairs, sampled) in [
+            (vec![("b3", format!("{trace}-{span}-1"))], Some(true)),
+            (vec![("b3", format!("{trace}-{span}-d"))], Some(true)),
+            (
+                vec![("b3", format!("{trace}-{span}-0-0020000000000001"))],
+                Some(false),
+            ),
+            (vec![("b3", format!("{trace}-{span}"))], None),
+            (
+                vec![
+                    ("x-b3-traceid", trace.to_string()),
+                    ("x-b3-spanid", span.to_string()),
+                    ("x-b3-sampled", "1".to_string()),
+                ],
+                Some(true),
+            ),
+            (
+                vec![
+                    ("x-b3-traceid", trace.to_string()),
+                    ("x-b3-spanid", span.to_string()),
+                    ("x-b3-sampled", "0".to_string()),
+                    ("x-b3-flags", "1".to_string()),
+                ],
+                Some(true),
+            ),
+            (
+                vec![
+                    ("x-b3-traceid", trace.to_string()),
+                    ("x-b3-spanid", span.to_string()),
+                ],
+                None,
+            ),
+        ] {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let ctx = TraceContext::child_of(headers(&pairs), [7; 16], [9; 8]);
+            assert_eq!(ctx.trace_id_hex(), trace, "{pairs:?}");
+            assert_eq!(ctx.parent_id_hex(), span, "{pairs:?}");
+            assert_eq!(ctx.caller_sampled, sampled, "{pairs:?}");
+        }
+        // A 64-bit trace id is the low half of a 128-bit one.
+        let short = [("b3", "48485a3953bb6124-a2fb4a1d1a96d312-1")];
+        let ctx = TraceContext::child_of(headers(&short), [7; 16], [9; 8]);
+        assert_eq!(ctx.trace_id_hex(), "000000000000000048485a3953bb6124");
+        // traceparent first, when both are sent.
+        let both = [("traceparent", SPEC_EXAMPLE), ("b3", short[0].1)];
+        let ctx = TraceContext::child_of(headers(&both), [7; 16], [9; 8]);
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn b3_invalid_starts_a_trace() {
+        for pairs in [
+            vec![("b3", "0")],
+            vec![("b3", "463ac35c9f6413ad48485a3953bb6124")],
+            vec![("b3", "463AC35C9F6413AD48485A3953BB6124-a2fb4a1d1a96d312-1")],
+            vec![("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d31-1")],
+            vec![("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-2")],
+            vec![(
+                "b3",
+                "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1-x-y",
+            )],
+            vec![("b3", "00000000000000000000000000000000-a2fb4a1d1a96d312")],
+            vec![("b3", "463ac35c9f6413ad48485a3953bb6124-0000000000000000")],
+            vec![("b3", "463ac35c9f6413ad4848-a2fb4a1d1a96d312")],
+            vec![("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124")],
+        ] {
+            let ctx = TraceContext::child_of(headers(&pairs), [7; 16], [9; 8]);
+            assert_eq!(ctx.trace_id, [7; 16], "{pairs:?}");
+            assert_eq!(ctx.parent_id, None, "{pairs:?}");
+        }
+    }
+
     #[test]
     fn parse_traceparent_spec_example() {
         let (trace, parent, sampled) = parse_traceparent(SPEC_EXAMPLE).unwrap();
@@ -207,11 +358,14 @@ mod tests {
     fn sampler_parent_based_follows_the_caller_ratio_decides_the_rest() {
         let default = Sampler::from_env(None, None).unwrap();
         assert_eq!(default, Sampler::default());
-        let sampled = TraceContext::child_of(Some(SPEC_EXAMPLE), [7; 16], [9; 8]);
-        let unsampled =
-            TraceContext::child_of(Some(&SPEC_EXAMPLE.replace("-01", "-00")), [7; 16], [9; 8]);
-        let low = TraceContext::child_of(None, [0; 16], [9; 8]);
-        let high = TraceContext::child_of(None, [0xff; 16], [9; 8]);
+        let sampled = TraceContext::child_of(only_traceparent(Some(SPEC_EXAMPLE)), [7; 16], [9; 8]);
+        let unsampled = TraceContext::child_of(
+            only_traceparent(Some(&SPEC_EXAMPLE.replace("-01", "-00"))),
+            [7; 16],
+            [9; 8],
+        );
+        let low = TraceContext::child_of(only_traceparent(None), [0; 16], [9; 8]);
+        let high = TraceContext::child_of(only_traceparent(None), [0xff; 16], [9; 8]);
         assert!(default.sampled(&sampled) && !default.sampled(&unsampled));
         assert!(default.sampled(&low) && default.sampled(&high));
         let tenth = Sampler::from_env(Some("parentbased_traceidratio"), Some("0.1")).unwrap();
@@ -237,7 +391,7 @@ mod tests {
             .filter(|i| {
                 let mut id = [0u8; 16];
                 id[8..12].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
-                tenth.sampled(&TraceContext::child_of(None, id, [9; 8]))
+                tenth.sampled(&TraceContext::child_of(only_traceparent(None), id, [9; 8]))
             })
             .count();
         assert!((800..1200).contains(&kept), "{kept}");
@@ -274,7 +428,7 @@ mod tests {
 
     #[test]
     fn child_of_valid_header_continues_the_trace() {
-        let ctx = TraceContext::child_of(Some(SPEC_EXAMPLE), [7; 16], [9; 8]);
+        let ctx = TraceContext::child_of(only_traceparent(Some(SPEC_EXAMPLE)), [7; 16], [9; 8]);
         assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ctx.parent_id_hex(), "00f067aa0ba902b7");
         assert_eq!(ctx.span_id_hex(), "0909090909090909");
@@ -283,7 +437,7 @@ mod tests {
     #[test]
     fn child_of_missing_or_bad_header_starts_a_trace() {
         for header in [None, Some("garbage")] {
-            let ctx = TraceContext::child_of(header, [7; 16], [9; 8]);
+            let ctx = TraceContext::child_of(only_traceparent(header), [7; 16], [9; 8]);
             assert_eq!(ctx.trace_id, [7; 16]);
             assert_eq!(ctx.parent_id, None);
             assert_eq!(ctx.parent_id_hex(), "");
@@ -292,7 +446,7 @@ mod tests {
 
     #[test]
     fn child_of_zero_ids_replaced() {
-        let ctx = TraceContext::child_of(None, [0; 16], [0; 8]);
+        let ctx = TraceContext::child_of(only_traceparent(None), [0; 16], [0; 8]);
         assert_ne!(ctx.trace_id, [0; 16]);
         assert_ne!(ctx.span_id, [0; 8]);
     }
