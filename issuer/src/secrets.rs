@@ -278,6 +278,33 @@ mod tests {
     }
 
     #[test]
+    fn open_refuses_another_version() {
+        // The version byte is outside the AEAD (neither ciphertext nor AAD): only the check
+        // refuses a value of another format, which would otherwise decrypt.
+        let key = DataKey::from_bytes(&[7u8; 32]);
+        let mut sealed = key.seal(b"session-key", "session_key:s1").unwrap();
+        sealed[0] = VERSION + 1;
+        assert!(matches!(
+            key.open(&sealed, "session_key:s1"),
+            Err(SecretError::Open)
+        ));
+    }
+
+    #[test]
+    fn open_takes_the_shortest_value_and_refuses_shorter_ones() {
+        // An empty plaintext seals to version, nonce and tag alone: the least `open` accepts.
+        let key = DataKey::from_bytes(&[7u8; 32]);
+        let sealed = key.seal(b"", "a").unwrap();
+        assert_eq!(sealed.len(), 1 + 12 + 16);
+        assert!(key.open(&sealed, "a").unwrap().is_empty());
+        // A truncated row (even one keeping the version byte) is refused, not sliced into a
+        // panic.
+        for len in 0..sealed.len() {
+            assert!(key.open(&sealed[..len], "a").is_err(), "{len} bytes");
+        }
+    }
+
+    #[test]
     fn hmac_of_a_32_byte_key_is_hmac() {
         // The same MAC as `new_from_slice` gives for that key.
         let key = [0x0bu8; 32];

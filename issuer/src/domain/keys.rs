@@ -362,6 +362,19 @@ mod tests {
     }
 
     #[test]
+    fn sealed_material_is_bound_to_signing_key_and_its_kid() {
+        // The AAD `signing_key:<kid>` is part of the stored format: the keys sealed by an
+        // earlier build must still open under it.
+        let data_key = DataKey::from_bytes(&[3u8; 32]);
+        let key = generate(Algorithm::HS256);
+        let record = seal(&key, &data_key, 1, 1).unwrap();
+        let material = data_key
+            .open(&record.sealed, &format!("signing_key:{}", key.kid()))
+            .unwrap();
+        assert_eq!(SigningKey::hmac(&material).unwrap().kid(), key.kid());
+    }
+
+    #[test]
     fn from_file_reads_pem_and_hs256_secret() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
@@ -425,6 +438,23 @@ mod tests {
         let longer = ring(&erased, &data_key, 200, 1_000).unwrap();
         assert_eq!(longer.jwks.keys.len(), 1);
         assert_eq!(longer.signing.kid(), new.kid());
+    }
+
+    #[test]
+    fn ring_cell_serves_the_replacement_and_leaves_a_held_ring_whole() {
+        // The key reload swaps the ring: what a request takes afterwards signs with the new
+        // key, while a request still holding the old ring keeps it intact.
+        let data_key = DataKey::from_bytes(&[3u8; 32]);
+        let old = generate(Algorithm::EdDSA);
+        let new = generate(Algorithm::EdDSA);
+        let ring_of = |key: &SigningKey| {
+            ring(&[seal(key, &data_key, 0, 0).unwrap()], &data_key, 1, 10).unwrap()
+        };
+        let cell = KeyRingCell::new(ring_of(&old));
+        let held = cell.current();
+        cell.replace(ring_of(&new));
+        assert_eq!(cell.current().signing.kid(), new.kid());
+        assert_eq!(held.signing.kid(), old.kid());
     }
 
     #[test]

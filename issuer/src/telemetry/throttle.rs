@@ -96,6 +96,16 @@ mod tests {
         assert_eq!(throttle.admit_at("wechat", at(19)), Some(1));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn admit_counts_the_interval_on_the_runtime_clock() {
+        // What the call sites use: `admit_at` at tokio's now (paused here, so stepped).
+        let throttle = Throttle::new(INTERVAL);
+        assert_eq!(throttle.admit("store"), Some(0));
+        assert_eq!(throttle.admit("store"), None);
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(throttle.admit("store"), Some(1));
+    }
+
     #[test]
     fn past_the_most_keys_the_one_written_longest_ago_is_forgotten() {
         let throttle = Throttle::new(Duration::from_secs(10));

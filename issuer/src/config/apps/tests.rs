@@ -455,3 +455,18 @@ fn debug_hides_secret() {
     assert!(!text.contains("s2"), "{text}");
     assert!(!text.contains("file-secret"), "{text}");
 }
+
+/// `as_str` names a kind as the apps file spells it: the errors naming an app's kind (at
+/// start, and the API's 400s for a route of another kind) tell the operator the word to write.
+#[test]
+fn kind_names_are_the_apps_file_spelling() {
+    for kind in [
+        AppKind::Miniprogram,
+        AppKind::OfficialAccount,
+        AppKind::Website,
+        AppKind::Plugin,
+    ] {
+        let named: AppKind = serde_json::from_value(kind.as_str().into()).unwrap();
+        assert_eq!(named, kind);
+    }
+}
