@@ -160,13 +160,12 @@ mod tests {
 
     #[test]
     fn free_port_below_the_ephemeral_range_never_twice_in_a_process() {
+        // Not bound again here: the other test processes of a run take ports from the same
+        // range, and one had taken a port given here before this test re-bound it (a failed
+        // CI run as a normal user). That a port was free when given is `free_port`'s own bind.
         let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
         for port in &ports {
             assert!(PORT_RANGE.contains(port), "{port}");
-            assert!(
-                TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_ok(),
-                "{port}"
-            );
         }
         let mut unique = ports.clone();
         unique.sort_unstable();
