@@ -80,6 +80,8 @@ pub struct Fetcher {
     last_prune_ms: u64,
     /// Spreads the floored polls of many Envoys.
     seed: u64,
+    /// When (the fetcher's clock) the last full set came for a poll that held one.
+    last_restart_ms: Option<u64>,
     /// How long an entry is kept past its `until` (s): the clock skew tokens are accepted with
     /// past their `exp` (`clock_skew_seconds`). The issuer's `until` allows for its own
     /// leeway only; an entry dropped sooner than the filter stops accepting the token would
@@ -130,6 +132,7 @@ impl Fetcher {
             resumed: false,
             last_prune_ms: now_ms,
             seed,
+            last_restart_ms: None,
             keep_past_until_s: config.validation.leeway.max(0),
             staging: Staging::default(),
             jwks_wanted: false,
@@ -540,6 +543,14 @@ impl Fetcher {
                 self.resumed = false;
                 let seq = page.seq;
                 let full_page = refresh::is_full_page(page.entries);
+                let restarted_again = page.full
+                    && since != 0
+                    && self
+                        .last_restart_ms
+                        .replace(now.mono_ms)
+                        .is_some_and(|last| {
+                            now.mono_ms.saturating_sub(last) < refresh::RESTART_WINDOW_MS
+                        });
                 self.apply(publish, report, page, now);
                 self.seed = self
                     .seed
@@ -552,6 +563,7 @@ impl Fetcher {
                     (!prompt).then_some(wait_ms),
                     self.seed,
                     full_page,
+                    restarted_again,
                 );
                 if let NextPoll::Floor(ms) = next {
                     report.count("feed_poll_floored");
@@ -1115,6 +1127,77 @@ mod tests {
             calls + 1,
             "asked again after the floor"
         );
+    }
+
+    /// Whatever a misbehaving issuer (or whatever answers for it) sends, the feed is not asked
+    /// in a loop: a minute of answers given at once — the same seq again (a proxy that does not
+    /// hold long polls), a set starting over at the seq held, errors, garbage, two issuers on
+    /// two stores behind one address answering in turn — makes at most about one poll a second.
+    #[test]
+    fn no_issuer_answer_makes_the_feed_polled_in_a_loop() {
+        let held = page_body(1, 10, true);
+        /// An answer: its HTTP status and body.
+        type Answer = (u32, Vec<u8>);
+        let cases: Vec<(&str, Vec<Answer>)> = vec![
+            (
+                "same seq, empty",
+                vec![(
+                    200,
+                    br#"{"seq":10,"full":false,"now":1700000000,"entries":[]}"#.to_vec(),
+                )],
+            ),
+            ("the same set again", vec![(200, page_body(1, 10, true))]),
+            ("HTTP 503", vec![(503, b"busy".to_vec())]),
+            ("garbage", vec![(200, b"<html>".to_vec())]),
+            ("seq gone back", vec![(200, page_body(1, 3, true))]),
+            (
+                "two stores in turn",
+                vec![(200, page_body(1, 10, true)), (200, page_body(1, 20, true))],
+            ),
+            (
+                "two stores in turn, one answering a delta",
+                vec![
+                    (200, page_body(11, 10, false)),
+                    (200, page_body(1, 10, true)),
+                ],
+            ),
+        ];
+        let mut loops = Vec::new();
+        for (case, answers) in cases {
+            let mut rig = Rig::polling();
+            rig.answer_call(1, jwks_json().as_bytes(), NOW);
+            rig.answer(&held, NOW);
+            let is_feed = |rig: &Rig, id: u64| rig.issuer.path(id).starts_with("/v1/revocations");
+            let mut answered = rig.issuer.calls.len() as u64;
+            let mut polls = 0;
+            let mut turn = 0;
+            let mut now = NOW;
+            while now < NOW + 60_000 && polls <= 1_000 {
+                rig.tick(now);
+                while answered < rig.issuer.calls.len() as u64 && polls <= 1_000 {
+                    answered += 1;
+                    if !is_feed(&rig, answered) {
+                        rig.answer_call(answered, jwks_json().as_bytes(), now);
+                        continue;
+                    }
+                    polls += 1;
+                    let (status, body) = &answers[turn % answers.len()];
+                    turn += 1;
+                    let Rig {
+                        fetcher,
+                        store,
+                        issuer,
+                        log,
+                    } = &mut rig;
+                    fetcher.on_response(store, issuer, log, answered, *status, &[body], at(now));
+                }
+                now += 10;
+            }
+            if polls > 120 {
+                loops.push(format!("{case}: {polls} polls in {} ms", now - NOW));
+            }
+        }
+        assert!(loops.is_empty(), "{loops:#?}");
     }
 
     #[test]

@@ -232,8 +232,9 @@ impl NextPoll {
 /// Decides when to poll the feed again after answer `seq` to a poll with `since` that was
 /// dispatched `elapsed_ms` ago asking to be held `wait_ms` (`None`: a page of a load, asked
 /// for without wait — the long poll follows its answer at once); `full_page`: the answer was a
-/// full page ([`is_full_page`], more announced). `entropy` is any per-VM varying number (it
-/// picks the jitter).
+/// full page ([`is_full_page`], more announced); `restarted_again`: the answer is a full set
+/// for a poll that held one (`since` not 0), the second such within [`RESTART_WINDOW_MS`].
+/// `entropy` is any per-VM varying number (it picks the jitter).
 ///
 /// News is a change of seq: the issuer's answers carry the seq of their last entry (a page
 /// with more to follow ends below the current seq), so an answer with the caller's own seq has
@@ -245,8 +246,15 @@ pub fn next_feed_poll(
     wait_ms: Option<u64>,
     entropy: u64,
     full_page: bool,
+    restarted_again: bool,
 ) -> NextPoll {
-    if seq != since {
+    if restarted_again {
+        // A full set for a poll that held one, the second within [`RESTART_WINDOW_MS`]: the
+        // issuer starts the caller over again and again — two issuers on two stores behind
+        // one address (each answer's seq is news to the other's), or one losing its state.
+        // News every time, asked for at once it would be a loop of whole sets; paced.
+        NextPoll::Floor(FEED_FLOOR_MS + entropy % FEED_FLOOR_JITTER_MS)
+    } else if seq != since {
         NextPoll::Now
     } else if seq == 0 {
         NextPoll::Empty(EMPTY_FEED_POLL_MS)
@@ -264,6 +272,11 @@ pub fn next_feed_poll(
         NextPoll::Floor(FEED_FLOOR_MS + entropy % FEED_FLOOR_JITTER_MS)
     }
 }
+
+/// How close two full sets for polls that held one are taken as the issuer starting the caller
+/// over again and again ([`next_feed_poll`]'s `restarted_again`). An issuer starts a reader
+/// over rarely (its purge passed the reader's place, a restored backup): once, then deltas.
+pub const RESTART_WINDOW_MS: u64 = 10_000;
 
 /// The most entries the issuer puts in one feed answer (docs/INTERFACES.md, "Revocation
 /// feed"): an answer this long has more behind it, asked for at once.
@@ -481,12 +494,12 @@ mod tests {
     #[test]
     fn next_feed_poll_news_polls_at_once() {
         assert_eq!(
-            next_feed_poll(5, 6, 3, Some(20_000), 7, false),
+            next_feed_poll(5, 6, 3, Some(20_000), 7, false, false),
             NextPoll::Now
         );
         // A new full set at another seq (after a purge, or the first since=0) is news too.
         assert_eq!(
-            next_feed_poll(0, 4, 3, Some(20_000), 7, false),
+            next_feed_poll(0, 4, 3, Some(20_000), 7, false, false),
             NextPoll::Now
         );
     }
@@ -494,7 +507,7 @@ mod tests {
     #[test]
     fn next_feed_poll_empty_issuer_polls_at_the_empty_period() {
         assert_eq!(
-            next_feed_poll(0, 0, 2, Some(20_000), 7, false),
+            next_feed_poll(0, 0, 2, Some(20_000), 7, false, false),
             NextPoll::Empty(EMPTY_FEED_POLL_MS)
         );
     }
@@ -502,27 +515,30 @@ mod tests {
     #[test]
     fn next_feed_poll_held_for_the_wait_polls_at_once() {
         assert_eq!(
-            next_feed_poll(9, 9, 20_000, Some(20_000), 7, false),
+            next_feed_poll(9, 9, 20_000, Some(20_000), 7, false, false),
             NextPoll::Held
         );
         assert_eq!(NextPoll::Held.delay_ms(), 0);
         // `wait_seconds: 0` holds nothing: floored, not a poll per round trip.
         assert!(matches!(
-            next_feed_poll(9, 9, 0, Some(0), 7, false),
+            next_feed_poll(9, 9, 0, Some(0), 7, false, false),
             NextPoll::Floor(_)
         ));
         assert!(matches!(
-            next_feed_poll(9, 9, 30, Some(0), 7, false),
+            next_feed_poll(9, 9, 30, Some(0), 7, false, false),
             NextPoll::Floor(_)
         ));
         // A load's last page (asked without wait): the long poll at once.
-        assert_eq!(next_feed_poll(9, 9, 0, None, 7, false), NextPoll::Held);
+        assert_eq!(
+            next_feed_poll(9, 9, 0, None, 7, false, false),
+            NextPoll::Held
+        );
     }
 
     #[test]
     fn next_feed_poll_early_answer_without_news_waits_the_jittered_floor() {
         for entropy in [0, 1, 499, 500, u64::MAX] {
-            let next = next_feed_poll(9, 9, 5, Some(20_000), entropy, false);
+            let next = next_feed_poll(9, 9, 5, Some(20_000), entropy, false, false);
             assert!(matches!(next, NextPoll::Floor(_)), "{next:?}");
             let delay = next.delay_ms();
             assert!(
@@ -531,8 +547,8 @@ mod tests {
             );
         }
         assert_ne!(
-            next_feed_poll(9, 9, 5, Some(20_000), 1, false).delay_ms(),
-            next_feed_poll(9, 9, 5, Some(20_000), 2, false).delay_ms()
+            next_feed_poll(9, 9, 5, Some(20_000), 1, false, false).delay_ms(),
+            next_feed_poll(9, 9, 5, Some(20_000), 2, false, false).delay_ms()
         );
     }
 
@@ -540,7 +556,7 @@ mod tests {
     fn next_feed_poll_repeated_full_set_at_the_same_seq_is_floored() {
         // A server at seq 1 that answers every poll with its full set.
         assert!(matches!(
-            next_feed_poll(1, 1, 0, Some(20_000), 3, false),
+            next_feed_poll(1, 1, 0, Some(20_000), 3, false, false),
             NextPoll::Floor(_)
         ));
     }
@@ -548,14 +564,34 @@ mod tests {
     #[test]
     fn next_feed_poll_a_full_page_repeated_during_a_load_is_floored() {
         // A load's pages are asked for at once (no wait): the next page, or the last.
-        assert_eq!(next_feed_poll(9, 12, 0, None, 3, true), NextPoll::Now);
-        assert_eq!(next_feed_poll(9, 9, 0, None, 3, false), NextPoll::Held);
+        assert_eq!(
+            next_feed_poll(9, 12, 0, None, 3, true, false),
+            NextPoll::Now
+        );
+        assert_eq!(
+            next_feed_poll(9, 9, 0, None, 3, false, false),
+            NextPoll::Held
+        );
         // A full page ending at the caller's own seq moved nothing: an issuer sending the
         // first page of its set again (a since below its purge watermark) is paced, not asked
         // again at once for ever.
-        let next = next_feed_poll(9, 9, 0, None, 3, true);
+        let next = next_feed_poll(9, 9, 0, None, 3, true, false);
         assert!(matches!(next, NextPoll::Floor(_)), "{next:?}");
         assert!(next.delay_ms() >= FEED_FLOOR_MS);
+    }
+
+    #[test]
+    fn next_feed_poll_a_set_started_over_again_is_floored() {
+        // News (another seq), yet the second full set within the window for a poll that held
+        // one: paced, whatever its seq.
+        for seq in [5, 9, 12] {
+            let next = next_feed_poll(9, seq, 0, Some(20_000), 3, false, true);
+            assert!(matches!(next, NextPoll::Floor(_)), "{seq}: {next:?}");
+        }
+        assert_eq!(
+            next_feed_poll(9, 12, 0, Some(20_000), 3, false, false),
+            NextPoll::Now
+        );
     }
 
     fn schedule() -> Schedule {
