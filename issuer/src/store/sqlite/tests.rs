@@ -111,9 +111,10 @@ async fn sqlite_busy_error_keeps_source() {
     assert!(std::error::Error::source(&err).is_some());
 }
 
-/// The purge finds expired rows by each table's expiry index: without one it scanned the
-/// sessions, refresh-token and revocation tables whole (0.3 s at a million tokens, holding the
-/// writer and the connection every other call waits for).
+/// The purge finds expired rows by each table's expiry index, and the revocations by their
+/// seq, stopping at the first live one: without them it scanned the sessions, refresh-token
+/// and revocation tables whole (0.3 s at a million tokens, holding the writer and the
+/// connection every other call waits for).
 #[test]
 fn sqlite_purge_deletes_find_rows_by_their_expiry_index() {
     let dir = tempfile::tempdir().unwrap();
