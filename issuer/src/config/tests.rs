@@ -8,6 +8,13 @@ fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
     load_for(vars, Mode::Serve)
 }
 
+/// The errors of `var=value` (with the variables every start needs), which name `var` alone.
+fn refused_naming(var: &'static str, value: &'static str) -> ConfigErrors {
+    let err = load(&with(&[(var, value)])).unwrap_err();
+    assert_eq!(err.vars(), [var], "{var}={value}: {err}");
+    err
+}
+
 fn load_for(vars: &[(&str, &str)], mode: Mode) -> Result<Config, ConfigErrors> {
     let map: HashMap<String, String> = vars
         .iter()
@@ -321,8 +328,7 @@ fn config_bad_values_name_their_variable() {
         ("WEAUTH_REDIS_PREFIX", "weauth{a}:"),
         ("WEAUTH_REDIS_PREFIX", "we}auth:"),
     ] {
-        let err = load(&with(&[(var, value)])).unwrap_err();
-        assert_eq!(err.vars(), [var], "{var}={value}: {err}");
+        refused_naming(var, value);
     }
 }
 
@@ -337,8 +343,7 @@ fn config_base_url_with_query_or_fragment_alone_refused() {
         ("WEAUTH_WECHAT_API_BASE", "https://api.weixin.qq.com/?x=1"),
         ("WEAUTH_WECHAT_OPEN_BASE", "https://open.weixin.qq.com#frag"),
     ] {
-        let err = load(&with(&[(var, value)])).unwrap_err();
-        assert_eq!(err.vars(), [var], "{var}={value}: {err}");
+        let err = refused_naming(var, value);
         assert!(err.to_string().contains("query or fragment"), "{err}");
     }
 }
@@ -427,8 +432,7 @@ fn config_shortcut_is_one_miniprogram_and_web_defaults() {
         ("WEAUTH_COOKIE_SECURE", "maybe"),
         ("WEAUTH_WECHAT_OPEN_BASE", "open.weixin.qq.com"),
     ] {
-        let err = load(&with(&[(var, value)])).unwrap_err();
-        assert_eq!(err.vars(), [var], "{var}={value}: {err}");
+        refused_naming(var, value);
     }
 }
 

@@ -201,8 +201,6 @@ impl SpanData {
 pub struct OtlpLayer {
     tx: mpsc::Sender<Value>,
     sampler: Sampler,
-    /// Spans dropped because the queue was full (the exporter reports them).
-    dropped: Arc<AtomicU64>,
     counts: Arc<SpanCounts>,
 }
 
@@ -210,7 +208,6 @@ pub struct OtlpLayer {
 /// on the way (a full queue: the collector is behind).
 pub struct SpanReceiver {
     rx: mpsc::Receiver<Value>,
-    dropped: Arc<AtomicU64>,
     counts: Arc<SpanCounts>,
 }
 
@@ -235,20 +232,14 @@ pub struct SpanCounts {
 /// The layer and the receiving end its exporter ([`export`]) reads.
 pub fn layer(sampler: Sampler) -> (OtlpLayer, SpanReceiver) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let dropped = Arc::new(AtomicU64::new(0));
     let counts = Arc::new(SpanCounts::default());
     (
         OtlpLayer {
             tx,
             sampler,
-            dropped: Arc::clone(&dropped),
             counts: Arc::clone(&counts),
         },
-        SpanReceiver {
-            rx,
-            dropped,
-            counts,
-        },
+        SpanReceiver { rx, counts },
     )
 }
 
@@ -334,7 +325,6 @@ where
                     .try_send(data.to_otlp(SystemClock.now_nanos()))
                     .is_err()
                 {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
                     self.counts.queue_full.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -376,11 +366,9 @@ pub async fn export(
     receiver: SpanReceiver,
     flush: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let SpanReceiver {
-        mut rx,
-        dropped,
-        counts,
-    } = receiver;
+    let SpanReceiver { mut rx, counts } = receiver;
+    // The full queue's drops already reported in the log (the counter only grows).
+    let mut reported_full = 0;
     let mut flush = std::pin::pin!(flush);
     let mut stopping = false;
     let client = reqwest::Client::new();
@@ -389,7 +377,9 @@ pub async fn export(
     loop {
         if last_drop_report.elapsed() >= Duration::from_secs(60) {
             last_drop_report = tokio::time::Instant::now();
-            let lost = dropped.swap(0, Ordering::Relaxed);
+            let full = counts.queue_full.load(Ordering::Relaxed);
+            let lost = full.saturating_sub(reported_full);
+            reported_full = full;
             if lost > 0 {
                 tracing::warn!(url = %config.endpoint_for_log(), dropped = lost, "OTLP export: spans dropped in the last minute, the queue was full (the collector does not keep up: raise its capacity, or sample fewer traces with OTEL_TRACES_SAMPLER_ARG)");
             }
@@ -533,7 +523,6 @@ mod tests {
             }
         });
         assert_eq!(receiver.rx.len(), QUEUE);
-        assert_eq!(receiver.dropped.load(Ordering::Relaxed), 3);
         assert_eq!(receiver.counts().queue_full.load(Ordering::Relaxed), 3);
     }
 
