@@ -3,8 +3,8 @@
 //!
 //! A token bucket per key (a client's address, a user's `sub`): `burst` tokens, refilled at
 //! `per_minute`. The table is bounded: when full, buckets that have refilled completely
-//! (indistinguishable from new ones) are dropped, and if none has, the oldest-touched half
-//! goes.
+//! (indistinguishable from new ones) are dropped, and if none has, the half holding the most
+//! tokens goes (the oldest-touched first among equals).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -90,13 +90,25 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     fn evict(&mut self, now: f64) {
         let (per_second, burst) = (self.per_second, self.burst);
-        self.buckets
-            .retain(|_, b| b.tokens + (now - b.updated).max(0.0) * per_second < burst);
+        let level = |b: &Bucket| (b.tokens + (now - b.updated).max(0.0) * per_second).min(burst);
+        self.buckets.retain(|_, b| level(b) < burst);
         if self.buckets.len() >= self.max_clients {
-            let mut times: Vec<f64> = self.buckets.values().map(|b| b.updated).collect();
-            times.sort_by(|a, b| a.total_cmp(b));
-            let cutoff = times[times.len() / 2];
-            self.buckets.retain(|_, b| b.updated > cutoff);
+            // Exactly half goes: the buckets holding the most tokens now (dropping a bucket
+            // gives its client a full one, so these lose the least), the oldest-touched
+            // first among equals. Not "every bucket touched at or before the median time":
+            // touched in one instant (a burst of new addresses), that was every bucket, and
+            // each limited client's was reset.
+            let mut ranked: Vec<(f64, f64, K)> = self
+                .buckets
+                .iter()
+                .map(|(key, b)| (level(b), b.updated, key.clone()))
+                .collect();
+            let half = ranked.len() / 2;
+            ranked
+                .select_nth_unstable_by(half, |a, b| b.0.total_cmp(&a.0).then(a.1.total_cmp(&b.1)));
+            for (_, _, key) in &ranked[..half] {
+                self.buckets.remove(key);
+            }
         }
     }
 
@@ -242,6 +254,27 @@ mod tests {
             limiter.check(&client(i), 5.0).unwrap();
         }
         assert!(limiter.tracked() <= 16, "{}", limiter.tracked());
+    }
+
+    /// A full table whose buckets were all touched in the same instant drops half of them for
+    /// a newcomer, those holding the most tokens: it dropped every one (the median time was
+    /// every bucket's), and a burst of new addresses in one instant reset each limited
+    /// client's bucket.
+    #[test]
+    fn limiter_full_table_touched_in_one_instant_drops_the_fullest_half() {
+        let mut limiter = RateLimiter::new(60, 3, 16);
+        let limited = ip("10.0.0.1");
+        for _ in 0..3 {
+            limiter.check(&limited, 5.0).unwrap();
+        }
+        for i in 0..15u32 {
+            let other = IpAddr::from((0x0b00_0000 + i).to_be_bytes());
+            limiter.check(&other, 5.0).unwrap();
+        }
+        assert_eq!(limiter.tracked(), 16);
+        limiter.check(&ip("12.0.0.1"), 5.0).unwrap();
+        assert_eq!(limiter.tracked(), 9);
+        assert_eq!(limiter.check(&limited, 5.0), Err(RetryAfter(1)));
     }
 
     /// A tracked client asking again while the table is full evicts nothing: its own empty
