@@ -811,9 +811,19 @@ impl RedisStore {
 
     /// Runs one Lua script call, its keys and arguments already set: the one place a script
     /// is invoked, its failure mapped and reacted to like any other command's ([`Self::op`]).
+    ///
+    /// On a cluster a refusal (`OOM`, `BUSY`, `NOREPLICAS`: [`StoreError::Busy`]) is answered
+    /// as unconfirmed ([`StoreError::Unavailable`], `write_unconfirmed`): the cluster client
+    /// sends a command again by itself on a new connection when the old one closed before the
+    /// answer came, so the refusal can be the second run's, the first one applied — a refresh
+    /// token rotated, answered "busy", presented again after the reuse grace as a theft.
     async fn eval<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
         self.op(|mut conn| async move { call.invoke_async(&mut conn).await })
             .await
+            .map_err(|err| match err {
+                StoreError::Busy(source) if self.cluster() => StoreError::Unavailable(source),
+                other => other,
+            })
     }
 
     /// Takes one token for `key` from the shared bucket in `space` ([`LOGIN_BUCKETS`],

@@ -408,3 +408,36 @@ async fn cluster_a_replica_in_its_first_full_sync_is_not_counted() {
     assert_eq!(store.check_health().await.replicas, Some(0));
     replicas_become(Some(1)).await;
 }
+
+/// A cluster primary refusing a write (`OOM` under `noeviction`) is answered as a write not
+/// confirmed (`write_unconfirmed`, `store_unreachable_answer_says_…`): the cluster client resends a command whose connection closed before its answer,
+/// so the refusal may be a second run's, the first applied (a single Redis's refusal stays
+/// `Busy`: `redis_out_of_memory_is_unavailable`). Its own cluster: the shared one's nodes
+/// carry every other test's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_write_refused_is_answered_unconfirmed() {
+    use crate::store::contract::login;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let store = RedisStore::connect(RedisOptions {
+        target: cluster_target(&cluster.ports(), None),
+        display: cluster.url(),
+        prefix: "oom:".into(),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_millis(500),
+        allow_eviction: false,
+    })
+    .await
+    .unwrap();
+    for primary in cluster.primaries() {
+        cluster.cli(primary, &["config", "set", "maxmemory", "1"]);
+    }
+    let err = store
+        .login(&login("oom", "o-oom", None, 10))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("OOM"), "{err}");
+}
