@@ -598,7 +598,11 @@ impl Sessions {
             ));
         };
         let phone = match &user.phone {
-            Some(sealed) => Some(userdata::open_phone(&self.data_key, &user.sub, sealed)?),
+            Some(sealed) => Some(
+                userdata::open_phone(&self.data_key, &user.sub, sealed)?
+                    .phone
+                    .phone_number,
+            ),
             None => None,
         };
         let plugin = self

@@ -24,7 +24,11 @@
 //!   key (AES-256-GCM, AAD `phone:<sub>`, base64 in the `phone` column), like the session_key,
 //!   because it is personal data. It is returned (`phoneNumber`, `purePhoneNumber`,
 //!   `countryCode`) and shown by `GET /v1/me` as `phone`. A bad, expired or used code is 400
-//!   `invalid_grant`.
+//!   `invalid_grant` — except the code whose answer is the stored one: the sealed value keeps
+//!   WeChat's whole answer with the SHA-256 of the code it answered ([`StoredPhone`]), and the
+//!   same code sent again by the same user (its answer lost on the way back: WeChat redeems a
+//!   code once) gets that answer again, 200, with no WeChat call. A number stored before
+//!   this (the number alone) still opens; its code is not known.
 //! - checksession: `GET /v1/me/session` → `{"valid": bool}`: WeChat `/wxa/checksession` with
 //!   the app access token, the caller's openid and hex(HMAC-SHA256(key = session_key text,
 //!   "")); WeChat's 87009 (signature mismatch: a later `wx.login` rotated the key) is
@@ -36,18 +40,18 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use weauth_token::Claims;
 
 use crate::config::apps::Apps;
 use crate::config::Config;
 use crate::error::{phone_error, ApiError};
-use crate::secrets::DataKey;
+use crate::secrets::{sha256_hex, DataKey};
 use crate::store::shared::Limiter;
 use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::access_token::{AccessTokens, CallError};
-use crate::wechat::{encrypted_msg_hash, EncryptedCheck, WechatClients};
+use crate::wechat::{encrypted_msg_hash, EncryptedCheck, WechatClients, WechatError};
 
 /// The user-data use cases, with what they use and nothing else.
 pub struct UserData {
@@ -222,7 +226,7 @@ pub fn require_miniprogram(apps: &Apps, claims: &Claims, route: &str) -> Result<
 }
 
 /// The answer of `/v1/me/phone` (WeChat's names).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Phone {
     #[serde(rename = "phoneNumber")]
     pub phone_number: String,
@@ -236,30 +240,54 @@ fn phone_aad(sub: &str) -> String {
     format!("phone:{sub}")
 }
 
-/// Seals a phone number for the `users.phone` column (base64 text).
+/// What the `users.phone` column holds, sealed: WeChat's answer to a phone code and the
+/// SHA-256 (hex) of that code, so that the same code sent again is answered from here. Sealed
+/// as JSON; a value stored before it was kept is the number alone (never starting with `{`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPhone {
+    #[serde(flatten)]
+    pub phone: Phone,
+    pub code_sha256: Option<String>,
+}
+
+/// Seals a phone code's answer for the `users.phone` column (base64 text).
 ///
 /// # Errors
 /// 500 when sealing fails.
-pub fn seal_phone(data_key: &DataKey, sub: &str, phone: &str) -> Result<String, ApiError> {
+pub fn seal_phone(data_key: &DataKey, sub: &str, stored: &StoredPhone) -> Result<String, ApiError> {
+    let plain = serde_json::to_vec(stored).map_err(|err| ApiError::Internal(err.to_string()))?;
     data_key
-        .seal(phone.as_bytes(), &phone_aad(sub))
+        .seal(&plain, &phone_aad(sub))
         .map(|sealed| STANDARD.encode(sealed))
         .map_err(|err| ApiError::Internal(err.to_string()))
 }
 
-/// Opens a phone number sealed by [`seal_phone`].
+/// Opens a value sealed by [`seal_phone`], or a number alone sealed before answers were kept
+/// (its other fields empty, its code unknown).
 ///
 /// # Errors
-/// 500 when the column does not open with the data key.
-pub fn open_phone(data_key: &DataKey, sub: &str, stored: &str) -> Result<String, ApiError> {
+/// 500 when the column does not open with the data key or is neither form.
+pub fn open_phone(data_key: &DataKey, sub: &str, stored: &str) -> Result<StoredPhone, ApiError> {
     let sealed = STANDARD
         .decode(stored)
         .map_err(|_| ApiError::Internal("stored phone is not base64".into()))?;
     let bytes = data_key
         .open(&sealed, &phone_aad(sub))
         .map_err(|err| ApiError::Internal(err.to_string()))?;
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| ApiError::Internal("stored phone is not UTF-8".into()))
+    if bytes.first() == Some(&b'{') {
+        return serde_json::from_slice(&bytes)
+            .map_err(|_| ApiError::Internal("stored phone is not its JSON form".into()));
+    }
+    let number = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::Internal("stored phone is not UTF-8".into()))?;
+    Ok(StoredPhone {
+        phone: Phone {
+            phone_number: number,
+            pure_phone_number: String::new(),
+            country_code: String::new(),
+        },
+        code_sha256: None,
+    })
 }
 
 impl UserData {
@@ -286,18 +314,39 @@ impl UserData {
         }
         require_miniprogram(&self.config.apps, claims, "/v1/me/phone")?;
         let wechat = self.wechat.for_appid(&claims.appid)?;
+        let code_sha256 = sha256_hex(code.as_bytes());
+        if let Some(phone) = self.answer_kept(claims, &code_sha256).await? {
+            return Ok(phone);
+        }
         self.spend_wechat_call(claims, now).await?;
-        let info = self
+        let info = match self
             .access_tokens
             .call_for(&claims.appid, |token| async move {
                 wechat.phone_number(&token, code, &claims.openid).await
             })
             .await
-            .map_err(|err| match err {
-                CallError::Token(token) => ApiError::from(token),
-                CallError::Api(api) => phone_error(api),
-            })?;
-        let sealed = seal_phone(&self.data_key, &claims.sub, &info.phone_number)?;
+        {
+            Ok(info) => info,
+            Err(CallError::Token(token)) => return Err(ApiError::from(token)),
+            Err(CallError::Api(err @ WechatError::InvalidCode { .. })) => {
+                // Used: perhaps by a request with the same code that stored its answer while
+                // this one was on its way to WeChat.
+                return match self.answer_kept(claims, &code_sha256).await? {
+                    Some(phone) => Ok(phone),
+                    None => Err(phone_error(err)),
+                };
+            }
+            Err(CallError::Api(err)) => return Err(phone_error(err)),
+        };
+        let answer = StoredPhone {
+            phone: Phone {
+                phone_number: info.phone_number,
+                pure_phone_number: info.pure_phone_number,
+                country_code: info.country_code,
+            },
+            code_sha256: Some(code_sha256),
+        };
+        let sealed = seal_phone(&self.data_key, &claims.sub, &answer)?;
         let stored = self
             .store
             .set_phone(&claims.sub, Some(&sealed), now)
@@ -307,12 +356,34 @@ impl UserData {
                 "the token's user no longer exists".into(),
             ));
         }
-        tracing::info!(sub = %claims.sub, country = %info.country_code, "phone number stored");
-        Ok(Phone {
-            phone_number: info.phone_number,
-            pure_phone_number: info.pure_phone_number,
-            country_code: info.country_code,
-        })
+        tracing::info!(sub = %claims.sub, country = %answer.phone.country_code, "phone number stored");
+        Ok(answer.phone)
+    }
+
+    /// The answer stored on the caller's user for the phone code of this hash, if that is the
+    /// code whose answer the user's number is.
+    async fn answer_kept(
+        &self,
+        claims: &Claims,
+        code_sha256: &str,
+    ) -> Result<Option<Phone>, ApiError> {
+        let Some(sealed) = self
+            .store
+            .user(&claims.sub)
+            .await?
+            .and_then(|user| user.phone)
+        else {
+            return Ok(None);
+        };
+        let stored = open_phone(&self.data_key, &claims.sub, &sealed)?;
+        if stored.code_sha256.as_deref() != Some(code_sha256) {
+            return Ok(None);
+        }
+        tracing::info!(
+            sub = %claims.sub,
+            "phone code sent again: answered with the number it stored (WeChat redeems a code once)"
+        );
+        Ok(Some(stored.phone))
     }
 
     /// Asks WeChat whether the caller's session_key is still the user's current one.
@@ -382,5 +453,49 @@ impl UserData {
         String::from_utf8(bytes.to_vec())
             .map(zeroize::Zeroizing::new)
             .map_err(|_| ApiError::Internal("stored session_key is not UTF-8".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> DataKey {
+        DataKey::from_bytes(&[7; 32])
+    }
+
+    fn answer(code: Option<&str>) -> StoredPhone {
+        StoredPhone {
+            phone: Phone {
+                phone_number: "+86 138 0013 8000".into(),
+                pure_phone_number: "13800138000".into(),
+                country_code: "86".into(),
+            },
+            code_sha256: code.map(|code| sha256_hex(code.as_bytes())),
+        }
+    }
+
+    #[test]
+    fn stored_phone_answer_opens_as_sealed_for_its_user_only() {
+        let sealed = seal_phone(&key(), "u_1", &answer(Some("code-1"))).unwrap();
+        assert_eq!(
+            open_phone(&key(), "u_1", &sealed).unwrap(),
+            answer(Some("code-1"))
+        );
+        assert!(!sealed.contains("13800138000"));
+        assert!(
+            open_phone(&key(), "u_2", &sealed).is_err(),
+            "bound to its user"
+        );
+    }
+
+    /// A number sealed alone (before the code's answer was kept) still opens: the number, no
+    /// code — which no code sent again matches.
+    #[test]
+    fn number_sealed_alone_opens_without_a_code() {
+        let sealed = STANDARD.encode(key().seal(b"13800138000", &phone_aad("u_1")).unwrap());
+        let stored = open_phone(&key(), "u_1", &sealed).unwrap();
+        assert_eq!(stored.phone.phone_number, "13800138000");
+        assert_eq!(stored.code_sha256, None);
     }
 }
