@@ -223,10 +223,14 @@ struct Backend {
 /// The data key of a store shared by replicas (Redis, MySQL): config validation makes
 /// `WEAUTH_DATA_KEY` required there, so no key file is read (the path is unused).
 fn shared_data_key(config: &Config) -> Result<DataKey, StartError> {
-    Ok(DataKey::load(
-        config.data_key.as_deref().map(|k| k.as_slice()),
-        std::path::Path::new("WEAUTH_DATA_KEY"),
-    )?)
+    load_data_key(config, std::path::Path::new("WEAUTH_DATA_KEY"))
+}
+
+/// `WEAUTH_DATA_KEY` (or the key file next to `db_path`), opening also what was sealed under
+/// `WEAUTH_DATA_KEY_PREVIOUS`.
+fn load_data_key(config: &Config, db_path: &std::path::Path) -> Result<DataKey, StartError> {
+    let key = DataKey::load(config.data_key.as_deref().map(|k| k.as_slice()), db_path)?;
+    Ok(key.with_previous(&config.data_key_previous)?)
 }
 
 /// The rate limits of this process alone: logins per client, WeChat calls per user.
@@ -255,14 +259,14 @@ async fn open_backend(
 ) -> Result<Backend, StartError> {
     match &config.store {
         StoreUrl::Sqlite(path) => {
-            let (path, key) = (path.clone(), config.data_key.clone());
+            let (path, config_for_key) = (path.clone(), Arc::clone(config));
             let (store, data_key) = tokio::task::spawn_blocking(move || {
                 let store = SqliteStore::open(&path)?;
                 if let Some(now_ms) = serving_at {
                     store.move_seq_past_possible_loss(now_ms)?;
                 }
                 let store: Arc<dyn Store> = Arc::new(store);
-                let data_key = DataKey::load(key.as_deref().map(|k| k.as_slice()), &path)?;
+                let data_key = load_data_key(&config_for_key, &path)?;
                 Ok::<_, StartError>((store, data_key))
             })
             .await

@@ -4,6 +4,12 @@
 //! A sealed value is `version(1) || nonce(12) || ciphertext+tag`, with associated data naming
 //! what it is (`session_key:<sid>`, `signing_key:<kid>`), so a ciphertext copied onto another
 //! row does not decrypt.
+//!
+//! Rotating the data key: the new key becomes `WEAUTH_DATA_KEY` and the old one is listed in
+//! `WEAUTH_DATA_KEY_PREVIOUS`; values are sealed (and refresh successors derived) under the
+//! current key only, and opened under it or, failing that, under each previous key in turn
+//! (AES-GCM's tag tells a wrong key: no key id is stored, so values sealed before rotation
+//! was possible open as they are).
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +28,7 @@ const VERSION: u8 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error(
-        "a sealed value failed to decrypt (wrong WEAUTH_DATA_KEY, or the row was tampered with)"
+        "a sealed value failed to decrypt (wrong WEAUTH_DATA_KEY — after a rotation, list the key it replaced in WEAUTH_DATA_KEY_PREVIOUS — or the row was tampered with)"
     )]
     Open,
     #[error("encryption failed")]
@@ -63,6 +69,8 @@ impl<T: zeroize::Zeroize> std::fmt::Debug for Secret<T> {
 pub struct DataKey {
     cipher: Aes256Gcm,
     derive: Hmac<Sha256>,
+    /// Keys that only open values (`WEAUTH_DATA_KEY_PREVIOUS`), tried after `cipher`.
+    previous: std::sync::Arc<[Aes256Gcm]>,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -81,7 +89,35 @@ impl DataKey {
         DataKey {
             cipher: Aes256Gcm::new(bytes.into()),
             derive: hmac_of(&derived),
+            previous: std::sync::Arc::new([]),
         }
+    }
+
+    /// This key, also opening values sealed under each of `previous` (a rotation's old keys,
+    /// tried in order after this one). A previous key that is this key is refused: listed by
+    /// mistake for the new one, it would mean no rotation took place.
+    ///
+    /// # Errors
+    /// [`SecretError::KeyFile`] naming `WEAUTH_DATA_KEY_PREVIOUS` when one of them is this key.
+    pub fn with_previous(self, previous: &[[u8; 32]]) -> Result<DataKey, SecretError> {
+        let probe = self.seal(b"", "previous key check")?;
+        let previous: Vec<Aes256Gcm> = previous
+            .iter()
+            .map(|key| Aes256Gcm::new(key.into()))
+            .collect();
+        if previous
+            .iter()
+            .any(|key| open_with(key, &probe, "previous key check").is_ok())
+        {
+            return Err(SecretError::KeyFile {
+                path: PathBuf::from("WEAUTH_DATA_KEY_PREVIOUS"),
+                reason: "holds the current data key (WEAUTH_DATA_KEY or its file): list only the keys it replaced".into(),
+            });
+        }
+        Ok(DataKey {
+            previous: previous.into(),
+            ..self
+        })
     }
 
     /// 32 bytes that only a holder of this key can compute from `input`, the same on every
@@ -119,26 +155,16 @@ impl DataKey {
         Ok(out)
     }
 
-    /// Decrypts a value sealed with [`DataKey::seal`] under the same `aad`.
+    /// Decrypts a value sealed with [`DataKey::seal`] under the same `aad`, by this key or a
+    /// previous one ([`DataKey::with_previous`]).
     ///
     /// # Errors
     /// [`SecretError::Open`] on a wrong key, wrong `aad`, or damaged value.
     pub fn open(&self, sealed: &[u8], aad: &str) -> Result<Zeroizing<Vec<u8>>, SecretError> {
-        if sealed.len() < 1 + 12 + 16 || sealed[0] != VERSION {
-            return Err(SecretError::Open);
-        }
-        let (nonce, ciphertext) = sealed[1..].split_at(12);
-        let nonce: [u8; 12] = nonce.try_into().map_err(|_| SecretError::Open)?;
-        self.cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| SecretError::Open)
+        std::iter::once(&self.cipher)
+            .chain(self.previous.iter())
+            .find_map(|cipher| open_with(cipher, sealed, aad).ok())
+            .ok_or(SecretError::Open)
     }
 
     /// The configured key, or the key file next to the database (created with mode 0600 on
@@ -187,6 +213,29 @@ impl DataKey {
             Err(err) => Err(fail(err.to_string())),
         }
     }
+}
+
+/// Decrypts `sealed` (`version || nonce || ciphertext+tag`) with one key.
+fn open_with(
+    cipher: &Aes256Gcm,
+    sealed: &[u8],
+    aad: &str,
+) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    if sealed.len() < 1 + 12 + 16 || sealed[0] != VERSION {
+        return Err(SecretError::Open);
+    }
+    let (nonce, ciphertext) = sealed[1..].split_at(12);
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| SecretError::Open)?;
+    cipher
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| SecretError::Open)
 }
 
 /// HMAC-SHA256 keyed with 32 bytes: the key zero-padded to SHA-256's 64-byte block, as HMAC
@@ -302,6 +351,54 @@ mod tests {
         for len in 0..sealed.len() {
             assert!(key.open(&sealed[..len], "a").is_err(), "{len} bytes");
         }
+    }
+
+    /// A rotated key: values sealed under the old key open with the old key listed as
+    /// previous; new values are sealed under the new key only (the old one alone cannot open
+    /// them); the successor derivation is the current key's.
+    #[test]
+    fn rotated_key_opens_the_old_values_and_seals_under_the_new() {
+        let old = DataKey::from_bytes(&[7u8; 32]);
+        let sealed_before = old.seal(b"session-key", "session_key:s1").unwrap();
+        let rotated = DataKey::from_bytes(&[8u8; 32])
+            .with_previous(&[[9u8; 32], [7u8; 32]])
+            .unwrap();
+        assert_eq!(
+            rotated
+                .open(&sealed_before, "session_key:s1")
+                .unwrap()
+                .as_slice(),
+            b"session-key"
+        );
+        assert!(rotated.open(&sealed_before, "session_key:s2").is_err());
+        let sealed_after = rotated.seal(b"new", "session_key:s3").unwrap();
+        assert!(old.open(&sealed_after, "session_key:s3").is_err());
+        assert_eq!(
+            DataKey::from_bytes(&[8u8; 32])
+                .open(&sealed_after, "session_key:s3")
+                .unwrap()
+                .as_slice(),
+            b"new"
+        );
+        assert_eq!(
+            rotated.derive("p", b"t"),
+            DataKey::from_bytes(&[8u8; 32]).derive("p", b"t")
+        );
+        // Without the old key listed, the old values stay closed.
+        assert!(DataKey::from_bytes(&[8u8; 32])
+            .open(&sealed_before, "session_key:s1")
+            .is_err());
+    }
+
+    #[test]
+    fn previous_keys_holding_the_current_one_refused() {
+        let err = DataKey::from_bytes(&[8u8; 32])
+            .with_previous(&[[7u8; 32], [8u8; 32]])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("WEAUTH_DATA_KEY_PREVIOUS"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -985,3 +985,49 @@ async fn phone_unknown_errcode_502_named_in_the_log() {
     assert!(!body.to_string().contains("40097"), "{body}");
     stack.issuer.log_with(&["request failed", "40097"]).await;
 }
+
+/// Rotating the data key (docs/CONFIGURATION.md, `WEAUTH_DATA_KEY_PREVIOUS`): restarted with a
+/// new `WEAUTH_DATA_KEY` and the old one listed as previous, the issuer opens what the old key
+/// sealed — its signing key (it starts, and the tokens it issued before still work), a
+/// session's session_key, a phone number and the answer kept with it — and seals what it
+/// writes from then on under the new key alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_key_rotated_old_values_open_and_new_ones_are_sealed_under_the_new_key() {
+    use weauth_issuer::secrets::DataKey;
+    const OLD: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+    const NEW: &[u8; 32] = b"fedcba9876543210fedcba9876543210";
+    let b64 = |key: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(key);
+    let mut stack = Stack::start(&[("WEAUTH_DATA_KEY", &b64(OLD))]).await;
+    let (rita, encrypted, iv) =
+        login_and_encrypt(&stack, "rita", json!({"nickName": "Rita"})).await;
+    let code = stack.mock.phone_code("rita", "13800138002");
+    let (status, answer) = phone(&stack, None, &rita, &code).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let env = stack.issuer.env_mut();
+    env.insert("WEAUTH_DATA_KEY".into(), b64(NEW));
+    env.insert("WEAUTH_DATA_KEY_PREVIOUS".into(), b64(OLD));
+    stack.restart().await;
+    let (status, body) =
+        decrypt(&stack, &rita, json!({"encryptedData": encrypted, "iv": iv})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["nickName"], "Rita");
+    let (status, me, _) = stack.get("/v1/me", Some(&rita)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["phone"], "13800138002");
+    assert_eq!(phone(&stack, None, &rita, &code).await, (200, answer));
+
+    let later = token(&stack.login("sam").await);
+    let sid = common::payload(&later)["sid"].as_str().unwrap().to_string();
+    let conn = rusqlite::Connection::open(stack.db_path()).unwrap();
+    let sealed: Vec<u8> = conn
+        .query_row(
+            "SELECT session_key FROM sessions WHERE sid = ?1",
+            [&sid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let aad = format!("session_key:{sid}");
+    assert!(DataKey::from_bytes(NEW).open(&sealed, &aad).is_ok());
+    assert!(DataKey::from_bytes(OLD).open(&sealed, &aad).is_err());
+}

@@ -27,7 +27,9 @@ use crate::secrets::Secret;
 use weauth_token::Algorithm;
 
 use self::apps::Apps;
-use self::parse::{parse_base_url, parse_canonical_base_url, parse_data_key, parse_store};
+use self::parse::{
+    parse_base_url, parse_canonical_base_url, parse_data_key, parse_previous_data_keys, parse_store,
+};
 pub use self::parse::{parse_duration, parse_log, Source};
 pub use self::variables::{default_of, help_text, unknown_variables, UnknownVar, Var, VARIABLES};
 
@@ -360,6 +362,8 @@ pub struct Config {
     /// ([`crate::domain::tokens::successor_refresh_token`]). Unset: a key file next to the
     /// database is used (created on first start).
     pub data_key: Option<Secret<Vec<u8>>>,
+    /// `WEAUTH_DATA_KEY_PREVIOUS` / `_FILE`: the keys a rotation replaced; they only open.
+    pub data_key_previous: Secret<Vec<[u8; 32]>>,
     /// `WEAUTH_SIGNING_ALG`: `EdDSA` (default), `ES256` or `HS256`.
     pub signing_alg: Algorithm,
     /// `WEAUTH_SIGNING_KEY_FILE`: PKCS#8 PEM (EdDSA, ES256) or the raw HS256 secret
@@ -695,6 +699,10 @@ impl Config {
             None => None,
             Some(text) => errs.ok(parse_data_key(&text)),
         };
+        let data_key_previous = match errs.or(src.secret("WEAUTH_DATA_KEY_PREVIOUS"), None) {
+            None => Secret::default(),
+            Some(text) => errs.or(parse_previous_data_keys(&text), Secret::default()),
+        };
         let alg_text = src.text("WEAUTH_SIGNING_ALG");
         let signing_alg = errs.or(
             Algorithm::from_name(&alg_text).ok_or_else(|| {
@@ -929,6 +937,7 @@ impl Config {
             log,
             log_json,
             data_key,
+            data_key_previous,
             signing_alg,
             signing_key_file,
             key_publish_delay,

@@ -436,16 +436,46 @@ pub(super) fn parse_canonical_base_url(var: &str, text: &str) -> Result<String, 
 }
 
 pub(super) fn parse_data_key(text: &str) -> Result<Secret<Vec<u8>>, ConfigError> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim()))
-        .map_err(|_| bad("WEAUTH_DATA_KEY", "is not base64"))?;
-    if bytes.len() != 32 {
-        return Err(bad(
-            "WEAUTH_DATA_KEY",
-            format!("must decode to 32 bytes, got {}", bytes.len()),
-        ));
+    key_bytes("WEAUTH_DATA_KEY", text).map(|key| Secret::new(key.to_vec()))
+}
+
+/// `WEAUTH_DATA_KEY_PREVIOUS`: the keys a rotation replaced, comma-separated, each as
+/// `WEAUTH_DATA_KEY` is written; at most 8 (each is tried on every value the others fail to
+/// open), none twice.
+pub(super) fn parse_previous_data_keys(text: &str) -> Result<Secret<Vec<[u8; 32]>>, ConfigError> {
+    const VAR: &str = "WEAUTH_DATA_KEY_PREVIOUS";
+    let mut keys = Vec::new();
+    for (i, item) in text.split(',').enumerate() {
+        if item.trim().is_empty() {
+            return Err(bad(
+                VAR,
+                format!("key {} is empty (a comma too many?)", i + 1),
+            ));
+        }
+        let key = key_bytes(VAR, item)
+            .map_err(|err| bad(VAR, format!("key {}: {}", i + 1, err.reason)))?;
+        if keys.contains(&key) {
+            return Err(bad(VAR, format!("key {} is listed twice", i + 1)));
+        }
+        keys.push(key);
     }
-    Ok(Secret::new(bytes))
+    if keys.len() > 8 {
+        return Err(bad(VAR, format!("lists {} keys; at most 8", keys.len())));
+    }
+    Ok(Secret::new(keys))
+}
+
+/// 32 bytes written in base64 (standard, or URL-safe without padding).
+fn key_bytes(var: &str, text: &str) -> Result<[u8; 32], ConfigError> {
+    use base64::Engine;
+    let bytes = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim()))
+            .map_err(|_| bad(var, "is not base64"))?,
+    );
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad(var, format!("must decode to 32 bytes, got {}", bytes.len())))
 }

@@ -576,6 +576,36 @@ fn config_data_key_base64_32_bytes_ok() {
     assert_eq!(config.data_key.unwrap()[31], 31);
 }
 
+/// The keys a data-key rotation replaced: comma-separated, each 32 bytes of base64; none
+/// twice, at most 8; each error names the key by its place.
+#[test]
+fn config_previous_data_keys_listed_and_checked() {
+    use base64::Engine;
+    let key = |byte: u8| base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    let previous = |value: String| load(&with(&[("WEAUTH_DATA_KEY_PREVIOUS", value.leak())]));
+    let config = previous(format!("{}, {}", key(1), key(2))).unwrap();
+    assert_eq!(config.data_key_previous.as_slice(), [[1; 32], [2; 32]]);
+    assert!(load(&with(&[])).unwrap().data_key_previous.is_empty());
+    let nine: Vec<String> = (0..9).map(key).collect();
+    for (value, says) in [
+        (
+            format!("{},c2hvcnQ=", key(1)),
+            "key 2: must decode to 32 bytes, got 5",
+        ),
+        (format!("{},", key(1)), "key 2 is empty"),
+        (format!("{},not base64!", key(1)), "key 2: is not base64"),
+        (
+            format!("{0},{1},{0}", key(1), key(2)),
+            "key 3 is listed twice",
+        ),
+        (nine.join(","), "lists 9 keys; at most 8"),
+    ] {
+        let err = previous(value.clone()).unwrap_err();
+        assert_eq!(err.vars(), ["WEAUTH_DATA_KEY_PREVIOUS"], "{err}");
+        assert!(err.to_string().contains(says), "{value}: {err}");
+    }
+}
+
 #[test]
 fn ipnet_contains_matches_prefix() {
     let net = IpNet::parse("10.1.0.0/16").unwrap();

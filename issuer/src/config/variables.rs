@@ -168,6 +168,10 @@ pub const VARIABLES: &[Var] = &[
         "WEAUTH_DATA_KEY",
         "base64 of 32 bytes encrypting secrets at rest and deriving each refresh token's successor (unset: <db>.datakey, created 0600)",
     ),
+    secret(
+        "WEAUTH_DATA_KEY_PREVIOUS",
+        "comma-separated base64 keys a rotation replaced: they only open values sealed under them (at most 8)",
+    ),
     var("WEAUTH_SIGNING_ALG", "EdDSA", "EdDSA, ES256 or HS256"),
     var(
         "WEAUTH_SIGNING_KEY_FILE",
