@@ -88,3 +88,8 @@ pub fn rate_limit(space: &str, key: impl Display) -> String {
 pub fn ephemeral(name: impl Display) -> String {
     format!("eph:{name}")
 }
+
+/// An ephemeral value once taken, marked with its taker (kept 60 s for the take sent again).
+pub fn ephemeral_taken(name: impl Display) -> String {
+    format!("eph_taken:{name}")
+}

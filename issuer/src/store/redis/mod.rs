@@ -36,7 +36,7 @@
 //! | `P purged_through` | `{P}…` | string | purge watermark |
 //! | `P access_ttls` | `{P}…` | hash | access-token lifetime (s) → when a replica last reported issuing it |
 //! | `P keys` | `{P}…` | hash | kid → signing key record JSON |
-//! | `P eph:<name>`, `P eph_exp` | `{P}…` | string, zset | web-login state and its expiry index |
+//! | `P eph:<name>`, `P eph_exp`, `P eph_taken:<name>` | `{P}…` | hash, zset, hash | web-login state, its expiry index, and a state taken (60 s, for the take's resend) |
 //! | `P wx:<appid>` | `P{wx:<appid>}` | hash | WeChat app token and its refresh lease |
 //! | `P rl:<ip>` | `P{rl:<ip>}` | hash | login rate-limit bucket (TTL: refill time) |
 //! | `P ru:<sub>` | `P{ru:<sub>}` | hash | a user's WeChat-call rate-limit bucket (TTL: refill time) |

@@ -62,9 +62,15 @@ impl RedisStore {
         taker: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let (name, index) = (self.key(&keys::ephemeral(key)), self.key(keys::EPH_EXP));
+        let taken = self.key(&keys::ephemeral_taken(key));
         let member = key.to_string();
         let mut call = self.inner.scripts.take_ephemeral.prepare_invoke();
-        call.key(name).key(index).arg(now).arg(member).arg(taker);
+        call.key(name)
+            .key(index)
+            .key(taken)
+            .arg(now)
+            .arg(member)
+            .arg(taker);
         let value: Option<Vec<u8>> = self.write(&call).await?;
         Ok(value)
     }

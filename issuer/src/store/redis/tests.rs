@@ -434,6 +434,78 @@ async fn redis_login_and_rotation_scripts_run_twice_answer_as_the_first_run() {
     assert!(session.revoked_at.is_none(), "{session:?}");
 }
 
+/// During a rolling upgrade a web login's state taken by this release is not taken again by a
+/// replica of an earlier one, which takes by name alone: the state taken was kept under its
+/// name, marked with its taker, and the release before the mark (deleting what it takes)
+/// took it a second time within 60 s — as did the release that marked in place, from a
+/// take of this one.
+#[tokio::test]
+async fn redis_state_taken_is_not_taken_again_by_an_earlier_release() {
+    const BEFORE_THE_MARK: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'v', 'exp')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+if not f[1] then return false end
+if tonumber(f[2]) <= tonumber(ARGV[1]) then return false end
+return f[1]";
+    const MARKED_IN_PLACE: &str = r"
+redis.call('ZREM', KEYS[2], ARGV[2])
+local f = redis.call('HMGET', KEYS[1], 'v', 'exp', 'taken_by')
+if not f[1] then return false end
+if f[3] then
+  if f[3] == ARGV[3] then return f[1] end
+  return false
+end
+if tonumber(f[2]) <= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+redis.call('HSET', KEYS[1], 'taken_by', ARGV[3])
+redis.call('EXPIRE', KEYS[1], 60)
+return f[1]";
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    let mut side = side_connection(&redis).await;
+    let (name, index) = (store.key(&keys::ephemeral("st")), store.key(keys::EPH_EXP));
+    for (earlier, taker) in [(BEFORE_THE_MARK, "take-1"), (MARKED_IN_PLACE, "take-2")] {
+        store.put_ephemeral("st", b"pending", 200).await.unwrap();
+        assert_eq!(
+            store.take_ephemeral_as("st", 100, taker).await.unwrap(),
+            Some(b"pending".to_vec())
+        );
+        let again: Option<Vec<u8>> = redis::Script::new(earlier)
+            .key(&name)
+            .key(&index)
+            .arg(100)
+            .arg("st")
+            .arg("take-old")
+            .invoke_async(&mut side)
+            .await
+            .unwrap();
+        assert_eq!(again, None, "taken again by {earlier}");
+        assert_eq!(
+            store.take_ephemeral_as("st", 100, taker).await.unwrap(),
+            Some(b"pending".to_vec()),
+            "the take sent again"
+        );
+    }
+    // A state an earlier release marked in place is still not given to another taker.
+    store.put_ephemeral("st", b"marked", 200).await.unwrap();
+    let _: Option<Vec<u8>> = redis::Script::new(MARKED_IN_PLACE)
+        .key(&name)
+        .key(&index)
+        .arg(100)
+        .arg("st")
+        .arg("take-old")
+        .invoke_async(&mut side)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_ephemeral_as("st", 100, "take-3").await.unwrap(),
+        None
+    );
+}
+
 /// As above for the other scripts whose second run answered otherwise: a web login's state
 /// taken (the second run found it gone: the callback failed 400 with the login made nowhere),
 /// an unban's guarded lift (the second run found its own lift a changed ban: 409 for an unban
