@@ -430,6 +430,49 @@ async fn phone_stored_sealed_and_shown_by_me_code_sent_again_answered_from_the_s
     );
 }
 
+/// Two requests with one phone code at once (a client's retry racing its first try): the
+/// first to reach WeChat stores the number, and the other — refused by WeChat as a code used —
+/// finds that answer stored and gets it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_code_sent_twice_at_once_both_get_the_answer() {
+    let stack = Stack::start(&[]).await;
+    let token = token(&stack.login("gina").await);
+    let code = stack.mock.phone_code("gina", "13800138003");
+    stack
+        .mock
+        .inject("getuserphonenumber", Fault::Held("first".into()), 1);
+    let first = {
+        let (http, url) = (stack.http.clone(), stack.url("/v1/me/phone"));
+        let (token, code) = (token.clone(), code.clone());
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "code": code }));
+            common::split(response.send().await.unwrap()).await
+        })
+    };
+    let started = std::time::Instant::now();
+    while stack.mock.calls("getuserphonenumber") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the first request did not reach WeChat within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, second) = phone(&stack, None, &token, &code).await;
+    assert_eq!(status, 200, "{second}");
+    stack.mock.release("first");
+    let (status, first, _) = first.await.unwrap();
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first, second);
+    assert_eq!(
+        stack.mock.calls("getuserphonenumber"),
+        2,
+        "both reached WeChat"
+    );
+}
+
 /// `getPhoneNumber`'s `e.detail` as WeChat hands it over — `errMsg`, `code`,
 /// `encryptedData`, `iv`, `cloudID` — posted whole to either route, as the client does and
 /// API.md allows: both used to refuse it as having an unknown field (`iv` on the phone route,
