@@ -5,6 +5,11 @@
 //!   signs after `WEAUTH_KEY_PUBLISH_DELAY`; running issuers pick it up on their next key
 //!   reload, no restart needed.
 //! - `keys list`: every stored key with its role now.
+//! - `data-key reseal`: after a data-key rotation (`WEAUTH_DATA_KEY_PREVIOUS`), seals every
+//!   user's phone number again under `WEAUTH_DATA_KEY` (each only while it is the value read:
+//!   a number bound meanwhile is kept) and names the signing keys still sealed under a
+//!   previous key — what keeps a previous key needed beyond sessions and the WeChat token,
+//!   which are sealed anew as they are made.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use crate::clock::{Clock as _, SystemClock};
 use crate::config::Config;
 use crate::domain::keys::{self, Role};
 use crate::feed::revocation;
+use crate::service::userdata;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -23,13 +29,14 @@ pub enum Command {
     Serve,
     KeysRotate,
     KeysList,
+    DataKeyReseal,
     Help,
     Version,
 }
 
 /// Usage text.
 pub const USAGE: &str =
-    "usage: weauth-issuer [serve | keys rotate | keys list | --help | --version]";
+    "usage: weauth-issuer [serve | keys rotate | keys list | data-key reseal | --help | --version]";
 
 /// The `--help` text: the commands, then every variable with its default.
 pub fn help() -> String {
@@ -39,7 +46,9 @@ pub fn help() -> String {
   serve          run the login service (the default)
   keys rotate    add the next signing key: published at once, signs after WEAUTH_KEY_PUBLISH_DELAY
   keys list      the stored keys: kid alg created_at activate_at role
-                 (the keys commands need only the store and the data key, not WeChat)
+  data-key reseal  after a data-key rotation: phone numbers sealed again under
+                 WEAUTH_DATA_KEY, and the signing keys still under a previous key
+                 (these commands need only the store and the data key, not WeChat)
 
 Configuration comes from the environment; a secret may also be read from the file named by
 its *_FILE variant. Durations: 500ms, 30s, 15m, 2h, 7d or bare seconds.
@@ -59,6 +68,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         [] | ["serve"] => Ok(Command::Serve),
         ["keys", "rotate"] => Ok(Command::KeysRotate),
         ["keys", "list"] => Ok(Command::KeysList),
+        ["data-key", "reseal"] => Ok(Command::DataKeyReseal),
         ["-h"] | ["--help"] | ["help"] => Ok(Command::Help),
         ["-V"] | ["--version"] | ["version"] => Ok(Command::Version),
         _ => Err(USAGE.to_string()),
@@ -124,6 +134,64 @@ pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
         activate_at,
         activate_at - now
     ))
+}
+
+/// `data-key reseal`: returns the text to print.
+///
+/// # Errors
+/// Store failures; a phone number no key opens (counted, the others resealed all the same).
+pub async fn reseal(config: &Arc<Config>) -> Result<String, String> {
+    no_database_made(config, "nothing to reseal")?;
+    let (store, data_key) = open_store(config).await.map_err(|err| err.to_string())?;
+    let (mut resealed, mut current, mut changed, mut unreadable) = (0u64, 0u64, 0u64, 0u64);
+    let mut cursor = String::new();
+    loop {
+        let (page, next) = store
+            .phones_page(&cursor, 500)
+            .await
+            .map_err(|err| err.to_string())?;
+        for (sub, stored) in page {
+            match userdata::reseal_phone(&data_key, &sub, &stored) {
+                Ok(None) => current += 1,
+                Ok(Some(sealed)) => match store.reseal_phone(&sub, &stored, &sealed).await {
+                    Ok(true) => resealed += 1,
+                    Ok(false) => changed += 1,
+                    Err(err) => return Err(err.to_string()),
+                },
+                Err(_) => unreadable += 1,
+            }
+        }
+        match next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    let records = store.keys().await.map_err(|err| err.to_string())?;
+    let previous: Vec<&str> = records
+        .iter()
+        .filter(|record| keys::sealed_under_previous(record, &data_key))
+        .map(|record| record.kid.as_str())
+        .collect();
+    let mut out = format!(
+        "phone numbers: {resealed} sealed again under WEAUTH_DATA_KEY, {current} under it \
+         already, {changed} changed meanwhile (run again)\n"
+    );
+    if previous.is_empty() {
+        out.push_str("signing keys: every one under WEAUTH_DATA_KEY\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "signing keys under a previous key: {} (run `keys rotate`; they go once retired)",
+            previous.join(" ")
+        );
+    }
+    if unreadable > 0 {
+        return Err(format!(
+            "{out}{unreadable} phone numbers open under no key (WEAUTH_DATA_KEY, \
+             WEAUTH_DATA_KEY_PREVIOUS): left as they are"
+        ));
+    }
+    Ok(out)
 }
 
 /// An operator command on an SQLite store refuses a database that does not exist rather than
@@ -199,6 +267,11 @@ mod tests {
         assert_eq!(parse(&args(&[])), Ok(Command::Serve));
         assert_eq!(parse(&args(&["keys", "rotate"])), Ok(Command::KeysRotate));
         assert_eq!(parse(&args(&["keys", "list"])), Ok(Command::KeysList));
+        assert_eq!(
+            parse(&args(&["data-key", "reseal"])),
+            Ok(Command::DataKeyReseal)
+        );
+        assert!(parse(&args(&["data-key"])).is_err());
         assert_eq!(parse(&args(&["--version"])), Ok(Command::Version));
         assert_eq!(parse(&args(&["--help"])), Ok(Command::Help));
         assert!(parse(&args(&["keys"])).is_err());

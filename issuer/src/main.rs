@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     let mode = match command {
-        Command::KeysRotate | Command::KeysList => Mode::Keys,
+        Command::KeysRotate | Command::KeysList | Command::DataKeyReseal => Mode::Keys,
         _ => Mode::Serve,
     };
     let names: Vec<String> = std::env::vars_os()
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         tracing::warn!("{}", describe(unknown));
     }
     match command {
-        Command::KeysRotate | Command::KeysList => {
+        Command::KeysRotate | Command::KeysList | Command::DataKeyReseal => {
             let config = std::sync::Arc::new(config);
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -111,10 +111,10 @@ fn main() -> ExitCode {
                 .map_err(|err| err.to_string())
                 .and_then(|runtime| {
                     runtime.block_on(async {
-                        if command == Command::KeysRotate {
-                            cli::rotate(&config).await
-                        } else {
-                            cli::list(&config).await
+                        match command {
+                            Command::KeysRotate => cli::rotate(&config).await,
+                            Command::DataKeyReseal => cli::reseal(&config).await,
+                            _ => cli::list(&config).await,
                         }
                     })
                 });

@@ -155,6 +155,12 @@ impl DataKey {
         Ok(out)
     }
 
+    /// Whether `sealed` opens under this key itself, not only under a previous one (a reseal
+    /// leaves it as it is).
+    pub fn opens_without_previous(&self, sealed: &[u8], aad: &str) -> bool {
+        open_with(&self.cipher, sealed, aad).is_ok()
+    }
+
     /// Decrypts a value sealed with [`DataKey::seal`] under the same `aad`, by this key or a
     /// previous one ([`DataKey::with_previous`]).
     ///

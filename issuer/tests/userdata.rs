@@ -1033,7 +1033,8 @@ async fn phone_unknown_errcode_502_named_in_the_log() {
 /// new `WEAUTH_DATA_KEY` and the old one listed as previous, the issuer opens what the old key
 /// sealed — its signing key (it starts, and the tokens it issued before still work), a
 /// session's session_key, a phone number and the answer kept with it — and seals what it
-/// writes from then on under the new key alone.
+/// writes from then on under the new key alone. `data-key reseal` then seals the phone number
+/// again under the new key and names the signing key still under the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_key_rotated_old_values_open_and_new_ones_are_sealed_under_the_new_key() {
     use weauth_issuer::secrets::DataKey;
@@ -1073,4 +1074,45 @@ async fn data_key_rotated_old_values_open_and_new_ones_are_sealed_under_the_new_
     let aad = format!("session_key:{sid}");
     assert!(DataKey::from_bytes(NEW).open(&sealed, &aad).is_ok());
     assert!(DataKey::from_bytes(OLD).open(&sealed, &aad).is_err());
+
+    let sub = common::payload(&rita)["sub"].as_str().unwrap().to_string();
+    let phone_opens_under = |key: &[u8; 32]| {
+        let stored: String = conn
+            .query_row("SELECT phone FROM users WHERE sub = ?1", [&sub], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(stored)
+            .unwrap();
+        DataKey::from_bytes(key)
+            .open(&sealed, &format!("phone:{sub}"))
+            .is_ok()
+    };
+    assert!(phone_opens_under(OLD));
+    let env: std::collections::HashMap<&str, String> = stack
+        .issuer
+        .env()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let config = std::sync::Arc::new(common::config_of(&env));
+    let said = weauth_issuer::cli::reseal(&config).await.unwrap();
+    assert!(
+        said.contains("phone numbers: 1 sealed again under WEAUTH_DATA_KEY, 0 under it already"),
+        "{said}"
+    );
+    assert!(
+        said.contains("signing keys under a previous key: "),
+        "{said}"
+    );
+    assert!(phone_opens_under(NEW) && !phone_opens_under(OLD));
+    let said = weauth_issuer::cli::reseal(&config).await.unwrap();
+    assert!(
+        said.contains("phone numbers: 0 sealed again under WEAUTH_DATA_KEY, 1 under it already"),
+        "{said}"
+    );
+    let (status, me, _) = stack.get("/v1/me", Some(&rita)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["phone"], "13800138002");
 }

@@ -71,6 +71,12 @@ fn aad(kid: &str) -> String {
     format!("signing_key:{kid}")
 }
 
+/// Whether a stored key still needs one of `data_key`'s previous keys to open (a rotation of
+/// the data key; `keys rotate` replaces it, and it goes once retired).
+pub fn sealed_under_previous(record: &KeyRecord, data_key: &DataKey) -> bool {
+    !record.sealed.is_empty() && !data_key.opens_without_previous(&record.sealed, &aad(&record.kid))
+}
+
 /// Seals a key into a store record activating at `activate_at`.
 ///
 /// # Errors

@@ -290,6 +290,32 @@ pub fn open_phone(data_key: &DataKey, sub: &str, stored: &str) -> Result<StoredP
     })
 }
 
+/// A stored phone value sealed again under the current data key, or `None` when it already
+/// is (a data-key rotation's reseal, `weauth-issuer data-key reseal`). The plaintext is kept
+/// as it is, in either form [`open_phone`] reads.
+///
+/// # Errors
+/// 500 when the value opens under no key.
+pub fn reseal_phone(
+    data_key: &DataKey,
+    sub: &str,
+    stored: &str,
+) -> Result<Option<String>, ApiError> {
+    let sealed = STANDARD
+        .decode(stored)
+        .map_err(|_| ApiError::Internal("stored phone is not base64".into()))?;
+    if data_key.opens_without_previous(&sealed, &phone_aad(sub)) {
+        return Ok(None);
+    }
+    let plain = data_key
+        .open(&sealed, &phone_aad(sub))
+        .map_err(|err| ApiError::Internal(err.to_string()))?;
+    data_key
+        .seal(&plain, &phone_aad(sub))
+        .map(|sealed| Some(STANDARD.encode(sealed)))
+        .map_err(|err| ApiError::Internal(err.to_string()))
+}
+
 impl UserData {
     /// Redeems a `getPhoneNumber` code at WeChat and stores the number on the caller's user.
     ///

@@ -32,6 +32,9 @@ pub use crate::domain::grants::{Ban, Grants};
 pub use crate::domain::keys::KeyRecord;
 pub use crate::domain::rules::{RefreshRow, SubSessions};
 
+/// A page of [`Store::phones_page`]: `(sub, sealed phone)` pairs and the next page's cursor.
+pub type PhonesPage = (Vec<(String, String)>, Option<String>);
+
 /// The underlying error of a store failure, kept as the source.
 pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -319,6 +322,20 @@ pub trait Store: Send + Sync {
         sub: &str,
         sealed_phone: Option<&str>,
         now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// The users' sealed phone numbers (`(sub, sealed)`), a page of about `limit` from `cursor`
+    /// (`""` to begin), with the cursor of the next page (`None`: done). A page may be short,
+    /// even empty, before the end, and a user may come twice (Redis `SCAN`).
+    async fn phones_page(&self, cursor: &str, limit: usize) -> Result<PhonesPage, StoreError>;
+
+    /// Replaces the user's sealed phone number with `sealed` only if it is still `expected`
+    /// (a data-key reseal: a number bound meanwhile is kept). Returns whether it was replaced.
+    async fn reseal_phone(
+        &self,
+        sub: &str,
+        expected: &str,
+        sealed: &str,
     ) -> Result<bool, StoreError>;
 
     /// Records the risk rank WeChat gave the user at a login to `fact.appid`, replacing the

@@ -158,6 +158,23 @@ impl<A: Around> Store for Wrapped<A> {
             .await
     }
 
+    async fn phones_page(&self, cursor: &str, limit: usize) -> Result<PhonesPage, StoreError> {
+        self.1
+            .around("phones_page", self.0.phones_page(cursor, limit))
+            .await
+    }
+
+    async fn reseal_phone(
+        &self,
+        sub: &str,
+        expected: &str,
+        sealed: &str,
+    ) -> Result<bool, StoreError> {
+        self.1
+            .around("reseal_phone", self.0.reseal_phone(sub, expected, sealed))
+            .await
+    }
+
     async fn set_risk(&self, sub: &str, fact: &RiskFact) -> Result<bool, StoreError> {
         self.1.around("set_risk", self.0.set_risk(sub, fact)).await
     }

@@ -81,6 +81,7 @@ macro_rules! contract_tests {
             keys_two_first_starts_agree_on_one_key,
             keys_insert_existing_kid_ignored_and_erase,
             set_phone_unknown_user_false,
+            phones_paged_and_resealed_only_while_unchanged,
             risk_fact_kept_with_the_user,
             grants_unknown_user_none_and_writes_refused,
             grants_scopes_replaced_and_cleared_ban_kept,

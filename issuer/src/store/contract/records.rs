@@ -188,6 +188,63 @@ pub async fn set_phone_unknown_user_false(backend: &dyn Backend) {
     assert_eq!(store.user("u-c1").await.unwrap().unwrap().phone, None);
 }
 
+/// A data-key reseal's two operations: every user's sealed phone number read page by page
+/// (each once, whatever the page size), and one replaced only while it is still the value
+/// read.
+pub async fn phones_paged_and_resealed_only_while_unchanged(backend: &dyn Backend) {
+    let store = backend.handle().await;
+    for n in 1..=6 {
+        let name = format!("p{n}");
+        created(
+            &store
+                .login(&login(&name, &format!("o-{name}"), None, 10))
+                .await
+                .unwrap(),
+        );
+        if n <= 5 {
+            assert!(store
+                .set_phone(&format!("u-{name}"), Some(&format!("sealed-{n}")), 11)
+                .await
+                .unwrap());
+        }
+    }
+    let expected: std::collections::BTreeMap<String, String> = (1..=5)
+        .map(|n| (format!("u-p{n}"), format!("sealed-{n}")))
+        .collect();
+    for limit in [1, 2, 500] {
+        let (mut seen, mut cursor, mut pages) = (std::collections::BTreeMap::new(), None, 0);
+        loop {
+            let (page, next) = store
+                .phones_page(cursor.as_deref().unwrap_or(""), limit)
+                .await
+                .unwrap();
+            seen.extend(page);
+            pages += 1;
+            assert!(pages < 1_000, "no end to the pages of {limit}");
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected, "pages of {limit}");
+    }
+    assert!(!store
+        .reseal_phone("u-p1", "sealed-2", "resealed")
+        .await
+        .unwrap());
+    assert!(store
+        .reseal_phone("u-p1", "sealed-1", "resealed-1")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.user("u-p1").await.unwrap().unwrap().phone.as_deref(),
+        Some("resealed-1")
+    );
+    assert!(!store.reseal_phone("u-p6", "", "resealed").await.unwrap());
+    assert_eq!(store.user("u-p6").await.unwrap().unwrap().phone, None);
+    assert!(!store.reseal_phone("nobody", "x", "resealed").await.unwrap());
+}
+
 pub async fn risk_fact_kept_with_the_user(backend: &dyn Backend) {
     let store = backend.handle().await;
     let fact = |appid: &str, rank: u8, at: i64| RiskFact {

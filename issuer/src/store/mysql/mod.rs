@@ -42,8 +42,8 @@ use sqlx::{Executor as _, Row as _};
 use weauth_token::revocation::Entry;
 
 use super::{
-    Ban, BanWrite, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged,
-    ReportedTtl, Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError,
+    Ban, BanWrite, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, PhonesPage,
+    Purged, ReportedTtl, Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError,
     UserRecord,
 };
 use crate::domain::grants;
@@ -649,6 +649,21 @@ impl Store for MysqlStore {
         now: i64,
     ) -> Result<bool, StoreError> {
         self.retry(|| ops::set_phone(&self.pool, sub, sealed_phone, now))
+            .await
+    }
+
+    async fn phones_page(&self, cursor: &str, limit: usize) -> Result<PhonesPage, StoreError> {
+        self.retry(|| ops::phones_page(&self.pool, cursor, limit))
+            .await
+    }
+
+    async fn reseal_phone(
+        &self,
+        sub: &str,
+        expected: &str,
+        sealed: &str,
+    ) -> Result<bool, StoreError> {
+        self.retry(|| ops::reseal_phone(&self.pool, sub, expected, sealed))
             .await
     }
 

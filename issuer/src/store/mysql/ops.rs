@@ -7,8 +7,8 @@ use sqlx::{Row as _, Transaction};
 use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, Revoke, RiskFact, Rotate,
-    RotateResult, SessionRecord, UserRecord,
+    CachedToken, FeedSnapshot, KeyRecord, LoginResult, NewLogin, PhonesPage, Revoke, RiskFact,
+    Rotate, RotateResult, SessionRecord, UserRecord,
 };
 use crate::domain::rules::{
     self, FoundUser, LinkCandidates, RefreshDecision, RefreshRow, RevocationFacts,
@@ -538,6 +538,45 @@ pub(super) async fn set_phone(
         .bind(sealed_phone)
         .bind(now)
         .bind(sub)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(changed > 0)
+}
+
+/// [`crate::store::Store::phones_page`]: by `sub`, the cursor the last one given.
+pub(super) async fn phones_page(
+    pool: &MySqlPool,
+    cursor: &str,
+    limit: usize,
+) -> Result<PhonesPage> {
+    let rows = sqlx::query(
+        "SELECT sub, phone FROM users WHERE phone IS NOT NULL AND sub > ? ORDER BY sub LIMIT ?",
+    )
+    .bind(cursor)
+    .bind(limit as u64)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|row| Ok((text(row, 0)?, text(row, 1)?)))
+    .collect::<Result<Vec<_>>>()?;
+    let next = (rows.len() >= limit.max(1))
+        .then(|| rows.last().map(|(sub, _)| sub.clone()))
+        .flatten();
+    Ok((rows, next))
+}
+
+/// Matched rows are counted (`CLIENT_FOUND_ROWS`): the guard is in the `WHERE`.
+pub(super) async fn reseal_phone(
+    pool: &MySqlPool,
+    sub: &str,
+    expected: &str,
+    sealed: &str,
+) -> Result<bool> {
+    let changed = sqlx::query("UPDATE users SET phone = ? WHERE sub = ? AND phone = ?")
+        .bind(sealed)
+        .bind(sub)
+        .bind(expected)
         .execute(pool)
         .await?
         .rows_affected();

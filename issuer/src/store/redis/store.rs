@@ -3,6 +3,20 @@
 //! the configured replicas ([`RedisStore::replicate`]).
 
 use super::*;
+use crate::store::PhonesPage;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+
+/// `text` matched literally by a `SCAN … MATCH` glob (a prefix may hold `*?[]\\`).
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
 
 impl RedisStore {
     /// Sets (or, for an empty value, deletes) fields of an existing user, atomically.
@@ -495,7 +509,67 @@ impl Store for RedisStore {
         call.key(key)
             .arg(if phone.is_some() { "1" } else { "0" })
             .arg(phone.unwrap_or_default())
-            .arg(now);
+            .arg(now)
+            .arg("0")
+            .arg("");
+        let changed: i64 = self.write(&call).await?;
+        Ok(changed == 1)
+    }
+
+    /// `SCAN` of the directory's slot for users' hashes (on a cluster, on the primary holding
+    /// it), then each one's `phone`.
+    async fn phones_page(&self, cursor: &str, limit: usize) -> Result<PhonesPage, StoreError> {
+        let users = self.key(&keys::user(""));
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(if cursor.is_empty() { "0" } else { cursor })
+            .arg("MATCH")
+            .arg(format!("{}*", glob_escape(&users)))
+            .arg("COUNT")
+            // Keys examined, not found: the directory's slot holds the other kinds too.
+            .arg(limit.max(1000));
+        let (next, names): (String, Vec<String>) = self
+            .read(|mut link| async move {
+                let answer: redis::Value = match &mut link {
+                    Link::Single(conn) => scan.query_async(conn).await?,
+                    Link::Cluster(conn) => {
+                        let route = Route::with_key(users.as_bytes(), SlotAddr::Master);
+                        let node = SingleNodeRoutingInfo::SpecificNode(route);
+                        conn.route_command(scan, RoutingInfo::SingleNode(node))
+                            .await?
+                    }
+                };
+                Ok::<_, RedisError>(redis::from_redis_value(answer)?)
+            })
+            .await?;
+        let mut page = Vec::with_capacity(names.len());
+        for name in names {
+            let phone: Option<String> = self
+                .read(|mut link| {
+                    let name = name.clone();
+                    async move { link.hget(name, "phone").await }
+                })
+                .await?;
+            if let (Some(sub), Some(phone)) = (name.strip_prefix(&self.key(&keys::user(""))), phone)
+            {
+                page.push((sub.to_string(), phone));
+            }
+        }
+        Ok((page, (next != "0").then_some(next)))
+    }
+
+    async fn reseal_phone(
+        &self,
+        sub: &str,
+        expected: &str,
+        sealed: &str,
+    ) -> Result<bool, StoreError> {
+        let mut call = self.inner.scripts.set_phone.prepare_invoke();
+        call.key(self.key(&keys::user(sub)))
+            .arg("1")
+            .arg(sealed)
+            .arg("")
+            .arg("1")
+            .arg(expected);
         let changed: i64 = self.write(&call).await?;
         Ok(changed == 1)
     }

@@ -26,8 +26,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use weauth_token::revocation::{Entry, EntryKind};
 
 use super::{
-    Ban, BanWrite, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, Purged,
-    ReportedTtl, Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError,
+    Ban, BanWrite, CachedToken, FeedSnapshot, Grants, KeyRecord, LoginResult, NewLogin, PhonesPage,
+    Purged, ReportedTtl, Revoke, RiskFact, Rotate, RotateResult, SessionRecord, Store, StoreError,
     UserRecord,
 };
 use crate::domain::grants;
@@ -369,6 +369,22 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (sub, phone) = (sub.to_string(), sealed_phone.map(String::from));
         self.run(move |c| ops::set_phone(c, &sub, phone.as_deref(), now))
+            .await
+    }
+
+    async fn phones_page(&self, cursor: &str, limit: usize) -> Result<PhonesPage, StoreError> {
+        let cursor = cursor.to_string();
+        self.run(move |c| ops::phones_page(c, &cursor, limit)).await
+    }
+
+    async fn reseal_phone(
+        &self,
+        sub: &str,
+        expected: &str,
+        sealed: &str,
+    ) -> Result<bool, StoreError> {
+        let (sub, expected, sealed) = (sub.to_string(), expected.to_string(), sealed.to_string());
+        self.run(move |c| ops::reseal_phone(c, &sub, &expected, &sealed))
             .await
     }
 

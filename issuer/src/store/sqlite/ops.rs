@@ -482,6 +482,46 @@ pub(super) fn set_phone(
     Ok(changed > 0)
 }
 
+/// [`crate::store::Store::phones_page`]: by `sub`, the cursor the last one given.
+pub(super) fn phones_page(
+    conn: &mut Connection,
+    cursor: &str,
+    limit: usize,
+) -> Result<PhonesPage, StoreError> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT sub, phone FROM users WHERE phone IS NOT NULL AND sub > ?1 \
+             ORDER BY sub LIMIT ?2",
+        )
+        .map_err(db_err)?;
+    let rows = statement
+        .query_map(params![cursor, limit as i64], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)?;
+    let next = (rows.len() >= limit.max(1))
+        .then(|| rows.last().map(|(sub, _)| sub.clone()))
+        .flatten();
+    Ok((rows, next))
+}
+
+pub(super) fn reseal_phone(
+    conn: &mut Connection,
+    sub: &str,
+    expected: &str,
+    sealed: &str,
+) -> Result<bool, StoreError> {
+    let changed = conn
+        .execute_cached(
+            "UPDATE users SET phone = ?3 WHERE sub = ?1 AND phone = ?2",
+            params![sub, expected, sealed],
+        )
+        .map_err(db_err)?;
+    Ok(changed > 0)
+}
+
 pub(super) fn set_risk(
     conn: &mut Connection,
     sub: &str,
