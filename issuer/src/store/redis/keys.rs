@@ -89,6 +89,11 @@ pub fn ephemeral(name: impl Display) -> String {
     format!("eph:{name}")
 }
 
+/// The entry a REVOKE call appended, by the call's id (kept 60 s, for the call sent again).
+pub fn revoke_call(call_id: impl Display) -> String {
+    format!("rev_call:{call_id}")
+}
+
 /// An ephemeral value once taken, marked with its taker (kept 60 s for the take sent again).
 pub fn ephemeral_taken(name: impl Display) -> String {
     format!("eph_taken:{name}")

@@ -33,6 +33,7 @@
 //! | `P rev:by_seq`, `P rev:by_until` | `{P}…` | zset | entry order and expiry index |
 //! | `P rev:<kind>:<value>` | `{P}…` | zset | seq → issued_before: revocation facts by claim |
 //! | `P seq_epoch` | `{P}…` | string | replication id of the primary the last revocation was written on |
+//! | `P rev_call:<id>` | `{P}…` | string | the entry a REVOKE call appended (60 s, for the call sent again) |
 //! | `P purged_through` | `{P}…` | string | purge watermark |
 //! | `P access_ttls` | `{P}…` | hash | access-token lifetime (s) → when a replica last reported issuing it |
 //! | `P keys` | `{P}…` | hash | kid → signing key record JSON |

@@ -169,6 +169,21 @@ impl RedisStore {
         issued_before: Option<i64>,
         until: i64,
     ) -> Result<String, StoreError> {
+        let call_id = crate::secrets::random_b64(12);
+        self.append_entry_as(kind, value, issued_before, until, &call_id)
+            .await
+    }
+
+    /// [`Self::append_entry`] as the call `call_id`: its run sent again answers the entry the
+    /// first run appended, instead of appending it a second time under another seq.
+    pub(super) async fn append_entry_as(
+        &self,
+        kind: EntryKind,
+        value: &str,
+        issued_before: Option<i64>,
+        until: i64,
+        call_id: &str,
+    ) -> Result<String, StoreError> {
         let keys = [
             self.key(keys::SEQ),
             self.key(keys::REV_ENTRIES),
@@ -176,6 +191,7 @@ impl RedisStore {
             self.key(keys::REV_BY_UNTIL),
             self.key(&keys::revoked(kind.name(), value)),
             self.key(keys::SEQ_EPOCH),
+            self.key(&keys::revoke_call(call_id)),
         ];
         let mut call = self.inner.scripts.revoke.prepare_invoke();
         for key in &keys {

@@ -1,7 +1,11 @@
--- KEYS: seq, entries, by_seq, by_until, index, seq_epoch (the feed's slot)
+-- KEYS: seq, entries, by_seq, by_until, index, seq_epoch, call (the feed's slot)
 -- ARGV: kind, value, issued_before or '', until, channel, gap
 -- Appends one revocation entry to the feed. The sessions it covers are marked before, by
--- MARK_SESSION in their own slots (RedisStore::revoke_entry).
+-- MARK_SESSION in their own slots (RedisStore::revoke_entry). The call's entry is kept 60 s
+-- under its id: the cluster client sends a script again when its answer was lost, and that
+-- run answers the entry the first one appended rather than append it again.
+local done = redis.call('GET', KEYS[7])
+if done then return done end
 local kind, value = ARGV[1], ARGV[2]
 -- A primary that is not the one the last revocation was written on (a failover, or a restart)
 -- may have lost revocations whose seq a sidecar already holds as its cursor: jump the seq
@@ -41,4 +45,5 @@ local score = ARGV[3]
 if score == '' then score = '0' end
 redis.call('ZADD', KEYS[5], score, seq)
 redis.call('PUBLISH', ARGV[5], seq)
+redis.call('SET', KEYS[7], json, 'EX', 60)
 return json

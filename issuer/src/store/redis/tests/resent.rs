@@ -212,3 +212,30 @@ async fn redis_take_guarded_write_and_mark_scripts_run_twice_answer_as_the_first
         "another call's guard"
     );
 }
+
+/// A revocation's REVOKE run twice for one call (its answer lost) appends its entry once and
+/// answers it both times: the second run appended the entry again under a new seq (harmless
+/// to an edge, which applies it twice as once, but a feed that grew by a copy per resend).
+/// Another call appends its own.
+#[tokio::test]
+async fn redis_revoke_script_run_twice_appends_one_entry() {
+    use weauth_token::revocation::EntryKind;
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    let first = store
+        .append_entry_as(EntryKind::Jti, "j-twice", None, 500, "call-1")
+        .await
+        .unwrap();
+    let again = store
+        .append_entry_as(EntryKind::Jti, "j-twice", None, 500, "call-1")
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    let other = store
+        .append_entry_as(EntryKind::Jti, "j-twice", None, 500, "call-2")
+        .await
+        .unwrap();
+    assert_ne!(other, first);
+    let feed = store.feed_snapshot(0, 100, 10).await.unwrap();
+    assert_eq!(feed.entries.len(), 2, "{:?}", feed.entries);
+}
