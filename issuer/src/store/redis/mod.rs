@@ -818,13 +818,22 @@ impl RedisStore {
     /// sends a command again by itself on a new connection when the old one closed before the
     /// answer came, so the refusal can be the second run's, the first one applied — a refresh
     /// token rotated, answered "busy", presented again after the reuse grace as a theft.
+    /// (A script that only reads: [`Self::eval_read`].)
     async fn eval<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Result<T, StoreError> {
+        self.eval_read(call).await.map_err(|err| match err {
+            StoreError::Busy(source) if self.cluster() => StoreError::Unavailable(source),
+            other => other,
+        })
+    }
+
+    /// [`Self::eval`] for a script that writes nothing: a refusal is busy, nothing was written
+    /// (said unconfirmed, a refresh's read told its client to give up a valid token).
+    async fn eval_read<T: FromRedisValue>(
+        &self,
+        call: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
         self.op(|mut conn| async move { call.invoke_async(&mut conn).await })
             .await
-            .map_err(|err| match err {
-                StoreError::Busy(source) if self.cluster() => StoreError::Unavailable(source),
-                other => other,
-            })
     }
 
     /// Takes one token for `key` from the shared bucket in `space` ([`LOGIN_BUCKETS`],
@@ -917,7 +926,7 @@ impl RedisStore {
             }
             let mut call = self.inner.scripts.read_refresh.prepare_invoke();
             call.key(&key).key(self.session_key(&sid)).arg(&sid);
-            match self.eval::<redis::Value>(&call).await? {
+            match self.eval_read::<redis::Value>(&call).await? {
                 redis::Value::Nil => return Ok(None),
                 redis::Value::Array(values) => {
                     row = Some(

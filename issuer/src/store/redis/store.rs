@@ -742,7 +742,7 @@ impl Store for RedisStore {
             call.key(key);
         }
         call.arg(after).arg(now).arg(limit);
-        let raw: Vec<redis::Value> = self.eval(&call).await?;
+        let raw: Vec<redis::Value> = self.eval_read(&call).await?;
         let mut items = raw.into_iter();
         let mut next_number = || -> Result<u64, StoreError> {
             let value = items

@@ -409,13 +409,13 @@ async fn cluster_a_replica_in_its_first_full_sync_is_not_counted() {
     replicas_become(Some(1)).await;
 }
 
-/// A cluster primary refusing a write (`OOM` under `noeviction`) is answered as a write not
+/// A cluster primary refusing a write (`OOM` under `noeviction`, `BUSY`) is answered as a write not
 /// confirmed (`write_unconfirmed`, `store_unreachable_answer_says_…`): the cluster client resends a command whose connection closed before its answer,
 /// so the refusal may be a second run's, the first applied (a single Redis's refusal stays
 /// `Busy`: `redis_out_of_memory_is_unavailable`). Its own cluster: the shared one's nodes
 /// carry every other test's writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_write_refused_is_answered_unconfirmed() {
+async fn cluster_write_refused_is_answered_unconfirmed_a_read_busy() {
     use crate::store::contract::login;
     let cluster = tokio::task::spawn_blocking(RedisCluster::start)
         .await
@@ -440,4 +440,37 @@ async fn cluster_write_refused_is_answered_unconfirmed() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("OOM"), "{err}");
+    for primary in cluster.primaries() {
+        cluster.cli(primary, &["config", "set", "maxmemory", "0"]);
+    }
+
+    // The feed's primary busy with a script past `busy-reply-threshold`: a write refused is
+    // unconfirmed as above, a read refused is busy — nothing was written (said unconfirmed,
+    // a refresh's read told its client to give up a valid refresh token).
+    let primary = cluster.primary_of(&store.key(keys::SEQ)).unwrap();
+    cluster.cli(primary, &["config", "set", "busy-reply-threshold", "20"]);
+    let mut busy = std::process::Command::new("redis-cli")
+        .args(["-p", &primary.to_string(), "eval", "while true do end", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut read = Ok(());
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        read = store.feed_snapshot(0, 10, 10).await.map(|_| ());
+        if read.is_err() {
+            break;
+        }
+    }
+    let read = read.unwrap_err();
+    let write = store
+        .revoke(&Revoke::Jti("busy".into()), 10, 20)
+        .await
+        .unwrap_err();
+    cluster.cli(primary, &["script", "kill"]);
+    let _ = busy.wait();
+    assert!(matches!(read, StoreError::Busy(_)), "{read}");
+    assert!(read.to_string().contains("BUSY"), "{read}");
+    assert!(matches!(write, StoreError::Unavailable(_)), "{write}");
 }
