@@ -430,9 +430,33 @@ async fn phone_stored_sealed_and_shown_by_me_code_sent_again_answered_from_the_s
     );
 }
 
+/// A stored phone number no key opens (a data key dropped too early, a damaged row) does not
+/// keep the user from binding one: the new number replaces it (it answered 500, the stored
+/// value read for a code sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_stored_unreadable_is_replaced_by_a_number_bound_again() {
+    let stack = Stack::start(&[]).await;
+    let token = token(&stack.login("hana").await);
+    let sub = common::payload(&token)["sub"].as_str().unwrap().to_string();
+    let conn = rusqlite::Connection::open(stack.db_path()).unwrap();
+    let damaged = base64::engine::general_purpose::STANDARD.encode([1u8; 40]);
+    conn.execute(
+        "UPDATE users SET phone = ?1 WHERE sub = ?2",
+        [damaged.as_str(), sub.as_str()],
+    )
+    .unwrap();
+    let code = stack.mock.phone_code("hana", "13800138004");
+    let (status, body) = phone(&stack, None, &token, &code).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, me, _) = stack.get("/v1/me", Some(&token)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["phone"], "13800138004");
+}
+
 /// Two requests with one phone code at once (a client's retry racing its first try): the
-/// first to reach WeChat stores the number, and the other — refused by WeChat as a code used —
-/// finds that answer stored and gets it too.
+/// first to reach WeChat stores the number, and the other — refused by WeChat as a code used
+/// after that — finds that answer stored and gets it too. (Refused before the first one has
+/// stored its answer, the other gets the 400 of a code used.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_code_sent_twice_at_once_both_get_the_answer() {
     let stack = Stack::start(&[]).await;

@@ -401,7 +401,19 @@ impl UserData {
         else {
             return Ok(None);
         };
-        let stored = open_phone(&self.data_key, &claims.sub, &sealed)?;
+        // A number no key opens (a data key dropped too early, a damaged row) is no answer:
+        // bound again, it is replaced.
+        let stored = match open_phone(&self.data_key, &claims.sub, &sealed) {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::warn!(
+                    sub = %claims.sub,
+                    error = %err,
+                    "the stored phone number does not open: a number bound now replaces it"
+                );
+                return Ok(None);
+            }
+        };
         if stored.code_sha256.as_deref() != Some(code_sha256) {
             return Ok(None);
         }
