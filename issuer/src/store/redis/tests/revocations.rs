@@ -189,25 +189,10 @@ async fn redis_sub_revocation_marks_a_session_opened_between_its_passes() {
     let facts = store.revocation_facts("", sid, sub).await.unwrap();
     assert!(!rules::is_revoked(&facts, now));
     // The revocation's entry, then its second pass.
-    let keys = [
-        store.key(keys::SEQ),
-        store.key(keys::REV_ENTRIES),
-        store.key(keys::REV_BY_SEQ),
-        store.key(keys::REV_BY_UNTIL),
-        store.key(&keys::revoked("sub", sub)),
-        store.key(keys::SEQ_EPOCH),
-    ];
-    let mut call = store.inner.scripts.revoke.prepare_invoke();
-    for key in &keys {
-        call.key(key);
-    }
-    call.arg("sub")
-        .arg(sub)
-        .arg(issued_before.to_string())
-        .arg(2000)
-        .arg(store.channel())
-        .arg(SEQ_GAP);
-    let _: String = store.eval(&call).await.unwrap();
+    store
+        .append_entry_as(EntryKind::Sub, sub, Some(issued_before), 2000, "c5-entry")
+        .await
+        .unwrap();
     // Refreshed meanwhile: an access token issued at 70, which the `sub` entry (issued before
     // 61) does not cover.
     let rotated = store
