@@ -19,9 +19,10 @@ use crate::clock::{Clock as _, SystemClock};
 use crate::config::Config;
 use crate::domain::keys::{self, Role};
 use crate::feed::revocation;
+use crate::secrets::DataKey;
 use crate::service::userdata;
 use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,62 +137,94 @@ pub async fn rotate(config: &Arc<Config>) -> Result<String, String> {
     ))
 }
 
-/// `data-key reseal`: returns the text to print.
+/// `data-key reseal`: returns the text to print. A second pass checks that every phone number
+/// opens under `WEAUTH_DATA_KEY` itself: a Redis `SCAN` cursor carried across a failover or a
+/// resharding can skip users, and a number bound with the old key meanwhile is left.
 ///
 /// # Errors
-/// Store failures; a phone number no key opens (counted, the others resealed all the same).
+/// Store failures (with what was done before); phone numbers the check finds under a previous
+/// key or under no key (the others resealed all the same).
 pub async fn reseal(config: &Arc<Config>) -> Result<String, String> {
     no_database_made(config, "nothing to reseal")?;
     let (store, data_key) = open_store(config).await.map_err(|err| err.to_string())?;
-    let (mut resealed, mut current, mut changed, mut unreadable) = (0u64, 0u64, 0u64, 0u64);
-    let mut cursor = String::new();
-    loop {
-        let (page, next) = store
-            .phones_page(&cursor, 500)
-            .await
-            .map_err(|err| err.to_string())?;
-        for (sub, stored) in page {
-            match userdata::reseal_phone(&data_key, &sub, &stored) {
-                Ok(None) => current += 1,
-                Ok(Some(sealed)) => match store.reseal_phone(&sub, &stored, &sealed).await {
-                    Ok(true) => resealed += 1,
-                    Ok(false) => changed += 1,
-                    Err(err) => return Err(err.to_string()),
-                },
-                Err(_) => unreadable += 1,
-            }
-        }
-        match next {
-            Some(next) => cursor = next,
-            None => break,
-        }
-    }
+    let done = phone_pass(store.as_ref(), &data_key, true).await?;
+    let mut out = format!(
+        "phone numbers: {} sealed again under WEAUTH_DATA_KEY, {} under it already, {} changed \
+         meanwhile\n",
+        done.resealed, done.current, done.left
+    );
     let records = store.keys().await.map_err(|err| err.to_string())?;
     let previous: Vec<&str> = records
         .iter()
-        .filter(|record| keys::sealed_under_previous(record, &data_key))
+        .filter(|record| keys::sealed_under_another_key(record, &data_key))
         .map(|record| record.kid.as_str())
         .collect();
-    let mut out = format!(
-        "phone numbers: {resealed} sealed again under WEAUTH_DATA_KEY, {current} under it \
-         already, {changed} changed meanwhile (run again)\n"
-    );
     if previous.is_empty() {
         out.push_str("signing keys: every one under WEAUTH_DATA_KEY\n");
     } else {
         let _ = writeln!(
             out,
-            "signing keys under a previous key: {} (run `keys rotate`; they go once retired)",
+            "signing keys not under WEAUTH_DATA_KEY: {} (run `keys rotate`; they go once retired)",
             previous.join(" ")
         );
     }
-    if unreadable > 0 {
+    let check = phone_pass(store.as_ref(), &data_key, false).await?;
+    if check.left > 0 || check.unreadable > 0 {
         return Err(format!(
-            "{out}{unreadable} phone numbers open under no key (WEAUTH_DATA_KEY, \
-             WEAUTH_DATA_KEY_PREVIOUS): left as they are"
+            "{out}check: {} phone numbers still under a previous key (bound or missed during \
+             the run: run it again), {} under no key (WEAUTH_DATA_KEY, \
+             WEAUTH_DATA_KEY_PREVIOUS): keep the previous keys",
+            check.left, check.unreadable
         ));
     }
+    out.push_str("check: every phone number under WEAUTH_DATA_KEY\n");
     Ok(out)
+}
+
+/// What one pass over the phone numbers met ([`phone_pass`]).
+#[derive(Debug, Default)]
+struct PhonePass {
+    /// Sealed again under the current key.
+    resealed: u64,
+    /// Under the current key already.
+    current: u64,
+    /// Under a previous key, left: changed meanwhile (resealing), or found (checking).
+    left: u64,
+    /// Under no key.
+    unreadable: u64,
+}
+
+/// Every user's phone number once, sealed again under the current key when `reseal`.
+async fn phone_pass(
+    store: &dyn Store,
+    data_key: &DataKey,
+    reseal: bool,
+) -> Result<PhonePass, String> {
+    let mut pass = PhonePass::default();
+    let failed = |err: StoreError, pass: &PhonePass| format!("{err} (stopped after {pass:?})");
+    let mut cursor = String::new();
+    loop {
+        let (page, next) = store
+            .phones_page(&cursor, 500)
+            .await
+            .map_err(|err| failed(err, &pass))?;
+        for (sub, stored) in page {
+            match userdata::reseal_phone(data_key, &sub, &stored) {
+                Ok(None) => pass.current += 1,
+                Ok(Some(_)) if !reseal => pass.left += 1,
+                Ok(Some(sealed)) => match store.reseal_phone(&sub, &stored, &sealed).await {
+                    Ok(true) => pass.resealed += 1,
+                    Ok(false) => pass.left += 1,
+                    Err(err) => return Err(failed(err, &pass)),
+                },
+                Err(_) => pass.unreadable += 1,
+            }
+        }
+        match next {
+            Some(next) => cursor = next,
+            None => return Ok(pass),
+        }
+    }
 }
 
 /// An operator command on an SQLite store refuses a database that does not exist rather than

@@ -1127,7 +1127,11 @@ async fn data_key_rotated_old_values_open_and_new_ones_are_sealed_under_the_new_
         "{said}"
     );
     assert!(
-        said.contains("signing keys under a previous key: "),
+        said.contains("signing keys not under WEAUTH_DATA_KEY: "),
+        "{said}"
+    );
+    assert!(
+        said.contains("check: every phone number under WEAUTH_DATA_KEY"),
         "{said}"
     );
     assert!(phone_opens_under(NEW) && !phone_opens_under(OLD));
@@ -1139,4 +1143,18 @@ async fn data_key_rotated_old_values_open_and_new_ones_are_sealed_under_the_new_
     let (status, me, _) = stack.get("/v1/me", Some(&rita)).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["phone"], "13800138002");
+    // A number no key opens: the check says so, and the run fails (keep the previous keys).
+    let sam = common::payload(&later)["sub"].as_str().unwrap().to_string();
+    let damaged = base64::engine::general_purpose::STANDARD.encode([1u8; 40]);
+    conn.execute(
+        "UPDATE users SET phone = ?1 WHERE sub = ?2",
+        [damaged.as_str(), sam.as_str()],
+    )
+    .unwrap();
+    let said = weauth_issuer::cli::reseal(&config).await.unwrap_err();
+    assert!(
+        said.contains("check: 0 phone numbers still under a previous key")
+            && said.contains("1 under no key"),
+        "{said}"
+    );
 }

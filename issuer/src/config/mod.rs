@@ -701,7 +701,10 @@ impl Config {
         };
         let data_key_previous = match errs.or(src.secret("WEAUTH_DATA_KEY_PREVIOUS"), None) {
             None => Secret::default(),
-            Some(text) => errs.or(parse_previous_data_keys(&text), Secret::default()),
+            Some(text) => errs.or(
+                parse_previous_data_keys(&text, data_key.as_deref().map(Vec::as_slice)),
+                Secret::default(),
+            ),
         };
         let alg_text = src.text("WEAUTH_SIGNING_ALG");
         let signing_alg = errs.or(

@@ -441,8 +441,12 @@ pub(super) fn parse_data_key(text: &str) -> Result<Secret<Vec<u8>>, ConfigError>
 
 /// `WEAUTH_DATA_KEY_PREVIOUS`: the keys a rotation replaced, comma-separated, each as
 /// `WEAUTH_DATA_KEY` is written; at most 8 (each is tried on every value the others fail to
-/// open), none twice.
-pub(super) fn parse_previous_data_keys(text: &str) -> Result<Secret<Vec<[u8; 32]>>, ConfigError> {
+/// open), none twice, not `current` (`WEAUTH_DATA_KEY`: refused here, before a start writes
+/// anything; a key file's is refused when it is read).
+pub(super) fn parse_previous_data_keys(
+    text: &str,
+    current: Option<&[u8]>,
+) -> Result<Secret<Vec<[u8; 32]>>, ConfigError> {
     const VAR: &str = "WEAUTH_DATA_KEY_PREVIOUS";
     let mut keys = Vec::new();
     for (i, item) in text.split(',').enumerate() {
@@ -456,6 +460,15 @@ pub(super) fn parse_previous_data_keys(text: &str) -> Result<Secret<Vec<[u8; 32]
             .map_err(|err| bad(VAR, format!("key {}: {}", i + 1, err.reason)))?;
         if keys.contains(&key) {
             return Err(bad(VAR, format!("key {} is listed twice", i + 1)));
+        }
+        if current == Some(key.as_slice()) {
+            return Err(bad(
+                VAR,
+                format!(
+                    "key {} is WEAUTH_DATA_KEY: list only the keys it replaced",
+                    i + 1
+                ),
+            ));
         }
         keys.push(key);
     }

@@ -584,6 +584,19 @@ fn config_previous_data_keys_listed_and_checked() {
     let key = |byte: u8| base64::engine::general_purpose::STANDARD.encode([byte; 32]);
     let previous = |value: String| load(&with(&[("WEAUTH_DATA_KEY_PREVIOUS", value.leak())]));
     let config = previous(format!("{}, {}", key(1), key(2))).unwrap();
+    let current = load(&with(&[
+        ("WEAUTH_DATA_KEY", key(2).leak()),
+        (
+            "WEAUTH_DATA_KEY_PREVIOUS",
+            format!("{},{}", key(1), key(2)).leak(),
+        ),
+    ]))
+    .unwrap_err();
+    assert_eq!(current.vars(), ["WEAUTH_DATA_KEY_PREVIOUS"], "{current}");
+    assert!(
+        current.to_string().contains("key 2 is WEAUTH_DATA_KEY"),
+        "{current}"
+    );
     assert_eq!(config.data_key_previous.as_slice(), [[1; 32], [2; 32]]);
     assert!(load(&with(&[])).unwrap().data_key_previous.is_empty());
     let nine: Vec<String> = (0..9).map(key).collect();

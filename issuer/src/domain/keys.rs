@@ -71,9 +71,9 @@ fn aad(kid: &str) -> String {
     format!("signing_key:{kid}")
 }
 
-/// Whether a stored key still needs one of `data_key`'s previous keys to open (a rotation of
-/// the data key; `keys rotate` replaces it, and it goes once retired).
-pub fn sealed_under_previous(record: &KeyRecord, data_key: &DataKey) -> bool {
+/// Whether a stored key does not open under `data_key` itself (a rotation of the data key:
+/// it needs a previous key; `keys rotate` replaces it, and it goes once retired).
+pub fn sealed_under_another_key(record: &KeyRecord, data_key: &DataKey) -> bool {
     !record.sealed.is_empty() && !data_key.opens_without_previous(&record.sealed, &aad(&record.kid))
 }
 

@@ -37,6 +37,11 @@ pub trait Backend: Send + Sync {
     fn purge_deletes(&self) -> bool {
         true
     }
+    /// Whether [`Store::phones_page`] may give a user twice (Redis `SCAN`); the SQL stores
+    /// page by `sub`.
+    fn scan_may_repeat(&self) -> bool {
+        false
+    }
 }
 
 /// Generates one `#[tokio::test]` per contract function, each on a fresh backend produced by

@@ -554,7 +554,7 @@ pub(super) async fn phones_page(
         "SELECT sub, phone FROM users WHERE phone IS NOT NULL AND sub > ? ORDER BY sub LIMIT ?",
     )
     .bind(cursor)
-    .bind(limit as u64)
+    .bind(limit.max(1) as u64)
     .fetch_all(pool)
     .await?
     .iter()

@@ -526,7 +526,7 @@ impl Store for RedisStore {
             .arg(format!("{}*", glob_escape(&users)))
             .arg("COUNT")
             // Keys examined, not found: the directory's slot holds the other kinds too.
-            .arg(limit.max(1000));
+            .arg(limit.max(1).saturating_mul(10));
         let (next, names): (String, Vec<String>) = self
             .read(|mut link| async move {
                 let answer: redis::Value = match &mut link {

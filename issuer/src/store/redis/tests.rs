@@ -34,6 +34,10 @@ impl Backend for TestRedis {
         false
     }
 
+    fn scan_may_repeat(&self) -> bool {
+        true
+    }
+
     async fn handle(&self) -> Arc<dyn Store> {
         Arc::new(RedisStore::connect(self.options()).await.unwrap())
     }

@@ -495,7 +495,7 @@ pub(super) fn phones_page(
         )
         .map_err(db_err)?;
     let rows = statement
-        .query_map(params![cursor, limit as i64], |row| {
+        .query_map(params![cursor, limit.max(1) as i64], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
         })
         .map_err(db_err)?

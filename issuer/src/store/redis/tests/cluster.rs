@@ -53,6 +53,10 @@ impl Backend for TestCluster {
         false
     }
 
+    fn scan_may_repeat(&self) -> bool {
+        true
+    }
+
     async fn handle(&self) -> Arc<dyn Store> {
         Arc::new(
             RedisStore::connect(cluster_options(&self.prefix))
