@@ -69,6 +69,7 @@ dict_for() {
     feed_*) echo "$FUZZ_DIR/dicts/feed.dict" ;;
     wxdata_*) echo "$FUZZ_DIR/dicts/wxdata.dict" ;;
     filter_glue) echo "$FUZZ_DIR/dicts/glue.dict" ;;
+    issuer_*) echo "$FUZZ_DIR/dicts/issuer.dict" ;;
     *) echo "" ;;
   esac
 }

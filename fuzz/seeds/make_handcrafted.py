@@ -354,3 +354,105 @@ write(T, "key-set-switch", bytes([4, 0, 0xC0, 0, 0xC0, 0]))
 write(T, "unrevoke", bytes([4, 1, 0x41, 1, 0x63, 1]))
 write(T, "no-cache", bytes([0, 0, 0x40, 0]))
 write(T, "capacity-one-churn", bytes([1, 0, 1, 0, 1, 2, 0x42, 2, 0, 1]))
+
+# --- issuer_http: peer 0xFF trusted 0xFF header 0xFF header ..., each header name:value --------
+T = "issuer_http"
+def req(peer, trusted, *headers):
+    parts = [peer, trusted] + list(headers)
+    return SEP.join(p if isinstance(p, bytes) else p.encode() for p in parts)
+TRUST = "10.0.0.0/8,fd00::/8,::1"
+AT = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJ1XzEifQ.c2ln"
+# Cookie headers.
+write(T, "cookie-several-names", req("203.0.113.9", "", "cookie:_ga=GA1.2.3.4; __Host-weauth_at=" + AT
+                                     + "; weauth_rt=rt_AbCdEf0123456789; __Host-weauth_rb=5f1d; lang=zh-CN"))
+write(T, "cookie-quoted-values", req("203.0.113.9", "", 'cookie:weauth_at="quoted.value.x"; theme="dark blue"; q=""'))
+write(T, "cookie-twice-across-lines", req("203.0.113.9", "", "cookie:weauth_at=A; x=1", "Cookie:b=2; weauth_at=B"))
+write(T, "cookie-twice-in-one-line", req("203.0.113.9", "", "cookie:weauth_rt=R1;weauth_rt=R2"))
+write(T, "cookie-non-ascii-neighbours", req("203.0.113.9", "", "cookie:city=北京; weauth_at=T; lang=中文".encode()
+                                            + b"; name=Jos\xe9"))
+write(T, "cookie-unicode-space-name", req("203.0.113.9", "", "cookie:\u2000__Host-weauth_oauth=planted; "
+                                          "__Host-weauth_oauth\u3000=planted2; __Host-weauth_oauth=real"))
+write(T, "cookie-tabs-and-empties", req("203.0.113.9", "", "cookie:\tweauth_at = T \t;weauth_rt=;=noname; novalue; ;;",
+                                        "cookie:", "cookie:weauth_oauth==b=c"))
+write(T, "cookie-value-with-equals", req("203.0.113.9", "", "cookie:__Host-weauth_oauth=abc==; weauth_at=a=b"))
+# Origin and Referer (allowed: fuzz/src/issuer_harness.rs ALLOWED).
+write(T, "origin-allowed", req("203.0.113.9", "", "origin:https://h5.example.com"))
+write(T, "origin-null-referer-allowed", req("203.0.113.9", "", "origin:null", "referer:https://h5.example.com/x"))
+write(T, "referer-only-allowed", req("203.0.113.9", "", "referer:https://auth.example.com/v1/web/callback?code=x&state=y"))
+write(T, "origin-other-port", req("203.0.113.9", "", "origin:https://h5.example.com:8443"))
+write(T, "origin-userinfo", req("203.0.113.9", "", "origin:https://auth.example.com@evil.example"))
+write(T, "origin-uppercase-default-port", req("203.0.113.9", "", "origin:HTTPS://AUTH.EXAMPLE.COM:443"))
+write(T, "origin-ipv6", req("203.0.113.9", "", "origin:https://[2001:db8::1]:8443"))
+write(T, "origin-loopback-port", req("203.0.113.9", "", "origin:http://127.0.0.1:3000"))
+write(T, "origin-suffix-host", req("203.0.113.9", "", "origin:https://h5.example.com.evil.example"))
+write(T, "referer-evil-path", req("203.0.113.9", "", "referer:https://evil.example/https://h5.example.com"))
+write(T, "origin-backslashes", req("203.0.113.9", "", "origin:https:\\\\auth.example.com\\x"))
+write(T, "origin-invalid-referer-allowed", req("203.0.113.9", "", "origin:not a url", "referer:https://h5.example.com/"))
+write(T, "origin-twice", req("203.0.113.9", "", "origin:https://evil.example", "origin:https://h5.example.com"))
+# X-Forwarded-For behind trusted proxies.
+write(T, "xff-trusted-chain", req("10.0.0.1", TRUST, "x-forwarded-for:6.6.6.6, 203.0.113.7, 10.1.2.3"))
+write(T, "xff-untrusted-peer", req("198.51.100.1", TRUST, "x-forwarded-for:1.2.3.4"))
+write(T, "xff-ipv6-brackets-and-ports", req("10.0.0.1", TRUST, "x-forwarded-for:[2001:db8::7]:443, 2001:db8::8"))
+write(T, "xff-ipv6-port-rightmost", req("10.0.0.1", TRUST, "x-forwarded-for:2001:db8::9, 10.0.0.3, [2001:db8::7]:443"))
+write(T, "xff-ipv4-port", req("fd00::1", TRUST, "x-forwarded-for:203.0.113.4:51234"))
+write(T, "xff-two-lines", req("10.0.0.1", TRUST, "x-forwarded-for:1.2.3.4", "X-Forwarded-For:10.0.0.2"))
+write(T, "xff-v4-mapped", req("::ffff:10.0.0.1", TRUST, "x-forwarded-for:::ffff:203.0.113.5, ::ffff:10.9.9.9"))
+write(T, "xff-all-trusted", req("10.0.0.1", TRUST, "x-forwarded-for:10.0.0.2, 10.0.0.3"))
+write(T, "xff-garbage-hops", req("10.0.0.1", TRUST, "x-forwarded-for:unknown, , 203.0.113.1 ,10.0.0.4"))
+write(T, "xff-empty", req("10.0.0.1", TRUST, "x-forwarded-for:"))
+write(T, "xff-ipv6-client", req("::1", TRUST, "x-forwarded-for:2001:db8:1:2:3:4:5:6"))
+write(T, "xff-no-trusted-nets", req("10.0.0.1", "", "x-forwarded-for:1.2.3.4"))
+write(T, "xff-odd-nets", req("10.0.0.1", "0.0.0.0/0, 10.0.0.0/33,::/0,garbage,::ffff:10.0.0.0/104", "x-forwarded-for:1.2.3.4, 2001:db8::1"))
+write(T, "xff-invalid-utf8", req("10.0.0.1", TRUST, b"x-forwarded-for:1.2.3.4\xff\xfe, 203.0.113.8"))
+# Authorization.
+write(T, "bearer-ok", req("203.0.113.9", "", "authorization:Bearer " + AT))
+write(T, "bearer-lowercase-spaces", req("203.0.113.9", "", "authorization:  bearer    tok_123  "))
+write(T, "bearer-basic", req("203.0.113.9", "", "authorization:Basic dXNlcjpwYXNz"))
+write(T, "bearer-empty", req("203.0.113.9", "", "authorization:Bearer "))
+write(T, "bearer-tab", req("203.0.113.9", "", "authorization:Bearer\ttok"))
+write(T, "bearer-inner-space", req("203.0.113.9", "", "authorization:Bearer a b"))
+write(T, "bearer-scheme-only", req("203.0.113.9", "", "authorization:Bearer"))
+write(T, "bearer-multibyte-scheme", req("203.0.113.9", "", "authorization:Bearé tok"))
+# traceparent (W3C Trace Context examples).
+TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+write(T, "traceparent-spec", req("203.0.113.9", "", "traceparent:" + TP))
+write(T, "traceparent-unsampled", req("203.0.113.9", "", "traceparent:00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"))
+write(T, "traceparent-future-version", req("203.0.113.9", "", "traceparent:cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-will-be-like"))
+write(T, "traceparent-future-no-dash", req("203.0.113.9", "", "traceparent:cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x"))
+write(T, "traceparent-version-ff", req("203.0.113.9", "", "traceparent:ff" + TP[2:]))
+write(T, "traceparent-uppercase", req("203.0.113.9", "", "traceparent:" + TP.upper()))
+write(T, "traceparent-zero-trace", req("203.0.113.9", "", "traceparent:00-00000000000000000000000000000000-00f067aa0ba902b7-01"))
+write(T, "traceparent-zero-parent", req("203.0.113.9", "", "traceparent:00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"))
+write(T, "traceparent-00-with-suffix", req("203.0.113.9", "", "traceparent:" + TP + "-extra"))
+write(T, "traceparent-short", req("203.0.113.9", "", "traceparent:" + TP[:-1]))
+write(T, "traceparent-spaces-flags-ff", req("203.0.113.9", "", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff "))
+write(T, "traceparent-multibyte", req("203.0.113.9", "", "traceparent:00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01"))
+# B3 (openzipkin/b3-propagation examples).
+B3T, B3S, B3P = "80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1", "05e3ac9a4f6e3b90"
+write(T, "b3-single-full", req("203.0.113.9", "", f"b3:{B3T}-{B3S}-1-{B3P}"))
+write(T, "b3-single-debug", req("203.0.113.9", "", f"b3:{B3T}-{B3S}-d"))
+write(T, "b3-single-unsampled", req("203.0.113.9", "", f"b3:{B3T}-{B3S}-0"))
+write(T, "b3-single-64bit", req("203.0.113.9", "", f"b3:64fe8b2a57d3eff7-{B3S}"))
+write(T, "b3-deny-only", req("203.0.113.9", "", "b3:0"))
+write(T, "b3-single-bad-sampling", req("203.0.113.9", "", f"b3:{B3T}-{B3S}-true"))
+write(T, "b3-single-too-many", req("203.0.113.9", "", f"b3:{B3T}-{B3S}-1-{B3P}-x"))
+write(T, "b3-multi", req("203.0.113.9", "", f"X-B3-TraceId:{B3T}", f"X-B3-SpanId:{B3S}",
+                          f"X-B3-ParentSpanId:{B3P}", "X-B3-Sampled:1"))
+write(T, "b3-multi-flags-debug", req("203.0.113.9", "", f"x-b3-traceid:{B3T}", f"x-b3-spanid:{B3S}",
+                                      "x-b3-sampled:0", "x-b3-flags:1"))
+write(T, "b3-multi-legacy-true", req("203.0.113.9", "", "x-b3-traceid:64fe8b2a57d3eff7", f"x-b3-spanid:{B3S}",
+                                      "x-b3-sampled:true"))
+write(T, "b3-multi-uppercase", req("203.0.113.9", "", f"x-b3-traceid:{B3T.upper()}", f"x-b3-spanid:{B3S}"))
+write(T, "b3-single-bad-beats-multi", req("203.0.113.9", "", "b3:0", f"x-b3-traceid:{B3T}", f"x-b3-spanid:{B3S}"))
+write(T, "traceparent-and-b3", req("203.0.113.9", "", "traceparent:" + TP, f"b3:{B3T}-{B3S}-1"))
+# A whole browser request behind Envoy.
+write(T, "browser-post-behind-envoy", req(
+    "10.0.0.1", TRUST,
+    "host:auth.example.com", "origin:https://h5.example.com", "referer:https://h5.example.com/after-login",
+    "cookie:_ga=GA1.2.3.4; __Host-weauth_at=" + AT + "; __Host-weauth_rb=5f1d",
+    "cookie:weauth_rt=rt_AbCdEf0123456789",
+    "x-forwarded-for:2001:db8:1:2::99, 10.0.0.7",
+    "traceparent:" + TP, "x-b3-traceid:" + B3T, "x-b3-spanid:" + B3S,
+    "authorization:Bearer " + AT))
+write(T, "empty-fields", req("", ""))
+write(T, "not-an-address", req("localhost", "10.0.0.0/8", "x-forwarded-for:1.2.3.4"))

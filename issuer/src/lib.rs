@@ -48,6 +48,18 @@ pub mod store;
 pub mod telemetry;
 pub mod wechat;
 
+/// The issuer's pure parsers of hostile HTTP input, re-exported for the fuzz targets
+/// (`fuzz/src/issuer_harness.rs`) and their replay test (`issuer/tests/fuzz_regressions.rs`).
+/// Not API: nothing else may use it, and it changes with them.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::config::IpNet;
+    pub use crate::domain::ratelimit::{client_ip, client_key};
+    pub use crate::domain::tokens::bearer;
+    pub use crate::domain::web::{find_cookie, same_origin_request, CookieLookup};
+    pub use crate::telemetry::tracecontext::{parse_b3, parse_traceparent};
+}
+
 /// A short, non-reversible tag of an identifier for logs (first 10 hex digits of SHA-256),
 /// so an openid can be correlated across log lines without being logged.
 pub fn short_hash(value: &str) -> String {
