@@ -618,11 +618,23 @@ fn model_contains(net: &IpNet, ip: IpAddr) -> bool {
 }
 
 /// `client_ip(peer, forwarded, trusted)` checked against the doc; returns it.
+/// A hop's address as `client_ip`'s doc says: an address, bare, with a port, or an IPv6 one
+/// in brackets.
+fn model_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            let inner = hop.strip_prefix('[')?.strip_suffix(']')?;
+            inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+        })
+}
+
 pub fn check_client_ip(peer: IpAddr, forwarded: Option<&str>, trusted: &[IpNet]) -> IpAddr {
     let got = client_ip(peer, forwarded, trusted);
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| model_contains(net, ip));
     let hops: Vec<Option<IpAddr>> = forwarded
-        .map(|f| f.split(',').map(|h| h.trim().parse().ok()).collect())
+        .map(|f| f.split(',').map(|h| model_hop(h.trim())).collect())
         .unwrap_or_default();
     let expected = match forwarded {
         _ if !is_trusted(peer) => peer,

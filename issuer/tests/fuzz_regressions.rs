@@ -57,8 +57,8 @@ fn expectations() -> Vec<Expectation> {
         ("xff-ipv6-brackets-and-ports", |o| {
             o.client == ip("2001:db8::8")
         }),
-        ("xff-ipv6-port-rightmost", |o| o.client == ip("10.0.0.1")),
-        ("xff-ipv4-port", |o| o.client == ip("fd00::1")),
+        ("xff-ipv6-port-rightmost", |o| o.client == ip("2001:db8::7")),
+        ("xff-ipv4-port", |o| o.client == ip("203.0.113.4")),
         ("xff-two-lines", |o| o.client == ip("1.2.3.4")),
         ("xff-v4-mapped", |o| o.client == ip("::ffff:203.0.113.5")),
         ("xff-all-trusted", |o| o.client == ip("10.0.0.2")),

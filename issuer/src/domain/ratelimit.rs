@@ -121,7 +121,9 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
 /// The client address: the peer, or — when the peer is a trusted proxy — the right-most
 /// `X-Forwarded-For` hop that is not itself a trusted proxy (hops further left are
-/// client-controlled and ignored).
+/// client-controlled and ignored). A hop is an address, bare or with a port (`192.0.2.1:5678`,
+/// `[2001:db8::1]:443`: some proxies append the client's port), or in brackets; a hop that is
+/// none of these ends the walk (the trusted hop right of it is the client).
 pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(peer) {
@@ -132,7 +134,7 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
     };
     let mut client = peer;
     for hop in header.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
+        match forwarded_hop(hop.trim()) {
             Ok(ip) => {
                 client = ip;
                 if !is_trusted(ip) {
@@ -143,6 +145,21 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` hop's address ([`client_ip`]).
+fn forwarded_hop(hop: &str) -> Result<IpAddr, ()> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    if let Ok(socket) = hop.parse::<std::net::SocketAddr>() {
+        return Ok(socket.ip());
+    }
+    hop.strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|inner| inner.parse::<std::net::Ipv6Addr>().ok())
+        .map(IpAddr::V6)
+        .ok_or(())
 }
 
 #[cfg(test)]
@@ -324,5 +341,32 @@ mod tests {
             client_ip(ip("10.0.0.1"), Some("garbage, 1.2.3.4"), &trusted),
             ip("1.2.3.4")
         );
+    }
+
+    /// A hop with the client's port (some proxies append it) is its address: read as an
+    /// unreadable hop, every request behind such a proxy counted as the proxy's own and shared
+    /// one login bucket.
+    #[test]
+    fn client_ip_hops_with_ports_or_brackets_read_as_their_address() {
+        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
+        for (header, client) in [
+            ("203.0.113.7:51234", "203.0.113.7"),
+            ("[2001:db8::7]:443", "2001:db8::7"),
+            ("[2001:db8::8]", "2001:db8::8"),
+            ("6.6.6.6, 203.0.113.9:80, 10.0.0.7:3128", "203.0.113.9"),
+        ] {
+            assert_eq!(
+                client_ip(ip("10.0.0.1"), Some(header), &trusted),
+                ip(client),
+                "{header}"
+            );
+        }
+        for unreadable in ["203.0.113.7:port", "[203.0.113.7]", "2001:db8::7]:443"] {
+            assert_eq!(
+                client_ip(ip("10.0.0.1"), Some(unreadable), &trusted),
+                ip("10.0.0.1"),
+                "{unreadable}"
+            );
+        }
     }
 }
