@@ -30,7 +30,7 @@ use self::apps::Apps;
 use self::parse::{
     parse_base_url, parse_canonical_base_url, parse_data_key, parse_previous_data_keys, parse_store,
 };
-pub use self::parse::{parse_duration, parse_log, Source};
+pub use self::parse::{parse_duration, parse_log, IpNet, Source};
 pub use self::variables::{default_of, help_text, unknown_variables, UnknownVar, Var, VARIABLES};
 
 /// Where the Redis primary is. `Debug` shows no password ([`StoreUrl`]'s).
@@ -223,53 +223,6 @@ impl std::fmt::Debug for StoreUrl {
                 .debug_struct("Mysql")
                 .field("display", display)
                 .finish_non_exhaustive(),
-        }
-    }
-}
-
-/// One trusted proxy network (`10.0.0.0/8`, `::1`, `127.0.0.1/32`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl IpNet {
-    /// Parses `ADDR` or `ADDR/PREFIX`.
-    pub fn parse(text: &str) -> Option<IpNet> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr.trim().parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
-            None => max,
-        };
-        Some(IpNet { addr, prefix })
-    }
-
-    /// Whether `ip` lies in this network (an IPv4-mapped IPv6 address counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
         }
     }
 }

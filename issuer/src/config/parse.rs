@@ -492,3 +492,94 @@ fn key_bytes(var: &str, text: &str) -> Result<[u8; 32], ConfigError> {
         .try_into()
         .map_err(|_| bad(var, format!("must decode to 32 bytes, got {}", bytes.len())))
 }
+
+/// One trusted proxy network (`10.0.0.0/8`, `::1`, `127.0.0.1/32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `ADDR` or `ADDR/PREFIX`.
+    pub fn parse(text: &str) -> Option<IpNet> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        // An IPv4-mapped network is its IPv4 network: addresses are unmapped before they are
+        // compared, and written so it matched none.
+        if let (IpAddr::V6(v6), true) = (addr, prefix >= 96) {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Some(IpNet {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
+        Some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` lies in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IpNet;
+
+    /// An IPv4-mapped network (`::ffff:10.0.0.0/104`) is its IPv4 network: addresses are
+    /// unmapped before they are compared, and such an entry matched none.
+    #[test]
+    fn ipnet_ipv4_mapped_network_is_its_ipv4_network() {
+        let net = IpNet::parse("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(net, IpNet::parse("10.0.0.0/8").unwrap());
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert_eq!(
+            IpNet::parse("::ffff:192.0.2.7").unwrap(),
+            IpNet::parse("192.0.2.7").unwrap()
+        );
+    }
+
+    #[test]
+    fn ipnet_contains_matches_prefix() {
+        let net = IpNet::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one = IpNet::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+    }
+}
