@@ -884,8 +884,14 @@ impl Stack {
             }
             None => RunDir::Temp(temp_dir("weauth-e2e").map_err(io_err("creating temp dir"))?),
         };
+        // A stack whose listeners change (`update_listeners`) keeps no idle connection: one
+        // kept from before an update belongs to a draining listener, which closes it — a POST
+        // sent on it as it closed failed with a connection error (a logout in
+        // `filter_config_updated_through_lds_…`, once in a CI run).
+        let idle_per_host = if b.listeners_from_file { 0 } else { usize::MAX };
         let client = reqwest::Client::builder()
             .no_proxy()
+            .pool_max_idle_per_host(idle_per_host)
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| HarnessError::Http {
