@@ -520,6 +520,7 @@ impl Store for RedisStore {
     /// it), then each one's `phone`.
     async fn phones_page(&self, cursor: &str, limit: usize) -> Result<PhonesPage, StoreError> {
         let users = self.key(&keys::user(""));
+        let users_prefix = users.clone();
         let mut scan = redis::cmd("SCAN");
         scan.arg(if cursor.is_empty() { "0" } else { cursor })
             .arg("MATCH")
@@ -549,8 +550,7 @@ impl Store for RedisStore {
                     async move { link.hget(name, "phone").await }
                 })
                 .await?;
-            if let (Some(sub), Some(phone)) = (name.strip_prefix(&self.key(&keys::user(""))), phone)
-            {
+            if let (Some(sub), Some(phone)) = (name.strip_prefix(users_prefix.as_str()), phone) {
                 page.push((sub.to_string(), phone));
             }
         }

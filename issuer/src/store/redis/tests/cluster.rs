@@ -11,12 +11,16 @@ struct TestCluster {
 }
 
 fn cluster_options(prefix: &str) -> RedisOptions {
-    let cluster = RedisCluster::shared();
+    options_on(RedisCluster::shared(), prefix, 1)
+}
+
+/// The store's options on `cluster` (the shared one, or a test's own).
+fn options_on(cluster: &RedisCluster, prefix: &str, wait_replicas: usize) -> RedisOptions {
     RedisOptions {
         target: cluster_target(&cluster.ports(), None),
         display: cluster.url(),
         prefix: prefix.to_string(),
-        wait_replicas: 1,
+        wait_replicas,
         wait_timeout: Duration::from_millis(500),
         allow_eviction: false,
     }
@@ -353,16 +357,9 @@ async fn cluster_a_replica_in_its_first_full_sync_is_not_counted() {
         .await
         .unwrap()
         .unwrap();
-    let store = RedisStore::connect(RedisOptions {
-        target: cluster_target(&cluster.ports(), None),
-        display: cluster.url(),
-        prefix: "sync:".into(),
-        wait_replicas: 1,
-        wait_timeout: Duration::from_millis(500),
-        allow_eviction: false,
-    })
-    .await
-    .unwrap();
+    let store = RedisStore::connect(options_on(&cluster, "sync:", 1))
+        .await
+        .unwrap();
     let replicas_become = |want: Option<usize>| {
         let store = &store;
         async move {
@@ -425,16 +422,9 @@ async fn cluster_write_refused_is_answered_unconfirmed_a_read_busy() {
         .await
         .unwrap()
         .unwrap();
-    let store = RedisStore::connect(RedisOptions {
-        target: cluster_target(&cluster.ports(), None),
-        display: cluster.url(),
-        prefix: "oom:".into(),
-        wait_replicas: 0,
-        wait_timeout: Duration::from_millis(500),
-        allow_eviction: false,
-    })
-    .await
-    .unwrap();
+    let store = RedisStore::connect(options_on(&cluster, "oom:", 0))
+        .await
+        .unwrap();
     for primary in cluster.primaries() {
         cluster.cli(primary, &["config", "set", "maxmemory", "1"]);
     }

@@ -86,24 +86,31 @@ redis.call('EXPIRE', KEYS[1], 60)
 return f[1]";
     let redis = TestRedis::new().await;
     let store = RedisStore::connect(redis.options()).await.unwrap();
-    let mut side = side_connection(&redis).await;
+    let side = side_connection(&redis).await;
     let (name, index) = (store.key(&keys::ephemeral("st")), store.key(keys::EPH_EXP));
+    // A take as an earlier release's script does it, for another call.
+    let take_as = |script: &'static str| {
+        let (name, index, mut side) = (name.clone(), index.clone(), side.clone());
+        async move {
+            let taken: Option<Vec<u8>> = redis::Script::new(script)
+                .key(&name)
+                .key(&index)
+                .arg(100)
+                .arg("st")
+                .arg("take-old")
+                .invoke_async(&mut side)
+                .await
+                .unwrap();
+            taken
+        }
+    };
     for (earlier, taker) in [(BEFORE_THE_MARK, "take-1"), (MARKED_IN_PLACE, "take-2")] {
         store.put_ephemeral("st", b"pending", 200).await.unwrap();
         assert_eq!(
             store.take_ephemeral_as("st", 100, taker).await.unwrap(),
             Some(b"pending".to_vec())
         );
-        let again: Option<Vec<u8>> = redis::Script::new(earlier)
-            .key(&name)
-            .key(&index)
-            .arg(100)
-            .arg("st")
-            .arg("take-old")
-            .invoke_async(&mut side)
-            .await
-            .unwrap();
-        assert_eq!(again, None, "taken again by {earlier}");
+        assert_eq!(take_as(earlier).await, None, "taken again by {earlier}");
         assert_eq!(
             store.take_ephemeral_as("st", 100, taker).await.unwrap(),
             Some(b"pending".to_vec()),
@@ -112,15 +119,7 @@ return f[1]";
     }
     // A state an earlier release marked in place is still not given to another taker.
     store.put_ephemeral("st", b"marked", 200).await.unwrap();
-    let _: Option<Vec<u8>> = redis::Script::new(MARKED_IN_PLACE)
-        .key(&name)
-        .key(&index)
-        .arg(100)
-        .arg("st")
-        .arg("take-old")
-        .invoke_async(&mut side)
-        .await
-        .unwrap();
+    take_as(MARKED_IN_PLACE).await;
     assert_eq!(
         store.take_ephemeral_as("st", 100, "take-3").await.unwrap(),
         None
