@@ -16,6 +16,17 @@ WASM_TARGET   := wasm32-wasip1
 WASM          := target/$(WASM_TARGET)/wasm-release/weauth_filter.wasm
 NATIVE        := target/native/libweauth_filter.so
 NATIVE_DEBUG  := target/native-debug/libweauth_filter.so
+# The host build of `make test`, `make check`, `make build`, `make up` and `make soak`: static
+# musl binaries, the libc the issuer image ships (scripts/image.sh), so that the tests run the
+# issuer as it is shipped and the image check packs the issuer the tests ran instead of
+# compiling every dependency a second time for musl (about 300 CPU-seconds of a fresh `make
+# test` on 2 cores). Linked by lld (scripts/musl-link). The native filter is the exception: an
+# Envoy dynamic module is loaded into Envoy's glibc process, so it is built for the gnu target
+# (target/debug/libweauth_filter.so; rustc drops the filter's cdylib from the musl build with a
+# warning).
+HOST_TARGET   := x86_64-unknown-linux-musl
+HOST_BIN      := target/$(HOST_TARGET)/debug
+ISSUER_DEBUG  := target/native-debug/weauth-issuer
 CARGO         ?= cargo
 SCHEMATHESIS_VERSION        := 4.32.5
 KUBERNETES_VALIDATE_VERSION := 1.37.0
@@ -29,10 +40,10 @@ CARGO_LOCKED  := $(if $(CI),--locked,)
 # twice or three times (tokio, hyper, reqwest, serde_json, the workspace's own crates), because
 # `make build`, `cargo test --workspace`, `cargo test -p weauth-tests` and the native filter's
 # `-p weauth-filter --features envoy-native` each asked for another set. Now they all run as
-# `cargo test --workspace $(TEST_FEATURES)`: the filter's host build includes the native
-# adapter (so its unit tests run too) and target/debug/libweauth_filter.so is the native module
-# the end-to-end suites load (`make native-debug` builds every target `cargo test` runs, and the
-# filter's cdylib, which `cargo test` alone does not link).
+# `cargo test --target $(HOST_TARGET) --workspace $(TEST_FEATURES)`: the filter's host build
+# includes the native adapter (so its unit tests run too); `make native-debug` builds every
+# target `cargo test` runs, then the native module the end-to-end suites load (for the gnu
+# target, HOST_TARGET above says why).
 TEST_FEATURES := --features weauth-filter/envoy-native
 ifneq ($(CI),)
 export CARGO_INCREMENTAL := 0
@@ -47,10 +58,11 @@ MONITOR       ?=
 CLIENT        := client/miniprogram
 
 export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
-export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/target/debug/weauth-issuer
+export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/$(HOST_BIN)/weauth-issuer
+export WEAUTH_STACK_BIN   ?= $(CURDIR)/$(HOST_BIN)/weauth-stack
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help wasm-target setup browser-setup build wasm native native-debug up down test check lint lint-guard fmt-check clippy clippy-wasm fuzz-lock docs unit \
+.PHONY: help toolchain setup browser-setup build wasm native native-debug up down test check lint lint-guard fmt-check clippy clippy-wasm fuzz-lock docs unit \
         client client-test bench fuzz soak api-tools manifests image image-check monitoring-tools \
         monitoring-rules monitoring-check
 
@@ -64,24 +76,33 @@ export WEAUTH_CHROMIUM ?= /usr/bin/chromium
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-# The wasm target alone: what the builds need before any other tool (`make test` builds while
-# the rest of setup installs).
-wasm-target:
+# What the builds need before any other tool (`make test` builds while the rest of setup
+# installs): the wasm and musl targets, rustfmt and clippy, and musl-gcc (Debian's musl-tools:
+# the musl build compiles SQLite's and ring's C with it).
+toolchain:
 	@# Read whole before grep: under pipefail, `grep -q` leaving early could fail rustup on a
 	@# closed pipe, and the check with it.
-	@if installed=$$(rustup target list --installed) && grep -qx '$(WASM_TARGET)' <<<"$$installed"; then \
-	  echo "setup: rust target $(WASM_TARGET) already installed"; \
-	else \
-	  echo "setup: installing rust target $(WASM_TARGET)"; rustup target add $(WASM_TARGET); \
-	fi
+	@installed=$$(rustup target list --installed); for target in $(WASM_TARGET) $(HOST_TARGET); do \
+	  if grep -qx "$$target" <<<"$$installed"; then \
+	    echo "setup: rust target $$target already installed"; \
+	  else \
+	    echo "setup: installing rust target $$target"; rustup target add $$target; \
+	  fi; \
+	done
 	@# A toolchain installed with rustup's minimal profile (the official rust images) lacks them.
 	@installed=$$(rustup component list --installed); for component in rustfmt clippy; do \
 	  if ! grep -q "^$$component" <<<"$$installed"; then \
 	    echo "setup: installing rust component $$component"; rustup component add $$component; \
 	  fi; \
 	done
+	@if command -v musl-gcc >/dev/null 2>&1; then \
+	  echo "setup: musl-gcc already installed"; \
+	else \
+	  echo "setup: installing musl-tools (Debian package; musl-gcc compiles the C of the musl build)"; \
+	  $(APT_GET) install -y -qq musl-tools || { $(APT_GET) update -qq && $(APT_GET) install -y -qq musl-tools; }; \
+	fi
 
-setup: wasm-target ## install the wasm target, Envoy 1.40.0 into .tools/, curl, python3-pip, redis-server, redis-sentinel, mariadb-server, sqlite3 and procps if missing (idempotent)
+setup: toolchain ## install the wasm and musl targets, musl-tools, Envoy 1.40.0 into .tools/, curl, python3-pip, redis-server, redis-sentinel, mariadb-server, sqlite3 and procps if missing (idempotent)
 	@if command -v curl >/dev/null 2>&1; then \
 	  echo "setup: curl already installed"; \
 	else \
@@ -145,21 +166,24 @@ native: ## build the filter as an Envoy dynamic module: target/native/libweauth_
 	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --features envoy-native --profile native
 	@ls -l $(NATIVE) | awk '{print "native: " $$NF " (" $$5 " bytes)"}'
 
-# The native module in the dev profile, for the end-to-end suites of `make test`: the
-# workspace's debug build of every target `cargo test` runs, with TEST_FEATURES (so the filter's
-# cdylib is the native module), then the module copied out of target/debug/ so that a later
-# build with other features cannot overwrite the one the suites load. `make native`'s release
-# profile compiles every dependency again (about 70 s cold).
+# The debug build of `make test`: every target `cargo test` runs, for HOST_TARGET and with
+# TEST_FEATURES (the filter's native adapter and its unit tests), then the native module in the
+# dev profile for the gnu target, which Envoy loads in the end-to-end suites. The module and the
+# static issuer are copied to target/native-debug/ when both are built: what the image check
+# packs (it waits for them), and a later build cannot overwrite what the suites load. `make
+# native`'s release profile compiles every dependency again (about 70 s cold).
 native-debug:
-	$(BUILD_ENV) $(CARGO) build $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --lib --bins --tests --examples
-	@mkdir -p $(dir $(NATIVE_DEBUG)) && cp target/debug/libweauth_filter.so $(NATIVE_DEBUG)
+	$(BUILD_ENV) $(CARGO) build $(CARGO_LOCKED) --target $(HOST_TARGET) --workspace $(TEST_FEATURES) --lib --bins --tests --examples
+	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --features envoy-native --lib
+	@mkdir -p $(dir $(NATIVE_DEBUG)) && cp target/debug/libweauth_filter.so $(NATIVE_DEBUG) && \
+	  cp $(HOST_BIN)/weauth-issuer $(ISSUER_DEBUG)
 
 build: setup wasm ## build the issuer, the test binaries and the filter
-	$(CARGO) build $(CARGO_LOCKED) --workspace --bins
+	$(CARGO) build $(CARGO_LOCKED) --target $(HOST_TARGET) --workspace --bins
 
 up: build $(if $(filter native,$(EDGE)),native) $(if $(filter 1,$(MONITOR)),monitoring-tools) ## run the local stack (mock WeChat, issuer, demo upstream, Envoy); STORE=redis|mysql|redis-cluster: Redis, MariaDB or a 6-node Redis Cluster + 2 issuer replicas; MONITOR=1: + Prometheus on :9090; EDGE=native: the native filter
 	@mkdir -p .run
-	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) WEAUTH_FILTER_BUILD=$(EDGE) ./target/debug/weauth-stack
+	WEAUTH_STACK_STORE=$(STORE) WEAUTH_STACK_MONITOR=$(MONITOR) WEAUTH_FILTER_BUILD=$(EDGE) ./$(HOST_BIN)/weauth-stack
 
 down: ## stop a stack started by `make up` (only the processes it started)
 	@pid=$$(cat .run/stack.pid 2>/dev/null || true); \
@@ -218,7 +242,7 @@ monitoring-check: monitoring-tools ## promtool check + test the alert rules; the
 image: ## OCI images target/oci/weauth-issuer, weauth-filter (wasm) and weauth-filter-native (the .so) (buildah, FROM scratch; builds what they hold)
 	scripts/image.sh
 
-image-check: ## the three images, their binaries built without the optimizer, checked (skipped, saying why, where buildah cannot run)
+image-check: ## the three images, their binaries in the debug profile, checked (skipped, saying why, where buildah cannot run)
 	scripts/image.sh --check
 
 fmt-check: ## cargo fmt --check
@@ -228,10 +252,11 @@ clippy: setup clippy-wasm ## clippy with -D warnings, for the host (the filter w
 	$(CARGO) clippy $(CARGO_LOCKED) --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 
 # clippy for the wasm target alone (`make test` lints the host in its build: LINTED_BUILD).
+# weauth-token first as the module links it (without its `sign` feature, token/src/lib.rs),
+# then with it: in this order the second run checks little more (about 20 CPU-seconds less).
 clippy-wasm:
-	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-token -p weauth-filter --target $(WASM_TARGET) -- -D warnings
-	@# weauth-token as the module links it: without its `sign` feature (token/src/lib.rs)
 	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-filter --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy $(CARGO_LOCKED) -p weauth-token -p weauth-filter --target $(WASM_TARGET) -- -D warnings
 
 # fuzz/ is its own workspace (`cargo test --workspace` does not build it), so nothing else
 # notices when its lock file falls behind a dependency change; `make fuzz` would rewrite it.
@@ -247,7 +272,7 @@ docs: ## regenerate docs/CONFIGURATION.md's variable table from the issuer's cod
 lint: fmt-check clippy fuzz-lock ## formatting, lints, and the fuzz crate's lock file
 
 unit: ## unit tests of the pure crates (no processes started)
-	$(CARGO) test $(CARGO_LOCKED) -p weauth-token -p weauth-filter
+	$(CARGO) test $(CARGO_LOCKED) --target $(HOST_TARGET) -p weauth-token -p weauth-filter
 
 # The issuer's suites below run in-process (a real App on a temporary SQLite file, the mock
 # WeChat in the test's process); service.rs and operator.rs, which need the binary's process
@@ -257,7 +282,7 @@ ISSUER_INPROCESS_TESTS := router login sessions userdata web grants access_token
 PURE_CRATE_TESTS := $(sort $(basename $(notdir $(wildcard token/tests/*.rs wxdata/tests/*.rs filter/tests/*.rs))))
 
 check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's unit tests and the in-process tests (no Envoy; the store contract runs on a real redis-server)
-	$(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --lib --bins \
+	$(CARGO) test $(CARGO_LOCKED) --target $(HOST_TARGET) --workspace $(TEST_FEATURES) --lib --bins \
 	  $(addprefix --test ,$(PURE_CRATE_TESTS) $(ISSUER_INPROCESS_TESTS))
 
 # The workspace's tests run as two streams side by side: most suites wait on Envoy, the stores,
@@ -302,7 +327,7 @@ lint-guard:
 	if compile $(LINTED_BUILD); then \
 	  echo "lint-guard: a clippy warning passed a build with CLIPPY_ARGS as LINTED_BUILD sets it:"; \
 	  echo "  clippy reads CLIPPY_ARGS otherwise now; update LINTED_BUILD"; exit 1; fi
-CARGO_TEST := WEAUTH_SKIPPED_LOG=$(CURDIR)/target/skipped-tests.txt $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --workspace $(TEST_FEATURES) --no-fail-fast
+CARGO_TEST := WEAUTH_SKIPPED_LOG=$(CURDIR)/target/skipped-tests.txt $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --target $(HOST_TARGET) --workspace $(TEST_FEATURES) --no-fail-fast
 
 # What runs at once: the tools install (Envoy, the stores, the browser and API tools: mostly
 # downloads) while the build runs — formatting, the test binaries (linted: LINTED_BUILD), the
@@ -310,10 +335,11 @@ CARGO_TEST := WEAUTH_SKIPPED_LOG=$(CURDIR)/target/skipped-tests.txt $(LINTED_BUI
 # leaves a core idle); the tests wait for both. That one job installs every Debian package of the
 # run, one apt-get after another: prometheus for monitoring-check and buildah for the image check
 # too (monitoring-check's own apt-get could meet the image check's; a failed build stops the image
-# check, which must not be in an apt-get then). After the tools, the image check starts in the
-# same background job, at the lowest CPU priority and in its own process group: its static
-# issuer build (Cargo.toml's `image-check` profile) runs in what the build and the tests leave
-# idle, and it packs the native module the build wrote. Its output is shown at the end, and its
+# check, which must not be in an apt-get then; musl-tools, which the build needs, comes before
+# it: `make toolchain`). After the tools, the image check starts in the same background job, at
+# the lowest CPU priority and in its own process group: it waits for the static issuer and the
+# native module the build copies to target/native-debug/ and packs them (it compiles nothing of
+# its own). Its output is shown at the end, and its
 # failure fails `make test` like any other; when the build fails first, the exit waits for the
 # tools install to end before stopping the job (an apt-get killed half-way leaves dpkg to repair
 # by hand). It stays in this session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
@@ -323,14 +349,14 @@ CARGO_TEST := WEAUTH_SKIPPED_LOG=$(CURDIR)/target/skipped-tests.txt $(LINTED_BUI
 # stream went on to its next. A test that cannot run here (tests' `report_skip`) is listed at
 # the end, from target/skipped-tests.txt: cargo shows no output of a test that passed.
 test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
-	@mkdir -p target && rm -f $(NATIVE_DEBUG) target/tools.status target/skipped-tests.txt
-	@$(MAKE) --no-print-directory wasm-target
+	@mkdir -p target && rm -f $(NATIVE_DEBUG) $(ISSUER_DEBUG) target/tools.status target/skipped-tests.txt
+	@$(MAKE) --no-print-directory toolchain
 	@echo "test: $$(date +%T) the tools install in the background (target/tools.log), then the image check starts (target/image-check.log)"
 	@set -m; { \
 	  tools=0; $(MAKE) --no-print-directory setup browser-setup api-tools monitoring-tools > target/tools.log 2>&1 && \
 	    scripts/image.sh --tools >> target/tools.log 2>&1 || tools=$$?; \
 	  echo $$tools > target/tools.status; [ $$tools -eq 0 ] || exit $$tools; \
-	  IMAGE_NATIVE_FROM=$(CURDIR)/$(NATIVE_DEBUG) nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1; \
+	  IMAGE_NATIVE_FROM=$(CURDIR)/$(NATIVE_DEBUG) IMAGE_ISSUER_FROM=$(CURDIR)/$(ISSUER_DEBUG) nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1; \
 	} & background=$$!; set +m; \
 	trap 'while [ ! -f target/tools.status ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
 	  kill -- -$$background 2>/dev/null || true; kill $$(jobs -p) 2>/dev/null || true' EXIT; \
@@ -382,7 +408,7 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 client: build client-test ## mini-program client: npm ci, tsc --noEmit, build, unit + e2e tests
 
 # The client's checks alone, for when `make build` is done (`make test` calls it after the
-# cargo tests). Its end-to-end tests start the stack with target/debug/weauth-stack.
+# cargo tests). Its end-to-end tests start the stack with WEAUTH_STACK_BIN (above).
 client-test:
 	@scripts/ensure-node.sh
 	cd $(CLIENT) && npm ci --no-audit --no-fund --loglevel=error
@@ -397,4 +423,4 @@ fuzz: ## coverage-guided fuzzing of the parsers, FUZZ_SECONDS per target (defaul
 	scripts/fuzz.sh
 
 soak: build $(if $(filter native,$(EDGE)),native) ## bounded soak through Envoy (SOAK_SECONDS=120, SOAK_CLIENTS=8, the filter's configuration updated every SOAK_CONFIG_UPDATE_SECONDS=10; EDGE=native: the native filter): errors, memory, threads
-	WEAUTH_FILTER_BUILD=$(EDGE) ./target/debug/weauth-soak
+	WEAUTH_FILTER_BUILD=$(EDGE) ./$(HOST_BIN)/weauth-soak

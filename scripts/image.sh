@@ -16,11 +16,14 @@
 # says why and exits 3.
 #
 # `scripts/image.sh --check` (make image-check, part of make test) builds the issuer and the
-# native module in the `image-check` profile instead (no optimizer: the check is about the
-# packaging, Cargo.toml says why; with IMAGE_NATIVE_FROM set, the native module at that path,
-# built elsewhere, is packed instead), runs scripts/check_images.py on the result, and turns
-# "buildah cannot run here" into a printed skip. Either way this script builds what it packs
-# (the issuer, then the native module, then the wasm module, which `make test` has built by then).
+# native module in the dev profile instead (the check is about the packaging — the layers, the
+# user, the CA certificates, the static entrypoint answering in an empty root, the modules
+# byte-equal to what was built — which the optimizer does not change), runs
+# scripts/check_images.py on the result, and turns "buildah cannot run here" into a printed
+# skip. With IMAGE_ISSUER_FROM and IMAGE_NATIVE_FROM set (`make test`: its own debug build of
+# the static issuer and the native module, which its suites ran), it packs those files, waiting
+# for them to appear, and compiles neither. Otherwise this script builds what it packs (the
+# issuer, then the native module, then the wasm module, which `make test` has built by then).
 #
 # `scripts/image.sh --tools` only installs the Debian packages (with --check's skip): `make test`
 # runs it in its tools job, so that every apt-get of the run comes one after another there, and
@@ -43,10 +46,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' issuer/Cargo.toml | head -1)
 musl_target=x86_64-unknown-linux-musl
-if $check; then issuer_profile=image-check native_profile=image-check; else issuer_profile=release native_profile=native; fi
-issuer_bin=target/$musl_target/$issuer_profile/weauth-issuer
+if $check; then issuer_profile=dev native_profile=dev; else issuer_profile=release native_profile=native; fi
+profile_dir() { if [ "$1" = dev ]; then echo debug; else echo "$1"; fi; }
+issuer_bin=target/$musl_target/$(profile_dir $issuer_profile)/weauth-issuer
 wasm=target/wasm32-wasip1/wasm-release/weauth_filter.wasm
-native=target/$native_profile/libweauth_filter.so
+native=target/$(profile_dir $native_profile)/libweauth_filter.so
 out=target/oci
 store=(--root "$root/target/buildah/root" --runroot "$root/target/buildah/run" --storage-driver vfs)
 
@@ -90,17 +94,24 @@ for rust_target in "$musl_target" wasm32-wasip1; do
     rustup target add "$rust_target"
   fi
 done
-cargo build ${CI:+--locked} --profile "$issuer_profile" --target "$musl_target" -p weauth-issuer
-if $check && [ -n "${IMAGE_NATIVE_FROM:-}" ]; then
-  # `make test` builds the native module in the dev profile for its suites: packed as it is,
-  # once that build has written it (it may still be under way when this script starts).
-  native=$IMAGE_NATIVE_FROM
-  waited=0
-  until [ -f "$native" ]; do
-    [ $waited -eq 0 ] && echo "image: waiting for $native (make test's build)"
-    [ $waited -lt 1800 ] || { echo "image: $native did not appear within 30 min" >&2; exit 1; }
+wait_for() { # file: `make test`'s build copies it there when the build is done (it may still be
+  # under way when this script starts)
+  local waited=0
+  until [ -f "$1" ]; do
+    [ $waited -eq 0 ] && echo "image: waiting for $1 (make test's build)"
+    [ $waited -lt 1800 ] || { echo "image: $1 did not appear within 30 min" >&2; exit 1; }
     sleep 2; waited=$((waited + 2))
   done
+}
+if $check && [ -n "${IMAGE_ISSUER_FROM:-}" ]; then
+  issuer_bin=$IMAGE_ISSUER_FROM
+  wait_for "$issuer_bin"
+else
+  cargo build ${CI:+--locked} --profile "$issuer_profile" --target "$musl_target" -p weauth-issuer
+fi
+if $check && [ -n "${IMAGE_NATIVE_FROM:-}" ]; then
+  native=$IMAGE_NATIVE_FROM
+  wait_for "$native"
 else
   cargo build ${CI:+--locked} --profile "$native_profile" -p weauth-filter --features envoy-native
 fi

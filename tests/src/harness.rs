@@ -2,8 +2,10 @@
 //!
 //! [`StackBuilder::start`] runs, on loopback:
 //! - the mock WeChat and the demo upstream in-process (they live as long as the [`Stack`]);
-//! - the issuer as a child process (`WEAUTH_ISSUER_BIN`, default
-//!   `$CARGO_TARGET_DIR/debug/weauth-issuer` or `<workspace>/target/debug/weauth-issuer`),
+//! - the issuer as a child process (`WEAUTH_ISSUER_BIN`, default `weauth-issuer` in the cargo
+//!   output directory of the running binary — `target/<triple>/debug/` for a test built with
+//!   `--target`, as `make test` builds them — else `$CARGO_TARGET_DIR/debug/weauth-issuer` or
+//!   `<workspace>/target/debug/weauth-issuer`),
 //!   configured through `WEAUTH_*` variables (inherited `WEAUTH_*` variables are removed first,
 //!   so a developer's shell cannot leak into a test), with a SQLite store in the stack's
 //!   directory;
@@ -135,9 +137,13 @@ impl Binaries {
     /// From the environment, with the defaults described in the module docs.
     pub fn from_env() -> Binaries {
         let get = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| output_dir_of(&exe));
         let binaries = Binaries::resolve(
             &workspace_root(),
             get("CARGO_TARGET_DIR").map(PathBuf::from),
+            beside,
             get("WEAUTH_ISSUER_BIN").map(PathBuf::from),
             get("WEAUTH_ENVOY_BIN").map(PathBuf::from),
             get("WEAUTH_FILTER_WASM").map(PathBuf::from),
@@ -153,10 +159,13 @@ impl Binaries {
         binaries
     }
 
-    /// The defaults applied to explicit settings (pure; see [`Binaries::from_env`]).
+    /// The defaults applied to explicit settings (pure; see [`Binaries::from_env`]). `beside`:
+    /// the cargo output directory of the running binary ([`output_dir_of`]), where the issuer
+    /// built with it is.
     pub fn resolve(
         root: &Path,
         target_dir: Option<PathBuf>,
+        beside: Option<PathBuf>,
         issuer: Option<PathBuf>,
         envoy: Option<PathBuf>,
         wasm: Option<PathBuf>,
@@ -168,9 +177,11 @@ impl Binaries {
         };
         let abs = |p: PathBuf| if p.is_absolute() { p } else { root.join(p) };
         Binaries {
-            issuer: issuer
-                .map(abs)
-                .unwrap_or_else(|| target.join("debug/weauth-issuer")),
+            issuer: issuer.map(abs).unwrap_or_else(|| {
+                beside
+                    .unwrap_or_else(|| target.join("debug"))
+                    .join("weauth-issuer")
+            }),
             envoy: envoy
                 .map(abs)
                 .unwrap_or_else(|| root.join(".tools/bin/envoy")),
@@ -220,6 +231,17 @@ impl Binaries {
         }
         Ok(())
     }
+}
+
+/// The cargo output directory (`target/[<triple>/]<profile>/`) of a binary cargo built: its
+/// own directory, or for a test binary (in `deps/`) that directory's parent.
+pub fn output_dir_of(exe: &Path) -> Option<PathBuf> {
+    let dir = exe.parent()?;
+    Some(if dir.file_name() == Some(std::ffi::OsStr::new("deps")) {
+        dir.parent()?.to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
 }
 
 /// A directory under the system temp dir, removed on drop.
@@ -1874,7 +1896,7 @@ mod tests {
 
     #[test]
     fn binaries_resolve_defaults_relative_to_root() {
-        let b = Binaries::resolve(Path::new("/ws"), None, None, None, None);
+        let b = Binaries::resolve(Path::new("/ws"), None, None, None, None, None);
         assert_eq!(b.issuer, Path::new("/ws/target/debug/weauth-issuer"));
         assert_eq!(b.envoy, Path::new("/ws/.tools/bin/envoy"));
         assert_eq!(
@@ -1888,6 +1910,7 @@ mod tests {
         let b = Binaries::resolve(
             Path::new("/ws"),
             Some("/t".into()),
+            Some("/t/x86_64-unknown-linux-musl/debug".into()),
             Some("bin/issuer".into()),
             Some("/opt/envoy".into()),
             None,
@@ -1901,8 +1924,33 @@ mod tests {
     }
 
     #[test]
+    fn binaries_resolve_the_issuer_beside_the_running_binary() {
+        let test = Path::new("/ws/target/x86_64-unknown-linux-musl/debug/deps/e2e_filter-0a1b");
+        let stack = Path::new("/ws/target/release/weauth-stack");
+        for (exe, issuer) in [
+            (
+                test,
+                "/ws/target/x86_64-unknown-linux-musl/debug/weauth-issuer",
+            ),
+            (stack, "/ws/target/release/weauth-issuer"),
+        ] {
+            let b = Binaries::resolve(Path::new("/ws"), None, output_dir_of(exe), None, None, None);
+            assert_eq!(b.issuer, Path::new(issuer), "{exe:?}");
+        }
+        let b = Binaries::resolve(
+            Path::new("/ws"),
+            None,
+            output_dir_of(test),
+            Some("/opt/weauth-issuer".into()),
+            None,
+            None,
+        );
+        assert_eq!(b.issuer, Path::new("/opt/weauth-issuer"));
+    }
+
+    #[test]
     fn binaries_check_missing_issuer_names_make_target() {
-        let b = Binaries::resolve(Path::new("/nonexistent-ws"), None, None, None, None);
+        let b = Binaries::resolve(Path::new("/nonexistent-ws"), None, None, None, None, None);
         let err = b.check(true).unwrap_err().to_string();
         assert!(
             err.contains("/nonexistent-ws/target/debug/weauth-issuer"),

@@ -3,8 +3,9 @@
  * with the weauth filter) for the end-to-end tests, through the harness binary
  * `weauth-stack --free-ports --json` (built by `make build`), and stops it.
  *
- * The binary is `$WEAUTH_STACK_BIN`, else `$CARGO_TARGET_DIR/debug/weauth-stack`, else
- * `<repo>/target/debug/weauth-stack`. It prints one JSON line with the URLs once every part
+ * The binary is `$WEAUTH_STACK_BIN` (the Makefile sets it), else, in `$CARGO_TARGET_DIR` or
+ * `<repo>/target`, `x86_64-unknown-linux-musl/debug/weauth-stack` (`make build`) when it
+ * exists, else `debug/weauth-stack`. It prints one JSON line with the URLs once every part
  * answers; it stops on SIGTERM and also when our end of its stdin closes (if this process
  * dies, the stack does not outlive it).
  */
@@ -43,7 +44,10 @@ function stackBinary(): string {
   const target = process.env.CARGO_TARGET_DIR
     ? path.resolve(REPO, process.env.CARGO_TARGET_DIR)
     : path.join(REPO, "target");
-  return path.join(target, "debug", "weauth-stack");
+  // `make build` builds for x86_64-unknown-linux-musl (the Makefile's HOST_TARGET); a plain
+  // `cargo build` for the host.
+  const musl = path.join(target, "x86_64-unknown-linux-musl", "debug", "weauth-stack");
+  return existsSync(musl) ? musl : path.join(target, "debug", "weauth-stack");
 }
 
 /** Starts the stack with extra issuer variables and plugin patches; rejects after 90 s. */
