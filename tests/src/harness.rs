@@ -210,8 +210,8 @@ impl Binaries {
             return Err(HarnessError::Missing {
                 what: "weauth-issuer binary",
                 path: self.issuer.clone(),
-                hint:
-                    "run `make build` (or `cargo build -p weauth-issuer`), or set WEAUTH_ISSUER_BIN",
+                hint: "run `make build` (it builds for x86_64-unknown-linux-musl) or `cargo build \
+                       -p weauth-issuer` with the target of this binary, or set WEAUTH_ISSUER_BIN",
             });
         }
         if with_envoy && !self.envoy.is_file() {

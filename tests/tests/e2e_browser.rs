@@ -10,8 +10,8 @@
 //!
 //! Needs what `make browser-setup` installs (Chromium, Node.js, `tests/browser/node_modules`)
 //! besides the usual binaries; a missing one fails the test with the make target to run, it is
-//! never skipped. Run: `make build browser-setup && cargo test -p weauth-tests --test
-//! e2e_browser`.
+//! never skipped. Run: `make build browser-setup && cargo test --target x86_64-unknown-linux-musl
+//! -p weauth-tests --test e2e_browser`.
 //!
 //! [`StackBuilder::web_login`]: weauth_tests::harness::StackBuilder::web_login
 

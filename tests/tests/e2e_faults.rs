@@ -30,7 +30,7 @@
 //! themselves under `unshare --user --map-root-user --mount`, and where the kernel refuses
 //! unprivileged user namespaces they are skipped with the reason printed.
 //!
-//! Run: `cargo test -p weauth-tests --test e2e_faults -- --nocapture`.
+//! Run: `cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test e2e_faults -- --nocapture`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
