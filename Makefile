@@ -62,7 +62,7 @@ export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/$(HOST_BIN)/weauth-issuer
 export WEAUTH_STACK_BIN   ?= $(CURDIR)/$(HOST_BIN)/weauth-stack
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 
-.PHONY: help toolchain setup browser-setup build wasm native native-debug up down test check lint lint-guard fmt-check clippy clippy-wasm fuzz-lock docs unit \
+.PHONY: help toolchain setup browser-setup build wasm native native-debug test-build native-module-debug up down test check lint lint-guard fmt-check clippy clippy-wasm fuzz-lock docs unit \
         client client-test bench fuzz soak api-tools manifests image image-check monitoring-tools \
         monitoring-rules monitoring-check
 
@@ -167,16 +167,21 @@ native: ## build the filter as an Envoy dynamic module: target/native/libweauth_
 	@ls -l $(NATIVE) | awk '{print "native: " $$NF " (" $$5 " bytes)"}'
 
 # The debug build of `make test`: every target `cargo test` runs, for HOST_TARGET and with
-# TEST_FEATURES (the filter's native adapter and its unit tests), then the native module in the
-# dev profile for the gnu target, which Envoy loads in the end-to-end suites. The module and the
-# static issuer are copied to target/native-debug/ when both are built: what the image check
-# packs (it waits for them), and a later build cannot overwrite what the suites load. `make
-# native`'s release profile compiles every dependency again (about 70 s cold).
-native-debug:
+# TEST_FEATURES (the filter's native adapter and its unit tests; `test-build`), and the native
+# module in the dev profile for the gnu target, which Envoy loads in the end-to-end suites
+# (`native-module-debug`; in the target directory CARGO_TARGET_DIR names, `make test` builds it
+# beside its test streams). Each is copied to target/native-debug/ once built: what the image
+# check packs (it waits for them), and a later build cannot overwrite what the suites load.
+# `make native`'s release profile compiles every dependency again (about 70 s cold).
+native-debug: test-build native-module-debug
+
+test-build:
 	$(BUILD_ENV) $(CARGO) build $(CARGO_LOCKED) --target $(HOST_TARGET) --workspace $(TEST_FEATURES) --lib --bins --tests --examples
+	@mkdir -p $(dir $(ISSUER_DEBUG)) && cp $(HOST_BIN)/weauth-issuer $(ISSUER_DEBUG)
+
+native-module-debug:
 	$(CARGO) build $(CARGO_LOCKED) -p weauth-filter --features envoy-native --lib
-	@mkdir -p $(dir $(NATIVE_DEBUG)) && cp target/debug/libweauth_filter.so $(NATIVE_DEBUG) && \
-	  cp $(HOST_BIN)/weauth-issuer $(ISSUER_DEBUG)
+	@mkdir -p $(dir $(NATIVE_DEBUG)) && cp $${CARGO_TARGET_DIR:-target}/debug/libweauth_filter.so $(NATIVE_DEBUG)
 
 build: setup wasm ## build the issuer, the test binaries and the filter
 	$(CARGO) build $(CARGO_LOCKED) --target $(HOST_TARGET) --workspace --bins
@@ -330,16 +335,20 @@ lint-guard:
 CARGO_TEST := WEAUTH_SKIPPED_LOG=$(CURDIR)/target/skipped-tests.txt $(LINTED_BUILD) $(CARGO) test $(CARGO_LOCKED) --target $(HOST_TARGET) --workspace $(TEST_FEATURES) --no-fail-fast
 
 # What runs at once: the tools install (Envoy, the stores, the browser and API tools: mostly
-# downloads) while the build runs — formatting, the test binaries (linted: LINTED_BUILD), the
-# wasm module and the wasm lints, side by side (`-j2`: the wasm module's link-time optimization
-# leaves a core idle); the tests wait for both. That one job installs every Debian package of the
+# downloads) while the build runs — formatting, the test binaries (linted: LINTED_BUILD) and the
+# wasm module side by side (`-j2`: the wasm module's link-time optimization leaves a core idle);
+# the tests wait for both. That one job installs every Debian package of the
 # run, one apt-get after another: prometheus for monitoring-check and buildah for the image check
 # too (monitoring-check's own apt-get could meet the image check's; a failed build stops the image
 # check, which must not be in an apt-get then; musl-tools, which the build needs, comes before
-# it: `make toolchain`). After the tools, the image check starts in the same background job, at
-# the lowest CPU priority and in its own process group: it waits for the static issuer and the
-# native module the build copies to target/native-debug/ and packs them (it compiles nothing of
-# its own). Its output is shown at the end, and its
+# it: `make toolchain`). After the tools, the same background job, at the lowest CPU priority
+# and in its own process group, builds what the first tests do not need, in a target directory
+# of its own (target/background: cargo's lock on target/ would hold up the test streams): the
+# native module (for the gnu target; the first stream waits for it before its native suites),
+# then the image check (it packs that module and the static issuer the build copied to
+# target/native-debug/, compiling nothing), then the wasm lints. The CPU the build needs is what
+# bounds a run on two cores; these ~110 CPU-seconds run in what the tests, which mostly wait,
+# leave idle. Its output is shown at the end, and a
 # failure fails `make test` like any other; when the build fails first, the exit waits for the
 # tools install to end before stopping the job (an apt-get killed half-way leaves dpkg to repair
 # by hand). It stays in this session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
@@ -351,16 +360,19 @@ CARGO_TEST := WEAUTH_SKIPPED_LOG=$(CURDIR)/target/skipped-tests.txt $(LINTED_BUI
 test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monitoring rules, unit, integration, end-to-end, browser, client
 	@mkdir -p target && rm -f $(NATIVE_DEBUG) $(ISSUER_DEBUG) target/tools.status target/skipped-tests.txt
 	@$(MAKE) --no-print-directory toolchain
-	@echo "test: $$(date +%T) the tools install in the background (target/tools.log), then the image check starts (target/image-check.log)"
+	@echo "test: $$(date +%T) the tools install in the background (target/tools.log), then the native module, the image check and the wasm lints (target/background.log)"
 	@set -m; { \
 	  tools=0; $(MAKE) --no-print-directory setup browser-setup api-tools monitoring-tools > target/tools.log 2>&1 && \
 	    scripts/image.sh --tools >> target/tools.log 2>&1 || tools=$$?; \
 	  echo $$tools > target/tools.status; [ $$tools -eq 0 ] || exit $$tools; \
-	  IMAGE_NATIVE_FROM=$(CURDIR)/$(NATIVE_DEBUG) IMAGE_ISSUER_FROM=$(CURDIR)/$(ISSUER_DEBUG) nice -n 19 $(MAKE) --no-print-directory image-check > target/image-check.log 2>&1; \
+	  CARGO_TARGET_DIR=$(CURDIR)/target/background nice -n 19 $(MAKE) --no-print-directory native-module-debug > target/background.log 2>&1 || exit 1; \
+	  bg=0; IMAGE_NATIVE_FROM=$(CURDIR)/$(NATIVE_DEBUG) IMAGE_ISSUER_FROM=$(CURDIR)/$(ISSUER_DEBUG) nice -n 19 $(MAKE) --no-print-directory image-check >> target/background.log 2>&1 || bg=1; \
+	  CARGO_TARGET_DIR=$(CURDIR)/target/background nice -n 19 $(MAKE) --no-print-directory clippy-wasm >> target/background.log 2>&1 || bg=1; \
+	  exit $$bg; \
 	} & background=$$!; set +m; \
 	trap 'while [ ! -f target/tools.status ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
 	  kill -- -$$background 2>/dev/null || true; kill $$(jobs -p) 2>/dev/null || true' EXIT; \
-	$(MAKE) --no-print-directory -j2 --output-sync=target fmt-check fuzz-lock lint-guard native-debug wasm clippy-wasm \
+	$(MAKE) --no-print-directory -j2 --output-sync=target fmt-check fuzz-lock lint-guard test-build wasm \
 	  BUILD_ENV='$(LINTED_BUILD)'; \
 	echo "test: $$(date +%T) formatting, lints (host: in the build), the wasm module and the test binaries done"; \
 	while [ ! -f target/tools.status ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
@@ -373,6 +385,7 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	echo "test: $$(date +%T) built; the workspace's tests in two streams (target/test-stream-1.log, -2.log; each shown when it ends)"; \
 	set -m; { rc=0; \
 	  $(CARGO_TEST) $(addprefix --test ,$(TEST_FIRST)) || rc=1; \
+	  while [ ! -f $(NATIVE_DEBUG) ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
 	  echo "test: $$(date +%T) the suites through the edge again, against the native build (an Envoy dynamic module)"; \
 	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
 	    $(addprefix --test ,$(TEST_NATIVE)) || rc=1; \
@@ -397,10 +410,10 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	  cat target/test-stream-$$stream.log; \
 	  if [ $$stream_status -ne 0 ]; then status=1; fi; \
 	done; \
-	echo "test: $$(date +%T) waiting for the image check"; \
-	image_status=0; wait $$background || image_status=$$?; trap - EXIT; \
-	sed 's/^/image-check: /' target/image-check.log; \
-	if [ $$image_status -ne 0 ]; then echo "test: the image check failed (exit $$image_status)"; status=1; fi; \
+	echo "test: $$(date +%T) waiting for the native module's build, the image check and the wasm lints"; \
+	bg_status=0; wait $$background || bg_status=$$?; trap - EXIT; \
+	sed 's/^/background: /' target/background.log; \
+	if [ $$bg_status -ne 0 ]; then echo "test: the native module's build, the image check or the wasm lints failed (target/background.log)"; status=1; fi; \
 	if [ -s target/skipped-tests.txt ]; then echo "test: skipped here, with the reason:"; sed 's/^/  /' target/skipped-tests.txt; fi; \
 	echo "test: $$(date +%T) done"; \
 	exit $$status
