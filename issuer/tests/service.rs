@@ -527,9 +527,12 @@ async fn until_published(stack: &Stack, count: usize) -> Vec<String> {
 
 /// Logs in (`user` with a number) every 100 ms until a token's header `field` is `new`, up to
 /// 10 s past `activate_at` (whole seconds: the key ring is rebuilt on each key reload, so the
-/// switch comes up to a reload after it). Asserts of every token: `new` only if issued
-/// (`iat`) at or after `activate_at`, `old` otherwise. Returns the tokens issued with `old`,
-/// and the first with `new`.
+/// switch comes up to a reload after it). Asserts of every token: `new` only if the login was
+/// answered at or after `activate_at` and issued (`iat`) at or after it — or, for a login in
+/// flight across it, sent before: a token's `iat` is its login's start (the service takes one
+/// `now` for the whole login) and its key the one signing when it is signed, so such a login
+/// can carry the new key with the second before (seen once in a loaded CI run) — `old`
+/// otherwise. Returns the tokens issued with `old`, and the first with `new`.
 async fn logins_until_switch(
     stack: &Stack,
     user: &str,
@@ -539,14 +542,18 @@ async fn logins_until_switch(
 ) -> (Vec<String>, String) {
     let mut before = Vec::new();
     for i in 0.. {
+        let sent = unix_now();
         let login = stack.login(&format!("{user}{i}")).await;
+        let answered = unix_now();
         let token = login["access_token"].as_str().unwrap().to_string();
         let value = common::header(&token)[field].as_str().unwrap().to_string();
         let iat = payload(&token)["iat"].as_i64().unwrap();
         if value == new {
+            let activation = activate_at as f64;
             assert!(
-                iat >= activate_at,
-                "a token issued at {iat} carries {field} {new}, which signs only from {activate_at}"
+                answered >= activation && (iat >= activate_at || sent < activation),
+                "a token issued at {iat} (its login sent at {sent:.3}, answered at \
+                 {answered:.3}) carries {field} {new}, which signs only from {activate_at}"
             );
             println!(
                 "{field} {new} signs from {activate_at}: first seen on a token issued at {iat} \
