@@ -58,7 +58,8 @@ MONITOR       ?=
 CLIENT        := client/miniprogram
 
 export WEAUTH_ENVOY_BIN   ?= $(ENVOY)
-export WEAUTH_ISSUER_BIN  ?= $(CURDIR)/$(HOST_BIN)/weauth-issuer
+# The issuer is found beside the test or weauth-stack that starts it (tests/src/harness.rs);
+# WEAUTH_ISSUER_BIN, when set, is used instead.
 export WEAUTH_STACK_BIN   ?= $(CURDIR)/$(HOST_BIN)/weauth-stack
 export WEAUTH_FILTER_WASM ?= $(CURDIR)/$(WASM)
 

@@ -515,24 +515,18 @@ impl IpNet {
         };
         // An IPv4-mapped network is its IPv4 network: addresses are unmapped before they are
         // compared, and written so it matched none.
-        if let (IpAddr::V6(v6), true) = (addr, prefix >= 96) {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return Some(IpNet {
-                    addr: IpAddr::V4(v4),
-                    prefix: prefix - 96,
-                });
-            }
+        match addr.to_canonical() {
+            IpAddr::V4(v4) if addr.is_ipv6() && prefix >= 96 => Some(IpNet {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            }),
+            _ => Some(IpNet { addr, prefix }),
         }
-        Some(IpNet { addr, prefix })
     }
 
     /// Whether `ip` lies in this network (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
+        match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(self.prefix))
