@@ -280,33 +280,44 @@ lint: fmt-check clippy fuzz-lock ## formatting, lints, and the fuzz crate's lock
 unit: ## unit tests of the pure crates (no processes started)
 	$(CARGO) test $(CARGO_LOCKED) --target $(HOST_TARGET) -p weauth-token -p weauth-filter
 
-# The issuer's suites below run in-process (a real App on a temporary SQLite file, the mock
-# WeChat in the test's process); service.rs and operator.rs, which need the binary's process
-# (signals, exit codes, two replicas), are left to `make test`.
-ISSUER_INPROCESS_TESTS := router login sessions userdata web grants access_token
-# The integration tests of the pure crates (token, wxdata, filter): no process started.
+# The issuer's integration tests and the end-to-end suites are one test binary each
+# (issuer/tests/main.rs: `issuer`, tests/tests/main.rs: `suites`; their headers say why), whose
+# suites are modules, selected by name: `--test suites -- e2e_filter:: e2e_login::` runs those
+# two (libtest's filters match a substring of `module::test`). The issuer's suites below run
+# in-process (a real App on a temporary SQLite file, the mock WeChat in the test's process);
+# service, operator and mysql, which need the binary's process (signals, exit codes, two
+# replicas) or MariaDB, are left to `make test`.
+ISSUER_INPROCESS_TESTS := router login sessions userdata web grants access_token layers fuzz_regressions
+# The integration tests of the pure crates (token, wxdata, filter; a small binary per file): no
+# process started.
 PURE_CRATE_TESTS := $(sort $(basename $(notdir $(wildcard token/tests/*.rs wxdata/tests/*.rs filter/tests/*.rs))))
 
 check: lint ## the loop between edits: fmt, clippy (host+wasm), every crate's unit tests and the in-process tests (no Envoy; the store contract runs on a real redis-server)
 	$(CARGO) test $(CARGO_LOCKED) --target $(HOST_TARGET) --workspace $(TEST_FEATURES) --lib --bins \
-	  $(addprefix --test ,$(PURE_CRATE_TESTS) $(ISSUER_INPROCESS_TESTS))
+	  $(addprefix --test ,$(PURE_CRATE_TESTS))
+	$(CARGO) test $(CARGO_LOCKED) --target $(HOST_TARGET) --workspace $(TEST_FEATURES) --test issuer -- \
+	  $(addsuffix ::,$(ISSUER_INPROCESS_TESTS))
 
 # The workspace's tests run as two streams side by side: most suites wait on Envoy, the stores,
 # the browser and timers rather than compute (one stream left about one core of two idle), so the
 # longest end-to-end suites run in the first stream, then the filter suites again against the
 # native build; every other suite, the wasm import check and the client's tests in the second.
-# Each stream's output goes to its own log, shown as a block when the stream ends. A new test
-# file joins the second stream by itself (TEST_REST is every */tests/*.rs not named here).
+# Each stream's output goes to its own log, shown as a block when the stream ends. The names
+# are suites of the `suites` binary (tests/tests/*.rs); a new suite, or a new test binary of a
+# pure crate, joins the second stream by itself (it runs every suite not named here, and
+# TEST_BINARIES).
 TEST_FIRST := api_schemathesis e2e_filter e2e_replicas e2e_faults e2e_browser e2e_cluster e2e_login
 # What runs again against the native build: the filter's suites, and every suite whose tests all
 # go through the edge (logins, bans and scopes, replicas' failovers, the README's walkthroughs),
-# the deployment examples of the native build loaded by Envoy with the module (only there), then
+# the deployment examples of the native build loaded by Envoy with the module (only there), and
 # the two edge tests of e2e_faults (Envoy restarted: keys and revocations fetched again; the
 # issuer's store restored from a backup).
 TEST_NATIVE := e2e_filter e2e_attacks e2e_paths e2e_login e2e_grants e2e_replicas e2e_walkthrough \
   deploy_native
 TEST_NATIVE_FAULTS := envoy_restart_recovers_keys_and_revocations edge_after_a_restored_backup_keeps_what_it_read_and_gets_what_follows
-TEST_REST  := $(filter-out $(TEST_FIRST) wasm_imports deploy_native,$(sort $(basename $(notdir $(wildcard */tests/*.rs)))))
+# The other test binaries of the second stream: the issuer's, and the pure crates' but the wasm
+# import check (run alone, on the release module).
+TEST_BINARIES := issuer $(filter-out wasm_imports,$(PURE_CRATE_TESTS))
 # `make test` lints the host build as it compiles it: clippy is rustc with more lints, and
 # `cargo clippy` is `cargo check` with clippy-driver as the workspace's compiler (cargo's
 # RUSTC_WORKSPACE_WRAPPER) and `-D warnings` passed in CLIPPY_ARGS. Running it as a separate
@@ -385,16 +396,15 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	status=0; \
 	echo "test: $$(date +%T) built; the workspace's tests in two streams (target/test-stream-1.log, -2.log; each shown when it ends)"; \
 	set -m; { rc=0; \
-	  $(CARGO_TEST) $(addprefix --test ,$(TEST_FIRST)) || rc=1; \
+	  $(CARGO_TEST) --test suites -- $(addsuffix ::,$(TEST_FIRST)) || rc=1; \
 	  while [ ! -f $(NATIVE_DEBUG) ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
 	  echo "test: $$(date +%T) the suites through the edge again, against the native build (an Envoy dynamic module)"; \
-	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
-	    $(addprefix --test ,$(TEST_NATIVE)) || rc=1; \
-	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) \
-	    --test e2e_faults -- --exact $(TEST_NATIVE_FAULTS) || rc=1; \
+	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) --test suites -- \
+	    $(addsuffix ::,$(TEST_NATIVE)) $(addprefix e2e_faults::,$(TEST_NATIVE_FAULTS)) || rc=1; \
 	  exit $$rc; } < /dev/null > target/test-stream-1.log 2>&1 & first=$$!; \
 	{ rc=0; \
-	  $(CARGO_TEST) --lib --bins $(addprefix --test ,$(TEST_REST)) || rc=1; \
+	  $(CARGO_TEST) --lib --bins $(addprefix --test ,$(TEST_BINARIES)) || rc=1; \
+	  $(CARGO_TEST) --test suites -- $(addprefix --skip ,$(addsuffix ::,$(TEST_FIRST) deploy_native)) || rc=1; \
 	  $(CARGO_TEST) --doc || rc=1; \
 	  echo "test: the release module imports only env.proxy_* and wasi_snapshot_preview1.*, and exports only its callbacks"; \
 	  $(CARGO_TEST) --test wasm_imports -- --include-ignored || rc=1; \

@@ -3,10 +3,7 @@
 //! refresh ahead of expiry, the old token kept when a refresh fails, 503 when there is none,
 //! and a replica that waits for (or uses the still-valid token of) another lease holder.
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

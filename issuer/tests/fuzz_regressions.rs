@@ -7,8 +7,6 @@
 //! asserts its oracles. A seed that breaks an oracle fails this test. Here the outcome of the
 //! named seeds is also pinned, so the oracles are exercised both ways.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 #[path = "../../fuzz/src/issuer_harness.rs"]
 mod harness;
 #[path = "../../fuzz/src/replay.rs"]

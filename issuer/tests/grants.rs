@@ -5,10 +5,7 @@
 //! ending a session opened on a replica whose clock runs ahead. The edge side is in
 //! `tests/tests/e2e_grants.rs`.
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

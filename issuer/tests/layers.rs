@@ -7,9 +7,6 @@
 //! links are skipped) and `use` groups (`use crate::{a, b}`), which is how this crate names
 //! its modules (`super::` stays inside a folder).
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::path::{Path, PathBuf};
 
 /// The issuer's top-level modules, lowest first; a module may name those of its own rank or

@@ -3,10 +3,7 @@
 //! the same code posted concurrently, the per-client rate limit, risk control, plugin login,
 //! and WeChat's server API security (signed and encrypted calls, bad answers refused).
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -6,10 +6,7 @@
 //! (`weauth_servers::mariadb::shared`); the SIGKILL test kills and restarts a server, so it has one
 //! of its own. `make setup` installs Debian's `mariadb-server`.
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};

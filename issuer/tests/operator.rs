@@ -3,10 +3,7 @@
 //! with the closest known name, `--help` and `--version`, `keys list` without WeChat
 //! credentials, and a failed start leaving its directory exactly as it was.
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,10 +1,7 @@
 //! The router without a socket: `api::handle` called directly with in-memory bodies, and a
 //! fake WeChat injected through the `Wechat` trait (no mock server, no network).
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

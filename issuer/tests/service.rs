@@ -2,10 +2,7 @@
 //! shutdown, configuration errors, body caps and HTTP error shapes, health/readiness/metrics,
 //! discovery, key algorithms, key rotation through the CLI, and the header-read timeout.
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,10 +1,7 @@
 //! Integration tests of refresh rotation, logout, `/v1/me`, admin revocation and the
 //! revocation feed (including its long poll), against the real binary.
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -6,10 +6,7 @@
 //! (invalidated and retried once on 40001, 503 when WeChat's token endpoint is down, and two
 //! issuer processes on one store fetching it exactly once), and checksession.
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

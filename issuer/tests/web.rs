@@ -5,10 +5,7 @@
 //! mini-program-only routes for web sessions, and one person across apps (same unionid → same
 //! `sub`; a login first seen without a unionid linked, not duplicated).
 
-// Test code: unwrap/expect/panic are how a test fails (the lints guard the service code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -14,7 +14,7 @@ import { chromium } from 'playwright-core';
 
 const env = (name, fallback) => {
   const value = process.env[name] ?? fallback;
-  if (value === undefined) throw new Error(`${name} is not set (run through cargo test -p weauth-tests --test e2e_browser)`);
+  if (value === undefined) throw new Error(`${name} is not set (run through cargo test -p weauth-tests --test suites -- e2e_browser::)`);
   return value;
 };
 const ENVOY = env('WEAUTH_ENVOY_URL');

@@ -1925,7 +1925,7 @@ mod tests {
 
     #[test]
     fn binaries_resolve_the_issuer_beside_the_running_binary() {
-        let test = Path::new("/ws/target/x86_64-unknown-linux-musl/debug/deps/e2e_filter-0a1b");
+        let test = Path::new("/ws/target/x86_64-unknown-linux-musl/debug/deps/suites-0a1b");
         let stack = Path::new("/ws/target/release/weauth-stack");
         for (exe, issuer) in [
             (

@@ -9,7 +9,7 @@
 //! authenticated feed call may legitimately hold a generated `wait` of up to 60 s.
 //!
 //! A missing tool fails the test, naming the make target; it is never skipped. Run:
-//! `make api-tools build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test api_schemathesis`.
+//! `make api-tools build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test suites -- api_schemathesis::`.
 
 use std::path::PathBuf;
 

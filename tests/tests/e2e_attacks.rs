@@ -12,7 +12,7 @@
 //!
 //! Needs the issuer binary, Envoy and the filter module (see `weauth_tests::harness`); a
 //! missing one fails, it is never skipped. Run:
-//! `cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test e2e_attacks -- --nocapture`.
+//! `cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test suites -- e2e_attacks:: --nocapture`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

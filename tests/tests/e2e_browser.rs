@@ -11,7 +11,7 @@
 //! Needs what `make browser-setup` installs (Chromium, Node.js, `tests/browser/node_modules`)
 //! besides the usual binaries; a missing one fails the test with the make target to run, it is
 //! never skipped. Run: `make build browser-setup && cargo test --target x86_64-unknown-linux-musl
-//! -p weauth-tests --test e2e_browser`.
+//! -p weauth-tests --test suites -- e2e_browser::`.
 //!
 //! [`StackBuilder::web_login`]: weauth_tests::harness::StackBuilder::web_login
 

@@ -30,7 +30,7 @@
 //! themselves under `unshare --user --map-root-user --mount`, and where the kernel refuses
 //! unprivileged user namespaces they are skipped with the reason printed.
 //!
-//! Run: `cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test e2e_faults -- --nocapture`.
+//! Run: `cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test suites -- e2e_faults:: --nocapture`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -415,10 +415,16 @@ fn mount_place(test: &str) -> MountPlace {
     println!(
         "{test}: re-running in a user+mount namespace (unshare --user --map-root-user --mount)"
     );
+    // The test's name in its binary, as `--exact` wants it: its module path below the crate
+    // (`e2e_faults::…` in tests/main.rs's binary).
+    let exact = match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{test}"),
+        None => test.to_owned(),
+    };
     let status = std::process::Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount"])
         .arg(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([exact.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(IN_NAMESPACE, "1")
         .status()
         .unwrap();

@@ -12,7 +12,7 @@
 //! Every check after a revocation uses fresh connections, so the requests are spread over all
 //! workers (each has its own copy of the revocation set). Needs the issuer binary, Envoy and
 //! the filter module (see `weauth_tests::harness`); a missing one fails, it is never skipped.
-//! Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test e2e_filter`.
+//! Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test suites -- e2e_filter::`.
 
 use std::time::{Duration, Instant};
 

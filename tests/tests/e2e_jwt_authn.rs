@@ -6,7 +6,7 @@
 //! standard JWKS, for EdDSA (the default) and ES256 — and that jwt_authn, unlike the weauth
 //! filter, still accepts a token after logout (the gap the filter closes).
 //!
-//! Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test e2e_jwt_authn`.
+//! Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test suites -- e2e_jwt_authn::`.
 
 use weauth_tests::harness::{peek_claims, peek_header, Edge, Stack};
 

@@ -10,7 +10,7 @@
 //!   own `X-Forwarded-For`.
 //!
 //! Clients come from distinct loopback addresses (127.0.0.2, 127.0.0.3: Linux routes all of
-//! 127.0.0.0/8 to `lo`). Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test e2e_listeners`.
+//! 127.0.0.0/8 to `lo`). Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test suites -- e2e_listeners::`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 //!
 //! Needs the issuer binary, Envoy and the filter module (see `weauth_tests::harness` for the
 //! variables and defaults); a missing one fails the test with the make target to run, it is
-//! never skipped. Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test e2e_login`.
+//! never skipped. Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test suites -- e2e_login::`.
 
 use serde_json::{json, Value};
 use weauth_tests::harness::{peek_claims, peek_header, temp_dir, Stack};

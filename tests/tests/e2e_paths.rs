@@ -10,7 +10,7 @@
 //! reach the upstream only when the upstream's reading of it is still under `/api/public/`.
 //! With a token, a walk into `/api/private` is served (or refused as unsafe), never opened
 //! without one. Needs the issuer binary, Envoy and the filter module.
-//! Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test e2e_paths`.
+//! Run: `make build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test suites -- e2e_paths::`.
 
 use std::time::Duration;
 

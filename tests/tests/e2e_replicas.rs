@@ -13,7 +13,7 @@
 //!
 //! Needs the issuer binary, Envoy, the filter module and `redis-server` (`make setup`); a
 //! missing one fails, it is never skipped. Run: `make build && cargo test --target
-//! x86_64-unknown-linux-musl -p weauth-tests --test e2e_replicas -- --nocapture` to see the measured numbers.
+//! x86_64-unknown-linux-musl -p weauth-tests --test suites -- e2e_replicas:: --nocapture` to see the measured numbers.
 
 use std::time::{Duration, Instant};
 

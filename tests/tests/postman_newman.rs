@@ -7,7 +7,7 @@
 //!
 //! newman comes from npm, locked by `tests/postman/package-lock.json` and installed with
 //! `npm ci` by `make api-tools`; a missing newman fails the test naming that target. Run:
-//! `make api-tools build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test postman_newman`.
+//! `make api-tools build && cargo test --target x86_64-unknown-linux-musl -p weauth-tests --test suites -- postman_newman::`.
 
 use weauth_tests::harness::{workspace_root, Stack};
 

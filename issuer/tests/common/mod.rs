@@ -7,8 +7,6 @@
 //! (`WEAUTH_LISTEN=127.0.0.1:0`, address read from its `listening on ADDR` log line), for what
 //! needs a process: its log, signals, exit codes, a restart that a crash would cause.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
