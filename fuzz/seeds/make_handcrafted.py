@@ -443,7 +443,9 @@ write(T, "b3-multi-flags-debug", req("203.0.113.9", "", f"x-b3-traceid:{B3T}", f
 write(T, "b3-multi-legacy-true", req("203.0.113.9", "", "x-b3-traceid:64fe8b2a57d3eff7", f"x-b3-spanid:{B3S}",
                                       "x-b3-sampled:true"))
 write(T, "b3-multi-uppercase", req("203.0.113.9", "", f"x-b3-traceid:{B3T.upper()}", f"x-b3-spanid:{B3S}"))
-write(T, "b3-single-bad-beats-multi", req("203.0.113.9", "", "b3:0", f"x-b3-traceid:{B3T}", f"x-b3-spanid:{B3S}"))
+write(T, "b3-deny-beats-multi", req("203.0.113.9", "", "b3:0", f"x-b3-traceid:{B3T}", f"x-b3-spanid:{B3S}"))
+write(T, "b3-single-bad-falls-back-to-multi", req("203.0.113.9", "", f"b3:{B3T}-{B3S}-true",
+                                                   f"x-b3-traceid:{B3T}", f"x-b3-spanid:{B3S}", "x-b3-sampled:1"))
 write(T, "traceparent-and-b3", req("203.0.113.9", "", "traceparent:" + TP, f"b3:{B3T}-{B3S}-1"))
 # A whole browser request behind Envoy.
 write(T, "browser-post-behind-envoy", req(

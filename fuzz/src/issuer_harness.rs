@@ -165,8 +165,8 @@ pub struct Outcome {
 /// - `parse_traceparent`: exactly the W3C format the doc names (version `00` 55 characters,
 ///   a later version longer only with `-` after the flags, `ff` and upper case refused, ids
 ///   not zero), and an accepted one, formatted back, parses to the same;
-/// - `parse_b3`: exactly the single `b3` header, else the `X-B3-*` headers, the doc describes;
-///   an accepted one formatted back (single and multi) parses to the same.
+/// - `parse_b3`: exactly the single `b3` header when valid, else the `X-B3-*` headers, the doc
+///   describes; an accepted one formatted back (single and multi) parses to the same.
 pub fn issuer_http(data: &[u8]) -> Outcome {
     let request = Request::parse(data);
 
@@ -815,42 +815,51 @@ pub fn check_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     got
 }
 
-/// B3 as `parse_b3`'s doc states it.
+/// B3 as `parse_b3`'s doc states it: the single header when it holds valid ids, else the
+/// multi headers — but for a lone `b3: 0`.
 fn model_b3<'a>(
     header: impl Fn(&str) -> Option<&'a str>,
 ) -> Option<([u8; 16], [u8; 8], Option<bool>)> {
-    let (trace, span, sampled) = match header("b3") {
-        Some(single) => {
-            let fields: Vec<&str> = single.trim().split('-').collect();
-            if !(2..=4).contains(&fields.len()) {
+    if header("b3").map(str::trim) == Some("0") {
+        return None;
+    }
+    let single = header("b3").and_then(|single| {
+        let fields: Vec<&str> = single.trim().split('-').collect();
+        if !(2..=4).contains(&fields.len()) {
+            return None;
+        }
+        let sampled = match fields.get(2) {
+            None => None,
+            Some(&"1") | Some(&"d") => Some(true),
+            Some(&"0") => Some(false),
+            Some(_) => return None,
+        };
+        if let Some(parent) = fields.get(3) {
+            if parent.len() != 16 || !is_lower_hex(parent.as_bytes()) {
                 return None;
             }
-            let sampled = match fields.get(2) {
-                None => None,
-                Some(&"1") | Some(&"d") => Some(true),
-                Some(&"0") => Some(false),
-                Some(_) => return None,
-            };
-            if let Some(parent) = fields.get(3) {
-                if parent.len() != 16 || !is_lower_hex(parent.as_bytes()) {
-                    return None;
-                }
+        }
+        model_b3_ids(fields[0], fields[1], sampled)
+    });
+    single.or_else(|| {
+        let sampled = if header("x-b3-flags") == Some("1") {
+            Some(true)
+        } else {
+            match header("x-b3-sampled") {
+                Some("1" | "true") => Some(true),
+                Some("0" | "false") => Some(false),
+                _ => None,
             }
-            (fields[0], fields[1], sampled)
-        }
-        None => {
-            let sampled = if header("x-b3-flags") == Some("1") {
-                Some(true)
-            } else {
-                match header("x-b3-sampled") {
-                    Some("1" | "true") => Some(true),
-                    Some("0" | "false") => Some(false),
-                    _ => None,
-                }
-            };
-            (header("x-b3-traceid")?, header("x-b3-spanid")?, sampled)
-        }
-    };
+        };
+        model_b3_ids(header("x-b3-traceid")?, header("x-b3-spanid")?, sampled)
+    })
+}
+
+fn model_b3_ids(
+    trace: &str,
+    span: &str,
+    sampled: Option<bool>,
+) -> Option<([u8; 16], [u8; 8], Option<bool>)> {
     if trace.len() != 16 && trace.len() != 32 {
         return None;
     }

@@ -116,7 +116,10 @@ fn expectations() -> Vec<Expectation> {
             o.b3.is_some_and(|b| b.2 == Some(true))
         }),
         ("b3-multi-uppercase", |o| o.b3.is_none()),
-        ("b3-single-bad-beats-multi", |o| o.b3.is_none()),
+        ("b3-deny-beats-multi", |o| o.b3.is_none()),
+        ("b3-single-bad-falls-back-to-multi", |o| {
+            o.b3.is_some_and(|b| b.2 == Some(true))
+        }),
         ("browser-post-behind-envoy", |o| {
             o.same_origin
                 && o.client == ip("2001:db8:1:2::99")

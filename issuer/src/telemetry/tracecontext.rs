@@ -141,41 +141,56 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
 /// The trace id, span id and sampled flag of B3 propagation (openzipkin/b3-propagation): the
 /// single `b3` header (`{trace}-{span}[-{sampling}[-{parent}]]`), else the `X-B3-TraceId`,
 /// `X-B3-SpanId`, `X-B3-Sampled` and `X-B3-Flags` headers, read by `header` (a name in lower
-/// case). A 16-digit trace id is the low half of a 128-bit one; lower-case hex only, as the
-/// specification says; sampling `1` or `d` (debug) is sampled, `0` not, none undecided.
-/// `None` without a valid pair of ids (a lone `b3: 0` only says "do not sample").
+/// case) — also when a `b3` header is there but malformed, as OpenTelemetry's B3 propagators
+/// do: one broken header does not hide a valid set. A 16-digit trace id is the low half of a
+/// 128-bit one; lower-case hex only, as the specification says; sampling `1` or `d` (debug) is
+/// sampled, `0` not, none undecided. `None` without a valid pair of ids; a lone `b3: 0` is a
+/// valid header that only says "do not sample": `None`, the `X-B3-*` headers not read.
 pub fn parse_b3<'a>(
     header: impl Fn(&str) -> Option<&'a str>,
 ) -> Option<([u8; 16], [u8; 8], Option<bool>)> {
-    let (trace, span, sampled) = match header("b3").map(str::trim) {
-        Some(single) => {
-            let mut parts = single.split('-');
-            let (trace, span) = (parts.next()?, parts.next()?);
-            let sampled = match parts.next() {
-                None => None,
-                Some("1" | "d") => Some(true),
-                Some("0") => Some(false),
-                Some(_) => return None,
-            };
-            if parts
-                .next()
-                .is_some_and(|parent| parent.len() != 16 || !is_lower_hex(parent))
-                || parts.next().is_some()
-            {
-                return None;
-            }
-            (trace, span, sampled)
-        }
-        None => {
-            let sampled = match (header("x-b3-flags"), header("x-b3-sampled")) {
-                (Some("1"), _) => Some(true),
-                (_, Some("1" | "true")) => Some(true),
-                (_, Some("0" | "false")) => Some(false),
-                _ => None,
-            };
-            (header("x-b3-traceid")?, header("x-b3-spanid")?, sampled)
-        }
+    let multi = || {
+        let sampled = match (header("x-b3-flags"), header("x-b3-sampled")) {
+            (Some("1"), _) => Some(true),
+            (_, Some("1" | "true")) => Some(true),
+            (_, Some("0" | "false")) => Some(false),
+            _ => None,
+        };
+        b3_ids(header("x-b3-traceid")?, header("x-b3-spanid")?, sampled)
     };
+    match header("b3").map(str::trim) {
+        Some("0") => None,
+        Some(single) => parse_b3_single(single).or_else(multi),
+        None => multi(),
+    }
+}
+
+/// The single `b3` header's ids and sampling.
+fn parse_b3_single(single: &str) -> Option<([u8; 16], [u8; 8], Option<bool>)> {
+    let mut parts = single.split('-');
+    let (trace, span) = (parts.next()?, parts.next()?);
+    let sampled = match parts.next() {
+        None => None,
+        Some("1" | "d") => Some(true),
+        Some("0") => Some(false),
+        Some(_) => return None,
+    };
+    if parts
+        .next()
+        .is_some_and(|parent| parent.len() != 16 || !is_lower_hex(parent))
+        || parts.next().is_some()
+    {
+        return None;
+    }
+    b3_ids(trace, span, sampled)
+}
+
+/// B3's trace id (32 or 16 lower-case hex digits) and span id (16), neither all zeros.
+fn b3_ids(
+    trace: &str,
+    span: &str,
+    sampled: Option<bool>,
+) -> Option<([u8; 16], [u8; 8], Option<bool>)> {
     let mut trace_id = [0u8; 16];
     match trace.len() {
         32 if is_lower_hex(trace) => hex::decode_to_slice(trace, &mut trace_id).ok()?,
@@ -342,6 +357,36 @@ mod tests {
             assert_eq!(ctx.trace_id, [7; 16], "{pairs:?}");
             assert_eq!(ctx.parent_id, None, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn b3_invalid_single_header_falls_back_to_valid_multi_headers() {
+        let trace = "463ac35c9f6413ad48485a3953bb6124";
+        let span = "a2fb4a1d1a96d312";
+        for single in ["garbage", "1", "463ac35c9f6413ad-XYZ-1"] {
+            let pairs = [
+                ("b3", single),
+                ("x-b3-traceid", trace),
+                ("x-b3-spanid", span),
+                ("x-b3-sampled", "1"),
+            ];
+            let ctx = TraceContext::child_of(headers(&pairs), [7; 16], [9; 8]);
+            assert_eq!(ctx.trace_id_hex(), trace, "{single}");
+            assert_eq!(ctx.parent_id.map(hex::encode).as_deref(), Some(span));
+        }
+        // A valid single header wins over the multi headers, a lone `b3: 0` too.
+        let deny = [("b3", "0"), ("x-b3-traceid", trace), ("x-b3-spanid", span)];
+        let ctx = TraceContext::child_of(headers(&deny), [7; 16], [9; 8]);
+        assert_eq!(ctx.trace_id, [7; 16]);
+        let other = "0af7651916cd43dd8448eb211c80319c";
+        let single = format!("{other}-{span}-1");
+        let pairs = [
+            ("b3", single.as_str()),
+            ("x-b3-traceid", trace),
+            ("x-b3-spanid", span),
+        ];
+        let ctx = TraceContext::child_of(headers(&pairs), [7; 16], [9; 8]);
+        assert_eq!(ctx.trace_id_hex(), other);
     }
 
     #[test]
