@@ -363,7 +363,8 @@ mod tests {
     fn b3_invalid_single_header_falls_back_to_valid_multi_headers() {
         let trace = "463ac35c9f6413ad48485a3953bb6124";
         let span = "a2fb4a1d1a96d312";
-        for single in ["garbage", "1", "463ac35c9f6413ad-XYZ-1"] {
+        let bad_sampling = format!("{trace}-{span}-true");
+        for single in ["garbage", "463ac35c9f6413ad-XYZ-1", bad_sampling.as_str()] {
             let pairs = [
                 ("b3", single),
                 ("x-b3-traceid", trace),
