@@ -364,10 +364,10 @@ CARGO_TEST := WEAUTH_SKIPPED_LOG=$(CURDIR)/target/skipped-tests.txt $(LINTED_BUI
 # directory of its own (target/background: its build locks target/debug/, as every cargo run
 # of the test streams does), then the image check (it packs that module and the static issuer
 # the build copied to target/native-debug/, compiling nothing), then the wasm lints (in
-# target/, in the wasm module's profile: directories no test stream locks). The CPU the build needs is what
-# bounds a run on two cores; these ~110 CPU-seconds run in what the tests, which mostly wait,
-# leave idle. Its output is shown at the end, and a
-# failure fails `make test` like any other; when the build fails first, the exit waits for the
+# target/, in the wasm module's profile: directories no test stream locks). The CPU the build
+# needs is what bounds a run on two cores; these ~120 CPU-seconds run in what the tests, which
+# mostly wait, leave idle. Its output is shown at the end, and a failure fails `make test` like
+# any other; when the build fails first, the exit waits for the
 # tools install to end before stopping the job (an apt-get killed half-way leaves dpkg to repair
 # by hand). It stays in this session (`set -m`, not `setsid`): Linux's autogroup scheduling shares the CPU equally between
 # sessions, so in a session of its own `nice` would not hold it back. The two test streams run
