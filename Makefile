@@ -442,7 +442,6 @@ client: build client-test ## mini-program client: npm ci, tsc --noEmit, build, u
 client-test:
 	@scripts/ensure-node.sh
 	cd $(CLIENT) && npm ci --no-audit --no-fund --loglevel=error
-	cd $(CLIENT) && npm run --silent typecheck
 	cd $(CLIENT) && npm run --silent build
 	cd $(CLIENT) && npm test
 
