@@ -398,13 +398,14 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	if [ ! -f target/tools.status ]; then echo "test: the tools install stopped without saying how (target/tools.log)"; exit 1; fi; \
 	if [ "$$(cat target/tools.status)" != 0 ]; then echo "test: installing the tools failed (target/tools.log)"; exit 1; fi; \
 	echo "test: $$(date +%T) tools installed"; \
-	$(MAKE) --no-print-directory manifests monitoring-check; \
 	status=0; \
 	echo "test: $$(date +%T) built; the workspace's tests in two streams (target/test-stream-1.log, -2.log; each shown when it ends)"; \
 	set -m; { rc=0; \
 	  $(CARGO_TEST) --test suites -- $(addsuffix ::,$(TEST_FIRST)) || rc=1; \
 	  echo "test: $$(date +%T) the mini-program client"; \
 	  $(MAKE) --no-print-directory client-test || rc=1; \
+	  echo "test: $$(date +%T) the manifests and the alert rules"; \
+	  $(MAKE) --no-print-directory manifests monitoring-check || rc=1; \
 	  while [ ! -f $(NATIVE_DEBUG) ] && kill -0 $$background 2>/dev/null; do sleep 1; done; \
 	  echo "test: $$(date +%T) the suites through the edge again, against the native build (an Envoy dynamic module)"; \
 	  WEAUTH_FILTER_BUILD=native WEAUTH_FILTER_NATIVE=$(NATIVE_DEBUG) $(CARGO_TEST) --test suites -- \
