@@ -30,6 +30,7 @@ use crate::domain::tokens::TokenPolicy;
 use crate::feed::{revocation, FeedCache, KnownSeq};
 use crate::secrets::{DataKey, SecretError};
 use crate::service::admin::Admin;
+use crate::service::flights::Flights;
 use crate::service::identity::Identity;
 use crate::service::sessions::Sessions;
 use crate::service::userdata::UserData;
@@ -470,6 +471,7 @@ impl App {
             wechat,
             access_tokens,
             user_limiter,
+            phone_flights: Flights::default(),
         };
         let admin = Admin {
             store: Arc::clone(&store),

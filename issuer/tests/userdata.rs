@@ -8,11 +8,13 @@
 
 use crate::common;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use common::{Issuer, Stack, APPID};
+use common::{InProcess, Issuer, Stack, APPID};
 use serde_json::{json, Value};
+use weauth_issuer::clock::SystemClock;
 use weauth_mock_wechat::{Fault, MockConfig};
 
 fn token(login: &Value) -> String {
@@ -450,38 +452,109 @@ async fn phone_stored_unreadable_is_replaced_by_a_number_bound_again() {
     assert_eq!(me["phone"], "13800138004");
 }
 
-/// Two requests with one phone code at once (a client's retry racing its first try): the
-/// first to reach WeChat stores the number, and the other — refused by WeChat as a code used
-/// after that — finds that answer stored and gets it too. (Refused before the first one has
-/// stored its answer, the other gets the 400 of a code used.)
+/// A phone code's request, sent to `url` in a task of its own.
+fn phone_task(
+    stack: &Stack,
+    url: String,
+    token: &str,
+    code: &str,
+) -> tokio::task::JoinHandle<(u16, Value, reqwest::header::HeaderMap)> {
+    let (http, token, code) = (stack.http.clone(), token.to_string(), code.to_string());
+    tokio::spawn(async move {
+        let response = http
+            .post(url)
+            .bearer_auth(token)
+            .json(&json!({ "code": code }));
+        common::split(response.send().await.unwrap()).await
+    })
+}
+
+/// Waits until the mock has had `n` calls of `route`.
+async fn wechat_calls(stack: &Stack, route: &str, n: u64) {
+    let started = std::time::Instant::now();
+    while stack.mock.calls(route) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{route}: {} calls in 10 s, waited for {n}",
+            stack.mock.calls(route)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The same phone code sent again while its first request is at WeChat (a client's retry
+/// racing its first try), to the same replica: the second waits for the first, then answers
+/// with what the first stored — one WeChat call. Both ways the first can be under way: held
+/// before WeChat redeems the code, and redeemed with WeChat's answer still on its way back
+/// (where the second, at WeChat by then, got "code used" and a 400 before the replica held
+/// its requests with one code apart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn phone_code_sent_twice_at_once_both_get_the_answer() {
+async fn phone_code_sent_again_while_at_wechat_waits_for_the_first_same_answer() {
     let stack = Stack::start(&[]).await;
+    let token = token(&stack.login("gina").await);
+    for (n, (fault, number)) in [
+        (Fault::Held("first".into()), "13800138003"),
+        (
+            Fault::ServedThen(Box::new(Fault::Held("second".into()))),
+            "13800138013",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let gate = match &fault {
+            Fault::Held(gate) => gate.clone(),
+            _ => "second".to_string(),
+        };
+        let calls = stack.mock.calls("getuserphonenumber");
+        let code = stack.mock.phone_code("gina", number);
+        stack.mock.inject("getuserphonenumber", fault, 1);
+        let url = stack.url("/v1/me/phone");
+        let first = phone_task(&stack, url.clone(), &token, &code);
+        wechat_calls(&stack, "getuserphonenumber", calls + 1).await;
+        let again = phone_task(&stack, url, &token, &code);
+        // Time for the second to reach the replica, where it waits for the first. (Later, it
+        // finds the first's answer stored: the same outcome, checked the same way.)
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stack.mock.release(&gate);
+        let (status, first, _) = first.await.unwrap();
+        assert_eq!(status, 200, "case {n}: {first}");
+        let (status, again, _) = again.await.unwrap();
+        assert_eq!(status, 200, "case {n}: {again}");
+        assert_eq!(first, again, "case {n}");
+        assert_eq!(first["purePhoneNumber"], number, "case {n}");
+        assert_eq!(
+            stack.mock.calls("getuserphonenumber"),
+            calls + 1,
+            "case {n}: the code sent again reached WeChat"
+        );
+    }
+}
+
+/// The same phone code at two replicas at once: the first one's request held before WeChat
+/// redeems the code, the other's redeems it and stores the number; the first, refused by
+/// WeChat as a code used after that, finds that answer stored and gets it too. (Refused
+/// before the other has stored its answer, it gets the 400 of a code used: nothing tells a
+/// replica that a request is under way at another.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_code_sent_at_two_replicas_at_once_both_get_the_answer() {
+    let stack = Stack::start(&[]).await;
+    let other = InProcess::start(stack.issuer.env(), Arc::new(SystemClock)).await;
     let token = token(&stack.login("gina").await);
     let code = stack.mock.phone_code("gina", "13800138003");
     stack
         .mock
         .inject("getuserphonenumber", Fault::Held("first".into()), 1);
-    let first = {
-        let (http, url) = (stack.http.clone(), stack.url("/v1/me/phone"));
-        let (token, code) = (token.clone(), code.clone());
-        tokio::spawn(async move {
-            let response = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({ "code": code }));
-            common::split(response.send().await.unwrap()).await
-        })
-    };
-    let started = std::time::Instant::now();
-    while stack.mock.calls("getuserphonenumber") == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the first request did not reach WeChat within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let (status, second) = phone(&stack, None, &token, &code).await;
+    let first = phone_task(&stack, stack.url("/v1/me/phone"), &token, &code);
+    wechat_calls(&stack, "getuserphonenumber", 1).await;
+    let (status, second, _) = phone_task(
+        &stack,
+        format!("http://{}/v1/me/phone", other.addr),
+        &token,
+        &code,
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{second}");
     stack.mock.release("first");
     let (status, first, _) = first.await.unwrap();
@@ -492,6 +565,7 @@ async fn phone_code_sent_twice_at_once_both_get_the_answer() {
         2,
         "both reached WeChat"
     );
+    other.stop().await;
 }
 
 /// `getPhoneNumber`'s `e.detail` as WeChat hands it over — `errMsg`, `code`,

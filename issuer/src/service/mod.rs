@@ -5,6 +5,7 @@
 //! keeps them in the store.
 
 pub mod admin;
+pub mod flights;
 pub mod identity;
 pub mod sessions;
 pub mod userdata;

@@ -27,8 +27,12 @@
 //!   `invalid_grant` — except the code whose answer is the stored one: the sealed value keeps
 //!   WeChat's whole answer with the SHA-256 of the code it answered ([`StoredPhone`]), and the
 //!   same code sent again by the same user (its answer lost on the way back: WeChat redeems a
-//!   code once) gets that answer again, 200, with no WeChat call. A number stored before
-//!   this (the number alone) still opens; its code is not known.
+//!   code once) gets that answer again, 200, with no WeChat call. Sent again while the first
+//!   request is still at WeChat, it waits for that one on the same replica
+//!   ([`super::flights`]); on another replica it gets the stored answer when WeChat's "code
+//!   used" comes after the first stored it, else the 400 (nothing tells it a request is under
+//!   way there). A number stored before this (the number alone) still opens; its code is not
+//!   known.
 //! - checksession: `GET /v1/me/session` → `{"valid": bool}`: WeChat `/wxa/checksession` with
 //!   the app access token, the caller's openid and hex(HMAC-SHA256(key = session_key text,
 //!   "")); WeChat's 87009 (signature mismatch: a later `wx.login` rotated the key) is
@@ -47,6 +51,7 @@ use crate::config::apps::Apps;
 use crate::config::Config;
 use crate::error::{phone_error, ApiError};
 use crate::secrets::{sha256_hex, DataKey};
+use crate::service::flights::Flights;
 use crate::store::shared::Limiter;
 use crate::store::Store;
 use crate::telemetry::metrics::Metrics;
@@ -65,6 +70,9 @@ pub struct UserData {
     /// The WeChat calls each user may make the issuer do (`WEAUTH_USER_WECHAT_RATE`): one
     /// token per `checksession`, `getuserphonenumber` or `checkencryptedmsg` a route asks for.
     pub user_limiter: Arc<dyn Limiter<String>>,
+    /// The phone codes being redeemed on this replica, by user and code hash: the same code
+    /// sent again meanwhile waits for the first request's answer ([`Flights`]).
+    pub phone_flights: Flights,
 }
 
 /// The user data a mini-program posts to `/v1/me/decrypt`.
@@ -341,6 +349,12 @@ impl UserData {
         require_miniprogram(&self.config.apps, claims, "/v1/me/phone")?;
         let wechat = self.wechat.for_appid(&claims.appid)?;
         let code_sha256 = sha256_hex(code.as_bytes());
+        // The same code sent again while it is at WeChat: after the first request, the
+        // answer it stored (or, when it failed, a WeChat call of this one's own).
+        let _flight = self
+            .phone_flights
+            .enter(&format!("{}:{code_sha256}", claims.sub))
+            .await;
         if let Some(phone) = self.answer_kept(claims, &code_sha256).await? {
             return Ok(phone);
         }
@@ -355,8 +369,8 @@ impl UserData {
             Ok(info) => info,
             Err(CallError::Token(token)) => return Err(ApiError::from(token)),
             Err(CallError::Api(err @ WechatError::InvalidCode { .. })) => {
-                // Used: perhaps by a request with the same code that stored its answer while
-                // this one was on its way to WeChat.
+                // Used: perhaps by a request with the same code on another replica, which
+                // stored its answer while this one was on its way to WeChat.
                 return match self.answer_kept(claims, &code_sha256).await? {
                     Some(phone) => Ok(phone),
                     None => Err(phone_error(err)),
