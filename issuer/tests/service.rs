@@ -151,7 +151,10 @@ async fn a_logout_after_a_restored_backup_reaches_a_sidecar_past_the_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_login() {
-    let mut stack = Stack::process(&[("WEAUTH_SHUTDOWN_GRACE", "10s")]).await;
+    // A grace far longer than the login and than the bound below: an exit within the bound
+    // is one that waited for the login, not for the grace (on a loaded machine a debug
+    // issuer's exit can take seconds).
+    let mut stack = Stack::process(&[("WEAUTH_SHUTDOWN_GRACE", "60s")]).await;
     let code = stack.mock.login("tom").code;
     let calls = stack.mock.calls("jscode2session");
     stack.mock.inject(
@@ -174,17 +177,23 @@ async fn graceful_shutdown_finishes_in_flight_login() {
     until_calls(&stack.mock, "jscode2session", calls + 1).await;
     let started = Instant::now();
     let status =
-        tokio::task::block_in_place(|| stack.issuer.process().terminate(Duration::from_secs(10)));
+        tokio::task::block_in_place(|| stack.issuer.process().terminate(Duration::from_secs(30)));
     assert!(status.success(), "{status:?}");
     assert_eq!(login.await.unwrap(), 200, "in-flight request completed");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     // New connections are refused once it has exited.
     assert!(stack.http.get(stack.url("/healthz")).send().await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_ends_long_polls_promptly() {
-    let mut stack = Stack::process(&[]).await;
+    // A grace longer than the poll's wait: an exit within the bound below is one that ended
+    // the poll, not one that waited for it or for the grace.
+    let mut stack = Stack::process(&[("WEAUTH_SHUTDOWN_GRACE", "60s")]).await;
     let http = stack.http.clone();
     // A delta poll that would wait 50 s.
     let seq = stack.feed(0, 0).await["seq"].as_u64().unwrap();
@@ -199,10 +208,10 @@ async fn graceful_shutdown_ends_long_polls_promptly() {
     until_feed_waiters(&stack.http, &stack.url("/metrics"), 1).await;
     let started = Instant::now();
     let status =
-        tokio::task::block_in_place(|| stack.issuer.process().terminate(Duration::from_secs(10)));
+        tokio::task::block_in_place(|| stack.issuer.process().terminate(Duration::from_secs(30)));
     assert!(status.success());
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
     );
@@ -334,7 +343,7 @@ async fn slow_headers_are_cut_off() {
     let elapsed = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -352,7 +361,8 @@ async fn slow_headers_are_cut_off() {
     })
     .await
     .unwrap();
-    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    // Far under the read timeout (what an uncut connection would take), whatever the load.
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +372,7 @@ async fn slow_body_is_cut_off_with_408() {
     let (elapsed, answer) = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         // Complete headers, then only part of the announced body.
         stream
@@ -387,7 +397,8 @@ async fn slow_body_is_cut_off_with_408() {
     })
     .await
     .unwrap();
-    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // Far under the read timeout (what an uncut connection would take), whatever the load.
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
 }

@@ -232,7 +232,7 @@ impl Sentinel {
             format!(
                 "bind 127.0.0.1\nport {port}\nprotected-mode no\ndir {dir}\nlogfile sentinel.log\n\
                  sentinel monitor {master} 127.0.0.1 {master_port} {quorum}\n\
-                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel down-after-milliseconds {master} 2000\n\
                  sentinel failover-timeout {master} 3000\n\
                  sentinel parallel-syncs {master} 1\n",
                 dir = dir.display()
@@ -497,8 +497,10 @@ fn wait_port_blocking(port: u16, log: &Path) -> Result<(), ServerError> {
 }
 
 /// `cluster-node-timeout` of a cluster whose tests fail a node over: a failover within
-/// about two seconds of a kill.
-const FAILOVER_NODE_TIMEOUT_MS: u64 = 1000;
+/// about three seconds of a kill. At 1 s, a node whose event loop stalled for a second (an
+/// `appendfsync always` write on a busy disk, a starved CPU) could be failed over by the
+/// others while a test was not looking for it, as happened to the shared cluster below.
+const FAILOVER_NODE_TIMEOUT_MS: u64 = 2000;
 
 /// `cluster-node-timeout` of the cluster a test binary shares ([`RedisCluster::shared`]),
 /// whose tests never fail a node over: at 1 s, a node starved of the CPU for a second on a
@@ -508,7 +510,7 @@ const SHARED_NODE_TIMEOUT_MS: u64 = 5000;
 
 /// A real Redis Cluster: 6 `redis-server`s on free loopback ports (3 primaries, 3 replicas),
 /// each with its own data directory, AOF with `appendfsync always`, `cluster-node-timeout
-/// 1000` (5000 for the shared one), formed with `redis-cli --cluster create`. Blocking (std processes and sleeps), so
+/// 2000` (5000 for the shared one), formed with `redis-cli --cluster create`. Blocking (std processes and sleeps), so
 /// one can be shared by every test of a binary ([`RedisCluster::shared`]); nodes are killed
 /// when it is dropped or the test process ends.
 pub struct RedisCluster {

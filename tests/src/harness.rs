@@ -1429,7 +1429,7 @@ impl Stack {
                 return Ok(());
             }
             if stat_value(&stats, REJECTED).unwrap_or(0) > rejected
-                || start.elapsed() > Duration::from_secs(5)
+                || start.elapsed() > Duration::from_secs(30)
             {
                 let log = std::fs::read_to_string(self.envoy_log()).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();

@@ -1,5 +1,5 @@
 //! End-to-end on a real Redis Cluster (6 nodes: 3 primaries, 3 replicas, `cluster-node-timeout
-//! 1000`, AOF `appendfsync always`, formed by `redis-cli --cluster create`): two issuer
+//! 2000`, AOF `appendfsync always`, formed by `redis-cli --cluster create`): two issuer
 //! replicas on `redis+cluster://`, as one Envoy cluster, with the weauth filter at the edge.
 //! One cluster and one stack for the binary; one test walks through, in order:
 //!
@@ -209,7 +209,7 @@ async fn replicas_ready(stack: &Stack) {
     }
 }
 
-/// Waits (up to 5 s: the nodes learn a new owner by gossip) until the nodes name `port` as
+/// Waits (up to 20 s: the nodes learn a new owner by gossip, within a second or two) until the nodes name `port` as
 /// the primary of `key`'s slot.
 async fn primary_becomes(stack: &mut Stack, key: &str, port: u16, what: &str) {
     let started = Instant::now();
@@ -219,7 +219,7 @@ async fn primary_becomes(stack: &mut Stack, key: &str, port: u16, what: &str) {
             return;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(20),
             "{what}: the slot's primary is {now:?}, not :{port}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -296,7 +296,7 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
          ({failed_writes} failed probe writes)"
     );
     assert!(
-        window < Duration::from_secs(10),
+        window < Duration::from_secs(20),
         "unavailability window {window:?}"
     );
     primary_becomes(
@@ -332,7 +332,7 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
         let started = Instant::now();
         while store_replicas(&http, &stack.replica_url(i)).await != Some(0) {
             assert!(
-                started.elapsed() < Duration::from_secs(5),
+                started.elapsed() < Duration::from_secs(20),
                 "replica {i} does not report the promoted primary alone (weauth_store_replicas)"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -443,7 +443,7 @@ async fn cluster_failover_and_resharding_under_load_lose_nothing_acknowledged() 
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(20),
             "the sidecar did not apply every acknowledged logout"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -41,7 +41,7 @@ fn fresh_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
 }
@@ -455,19 +455,26 @@ async fn several_workers_one_fetcher() {
     assert_refused_everywhere(&stack, &jan, 12, "four workers").await;
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Only the filter's calls use the issuer cluster now: exactly one long poll is open, not
-    // one per worker.
+    // Only the filter's calls use the issuer cluster now: one long poll is open, not one per
+    // worker.
+    let mut most_active = 0;
     for _ in 0..10 {
         let active = envoy_stat(&stack, "cluster.weauth_issuer.upstream_rq_active").await;
-        assert_eq!(active, 1, "requests open to the issuer from 4 workers");
+        most_active = most_active.max(active);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let log = std::fs::read_to_string(stack.envoy_log()).unwrap_or_default();
     // Natively the main thread fetches both; in the wasm build one VM is elected for each.
-    let elected: &[&str] = if stack.edge() == Edge::WeauthNative {
-        &["is now the JWKS/revocation fetcher"]
+    let (elected, revocation): (&[&str], &str) = if stack.edge() == Edge::WeauthNative {
+        (
+            &["is now the JWKS/revocation fetcher"],
+            "is now the JWKS/revocation fetcher",
+        )
     } else {
-        &["is now the JWKS fetcher", "is now the revocation fetcher"]
+        (
+            &["is now the JWKS fetcher", "is now the revocation fetcher"],
+            "is now the revocation fetcher",
+        )
     };
     for line in elected {
         // One, not one per worker; a second only after a lease a starved worker let lapse
@@ -475,6 +482,14 @@ async fn several_workers_one_fetcher() {
         let count = log.matches(line).count();
         assert!((1..=2).contains(&count), "{count} elected: {line}");
     }
+    // A poll per fetcher elected: the first one's poll stays open at the issuer (up to its
+    // 20 s wait) after a second fetcher took over.
+    let fetchers = log.matches(revocation).count() as u64;
+    assert!(
+        (1..=fetchers).contains(&most_active),
+        "{most_active} requests open to the issuer from 4 workers, {fetchers} revocation \
+         fetcher(s) elected"
+    );
 }
 
 #[tokio::test]
@@ -710,7 +725,7 @@ async fn inline_keys_verify_tokens_and_are_counted() {
     let started = Instant::now();
     while stat(&stack, "allowed").await < allowed + 3 {
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(15),
             "the allowed requests were not counted in weauth.allowed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

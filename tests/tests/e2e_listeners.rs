@@ -30,7 +30,7 @@ fn client_from(source: Ipv4Addr) -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .local_address(IpAddr::V4(source))
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
 }

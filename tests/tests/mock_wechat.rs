@@ -17,7 +17,7 @@ const SECRET: &str = "mock-secret";
 async fn start(cfg: MockConfig) -> (MockWechat, reqwest::Client) {
     let mock = MockWechat::start(cfg).await.unwrap();
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     (mock, client)
@@ -598,7 +598,7 @@ fn web_cfg() -> MockConfig {
 /// A client that does not follow redirects, as a test of the authorize page needs.
 fn no_redirect_client() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
