@@ -204,7 +204,7 @@ impl RedisServer {
     }
 }
 
-/// A `redis-sentinel` watching `master` at `127.0.0.1:master_port` (quorum 2, 1 s down-after,
+/// A `redis-sentinel` watching `master` at `127.0.0.1:master_port` (quorum 2, 2 s down-after,
 /// 3 s failover timeout: a failover attempt that fails — a split vote between the three
 /// sentinels, likelier on a loaded machine — is tried again after twice that, 6 s, not 20 s,
 /// which the failover tests' 20 s bound for writes to resume could not absorb).
