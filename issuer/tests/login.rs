@@ -1224,14 +1224,7 @@ async fn logins_past_max_in_flight_answered_503_at_once() {
             })
         })
         .collect();
-    let started = Instant::now();
-    while stack.mock.calls("jscode2session") < calls + 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the logins did not reach WeChat within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::until_calls(&stack.mock, "jscode2session", calls + 2).await;
     let code = stack.mock.login("turned-away").code;
     let (status, body, headers) = stack.post("/v1/login", json!({ "code": code })).await;
     assert_eq!(status, 503, "{body}");
@@ -1315,14 +1308,7 @@ async fn a_failure_every_request_meets_is_logged_once_not_per_request() {
             response.send().await.unwrap().status().as_u16()
         })
     };
-    let started = Instant::now();
-    while stack.mock.calls("jscode2session") == calls {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the login did not reach WeChat within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::until_calls(&stack.mock, "jscode2session", calls + 1).await;
     for _ in 0..TIMES {
         let code = stack.mock.login("shed").code;
         let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;

@@ -16,20 +16,6 @@ use serde_json::{json, Value};
 use weauth_issuer::clock::Clock as _;
 use weauth_mock_wechat::Fault;
 
-/// Waits (up to 10 s) until the mock WeChat has received `count` calls of `route`: a request
-/// the issuer makes there is in flight.
-async fn until_calls(mock: &weauth_mock_wechat::MockWechat, route: &str, count: u64) {
-    let started = Instant::now();
-    while mock.calls(route) < count {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{route} was called {} times, not {count}, within 10 s",
-            mock.calls(route)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Waits (up to 10 s) until the issuer at `metrics_url` (its `/metrics`) holds `count` feed
 /// long polls (`weauth_feed_waiters`).
 async fn until_feed_waiters(http: &reqwest::Client, metrics_url: &str, count: u64) {
@@ -174,7 +160,7 @@ async fn graceful_shutdown_finishes_in_flight_login() {
         response.status().as_u16()
     });
     // The login is in flight: its code exchange is held at WeChat.
-    until_calls(&stack.mock, "jscode2session", calls + 1).await;
+    common::until_calls(&stack.mock, "jscode2session", calls + 1).await;
     let started = Instant::now();
     let status =
         tokio::task::block_in_place(|| stack.issuer.process().terminate(Duration::from_secs(30)));

@@ -1079,14 +1079,7 @@ async fn sub_revocation_during_a_login_in_flight_ends_that_login() {
         })
     };
     // The login is in flight: its code exchange is held at WeChat.
-    let started = Instant::now();
-    while stack.mock.calls("jscode2session") <= calls {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the login did not reach WeChat within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::until_calls(&stack.mock, "jscode2session", calls + 1).await;
     let (status, entry, _) = stack
         .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "sub": sub })))
         .await;

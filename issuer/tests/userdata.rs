@@ -469,19 +469,6 @@ fn phone_task(
     })
 }
 
-/// Waits until the mock has had `n` calls of `route`.
-async fn wechat_calls(stack: &Stack, route: &str, n: u64) {
-    let started = std::time::Instant::now();
-    while stack.mock.calls(route) < n {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{route}: {} calls in 10 s, waited for {n}",
-            stack.mock.calls(route)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// The same phone code sent again while its first request is at WeChat (a client's retry
 /// racing its first try), to the same replica: the second waits for the first, then answers
 /// with what the first stored — one WeChat call. Both ways the first can be under way: held
@@ -511,7 +498,7 @@ async fn phone_code_sent_again_while_at_wechat_waits_for_the_first_same_answer()
         stack.mock.inject("getuserphonenumber", fault, 1);
         let url = stack.url("/v1/me/phone");
         let first = phone_task(&stack, url.clone(), &token, &code);
-        wechat_calls(&stack, "getuserphonenumber", calls + 1).await;
+        common::until_calls(&stack.mock, "getuserphonenumber", calls + 1).await;
         let again = phone_task(&stack, url, &token, &code);
         // Time for the second to reach the replica, where it waits for the first. (Later, it
         // finds the first's answer stored: the same outcome, checked the same way.)
@@ -546,7 +533,7 @@ async fn phone_code_sent_at_two_replicas_at_once_both_get_the_answer() {
         .mock
         .inject("getuserphonenumber", Fault::Held("first".into()), 1);
     let first = phone_task(&stack, stack.url("/v1/me/phone"), &token, &code);
-    wechat_calls(&stack, "getuserphonenumber", 1).await;
+    common::until_calls(&stack.mock, "getuserphonenumber", 1).await;
     let (status, second, _) = phone_task(
         &stack,
         format!("http://{}/v1/me/phone", other.addr),

@@ -614,3 +614,17 @@ pub fn now_us() -> u64 {
         .unwrap();
     u64::try_from(since.as_millis()).unwrap() * 1000
 }
+
+/// Waits (up to 10 s) until the mock WeChat has received `count` calls of `route`: a request
+/// the issuer makes there is in flight.
+pub async fn until_calls(mock: &MockWechat, route: &str, count: u64) {
+    let started = Instant::now();
+    while mock.calls(route) < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{route} was called {} times, not {count}, within 10 s",
+            mock.calls(route)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
