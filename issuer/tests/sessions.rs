@@ -485,7 +485,12 @@ async fn feed_requires_credential_and_handles_since() {
     // The wait is capped (a huge wait still answers quickly when something is there).
     let started = Instant::now();
     let capped = stack.feed(0, 100_000).await;
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Far under any wait it could have held (a loaded machine's margin over the milliseconds).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(capped["full"], true);
 }
 
@@ -827,28 +832,32 @@ async fn feed_long_poll_coming_back_is_paced_whatever_the_revocation_rate() {
     .await;
     let mut since = stack.feed(0, 0).await["seq"].as_u64().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let revoker = {
-        let (http, url, stop) = (
-            stack.http.clone(),
-            stack.url("/v1/admin/revoke"),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            let mut revoked = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let response = http
-                    .post(&url)
-                    .bearer_auth(ADMIN)
-                    .json(&json!({ "jti": format!("burst-{revoked}") }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
-                revoked += 1;
-            }
-            revoked
+    // Four revokers side by side: on a loaded machine one alone, a request at a time, was
+    // not always fast enough to tell paced answers from unpaced ones.
+    let revokers: Vec<_> = (0..4)
+        .map(|n| {
+            let (http, url, stop) = (
+                stack.http.clone(),
+                stack.url("/v1/admin/revoke"),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut revoked = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let response = http
+                        .post(&url)
+                        .bearer_auth(ADMIN)
+                        .json(&json!({ "jti": format!("burst-{n}-{revoked}") }))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200);
+                    revoked += 1;
+                }
+                revoked
+            })
         })
-    };
+        .collect();
     let started = Instant::now();
     let mut answers = 0u64;
     while started.elapsed() < Duration::from_secs(2) {
@@ -857,7 +866,10 @@ async fn feed_long_poll_coming_back_is_paced_whatever_the_revocation_rate() {
         answers += 1;
     }
     stop.store(true, Ordering::SeqCst);
-    let revoked = revoker.await.unwrap();
+    let mut revoked = 0;
+    for revoker in revokers {
+        revoked += revoker.await.unwrap();
+    }
     // About 2 s / 250 ms (+1: the first change after a quiet window goes out at once); a
     // slower machine answers fewer, never more. Without the pacing of returning polls: one per
     // round trip while revocations keep coming (27 in a debug build here).
