@@ -371,15 +371,7 @@ async fn phone(stack: &Stack, issuer: Option<&Issuer>, token: &str, code: &str) 
         Some(issuer) => issuer.url("/v1/me/phone"),
         None => stack.url("/v1/me/phone"),
     };
-    let response = stack
-        .http
-        .post(url)
-        .bearer_auth(token)
-        .json(&json!({ "code": code }))
-        .send()
-        .await
-        .unwrap();
-    let (status, body, _) = common::split(response).await;
+    let (status, body, _) = phone_task(stack, url, token, code).await.unwrap();
     (status, body)
 }
 
@@ -479,20 +471,17 @@ fn phone_task(
 async fn phone_code_sent_again_while_at_wechat_waits_for_the_first_same_answer() {
     let stack = Stack::start(&[]).await;
     let token = token(&stack.login("gina").await);
-    for (n, (fault, number)) in [
-        (Fault::Held("first".into()), "13800138003"),
+    for (n, (fault, gate, number)) in [
+        (Fault::Held("first".into()), "first", "13800138003"),
         (
             Fault::ServedThen(Box::new(Fault::Held("second".into()))),
+            "second",
             "13800138013",
         ),
     ]
     .into_iter()
     .enumerate()
     {
-        let gate = match &fault {
-            Fault::Held(gate) => gate.clone(),
-            _ => "second".to_string(),
-        };
         let calls = stack.mock.calls("getuserphonenumber");
         let code = stack.mock.phone_code("gina", number);
         stack.mock.inject("getuserphonenumber", fault, 1);
@@ -503,7 +492,7 @@ async fn phone_code_sent_again_while_at_wechat_waits_for_the_first_same_answer()
         // Time for the second to reach the replica, where it waits for the first. (Later, it
         // finds the first's answer stored: the same outcome, checked the same way.)
         tokio::time::sleep(Duration::from_millis(200)).await;
-        stack.mock.release(&gate);
+        stack.mock.release(gate);
         let (status, first, _) = first.await.unwrap();
         assert_eq!(status, 200, "case {n}: {first}");
         let (status, again, _) = again.await.unwrap();
