@@ -1159,8 +1159,8 @@ async fn a_request_abandoned_by_its_client_is_counted_as_499() {
     stack
         .mock
         .inject("jscode2session", Fault::Delay(Duration::from_secs(5)), 1);
-    // 1 s for the server to take the request before the client gives up (on a loaded
-    // machine 300 ms were not always enough), 4 s more before WeChat answers.
+    // 1 s for the server to take the request before the client gives up (300 ms left a
+    // loaded machine little room), 4 s more before WeChat answers.
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()

@@ -832,8 +832,9 @@ async fn feed_long_poll_coming_back_is_paced_whatever_the_revocation_rate() {
     .await;
     let mut since = stack.feed(0, 0).await["seq"].as_u64().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    // Four revokers side by side: on a loaded machine one alone, a request at a time, was
-    // not always fast enough to tell paced answers from unpaced ones.
+    // Four revokers side by side: one alone, a request at a time, had to make more than 9
+    // revocations a second for the test to tell paced answers from unpaced ones, which a
+    // loaded machine might not.
     let revokers: Vec<_> = (0..4)
         .map(|n| {
             let (http, url, stop) = (
