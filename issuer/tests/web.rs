@@ -1040,6 +1040,55 @@ async fn cookies_beside_a_raw_utf8_cookie_are_read() {
     assert_eq!(status, 204, "{body}");
 }
 
+/// The cookie form of the refresh reads no body, so it takes its place among the requests under
+/// way (`WEAUTH_MAX_IN_FLIGHT`) at once: it took none (a request with a body takes its place
+/// once the body is read), and refreshes sent past the cap each reached the store — and ran to
+/// their end, their clients gone or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_refresh_past_max_in_flight_answered_503_at_once() {
+    let stack = start(&[
+        ("WEAUTH_MAX_IN_FLIGHT", "1"),
+        ("WEAUTH_WECHAT_TIMEOUT", "30s"),
+    ])
+    .await;
+    let cookies = web_login(&stack, &oa(), BACK, "snsapi_base", "grace").await;
+    let cookie = format!(
+        "weauth_rt={}; __Host-weauth_rb={}",
+        cookie_value(&cookies["weauth_rt"]),
+        cookie_value(&cookies["__Host-weauth_rb"])
+    );
+    let calls = stack.mock.calls("jscode2session");
+    stack
+        .mock
+        .inject("jscode2session", Fault::Held("peak".into()), 1);
+    let held = {
+        let code = stack.mock.login("held").code;
+        let (http, url) = (stack.http.clone(), stack.url("/v1/login"));
+        tokio::spawn(async move {
+            let response = http.post(url).json(&json!({ "code": code }));
+            response.send().await.unwrap().status().as_u16()
+        })
+    };
+    common::until_calls(&stack.mock, "jscode2session", calls + 1).await;
+    let (status, body, headers) =
+        cookie_post(&stack, "/v1/token/refresh", &cookie, Some(H5_ORIGIN)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    let metrics = common::metrics_text(&stack.http, &stack.url("/metrics")).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"weauth_http_shed_total{route="refresh"} 1"#),
+        "{metrics}"
+    );
+    stack.mock.release("peak");
+    assert_eq!(held.await.unwrap(), 200);
+    // Turned away, not spent: the same cookie refreshes now.
+    let (status, body, _) =
+        cookie_post(&stack, "/v1/token/refresh", &cookie, Some(H5_ORIGIN)).await;
+    assert_eq!(status, 204, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_refresh_rotates_both_cookies_and_reuse_clears_them() {
     // No reuse grace: the old cookie's second use is theft at once.

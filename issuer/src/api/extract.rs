@@ -190,7 +190,8 @@ pub fn check_credential(header: Option<&str>, expected: &str) -> Result<(), ApiE
 /// The place among the client requests under way (`WEAUTH_MAX_IN_FLIGHT`) of a request that
 /// takes it once its body is read ([`read_json`]); until then it holds none, so a client
 /// sending its body slowly — up to `WEAUTH_HEADER_TIMEOUT` — cannot keep places from others
-/// at no cost. Held as long as a clone of it lives (the request's layer keeps one).
+/// at no cost. A handler that answers such a request without reading its body takes the place
+/// first ([`admit`]). Held as long as a clone of it lives (the request's layer keeps one).
 #[derive(Clone)]
 pub struct Admission {
     app: Arc<App>,
@@ -229,6 +230,19 @@ impl Admission {
         }
         Ok(())
     }
+}
+
+/// Takes the request's place among those under way now, for a handler that answers without
+/// reading the body ([`read_json`] takes it otherwise; call one or the other): nothing is
+/// spent on a request past `WEAUTH_MAX_IN_FLIGHT`, body or not.
+///
+/// # Errors
+/// [`ApiError::UnavailableFor`] when every place is taken.
+pub fn admit(request: &axum::extract::Request) -> Result<(), ApiError> {
+    request
+        .extensions()
+        .get::<Admission>()
+        .map_or(Ok(()), Admission::take)
 }
 
 /// The answer to a client request past `WEAUTH_MAX_IN_FLIGHT`.

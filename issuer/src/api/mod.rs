@@ -183,8 +183,9 @@ async fn observe(
         span: &span,
         answered: false,
     };
-    // A place among the requests under way: taken now, or — a request with a body — once its
-    // body is read (`extract::Admission`).
+    // A place among the requests under way: taken now, or — a POST — once its body is read
+    // (`extract::Admission`), or by its handler when it answers without reading one
+    // (`extract::admit`: a refresh by cookie).
     let admission = (app.in_flight.is_some() && SHED.contains(&route))
         .then(|| extract::Admission::new(Arc::clone(&app), route));
     let admitted = match &admission {

@@ -8,7 +8,9 @@ use hyper::header::CONTENT_TYPE;
 use hyper::StatusCode;
 use serde::Deserialize;
 
-use super::extract::{check_csrf, client_ip, cookie, read_json, same_origin, Now, Peer, User};
+use super::extract::{
+    admit, check_csrf, client_ip, cookie, read_json, same_origin, Now, Peer, User,
+};
 use super::{check_rate, json, no_content, set_cookies, set_session_cookies, Resp};
 use crate::app::App;
 use crate::domain::web;
@@ -73,6 +75,8 @@ pub async fn refresh(
     if !request.headers().contains_key(CONTENT_TYPE) {
         if let Some(presented) = refresh_cookie(&app, request.headers()).map_err(refused)? {
             let presented = presented.to_string();
+            // No body to read: the place among the requests under way is taken here.
+            admit(&request).map_err(refused)?;
             return cookie_refresh(&app, request.headers(), presented, now).await;
         }
     }
