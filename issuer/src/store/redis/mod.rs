@@ -60,8 +60,10 @@
 //!
 //! - *A login*: the directory's half (LOGIN: the code spent, the user linked, the sid in the
 //!   user's set and the expiry index), then the session and its first refresh token
-//!   (OPEN_SESSION). A failure between answers an error with no session; what the first half
-//!   wrote is what the purge removes when the never-opened session's end comes.
+//!   (OPEN_SESSION). A failure between answers an error with no session, the first half taken
+//!   back (FORGET_SESSIONS, the owner known); if that fails too, the sid stays in the user's
+//!   set (the purge, finding no session, cannot tell whose it was; it takes the sid off the
+//!   expiry index at the session's end) and the code's mark expires.
 //! - *A revocation*: the sessions it covers marked revoked in their slots (MARK_SESSION;
 //!   for a `sub`, the user's set read, then read again after the entry for sessions that
 //!   joined meanwhile; for a `sid`, its entry noted as pending in the session), then the

@@ -24,12 +24,12 @@ impl RedisStore {
             let reads = chunk.iter().map(|sid| self.session_owner(sid));
             owners.extend(futures_util::future::try_join_all(reads).await?);
         }
-        let mut call = self.inner.scripts.forget_sessions.prepare_invoke();
-        call.key(self.key(keys::SESSIONS_EXP)).arg(self.prefix());
-        for (sid, (sub, code_hash)) in sids.iter().zip(&owners) {
-            call.arg(sid).arg(sub).arg(code_hash);
-        }
-        let _: i64 = self.eval(&call).await?;
+        let forget: Vec<_> = sids
+            .iter()
+            .zip(&owners)
+            .map(|(sid, (sub, code_hash))| (sid.as_str(), sub.as_str(), code_hash.as_str()))
+            .collect();
+        self.forget_sessions(&forget).await?;
         let mut tokens = 0;
         for chunk in sids.chunks(CONCURRENT_SLOTS) {
             let drops = chunk.iter().map(|sid| self.drop_session(sid));
@@ -39,6 +39,21 @@ impl RedisStore {
                 .sum::<usize>();
         }
         Ok(tokens)
+    }
+
+    /// FORGET_SESSIONS: sessions `(sid, sub, code_hash)` taken off their user's set (`sub`
+    /// `""`: none), their code's mark and the expiry index.
+    pub(super) async fn forget_sessions(
+        &self,
+        sessions: &[(&str, &str, &str)],
+    ) -> Result<(), StoreError> {
+        let mut call = self.inner.scripts.forget_sessions.prepare_invoke();
+        call.key(self.key(keys::SESSIONS_EXP)).arg(self.prefix());
+        for (sid, sub, code_hash) in sessions {
+            call.arg(sid).arg(sub).arg(code_hash);
+        }
+        let _: i64 = self.eval(&call).await?;
+        Ok(())
     }
 
     /// A session's sub and code hash (`""` for what it does not have, or a session gone).

@@ -348,8 +348,13 @@ impl Store for RedisStore {
                 _ => continue,
             }
             // The session and its first refresh token, in the family's slot. Should this
-            // fail, the login fails with no session: the directory's half (the code spent, a
-            // sid in the user's set and the expiry index) is what a purge removes.
+            // fail, the login fails with no session, and the directory's half (the code spent,
+            // the sid in the user's set and the expiry index) is taken back now, while the
+            // session's owner is known: the purge reads an owner from the session, which this
+            // one never got, and the sid stayed in the user's set for good (its TTL renewed by
+            // each later login), met by every later ban and "log out everywhere". If that
+            // fails too (the directory's server is down as well), the purge still takes the
+            // sid off the expiry index, and the code's mark expires.
             let family = tokens::family_of_sid(&login.sid);
             let mut call = self.inner.scripts.open_session.prepare_invoke();
             call.key(self.session_key(&login.sid))
@@ -367,7 +372,22 @@ impl Store for RedisStore {
                 .arg(session_ttl)
                 .arg(login.refresh_expires)
                 .arg(refresh_ttl);
-            let _: i64 = self.eval(&call).await?;
+            if let Err(err) = self.eval::<i64>(&call).await {
+                let taken_back = self
+                    .forget_sessions(&[(
+                        login.sid.as_str(),
+                        link.sub.as_str(),
+                        login.code_hash.as_str(),
+                    )])
+                    .await;
+                if let Err(also) = taken_back {
+                    tracing::warn!(
+                        error = %also,
+                        "a login cut short: its session's id is left in its user's set"
+                    );
+                }
+                return Err(err);
+            }
             self.replicate(epoch).await?;
             return Ok(LoginResult::Created {
                 sub: link.sub,

@@ -738,6 +738,48 @@ async fn redis_purge_cut_short_leaves_no_session_in_its_users_set() {
     assert!(store.session("s-cut").await.unwrap().is_none());
 }
 
+/// A login cut short between the directory's script and the session's takes the directory's
+/// half back while it knows the session's owner: the purge reads an owner from the session,
+/// which this one never got, so the sid stayed in the user's set for good (the set's TTL
+/// renewed by each later login), met by every later ban and "log out everywhere" of the user.
+#[tokio::test]
+async fn redis_login_cut_short_leaves_no_session_in_its_users_set() {
+    use crate::store::contract::login;
+    let redis = TestRedis::new().await;
+    let store = RedisStore::connect(redis.options()).await.unwrap();
+    let mut side = side_connection(&redis).await;
+    // The session's key taken by a string: OPEN_SESSION fails on it (WRONGTYPE), where a login
+    // could be cut short (the session family's shard failing over, the issuer stopped).
+    let _: () = redis::cmd("SET")
+        .arg(store.session_key("s-cut"))
+        .arg("not a hash")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    let cut = login("cut", "o-cut", None, 10);
+    assert!(store.login(&cut).await.is_err());
+    let member: bool = redis::cmd("SISMEMBER")
+        .arg(store.key(&keys::sub_sessions("u-cut")))
+        .arg("s-cut")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert!(!member, "the sid left in its user's set");
+    let indexed: Option<f64> = redis::cmd("ZSCORE")
+        .arg(store.key(keys::SESSIONS_EXP))
+        .arg("s-cut")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert_eq!(indexed, None, "the sid left in the expiry index");
+    let spent: bool = redis::cmd("EXISTS")
+        .arg(store.key(&keys::code(&cut.code_hash)))
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    assert!(!spent, "the code's mark left");
+}
+
 /// A session counts the refresh tokens it is given (`given`) instead of keeping each one's hash
 /// in a set to its end — about 250 KB for a session refreshed every 15 minutes for 30 days, only
 /// ever counted — and the purge still counts them, a set a release before left included.
