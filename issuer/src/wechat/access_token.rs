@@ -12,7 +12,8 @@
 //!   lease answered with it at once; the others keep using the current token while it is
 //!   still valid, or wait for the holder's answer when there is none (up to the lease length
 //!   plus 2 s, then 503); of the requests of one replica waiting so, one polls the store at a
-//!   time.
+//!   time. The holder's fetch runs on a task of its own, to its end even when the request
+//!   that took the lease goes away.
 //! - A fetch asks `stable_token` WITHOUT `force_refresh`, which hands every caller the same
 //!   token. Only when WeChat refused a token (40001, 42001, 40014) and `stable_token` still
 //!   returns that very token is `force_refresh` used — at most once per [`FORCE_INTERVAL`] per
@@ -329,9 +330,16 @@ impl AccessTokens {
                         return self.open(appid, token);
                     }
                 }
-                return self
-                    .fetch_as_holder(appid, &holder, refused, refused_hash.as_deref(), cached)
-                    .await;
+                // On a task of its own: this request may go away meanwhile (its client gave
+                // up, Envoy's route timeout) — dropped with it, the fetch left the lease held
+                // to its end (about half a minute, every request of every replica waiting for
+                // it), WeChat's answer lost and no failure noted.
+                return match self.spawn_fetch(appid, holder, refused, cached).await {
+                    Ok(result) => result,
+                    Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                    // The runtime shutting down.
+                    Err(_) => Err(TokenError::LeaseTimeout),
+                };
             }
             if decision == Plan::Refresh {
                 if let Some(token) = &cached {
@@ -363,10 +371,30 @@ impl AccessTokens {
         }
     }
 
-    /// [`Self::fetch_as_holder`] on a task of its own, for a token due for refresh but still
-    /// valid. WeChat's answer is counted and logged there (a failure keeps the current token);
-    /// a store or sealing failure is logged here, and the lease released. Not awaited at
-    /// shutdown: a refresh cut short leaves the lease to expire (one lease length).
+    /// [`Self::fetch_as_holder`] on a task of its own, which runs to its end whether or not
+    /// the request that took the lease is still there. Not awaited at shutdown: a fetch cut
+    /// short leaves the lease to expire (one lease length).
+    fn spawn_fetch(
+        self: &Arc<Self>,
+        appid: &str,
+        holder: String,
+        refused: Option<&str>,
+        cached: Option<CachedToken>,
+    ) -> tokio::task::JoinHandle<Result<Zeroizing<String>, TokenError>> {
+        let this = Arc::clone(self);
+        let appid = appid.to_string();
+        let refused = refused.map(|r| Zeroizing::new(r.to_string()));
+        tokio::spawn(async move {
+            let refused = refused.as_ref().map(|r| r.as_str());
+            let refused_hash = refused.map(|t| secrets::sha256_hex(t.as_bytes()));
+            this.fetch_as_holder(&appid, &holder, refused, refused_hash.as_deref(), cached)
+                .await
+        })
+    }
+
+    /// [`Self::spawn_fetch`] for a token due for refresh but still valid, not awaited.
+    /// WeChat's answer is counted and logged there (a failure keeps the current token); a
+    /// store or sealing failure is logged here, and the lease released.
     fn refresh_in_background(
         self: &Arc<Self>,
         appid: &str,
@@ -374,16 +402,10 @@ impl AccessTokens {
         refused: Option<&str>,
         cached: Option<CachedToken>,
     ) {
-        let this = Arc::clone(self);
+        let fetch = self.spawn_fetch(appid, holder, refused, cached);
         let appid = appid.to_string();
-        let refused = refused.map(|r| Zeroizing::new(r.to_string()));
         tokio::spawn(async move {
-            let refused = refused.as_ref().map(|r| r.as_str());
-            let refused_hash = refused.map(|t| secrets::sha256_hex(t.as_bytes()));
-            if let Err(err) = this
-                .fetch_as_holder(&appid, &holder, refused, refused_hash.as_deref(), cached)
-                .await
-            {
+            if let Ok(Err(err)) = fetch.await {
                 tracing::warn!(appid = %appid, error = %err, "the background refresh of the WeChat access token failed; the current token stays in use");
             }
         });
@@ -655,11 +677,49 @@ mod tests {
         }
     }
 
+    /// A WeChat double handing out [`OneToken`]'s token once let through (`release`), saying
+    /// when a call is there (`at_wechat`).
+    #[derive(Default)]
+    struct HeldToken {
+        at_wechat: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    impl crate::wechat::Wechat for HeldToken {
+        fn code2session<'a>(
+            &'a self,
+            code: &'a str,
+        ) -> crate::wechat::BoxFuture<'a, Result<crate::wechat::Code2Session, WechatError>>
+        {
+            OneToken.code2session(code)
+        }
+
+        fn stable_token(
+            &self,
+            force: bool,
+        ) -> crate::wechat::BoxFuture<'_, Result<crate::wechat::AccessToken, WechatError>> {
+            Box::pin(async move {
+                self.at_wechat.notify_one();
+                self.release.notified().await;
+                OneToken.stable_token(force).await
+            })
+        }
+    }
+
     /// Tokens of app `wx1` on a SQLite store in `dir` whose operations run through `faults`,
     /// fetched from [`OneToken`]; and the store itself.
     fn tokens_over(
         dir: &std::path::Path,
         faults: crate::store::traced::Faults,
+    ) -> (Arc<AccessTokens>, Arc<dyn Store>) {
+        tokens_from(dir, faults, Arc::new(OneToken))
+    }
+
+    /// [`tokens_over`], fetched from `wechat`.
+    fn tokens_from(
+        dir: &std::path::Path,
+        faults: crate::store::traced::Faults,
+        wechat: Arc<dyn crate::wechat::Wechat>,
     ) -> (Arc<AccessTokens>, Arc<dyn Store>) {
         let sqlite: Arc<dyn Store> =
             Arc::new(crate::store::sqlite::SqliteStore::open(&dir.join("t.db")).unwrap());
@@ -678,8 +738,7 @@ mod tests {
             Arc::new(Metrics::default()),
             Arc::new(crate::clock::SystemClock) as Arc<dyn Clock>,
         );
-        let clients =
-            WechatClients::build(&config, Some(Arc::new(OneToken)), &metrics, &clock).unwrap();
+        let clients = WechatClients::build(&config, Some(wechat), &metrics, &clock).unwrap();
         let tokens = AccessTokens::new(
             store,
             DataKey::from_bytes(&[7; 32]),
@@ -720,6 +779,46 @@ mod tests {
                 "{op}: the lease is still held by the request that gave up"
             );
         }
+    }
+
+    /// A request holding the lease that goes away while its fetch is at WeChat (its client
+    /// gave up, Envoy's route timeout) leaves the fetch to finish: the token is stored and the
+    /// lease released. Dropped with the request, the fetch left the lease held to its end
+    /// (about half a minute, every request of every replica waiting for it), and WeChat's
+    /// answer was lost.
+    #[tokio::test]
+    async fn a_fetch_whose_request_went_away_stores_its_token_and_releases_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let wechat = Arc::new(HeldToken::default());
+        let (tokens, store) = tokens_from(
+            dir.path(),
+            crate::store::traced::Faults::default(),
+            Arc::clone(&wechat) as Arc<dyn crate::wechat::Wechat>,
+        );
+        let request = tokio::spawn({
+            let tokens = Arc::clone(&tokens);
+            async move { tokens.get_for("wx1", None).await }
+        });
+        wechat.at_wechat.notified().await;
+        request.abort();
+        assert!(request.await.unwrap_err().is_cancelled());
+        wechat.release.notify_one();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while store.wechat_token("wx1").await.unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the token fetched for the request that went away was not stored"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let now = crate::clock::SystemClock.now();
+        assert!(
+            store
+                .lease_wechat_token("wx1", "another", now, now + 30)
+                .await
+                .unwrap(),
+            "the lease is still held by the request that went away"
+        );
     }
 
     #[test]
