@@ -32,7 +32,8 @@
 //!   ([`Store::put_wechat_token`]): a fetcher whose lease lapsed and was taken answers its
 //!   own request with the token but does not write over the new holder's.
 //! - WeChat's token endpoint down: if the cached token is still valid it keeps being used (and
-//!   the failure is counted and logged); otherwise the request fails with 503
+//!   the failure is counted and logged; the refresh is asked again once its hold is over:
+//!   [`FAILURE_HOLD`], or [`RATE_LIMIT_HOLD`] for the rate limit); otherwise the request fails with 503
 //!   `temporarily_unavailable` (502 `upstream_error` when WeChat refuses the appid/secret); a
 //!   busy, slow or unreachable WeChat fails the replica's requests for the next
 //!   [`FAILURE_HOLD`] seconds too, at once, without asking again (each waited for a fetch of
@@ -70,6 +71,8 @@ pub const FORCE_INTERVAL: i64 = 300;
 /// unreachable ([`WechatError::is_retryable`]), and no token usable — before it asks WeChat
 /// again ([`AccessTokens::get_for`]). A refusal (an IP not allowed, the quota spent) comes
 /// back at once: it is asked again each time; the rate limit is held for [`RATE_LIMIT_HOLD`].
+/// A failed refresh of a token still valid is held too, a refusal included
+/// ([`AccessTokens::hold_refresh`]).
 pub const FAILURE_HOLD: i64 = 5;
 /// How long a replica answers WeChat's rate limit on `stable_token` (45011, "retry next
 /// minute") before asking again.
@@ -235,6 +238,20 @@ impl AccessTokens {
             })
     }
 
+    /// Notes a failed refresh of a token still valid: held as a failed fetch is, and at least
+    /// [`FAILURE_HOLD`] — with a valid token in hand nothing waits for the refresh, and asking
+    /// again at once, for each request of the refresh window (one at a time, the lease taken
+    /// in turn), spent WeChat's `stable_token` calls, a daily quota, at the request rate for
+    /// up to the window's 5 minutes. A request meeting the hold uses the token
+    /// ([`Self::get_for`]).
+    fn hold_refresh(&self, appid: &str, now: i64, err: &WechatError) {
+        let hold = hold_of(err).unwrap_or(FAILURE_HOLD);
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(appid.to_string(), (now + hold, err.clone()));
+    }
+
     /// Notes the outcome of a fetch: a failure worth holding ([`hold_of`]) is held, a success
     /// ends any hold.
     fn note_fetch(&self, appid: &str, failure: Option<(i64, &WechatError)>) {
@@ -294,9 +311,12 @@ impl AccessTokens {
                     return self.open(appid, token);
                 }
             }
-            if decision == Plan::Fetch {
-                if let Some(held) = self.recent_failure(appid, at) {
-                    return Err(held);
+            if let Some(held) = self.recent_failure(appid, at) {
+                match (decision, &cached) {
+                    (Plan::Fetch, _) => return Err(held),
+                    // Refreshed again once the hold is over.
+                    (Plan::Refresh, Some(token)) => return self.open(appid, token),
+                    _ => {}
                 }
             }
             let leased = match self
@@ -481,6 +501,9 @@ impl AccessTokens {
                     self.note_fetch(appid, Some((now, &err)));
                 }
                 if let Some(token) = usable {
+                    // Not asked again for a while either ([`Self::hold_refresh`]), the lease
+                    // released after.
+                    self.hold_refresh(appid, now, &err);
                     self.release(appid, holder).await;
                     self.metrics.wechat_token_refresh(appid, "failed_kept_old");
                     tracing::warn!(appid = %appid, error = %err, "WeChat access token refresh failed; the current token is still valid and stays in use");
@@ -819,6 +842,100 @@ mod tests {
                 .unwrap(),
             "the lease is still held by the request that went away"
         );
+    }
+
+    /// A WeChat double refusing every `stable_token` with `error`, counting the calls.
+    struct Refusing {
+        error: WechatError,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::wechat::Wechat for Refusing {
+        fn code2session<'a>(
+            &'a self,
+            code: &'a str,
+        ) -> crate::wechat::BoxFuture<'a, Result<crate::wechat::Code2Session, WechatError>>
+        {
+            OneToken.code2session(code)
+        }
+
+        fn stable_token(
+            &self,
+            _force: bool,
+        ) -> crate::wechat::BoxFuture<'_, Result<crate::wechat::AccessToken, WechatError>> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let error = self.error.clone();
+            Box::pin(async move { Err(error) })
+        }
+    }
+
+    /// Waits until nobody holds `wx1`'s lease (a background refresh has ended).
+    async fn lease_free(store: &Arc<dyn Store>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = crate::clock::SystemClock.now();
+            if store
+                .lease_wechat_token("wx1", "probe", now, now + 5)
+                .await
+                .unwrap()
+            {
+                store.release_wechat_lease("wx1", "probe").await.unwrap();
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease is still held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A refresh of a token still valid that fails — WeChat busy, or refusing (an IP not
+    /// allowed) — is not asked again by the next requests: they use the token until the hold
+    /// is over. Each request of the refresh window took the lease in turn and asked WeChat
+    /// again, spending `stable_token`'s daily quota at the request rate.
+    #[tokio::test]
+    async fn a_failed_refresh_of_a_valid_token_is_not_asked_again_at_once() {
+        for error in [
+            WechatError::Busy,
+            WechatError::Misconfigured {
+                errcode: 40164,
+                errmsg: "invalid ip".into(),
+            },
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let wechat = Arc::new(Refusing {
+                error: error.clone(),
+                calls: Default::default(),
+            });
+            let (tokens, store) = tokens_from(
+                dir.path(),
+                crate::store::traced::Faults::default(),
+                Arc::clone(&wechat) as Arc<dyn crate::wechat::Wechat>,
+            );
+            let now = crate::clock::SystemClock.now();
+            assert!(store
+                .lease_wechat_token("wx1", "test", now, now + 30)
+                .await
+                .unwrap());
+            let due = CachedToken {
+                sealed: tokens.data_key.seal(b"T0", &aad("wx1")).unwrap(),
+                hash: secrets::sha256_hex(b"T0"),
+                expires_at: now + 200,
+                refresh_at: now - 1,
+            };
+            assert!(store.put_wechat_token("wx1", &due, "test").await.unwrap());
+            for _ in 0..3 {
+                let token = tokens.get_for("wx1", None).await.unwrap();
+                assert_eq!(token.as_str(), "T0", "{error}");
+                lease_free(&store).await;
+            }
+            assert_eq!(
+                wechat.calls.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{error}"
+            );
+        }
     }
 
     #[test]
