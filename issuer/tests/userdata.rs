@@ -545,9 +545,10 @@ async fn phone_code_sent_at_two_replicas_at_once_both_get_the_answer() {
 }
 
 /// `getPhoneNumber`'s `e.detail` as WeChat hands it over — `errMsg`, `code`,
-/// `encryptedData`, `iv`, `cloudID` — posted whole to either route, as the client does and
-/// API.md allows: both used to refuse it as having an unknown field (`iv` on the phone route,
-/// `code` on decrypt).
+/// `encryptedData`, `iv`, `cloudID`, and `errno` (documented for failures, reported beside a
+/// code) — posted whole to either route, as the client does and API.md allows: both used to
+/// refuse it as having an unknown field (`iv` on the phone route, `code` on decrypt, `errno`
+/// on both).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_phone_number_e_detail_posted_whole_to_either_route() {
     let stack = Stack::start(&[]).await;
@@ -560,6 +561,7 @@ async fn get_phone_number_e_detail_posted_whole_to_either_route() {
         "encryptedData": encrypted,
         "iv": iv,
         "cloudID": "cloud-id",
+        "errno": 0,
     });
     let (status, body, _) = stack
         .post_auth("/v1/me/phone", &token, Some(detail.clone()))

@@ -35,6 +35,9 @@ struct DecryptRequest {
     _err_msg: Option<serde::de::IgnoredAny>,
     #[serde(rename = "userInfo", default)]
     _user_info: Option<serde::de::IgnoredAny>,
+    /// `getPhoneNumber`'s error number (documented for failures; seen beside a code).
+    #[serde(rename = "errno", default)]
+    _errno: Option<serde::de::IgnoredAny>,
     /// `getPhoneNumber`'s `e.detail` also carries the phone code (see `/v1/me/phone`).
     #[serde(rename = "code", default)]
     _code: Option<serde::de::IgnoredAny>,
@@ -54,6 +57,8 @@ struct PhoneRequest {
     _encrypted_data: Option<serde::de::IgnoredAny>,
     #[serde(rename = "iv", default)]
     _iv: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "errno", default)]
+    _errno: Option<serde::de::IgnoredAny>,
 }
 
 pub async fn profile(State(app): State<Arc<App>>, user: User) -> Result<Resp, ApiError> {
