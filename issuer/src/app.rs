@@ -657,6 +657,20 @@ impl App {
                 match app.store.current_seq().await {
                     Ok(seq) => {
                         app.metrics.store_check(true);
+                        if seq < app.feed.current() {
+                            // The copy holds entries the store lost (read by a poll woken
+                            // before they replicated, then lost with their primary): it starts
+                            // over from the store, and so does the known seq. Left, its
+                            // `since` was answered entries the store no longer has while
+                            // another replica answered the same edge a full set, and an edge
+                            // whose polls went to both went back and forth between the two
+                            // until the next revocation.
+                            if let Err(err) = app.feed.refresh(app.store.as_ref(), app.now()).await
+                            {
+                                tracing::debug!(error = %err, "feed copy refresh failed");
+                            }
+                            app.forget_unstored_seq(app.known_seq(), app.feed.current());
+                        }
                         app.notify_seq(seq);
                     }
                     Err(err) => {

@@ -222,6 +222,51 @@ async fn long_poll_held_calmly_past_a_seq_the_store_does_not_have() {
     assert!(revoked_at.elapsed() < Duration::from_secs(5));
 }
 
+/// Entries this replica's copy of the feed read that the store then lost (a poll woken before
+/// they replicated, their primary failed over): at its next re-read of the store's seq the
+/// replica follows the store. Its copy kept them — answered to a `since` below them while
+/// another replica answered the same edge a full set without them, the edge going back and
+/// forth between the two until the next revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_copy_holding_entries_the_store_lost_follows_the_store() {
+    let stack = Stack::start(&[]).await;
+    let revoke = |jti: &'static str| {
+        let stack = &stack;
+        async move {
+            let (status, body, _) = stack
+                .post_auth("/v1/admin/revoke", ADMIN, Some(json!({ "jti": jti })))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    revoke("kept").await;
+    let kept = stack.feed(0, 0).await["seq"].as_u64().unwrap();
+    revoke("lost-1").await;
+    revoke("lost-2").await;
+    let read = stack.feed(kept, 0).await;
+    assert_eq!(read["entries"].as_array().unwrap().len(), 2, "{read}");
+    // The store loses them, as a primary failing over before they replicated would.
+    let conn = rusqlite::Connection::open(stack.db_path()).unwrap();
+    conn.execute_batch(&format!(
+        "DELETE FROM revocations WHERE seq > {kept}; \
+         UPDATE sqlite_sequence SET seq = {kept} WHERE name = 'revocations';"
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = stack.feed(kept, 0).await;
+        if answer["seq"].as_u64() == Some(kept) {
+            assert_eq!(answer["entries"].as_array().unwrap().len(), 0, "{answer}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica still answers entries the store lost: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_revokes_session_and_wakes_long_poll_fast() {
     let started_us = common::now_us();
