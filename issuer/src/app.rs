@@ -43,6 +43,7 @@ use crate::store::shared::{
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::throttle::{self, Throttle};
 use crate::wechat::access_token::{self, AccessTokens};
 use crate::wechat::web::{HttpWechatWeb, HttpWechatWebConfig, WechatWeb};
 use crate::wechat::{Wechat, WechatClients};
@@ -729,7 +730,12 @@ async fn follow_revocations(app: Arc<App>, mut shutdown: watch::Receiver<bool>) 
         tokio::select! {
             result = app.announcements.follow(&heard) => {
                 if let Err(err) = result {
-                    tracing::warn!(error = %err, "revocation subscription lost; re-subscribing");
+                    // Once per interval: with the store unreachable, every attempt fails at
+                    // once, five a second.
+                    static LOST: Throttle<()> = Throttle::new(throttle::INTERVAL);
+                    if let Some(held_back) = LOST.admit(()) {
+                        tracing::warn!(error = %err, held_back, "revocation subscription lost; re-subscribing");
+                    }
                 }
             }
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,

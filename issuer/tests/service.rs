@@ -1058,6 +1058,27 @@ async fn redis_evicting_policy_accepted_warns_then_counts_evictions() {
     log_shows(&stack.issuer, "Redis evicted keys").await;
 }
 
+/// With Redis gone, the revocation subscription fails at each attempt at once (five a second):
+/// logged once per interval, not once per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_gone_the_lost_subscription_is_logged_once_not_per_attempt() {
+    let (mut redis, _dir) = redis_with(&[]).await;
+    let url = redis.url(0);
+    let stack = Stack::process(&[
+        ("WEAUTH_STORE", &url),
+        ("WEAUTH_DATA_KEY", common::SHARED_DATA_KEY),
+    ])
+    .await;
+    redis.kill().await;
+    const LOST: &str = "revocation subscription lost";
+    log_shows(&stack.issuer, LOST).await;
+    // Ten attempts' worth.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = stack.issuer.log_text();
+    let lines = log.lines().filter(|line| line.contains(LOST)).count();
+    assert_eq!(lines, 1, "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_config_refused_warns_it_could_not_check_and_starts() {
     // A managed Redis that refuses CONFIG (here: renamed away).
