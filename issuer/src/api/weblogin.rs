@@ -114,7 +114,8 @@ pub async fn authorize(
     Ok(response)
 }
 
-/// `GET /v1/web/callback?code=&state=`. Every failure is a JSON 400/403 (never a redirect).
+/// `GET /v1/web/callback?code=&state=`. Every failure is a JSON answer (400/403; 429/502/503
+/// when WeChat or the store fails), never a redirect.
 /// The state cookie goes once it has been matched to the state, whatever follows; a callback
 /// refused before (no state, a state unknown or of another login) leaves it to the login it
 /// belongs to — another tab's, which would otherwise fail too.
