@@ -595,6 +595,34 @@ async fn risk_api_failing_follows_on_error() {
     )));
 }
 
+/// Risk control gives WeChat one call's time (`WEAUTH_WECHAT_TIMEOUT`), the app's access token
+/// included, then `on_error` decides: with another replica holding the token's lease (its fetch
+/// under way), the login waited for it — up to the lease and 2 s, 12 s here, longer than a
+/// client waits, the code already spent — before `allow` let it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_control_waiting_for_the_access_token_follows_on_error_in_time() {
+    let stack = start_with_risk(json!({"max_rank": 2}), &[("WEAUTH_WECHAT_TIMEOUT", "1s")]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    rusqlite::Connection::open(stack.db_path())
+        .unwrap()
+        .execute(
+            "INSERT OR REPLACE INTO wechat_tokens (appid, lease_holder, lease_until) \
+             VALUES (?1, 'another-replica', ?2)",
+            rusqlite::params![APPID, now + 600],
+        )
+        .unwrap();
+    let started = Instant::now();
+    stack.login("wendy").await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "the login took {took:?}");
+    assert!(metrics(&stack).await.contains(&format!(
+        "weauth_login_risk_total{{appid=\"{APPID}\",outcome=\"error_allowed\",rank=\"none\"}} 1"
+    )));
+}
+
 #[test]
 fn risk_out_of_range_refused_at_start_naming_app_and_field() {
     let err = common::start_error(

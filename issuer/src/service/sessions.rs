@@ -257,7 +257,10 @@ impl Sessions {
 
     /// WeChat's risk control at login, before anything is written: asks `getuserriskrank`
     /// for the user's rank and refuses a rank above the app's `max_rank` (403 `user_risky`);
-    /// when WeChat cannot answer, the app's `on_error` decides. Counted in
+    /// when WeChat cannot answer, the app's `on_error` decides — also when it has not answered
+    /// within `WEAUTH_WECHAT_TIMEOUT` (one WeChat call's time, the app's access token included:
+    /// waiting for another replica's fetch of it could take half a minute, the code already
+    /// spent and the client given up, so that `allow` never let the login through). Counted in
     /// `weauth_login_risk_total{appid,outcome,rank}`; logged with a short hash of the openid
     /// only. Returns the rank of an admitted user (`None` when WeChat did not answer and
     /// `on_error` let the login through).
@@ -278,13 +281,18 @@ impl Sessions {
             scene: risk.scene,
             client_ip,
         };
-        let asked = self
-            .identity
-            .access_tokens
-            .call_for(&entry.appid, |token| async move {
-                wechat.user_risk_rank(&token, query).await
-            })
-            .await;
+        let asked = tokio::time::timeout(
+            self.config.wechat_timeout,
+            self.identity
+                .access_tokens
+                .call_for(&entry.appid, |token| async move {
+                    wechat.user_risk_rank(&token, query).await
+                }),
+        )
+        .await
+        .unwrap_or(Err(crate::wechat::access_token::CallError::Api(
+            crate::wechat::WechatError::Timeout,
+        )));
         let user = crate::short_hash(openid);
         match asked {
             Ok(rank) if risk.admits(rank) => {
