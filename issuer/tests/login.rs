@@ -1324,19 +1324,7 @@ async fn a_failure_every_request_meets_is_logged_once_not_per_request() {
         let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;
         assert_eq!(status, 502, "{body}");
     }
-    let calls = stack.mock.calls("jscode2session");
-    stack
-        .mock
-        .inject("jscode2session", Fault::Held("peak".into()), 1);
-    let held = {
-        let code = stack.mock.login("held").code;
-        let (http, url) = (stack.http.clone(), stack.url("/v1/login"));
-        tokio::spawn(async move {
-            let response = http.post(url).json(&json!({ "code": code }));
-            response.send().await.unwrap().status().as_u16()
-        })
-    };
-    common::until_calls(&stack.mock, "jscode2session", calls + 1).await;
+    let held = stack.held_login("held", "peak").await;
     for _ in 0..TIMES {
         let code = stack.mock.login("shed").code;
         let (status, body, _) = stack.post("/v1/login", json!({ "code": code })).await;

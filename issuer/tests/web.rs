@@ -1057,19 +1057,7 @@ async fn cookie_refresh_past_max_in_flight_answered_503_at_once() {
         cookie_value(&cookies["weauth_rt"]),
         cookie_value(&cookies["__Host-weauth_rb"])
     );
-    let calls = stack.mock.calls("jscode2session");
-    stack
-        .mock
-        .inject("jscode2session", Fault::Held("peak".into()), 1);
-    let held = {
-        let code = stack.mock.login("held").code;
-        let (http, url) = (stack.http.clone(), stack.url("/v1/login"));
-        tokio::spawn(async move {
-            let response = http.post(url).json(&json!({ "code": code }));
-            response.send().await.unwrap().status().as_u16()
-        })
-    };
-    common::until_calls(&stack.mock, "jscode2session", calls + 1).await;
+    let held = stack.held_login("held", "peak").await;
     let (status, body, headers) =
         cookie_post(&stack, "/v1/token/refresh", &cookie, Some(H5_ORIGIN)).await;
     assert_eq!(status, 503, "{body}");

@@ -544,6 +544,25 @@ impl Stack {
         body
     }
 
+    /// A login of `user` held at the mock WeChat's `jscode2session` until `gate` is released
+    /// (`mock.release(gate)`), under way once this returns; its task answers its status.
+    pub async fn held_login(&self, user: &str, gate: &str) -> tokio::task::JoinHandle<u16> {
+        let calls = self.mock.calls("jscode2session");
+        self.mock.inject(
+            "jscode2session",
+            weauth_mock_wechat::Fault::Held(gate.into()),
+            1,
+        );
+        let code = self.mock.login(user).code;
+        let (http, url) = (self.http.clone(), self.url("/v1/login"));
+        let login = tokio::spawn(async move {
+            let response = http.post(url).json(&serde_json::json!({ "code": code }));
+            response.send().await.unwrap().status().as_u16()
+        });
+        until_calls(&self.mock, "jscode2session", calls + 1).await;
+        login
+    }
+
     pub async fn feed(&self, since: u64, wait: u64) -> Value {
         let (status, body, _) = self
             .get(
