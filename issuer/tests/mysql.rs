@@ -52,6 +52,8 @@ fn mysql_unreachable_at_start_exits_2_naming_weauth_store_with_password_masked()
         .port();
     let output = Command::new(common::bin())
         .env_clear()
+        // Not the default 8080: `make up`'s issuer, or another test's, may hold it.
+        .env("WEAUTH_LISTEN", "127.0.0.1:0")
         .env("WEAUTH_WECHAT_APPID", "wx1")
         .env("WEAUTH_WECHAT_SECRET", "s")
         .env(

@@ -243,6 +243,8 @@ fn redis_unreachable_at_start_exits_2_naming_weauth_store() {
         .port();
     let output = Command::new(common::bin())
         .env_clear()
+        // Not the default 8080: `make up`'s issuer, or another test's, may hold it.
+        .env("WEAUTH_LISTEN", "127.0.0.1:0")
         .env("WEAUTH_WECHAT_APPID", "wx1")
         .env("WEAUTH_WECHAT_SECRET", "s")
         .env(
@@ -982,6 +984,8 @@ async fn redis_evicting_policy_refused_at_start_naming_the_setting() {
         let (redis, _dir) = redis_with(&["--maxmemory", "3mb", "--maxmemory-policy", policy]).await;
         let output = Command::new(common::bin())
             .env_clear()
+            // Not the default 8080: `make up`'s issuer, or another test's, may hold it.
+            .env("WEAUTH_LISTEN", "127.0.0.1:0")
             .env("WEAUTH_WECHAT_APPID", "wx1")
             .env("WEAUTH_WECHAT_SECRET", "s")
             .env("WEAUTH_STORE", redis.url(0))
