@@ -100,7 +100,7 @@ toolchain:
 	  echo "setup: musl-gcc already installed"; \
 	else \
 	  echo "setup: installing musl-tools (Debian package; musl-gcc compiles the C of the musl build)"; \
-	  $(APT_GET) install -y -qq musl-tools || { $(APT_GET) update -qq && $(APT_GET) install -y -qq musl-tools; }; \
+	  $(APT_GET) install -y -qq musl-tools || { $(APT_GET) update -qq && $(APT_GET) install -y -qq musl-tools; } || exit 1; \
 	fi
 
 setup: toolchain ## install the wasm and musl targets, musl-tools, Envoy 1.40.0 into .tools/, curl, python3-pip, redis-server, redis-sentinel, mariadb-server, sqlite3 and procps if missing (idempotent)
@@ -136,7 +136,7 @@ setup: toolchain ## install the wasm and musl targets, musl-tools, Envoy 1.40.0 
 	  echo "setup: redis-server, redis-sentinel, mariadb-server, sqlite3 and procps already installed"; \
 	else \
 	  echo "setup: installing Debian packages:$$missing"; \
-	  $(APT_GET) install -y $$missing || { $(APT_GET) update && $(APT_GET) install -y $$missing; }; \
+	  $(APT_GET) install -y $$missing || { $(APT_GET) update && $(APT_GET) install -y $$missing; } || exit 1; \
 	fi
 
 browser-setup: ## Debian chromium (and node/npm if missing), then `npm ci` in tests/browser (idempotent)
@@ -228,7 +228,7 @@ monitoring-tools: ## Debian's prometheus (prometheus + promtool) if missing
 	  echo "monitoring-tools: installing Debian package: prometheus"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
 	  $(APT_GET) install -y --no-install-recommends prometheus || \
-	    { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus; }; \
+	    { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends prometheus; } || exit 1; \
 	  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then \
 	    echo "monitoring-tools: stopping the prometheus service the package started (it takes :9090, which make up MONITOR=1 runs its own on)"; \
 	    $$sudo systemctl disable --now prometheus || true; \
@@ -384,7 +384,7 @@ test: ## every check and test: fmt, clippy (host+wasm), manifests, images, monit
 	    scripts/image.sh --tools >> target/tools.log 2>&1 || tools=$$?; \
 	  echo $$tools > target/tools.status; [ $$tools -eq 0 ] || exit $$tools; \
 	  CARGO_TARGET_DIR=$(CURDIR)/target/background nice -n 19 $(MAKE) --no-print-directory native-module-debug > target/background.log 2>&1 || exit 1; \
-	  bg=0; IMAGE_NATIVE_FROM=$(CURDIR)/$(NATIVE_DEBUG) IMAGE_ISSUER_FROM=$(CURDIR)/$(ISSUER_DEBUG) nice -n 19 $(MAKE) --no-print-directory image-check >> target/background.log 2>&1 || bg=1; \
+	  bg=0; WEAUTH_SKIPPED_LOG=$(CURDIR)/target/skipped-tests.txt IMAGE_NATIVE_FROM=$(CURDIR)/$(NATIVE_DEBUG) IMAGE_ISSUER_FROM=$(CURDIR)/$(ISSUER_DEBUG) nice -n 19 $(MAKE) --no-print-directory image-check >> target/background.log 2>&1 || bg=1; \
 	  nice -n 19 $(MAKE) --no-print-directory clippy-wasm >> target/background.log 2>&1 || bg=1; \
 	  exit $$bg; \
 	} & background=$$!; set +m; \

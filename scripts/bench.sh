@@ -12,7 +12,7 @@ case "$BENCH_MODE" in quick|full) ;; *) echo "bench: BENCH_MODE must be quick or
 if ! command -v wrk >/dev/null 2>&1; then
   echo "bench: installing wrk (Debian package)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y wrk >/dev/null 2>&1 || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y wrk >/dev/null; }
+  $SUDO apt-get install -y wrk >/dev/null 2>&1 || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y wrk >/dev/null; } || { echo "bench: cannot install wrk" >&2; exit 1; }
 fi
 command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is required" >&2; exit 1; }
 if [ "$(nproc)" -lt 2 ]; then echo "bench: needs at least 2 CPUs (Envoy on core 0, wrk on core 1)" >&2; exit 1; fi

@@ -29,22 +29,4 @@ pub mod walkthrough;
 // issuer's tests use them without this harness); re-exported under their old paths.
 pub use weauth_mock_wechat as mock_wechat;
 pub use weauth_mock_wechat::serve;
-pub use weauth_servers::{mariadb, redis};
-
-/// A test that cannot run here says why: printed (shown with `--nocapture`) and appended to
-/// the file `WEAUTH_SKIPPED_LOG` names, which `make test` sets and prints at its end — cargo
-/// hides a passing test's output, so a skip printed only would read as a pass.
-pub fn report_skip(reason: &str) {
-    println!("SKIPPED {reason}");
-    if let Some(path) = std::env::var_os("WEAUTH_SKIPPED_LOG") {
-        use std::io::Write as _;
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut file| writeln!(file, "{reason}"));
-        if let Err(err) = appended {
-            println!("(could not record the skip in WEAUTH_SKIPPED_LOG: {err})");
-        }
-    }
-}
+pub use weauth_servers::{mariadb, redis, report_skip};

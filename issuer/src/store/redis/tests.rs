@@ -83,7 +83,9 @@ async fn redis_unreachable_at_start_names_weauth_store() {
 #[tokio::test]
 async fn redis_ipv6_hosts_reached() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: this machine has no IPv6 loopback (::1)");
+        weauth_servers::report_skip(
+            "redis_ipv6_hosts_reached: this machine has no IPv6 loopback (::1)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
