@@ -1,29 +1,48 @@
-//! Waiting for the operator to stop a binary: Ctrl-C (SIGINT) or SIGTERM.
+//! Waiting for the operator to stop a binary: Ctrl-C (SIGINT), SIGTERM, or SIGHUP (its
+//! terminal closed).
 
-/// Resolves when the process receives SIGINT or SIGTERM (on non-Unix: Ctrl-C only).
+use std::future::Future;
+
+/// Resolves when the process receives SIGINT, SIGTERM or SIGHUP (on non-Unix: Ctrl-C only).
 ///
-/// If a handler cannot be installed, that signal is simply not waited for; the other one
-/// still works (and the default disposition still ends the process).
+/// If a handler cannot be installed, that signal is simply not waited for; the others still
+/// work (and the default disposition still ends the process).
 pub async fn terminated() {
-    let ctrl_c = async {
+    listen().await;
+}
+
+/// [`terminated`], listening from this call on rather than from the first poll: a binary that
+/// calls it first is stopped by its stop signals however early they come, and can stop what it
+/// started — with the default disposition a `make down` during `make up`'s start, or a closed
+/// terminal, ended `weauth-stack` at once, the processes it had started left running.
+/// Must be called within a Tokio runtime.
+pub fn listen() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).ok();
+        let mut terminate = signal(SignalKind::terminate()).ok();
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        async fn received(signal: &mut Option<Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        async move {
+            tokio::select! {
+                () = received(&mut interrupt) => {}
+                () = received(&mut terminate) => {}
+                () = received(&mut hangup) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }

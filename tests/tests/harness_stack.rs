@@ -214,3 +214,79 @@ async fn a_fixed_run_dir_on_redis_starts_again_with_its_sessions() {
     assert_eq!(refreshed.status(), 200, "{login}");
     second.shutdown().await;
 }
+
+/// The processes whose parent is `pid` (from `/proc`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // `pid (comm) state ppid …`: the comm may hold spaces and parentheses.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|ppid| ppid.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// Whether process `pid` still runs (a zombie, ended and not yet reaped, does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// `weauth-stack` stopped while it starts (`make down` during `make up`'s start, Ctrl-C) or by
+/// its terminal closing (SIGHUP) stops the processes it started: with the default disposition
+/// it ended at once, leaving them running on the stack's ports, and `make down` then found no
+/// stack to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weauth_stack_stopped_while_starting_leaves_no_process_behind() {
+    use std::time::{Duration, Instant};
+    for signal in ["TERM", "HUP"] {
+        let mut stack = tokio::process::Command::new(env!("CARGO_BIN_EXE_weauth-stack"))
+            .args(["--free-ports", "--json"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = stack.id().unwrap();
+        // Under way: a process of its own started.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let children = loop {
+            let children = children_of(pid);
+            if !children.is_empty() {
+                break children;
+            }
+            assert!(Instant::now() < deadline, "SIG{signal}: no process started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(30), stack.wait())
+            .await
+            .unwrap_or_else(|_| panic!("SIG{signal}: weauth-stack did not stop"))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while children.iter().any(|&child| running(child)) {
+            assert!(
+                Instant::now() < deadline,
+                "SIG{signal}: left running: {:?}",
+                children.iter().filter(|&&c| running(c)).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

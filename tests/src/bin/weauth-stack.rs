@@ -248,6 +248,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
+    // Listened for from here: a stop during the start (`make down`, Ctrl-C, the terminal
+    // closed) stops what was started so far.
+    let stopped = weauth_tests::signal::listen();
+    tokio::pin!(stopped);
     let mut builder = Stack::builder().concurrency(opts.concurrency);
     for (name, value) in &opts.issuer_env {
         builder = builder.issuer_env(name, value);
@@ -298,14 +302,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     }
-    let stack = match builder.start().await {
-        Ok(stack) => stack,
-        Err(e) => {
+    let started = tokio::select! {
+        started = builder.start() => Some(started),
+        // The start's future dropped: the processes it started are killed with it.
+        () = &mut stopped => None,
+    };
+    let stack = match started {
+        Some(Ok(stack)) => stack,
+        Some(Err(e)) => {
             if let Some(p) = &pid_file {
                 remove_pid_file(p);
             }
             eprintln!("weauth-stack: {e}");
             std::process::exit(1);
+        }
+        None => {
+            if let Some(p) = &pid_file {
+                remove_pid_file(p);
+            }
+            eprintln!("weauth-stack: stopped while starting");
+            return Ok(());
         }
     };
     let prometheus = if monitor {
@@ -328,7 +344,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         writeln!(out, "{}", ready_line(&stack))?;
         out.flush()?;
         tokio::select! {
-            _ = weauth_tests::signal::terminated() => {}
+            () = &mut stopped => {}
             _ = stdin_closed() => {}
         }
     } else {
@@ -342,7 +358,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 p.log().display()
             );
         }
-        weauth_tests::signal::terminated().await;
+        stopped.await;
     }
     if let Some(p) = prometheus {
         eprintln!("weauth-stack: stopping Prometheus");
