@@ -195,7 +195,8 @@ down: ## stop a stack started by `make up` (only the processes it started)
 	@pid=$$(cat .run/stack.pid 2>/dev/null || true); \
 	if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null && [ "$$(cat /proc/$$pid/comm 2>/dev/null)" = weauth-stack ]; then \
 	  echo "down: stopping weauth-stack (pid $$pid)"; kill -TERM "$$pid"; \
-	  for i in $$(seq 100); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \
+	  for i in $$(seq 300); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \
+	  if kill -0 "$$pid" 2>/dev/null; then echo "down: weauth-stack (pid $$pid) is still stopping after 30 s (its terminal shows what it waits for)" >&2; exit 1; fi; \
 	else \
 	  echo "down: no stack running"; \
 	fi
