@@ -33,8 +33,8 @@
 //!   own request with the token but does not write over the new holder's.
 //! - WeChat's token endpoint down: if the cached token is still valid it keeps being used (and
 //!   the failure is counted and logged; the refresh is asked again once its hold is over:
-//!   [`FAILURE_HOLD`], or [`RATE_LIMIT_HOLD`] for the rate limit); otherwise the request fails with 503
-//!   `temporarily_unavailable` (502 `upstream_error` when WeChat refuses the appid/secret); a
+//!   [`FAILURE_HOLD`], or [`RATE_LIMIT_HOLD`] for the rate limit); otherwise the request fails
+//!   with 503 `temporarily_unavailable` (502 `upstream_error` when WeChat refuses the appid/secret); a
 //!   busy, slow or unreachable WeChat fails the replica's requests for the next
 //!   [`FAILURE_HOLD`] seconds too, at once, without asking again (each waited for a fetch of
 //!   its own in turn, up to the lease), and WeChat's rate limit (45011) for
@@ -245,28 +245,31 @@ impl AccessTokens {
     /// up to the window's 5 minutes. A request meeting the hold uses the token
     /// ([`Self::get_for`]).
     fn hold_refresh(&self, appid: &str, now: i64, err: &WechatError) {
-        let hold = hold_of(err).unwrap_or(FAILURE_HOLD);
+        self.hold(appid, now + hold_of(err).unwrap_or(FAILURE_HOLD), err);
+    }
+
+    /// Answers `appid`'s requests needing a fetch with `err` until `until`.
+    fn hold(&self, appid: &str, until: i64, err: &WechatError) {
         self.failed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(appid.to_string(), (now + hold, err.clone()));
+            .insert(appid.to_string(), (until, err.clone()));
     }
 
     /// Notes the outcome of a fetch: a failure worth holding ([`hold_of`]) is held, a success
     /// ends any hold.
     fn note_fetch(&self, appid: &str, failure: Option<(i64, &WechatError)>) {
-        let mut failed = self
-            .failed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match failure {
             Some((now, err)) => {
                 if let Some(hold) = hold_of(err) {
-                    failed.insert(appid.to_string(), (now + hold, err.clone()));
+                    self.hold(appid, now + hold, err);
                 }
             }
             None => {
-                failed.remove(appid);
+                self.failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(appid);
             }
         }
     }

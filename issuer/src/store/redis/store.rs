@@ -353,8 +353,8 @@ impl Store for RedisStore {
             // session's owner is known: the purge reads an owner from the session, which this
             // one never got, and the sid stayed in the user's set for good (its TTL renewed by
             // each later login), met by every later ban and "log out everywhere". If that
-            // fails too (the directory's server is down as well), the purge still takes the
-            // sid off the expiry index, and the code's mark expires.
+            // fails too (the directory's server is down as well), the sid stays in the set
+            // (logged), the purge takes it off the expiry index, and the code's mark expires.
             let family = tokens::family_of_sid(&login.sid);
             let mut call = self.inner.scripts.open_session.prepare_invoke();
             call.key(self.session_key(&login.sid))
