@@ -66,7 +66,9 @@
 //!   approves as a snapshot-mode virtual account (`snsapi_base` only). Bad parameters (unknown
 //!   appid, an official account at `qrconnect` or a website at `oauth2/authorize`, a scope
 //!   the page does not offer, `response_type` not `code`, a `state` over 128 bytes or outside
-//!   `a-zA-Z0-9`, no `redirect_uri`) answer an HTML error page with status 400 and no redirect.
+//!   `a-zA-Z0-9`, no `redirect_uri`; at `oauth2/authorize`, WeChat's parameters out of the
+//!   order above, which WeChat's guide says it matches strictly) answer an HTML error page with
+//!   status 400 and no redirect.
 //!   `#wechat_redirect` cannot be checked: browsers never send the fragment.
 //! - `GET /sns/oauth2/access_token?appid&secret&code&grant_type=authorization_code`
 //!   [`oauth2_access_token`] → `{"access_token","expires_in":7200,"refresh_token","openid",
@@ -996,6 +998,14 @@ impl Shared {
         let Some(app) = self.web_app(appid).filter(|app| app.kind == wanted) else {
             return error_page("appid 参数错误 (the appid is unknown or not allowed on this page)");
         };
+        // "微信会对授权链接做正则强匹配校验，如果链接的参数顺序不对，授权页面将无法正常访问"
+        // (the official account's web authorization guide): appid, redirect_uri,
+        // response_type, scope, state, in that order (the mock's own parameters aside).
+        if !qr && !state::authorize_params_in_order(q.iter().map(|(key, _)| key.as_str())) {
+            return error_page(
+                "the parameters must come in the order appid, redirect_uri, response_type, scope, state",
+            );
+        }
         let scope = param(q, "scope");
         let redirect_uri = param(q, "redirect_uri");
         let state_param = param(q, "state");

@@ -161,6 +161,16 @@ pub fn check_authorize_params(
     Ok(())
 }
 
+/// Whether an official account's authorize page has WeChat's parameters in the order WeChat
+/// matches them (`appid`, `redirect_uri`, `response_type`, `scope`, `state`; others ignored).
+pub fn authorize_params_in_order<'a>(keys: impl Iterator<Item = &'a str>) -> bool {
+    const ORDER: [&str; 5] = ["appid", "redirect_uri", "response_type", "scope", "state"];
+    let positions: Vec<usize> = keys
+        .filter_map(|key| ORDER.iter().position(|known| *known == key))
+        .collect();
+    positions.windows(2).all(|pair| pair[0] < pair[1])
+}
+
 /// Where WeChat sends the browser after the user's decision: `redirect_uri` with `code` (when
 /// approved) and `state` appended to its query.
 pub fn callback_url(redirect_uri: &str, code: Option<&str>, state: Option<&str>) -> String {
@@ -591,6 +601,28 @@ mod tests {
     use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
     use hmac::{Hmac, Mac};
     use weauth_wxdata::{checksession_signature, raw_data_signature};
+
+    #[test]
+    fn authorize_params_in_order_ignores_others_and_a_missing_state() {
+        let ordered = ["appid", "redirect_uri", "response_type", "scope", "state"];
+        assert!(authorize_params_in_order(ordered.into_iter()));
+        assert!(authorize_params_in_order(
+            [
+                "appid",
+                "mock_user",
+                "redirect_uri",
+                "response_type",
+                "scope"
+            ]
+            .into_iter()
+        ));
+        assert!(!authorize_params_in_order(
+            ["appid", "redirect_uri", "scope", "response_type", "state"].into_iter()
+        ));
+        assert!(!authorize_params_in_order(
+            ["redirect_uri", "appid", "response_type", "scope"].into_iter()
+        ));
+    }
 
     fn grant(scope: &str) -> OauthGrant {
         OauthGrant {

@@ -779,6 +779,17 @@ async fn authorize_page_bad_parameters_error_page_no_redirect() {
         assert_eq!(resp.status(), 400, "{path} {key}={value}");
         assert!(resp.headers().get("location").is_none());
     }
+    // WeChat matches the official account's authorize link with its parameters in order.
+    let mut swapped = base.to_vec();
+    swapped.swap(2, 3);
+    let resp = client
+        .get(format!("{}/connect/oauth2/authorize", mock.base_url()))
+        .query(&swapped)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "scope before response_type");
+    assert!(resp.headers().get("location").is_none());
 }
 
 #[tokio::test]
