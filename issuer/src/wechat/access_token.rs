@@ -678,10 +678,19 @@ mod tests {
         assert_eq!(refresh_at(1000, 200), 1000 + 100);
     }
 
-    /// A WeChat double handing out one token (7200 s).
-    struct OneToken;
+    /// The WeChat double of these tests: `stable_token` hands out one token (7200 s), or
+    /// `error`, counting the calls; `held`, each call says it is there (`at_wechat`) and waits
+    /// to be let through (`release`). `code2session` refuses every code.
+    #[derive(Default)]
+    struct TokenDouble {
+        error: Option<WechatError>,
+        held: bool,
+        at_wechat: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+        calls: std::sync::atomic::AtomicUsize,
+    }
 
-    impl crate::wechat::Wechat for OneToken {
+    impl crate::wechat::Wechat for TokenDouble {
         fn code2session<'a>(
             &'a self,
             _code: &'a str,
@@ -694,51 +703,30 @@ mod tests {
             &self,
             _force: bool,
         ) -> crate::wechat::BoxFuture<'_, Result<crate::wechat::AccessToken, WechatError>> {
-            Box::pin(async {
-                Ok(crate::wechat::AccessToken {
-                    token: Zeroizing::new("T1".into()),
-                    expires_in: 7200,
-                })
-            })
-        }
-    }
-
-    /// A WeChat double handing out [`OneToken`]'s token once let through (`release`), saying
-    /// when a call is there (`at_wechat`).
-    #[derive(Default)]
-    struct HeldToken {
-        at_wechat: tokio::sync::Notify,
-        release: tokio::sync::Notify,
-    }
-
-    impl crate::wechat::Wechat for HeldToken {
-        fn code2session<'a>(
-            &'a self,
-            code: &'a str,
-        ) -> crate::wechat::BoxFuture<'a, Result<crate::wechat::Code2Session, WechatError>>
-        {
-            OneToken.code2session(code)
-        }
-
-        fn stable_token(
-            &self,
-            force: bool,
-        ) -> crate::wechat::BoxFuture<'_, Result<crate::wechat::AccessToken, WechatError>> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Box::pin(async move {
-                self.at_wechat.notify_one();
-                self.release.notified().await;
-                OneToken.stable_token(force).await
+                if self.held {
+                    self.at_wechat.notify_one();
+                    self.release.notified().await;
+                }
+                match &self.error {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(crate::wechat::AccessToken {
+                        token: Zeroizing::new("T1".into()),
+                        expires_in: 7200,
+                    }),
+                }
             })
         }
     }
 
     /// Tokens of app `wx1` on a SQLite store in `dir` whose operations run through `faults`,
-    /// fetched from [`OneToken`]; and the store itself.
+    /// fetched from a [`TokenDouble`] handing out its token; and the store itself.
     fn tokens_over(
         dir: &std::path::Path,
         faults: crate::store::traced::Faults,
     ) -> (Arc<AccessTokens>, Arc<dyn Store>) {
-        tokens_from(dir, faults, Arc::new(OneToken))
+        tokens_from(dir, faults, Arc::new(TokenDouble::default()))
     }
 
     /// [`tokens_over`], fetched from `wechat`.
@@ -815,7 +803,10 @@ mod tests {
     #[tokio::test]
     async fn a_fetch_whose_request_went_away_stores_its_token_and_releases_the_lease() {
         let dir = tempfile::tempdir().unwrap();
-        let wechat = Arc::new(HeldToken::default());
+        let wechat = Arc::new(TokenDouble {
+            held: true,
+            ..TokenDouble::default()
+        });
         let (tokens, store) = tokens_from(
             dir.path(),
             crate::store::traced::Faults::default(),
@@ -845,31 +836,6 @@ mod tests {
                 .unwrap(),
             "the lease is still held by the request that went away"
         );
-    }
-
-    /// A WeChat double refusing every `stable_token` with `error`, counting the calls.
-    struct Refusing {
-        error: WechatError,
-        calls: std::sync::atomic::AtomicUsize,
-    }
-
-    impl crate::wechat::Wechat for Refusing {
-        fn code2session<'a>(
-            &'a self,
-            code: &'a str,
-        ) -> crate::wechat::BoxFuture<'a, Result<crate::wechat::Code2Session, WechatError>>
-        {
-            OneToken.code2session(code)
-        }
-
-        fn stable_token(
-            &self,
-            _force: bool,
-        ) -> crate::wechat::BoxFuture<'_, Result<crate::wechat::AccessToken, WechatError>> {
-            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let error = self.error.clone();
-            Box::pin(async move { Err(error) })
-        }
     }
 
     /// Waits until nobody holds `wx1`'s lease (a background refresh has ended).
@@ -907,9 +873,9 @@ mod tests {
             },
         ] {
             let dir = tempfile::tempdir().unwrap();
-            let wechat = Arc::new(Refusing {
-                error: error.clone(),
-                calls: Default::default(),
+            let wechat = Arc::new(TokenDouble {
+                error: Some(error.clone()),
+                ..TokenDouble::default()
             });
             let (tokens, store) = tokens_from(
                 dir.path(),
