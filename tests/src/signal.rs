@@ -3,20 +3,16 @@
 
 use std::future::Future;
 
-/// Resolves when the process receives SIGINT, SIGTERM or SIGHUP (on non-Unix: Ctrl-C only).
+/// Resolves when the process receives SIGINT, SIGTERM or SIGHUP (on non-Unix: Ctrl-C only),
+/// listening from this call on rather than from the first poll: a binary that calls it first
+/// is stopped by its stop signals however early they come, and can stop what it started —
+/// with the default disposition a `make down` during `make up`'s start, or a closed terminal,
+/// ended `weauth-stack` at once, the processes it had started left running. Must be called
+/// within a Tokio runtime.
 ///
 /// If a handler cannot be installed, that signal is simply not waited for; the others still
 /// work (and the default disposition still ends the process).
-pub async fn terminated() {
-    listen().await;
-}
-
-/// [`terminated`], listening from this call on rather than from the first poll: a binary that
-/// calls it first is stopped by its stop signals however early they come, and can stop what it
-/// started — with the default disposition a `make down` during `make up`'s start, or a closed
-/// terminal, ended `weauth-stack` at once, the processes it had started left running.
-/// Must be called within a Tokio runtime.
-pub fn listen() -> impl Future<Output = ()> {
+pub fn terminated() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, Signal, SignalKind};

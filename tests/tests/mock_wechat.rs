@@ -765,31 +765,36 @@ async fn authorize_page_bad_parameters_error_page_no_redirect() {
         // an official account cannot use the website QR page
         ("/connect/qrconnect", "scope", "snsapi_login"),
     ];
-    for (path, key, value) in cases {
-        let query: Vec<(&str, &str)> = base
-            .iter()
-            .map(|(k, v)| if *k == key { (*k, value) } else { (*k, *v) })
-            .collect();
+    // (what the case is, the page, its query)
+    type Case<'a> = (String, &'a str, Vec<(&'a str, &'a str)>);
+    let mut queries: Vec<Case> = cases
+        .into_iter()
+        .map(|(path, key, value)| {
+            let query = base
+                .iter()
+                .map(|(k, v)| if *k == key { (*k, value) } else { (*k, *v) })
+                .collect();
+            (format!("{path} {key}={value}"), path, query)
+        })
+        .collect();
+    // WeChat matches the official account's authorize link with its parameters in order.
+    let mut swapped = base.to_vec();
+    swapped.swap(2, 3);
+    queries.push((
+        "scope before response_type".into(),
+        "/connect/oauth2/authorize",
+        swapped,
+    ));
+    for (case, path, query) in queries {
         let resp = client
             .get(format!("{}{path}", mock.base_url()))
             .query(&query)
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 400, "{path} {key}={value}");
+        assert_eq!(resp.status(), 400, "{case}");
         assert!(resp.headers().get("location").is_none());
     }
-    // WeChat matches the official account's authorize link with its parameters in order.
-    let mut swapped = base.to_vec();
-    swapped.swap(2, 3);
-    let resp = client
-        .get(format!("{}/connect/oauth2/authorize", mock.base_url()))
-        .query(&swapped)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400, "scope before response_type");
-    assert!(resp.headers().get("location").is_none());
 }
 
 #[tokio::test]

@@ -250,7 +250,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // Listened for from here: a stop during the start (`make down`, Ctrl-C, the terminal
     // closed) stops what was started so far.
-    let stopped = weauth_tests::signal::listen();
+    let stopped = weauth_tests::signal::terminated();
     tokio::pin!(stopped);
     let mut builder = Stack::builder().concurrency(opts.concurrency);
     for (name, value) in &opts.issuer_env {
