@@ -784,12 +784,8 @@ mod tests {
                 matches!(failed, Err(TokenError::Store(_))),
                 "{op}: {failed:?}"
             );
-            let now = crate::clock::SystemClock.now();
             assert!(
-                store
-                    .lease_wechat_token("wx1", "another", now, now + 30)
-                    .await
-                    .unwrap(),
+                lease_takeable(&store).await,
                 "{op}: the lease is still held by the request that gave up"
             );
         }
@@ -828,29 +824,29 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let now = crate::clock::SystemClock.now();
         assert!(
-            store
-                .lease_wechat_token("wx1", "another", now, now + 30)
-                .await
-                .unwrap(),
+            lease_takeable(&store).await,
             "the lease is still held by the request that went away"
         );
+    }
+
+    /// Whether another replica could take `wx1`'s lease now (taken and released again).
+    async fn lease_takeable(store: &Arc<dyn Store>) -> bool {
+        let now = crate::clock::SystemClock.now();
+        let taken = store
+            .lease_wechat_token("wx1", "probe", now, now + 5)
+            .await
+            .unwrap();
+        if taken {
+            store.release_wechat_lease("wx1", "probe").await.unwrap();
+        }
+        taken
     }
 
     /// Waits until nobody holds `wx1`'s lease (a background refresh has ended).
     async fn lease_free(store: &Arc<dyn Store>) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let now = crate::clock::SystemClock.now();
-            if store
-                .lease_wechat_token("wx1", "probe", now, now + 5)
-                .await
-                .unwrap()
-            {
-                store.release_wechat_lease("wx1", "probe").await.unwrap();
-                return;
-            }
+        while !lease_takeable(store).await {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the lease is still held"
